@@ -1,0 +1,1 @@
+//! Audio pipelines (speech-to-text).

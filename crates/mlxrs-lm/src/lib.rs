@@ -1,0 +1,1 @@
+//! Language-model pipelines (load HF / mlx-community checkpoints, generate, chat).

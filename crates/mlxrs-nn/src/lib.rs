@@ -1,0 +1,1 @@
+//! Neural-network modules, layers, quantization and KV caches on mlxrs.
