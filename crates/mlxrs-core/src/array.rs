@@ -336,3 +336,93 @@ pub(crate) fn cstr_to_string(p: *const std::ffi::c_char) -> String {
   // SAFETY: callers pass NUL-terminated strings owned by the C layer.
   unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn construct_and_read_back_every_dtype() {
+    let mut a = Array::from_slice::<f32>(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &(2, 3)).unwrap();
+    assert_eq!(a.shape(), vec![2, 3]);
+    assert_eq!(a.ndim(), 2);
+    assert_eq!(a.size(), 6);
+    assert_eq!(a.nbytes(), 24);
+    assert_eq!(a.dtype(), Dtype::Float32);
+    assert_eq!(a.dim(-1), Some(3));
+    assert_eq!(a.dim(2), None);
+    assert_eq!(a.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+
+    macro_rules! rt {
+      ($t:ty, $vals:expr) => {{
+        let v: Vec<$t> = $vals;
+        let mut x = Array::from_slice::<$t>(&v, &[v.len() as i32]).unwrap();
+        assert_eq!(x.dtype(), <$t as ArrayElement>::DTYPE);
+        assert_eq!(x.to_vec::<$t>().unwrap(), v);
+      }};
+    }
+    rt!(bool, vec![true, false, true]);
+    rt!(u8, vec![0, 255]);
+    rt!(u16, vec![0, 65535]);
+    rt!(u32, vec![0, u32::MAX]);
+    rt!(u64, vec![0, u64::MAX]);
+    rt!(i8, vec![-128, 127]);
+    rt!(i16, vec![-32768, 32767]);
+    rt!(i32, vec![i32::MIN, i32::MAX]);
+    rt!(i64, vec![i64::MIN, i64::MAX]);
+    rt!(half::f16, vec![half::f16::from_f32(0.5), half::f16::from_f32(-2.0)]);
+    rt!(half::bf16, vec![half::bf16::from_f32(0.5), half::bf16::from_f32(-2.0)]);
+    rt!(f64, vec![1e-300, -1e300]);
+    rt!(num_complex::Complex32, vec![num_complex::Complex32::new(1.0, -1.0)]);
+  }
+
+  #[test]
+  fn scalars_items_and_clone_share_data() {
+    let mut s = Array::scalar(2.5f32);
+    assert_eq!(s.shape(), Vec::<i32>::new());
+    assert_eq!(s.item::<f32>().unwrap(), 2.5);
+    let mut c = s.clone();
+    assert_eq!(c.item::<f32>().unwrap(), 2.5);
+    let mut b = Array::scalar_as(3.0, Dtype::Bfloat16).unwrap();
+    assert_eq!(b.item::<half::bf16>().unwrap(), half::bf16::from_f32(3.0));
+    assert_eq!(format!("{s}"), "array(2.5, dtype=float32)");
+  }
+
+  #[test]
+  fn bad_input_is_an_error() {
+    // Length does not match the shape.
+    assert!(matches!(
+      Array::from_slice::<f32>(&[1.0, 2.0, 3.0], &(2, 2)),
+      Err(Error::InvalidArgument(_))
+    ));
+    // Negative dimension.
+    assert!(Array::from_slice::<f32>(&[], &[-1]).is_err());
+    // Huge dims whose product overflows, with no data.
+    assert!(Array::from_slice::<f32>(&[], &[i32::MAX, i32::MAX, i32::MAX]).is_err());
+    // Wrong element type on read.
+    let mut a = Array::from_slice::<i32>(&[1, 2], &(2,)).unwrap();
+    assert!(matches!(a.to_vec::<f32>(), Err(Error::DtypeMismatch { .. })));
+    // item() on more than one element.
+    assert!(a.item::<i32>().is_err());
+    // Empty arrays are fine.
+    let mut e = Array::from_slice::<f32>(&[], &(0, 3)).unwrap();
+    assert_eq!(e.to_vec::<f32>().unwrap(), Vec::<f32>::new());
+    // An empty handle is an error, not a crash.
+    let mut n = Array::null();
+    assert!(n.eval().is_err());
+    assert!(n.to_vec::<f32>().is_err());
+    assert_eq!(n.shape(), Vec::<i32>::new());
+  }
+
+  #[test]
+  fn arrays_move_across_threads() {
+    let a = Array::from_slice::<f32>(&[1.0, 2.0], &(2,)).unwrap();
+    let got = std::thread::spawn(move || {
+      let mut a = a;
+      a.to_vec::<f32>().unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(got, vec![1.0, 2.0]);
+  }
+}

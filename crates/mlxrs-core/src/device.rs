@@ -103,3 +103,32 @@ impl std::fmt::Display for Device {
     }
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  /// The default device is the GPU exactly when the loaded libmlx has one
+  /// (CUDA/Metal builds), else the CPU. Prints it so a run on the GPU
+  /// machine records which device MLX picked.
+  #[test]
+  fn default_device_matches_availability() {
+    let d = Device::default_device().unwrap();
+    let gpu = Device::is_available(DeviceType::Gpu);
+    println!("mlx {} default device: {d} (gpu available: {gpu})", crate::version());
+    assert_eq!(d.kind, if gpu { DeviceType::Gpu } else { DeviceType::Cpu });
+    assert!(Device::is_available(DeviceType::Cpu));
+    assert_eq!(Device::CPU.to_string(), "Device(cpu, 0)");
+  }
+
+  #[test]
+  fn unavailable_device_is_an_error_not_a_crash() {
+    if !Device::is_available(DeviceType::Gpu) {
+      assert!(Device::GPU.set_default().is_err());
+      assert!(crate::Stream::new(Device::GPU).is_err());
+    }
+    // (The default device is process-global in MLX, so tests never change
+    // it to something invalid: other tests run concurrently.)
+    Device::default_device().unwrap();
+  }
+}

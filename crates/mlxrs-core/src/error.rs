@@ -27,6 +27,15 @@ pub enum Error {
   /// dimension overflow, interior NUL in a string, ...).
   #[error("invalid argument: {0}")]
   InvalidArgument(String),
+  /// A file is not in the format it should be (corrupt or truncated
+  /// safetensors, ...).
+  #[error("{path}: {msg}")]
+  Format {
+    /// The file.
+    path: String,
+    /// What is wrong.
+    msg: String,
+  },
   /// A file could not be read or written.
   #[error("{path}: {source}")]
   Io {

