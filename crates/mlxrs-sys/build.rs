@@ -131,10 +131,27 @@ fn compile_c_layer(include: &Path) {
     .opt_level(2)
     .debug(false)
     .warnings(false);
-  for f in &files {
-    build.file(f);
-  }
-  build.compile("mlxrs_c");
+  // Compile the translation units in parallel (up to cargo's `-j`): each
+  // includes all of MLX's headers, and the generated op wrappers are split
+  // into several files for this. cc's own `parallel` feature would need the
+  // jobserver crate; threads over `compile_intermediates` do the same.
+  let jobs: usize = env::var("NUM_JOBS").ok().and_then(|n| n.parse().ok()).unwrap_or(1).max(1);
+  let queue = std::sync::Mutex::new(files.clone());
+  let objects = std::sync::Mutex::new(Vec::new());
+  std::thread::scope(|scope| {
+    for _ in 0..jobs.min(files.len()) {
+      scope.spawn(|| {
+        loop {
+          let Some(f) = queue.lock().unwrap().pop() else { break };
+          let objs = build.clone().file(&f).compile_intermediates();
+          objects.lock().unwrap().extend(objs);
+        }
+      });
+    }
+  });
+  let mut objects = objects.into_inner().unwrap();
+  objects.sort();
+  build.objects(objects).compile("mlxrs_c");
 }
 
 // ------------------------------------------------------------------ finding

@@ -1,5 +1,8 @@
-//! Project chores: `cargo xtask <task>`.
+//! Project chores: `cargo run -p xtask -- <task>`.
 //!
+//! - `gen`: regenerate the op bindings from MLX's headers (C header, C++
+//!   wrappers, safe Rust wrappers, `docs/coverage.md`; see `xtask/src/gen/`), then
+//!   the Rust FFI declarations (`bindgen`).
 //! - `bindgen`: regenerate `crates/mlxrs-sys/src/bindings.rs` from
 //!   `crates/mlxrs-sys/csrc/mlxrs_c.h`.
 //! - `check-fresh`: fail if any generated file differs from what the
@@ -10,6 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 mod bindings;
+#[path = "gen/mod.rs"]
+mod opgen;
 
 fn root() -> PathBuf {
   Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -19,13 +24,27 @@ fn main() -> Result<()> {
   let args: Vec<String> = std::env::args().skip(1).collect();
   let task = args.first().map(String::as_str).unwrap_or("help");
   match task {
+    "gen" => {
+      let root = root();
+      let files = opgen::generate(&root)?;
+      for (rel, text) in &files {
+        write_if_changed(&root.join(rel), text)?;
+      }
+      for rel in opgen::obsolete(&root, &files)? {
+        std::fs::remove_file(root.join(&rel)).with_context(|| format!("removing {}", rel.display()))?;
+        eprintln!("removed {}", rel.display());
+      }
+      // The C header changed: the Rust declarations follow it.
+      let text = bindings::generate(&root)?;
+      write_if_changed(&bindings::output_path(&root), &text)?;
+    }
     "bindgen" => {
       let text = bindings::generate(&root())?;
       write_if_changed(&bindings::output_path(&root()), &text)?;
     }
     "check-fresh" => check_fresh()?,
     _ => {
-      eprintln!("usage: cargo xtask <bindgen|check-fresh>");
+      eprintln!("usage: cargo run -p xtask -- <gen|bindgen|check-fresh>");
       if task != "help" {
         bail!("unknown task {task:?}");
       }
@@ -36,6 +55,9 @@ fn main() -> Result<()> {
 
 fn write_if_changed(path: &Path, text: &str) -> Result<()> {
   if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+    if let Some(dir) = path.parent() {
+      std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());
   }
@@ -43,18 +65,29 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
 }
 
 fn check_fresh() -> Result<()> {
+  let root = root();
   let mut stale = Vec::new();
-  let text = bindings::generate(&root())?;
-  let path = bindings::output_path(&root());
+  let files = opgen::generate(&root)?;
+  for (rel, text) in &files {
+    let path = root.join(rel);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+      stale.push(path);
+    }
+  }
+  for rel in opgen::obsolete(&root, &files)? {
+    stale.push(root.join(rel));
+  }
+  let text = bindings::generate(&root)?;
+  let path = bindings::output_path(&root);
   if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
     stale.push(path);
   }
   if !stale.is_empty() {
     bail!(
-      "generated files are stale (run `cargo xtask bindgen`):\n{}",
+      "generated files are stale (run `cargo run -p xtask -- gen`):\n{}",
       stale.iter().map(|p| format!("  {}", p.display())).collect::<Vec<_>>().join("\n")
     );
   }
-  eprintln!("generated files are fresh");
+  eprintln!("generated files are fresh ({} files)", files.len() + 1);
   Ok(())
 }

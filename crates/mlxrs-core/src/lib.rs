@@ -1,7 +1,8 @@
 //! mlxrs-core: safe MLX arrays and the MLX API surface.
 //!
 //! The Rust counterpart of python `mlx.core` and swift `MLX`: [`Array`],
-//! [`Dtype`], devices and streams, ops, [`fast`] kernels, and evaluation.
+//! [`Dtype`], devices and streams, [`ops`], [`fft`], [`linalg`], [`random`],
+//! [`fast`] kernels, and evaluation.
 //! Every fallible call returns [`Result`]; MLX's C++ exceptions become
 //! [`Error::Mlx`] values and never abort the process.
 
@@ -10,8 +11,13 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod fast;
+pub mod fft;
+mod gen_support;
 pub mod io;
+pub mod linalg;
 pub mod memory;
+pub mod ops;
+pub mod random;
 pub mod stream;
 mod string;
 pub mod transforms;

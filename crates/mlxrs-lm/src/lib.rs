@@ -1,1 +1,34 @@
 //! Language-model pipelines (load HF / mlx-community checkpoints, generate, chat).
+//!
+//! The MLX-independent half lives here: checkpoint configuration
+//! ([`config`]), tokenization ([`tokenizer`]), streaming detokenization
+//! ([`detokenizer`]), chat templates ([`chat`]) and model resolution on the
+//! Hugging Face Hub ([`hub`]), mirroring Python mlx-lm's `utils.py` /
+//! `tokenizer_utils.py` and transformers' tokenizer loading and
+//! `apply_chat_template`.
+
+pub mod chat;
+pub mod config;
+pub mod detokenizer;
+pub mod error;
+pub mod hub;
+pub mod tokenizer;
+
+pub use chat::{ChatOptions, ChatTemplate, ChatTemplates, Content, Message};
+pub use config::{GenerationConfig, LayerQuantization, ModelConfig, QuantMode, QuantParams, QuantSource, Quantization};
+pub use detokenizer::{DetokenizerKind, StreamingDetokenizer};
+pub use error::{Error, Result};
+pub use hub::{HubConfig, ModelFiles, resolve_model, resolve_model_with};
+pub use tokenizer::{SpecialTokens, Tokenizer};
+
+// The MLX half: models, sampling, generation.
+pub mod generate;
+pub mod load;
+pub mod model;
+pub mod models;
+pub mod sample;
+
+pub use generate::{Step, StepConfig, TokenGenerator};
+pub use load::{LoadOptions, LoadedModel, load, load_model_dir};
+pub use model::{LanguageModel, build_model, supported_model_types};
+pub use sample::{LogitsConfig, Sampler, SamplerConfig};

@@ -136,6 +136,27 @@ inline std::vector<int> ints(const int* data, size_t num) {
   return std::vector<int>(data, data + num);
 }
 
+// Used by the generated wrappers (gen_*.cpp):
+
+/// `std::optional<std::vector<int>>`: a NULL pointer means absent.
+inline std::optional<std::vector<int>> opt_ints(const int* data, size_t num) {
+  if (data == nullptr) {
+    return std::nullopt;
+  }
+  return std::vector<int>(data, data + num);
+}
+
+inline mx::Strides strides(const int64_t* data, size_t num) {
+  if (num > 0 && data == nullptr) {
+    throw std::invalid_argument("mlxrs: null strides pointer");
+  }
+  return mx::Strides(data, data + num);
+}
+
+inline std::optional<bool> opt_bool(mlx_optional_bool v) {
+  return v.has_value ? std::optional<bool>(v.value) : std::nullopt;
+}
+
 inline std::string str(const char* s) {
   if (s == nullptr) {
     throw std::invalid_argument("mlxrs: null string");

@@ -678,7 +678,2934 @@ unsafe extern "C" {
 unsafe extern "C" {
     pub fn mlx_clear_cache() -> ::core::ffi::c_int;
 }
+/// An optional bool (C++ `std::optional<bool>`), in mlx-c's optional style.
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct mlx_optional_bool_ {
+    pub value: bool,
+    pub has_value: bool,
+}
+/// An optional bool (C++ `std::optional<bool>`), in mlx-c's optional style.
+pub type mlx_optional_bool = mlx_optional_bool_;
+#[repr(u32)]
+/// FFT normalization (C++ `mlx::core::fft::FFTNorm`).
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub enum mlx_fft_norm_ {
+    MLX_FFT_NORM_BACKWARD = 0,
+    MLX_FFT_NORM_ORTHO = 1,
+    MLX_FFT_NORM_FORWARD = 2,
+}
+/// FFT normalization (C++ `mlx::core::fft::FFTNorm`).
+pub use self::mlx_fft_norm_ as mlx_fft_norm;
 unsafe extern "C" {
+    /** A 1D array of numbers starting at `start` (optional), stopping at stop,
+ stepping by `step` (optional). C++ `mlx::core::arange` (ops.h:23).*/
+    pub fn mlx_arange(
+        res: *mut mlx_array,
+        start: f64,
+        stop: f64,
+        step: f64,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** A 1D array of `num` evenly spaced numbers in the range `[start, stop]`, or
+ in the half-open range `[start, stop)` when `endpoint` is false. C++
+ `mlx::core::linspace` (ops.h:45).*/
+    pub fn mlx_linspace(
+        res: *mut mlx_array,
+        start: f64,
+        stop: f64,
+        num: ::core::ffi::c_int,
+        endpoint: bool,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Convert an array to the given data type. C++ `mlx::core::astype` (ops.h:62).
+    pub fn mlx_astype(
+        res: *mut mlx_array,
+        a: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Create a view of an array with the given shape and strides. C++
+ `mlx::core::as_strided` (ops.h:65).*/
+    pub fn mlx_as_strided(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        strides: *const i64,
+        strides_num: usize,
+        offset: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Copy another array. C++ `mlx::core::copy` (ops.h:73).
+    pub fn mlx_copy(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Fill an array of the given shape with the given value(s). C++
+ `mlx::core::full` (ops.h:76).*/
+    pub fn mlx_full(
+        res: *mut mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        vals: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::full_like` (ops.h:87).
+    pub fn mlx_full_like(
+        res: *mut mlx_array,
+        a: mlx_array,
+        vals: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Fill an array of the given shape with zeros. C++ `mlx::core::zeros`
+ (ops.h:100).*/
+    pub fn mlx_zeros(
+        res: *mut mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Create an array of zeros with the shape of `a`. C++ `mlx::core::zeros_like`
+ (ops.h:105).*/
+    pub fn mlx_zeros_like(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Fill an array of the given shape with ones. C++ `mlx::core::ones`
+ (ops.h:109).*/
+    pub fn mlx_ones(
+        res: *mut mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Create an array of ones with the shape of `a`. C++ `mlx::core::ones_like`
+ (ops.h:114).*/
+    pub fn mlx_ones_like(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Fill an array of the given shape (n,m) with ones in the specified diagonal
+ k, and zeros everywhere else. C++ `mlx::core::eye` (ops.h:119).*/
+    pub fn mlx_eye(
+        res: *mut mlx_array,
+        n: ::core::ffi::c_int,
+        m: ::core::ffi::c_int,
+        k: ::core::ffi::c_int,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Create a square matrix of shape (n,n) of zeros, and ones in the major
+ diagonal. C++ `mlx::core::identity` (ops.h:135).*/
+    pub fn mlx_identity(
+        res: *mut mlx_array,
+        n: ::core::ffi::c_int,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::tri` (ops.h:140).
+    pub fn mlx_tri(
+        res: *mut mlx_array,
+        n: ::core::ffi::c_int,
+        m: ::core::ffi::c_int,
+        k: ::core::ffi::c_int,
+        type_: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::tril` (ops.h:145).
+    pub fn mlx_tril(
+        res: *mut mlx_array,
+        x: mlx_array,
+        k: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::triu` (ops.h:146).
+    pub fn mlx_triu(
+        res: *mut mlx_array,
+        x: mlx_array,
+        k: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Reshape an array to the given shape. C++ `mlx::core::reshape` (ops.h:149).
+    pub fn mlx_reshape(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Unflatten the axis to the given shape. C++ `mlx::core::unflatten`
+ (ops.h:152).*/
+    pub fn mlx_unflatten(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Flatten the dimensions in the range `[start_axis, end_axis]` . C++
+ `mlx::core::flatten` (ops.h:156).*/
+    pub fn mlx_flatten(
+        res: *mut mlx_array,
+        a: mlx_array,
+        start_axis: ::core::ffi::c_int,
+        end_axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Multiply the array by the Hadamard matrix of corresponding size. C++
+ `mlx::core::hadamard_transform` (ops.h:166).*/
+    pub fn mlx_hadamard_transform(
+        res: *mut mlx_array,
+        a: mlx_array,
+        scale: mlx_optional_float,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Remove singleton dimensions at the given axes. C++ `mlx::core::squeeze`
+ (ops.h:172).*/
+    pub fn mlx_squeeze_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Remove singleton dimensions at the given axis. C++ `mlx::core::squeeze`
+ (ops.h:176).*/
+    pub fn mlx_squeeze_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Remove all singleton dimensions. C++ `mlx::core::squeeze` (ops.h:179).
+    pub fn mlx_squeeze(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Add a singleton dimension at the given axes. C++ `mlx::core::expand_dims`
+ (ops.h:182).*/
+    pub fn mlx_expand_dims_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Add a singleton dimension at the given axis. C++ `mlx::core::expand_dims`
+ (ops.h:188).*/
+    pub fn mlx_expand_dims(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Reverse the order of the elements along the given axes. C++
+ `mlx::core::flip` (ops.h:191).*/
+    pub fn mlx_flip_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Reverse the order of the elements along the given axis. C++
+ `mlx::core::flip` (ops.h:195).*/
+    pub fn mlx_flip_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Reverse the order of the elements along all axes. C++ `mlx::core::flip`
+ (ops.h:198).*/
+    pub fn mlx_flip(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Slice an array. C++ `mlx::core::slice` (ops.h:201).
+    pub fn mlx_slice(
+        res: *mut mlx_array,
+        a: mlx_array,
+        start: *const ::core::ffi::c_int,
+        start_num: usize,
+        stop: *const ::core::ffi::c_int,
+        stop_num: usize,
+        strides: *const ::core::ffi::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Slice an array with dynamic starting indices. C++ `mlx::core::slice`
+ (ops.h:221).*/
+    pub fn mlx_slice_dynamic(
+        res: *mut mlx_array,
+        a: mlx_array,
+        start: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        slice_size: *const ::core::ffi::c_int,
+        slice_size_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Update a slice from the source array. C++ `mlx::core::slice_update`
+ (ops.h:229).*/
+    pub fn mlx_slice_update(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::core::ffi::c_int,
+        start_num: usize,
+        stop: *const ::core::ffi::c_int,
+        stop_num: usize,
+        strides: *const ::core::ffi::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Update a slice from the source array with dynamic starting indices. C++
+ `mlx::core::slice_update` (ops.h:246).*/
+    pub fn mlx_slice_update_dynamic(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Slice update and add updates to given slice. C++
+ `mlx::core::slice_update_add` (ops.h:254).*/
+    pub fn mlx_slice_update_add(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::core::ffi::c_int,
+        start_num: usize,
+        stop: *const ::core::ffi::c_int,
+        stop_num: usize,
+        strides: *const ::core::ffi::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Slice update and prod updates to given slice. C++
+ `mlx::core::slice_update_prod` (ops.h:272).*/
+    pub fn mlx_slice_update_prod(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::core::ffi::c_int,
+        start_num: usize,
+        stop: *const ::core::ffi::c_int,
+        stop_num: usize,
+        strides: *const ::core::ffi::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Slice update and max updates to given slice. C++
+ `mlx::core::slice_update_max` (ops.h:290).*/
+    pub fn mlx_slice_update_max(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::core::ffi::c_int,
+        start_num: usize,
+        stop: *const ::core::ffi::c_int,
+        stop_num: usize,
+        strides: *const ::core::ffi::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Slice update and min updates to given slice. C++
+ `mlx::core::slice_update_min` (ops.h:308).*/
+    pub fn mlx_slice_update_min(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::core::ffi::c_int,
+        start_num: usize,
+        stop: *const ::core::ffi::c_int,
+        stop_num: usize,
+        strides: *const ::core::ffi::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Split an array into sub-arrays along a given axis. C++ `mlx::core::split`
+ (ops.h:326).*/
+    pub fn mlx_split(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        num_splits: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Split an array into sub-arrays along a given axis. C++ `mlx::core::split`
+ (ops.h:330).*/
+    pub fn mlx_split_sections(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        indices: *const ::core::ffi::c_int,
+        indices_num: usize,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Split an array into a sequence of arrays along an axis, removing it. C++
+ `mlx::core::unstack` (ops.h:336).*/
+    pub fn mlx_unstack_axis(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Split an array into a sequence of arrays along an axis, removing it. C++
+ `mlx::core::unstack` (ops.h:338).*/
+    pub fn mlx_unstack(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** A vector of coordinate arrays from coordinate vectors. C++
+ `mlx::core::meshgrid` (ops.h:341).*/
+    pub fn mlx_meshgrid(
+        res: *mut mlx_vector_array,
+        arrays: mlx_vector_array,
+        sparse: bool,
+        indexing: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Clip (limit) the values in an array. C++ `mlx::core::clip` (ops.h:350).
+    pub fn mlx_clip(
+        res: *mut mlx_array,
+        a: mlx_array,
+        a_min: mlx_array,
+        a_max: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Concatenate arrays along a given axis. C++ `mlx::core::concatenate`
+ (ops.h:357).*/
+    pub fn mlx_concatenate_axis(
+        res: *mut mlx_array,
+        arrays: mlx_vector_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Concatenate arrays along a given axis. C++ `mlx::core::concatenate`
+ (ops.h:359).*/
+    pub fn mlx_concatenate(
+        res: *mut mlx_array,
+        arrays: mlx_vector_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Stack arrays along a new axis. C++ `mlx::core::stack` (ops.h:362).
+    pub fn mlx_stack_axis(
+        res: *mut mlx_array,
+        arrays: mlx_vector_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Stack arrays along a new axis. C++ `mlx::core::stack` (ops.h:364).
+    pub fn mlx_stack(
+        res: *mut mlx_array,
+        arrays: mlx_vector_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Repeat an array along an axis. C++ `mlx::core::repeat` (ops.h:367).
+    pub fn mlx_repeat_axis(
+        res: *mut mlx_array,
+        arr: mlx_array,
+        repeats: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Repeat an array along an axis. C++ `mlx::core::repeat` (ops.h:369).
+    pub fn mlx_repeat(
+        res: *mut mlx_array,
+        arr: mlx_array,
+        repeats: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::tile` (ops.h:371).
+    pub fn mlx_tile(
+        res: *mut mlx_array,
+        arr: mlx_array,
+        reps: *const ::core::ffi::c_int,
+        reps_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Permutes the dimensions according to the given axes. C++
+ `mlx::core::transpose` (ops.h:375).*/
+    pub fn mlx_transpose_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Permutes the dimensions in reverse order. C++ `mlx::core::transpose`
+ (ops.h:426).*/
+    pub fn mlx_transpose(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Permutes last two dimensions of an array. C++ `mlx::core::matrix_transpose`
+ (ops.h:385).*/
+    pub fn mlx_matrix_transpose(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Swap two axes of an array. C++ `mlx::core::swapaxes` (ops.h:388).
+    pub fn mlx_swapaxes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis1: ::core::ffi::c_int,
+        axis2: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Move an axis of an array. C++ `mlx::core::moveaxis` (ops.h:392).
+    pub fn mlx_moveaxis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        source: ::core::ffi::c_int,
+        destination: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Pad an array with a constant value. C++ `mlx::core::pad` (ops.h:396).
+    pub fn mlx_pad(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        low_pad_size: *const ::core::ffi::c_int,
+        low_pad_size_num: usize,
+        high_pad_size: *const ::core::ffi::c_int,
+        high_pad_size_num: usize,
+        pad_value: mlx_array,
+        mode: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Pad an array with a constant value. C++ `mlx::core::pad` (ops.h:418).
+    pub fn mlx_pad_symmetric(
+        res: *mut mlx_array,
+        a: mlx_array,
+        pad_width: ::core::ffi::c_int,
+        pad_value: mlx_array,
+        mode: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Broadcast an array to a given shape. C++ `mlx::core::broadcast_to`
+ (ops.h:429).*/
+    pub fn mlx_broadcast_to(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Broadcast a vector of arrays against one another. C++
+ `mlx::core::broadcast_arrays` (ops.h:433).*/
+    pub fn mlx_broadcast_arrays(
+        res: *mut mlx_vector_array,
+        inputs: mlx_vector_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns the bool array with (a == b) element-wise. C++ `mlx::core::equal`
+ (ops.h:438).*/
+    pub fn mlx_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns the bool array with (a != b) element-wise. C++
+ `mlx::core::not_equal` (ops.h:452).*/
+    pub fn mlx_not_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns bool array with (a > b) element-wise. C++ `mlx::core::greater`
+ (ops.h:466).*/
+    pub fn mlx_greater(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns bool array with (a >= b) element-wise. C++
+ `mlx::core::greater_equal` (ops.h:480).*/
+    pub fn mlx_greater_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns bool array with (a < b) element-wise. C++ `mlx::core::less`
+ (ops.h:495).*/
+    pub fn mlx_less(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns bool array with (a <= b) element-wise. C++ `mlx::core::less_equal`
+ (ops.h:509).*/
+    pub fn mlx_less_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** True if two arrays have the same shape and elements. C++
+ `mlx::core::array_equal` (ops.h:523).*/
+    pub fn mlx_array_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        equal_nan: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::isnan` (ops.h:533).
+    pub fn mlx_isnan(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::isinf` (ops.h:535).
+    pub fn mlx_isinf(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::isfinite` (ops.h:537).
+    pub fn mlx_isfinite(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::isposinf` (ops.h:539).
+    pub fn mlx_isposinf(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::isneginf` (ops.h:541).
+    pub fn mlx_isneginf(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Select from x or y depending on condition. C++ `mlx::core::where`
+ (ops.h:544).*/
+    pub fn mlx_where(
+        res: *mut mlx_array,
+        condition: mlx_array,
+        x: mlx_array,
+        y: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Replace NaN and infinities with finite numbers. C++ `mlx::core::nan_to_num`
+ (ops.h:551).*/
+    pub fn mlx_nan_to_num(
+        res: *mut mlx_array,
+        a: mlx_array,
+        nan: f32,
+        posinf: mlx_optional_float,
+        neginf: mlx_optional_float,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** True if all elements in the array are true (or non-zero). C++
+ `mlx::core::all` (ops.h:559).*/
+    pub fn mlx_all(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Reduces the input along the given axes. C++ `mlx::core::all` (ops.h:587).
+    pub fn mlx_all_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Reduces the input along the given axis. C++ `mlx::core::all` (ops.h:597).
+    pub fn mlx_all_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** True if the two arrays are equal within the specified tolerance. C++
+ `mlx::core::allclose` (ops.h:565).*/
+    pub fn mlx_allclose(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        rtol: f64,
+        atol: f64,
+        equal_nan: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns a boolean array where two arrays are element-wise equal within the
+ specified tolerance. C++ `mlx::core::isclose` (ops.h:575).*/
+    pub fn mlx_isclose(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        rtol: f64,
+        atol: f64,
+        equal_nan: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** True if any elements in the array are true (or non-zero). C++
+ `mlx::core::any` (ops.h:601).*/
+    pub fn mlx_any(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Reduces the input along the given axes. C++ `mlx::core::any` (ops.h:610).
+    pub fn mlx_any_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Reduces the input along the given axis. C++ `mlx::core::any` (ops.h:620).
+    pub fn mlx_any_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Sums the elements of an array. C++ `mlx::core::sum` (ops.h:624).
+    pub fn mlx_sum(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Sums the elements of an array along the given axes. C++ `mlx::core::sum`
+ (ops.h:630).*/
+    pub fn mlx_sum_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Sums the elements of an array along the given axis. C++ `mlx::core::sum`
+ (ops.h:637).*/
+    pub fn mlx_sum_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Count the number of non-zero elements in an array. C++
+ `mlx::core::count_nonzero` (ops.h:641).*/
+    pub fn mlx_count_nonzero(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Count the number of non-zero elements in an array. C++
+ `mlx::core::count_nonzero` (ops.h:643).*/
+    pub fn mlx_count_nonzero_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Count the number of non-zero elements in an array. C++
+ `mlx::core::count_nonzero` (ops.h:648).*/
+    pub fn mlx_count_nonzero_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the mean of the elements of an array. C++ `mlx::core::mean`
+ (ops.h:655).*/
+    pub fn mlx_mean(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the mean of the elements of an array along the given axes. C++
+ `mlx::core::mean` (ops.h:661).*/
+    pub fn mlx_mean_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the mean of the elements of an array along the given axis. C++
+ `mlx::core::mean` (ops.h:668).*/
+    pub fn mlx_mean_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the median of the elements of an array. C++ `mlx::core::median`
+ (ops.h:672).*/
+    pub fn mlx_median(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the median of the elements of an array along the given axes. C++
+ `mlx::core::median` (ops.h:678).*/
+    pub fn mlx_median_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the median of the elements of an array along the given axis. C++
+ `mlx::core::median` (ops.h:685).*/
+    pub fn mlx_median_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the variance of the elements of an array. C++ `mlx::core::var`
+ (ops.h:689).*/
+    pub fn mlx_var(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        ddof: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the variance of the elements of an array along the given axes. C++
+ `mlx::core::var` (ops.h:697).*/
+    pub fn mlx_var_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        ddof: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the variance of the elements of an array along the given axis. C++
+ `mlx::core::var` (ops.h:706).*/
+    pub fn mlx_var_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        ddof: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the standard deviation of the elements of an array. C++
+ `mlx::core::std` (ops.h:714).*/
+    pub fn mlx_std(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        ddof: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the standard deviation of the elements of an array along the given
+ axes. C++ `mlx::core::std` (ops.h:722).*/
+    pub fn mlx_std_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        ddof: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the standard deviation of the elements of an array along the given
+ axis. C++ `mlx::core::std` (ops.h:731).*/
+    pub fn mlx_std_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        ddof: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// The product of all elements of the array. C++ `mlx::core::prod` (ops.h:739).
+    pub fn mlx_prod(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The product of the elements of an array along the given axes. C++
+ `mlx::core::prod` (ops.h:745).*/
+    pub fn mlx_prod_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The product of the elements of an array along the given axis. C++
+ `mlx::core::prod` (ops.h:752).*/
+    pub fn mlx_prod_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// The maximum of all elements of the array. C++ `mlx::core::max` (ops.h:756).
+    pub fn mlx_max(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The maximum of the elements of an array along the given axes. C++
+ `mlx::core::max` (ops.h:762).*/
+    pub fn mlx_max_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The maximum of the elements of an array along the given axis. C++
+ `mlx::core::max` (ops.h:769).*/
+    pub fn mlx_max_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// The minimum of all elements of the array. C++ `mlx::core::min` (ops.h:773).
+    pub fn mlx_min(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The minimum of the elements of an array along the given axes. C++
+ `mlx::core::min` (ops.h:779).*/
+    pub fn mlx_min_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The minimum of the elements of an array along the given axis. C++
+ `mlx::core::min` (ops.h:786).*/
+    pub fn mlx_min_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The minimum and maximum of the elements of an array along the given axes.
+ C++ `mlx::core::minmax` (ops.h:789).*/
+    pub fn mlx_minmax(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The minimum and maximum of the elements of an array along the given axes.
+ C++ `mlx::core::minmax` (ops.h:796).*/
+    pub fn mlx_minmax_axes(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The minimum and maximum of the elements of an array along the given axis.
+ C++ `mlx::core::minmax` (ops.h:803).*/
+    pub fn mlx_minmax_axis(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Returns the Hanning window of size M. C++ `mlx::core::hanning` (ops.h:807).
+    pub fn mlx_hanning(
+        res: *mut mlx_array,
+        M: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Returns the Hamming window of size M. C++ `mlx::core::hamming` (ops.h:810).
+    pub fn mlx_hamming(
+        res: *mut mlx_array,
+        M: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns the bartlett window of size M. C++ `mlx::core::bartlett`
+ (ops.h:813).*/
+    pub fn mlx_bartlett(
+        res: *mut mlx_array,
+        M: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns the Blackmann window of size M. C++ `mlx::core::blackman`
+ (ops.h:816).*/
+    pub fn mlx_blackman(
+        res: *mut mlx_array,
+        M: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns the index of the minimum value in the array. C++ `mlx::core::argmin`
+ (ops.h:819).*/
+    pub fn mlx_argmin(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns the indices of the minimum values along a given axis. C++
+ `mlx::core::argmin` (ops.h:825).*/
+    pub fn mlx_argmin_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns the index of the maximum value in the array. C++ `mlx::core::argmax`
+ (ops.h:829).*/
+    pub fn mlx_argmax(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns the indices of the maximum values along a given axis. C++
+ `mlx::core::argmax` (ops.h:835).*/
+    pub fn mlx_argmax_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns a sorted copy of the flattened array. C++ `mlx::core::sort`
+ (ops.h:842).*/
+    pub fn mlx_sort(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns a sorted copy of the array along a given axis. C++ `mlx::core::sort`
+ (ops.h:848).*/
+    pub fn mlx_sort_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns indices that sort the flattened array. C++ `mlx::core::argsort`
+ (ops.h:854).*/
+    pub fn mlx_argsort(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns indices that sort the array along a given axis. C++
+ `mlx::core::argsort` (ops.h:860).*/
+    pub fn mlx_argsort_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns a partitioned copy of the flattened array such that the smaller kth
+ elements are first. C++ `mlx::core::partition` (ops.h:866).*/
+    pub fn mlx_partition(
+        res: *mut mlx_array,
+        a: mlx_array,
+        kth: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns a partitioned copy of the array along a given axis such that the
+ smaller kth elements are first. C++ `mlx::core::partition` (ops.h:872).*/
+    pub fn mlx_partition_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        kth: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns indices that partition the flattened array such that the smaller kth
+ elements are first. C++ `mlx::core::argpartition` (ops.h:879).*/
+    pub fn mlx_argpartition(
+        res: *mut mlx_array,
+        a: mlx_array,
+        kth: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns indices that partition the array along a given axis such that the
+ smaller kth elements are first. C++ `mlx::core::argpartition` (ops.h:885).*/
+    pub fn mlx_argpartition_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        kth: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Find the indices of `values` in `sorted_sequence`. C++
+ `mlx::core::searchsorted` (ops.h:889).*/
+    pub fn mlx_searchsorted(
+        res: *mut mlx_array,
+        sorted_sequence: mlx_array,
+        values: mlx_array,
+        side: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns topk elements of the flattened array. C++ `mlx::core::topk`
+ (ops.h:896).*/
+    pub fn mlx_topk(
+        res: *mut mlx_array,
+        a: mlx_array,
+        k: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns topk elements of the array along a given axis. C++ `mlx::core::topk`
+ (ops.h:899).*/
+    pub fn mlx_topk_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        k: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns the sorted unique elements of the flattened array, and optionally
+ the index of the first occurrence of each, the inverse indices and the
+ counts. C++ `mlx::core::unique` (ops.h:913).*/
+    pub fn mlx_unique(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        size: ::core::ffi::c_int,
+        return_index: bool,
+        return_inverse: bool,
+        return_counts: bool,
+        fill_value: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Cumulative logsumexp of an array. C++ `mlx::core::logcumsumexp` (ops.h:923).
+    pub fn mlx_logcumsumexp(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Cumulative logsumexp of an array along the given axis. C++
+ `mlx::core::logcumsumexp` (ops.h:930).*/
+    pub fn mlx_logcumsumexp_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The logsumexp of all elements of the array. C++ `mlx::core::logsumexp`
+ (ops.h:938).*/
+    pub fn mlx_logsumexp(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The logsumexp of the elements of an array along the given axes. C++
+ `mlx::core::logsumexp` (ops.h:944).*/
+    pub fn mlx_logsumexp_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The logsumexp of the elements of an array along the given axis. C++
+ `mlx::core::logsumexp` (ops.h:951).*/
+    pub fn mlx_logsumexp_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Absolute value of elements in an array. C++ `mlx::core::abs` (ops.h:958).
+    pub fn mlx_abs(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Unary plus — return a copy of the array unchanged. C++
+ `mlx::core::positive` (ops.h:961).*/
+    pub fn mlx_positive(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Negate an array. C++ `mlx::core::negative` (ops.h:964).
+    pub fn mlx_negative(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// The sign of the elements in an array. C++ `mlx::core::sign` (ops.h:968).
+    pub fn mlx_sign(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Logical not of an array. C++ `mlx::core::logical_not` (ops.h:971).
+    pub fn mlx_logical_not(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Logical and of two arrays. C++ `mlx::core::logical_and` (ops.h:974).
+    pub fn mlx_logical_and(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Logical or of two arrays. C++ `mlx::core::logical_or` (ops.h:979).
+    pub fn mlx_logical_or(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Logical exclusive or of two arrays. C++ `mlx::core::logical_xor`
+ (ops.h:983).*/
+    pub fn mlx_logical_xor(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The reciprocal (1/x) of the elements in an array. C++
+ `mlx::core::reciprocal` (ops.h:987).*/
+    pub fn mlx_reciprocal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Add two arrays. C++ `mlx::core::add` (ops.h:990).
+    pub fn mlx_add(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Subtract two arrays. C++ `mlx::core::subtract` (ops.h:1002).
+    pub fn mlx_subtract(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Multiply two arrays. C++ `mlx::core::multiply` (ops.h:1014).
+    pub fn mlx_multiply(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Divide two arrays. C++ `mlx::core::divide` (ops.h:1026).
+    pub fn mlx_divide(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the element-wise quotient and remainder. C++ `mlx::core::divmod`
+ (ops.h:1032).*/
+    pub fn mlx_divmod(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Compute integer division. C++ `mlx::core::floor_divide` (ops.h:1036).
+    pub fn mlx_floor_divide(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the element-wise remainder of division. C++ `mlx::core::remainder`
+ (ops.h:1040).*/
+    pub fn mlx_remainder(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Element-wise maximum between two arrays. C++ `mlx::core::maximum`
+ (ops.h:1052).*/
+    pub fn mlx_maximum(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Element-wise minimum between two arrays. C++ `mlx::core::minimum`
+ (ops.h:1055).*/
+    pub fn mlx_minimum(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Floor the element of an array. C++ `mlx::core::floor` (ops.h:1058).
+    pub fn mlx_floor(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Ceil the element of an array. C++ `mlx::core::ceil` (ops.h:1061).
+    pub fn mlx_ceil(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Truncate the elements of an array towards zero. C++ `mlx::core::trunc`
+ (ops.h:1064).*/
+    pub fn mlx_trunc(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Square the elements of an array. C++ `mlx::core::square` (ops.h:1067).
+    pub fn mlx_square(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Exponential of the elements of an array. C++ `mlx::core::exp` (ops.h:1070).
+    pub fn mlx_exp(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Sine of the elements of an array. C++ `mlx::core::sin` (ops.h:1073).
+    pub fn mlx_sin(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Cosine of the elements of an array. C++ `mlx::core::cos` (ops.h:1076).
+    pub fn mlx_cos(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Tangent of the elements of an array. C++ `mlx::core::tan` (ops.h:1079).
+    pub fn mlx_tan(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Arc Sine of the elements of an array. C++ `mlx::core::arcsin` (ops.h:1082).
+    pub fn mlx_arcsin(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Arc Cosine of the elements of an array. C++ `mlx::core::arccos`
+ (ops.h:1085).*/
+    pub fn mlx_arccos(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Arc Tangent of the elements of an array. C++ `mlx::core::arctan`
+ (ops.h:1088).*/
+    pub fn mlx_arctan(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Inverse tangent of the ratio of two arrays. C++ `mlx::core::arctan2`
+ (ops.h:1091).*/
+    pub fn mlx_arctan2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Hyperbolic Sine of the elements of an array. C++ `mlx::core::sinh`
+ (ops.h:1094).*/
+    pub fn mlx_sinh(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Hyperbolic Cosine of the elements of an array. C++ `mlx::core::cosh`
+ (ops.h:1097).*/
+    pub fn mlx_cosh(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Hyperbolic Tangent of the elements of an array. C++ `mlx::core::tanh`
+ (ops.h:1100).*/
+    pub fn mlx_tanh(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Inverse Hyperbolic Sine of the elements of an array. C++
+ `mlx::core::arcsinh` (ops.h:1103).*/
+    pub fn mlx_arcsinh(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Inverse Hyperbolic Cosine of the elements of an array. C++
+ `mlx::core::arccosh` (ops.h:1106).*/
+    pub fn mlx_arccosh(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Inverse Hyperbolic Tangent of the elements of an array. C++
+ `mlx::core::arctanh` (ops.h:1109).*/
+    pub fn mlx_arctanh(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Convert the elements of an array from Radians to Degrees. C++
+ `mlx::core::degrees` (ops.h:1112).*/
+    pub fn mlx_degrees(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Convert the elements of an array from Degrees to Radians. C++
+ `mlx::core::radians` (ops.h:1115).*/
+    pub fn mlx_radians(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Natural logarithm of the elements of an array. C++ `mlx::core::log`
+ (ops.h:1118).*/
+    pub fn mlx_log(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Log base 2 of the elements of an array. C++ `mlx::core::log2` (ops.h:1121).
+    pub fn mlx_log2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Log base 10 of the elements of an array. C++ `mlx::core::log10`
+ (ops.h:1124).*/
+    pub fn mlx_log10(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Natural logarithm of one plus elements in the array: `log(1 + a)`. C++
+ `mlx::core::log1p` (ops.h:1127).*/
+    pub fn mlx_log1p(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Log-add-exp of one elements in the array: `log(exp(a) + exp(b))`. C++
+ `mlx::core::logaddexp` (ops.h:1130).*/
+    pub fn mlx_logaddexp(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Element-wise logistic sigmoid of the array: `1 / (1 + exp(-x)`. C++
+ `mlx::core::sigmoid` (ops.h:1133).*/
+    pub fn mlx_sigmoid(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the error function of the elements of an array. C++
+ `mlx::core::erf` (ops.h:1136).*/
+    pub fn mlx_erf(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the inverse error function of the elements of an array. C++
+ `mlx::core::erfinv` (ops.h:1139).*/
+    pub fn mlx_erfinv(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes the expm1 function of the elements of an array. C++
+ `mlx::core::expm1` (ops.h:1142).*/
+    pub fn mlx_expm1(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Stop the flow of gradients. C++ `mlx::core::stop_gradient` (ops.h:1145).
+    pub fn mlx_stop_gradient(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Round a floating point number. C++ `mlx::core::round` (ops.h:1148).
+    pub fn mlx_round(
+        res: *mut mlx_array,
+        a: mlx_array,
+        decimals: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Matrix-matrix multiplication. C++ `mlx::core::matmul` (ops.h:1154).
+    pub fn mlx_matmul(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Gather array entries given indices and slices. C++ `mlx::core::gather`
+ (ops.h:1157).*/
+    pub fn mlx_gather(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        slice_sizes: *const ::core::ffi::c_int,
+        slice_sizes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Gather array entries given indices and slices. C++ `mlx::core::gather`
+ (ops.h:1163).*/
+    pub fn mlx_gather_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        axis: ::core::ffi::c_int,
+        slice_sizes: *const ::core::ffi::c_int,
+        slice_sizes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the Kronecker product of two arrays. C++ `mlx::core::kron`
+ (ops.h:1173).*/
+    pub fn mlx_kron(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Take array slices at the given indices of the specified axis. C++
+ `mlx::core::take` (ops.h:1176).*/
+    pub fn mlx_take_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Take array entries at the given indices treating the array as flattened. C++
+ `mlx::core::take` (ops.h:1181).*/
+    pub fn mlx_take(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Take array entries given indices along the axis. C++
+ `mlx::core::take_along_axis` (ops.h:1185).*/
+    pub fn mlx_take_along_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Put the values into the array at the given indices along the axis. C++
+ `mlx::core::put_along_axis` (ops.h:1192).*/
+    pub fn mlx_put_along_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        values: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Add the values into the array at the given indices along the axis. C++
+ `mlx::core::scatter_add_axis` (ops.h:1200).*/
+    pub fn mlx_scatter_add_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        values: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Scatter updates to the given indices. C++ `mlx::core::scatter` (ops.h:1305).
+    pub fn mlx_scatter(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Scatter updates to the given indices. C++ `mlx::core::scatter` (ops.h:1311).
+    pub fn mlx_scatter_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Scatter and add updates to given indices. C++ `mlx::core::scatter_add`
+ (ops.h:1321).*/
+    pub fn mlx_scatter_add(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Scatter and add updates to given indices. C++ `mlx::core::scatter_add`
+ (ops.h:1327).*/
+    pub fn mlx_scatter_add_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Scatter and prod updates to given indices. C++ `mlx::core::scatter_prod`
+ (ops.h:1337).*/
+    pub fn mlx_scatter_prod(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Scatter and prod updates to given indices. C++ `mlx::core::scatter_prod`
+ (ops.h:1343).*/
+    pub fn mlx_scatter_prod_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Scatter and max updates to given linear indices. C++
+ `mlx::core::scatter_max` (ops.h:1353).*/
+    pub fn mlx_scatter_max(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Scatter and max updates to given linear indices. C++
+ `mlx::core::scatter_max` (ops.h:1359).*/
+    pub fn mlx_scatter_max_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Scatter and min updates to given linear indices. C++
+ `mlx::core::scatter_min` (ops.h:1368).*/
+    pub fn mlx_scatter_min(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Scatter and min updates to given linear indices. C++
+ `mlx::core::scatter_min` (ops.h:1374).*/
+    pub fn mlx_scatter_min_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::masked_scatter` (ops.h:1383).
+    pub fn mlx_masked_scatter(
+        res: *mut mlx_array,
+        a: mlx_array,
+        mask: mlx_array,
+        src: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Square root the elements of an array. C++ `mlx::core::sqrt` (ops.h:1390).
+    pub fn mlx_sqrt(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Square root and reciprocal the elements of an array. C++ `mlx::core::rsqrt`
+ (ops.h:1393).*/
+    pub fn mlx_rsqrt(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Softmax of an array. C++ `mlx::core::softmax` (ops.h:1396).
+    pub fn mlx_softmax_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        precise: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Softmax of an array. C++ `mlx::core::softmax` (ops.h:1403).
+    pub fn mlx_softmax(
+        res: *mut mlx_array,
+        a: mlx_array,
+        precise: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Softmax of an array. C++ `mlx::core::softmax` (ops.h:1407).
+    pub fn mlx_softmax_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        precise: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Raise elements of a to the power of b element-wise. C++ `mlx::core::power`
+ (ops.h:1413).*/
+    pub fn mlx_power(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Cumulative sum of an array. C++ `mlx::core::cumsum` (ops.h:1416).
+    pub fn mlx_cumsum(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Cumulative sum of an array along the given axis. C++ `mlx::core::cumsum`
+ (ops.h:1428).*/
+    pub fn mlx_cumsum_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        reverse: bool,
+        inclusive: bool,
+        dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Cumulative product of an array. C++ `mlx::core::cumprod` (ops.h:1445).
+    pub fn mlx_cumprod(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Cumulative product of an array along the given axis. C++
+ `mlx::core::cumprod` (ops.h:1457).*/
+    pub fn mlx_cumprod_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        reverse: bool,
+        inclusive: bool,
+        dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Cumulative max of an array. C++ `mlx::core::cummax` (ops.h:1474).
+    pub fn mlx_cummax(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Cumulative max of an array along the given axis. C++ `mlx::core::cummax`
+ (ops.h:1481).*/
+    pub fn mlx_cummax_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Cumulative min of an array. C++ `mlx::core::cummin` (ops.h:1489).
+    pub fn mlx_cummin(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Cumulative min of an array along the given axis. C++ `mlx::core::cummin`
+ (ops.h:1496).*/
+    pub fn mlx_cummin_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::core::ffi::c_int,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The n-th discrete difference along the given axis. C++ `mlx::core::diff`
+ (ops.h:1504).*/
+    pub fn mlx_diff(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** General convolution with a filter. C++ `mlx::core::conv_general`
+ (ops.h:1508).*/
+    pub fn mlx_conv_general(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride: *const ::core::ffi::c_int,
+        stride_num: usize,
+        padding_lo: *const ::core::ffi::c_int,
+        padding_lo_num: usize,
+        padding_hi: *const ::core::ffi::c_int,
+        padding_hi_num: usize,
+        kernel_dilation: *const ::core::ffi::c_int,
+        kernel_dilation_num: usize,
+        input_dilation: *const ::core::ffi::c_int,
+        input_dilation_num: usize,
+        groups: ::core::ffi::c_int,
+        flip: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// 1D convolution with a filter. C++ `mlx::core::conv1d` (ops.h:1545).
+    pub fn mlx_conv1d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride: ::core::ffi::c_int,
+        padding: ::core::ffi::c_int,
+        dilation: ::core::ffi::c_int,
+        groups: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// 2D convolution with a filter. C++ `mlx::core::conv2d` (ops.h:1555).
+    pub fn mlx_conv2d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride_0: ::core::ffi::c_int,
+        stride_1: ::core::ffi::c_int,
+        padding_0: ::core::ffi::c_int,
+        padding_1: ::core::ffi::c_int,
+        dilation_0: ::core::ffi::c_int,
+        dilation_1: ::core::ffi::c_int,
+        groups: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// 3D convolution with a filter. C++ `mlx::core::conv3d` (ops.h:1565).
+    pub fn mlx_conv3d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride_0: ::core::ffi::c_int,
+        stride_1: ::core::ffi::c_int,
+        stride_2: ::core::ffi::c_int,
+        padding_0: ::core::ffi::c_int,
+        padding_1: ::core::ffi::c_int,
+        padding_2: ::core::ffi::c_int,
+        dilation_0: ::core::ffi::c_int,
+        dilation_1: ::core::ffi::c_int,
+        dilation_2: ::core::ffi::c_int,
+        groups: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** 1D transposed convolution with a filter. C++ `mlx::core::conv_transpose1d`
+ (ops.h:1575).*/
+    pub fn mlx_conv_transpose1d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride: ::core::ffi::c_int,
+        padding: ::core::ffi::c_int,
+        dilation: ::core::ffi::c_int,
+        output_padding: ::core::ffi::c_int,
+        groups: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** 2D transposed convolution with a filter. C++ `mlx::core::conv_transpose2d`
+ (ops.h:1586).*/
+    pub fn mlx_conv_transpose2d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride_0: ::core::ffi::c_int,
+        stride_1: ::core::ffi::c_int,
+        padding_0: ::core::ffi::c_int,
+        padding_1: ::core::ffi::c_int,
+        dilation_0: ::core::ffi::c_int,
+        dilation_1: ::core::ffi::c_int,
+        output_padding_0: ::core::ffi::c_int,
+        output_padding_1: ::core::ffi::c_int,
+        groups: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** 3D transposed convolution with a filter. C++ `mlx::core::conv_transpose3d`
+ (ops.h:1597).*/
+    pub fn mlx_conv_transpose3d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride_0: ::core::ffi::c_int,
+        stride_1: ::core::ffi::c_int,
+        stride_2: ::core::ffi::c_int,
+        padding_0: ::core::ffi::c_int,
+        padding_1: ::core::ffi::c_int,
+        padding_2: ::core::ffi::c_int,
+        dilation_0: ::core::ffi::c_int,
+        dilation_1: ::core::ffi::c_int,
+        dilation_2: ::core::ffi::c_int,
+        output_padding_0: ::core::ffi::c_int,
+        output_padding_1: ::core::ffi::c_int,
+        output_padding_2: ::core::ffi::c_int,
+        groups: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Quantized matmul multiplies x with a quantized matrix w. C++
+ `mlx::core::quantized_matmul` (ops.h:1608).*/
+    pub fn mlx_quantized_matmul(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        scales: mlx_array,
+        biases: mlx_array,
+        transpose: bool,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Quantize a matrix along its last axis. C++ `mlx::core::quantize`
+ (ops.h:1620).*/
+    pub fn mlx_quantize(
+        res: *mut mlx_vector_array,
+        w: mlx_array,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::core::ffi::c_char,
+        global_scale: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Dequantize a matrix produced by quantize(). C++ `mlx::core::dequantize`
+ (ops.h:1629).*/
+    pub fn mlx_dequantize(
+        res: *mut mlx_array,
+        w: mlx_array,
+        scales: mlx_array,
+        biases: mlx_array,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::core::ffi::c_char,
+        global_scale: mlx_array,
+        dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::qqmm` (ops.h:1640).
+    pub fn mlx_qqmm(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        w_scales: mlx_array,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::core::ffi::c_char,
+        global_scale_x: mlx_array,
+        global_scale_w: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Convert an E4M3 float8 to the given floating point dtype. C++
+ `mlx::core::from_fp8` (ops.h:1653).*/
+    pub fn mlx_from_fp8(
+        res: *mut mlx_array,
+        x: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Convert a floating point matrix to E4M3 float8. C++ `mlx::core::to_fp8`
+ (ops.h:1656).*/
+    pub fn mlx_to_fp8(
+        res: *mut mlx_array,
+        x: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute matrix products with matrix-level gather. C++
+ `mlx::core::gather_qmm` (ops.h:1659).*/
+    pub fn mlx_gather_qmm(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        scales: mlx_array,
+        biases: mlx_array,
+        lhs_indices: mlx_array,
+        rhs_indices: mlx_array,
+        transpose: bool,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::core::ffi::c_char,
+        global_scale: mlx_array,
+        sorted_indices: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::gather_qqmm` (ops.h:1674).
+    pub fn mlx_gather_qqmm(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        scales_w: mlx_array,
+        lhs_indices: mlx_array,
+        rhs_indices: mlx_array,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::core::ffi::c_char,
+        global_scale_x: mlx_array,
+        global_scale_w: mlx_array,
+        sorted_indices: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns a contraction of a and b over multiple dimensions. C++
+ `mlx::core::tensordot` (ops.h:1689).*/
+    pub fn mlx_tensordot_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Returns a contraction of a and b over multiple dimensions. C++
+ `mlx::core::tensordot` (ops.h:1695).*/
+    pub fn mlx_tensordot(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        axes_a: *const ::core::ffi::c_int,
+        axes_a_num: usize,
+        axes_b: *const ::core::ffi::c_int,
+        axes_b_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the outer product of two vectors. C++ `mlx::core::outer`
+ (ops.h:1703).*/
+    pub fn mlx_outer(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the inner product of two vectors. C++ `mlx::core::inner`
+ (ops.h:1706).*/
+    pub fn mlx_inner(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute a vector dot product along an axis. C++ `mlx::core::vecdot`
+ (ops.h:1709).*/
+    pub fn mlx_vecdot(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Compute D = beta * C + alpha * (A @ B). C++ `mlx::core::addmm` (ops.h:1713).
+    pub fn mlx_addmm(
+        res: *mut mlx_array,
+        c: mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        alpha: f32,
+        beta: f32,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute matrix product with block masking. C++ `mlx::core::block_masked_mm`
+ (ops.h:1722).*/
+    pub fn mlx_block_masked_mm(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        block_size: ::core::ffi::c_int,
+        mask_out: mlx_array,
+        mask_lhs: mlx_array,
+        mask_rhs: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute matrix product with matrix-level gather. C++ `mlx::core::gather_mm`
+ (ops.h:1732).*/
+    pub fn mlx_gather_mm(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        lhs_indices: mlx_array,
+        rhs_indices: mlx_array,
+        sorted_indices: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute a matrix product but segment the inner dimension and write the
+ result separately for each segment. C++ `mlx::core::segmented_mm`
+ (ops.h:1744).*/
+    pub fn mlx_segmented_mm(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        segments: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Extract a diagonal or construct a diagonal array. C++ `mlx::core::diagonal`
+ (ops.h:1748).*/
+    pub fn mlx_diagonal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        offset: ::core::ffi::c_int,
+        axis1: ::core::ffi::c_int,
+        axis2: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Extract diagonal from a 2d array or create a diagonal matrix. C++
+ `mlx::core::diag` (ops.h:1756).*/
+    pub fn mlx_diag(
+        res: *mut mlx_array,
+        a: mlx_array,
+        k: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Return the sum along a specified diagonal in the given array. C++
+ `mlx::core::trace` (ops.h:1759).*/
+    pub fn mlx_trace(
+        res: *mut mlx_array,
+        a: mlx_array,
+        offset: ::core::ffi::c_int,
+        axis1: ::core::ffi::c_int,
+        axis2: ::core::ffi::c_int,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Implements the identity function but allows injecting dependencies to other
+ arrays. C++ `mlx::core::depends` (ops.h:1775).*/
+    pub fn mlx_depends(
+        res: *mut mlx_vector_array,
+        inputs: mlx_vector_array,
+        dependencies: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** convert an array to an atleast ndim array. C++ `mlx::core::atleast_1d`
+ (ops.h:1780).*/
+    pub fn mlx_atleast_1d(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::atleast_2d` (ops.h:1784).
+    pub fn mlx_atleast_2d(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::atleast_3d` (ops.h:1788).
+    pub fn mlx_atleast_3d(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Extract the number of elements along some axes as a scalar array. C++
+ `mlx::core::number_of_elements` (ops.h:1797).*/
+    pub fn mlx_number_of_elements(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        inverted: bool,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::conjugate` (ops.h:1804).
+    pub fn mlx_conjugate(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Bitwise and. C++ `mlx::core::bitwise_and` (ops.h:1807).
+    pub fn mlx_bitwise_and(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Bitwise inclusive or. C++ `mlx::core::bitwise_or` (ops.h:1812).
+    pub fn mlx_bitwise_or(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Bitwise exclusive or. C++ `mlx::core::bitwise_xor` (ops.h:1816).
+    pub fn mlx_bitwise_xor(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Shift bits to the left. C++ `mlx::core::left_shift` (ops.h:1821).
+    pub fn mlx_left_shift(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Shift bits to the right. C++ `mlx::core::right_shift` (ops.h:1825).
+    pub fn mlx_right_shift(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Invert the bits. C++ `mlx::core::bitwise_invert` (ops.h:1830).
+    pub fn mlx_bitwise_invert(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::view` (ops.h:1833).
+    pub fn mlx_view(
+        res: *mut mlx_array,
+        a: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Roll elements along an axis and introduce them on the other side. C++
+ `mlx::core::roll` (ops.h:1837).*/
+    pub fn mlx_roll(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shift: *const ::core::ffi::c_int,
+        shift_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Roll elements along an axis and introduce them on the other side. C++
+ `mlx::core::roll` (ops.h:1844).*/
+    pub fn mlx_roll_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shift: *const ::core::ffi::c_int,
+        shift_num: usize,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Roll elements along an axis and introduce them on the other side. C++
+ `mlx::core::roll` (ops.h:1846).*/
+    pub fn mlx_roll_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shift: *const ::core::ffi::c_int,
+        shift_num: usize,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// The real part of a complex array. C++ `mlx::core::real` (ops.h:1853).
+    pub fn mlx_real(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// The imaginary part of a complex array. C++ `mlx::core::imag` (ops.h:1856).
+    pub fn mlx_imag(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Ensure the array's underlying memory is contiguous. C++
+ `mlx::core::contiguous` (ops.h:1859).*/
+    pub fn mlx_contiguous(
+        res: *mut mlx_array,
+        a: mlx_array,
+        allow_col_major: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::fast::rms_norm` (fast.h:14).
+    pub fn mlx_fast_rms_norm(
+        res: *mut mlx_array,
+        x: mlx_array,
+        weight: mlx_array,
+        eps: f32,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::fast::layer_norm` (fast.h:20).
+    pub fn mlx_fast_layer_norm(
+        res: *mut mlx_array,
+        x: mlx_array,
+        weight: mlx_array,
+        bias: mlx_array,
+        eps: f32,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Fused cross entropy with class indices as targets. C++
+ `mlx::core::fast::cross_entropy` (fast.h:28).*/
+    pub fn mlx_fast_cross_entropy(
+        res: *mut mlx_array,
+        logits: mlx_array,
+        targets: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::fast::rope` (fast.h:31).
+    pub fn mlx_fast_rope(
+        res: *mut mlx_array,
+        x: mlx_array,
+        dims: ::core::ffi::c_int,
+        traditional: bool,
+        base: mlx_optional_float,
+        scale: f32,
+        offset: ::core::ffi::c_int,
+        freqs: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::fast::rope` (fast.h:41).
+    pub fn mlx_fast_rope_dynamic(
+        res: *mut mlx_array,
+        x: mlx_array,
+        dims: ::core::ffi::c_int,
+        traditional: bool,
+        base: mlx_optional_float,
+        scale: f32,
+        offset: mlx_array,
+        freqs: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Computes: O = softmax(Q @ K.T) @ V. C++
+ `mlx::core::fast::scaled_dot_product_attention` (fast.h:52).*/
     pub fn mlx_fast_scaled_dot_product_attention(
         res: *mut mlx_array,
         queries: mlx_array,
@@ -692,7 +3619,436 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    pub fn mlx_add(
+    /// C++ `mlx::core::fast::gated_delta_update` (fast.h:63).
+    pub fn mlx_fast_gated_delta_update(
+        res: *mut mlx_vector_array,
+        queries: mlx_array,
+        keys: mlx_array,
+        values: mlx_array,
+        gates: mlx_array,
+        beta_: mlx_array,
+        initial_state: mlx_array,
+        mask: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the n-dimensional Fourier Transform. C++ `mlx::core::fft::fftn`
+ (fft.h:23).*/
+    pub fn mlx_fft_fftn(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::core::ffi::c_int,
+        n_num: usize,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the n-dimensional Fourier Transform. C++ `mlx::core::fft::fftn`
+ (fft.h:29).*/
+    pub fn mlx_fft_fftn_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the n-dimensional inverse Fourier Transform. C++
+ `mlx::core::fft::ifftn` (fft.h:38).*/
+    pub fn mlx_fft_ifftn(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::core::ffi::c_int,
+        n_num: usize,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the n-dimensional inverse Fourier Transform. C++
+ `mlx::core::fft::ifftn` (fft.h:44).*/
+    pub fn mlx_fft_ifftn_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the one-dimensional Fourier Transform. C++ `mlx::core::fft::fft`
+ (fft.h:53).*/
+    pub fn mlx_fft_fft(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the one-dimensional inverse Fourier Transform. C++
+ `mlx::core::fft::ifft` (fft.h:70).*/
+    pub fn mlx_fft_ifft(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the two-dimensional Fourier Transform. C++ `mlx::core::fft::fft2`
+ (fft.h:87).*/
+    pub fn mlx_fft_fft2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::core::ffi::c_int,
+        n_num: usize,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the two-dimensional inverse Fourier Transform. C++
+ `mlx::core::fft::ifft2` (fft.h:104).*/
+    pub fn mlx_fft_ifft2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::core::ffi::c_int,
+        n_num: usize,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the n-dimensional Fourier Transform on a real input. C++
+ `mlx::core::fft::rfftn` (fft.h:121).*/
+    pub fn mlx_fft_rfftn(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::core::ffi::c_int,
+        n_num: usize,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the n-dimensional Fourier Transform on a real input. C++
+ `mlx::core::fft::rfftn` (fft.h:127).*/
+    pub fn mlx_fft_rfftn_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the n-dimensional inverse of `rfftn`. C++ `mlx::core::fft::irfftn`
+ (fft.h:136).*/
+    pub fn mlx_fft_irfftn(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::core::ffi::c_int,
+        n_num: usize,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the n-dimensional inverse of `rfftn`. C++ `mlx::core::fft::irfftn`
+ (fft.h:142).*/
+    pub fn mlx_fft_irfftn_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the one-dimensional Fourier Transform on a real input. C++
+ `mlx::core::fft::rfft` (fft.h:151).*/
+    pub fn mlx_fft_rfft(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the one-dimensional inverse of `rfft`. C++ `mlx::core::fft::irfft`
+ (fft.h:167).*/
+    pub fn mlx_fft_irfft(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::core::ffi::c_int,
+        axis: ::core::ffi::c_int,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the two-dimensional Fourier Transform on a real input. C++
+ `mlx::core::fft::rfft2` (fft.h:184).*/
+    pub fn mlx_fft_rfft2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::core::ffi::c_int,
+        n_num: usize,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the two-dimensional inverse of `rfft2`. C++ `mlx::core::fft::irfft2`
+ (fft.h:201).*/
+    pub fn mlx_fft_irfft2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::core::ffi::c_int,
+        n_num: usize,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the discrete Fourier Transform sample frequencies. C++
+ `mlx::core::fft::fftfreq` (fft.h:218).*/
+    pub fn mlx_fft_fftfreq(
+        res: *mut mlx_array,
+        n: ::core::ffi::c_int,
+        d: f64,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the discrete Fourier Transform sample frequencies for
+ `rfft`/`irfft`. C++ `mlx::core::fft::rfftfreq` (fft.h:222).*/
+    pub fn mlx_fft_rfftfreq(
+        res: *mut mlx_array,
+        n: ::core::ffi::c_int,
+        d: f64,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Shift the zero-frequency component to the center of the spectrum. C++
+ `mlx::core::fft::fftshift` (fft.h:225).*/
+    pub fn mlx_fft_fftshift(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Shift the zero-frequency component to the center of the spectrum along
+ specified axes. C++ `mlx::core::fft::fftshift` (fft.h:229).*/
+    pub fn mlx_fft_fftshift_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// The inverse of fftshift. C++ `mlx::core::fft::ifftshift` (fft.h:233).
+    pub fn mlx_fft_ifftshift(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The inverse of fftshift along specified axes. C++
+ `mlx::core::fft::ifftshift` (fft.h:236).*/
+    pub fn mlx_fft_ifftshift_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::core::ffi::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the Short-Time Fourier Transform of the last axis of `x`. C++
+ `mlx::core::fft::stft` (fft.h:240).*/
+    pub fn mlx_fft_stft(
+        res: *mut mlx_array,
+        x: mlx_array,
+        n_fft: ::core::ffi::c_int,
+        hop_length: mlx_optional_int,
+        win_length: mlx_optional_int,
+        window: mlx_array,
+        center: bool,
+        pad_mode: *const ::core::ffi::c_char,
+        norm: mlx_fft_norm,
+        onesided: mlx_optional_bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the inverse Short-Time Fourier Transform. C++
+ `mlx::core::fft::istft` (fft.h:253).*/
+    pub fn mlx_fft_istft(
+        res: *mut mlx_array,
+        stft_matrix: mlx_array,
+        n_fft: mlx_optional_int,
+        hop_length: mlx_optional_int,
+        win_length: mlx_optional_int,
+        window: mlx_array,
+        center: bool,
+        norm: mlx_fft_norm,
+        onesided: mlx_optional_bool,
+        length: mlx_optional_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Compute vector or matrix norms. C++ `mlx::core::linalg::norm` (linalg.h:26).
+    pub fn mlx_linalg_norm(
+        res: *mut mlx_array,
+        a: mlx_array,
+        ord: f64,
+        axis: *const ::core::ffi::c_int,
+        axis_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Compute vector or matrix norms. C++ `mlx::core::linalg::norm` (linalg.h:40).
+    pub fn mlx_linalg_norm_matrix(
+        res: *mut mlx_array,
+        a: mlx_array,
+        ord: *const ::core::ffi::c_char,
+        axis: *const ::core::ffi::c_int,
+        axis_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Compute vector or matrix norms. C++ `mlx::core::linalg::norm` (linalg.h:54).
+    pub fn mlx_linalg_norm_l2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: *const ::core::ffi::c_int,
+        axis_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::qr` (linalg.h:64).
+    pub fn mlx_linalg_qr(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::svd` (linalg.h:66).
+    pub fn mlx_linalg_svd(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        compute_uv: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::inv` (linalg.h:72).
+    pub fn mlx_linalg_inv(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::tri_inv` (linalg.h:74).
+    pub fn mlx_linalg_tri_inv(
+        res: *mut mlx_array,
+        a: mlx_array,
+        upper: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::cholesky` (linalg.h:77).
+    pub fn mlx_linalg_cholesky(
+        res: *mut mlx_array,
+        a: mlx_array,
+        upper: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::pinv` (linalg.h:80).
+    pub fn mlx_linalg_pinv(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::cholesky_inv` (linalg.h:82).
+    pub fn mlx_linalg_cholesky_inv(
+        res: *mut mlx_array,
+        a: mlx_array,
+        upper: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::lu` (linalg.h:85).
+    pub fn mlx_linalg_lu(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::lu_factor` (linalg.h:87).
+    pub fn mlx_linalg_lu_factor(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::solve` (linalg.h:91).
+    pub fn mlx_linalg_solve(
         res: *mut mlx_array,
         a: mlx_array,
         b: mlx_array,
@@ -700,10 +4056,290 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    pub fn mlx_matmul(
+    /// C++ `mlx::core::linalg::solve_triangular` (linalg.h:93).
+    pub fn mlx_linalg_solve_triangular(
         res: *mut mlx_array,
         a: mlx_array,
         b: mlx_array,
+        upper: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Compute the cross product of two arrays along the given axis. C++
+ `mlx::core::linalg::cross` (linalg.h:102).*/
+    pub fn mlx_linalg_cross(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        axis: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::eig` (linalg.h:105).
+    pub fn mlx_linalg_eig(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::eigvals` (linalg.h:107).
+    pub fn mlx_linalg_eigvals(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::eigvalsh` (linalg.h:109).
+    pub fn mlx_linalg_eigvalsh(
+        res: *mut mlx_array,
+        a: mlx_array,
+        UPLO: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::eigh` (linalg.h:112).
+    pub fn mlx_linalg_eigh(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        UPLO: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::det` (linalg.h:115).
+    pub fn mlx_linalg_det(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::linalg::slogdet` (linalg.h:117).
+    pub fn mlx_linalg_slogdet(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Get a PRNG key from a seed. C++ `mlx::core::random::key` (random.h:39).
+    pub fn mlx_random_key(res: *mut mlx_array, seed: u64) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Seed the default PRNG key. C++ `mlx::core::random::seed` (random.h:42).
+    pub fn mlx_random_seed(seed: u64) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Generate an array with type uint32 filled with random bits. C++
+ `mlx::core::random::bits` (random.h:45).*/
+    pub fn mlx_random_bits(
+        res: *mut mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        width: ::core::ffi::c_int,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Split the rng key into a pair of keys. C++ `mlx::core::random::split`
+ (random.h:58).*/
+    pub fn mlx_random_split(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Split the rng key into `num` keys. C++ `mlx::core::random::split`
+ (random.h:61).*/
+    pub fn mlx_random_split_num(
+        res: *mut mlx_array,
+        key: mlx_array,
+        num: ::core::ffi::c_int,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Generate uniform random numbers between low and high. C++
+ `mlx::core::random::uniform` (random.h:64).*/
+    pub fn mlx_random_uniform(
+        res: *mut mlx_array,
+        low: mlx_array,
+        high: mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Generate samples from the standard normal distribution. C++
+ `mlx::core::random::normal` (random.h:97).*/
+    pub fn mlx_random_normal_broadcast(
+        res: *mut mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        loc: mlx_array,
+        scale: mlx_array,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Generate samples from the standard normal distribution. C++
+ `mlx::core::random::normal` (random.h:104).*/
+    pub fn mlx_random_normal(
+        res: *mut mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        loc: f32,
+        scale: f32,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Generate samples from a multivariate normal distribution. C++
+ `mlx::core::random::multivariate_normal` (random.h:139).*/
+    pub fn mlx_random_multivariate_normal(
+        res: *mut mlx_array,
+        mean: mlx_array,
+        cov: mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Generate integer samples uniformly at random. C++
+ `mlx::core::random::randint` (random.h:148).*/
+    pub fn mlx_random_randint(
+        res: *mut mlx_array,
+        low: mlx_array,
+        high: mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Generate binary variables with probability to be true equal to p. C++
+ `mlx::core::random::bernoulli` (random.h:168).*/
+    pub fn mlx_random_bernoulli(
+        res: *mut mlx_array,
+        p: mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::random::truncated_normal` (random.h:199).
+    pub fn mlx_random_truncated_normal(
+        res: *mut mlx_array,
+        lower: mlx_array,
+        upper: mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::random::gumbel` (random.h:214).
+    pub fn mlx_random_gumbel(
+        res: *mut mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::random::categorical` (random.h:220).
+    pub fn mlx_random_categorical_shape(
+        res: *mut mlx_array,
+        logits: mlx_array,
+        axis: ::core::ffi::c_int,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::random::categorical` (random.h:227).
+    pub fn mlx_random_categorical_num_samples(
+        res: *mut mlx_array,
+        logits_: mlx_array,
+        axis: ::core::ffi::c_int,
+        num_samples: ::core::ffi::c_int,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// C++ `mlx::core::random::categorical` (random.h:234).
+    pub fn mlx_random_categorical(
+        res: *mut mlx_array,
+        logits: mlx_array,
+        axis: ::core::ffi::c_int,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Generate samples from the laplace distribution. C++
+ `mlx::core::random::laplace` (random.h:241).*/
+    pub fn mlx_random_laplace(
+        res: *mut mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        loc: f32,
+        scale: f32,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Randomly permute the elements of x along the given axis. C++
+ `mlx::core::random::permutation` (random.h:271).*/
+    pub fn mlx_random_permutation(
+        res: *mut mlx_array,
+        x: mlx_array,
+        axis: ::core::ffi::c_int,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** A random permutation of `arange(x)`. C++ `mlx::core::random::permutation`
+ (random.h:278).*/
+    pub fn mlx_random_permutation_arange(
+        res: *mut mlx_array,
+        x: ::core::ffi::c_int,
+        key: mlx_array,
         s: mlx_stream,
     ) -> ::core::ffi::c_int;
 }

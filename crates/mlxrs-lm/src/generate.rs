@@ -1,0 +1,214 @@
+//! Token generation: mlx-lm's `generate_step` — chunked prefill, then a
+//! decode loop that queues step `n + 1` on the device (`async_eval`) before
+//! reading step `n`'s token, so the host never waits on the GPU except for
+//! the one sampled id.
+
+use mlxrs_core::{Array, Error, Result, ops};
+use mlxrs_nn::KvCache;
+
+use crate::model::LanguageModel;
+use crate::sample::{LogitsConfig, Sampler, SamplerConfig};
+
+/// Token-level generation settings (python `generate_step` kwargs).
+#[derive(Debug, Clone)]
+pub struct StepConfig {
+  /// Tokens to generate at most.
+  pub max_tokens: usize,
+  /// Sampling.
+  pub sampler: SamplerConfig,
+  /// Logits processors.
+  pub logits: LogitsConfig,
+  /// Rotating-cache size (`--max-kv-size`).
+  pub max_kv_size: Option<i32>,
+  /// Prompt tokens per prefill chunk (python `prefill_step_size`, 2048).
+  pub prefill_step_size: usize,
+  /// Return each step's log-probabilities `[V]`.
+  pub return_logprobs: bool,
+}
+
+impl Default for StepConfig {
+  fn default() -> Self {
+    StepConfig {
+      max_tokens: 256,
+      sampler: SamplerConfig::default(),
+      logits: LogitsConfig::new(),
+      max_kv_size: None,
+      prefill_step_size: 2048,
+      return_logprobs: false,
+    }
+  }
+}
+
+/// One generated token.
+pub struct Step {
+  /// The token id.
+  pub token: i32,
+  /// Log-probabilities over the vocabulary `[V]` (if requested).
+  pub logprobs: Option<Array>,
+}
+
+/// Iterator over generated tokens (python `generate_step(prompt, model)`).
+pub struct TokenGenerator<'m> {
+  model: &'m dyn LanguageModel,
+  /// Per-layer caches (reusable as a prompt cache after generation).
+  pub caches: Vec<KvCache>,
+  sampler: Sampler,
+  logits_cfg: LogitsConfig,
+  tokens: Vec<i32>,
+  pending: Option<(Array, Array)>,
+  produced: usize,
+  max_tokens: usize,
+  return_logprobs: bool,
+  /// Seconds spent in prefill (incl. the first token).
+  pub prompt_time: f64,
+  /// Prompt tokens processed.
+  pub prompt_tokens: usize,
+  failed: bool,
+}
+
+fn last_position(h: &Array) -> Result<Array> {
+  // h: [B, T, H] -> [B, 1, H]
+  let s = h.shape();
+  ops::slice(h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])
+}
+
+impl<'m> TokenGenerator<'m> {
+  /// Prefill `prompt` and prepare to decode. `caches` continues an existing
+  /// prompt cache (its positions precede `prompt`); `None` makes fresh ones.
+  pub fn new(
+    model: &'m dyn LanguageModel,
+    prompt: &[i32],
+    cfg: &StepConfig,
+    caches: Option<Vec<KvCache>>,
+  ) -> Result<TokenGenerator<'m>> {
+    if prompt.is_empty() {
+      return Err(Error::InvalidArgument("the prompt is empty (no tokens)".into()));
+    }
+    let vocab = model.vocab_size();
+    if let Some(&bad) = prompt.iter().find(|&&t| t < 0 || t >= vocab) {
+      return Err(Error::InvalidArgument(format!("prompt token {bad} is outside the vocabulary [0, {vocab})")));
+    }
+    if cfg.prefill_step_size == 0 {
+      return Err(Error::InvalidArgument("prefill_step_size must be > 0".into()));
+    }
+    cfg.logits.validate(vocab)?;
+    let sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
+    let caches = caches.unwrap_or_else(|| model.make_caches(cfg.max_kv_size));
+    let mut g = TokenGenerator {
+      model,
+      caches,
+      sampler,
+      logits_cfg: cfg.logits.clone(),
+      tokens: Vec::new(),
+      pending: None,
+      produced: 0,
+      max_tokens: cfg.max_tokens,
+      return_logprobs: cfg.return_logprobs,
+      prompt_time: 0.0,
+      prompt_tokens: prompt.len(),
+      failed: false,
+    };
+    let t0 = std::time::Instant::now();
+    // Prefill all but the last token in chunks, evaluating the caches.
+    let mut done = 0;
+    while prompt.len() - done > 1 {
+      let n = cfg.prefill_step_size.min(prompt.len() - done - 1);
+      let chunk = &prompt[done..done + n];
+      let x = Array::from_slice(chunk, &[1, n as i32])?;
+      let _ = g.model.hidden(&x, &mut g.caches)?;
+      let mut state: Vec<Array> = Vec::new();
+      for c in &g.caches {
+        if let Some((k, v)) = c.state()? {
+          state.push(k);
+          state.push(v);
+        }
+      }
+      mlxrs_core::eval(&state)?;
+      done += n;
+    }
+    if g.logits_cfg.is_active() {
+      g.tokens.extend_from_slice(&prompt[..done]);
+    }
+    let last = &prompt[done..];
+    let (y, lp) = g.step_tokens(last)?;
+    let mut y_eval = y.clone();
+    y_eval.eval()?;
+    g.prompt_time = t0.elapsed().as_secs_f64();
+    g.pending = Some((y, lp));
+    Ok(g)
+  }
+
+  fn step_tokens(&mut self, input: &[i32]) -> Result<(Array, Array)> {
+    let x = Array::from_slice(input, &[1, input.len() as i32])?;
+    self.step_array(&x, input)
+  }
+
+  fn step_array(&mut self, x: &Array, host_tokens: &[i32]) -> Result<(Array, Array)> {
+    let h = self.model.hidden(x, &mut self.caches)?;
+    let h = last_position(&h)?;
+    let logits = self.model.logits(&h)?;
+    let s = logits.shape();
+    let mut logits = ops::reshape(&logits, &[s[0], s[2]])?;
+    if self.logits_cfg.is_active() {
+      self.tokens.extend_from_slice(host_tokens);
+      logits = self.logits_cfg.apply(&self.tokens, &logits)?;
+    }
+    let lse = ops::logsumexp_axis(&logits, -1, true)?;
+    let logprobs = ops::subtract(&logits, &lse)?;
+    let y = self.sampler.sample(&logprobs)?;
+    Ok((y, logprobs))
+  }
+
+  fn advance(&mut self) -> Result<Option<Step>> {
+    if self.produced >= self.max_tokens {
+      return Ok(None);
+    }
+    let (mut y, lp) = match self.pending.take() {
+      Some(p) => p,
+      None => return Ok(None),
+    };
+    // Queue the next step before reading this one (unless it is the last, or
+    // a logits processor needs this token on the host first).
+    let needs_host = self.logits_cfg.is_active();
+    if self.produced + 1 < self.max_tokens && !needs_host {
+      let x = ops::reshape(&y, &[1, 1])?;
+      let (ny, nlp) = self.step_array(&x, &[])?;
+      let mut pair = [ny, nlp];
+      mlxrs_core::async_eval(&pair[..1])?;
+      let [ny, nlp] = std::mem::replace(&mut pair, [Array::scalar(0i32), Array::scalar(0i32)]);
+      self.pending = Some((ny, nlp));
+    }
+    let ids = ops::astype(&y, mlxrs_core::Dtype::Int32)?;
+    y = ids;
+    let token = y.to_vec::<i32>()?[0];
+    if self.produced + 1 < self.max_tokens && needs_host {
+      let (ny, nlp) = self.step_tokens(&[token])?;
+      self.pending = Some((ny, nlp));
+    }
+    self.produced += 1;
+    let logprobs = if self.return_logprobs { Some(ops::reshape(&lp, &[-1])?) } else { None };
+    Ok(Some(Step { token, logprobs }))
+  }
+
+  /// Generated so far.
+  pub fn produced(&self) -> usize {
+    self.produced
+  }
+}
+
+impl Iterator for TokenGenerator<'_> {
+  type Item = Result<Step>;
+  fn next(&mut self) -> Option<Self::Item> {
+    if self.failed {
+      return None;
+    }
+    match self.advance() {
+      Ok(Some(s)) => Some(Ok(s)),
+      Ok(None) => None,
+      Err(e) => {
+        self.failed = true;
+        Some(Err(e))
+      }
+    }
+  }
+}

@@ -1,0 +1,88 @@
+//! The language-model interface and the architecture registry (mlx-lm's
+//! `utils.load_model` + `models/<arch>.py` `Model` classes).
+
+use std::collections::HashMap;
+
+use mlxrs_core::{Array, Result};
+use mlxrs_nn::{KvCache, Weights};
+use serde_json::Value;
+
+/// A causal language model: embeds tokens, runs its layers over per-layer
+/// caches, and projects hidden states to vocabulary logits.
+pub trait LanguageModel: Send {
+  /// Hidden states `[B, T, hidden]` after the final norm, for `tokens`
+  /// `[B, T]` (int32), appending to `caches` (one per layer).
+  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array>;
+  /// Vocabulary logits for hidden states `[..., hidden]`.
+  fn logits(&self, hidden: &Array) -> Result<Array>;
+  /// Fresh caches, one per layer (python `model.make_cache()`); a
+  /// `max_kv_size` makes them rotating (mlx-lm's `--max-kv-size`).
+  fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache>;
+  /// Take parameters from `w` (python `model.load_weights`).
+  fn load(&mut self, w: &mut Weights);
+  /// Per-architecture weight fixes before loading (python
+  /// `model.sanitize(weights)`).
+  fn sanitize(&self, weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
+    Ok(weights)
+  }
+  /// Vocabulary size.
+  fn vocab_size(&self) -> i32;
+  /// Every parameter as `(path, array)`.
+  fn visit(&self, f: &mut dyn FnMut(&str, &Array));
+
+  /// Logits `[B, T, V]` for `tokens` (python `model(tokens, cache)`).
+  fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    let h = self.hidden(tokens, caches)?;
+    self.logits(&h)
+  }
+}
+
+/// Builds a model from its (merged) config.json.
+pub type Builder = fn(&Value) -> Result<Box<dyn LanguageModel>>;
+
+/// `model_type` aliases (mlx-lm's `MODEL_REMAPPING`).
+pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama"), ("falcon_mamba", "mamba")];
+
+/// The registry: `model_type` -> builder.
+pub fn registry() -> Vec<(&'static str, Builder)> {
+  vec![
+    ("llama", crate::models::llama::build as Builder),
+    ("qwen2", crate::models::qwen2::build),
+    ("qwen3", crate::models::qwen3::build),
+  ]
+}
+
+/// Supported `model_type` names (incl. aliases), sorted.
+pub fn supported_model_types() -> Vec<&'static str> {
+  let mut v: Vec<&str> = registry().iter().map(|(n, _)| *n).chain(ALIASES.iter().map(|(a, _)| *a)).collect();
+  v.sort();
+  v.dedup();
+  v
+}
+
+/// Build the model for `config` (its `model_type`, after aliases).
+pub fn build_model(config: &Value) -> Result<Box<dyn LanguageModel>> {
+  let mt = config
+    .get("model_type")
+    .and_then(Value::as_str)
+    .ok_or_else(|| mlxrs_core::Error::InvalidArgument("config.json has no \"model_type\"".into()))?;
+  let resolved = ALIASES.iter().find(|(a, _)| *a == mt).map(|(_, t)| *t).unwrap_or(mt);
+  match registry().into_iter().find(|(n, _)| *n == resolved) {
+    Some((_, b)) => b(config),
+    None => Err(mlxrs_core::Error::InvalidArgument(format!(
+      "model type {mt:?} is not supported; supported: {}",
+      supported_model_types().join(", ")
+    ))),
+  }
+}
+
+/// Deserialize a model's args struct from config.json, with an error naming
+/// the model type and the field.
+pub fn parse_args<T: serde::de::DeserializeOwned>(config: &Value) -> Result<T> {
+  serde_json::from_value(config.clone()).map_err(|e| {
+    mlxrs_core::Error::InvalidArgument(format!(
+      "config.json ({}): {e}",
+      config.get("model_type").and_then(Value::as_str).unwrap_or("?")
+    ))
+  })
+}

@@ -1,0 +1,299 @@
+//! Llama (and Mistral, and the Llama-shaped core shared by Qwen2/Qwen3):
+//! mlx-lm's `models/llama.py`.
+
+use std::collections::HashMap;
+
+use mlxrs_core::{Array, Result, ops};
+use mlxrs_nn::{
+  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
+  sdpa_with_cache, swiglu,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::{LanguageModel, parse_args};
+
+fn d_theta() -> f32 {
+  10000.0
+}
+fn d_true() -> bool {
+  true
+}
+
+/// `ModelArgs` of mlx-lm's llama.py.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaArgs {
+  /// `hidden_size`
+  pub hidden_size: i32,
+  /// `num_hidden_layers`
+  pub num_hidden_layers: i32,
+  /// `intermediate_size`
+  pub intermediate_size: i32,
+  /// `num_attention_heads`
+  pub num_attention_heads: i32,
+  /// `rms_norm_eps`
+  pub rms_norm_eps: f32,
+  /// `vocab_size`
+  pub vocab_size: i32,
+  /// `head_dim` (default `hidden_size / num_attention_heads`)
+  pub head_dim: Option<i32>,
+  /// `max_position_embeddings`
+  pub max_position_embeddings: Option<i32>,
+  /// `num_key_value_heads` (default `num_attention_heads`)
+  pub num_key_value_heads: Option<i32>,
+  /// `attention_bias`
+  #[serde(default)]
+  pub attention_bias: bool,
+  /// `mlp_bias`
+  #[serde(default)]
+  pub mlp_bias: bool,
+  /// `rope_theta`
+  #[serde(default = "d_theta")]
+  pub rope_theta: f32,
+  /// `rope_traditional`
+  #[serde(default)]
+  pub rope_traditional: bool,
+  /// `rope_scaling`
+  pub rope_scaling: Option<Value>,
+  /// `tie_word_embeddings`
+  #[serde(default = "d_true")]
+  pub tie_word_embeddings: bool,
+  /// `layer_types` (`full_attention` / `sliding_attention`)
+  pub layer_types: Option<Vec<String>>,
+  /// `sliding_window`
+  pub sliding_window: Option<i32>,
+}
+
+/// Differences between the Llama-shaped families.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Variant {
+  /// Bias on q/k/v (Qwen2: always; Llama: `attention_bias`).
+  pub qkv_bias: bool,
+  /// Bias on o_proj (Llama: `attention_bias`; Qwen2: never).
+  pub o_bias: bool,
+  /// RMSNorm on per-head q and k before RoPE (Qwen3).
+  pub qk_norm: bool,
+}
+
+struct Attention {
+  q_proj: Linear,
+  k_proj: Linear,
+  v_proj: Linear,
+  o_proj: Linear,
+  q_norm: Option<RmsNorm>,
+  k_norm: Option<RmsNorm>,
+  n_heads: i32,
+  n_kv_heads: i32,
+  scale: f32,
+  rope: Rope,
+}
+module!(Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm });
+
+impl Attention {
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
+    let s = x.shape();
+    let (b, l) = (s[0], s[1]);
+    let heads = |t: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
+      let t = ops::reshape(&t, &[b, l, n, -1])?;
+      let t = match norm {
+        Some(nm) => nm.forward(&t)?,
+        None => t,
+      };
+      ops::transpose_axes(&t, &[0, 2, 1, 3])
+    };
+    let q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm)?;
+    let k = heads(self.k_proj.forward(x)?, self.n_kv_heads, &self.k_norm)?;
+    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None)?;
+    let q = self.rope.forward(&q, cache.offset)?;
+    let k = self.rope.forward(&k, cache.offset)?;
+    let (k, v) = cache.update_and_fetch(&k, &v)?;
+    let o = sdpa_with_cache(&q, &k, &v, self.scale, mask, None)?;
+    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
+    self.o_proj.forward(&o)
+  }
+}
+
+struct Mlp {
+  gate_proj: Linear,
+  down_proj: Linear,
+  up_proj: Linear,
+}
+module!(Mlp { gate_proj, down_proj, up_proj });
+
+impl Mlp {
+  fn forward(&self, x: &Array) -> Result<Array> {
+    self.down_proj.forward(&swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?)
+  }
+}
+
+struct Block {
+  self_attn: Attention,
+  mlp: Mlp,
+  input_layernorm: RmsNorm,
+  post_attention_layernorm: RmsNorm,
+  sliding: bool,
+}
+module!(Block { self_attn, mlp, input_layernorm, post_attention_layernorm });
+
+impl Block {
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
+    let h = ops::add(x, &self.self_attn.forward(&self.input_layernorm.forward(x)?, mask, cache)?)?;
+    ops::add(&h, &self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
+  }
+}
+
+struct Inner {
+  embed_tokens: Embedding,
+  layers: Vec<Block>,
+  norm: RmsNorm,
+}
+module!(Inner { embed_tokens, layers, norm });
+
+/// A Llama-shaped decoder (mlx-lm `llama.Model`).
+pub struct Llama {
+  args: LlamaArgs,
+  model: Inner,
+  lm_head: Option<Linear>,
+}
+module!(Llama { model, lm_head });
+
+impl Llama {
+  /// Build from parsed args and the family's variant flags.
+  pub fn new(args: LlamaArgs, v: Variant) -> Result<Llama> {
+    let n_heads = args.num_attention_heads;
+    let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
+    if n_heads <= 0 || n_kv <= 0 || n_heads % n_kv != 0 || args.hidden_size <= 0 {
+      return Err(mlxrs_core::Error::InvalidArgument(format!(
+        "config: num_attention_heads ({n_heads}) must be a positive multiple of num_key_value_heads ({n_kv})"
+      )));
+    }
+    let head_dim = args.head_dim.unwrap_or(args.hidden_size / n_heads);
+    let h = args.hidden_size;
+    let layer_types = args
+      .layer_types
+      .clone()
+      .unwrap_or_else(|| vec!["full_attention".to_string(); args.num_hidden_layers as usize]);
+    let mut layers = Vec::new();
+    for lt in &layer_types {
+      let rope = Rope::from_config(
+        head_dim,
+        args.rope_theta,
+        args.rope_traditional,
+        args.rope_scaling.as_ref(),
+        args.max_position_embeddings,
+      )?;
+      layers.push(Block {
+        self_attn: Attention {
+          q_proj: Linear::new(h, n_heads * head_dim, v.qkv_bias),
+          k_proj: Linear::new(h, n_kv * head_dim, v.qkv_bias),
+          v_proj: Linear::new(h, n_kv * head_dim, v.qkv_bias),
+          o_proj: Linear::new(n_heads * head_dim, h, v.o_bias),
+          q_norm: v.qk_norm.then(|| RmsNorm::new(head_dim, args.rms_norm_eps)),
+          k_norm: v.qk_norm.then(|| RmsNorm::new(head_dim, args.rms_norm_eps)),
+          n_heads,
+          n_kv_heads: n_kv,
+          scale: (head_dim as f32).powf(-0.5),
+          rope,
+        },
+        mlp: Mlp {
+          gate_proj: Linear::new(h, args.intermediate_size, args.mlp_bias),
+          down_proj: Linear::new(args.intermediate_size, h, args.mlp_bias),
+          up_proj: Linear::new(h, args.intermediate_size, args.mlp_bias),
+        },
+        input_layernorm: RmsNorm::new(h, args.rms_norm_eps),
+        post_attention_layernorm: RmsNorm::new(h, args.rms_norm_eps),
+        sliding: lt == "sliding_attention",
+      });
+    }
+    let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
+    Ok(Llama {
+      model: Inner {
+        embed_tokens: Embedding::new(args.vocab_size, h),
+        layers,
+        norm: RmsNorm::new(h, args.rms_norm_eps),
+      },
+      lm_head,
+      args,
+    })
+  }
+}
+
+/// Registry entry for `llama` / `mistral`.
+pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
+  let args: LlamaArgs = parse_args(config)?;
+  let v = Variant { qkv_bias: args.attention_bias, o_bias: args.attention_bias, qk_norm: false };
+  Ok(Box::new(Llama::new(args, v)?))
+}
+
+impl LanguageModel for Llama {
+  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    if caches.len() != self.model.layers.len() {
+      return Err(mlxrs_core::Error::InvalidArgument(format!(
+        "{} caches for {} layers",
+        caches.len(),
+        self.model.layers.len()
+      )));
+    }
+    let mut h = self.model.embed_tokens.forward(tokens)?;
+    let n = tokens.dim(-1).unwrap_or(1);
+    let fa = self.model.layers.iter().position(|l| !l.sliding);
+    let swa = self.model.layers.iter().position(|l| l.sliding);
+    let fa_mask = match fa {
+      Some(i) => caches[i].make_mask(n, None)?,
+      None => AttnMask::None,
+    };
+    let swa_mask = match swa {
+      Some(i) => caches[i].make_mask(n, self.args.sliding_window)?,
+      None => AttnMask::None,
+    };
+    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
+      let mask = if layer.sliding { &swa_mask } else { &fa_mask };
+      h = layer.forward(&h, mask, cache)?;
+    }
+    self.model.norm.forward(&h)
+  }
+
+  fn logits(&self, hidden: &Array) -> Result<Array> {
+    match &self.lm_head {
+      Some(head) => head.forward(hidden),
+      None => self.model.embed_tokens.as_linear(hidden),
+    }
+  }
+
+  fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
+    self
+      .model
+      .layers
+      .iter()
+      .map(|l| {
+        let window = if l.sliding { self.args.sliding_window } else { None };
+        match window.or(max_kv_size) {
+          Some(m) => KvCache::new(KvCacheKind::Rotating { max_size: m, keep: if l.sliding { 0 } else { 4 } }),
+          None => KvCache::standard(),
+        }
+      })
+      .collect()
+  }
+
+  fn load(&mut self, w: &mut Weights) {
+    Module::load(self, w, "");
+  }
+
+  fn sanitize(&self, mut weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
+    weights.retain(|k, _| !k.contains("self_attn.rotary_emb.inv_freq"));
+    if self.args.tie_word_embeddings {
+      weights.remove("lm_head.weight");
+      weights.remove("lm_head.scales");
+      weights.remove("lm_head.biases");
+    }
+    Ok(weights)
+  }
+
+  fn vocab_size(&self) -> i32 {
+    self.args.vocab_size
+  }
+
+  fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
+    Module::visit(self, "", f);
+  }
+}

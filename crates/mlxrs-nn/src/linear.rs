@@ -1,0 +1,141 @@
+//! `Linear` (python `mlx.nn.Linear` / `nn.QuantizedLinear`, swift `Linear` /
+//! `QuantizedLinear`): `y = x @ W.T + b`, dense or quantized, decided at load
+//! time by whether `<path>.scales` is in the checkpoint (mlx-lm's
+//! `class_predicate`).
+
+use mlxrs_core::{Array, Result, ops};
+
+use crate::module::{Module, Weights, join};
+use crate::quant::QuantParams;
+
+/// A linear layer, dense or quantized.
+pub struct Linear {
+  /// Input features.
+  pub in_dims: i32,
+  /// Output features.
+  pub out_dims: i32,
+  /// `[out, in]` (dense) or packed `[out, in * bits / 32]` uint32 (quantized).
+  pub weight: Array,
+  /// `[out]`, when the layer has a bias.
+  pub bias: Option<Array>,
+  has_bias: bool,
+  /// Quantization, when loaded from a quantized checkpoint.
+  pub quant: Option<QuantParams>,
+  /// Per-group scales (quantized only).
+  pub scales: Option<Array>,
+  /// Per-group biases (quantized `affine` only).
+  pub biases: Option<Array>,
+}
+
+impl Linear {
+  /// An unloaded layer of the given shape (python `nn.Linear(in, out, bias)`).
+  pub fn new(in_dims: i32, out_dims: i32, bias: bool) -> Linear {
+    Linear {
+      in_dims,
+      out_dims,
+      weight: Array::scalar(0.0f32),
+      bias: None,
+      has_bias: bias,
+      quant: None,
+      scales: None,
+      biases: None,
+    }
+  }
+
+  /// A dense layer from explicit tensors (`weight` is `[out, in]`).
+  pub fn from_weights(weight: Array, bias: Option<Array>) -> Linear {
+    let s = weight.shape();
+    let (out_dims, in_dims) = (s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0));
+    Linear { in_dims, out_dims, has_bias: bias.is_some(), weight, bias, quant: None, scales: None, biases: None }
+  }
+
+  /// `x @ W.T + b` over the last axis of `x`.
+  pub fn forward(&self, x: &Array) -> Result<Array> {
+    match &self.quant {
+      Some(q) => {
+        let y = ops::quantized_matmul(
+          x,
+          &self.weight,
+          self.scales.as_ref().expect("quantized Linear has scales"),
+          self.biases.as_ref(),
+          true,
+          Some(q.group_size),
+          Some(q.bits),
+          &q.mode,
+        )?;
+        match &self.bias {
+          Some(b) => ops::add(&y, b),
+          None => Ok(y),
+        }
+      }
+      None => {
+        let wt = ops::transpose(&self.weight)?;
+        match &self.bias {
+          Some(b) => ops::addmm(b, x, &wt, 1.0, 1.0),
+          None => ops::matmul(x, &wt),
+        }
+      }
+    }
+  }
+
+  /// Quantize this (dense, loaded) layer in place (python
+  /// `nn.QuantizedLinear.from_linear`).
+  pub fn quantize(&mut self, q: &QuantParams) -> Result<()> {
+    if self.quant.is_some() {
+      return Ok(());
+    }
+    let parts = ops::quantize(&self.weight, Some(q.group_size), Some(q.bits), &q.mode, None)?;
+    let mut it = parts.into_iter();
+    self.weight = it.next().ok_or_else(|| mlxrs_core::Error::Mlx("quantize returned nothing".into()))?;
+    self.scales = it.next();
+    self.biases = if q.has_biases() { it.next() } else { None };
+    self.quant = Some(q.clone());
+    Ok(())
+  }
+}
+
+/// Load a possibly-quantized weight for a layer whose dense weight is
+/// `[rows, cols]`: returns (weight, scales, biases, params). Shared by
+/// [`Linear`] and [`crate::Embedding`].
+pub(crate) fn load_maybe_quantized(
+  w: &mut Weights,
+  prefix: &str,
+  rows: i32,
+  cols: i32,
+) -> (Array, Option<Array>, Option<Array>, Option<QuantParams>) {
+  match w.quant_for(prefix) {
+    Some(q) => {
+      let packed = cols * q.bits / 32;
+      let groups = cols / q.group_size.max(1);
+      let weight = w.take_raw(&join(prefix, "weight"), Some(&[rows, packed]));
+      let scales = w.take_raw(&join(prefix, "scales"), Some(&[rows, groups]));
+      let biases = if q.has_biases() { Some(w.take_raw(&join(prefix, "biases"), Some(&[rows, groups]))) } else { None };
+      (weight, Some(scales), biases, Some(q))
+    }
+    None => (w.take(&join(prefix, "weight"), Some(&[rows, cols])), None, None, None),
+  }
+}
+
+impl Module for Linear {
+  fn load(&mut self, w: &mut Weights, prefix: &str) {
+    let (weight, scales, biases, quant) = load_maybe_quantized(w, prefix, self.out_dims, self.in_dims);
+    self.weight = weight;
+    self.scales = scales;
+    self.biases = biases;
+    self.quant = quant;
+    self.bias = if self.has_bias { Some(w.take(&join(prefix, "bias"), Some(&[self.out_dims]))) } else { None };
+  }
+
+  fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    f(&join(prefix, "weight"), &self.weight);
+    if let Some(s) = &self.scales {
+      f(&join(prefix, "scales"), s);
+    }
+    if let Some(b) = &self.biases {
+      f(&join(prefix, "biases"), b);
+    }
+    if let Some(b) = &self.bias {
+      f(&join(prefix, "bias"), b);
+    }
+  }
+}
