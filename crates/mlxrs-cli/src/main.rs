@@ -1,1 +1,324 @@
-fn main() {}
+//! `mlxrs`: the command line (flags named as mlx_lm's).
+//!
+//! - `mlxrs generate --model M --prompt P ...` (python `mlx_lm.generate`)
+//! - `mlxrs chat --model M` (python `mlx_lm.chat`)
+//! - `mlxrs bench --model M | --shape NAME` (python `mlx_lm.benchmark`)
+//! - `mlxrs info` (MLX version and device)
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use mlxrs_core::Dtype;
+use mlxrs_lm::{
+  ChatOptions, GenerateOptions, LoadOptions, LogitsConfig, Message, SamplerConfig, StepConfig, TextStream, load,
+  prompt_ids,
+};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(name = "mlxrs", version, about = "MLX from Rust: generate, chat, embed, bench")]
+struct Cli {
+  #[command(subcommand)]
+  cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+  /// Generate text from a prompt (python `mlx_lm.generate`).
+  Generate(GenerateArgs),
+  /// Multi-turn chat REPL that reuses its KV cache (python `mlx_lm.chat`).
+  Chat(ChatArgs),
+  /// Time prompt processing and generation (python `mlx_lm.benchmark`).
+  Bench(bench::BenchArgs),
+  /// Print the MLX version and default device.
+  Info,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+  /// Model folder or Hugging Face repo id (cached repos load offline).
+  #[arg(long)]
+  model: String,
+  /// Compute dtype for float weights: float32, bfloat16, float16 (default:
+  /// float32 on CPU, the checkpoint's on GPU).
+  #[arg(long)]
+  dtype: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+  /// Maximum tokens to generate.
+  #[arg(long = "max-tokens", short = 'm', default_value_t = 256)]
+  max_tokens: usize,
+  /// Sampling temperature (0 = greedy).
+  #[arg(long, default_value_t = 0.0)]
+  temp: f32,
+  /// Nucleus sampling mass (0 = off).
+  #[arg(long = "top-p", default_value_t = 0.0)]
+  top_p: f32,
+  /// Top-k sampling (0 = off).
+  #[arg(long = "top-k", default_value_t = 0)]
+  top_k: i32,
+  /// Min-p sampling (0 = off).
+  #[arg(long = "min-p", default_value_t = 0.0)]
+  min_p: f32,
+  /// XTC probability (0 = off).
+  #[arg(long = "xtc-probability", default_value_t = 0.0)]
+  xtc_probability: f32,
+  /// XTC threshold.
+  #[arg(long = "xtc-threshold", default_value_t = 0.1)]
+  xtc_threshold: f32,
+  /// Random seed (reproducible sampling).
+  #[arg(long)]
+  seed: Option<u64>,
+  /// Repetition penalty (> 0; 1 = off).
+  #[arg(long = "repetition-penalty")]
+  repetition_penalty: Option<f32>,
+  /// Tokens considered by the repetition penalty.
+  #[arg(long = "repetition-context-size", default_value_t = 20)]
+  repetition_context_size: usize,
+  /// Presence penalty.
+  #[arg(long = "presence-penalty")]
+  presence_penalty: Option<f32>,
+  /// Frequency penalty.
+  #[arg(long = "frequency-penalty")]
+  frequency_penalty: Option<f32>,
+  /// Rotating KV cache of at most this many positions.
+  #[arg(long = "max-kv-size")]
+  max_kv_size: Option<i32>,
+  /// Stop when this string is generated (repeatable).
+  #[arg(long = "stop")]
+  stop: Vec<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+  #[command(flatten)]
+  model: ModelArgs,
+  /// The prompt ("-" reads stdin).
+  #[arg(long, short = 'p', conflicts_with = "prompt_file")]
+  prompt: Option<String>,
+  /// Read the prompt from a UTF-8 file.
+  #[arg(long = "prompt-file")]
+  prompt_file: Option<PathBuf>,
+  /// System prompt (with the chat template).
+  #[arg(long = "system-prompt", alias = "system")]
+  system_prompt: Option<String>,
+  /// Encode the prompt as plain text, without the chat template.
+  #[arg(long = "ignore-chat-template")]
+  ignore_chat_template: bool,
+  #[command(flatten)]
+  sampling: SamplingArgs,
+  /// Print one JSON object (text, tokens, timings) instead of streaming.
+  #[arg(long)]
+  json: bool,
+  /// Print timing figures after the text.
+  #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+  verbose: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+  #[command(flatten)]
+  model: ModelArgs,
+  /// System prompt.
+  #[arg(long = "system-prompt", alias = "system")]
+  system_prompt: Option<String>,
+  #[command(flatten)]
+  sampling: SamplingArgs,
+}
+
+fn parse_dtype(s: &Option<String>) -> Result<Option<Dtype>> {
+  match s.as_deref() {
+    None => Ok(None),
+    Some(n) => match Dtype::parse(n) {
+      Some(d) if d.is_float() => Ok(Some(d)),
+      _ => bail!("--dtype {n:?}: expected float32, bfloat16 or float16"),
+    },
+  }
+}
+
+fn step_config(s: &SamplingArgs) -> StepConfig {
+  let mut logits = LogitsConfig::new();
+  logits.repetition_penalty = s.repetition_penalty;
+  logits.repetition_context_size = s.repetition_context_size;
+  logits.presence_penalty = s.presence_penalty;
+  logits.frequency_penalty = s.frequency_penalty;
+  StepConfig {
+    max_tokens: s.max_tokens,
+    sampler: SamplerConfig {
+      temp: s.temp,
+      top_p: s.top_p,
+      top_k: s.top_k,
+      min_p: s.min_p,
+      xtc_probability: s.xtc_probability,
+      xtc_threshold: s.xtc_threshold,
+      seed: s.seed,
+      ..SamplerConfig::default()
+    },
+    logits,
+    max_kv_size: s.max_kv_size,
+    ..StepConfig::default()
+  }
+}
+
+fn read_prompt(a: &GenerateArgs) -> Result<String> {
+  if let Some(p) = &a.prompt_file {
+    let bytes = std::fs::read(p).with_context(|| format!("reading --prompt-file {}", p.display()))?;
+    return String::from_utf8(bytes).map_err(|e| {
+      anyhow::anyhow!("--prompt-file {}: not valid UTF-8 (invalid byte at offset {})", p.display(), e.utf8_error().valid_up_to())
+    });
+  }
+  match a.prompt.as_deref() {
+    Some("-") => {
+      let mut s = String::new();
+      std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the prompt from stdin (must be UTF-8)")?;
+      Ok(s)
+    }
+    Some(p) => Ok(p.to_string()),
+    None => bail!("give --prompt TEXT, --prompt - (stdin) or --prompt-file PATH"),
+  }
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+  let prompt = read_prompt(&a)?;
+  if prompt.is_empty() {
+    bail!("the prompt is empty");
+  }
+  let dtype = parse_dtype(&a.model.dtype)?;
+  let m = load(&a.model.model, &LoadOptions { dtype, no_tokenizer: false })?;
+  let tok = m.tokenizer.as_ref().expect("loaded with a tokenizer");
+  let ids = prompt_ids(tok, &prompt, a.system_prompt.as_deref(), a.ignore_chat_template)?;
+  let opts = GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() };
+  let mut out = std::io::stdout().lock();
+  let mut text = String::new();
+  let mut tokens = Vec::new();
+  let mut last = None;
+  if !a.json && a.verbose {
+    writeln!(out, "==========")?;
+  }
+  for r in TextStream::new(&m, &ids, &opts, None)? {
+    let r = r?;
+    if !a.json {
+      write!(out, "{}", r.text)?;
+      out.flush()?;
+    }
+    text.push_str(&r.text);
+    if r.token >= 0 {
+      tokens.push(r.token);
+    }
+    last = Some(r);
+  }
+  let last = last.context("no output")?;
+  let device = mlxrs_core::Device::default_device().map(|d| d.to_string()).unwrap_or_default();
+  let dtype_s = m.dtype.map(|d| d.to_string()).unwrap_or_else(|| "checkpoint".into());
+  if a.json {
+    let v = serde_json::json!({
+      "text": text,
+      "tokens": tokens,
+      "prompt_ids": ids,
+      "finish_reason": last.finish_reason,
+      "prompt_tokens": last.prompt_tokens,
+      "prompt_tps": last.prompt_tps,
+      "generation_tokens": last.generation_tokens,
+      "generation_tps": last.generation_tps,
+      "peak_memory_gb": last.peak_memory_gb,
+      "device": device,
+      "dtype": dtype_s,
+    });
+    writeln!(out, "{}", serde_json::to_string(&v)?)?;
+  } else if a.verbose {
+    writeln!(out, "\n==========")?;
+    writeln!(out, "Prompt: {} tokens, {:.3} tokens-per-sec", last.prompt_tokens, last.prompt_tps)?;
+    writeln!(out, "Generation: {} tokens, {:.3} tokens-per-sec", last.generation_tokens, last.generation_tps)?;
+    writeln!(out, "Peak memory: {:.3} GB", last.peak_memory_gb)?;
+    writeln!(out, "Device: {device}, compute dtype: {dtype_s}")?;
+  }
+  Ok(())
+}
+
+fn chat(a: ChatArgs) -> Result<()> {
+  let dtype = parse_dtype(&a.model.dtype)?;
+  let m = load(&a.model.model, &LoadOptions { dtype, no_tokenizer: false })?;
+  let tok = m.tokenizer.as_ref().expect("tokenizer");
+  if !tok.has_chat_template() {
+    bail!("{}: the tokenizer has no chat template; use `mlxrs generate --ignore-chat-template`", m.path.display());
+  }
+  let opts = GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() };
+  let mut messages: Vec<Message> = Vec::new();
+  if let Some(s) = &a.system_prompt {
+    messages.push(Message::system(s.clone()));
+  }
+  // The cache holds the rendered conversation so far; each turn feeds only
+  // the new suffix of the rendered prompt (python mlx_lm.chat's
+  // prompt_cache reuse).
+  let mut cache = None;
+  let mut cached_ids: Vec<u32> = Vec::new();
+  let stdin = std::io::stdin();
+  let mut out = std::io::stdout();
+  println!("[INFO] Starting chat session with {}. Type 'q' to exit, 'r' to reset.", a.model.model);
+  loop {
+    print!(">> ");
+    out.flush()?;
+    let mut line = String::new();
+    if stdin.lock().read_line(&mut line)? == 0 {
+      break;
+    }
+    let line = line.trim_end_matches(['\n', '\r']);
+    match line {
+      "q" => break,
+      "r" => {
+        messages.retain(|m| m.role == "system");
+        cache = None;
+        cached_ids.clear();
+        continue;
+      }
+      "" => continue,
+      _ => {}
+    }
+    messages.push(Message::user(line));
+    let copts = ChatOptions { add_generation_prompt: true, ..ChatOptions::default() };
+    let full = tok.apply_chat_template_ids(&messages, &copts)?;
+    let reuse = cache.is_some() && full.starts_with(&cached_ids) && full.len() > cached_ids.len();
+    let (feed, c) = if reuse { (full[cached_ids.len()..].to_vec(), cache.take()) } else { (full.clone(), None) };
+    let mut stream = TextStream::new(&m, &feed, &opts, c)?;
+    let mut reply = String::new();
+    let mut gen_ids = Vec::new();
+    for r in &mut stream {
+      let r = r?;
+      print!("{}", r.text);
+      out.flush()?;
+      reply.push_str(&r.text);
+      if r.token >= 0 {
+        gen_ids.push(r.token as u32);
+      }
+    }
+    println!();
+    cache = Some(stream.into_cache());
+    cached_ids = full;
+    cached_ids.extend(gen_ids);
+    messages.push(Message::assistant(reply));
+  }
+  Ok(())
+}
+
+fn main() {
+  let cli = Cli::parse();
+  let r = match cli.cmd {
+    Cmd::Generate(a) => generate(a),
+    Cmd::Chat(a) => chat(a),
+    Cmd::Bench(a) => bench::run(a),
+    Cmd::Info => {
+      let d = mlxrs_core::Device::default_device().map(|d| d.to_string()).unwrap_or_else(|e| e.to_string());
+      println!("mlx {} ({}), default device {d}", mlxrs_core::version(), mlxrs_sys::MLX_LIB_DIR);
+      Ok(())
+    }
+  };
+  if let Err(e) = r {
+    eprintln!("error: {e:#}");
+    std::process::exit(1);
+  }
+}

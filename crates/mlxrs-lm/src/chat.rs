@@ -79,7 +79,11 @@ pub struct Message {
 impl Message {
   /// A message with `role` and text or parts `content`.
   pub fn new(role: impl Into<String>, content: impl Into<Content>) -> Self {
-    Message { role: role.into(), content: Some(content.into()), extra: Map::new() }
+    Message {
+      role: role.into(),
+      content: Some(content.into()),
+      extra: Map::new(),
+    }
   }
 
   /// `{"role": "system", "content": text}`.
@@ -141,7 +145,11 @@ impl ChatTemplates {
   /// Pick the template to use (`get_chat_template`): `choice` is a template
   /// name or a template source; `None` takes `tool_use` when `has_tools` and
   /// it exists, else `default`. Returns `(name, source)`.
-  pub fn select<'a>(&'a self, choice: Option<&'a str>, has_tools: bool) -> Result<(String, &'a str)> {
+  pub fn select<'a>(
+    &'a self,
+    choice: Option<&'a str>,
+    has_tools: bool,
+  ) -> Result<(String, &'a str)> {
     match (self, choice) {
       (ChatTemplates::Named(map), Some(c)) => match map.get(c) {
         Some(src) => Ok((c.to_string(), src.as_str())),
@@ -186,7 +194,9 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.debug_struct("ChatTemplate").field("name", &self.name).finish_non_exhaustive()
+    f.debug_struct("ChatTemplate")
+      .field("name", &self.name)
+      .finish_non_exhaustive()
   }
 }
 
@@ -196,7 +206,9 @@ const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
 fn template_error(name: &str, e: &minijinja::Error) -> Error {
   let mut message = match e.kind() {
     // raise_exception: report the template's own message.
-    ErrorKind::InvalidOperation if e.detail().is_some() => e.detail().unwrap_or_default().to_string(),
+    ErrorKind::InvalidOperation if e.detail().is_some() => {
+      e.detail().unwrap_or_default().to_string()
+    }
     _ => match e.detail() {
       Some(d) => format!("{}: {d}", e.kind()),
       None => e.kind().to_string(),
@@ -210,7 +222,10 @@ fn template_error(name: &str, e: &minijinja::Error) -> Error {
     let _ = write!(message, ": {s}");
     src = s.source();
   }
-  Error::Template { name: name.to_string(), message }
+  Error::Template {
+    name: name.to_string(),
+    message,
+  }
 }
 
 impl ChatTemplate {
@@ -226,24 +241,38 @@ impl ChatTemplate {
     env.set_unknown_method_callback(unknown_method);
     env.set_formatter(py_formatter);
     env.add_filter("tojson", tojson_filter);
-    env.add_filter("string", |v: Value| -> std::result::Result<Value, minijinja::Error> {
-      if v.kind() == ValueKind::String {
-        return Ok(v);
-      }
-      let mut s = String::new();
-      py_str(&v, &mut s)?;
-      Ok(Value::from(s))
-    });
-    env.add_function("raise_exception", |msg: Option<Value>| -> std::result::Result<Value, minijinja::Error> {
-      let msg = msg.map(|m| m.to_string()).unwrap_or_default();
-      Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-    });
-    env.add_function("strftime_now", |fmt: String| -> std::result::Result<Value, minijinja::Error> {
-      strftime_now(&fmt).map(Value::from)
-    });
+    env.add_filter(
+      "string",
+      |v: Value| -> std::result::Result<Value, minijinja::Error> {
+        if v.kind() == ValueKind::String {
+          return Ok(v);
+        }
+        let mut s = String::new();
+        py_str(&v, &mut s)?;
+        Ok(Value::from(s))
+      },
+    );
+    env.add_function(
+      "raise_exception",
+      |msg: Option<Value>| -> std::result::Result<Value, minijinja::Error> {
+        let msg = msg.map(|m| m.to_string()).unwrap_or_default();
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+      },
+    );
+    env.add_function(
+      "strftime_now",
+      |fmt: String| -> std::result::Result<Value, minijinja::Error> {
+        strftime_now(&fmt).map(Value::from)
+      },
+    );
     let src = rewrite_generation_tags(source);
-    env.add_template_owned(TEMPLATE_KEY, src).map_err(|e| template_error(name, &e))?;
-    Ok(ChatTemplate { name: name.to_string(), env })
+    env
+      .add_template_owned(TEMPLATE_KEY, src)
+      .map_err(|e| template_error(name, &e))?;
+    Ok(ChatTemplate {
+      name: name.to_string(),
+      env,
+    })
   }
 
   /// The name given at compile time.
@@ -289,7 +318,9 @@ impl ChatTemplate {
     let mut chat = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
       let serde_json::Value::Object(obj) = m else {
-        return Err(Error::InvalidArgument(format!("message {i} is not an object: {m}")));
+        return Err(Error::InvalidArgument(format!(
+          "message {i} is not an object: {m}"
+        )));
       };
       chat.push(normalize_message(obj));
     }
@@ -299,7 +330,8 @@ impl ChatTemplate {
       let last = chat.last_mut().expect("non-empty");
       let Some(content) = last.get_mut("content") else {
         return Err(Error::InvalidArgument(
-          "continue_final_message is set but the final message has no \"content\" to continue".into(),
+          "continue_final_message is set but the final message has no \"content\" to continue"
+            .into(),
         ));
       };
       match content {
@@ -308,10 +340,13 @@ impl ChatTemplate {
           s.push_str(CONTINUE_TAG);
         }
         serde_json::Value::Array(parts) => {
-          let part = parts.iter_mut().rev().find_map(|p| match p.get_mut("text") {
-            Some(serde_json::Value::String(t)) => Some(t),
-            _ => None,
-          });
+          let part = parts
+            .iter_mut()
+            .rev()
+            .find_map(|p| match p.get_mut("text") {
+              Some(serde_json::Value::String(t)) => Some(t),
+              _ => None,
+            });
           match part {
             Some(t) => {
               final_message = Some(t.clone());
@@ -334,23 +369,48 @@ impl ChatTemplate {
 
     let mut ctx: Map<String, serde_json::Value> = special_tokens.clone();
     for (k, v) in &opts.extra {
-      if matches!(k.as_str(), "messages" | "tools" | "documents" | "add_generation_prompt") {
+      if matches!(
+        k.as_str(),
+        "messages" | "tools" | "documents" | "add_generation_prompt"
+      ) {
         return Err(Error::InvalidArgument(format!(
           "extra template variable `{k}` clashes with the one apply_chat_template sets"
         )));
       }
       ctx.insert(k.clone(), v.clone());
     }
-    ctx.insert("messages".into(), serde_json::Value::Array(chat.into_iter().map(serde_json::Value::Object).collect()));
-    ctx.insert("tools".into(), opts.tools.clone().map(serde_json::Value::Array).unwrap_or(serde_json::Value::Null));
+    ctx.insert(
+      "messages".into(),
+      serde_json::Value::Array(chat.into_iter().map(serde_json::Value::Object).collect()),
+    );
+    ctx.insert(
+      "tools".into(),
+      opts
+        .tools
+        .clone()
+        .map(serde_json::Value::Array)
+        .unwrap_or(serde_json::Value::Null),
+    );
     ctx.insert(
       "documents".into(),
-      opts.documents.clone().map(serde_json::Value::Array).unwrap_or(serde_json::Value::Null),
+      opts
+        .documents
+        .clone()
+        .map(serde_json::Value::Array)
+        .unwrap_or(serde_json::Value::Null),
     );
-    ctx.insert("add_generation_prompt".into(), serde_json::Value::Bool(opts.add_generation_prompt));
+    ctx.insert(
+      "add_generation_prompt".into(),
+      serde_json::Value::Bool(opts.add_generation_prompt),
+    );
 
-    let tmpl = self.env.get_template(TEMPLATE_KEY).map_err(|e| template_error(&self.name, &e))?;
-    let mut rendered = tmpl.render(Value::from_serialize(&ctx)).map_err(|e| template_error(&self.name, &e))?;
+    let tmpl = self
+      .env
+      .get_template(TEMPLATE_KEY)
+      .map_err(|e| template_error(&self.name, &e))?;
+    let mut rendered = tmpl
+      .render(Value::from_serialize(&ctx))
+      .map_err(|e| template_error(&self.name, &e))?;
 
     if let Some(final_message) = final_message {
       let tag = CONTINUE_TAG.trim();
@@ -380,8 +440,15 @@ impl ChatTemplate {
 /// transformers' `_normalize_chat_messages` (drop null values) and
 /// `_alias_reasoning_fields`.
 fn normalize_message(obj: &Map<String, serde_json::Value>) -> Map<String, serde_json::Value> {
-  let msg: Map<String, serde_json::Value> = obj.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
-  let reasoning = ["reasoning_content", "thinking", "reasoning"].iter().find_map(|k| msg.get(*k)).cloned();
+  let msg: Map<String, serde_json::Value> = obj
+    .iter()
+    .filter(|(_, v)| !v.is_null())
+    .map(|(k, v)| (k.clone(), v.clone()))
+    .collect();
+  let reasoning = ["reasoning_content", "thinking", "reasoning"]
+    .iter()
+    .find_map(|k| msg.get(*k))
+    .cloned();
   match reasoning {
     None => msg,
     Some(r) => {
@@ -453,48 +520,82 @@ fn strftime_now(fmt: &str) -> std::result::Result<String, minijinja::Error> {
   use chrono::format::{Item, StrftimeItems};
   let items: Vec<Item<'_>> = StrftimeItems::new(fmt).collect();
   if items.iter().any(|i| matches!(i, Item::Error)) {
-    return Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {fmt:?}")));
+    return Err(minijinja::Error::new(
+      ErrorKind::InvalidOperation,
+      format!("strftime_now: invalid format {fmt:?}"),
+    ));
   }
   let now = chrono::Local::now();
   let mut s = String::new();
-  write!(s, "{}", now.format_with_items(items.into_iter()))
-    .map_err(|_| minijinja::Error::new(ErrorKind::InvalidOperation, format!("strftime_now: cannot format {fmt:?}")))?;
+  write!(s, "{}", now.format_with_items(items.into_iter())).map_err(|_| {
+    minijinja::Error::new(
+      ErrorKind::InvalidOperation,
+      format!("strftime_now: cannot format {fmt:?}"),
+    )
+  })?;
   Ok(s)
 }
 
 // ---------------------------------------------------------------------------
 // Python-compatible methods.
 
-fn unknown_method(state: &State, value: &Value, method: &str, args: &[Value]) -> std::result::Result<Value, minijinja::Error> {
+fn unknown_method(
+  state: &State,
+  value: &Value,
+  method: &str,
+  args: &[Value],
+) -> std::result::Result<Value, minijinja::Error> {
   match minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args) {
-    Err(e) if e.kind() == ErrorKind::UnknownMethod => extra_method(value, method, args).unwrap_or(Err(e)),
+    Err(e) if e.kind() == ErrorKind::UnknownMethod => {
+      extra_method(value, method, args).unwrap_or(Err(e))
+    }
     other => other,
   }
 }
 
-fn arg_str<'a>(args: &'a [Value], i: usize, method: &str) -> std::result::Result<&'a str, minijinja::Error> {
-  args
-    .get(i)
-    .and_then(Value::as_str)
-    .ok_or_else(|| minijinja::Error::new(ErrorKind::InvalidOperation, format!("{method}() expects a string argument")))
+fn arg_str<'a>(
+  args: &'a [Value],
+  i: usize,
+  method: &str,
+) -> std::result::Result<&'a str, minijinja::Error> {
+  args.get(i).and_then(Value::as_str).ok_or_else(|| {
+    minijinja::Error::new(
+      ErrorKind::InvalidOperation,
+      format!("{method}() expects a string argument"),
+    )
+  })
 }
 
 /// Methods pycompat lacks. `None` when not handled either.
-fn extra_method(value: &Value, method: &str, args: &[Value]) -> Option<std::result::Result<Value, minijinja::Error>> {
+fn extra_method(
+  value: &Value,
+  method: &str,
+  args: &[Value],
+) -> Option<std::result::Result<Value, minijinja::Error>> {
   let s = value.as_str()?;
   Some(match method {
     "removeprefix" => arg_str(args, 0, method).map(|p| Value::from(s.strip_prefix(p).unwrap_or(s))),
     "removesuffix" => arg_str(args, 0, method).map(|p| Value::from(s.strip_suffix(p).unwrap_or(s))),
     "rsplit" => {
-      let sep = args.first().filter(|v| !v.is_none()).and_then(Value::as_str);
+      let sep = args
+        .first()
+        .filter(|v| !v.is_none())
+        .and_then(Value::as_str);
       let maxsplit = args.get(1).and_then(Value::as_i64).unwrap_or(-1);
       let mut parts: Vec<String> = match sep {
-        Some("") => return Some(Err(minijinja::Error::new(ErrorKind::InvalidOperation, "rsplit(): empty separator"))),
+        Some("") => {
+          return Some(Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "rsplit(): empty separator",
+          )));
+        }
         Some(sep) => {
           if maxsplit < 0 {
             s.rsplit(sep).map(str::to_string).collect()
           } else {
-            s.rsplitn(maxsplit as usize + 1, sep).map(str::to_string).collect()
+            s.rsplitn(maxsplit as usize + 1, sep)
+              .map(str::to_string)
+              .collect()
           }
         }
         None => {
@@ -525,13 +626,19 @@ fn extra_method(value: &Value, method: &str, args: &[Value]) -> Option<std::resu
 // ---------------------------------------------------------------------------
 // Python str() / repr() of template values.
 
-fn py_formatter(out: &mut minijinja::Output, state: &State, value: &Value) -> std::result::Result<(), minijinja::Error> {
+fn py_formatter(
+  out: &mut minijinja::Output,
+  state: &State,
+  value: &Value,
+) -> std::result::Result<(), minijinja::Error> {
   match value.kind() {
     ValueKind::String | ValueKind::Undefined => minijinja::escape_formatter(out, state, value),
     ValueKind::None | ValueKind::Bool | ValueKind::Number | ValueKind::Seq | ValueKind::Map => {
       let mut s = String::new();
       py_str(value, &mut s)?;
-      out.write_str(&s).map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "write failed"))
+      out
+        .write_str(&s)
+        .map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "write failed"))
     }
     _ => minijinja::escape_formatter(out, state, value),
   }
@@ -594,7 +701,11 @@ fn py_repr(v: &Value, out: &mut String) -> std::result::Result<(), minijinja::Er
 }
 
 fn py_str_repr(s: &str, out: &mut String) {
-  let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+  let quote = if s.contains('\'') && !s.contains('"') {
+    '"'
+  } else {
+    '\''
+  };
   out.push(quote);
   for c in s.chars() {
     match c {
@@ -643,7 +754,11 @@ pub(crate) fn py_float_repr(x: f64, json: bool) -> String {
   let sign = if x < 0.0 { "-" } else { "" };
   if !(-4..16).contains(&exp) {
     let (first, rest) = digits.split_at(1);
-    let frac = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+    let frac = if rest.is_empty() {
+      String::new()
+    } else {
+      format!(".{rest}")
+    };
     let esign = if exp < 0 { '-' } else { '+' };
     return format!("{sign}{first}{frac}e{esign}{:02}", exp.abs());
   }
@@ -664,6 +779,9 @@ pub(crate) fn py_float_repr(x: f64, json: bool) -> String {
 // ---------------------------------------------------------------------------
 // tojson: transformers' json.dumps-based filter.
 
+/// Largest `tojson(indent=...)` accepted (templates are untrusted input).
+const MAX_INDENT: i64 = 256;
+
 struct DumpOpts {
   ensure_ascii: bool,
   indent: Option<String>,
@@ -672,17 +790,31 @@ struct DumpOpts {
   sort_keys: bool,
 }
 
-fn opt_arg(pos: Option<Value>, kwargs: &Kwargs, name: &str) -> std::result::Result<Option<Value>, minijinja::Error> {
+fn opt_arg(
+  pos: Option<Value>,
+  kwargs: &Kwargs,
+  name: &str,
+) -> std::result::Result<Option<Value>, minijinja::Error> {
   let kw: Option<Value> = kwargs.get(name)?;
   match (pos, kw) {
-    (Some(_), Some(_)) => Err(minijinja::Error::new(ErrorKind::TooManyArguments, format!("tojson(): `{name}` given twice"))),
+    (Some(_), Some(_)) => Err(minijinja::Error::new(
+      ErrorKind::TooManyArguments,
+      format!("tojson(): `{name}` given twice"),
+    )),
     (p, k) => Ok(p.or(k).filter(|v| !v.is_none() && !v.is_undefined())),
   }
 }
 
-fn tojson_filter(value: Value, args: Rest<Value>, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+fn tojson_filter(
+  value: Value,
+  args: Rest<Value>,
+  kwargs: Kwargs,
+) -> std::result::Result<Value, minijinja::Error> {
   if args.len() > 4 {
-    return Err(minijinja::Error::new(ErrorKind::TooManyArguments, "tojson() takes at most 4 arguments"));
+    return Err(minijinja::Error::new(
+      ErrorKind::TooManyArguments,
+      "tojson() takes at most 4 arguments",
+    ));
   }
   let mut pos = args.0.into_iter();
   let ensure_ascii = opt_arg(pos.next(), &kwargs, "ensure_ascii")?.is_some_and(|v| v.is_true());
@@ -690,25 +822,51 @@ fn tojson_filter(value: Value, args: Rest<Value>, kwargs: Kwargs) -> std::result
     None => None,
     Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_string()),
     Some(v) => match v.as_i64() {
-      Some(n) => Some(" ".repeat(n.max(0) as usize)),
-      None => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson(): indent must be an int or a string")),
+      Some(n) if n <= MAX_INDENT => Some(" ".repeat(n.max(0) as usize)),
+      Some(n) => {
+        return Err(minijinja::Error::new(
+          ErrorKind::InvalidOperation,
+          format!("tojson(): indent {n} is too large"),
+        ));
+      }
+      None => {
+        return Err(minijinja::Error::new(
+          ErrorKind::InvalidOperation,
+          "tojson(): indent must be an int or a string",
+        ));
+      }
     },
   };
   let (item_sep, key_sep) = match opt_arg(pos.next(), &kwargs, "separators")? {
-    None => (if indent.is_some() { "," } else { ", " }.to_string(), ": ".to_string()),
+    None => (
+      if indent.is_some() { "," } else { ", " }.to_string(),
+      ": ".to_string(),
+    ),
     Some(v) => {
       let parts: Vec<Value> = v.try_iter()?.collect();
       match parts.as_slice() {
-        [a, b] if a.as_str().is_some() && b.as_str().is_some() => {
-          (a.as_str().unwrap_or_default().to_string(), b.as_str().unwrap_or_default().to_string())
+        [a, b] if a.as_str().is_some() && b.as_str().is_some() => (
+          a.as_str().unwrap_or_default().to_string(),
+          b.as_str().unwrap_or_default().to_string(),
+        ),
+        _ => {
+          return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson(): separators must be two strings",
+          ));
         }
-        _ => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson(): separators must be two strings")),
       }
     }
   };
   let sort_keys = opt_arg(pos.next(), &kwargs, "sort_keys")?.is_some_and(|v| v.is_true());
   kwargs.assert_all_used()?;
-  let opts = DumpOpts { ensure_ascii, indent, item_sep, key_sep, sort_keys };
+  let opts = DumpOpts {
+    ensure_ascii,
+    indent,
+    item_sep,
+    key_sep,
+    sort_keys,
+  };
   let mut out = String::new();
   dump(&value, &opts, 0, &mut out)?;
   Ok(Value::from_safe_string(out))
@@ -750,7 +908,10 @@ fn json_key(k: &Value) -> std::result::Result<String, minijinja::Error> {
     _ => {
       return Err(minijinja::Error::new(
         ErrorKind::InvalidOperation,
-        format!("tojson(): keys must be str, int, float, bool or None, not {}", k.kind()),
+        format!(
+          "tojson(): keys must be str, int, float, bool or None, not {}",
+          k.kind()
+        ),
       ));
     }
   })
@@ -765,7 +926,12 @@ fn newline_indent(opts: &DumpOpts, level: usize, out: &mut String) {
   }
 }
 
-fn dump(v: &Value, opts: &DumpOpts, level: usize, out: &mut String) -> std::result::Result<(), minijinja::Error> {
+fn dump(
+  v: &Value,
+  opts: &DumpOpts,
+  level: usize,
+  out: &mut String,
+) -> std::result::Result<(), minijinja::Error> {
   match v.kind() {
     ValueKind::None => out.push_str("null"),
     ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -773,7 +939,10 @@ fn dump(v: &Value, opts: &DumpOpts, level: usize, out: &mut String) -> std::resu
       if v.is_integer() {
         let _ = write!(out, "{v}");
       } else {
-        out.push_str(&py_float_repr(f64::try_from(v.clone()).unwrap_or(f64::NAN), true));
+        out.push_str(&py_float_repr(
+          f64::try_from(v.clone()).unwrap_or(f64::NAN),
+          true,
+        ));
       }
     }
     ValueKind::String => json_str(v.as_str().unwrap_or_default(), opts.ensure_ascii, out),
@@ -821,7 +990,10 @@ fn dump(v: &Value, opts: &DumpOpts, level: usize, out: &mut String) -> std::resu
       out.push('}');
     }
     ValueKind::Undefined => {
-      return Err(minijinja::Error::new(ErrorKind::UndefinedError, "tojson(): value is undefined"));
+      return Err(minijinja::Error::new(
+        ErrorKind::UndefinedError,
+        "tojson(): value is undefined",
+      ));
     }
     other => {
       return Err(minijinja::Error::new(
@@ -873,34 +1045,64 @@ mod tests {
     opts.extra.insert("d".into(), json!({"k": "v", "n": null}));
     opts.extra.insert("f".into(), json!(0.00001));
     let out = render(src, &[Message::user("hi")], &opts).unwrap();
-    assert_eq!(out, "None|True|['a', 1, \"it's\"]|{'k': 'v', 'n': None}|1e-05|hi");
+    assert_eq!(
+      out,
+      "None|True|['a', 1, \"it's\"]|{'k': 'v', 'n': None}|1e-05|hi"
+    );
   }
 
   #[test]
   fn tojson_like_transformers() {
     let mut opts = ChatOptions::default();
-    opts.extra.insert("x".into(), json!({"b": 1, "a": [1.5, "é<>&", null, true], "c": {}}));
+    opts.extra.insert(
+      "x".into(),
+      json!({"b": 1, "a": [1.5, "é<>&", null, true], "c": {}}),
+    );
     let out = render("{{ x|tojson }}", &[Message::user("hi")], &opts).unwrap();
     assert_eq!(out, r#"{"b": 1, "a": [1.5, "é<>&", null, true], "c": {}}"#);
-    let out = render("{{ x|tojson(indent=2, sort_keys=true) }}", &[Message::user("hi")], &opts).unwrap();
-    assert_eq!(out, "{\n  \"a\": [\n    1.5,\n    \"é<>&\",\n    null,\n    true\n  ],\n  \"b\": 1,\n  \"c\": {}\n}");
-    let out = render("{{ x.a|tojson(ensure_ascii=true) }}", &[Message::user("hi")], &opts).unwrap();
+    let out = render(
+      "{{ x|tojson(indent=2, sort_keys=true) }}",
+      &[Message::user("hi")],
+      &opts,
+    )
+    .unwrap();
+    assert_eq!(
+      out,
+      "{\n  \"a\": [\n    1.5,\n    \"é<>&\",\n    null,\n    true\n  ],\n  \"b\": 1,\n  \"c\": {}\n}"
+    );
+    let out = render(
+      "{{ x.a|tojson(ensure_ascii=true) }}",
+      &[Message::user("hi")],
+      &opts,
+    )
+    .unwrap();
     assert_eq!(out, r#"[1.5, "\u00e9<>&", null, true]"#);
-    let out = render("{{ x.a|tojson(separators=(',', ':')) }}", &[Message::user("hi")], &opts).unwrap();
+    let out = render(
+      "{{ x.a|tojson(separators=(',', ':')) }}",
+      &[Message::user("hi")],
+      &opts,
+    )
+    .unwrap();
     assert_eq!(out, r#"[1.5,"é<>&",null,true]"#);
   }
 
   #[test]
   fn raise_exception_message_reaches_error() {
-    let e = render("{{ raise_exception('Roles must alternate') }}", &[Message::user("x")], &ChatOptions::default())
-      .unwrap_err()
-      .to_string();
+    let e = render(
+      "{{ raise_exception('Roles must alternate') }}",
+      &[Message::user("x")],
+      &ChatOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("Roles must alternate"), "{e}");
   }
 
   #[test]
   fn syntax_error_names_line() {
-    let e = ChatTemplate::new("bad", "line1\n{% for m in messages %}\n{{ m.content }").unwrap_err().to_string();
+    let e = ChatTemplate::new("bad", "line1\n{% for m in messages %}\n{{ m.content }")
+      .unwrap_err()
+      .to_string();
     assert!(e.contains("`bad`") && e.contains("line"), "{e}");
   }
 
@@ -917,24 +1119,42 @@ mod tests {
   fn generation_tag_and_loop_controls() {
     let src = "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}\
                {%- generation -%} [{{ m.content }}] {%- endgeneration -%}{% endfor %}";
-    let out = render(src, &[Message::user("a"), Message::user("b")], &ChatOptions::default()).unwrap();
+    let out = render(
+      src,
+      &[Message::user("a"), Message::user("b")],
+      &ChatOptions::default(),
+    )
+    .unwrap();
     assert_eq!(out, "[a]");
   }
 
   #[test]
   fn normalization_drops_nulls_and_aliases_reasoning() {
-    let m = Message::assistant("x").with("tool_calls", json!(null)).with("reasoning", json!("why"));
+    let m = Message::assistant("x")
+      .with("tool_calls", json!(null))
+      .with("reasoning", json!("why"));
     let src = "{{ messages[0].tool_calls is defined }}|{{ messages[0].thinking }}|{{ messages[0].reasoning_content }}|\
                {{ messages[0].keys()|list|tojson }}";
     let out = render(src, &[m], &ChatOptions::default()).unwrap();
-    assert_eq!(out, r#"False|why|why|["thinking", "role", "content", "reasoning", "reasoning_content"]"#);
+    assert_eq!(
+      out,
+      r#"False|why|why|["thinking", "role", "content", "reasoning", "reasoning_content"]"#
+    );
   }
 
   #[test]
   fn continue_final_message() {
     let src = "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>\n{% endfor %}";
-    let opts = ChatOptions { continue_final_message: true, ..Default::default() };
-    let out = render(src, &[Message::user("hi"), Message::assistant("Sure,")], &opts).unwrap();
+    let opts = ChatOptions {
+      continue_final_message: true,
+      ..Default::default()
+    };
+    let out = render(
+      src,
+      &[Message::user("hi"), Message::assistant("Sure,")],
+      &opts,
+    )
+    .unwrap();
     assert_eq!(out, "<user>hi</s>\n<assistant>Sure,");
   }
 
@@ -947,19 +1167,34 @@ mod tests {
     assert_eq!(t.select(None, false).unwrap().1, "D");
     assert_eq!(t.select(None, true).unwrap().1, "T");
     assert_eq!(t.select(Some("tool_use"), false).unwrap().1, "T");
-    assert_eq!(t.select(Some("{{ 1 }}"), false).unwrap(), ("<inline>".to_string(), "{{ 1 }}"));
+    assert_eq!(
+      t.select(Some("{{ 1 }}"), false).unwrap(),
+      ("<inline>".to_string(), "{{ 1 }}")
+    );
     let mut m = BTreeMap::new();
     m.insert("rag".to_string(), "R".to_string());
-    let e = ChatTemplates::Named(m).select(None, false).unwrap_err().to_string();
+    let e = ChatTemplates::Named(m)
+      .select(None, false)
+      .unwrap_err()
+      .to_string();
     assert!(e.contains("rag"), "{e}");
   }
 
   #[test]
   fn strftime_now_formats() {
-    let out = render("{{ strftime_now('%Y') }}", &[Message::user("x")], &ChatOptions::default()).unwrap();
+    let out = render(
+      "{{ strftime_now('%Y') }}",
+      &[Message::user("x")],
+      &ChatOptions::default(),
+    )
+    .unwrap();
     assert_eq!(out.len(), 4);
     assert!(out.chars().all(|c| c.is_ascii_digit()));
-    let e = render("{{ strftime_now('%Q%') }}", &[Message::user("x")], &ChatOptions::default());
+    let e = render(
+      "{{ strftime_now('%Q%') }}",
+      &[Message::user("x")],
+      &ChatOptions::default(),
+    );
     assert!(e.is_err());
   }
 

@@ -56,13 +56,25 @@ fn kind(v: &Value) -> &'static str {
 pub(crate) fn value_usize(path: &Path, field: &str, v: &Value) -> Result<usize> {
   v.as_u64()
     .and_then(|n| usize::try_from(n).ok())
-    .ok_or_else(|| Error::config(path, field, format!("expected a non-negative integer, got {v}")))
+    .ok_or_else(|| {
+      Error::config(
+        path,
+        field,
+        format!("expected a non-negative integer, got {v}"),
+      )
+    })
 }
 
 pub(crate) fn value_u32(path: &Path, field: &str, v: &Value) -> Result<u32> {
   v.as_u64()
     .and_then(|n| u32::try_from(n).ok())
-    .ok_or_else(|| Error::config(path, field, format!("expected a token id (0..2^32), got {v}")))
+    .ok_or_else(|| {
+      Error::config(
+        path,
+        field,
+        format!("expected a token id (0..2^32), got {v}"),
+      )
+    })
 }
 
 pub(crate) fn value_f64(path: &Path, field: &str, v: &Value) -> Result<f64> {
@@ -72,11 +84,13 @@ pub(crate) fn value_f64(path: &Path, field: &str, v: &Value) -> Result<f64> {
 }
 
 pub(crate) fn value_bool(path: &Path, field: &str, v: &Value) -> Result<bool> {
-  v.as_bool().ok_or_else(|| Error::config(path, field, format!("expected a boolean, got {}", kind(v))))
+  v.as_bool()
+    .ok_or_else(|| Error::config(path, field, format!("expected a boolean, got {}", kind(v))))
 }
 
 pub(crate) fn value_str<'a>(path: &Path, field: &str, v: &'a Value) -> Result<&'a str> {
-  v.as_str().ok_or_else(|| Error::config(path, field, format!("expected a string, got {}", kind(v))))
+  v.as_str()
+    .ok_or_else(|| Error::config(path, field, format!("expected a string, got {}", kind(v))))
 }
 
 /// An `eos_token_id`-style field: one id, a list of ids, or null (none).
@@ -106,7 +120,8 @@ fn truthy(v: &Value) -> bool {
 }
 
 fn as_object<'a>(path: &Path, field: &str, v: &'a Value) -> Result<&'a Map<String, Value>> {
-  v.as_object().ok_or_else(|| Error::config(path, field, format!("expected an object, got {}", kind(v))))
+  v.as_object()
+    .ok_or_else(|| Error::config(path, field, format!("expected an object, got {}", kind(v))))
 }
 
 // ---------------------------------------------------------------------------
@@ -127,7 +142,12 @@ pub enum QuantMode {
 
 impl QuantMode {
   /// Every mode, in MLX's order.
-  pub const ALL: [QuantMode; 4] = [QuantMode::Affine, QuantMode::Mxfp4, QuantMode::Nvfp4, QuantMode::Mxfp8];
+  pub const ALL: [QuantMode; 4] = [
+    QuantMode::Affine,
+    QuantMode::Mxfp4,
+    QuantMode::Nvfp4,
+    QuantMode::Mxfp8,
+  ];
 
   /// The mode's name in configs and in MLX (`"affine"`, ...).
   pub fn as_str(self) -> &'static str {
@@ -236,9 +256,15 @@ impl Quantization {
 
   fn fixed(group_size: u32, bits: u32, mode: QuantMode, quant_method: &str) -> Self {
     Quantization {
-      default: QuantParams { group_size, bits, mode },
+      default: QuantParams {
+        group_size,
+        bits,
+        mode,
+      },
       layers: BTreeMap::new(),
-      source: QuantSource::Hf { quant_method: quant_method.to_string() },
+      source: QuantSource::Hf {
+        quant_method: quant_method.to_string(),
+      },
     }
   }
 }
@@ -250,7 +276,14 @@ fn parse_mode(path: &Path, field: &str, v: Option<&Value>) -> Result<QuantMode> 
       let name = value_str(path, field, v)?;
       QuantMode::parse(name).ok_or_else(|| {
         let valid: Vec<_> = QuantMode::ALL.iter().map(|m| m.as_str()).collect();
-        Error::config(path, field, format!("unknown quantization mode `{name}` (valid: {})", valid.join(", ")))
+        Error::config(
+          path,
+          field,
+          format!(
+            "unknown quantization mode `{name}` (valid: {})",
+            valid.join(", ")
+          ),
+        )
       })
     }
   }
@@ -259,7 +292,11 @@ fn parse_mode(path: &Path, field: &str, v: Option<&Value>) -> Result<QuantMode> 
 fn positive_u32(path: &Path, field: &str, v: &Value) -> Result<u32> {
   match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
     Some(n) if n > 0 => Ok(n),
-    _ => Err(Error::config(path, field, format!("expected a positive integer, got {v}"))),
+    _ => Err(Error::config(
+      path,
+      field,
+      format!("expected a positive integer, got {v}"),
+    )),
   }
 }
 
@@ -269,10 +306,16 @@ fn parse_mlx_quantization(path: &Path, field: &str, block: &Value) -> Result<Qua
   let mode = parse_mode(path, &format!("{field}.mode"), obj.get("mode"))?;
   let get = |key: &str| -> Result<u32> {
     let f = format!("{field}.{key}");
-    let v = obj.get(key).ok_or_else(|| Error::config(path, &f, "missing"))?;
+    let v = obj
+      .get(key)
+      .ok_or_else(|| Error::config(path, &f, "missing"))?;
     positive_u32(path, &f, v)
   };
-  let default = QuantParams { group_size: get("group_size")?, bits: get("bits")?, mode };
+  let default = QuantParams {
+    group_size: get("group_size")?,
+    bits: get("bits")?,
+    mode,
+  };
   let mut layers = BTreeMap::new();
   for (key, v) in obj {
     let f = format!("{field}.{key}");
@@ -288,14 +331,22 @@ fn parse_mlx_quantization(path: &Path, field: &str, block: &Value) -> Result<Qua
             Some(v) => positive_u32(path, &format!("{f}.{k}"), v),
           }
         };
-        LayerQuantization::Params(QuantParams { group_size: opt("group_size", dg)?, bits: opt("bits", db)?, mode })
+        LayerQuantization::Params(QuantParams {
+          group_size: opt("group_size", dg)?,
+          bits: opt("bits", db)?,
+          mode,
+        })
       }
       // `group_size`, `bits`, `mode` and other scalar settings.
       _ => continue,
     };
     layers.insert(key.clone(), entry);
   }
-  Ok(Quantization { default, layers, source: QuantSource::Mlx })
+  Ok(Quantization {
+    default,
+    layers,
+    source: QuantSource::Mlx,
+  })
 }
 
 /// Map a Hugging Face `quantization_config` to MLX parameters, as mlx-lm's
@@ -309,7 +360,11 @@ fn parse_hf_quantization(path: &Path, field: &str, qc: &Value) -> Result<Option<
     if obj.contains_key("group_size") && obj.contains_key("bits") {
       return parse_mlx_quantization(path, field, qc).map(Some);
     }
-    return Err(Error::config(path, format!("{field}.quant_method"), "missing"));
+    return Err(Error::config(
+      path,
+      format!("{field}.quant_method"),
+      "missing",
+    ));
   };
   let method = value_str(path, &format!("{field}.quant_method"), method)?;
   let q = match method {
@@ -334,17 +389,27 @@ fn parse_hf_quantization(path: &Path, field: &str, qc: &Value) -> Result<Option<
           return Err(Error::config(
             path,
             f,
-            format!("unsupported compressed-tensors format {other:?}; dequantize to bf16 before converting"),
+            format!(
+              "unsupported compressed-tensors format {other:?}; dequantize to bf16 before converting"
+            ),
           ));
         }
       }
     }
     "modelopt" => {
       let settings = obj.get("quantization").unwrap_or(qc);
-      let sf = if obj.contains_key("quantization") { format!("{field}.quantization") } else { field.to_string() };
+      let sf = if obj.contains_key("quantization") {
+        format!("{field}.quantization")
+      } else {
+        field.to_string()
+      };
       let algo = settings.get("quant_algo").and_then(Value::as_str);
       if algo != Some("NVFP4") {
-        return Err(Error::config(path, format!("{sf}.quant_algo"), format!("unsupported modelopt quant_algo {algo:?}")));
+        return Err(Error::config(
+          path,
+          format!("{sf}.quant_algo"),
+          format!("unsupported modelopt quant_algo {algo:?}"),
+        ));
       }
       let gs = match settings.get("group_size") {
         None | Some(Value::Null) => 16,
@@ -358,7 +423,11 @@ fn parse_hf_quantization(path: &Path, field: &str, qc: &Value) -> Result<Option<
         Some(v) => positive_u32(path, &format!("{field}.bits"), v)?,
       };
       if bits != 4 {
-        return Err(Error::config(path, format!("{field}.bits"), format!("only 4-bit AWQ/GPTQ is supported, got {bits}")));
+        return Err(Error::config(
+          path,
+          format!("{field}.bits"),
+          format!("only 4-bit AWQ/GPTQ is supported, got {bits}"),
+        ));
       }
       let gs = match obj.get("group_size") {
         None | Some(Value::Null) => 128,
@@ -513,7 +582,12 @@ impl ModelConfig {
         as_object(&path, "text_config", tc)?;
       }
     }
-    Ok(ModelConfig { path, raw, generation: None, hf_quant_config: None })
+    Ok(ModelConfig {
+      path,
+      raw,
+      generation: None,
+      hf_quant_config: None,
+    })
   }
 
   /// The `config.json` this was read from.
@@ -582,7 +656,9 @@ impl ModelConfig {
   /// `field` as a non-negative integer, or an error naming the file and
   /// field when it is absent.
   pub fn require_usize(&self, field: &str) -> Result<usize> {
-    self.get_usize(field)?.ok_or_else(|| Error::config(&self.path, field, "missing"))
+    self
+      .get_usize(field)?
+      .ok_or_else(|| Error::config(&self.path, field, "missing"))
   }
 
   /// `model_type`, which selects the architecture (mlx-lm's `_get_classes`).
@@ -594,13 +670,20 @@ impl ModelConfig {
     }
     match self.text_obj().and_then(|t| t.get("model_type")) {
       Some(v) => value_str(&self.path, "text_config.model_type", v),
-      None => Err(Error::config(&self.path, "model_type", "missing (the checkpoint's architecture cannot be chosen)")),
+      None => Err(Error::config(
+        &self.path,
+        "model_type",
+        "missing (the checkpoint's architecture cannot be chosen)",
+      )),
     }
   }
 
   /// `text_config.model_type` (e.g. `gemma3_text` under a `gemma3` config).
   pub fn text_model_type(&self) -> Option<&str> {
-    self.text_obj().and_then(|t| t.get("model_type")).and_then(Value::as_str)
+    self
+      .text_obj()
+      .and_then(|t| t.get("model_type"))
+      .and_then(Value::as_str)
   }
 
   /// `architectures` (e.g. `["LlamaForCausalLM"]`); a bare string counts as
@@ -614,7 +697,11 @@ impl ModelConfig {
         .enumerate()
         .map(|(i, v)| value_str(&self.path, &format!("architectures[{i}]"), v).map(str::to_string))
         .collect(),
-      Some(v) => Err(Error::config(&self.path, "architectures", format!("expected a list of strings, got {}", kind(v)))),
+      Some(v) => Err(Error::config(
+        &self.path,
+        "architectures",
+        format!("expected a list of strings, got {}", kind(v)),
+      )),
     }
   }
 
@@ -645,7 +732,11 @@ impl ModelConfig {
     let merged = self.text_config();
     serde_path_to_error::deserialize(merged).map_err(|e| {
       let field = e.path().to_string();
-      let field = if field == "." { "<root>".to_string() } else { field };
+      let field = if field == "." {
+        "<root>".to_string()
+      } else {
+        field
+      };
       Error::config(&self.path, field, e.into_inner().to_string())
     })
   }
@@ -664,7 +755,10 @@ impl ModelConfig {
     }
     let found = match self.raw.get("eos_token_id") {
       Some(v) => Some(("eos_token_id".to_string(), v)),
-      None => self.text_obj().and_then(|t| t.get("eos_token_id")).map(|v| ("text_config.eos_token_id".to_string(), v)),
+      None => self
+        .text_obj()
+        .and_then(|t| t.get("eos_token_id"))
+        .map(|v| ("text_config.eos_token_id".to_string(), v)),
     };
     match found {
       None => Ok(Vec::new()),
@@ -767,7 +861,10 @@ impl ModelConfig {
 
   /// `quant_method` of the Hugging Face quantization config, if any.
   pub fn quant_method(&self) -> Option<&str> {
-    self.quantization_config().and_then(|(_, v)| v.get("quant_method")).and_then(Value::as_str)
+    self
+      .quantization_config()
+      .and_then(|(_, v)| v.get("quant_method"))
+      .and_then(Value::as_str)
   }
 
   /// The checkpoint's quantization, as mlx-lm's `load_model` reads it:
@@ -789,7 +886,10 @@ impl ModelConfig {
     }
     let field = if self.raw.get("quantization_config").is_some() {
       "quantization_config"
-    } else if self.text_obj().is_some_and(|t| t.contains_key("quantization_config")) {
+    } else if self
+      .text_obj()
+      .is_some_and(|t| t.contains_key("quantization_config"))
+    {
       "text_config.quantization_config"
     } else {
       "<root>"
@@ -835,8 +935,14 @@ mod tests {
 
   #[test]
   fn missing_model_type_names_file_and_field() {
-    let e = cfg(json!({"hidden_size": 4})).model_type().unwrap_err().to_string();
-    assert!(e.contains("m/config.json") && e.contains("`model_type`"), "{e}");
+    let e = cfg(json!({"hidden_size": 4}))
+      .model_type()
+      .unwrap_err()
+      .to_string();
+    assert!(
+      e.contains("m/config.json") && e.contains("`model_type`"),
+      "{e}"
+    );
   }
 
   #[test]
@@ -848,7 +954,9 @@ mod tests {
 
   #[test]
   fn derived_defaults() {
-    let c = cfg(json!({"hidden_size": 64, "num_attention_heads": 4, "rope_parameters": {"rope_theta": 1e6}}));
+    let c = cfg(
+      json!({"hidden_size": 64, "num_attention_heads": 4, "rope_parameters": {"rope_theta": 1e6}}),
+    );
     assert_eq!(c.num_key_value_heads().unwrap(), Some(4));
     assert_eq!(c.head_dim().unwrap(), Some(16));
     assert_eq!(c.rope_theta().unwrap(), Some(1e6));
@@ -862,20 +970,40 @@ mod tests {
 
   #[test]
   fn eos_int_or_list() {
-    assert_eq!(cfg(json!({"eos_token_id": 2})).eos_token_ids().unwrap(), vec![2]);
-    assert_eq!(cfg(json!({"eos_token_id": [1, 7]})).eos_token_ids().unwrap(), vec![1, 7]);
-    assert_eq!(cfg(json!({"eos_token_id": null})).eos_token_ids().unwrap(), Vec::<u32>::new());
-    let e = cfg(json!({"eos_token_id": [1, "x"]})).eos_token_ids().unwrap_err().to_string();
+    assert_eq!(
+      cfg(json!({"eos_token_id": 2})).eos_token_ids().unwrap(),
+      vec![2]
+    );
+    assert_eq!(
+      cfg(json!({"eos_token_id": [1, 7]}))
+        .eos_token_ids()
+        .unwrap(),
+      vec![1, 7]
+    );
+    assert_eq!(
+      cfg(json!({"eos_token_id": null})).eos_token_ids().unwrap(),
+      Vec::<u32>::new()
+    );
+    let e = cfg(json!({"eos_token_id": [1, "x"]}))
+      .eos_token_ids()
+      .unwrap_err()
+      .to_string();
     assert!(e.contains("eos_token_id[1]"), "{e}");
   }
 
   #[test]
   fn generation_eos_overrides_when_truthy() {
     let mut c = cfg(json!({"eos_token_id": 2}));
-    c.generation = Some(GenerationConfig::from_value("m/generation_config.json", json!({"eos_token_id": [5, 6]})).unwrap());
+    c.generation = Some(
+      GenerationConfig::from_value("m/generation_config.json", json!({"eos_token_id": [5, 6]}))
+        .unwrap(),
+    );
     assert_eq!(c.eos_token_ids().unwrap(), vec![5, 6]);
     // `if eos := generation_config.get("eos_token_id", False)` skips 0 / [].
-    c.generation = Some(GenerationConfig::from_value("m/generation_config.json", json!({"eos_token_id": []})).unwrap());
+    c.generation = Some(
+      GenerationConfig::from_value("m/generation_config.json", json!({"eos_token_id": []}))
+        .unwrap(),
+    );
     assert_eq!(c.eos_token_ids().unwrap(), vec![2]);
   }
 
@@ -890,41 +1018,104 @@ mod tests {
       "model.layers.2.mlp.gate_proj": true
     }}));
     let q = c.quantization().unwrap().unwrap();
-    assert_eq!(q.default, QuantParams { group_size: 64, bits: 4, mode: QuantMode::Affine });
+    assert_eq!(
+      q.default,
+      QuantParams {
+        group_size: 64,
+        bits: 4,
+        mode: QuantMode::Affine
+      }
+    );
     assert_eq!(q.source, QuantSource::Mlx);
-    assert_eq!(q.params_for("model.embed_tokens"), Some(QuantParams { group_size: 32, bits: 8, mode: QuantMode::Affine }));
+    assert_eq!(
+      q.params_for("model.embed_tokens"),
+      Some(QuantParams {
+        group_size: 32,
+        bits: 8,
+        mode: QuantMode::Affine
+      })
+    );
     assert_eq!(q.params_for("lm_head"), None);
     assert_eq!(q.layer("lm_head"), Some(LayerQuantization::Skip));
     // Missing fields take MLX's defaults for the layer's mode.
-    assert_eq!(q.params_for("model.layers.0.mlp.gate_proj").unwrap().group_size, 64);
-    assert_eq!(q.params_for("model.layers.0.mlp.gate_proj").unwrap().bits, 6);
+    assert_eq!(
+      q.params_for("model.layers.0.mlp.gate_proj")
+        .unwrap()
+        .group_size,
+      64
+    );
+    assert_eq!(
+      q.params_for("model.layers.0.mlp.gate_proj").unwrap().bits,
+      6
+    );
     assert_eq!(
       q.params_for("model.layers.1.mlp.gate_proj"),
-      Some(QuantParams { group_size: 32, bits: 4, mode: QuantMode::Mxfp4 })
+      Some(QuantParams {
+        group_size: 32,
+        bits: 4,
+        mode: QuantMode::Mxfp4
+      })
     );
-    assert_eq!(q.layer("model.layers.2.mlp.gate_proj"), Some(LayerQuantization::Default));
-    assert_eq!(q.params_for("model.layers.9.self_attn.q_proj"), Some(q.default));
+    assert_eq!(
+      q.layer("model.layers.2.mlp.gate_proj"),
+      Some(LayerQuantization::Default)
+    );
+    assert_eq!(
+      q.params_for("model.layers.9.self_attn.q_proj"),
+      Some(q.default)
+    );
   }
 
   #[test]
   fn quantization_errors_name_fields() {
-    let e = cfg(json!({"quantization": {"bits": 4}})).quantization().unwrap_err().to_string();
+    let e = cfg(json!({"quantization": {"bits": 4}}))
+      .quantization()
+      .unwrap_err()
+      .to_string();
     assert!(e.contains("quantization.group_size"), "{e}");
-    let e = cfg(json!({"quantization": {"group_size": 64, "bits": 4, "mode": "int3"}})).quantization().unwrap_err().to_string();
+    let e = cfg(json!({"quantization": {"group_size": 64, "bits": 4, "mode": "int3"}}))
+      .quantization()
+      .unwrap_err()
+      .to_string();
     assert!(e.contains("quantization.mode") && e.contains("int3"), "{e}");
   }
 
   #[test]
   fn hf_quantization_configs() {
-    let q = cfg(json!({"quantization_config": {"quant_method": "mxfp4"}})).quantization().unwrap().unwrap();
-    assert_eq!(q.default, QuantParams { group_size: 32, bits: 4, mode: QuantMode::Mxfp4 });
-    let q = cfg(json!({"text_config": {"quantization_config": {"quant_method": "awq", "group_size": 64}}}))
+    let q = cfg(json!({"quantization_config": {"quant_method": "mxfp4"}}))
       .quantization()
       .unwrap()
       .unwrap();
-    assert_eq!(q.default, QuantParams { group_size: 64, bits: 4, mode: QuantMode::Affine });
-    assert_eq!(q.source, QuantSource::Hf { quant_method: "awq".into() });
-    let c = cfg(json!({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}));
+    assert_eq!(
+      q.default,
+      QuantParams {
+        group_size: 32,
+        bits: 4,
+        mode: QuantMode::Mxfp4
+      }
+    );
+    let q = cfg(
+      json!({"text_config": {"quantization_config": {"quant_method": "awq", "group_size": 64}}}),
+    )
+    .quantization()
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+      q.default,
+      QuantParams {
+        group_size: 64,
+        bits: 4,
+        mode: QuantMode::Affine
+      }
+    );
+    assert_eq!(
+      q.source,
+      QuantSource::Hf {
+        quant_method: "awq".into()
+      }
+    );
+    let c =
+      cfg(json!({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}));
     assert!(c.quantization().unwrap().is_none());
     assert_eq!(c.quant_method(), Some("fp8"));
     let q = cfg(json!({"quantization_config": {"quant_method": "fp8", "scale_fmt": "ue8m0", "weight_block_size": [32, 32]}}))
@@ -932,7 +1123,10 @@ mod tests {
       .unwrap()
       .unwrap();
     assert_eq!(q.default.mode, QuantMode::Mxfp8);
-    let e = cfg(json!({"quantization_config": {"quant_method": "awq", "bits": 8}})).quantization().unwrap_err().to_string();
+    let e = cfg(json!({"quantization_config": {"quant_method": "awq", "bits": 8}}))
+      .quantization()
+      .unwrap_err()
+      .to_string();
     assert!(e.contains("quantization_config.bits"), "{e}");
   }
 

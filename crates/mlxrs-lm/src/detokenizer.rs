@@ -55,7 +55,9 @@ impl DetokenizerKind {
   /// Pick the variant for a `tokenizer.json` `decoder` value (mlx-lm's
   /// `_is_spm_decoder`, `_is_spm_decoder_no_space`, `_is_bpe_decoder`).
   pub fn from_decoder(decoder: Option<&Value>) -> Self {
-    let Some(decoder) = decoder else { return DetokenizerKind::Naive };
+    let Some(decoder) = decoder else {
+      return DetokenizerKind::Naive;
+    };
     let spm_steps = vec![
       json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
       json!({"type": "ByteFallback"}),
@@ -81,8 +83,15 @@ impl DetokenizerKind {
 /// floats are distinct types in Python; JSON numbers compare by value).
 fn json_match(a: &Value, b: &Value) -> bool {
   match (a, b) {
-    (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_match(v, w))),
-    (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| json_match(v, w)),
+    (Value::Object(x), Value::Object(y)) => {
+      x.len() == y.len()
+        && x
+          .iter()
+          .all(|(k, v)| y.get(k).is_some_and(|w| json_match(v, w)))
+    }
+    (Value::Array(x), Value::Array(y)) => {
+      x.len() == y.len() && x.iter().zip(y).all(|(v, w)| json_match(v, w))
+    }
     _ => a == b,
   }
 }
@@ -108,7 +117,10 @@ fn byte_decoder() -> [Option<u8>; 324] {
 /// The bytes `tokenizers`' `ByteLevel` decoder gives one token: each char
 /// through the table, or the token's own UTF-8 when any char is outside it.
 fn byte_level_bytes(token: &str, table: &[Option<u8>; 324]) -> Vec<u8> {
-  let mapped: Option<Vec<u8>> = token.chars().map(|c| table.get(c as usize).copied().flatten()).collect();
+  let mapped: Option<Vec<u8>> = token
+    .chars()
+    .map(|c| table.get(c as usize).copied().flatten())
+    .collect();
   mapped.unwrap_or_else(|| token.as_bytes().to_vec())
 }
 
@@ -138,33 +150,53 @@ pub(crate) struct DetokData {
 
 impl std::fmt::Debug for DetokData {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.debug_struct("DetokData").field("kind", &self.kind).finish_non_exhaustive()
+    f.debug_struct("DetokData")
+      .field("kind", &self.kind)
+      .finish_non_exhaustive()
   }
 }
 
 impl DetokData {
   pub(crate) fn new(kind: DetokenizerKind, tokenizer: Arc<tokenizers::Tokenizer>) -> Self {
-    let n = tokenizer.get_vocab(true).values().copied().max().map_or(0, |m| m as usize + 1);
+    let n = tokenizer
+      .get_vocab(true)
+      .values()
+      .copied()
+      .max()
+      .map_or(0, |m| m as usize + 1);
     let mut bpe = Vec::new();
     let mut spm = Vec::new();
     match kind {
       DetokenizerKind::Bpe => {
         let table = byte_decoder();
-        bpe = (0..n).map(|id| tokenizer.id_to_token(id as u32).map(|t| byte_level_bytes(&t, &table).into_boxed_slice())).collect();
+        bpe = (0..n)
+          .map(|id| {
+            tokenizer
+              .id_to_token(id as u32)
+              .map(|t| byte_level_bytes(&t, &table).into_boxed_slice())
+          })
+          .collect();
       }
       DetokenizerKind::Spm { .. } => {
         spm = (0..n)
           .map(|id| {
-            tokenizer.id_to_token(id as u32).map(|t| match byte_token(&t) {
-              Some(b) => Piece::Byte(b),
-              None => Piece::Text(t.replace('\u{2581}', " ").into_boxed_str()),
-            })
+            tokenizer
+              .id_to_token(id as u32)
+              .map(|t| match byte_token(&t) {
+                Some(b) => Piece::Byte(b),
+                None => Piece::Text(t.replace('\u{2581}', " ").into_boxed_str()),
+              })
           })
           .collect();
       }
       DetokenizerKind::Naive => {}
     }
-    DetokData { kind, bpe, spm, tokenizer }
+    DetokData {
+      kind,
+      bpe,
+      spm,
+      tokenizer,
+    }
   }
 }
 
@@ -250,7 +282,11 @@ impl StreamingDetokenizer {
     if s.is_empty() {
       return;
     }
-    let s = if !self.started && self.trim_leading_space { s.strip_prefix(' ').unwrap_or(s) } else { s };
+    let s = if !self.started && self.trim_leading_space {
+      s.strip_prefix(' ').unwrap_or(s)
+    } else {
+      s
+    };
     self.started = true;
     self.text.push_str(s);
   }
@@ -346,8 +382,12 @@ impl StreamingDetokenizer {
   /// `tokens[prefix_offset..read_offset]`, unless it ends in an unfinished
   /// character (U+FFFD) and `force` is off.
   fn naive_step(&mut self, force: bool) {
-    let Some(prefix_text) = self.decode(&self.tokens[self.prefix_offset..self.read_offset]) else { return };
-    let Some(new_text) = self.decode(&self.tokens[self.prefix_offset..]) else { return };
+    let Some(prefix_text) = self.decode(&self.tokens[self.prefix_offset..self.read_offset]) else {
+      return;
+    };
+    let Some(new_text) = self.decode(&self.tokens[self.prefix_offset..]) else {
+      return;
+    };
     if new_text.len() <= prefix_text.len() && !force {
       return;
     }
@@ -392,15 +432,28 @@ mod tests {
       {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
       {"type": "ByteFallback"}, {"type": "Fuse"},
       {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
-    assert_eq!(DetokenizerKind::from_decoder(Some(&spm)), DetokenizerKind::Spm { trim_space: true });
+    assert_eq!(
+      DetokenizerKind::from_decoder(Some(&spm)),
+      DetokenizerKind::Spm { trim_space: true }
+    );
     let nospace = json!({"type": "Sequence", "decoders": [
       {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
       {"type": "ByteFallback"}, {"type": "Fuse"}]});
-    assert_eq!(DetokenizerKind::from_decoder(Some(&nospace)), DetokenizerKind::Spm { trim_space: false });
+    assert_eq!(
+      DetokenizerKind::from_decoder(Some(&nospace)),
+      DetokenizerKind::Spm { trim_space: false }
+    );
     let bl = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
-    assert_eq!(DetokenizerKind::from_decoder(Some(&bl)), DetokenizerKind::Bpe);
-    let ms = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
-    assert_eq!(DetokenizerKind::from_decoder(Some(&ms)), DetokenizerKind::Naive);
+    assert_eq!(
+      DetokenizerKind::from_decoder(Some(&bl)),
+      DetokenizerKind::Bpe
+    );
+    let ms =
+      json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
+    assert_eq!(
+      DetokenizerKind::from_decoder(Some(&ms)),
+      DetokenizerKind::Naive
+    );
     assert_eq!(DetokenizerKind::from_decoder(None), DetokenizerKind::Naive);
   }
 }

@@ -101,20 +101,37 @@ impl Error {
   }
 
   /// An [`Error::Config`] for `field` of the file at `path`.
-  pub fn config(path: impl AsRef<Path>, field: impl Into<String>, message: impl Into<String>) -> Self {
-    Error::Config { path: path.as_ref().to_path_buf(), field: field.into(), message: message.into() }
+  pub fn config(
+    path: impl AsRef<Path>,
+    field: impl Into<String>,
+    message: impl Into<String>,
+  ) -> Self {
+    Error::Config {
+      path: path.as_ref().to_path_buf(),
+      field: field.into(),
+      message: message.into(),
+    }
   }
 
   pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-    Error::Io { path: path.as_ref().to_path_buf(), source }
+    Error::Io {
+      path: path.as_ref().to_path_buf(),
+      source,
+    }
   }
 
   pub(crate) fn tokenizer(path: Option<&Path>, message: impl Into<String>) -> Self {
-    Error::Tokenizer { path: path.map(Path::to_path_buf), message: message.into() }
+    Error::Tokenizer {
+      path: path.map(Path::to_path_buf),
+      message: message.into(),
+    }
   }
 
   pub(crate) fn hub(model: &str, message: impl Into<String>) -> Self {
-    Error::Hub { model: model.to_string(), message: message.into() }
+    Error::Hub {
+      model: model.to_string(),
+      message: message.into(),
+    }
   }
 }
 
@@ -123,7 +140,10 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
   let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
   match String::from_utf8(bytes) {
     Ok(s) => Ok(s),
-    Err(e) => Err(Error::Utf8 { path: path.to_path_buf(), source: e.utf8_error() }),
+    Err(e) => Err(Error::Utf8 {
+      path: path.to_path_buf(),
+      source: e.utf8_error(),
+    }),
   }
 }
 
@@ -141,9 +161,14 @@ pub(crate) fn parse_json(path: &Path, text: &str) -> Result<serde_json::Value> {
   match serde_json::from_str(text) {
     Ok(v) => Ok(v),
     Err(first) => match tag_bare_non_finite(text) {
-      Some(tagged) => serde_json::from_str(&tagged)
-        .map_err(|_| Error::Json { path: path.to_path_buf(), source: first }),
-      None => Err(Error::Json { path: path.to_path_buf(), source: first }),
+      Some(tagged) => serde_json::from_str(&tagged).map_err(|_| Error::Json {
+        path: path.to_path_buf(),
+        source: first,
+      }),
+      None => Err(Error::Json {
+        path: path.to_path_buf(),
+        source: first,
+      }),
     },
   }
 }
@@ -169,7 +194,11 @@ fn tag_bare_non_finite(text: &str) -> Option<String> {
       rest = &rest[c.len_utf8()..];
       continue;
     }
-    let tags = [("-Infinity", "-Infinity"), ("Infinity", "Infinity"), ("NaN", "NaN")];
+    let tags = [
+      ("-Infinity", "-Infinity"),
+      ("Infinity", "Infinity"),
+      ("NaN", "NaN"),
+    ];
     if let Some((lit, tag)) = tags.iter().find(|(lit, _)| rest.starts_with(lit)) {
       out.push_str(&format!("{{\"__float__\": \"{tag}\"}}"));
       rest = &rest[lit.len()..];
@@ -191,7 +220,11 @@ mod tests {
 
   #[test]
   fn bare_non_finite_literals_are_tagged() {
-    let v = parse_json(Path::new("x.json"), r#"{"a": NaN, "b": [-Infinity, "NaN"]}"#).unwrap();
+    let v = parse_json(
+      Path::new("x.json"),
+      r#"{"a": NaN, "b": [-Infinity, "NaN"]}"#,
+    )
+    .unwrap();
     assert_eq!(v["a"]["__float__"], "NaN");
     assert_eq!(v["b"][0]["__float__"], "-Infinity");
     assert_eq!(v["b"][1], "NaN");
@@ -201,12 +234,18 @@ mod tests {
   fn invalid_json_names_the_file() {
     let e = parse_json(Path::new("dir/config.json"), "{not json").unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("dir/config.json") && msg.contains("invalid JSON"), "{msg}");
+    assert!(
+      msg.contains("dir/config.json") && msg.contains("invalid JSON"),
+      "{msg}"
+    );
   }
 
   #[test]
   fn unsupported_model_type_lists_supported() {
     let e = Error::unsupported_model_type("foo", &["llama", "qwen2"]);
-    assert_eq!(e.to_string(), "unsupported model type `foo` (supported: llama, qwen2)");
+    assert_eq!(
+      e.to_string(),
+      "unsupported model type `foo` (supported: llama, qwen2)"
+    );
   }
 }

@@ -173,13 +173,10 @@ impl<'m> TokenGenerator<'m> {
     if self.produced + 1 < self.max_tokens && !needs_host {
       let x = ops::reshape(&y, &[1, 1])?;
       let (ny, nlp) = self.step_array(&x, &[])?;
-      let mut pair = [ny, nlp];
-      mlxrs_core::async_eval(&pair[..1])?;
-      let [ny, nlp] = std::mem::replace(&mut pair, [Array::scalar(0i32), Array::scalar(0i32)]);
+      mlxrs_core::async_eval(std::slice::from_ref(&ny))?;
       self.pending = Some((ny, nlp));
     }
-    let ids = ops::astype(&y, mlxrs_core::Dtype::Int32)?;
-    y = ids;
+    y = ops::astype(&y, mlxrs_core::Dtype::Int32)?;
     let token = y.to_vec::<i32>()?[0];
     if self.produced + 1 < self.max_tokens && needs_host {
       let (ny, nlp) = self.step_tokens(&[token])?;
@@ -188,6 +185,11 @@ impl<'m> TokenGenerator<'m> {
     self.produced += 1;
     let logprobs = if self.return_logprobs { Some(ops::reshape(&lp, &[-1])?) } else { None };
     Ok(Some(Step { token, logprobs }))
+  }
+
+  /// The token budget.
+  pub fn max_tokens(&self) -> usize {
+    self.max_tokens
   }
 
   /// Generated so far.

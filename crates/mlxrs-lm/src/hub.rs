@@ -26,8 +26,17 @@ use serde_json::Value;
 use crate::error::{Error, Result, read_json};
 
 /// What `mlx_lm.utils._download` fetches (`DEFAULT_ALLOW_PATTERNS`).
-pub const DEFAULT_ALLOW_PATTERNS: &[&str] =
-  &["*.json", "model*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jsonl", "*.jinja"];
+pub const DEFAULT_ALLOW_PATTERNS: &[&str] = &[
+  "*.json",
+  "model*.safetensors",
+  "*.py",
+  "tokenizer.model",
+  "*.tiktoken",
+  "tiktoken.model",
+  "*.txt",
+  "*.jsonl",
+  "*.jinja",
+];
 
 /// The sharded-weights index file.
 pub const WEIGHT_INDEX_FILE: &str = "model.safetensors.index.json";
@@ -48,12 +57,19 @@ pub struct HubConfig {
 }
 
 fn is_true(v: Option<String>) -> bool {
-  v.is_some_and(|s| matches!(s.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE"))
+  v.is_some_and(|s| {
+    matches!(
+      s.trim().to_ascii_uppercase().as_str(),
+      "1" | "ON" | "YES" | "TRUE"
+    )
+  })
 }
 
 fn expand_home(p: &str, home: Option<&str>) -> PathBuf {
   match (p.strip_prefix("~"), home) {
-    (Some(rest), Some(h)) if rest.is_empty() || rest.starts_with('/') => PathBuf::from(format!("{h}{rest}")),
+    (Some(rest), Some(h)) if rest.is_empty() || rest.starts_with('/') => {
+      PathBuf::from(format!("{h}{rest}"))
+    }
     _ => PathBuf::from(p),
   }
 }
@@ -83,25 +99,35 @@ impl HubConfig {
       Some(c) => expand_home(&c, home.as_deref()),
       None => hf_home.join("hub"),
     };
-    let token = get("HF_TOKEN").or_else(|| get("HUGGING_FACE_HUB_TOKEN")).or_else(|| {
-      let path = match get("HF_TOKEN_PATH") {
-        Some(p) => expand_home(&p, home.as_deref()),
-        None => hf_home.join("token"),
-      };
-      std::fs::read_to_string(path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
-    });
+    let token = get("HF_TOKEN")
+      .or_else(|| get("HUGGING_FACE_HUB_TOKEN"))
+      .or_else(|| {
+        let path = match get("HF_TOKEN_PATH") {
+          Some(p) => expand_home(&p, home.as_deref()),
+          None => hf_home.join("token"),
+        };
+        std::fs::read_to_string(path)
+          .ok()
+          .map(|t| t.trim().to_string())
+          .filter(|t| !t.is_empty())
+      });
     HubConfig {
       cache_dir,
       offline: is_true(get("HF_HUB_OFFLINE")),
       token,
-      endpoint: get("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".to_string()).trim_end_matches('/').to_string(),
+      endpoint: get("HF_ENDPOINT")
+        .unwrap_or_else(|| "https://huggingface.co".to_string())
+        .trim_end_matches('/')
+        .to_string(),
       progress: !is_true(get("HF_HUB_DISABLE_PROGRESS_BARS")),
     }
   }
 
   /// The cache folder of model repo `repo_id` (`models--org--name`).
   pub fn repo_cache_dir(&self, repo_id: &str) -> PathBuf {
-    self.cache_dir.join(format!("models--{}", repo_id.replace('/', "--")))
+    self
+      .cache_dir
+      .join(format!("models--{}", repo_id.replace('/', "--")))
   }
 }
 
@@ -184,7 +210,13 @@ impl ModelFiles {
       missing.push("tokenizer.json".to_string());
     }
     let mut tokenizer_files = vec![tok];
-    for f in ["tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "generation_config.json"] {
+    for f in [
+      "tokenizer_config.json",
+      "special_tokens_map.json",
+      "chat_template.jinja",
+      "chat_template.json",
+      "generation_config.json",
+    ] {
       let p = dir.join(f);
       if p.is_file() {
         tokenizer_files.push(p);
@@ -194,15 +226,30 @@ impl ModelFiles {
     let (weight_index, weights) = if index.is_file() {
       let v = read_json(&index)?;
       let Some(map) = v.get("weight_map").and_then(Value::as_object) else {
-        return Err(Error::config(&index, "weight_map", "missing or not an object"));
+        return Err(Error::config(
+          &index,
+          "weight_map",
+          "missing or not an object",
+        ));
       };
       let mut shards: Vec<String> = Vec::new();
       for (tensor, shard) in map {
         let Some(s) = shard.as_str() else {
-          return Err(Error::config(&index, format!("weight_map.{tensor}"), "expected a file name"));
+          return Err(Error::config(
+            &index,
+            format!("weight_map.{tensor}"),
+            "expected a file name",
+          ));
         };
-        if Path::new(s).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-          return Err(Error::config(&index, format!("weight_map.{tensor}"), format!("`{s}` is not a file in the folder")));
+        if Path::new(s)
+          .components()
+          .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+          return Err(Error::config(
+            &index,
+            format!("weight_map.{tensor}"),
+            format!("`{s}` is not a file in the folder"),
+          ));
         }
         shards.push(s.to_string());
       }
@@ -220,7 +267,9 @@ impl ModelFiles {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-          p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("model") && n.ends_with(".safetensors"))
+          p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("model") && n.ends_with(".safetensors"))
             && p.is_file()
         })
         .collect();
@@ -231,9 +280,18 @@ impl ModelFiles {
       (None, w)
     };
     if !missing.is_empty() {
-      return Err(Error::hub(&label, format!("missing {}", missing.join(", "))));
+      return Err(Error::hub(
+        &label,
+        format!("missing {}", missing.join(", ")),
+      ));
     }
-    Ok(ModelFiles { dir: dir.to_path_buf(), config, tokenizer_files, weight_index, weights })
+    Ok(ModelFiles {
+      dir: dir.to_path_buf(),
+      config,
+      tokenizer_files,
+      weight_index,
+      weights,
+    })
   }
 }
 
@@ -289,21 +347,35 @@ pub fn resolve_model_with(model: &str, revision: Option<&str>, hub: &HubConfig) 
     if path.is_dir() {
       return Ok(path.to_path_buf());
     }
-    return Err(Error::hub(model, "is a file; expected a checkpoint folder or a Hugging Face repo id"));
+    return Err(Error::hub(
+      model,
+      "is a file; expected a checkpoint folder or a Hugging Face repo id",
+    ));
   }
   if !is_repo_id(model) {
-    return Err(Error::hub(model, "no such folder, and not a Hugging Face repo id (`org/name`)"));
+    return Err(Error::hub(
+      model,
+      "no such folder, and not a Hugging Face repo id (`org/name`)",
+    ));
   }
   let revision = revision.unwrap_or("main");
   let from_cache = |why: &str| -> Result<PathBuf> {
     match cached_snapshot(hub, model, revision) {
       Some(dir) => {
-        ModelFiles::scan(&dir).map_err(|e| Error::hub(model, format!("{why}; the cached snapshot is incomplete: {e}")))?;
+        ModelFiles::scan(&dir).map_err(|e| {
+          Error::hub(
+            model,
+            format!("{why}; the cached snapshot is incomplete: {e}"),
+          )
+        })?;
         Ok(dir)
       }
       None => Err(Error::hub(
         model,
-        format!("{why}, and revision `{revision}` is not in the Hugging Face cache at {}", hub.cache_dir.display()),
+        format!(
+          "{why}, and revision `{revision}` is not in the Hugging Face cache at {}",
+          hub.cache_dir.display()
+        ),
       )),
     }
   };
@@ -312,7 +384,8 @@ pub fn resolve_model_with(model: &str, revision: Option<&str>, hub: &HubConfig) 
   }
   match download(model, revision, hub) {
     Ok(dir) => {
-      ModelFiles::scan(&dir).map_err(|e| Error::hub(model, format!("downloaded snapshot is incomplete: {e}")))?;
+      ModelFiles::scan(&dir)
+        .map_err(|e| Error::hub(model, format!("downloaded snapshot is incomplete: {e}")))?;
       Ok(dir)
     }
     Err(e) => from_cache(&format!("download from {} failed ({e})", hub.endpoint)),
@@ -321,7 +394,11 @@ pub fn resolve_model_with(model: &str, revision: Option<&str>, hub: &HubConfig) 
 
 /// Download the allowed files of `repo_id` at `revision` into the cache;
 /// returns the snapshot folder.
-fn download(repo_id: &str, revision: &str, hub: &HubConfig) -> std::result::Result<PathBuf, String> {
+fn download(
+  repo_id: &str,
+  revision: &str,
+  hub: &HubConfig,
+) -> std::result::Result<PathBuf, String> {
   use hf_hub::api::sync::ApiBuilder;
   use hf_hub::{Cache, Repo, RepoType};
 
@@ -334,14 +411,24 @@ fn download(repo_id: &str, revision: &str, hub: &HubConfig) -> std::result::Resu
     .map_err(|e| e.to_string())?;
   let repo_spec = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
   let repo = api.repo(repo_spec.clone());
-  let info = repo.info().map_err(|e| format!("cannot list the repo: {e}"))?;
+  let info = repo
+    .info()
+    .map_err(|e| format!("cannot list the repo: {e}"))?;
   if info.sha.is_empty() || info.sha.contains('/') || info.sha.contains("..") {
-    return Err(format!("the Hub returned an invalid commit hash {:?}", info.sha));
+    return Err(format!(
+      "the Hub returned an invalid commit hash {:?}",
+      info.sha
+    ));
   }
-  let snapshot = hub.repo_cache_dir(repo_id).join("snapshots").join(&info.sha);
+  let snapshot = hub
+    .repo_cache_dir(repo_id)
+    .join("snapshots")
+    .join(&info.sha);
   for sibling in &info.siblings {
     let name = &sibling.rfilename;
-    let safe = Path::new(name).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    let safe = Path::new(name)
+      .components()
+      .all(|c| matches!(c, std::path::Component::Normal(_)));
     if !safe || !DEFAULT_ALLOW_PATTERNS.iter().any(|p| glob_match(p, name)) {
       continue;
     }
@@ -350,7 +437,10 @@ fn download(repo_id: &str, revision: &str, hub: &HubConfig) -> std::result::Resu
     }
     repo.download(name).map_err(|e| format!("{name}: {e}"))?;
   }
-  cache.repo(repo_spec).create_ref(&info.sha).map_err(|e| format!("cannot record revision `{revision}`: {e}"))?;
+  cache
+    .repo(repo_spec)
+    .create_ref(&info.sha)
+    .map_err(|e| format!("cannot record revision `{revision}`: {e}"))?;
   Ok(snapshot)
 }
 
@@ -363,7 +453,17 @@ mod tests {
     for ok in ["gpt2", "mlx-community/Qwen3-0.6B-4bit", "org/model.v1_2"] {
       assert!(is_repo_id(ok), "{ok}");
     }
-    for bad in ["", "a/b/c", "./x", "/abs/path", "org/-x", "org--x/y", "a/../b", "x.git", "org/ name"] {
+    for bad in [
+      "",
+      "a/b/c",
+      "./x",
+      "/abs/path",
+      "org/-x",
+      "org--x/y",
+      "a/../b",
+      "x.git",
+      "org/ name",
+    ] {
       assert!(!is_repo_id(bad), "{bad}");
     }
   }
@@ -372,8 +472,14 @@ mod tests {
   fn globs() {
     assert!(glob_match("*.json", "config.json"));
     assert!(glob_match("*.json", "sub/x.json"));
-    assert!(glob_match("model*.safetensors", "model-00001-of-00002.safetensors"));
-    assert!(!glob_match("model*.safetensors", "consolidated.safetensors"));
+    assert!(glob_match(
+      "model*.safetensors",
+      "model-00001-of-00002.safetensors"
+    ));
+    assert!(!glob_match(
+      "model*.safetensors",
+      "consolidated.safetensors"
+    ));
     assert!(glob_match("tokenizer.model", "tokenizer.model"));
     assert!(!glob_match("*.txt", "a.txt.bak"));
   }
@@ -381,20 +487,37 @@ mod tests {
   #[test]
   fn env_resolution() {
     let vars = |pairs: &'static [(&'static str, &'static str)]| {
-      move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+      move |k: &str| {
+        pairs
+          .iter()
+          .find(|(n, _)| *n == k)
+          .map(|(_, v)| v.to_string())
+      }
     };
     let c = HubConfig::from_vars(vars(&[("HOME", "/h")]));
     assert_eq!(c.cache_dir, PathBuf::from("/h/.cache/huggingface/hub"));
     assert!(!c.offline);
     assert_eq!(c.endpoint, "https://huggingface.co");
-    let c = HubConfig::from_vars(vars(&[("HOME", "/h"), ("HF_HOME", "~/hf"), ("HF_HUB_OFFLINE", "yes"), ("HF_TOKEN", "t")]));
+    let c = HubConfig::from_vars(vars(&[
+      ("HOME", "/h"),
+      ("HF_HOME", "~/hf"),
+      ("HF_HUB_OFFLINE", "yes"),
+      ("HF_TOKEN", "t"),
+    ]));
     assert_eq!(c.cache_dir, PathBuf::from("/h/hf/hub"));
     assert!(c.offline);
     assert_eq!(c.token.as_deref(), Some("t"));
-    let c = HubConfig::from_vars(vars(&[("HF_HUB_CACHE", "/c"), ("XDG_CACHE_HOME", "/x"), ("HF_HUB_OFFLINE", "0")]));
+    let c = HubConfig::from_vars(vars(&[
+      ("HF_HUB_CACHE", "/c"),
+      ("XDG_CACHE_HOME", "/x"),
+      ("HF_HUB_OFFLINE", "0"),
+    ]));
     assert_eq!(c.cache_dir, PathBuf::from("/c"));
     assert!(!c.offline);
-    let c = HubConfig::from_vars(vars(&[("XDG_CACHE_HOME", "/x"), ("HF_ENDPOINT", "http://mirror/")]));
+    let c = HubConfig::from_vars(vars(&[
+      ("XDG_CACHE_HOME", "/x"),
+      ("HF_ENDPOINT", "http://mirror/"),
+    ]));
     assert_eq!(c.cache_dir, PathBuf::from("/x/huggingface/hub"));
     assert_eq!(c.endpoint, "http://mirror");
   }

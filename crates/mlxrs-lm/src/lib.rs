@@ -22,13 +22,16 @@ pub use hub::{HubConfig, ModelFiles, resolve_model, resolve_model_with};
 pub use tokenizer::{SpecialTokens, Tokenizer};
 
 // The MLX half: models, sampling, generation.
+pub mod bench;
 pub mod generate;
 pub mod load;
 pub mod model;
 pub mod models;
 pub mod sample;
+pub mod text;
 
 pub use generate::{Step, StepConfig, TokenGenerator};
 pub use load::{LoadOptions, LoadedModel, load, load_model_dir};
 pub use model::{LanguageModel, build_model, supported_model_types};
 pub use sample::{LogitsConfig, Sampler, SamplerConfig};
+pub use text::{FinishReason, GenerateOptions, Output, Response, TextStream, generate, prompt_ids};

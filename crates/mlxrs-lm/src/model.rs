@@ -41,7 +41,7 @@ pub trait LanguageModel: Send {
 pub type Builder = fn(&Value) -> Result<Box<dyn LanguageModel>>;
 
 /// `model_type` aliases (mlx-lm's `MODEL_REMAPPING`).
-pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama"), ("falcon_mamba", "mamba")];
+pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama")];
 
 /// The registry: `model_type` -> builder.
 pub fn registry() -> Vec<(&'static str, Builder)> {
@@ -49,6 +49,15 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("llama", crate::models::llama::build as Builder),
     ("qwen2", crate::models::qwen2::build),
     ("qwen3", crate::models::qwen3::build),
+    ("gemma2", crate::models::gemma2::build),
+    ("gemma3_text", crate::models::gemma3_text::build),
+    ("olmo2", crate::models::olmo2::build),
+    ("phi3", crate::models::phi3::build),
+    ("smollm3", crate::models::smollm3::build),
+    ("qwen3_moe", crate::models::qwen3_moe::build),
+    ("mixtral", crate::models::mixtral::build),
+    ("gpt_oss", crate::models::gpt_oss::build),
+    ("deepseek_v3", crate::models::deepseek_v3::build),
   ]
 }
 

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::chat::{ChatOptions, ChatTemplate, ChatTemplates, Message};
 use crate::config::{CONFIG_FILE, ModelConfig, value_bool};
 use crate::detokenizer::{DetokData, DetokenizerKind, StreamingDetokenizer};
-use crate::error::{Error, Result, parse_json, read_json, read_text};
+use crate::error::{Error, Result, read_json, read_text};
 
 /// The fast tokenizer file.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -54,7 +54,15 @@ pub struct SpecialTokens {
 }
 
 impl SpecialTokens {
-  const NAMES: [&'static str; 7] = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+  const NAMES: [&'static str; 7] = [
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+  ];
 
   fn slot(&mut self, name: &str) -> Option<&mut Option<String>> {
     Some(match name {
@@ -72,11 +80,16 @@ impl SpecialTokens {
   /// transformers' `special_tokens_map`: the set tokens by attribute name,
   /// as chat templates receive them.
   pub fn to_map(&self) -> Map<String, Value> {
-    let vals = [&self.bos, &self.eos, &self.unk, &self.sep, &self.pad, &self.cls, &self.mask];
+    let vals = [
+      &self.bos, &self.eos, &self.unk, &self.sep, &self.pad, &self.cls, &self.mask,
+    ];
     Self::NAMES
       .iter()
       .zip(vals)
-      .filter_map(|(n, v)| v.as_ref().map(|s| (n.to_string(), Value::String(s.clone()))))
+      .filter_map(|(n, v)| {
+        v.as_ref()
+          .map(|s| (n.to_string(), Value::String(s.clone())))
+      })
       .collect()
   }
 }
@@ -89,9 +102,17 @@ fn token_string(path: &Path, field: &str, v: &Value) -> Result<Option<String>> {
     Value::String(s) => Ok(Some(s.clone())),
     Value::Object(o) => match o.get("content") {
       Some(Value::String(s)) => Ok(Some(s.clone())),
-      _ => Err(Error::config(path, format!("{field}.content"), "expected the token's text (a string)")),
+      _ => Err(Error::config(
+        path,
+        format!("{field}.content"),
+        "expected the token's text (a string)",
+      )),
     },
-    _ => Err(Error::config(path, field, "expected a token string or an AddedToken object")),
+    _ => Err(Error::config(
+      path,
+      field,
+      "expected a token string or an AddedToken object",
+    )),
   }
 }
 
@@ -153,7 +174,13 @@ fn templates_from_config(path: &Path, v: &Value) -> Result<Option<ChatTemplates>
           (Some(n), Some(t)) => {
             map.insert(n.to_string(), t.to_string());
           }
-          _ => return Err(Error::config(path, field, "expected {\"name\": str, \"template\": str}")),
+          _ => {
+            return Err(Error::config(
+              path,
+              field,
+              "expected {\"name\": str, \"template\": str}",
+            ));
+          }
         }
       }
       Ok(Some(ChatTemplates::Named(map)))
@@ -162,12 +189,18 @@ fn templates_from_config(path: &Path, v: &Value) -> Result<Option<ChatTemplates>
       // A dict of name -> template (what transformers keeps in memory).
       let mut map = BTreeMap::new();
       for (k, t) in o {
-        let t = t.as_str().ok_or_else(|| Error::config(path, format!("chat_template.{k}"), "expected a string"))?;
+        let t = t
+          .as_str()
+          .ok_or_else(|| Error::config(path, format!("chat_template.{k}"), "expected a string"))?;
         map.insert(k.clone(), t.to_string());
       }
       Ok(Some(ChatTemplates::Named(map)))
     }
-    _ => Err(Error::config(path, "chat_template", "expected a string or a list of named templates")),
+    _ => Err(Error::config(
+      path,
+      "chat_template",
+      "expected a string or a list of named templates",
+    )),
   }
 }
 
@@ -215,10 +248,19 @@ impl Tokenizer {
       ));
     }
     let text = read_text(&tok_path)?;
-    let json = parse_json(&tok_path, &text)?;
-    let inner = tokenizers::Tokenizer::from_str(&text).map_err(|e| Error::tokenizer(Some(&tok_path), format!("cannot load: {e}")))?;
-    let detok_kind = DetokenizerKind::from_decoder(json.get("decoder"));
-    drop(json);
+    // Only the decoder is needed here (to pick the streaming detokenizer);
+    // skip building a Value for the (large) vocabulary.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+      decoder: Option<Value>,
+    }
+    let probe: Probe = serde_json::from_str(&text).map_err(|source| Error::Json {
+      path: tok_path.clone(),
+      source,
+    })?;
+    let inner = tokenizers::Tokenizer::from_str(&text)
+      .map_err(|e| Error::tokenizer(Some(&tok_path), format!("cannot load: {e}")))?;
+    let detok_kind = DetokenizerKind::from_decoder(probe.decoder.as_ref());
 
     let cfg_path = dir.join(TOKENIZER_CONFIG_FILE);
     let config = read_optional_object(&cfg_path)?.unwrap_or_else(|| Value::Object(Map::new()));
@@ -249,7 +291,9 @@ impl Tokenizer {
     let add_bos_token = opt_bool("add_bos_token")?;
     let add_eos_token = opt_bool("add_eos_token")?;
     let clean_up_tokenization_spaces = opt_bool("clean_up_tokenization_spaces")?.unwrap_or(false);
-    let clean_up_for_bpe = opt_bool("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")?.unwrap_or(false);
+    let clean_up_for_bpe =
+      opt_bool("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")?
+        .unwrap_or(false);
 
     let chat_templates = Self::load_chat_templates(dir, &cfg_path, &config)?;
 
@@ -269,7 +313,11 @@ impl Tokenizer {
       compiled: Arc::new(Mutex::new(HashMap::new())),
     };
 
-    let mut eos = if dir.join(CONFIG_FILE).is_file() { ModelConfig::from_dir(dir)?.eos_token_ids()? } else { Vec::new() };
+    let mut eos = if dir.join(CONFIG_FILE).is_file() {
+      ModelConfig::from_dir(dir)?.eos_token_ids()?
+    } else {
+      Vec::new()
+    };
     if let Some(id) = tok.eos_token_id() {
       eos.push(id);
     }
@@ -277,7 +325,11 @@ impl Tokenizer {
     Ok(tok)
   }
 
-  fn load_chat_templates(dir: &Path, cfg_path: &Path, config: &Value) -> Result<Option<ChatTemplates>> {
+  fn load_chat_templates(
+    dir: &Path,
+    cfg_path: &Path,
+    config: &Value,
+  ) -> Result<Option<ChatTemplates>> {
     let mut files = BTreeMap::new();
     let main = dir.join(CHAT_TEMPLATE_FILE);
     if main.is_file() {
@@ -289,7 +341,11 @@ impl Tokenizer {
       for entry in entries {
         let entry = entry.map_err(|e| Error::io(&extra_dir, e))?;
         let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".jinja")) else {
+        let Some(name) = path
+          .file_name()
+          .and_then(|n| n.to_str())
+          .and_then(|n| n.strip_suffix(".jinja"))
+        else {
           continue;
         };
         if path.is_file() {
@@ -338,7 +394,10 @@ impl Tokenizer {
   /// With `add_special_tokens`, the tokenizer's post-processor adds BOS /
   /// EOS as `tokenizer.json` specifies.
   pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-    let enc = self.inner.encode(text, add_special_tokens).map_err(|e| Error::tokenizer(None, format!("encode: {e}")))?;
+    let enc = self
+      .inner
+      .encode(text, add_special_tokens)
+      .map_err(|e| Error::tokenizer(None, format!("encode: {e}")))?;
     Ok(enc.get_ids().to_vec())
   }
 
@@ -347,7 +406,10 @@ impl Tokenizer {
   /// config asks for it and the model is not BPE (transformers v5 skips it
   /// for BPE unless forced). Unknown ids are skipped.
   pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-    let text = self.inner.decode(ids, skip_special_tokens).map_err(|e| Error::tokenizer(None, format!("decode: {e}")))?;
+    let text = self
+      .inner
+      .decode(ids, skip_special_tokens)
+      .map_err(|e| Error::tokenizer(None, format!("decode: {e}")))?;
     let is_bpe = matches!(self.inner.get_model(), tokenizers::ModelWrapper::BPE(_));
     if self.clean_up_tokenization_spaces && (!is_bpe || self.clean_up_for_bpe) {
       Ok(clean_up_tokenization(&text))
@@ -446,9 +508,9 @@ impl Tokenizer {
   pub fn add_eos_token(&mut self, token: &str) -> Result<()> {
     let id = match token.trim().parse::<u32>() {
       Ok(id) => id,
-      Err(_) => self
-        .token_to_id(token)
-        .ok_or_else(|| Error::InvalidArgument(format!("'{token}' is not a token for this tokenizer")))?,
+      Err(_) => self.token_to_id(token).ok_or_else(|| {
+        Error::InvalidArgument(format!("'{token}' is not a token for this tokenizer"))
+      })?,
     };
     let mut ids = self.eos_token_ids.clone();
     ids.push(id);
@@ -491,7 +553,11 @@ impl Tokenizer {
   }
 
   /// [`Tokenizer::apply_chat_template`] over messages given as JSON objects.
-  pub fn apply_chat_template_values(&self, messages: &[Value], opts: &ChatOptions) -> Result<String> {
+  pub fn apply_chat_template_values(
+    &self,
+    messages: &[Value],
+    opts: &ChatOptions,
+  ) -> Result<String> {
     let has_tools = opts.tools.is_some();
     let (name, source) = match (&self.chat_templates, opts.chat_template.as_deref()) {
       (Some(t), choice) => {
@@ -517,7 +583,11 @@ impl Tokenizer {
   /// Render and encode a conversation (`apply_chat_template(...,
   /// tokenize=True)`: the rendered text encoded with
   /// `add_special_tokens=False`).
-  pub fn apply_chat_template_ids(&self, messages: &[Message], opts: &ChatOptions) -> Result<Vec<u32>> {
+  pub fn apply_chat_template_ids(
+    &self,
+    messages: &[Message],
+    opts: &ChatOptions,
+  ) -> Result<Vec<u32>> {
     let text = self.apply_chat_template(messages, opts)?;
     self.encode(&text, false)
   }
@@ -530,7 +600,9 @@ impl Tokenizer {
   /// A fresh streaming detokenizer (mlx-lm's `TokenizerWrapper.detokenizer`).
   /// Its token tables are built on first use and shared.
   pub fn detokenizer(&self) -> StreamingDetokenizer {
-    let data = self.detok.get_or_init(|| Arc::new(DetokData::new(self.detok_kind, Arc::clone(&self.inner))));
+    let data = self
+      .detok
+      .get_or_init(|| Arc::new(DetokData::new(self.detok_kind, Arc::clone(&self.inner))));
     StreamingDetokenizer::new(Arc::clone(data))
   }
 }
@@ -540,20 +612,42 @@ mod tests {
   use super::*;
 
   #[test]
+  fn shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+    assert_send_sync::<StreamingDetokenizer>();
+    assert_send_sync::<Error>();
+    assert_send_sync::<ChatTemplate>();
+  }
+
+  #[test]
   fn clean_up_matches_transformers() {
-    assert_eq!(clean_up_tokenization("Hello , world ! I 'm here . do n't"), "Hello, world! I'm here. don't");
+    assert_eq!(
+      clean_up_tokenization("Hello , world ! I 'm here . do n't"),
+      "Hello, world! I'm here. don't"
+    );
   }
 
   #[test]
   fn special_token_forms() {
     let p = Path::new("tokenizer_config.json");
-    assert_eq!(token_string(p, "bos_token", &serde_json::json!("<s>")).unwrap(), Some("<s>".into()));
     assert_eq!(
-      token_string(p, "bos_token", &serde_json::json!({"content": "<s>", "lstrip": false})).unwrap(),
+      token_string(p, "bos_token", &serde_json::json!("<s>")).unwrap(),
+      Some("<s>".into())
+    );
+    assert_eq!(
+      token_string(
+        p,
+        "bos_token",
+        &serde_json::json!({"content": "<s>", "lstrip": false})
+      )
+      .unwrap(),
       Some("<s>".into())
     );
     assert_eq!(token_string(p, "bos_token", &Value::Null).unwrap(), None);
-    let e = token_string(p, "eos_token", &serde_json::json!(3)).unwrap_err().to_string();
+    let e = token_string(p, "eos_token", &serde_json::json!(3))
+      .unwrap_err()
+      .to_string();
     assert!(e.contains("eos_token"), "{e}");
   }
 }

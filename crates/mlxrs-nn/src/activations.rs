@@ -65,6 +65,16 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array> {
   ops::multiply(&silu(gate)?, up)
 }
 
+/// GPT-OSS's clamped SwiGLU (mlx-lm `activations.swiglu_oai(gate, x,
+/// alpha, limit)`): `(clip(x, -limit, limit) + 1) * g * sigmoid(alpha * g)`
+/// with `g = min(gate, limit)`.
+pub fn swiglu_oai(gate: &Array, x: &Array, alpha: f32, limit: f32) -> Result<Array> {
+  let g = ops::minimum(gate, &scalar_like(gate, limit as f64)?)?;
+  let x = ops::clip(x, Some(&scalar_like(x, -limit as f64)?), Some(&scalar_like(x, limit as f64)?))?;
+  let glu = ops::multiply(&g, &ops::sigmoid(&ops::multiply(&g, &scalar_like(&g, alpha as f64)?)?)?)?;
+  ops::multiply(&ops::add(&x, &scalar_like(&x, 1.0)?)?, &glu)
+}
+
 /// Activation by HF config name (`hidden_act`): silu/swish, gelu,
 /// gelu_pytorch_tanh/gelu_new/gelu_approx, gelu_fast, relu, relu2.
 pub fn by_name(name: &str, x: &Array) -> Result<Array> {

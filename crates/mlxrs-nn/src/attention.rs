@@ -25,7 +25,7 @@ impl AttnMask {
   pub fn causal(n: i32, offset: i32, window: Option<i32>) -> Result<AttnMask> {
     match window {
       Some(w) if n > 1 && offset + n > w => Ok(AttnMask::Array(causal_mask(n, offset, Some(w))?)),
-      Some(w) if n == 1 && offset + 1 > w => Ok(AttnMask::None),
+      Some(w) if n == 1 && offset + 1 > w => Ok(AttnMask::Array(causal_mask(1, offset, Some(w))?)),
       _ if n == 1 => Ok(AttnMask::None),
       _ => Ok(AttnMask::Causal),
     }

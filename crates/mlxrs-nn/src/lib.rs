@@ -16,15 +16,17 @@ pub mod module;
 pub mod norm;
 pub mod quant;
 pub mod rope;
+pub mod switch;
 
 pub use activations::*;
 pub use attention::{AttnMask, sdpa_with_cache};
 pub use cache::{KvCache, KvCacheKind};
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use module::{Module, Weights, join};
+pub use module::{Module, Param, Weights, join};
 pub use norm::{LayerNorm, RmsNorm};
 pub use quant::{QuantConfig, QuantParams};
 pub use rope::Rope;
+pub use switch::{GluActivation, MultiLinear, SwitchGlu, SwitchLinear};
 
 pub use mlxrs_core::{Array, Dtype, Error, Result};

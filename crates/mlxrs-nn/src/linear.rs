@@ -103,11 +103,11 @@ pub(crate) fn load_maybe_quantized(
   rows: i32,
   cols: i32,
 ) -> (Array, Option<Array>, Option<Array>, Option<QuantParams>) {
-  match w.quant_for(prefix) {
+  match w.quant_for(prefix).filter(|q| cols % q.group_size.max(1) == 0) {
     Some(q) => {
       let packed = cols * q.bits / 32;
       let groups = cols / q.group_size.max(1);
-      let weight = w.take_raw(&join(prefix, "weight"), Some(&[rows, packed]));
+      let weight = w.take_packed(&join(prefix, "weight"), &[rows, packed]);
       let scales = w.take_raw(&join(prefix, "scales"), Some(&[rows, groups]));
       let biases = if q.has_biases() { Some(w.take_raw(&join(prefix, "biases"), Some(&[rows, groups]))) } else { None };
       (weight, Some(scales), biases, Some(q))

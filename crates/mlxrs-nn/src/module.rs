@@ -85,6 +85,38 @@ impl<T: Module> Module for Box<T> {
   }
 }
 
+/// A bare parameter tensor stored directly under its own path (python: an
+/// `mx.array` attribute of a module, e.g. gpt-oss's `self.sinks` or
+/// DeepSeek's `gate.e_score_correction_bias`).
+pub struct Param {
+  /// The value (empty until loaded).
+  pub value: Array,
+  shape: Vec<i32>,
+  raw: bool,
+}
+
+impl Param {
+  /// An unloaded parameter of `shape`, cast to the load dtype like weights.
+  pub fn new(shape: &[i32]) -> Param {
+    Param { value: Array::scalar(0.0f32), shape: shape.to_vec(), raw: false }
+  }
+
+  /// An unloaded parameter kept in its checkpoint dtype (python: excluded
+  /// by the model's `cast_predicate`).
+  pub fn new_uncast(shape: &[i32]) -> Param {
+    Param { raw: true, ..Param::new(shape) }
+  }
+}
+
+impl Module for Param {
+  fn load(&mut self, w: &mut Weights, prefix: &str) {
+    self.value = if self.raw { w.take_raw(prefix, Some(&self.shape)) } else { w.take(prefix, Some(&self.shape)) };
+  }
+  fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    f(prefix, &self.value);
+  }
+}
+
 /// Implement [`Module`] for a struct by listing its sub-module fields
 /// (each itself a `Module`: layers, `Vec`s of layers, `Option`s):
 ///
@@ -123,12 +155,55 @@ pub struct Weights {
   /// The checkpoint's quantization config, if any.
   pub quant: Option<QuantConfig>,
   ignored: Vec<String>,
+  fill: Option<(Dtype, Array)>,
 }
 
 impl Weights {
   /// Wrap a tensor map.
   pub fn new(map: HashMap<String, Array>) -> Self {
-    Weights { map, problems: Vec::new(), dtype: None, quant: None, ignored: Vec::new() }
+    Weights { map, problems: Vec::new(), dtype: None, quant: None, ignored: Vec::new(), fill: None }
+  }
+
+  /// An empty map that invents every requested parameter: normal(0, 0.02)
+  /// floats of `dtype` (packed quantized weights as random bits) from a
+  /// seeded key. Used to benchmark a real model shape without its weights
+  /// (as `mlx_lm.benchmark` does with random weights). With `quant` set,
+  /// every quantizable layer is built quantized.
+  pub fn random(dtype: Dtype, seed: u64, quant: Option<QuantConfig>) -> Result<Self> {
+    let mut w = Weights::new(HashMap::new());
+    w.fill = Some((dtype, mlxrs_core::random::key(seed)?));
+    w.quant = quant;
+    Ok(w)
+  }
+
+  /// Whether this map invents missing parameters ([`Weights::random`]).
+  pub fn is_random(&self) -> bool {
+    self.fill.is_some()
+  }
+
+  fn invent(&mut self, shape: &[i32], packed: bool) -> Option<Array> {
+    let (dtype, key) = self.fill.as_mut()?;
+    let dtype = *dtype;
+    let both = mlxrs_core::random::split_num(key, 2).ok()?;
+    let next = mlxrs_core::ops::take_axis(&both, &Array::scalar(0i32), 0).ok()?;
+    let sub = mlxrs_core::ops::take_axis(&both, &Array::scalar(1i32), 0).ok()?;
+    *key = next;
+    if packed {
+      // 4-byte random bits are uint32, the packed-weight dtype.
+      return mlxrs_core::random::bits(shape, 4, Some(&sub)).ok();
+    }
+    let a = mlxrs_core::random::normal(shape, Dtype::Float32, 0.0, 0.02, Some(&sub)).ok()?;
+    mlxrs_core::ops::astype(&a, dtype).ok()
+  }
+
+  /// Take a packed (uint32) quantized weight; like [`Weights::take_raw`].
+  pub fn take_packed(&mut self, key: &str, shape: &[i32]) -> Array {
+    if self.fill.is_some() && !self.map.contains_key(key) {
+      if let Some(a) = self.invent(shape, true) {
+        return a;
+      }
+    }
+    self.take_raw(key, Some(shape))
   }
 
   /// Keys that may be left over without error (substring match), e.g.
@@ -175,6 +250,11 @@ impl Weights {
   /// Take `key`, checking its shape when `shape` is given. A missing key or
   /// a mismatch is recorded and an empty handle returned.
   pub fn take(&mut self, key: &str, shape: Option<&[i32]>) -> Array {
+    if self.fill.is_some() && !self.map.contains_key(key) {
+      if let Some(a) = shape.and_then(|s| self.invent(s, false)) {
+        return a;
+      }
+    }
     match self.map.remove(key) {
       None => {
         self.problems.push(format!("missing parameter {key}"));
@@ -209,6 +289,9 @@ impl Weights {
   /// override from config, else the config's default; an error is recorded
   /// when scales exist but the config has no quantization block.
   pub fn quant_for(&mut self, path: &str) -> Option<QuantParams> {
+    if self.fill.is_some() {
+      return self.quant.as_ref().and_then(|q| q.for_layer(path));
+    }
     if !self.map.contains_key(&join(path, "scales")) {
       return None;
     }

@@ -63,7 +63,12 @@ fn python(b: &Binding) -> String {
     }
     let n = ident(&p.name);
     let n = n.trim_end_matches('_');
-    let n = if n == "axes" { "axis" } else { n };
+    // Python's core ops take `axis=` for one axis or a list.
+    let n = if n == "axes" && d.ns.is_empty() && d.name != "transpose" {
+      "axis"
+    } else {
+      n
+    };
     if first && matches!(k, Kind::Array | Kind::Arrays) {
       args.push(n.to_string());
     } else {
@@ -75,12 +80,22 @@ fn python(b: &Binding) -> String {
 }
 
 /// Escape text for a doc comment (no intra-doc links, no HTML).
+/// Code spans (between backticks) are kept as they are.
 fn doc_text(s: &str) -> String {
-  s.replace('\\', "\\\\")
-    .replace('[', "\\[")
-    .replace(']', "\\]")
-    .replace('<', "\\<")
-    .replace('>', "\\>")
+  let escape = |part: &str| {
+    part
+      .replace('\\', "\\\\")
+      .replace('[', "\\[")
+      .replace(']', "\\]")
+      .replace('<', "\\<")
+      .replace('>', "\\>")
+  };
+  let parts: Vec<String> = s
+    .split('`')
+    .enumerate()
+    .map(|(i, p)| if i % 2 == 1 { p.to_string() } else { escape(p) })
+    .collect();
+  parts.join("`")
 }
 
 /// Words of `text`, keeping `code spans` whole.
@@ -316,16 +331,26 @@ fn wrapper(b: &Binding) -> String {
     let _ = writeln!(s, "  {p}");
   }
   borrows.dedup();
-  let mut safety = String::from(
-    "  // SAFETY: array handles are live borrows the C layer only reads during the call",
-  );
+  // The SAFETY comment names what this call actually passes.
+  let mut clauses = Vec::new();
+  if b
+    .kinds
+    .iter()
+    .any(|k| matches!(k, Kind::Array | Kind::OptArray))
+  {
+    clauses
+      .push("array handles are live borrows the C layer only reads during the call".to_string());
+  }
   if !borrows.is_empty() {
-    let _ = write!(safety, "; {} outlive it", borrows.join(", "));
+    clauses.push(format!("the {} outlive the call", borrows.join(", ")));
   }
-  match b.ret {
-    Ret::Void => safety.push_str(".\n"),
-    _ => safety.push_str("; out-handles are fresh and owned here.\n"),
+  if b.ret != Ret::Void {
+    clauses.push("out-handles are fresh and owned here".to_string());
   }
+  if clauses.is_empty() {
+    clauses.push("plain value arguments only".to_string());
+  }
+  let safety = format!("  // SAFETY: {}.\n", clauses.join("; "));
   // Wrap the SAFETY comment at 100 columns.
   let mut line = String::new();
   for w in safety.split_whitespace() {
@@ -401,8 +426,8 @@ pub fn module_file(module: &str, bs: &[&Binding], fft_norms: &[String], version:
   }
   if module == "fft" {
     s.push_str(
-      "\n/// FFT normalization: python `norm=` of `mx.fft.*` (C `mlx_fft_norm`, C++\n\
-       /// `mlx::core::fft::FFTNorm`).\n\
+      "\n/// FFT normalization, the `norm` argument of MLX's C++ FFTs (numpy's `norm=`;\n\
+       /// C `mlx_fft_norm`, C++ `mlx::core::fft::FFTNorm`).\n\
        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]\n\
        pub enum FftNorm {\n",
     );

@@ -132,7 +132,10 @@ fn clean_comment(c: &str) -> String {
     .strip_prefix("/**")
     .or_else(|| body.strip_prefix("/*"))
     .unwrap_or(body);
-  let body = body.strip_suffix("*/").unwrap_or(body).trim_end_matches('*');
+  let body = body
+    .strip_suffix("*/")
+    .unwrap_or(body)
+    .trim_end_matches('*');
   let mut lines = Vec::new();
   for l in body.lines() {
     let l = l.trim();

@@ -24,6 +24,17 @@
 //! What the rules cannot decide is in [`OVERRIDES`]; a set of overloads they
 //! cannot name is a generation error, so new MLX overloads never get a
 //! silently wrong name.
+//!
+//! Differences from mlx-c (whose tables target an older MLX): the C
+//! signatures follow MLX 0.32's headers (`mlx_linspace` has `endpoint`,
+//! `mlx_gather_qmm` has `global_scale`); where MLX added a flattening
+//! overload ahead of an axis one, the plain name is the flattening one, as
+//! mlx-c's own generator picks the first overload (`mlx_cumsum` /
+//! `mlx_cumsum_axis`, likewise `cumprod`, `cummax`, `cummin`,
+//! `logcumsumexp`, `median`, `fft_fftshift`, `fft_ifftshift`); and overloads
+//! mlx-c leaves out but the rules can name are bound (`mlx_flip_axis`,
+//! `mlx_fft_fftn_axes`, `mlx_minmax_axes`, ...). mlx-c's `mlx_einsum` lives
+//! in `einsum.h`, outside the generator's headers.
 
 use std::collections::BTreeMap;
 
@@ -74,323 +85,63 @@ use Action::{Bind, BindFixed, Cover};
 /// Overload sets the rules cannot name (or would name unlike mlx-c). When a
 /// function has entries here, they decide all its overloads: an exported
 /// overload without an entry is an error, an `inline` one is dropped.
+#[rustfmt::skip]
 pub const OVERRIDES: &[Override] = &[
   // ops.h
-  ov!(
-    "",
-    "split",
-    "array,int,int",
-    Bind(""),
-    "mlx-c names: split / split_sections"
-  ),
+  ov!("", "split", "array,int,int", Bind(""), "mlx-c names: split / split_sections"),
   ov!("", "split", "array,int", Cover(""), "axis defaults to 0"),
-  ov!(
-    "",
-    "split",
-    "array,shape,int",
-    Bind("sections"),
-    "mlx-c names: split / split_sections"
-  ),
-  ov!(
-    "",
-    "split",
-    "array,shape",
-    Cover("sections"),
-    "axis defaults to 0"
-  ),
-  ov!(
-    "",
-    "slice",
-    "array,shape,shape,shape",
-    Bind(""),
-    "mlx-c names: slice / slice_dynamic"
-  ),
-  ov!(
-    "",
-    "slice",
-    "array,shape,shape",
-    Cover(""),
-    "strides default to 1"
-  ),
-  ov!(
-    "",
-    "slice",
-    "array,array,ints,shape",
-    Bind("dynamic"),
-    "array start: mlx-c's slice_dynamic"
-  ),
-  ov!(
-    "",
-    "slice_update",
-    "array,array,shape,shape,shape",
-    Bind(""),
-    "mlx-c names"
-  ),
-  ov!(
-    "",
-    "slice_update",
-    "array,array,shape,shape",
-    Cover(""),
-    "strides default to 1"
-  ),
-  ov!(
-    "",
-    "slice_update",
-    "array,array,array,ints",
-    Bind("dynamic"),
-    "array start: mlx-c's slice_update_dynamic"
-  ),
-  ov!(
-    "",
-    "tensordot",
-    "array,array,int",
-    Bind("axis"),
-    "two axes lists: not an axis family; mlx-c names"
-  ),
-  ov!(
-    "",
-    "tensordot",
-    "array,array,ints,ints",
-    Bind(""),
-    "two axes lists: not an axis family; mlx-c names"
-  ),
-  ov!(
-    "",
-    "pad",
-    "array,ints,shape,shape,array,string",
-    Bind(""),
-    "mlx-c names: pad / pad_symmetric"
-  ),
-  ov!(
-    "",
-    "pad",
-    "array,int2,array,string",
-    Cover(""),
-    "(low, high) for every axis: pass all axes"
-  ),
-  ov!(
-    "",
-    "pad",
-    "array,int,array,string",
-    Bind("symmetric"),
-    "mlx-c names: pad / pad_symmetric"
-  ),
-  ov!(
-    "",
-    "zeros_like",
-    "array",
-    Bind(""),
-    "mlx-c binds the first overload, (a)"
-  ),
-  ov!(
-    "",
-    "zeros_like",
-    "array,dtype",
-    Cover(""),
-    "another dtype: zeros(shape, dtype)"
-  ),
-  ov!(
-    "",
-    "ones_like",
-    "array",
-    Bind(""),
-    "mlx-c binds the first overload, (a)"
-  ),
-  ov!(
-    "",
-    "ones_like",
-    "array,dtype",
-    Cover(""),
-    "another dtype: ones(shape, dtype)"
-  ),
-  ov!(
-    "",
-    "atleast_1d",
-    "array",
-    Bind(""),
-    "list overload would clash with the array one"
-  ),
-  ov!(
-    "",
-    "atleast_1d",
-    "arrays",
-    Cover(""),
-    "list overload: apply the array version to each"
-  ),
-  ov!(
-    "",
-    "atleast_2d",
-    "array",
-    Bind(""),
-    "list overload would clash with the array one"
-  ),
-  ov!(
-    "",
-    "atleast_2d",
-    "arrays",
-    Cover(""),
-    "list overload: apply the array version to each"
-  ),
-  ov!(
-    "",
-    "atleast_3d",
-    "array",
-    Bind(""),
-    "list overload would clash with the array one"
-  ),
-  ov!(
-    "",
-    "atleast_3d",
-    "arrays",
-    Cover(""),
-    "list overload: apply the array version to each"
-  ),
+  ov!("", "split", "array,shape,int", Bind("sections"), "mlx-c names: split / split_sections"),
+  ov!("", "split", "array,shape", Cover("sections"), "axis defaults to 0"),
+  ov!("", "slice", "array,shape,shape,shape", Bind(""), "mlx-c names: slice / slice_dynamic"),
+  ov!("", "slice", "array,shape,shape", Cover(""), "strides default to 1"),
+  ov!("", "slice", "array,array,ints,shape", Bind("dynamic"), "array start: mlx-c's slice_dynamic"),
+  ov!("", "slice_update", "array,array,shape,shape,shape", Bind(""), "mlx-c names"),
+  ov!("", "slice_update", "array,array,shape,shape", Cover(""), "strides default to 1"),
+  ov!("", "slice_update", "array,array,array,ints", Bind("dynamic"), "array start: mlx-c's slice_update_dynamic"),
+  ov!("", "tensordot", "array,array,int", Bind("axis"), "two axes lists: not an axis family; mlx-c names"),
+  ov!("", "tensordot", "array,array,ints,ints", Bind(""), "two axes lists: not an axis family; mlx-c names"),
+  ov!("", "pad", "array,ints,shape,shape,array,string", Bind(""), "mlx-c names: pad / pad_symmetric"),
+  ov!("", "pad", "array,int2,array,string", Cover(""), "(low, high) for every axis: pass all axes"),
+  ov!("", "pad", "array,int,array,string", Bind("symmetric"), "mlx-c names: pad / pad_symmetric"),
+  ov!("", "zeros_like", "array", Bind(""), "mlx-c binds the first overload, (a)"),
+  ov!("", "zeros_like", "array,dtype", Cover(""), "another dtype: zeros(shape, dtype)"),
+  ov!("", "ones_like", "array", Bind(""), "mlx-c binds the first overload, (a)"),
+  ov!("", "ones_like", "array,dtype", Cover(""), "another dtype: ones(shape, dtype)"),
+  ov!("", "atleast_1d", "array", Bind(""), "list overload would clash with the array one"),
+  ov!("", "atleast_1d", "arrays", Cover(""), "list overload: apply the array version to each"),
+  ov!("", "atleast_2d", "array", Bind(""), "list overload would clash with the array one"),
+  ov!("", "atleast_2d", "arrays", Cover(""), "list overload: apply the array version to each"),
+  ov!("", "atleast_3d", "array", Bind(""), "list overload would clash with the array one"),
+  ov!("", "atleast_3d", "arrays", Cover(""), "list overload: apply the array version to each"),
   // fast.h
-  ov!(
-    "fast",
-    "rope",
-    "array,int,bool,opt_float,float,int,opt_array",
-    Bind(""),
-    "int vs array offset are distinct ops (mlx-c: rope / rope_dynamic)"
-  ),
-  ov!(
-    "fast",
-    "rope",
-    "array,int,bool,opt_float,float,array,opt_array",
-    Bind("dynamic"),
-    "array offset (mlx-c's rope_dynamic)"
-  ),
-  ov!(
-    "fast",
-    "scaled_dot_product_attention",
-    "array,array,array,float,string,opt_array,opt_array,bool",
-    BindFixed("", &[("force_fused", "false")]),
-    "mlx-c's signature has no force_fused (a testing switch); the seed's Rust call relies on it"
-  ),
+  ov!("fast", "rope", "array,int,bool,opt_float,float,int,opt_array", Bind(""), "int vs array offset are distinct ops (mlx-c: rope / rope_dynamic)"),
+  ov!("fast", "rope", "array,int,bool,opt_float,float,array,opt_array", Bind("dynamic"), "array offset (mlx-c's rope_dynamic)"),
+  ov!("fast", "scaled_dot_product_attention", "array,array,array,float,string,opt_array,opt_array,bool", BindFixed("", &[("force_fused", "false")]), "mlx-c's signature has no force_fused: pass false (fast::sdpa calls the 9-argument form)"),
   // linalg.h
-  ov!(
-    "linalg",
-    "norm",
-    "array,double,opt_ints,bool",
-    Bind(""),
-    "three ord kinds: mlx-c's norm / norm_matrix / norm_l2"
-  ),
-  ov!(
-    "linalg",
-    "norm",
-    "array,string,opt_ints,bool",
-    Bind("matrix"),
-    "string ord (\"fro\", \"nuc\")"
-  ),
-  ov!(
-    "linalg",
-    "norm",
-    "array,opt_ints,bool",
-    Bind("l2"),
-    "no ord: 2-norm / Frobenius"
-  ),
+  ov!("linalg", "norm", "array,double,opt_ints,bool", Bind(""), "three ord kinds: mlx-c's norm / norm_matrix / norm_l2"),
+  ov!("linalg", "norm", "array,string,opt_ints,bool", Bind("matrix"), "string ord (\"fro\", \"nuc\")"),
+  ov!("linalg", "norm", "array,opt_ints,bool", Bind("l2"), "no ord: 2-norm / Frobenius"),
   // random.h
-  ov!(
-    "random",
-    "split",
-    "array",
-    Bind(""),
-    "pair vs n keys (mlx-c: split / split_num)"
-  ),
-  ov!(
-    "random",
-    "split",
-    "array,int",
-    Bind("num"),
-    "pair vs n keys (mlx-c: split / split_num)"
-  ),
-  ov!(
-    "random",
-    "uniform",
-    "array,array,shape,dtype,opt_array",
-    Bind(""),
-    "mlx-c binds the bounded form only"
-  ),
-  ov!(
-    "random",
-    "uniform",
-    "shape,dtype,opt_array",
-    Cover(""),
-    "= uniform(0, 1, shape, dtype, key)"
-  ),
-  ov!(
-    "random",
-    "normal",
-    "shape,dtype,opt_array,opt_array,opt_array",
-    Bind("broadcast"),
-    "array loc/scale (mlx-c: normal_broadcast)"
-  ),
-  ov!(
-    "random",
-    "normal",
-    "shape,dtype,float,float,opt_array",
-    Bind(""),
-    "float loc/scale: the inline helper, as mlx-c binds it"
-  ),
-  ov!(
-    "random",
-    "categorical",
-    "array,int,shape,opt_array",
-    Bind("shape"),
-    "mlx-c names: categorical_shape"
-  ),
-  ov!(
-    "random",
-    "categorical",
-    "array,int,int,opt_array",
-    Bind("num_samples"),
-    "mlx-c names: categorical_num_samples"
-  ),
-  ov!(
-    "random",
-    "categorical",
-    "array,int,opt_array",
-    Bind(""),
-    "mlx-c names: categorical"
-  ),
-  ov!(
-    "random",
-    "permutation",
-    "array,int,opt_array",
-    Bind(""),
-    "mlx-c names: permutation / permutation_arange"
-  ),
-  ov!(
-    "random",
-    "permutation",
-    "int,opt_array",
-    Bind("arange"),
-    "a permutation of arange(x)"
-  ),
+  ov!("random", "split", "array", Bind(""), "pair vs n keys (mlx-c: split / split_num)"),
+  ov!("random", "split", "array,int", Bind("num"), "pair vs n keys (mlx-c: split / split_num)"),
+  ov!("random", "uniform", "array,array,shape,dtype,opt_array", Bind(""), "mlx-c binds the bounded form only"),
+  ov!("random", "uniform", "shape,dtype,opt_array", Cover(""), "= uniform(0, 1, shape, dtype, key)"),
+  ov!("random", "normal", "shape,dtype,opt_array,opt_array,opt_array", Bind("broadcast"), "array loc/scale (mlx-c: normal_broadcast)"),
+  ov!("random", "normal", "shape,dtype,float,float,opt_array", Bind(""), "float loc/scale: the inline helper, as mlx-c binds it"),
+  ov!("random", "categorical", "array,int,shape,opt_array", Bind("shape"), "mlx-c names: categorical_shape"),
+  ov!("random", "categorical", "array,int,int,opt_array", Bind("num_samples"), "mlx-c names: categorical_num_samples"),
+  ov!("random", "categorical", "array,int,opt_array", Bind(""), "mlx-c names: categorical"),
+  ov!("random", "permutation", "array,int,opt_array", Bind(""), "mlx-c names: permutation / permutation_arange"),
+  ov!("random", "permutation", "int,opt_array", Bind("arange"), "a permutation of arange(x)"),
 ];
 
 /// Reasons for overloads whose types have no C mapping (by function).
+#[rustfmt::skip]
 pub const UNMAPPABLE: &[(&str, &str, &str)] = &[
-  (
-    "",
-    "pad",
-    "pad widths as std::vector<std::pair<int, int>>: use mlx_pad (explicit axes, low and high pads)",
-  ),
-  (
-    "fast",
-    "metal_kernel",
-    "custom-kernel builder: returns a C++ closure (CustomKernelFunction); needs a kernel-object C API",
-  ),
-  (
-    "fast",
-    "cuda_kernel",
-    "custom-kernel builder: returns a C++ closure (CustomKernelFunction); needs a kernel-object C API",
-  ),
-  (
-    "fast",
-    "precompiled_cuda_kernel",
-    "takes lists of shapes, dtypes and variant scalars (std::vector<Shape>, std::vector<ScalarArg>) with no C mapping; CUDA only",
-  ),
+  ("", "pad", "pad widths as std::vector<std::pair<int, int>>: use mlx_pad (explicit axes, low and high pads)"),
+  ("fast", "metal_kernel", "custom-kernel builder: returns a C++ closure (CustomKernelFunction); needs a kernel-object C API"),
+  ("fast", "cuda_kernel", "custom-kernel builder: returns a C++ closure (CustomKernelFunction); needs a kernel-object C API"),
+  ("fast", "precompiled_cuda_kernel", "takes lists of shapes, dtypes and variant scalars (std::vector<Shape>, std::vector<ScalarArg>) with no C mapping; CUDA only"),
 ];
 
 /// C functions that get no generated Rust wrapper, and why.
@@ -878,7 +629,10 @@ MLX_API array weird(const std::vector<std::pair<int, int>>& w);
       ("flatten/2", "covered:mlx_flatten"),
       ("weird/1", "unbound"),
     ];
-    let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> = want
+      .iter()
+      .map(|(a, b)| (a.to_string(), b.to_string()))
+      .collect();
     assert_eq!(got, want);
   }
 

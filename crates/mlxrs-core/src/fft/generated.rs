@@ -8,8 +8,8 @@ use crate::error::{Result, check, cstring};
 use crate::gen_support::{opt_array, opt_bool, opt_int};
 use crate::stream::default_stream;
 
-/// FFT normalization: python `norm=` of `mx.fft.*` (C `mlx_fft_norm`, C++
-/// `mlx::core::fft::FFTNorm`).
+/// FFT normalization, the `norm` argument of MLX's C++ FFTs (numpy's `norm=`;
+/// C `mlx_fft_norm`, C++ `mlx::core::fft::FFTNorm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum FftNorm {
   /// `backward` (the default).
@@ -34,13 +34,13 @@ impl FftNorm {
 
 /// Compute the n-dimensional Fourier Transform.
 ///
-/// Python: `mx.fft.fftn(a, n=..., axis=..., norm=...)`. C: `mlx_fft_fftn`; C++:
+/// Python: `mx.fft.fftn(a, n=..., axes=..., norm=...)`. C: `mlx_fft_fftn`; C++:
 /// `mlx::core::fft::fftn` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn fftn(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_fftn(
       &mut res.0,
@@ -58,13 +58,13 @@ pub fn fftn(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> 
 
 /// Compute the n-dimensional Fourier Transform.
 ///
-/// Python: `mx.fft.fftn(a, axis=..., norm=...)`. C: `mlx_fft_fftn_axes`; C++:
+/// Python: `mx.fft.fftn(a, axes=..., norm=...)`. C: `mlx_fft_fftn_axes`; C++:
 /// `mlx::core::fft::fftn` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn fftn_axes(a: &Array, axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_fftn_axes(
       &mut res.0,
@@ -80,13 +80,13 @@ pub fn fftn_axes(a: &Array, axes: &[i32], norm: FftNorm) -> Result<Array> {
 
 /// Compute the n-dimensional inverse Fourier Transform.
 ///
-/// Python: `mx.fft.ifftn(a, n=..., axis=..., norm=...)`. C: `mlx_fft_ifftn`; C++:
+/// Python: `mx.fft.ifftn(a, n=..., axes=..., norm=...)`. C: `mlx_fft_ifftn`; C++:
 /// `mlx::core::fft::ifftn` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn ifftn(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_ifftn(
       &mut res.0,
@@ -104,13 +104,13 @@ pub fn ifftn(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array>
 
 /// Compute the n-dimensional inverse Fourier Transform.
 ///
-/// Python: `mx.fft.ifftn(a, axis=..., norm=...)`. C: `mlx_fft_ifftn_axes`; C++:
+/// Python: `mx.fft.ifftn(a, axes=..., norm=...)`. C: `mlx_fft_ifftn_axes`; C++:
 /// `mlx::core::fft::ifftn` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn ifftn_axes(a: &Array, axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_ifftn_axes(
       &mut res.0,
@@ -170,13 +170,13 @@ pub fn ifft(a: &Array, n: i32, axis: i32, norm: FftNorm) -> Result<Array> {
 
 /// Compute the two-dimensional Fourier Transform.
 ///
-/// Python: `mx.fft.fft2(a, n=..., axis=..., norm=...)`. C: `mlx_fft_fft2`; C++:
+/// Python: `mx.fft.fft2(a, n=..., axes=..., norm=...)`. C: `mlx_fft_fft2`; C++:
 /// `mlx::core::fft::fft2` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn fft2(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_fft2(
       &mut res.0,
@@ -194,13 +194,13 @@ pub fn fft2(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> 
 
 /// Compute the two-dimensional inverse Fourier Transform.
 ///
-/// Python: `mx.fft.ifft2(a, n=..., axis=..., norm=...)`. C: `mlx_fft_ifft2`; C++:
+/// Python: `mx.fft.ifft2(a, n=..., axes=..., norm=...)`. C: `mlx_fft_ifft2`; C++:
 /// `mlx::core::fft::ifft2` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn ifft2(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_ifft2(
       &mut res.0,
@@ -218,13 +218,13 @@ pub fn ifft2(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array>
 
 /// Compute the n-dimensional Fourier Transform on a real input.
 ///
-/// Python: `mx.fft.rfftn(a, n=..., axis=..., norm=...)`. C: `mlx_fft_rfftn`; C++:
+/// Python: `mx.fft.rfftn(a, n=..., axes=..., norm=...)`. C: `mlx_fft_rfftn`; C++:
 /// `mlx::core::fft::rfftn` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn rfftn(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_rfftn(
       &mut res.0,
@@ -242,13 +242,13 @@ pub fn rfftn(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array>
 
 /// Compute the n-dimensional Fourier Transform on a real input.
 ///
-/// Python: `mx.fft.rfftn(a, axis=..., norm=...)`. C: `mlx_fft_rfftn_axes`; C++:
+/// Python: `mx.fft.rfftn(a, axes=..., norm=...)`. C: `mlx_fft_rfftn_axes`; C++:
 /// `mlx::core::fft::rfftn` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn rfftn_axes(a: &Array, axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_rfftn_axes(
       &mut res.0,
@@ -264,13 +264,13 @@ pub fn rfftn_axes(a: &Array, axes: &[i32], norm: FftNorm) -> Result<Array> {
 
 /// Compute the n-dimensional inverse of `rfftn`.
 ///
-/// Python: `mx.fft.irfftn(a, n=..., axis=..., norm=...)`. C: `mlx_fft_irfftn`; C++:
+/// Python: `mx.fft.irfftn(a, n=..., axes=..., norm=...)`. C: `mlx_fft_irfftn`; C++:
 /// `mlx::core::fft::irfftn` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn irfftn(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_irfftn(
       &mut res.0,
@@ -288,13 +288,13 @@ pub fn irfftn(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array
 
 /// Compute the n-dimensional inverse of `rfftn`.
 ///
-/// Python: `mx.fft.irfftn(a, axis=..., norm=...)`. C: `mlx_fft_irfftn_axes`; C++:
+/// Python: `mx.fft.irfftn(a, axes=..., norm=...)`. C: `mlx_fft_irfftn_axes`; C++:
 /// `mlx::core::fft::irfftn` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn irfftn_axes(a: &Array, axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_irfftn_axes(
       &mut res.0,
@@ -354,13 +354,13 @@ pub fn irfft(a: &Array, n: i32, axis: i32, norm: FftNorm) -> Result<Array> {
 
 /// Compute the two-dimensional Fourier Transform on a real input.
 ///
-/// Python: `mx.fft.rfft2(a, n=..., axis=..., norm=...)`. C: `mlx_fft_rfft2`; C++:
+/// Python: `mx.fft.rfft2(a, n=..., axes=..., norm=...)`. C: `mlx_fft_rfft2`; C++:
 /// `mlx::core::fft::rfft2` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn rfft2(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_rfft2(
       &mut res.0,
@@ -378,13 +378,13 @@ pub fn rfft2(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array>
 
 /// Compute the two-dimensional inverse of `rfft2`.
 ///
-/// Python: `mx.fft.irfft2(a, n=..., axis=..., norm=...)`. C: `mlx_fft_irfft2`; C++:
+/// Python: `mx.fft.irfft2(a, n=..., axes=..., norm=...)`. C: `mlx_fft_irfft2`; C++:
 /// `mlx::core::fft::irfft2` (fft.h).
 /// C++ defaults: `norm = FftNorm::Backward`.
 pub fn irfft2(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_irfft2(
       &mut res.0,
@@ -407,8 +407,7 @@ pub fn irfft2(a: &Array, n: &[i32], axes: &[i32], norm: FftNorm) -> Result<Array
 /// C++ defaults: `d = 1.0`.
 pub fn fftfreq(n: i32, d: f64) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_fft_fftfreq(&mut res.0, n, d, default_stream()) })?;
   Ok(res)
 }
@@ -420,8 +419,7 @@ pub fn fftfreq(n: i32, d: f64) -> Result<Array> {
 /// C++ defaults: `d = 1.0`.
 pub fn rfftfreq(n: i32, d: f64) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_fft_rfftfreq(&mut res.0, n, d, default_stream()) })?;
   Ok(res)
 }
@@ -439,12 +437,12 @@ pub fn fftshift(a: &Array) -> Result<Array> {
 
 /// Shift the zero-frequency component to the center of the spectrum along specified axes.
 ///
-/// Python: `mx.fft.fftshift(a, axis=...)`. C: `mlx_fft_fftshift_axes`; C++:
+/// Python: `mx.fft.fftshift(a, axes=...)`. C: `mlx_fft_fftshift_axes`; C++:
 /// `mlx::core::fft::fftshift` (fft.h).
 pub fn fftshift_axes(a: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_fftshift_axes(
       &mut res.0,
@@ -470,12 +468,12 @@ pub fn ifftshift(a: &Array) -> Result<Array> {
 
 /// The inverse of fftshift along specified axes.
 ///
-/// Python: `mx.fft.ifftshift(a, axis=...)`. C: `mlx_fft_ifftshift_axes`; C++:
+/// Python: `mx.fft.ifftshift(a, axes=...)`. C: `mlx_fft_ifftshift_axes`; C++:
 /// `mlx::core::fft::ifftshift` (fft.h).
 pub fn ifftshift_axes(a: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_ifftshift_axes(
       &mut res.0,
@@ -508,8 +506,8 @@ pub fn stft(
 ) -> Result<Array> {
   let mut res = Array::null();
   let pad_mode = cstring(pad_mode)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_fft_stft(
       &mut res.0,

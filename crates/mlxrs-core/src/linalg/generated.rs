@@ -16,8 +16,8 @@ use crate::vector::VectorArray;
 /// C++ defaults: `axis = None`, `keepdims = false`.
 pub fn norm(a: &Array, ord: f64, axis: Option<&[i32]>, keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_linalg_norm(
       &mut res.0,
@@ -40,8 +40,8 @@ pub fn norm(a: &Array, ord: f64, axis: Option<&[i32]>, keepdims: bool) -> Result
 pub fn norm_matrix(a: &Array, ord: &str, axis: Option<&[i32]>, keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
   let ord = cstring(ord)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings,
-  // slices outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings,
+  // slices outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_linalg_norm_matrix(
       &mut res.0,
@@ -63,8 +63,8 @@ pub fn norm_matrix(a: &Array, ord: &str, axis: Option<&[i32]>, keepdims: bool) -
 /// C++ defaults: `axis = None`, `keepdims = false`.
 pub fn norm_l2(a: &Array, axis: Option<&[i32]>, keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_linalg_norm_l2(
       &mut res.0,
@@ -244,8 +244,8 @@ pub fn eigvals(a: &Array) -> Result<Array> {
 pub fn eigvalsh(a: &Array, uplo: &str) -> Result<Array> {
   let mut res = Array::null();
   let uplo = cstring(uplo)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_linalg_eigvalsh(
       &mut res.0,
@@ -264,8 +264,8 @@ pub fn eigh(a: &Array, uplo: &str) -> Result<(Array, Array)> {
   let mut res_0 = Array::null();
   let mut res_1 = Array::null();
   let uplo = cstring(uplo)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_linalg_eigh(
       &mut res_0.0,

@@ -17,8 +17,7 @@ use crate::vector::VectorArray;
 /// `mlx::core::arange` (ops.h).
 pub fn arange(start: f64, stop: f64, step: f64, dtype: Dtype) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_arange(
       &mut res.0,
@@ -32,16 +31,15 @@ pub fn arange(start: f64, stop: f64, step: f64, dtype: Dtype) -> Result<Array> {
   Ok(res)
 }
 
-/// A 1D array of `num` evenly spaced numbers in the range `\[start, stop\]`, or in the half-open
-/// range `\[start, stop)` when `endpoint` is false.
+/// A 1D array of `num` evenly spaced numbers in the range `[start, stop]`, or in the half-open
+/// range `[start, stop)` when `endpoint` is false.
 ///
 /// Python: `mx.linspace(start=..., stop=..., num=..., endpoint=..., dtype=...)`. C: `mlx_linspace`;
 /// C++: `mlx::core::linspace` (ops.h).
 /// C++ defaults: `dtype = Dtype::Float32`.
 pub fn linspace(start: f64, stop: f64, num: i32, endpoint: bool, dtype: Dtype) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_linspace(
       &mut res.0,
@@ -73,8 +71,8 @@ pub fn astype(a: &Array, dtype: Dtype) -> Result<Array> {
 /// `mlx::core::as_strided` (ops.h).
 pub fn as_strided(a: &Array, shape: &[i32], strides: &[i64], offset: usize) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_as_strided(
       &mut res.0,
@@ -107,8 +105,8 @@ pub fn copy(a: &Array) -> Result<Array> {
 /// (ops.h).
 pub fn full(shape: &[i32], vals: &Array, dtype: Dtype) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_full(
       &mut res.0,
@@ -145,8 +143,7 @@ pub fn full_like(a: &Array, vals: &Array, dtype: Dtype) -> Result<Array> {
 /// Python: `mx.zeros(shape=..., dtype=...)`. C: `mlx_zeros`; C++: `mlx::core::zeros` (ops.h).
 pub fn zeros(shape: &[i32], dtype: Dtype) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: the slices outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_zeros(
       &mut res.0,
@@ -175,8 +172,7 @@ pub fn zeros_like(a: &Array) -> Result<Array> {
 /// Python: `mx.ones(shape=..., dtype=...)`. C: `mlx_ones`; C++: `mlx::core::ones` (ops.h).
 pub fn ones(shape: &[i32], dtype: Dtype) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: the slices outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_ones(
       &mut res.0,
@@ -206,8 +202,7 @@ pub fn ones_like(a: &Array) -> Result<Array> {
 /// Python: `mx.eye(n=..., m=..., k=..., dtype=...)`. C: `mlx_eye`; C++: `mlx::core::eye` (ops.h).
 pub fn eye(n: i32, m: i32, k: i32, dtype: Dtype) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_eye(&mut res.0, n, m, k, dtype.to_raw(), default_stream()) })?;
   Ok(res)
 }
@@ -217,8 +212,7 @@ pub fn eye(n: i32, m: i32, k: i32, dtype: Dtype) -> Result<Array> {
 /// Python: `mx.identity(n=..., dtype=...)`. C: `mlx_identity`; C++: `mlx::core::identity` (ops.h).
 pub fn identity(n: i32, dtype: Dtype) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_identity(&mut res.0, n, dtype.to_raw(), default_stream()) })?;
   Ok(res)
 }
@@ -226,8 +220,7 @@ pub fn identity(n: i32, dtype: Dtype) -> Result<Array> {
 /// Python: `mx.tri(n=..., m=..., k=..., type=...)`. C: `mlx_tri`; C++: `mlx::core::tri` (ops.h).
 pub fn tri(n: i32, m: i32, k: i32, type_: Dtype) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_tri(&mut res.0, n, m, k, type_.to_raw(), default_stream()) })?;
   Ok(res)
 }
@@ -257,8 +250,8 @@ pub fn triu(x: &Array, k: i32) -> Result<Array> {
 /// Python: `mx.reshape(a, shape=...)`. C: `mlx_reshape`; C++: `mlx::core::reshape` (ops.h).
 pub fn reshape(a: &Array, shape: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_reshape(
       &mut res.0,
@@ -277,8 +270,8 @@ pub fn reshape(a: &Array, shape: &[i32]) -> Result<Array> {
 /// (ops.h).
 pub fn unflatten(a: &Array, axis: i32, shape: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_unflatten(
       &mut res.0,
@@ -292,7 +285,7 @@ pub fn unflatten(a: &Array, axis: i32, shape: &[i32]) -> Result<Array> {
   Ok(res)
 }
 
-/// Flatten the dimensions in the range `\[start_axis, end_axis\]` .
+/// Flatten the dimensions in the range `[start_axis, end_axis]` .
 ///
 /// Python: `mx.flatten(a, start_axis=..., end_axis=...)`. C: `mlx_flatten`; C++:
 /// `mlx::core::flatten` (ops.h).
@@ -338,8 +331,8 @@ pub fn hadamard_transform(a: &Array, scale: Option<f32>) -> Result<Array> {
 /// Python: `mx.squeeze(a, axis=...)`. C: `mlx_squeeze_axes`; C++: `mlx::core::squeeze` (ops.h).
 pub fn squeeze_axes(a: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_squeeze_axes(
       &mut res.0,
@@ -380,8 +373,8 @@ pub fn squeeze(a: &Array) -> Result<Array> {
 /// (ops.h).
 pub fn expand_dims_axes(a: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_expand_dims_axes(
       &mut res.0,
@@ -411,8 +404,8 @@ pub fn expand_dims(a: &Array, axis: i32) -> Result<Array> {
 /// Python: `mx.flip(a, axis=...)`. C: `mlx_flip_axes`; C++: `mlx::core::flip` (ops.h).
 pub fn flip_axes(a: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_flip_axes(
       &mut res.0,
@@ -453,8 +446,8 @@ pub fn flip(a: &Array) -> Result<Array> {
 /// (ops.h).
 pub fn slice(a: &Array, start: &[i32], stop: &[i32], strides: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_slice(
       &mut res.0,
@@ -477,8 +470,8 @@ pub fn slice(a: &Array, start: &[i32], stop: &[i32], strides: &[i32]) -> Result<
 /// `mlx::core::slice` (ops.h).
 pub fn slice_dynamic(a: &Array, start: &Array, axes: &[i32], slice_size: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_slice_dynamic(
       &mut res.0,
@@ -506,8 +499,8 @@ pub fn slice_update(
   strides: &[i32],
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_slice_update(
       &mut res.0,
@@ -536,8 +529,8 @@ pub fn slice_update_dynamic(
   axes: &[i32],
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_slice_update_dynamic(
       &mut res.0,
@@ -564,8 +557,8 @@ pub fn slice_update_add(
   strides: &[i32],
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_slice_update_add(
       &mut res.0,
@@ -595,8 +588,8 @@ pub fn slice_update_prod(
   strides: &[i32],
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_slice_update_prod(
       &mut res.0,
@@ -626,8 +619,8 @@ pub fn slice_update_max(
   strides: &[i32],
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_slice_update_max(
       &mut res.0,
@@ -657,8 +650,8 @@ pub fn slice_update_min(
   strides: &[i32],
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_slice_update_min(
       &mut res.0,
@@ -694,8 +687,8 @@ pub fn split(a: &Array, num_splits: i32, axis: i32) -> Result<Vec<Array>> {
 /// (ops.h).
 pub fn split_sections(a: &Array, indices: &[i32], axis: i32) -> Result<Vec<Array>> {
   let mut res = VectorArray::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_split_sections(
       &mut res.0,
@@ -740,8 +733,7 @@ pub fn meshgrid(arrays: &[Array], sparse: bool, indexing: &str) -> Result<Vec<Ar
   let mut res = VectorArray::null();
   let arrays = VectorArray::from_arrays(arrays)?;
   let indexing = cstring(indexing)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists, C
-  // strings outlive it; out-handles are fresh and owned here.
+  // SAFETY: the array lists, C strings outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_meshgrid(
       &mut res.0,
@@ -781,8 +773,7 @@ pub fn clip(a: &Array, a_min: Option<&Array>, a_max: Option<&Array>) -> Result<A
 pub fn concatenate_axis(arrays: &[Array], axis: i32) -> Result<Array> {
   let mut res = Array::null();
   let arrays = VectorArray::from_arrays(arrays)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: the array lists outlive the call; out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_concatenate_axis(&mut res.0, arrays.0, axis, default_stream()) })?;
   Ok(res)
 }
@@ -793,8 +784,7 @@ pub fn concatenate_axis(arrays: &[Array], axis: i32) -> Result<Array> {
 pub fn concatenate(arrays: &[Array]) -> Result<Array> {
   let mut res = Array::null();
   let arrays = VectorArray::from_arrays(arrays)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: the array lists outlive the call; out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_concatenate(&mut res.0, arrays.0, default_stream()) })?;
   Ok(res)
 }
@@ -805,8 +795,7 @@ pub fn concatenate(arrays: &[Array]) -> Result<Array> {
 pub fn stack_axis(arrays: &[Array], axis: i32) -> Result<Array> {
   let mut res = Array::null();
   let arrays = VectorArray::from_arrays(arrays)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: the array lists outlive the call; out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_stack_axis(&mut res.0, arrays.0, axis, default_stream()) })?;
   Ok(res)
 }
@@ -817,8 +806,7 @@ pub fn stack_axis(arrays: &[Array], axis: i32) -> Result<Array> {
 pub fn stack(arrays: &[Array]) -> Result<Array> {
   let mut res = Array::null();
   let arrays = VectorArray::from_arrays(arrays)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: the array lists outlive the call; out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_stack(&mut res.0, arrays.0, default_stream()) })?;
   Ok(res)
 }
@@ -849,8 +837,8 @@ pub fn repeat(arr: &Array, repeats: i32) -> Result<Array> {
 /// Python: `mx.tile(arr, reps=...)`. C: `mlx_tile`; C++: `mlx::core::tile` (ops.h).
 pub fn tile(arr: &Array, reps: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_tile(
       &mut res.0,
@@ -865,12 +853,12 @@ pub fn tile(arr: &Array, reps: &[i32]) -> Result<Array> {
 
 /// Permutes the dimensions according to the given axes.
 ///
-/// Python: `mx.transpose(a, axis=...)`. C: `mlx_transpose_axes`; C++: `mlx::core::transpose`
+/// Python: `mx.transpose(a, axes=...)`. C: `mlx_transpose_axes`; C++: `mlx::core::transpose`
 /// (ops.h).
 pub fn transpose_axes(a: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_transpose_axes(
       &mut res.0,
@@ -953,8 +941,8 @@ pub fn pad(
 ) -> Result<Array> {
   let mut res = Array::null();
   let mode = cstring(mode)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices, C
-  // strings outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices, C
+  // strings outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_pad(
       &mut res.0,
@@ -981,8 +969,8 @@ pub fn pad(
 pub fn pad_symmetric(a: &Array, pad_width: i32, pad_value: &Array, mode: &str) -> Result<Array> {
   let mut res = Array::null();
   let mode = cstring(mode)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_pad_symmetric(
       &mut res.0,
@@ -1002,8 +990,8 @@ pub fn pad_symmetric(a: &Array, pad_width: i32, pad_value: &Array, mode: &str) -
 /// (ops.h).
 pub fn broadcast_to(a: &Array, shape: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_broadcast_to(
       &mut res.0,
@@ -1023,8 +1011,7 @@ pub fn broadcast_to(a: &Array, shape: &[i32]) -> Result<Array> {
 pub fn broadcast_arrays(inputs: &[Array]) -> Result<Vec<Array>> {
   let mut res = VectorArray::null();
   let inputs = VectorArray::from_arrays(inputs)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: the array lists outlive the call; out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_broadcast_arrays(&mut res.0, inputs.0, default_stream()) })?;
   res.to_vec()
 }
@@ -1203,8 +1190,8 @@ pub fn all(a: &Array, keepdims: bool) -> Result<Array> {
 /// C++ defaults: `keepdims = false`.
 pub fn all_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_all_axes(
       &mut res.0,
@@ -1293,8 +1280,8 @@ pub fn any(a: &Array, keepdims: bool) -> Result<Array> {
 /// C++ defaults: `keepdims = false`.
 pub fn any_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_any_axes(
       &mut res.0,
@@ -1337,8 +1324,8 @@ pub fn sum(a: &Array, keepdims: bool) -> Result<Array> {
 /// C++ defaults: `keepdims = false`.
 pub fn sum_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_sum_axes(
       &mut res.0,
@@ -1405,8 +1392,8 @@ pub fn count_nonzero_axis(a: &Array, axis: i32, keepdims: bool) -> Result<Array>
 /// C++ defaults: `keepdims = false`.
 pub fn count_nonzero_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_count_nonzero_axes(
       &mut res.0,
@@ -1438,8 +1425,8 @@ pub fn mean(a: &Array, keepdims: bool) -> Result<Array> {
 /// C++ defaults: `keepdims = false`.
 pub fn mean_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_mean_axes(
       &mut res.0,
@@ -1484,8 +1471,8 @@ pub fn median(a: &Array, keepdims: bool) -> Result<Array> {
 /// C++ defaults: `keepdims = false`.
 pub fn median_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_median_axes(
       &mut res.0,
@@ -1531,8 +1518,8 @@ pub fn var(a: &Array, keepdims: bool, ddof: i32) -> Result<Array> {
 /// C++ defaults: `keepdims = false`, `ddof = 0`.
 pub fn var_axes(a: &Array, axes: &[i32], keepdims: bool, ddof: i32) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_var_axes(
       &mut res.0,
@@ -1588,8 +1575,8 @@ pub fn std(a: &Array, keepdims: bool, ddof: i32) -> Result<Array> {
 /// C++ defaults: `keepdims = false`, `ddof = 0`.
 pub fn std_axes(a: &Array, axes: &[i32], keepdims: bool, ddof: i32) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_std_axes(
       &mut res.0,
@@ -1644,8 +1631,8 @@ pub fn prod(a: &Array, keepdims: bool) -> Result<Array> {
 /// C++ defaults: `keepdims = false`.
 pub fn prod_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_prod_axes(
       &mut res.0,
@@ -1689,8 +1676,8 @@ pub fn max(a: &Array, keepdims: bool) -> Result<Array> {
 /// C++ defaults: `keepdims = false`.
 pub fn max_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_max_axes(
       &mut res.0,
@@ -1733,8 +1720,8 @@ pub fn min(a: &Array, keepdims: bool) -> Result<Array> {
 /// C++ defaults: `keepdims = false`.
 pub fn min_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_min_axes(
       &mut res.0,
@@ -1788,8 +1775,8 @@ pub fn minmax(a: &Array, keepdims: bool) -> Result<(Array, Array)> {
 pub fn minmax_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<(Array, Array)> {
   let mut res_0 = Array::null();
   let mut res_1 = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_minmax_axes(
       &mut res_0.0,
@@ -1832,8 +1819,7 @@ pub fn minmax_axis(a: &Array, axis: i32, keepdims: bool) -> Result<(Array, Array
 /// Python: `mx.hanning(m=...)`. C: `mlx_hanning`; C++: `mlx::core::hanning` (ops.h).
 pub fn hanning(m: i32) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_hanning(&mut res.0, m, default_stream()) })?;
   Ok(res)
 }
@@ -1843,8 +1829,7 @@ pub fn hanning(m: i32) -> Result<Array> {
 /// Python: `mx.hamming(m=...)`. C: `mlx_hamming`; C++: `mlx::core::hamming` (ops.h).
 pub fn hamming(m: i32) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_hamming(&mut res.0, m, default_stream()) })?;
   Ok(res)
 }
@@ -1854,8 +1839,7 @@ pub fn hamming(m: i32) -> Result<Array> {
 /// Python: `mx.bartlett(m=...)`. C: `mlx_bartlett`; C++: `mlx::core::bartlett` (ops.h).
 pub fn bartlett(m: i32) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_bartlett(&mut res.0, m, default_stream()) })?;
   Ok(res)
 }
@@ -1865,8 +1849,7 @@ pub fn bartlett(m: i32) -> Result<Array> {
 /// Python: `mx.blackman(m=...)`. C: `mlx_blackman`; C++: `mlx::core::blackman` (ops.h).
 pub fn blackman(m: i32) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_blackman(&mut res.0, m, default_stream()) })?;
   Ok(res)
 }
@@ -2020,8 +2003,8 @@ pub fn argpartition_axis(a: &Array, kth: i32, axis: i32) -> Result<Array> {
 pub fn searchsorted(sorted_sequence: &Array, values: &Array, side: &str) -> Result<Array> {
   let mut res = Array::null();
   let side = cstring(side)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_searchsorted(
       &mut res.0,
@@ -2152,8 +2135,8 @@ pub fn logsumexp(a: &Array, keepdims: bool) -> Result<Array> {
 /// C++ defaults: `keepdims = false`.
 pub fn logsumexp_axes(a: &Array, axes: &[i32], keepdims: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_logsumexp_axes(
       &mut res.0,
@@ -2746,8 +2729,8 @@ pub fn matmul(a: &Array, b: &Array) -> Result<Array> {
 pub fn gather(a: &Array, indices: &[Array], axes: &[i32], slice_sizes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
   let indices = VectorArray::from_arrays(indices)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists,
-  // slices outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the array lists,
+  // slices outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_gather(
       &mut res.0,
@@ -2769,8 +2752,8 @@ pub fn gather(a: &Array, indices: &[Array], axes: &[i32], slice_sizes: &[i32]) -
 /// `mlx::core::gather` (ops.h).
 pub fn gather_single(a: &Array, indices: &Array, axis: i32, slice_sizes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_gather_single(
       &mut res.0,
@@ -2887,8 +2870,8 @@ pub fn scatter_add_axis(a: &Array, indices: &Array, values: &Array, axis: i32) -
 pub fn scatter(a: &Array, indices: &[Array], updates: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
   let indices = VectorArray::from_arrays(indices)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists,
-  // slices outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the array lists,
+  // slices outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_scatter(
       &mut res.0,
@@ -2931,8 +2914,8 @@ pub fn scatter_single(a: &Array, indices: &Array, updates: &Array, axis: i32) ->
 pub fn scatter_add(a: &Array, indices: &[Array], updates: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
   let indices = VectorArray::from_arrays(indices)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists,
-  // slices outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the array lists,
+  // slices outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_scatter_add(
       &mut res.0,
@@ -2975,8 +2958,8 @@ pub fn scatter_add_single(a: &Array, indices: &Array, updates: &Array, axis: i32
 pub fn scatter_prod(a: &Array, indices: &[Array], updates: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
   let indices = VectorArray::from_arrays(indices)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists,
-  // slices outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the array lists,
+  // slices outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_scatter_prod(
       &mut res.0,
@@ -3024,8 +3007,8 @@ pub fn scatter_prod_single(
 pub fn scatter_max(a: &Array, indices: &[Array], updates: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
   let indices = VectorArray::from_arrays(indices)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists,
-  // slices outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the array lists,
+  // slices outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_scatter_max(
       &mut res.0,
@@ -3068,8 +3051,8 @@ pub fn scatter_max_single(a: &Array, indices: &Array, updates: &Array, axis: i32
 pub fn scatter_min(a: &Array, indices: &[Array], updates: &Array, axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
   let indices = VectorArray::from_arrays(indices)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists,
-  // slices outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the array lists,
+  // slices outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_scatter_min(
       &mut res.0,
@@ -3152,8 +3135,8 @@ pub fn rsqrt(a: &Array) -> Result<Array> {
 /// C++ defaults: `precise = false`.
 pub fn softmax_axes(a: &Array, axes: &[i32], precise: bool) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_softmax_axes(
       &mut res.0,
@@ -3406,8 +3389,8 @@ pub fn conv_general(
   flip: bool,
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_conv_general(
       &mut res.0,
@@ -3668,8 +3651,8 @@ pub fn quantized_matmul(
 ) -> Result<Array> {
   let mut res = Array::null();
   let mode = cstring(mode)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_quantized_matmul(
       &mut res.0,
@@ -3701,8 +3684,8 @@ pub fn quantize(
 ) -> Result<Vec<Array>> {
   let mut res = VectorArray::null();
   let mode = cstring(mode)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_quantize(
       &mut res.0,
@@ -3736,8 +3719,8 @@ pub fn dequantize(
 ) -> Result<Array> {
   let mut res = Array::null();
   let mode = cstring(mode)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_dequantize(
       &mut res.0,
@@ -3772,8 +3755,8 @@ pub fn qqmm(
 ) -> Result<Array> {
   let mut res = Array::null();
   let mode = cstring(mode)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_qqmm(
       &mut res.0,
@@ -3837,8 +3820,8 @@ pub fn gather_qmm(
 ) -> Result<Array> {
   let mut res = Array::null();
   let mode = cstring(mode)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_gather_qmm(
       &mut res.0,
@@ -3881,8 +3864,8 @@ pub fn gather_qqmm(
 ) -> Result<Array> {
   let mut res = Array::null();
   let mode = cstring(mode)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; C strings
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the C strings
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_gather_qqmm(
       &mut res.0,
@@ -3922,8 +3905,8 @@ pub fn tensordot_axis(a: &Array, b: &Array, axis: i32) -> Result<Array> {
 /// `mlx::core::tensordot` (ops.h).
 pub fn tensordot(a: &Array, b: &Array, axes_a: &[i32], axes_b: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_tensordot(
       &mut res.0,
@@ -4132,8 +4115,7 @@ pub fn depends(inputs: &[Array], dependencies: &[Array]) -> Result<Vec<Array>> {
   let mut res = VectorArray::null();
   let inputs = VectorArray::from_arrays(inputs)?;
   let dependencies = VectorArray::from_arrays(dependencies)?;
-  // SAFETY: array handles are live borrows the C layer only reads during the call; array lists
-  // outlive it; out-handles are fresh and owned here.
+  // SAFETY: the array lists outlive the call; out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_depends(&mut res.0, inputs.0, dependencies.0) })?;
   res.to_vec()
 }
@@ -4174,8 +4156,8 @@ pub fn atleast_3d(a: &Array) -> Result<Array> {
 /// C++ defaults: `dtype = Dtype::Int32`.
 pub fn number_of_elements(a: &Array, axes: &[i32], inverted: bool, dtype: Dtype) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_number_of_elements(
       &mut res.0,
@@ -4280,8 +4262,8 @@ pub fn view(a: &Array, dtype: Dtype) -> Result<Array> {
 /// Python: `mx.roll(a, shift=...)`. C: `mlx_roll`; C++: `mlx::core::roll` (ops.h).
 pub fn roll(a: &Array, shift: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_roll(
       &mut res.0,
@@ -4299,8 +4281,8 @@ pub fn roll(a: &Array, shift: &[i32]) -> Result<Array> {
 /// Python: `mx.roll(a, shift=..., axis=...)`. C: `mlx_roll_axis`; C++: `mlx::core::roll` (ops.h).
 pub fn roll_axis(a: &Array, shift: &[i32], axis: i32) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_roll_axis(
       &mut res.0,
@@ -4319,8 +4301,8 @@ pub fn roll_axis(a: &Array, shift: &[i32], axis: i32) -> Result<Array> {
 /// Python: `mx.roll(a, shift=..., axis=...)`. C: `mlx_roll_axes`; C++: `mlx::core::roll` (ops.h).
 pub fn roll_axes(a: &Array, shift: &[i32], axes: &[i32]) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_roll_axes(
       &mut res.0,

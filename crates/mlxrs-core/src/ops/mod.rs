@@ -1,12 +1,16 @@
 //! Array operations: python `mlx.core` (`mx.add`, `mx.sum`, `mx.reshape`,
 //! ...), swift `MLX` free functions.
 //!
-//! [`generated`](self) holds one wrapper per bound C++ overload of MLX's
-//! `ops.h`, named after its C function without the `mlx_` prefix:
+//! One generated wrapper per bound C++ overload of MLX's `ops.h`
+//! (`cargo run -p xtask -- gen`), named after its C function without the
+//! `mlx_` prefix:
 //! overloads are told apart by suffix, as in mlx-c (`sum`, `sum_axis`,
 //! `sum_axes`). Every op runs on the thread's [`default_stream`](crate::default_stream)
-//! and returns a lazy [`Array`](crate::Array). `docs/coverage.md` lists what
-//! is (not) bound.
+//! and returns a lazy [`Array`](crate::Array); each wrapper's docs give the
+//! python spelling and the C++ defaults (Rust has none: pass them). Arguments
+//! map as: `&[i32]` for shapes / axes, `Option<..>` for C++ `std::optional`,
+//! `&[Array]` / `Vec<Array>` for lists, tuples for pairs. `docs/coverage.md`
+//! lists what is (not) bound.
 //!
 //! [`ergonomic`] adds operators (`&a + &b`) and [`Array`](crate::Array)
 //! methods for the most common ops.

@@ -15,8 +15,7 @@ use crate::stream::default_stream;
 /// (random.h).
 pub fn key(seed: u64) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; out-handles are
-  // fresh and owned here.
+  // SAFETY: out-handles are fresh and owned here.
   check(unsafe { mlxrs_sys::mlx_random_key(&mut res.0, seed) })?;
   Ok(res)
 }
@@ -26,7 +25,7 @@ pub fn key(seed: u64) -> Result<Array> {
 /// Python: `mx.random.seed(seed=...)`. C: `mlx_random_seed`; C++: `mlx::core::random::seed`
 /// (random.h).
 pub fn seed(seed: u64) -> Result<()> {
-  // SAFETY: array handles are live borrows the C layer only reads during the call.
+  // SAFETY: plain value arguments only.
   check(unsafe { mlxrs_sys::mlx_random_seed(seed) })?;
   Ok(())
 }
@@ -38,8 +37,8 @@ pub fn seed(seed: u64) -> Result<()> {
 /// C++ defaults: `key = None`.
 pub fn bits(shape: &[i32], width: i32, key: Option<&Array>) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_bits(
       &mut res.0,
@@ -98,8 +97,8 @@ pub fn uniform(
   key: Option<&Array>,
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_uniform(
       &mut res.0,
@@ -127,8 +126,8 @@ pub fn normal_broadcast(
   key: Option<&Array>,
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_normal_broadcast(
       &mut res.0,
@@ -157,8 +156,8 @@ pub fn normal(
   key: Option<&Array>,
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_normal(
       &mut res.0,
@@ -187,8 +186,8 @@ pub fn multivariate_normal(
   key: Option<&Array>,
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_multivariate_normal(
       &mut res.0,
@@ -217,8 +216,8 @@ pub fn randint(
   key: Option<&Array>,
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_randint(
       &mut res.0,
@@ -241,8 +240,8 @@ pub fn randint(
 /// C++ defaults: `key = None`.
 pub fn bernoulli(p: &Array, shape: &[i32], key: Option<&Array>) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_bernoulli(
       &mut res.0,
@@ -267,8 +266,8 @@ pub fn truncated_normal(
   key: Option<&Array>,
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_truncated_normal(
       &mut res.0,
@@ -289,8 +288,8 @@ pub fn truncated_normal(
 /// C++ defaults: `dtype = Dtype::Float32`, `key = None`.
 pub fn gumbel(shape: &[i32], dtype: Dtype, key: Option<&Array>) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_gumbel(
       &mut res.0,
@@ -314,8 +313,8 @@ pub fn categorical_shape(
   key: Option<&Array>,
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_categorical_shape(
       &mut res.0,
@@ -387,8 +386,8 @@ pub fn laplace(
   key: Option<&Array>,
 ) -> Result<Array> {
   let mut res = Array::null();
-  // SAFETY: array handles are live borrows the C layer only reads during the call; slices outlive
-  // it; out-handles are fresh and owned here.
+  // SAFETY: array handles are live borrows the C layer only reads during the call; the slices
+  // outlive the call; out-handles are fresh and owned here.
   check(unsafe {
     mlxrs_sys::mlx_random_laplace(
       &mut res.0,

@@ -1,6 +1,15 @@
 //! Architectures, one short file each, in the shape of mlx-lm's
 //! `mlx_lm/models/<arch>.py`.
 
+pub mod deepseek_v3;
+pub mod gemma2;
+pub mod gemma3_text;
+pub mod gpt_oss;
 pub mod llama;
+pub mod mixtral;
+pub mod olmo2;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_moe;
+pub mod smollm3;

@@ -44,10 +44,8 @@ pub fn check_fixture(name: &str, tol: f32) {
   assert!(max_diff <= tol, "{name}: max |logit diff| {max_diff} > {tol}");
 
   let cfg = StepConfig { max_tokens: 20, ..StepConfig::default() };
-  let got: Vec<i32> = TokenGenerator::new(model.as_ref(), &prompt, &cfg, None)
-    .unwrap()
-    .map(|s| s.unwrap().token)
-    .collect();
+  let got: Vec<i32> =
+    TokenGenerator::new(model.as_ref(), &prompt, &cfg, None).unwrap().map(|s| s.unwrap().token).collect();
   assert_eq!(got, ints(&r["greedy_tokens"]), "{name}: greedy tokens");
   eprintln!("{name}: max |logit diff| {max_diff:.2e} (tol {tol:.0e}), 20 greedy tokens equal");
 }

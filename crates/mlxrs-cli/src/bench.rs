@@ -1,0 +1,102 @@
+//! `mlxrs bench` (python `mlx_lm.benchmark`): prompt and generation speed of
+//! a model folder or a named real-model shape with random weights.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use mlxrs_core::Dtype;
+use mlxrs_lm::bench::{SHAPES, random_model, run_trial};
+use mlxrs_lm::{LoadOptions, load};
+
+/// `mlxrs bench` arguments.
+#[derive(Args)]
+pub struct BenchArgs {
+  /// Model folder or repo id (its real weights).
+  #[arg(long, conflicts_with = "shape")]
+  model: Option<String>,
+  /// A named shape with random weights: llama-3.2-1b, qwen3-0.6b, qwen3-4b,
+  /// smollm2-135m, llama-3.1-8b.
+  #[arg(long)]
+  shape: Option<String>,
+  /// Prompt tokens.
+  #[arg(short = 'p', long = "prompt-tokens", default_value_t = 512)]
+  prompt_tokens: usize,
+  /// Generated tokens.
+  #[arg(short = 'g', long = "generation-tokens", default_value_t = 256)]
+  generation_tokens: usize,
+  /// Trials (the first is a warm-up and not averaged when there are more).
+  #[arg(short = 'n', long = "num-trials", default_value_t = 3)]
+  num_trials: usize,
+  /// Weights dtype: float32 / bfloat16 / float16 (default: float32 on CPU,
+  /// bfloat16 on GPU).
+  #[arg(long)]
+  dtype: Option<String>,
+  /// Quantize to this many bits (affine), e.g. 4.
+  #[arg(long = "quantize-bits", short = 'q')]
+  bits: Option<i32>,
+  /// Quantization group size.
+  #[arg(long = "group-size", default_value_t = 64)]
+  group_size: i32,
+  /// One JSON object per trial plus the average.
+  #[arg(long)]
+  json: bool,
+}
+
+/// Run the benchmark.
+pub fn run(a: BenchArgs) -> Result<()> {
+  let gpu = mlxrs_core::Device::default_device().map(|d| d.kind == mlxrs_core::DeviceType::Gpu).unwrap_or(false);
+  let dtype = match a.dtype.as_deref() {
+    Some(n) => match Dtype::parse(n) {
+      Some(d) if d.is_float() => d,
+      _ => bail!("--dtype {n:?}: expected float32, bfloat16 or float16"),
+    },
+    None if gpu => Dtype::Bfloat16,
+    None => Dtype::Float32,
+  };
+  if a.num_trials == 0 {
+    bail!("--num-trials must be >= 1");
+  }
+  let model = match (&a.model, &a.shape) {
+    (Some(m), None) => load(m, &LoadOptions { dtype: Some(dtype), no_tokenizer: true })?.model,
+    (None, Some(s)) => random_model(s, dtype, a.bits, a.group_size, 0)?,
+    _ => bail!("give --model PATH or --shape NAME ({})", SHAPES.join(", ")),
+  };
+  let device = mlxrs_core::Device::default_device().map(|d| d.to_string()).unwrap_or_default();
+  let what = a.model.clone().or(a.shape.clone()).unwrap_or_default();
+  let quant = a.bits.map(|b| format!("{b}-bit g{}", a.group_size)).unwrap_or_else(|| "none".into());
+  if !a.json {
+    println!("mlxrs bench: {what}, dtype {dtype}, quantization {quant}, device {device}");
+    println!("(compute dtype {dtype}{})", if gpu { "" } else { ": on CPU float32 is the fast path; bf16 matmul is slow there" });
+  }
+  let mut results = Vec::new();
+  for i in 0..a.num_trials {
+    let r = run_trial(model.as_ref(), a.prompt_tokens, a.generation_tokens, i as u64)?;
+    if a.json {
+      println!("{}", serde_json::json!({"trial": i, "result": r}));
+    } else {
+      println!(
+        "Trial {}: prompt_tps={:.3}, generation_tps={:.3}, peak_memory={:.3} GB",
+        i + 1,
+        r.prompt_tps,
+        r.generation_tps,
+        r.peak_memory_gb
+      );
+    }
+    results.push(r);
+  }
+  let used: Vec<_> = if results.len() > 1 { results[1..].to_vec() } else { results.clone() };
+  let n = used.len() as f64;
+  let p = used.iter().map(|r| r.prompt_tps).sum::<f64>() / n;
+  let g = used.iter().map(|r| r.generation_tps).sum::<f64>() / n;
+  let m = used.iter().map(|r| r.peak_memory_gb).fold(0.0, f64::max);
+  if a.json {
+    println!(
+      "{}",
+      serde_json::json!({"average": {"prompt_tps": p, "generation_tps": g, "peak_memory_gb": m},
+        "model": what, "dtype": dtype.to_string(), "quantization": quant, "device": device,
+        "prompt_tokens": a.prompt_tokens, "generation_tokens": a.generation_tokens})
+    );
+  } else {
+    println!("Averages: prompt_tps={p:.3}, generation_tps={g:.3}, peak_memory={m:.3} GB");
+  }
+  Ok(())
+}

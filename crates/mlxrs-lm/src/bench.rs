@@ -1,0 +1,130 @@
+//! Generation benchmark (python `mlx_lm.benchmark`): a model folder or a
+//! named real-model shape with random weights made in-process, timed for
+//! prompt processing and generation.
+
+use std::time::Instant;
+
+use mlxrs_core::{Array, Dtype, memory};
+use mlxrs_nn::{QuantConfig, Weights};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::generate::{StepConfig, TokenGenerator};
+use crate::model::{LanguageModel, build_model};
+
+/// Named shapes (config.json of the real models, weights random).
+pub const SHAPES: &[&str] = &["llama-3.2-1b", "qwen3-0.6b", "qwen3-4b", "smollm2-135m", "llama-3.1-8b"];
+
+/// The config.json of a named shape.
+pub fn shape_config(name: &str) -> Result<Value> {
+  let c = match name {
+    "llama-3.2-1b" => json!({
+      "model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16, "intermediate_size": 8192,
+      "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "rms_norm_eps": 1e-5,
+      "vocab_size": 128256, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+      "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+      "tie_word_embeddings": true}),
+    "llama-3.1-8b" => json!({
+      "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
+      "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+      "vocab_size": 128256, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+      "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+      "tie_word_embeddings": false}),
+    "qwen3-0.6b" => json!({
+      "model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 28, "intermediate_size": 3072,
+      "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-6,
+      "vocab_size": 151936, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+      "tie_word_embeddings": true}),
+    "qwen3-4b" => json!({
+      "model_type": "qwen3", "hidden_size": 2560, "num_hidden_layers": 36, "intermediate_size": 9728,
+      "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-6,
+      "vocab_size": 151936, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+      "tie_word_embeddings": true}),
+    "smollm2-135m" => json!({
+      "model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536,
+      "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5,
+      "vocab_size": 49152, "rope_theta": 100000.0, "max_position_embeddings": 8192,
+      "tie_word_embeddings": true}),
+    other => {
+      return Err(Error::Core(mlxrs_core::Error::InvalidArgument(format!(
+        "unknown shape {other:?}; known: {}",
+        SHAPES.join(", ")
+      ))));
+    }
+  };
+  Ok(c)
+}
+
+/// A model of a named shape with random weights of `dtype`, quantized to
+/// `bits` (group `group_size`, affine) when given.
+pub fn random_model(name: &str, dtype: Dtype, bits: Option<i32>, group_size: i32, seed: u64) -> Result<Box<dyn LanguageModel>> {
+  let cfg = shape_config(name)?;
+  let mut model = build_model(&cfg)?;
+  let quant = match bits {
+    Some(b) => Some(QuantConfig::from_json(&json!({"group_size": group_size, "bits": b}))?),
+    None => None,
+  };
+  let mut w = Weights::random(dtype, seed, quant)?;
+  model.load(&mut w);
+  w.finish()?;
+  let mut params = Vec::new();
+  model.visit(&mut |_, a| params.push(a.clone()));
+  mlxrs_core::eval(&params)?;
+  Ok(model)
+}
+
+/// One benchmark trial's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchResult {
+  /// Prompt tokens.
+  pub prompt_tokens: usize,
+  /// Prompt tokens / s.
+  pub prompt_tps: f64,
+  /// Generated tokens.
+  pub generation_tokens: usize,
+  /// Generated tokens / s (after the first token).
+  pub generation_tps: f64,
+  /// Peak MLX memory, GB.
+  pub peak_memory_gb: f64,
+}
+
+/// Time prefill of `prompt_tokens` random ids and greedy generation of
+/// `gen_tokens` (python `mlx_lm.benchmark`'s trial).
+pub fn run_trial(model: &dyn LanguageModel, prompt_tokens: usize, gen_tokens: usize, seed: u64) -> Result<BenchResult> {
+  if prompt_tokens == 0 || gen_tokens == 0 {
+    return Err(Error::Core(mlxrs_core::Error::InvalidArgument("prompt and generation lengths must be > 0".into())));
+  }
+  let vocab = model.vocab_size();
+  let mut ids = mlxrs_core::random::randint(
+    &Array::scalar(0i32),
+    &Array::scalar(vocab),
+    &[prompt_tokens as i32],
+    Dtype::Int32,
+    Some(&mlxrs_core::random::key(seed)?),
+  )?;
+  let prompt = ids.to_vec::<i32>()?;
+  memory::reset_peak_memory()?;
+  let cfg = StepConfig { max_tokens: gen_tokens, ..StepConfig::default() };
+  let mut g = TokenGenerator::new(model, &prompt, &cfg, None)?;
+  let t0 = Instant::now();
+  let mut n = 0;
+  let mut t_first = None;
+  for s in &mut g {
+    s?;
+    n += 1;
+    if n == 1 {
+      t_first = Some(Instant::now());
+    }
+  }
+  let _ = t0;
+  let gen_time = t_first.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+  Ok(BenchResult {
+    prompt_tokens,
+    prompt_tps: prompt_tokens as f64 / g.prompt_time.max(1e-9),
+    generation_tokens: n,
+    generation_tps: if n > 1 { (n - 1) as f64 / gen_time.max(1e-9) } else { 0.0 },
+    peak_memory_gb: memory::peak_memory()? as f64 / 1e9,
+  })
+}

@@ -1,0 +1,359 @@
+//! Gemma 3 (text): mlx-lm's `models/gemma3_text.py` — the Gemma 2 block
+//! with per-head `(1 + w)` q/k norms before RoPE, fused attention, and a
+//! repeating pattern of sliding-window layers (local RoPE base) and global
+//! layers (`rope_theta`, optional `rope_scaling`). Embeddings are scaled by
+//! `sqrt(hidden_size)` rounded to bfloat16. The output head is tied exactly
+//! when the checkpoint has no `lm_head.weight`.
+
+use mlxrs_core::{Array, Dtype, Result, ops};
+use mlxrs_nn::{
+  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
+  sdpa_with_cache,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::gemma2::{GemmaMlp, check_heads};
+use crate::model::{LanguageModel, parse_args};
+
+fn d_hidden() -> i32 {
+  1152
+}
+fn d_layers() -> i32 {
+  26
+}
+fn d_inter() -> i32 {
+  6912
+}
+fn d_heads() -> i32 {
+  4
+}
+fn d_head_dim() -> i32 {
+  256
+}
+fn d_eps() -> f32 {
+  1.0e-6
+}
+fn d_vocab() -> i32 {
+  262144
+}
+fn d_kv() -> i32 {
+  1
+}
+fn d_theta() -> f32 {
+  1_000_000.0
+}
+fn d_local_theta() -> f32 {
+  10_000.0
+}
+fn d_qpas() -> f64 {
+  256.0
+}
+fn d_window() -> i32 {
+  512
+}
+fn d_pattern() -> i32 {
+  6
+}
+fn d_max_pos() -> i32 {
+  32768
+}
+
+/// `ModelArgs` of mlx-lm's gemma3_text.py (every field has a default there).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gemma3TextArgs {
+  /// `hidden_size`
+  #[serde(default = "d_hidden")]
+  pub hidden_size: i32,
+  /// `num_hidden_layers`
+  #[serde(default = "d_layers")]
+  pub num_hidden_layers: i32,
+  /// `intermediate_size`
+  #[serde(default = "d_inter")]
+  pub intermediate_size: i32,
+  /// `num_attention_heads`
+  #[serde(default = "d_heads")]
+  pub num_attention_heads: i32,
+  /// `head_dim`
+  #[serde(default = "d_head_dim")]
+  pub head_dim: i32,
+  /// `rms_norm_eps`
+  #[serde(default = "d_eps")]
+  pub rms_norm_eps: f32,
+  /// `vocab_size`
+  #[serde(default = "d_vocab")]
+  pub vocab_size: i32,
+  /// `num_key_value_heads`
+  #[serde(default = "d_kv")]
+  pub num_key_value_heads: i32,
+  /// `rope_theta` (global layers)
+  #[serde(default = "d_theta")]
+  pub rope_theta: f32,
+  /// `rope_local_base_freq` (sliding layers, never scaled)
+  #[serde(default = "d_local_theta")]
+  pub rope_local_base_freq: f32,
+  /// `query_pre_attn_scalar`: attention scale is its inverse square root.
+  #[serde(default = "d_qpas")]
+  pub query_pre_attn_scalar: f64,
+  /// `sliding_window`
+  #[serde(default = "d_window")]
+  pub sliding_window: i32,
+  /// `sliding_window_pattern`: layer `i` is global iff `(i + 1) % pattern == 0`
+  /// (`layer_types` is not consulted, as in mlx-lm).
+  #[serde(default = "d_pattern")]
+  pub sliding_window_pattern: i32,
+  /// `max_position_embeddings`
+  #[serde(default = "d_max_pos")]
+  pub max_position_embeddings: i32,
+  /// `rope_scaling` (global layers only)
+  pub rope_scaling: Option<Value>,
+}
+
+struct Attention {
+  q_proj: Linear,
+  k_proj: Linear,
+  v_proj: Linear,
+  o_proj: Linear,
+  q_norm: RmsNorm,
+  k_norm: RmsNorm,
+  n_heads: i32,
+  n_kv_heads: i32,
+  scale: f32,
+  rope: Rope,
+}
+module!(Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm });
+
+impl Attention {
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
+    let s = x.shape();
+    let (b, l) = (s[0], s[1]);
+    let heads =
+      |t: Array, n: i32| ops::transpose_axes(&ops::reshape(&t, &[b, l, n, -1])?, &[0, 2, 1, 3]);
+    let q = self
+      .q_norm
+      .forward(&heads(self.q_proj.forward(x)?, self.n_heads)?)?;
+    let k = self
+      .k_norm
+      .forward(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?;
+    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
+    let q = self.rope.forward(&q, cache.offset)?;
+    let k = self.rope.forward(&k, cache.offset)?;
+    let (k, v) = cache.update_and_fetch(&k, &v)?;
+    let o = sdpa_with_cache(&q, &k, &v, self.scale, mask, None)?;
+    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
+    self.o_proj.forward(&o)
+  }
+}
+
+/// `x + y`, except in float16 where the sum is taken in float32 and clipped
+/// to the float16 range (mlx-lm's `clip_residual`).
+fn clip_residual(x: &Array, y: &Array) -> Result<Array> {
+  if x.dtype() != Dtype::Float16 {
+    return ops::add(x, y);
+  }
+  let sum = ops::add(
+    &ops::astype(x, Dtype::Float32)?,
+    &ops::astype(y, Dtype::Float32)?,
+  )?;
+  let bound = 65504.0;
+  let lo = Array::scalar_as(-bound, Dtype::Float32)?;
+  let hi = Array::scalar_as(bound, Dtype::Float32)?;
+  ops::astype(&ops::clip(&sum, Some(&lo), Some(&hi))?, Dtype::Float16)
+}
+
+struct Block {
+  self_attn: Attention,
+  mlp: GemmaMlp,
+  input_layernorm: RmsNorm,
+  post_attention_layernorm: RmsNorm,
+  pre_feedforward_layernorm: RmsNorm,
+  post_feedforward_layernorm: RmsNorm,
+  sliding: bool,
+}
+module!(Block {
+  self_attn,
+  mlp,
+  input_layernorm,
+  post_attention_layernorm,
+  pre_feedforward_layernorm,
+  post_feedforward_layernorm
+});
+
+impl Block {
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
+    let r = self
+      .self_attn
+      .forward(&self.input_layernorm.forward(x)?, mask, cache)?;
+    let h = clip_residual(x, &self.post_attention_layernorm.forward(&r)?)?;
+    let r = self
+      .mlp
+      .forward(&self.pre_feedforward_layernorm.forward(&h)?)?;
+    clip_residual(&h, &self.post_feedforward_layernorm.forward(&r)?)
+  }
+}
+
+struct Inner {
+  embed_tokens: Embedding,
+  layers: Vec<Block>,
+  norm: RmsNorm,
+}
+module!(Inner { embed_tokens, layers, norm });
+
+/// A Gemma 3 text decoder (mlx-lm `gemma3_text.Model`).
+pub struct Gemma3Text {
+  args: Gemma3TextArgs,
+  model: Inner,
+  /// Dropped at load time when the checkpoint has no `lm_head.weight`.
+  lm_head: Option<Linear>,
+}
+module!(Gemma3Text { model, lm_head });
+
+impl Gemma3Text {
+  /// Build from parsed args.
+  pub fn new(args: Gemma3TextArgs) -> Result<Gemma3Text> {
+    let (h, n_heads, n_kv, hd) = (
+      args.hidden_size,
+      args.num_attention_heads,
+      args.num_key_value_heads,
+      args.head_dim,
+    );
+    check_heads(n_heads, n_kv, h, args.num_hidden_layers)?;
+    if args.sliding_window_pattern <= 0
+      || args.sliding_window <= 0
+      || args.query_pre_attn_scalar <= 0.0
+    {
+      return Err(mlxrs_core::Error::InvalidArgument(format!(
+        "config: sliding_window_pattern ({}), sliding_window ({}) and query_pre_attn_scalar ({}) must be positive",
+        args.sliding_window_pattern, args.sliding_window, args.query_pre_attn_scalar
+      )));
+    }
+    let eps = args.rms_norm_eps;
+    let mut layers = Vec::new();
+    for i in 0..args.num_hidden_layers {
+      let sliding = (i + 1) % args.sliding_window_pattern != 0;
+      let rope = if sliding {
+        Rope::new(hd, false, args.rope_local_base_freq, 1.0)
+      } else {
+        Rope::from_config(
+          hd,
+          args.rope_theta,
+          false,
+          args.rope_scaling.as_ref(),
+          Some(args.max_position_embeddings),
+        )?
+      };
+      layers.push(Block {
+        self_attn: Attention {
+          q_proj: Linear::new(h, n_heads * hd, false),
+          k_proj: Linear::new(h, n_kv * hd, false),
+          v_proj: Linear::new(h, n_kv * hd, false),
+          o_proj: Linear::new(n_heads * hd, h, false),
+          q_norm: RmsNorm::new_plus_one(hd, eps),
+          k_norm: RmsNorm::new_plus_one(hd, eps),
+          n_heads,
+          n_kv_heads: n_kv,
+          scale: args.query_pre_attn_scalar.powf(-0.5) as f32,
+          rope,
+        },
+        mlp: GemmaMlp::new(h, args.intermediate_size),
+        input_layernorm: RmsNorm::new_plus_one(h, eps),
+        post_attention_layernorm: RmsNorm::new_plus_one(h, eps),
+        pre_feedforward_layernorm: RmsNorm::new_plus_one(h, eps),
+        post_feedforward_layernorm: RmsNorm::new_plus_one(h, eps),
+        sliding,
+      });
+    }
+    Ok(Gemma3Text {
+      model: Inner {
+        embed_tokens: Embedding::new(args.vocab_size, h),
+        layers,
+        norm: RmsNorm::new_plus_one(h, eps),
+      },
+      lm_head: Some(Linear::new(h, args.vocab_size, false)),
+      args,
+    })
+  }
+}
+
+/// Registry entry for `gemma3_text`.
+pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
+  Ok(Box::new(Gemma3Text::new(parse_args(config)?)?))
+}
+
+impl LanguageModel for Gemma3Text {
+  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    if caches.len() != self.model.layers.len() {
+      return Err(mlxrs_core::Error::InvalidArgument(format!(
+        "{} caches for {} layers",
+        caches.len(),
+        self.model.layers.len()
+      )));
+    }
+    let h = self.model.embed_tokens.forward(tokens)?;
+    // The scale is sqrt(hidden) rounded to bfloat16, then cast to h's dtype.
+    let scale = Array::scalar_as((self.args.hidden_size as f64).sqrt(), Dtype::Bfloat16)?;
+    let mut h = ops::multiply(&h, &ops::astype(&scale, h.dtype())?)?;
+    let n = tokens.dim(-1).unwrap_or(1);
+    let global = self.model.layers.iter().position(|l| !l.sliding);
+    let global_mask = match global {
+      Some(i) => caches[i].make_mask(n, None)?,
+      None => AttnMask::None,
+    };
+    let sliding_mask = match self.model.layers.first() {
+      Some(l) if l.sliding => caches[0].make_mask(n, Some(self.args.sliding_window))?,
+      _ => AttnMask::None,
+    };
+    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
+      let mask = if layer.sliding {
+        &sliding_mask
+      } else {
+        &global_mask
+      };
+      h = layer.forward(&h, mask, cache)?;
+    }
+    self.model.norm.forward(&h)
+  }
+
+  fn logits(&self, hidden: &Array) -> Result<Array> {
+    match &self.lm_head {
+      Some(head) => head.forward(hidden),
+      None => self.model.embed_tokens.as_linear(hidden),
+    }
+  }
+
+  /// Sliding layers get a rotating cache of `sliding_window` positions,
+  /// global layers a standard one. As mlx-lm's `make_cache`, `max_kv_size`
+  /// is not used.
+  fn make_caches(&self, _max_kv_size: Option<i32>) -> Vec<KvCache> {
+    self
+      .model
+      .layers
+      .iter()
+      .map(|l| {
+        if l.sliding {
+          KvCache::new(KvCacheKind::Rotating {
+            max_size: self.args.sliding_window,
+            keep: 0,
+          })
+        } else {
+          KvCache::standard()
+        }
+      })
+      .collect()
+  }
+
+  fn load(&mut self, w: &mut Weights) {
+    if !w.has("lm_head.weight") {
+      self.lm_head = None;
+    }
+    Module::load(self, w, "");
+  }
+
+  fn vocab_size(&self) -> i32 {
+    self.args.vocab_size
+  }
+
+  fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
+    Module::visit(self, "", f);
+  }
+}
