@@ -39,6 +39,10 @@ pub struct BenchArgs {
   /// One JSON object per trial plus the average.
   #[arg(long)]
   json: bool,
+  /// Write the named shape's config.json to this path and exit (the
+  /// side-by-side runner gives it to Python mlx-lm).
+  #[arg(long = "dump-config")]
+  dump_config: Option<std::path::PathBuf>,
 }
 
 /// Run the benchmark.
@@ -52,6 +56,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     None if gpu => Dtype::Bfloat16,
     None => Dtype::Float32,
   };
+  if let Some(p) = &a.dump_config {
+    let Some(s) = &a.shape else { bail!("--dump-config needs --shape") };
+    std::fs::write(p, serde_json::to_string_pretty(&mlxrs_lm::bench::shape_config(s)?)?)?;
+    return Ok(());
+  }
   if a.num_trials == 0 {
     bail!("--num-trials must be >= 1");
   }

@@ -1,0 +1,71 @@
+"""Python mlx-lm side of the side-by-side generation benchmark.
+
+Builds the model of a config.json (written by `mlxrs bench --dump-config`)
+with mlx-lm's own classes and random weights, optionally quantized with
+`nn.quantize`, and times `mlx_lm.generate.generate_step` the way
+`mlxrs bench` times its generator: prompt tokens/s up to the first sampled
+token, generation tokens/s over the remaining tokens (greedy).
+
+usage: python scripts/bench_lm.py CONFIG.json -p 512 -g 256 -n 3 --dtype bfloat16 [-q 4 --group-size 64]
+Prints one JSON line: {"prompt_tps": .., "generation_tps": .., "peak_memory_gb": ..}.
+"""
+
+import argparse
+import json
+import time
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.generate import generate_step
+from mlx_lm.utils import _get_classes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("-p", type=int, default=512)
+    ap.add_argument("-g", type=int, default=256)
+    ap.add_argument("-n", type=int, default=3)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("-q", "--bits", type=int, default=None)
+    ap.add_argument("--group-size", type=int, default=64)
+    a = ap.parse_args()
+
+    cfg = json.load(open(a.config))
+    model_cls, args_cls = _get_classes(cfg)
+    model = model_cls(args_cls.from_dict(cfg))
+    model.set_dtype(getattr(mx, a.dtype))
+    if a.bits:
+        nn.quantize(model, group_size=a.group_size, bits=a.bits)
+    mx.eval(model.parameters())
+
+    results = []
+    for trial in range(a.n):
+        mx.random.seed(trial)
+        prompt = mx.random.randint(0, cfg["vocab_size"], (a.p,))
+        mx.reset_peak_memory()
+        t0 = time.perf_counter()
+        n = 0
+        t1 = t0
+        for _tok, _lp in generate_step(prompt, model, max_tokens=a.g):
+            n += 1
+            if n == 1:
+                t1 = time.perf_counter()
+        t2 = time.perf_counter()
+        results.append(
+            {
+                "prompt_tps": a.p / (t1 - t0),
+                "generation_tps": (n - 1) / (t2 - t1) if n > 1 else 0.0,
+                "peak_memory_gb": mx.get_peak_memory() / 1e9,
+            }
+        )
+    used = results[1:] if len(results) > 1 else results
+    avg = {k: sum(r[k] for r in used) / len(used) for k in ("prompt_tps", "generation_tps")}
+    avg["peak_memory_gb"] = max(r["peak_memory_gb"] for r in used)
+    avg["device"] = str(mx.default_device())
+    avg["mlx"] = mx.__version__
+    print(json.dumps(avg))
+
+
+if __name__ == "__main__":
+    main()
