@@ -155,7 +155,9 @@ impl<'m> TokenGenerator<'m> {
     }
     let lse = ops::logsumexp_axis(&logits, -1, true)?;
     let logprobs = ops::subtract(&logits, &lse)?;
-    let y = self.sampler.sample(&logprobs)?;
+    // Cast inside the step so the token is ready as soon as the step is:
+    // a cast added after queueing the next step would wait behind it.
+    let y = ops::astype(&self.sampler.sample(&logprobs)?, mlxrs_core::Dtype::Int32)?;
     Ok((y, logprobs))
   }
 
@@ -176,7 +178,6 @@ impl<'m> TokenGenerator<'m> {
       mlxrs_core::async_eval(std::slice::from_ref(&ny))?;
       self.pending = Some((ny, nlp));
     }
-    y = ops::astype(&y, mlxrs_core::Dtype::Int32)?;
     let token = y.to_vec::<i32>()?[0];
     if self.produced + 1 < self.max_tokens && needs_host {
       let (ny, nlp) = self.step_tokens(&[token])?;
