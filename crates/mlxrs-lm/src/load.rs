@@ -36,6 +36,8 @@ pub struct LoadedModel {
   pub path: PathBuf,
   /// The compute dtype of floating-point weights.
   pub dtype: Option<Dtype>,
+  /// The context length (`max_position_embeddings`), when the config has it.
+  pub max_context: Option<usize>,
 }
 
 /// The default compute dtype for the current default device (see
@@ -95,5 +97,6 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel> {
   let dtype = opts.dtype.or_else(default_dtype);
   let (m, config) = load_model_dir(&path, dtype)?;
   let tokenizer = if opts.no_tokenizer { None } else { Some(Tokenizer::from_dir(&path)?) };
-  Ok(LoadedModel { model: m, config, tokenizer, path, dtype })
+  let max_context = config.max_position_embeddings().ok().flatten();
+  Ok(LoadedModel { model: m, config, tokenizer, path, dtype, max_context })
 }

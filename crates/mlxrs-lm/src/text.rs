@@ -94,6 +94,14 @@ impl<'m> TextStream<'m> {
     if opts.stop.iter().any(String::is_empty) {
       return Err(Error::Core(mlxrs_core::Error::InvalidArgument("stop strings must not be empty".into())));
     }
+    if let Some(ctx) = m.max_context {
+      if prompt.len() > ctx {
+        return Err(Error::Core(mlxrs_core::Error::InvalidArgument(format!(
+          "the prompt has {} tokens, more than the model's context of {ctx} (max_position_embeddings)",
+          prompt.len()
+        ))));
+      }
+    }
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     let _ = memory::reset_peak_memory();
     let tokens_gen = TokenGenerator::new(m.model.as_ref(), &ids, &opts.step, cache)?;

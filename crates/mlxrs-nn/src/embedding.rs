@@ -1,10 +1,10 @@
 //! `Embedding` (python `mlx.nn.Embedding` / `nn.QuantizedEmbedding`, swift
 //! `Embedding`), with `as_linear` for tied output heads.
 
-use mlxrs_core::{Array, Result, ops};
+use mlxrs_core::{Array, Error, Result, ops};
 
-use crate::module::{Module, Weights, join};
-use crate::quant::QuantParams;
+use crate::module::{Frozen, Module, Weights, join};
+use crate::quant::{QuantParams, Quantizable};
 
 /// A token-embedding table `[num_embeddings, dims]`, dense or quantized.
 pub struct Embedding {
@@ -20,12 +20,62 @@ pub struct Embedding {
   pub scales: Option<Array>,
   /// Per-group biases (quantized affine only).
   pub biases: Option<Array>,
+  frozen: Frozen,
+}
+
+fn scales_of(s: &Option<Array>) -> Result<&Array> {
+  s.as_ref().ok_or_else(|| Error::InvalidArgument("quantized Embedding has no scales (not loaded)".into()))
 }
 
 impl Embedding {
   /// An unloaded table (python `nn.Embedding(num_embeddings, dims)`).
   pub fn new(num_embeddings: i32, dims: i32) -> Embedding {
-    Embedding { num_embeddings, dims, weight: Array::scalar(0.0f32), quant: None, scales: None, biases: None }
+    Embedding {
+      num_embeddings,
+      dims,
+      weight: Array::scalar(0.0f32),
+      quant: None,
+      scales: None,
+      biases: None,
+      frozen: Frozen::default(),
+    }
+  }
+
+  /// A dense table from an explicit `[num_embeddings, dims]` weight.
+  pub fn from_weight(weight: Array) -> Result<Embedding> {
+    let s = weight.shape();
+    if s.len() != 2 {
+      return Err(Error::InvalidArgument(format!("Embedding weight must be 2-D, got {s:?}")));
+    }
+    let mut e = Embedding::new(s[0], s[1]);
+    e.weight = weight;
+    Ok(e)
+  }
+
+  /// A freshly initialised table, as python `nn.Embedding(n, dims)`:
+  /// `normal(0, 1/sqrt(dims))` from `key` (or MLX's global key).
+  pub fn init(num_embeddings: i32, dims: i32, key: Option<&Array>) -> Result<Embedding> {
+    let scale = (1.0 / dims.max(1) as f32).sqrt();
+    let w = mlxrs_core::random::normal(&[num_embeddings, dims], mlxrs_core::Dtype::Float32, 0.0, scale, key)?;
+    Embedding::from_weight(w)
+  }
+
+  /// Quantize the (dense, loaded) table in place (python
+  /// `nn.QuantizedEmbedding.from_embedding`); its parameters become frozen.
+  pub fn quantize(&mut self, q: &QuantParams) -> Result<()> {
+    if self.quant.is_some() {
+      return Ok(());
+    }
+    let parts = ops::quantize(&self.weight, Some(q.group_size), Some(q.bits), &q.mode, None)?;
+    let mut it = parts.into_iter();
+    self.weight = it.next().ok_or_else(|| Error::Mlx("quantize returned nothing".into()))?;
+    self.scales = it.next();
+    self.biases = if q.has_biases() { it.next() } else { None };
+    self.quant = Some(q.clone());
+    for n in ["weight", "scales", "biases"] {
+      self.frozen.set(n, true);
+    }
+    Ok(())
   }
 
   /// Look up rows for integer `ids` (any shape): result `[..., dims]`.
@@ -34,7 +84,7 @@ impl Embedding {
       None => ops::take_axis(&self.weight, ids, 0),
       Some(q) => {
         let w = ops::take_axis(&self.weight, ids, 0)?;
-        let s = ops::take_axis(self.scales.as_ref().expect("scales"), ids, 0)?;
+        let s = ops::take_axis(scales_of(&self.scales)?, ids, 0)?;
         let b = match &self.biases {
           Some(b) => Some(ops::take_axis(b, ids, 0)?),
           None => None,
@@ -52,7 +102,7 @@ impl Embedding {
       Some(q) => ops::quantized_matmul(
         x,
         &self.weight,
-        self.scales.as_ref().expect("scales"),
+        scales_of(&self.scales)?,
         self.biases.as_ref(),
         true,
         Some(q.group_size),
@@ -71,6 +121,35 @@ impl Module for Embedding {
     self.scales = scales;
     self.biases = biases;
     self.quant = quant;
+    if self.quant.is_some() {
+      for n in ["weight", "scales", "biases"] {
+        self.frozen.set(n, true);
+      }
+    }
+  }
+
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self.frozen.visit_mut(prefix, "weight", &mut self.weight, f);
+    if let Some(s) = &mut self.scales {
+      self.frozen.visit_mut(prefix, "scales", s, f);
+    }
+    if let Some(b) = &mut self.biases {
+      self.frozen.visit_mut(prefix, "biases", b, f);
+    }
+  }
+
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    self.frozen.visit(prefix, "weight", &self.weight, f);
+    if let Some(s) = &self.scales {
+      self.frozen.visit(prefix, "scales", s, f);
+    }
+    if let Some(b) = &self.biases {
+      self.frozen.visit(prefix, "biases", b, f);
+    }
+  }
+
+  fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    f(prefix, self);
   }
 
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
@@ -81,5 +160,23 @@ impl Module for Embedding {
     if let Some(b) = &self.biases {
       f(&join(prefix, "biases"), b);
     }
+  }
+}
+
+impl Quantizable for Embedding {
+  fn kind(&self) -> &'static str {
+    "Embedding"
+  }
+  fn dense_shape(&self) -> Vec<i32> {
+    vec![self.num_embeddings, self.dims]
+  }
+  fn quantization(&self) -> Option<&QuantParams> {
+    self.quant.as_ref()
+  }
+  fn weight(&self) -> &Array {
+    &self.weight
+  }
+  fn quantize(&mut self, q: &QuantParams) -> Result<()> {
+    Embedding::quantize(self, q)
   }
 }

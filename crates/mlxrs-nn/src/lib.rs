@@ -6,27 +6,66 @@
 //! empty parameters, then filled by [`Module::load`] from a [`Weights`] map,
 //! which checks names and shapes strictly and reports every problem at once
 //! (python: `model.load_weights(list(weights.items()), strict=True)`).
+//!
+//! - Module system ([`Module`], [`module!`]): parameters, trainable
+//!   parameters, `freeze` / `unfreeze` by path or key, `update`,
+//!   `set_dtype`, `train` / `eval`, and [`quantize`] over a whole model.
+//! - Layers: [`Linear`], [`Embedding`] (dense or quantized), norms
+//!   ([`RmsNorm`], [`LayerNorm`], [`GroupNorm`], [`BatchNorm`]),
+//!   convolutions ([`Conv1d`], [`Conv2d`], [`ConvTranspose1d`],
+//!   [`ConvTranspose2d`]), [`Dropout`], [`MultiHeadAttention`],
+//!   [`SinusoidalPositionalEncoding`], [`Pool`], [`Upsample`], [`Rope`],
+//!   mixture-of-experts layers, [`LoRALinear`] / [`DoRALinear`].
+//! - Caches ([`KvCache`] standard / rotating / quantized / chunked,
+//!   [`ArraysCache`], [`CacheList`]) with [`attention_with_cache_update`],
+//!   and mlx-lm prompt-cache files ([`save_prompt_cache`],
+//!   [`load_prompt_cache`]).
+//! - Training: [`losses`], [`optim`] (optimizers, schedules,
+//!   `clip_grad_norm`), [`value_and_grad`] over a module.
+//!
+//! `docs/nn.md` maps each item to its python equivalent.
 
 pub mod activations;
 pub mod attention;
 pub mod cache;
+pub mod conv;
+pub mod dropout;
 pub mod embedding;
 pub mod linear;
+pub mod lora;
+pub mod losses;
 pub mod module;
 pub mod norm;
+pub mod optim;
+pub mod pooling;
+pub mod positional;
+pub mod prompt_cache;
 pub mod quant;
 pub mod rope;
 pub mod switch;
+pub mod train;
+pub mod upsample;
 
 pub use activations::*;
-pub use attention::{AttnMask, sdpa_with_cache};
-pub use cache::{KvCache, KvCacheKind};
+pub use attention::{
+  AttnMask, MhaDims, MultiHeadAttention, attention_with_cache_update, quantized_sdpa, sdpa_with_cache,
+};
+pub use cache::{ArraysCache, CacheList, CachedKv, KvCache, KvCacheKind, LayerCache, StateNode, trim_prompt_cache};
+pub use conv::{Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d};
+pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use module::{Module, Param, Weights, join};
-pub use norm::{LayerNorm, RmsNorm};
-pub use quant::{QuantConfig, QuantParams};
+pub use lora::{DoRALinear, LoRALinear};
+pub use losses::{CrossEntropy, Reduction};
+pub use module::{Frozen, Module, Param, Weights, join, path_has_prefix};
+pub use norm::{BatchNorm, GroupNorm, LayerNorm, RmsNorm};
+pub use quant::{QuantConfig, QuantParams, QuantPredicate, Quantizable, quantize, quantize_with};
+pub use pooling::{Pool, PoolKind};
+pub use positional::SinusoidalPositionalEncoding;
+pub use prompt_cache::{load_kv_caches, load_prompt_cache, save_kv_caches, save_prompt_cache};
 pub use rope::Rope;
+pub use train::{ModuleValueAndGrad, value_and_grad};
+pub use upsample::{Upsample, UpsampleMode, upsample_linear, upsample_nearest};
 pub use switch::{GluActivation, MultiLinear, SwitchGlu, SwitchLinear};
 
 pub use mlxrs_core::{Array, Dtype, Error, Result};

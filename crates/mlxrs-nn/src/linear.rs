@@ -3,10 +3,10 @@
 //! time by whether `<path>.scales` is in the checkpoint (mlx-lm's
 //! `class_predicate`).
 
-use mlxrs_core::{Array, Result, ops};
+use mlxrs_core::{Array, Dtype, Error, Result, ops};
 
-use crate::module::{Module, Weights, join};
-use crate::quant::QuantParams;
+use crate::module::{Frozen, Module, Weights, join};
+use crate::quant::{QuantParams, Quantizable};
 
 /// A linear layer, dense or quantized.
 pub struct Linear {
@@ -25,6 +25,14 @@ pub struct Linear {
   pub scales: Option<Array>,
   /// Per-group biases (quantized `affine` only).
   pub biases: Option<Array>,
+  frozen: Frozen,
+}
+
+/// `uniform(-scale, scale, shape)` from `key` (or the global key), float32.
+pub(crate) fn uniform_init(shape: &[i32], scale: f32, key: Option<&Array>) -> Result<Array> {
+  let lo = Array::scalar(-scale);
+  let hi = Array::scalar(scale);
+  mlxrs_core::random::uniform(&lo, &hi, shape, Dtype::Float32, key)
 }
 
 impl Linear {
@@ -39,24 +47,59 @@ impl Linear {
       quant: None,
       scales: None,
       biases: None,
+      frozen: Frozen::default(),
     }
+  }
+
+  /// A freshly initialised layer, as python `nn.Linear(in, out, bias)`
+  /// builds it: weight and bias `uniform(-1/sqrt(in), 1/sqrt(in))`, drawn
+  /// from `key` (or MLX's global key).
+  pub fn init(in_dims: i32, out_dims: i32, bias: bool, key: Option<&Array>) -> Result<Linear> {
+    if in_dims <= 0 || out_dims <= 0 {
+      return Err(Error::InvalidArgument(format!("Linear: dims must be positive, got {in_dims} -> {out_dims}")));
+    }
+    let scale = (1.0 / in_dims as f32).sqrt();
+    let (kw, kb) = match key {
+      Some(k) => {
+        let (a, b) = mlxrs_core::random::split(k)?;
+        (Some(a), Some(b))
+      }
+      None => (None, None),
+    };
+    let weight = uniform_init(&[out_dims, in_dims], scale, kw.as_ref())?;
+    let b = if bias { Some(uniform_init(&[out_dims], scale, kb.as_ref())?) } else { None };
+    Ok(Linear::from_weights(weight, b))
   }
 
   /// A dense layer from explicit tensors (`weight` is `[out, in]`).
   pub fn from_weights(weight: Array, bias: Option<Array>) -> Linear {
     let s = weight.shape();
     let (out_dims, in_dims) = (s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0));
-    Linear { in_dims, out_dims, has_bias: bias.is_some(), weight, bias, quant: None, scales: None, biases: None }
+    Linear {
+      in_dims,
+      out_dims,
+      has_bias: bias.is_some(),
+      weight,
+      bias,
+      quant: None,
+      scales: None,
+      biases: None,
+      frozen: Frozen::default(),
+    }
   }
 
   /// `x @ W.T + b` over the last axis of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     match &self.quant {
       Some(q) => {
+        let scales = self
+          .scales
+          .as_ref()
+          .ok_or_else(|| Error::InvalidArgument("quantized Linear has no scales (not loaded)".into()))?;
         let y = ops::quantized_matmul(
           x,
           &self.weight,
-          self.scales.as_ref().expect("quantized Linear has scales"),
+          scales,
           self.biases.as_ref(),
           true,
           Some(q.group_size),
@@ -78,6 +121,20 @@ impl Linear {
     }
   }
 
+  /// The weight as a dense `[out, in]` matrix (dequantized when quantized).
+  pub fn dense_weight(&self) -> Result<Array> {
+    match &self.quant {
+      None => Ok(self.weight.clone()),
+      Some(q) => {
+        let scales = self
+          .scales
+          .as_ref()
+          .ok_or_else(|| Error::InvalidArgument("quantized Linear has no scales (not loaded)".into()))?;
+        ops::dequantize(&self.weight, scales, self.biases.as_ref(), Some(q.group_size), Some(q.bits), &q.mode, None, None)
+      }
+    }
+  }
+
   /// Quantize this (dense, loaded) layer in place (python
   /// `nn.QuantizedLinear.from_linear`).
   pub fn quantize(&mut self, q: &QuantParams) -> Result<()> {
@@ -90,7 +147,32 @@ impl Linear {
     self.scales = it.next();
     self.biases = if q.has_biases() { it.next() } else { None };
     self.quant = Some(q.clone());
+    self.freeze_all();
     Ok(())
+  }
+
+  fn freeze_all(&mut self) {
+    for n in ["weight", "scales", "biases", "bias"] {
+      self.frozen.set(n, true);
+    }
+  }
+}
+
+impl Quantizable for Linear {
+  fn kind(&self) -> &'static str {
+    "Linear"
+  }
+  fn dense_shape(&self) -> Vec<i32> {
+    vec![self.out_dims, self.in_dims]
+  }
+  fn quantization(&self) -> Option<&QuantParams> {
+    self.quant.as_ref()
+  }
+  fn weight(&self) -> &Array {
+    &self.weight
+  }
+  fn quantize(&mut self, q: &QuantParams) -> Result<()> {
+    Linear::quantize(self, q)
   }
 }
 
@@ -124,6 +206,39 @@ impl Module for Linear {
     self.biases = biases;
     self.quant = quant;
     self.bias = if self.has_bias { Some(w.take(&join(prefix, "bias"), Some(&[self.out_dims]))) } else { None };
+    if self.quant.is_some() {
+      self.freeze_all();
+    }
+  }
+
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self.frozen.visit_mut(prefix, "weight", &mut self.weight, f);
+    if let Some(s) = &mut self.scales {
+      self.frozen.visit_mut(prefix, "scales", s, f);
+    }
+    if let Some(b) = &mut self.biases {
+      self.frozen.visit_mut(prefix, "biases", b, f);
+    }
+    if let Some(b) = &mut self.bias {
+      self.frozen.visit_mut(prefix, "bias", b, f);
+    }
+  }
+
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    self.frozen.visit(prefix, "weight", &self.weight, f);
+    if let Some(s) = &self.scales {
+      self.frozen.visit(prefix, "scales", s, f);
+    }
+    if let Some(b) = &self.biases {
+      self.frozen.visit(prefix, "biases", b, f);
+    }
+    if let Some(b) = &self.bias {
+      self.frozen.visit(prefix, "bias", b, f);
+    }
+  }
+
+  fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    f(prefix, self);
   }
 
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mlxrs_core::{Array, Dtype, Error, Result};
 
-use crate::quant::{QuantConfig, QuantParams};
+use crate::quant::{QuantConfig, QuantParams, Quantizable};
 
 /// `prefix.name`, or `name` when the prefix is empty (mlx's dotted
 /// parameter paths: `model.layers.0.self_attn.q_proj.weight`).
@@ -48,6 +48,238 @@ pub trait Module {
     self.load(&mut w, "");
     w.finish()
   }
+
+  /// Visit every parameter mutably, with its frozen flag (which the
+  /// visitor may change). Layers holding parameters implement it; the
+  /// containers (`Vec`, `Option`, `Box`) and [`module!`](crate::module!) forward it. The
+  /// default visits nothing, so a hand-written module that does not
+  /// implement it is invisible to [`Module::update`] (which then reports
+  /// its paths as unknown), `freeze`, `set_dtype` and the optimizers.
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    let _ = (prefix, f);
+  }
+
+  /// Visit every parameter with its frozen flag (python: a parameter is
+  /// frozen when its module's `_no_grad` holds its name). The default
+  /// reports everything [`Module::visit`] sees as trainable.
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    self.visit(prefix, &mut |k, a| f(k, a, false));
+  }
+
+  /// Set training (`true`) or evaluation mode (python `model.train(mode)`);
+  /// only mode-dependent layers ([`crate::Dropout`], [`crate::BatchNorm`])
+  /// store it. Default: nothing to do.
+  fn set_training(&mut self, training: bool) {
+    let _ = training;
+  }
+
+  /// Visit every layer that can be quantized (python: modules with
+  /// `to_quantized`: `Linear`, `Embedding`, mlx-lm's `SwitchLinear`), for
+  /// [`crate::quantize`]. Default: none.
+  fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    let _ = (prefix, f);
+  }
+
+  /// The parameters that are not frozen (python
+  /// `tree_flatten(model.trainable_parameters())`).
+  fn trainable_parameters(&self) -> BTreeMap<String, Array> {
+    let mut out = BTreeMap::new();
+    self.visit_frozen("", &mut |k, a, frozen| {
+      if !frozen {
+        out.insert(k.to_string(), a.clone());
+      }
+    });
+    out
+  }
+
+  /// Paths of the frozen parameters.
+  fn frozen_paths(&self) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    self.visit_frozen("", &mut |k, _, frozen| {
+      if frozen {
+        out.insert(k.to_string());
+      }
+    });
+    out
+  }
+
+  /// Freeze every parameter (python `model.freeze()`).
+  fn freeze(&mut self) {
+    self.visit_mut("", &mut |_, _, fz| *fz = true);
+  }
+
+  /// Unfreeze every parameter (python `model.unfreeze()`).
+  fn unfreeze(&mut self) {
+    self.visit_mut("", &mut |_, _, fz| *fz = false);
+  }
+
+  /// Freeze the parameters under each path prefix (`"layers.0"`,
+  /// `"layers.0.mlp.up_proj.bias"`; matched by whole dotted components).
+  /// A prefix that matches no parameter is an error naming it.
+  fn freeze_paths(&mut self, prefixes: &[&str]) -> Result<()> {
+    set_frozen_by(self, prefixes, true, path_has_prefix)
+  }
+
+  /// Unfreeze the parameters under each path prefix (see
+  /// [`Module::freeze_paths`]).
+  fn unfreeze_paths(&mut self, prefixes: &[&str]) -> Result<()> {
+    set_frozen_by(self, prefixes, false, path_has_prefix)
+  }
+
+  /// Freeze every parameter whose own name is one of `keys`, in all
+  /// sub-modules (python `model.freeze(keys=["bias"])`). A key found
+  /// nowhere is an error (python `strict=True`).
+  fn freeze_keys(&mut self, keys: &[&str]) -> Result<()> {
+    set_frozen_by(self, keys, true, |p, k| p.rsplit('.').next() == Some(k))
+  }
+
+  /// Unfreeze every parameter whose own name is one of `keys` (python
+  /// `model.unfreeze(keys=[...])`).
+  fn unfreeze_keys(&mut self, keys: &[&str]) -> Result<()> {
+    set_frozen_by(self, keys, false, |p, k| p.rsplit('.').next() == Some(k))
+  }
+
+  /// Replace parameters by path (python `model.update(params, strict)`):
+  /// only the given paths change. With `strict`, a path the model does not
+  /// have is an error; a shape mismatch is an error either way (it would
+  /// only fail later, inside a matmul). All problems are reported at once
+  /// and nothing is changed when there is one.
+  fn update<I>(&mut self, params: I, strict: bool) -> Result<()>
+  where
+    Self: Sized,
+    I: IntoIterator<Item = (String, Array)>,
+  {
+    let mut map: HashMap<String, Array> = params.into_iter().collect();
+    let mut problems = Vec::new();
+    let mut known = BTreeSet::new();
+    self.visit_frozen("", &mut |k, a, _| {
+      if let Some(n) = map.get(k) {
+        if n.shape() != a.shape() {
+          problems.push(format!("parameter {k} has shape {:?}, got {:?}", a.shape(), n.shape()));
+        }
+      }
+      known.insert(k.to_string());
+    });
+    if strict {
+      let mut unknown: Vec<_> = map.keys().filter(|k| !known.contains(*k)).cloned().collect();
+      unknown.sort();
+      problems.extend(unknown.into_iter().map(|k| format!("module has no parameter {k}")));
+    }
+    if !problems.is_empty() {
+      return Err(Error::InvalidArgument(format!("update: {}", problems.join("; "))));
+    }
+    self.visit_mut("", &mut |k, a, _| {
+      if let Some(n) = map.remove(k) {
+        *a = n;
+      }
+    });
+    Ok(())
+  }
+
+  /// Cast parameters to `dtype` (python `model.set_dtype(dtype,
+  /// predicate)`): by default only floating-point ones (quantized weights
+  /// and integer tables stay as they are).
+  fn set_dtype(&mut self, dtype: Dtype, predicate: Option<&dyn Fn(Dtype) -> bool>) -> Result<()> {
+    let mut err = None;
+    self.visit_mut("", &mut |k, a, _| {
+      let cast = match predicate {
+        Some(p) => p(a.dtype()),
+        None => a.dtype().is_float(),
+      };
+      if cast && err.is_none() && a.dtype() != dtype {
+        match mlxrs_core::ops::astype(a, dtype) {
+          Ok(c) => *a = c,
+          Err(e) => err = Some(Error::InvalidArgument(format!("set_dtype: {k}: {e}"))),
+        }
+      }
+    });
+    err.map_or(Ok(()), Err)
+  }
+
+  /// Training mode (python `model.train()`).
+  fn train(&mut self) {
+    self.set_training(true);
+  }
+
+  /// Evaluation mode (python `model.eval()`).
+  fn eval(&mut self) {
+    self.set_training(false);
+  }
+}
+
+/// Whether dotted `path` lies under `prefix` (whole components): `""`
+/// matches everything, `"layers.1"` matches `layers.1.weight` but not
+/// `layers.10.weight`.
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+  prefix.is_empty()
+    || path == prefix
+    || (path.len() > prefix.len() && path.starts_with(prefix) && path.as_bytes()[prefix.len()] == b'.')
+}
+
+fn set_frozen_by<M: Module + ?Sized>(
+  m: &mut M,
+  patterns: &[&str],
+  frozen: bool,
+  matches: impl Fn(&str, &str) -> bool,
+) -> Result<()> {
+  let mut hit = vec![false; patterns.len()];
+  m.visit_mut("", &mut |k, _, fz| {
+    for (i, p) in patterns.iter().enumerate() {
+      if matches(k, p) {
+        hit[i] = true;
+        *fz = frozen;
+      }
+    }
+  });
+  let missing: Vec<&str> = patterns.iter().zip(&hit).filter(|(_, h)| !**h).map(|(p, _)| *p).collect();
+  if missing.is_empty() {
+    Ok(())
+  } else {
+    Err(Error::InvalidArgument(format!(
+      "{}: no parameter matches {missing:?}",
+      if frozen { "freeze" } else { "unfreeze" }
+    )))
+  }
+}
+
+/// The per-parameter frozen flags of a layer (python's `Module._no_grad`,
+/// the local names excluded from `trainable_parameters`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frozen(BTreeSet<String>);
+
+impl Frozen {
+  /// Whether local parameter `name` is frozen.
+  pub fn contains(&self, name: &str) -> bool {
+    self.0.contains(name)
+  }
+
+  /// Freeze or unfreeze local parameter `name`.
+  pub fn set(&mut self, name: &str, frozen: bool) {
+    if frozen {
+      self.0.insert(name.to_string());
+    } else {
+      self.0.remove(name);
+    }
+  }
+
+  /// Visit parameter `name` of a layer at `prefix` mutably with its flag
+  /// (the building block of [`Module::visit_mut`] for layers).
+  pub fn visit_mut(
+    &mut self,
+    prefix: &str,
+    name: &str,
+    value: &mut Array,
+    f: &mut dyn FnMut(&str, &mut Array, &mut bool),
+  ) {
+    let mut fz = self.contains(name);
+    f(&join(prefix, name), value, &mut fz);
+    self.set(name, fz);
+  }
+
+  /// Report parameter `name` with its flag (for [`Module::visit_frozen`]).
+  pub fn visit(&self, prefix: &str, name: &str, value: &Array, f: &mut dyn FnMut(&str, &Array, bool)) {
+    f(&join(prefix, name), value, self.contains(name));
+  }
 }
 
 impl<T: Module> Module for Vec<T> {
@@ -59,6 +291,26 @@ impl<T: Module> Module for Vec<T> {
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
     for (i, m) in self.iter().enumerate() {
       m.visit(&join(prefix, &i.to_string()), f);
+    }
+  }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    for (i, m) in self.iter_mut().enumerate() {
+      m.visit_mut(&join(prefix, &i.to_string()), f);
+    }
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    for (i, m) in self.iter().enumerate() {
+      m.visit_frozen(&join(prefix, &i.to_string()), f);
+    }
+  }
+  fn set_training(&mut self, training: bool) {
+    for m in self.iter_mut() {
+      m.set_training(training);
+    }
+  }
+  fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    for (i, m) in self.iter_mut().enumerate() {
+      m.visit_quantizable_mut(&join(prefix, &i.to_string()), f);
     }
   }
 }
@@ -74,14 +326,46 @@ impl<T: Module> Module for Option<T> {
       m.visit(prefix, f);
     }
   }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    if let Some(m) = self {
+      m.visit_mut(prefix, f);
+    }
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    if let Some(m) = self {
+      m.visit_frozen(prefix, f);
+    }
+  }
+  fn set_training(&mut self, training: bool) {
+    if let Some(m) = self {
+      m.set_training(training);
+    }
+  }
+  fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    if let Some(m) = self {
+      m.visit_quantizable_mut(prefix, f);
+    }
+  }
 }
 
-impl<T: Module> Module for Box<T> {
+impl<T: Module + ?Sized> Module for Box<T> {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
     (**self).load(w, prefix)
   }
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
     (**self).visit(prefix, f)
+  }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    (**self).visit_mut(prefix, f)
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    (**self).visit_frozen(prefix, f)
+  }
+  fn set_training(&mut self, training: bool) {
+    (**self).set_training(training)
+  }
+  fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    (**self).visit_quantizable_mut(prefix, f)
   }
 }
 
@@ -93,12 +377,18 @@ pub struct Param {
   pub value: Array,
   shape: Vec<i32>,
   raw: bool,
+  frozen: bool,
 }
 
 impl Param {
   /// An unloaded parameter of `shape`, cast to the load dtype like weights.
   pub fn new(shape: &[i32]) -> Param {
-    Param { value: Array::scalar(0.0f32), shape: shape.to_vec(), raw: false }
+    Param { value: Array::scalar(0.0f32), shape: shape.to_vec(), raw: false, frozen: false }
+  }
+
+  /// A parameter with a value (e.g. a freshly initialised one).
+  pub fn from_value(value: Array) -> Param {
+    Param { shape: value.shape(), value, raw: false, frozen: false }
   }
 
   /// An unloaded parameter kept in its checkpoint dtype (python: excluded
@@ -114,6 +404,12 @@ impl Module for Param {
   }
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
     f(prefix, &self.value);
+  }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    f(prefix, &mut self.value, &mut self.frozen);
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    f(prefix, &self.value, self.frozen);
   }
 }
 
@@ -134,6 +430,18 @@ macro_rules! module {
       }
       fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &$crate::Array)) {
         $( $crate::Module::visit(&self.$field, &$crate::join(prefix, $crate::module!(@name $field $($name)?)), f); )*
+      }
+      fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut $crate::Array, &mut bool)) {
+        $( $crate::Module::visit_mut(&mut self.$field, &$crate::join(prefix, $crate::module!(@name $field $($name)?)), f); )*
+      }
+      fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &$crate::Array, bool)) {
+        $( $crate::Module::visit_frozen(&self.$field, &$crate::join(prefix, $crate::module!(@name $field $($name)?)), f); )*
+      }
+      fn set_training(&mut self, training: bool) {
+        $( $crate::Module::set_training(&mut self.$field, training); )*
+      }
+      fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn $crate::Quantizable)) {
+        $( $crate::Module::visit_quantizable_mut(&mut self.$field, &$crate::join(prefix, $crate::module!(@name $field $($name)?)), f); )*
       }
     }
   };

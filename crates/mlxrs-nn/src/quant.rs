@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use mlxrs_core::{Error, Result};
+use mlxrs_core::{Array, Error, Result};
+
+use crate::module::Module;
 
 /// How one layer is quantized (python `nn.QuantizedLinear`'s
 /// `group_size`, `bits`, `mode`).
@@ -22,6 +24,121 @@ impl QuantParams {
   /// Whether this mode stores per-group biases (only `affine` does).
   pub fn has_biases(&self) -> bool {
     self.mode == "affine"
+  }
+
+  /// Validated parameters, with the mode's defaults for a missing group
+  /// size / bit width (python `_defaults_for_mode`: affine 64/4, mxfp4
+  /// 32/4, nvfp4 16/4, mxfp8 32/8).
+  pub fn new(group_size: Option<i32>, bits: Option<i32>, mode: &str) -> Result<QuantParams> {
+    let (g, b) = match mode {
+      "affine" => (64, 4),
+      "mxfp4" => (32, 4),
+      "nvfp4" => (16, 4),
+      "mxfp8" => (32, 8),
+      other => {
+        return Err(Error::InvalidArgument(format!(
+          "quantization: unknown mode {other:?} (affine, mxfp4, nvfp4, mxfp8)"
+        )));
+      }
+    };
+    let p = QuantParams { group_size: group_size.unwrap_or(g), bits: bits.unwrap_or(b), mode: mode.to_string() };
+    p.validate()?;
+    Ok(p)
+  }
+
+  /// Check bits, group size and mode.
+  pub fn validate(&self) -> Result<()> {
+    if ![2, 3, 4, 5, 6, 8].contains(&self.bits) {
+      return Err(Error::InvalidArgument(format!("quantization: unsupported bits {}", self.bits)));
+    }
+    if self.group_size <= 0 {
+      return Err(Error::InvalidArgument(format!("quantization: invalid group_size {}", self.group_size)));
+    }
+    if !["affine", "mxfp4", "nvfp4", "mxfp8"].contains(&self.mode.as_str()) {
+      return Err(Error::InvalidArgument(format!("quantization: unknown mode {:?}", self.mode)));
+    }
+    Ok(())
+  }
+}
+
+/// A layer that can be quantized in place (python: a module with
+/// `to_quantized`, i.e. `nn.Linear`, `nn.Embedding`, mlx-lm's
+/// `SwitchLinear`).
+pub trait Quantizable {
+  /// The layer's type name (`"Linear"`, `"Embedding"`, `"SwitchLinear"`).
+  fn kind(&self) -> &'static str;
+  /// The dense weight's shape (the last axis is the one quantized).
+  fn dense_shape(&self) -> Vec<i32>;
+  /// The current quantization, if already quantized.
+  fn quantization(&self) -> Option<&QuantParams>;
+  /// The weight (dense, or packed when quantized).
+  fn weight(&self) -> &Array;
+  /// Quantize the (dense, loaded) weight in place; its parameters become
+  /// frozen, as python's quantized layers freeze themselves.
+  fn quantize(&mut self, q: &QuantParams) -> Result<()>;
+}
+
+/// Which layers [`quantize`] quantizes: `(path, layer) -> bool`.
+pub type QuantPredicate<'a> = &'a dyn Fn(&str, &dyn Quantizable) -> bool;
+
+/// Quantize a model's quantizable layers in place (python
+/// `nn.quantize(model, group_size, bits, mode=mode, class_predicate=...)`).
+/// `group_size` / `bits` default to the mode's values. With no
+/// `predicate` every dense layer whose input width the group size divides
+/// is quantized (python would instead fail inside `mx.quantize`); the
+/// predicate gets each layer's path and the layer. Returns the paths
+/// quantized. Already-quantized layers are left alone.
+pub fn quantize<M: Module + ?Sized>(
+  model: &mut M,
+  group_size: Option<i32>,
+  bits: Option<i32>,
+  mode: &str,
+  predicate: Option<QuantPredicate<'_>>,
+) -> Result<Vec<String>> {
+  let q = QuantParams::new(group_size, bits, mode)?;
+  quantize_with(model, &|path, layer| {
+    let ok = match predicate {
+      Some(p) => p(path, layer),
+      None => layer.dense_shape().last().is_some_and(|&d| d % q.group_size == 0),
+    };
+    ok.then(|| q.clone())
+  })
+}
+
+/// Quantize with per-layer parameters: `choose(path, layer)` returns the
+/// parameters for that layer, or `None` to leave it dense (python: a
+/// `class_predicate` returning a dict / `False`, as mlx-lm's mixed-bit
+/// recipes do). Errors name the layer.
+pub fn quantize_with<M: Module + ?Sized>(
+  model: &mut M,
+  choose: &dyn Fn(&str, &dyn Quantizable) -> Option<QuantParams>,
+) -> Result<Vec<String>> {
+  let mut done = Vec::new();
+  let mut err: Option<Error> = None;
+  model.visit_quantizable_mut("", &mut |path, layer| {
+    if err.is_some() || layer.quantization().is_some() {
+      return;
+    }
+    if let Some(q) = choose(path, &*layer) {
+      let r = q.validate().and_then(|_| {
+        let cols = layer.dense_shape().last().copied().unwrap_or(0);
+        if cols % q.group_size != 0 {
+          return Err(Error::InvalidArgument(format!(
+            "last dimension {cols} is not a multiple of group_size {}",
+            q.group_size
+          )));
+        }
+        layer.quantize(&q)
+      });
+      match r {
+        Ok(()) => done.push(path.to_string()),
+        Err(e) => err = Some(Error::InvalidArgument(format!("quantize {path} ({}): {e}", layer.kind()))),
+      }
+    }
+  });
+  match err {
+    Some(e) => Err(e),
+    None => Ok(done),
   }
 }
 
@@ -51,15 +168,7 @@ impl QuantConfig {
         bits: bits.or(base.map(|b| b.bits)).unwrap_or(4),
         mode: mode.or(base.map(|b| b.mode.clone())).unwrap_or_else(|| "affine".into()),
       };
-      if ![2, 3, 4, 5, 6, 8].contains(&p.bits) {
-        return Err(Error::InvalidArgument(format!("quantization: unsupported bits {}", p.bits)));
-      }
-      if p.group_size <= 0 {
-        return Err(Error::InvalidArgument(format!("quantization: invalid group_size {}", p.group_size)));
-      }
-      if !["affine", "mxfp4", "nvfp4", "mxfp8"].contains(&p.mode.as_str()) {
-        return Err(Error::InvalidArgument(format!("quantization: unknown mode {:?}", p.mode)));
-      }
+      p.validate()?;
       Ok(p)
     };
     let default = parse(obj, None)?;

@@ -12,8 +12,8 @@
 use mlxrs_core::{Array, Error, Result, ops};
 
 use crate::activations::{swiglu, swiglu_oai};
-use crate::module::{Module, Weights, join};
-use crate::quant::QuantParams;
+use crate::module::{Frozen, Module, Weights, join};
+use crate::quant::{QuantParams, Quantizable};
 
 /// mlx-lm sorts (token, expert) pairs by expert when there are at least
 /// this many (`indices.size >= 64` in `SwitchGLU.__call__`).
@@ -70,6 +70,7 @@ pub struct SwitchLinear {
   pub scales: Option<Array>,
   /// Per-group biases (quantized `affine` only).
   pub biases: Option<Array>,
+  frozen: Frozen,
 }
 
 impl SwitchLinear {
@@ -86,7 +87,26 @@ impl SwitchLinear {
       quant: None,
       scales: None,
       biases: None,
+      frozen: Frozen::default(),
     }
+  }
+
+  /// Quantize the (dense, loaded) stacked weight in place (python
+  /// `SwitchLinear.to_quantized`); its parameters become frozen.
+  pub fn quantize(&mut self, q: &QuantParams) -> Result<()> {
+    if self.quant.is_some() {
+      return Ok(());
+    }
+    let parts = ops::quantize(&self.weight, Some(q.group_size), Some(q.bits), &q.mode, None)?;
+    let mut it = parts.into_iter();
+    self.weight = it.next().ok_or_else(|| Error::Mlx("quantize returned nothing".into()))?;
+    self.scales = it.next();
+    self.biases = if q.has_biases() { it.next() } else { None };
+    self.quant = Some(q.clone());
+    for n in ["weight", "scales", "biases", "bias"] {
+      self.frozen.set(n, true);
+    }
+    Ok(())
   }
 
   /// `x @ W[indices].T + b[indices]`: `x` is `[..., 1, in]` (or `[N, 1,
@@ -128,6 +148,41 @@ impl Module for SwitchLinear {
     self.quant = quant;
     self.bias =
       if self.has_bias { Some(w.take(&join(prefix, "bias"), Some(&[self.num_experts, self.out_dims]))) } else { None };
+    if self.quant.is_some() {
+      for n in ["weight", "scales", "biases", "bias"] {
+        self.frozen.set(n, true);
+      }
+    }
+  }
+
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self.frozen.visit_mut(prefix, "weight", &mut self.weight, f);
+    if let Some(s) = &mut self.scales {
+      self.frozen.visit_mut(prefix, "scales", s, f);
+    }
+    if let Some(b) = &mut self.biases {
+      self.frozen.visit_mut(prefix, "biases", b, f);
+    }
+    if let Some(b) = &mut self.bias {
+      self.frozen.visit_mut(prefix, "bias", b, f);
+    }
+  }
+
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    self.frozen.visit(prefix, "weight", &self.weight, f);
+    if let Some(s) = &self.scales {
+      self.frozen.visit(prefix, "scales", s, f);
+    }
+    if let Some(b) = &self.biases {
+      self.frozen.visit(prefix, "biases", b, f);
+    }
+    if let Some(b) = &self.bias {
+      self.frozen.visit(prefix, "bias", b, f);
+    }
+  }
+
+  fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    f(prefix, self);
   }
 
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
@@ -141,6 +196,24 @@ impl Module for SwitchLinear {
     if let Some(b) = &self.bias {
       f(&join(prefix, "bias"), b);
     }
+  }
+}
+
+impl Quantizable for SwitchLinear {
+  fn kind(&self) -> &'static str {
+    "SwitchLinear"
+  }
+  fn dense_shape(&self) -> Vec<i32> {
+    vec![self.num_experts, self.out_dims, self.in_dims]
+  }
+  fn quantization(&self) -> Option<&QuantParams> {
+    self.quant.as_ref()
+  }
+  fn weight(&self) -> &Array {
+    &self.weight
+  }
+  fn quantize(&mut self, q: &QuantParams) -> Result<()> {
+    SwitchLinear::quantize(self, q)
   }
 }
 
@@ -268,13 +341,23 @@ pub struct MultiLinear {
   pub scales: Option<Array>,
   /// Per-group biases (quantized `affine` only).
   pub biases: Option<Array>,
+  frozen: Frozen,
 }
 
 impl MultiLinear {
   /// An unloaded layer (python `MultiLinear(input_dims, output_dims,
   /// num_heads)`).
   pub fn new(in_dims: i32, out_dims: i32, num_heads: i32) -> MultiLinear {
-    MultiLinear { in_dims, out_dims, num_heads, weight: Array::scalar(0.0f32), quant: None, scales: None, biases: None }
+    MultiLinear {
+      in_dims,
+      out_dims,
+      num_heads,
+      weight: Array::scalar(0.0f32),
+      quant: None,
+      scales: None,
+      biases: None,
+      frozen: Frozen::default(),
+    }
   }
 
   /// `x @ W.swapaxes(-1, -2)` when `transpose` (in -> out), else `x @ W`
@@ -306,6 +389,31 @@ impl Module for MultiLinear {
     self.scales = scales;
     self.biases = biases;
     self.quant = quant;
+    if self.quant.is_some() {
+      for n in ["weight", "scales", "biases"] {
+        self.frozen.set(n, true);
+      }
+    }
+  }
+
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self.frozen.visit_mut(prefix, "weight", &mut self.weight, f);
+    if let Some(s) = &mut self.scales {
+      self.frozen.visit_mut(prefix, "scales", s, f);
+    }
+    if let Some(b) = &mut self.biases {
+      self.frozen.visit_mut(prefix, "biases", b, f);
+    }
+  }
+
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    self.frozen.visit(prefix, "weight", &self.weight, f);
+    if let Some(s) = &self.scales {
+      self.frozen.visit(prefix, "scales", s, f);
+    }
+    if let Some(b) = &self.biases {
+      self.frozen.visit(prefix, "biases", b, f);
+    }
   }
 
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {

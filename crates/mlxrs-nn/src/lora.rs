@@ -1,0 +1,139 @@
+//! Low-rank adapters (mlx-lm `tuner/lora.py` `LoRALinear` and
+//! `tuner/dora.py` `DoRALinear`) over a dense or quantized [`Linear`].
+//! Parameter names match mlx-lm's adapter files: `linear.weight` (...),
+//! `lora_a` `[in, r]`, `lora_b` `[r, out]`, and DoRA's magnitude `m`.
+
+use mlxrs_core::{Array, Dtype, Error, Result, ops};
+
+use crate::dropout::Dropout;
+use crate::linear::{Linear, uniform_init};
+use crate::module::{Module, Param};
+
+fn lora_init(in_dims: i32, out_dims: i32, r: i32, key: Option<&Array>) -> Result<(Param, Param)> {
+  if r <= 0 || in_dims <= 0 || out_dims <= 0 {
+    return Err(Error::InvalidArgument(format!("LoRA: rank {r} and dims {in_dims} -> {out_dims} must be positive")));
+  }
+  let a = uniform_init(&[in_dims, r], 1.0 / (in_dims as f32).sqrt(), key)?;
+  let b = ops::zeros(&[r, out_dims], Dtype::Float32)?;
+  Ok((Param::from_value(a), Param::from_value(b)))
+}
+
+/// `(dropout(x) @ a) @ b * scale`, cast to `x`'s dtype.
+fn low_rank(x: &Array, a: &Array, b: &Array, scale: f32, dropout: &Dropout) -> Result<Array> {
+  let z = ops::matmul(&ops::matmul(&dropout.forward(x)?, a)?, b)?;
+  ops::astype(&ops::multiply(&Array::scalar_as(scale as f64, z.dtype())?, &z)?, x.dtype())
+}
+
+/// `(scale * b.T) @ a.T`: the dense `[out, in]` update.
+fn delta(a: &Array, b: &Array, scale: f32) -> Result<Array> {
+  let bt = ops::transpose(b)?;
+  ops::matmul(&ops::multiply(&Array::scalar_as(scale as f64, bt.dtype())?, &bt)?, &ops::transpose(a)?)
+}
+
+fn refuse(lin: &Linear, quant: bool, w: Array) -> Result<Linear> {
+  let mut fused = Linear::from_weights(w, lin.bias.clone());
+  if let (true, Some(q)) = (quant, &lin.quant) {
+    fused.quantize(q)?;
+  }
+  Ok(fused)
+}
+
+/// A linear layer plus a trainable low-rank update (mlx-lm `LoRALinear`):
+/// `linear(x) + scale * (dropout(x) @ lora_a) @ lora_b`.
+pub struct LoRALinear {
+  /// The base layer (frozen by [`LoRALinear::from_base`]).
+  pub linear: Linear,
+  /// Down projection `[in, r]`.
+  pub lora_a: Param,
+  /// Up projection `[r, out]` (zeros at init, so the adapter starts as the
+  /// identity).
+  pub lora_b: Param,
+  /// Update scale.
+  pub scale: f32,
+  /// Dropout on the adapter's input.
+  pub dropout: Dropout,
+}
+
+crate::module!(LoRALinear { linear, lora_a, lora_b, dropout });
+
+impl LoRALinear {
+  /// Wrap `linear` (python `LoRALinear.from_base(linear, r, dropout,
+  /// scale)`; mlx-lm's defaults are `r 8`, `dropout 0`, `scale 20`):
+  /// `lora_a` is `uniform(±1/sqrt(in))` from `key` (or the global key),
+  /// `lora_b` zeros. The base layer is frozen, as mlx-lm freezes the model
+  /// before adding adapters, so only the adapter trains.
+  pub fn from_base(mut linear: Linear, r: i32, dropout: f32, scale: f32, key: Option<&Array>) -> Result<LoRALinear> {
+    let (a, b) = lora_init(linear.in_dims, linear.out_dims, r, key)?;
+    linear.freeze();
+    Ok(LoRALinear { linear, lora_a: a, lora_b: b, scale, dropout: Dropout::new(dropout)? })
+  }
+
+  /// `[..., in]` -> `[..., out]`.
+  pub fn forward(&self, x: &Array) -> Result<Array> {
+    let y = self.linear.forward(x)?;
+    ops::add(&y, &low_rank(x, &self.lora_a.value, &self.lora_b.value, self.scale, &self.dropout)?)
+  }
+
+  /// Merge the adapter into a plain layer (python `fuse(dequantize)`): a
+  /// quantized base gives a re-quantized layer unless `dequantize`.
+  pub fn fuse(&self, dequantize: bool) -> Result<Linear> {
+    let w = self.linear.dense_weight()?;
+    let d = ops::astype(&delta(&self.lora_a.value, &self.lora_b.value, self.scale)?, w.dtype())?;
+    refuse(&self.linear, !dequantize, ops::add(&w, &d)?)
+  }
+}
+
+/// Weight-decomposed LoRA (mlx-lm `DoRALinear`): the LoRA output rescaled
+/// per output row by `m / ||W + scale * B.T A.T||` (the norm held
+/// constant for gradients).
+pub struct DoRALinear {
+  /// The base layer (frozen by [`DoRALinear::from_base`]).
+  pub linear: Linear,
+  /// Down projection `[in, r]`.
+  pub lora_a: Param,
+  /// Up projection `[r, out]`.
+  pub lora_b: Param,
+  /// Magnitude per output row `[out]` (init: the base weight's row norms).
+  pub m: Param,
+  /// Update scale.
+  pub scale: f32,
+  /// Dropout on the adapter's input.
+  pub dropout: Dropout,
+}
+
+crate::module!(DoRALinear { linear, lora_a, lora_b, m, dropout });
+
+impl DoRALinear {
+  /// Wrap `linear` (python `DoRALinear.from_base(linear, r, dropout,
+  /// scale)`); `m` starts as the row norms of the (dequantized) weight.
+  pub fn from_base(mut linear: Linear, r: i32, dropout: f32, scale: f32, key: Option<&Array>) -> Result<DoRALinear> {
+    let (a, b) = lora_init(linear.in_dims, linear.out_dims, r, key)?;
+    let w = ops::astype(&linear.dense_weight()?, Dtype::Float32)?;
+    let m = Param::from_value(mlxrs_core::linalg::norm_l2(&w, Some(&[1]), false)?);
+    linear.freeze();
+    Ok(DoRALinear { linear, lora_a: a, lora_b: b, m, scale, dropout: Dropout::new(dropout)? })
+  }
+
+  /// `[..., in]` -> `[..., out]`.
+  pub fn forward(&self, x: &Array) -> Result<Array> {
+    let w = self.linear.dense_weight()?;
+    let y = ops::matmul(x, &ops::transpose(&w)?)?;
+    let out = ops::add(&y, &low_rank(x, &self.lora_a.value, &self.lora_b.value, self.scale, &self.dropout)?)?;
+    let adapted = ops::add(&w, &delta(&self.lora_a.value, &self.lora_b.value, self.scale)?)?;
+    let denom = ops::stop_gradient(&mlxrs_core::linalg::norm_l2(&adapted, Some(&[1]), false)?)?;
+    let out = ops::multiply(&ops::astype(&ops::divide(&self.m.value, &denom)?, x.dtype())?, &out)?;
+    match &self.linear.bias {
+      Some(b) => ops::add(&out, b),
+      None => Ok(out),
+    }
+  }
+
+  /// Merge into a plain layer (python `fuse(dequantize)`).
+  pub fn fuse(&self, dequantize: bool) -> Result<Linear> {
+    let w = self.linear.dense_weight()?;
+    let d = ops::astype(&delta(&self.lora_a.value, &self.lora_b.value, self.scale)?, w.dtype())?;
+    let w = ops::add(&w, &d)?;
+    let ns = ops::divide(&self.m.value, &mlxrs_core::linalg::norm_l2(&w, Some(&[1]), false)?)?;
+    refuse(&self.linear, !dequantize, ops::multiply(&ops::expand_dims(&ns, 1)?, &w)?)
+  }
+}
