@@ -29,7 +29,7 @@ fn bad_input_fails_cleanly() {
   let cases: Vec<(Vec<String>, &str)> = vec![
     (vec!["generate".into(), "--model".into(), tiny("nope"), "--prompt".into(), "x".into()], "no such folder"),
     (vec!["generate".into(), "--model".into(), tiny("llama"), "--prompt".into(), "".into()], "empty"),
-    (vec!["generate".into(), "--model".into(), tiny("llama"), "--prompt".into(), "x".into(), "--temp".into(), "-1".into()], "temperature"),
+    (vec!["generate".into(), "--model".into(), tiny("llama"), "--prompt".into(), "x".into(), "--temp=-1".into()], "temperature"),
     (vec!["generate".into(), "--model".into(), tiny("llama"), "--prompt".into(), "x".into(), "--dtype".into(), "int8".into()], "dtype"),
   ];
   for (args, needle) in cases {
