@@ -7,9 +7,11 @@
 //! [`Error::Mlx`] values and never abort the process.
 
 pub mod array;
+pub mod closure;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod export;
 pub mod fast;
 pub mod fft;
 mod gen_support;

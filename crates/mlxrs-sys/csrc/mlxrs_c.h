@@ -321,6 +321,366 @@ int mlx_set_cache_limit(size_t* res, size_t limit);
 int mlx_set_wired_limit(size_t* res, size_t limit);
 int mlx_clear_cache(void);
 
+/* ---------------------------------------------------------------- closures */
+
+/* mlx-c's closure.h. A closure is a C++ `std::function` over vectors of
+ * arrays (python: any function of arrays; swift: `([MLXArray]) ->
+ * [MLXArray]`). Handles are NULL-ctx when empty; `mlx_*_set` copies share the
+ * callback's payload, and `dtor` (may be NULL) runs on it once, when the last
+ * copy is gone (possibly on another thread, and possibly long after the
+ * handle is freed: MLX keeps copies inside transformed and compiled
+ * functions and inside graph nodes of custom functions).
+ *
+ * Callbacks: store the results in `*res` with `mlx_vector_array_set` (the
+ * out-vector is allocated by the caller; do not free it or the inputs) and
+ * return 0; on failure call `mlxrs_closure_set_error(msg)` and return
+ * non-zero. The C++ wrapper then throws, so MLX unwinds its own state, and
+ * the call that ran the callback (apply, a transform, compile, export) fails
+ * with `msg` as its error. Callbacks run on the calling thread, during graph
+ * construction (tracing), never during evaluation.
+ *
+ * `mlx_*_new_func_payload` returns a NULL-ctx handle on failure, after
+ * calling `dtor(payload)`. */
+
+typedef struct mlx_closure_ {
+  void* ctx;
+} mlx_closure;
+
+mlx_closure mlx_closure_new(void);
+int mlx_closure_free(mlx_closure cls);
+mlx_closure mlx_closure_new_func(
+    int (*fun)(mlx_vector_array* res, const mlx_vector_array input));
+mlx_closure mlx_closure_new_func_payload(
+    int (*fun)(mlx_vector_array* res, const mlx_vector_array input, void* payload),
+    void* payload,
+    void (*dtor)(void*));
+int mlx_closure_set(mlx_closure* cls, const mlx_closure src);
+/** Call the closure. */
+int mlx_closure_apply(
+    mlx_vector_array* res,
+    mlx_closure cls,
+    const mlx_vector_array input);
+
+/** Called by a failing callback before it returns non-zero: `msg` becomes the
+ * message of the failure (copied; per thread). Without it the message is a
+ * generic "callback returned a non-zero value". */
+void mlxrs_closure_set_error(const char* msg);
+
+/** The result of `mlx_value_and_grad`: inputs -> (values, gradients). */
+typedef struct mlx_closure_value_and_grad_ {
+  void* ctx;
+} mlx_closure_value_and_grad;
+
+mlx_closure_value_and_grad mlx_closure_value_and_grad_new(void);
+int mlx_closure_value_and_grad_free(mlx_closure_value_and_grad cls);
+mlx_closure_value_and_grad mlx_closure_value_and_grad_new_func_payload(
+    int (*fun)(
+        mlx_vector_array* res_0,
+        mlx_vector_array* res_1,
+        const mlx_vector_array input,
+        void* payload),
+    void* payload,
+    void (*dtor)(void*));
+int mlx_closure_value_and_grad_set(
+    mlx_closure_value_and_grad* cls,
+    const mlx_closure_value_and_grad src);
+int mlx_closure_value_and_grad_apply(
+    mlx_vector_array* res_0,
+    mlx_vector_array* res_1,
+    mlx_closure_value_and_grad cls,
+    const mlx_vector_array input);
+
+/** A custom vjp: (primals, cotangents, outputs) -> one cotangent per primal. */
+typedef struct mlx_closure_custom_ {
+  void* ctx;
+} mlx_closure_custom;
+
+mlx_closure_custom mlx_closure_custom_new(void);
+int mlx_closure_custom_free(mlx_closure_custom cls);
+mlx_closure_custom mlx_closure_custom_new_func_payload(
+    int (*fun)(
+        mlx_vector_array* res,
+        const mlx_vector_array primals,
+        const mlx_vector_array cotangents,
+        const mlx_vector_array outputs,
+        void* payload),
+    void* payload,
+    void (*dtor)(void*));
+int mlx_closure_custom_set(mlx_closure_custom* cls, const mlx_closure_custom src);
+int mlx_closure_custom_apply(
+    mlx_vector_array* res,
+    mlx_closure_custom cls,
+    const mlx_vector_array input_0,
+    const mlx_vector_array input_1,
+    const mlx_vector_array input_2);
+
+/** A custom jvp: (primals, tangents of the `argnums` primals, argnums) -> one
+ * tangent per output. */
+typedef struct mlx_closure_custom_jvp_ {
+  void* ctx;
+} mlx_closure_custom_jvp;
+
+mlx_closure_custom_jvp mlx_closure_custom_jvp_new(void);
+int mlx_closure_custom_jvp_free(mlx_closure_custom_jvp cls);
+mlx_closure_custom_jvp mlx_closure_custom_jvp_new_func_payload(
+    int (*fun)(
+        mlx_vector_array* res,
+        const mlx_vector_array primals,
+        const mlx_vector_array tangents,
+        const int* argnums,
+        size_t argnums_num,
+        void* payload),
+    void* payload,
+    void (*dtor)(void*));
+int mlx_closure_custom_jvp_set(
+    mlx_closure_custom_jvp* cls,
+    const mlx_closure_custom_jvp src);
+int mlx_closure_custom_jvp_apply(
+    mlx_vector_array* res,
+    mlx_closure_custom_jvp cls,
+    const mlx_vector_array input_0,
+    const mlx_vector_array input_1,
+    const int* input_2,
+    size_t input_2_num);
+
+/** A custom vmap: (inputs, in axes, -1 = not mapped) -> (outputs, out axes). */
+typedef struct mlx_closure_custom_vmap_ {
+  void* ctx;
+} mlx_closure_custom_vmap;
+
+mlx_closure_custom_vmap mlx_closure_custom_vmap_new(void);
+int mlx_closure_custom_vmap_free(mlx_closure_custom_vmap cls);
+mlx_closure_custom_vmap mlx_closure_custom_vmap_new_func_payload(
+    int (*fun)(
+        mlx_vector_array* res_0,
+        mlx_vector_int* res_1,
+        const mlx_vector_array inputs,
+        const int* axes,
+        size_t axes_num,
+        void* payload),
+    void* payload,
+    void (*dtor)(void*));
+int mlx_closure_custom_vmap_set(
+    mlx_closure_custom_vmap* cls,
+    const mlx_closure_custom_vmap src);
+int mlx_closure_custom_vmap_apply(
+    mlx_vector_array* res_0,
+    mlx_vector_int* res_1,
+    mlx_closure_custom_vmap cls,
+    const mlx_vector_array input_0,
+    const int* input_1,
+    size_t input_1_num);
+/** Replace the contents of `*vec` (allocating it when NULL-ctx) with a copy of
+ * `data` (the out-axes of a custom vmap callback). */
+int mlx_vector_int_set_data(mlx_vector_int* vec, const int* data, size_t size);
+
+/* ---------------------------------------------------------------- transforms */
+
+/** Outputs of `fun` at `primals` and the vector-Jacobian products with
+ * `cotangents` (one per output). Python `mx.vjp(fun, primals, cotangents)`,
+ * swift `vjp(_:primals:cotangents:)`. */
+int mlx_vjp(
+    mlx_vector_array* res_0,
+    mlx_vector_array* res_1,
+    const mlx_closure fun,
+    const mlx_vector_array primals,
+    const mlx_vector_array cotangents);
+/** Outputs and Jacobian-vector products with `tangents` (one per primal).
+ * Python `mx.jvp(fun, primals, tangents)`, swift `jvp(_:primals:tangents:)`. */
+int mlx_jvp(
+    mlx_vector_array* res_0,
+    mlx_vector_array* res_1,
+    const mlx_closure fun,
+    const mlx_vector_array primals,
+    const mlx_vector_array tangents);
+/** A function returning (outputs of `fun`, gradients of its first output with
+ * respect to the `argnums` inputs). Python `mx.value_and_grad(fun, argnums)`,
+ * swift `valueAndGrad(_:argumentNumbers:)`. */
+int mlx_value_and_grad(
+    mlx_closure_value_and_grad* res,
+    const mlx_closure fun,
+    const int* argnums,
+    size_t argnums_num);
+/** Vectorize `fun` over the `in_axes` of its inputs (-1: not mapped; empty:
+ * all 0) putting the mapped axis of each output at `out_axes` (empty: all 0).
+ * Python `mx.vmap(fun, in_axes, out_axes)`, swift `vmap`. mlx-c has no
+ * public vmap; this is the name its conventions give. */
+int mlx_vmap(
+    mlx_closure* res,
+    const mlx_closure fun,
+    const int* in_axes,
+    size_t in_axes_num,
+    const int* out_axes,
+    size_t out_axes_num);
+/** `fun`, recomputing its intermediates in the backward pass instead of
+ * keeping them. Python `mx.checkpoint(fun)`. */
+int mlx_checkpoint(mlx_closure* res, const mlx_closure fun);
+/** `fun` with its vjp / jvp / vmap replaced by the given closures (NULL-ctx
+ * handles: derived from `fun`). With a custom jvp or vmap, `fun` must return
+ * the same number of arrays on every call. Python `mx.custom_function`. */
+int mlx_custom_function(
+    mlx_closure* res,
+    const mlx_closure fun,
+    const mlx_closure_custom fun_vjp,
+    const mlx_closure_custom_jvp fun_jvp,
+    const mlx_closure_custom_vmap fun_vmap);
+/** `mlx_custom_function` with a vjp only. */
+int mlx_custom_vjp(
+    mlx_closure* res,
+    const mlx_closure fun,
+    const mlx_closure_custom fun_vjp);
+
+/* ---------------------------------------------------------------- compile */
+
+typedef enum mlx_compile_mode_ {
+  MLX_COMPILE_MODE_DISABLED,
+  MLX_COMPILE_MODE_NO_SIMPLIFY,
+  MLX_COMPILE_MODE_NO_FUSE,
+  MLX_COMPILE_MODE_ENABLED
+} mlx_compile_mode;
+
+/** A compiled `fun`: traced once per input signature (shapes and dtypes;
+ * dtypes and ranks only when `shapeless`), simplified and fused, then
+ * replayed. Python `mx.compile(fun, shapeless=...)`, swift `compile`. */
+int mlx_compile(mlx_closure* res, const mlx_closure fun, bool shapeless);
+/** Python `mx.disable_compile()` / `mx.enable_compile()`. */
+int mlx_disable_compile(void);
+int mlx_enable_compile(void);
+int mlx_set_compile_mode(mlx_compile_mode mode);
+
+/* ---------------------------------------------------------------- export */
+
+/** Trace `fun` at `args` and write the graph to `file`. Python
+ * `mx.export_function(file, fun, *args, shapeless=...)`. */
+int mlx_export_function(
+    const char* file,
+    const mlx_closure fun,
+    const mlx_vector_array args,
+    bool shapeless);
+/** A function exported with `mlx_export_function` / an exporter, as a closure
+ * (so it composes with the transforms). Python `mx.import_function(file)`.
+ * mlx-c returns an `mlx_imported_function` instead. */
+int mlx_import_function(mlx_closure* res, const char* file);
+
+/** Several traces of one function in one file. Python `mx.exporter`. */
+typedef struct mlx_function_exporter_ {
+  void* ctx;
+} mlx_function_exporter;
+
+mlx_function_exporter mlx_function_exporter_new(
+    const char* file,
+    const mlx_closure fun,
+    bool shapeless);
+int mlx_function_exporter_free(mlx_function_exporter xfunc);
+/** Trace and append one more input signature. */
+int mlx_function_exporter_apply(
+    const mlx_function_exporter xfunc,
+    const mlx_vector_array args);
+
+/** The graph computing `outputs` in Graphviz dot format. Python
+ * `mx.export_to_dot(file, *outputs)`; mlx-c's `mlx_export_to_dot` writes to
+ * a `FILE*` (whose Rust declaration is platform-specific), this returns a
+ * string. */
+int mlxrs_export_to_dot(mlx_string* res, const mlx_vector_array outputs);
+/** The graph computing `outputs` as text (C++ `print_graph`). */
+int mlxrs_print_graph(mlx_string* res, const mlx_vector_array outputs);
+
+/* ---------------------------------------------------------------- gguf */
+
+/** GGUF metadata (C++ `std::unordered_map<std::string, GGUFMetaData>`): an
+ * ordered list of (key, value) entries whose value is an array, a string or
+ * a list of strings. Entries are kept sorted by key after a load; `insert`
+ * replaces an existing key's value. Strings are length-counted (GGUF strings
+ * may hold NUL bytes). */
+typedef struct mlxrs_gguf_meta_ {
+  void* ctx;
+} mlxrs_gguf_meta;
+
+typedef enum mlxrs_gguf_meta_kind_ {
+  MLXRS_GGUF_META_NONE,
+  MLXRS_GGUF_META_ARRAY,
+  MLXRS_GGUF_META_STRING,
+  MLXRS_GGUF_META_STRINGS,
+} mlxrs_gguf_meta_kind;
+
+mlxrs_gguf_meta mlxrs_gguf_meta_new(void);
+int mlxrs_gguf_meta_free(mlxrs_gguf_meta meta);
+size_t mlxrs_gguf_meta_size(mlxrs_gguf_meta meta);
+int mlxrs_gguf_meta_insert_array(
+    mlxrs_gguf_meta meta,
+    const char* key,
+    const mlx_array value);
+int mlxrs_gguf_meta_insert_string(
+    mlxrs_gguf_meta meta,
+    const char* key,
+    const char* value,
+    size_t len);
+/** `values[i]` holds `lens[i]` bytes. */
+int mlxrs_gguf_meta_insert_strings(
+    mlxrs_gguf_meta meta,
+    const char* key,
+    const char* const* values,
+    const size_t* lens,
+    size_t num);
+/** Entry `idx`: its key (valid while `meta` lives unchanged) and kind. */
+int mlxrs_gguf_meta_get(
+    const char** key,
+    size_t* key_len,
+    mlxrs_gguf_meta_kind* kind,
+    mlxrs_gguf_meta meta,
+    size_t idx);
+int mlxrs_gguf_meta_get_array(mlx_array* res, mlxrs_gguf_meta meta, size_t idx);
+int mlxrs_gguf_meta_get_string(
+    const char** res,
+    size_t* len,
+    mlxrs_gguf_meta meta,
+    size_t idx);
+int mlxrs_gguf_meta_get_strings_size(
+    size_t* res,
+    mlxrs_gguf_meta meta,
+    size_t idx);
+int mlxrs_gguf_meta_get_strings_at(
+    const char** res,
+    size_t* len,
+    mlxrs_gguf_meta meta,
+    size_t idx,
+    size_t pos);
+
+/** Load every tensor of a GGUF file and its metadata. Python:
+ * `mx.load("f.gguf", return_metadata=True)`. MLX's parser trusts the file:
+ * validate untrusted files first (mlxrs-core does). MLX opens the file
+ * read-write (gguflib maps it shared), so a read-only file fails. */
+int mlx_load_gguf(
+    mlx_map_string_to_array* res_0,
+    mlxrs_gguf_meta* res_1,
+    const char* file,
+    const mlx_stream s);
+/** Python: `mx.save_gguf(file, arrays, metadata)`; MLX appends `.gguf` to a
+ * `file` without it. `metadata` may be a NULL-ctx handle. */
+int mlx_save_gguf(
+    const char* file,
+    const mlx_map_string_to_array param,
+    const mlxrs_gguf_meta metadata);
+
+/* ---------------------------------------------------------------- einsum */
+
+/** Python: `mx.einsum(subscripts, *operands)`. */
+int mlx_einsum(
+    mlx_array* res,
+    const char* subscripts,
+    const mlx_vector_array operands,
+    const mlx_stream s);
+/** Python: `mx.einsum_path(subscripts, *operands)`. The contraction path
+ * (a list of operand-index lists) comes back flattened: `path_flat` holds
+ * the indices of every step in order, `path_lens` each step's count;
+ * `report` is MLX's printed summary. */
+int mlxrs_einsum_path(
+    mlx_vector_int* path_flat,
+    mlx_vector_int* path_lens,
+    mlx_string* report,
+    const char* subscripts,
+    const mlx_vector_array operands);
+
 #ifdef __cplusplus
 }
 #endif

@@ -678,6 +678,637 @@ unsafe extern "C" {
 unsafe extern "C" {
     pub fn mlx_clear_cache() -> ::core::ffi::c_int;
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_closure_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub type mlx_closure = mlx_closure_;
+unsafe extern "C" {
+    pub fn mlx_closure_new() -> mlx_closure;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_free(cls: mlx_closure) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_new_func(
+        fun: ::core::option::Option<
+            unsafe extern "C" fn(
+                res: *mut mlx_vector_array,
+                input: mlx_vector_array,
+            ) -> ::core::ffi::c_int,
+        >,
+    ) -> mlx_closure;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_new_func_payload(
+        fun: ::core::option::Option<
+            unsafe extern "C" fn(
+                res: *mut mlx_vector_array,
+                input: mlx_vector_array,
+                payload: *mut ::core::ffi::c_void,
+            ) -> ::core::ffi::c_int,
+        >,
+        payload: *mut ::core::ffi::c_void,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+    ) -> mlx_closure;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_set(
+        cls: *mut mlx_closure,
+        src: mlx_closure,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Call the closure.
+    pub fn mlx_closure_apply(
+        res: *mut mlx_vector_array,
+        cls: mlx_closure,
+        input: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Called by a failing callback before it returns non-zero: `msg` becomes the
+ message of the failure (copied; per thread). Without it the message is a
+ generic "callback returned a non-zero value".*/
+    pub fn mlxrs_closure_set_error(msg: *const ::core::ffi::c_char);
+}
+/// The result of `mlx_value_and_grad`: inputs -> (values, gradients).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_value_and_grad_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_closure_value_and_grad_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/// The result of `mlx_value_and_grad`: inputs -> (values, gradients).
+pub type mlx_closure_value_and_grad = mlx_closure_value_and_grad_;
+unsafe extern "C" {
+    pub fn mlx_closure_value_and_grad_new() -> mlx_closure_value_and_grad;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_value_and_grad_free(
+        cls: mlx_closure_value_and_grad,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_value_and_grad_new_func_payload(
+        fun: ::core::option::Option<
+            unsafe extern "C" fn(
+                res_0: *mut mlx_vector_array,
+                res_1: *mut mlx_vector_array,
+                input: mlx_vector_array,
+                payload: *mut ::core::ffi::c_void,
+            ) -> ::core::ffi::c_int,
+        >,
+        payload: *mut ::core::ffi::c_void,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+    ) -> mlx_closure_value_and_grad;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_value_and_grad_set(
+        cls: *mut mlx_closure_value_and_grad,
+        src: mlx_closure_value_and_grad,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_value_and_grad_apply(
+        res_0: *mut mlx_vector_array,
+        res_1: *mut mlx_vector_array,
+        cls: mlx_closure_value_and_grad,
+        input: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+/// A custom vjp: (primals, cotangents, outputs) -> one cotangent per primal.
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_custom_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_closure_custom_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/// A custom vjp: (primals, cotangents, outputs) -> one cotangent per primal.
+pub type mlx_closure_custom = mlx_closure_custom_;
+unsafe extern "C" {
+    pub fn mlx_closure_custom_new() -> mlx_closure_custom;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_free(cls: mlx_closure_custom) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_new_func_payload(
+        fun: ::core::option::Option<
+            unsafe extern "C" fn(
+                res: *mut mlx_vector_array,
+                primals: mlx_vector_array,
+                cotangents: mlx_vector_array,
+                outputs: mlx_vector_array,
+                payload: *mut ::core::ffi::c_void,
+            ) -> ::core::ffi::c_int,
+        >,
+        payload: *mut ::core::ffi::c_void,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+    ) -> mlx_closure_custom;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_set(
+        cls: *mut mlx_closure_custom,
+        src: mlx_closure_custom,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_apply(
+        res: *mut mlx_vector_array,
+        cls: mlx_closure_custom,
+        input_0: mlx_vector_array,
+        input_1: mlx_vector_array,
+        input_2: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+/** A custom jvp: (primals, tangents of the `argnums` primals, argnums) -> one
+ tangent per output.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_custom_jvp_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_closure_custom_jvp_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** A custom jvp: (primals, tangents of the `argnums` primals, argnums) -> one
+ tangent per output.*/
+pub type mlx_closure_custom_jvp = mlx_closure_custom_jvp_;
+unsafe extern "C" {
+    pub fn mlx_closure_custom_jvp_new() -> mlx_closure_custom_jvp;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_jvp_free(
+        cls: mlx_closure_custom_jvp,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_jvp_new_func_payload(
+        fun: ::core::option::Option<
+            unsafe extern "C" fn(
+                res: *mut mlx_vector_array,
+                primals: mlx_vector_array,
+                tangents: mlx_vector_array,
+                argnums: *const ::core::ffi::c_int,
+                argnums_num: usize,
+                payload: *mut ::core::ffi::c_void,
+            ) -> ::core::ffi::c_int,
+        >,
+        payload: *mut ::core::ffi::c_void,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+    ) -> mlx_closure_custom_jvp;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_jvp_set(
+        cls: *mut mlx_closure_custom_jvp,
+        src: mlx_closure_custom_jvp,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_jvp_apply(
+        res: *mut mlx_vector_array,
+        cls: mlx_closure_custom_jvp,
+        input_0: mlx_vector_array,
+        input_1: mlx_vector_array,
+        input_2: *const ::core::ffi::c_int,
+        input_2_num: usize,
+    ) -> ::core::ffi::c_int;
+}
+/// A custom vmap: (inputs, in axes, -1 = not mapped) -> (outputs, out axes).
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_custom_vmap_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_closure_custom_vmap_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/// A custom vmap: (inputs, in axes, -1 = not mapped) -> (outputs, out axes).
+pub type mlx_closure_custom_vmap = mlx_closure_custom_vmap_;
+unsafe extern "C" {
+    pub fn mlx_closure_custom_vmap_new() -> mlx_closure_custom_vmap;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_vmap_free(
+        cls: mlx_closure_custom_vmap,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_vmap_new_func_payload(
+        fun: ::core::option::Option<
+            unsafe extern "C" fn(
+                res_0: *mut mlx_vector_array,
+                res_1: *mut mlx_vector_int,
+                inputs: mlx_vector_array,
+                axes: *const ::core::ffi::c_int,
+                axes_num: usize,
+                payload: *mut ::core::ffi::c_void,
+            ) -> ::core::ffi::c_int,
+        >,
+        payload: *mut ::core::ffi::c_void,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+    ) -> mlx_closure_custom_vmap;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_vmap_set(
+        cls: *mut mlx_closure_custom_vmap,
+        src: mlx_closure_custom_vmap,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_custom_vmap_apply(
+        res_0: *mut mlx_vector_array,
+        res_1: *mut mlx_vector_int,
+        cls: mlx_closure_custom_vmap,
+        input_0: mlx_vector_array,
+        input_1: *const ::core::ffi::c_int,
+        input_1_num: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Replace the contents of `*vec` (allocating it when NULL-ctx) with a copy of
+ `data` (the out-axes of a custom vmap callback).*/
+    pub fn mlx_vector_int_set_data(
+        vec: *mut mlx_vector_int,
+        data: *const ::core::ffi::c_int,
+        size: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Outputs of `fun` at `primals` and the vector-Jacobian products with
+ `cotangents` (one per output). Python `mx.vjp(fun, primals, cotangents)`,
+ swift `vjp(_:primals:cotangents:)`.*/
+    pub fn mlx_vjp(
+        res_0: *mut mlx_vector_array,
+        res_1: *mut mlx_vector_array,
+        fun: mlx_closure,
+        primals: mlx_vector_array,
+        cotangents: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Outputs and Jacobian-vector products with `tangents` (one per primal).
+ Python `mx.jvp(fun, primals, tangents)`, swift `jvp(_:primals:tangents:)`.*/
+    pub fn mlx_jvp(
+        res_0: *mut mlx_vector_array,
+        res_1: *mut mlx_vector_array,
+        fun: mlx_closure,
+        primals: mlx_vector_array,
+        tangents: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** A function returning (outputs of `fun`, gradients of its first output with
+ respect to the `argnums` inputs). Python `mx.value_and_grad(fun, argnums)`,
+ swift `valueAndGrad(_:argumentNumbers:)`.*/
+    pub fn mlx_value_and_grad(
+        res: *mut mlx_closure_value_and_grad,
+        fun: mlx_closure,
+        argnums: *const ::core::ffi::c_int,
+        argnums_num: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Vectorize `fun` over the `in_axes` of its inputs (-1: not mapped; empty:
+ all 0) putting the mapped axis of each output at `out_axes` (empty: all 0).
+ Python `mx.vmap(fun, in_axes, out_axes)`, swift `vmap`. mlx-c has no
+ public vmap; this is the name its conventions give.*/
+    pub fn mlx_vmap(
+        res: *mut mlx_closure,
+        fun: mlx_closure,
+        in_axes: *const ::core::ffi::c_int,
+        in_axes_num: usize,
+        out_axes: *const ::core::ffi::c_int,
+        out_axes_num: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** `fun`, recomputing its intermediates in the backward pass instead of
+ keeping them. Python `mx.checkpoint(fun)`.*/
+    pub fn mlx_checkpoint(res: *mut mlx_closure, fun: mlx_closure) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** `fun` with its vjp / jvp / vmap replaced by the given closures (NULL-ctx
+ handles: derived from `fun`). With a custom jvp or vmap, `fun` must return
+ the same number of arrays on every call. Python `mx.custom_function`.*/
+    pub fn mlx_custom_function(
+        res: *mut mlx_closure,
+        fun: mlx_closure,
+        fun_vjp: mlx_closure_custom,
+        fun_jvp: mlx_closure_custom_jvp,
+        fun_vmap: mlx_closure_custom_vmap,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// `mlx_custom_function` with a vjp only.
+    pub fn mlx_custom_vjp(
+        res: *mut mlx_closure,
+        fun: mlx_closure,
+        fun_vjp: mlx_closure_custom,
+    ) -> ::core::ffi::c_int;
+}
+#[repr(u32)]
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub enum mlx_compile_mode_ {
+    MLX_COMPILE_MODE_DISABLED = 0,
+    MLX_COMPILE_MODE_NO_SIMPLIFY = 1,
+    MLX_COMPILE_MODE_NO_FUSE = 2,
+    MLX_COMPILE_MODE_ENABLED = 3,
+}
+pub use self::mlx_compile_mode_ as mlx_compile_mode;
+unsafe extern "C" {
+    /** A compiled `fun`: traced once per input signature (shapes and dtypes;
+ dtypes and ranks only when `shapeless`), simplified and fused, then
+ replayed. Python `mx.compile(fun, shapeless=...)`, swift `compile`.*/
+    pub fn mlx_compile(
+        res: *mut mlx_closure,
+        fun: mlx_closure,
+        shapeless: bool,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.disable_compile()` / `mx.enable_compile()`.
+    pub fn mlx_disable_compile() -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_enable_compile() -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_set_compile_mode(mode: mlx_compile_mode) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Trace `fun` at `args` and write the graph to `file`. Python
+ `mx.export_function(file, fun, *args, shapeless=...)`.*/
+    pub fn mlx_export_function(
+        file: *const ::core::ffi::c_char,
+        fun: mlx_closure,
+        args: mlx_vector_array,
+        shapeless: bool,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** A function exported with `mlx_export_function` / an exporter, as a closure
+ (so it composes with the transforms). Python `mx.import_function(file)`.
+ mlx-c returns an `mlx_imported_function` instead.*/
+    pub fn mlx_import_function(
+        res: *mut mlx_closure,
+        file: *const ::core::ffi::c_char,
+    ) -> ::core::ffi::c_int;
+}
+/// Several traces of one function in one file. Python `mx.exporter`.
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_function_exporter_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_function_exporter_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/// Several traces of one function in one file. Python `mx.exporter`.
+pub type mlx_function_exporter = mlx_function_exporter_;
+unsafe extern "C" {
+    pub fn mlx_function_exporter_new(
+        file: *const ::core::ffi::c_char,
+        fun: mlx_closure,
+        shapeless: bool,
+    ) -> mlx_function_exporter;
+}
+unsafe extern "C" {
+    pub fn mlx_function_exporter_free(
+        xfunc: mlx_function_exporter,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Trace and append one more input signature.
+    pub fn mlx_function_exporter_apply(
+        xfunc: mlx_function_exporter,
+        args: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The graph computing `outputs` in Graphviz dot format. Python
+ `mx.export_to_dot(file, *outputs)`; mlx-c's `mlx_export_to_dot` writes to
+ a `FILE*` (whose Rust declaration is platform-specific), this returns a
+ string.*/
+    pub fn mlxrs_export_to_dot(
+        res: *mut mlx_string,
+        outputs: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// The graph computing `outputs` as text (C++ `print_graph`).
+    pub fn mlxrs_print_graph(
+        res: *mut mlx_string,
+        outputs: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+/** GGUF metadata (C++ `std::unordered_map<std::string, GGUFMetaData>`): an
+ ordered list of (key, value) entries whose value is an array, a string or
+ a list of strings. Entries are kept sorted by key after a load; `insert`
+ replaces an existing key's value. Strings are length-counted (GGUF strings
+ may hold NUL bytes).*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlxrs_gguf_meta_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlxrs_gguf_meta_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** GGUF metadata (C++ `std::unordered_map<std::string, GGUFMetaData>`): an
+ ordered list of (key, value) entries whose value is an array, a string or
+ a list of strings. Entries are kept sorted by key after a load; `insert`
+ replaces an existing key's value. Strings are length-counted (GGUF strings
+ may hold NUL bytes).*/
+pub type mlxrs_gguf_meta = mlxrs_gguf_meta_;
+#[repr(u32)]
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub enum mlxrs_gguf_meta_kind_ {
+    MLXRS_GGUF_META_NONE = 0,
+    MLXRS_GGUF_META_ARRAY = 1,
+    MLXRS_GGUF_META_STRING = 2,
+    MLXRS_GGUF_META_STRINGS = 3,
+}
+pub use self::mlxrs_gguf_meta_kind_ as mlxrs_gguf_meta_kind;
+unsafe extern "C" {
+    pub fn mlxrs_gguf_meta_new() -> mlxrs_gguf_meta;
+}
+unsafe extern "C" {
+    pub fn mlxrs_gguf_meta_free(meta: mlxrs_gguf_meta) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlxrs_gguf_meta_size(meta: mlxrs_gguf_meta) -> usize;
+}
+unsafe extern "C" {
+    pub fn mlxrs_gguf_meta_insert_array(
+        meta: mlxrs_gguf_meta,
+        key: *const ::core::ffi::c_char,
+        value: mlx_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlxrs_gguf_meta_insert_string(
+        meta: mlxrs_gguf_meta,
+        key: *const ::core::ffi::c_char,
+        value: *const ::core::ffi::c_char,
+        len: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// `values[i]` holds `lens[i]` bytes.
+    pub fn mlxrs_gguf_meta_insert_strings(
+        meta: mlxrs_gguf_meta,
+        key: *const ::core::ffi::c_char,
+        values: *const *const ::core::ffi::c_char,
+        lens: *const usize,
+        num: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Entry `idx`: its key (valid while `meta` lives unchanged) and kind.
+    pub fn mlxrs_gguf_meta_get(
+        key: *mut *const ::core::ffi::c_char,
+        key_len: *mut usize,
+        kind: *mut mlxrs_gguf_meta_kind,
+        meta: mlxrs_gguf_meta,
+        idx: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlxrs_gguf_meta_get_array(
+        res: *mut mlx_array,
+        meta: mlxrs_gguf_meta,
+        idx: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlxrs_gguf_meta_get_string(
+        res: *mut *const ::core::ffi::c_char,
+        len: *mut usize,
+        meta: mlxrs_gguf_meta,
+        idx: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlxrs_gguf_meta_get_strings_size(
+        res: *mut usize,
+        meta: mlxrs_gguf_meta,
+        idx: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlxrs_gguf_meta_get_strings_at(
+        res: *mut *const ::core::ffi::c_char,
+        len: *mut usize,
+        meta: mlxrs_gguf_meta,
+        idx: usize,
+        pos: usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Load every tensor of a GGUF file and its metadata. Python:
+ `mx.load("f.gguf", return_metadata=True)`. MLX's parser trusts the file:
+ validate untrusted files first (mlxrs-core does). MLX opens the file
+ read-write (gguflib maps it shared), so a read-only file fails.*/
+    pub fn mlx_load_gguf(
+        res_0: *mut mlx_map_string_to_array,
+        res_1: *mut mlxrs_gguf_meta,
+        file: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Python: `mx.save_gguf(file, arrays, metadata)`; MLX appends `.gguf` to a
+ `file` without it. `metadata` may be a NULL-ctx handle.*/
+    pub fn mlx_save_gguf(
+        file: *const ::core::ffi::c_char,
+        param: mlx_map_string_to_array,
+        metadata: mlxrs_gguf_meta,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python: `mx.einsum(subscripts, *operands)`.
+    pub fn mlx_einsum(
+        res: *mut mlx_array,
+        subscripts: *const ::core::ffi::c_char,
+        operands: mlx_vector_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Python: `mx.einsum_path(subscripts, *operands)`. The contraction path
+ (a list of operand-index lists) comes back flattened: `path_flat` holds
+ the indices of every step in order, `path_lens` each step's count;
+ `report` is MLX's printed summary.*/
+    pub fn mlxrs_einsum_path(
+        path_flat: *mut mlx_vector_int,
+        path_lens: *mut mlx_vector_int,
+        report: *mut mlx_string,
+        subscripts: *const ::core::ffi::c_char,
+        operands: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
 /// An optional bool (C++ `std::optional<bool>`), in mlx-c's optional style.
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
