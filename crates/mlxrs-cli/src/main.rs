@@ -92,6 +92,15 @@ struct SamplingArgs {
   /// Stop when this string is generated (repeatable).
   #[arg(long = "stop")]
   stop: Vec<String>,
+  /// Quantize the KV cache to this many bits (2, 3, 4, 6, 8).
+  #[arg(long = "kv-bits")]
+  kv_bits: Option<i32>,
+  /// Group size for KV-cache quantization.
+  #[arg(long = "kv-group-size", default_value_t = 64)]
+  kv_group_size: i32,
+  /// Start quantizing the KV cache once it holds this many positions.
+  #[arg(long = "quantized-kv-start", default_value_t = 5000)]
+  quantized_kv_start: i32,
 }
 
 #[derive(Args)]
@@ -161,6 +170,9 @@ fn step_config(s: &SamplingArgs) -> StepConfig {
     },
     logits,
     max_kv_size: s.max_kv_size,
+    kv_bits: s.kv_bits,
+    kv_group_size: s.kv_group_size,
+    quantized_kv_start: s.quantized_kv_start,
     ..StepConfig::default()
   }
 }

@@ -24,6 +24,13 @@ pub struct StepConfig {
   pub prefill_step_size: usize,
   /// Return each step's log-probabilities `[V]`.
   pub return_logprobs: bool,
+  /// Quantize the KV cache to this many bits (`--kv-bits`).
+  pub kv_bits: Option<i32>,
+  /// Group size of the quantized KV cache (`--kv-group-size`, 64).
+  pub kv_group_size: i32,
+  /// Quantize once the cache holds this many positions
+  /// (`--quantized-kv-start`, mlx-lm's default 5000).
+  pub quantized_kv_start: i32,
 }
 
 impl Default for StepConfig {
@@ -35,6 +42,9 @@ impl Default for StepConfig {
       max_kv_size: None,
       prefill_step_size: 2048,
       return_logprobs: false,
+      kv_bits: None,
+      kv_group_size: 64,
+      quantized_kv_start: 5000,
     }
   }
 }
@@ -64,6 +74,7 @@ pub struct TokenGenerator<'m> {
   /// Prompt tokens processed.
   pub prompt_tokens: usize,
   failed: bool,
+  kv_quant: Option<(i32, i32, i32)>,
 }
 
 fn last_position(h: &Array) -> Result<Array> {
@@ -107,7 +118,13 @@ impl<'m> TokenGenerator<'m> {
       prompt_time: 0.0,
       prompt_tokens: prompt.len(),
       failed: false,
+      kv_quant: cfg.kv_bits.map(|b| (b, cfg.kv_group_size, cfg.quantized_kv_start)),
     };
+    if let Some(b) = cfg.kv_bits {
+      if ![2, 3, 4, 6, 8].contains(&b) {
+        return Err(Error::InvalidArgument(format!("kv_bits must be one of 2, 3, 4, 6, 8; got {b}")));
+      }
+    }
     let t0 = std::time::Instant::now();
     // Prefill all but the last token in chunks, evaluating the caches.
     let mut done = 0;
@@ -116,6 +133,7 @@ impl<'m> TokenGenerator<'m> {
       let chunk = &prompt[done..done + n];
       let x = Array::from_slice(chunk, &[1, n as i32])?;
       let _ = g.model.hidden(&x, &mut g.caches)?;
+      g.maybe_quantize_caches()?;
       let mut state: Vec<Array> = Vec::new();
       for c in &g.caches {
         if let Some((k, v)) = c.state()? {
@@ -138,6 +156,19 @@ impl<'m> TokenGenerator<'m> {
     Ok(g)
   }
 
+  /// mlx-lm's `maybe_quantize_kv_cache`: once a standard cache holds more
+  /// than `quantized_kv_start` positions, replace it by a quantized copy.
+  fn maybe_quantize_caches(&mut self) -> Result<()> {
+    if let Some((bits, group, start)) = self.kv_quant {
+      for c in self.caches.iter_mut() {
+        if !c.is_quantized() && c.kind() == mlxrs_nn::KvCacheKind::Standard && c.chunk_size().is_none() && c.offset > start {
+          *c = c.to_quantized(group, bits)?;
+        }
+      }
+    }
+    Ok(())
+  }
+
   fn step_tokens(&mut self, input: &[i32]) -> Result<(Array, Array)> {
     let x = Array::from_slice(input, &[1, input.len() as i32])?;
     self.step_array(&x, input)
@@ -145,6 +176,7 @@ impl<'m> TokenGenerator<'m> {
 
   fn step_array(&mut self, x: &Array, host_tokens: &[i32]) -> Result<(Array, Array)> {
     let h = self.model.hidden(x, &mut self.caches)?;
+    self.maybe_quantize_caches()?;
     let h = last_position(&h)?;
     let logits = self.model.logits(&h)?;
     let s = logits.shape();

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
   AttnMask, Embedding, GluActivation, KvCache, KvCacheKind, Linear, Module, Param, RmsNorm, Rope, SwitchGlu, Weights,
-  module, sdpa_with_cache,
+  module,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -124,8 +124,7 @@ impl Attention {
     let v = heads(self.v_proj.forward(x)?)?;
     let q = self.rope.forward(&q, cache.offset)?;
     let k = self.rope.forward(&k, cache.offset)?;
-    let (k, v) = cache.update_and_fetch(&k, &v)?;
-    let o = sdpa_with_cache(&q, &k, &v, self.scale, mask, Some(&self.sinks.value))?;
+    let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, Some(&self.sinks.value))?;
     self.o_proj.forward(&ops::reshape(&ops::swapaxes(&o, 1, 2)?, &[b, l, -1])?)
   }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
   AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
-  sdpa_with_cache, swiglu,
+  swiglu,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -106,8 +106,7 @@ impl Attention {
     let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None)?;
     let q = self.rope.forward(&q, cache.offset)?;
     let k = self.rope.forward(&k, cache.offset)?;
-    let (k, v) = cache.update_and_fetch(&k, &v)?;
-    let o = sdpa_with_cache(&q, &k, &v, self.scale, mask, None)?;
+    let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
     let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
     self.o_proj.forward(&o)
   }

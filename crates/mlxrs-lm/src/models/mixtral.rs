@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
   AttnMask, Embedding, GluActivation, KvCache, Linear, Module, RmsNorm, Rope, SwitchGlu, Weights, module,
-  sdpa_with_cache,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -109,8 +108,7 @@ impl Attention {
     let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
     let q = self.rope.forward(&q, cache.offset)?;
     let k = self.rope.forward(&k, cache.offset)?;
-    let (k, v) = cache.update_and_fetch(&k, &v)?;
-    let o = sdpa_with_cache(&q, &k, &v, self.scale, mask, None)?;
+    let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
     self.o_proj.forward(&ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?)
   }
 }
