@@ -33,6 +33,8 @@ enum Cmd {
   Chat(ChatArgs),
   /// Time prompt processing and generation (python `mlx_lm.benchmark`).
   Bench(bench::BenchArgs),
+  /// Prefill a prompt and save its KV cache (python `mlx_lm.cache_prompt`).
+  CachePrompt(CachePromptArgs),
   /// Print the MLX version and default device.
   Info,
 }
@@ -124,9 +126,60 @@ struct GenerateArgs {
   /// Print one JSON object (text, tokens, timings) instead of streaming.
   #[arg(long)]
   json: bool,
+  /// Continue from a KV cache saved by `mlxrs cache-prompt` (or mlx-lm's
+  /// `cache_prompt`): the prompt is appended after the cached context.
+  #[arg(long = "prompt-cache-file")]
+  prompt_cache_file: Option<PathBuf>,
   /// Print timing figures after the text.
   #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
   verbose: bool,
+}
+
+#[derive(Args)]
+struct CachePromptArgs {
+  #[command(flatten)]
+  model: ModelArgs,
+  /// The prompt to prefill ("-" reads stdin).
+  #[arg(long, short = 'p')]
+  prompt: String,
+  /// Encode the prompt as plain text, without the chat template.
+  #[arg(long = "ignore-chat-template")]
+  ignore_chat_template: bool,
+  /// Where to write the cache (safetensors, mlx-lm's prompt-cache layout).
+  #[arg(long = "prompt-cache-file")]
+  prompt_cache_file: PathBuf,
+  /// Rotating cache size.
+  #[arg(long = "max-kv-size")]
+  max_kv_size: Option<i32>,
+}
+
+fn cache_prompt(a: CachePromptArgs) -> Result<()> {
+  let prompt = if a.prompt == "-" {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the prompt from stdin (must be UTF-8)")?;
+    s
+  } else {
+    a.prompt.clone()
+  };
+  if prompt.is_empty() {
+    bail!("the prompt is empty");
+  }
+  let dtype = parse_dtype(&a.model.dtype)?;
+  let m = load(&a.model.model, &LoadOptions { dtype, no_tokenizer: false })?;
+  let tok = m.tokenizer.as_ref().expect("tokenizer");
+  let ids = prompt_ids(tok, &prompt, None, a.ignore_chat_template)?;
+  let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+  let mut caches = m.model.make_caches(a.max_kv_size);
+  for chunk in ids.chunks(2048) {
+    let x = mlxrs_core::Array::from_slice(chunk, &[1, chunk.len() as i32])?;
+    m.model.hidden(&x, &mut caches)?;
+  }
+  let mut meta = std::collections::HashMap::new();
+  meta.insert("model".to_string(), a.model.model.clone());
+  meta.insert("tokens".to_string(), ids.len().to_string());
+  mlxrs_nn::save_kv_caches(&a.prompt_cache_file, &caches, &meta)?;
+  println!("Saved the KV cache of {} prompt tokens to {}", ids.len(), a.prompt_cache_file.display());
+  Ok(())
 }
 
 #[derive(Args)]
@@ -212,7 +265,18 @@ fn generate(a: GenerateArgs) -> Result<()> {
   if !a.json && a.verbose {
     writeln!(out, "==========")?;
   }
-  for r in TextStream::new(&m, &ids, &opts, None)? {
+  let cache = match &a.prompt_cache_file {
+    Some(p) => {
+      let (c, _meta) = mlxrs_nn::load_kv_caches(p).with_context(|| format!("loading --prompt-cache-file {}", p.display()))?;
+      let want = m.model.make_caches(None).len();
+      if c.len() != want {
+        bail!("{}: the cache has {} layers, the model {want}", p.display(), c.len());
+      }
+      Some(c)
+    }
+    None => None,
+  };
+  for r in TextStream::new(&m, &ids, &opts, cache)? {
     let r = r?;
     if !a.json {
       write!(out, "{}", r.text)?;
@@ -323,6 +387,7 @@ fn main() {
     Cmd::Generate(a) => generate(a),
     Cmd::Chat(a) => chat(a),
     Cmd::Bench(a) => bench::run(a),
+    Cmd::CachePrompt(a) => cache_prompt(a),
     Cmd::Info => {
       let d = mlxrs_core::Device::default_device().map(|d| d.to_string()).unwrap_or_else(|e| e.to_string());
       println!("mlx {} ({}), default device {d}", mlxrs_core::version(), mlxrs_sys::MLX_LIB_DIR);

@@ -44,3 +44,31 @@ fn bad_input_fails_cleanly() {
   assert_eq!(out.status.code(), Some(1));
   assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
 }
+
+/// `cache-prompt` then `generate --prompt-cache-file` runs end to end (the
+/// numerical equivalence with an uncached prompt is tested in mlxrs-lm's
+/// tests/prompt_cache.rs), and a cache made for another model is an error.
+#[test]
+fn prompt_cache_round_trip() {
+  let f = std::env::temp_dir().join(format!("mlxrs-pc-{}.safetensors", std::process::id()));
+  let out = mlxrs()
+    .args(["cache-prompt", "--model", &tiny("llama"), "--prompt", "The quick brown fox", "--ignore-chat-template"])
+    .args(["--prompt-cache-file", f.to_str().unwrap()])
+    .output()
+    .unwrap();
+  assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+  let run = |extra: &[&str], prompt: &str| -> serde_json::Value {
+    let o = mlxrs()
+      .args(["generate", "--model", &tiny("llama"), "--prompt", prompt, "--ignore-chat-template", "-m", "8", "--json"])
+      .args(extra)
+      .output()
+      .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+  };
+  let cached = run(&["--prompt-cache-file", f.to_str().unwrap()], " jumps");
+  assert!(cached["tokens"].as_array().unwrap().len() >= 1);
+  // qwen3's KV heads have another head_dim than llama's cache: rejected.
+  let bad = mlxrs().args(["generate", "--model", &tiny("qwen3"), "--prompt", "x", "--prompt-cache-file", f.to_str().unwrap()]).output().unwrap();
+  assert_eq!(bad.status.code(), Some(1), "a cache from another model must be rejected");
+}
