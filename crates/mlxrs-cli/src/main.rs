@@ -17,6 +17,7 @@ use mlxrs_lm::{
 };
 
 mod bench;
+mod vlm;
 
 #[derive(Parser)]
 #[command(name = "mlxrs", version, about = "MLX from Rust: generate, chat, embed, bench")]
@@ -126,6 +127,9 @@ struct GenerateArgs {
   /// Print one JSON object (text, tokens, timings) instead of streaming.
   #[arg(long)]
   json: bool,
+  /// Image file(s) for a vision-language model, one per image, in prompt order.
+  #[arg(long = "image", num_args = 1..)]
+  image: Vec<PathBuf>,
   /// Continue from a KV cache saved by `mlxrs cache-prompt` (or mlx-lm's
   /// `cache_prompt`): the prompt is appended after the cached context.
   #[arg(long = "prompt-cache-file")]
@@ -254,6 +258,24 @@ fn generate(a: GenerateArgs) -> Result<()> {
     bail!("the prompt is empty");
   }
   let dtype = parse_dtype(&a.model.dtype)?;
+  if !a.image.is_empty() {
+    if a.prompt_cache_file.is_some() {
+      bail!("--prompt-cache-file cannot be combined with --image");
+    }
+    let opts = GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() };
+    let args = vlm::VlmArgs {
+      model: &a.model.model,
+      dtype,
+      images: &a.image,
+      prompt: &prompt,
+      system: a.system_prompt.as_deref(),
+      raw: a.ignore_chat_template,
+      opts,
+      json: a.json,
+      verbose: a.verbose,
+    };
+    return vlm::generate(&args, &mut std::io::stdout().lock());
+  }
   let m = load(&a.model.model, &LoadOptions { dtype, no_tokenizer: false })?;
   let tok = m.tokenizer.as_ref().expect("loaded with a tokenizer");
   let ids = prompt_ids(tok, &prompt, a.system_prompt.as_deref(), a.ignore_chat_template)?;

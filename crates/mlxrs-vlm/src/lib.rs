@@ -1,1 +1,37 @@
-//! Vision-language model pipelines.
+//! Vision-language model pipelines: python mlx-vlm in Rust.
+//!
+//! - [`image`]: decoding (png, jpeg with EXIF orientation, webp, gif) and
+//!   Pillow-exact resampling, as transformers' PIL-backed processors see
+//!   images.
+//! - [`processors`]: image processors (`preprocessor_config.json`), e.g.
+//!   Qwen2-VL's `smart_resize` + patchify.
+//! - [`models`]: vision towers and multimodal language models (Qwen2-VL,
+//!   Qwen2.5-VL).
+//! - [`VlmModel`]: `mlx_vlm.load` + prompt building + generation through
+//!   mlxrs-lm's streaming API (same sampling, caches and stop rules).
+//!
+//! ```no_run
+//! use mlxrs_vlm::{GenerateOptions, LoadOptions, load};
+//! let m = load("mlx-community/Qwen2-VL-2B-Instruct-4bit", &LoadOptions::default())?;
+//! let images = m.load_images(&["cat.jpg"])?;
+//! let input = m.prepare("Describe this image.", &images, None, false)?;
+//! for r in m.stream(&input, &GenerateOptions::default())? {
+//!   print!("{}", r?.text);
+//! }
+//! # Ok::<(), mlxrs_vlm::Error>(())
+//! ```
+
+pub mod error;
+pub mod image;
+pub mod model;
+pub mod models;
+pub mod processors;
+
+pub use error::{Error, Result};
+pub use image::{AlphaMode, Resample, RgbImage, decode_image, load_image};
+pub use mlxrs_lm::{
+  FinishReason, GenerateOptions, Output, Response, SamplerConfig, StepConfig, TextStream,
+  TokenGenerator,
+};
+pub use model::{LoadOptions, MODEL_TYPES, VlmInput, VlmModel, is_vlm_dir, load, load_dir};
+pub use processors::{PixelValues, Qwen2VlImageProcessor};

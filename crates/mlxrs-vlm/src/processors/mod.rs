@@ -1,0 +1,6 @@
+//! Image processors, one file per family, in the shape of transformers'
+//! `image_processing_<family>.py` / mlx-vlm's `processing_<family>.py`.
+
+pub mod qwen2_vl;
+
+pub use qwen2_vl::{PixelValues, Qwen2VlImageProcessor};

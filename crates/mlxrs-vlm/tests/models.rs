@@ -1,0 +1,386 @@
+//! The tiny Qwen2-VL / Qwen2.5-VL checkpoints of `models/tiny-vlm/` against
+//! mlx-vlm's references (`scripts/make_vlm_fixtures.py`): prompt ids and
+//! grids exact, last-position logits within 1e-4 (float32), 20 greedy tokens
+//! exact; plus generation through the streaming API and bad-input errors.
+
+use std::path::{Path, PathBuf};
+
+use mlxrs_vlm::{
+  GenerateOptions, LoadOptions, RgbImage, SamplerConfig, StepConfig, VlmInput, VlmModel, load_dir,
+};
+use serde_json::Value;
+
+const LOGIT_TOL: f32 = 1e-4;
+
+fn root() -> PathBuf {
+  Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
+}
+
+fn model(arch: &str) -> VlmModel {
+  load_dir(&root().join("tiny-vlm").join(arch), &LoadOptions::default()).unwrap()
+}
+
+fn reference(arch: &str) -> Value {
+  let p = root().join("tiny-vlm").join(arch).join("reference.json");
+  serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn images(m: &VlmModel, case: &Value) -> Vec<RgbImage> {
+  let files: Vec<PathBuf> = case["images"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|f| root().join("tiny-vlm/images").join(f.as_str().unwrap()))
+    .collect();
+  m.load_images(&files).unwrap()
+}
+
+fn greedy(max_tokens: usize) -> StepConfig {
+  StepConfig {
+    max_tokens,
+    sampler: SamplerConfig {
+      temp: 0.0,
+      ..SamplerConfig::default()
+    },
+    ..StepConfig::default()
+  }
+}
+
+fn check_arch(arch: &str) {
+  let m = model(arch);
+  let r = reference(arch);
+  let mut worst = 0f32;
+  for case in r["cases"].as_array().unwrap() {
+    let name = case["name"].as_str().unwrap();
+    let imgs = images(&m, case);
+    let text = m
+      .format_prompt(case["prompt"].as_str().unwrap(), imgs.len(), None)
+      .unwrap();
+    assert_eq!(
+      text,
+      case["prompt_text"].as_str().unwrap(),
+      "{arch}/{name}: prompt text"
+    );
+    let input = m
+      .prepare(case["prompt"].as_str().unwrap(), &imgs, None, false)
+      .unwrap();
+    let want_ids: Vec<u32> = case["input_ids"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|v| v.as_u64().unwrap() as u32)
+      .collect();
+    assert_eq!(input.input_ids, want_ids, "{arch}/{name}: input ids");
+    let want_grid: Vec<[u32; 3]> = case["image_grid_thw"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|g| {
+        let g: Vec<u32> = g
+          .as_array()
+          .unwrap()
+          .iter()
+          .map(|v| v.as_u64().unwrap() as u32)
+          .collect();
+        [g[0], g[1], g[2]]
+      })
+      .collect();
+    assert_eq!(
+      input.image_grid_thw(),
+      want_grid.as_slice(),
+      "{arch}/{name}: grids"
+    );
+    if let Some(pv) = &input.pixel_values {
+      let sum: f64 = pv.data.iter().map(|&v| v as f64).sum();
+      let want = case["pixel_values"]["sum"].as_f64().unwrap();
+      // mlx-vlm rescales in float32 (transformers in float64): ~1 ulp apart.
+      assert!(
+        (sum - want).abs() < 1e-6 * pv.data.len() as f64,
+        "{arch}/{name}: pixel sum {sum} vs {want}"
+      );
+    }
+    // Logits of a full forward.
+    let mut logits = m.prompt_logits(&input).unwrap();
+    let got = logits.to_vec::<f32>().unwrap();
+    let want: Vec<f32> = case["logits_last"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|v| v.as_f64().unwrap() as f32)
+      .collect();
+    assert_eq!(got.len(), want.len());
+    let d = got
+      .iter()
+      .zip(&want)
+      .map(|(a, b)| (a - b).abs())
+      .fold(0f32, f32::max);
+    worst = worst.max(d);
+    assert!(d <= LOGIT_TOL, "{arch}/{name}: max logit diff {d}");
+    // 20 greedy tokens (EOS not honoured), through the cached decode loop.
+    let want_tokens: Vec<i32> = case["greedy_tokens"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|v| v.as_i64().unwrap() as i32)
+      .collect();
+    let toks: Vec<i32> = m
+      .token_generator(&input, &greedy(want_tokens.len()))
+      .unwrap()
+      .map(|s| s.unwrap().token)
+      .collect();
+    assert_eq!(toks, want_tokens, "{arch}/{name}: greedy tokens");
+    eprintln!(
+      "{arch}/{name}: max logit diff {d:e}, {} greedy tokens exact",
+      toks.len()
+    );
+  }
+  eprintln!("{arch}: worst max logit diff {worst:e}");
+}
+
+#[test]
+fn qwen2_vl_matches_mlx_vlm() {
+  check_arch("qwen2_vl");
+}
+
+#[test]
+fn qwen2_5_vl_matches_mlx_vlm() {
+  check_arch("qwen2_5_vl");
+}
+
+#[test]
+fn qwen2_vl_4bit_matches_mlx_vlm() {
+  // mlx-vlm's converter output: 4-bit language model, float vision tower.
+  check_arch("qwen2_vl-4bit");
+}
+
+#[test]
+fn streaming_generation_uses_the_lm_pipeline() {
+  let m = model("qwen2_vl");
+  let r = reference("qwen2_vl");
+  let case = &r["cases"][0];
+  let imgs = images(&m, case);
+  let input = m
+    .prepare(case["prompt"].as_str().unwrap(), &imgs, None, false)
+    .unwrap();
+  let want: Vec<i32> = case["greedy_tokens"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|v| v.as_i64().unwrap() as i32)
+    .collect();
+  // Chunked prefill (chunks of 7 tokens cut through the image tokens).
+  let opts = GenerateOptions {
+    step: StepConfig {
+      prefill_step_size: 7,
+      ..greedy(12)
+    },
+    stop: vec![],
+  };
+  let out = m.generate(&input, &opts).unwrap();
+  let eos = m.tokenizer().eos_token_ids().to_vec();
+  let until_eos: Vec<i32> = want
+    .iter()
+    .copied()
+    .take_while(|t| !eos.contains(&(*t as u32)))
+    .take(12)
+    .collect();
+  assert_eq!(&out.tokens[..until_eos.len()], until_eos.as_slice());
+  let text: String = m
+    .stream(
+      &input,
+      &GenerateOptions {
+        step: greedy(12),
+        stop: vec![],
+      },
+    )
+    .unwrap()
+    .map(|r| r.unwrap().text)
+    .collect();
+  assert_eq!(text, out.text);
+  let decoded = m
+    .tokenizer()
+    .decode(
+      &out.tokens.iter().map(|&t| t as u32).collect::<Vec<_>>(),
+      true,
+    )
+    .unwrap();
+  assert_eq!(text, decoded);
+  // A rotating cache (max_kv_size) also works.
+  let opts = GenerateOptions {
+    step: StepConfig {
+      max_kv_size: Some(256),
+      ..greedy(5)
+    },
+    stop: vec![],
+  };
+  let o2 = m.generate(&input, &opts).unwrap();
+  assert_eq!(&o2.tokens[..], &out.tokens[..o2.tokens.len()]);
+}
+
+#[test]
+fn text_follow_up_reuses_the_image_turn_cache() {
+  // A second, text-only turn continues the first turn's caches: its
+  // positions continue at offset + rope_delta (mlx-vlm's decode rule).
+  let m = model("qwen2_vl");
+  let img = m
+    .load_images(&[root().join("tiny-vlm/images/scene_a_64x48.png")])
+    .unwrap();
+  let input = m
+    .prepare("Describe this image.", &img, None, false)
+    .unwrap();
+  let opts = GenerateOptions {
+    step: greedy(4),
+    stop: vec![],
+  };
+  let mut s = m.stream(&input, &opts).unwrap();
+  for r in &mut s {
+    r.unwrap();
+  }
+  let cache = s.into_cache();
+  let follow = m
+    .tokenizer()
+    .encode("<|im_end|>\n<|im_start|>user\nAnd now?<|im_end|>\n", false)
+    .unwrap();
+  let n: Vec<_> = mlxrs_vlm::TextStream::new(&m.lm, &follow, &opts, Some(cache))
+    .unwrap()
+    .collect();
+  assert!(!n.is_empty() && n.iter().all(|r| r.is_ok()));
+}
+
+#[test]
+fn several_images_in_chat_messages() {
+  // Explicit messages with image parts, in the same order as the reference.
+  let m = model("qwen2_vl");
+  let r = reference("qwen2_vl");
+  let case = &r["cases"][1];
+  let imgs = images(&m, case);
+  let msg = m.user_message(case["prompt"].as_str().unwrap(), 2);
+  let text = m.apply_chat_template(&[msg]).unwrap();
+  let input = m.process(&text, &imgs).unwrap();
+  let want_ids: Vec<u32> = case["input_ids"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|v| v.as_u64().unwrap() as u32)
+    .collect();
+  assert_eq!(input.input_ids, want_ids);
+}
+
+fn err<T: std::fmt::Debug>(r: mlxrs_vlm::Result<T>) -> String {
+  r.expect_err("expected an error").to_string()
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+  let m = model("qwen2_vl");
+  let img = m
+    .load_images(&[root().join("tiny-vlm/images/scene_a_64x48.png")])
+    .unwrap();
+  let two = [img[0].clone(), img[0].clone()];
+  // More images than placeholders, and the reverse.
+  let text = m.format_prompt("Describe.", 1, None).unwrap();
+  let e = err(m.process(&text, &two));
+  assert!(
+    e.contains("1 image placeholder(s)") && e.contains("2 image(s)"),
+    "{e}"
+  );
+  let text2 = m.format_prompt("Describe.", 2, None).unwrap();
+  let e = err(m.process(&text2, &img));
+  assert!(
+    e.contains("2 image placeholder(s)") && e.contains("1 image(s)"),
+    "{e}"
+  );
+  // Raw prompt without placeholders.
+  let e = err(m.prepare("no placeholder here", &img, None, true));
+  assert!(e.contains("0 image placeholder(s)"), "{e}");
+  // Image tokens without pixel values, and a hand-made input whose token
+  // count does not match its images.
+  let mut input = m.prepare("Describe.", &img, None, false).unwrap();
+  let pv = input.pixel_values.take();
+  let e = err(m.prompt_logits(&input));
+  assert!(e.contains("but no images"), "{e}");
+  input.pixel_values = pv;
+  input
+    .input_ids
+    .retain(|&t| t != m.tokenizer().token_to_id("<|image_pad|>").unwrap());
+  input
+    .input_ids
+    .push(m.tokenizer().token_to_id("<|image_pad|>").unwrap());
+  let e = err(m.prompt_logits(&input));
+  assert!(
+    e.contains("1 image token(s)") && e.contains("4 features"),
+    "{e}"
+  );
+  // Corrupt / unsupported / missing image files name the file.
+  let e = err(m.load_images(&[root().join("tiny-vlm/images/truncated.png")]));
+  assert!(e.contains("truncated.png") && e.contains("decode"), "{e}");
+  let e = err(m.load_images(&[root().join("tiny-vlm/qwen2_vl/config.json")]));
+  assert!(
+    e.contains("config.json") && e.contains("unsupported"),
+    "{e}"
+  );
+  let e = err(m.load_images(&[root().join("tiny-vlm/images/missing.png")]));
+  assert!(e.contains("missing.png"), "{e}");
+  // Aspect ratio beyond 200.
+  let wide = m
+    .load_images(&[root().join("tiny-vlm/images/too_wide_301x1.png")])
+    .unwrap();
+  let e = err(m.prepare("x", &wide, None, false));
+  assert!(e.contains("aspect ratio"), "{e}");
+  // A text-only model refuses to load as a VLM.
+  let e = err(load_dir(
+    &root().join("tiny/llama"),
+    &LoadOptions::default(),
+  ));
+  assert!(e.contains("text-only") && e.contains("llama"), "{e}");
+  assert!(!mlxrs_vlm::is_vlm_dir(root().join("tiny/llama")).unwrap());
+  assert!(mlxrs_vlm::is_vlm_dir(root().join("tiny-vlm/qwen2_vl")).unwrap());
+  // Videos are not supported: a clear error, not garbage.
+  let e = err(m.process(
+    "<|vision_start|><|video_pad|><|vision_end|>What happens?",
+    &[],
+  ));
+  assert!(e.contains("video"), "{e}");
+  // Text-only prompts still work (no images, no placeholders).
+  let t = m.prepare("Hello", &[], None, false).unwrap();
+  assert!(t.pixel_values.is_none());
+  let _ = m.prompt_logits(&t).unwrap();
+}
+
+#[test]
+fn stale_prompt_is_detected() {
+  // Driving the language model directly with other tokens while an image
+  // prompt is set gives an error instead of silently wrong positions.
+  let m = model("qwen2_vl");
+  let img = m
+    .load_images(&[root().join("tiny-vlm/images/scene_a_64x48.png")])
+    .unwrap();
+  let input = m
+    .prepare("Describe this image.", &img, None, false)
+    .unwrap();
+  let _ = m.prompt_logits(&input).unwrap();
+  let other: Vec<u32> = vec![1, 2, 3];
+  let e = mlxrs_lm::generate(
+    &m.lm,
+    &other,
+    &GenerateOptions {
+      step: greedy(2),
+      stop: vec![],
+    },
+  )
+  .unwrap_err()
+  .to_string();
+  assert!(e.contains("differ from the multimodal prompt"), "{e}");
+  m.clear_prompt();
+  let o = mlxrs_lm::generate(
+    &m.lm,
+    &other,
+    &GenerateOptions {
+      step: greedy(2),
+      stop: vec![],
+    },
+  )
+  .unwrap();
+  assert!(!o.tokens.is_empty());
+  let _: &VlmInput = &input;
+}
