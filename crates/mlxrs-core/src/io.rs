@@ -1,9 +1,11 @@
 //! Array files: safetensors (python `mx.load` / `mx.save_safetensors`, swift
-//! `loadArrays` / `save(arrays:url:)`) and `.npy` (`mx.load` / `mx.save`).
+//! `loadArrays` / `save(arrays:url:)`), GGUF (`mx.load` / `mx.save_gguf`) and
+//! `.npy` (`mx.load` / `mx.save`).
 //!
-//! Safetensors headers are validated in Rust before MLX reads the file, so a
-//! corrupt or truncated file is an [`Error::Format`] naming the problem
-//! rather than a failure deep inside lazy evaluation.
+//! Safetensors and GGUF headers are validated in Rust before MLX reads the
+//! file, so a corrupt or truncated file is an [`Error::Format`] naming the
+//! problem rather than a failure deep inside lazy evaluation (or, for GGUF,
+//! a crash inside MLX's parser, which trusts the file).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_char;
@@ -76,6 +78,10 @@ pub fn read_safetensors_header(path: impl AsRef<Path>) -> Result<SafetensorsHead
   let mut out = SafetensorsHeader::default();
   for (name, entry) in obj {
     if name == "__metadata__" {
+      // MLX writes `"__metadata__": null` when saving without metadata.
+      if entry.is_null() {
+        continue;
+      }
       let m = entry
         .as_object()
         .ok_or_else(|| fmt_err(path, "__metadata__ is not an object"))?;
@@ -249,6 +255,518 @@ pub fn save_npy(path: impl AsRef<Path>, array: &Array) -> Result<()> {
   }
   // SAFETY: live handle and path for the duration of the call.
   check(unsafe { mlxrs_sys::mlx_save(c_path.as_ptr(), array.0) }).map_err(|e| fmt_err(path, e.to_string()))
+}
+
+// ---------------------------------------------------------------- gguf
+
+/// GGUF metadata value types (the GGUF spec's `gguf_metadata_value_type`).
+const GGUF_UINT32: u32 = 4;
+const GGUF_STRING: u32 = 8;
+const GGUF_ARRAY: u32 = 9;
+const GGUF_FLOAT64: u32 = 12;
+
+/// Longest key / tensor name accepted (GGUF keys are short ASCII paths).
+const GGUF_MAX_NAME: u64 = 1 << 20;
+/// gguflib's `GGUF_TENSOR_MAX_DIM` (MLX aborts the process above it).
+const GGUF_MAX_DIM: u32 = 8;
+
+/// A GGUF metadata value, as MLX loads and saves it (python: the values of
+/// the metadata dict of `mx.load("f.gguf", return_metadata=True)`; C++
+/// `GGUFMetaData`).
+///
+/// Numbers and numeric lists are arrays (a GGUF scalar is a 0-d array, a
+/// list a 1-d one); MLX saves arrays of `float32`, `bool` and the 8- to
+/// 64-bit integer types, of at most one dimension and not empty.
+#[derive(Debug, Clone)]
+pub enum GgufMeta {
+  /// A number (0-d) or a list of numbers (1-d).
+  Array(Array),
+  /// A string (GGUF strings are bytes; invalid UTF-8 is replaced on load).
+  String(String),
+  /// A list of strings (e.g. `tokenizer.ggml.tokens`).
+  Strings(Vec<String>),
+}
+
+/// The type of one metadata value in a GGUF header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GgufValueType {
+  /// A scalar of GGUF value type `t` (`0..=7`, `10`, `11`).
+  Scalar(u32),
+  /// A string of `len` bytes.
+  String(u64),
+  /// A list of `len` values of type `elem`.
+  Array {
+    /// Element value type.
+    elem: u32,
+    /// Number of elements.
+    len: u64,
+  },
+}
+
+/// One tensor's entry in a GGUF header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufTensorInfo {
+  /// GGML tensor type id (`0` f32, `1` f16, `2` q4_0, ...).
+  pub ggml_type: u32,
+  /// Its name (`"f32"`, `"q4_0"`, ...).
+  pub type_name: &'static str,
+  /// Dimensions in MLX (row-major) order, i.e. GGUF's reversed.
+  pub shape: Vec<i32>,
+  /// Absolute byte offset of the data in the file.
+  pub offset: u64,
+  /// Bytes of data.
+  pub nbytes: u64,
+}
+
+/// A parsed and validated GGUF header.
+#[derive(Debug, Clone, Default)]
+pub struct GgufHeader {
+  /// Format version (2 or 3).
+  pub version: u32,
+  /// Data alignment (`general.alignment`, default 32).
+  pub alignment: u64,
+  /// Metadata value types by key, in file order.
+  pub metadata: Vec<(String, GgufValueType)>,
+  /// Tensors by name.
+  pub tensors: BTreeMap<String, GgufTensorInfo>,
+  /// Absolute offset of the tensor data section.
+  pub data_offset: u64,
+}
+
+/// Byte size of a fixed-size GGUF metadata value type.
+fn gguf_scalar_size(t: u32) -> Option<u64> {
+  Some(match t {
+    0 | 1 | 7 => 1,
+    2 | 3 => 2,
+    4..=6 => 4,
+    10..=12 => 8,
+    _ => return None,
+  })
+}
+
+/// `(name, items per block, bytes per block)` of the GGML tensor types MLX
+/// 0.32.4 loads: copied (f32, f16, i8, i16, i32), kept quantized (q4_0,
+/// q4_1, q8_0) or converted to float16 (bf16, q2_k, q4_k, q6_k).
+fn gguf_tensor_type(t: u32) -> Option<(&'static str, u64, u64)> {
+  Some(match t {
+    0 => ("f32", 1, 4),
+    1 => ("f16", 1, 2),
+    2 => ("q4_0", 32, 18),
+    3 => ("q4_1", 32, 20),
+    8 => ("q8_0", 32, 34),
+    10 => ("q2_k", 256, 82),
+    12 => ("q4_k", 256, 144),
+    14 => ("q6_k", 256, 210),
+    24 => ("i8", 1, 1),
+    25 => ("i16", 1, 2),
+    26 => ("i32", 1, 4),
+    30 => ("bf16", 1, 2),
+    _ => return None,
+  })
+}
+
+/// Bounds-checked little-endian reader over a file's prefix.
+struct GgufReader<'p> {
+  r: std::io::BufReader<std::fs::File>,
+  pos: u64,
+  len: u64,
+  path: &'p Path,
+}
+
+impl GgufReader<'_> {
+  fn err(&self, msg: impl Into<String>) -> Error {
+    fmt_err(self.path, format!("GGUF: {} (at byte {})", msg.into(), self.pos))
+  }
+
+  fn need(&self, n: u64, what: &str) -> Result<()> {
+    if n > self.len - self.pos {
+      return Err(self.err(format!(
+        "{what} needs {n} bytes but the file has {} left (truncated file?)",
+        self.len - self.pos
+      )));
+    }
+    Ok(())
+  }
+
+  fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>> {
+    self.need(n, what)?;
+    let mut b = vec![0u8; n as usize];
+    self.r.read_exact(&mut b).map_err(|e| io_err(self.path, e))?;
+    self.pos += n;
+    Ok(b)
+  }
+
+  fn skip(&mut self, n: u64, what: &str) -> Result<()> {
+    self.need(n, what)?;
+    // `n` fits i64: it is at most the file length.
+    self.r.seek_relative(n as i64).map_err(|e| io_err(self.path, e))?;
+    self.pos += n;
+    Ok(())
+  }
+
+  fn u32(&mut self, what: &str) -> Result<u32> {
+    let b = self.bytes(4, what)?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+  }
+
+  fn u64(&mut self, what: &str) -> Result<u64> {
+    let b = self.bytes(8, what)?;
+    Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+  }
+
+  /// A length-prefixed name (key or tensor name).
+  fn name(&mut self, what: &str) -> Result<String> {
+    let n = self.u64(what)?;
+    if n > GGUF_MAX_NAME {
+      return Err(self.err(format!("{what} is {n} bytes long (limit {GGUF_MAX_NAME})")));
+    }
+    Ok(String::from_utf8_lossy(&self.bytes(n, what)?).into_owned())
+  }
+
+  /// A string value: length checked (MLX takes it as an `int`), then skipped.
+  fn skip_string(&mut self, what: &str) -> Result<u64> {
+    let n = self.u64(what)?;
+    if n > i32::MAX as u64 {
+      return Err(self.err(format!("{what}: string of {n} bytes is longer than MLX supports")));
+    }
+    self.skip(n, what)?;
+    Ok(n)
+  }
+}
+
+/// Read and validate a GGUF file's header (metadata and tensor table) the
+/// way MLX 0.32.4's loader (gguflib) walks it, so that anything that would
+/// make it read out of bounds, divide by zero or abort is an error here:
+/// truncated entries, unknown value or tensor types, nested arrays,
+/// `float64` metadata (MLX mis-sizes it and misparses the rest of the file),
+/// zero alignment, more than 8 dimensions, dimensions over `i32::MAX`,
+/// quantized tensors whose rows are not whole blocks, duplicate tensor
+/// names, and tensor data outside the file.
+pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
+  let path = path.as_ref();
+  let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+  let len = f.metadata().map_err(|e| io_err(path, e))?.len();
+  let mut r = GgufReader { r: std::io::BufReader::new(f), pos: 0, len, path };
+  if len < 24 {
+    return Err(fmt_err(path, format!("not a GGUF file: {len} bytes, need at least 24")));
+  }
+  if r.bytes(4, "magic")? != b"GGUF" {
+    return Err(fmt_err(path, "not a GGUF file (no GGUF magic)"));
+  }
+  let version = r.u32("version")?;
+  if !(2..=3).contains(&version) {
+    return Err(r.err(format!("version {version} is not supported (only 2 and 3)")));
+  }
+  let n_tensors = r.u64("tensor count")?;
+  let n_kv = r.u64("metadata count")?;
+  let mut out = GgufHeader { version, alignment: 32, ..Default::default() };
+  for _ in 0..n_kv {
+    let key = r.name("metadata key")?;
+    let t = r.u32("metadata value type")?;
+    let what = format!("metadata {key:?}");
+    let ty = match t {
+      GGUF_FLOAT64 => {
+        return Err(r.err(format!(
+          "{what} is a float64, which MLX's GGUF loader mis-sizes (it would misparse the rest of \
+           the file)"
+        )));
+      }
+      GGUF_STRING => GgufValueType::String(r.skip_string(&what)?),
+      GGUF_ARRAY => {
+        let elem = r.u32(&what)?;
+        let n = r.u64(&what)?;
+        if n > i32::MAX as u64 {
+          return Err(r.err(format!("{what}: array of {n} elements is longer than MLX supports")));
+        }
+        match elem {
+          GGUF_FLOAT64 => {
+            return Err(r.err(format!(
+              "{what} is a float64 array, which MLX's GGUF loader mis-sizes (it would misparse \
+               the rest of the file)"
+            )));
+          }
+          GGUF_ARRAY => return Err(r.err(format!("{what}: nested arrays are not supported by MLX"))),
+          GGUF_STRING => {
+            for _ in 0..n {
+              r.skip_string(&what)?;
+            }
+          }
+          e => match gguf_scalar_size(e) {
+            Some(sz) => r.skip(n * sz, &what)?,
+            None => return Err(r.err(format!("{what}: unknown array element type {e}"))),
+          },
+        }
+        GgufValueType::Array { elem, len: n }
+      }
+      t => match gguf_scalar_size(t) {
+        Some(sz) => {
+          if key == "general.alignment" && t == GGUF_UINT32 {
+            let a = r.u32(&what)?;
+            if a == 0 {
+              return Err(r.err("general.alignment is 0"));
+            }
+            out.alignment = a as u64;
+          } else {
+            r.skip(sz, &what)?;
+          }
+          GgufValueType::Scalar(t)
+        }
+        None => return Err(r.err(format!("{what}: unknown value type {t}"))),
+      },
+    };
+    out.metadata.push((key, ty));
+  }
+  // The tensor table: (name, type, dims, relative offset) per tensor.
+  let mut table = Vec::new();
+  for _ in 0..n_tensors {
+    let name = r.name("tensor name")?;
+    let ndim = r.u32("tensor rank")?;
+    if ndim > GGUF_MAX_DIM {
+      return Err(r.err(format!("tensor {name:?} has {ndim} dimensions (at most {GGUF_MAX_DIM})")));
+    }
+    let mut dims = Vec::with_capacity(ndim as usize);
+    for _ in 0..ndim {
+      dims.push(r.u64("tensor dimension")?);
+    }
+    let t = r.u32("tensor type")?;
+    let rel = r.u64("tensor offset")?;
+    table.push((name, t, dims, rel));
+  }
+  let pad = (out.alignment - r.pos % out.alignment) % out.alignment;
+  out.data_offset = r.pos + pad;
+  for (name, t, dims, rel) in table {
+    let bad = |m: String| fmt_err(path, format!("GGUF: tensor {name:?}: {m}"));
+    let (type_name, per_block, block_bytes) = gguf_tensor_type(t)
+      .ok_or_else(|| bad(format!("tensor type {t} is not supported by MLX's GGUF loader")))?;
+    if let Some(&d) = dims.iter().find(|&&d| d > i32::MAX as u64) {
+      return Err(bad(format!("dimension {d} exceeds i32::MAX")));
+    }
+    let numel = dims
+      .iter()
+      .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+      .ok_or_else(|| bad(format!("shape {dims:?} overflows")))?;
+    // q4_0 / q4_1 / q8_0 stay quantized: rows must be whole 32-blocks.
+    if matches!(t, 2 | 3 | 8) && dims.first().is_none_or(|&d| d % 32 != 0) {
+      return Err(bad(format!("{type_name} needs a first (row) dimension that is a multiple of 32, got {dims:?}")));
+    }
+    let nbytes = numel
+      .div_ceil(per_block)
+      .checked_mul(block_bytes)
+      .ok_or_else(|| bad("size overflows".into()))?;
+    let offset = out.data_offset.checked_add(rel).filter(|o| *o <= len).ok_or_else(|| {
+      bad(format!("data offset {rel} lies past the end of the file ({len} bytes)"))
+    })?;
+    if nbytes > len - offset {
+      return Err(bad(format!(
+        "{nbytes} bytes of data at byte {offset} run past the end of the file ({len} bytes; \
+         truncated file?)"
+      )));
+    }
+    let shape = dims.iter().rev().map(|&d| d as i32).collect();
+    let info = GgufTensorInfo { ggml_type: t, type_name, shape, offset, nbytes };
+    if out.tensors.insert(name.clone(), info).is_some() {
+      return Err(fmt_err(path, format!("GGUF: duplicate tensor name {name:?}")));
+    }
+  }
+  Ok(out)
+}
+
+struct GgufMetaHandle(mlxrs_sys::mlxrs_gguf_meta);
+impl Drop for GgufMetaHandle {
+  fn drop(&mut self) {
+    // SAFETY: owned handle; NULL ctx accepted.
+    unsafe { mlxrs_sys::mlxrs_gguf_meta_free(self.0) };
+  }
+}
+
+/// Copy `len` bytes at `p` (owned by the C layer) into a `String`.
+fn c_bytes(p: *const c_char, len: usize) -> String {
+  if p.is_null() || len == 0 {
+    return String::new();
+  }
+  // SAFETY: the C layer returned `p` pointing at `len` bytes of a live
+  // std::string; they are copied out at once.
+  let b = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+  String::from_utf8_lossy(b).into_owned()
+}
+
+/// Load all tensors of a GGUF file and its metadata (python
+/// `mx.load("f.gguf", return_metadata=True)`). The header is validated
+/// first ([`read_gguf_header`]), so a corrupt or truncated file is an
+/// [`Error::Format`]. Quantized q4_0 / q4_1 / q8_0 tensors `x.weight` come
+/// back as MLX-quantized `x.weight` (uint32), `x.scales` and `x.biases`;
+/// bf16 and k-quants are converted to float16.
+///
+/// MLX's loader opens the file read-write (gguflib maps it shared), so a
+/// read-only file is an error. The file must not change between the
+/// validation and the load.
+pub fn load_gguf(path: impl AsRef<Path>) -> Result<(HashMap<String, Array>, HashMap<String, GgufMeta>)> {
+  let path = path.as_ref();
+  let header = read_gguf_header(path)?;
+  if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(path) {
+    return Err(fmt_err(
+      path,
+      format!("MLX's GGUF loader opens files read-write, and this one cannot be ({e})"),
+    ));
+  }
+  let c_path = path_cstring(path)?;
+  let mut arrays = MapArr(mlxrs_sys::mlx_map_string_to_array { ctx: std::ptr::null_mut() });
+  let mut meta = GgufMetaHandle(mlxrs_sys::mlxrs_gguf_meta { ctx: std::ptr::null_mut() });
+  // SAFETY: the out-handles are owned by the guards above; `c_path` lives
+  // across the call; the stream is NULL (default) or a live thread-local one.
+  // The file's structure was validated above.
+  check(unsafe {
+    mlxrs_sys::mlx_load_gguf(&mut arrays.0, &mut meta.0, c_path.as_ptr(), default_stream())
+  })
+  .map_err(|e| fmt_err(path, e.to_string()))?;
+  let mut out = HashMap::with_capacity(header.tensors.len());
+  // SAFETY: iterator over the live map owned by `arrays`, freed by the guard.
+  let it = unsafe { mlxrs_sys::mlx_map_string_to_array_iterator_new(arrays.0) };
+  struct It(mlxrs_sys::mlx_map_string_to_array_iterator);
+  impl Drop for It {
+    fn drop(&mut self) {
+      // SAFETY: owned iterator handle; NULL ctx accepted.
+      unsafe { mlxrs_sys::mlx_map_string_to_array_iterator_free(self.0) };
+    }
+  }
+  let it = It(it);
+  loop {
+    let mut key: *const c_char = std::ptr::null();
+    let mut a = Array::null();
+    // SAFETY: `it` iterates the live map `arrays`; `key` points into the
+    // map (copied out at once) and the value handle is owned by `a`.
+    let rc = unsafe { mlxrs_sys::mlx_map_string_to_array_iterator_next(&mut key, &mut a.0, it.0) };
+    if rc == 2 {
+      break;
+    }
+    check(rc)?;
+    out.insert(crate::array::cstr_to_string(key), a);
+  }
+  // SAFETY: query on the live handle owned by `meta`.
+  let n = unsafe { mlxrs_sys::mlxrs_gguf_meta_size(meta.0) };
+  let mut md = HashMap::with_capacity(n);
+  for i in 0..n {
+    let (mut k, mut klen) = (std::ptr::null(), 0usize);
+    let mut kind = mlxrs_sys::mlxrs_gguf_meta_kind::MLXRS_GGUF_META_NONE;
+    // SAFETY: `i < size` of the live handle; the out-pointers are locals;
+    // the key points into the map and is copied at once.
+    check(unsafe { mlxrs_sys::mlxrs_gguf_meta_get(&mut k, &mut klen, &mut kind, meta.0, i) })?;
+    let key = c_bytes(k, klen);
+    use mlxrs_sys::mlxrs_gguf_meta_kind as K;
+    let v = match kind {
+      K::MLXRS_GGUF_META_ARRAY => {
+        let mut a = Array::null();
+        // SAFETY: entry `i` holds an array; the out-handle is owned by `a`.
+        check(unsafe { mlxrs_sys::mlxrs_gguf_meta_get_array(&mut a.0, meta.0, i) })?;
+        GgufMeta::Array(a)
+      }
+      K::MLXRS_GGUF_META_STRING => {
+        let (mut p, mut l) = (std::ptr::null(), 0usize);
+        // SAFETY: entry `i` holds a string; `p` points into the map and is
+        // copied at once.
+        check(unsafe { mlxrs_sys::mlxrs_gguf_meta_get_string(&mut p, &mut l, meta.0, i) })?;
+        GgufMeta::String(c_bytes(p, l))
+      }
+      K::MLXRS_GGUF_META_STRINGS => {
+        let mut m = 0usize;
+        // SAFETY: entry `i` holds a string list; `m` is a local.
+        check(unsafe { mlxrs_sys::mlxrs_gguf_meta_get_strings_size(&mut m, meta.0, i) })?;
+        let mut v = Vec::with_capacity(m);
+        for j in 0..m {
+          let (mut p, mut l) = (std::ptr::null(), 0usize);
+          // SAFETY: `j < m`; `p` points into the map and is copied at once.
+          check(unsafe { mlxrs_sys::mlxrs_gguf_meta_get_strings_at(&mut p, &mut l, meta.0, i, j) })?;
+          v.push(c_bytes(p, l));
+        }
+        GgufMeta::Strings(v)
+      }
+      K::MLXRS_GGUF_META_NONE => continue,
+    };
+    md.insert(key, v);
+  }
+  Ok((out, md))
+}
+
+/// Save `arrays` and `metadata` as a GGUF file (python
+/// `mx.save_gguf(path, arrays, metadata)`). Evaluates the arrays. MLX
+/// writes tensors of float32, float16, int8, int16 and int32, and metadata
+/// arrays as described on [`GgufMeta`]; anything else is an error. `path`
+/// must end in `.gguf` (MLX would silently append it), and a uint32
+/// `general.alignment` must be 32 (MLX always writes 32-byte alignment).
+pub fn save_gguf(
+  path: impl AsRef<Path>,
+  arrays: &HashMap<String, Array>,
+  metadata: &HashMap<String, GgufMeta>,
+) -> Result<()> {
+  let path = path.as_ref();
+  if path.extension().is_none_or(|e| e != "gguf") {
+    return Err(Error::InvalidArgument(format!(
+      "GGUF file name must end in .gguf (MLX would append it): {}",
+      path.display()
+    )));
+  }
+  let c_path = path_cstring(path)?;
+  // SAFETY: fresh owned handles, freed by the guards.
+  let map = MapArr(unsafe { mlxrs_sys::mlx_map_string_to_array_new() });
+  // SAFETY: as above.
+  let meta = GgufMetaHandle(unsafe { mlxrs_sys::mlxrs_gguf_meta_new() });
+  if meta.0.ctx.is_null() {
+    return Err(Error::Mlx(crate::error::last_error()));
+  }
+  for (k, v) in arrays {
+    let ck = cstring(k)?;
+    if v.is_null() {
+      return Err(Error::InvalidArgument(format!("array {k:?} is an empty handle")));
+    }
+    // SAFETY: live map and array handles; the key is copied by the C layer.
+    check(unsafe { mlxrs_sys::mlx_map_string_to_array_insert(map.0, ck.as_ptr(), v.0) })?;
+  }
+  for (k, v) in metadata {
+    let ck = cstring(k)?;
+    match v {
+      GgufMeta::Array(a) => {
+        if a.is_null() {
+          return Err(Error::InvalidArgument(format!("metadata {k:?} is an empty array handle")));
+        }
+        // MLX writes 32-byte alignment whatever this says, but its loader
+        // honours a uint32 scalar `general.alignment`: the file would not load.
+        if k == "general.alignment" && a.dtype() == Dtype::Uint32 && a.ndim() == 0 {
+          let v = a.clone().item::<u32>()?;
+          if v != 32 {
+            return Err(Error::InvalidArgument(format!(
+              "general.alignment = {v}: MLX writes GGUF data 32-byte aligned"
+            )));
+          }
+        }
+        // SAFETY: live handles; the C layer copies the key and shares the array.
+        check(unsafe { mlxrs_sys::mlxrs_gguf_meta_insert_array(meta.0, ck.as_ptr(), a.0) })?;
+      }
+      GgufMeta::String(s) => {
+        // SAFETY: `s` is `len` readable bytes for the call; the C layer copies them.
+        check(unsafe {
+          mlxrs_sys::mlxrs_gguf_meta_insert_string(meta.0, ck.as_ptr(), s.as_ptr().cast(), s.len())
+        })?;
+      }
+      GgufMeta::Strings(v) => {
+        let ptrs: Vec<*const c_char> = v.iter().map(|s| s.as_ptr().cast()).collect();
+        let lens: Vec<usize> = v.iter().map(String::len).collect();
+        // SAFETY: `ptrs[i]` points at `lens[i]` readable bytes of `v[i]`, all
+        // alive across the call; the C layer copies them.
+        check(unsafe {
+          mlxrs_sys::mlxrs_gguf_meta_insert_strings(
+            meta.0,
+            ck.as_ptr(),
+            ptrs.as_ptr(),
+            lens.as_ptr(),
+            v.len(),
+          )
+        })?;
+      }
+    }
+  }
+  // SAFETY: live handles and path for the duration of the call.
+  check(unsafe { mlxrs_sys::mlx_save_gguf(c_path.as_ptr(), map.0, meta.0) })
+    .map_err(|e| fmt_err(path, e.to_string()))
 }
 
 #[cfg(test)]

@@ -12,11 +12,15 @@
 //! `&[Array]` / `Vec<Array>` for lists, tuples for pairs. `docs/coverage.md`
 //! lists what is (not) bound.
 //!
+//! [`einsum`] and [`einsum_path`] are hand-written (`mlx/einsum.h`).
+//!
 //! [`ergonomic`] adds operators (`&a + &b`) and [`Array`](crate::Array)
 //! methods for the most common ops.
 
+mod einsum;
 pub mod ergonomic;
 #[rustfmt::skip]
 mod generated;
 
+pub use einsum::{einsum, einsum_path};
 pub use generated::*;
