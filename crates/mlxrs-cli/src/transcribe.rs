@@ -118,7 +118,8 @@ pub fn render(t: &Transcription, format: &str) -> Result<String> {
       }
     }
     "json" => {
-      let v = serde_json::json!({ "text": t.text(), "segments": t.segments, "language": t.language });
+      let v =
+        serde_json::json!({ "text": t.text(), "segments": t.segments, "language": t.language });
       out.push_str(&serde_json::to_string(&v)?);
       out.push('\n');
     }
@@ -149,17 +150,26 @@ fn options(a: &TranscribeArgs) -> Result<TranscribeOptions> {
 }
 
 fn print_segment(s: &Segment) {
-  eprintln!("[{} --> {}] {}", timestamp(s.start, false, '.'), timestamp(s.end, false, '.'), s.text.trim());
+  eprintln!(
+    "[{} --> {}] {}",
+    timestamp(s.start, false, '.'),
+    timestamp(s.end, false, '.'),
+    s.text.trim()
+  );
 }
 
 /// Run `mlxrs transcribe`.
 pub fn run(args: TranscribeArgs) -> Result<()> {
   if !["txt", "json", "srt", "vtt"].contains(&args.output_format.as_str()) {
-    bail!("--output-format {:?}: expected txt, json, srt or vtt", args.output_format);
+    bail!(
+      "--output-format {:?}: expected txt, json, srt or vtt",
+      args.output_format
+    );
   }
   let opts = options(&args)?;
   let t0 = Instant::now();
-  let model = Whisper::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
+  let model =
+    Whisper::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
   let load_s = t0.elapsed().as_secs_f64();
   if let Some(d) = &args.output_dir {
     std::fs::create_dir_all(d).with_context(|| format!("creating --output-dir {}", d.display()))?;
@@ -196,10 +206,19 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     let text = render(&t, &args.output_format)?;
     match &args.output_dir {
       Some(d) => {
-        let stem = file.file_stem().map(Path::new).unwrap_or(Path::new("audio"));
+        let stem = file
+          .file_stem()
+          .map(Path::new)
+          .unwrap_or(Path::new("audio"));
         let out = d.join(stem).with_extension(&args.output_format);
         std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("{} -> {} ({:.2} s, real-time factor {:.3})", file.display(), out.display(), secs, secs / t.duration.max(1e-9));
+        eprintln!(
+          "{} -> {} ({:.2} s, real-time factor {:.3})",
+          file.display(),
+          out.display(),
+          secs,
+          secs / t.duration.max(1e-9)
+        );
       }
       None => {
         if args.files.len() > 1 && args.output_format == "txt" {

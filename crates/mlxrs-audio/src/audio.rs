@@ -1,0 +1,337 @@
+//! Audio in: decode wav (8/16/24/32-bit integer, 32/64-bit float), flac,
+//! mp3 and ogg/vorbis with symphonia, mix to mono, resample to 16 kHz.
+//!
+//! Python: `faster_whisper.decode_audio(path, sampling_rate=16000)` /
+//! `whisper.load_audio(path)` (both decode through ffmpeg).
+
+use std::io::Cursor;
+use std::path::Path;
+
+use symphonia::core::audio::SampleBuffer;
+use symphonia::core::codecs::{CODEC_TYPE_NULL, DecoderOptions};
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::FormatOptions;
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+use symphonia::core::probe::Hint;
+
+use crate::error::{Error, Result, io_err};
+
+/// The sample rate Whisper consumes (python `whisper.audio.SAMPLE_RATE`).
+pub const SAMPLE_RATE: u32 = 16_000;
+
+/// Decoded audio: mono `f32` samples in `[-1, 1]` at `sample_rate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audio {
+  /// Mono samples.
+  pub samples: Vec<f32>,
+  /// Samples per second.
+  pub sample_rate: u32,
+  /// Channels in the source before the mono mix.
+  pub source_channels: usize,
+  /// Sample rate of the source before resampling.
+  pub source_sample_rate: u32,
+}
+
+impl Audio {
+  /// Mono 16 kHz samples, as Whisper takes them.
+  pub fn from_samples_16k(samples: Vec<f32>) -> Audio {
+    Audio {
+      samples,
+      sample_rate: SAMPLE_RATE,
+      source_channels: 1,
+      source_sample_rate: SAMPLE_RATE,
+    }
+  }
+
+  /// Duration in seconds.
+  pub fn duration(&self) -> f64 {
+    if self.sample_rate == 0 {
+      0.0
+    } else {
+      self.samples.len() as f64 / f64::from(self.sample_rate)
+    }
+  }
+}
+
+/// Read an audio file, mix it to mono and resample it to 16 kHz (python
+/// `faster_whisper.decode_audio(path)`).
+pub fn load_audio(path: impl AsRef<Path>) -> Result<Audio> {
+  let path = path.as_ref();
+  let bytes = std::fs::read(path).map_err(io_err(path))?;
+  let ext = path
+    .extension()
+    .and_then(|e| e.to_str())
+    .map(str::to_ascii_lowercase);
+  let a = decode_audio_bytes(&bytes, ext.as_deref()).map_err(|e| match e {
+    Error::Audio(m) => Error::Audio(format!("{}: {m}", path.display())),
+    other => other,
+  })?;
+  to_whisper_rate(a)
+}
+
+/// Resample decoded audio to 16 kHz mono (no-op when it already is).
+pub fn to_whisper_rate(a: Audio) -> Result<Audio> {
+  if a.sample_rate == SAMPLE_RATE {
+    return Ok(a);
+  }
+  let samples = resample(&a.samples, a.sample_rate, SAMPLE_RATE)?;
+  Ok(Audio {
+    samples,
+    sample_rate: SAMPLE_RATE,
+    ..a
+  })
+}
+
+/// Decode an in-memory audio file (any supported container) to mono `f32`
+/// at its own sample rate. `ext` is an optional extension hint (`"wav"`).
+pub fn decode_audio_bytes(bytes: &[u8], ext: Option<&str>) -> Result<Audio> {
+  if bytes.is_empty() {
+    return Err(Error::Audio("empty file (0 bytes)".into()));
+  }
+  let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), Default::default());
+  let mut hint = Hint::new();
+  if let Some(e) = ext {
+    hint.with_extension(e);
+  }
+  let probed = symphonia::default::get_probe()
+    .format(
+      &hint,
+      mss,
+      &FormatOptions {
+        enable_gapless: true,
+        ..Default::default()
+      },
+      &MetadataOptions::default(),
+    )
+    .map_err(|e| match (e, sniff(bytes)) {
+      (_, Some(kind)) if bytes.len() < 64 => {
+        Error::Audio(format!("truncated {kind} file: the header ends early"))
+      }
+      (SymError::Unsupported(_), Some(kind)) => Error::Audio(format!(
+        "malformed or unsupported {kind} file (the header could not be read)"
+      )),
+      (SymError::Unsupported(_), None) => {
+        Error::Audio("not a recognized audio file (supported: wav, flac, mp3, ogg/vorbis)".into())
+      }
+      (SymError::IoError(ref io), _) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+        Error::Audio("truncated audio file: the header ends early".into())
+      }
+      (other, _) => Error::Audio(format!("malformed audio header: {other}")),
+    })?;
+  let mut format = probed.format;
+  let track = format
+    .tracks()
+    .iter()
+    .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+    .ok_or_else(|| Error::Audio("no audio track in the file".into()))?;
+  let track_id = track.id;
+  let params = track.codec_params.clone();
+  let sample_rate = params
+    .sample_rate
+    .ok_or_else(|| Error::Audio("the audio track has no sample rate".into()))?;
+  if sample_rate == 0 {
+    return Err(Error::Audio(
+      "the audio track has a sample rate of 0".into(),
+    ));
+  }
+  let mut decoder = symphonia::default::get_codecs()
+    .make(&params, &DecoderOptions::default())
+    .map_err(|e| match e {
+      SymError::Unsupported(m) => Error::Audio(format!("unsupported audio codec ({m})")),
+      other => Error::Audio(format!("cannot decode the audio track: {other}")),
+    })?;
+  let mut channels = params.channels.map(|c| c.count()).unwrap_or(0);
+  let mut mono: Vec<f32> = Vec::new();
+  let mut buf: Option<SampleBuffer<f32>> = None;
+  let mut decode_errors = 0usize;
+  let mut last_err = String::new();
+  loop {
+    let packet = match format.next_packet() {
+      Ok(p) => p,
+      Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+      Err(SymError::ResetRequired) => break,
+      Err(e) => {
+        if mono.is_empty() {
+          return Err(Error::Audio(format!("cannot read the audio stream: {e}")));
+        }
+        break;
+      }
+    };
+    if packet.track_id() != track_id {
+      continue;
+    }
+    let decoded = match decoder.decode(&packet) {
+      Ok(d) => d,
+      Err(SymError::DecodeError(m)) => {
+        // A corrupt packet: skip it, as ffmpeg does.
+        decode_errors += 1;
+        last_err = m.to_string();
+        continue;
+      }
+      Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+      Err(SymError::Unsupported(m)) => {
+        return Err(Error::Audio(format!(
+          "unsupported audio codec feature ({m})"
+        )));
+      }
+      Err(e) => return Err(Error::Audio(format!("cannot decode the audio: {e}"))),
+    };
+    let spec = *decoded.spec();
+    let n = decoded.frames();
+    if n == 0 {
+      continue;
+    }
+    let ch = spec.channels.count().max(1);
+    channels = ch;
+    let sb = match &mut buf {
+      Some(b) if b.capacity() >= n * ch => b,
+      _ => {
+        buf = Some(SampleBuffer::<f32>::new(decoded.capacity() as u64, spec));
+        buf.as_mut().expect("just set")
+      }
+    };
+    sb.copy_interleaved_ref(decoded);
+    mix_into(&mut mono, sb.samples(), ch);
+  }
+  if mono.is_empty() {
+    if decode_errors > 0 {
+      return Err(Error::Audio(format!(
+        "no packet could be decoded ({decode_errors} errors, last: {last_err})"
+      )));
+    }
+    return Err(Error::Audio("the file holds no audio samples".into()));
+  }
+  Ok(Audio {
+    samples: mono,
+    sample_rate,
+    source_channels: channels.max(1),
+    source_sample_rate: sample_rate,
+  })
+}
+
+/// The container a file's magic bytes announce, if any.
+fn sniff(b: &[u8]) -> Option<&'static str> {
+  if b.len() >= 4 && (&b[..4] == b"RIFF" || &b[..4] == b"RIFX" || &b[..4] == b"RF64") {
+    Some("wav")
+  } else if b.starts_with(b"fLaC") {
+    Some("flac")
+  } else if b.starts_with(b"OggS") {
+    Some("ogg")
+  } else if b.starts_with(b"ID3") || (b.len() >= 2 && b[0] == 0xFF && b[1] & 0xE0 == 0xE0) {
+    Some("mp3")
+  } else {
+    None
+  }
+}
+
+/// Append the mono mix (channel mean) of interleaved `frames` to `out`.
+fn mix_into(out: &mut Vec<f32>, interleaved: &[f32], channels: usize) {
+  if channels <= 1 {
+    out.extend_from_slice(interleaved);
+    return;
+  }
+  let inv = 1.0 / channels as f32;
+  out.extend(
+    interleaved
+      .chunks_exact(channels)
+      .map(|f| f.iter().sum::<f32>() * inv),
+  );
+}
+
+/// Mix interleaved samples of `channels` channels to mono (the channel mean,
+/// ffmpeg's default downmix for `-ac 1`).
+pub fn to_mono(interleaved: &[f32], channels: usize) -> Result<Vec<f32>> {
+  if channels == 0 {
+    return Err(Error::InvalidArgument("to_mono: 0 channels".into()));
+  }
+  if interleaved.len() % channels != 0 {
+    return Err(Error::InvalidArgument(format!(
+      "to_mono: {} samples is not a whole number of {channels}-channel frames",
+      interleaved.len()
+    )));
+  }
+  let mut out = Vec::with_capacity(interleaved.len() / channels);
+  mix_into(&mut out, interleaved, channels);
+  Ok(out)
+}
+
+/// Resample mono `samples` from `from` Hz to `to` Hz with rubato's FFT
+/// resampler (band-limited, anti-aliased). The output has
+/// `round(len * to / from)` samples, aligned with the input (the filter
+/// delay is removed).
+pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
+  use rubato::{FftFixedIn, Resampler};
+  if from == 0 || to == 0 {
+    return Err(Error::InvalidArgument(format!(
+      "resample: sample rates must be > 0 (got {from} -> {to})"
+    )));
+  }
+  if from == to || samples.is_empty() {
+    return Ok(samples.to_vec());
+  }
+  let new_len =
+    ((samples.len() as u128 * u128::from(to) + u128::from(from) / 2) / u128::from(from)) as usize;
+  let chunk = 1024;
+  let mut rs = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 2, 1)
+    .map_err(|e| Error::InvalidArgument(format!("resample {from} -> {to} Hz: {e}")))?;
+  let delay = rs.output_delay();
+  let mut out: Vec<f32> = Vec::with_capacity(new_len + delay + chunk);
+  let mut pos = 0;
+  let err = |e: rubato::ResampleError| Error::Audio(format!("resampling failed: {e}"));
+  while samples.len() - pos >= rs.input_frames_next() {
+    let n = rs.input_frames_next();
+    let o = rs.process(&[&samples[pos..pos + n]], None).map_err(err)?;
+    out.extend_from_slice(&o[0]);
+    pos += n;
+  }
+  if pos < samples.len() {
+    let o = rs
+      .process_partial(Some(&[&samples[pos..]]), None)
+      .map_err(err)?;
+    out.extend_from_slice(&o[0]);
+  }
+  let mut guard = 0;
+  while out.len() < new_len + delay && guard < 64 {
+    let o = rs.process_partial::<&[f32]>(None, None).map_err(err)?;
+    out.extend_from_slice(&o[0]);
+    guard += 1;
+  }
+  let end = (delay + new_len).min(out.len());
+  let mut v = out[delay.min(end)..end].to_vec();
+  v.resize(new_len, 0.0);
+  Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn mono_mix_and_bad_input() {
+    assert_eq!(to_mono(&[1.0, 0.0, 0.5, 0.5], 2).unwrap(), vec![0.5, 0.5]);
+    assert!(to_mono(&[1.0, 0.0, 0.5], 2).is_err());
+    assert!(to_mono(&[1.0], 0).is_err());
+    assert!(matches!(decode_audio_bytes(&[], None), Err(Error::Audio(m)) if m.contains("empty")));
+    assert!(
+      matches!(decode_audio_bytes(b"hello, not audio at all, just text", None), Err(Error::Audio(m)) if m.contains("not a recognized"))
+    );
+    assert!(resample(&[0.0; 10], 0, 16000).is_err());
+  }
+
+  #[test]
+  fn resample_keeps_a_tone() {
+    let sr = 44_100u32;
+    let x: Vec<f32> = (0..sr as usize)
+      .map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / sr as f32).sin() * 0.5)
+      .collect();
+    let y = resample(&x, sr, 16_000).unwrap();
+    assert_eq!(y.len(), 16_000);
+    let mut max_err = 0f32;
+    for (i, v) in y.iter().enumerate().skip(200).take(15_600) {
+      let want = (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16_000.0).sin() * 0.5;
+      max_err = max_err.max((v - want).abs());
+    }
+    assert!(max_err < 1e-2, "max error {max_err}");
+  }
+}
