@@ -36,7 +36,21 @@ What it writes (schema details in ``models/tiny-vlm/README.md``):
    logits of a full forward (``model(input_ids, pixel_values, cache=...)``)
    and 20 greedy tokens from ``mlx_vlm.generate.generate_step`` (argmax,
    EOS not honoured).
-5. ``qwen2_vl-4bit/``: ``mlx_vlm.convert(quantize=True, q_group_size=32,
+5. ``llava/``: a tiny LLaVA-1.5-layout checkpoint (CLIP tower, projector,
+   llama LM; mlx-vlm's ``llava.Model``), the tokenizer above plus
+   ``<image>``, transformers ``CLIPImageProcessor`` settings (shortest edge
+   56, center crop 56), its ``reference.json`` and
+   ``pixel_values.safetensors`` (mlx-vlm's pixel values per case, asserted
+   equal to the transformers processor's). ``--only llava`` remakes just it.
+6. ``paligemma/``: a tiny PaliGemma (SigLIP, linear projector, Gemma;
+   mlx-vlm's ``paligemma.Model``), one image per case (mlx-vlm takes no
+   more); reference logits through mlx-vlm's generation path (merged
+   embeddings, language model without a mask). ``--only paligemma``.
+7. ``gemma3/``: a tiny Gemma 3 (SigLIP, avg-pool projector, Gemma 3 text
+   with a sliding-window layer; mlx-vlm's ``gemma3.Model``) with a
+   Gemma-3-style chat template; reference logits through mlx-vlm's
+   generation path (causal). ``--only gemma3``.
+8. ``qwen2_vl-4bit/``: ``mlx_vlm.convert(quantize=True, q_group_size=32,
    q_bits=4)`` of ``qwen2_vl/`` (language model 4-bit, vision tower float as
    mlx-vlm leaves it), with its own ``reference.json``.
 
@@ -127,7 +141,7 @@ QWEN2_VL_TEMPLATE = (
 )
 
 
-def build_tokenizer() -> Tokenizer:
+def build_tokenizer(extra=()) -> Tokenizer:
     tok = Tokenizer(models.BPE(byte_fallback=False, fuse_unk=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -149,10 +163,10 @@ def build_tokenizer() -> Tokenizer:
     tok.add_special_tokens(
         [
             AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False)
-            for t in SPECIAL_TOKENS
+            for t in list(SPECIAL_TOKENS) + list(extra)
         ]
     )
-    assert tok.get_vocab_size() == VOCAB_SIZE
+    assert tok.get_vocab_size() == VOCAB_SIZE + len(extra)
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     return tok
 
@@ -583,7 +597,7 @@ MODEL_CASES = [
 ]
 
 
-def model_reference(out: Path, arch: str, check_only=False) -> dict:
+def model_reference(out: Path, arch: str, check_only=False, model_cases=None, pixel_file=None) -> dict:
     from mlx_vlm.generate.ar import generate_step
     from mlx_vlm.models import cache as vcache
     from mlx_vlm.prompt_utils import apply_chat_template
@@ -591,11 +605,18 @@ def model_reference(out: Path, arch: str, check_only=False) -> dict:
 
     folder = out / arch
     model, processor = load(str(folder))
+    if arch == "llava":
+        # mlx-vlm 0.7.10's LlavaProcessor forwards the tokenizer kwargs
+        # (padding, add_special_tokens) to the image processor, which
+        # transformers 5 refuses: call it with the image kwargs only.
+        ip = processor.image_processor
+        ip.preprocess = lambda images, *a, **kw: type(ip).preprocess(ip, images, return_tensors="np")
     config = json.loads((folder / "config.json").read_text())
     cases = []
     min_margin = 1e9
     distinct = 1e9
-    for name, prompt, files in MODEL_CASES:
+    pixel_tensors = {}
+    for name, prompt, files in model_cases or MODEL_CASES:
         images = [str(out / "images" / f) for f in files]
         text = apply_chat_template(processor, config, prompt, num_images=len(images))
         inputs = prepare_inputs(processor, images=images or None, prompts=[text], add_special_tokens=False)
@@ -606,10 +627,20 @@ def model_reference(out: Path, arch: str, check_only=False) -> dict:
         # A text-only call does not reset the M-RoPE state a previous image
         # prompt left in mlx-vlm's language model (`_position_ids`,
         # `_rope_deltas`), so reset it as a fresh load would have it.
-        model.language_model._position_ids = None
-        model.language_model._rope_deltas = None
+        if hasattr(model.language_model, "_rope_deltas"):
+            model.language_model._position_ids = None
+            model.language_model._rope_deltas = None
         cache = vcache.make_prompt_cache(model.language_model)
-        out_ = model(input_ids, pixel_values, cache=cache, **extra)
+        if arch == "llava":  # its __call__ takes the mask positionally
+            out_ = model(input_ids, pixel_values, None, cache=cache)
+        elif arch in ("paligemma", "gemma3"):
+            # What generate_step runs: the merged embeddings through the
+            # language model without a mask (PaliGemma's prompt attends
+            # bidirectionally, use_bidirectional_attention defaults to True).
+            emb = model.get_input_embeddings(input_ids, pixel_values, mask=inputs["attention_mask"])
+            out_ = model.language_model(input_ids, inputs_embeds=emb.inputs_embeds, cache=cache)
+        else:
+            out_ = model(input_ids, pixel_values, cache=cache, **extra)
         logits = out_.logits if hasattr(out_, "logits") else out_
         last = np.array(logits[0, -1].astype(mx.float32))
         tokens = []
@@ -632,6 +663,13 @@ def model_reference(out: Path, arch: str, check_only=False) -> dict:
         if pixel_values is not None:
             pv = np.array(pixel_values.astype(mx.float32))
             pv_info = {"shape": list(pv.shape), "sum": float(pv.astype(np.float64).sum())}
+            if pixel_file is not None:
+                # transformers' image processor (what mlx-vlm's processor wraps)
+                proc_pv = processor.image_processor(
+                    [Image.open(p).convert("RGB") for p in images], return_tensors="np"
+                )["pixel_values"]
+                assert np.abs(proc_pv - pv).max() == 0, name
+                pixel_tensors[name] = np.ascontiguousarray(pv)
         cases.append(
             {
                 "name": name,
@@ -646,17 +684,431 @@ def model_reference(out: Path, arch: str, check_only=False) -> dict:
                 "min_greedy_margin": min(margins),
             }
         )
+    if pixel_file is not None:
+        from safetensors.numpy import save_file
+
+        save_file(pixel_tensors, str(pixel_file))
     return {"cases": cases, "min_margin": min_margin, "min_distinct": distinct}
+
+
+
+# --------------------------------------------------------------------------
+# LLaVA (llava-1.5 layout: CLIP vision tower, 2-layer projector, llama LM)
+# --------------------------------------------------------------------------
+
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}\n"
+    "{% else %}{{ message['role'] | upper }}: {% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+LLAVA_IMAGE = 56  # CLIP image_size: 4x4 patches of 14 -> 16 image tokens
+LLAVA_PREPROCESSOR = {
+    "crop_size": {"height": LLAVA_IMAGE, "width": LLAVA_IMAGE},
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_processor_type": "CLIPImageProcessor",
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "processor_class": "LlavaProcessor",
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"shortest_edge": LLAVA_IMAGE},
+}
+LLAVA_SALT = 4
+
+
+def llava_config(ids: dict) -> dict:
+    return {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "image_token_index": ids["<image>"],
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "projector_hidden_act": "gelu",
+        "vocab_size": VOCAB_SIZE + 1,
+        "eos_token_id": ids["<|im_end|>"],
+        "text_config": {
+            "model_type": "llama",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5,
+            "vocab_size": VOCAB_SIZE + 1,
+            "max_position_embeddings": 4096,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": False,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "num_hidden_layers": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "image_size": LLAVA_IMAGE,
+            "patch_size": 14,
+            "projection_dim": 32,
+            "num_channels": 3,
+            "layer_norm_eps": 1e-5,
+        },
+    }
+
+
+def make_llava(out: Path, search_salt=False) -> dict:
+    salt = LLAVA_SALT
+    while True:
+        ref = make_llava_once(out, salt)
+        ok = ref["min_margin"] >= 0.03 and ref["min_distinct"] >= 5
+        print(f"llava salt {salt}: min margin {ref['min_margin']:.4f}, min distinct {ref['min_distinct']}", file=sys.stderr)
+        if ok or not search_salt:
+            break
+        salt += 1
+    return ref
+
+
+def make_llava_once(out: Path, salt: int) -> dict:
+    from mlx_vlm.utils import get_model_and_args, save_config, save_weights, update_module_configs
+
+    tok = build_tokenizer(extra=["<image>"])
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS + ["<image>"]}
+    folder = out / "llava"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    config = llava_config(ids)
+    model_class, _ = get_model_and_args(config=json.loads(json.dumps(config)))
+    cfg = json.loads(json.dumps(config))
+    model_config = model_class.ModelConfig.from_dict(cfg)
+    model_config = update_module_configs(model_config, model_class, cfg, ["text", "vision"])
+    model = model_class.Model(model_config)
+    init_params(model, "llava", salt, False)
+    save_weights(folder, model)
+    save_config(json.loads(json.dumps(config)), folder / "config.json")
+    (folder / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
+    specials = SPECIAL_TOKENS + ["<image>"]
+    write_json(
+        folder / "tokenizer_config.json",
+        {
+            "added_tokens_decoder": {str(ids[t]): added_token_entry(t) for t in specials},
+            "bos_token": None,
+            "chat_template": LLAVA_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<|im_end|>",
+            "model_max_length": 4096,
+            "pad_token": "<|endoftext|>",
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "unk_token": None,
+        },
+    )
+    write_json(folder / "chat_template.json", {"chat_template": LLAVA_TEMPLATE})
+    write_json(folder / "preprocessor_config.json", LLAVA_PREPROCESSOR)
+    write_json(
+        folder / "processor_config.json",
+        {
+            "image_token": "<image>",
+            "num_additional_image_tokens": 1,
+            "patch_size": 14,
+            "processor_class": "LlavaProcessor",
+            "vision_feature_select_strategy": "default",
+        },
+    )
+    write_json(folder / "generation_config.json", {"eos_token_id": ids["<|im_end|>"]})
+    ref = model_reference(out, "llava", pixel_file=folder / "pixel_values.safetensors")
+    (folder / "pixel_values.safetensors").chmod(0o644)
+    ref["salt"] = salt
+    ref["versions"] = {"mlx": mx.__version__, "mlx_vlm": mlx_vlm.__version__, "transformers": transformers.__version__}
+    write_json(folder / "reference.json", ref, indent=1)
+    return ref
+
+
+# --------------------------------------------------------------------------
+# PaliGemma (SigLIP vision tower, linear projector, Gemma LM)
+# --------------------------------------------------------------------------
+
+PALI_IMAGE = 56  # SigLIP image_size: 4x4 patches of 14 -> 16 image tokens
+PALI_EXTRA = ["<image>", "<bos>", "<eos>"]
+PALI_PREPROCESSOR = {
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_processor_type": "SiglipImageProcessor",
+    "image_seq_length": 16,
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "PaliGemmaProcessor",
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"height": PALI_IMAGE, "width": PALI_IMAGE},
+}
+PALI_SALT = 1
+# mlx-vlm's PaliGemma takes exactly one image per prompt (its vision tower
+# keeps the first image of a batch) and its processor refuses text only.
+PALI_CASES = [
+    ("image", "Describe this image.", ["scene_a_64x48.png"]),
+    ("image_tall", "What is in this picture?", ["scene_c_84x140.png"]),
+]
+
+
+def paligemma_config(ids: dict) -> dict:
+    vocab = VOCAB_SIZE + len(PALI_EXTRA)
+    return {
+        "architectures": ["PaliGemmaForConditionalGeneration"],
+        "model_type": "paligemma",
+        "bos_token_id": ids["<bos>"],
+        "eos_token_id": ids["<eos>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "image_token_index": ids["<image>"],
+        "hidden_size": 64,
+        "projection_dim": 64,
+        "vocab_size": vocab,
+        "text_config": {
+            "model_type": "gemma",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "vocab_size": vocab,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 4096,
+        },
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "num_hidden_layers": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "patch_size": 14,
+            "image_size": PALI_IMAGE,
+            "projection_dim": 64,
+            "num_channels": 3,
+            "layer_norm_eps": 1e-6,
+        },
+    }
+
+
+def make_paligemma(out: Path, search_salt=False) -> dict:
+    salt = PALI_SALT
+    while True:
+        ref = make_paligemma_once(out, salt)
+        ok = ref["min_margin"] >= 0.03 and ref["min_distinct"] >= 5
+        print(f"paligemma salt {salt}: min margin {ref['min_margin']:.4f}, min distinct {ref['min_distinct']}", file=sys.stderr)
+        if ok or not search_salt:
+            break
+        salt += 1
+    return ref
+
+
+def make_paligemma_once(out: Path, salt: int) -> dict:
+    from mlx_vlm.utils import get_model_and_args, save_config, save_weights, update_module_configs
+
+    tok = build_tokenizer(extra=PALI_EXTRA)
+    specials = SPECIAL_TOKENS + PALI_EXTRA
+    ids = {t: tok.token_to_id(t) for t in specials}
+    folder = out / "paligemma"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    config = paligemma_config(ids)
+    model_class, _ = get_model_and_args(config=json.loads(json.dumps(config)))
+    cfg = json.loads(json.dumps(config))
+    model_config = model_class.ModelConfig.from_dict(cfg)
+    model = model_class.Model(model_config)
+    init_params(model, "paligemma", salt, True)
+    save_weights(folder, model)
+    save_config(json.loads(json.dumps(config)), folder / "config.json")
+    (folder / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
+    write_json(
+        folder / "tokenizer_config.json",
+        {
+            "added_tokens_decoder": {str(ids[t]): added_token_entry(t) for t in specials},
+            "bos_token": "<bos>",
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<eos>",
+            "model_max_length": 4096,
+            "pad_token": "<|endoftext|>",
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "unk_token": None,
+        },
+    )
+    write_json(folder / "preprocessor_config.json", PALI_PREPROCESSOR)
+    write_json(folder / "processor_config.json", {"image_seq_length": 16, "processor_class": "PaliGemmaProcessor"})
+    write_json(folder / "generation_config.json", {"bos_token_id": ids["<bos>"], "eos_token_id": ids["<eos>"]})
+    ref = model_reference(out, "paligemma", model_cases=PALI_CASES, pixel_file=folder / "pixel_values.safetensors")
+    (folder / "pixel_values.safetensors").chmod(0o644)
+    ref["salt"] = salt
+    ref["versions"] = {"mlx": mx.__version__, "mlx_vlm": mlx_vlm.__version__, "transformers": transformers.__version__}
+    write_json(folder / "reference.json", ref, indent=1)
+    return ref
+
+
+# --------------------------------------------------------------------------
+# Gemma 3 (SigLIP vision tower, avg-pool + RMSNorm projector, Gemma 3 text)
+# --------------------------------------------------------------------------
+
+G3_IMAGE = 56  # 4x4 patches of 14, pooled 2x2 -> 4 image tokens
+G3_EXTRA = ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+G3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+G3_PREPROCESSOR = {
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_pan_and_scan": False,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_processor_type": "Gemma3ImageProcessor",
+    "image_seq_length": 4,
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "Gemma3Processor",
+    "resample": 2,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"height": G3_IMAGE, "width": G3_IMAGE},
+}
+G3_SALT = 1
+
+
+def gemma3_config(ids: dict) -> dict:
+    vocab = VOCAB_SIZE + len(G3_EXTRA)
+    return {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "boi_token_index": ids["<start_of_image>"],
+        "eoi_token_index": ids["<end_of_image>"],
+        "image_token_index": ids["<image_soft_token>"],
+        "bos_token_id": ids["<bos>"],
+        "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]],
+        "pad_token_id": ids["<|endoftext|>"],
+        "mm_tokens_per_image": 4,
+        "text_config": {
+            "model_type": "gemma3_text",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "vocab_size": vocab,
+            "rms_norm_eps": 1e-6,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 8,
+            "sliding_window_pattern": 2,
+            "rope_global_base_freq": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+            "mm_tokens_per_image": 4,
+            "max_position_embeddings": 4096,
+        },
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "num_hidden_layers": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "patch_size": 14,
+            "image_size": G3_IMAGE,
+            "num_channels": 3,
+            "layer_norm_eps": 1e-6,
+        },
+    }
+
+
+def make_gemma3(out: Path, search_salt=False) -> dict:
+    salt = G3_SALT
+    while True:
+        ref = make_gemma3_once(out, salt)
+        ok = ref["min_margin"] >= 0.03 and ref["min_distinct"] >= 5
+        print(f"gemma3 salt {salt}: min margin {ref['min_margin']:.4f}, min distinct {ref['min_distinct']}", file=sys.stderr)
+        if ok or not search_salt:
+            break
+        salt += 1
+    return ref
+
+
+def make_gemma3_once(out: Path, salt: int) -> dict:
+    from mlx_vlm.utils import get_model_and_args, save_config, save_weights, update_module_configs
+
+    tok = build_tokenizer(extra=G3_EXTRA)
+    specials = SPECIAL_TOKENS + G3_EXTRA
+    ids = {t: tok.token_to_id(t) for t in specials}
+    folder = out / "gemma3"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    config = gemma3_config(ids)
+    model_class, _ = get_model_and_args(config=json.loads(json.dumps(config)))
+    cfg = json.loads(json.dumps(config))
+    model_config = model_class.ModelConfig.from_dict(cfg)
+    model_config = update_module_configs(model_config, model_class, cfg, ["text", "vision"])
+    model = model_class.Model(model_config)
+    init_params(model, "gemma3", salt, True)
+    save_weights(folder, model)
+    save_config(json.loads(json.dumps(config)), folder / "config.json")
+    (folder / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
+    write_json(
+        folder / "tokenizer_config.json",
+        {
+            "added_tokens_decoder": {str(ids[t]): added_token_entry(t) for t in specials},
+            "bos_token": "<bos>",
+            "chat_template": G3_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<eos>",
+            "extra_special_tokens": {
+                "boi_token": "<start_of_image>",
+                "eoi_token": "<end_of_image>",
+                "image_token": "<image_soft_token>",
+            },
+            "model_max_length": 4096,
+            "pad_token": "<|endoftext|>",
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "unk_token": None,
+        },
+    )
+    write_json(folder / "chat_template.json", {"chat_template": G3_TEMPLATE})
+    write_json(folder / "preprocessor_config.json", G3_PREPROCESSOR)
+    write_json(folder / "processor_config.json", {"image_seq_length": 4, "processor_class": "Gemma3Processor"})
+    write_json(folder / "generation_config.json", {"bos_token_id": ids["<bos>"], "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]]})
+    ref = model_reference(out, "gemma3", pixel_file=folder / "pixel_values.safetensors")
+    (folder / "pixel_values.safetensors").chmod(0o644)
+    ref["salt"] = salt
+    ref["versions"] = {"mlx": mx.__version__, "mlx_vlm": mlx_vlm.__version__, "transformers": transformers.__version__}
+    write_json(folder / "reference.json", ref, indent=1)
+    return ref
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--only", choices=["llava", "paligemma", "gemma3"], help="only (re)make this family (images must exist)")
     ap.add_argument("--search-salt", action="store_true", help="find salts with robust greedy margins")
     args = ap.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     mx.set_default_device(mx.cpu)
+    if args.only == "llava":
+        make_llava(out, args.search_salt)
+        return
+    if args.only == "paligemma":
+        make_paligemma(out, args.search_salt)
+        return
+    if args.only == "gemma3":
+        make_gemma3(out, args.search_salt)
+        return
     files = write_images(out / "images")
     tok = build_tokenizer()
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
@@ -688,6 +1140,9 @@ def main():
         print(f"{name}: min margin {ref['min_margin']:.4f}, min distinct {ref['min_distinct']}", file=sys.stderr)
         ref["versions"] = {"mlx": mx.__version__, "mlx_vlm": mlx_vlm.__version__, "transformers": transformers.__version__}
         write_json(out / name / "reference.json", ref, indent=1)
+    make_llava(out, args.search_salt)
+    make_paligemma(out, args.search_salt)
+    make_gemma3(out, args.search_salt)
     pixel_references(out / "images")
     write_readme(out, files)
     print(json.dumps(summary))
@@ -707,6 +1162,18 @@ def write_readme(out: Path, files: dict):
         "  `generate_step`, argmax, EOS not honoured).",
         "- `qwen2_vl-4bit/`: `mlx_vlm.convert(..., quantize=True, q_group_size=32, q_bits=4)`",
         "  of `qwen2_vl/` (LM 4-bit, vision float), same `reference.json` schema.",
+        "- `llava/`: tiny random LLaVA-1.5-layout checkpoint (CLIP vision width 32, 2 layers,",
+        "  image 56 / patch 14 -> 16 image tokens, feature layer -2; projector; llama LM hidden 64",
+        "  / 2 layers), tokenizer = the one above plus `<image>`. `reference.json` as above (no",
+        "  grids); `pixel_values.safetensors`: mlx-vlm's `pixel_values` per case (checked equal to",
+        "  transformers' `CLIPImageProcessor`).",
+        "- `paligemma/`: tiny random PaliGemma (SigLIP width 32, 2 layers, image 56 / patch 14 ->",
+        "  16 image tokens; linear projector; Gemma hidden 64 / 2 layers / 1 KV head), tokenizer =",
+        "  the one above plus `<image>`, `<bos>`, `<eos>`; one image per case; same files as `llava/`",
+        "  (pixel values checked equal to transformers' `SiglipImageProcessor`).",
+        "- `gemma3/`: tiny random Gemma 3 (SigLIP width 32, image 56 / patch 14 pooled 2x2 -> 4",
+        "  image tokens; Gemma 3 text hidden 64, a sliding layer (window 8) and a global one),",
+        "  tokenizer = the one above plus Gemma 3's specials; same files as `llava/`.",
         "- `images/`: test images; `reference.json` + `reference.safetensors`: transformers",
         "  `Qwen2VLImageProcessorPil` outputs (`<case>.rows`: sampled `pixel_values` rows,",
         "  `<case>.resized`: the Pillow-resized uint8 image, `<case>.decoded` for lossy /",

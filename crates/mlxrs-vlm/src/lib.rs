@@ -4,9 +4,9 @@
 //!   Pillow-exact resampling, as transformers' PIL-backed processors see
 //!   images.
 //! - [`processors`]: image processors (`preprocessor_config.json`), e.g.
-//!   Qwen2-VL's `smart_resize` + patchify.
-//! - [`models`]: vision towers and multimodal language models (Qwen2-VL,
-//!   Qwen2.5-VL).
+//!   Qwen2-VL's `smart_resize` + patchify, CLIP / SigLIP resize (+ crop).
+//! - [`models`]: vision towers and multimodal language models (LLaVA,
+//!   PaliGemma, Gemma 3, Qwen2-VL, Qwen2.5-VL).
 //! - [`VlmModel`]: `mlx_vlm.load` + prompt building + generation through
 //!   mlxrs-lm's streaming API (same sampling, caches and stop rules).
 //!
@@ -34,4 +34,4 @@ pub use mlxrs_lm::{
   TokenGenerator,
 };
 pub use model::{LoadOptions, MODEL_TYPES, VlmInput, VlmModel, is_vlm_dir, load, load_dir};
-pub use processors::{PixelValues, Qwen2VlImageProcessor};
+pub use processors::{ClipImageProcessor, ClipPixels, PixelValues, Qwen2VlImageProcessor};

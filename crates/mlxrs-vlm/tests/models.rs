@@ -99,6 +99,28 @@ fn check_arch(arch: &str) {
         "{arch}/{name}: pixel sum {sum} vs {want}"
       );
     }
+    if let Some(pv) = &input.clip_pixels {
+      // Every value against transformers' CLIPImageProcessor (what
+      // mlx-vlm's LlavaProcessor runs), saved by the fixture script.
+      let dir = root().join("tiny-vlm").join(arch);
+      let (mut t, _) =
+        mlxrs_core::io::load_safetensors(dir.join("pixel_values.safetensors")).unwrap();
+      let want = t.get_mut(name).unwrap();
+      assert_eq!(
+        want.shape(),
+        vec![pv.n as i32, 3, pv.height as i32, pv.width as i32],
+        "{arch}/{name}: pixel shape"
+      );
+      let want = want.to_vec::<f32>().unwrap();
+      let d = pv
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+      assert!(d <= 1e-4, "{arch}/{name}: pixel values max diff {d}");
+      eprintln!("{arch}/{name}: pixel values max diff {d:e}");
+    }
     // Logits of a full forward.
     let mut logits = m.prompt_logits(&input).unwrap();
     let got = logits.to_vec::<f32>().unwrap();
@@ -145,6 +167,26 @@ fn qwen2_vl_matches_mlx_vlm() {
 #[test]
 fn qwen2_5_vl_matches_mlx_vlm() {
   check_arch("qwen2_5_vl");
+}
+
+#[test]
+fn llava_matches_mlx_vlm() {
+  // CLIP tower (feature layer -2, class token dropped), projector, llama LM.
+  check_arch("llava");
+}
+
+#[test]
+fn paligemma_matches_mlx_vlm() {
+  // SigLIP tower, linear projector, Gemma LM; one image per prompt, the
+  // prompt attends bidirectionally (mlx-vlm's generation path).
+  check_arch("paligemma");
+}
+
+#[test]
+fn gemma3_matches_mlx_vlm() {
+  // SigLIP tower, avg-pool + RMSNorm projector, Gemma 3 text with a
+  // sliding-window layer (window 8, shorter than every prompt).
+  check_arch("gemma3");
 }
 
 #[test]
@@ -383,4 +425,77 @@ fn stale_prompt_is_detected() {
   .unwrap();
   assert!(!o.tokens.is_empty());
   let _: &VlmInput = &input;
+}
+
+#[test]
+fn llava_bad_input_is_an_error() {
+  let m = model("llava");
+  assert_eq!(m.image_token(), "<image>");
+  assert!(m.clip_processor().is_some());
+  let img = m
+    .load_images(&[root().join("tiny-vlm/images/scene_a_64x48.png")])
+    .unwrap();
+  // A placeholder without an image, an image without a placeholder.
+  let e = err(m.process("USER: <image>\nhi", &[]));
+  assert!(e.contains("1 image placeholder(s)"), "{e}");
+  let e = err(m.process("USER: hi", &img));
+  assert!(e.contains("0 image placeholder(s)"), "{e}");
+  // Image tokens but the pixels dropped; pixels of two images for one.
+  let mut input = m.process("USER: <image>\nhi", &img).unwrap();
+  assert_eq!(input.input_ids.iter().filter(|&&t| t == 400).count(), 16);
+  let pv = input.clip_pixels.take();
+  let e = err(m.prompt_logits(&input));
+  assert!(e.contains("but no images"), "{e}");
+  let mut pv = pv.unwrap();
+  pv.data.extend_from_within(..);
+  pv.n = 2;
+  input.clip_pixels = Some(pv);
+  let e = err(m.prompt_logits(&input));
+  assert!(e.contains("make 32 features"), "{e}");
+}
+
+#[test]
+fn paligemma_bad_input_is_an_error() {
+  let m = model("paligemma");
+  assert_eq!(m.image_token(), "<image>");
+  let imgs = m
+    .load_images(&[
+      root().join("tiny-vlm/images/scene_a_64x48.png"),
+      root().join("tiny-vlm/images/scene_b_90x60.png"),
+    ])
+    .unwrap();
+  // One image per prompt, as mlx-vlm; none is refused too.
+  let e = err(m.prepare("Compare.", &imgs, None, false));
+  assert!(e.contains("exactly one image"), "{e}");
+  let e = err(m.prepare("Hi.", &[], None, false));
+  assert!(e.contains("exactly one image"), "{e}");
+  // Without an <image> placeholder the tokens are prepended (python
+  // build_string_from_input): same ids as the templated prompt.
+  let a = m
+    .prepare("Describe this image.", &imgs[..1], None, false)
+    .unwrap();
+  let b = m.process("Describe this image.", &imgs[..1]).unwrap();
+  assert_eq!(a.input_ids, b.input_ids);
+  let mut input = a;
+  input.clip_pixels = None;
+  let e = err(m.prompt_logits(&input));
+  assert!(e.contains("but no images"), "{e}");
+}
+
+#[test]
+fn gemma3_bad_input_is_an_error() {
+  let m = model("gemma3");
+  assert_eq!(m.image_token(), "<image_soft_token>");
+  let img = m
+    .load_images(&[root().join("tiny-vlm/images/scene_a_64x48.png")])
+    .unwrap();
+  let e = err(m.process("<start_of_image><start_of_image>", &img));
+  assert!(e.contains("2 image placeholder(s)"), "{e}");
+  let e = err(m.process("hi", &img));
+  assert!(e.contains("0 image placeholder(s)"), "{e}");
+  let mut input = m.process("<start_of_image>", &img).unwrap();
+  assert_eq!(input.input_ids.iter().filter(|&&t| t == 406).count(), 4);
+  input.clip_pixels = None;
+  let e = err(m.prompt_logits(&input));
+  assert!(e.contains("but no images"), "{e}");
 }

@@ -1,4 +1,7 @@
 //! Architectures, one file per family, in the shape of mlx-vlm's
 //! `mlx_vlm/models/<family>/`.
 
+pub mod gemma3;
+pub mod llava;
+pub mod paligemma;
 pub mod qwen2_vl;

@@ -1,6 +1,8 @@
 //! Image processors, one file per family, in the shape of transformers'
 //! `image_processing_<family>.py` / mlx-vlm's `processing_<family>.py`.
 
+pub mod clip;
 pub mod qwen2_vl;
 
+pub use clip::{ClipImageProcessor, ClipPixels};
 pub use qwen2_vl::{PixelValues, Qwen2VlImageProcessor};
