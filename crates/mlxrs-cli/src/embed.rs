@@ -17,8 +17,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use mlxrs::embed::input::{lines_of, read_lines};
-use mlxrs::embed::{EmbedOptions, Embedder, bench};
+use mlxrs_embed::input::{lines_of, read_lines};
+use mlxrs_embed::{EmbedOptions, Embedder, bench};
 
 /// `mlxrs embed` arguments.
 #[derive(Args, Debug)]
@@ -115,7 +115,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
   let model = Embedder::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
   let opts = options(&a);
   let mut out = std::io::stdout().lock();
-  let device = mlxrs::core::Device::default_device()
+  let device = mlxrs_core::Device::default_device()
     .map(|d| d.to_string())
     .unwrap_or_default();
 

