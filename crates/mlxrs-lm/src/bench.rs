@@ -108,7 +108,6 @@ pub fn run_trial(model: &dyn LanguageModel, prompt_tokens: usize, gen_tokens: us
   memory::reset_peak_memory()?;
   let cfg = StepConfig { max_tokens: gen_tokens, ..StepConfig::default() };
   let mut g = TokenGenerator::new(model, &prompt, &cfg, None)?;
-  let t0 = Instant::now();
   let mut n = 0;
   let mut t_first = None;
   for s in &mut g {
@@ -118,7 +117,6 @@ pub fn run_trial(model: &dyn LanguageModel, prompt_tokens: usize, gen_tokens: us
       t_first = Some(Instant::now());
     }
   }
-  let _ = t0;
   let gen_time = t_first.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
   Ok(BenchResult {
     prompt_tokens,

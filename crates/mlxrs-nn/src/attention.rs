@@ -78,7 +78,6 @@ fn sdpa_with_sinks(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttnMask,
     AttnMask::Causal => ("causal", None),
     AttnMask::Array(a) => ("array", Some(a)),
   };
-  let _ = ops::stop_gradient; // keep the ops import used in all cfgs
   mlxrs_core::fast::scaled_dot_product_attention_full(q, k, v, scale, mode, arr, Some(sinks))
 }
 
