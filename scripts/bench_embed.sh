@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sentence-embedding throughput, mlxrs vs sentence-transformers (PyTorch CPU),
-# on the same sentences in the same run; prints both and the ratio.
+# and Python mlx-embeddings, on the same sentences in the same run; prints both and the ratio.
 #
 #   scripts/bench_embed.sh [MODEL_DIR] [N=1000] [BATCH=32]
 #
@@ -8,7 +8,8 @@
 # installs it). The python side needs the venv of scripts/py_env.sh
 # (sentence-transformers + torch). Both sides get the same thread count
 # (BENCH_THREADS, default: all cores), float32 compute, the same batch size and
-# one warm-up pass; timings include tokenization. EMBED_BENCH_BIN=path runs a
+# one warm-up pass; timings include tokenization. ST_DEVICE=cuda runs
+# sentence-transformers on the GPU (for the GPU machine). EMBED_BENCH_BIN=path runs a
 # prebuilt `embed_bench` example binary instead of building with cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,28 +68,31 @@ else
   RS_JSON="$(target/release/examples/embed_bench "$MODEL" --file "$SENTS" --batch-size "$BATCH" --json)"
 fi
 
-PY_JSON="$("$PY" - "$MODEL" "$SENTS" "$BATCH" "$THREADS" <<'EOF' 2>/dev/null
-import json, sys, time, warnings
-warnings.filterwarnings("ignore")
-import torch
-from sentence_transformers import SentenceTransformer
-model, path, batch, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-torch.set_num_threads(threads)
-texts = open(path, encoding="utf-8").read().splitlines()
-m = SentenceTransformer(model, device="cpu", model_kwargs={"dtype": torch.float32})
-m.encode(texts[: 2 * batch], batch_size=batch)  # warm-up
-t = time.perf_counter()
-m.encode(texts, batch_size=batch)
-s = time.perf_counter() - t
-print(json.dumps({"sentences": len(texts), "seconds": s, "sentences_per_sec": len(texts) / s,
-                  "torch": torch.__version__}))
-EOF
-)"
+PY_JSON="$("$PY" scripts/bench_embed_py.py st "$MODEL" "$SENTS" "$BATCH" "$THREADS" "${ST_DEVICE:-cpu}" 2>/dev/null)"
+# Python mlx-embeddings on the same MLX backend, when installed.
+MLX_JSON=""
+# The pip mlx wheel calls the reference BLAS it bundles; mlxrs links OpenBLAS
+# ahead of libmlx. For a like-for-like run the python side gets OpenBLAS by
+# LD_PRELOAD when the system has it (MLX_PY_OPENBLAS=0 to measure the wheel
+# as pip installs it).
+if "$PY" -c "import mlx_embeddings" 2>/dev/null; then
+  PRELOAD=""
+  if [ "${MLX_PY_OPENBLAS:-1}" != 0 ]; then
+    PRELOAD="$(ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 /{print $NF; exit}')"
+  fi
+  echo "bench_embed: mlx-embeddings with ${PRELOAD:+LD_PRELOAD=$PRELOAD}${PRELOAD:-the BLAS the wheel bundles}"
+  MLX_JSON="$(LD_PRELOAD="$PRELOAD" "$PY" scripts/bench_embed_py.py mlx "$MODEL" "$SENTS" "$BATCH" "$THREADS" 2>/dev/null || true)"
+fi
 
-"$PY" - "$RS_JSON" "$PY_JSON" <<'EOF'
+"$PY" - "$RS_JSON" "$PY_JSON" "$MLX_JSON" <<'EOF'
 import json, sys
 rs, py = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"mlxrs:                 {rs['sentences_per_sec']:8.1f} sentences/s ({rs['seconds']:.2f} s)")
-print(f"sentence-transformers: {py['sentences_per_sec']:8.1f} sentences/s ({py['seconds']:.2f} s, torch {py['torch']})")
+print(f"sentence-transformers: {py['sentences_per_sec']:8.1f} sentences/s ({py['seconds']:.2f} s, {py['version']})")
+if sys.argv[3]:
+    mx = json.loads(sys.argv[3])
+    print(f"mlx-embeddings:        {mx['sentences_per_sec']:8.1f} sentences/s ({mx['seconds']:.2f} s, {mx['version']})")
 print(f"ratio mlxrs / sentence-transformers: {rs['sentences_per_sec'] / py['sentences_per_sec']:.2f}")
+if sys.argv[3]:
+    print(f"ratio mlxrs / mlx-embeddings:        {rs['sentences_per_sec'] / mx['sentences_per_sec']:.2f}")
 EOF

@@ -50,7 +50,17 @@ What it writes (schema details in ``models/tiny-vlm/README.md``):
    with a sliding-window layer; mlx-vlm's ``gemma3.Model``) with a
    Gemma-3-style chat template; reference logits through mlx-vlm's
    generation path (causal). ``--only gemma3``.
-8. ``qwen2_vl-4bit/``: ``mlx_vlm.convert(quantize=True, q_group_size=32,
+8. ``llava_next/``: a tiny LLaVA-NeXT (mlx-vlm's ``llava_next.Model``);
+   ids / pixels from mlx-vlm's processor (checked against transformers'
+   ``LlavaNextProcessor`` / ``LlavaNextImageProcessorPil``), logits and
+   greedy tokens from transformers' ``LlavaNextForConditionalGeneration``
+   on the same weights (mlx-vlm's model packs features differently).
+   ``--only llava_next``.
+9. ``idefics3/``, ``smolvlm/``: tiny Idefics3 / SmolVLM (mlx-vlm's
+   ``idefics3.Model``), references from mlx-vlm's processor and generation
+   path, pixels checked against transformers' processors.
+   ``--only idefics3`` / ``--only smolvlm``.
+10. ``qwen2_vl-4bit/``: ``mlx_vlm.convert(quantize=True, q_group_size=32,
    q_bits=4)`` of ``qwen2_vl/`` (language model 4-bit, vision tower float as
    mlx-vlm leaves it), with its own ``reference.json``.
 
@@ -828,6 +838,527 @@ def make_llava_once(out: Path, salt: int) -> dict:
 
 
 # --------------------------------------------------------------------------
+# LLaVA-NeXT (CLIP tower, any-resolution tiling, image_newline, llama LM)
+# --------------------------------------------------------------------------
+
+LNEXT_IMAGE = 42  # CLIP image_size: 3x3 patches of 14 -> 9 features per tile
+LNEXT_PINPOINTS = [[42, 84], [84, 42], [84, 84], [126, 42], [42, 126]]
+LNEXT_PREPROCESSOR = {
+    "crop_size": {"height": LNEXT_IMAGE, "width": LNEXT_IMAGE},
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_pad": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_grid_pinpoints": LNEXT_PINPOINTS,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_processor_type": "LlavaNextImageProcessor",
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "processor_class": "LlavaNextProcessor",
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"shortest_edge": LNEXT_IMAGE},
+}
+LNEXT_SALT = 15
+# Images whose pixel values are checked against transformers' processor
+# (beyond the model cases): odd size, 1x1, very wide, downscale, RGBA,
+# grayscale, tall.
+LNEXT_PIXEL_CASES = [
+    "odd_37x53.png",
+    "pixel_1x1.png",
+    "wide_900x20.png",
+    "big_300x200.png",
+    "rgba_45x30.png",
+    "gray_33x47.png",
+    "scene_c_84x140.png",
+]
+
+
+LNEXT_CASES = [
+    ("image", "Describe this image.", ["scene_a_64x48.png"]),
+    ("tall_image", "Describe this image.", ["scene_c_84x140.png"]),
+    ("two_images", "Compare these two pictures.", ["scene_b_90x60.png", "wide_900x20.png"]),
+    ("text", "What is the capital of France?", []),
+]
+
+
+def llava_next_config(ids: dict) -> dict:
+    cfg = llava_config(ids)
+    cfg["architectures"] = ["LlavaNextForConditionalGeneration"]
+    cfg["model_type"] = "llava_next"
+    cfg["image_grid_pinpoints"] = LNEXT_PINPOINTS
+    cfg["vision_config"]["image_size"] = LNEXT_IMAGE
+    return cfg
+
+
+def torch_llava_next(folder: Path):
+    """transformers' LlavaNextForConditionalGeneration (float32, CPU) with
+    the weights mlx-vlm saved (mlx-vlm names and conv layout mapped)."""
+    import torch
+    from safetensors.numpy import load_file
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    cfg = json.loads((folder / "config.json").read_text())
+    hf_cfg = LlavaNextConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
+    hf_cfg._attn_implementation = "eager"
+    model = LlavaNextForConditionalGeneration(hf_cfg).eval().float()
+    sd = {}
+    for k, v in load_file(str(folder / "model.safetensors")).items():
+        if k.endswith("patch_embedding.weight"):
+            v = v.transpose(0, 3, 1, 2)
+        for a, b in [
+            ("vision_tower.vision_model.", "model.vision_tower."),
+            ("language_model.model.", "model.language_model."),
+            ("language_model.lm_head.", "lm_head."),
+            ("multi_modal_projector.", "model.multi_modal_projector."),
+            ("image_newline", "model.image_newline"),
+        ]:
+            if k.startswith(a):
+                k = b + k[len(a) :]
+                break
+        sd[k] = torch.from_numpy(np.ascontiguousarray(v))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if "position_ids" not in m]
+    assert not missing and not unexpected, (missing, unexpected)
+    return model
+
+
+def make_llava_next(out: Path, search_salt=False) -> dict:
+    salt = LNEXT_SALT
+    while True:
+        ref = make_llava_next_once(out, salt)
+        ok = ref["min_margin"] >= 0.03 and ref["min_distinct"] >= 5
+        print(f"llava_next salt {salt}: min margin {ref['min_margin']:.4f}, min distinct {ref['min_distinct']}", file=sys.stderr)
+        if ok or not search_salt:
+            break
+        salt += 1
+    return ref
+
+
+def make_llava_next_once(out: Path, salt: int) -> dict:
+    """A tiny LLaVA-NeXT made by mlx-vlm's ``llava_next.Model`` (real folder
+    layout). Prompt ids and pixel values: mlx-vlm's processor, checked equal
+    to transformers' ``LlavaNextProcessor`` / ``LlavaNextImageProcessorPil``.
+    Logits and greedy tokens: transformers' ``LlavaNextForConditionalGeneration``
+    on the same weights, because mlx-vlm 0.7.10's ``llava_next.Model`` does
+    not pack features as transformers does (no unpadding / spatial layout,
+    the newline broadcast to whole tiles, only the first image used): its
+    logits are recorded as ``mlx_vlm_logits_max_diff`` for information."""
+    import torch
+    from mlx_vlm.generate.ar import generate_step  # noqa: F401
+    from mlx_vlm.models import cache as vcache
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import get_model_and_args, load, prepare_inputs, save_config, save_weights, update_module_configs
+    from safetensors.numpy import save_file
+    from transformers import LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok = build_tokenizer(extra=["<image>"])
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS + ["<image>"]}
+    folder = out / "llava_next"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    config = llava_next_config(ids)
+    model_class, _ = get_model_and_args(config=json.loads(json.dumps(config)))
+    cfg = json.loads(json.dumps(config))
+    model_config = model_class.ModelConfig.from_dict(cfg)
+    model_config = update_module_configs(model_config, model_class, cfg, ["text", "vision"])
+    model = model_class.Model(model_config)
+    init_params(model, "llava_next", salt, False)
+    save_weights(folder, model)
+    save_config(json.loads(json.dumps(config)), folder / "config.json")
+    (folder / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
+    specials = SPECIAL_TOKENS + ["<image>"]
+    write_json(
+        folder / "tokenizer_config.json",
+        {
+            "added_tokens_decoder": {str(ids[t]): added_token_entry(t) for t in specials},
+            "bos_token": None,
+            "chat_template": LLAVA_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<|im_end|>",
+            "model_max_length": 4096,
+            "pad_token": "<|endoftext|>",
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "unk_token": None,
+        },
+    )
+    write_json(folder / "chat_template.json", {"chat_template": LLAVA_TEMPLATE})
+    write_json(folder / "preprocessor_config.json", LNEXT_PREPROCESSOR)
+    proc_cfg = {
+        "image_token": "<image>",
+        "num_additional_image_tokens": 1,
+        "patch_size": 14,
+        "processor_class": "LlavaNextProcessor",
+        "vision_feature_select_strategy": "default",
+    }
+    write_json(folder / "processor_config.json", proc_cfg)
+    write_json(folder / "generation_config.json", {"eos_token_id": ids["<|im_end|>"]})
+
+    vmodel, processor = load(str(folder))
+    hf_ip = LlavaNextImageProcessorPil(**{k: v for k, v in LNEXT_PREPROCESSOR.items() if k not in ("image_processor_type", "processor_class")})
+    hf_proc = LlavaNextProcessor(
+        image_processor=hf_ip,
+        tokenizer=processor.tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+    )
+    tmodel = torch_llava_next(folder)
+    pixel_tensors = {}
+
+    def hf_pixels(files):
+        imgs = [Image.open(out / "images" / f).convert("RGB") for f in files]
+        r = hf_ip(imgs, return_tensors="np")
+        sizes = np.array(r["image_sizes"]).tolist()
+        n_patches = [
+            transformers.models.llava_next.modeling_llava_next.image_size_to_num_patches(s, LNEXT_PINPOINTS, LNEXT_IMAGE)
+            for s in sizes
+        ]
+        flat = np.concatenate([pv[:n] for pv, n in zip(r["pixel_values"], n_patches)], axis=0)
+        return r, flat.astype(np.float32), sizes
+
+    pixel_cases = []
+    for f in LNEXT_PIXEL_CASES:
+        _, flat, sizes = hf_pixels([f])
+        pixel_tensors["img." + f] = np.ascontiguousarray(flat)
+        pixel_cases.append({"image": f, "image_sizes": sizes, "shape": list(flat.shape)})
+
+    cases = []
+    min_margin = 1e9
+    distinct = 1e9
+    for name, prompt, files in LNEXT_CASES:
+        images = [str(out / "images" / f) for f in files]
+        if len(images) > 1:
+            # mlx-vlm 0.7.10 refuses several images for llava_next: the
+            # chat template (mlx-vlm's message format: text, then images)
+            # and transformers' LlavaNextProcessor only.
+            msg = [{"role": "user", "content": [{"type": "text", "text": prompt, "content": prompt}] + [{"type": "image"}] * len(images)}]
+            text = processor.tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True)
+            inputs = None
+        else:
+            text = apply_chat_template(processor, config, prompt, num_images=len(images))
+            inputs = prepare_inputs(processor, images=images or None, prompts=[text], add_special_tokens=False)
+        hf = hf_proc(
+            text=[text], images=[Image.open(p).convert("RGB") for p in images] or None, return_tensors="pt"
+        )
+        input_ids = hf["input_ids"][0].tolist()
+        if inputs is not None:
+            assert np.array(inputs["input_ids"])[0].tolist() == input_ids, name
+        kw = {}
+        sizes = []
+        if images:
+            r, flat, sizes = hf_pixels(files)
+            if inputs is not None:
+                mpv = np.array(inputs["pixel_values"].astype(mx.float32))
+                assert np.abs(mpv - r["pixel_values"]).max() == 0, name
+            pixel_tensors[name] = np.ascontiguousarray(flat)
+            kw = {"pixel_values": hf["pixel_values"].float(), "image_sizes": hf["image_sizes"]}
+        with torch.no_grad():
+            ids_t = torch.tensor([input_ids])
+            o = tmodel(input_ids=ids_t, use_cache=True, **kw)
+            last = o.logits[0, -1].float().numpy()
+            # Decode with the KV cache (generated tokens are text, even an
+            # <image> id, as in generation loops).
+            cache = o.past_key_values
+            tokens, margins = [], []
+            lg = torch.from_numpy(last)
+            for _ in range(N_GREEDY):
+                srt = np.sort(lg.numpy())
+                margins.append(float(srt[-1] - srt[-2]))
+                t = int(lg.argmax())
+                tokens.append(t)
+                o = tmodel(input_ids=torch.tensor([[t]]), past_key_values=cache, use_cache=True)
+                cache = o.past_key_values
+                lg = o.logits[0, -1].float()
+        # mlx-vlm's own forward, for information only (see the docstring).
+        mlx_diff = None
+        try:
+            if inputs is None:
+                raise ValueError("several images")
+            cache = vcache.make_prompt_cache(vmodel.language_model)
+            o = vmodel(mx.array([input_ids]), inputs.get("pixel_values"), None, cache=cache)
+            lo = o.logits if hasattr(o, "logits") else o
+            mlx_diff = float(np.abs(np.array(lo[0, -1].astype(mx.float32)) - last).max())
+        except Exception as e:  # noqa: BLE001
+            mlx_diff = f"error: {type(e).__name__}"
+        min_margin = min(min_margin, min(margins))
+        distinct = min(distinct, len(set(tokens)))
+        cases.append(
+            {
+                "name": name,
+                "prompt": prompt,
+                "images": files,
+                "prompt_text": text,
+                "input_ids": input_ids,
+                "image_grid_thw": [],
+                "image_sizes": sizes,
+                "pixel_values": {"shape": list(pixel_tensors[name].shape), "sum": float(pixel_tensors[name].astype(np.float64).sum())} if images else None,
+                "logits_last": [float(v) for v in last],
+                "greedy_tokens": tokens,
+                "min_greedy_margin": min(margins),
+                "mlx_vlm_logits_max_diff": mlx_diff,
+            }
+        )
+    save_file(pixel_tensors, str(folder / "pixel_values.safetensors"))
+    (folder / "pixel_values.safetensors").chmod(0o644)
+    ref = {
+        "cases": cases,
+        "pixel_cases": pixel_cases,
+        "min_margin": min_margin,
+        "min_distinct": distinct,
+        "salt": salt,
+        "reference": "transformers LlavaNextForConditionalGeneration (torch float32, eager attention)",
+        "versions": {
+            "mlx": mx.__version__,
+            "mlx_vlm": mlx_vlm.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "pillow": PIL.__version__,
+        },
+    }
+    write_json(folder / "reference.json", ref, indent=1)
+    return ref
+
+
+# --------------------------------------------------------------------------
+# Idefics3 / SmolVLM (SigLIP-style tower, pixel-shuffle connector, llama LM,
+# image splitting into tiles + a global image)
+# --------------------------------------------------------------------------
+
+IDF_TILE = 42  # max_image_size.longest_edge = vision image_size
+IDF_PATCH = 7  # 6x6 patches per tile (1/6 is inexact: mlx-vlm's bucketed positions)
+IDF_SCALE = 2  # pixel shuffle 2 -> 9 image tokens per tile
+IDF_SEQ = (IDF_TILE // IDF_PATCH // IDF_SCALE) ** 2
+IDF_ROWS = 4
+IDF_EXTRA = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
+    f"<row_{r}_col_{c}>" for r in range(1, IDF_ROWS + 1) for c in range(1, IDF_ROWS + 1)
+]
+# SmolVLM's chat template (images are list parts before the text).
+IDF_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+IDF_PREPROCESSOR = {
+    "do_convert_rgb": True,
+    "do_image_splitting": True,
+    "do_normalize": True,
+    "do_pad": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "max_image_size": {"longest_edge": IDF_TILE},
+    "resample": 1,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"longest_edge": 2 * IDF_TILE},
+}
+IDF_SALT = {"idefics3": 30, "smolvlm": 12}
+IDF_CASES = [
+    ("image", "Describe this image.", ["scene_a_64x48.png"]),
+    ("two_images", "Compare these two pictures.", ["scene_b_90x60.png", "wide_900x20.png"]),
+    ("small_image", "Describe this image.", ["pixel_1x1.png"]),
+    ("text", "What is the capital of France?", []),
+]
+IDF_PIXEL_CASES = LNEXT_PIXEL_CASES
+
+
+def idefics3_config(arch: str, ids: dict, vocab: int) -> dict:
+    return {
+        "architectures": ["Idefics3ForConditionalGeneration" if arch == "idefics3" else "SmolVLMForConditionalGeneration"],
+        "model_type": arch,
+        "image_token_id": ids["<image>"],
+        "scale_factor": IDF_SCALE,
+        "vocab_size": vocab,
+        "eos_token_id": ids["<end_of_utterance>"],
+        "tie_word_embeddings": False,
+        "text_config": {
+            "model_type": "llama",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5,
+            "vocab_size": vocab,
+            "max_position_embeddings": 4096,
+            "rope_theta": 100000.0,
+            "tie_word_embeddings": False,
+        },
+        "vision_config": {
+            "model_type": "idefics3_vision" if arch == "idefics3" else "smolvlm_vision",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": IDF_TILE,
+            "patch_size": IDF_PATCH,
+            "num_channels": 3,
+            "layer_norm_eps": 1e-6,
+        },
+    }
+
+
+def make_idefics3(out: Path, arch: str, search_salt=False) -> dict:
+    salt = IDF_SALT[arch]
+    while True:
+        ref = make_idefics3_once(out, arch, salt)
+        ok = ref["min_margin"] >= 0.03 and ref["min_distinct"] >= 5
+        print(f"{arch} salt {salt}: min margin {ref['min_margin']:.4f}, min distinct {ref['min_distinct']}", file=sys.stderr)
+        if ok or not search_salt:
+            break
+        salt += 1
+    return ref
+
+
+def make_idefics3_once(out: Path, arch: str, salt: int) -> dict:
+    """A tiny Idefics3 / SmolVLM made by mlx-vlm (``idefics3.Model``; SmolVLM
+    is the same class). References: mlx-vlm's processor (ids, pixel values,
+    checked equal to transformers' ``Idefics3ImageProcessorPil`` /
+    ``SmolVLMImageProcessorPil``) and mlx-vlm's generation path (merged
+    embeddings with ``pixel_attention_mask``, causal LM)."""
+    from mlx_vlm.generate.ar import generate_step
+    from mlx_vlm.models import cache as vcache
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import get_model_and_args, load, prepare_inputs, save_config, save_weights, update_module_configs
+    from safetensors.numpy import save_file
+
+    if arch == "idefics3":
+        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil as HfIp
+    else:
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil as HfIp
+
+    tok = build_tokenizer(extra=IDF_EXTRA)
+    specials = SPECIAL_TOKENS + IDF_EXTRA
+    ids = {t: tok.token_to_id(t) for t in specials}
+    vocab = tok.get_vocab_size()
+    folder = out / arch
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    config = idefics3_config(arch, ids, vocab)
+    model_class, _ = get_model_and_args(config=json.loads(json.dumps(config)))
+    cfg = json.loads(json.dumps(config))
+    model_config = model_class.ModelConfig.from_dict(cfg)
+    model_config = update_module_configs(model_config, model_class, cfg, ["text", "vision"])
+    model = model_class.Model(model_config)
+    init_params(model, arch, salt, False)
+    save_weights(folder, model)
+    save_config(json.loads(json.dumps(config)), folder / "config.json")
+    (folder / "tokenizer.json").write_text(tok.to_str(pretty=False), encoding="utf-8")
+    write_json(
+        folder / "tokenizer_config.json",
+        {
+            "added_tokens_decoder": {str(ids[t]): added_token_entry(t) for t in specials},
+            "additional_special_tokens": ["<fake_token_around_image>", "<image>", "<end_of_utterance>"],
+            "bos_token": None,
+            "chat_template": IDF_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<end_of_utterance>",
+            "model_max_length": 4096,
+            "pad_token": "<|endoftext|>",
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "unk_token": None,
+        },
+    )
+    write_json(folder / "chat_template.json", {"chat_template": IDF_TEMPLATE})
+    ip_cfg = dict(IDF_PREPROCESSOR)
+    ip_cfg["image_processor_type"] = "Idefics3ImageProcessor" if arch == "idefics3" else "SmolVLMImageProcessor"
+    ip_cfg["processor_class"] = "Idefics3Processor" if arch == "idefics3" else "SmolVLMProcessor"
+    write_json(folder / "preprocessor_config.json", ip_cfg)
+    write_json(
+        folder / "processor_config.json",
+        {"image_seq_len": IDF_SEQ, "processor_class": ip_cfg["processor_class"]},
+    )
+    write_json(folder / "generation_config.json", {"eos_token_id": ids["<end_of_utterance>"]})
+
+    vmodel, processor = load(str(folder))
+    hf_ip = HfIp(**{k: v for k, v in IDF_PREPROCESSOR.items()})
+    pixel_tensors = {}
+
+    def hf_pixels(files):
+        imgs = [Image.open(out / "images" / f).convert("RGB") for f in files]
+        r = hf_ip([imgs], return_tensors="np", return_row_col_info=True)
+        pv = np.array(r["pixel_values"][0]).astype(np.float32)
+        assert np.array(r["pixel_attention_mask"]).all()
+        return pv, [list(x) for x in zip(r["rows"][0], r["cols"][0])]
+
+    pixel_cases = []
+    # SmolVLMImageProcessor is the same code as Idefics3ImageProcessor: the
+    # varied-image cases are stored once (idefics3/), the model cases check
+    # both.
+    for f in IDF_PIXEL_CASES if arch == "idefics3" else []:
+        pv, rc = hf_pixels([f])
+        pixel_tensors["img." + f] = np.ascontiguousarray(pv)
+        pixel_cases.append({"image": f, "rows_cols": rc, "shape": list(pv.shape)})
+
+    cases = []
+    min_margin = 1e9
+    distinct = 1e9
+    for name, prompt, files in IDF_CASES:
+        images = [str(out / "images" / f) for f in files]
+        text = apply_chat_template(processor, config, prompt, num_images=len(images))
+        inputs = prepare_inputs(processor, images=images or None, prompts=[text], add_special_tokens=False)
+        input_ids = inputs["input_ids"]
+        pixel_values = inputs.get("pixel_values")
+        kw = {}
+        rc = []
+        if pixel_values is not None:
+            kw["pixel_attention_mask"] = inputs["pixel_attention_mask"]
+            hpv, rc = hf_pixels(files)
+            mpv = np.array(pixel_values.astype(mx.float32))[0]
+            assert np.abs(mpv - hpv).max() == 0, name
+            pixel_tensors[name] = np.ascontiguousarray(hpv)
+        cache = vcache.make_prompt_cache(vmodel.language_model)
+        o = vmodel(input_ids, pixel_values, cache=cache, **kw)
+        lo = o.logits if hasattr(o, "logits") else o
+        last = np.array(lo[0, -1].astype(mx.float32))
+        tokens, margins = [], []
+        for tk, lp in generate_step(
+            input_ids, vmodel, pixel_values, inputs.get("attention_mask"), max_tokens=N_GREEDY,
+            sampler=lambda x: mx.argmax(x, axis=-1), **kw,
+        ):
+            tokens.append(int(tk))
+            srt = np.sort(np.array(lp.astype(mx.float32)).reshape(-1))
+            margins.append(float(srt[-1] - srt[-2]))
+        min_margin = min(min_margin, min(margins))
+        distinct = min(distinct, len(set(tokens)))
+        cases.append(
+            {
+                "name": name,
+                "prompt": prompt,
+                "images": files,
+                "prompt_text": text,
+                "input_ids": np.array(input_ids)[0].tolist(),
+                "image_grid_thw": [],
+                "rows_cols": rc,
+                "pixel_values": {"shape": list(pixel_tensors[name].shape), "sum": float(pixel_tensors[name].astype(np.float64).sum())} if images else None,
+                "logits_last": [float(v) for v in last],
+                "greedy_tokens": tokens,
+                "min_greedy_margin": min(margins),
+            }
+        )
+    save_file(pixel_tensors, str(folder / "pixel_values.safetensors"))
+    (folder / "pixel_values.safetensors").chmod(0o644)
+    ref = {
+        "cases": cases,
+        "pixel_cases": pixel_cases,
+        "min_margin": min_margin,
+        "min_distinct": distinct,
+        "salt": salt,
+        "versions": {"mlx": mx.__version__, "mlx_vlm": mlx_vlm.__version__, "transformers": transformers.__version__, "pillow": PIL.__version__},
+    }
+    write_json(folder / "reference.json", ref, indent=1)
+    return ref
+
+
+# --------------------------------------------------------------------------
 # PaliGemma (SigLIP vision tower, linear projector, Gemma LM)
 # --------------------------------------------------------------------------
 
@@ -1094,7 +1625,7 @@ def make_gemma3_once(out: Path, salt: int) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--only", choices=["llava", "paligemma", "gemma3"], help="only (re)make this family (images must exist)")
+    ap.add_argument("--only", choices=["llava", "llava_next", "idefics3", "smolvlm", "paligemma", "gemma3"], help="only (re)make this family (images must exist)")
     ap.add_argument("--search-salt", action="store_true", help="find salts with robust greedy margins")
     args = ap.parse_args()
     out = args.out
@@ -1102,6 +1633,12 @@ def main():
     mx.set_default_device(mx.cpu)
     if args.only == "llava":
         make_llava(out, args.search_salt)
+        return
+    if args.only == "llava_next":
+        make_llava_next(out, args.search_salt)
+        return
+    if args.only in ("idefics3", "smolvlm"):
+        make_idefics3(out, args.only, args.search_salt)
         return
     if args.only == "paligemma":
         make_paligemma(out, args.search_salt)
@@ -1141,6 +1678,9 @@ def main():
         ref["versions"] = {"mlx": mx.__version__, "mlx_vlm": mlx_vlm.__version__, "transformers": transformers.__version__}
         write_json(out / name / "reference.json", ref, indent=1)
     make_llava(out, args.search_salt)
+    make_llava_next(out, args.search_salt)
+    make_idefics3(out, "idefics3", args.search_salt)
+    make_idefics3(out, "smolvlm", args.search_salt)
     make_paligemma(out, args.search_salt)
     make_gemma3(out, args.search_salt)
     pixel_references(out / "images")
@@ -1174,6 +1714,18 @@ def write_readme(out: Path, files: dict):
         "- `gemma3/`: tiny random Gemma 3 (SigLIP width 32, image 56 / patch 14 pooled 2x2 -> 4",
         "  image tokens; Gemma 3 text hidden 64, a sliding layer (window 8) and a global one),",
         "  tokenizer = the one above plus Gemma 3's specials; same files as `llava/`.",
+        "- `llava_next/`: tiny random LLaVA-NeXT (the LLaVA layout, CLIP image 42 / patch 14 ->",
+        "  3x3 features per tile, pinpoints 42x84 .. 42x126, `image_newline`); `reference.json`:",
+        "  ids / `image_sizes` from mlx-vlm's processor (== transformers' `LlavaNextProcessor`),",
+        "  logits and greedy tokens from transformers' `LlavaNextForConditionalGeneration`",
+        "  (float32), `pixel_cases` + `pixel_values.safetensors` (`<case>` / `img.<file>`: all",
+        "  tiles stacked, from `LlavaNextImageProcessorPil`).",
+        "- `idefics3/`, `smolvlm/`: tiny random Idefics3 / SmolVLM (SigLIP-style width 32, tile 42",
+        "  / patch 7, pixel shuffle 2 -> 9 tokens per frame, size 84 -> up to 2x2 tiles + global;",
+        "  llama LM hidden 64), tokenizer = the one above plus `<image>`,",
+        "  `<fake_token_around_image>`, `<global-img>`, `<end_of_utterance>`, `<row_r_col_c>`;",
+        "  `reference.json` (mlx-vlm, with `rows_cols`), pixel values from transformers'",
+        "  `Idefics3ImageProcessorPil` / `SmolVLMImageProcessorPil` (varied images in idefics3/ only).",
         "- `images/`: test images; `reference.json` + `reference.safetensors`: transformers",
         "  `Qwen2VLImageProcessorPil` outputs (`<case>.rows`: sampled `pixel_values` rows,",
         "  `<case>.resized`: the Pillow-resized uint8 image, `<case>.decoded` for lossy /",

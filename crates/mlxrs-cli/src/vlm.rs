@@ -24,8 +24,10 @@ pub struct VlmArgs<'a> {
   /// System prompt (`--system-prompt`).
   pub system: Option<&'a str>,
   /// Use the prompt as is, without the chat template
-  /// (`--ignore-chat-template`); it must then hold one
-  /// `<|vision_start|><|image_pad|><|vision_end|>` per image.
+  /// (`--ignore-chat-template`); it must then hold one image placeholder
+  /// per image (`<|vision_start|><|image_pad|><|vision_end|>` for
+  /// Qwen2-VL, `<image>` for LLaVA / LLaVA-NeXT / PaliGemma,
+  /// `<start_of_image>` for Gemma 3).
   pub raw: bool,
   /// Sampling, caches, stop strings.
   pub opts: GenerateOptions,
@@ -89,6 +91,7 @@ pub fn generate(a: &VlmArgs<'_>, out: &mut dyn Write) -> Result<()> {
       "tokens": tokens,
       "prompt_ids": input.input_ids,
       "image_grid_thw": grids,
+      "image_sizes": input.image_sizes,
       "finish_reason": last.finish_reason,
       "prompt_tokens": last.prompt_tokens,
       "prompt_tps": last.prompt_tps,

@@ -4,9 +4,13 @@
 //!   Pillow-exact resampling, as transformers' PIL-backed processors see
 //!   images.
 //! - [`processors`]: image processors (`preprocessor_config.json`), e.g.
-//!   Qwen2-VL's `smart_resize` + patchify, CLIP / SigLIP resize (+ crop).
+//!   Qwen2-VL's `smart_resize` + patchify, CLIP / SigLIP resize (+ crop),
+//!   LLaVA-NeXT any-resolution tiles, Idefics3 / SmolVLM image splitting.
 //! - [`models`]: vision towers and multimodal language models (LLaVA,
-//!   PaliGemma, Gemma 3, Qwen2-VL, Qwen2.5-VL).
+//!   LLaVA-NeXT, PaliGemma, Gemma 3, Idefics3 / SmolVLM, Qwen2-VL,
+//!   Qwen2.5-VL); each family module implements the processor + feature
+//!   merge behind [`VlmModel`] (one module and one registry line per
+//!   family, see `docs/vlm.md`).
 //! - [`VlmModel`]: `mlx_vlm.load` + prompt building + generation through
 //!   mlxrs-lm's streaming API (same sampling, caches and stop rules).
 //!
@@ -22,6 +26,7 @@
 //! ```
 
 pub mod error;
+mod family;
 pub mod image;
 pub mod model;
 pub mod models;
@@ -34,4 +39,7 @@ pub use mlxrs_lm::{
   TokenGenerator,
 };
 pub use model::{LoadOptions, MODEL_TYPES, VlmInput, VlmModel, is_vlm_dir, load, load_dir};
-pub use processors::{ClipImageProcessor, ClipPixels, PixelValues, Qwen2VlImageProcessor};
+pub use processors::{
+  ClipImageProcessor, ClipPixels, Idefics3ImageProcessor, LlavaNextImageProcessor, PixelValues,
+  Qwen2VlImageProcessor,
+};

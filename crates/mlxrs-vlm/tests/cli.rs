@@ -73,6 +73,69 @@ fn generate_with_an_image() {
 }
 
 #[test]
+fn generate_with_an_image_llava_next() {
+  // Any-resolution tiling through the CLI glue: the tokens of the
+  // reference (transformers' greedy decode) and the image size.
+  let model = root().join("tiny-vlm/llava_next").display().to_string();
+  let images = [root().join("tiny-vlm/images/scene_a_64x48.png")];
+  let mut out = Vec::new();
+  vlm::generate(&args(&model, &images, true), &mut out).unwrap();
+  let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+  let reference: serde_json::Value = serde_json::from_str(
+    &std::fs::read_to_string(root().join("tiny-vlm/llava_next/reference.json")).unwrap(),
+  )
+  .unwrap();
+  let case = &reference["cases"][0];
+  assert_eq!(v["prompt_ids"], case["input_ids"]);
+  let want: Vec<i64> = case["greedy_tokens"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|t| t.as_i64().unwrap())
+    .collect();
+  let got: Vec<i64> = v["tokens"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|t| t.as_i64().unwrap())
+    .collect();
+  assert!(!got.is_empty());
+  assert_eq!(got, want[..got.len()]);
+  assert_eq!(v["image_sizes"], serde_json::json!([[48, 64]]));
+}
+
+#[test]
+fn generate_with_an_image_smolvlm() {
+  // Image splitting + pixel shuffle through the CLI glue: mlx-vlm's ids
+  // and greedy tokens.
+  let model = root().join("tiny-vlm/smolvlm").display().to_string();
+  let images = [root().join("tiny-vlm/images/scene_a_64x48.png")];
+  let mut out = Vec::new();
+  vlm::generate(&args(&model, &images, true), &mut out).unwrap();
+  let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+  let reference: serde_json::Value = serde_json::from_str(
+    &std::fs::read_to_string(root().join("tiny-vlm/smolvlm/reference.json")).unwrap(),
+  )
+  .unwrap();
+  let case = &reference["cases"][0];
+  assert_eq!(v["prompt_ids"], case["input_ids"]);
+  let want: Vec<i64> = case["greedy_tokens"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|t| t.as_i64().unwrap())
+    .collect();
+  let got: Vec<i64> = v["tokens"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|t| t.as_i64().unwrap())
+    .collect();
+  assert!(!got.is_empty());
+  assert_eq!(got, want[..got.len()]);
+}
+
+#[test]
 fn cli_errors() {
   let model = root().join("tiny-vlm/qwen2_vl").display().to_string();
   let missing = [root().join("tiny-vlm/images/nope.png")];

@@ -90,6 +90,13 @@ fn check_arch(arch: &str) {
       want_grid.as_slice(),
       "{arch}/{name}: grids"
     );
+    if let Some(sizes) = case.get("image_sizes").and_then(Value::as_array) {
+      let want: Vec<[u32; 2]> = sizes
+        .iter()
+        .map(|s| [s[0].as_u64().unwrap() as u32, s[1].as_u64().unwrap() as u32])
+        .collect();
+      assert_eq!(input.image_sizes, want, "{arch}/{name}: image_sizes");
+    }
     if let Some(pv) = &input.pixel_values {
       let sum: f64 = pv.data.iter().map(|&v| v as f64).sum();
       let want = case["pixel_values"]["sum"].as_f64().unwrap();
@@ -173,6 +180,263 @@ fn qwen2_5_vl_matches_mlx_vlm() {
 fn llava_matches_mlx_vlm() {
   // CLIP tower (feature layer -2, class token dropped), projector, llama LM.
   check_arch("llava");
+}
+
+#[test]
+fn llava_next_matches_transformers() {
+  // Any-resolution tiles (base + best-resolution grid), unpadded feature
+  // grid with image_newline per row; one image, a tall one, two images
+  // (one 45:1 wide) and text only. Ids and pixel values: mlx-vlm's
+  // processor == transformers' LlavaNextProcessor; logits and greedy
+  // tokens: transformers' LlavaNextForConditionalGeneration (float32).
+  check_arch("llava_next");
+}
+
+#[test]
+fn llava_next_pixels_match_transformers() {
+  // transformers' LlavaNextImageProcessorPil on varied images, every
+  // value (the batch padding dropped), tolerance 1e-4.
+  let dir = root().join("tiny-vlm/llava_next");
+  let r = reference("llava_next");
+  let p = mlxrs_vlm::processors::LlavaNextImageProcessor::from_dir(&dir, None).unwrap();
+  let (mut t, _) = mlxrs_core::io::load_safetensors(dir.join("pixel_values.safetensors")).unwrap();
+  let cases = r["pixel_cases"].as_array().unwrap();
+  assert!(cases.len() >= 7);
+  for case in cases {
+    let f = case["image"].as_str().unwrap();
+    let img = mlxrs_vlm::load_image(
+      root().join("tiny-vlm/images").join(f),
+      mlxrs_vlm::AlphaMode::Drop,
+    )
+    .unwrap();
+    let (pv, sizes) = p.preprocess(&[img]).unwrap();
+    let s = &case["image_sizes"][0];
+    assert_eq!(
+      sizes,
+      vec![[s[0].as_u64().unwrap() as u32, s[1].as_u64().unwrap() as u32]],
+      "{f}: image_sizes"
+    );
+    let want = t.get_mut(&format!("img.{f}")).unwrap();
+    assert_eq!(
+      want.shape(),
+      vec![pv.n as i32, 3, pv.height as i32, pv.width as i32],
+      "{f}: pixel shape"
+    );
+    let want = want.to_vec::<f32>().unwrap();
+    let d = pv
+      .data
+      .iter()
+      .zip(&want)
+      .map(|(a, b)| (a - b).abs())
+      .fold(0f32, f32::max);
+    assert!(d <= 1e-4, "{f}: pixel values max diff {d}");
+    eprintln!("llava_next pixels {f}: {} tiles, max diff {d:e}", pv.n);
+  }
+}
+
+#[test]
+fn llava_next_bad_input_is_an_error() {
+  let m = model("llava_next");
+  assert_eq!(m.model_type(), "llava_next");
+  assert_eq!(m.image_token(), "<image>");
+  let imgs = m
+    .load_images(&[
+      root().join("tiny-vlm/images/scene_a_64x48.png"),
+      root().join("tiny-vlm/images/scene_b_90x60.png"),
+    ])
+    .unwrap();
+  // More images than placeholders, and the reverse.
+  let e = err(m.process("USER: <image>\nhi", &imgs));
+  assert!(
+    e.contains("1 image placeholder(s)") && e.contains("2 image(s)"),
+    "{e}"
+  );
+  let e = err(m.process("USER: <image><image>\nhi", &imgs[..1]));
+  assert!(
+    e.contains("2 image placeholder(s)") && e.contains("1 image(s)"),
+    "{e}"
+  );
+  let e = err(m.process("USER: hi", &imgs[..1]));
+  assert!(e.contains("0 image placeholder(s)"), "{e}");
+  // Image tokens without pixels, pixels without image_sizes, a tile
+  // count that does not match image_sizes, too few image tokens.
+  let input = m.process("USER: <image>\nhi", &imgs[..1]).unwrap();
+  let mut no_px = input.clone();
+  no_px.clip_pixels = None;
+  let e = err(m.prompt_logits(&no_px));
+  assert!(e.contains("but no images"), "{e}");
+  let mut no_sizes = input.clone();
+  no_sizes.image_sizes.clear();
+  let e = err(m.prompt_logits(&no_sizes));
+  assert!(e.contains("image_sizes"), "{e}");
+  let mut bad_tiles = input.clone();
+  bad_tiles.image_sizes = vec![[900, 20]];
+  let e = err(m.prompt_logits(&bad_tiles));
+  assert!(e.contains("tiles"), "{e}");
+  let mut short = input.clone();
+  let first = short.input_ids.iter().position(|&t| t == 400).unwrap();
+  short.input_ids.remove(first);
+  let e = err(m.prompt_logits(&short));
+  assert!(e.contains("image token(s) but the images make"), "{e}");
+  // Zero-size images cannot be built or decoded (a PNG whose header says
+  // 0x1).
+  let e = err(RgbImage::new(0, 5, vec![]));
+  assert!(e.contains("zero-size image"), "{e}");
+  let e = err(mlxrs_vlm::decode_image(
+    &png_header_only(0, 1),
+    mlxrs_vlm::AlphaMode::Drop,
+  ));
+  assert!(!e.is_empty());
+}
+
+/// A PNG signature + IHDR of `w x h` (8-bit RGB) + IEND, no image data.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+  fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+      c ^= b as u32;
+      for _ in 0..8 {
+        c = if c & 1 != 0 {
+          0xedb8_8320 ^ (c >> 1)
+        } else {
+          c >> 1
+        };
+      }
+    }
+    !c
+  }
+  fn chunk(out: &mut Vec<u8>, ty: &[u8], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let mut td = ty.to_vec();
+    td.extend_from_slice(data);
+    out.extend_from_slice(&td);
+    out.extend_from_slice(&crc32(&td).to_be_bytes());
+  }
+  let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+  let mut ihdr = Vec::new();
+  ihdr.extend_from_slice(&w.to_be_bytes());
+  ihdr.extend_from_slice(&h.to_be_bytes());
+  ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+  chunk(&mut out, b"IHDR", &ihdr);
+  chunk(&mut out, b"IEND", &[]);
+  out
+}
+
+#[test]
+fn idefics3_matches_mlx_vlm() {
+  // SigLIP-style tower with mlx-vlm's bucketed positions (6x6 patches:
+  // 0 1 2 3 4 4), pixel-shuffle connector, llama LM; images split into
+  // tiles + a global image with <fake_token_around_image>/<row_r_col_c>/
+  // <global-img> prompts. One image, two (one 45:1 wide), a 1x1, text.
+  check_arch("idefics3");
+}
+
+#[test]
+fn smolvlm_matches_mlx_vlm() {
+  // model_type smolvlm: mlx-vlm's alias of the Idefics3 model, with
+  // transformers' SmolVLMImageProcessor.
+  check_arch("smolvlm");
+}
+
+#[test]
+fn idefics3_pixels_match_transformers() {
+  // transformers' Idefics3ImageProcessorPil (resize longest edge, resize
+  // to tile multiples, tiles + global; all LANCZOS) on varied images, every
+  // value, tolerance 1e-4 (SmolVLMImageProcessorPil is the same code; the
+  // smolvlm model cases check it).
+  for arch in ["idefics3"] {
+    let dir = root().join("tiny-vlm").join(arch);
+    let r = reference(arch);
+    let p = mlxrs_vlm::processors::Idefics3ImageProcessor::from_dir(&dir).unwrap();
+    let (mut t, _) =
+      mlxrs_core::io::load_safetensors(dir.join("pixel_values.safetensors")).unwrap();
+    let cases = r["pixel_cases"].as_array().unwrap();
+    assert!(cases.len() >= 7);
+    for case in cases {
+      let f = case["image"].as_str().unwrap();
+      let img = mlxrs_vlm::load_image(
+        root().join("tiny-vlm/images").join(f),
+        mlxrs_vlm::AlphaMode::Drop,
+      )
+      .unwrap();
+      let (pv, grids) = p.preprocess(&[img]).unwrap();
+      let rc = &case["rows_cols"][0];
+      assert_eq!(
+        grids,
+        vec![(
+          rc[0].as_u64().unwrap() as u32,
+          rc[1].as_u64().unwrap() as u32
+        )],
+        "{arch} {f}: rows / cols"
+      );
+      let want = t.get_mut(&format!("img.{f}")).unwrap();
+      assert_eq!(
+        want.shape(),
+        vec![pv.n as i32, 3, pv.height as i32, pv.width as i32],
+        "{arch} {f}: pixel shape"
+      );
+      let want = want.to_vec::<f32>().unwrap();
+      let d = pv
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+      assert!(d <= 1e-4, "{arch} {f}: pixel values max diff {d}");
+      eprintln!("{arch} pixels {f}: {} frames, max diff {d:e}", pv.n);
+    }
+  }
+}
+
+#[test]
+fn idefics3_bad_input_is_an_error() {
+  let m = model("idefics3");
+  assert_eq!(m.image_token(), "<image>");
+  let imgs = m
+    .load_images(&[
+      root().join("tiny-vlm/images/scene_a_64x48.png"),
+      root().join("tiny-vlm/images/scene_b_90x60.png"),
+    ])
+    .unwrap();
+  let e = err(m.process("User:<image>hi", &imgs));
+  assert!(
+    e.contains("1 image placeholder(s)") && e.contains("2 image(s)"),
+    "{e}"
+  );
+  let e = err(m.process("User:<image><image>hi", &imgs[..1]));
+  assert!(
+    e.contains("2 image placeholder(s)") && e.contains("1 image(s)"),
+    "{e}"
+  );
+  let e = err(m.process("User: hi", &imgs[..1]));
+  assert!(e.contains("0 image placeholder(s)"), "{e}");
+  // The expansion: 2x2 tiles + global, 9 tokens each.
+  let input = m.process("User:<image>hi", &imgs[..1]).unwrap();
+  let img_id = m.tokenizer().token_to_id("<image>").unwrap();
+  assert_eq!(
+    input.input_ids.iter().filter(|&&t| t == img_id).count(),
+    5 * 9
+  );
+  assert_eq!(input.clip_pixels.as_ref().unwrap().n, 5);
+  let text = m.tokenizer().decode(&input.input_ids, false).unwrap();
+  assert!(
+    text.contains("<fake_token_around_image><row_2_col_2><image>")
+      && text.contains("\n\n<fake_token_around_image><global-img><image>"),
+    "{text}"
+  );
+  let mut no_px = input.clone();
+  no_px.clip_pixels = None;
+  let e = err(m.prompt_logits(&no_px));
+  assert!(e.contains("but no images"), "{e}");
+  let mut extra = input.clone();
+  let pv = extra.clip_pixels.as_mut().unwrap();
+  pv.data.extend_from_within(..pv.data.len() / 5);
+  pv.n = 6;
+  let e = err(m.prompt_logits(&extra));
+  assert!(e.contains("make 54 features"), "{e}");
+  // Zero-size images cannot exist.
+  let e = err(RgbImage::new(5, 0, vec![]));
+  assert!(e.contains("zero-size image"), "{e}");
 }
 
 #[test]

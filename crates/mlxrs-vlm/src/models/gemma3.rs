@@ -676,3 +676,177 @@ impl Gemma3 {
     Ok(out)
   }
 }
+
+// ---------------------------------------------------------------------------
+// VlmModel glue (processor + feature merge)
+// ---------------------------------------------------------------------------
+
+/// The Gemma 3 half of a [`crate::VlmModel`].
+pub(crate) struct Gemma3Family {
+  vision: SiglipVision,
+  projector: Gemma3Projector,
+  config: Gemma3Config,
+  processor: crate::processors::ClipImageProcessor,
+  slot: Gemma3Slot,
+  boi: String,
+  eoi: String,
+}
+
+/// Load a `gemma3` checkpoint (python `mlx_vlm.load`).
+pub(crate) fn load(
+  path: &std::path::Path,
+  config: mlxrs_lm::ModelConfig,
+  opts: &crate::model::LoadOptions,
+) -> Result<crate::family::LoadedFamily> {
+  use crate::family::{finish_weights, loaded_model, open_weights, token_name};
+  let slot: Gemma3Slot = Arc::new(Mutex::new(None));
+  let mut m = Gemma3::new(config.raw(), slot.clone())?;
+  let mut w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
+  LanguageModel::load(&mut m.text, &mut w);
+  Module::load(&mut m.vision, &mut w, "vision_tower");
+  Module::load(&mut m.projector, &mut w, "multi_modal_projector");
+  let mut params = Vec::new();
+  LanguageModel::visit(&m.text, &mut |_, a| params.push(a.clone()));
+  Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
+  Module::visit(&m.projector, "", &mut |_, a| params.push(a.clone()));
+  finish_weights(path, w, params)?;
+  let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
+  let name = |key: &str, default: &str| -> Result<String> {
+    match config.raw().get(key).and_then(Value::as_u64) {
+      Some(id) => token_name(&tokenizer, path, key, id as u32),
+      None => Ok(default.to_string()),
+    }
+  };
+  let image_token = token_name(
+    &tokenizer,
+    path,
+    "image_token_index",
+    m.config.image_token_index,
+  )?;
+  let boi = name("boi_token_index", "<start_of_image>")?;
+  let eoi = name("eoi_token_index", "<end_of_image>")?;
+  let processor = crate::processors::ClipImageProcessor::from_dir(path)?;
+  let pre = path.join("preprocessor_config.json");
+  if let Ok(text) = std::fs::read_to_string(&pre) {
+    let v: Value =
+      serde_json::from_str(&text).map_err(|e| Error::config(&pre, "<json>", e.to_string()))?;
+    if v.get("do_pan_and_scan").and_then(Value::as_bool) == Some(true) {
+      return Err(Error::config(
+        &pre,
+        "do_pan_and_scan",
+        "pan and scan is not supported yet; set it to false",
+      ));
+    }
+  }
+  let size = m.config.vision.image_size as u32;
+  if processor.do_resize && processor.fixed_size != Some((size, size)) {
+    return Err(Error::config(
+      path.join("preprocessor_config.json"),
+      "size",
+      format!(
+        "{:?} does not match the vision tower's image_size {size}",
+        processor.fixed_size
+      ),
+    ));
+  }
+  let Gemma3 {
+    vision,
+    projector,
+    text,
+    config: gcfg,
+  } = m;
+  Ok(crate::family::LoadedFamily {
+    lm: loaded_model(path, config, tokenizer, Box::new(text), opts),
+    family: Box::new(Gemma3Family {
+      vision,
+      projector,
+      config: gcfg,
+      processor,
+      slot,
+      boi,
+      eoi,
+    }),
+    image_token,
+    qwen_processor: None,
+  })
+}
+
+impl crate::family::VisionFamily for Gemma3Family {
+  /// python `Gemma3Processor.__call__` (no pan and scan): each
+  /// `<start_of_image>` becomes `"\n\n<start_of_image>" +
+  /// "<image_soft_token>" * mm_tokens_per_image + "<end_of_image>\n\n"`.
+  fn process(
+    &self,
+    s: &crate::family::Shared<'_>,
+    text: &str,
+    images: &[crate::image::RgbImage],
+  ) -> Result<crate::model::VlmInput> {
+    let n_ph = text.matches(self.boi.as_str()).count();
+    if n_ph != images.len() {
+      return Err(crate::family::placeholder_mismatch(
+        n_ph,
+        &self.boi,
+        images.len(),
+      ));
+    }
+    if images.is_empty() {
+      return Ok(crate::model::VlmInput::text(
+        s.tokenizer.encode(text, false)?,
+      ));
+    }
+    let full = format!(
+      "\n\n{}{}{}\n\n",
+      self.boi,
+      s.image_token.repeat(self.config.tokens_per_image()),
+      self.eoi
+    );
+    let ids = s
+      .tokenizer
+      .encode(&text.replace(self.boi.as_str(), &full), false)?;
+    let mut input = crate::model::VlmInput::text(ids);
+    input.clip_pixels = Some(self.processor.preprocess(images)?);
+    Ok(input)
+  }
+
+  /// SigLIP features, pooled, normed, projected and scaled, in place of the
+  /// image tokens' embeddings (python `masked_scatter`).
+  fn set_prompt(
+    &self,
+    s: &crate::family::Shared<'_>,
+    input: &crate::model::VlmInput,
+  ) -> Result<()> {
+    let ids = &input.input_ids;
+    let img_id = self.config.image_token_index;
+    let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
+    let state = match &input.clip_pixels {
+      None => {
+        if n_img_tokens > 0 {
+          return Err(crate::family::no_pixels(n_img_tokens, s.image_token));
+        }
+        None
+      }
+      Some(pv) => {
+        let n_feat = pv.n * self.config.tokens_per_image();
+        if n_feat != n_img_tokens {
+          return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
+        }
+        let f =
+          Gemma3::image_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
+        Some(Gemma3Prompt {
+          ids: ids.clone(),
+          features: ops::astype(&f, s.dtype)?,
+          feature_row: crate::family::feature_rows(ids, img_id),
+        })
+      }
+    };
+    crate::family::set_slot(&self.slot, state)
+  }
+
+  fn clear_prompt(&self) {
+    crate::family::clear_slot(&self.slot);
+  }
+
+  fn clip_processor(&self) -> Option<&crate::processors::ClipImageProcessor> {
+    Some(&self.processor)
+  }
+}

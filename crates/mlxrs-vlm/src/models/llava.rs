@@ -847,3 +847,184 @@ impl Llava {
     Ok(out)
   }
 }
+
+// ---------------------------------------------------------------------------
+// VlmModel glue (processor + feature merge)
+// ---------------------------------------------------------------------------
+
+/// The LLaVA half of a [`crate::VlmModel`].
+pub(crate) struct LlavaFamily {
+  vision: ClipVision,
+  projector: Projector,
+  config: LlavaConfig,
+  processor: crate::processors::ClipImageProcessor,
+  slot: LlavaSlot,
+}
+
+/// Load a `llava` checkpoint (python `mlx_vlm.load`).
+pub(crate) fn load(
+  path: &std::path::Path,
+  config: mlxrs_lm::ModelConfig,
+  opts: &crate::model::LoadOptions,
+) -> Result<crate::family::LoadedFamily> {
+  use crate::family::{finish_weights, loaded_model, open_weights, token_name};
+  let slot: LlavaSlot = Arc::new(Mutex::new(None));
+  let mut m = Llava::new(config.raw(), slot.clone())?;
+  let mut w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
+  LanguageModel::load(&mut m.text, &mut w);
+  Module::load(&mut m.vision, &mut w, "vision_tower");
+  Module::load(&mut m.projector, &mut w, "multi_modal_projector");
+  let mut params = Vec::new();
+  LanguageModel::visit(&m.text, &mut |_, a| params.push(a.clone()));
+  Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
+  Module::visit(&m.projector, "", &mut |_, a| params.push(a.clone()));
+  finish_weights(path, w, params)?;
+  let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
+  let image_token = token_name(
+    &tokenizer,
+    path,
+    "image_token_index",
+    m.config.image_token_index,
+  )?;
+  let processor = crate::processors::ClipImageProcessor::from_dir(path)?;
+  let size = m.config.vision.image_size as u32;
+  if processor.do_center_crop && processor.crop != (size, size) {
+    return Err(Error::config(
+      path.join("preprocessor_config.json"),
+      "crop_size",
+      format!(
+        "{:?} does not match the vision tower's image_size {size}",
+        processor.crop
+      ),
+    ));
+  }
+  let Llava {
+    vision,
+    projector,
+    text,
+    config: lcfg,
+  } = m;
+  Ok(crate::family::LoadedFamily {
+    lm: loaded_model(path, config, tokenizer, Box::new(text), opts),
+    family: Box::new(LlavaFamily {
+      vision,
+      projector,
+      config: lcfg,
+      processor,
+      slot,
+    }),
+    image_token,
+    qwen_processor: None,
+  })
+}
+
+/// Expand each image token of `ids` to `counts[k]` tokens (image `k`).
+pub(crate) fn expand_image_tokens(ids: Vec<u32>, img_id: u32, counts: &[usize]) -> Vec<u32> {
+  let total: usize = counts.iter().sum();
+  let mut out = Vec::with_capacity(ids.len() + total);
+  let mut k = 0;
+  for t in ids {
+    if t == img_id {
+      out.extend(std::iter::repeat_n(
+        img_id,
+        counts.get(k).copied().unwrap_or(1),
+      ));
+      k += 1;
+    } else {
+      out.push(t);
+    }
+  }
+  out
+}
+
+/// The CLIP features of `pixels` (NHWC) at the configured layer, the class
+/// token dropped with the `default` strategy, projected:
+/// `[n, tokens_per_image, hidden]` (python `get_input_embeddings` up to the
+/// merge).
+pub(crate) fn clip_features(
+  vision: &ClipVision,
+  projector: &Projector,
+  config: &LlavaConfig,
+  pixels: &Array,
+) -> Result<Array> {
+  let hs = vision.hidden_state(pixels, config.vision_feature_layer)?;
+  let hs = if config.drop_cls {
+    let s = hs.shape();
+    ops::slice(&hs, &[0, 1, 0], &s, &[1, 1, 1])?
+  } else {
+    hs
+  };
+  projector.forward(&hs)
+}
+
+impl crate::family::VisionFamily for LlavaFamily {
+  /// python `LlavaProcessor.__call__`: CLIP pixel values, each `<image>`
+  /// expanded to `patches (+1 with the "full" strategy)` tokens.
+  fn process_ids(
+    &self,
+    s: &crate::family::Shared<'_>,
+    ids: Vec<u32>,
+    images: &[crate::image::RgbImage],
+  ) -> Result<crate::model::VlmInput> {
+    let img_id = self.config.image_token_index;
+    let n_ph = ids.iter().filter(|&&t| t == img_id).count();
+    if n_ph != images.len() {
+      return Err(crate::family::placeholder_mismatch(
+        n_ph,
+        s.image_token,
+        images.len(),
+      ));
+    }
+    if images.is_empty() {
+      return Ok(crate::model::VlmInput::text(ids));
+    }
+    let pv = self.processor.preprocess(images)?;
+    let counts = vec![self.config.tokens_per_image(); images.len()];
+    let mut input = crate::model::VlmInput::text(expand_image_tokens(ids, img_id, &counts));
+    input.clip_pixels = Some(pv);
+    Ok(input)
+  }
+
+  /// CLIP features of the chosen layer, projected, in place of the image
+  /// tokens' embeddings (python `get_input_embeddings`).
+  fn set_prompt(
+    &self,
+    s: &crate::family::Shared<'_>,
+    input: &crate::model::VlmInput,
+  ) -> Result<()> {
+    let ids = &input.input_ids;
+    let img_id = self.config.image_token_index;
+    let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
+    let state = match &input.clip_pixels {
+      None => {
+        if n_img_tokens > 0 {
+          return Err(crate::family::no_pixels(n_img_tokens, s.image_token));
+        }
+        None
+      }
+      Some(pv) => {
+        let n_feat = pv.n * self.config.tokens_per_image();
+        if n_feat != n_img_tokens {
+          return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
+        }
+        let f = clip_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
+        let d = f.dim(-1).unwrap_or(0);
+        let features = ops::astype(&ops::reshape(&f, &[-1, d])?, s.dtype)?;
+        Some(LlavaPrompt {
+          ids: ids.clone(),
+          features,
+          feature_row: crate::family::feature_rows(ids, img_id),
+        })
+      }
+    };
+    crate::family::set_slot(&self.slot, state)
+  }
+
+  fn clear_prompt(&self) {
+    crate::family::clear_slot(&self.slot);
+  }
+
+  fn clip_processor(&self) -> Option<&crate::processors::ClipImageProcessor> {
+    Some(&self.processor)
+  }
+}

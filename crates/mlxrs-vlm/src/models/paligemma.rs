@@ -412,6 +412,18 @@ impl SiglipVision {
 
   /// `post_layernorm(encoder(embeddings(x)))` for NHWC pixels: `[N, patches, D]`.
   pub fn forward(&self, pixels: &Array) -> Result<Array> {
+    self.forward_with_positions(pixels, None)
+  }
+
+  /// Patches per side (`image_size / patch_size`).
+  pub fn patches_per_side(&self) -> i32 {
+    self.args.image_size / self.args.patch_size
+  }
+
+  /// [`SiglipVision::forward`] with explicit position ids `[patches]`
+  /// (`None`: `0..patches`; Idefics3 buckets them, see
+  /// [`crate::models::idefics3`]).
+  pub fn forward_with_positions(&self, pixels: &Array, positions: Option<&Array>) -> Result<Array> {
     let s = pixels.shape();
     let a = &self.args;
     if s.len() != 4 || s[1] != a.image_size || s[2] != a.image_size || s[3] != a.num_channels {
@@ -425,7 +437,10 @@ impl SiglipVision {
     let ps = x.shape();
     let x = ops::reshape(&x, &[ps[0], ps[1] * ps[2], ps[3]])?;
     let n = x.dim(1).unwrap_or(0);
-    let ids = ops::arange(0.0, n as f64, 1.0, Dtype::Int32)?;
+    let ids = match positions {
+      Some(p) => p.clone(),
+      None => ops::arange(0.0, n as f64, 1.0, Dtype::Int32)?,
+    };
     let mut x = ops::add(
       &x,
       &ops::expand_dims(&m.embeddings.position_embedding.forward(&ids)?, 0)?,
@@ -891,5 +906,184 @@ impl PaliGemma {
       out.insert(k, v);
     }
     Ok(out)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// VlmModel glue (processor + feature merge)
+// ---------------------------------------------------------------------------
+
+/// The PaliGemma half of a [`crate::VlmModel`].
+pub(crate) struct PaliFamily {
+  vision: SiglipVision,
+  projector: PaliProjector,
+  config: PaliGemmaConfig,
+  processor: crate::processors::ClipImageProcessor,
+  slot: PaliSlot,
+  bos: String,
+}
+
+/// Load a `paligemma` checkpoint (python `mlx_vlm.load`).
+pub(crate) fn load(
+  path: &std::path::Path,
+  config: mlxrs_lm::ModelConfig,
+  opts: &crate::model::LoadOptions,
+) -> Result<crate::family::LoadedFamily> {
+  use crate::family::{finish_weights, loaded_model, open_weights, token_name};
+  let slot: PaliSlot = Arc::new(Mutex::new(None));
+  let mut m = PaliGemma::new(config.raw(), slot.clone())?;
+  let mut w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
+  LanguageModel::load(&mut m.text, &mut w);
+  Module::load(&mut m.vision, &mut w, "vision_tower");
+  Module::load(&mut m.projector, &mut w, "multi_modal_projector");
+  let mut params = Vec::new();
+  LanguageModel::visit(&m.text, &mut |_, a| params.push(a.clone()));
+  Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
+  Module::visit(&m.projector, "", &mut |_, a| params.push(a.clone()));
+  finish_weights(path, w, params)?;
+  let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
+  let image_token = token_name(
+    &tokenizer,
+    path,
+    "image_token_index",
+    m.config.image_token_index,
+  )?;
+  let bos_id = config
+    .raw()
+    .get("bos_token_id")
+    .and_then(Value::as_u64)
+    .unwrap_or(2) as u32;
+  let bos = token_name(&tokenizer, path, "bos_token_id", bos_id)?;
+  let processor = crate::processors::ClipImageProcessor::from_dir(path)?;
+  let size = m.config.vision.image_size as u32;
+  let out = if processor.do_center_crop {
+    Some(processor.crop)
+  } else {
+    processor.fixed_size
+  };
+  if processor.do_resize && out != Some((size, size)) {
+    return Err(Error::config(
+      path.join("preprocessor_config.json"),
+      "size",
+      format!("{out:?} does not match the vision tower's image_size {size}"),
+    ));
+  }
+  let PaliGemma {
+    vision,
+    projector,
+    text,
+    config: pcfg,
+  } = m;
+  Ok(crate::family::LoadedFamily {
+    lm: loaded_model(path, config, tokenizer, Box::new(text), opts),
+    family: Box::new(PaliFamily {
+      vision,
+      projector,
+      config: pcfg,
+      processor,
+      slot,
+      bos,
+    }),
+    image_token,
+    qwen_processor: None,
+  })
+}
+
+impl crate::family::VisionFamily for PaliFamily {
+  /// python `PaliGemmaProcessor.__call__`: one image; every `<image>`
+  /// becomes `image_seq_length` of them, the BOS token goes after the last
+  /// one (or first, without any: then the image tokens are prepended as
+  /// `build_string_from_input` does), and `"\n"` ends the prompt.
+  fn process(
+    &self,
+    s: &crate::family::Shared<'_>,
+    text: &str,
+    images: &[crate::image::RgbImage],
+  ) -> Result<crate::model::VlmInput> {
+    if images.len() != 1 {
+      return Err(Error::invalid(format!(
+        "PaliGemma takes exactly one image per prompt (as mlx-vlm), got {}",
+        images.len()
+      )));
+    }
+    let tok = s.image_token;
+    let n = self.config.tokens_per_image();
+    let st = if text.contains(tok) {
+      let mut e = text.replace(tok, &tok.repeat(n));
+      let at = e.rfind(tok).map(|i| i + tok.len()).unwrap_or(0);
+      e.insert_str(at, &self.bos);
+      e + "\n"
+    } else {
+      format!("{}{}{text}\n", tok.repeat(n), self.bos)
+    };
+    let ids = s.tokenizer.encode(&st, false)?;
+    let n_img = ids
+      .iter()
+      .filter(|&&t| t == self.config.image_token_index)
+      .count();
+    if n_img != n {
+      return Err(Error::invalid(format!(
+        "the prompt has {n_img} image tokens after expansion, expected {n} (one <image> per prompt)"
+      )));
+    }
+    let mut input = crate::model::VlmInput::text(ids);
+    input.clip_pixels = Some(self.processor.preprocess(images)?);
+    Ok(input)
+  }
+
+  /// SigLIP features, projected and scaled, in place of the image tokens'
+  /// embeddings.
+  fn set_prompt(
+    &self,
+    s: &crate::family::Shared<'_>,
+    input: &crate::model::VlmInput,
+  ) -> Result<()> {
+    let ids = &input.input_ids;
+    let img_id = self.config.image_token_index;
+    let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
+    let state = match &input.clip_pixels {
+      None => {
+        if n_img_tokens > 0 {
+          return Err(crate::family::no_pixels(n_img_tokens, s.image_token));
+        }
+        None
+      }
+      Some(pv) => {
+        let n_feat = self.config.tokens_per_image();
+        if pv.n != 1 || n_feat != n_img_tokens {
+          return Err(Error::invalid(format!(
+            "the prompt has {n_img_tokens} image token(s) and {} image(s); PaliGemma takes one image \
+             of {n_feat} tokens (process the prompt with VlmModel::process)",
+            pv.n
+          )));
+        }
+        let f =
+          PaliGemma::image_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
+        Some(PaliPrompt {
+          ids: ids.clone(),
+          features: ops::astype(&f, s.dtype)?,
+          feature_row: crate::family::feature_rows(ids, img_id),
+        })
+      }
+    };
+    crate::family::set_slot(&self.slot, state)
+  }
+
+  fn clear_prompt(&self) {
+    crate::family::clear_slot(&self.slot);
+  }
+
+  fn clip_processor(&self) -> Option<&crate::processors::ClipImageProcessor> {
+    Some(&self.processor)
+  }
+
+  /// mlx-vlm: no chat template, `"<image>" * num_images + prompt`.
+  fn plain_prompt(
+    &self,
+    s: &crate::family::Shared<'_>,
+    prompt: &str,
+    num_images: usize,
+  ) -> Option<String> {
+    Some(s.image_token.repeat(num_images) + prompt)
   }
 }

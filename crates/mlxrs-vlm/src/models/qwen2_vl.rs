@@ -1334,6 +1334,194 @@ impl Qwen2Vl {
   }
 }
 
+// ---------------------------------------------------------------------------
+// VlmModel glue (processor + feature merge)
+// ---------------------------------------------------------------------------
+
+/// The Qwen2-VL / Qwen2.5-VL half of a [`crate::VlmModel`].
+pub(crate) struct Qwen2VlFamily {
+  vision: VisionTower,
+  config: Qwen2VlConfig,
+  processor: crate::processors::Qwen2VlImageProcessor,
+  slot: PromptSlot,
+}
+
+/// Load a `qwen2_vl` / `qwen2_5_vl` checkpoint (python `mlx_vlm.load`).
+pub(crate) fn load(
+  path: &std::path::Path,
+  config: mlxrs_lm::ModelConfig,
+  opts: &crate::model::LoadOptions,
+) -> Result<crate::family::LoadedFamily> {
+  use crate::family::{finish_weights, loaded_model, open_weights, token_name};
+  let family = match config.model_type()? {
+    "qwen2_5_vl" => Family::Qwen25Vl,
+    _ => Family::Qwen2Vl,
+  };
+  let slot: PromptSlot = Arc::new(Mutex::new(None));
+  let mut m = Qwen2Vl::new(family, config.raw(), &config.text_config(), slot.clone())?;
+  let mut w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
+  LanguageModel::load(&mut m.text, &mut w);
+  Module::load(&mut m.vision, &mut w, "vision_tower");
+  let mut params = Vec::new();
+  LanguageModel::visit(&m.text, &mut |_, a| params.push(a.clone()));
+  Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
+  finish_weights(path, w, params)?;
+  let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
+  let image_token = token_name(&tokenizer, path, "image_token_id", m.config.image_token_id)?;
+  let processor = crate::processors::Qwen2VlImageProcessor::from_dir(path)?;
+  let v = &m.config.vision;
+  if processor.patch_size as i32 != v.patch_size
+    || processor.merge_size as i32 != v.spatial_merge_size
+    || processor.temporal_patch_size as i32 != v.temporal_patch_size
+  {
+    return Err(Error::config(
+      path.join("preprocessor_config.json"),
+      "patch_size",
+      format!(
+        "patch {} / merge {} / temporal {} do not match config.json's vision_config ({} / {} / {})",
+        processor.patch_size,
+        processor.merge_size,
+        processor.temporal_patch_size,
+        v.patch_size,
+        v.spatial_merge_size,
+        v.temporal_patch_size
+      ),
+    ));
+  }
+  let Qwen2Vl {
+    vision,
+    text,
+    config: qcfg,
+  } = m;
+  Ok(crate::family::LoadedFamily {
+    lm: loaded_model(path, config, tokenizer, Box::new(text), opts),
+    family: Box::new(Qwen2VlFamily {
+      vision,
+      config: qcfg,
+      processor: processor.clone(),
+      slot,
+    }),
+    image_token,
+    qwen_processor: Some(processor),
+  })
+}
+
+impl Qwen2VlFamily {
+  fn no_video(&self, s: &crate::family::Shared<'_>, ids: &[u32]) -> Result<()> {
+    if ids.contains(&self.config.video_token_id) {
+      let tok = s
+        .tokenizer
+        .id_to_token(self.config.video_token_id)
+        .unwrap_or_default();
+      return Err(Error::invalid(format!(
+        "the prompt holds a video placeholder ({tok}); videos are not supported yet"
+      )));
+    }
+    Ok(())
+  }
+}
+
+impl crate::family::VisionFamily for Qwen2VlFamily {
+  /// python `Qwen2VLProcessor.__call__`: each `<|image_pad|>` becomes
+  /// `t * h * w / merge_size^2` of them.
+  fn process_ids(
+    &self,
+    s: &crate::family::Shared<'_>,
+    ids: Vec<u32>,
+    images: &[crate::image::RgbImage],
+  ) -> Result<crate::model::VlmInput> {
+    let img_id = self.config.image_token_id;
+    self.no_video(s, &ids)?;
+    let n_ph = ids.iter().filter(|&&t| t == img_id).count();
+    if n_ph != images.len() {
+      return Err(crate::family::placeholder_mismatch(
+        n_ph,
+        s.image_token,
+        images.len(),
+      ));
+    }
+    if images.is_empty() {
+      return Ok(crate::model::VlmInput::text(ids));
+    }
+    let mut pv = self.processor.preprocess(images)?;
+    if pv.cols as i32 != self.vision.patch_dim() {
+      return Err(Error::invalid(format!(
+        "the image processor makes patches of {} values but the vision tower expects {}",
+        pv.cols,
+        self.vision.patch_dim()
+      )));
+    }
+    let m2 = (self.processor.merge_size * self.processor.merge_size) as usize;
+    let mut out = Vec::with_capacity(ids.len());
+    let mut k = 0;
+    for t in ids {
+      if t == img_id {
+        let [gt, gh, gw] = pv.grid_thw[k];
+        let n = gt as usize * gh as usize * gw as usize / m2;
+        out.extend(std::iter::repeat_n(img_id, n));
+        k += 1;
+      } else {
+        out.push(t);
+      }
+    }
+    pv.grid_thw.shrink_to_fit();
+    let mut input = crate::model::VlmInput::text(out);
+    input.pixel_values = Some(pv);
+    Ok(input)
+  }
+
+  /// Vision features in place of the image tokens, M-RoPE positions.
+  fn set_prompt(
+    &self,
+    s: &crate::family::Shared<'_>,
+    input: &crate::model::VlmInput,
+  ) -> Result<()> {
+    let config = &self.config;
+    let ids = &input.input_ids;
+    self.no_video(s, ids)?;
+    let img_id = config.image_token_id;
+    let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
+    let state = match &input.pixel_values {
+      None => {
+        if n_img_tokens > 0 {
+          return Err(crate::family::no_pixels(n_img_tokens, s.image_token));
+        }
+        None
+      }
+      Some(pv) => {
+        let m2 = (config.vision.spatial_merge_size * config.vision.spatial_merge_size) as usize;
+        let n_feat: usize = pv
+          .grid_thw
+          .iter()
+          .map(|g| g[0] as usize * g[1] as usize * g[2] as usize / m2)
+          .sum();
+        if n_feat != n_img_tokens {
+          return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
+        }
+        let features = self.vision.forward(&pv.to_array()?, &pv.grid_thw)?;
+        let features = ops::astype(&features, s.dtype)?;
+        let (positions, rope_delta) = rope_index(ids, &pv.grid_thw, config)?;
+        Some(MultimodalPrompt {
+          ids: ids.clone(),
+          features: Some(features),
+          feature_row: crate::family::feature_rows(ids, img_id),
+          positions,
+          rope_delta,
+        })
+      }
+    };
+    crate::family::set_slot(&self.slot, state)
+  }
+
+  fn clear_prompt(&self) {
+    crate::family::clear_slot(&self.slot);
+  }
+
+  fn images_first(&self) -> bool {
+    self.config.family == Family::Qwen25Vl
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;

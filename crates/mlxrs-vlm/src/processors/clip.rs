@@ -206,7 +206,10 @@ impl ClipImageProcessor {
       let (h, w) = self
         .fixed_size
         .unwrap_or_else(|| self.output_size(img.height(), img.width()));
-      img = resize(&img, w, h, self.resample)?;
+      // Pillow's `resize` returns a copy when the size is unchanged.
+      if (h, w) != (img.height(), img.width()) {
+        img = resize(&img, w, h, self.resample)?;
+      }
     }
     if self.do_center_crop {
       let (ch, cw) = self.crop;
@@ -226,6 +229,28 @@ impl ClipImageProcessor {
       img = RgbImage::new(cw, ch, out)?;
     }
     Ok(img)
+  }
+
+  /// Rescale (float64 then float32, as numpy) and normalize (float32) one
+  /// image, appending its CHW values to `data`.
+  pub fn push_chw(&self, img: &RgbImage, data: &mut Vec<f32>) {
+    let raw = img.as_raw();
+    let n = (img.height() * img.width()) as usize;
+    data.reserve(3 * n);
+    for c in 0..3 {
+      for i in 0..n {
+        let v = raw[i * 3 + c];
+        let mut f = if self.do_rescale {
+          (v as f64 * self.rescale_factor) as f32
+        } else {
+          v as f32
+        };
+        if self.do_normalize {
+          f = (f - self.image_mean[c]) / self.image_std[c];
+        }
+        data.push(f);
+      }
+    }
   }
 
   /// python `CLIPImageProcessor(images)["pixel_values"]`: all images must
@@ -249,22 +274,7 @@ impl ClipImageProcessor {
         }
         _ => {}
       }
-      let raw = img.as_raw();
-      for c in 0..3 {
-        for i in 0..hh * ww {
-          let v = raw[i * 3 + c];
-          // Rescale in float64 then float32 (numpy), normalize in float32.
-          let mut f = if self.do_rescale {
-            (v as f64 * self.rescale_factor) as f32
-          } else {
-            v as f32
-          };
-          if self.do_normalize {
-            f = (f - self.image_mean[c]) / self.image_std[c];
-          }
-          data.push(f);
-        }
-      }
+      self.push_chw(&img, &mut data);
     }
     let (height, width) = size.unwrap_or((0, 0));
     Ok(ClipPixels {
