@@ -18,6 +18,7 @@ use mlxrs_lm::{
 
 mod bench;
 mod embed;
+mod lm_extra;
 mod transcribe;
 mod vlm;
 
@@ -116,12 +117,30 @@ struct SamplingArgs {
 struct GenerateArgs {
   #[command(flatten)]
   model: ModelArgs,
-  /// The prompt ("-" reads stdin).
-  #[arg(long, short = 'p', conflicts_with = "prompt_file")]
-  prompt: Option<String>,
+  /// The prompt ("-" reads stdin). Repeat it to generate for several
+  /// prompts as one batch (python `mlx_lm.batch_generate`).
+  #[arg(long, short = 'p', conflicts_with_all = ["prompt_file", "prompts_file"])]
+  prompt: Vec<String>,
   /// Read the prompt from a UTF-8 file.
-  #[arg(long = "prompt-file")]
+  #[arg(long = "prompt-file", conflicts_with = "prompts_file")]
   prompt_file: Option<PathBuf>,
+  /// Batch generation: one prompt per line of this UTF-8 file (empty lines
+  /// skipped).
+  #[arg(long = "prompts-file")]
+  prompts_file: Option<PathBuf>,
+  /// Also report the N most likely tokens and their log-probabilities at
+  /// each step (in `--json`: `top_logprobs`). Each token's own logprob is
+  /// always in `--json`'s `logprobs`.
+  #[arg(long = "top-logprobs", default_value_t = 0)]
+  top_logprobs: usize,
+  /// Draft model for speculative decoding (python `mlx_lm.generate
+  /// --draft-model`); must share the main model's tokenizer.
+  #[arg(long = "draft-model")]
+  draft_model: Option<String>,
+  /// Draft tokens proposed per speculative step (python
+  /// `--num-draft-tokens`).
+  #[arg(long = "num-draft-tokens", default_value_t = 3)]
+  num_draft_tokens: usize,
   /// System prompt (with the chat template).
   #[arg(long = "system-prompt", alias = "system")]
   system_prompt: Option<String>,
@@ -247,7 +266,7 @@ fn read_prompt(a: &GenerateArgs) -> Result<String> {
       anyhow::anyhow!("--prompt-file {}: not valid UTF-8 (invalid byte at offset {})", p.display(), e.utf8_error().valid_up_to())
     });
   }
-  match a.prompt.as_deref() {
+  match a.prompt.first().map(String::as_str) {
     Some("-") => {
       let mut s = String::new();
       std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the prompt from stdin (must be UTF-8)")?;
@@ -259,6 +278,13 @@ fn read_prompt(a: &GenerateArgs) -> Result<String> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
+  if a.json {
+    // Machine-read output: no download progress bars on stderr.
+    mlxrs_lm::hub::set_download_progress(false);
+  }
+  if a.prompt.len() > 1 || a.prompts_file.is_some() {
+    return lm_extra::batch(&a, &mut std::io::stdout().lock());
+  }
   let prompt = read_prompt(&a)?;
   if prompt.is_empty() {
     bail!("the prompt is empty");
@@ -285,10 +311,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
   let m = load(&a.model.model, &LoadOptions { dtype, no_tokenizer: false })?;
   let tok = m.tokenizer.as_ref().expect("loaded with a tokenizer");
   let ids = prompt_ids(tok, &prompt, a.system_prompt.as_deref(), a.ignore_chat_template)?;
-  let opts = GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() };
+  let mut opts = GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() };
+  opts.step.top_logprobs = a.top_logprobs;
+  opts.step.num_draft_tokens = a.num_draft_tokens;
+  let draft = lm_extra::load_draft(&a, dtype)?;
   let mut out = std::io::stdout().lock();
   let mut text = String::new();
   let mut tokens = Vec::new();
+  let mut per_token = lm_extra::PerToken::default();
   let mut last = None;
   if !a.json && a.verbose {
     writeln!(out, "==========")?;
@@ -304,7 +334,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
     }
     None => None,
   };
-  for r in TextStream::new(&m, &ids, &opts, cache)? {
+  let mut stream = match &draft {
+    Some(d) => {
+      if cache.is_some() {
+        bail!("--prompt-cache-file cannot be combined with --draft-model");
+      }
+      TextStream::new_speculative(&m, d, &ids, &opts)?
+    }
+    None => TextStream::new(&m, &ids, &opts, cache)?,
+  };
+  for r in &mut stream {
     let r = r?;
     if !a.json {
       write!(out, "{}", r.text)?;
@@ -313,9 +352,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
     text.push_str(&r.text);
     if r.token >= 0 {
       tokens.push(r.token);
+      per_token.push(&r);
     }
     last = Some(r);
   }
+  let draft_stats = stream.draft_stats();
   let last = last.context("no output")?;
   let device = mlxrs_core::Device::default_device().map(|d| d.to_string()).unwrap_or_default();
   let dtype_s = m.dtype.map(|d| d.to_string()).unwrap_or_else(|| "checkpoint".into());
@@ -333,12 +374,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
       "device": device,
       "dtype": dtype_s,
     });
+    let v = per_token.add_to(v, a.top_logprobs > 0, draft_stats);
     writeln!(out, "{}", serde_json::to_string(&v)?)?;
   } else if a.verbose {
     writeln!(out, "\n==========")?;
     writeln!(out, "Prompt: {} tokens, {:.3} tokens-per-sec", last.prompt_tokens, last.prompt_tps)?;
     writeln!(out, "Generation: {} tokens, {:.3} tokens-per-sec", last.generation_tokens, last.generation_tps)?;
     writeln!(out, "Peak memory: {:.3} GB", last.peak_memory_gb)?;
+    if let Some((proposed, accepted)) = draft_stats {
+      writeln!(out, "Draft tokens: {accepted} of {proposed} accepted")?;
+    }
     writeln!(out, "Device: {device}, compute dtype: {dtype_s}")?;
   }
   Ok(())

@@ -24,6 +24,15 @@ pub struct StepConfig {
   pub prefill_step_size: usize,
   /// Return each step's log-probabilities `[V]`.
   pub return_logprobs: bool,
+  /// Also report the `top_logprobs` most likely tokens of each step with
+  /// their log-probabilities (0 = off; the sampled token's own
+  /// log-probability is always reported). Python: `GenerationResponse.logprobs`
+  /// `[V]`, from which mlx-lm's server takes its `top_logprobs`.
+  pub top_logprobs: usize,
+  /// Draft tokens per speculative step (python `num_draft_tokens`;
+  /// `mlx_lm.generate --num-draft-tokens`, default 3). Used only with a draft
+  /// model ([`crate::SpeculativeGenerator`]).
+  pub num_draft_tokens: usize,
   /// Quantize the KV cache to this many bits (`--kv-bits`).
   pub kv_bits: Option<i32>,
   /// Group size of the quantized KV cache (`--kv-group-size`, 64).
@@ -42,6 +51,8 @@ impl Default for StepConfig {
       max_kv_size: None,
       prefill_step_size: 2048,
       return_logprobs: false,
+      top_logprobs: 0,
+      num_draft_tokens: 3,
       kv_bits: None,
       kv_group_size: 64,
       quantized_kv_start: 5000,
@@ -55,6 +66,86 @@ pub struct Step {
   pub token: i32,
   /// Log-probabilities over the vocabulary `[V]` (if requested).
   pub logprobs: Option<Array>,
+  /// The log-probability of `token` (after logits processors; python
+  /// `logprobs[token]`).
+  pub logprob: f32,
+  /// The `top_logprobs` most likely `(token, logprob)`, most likely first
+  /// (empty unless [`StepConfig::top_logprobs`] > 0).
+  pub top_logprobs: Vec<(i32, f32)>,
+  /// Whether a draft model proposed this token and the main model accepted
+  /// it (python `GenerationResponse.from_draft`); always false without a
+  /// draft model.
+  pub from_draft: bool,
+}
+
+/// One row's host result: `(token, logprob, top (token, logprob)s)`.
+pub(crate) type RowStep = (i32, f32, Vec<(i32, f32)>);
+
+/// Device-side results of one step for `R` rows: sampled ids `[R]`, the
+/// log-softmax `[R, V]`, the sampled ids' log-probabilities `[R]` and, with
+/// `top > 0`, the top ids `[R, top]` and their log-probabilities.
+pub(crate) struct StepArrays {
+  pub y: Array,
+  pub logprobs: Array,
+  pub token_lp: Array,
+  pub top: Option<(Array, Array)>,
+}
+
+impl StepArrays {
+  /// Compute the per-token figures for sampled `y` `[R]` from `logprobs`
+  /// `[R, V]`.
+  pub(crate) fn new(y: Array, logprobs: Array, top: usize) -> Result<StepArrays> {
+    let idx = ops::expand_dims(&y, -1)?;
+    let token_lp = ops::reshape(&ops::take_along_axis(&logprobs, &idx, -1)?, &[-1])?;
+    let top = if top > 0 {
+      let v = logprobs.dim(-1).unwrap_or(1);
+      let k = (top as i32).min(v);
+      let neg = ops::negative(&logprobs)?;
+      let part = ops::argpartition_axis(&neg, k - 1, -1)?;
+      let r = part.dim(0).unwrap_or(1);
+      let ids = ops::slice(&part, &[0, 0], &[r, k], &[1, 1])?;
+      let vals = ops::take_along_axis(&logprobs, &ids, -1)?;
+      Some((ops::astype(&ids, mlxrs_core::Dtype::Int32)?, vals))
+    } else {
+      None
+    };
+    Ok(StepArrays { y, logprobs, token_lp, top })
+  }
+
+  /// The arrays to evaluate with the token.
+  pub(crate) fn outputs(&self) -> Vec<Array> {
+    let mut v = vec![self.y.clone(), self.token_lp.clone()];
+    if let Some((i, l)) = &self.top {
+      v.push(i.clone());
+      v.push(l.clone());
+    }
+    v
+  }
+
+  /// Host copies: per row `(token, logprob, top)`.
+  pub(crate) fn read(&self) -> Result<Vec<RowStep>> {
+    let mut y = self.y.clone();
+    let toks = y.to_vec::<i32>()?;
+    let mut lp = ops::astype(&self.token_lp, mlxrs_core::Dtype::Float32)?;
+    let lps = lp.to_vec::<f32>()?;
+    let tops = match &self.top {
+      Some((ids, vals)) => {
+        let k = ids.dim(-1).unwrap_or(0) as usize;
+        let mut ids = ids.clone();
+        let mut vals = ops::astype(vals, mlxrs_core::Dtype::Float32)?;
+        let (ids, vals) = (ids.to_vec::<i32>()?, vals.to_vec::<f32>()?);
+        (0..toks.len())
+          .map(|r| {
+            let mut row: Vec<(i32, f32)> = (0..k).map(|j| (ids[r * k + j], vals[r * k + j])).collect();
+            row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            row
+          })
+          .collect()
+      }
+      None => vec![Vec::new(); toks.len()],
+    };
+    Ok(toks.into_iter().zip(lps).zip(tops).map(|((t, l), tp)| (t, l, tp)).collect())
+  }
 }
 
 /// Iterator over generated tokens (python `generate_step(prompt, model)`).
@@ -65,7 +156,8 @@ pub struct TokenGenerator<'m> {
   sampler: Sampler,
   logits_cfg: LogitsConfig,
   tokens: Vec<i32>,
-  pending: Option<(Array, Array)>,
+  pending: Option<StepArrays>,
+  top_logprobs: usize,
   produced: usize,
   max_tokens: usize,
   return_logprobs: bool,
@@ -115,6 +207,7 @@ impl<'m> TokenGenerator<'m> {
       produced: 0,
       max_tokens: cfg.max_tokens,
       return_logprobs: cfg.return_logprobs,
+      top_logprobs: cfg.top_logprobs,
       prompt_time: 0.0,
       prompt_tokens: prompt.len(),
       failed: false,
@@ -148,11 +241,10 @@ impl<'m> TokenGenerator<'m> {
       g.tokens.extend_from_slice(&prompt[..done]);
     }
     let last = &prompt[done..];
-    let (y, lp) = g.step_tokens(last)?;
-    let mut y_eval = y.clone();
-    y_eval.eval()?;
+    let st = g.step_tokens(last)?;
+    mlxrs_core::eval(&st.outputs())?;
     g.prompt_time = t0.elapsed().as_secs_f64();
-    g.pending = Some((y, lp));
+    g.pending = Some(st);
     Ok(g)
   }
 
@@ -169,12 +261,12 @@ impl<'m> TokenGenerator<'m> {
     Ok(())
   }
 
-  fn step_tokens(&mut self, input: &[i32]) -> Result<(Array, Array)> {
+  fn step_tokens(&mut self, input: &[i32]) -> Result<StepArrays> {
     let x = Array::from_slice(input, &[1, input.len() as i32])?;
     self.step_array(&x, input)
   }
 
-  fn step_array(&mut self, x: &Array, host_tokens: &[i32]) -> Result<(Array, Array)> {
+  fn step_array(&mut self, x: &Array, host_tokens: &[i32]) -> Result<StepArrays> {
     let h = self.model.hidden(x, &mut self.caches)?;
     self.maybe_quantize_caches()?;
     let h = last_position(&h)?;
@@ -190,14 +282,14 @@ impl<'m> TokenGenerator<'m> {
     // Cast inside the step so the token is ready as soon as the step is:
     // a cast added after queueing the next step would wait behind it.
     let y = ops::astype(&self.sampler.sample(&logprobs)?, mlxrs_core::Dtype::Int32)?;
-    Ok((y, logprobs))
+    StepArrays::new(y, logprobs, self.top_logprobs)
   }
 
   fn advance(&mut self) -> Result<Option<Step>> {
     if self.produced >= self.max_tokens {
       return Ok(None);
     }
-    let (mut y, lp) = match self.pending.take() {
+    let cur = match self.pending.take() {
       Some(p) => p,
       None => return Ok(None),
     };
@@ -205,19 +297,19 @@ impl<'m> TokenGenerator<'m> {
     // a logits processor needs this token on the host first).
     let needs_host = self.logits_cfg.is_active();
     if self.produced + 1 < self.max_tokens && !needs_host {
-      let x = ops::reshape(&y, &[1, 1])?;
-      let (ny, nlp) = self.step_array(&x, &[])?;
-      mlxrs_core::async_eval(std::slice::from_ref(&ny))?;
-      self.pending = Some((ny, nlp));
+      let x = ops::reshape(&cur.y, &[1, 1])?;
+      let next = self.step_array(&x, &[])?;
+      mlxrs_core::async_eval(&next.outputs())?;
+      self.pending = Some(next);
     }
-    let token = y.to_vec::<i32>()?[0];
+    let (token, logprob, top_logprobs) = cur.read()?.into_iter().next().ok_or_else(|| Error::InvalidArgument("empty step".into()))?;
     if self.produced + 1 < self.max_tokens && needs_host {
-      let (ny, nlp) = self.step_tokens(&[token])?;
-      self.pending = Some((ny, nlp));
+      let next = self.step_tokens(&[token])?;
+      self.pending = Some(next);
     }
     self.produced += 1;
-    let logprobs = if self.return_logprobs { Some(ops::reshape(&lp, &[-1])?) } else { None };
-    Ok(Some(Step { token, logprobs }))
+    let logprobs = if self.return_logprobs { Some(ops::reshape(&cur.logprobs, &[-1])?) } else { None };
+    Ok(Some(Step { token, logprobs, logprob, top_logprobs, from_draft: false }))
   }
 
   /// The token budget.

@@ -392,8 +392,27 @@ pub fn resolve_model_with(model: &str, revision: Option<&str>, hub: &HubConfig) 
   }
 }
 
+static PROGRESS_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turn download progress bars off for this process (e.g. `mlxrs generate
+/// --json`, whose stdout/stderr are read by programs). Python: the
+/// `HF_HUB_DISABLE_PROGRESS_BARS` variable / `huggingface_hub.utils.
+/// disable_progress_bars()`.
+pub fn set_download_progress(enabled: bool) {
+  PROGRESS_OFF.store(!enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether downloads show progress: asked for by the config
+/// (`HF_HUB_DISABLE_PROGRESS_BARS` unset), not turned off with
+/// [`set_download_progress`], and stderr is a terminal.
+pub fn progress_enabled(hub: &HubConfig, stderr_is_tty: bool) -> bool {
+  hub.progress && stderr_is_tty && !PROGRESS_OFF.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Download the allowed files of `repo_id` at `revision` into the cache;
-/// returns the snapshot folder.
+/// returns the snapshot folder. With progress on (see
+/// [`progress_enabled`]), one stderr line names the repo and file count,
+/// and hf-hub draws a bar per file (indicatif).
 fn download(
   repo_id: &str,
   revision: &str,
@@ -402,11 +421,13 @@ fn download(
   use hf_hub::api::sync::ApiBuilder;
   use hf_hub::{Cache, Repo, RepoType};
 
+  use std::io::IsTerminal;
+  let progress = progress_enabled(hub, std::io::stderr().is_terminal());
   let cache = Cache::new(hub.cache_dir.clone());
   let api = ApiBuilder::from_cache(cache.clone())
     .with_endpoint(hub.endpoint.clone())
     .with_token(hub.token.clone())
-    .with_progress(hub.progress)
+    .with_progress(progress)
     .build()
     .map_err(|e| e.to_string())?;
   let repo_spec = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
@@ -424,16 +445,29 @@ fn download(
     .repo_cache_dir(repo_id)
     .join("snapshots")
     .join(&info.sha);
-  for sibling in &info.siblings {
-    let name = &sibling.rfilename;
-    let safe = Path::new(name)
-      .components()
-      .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !safe || !DEFAULT_ALLOW_PATTERNS.iter().any(|p| glob_match(p, name)) {
-      continue;
-    }
-    if snapshot.join(name).is_file() {
-      continue;
+  let wanted: Vec<&String> = info
+    .siblings
+    .iter()
+    .map(|s| &s.rfilename)
+    .filter(|name| {
+      let safe = Path::new(name.as_str())
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+      safe
+        && DEFAULT_ALLOW_PATTERNS.iter().any(|p| glob_match(p, name))
+        && !snapshot.join(name.as_str()).is_file()
+    })
+    .collect();
+  if progress && !wanted.is_empty() {
+    eprintln!(
+      "Fetching {} file(s) of {repo_id} ({revision}, {})",
+      wanted.len(),
+      &info.sha[..info.sha.len().min(12)]
+    );
+  }
+  for (i, name) in wanted.iter().enumerate() {
+    if progress {
+      eprintln!("[{}/{}] {name}", i + 1, wanted.len());
     }
     repo.download(name).map_err(|e| format!("{name}: {e}"))?;
   }
@@ -447,6 +481,18 @@ fn download(
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[test]
+  fn progress_needs_config_tty_and_no_override() {
+    let mut hub = HubConfig::from_vars(|_| None);
+    assert!(hub.progress);
+    assert!(progress_enabled(&hub, true));
+    assert!(!progress_enabled(&hub, false), "not a terminal");
+    hub.progress = false;
+    assert!(!progress_enabled(&hub, true), "HF_HUB_DISABLE_PROGRESS_BARS");
+    let off = HubConfig::from_vars(|k| (k == "HF_HUB_DISABLE_PROGRESS_BARS").then(|| "1".to_string()));
+    assert!(!off.progress);
+  }
 
   #[test]
   fn repo_ids() {

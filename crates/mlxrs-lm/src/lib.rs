@@ -28,10 +28,16 @@ pub mod load;
 pub mod model;
 pub mod models;
 pub mod sample;
+pub mod speculative;
 pub mod text;
+pub mod batch;
 
 pub use generate::{Step, StepConfig, TokenGenerator};
 pub use load::{LoadOptions, LoadedModel, load, load_model_dir};
 pub use model::{LanguageModel, build_model, supported_model_types};
 pub use sample::{LogitsConfig, Sampler, SamplerConfig};
-pub use text::{FinishReason, GenerateOptions, Output, Response, TextStream, generate, prompt_ids};
+pub use batch::batch_generate;
+pub use speculative::SpeculativeGenerator;
+pub use text::{
+  FinishReason, GenerateOptions, Output, Response, TextStream, collect, generate, generate_speculative, prompt_ids,
+};

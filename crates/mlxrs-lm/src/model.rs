@@ -30,6 +30,20 @@ pub trait LanguageModel: Send {
   /// Every parameter as `(path, array)`.
   fn visit(&self, f: &mut dyn FnMut(&str, &Array));
 
+  /// Hidden states for a left-padded batch (python `BatchKVCache` with
+  /// `left_padding`, used by `batch_generate`): `tokens` `[B, T]`, and per
+  /// row `key_valid[b][j]` says whether key position `j` (of the cache's
+  /// `offset + T` positions after this call) is a real token rather than
+  /// padding. Padding keys are hidden from every other query. Architectures
+  /// that do not implement it return an `Err`.
+  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+    let _ = (tokens, caches, key_valid);
+    Err(mlxrs_core::Error::InvalidArgument(format!(
+      "batched generation (left-padded prompts) is not implemented for this architecture; supported: {}",
+      crate::batch::BATCH_MODEL_TYPES.join(", ")
+    )))
+  }
+
   /// Logits `[B, T, V]` for `tokens` (python `model(tokens, cache)`).
   fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
     let h = self.hidden(tokens, caches)?;

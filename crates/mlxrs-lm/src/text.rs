@@ -10,7 +10,8 @@ use mlxrs_nn::KvCache;
 
 use crate::chat::{ChatOptions, Message};
 use crate::error::{Error, Result};
-use crate::generate::{StepConfig, TokenGenerator};
+use crate::generate::{Step, StepConfig, TokenGenerator};
+use crate::speculative::SpeculativeGenerator;
 use crate::load::LoadedModel;
 use crate::tokenizer::Tokenizer;
 
@@ -53,6 +54,54 @@ pub struct Response {
   pub generation_tps: f64,
   /// Peak MLX memory in GB.
   pub peak_memory_gb: f64,
+  /// Log-probability of `token` (python `logprobs[token]`); `None` on a
+  /// final response that carries no token (`token == -1`).
+  pub logprob: Option<f32>,
+  /// The step's most likely `(token, logprob)`, most likely first
+  /// ([`StepConfig::top_logprobs`] of them; empty when 0).
+  pub top_logprobs: Vec<(i32, f32)>,
+  /// Whether the draft model proposed `token` (python
+  /// `GenerationResponse.from_draft`; false without a draft model).
+  pub from_draft: bool,
+}
+
+/// The token source of a [`TextStream`]: plain or speculative decoding.
+enum Source<'m> {
+  Plain(TokenGenerator<'m>),
+  Speculative(SpeculativeGenerator<'m>),
+}
+
+impl Source<'_> {
+  fn next(&mut self) -> Option<mlxrs_core::Result<Step>> {
+    match self {
+      Source::Plain(g) => g.next(),
+      Source::Speculative(g) => g.next(),
+    }
+  }
+  fn produced(&self) -> usize {
+    match self {
+      Source::Plain(g) => g.produced(),
+      Source::Speculative(g) => g.produced(),
+    }
+  }
+  fn max_tokens(&self) -> usize {
+    match self {
+      Source::Plain(g) => g.max_tokens(),
+      Source::Speculative(g) => g.max_tokens(),
+    }
+  }
+  fn prompt_tokens(&self) -> usize {
+    match self {
+      Source::Plain(g) => g.prompt_tokens,
+      Source::Speculative(g) => g.prompt_tokens,
+    }
+  }
+  fn prompt_time(&self) -> f64 {
+    match self {
+      Source::Plain(g) => g.prompt_time,
+      Source::Speculative(g) => g.prompt_time,
+    }
+  }
 }
 
 /// Build prompt ids as `mlx_lm.generate` does: with a chat template (and no
@@ -74,7 +123,7 @@ pub fn prompt_ids(tok: &Tokenizer, prompt: &str, system: Option<&str>, raw: bool
 
 /// A streaming generation (iterator of [`Response`]).
 pub struct TextStream<'m> {
-  tokens_gen: TokenGenerator<'m>,
+  tokens_gen: Source<'m>,
   tok: &'m Tokenizer,
   detok: crate::detokenizer::StreamingDetokenizer,
   stop: Vec<String>,
@@ -104,7 +153,49 @@ impl<'m> TextStream<'m> {
     }
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     let _ = memory::reset_peak_memory();
-    let tokens_gen = TokenGenerator::new(m.model.as_ref(), &ids, &opts.step, cache)?;
+    let tokens_gen = Source::Plain(TokenGenerator::new(m.model.as_ref(), &ids, &opts.step, cache)?);
+    Self::with_source(m, tok, prompt, opts, tokens_gen)
+  }
+
+  /// Speculative decoding with `draft` (python `stream_generate(model,
+  /// tokenizer, prompt, draft_model=draft, num_draft_tokens=...)`): the
+  /// draft proposes [`StepConfig::num_draft_tokens`] tokens per step and
+  /// `m` verifies them in one forward pass. Each [`Response::from_draft`]
+  /// says whether the draft proposed that token. Errors if the two
+  /// vocabularies differ.
+  pub fn new_speculative(m: &'m LoadedModel, draft: &'m LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+    let tok = m.tokenizer.as_ref().ok_or_else(|| {
+      Error::Core(mlxrs_core::Error::InvalidArgument(format!("{}: loaded without a tokenizer", m.path.display())))
+    })?;
+    if let Some(dt) = &draft.tokenizer {
+      if dt.vocab_size() != tok.vocab_size() {
+        return Err(Error::Core(mlxrs_core::Error::InvalidArgument(format!(
+          "the draft model's tokenizer ({}: {} tokens) differs from the main model's ({}: {} tokens)",
+          draft.path.display(),
+          dt.vocab_size(),
+          m.path.display(),
+          tok.vocab_size()
+        ))));
+      }
+    }
+    let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
+    let _ = memory::reset_peak_memory();
+    let g = SpeculativeGenerator::new(m.model.as_ref(), draft.model.as_ref(), &ids, &opts.step)?;
+    Self::with_source(m, tok, prompt, opts, Source::Speculative(g))
+  }
+
+  fn with_source(m: &'m LoadedModel, tok: &'m Tokenizer, prompt: &[u32], opts: &GenerateOptions, tokens_gen: Source<'m>) -> Result<Self> {
+    if opts.stop.iter().any(String::is_empty) {
+      return Err(Error::Core(mlxrs_core::Error::InvalidArgument("stop strings must not be empty".into())));
+    }
+    if let Some(ctx) = m.max_context {
+      if prompt.len() > ctx {
+        return Err(Error::Core(mlxrs_core::Error::InvalidArgument(format!(
+          "the prompt has {} tokens, more than the model's context of {ctx} (max_position_embeddings)",
+          prompt.len()
+        ))));
+      }
+    }
     Ok(TextStream {
       tokens_gen,
       tok,
@@ -119,7 +210,18 @@ impl<'m> TextStream<'m> {
 
   /// The caches (a prompt cache for the next turn), once the stream ends.
   pub fn into_cache(self) -> Vec<KvCache> {
-    self.tokens_gen.caches
+    match self.tokens_gen {
+      Source::Plain(g) => g.caches,
+      Source::Speculative(g) => g.caches,
+    }
+  }
+
+  /// Speculative decoding only: `(proposed, accepted)` draft tokens so far.
+  pub fn draft_stats(&self) -> Option<(usize, usize)> {
+    match &self.tokens_gen {
+      Source::Plain(_) => None,
+      Source::Speculative(g) => Some((g.drafted, g.accepted)),
+    }
   }
 
   /// Length of the longest suffix of `text` that is a proper prefix of a
@@ -136,18 +238,22 @@ impl<'m> TextStream<'m> {
     hold
   }
 
-  fn response(&self, text: String, token: i32, finish: Option<FinishReason>) -> Response {
+  fn response(&self, text: String, step: Option<&Step>, finish: Option<FinishReason>) -> Response {
     let n = self.tokens_gen.produced();
+    let token = step.map(|s| s.token).unwrap_or(-1);
     let gen_time = self.t_start.elapsed().as_secs_f64();
     Response {
       text,
       token,
       finish_reason: finish,
-      prompt_tokens: self.tokens_gen.prompt_tokens,
-      prompt_tps: self.tokens_gen.prompt_tokens as f64 / self.tokens_gen.prompt_time.max(1e-9),
+      prompt_tokens: self.tokens_gen.prompt_tokens(),
+      prompt_tps: self.tokens_gen.prompt_tokens() as f64 / self.tokens_gen.prompt_time().max(1e-9),
       generation_tokens: n,
       generation_tps: if n > 1 { (n - 1) as f64 / gen_time.max(1e-9) } else { 0.0 },
       peak_memory_gb: memory::peak_memory().unwrap_or(0) as f64 / 1e9,
+      logprob: step.map(|s| s.logprob),
+      top_logprobs: step.map(|s| s.top_logprobs.clone()).unwrap_or_default(),
+      from_draft: step.is_some_and(|s| s.from_draft),
     }
   }
 
@@ -165,7 +271,7 @@ impl<'m> TextStream<'m> {
         self.detok.finalize();
         self.text.push_str(&self.detok.last_segment());
         let rest = self.text[self.emitted..].to_string();
-        return Ok(Some(self.response(rest, -1, Some(FinishReason::Length))));
+        return Ok(Some(self.response(rest, None, Some(FinishReason::Length))));
       }
       Some(s) => s?,
     };
@@ -175,7 +281,7 @@ impl<'m> TextStream<'m> {
       self.detok.finalize();
       self.text.push_str(&self.detok.last_segment());
       let rest = self.text[self.emitted..].to_string();
-      return Ok(Some(self.response(rest, step.token, Some(FinishReason::Stop))));
+      return Ok(Some(self.response(rest, Some(&step), Some(FinishReason::Stop))));
     }
     self.detok.add_token(id);
     self.text.push_str(&self.detok.last_segment());
@@ -188,7 +294,7 @@ impl<'m> TextStream<'m> {
       let end = pos.max(self.emitted);
       let out = self.text[self.emitted..end].to_string();
       self.emitted = end;
-      return Ok(Some(self.response(out, step.token, Some(FinishReason::Stop))));
+      return Ok(Some(self.response(out, Some(&step), Some(FinishReason::Stop))));
     }
     let mut end = self.text.len() - self.held_back();
     while !self.text.is_char_boundary(end) {
@@ -204,9 +310,9 @@ impl<'m> TextStream<'m> {
       self.text.push_str(&self.detok.last_segment());
       let rest = self.text[self.emitted..].to_string();
       self.emitted = self.text.len();
-      return Ok(Some(self.response(out + &rest, step.token, Some(FinishReason::Length))));
+      return Ok(Some(self.response(out + &rest, Some(&step), Some(FinishReason::Length))));
     }
-    Ok(Some(self.response(out, step.token, None)))
+    Ok(Some(self.response(out, Some(&step), None)))
   }
 
   fn max_tokens(&self) -> usize {
@@ -247,18 +353,39 @@ pub struct Output {
   pub generation_tps: f64,
   /// Peak MLX memory (GB).
   pub peak_memory_gb: f64,
+  /// Log-probability of each token of `tokens`.
+  pub logprobs: Vec<f32>,
+  /// Per token, the top alternatives (empty unless requested).
+  pub top_logprobs: Vec<Vec<(i32, f32)>>,
+  /// Per token, whether the draft model proposed it (speculative decoding).
+  pub from_draft: Vec<bool>,
 }
 
 /// Generate to completion (python `mlx_lm.generate`).
 pub fn generate(m: &LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Output> {
+  collect(TextStream::new(m, prompt, opts, None)?)
+}
+
+/// Speculative [`generate`] with a draft model (python `mlx_lm.generate(model,
+/// tokenizer, prompt, draft_model=draft, num_draft_tokens=...)`).
+pub fn generate_speculative(m: &LoadedModel, draft: &LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Output> {
+  collect(TextStream::new_speculative(m, draft, prompt, opts)?)
+}
+
+/// Drain a stream into an [`Output`].
+pub fn collect(stream: TextStream<'_>) -> Result<Output> {
   let mut text = String::new();
   let mut tokens = Vec::new();
+  let (mut logprobs, mut top_logprobs, mut from_draft) = (Vec::new(), Vec::new(), Vec::new());
   let mut last = None;
-  for r in TextStream::new(m, prompt, opts, None)? {
+  for r in stream {
     let r = r?;
     text.push_str(&r.text);
     if r.token >= 0 {
       tokens.push(r.token);
+      logprobs.push(r.logprob.unwrap_or(f32::NAN));
+      top_logprobs.push(r.top_logprobs.clone());
+      from_draft.push(r.from_draft);
     }
     last = Some(r);
   }
@@ -272,5 +399,8 @@ pub fn generate(m: &LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Resu
     generation_tokens: last.generation_tokens,
     generation_tps: last.generation_tps,
     peak_memory_gb: last.peak_memory_gb,
+    logprobs,
+    top_logprobs,
+    from_draft,
   })
 }

@@ -163,6 +163,16 @@ impl Attention {
     if let Some(cap) = self.softcap {
       scores = softcap(&scores, cap)?;
     }
+    // A per-row `[B, 1, T_q, T_kv]` mask (left-padded batches) needs the
+    // extra group axis of the grouped scores `[B, kv, rep, T_q, T_kv]`.
+    let grouped;
+    let mask = match mask {
+      Some(m) if repeats > 1 && m.ndim() == 4 => {
+        grouped = ops::expand_dims(m, 2)?;
+        Some(&grouped)
+      }
+      other => other,
+    };
     if let Some(m) = mask {
       scores = if m.dtype() == Dtype::Bool {
         ops::where_(
@@ -283,8 +293,10 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   Ok(Box::new(Gemma2::new(parse_args(config)?)?))
 }
 
-impl LanguageModel for Gemma2 {
-  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+impl Gemma2 {
+  /// The decoder stack; `key_valid` (rows of a left-padded batch, see
+  /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
+  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
     if caches.len() != self.model.layers.len() {
       return Err(mlxrs_core::Error::InvalidArgument(format!(
         "{} caches for {} layers",
@@ -296,8 +308,12 @@ impl LanguageModel for Gemma2 {
     let mut h = scale_by(&h, (self.args.hidden_size as f64).sqrt())?;
     let n = tokens.dim(-1).unwrap_or(1);
     // mlx-lm asks for an explicit array mask here (`return_array=True`).
-    let mask = match caches.first() {
-      Some(c) => match c.make_mask(n, None)? {
+    let mask = match (caches.first(), key_valid) {
+      (Some(c), Some(kv)) => match crate::batch::padded_mask(kv, n, c.offset, None)? {
+        AttnMask::Array(a) => Some(a),
+        _ => None,
+      },
+      (Some(c), None) => match c.make_mask(n, None)? {
         AttnMask::None => None,
         AttnMask::Array(a) => Some(a),
         AttnMask::Causal => {
@@ -308,12 +324,23 @@ impl LanguageModel for Gemma2 {
           Some(causal_mask(n, off, None)?)
         }
       },
-      None => None,
+      (None, _) => None,
     };
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       h = layer.forward(&h, mask.as_ref(), cache)?;
     }
     self.model.norm.forward(&h)
+  }
+}
+
+impl LanguageModel for Gemma2 {
+  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    self.run(tokens, caches, None)
+  }
+
+  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+    crate::batch::check_padded_caches(caches)?;
+    self.run(tokens, caches, Some(key_valid))
   }
 
   fn logits(&self, hidden: &Array) -> Result<Array> {

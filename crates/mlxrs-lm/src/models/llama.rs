@@ -224,8 +224,11 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   Ok(Box::new(Llama::new(args, v)?))
 }
 
-impl LanguageModel for Llama {
-  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+impl Llama {
+  /// The decoder stack; `key_valid` (rows of a left-padded batch, see
+  /// [`LanguageModel::hidden_padded`]) replaces the causal masks by
+  /// per-row padded ones.
+  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
     if caches.len() != self.model.layers.len() {
       return Err(mlxrs_core::Error::InvalidArgument(format!(
         "{} caches for {} layers",
@@ -237,19 +240,32 @@ impl LanguageModel for Llama {
     let n = tokens.dim(-1).unwrap_or(1);
     let fa = self.model.layers.iter().position(|l| !l.sliding);
     let swa = self.model.layers.iter().position(|l| l.sliding);
-    let fa_mask = match fa {
-      Some(i) => caches[i].make_mask(n, None)?,
-      None => AttnMask::None,
+    let fa_mask = match (fa, key_valid) {
+      (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, None)?,
+      (Some(i), None) => caches[i].make_mask(n, None)?,
+      (None, _) => AttnMask::None,
     };
-    let swa_mask = match swa {
-      Some(i) => caches[i].make_mask(n, self.args.sliding_window)?,
-      None => AttnMask::None,
+    let swa_mask = match (swa, key_valid) {
+      (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?,
+      (Some(i), None) => caches[i].make_mask(n, self.args.sliding_window)?,
+      (None, _) => AttnMask::None,
     };
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       let mask = if layer.sliding { &swa_mask } else { &fa_mask };
       h = layer.forward(&h, mask, cache)?;
     }
     self.model.norm.forward(&h)
+  }
+}
+
+impl LanguageModel for Llama {
+  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    self.run(tokens, caches, None)
+  }
+
+  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+    crate::batch::check_padded_caches(caches)?;
+    self.run(tokens, caches, Some(key_valid))
   }
 
   fn logits(&self, hidden: &Array) -> Result<Array> {

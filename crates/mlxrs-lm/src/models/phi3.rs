@@ -269,8 +269,10 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   Ok(Box::new(Phi3::new(parse_args(config)?)?))
 }
 
-impl LanguageModel for Phi3 {
-  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+impl Phi3 {
+  /// The decoder stack; `key_valid` (rows of a left-padded batch, see
+  /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
+  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
     if caches.len() != self.model.layers.len() {
       return Err(Error::InvalidArgument(format!(
         "{} caches for {} layers",
@@ -280,14 +282,26 @@ impl LanguageModel for Phi3 {
     }
     let mut h = self.model.embed_tokens.forward(tokens)?;
     let n = tokens.dim(-1).unwrap_or(1);
-    let mask = match caches.first() {
-      Some(c) => c.make_mask(n, None)?,
-      None => AttnMask::None,
+    let mask = match (caches.first(), key_valid) {
+      (Some(c), Some(kv)) => crate::batch::padded_mask(kv, n, c.offset, None)?,
+      (Some(c), None) => c.make_mask(n, None)?,
+      (None, _) => AttnMask::None,
     };
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       h = layer.forward(&h, &mask, cache)?;
     }
     self.model.norm.forward(&h)
+  }
+}
+
+impl LanguageModel for Phi3 {
+  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    self.run(tokens, caches, None)
+  }
+
+  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+    crate::batch::check_padded_caches(caches)?;
+    self.run(tokens, caches, Some(key_valid))
   }
 
   fn logits(&self, hidden: &Array) -> Result<Array> {

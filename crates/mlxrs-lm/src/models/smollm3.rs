@@ -219,8 +219,10 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   )?))
 }
 
-impl LanguageModel for SmolLm3 {
-  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+impl SmolLm3 {
+  /// The decoder stack; `key_valid` (rows of a left-padded batch, see
+  /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
+  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
     if caches.len() != self.model.layers.len() {
       return Err(Error::InvalidArgument(format!(
         "{} caches for {} layers",
@@ -230,19 +232,32 @@ impl LanguageModel for SmolLm3 {
     }
     let mut h = self.model.embed_tokens.forward(tokens)?;
     let n = tokens.dim(-1).unwrap_or(1);
-    let fa_mask = match self.model.layers.iter().position(|l| !l.sliding) {
-      Some(i) => caches[i].make_mask(n, None)?,
-      None => AttnMask::None,
+    let fa_mask = match (self.model.layers.iter().position(|l| !l.sliding), key_valid) {
+      (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, None)?,
+      (Some(i), None) => caches[i].make_mask(n, None)?,
+      (None, _) => AttnMask::None,
     };
-    let swa_mask = match self.model.layers.iter().position(|l| l.sliding) {
-      Some(i) => caches[i].make_mask(n, self.args.sliding_window)?,
-      None => AttnMask::None,
+    let swa_mask = match (self.model.layers.iter().position(|l| l.sliding), key_valid) {
+      (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?,
+      (Some(i), None) => caches[i].make_mask(n, self.args.sliding_window)?,
+      (None, _) => AttnMask::None,
     };
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       let mask = if layer.sliding { &swa_mask } else { &fa_mask };
       h = layer.forward(&h, mask, cache)?;
     }
     self.model.norm.forward(&h)
+  }
+}
+
+impl LanguageModel for SmolLm3 {
+  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    self.run(tokens, caches, None)
+  }
+
+  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+    crate::batch::check_padded_caches(caches)?;
+    self.run(tokens, caches, Some(key_valid))
   }
 
   fn logits(&self, hidden: &Array) -> Result<Array> {

@@ -1,0 +1,318 @@
+//! Batch generation: mlx-lm's `batch_generate`. Prompts of different
+//! lengths are left-padded to one `[B, T]` batch; per-row masks hide the
+//! padding, one forward pass per step serves every row, and each row stops
+//! on its own (EOS, a stop string, or `max_tokens`).
+//!
+//! Positions: mlx-lm gives every row its own RoPE offset (`BatchKVCache`
+//! offsets `-left_padding`); here all rows share the cache offset, so a
+//! row's real tokens sit `padding` positions later. RoPE attention scores
+//! depend only on position differences, so the result is the same up to
+//! float rounding (the tests check greedy tokens equal the single-prompt
+//! ones and mlx-lm's `batch_generate`).
+
+use std::time::Instant;
+
+use mlxrs_core::{Array, memory, ops};
+use mlxrs_nn::{AttnMask, KvCacheKind};
+
+use crate::error::{Error, Result};
+use crate::generate::StepArrays;
+use crate::model::LanguageModel;
+use crate::sample::Sampler;
+use crate::text::{FinishReason, GenerateOptions, Output};
+use crate::tokenizer::Tokenizer;
+
+/// `model_type`s whose models implement [`LanguageModel::hidden_padded`].
+pub const BATCH_MODEL_TYPES: &[&str] = &[
+  "deepseek_v3",
+  "gemma2",
+  "llama",
+  "mistral",
+  "mixtral",
+  "olmo2",
+  "phi3",
+  "qwen2",
+  "qwen3",
+  "qwen3_moe",
+  "smollm3",
+];
+
+fn bad(msg: impl Into<String>) -> Error {
+  Error::Core(mlxrs_core::Error::InvalidArgument(msg.into()))
+}
+
+/// The `[B, 1, n, offset + n]` boolean mask of `n` new queries after
+/// `offset` cached positions: causal (and within `window`), and a key that
+/// is padding in its row (`key_valid[b][j] == false`) is seen only by its
+/// own position (so that padding rows stay finite and never leak into real
+/// tokens).
+pub(crate) fn padded_mask(
+  key_valid: &[Vec<bool>],
+  n: i32,
+  offset: i32,
+  window: Option<i32>,
+) -> mlxrs_core::Result<AttnMask> {
+  let total = offset + n;
+  let b = key_valid.len();
+  let mut m = Vec::with_capacity(b * (n * total) as usize);
+  for row in key_valid {
+    if row.len() != total as usize {
+      return Err(mlxrs_core::Error::InvalidArgument(format!(
+        "key_valid rows have {} positions, the cache will hold {total}",
+        row.len()
+      )));
+    }
+    for i in 0..n {
+      let q = offset + i;
+      for j in 0..total {
+        let mut ok = q >= j && (row[j as usize] || q == j);
+        if let Some(w) = window {
+          ok = ok && q < j + w;
+        }
+        m.push(ok);
+      }
+    }
+  }
+  Ok(AttnMask::Array(Array::from_slice(
+    &m,
+    &[b as i32, 1, n, total],
+  )?))
+}
+
+/// Padded batches need standard caches (positions are not rotated or
+/// quantized): an `Err` otherwise.
+pub(crate) fn check_padded_caches(caches: &[mlxrs_nn::KvCache]) -> mlxrs_core::Result<()> {
+  if caches
+    .iter()
+    .any(|c| c.kind() != KvCacheKind::Standard || c.is_quantized() || c.chunk_size().is_some())
+  {
+    return Err(mlxrs_core::Error::InvalidArgument(
+      "batched generation needs standard (non-rotating, non-quantized, non-chunked) KV caches"
+        .into(),
+    ));
+  }
+  Ok(())
+}
+
+struct Row {
+  tokens: Vec<i32>,
+  logprobs: Vec<f32>,
+  top: Vec<Vec<(i32, f32)>>,
+  /// Set when a stop string ended the row: the text before it.
+  text: Option<String>,
+  finish: Option<FinishReason>,
+}
+
+/// Generate for several prompts at once (python `mlx_lm.batch_generate(model,
+/// tokenizer, prompts, max_tokens=...)`): prompt token ids of any lengths,
+/// one [`Output`] per prompt in order. Each row ends on an EOS token (kept
+/// as the last of its `tokens`, as [`crate::generate`] does; mlx-lm's
+/// `token_ids` drop it), a stop string (cut from the text) or
+/// `max_tokens`. Timings (`prompt_tps`, `generation_tps`) are those of the
+/// whole batch.
+///
+/// Supported: the architectures in [`BATCH_MODEL_TYPES`] with standard
+/// caches. Refused with an `Err`: sliding-window models with rotating caches
+/// (gemma2/gemma3/gpt_oss), `max_kv_size`, `kv_bits` and logits processors
+/// (penalties).
+pub fn batch_generate(
+  model: &dyn LanguageModel,
+  tokenizer: &Tokenizer,
+  prompts: &[Vec<u32>],
+  opts: &GenerateOptions,
+) -> Result<Vec<Output>> {
+  let cfg = &opts.step;
+  if prompts.is_empty() {
+    return Err(bad("batch_generate: no prompts"));
+  }
+  if let Some(i) = prompts.iter().position(Vec::is_empty) {
+    return Err(bad(format!(
+      "batch_generate: prompt {i} is empty (no tokens)"
+    )));
+  }
+  if cfg.max_tokens == 0 {
+    return Err(bad("max_tokens is 0"));
+  }
+  if opts.stop.iter().any(String::is_empty) {
+    return Err(bad("stop strings must not be empty"));
+  }
+  if cfg.logits.is_active() {
+    return Err(bad(
+      "batch generation does not support logits processors (repetition/presence/frequency penalties)",
+    ));
+  }
+  if cfg.max_kv_size.is_some() || cfg.kv_bits.is_some() {
+    return Err(bad(
+      "batch generation does not support --max-kv-size or --kv-bits",
+    ));
+  }
+  if cfg.prefill_step_size == 0 {
+    return Err(bad("prefill_step_size must be > 0"));
+  }
+  let vocab = model.vocab_size();
+  for (i, p) in prompts.iter().enumerate() {
+    if let Some(&t) = p.iter().find(|&&t| t as i64 >= vocab as i64) {
+      return Err(bad(format!(
+        "prompt {i}: token {t} is outside the vocabulary [0, {vocab})"
+      )));
+    }
+  }
+  let mut caches = model.make_caches(None);
+  if caches.iter().any(|c| c.kind() != KvCacheKind::Standard) {
+    return Err(bad(
+      "batch generation needs standard KV caches; this model uses rotating (sliding-window) caches: generate its prompts one at a time",
+    ));
+  }
+  let mut sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
+  let _ = memory::reset_peak_memory();
+
+  let b = prompts.len();
+  let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+  let pad_id = tokenizer.eos_token_id().unwrap_or(0) as i32;
+  let mut grid = Vec::with_capacity(b * width);
+  let mut valid: Vec<Vec<bool>> = Vec::with_capacity(b);
+  for p in prompts {
+    let pad = width - p.len();
+    grid.extend(std::iter::repeat_n(pad_id, pad));
+    grid.extend(p.iter().map(|&t| t as i32));
+    valid.push((0..width).map(|j| j >= pad).collect());
+  }
+
+  let t0 = Instant::now();
+  // Prefill the columns in chunks; the last chunk's last column gives the
+  // first tokens.
+  let mut done = 0;
+  let mut last_h = None;
+  while done < width {
+    let n = cfg.prefill_step_size.min(width - done);
+    let mut chunk = Vec::with_capacity(b * n);
+    for r in 0..b {
+      chunk.extend_from_slice(&grid[r * width + done..r * width + done + n]);
+    }
+    let x = Array::from_slice(&chunk, &[b as i32, n as i32])?;
+    let kv: Vec<Vec<bool>> = valid.iter().map(|v| v[..done + n].to_vec()).collect();
+    let h = model.hidden_padded(&x, &mut caches, &kv)?;
+    done += n;
+    if done < width {
+      let mut state = Vec::new();
+      for c in &caches {
+        if let Some((k, v)) = c.state()? {
+          state.push(k);
+          state.push(v);
+        }
+      }
+      mlxrs_core::eval(&state)?;
+    } else {
+      last_h = Some(h);
+    }
+  }
+  let h = last_h.ok_or_else(|| bad("batch_generate: empty batch"))?;
+  let step = |h: &Array, sampler: &mut Sampler| -> Result<StepArrays> {
+    let s = h.shape();
+    let h = ops::slice(h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?;
+    let logits = model.logits(&h)?;
+    let logits = ops::reshape(&logits, &[b as i32, -1])?;
+    let lse = ops::logsumexp_axis(&logits, -1, true)?;
+    let logprobs = ops::subtract(&logits, &lse)?;
+    let y = ops::astype(&sampler.sample(&logprobs)?, mlxrs_core::Dtype::Int32)?;
+    Ok(StepArrays::new(y, logprobs, cfg.top_logprobs)?)
+  };
+  let mut cur = step(&h, &mut sampler)?;
+  mlxrs_core::eval(&cur.outputs())?;
+  let prompt_time = t0.elapsed().as_secs_f64();
+  let t1 = Instant::now();
+
+  let mut rows: Vec<Row> = (0..b)
+    .map(|_| Row {
+      tokens: Vec::new(),
+      logprobs: Vec::new(),
+      top: Vec::new(),
+      text: None,
+      finish: None,
+    })
+    .collect();
+  let max_stop = opts.stop.iter().map(String::len).max().unwrap_or(0);
+  loop {
+    let got = cur.read()?;
+    for (row, (t, lp, top)) in rows.iter_mut().zip(got) {
+      if row.finish.is_some() {
+        continue;
+      }
+      row.tokens.push(t);
+      row.logprobs.push(lp);
+      row.top.push(top);
+      if tokenizer.is_eos(t as u32) {
+        row.finish = Some(FinishReason::Stop);
+        continue;
+      }
+      if !opts.stop.is_empty() {
+        let ids: Vec<u32> = row.tokens.iter().map(|&x| x as u32).collect();
+        let text = tokenizer.decode(&ids, false)?;
+        let from = text.len().saturating_sub(max_stop + 8);
+        let from = (0..=from)
+          .rev()
+          .find(|&i| text.is_char_boundary(i))
+          .unwrap_or(0);
+        if let Some(pos) = opts
+          .stop
+          .iter()
+          .filter_map(|s| text[from..].find(s.as_str()).map(|p| p + from))
+          .min()
+        {
+          row.text = Some(text[..pos].to_string());
+          row.finish = Some(FinishReason::Stop);
+          continue;
+        }
+      }
+      if row.tokens.len() >= cfg.max_tokens {
+        row.finish = Some(FinishReason::Length);
+      }
+    }
+    if rows.iter().all(|r| r.finish.is_some()) {
+      break;
+    }
+    for v in valid.iter_mut() {
+      v.push(true);
+    }
+    let x = ops::reshape(&cur.y, &[b as i32, 1])?;
+    let h = model.hidden_padded(&x, &mut caches, &valid)?;
+    cur = step(&h, &mut sampler)?;
+    mlxrs_core::eval(&cur.outputs())?;
+  }
+  let gen_time = t1.elapsed().as_secs_f64();
+  let total_prompt: usize = prompts.iter().map(Vec::len).sum();
+  let total_gen: usize = rows.iter().map(|r| r.tokens.len()).sum();
+  let peak = memory::peak_memory().unwrap_or(0) as f64 / 1e9;
+  rows
+    .into_iter()
+    .zip(prompts)
+    .map(|(r, p)| {
+      let finish = r.finish.unwrap_or(FinishReason::Length);
+      let text = match r.text {
+        Some(t) => t,
+        None => {
+          let ids: Vec<u32> = r
+            .tokens
+            .iter()
+            .filter(|&&t| !tokenizer.is_eos(t as u32))
+            .map(|&t| t as u32)
+            .collect();
+          tokenizer.decode(&ids, false)?
+        }
+      };
+      Ok(Output {
+        text,
+        generation_tokens: r.tokens.len(),
+        from_draft: vec![false; r.tokens.len()],
+        tokens: r.tokens,
+        finish_reason: finish,
+        prompt_tokens: p.len(),
+        prompt_tps: total_prompt as f64 / prompt_time.max(1e-9),
+        generation_tps: total_gen as f64 / gen_time.max(1e-9),
+        peak_memory_gb: peak,
+        logprobs: r.logprobs,
+        top_logprobs: r.top,
+      })
+    })
+    .collect()
+}
