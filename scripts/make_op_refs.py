@@ -1226,8 +1226,164 @@ def main():
           f"{total / 1024:.0f} KiB in {OUT}", file=sys.stderr)
     make_gguf_refs()
     make_fuzz_seeds()
+    make_index_refs()
     print(f"GGUF references in {GGUF_OUT}; fuzz seeds in fuzz/seeds/", file=sys.stderr)
 
 
+# ------------------------------------------------------------------ indexing
+
+IDX_OUT = os.path.join(OUT, "index")
+
+
+def make_index_refs():
+    """Python `a[idx]` / `a[idx] = v` / `mx.pad(pad_width=[(lo, hi), ...])`
+    references for crates/mlxrs-core/tests/indexing.rs, in op_refs/index/.
+
+    An index is a list of items: {"int": k}, {"slice": [start, stop, step]}
+    (null = omitted), "none", "...", {"arr": tensor name}. A case is
+    {"kind": "get" | "put" | "pad", "src": name, "index": [...], "value": name,
+    "out": name} or "error" (Python's message) instead of "out"; a case with
+    "ref" was not computed by python mlx (which does not check integer
+    bounds and reads out of bounds) and says what gives the expectation.
+    Uses its own seeded generator, so the other references do not change.
+    """
+    g = np.random.default_rng(7)
+    tensors, cases = {}, []
+
+    def t(x):
+        name = f"t{len(tensors)}"
+        tensors[name] = x
+        return name
+
+    def fa(*shape):
+        return mx.array((np.round(g.standard_normal(shape) * 64) / 64).astype(np.float32))
+
+    def ia(lo, hi, *shape, dtype=np.int32):
+        return mx.array(g.integers(lo, hi, shape).astype(dtype))
+
+    def enc(item):
+        if isinstance(item, int):
+            return {"int": item}
+        if isinstance(item, slice):
+            return {"slice": [item.start, item.stop, item.step]}
+        if item is None:
+            return "none"
+        if item is Ellipsis:
+            return "..."
+        return {"arr": t(item)}
+
+    def run(case, fn):
+        try:
+            out = fn()
+            mx.eval(out)
+            case["out"] = t(out)
+        except Exception as e:  # noqa: BLE001 - the message is the reference
+            case["error"] = str(e).splitlines()[0][:200] or type(e).__name__
+        cases.append(case)
+
+    def get(src, idx, **kw):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        case = {"kind": "get", "src": t(src), "index": [enc(i) for i in idx], **kw}
+        run(case, lambda: src[idx])
+
+    def put(src, idx, value, **kw):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        case = {"kind": "put", "src": t(src), "index": [enc(i) for i in idx],
+                "value": t(value), **kw}
+
+        def f():
+            b = mx.array(src)
+            b[idx] = value
+            return b
+        run(case, f)
+
+    def pad(src, pairs, value, mode):
+        case = {"kind": "pad", "src": t(src), "pairs": pairs, "pad_value": value, "mode": mode}
+        run(case, lambda: mx.pad(src, pad_width=pairs, mode=mode, constant_values=value))
+
+    A = fa(2, 3, 4, 5)
+    B = ia(-50, 50, 5, 6)
+    C = fa(4, 3, 2)
+    i3 = mx.array([0, 2, -1], dtype=mx.int32)
+    j2 = mx.array([[1, 0], [2, 1]], dtype=mx.int32)
+    E = mx.arange(6).reshape(2, 3)
+    # ---- __getitem__
+    get(A, 1)
+    get(A, -1)
+    get(A, slice(1, 3))
+    get(B, slice(None, None, -1))
+    get(A, (Ellipsis, slice(1, 3), None, slice(None, None, 2), -1))
+    get(A, (None, 0, Ellipsis, -2))
+    get(B, slice(-100, 100))                              # clamps
+    get(B, (slice(5, -10, -1), slice(100, 2, -2)))        # clamps, negative steps
+    get(B, (slice(None), slice(None, None, -2)))
+    get(A, (slice(None), slice(None, None, -2), 1))
+    get(A, Ellipsis)
+    get(A, ())
+    get(B, slice(3, 1))                                   # empty
+    get(B, (slice(-2, None), slice(None, -4, 3)))
+    get(A, (0, 0, 0, 0))
+    get(C, i3)
+    get(C, (slice(None), i3[:2], slice(0, 1)))
+    get(C, (i3, slice(None), mx.array([1, 0, 1], dtype=mx.int32)))   # arrays split: gathered axes first
+    get(B, (j2, mx.array([5, 0], dtype=mx.int32)))        # broadcast array indices
+    get(C, (1, slice(None), mx.array([1, 0], dtype=mx.uint32)))
+    get(C, (None, i3, None))
+    get(C, (i3, slice(None, None, -1)))
+    get(C, (slice(None, None, 2), j2))
+    get(A, (Ellipsis, mx.array([4, 0], dtype=mx.int64)))
+    get(C, (i3, 1, None, 0))
+    get(A, (0, 0, 0, 0, 0))                               # too many
+    get(A, (Ellipsis, 0, Ellipsis))                       # two ellipses
+    get(C, mx.array([True, False, True, False]))          # bool index
+    get(mx.array(3.0), 0)                                 # 0-d
+    cases.append({"kind": "get", "src": t(B), "index": [{"int": 5}],
+                  "error": "index 5 is out of bounds for axis 0 with size 5",
+                  "ref": "numpy IndexError (python mlx reads out of bounds)"})
+    cases.append({"kind": "get", "src": t(A), "index": [{"int": 0}, {"int": -4}],
+                  "error": "index -4 is out of bounds for axis 1 with size 3",
+                  "ref": "numpy IndexError (python mlx reads out of bounds)"})
+    # ---- __setitem__
+    put(B, 1, mx.array(7, dtype=mx.int32))
+    put(A, slice(0, 1), fa(3, 4, 5))
+    put(B, slice(None, None, -1), mx.arange(6, dtype=mx.int32))
+    put(A, (Ellipsis, -1), fa(4))
+    put(A, (None, 0), fa(1, 1, 3, 4, 5))                  # leading ones ignored
+    put(A, (slice(None), slice(None, None, 2), 1), fa(2, 2, 5))
+    put(B, (slice(5, None, -2), slice(-3, None)), ia(-9, 9, 3, 3))
+    put(B, slice(-100, 100), mx.array(1, dtype=mx.int32))  # clamps
+    put(B, slice(3, 1), mx.array(1, dtype=mx.int32))      # empty
+    put(B, (slice(1, 3), 2), mx.array(2.75))              # float into int: cast
+    put(C, i3, fa(3, 2))
+    put(C, (i3, slice(None), mx.array([1, 0, 1], dtype=mx.int32)), fa(3, 3))
+    put(C, (slice(None), mx.array([2, 0], dtype=mx.int32)), fa(4, 2, 2))
+    put(C, (slice(1, 3), mx.array([1], dtype=mx.int32)), fa(2))
+    put(C, (slice(None, None, 2), mx.array([0, 2], dtype=mx.int32), 1), fa(2, 2))
+    put(C, (1, mx.array([0, 2], dtype=mx.int32)), fa(2, 2))
+    put(C, (None, mx.array([3, 0], dtype=mx.int32)), fa(2, 3, 2))
+    # No repeated indices in scatters: which write wins is unspecified (GPU).
+    put(B, mx.array([[1, 0], [4, 3]], dtype=mx.int32), ia(-9, 9, 2, 2, 6))
+    put(B, (slice(0, 2), slice(0, 2)), fa(3, 3))          # shape mismatch
+    put(A, (0, 0, 0, 0, 0), mx.array(1.0))                # too many
+    put(E, (slice(None), -1), mx.array([10, 20]))
+    # ---- pad with (lo, hi) pairs
+    pad(fa(2, 3), [(1, 2), (0, 1)], 0.5, "constant")
+    pad(ia(0, 9, 3, 2), [(2, 0), (1, 3)], 0, "edge")
+    pad(fa(2, 2, 2), [(1, 1)], -1.0, "constant")
+    pad(fa(3, 4), [(0, 0), (2, 2)], 0.0, "edge")
+
+    os.makedirs(IDX_OUT, exist_ok=True)
+    mx.save_safetensors(os.path.join(IDX_OUT, "index.safetensors"), tensors)
+    with open(os.path.join(IDX_OUT, "cases.json"), "w") as f:
+        json.dump({"generator": "scripts/make_op_refs.py (make_index_refs)",
+                   "mlx_version": mx.__version__, "cases": cases}, f, indent=0)
+        f.write("\n")
+    errs = sum("error" in c for c in cases)
+    print(f"{len(cases)} indexing/pad cases ({errs} expected errors) in {IDX_OUT}", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--only", "index"]:
+        make_index_refs()
+    else:
+        main()

@@ -9,12 +9,14 @@
 pub mod array;
 pub mod closure;
 pub mod device;
+pub mod distributed;
 pub mod dtype;
 pub mod error;
 pub mod export;
 pub mod fast;
 pub mod fft;
 mod gen_support;
+pub mod index;
 pub mod io;
 pub mod linalg;
 pub mod memory;

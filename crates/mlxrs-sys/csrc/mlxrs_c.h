@@ -681,6 +681,190 @@ int mlxrs_einsum_path(
     const char* subscripts,
     const mlx_vector_array operands);
 
+/* ---------------------------------------------------------------- distributed */
+
+/** A group of MLX processes that communicate (C++
+ * `mlx::core::distributed::Group`, python `mx.distributed.Group`). Made by
+ * `mlx_distributed_init` / `mlx_distributed_group_split`, released by
+ * `mlx_distributed_group_free`. A NULL-ctx group passed to a collective
+ * selects MLX's global group. */
+typedef struct mlx_distributed_group_ {
+  void* ctx;
+} mlx_distributed_group;
+
+/** Release a group (NULL ctx accepted). */
+int mlx_distributed_group_free(mlx_distributed_group group);
+/** This process's rank in `group` (python `group.rank()`); -1 on error. */
+int mlx_distributed_group_rank(mlx_distributed_group group);
+/** The number of processes in `group` (python `group.size()`); -1 on error. */
+int mlx_distributed_group_size(mlx_distributed_group group);
+/** Python `group.split(color, key)`: processes with the same color form a
+ * new group, ordered by key (negative: by current rank). NULL ctx on error. */
+mlx_distributed_group
+mlx_distributed_group_split(mlx_distributed_group group, int color, int key);
+/** Python `mx.distributed.is_available(backend)`; `bk` NULL means any
+ * backend. */
+bool mlx_distributed_is_available(const char* bk);
+/** Python `mx.distributed.init(strict, backend)`; `bk` NULL means "any".
+ * Without a configured backend and `strict` false this is the singleton
+ * group (rank 0, size 1). NULL ctx on error (message recorded). */
+mlx_distributed_group mlx_distributed_init(bool strict, const char* bk);
+
+/** Python `mx.distributed.all_sum(x, group=group)`. */
+int mlx_distributed_all_sum(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_distributed_group group,
+    const mlx_stream s);
+/** Python `mx.distributed.all_gather(x, group=group)`. */
+int mlx_distributed_all_gather(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_distributed_group group,
+    const mlx_stream s);
+/** Python `mx.distributed.all_max(x, group=group)`. */
+int mlx_distributed_all_max(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_distributed_group group,
+    const mlx_stream s);
+/** Python `mx.distributed.all_min(x, group=group)`. */
+int mlx_distributed_all_min(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_distributed_group group,
+    const mlx_stream s);
+/** Python `mx.distributed.sum_scatter(x, group=group)`. */
+int mlx_distributed_sum_scatter(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_distributed_group group,
+    const mlx_stream s);
+/** Python `mx.distributed.send(x, dst, group=group)`. */
+int mlx_distributed_send(
+    mlx_array* res,
+    const mlx_array x,
+    int dst,
+    const mlx_distributed_group group,
+    const mlx_stream s);
+/** Python `mx.distributed.recv(shape, dtype, src, group=group)`. */
+int mlx_distributed_recv(
+    mlx_array* res,
+    const int* shape,
+    size_t shape_num,
+    mlx_dtype dtype,
+    int src,
+    const mlx_distributed_group group,
+    const mlx_stream s);
+/** Python `mx.distributed.recv_like(x, src, group=group)`. */
+int mlx_distributed_recv_like(
+    mlx_array* res,
+    const mlx_array x,
+    int src,
+    const mlx_distributed_group group,
+    const mlx_stream s);
+
+/* ---------------------------------------------------------------- custom kernels */
+
+/** The per-call arguments of a custom kernel (python's keyword arguments of
+ * the function `mx.fast.cuda_kernel(...)` / `metal_kernel(...)` returns):
+ * output shapes and dtypes, grid, threadgroup, template arguments, init
+ * value, verbose. Used by both the CUDA and the Metal kernels (mlx-c has an
+ * identical `mlx_fast_metal_kernel_config`). */
+typedef struct mlx_fast_cuda_kernel_config_ {
+  void* ctx;
+} mlx_fast_cuda_kernel_config;
+
+mlx_fast_cuda_kernel_config mlx_fast_cuda_kernel_config_new(void);
+int mlx_fast_cuda_kernel_config_free(mlx_fast_cuda_kernel_config cls);
+int mlx_fast_cuda_kernel_config_add_output_arg(
+    mlx_fast_cuda_kernel_config cls,
+    const int* shape,
+    size_t size,
+    mlx_dtype dtype);
+int mlx_fast_cuda_kernel_config_set_grid(
+    mlx_fast_cuda_kernel_config cls,
+    int grid1,
+    int grid2,
+    int grid3);
+int mlx_fast_cuda_kernel_config_set_thread_group(
+    mlx_fast_cuda_kernel_config cls,
+    int thread1,
+    int thread2,
+    int thread3);
+int mlx_fast_cuda_kernel_config_set_init_value(
+    mlx_fast_cuda_kernel_config cls,
+    float value);
+int mlx_fast_cuda_kernel_config_set_verbose(
+    mlx_fast_cuda_kernel_config cls,
+    bool verbose);
+int mlx_fast_cuda_kernel_config_add_template_arg_dtype(
+    mlx_fast_cuda_kernel_config cls,
+    const char* name,
+    mlx_dtype dtype);
+int mlx_fast_cuda_kernel_config_add_template_arg_int(
+    mlx_fast_cuda_kernel_config cls,
+    const char* name,
+    int value);
+int mlx_fast_cuda_kernel_config_add_template_arg_bool(
+    mlx_fast_cuda_kernel_config cls,
+    const char* name,
+    bool value);
+
+/** A compiled-on-first-use custom CUDA kernel (C++
+ * `mlx::core::fast::cuda_kernel`, python `mx.fast.cuda_kernel`). */
+typedef struct mlx_fast_cuda_kernel_ {
+  void* ctx;
+} mlx_fast_cuda_kernel;
+
+/** Make a CUDA kernel into `*res` (unlike mlx-c, which returns the handle,
+ * this reports failures, e.g. "No CUDA back-end" in a CPU build, as a return
+ * code). `header` may be NULL. */
+int mlx_fast_cuda_kernel_new(
+    mlx_fast_cuda_kernel* res,
+    const char* name,
+    const char* const* input_names,
+    size_t num_inputs,
+    const char* const* output_names,
+    size_t num_outputs,
+    const char* source,
+    const char* header,
+    bool ensure_row_contiguous,
+    int shared_memory);
+int mlx_fast_cuda_kernel_free(mlx_fast_cuda_kernel cls);
+/** Run the kernel on `inputs` with `config`; the outputs go to `*outputs`. */
+int mlx_fast_cuda_kernel_apply(
+    mlx_vector_array* outputs,
+    mlx_fast_cuda_kernel cls,
+    const mlx_vector_array inputs,
+    const mlx_fast_cuda_kernel_config config,
+    const mlx_stream stream);
+
+/** A custom Metal kernel (C++ `mlx::core::fast::metal_kernel`, python
+ * `mx.fast.metal_kernel`); without a Metal back-end, applying it fails. */
+typedef struct mlx_fast_metal_kernel_ {
+  void* ctx;
+} mlx_fast_metal_kernel;
+
+int mlx_fast_metal_kernel_new(
+    mlx_fast_metal_kernel* res,
+    const char* name,
+    const char* const* input_names,
+    size_t num_inputs,
+    const char* const* output_names,
+    size_t num_outputs,
+    const char* source,
+    const char* header,
+    bool ensure_row_contiguous,
+    bool atomic_outputs);
+int mlx_fast_metal_kernel_free(mlx_fast_metal_kernel cls);
+int mlx_fast_metal_kernel_apply(
+    mlx_vector_array* outputs,
+    mlx_fast_metal_kernel cls,
+    const mlx_vector_array inputs,
+    const mlx_fast_cuda_kernel_config config,
+    const mlx_stream stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1309,6 +1309,333 @@ unsafe extern "C" {
         operands: mlx_vector_array,
     ) -> ::core::ffi::c_int;
 }
+/** A group of MLX processes that communicate (C++
+ `mlx::core::distributed::Group`, python `mx.distributed.Group`). Made by
+ `mlx_distributed_init` / `mlx_distributed_group_split`, released by
+ `mlx_distributed_group_free`. A NULL-ctx group passed to a collective
+ selects MLX's global group.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_distributed_group_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_distributed_group_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** A group of MLX processes that communicate (C++
+ `mlx::core::distributed::Group`, python `mx.distributed.Group`). Made by
+ `mlx_distributed_init` / `mlx_distributed_group_split`, released by
+ `mlx_distributed_group_free`. A NULL-ctx group passed to a collective
+ selects MLX's global group.*/
+pub type mlx_distributed_group = mlx_distributed_group_;
+unsafe extern "C" {
+    /// Release a group (NULL ctx accepted).
+    pub fn mlx_distributed_group_free(
+        group: mlx_distributed_group,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// This process's rank in `group` (python `group.rank()`); -1 on error.
+    pub fn mlx_distributed_group_rank(
+        group: mlx_distributed_group,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// The number of processes in `group` (python `group.size()`); -1 on error.
+    pub fn mlx_distributed_group_size(
+        group: mlx_distributed_group,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Python `group.split(color, key)`: processes with the same color form a
+ new group, ordered by key (negative: by current rank). NULL ctx on error.*/
+    pub fn mlx_distributed_group_split(
+        group: mlx_distributed_group,
+        color: ::core::ffi::c_int,
+        key: ::core::ffi::c_int,
+    ) -> mlx_distributed_group;
+}
+unsafe extern "C" {
+    /** Python `mx.distributed.is_available(backend)`; `bk` NULL means any
+ backend.*/
+    pub fn mlx_distributed_is_available(bk: *const ::core::ffi::c_char) -> bool;
+}
+unsafe extern "C" {
+    /** Python `mx.distributed.init(strict, backend)`; `bk` NULL means "any".
+ Without a configured backend and `strict` false this is the singleton
+ group (rank 0, size 1). NULL ctx on error (message recorded).*/
+    pub fn mlx_distributed_init(
+        strict: bool,
+        bk: *const ::core::ffi::c_char,
+    ) -> mlx_distributed_group;
+}
+unsafe extern "C" {
+    /// Python `mx.distributed.all_sum(x, group=group)`.
+    pub fn mlx_distributed_all_sum(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.distributed.all_gather(x, group=group)`.
+    pub fn mlx_distributed_all_gather(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.distributed.all_max(x, group=group)`.
+    pub fn mlx_distributed_all_max(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.distributed.all_min(x, group=group)`.
+    pub fn mlx_distributed_all_min(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.distributed.sum_scatter(x, group=group)`.
+    pub fn mlx_distributed_sum_scatter(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.distributed.send(x, dst, group=group)`.
+    pub fn mlx_distributed_send(
+        res: *mut mlx_array,
+        x: mlx_array,
+        dst: ::core::ffi::c_int,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.distributed.recv(shape, dtype, src, group=group)`.
+    pub fn mlx_distributed_recv(
+        res: *mut mlx_array,
+        shape: *const ::core::ffi::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        src: ::core::ffi::c_int,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.distributed.recv_like(x, src, group=group)`.
+    pub fn mlx_distributed_recv_like(
+        res: *mut mlx_array,
+        x: mlx_array,
+        src: ::core::ffi::c_int,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+/** The per-call arguments of a custom kernel (python's keyword arguments of
+ the function `mx.fast.cuda_kernel(...)` / `metal_kernel(...)` returns):
+ output shapes and dtypes, grid, threadgroup, template arguments, init
+ value, verbose. Used by both the CUDA and the Metal kernels (mlx-c has an
+ identical `mlx_fast_metal_kernel_config`).*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_fast_cuda_kernel_config_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_fast_cuda_kernel_config_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** The per-call arguments of a custom kernel (python's keyword arguments of
+ the function `mx.fast.cuda_kernel(...)` / `metal_kernel(...)` returns):
+ output shapes and dtypes, grid, threadgroup, template arguments, init
+ value, verbose. Used by both the CUDA and the Metal kernels (mlx-c has an
+ identical `mlx_fast_metal_kernel_config`).*/
+pub type mlx_fast_cuda_kernel_config = mlx_fast_cuda_kernel_config_;
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_new() -> mlx_fast_cuda_kernel_config;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_free(
+        cls: mlx_fast_cuda_kernel_config,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_add_output_arg(
+        cls: mlx_fast_cuda_kernel_config,
+        shape: *const ::core::ffi::c_int,
+        size: usize,
+        dtype: mlx_dtype,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_set_grid(
+        cls: mlx_fast_cuda_kernel_config,
+        grid1: ::core::ffi::c_int,
+        grid2: ::core::ffi::c_int,
+        grid3: ::core::ffi::c_int,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_set_thread_group(
+        cls: mlx_fast_cuda_kernel_config,
+        thread1: ::core::ffi::c_int,
+        thread2: ::core::ffi::c_int,
+        thread3: ::core::ffi::c_int,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_set_init_value(
+        cls: mlx_fast_cuda_kernel_config,
+        value: f32,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_set_verbose(
+        cls: mlx_fast_cuda_kernel_config,
+        verbose: bool,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_add_template_arg_dtype(
+        cls: mlx_fast_cuda_kernel_config,
+        name: *const ::core::ffi::c_char,
+        dtype: mlx_dtype,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_add_template_arg_int(
+        cls: mlx_fast_cuda_kernel_config,
+        name: *const ::core::ffi::c_char,
+        value: ::core::ffi::c_int,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_add_template_arg_bool(
+        cls: mlx_fast_cuda_kernel_config,
+        name: *const ::core::ffi::c_char,
+        value: bool,
+    ) -> ::core::ffi::c_int;
+}
+/** A compiled-on-first-use custom CUDA kernel (C++
+ `mlx::core::fast::cuda_kernel`, python `mx.fast.cuda_kernel`).*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_fast_cuda_kernel_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_fast_cuda_kernel_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** A compiled-on-first-use custom CUDA kernel (C++
+ `mlx::core::fast::cuda_kernel`, python `mx.fast.cuda_kernel`).*/
+pub type mlx_fast_cuda_kernel = mlx_fast_cuda_kernel_;
+unsafe extern "C" {
+    /** Make a CUDA kernel into `*res` (unlike mlx-c, which returns the handle,
+ this reports failures, e.g. "No CUDA back-end" in a CPU build, as a return
+ code). `header` may be NULL.*/
+    pub fn mlx_fast_cuda_kernel_new(
+        res: *mut mlx_fast_cuda_kernel,
+        name: *const ::core::ffi::c_char,
+        input_names: *const *const ::core::ffi::c_char,
+        num_inputs: usize,
+        output_names: *const *const ::core::ffi::c_char,
+        num_outputs: usize,
+        source: *const ::core::ffi::c_char,
+        header: *const ::core::ffi::c_char,
+        ensure_row_contiguous: bool,
+        shared_memory: ::core::ffi::c_int,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_cuda_kernel_free(cls: mlx_fast_cuda_kernel) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Run the kernel on `inputs` with `config`; the outputs go to `*outputs`.
+    pub fn mlx_fast_cuda_kernel_apply(
+        outputs: *mut mlx_vector_array,
+        cls: mlx_fast_cuda_kernel,
+        inputs: mlx_vector_array,
+        config: mlx_fast_cuda_kernel_config,
+        stream: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+/** A custom Metal kernel (C++ `mlx::core::fast::metal_kernel`, python
+ `mx.fast.metal_kernel`); without a Metal back-end, applying it fails.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_fast_metal_kernel_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_fast_metal_kernel_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** A custom Metal kernel (C++ `mlx::core::fast::metal_kernel`, python
+ `mx.fast.metal_kernel`); without a Metal back-end, applying it fails.*/
+pub type mlx_fast_metal_kernel = mlx_fast_metal_kernel_;
+unsafe extern "C" {
+    pub fn mlx_fast_metal_kernel_new(
+        res: *mut mlx_fast_metal_kernel,
+        name: *const ::core::ffi::c_char,
+        input_names: *const *const ::core::ffi::c_char,
+        num_inputs: usize,
+        output_names: *const *const ::core::ffi::c_char,
+        num_outputs: usize,
+        source: *const ::core::ffi::c_char,
+        header: *const ::core::ffi::c_char,
+        ensure_row_contiguous: bool,
+        atomic_outputs: bool,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_metal_kernel_free(cls: mlx_fast_metal_kernel) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_fast_metal_kernel_apply(
+        outputs: *mut mlx_vector_array,
+        cls: mlx_fast_metal_kernel,
+        inputs: mlx_vector_array,
+        config: mlx_fast_cuda_kernel_config,
+        stream: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
 /// An optional bool (C++ `std::optional<bool>`), in mlx-c's optional style.
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

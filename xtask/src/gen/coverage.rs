@@ -41,14 +41,130 @@ fn out_of_scope_reason(d: &Decl) -> String {
     "takes or returns a C++ closure: needs the closure C API (not bound yet)".into()
   } else if all.contains("io::Reader") || all.contains("io::Writer") {
     "custom reader/writer stream objects: not bound".into()
-  } else if all.contains("Group") || d.header.starts_with("distributed") {
-    "needs a distributed::Group handle: distributed is not bound yet".into()
   } else {
     format!(
       "outside the generator's headers; no hand-written binding yet ({})",
       d.header
     )
   }
+}
+
+/// What a table entry says about an overload the name rule below cannot
+/// decide honestly (several C++ overloads behind one C name, C++ closures,
+/// `mlxrs_` names).
+enum Hand {
+  /// Bound by this hand-written C symbol.
+  C(&'static str),
+  /// A special case of this hand-written C symbol.
+  Covered(&'static str, &'static str),
+  /// Not bound, with the reason.
+  Unbound(&'static str),
+}
+
+/// (header, function, a substring of its parameter types ("" = any), status).
+/// First match wins.
+const HAND_TABLE: &[(&str, &str, &str, Hand)] = &[
+  (
+    "compile.h",
+    "compile",
+    "(*",
+    Hand::Covered("mlx_compile", "a function pointer: pass it as a closure"),
+  ),
+  ("compile.h", "compile", "", Hand::C("mlx_compile")),
+  (
+    "export.h",
+    "exporter",
+    "ExportCallback",
+    Hand::Unbound("export callbacks (a C++ closure receiving the traced graph) are not bound"),
+  ),
+  (
+    "export.h",
+    "export_function",
+    "ExportCallback",
+    Hand::Unbound("export callbacks (a C++ closure receiving the traced graph) are not bound"),
+  ),
+  (
+    "export.h",
+    "exporter",
+    "Kwargs",
+    Hand::Unbound("keyword-argument closures (`Kwargs`) are not bound; positional `Args` ones are"),
+  ),
+  (
+    "export.h",
+    "export_function",
+    "Kwargs",
+    Hand::Unbound("keyword-argument closures (`Kwargs`) are not bound; positional `Args` ones are"),
+  ),
+  (
+    "export.h",
+    "exporter",
+    "",
+    Hand::C("mlx_function_exporter_new"),
+  ),
+  (
+    "export.h",
+    "export_function",
+    "",
+    Hand::C("mlx_export_function"),
+  ),
+  (
+    "export.h",
+    "import_function",
+    "",
+    Hand::C("mlx_import_function"),
+  ),
+  ("einsum.h", "einsum_path", "", Hand::C("mlxrs_einsum_path")),
+  ("einsum.h", "einsum", "", Hand::C("mlx_einsum")),
+  (
+    "distributed/distributed.h",
+    "init",
+    "AllGatherFactory",
+    Hand::Unbound("the JACCL side-channel factory is a C++ closure: not bound"),
+  ),
+  (
+    "distributed/distributed.h",
+    "init",
+    "",
+    Hand::C("mlx_distributed_init"),
+  ),
+  (
+    "distributed/distributed.h",
+    "is_available",
+    "",
+    Hand::C("mlx_distributed_is_available"),
+  ),
+  (
+    "distributed/distributed.h",
+    "clear_backends",
+    "",
+    Hand::Unbound("not bound: resets MLX's process-wide backend cache (test helper)"),
+  ),
+];
+
+fn table_status(d: &Decl, hand: &BTreeMap<String, HandWritten>) -> Option<Status> {
+  let tys: String = d
+    .params
+    .iter()
+    .map(|p| p.ty.as_str())
+    .collect::<Vec<_>>()
+    .join(", ");
+  let (_, _, _, h) = HAND_TABLE
+    .iter()
+    .find(|(h, n, sub, _)| *h == d.header && *n == d.name && tys.contains(sub))?;
+  // A symbol the table names must exist in csrc, so a removed binding
+  // cannot stay "bound" here.
+  let known = |c: &str| hand.contains_key(c);
+  Some(match h {
+    Hand::C(c) if known(c) => Status::HandWritten((*c).into()),
+    Hand::Covered(c, why) if known(c) => Status::Covered {
+      by: (*c).into(),
+      why: (*why).into(),
+    },
+    Hand::Unbound(why) => Status::Unbound((*why).into()),
+    Hand::C(c) | Hand::Covered(c, _) => {
+      Status::Unbound(format!("table names `{c}`, which csrc does not define"))
+    }
+  })
 }
 
 /// The document.
@@ -68,6 +184,13 @@ pub fn render(
       .push((d.clone(), s.clone()));
   }
   for d in other {
+    if let Some(st) = table_status(d, hand) {
+      rows
+        .entry(d.header.as_str())
+        .or_default()
+        .push((d.clone(), st));
+      continue;
+    }
     let ns_prefix = select::c_prefix(&d.ns);
     let base = format!("{ns_prefix}{}", d.name);
     // mlx-c style names: `mlx_<name>` or a suffixed variant of it; the

@@ -49,6 +49,9 @@ pub const OTHER_HEADERS: &[(&str, &str)] = &[
   ("memory.h", ""),
   ("distributed/ops.h", "distributed"),
   ("distributed/distributed.h", "distributed"),
+  ("compile.h", ""),
+  ("export.h", ""),
+  ("einsum.h", ""),
 ];
 
 /// Where MLX's headers are: `MLX_INCLUDE_DIR`, else the wheel that
@@ -231,7 +234,7 @@ fn rust_users(
         let name = match macro_name {
           Some(n) => n,
           None => {
-            let Some(fn_at) = before.rfind("fn ") else {
+            let Some(fn_at) = enclosing_fn(before) else {
               continue;
             };
             before[fn_at + 3..]
@@ -245,8 +248,8 @@ fn rust_users(
         // `impl` methods: name the type.
         let impl_at = before.rfind("\nimpl");
         let item_at = before.rfind("\npub fn").max(before.rfind("\nfn"));
-        if let (Some(i), Some(f)) = (impl_at, item_at)
-          && i > f
+        if let Some(i) = impl_at
+          && item_at.is_none_or(|f| i > f)
         {
           let ty = impl_type(&before[i + 1..]);
           if !ty.is_empty() {
@@ -263,6 +266,29 @@ fn rust_users(
     }
   }
   Ok(out)
+}
+
+/// Where the `fn ` of the item enclosing the end of `before` starts: the
+/// last `fn` declared at indentation 0 (a free function) or 2 (a method),
+/// so helpers nested inside a function body (indented further) are skipped.
+fn enclosing_fn(before: &str) -> Option<usize> {
+  before.rmatch_indices("fn ").map(|(at, _)| at).find(|&at| {
+    let line_start = before[..at].rfind('\n').map_or(0, |i| i + 1);
+    let head = &before[line_start..at];
+    let indent = head.len() - head.trim_start().len();
+    let rest = head.trim_start();
+    indent <= 2
+      && [
+        "",
+        "pub ",
+        "pub(crate) ",
+        "unsafe ",
+        "pub unsafe ",
+        "const ",
+        "pub const ",
+      ]
+      .contains(&rest)
+  })
 }
 
 /// `impl Foo {...` / `impl Trait for Foo {...` -> `Foo`.

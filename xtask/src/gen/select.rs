@@ -139,8 +139,8 @@ pub const OVERRIDES: &[Override] = &[
 #[rustfmt::skip]
 pub const UNMAPPABLE: &[(&str, &str, &str)] = &[
   ("", "pad", "pad widths as std::vector<std::pair<int, int>>: use mlx_pad (explicit axes, low and high pads)"),
-  ("fast", "metal_kernel", "custom-kernel builder: returns a C++ closure (CustomKernelFunction); needs a kernel-object C API"),
-  ("fast", "cuda_kernel", "custom-kernel builder: returns a C++ closure (CustomKernelFunction); needs a kernel-object C API"),
+  ("fast", "metal_kernel", "custom-kernel builder: returns a C++ closure (CustomKernelFunction); not generated: bound by hand as a kernel object (csrc/custom_kernel.cpp)"),
+  ("fast", "cuda_kernel", "custom-kernel builder: returns a C++ closure (CustomKernelFunction); not generated: bound by hand as a kernel object (csrc/custom_kernel.cpp)"),
   ("fast", "precompiled_cuda_kernel", "takes lists of shapes, dtypes and variant scalars (std::vector<Shape>, std::vector<ScalarArg>) with no C mapping; CUDA only"),
 ];
 
@@ -527,7 +527,15 @@ pub fn select(decls: &[Decl], hand_written: &BTreeMap<String, String>) -> Result
     for (d, o) in set.iter().zip(outcomes) {
       let st = match o {
         Outcome::Drop => None,
-        Outcome::Unbound(r) => Some(Status::Unbound(r)),
+        // A hand-written kernel-object binding (`mlx_<ns>_<name>_new`, as
+        // mlx-c's `mlx_fast_cuda_kernel_new`) binds what the generator
+        // cannot.
+        Outcome::Unbound(r) => Some(
+          match hand_written.get_key_value(&format!("{}_new", c_of(""))) {
+            Some((k, _)) => Status::HandWritten(k.clone()),
+            None => Status::Unbound(r),
+          },
+        ),
         Outcome::Cover(s, why) => Some(Status::Covered { by: c_of(&s), why }),
         Outcome::Bind(s, fixed) => {
           let c_name = c_of(&s);

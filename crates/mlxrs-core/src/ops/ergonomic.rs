@@ -204,3 +204,43 @@ impl Array {
     g::softmax_axis(self, axis, false)
   }
 }
+
+/// Pad `a` with `(before, after)` elements per axis: python
+/// `mx.pad(a, pad_width=[(lo, hi), ...], mode=mode, constant_values=value)`,
+/// swift `padded(a, widths:)`.
+///
+/// `pairs` has one pair per axis of `a`, or a single pair used for every
+/// axis (python's `pad_width=[(lo, hi)]`). `value` (cast to `a`'s dtype) is
+/// used by `mode = "constant"`; `"edge"` repeats the border elements. MLX
+/// also accepts `"reflect"`, `"symmetric"` and `"wrap"` (later MLX versions).
+/// A wrong number of pairs, a negative width or an unknown mode is an
+/// error.
+pub fn pad_pairs(a: &Array, pairs: &[(i32, i32)], value: f64, mode: &str) -> Result<Array> {
+  let nd = a.ndim();
+  let pairs: Vec<(i32, i32)> = match pairs.len() {
+    1 if nd != 1 => vec![pairs[0]; nd],
+    n if n == nd => pairs.to_vec(),
+    n => {
+      return Err(crate::Error::InvalidArgument(format!(
+        "pad_pairs: {n} (before, after) pairs for an array with {nd} axes (shape {:?}); give one per axis or one for all",
+        a.shape()
+      )));
+    }
+  };
+  if let Some((axis, p)) = pairs.iter().enumerate().find(|(_, p)| p.0 < 0 || p.1 < 0) {
+    return Err(crate::Error::InvalidArgument(format!(
+      "pad_pairs: negative pad width {p:?} for axis {axis}"
+    )));
+  }
+  let axes: Vec<i32> = (0..nd as i32).collect();
+  let lo: Vec<i32> = pairs.iter().map(|p| p.0).collect();
+  let hi: Vec<i32> = pairs.iter().map(|p| p.1).collect();
+  g::pad(
+    a,
+    &axes,
+    &lo,
+    &hi,
+    &Array::scalar_as(value, a.dtype())?,
+    mode,
+  )
+}

@@ -23,4 +23,5 @@ pub mod ergonomic;
 mod generated;
 
 pub use einsum::{einsum, einsum_path};
+pub use ergonomic::pad_pairs;
 pub use generated::*;
