@@ -108,6 +108,10 @@ def make(shape, template, out, dtype="bfloat16"):
     for f in template.iterdir():
         if f.name not in ("config.json", "reference.json") and not f.name.startswith("model"):
             shutil.copy(f, out / f.name)
+    # The real processor limits (the tiny fixture caps images at 12544 px).
+    pp = json.loads((out / "preprocessor_config.json").read_text())
+    pp.update(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+    (out / "preprocessor_config.json").write_text(json.dumps(pp, indent=2))
     # Pad the tiny BPE vocabulary with plain ASCII tokens up to the real
     # vocab size, so any id the random model samples decodes on both sides.
     tj = json.loads((out / "tokenizer.json").read_text())

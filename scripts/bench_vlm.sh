@@ -46,7 +46,7 @@ echo "bench_vlm: $SHAPE ($DTYPE), image $SIZE, $MAXT tokens" >&2
 RS_JSON="$("$BIN" "$MODEL" "$IMG" --prompt "$PROMPT" --max-tokens "$MAXT" --warmup --json)"
 PRELOAD=""
 if [ "${MLX_PY_OPENBLAS:-1}" != 0 ]; then
-  PRELOAD="$(ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 /{print $NF; exit}')"
+  PRELOAD="$(ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 /{print $NF}' | head -1)"
 fi
 PY_JSON="$(LD_PRELOAD="$PRELOAD" "$PY" scripts/bench_vlm.py run "$MODEL" "$IMG" "$PROMPT" "$MAXT")"
 
@@ -54,6 +54,8 @@ PY_JSON="$(LD_PRELOAD="$PRELOAD" "$PY" scripts/bench_vlm.py run "$MODEL" "$IMG" 
 import json, sys
 rs, py = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"mlxrs:   prompt {rs['prompt_tokens']} tokens, TTFT {rs['ttft_s']:.3f} s, decode {rs['decode_tps']:.1f} tok/s ({rs['tokens']} tokens, {rs['device']})")
+if 'ttft_cached_s' in rs:
+    print(f"mlxrs:   TTFT with the image features cached (same image again): {rs['ttft_cached_s']:.3f} s")
 print(f"mlx-vlm: prompt {py['prompt_tokens']} tokens, TTFT {py['ttft_s']:.3f} s, decode {py['decode_tps']:.1f} tok/s ({py['tokens']} tokens, {py['version']})")
 print(f"ratio TTFT mlx-vlm / mlxrs: {py['ttft_s'] / rs['ttft_s']:.2f}   decode mlxrs / mlx-vlm: {rs['decode_tps'] / max(py['decode_tps'], 1e-9):.2f}")
 EOF

@@ -64,6 +64,12 @@ What it writes (schema details in ``models/tiny-vlm/README.md``):
    q_bits=4)`` of ``qwen2_vl/`` (language model 4-bit, vision tower float as
    mlx-vlm leaves it), with its own ``reference.json``.
 
+11. ``--chat``: ``ARCH/chat_reference.json`` for qwen2_vl, qwen2_5_vl and
+   llava: mlx-vlm on a 3-turn conversation (image; text; a new image),
+   ``apply_chat_template`` with the whole message list, greedy replies
+   (``CHAT_TURNS``, ``CHAT_MAX_TOKENS``), replayed by
+   crates/mlxrs-vlm/tests/chat.rs and tests/cli.rs.
+
 Everything is deterministic (seeded RNGs, fixed salts found once by
 ``--search-salt``).
 """
@@ -1622,15 +1628,104 @@ def make_gemma3_once(out: Path, salt: int) -> dict:
     return ref
 
 
+# --------------------------------------------------------------------------
+# Multi-turn chat references (``--chat``)
+# --------------------------------------------------------------------------
+
+# (user text, images attached to that user message): the session
+# crates/mlxrs-vlm/tests/chat.rs replays through ``VlmChat``.
+CHAT_TURNS = [
+    ("Describe this image.", ["scene_a_64x48.png"]),
+    ("What colors are in it?", []),
+    ("And this one?", ["scene_b_90x60.png"]),
+]
+CHAT_MAX_TOKENS = 8
+CHAT_ARCHS = ["qwen2_vl", "qwen2_5_vl", "llava"]
+
+
+def chat_reference(out: Path, arch: str) -> dict:
+    """mlx-vlm on a growing conversation: ``apply_chat_template`` with the
+    whole message list (explicit ``{"type": "image"}`` parts stay on their
+    own user turns), ``prepare_inputs`` with every image so far, greedy
+    ``generate_step`` from fresh caches; the decoded reply (EOS dropped)
+    becomes the next turn's assistant message."""
+    from mlx_vlm.generate.ar import generate_step
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import load, prepare_inputs
+
+    folder = out / arch
+    model, processor = load(str(folder))
+    if arch == "llava":  # see model_reference
+        ip = processor.image_processor
+        ip.preprocess = lambda images, *a, **kw: type(ip).preprocess(ip, images, return_tensors="np")
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = processor.tokenizer if hasattr(processor, "tokenizer") else processor
+    eos = set(tokenizer.eos_token_id if isinstance(tokenizer.eos_token_id, list) else [tokenizer.eos_token_id])
+    gen_cfg = json.loads((folder / "generation_config.json").read_text()) if (folder / "generation_config.json").exists() else {}
+    e = gen_cfg.get("eos_token_id")
+    if e is not None:
+        eos |= set(e if isinstance(e, list) else [e])
+    images_first = arch == "qwen2_5_vl"
+    messages, images, turns = [], [], []
+    for user, files in CHAT_TURNS:
+        text_part = {"type": "text", "text": user, "content": user}
+        img_parts = [{"type": "image"} for _ in files]
+        content = img_parts + [text_part] if images_first else [text_part] + img_parts
+        messages.append({"role": "user", "content": content})
+        images += [str(out / "images" / f) for f in files]
+        text = apply_chat_template(processor, config, messages, num_images=len(images))
+        inputs = prepare_inputs(processor, images=images or None, prompts=[text], add_special_tokens=False)
+        if hasattr(model.language_model, "_rope_deltas"):
+            model.language_model._position_ids = None
+            model.language_model._rope_deltas = None
+        grid = inputs.get("image_grid_thw")
+        extra = {"image_grid_thw": grid} if grid is not None else {}
+        tokens = []
+        for tok, _ in generate_step(
+            inputs["input_ids"],
+            model,
+            inputs.get("pixel_values"),
+            inputs.get("attention_mask"),
+            max_tokens=CHAT_MAX_TOKENS,
+            sampler=lambda x: mx.argmax(x, axis=-1),
+            **extra,
+        ):
+            tokens.append(int(tok))
+            if int(tok) in eos:
+                break
+        reply = tokenizer.decode([t for t in tokens if t not in eos])
+        turns.append(
+            {
+                "user": user,
+                "images": files,
+                "prompt_text": text,
+                "input_ids": np.array(inputs["input_ids"])[0].tolist(),
+                "tokens": tokens,
+                "text": reply,
+            }
+        )
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": reply, "content": reply}]})
+    return {
+        "max_tokens": CHAT_MAX_TOKENS,
+        "turns": turns,
+        "versions": {"mlx": mx.__version__, "mlx_vlm": mlx_vlm.__version__, "transformers": transformers.__version__},
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--only", choices=["llava", "llava_next", "idefics3", "smolvlm", "paligemma", "gemma3"], help="only (re)make this family (images must exist)")
     ap.add_argument("--search-salt", action="store_true", help="find salts with robust greedy margins")
+    ap.add_argument("--chat", action="store_true", help="only write the multi-turn chat references (ARCH/chat_reference.json)")
     args = ap.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     mx.set_default_device(mx.cpu)
+    if args.chat:
+        for arch in CHAT_ARCHS:
+            write_json(out / arch / "chat_reference.json", chat_reference(out, arch), indent=1)
+        return
     if args.only == "llava":
         make_llava(out, args.search_salt)
         return

@@ -218,6 +218,13 @@ struct ChatArgs {
   /// System prompt.
   #[arg(long = "system-prompt", alias = "system")]
   system_prompt: Option<String>,
+  /// Vision-language models: image file(s) attached to the first user
+  /// message (more with `/image PATH` in the REPL).
+  #[arg(long, num_args = 1..)]
+  image: Vec<PathBuf>,
+  /// Vision-language models: print per-turn cache statistics.
+  #[arg(long)]
+  verbose: bool,
   #[command(flatten)]
   sampling: SamplingArgs,
 }
@@ -391,6 +398,18 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 fn chat(a: ChatArgs) -> Result<()> {
   let dtype = parse_dtype(&a.model.dtype)?;
+  let is_vlm = mlxrs_lm::resolve_model(&a.model.model).ok().map(|p| mlxrs_vlm::is_vlm_dir(&p).unwrap_or(false)).unwrap_or(false);
+  if is_vlm || !a.image.is_empty() {
+    let args = vlm::VlmChatArgs {
+      model: &a.model.model,
+      dtype,
+      images: &a.image,
+      system: a.system_prompt.as_deref(),
+      opts: GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() },
+      verbose: a.verbose,
+    };
+    return vlm::chat(&args, &mut std::io::stdin().lock(), &mut std::io::stdout().lock());
+  }
   let m = load(&a.model.model, &LoadOptions { dtype, no_tokenizer: false })?;
   let tok = m.tokenizer.as_ref().expect("tokenizer");
   if !tok.has_chat_template() {

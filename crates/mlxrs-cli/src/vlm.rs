@@ -3,9 +3,12 @@
 //! --prompt P`). The generate command calls [`generate`] when `--image` is
 //! given; everything else (sampling flags, `--max-kv-size`, `--stop`,
 //! `--json`, the timing lines) behaves as for text models.
+//!
+//! `mlxrs chat --model VLM [--image FILE...]`: the multi-turn REPL with
+//! images (python `mlx_vlm.chat`), see [`chat`].
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use mlxrs_core::Dtype;
@@ -121,6 +124,139 @@ pub fn generate(a: &VlmArgs<'_>, out: &mut dyn Write) -> Result<()> {
     )?;
     writeln!(out, "Peak memory: {:.3} GB", last.peak_memory_gb)?;
     writeln!(out, "Device: {device}, compute dtype: {dtype_s}")?;
+  }
+  Ok(())
+}
+
+/// The chat command's arguments for a vision-language model.
+pub struct VlmChatArgs<'a> {
+  /// Model folder or Hub repo id.
+  pub model: &'a str,
+  /// Compute dtype (`--dtype`).
+  pub dtype: Option<Dtype>,
+  /// Images attached to the first user message (`--image`).
+  pub images: &'a [PathBuf],
+  /// System prompt (`--system-prompt`).
+  pub system: Option<&'a str>,
+  /// Sampling, caches, stop strings (per reply).
+  pub opts: GenerateOptions,
+  /// Print per-turn statistics (tokens prefilled / reused, image-feature
+  /// cache hits, time to first token) after each reply.
+  pub verbose: bool,
+}
+
+/// The multi-turn REPL with images (python `mlx_vlm.chat`): reads user
+/// lines from `input`, streams replies to `out`. Commands: `/image PATH`
+/// attaches an image to the next user message, `/clear` (or `r`) resets
+/// the conversation, `/exit` (or `q`, or end of input) quits, `/help`.
+/// Each turn renders the whole conversation with the chat template and
+/// prefills only what the previous turns' KV cache does not hold; images
+/// of earlier turns come from the image-feature cache.
+pub fn chat(a: &VlmChatArgs<'_>, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<()> {
+  for p in a.images {
+    if !p.is_file() {
+      bail!("--image {}: no such file", p.display());
+    }
+  }
+  let m = mlxrs_vlm::load(a.model, &mlxrs_vlm::LoadOptions { dtype: a.dtype })
+    .with_context(|| format!("loading {}", a.model))?;
+  let mut session = mlxrs_vlm::VlmChat::new(&m, a.system, a.opts.clone())?;
+  for img in m.load_images(a.images)? {
+    session.add_image(img);
+  }
+  writeln!(
+    out,
+    "[INFO] Starting chat session with {}. Commands: /image PATH, /clear, /exit (or q).",
+    a.model
+  )?;
+  if !a.images.is_empty() {
+    writeln!(
+      out,
+      "[INFO] {} image(s) attached to the first message.",
+      a.images.len()
+    )?;
+  }
+  loop {
+    write!(out, ">> ")?;
+    out.flush()?;
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+      break;
+    }
+    let line = line.trim_end_matches(['\n', '\r']);
+    let (cmd, rest) = match line.split_once(char::is_whitespace) {
+      Some((c, r)) => (c, r.trim()),
+      None => (line, ""),
+    };
+    match cmd {
+      "q" | "/exit" | "/quit" => break,
+      "r" | "/clear" | "/reset" => {
+        session.reset();
+        writeln!(out, "[INFO] Conversation cleared.")?;
+        continue;
+      }
+      "/help" => {
+        writeln!(
+          out,
+          "/image PATH: attach an image to the next message; /clear: reset; /exit: quit"
+        )?;
+        continue;
+      }
+      "/image" => {
+        if rest.is_empty() {
+          writeln!(out, "[ERROR] /image needs a file path")?;
+          continue;
+        }
+        match m.load_images(&[Path::new(rest)]) {
+          Ok(mut v) => {
+            session.add_image(v.remove(0));
+            writeln!(out, "[INFO] Image {rest} attached to the next message.")?;
+          }
+          Err(e) => writeln!(out, "[ERROR] {e}")?,
+        }
+        continue;
+      }
+      _ if line.trim().is_empty() => continue,
+      _ => {}
+    }
+    let before = m.vision_cache_stats();
+    let mut write_err = None;
+    let turn = session.send(line, &mut |t| {
+      if write_err.is_none() {
+        if let Err(e) = write!(out, "{t}").and_then(|_| out.flush()) {
+          write_err = Some(e);
+        }
+      }
+    });
+    if let Some(e) = write_err {
+      return Err(e.into());
+    }
+    let turn = match turn {
+      Ok(t) => t,
+      Err(e) => {
+        // A bad turn (e.g. an image the model cannot take) leaves the
+        // conversation as it was, without the pending images.
+        session.clear_pending();
+        writeln!(out, "\n[ERROR] {e} (pending images dropped)")?;
+        continue;
+      }
+    };
+    writeln!(out)?;
+    if a.verbose {
+      let after = m.vision_cache_stats();
+      writeln!(
+        out,
+        "[INFO] prompt {} tokens ({} prefilled, {} reused from the cache), image features: {} hit(s), {} miss(es); \
+         time to first token {:.3}s, {:.1} tokens-per-sec",
+        turn.prompt_tokens,
+        turn.prefilled,
+        turn.reused,
+        after.hits - before.hits,
+        after.misses - before.misses,
+        turn.ttft_s,
+        turn.generation_tps
+      )?;
+    }
   }
   Ok(())
 }

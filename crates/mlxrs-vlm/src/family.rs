@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::model::{LoadOptions, VlmInput};
 use crate::processors::{ClipImageProcessor, Qwen2VlImageProcessor};
+use crate::vision_cache::{FeatureKey, VisionFeatureCache};
 
 /// What a family's processor and merge step read from the loaded model.
 pub(crate) struct Shared<'a> {
@@ -28,6 +29,20 @@ pub(crate) struct Shared<'a> {
   pub image_token: &'a str,
   /// The language model's compute dtype (features are cast to it).
   pub dtype: Dtype,
+  /// The image-feature cache.
+  pub cache: &'a VisionFeatureCache,
+}
+
+impl Shared<'_> {
+  /// The image features of `input` (vision tower + projector, cast to the
+  /// compute dtype) from the feature cache, else `compute()`, stored.
+  pub fn features(
+    &self,
+    input: &VlmInput,
+    compute: impl FnOnce() -> Result<Array>,
+  ) -> Result<Array> {
+    self.cache.get_or_compute(FeatureKey::of(input), compute)
+  }
 }
 
 /// One VLM family's processor + vision half (see the module docs).

@@ -12,7 +12,10 @@
 //!   merge behind [`VlmModel`] (one module and one registry line per
 //!   family, see `docs/vlm.md`).
 //! - [`VlmModel`]: `mlx_vlm.load` + prompt building + generation through
-//!   mlxrs-lm's streaming API (same sampling, caches and stop rules).
+//!   mlxrs-lm's streaming API (same sampling, caches and stop rules), with
+//!   an image-feature cache ([`vision_cache`], python `VisionFeatureCache`).
+//! - [`VlmChat`]: multi-turn chat with images and KV-cache reuse (python
+//!   `mlx_vlm.chat`).
 //!
 //! ```no_run
 //! use mlxrs_vlm::{GenerateOptions, LoadOptions, load};
@@ -25,13 +28,16 @@
 //! # Ok::<(), mlxrs_vlm::Error>(())
 //! ```
 
+pub mod chat;
 pub mod error;
 mod family;
 pub mod image;
 pub mod model;
 pub mod models;
 pub mod processors;
+pub mod vision_cache;
 
+pub use chat::{ChatTurn, VlmChat, assistant_message};
 pub use error::{Error, Result};
 pub use image::{AlphaMode, Resample, RgbImage, decode_image, load_image};
 pub use mlxrs_lm::{
@@ -43,3 +49,4 @@ pub use processors::{
   ClipImageProcessor, ClipPixels, Idefics3ImageProcessor, LlavaNextImageProcessor, PixelValues,
   Qwen2VlImageProcessor,
 };
+pub use vision_cache::{DEFAULT_VISION_CACHE_SIZE, VisionCacheStats};

@@ -17,6 +17,7 @@ use crate::family::{Loader, Shared, VisionFamily};
 use crate::image::{AlphaMode, RgbImage, load_image};
 use crate::models;
 use crate::processors::{ClipImageProcessor, ClipPixels, PixelValues, Qwen2VlImageProcessor};
+use crate::vision_cache::{DEFAULT_VISION_CACHE_SIZE, VisionCacheStats, VisionFeatureCache};
 
 /// The families: `model_type` and its loader (each family module's
 /// `load`). Adding a family is its module plus one line here.
@@ -113,6 +114,7 @@ pub struct VlmModel {
   /// How files given to [`VlmModel::load_images`] become RGB.
   pub alpha: AlphaMode,
   family: Box<dyn VisionFamily>,
+  vision_cache: VisionFeatureCache,
   dtype: mlxrs_core::Dtype,
   model_type: String,
   image_token: String,
@@ -179,6 +181,7 @@ pub fn load_dir(path: &Path, opts: &LoadOptions) -> Result<VlmModel> {
     image_processor: l.qwen_processor.unwrap_or_default(),
     alpha: AlphaMode::Drop,
     family: l.family,
+    vision_cache: VisionFeatureCache::new(DEFAULT_VISION_CACHE_SIZE),
     model_type,
     image_token: l.image_token,
   })
@@ -194,6 +197,12 @@ impl VlmModel {
   /// PaliGemma, Gemma 3; `None` for the Qwen2-VL family).
   pub fn clip_processor(&self) -> Option<&ClipImageProcessor> {
     self.family.clip_processor()
+  }
+
+  /// Whether the family builds prompts without a chat template
+  /// (PaliGemma: `"<image>" * n + prompt`).
+  pub fn uses_plain_prompt(&self) -> bool {
+    self.family.plain_prompt(&self.shared(), "", 0).is_some()
   }
 
   /// The image placeholder token (`<|image_pad|>`, LLaVA `<image>`).
@@ -221,7 +230,34 @@ impl VlmModel {
       tokenizer: self.tokenizer(),
       image_token: &self.image_token,
       dtype: self.dtype,
+      cache: &self.vision_cache,
     }
+  }
+
+  /// Hit / miss counters and size of the image-feature cache (python
+  /// mlx-vlm `VisionFeatureCache`, which has `len()` but no counters).
+  /// Every prompt with images is one lookup: a hit skips the vision tower.
+  pub fn vision_cache_stats(&self) -> VisionCacheStats {
+    self.vision_cache.stats()
+  }
+
+  /// Empty the image-feature cache (python `vision_cache.clear()`); the
+  /// counters are kept (see [`VlmModel::reset_vision_cache_stats`]).
+  pub fn clear_vision_cache(&self) {
+    self.vision_cache.clear();
+  }
+
+  /// Zero the hit / miss counters of the image-feature cache.
+  pub fn reset_vision_cache_stats(&self) {
+    self.vision_cache.reset_stats();
+  }
+
+  /// Set how many image sets the feature cache keeps (python
+  /// `VisionFeatureCache(max_size=n)`; default
+  /// [`crate::vision_cache::DEFAULT_VISION_CACHE_SIZE`]); 0 turns it off.
+  /// Shrinking drops the least recently used entries.
+  pub fn set_vision_cache_size(&self, entries: usize) {
+    self.vision_cache.set_capacity(entries);
   }
 
   /// Read image files (see [`crate::image::load_image`]), naming the file
@@ -312,7 +348,7 @@ impl VlmModel {
 
   /// Compute the image features of `input` and hand them to the language
   /// model for the next generation.
-  fn set_prompt(&self, input: &VlmInput) -> Result<()> {
+  pub(crate) fn set_prompt(&self, input: &VlmInput) -> Result<()> {
     self.family.set_prompt(&self.shared(), input)
   }
 

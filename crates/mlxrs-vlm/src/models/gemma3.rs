@@ -830,11 +830,14 @@ impl crate::family::VisionFamily for Gemma3Family {
         if n_feat != n_img_tokens {
           return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
         }
-        let f =
-          Gemma3::image_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
+        let features = s.features(input, || {
+          let f =
+            Gemma3::image_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
+          Ok(ops::astype(&f, s.dtype)?)
+        })?;
         Some(Gemma3Prompt {
           ids: ids.clone(),
-          features: ops::astype(&f, s.dtype)?,
+          features,
           feature_row: crate::family::feature_rows(ids, img_id),
         })
       }

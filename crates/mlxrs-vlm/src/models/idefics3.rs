@@ -388,15 +388,18 @@ impl VisionFamily for Idefics3Family {
         if n_feat != n_img_tokens {
           return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
         }
-        let x = ops::astype(&pv.to_nhwc()?, self.vision.dtype())?;
-        let f = self
-          .vision
-          .forward_with_positions(&x, Some(&self.positions))?;
-        let f = self.connector.forward(&f)?;
-        let d = f.dim(-1).unwrap_or(0);
+        let features = s.features(input, || {
+          let x = ops::astype(&pv.to_nhwc()?, self.vision.dtype())?;
+          let f = self
+            .vision
+            .forward_with_positions(&x, Some(&self.positions))?;
+          let f = self.connector.forward(&f)?;
+          let d = f.dim(-1).unwrap_or(0);
+          Ok(ops::astype(&ops::reshape(&f, &[-1, d])?, s.dtype)?)
+        })?;
         Some(LlavaPrompt {
           ids: ids.clone(),
-          features: ops::astype(&ops::reshape(&f, &[-1, d])?, s.dtype)?,
+          features,
           feature_row: crate::family::feature_rows(ids, img_id),
         })
       }

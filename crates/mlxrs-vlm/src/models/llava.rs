@@ -1007,9 +1007,11 @@ impl crate::family::VisionFamily for LlavaFamily {
         if n_feat != n_img_tokens {
           return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
         }
-        let f = clip_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
-        let d = f.dim(-1).unwrap_or(0);
-        let features = ops::astype(&ops::reshape(&f, &[-1, d])?, s.dtype)?;
+        let features = s.features(input, || {
+          let f = clip_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
+          let d = f.dim(-1).unwrap_or(0);
+          Ok(ops::astype(&ops::reshape(&f, &[-1, d])?, s.dtype)?)
+        })?;
         Some(LlavaPrompt {
           ids: ids.clone(),
           features,

@@ -252,17 +252,22 @@ impl VisionFamily for LlavaNextFamily {
         if n_feat != n_img_tokens {
           return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
         }
-        let f = clip_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
-        let fs = f.shape();
-        let mut per_image = Vec::with_capacity(tiles.len());
-        let mut start = 0;
-        for (&k, &[h, w]) in tiles.iter().zip(&input.image_sizes) {
-          let end = start + k as i32;
-          let part = ops::slice(&f, &[start, 0, 0], &[end, fs[1], fs[2]], &[1, 1, 1])?;
-          per_image.push(self.pack(&part, h, w)?);
-          start = end;
-        }
-        let features = ops::astype(&ops::concatenate_axis(&per_image, 0)?, s.dtype)?;
+        let features = s.features(input, || {
+          let f = clip_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
+          let fs = f.shape();
+          let mut per_image = Vec::with_capacity(tiles.len());
+          let mut start = 0;
+          for (&k, &[h, w]) in tiles.iter().zip(&input.image_sizes) {
+            let end = start + k as i32;
+            let part = ops::slice(&f, &[start, 0, 0], &[end, fs[1], fs[2]], &[1, 1, 1])?;
+            per_image.push(self.pack(&part, h, w)?);
+            start = end;
+          }
+          Ok(ops::astype(
+            &ops::concatenate_axis(&per_image, 0)?,
+            s.dtype,
+          )?)
+        })?;
         Some(LlavaPrompt {
           ids: ids.clone(),
           features,

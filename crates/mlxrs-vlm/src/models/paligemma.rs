@@ -1057,11 +1057,14 @@ impl crate::family::VisionFamily for PaliFamily {
             pv.n
           )));
         }
-        let f =
-          PaliGemma::image_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
+        let features = s.features(input, || {
+          let f =
+            PaliGemma::image_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
+          Ok(ops::astype(&f, s.dtype)?)
+        })?;
         Some(PaliPrompt {
           ids: ids.clone(),
-          features: ops::astype(&f, s.dtype)?,
+          features,
           feature_row: crate::family::feature_rows(ids, img_id),
         })
       }

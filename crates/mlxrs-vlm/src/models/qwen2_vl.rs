@@ -1498,8 +1498,10 @@ impl crate::family::VisionFamily for Qwen2VlFamily {
         if n_feat != n_img_tokens {
           return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
         }
-        let features = self.vision.forward(&pv.to_array()?, &pv.grid_thw)?;
-        let features = ops::astype(&features, s.dtype)?;
+        let features = s.features(input, || {
+          let f = self.vision.forward(&pv.to_array()?, &pv.grid_thw)?;
+          Ok(ops::astype(&f, s.dtype)?)
+        })?;
         let (positions, rope_delta) = rope_index(ids, &pv.grid_thw, config)?;
         Some(MultimodalPrompt {
           ids: ids.clone(),
