@@ -1382,8 +1382,121 @@ def make_index_refs():
     print(f"{len(cases)} indexing/pad cases ({errs} expected errors) in {IDX_OUT}", file=sys.stderr)
 
 
+IO_OUT = os.path.join(OUT, "io")
+
+
+def make_io_refs():
+    """Python `mx.save_safetensors` / `mx.save` into file objects
+    (`io.BytesIO`), the bytes written as `one.safetensors` (one tensor and
+    metadata), `multi.safetensors` (several dtypes, no metadata) and
+    `a.npy`, plus `expected.json`: the arrays as python reads them back with
+    `mx.load(file_object)`, for the Rust stream loaders / savers."""
+    import io
+
+    os.makedirs(IO_OUT, exist_ok=True)
+    mx.random.seed(7)
+    one = {"w": mx.random.normal((3, 4))}
+    meta = {"format": "mlx", "note": "written to a BytesIO"}
+    multi = {
+        "f32": mx.random.normal((2, 3)),
+        "f16": mx.random.normal((5,)).astype(mx.float16),
+        "i32": mx.arange(-3, 9, dtype=mx.int32).reshape(3, 4),
+        "u8": mx.array([0, 7, 255], dtype=mx.uint8),
+    }
+    npy = mx.random.uniform(shape=(2, 2, 3))
+    files = {}
+    b = io.BytesIO()
+    mx.save_safetensors(b, one, metadata=meta)
+    files["one.safetensors"] = b.getvalue()
+    b = io.BytesIO()
+    mx.save_safetensors(b, multi)
+    files["multi.safetensors"] = b.getvalue()
+    b = io.BytesIO()
+    mx.save(b, npy)
+    files["a.npy"] = b.getvalue()
+    for name, data in files.items():
+        with open(os.path.join(IO_OUT, name), "wb") as f:
+            f.write(data)
+
+    def enc(a):
+        return {"dtype": str(a.dtype).split(".")[-1], "shape": list(a.shape),
+                "values": np.array(a.astype(mx.float32)).reshape(-1).tolist()}
+
+    got_one, got_meta = mx.load(io.BytesIO(files["one.safetensors"]), format="safetensors",
+                                return_metadata=True)
+    got_multi = mx.load(io.BytesIO(files["multi.safetensors"]), format="safetensors")
+    got_npy = mx.load(io.BytesIO(files["a.npy"]), format="npy")
+    exp = {
+        "one": {k: enc(v) for k, v in got_one.items()},
+        "one_metadata": got_meta,
+        "multi": {k: enc(v) for k, v in got_multi.items()},
+        "npy": enc(got_npy),
+    }
+    with open(os.path.join(IO_OUT, "expected.json"), "w") as f:
+        json.dump(exp, f, indent=1)
+        f.write("\n")
+    print(f"io stream refs in {IO_OUT}", file=sys.stderr)
+
+
+EXPORT_OUT = os.path.join(OUT, "export")
+
+
+def make_export_refs():
+    """A function of positional and keyword arrays exported by python,
+    `kw.mlxfn` = `mx.export_function(f, x, y=y, z=z)` with
+    `f(x, y, z) = [x * y + sin(z), sum(x - z, axis=1)]`, and in
+    `kw_io.safetensors` the example inputs, a second set of inputs
+    (`x2`, `y2`, `z2`) and python's outputs of the imported function on
+    both (`out{0,1}`, `out{0,1}_2`), for the Rust kwargs export tests."""
+    os.makedirs(EXPORT_OUT, exist_ok=True)
+    mx.random.seed(11)
+
+    def f(x, y, z):
+        return [x * y + mx.sin(z), mx.sum(x - z, axis=1)]
+
+    x, y, z = mx.random.normal((2, 3)), mx.random.normal((2, 3)), mx.random.normal((2, 3))
+    x2, y2, z2 = mx.random.normal((2, 3)), mx.random.normal((2, 3)), mx.random.normal((2, 3))
+    path = os.path.join(EXPORT_OUT, "kw.mlxfn")
+    mx.export_function(path, f, x, y=y, z=z)
+    g = mx.import_function(path)
+    o = g(x, y=y, z=z)
+    o2 = g(x2, y=y2, z=z2)
+    mx.save_safetensors(os.path.join(EXPORT_OUT, "kw_io.safetensors"), {
+        "x": x, "y": y, "z": z, "x2": x2, "y2": y2, "z2": z2,
+        "out0": o[0], "out1": o[1], "out0_2": o2[0], "out1_2": o2[1],
+    })
+
+    # Export callback: the events python's callback receives for
+    # g(x, *, y) = [exp(x) * y + 2.0, sum(x, axis=1), astype(x, int32)],
+    # traced at x, y of shape (2, 3), as JSON (tuples as lists, dtypes as
+    # {"dtype": name}, arrays as {"array": values, "dtype": name}).
+    def g(x, y):
+        return [mx.exp(x) * y + 2.0, mx.sum(x, axis=1), x.astype(mx.int32)]
+
+    def enc(v):
+        if isinstance(v, mx.Dtype):
+            return {"dtype": str(v).split(".")[-1]}
+        if isinstance(v, mx.array):
+            return {"array": np.array(v).reshape(-1).tolist(), "dtype": str(v.dtype).split(".")[-1]}
+        if isinstance(v, (list, tuple)):
+            return [enc(x) for x in v]
+        return v
+
+    events = []
+    mx.export_function(lambda d: events.append({k: enc(v) for k, v in d.items()}), g,
+                       mx.ones((2, 3)), y=mx.ones((2, 3)))
+    with open(os.path.join(EXPORT_OUT, "callback_events.json"), "w") as f:
+        json.dump(events, f, indent=1)
+        f.write("\n")
+    print(f"export kwargs refs in {EXPORT_OUT}", file=sys.stderr)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--only", "index"]:
         make_index_refs()
+    elif sys.argv[1:] == ["--only", "io"]:
+        make_io_refs()
+    elif sys.argv[1:] == ["--only", "export"]:
+        make_export_refs()
     else:
         main()

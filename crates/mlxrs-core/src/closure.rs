@@ -106,7 +106,7 @@ fn report(outcome: std::thread::Result<Result<()>>) -> c_int {
 }
 
 /// Run a callback body: nothing unwinds out of it.
-fn guarded(body: impl FnOnce() -> Result<()>) -> c_int {
+pub(crate) fn guarded(body: impl FnOnce() -> Result<()>) -> c_int {
   catch_unwind(AssertUnwindSafe(|| report(catch_unwind(AssertUnwindSafe(body))))).unwrap_or(1)
 }
 
@@ -122,7 +122,7 @@ fn thread_token() -> usize {
 
 /// A Rust function owned by the C layer (through a closure's payload), with a
 /// re-entrant lock serializing its calls across threads.
-struct Payload<F> {
+pub(crate) struct Payload<F> {
   f: F,
   lock: Mutex<()>,
   /// [`thread_token`] of the thread holding `lock`, 0 when none.
@@ -134,7 +134,7 @@ impl<F> Payload<F> {
     Payload { f, lock: Mutex::new(()), owner: AtomicUsize::new(0) }
   }
 
-  fn with<R>(&self, g: impl FnOnce(&F) -> R) -> R {
+  pub(crate) fn with<R>(&self, g: impl FnOnce(&F) -> R) -> R {
     let me = thread_token();
     if self.owner.load(Ordering::Acquire) == me {
       // Re-entrant call from the thread running `f` (it holds the lock).
@@ -156,12 +156,12 @@ impl<F> Payload<F> {
 }
 
 /// Leak `f` as a C payload.
-fn into_payload<F>(f: F) -> *mut c_void {
+pub(crate) fn into_payload<F>(f: F) -> *mut c_void {
   Box::into_raw(Box::new(Payload::new(f))).cast()
 }
 
 /// The payload destructor given to the C layer.
-unsafe extern "C" fn drop_payload<F>(p: *mut c_void) {
+pub(crate) unsafe extern "C" fn drop_payload<F>(p: *mut c_void) {
   // SAFETY: `p` came from `into_payload::<F>` and the C layer calls this
   // once, when the last copy of the closure is gone.
   let b = unsafe { Box::from_raw(p.cast::<Payload<F>>()) };
@@ -175,7 +175,7 @@ unsafe extern "C" fn drop_payload<F>(p: *mut c_void) {
 /// `p` must come from `into_payload::<F>` and still be alive (the C layer
 /// keeps it while any copy of the closure exists, which includes the call
 /// running now).
-unsafe fn payload<'a, F>(p: *mut c_void) -> &'a Payload<F> {
+pub(crate) unsafe fn payload<'a, F>(p: *mut c_void) -> &'a Payload<F> {
   // SAFETY: see the function's contract.
   unsafe { &*p.cast::<Payload<F>>() }
 }
@@ -327,6 +327,102 @@ impl Closure {
   /// An empty out-handle.
   pub(crate) fn null() -> Closure {
     Closure(mlx_closure { ctx: std::ptr::null_mut() })
+  }
+}
+
+// ------------------------------------------------------------------ ClosureKwargs
+
+/// A function of positional and keyword arrays (python: a function called
+/// as `f(*args, **kwargs)`, as `mx.export_function` accepts; C++
+/// `std::function<std::vector<array>(const Args&, const Kwargs&)>`; mlx-c
+/// `mlx_closure_kwargs`). Errors, panics and threads as for [`Closure`].
+pub struct ClosureKwargs(pub(crate) mlxrs_sys::mlx_closure_kwargs);
+
+// SAFETY: as for `Closure`: MLX's own function (imports) or a `Payload<F>`
+// with `F: Send`, calls serialized by its lock.
+unsafe impl Send for ClosureKwargs {}
+
+impl Drop for ClosureKwargs {
+  fn drop(&mut self) {
+    // SAFETY: owned handle; NULL ctx accepted.
+    unsafe { mlxrs_sys::mlx_closure_kwargs_free(self.0) };
+  }
+}
+
+impl Clone for ClosureKwargs {
+  fn clone(&self) -> Self {
+    let mut out = ClosureKwargs::null();
+    if !self.0.ctx.is_null() {
+      // SAFETY: live source handle, fresh out-handle owned by `out`.
+      unsafe { mlxrs_sys::mlx_closure_kwargs_set(&mut out.0, self.0) };
+    }
+    out
+  }
+}
+
+impl std::fmt::Debug for ClosureKwargs {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.debug_struct("ClosureKwargs").field("ctx", &self.0.ctx).finish()
+  }
+}
+
+/// Keyword arrays by name.
+pub type Kwargs = std::collections::HashMap<String, Array>;
+
+unsafe extern "C" fn closure_kwargs_call<F>(
+  res: *mut mlx_vector_array,
+  args: mlx_vector_array,
+  kwargs: mlxrs_sys::mlx_map_string_to_array,
+  p: *mut c_void,
+) -> c_int
+where
+  F: Fn(&[Array], &Kwargs) -> Result<Vec<Array>> + Send + 'static,
+{
+  guarded(|| {
+    // SAFETY: `p` is this closure's live `Payload<F>` (C-layer contract).
+    let p = unsafe { payload::<F>(p) };
+    let args = arrays_of(args)?;
+    let kwargs = crate::io::map_entries_raw(kwargs, 4)?;
+    let out = p.with(|f| f(&args, &kwargs))?;
+    write_arrays(res, &out)
+  })
+}
+
+impl ClosureKwargs {
+  /// Wrap a Rust function of positional and keyword arrays.
+  pub fn new<F>(f: F) -> Result<ClosureKwargs>
+  where
+    F: Fn(&[Array], &Kwargs) -> Result<Vec<Array>> + Send + 'static,
+  {
+    let p = into_payload(f);
+    // SAFETY: the trampoline and destructor match the payload's type; the C
+    // layer owns `p` from here (on failure it has already dropped it).
+    let raw = unsafe {
+      mlxrs_sys::mlx_closure_kwargs_new_func_payload(
+        Some(closure_kwargs_call::<F>),
+        p,
+        Some(drop_payload::<F>),
+      )
+    };
+    if raw.ctx.is_null() {
+      return Err(Error::Mlx(last_error()));
+    }
+    Ok(ClosureKwargs(raw))
+  }
+
+  /// Call the function (python `f(*args, **kwargs)`).
+  pub fn call(&self, args: &[Array], kwargs: &Kwargs) -> Result<Vec<Array>> {
+    let input = VectorArray::from_arrays(args)?;
+    let map = crate::io::c_array_map(kwargs)?;
+    let mut out = VectorArray::null();
+    // SAFETY: live handles; the out-vector is owned by `out`.
+    check_call(unsafe { mlxrs_sys::mlx_closure_kwargs_apply(&mut out.0, self.0, input.0, map.0) })?;
+    out.to_vec()
+  }
+
+  /// An empty out-handle.
+  pub(crate) fn null() -> ClosureKwargs {
+    ClosureKwargs(mlxrs_sys::mlx_closure_kwargs { ctx: std::ptr::null_mut() })
   }
 }
 

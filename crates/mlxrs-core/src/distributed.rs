@@ -57,6 +57,15 @@ impl std::fmt::Debug for Group {
   }
 }
 
+/// Drop MLX's cached distributed backends (C++
+/// `distributed::clear_backends()`; no python equivalent), so the next
+/// [`init`] sets one up again (e.g. after changing `MLX_RANK` /
+/// `MLX_HOSTFILE`). Groups already made keep their backend.
+pub fn clear_backends() -> Result<()> {
+  // SAFETY: no arguments.
+  check(unsafe { mlxrs_sys::mlx_distributed_clear_backends() })
+}
+
 /// Whether a distributed backend is available in this MLX build (python
 /// `mx.distributed.is_available(backend)`); `None` asks about any backend.
 pub fn is_available(backend: Option<&str>) -> bool {
@@ -81,6 +90,89 @@ pub fn init(strict: bool, backend: &str) -> Result<Group> {
   // SAFETY: `bk` lives across the call; the returned handle is owned by the
   // `Group` (or NULL on failure, with the message recorded).
   let g = unsafe { mlxrs_sys::mlx_distributed_init(strict, bk.as_ptr()) };
+  if g.ctx.is_null() {
+    return Err(Error::Mlx(last_error()));
+  }
+  Ok(Group(g))
+}
+
+/// The payload of [`init_with_all_gather`]'s callback.
+type AllGather = Box<dyn Fn(i32, i32, &[u8], &mut [u8]) -> Result<()> + Send + Sync>;
+
+unsafe extern "C" fn all_gather_call(
+  src: *const std::ffi::c_char,
+  dst: *mut std::ffi::c_char,
+  n: usize,
+  rank: i32,
+  size: i32,
+  p: *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+  let run = || -> Result<()> {
+    let total = usize::try_from(size)
+      .ok()
+      .and_then(|s| s.checked_mul(n))
+      .ok_or_else(|| Error::InvalidArgument(format!("all_gather: bad group size {size}")))?;
+    // SAFETY: `p` is the live `AllGather` given to
+    // `mlxrs_distributed_init_all_gather` (freed only by `drop_all_gather`).
+    let f = unsafe { &*(p as *const AllGather) };
+    let (src, dst) = if n == 0 {
+      (&[][..], &mut [][..])
+    } else {
+      // SAFETY: MLX passes `n` readable bytes at `src` and `size * n`
+      // writable bytes at `dst` (C++ `AllGatherFn` contract).
+      unsafe {
+        (
+          std::slice::from_raw_parts(src.cast::<u8>(), n),
+          std::slice::from_raw_parts_mut(dst.cast::<u8>(), total),
+        )
+      }
+    };
+    f(rank, size, src, dst)
+  };
+  match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+    Ok(Ok(())) => 0,
+    _ => 1,
+  }
+}
+
+unsafe extern "C" fn drop_all_gather(p: *mut std::ffi::c_void) {
+  // SAFETY: `p` came from `Box::into_raw` in `init_with_all_gather`; the C
+  // layer calls this once.
+  let b = unsafe { Box::from_raw(p as *mut AllGather) };
+  let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(b)));
+}
+
+/// [`init`] for the JACCL backend with a custom side channel (python
+/// `mx.distributed.init(strict, backend="jaccl", all_gather_factory=...)`;
+/// C++ `init(strict, bk, AllGatherFactory)`). `all_gather(rank, size, src,
+/// dst)` must gather `src` of every rank into `dst` (`size * src.len()`
+/// bytes, rank r's at `r * src.len()`); an `Err` or a panic fails the
+/// backend's set-up. `backend` must be `"jaccl"` (as in python). JACCL is
+/// macOS's Thunderbolt RDMA backend: elsewhere a strict init is an error and
+/// a non-strict one the singleton group.
+pub fn init_with_all_gather<F>(strict: bool, backend: &str, all_gather: F) -> Result<Group>
+where
+  F: Fn(i32, i32, &[u8], &mut [u8]) -> Result<()> + Send + Sync + 'static,
+{
+  if backend != "jaccl" {
+    return Err(Error::InvalidArgument(format!(
+      "init_with_all_gather: the all_gather side channel is only supported with backend \"jaccl\", not {backend:?}"
+    )));
+  }
+  let bk = cstring(backend)?;
+  let boxed: AllGather = Box::new(all_gather);
+  let p = Box::into_raw(Box::new(boxed)).cast::<std::ffi::c_void>();
+  // SAFETY: the callback and destructor match the payload's type; the C
+  // layer owns `p` from here (also on failure); `bk` lives across the call.
+  let g = unsafe {
+    mlxrs_sys::mlxrs_distributed_init_all_gather(
+      strict,
+      bk.as_ptr(),
+      Some(all_gather_call),
+      p,
+      Some(drop_all_gather),
+    )
+  };
   if g.ctx.is_null() {
     return Err(Error::Mlx(last_error()));
   }
@@ -217,5 +309,36 @@ mod tests {
     let mut a = all_gather(&x, None).unwrap();
     assert_eq!(a.to_vec::<f32>().unwrap(), vec![1.0, -2.0, 3.5]);
     assert!(init(true, "ring").is_err());
+    // Clearing the backend cache keeps existing groups usable, and a later
+    // init sets up the singleton group again.
+    clear_backends().unwrap();
+    let mut s2 = all_sum(&x, Some(&g)).unwrap();
+    assert_eq!(s2.to_vec::<f32>().unwrap(), vec![1.0, -2.0, 3.5]);
+    let g2 = init(false, "any").unwrap();
+    assert_eq!((g2.rank(), g2.size()), (0, 1));
+  }
+
+  /// JACCL with a custom side channel, as python on this (Linux) build:
+  /// `init(strict=True, backend="jaccl", all_gather_factory=f)` raises
+  /// "Cannot initialize jaccl distributed backend.", the non-strict one is
+  /// the singleton group, `f` is never called, and another backend is an
+  /// error (python: ValueError).
+  #[test]
+  fn jaccl_all_gather_init() {
+    if is_available(Some("jaccl")) {
+      return;
+    }
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let f = |_: i32, _: i32, _: &[u8], _: &mut [u8]| -> Result<()> {
+      CALLS.fetch_add(1, Ordering::SeqCst);
+      Ok(())
+    };
+    let e = init_with_all_gather(true, "jaccl", f).unwrap_err();
+    assert_eq!(e.to_string(), Error::Mlx("Cannot initialize jaccl distributed backend.".into()).to_string());
+    let g = init_with_all_gather(false, "jaccl", f).unwrap();
+    assert_eq!((g.rank(), g.size()), (0, 1));
+    assert!(matches!(init_with_all_gather(false, "ring", f), Err(Error::InvalidArgument(_))));
+    assert_eq!(CALLS.load(Ordering::SeqCst), 0);
   }
 }

@@ -1,6 +1,8 @@
 //! Array files: safetensors (python `mx.load` / `mx.save_safetensors`, swift
 //! `loadArrays` / `save(arrays:url:)`), GGUF (`mx.load` / `mx.save_gguf`) and
-//! `.npy` (`mx.load` / `mx.save`).
+//! `.npy` (`mx.load` / `mx.save`), from paths or from Rust streams
+//! (`load_safetensors_from`, `save_safetensors_to`, `load_npy_from`,
+//! `save_npy_to`: python's file-object forms).
 //!
 //! Safetensors and GGUF headers are validated in Rust before MLX reads the
 //! file, so a corrupt or truncated file is an [`Error::Format`] naming the
@@ -16,6 +18,9 @@ use crate::array::Array;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result, check, cstring};
 use crate::stream::default_stream;
+
+mod stream;
+pub use stream::{load_npy_from, load_safetensors_from, save_npy_to, save_safetensors_to};
 
 /// Largest safetensors JSON header accepted (the format's own limit).
 const MAX_HEADER: u64 = 100_000_000;
@@ -55,6 +60,12 @@ pub fn read_safetensors_header(path: impl AsRef<Path>) -> Result<SafetensorsHead
   let path = path.as_ref();
   let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
   let file_len = f.metadata().map_err(|e| io_err(path, e))?.len();
+  header_from(&mut f, file_len, path)
+}
+
+/// [`read_safetensors_header`] over any reader positioned at the start of a
+/// safetensors stream of `file_len` bytes (`path` names it in errors).
+pub(crate) fn header_from(f: &mut impl Read, file_len: u64, path: &Path) -> Result<SafetensorsHeader> {
   if file_len < 8 {
     return Err(fmt_err(path, format!("not a safetensors file: {file_len} bytes, need at least 8")));
   }
@@ -136,7 +147,7 @@ pub fn read_safetensors_header(path: impl AsRef<Path>) -> Result<SafetensorsHead
   Ok(out)
 }
 
-struct MapArr(mlxrs_sys::mlx_map_string_to_array);
+pub(crate) struct MapArr(pub(crate) mlxrs_sys::mlx_map_string_to_array);
 impl Drop for MapArr {
   fn drop(&mut self) {
     // SAFETY: owned handle; NULL ctx accepted.
@@ -175,9 +186,24 @@ pub fn load_safetensors(
     mlxrs_sys::mlx_load_safetensors(&mut arrays.0, &mut meta.0, c_path.as_ptr(), default_stream())
   })
   .map_err(|e| fmt_err(path, e.to_string()))?;
-  let mut out = HashMap::with_capacity(header.tensors.len());
-  // SAFETY: iterator over the live map owned by `arrays`, freed by the guard.
-  let it = unsafe { mlxrs_sys::mlx_map_string_to_array_iterator_new(arrays.0) };
+  let out = map_entries(&arrays, header.tensors.len())?;
+  Ok((out, header.metadata.into_iter().collect()))
+}
+
+/// The entries of a C map of arrays.
+fn map_entries(arrays: &MapArr, n: usize) -> Result<HashMap<String, Array>> {
+  map_entries_raw(arrays.0, n)
+}
+
+/// The entries of a live (borrowed) C map of arrays, `n` a capacity hint.
+pub(crate) fn map_entries_raw(arrays: mlxrs_sys::mlx_map_string_to_array, n: usize) -> Result<HashMap<String, Array>> {
+  let mut out = HashMap::with_capacity(n);
+  if arrays.ctx.is_null() {
+    return Ok(out);
+  }
+  // SAFETY: iterator over the live map `arrays` (the caller keeps it alive),
+  // freed by the guard.
+  let it = unsafe { mlxrs_sys::mlx_map_string_to_array_iterator_new(arrays) };
   struct It(mlxrs_sys::mlx_map_string_to_array_iterator);
   impl Drop for It {
     fn drop(&mut self) {
@@ -198,7 +224,7 @@ pub fn load_safetensors(
     check(rc)?;
     out.insert(crate::array::cstr_to_string(key), a);
   }
-  Ok((out, header.metadata.into_iter().collect()))
+  Ok(out)
 }
 
 /// Save `arrays` (and string `metadata`) as a safetensors file (python
@@ -210,10 +236,16 @@ pub fn save_safetensors(
 ) -> Result<()> {
   let path = path.as_ref();
   let c_path = path_cstring(path)?;
-  // SAFETY: fresh owned map handles, freed by the guards.
+  let (map, meta) = c_maps(arrays, metadata)?;
+  // SAFETY: live handles and path for the duration of the call.
+  check(unsafe { mlxrs_sys::mlx_save_safetensors(c_path.as_ptr(), map.0, meta.0) })
+    .map_err(|e| fmt_err(path, e.to_string()))
+}
+
+/// `arrays` as a C map.
+pub(crate) fn c_array_map(arrays: &HashMap<String, Array>) -> Result<MapArr> {
+  // SAFETY: fresh owned map handle, freed by the guard.
   let map = MapArr(unsafe { mlxrs_sys::mlx_map_string_to_array_new() });
-  // SAFETY: as above.
-  let meta = MapStr(unsafe { mlxrs_sys::mlx_map_string_to_string_new() });
   for (k, v) in arrays {
     let ck = cstring(k)?;
     if v.is_null() {
@@ -222,14 +254,20 @@ pub fn save_safetensors(
     // SAFETY: live map and array handles; the key is copied by the C layer.
     check(unsafe { mlxrs_sys::mlx_map_string_to_array_insert(map.0, ck.as_ptr(), v.0) })?;
   }
+  Ok(map)
+}
+
+/// `arrays` and `metadata` as C maps.
+fn c_maps(arrays: &HashMap<String, Array>, metadata: &HashMap<String, String>) -> Result<(MapArr, MapStr)> {
+  let map = c_array_map(arrays)?;
+  // SAFETY: fresh owned map handle, freed by the guard.
+  let meta = MapStr(unsafe { mlxrs_sys::mlx_map_string_to_string_new() });
   for (k, v) in metadata {
     let (ck, cv) = (cstring(k)?, cstring(v)?);
     // SAFETY: live map handle; key and value are copied by the C layer.
     check(unsafe { mlxrs_sys::mlx_map_string_to_string_insert(meta.0, ck.as_ptr(), cv.as_ptr()) })?;
   }
-  // SAFETY: live handles and path for the duration of the call.
-  check(unsafe { mlxrs_sys::mlx_save_safetensors(c_path.as_ptr(), map.0, meta.0) })
-    .map_err(|e| fmt_err(path, e.to_string()))
+  Ok((map, meta))
 }
 
 /// Load a `.npy` file (python `mx.load("x.npy")`).

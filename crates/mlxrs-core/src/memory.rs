@@ -1,7 +1,8 @@
 //! Memory accounting and limits: python `mx.get_active_memory()`,
 //! `mx.get_peak_memory()`, `mx.reset_peak_memory()`, `mx.get_cache_memory()`,
 //! `mx.set_memory_limit()`, `mx.set_cache_limit()`, `mx.set_wired_limit()`,
-//! `mx.clear_cache()`; swift `Memory` / `GPU` namespace.
+//! `mx.clear_cache()`; swift `Memory` / `GPU` namespace; C++
+//! `get_array_buffer_size`.
 
 use crate::error::{Result, check};
 
@@ -72,6 +73,18 @@ pub fn clear_cache() -> Result<()> {
   check(unsafe { mlxrs_sys::mlx_clear_cache() })
 }
 
+/// Bytes of the data buffers behind `arrays`, each buffer counted once
+/// (C++ `get_array_buffer_size`; no python equivalent). Evaluates the
+/// arrays first: MLX reads their buffers.
+pub fn array_buffer_size(arrays: &[crate::Array]) -> Result<usize> {
+  crate::transforms::eval(arrays)?;
+  let v = crate::vector::VectorArray::from_arrays(arrays)?;
+  let mut n = 0usize;
+  // SAFETY: live owned vector of evaluated arrays; out-pointer to a local.
+  check(unsafe { mlxrs_sys::mlx_get_array_buffer_size(&mut n, v.0) })?;
+  Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -90,5 +103,23 @@ mod tests {
     let prev = set_cache_limit(1 << 30).unwrap();
     assert_eq!(set_cache_limit(prev).unwrap(), 1 << 30);
     clear_cache().unwrap();
+  }
+
+  #[test]
+  fn array_buffer_size_counts_shared_buffers_once() {
+    // 1000 f32 (4000 bytes) + 10 i32 (40 bytes). MLX counts allocated
+    // buffer sizes, which can be larger than the data when a buffer comes
+    // from its cache (other tests run in parallel), hence `>=`. A reshape
+    // shares the buffer of its input, so listing it again adds nothing.
+    let a = Array::from_slice(&vec![0.5f32; 1000], &(10, 100)).unwrap();
+    let b = Array::from_slice(&[3i32; 10], &(10,)).unwrap();
+    let v = crate::ops::reshape(&a, &[1000]).unwrap();
+    let sa = array_buffer_size(std::slice::from_ref(&a)).unwrap();
+    let sb = array_buffer_size(std::slice::from_ref(&b)).unwrap();
+    assert!(sa >= 4000 && sb >= 40, "{sa} {sb}");
+    assert_eq!(array_buffer_size(&[a.clone(), b.clone()]).unwrap(), sa + sb);
+    assert_eq!(array_buffer_size(&[a.clone(), v, b]).unwrap(), sa + sb);
+    assert_eq!(array_buffer_size(&[a.clone(), a]).unwrap(), sa);
+    assert_eq!(array_buffer_size(&[]).unwrap(), 0);
   }
 }

@@ -424,12 +424,22 @@ fn vals(a: &Array) -> mlxrs_core::Result<Vals> {
         .map(i128::from)
         .collect(),
     ),
+    // Widen on the host, never through an MLX float64 cast: MLX's CUDA
+    // back-end has no float64, and float16 / bfloat16 / float32 values are
+    // exact in f32 (so the comparison is the same).
     Dtype::Complex64 => {
-      let re = ops::astype(&ops::real(a)?, Dtype::Float64)?.to_vec::<f64>()?;
-      let im = ops::astype(&ops::imag(a)?, Dtype::Float64)?.to_vec::<f64>()?;
-      Vals::Complex(re.into_iter().zip(im).collect())
+      let re = ops::real(a)?.to_vec::<f32>()?;
+      let im = ops::imag(a)?.to_vec::<f32>()?;
+      Vals::Complex(re.into_iter().zip(im).map(|(r, i)| (f64::from(r), f64::from(i))).collect())
     }
-    _ if d.is_float() => Vals::Float(ops::astype(a, Dtype::Float64)?.to_vec::<f64>()?),
+    Dtype::Float64 => Vals::Float(a.clone().to_vec::<f64>()?),
+    _ if d.is_float() => Vals::Float(
+      ops::astype(a, Dtype::Float32)?
+        .to_vec::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect(),
+    ),
     _ => Vals::Int(
       ops::astype(a, Dtype::Int64)?
         .to_vec::<i64>()?

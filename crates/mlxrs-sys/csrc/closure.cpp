@@ -13,6 +13,8 @@
 // caches) exactly as for a C++ exception; the exception's message is the one
 // the callback passed to `mlxrs_closure_set_error`.
 #include <atomic>
+#include <cmath>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -28,6 +30,7 @@ namespace {
 
 using Arrays = std::vector<mx::array>;
 using Fn = std::function<Arrays(const Arrays&)>;
+using KwFn = std::function<Arrays(const Arrays&, const mx::Kwargs&)>;
 using VagFn = mx::ValueAndGradFn;
 using VjpFn = std::function<Arrays(const Arrays&, const Arrays&, const Arrays&)>;
 using JvpFn =
@@ -851,6 +854,458 @@ extern "C" int mlx_function_exporter_apply(
   MLXRS_TRY
   get<mx::FunctionExporter>(xfunc, "function_exporter")(mlxrs::vec(args));
   MLXRS_CATCH
+}
+
+// ================================================================ kwargs closures
+
+namespace {
+
+/// A C-visible copy of a callback's keyword arguments.
+struct TmpMap {
+  mlx_map_string_to_array h;
+  explicit TmpMap(const mx::Kwargs& m) : h{new mx::Kwargs(m)} {}
+  ~TmpMap() {
+    delete static_cast<mx::Kwargs*>(h.ctx);
+  }
+  TmpMap(const TmpMap&) = delete;
+  TmpMap& operator=(const TmpMap&) = delete;
+};
+
+/// NULL-ctx vector / map arguments are empty.
+Arrays args_or_empty(mlx_vector_array v) {
+  return v.ctx == nullptr ? Arrays{} : mlxrs::vec(v);
+}
+mx::Kwargs kwargs_or_empty(mlx_map_string_to_array m) {
+  return m.ctx == nullptr ? mx::Kwargs{} : mlxrs::map_arr(m);
+}
+
+KwFn wrap_kwargs(
+    int (*fun)(
+        mlx_vector_array*,
+        const mlx_vector_array,
+        const mlx_map_string_to_array,
+        void*),
+    std::shared_ptr<void> payload) {
+  return [fun, payload = std::move(payload)](
+             const Arrays& args, const mx::Kwargs& kwargs) {
+    TmpVec a(args);
+    TmpMap k(kwargs);
+    TmpVec res;
+    cb_begin();
+    if (int st = fun(&res.h, a.h, k.h, payload.get()); st != 0) {
+      cb_fail("mlx_closure_kwargs", st);
+    }
+    return res.take();
+  };
+}
+
+} // namespace
+
+extern "C" mlx_closure_kwargs mlx_closure_kwargs_new(void) {
+  return mlx_closure_kwargs{nullptr};
+}
+
+extern "C" int mlx_closure_kwargs_free(mlx_closure_kwargs cls) {
+  delete static_cast<KwFn*>(cls.ctx);
+  return 0;
+}
+
+extern "C" mlx_closure_kwargs mlx_closure_kwargs_new_func(
+    int (*fun)(
+        mlx_vector_array*,
+        const mlx_vector_array,
+        const mlx_map_string_to_array)) {
+  try {
+    check_fun(reinterpret_cast<const void*>(fun));
+    return handle_new<KwFn, mlx_closure_kwargs>(
+        [fun](const Arrays& args, const mx::Kwargs& kwargs) {
+          TmpVec a(args);
+          TmpMap k(kwargs);
+          TmpVec res;
+          cb_begin();
+          if (int st = fun(&res.h, a.h, k.h); st != 0) {
+            cb_fail("mlx_closure_kwargs", st);
+          }
+          return res.take();
+        });
+  } catch (const std::exception& e) {
+    mlxrs::fail(e.what());
+    return mlx_closure_kwargs{nullptr};
+  }
+}
+
+extern "C" mlx_closure_kwargs mlx_closure_kwargs_new_func_payload(
+    int (*fun)(
+        mlx_vector_array*,
+        const mlx_vector_array,
+        const mlx_map_string_to_array,
+        void*),
+    void* payload,
+    void (*dtor)(void*)) {
+  try {
+    auto p = make_payload(payload, dtor);
+    check_fun(reinterpret_cast<const void*>(fun));
+    return handle_new<KwFn, mlx_closure_kwargs>(wrap_kwargs(fun, std::move(p)));
+  } catch (const std::exception& e) {
+    mlxrs::fail(e.what());
+    return mlx_closure_kwargs{nullptr};
+  }
+}
+
+extern "C" int mlx_closure_kwargs_set(
+    mlx_closure_kwargs* cls,
+    const mlx_closure_kwargs src) {
+  MLXRS_TRY
+  put<KwFn>(cls, get<KwFn>(src, "closure_kwargs"));
+  MLXRS_CATCH
+}
+
+extern "C" int mlx_closure_kwargs_apply(
+    mlx_vector_array* res,
+    mlx_closure_kwargs cls,
+    const mlx_vector_array input_0,
+    const mlx_map_string_to_array input_1) {
+  MLXRS_TRY
+  KwFn f = get<KwFn>(cls, "closure_kwargs");
+  mlxrs::set_vec(res, f(args_or_empty(input_0), kwargs_or_empty(input_1)));
+  MLXRS_CATCH
+}
+
+extern "C" int mlx_export_function_kwargs(
+    const char* file,
+    const mlx_closure_kwargs fun,
+    const mlx_vector_array args,
+    const mlx_map_string_to_array kwargs,
+    bool shapeless) {
+  MLXRS_TRY
+  mx::export_function(
+      mlxrs::str(file),
+      get<KwFn>(fun, "closure_kwargs"),
+      args_or_empty(args),
+      kwargs_or_empty(kwargs),
+      shapeless);
+  MLXRS_CATCH
+}
+
+extern "C" mlx_function_exporter mlxrs_function_exporter_new_kwargs(
+    const char* file,
+    const mlx_closure_kwargs fun,
+    bool shapeless) {
+  try {
+    return mlx_function_exporter{new mx::FunctionExporter(mx::exporter(
+        mlxrs::str(file), get<KwFn>(fun, "closure_kwargs"), shapeless))};
+  } catch (const std::exception& e) {
+    mlxrs::fail(e.what());
+    return mlx_function_exporter{nullptr};
+  }
+}
+
+extern "C" int mlx_function_exporter_apply_kwargs(
+    const mlx_function_exporter xfunc,
+    const mlx_vector_array args,
+    const mlx_map_string_to_array kwargs) {
+  MLXRS_TRY
+  get<mx::FunctionExporter>(xfunc, "function_exporter")(
+      args_or_empty(args), kwargs_or_empty(kwargs));
+  MLXRS_CATCH
+}
+
+extern "C" int mlxrs_import_function_kwargs(
+    mlx_closure_kwargs* res,
+    const char* file) {
+  MLXRS_TRY
+  auto state = std::make_shared<ImportedPerThread>();
+  state->file = mlxrs::str(file);
+  state->get();
+  put<KwFn>(res, KwFn([state](const Arrays& args, const mx::Kwargs& kwargs) {
+    auto outs = (*state->get())(args, kwargs);
+    Arrays ins(args);
+    for (const auto& [k, v] : kwargs) {
+      ins.push_back(v);
+    }
+    move_to_thread_streams(outs, ins);
+    return outs;
+  }));
+  MLXRS_CATCH
+}
+
+// ================================================================ export callbacks
+
+namespace {
+
+void json_str(std::ostringstream& o, const std::string& s) {
+  o << '"';
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"':
+        o << "\\\"";
+        break;
+      case '\\':
+        o << "\\\\";
+        break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          o << buf;
+        } else {
+          o << c;
+        }
+    }
+  }
+  o << '"';
+}
+
+void json_num(std::ostringstream& o, double v) {
+  if (std::isnan(v)) {
+    o << "\"nan\"";
+  } else if (std::isinf(v)) {
+    o << (v > 0 ? "\"inf\"" : "\"-inf\"");
+  } else {
+    o << v;
+  }
+}
+
+template <typename V>
+void json_list(std::ostringstream& o, const V& v) {
+  o << '[';
+  for (size_t i = 0; i < v.size(); i++) {
+    o << (i ? "," : "") << v[i];
+  }
+  o << ']';
+}
+
+void json_dtype(std::ostringstream& o, mx::Dtype d) {
+  o << static_cast<int>(mlxrs::from_dtype(d));
+}
+
+/// One `StateT`, tagged by its alternative (Shape and std::vector<int> are
+/// the same C++ type: the index tells them apart).
+void json_state(std::ostringstream& o, const mx::StateT& st) {
+  switch (st.index()) {
+    case 0:
+      o << "{\"bool\":" << (std::get<0>(st) ? "true" : "false") << "}";
+      break;
+    case 1:
+      o << "{\"int\":" << std::get<1>(st) << "}";
+      break;
+    case 2:
+      o << "{\"size\":" << std::get<2>(st) << "}";
+      break;
+    case 3:
+      o << "{\"float\":";
+      json_num(o, std::get<3>(st));
+      o << "}";
+      break;
+    case 4:
+      o << "{\"double\":";
+      json_num(o, std::get<4>(st));
+      o << "}";
+      break;
+    case 5:
+      o << "{\"dtype\":";
+      json_dtype(o, std::get<5>(st));
+      o << "}";
+      break;
+    case 6:
+      o << "{\"shape\":";
+      json_list(o, std::get<6>(st));
+      o << "}";
+      break;
+    case 7:
+      o << "{\"strides\":";
+      json_list(o, std::get<7>(st));
+      o << "}";
+      break;
+    case 8:
+      o << "{\"ints\":";
+      json_list(o, std::get<8>(st));
+      o << "}";
+      break;
+    case 9:
+      o << "{\"sizes\":";
+      json_list(o, std::get<9>(st));
+      o << "}";
+      break;
+    case 10: {
+      o << "{\"bool_triples\":[";
+      const auto& v = std::get<10>(st);
+      for (size_t i = 0; i < v.size(); i++) {
+        auto [a, b, c] = v[i];
+        o << (i ? "," : "") << "[" << (a ? "true" : "false") << ","
+          << (b ? "true" : "false") << "," << (c ? "true" : "false") << "]";
+      }
+      o << "]}";
+      break;
+    }
+    case 11: {
+      o << "{\"scalars\":[";
+      const auto& v = std::get<11>(st);
+      for (size_t i = 0; i < v.size(); i++) {
+        o << (i ? "," : "");
+        if (v[i].index() == 0) {
+          o << "{\"bool\":" << (std::get<0>(v[i]) ? "true" : "false") << "}";
+        } else if (v[i].index() == 1) {
+          o << "{\"int\":" << std::get<1>(v[i]) << "}";
+        } else {
+          o << "{\"float\":";
+          json_num(o, std::get<2>(v[i]));
+          o << "}";
+        }
+      }
+      o << "]}";
+      break;
+    }
+    case 12: {
+      const auto& v = std::get<12>(st);
+      o << "{\"optional_float\":";
+      if (v) {
+        json_num(o, *v);
+      } else {
+        o << "null";
+      }
+      o << "}";
+      break;
+    }
+    case 13:
+      o << "{\"string\":";
+      json_str(o, std::get<13>(st));
+      o << "}";
+      break;
+    default:
+      throw std::runtime_error("mlxrs: unknown export state kind");
+  }
+}
+
+/// An `ExportCallbackInput` as JSON; arrays go to `arrays` (by index).
+std::string json_event(const mx::ExportCallbackInput& in, Arrays& arrays) {
+  std::ostringstream o;
+  o.precision(17);
+  o << '{';
+  bool first = true;
+  for (const auto& [key, val] : in) {
+    o << (first ? "" : ",");
+    first = false;
+    json_str(o, key);
+    o << ':';
+    switch (val.index()) {
+      case 0: {
+        o << "{\"tensor_specs\":[";
+        const auto& v = std::get<0>(val);
+        for (size_t i = 0; i < v.size(); i++) {
+          const auto& [name, shape, dtype] = v[i];
+          o << (i ? "," : "") << '[';
+          json_str(o, name);
+          o << ',';
+          json_list(o, shape);
+          o << ',';
+          json_dtype(o, dtype);
+          o << ']';
+        }
+        o << "]}";
+        break;
+      }
+      case 1: {
+        o << "{\"named_arrays\":[";
+        const auto& v = std::get<1>(val);
+        for (size_t i = 0; i < v.size(); i++) {
+          o << (i ? "," : "") << '[';
+          json_str(o, v[i].first);
+          o << ',' << arrays.size() << ']';
+          arrays.push_back(v[i].second);
+        }
+        o << "]}";
+        break;
+      }
+      case 2: {
+        o << "{\"named_strings\":[";
+        const auto& v = std::get<2>(val);
+        for (size_t i = 0; i < v.size(); i++) {
+          o << (i ? "," : "") << '[';
+          json_str(o, v[i].first);
+          o << ',';
+          json_str(o, v[i].second);
+          o << ']';
+        }
+        o << "]}";
+        break;
+      }
+      case 3: {
+        o << "{\"states\":[";
+        const auto& v = std::get<3>(val);
+        for (size_t i = 0; i < v.size(); i++) {
+          o << (i ? "," : "");
+          json_state(o, v[i]);
+        }
+        o << "]}";
+        break;
+      }
+      case 4:
+        o << "{\"string\":";
+        json_str(o, std::get<4>(val));
+        o << "}";
+        break;
+      default:
+        throw std::runtime_error("mlxrs: unknown export value kind");
+    }
+  }
+  o << '}';
+  return o.str();
+}
+
+mx::ExportCallback wrap_export_callback(
+    mlxrs_export_callback_fun fun,
+    std::shared_ptr<void> payload) {
+  return [fun, payload = std::move(payload)](const mx::ExportCallbackInput& in) {
+    Arrays arrays;
+    std::string json = json_event(in, arrays);
+    TmpVec v(arrays);
+    cb_begin();
+    if (int st = fun(json.c_str(), v.h, payload.get()); st != 0) {
+      cb_fail("export callback", st);
+    }
+  };
+}
+
+} // namespace
+
+extern "C" int mlxrs_export_function_callback(
+    mlxrs_export_callback_fun callback,
+    void* payload,
+    void (*dtor)(void*),
+    const mlx_closure_kwargs fun,
+    const mlx_vector_array args,
+    const mlx_map_string_to_array kwargs,
+    bool shapeless) {
+  MLXRS_TRY
+  auto p = make_payload(payload, dtor);
+  check_fun(reinterpret_cast<const void*>(callback));
+  mx::export_function(
+      wrap_export_callback(callback, std::move(p)),
+      get<KwFn>(fun, "closure_kwargs"),
+      args_or_empty(args),
+      kwargs_or_empty(kwargs),
+      shapeless);
+  MLXRS_CATCH
+}
+
+extern "C" mlx_function_exporter mlxrs_function_exporter_new_callback(
+    mlxrs_export_callback_fun callback,
+    void* payload,
+    void (*dtor)(void*),
+    const mlx_closure_kwargs fun,
+    bool shapeless) {
+  try {
+    auto p = make_payload(payload, dtor);
+    check_fun(reinterpret_cast<const void*>(callback));
+    return mlx_function_exporter{new mx::FunctionExporter(mx::exporter(
+        wrap_export_callback(callback, std::move(p)),
+        get<KwFn>(fun, "closure_kwargs"),
+        shapeless))};
+  } catch (const std::exception& e) {
+    mlxrs::fail(e.what());
+    return mlx_function_exporter{nullptr};
+  }
 }
 
 // ================================================================ graphs

@@ -243,3 +243,80 @@ extern "C" int mlx_fast_metal_kernel_apply(
     const mlx_stream stream) {
   return apply(outputs, cls.ctx, inputs, config, stream);
 }
+
+// ================================================================ precompiled
+
+extern "C" int mlx_fast_precompiled_cuda_kernel(
+    mlx_vector_array* outputs,
+    const char* name,
+    const char* compiled_source,
+    size_t compiled_source_len,
+    const mlx_vector_array inputs,
+    const int* output_shapes,
+    const size_t* output_ndims,
+    const mlx_dtype* output_dtypes,
+    size_t num_outputs,
+    const mlxrs_scalar_arg* scalars,
+    size_t num_scalars,
+    int grid_x,
+    int grid_y,
+    int grid_z,
+    int threadgroup_x,
+    int threadgroup_y,
+    int threadgroup_z,
+    int shared_memory,
+    mlx_optional_float init_value,
+    bool ensure_row_contiguous,
+    const mlx_stream s) {
+  MLXRS_TRY
+  if (compiled_source_len > 0 && compiled_source == nullptr) {
+    throw std::invalid_argument("mlxrs: null compiled_source");
+  }
+  if (num_outputs > 0 &&
+      (output_ndims == nullptr || output_dtypes == nullptr)) {
+    throw std::invalid_argument("mlxrs: null output shapes / dtypes");
+  }
+  if (num_scalars > 0 && scalars == nullptr) {
+    throw std::invalid_argument("mlxrs: null scalars");
+  }
+  std::vector<mx::Shape> shapes;
+  std::vector<mx::Dtype> dtypes;
+  size_t at = 0;
+  for (size_t i = 0; i < num_outputs; i++) {
+    shapes.push_back(mlxrs::shape(output_shapes + at, output_ndims[i]));
+    at += output_ndims[i];
+    dtypes.push_back(mlxrs::to_dtype(output_dtypes[i]));
+  }
+  std::vector<mx::fast::ScalarArg> sc;
+  for (size_t i = 0; i < num_scalars; i++) {
+    switch (scalars[i].kind) {
+      case MLXRS_SCALAR_BOOL:
+        sc.emplace_back(scalars[i].b);
+        break;
+      case MLXRS_SCALAR_INT:
+        sc.emplace_back(scalars[i].i);
+        break;
+      case MLXRS_SCALAR_FLOAT:
+        sc.emplace_back(scalars[i].f);
+        break;
+      default:
+        throw std::invalid_argument("mlxrs: bad scalar kind");
+    }
+  }
+  mlxrs::set_vec(
+      outputs,
+      mx::fast::precompiled_cuda_kernel(
+          mlxrs::str(name),
+          std::string(compiled_source, compiled_source_len),
+          mlxrs::vec(inputs),
+          shapes,
+          dtypes,
+          sc,
+          {grid_x, grid_y, grid_z},
+          {threadgroup_x, threadgroup_y, threadgroup_z},
+          shared_memory,
+          mlxrs::opt_float(init_value),
+          ensure_row_contiguous,
+          mlxrs::stream(s)));
+  MLXRS_CATCH
+}

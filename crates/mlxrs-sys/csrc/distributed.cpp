@@ -1,5 +1,7 @@
 // mlxrs C layer, hand-written part: distributed communication
 // (mlx/distributed/distributed.h, mlx/distributed/ops.h), in mlx-c's names.
+#include <memory>
+
 #include "mlx/distributed/distributed.h"
 #include "mlx/distributed/ops.h"
 #include "private.h"
@@ -77,10 +79,48 @@ extern "C" bool mlx_distributed_is_available(const char* bk) {
   }
 }
 
+extern "C" int mlx_distributed_clear_backends(void) {
+  MLXRS_TRY
+  md::clear_backends();
+  MLXRS_CATCH
+}
+
 extern "C" mlx_distributed_group mlx_distributed_init(bool strict, const char* bk) {
   mlx_distributed_group out{nullptr};
   try {
     out.ctx = new md::Group(md::init(strict, backend(bk)));
+  } catch (const std::exception& e) {
+    mlxrs::fail(e.what());
+  } catch (...) {
+    mlxrs::fail("mlxrs: unknown C++ exception");
+  }
+  return out;
+}
+
+extern "C" mlx_distributed_group mlxrs_distributed_init_all_gather(
+    bool strict,
+    const char* bk,
+    mlxrs_all_gather_fun fun,
+    void* payload,
+    void (*dtor)(void*)) {
+  mlx_distributed_group out{nullptr};
+  try {
+    std::shared_ptr<void> p = dtor != nullptr
+        ? std::shared_ptr<void>(payload, dtor)
+        : std::shared_ptr<void>(payload, [](void*) {});
+    if (fun == nullptr) {
+      throw std::invalid_argument("mlxrs: null all_gather callback");
+    }
+    md::AllGatherFactory factory = [fun, p](int rank, int size) {
+      return md::AllGatherFn(
+          [fun, p, rank, size](const char* src, char* dst, size_t n) {
+            if (fun(src, dst, n, rank, size, p.get()) != 0) {
+              throw std::runtime_error(
+                  "[distributed] the all_gather side-channel callback failed");
+            }
+          });
+    };
+    out.ctx = new md::Group(md::init(strict, backend(bk), std::move(factory)));
   } catch (const std::exception& e) {
     mlxrs::fail(e.what());
   } catch (...) {

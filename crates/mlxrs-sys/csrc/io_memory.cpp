@@ -1,4 +1,5 @@
-// mlxrs C layer, hand-written part: io (safetensors, npy) and memory.
+// mlxrs C layer, hand-written part: io (safetensors, npy), memory, and
+// `pad` with (low, high) pairs.
 #include "private.h"
 
 namespace mx = mlx::core;
@@ -107,5 +108,44 @@ extern "C" int mlx_set_wired_limit(size_t* res, size_t limit) {
 extern "C" int mlx_clear_cache(void) {
   MLXRS_TRY
   mx::clear_cache();
+  MLXRS_CATCH
+}
+extern "C" int mlx_get_array_buffer_size(size_t* res, const mlx_vector_array arrays) {
+  MLXRS_TRY
+  if (res == nullptr) {
+    throw std::invalid_argument("mlxrs: null out-pointer");
+  }
+  *res = mx::get_array_buffer_size(mlxrs::vec(arrays));
+  MLXRS_CATCH
+}
+
+// ---------------------------------------------------------------- ops (extra)
+
+extern "C" int mlxrs_pad_pairs(
+    mlx_array* res,
+    const mlx_array a,
+    const int* low_pad_size,
+    const int* high_pad_size,
+    size_t num,
+    const mlx_array pad_value,
+    const char* mode,
+    const mlx_stream s) {
+  MLXRS_TRY
+  if (num > 0 && (low_pad_size == nullptr || high_pad_size == nullptr)) {
+    throw std::invalid_argument("mlxrs: null pad-width pointer");
+  }
+  std::vector<std::pair<int, int>> widths;
+  widths.reserve(num);
+  for (size_t i = 0; i < num; i++) {
+    widths.emplace_back(low_pad_size[i], high_pad_size[i]);
+  }
+  mlxrs::set_arr(
+      res,
+      mx::pad(
+          mlxrs::arr(a),
+          widths,
+          mlxrs::arr(pad_value),
+          mlxrs::str(mode),
+          mlxrs::stream(s)));
   MLXRS_CATCH
 }

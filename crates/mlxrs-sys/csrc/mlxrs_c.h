@@ -309,6 +309,64 @@ int mlx_save_safetensors(
 int mlx_load(mlx_array* res, const char* file, const mlx_stream s);
 int mlx_save(const char* file, const mlx_array arr);
 
+/* mlx-c's io_types.h: custom streams (C++ `io::Reader` / `io::Writer`).
+ * `vtable` operates on the user descriptor `desc`; `seek`'s `whence` is
+ * SEEK_SET / SEEK_CUR / SEEK_END; a reader needs `read` and
+ * `read_at_offset`, a writer `write`. The callbacks cannot fail: a callback
+ * that fails makes `good(desc)` return false, and the C++ adapter then
+ * throws (the call fails). MLX reads tensor data lazily, at evaluation, on
+ * its io threads, so the reader must stay usable (and thread-safe) as long
+ * as any loaded array is unevaluated. */
+typedef struct mlx_io_reader_ {
+  void* ctx;
+} mlx_io_reader;
+typedef struct mlx_io_writer_ {
+  void* ctx;
+} mlx_io_writer;
+typedef struct mlx_io_vtable_ {
+  bool (*is_open)(void*);
+  bool (*good)(void*);
+  size_t (*tell)(void*);
+  void (*seek)(void*, int64_t off, int whence);
+  void (*read)(void*, char* data, size_t n);
+  void (*read_at_offset)(void*, char* data, size_t n, size_t off);
+  void (*write)(void*, const char* data, size_t n);
+  const char* (*label)(void*);
+} mlx_io_vtable;
+
+/** A custom reader; `desc` must outlive every use (see `_payload`). NULL
+ * ctx on error. */
+mlx_io_reader mlx_io_reader_new(void* desc, mlx_io_vtable vtable);
+/** As `mlx_io_reader_new`, and `dtor(desc)` (may be NULL) runs once, when
+ * the last C++ reference to the reader is gone (possibly on an MLX thread,
+ * possibly after `mlx_io_reader_free`). On failure `dtor` has run. */
+mlx_io_reader
+mlxrs_io_reader_new_payload(void* desc, mlx_io_vtable vtable, void (*dtor)(void*));
+int mlx_io_reader_descriptor(void** desc, mlx_io_reader io);
+int mlx_io_reader_tostring(mlx_string* str, mlx_io_reader io);
+int mlx_io_reader_free(mlx_io_reader io);
+mlx_io_writer mlx_io_writer_new(void* desc, mlx_io_vtable vtable);
+mlx_io_writer
+mlxrs_io_writer_new_payload(void* desc, mlx_io_vtable vtable, void (*dtor)(void*));
+int mlx_io_writer_descriptor(void** desc, mlx_io_writer io);
+int mlx_io_writer_tostring(mlx_string* str, mlx_io_writer io);
+int mlx_io_writer_free(mlx_io_writer io);
+
+/** Python `mx.load(file_object)` (`.npy`) / `mx.save(file_object, a)`. */
+int mlx_load_reader(mlx_array* res, mlx_io_reader in_stream, const mlx_stream s);
+int mlx_save_writer(mlx_io_writer out_stream, const mlx_array a);
+/** Python `mx.load(file_object, format="safetensors", return_metadata=True)`
+ * / `mx.save_safetensors(file_object, arrays, metadata)`. */
+int mlx_load_safetensors_reader(
+    mlx_map_string_to_array* res_0,
+    mlx_map_string_to_string* res_1,
+    mlx_io_reader in_stream,
+    const mlx_stream s);
+int mlx_save_safetensors_writer(
+    mlx_io_writer in_stream,
+    const mlx_map_string_to_array param,
+    const mlx_map_string_to_string metadata);
+
 /* ---------------------------------------------------------------- memory */
 
 int mlx_get_active_memory(size_t* res);
@@ -320,6 +378,25 @@ int mlx_set_memory_limit(size_t* res, size_t limit);
 int mlx_set_cache_limit(size_t* res, size_t limit);
 int mlx_set_wired_limit(size_t* res, size_t limit);
 int mlx_clear_cache(void);
+/** Bytes of the data buffers of `arrays` (each buffer counted once; the
+ * arrays must be evaluated). C++ `get_array_buffer_size`; mlx-c has no such
+ * function, this is the name its conventions give. */
+int mlx_get_array_buffer_size(size_t* res, const mlx_vector_array arrays);
+
+/* ---------------------------------------------------------------- ops (extra) */
+
+/** Python `mx.pad(a, [(lo0, hi0), (lo1, hi1), ...], constant_values, mode)`
+ * (C++ `pad` with `std::vector<std::pair<int, int>>` widths: one pair per
+ * axis, or one pair for all axes). */
+int mlxrs_pad_pairs(
+    mlx_array* res,
+    const mlx_array a,
+    const int* low_pad_size,
+    const int* high_pad_size,
+    size_t num,
+    const mlx_array pad_value,
+    const char* mode,
+    const mlx_stream s);
 
 /* ---------------------------------------------------------------- closures */
 
@@ -577,6 +654,97 @@ int mlx_function_exporter_apply(
     const mlx_function_exporter xfunc,
     const mlx_vector_array args);
 
+/* mlx-c's `mlx_closure_kwargs`: a function of positional and keyword arrays
+ * (C++ `std::function<Args, Kwargs>`; python: a function called as
+ * `f(*args, **kwargs)`). Same rules as `mlx_closure`; the callback gets the
+ * keyword arrays as a borrowed map (do not free it). NULL-ctx `args` /
+ * `kwargs` arguments are empty. */
+typedef struct mlx_closure_kwargs_ {
+  void* ctx;
+} mlx_closure_kwargs;
+
+mlx_closure_kwargs mlx_closure_kwargs_new(void);
+int mlx_closure_kwargs_free(mlx_closure_kwargs cls);
+mlx_closure_kwargs mlx_closure_kwargs_new_func(int (*fun)(
+    mlx_vector_array* res,
+    const mlx_vector_array args,
+    const mlx_map_string_to_array kwargs));
+mlx_closure_kwargs mlx_closure_kwargs_new_func_payload(
+    int (*fun)(
+        mlx_vector_array* res,
+        const mlx_vector_array args,
+        const mlx_map_string_to_array kwargs,
+        void* payload),
+    void* payload,
+    void (*dtor)(void*));
+int mlx_closure_kwargs_set(mlx_closure_kwargs* cls, const mlx_closure_kwargs src);
+int mlx_closure_kwargs_apply(
+    mlx_vector_array* res,
+    mlx_closure_kwargs cls,
+    const mlx_vector_array input_0,
+    const mlx_map_string_to_array input_1);
+
+/** Python `mx.export_function(file, fun, *args, shapeless=..., **kwargs)`. */
+int mlx_export_function_kwargs(
+    const char* file,
+    const mlx_closure_kwargs fun,
+    const mlx_vector_array args,
+    const mlx_map_string_to_array kwargs,
+    bool shapeless);
+/** Python `mx.exporter(file, fun)` for a function taking keyword arrays
+ * (mlx-c makes exporters from `mlx_closure` only). */
+mlx_function_exporter mlxrs_function_exporter_new_kwargs(
+    const char* file,
+    const mlx_closure_kwargs fun,
+    bool shapeless);
+/** Trace at positional and keyword arrays (python `exporter(*args, **kwargs)`). */
+int mlx_function_exporter_apply_kwargs(
+    const mlx_function_exporter xfunc,
+    const mlx_vector_array args,
+    const mlx_map_string_to_array kwargs);
+/** `mlx_import_function` as a keyword-argument closure (mlx-c:
+ * `mlx_imported_function_apply_kwargs`). */
+int mlxrs_import_function_kwargs(mlx_closure_kwargs* res, const char* file);
+
+/* Export callbacks (C++ `ExportCallback`; python `mx.export_function(callback,
+ * fun, *args, **kwargs)`): instead of writing a file, MLX calls `callback`
+ * once per event of the traced graph (inputs, keyword inputs, outputs,
+ * constants, then one per primitive). The event (C++ `ExportCallbackInput`)
+ * is passed as a JSON object: each key maps to one of
+ *   {"tensor_specs": [[name, [dims], dtype], ...]}  (dtype: `mlx_dtype` value)
+ *   {"named_arrays": [[name, i], ...]}  (the array is `arrays[i]`, borrowed)
+ *   {"named_strings": [[a, b], ...]}
+ *   {"states": [state, ...]}  (a primitive's arguments, each a one-key object:
+ *      bool, int, size, float, double, dtype, shape, strides, ints, sizes,
+ *      bool_triples, scalars ([{bool|int|float: v}]), optional_float (null or
+ *      a number), string; non-finite numbers are "nan" / "inf" / "-inf")
+ *   {"string": s}
+ * The callback returns 0, or non-zero after `mlxrs_closure_set_error`.
+ * ml-explore/mlx-c has no export-callback binding; these are mlxrs
+ * extensions. A positional-only or keyword-only function is a kwargs
+ * closure called with empty keywords / positionals. */
+typedef int (*mlxrs_export_callback_fun)(
+    const char* json,
+    const mlx_vector_array arrays,
+    void* payload);
+int mlxrs_export_function_callback(
+    mlxrs_export_callback_fun callback,
+    void* payload,
+    void (*dtor)(void*),
+    const mlx_closure_kwargs fun,
+    const mlx_vector_array args,
+    const mlx_map_string_to_array kwargs,
+    bool shapeless);
+/** Python `mx.exporter(callback, fun)`: trace with
+ * `mlx_function_exporter_apply{,_kwargs}`. NULL ctx on error (`dtor` has
+ * run). */
+mlx_function_exporter mlxrs_function_exporter_new_callback(
+    mlxrs_export_callback_fun callback,
+    void* payload,
+    void (*dtor)(void*),
+    const mlx_closure_kwargs fun,
+    bool shapeless);
+
 /** The graph computing `outputs` in Graphviz dot format. Python
  * `mx.export_to_dot(file, *outputs)`; mlx-c's `mlx_export_to_dot` writes to
  * a `FILE*` (whose Rust declaration is platform-specific), this returns a
@@ -709,6 +877,31 @@ bool mlx_distributed_is_available(const char* bk);
  * Without a configured backend and `strict` false this is the singleton
  * group (rank 0, size 1). NULL ctx on error (message recorded). */
 mlx_distributed_group mlx_distributed_init(bool strict, const char* bk);
+/** The JACCL side channel's byte all-gather (C++ `AllGatherFn` made by an
+ * `AllGatherFactory` for `rank` of `size`): gather `n_bytes` at `src` from
+ * every rank into `dst` (`size * n_bytes`, rank r's bytes at r * n_bytes).
+ * Return 0, or non-zero on failure. May run on any thread. */
+typedef int (*mlxrs_all_gather_fun)(
+    const char* src,
+    char* dst,
+    size_t n_bytes,
+    int rank,
+    int size,
+    void* payload);
+/** Python `mx.distributed.init(strict, backend="jaccl",
+ * all_gather_factory=...)` (C++ `init(strict, bk, AllGatherFactory)`); `dtor`
+ * (may be NULL) runs on `payload` when MLX drops the factory. NULL ctx on
+ * error. mlx-c has no binding; this is an mlxrs extension. */
+mlx_distributed_group mlxrs_distributed_init_all_gather(
+    bool strict,
+    const char* bk,
+    mlxrs_all_gather_fun fun,
+    void* payload,
+    void (*dtor)(void*));
+/** Drop MLX's cached distributed backends (C++ `distributed::clear_backends`,
+ * no python equivalent): a later `init` sets them up again. Groups already
+ * made keep their backend alive. */
+int mlx_distributed_clear_backends(void);
 
 /** Python `mx.distributed.all_sum(x, group=group)`. */
 int mlx_distributed_all_sum(
@@ -864,6 +1057,50 @@ int mlx_fast_metal_kernel_apply(
     const mlx_vector_array inputs,
     const mlx_fast_cuda_kernel_config config,
     const mlx_stream stream);
+
+/** A scalar argument of a precompiled CUDA kernel (C++ `fast::ScalarArg`,
+ * `std::variant<bool, int, float>`): `kind` says which field is used. */
+typedef enum mlxrs_scalar_kind_ {
+  MLXRS_SCALAR_BOOL,
+  MLXRS_SCALAR_INT,
+  MLXRS_SCALAR_FLOAT,
+} mlxrs_scalar_kind;
+typedef struct mlxrs_scalar_arg_ {
+  mlxrs_scalar_kind kind;
+  bool b;
+  int i;
+  float f;
+} mlxrs_scalar_arg;
+
+/** Python `mx.fast.precompiled_cuda_kernel(name=, compiled_source=,
+ * inputs=, output_shapes=, output_dtypes=, scalars=, grid=, threadgroup=,
+ * shared_memory=, init_value=, ensure_row_contiguous=)`: run a kernel given
+ * as PTX or cubin bytes (`compiled_source_len` bytes). Output `i` has
+ * `output_ndims[i]` dims, taken in order from `output_shapes`. CUDA only:
+ * elsewhere MLX fails with "No CUDA back-end". mlx-c has no binding; this
+ * is the name its conventions give. */
+int mlx_fast_precompiled_cuda_kernel(
+    mlx_vector_array* outputs,
+    const char* name,
+    const char* compiled_source,
+    size_t compiled_source_len,
+    const mlx_vector_array inputs,
+    const int* output_shapes,
+    const size_t* output_ndims,
+    const mlx_dtype* output_dtypes,
+    size_t num_outputs,
+    const mlxrs_scalar_arg* scalars,
+    size_t num_scalars,
+    int grid_x,
+    int grid_y,
+    int grid_z,
+    int threadgroup_x,
+    int threadgroup_y,
+    int threadgroup_z,
+    int shared_memory,
+    mlx_optional_float init_value,
+    bool ensure_row_contiguous,
+    const mlx_stream s);
 
 #ifdef __cplusplus
 }

@@ -651,6 +651,180 @@ unsafe extern "C" {
         arr: mlx_array,
     ) -> ::core::ffi::c_int;
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_io_reader_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_io_reader_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub type mlx_io_reader = mlx_io_reader_;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_io_writer_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_io_writer_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub type mlx_io_writer = mlx_io_writer_;
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct mlx_io_vtable_ {
+    pub is_open: ::core::option::Option<
+        unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void) -> bool,
+    >,
+    pub good: ::core::option::Option<
+        unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void) -> bool,
+    >,
+    pub tell: ::core::option::Option<
+        unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void) -> usize,
+    >,
+    pub seek: ::core::option::Option<
+        unsafe extern "C" fn(
+            arg1: *mut ::core::ffi::c_void,
+            off: i64,
+            whence: ::core::ffi::c_int,
+        ),
+    >,
+    pub read: ::core::option::Option<
+        unsafe extern "C" fn(
+            arg1: *mut ::core::ffi::c_void,
+            data: *mut ::core::ffi::c_char,
+            n: usize,
+        ),
+    >,
+    pub read_at_offset: ::core::option::Option<
+        unsafe extern "C" fn(
+            arg1: *mut ::core::ffi::c_void,
+            data: *mut ::core::ffi::c_char,
+            n: usize,
+            off: usize,
+        ),
+    >,
+    pub write: ::core::option::Option<
+        unsafe extern "C" fn(
+            arg1: *mut ::core::ffi::c_void,
+            data: *const ::core::ffi::c_char,
+            n: usize,
+        ),
+    >,
+    pub label: ::core::option::Option<
+        unsafe extern "C" fn(
+            arg1: *mut ::core::ffi::c_void,
+        ) -> *const ::core::ffi::c_char,
+    >,
+}
+pub type mlx_io_vtable = mlx_io_vtable_;
+unsafe extern "C" {
+    /** A custom reader; `desc` must outlive every use (see `_payload`). NULL
+ ctx on error.*/
+    pub fn mlx_io_reader_new(
+        desc: *mut ::core::ffi::c_void,
+        vtable: mlx_io_vtable,
+    ) -> mlx_io_reader;
+}
+unsafe extern "C" {
+    /** As `mlx_io_reader_new`, and `dtor(desc)` (may be NULL) runs once, when
+ the last C++ reference to the reader is gone (possibly on an MLX thread,
+ possibly after `mlx_io_reader_free`). On failure `dtor` has run.*/
+    pub fn mlxrs_io_reader_new_payload(
+        desc: *mut ::core::ffi::c_void,
+        vtable: mlx_io_vtable,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+    ) -> mlx_io_reader;
+}
+unsafe extern "C" {
+    pub fn mlx_io_reader_descriptor(
+        desc: *mut *mut ::core::ffi::c_void,
+        io: mlx_io_reader,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_io_reader_tostring(
+        str_: *mut mlx_string,
+        io: mlx_io_reader,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_io_reader_free(io: mlx_io_reader) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_io_writer_new(
+        desc: *mut ::core::ffi::c_void,
+        vtable: mlx_io_vtable,
+    ) -> mlx_io_writer;
+}
+unsafe extern "C" {
+    pub fn mlxrs_io_writer_new_payload(
+        desc: *mut ::core::ffi::c_void,
+        vtable: mlx_io_vtable,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+    ) -> mlx_io_writer;
+}
+unsafe extern "C" {
+    pub fn mlx_io_writer_descriptor(
+        desc: *mut *mut ::core::ffi::c_void,
+        io: mlx_io_writer,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_io_writer_tostring(
+        str_: *mut mlx_string,
+        io: mlx_io_writer,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_io_writer_free(io: mlx_io_writer) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.load(file_object)` (`.npy`) / `mx.save(file_object, a)`.
+    pub fn mlx_load_reader(
+        res: *mut mlx_array,
+        in_stream: mlx_io_reader,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_save_writer(
+        out_stream: mlx_io_writer,
+        a: mlx_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Python `mx.load(file_object, format="safetensors", return_metadata=True)`
+ / `mx.save_safetensors(file_object, arrays, metadata)`.*/
+    pub fn mlx_load_safetensors_reader(
+        res_0: *mut mlx_map_string_to_array,
+        res_1: *mut mlx_map_string_to_string,
+        in_stream: mlx_io_reader,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_save_safetensors_writer(
+        in_stream: mlx_io_writer,
+        param: mlx_map_string_to_array,
+        metadata: mlx_map_string_to_string,
+    ) -> ::core::ffi::c_int;
+}
 unsafe extern "C" {
     pub fn mlx_get_active_memory(res: *mut usize) -> ::core::ffi::c_int;
 }
@@ -677,6 +851,30 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn mlx_clear_cache() -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Bytes of the data buffers of `arrays` (each buffer counted once; the
+ arrays must be evaluated). C++ `get_array_buffer_size`; mlx-c has no such
+ function, this is the name its conventions give.*/
+    pub fn mlx_get_array_buffer_size(
+        res: *mut usize,
+        arrays: mlx_vector_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Python `mx.pad(a, [(lo0, hi0), (lo1, hi1), ...], constant_values, mode)`
+ (C++ `pad` with `std::vector<std::pair<int, int>>` widths: one pair per
+ axis, or one pair for all axes).*/
+    pub fn mlxrs_pad_pairs(
+        res: *mut mlx_array,
+        a: mlx_array,
+        low_pad_size: *const ::core::ffi::c_int,
+        high_pad_size: *const ::core::ffi::c_int,
+        num: usize,
+        pad_value: mlx_array,
+        mode: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -1140,6 +1338,137 @@ unsafe extern "C" {
         args: mlx_vector_array,
     ) -> ::core::ffi::c_int;
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_kwargs_ {
+    pub ctx: *mut ::core::ffi::c_void,
+}
+impl Default for mlx_closure_kwargs_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub type mlx_closure_kwargs = mlx_closure_kwargs_;
+unsafe extern "C" {
+    pub fn mlx_closure_kwargs_new() -> mlx_closure_kwargs;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_kwargs_free(cls: mlx_closure_kwargs) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_kwargs_new_func(
+        fun: ::core::option::Option<
+            unsafe extern "C" fn(
+                res: *mut mlx_vector_array,
+                args: mlx_vector_array,
+                kwargs: mlx_map_string_to_array,
+            ) -> ::core::ffi::c_int,
+        >,
+    ) -> mlx_closure_kwargs;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_kwargs_new_func_payload(
+        fun: ::core::option::Option<
+            unsafe extern "C" fn(
+                res: *mut mlx_vector_array,
+                args: mlx_vector_array,
+                kwargs: mlx_map_string_to_array,
+                payload: *mut ::core::ffi::c_void,
+            ) -> ::core::ffi::c_int,
+        >,
+        payload: *mut ::core::ffi::c_void,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+    ) -> mlx_closure_kwargs;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_kwargs_set(
+        cls: *mut mlx_closure_kwargs,
+        src: mlx_closure_kwargs,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn mlx_closure_kwargs_apply(
+        res: *mut mlx_vector_array,
+        cls: mlx_closure_kwargs,
+        input_0: mlx_vector_array,
+        input_1: mlx_map_string_to_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /// Python `mx.export_function(file, fun, *args, shapeless=..., **kwargs)`.
+    pub fn mlx_export_function_kwargs(
+        file: *const ::core::ffi::c_char,
+        fun: mlx_closure_kwargs,
+        args: mlx_vector_array,
+        kwargs: mlx_map_string_to_array,
+        shapeless: bool,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Python `mx.exporter(file, fun)` for a function taking keyword arrays
+ (mlx-c makes exporters from `mlx_closure` only).*/
+    pub fn mlxrs_function_exporter_new_kwargs(
+        file: *const ::core::ffi::c_char,
+        fun: mlx_closure_kwargs,
+        shapeless: bool,
+    ) -> mlx_function_exporter;
+}
+unsafe extern "C" {
+    /// Trace at positional and keyword arrays (python `exporter(*args, **kwargs)`).
+    pub fn mlx_function_exporter_apply_kwargs(
+        xfunc: mlx_function_exporter,
+        args: mlx_vector_array,
+        kwargs: mlx_map_string_to_array,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** `mlx_import_function` as a keyword-argument closure (mlx-c:
+ `mlx_imported_function_apply_kwargs`).*/
+    pub fn mlxrs_import_function_kwargs(
+        res: *mut mlx_closure_kwargs,
+        file: *const ::core::ffi::c_char,
+    ) -> ::core::ffi::c_int;
+}
+pub type mlxrs_export_callback_fun = ::core::option::Option<
+    unsafe extern "C" fn(
+        json: *const ::core::ffi::c_char,
+        arrays: mlx_vector_array,
+        payload: *mut ::core::ffi::c_void,
+    ) -> ::core::ffi::c_int,
+>;
+unsafe extern "C" {
+    pub fn mlxrs_export_function_callback(
+        callback: mlxrs_export_callback_fun,
+        payload: *mut ::core::ffi::c_void,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+        fun: mlx_closure_kwargs,
+        args: mlx_vector_array,
+        kwargs: mlx_map_string_to_array,
+        shapeless: bool,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** Python `mx.exporter(callback, fun)`: trace with
+ `mlx_function_exporter_apply{,_kwargs}`. NULL ctx on error (`dtor` has
+ run).*/
+    pub fn mlxrs_function_exporter_new_callback(
+        callback: mlxrs_export_callback_fun,
+        payload: *mut ::core::ffi::c_void,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+        fun: mlx_closure_kwargs,
+        shapeless: bool,
+    ) -> mlx_function_exporter;
+}
 unsafe extern "C" {
     /** The graph computing `outputs` in Graphviz dot format. Python
  `mx.export_to_dot(file, *outputs)`; mlx-c's `mlx_export_to_dot` writes to
@@ -1374,6 +1703,41 @@ unsafe extern "C" {
         strict: bool,
         bk: *const ::core::ffi::c_char,
     ) -> mlx_distributed_group;
+}
+/** The JACCL side channel's byte all-gather (C++ `AllGatherFn` made by an
+ `AllGatherFactory` for `rank` of `size`): gather `n_bytes` at `src` from
+ every rank into `dst` (`size * n_bytes`, rank r's bytes at r * n_bytes).
+ Return 0, or non-zero on failure. May run on any thread.*/
+pub type mlxrs_all_gather_fun = ::core::option::Option<
+    unsafe extern "C" fn(
+        src: *const ::core::ffi::c_char,
+        dst: *mut ::core::ffi::c_char,
+        n_bytes: usize,
+        rank: ::core::ffi::c_int,
+        size: ::core::ffi::c_int,
+        payload: *mut ::core::ffi::c_void,
+    ) -> ::core::ffi::c_int,
+>;
+unsafe extern "C" {
+    /** Python `mx.distributed.init(strict, backend="jaccl",
+ all_gather_factory=...)` (C++ `init(strict, bk, AllGatherFactory)`); `dtor`
+ (may be NULL) runs on `payload` when MLX drops the factory. NULL ctx on
+ error. mlx-c has no binding; this is an mlxrs extension.*/
+    pub fn mlxrs_distributed_init_all_gather(
+        strict: bool,
+        bk: *const ::core::ffi::c_char,
+        fun: mlxrs_all_gather_fun,
+        payload: *mut ::core::ffi::c_void,
+        dtor: ::core::option::Option<
+            unsafe extern "C" fn(arg1: *mut ::core::ffi::c_void),
+        >,
+    ) -> mlx_distributed_group;
+}
+unsafe extern "C" {
+    /** Drop MLX's cached distributed backends (C++ `distributed::clear_backends`,
+ no python equivalent): a later `init` sets them up again. Groups already
+ made keep their backend alive.*/
+    pub fn mlx_distributed_clear_backends() -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
     /// Python `mx.distributed.all_sum(x, group=group)`.
@@ -1634,6 +1998,68 @@ unsafe extern "C" {
         inputs: mlx_vector_array,
         config: mlx_fast_cuda_kernel_config,
         stream: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+#[repr(u32)]
+/** A scalar argument of a precompiled CUDA kernel (C++ `fast::ScalarArg`,
+ `std::variant<bool, int, float>`): `kind` says which field is used.*/
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub enum mlxrs_scalar_kind_ {
+    MLXRS_SCALAR_BOOL = 0,
+    MLXRS_SCALAR_INT = 1,
+    MLXRS_SCALAR_FLOAT = 2,
+}
+/** A scalar argument of a precompiled CUDA kernel (C++ `fast::ScalarArg`,
+ `std::variant<bool, int, float>`): `kind` says which field is used.*/
+pub use self::mlxrs_scalar_kind_ as mlxrs_scalar_kind;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlxrs_scalar_arg_ {
+    pub kind: mlxrs_scalar_kind,
+    pub b: bool,
+    pub i: ::core::ffi::c_int,
+    pub f: f32,
+}
+impl Default for mlxrs_scalar_arg_ {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub type mlxrs_scalar_arg = mlxrs_scalar_arg_;
+unsafe extern "C" {
+    /** Python `mx.fast.precompiled_cuda_kernel(name=, compiled_source=,
+ inputs=, output_shapes=, output_dtypes=, scalars=, grid=, threadgroup=,
+ shared_memory=, init_value=, ensure_row_contiguous=)`: run a kernel given
+ as PTX or cubin bytes (`compiled_source_len` bytes). Output `i` has
+ `output_ndims[i]` dims, taken in order from `output_shapes`. CUDA only:
+ elsewhere MLX fails with "No CUDA back-end". mlx-c has no binding; this
+ is the name its conventions give.*/
+    pub fn mlx_fast_precompiled_cuda_kernel(
+        outputs: *mut mlx_vector_array,
+        name: *const ::core::ffi::c_char,
+        compiled_source: *const ::core::ffi::c_char,
+        compiled_source_len: usize,
+        inputs: mlx_vector_array,
+        output_shapes: *const ::core::ffi::c_int,
+        output_ndims: *const usize,
+        output_dtypes: *const mlx_dtype,
+        num_outputs: usize,
+        scalars: *const mlxrs_scalar_arg,
+        num_scalars: usize,
+        grid_x: ::core::ffi::c_int,
+        grid_y: ::core::ffi::c_int,
+        grid_z: ::core::ffi::c_int,
+        threadgroup_x: ::core::ffi::c_int,
+        threadgroup_y: ::core::ffi::c_int,
+        threadgroup_z: ::core::ffi::c_int,
+        shared_memory: ::core::ffi::c_int,
+        init_value: mlx_optional_float,
+        ensure_row_contiguous: bool,
+        s: mlx_stream,
     ) -> ::core::ffi::c_int;
 }
 /// An optional bool (C++ `std::optional<bool>`), in mlx-c's optional style.

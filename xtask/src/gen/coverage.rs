@@ -57,9 +57,18 @@ enum Hand {
   C(&'static str),
   /// A special case of this hand-written C symbol.
   Covered(&'static str, &'static str),
-  /// Not bound, with the reason.
+  /// Not bound, with the reason (no entry needs it with MLX 0.32.4; kept
+  /// for overloads new MLX versions add).
+  #[allow(dead_code)]
   Unbound(&'static str),
 }
+
+const EXPORT_CALLBACK_WHY: &str =
+  "a positional-only or keyword-only function: a kwargs closure called with empty keywords or \
+  positionals";
+
+const KWARGS_ONLY_WHY: &str =
+  "a keyword-only function: a kwargs closure called with no positional arrays";
 
 /// (header, function, a substring of its parameter types ("" = any), status).
 /// First match wins.
@@ -74,26 +83,50 @@ const HAND_TABLE: &[(&str, &str, &str, Hand)] = &[
   (
     "export.h",
     "exporter",
-    "ExportCallback",
-    Hand::Unbound("export callbacks (a C++ closure receiving the traced graph) are not bound"),
-  ),
-  (
-    "export.h",
-    "export_function",
-    "ExportCallback",
-    Hand::Unbound("export callbacks (a C++ closure receiving the traced graph) are not bound"),
+    "ExportCallback&, const std::function<std::vector<array>(const Args&,const Kwargs&)",
+    Hand::C("mlxrs_function_exporter_new_callback"),
   ),
   (
     "export.h",
     "exporter",
-    "Kwargs",
-    Hand::Unbound("keyword-argument closures (`Kwargs`) are not bound; positional `Args` ones are"),
+    "ExportCallback",
+    Hand::Covered("mlxrs_function_exporter_new_callback", EXPORT_CALLBACK_WHY),
   ),
   (
     "export.h",
     "export_function",
-    "Kwargs",
-    Hand::Unbound("keyword-argument closures (`Kwargs`) are not bound; positional `Args` ones are"),
+    "ExportCallback&, const std::function<std::vector<array>(const Args&,const Kwargs&)",
+    Hand::C("mlxrs_export_function_callback"),
+  ),
+  (
+    "export.h",
+    "export_function",
+    "ExportCallback",
+    Hand::Covered("mlxrs_export_function_callback", EXPORT_CALLBACK_WHY),
+  ),
+  (
+    "export.h",
+    "exporter",
+    "const Args&,const Kwargs&",
+    Hand::C("mlxrs_function_exporter_new_kwargs"),
+  ),
+  (
+    "export.h",
+    "exporter",
+    "(const Kwargs&)",
+    Hand::Covered("mlxrs_function_exporter_new_kwargs", KWARGS_ONLY_WHY),
+  ),
+  (
+    "export.h",
+    "export_function",
+    "const Args&,const Kwargs&",
+    Hand::C("mlx_export_function_kwargs"),
+  ),
+  (
+    "export.h",
+    "export_function",
+    "(const Kwargs&)",
+    Hand::Covered("mlx_export_function_kwargs", KWARGS_ONLY_WHY),
   ),
   (
     "export.h",
@@ -119,7 +152,7 @@ const HAND_TABLE: &[(&str, &str, &str, Hand)] = &[
     "distributed/distributed.h",
     "init",
     "AllGatherFactory",
-    Hand::Unbound("the JACCL side-channel factory is a C++ closure: not bound"),
+    Hand::C("mlxrs_distributed_init_all_gather"),
   ),
   (
     "distributed/distributed.h",
@@ -137,7 +170,7 @@ const HAND_TABLE: &[(&str, &str, &str, Hand)] = &[
     "distributed/distributed.h",
     "clear_backends",
     "",
-    Hand::Unbound("not bound: resets MLX's process-wide backend cache (test helper)"),
+    Hand::C("mlx_distributed_clear_backends"),
   ),
 ];
 
@@ -426,7 +459,12 @@ pub fn render(
     };
     let _ = writeln!(
       s,
-      "| `{ns}{name}` | (unmappable types) | unbound | {} |",
+      "| `{ns}{name}` | (unmappable types) | {} | {} |",
+      if select::UNMAPPABLE_HAND.iter().any(|(n, f, _)| *n == ns.trim_end_matches("::") && f == name) {
+        "hand-written"
+      } else {
+        "unbound"
+      },
       md(why)
     );
   }

@@ -138,10 +138,18 @@ pub const OVERRIDES: &[Override] = &[
 /// Reasons for overloads whose types have no C mapping (by function).
 #[rustfmt::skip]
 pub const UNMAPPABLE: &[(&str, &str, &str)] = &[
-  ("", "pad", "pad widths as std::vector<std::pair<int, int>>: use mlx_pad (explicit axes, low and high pads)"),
+  ("", "pad", "pad widths as std::vector<std::pair<int, int>>: not generated; bound by hand as mlxrs_pad_pairs (csrc/io_memory.cpp)"),
   ("fast", "metal_kernel", "custom-kernel builder: returns a C++ closure (CustomKernelFunction); not generated: bound by hand as a kernel object (csrc/custom_kernel.cpp)"),
   ("fast", "cuda_kernel", "custom-kernel builder: returns a C++ closure (CustomKernelFunction); not generated: bound by hand as a kernel object (csrc/custom_kernel.cpp)"),
-  ("fast", "precompiled_cuda_kernel", "takes lists of shapes, dtypes and variant scalars (std::vector<Shape>, std::vector<ScalarArg>) with no C mapping; CUDA only"),
+  ("fast", "precompiled_cuda_kernel", "takes lists of shapes, dtypes and variant scalars (std::vector<Shape>, std::vector<ScalarArg>): not generated; bound by hand (csrc/custom_kernel.cpp); CUDA only"),
+];
+
+/// Unmappable overloads bound by hand: (namespace, function, C symbol in a
+/// hand-written `csrc/*.cpp`). Counted as bound only while csrc defines it.
+#[rustfmt::skip]
+pub const UNMAPPABLE_HAND: &[(&str, &str, &str)] = &[
+  ("", "pad", "mlxrs_pad_pairs"),
+  ("fast", "precompiled_cuda_kernel", "mlx_fast_precompiled_cuda_kernel"),
 ];
 
 /// C functions that get no generated Rust wrapper, and why.
@@ -530,12 +538,18 @@ pub fn select(decls: &[Decl], hand_written: &BTreeMap<String, String>) -> Result
         // A hand-written kernel-object binding (`mlx_<ns>_<name>_new`, as
         // mlx-c's `mlx_fast_cuda_kernel_new`) binds what the generator
         // cannot.
-        Outcome::Unbound(r) => Some(
-          match hand_written.get_key_value(&format!("{}_new", c_of(""))) {
-            Some((k, _)) => Status::HandWritten(k.clone()),
-            None => Status::Unbound(r),
-          },
-        ),
+        Outcome::Unbound(r) => {
+          let by_table = UNMAPPABLE_HAND
+            .iter()
+            .find(|(n, f, _)| *n == ns && *f == name)
+            .and_then(|(_, _, c)| hand_written.get_key_value(*c));
+          Some(
+            match by_table.or_else(|| hand_written.get_key_value(&format!("{}_new", c_of("")))) {
+              Some((k, _)) => Status::HandWritten(k.clone()),
+              None => Status::Unbound(r),
+            },
+          )
+        }
         Outcome::Cover(s, why) => Some(Status::Covered { by: c_of(&s), why }),
         Outcome::Bind(s, fixed) => {
           let c_name = c_of(&s);

@@ -439,9 +439,130 @@ impl CustomKernel {
   }
 }
 
+/// A scalar argument of a precompiled CUDA kernel (python: an item of
+/// `scalars=[...]`; C++ `fast::ScalarArg`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScalarArg {
+  /// `bool`.
+  Bool(bool),
+  /// `int`.
+  Int(i32),
+  /// `float`.
+  Float(f32),
+}
+
+/// Run a kernel already compiled to PTX or cubin (`compiled_source`, raw
+/// bytes) on `inputs`: python `mx.fast.precompiled_cuda_kernel(name=...,
+/// compiled_source=..., inputs=..., output_shapes=..., output_dtypes=...,
+/// scalars=..., grid=..., threadgroup=..., shared_memory=..., init_value=...,
+/// ensure_row_contiguous=...)`. `call` gives the outputs, `grid` (in
+/// threads), `threadgroup` and `init_value`; its template arguments and
+/// `verbose` have no meaning here and must be unset. The kernel's
+/// parameters are the inputs, then the outputs, then `scalars`.
+///
+/// CUDA only: without a CUDA back-end (this CPU build, macOS) it is
+/// `Err(Mlx("[cuda_kernel] No CUDA back-end."))`, as in python.
+pub fn precompiled_cuda_kernel(
+  name: &str,
+  compiled_source: &[u8],
+  inputs: &[Array],
+  scalars: &[ScalarArg],
+  call: &KernelCall,
+  shared_memory: i32,
+  ensure_row_contiguous: bool,
+) -> Result<Vec<Array>> {
+  if !call.template.is_empty() {
+    return Err(Error::InvalidArgument(
+      "precompiled_cuda_kernel: template arguments are for kernels compiled from source".into(),
+    ));
+  }
+  if call.outputs.is_empty() {
+    return Err(Error::InvalidArgument("precompiled_cuda_kernel: no outputs (add them with KernelCall::output)".into()));
+  }
+  let c_name = cstring(name)?;
+  let ins = VectorArray::from_arrays(inputs)?;
+  let shapes: Vec<i32> = call.outputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
+  let ndims: Vec<usize> = call.outputs.iter().map(|(s, _)| s.len()).collect();
+  let dtypes: Vec<mlxrs_sys::mlx_dtype> = call.outputs.iter().map(|(_, d)| d.to_raw()).collect();
+  let sc: Vec<mlxrs_sys::mlxrs_scalar_arg> = scalars
+    .iter()
+    .map(|a| {
+      use mlxrs_sys::mlxrs_scalar_kind as K;
+      let mut c = mlxrs_sys::mlxrs_scalar_arg { kind: K::MLXRS_SCALAR_BOOL, b: false, i: 0, f: 0.0 };
+      match *a {
+        ScalarArg::Bool(b) => c.b = b,
+        ScalarArg::Int(i) => (c.kind, c.i) = (K::MLXRS_SCALAR_INT, i),
+        ScalarArg::Float(f) => (c.kind, c.f) = (K::MLXRS_SCALAR_FLOAT, f),
+      }
+      c
+    })
+    .collect();
+  let init = mlxrs_sys::mlx_optional_float { value: call.init_value.unwrap_or(0.0), has_value: call.init_value.is_some() };
+  let (g, t) = (call.grid, call.threadgroup);
+  let mut out = VectorArray::null();
+  // SAFETY: every pointer covers the length passed with it (`shapes` holds
+  // the sum of `ndims`; `dtypes` and `ndims` one entry per output) and lives
+  // across the call; `ins` and the stream are live; the out-vector is owned
+  // by `out`.
+  check(unsafe {
+    mlxrs_sys::mlx_fast_precompiled_cuda_kernel(
+      &mut out.0,
+      c_name.as_ptr(),
+      compiled_source.as_ptr().cast::<c_char>(),
+      compiled_source.len(),
+      ins.0,
+      shapes.as_ptr(),
+      ndims.as_ptr(),
+      dtypes.as_ptr(),
+      dtypes.len(),
+      sc.as_ptr(),
+      sc.len(),
+      g.0,
+      g.1,
+      g.2,
+      t.0,
+      t.1,
+      t.2,
+      shared_memory,
+      init,
+      ensure_row_contiguous,
+      default_stream(),
+    )
+  })?;
+  out.to_vec()
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  /// Without CUDA, python's `mx.fast.precompiled_cuda_kernel(...)` raises
+  /// `RuntimeError: [cuda_kernel] No CUDA back-end.`; so does this. Bad
+  /// arguments are caught before MLX.
+  #[test]
+  fn precompiled_cuda_kernel_without_cuda_is_an_error() {
+    let a = Array::from_slice::<f32>(&[1.0, 2.0], &[2]).unwrap();
+    let call = KernelCall::new((2, 1, 1), (2, 1, 1)).output(&[2], Dtype::Float32);
+    let scalars = [ScalarArg::Int(2), ScalarArg::Float(1.5), ScalarArg::Bool(true)];
+    let r = precompiled_cuda_kernel("k", b"not ptx", std::slice::from_ref(&a), &scalars, &call, 0, false);
+    if !crate::Device::is_available(crate::DeviceType::Gpu) {
+      let e = r.expect_err("no CUDA: must fail");
+      assert!(e.to_string().contains("No CUDA back-end"), "{e}");
+    } else {
+      // Garbage PTX must be an error on a GPU too, never a crash.
+      assert!(r.is_err());
+    }
+    let no_out = KernelCall::new((2, 1, 1), (2, 1, 1));
+    assert!(matches!(
+      precompiled_cuda_kernel("k", b"", std::slice::from_ref(&a), &[], &no_out, 0, false),
+      Err(Error::InvalidArgument(_))
+    ));
+    let tmpl = call.clone().template_int("N", 2);
+    assert!(matches!(
+      precompiled_cuda_kernel("k", b"", &[a], &[], &tmpl, 0, false),
+      Err(Error::InvalidArgument(_))
+    ));
+  }
 
   const SRC: &str = "auto i = cg::this_grid().thread_rank(); if (i < N) out[i] = exp(inp[i]);";
 

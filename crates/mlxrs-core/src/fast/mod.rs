@@ -13,4 +13,4 @@ pub use sdpa::{Mask, scaled_dot_product_attention};
 pub mod sdpa_full;
 pub use sdpa_full::scaled_dot_product_attention_full;
 pub mod kernel;
-pub use kernel::{CustomKernel, KernelBuilder, KernelCall};
+pub use kernel::{CustomKernel, KernelBuilder, KernelCall, ScalarArg, precompiled_cuda_kernel};

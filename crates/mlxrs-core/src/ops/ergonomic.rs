@@ -214,7 +214,7 @@ impl Array {
 /// used by `mode = "constant"`; `"edge"` repeats the border elements. MLX
 /// also accepts `"reflect"`, `"symmetric"` and `"wrap"` (later MLX versions).
 /// A wrong number of pairs, a negative width or an unknown mode is an
-/// error.
+/// error. C: `mlxrs_pad_pairs` (C++ `pad` with `std::pair` widths).
 pub fn pad_pairs(a: &Array, pairs: &[(i32, i32)], value: f64, mode: &str) -> Result<Array> {
   let nd = a.ndim();
   let pairs: Vec<(i32, i32)> = match pairs.len() {
@@ -232,15 +232,25 @@ pub fn pad_pairs(a: &Array, pairs: &[(i32, i32)], value: f64, mode: &str) -> Res
       "pad_pairs: negative pad width {p:?} for axis {axis}"
     )));
   }
-  let axes: Vec<i32> = (0..nd as i32).collect();
   let lo: Vec<i32> = pairs.iter().map(|p| p.0).collect();
   let hi: Vec<i32> = pairs.iter().map(|p| p.1).collect();
-  g::pad(
-    a,
-    &axes,
-    &lo,
-    &hi,
-    &Array::scalar_as(value, a.dtype())?,
-    mode,
-  )
+  let value = Array::scalar_as(value, a.dtype())?;
+  let c_mode = crate::error::cstring(mode)?;
+  let mut out = Array::null();
+  // SAFETY: `a` and `value` are live handles only read during the call; `lo`
+  // and `hi` hold `lo.len()` ints each and `c_mode` outlives the call; the
+  // out-handle is fresh and owned by `out`.
+  crate::error::check(unsafe {
+    mlxrs_sys::mlxrs_pad_pairs(
+      &mut out.0,
+      a.0,
+      lo.as_ptr(),
+      hi.as_ptr(),
+      lo.len(),
+      value.0,
+      c_mode.as_ptr(),
+      crate::stream::default_stream(),
+    )
+  })?;
+  Ok(out)
 }
