@@ -8,7 +8,10 @@
 #
 # Needs scripts/setup.sh (model) and scripts/py_env.sh (faster-whisper).
 # Threads: faster-whisper uses cpu_threads=$THREADS (default: all cores);
-# MLX's CPU backend uses its own pool.
+# MLX's CPU backend uses its own pool; mlxrs spreads the encoder's attention
+# heads and GELU over one MLX CPU stream per core (MLXRS_WHISPER_CPU_STREAMS,
+# 1 = off). With COMPARE_STREAMS=1 an extra row runs mlxrs with one stream
+# (the code path before that change), interleaved with the default one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${MLXRS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxrs}"
@@ -22,13 +25,21 @@ fi
 cargo build --release -q -p mlxrs-audio --example transcribe_cli
 BIN=target/release/examples/transcribe_cli
 echo "file,engine,audio_s,transcribe_s,rtf"
-for f in "$@"; do
+mlxrs_row() {  # $1 file, $2 engine label, $3 MLXRS_WHISPER_CPU_STREAMS ("" = default)
+  local env=()
+  [ -n "$3" ] && env=(env MLXRS_WHISPER_CPU_STREAMS="$3")
   # Warm-up run (page cache, MLX kernels), then the timed one.
-  "$BIN" --model "$MODEL" --temperature 0 --json "$f" >/dev/null
-  "$BIN" --model "$MODEL" --temperature 0 --json "$f" | .venv/bin/python -c '
+  "${env[@]}" "$BIN" --model "$MODEL" --temperature 0 --json "$1" >/dev/null
+  "${env[@]}" "$BIN" --model "$MODEL" --temperature 0 --json "$1" | .venv/bin/python -c '
 import json, sys
 r = json.loads(sys.stdin.readline())
-print("%s,mlxrs,%.2f,%.3f,%.4f" % (sys.argv[1], r["duration"], r["transcribe_seconds"], r["real_time_factor"]))' "$f"
+print("%s,%s,%.2f,%.3f,%.4f" % (sys.argv[1], sys.argv[2], r["duration"], r["transcribe_seconds"], r["real_time_factor"]))' "$1" "$2"
+}
+for f in "$@"; do
+  if [ "${COMPARE_STREAMS:-0}" = 1 ]; then
+    mlxrs_row "$f" mlxrs-1-stream 1
+  fi
+  mlxrs_row "$f" mlxrs ""
   .venv/bin/python - "$MODEL" "$f" "$THREADS" <<'PY'
 import sys, time
 from faster_whisper import WhisperModel

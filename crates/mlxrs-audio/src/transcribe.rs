@@ -19,6 +19,7 @@ use mlxrs_core::{Array, ops};
 use crate::audio::{Audio, SAMPLE_RATE, to_whisper_rate};
 use crate::error::{Error, Result};
 use crate::mel::{HOP_LENGTH, log_mel_spectrogram};
+use crate::timing::{Word, add_word_timestamps, get_end};
 use crate::tokenizer::{SpecialTokens, WhisperTokenizer};
 use crate::whisper::{DecoderState, Whisper, WhisperModel};
 
@@ -92,6 +93,15 @@ pub struct TranscribeOptions {
   pub max_new_tokens: Option<usize>,
   /// Seed of the sampler at temperature > 0.
   pub seed: u64,
+  /// Word-level timestamps from the cross-attention of the alignment heads
+  /// (python `word_timestamps=True`); fills [`Segment::words`] and, as
+  /// faster-whisper does, moves segment boundaries and the next window's
+  /// seek to the word timings.
+  pub word_timestamps: bool,
+  /// With `word_timestamps`: punctuation merged into the following word.
+  pub prepend_punctuations: String,
+  /// With `word_timestamps`: punctuation merged into the previous word.
+  pub append_punctuations: String,
 }
 
 impl Default for TranscribeOptions {
@@ -117,6 +127,9 @@ impl Default for TranscribeOptions {
       max_initial_timestamp: 1.0,
       max_new_tokens: None,
       seed: 0,
+      word_timestamps: false,
+      prepend_punctuations: "\"'“¿([{-".into(),
+      append_punctuations: "\"'.。,，!！?？:：”)]}、".into(),
     }
   }
 }
@@ -144,6 +157,9 @@ pub struct Segment {
   pub compression_ratio: f64,
   /// Probability of `<|nospeech|>` for its window.
   pub no_speech_prob: f32,
+  /// Its words with their timings (with `word_timestamps`).
+  #[serde(skip_serializing_if = "Option::is_none")]
+  pub words: Option<Vec<Word>>,
 }
 
 /// The result of [`Whisper::transcribe`] (segments + python's `TranscriptionInfo`).
@@ -659,6 +675,7 @@ pub fn compression_ratio(text: &str) -> f64 {
 struct Split {
   segments: Vec<(f64, f64, Vec<u32>)>,
   seek: usize,
+  single_end: bool,
 }
 
 fn split_by_timestamps(
@@ -672,6 +689,7 @@ fn split_by_timestamps(
   let precision = 0.02;
   let n = tokens.len();
   let single_end = n >= 2 && tokens[n - 2] < tb && tb <= tokens[n - 1];
+  let single_timestamp_ending = single_end;
   let consecutive: Vec<usize> = (1..n)
     .filter(|&i| tokens[i] >= tb && tokens[i - 1] >= tb)
     .collect();
@@ -706,7 +724,11 @@ fn split_by_timestamps(
     segments.push((time_offset, time_offset + duration, tokens.to_vec()));
     seek += segment_size;
   }
-  Split { segments, seek }
+  Split {
+    segments,
+    seek,
+    single_end: single_timestamp_ending,
+  }
 }
 
 impl Whisper {
@@ -811,6 +833,51 @@ impl Whisper {
     Ok(out)
   }
 
+  /// The task tokens that start every window: `<|startoftranscript|>`, then
+  /// for multilingual models the language and `<|transcribe|>` /
+  /// `<|translate|>` (python `faster_whisper.tokenizer.Tokenizer.sot_sequence`).
+  pub fn sot_sequence(&self, language: &str, task: Task) -> Result<Vec<u32>> {
+    let sp = &self.tok()?.special;
+    if !self.config().is_multilingual() {
+      if task == Task::Translate {
+        return Err(Error::InvalidArgument(
+          "task translate needs a multilingual model (this one is English-only)".into(),
+        ));
+      }
+      return Ok(vec![sp.sot]);
+    }
+    let lang = sp.language(language).ok_or_else(|| {
+      Error::InvalidArgument(format!("language {language:?} is not one this model knows"))
+    })?;
+    let task = match task {
+      Task::Transcribe => sp.transcribe,
+      Task::Translate => sp.translate,
+    };
+    Ok(vec![sp.sot, lang, task])
+  }
+
+  /// Language probabilities of the first 30 s of `audio`, most likely first
+  /// (python `WhisperModel.detect_language(audio)` with one segment;
+  /// English-only models answer `[("en", 1.0)]`).
+  pub fn detect_language(&self, audio: &Audio) -> Result<Vec<(String, f32)>> {
+    let audio = if audio.sample_rate == SAMPLE_RATE {
+      std::borrow::Cow::Borrowed(audio)
+    } else {
+      std::borrow::Cow::Owned(to_whisper_rate(audio.clone())?)
+    };
+    if audio.samples.is_empty() {
+      return Err(Error::InvalidArgument(
+        "detect_language: the audio has no samples".into(),
+      ));
+    }
+    let features = self.features(&audio.samples)?;
+    // faster-whisper: features[:, :3000] (the trailing frame included), padded.
+    let total = (features.dim(1).unwrap_or(1) as usize).max(1);
+    let window = 2 * self.config().n_audio_ctx as usize;
+    let xa = self.encode_window(&features, 0, window.min(total))?;
+    self.detect_language_encoded(&xa)
+  }
+
   /// Transcribe `audio` (resampled to 16 kHz first when needed). Python:
   /// `segments, info = WhisperModel(path).transcribe(audio, ...)`.
   pub fn transcribe(&self, audio: &Audio, opts: &TranscribeOptions) -> Result<Transcription> {
@@ -858,20 +925,25 @@ impl Whisper {
       }
       (_, false) => ("en".to_string(), 1.0, None),
       (None, true) => {
-        let xa = self.encode_window(&features, 0, window.min(content_frames.max(1)))?;
+        // faster-whisper detects on features[:, :3000], the trailing frame
+        // included; the encoding is reused for the first window only when it
+        // covers the same frames.
+        let total = content_frames + 1;
+        let xa = self.encode_window(&features, 0, window.min(total))?;
         let probs = self.detect_language_encoded(&xa)?;
         let (l, p) = probs.first().cloned().unwrap_or(("en".into(), 1.0));
-        (l, p, Some(xa))
+        (
+          l,
+          p,
+          if content_frames >= window {
+            Some(xa)
+          } else {
+            None
+          },
+        )
       }
     };
-    let mut sot_seq = vec![sp.sot];
-    if multilingual {
-      sot_seq.push(sp.language(&language).unwrap_or(sp.sot));
-      sot_seq.push(match opts.task {
-        Task::Transcribe => sp.transcribe,
-        Task::Translate => sp.translate,
-      });
-    }
+    let sot_seq = self.sot_sequence(&language, opts.task)?;
     let suppress = self.suppressed_tokens(&opts.suppress_tokens)?;
     let max_initial_timestamp_index =
       (f64::from(opts.max_initial_timestamp) / 0.02).round() as usize;
@@ -882,6 +954,7 @@ impl Whisper {
     }
     let mut prompt_reset_since = 0usize;
     let mut seek = 0usize;
+    let mut last_speech_timestamp = 0f64;
     let mut segments: Vec<Segment> = Vec::new();
     let mut encoded = first_encoded;
     while seek < content_frames {
@@ -1020,7 +1093,36 @@ impl Whisper {
         seek,
       );
       seek = split.seek;
-      for (start, end, toks) in split.segments {
+      let mut subsegments = split.segments;
+      let mut words: Vec<Vec<Word>> = Vec::new();
+      if opts.word_timestamps {
+        words = add_word_timestamps(
+          &self.model,
+          tok,
+          &xa,
+          &sot_seq,
+          &language,
+          &mut subsegments,
+          previous_seek,
+          segment_size,
+          &opts.prepend_punctuations,
+          &opts.append_punctuations,
+          last_speech_timestamp,
+        )?;
+        if !split.single_end {
+          if let Some(e) = get_end(&subsegments, &words) {
+            if e > time_offset {
+              seek = (e * 100.0).round() as usize;
+            }
+          }
+        }
+        if let Some(e) = get_end(&subsegments, &words) {
+          last_speech_timestamp = e;
+        }
+      }
+      let mut words = words.into_iter();
+      for (start, end, toks) in subsegments {
+        let seg_words = words.next();
         let text = tok.decode(&toks)?;
         if start == end || text.trim().is_empty() {
           continue;
@@ -1037,6 +1139,11 @@ impl Whisper {
           avg_logprob,
           compression_ratio: cr,
           no_speech_prob: result.no_speech_prob,
+          words: if opts.word_timestamps {
+            Some(seg_words.unwrap_or_default())
+          } else {
+            None
+          },
         };
         on_segment(&s);
         segments.push(s);

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use mlxrs_core::fast::{Mask, scaled_dot_product_attention};
-use mlxrs_core::{Array, Dtype, ops};
+use mlxrs_core::{Array, Device, DeviceType, Dtype, Stream, ops, with_stream};
 use mlxrs_nn::{Embedding, LayerNorm, Linear, Module, Weights, gelu, join, module};
 use serde_json::Value;
 
@@ -60,6 +60,34 @@ pub struct WhisperConfig {
   /// Tokens suppressed at the first sampled position when `suppress_blank`
   /// (`suppress_ids_begin` / `begin_suppress_tokens`).
   pub begin_suppress_tokens: Vec<u32>,
+  /// Cross-attention heads `(decoder layer, head)` that follow the audio
+  /// timing, used for word timestamps (HF `generation_config.alignment_heads`,
+  /// CTranslate2 `config.json` `alignment_heads`; default: every head of the
+  /// second half of the decoder layers, as openai whisper and CTranslate2's
+  /// converter do).
+  pub alignment_heads: Vec<(i32, i32)>,
+}
+
+/// Every head of the second half of the decoder layers (python
+/// `Whisper.__init__`'s default `alignment_heads`).
+pub fn default_alignment_heads(n_text_layer: i32, n_text_head: i32) -> Vec<(i32, i32)> {
+  (n_text_layer / 2..n_text_layer)
+    .flat_map(|l| (0..n_text_head).map(move |h| (l, h)))
+    .collect()
+}
+
+/// `[[layer, head], ...]` of a JSON value (`None` when absent or malformed).
+fn heads_from_json(v: Option<&Value>) -> Option<Vec<(i32, i32)>> {
+  let a = v?.as_array()?;
+  a.iter()
+    .map(|p| {
+      let p = p.as_array()?;
+      match (p.first()?.as_i64(), p.get(1)?.as_i64()) {
+        (Some(l), Some(h)) => Some((l as i32, h as i32)),
+        _ => None,
+      }
+    })
+    .collect()
 }
 
 impl WhisperConfig {
@@ -84,6 +112,16 @@ impl WhisperConfig {
     pos(self.n_text_state, "d_model")?;
     pos(self.n_text_head, "decoder_attention_heads")?;
     pos(self.n_vocab, "vocab_size")?;
+    if let Some(&(l, h)) = self
+      .alignment_heads
+      .iter()
+      .find(|&&(l, h)| l < 0 || l >= self.n_text_layer || h < 0 || h >= self.n_text_head)
+    {
+      return Err(Error::Model(format!(
+        "config: alignment head ({l}, {h}) is outside the decoder's {} layers x {} heads",
+        self.n_text_layer, self.n_text_head
+      )));
+    }
     if self.n_audio_state % self.n_audio_head != 0 || self.n_text_state % self.n_text_head != 0 {
       return Err(Error::Model(
         "config: d_model is not a multiple of the attention heads".into(),
@@ -141,7 +179,11 @@ impl WhisperConfig {
         .unwrap_or(4 * d_model),
       suppress_tokens: ids("suppress_tokens"),
       begin_suppress_tokens: ids("begin_suppress_tokens"),
+      alignment_heads: Vec::new(),
     };
+    let mut c = c;
+    c.alignment_heads = heads_from_json(gen_cfg.and_then(|g| g.get("alignment_heads")))
+      .unwrap_or_else(|| default_alignment_heads(c.n_text_layer, c.n_text_head));
     if let Some(a) = cfg.get("activation_function").and_then(Value::as_str) {
       if a != "gelu" {
         return Err(Error::Model(format!(
@@ -271,12 +313,66 @@ impl Attention {
     self.out_proj.forward(&merge(&o)?).map_err(Error::from)
   }
 
+  /// Encoder self-attention with the heads split over `streams` (the
+  /// default stream takes the first group): MLX's CPU backend runs each
+  /// stream on its own thread, and its softmax / exp kernels are
+  /// single-threaded, so this spreads the attention over the cores. Each
+  /// head is computed exactly as in one call.
+  fn encoder_self_attn(&self, x: &Array, streams: &[Stream]) -> Result<Array> {
+    if streams.is_empty() {
+      return self.self_attn(x, None);
+    }
+    let q = heads(&self.q_proj.forward(x)?, self.n_head)?;
+    let k = heads(&self.k_proj.forward(x)?, self.n_head)?;
+    let v = heads(&self.v_proj.forward(x)?, self.n_head)?;
+    let s = q.shape();
+    let parts = (streams.len() + 1).min(self.n_head as usize) as i32;
+    let chunk = (self.n_head + parts - 1) / parts;
+    let mut outs = Vec::with_capacity(parts as usize);
+    for p in 0..parts {
+      let (lo, hi) = (p * chunk, ((p + 1) * chunk).min(self.n_head));
+      if lo >= hi {
+        break;
+      }
+      let run = || -> Result<Array> {
+        let part =
+          |a: &Array| ops::slice(a, &[0, lo, 0, 0], &[s[0], hi, s[2], s[3]], &[1, 1, 1, 1]);
+        Ok(scaled_dot_product_attention(
+          &part(&q)?,
+          &part(&k)?,
+          &part(&v)?,
+          self.scale(),
+          Mask::None,
+        )?)
+      };
+      outs.push(if p == 0 {
+        run()?
+      } else {
+        with_stream(&streams[p as usize - 1], run)?
+      });
+    }
+    let o = ops::concatenate_axis(&outs, 1)?;
+    self.out_proj.forward(&merge(&o)?).map_err(Error::from)
+  }
+
   /// Cross-attention keys / values of the encoder output, `[B, H, T, hd]`.
   fn cross_kv(&self, xa: &Array) -> Result<(Array, Array)> {
     Ok((
       heads(&self.k_proj.forward(xa)?, self.n_head)?,
       heads(&self.v_proj.forward(xa)?, self.n_head)?,
     ))
+  }
+
+  /// Cross-attention that also returns the pre-softmax scores
+  /// `q k^T * scale`, `[B, H, T, frames]` (what CTranslate2's decoder hands
+  /// `align` for its alignment heads).
+  fn cross_attn_qk(&self, x: &Array, kv: &(Array, Array)) -> Result<(Array, Array)> {
+    let q = heads(&self.q_proj.forward(x)?, self.n_head)?;
+    let q = ops::multiply(&q, &Array::scalar(self.scale()))?;
+    let qk = ops::matmul(&q, &ops::swapaxes(&kv.0, 2, 3)?)?;
+    let w = ops::softmax_axis(&qk, -1, true)?;
+    let o = ops::matmul(&w, &kv.1)?;
+    Ok((self.out_proj.forward(&merge(&o)?)?, qk))
   }
 
   fn cross_attn(&self, x: &Array, kv: &(Array, Array)) -> Result<Array> {
@@ -301,6 +397,38 @@ module!(EncoderLayer {
   final_layer_norm
 });
 
+/// Erf GELU of `x` `[B, T, C]` with the rows split over `streams` (see
+/// `Attention::encoder_self_attn`); elementwise, so exactly `gelu(x)`.
+fn split_gelu(x: &Array, streams: &[Stream]) -> Result<Array> {
+  let s = x.shape();
+  if streams.is_empty() || s.len() != 3 || s[1] < 2 {
+    return Ok(gelu(x)?);
+  }
+  let parts = (streams.len() + 1).min(s[1] as usize) as i32;
+  let chunk = (s[1] + parts - 1) / parts;
+  let mut outs = Vec::with_capacity(parts as usize);
+  for p in 0..parts {
+    let (lo, hi) = (p * chunk, ((p + 1) * chunk).min(s[1]));
+    if lo >= hi {
+      break;
+    }
+    let run = || -> Result<Array> {
+      Ok(gelu(&ops::slice(
+        x,
+        &[0, lo, 0],
+        &[s[0], hi, s[2]],
+        &[1, 1, 1],
+      )?)?)
+    };
+    outs.push(if p == 0 {
+      run()?
+    } else {
+      with_stream(&streams[p as usize - 1], run)?
+    });
+  }
+  Ok(ops::concatenate_axis(&outs, 1)?)
+}
+
 fn ln(d: i32) -> LayerNorm {
   LayerNorm::new(d, 1e-5, true, true)
 }
@@ -316,15 +444,16 @@ impl EncoderLayer {
     }
   }
 
-  fn forward(&self, x: &Array) -> Result<Array> {
+  fn forward(&self, x: &Array, streams: &[Stream]) -> Result<Array> {
     let x = ops::add(
       x,
       &self
         .self_attn
-        .self_attn(&self.self_attn_layer_norm.forward(x)?, None)?,
+        .encoder_self_attn(&self.self_attn_layer_norm.forward(x)?, streams)?,
     )?;
-    let h = self.fc2.forward(&gelu(
+    let h = self.fc2.forward(&split_gelu(
       &self.fc1.forward(&self.final_layer_norm.forward(&x)?)?,
+      streams,
     )?)?;
     Ok(ops::add(&x, &h)?)
   }
@@ -385,6 +514,29 @@ impl DecoderLayer {
     )?)?;
     Ok(ops::add(&x, &h)?)
   }
+
+  /// [`DecoderLayer::forward`] that also returns the cross-attention scores.
+  fn forward_qk(
+    &self,
+    x: &Array,
+    kv: &(Array, Array),
+    cache: &mut Option<(Array, Array)>,
+  ) -> Result<(Array, Array)> {
+    let x = ops::add(
+      x,
+      &self
+        .self_attn
+        .self_attn(&self.self_attn_layer_norm.forward(x)?, Some(cache))?,
+    )?;
+    let (a, qk) = self
+      .encoder_attn
+      .cross_attn_qk(&self.encoder_attn_layer_norm.forward(&x)?, kv)?;
+    let x = ops::add(&x, &a)?;
+    let h = self.fc2.forward(&gelu(
+      &self.fc1.forward(&self.final_layer_norm.forward(&x)?)?,
+    )?)?;
+    Ok((ops::add(&x, &h)?, qk))
+  }
 }
 
 struct Encoder {
@@ -428,6 +580,10 @@ pub struct WhisperModel {
   /// projection, laid out once so each decoding step is a plain GEMV (a
   /// transposed view costs about twice as much on MLX's CPU backend).
   proj_t: Option<Array>,
+  /// Extra CPU streams the encoder spreads its attention heads and GELU
+  /// over (empty on GPU or with one core; `MLXRS_WHISPER_CPU_STREAMS=N`
+  /// sets the total number of streams, 1 = off).
+  streams: Vec<Stream>,
   /// Dimensions.
   pub config: WhisperConfig,
 }
@@ -484,6 +640,7 @@ impl WhisperModel {
     WhisperModel {
       model: Inner { encoder, decoder },
       proj_t: None,
+      streams: Vec::new(),
       config,
     }
   }
@@ -508,8 +665,8 @@ impl WhisperModel {
       )));
     }
     let e = &self.model.encoder;
-    let x = gelu(&e.conv1.forward(mel)?)?;
-    let x = gelu(&e.conv2.forward(&x)?)?;
+    let x = split_gelu(&e.conv1.forward(mel)?, &self.streams)?;
+    let x = split_gelu(&e.conv2.forward(&x)?, &self.streams)?;
     let t = x.dim(1).unwrap_or(0);
     let pos = ops::slice(
       &e.embed_positions.weight,
@@ -519,7 +676,7 @@ impl WhisperModel {
     )?;
     let mut x = ops::add(&x, &pos)?;
     for l in &e.layers {
-      x = l.forward(&x)?;
+      x = l.forward(&x, &self.streams)?;
     }
     Ok(e.layer_norm.forward(&x)?)
   }
@@ -571,6 +728,48 @@ impl WhisperModel {
     Ok(d.layer_norm.forward(&x)?)
   }
 
+  /// [`WhisperModel::decode_hidden`] that also returns every decoder
+  /// layer's cross-attention scores (pre-softmax `q k^T / sqrt(d_head)`,
+  /// `[B, heads, n, frames]`): the input of word-level alignment (python
+  /// `whisper.timing.find_alignment`'s QK hooks).
+  pub fn decode_hidden_with_cross_qk(
+    &self,
+    tokens: &Array,
+    state: &mut DecoderState,
+  ) -> Result<(Array, Vec<Array>)> {
+    let c = &self.config;
+    let n = tokens.dim(1).unwrap_or(0);
+    if tokens.ndim() != 2 || n == 0 {
+      return Err(Error::InvalidArgument(format!(
+        "decode: expected tokens [batch, n>0], got {:?}",
+        tokens.shape()
+      )));
+    }
+    if state.offset + n > c.n_text_ctx {
+      return Err(Error::InvalidArgument(format!(
+        "decode: {} + {n} positions exceed the decoder context of {}",
+        state.offset, c.n_text_ctx
+      )));
+    }
+    let d = &self.model.decoder;
+    let emb = d.embed_tokens.forward(tokens)?;
+    let pos = ops::slice(
+      &d.embed_positions.weight,
+      &[state.offset, 0],
+      &[state.offset + n, c.n_text_state],
+      &[1, 1],
+    )?;
+    let mut x = ops::add(&emb, &pos)?;
+    let mut qks = Vec::with_capacity(d.layers.len());
+    for (i, l) in d.layers.iter().enumerate() {
+      let (y, qk) = l.forward_qk(&x, &state.cross[i], &mut state.caches[i])?;
+      x = y;
+      qks.push(qk);
+    }
+    state.offset += n;
+    Ok((d.layer_norm.forward(&x)?, qks))
+  }
+
   /// Vocabulary logits of hidden states (`x @ embed_tokens.T`, the tied
   /// `proj_out`).
   pub fn logits(&self, hidden: &Array) -> Result<Array> {
@@ -583,6 +782,7 @@ impl WhisperModel {
   /// Lay out the output projection (done by the loaders after the weights
   /// are in place).
   fn prepare(&mut self) -> Result<()> {
+    self.streams = cpu_streams()?;
     let e = &self.model.decoder.embed_tokens;
     if e.quant.is_none() {
       let mut p = ops::contiguous(&ops::transpose(&e.weight)?, false)?;
@@ -598,6 +798,27 @@ impl WhisperModel {
     let h = self.decode_hidden(tokens, state)?;
     self.logits(&h)
   }
+}
+
+/// The extra CPU streams for the encoder: one per core beyond the first
+/// (at most 3) when the default device is the CPU.
+fn cpu_streams() -> Result<Vec<Stream>> {
+  let dev = Device::default_device()?;
+  if dev.kind != DeviceType::Cpu {
+    return Ok(Vec::new());
+  }
+  let total = match std::env::var("MLXRS_WHISPER_CPU_STREAMS") {
+    Ok(v) => v.trim().parse::<usize>().map_err(|_| {
+      Error::InvalidArgument(format!(
+        "MLXRS_WHISPER_CPU_STREAMS={v:?}: expected a number of streams (1 = off)"
+      ))
+    })?,
+    Err(_) => std::thread::available_parallelism()
+      .map(|n| n.get())
+      .unwrap_or(1)
+      .min(4),
+  };
+  (1..total.max(1)).map(|_| Ok(Stream::new(dev)?)).collect()
 }
 
 /// Which kind of folder a model came from.
@@ -824,7 +1045,11 @@ fn ct2_to_hf(ct: &Ct2Model, cfg: &Value) -> Result<(WhisperConfig, HashMap<Strin
     n_text_ffn: ffn("decoder")?,
     suppress_tokens: ids("suppress_ids"),
     begin_suppress_tokens: ids("suppress_ids_begin"),
+    alignment_heads: Vec::new(),
   };
+  let mut config = config;
+  config.alignment_heads = heads_from_json(cfg.get("alignment_heads"))
+    .unwrap_or_else(|| default_alignment_heads(config.n_text_layer, config.n_text_head));
   config.check()?;
   if let Some(v) = ct
     .variables

@@ -50,6 +50,10 @@ pub struct TranscribeArgs {
   /// Decode text only: one segment per 30 s window.
   #[arg(long = "without-timestamps")]
   pub without_timestamps: bool,
+  /// Word-level timestamps (cross-attention DTW, python
+  /// `word_timestamps=True`): words in json, one srt / vtt cue per word.
+  #[arg(long = "word-timestamps")]
+  pub word_timestamps: bool,
   /// Treat a window as silent above this `<|nospeech|>` probability.
   #[arg(long = "no-speech-threshold", default_value_t = 0.6)]
   pub no_speech_threshold: f32,
@@ -85,6 +89,23 @@ fn timestamp(seconds: f64, always_hours: bool, marker: char) -> String {
   }
 }
 
+/// The cues of srt / vtt output: one per segment, or one per word when the
+/// segments carry words.
+fn cues(t: &Transcription) -> Vec<(f64, f64, String)> {
+  let mut out = Vec::new();
+  for s in &t.segments {
+    match &s.words {
+      Some(words) if !words.is_empty() => out.extend(
+        words
+          .iter()
+          .map(|w| (w.start, w.end, w.word.trim().to_string())),
+      ),
+      _ => out.push((s.start, s.end, s.text.trim().to_string())),
+    }
+  }
+  out
+}
+
 /// Render a transcription in `format`.
 pub fn render(t: &Transcription, format: &str) -> Result<String> {
   let mut out = String::new();
@@ -96,24 +117,24 @@ pub fn render(t: &Transcription, format: &str) -> Result<String> {
       }
     }
     "srt" => {
-      for (i, s) in t.segments.iter().enumerate() {
+      for (i, (start, end, text)) in cues(t).into_iter().enumerate() {
         out.push_str(&format!(
           "{}\n{} --> {}\n{}\n\n",
           i + 1,
-          timestamp(s.start, true, ','),
-          timestamp(s.end, true, ','),
-          s.text.trim().replace("-->", "->")
+          timestamp(start, true, ','),
+          timestamp(end, true, ','),
+          text.replace("-->", "->")
         ));
       }
     }
     "vtt" => {
       out.push_str("WEBVTT\n\n");
-      for s in &t.segments {
+      for (start, end, text) in cues(t) {
         out.push_str(&format!(
           "{} --> {}\n{}\n\n",
-          timestamp(s.start, false, '.'),
-          timestamp(s.end, false, '.'),
-          s.text.trim().replace("-->", "->")
+          timestamp(start, false, '.'),
+          timestamp(end, false, '.'),
+          text.replace("-->", "->")
         ));
       }
     }
@@ -142,6 +163,7 @@ fn options(a: &TranscribeArgs) -> Result<TranscribeOptions> {
     initial_prompt: a.initial_prompt.clone(),
     condition_on_previous_text: a.condition_on_previous_text,
     without_timestamps: a.without_timestamps,
+    word_timestamps: a.word_timestamps,
     no_speech_threshold: Some(a.no_speech_threshold),
     compression_ratio_threshold: Some(a.compression_ratio_threshold),
     log_prob_threshold: Some(a.logprob_threshold),
@@ -240,5 +262,48 @@ mod tests {
     assert_eq!(timestamp(3725.5, true, ','), "01:02:05,500");
     assert_eq!(timestamp(65.004, false, '.'), "01:05.004");
     assert_eq!(timestamp(3600.0, false, '.'), "01:00:00.000");
+  }
+
+  #[test]
+  fn word_cues_in_srt_and_vtt() {
+    let w = |word: &str, start, end| mlxrs_audio::Word {
+      word: word.into(),
+      start,
+      end,
+      probability: 0.9,
+    };
+    let seg = Segment {
+      id: 1,
+      seek: 0,
+      start: 0.0,
+      end: 1.0,
+      text: " Hello there.".into(),
+      tokens: vec![],
+      temperature: 0.0,
+      avg_logprob: -0.1,
+      compression_ratio: 1.0,
+      no_speech_prob: 0.0,
+      words: Some(vec![w(" Hello", 0.0, 0.42), w(" there.", 0.42, 1.0)]),
+    };
+    let t = Transcription {
+      segments: vec![seg],
+      language: "en".into(),
+      language_probability: 1.0,
+      duration: 1.0,
+    };
+    let srt = render(&t, "srt").unwrap();
+    assert_eq!(
+      srt,
+      "1\n00:00:00,000 --> 00:00:00,420\nHello\n\n2\n00:00:00,420 --> 00:00:01,000\nthere.\n\n"
+    );
+    assert!(
+      render(&t, "vtt")
+        .unwrap()
+        .contains("00:00.420 --> 00:01.000\nthere.")
+    );
+    let json: serde_json::Value = serde_json::from_str(&render(&t, "json").unwrap()).unwrap();
+    let w0 = &json["segments"][0]["words"][0];
+    assert_eq!(w0["word"], " Hello");
+    assert_eq!(w0["end"], 0.42);
   }
 }
