@@ -52,9 +52,10 @@ echo "file,engine,audio_s,transcribe_s,rtf"
 mlxrs_row() {  # $1 file, $2 engine label, $3 MLXRS_WHISPER_CPU_STREAMS ("" = default)
   local env=()
   [ -n "$3" ] && env=(env MLXRS_WHISPER_CPU_STREAMS="$3")
-  # Warm-up run (page cache, MLX kernels), then the timed one.
-  "${env[@]}" "$BIN" --model "$MODEL" --temperature 0 --json "$1" >/dev/null
-  "${env[@]}" "$BIN" --model "$MODEL" --temperature 0 --json "$1" | "$PY" -c '
+  # The file twice in one process: the first run warms up (page cache, MLX
+  # kernels: the CUDA backend compiles kernels on first use), the second,
+  # the last JSON line, is timed.
+  "${env[@]}" "$BIN" --model "$MODEL" --temperature 0 --json "$1" "$1" | tail -1 | "$PY" -c '
 import json, sys
 r = json.loads(sys.stdin.readline())
 print("%s,%s,%.2f,%.3f,%.4f" % (sys.argv[1], sys.argv[2], r["duration"], r["transcribe_seconds"], r["real_time_factor"]))' "$1" "$2"
