@@ -80,7 +80,7 @@ if "$PY" -c "import mlx_embeddings" 2>/dev/null; then
   if [ "${MLX_PY_OPENBLAS:-1}" != 0 ]; then
     PRELOAD="$(ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 /{print $NF}' | head -1)"
   fi
-  echo "bench_embed: mlx-embeddings with ${PRELOAD:+LD_PRELOAD=$PRELOAD}${PRELOAD:-the BLAS the wheel bundles}"
+  echo "bench_embed: mlx-embeddings with ${PRELOAD:+LD_PRELOAD=}${PRELOAD:-the BLAS the wheel bundles}"
   MLX_JSON="$(LD_PRELOAD="$PRELOAD" "$PY" scripts/bench_embed_py.py mlx "$MODEL" "$SENTS" "$BATCH" "$THREADS" 2>/dev/null || true)"
 fi
 
