@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Leak check: mlxrs-core's tests under valgrind memcheck.
 #
-#   scripts/leak_check.sh                      # lib unit tests, ops_smoke, differential, gguf
+#   scripts/leak_check.sh                      # lib, ops_smoke, differential, gguf, indexing, io_stream, export_kwargs
 #   scripts/leak_check.sh differential gguf    # only these test targets ("lib" = unit tests)
 #
 # Each test binary runs single-threaded under
@@ -29,7 +29,7 @@ fi
 
 tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
-  tests=(lib ops_smoke differential gguf)
+  tests=(lib ops_smoke differential gguf indexing io_stream export_kwargs)
 fi
 
 out=target/leak-check
