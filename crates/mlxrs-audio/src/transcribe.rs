@@ -102,6 +102,15 @@ pub struct TranscribeOptions {
   pub prepend_punctuations: String,
   /// With `word_timestamps`: punctuation merged into the previous word.
   pub append_punctuations: String,
+  /// Where greedy / sampled decoding applies the token rules (no python
+  /// equivalent: mlx-whisper always filters on the device):
+  /// `Some(true)` with MLX ops on the device, reading back only the chosen
+  /// token; `Some(false)` on a host copy of each step's logits; `None`
+  /// (default): `MLXRS_WHISPER_HOST_RULES=1` / `=0` picks host / device,
+  /// unset picks the device on a GPU and the host on the CPU backend (where
+  /// MLX's elementwise `exp` over the 51864 logits costs more than Rust's).
+  /// Both give the same tokens; beam search always uses the host.
+  pub rules_on_device: Option<bool>,
 }
 
 impl Default for TranscribeOptions {
@@ -130,6 +139,7 @@ impl Default for TranscribeOptions {
       word_timestamps: false,
       prepend_punctuations: "\"'“¿([{-".into(),
       append_punctuations: "\"'.。,，!！?？:：”)]}、".into(),
+      rules_on_device: None,
     }
   }
 }
@@ -214,6 +224,9 @@ pub struct GenerateParams {
   pub suppress_tokens: Vec<u32>,
   /// Index of the latest allowed first timestamp (`round(1.0 / 0.02)`).
   pub max_initial_timestamp_index: usize,
+  /// Greedy / sampled decoding applies the rules on the device (see
+  /// [`TranscribeOptions::rules_on_device`]); beam search ignores it.
+  pub rules_on_device: bool,
 }
 
 /// A small, seeded generator (splitmix64) for sampling.
@@ -339,6 +352,242 @@ impl Rules<'_> {
   }
 }
 
+/// The timestamp rules of one step as index bounds (what
+/// [`Rules::apply`] disables, without the static suppression): text ids
+/// `[0, text_below)`, timestamps `[timestamp_begin, ts_below)` and
+/// `[from, vocab)`; `check`: then apply the "timestamps more likely than
+/// any text token" rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bounds {
+  text_below: usize,
+  ts_below: usize,
+  from: usize,
+  check: bool,
+}
+
+impl Rules<'_> {
+  /// [`Rules::apply`]'s sequence-dependent part as [`Bounds`] (same
+  /// branches, same order), for the device path.
+  fn bounds(&self, step: usize, seq: &[u32]) -> Bounds {
+    let tb = self.sp.timestamp_begin() as usize;
+    let end = self.vocab;
+    let mut b = Bounds {
+      text_below: 0,
+      ts_below: tb,
+      from: end,
+      check: false,
+    };
+    if !self.timestamps {
+      return b;
+    }
+    let eot = self.sp.eot as usize;
+    let sample_begin = self.prefix_len;
+    if step == sample_begin && step == 0 {
+      b.text_below = tb;
+      b.from = (tb + self.params.max_initial_timestamp_index + 1).min(end);
+    } else if step > sample_begin {
+      let last = seq[step - 1] as usize;
+      if last >= tb {
+        let penult = if step - 1 > sample_begin {
+          seq[step - 2] as usize
+        } else {
+          last
+        };
+        if penult >= tb {
+          b.ts_below = end;
+        } else {
+          b.text_below = eot;
+          b.ts_below = last;
+          b.check = true;
+        }
+      } else {
+        b.check = true;
+        for t in (sample_begin..step).rev() {
+          let tok = seq[t] as usize;
+          if tok >= tb {
+            b.ts_below = tok + 1;
+            break;
+          }
+        }
+      }
+    }
+    b.check &= tb < self.vocab;
+    b
+  }
+}
+
+/// `x - logsumexp(x)` on the device (`x`: `[vocab]`).
+fn log_softmax_dev(x: &Array) -> Result<Array> {
+  Ok(ops::subtract(x, &ops::logsumexp_axis(x, 0, true)?)?)
+}
+
+/// [`Rules`] as MLX ops: the decoding rules run on the device and only the
+/// chosen token and its log-probability (plus `P(<|nospeech|>)` at the
+/// first step) come back to the host, as python mlx-whisper keeps its logit
+/// filters on the device. Token-for-token the same choices as
+/// [`Rules::apply`] + host `log_softmax` / argmax (the old path, kept
+/// behind `MLXRS_WHISPER_HOST_RULES=1`).
+struct DeviceRules {
+  vocab: usize,
+  tb: usize,
+  /// Token ids `[vocab]` (int32).
+  idx: Array,
+  /// Token ids with the text ids replaced by `i32::MAX`, so that
+  /// `ts_idx < b` selects the timestamps `[timestamp_begin, b)`.
+  ts_idx: Array,
+  /// Text ids (`id < timestamp_begin`, bool `[vocab]`).
+  text: Array,
+  /// Suppressed at every step (bool `[vocab]`): `suppress_tokens` and, with
+  /// timestamps, `<|notimestamps|>`.
+  always: Array,
+  /// `always` plus `begin_suppress_tokens` (the first sampled step with
+  /// `suppress_blank`).
+  first: Array,
+  /// The value of a suppressed logit (`f32::MIN`, as the host path).
+  disabled: Array,
+}
+
+impl DeviceRules {
+  fn new(rules: &Rules<'_>) -> Result<DeviceRules> {
+    let vocab = rules.vocab;
+    let tb = rules.sp.timestamp_begin() as usize;
+    let ids: Vec<i32> = (0..vocab as i32).collect();
+    let ts_ids: Vec<i32> = ids
+      .iter()
+      .map(|&i| if (i as usize) < tb { i32::MAX } else { i })
+      .collect();
+    let text: Vec<bool> = (0..vocab).map(|i| i < tb).collect();
+    let mut always = vec![false; vocab];
+    for &t in &rules.params.suppress_tokens {
+      if let Some(v) = always.get_mut(t as usize) {
+        *v = true;
+      }
+    }
+    if rules.timestamps {
+      if let Some(v) = always.get_mut(rules.sp.no_timestamps as usize) {
+        *v = true;
+      }
+    }
+    let mut first = always.clone();
+    for &t in rules.begin_suppress {
+      if let Some(v) = first.get_mut(t as usize) {
+        *v = true;
+      }
+    }
+    let n = [vocab as i32];
+    Ok(DeviceRules {
+      vocab,
+      tb,
+      idx: Array::from_slice(&ids, &n)?,
+      ts_idx: Array::from_slice(&ts_ids, &n)?,
+      text: Array::from_slice(&text, &n)?,
+      always: Array::from_slice(&always, &n)?,
+      first: Array::from_slice(&first, &n)?,
+      disabled: Array::scalar(DISABLED),
+    })
+  }
+
+  /// The log-probabilities `[vocab]` after the rules of `step` (python
+  /// `log_softmax(rules(logits))`), lazily; `logits`: `[vocab]` float32.
+  fn log_probs(
+    &self,
+    rules: &Rules<'_>,
+    step: usize,
+    seq: &[u32],
+    logits: &Array,
+  ) -> Result<Array> {
+    let b = rules.bounds(step, seq);
+    let first = rules.params.suppress_blank && step == rules.prefix_len;
+    let mut m = if first {
+      self.first.clone()
+    } else {
+      self.always.clone()
+    };
+    let thr = |v: usize| Array::scalar(v.min(i32::MAX as usize) as i32);
+    if b.text_below > 0 {
+      m = ops::logical_or(&m, &ops::less(&self.idx, &thr(b.text_below))?)?;
+    }
+    if b.ts_below > self.tb {
+      m = ops::logical_or(&m, &ops::less(&self.ts_idx, &thr(b.ts_below))?)?;
+    }
+    if b.from < self.vocab {
+      m = ops::logical_or(&m, &ops::greater_equal(&self.idx, &thr(b.from))?)?;
+    }
+    let mut x = ops::where_(&m, &self.disabled, logits)?;
+    if b.check {
+      let lp = log_softmax_dev(&x)?;
+      let (v, tb) = (self.vocab as i32, self.tb as i32);
+      let ts = ops::logsumexp_axis(&ops::slice(&lp, &[tb], &[v], &[1])?, 0, false)?;
+      let text = ops::max_axis(&ops::slice(&lp, &[0], &[tb], &[1])?, 0, false)?;
+      let off = ops::logical_and(&ops::greater(&ts, &text)?, &self.text)?;
+      x = ops::where_(&off, &self.disabled, &x)?;
+    }
+    log_softmax_dev(&x)
+  }
+}
+
+/// The running sum of `probs` (`[vocab]`, float32) in id order, padded with
+/// the total to a multiple of [`CDF_BLOCK`]: float32 sums within blocks of
+/// `CDF_BLOCK` ids, then over the block totals, which keeps the rounding
+/// near the host's float64 running sum (a plain float32 running sum over
+/// 51864 ids drifts by ~1e-4, enough to move a sampled id).
+fn blocked_cdf(probs: &Array, vocab: usize) -> Result<Array> {
+  let nb = vocab.div_ceil(CDF_BLOCK);
+  let pad = nb * CDF_BLOCK - vocab;
+  let x = if pad > 0 {
+    let z = ops::zeros(&[pad as i32], mlxrs_core::Dtype::Float32)?;
+    ops::concatenate(&[probs.clone(), z])?
+  } else {
+    probs.clone()
+  };
+  let x = ops::reshape(&x, &[nb as i32, CDF_BLOCK as i32])?;
+  let inner = ops::cumsum_axis(&x, 1, false, true, None)?;
+  let totals = ops::sum_axis(&x, 1, true)?;
+  let before = ops::cumsum_axis(&totals, 0, false, false, None)?;
+  Ok(ops::reshape(&ops::add(&inner, &before)?, &[-1])?)
+}
+
+/// The first id whose running probability exceeds `u` (as an int32 0-d
+/// array), or the argmax of `logp` when rounding leaves the total at or
+/// below `u`: the host sampler's inverse-CDF pick, on the device.
+fn sample_dev(logp: &Array, vocab: usize, u: f64) -> Result<Array> {
+  let cdf = blocked_cdf(&ops::exp(logp)?, vocab)?;
+  let u = Array::scalar(u as f32);
+  let below = ops::astype(&ops::less_equal(&cdf, &u)?, mlxrs_core::Dtype::Int32)?;
+  let pick = ops::sum_axis(&below, 0, false)?;
+  let best = ops::astype(&ops::argmax(logp, false)?, mlxrs_core::Dtype::Int32)?;
+  Ok(ops::where_(
+    &ops::less(&pick, &Array::scalar(vocab as i32))?,
+    &pick,
+    &best,
+  )?)
+}
+
+/// Ids per block of [`DeviceRules::cdf`].
+const CDF_BLOCK: usize = 64;
+
+/// [`TranscribeOptions::rules_on_device`] resolved: the option, else
+/// `MLXRS_WHISPER_HOST_RULES` (`1`: host, `0`: device), else the device
+/// unless MLX's default device is the CPU.
+fn rules_on_device(opt: Option<bool>) -> Result<bool> {
+  if let Some(b) = opt {
+    return Ok(b);
+  }
+  match std::env::var("MLXRS_WHISPER_HOST_RULES") {
+    Ok(v) => match v.trim() {
+      "1" => Ok(false),
+      "0" => Ok(true),
+      _ => Err(Error::InvalidArgument(format!(
+        "MLXRS_WHISPER_HOST_RULES={v:?}: expected 1 (rules on the host) or 0 (on the device)"
+      ))),
+    },
+    Err(_) => {
+      let d = mlxrs_core::Device::default_device()?;
+      Ok(d.kind != mlxrs_core::DeviceType::Cpu)
+    }
+  }
+}
+
 /// The sot-sequence end of `prompt`: (index of sot, prompt length up to
 /// and including the last special token).
 fn prompt_layout(prompt: &[u32], sp: &SpecialTokens) -> Result<(usize, usize)> {
@@ -357,6 +606,15 @@ fn last_logits(model: &WhisperModel, hidden: &Array, pos: i32) -> Result<Vec<f32
   let h = ops::slice(hidden, &[0, pos, 0], &[1, pos + 1, d], &[1, 1, 1])?;
   let mut l = model.logits(&h)?;
   Ok(l.to_vec::<f32>()?)
+}
+
+/// The logits `[vocab]` (float32, on the device) at position `pos` of `hidden`.
+fn logits_row(model: &WhisperModel, hidden: &Array, pos: i32) -> Result<Array> {
+  let d = hidden.dim(2).unwrap_or(0);
+  let h = ops::slice(hidden, &[0, pos, 0], &[1, pos + 1, d], &[1, 1, 1])?;
+  let l = model.logits(&h)?;
+  let l = ops::reshape(&l, &[-1])?;
+  Ok(ops::astype(&l, mlxrs_core::Dtype::Float32)?)
 }
 
 fn feed(model: &WhisperModel, tokens: &[u32], state: &mut DecoderState) -> Result<Array> {
@@ -415,6 +673,11 @@ pub fn generate(
     prefix_len: prefix.len(),
     vocab,
   };
+  let dev = if params.rules_on_device {
+    Some(DeviceRules::new(&rules)?)
+  } else {
+    None
+  };
   let ctx_left = (model.config.n_text_ctx as usize).saturating_sub(start_step);
   let max_steps = (prefix.len() + max_length).min(ctx_left);
   if params.temperature > 0.0 {
@@ -428,6 +691,7 @@ pub fn generate(
       let (g, nsp) = greedy(
         model,
         &rules,
+        dev.as_ref(),
         &mut st,
         start,
         &prefix,
@@ -471,6 +735,7 @@ pub fn generate(
   let (mut g, nsp) = greedy(
     model,
     &rules,
+    dev.as_ref(),
     &mut state,
     start,
     &prefix,
@@ -483,8 +748,121 @@ pub fn generate(
   Ok(vec![g])
 }
 
+/// Greedy / sampled decoding of one hypothesis: with `dev` the rules run on
+/// the device ([`greedy_device`]), else on host copies of the logits.
 #[allow(clippy::too_many_arguments)]
 fn greedy(
+  model: &WhisperModel,
+  rules: &Rules<'_>,
+  dev: Option<&DeviceRules>,
+  state: &mut DecoderState,
+  start: u32,
+  prefix: &[u32],
+  max_steps: usize,
+  params: &GenerateParams,
+  sot_is_start: bool,
+  rng: Option<&mut Rng>,
+) -> Result<(Generation, f32)> {
+  match dev {
+    Some(d) => greedy_device(
+      model,
+      rules,
+      d,
+      state,
+      start,
+      prefix,
+      max_steps,
+      params,
+      sot_is_start,
+      rng,
+    ),
+    None => greedy_host(
+      model,
+      rules,
+      state,
+      start,
+      prefix,
+      max_steps,
+      params,
+      sot_is_start,
+      rng,
+    ),
+  }
+}
+
+/// [`greedy`] with the rules on the device: per step only the chosen token,
+/// its log-probability and (first step) `P(<|nospeech|>)` are read back.
+#[allow(clippy::too_many_arguments)]
+fn greedy_device(
+  model: &WhisperModel,
+  rules: &Rules<'_>,
+  dev: &DeviceRules,
+  state: &mut DecoderState,
+  start: u32,
+  prefix: &[u32],
+  max_steps: usize,
+  params: &GenerateParams,
+  sot_is_start: bool,
+  mut rng: Option<&mut Rng>,
+) -> Result<(Generation, f32)> {
+  let sp = rules.sp;
+  let mut seq: Vec<u32> = Vec::new();
+  let mut hyp: Vec<u32> = Vec::new();
+  let mut score = 0f32;
+  let mut no_speech = 0f32;
+  let mut input = start;
+  for step in 0..max_steps {
+    let h = feed(model, &[input], state)?;
+    let logits = logits_row(model, &h, 0)?;
+    let lp = dev.log_probs(rules, step, &seq, &logits)?;
+    let tok = if step < prefix.len() {
+      Array::scalar(prefix[step] as i32)
+    } else if let Some(r) = rng.as_deref_mut() {
+      // Inverse-CDF sampling of softmax(lp / t) with the host's uniform draw.
+      let t = Array::scalar(params.temperature.max(1e-6));
+      let p = log_softmax_dev(&ops::divide(&lp, &t)?)?;
+      sample_dev(&p, dev.vocab, r.next_f64())?
+    } else {
+      ops::astype(&ops::argmax(&lp, false)?, mlxrs_core::Dtype::Int32)?
+    };
+    let tok_lp = ops::take(&lp, &tok)?;
+    let mut parts = vec![ops::astype(&tok, mlxrs_core::Dtype::Float32)?, tok_lp];
+    if step == 0 && sot_is_start {
+      let ns = Array::scalar(sp.no_speech as i32);
+      parts.push(ops::exp(&ops::take(&log_softmax_dev(&logits)?, &ns)?)?);
+    }
+    let vals = ops::stack(&parts)?.to_vec::<f32>()?;
+    let tok = vals[0] as u32;
+    if let Some(&ns) = vals.get(2) {
+      no_speech = ns;
+    }
+    seq.push(tok);
+    score += vals[1];
+    let is_eot = tok == sp.eot;
+    if !is_eot && step >= prefix.len() {
+      hyp.push(tok);
+    }
+    if is_eot && step >= prefix.len() {
+      break;
+    }
+    input = tok;
+  }
+  let len = hyp.len() as f32;
+  let score = score / len.powf(params.length_penalty);
+  Ok((
+    Generation {
+      tokens: hyp,
+      score,
+      no_speech_prob: 0.0,
+    },
+    no_speech,
+  ))
+}
+
+/// [`greedy`] with the rules on a host copy of each step's logits (the path
+/// before [`greedy_device`]; `MLXRS_WHISPER_HOST_RULES=1`).
+#[allow(clippy::too_many_arguments)]
+fn greedy_host(
   model: &WhisperModel,
   rules: &Rules<'_>,
   state: &mut DecoderState,
@@ -947,6 +1325,7 @@ impl Whisper {
     let suppress = self.suppressed_tokens(&opts.suppress_tokens)?;
     let max_initial_timestamp_index =
       (f64::from(opts.max_initial_timestamp) / 0.02).round() as usize;
+    let on_device = rules_on_device(opts.rules_on_device)?;
 
     let mut all_tokens: Vec<u32> = Vec::new();
     if let Some(p) = &opts.initial_prompt {
@@ -1012,6 +1391,7 @@ impl Whisper {
           suppress_blank: opts.suppress_blank,
           suppress_tokens: suppress.clone(),
           max_initial_timestamp_index,
+          rules_on_device: on_device,
         };
         let seed = opts
           .seed
@@ -1217,6 +1597,115 @@ mod tests {
     assert!((r - 23.0 / 16.0).abs() < 1e-12, "{r}");
   }
 
+  /// The device rules disable the same ids and give the same argmax and
+  /// log-probabilities (within float rounding) as the host rules, over
+  /// random logits and sequences of a small vocabulary: every branch of
+  /// the timestamp rules, the begin suppression and the
+  /// timestamps-more-likely check both ways.
+  #[test]
+  fn device_rules_match_host() {
+    let sp = SpecialTokens {
+      eot: 40,
+      sot: 41,
+      translate: 42,
+      transcribe: 43,
+      sot_lm: 44,
+      sot_prev: 45,
+      no_speech: 46,
+      no_timestamps: 47,
+      languages: Vec::new(),
+    };
+    let tb = sp.timestamp_begin();
+    let vocab = 100usize;
+    let mut rng = Rng(7);
+    let mut cases = 0;
+    let mut checked_off = 0;
+    for (timestamps, prefix_len, suppress_blank) in [
+      (true, 0, true),
+      (true, 2, true),
+      (false, 0, true),
+      (true, 0, false),
+    ] {
+      let params = GenerateParams {
+        beam_size: 1,
+        patience: 1.0,
+        length_penalty: 1.0,
+        max_length: 64,
+        temperature: 0.0,
+        num_hypotheses: 1,
+        suppress_blank,
+        suppress_tokens: vec![3, 17, sp.sot, sp.no_speech],
+        max_initial_timestamp_index: 10,
+        rules_on_device: true,
+      };
+      let begin = [5u32, sp.eot];
+      let rules = Rules {
+        sp: &sp,
+        params: &params,
+        begin_suppress: &begin,
+        timestamps,
+        prefix_len,
+        vocab,
+      };
+      let dev = DeviceRules::new(&rules).unwrap();
+      for _ in 0..150 {
+        let len = (rng.next_f64() * 7.0) as usize;
+        let seq: Vec<u32> = (0..len)
+          .map(|_| {
+            if rng.next_f64() < 0.5 {
+              tb + (rng.next_f64() * (vocab as u32 - tb) as f64) as u32
+            } else {
+              (rng.next_f64() * 40.0) as u32
+            }
+          })
+          .collect();
+        // Timestamp logits high half of the time, so the check goes both ways.
+        let ts_boost = if rng.next_f64() < 0.5 { 3.0 } else { 0.0 };
+        let logits: Vec<f32> = (0..vocab)
+          .map(|i| {
+            let b = if i >= tb as usize { ts_boost } else { 0.0 };
+            (rng.next_f64() * 6.0 - 3.0) as f32 + b
+          })
+          .collect();
+        let step = seq.len();
+        let mut host = logits.clone();
+        rules.apply(step, &seq, &mut host);
+        let hlp = log_softmax(&host);
+        let x = Array::from_slice(&logits, &[vocab as i32]).unwrap();
+        let dlp = dev
+          .log_probs(&rules, step, &seq, &x)
+          .unwrap()
+          .to_vec::<f32>()
+          .unwrap();
+        for i in 0..vocab {
+          let (h, d) = (host[i] == DISABLED, dlp[i] < -1e30);
+          assert_eq!(
+            h, d,
+            "id {i} step {step} seq {seq:?} ts {timestamps} prefix {prefix_len}"
+          );
+          if !h {
+            assert!(
+              (hlp[i] - dlp[i]).abs() < 1e-5,
+              "id {i}: {} vs {}",
+              hlp[i],
+              dlp[i]
+            );
+          }
+        }
+        assert_eq!(argmax(&hlp), argmax(&dlp), "seq {seq:?}");
+        if rules.bounds(step, &seq).check && host[..tb as usize].iter().all(|&v| v == DISABLED) {
+          checked_off += 1;
+        }
+        cases += 1;
+      }
+    }
+    assert_eq!(cases, 600);
+    assert!(
+      checked_off > 10,
+      "the timestamp check fired {checked_off} times"
+    );
+  }
+
   #[test]
   fn split_mirrors_python() {
     let tb = 100;
@@ -1232,5 +1721,42 @@ mod tests {
     let s = split_by_timestamps(tb, &toks, 0.0, 3000, 30.0, 0);
     assert_eq!(s.segments.len(), 1);
     assert_eq!(s.seek, 100);
+  }
+
+  /// The device sampler picks the host sampler's id (float64 running sum)
+  /// for the same uniform draws, on flat distributions over the full
+  /// 51864-id vocabulary, the hardest case for float32 rounding.
+  #[test]
+  fn device_sampling_matches_host() {
+    let vocab = 51864usize;
+    let mut rng = Rng(3);
+    let logits: Vec<f32> = (0..vocab)
+      .map(|_| (rng.next_f64() * 20.0 - 10.0) as f32)
+      .collect();
+    let lp = log_softmax(&logits);
+    let lpa = Array::from_slice(&lp, &[vocab as i32]).unwrap();
+    for t in [1.0f32, 0.4] {
+      let scaled: Vec<f32> = lp.iter().map(|v| v / t).collect();
+      let p = log_softmax(&scaled);
+      let pd = log_softmax_dev(&ops::divide(&lpa, &Array::scalar(t)).unwrap()).unwrap();
+      for _ in 0..20 {
+        let u = rng.next_f64();
+        let mut acc = 0f64;
+        let mut pick = argmax(&p);
+        for (i, v) in p.iter().enumerate() {
+          acc += f64::from(v.exp());
+          if acc > u {
+            pick = i;
+            break;
+          }
+        }
+        let got = sample_dev(&pd, vocab, u).unwrap().item::<i32>().unwrap();
+        assert_eq!(got as usize, pick, "t {t} u {u}");
+      }
+    }
+    // Past the total: the argmax.
+    let all = log_softmax_dev(&lpa).unwrap();
+    let got = sample_dev(&all, vocab, 1.5).unwrap().item::<i32>().unwrap();
+    assert_eq!(got as usize, argmax(&lp));
   }
 }

@@ -1,17 +1,20 @@
 //! Whisper tiny.en (real weights, CTranslate2 format) against
 //! faster-whisper's greedy transcripts of the committed espeak-ng clips
 //! (`scripts/make_whisper_refs.py`): tokens and segment timestamps must be
-//! equal (greedy runs, and one beam_size=5 run).
+//! equal (greedy runs, and one beam_size=5 run), with the decoding rules
+//! applied on the device and, separately, on the host
+//! (`TranscribeOptions::rules_on_device`).
 
 mod common;
 
 use mlxrs_audio::{TranscribeOptions, Whisper, load_audio};
 use serde_json::Value;
 
-fn options(v: &Value) -> TranscribeOptions {
+fn options(v: &Value, on_device: bool) -> TranscribeOptions {
   let mut o = TranscribeOptions {
     beam_size: 1,
     temperatures: vec![0.0],
+    rules_on_device: Some(on_device),
     ..TranscribeOptions::default()
   };
   if let Some(b) = v.get("condition_on_previous_text").and_then(Value::as_bool) {
@@ -31,6 +34,15 @@ fn options(v: &Value) -> TranscribeOptions {
 
 #[test]
 fn greedy_matches_faster_whisper() {
+  check_against_reference(true);
+}
+
+#[test]
+fn greedy_matches_faster_whisper_host_rules() {
+  check_against_reference(false);
+}
+
+fn check_against_reference(on_device: bool) {
   let model = Whisper::load(common::tiny_en()).unwrap();
   let refs: Value = serde_json::from_str(
     &std::fs::read_to_string(common::data().join("transcripts.json")).unwrap(),
@@ -45,7 +57,9 @@ fn greedy_matches_faster_whisper() {
     let variant = run["variant"].as_str().unwrap();
     let audio = load_audio(common::data().join(format!("audio/{clip}.wav"))).unwrap();
     let t0 = std::time::Instant::now();
-    let got = model.transcribe(&audio, &options(&run["options"])).unwrap();
+    let got = model
+      .transcribe(&audio, &options(&run["options"], on_device))
+      .unwrap();
     let want = run["segments"].as_array().unwrap();
     eprintln!(
       "{clip}/{variant}: {} segments (want {}), {:.2} s for {:.2} s of audio",
@@ -108,7 +122,8 @@ fn greedy_matches_faster_whisper() {
     }
   }
   eprintln!(
-    "tokens matched: {matched_tokens}/{total_tokens}; max timestamp diff {max_ts_diff:e} s"
+    "rules on the {}: tokens matched: {matched_tokens}/{total_tokens}; max timestamp diff {max_ts_diff:e} s",
+    if on_device { "device" } else { "host" }
   );
   assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

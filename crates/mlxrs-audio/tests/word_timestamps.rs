@@ -22,6 +22,8 @@ fn words_match_faster_whisper() {
   let opts = TranscribeOptions {
     temperatures: vec![0.0],
     word_timestamps: true,
+    // The device rules (the GPU default); transcribe_tiny_en checks both.
+    rules_on_device: Some(true),
     ..TranscribeOptions::default()
   };
   let (mut n_words, mut exact, mut max_dt, mut max_dp) = (0usize, 0usize, 0f64, 0f64);
