@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use mlxrs_core::{Array, Dtype};
+use mlxrs_core::{Array, Dtype, ops};
 use mlxrs_lm::load::{default_dtype, load_weights};
 use mlxrs_lm::{LanguageModel, LoadedModel, ModelConfig, ModelFiles, Tokenizer};
-use mlxrs_nn::{QuantConfig, Weights};
+use mlxrs_nn::{Module, QuantConfig, Weights};
 
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
@@ -100,6 +100,19 @@ pub(crate) struct LoadedFamily {
   pub qwen_processor: Option<Qwen2VlImageProcessor>,
 }
 
+impl LoadedFamily {
+  /// A family without a Qwen2-VL image processor: its language model
+  /// ([`loaded_model`]), vision half and image token.
+  pub fn clip(lm: LoadedModel, family: Box<dyn VisionFamily>, image_token: String) -> Self {
+    LoadedFamily {
+      lm,
+      family,
+      image_token,
+      qwen_processor: None,
+    }
+  }
+}
+
 /// A family's loader: checkpoint folder, its config.json, options.
 pub(crate) type Loader = fn(&Path, ModelConfig, &LoadOptions) -> Result<LoadedFamily>;
 
@@ -127,6 +140,42 @@ pub(crate) fn finish_weights(path: &Path, w: Weights, params: Vec<Array>) -> Res
     .map_err(|e| Error::config(path.join("model.safetensors"), "<tensors>", e.to_string()))?;
   mlxrs_core::eval(&params)?;
   Ok(())
+}
+
+/// Load the language model, `vision_tower` and `multi_modal_projector`
+/// parts of a checkpoint (python `load_model` for the LLaVA-shaped
+/// families), check every tensor was used, evaluate them, and open the
+/// tokenizer. Returns the tokenizer and the image token
+/// (config.json `image_token_index`).
+pub(crate) fn load_tower_model(
+  path: &Path,
+  mut w: Weights,
+  text: &mut impl LanguageModel,
+  vision: &mut impl Module,
+  projector: &mut impl Module,
+  image_token_index: u32,
+) -> Result<(Tokenizer, String)> {
+  text.load(&mut w);
+  vision.load(&mut w, "vision_tower");
+  projector.load(&mut w, "multi_modal_projector");
+  let mut params = Vec::new();
+  text.visit(&mut |_, a| params.push(a.clone()));
+  vision.visit("", &mut |_, a| params.push(a.clone()));
+  projector.visit("", &mut |_, a| params.push(a.clone()));
+  finish_weights(path, w, params)?;
+  let tokenizer = Tokenizer::from_dir(path)?;
+  let image_token = token_name(&tokenizer, path, "image_token_index", image_token_index)?;
+  Ok((tokenizer, image_token))
+}
+
+/// The error for an image processor whose output size (`key` of
+/// preprocessor_config.json) is not the vision tower's `image_size`.
+pub(crate) fn size_mismatch(path: &Path, key: &str, got: &dyn std::fmt::Debug, size: u32) -> Error {
+  Error::config(
+    path.join("preprocessor_config.json"),
+    key,
+    format!("{got:?} does not match the vision tower's image_size {size}"),
+  )
 }
 
 /// The [`LoadedModel`] of a family's language model.
@@ -174,6 +223,53 @@ pub(crate) fn feature_rows(ids: &[u32], img_id: u32) -> Vec<i32> {
       }
     })
     .collect()
+}
+
+/// The merge step of the families whose processor fills
+/// `input.clip_pixels` (python `get_input_embeddings` up to the
+/// `masked_scatter`): `check(n_images, n_image_tokens)` validates the
+/// counts, `features` maps the NHWC pixels to `[.., hidden]` features
+/// (cached, then cast to the compute dtype), and the prompt
+/// `make(ids, features, feature_row)` goes in `slot` (`None` without
+/// images; image tokens without pixels are an error).
+pub(crate) fn set_clip_prompt<T>(
+  s: &Shared<'_>,
+  input: &VlmInput,
+  img_id: u32,
+  slot: &Arc<Mutex<Option<T>>>,
+  check: impl FnOnce(usize, usize) -> Result<()>,
+  features: impl FnOnce(&Array) -> Result<Array>,
+  make: impl FnOnce(Vec<u32>, Array, Vec<i32>) -> T,
+) -> Result<()> {
+  let ids = &input.input_ids;
+  let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
+  let state = match &input.clip_pixels {
+    None => {
+      if n_img_tokens > 0 {
+        return Err(no_pixels(n_img_tokens, s.image_token));
+      }
+      None
+    }
+    Some(pv) => {
+      check(pv.n, n_img_tokens)?;
+      let f = s.features(input, || {
+        Ok(ops::astype(&features(&pv.to_nhwc()?)?, s.dtype)?)
+      })?;
+      Some(make(ids.clone(), f, feature_rows(ids, img_id)))
+    }
+  };
+  set_slot(slot, state)
+}
+
+/// The [`set_clip_prompt`] check for `per_image` tokens per image.
+pub(crate) fn tokens_per_image(per_image: usize) -> impl FnOnce(usize, usize) -> Result<()> {
+  move |n_images, n_img_tokens| {
+    let n_feat = n_images * per_image;
+    if n_feat != n_img_tokens {
+      return Err(feature_mismatch(n_img_tokens, n_feat));
+    }
+    Ok(())
+  }
 }
 
 /// Replace the prompt a language model reads.

@@ -698,31 +698,24 @@ pub(crate) fn load(
   config: mlxrs_lm::ModelConfig,
   opts: &crate::model::LoadOptions,
 ) -> Result<crate::family::LoadedFamily> {
-  use crate::family::{finish_weights, loaded_model, open_weights, token_name};
+  use crate::family::{load_tower_model, loaded_model, open_weights, size_mismatch, token_name};
   let slot: Gemma3Slot = Arc::new(Mutex::new(None));
   let mut m = Gemma3::new(config.raw(), slot.clone())?;
-  let mut w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
-  LanguageModel::load(&mut m.text, &mut w);
-  Module::load(&mut m.vision, &mut w, "vision_tower");
-  Module::load(&mut m.projector, &mut w, "multi_modal_projector");
-  let mut params = Vec::new();
-  LanguageModel::visit(&m.text, &mut |_, a| params.push(a.clone()));
-  Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
-  Module::visit(&m.projector, "", &mut |_, a| params.push(a.clone()));
-  finish_weights(path, w, params)?;
-  let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
+  let w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
+  let (tokenizer, image_token) = load_tower_model(
+    path,
+    w,
+    &mut m.text,
+    &mut m.vision,
+    &mut m.projector,
+    m.config.image_token_index,
+  )?;
   let name = |key: &str, default: &str| -> Result<String> {
     match config.raw().get(key).and_then(Value::as_u64) {
       Some(id) => token_name(&tokenizer, path, key, id as u32),
       None => Ok(default.to_string()),
     }
   };
-  let image_token = token_name(
-    &tokenizer,
-    path,
-    "image_token_index",
-    m.config.image_token_index,
-  )?;
   let boi = name("boi_token_index", "<start_of_image>")?;
   let eoi = name("eoi_token_index", "<end_of_image>")?;
   let processor = crate::processors::ClipImageProcessor::from_dir(path)?;
@@ -740,14 +733,7 @@ pub(crate) fn load(
   }
   let size = m.config.vision.image_size as u32;
   if processor.do_resize && processor.fixed_size != Some((size, size)) {
-    return Err(Error::config(
-      path.join("preprocessor_config.json"),
-      "size",
-      format!(
-        "{:?} does not match the vision tower's image_size {size}",
-        processor.fixed_size
-      ),
-    ));
+    return Err(size_mismatch(path, "size", &processor.fixed_size, size));
   }
   let Gemma3 {
     vision,
@@ -755,9 +741,9 @@ pub(crate) fn load(
     text,
     config: gcfg,
   } = m;
-  Ok(crate::family::LoadedFamily {
-    lm: loaded_model(path, config, tokenizer, Box::new(text), opts),
-    family: Box::new(Gemma3Family {
+  Ok(crate::family::LoadedFamily::clip(
+    loaded_model(path, config, tokenizer, Box::new(text), opts),
+    Box::new(Gemma3Family {
       vision,
       projector,
       config: gcfg,
@@ -767,8 +753,7 @@ pub(crate) fn load(
       eoi,
     }),
     image_token,
-    qwen_processor: None,
-  })
+  ))
 }
 
 impl crate::family::VisionFamily for Gemma3Family {
@@ -815,34 +800,19 @@ impl crate::family::VisionFamily for Gemma3Family {
     s: &crate::family::Shared<'_>,
     input: &crate::model::VlmInput,
   ) -> Result<()> {
-    let ids = &input.input_ids;
-    let img_id = self.config.image_token_index;
-    let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
-    let state = match &input.clip_pixels {
-      None => {
-        if n_img_tokens > 0 {
-          return Err(crate::family::no_pixels(n_img_tokens, s.image_token));
-        }
-        None
-      }
-      Some(pv) => {
-        let n_feat = pv.n * self.config.tokens_per_image();
-        if n_feat != n_img_tokens {
-          return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
-        }
-        let features = s.features(input, || {
-          let f =
-            Gemma3::image_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
-          Ok(ops::astype(&f, s.dtype)?)
-        })?;
-        Some(Gemma3Prompt {
-          ids: ids.clone(),
-          features,
-          feature_row: crate::family::feature_rows(ids, img_id),
-        })
-      }
-    };
-    crate::family::set_slot(&self.slot, state)
+    crate::family::set_clip_prompt(
+      s,
+      input,
+      self.config.image_token_index,
+      &self.slot,
+      crate::family::tokens_per_image(self.config.tokens_per_image()),
+      |pv| Gemma3::image_features(&self.vision, &self.projector, &self.config, pv),
+      |ids, features, feature_row| Gemma3Prompt {
+        ids,
+        features,
+        feature_row,
+      },
+    )
   }
 
   fn clear_prompt(&self) {

@@ -373,38 +373,27 @@ impl VisionFamily for Idefics3Family {
   /// Vision features of every frame, pixel-shuffled and projected, in
   /// place of the image tokens (python `get_input_embeddings`).
   fn set_prompt(&self, s: &Shared<'_>, input: &VlmInput) -> Result<()> {
-    let ids = &input.input_ids;
-    let img_id = self.image_token_id;
-    let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
-    let state = match &input.clip_pixels {
-      None => {
-        if n_img_tokens > 0 {
-          return Err(crate::family::no_pixels(n_img_tokens, s.image_token));
-        }
-        None
-      }
-      Some(pv) => {
-        let n_feat = pv.n * self.seq_len;
-        if n_feat != n_img_tokens {
-          return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
-        }
-        let features = s.features(input, || {
-          let x = ops::astype(&pv.to_nhwc()?, self.vision.dtype())?;
-          let f = self
-            .vision
-            .forward_with_positions(&x, Some(&self.positions))?;
-          let f = self.connector.forward(&f)?;
-          let d = f.dim(-1).unwrap_or(0);
-          Ok(ops::astype(&ops::reshape(&f, &[-1, d])?, s.dtype)?)
-        })?;
-        Some(LlavaPrompt {
-          ids: ids.clone(),
-          features,
-          feature_row: crate::family::feature_rows(ids, img_id),
-        })
-      }
-    };
-    crate::family::set_slot(&self.slot, state)
+    crate::family::set_clip_prompt(
+      s,
+      input,
+      self.image_token_id,
+      &self.slot,
+      crate::family::tokens_per_image(self.seq_len),
+      |pv| {
+        let x = ops::astype(pv, self.vision.dtype())?;
+        let f = self
+          .vision
+          .forward_with_positions(&x, Some(&self.positions))?;
+        let f = self.connector.forward(&f)?;
+        let d = f.dim(-1).unwrap_or(0);
+        Ok(ops::reshape(&f, &[-1, d])?)
+      },
+      |ids, features, feature_row| LlavaPrompt {
+        ids,
+        features,
+        feature_row,
+      },
+    )
   }
 
   fn clear_prompt(&self) {

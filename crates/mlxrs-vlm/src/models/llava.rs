@@ -867,36 +867,22 @@ pub(crate) fn load(
   config: mlxrs_lm::ModelConfig,
   opts: &crate::model::LoadOptions,
 ) -> Result<crate::family::LoadedFamily> {
-  use crate::family::{finish_weights, loaded_model, open_weights, token_name};
+  use crate::family::{load_tower_model, loaded_model, open_weights, size_mismatch};
   let slot: LlavaSlot = Arc::new(Mutex::new(None));
   let mut m = Llava::new(config.raw(), slot.clone())?;
-  let mut w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
-  LanguageModel::load(&mut m.text, &mut w);
-  Module::load(&mut m.vision, &mut w, "vision_tower");
-  Module::load(&mut m.projector, &mut w, "multi_modal_projector");
-  let mut params = Vec::new();
-  LanguageModel::visit(&m.text, &mut |_, a| params.push(a.clone()));
-  Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
-  Module::visit(&m.projector, "", &mut |_, a| params.push(a.clone()));
-  finish_weights(path, w, params)?;
-  let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
-  let image_token = token_name(
-    &tokenizer,
+  let w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
+  let (tokenizer, image_token) = load_tower_model(
     path,
-    "image_token_index",
+    w,
+    &mut m.text,
+    &mut m.vision,
+    &mut m.projector,
     m.config.image_token_index,
   )?;
   let processor = crate::processors::ClipImageProcessor::from_dir(path)?;
   let size = m.config.vision.image_size as u32;
   if processor.do_center_crop && processor.crop != (size, size) {
-    return Err(Error::config(
-      path.join("preprocessor_config.json"),
-      "crop_size",
-      format!(
-        "{:?} does not match the vision tower's image_size {size}",
-        processor.crop
-      ),
-    ));
+    return Err(size_mismatch(path, "crop_size", &processor.crop, size));
   }
   let Llava {
     vision,
@@ -904,9 +890,9 @@ pub(crate) fn load(
     text,
     config: lcfg,
   } = m;
-  Ok(crate::family::LoadedFamily {
-    lm: loaded_model(path, config, tokenizer, Box::new(text), opts),
-    family: Box::new(LlavaFamily {
+  Ok(crate::family::LoadedFamily::clip(
+    loaded_model(path, config, tokenizer, Box::new(text), opts),
+    Box::new(LlavaFamily {
       vision,
       projector,
       config: lcfg,
@@ -914,8 +900,7 @@ pub(crate) fn load(
       slot,
     }),
     image_token,
-    qwen_processor: None,
-  })
+  ))
 }
 
 /// Expand each image token of `ids` to `counts[k]` tokens (image `k`).
@@ -992,34 +977,23 @@ impl crate::family::VisionFamily for LlavaFamily {
     s: &crate::family::Shared<'_>,
     input: &crate::model::VlmInput,
   ) -> Result<()> {
-    let ids = &input.input_ids;
-    let img_id = self.config.image_token_index;
-    let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
-    let state = match &input.clip_pixels {
-      None => {
-        if n_img_tokens > 0 {
-          return Err(crate::family::no_pixels(n_img_tokens, s.image_token));
-        }
-        None
-      }
-      Some(pv) => {
-        let n_feat = pv.n * self.config.tokens_per_image();
-        if n_feat != n_img_tokens {
-          return Err(crate::family::feature_mismatch(n_img_tokens, n_feat));
-        }
-        let features = s.features(input, || {
-          let f = clip_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
-          let d = f.dim(-1).unwrap_or(0);
-          Ok(ops::astype(&ops::reshape(&f, &[-1, d])?, s.dtype)?)
-        })?;
-        Some(LlavaPrompt {
-          ids: ids.clone(),
-          features,
-          feature_row: crate::family::feature_rows(ids, img_id),
-        })
-      }
-    };
-    crate::family::set_slot(&self.slot, state)
+    crate::family::set_clip_prompt(
+      s,
+      input,
+      self.config.image_token_index,
+      &self.slot,
+      crate::family::tokens_per_image(self.config.tokens_per_image()),
+      |pv| {
+        let f = clip_features(&self.vision, &self.projector, &self.config, pv)?;
+        let d = f.dim(-1).unwrap_or(0);
+        Ok(ops::reshape(&f, &[-1, d])?)
+      },
+      |ids, features, feature_row| LlavaPrompt {
+        ids,
+        features,
+        feature_row,
+      },
+    )
   }
 
   fn clear_prompt(&self) {

@@ -929,23 +929,16 @@ pub(crate) fn load(
   config: mlxrs_lm::ModelConfig,
   opts: &crate::model::LoadOptions,
 ) -> Result<crate::family::LoadedFamily> {
-  use crate::family::{finish_weights, loaded_model, open_weights, token_name};
+  use crate::family::{load_tower_model, loaded_model, open_weights, size_mismatch, token_name};
   let slot: PaliSlot = Arc::new(Mutex::new(None));
   let mut m = PaliGemma::new(config.raw(), slot.clone())?;
-  let mut w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
-  LanguageModel::load(&mut m.text, &mut w);
-  Module::load(&mut m.vision, &mut w, "vision_tower");
-  Module::load(&mut m.projector, &mut w, "multi_modal_projector");
-  let mut params = Vec::new();
-  LanguageModel::visit(&m.text, &mut |_, a| params.push(a.clone()));
-  Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
-  Module::visit(&m.projector, "", &mut |_, a| params.push(a.clone()));
-  finish_weights(path, w, params)?;
-  let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
-  let image_token = token_name(
-    &tokenizer,
+  let w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
+  let (tokenizer, image_token) = load_tower_model(
     path,
-    "image_token_index",
+    w,
+    &mut m.text,
+    &mut m.vision,
+    &mut m.projector,
     m.config.image_token_index,
   )?;
   let bos_id = config
@@ -962,11 +955,7 @@ pub(crate) fn load(
     processor.fixed_size
   };
   if processor.do_resize && out != Some((size, size)) {
-    return Err(Error::config(
-      path.join("preprocessor_config.json"),
-      "size",
-      format!("{out:?} does not match the vision tower's image_size {size}"),
-    ));
+    return Err(size_mismatch(path, "size", &out, size));
   }
   let PaliGemma {
     vision,
@@ -974,9 +963,9 @@ pub(crate) fn load(
     text,
     config: pcfg,
   } = m;
-  Ok(crate::family::LoadedFamily {
-    lm: loaded_model(path, config, tokenizer, Box::new(text), opts),
-    family: Box::new(PaliFamily {
+  Ok(crate::family::LoadedFamily::clip(
+    loaded_model(path, config, tokenizer, Box::new(text), opts),
+    Box::new(PaliFamily {
       vision,
       projector,
       config: pcfg,
@@ -985,8 +974,7 @@ pub(crate) fn load(
       bos,
     }),
     image_token,
-    qwen_processor: None,
-  })
+  ))
 }
 
 impl crate::family::VisionFamily for PaliFamily {
@@ -1038,38 +1026,28 @@ impl crate::family::VisionFamily for PaliFamily {
     s: &crate::family::Shared<'_>,
     input: &crate::model::VlmInput,
   ) -> Result<()> {
-    let ids = &input.input_ids;
-    let img_id = self.config.image_token_index;
-    let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
-    let state = match &input.clip_pixels {
-      None => {
-        if n_img_tokens > 0 {
-          return Err(crate::family::no_pixels(n_img_tokens, s.image_token));
-        }
-        None
-      }
-      Some(pv) => {
-        let n_feat = self.config.tokens_per_image();
-        if pv.n != 1 || n_feat != n_img_tokens {
+    let n_feat = self.config.tokens_per_image();
+    crate::family::set_clip_prompt(
+      s,
+      input,
+      self.config.image_token_index,
+      &self.slot,
+      |n_images, n_img_tokens| {
+        if n_images != 1 || n_feat != n_img_tokens {
           return Err(Error::invalid(format!(
-            "the prompt has {n_img_tokens} image token(s) and {} image(s); PaliGemma takes one image \
-             of {n_feat} tokens (process the prompt with VlmModel::process)",
-            pv.n
+            "the prompt has {n_img_tokens} image token(s) and {n_images} image(s); PaliGemma \
+             takes one image of {n_feat} tokens (process the prompt with VlmModel::process)"
           )));
         }
-        let features = s.features(input, || {
-          let f =
-            PaliGemma::image_features(&self.vision, &self.projector, &self.config, &pv.to_nhwc()?)?;
-          Ok(ops::astype(&f, s.dtype)?)
-        })?;
-        Some(PaliPrompt {
-          ids: ids.clone(),
-          features,
-          feature_row: crate::family::feature_rows(ids, img_id),
-        })
-      }
-    };
-    crate::family::set_slot(&self.slot, state)
+        Ok(())
+      },
+      |pv| PaliGemma::image_features(&self.vision, &self.projector, &self.config, pv),
+      |ids, features, feature_row| PaliPrompt {
+        ids,
+        features,
+        feature_row,
+      },
+    )
   }
 
   fn clear_prompt(&self) {
