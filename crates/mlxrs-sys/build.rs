@@ -79,7 +79,10 @@ fn main() {
 }
 
 fn find_openblas() -> Option<PathBuf> {
-  if env::var("MLXRS_BLAS").map(|v| v == "none" || v == "0").unwrap_or(false) {
+  if env::var("MLXRS_BLAS")
+    .map(|v| v == "none" || v == "0")
+    .unwrap_or(false)
+  {
     println!("cargo:warning=mlxrs-sys: MLXRS_BLAS=none: using the wheel's reference BLAS");
     return None;
   }
@@ -135,14 +138,20 @@ fn compile_c_layer(include: &Path) {
   // includes all of MLX's headers, and the generated op wrappers are split
   // into several files for this. cc's own `parallel` feature would need the
   // jobserver crate; threads over `compile_intermediates` do the same.
-  let jobs: usize = env::var("NUM_JOBS").ok().and_then(|n| n.parse().ok()).unwrap_or(1).max(1);
+  let jobs: usize = env::var("NUM_JOBS")
+    .ok()
+    .and_then(|n| n.parse().ok())
+    .unwrap_or(1)
+    .max(1);
   let queue = std::sync::Mutex::new(files.clone());
   let objects = std::sync::Mutex::new(Vec::new());
   std::thread::scope(|scope| {
     for _ in 0..jobs.min(files.len()) {
       scope.spawn(|| {
         loop {
-          let Some(f) = queue.lock().unwrap().pop() else { break };
+          let Some(f) = queue.lock().unwrap().pop() else {
+            break;
+          };
           let objs = build.clone().file(&f).compile_intermediates();
           objects.lock().unwrap().extend(objs);
         }
@@ -163,8 +172,8 @@ fn has_mlx(prefix: &Path) -> bool {
 
 fn header_version(prefix: &Path) -> Result<String, String> {
   let path = prefix.join("include/mlx/version.h");
-  let text = std::fs::read_to_string(&path)
-    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+  let text =
+    std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
   let grab = |name: &str| -> Result<String, String> {
     text
       .lines()
@@ -287,7 +296,7 @@ fn install_wheel(backend: &str) -> Result<PathBuf, String> {
     other => {
       return Err(format!(
         "MLXRS_BACKEND={other} is not one of cpu, cuda, metal"
-      ))
+      ));
     }
   };
   let target = cache_dir().join(format!("{package}-{MLX_VERSION}"));
@@ -302,12 +311,24 @@ fn install_wheel(backend: &str) -> Result<PathBuf, String> {
   let tmp = cache_dir().join(format!(".{package}-{MLX_VERSION}.{}", std::process::id()));
   let _ = std::fs::remove_dir_all(&tmp);
   let status = Command::new(python())
-    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"])
+    .args([
+      "-m",
+      "pip",
+      "install",
+      "--quiet",
+      "--disable-pip-version-check",
+      "--no-deps",
+    ])
     .arg("--target")
     .arg(&tmp)
     .arg(format!("{package}=={MLX_VERSION}"))
     .status()
-    .map_err(|e| format!("cannot run `{} -m pip`: {e}. Install python3 with pip, or set MLX_DIR.", python()))?;
+    .map_err(|e| {
+      format!(
+        "cannot run `{} -m pip`: {e}. Install python3 with pip, or set MLX_DIR.",
+        python()
+      )
+    })?;
   if !status.success() || !has_mlx(&tmp.join("mlx")) {
     let _ = std::fs::remove_dir_all(&tmp);
     return Err(format!(
@@ -324,6 +345,9 @@ fn install_wheel(backend: &str) -> Result<PathBuf, String> {
   if has_mlx(&prefix) {
     Ok(prefix)
   } else {
-    Err(format!("installed wheel at {} has no libmlx", target.display()))
+    Err(format!(
+      "installed wheel at {} has no libmlx",
+      target.display()
+    ))
   }
 }

@@ -45,7 +45,9 @@ pub fn generate(root: &Path) -> Result<String> {
     .allowlist_function("mlxrs_.*")
     .allowlist_type("mlx_.*")
     .allowlist_var("MLX_.*")
-    .default_enum_style(bindgen::EnumVariation::Rust { non_exhaustive: false })
+    .default_enum_style(bindgen::EnumVariation::Rust {
+      non_exhaustive: false,
+    })
     .derive_default(true)
     .derive_debug(true)
     .derive_copy(true)

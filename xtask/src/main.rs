@@ -17,7 +17,10 @@ mod bindings;
 mod opgen;
 
 fn root() -> PathBuf {
-  Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+  Path::new(env!("CARGO_MANIFEST_DIR"))
+    .parent()
+    .unwrap()
+    .to_path_buf()
 }
 
 fn main() -> Result<()> {
@@ -31,7 +34,8 @@ fn main() -> Result<()> {
         write_if_changed(&root.join(rel), text)?;
       }
       for rel in opgen::obsolete(&root, &files)? {
-        std::fs::remove_file(root.join(&rel)).with_context(|| format!("removing {}", rel.display()))?;
+        std::fs::remove_file(root.join(&rel))
+          .with_context(|| format!("removing {}", rel.display()))?;
         eprintln!("removed {}", rel.display());
       }
       // The C header changed: the Rust declarations follow it.
@@ -85,7 +89,11 @@ fn check_fresh() -> Result<()> {
   if !stale.is_empty() {
     bail!(
       "generated files are stale (run `cargo run -p xtask -- gen`):\n{}",
-      stale.iter().map(|p| format!("  {}", p.display())).collect::<Vec<_>>().join("\n")
+      stale
+        .iter()
+        .map(|p| format!("  {}", p.display()))
+        .collect::<Vec<_>>()
+        .join("\n")
     );
   }
   eprintln!("generated files are fresh ({} files)", files.len() + 1);

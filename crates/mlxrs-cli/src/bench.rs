@@ -47,7 +47,9 @@ pub struct BenchArgs {
 
 /// Run the benchmark.
 pub fn run(a: BenchArgs) -> Result<()> {
-  let gpu = mlxrs_core::Device::default_device().map(|d| d.kind == mlxrs_core::DeviceType::Gpu).unwrap_or(false);
+  let gpu = mlxrs_core::Device::default_device()
+    .map(|d| d.kind == mlxrs_core::DeviceType::Gpu)
+    .unwrap_or(false);
   let dtype = match a.dtype.as_deref() {
     Some(n) => match Dtype::parse(n) {
       Some(d) if d.is_float() => d,
@@ -57,28 +59,59 @@ pub fn run(a: BenchArgs) -> Result<()> {
     None => Dtype::Float32,
   };
   if let Some(p) = &a.dump_config {
-    let Some(s) = &a.shape else { bail!("--dump-config needs --shape") };
-    std::fs::write(p, serde_json::to_string_pretty(&mlxrs_lm::bench::shape_config(s)?)?)?;
+    let Some(s) = &a.shape else {
+      bail!("--dump-config needs --shape")
+    };
+    std::fs::write(
+      p,
+      serde_json::to_string_pretty(&mlxrs_lm::bench::shape_config(s)?)?,
+    )?;
     return Ok(());
   }
   if a.num_trials == 0 {
     bail!("--num-trials must be >= 1");
   }
   let model = match (&a.model, &a.shape) {
-    (Some(m), None) => load(m, &LoadOptions { dtype: Some(dtype), no_tokenizer: true })?.model,
+    (Some(m), None) => {
+      load(
+        m,
+        &LoadOptions {
+          dtype: Some(dtype),
+          no_tokenizer: true,
+        },
+      )?
+      .model
+    }
     (None, Some(s)) => random_model(s, dtype, a.bits, a.group_size, 0)?,
     _ => bail!("give --model PATH or --shape NAME ({})", SHAPES.join(", ")),
   };
-  let device = mlxrs_core::Device::default_device().map(|d| d.to_string()).unwrap_or_default();
+  let device = mlxrs_core::Device::default_device()
+    .map(|d| d.to_string())
+    .unwrap_or_default();
   let what = a.model.clone().or(a.shape.clone()).unwrap_or_default();
-  let quant = a.bits.map(|b| format!("{b}-bit g{}", a.group_size)).unwrap_or_else(|| "none".into());
+  let quant = a
+    .bits
+    .map(|b| format!("{b}-bit g{}", a.group_size))
+    .unwrap_or_else(|| "none".into());
   if !a.json {
     println!("mlxrs bench: {what}, dtype {dtype}, quantization {quant}, device {device}");
-    println!("(compute dtype {dtype}{})", if gpu { "" } else { ": on CPU float32 is the fast path; bf16 matmul is slow there" });
+    println!(
+      "(compute dtype {dtype}{})",
+      if gpu {
+        ""
+      } else {
+        ": on CPU float32 is the fast path; bf16 matmul is slow there"
+      }
+    );
   }
   let mut results = Vec::new();
   for i in 0..a.num_trials {
-    let r = run_trial(model.as_ref(), a.prompt_tokens, a.generation_tokens, i as u64)?;
+    let r = run_trial(
+      model.as_ref(),
+      a.prompt_tokens,
+      a.generation_tokens,
+      i as u64,
+    )?;
     if a.json {
       println!("{}", serde_json::json!({"trial": i, "result": r}));
     } else {
@@ -92,7 +125,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     results.push(r);
   }
-  let used: Vec<_> = if results.len() > 1 { results[1..].to_vec() } else { results.clone() };
+  let used: Vec<_> = if results.len() > 1 {
+    results[1..].to_vec()
+  } else {
+    results.clone()
+  };
   let n = used.len() as f64;
   let p = used.iter().map(|r| r.prompt_tps).sum::<f64>() / n;
   let g = used.iter().map(|r| r.generation_tps).sum::<f64>() / n;

@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use mlxrs_core::Dtype;
 use mlxrs_lm::{
-  ChatOptions, GenerateOptions, LoadOptions, LogitsConfig, Message, SamplerConfig, StepConfig, TextStream, load,
-  prompt_ids,
+  ChatOptions, GenerateOptions, LoadOptions, LogitsConfig, Message, SamplerConfig, StepConfig,
+  TextStream, load, prompt_ids,
 };
 
 mod bench;
@@ -23,7 +23,11 @@ mod transcribe;
 mod vlm;
 
 #[derive(Parser)]
-#[command(name = "mlxrs", version, about = "MLX from Rust: generate, chat, embed, bench")]
+#[command(
+  name = "mlxrs",
+  version,
+  about = "MLX from Rust: generate, chat, embed, bench"
+)]
 struct Cli {
   #[command(subcommand)]
   cmd: Cmd,
@@ -185,7 +189,8 @@ struct CachePromptArgs {
 fn cache_prompt(a: CachePromptArgs) -> Result<()> {
   let prompt = if a.prompt == "-" {
     let mut s = String::new();
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the prompt from stdin (must be UTF-8)")?;
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+      .context("reading the prompt from stdin (must be UTF-8)")?;
     s
   } else {
     a.prompt.clone()
@@ -194,7 +199,13 @@ fn cache_prompt(a: CachePromptArgs) -> Result<()> {
     bail!("the prompt is empty");
   }
   let dtype = parse_dtype(&a.model.dtype)?;
-  let m = load(&a.model.model, &LoadOptions { dtype, no_tokenizer: false })?;
+  let m = load(
+    &a.model.model,
+    &LoadOptions {
+      dtype,
+      no_tokenizer: false,
+    },
+  )?;
   let tok = m.tokenizer.as_ref().expect("tokenizer");
   let ids = prompt_ids(tok, &prompt, None, a.ignore_chat_template)?;
   let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
@@ -207,7 +218,11 @@ fn cache_prompt(a: CachePromptArgs) -> Result<()> {
   meta.insert("model".to_string(), a.model.model.clone());
   meta.insert("tokens".to_string(), ids.len().to_string());
   mlxrs_nn::save_kv_caches(&a.prompt_cache_file, &caches, &meta)?;
-  println!("Saved the KV cache of {} prompt tokens to {}", ids.len(), a.prompt_cache_file.display());
+  println!(
+    "Saved the KV cache of {} prompt tokens to {}",
+    ids.len(),
+    a.prompt_cache_file.display()
+  );
   Ok(())
 }
 
@@ -268,15 +283,21 @@ fn step_config(s: &SamplingArgs) -> StepConfig {
 
 fn read_prompt(a: &GenerateArgs) -> Result<String> {
   if let Some(p) = &a.prompt_file {
-    let bytes = std::fs::read(p).with_context(|| format!("reading --prompt-file {}", p.display()))?;
+    let bytes =
+      std::fs::read(p).with_context(|| format!("reading --prompt-file {}", p.display()))?;
     return String::from_utf8(bytes).map_err(|e| {
-      anyhow::anyhow!("--prompt-file {}: not valid UTF-8 (invalid byte at offset {})", p.display(), e.utf8_error().valid_up_to())
+      anyhow::anyhow!(
+        "--prompt-file {}: not valid UTF-8 (invalid byte at offset {})",
+        p.display(),
+        e.utf8_error().valid_up_to()
+      )
     });
   }
   match a.prompt.first().map(String::as_str) {
     Some("-") => {
       let mut s = String::new();
-      std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the prompt from stdin (must be UTF-8)")?;
+      std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+        .context("reading the prompt from stdin (must be UTF-8)")?;
       Ok(s)
     }
     Some(p) => Ok(p.to_string()),
@@ -301,7 +322,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if a.prompt_cache_file.is_some() {
       bail!("--prompt-cache-file cannot be combined with --image");
     }
-    let opts = GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() };
+    let opts = GenerateOptions {
+      step: step_config(&a.sampling),
+      stop: a.sampling.stop.clone(),
+    };
     let args = vlm::VlmArgs {
       model: &a.model.model,
       dtype,
@@ -315,10 +339,24 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     return vlm::generate(&args, &mut std::io::stdout().lock());
   }
-  let m = load(&a.model.model, &LoadOptions { dtype, no_tokenizer: false })?;
+  let m = load(
+    &a.model.model,
+    &LoadOptions {
+      dtype,
+      no_tokenizer: false,
+    },
+  )?;
   let tok = m.tokenizer.as_ref().expect("loaded with a tokenizer");
-  let ids = prompt_ids(tok, &prompt, a.system_prompt.as_deref(), a.ignore_chat_template)?;
-  let mut opts = GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() };
+  let ids = prompt_ids(
+    tok,
+    &prompt,
+    a.system_prompt.as_deref(),
+    a.ignore_chat_template,
+  )?;
+  let mut opts = GenerateOptions {
+    step: step_config(&a.sampling),
+    stop: a.sampling.stop.clone(),
+  };
   opts.step.top_logprobs = a.top_logprobs;
   opts.step.num_draft_tokens = a.num_draft_tokens;
   let draft = lm_extra::load_draft(&a, dtype)?;
@@ -332,10 +370,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
   }
   let cache = match &a.prompt_cache_file {
     Some(p) => {
-      let (c, _meta) = mlxrs_nn::load_kv_caches(p).with_context(|| format!("loading --prompt-cache-file {}", p.display()))?;
+      let (c, _meta) = mlxrs_nn::load_kv_caches(p)
+        .with_context(|| format!("loading --prompt-cache-file {}", p.display()))?;
       let want = m.model.make_caches(None).len();
       if c.len() != want {
-        bail!("{}: the cache has {} layers, the model {want}", p.display(), c.len());
+        bail!(
+          "{}: the cache has {} layers, the model {want}",
+          p.display(),
+          c.len()
+        );
       }
       Some(c)
     }
@@ -365,8 +408,13 @@ fn generate(a: GenerateArgs) -> Result<()> {
   }
   let draft_stats = stream.draft_stats();
   let last = last.context("no output")?;
-  let device = mlxrs_core::Device::default_device().map(|d| d.to_string()).unwrap_or_default();
-  let dtype_s = m.dtype.map(|d| d.to_string()).unwrap_or_else(|| "checkpoint".into());
+  let device = mlxrs_core::Device::default_device()
+    .map(|d| d.to_string())
+    .unwrap_or_default();
+  let dtype_s = m
+    .dtype
+    .map(|d| d.to_string())
+    .unwrap_or_else(|| "checkpoint".into());
   if a.json {
     let v = serde_json::json!({
       "text": text,
@@ -385,8 +433,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
     writeln!(out, "{}", serde_json::to_string(&v)?)?;
   } else if a.verbose {
     writeln!(out, "\n==========")?;
-    writeln!(out, "Prompt: {} tokens, {:.3} tokens-per-sec", last.prompt_tokens, last.prompt_tps)?;
-    writeln!(out, "Generation: {} tokens, {:.3} tokens-per-sec", last.generation_tokens, last.generation_tps)?;
+    writeln!(
+      out,
+      "Prompt: {} tokens, {:.3} tokens-per-sec",
+      last.prompt_tokens, last.prompt_tps
+    )?;
+    writeln!(
+      out,
+      "Generation: {} tokens, {:.3} tokens-per-sec",
+      last.generation_tokens, last.generation_tps
+    )?;
     writeln!(out, "Peak memory: {:.3} GB", last.peak_memory_gb)?;
     if let Some((proposed, accepted)) = draft_stats {
       writeln!(out, "Draft tokens: {accepted} of {proposed} accepted")?;
@@ -398,24 +454,46 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 fn chat(a: ChatArgs) -> Result<()> {
   let dtype = parse_dtype(&a.model.dtype)?;
-  let is_vlm = mlxrs_lm::resolve_model(&a.model.model).ok().map(|p| mlxrs_vlm::is_vlm_dir(&p).unwrap_or(false)).unwrap_or(false);
+  let is_vlm = mlxrs_lm::resolve_model(&a.model.model)
+    .ok()
+    .map(|p| mlxrs_vlm::is_vlm_dir(&p).unwrap_or(false))
+    .unwrap_or(false);
   if is_vlm || !a.image.is_empty() {
     let args = vlm::VlmChatArgs {
       model: &a.model.model,
       dtype,
       images: &a.image,
       system: a.system_prompt.as_deref(),
-      opts: GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() },
+      opts: GenerateOptions {
+        step: step_config(&a.sampling),
+        stop: a.sampling.stop.clone(),
+      },
       verbose: a.verbose,
     };
-    return vlm::chat(&args, &mut std::io::stdin().lock(), &mut std::io::stdout().lock());
+    return vlm::chat(
+      &args,
+      &mut std::io::stdin().lock(),
+      &mut std::io::stdout().lock(),
+    );
   }
-  let m = load(&a.model.model, &LoadOptions { dtype, no_tokenizer: false })?;
+  let m = load(
+    &a.model.model,
+    &LoadOptions {
+      dtype,
+      no_tokenizer: false,
+    },
+  )?;
   let tok = m.tokenizer.as_ref().expect("tokenizer");
   if !tok.has_chat_template() {
-    bail!("{}: the tokenizer has no chat template; use `mlxrs generate --ignore-chat-template`", m.path.display());
+    bail!(
+      "{}: the tokenizer has no chat template; use `mlxrs generate --ignore-chat-template`",
+      m.path.display()
+    );
   }
-  let opts = GenerateOptions { step: step_config(&a.sampling), stop: a.sampling.stop.clone() };
+  let opts = GenerateOptions {
+    step: step_config(&a.sampling),
+    stop: a.sampling.stop.clone(),
+  };
   let mut messages: Vec<Message> = Vec::new();
   if let Some(s) = &a.system_prompt {
     messages.push(Message::system(s.clone()));
@@ -427,7 +505,10 @@ fn chat(a: ChatArgs) -> Result<()> {
   let mut cached_ids: Vec<u32> = Vec::new();
   let stdin = std::io::stdin();
   let mut out = std::io::stdout();
-  println!("[INFO] Starting chat session with {}. Type 'q' to exit, 'r' to reset.", a.model.model);
+  println!(
+    "[INFO] Starting chat session with {}. Type 'q' to exit, 'r' to reset.",
+    a.model.model
+  );
   loop {
     print!(">> ");
     out.flush()?;
@@ -448,10 +529,17 @@ fn chat(a: ChatArgs) -> Result<()> {
       _ => {}
     }
     messages.push(Message::user(line));
-    let copts = ChatOptions { add_generation_prompt: true, ..ChatOptions::default() };
+    let copts = ChatOptions {
+      add_generation_prompt: true,
+      ..ChatOptions::default()
+    };
     let full = tok.apply_chat_template_ids(&messages, &copts)?;
     let reuse = cache.is_some() && full.starts_with(&cached_ids) && full.len() > cached_ids.len();
-    let (feed, c) = if reuse { (full[cached_ids.len()..].to_vec(), cache.take()) } else { (full.clone(), None) };
+    let (feed, c) = if reuse {
+      (full[cached_ids.len()..].to_vec(), cache.take())
+    } else {
+      (full.clone(), None)
+    };
     let mut stream = TextStream::new(&m, &feed, &opts, c)?;
     let mut reply = String::new();
     let mut gen_ids = Vec::new();
@@ -483,8 +571,14 @@ fn main() {
     Cmd::Embed(a) => embed::run(a),
     Cmd::CachePrompt(a) => cache_prompt(a),
     Cmd::Info => {
-      let d = mlxrs_core::Device::default_device().map(|d| d.to_string()).unwrap_or_else(|e| e.to_string());
-      println!("mlx {} ({}), default device {d}", mlxrs_core::version(), mlxrs_sys::MLX_LIB_DIR);
+      let d = mlxrs_core::Device::default_device()
+        .map(|d| d.to_string())
+        .unwrap_or_else(|e| e.to_string());
+      println!(
+        "mlx {} ({}), default device {d}",
+        mlxrs_core::version(),
+        mlxrs_sys::MLX_LIB_DIR
+      );
       Ok(())
     }
   };

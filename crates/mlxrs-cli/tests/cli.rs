@@ -13,10 +13,23 @@ fn tiny(name: &str) -> String {
 #[test]
 fn generate_json_reports_text_tokens_and_timings() {
   let out = mlxrs()
-    .args(["generate", "--model", &tiny("llama"), "--prompt", "Hello", "--max-tokens", "5", "--json"])
+    .args([
+      "generate",
+      "--model",
+      &tiny("llama"),
+      "--prompt",
+      "Hello",
+      "--max-tokens",
+      "5",
+      "--json",
+    ])
     .output()
     .unwrap();
-  assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+  assert!(
+    out.status.success(),
+    "{}",
+    String::from_utf8_lossy(&out.stderr)
+  );
   let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
   let n = v["tokens"].as_array().unwrap().len();
   assert!((1..=5).contains(&n), "{v}");
@@ -27,10 +40,49 @@ fn generate_json_reports_text_tokens_and_timings() {
 #[test]
 fn bad_input_fails_cleanly() {
   let cases: Vec<(Vec<String>, &str)> = vec![
-    (vec!["generate".into(), "--model".into(), tiny("nope"), "--prompt".into(), "x".into()], "no such folder"),
-    (vec!["generate".into(), "--model".into(), tiny("llama"), "--prompt".into(), "".into()], "empty"),
-    (vec!["generate".into(), "--model".into(), tiny("llama"), "--prompt".into(), "x".into(), "--temp=-1".into()], "temperature"),
-    (vec!["generate".into(), "--model".into(), tiny("llama"), "--prompt".into(), "x".into(), "--dtype".into(), "int8".into()], "dtype"),
+    (
+      vec![
+        "generate".into(),
+        "--model".into(),
+        tiny("nope"),
+        "--prompt".into(),
+        "x".into(),
+      ],
+      "no such folder",
+    ),
+    (
+      vec![
+        "generate".into(),
+        "--model".into(),
+        tiny("llama"),
+        "--prompt".into(),
+        "".into(),
+      ],
+      "empty",
+    ),
+    (
+      vec![
+        "generate".into(),
+        "--model".into(),
+        tiny("llama"),
+        "--prompt".into(),
+        "x".into(),
+        "--temp=-1".into(),
+      ],
+      "temperature",
+    ),
+    (
+      vec![
+        "generate".into(),
+        "--model".into(),
+        tiny("llama"),
+        "--prompt".into(),
+        "x".into(),
+        "--dtype".into(),
+        "int8".into(),
+      ],
+      "dtype",
+    ),
   ];
   for (args, needle) in cases {
     let out = mlxrs().args(&args).output().unwrap();
@@ -40,7 +92,16 @@ fn bad_input_fails_cleanly() {
   }
   let p = std::env::temp_dir().join(format!("mlxrs-bad-{}.txt", std::process::id()));
   std::fs::write(&p, [0x66, 0x6f, 0xff, 0xfe]).unwrap();
-  let out = mlxrs().args(["generate", "--model", &tiny("llama"), "--prompt-file", p.to_str().unwrap()]).output().unwrap();
+  let out = mlxrs()
+    .args([
+      "generate",
+      "--model",
+      &tiny("llama"),
+      "--prompt-file",
+      p.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
   assert_eq!(out.status.code(), Some(1));
   assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
 }
@@ -52,14 +113,35 @@ fn bad_input_fails_cleanly() {
 fn prompt_cache_round_trip() {
   let f = std::env::temp_dir().join(format!("mlxrs-pc-{}.safetensors", std::process::id()));
   let out = mlxrs()
-    .args(["cache-prompt", "--model", &tiny("llama"), "--prompt", "The quick brown fox", "--ignore-chat-template"])
+    .args([
+      "cache-prompt",
+      "--model",
+      &tiny("llama"),
+      "--prompt",
+      "The quick brown fox",
+      "--ignore-chat-template",
+    ])
     .args(["--prompt-cache-file", f.to_str().unwrap()])
     .output()
     .unwrap();
-  assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+  assert!(
+    out.status.success(),
+    "{}",
+    String::from_utf8_lossy(&out.stderr)
+  );
   let run = |extra: &[&str], prompt: &str| -> serde_json::Value {
     let o = mlxrs()
-      .args(["generate", "--model", &tiny("llama"), "--prompt", prompt, "--ignore-chat-template", "-m", "8", "--json"])
+      .args([
+        "generate",
+        "--model",
+        &tiny("llama"),
+        "--prompt",
+        prompt,
+        "--ignore-chat-template",
+        "-m",
+        "8",
+        "--json",
+      ])
       .args(extra)
       .output()
       .unwrap();
@@ -69,6 +151,21 @@ fn prompt_cache_round_trip() {
   let cached = run(&["--prompt-cache-file", f.to_str().unwrap()], " jumps");
   assert!(cached["tokens"].as_array().unwrap().len() >= 1);
   // qwen3's KV heads have another head_dim than llama's cache: rejected.
-  let bad = mlxrs().args(["generate", "--model", &tiny("qwen3"), "--prompt", "x", "--prompt-cache-file", f.to_str().unwrap()]).output().unwrap();
-  assert_eq!(bad.status.code(), Some(1), "a cache from another model must be rejected");
+  let bad = mlxrs()
+    .args([
+      "generate",
+      "--model",
+      &tiny("qwen3"),
+      "--prompt",
+      "x",
+      "--prompt-cache-file",
+      f.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+  assert_eq!(
+    bad.status.code(),
+    Some(1),
+    "a cache from another model must be rejected"
+  );
 }

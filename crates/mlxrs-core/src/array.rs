@@ -102,7 +102,9 @@ pub(crate) fn checked_numel(dims: &[i32]) -> Result<usize> {
   let mut n: usize = 1;
   for &d in dims {
     if d < 0 {
-      return Err(Error::InvalidArgument(format!("negative dimension {d} in shape {dims:?}")));
+      return Err(Error::InvalidArgument(format!(
+        "negative dimension {d} in shape {dims:?}"
+      )));
     }
     n = n
       .checked_mul(d as usize)
@@ -149,7 +151,10 @@ impl Array {
   /// A new array copying `data`, row-major, with `shape`. Python:
   /// `mx.array(np_data.reshape(shape))`; swift: `MLXArray(data, shape)`.
   /// Errors if `data.len()` is not the product of `shape`.
-  pub fn from_slice<T: ArrayElement>(data: &[T], shape: &(impl ShapeLike + ?Sized)) -> Result<Array> {
+  pub fn from_slice<T: ArrayElement>(
+    data: &[T],
+    shape: &(impl ShapeLike + ?Sized),
+  ) -> Result<Array> {
     let dims = shape.dims();
     let n = checked_numel(&dims)?;
     if n != data.len() {
@@ -269,7 +274,10 @@ impl Array {
     self.ensure()?;
     let actual = self.dtype();
     if actual != T::DTYPE {
-      return Err(Error::DtypeMismatch { actual, requested: T::DTYPE });
+      return Err(Error::DtypeMismatch {
+        actual,
+        requested: T::DTYPE,
+      });
     }
     let n = self.size();
     let mut out = vec![T::default(); n];
@@ -277,7 +285,11 @@ impl Array {
     // dtype's, so it spans `nbytes` bytes; the C layer evaluates, checks the
     // byte count and copies row-major data of this dtype into it.
     check(unsafe {
-      mlxrs_sys::mlxrs_array_copy_data(out.as_mut_ptr().cast(), n * std::mem::size_of::<T>(), self.0)
+      mlxrs_sys::mlxrs_array_copy_data(
+        out.as_mut_ptr().cast(),
+        n * std::mem::size_of::<T>(),
+        self.0,
+      )
     })?;
     Ok(out)
   }
@@ -321,7 +333,6 @@ impl std::fmt::Display for Array {
   }
 }
 
-
 #[allow(dead_code)]
 fn _assert_send() {
   fn is_send<T: Send>() {}
@@ -351,7 +362,10 @@ mod tests {
     assert_eq!(a.dtype(), Dtype::Float32);
     assert_eq!(a.dim(-1), Some(3));
     assert_eq!(a.dim(2), None);
-    assert_eq!(a.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(
+      a.to_vec::<f32>().unwrap(),
+      vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    );
 
     macro_rules! rt {
       ($t:ty, $vals:expr) => {{
@@ -370,10 +384,19 @@ mod tests {
     rt!(i16, vec![-32768, 32767]);
     rt!(i32, vec![i32::MIN, i32::MAX]);
     rt!(i64, vec![i64::MIN, i64::MAX]);
-    rt!(half::f16, vec![half::f16::from_f32(0.5), half::f16::from_f32(-2.0)]);
-    rt!(half::bf16, vec![half::bf16::from_f32(0.5), half::bf16::from_f32(-2.0)]);
+    rt!(
+      half::f16,
+      vec![half::f16::from_f32(0.5), half::f16::from_f32(-2.0)]
+    );
+    rt!(
+      half::bf16,
+      vec![half::bf16::from_f32(0.5), half::bf16::from_f32(-2.0)]
+    );
     rt!(f64, vec![1e-300, -1e300]);
-    rt!(num_complex::Complex32, vec![num_complex::Complex32::new(1.0, -1.0)]);
+    rt!(
+      num_complex::Complex32,
+      vec![num_complex::Complex32::new(1.0, -1.0)]
+    );
   }
 
   #[test]
@@ -401,7 +424,10 @@ mod tests {
     assert!(Array::from_slice::<f32>(&[], &[i32::MAX, i32::MAX, i32::MAX]).is_err());
     // Wrong element type on read.
     let mut a = Array::from_slice::<i32>(&[1, 2], &(2,)).unwrap();
-    assert!(matches!(a.to_vec::<f32>(), Err(Error::DtypeMismatch { .. })));
+    assert!(matches!(
+      a.to_vec::<f32>(),
+      Err(Error::DtypeMismatch { .. })
+    ));
     // item() on more than one element.
     assert!(a.item::<i32>().is_err());
     // Empty arrays are fine.

@@ -107,7 +107,10 @@ fn report(outcome: std::thread::Result<Result<()>>) -> c_int {
 
 /// Run a callback body: nothing unwinds out of it.
 pub(crate) fn guarded(body: impl FnOnce() -> Result<()>) -> c_int {
-  catch_unwind(AssertUnwindSafe(|| report(catch_unwind(AssertUnwindSafe(body))))).unwrap_or(1)
+  catch_unwind(AssertUnwindSafe(|| {
+    report(catch_unwind(AssertUnwindSafe(body)))
+  }))
+  .unwrap_or(1)
 }
 
 // ------------------------------------------------------------------ payload
@@ -131,7 +134,11 @@ pub(crate) struct Payload<F> {
 
 impl<F> Payload<F> {
   fn new(f: F) -> Self {
-    Payload { f, lock: Mutex::new(()), owner: AtomicUsize::new(0) }
+    Payload {
+      f,
+      lock: Mutex::new(()),
+      owner: AtomicUsize::new(0),
+    }
   }
 
   pub(crate) fn with<R>(&self, g: impl FnOnce(&F) -> R) -> R {
@@ -200,7 +207,9 @@ pub(crate) fn arrays_of(v: mlx_vector_array) -> Result<Vec<Array>> {
 /// Store `arrays` in a callback's out-vector.
 fn write_arrays(res: *mut mlx_vector_array, arrays: &[Array]) -> Result<()> {
   if res.is_null() {
-    return Err(Error::InvalidArgument("null out-vector in a closure callback".into()));
+    return Err(Error::InvalidArgument(
+      "null out-vector in a closure callback".into(),
+    ));
   }
   let v = VectorArray::from_arrays(arrays)?;
   // SAFETY: `res` points to the caller-owned out-handle; `v` is live; the
@@ -252,7 +261,9 @@ impl Drop for Closure {
 
 impl Clone for Closure {
   fn clone(&self) -> Self {
-    let mut out = Closure(mlx_closure { ctx: std::ptr::null_mut() });
+    let mut out = Closure(mlx_closure {
+      ctx: std::ptr::null_mut(),
+    });
     if !self.0.ctx.is_null() {
       // SAFETY: live source handle, fresh out-handle owned by `out`; only a
       // NULL source (excluded) or out-of-memory fails, leaving `out` empty.
@@ -261,7 +272,6 @@ impl Clone for Closure {
     out
   }
 }
-
 
 unsafe extern "C" fn closure_call<F>(
   res: *mut mlx_vector_array,
@@ -326,7 +336,9 @@ impl Closure {
 
   /// An empty out-handle.
   pub(crate) fn null() -> Closure {
-    Closure(mlx_closure { ctx: std::ptr::null_mut() })
+    Closure(mlx_closure {
+      ctx: std::ptr::null_mut(),
+    })
   }
 }
 
@@ -362,7 +374,9 @@ impl Clone for ClosureKwargs {
 
 impl std::fmt::Debug for ClosureKwargs {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.debug_struct("ClosureKwargs").field("ctx", &self.0.ctx).finish()
+    f.debug_struct("ClosureKwargs")
+      .field("ctx", &self.0.ctx)
+      .finish()
   }
 }
 
@@ -422,7 +436,9 @@ impl ClosureKwargs {
 
   /// An empty out-handle.
   pub(crate) fn null() -> ClosureKwargs {
-    ClosureKwargs(mlxrs_sys::mlx_closure_kwargs { ctx: std::ptr::null_mut() })
+    ClosureKwargs(mlxrs_sys::mlx_closure_kwargs {
+      ctx: std::ptr::null_mut(),
+    })
   }
 }
 
@@ -489,7 +505,11 @@ where
   guarded(|| {
     // SAFETY: `p` is this closure's live `Payload<F>` (C-layer contract).
     let p = unsafe { payload::<F>(p) };
-    let (a, b, c) = (arrays_of(primals)?, arrays_of(cotangents)?, arrays_of(outputs)?);
+    let (a, b, c) = (
+      arrays_of(primals)?,
+      arrays_of(cotangents)?,
+      arrays_of(outputs)?,
+    );
     let out = p.with(|f| f(&a, &b, &c))?;
     write_arrays(res, &out)
   })
@@ -612,7 +632,9 @@ where
     let (out, out_axes) = p.with(|f| f(&a, ints_of(axes, axes_num)))?;
     write_arrays(res_0, &out)?;
     if res_1.is_null() {
-      return Err(Error::InvalidArgument("null out-vector in a closure callback".into()));
+      return Err(Error::InvalidArgument(
+        "null out-vector in a closure callback".into(),
+      ));
     }
     // SAFETY: `res_1` points to the caller-owned out-handle; the slice is
     // live for the call and copied.

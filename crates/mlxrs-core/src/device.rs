@@ -48,16 +48,26 @@ impl RawDevice {
     check(unsafe { mlxrs_sys::mlx_device_get_type(&mut t, self.0) })?;
     // SAFETY: as above.
     check(unsafe { mlxrs_sys::mlx_device_get_index(&mut index, self.0) })?;
-    let kind = if t == mlxrs_sys::mlx_device_type::MLX_GPU { DeviceType::Gpu } else { DeviceType::Cpu };
+    let kind = if t == mlxrs_sys::mlx_device_type::MLX_GPU {
+      DeviceType::Gpu
+    } else {
+      DeviceType::Cpu
+    };
     Ok(Device { kind, index })
   }
 }
 
 impl Device {
   /// The CPU (`mx.cpu`).
-  pub const CPU: Device = Device { kind: DeviceType::Cpu, index: 0 };
+  pub const CPU: Device = Device {
+    kind: DeviceType::Cpu,
+    index: 0,
+  };
   /// The first GPU (`mx.gpu`).
-  pub const GPU: Device = Device { kind: DeviceType::Gpu, index: 0 };
+  pub const GPU: Device = Device {
+    kind: DeviceType::Gpu,
+    index: 0,
+  };
 
   pub(crate) fn raw(self) -> RawDevice {
     // SAFETY: plain value arguments; returns an owned handle.
@@ -115,8 +125,18 @@ mod tests {
   fn default_device_matches_availability() {
     let d = Device::default_device().unwrap();
     let gpu = Device::is_available(DeviceType::Gpu);
-    println!("mlx {} default device: {d} (gpu available: {gpu})", crate::version());
-    assert_eq!(d.kind, if gpu { DeviceType::Gpu } else { DeviceType::Cpu });
+    println!(
+      "mlx {} default device: {d} (gpu available: {gpu})",
+      crate::version()
+    );
+    assert_eq!(
+      d.kind,
+      if gpu {
+        DeviceType::Gpu
+      } else {
+        DeviceType::Cpu
+      }
+    );
     assert!(Device::is_available(DeviceType::Cpu));
     assert_eq!(Device::CPU.to_string(), "Device(cpu, 0)");
   }

@@ -335,10 +335,16 @@ mod tests {
       Ok(())
     };
     let e = init_with_all_gather(true, "jaccl", f).unwrap_err();
-    assert_eq!(e.to_string(), Error::Mlx("Cannot initialize jaccl distributed backend.".into()).to_string());
+    assert_eq!(
+      e.to_string(),
+      Error::Mlx("Cannot initialize jaccl distributed backend.".into()).to_string()
+    );
     let g = init_with_all_gather(false, "jaccl", f).unwrap();
     assert_eq!((g.rank(), g.size()), (0, 1));
-    assert!(matches!(init_with_all_gather(false, "ring", f), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+      init_with_all_gather(false, "ring", f),
+      Err(Error::InvalidArgument(_))
+    ));
     assert_eq!(CALLS.load(Ordering::SeqCst), 0);
   }
 }

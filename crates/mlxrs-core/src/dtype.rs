@@ -110,7 +110,10 @@ impl Dtype {
 
   /// Floating point (incl. half types), as `mx.issubdtype(t, mx.floating)`.
   pub fn is_float(self) -> bool {
-    matches!(self, Dtype::Float16 | Dtype::Float32 | Dtype::Float64 | Dtype::Bfloat16)
+    matches!(
+      self,
+      Dtype::Float16 | Dtype::Float32 | Dtype::Float64 | Dtype::Bfloat16
+    )
   }
 
   /// Signed or unsigned integer (not bool).

@@ -57,13 +57,21 @@ pub(crate) fn last_error() -> String {
   // call on this thread; it is copied out immediately.
   let msg = unsafe { CStr::from_ptr(mlxrs_sys::mlxrs_last_error()) };
   let s = msg.to_string_lossy().into_owned();
-  if s.is_empty() { "unknown MLX error".to_string() } else { s }
+  if s.is_empty() {
+    "unknown MLX error".to_string()
+  } else {
+    s
+  }
 }
 
 /// Turn a C-layer return code into a `Result`: `0` is success, anything else
 /// is an [`Error::Mlx`] carrying the message the C layer recorded.
 pub fn check(rc: c_int) -> Result<()> {
-  if rc == 0 { Ok(()) } else { Err(Error::Mlx(last_error())) }
+  if rc == 0 {
+    Ok(())
+  } else {
+    Err(Error::Mlx(last_error()))
+  }
 }
 
 /// A `CString` for the C layer, or an error naming the interior NUL.

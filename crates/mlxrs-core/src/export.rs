@@ -39,9 +39,7 @@ pub fn export_function(
   let c_path = path_cstring(path.as_ref())?;
   let args = VectorArray::from_arrays(example_args)?;
   // SAFETY: live handles and NUL-terminated path for the call.
-  check_call(unsafe {
-    mlxrs_sys::mlx_export_function(c_path.as_ptr(), f.0, args.0, shapeless)
-  })
+  check_call(unsafe { mlxrs_sys::mlx_export_function(c_path.as_ptr(), f.0, args.0, shapeless) })
 }
 
 /// The function exported to `path`, as a [`Closure`] (python
@@ -58,7 +56,10 @@ pub fn export_function(
 pub fn import_function(path: impl AsRef<Path>) -> Result<Closure> {
   let path = path.as_ref();
   if let Err(e) = std::fs::metadata(path) {
-    return Err(Error::Io { path: path.display().to_string(), source: e });
+    return Err(Error::Io {
+      path: path.display().to_string(),
+      source: e,
+    });
   }
   let c_path = path_cstring(path)?;
   let mut res = Closure::null();
@@ -95,7 +96,10 @@ pub fn export_function_kwargs(
 pub fn import_function_kwargs(path: impl AsRef<Path>) -> Result<ClosureKwargs> {
   let path = path.as_ref();
   if let Err(e) = std::fs::metadata(path) {
-    return Err(Error::Io { path: path.display().to_string(), source: e });
+    return Err(Error::Io {
+      path: path.display().to_string(),
+      source: e,
+    });
   }
   let c_path = path_cstring(path)?;
   let mut res = ClosureKwargs::null();
@@ -124,7 +128,9 @@ impl Drop for FunctionExporter {
 
 impl std::fmt::Debug for FunctionExporter {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.debug_struct("FunctionExporter").field("ctx", &self.0.ctx).finish()
+    f.debug_struct("FunctionExporter")
+      .field("ctx", &self.0.ctx)
+      .finish()
   }
 }
 
@@ -143,10 +149,15 @@ impl FunctionExporter {
   /// Create (truncate) `path` for traces of a function of positional and
   /// keyword arrays (python `mx.exporter(path, f)` with `f(*args,
   /// **kwargs)`); trace it with [`trace_kwargs`](Self::trace_kwargs).
-  pub fn new_kwargs(path: impl AsRef<Path>, f: &ClosureKwargs, shapeless: bool) -> Result<FunctionExporter> {
+  pub fn new_kwargs(
+    path: impl AsRef<Path>,
+    f: &ClosureKwargs,
+    shapeless: bool,
+  ) -> Result<FunctionExporter> {
     let c_path = path_cstring(path.as_ref())?;
     // SAFETY: live closure and NUL-terminated path for the call.
-    let raw = unsafe { mlxrs_sys::mlxrs_function_exporter_new_kwargs(c_path.as_ptr(), f.0, shapeless) };
+    let raw =
+      unsafe { mlxrs_sys::mlxrs_function_exporter_new_kwargs(c_path.as_ptr(), f.0, shapeless) };
     if raw.ctx.is_null() {
       return Err(Error::Mlx(last_error()));
     }
@@ -249,7 +260,9 @@ pub enum ExportValue {
 pub type ExportEvent = std::collections::HashMap<String, ExportValue>;
 
 fn bad_event(msg: impl std::fmt::Display) -> Error {
-  Error::Mlx(format!("export callback: malformed event from the C layer: {msg}"))
+  Error::Mlx(format!(
+    "export callback: malformed event from the C layer: {msg}"
+  ))
 }
 
 fn json_f64(v: &serde_json::Value) -> Result<f64> {
@@ -282,7 +295,10 @@ fn json_u64s(v: &serde_json::Value) -> Result<Vec<u64>> {
 }
 
 fn json_i32s(v: &serde_json::Value) -> Result<Vec<i32>> {
-  json_i64s(v)?.into_iter().map(|x| i32::try_from(x).map_err(|_| bad_event("int32"))).collect()
+  json_i64s(v)?
+    .into_iter()
+    .map(|x| i32::try_from(x).map_err(|_| bad_event("int32")))
+    .collect()
 }
 
 fn json_dtype(v: &serde_json::Value) -> Result<crate::Dtype> {
@@ -312,7 +328,9 @@ fn json_dtype(v: &serde_json::Value) -> Result<crate::Dtype> {
 }
 
 fn json_str(v: &serde_json::Value) -> Result<String> {
-  v.as_str().map(str::to_string).ok_or_else(|| bad_event("string"))
+  v.as_str()
+    .map(str::to_string)
+    .ok_or_else(|| bad_event("string"))
 }
 
 fn json_pairs(v: &serde_json::Value) -> Result<&Vec<serde_json::Value>> {
@@ -320,11 +338,16 @@ fn json_pairs(v: &serde_json::Value) -> Result<&Vec<serde_json::Value>> {
 }
 
 fn json_state(v: &serde_json::Value) -> Result<ExportState> {
-  let (k, x) = v.as_object().and_then(|o| o.iter().next()).ok_or_else(|| bad_event("state"))?;
+  let (k, x) = v
+    .as_object()
+    .and_then(|o| o.iter().next())
+    .ok_or_else(|| bad_event("state"))?;
   Ok(match k.as_str() {
     "bool" => ExportState::Bool(x.as_bool().ok_or_else(|| bad_event("bool"))?),
     "int" => ExportState::Int(
-      x.as_i64().and_then(|i| i32::try_from(i).ok()).ok_or_else(|| bad_event("int"))?,
+      x.as_i64()
+        .and_then(|i| i32::try_from(i).ok())
+        .ok_or_else(|| bad_event("int"))?,
     ),
     "size" => ExportState::Size(x.as_u64().ok_or_else(|| bad_event("size"))?),
     "float" => ExportState::Float(json_f64(x)? as f32),
@@ -338,7 +361,11 @@ fn json_state(v: &serde_json::Value) -> Result<ExportState> {
       json_pairs(x)?
         .iter()
         .map(|t| {
-          let b = |i: usize| t.get(i).and_then(|v| v.as_bool()).ok_or_else(|| bad_event("bool triple"));
+          let b = |i: usize| {
+            t.get(i)
+              .and_then(|v| v.as_bool())
+              .ok_or_else(|| bad_event("bool triple"))
+          };
           Ok((b(0)?, b(1)?, b(2)?))
         })
         .collect::<Result<_>>()?,
@@ -354,9 +381,11 @@ fn json_state(v: &serde_json::Value) -> Result<ExportState> {
         })
         .collect::<Result<_>>()?,
     ),
-    "optional_float" => {
-      ExportState::OptionalFloat(if x.is_null() { None } else { Some(json_f64(x)? as f32) })
-    }
+    "optional_float" => ExportState::OptionalFloat(if x.is_null() {
+      None
+    } else {
+      Some(json_f64(x)? as f32)
+    }),
     "string" => ExportState::String(json_str(x)?),
     other => return Err(bad_event(format!("state kind {other:?}"))),
   })
@@ -368,7 +397,10 @@ fn decode_event(json: &str, arrays: &[Array]) -> Result<ExportEvent> {
   let obj = v.as_object().ok_or_else(|| bad_event("not an object"))?;
   let mut out = ExportEvent::with_capacity(obj.len());
   for (key, val) in obj {
-    let (kind, x) = val.as_object().and_then(|o| o.iter().next()).ok_or_else(|| bad_event("value"))?;
+    let (kind, x) = val
+      .as_object()
+      .and_then(|o| o.iter().next())
+      .ok_or_else(|| bad_event("value"))?;
     let value = match kind.as_str() {
       "tensor_specs" => ExportValue::TensorSpecs(
         json_pairs(x)?
@@ -386,8 +418,14 @@ fn decode_event(json: &str, arrays: &[Array]) -> Result<ExportEvent> {
           .iter()
           .map(|t| {
             let name = json_str(t.get(0).ok_or_else(|| bad_event("named array"))?)?;
-            let i = t.get(1).and_then(|i| i.as_u64()).ok_or_else(|| bad_event("array index"))? as usize;
-            let a = arrays.get(i).cloned().ok_or_else(|| bad_event("array index out of range"))?;
+            let i = t
+              .get(1)
+              .and_then(|i| i.as_u64())
+              .ok_or_else(|| bad_event("array index"))? as usize;
+            let a = arrays
+              .get(i)
+              .cloned()
+              .ok_or_else(|| bad_event("array index out of range"))?;
             Ok((name, a))
           })
           .collect::<Result<_>>()?,
@@ -402,7 +440,12 @@ fn decode_event(json: &str, arrays: &[Array]) -> Result<ExportEvent> {
           })
           .collect::<Result<_>>()?,
       ),
-      "states" => ExportValue::States(json_pairs(x)?.iter().map(json_state).collect::<Result<_>>()?),
+      "states" => ExportValue::States(
+        json_pairs(x)?
+          .iter()
+          .map(json_state)
+          .collect::<Result<_>>()?,
+      ),
       "string" => ExportValue::String(json_str(x)?),
       other => return Err(bad_event(format!("value kind {other:?}"))),
     };
@@ -475,7 +518,11 @@ impl FunctionExporter {
   /// An exporter handing each trace's graph to `callback` (python
   /// `mx.exporter(callback, f)`); trace with [`trace`](Self::trace) /
   /// [`trace_kwargs`](Self::trace_kwargs).
-  pub fn new_callback<F>(callback: F, f: &ClosureKwargs, shapeless: bool) -> Result<FunctionExporter>
+  pub fn new_callback<F>(
+    callback: F,
+    f: &ClosureKwargs,
+    shapeless: bool,
+  ) -> Result<FunctionExporter>
   where
     F: FnMut(&ExportEvent) -> Result<()> + Send + 'static,
   {

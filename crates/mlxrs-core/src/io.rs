@@ -46,11 +46,17 @@ pub struct SafetensorsHeader {
 }
 
 fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
-  Error::Format { path: path.display().to_string(), msg: msg.into() }
+  Error::Format {
+    path: path.display().to_string(),
+    msg: msg.into(),
+  }
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
-  Error::Io { path: path.display().to_string(), source: e }
+  Error::Io {
+    path: path.display().to_string(),
+    source: e,
+  }
 }
 
 /// Read and validate a safetensors file's header: every tensor's dtype is
@@ -65,9 +71,16 @@ pub fn read_safetensors_header(path: impl AsRef<Path>) -> Result<SafetensorsHead
 
 /// [`read_safetensors_header`] over any reader positioned at the start of a
 /// safetensors stream of `file_len` bytes (`path` names it in errors).
-pub(crate) fn header_from(f: &mut impl Read, file_len: u64, path: &Path) -> Result<SafetensorsHeader> {
+pub(crate) fn header_from(
+  f: &mut impl Read,
+  file_len: u64,
+  path: &Path,
+) -> Result<SafetensorsHeader> {
   if file_len < 8 {
-    return Err(fmt_err(path, format!("not a safetensors file: {file_len} bytes, need at least 8")));
+    return Err(fmt_err(
+      path,
+      format!("not a safetensors file: {file_len} bytes, need at least 8"),
+    ));
   }
   let mut len_buf = [0u8; 8];
   f.read_exact(&mut len_buf).map_err(|e| io_err(path, e))?;
@@ -75,7 +88,9 @@ pub(crate) fn header_from(f: &mut impl Read, file_len: u64, path: &Path) -> Resu
   if n > MAX_HEADER || n > file_len - 8 {
     return Err(fmt_err(
       path,
-      format!("safetensors header length {n} exceeds the file ({file_len} bytes) or the 100 MB limit"),
+      format!(
+        "safetensors header length {n} exceeds the file ({file_len} bytes) or the 100 MB limit"
+      ),
     ));
   }
   let mut header = vec![0u8; n as usize];
@@ -105,11 +120,21 @@ pub(crate) fn header_from(f: &mut impl Read, file_len: u64, path: &Path) -> Resu
       continue;
     }
     let bad = |m: &str| fmt_err(path, format!("tensor {name:?}: {m}"));
-    let dtype_s = entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("missing dtype"))?;
+    let dtype_s = entry
+      .get("dtype")
+      .and_then(|d| d.as_str())
+      .ok_or_else(|| bad("missing dtype"))?;
     let dtype = Dtype::parse(dtype_s)
-      .filter(|_| dtype_s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+      .filter(|_| {
+        dtype_s
+          .chars()
+          .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+      })
       .ok_or_else(|| bad(&format!("dtype {dtype_s} is not supported by MLX")))?;
-    let shape_v = entry.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad("missing shape"))?;
+    let shape_v = entry
+      .get("shape")
+      .and_then(|s| s.as_array())
+      .ok_or_else(|| bad("missing shape"))?;
     let mut shape = Vec::with_capacity(shape_v.len());
     for d in shape_v {
       let d = d
@@ -125,14 +150,20 @@ pub(crate) fn header_from(f: &mut impl Read, file_len: u64, path: &Path) -> Resu
       .ok_or_else(|| bad("missing data_offsets [begin, end]"))?;
     let (b, e) = match (offs[0].as_u64(), offs[1].as_u64()) {
       (Some(b), Some(e)) if b <= e => (b, e),
-      _ => return Err(bad("data_offsets must be two non-negative integers, begin <= end")),
+      _ => {
+        return Err(bad(
+          "data_offsets must be two non-negative integers, begin <= end",
+        ));
+      }
     };
     if e > data_len {
       return Err(bad(&format!(
         "data ends at byte {e} but the file's data section has {data_len} bytes (truncated file?)"
       )));
     }
-    let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    let numel = shape
+      .iter()
+      .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
     let want = numel
       .and_then(|n| n.checked_mul(dtype.size() as u64))
       .ok_or_else(|| bad("shape overflows"))?;
@@ -142,7 +173,14 @@ pub(crate) fn header_from(f: &mut impl Read, file_len: u64, path: &Path) -> Resu
         e - b
       )));
     }
-    out.tensors.insert(name.clone(), TensorInfo { dtype, shape, data_offsets: (b, e) });
+    out.tensors.insert(
+      name.clone(),
+      TensorInfo {
+        dtype,
+        shape,
+        data_offsets: (b, e),
+      },
+    );
   }
   Ok(out)
 }
@@ -178,12 +216,21 @@ pub fn load_safetensors(
   let path = path.as_ref();
   let header = read_safetensors_header(path)?;
   let c_path = path_cstring(path)?;
-  let mut arrays = MapArr(mlxrs_sys::mlx_map_string_to_array { ctx: std::ptr::null_mut() });
-  let mut meta = MapStr(mlxrs_sys::mlx_map_string_to_string { ctx: std::ptr::null_mut() });
+  let mut arrays = MapArr(mlxrs_sys::mlx_map_string_to_array {
+    ctx: std::ptr::null_mut(),
+  });
+  let mut meta = MapStr(mlxrs_sys::mlx_map_string_to_string {
+    ctx: std::ptr::null_mut(),
+  });
   // SAFETY: the out-handles are owned by the guards above; `c_path` lives
   // across the call; the stream is NULL (default) or a live thread-local one.
   check(unsafe {
-    mlxrs_sys::mlx_load_safetensors(&mut arrays.0, &mut meta.0, c_path.as_ptr(), default_stream())
+    mlxrs_sys::mlx_load_safetensors(
+      &mut arrays.0,
+      &mut meta.0,
+      c_path.as_ptr(),
+      default_stream(),
+    )
   })
   .map_err(|e| fmt_err(path, e.to_string()))?;
   let out = map_entries(&arrays, header.tensors.len())?;
@@ -196,7 +243,10 @@ fn map_entries(arrays: &MapArr, n: usize) -> Result<HashMap<String, Array>> {
 }
 
 /// The entries of a live (borrowed) C map of arrays, `n` a capacity hint.
-pub(crate) fn map_entries_raw(arrays: mlxrs_sys::mlx_map_string_to_array, n: usize) -> Result<HashMap<String, Array>> {
+pub(crate) fn map_entries_raw(
+  arrays: mlxrs_sys::mlx_map_string_to_array,
+  n: usize,
+) -> Result<HashMap<String, Array>> {
   let mut out = HashMap::with_capacity(n);
   if arrays.ctx.is_null() {
     return Ok(out);
@@ -249,7 +299,9 @@ pub(crate) fn c_array_map(arrays: &HashMap<String, Array>) -> Result<MapArr> {
   for (k, v) in arrays {
     let ck = cstring(k)?;
     if v.is_null() {
-      return Err(Error::InvalidArgument(format!("array {k:?} is an empty handle")));
+      return Err(Error::InvalidArgument(format!(
+        "array {k:?} is an empty handle"
+      )));
     }
     // SAFETY: live map and array handles; the key is copied by the C layer.
     check(unsafe { mlxrs_sys::mlx_map_string_to_array_insert(map.0, ck.as_ptr(), v.0) })?;
@@ -258,7 +310,10 @@ pub(crate) fn c_array_map(arrays: &HashMap<String, Array>) -> Result<MapArr> {
 }
 
 /// `arrays` and `metadata` as C maps.
-fn c_maps(arrays: &HashMap<String, Array>, metadata: &HashMap<String, String>) -> Result<(MapArr, MapStr)> {
+fn c_maps(
+  arrays: &HashMap<String, Array>,
+  metadata: &HashMap<String, String>,
+) -> Result<(MapArr, MapStr)> {
   let map = c_array_map(arrays)?;
   // SAFETY: fresh owned map handle, freed by the guard.
   let meta = MapStr(unsafe { mlxrs_sys::mlx_map_string_to_string_new() });
@@ -274,7 +329,10 @@ fn c_maps(arrays: &HashMap<String, Array>, metadata: &HashMap<String, String>) -
 pub fn load_npy(path: impl AsRef<Path>) -> Result<Array> {
   let path = path.as_ref();
   if !path.is_file() {
-    return Err(io_err(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+    return Err(io_err(
+      path,
+      std::io::Error::from(std::io::ErrorKind::NotFound),
+    ));
   }
   let c_path = path_cstring(path)?;
   let mut out = Array::null();
@@ -292,7 +350,8 @@ pub fn save_npy(path: impl AsRef<Path>, array: &Array) -> Result<()> {
     return Err(Error::InvalidArgument("empty array handle".into()));
   }
   // SAFETY: live handle and path for the duration of the call.
-  check(unsafe { mlxrs_sys::mlx_save(c_path.as_ptr(), array.0) }).map_err(|e| fmt_err(path, e.to_string()))
+  check(unsafe { mlxrs_sys::mlx_save(c_path.as_ptr(), array.0) })
+    .map_err(|e| fmt_err(path, e.to_string()))
 }
 
 // ---------------------------------------------------------------- gguf
@@ -413,7 +472,10 @@ struct GgufReader<'p> {
 
 impl GgufReader<'_> {
   fn err(&self, msg: impl Into<String>) -> Error {
-    fmt_err(self.path, format!("GGUF: {} (at byte {})", msg.into(), self.pos))
+    fmt_err(
+      self.path,
+      format!("GGUF: {} (at byte {})", msg.into(), self.pos),
+    )
   }
 
   fn need(&self, n: u64, what: &str) -> Result<()> {
@@ -429,7 +491,10 @@ impl GgufReader<'_> {
   fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>> {
     self.need(n, what)?;
     let mut b = vec![0u8; n as usize];
-    self.r.read_exact(&mut b).map_err(|e| io_err(self.path, e))?;
+    self
+      .r
+      .read_exact(&mut b)
+      .map_err(|e| io_err(self.path, e))?;
     self.pos += n;
     Ok(b)
   }
@@ -437,7 +502,10 @@ impl GgufReader<'_> {
   fn skip(&mut self, n: u64, what: &str) -> Result<()> {
     self.need(n, what)?;
     // `n` fits i64: it is at most the file length.
-    self.r.seek_relative(n as i64).map_err(|e| io_err(self.path, e))?;
+    self
+      .r
+      .seek_relative(n as i64)
+      .map_err(|e| io_err(self.path, e))?;
     self.pos += n;
     Ok(())
   }
@@ -449,7 +517,9 @@ impl GgufReader<'_> {
 
   fn u64(&mut self, what: &str) -> Result<u64> {
     let b = self.bytes(8, what)?;
-    Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    Ok(u64::from_le_bytes([
+      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+    ]))
   }
 
   /// A length-prefixed name (key or tensor name).
@@ -465,7 +535,9 @@ impl GgufReader<'_> {
   fn skip_string(&mut self, what: &str) -> Result<u64> {
     let n = self.u64(what)?;
     if n > i32::MAX as u64 {
-      return Err(self.err(format!("{what}: string of {n} bytes is longer than MLX supports")));
+      return Err(self.err(format!(
+        "{what}: string of {n} bytes is longer than MLX supports"
+      )));
     }
     self.skip(n, what)?;
     Ok(n)
@@ -484,9 +556,17 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
   let path = path.as_ref();
   let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
   let len = f.metadata().map_err(|e| io_err(path, e))?.len();
-  let mut r = GgufReader { r: std::io::BufReader::new(f), pos: 0, len, path };
+  let mut r = GgufReader {
+    r: std::io::BufReader::new(f),
+    pos: 0,
+    len,
+    path,
+  };
   if len < 24 {
-    return Err(fmt_err(path, format!("not a GGUF file: {len} bytes, need at least 24")));
+    return Err(fmt_err(
+      path,
+      format!("not a GGUF file: {len} bytes, need at least 24"),
+    ));
   }
   if r.bytes(4, "magic")? != b"GGUF" {
     return Err(fmt_err(path, "not a GGUF file (no GGUF magic)"));
@@ -497,7 +577,11 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
   }
   let n_tensors = r.u64("tensor count")?;
   let n_kv = r.u64("metadata count")?;
-  let mut out = GgufHeader { version, alignment: 32, ..Default::default() };
+  let mut out = GgufHeader {
+    version,
+    alignment: 32,
+    ..Default::default()
+  };
   for _ in 0..n_kv {
     let key = r.name("metadata key")?;
     let t = r.u32("metadata value type")?;
@@ -514,7 +598,9 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
         let elem = r.u32(&what)?;
         let n = r.u64(&what)?;
         if n > i32::MAX as u64 {
-          return Err(r.err(format!("{what}: array of {n} elements is longer than MLX supports")));
+          return Err(r.err(format!(
+            "{what}: array of {n} elements is longer than MLX supports"
+          )));
         }
         match elem {
           GGUF_FLOAT64 => {
@@ -523,7 +609,9 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
                the rest of the file)"
             )));
           }
-          GGUF_ARRAY => return Err(r.err(format!("{what}: nested arrays are not supported by MLX"))),
+          GGUF_ARRAY => {
+            return Err(r.err(format!("{what}: nested arrays are not supported by MLX")));
+          }
           GGUF_STRING => {
             for _ in 0..n {
               r.skip_string(&what)?;
@@ -560,7 +648,9 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
     let name = r.name("tensor name")?;
     let ndim = r.u32("tensor rank")?;
     if ndim > GGUF_MAX_DIM {
-      return Err(r.err(format!("tensor {name:?} has {ndim} dimensions (at most {GGUF_MAX_DIM})")));
+      return Err(r.err(format!(
+        "tensor {name:?} has {ndim} dimensions (at most {GGUF_MAX_DIM})"
+      )));
     }
     let mut dims = Vec::with_capacity(ndim as usize);
     for _ in 0..ndim {
@@ -574,8 +664,11 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
   out.data_offset = r.pos + pad;
   for (name, t, dims, rel) in table {
     let bad = |m: String| fmt_err(path, format!("GGUF: tensor {name:?}: {m}"));
-    let (type_name, per_block, block_bytes) = gguf_tensor_type(t)
-      .ok_or_else(|| bad(format!("tensor type {t} is not supported by MLX's GGUF loader")))?;
+    let (type_name, per_block, block_bytes) = gguf_tensor_type(t).ok_or_else(|| {
+      bad(format!(
+        "tensor type {t} is not supported by MLX's GGUF loader"
+      ))
+    })?;
     if let Some(&d) = dims.iter().find(|&&d| d > i32::MAX as u64) {
       return Err(bad(format!("dimension {d} exceeds i32::MAX")));
     }
@@ -585,15 +678,23 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
       .ok_or_else(|| bad(format!("shape {dims:?} overflows")))?;
     // q4_0 / q4_1 / q8_0 stay quantized: rows must be whole 32-blocks.
     if matches!(t, 2 | 3 | 8) && dims.first().is_none_or(|&d| d % 32 != 0) {
-      return Err(bad(format!("{type_name} needs a first (row) dimension that is a multiple of 32, got {dims:?}")));
+      return Err(bad(format!(
+        "{type_name} needs a first (row) dimension that is a multiple of 32, got {dims:?}"
+      )));
     }
     let nbytes = numel
       .div_ceil(per_block)
       .checked_mul(block_bytes)
       .ok_or_else(|| bad("size overflows".into()))?;
-    let offset = out.data_offset.checked_add(rel).filter(|o| *o <= len).ok_or_else(|| {
-      bad(format!("data offset {rel} lies past the end of the file ({len} bytes)"))
-    })?;
+    let offset = out
+      .data_offset
+      .checked_add(rel)
+      .filter(|o| *o <= len)
+      .ok_or_else(|| {
+        bad(format!(
+          "data offset {rel} lies past the end of the file ({len} bytes)"
+        ))
+      })?;
     if nbytes > len - offset {
       return Err(bad(format!(
         "{nbytes} bytes of data at byte {offset} run past the end of the file ({len} bytes; \
@@ -601,9 +702,18 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
       )));
     }
     let shape = dims.iter().rev().map(|&d| d as i32).collect();
-    let info = GgufTensorInfo { ggml_type: t, type_name, shape, offset, nbytes };
+    let info = GgufTensorInfo {
+      ggml_type: t,
+      type_name,
+      shape,
+      offset,
+      nbytes,
+    };
     if out.tensors.insert(name.clone(), info).is_some() {
-      return Err(fmt_err(path, format!("GGUF: duplicate tensor name {name:?}")));
+      return Err(fmt_err(
+        path,
+        format!("GGUF: duplicate tensor name {name:?}"),
+      ));
     }
   }
   Ok(out)
@@ -638,23 +748,38 @@ fn c_bytes(p: *const c_char, len: usize) -> String {
 /// MLX's loader opens the file read-write (gguflib maps it shared), so a
 /// read-only file is an error. The file must not change between the
 /// validation and the load.
-pub fn load_gguf(path: impl AsRef<Path>) -> Result<(HashMap<String, Array>, HashMap<String, GgufMeta>)> {
+pub fn load_gguf(
+  path: impl AsRef<Path>,
+) -> Result<(HashMap<String, Array>, HashMap<String, GgufMeta>)> {
   let path = path.as_ref();
   let header = read_gguf_header(path)?;
-  if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(path) {
+  if let Err(e) = std::fs::OpenOptions::new()
+    .read(true)
+    .write(true)
+    .open(path)
+  {
     return Err(fmt_err(
       path,
       format!("MLX's GGUF loader opens files read-write, and this one cannot be ({e})"),
     ));
   }
   let c_path = path_cstring(path)?;
-  let mut arrays = MapArr(mlxrs_sys::mlx_map_string_to_array { ctx: std::ptr::null_mut() });
-  let mut meta = GgufMetaHandle(mlxrs_sys::mlxrs_gguf_meta { ctx: std::ptr::null_mut() });
+  let mut arrays = MapArr(mlxrs_sys::mlx_map_string_to_array {
+    ctx: std::ptr::null_mut(),
+  });
+  let mut meta = GgufMetaHandle(mlxrs_sys::mlxrs_gguf_meta {
+    ctx: std::ptr::null_mut(),
+  });
   // SAFETY: the out-handles are owned by the guards above; `c_path` lives
   // across the call; the stream is NULL (default) or a live thread-local one.
   // The file's structure was validated above.
   check(unsafe {
-    mlxrs_sys::mlx_load_gguf(&mut arrays.0, &mut meta.0, c_path.as_ptr(), default_stream())
+    mlxrs_sys::mlx_load_gguf(
+      &mut arrays.0,
+      &mut meta.0,
+      c_path.as_ptr(),
+      default_stream(),
+    )
   })
   .map_err(|e| fmt_err(path, e.to_string()))?;
   let mut out = HashMap::with_capacity(header.tensors.len());
@@ -713,7 +838,9 @@ pub fn load_gguf(path: impl AsRef<Path>) -> Result<(HashMap<String, Array>, Hash
         for j in 0..m {
           let (mut p, mut l) = (std::ptr::null(), 0usize);
           // SAFETY: `j < m`; `p` points into the map and is copied at once.
-          check(unsafe { mlxrs_sys::mlxrs_gguf_meta_get_strings_at(&mut p, &mut l, meta.0, i, j) })?;
+          check(unsafe {
+            mlxrs_sys::mlxrs_gguf_meta_get_strings_at(&mut p, &mut l, meta.0, i, j)
+          })?;
           v.push(c_bytes(p, l));
         }
         GgufMeta::Strings(v)
@@ -754,7 +881,9 @@ pub fn save_gguf(
   for (k, v) in arrays {
     let ck = cstring(k)?;
     if v.is_null() {
-      return Err(Error::InvalidArgument(format!("array {k:?} is an empty handle")));
+      return Err(Error::InvalidArgument(format!(
+        "array {k:?} is an empty handle"
+      )));
     }
     // SAFETY: live map and array handles; the key is copied by the C layer.
     check(unsafe { mlxrs_sys::mlx_map_string_to_array_insert(map.0, ck.as_ptr(), v.0) })?;
@@ -764,7 +893,9 @@ pub fn save_gguf(
     match v {
       GgufMeta::Array(a) => {
         if a.is_null() {
-          return Err(Error::InvalidArgument(format!("metadata {k:?} is an empty array handle")));
+          return Err(Error::InvalidArgument(format!(
+            "metadata {k:?} is an empty array handle"
+          )));
         }
         // MLX writes 32-byte alignment whatever this says, but its loader
         // honours a uint32 scalar `general.alignment`: the file would not load.
@@ -838,8 +969,14 @@ mod tests {
     assert_eq!(got_meta.get("format").map(String::as_str), Some("mlx"));
     let ga = got.get_mut("a").unwrap();
     assert_eq!(ga.shape(), vec![2, 3]);
-    assert_eq!(ga.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    assert_eq!(got.get_mut("b.c").unwrap().to_vec::<i32>().unwrap(), vec![7, 8]);
+    assert_eq!(
+      ga.to_vec::<f32>().unwrap(),
+      vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    );
+    assert_eq!(
+      got.get_mut("b.c").unwrap().to_vec::<i32>().unwrap(),
+      vec![7, 8]
+    );
   }
 
   /// A hand-written file: one F32 tensor of shape [2] = bytes of 1.5, -2.0.
@@ -848,9 +985,16 @@ mod tests {
     let p = tmp("hand.safetensors");
     let mut data = 1.5f32.to_le_bytes().to_vec();
     data.extend_from_slice(&(-2.0f32).to_le_bytes());
-    write_raw(&p, r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, &data);
+    write_raw(
+      &p,
+      r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+      &data,
+    );
     let (mut m, _) = load_safetensors(&p).unwrap();
-    assert_eq!(m.get_mut("x").unwrap().to_vec::<f32>().unwrap(), vec![1.5, -2.0]);
+    assert_eq!(
+      m.get_mut("x").unwrap().to_vec::<f32>().unwrap(),
+      vec![1.5, -2.0]
+    );
   }
 
   fn expect_format_err(header: &str, data: &[u8], needle: &str) {
@@ -866,10 +1010,26 @@ mod tests {
   fn corrupt_files_are_errors() {
     expect_format_err("not json", &[], "not valid JSON");
     expect_format_err(r#"[1,2]"#, &[], "not a JSON object");
-    expect_format_err(r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8], "truncated");
-    expect_format_err(r#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8], "needs 12");
-    expect_format_err(r#"{"x":{"dtype":"F8_E4M3","shape":[1],"data_offsets":[0,1]}}"#, &[0; 1], "not supported");
-    expect_format_err(r#"{"x":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}}"#, &[], "invalid dimension");
+    expect_format_err(
+      r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+      &[0; 8],
+      "truncated",
+    );
+    expect_format_err(
+      r#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+      &[0; 8],
+      "needs 12",
+    );
+    expect_format_err(
+      r#"{"x":{"dtype":"F8_E4M3","shape":[1],"data_offsets":[0,1]}}"#,
+      &[0; 1],
+      "not supported",
+    );
+    expect_format_err(
+      r#"{"x":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}}"#,
+      &[],
+      "invalid dimension",
+    );
     expect_format_err(r#"{"x":{"dtype":"F32","shape":[1]}}"#, &[], "data_offsets");
     // Header length larger than the file.
     let p = tmp("short.safetensors");
@@ -879,7 +1039,10 @@ mod tests {
     std::fs::write(&p, [1u8, 2]).unwrap();
     assert!(matches!(load_safetensors(&p), Err(Error::Format { .. })));
     // Missing file.
-    assert!(matches!(load_safetensors(tmp("missing.safetensors")), Err(Error::Io { .. })));
+    assert!(matches!(
+      load_safetensors(tmp("missing.safetensors")),
+      Err(Error::Io { .. })
+    ));
   }
 
   #[test]

@@ -92,7 +92,11 @@ thread_local! {
 /// else a NULL handle, which the C layer reads as "MLX's default stream of
 /// the default device" for the calling thread.
 pub fn default_stream() -> mlx_stream {
-  STREAM_STACK.with(|s| s.borrow().last().map(|s| s.0).unwrap_or(mlx_stream { ctx: std::ptr::null_mut() }))
+  STREAM_STACK.with(|s| {
+    s.borrow().last().map(|s| s.0).unwrap_or(mlx_stream {
+      ctx: std::ptr::null_mut(),
+    })
+  })
 }
 
 /// Run `f` with every mlxrs op on this thread using `stream` (python

@@ -21,8 +21,8 @@ use crate::array::Array;
 use crate::error::{Result, check};
 use crate::vector::VectorArray;
 
-pub use crate::closure::{Closure, CustomJvp, CustomVjp, CustomVmap, ValueAndGrad};
 use crate::closure::check_call;
+pub use crate::closure::{Closure, CustomJvp, CustomVjp, CustomVmap, ValueAndGrad};
 
 /// Evaluate all `arrays` together (shared subgraphs computed once).
 pub fn eval(arrays: &[Array]) -> Result<()> {
@@ -45,7 +45,11 @@ pub fn async_eval(arrays: &[Array]) -> Result<()> {
 /// `cotangents` (one per output, shaped like it) with `f`'s Jacobian: one
 /// array per primal. Python `mx.vjp(f, primals, cotangents)`, swift
 /// `vjp(_:primals:cotangents:)`.
-pub fn vjp(f: &Closure, primals: &[Array], cotangents: &[Array]) -> Result<(Vec<Array>, Vec<Array>)> {
+pub fn vjp(
+  f: &Closure,
+  primals: &[Array],
+  cotangents: &[Array],
+) -> Result<(Vec<Array>, Vec<Array>)> {
   let p = VectorArray::from_arrays(primals)?;
   let c = VectorArray::from_arrays(cotangents)?;
   let (mut outs, mut vjps) = (VectorArray::null(), VectorArray::null());
@@ -75,7 +79,9 @@ pub fn jvp(f: &Closure, primals: &[Array], tangents: &[Array]) -> Result<(Vec<Ar
 /// An empty `argnums` is an error here; numbers out of range or repeated
 /// are errors of the call (the number of inputs is known only then).
 pub fn value_and_grad(f: &Closure, argnums: &[i32]) -> Result<ValueAndGrad> {
-  let mut res = ValueAndGrad(mlxrs_sys::mlx_closure_value_and_grad { ctx: std::ptr::null_mut() });
+  let mut res = ValueAndGrad(mlxrs_sys::mlx_closure_value_and_grad {
+    ctx: std::ptr::null_mut(),
+  });
   // SAFETY: live closure; the slice outlives the call; out-handle owned by
   // `res`.
   check_call(unsafe {

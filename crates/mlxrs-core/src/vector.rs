@@ -19,13 +19,17 @@ impl Drop for VectorArray {
 impl VectorArray {
   /// An empty-handle out-parameter.
   pub(crate) fn null() -> VectorArray {
-    VectorArray(mlx_vector_array { ctx: std::ptr::null_mut() })
+    VectorArray(mlx_vector_array {
+      ctx: std::ptr::null_mut(),
+    })
   }
 
   /// A vector holding (shared references to) `arrays`.
   pub fn from_arrays(arrays: &[Array]) -> Result<VectorArray> {
     if arrays.iter().any(Array::is_null) {
-      return Err(Error::InvalidArgument("empty array handle in a list of arrays".into()));
+      return Err(Error::InvalidArgument(
+        "empty array handle in a list of arrays".into(),
+      ));
     }
     let raw: Vec<mlxrs_sys::mlx_array> = arrays.iter().map(|a| a.0).collect();
     // SAFETY: `raw` holds `len` live handles for the duration of the call;

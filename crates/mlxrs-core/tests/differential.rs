@@ -430,7 +430,12 @@ fn vals(a: &Array) -> mlxrs_core::Result<Vals> {
     Dtype::Complex64 => {
       let re = ops::real(a)?.to_vec::<f32>()?;
       let im = ops::imag(a)?.to_vec::<f32>()?;
-      Vals::Complex(re.into_iter().zip(im).map(|(r, i)| (f64::from(r), f64::from(i))).collect())
+      Vals::Complex(
+        re.into_iter()
+          .zip(im)
+          .map(|(r, i)| (f64::from(r), f64::from(i)))
+          .collect(),
+      )
     }
     Dtype::Float64 => Vals::Float(a.clone().to_vec::<f64>()?),
     _ if d.is_float() => Vals::Float(

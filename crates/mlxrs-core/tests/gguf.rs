@@ -242,7 +242,10 @@ fn save_errors() {
     "general.alignment".to_string(),
     GgufMeta::Array(Array::from_slice::<u32>(&[64], &()).unwrap()),
   )]);
-  assert!(matches!(save_gguf(tmp("al.gguf"), &a, &al), Err(Error::InvalidArgument(_))));
+  assert!(matches!(
+    save_gguf(tmp("al.gguf"), &a, &al),
+    Err(Error::InvalidArgument(_))
+  ));
   // A NUL in a key.
   let nul = HashMap::from([("a\0b".to_string(), Array::scalar(1.0f32))]);
   assert!(matches!(

@@ -8,8 +8,8 @@
 
 #![allow(clippy::excessive_precision)] // golden values keep the digits python prints
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use mlxrs_core::transforms::{
   self, Closure, CustomJvp, CustomVjp, CustomVmap, checkpoint, compile, compile_fn,
@@ -125,7 +125,10 @@ fn value_and_grad_argnums() {
 
   let (values, grads) = value_and_grad(&f, &[0, 1]).unwrap().call(&args).unwrap();
   assert_eq!(vals(&values[0]), [14.0]);
-  assert_eq!(grads.iter().map(|g| vals(g)[0]).collect::<Vec<_>>(), [9.0, 2.0]);
+  assert_eq!(
+    grads.iter().map(|g| vals(g)[0]).collect::<Vec<_>>(),
+    [9.0, 2.0]
+  );
 
   let grads = grad(&f, &[-1]).unwrap().call(&args).unwrap();
   assert_eq!(vals(&grads[0]), [2.0]);
@@ -148,14 +151,23 @@ fn wrong_argnums_is_err() {
   assert!(e.to_string().contains("Repeat argument"), "{e}");
 
   // The same transform still works with good inputs afterwards.
-  assert_eq!(vals(&grad(&f, &[0]).unwrap().call(&args).unwrap()[0]), [9.0]);
+  assert_eq!(
+    vals(&grad(&f, &[0]).unwrap().call(&args).unwrap()[0]),
+    [9.0]
+  );
 }
 
 /// grad needs a scalar output: a vector output is an `Err`.
 #[test]
 fn grad_of_non_scalar_is_err() {
-  let e = grad(&square(), &[0]).unwrap().call(&[f32s(&[1.0, 2.0], &[2])]).unwrap_err();
-  assert!(e.to_string().contains("does not match cotangent shape"), "{e}");
+  let e = grad(&square(), &[0])
+    .unwrap()
+    .call(&[f32s(&[1.0, 2.0], &[2])])
+    .unwrap_err();
+  assert!(
+    e.to_string().contains("does not match cotangent shape"),
+    "{e}"
+  );
 }
 
 // ------------------------------------------------------------------ vjp / jvp
@@ -189,7 +201,14 @@ fn vjp_jvp_bad_shapes_are_err() {
   let x = f32s(&[0.0, 0.5, 1.0], &[3]);
   assert!(jvp(&sin_fn(), std::slice::from_ref(&x), &[]).is_err());
   assert!(jvp(&sin_fn(), std::slice::from_ref(&x), &[f32s(&[1.0], &[1])]).is_err());
-  assert!(vjp(&sin_fn(), std::slice::from_ref(&x), &[f32s(&[1.0, 2.0], &[2])]).is_err());
+  assert!(
+    vjp(
+      &sin_fn(),
+      std::slice::from_ref(&x),
+      &[f32s(&[1.0, 2.0], &[2])]
+    )
+    .is_err()
+  );
   assert!(vjp(&sin_fn(), &[x], &[]).is_err());
 }
 
@@ -202,8 +221,8 @@ fn vjp_jvp_bad_shapes_are_err() {
 /// columns [1, 4], [2, 5], [3, 6]) against b = [1, 2]: [9, 12, 15].
 #[test]
 fn vmap_dot_over_batch() {
-  let dot = Closure::new(|a: &[Array]| Ok(vec![ops::sum(&ops::multiply(&a[0], &a[1])?, false)?]))
-    .unwrap();
+  let dot =
+    Closure::new(|a: &[Array]| Ok(vec![ops::sum(&ops::multiply(&a[0], &a[1])?, false)?])).unwrap();
   let a = f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
   let b = f32s(&[1.0, 0.0, 1.0, 2.0, 2.0, 2.0], &[2, 3]);
 
@@ -212,10 +231,16 @@ fn vmap_dot_over_batch() {
   assert_eq!(vals(&out[0]), [4.0, 30.0]);
 
   let ones = f32s(&[1.0, 1.0, 1.0], &[3]);
-  let out = vmap(&dot, &[0, -1], &[0]).unwrap().call(&[a.clone(), ones]).unwrap();
+  let out = vmap(&dot, &[0, -1], &[0])
+    .unwrap()
+    .call(&[a.clone(), ones])
+    .unwrap();
   assert_eq!(vals(&out[0]), [6.0, 15.0]);
 
-  let out = vmap(&dot, &[1, -1], &[0]).unwrap().call(&[a, f32s(&[1.0, 2.0], &[2])]).unwrap();
+  let out = vmap(&dot, &[1, -1], &[0])
+    .unwrap()
+    .call(&[a, f32s(&[1.0, 2.0], &[2])])
+    .unwrap();
   assert_eq!(vals(&out[0]), [9.0, 12.0, 15.0]);
 }
 
@@ -228,13 +253,21 @@ fn vmap_bad_axes_are_err() {
   for axes in [&[2][..], &[-2], &[0, 0]] {
     // MLX rejects some at creation (all-negative in axes with explicit out
     // axes), the rest fail at the call.
-    let e = vmap(&f, axes, &[0]).and_then(|v| v.call(std::slice::from_ref(&a))).unwrap_err();
+    let e = vmap(&f, axes, &[0])
+      .and_then(|v| v.call(std::slice::from_ref(&a)))
+      .unwrap_err();
     assert!(e.to_string().contains("vmap"), "{axes:?}: {e}");
   }
-  let e = vmap(&f, &[-2, 0], &[0]).unwrap().call(&[a.clone(), a.clone()]).unwrap_err();
+  let e = vmap(&f, &[-2, 0], &[0])
+    .unwrap()
+    .call(&[a.clone(), a.clone()])
+    .unwrap_err();
   assert!(e.to_string().contains("in axis -2"), "{e}");
   // Output axis beyond the output's rank.
-  let e = vmap(&f, &[0], &[3]).unwrap().call(std::slice::from_ref(&a)).unwrap_err();
+  let e = vmap(&f, &[0], &[3])
+    .unwrap()
+    .call(std::slice::from_ref(&a))
+    .unwrap_err();
   assert!(e.to_string().contains("vmap"), "{e}");
   // A scalar cannot be mapped.
   assert!(vmap(&f, &[], &[]).unwrap().call(&[scalar(1.0)]).is_err());
@@ -261,7 +294,10 @@ fn compile_matches_uncompiled() {
     assert_eq!(got.len(), n);
     for (g, w) in got.iter().zip(&want) {
       // Fused kernels may contract a multiply-add: allow 1 ulp-ish.
-      assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{got:?} vs {want:?}");
+      assert!(
+        (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+        "{got:?} vs {want:?}"
+      );
     }
   }
 }
@@ -298,7 +334,11 @@ fn shapeless_compile_handles_two_shapes() {
     let warm = traces.load(Ordering::SeqCst);
     assert!(warm >= 1);
     assert_eq!(run(&cf, &x3), [1.0, 3.0, 5.0]);
-    assert_eq!(traces.load(Ordering::SeqCst), warm, "shapeless {shapeless}: same shape");
+    assert_eq!(
+      traces.load(Ordering::SeqCst),
+      warm,
+      "shapeless {shapeless}: same shape"
+    );
     assert_eq!(run(&cf, &x5), [1.0, 3.0, 5.0, 7.0, 9.0]);
     let after = traces.load(Ordering::SeqCst);
     if shapeless {
@@ -310,7 +350,11 @@ fn shapeless_compile_handles_two_shapes() {
       assert_eq!(run(&cf, &x5), [1.0, 3.0, 5.0, 7.0, 9.0]);
       assert_eq!(run(&cf, &x3), [1.0, 3.0, 5.0]);
     }
-    assert_eq!(traces.load(Ordering::SeqCst), after, "shapeless {shapeless}: no more traces");
+    assert_eq!(
+      traces.load(Ordering::SeqCst),
+      after,
+      "shapeless {shapeless}: no more traces"
+    );
   }
 }
 
@@ -370,9 +414,12 @@ fn compile_mode_switches() {
 /// sin(0.5) = 0.47942554, but the gradient is 10 (not cos(0.5)).
 #[test]
 fn custom_vjp_overrides_gradient() {
-  let f = custom_vjp(&sin_fn(), |_primals: &[Array], cotangents: &[Array], _outputs: &[Array]| {
-    Ok(vec![(&cotangents[0] * 10.0)?])
-  })
+  let f = custom_vjp(
+    &sin_fn(),
+    |_primals: &[Array], cotangents: &[Array], _outputs: &[Array]| {
+      Ok(vec![(&cotangents[0] * 10.0)?])
+    },
+  )
   .unwrap();
   assert_close(&vals(&f.call(&[scalar(0.5)]).unwrap()[0]), &[0.479_425_54]);
   let g = grad(&f, &[0]).unwrap().call(&[scalar(0.5)]).unwrap();
@@ -383,10 +430,19 @@ fn custom_vjp_overrides_gradient() {
 /// an out-of-range read inside MLX.
 #[test]
 fn custom_vjp_wrong_count_is_err() {
-  let f = custom_vjp(&xy_plus_xx(), |_p: &[Array], c: &[Array], _o: &[Array]| Ok(vec![c[0].clone()]))
-    .unwrap();
-  let e = grad(&f, &[1]).unwrap().call(&[scalar(2.0), scalar(5.0)]).unwrap_err();
-  assert!(e.to_string().contains("vjp function returned 1 arrays for 2 primals"), "{e}");
+  let f = custom_vjp(&xy_plus_xx(), |_p: &[Array], c: &[Array], _o: &[Array]| {
+    Ok(vec![c[0].clone()])
+  })
+  .unwrap();
+  let e = grad(&f, &[1])
+    .unwrap()
+    .call(&[scalar(2.0), scalar(5.0)])
+    .unwrap_err();
+  assert!(
+    e.to_string()
+      .contains("vjp function returned 1 arrays for 2 primals"),
+    "{e}"
+  );
 }
 
 /// `custom_function` with a jvp (3 * tangent) and a vmap (sin, then + 100,
@@ -409,7 +465,10 @@ fn custom_function_jvp_and_vmap() {
   assert_close(&vals(&outs[0]), &[0.479_425_54]);
   assert_eq!(vals(&jvps[0]), [6.0]);
 
-  let out = vmap(&f, &[0], &[0]).unwrap().call(&[f32s(&[0.0, 0.0], &[2, 1])]).unwrap();
+  let out = vmap(&f, &[0], &[0])
+    .unwrap()
+    .call(&[f32s(&[0.0, 0.0], &[2, 1])])
+    .unwrap();
   assert_eq!(vals(&out[0]), [100.0, 100.0]);
 }
 
@@ -421,7 +480,10 @@ fn custom_jvp_wrong_count_is_err() {
       .unwrap();
   let f = custom_function(&sin_fn(), None, Some(&cjvp), None).unwrap();
   let e = jvp(&f, &[scalar(0.5)], &[scalar(1.0)]).unwrap_err();
-  assert!(e.to_string().contains("jvp function returned 2 arrays"), "{e}");
+  assert!(
+    e.to_string().contains("jvp function returned 2 arrays"),
+    "{e}"
+  );
 }
 
 /// A custom function whose forward returns nothing is `Err` (MLX would read
@@ -433,7 +495,10 @@ fn custom_function_empty_output_is_err() {
   let f = custom_function(&empty, Some(&cvjp), None, None).unwrap();
   let e = f.call(&[scalar(1.0)]).unwrap_err();
   assert!(e.to_string().contains("at least one array"), "{e}");
-  let e = checkpoint(&empty).unwrap().call(&[scalar(1.0)]).unwrap_err();
+  let e = checkpoint(&empty)
+    .unwrap()
+    .call(&[scalar(1.0)])
+    .unwrap_err();
   assert!(e.to_string().contains("at least one array"), "{e}");
 }
 
@@ -443,17 +508,29 @@ fn custom_function_empty_output_is_err() {
 fn checkpoint_matches_plain_grad() {
   let f = Closure::new(|a: &[Array]| {
     let x = &a[0];
-    Ok(vec![ops::sum(&ops::multiply(&ops::exp(&ops::sin(x)?)?, x)?, false)?])
+    Ok(vec![ops::sum(
+      &ops::multiply(&ops::exp(&ops::sin(x)?)?, x)?,
+      false,
+    )?])
   })
   .unwrap();
   let x = f32s(&[-1.0, 0.0, 0.5, 2.0], &[4]);
-  let plain = grad(&f, &[0]).unwrap().call(std::slice::from_ref(&x)).unwrap();
+  let plain = grad(&f, &[0])
+    .unwrap()
+    .call(std::slice::from_ref(&x))
+    .unwrap();
   let ck = checkpoint(&f).unwrap();
-  let ckg = grad(&ck, &[0]).unwrap().call(std::slice::from_ref(&x)).unwrap();
+  let ckg = grad(&ck, &[0])
+    .unwrap()
+    .call(std::slice::from_ref(&x))
+    .unwrap();
   assert_close(&vals(&ckg[0]), &vals(&plain[0]));
   // At x = 0: exp(0) (0 + 1) = 1.
   assert_close(&vals(&ckg[0])[1..2], &[1.0]);
-  assert_close(&vals(&ck.call(std::slice::from_ref(&x)).unwrap()[0]), &vals(&f.call(&[x]).unwrap()[0]));
+  assert_close(
+    &vals(&ck.call(std::slice::from_ref(&x)).unwrap()[0]),
+    &vals(&f.call(&[x]).unwrap()[0]),
+  );
 }
 
 // ------------------------------------------------------------------ export
@@ -468,14 +545,20 @@ fn export_import_round_trip() {
   let path = dir.join("f.mlxfn");
   let w = f32s(&[1.0, 2.0, 3.0], &[3]);
   let f = Closure::new(move |a: &[Array]| {
-    Ok(vec![(&ops::multiply(&a[0], &w)? + &a[1])?, ops::sum(&a[0], false)?])
+    Ok(vec![
+      (&ops::multiply(&a[0], &w)? + &a[1])?,
+      ops::sum(&a[0], false)?,
+    ])
   })
   .unwrap();
   let ex = [f32s(&[0.0; 3], &[3]), f32s(&[0.0; 3], &[3])];
   export::export_function(&path, &f, &ex, false).unwrap();
 
   let g = export::import_function(&path).unwrap();
-  let args = [f32s(&[1.0, 1.0, 2.0], &[3]), f32s(&[10.0, 20.0, 30.0], &[3])];
+  let args = [
+    f32s(&[1.0, 1.0, 2.0], &[3]),
+    f32s(&[10.0, 20.0, 30.0], &[3]),
+  ];
   let want = f.call(&args).unwrap();
   let got = g.call(&args).unwrap();
   assert_eq!(got.len(), 2);
@@ -489,9 +572,14 @@ fn export_import_round_trip() {
     move |a: &[Array]| Ok(vec![g.call(a)?.remove(1)])
   })
   .unwrap();
-  assert_eq!(vals(&grad(&sum_x, &[0]).unwrap().call(&args).unwrap()[0]), [1.0, 1.0, 1.0]);
+  assert_eq!(
+    vals(&grad(&sum_x, &[0]).unwrap().call(&args).unwrap()[0]),
+    [1.0, 1.0, 1.0]
+  );
 
-  let e = g.call(&[f32s(&[1.0; 4], &[4]), f32s(&[1.0; 4], &[4])]).unwrap_err();
+  let e = g
+    .call(&[f32s(&[1.0; 4], &[4]), f32s(&[1.0; 4], &[4])])
+    .unwrap_err();
   assert!(e.to_string().contains("No imported function found"), "{e}");
 
   let e = export::import_function(dir.join("missing.mlxfn")).unwrap_err();
@@ -523,7 +611,10 @@ fn exporter_multiple_traces() {
   let g = export::import_function(&path).unwrap();
   let a = f32s(&[1.0, 2.0, 3.0], &[3]);
   let b = f32s(&[10.0, 20.0, 30.0], &[3]);
-  assert_eq!(vals(&g.call(std::slice::from_ref(&a)).unwrap()[0]), [1.0, 2.0, 3.0]);
+  assert_eq!(
+    vals(&g.call(std::slice::from_ref(&a)).unwrap()[0]),
+    [1.0, 2.0, 3.0]
+  );
   assert_eq!(vals(&g.call(&[a, b]).unwrap()[0]), [11.0, 22.0, 33.0]);
   std::fs::remove_dir_all(&dir).ok();
 }
@@ -537,12 +628,16 @@ fn imported_closure_on_other_threads() {
   let dir = tempdir("threads");
   let path = dir.join("f.mlxfn");
   let two = scalar(2.0);
-  let f = Closure::new(move |a: &[Array]| Ok(vec![ops::multiply(&ops::exp(&a[0])?, &two)?])).unwrap();
+  let f =
+    Closure::new(move |a: &[Array]| Ok(vec![ops::multiply(&ops::exp(&a[0])?, &two)?])).unwrap();
   export::export_function(&path, &f, &[f32s(&[0.0, 0.0], &[2])], false).unwrap();
   let want = [2.0, 5.436_563_7];
   let g = std::thread::spawn(move || {
     let g = export::import_function(&path).unwrap();
-    assert_close(&vals(&g.call(&[f32s(&[0.0, 1.0], &[2])]).unwrap()[0]), &want);
+    assert_close(
+      &vals(&g.call(&[f32s(&[0.0, 1.0], &[2])]).unwrap()[0]),
+      &want,
+    );
     g
   })
   .join()
@@ -551,13 +646,19 @@ fn imported_closure_on_other_threads() {
     let g = g.clone();
     std::thread::spawn(move || {
       for _ in 0..2 {
-        assert_close(&vals(&g.call(&[f32s(&[0.0, 1.0], &[2])]).unwrap()[0]), &want);
+        assert_close(
+          &vals(&g.call(&[f32s(&[0.0, 1.0], &[2])]).unwrap()[0]),
+          &want,
+        );
       }
     })
     .join()
     .unwrap();
   }
-  assert_close(&vals(&g.call(&[f32s(&[0.0, 1.0], &[2])]).unwrap()[0]), &want);
+  assert_close(
+    &vals(&g.call(&[f32s(&[0.0, 1.0], &[2])]).unwrap()[0]),
+    &want,
+  );
   std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -592,10 +693,22 @@ fn closure_err_comes_back() {
   let x = scalar(1.0);
   for (what, r) in [
     ("call", bad.call(std::slice::from_ref(&x))),
-    ("grad", grad(&bad, &[0]).unwrap().call(std::slice::from_ref(&x))),
-    ("vmap", vmap(&bad, &[], &[]).unwrap().call(&[f32s(&[1.0], &[1])])),
-    ("compile", compile(&bad, false).unwrap().call(std::slice::from_ref(&x))),
-    ("vjp", vjp(&bad, std::slice::from_ref(&x), std::slice::from_ref(&x)).map(|p| p.0)),
+    (
+      "grad",
+      grad(&bad, &[0]).unwrap().call(std::slice::from_ref(&x)),
+    ),
+    (
+      "vmap",
+      vmap(&bad, &[], &[]).unwrap().call(&[f32s(&[1.0], &[1])]),
+    ),
+    (
+      "compile",
+      compile(&bad, false).unwrap().call(std::slice::from_ref(&x)),
+    ),
+    (
+      "vjp",
+      vjp(&bad, std::slice::from_ref(&x), std::slice::from_ref(&x)).map(|p| p.0),
+    ),
   ] {
     match r {
       Err(Error::InvalidArgument(m)) => assert_eq!(m, "nope", "{what}"),
@@ -603,7 +716,10 @@ fn closure_err_comes_back() {
     }
   }
   // Everything still works afterwards.
-  assert_eq!(vals(&grad(&square(), &[0]).unwrap().call(&[scalar(3.0)]).unwrap()[0]), [6.0]);
+  assert_eq!(
+    vals(&grad(&square(), &[0]).unwrap().call(&[scalar(3.0)]).unwrap()[0]),
+    [6.0]
+  );
 }
 
 /// An MLX error inside the closure (a shape mismatch) comes back as that
@@ -611,7 +727,9 @@ fn closure_err_comes_back() {
 #[test]
 fn mlx_error_inside_closure() {
   let f = Closure::new(|a: &[Array]| Ok(vec![ops::matmul(&a[0], &a[0])?])).unwrap();
-  let e = f.call(&[f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])]).unwrap_err();
+  let e = f
+    .call(&[f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])])
+    .unwrap_err();
   match e {
     Error::Mlx(m) => assert!(!m.starts_with("mlx:") && m.contains("matmul"), "{m}"),
     other => panic!("{other:?}"),
@@ -635,7 +753,9 @@ fn closure_panic_is_err() {
   for r in [
     boom.call(std::slice::from_ref(&x)),
     grad(&boom, &[0]).unwrap().call(std::slice::from_ref(&x)),
-    compile(&boom, false).unwrap().call(std::slice::from_ref(&x)),
+    compile(&boom, false)
+      .unwrap()
+      .call(std::slice::from_ref(&x)),
   ] {
     let e = r.unwrap_err();
     assert!(e.to_string().contains("panicked: boom 42"), "{e}");
@@ -671,12 +791,18 @@ fn compile_after_failed_trace() {
 /// A custom vjp that fails surfaces through grad.
 #[test]
 fn custom_vjp_err_comes_back() {
-  let f = custom_vjp(&sin_fn(), |_p: &[Array], _c: &[Array], _o: &[Array]| -> Result<Vec<Array>> {
-    Err(Error::InvalidArgument("vjp says no".into()))
-  })
+  let f = custom_vjp(
+    &sin_fn(),
+    |_p: &[Array], _c: &[Array], _o: &[Array]| -> Result<Vec<Array>> {
+      Err(Error::InvalidArgument("vjp says no".into()))
+    },
+  )
   .unwrap();
   let e = grad(&f, &[0]).unwrap().call(&[scalar(0.5)]).unwrap_err();
-  assert!(matches!(&e, Error::InvalidArgument(m) if m == "vjp says no"), "{e:?}");
+  assert!(
+    matches!(&e, Error::InvalidArgument(m) if m == "vjp says no"),
+    "{e:?}"
+  );
 }
 
 /// Payloads are freed: a closure's captured state is dropped once the

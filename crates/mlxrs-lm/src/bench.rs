@@ -13,7 +13,13 @@ use crate::generate::{StepConfig, TokenGenerator};
 use crate::model::{LanguageModel, build_model};
 
 /// Named shapes (config.json of the real models, weights random).
-pub const SHAPES: &[&str] = &["llama-3.2-1b", "qwen3-0.6b", "qwen3-4b", "smollm2-135m", "llama-3.1-8b"];
+pub const SHAPES: &[&str] = &[
+  "llama-3.2-1b",
+  "qwen3-0.6b",
+  "qwen3-4b",
+  "smollm2-135m",
+  "llama-3.1-8b",
+];
 
 /// The config.json of a named shape.
 pub fn shape_config(name: &str) -> Result<Value> {
@@ -59,11 +65,19 @@ pub fn shape_config(name: &str) -> Result<Value> {
 
 /// A model of a named shape with random weights of `dtype`, quantized to
 /// `bits` (group `group_size`, affine) when given.
-pub fn random_model(name: &str, dtype: Dtype, bits: Option<i32>, group_size: i32, seed: u64) -> Result<Box<dyn LanguageModel>> {
+pub fn random_model(
+  name: &str,
+  dtype: Dtype,
+  bits: Option<i32>,
+  group_size: i32,
+  seed: u64,
+) -> Result<Box<dyn LanguageModel>> {
   let cfg = shape_config(name)?;
   let mut model = build_model(&cfg)?;
   let quant = match bits {
-    Some(b) => Some(QuantConfig::from_json(&json!({"group_size": group_size, "bits": b}))?),
+    Some(b) => Some(QuantConfig::from_json(
+      &json!({"group_size": group_size, "bits": b}),
+    )?),
     None => None,
   };
   let mut w = Weights::random(dtype, seed, quant)?;
@@ -92,9 +106,16 @@ pub struct BenchResult {
 
 /// Time prefill of `prompt_tokens` random ids and greedy generation of
 /// `gen_tokens` (python `mlx_lm.benchmark`'s trial).
-pub fn run_trial(model: &dyn LanguageModel, prompt_tokens: usize, gen_tokens: usize, seed: u64) -> Result<BenchResult> {
+pub fn run_trial(
+  model: &dyn LanguageModel,
+  prompt_tokens: usize,
+  gen_tokens: usize,
+  seed: u64,
+) -> Result<BenchResult> {
   if prompt_tokens == 0 || gen_tokens == 0 {
-    return Err(Error::Core(mlxrs_core::Error::InvalidArgument("prompt and generation lengths must be > 0".into())));
+    return Err(Error::Core(mlxrs_core::Error::InvalidArgument(
+      "prompt and generation lengths must be > 0".into(),
+    )));
   }
   let vocab = model.vocab_size();
   let mut ids = mlxrs_core::random::randint(
@@ -106,7 +127,10 @@ pub fn run_trial(model: &dyn LanguageModel, prompt_tokens: usize, gen_tokens: us
   )?;
   let prompt = ids.to_vec::<i32>()?;
   memory::reset_peak_memory()?;
-  let cfg = StepConfig { max_tokens: gen_tokens, ..StepConfig::default() };
+  let cfg = StepConfig {
+    max_tokens: gen_tokens,
+    ..StepConfig::default()
+  };
   let mut g = TokenGenerator::new(model, &prompt, &cfg, None)?;
   let mut n = 0;
   let mut t_first = None;
@@ -122,7 +146,11 @@ pub fn run_trial(model: &dyn LanguageModel, prompt_tokens: usize, gen_tokens: us
     prompt_tokens,
     prompt_tps: prompt_tokens as f64 / g.prompt_time.max(1e-9),
     generation_tokens: n,
-    generation_tps: if n > 1 { (n - 1) as f64 / gen_time.max(1e-9) } else { 0.0 },
+    generation_tps: if n > 1 {
+      (n - 1) as f64 / gen_time.max(1e-9)
+    } else {
+      0.0
+    },
     peak_memory_gb: memory::peak_memory()? as f64 / 1e9,
   })
 }

@@ -109,7 +109,12 @@ impl StepArrays {
     } else {
       None
     };
-    Ok(StepArrays { y, logprobs, token_lp, top })
+    Ok(StepArrays {
+      y,
+      logprobs,
+      token_lp,
+      top,
+    })
   }
 
   /// The arrays to evaluate with the token.
@@ -136,7 +141,8 @@ impl StepArrays {
         let (ids, vals) = (ids.to_vec::<i32>()?, vals.to_vec::<f32>()?);
         (0..toks.len())
           .map(|r| {
-            let mut row: Vec<(i32, f32)> = (0..k).map(|j| (ids[r * k + j], vals[r * k + j])).collect();
+            let mut row: Vec<(i32, f32)> =
+              (0..k).map(|j| (ids[r * k + j], vals[r * k + j])).collect();
             row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             row
           })
@@ -144,7 +150,14 @@ impl StepArrays {
       }
       None => vec![Vec::new(); toks.len()],
     };
-    Ok(toks.into_iter().zip(lps).zip(tops).map(|((t, l), tp)| (t, l, tp)).collect())
+    Ok(
+      toks
+        .into_iter()
+        .zip(lps)
+        .zip(tops)
+        .map(|((t, l), tp)| (t, l, tp))
+        .collect(),
+    )
   }
 }
 
@@ -185,14 +198,20 @@ impl<'m> TokenGenerator<'m> {
     caches: Option<Vec<KvCache>>,
   ) -> Result<TokenGenerator<'m>> {
     if prompt.is_empty() {
-      return Err(Error::InvalidArgument("the prompt is empty (no tokens)".into()));
+      return Err(Error::InvalidArgument(
+        "the prompt is empty (no tokens)".into(),
+      ));
     }
     let vocab = model.vocab_size();
     if let Some(&bad) = prompt.iter().find(|&&t| t < 0 || t >= vocab) {
-      return Err(Error::InvalidArgument(format!("prompt token {bad} is outside the vocabulary [0, {vocab})")));
+      return Err(Error::InvalidArgument(format!(
+        "prompt token {bad} is outside the vocabulary [0, {vocab})"
+      )));
     }
     if cfg.prefill_step_size == 0 {
-      return Err(Error::InvalidArgument("prefill_step_size must be > 0".into()));
+      return Err(Error::InvalidArgument(
+        "prefill_step_size must be > 0".into(),
+      ));
     }
     cfg.logits.validate(vocab)?;
     let sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
@@ -211,11 +230,15 @@ impl<'m> TokenGenerator<'m> {
       prompt_time: 0.0,
       prompt_tokens: prompt.len(),
       failed: false,
-      kv_quant: cfg.kv_bits.map(|b| (b, cfg.kv_group_size, cfg.quantized_kv_start)),
+      kv_quant: cfg
+        .kv_bits
+        .map(|b| (b, cfg.kv_group_size, cfg.quantized_kv_start)),
     };
     if let Some(b) = cfg.kv_bits {
       if ![2, 3, 4, 6, 8].contains(&b) {
-        return Err(Error::InvalidArgument(format!("kv_bits must be one of 2, 3, 4, 6, 8; got {b}")));
+        return Err(Error::InvalidArgument(format!(
+          "kv_bits must be one of 2, 3, 4, 6, 8; got {b}"
+        )));
       }
     }
     let t0 = std::time::Instant::now();
@@ -253,7 +276,11 @@ impl<'m> TokenGenerator<'m> {
   fn maybe_quantize_caches(&mut self) -> Result<()> {
     if let Some((bits, group, start)) = self.kv_quant {
       for c in self.caches.iter_mut() {
-        if !c.is_quantized() && c.kind() == mlxrs_nn::KvCacheKind::Standard && c.chunk_size().is_none() && c.offset > start {
+        if !c.is_quantized()
+          && c.kind() == mlxrs_nn::KvCacheKind::Standard
+          && c.chunk_size().is_none()
+          && c.offset > start
+        {
           *c = c.to_quantized(group, bits)?;
         }
       }
@@ -302,14 +329,28 @@ impl<'m> TokenGenerator<'m> {
       mlxrs_core::async_eval(&next.outputs())?;
       self.pending = Some(next);
     }
-    let (token, logprob, top_logprobs) = cur.read()?.into_iter().next().ok_or_else(|| Error::InvalidArgument("empty step".into()))?;
+    let (token, logprob, top_logprobs) = cur
+      .read()?
+      .into_iter()
+      .next()
+      .ok_or_else(|| Error::InvalidArgument("empty step".into()))?;
     if self.produced + 1 < self.max_tokens && needs_host {
       let next = self.step_tokens(&[token])?;
       self.pending = Some(next);
     }
     self.produced += 1;
-    let logprobs = if self.return_logprobs { Some(ops::reshape(&cur.logprobs, &[-1])?) } else { None };
-    Ok(Some(Step { token, logprobs, logprob, top_logprobs, from_draft: false }))
+    let logprobs = if self.return_logprobs {
+      Some(ops::reshape(&cur.logprobs, &[-1])?)
+    } else {
+      None
+    };
+    Ok(Some(Step {
+      token,
+      logprobs,
+      logprob,
+      top_logprobs,
+      from_draft: false,
+    }))
   }
 
   /// The token budget.

@@ -489,8 +489,12 @@ mod tests {
     assert!(progress_enabled(&hub, true));
     assert!(!progress_enabled(&hub, false), "not a terminal");
     hub.progress = false;
-    assert!(!progress_enabled(&hub, true), "HF_HUB_DISABLE_PROGRESS_BARS");
-    let off = HubConfig::from_vars(|k| (k == "HF_HUB_DISABLE_PROGRESS_BARS").then(|| "1".to_string()));
+    assert!(
+      !progress_enabled(&hub, true),
+      "HF_HUB_DISABLE_PROGRESS_BARS"
+    );
+    let off =
+      HubConfig::from_vars(|k| (k == "HF_HUB_DISABLE_PROGRESS_BARS").then(|| "1".to_string()));
     assert!(!off.progress);
   }
 

@@ -15,13 +15,17 @@ pub mod hub;
 pub mod tokenizer;
 
 pub use chat::{ChatOptions, ChatTemplate, ChatTemplates, Content, Message};
-pub use config::{GenerationConfig, LayerQuantization, ModelConfig, QuantMode, QuantParams, QuantSource, Quantization};
+pub use config::{
+  GenerationConfig, LayerQuantization, ModelConfig, QuantMode, QuantParams, QuantSource,
+  Quantization,
+};
 pub use detokenizer::{DetokenizerKind, StreamingDetokenizer};
 pub use error::{Error, Result};
 pub use hub::{HubConfig, ModelFiles, resolve_model, resolve_model_with};
 pub use tokenizer::{SpecialTokens, Tokenizer};
 
 // The MLX half: models, sampling, generation.
+pub mod batch;
 pub mod bench;
 pub mod generate;
 pub mod load;
@@ -30,14 +34,14 @@ pub mod models;
 pub mod sample;
 pub mod speculative;
 pub mod text;
-pub mod batch;
 
+pub use batch::batch_generate;
 pub use generate::{Step, StepConfig, TokenGenerator};
 pub use load::{LoadOptions, LoadedModel, load, load_model_dir};
 pub use model::{LanguageModel, build_model, supported_model_types};
 pub use sample::{LogitsConfig, Sampler, SamplerConfig};
-pub use batch::batch_generate;
 pub use speculative::SpeculativeGenerator;
 pub use text::{
-  FinishReason, GenerateOptions, Output, Response, TextStream, collect, generate, generate_speculative, prompt_ids,
+  FinishReason, GenerateOptions, Output, Response, TextStream, collect, generate,
+  generate_speculative, prompt_ids,
 };

@@ -67,7 +67,10 @@ pub fn load_weights(files: &[PathBuf]) -> Result<HashMap<String, Array>> {
 }
 
 /// Build a model from a folder's config and weights (no tokenizer).
-pub fn load_model_dir(dir: &Path, dtype: Option<Dtype>) -> Result<(Box<dyn LanguageModel>, ModelConfig)> {
+pub fn load_model_dir(
+  dir: &Path,
+  dtype: Option<Dtype>,
+) -> Result<(Box<dyn LanguageModel>, ModelConfig)> {
   let config = ModelConfig::from_dir(dir)?;
   let files = ModelFiles::scan(dir)?;
   let cfg = config.text_config();
@@ -81,7 +84,10 @@ pub fn load_model_dir(dir: &Path, dtype: Option<Dtype>) -> Result<(Box<dyn Langu
   }
   model.load(&mut w);
   w.finish().map_err(|e| {
-    Error::Core(mlxrs_core::Error::Format { path: dir.display().to_string(), msg: e.to_string() })
+    Error::Core(mlxrs_core::Error::Format {
+      path: dir.display().to_string(),
+      msg: e.to_string(),
+    })
   })?;
   // Evaluate the parameters now (as python's `mx.eval(model.parameters())`)
   // so that a truncated or unreadable shard fails here, not mid-generation.
@@ -96,7 +102,18 @@ pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel> {
   let path = resolve_model(model)?;
   let dtype = opts.dtype.or_else(default_dtype);
   let (m, config) = load_model_dir(&path, dtype)?;
-  let tokenizer = if opts.no_tokenizer { None } else { Some(Tokenizer::from_dir(&path)?) };
+  let tokenizer = if opts.no_tokenizer {
+    None
+  } else {
+    Some(Tokenizer::from_dir(&path)?)
+  };
   let max_context = config.max_position_embeddings().ok().flatten();
-  Ok(LoadedModel { model: m, config, tokenizer, path, dtype, max_context })
+  Ok(LoadedModel {
+    model: m,
+    config,
+    tokenizer,
+    path,
+    dtype,
+    max_context,
+  })
 }

@@ -36,7 +36,12 @@ pub trait LanguageModel: Send {
   /// `offset + T` positions after this call) is a real token rather than
   /// padding. Padding keys are hidden from every other query. Architectures
   /// that do not implement it return an `Err`.
-  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
     let _ = (tokens, caches, key_valid);
     Err(mlxrs_core::Error::InvalidArgument(format!(
       "batched generation (left-padded prompts) is not implemented for this architecture; supported: {}",
@@ -77,7 +82,11 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
 
 /// Supported `model_type` names (incl. aliases), sorted.
 pub fn supported_model_types() -> Vec<&'static str> {
-  let mut v: Vec<&str> = registry().iter().map(|(n, _)| *n).chain(ALIASES.iter().map(|(a, _)| *a)).collect();
+  let mut v: Vec<&str> = registry()
+    .iter()
+    .map(|(n, _)| *n)
+    .chain(ALIASES.iter().map(|(a, _)| *a))
+    .collect();
   v.sort();
   v.dedup();
   v
@@ -88,8 +97,14 @@ pub fn build_model(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let mt = config
     .get("model_type")
     .and_then(Value::as_str)
-    .ok_or_else(|| mlxrs_core::Error::InvalidArgument("config.json has no \"model_type\"".into()))?;
-  let resolved = ALIASES.iter().find(|(a, _)| *a == mt).map(|(_, t)| *t).unwrap_or(mt);
+    .ok_or_else(|| {
+      mlxrs_core::Error::InvalidArgument("config.json has no \"model_type\"".into())
+    })?;
+  let resolved = ALIASES
+    .iter()
+    .find(|(a, _)| *a == mt)
+    .map(|(_, t)| *t)
+    .unwrap_or(mt);
   match registry().into_iter().find(|(n, _)| *n == resolved) {
     Some((_, b)) => b(config),
     None => Err(mlxrs_core::Error::InvalidArgument(format!(
@@ -105,7 +120,10 @@ pub fn parse_args<T: serde::de::DeserializeOwned>(config: &Value) -> Result<T> {
   serde_json::from_value(config.clone()).map_err(|e| {
     mlxrs_core::Error::InvalidArgument(format!(
       "config.json ({}): {e}",
-      config.get("model_type").and_then(Value::as_str).unwrap_or("?")
+      config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
     ))
   })
 }

@@ -58,7 +58,10 @@ impl SamplerConfig {
   pub fn validate(&self, vocab: i32) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
     if !self.temp.is_finite() || self.temp < 0.0 {
-      return bad(format!("temperature must be a finite value >= 0, got {}", self.temp));
+      return bad(format!(
+        "temperature must be a finite value >= 0, got {}",
+        self.temp
+      ));
     }
     if !(0.0..=1.0).contains(&self.top_p) {
       return bad(format!("top_p must be in [0, 1], got {}", self.top_p));
@@ -67,16 +70,28 @@ impl SamplerConfig {
       return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
     }
     if self.min_tokens_to_keep < 1 {
-      return bad(format!("min_tokens_to_keep must be >= 1, got {}", self.min_tokens_to_keep));
+      return bad(format!(
+        "min_tokens_to_keep must be >= 1, got {}",
+        self.min_tokens_to_keep
+      ));
     }
     if self.top_k < 0 || (self.top_k > 0 && self.top_k >= vocab) {
-      return bad(format!("top_k must be 0 (off) or in (0, {vocab}), got {}", self.top_k));
+      return bad(format!(
+        "top_k must be 0 (off) or in (0, {vocab}), got {}",
+        self.top_k
+      ));
     }
     if !(0.0..=1.0).contains(&self.xtc_probability) {
-      return bad(format!("xtc_probability must be in [0, 1], got {}", self.xtc_probability));
+      return bad(format!(
+        "xtc_probability must be in [0, 1], got {}",
+        self.xtc_probability
+      ));
     }
     if !(0.0..=0.5).contains(&self.xtc_threshold) {
-      return bad(format!("xtc_threshold must be in [0, 0.5], got {}", self.xtc_threshold));
+      return bad(format!(
+        "xtc_threshold must be in [0, 0.5], got {}",
+        self.xtc_threshold
+      ));
     }
     Ok(())
   }
@@ -97,9 +112,16 @@ impl Sampler {
   pub fn new(cfg: SamplerConfig, vocab: i32) -> Result<Sampler> {
     cfg.validate(vocab)?;
     let seed = cfg.seed.unwrap_or_else(|| {
-      std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+      std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
     });
-    let key = if cfg.temp == 0.0 { None } else { Some(random::key(seed)?) };
+    let key = if cfg.temp == 0.0 {
+      None
+    } else {
+      Some(random::key(seed)?)
+    };
     Ok(Sampler { cfg, key })
   }
 
@@ -109,7 +131,10 @@ impl Sampler {
   }
 
   fn next_key(&mut self) -> Result<Array> {
-    let k = self.key.as_ref().ok_or_else(|| Error::InvalidArgument("greedy sampler has no key".into()))?;
+    let k = self
+      .key
+      .as_ref()
+      .ok_or_else(|| Error::InvalidArgument("greedy sampler has no key".into()))?;
     let both = random::split_num(k, 2)?;
     let state = ops::take_axis(&both, &Array::scalar(0i32), 0)?;
     let sub = ops::take_axis(&both, &Array::scalar(1i32), 0)?;
@@ -132,7 +157,13 @@ impl Sampler {
     }
     if c.xtc_probability > 0.0 {
       let k = self.next_key()?;
-      lp = apply_xtc(&lp, c.xtc_probability, c.xtc_threshold, &c.xtc_special_tokens, &k)?;
+      lp = apply_xtc(
+        &lp,
+        c.xtc_probability,
+        c.xtc_threshold,
+        &c.xtc_special_tokens,
+        &k,
+      )?;
     }
     if c.top_k > 0 {
       lp = apply_top_k(&lp, c.top_k)?;
@@ -147,7 +178,9 @@ impl Sampler {
 pub fn apply_top_k(logprobs: &Array, k: i32) -> Result<Array> {
   let v = logprobs.dim(-1).unwrap_or(0);
   if !(0 < k && k < v) {
-    return Err(Error::InvalidArgument(format!("top_k has to be in (0, {v}), got {k}")));
+    return Err(Error::InvalidArgument(format!(
+      "top_k has to be in (0, {v}), got {k}"
+    )));
   }
   let neg = ops::negative(logprobs)?;
   let part = ops::argpartition_axis(&neg, k - 1, -1)?;
@@ -162,7 +195,10 @@ pub fn apply_top_k(logprobs: &Array, k: i32) -> Result<Array> {
 /// Min-p filtering (python `apply_min_p`).
 pub fn apply_min_p(logprobs: &Array, min_p: f32, min_tokens_to_keep: i32) -> Result<Array> {
   let top = ops::max_axis(logprobs, -1, true)?;
-  let thresh = ops::add(&top, &Array::scalar_as((min_p as f64).ln(), logprobs.dtype())?)?;
+  let thresh = ops::add(
+    &top,
+    &Array::scalar_as((min_p as f64).ln(), logprobs.dtype())?,
+  )?;
   let mut remove = ops::less(logprobs, &thresh)?;
   if min_tokens_to_keep > 1 {
     let part = ops::argpartition_axis(logprobs, -min_tokens_to_keep, -1)?;
@@ -191,14 +227,28 @@ pub fn apply_top_p(logprobs: &Array, top_p: f32) -> Result<Array> {
   let dropped = ops::sum_axis(&ops::greater_equal(&above, &limit)?, -1, true)?;
   let dropped = ops::astype(&dropped, Dtype::Int32)?;
   let threshold = ops::take_along_axis(&sorted, &dropped, -1)?;
-  ops::where_(&ops::less(logprobs, &threshold)?, &neg_inf(logprobs.dtype())?, logprobs)
+  ops::where_(
+    &ops::less(logprobs, &threshold)?,
+    &neg_inf(logprobs.dtype())?,
+    logprobs,
+  )
 }
 
 /// XTC ("exclude top choices", python `apply_xtc`), with an explicit key.
-pub fn apply_xtc(logits: &Array, prob: f32, threshold: f32, special: &[i32], key: &Array) -> Result<Array> {
+pub fn apply_xtc(
+  logits: &Array,
+  prob: f32,
+  threshold: f32,
+  special: &[i32],
+  key: &Array,
+) -> Result<Array> {
   let probs = ops::softmax_axis(logits, -1, false)?;
   let inf = Array::scalar(f32::INFINITY);
-  let above = ops::where_(&ops::greater(&probs, &Array::scalar(threshold))?, &probs, &inf)?;
+  let above = ops::where_(
+    &ops::greater(&probs, &Array::scalar(threshold))?,
+    &probs,
+    &inf,
+  )?;
   let mut mask = ops::greater(&probs, &ops::min_axis(&above, -1, true)?)?;
   if !special.is_empty() {
     let v = logits.dim(-1).unwrap_or(0);
@@ -210,7 +260,13 @@ pub fn apply_xtc(logits: &Array, prob: f32, threshold: f32, special: &[i32], key
     }
     mask = ops::logical_and(&mask, &Array::from_slice(&keep, &[v])?)?;
   }
-  let u = random::uniform(&Array::scalar(0.0f32), &Array::scalar(1.0f32), &[], Dtype::Float32, Some(key))?;
+  let u = random::uniform(
+    &Array::scalar(0.0f32),
+    &Array::scalar(1.0f32),
+    &[],
+    Dtype::Float32,
+    Some(key),
+  )?;
   let filtered = ops::where_(&mask, &neg_inf(logits.dtype())?, logits)?;
   ops::where_(&ops::greater(&u, &Array::scalar(prob))?, logits, &filtered)
 }
@@ -237,7 +293,12 @@ pub struct LogitsConfig {
 impl LogitsConfig {
   /// Penalties off, context sizes 20 (mlx-lm's defaults).
   pub fn new() -> Self {
-    LogitsConfig { repetition_context_size: 20, presence_context_size: 20, frequency_context_size: 20, ..Default::default() }
+    LogitsConfig {
+      repetition_context_size: 20,
+      presence_context_size: 20,
+      frequency_context_size: 20,
+      ..Default::default()
+    }
   }
 
   /// Whether any processor is active.
@@ -252,12 +313,16 @@ impl LogitsConfig {
   pub fn validate(&self, vocab: i32) -> Result<()> {
     if let Some(p) = self.repetition_penalty {
       if !p.is_finite() || p < 0.0 {
-        return Err(Error::InvalidArgument(format!("repetition_penalty must be a non-negative float, got {p}")));
+        return Err(Error::InvalidArgument(format!(
+          "repetition_penalty must be a non-negative float, got {p}"
+        )));
       }
     }
     for (&t, b) in &self.logit_bias {
       if !(0..vocab).contains(&t) || !b.is_finite() {
-        return Err(Error::InvalidArgument(format!("logit_bias: token {t} (bias {b}) is out of range [0, {vocab})")));
+        return Err(Error::InvalidArgument(format!(
+          "logit_bias: token {t} (bias {b}) is out of range [0, {vocab})"
+        )));
       }
     }
     Ok(())
@@ -290,7 +355,13 @@ impl LogitsConfig {
       }
     }
     if self.repetition_penalty.is_some_and(|p| p != 0.0) {
-      mul = Some(recent(self.repetition_context_size).iter().copied().filter(|t| (0..v).contains(t)).collect());
+      mul = Some(
+        recent(self.repetition_context_size)
+          .iter()
+          .copied()
+          .filter(|t| (0..v).contains(t))
+          .collect(),
+      );
     }
     let mut out = logits.clone();
     if let (Some(ids), Some(p)) = (mul, self.repetition_penalty) {
@@ -304,7 +375,11 @@ impl LogitsConfig {
         let sel = ops::take_along_axis(&out, &idx, -1)?;
         let pa = Array::scalar_as(p as f64, out.dtype())?;
         let zero = Array::scalar_as(0.0, out.dtype())?;
-        let new = ops::where_(&ops::less(&sel, &zero)?, &ops::multiply(&sel, &pa)?, &ops::divide(&sel, &pa)?)?;
+        let new = ops::where_(
+          &ops::less(&sel, &zero)?,
+          &ops::multiply(&sel, &pa)?,
+          &ops::divide(&sel, &pa)?,
+        )?;
         out = ops::put_along_axis(&out, &idx, &new, -1)?;
       }
     }

@@ -11,8 +11,8 @@ use mlxrs_nn::KvCache;
 use crate::chat::{ChatOptions, Message};
 use crate::error::{Error, Result};
 use crate::generate::{Step, StepConfig, TokenGenerator};
-use crate::speculative::SpeculativeGenerator;
 use crate::load::LoadedModel;
+use crate::speculative::SpeculativeGenerator;
 use crate::tokenizer::Tokenizer;
 
 /// Why generation ended.
@@ -107,14 +107,22 @@ impl Source<'_> {
 /// Build prompt ids as `mlx_lm.generate` does: with a chat template (and no
 /// `raw`), `[system?, user: prompt]` rendered with the generation prompt;
 /// otherwise the plain text encoded with the tokenizer's special tokens.
-pub fn prompt_ids(tok: &Tokenizer, prompt: &str, system: Option<&str>, raw: bool) -> Result<Vec<u32>> {
+pub fn prompt_ids(
+  tok: &Tokenizer,
+  prompt: &str,
+  system: Option<&str>,
+  raw: bool,
+) -> Result<Vec<u32>> {
   if !raw && tok.has_chat_template() {
     let mut msgs = Vec::new();
     if let Some(s) = system {
       msgs.push(Message::system(s));
     }
     msgs.push(Message::user(prompt));
-    let opts = ChatOptions { add_generation_prompt: true, ..ChatOptions::default() };
+    let opts = ChatOptions {
+      add_generation_prompt: true,
+      ..ChatOptions::default()
+    };
     tok.apply_chat_template_ids(&msgs, &opts)
   } else {
     tok.encode(prompt, true)
@@ -136,12 +144,22 @@ pub struct TextStream<'m> {
 impl<'m> TextStream<'m> {
   /// Prefill `prompt` and get ready to stream. `cache` continues a prompt
   /// cache (e.g. a chat's previous turns).
-  pub fn new(m: &'m LoadedModel, prompt: &[u32], opts: &GenerateOptions, cache: Option<Vec<KvCache>>) -> Result<Self> {
+  pub fn new(
+    m: &'m LoadedModel,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    cache: Option<Vec<KvCache>>,
+  ) -> Result<Self> {
     let tok = m.tokenizer.as_ref().ok_or_else(|| {
-      Error::Core(mlxrs_core::Error::InvalidArgument(format!("{}: loaded without a tokenizer", m.path.display())))
+      Error::Core(mlxrs_core::Error::InvalidArgument(format!(
+        "{}: loaded without a tokenizer",
+        m.path.display()
+      )))
     })?;
     if opts.stop.iter().any(String::is_empty) {
-      return Err(Error::Core(mlxrs_core::Error::InvalidArgument("stop strings must not be empty".into())));
+      return Err(Error::Core(mlxrs_core::Error::InvalidArgument(
+        "stop strings must not be empty".into(),
+      )));
     }
     if let Some(ctx) = m.max_context {
       if prompt.len() > ctx {
@@ -153,7 +171,12 @@ impl<'m> TextStream<'m> {
     }
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     let _ = memory::reset_peak_memory();
-    let tokens_gen = Source::Plain(TokenGenerator::new(m.model.as_ref(), &ids, &opts.step, cache)?);
+    let tokens_gen = Source::Plain(TokenGenerator::new(
+      m.model.as_ref(),
+      &ids,
+      &opts.step,
+      cache,
+    )?);
     Self::with_source(m, tok, prompt, opts, tokens_gen)
   }
 
@@ -163,9 +186,17 @@ impl<'m> TextStream<'m> {
   /// `m` verifies them in one forward pass. Each [`Response::from_draft`]
   /// says whether the draft proposed that token. Errors if the two
   /// vocabularies differ.
-  pub fn new_speculative(m: &'m LoadedModel, draft: &'m LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+  pub fn new_speculative(
+    m: &'m LoadedModel,
+    draft: &'m LoadedModel,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+  ) -> Result<Self> {
     let tok = m.tokenizer.as_ref().ok_or_else(|| {
-      Error::Core(mlxrs_core::Error::InvalidArgument(format!("{}: loaded without a tokenizer", m.path.display())))
+      Error::Core(mlxrs_core::Error::InvalidArgument(format!(
+        "{}: loaded without a tokenizer",
+        m.path.display()
+      )))
     })?;
     if let Some(dt) = &draft.tokenizer {
       if dt.vocab_size() != tok.vocab_size() {
@@ -184,9 +215,17 @@ impl<'m> TextStream<'m> {
     Self::with_source(m, tok, prompt, opts, Source::Speculative(g))
   }
 
-  fn with_source(m: &'m LoadedModel, tok: &'m Tokenizer, prompt: &[u32], opts: &GenerateOptions, tokens_gen: Source<'m>) -> Result<Self> {
+  fn with_source(
+    m: &'m LoadedModel,
+    tok: &'m Tokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    tokens_gen: Source<'m>,
+  ) -> Result<Self> {
     if opts.stop.iter().any(String::is_empty) {
-      return Err(Error::Core(mlxrs_core::Error::InvalidArgument("stop strings must not be empty".into())));
+      return Err(Error::Core(mlxrs_core::Error::InvalidArgument(
+        "stop strings must not be empty".into(),
+      )));
     }
     if let Some(ctx) = m.max_context {
       if prompt.len() > ctx {
@@ -249,7 +288,11 @@ impl<'m> TextStream<'m> {
       prompt_tokens: self.tokens_gen.prompt_tokens(),
       prompt_tps: self.tokens_gen.prompt_tokens() as f64 / self.tokens_gen.prompt_time().max(1e-9),
       generation_tokens: n,
-      generation_tps: if n > 1 { (n - 1) as f64 / gen_time.max(1e-9) } else { 0.0 },
+      generation_tps: if n > 1 {
+        (n - 1) as f64 / gen_time.max(1e-9)
+      } else {
+        0.0
+      },
       peak_memory_gb: memory::peak_memory().unwrap_or(0) as f64 / 1e9,
       logprob: step.map(|s| s.logprob),
       top_logprobs: step.map(|s| s.top_logprobs.clone()).unwrap_or_default(),
@@ -281,20 +324,42 @@ impl<'m> TextStream<'m> {
       self.detok.finalize();
       self.text.push_str(&self.detok.last_segment());
       let rest = self.text[self.emitted..].to_string();
-      return Ok(Some(self.response(rest, Some(&step), Some(FinishReason::Stop))));
+      return Ok(Some(self.response(
+        rest,
+        Some(&step),
+        Some(FinishReason::Stop),
+      )));
     }
     self.detok.add_token(id);
     self.text.push_str(&self.detok.last_segment());
     // Stop strings: cut at the first occurrence at or after what was emitted
     // (minus what could have started before it).
-    let search_from = self.emitted.saturating_sub(self.stop.iter().map(|s| s.len()).max().unwrap_or(0));
-    let search_from = (0..=search_from).rev().find(|&i| self.text.is_char_boundary(i)).unwrap_or(0);
-    if let Some(pos) = self.stop.iter().filter_map(|s| self.text[search_from..].find(s.as_str()).map(|p| p + search_from)).min() {
+    let search_from = self
+      .emitted
+      .saturating_sub(self.stop.iter().map(|s| s.len()).max().unwrap_or(0));
+    let search_from = (0..=search_from)
+      .rev()
+      .find(|&i| self.text.is_char_boundary(i))
+      .unwrap_or(0);
+    if let Some(pos) = self
+      .stop
+      .iter()
+      .filter_map(|s| {
+        self.text[search_from..]
+          .find(s.as_str())
+          .map(|p| p + search_from)
+      })
+      .min()
+    {
       self.done = true;
       let end = pos.max(self.emitted);
       let out = self.text[self.emitted..end].to_string();
       self.emitted = end;
-      return Ok(Some(self.response(out, Some(&step), Some(FinishReason::Stop))));
+      return Ok(Some(self.response(
+        out,
+        Some(&step),
+        Some(FinishReason::Stop),
+      )));
     }
     let mut end = self.text.len() - self.held_back();
     while !self.text.is_char_boundary(end) {
@@ -310,7 +375,11 @@ impl<'m> TextStream<'m> {
       self.text.push_str(&self.detok.last_segment());
       let rest = self.text[self.emitted..].to_string();
       self.emitted = self.text.len();
-      return Ok(Some(self.response(out + &rest, Some(&step), Some(FinishReason::Length))));
+      return Ok(Some(self.response(
+        out + &rest,
+        Some(&step),
+        Some(FinishReason::Length),
+      )));
     }
     Ok(Some(self.response(out, Some(&step), None)))
   }
@@ -368,7 +437,12 @@ pub fn generate(m: &LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Resu
 
 /// Speculative [`generate`] with a draft model (python `mlx_lm.generate(model,
 /// tokenizer, prompt, draft_model=draft, num_draft_tokens=...)`).
-pub fn generate_speculative(m: &LoadedModel, draft: &LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Result<Output> {
+pub fn generate_speculative(
+  m: &LoadedModel,
+  draft: &LoadedModel,
+  prompt: &[u32],
+  opts: &GenerateOptions,
+) -> Result<Output> {
   collect(TextStream::new_speculative(m, draft, prompt, opts)?)
 }
 
@@ -389,7 +463,8 @@ pub fn collect(stream: TextStream<'_>) -> Result<Output> {
     }
     last = Some(r);
   }
-  let last = last.ok_or_else(|| Error::Core(mlxrs_core::Error::InvalidArgument("max_tokens is 0".into())))?;
+  let last = last
+    .ok_or_else(|| Error::Core(mlxrs_core::Error::InvalidArgument("max_tokens is 0".into())))?;
   Ok(Output {
     text,
     tokens,

@@ -11,17 +11,41 @@ use mlxrs_lm::{StepConfig, TokenGenerator, load_model_dir};
 #[test]
 fn quantized_kv_cache_matches_mlx_lm() {
   let r = common::reference("qwen3");
-  let kv: serde_json::Value =
-    serde_json::from_str(&std::fs::read_to_string(common::fixture("qwen3").join("reference_kv8.json")).unwrap()).unwrap();
-  let prompt: Vec<i32> = r["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
-  let want: Vec<i32> = kv["greedy_tokens"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+  let kv: serde_json::Value = serde_json::from_str(
+    &std::fs::read_to_string(common::fixture("qwen3").join("reference_kv8.json")).unwrap(),
+  )
+  .unwrap();
+  let prompt: Vec<i32> = r["prompt_ids"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|x| x.as_i64().unwrap() as i32)
+    .collect();
+  let want: Vec<i32> = kv["greedy_tokens"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|x| x.as_i64().unwrap() as i32)
+    .collect();
   let (model, _) = load_model_dir(&common::fixture("qwen3"), Some(Dtype::Float32)).unwrap();
-  let cfg = StepConfig { max_tokens: 20, kv_bits: Some(8), kv_group_size: 32, quantized_kv_start: 0, ..StepConfig::default() };
+  let cfg = StepConfig {
+    max_tokens: 20,
+    kv_bits: Some(8),
+    kv_group_size: 32,
+    quantized_kv_start: 0,
+    ..StepConfig::default()
+  };
   let mut g = TokenGenerator::new(model.as_ref(), &prompt, &cfg, None).unwrap();
   let got: Vec<i32> = (&mut g).map(|s| s.unwrap().token).collect();
   assert_eq!(got, want);
-  assert!(g.caches.iter().all(|c| c.is_quantized()), "caches were not quantized");
+  assert!(
+    g.caches.iter().all(|c| c.is_quantized()),
+    "caches were not quantized"
+  );
   // Invalid bit widths are an error.
-  let bad = StepConfig { kv_bits: Some(5), ..cfg };
+  let bad = StepConfig {
+    kv_bits: Some(5),
+    ..cfg
+  };
   assert!(TokenGenerator::new(model.as_ref(), &prompt, &bad, None).is_err());
 }

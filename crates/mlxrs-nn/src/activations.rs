@@ -29,9 +29,15 @@ pub fn relu2(x: &Array) -> Result<Array> {
 
 /// Exact GELU: `x * (1 + erf(x / sqrt(2))) / 2` (`nn.gelu`).
 pub fn gelu(x: &Array) -> Result<Array> {
-  let inner = ops::erf(&ops::multiply(x, &scalar_like(x, std::f64::consts::FRAC_1_SQRT_2)?)?)?;
+  let inner = ops::erf(&ops::multiply(
+    x,
+    &scalar_like(x, std::f64::consts::FRAC_1_SQRT_2)?,
+  )?)?;
   let one = scalar_like(x, 1.0)?;
-  ops::multiply(&ops::multiply(x, &ops::add(&one, &inner)?)?, &scalar_like(x, 0.5)?)
+  ops::multiply(
+    &ops::multiply(x, &ops::add(&one, &inner)?)?,
+    &scalar_like(x, 0.5)?,
+  )
 }
 
 /// Tanh-approximated GELU (`nn.gelu_approx`, HF `gelu_pytorch_tanh`):
@@ -42,12 +48,18 @@ pub fn gelu_approx(x: &Array) -> Result<Array> {
   let inner = ops::add(x, &ops::multiply(&x3, &scalar_like(x, 0.044715)?)?)?;
   let t = ops::tanh(&ops::multiply(&inner, &scalar_like(x, c)?)?)?;
   let one = scalar_like(x, 1.0)?;
-  ops::multiply(&ops::multiply(x, &ops::add(&one, &t)?)?, &scalar_like(x, 0.5)?)
+  ops::multiply(
+    &ops::multiply(x, &ops::add(&one, &t)?)?,
+    &scalar_like(x, 0.5)?,
+  )
 }
 
 /// Sigmoid-approximated GELU (`nn.gelu_fast_approx`): `x * sigmoid(1.702 x)`.
 pub fn gelu_fast_approx(x: &Array) -> Result<Array> {
-  ops::multiply(x, &ops::sigmoid(&ops::multiply(x, &scalar_like(x, 1.702)?)?)?)
+  ops::multiply(
+    x,
+    &ops::sigmoid(&ops::multiply(x, &scalar_like(x, 1.702)?)?)?,
+  )
 }
 
 /// `log(1 + exp(x))` (`nn.softplus`).
@@ -70,8 +82,15 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array> {
 /// with `g = min(gate, limit)`.
 pub fn swiglu_oai(gate: &Array, x: &Array, alpha: f32, limit: f32) -> Result<Array> {
   let g = ops::minimum(gate, &scalar_like(gate, limit as f64)?)?;
-  let x = ops::clip(x, Some(&scalar_like(x, -limit as f64)?), Some(&scalar_like(x, limit as f64)?))?;
-  let glu = ops::multiply(&g, &ops::sigmoid(&ops::multiply(&g, &scalar_like(&g, alpha as f64)?)?)?)?;
+  let x = ops::clip(
+    x,
+    Some(&scalar_like(x, -limit as f64)?),
+    Some(&scalar_like(x, limit as f64)?),
+  )?;
+  let glu = ops::multiply(
+    &g,
+    &ops::sigmoid(&ops::multiply(&g, &scalar_like(&g, alpha as f64)?)?)?,
+  )?;
   ops::multiply(&ops::add(&x, &scalar_like(&x, 1.0)?)?, &glu)
 }
 
@@ -86,6 +105,8 @@ pub fn by_name(name: &str, x: &Array) -> Result<Array> {
     "relu" => relu(x),
     "relu2" => relu2(x),
     "sigmoid" => sigmoid(x),
-    other => Err(mlxrs_core::Error::InvalidArgument(format!("unknown activation {other:?}"))),
+    other => Err(mlxrs_core::Error::InvalidArgument(format!(
+      "unknown activation {other:?}"
+    ))),
   }
 }

@@ -72,7 +72,14 @@ pub fn sdpa_with_cache(
   scaled_dot_product_attention(q, k, v, scale, m)
 }
 
-fn sdpa_with_sinks(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttnMask, sinks: &Array) -> Result<Array> {
+fn sdpa_with_sinks(
+  q: &Array,
+  k: &Array,
+  v: &Array,
+  scale: f32,
+  mask: &AttnMask,
+  sinks: &Array,
+) -> Result<Array> {
   let (mode, arr) = match mask {
     AttnMask::None => ("", None),
     AttnMask::Causal => ("causal", None),
@@ -106,19 +113,30 @@ pub fn quantized_sdpa(
   let (b, n_q, l, d) = (qs[0], qs[1], qs[2], qs[3]);
   let n_kv = q_keys[0].dim(-3).unwrap_or(1);
   if n_kv <= 0 || n_q % n_kv != 0 {
-    return Err(Error::InvalidArgument(format!("{n_q} query heads are not a multiple of {n_kv} key/value heads")));
+    return Err(Error::InvalidArgument(format!(
+      "{n_q} query heads are not a multiple of {n_kv} key/value heads"
+    )));
   }
   let reps = n_q / n_kv;
   let mut queries = ops::multiply(q, &Array::scalar_as(scale as f64, q.dtype())?)?;
-  let expand = |t: &[Array]| -> Result<Vec<Array>> { t.iter().map(|x| ops::expand_dims(x, -3)).collect() };
+  let expand =
+    |t: &[Array]| -> Result<Vec<Array>> { t.iter().map(|x| ops::expand_dims(x, -3)).collect() };
   let (ks, vs) = if reps > 1 {
     queries = ops::reshape(&queries, &[b, n_kv, reps, l, d])?;
     (expand(q_keys)?, expand(q_values)?)
   } else {
     (q_keys.to_vec(), q_values.to_vec())
   };
-  let mut scores =
-    ops::quantized_matmul(&queries, &ks[0], &ks[1], ks.get(2), true, Some(group_size), Some(bits), "affine")?;
+  let mut scores = ops::quantized_matmul(
+    &queries,
+    &ks[0],
+    &ks[1],
+    ks.get(2),
+    true,
+    Some(group_size),
+    Some(bits),
+    "affine",
+  )?;
   let mask_arr = match mask {
     AttnMask::None => None,
     AttnMask::Causal => {
@@ -126,7 +144,10 @@ pub fn quantized_sdpa(
       let (ql, kl) = (s[s.len() - 2], s[s.len() - 1]);
       let qi = ops::arange((kl - ql) as f64, kl as f64, 1.0, Dtype::Int32)?;
       let ki = ops::arange(0.0, kl as f64, 1.0, Dtype::Int32)?;
-      Some(ops::greater_equal(&ops::expand_dims(&qi, 1)?, &ops::expand_dims(&ki, 0)?)?)
+      Some(ops::greater_equal(
+        &ops::expand_dims(&qi, 1)?,
+        &ops::expand_dims(&ki, 0)?,
+      )?)
     }
     AttnMask::Array(a) => Some(a.clone()),
   };
@@ -142,8 +163,21 @@ pub fn quantized_sdpa(
     };
   }
   let scores = ops::softmax_axis(&scores, -1, true)?;
-  let out = ops::quantized_matmul(&scores, &vs[0], &vs[1], vs.get(2), false, Some(group_size), Some(bits), "affine")?;
-  if reps > 1 { ops::reshape(&out, &[b, n_q, l, -1]) } else { Ok(out) }
+  let out = ops::quantized_matmul(
+    &scores,
+    &vs[0],
+    &vs[1],
+    vs.get(2),
+    false,
+    Some(group_size),
+    Some(bits),
+    "affine",
+  )?;
+  if reps > 1 {
+    ops::reshape(&out, &[b, n_q, l, -1])
+  } else {
+    Ok(out)
+  }
 }
 
 /// The most negative finite value of a float dtype (python
@@ -174,13 +208,25 @@ pub fn attention_with_cache_update(
   sinks: Option<&Array>,
 ) -> Result<Array> {
   if cache.is_quantized() && sinks.is_some() {
-    return Err(mlxrs_core::Error::InvalidArgument("Quantized SDPA does not support attention sinks.".into()));
+    return Err(mlxrs_core::Error::InvalidArgument(
+      "Quantized SDPA does not support attention sinks.".into(),
+    ));
   }
   match cache.update_and_fetch_any(k, v)? {
     crate::cache::CachedKv::Dense(k, v) => sdpa_with_cache(q, &k, &v, scale, mask, sinks),
-    crate::cache::CachedKv::Quantized { keys, values, params } => {
-      quantized_sdpa(q, &keys, &values, scale, mask, params.group_size, params.bits)
-    }
+    crate::cache::CachedKv::Quantized {
+      keys,
+      values,
+      params,
+    } => quantized_sdpa(
+      q,
+      &keys,
+      &values,
+      scale,
+      mask,
+      params.group_size,
+      params.bits,
+    ),
   }
 }
 
@@ -202,7 +248,12 @@ pub struct MultiHeadAttention {
   pub out_proj: crate::Linear,
 }
 
-crate::module!(MultiHeadAttention { query_proj, key_proj, value_proj, out_proj });
+crate::module!(MultiHeadAttention {
+  query_proj,
+  key_proj,
+  value_proj,
+  out_proj
+});
 
 /// Optional widths of [`MultiHeadAttention`] (python's keyword arguments;
 /// `None` means python's default).
@@ -239,32 +290,60 @@ impl MultiHeadAttention {
   pub fn new(dims: i32, num_heads: i32, opts: MhaDims, bias: bool) -> Result<MultiHeadAttention> {
     let d = MultiHeadAttention::dims_of(dims, num_heads, opts)?;
     let lin = |(i, o): (i32, i32)| crate::Linear::new(i, o, bias);
-    Ok(MultiHeadAttention { num_heads, query_proj: lin(d[0]), key_proj: lin(d[1]), value_proj: lin(d[2]), out_proj: lin(d[3]) })
+    Ok(MultiHeadAttention {
+      num_heads,
+      query_proj: lin(d[0]),
+      key_proj: lin(d[1]),
+      value_proj: lin(d[2]),
+      out_proj: lin(d[3]),
+    })
   }
 
   /// A freshly initialised layer (python init), from `key` or the global key.
-  pub fn init(dims: i32, num_heads: i32, opts: MhaDims, bias: bool, key: Option<&Array>) -> Result<MultiHeadAttention> {
+  pub fn init(
+    dims: i32,
+    num_heads: i32,
+    opts: MhaDims,
+    bias: bool,
+    key: Option<&Array>,
+  ) -> Result<MultiHeadAttention> {
     let d = MultiHeadAttention::dims_of(dims, num_heads, opts)?;
     let keys = match key {
       Some(k) => {
         let ks = mlxrs_core::random::split_num(k, 4)?;
-        (0..4).map(|i| ops::take_axis(&ks, &Array::scalar(i), 0).map(Some)).collect::<Result<Vec<_>>>()?
+        (0..4)
+          .map(|i| ops::take_axis(&ks, &Array::scalar(i), 0).map(Some))
+          .collect::<Result<Vec<_>>>()?
       }
       None => vec![None, None, None, None],
     };
     let lin = |j: usize| crate::Linear::init(d[j].0, d[j].1, bias, keys[j].as_ref());
-    Ok(MultiHeadAttention { num_heads, query_proj: lin(0)?, key_proj: lin(1)?, value_proj: lin(2)?, out_proj: lin(3)? })
+    Ok(MultiHeadAttention {
+      num_heads,
+      query_proj: lin(0)?,
+      key_proj: lin(1)?,
+      value_proj: lin(2)?,
+      out_proj: lin(3)?,
+    })
   }
 
   /// Attend `queries` `[B, Lq, qi]` to `keys` `[B, Lk, ki]` / `values`
   /// `[B, Lk, vi]`; `mask` is an additive or boolean mask broadcastable to
   /// `[B, heads, Lq, Lk]`.
-  pub fn forward(&self, queries: &Array, keys: &Array, values: &Array, mask: Option<&Array>) -> Result<Array> {
+  pub fn forward(
+    &self,
+    queries: &Array,
+    keys: &Array,
+    values: &Array,
+    mask: Option<&Array>,
+  ) -> Result<Array> {
     let q = self.query_proj.forward(queries)?;
     let k = self.key_proj.forward(keys)?;
     let v = self.value_proj.forward(values)?;
     let h = self.num_heads;
-    let heads = |t: &Array| -> Result<Array> { ops::transpose_axes(&ops::unflatten(t, -1, &[h, -1])?, &[0, 2, 1, 3]) };
+    let heads = |t: &Array| -> Result<Array> {
+      ops::transpose_axes(&ops::unflatten(t, -1, &[h, -1])?, &[0, 2, 1, 3])
+    };
     let (q, k, v) = (heads(&q)?, heads(&k)?, heads(&v)?);
     let scale = (1.0 / q.dim(-1).unwrap_or(1) as f64).sqrt() as f32;
     let m = match mask {
@@ -281,6 +360,9 @@ impl MultiHeadAttention {
   pub fn create_additive_causal_mask(n: i32, dtype: mlxrs_core::Dtype) -> Result<Array> {
     let idx = ops::arange(0.0, n as f64, 1.0, mlxrs_core::Dtype::Int32)?;
     let m = ops::less(&ops::expand_dims(&idx, 1)?, &ops::expand_dims(&idx, 0)?)?;
-    ops::multiply(&ops::astype(&m, dtype)?, &Array::scalar_as(finfo_min(dtype), dtype)?)
+    ops::multiply(
+      &ops::astype(&m, dtype)?,
+      &Array::scalar_as(finfo_min(dtype), dtype)?,
+    )
   }
 }

@@ -110,9 +110,16 @@ impl KvCache {
   /// (or dequantized by [`KvCache::update_and_fetch`]). Its
   /// [`KvCache::kind`] is `Standard` (it grows the same way).
   pub fn quantized(group_size: i32, bits: i32) -> Result<KvCache> {
-    let q = QuantParams { group_size, bits, mode: "affine".into() };
+    let q = QuantParams {
+      group_size,
+      bits,
+      mode: "affine".into(),
+    };
     q.validate()?;
-    Ok(KvCache { quant: Some(q), ..KvCache::standard() })
+    Ok(KvCache {
+      quant: Some(q),
+      ..KvCache::standard()
+    })
   }
 
   /// An empty chunked cache (mlx-lm `ChunkedKVCache(chunk_size)`): like
@@ -121,9 +128,14 @@ impl KvCache {
   /// `Standard`.
   pub fn chunked(chunk_size: i32) -> Result<KvCache> {
     if chunk_size <= 0 {
-      return Err(Error::InvalidArgument(format!("ChunkedKVCache: chunk_size must be positive, got {chunk_size}")));
+      return Err(Error::InvalidArgument(format!(
+        "ChunkedKVCache: chunk_size must be positive, got {chunk_size}"
+      )));
     }
-    Ok(KvCache { chunk: Some(chunk_size), ..KvCache::standard() })
+    Ok(KvCache {
+      chunk: Some(chunk_size),
+      ..KvCache::standard()
+    })
   }
 
   /// The mlx-lm class this cache corresponds to (`KVCache`,
@@ -184,7 +196,11 @@ impl KvCache {
 
   /// Bytes held by the buffers (python `cache.nbytes`).
   pub fn nbytes(&self) -> usize {
-    let dense = [&self.keys, &self.values].iter().filter_map(|a| a.as_ref()).map(|a| a.nbytes()).sum::<usize>();
+    let dense = [&self.keys, &self.values]
+      .iter()
+      .filter_map(|a| a.as_ref())
+      .map(|a| a.nbytes())
+      .sum::<usize>();
     let q = [&self.qkeys, &self.qvalues]
       .iter()
       .filter_map(|a| a.as_ref())
@@ -232,9 +248,22 @@ impl KvCache {
   pub fn update_and_fetch(&mut self, k: &Array, v: &Array) -> Result<(Array, Array)> {
     match self.update_and_fetch_any(k, v)? {
       CachedKv::Dense(k, v) => Ok((k, v)),
-      CachedKv::Quantized { keys, values, params } => {
+      CachedKv::Quantized {
+        keys,
+        values,
+        params,
+      } => {
         let dq = |t: &[Array], dt: Dtype| {
-          ops::dequantize(&t[0], &t[1], t.get(2), Some(params.group_size), Some(params.bits), &params.mode, None, Some(dt))
+          ops::dequantize(
+            &t[0],
+            &t[1],
+            t.get(2),
+            Some(params.group_size),
+            Some(params.bits),
+            &params.mode,
+            None,
+            Some(dt),
+          )
         };
         Ok((dq(&keys, k.dtype())?, dq(&values, v.dtype())?))
       }
@@ -249,7 +278,11 @@ impl KvCache {
     self.check_layout(k, v)?;
     if self.quant.is_some() {
       let (keys, values) = self.update_quantized(k, v)?;
-      return Ok(CachedKv::Quantized { keys, values, params: self.quant.clone().unwrap() });
+      return Ok(CachedKv::Quantized {
+        keys,
+        values,
+        params: self.quant.clone().unwrap(),
+      });
     }
     let (k, v) = match self.kind {
       KvCacheKind::Standard if self.chunk.is_some() => self.update_chunked(k, v)?,
@@ -273,7 +306,11 @@ impl KvCache {
       }
     }
     let prev = self.offset;
-    let cap = self.qkeys.as_ref().map(|t| t[0].dim(2).unwrap_or(0)).unwrap_or(0);
+    let cap = self
+      .qkeys
+      .as_ref()
+      .map(|t| t[0].dim(2).unwrap_or(0))
+      .unwrap_or(0);
     if self.qkeys.is_none() || prev + n > cap {
       let el = 32 / q.bits;
       let new_steps = (self.step + n - 1) / self.step * self.step;
@@ -289,7 +326,11 @@ impl KvCache {
           let expand = |t: Vec<Array>| -> Result<Vec<Array>> {
             t.into_iter()
               .map(|x| {
-                let x = if prev % self.step != 0 { full_slice(&x, 2, 0, prev)? } else { x };
+                let x = if prev % self.step != 0 {
+                  full_slice(&x, 2, 0, prev)?
+                } else {
+                  x
+                };
                 let s = x.shape();
                 let z = ops::zeros(&[s[0], s[1], new_steps, s[3]], x.dtype())?;
                 ops::concatenate_axis(&[x, z], 2)
@@ -311,19 +352,32 @@ impl KvCache {
     let qv = ops::quantize(v, Some(q.group_size), Some(q.bits), &q.mode, None)?;
     let write = |buf: &mut Vec<Array>, upd: &[Array]| -> Result<()> {
       for (b, u) in buf.iter_mut().zip(upd) {
-        let u = if u.dtype() != b.dtype() { ops::astype(u, b.dtype())? } else { u.clone() };
+        let u = if u.dtype() != b.dtype() {
+          ops::astype(u, b.dtype())?
+        } else {
+          u.clone()
+        };
         *b = update_at(b, &u, 2, prev)?;
       }
       Ok(())
     };
     write(self.qkeys.as_mut().unwrap(), &qk)?;
     write(self.qvalues.as_mut().unwrap(), &qv)?;
-    Ok((self.quantized_view(self.qkeys.as_ref().unwrap())?, self.quantized_view(self.qvalues.as_ref().unwrap())?))
+    Ok((
+      self.quantized_view(self.qkeys.as_ref().unwrap())?,
+      self.quantized_view(self.qvalues.as_ref().unwrap())?,
+    ))
   }
 
   fn quantized_view(&self, t: &[Array]) -> Result<Vec<Array>> {
     t.iter()
-      .map(|x| if x.dim(2) == Some(self.offset) { Ok(x.clone()) } else { full_slice(x, 2, 0, self.offset) })
+      .map(|x| {
+        if x.dim(2) == Some(self.offset) {
+          Ok(x.clone())
+        } else {
+          full_slice(x, 2, 0, self.offset)
+        }
+      })
       .collect()
   }
 
@@ -331,7 +385,11 @@ impl KvCache {
   fn update_chunked(&mut self, k: &Array, v: &Array) -> Result<(Array, Array)> {
     let t = k.dim(2).unwrap_or(0);
     let prev = self.offset - self.start;
-    let cap = self.keys.as_ref().map(|a| a.dim(2).unwrap_or(0)).unwrap_or(0);
+    let cap = self
+      .keys
+      .as_ref()
+      .map(|a| a.dim(2).unwrap_or(0))
+      .unwrap_or(0);
     if self.keys.is_none() || prev + t > cap {
       let (nk, nv) = self.grow(k, v, t)?;
       match (self.keys.take(), self.values.take()) {
@@ -354,7 +412,10 @@ impl KvCache {
     self.len = end;
     let keys = update_at(self.keys.as_ref().unwrap(), k, 2, prev)?;
     let values = update_at(self.values.as_ref().unwrap(), v, 2, prev)?;
-    let out = (full_slice(&keys, 2, 0, end)?, full_slice(&values, 2, 0, end)?);
+    let out = (
+      full_slice(&keys, 2, 0, end)?,
+      full_slice(&values, 2, 0, end)?,
+    );
     self.keys = Some(keys);
     self.values = Some(values);
     Ok(out)
@@ -363,13 +424,18 @@ impl KvCache {
   /// Chunked caches: drop keys older than the last `chunk_size` positions
   /// (python `ChunkedKVCache.maybe_trim_front`). No-op for other kinds.
   pub fn maybe_trim_front(&mut self) -> Result<()> {
-    let Some(chunk) = self.chunk else { return Ok(()) };
+    let Some(chunk) = self.chunk else {
+      return Ok(());
+    };
     if let (Some(k), Some(v)) = (&self.keys, &self.values) {
       let valid = self.offset - self.start;
       if valid > chunk {
         let trim = valid - chunk;
         self.start += trim;
-        let (k, v) = (full_slice(k, 2, trim, valid)?, full_slice(v, 2, trim, valid)?);
+        let (k, v) = (
+          full_slice(k, 2, trim, valid)?,
+          full_slice(v, 2, trim, valid)?,
+        );
         self.keys = Some(k);
         self.values = Some(v);
         self.len = chunk;
@@ -383,7 +449,10 @@ impl KvCache {
   /// mlx-lm's `maybe_quantize_kv_cache`). Other kinds are an error.
   pub fn to_quantized(&self, group_size: i32, bits: i32) -> Result<KvCache> {
     if self.kind != KvCacheKind::Standard || self.chunk.is_some() || self.quant.is_some() {
-      return Err(Error::InvalidArgument(format!("{} cannot be converted to a QuantizedKVCache", self.class_name())));
+      return Err(Error::InvalidArgument(format!(
+        "{} cannot be converted to a QuantizedKVCache",
+        self.class_name()
+      )));
     }
     let mut c = KvCache::quantized(group_size, bits)?;
     c.offset = self.offset;
@@ -408,7 +477,11 @@ impl KvCache {
   fn update_standard(&mut self, k: &Array, v: &Array) -> Result<(Array, Array)> {
     let t = k.dim(2).unwrap_or(0);
     let prev = self.offset;
-    let cap = self.keys.as_ref().map(|a| a.dim(2).unwrap_or(0)).unwrap_or(0);
+    let cap = self
+      .keys
+      .as_ref()
+      .map(|a| a.dim(2).unwrap_or(0))
+      .unwrap_or(0);
     if self.keys.is_none() || prev + t > cap {
       let (nk, nv) = self.grow(k, v, t)?;
       match (self.keys.take(), self.values.take()) {
@@ -430,13 +503,22 @@ impl KvCache {
     self.len = self.offset;
     let keys = update_at(self.keys.as_ref().unwrap(), k, 2, prev)?;
     let values = update_at(self.values.as_ref().unwrap(), v, 2, prev)?;
-    let out = (full_slice(&keys, 2, 0, self.offset)?, full_slice(&values, 2, 0, self.offset)?);
+    let out = (
+      full_slice(&keys, 2, 0, self.offset)?,
+      full_slice(&values, 2, 0, self.offset)?,
+    );
     self.keys = Some(keys);
     self.values = Some(values);
     Ok(out)
   }
 
-  fn update_rotating(&mut self, k: &Array, v: &Array, max_size: i32, keep: i32) -> Result<(Array, Array)> {
+  fn update_rotating(
+    &mut self,
+    k: &Array,
+    v: &Array,
+    max_size: i32,
+    keep: i32,
+  ) -> Result<(Array, Array)> {
     let t = k.dim(2).unwrap_or(0);
     if t > 1 || self.keys.is_none() {
       // Multi-token update (prefill): concatenate in temporal order, then
@@ -459,7 +541,10 @@ impl KvCache {
             ops::concatenate_axis(&[head, tail], 2)
           };
           let (ok, ov) = (cut(&ok)?, cut(&ov)?);
-          (ops::concatenate_axis(&[ok, k.clone()], 2)?, ops::concatenate_axis(&[ov, v.clone()], 2)?)
+          (
+            ops::concatenate_axis(&[ok, k.clone()], 2)?,
+            ops::concatenate_axis(&[ov, v.clone()], 2)?,
+          )
         }
         _ => (k.clone(), v.clone()),
       };
@@ -492,7 +577,10 @@ impl KvCache {
       let nk = ops::zeros(&[ks[0], ks[1], grow_by, ks[3]], k.dtype())?;
       let nv = ops::zeros(&[vs[0], vs[1], grow_by, vs[3]], v.dtype())?;
       self.keys = Some(ops::concatenate_axis(&[self.keys.take().unwrap(), nk], 2)?);
-      self.values = Some(ops::concatenate_axis(&[self.values.take().unwrap(), nv], 2)?);
+      self.values = Some(ops::concatenate_axis(
+        &[self.values.take().unwrap(), nv],
+        2,
+      )?);
     }
     if self.idx >= max_size {
       self.idx = keep;
@@ -503,7 +591,10 @@ impl KvCache {
     self.offset += 1;
     self.len = (self.len + 1).min(max_size);
     let out = if self.len < keys.dim(2).unwrap_or(0) {
-      (full_slice(&keys, 2, 0, self.len)?, full_slice(&values, 2, 0, self.len)?)
+      (
+        full_slice(&keys, 2, 0, self.len)?,
+        full_slice(&values, 2, 0, self.len)?,
+      )
     } else {
       (keys.clone(), values.clone())
     };
@@ -535,7 +626,11 @@ impl KvCache {
         if n > 1 {
           let w = window.unwrap_or(max_size);
           let off = (max_size - 1).min(self.offset);
-          if off + n > w { Ok(AttnMask::Array(causal_mask(n, off, Some(w))?)) } else { Ok(AttnMask::Causal) }
+          if off + n > w {
+            Ok(AttnMask::Array(causal_mask(n, off, Some(w))?))
+          } else {
+            Ok(AttnMask::Causal)
+          }
         } else {
           Ok(AttnMask::None)
         }
@@ -581,7 +676,16 @@ impl KvCache {
     if let (Some(q), Some(k), Some(v)) = (&self.quant, &self.qkeys, &self.qvalues) {
       let dq = |t: &[Array]| {
         let t = self.quantized_view(t)?;
-        ops::dequantize(&t[0], &t[1], t.get(2), Some(q.group_size), Some(q.bits), &q.mode, None, Some(t[1].dtype()))
+        ops::dequantize(
+          &t[0],
+          &t[1],
+          t.get(2),
+          Some(q.group_size),
+          Some(q.bits),
+          &q.mode,
+          None,
+          Some(t[1].dtype()),
+        )
       };
       return Ok(Some((dq(k)?, dq(v)?)));
     }
@@ -591,7 +695,10 @@ impl KvCache {
           let n = self.offset - self.start;
           Ok(Some((full_slice(k, 2, 0, n)?, full_slice(v, 2, 0, n)?)))
         }
-        KvCacheKind::Rotating { keep, .. } => Ok(Some((self.temporal_order(k, keep)?, self.temporal_order(v, keep)?))),
+        KvCacheKind::Rotating { keep, .. } => Ok(Some((
+          self.temporal_order(k, keep)?,
+          self.temporal_order(v, keep)?,
+        ))),
       },
       _ => Ok(None),
     }
@@ -619,9 +726,19 @@ impl KvCache {
     let opt = |a: Option<Array>| a.map(S::Array).unwrap_or(S::None);
     Ok(match (self.kind, &self.quant) {
       (KvCacheKind::Rotating { max_size, keep }, _) => {
-        let (k, v) = self.state()?.map(|(k, v)| (Some(k), Some(v))).unwrap_or((None, None));
+        let (k, v) = self
+          .state()?
+          .map(|(k, v)| (Some(k), Some(v)))
+          .unwrap_or((None, None));
         let n = k.as_ref().and_then(|k| k.dim(2)).unwrap_or(0);
-        S::List(vec![opt(k), opt(v), int(self.offset), int(keep), int(max_size), int(n)])
+        S::List(vec![
+          opt(k),
+          opt(v),
+          int(self.offset),
+          int(keep),
+          int(max_size),
+          int(n),
+        ])
       }
       (_, Some(q)) => {
         let view = |t: &Option<Vec<Array>>| -> Result<StateNode> {
@@ -630,12 +747,27 @@ impl KvCache {
             None => S::None,
           })
         };
-        S::List(vec![view(&self.qkeys)?, view(&self.qvalues)?, int(self.offset), int(q.group_size), int(q.bits)])
+        S::List(vec![
+          view(&self.qkeys)?,
+          view(&self.qvalues)?,
+          int(self.offset),
+          int(q.group_size),
+          int(q.bits),
+        ])
       }
       _ => {
-        let (k, v) = self.state()?.map(|(k, v)| (Some(k), Some(v))).unwrap_or((None, None));
+        let (k, v) = self
+          .state()?
+          .map(|(k, v)| (Some(k), Some(v)))
+          .unwrap_or((None, None));
         match self.chunk {
-          Some(c) => S::List(vec![opt(k), opt(v), int(self.offset), int(c), int(self.start)]),
+          Some(c) => S::List(vec![
+            opt(k),
+            opt(v),
+            int(self.offset),
+            int(c),
+            int(self.start),
+          ]),
           None => S::List(vec![opt(k), opt(v), int(self.offset)]),
         }
       }
@@ -648,9 +780,18 @@ impl KvCache {
   pub fn from_state(class: &str, state: StateNode) -> Result<KvCache> {
     let bad = |m: &str| Error::InvalidArgument(format!("{class} state: {m}"));
     let items = state.into_list().ok_or_else(|| bad("expected a list"))?;
-    let need = |n: usize| if items.len() == n { Ok(()) } else { Err(bad(&format!("expected {n} entries, got {}", items.len()))) };
+    let need = |n: usize| {
+      if items.len() == n {
+        Ok(())
+      } else {
+        Err(bad(&format!("expected {n} entries, got {}", items.len())))
+      }
+    };
     let get_int = |i: usize, what: &str| -> Result<i32> {
-      items[i].as_int().map(|x| x as i32).ok_or_else(|| bad(&format!("{what} must be an integer")))
+      items[i]
+        .as_int()
+        .map(|x| x as i32)
+        .ok_or_else(|| bad(&format!("{what} must be an integer")))
     };
     let get_arr = |i: usize, what: &str| -> Result<Option<Array>> {
       match &items[i] {
@@ -661,20 +802,36 @@ impl KvCache {
     };
     let check4 = |k: &Option<Array>, v: &Option<Array>| -> Result<()> {
       match (k, v) {
-        (Some(k), Some(v)) if k.ndim() == 4 && v.ndim() == 4 && k.shape()[..3] == v.shape()[..3] => Ok(()),
+        (Some(k), Some(v))
+          if k.ndim() == 4 && v.ndim() == 4 && k.shape()[..3] == v.shape()[..3] =>
+        {
+          Ok(())
+        }
         (None, None) => Ok(()),
-        _ => Err(bad("keys/values must both be [B, heads, T, D] arrays (same B, heads, T) or both None")),
+        _ => Err(bad(
+          "keys/values must both be [B, heads, T, D] arrays (same B, heads, T) or both None",
+        )),
       }
     };
     match class {
       "KVCache" | "ConcatenateKVCache" => {
-        if class == "KVCache" { need(3)? } else { need(2)? }
+        if class == "KVCache" {
+          need(3)?
+        } else {
+          need(2)?
+        }
         let (k, v) = (get_arr(0, "keys")?, get_arr(1, "values")?);
         check4(&k, &v)?;
         let cap = k.as_ref().and_then(|k| k.dim(2)).unwrap_or(0);
-        let offset = if class == "KVCache" { get_int(2, "offset")? } else { cap };
+        let offset = if class == "KVCache" {
+          get_int(2, "offset")?
+        } else {
+          cap
+        };
         if offset < 0 || offset > cap {
-          return Err(bad(&format!("offset {offset} outside the {cap} stored positions")));
+          return Err(bad(&format!(
+            "offset {offset} outside the {cap} stored positions"
+          )));
         }
         let mut c = KvCache::standard();
         if let (Some(k), Some(v)) = (k, v) {
@@ -687,10 +844,16 @@ impl KvCache {
         need(6)?;
         let (k, v) = (get_arr(0, "keys")?, get_arr(1, "values")?);
         check4(&k, &v)?;
-        let (offset, keep, max_size, idx) =
-          (get_int(2, "offset")?, get_int(3, "keep")?, get_int(4, "max_size")?, get_int(5, "_idx")?);
+        let (offset, keep, max_size, idx) = (
+          get_int(2, "offset")?,
+          get_int(3, "keep")?,
+          get_int(4, "max_size")?,
+          get_int(5, "_idx")?,
+        );
         if max_size <= 0 || keep < 0 || keep > max_size || offset < 0 {
-          return Err(bad(&format!("invalid offset {offset} / keep {keep} / max_size {max_size}")));
+          return Err(bad(&format!(
+            "invalid offset {offset} / keep {keep} / max_size {max_size}"
+          )));
         }
         let mut c = KvCache::new(KvCacheKind::Rotating { max_size, keep });
         if let (Some(k), Some(v)) = (k, v) {
@@ -704,7 +867,11 @@ impl KvCache {
               a.clone()
             } else if idx < offset {
               ops::concatenate_axis(
-                &[full_slice(a, 2, 0, keep.min(n))?, full_slice(a, 2, idx, n)?, full_slice(a, 2, keep.min(idx), idx)?],
+                &[
+                  full_slice(a, 2, 0, keep.min(n))?,
+                  full_slice(a, 2, idx, n)?,
+                  full_slice(a, 2, keep.min(idx), idx)?,
+                ],
                 2,
               )?
             } else {
@@ -712,7 +879,13 @@ impl KvCache {
             };
             let m = a.dim(2).unwrap_or(0);
             if m > max_size {
-              ops::concatenate_axis(&[full_slice(&a, 2, 0, keep)?, full_slice(&a, 2, m - (max_size - keep), m)?], 2)
+              ops::concatenate_axis(
+                &[
+                  full_slice(&a, 2, 0, keep)?,
+                  full_slice(&a, 2, m - (max_size - keep), m)?,
+                ],
+                2,
+              )
             } else {
               Ok(a)
             }
@@ -726,7 +899,11 @@ impl KvCache {
       }
       "QuantizedKVCache" => {
         need(5)?;
-        let (offset, group_size, bits) = (get_int(2, "offset")?, get_int(3, "group_size")?, get_int(4, "bits")?);
+        let (offset, group_size, bits) = (
+          get_int(2, "offset")?,
+          get_int(3, "group_size")?,
+          get_int(4, "bits")?,
+        );
         let mut c = KvCache::quantized(group_size, bits).map_err(|e| bad(&e.to_string()))?;
         let trip = |i: usize, what: &str| -> Result<Option<Vec<Array>>> {
           match &items[i] {
@@ -739,17 +916,23 @@ impl KvCache {
               })
               .collect::<Result<Vec<_>>>()
               .map(Some),
-            _ => Err(bad(&format!("{what} must be (packed, scales[, biases]) or None"))),
+            _ => Err(bad(&format!(
+              "{what} must be (packed, scales[, biases]) or None"
+            ))),
           }
         };
         let (qk, qv) = (trip(0, "keys")?, trip(1, "values")?);
         if let (Some(qk), Some(qv)) = (&qk, &qv) {
           let cap = qk[0].dim(2).unwrap_or(0);
           if offset < 0 || offset > cap || qv[0].dim(2) != Some(cap) {
-            return Err(bad(&format!("offset {offset} outside the {cap} stored positions")));
+            return Err(bad(&format!(
+              "offset {offset} outside the {cap} stored positions"
+            )));
           }
           if qk.len() != 3 || qv.len() != 3 {
-            return Err(bad("affine quantized keys/values need (packed, scales, biases)"));
+            return Err(bad(
+              "affine quantized keys/values need (packed, scales, biases)",
+            ));
           }
         }
         c.qkeys = qk;
@@ -762,11 +945,17 @@ impl KvCache {
         need(5)?;
         let (k, v) = (get_arr(0, "keys")?, get_arr(1, "values")?);
         check4(&k, &v)?;
-        let (offset, chunk, start) = (get_int(2, "offset")?, get_int(3, "chunk_size")?, get_int(4, "start_position")?);
+        let (offset, chunk, start) = (
+          get_int(2, "offset")?,
+          get_int(3, "chunk_size")?,
+          get_int(4, "start_position")?,
+        );
         let mut c = KvCache::chunked(chunk).map_err(|e| bad(&e.to_string()))?;
         let cap = k.as_ref().and_then(|k| k.dim(2)).unwrap_or(0);
         if start < 0 || offset < start || (k.is_some() && offset - start > cap) {
-          return Err(bad(&format!("offset {offset} / start_position {start} do not fit {cap} stored positions")));
+          return Err(bad(&format!(
+            "offset {offset} / start_position {start} do not fit {cap} stored positions"
+          )));
         }
         c.start = start;
         c.offset = offset;
@@ -777,7 +966,9 @@ impl KvCache {
         c.len = offset - start;
         Ok(c)
       }
-      other => Err(Error::InvalidArgument(format!("{other} is not a key/value cache class"))),
+      other => Err(Error::InvalidArgument(format!(
+        "{other} is not a key/value cache class"
+      ))),
     }
   }
 }
@@ -837,7 +1028,11 @@ pub struct ArraysCache {
 impl ArraysCache {
   /// `size` empty slots.
   pub fn new(size: usize) -> ArraysCache {
-    ArraysCache { cache: vec![None; size], left_padding: None, lengths: None }
+    ArraysCache {
+      cache: vec![None; size],
+      left_padding: None,
+      lengths: None,
+    }
   }
 
   /// Slot `i` (python `cache[i]`); out of range is `None`.
@@ -848,10 +1043,9 @@ impl ArraysCache {
   /// Set slot `i` (python `cache[i] = value`); out of range is an error.
   pub fn set(&mut self, i: usize, value: Array) -> Result<()> {
     let n = self.cache.len();
-    let slot = self
-      .cache
-      .get_mut(i)
-      .ok_or_else(|| Error::InvalidArgument(format!("ArraysCache: slot {i} out of range (size {n})")))?;
+    let slot = self.cache.get_mut(i).ok_or_else(|| {
+      Error::InvalidArgument(format!("ArraysCache: slot {i} out of range (size {n})"))
+    })?;
     *slot = Some(value);
     Ok(())
   }
@@ -912,7 +1106,11 @@ impl ArraysCache {
       StateNode::List(l) => l.iter().map(opt).collect::<Result<Vec<_>>>()?,
       _ => return Err(bad("cache must be a list")),
     };
-    Ok(ArraysCache { cache, left_padding: opt(&items[1])?, lengths: opt(&items[2])? })
+    Ok(ArraysCache {
+      cache,
+      left_padding: opt(&items[1])?,
+      lengths: opt(&items[2])?,
+    })
   }
 }
 
@@ -970,7 +1168,12 @@ impl LayerCache {
       LayerCache::List(l) => StateNode::List(
         l.caches
           .iter()
-          .map(|c| Ok(StateNode::List(vec![c.to_state()?, StateNode::Str(c.class_name().into())])))
+          .map(|c| {
+            Ok(StateNode::List(vec![
+              c.to_state()?,
+              StateNode::Str(c.class_name().into()),
+            ]))
+          })
           .collect::<Result<Vec<_>>>()?,
       ),
     })
@@ -987,18 +1190,23 @@ impl LayerCache {
         let items = state.into_list().ok_or_else(|| bad("expected a list"))?;
         let mut caches = Vec::with_capacity(items.len());
         for it in items {
-          let mut pair = it.into_list().filter(|p| p.len() == 2).ok_or_else(|| bad("entries must be [state, class]"))?;
+          let mut pair = it
+            .into_list()
+            .filter(|p| p.len() == 2)
+            .ok_or_else(|| bad("entries must be [state, class]"))?;
           let name = match pair.pop() {
             Some(StateNode::Str(s)) => s,
             _ => return Err(bad("class name must be a string")),
           };
-          caches.push(LayerCache::from_state(&name, pair.pop().unwrap_or(StateNode::None))?);
+          caches.push(LayerCache::from_state(
+            &name,
+            pair.pop().unwrap_or(StateNode::None),
+          )?);
         }
         Ok(LayerCache::List(CacheList { caches }))
       }
-      "KVCache" | "ConcatenateKVCache" | "RotatingKVCache" | "QuantizedKVCache" | "ChunkedKVCache" => {
-        Ok(LayerCache::Kv(KvCache::from_state(class, state)?))
-      }
+      "KVCache" | "ConcatenateKVCache" | "RotatingKVCache" | "QuantizedKVCache"
+      | "ChunkedKVCache" => Ok(LayerCache::Kv(KvCache::from_state(class, state)?)),
       other => Err(Error::InvalidArgument(format!(
         "unsupported cache class {other:?} (supported: KVCache, RotatingKVCache, QuantizedKVCache, ChunkedKVCache, ConcatenateKVCache, ArraysCache, CacheList)"
       ))),
@@ -1066,7 +1274,11 @@ pub fn trim_prompt_cache(caches: &mut [LayerCache], n: i32) -> i32 {
 
 impl std::fmt::Debug for KvCache {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.debug_struct(self.class_name()).field("kind", &self.kind).field("offset", &self.offset).field("size", &self.size()).finish()
+    f.debug_struct(self.class_name())
+      .field("kind", &self.kind)
+      .field("offset", &self.offset)
+      .field("size", &self.size())
+      .finish()
   }
 }
 
@@ -1086,14 +1298,22 @@ impl std::fmt::Debug for StateNode {
 
 impl std::fmt::Debug for ArraysCache {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    let shapes: Vec<Option<Vec<i32>>> = self.cache.iter().map(|a| a.as_ref().map(|a| a.shape())).collect();
-    f.debug_struct("ArraysCache").field("cache", &shapes).finish()
+    let shapes: Vec<Option<Vec<i32>>> = self
+      .cache
+      .iter()
+      .map(|a| a.as_ref().map(|a| a.shape()))
+      .collect();
+    f.debug_struct("ArraysCache")
+      .field("cache", &shapes)
+      .finish()
   }
 }
 
 impl std::fmt::Debug for CacheList {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.debug_struct("CacheList").field("caches", &self.caches).finish()
+    f.debug_struct("CacheList")
+      .field("caches", &self.caches)
+      .finish()
   }
 }
 

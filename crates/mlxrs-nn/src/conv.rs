@@ -20,7 +20,13 @@ struct ConvParams {
 
 impl ConvParams {
   fn new(wshape: Vec<i32>, bias: bool) -> ConvParams {
-    ConvParams { weight: Array::scalar(0.0f32), bias: None, has_bias: bias, wshape, frozen: Frozen::default() }
+    ConvParams {
+      weight: Array::scalar(0.0f32),
+      bias: None,
+      has_bias: bias,
+      wshape,
+      frozen: Frozen::default(),
+    }
   }
 
   /// python init: weight `uniform(-scale, scale)`, bias zeros.
@@ -66,7 +72,11 @@ impl ConvParams {
 impl Module for ConvParams {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
     self.weight = w.take(&join(prefix, "weight"), Some(&self.wshape));
-    self.bias = if self.has_bias { Some(w.take(&join(prefix, "bias"), Some(&[self.wshape[0]]))) } else { None };
+    self.bias = if self.has_bias {
+      Some(w.take(&join(prefix, "bias"), Some(&[self.wshape[0]])))
+    } else {
+      None
+    };
   }
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
     f(&join(prefix, "weight"), &self.weight);
@@ -125,7 +135,9 @@ macro_rules! delegate_module {
 fn check_positive(what: &str, vals: &[(&str, i32)], min: i32) -> Result<()> {
   for (n, v) in vals {
     if *v < min {
-      return Err(Error::InvalidArgument(format!("{what}: {n} must be >= {min}, got {v}")));
+      return Err(Error::InvalidArgument(format!(
+        "{what}: {n} must be >= {min}, got {v}"
+      )));
     }
   }
   Ok(())
@@ -133,7 +145,11 @@ fn check_positive(what: &str, vals: &[(&str, i32)], min: i32) -> Result<()> {
 
 fn check_input(what: &str, x: &Array, ndim: usize, channels: i32) -> Result<()> {
   if x.ndim() != ndim || x.dim(-1) != Some(channels) {
-    let layout = if ndim == 3 { "[N, L, C]" } else { "[N, H, W, C]" };
+    let layout = if ndim == 3 {
+      "[N, L, C]"
+    } else {
+      "[N, H, W, C]"
+    };
     return Err(Error::InvalidArgument(format!(
       "{what}: expected input {layout} with C = {channels}, got {:?}",
       x.shape()
@@ -179,10 +195,22 @@ impl Conv1d {
     let what = "Conv1d";
     check_positive(
       what,
-      &[("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size)],
+      &[
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+        ("kernel_size", kernel_size),
+      ],
       1,
     )?;
-    check_positive(what, &[("stride", stride), ("dilation", dilation), ("groups", groups)], 1)?;
+    check_positive(
+      what,
+      &[
+        ("stride", stride),
+        ("dilation", dilation),
+        ("groups", groups),
+      ],
+      1,
+    )?;
     check_positive(what, &[("padding", padding)], 0)?;
     if in_channels % groups != 0 {
       return Err(Error::InvalidArgument(format!(
@@ -190,7 +218,16 @@ impl Conv1d {
       )));
     }
     let p = ConvParams::new(vec![out_channels, kernel_size, in_channels / groups], bias);
-    Ok(Conv1d { in_channels, out_channels, kernel_size, stride, padding, dilation, groups, p })
+    Ok(Conv1d {
+      in_channels,
+      out_channels,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      groups,
+      p,
+    })
   }
 
   /// A freshly initialised layer (python init: `uniform(±sqrt(1 / (in /
@@ -207,15 +244,34 @@ impl Conv1d {
     bias: bool,
     key: Option<&Array>,
   ) -> Result<Conv1d> {
-    let mut c = Conv1d::new(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)?;
-    c.p.init((1.0 / (in_channels / groups * kernel_size) as f32).sqrt(), key)?;
+    let mut c = Conv1d::new(
+      in_channels,
+      out_channels,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      groups,
+      bias,
+    )?;
+    c.p.init(
+      (1.0 / (in_channels / groups * kernel_size) as f32).sqrt(),
+      key,
+    )?;
     Ok(c)
   }
 
   /// `[N, L, in]` -> `[N, L_out, out]`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     check_input("Conv1d", x, 3, self.in_channels)?;
-    let y = ops::conv1d(x, &self.p.weight, self.stride, self.padding, self.dilation, self.groups)?;
+    let y = ops::conv1d(
+      x,
+      &self.p.weight,
+      self.stride,
+      self.padding,
+      self.dilation,
+      self.groups,
+    )?;
     self.p.add_bias(y)
   }
 }
@@ -275,8 +331,25 @@ impl Conv2d {
         "Conv2d: in_channels ({in_channels}) must be divisible by groups ({groups})"
       )));
     }
-    let p = ConvParams::new(vec![out_channels, kernel_size.0, kernel_size.1, in_channels / groups], bias);
-    Ok(Conv2d { in_channels, out_channels, kernel_size, stride, padding, dilation, groups, p })
+    let p = ConvParams::new(
+      vec![
+        out_channels,
+        kernel_size.0,
+        kernel_size.1,
+        in_channels / groups,
+      ],
+      bias,
+    );
+    Ok(Conv2d {
+      in_channels,
+      out_channels,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      groups,
+      p,
+    })
   }
 
   /// A freshly initialised layer (python init), from `key` or the global key.
@@ -292,7 +365,16 @@ impl Conv2d {
     bias: bool,
     key: Option<&Array>,
   ) -> Result<Conv2d> {
-    let mut c = Conv2d::new(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)?;
+    let mut c = Conv2d::new(
+      in_channels,
+      out_channels,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      groups,
+      bias,
+    )?;
     let fan = in_channels / groups * kernel_size.0 * kernel_size.1;
     c.p.init((1.0 / fan as f32).sqrt(), key)?;
     Ok(c)
@@ -301,7 +383,14 @@ impl Conv2d {
   /// `[N, H, W, in]` -> `[N, H_out, W_out, out]`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     check_input("Conv2d", x, 4, self.in_channels)?;
-    let y = ops::conv2d(x, &self.p.weight, self.stride, self.padding, self.dilation, self.groups)?;
+    let y = ops::conv2d(
+      x,
+      &self.p.weight,
+      self.stride,
+      self.padding,
+      self.dilation,
+      self.groups,
+    )?;
     self.p.add_bias(y)
   }
 }
@@ -353,9 +442,22 @@ impl ConvTranspose1d {
       ],
       1,
     )?;
-    check_positive(what, &[("padding", padding), ("output_padding", output_padding)], 0)?;
+    check_positive(
+      what,
+      &[("padding", padding), ("output_padding", output_padding)],
+      0,
+    )?;
     let p = ConvParams::new(vec![out_channels, kernel_size, in_channels], bias);
-    Ok(ConvTranspose1d { in_channels, out_channels, kernel_size, stride, padding, dilation, output_padding, p })
+    Ok(ConvTranspose1d {
+      in_channels,
+      out_channels,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      output_padding,
+      p,
+    })
   }
 
   /// A freshly initialised layer (python init: `uniform(±sqrt(1 / (in *
@@ -372,17 +474,33 @@ impl ConvTranspose1d {
     bias: bool,
     key: Option<&Array>,
   ) -> Result<ConvTranspose1d> {
-    let mut c =
-      ConvTranspose1d::new(in_channels, out_channels, kernel_size, stride, padding, dilation, output_padding, bias)?;
-    c.p.init((1.0 / (in_channels * kernel_size) as f32).sqrt(), key)?;
+    let mut c = ConvTranspose1d::new(
+      in_channels,
+      out_channels,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      output_padding,
+      bias,
+    )?;
+    c.p
+      .init((1.0 / (in_channels * kernel_size) as f32).sqrt(), key)?;
     Ok(c)
   }
 
   /// `[N, L, in]` -> `[N, L_out, out]`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     check_input("ConvTranspose1d", x, 3, self.in_channels)?;
-    let y =
-      ops::conv_transpose1d(x, &self.p.weight, self.stride, self.padding, self.dilation, self.output_padding, 1)?;
+    let y = ops::conv_transpose1d(
+      x,
+      &self.p.weight,
+      self.stride,
+      self.padding,
+      self.dilation,
+      self.output_padding,
+      1,
+    )?;
     self.p.add_bias(y)
   }
 }
@@ -438,11 +556,28 @@ impl ConvTranspose2d {
     )?;
     check_positive(
       what,
-      &[("padding", padding.0), ("padding", padding.1), ("output_padding", output_padding.0), ("output_padding", output_padding.1)],
+      &[
+        ("padding", padding.0),
+        ("padding", padding.1),
+        ("output_padding", output_padding.0),
+        ("output_padding", output_padding.1),
+      ],
       0,
     )?;
-    let p = ConvParams::new(vec![out_channels, kernel_size.0, kernel_size.1, in_channels], bias);
-    Ok(ConvTranspose2d { in_channels, out_channels, kernel_size, stride, padding, dilation, output_padding, p })
+    let p = ConvParams::new(
+      vec![out_channels, kernel_size.0, kernel_size.1, in_channels],
+      bias,
+    );
+    Ok(ConvTranspose2d {
+      in_channels,
+      out_channels,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      output_padding,
+      p,
+    })
   }
 
   /// `[N, H, W, in]` -> `[N, H_out, W_out, out]`.

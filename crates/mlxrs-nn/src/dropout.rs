@@ -22,15 +22,24 @@ impl Dropout {
   /// Element-wise dropout. `p` outside `[0, 1)` is an error.
   pub fn new(p: f32) -> Result<Dropout> {
     if !(0.0..1.0).contains(&p) {
-      return Err(Error::InvalidArgument(format!("The dropout probability {p} is not in [0, 1)")));
+      return Err(Error::InvalidArgument(format!(
+        "The dropout probability {p} is not in [0, 1)"
+      )));
     }
-    Ok(Dropout { p, training: false, channels: false })
+    Ok(Dropout {
+      p,
+      training: false,
+      channels: false,
+    })
   }
 
   /// Channel-wise dropout of `[N, H, W, C]` / `[H, W, C]` inputs (python
   /// `nn.Dropout2d(p)`): whole channels are zeroed.
   pub fn new_2d(p: f32) -> Result<Dropout> {
-    Ok(Dropout { channels: true, ..Dropout::new(p)? })
+    Ok(Dropout {
+      channels: true,
+      ..Dropout::new(p)?
+    })
   }
 
   /// Apply with MLX's global random key.

@@ -24,7 +24,8 @@ pub struct Embedding {
 }
 
 fn scales_of(s: &Option<Array>) -> Result<&Array> {
-  s.as_ref().ok_or_else(|| Error::InvalidArgument("quantized Embedding has no scales (not loaded)".into()))
+  s.as_ref()
+    .ok_or_else(|| Error::InvalidArgument("quantized Embedding has no scales (not loaded)".into()))
 }
 
 impl Embedding {
@@ -45,7 +46,9 @@ impl Embedding {
   pub fn from_weight(weight: Array) -> Result<Embedding> {
     let s = weight.shape();
     if s.len() != 2 {
-      return Err(Error::InvalidArgument(format!("Embedding weight must be 2-D, got {s:?}")));
+      return Err(Error::InvalidArgument(format!(
+        "Embedding weight must be 2-D, got {s:?}"
+      )));
     }
     let mut e = Embedding::new(s[0], s[1]);
     e.weight = weight;
@@ -56,7 +59,13 @@ impl Embedding {
   /// `normal(0, 1/sqrt(dims))` from `key` (or MLX's global key).
   pub fn init(num_embeddings: i32, dims: i32, key: Option<&Array>) -> Result<Embedding> {
     let scale = (1.0 / dims.max(1) as f32).sqrt();
-    let w = mlxrs_core::random::normal(&[num_embeddings, dims], mlxrs_core::Dtype::Float32, 0.0, scale, key)?;
+    let w = mlxrs_core::random::normal(
+      &[num_embeddings, dims],
+      mlxrs_core::Dtype::Float32,
+      0.0,
+      scale,
+      key,
+    )?;
     Embedding::from_weight(w)
   }
 
@@ -66,9 +75,17 @@ impl Embedding {
     if self.quant.is_some() {
       return Ok(());
     }
-    let parts = ops::quantize(&self.weight, Some(q.group_size), Some(q.bits), &q.mode, None)?;
+    let parts = ops::quantize(
+      &self.weight,
+      Some(q.group_size),
+      Some(q.bits),
+      &q.mode,
+      None,
+    )?;
     let mut it = parts.into_iter();
-    self.weight = it.next().ok_or_else(|| Error::Mlx("quantize returned nothing".into()))?;
+    self.weight = it
+      .next()
+      .ok_or_else(|| Error::Mlx("quantize returned nothing".into()))?;
     self.scales = it.next();
     self.biases = if q.has_biases() { it.next() } else { None };
     self.quant = Some(q.clone());
@@ -89,7 +106,16 @@ impl Embedding {
           Some(b) => Some(ops::take_axis(b, ids, 0)?),
           None => None,
         };
-        ops::dequantize(&w, &s, b.as_ref(), Some(q.group_size), Some(q.bits), &q.mode, None, None)
+        ops::dequantize(
+          &w,
+          &s,
+          b.as_ref(),
+          Some(q.group_size),
+          Some(q.bits),
+          &q.mode,
+          None,
+          None,
+        )
       }
     }
   }

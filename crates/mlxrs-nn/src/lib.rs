@@ -48,9 +48,12 @@ pub mod upsample;
 
 pub use activations::*;
 pub use attention::{
-  AttnMask, MhaDims, MultiHeadAttention, attention_with_cache_update, quantized_sdpa, sdpa_with_cache,
+  AttnMask, MhaDims, MultiHeadAttention, attention_with_cache_update, quantized_sdpa,
+  sdpa_with_cache,
 };
-pub use cache::{ArraysCache, CacheList, CachedKv, KvCache, KvCacheKind, LayerCache, StateNode, trim_prompt_cache};
+pub use cache::{
+  ArraysCache, CacheList, CachedKv, KvCache, KvCacheKind, LayerCache, StateNode, trim_prompt_cache,
+};
 pub use conv::{Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
@@ -59,13 +62,13 @@ pub use lora::{DoRALinear, LoRALinear};
 pub use losses::{CrossEntropy, Reduction};
 pub use module::{Frozen, Module, Param, Weights, join, path_has_prefix};
 pub use norm::{BatchNorm, GroupNorm, LayerNorm, RmsNorm};
-pub use quant::{QuantConfig, QuantParams, QuantPredicate, Quantizable, quantize, quantize_with};
 pub use pooling::{Pool, PoolKind};
 pub use positional::SinusoidalPositionalEncoding;
 pub use prompt_cache::{load_kv_caches, load_prompt_cache, save_kv_caches, save_prompt_cache};
+pub use quant::{QuantConfig, QuantParams, QuantPredicate, Quantizable, quantize, quantize_with};
 pub use rope::Rope;
+pub use switch::{GluActivation, MultiLinear, SwitchGlu, SwitchLinear};
 pub use train::{ModuleValueAndGrad, value_and_grad};
 pub use upsample::{Upsample, UpsampleMode, upsample_linear, upsample_nearest};
-pub use switch::{GluActivation, MultiLinear, SwitchGlu, SwitchLinear};
 
 pub use mlxrs_core::{Array, Dtype, Error, Result};

@@ -56,7 +56,9 @@ impl Linear {
   /// from `key` (or MLX's global key).
   pub fn init(in_dims: i32, out_dims: i32, bias: bool, key: Option<&Array>) -> Result<Linear> {
     if in_dims <= 0 || out_dims <= 0 {
-      return Err(Error::InvalidArgument(format!("Linear: dims must be positive, got {in_dims} -> {out_dims}")));
+      return Err(Error::InvalidArgument(format!(
+        "Linear: dims must be positive, got {in_dims} -> {out_dims}"
+      )));
     }
     let scale = (1.0 / in_dims as f32).sqrt();
     let (kw, kb) = match key {
@@ -67,14 +69,21 @@ impl Linear {
       None => (None, None),
     };
     let weight = uniform_init(&[out_dims, in_dims], scale, kw.as_ref())?;
-    let b = if bias { Some(uniform_init(&[out_dims], scale, kb.as_ref())?) } else { None };
+    let b = if bias {
+      Some(uniform_init(&[out_dims], scale, kb.as_ref())?)
+    } else {
+      None
+    };
     Ok(Linear::from_weights(weight, b))
   }
 
   /// A dense layer from explicit tensors (`weight` is `[out, in]`).
   pub fn from_weights(weight: Array, bias: Option<Array>) -> Linear {
     let s = weight.shape();
-    let (out_dims, in_dims) = (s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0));
+    let (out_dims, in_dims) = (
+      s.first().copied().unwrap_or(0),
+      s.get(1).copied().unwrap_or(0),
+    );
     Linear {
       in_dims,
       out_dims,
@@ -92,10 +101,9 @@ impl Linear {
   pub fn forward(&self, x: &Array) -> Result<Array> {
     match &self.quant {
       Some(q) => {
-        let scales = self
-          .scales
-          .as_ref()
-          .ok_or_else(|| Error::InvalidArgument("quantized Linear has no scales (not loaded)".into()))?;
+        let scales = self.scales.as_ref().ok_or_else(|| {
+          Error::InvalidArgument("quantized Linear has no scales (not loaded)".into())
+        })?;
         let y = ops::quantized_matmul(
           x,
           &self.weight,
@@ -126,11 +134,19 @@ impl Linear {
     match &self.quant {
       None => Ok(self.weight.clone()),
       Some(q) => {
-        let scales = self
-          .scales
-          .as_ref()
-          .ok_or_else(|| Error::InvalidArgument("quantized Linear has no scales (not loaded)".into()))?;
-        ops::dequantize(&self.weight, scales, self.biases.as_ref(), Some(q.group_size), Some(q.bits), &q.mode, None, None)
+        let scales = self.scales.as_ref().ok_or_else(|| {
+          Error::InvalidArgument("quantized Linear has no scales (not loaded)".into())
+        })?;
+        ops::dequantize(
+          &self.weight,
+          scales,
+          self.biases.as_ref(),
+          Some(q.group_size),
+          Some(q.bits),
+          &q.mode,
+          None,
+          None,
+        )
       }
     }
   }
@@ -141,9 +157,17 @@ impl Linear {
     if self.quant.is_some() {
       return Ok(());
     }
-    let parts = ops::quantize(&self.weight, Some(q.group_size), Some(q.bits), &q.mode, None)?;
+    let parts = ops::quantize(
+      &self.weight,
+      Some(q.group_size),
+      Some(q.bits),
+      &q.mode,
+      None,
+    )?;
     let mut it = parts.into_iter();
-    self.weight = it.next().ok_or_else(|| mlxrs_core::Error::Mlx("quantize returned nothing".into()))?;
+    self.weight = it
+      .next()
+      .ok_or_else(|| mlxrs_core::Error::Mlx("quantize returned nothing".into()))?;
     self.scales = it.next();
     self.biases = if q.has_biases() { it.next() } else { None };
     self.quant = Some(q.clone());
@@ -185,27 +209,44 @@ pub(crate) fn load_maybe_quantized(
   rows: i32,
   cols: i32,
 ) -> (Array, Option<Array>, Option<Array>, Option<QuantParams>) {
-  match w.quant_for(prefix).filter(|q| cols % q.group_size.max(1) == 0) {
+  match w
+    .quant_for(prefix)
+    .filter(|q| cols % q.group_size.max(1) == 0)
+  {
     Some(q) => {
       let packed = cols * q.bits / 32;
       let groups = cols / q.group_size.max(1);
       let weight = w.take_packed(&join(prefix, "weight"), &[rows, packed]);
       let scales = w.take_raw(&join(prefix, "scales"), Some(&[rows, groups]));
-      let biases = if q.has_biases() { Some(w.take_raw(&join(prefix, "biases"), Some(&[rows, groups]))) } else { None };
+      let biases = if q.has_biases() {
+        Some(w.take_raw(&join(prefix, "biases"), Some(&[rows, groups])))
+      } else {
+        None
+      };
       (weight, Some(scales), biases, Some(q))
     }
-    None => (w.take(&join(prefix, "weight"), Some(&[rows, cols])), None, None, None),
+    None => (
+      w.take(&join(prefix, "weight"), Some(&[rows, cols])),
+      None,
+      None,
+      None,
+    ),
   }
 }
 
 impl Module for Linear {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
-    let (weight, scales, biases, quant) = load_maybe_quantized(w, prefix, self.out_dims, self.in_dims);
+    let (weight, scales, biases, quant) =
+      load_maybe_quantized(w, prefix, self.out_dims, self.in_dims);
     self.weight = weight;
     self.scales = scales;
     self.biases = biases;
     self.quant = quant;
-    self.bias = if self.has_bias { Some(w.take(&join(prefix, "bias"), Some(&[self.out_dims]))) } else { None };
+    self.bias = if self.has_bias {
+      Some(w.take(&join(prefix, "bias"), Some(&[self.out_dims])))
+    } else {
+      None
+    };
     if self.quant.is_some() {
       self.freeze_all();
     }

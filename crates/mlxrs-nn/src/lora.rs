@@ -11,7 +11,9 @@ use crate::module::{Module, Param};
 
 fn lora_init(in_dims: i32, out_dims: i32, r: i32, key: Option<&Array>) -> Result<(Param, Param)> {
   if r <= 0 || in_dims <= 0 || out_dims <= 0 {
-    return Err(Error::InvalidArgument(format!("LoRA: rank {r} and dims {in_dims} -> {out_dims} must be positive")));
+    return Err(Error::InvalidArgument(format!(
+      "LoRA: rank {r} and dims {in_dims} -> {out_dims} must be positive"
+    )));
   }
   let a = uniform_init(&[in_dims, r], 1.0 / (in_dims as f32).sqrt(), key)?;
   let b = ops::zeros(&[r, out_dims], Dtype::Float32)?;
@@ -21,13 +23,19 @@ fn lora_init(in_dims: i32, out_dims: i32, r: i32, key: Option<&Array>) -> Result
 /// `(dropout(x) @ a) @ b * scale`, cast to `x`'s dtype.
 fn low_rank(x: &Array, a: &Array, b: &Array, scale: f32, dropout: &Dropout) -> Result<Array> {
   let z = ops::matmul(&ops::matmul(&dropout.forward(x)?, a)?, b)?;
-  ops::astype(&ops::multiply(&Array::scalar_as(scale as f64, z.dtype())?, &z)?, x.dtype())
+  ops::astype(
+    &ops::multiply(&Array::scalar_as(scale as f64, z.dtype())?, &z)?,
+    x.dtype(),
+  )
 }
 
 /// `(scale * b.T) @ a.T`: the dense `[out, in]` update.
 fn delta(a: &Array, b: &Array, scale: f32) -> Result<Array> {
   let bt = ops::transpose(b)?;
-  ops::matmul(&ops::multiply(&Array::scalar_as(scale as f64, bt.dtype())?, &bt)?, &ops::transpose(a)?)
+  ops::matmul(
+    &ops::multiply(&Array::scalar_as(scale as f64, bt.dtype())?, &bt)?,
+    &ops::transpose(a)?,
+  )
 }
 
 fn refuse(lin: &Linear, quant: bool, w: Array) -> Result<Linear> {
@@ -54,7 +62,12 @@ pub struct LoRALinear {
   pub dropout: Dropout,
 }
 
-crate::module!(LoRALinear { linear, lora_a, lora_b, dropout });
+crate::module!(LoRALinear {
+  linear,
+  lora_a,
+  lora_b,
+  dropout
+});
 
 impl LoRALinear {
   /// Wrap `linear` (python `LoRALinear.from_base(linear, r, dropout,
@@ -62,23 +75,47 @@ impl LoRALinear {
   /// `lora_a` is `uniform(±1/sqrt(in))` from `key` (or the global key),
   /// `lora_b` zeros. The base layer is frozen, as mlx-lm freezes the model
   /// before adding adapters, so only the adapter trains.
-  pub fn from_base(mut linear: Linear, r: i32, dropout: f32, scale: f32, key: Option<&Array>) -> Result<LoRALinear> {
+  pub fn from_base(
+    mut linear: Linear,
+    r: i32,
+    dropout: f32,
+    scale: f32,
+    key: Option<&Array>,
+  ) -> Result<LoRALinear> {
     let (a, b) = lora_init(linear.in_dims, linear.out_dims, r, key)?;
     linear.freeze();
-    Ok(LoRALinear { linear, lora_a: a, lora_b: b, scale, dropout: Dropout::new(dropout)? })
+    Ok(LoRALinear {
+      linear,
+      lora_a: a,
+      lora_b: b,
+      scale,
+      dropout: Dropout::new(dropout)?,
+    })
   }
 
   /// `[..., in]` -> `[..., out]`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     let y = self.linear.forward(x)?;
-    ops::add(&y, &low_rank(x, &self.lora_a.value, &self.lora_b.value, self.scale, &self.dropout)?)
+    ops::add(
+      &y,
+      &low_rank(
+        x,
+        &self.lora_a.value,
+        &self.lora_b.value,
+        self.scale,
+        &self.dropout,
+      )?,
+    )
   }
 
   /// Merge the adapter into a plain layer (python `fuse(dequantize)`): a
   /// quantized base gives a re-quantized layer unless `dequantize`.
   pub fn fuse(&self, dequantize: bool) -> Result<Linear> {
     let w = self.linear.dense_weight()?;
-    let d = ops::astype(&delta(&self.lora_a.value, &self.lora_b.value, self.scale)?, w.dtype())?;
+    let d = ops::astype(
+      &delta(&self.lora_a.value, &self.lora_b.value, self.scale)?,
+      w.dtype(),
+    )?;
     refuse(&self.linear, !dequantize, ops::add(&w, &d)?)
   }
 }
@@ -101,27 +138,61 @@ pub struct DoRALinear {
   pub dropout: Dropout,
 }
 
-crate::module!(DoRALinear { linear, lora_a, lora_b, m, dropout });
+crate::module!(DoRALinear {
+  linear,
+  lora_a,
+  lora_b,
+  m,
+  dropout
+});
 
 impl DoRALinear {
   /// Wrap `linear` (python `DoRALinear.from_base(linear, r, dropout,
   /// scale)`); `m` starts as the row norms of the (dequantized) weight.
-  pub fn from_base(mut linear: Linear, r: i32, dropout: f32, scale: f32, key: Option<&Array>) -> Result<DoRALinear> {
+  pub fn from_base(
+    mut linear: Linear,
+    r: i32,
+    dropout: f32,
+    scale: f32,
+    key: Option<&Array>,
+  ) -> Result<DoRALinear> {
     let (a, b) = lora_init(linear.in_dims, linear.out_dims, r, key)?;
     let w = ops::astype(&linear.dense_weight()?, Dtype::Float32)?;
     let m = Param::from_value(mlxrs_core::linalg::norm_l2(&w, Some(&[1]), false)?);
     linear.freeze();
-    Ok(DoRALinear { linear, lora_a: a, lora_b: b, m, scale, dropout: Dropout::new(dropout)? })
+    Ok(DoRALinear {
+      linear,
+      lora_a: a,
+      lora_b: b,
+      m,
+      scale,
+      dropout: Dropout::new(dropout)?,
+    })
   }
 
   /// `[..., in]` -> `[..., out]`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     let w = self.linear.dense_weight()?;
     let y = ops::matmul(x, &ops::transpose(&w)?)?;
-    let out = ops::add(&y, &low_rank(x, &self.lora_a.value, &self.lora_b.value, self.scale, &self.dropout)?)?;
-    let adapted = ops::add(&w, &delta(&self.lora_a.value, &self.lora_b.value, self.scale)?)?;
+    let out = ops::add(
+      &y,
+      &low_rank(
+        x,
+        &self.lora_a.value,
+        &self.lora_b.value,
+        self.scale,
+        &self.dropout,
+      )?,
+    )?;
+    let adapted = ops::add(
+      &w,
+      &delta(&self.lora_a.value, &self.lora_b.value, self.scale)?,
+    )?;
     let denom = ops::stop_gradient(&mlxrs_core::linalg::norm_l2(&adapted, Some(&[1]), false)?)?;
-    let out = ops::multiply(&ops::astype(&ops::divide(&self.m.value, &denom)?, x.dtype())?, &out)?;
+    let out = ops::multiply(
+      &ops::astype(&ops::divide(&self.m.value, &denom)?, x.dtype())?,
+      &out,
+    )?;
     match &self.linear.bias {
       Some(b) => ops::add(&out, b),
       None => Ok(out),
@@ -131,9 +202,19 @@ impl DoRALinear {
   /// Merge into a plain layer (python `fuse(dequantize)`).
   pub fn fuse(&self, dequantize: bool) -> Result<Linear> {
     let w = self.linear.dense_weight()?;
-    let d = ops::astype(&delta(&self.lora_a.value, &self.lora_b.value, self.scale)?, w.dtype())?;
+    let d = ops::astype(
+      &delta(&self.lora_a.value, &self.lora_b.value, self.scale)?,
+      w.dtype(),
+    )?;
     let w = ops::add(&w, &d)?;
-    let ns = ops::divide(&self.m.value, &mlxrs_core::linalg::norm_l2(&w, Some(&[1]), false)?)?;
-    refuse(&self.linear, !dequantize, ops::multiply(&ops::expand_dims(&ns, 1)?, &w)?)
+    let ns = ops::divide(
+      &self.m.value,
+      &mlxrs_core::linalg::norm_l2(&w, Some(&[1]), false)?,
+    )?;
+    refuse(
+      &self.linear,
+      !dequantize,
+      ops::multiply(&ops::expand_dims(&ns, 1)?, &w)?,
+    )
   }
 }

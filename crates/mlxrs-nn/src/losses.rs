@@ -78,7 +78,13 @@ pub struct CrossEntropy<'a> {
 
 impl Default for CrossEntropy<'_> {
   fn default() -> Self {
-    CrossEntropy { weights: None, axis: -1, label_smoothing: 0.0, ignore_index: None, reduction: Reduction::None }
+    CrossEntropy {
+      weights: None,
+      axis: -1,
+      label_smoothing: 0.0,
+      ignore_index: None,
+      reduction: Reduction::None,
+    }
   }
 }
 
@@ -87,11 +93,18 @@ impl Default for CrossEntropy<'_> {
 /// `nn.losses.cross_entropy`).
 pub fn cross_entropy(logits: &Array, targets: &Array, o: CrossEntropy<'_>) -> Result<Array> {
   if !(0.0..1.0).contains(&o.label_smoothing) {
-    return Err(Error::InvalidArgument(format!("Label smoothing must be in [0, 1), got {}.", o.label_smoothing)));
+    return Err(Error::InvalidArgument(format!(
+      "Label smoothing must be in [0, 1), got {}.",
+      o.label_smoothing
+    )));
   }
   let nd = logits.ndim() as i32;
   if nd == 0 || o.axis < -nd || o.axis >= nd {
-    return Err(Error::InvalidArgument(format!("cross_entropy: axis {} out of range for logits {:?}", o.axis, logits.shape())));
+    return Err(Error::InvalidArgument(format!(
+      "cross_entropy: axis {} out of range for logits {:?}",
+      o.axis,
+      logits.shape()
+    )));
   }
   let axis = if o.axis < 0 { o.axis + nd } else { o.axis };
   let as_probs = targets.ndim() == logits.ndim();
@@ -105,10 +118,15 @@ pub fn cross_entropy(logits: &Array, targets: &Array, o: CrossEntropy<'_>) -> Re
     )));
   }
   if as_probs && o.ignore_index.is_some() {
-    return Err(Error::InvalidArgument("cross_entropy: ignore_index needs class-index targets".into()));
+    return Err(Error::InvalidArgument(
+      "cross_entropy: ignore_index needs class-index targets".into(),
+    ));
   }
   if !as_probs && !targets.dtype().is_integer() {
-    return Err(Error::InvalidArgument(format!("cross_entropy: class targets must be integers, got {}", targets.dtype())));
+    return Err(Error::InvalidArgument(format!(
+      "cross_entropy: class targets must be integers, got {}",
+      targets.dtype()
+    )));
   }
   let (targets, keep) = match o.ignore_index {
     Some(ig) => {
@@ -119,11 +137,17 @@ pub fn cross_entropy(logits: &Array, targets: &Array, o: CrossEntropy<'_>) -> Re
     }
     None => (targets.clone(), None),
   };
-  let logits = ops::subtract(logits, &ops::stop_gradient(&ops::max_axis(logits, axis, true)?)?)?;
+  let logits = ops::subtract(
+    logits,
+    &ops::stop_gradient(&ops::max_axis(logits, axis, true)?)?,
+  )?;
   let score = if as_probs {
     ops::sum_axis(&ops::multiply(&logits, &targets)?, axis, false)?
   } else {
-    ops::squeeze_axis(&ops::take_along_axis(&logits, &ops::expand_dims(&targets, axis)?, axis)?, axis)?
+    ops::squeeze_axis(
+      &ops::take_along_axis(&logits, &ops::expand_dims(&targets, axis)?, axis)?,
+      axis,
+    )?
   };
   let lse = ops::logsumexp_axis(&logits, axis, false)?;
   let ls = o.label_smoothing as f64;
@@ -163,11 +187,18 @@ pub fn binary_cross_entropy(
 ) -> Result<Array> {
   same_shape("binary_cross_entropy", inputs, targets)?;
   let loss = if with_logits {
-    ops::subtract(&ops::logaddexp(&s(inputs, 0.0)?, inputs)?, &ops::multiply(inputs, targets)?)?
+    ops::subtract(
+      &ops::logaddexp(&s(inputs, 0.0)?, inputs)?,
+      &ops::multiply(inputs, targets)?,
+    )?
   } else {
     let lo = s(inputs, -100.0)?;
     let li = ops::clip(&ops::log(inputs)?, Some(&lo), None)?;
-    let lin = ops::clip(&ops::log(&ops::subtract(&s(inputs, 1.0)?, inputs)?)?, Some(&lo), None)?;
+    let lin = ops::clip(
+      &ops::log(&ops::subtract(&s(inputs, 1.0)?, inputs)?)?,
+      Some(&lo),
+      None,
+    )?;
     let a = ops::multiply(targets, &li)?;
     let b = ops::multiply(&ops::subtract(&s(targets, 1.0)?, targets)?, &lin)?;
     ops::negative(&ops::add(&a, &b)?)?
@@ -184,42 +215,76 @@ pub fn l1_loss(predictions: &Array, targets: &Array, reduction: Reduction) -> Re
 /// `(p - t)^2` (python `nn.losses.mse_loss`, default `Mean`).
 pub fn mse_loss(predictions: &Array, targets: &Array, reduction: Reduction) -> Result<Array> {
   same_shape("mse_loss", predictions, targets)?;
-  reduce(ops::square(&ops::subtract(predictions, targets)?)?, reduction)
+  reduce(
+    ops::square(&ops::subtract(predictions, targets)?)?,
+    reduction,
+  )
 }
 
 /// Negative log likelihood of log-probabilities at the class-index targets
 /// (python `nn.losses.nll_loss`).
 pub fn nll_loss(inputs: &Array, targets: &Array, axis: i32, reduction: Reduction) -> Result<Array> {
   let t = ops::expand_dims(targets, axis)?;
-  reduce(ops::negative(&ops::squeeze_axis(&ops::take_along_axis(inputs, &t, axis)?, axis)?)?, reduction)
+  reduce(
+    ops::negative(&ops::squeeze_axis(
+      &ops::take_along_axis(inputs, &t, axis)?,
+      axis,
+    )?)?,
+    reduction,
+  )
 }
 
 /// `sum(exp(t) * (t - x), axis)` for log-probabilities (python
 /// `nn.losses.kl_div_loss`).
-pub fn kl_div_loss(inputs: &Array, targets: &Array, axis: i32, reduction: Reduction) -> Result<Array> {
+pub fn kl_div_loss(
+  inputs: &Array,
+  targets: &Array,
+  axis: i32,
+  reduction: Reduction,
+) -> Result<Array> {
   same_shape("kl_div_loss", inputs, targets)?;
-  let l = ops::sum_axis(&ops::multiply(&ops::exp(targets)?, &ops::subtract(targets, inputs)?)?, axis, false)?;
+  let l = ops::sum_axis(
+    &ops::multiply(&ops::exp(targets)?, &ops::subtract(targets, inputs)?)?,
+    axis,
+    false,
+  )?;
   reduce(l, reduction)
 }
 
 /// Smooth L1 (python `nn.losses.smooth_l1_loss(p, t, beta)`, default
 /// `Mean`): `0.5 d^2 / beta` below `beta`, `|d| - beta / 2` above.
-pub fn smooth_l1_loss(predictions: &Array, targets: &Array, beta: f32, reduction: Reduction) -> Result<Array> {
+pub fn smooth_l1_loss(
+  predictions: &Array,
+  targets: &Array,
+  beta: f32,
+  reduction: Reduction,
+) -> Result<Array> {
   same_shape("smooth_l1_loss", predictions, targets)?;
   let d = ops::abs(&ops::subtract(predictions, targets)?)?;
   let b = beta as f64;
   let quad = ops::divide(&ops::multiply(&s(&d, 0.5)?, &ops::square(&d)?)?, &s(&d, b)?)?;
   let lin = ops::subtract(&ops::abs(&d)?, &s(&d, 0.5 * b)?)?;
-  reduce(ops::where_(&ops::less(&d, &s(&d, b)?)?, &quad, &lin)?, reduction)
+  reduce(
+    ops::where_(&ops::less(&d, &s(&d, b)?)?, &quad, &lin)?,
+    reduction,
+  )
 }
 
 /// Huber loss (python `nn.losses.huber_loss(x, t, delta)`).
-pub fn huber_loss(inputs: &Array, targets: &Array, delta: f32, reduction: Reduction) -> Result<Array> {
+pub fn huber_loss(
+  inputs: &Array,
+  targets: &Array,
+  delta: f32,
+  reduction: Reduction,
+) -> Result<Array> {
   let e = ops::subtract(inputs, targets)?;
   let a = ops::abs(&e)?;
   let q = ops::minimum(&a, &s(&a, delta as f64)?)?;
   let lin = ops::subtract(&a, &q)?;
-  let l = ops::add(&ops::multiply(&s(&q, 0.5)?, &ops::square(&q)?)?, &ops::multiply(&s(&lin, delta as f64)?, &lin)?)?;
+  let l = ops::add(
+    &ops::multiply(&s(&q, 0.5)?, &ops::square(&q)?)?,
+    &ops::multiply(&s(&lin, delta as f64)?, &lin)?,
+  )?;
   reduce(l, reduction)
 }
 
@@ -232,14 +297,23 @@ pub fn hinge_loss(inputs: &Array, targets: &Array, reduction: Reduction) -> Resu
 /// `log(cosh(x - t))` (python `nn.losses.log_cosh_loss`).
 pub fn log_cosh_loss(inputs: &Array, targets: &Array, reduction: Reduction) -> Result<Array> {
   let e = ops::subtract(inputs, targets)?;
-  let l = ops::subtract(&ops::logaddexp(&e, &ops::negative(&e)?)?, &s(&e, std::f64::consts::LN_2)?)?;
+  let l = ops::subtract(
+    &ops::logaddexp(&e, &ops::negative(&e)?)?,
+    &s(&e, std::f64::consts::LN_2)?,
+  )?;
   reduce(l, reduction)
 }
 
 /// Cosine similarity along `axis` (python
 /// `nn.losses.cosine_similarity_loss(x1, x2, axis, eps)`; python's
 /// default axis is 1).
-pub fn cosine_similarity_loss(x1: &Array, x2: &Array, axis: i32, eps: f32, reduction: Reduction) -> Result<Array> {
+pub fn cosine_similarity_loss(
+  x1: &Array,
+  x2: &Array,
+  axis: i32,
+  eps: f32,
+  reduction: Reduction,
+) -> Result<Array> {
   let n1 = mlxrs_core::linalg::norm_l2(x1, Some(&[axis]), false)?;
   let n2 = mlxrs_core::linalg::norm_l2(x2, Some(&[axis]), false)?;
   let num = ops::sum_axis(&ops::multiply(x1, x2)?, axis, false)?;
@@ -260,7 +334,10 @@ pub fn gaussian_nll_loss(
   same_shape("gaussian_nll_loss", inputs, targets)?;
   same_shape("gaussian_nll_loss", inputs, vars)?;
   let v = ops::maximum(vars, &s(vars, eps as f64)?)?;
-  let t = ops::add(&ops::log(&v)?, &ops::divide(&ops::square(&ops::subtract(targets, inputs)?)?, &v)?)?;
+  let t = ops::add(
+    &ops::log(&v)?,
+    &ops::divide(&ops::square(&ops::subtract(targets, inputs)?)?, &v)?,
+  )?;
   let mut l = ops::multiply(&s(&t, 0.5)?, &t)?;
   if full {
     l = ops::add(&l, &s(&l, 0.5 * (2.0 * std::f64::consts::PI).ln())?)?;

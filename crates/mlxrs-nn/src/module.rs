@@ -10,7 +10,11 @@ use crate::quant::{QuantConfig, QuantParams, Quantizable};
 /// `prefix.name`, or `name` when the prefix is empty (mlx's dotted
 /// parameter paths: `model.layers.0.self_attn.q_proj.weight`).
 pub fn join(prefix: &str, name: &str) -> String {
-  if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+  if prefix.is_empty() {
+    name.to_string()
+  } else {
+    format!("{prefix}.{name}")
+  }
 }
 
 /// A tree of named parameters. Python: `mlx.nn.Module` (`parameters()`,
@@ -155,18 +159,33 @@ pub trait Module {
     self.visit_frozen("", &mut |k, a, _| {
       if let Some(n) = map.get(k) {
         if n.shape() != a.shape() {
-          problems.push(format!("parameter {k} has shape {:?}, got {:?}", a.shape(), n.shape()));
+          problems.push(format!(
+            "parameter {k} has shape {:?}, got {:?}",
+            a.shape(),
+            n.shape()
+          ));
         }
       }
       known.insert(k.to_string());
     });
     if strict {
-      let mut unknown: Vec<_> = map.keys().filter(|k| !known.contains(*k)).cloned().collect();
+      let mut unknown: Vec<_> = map
+        .keys()
+        .filter(|k| !known.contains(*k))
+        .cloned()
+        .collect();
       unknown.sort();
-      problems.extend(unknown.into_iter().map(|k| format!("module has no parameter {k}")));
+      problems.extend(
+        unknown
+          .into_iter()
+          .map(|k| format!("module has no parameter {k}")),
+      );
     }
     if !problems.is_empty() {
-      return Err(Error::InvalidArgument(format!("update: {}", problems.join("; "))));
+      return Err(Error::InvalidArgument(format!(
+        "update: {}",
+        problems.join("; ")
+      )));
     }
     self.visit_mut("", &mut |k, a, _| {
       if let Some(n) = map.remove(k) {
@@ -213,7 +232,9 @@ pub trait Module {
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
   prefix.is_empty()
     || path == prefix
-    || (path.len() > prefix.len() && path.starts_with(prefix) && path.as_bytes()[prefix.len()] == b'.')
+    || (path.len() > prefix.len()
+      && path.starts_with(prefix)
+      && path.as_bytes()[prefix.len()] == b'.')
 }
 
 fn set_frozen_by<M: Module + ?Sized>(
@@ -231,7 +252,12 @@ fn set_frozen_by<M: Module + ?Sized>(
       }
     }
   });
-  let missing: Vec<&str> = patterns.iter().zip(&hit).filter(|(_, h)| !**h).map(|(p, _)| *p).collect();
+  let missing: Vec<&str> = patterns
+    .iter()
+    .zip(&hit)
+    .filter(|(_, h)| !**h)
+    .map(|(p, _)| *p)
+    .collect();
   if missing.is_empty() {
     Ok(())
   } else {
@@ -277,7 +303,13 @@ impl Frozen {
   }
 
   /// Report parameter `name` with its flag (for [`Module::visit_frozen`]).
-  pub fn visit(&self, prefix: &str, name: &str, value: &Array, f: &mut dyn FnMut(&str, &Array, bool)) {
+  pub fn visit(
+    &self,
+    prefix: &str,
+    name: &str,
+    value: &Array,
+    f: &mut dyn FnMut(&str, &Array, bool),
+  ) {
     f(&join(prefix, name), value, self.contains(name));
   }
 }
@@ -383,24 +415,41 @@ pub struct Param {
 impl Param {
   /// An unloaded parameter of `shape`, cast to the load dtype like weights.
   pub fn new(shape: &[i32]) -> Param {
-    Param { value: Array::scalar(0.0f32), shape: shape.to_vec(), raw: false, frozen: false }
+    Param {
+      value: Array::scalar(0.0f32),
+      shape: shape.to_vec(),
+      raw: false,
+      frozen: false,
+    }
   }
 
   /// A parameter with a value (e.g. a freshly initialised one).
   pub fn from_value(value: Array) -> Param {
-    Param { shape: value.shape(), value, raw: false, frozen: false }
+    Param {
+      shape: value.shape(),
+      value,
+      raw: false,
+      frozen: false,
+    }
   }
 
   /// An unloaded parameter kept in its checkpoint dtype (python: excluded
   /// by the model's `cast_predicate`).
   pub fn new_uncast(shape: &[i32]) -> Param {
-    Param { raw: true, ..Param::new(shape) }
+    Param {
+      raw: true,
+      ..Param::new(shape)
+    }
   }
 }
 
 impl Module for Param {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
-    self.value = if self.raw { w.take_raw(prefix, Some(&self.shape)) } else { w.take(prefix, Some(&self.shape)) };
+    self.value = if self.raw {
+      w.take_raw(prefix, Some(&self.shape))
+    } else {
+      w.take(prefix, Some(&self.shape))
+    };
   }
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
     f(prefix, &self.value);
@@ -469,7 +518,14 @@ pub struct Weights {
 impl Weights {
   /// Wrap a tensor map.
   pub fn new(map: HashMap<String, Array>) -> Self {
-    Weights { map, problems: Vec::new(), dtype: None, quant: None, ignored: Vec::new(), fill: None }
+    Weights {
+      map,
+      problems: Vec::new(),
+      dtype: None,
+      quant: None,
+      ignored: Vec::new(),
+      fill: None,
+    }
   }
 
   /// An empty map that invents every requested parameter: normal(0, 0.02)
@@ -571,7 +627,10 @@ impl Weights {
       Some(a) => {
         if let Some(s) = shape {
           if a.shape() != s {
-            self.problems.push(format!("parameter {key} has shape {:?}, expected {s:?}", a.shape()));
+            self.problems.push(format!(
+              "parameter {key} has shape {:?}, expected {s:?}",
+              a.shape()
+            ));
           }
         }
         self.cast(a)
@@ -581,7 +640,11 @@ impl Weights {
 
   /// Take `key` if present (shape-checked), else `None` with no problem.
   pub fn take_opt(&mut self, key: &str, shape: Option<&[i32]>) -> Option<Array> {
-    if self.map.contains_key(key) { Some(self.take(key, shape)) } else { None }
+    if self.map.contains_key(key) {
+      Some(self.take(key, shape))
+    } else {
+      None
+    }
   }
 
   /// Take `key` without casting (quantized weights, scales, integer tables).
@@ -632,7 +695,11 @@ impl Weights {
     self.problems.sort();
     let n = self.problems.len();
     let shown: Vec<_> = self.problems.iter().take(30).cloned().collect();
-    let more = if n > 30 { format!("\n  ... and {} more", n - 30) } else { String::new() };
+    let more = if n > 30 {
+      format!("\n  ... and {} more", n - 30)
+    } else {
+      String::new()
+    };
     Err(Error::InvalidArgument(format!(
       "weights do not match the model ({n} problems):\n  {}{more}",
       shown.join("\n  ")

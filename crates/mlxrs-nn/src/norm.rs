@@ -23,12 +23,21 @@ pub struct RmsNorm {
 impl RmsNorm {
   /// An unloaded norm.
   pub fn new(dims: i32, eps: f32) -> RmsNorm {
-    RmsNorm { dims, weight: Array::scalar(1.0f32), eps, plus_one: false, frozen: Frozen::default() }
+    RmsNorm {
+      dims,
+      weight: Array::scalar(1.0f32),
+      eps,
+      plus_one: false,
+      frozen: Frozen::default(),
+    }
   }
 
   /// Gemma's variant: scale by `1 + weight`.
   pub fn new_plus_one(dims: i32, eps: f32) -> RmsNorm {
-    RmsNorm { plus_one: true, ..RmsNorm::new(dims, eps) }
+    RmsNorm {
+      plus_one: true,
+      ..RmsNorm::new(dims, eps)
+    }
   }
 
   /// A norm with weight ones (python `nn.RMSNorm(dims, eps)`).
@@ -83,7 +92,15 @@ pub struct LayerNorm {
 impl LayerNorm {
   /// An unloaded norm (python `nn.LayerNorm(dims, eps, affine, bias)`).
   pub fn new(dims: i32, eps: f32, affine: bool, bias: bool) -> LayerNorm {
-    LayerNorm { dims, weight: None, bias: None, eps, affine, has_bias: bias, frozen: Frozen::default() }
+    LayerNorm {
+      dims,
+      weight: None,
+      bias: None,
+      eps,
+      affine,
+      has_bias: bias,
+      frozen: Frozen::default(),
+    }
   }
 
   /// A norm with weight ones and bias zeros (python `nn.LayerNorm(dims,
@@ -123,7 +140,13 @@ impl Module for LayerNorm {
     }
   }
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
-    affine_visit_mut(&mut self.frozen, &mut self.weight, &mut self.bias, prefix, f);
+    affine_visit_mut(
+      &mut self.frozen,
+      &mut self.weight,
+      &mut self.bias,
+      prefix,
+      f,
+    );
   }
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
     affine_visit(&self.frozen, &self.weight, &self.bias, prefix, f);
@@ -200,9 +223,17 @@ pub struct GroupNorm {
 impl GroupNorm {
   /// A norm with weight ones / bias zeros when `affine`. Errors as python
   /// does for a non-positive group count or features not divisible by it.
-  pub fn new(num_groups: i32, dims: i32, eps: f32, affine: bool, pytorch_compatible: bool) -> Result<GroupNorm> {
+  pub fn new(
+    num_groups: i32,
+    dims: i32,
+    eps: f32,
+    affine: bool,
+    pytorch_compatible: bool,
+  ) -> Result<GroupNorm> {
     if eps <= 0.0 {
-      return Err(Error::InvalidArgument(format!("GroupNorm: eps must be positive, got {eps}")));
+      return Err(Error::InvalidArgument(format!(
+        "GroupNorm: eps must be positive, got {eps}"
+      )));
     }
     if num_groups <= 0 || dims <= 0 || dims % num_groups != 0 {
       return Err(Error::InvalidArgument(format!(
@@ -210,11 +241,23 @@ impl GroupNorm {
       )));
     }
     let (weight, bias) = if affine {
-      (Some(ops::ones(&[dims], Dtype::Float32)?), Some(ops::zeros(&[dims], Dtype::Float32)?))
+      (
+        Some(ops::ones(&[dims], Dtype::Float32)?),
+        Some(ops::zeros(&[dims], Dtype::Float32)?),
+      )
     } else {
       (None, None)
     };
-    Ok(GroupNorm { num_groups, dims, eps, pytorch_compatible, weight, bias, affine, frozen: Frozen::default() })
+    Ok(GroupNorm {
+      num_groups,
+      dims,
+      eps,
+      pytorch_compatible,
+      weight,
+      bias,
+      affine,
+      frozen: Frozen::default(),
+    })
   }
 
   /// Normalize `x` `[B, ..., dims]`.
@@ -239,7 +282,10 @@ impl GroupNorm {
       let mean = ops::mean_axis(&t, 1, true)?;
       let var = ops::var_axis(&t, 1, true, 0)?;
       let eps = Array::scalar_as(self.eps as f64, var.dtype())?;
-      let t = ops::multiply(&ops::subtract(&t, &mean)?, &ops::rsqrt(&ops::add(&var, &eps)?)?)?;
+      let t = ops::multiply(
+        &ops::subtract(&t, &mean)?,
+        &ops::rsqrt(&ops::add(&var, &eps)?)?,
+      )?;
       ops::reshape(&t, &s)?
     };
     apply_affine(y, &self.weight, &self.bias)
@@ -257,7 +303,13 @@ impl Module for GroupNorm {
     self.visit_frozen(prefix, &mut |k, a, _| f(k, a));
   }
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
-    affine_visit_mut(&mut self.frozen, &mut self.weight, &mut self.bias, prefix, f);
+    affine_visit_mut(
+      &mut self.frozen,
+      &mut self.weight,
+      &mut self.bias,
+      prefix,
+      f,
+    );
   }
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
     affine_visit(&self.frozen, &self.weight, &self.bias, prefix, f);
@@ -295,7 +347,13 @@ pub struct BatchNorm {
 impl BatchNorm {
   /// A norm with weight ones / bias zeros, running mean zeros / var ones,
   /// in evaluation mode.
-  pub fn new(num_features: i32, eps: f32, momentum: f32, affine: bool, track_running_stats: bool) -> Result<BatchNorm> {
+  pub fn new(
+    num_features: i32,
+    eps: f32,
+    momentum: f32,
+    affine: bool,
+    track_running_stats: bool,
+  ) -> Result<BatchNorm> {
     if eps <= 0.0 || num_features <= 0 {
       return Err(Error::InvalidArgument(format!(
         "BatchNorm: eps ({eps}) and num_features ({num_features}) must be positive"
@@ -303,24 +361,44 @@ impl BatchNorm {
     }
     let n = [num_features];
     let (weight, bias) = if affine {
-      (Some(ops::ones(&n, Dtype::Float32)?), Some(ops::zeros(&n, Dtype::Float32)?))
+      (
+        Some(ops::ones(&n, Dtype::Float32)?),
+        Some(ops::zeros(&n, Dtype::Float32)?),
+      )
     } else {
       (None, None)
     };
     let (running_mean, running_var) = if track_running_stats {
-      (Some(ops::zeros(&n, Dtype::Float32)?), Some(ops::ones(&n, Dtype::Float32)?))
+      (
+        Some(ops::zeros(&n, Dtype::Float32)?),
+        Some(ops::ones(&n, Dtype::Float32)?),
+      )
     } else {
       (None, None)
     };
     let mut frozen = Frozen::default();
     frozen.set("running_mean", true);
     frozen.set("running_var", true);
-    Ok(BatchNorm { num_features, eps, momentum, weight, bias, running_mean, running_var, training: false, affine, frozen })
+    Ok(BatchNorm {
+      num_features,
+      eps,
+      momentum,
+      weight,
+      bias,
+      running_mean,
+      running_var,
+      training: false,
+      affine,
+      frozen,
+    })
   }
 
   fn stats(&self, x: &Array, ddof: i32) -> Result<(Array, Array)> {
     let axes: Vec<i32> = (0..x.ndim() as i32 - 1).collect();
-    Ok((ops::mean_axes(x, &axes, false)?, ops::var_axes(x, &axes, false, ddof)?))
+    Ok((
+      ops::mean_axes(x, &axes, false)?,
+      ops::var_axes(x, &axes, false, ddof)?,
+    ))
   }
 
   fn check(&self, x: &Array) -> Result<()> {
@@ -333,14 +411,19 @@ impl BatchNorm {
       )));
     }
     if self.training && x.shape()[..nd - 1].iter().product::<i32>() == 1 {
-      return Err(Error::InvalidArgument("BatchNorm training requires more than one value per channel".into()));
+      return Err(Error::InvalidArgument(
+        "BatchNorm training requires more than one value per channel".into(),
+      ));
     }
     Ok(())
   }
 
   fn normalize(&self, x: &Array, mean: &Array, var: &Array) -> Result<Array> {
     let eps = Array::scalar_as(self.eps as f64, var.dtype())?;
-    let y = ops::multiply(&ops::subtract(x, mean)?, &ops::rsqrt(&ops::add(var, &eps)?)?)?;
+    let y = ops::multiply(
+      &ops::subtract(x, mean)?,
+      &ops::rsqrt(&ops::add(var, &eps)?)?,
+    )?;
     apply_affine(y, &self.weight, &self.bias)
   }
 
@@ -366,8 +449,14 @@ impl BatchNorm {
         let (mean, _) = self.stats(x, 0)?;
         let (_, uvar) = self.stats(x, 1)?;
         let mu = self.momentum as f64;
-        let nm = ops::add(&ops::multiply(&scalar(1.0 - mu), rm)?, &ops::multiply(&scalar(mu), &mean)?)?;
-        let nv = ops::add(&ops::multiply(&scalar(1.0 - mu), rv)?, &ops::multiply(&scalar(mu), &uvar)?)?;
+        let nm = ops::add(
+          &ops::multiply(&scalar(1.0 - mu), rm)?,
+          &ops::multiply(&scalar(mu), &mean)?,
+        )?;
+        let nv = ops::add(
+          &ops::multiply(&scalar(1.0 - mu), rv)?,
+          &ops::multiply(&scalar(mu), &uvar)?,
+        )?;
         self.running_mean = Some(nm);
         self.running_var = Some(nv);
       }
@@ -392,7 +481,13 @@ impl Module for BatchNorm {
     self.visit_frozen(prefix, &mut |k, a, _| f(k, a));
   }
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
-    affine_visit_mut(&mut self.frozen, &mut self.weight, &mut self.bias, prefix, f);
+    affine_visit_mut(
+      &mut self.frozen,
+      &mut self.weight,
+      &mut self.bias,
+      prefix,
+      f,
+    );
     if let Some(a) = &mut self.running_mean {
       self.frozen.visit_mut(prefix, "running_mean", a, f);
     }

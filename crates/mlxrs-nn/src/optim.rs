@@ -75,17 +75,23 @@ pub fn exponential_decay(init: f64, decay_rate: f64) -> Schedule {
 /// `optimizers.step_decay`).
 pub fn step_decay(init: f64, decay_rate: f64, step_size: u64) -> Result<Schedule> {
   if step_size < 1 {
-    return Err(Error::InvalidArgument(format!("step_size must be greater than 0, but got {step_size}.")));
+    return Err(Error::InvalidArgument(format!(
+      "step_size must be greater than 0, but got {step_size}."
+    )));
   }
   let (init, rate) = (init as f32, decay_rate as f32);
-  Ok(Arc::new(move |step| init * rate.powf((step / step_size) as f32)))
+  Ok(Arc::new(move |step| {
+    init * rate.powf((step / step_size) as f32)
+  }))
 }
 
 /// Cosine decay from `init` to `end` over `decay_steps`, then `end`
 /// (python `optimizers.cosine_decay`).
 pub fn cosine_decay(init: f64, decay_steps: u64, end: f64) -> Result<Schedule> {
   if decay_steps < 1 {
-    return Err(Error::InvalidArgument(format!("decay_steps must be greater than 0, but got {decay_steps}.")));
+    return Err(Error::InvalidArgument(format!(
+      "decay_steps must be greater than 0, but got {decay_steps}."
+    )));
   }
   let w = (std::f64::consts::PI / decay_steps as f64) as f32;
   let span = (init - end) as f32;
@@ -101,7 +107,9 @@ pub fn cosine_decay(init: f64, decay_steps: u64, end: f64) -> Result<Schedule> {
 /// `optimizers.linear_schedule`; a warmup when `init` is 0).
 pub fn linear_schedule(init: f64, end: f64, steps: u64) -> Result<Schedule> {
   if steps < 1 {
-    return Err(Error::InvalidArgument(format!("steps must be greater than 0, but got {steps}.")));
+    return Err(Error::InvalidArgument(format!(
+      "steps must be greater than 0, but got {steps}."
+    )));
   }
   let slope = ((end - init) / steps as f64) as f32;
   let init = init as f32;
@@ -112,7 +120,9 @@ pub fn linear_schedule(init: f64, end: f64, steps: u64) -> Result<Schedule> {
 /// step 0), ... (python `optimizers.join_schedules`).
 pub fn join_schedules(schedules: Vec<Schedule>, boundaries: &[u64]) -> Result<Schedule> {
   if schedules.is_empty() {
-    return Err(Error::InvalidArgument("Must provide at least 1 schedule to join.".into()));
+    return Err(Error::InvalidArgument(
+      "Must provide at least 1 schedule to join.".into(),
+    ));
   }
   if schedules.len() != boundaries.len() + 1 {
     return Err(Error::InvalidArgument(format!(
@@ -136,24 +146,39 @@ pub fn join_schedules(schedules: Vec<Schedule>, boundaries: &[u64]) -> Result<Sc
 /// Scale `grads` so their global L2 norm is at most `max_norm`; returns
 /// the clipped gradients and the norm before clipping (python
 /// `optimizers.clip_grad_norm`).
-pub fn clip_grad_norm(grads: &BTreeMap<String, Array>, max_norm: f32) -> Result<(BTreeMap<String, Array>, Array)> {
+pub fn clip_grad_norm(
+  grads: &BTreeMap<String, Array>,
+  max_norm: f32,
+) -> Result<(BTreeMap<String, Array>, Array)> {
   if max_norm < 0.0 {
-    return Err(Error::InvalidArgument(format!("max_norm should be >=0, {max_norm} was provided instead")));
+    return Err(Error::InvalidArgument(format!(
+      "max_norm should be >=0, {max_norm} was provided instead"
+    )));
   }
   let mut acc = Array::scalar(0.0f32);
   for g in grads.values() {
-    let g32 = if g.dtype() == Dtype::Float16 { ops::astype(g, Dtype::Float32)? } else { g.clone() };
+    let g32 = if g.dtype() == Dtype::Float16 {
+      ops::astype(g, Dtype::Float32)?
+    } else {
+      g.clone()
+    };
     acc = ops::add(&acc, &ops::sum(&ops::square(&g32)?, false)?)?;
   }
   let total = ops::sqrt(&acc)?;
   let norm_dt = total.dtype();
   let denom = ops::add(&total, &Array::scalar_as(1e-6, norm_dt)?)?;
-  let normalizer =
-    ops::minimum(&ops::divide(&Array::scalar_as(max_norm as f64, norm_dt)?, &denom)?, &Array::scalar_as(1.0, norm_dt)?)?;
+  let normalizer = ops::minimum(
+    &ops::divide(&Array::scalar_as(max_norm as f64, norm_dt)?, &denom)?,
+    &Array::scalar_as(1.0, norm_dt)?,
+  )?;
   let mut out = BTreeMap::new();
   for (k, g) in grads {
     let scaled = ops::multiply(g, &normalizer)?;
-    let scaled = if g.dtype().is_float() && scaled.dtype() != g.dtype() { ops::astype(&scaled, g.dtype())? } else { scaled };
+    let scaled = if g.dtype().is_float() && scaled.dtype() != g.dtype() {
+      ops::astype(&scaled, g.dtype())?
+    } else {
+      scaled
+    };
     out.insert(k.clone(), scaled);
   }
   Ok((out, total))
@@ -161,7 +186,14 @@ pub fn clip_grad_norm(grads: &BTreeMap<String, Array>, max_norm: f32) -> Result<
 
 /// A python float combined with an array of `dtype` (weakly typed).
 fn sc(v: f64, dtype: Dtype) -> Result<Array> {
-  Array::scalar_as(v, if dtype.is_float() { dtype } else { Dtype::Float32 })
+  Array::scalar_as(
+    v,
+    if dtype.is_float() {
+      dtype
+    } else {
+      Dtype::Float32
+    },
+  )
 }
 
 /// The step counter, learning rate and per-parameter state shared by all
@@ -181,7 +213,14 @@ trait Rule {
   fn init_single(&self, p: &Array) -> Result<Vec<Array>>;
   /// `lr` is python's `learning_rate` array (float32), `step` the
   /// incremented step.
-  fn apply_single(&self, g: &Array, p: &Array, st: &mut Vec<Array>, lr: Option<&Array>, step: u64) -> Result<Array>;
+  fn apply_single(
+    &self,
+    g: &Array,
+    p: &Array,
+    st: &mut Vec<Array>,
+    lr: Option<&Array>,
+    step: u64,
+  ) -> Result<Array>;
 }
 
 /// A gradient-based optimizer (python `mlx.optimizers.Optimizer`).
@@ -226,7 +265,11 @@ pub trait Optimizer {
 
   /// Apply `grads` to `model`'s parameters (python
   /// `optimizer.update(model, gradients)`).
-  fn update<M: Module + ?Sized>(&mut self, model: &mut M, grads: &BTreeMap<String, Array>) -> Result<()>
+  fn update<M: Module + ?Sized>(
+    &mut self,
+    model: &mut M,
+    grads: &BTreeMap<String, Array>,
+  ) -> Result<()>
   where
     Self: Sized,
   {
@@ -236,7 +279,9 @@ pub trait Optimizer {
     model.visit_mut("", &mut |k, a, _| {
       if let Some(n) = new.get(k) {
         if err.is_none() && n.shape() != a.shape() {
-          err = Some(Error::InvalidArgument(format!("optimizer update of {k} changed its shape")));
+          err = Some(Error::InvalidArgument(format!(
+            "optimizer update of {k} changed its shape"
+          )));
         }
         *a = n.clone();
       }
@@ -255,16 +300,24 @@ fn apply_rule<R: Rule>(
   for (k, g) in grads {
     match params.get(k) {
       None => problems.push(format!("gradient {k} has no parameter")),
-      Some(p) if p.shape() != g.shape() => {
-        problems.push(format!("gradient {k} has shape {:?}, parameter {:?}", g.shape(), p.shape()))
-      }
+      Some(p) if p.shape() != g.shape() => problems.push(format!(
+        "gradient {k} has shape {:?}, parameter {:?}",
+        g.shape(),
+        p.shape()
+      )),
       _ => {}
     }
   }
   if !problems.is_empty() {
-    return Err(Error::InvalidArgument(format!("apply_gradients: {}", problems.join("; "))));
+    return Err(Error::InvalidArgument(format!(
+      "apply_gradients: {}",
+      problems.join("; ")
+    )));
   }
-  let lr = st.learning_rate.as_ref().map(|l| Array::scalar(l.at(st.step)));
+  let lr = st
+    .learning_rate
+    .as_ref()
+    .map(|l| Array::scalar(l.at(st.step)));
   st.step += 1;
   let step = st.step;
   let mut out = BTreeMap::new();
@@ -275,10 +328,20 @@ fn apply_rule<R: Rule>(
     }
     let slot = st.slots.get_mut(k).expect("inserted above");
     let lr_g = match &lr {
-      Some(l) => Some(ops::astype(l, if g.dtype().is_float() { g.dtype() } else { Dtype::Float32 })?),
+      Some(l) => Some(ops::astype(
+        l,
+        if g.dtype().is_float() {
+          g.dtype()
+        } else {
+          Dtype::Float32
+        },
+      )?),
       None => None,
     };
-    out.insert(k.clone(), rule.apply_single(g, p, slot, lr_g.as_ref(), step)?);
+    out.insert(
+      k.clone(),
+      rule.apply_single(g, p, slot, lr_g.as_ref(), step)?,
+    );
   }
   Ok(out)
 }
@@ -293,7 +356,11 @@ macro_rules! optimizer_impl {
       ) -> Result<BTreeMap<String, Array>> {
         let mut st = std::mem::replace(
           &mut self.state,
-          OptimizerState { step: 0, learning_rate: None, slots: BTreeMap::new() },
+          OptimizerState {
+            step: 0,
+            learning_rate: None,
+            slots: BTreeMap::new(),
+          },
         );
         let r = apply_rule(&*self, &mut st, grads, params);
         self.state = st;
@@ -310,7 +377,11 @@ macro_rules! optimizer_impl {
 }
 
 fn new_state(lr: Option<LearningRate>) -> OptimizerState {
-  OptimizerState { step: 0, learning_rate: lr, slots: BTreeMap::new() }
+  OptimizerState {
+    step: 0,
+    learning_rate: lr,
+    slots: BTreeMap::new(),
+  }
 }
 
 fn lr_of(lr: Option<&Array>) -> Result<&Array> {
@@ -341,9 +412,17 @@ impl Sgd {
     nesterov: bool,
   ) -> Result<Sgd> {
     if nesterov && (momentum <= 0.0 || dampening != 0.0) {
-      return Err(Error::InvalidArgument("Nesterov momentum requires a momentum and zero dampening.".into()));
+      return Err(Error::InvalidArgument(
+        "Nesterov momentum requires a momentum and zero dampening.".into(),
+      ));
     }
-    Ok(Sgd { momentum, weight_decay, dampening, nesterov, state: new_state(Some(learning_rate.into())) })
+    Ok(Sgd {
+      momentum,
+      weight_decay,
+      dampening,
+      nesterov,
+      state: new_state(Some(learning_rate.into())),
+    })
   }
 }
 
@@ -351,7 +430,14 @@ impl Rule for Sgd {
   fn init_single(&self, p: &Array) -> Result<Vec<Array>> {
     Ok(vec![ops::zeros_like(p)?])
   }
-  fn apply_single(&self, g: &Array, p: &Array, st: &mut Vec<Array>, lr: Option<&Array>, _step: u64) -> Result<Array> {
+  fn apply_single(
+    &self,
+    g: &Array,
+    p: &Array,
+    st: &mut Vec<Array>,
+    lr: Option<&Array>,
+    _step: u64,
+  ) -> Result<Array> {
     let lr = lr_of(lr)?;
     let dt = g.dtype();
     let mut g = g.clone();
@@ -367,7 +453,11 @@ impl Rule for Sgd {
     } else {
       v = ops::add(&v, &g)?;
     }
-    let update = if self.nesterov { ops::add(&g, &ops::multiply(&sc(self.momentum, dt)?, &v)?)? } else { v.clone() };
+    let update = if self.nesterov {
+      ops::add(&g, &ops::multiply(&sc(self.momentum, dt)?, &v)?)?
+    } else {
+      v.clone()
+    };
     st[0] = v;
     ops::subtract(p, &ops::multiply(lr, &update)?)
   }
@@ -395,20 +485,32 @@ impl Adam {
   /// Adam with python's defaults otherwise (`betas (0.9, 0.999)`, `eps
   /// 1e-8`, no bias correction).
   pub fn new(learning_rate: impl Into<LearningRate>) -> Adam {
-    Adam { betas: (0.9, 0.999), eps: 1e-8, bias_correction: false, weight_decay: 0.0, state: new_state(Some(learning_rate.into())) }
+    Adam {
+      betas: (0.9, 0.999),
+      eps: 1e-8,
+      bias_correction: false,
+      weight_decay: 0.0,
+      state: new_state(Some(learning_rate.into())),
+    }
   }
 
   /// AdamW (python `optimizers.AdamW(learning_rate, weight_decay=...)`,
   /// default decay 0.01).
   pub fn adamw(learning_rate: impl Into<LearningRate>, weight_decay: f64) -> Adam {
-    Adam { weight_decay, ..Adam::new(learning_rate) }
+    Adam {
+      weight_decay,
+      ..Adam::new(learning_rate)
+    }
   }
 
   /// Set the betas (each in `[0, 1)`).
   pub fn with_betas(mut self, b1: f64, b2: f64) -> Result<Adam> {
     for (i, b) in [b1, b2].iter().enumerate() {
       if !(0.0..1.0).contains(b) {
-        return Err(Error::InvalidArgument(format!("Adam beta{} should be in [0, 1), {b} was provided instead", i + 1)));
+        return Err(Error::InvalidArgument(format!(
+          "Adam beta{} should be in [0, 1), {b} was provided instead",
+          i + 1
+        )));
       }
     }
     self.betas = (b1, b2);
@@ -418,7 +520,9 @@ impl Adam {
   /// Set epsilon (>= 0).
   pub fn with_eps(mut self, eps: f64) -> Result<Adam> {
     if eps < 0.0 {
-      return Err(Error::InvalidArgument(format!("Adam epsilon should be >=0, {eps} was provided instead")));
+      return Err(Error::InvalidArgument(format!(
+        "Adam epsilon should be >=0, {eps} was provided instead"
+      )));
     }
     self.eps = eps;
     Ok(self)
@@ -435,19 +539,35 @@ impl Rule for Adam {
   fn init_single(&self, p: &Array) -> Result<Vec<Array>> {
     Ok(vec![ops::zeros_like(p)?, ops::zeros_like(p)?])
   }
-  fn apply_single(&self, g: &Array, p: &Array, st: &mut Vec<Array>, lr: Option<&Array>, step: u64) -> Result<Array> {
+  fn apply_single(
+    &self,
+    g: &Array,
+    p: &Array,
+    st: &mut Vec<Array>,
+    lr: Option<&Array>,
+    step: u64,
+  ) -> Result<Array> {
     let lr = lr_of(lr)?;
     let dt = g.dtype();
     let p = if self.weight_decay != 0.0 {
       // AdamW: parameter * (1 - lr * weight_decay)
-      let f = ops::subtract(&sc(1.0, lr.dtype())?, &ops::multiply(lr, &sc(self.weight_decay, lr.dtype())?)?)?;
+      let f = ops::subtract(
+        &sc(1.0, lr.dtype())?,
+        &ops::multiply(lr, &sc(self.weight_decay, lr.dtype())?)?,
+      )?;
       ops::multiply(p, &f)?
     } else {
       p.clone()
     };
     let (b1, b2) = self.betas;
-    let m = ops::add(&ops::multiply(&sc(b1, dt)?, &st[0])?, &ops::multiply(&sc(1.0 - b1, dt)?, g)?)?;
-    let v = ops::add(&ops::multiply(&sc(b2, dt)?, &st[1])?, &ops::multiply(&sc(1.0 - b2, dt)?, &ops::square(g)?)?)?;
+    let m = ops::add(
+      &ops::multiply(&sc(b1, dt)?, &st[0])?,
+      &ops::multiply(&sc(1.0 - b1, dt)?, g)?,
+    )?;
+    let v = ops::add(
+      &ops::multiply(&sc(b2, dt)?, &st[1])?,
+      &ops::multiply(&sc(1.0 - b2, dt)?, &ops::square(g)?)?,
+    )?;
     st[0] = m.clone();
     st[1] = v.clone();
     let eps = sc(self.eps, dt)?;
@@ -455,13 +575,22 @@ impl Rule for Adam {
       let stp = Array::scalar(step as f32);
       let p1 = ops::power(&Array::scalar(b1 as f32), &stp)?;
       let p2 = ops::power(&Array::scalar(b2 as f32), &stp)?;
-      let c1 = ops::astype(&ops::divide(lr, &ops::subtract(&Array::scalar(1.0f32), &p1)?)?, dt)?;
-      let c2 = ops::astype(&ops::rsqrt(&ops::subtract(&Array::scalar(1.0f32), &p2)?)?, dt)?;
+      let c1 = ops::astype(
+        &ops::divide(lr, &ops::subtract(&Array::scalar(1.0f32), &p1)?)?,
+        dt,
+      )?;
+      let c2 = ops::astype(
+        &ops::rsqrt(&ops::subtract(&Array::scalar(1.0f32), &p2)?)?,
+        dt,
+      )?;
       let num = ops::multiply(&c1, &m)?;
       let den = ops::add(&ops::multiply(&ops::sqrt(&v)?, &c2)?, &eps)?;
       ops::subtract(&p, &ops::divide(&num, &den)?)
     } else {
-      ops::subtract(&p, &ops::divide(&ops::multiply(lr, &m)?, &ops::add(&ops::sqrt(&v)?, &eps)?)?)
+      ops::subtract(
+        &p,
+        &ops::divide(&ops::multiply(lr, &m)?, &ops::add(&ops::sqrt(&v)?, &eps)?)?,
+      )
     }
   }
 }
@@ -478,13 +607,24 @@ pub struct Lion {
 
 impl Lion {
   /// Lion; betas in `[0, 1)`.
-  pub fn new(learning_rate: impl Into<LearningRate>, betas: (f64, f64), weight_decay: f64) -> Result<Lion> {
+  pub fn new(
+    learning_rate: impl Into<LearningRate>,
+    betas: (f64, f64),
+    weight_decay: f64,
+  ) -> Result<Lion> {
     for (i, b) in [betas.0, betas.1].iter().enumerate() {
       if !(0.0..1.0).contains(b) {
-        return Err(Error::InvalidArgument(format!("Lion beta{} should be in [0, 1), {b} was provided instead", i + 1)));
+        return Err(Error::InvalidArgument(format!(
+          "Lion beta{} should be in [0, 1), {b} was provided instead",
+          i + 1
+        )));
       }
     }
-    Ok(Lion { betas, weight_decay, state: new_state(Some(learning_rate.into())) })
+    Ok(Lion {
+      betas,
+      weight_decay,
+      state: new_state(Some(learning_rate.into())),
+    })
   }
 }
 
@@ -492,15 +632,31 @@ impl Rule for Lion {
   fn init_single(&self, p: &Array) -> Result<Vec<Array>> {
     Ok(vec![ops::zeros_like(p)?])
   }
-  fn apply_single(&self, g: &Array, p: &Array, st: &mut Vec<Array>, lr: Option<&Array>, _step: u64) -> Result<Array> {
+  fn apply_single(
+    &self,
+    g: &Array,
+    p: &Array,
+    st: &mut Vec<Array>,
+    lr: Option<&Array>,
+    _step: u64,
+  ) -> Result<Array> {
     let lr = lr_of(lr)?;
     let dt = g.dtype();
     let (b1, b2) = self.betas;
-    let c = ops::add(&ops::multiply(&sc(b1, dt)?, &st[0])?, &ops::multiply(&sc(1.0 - b1, dt)?, g)?)?;
-    st[0] = ops::add(&ops::multiply(&sc(b2, dt)?, &st[0])?, &ops::multiply(&sc(1.0 - b2, dt)?, g)?)?;
+    let c = ops::add(
+      &ops::multiply(&sc(b1, dt)?, &st[0])?,
+      &ops::multiply(&sc(1.0 - b1, dt)?, g)?,
+    )?;
+    st[0] = ops::add(
+      &ops::multiply(&sc(b2, dt)?, &st[0])?,
+      &ops::multiply(&sc(1.0 - b2, dt)?, g)?,
+    )?;
     let mut p = p.clone();
     if self.weight_decay > 0.0 {
-      let f = ops::subtract(&sc(1.0, lr.dtype())?, &ops::multiply(lr, &sc(self.weight_decay, lr.dtype())?)?)?;
+      let f = ops::subtract(
+        &sc(1.0, lr.dtype())?,
+        &ops::multiply(lr, &sc(self.weight_decay, lr.dtype())?)?,
+      )?;
       p = ops::multiply(&f, &p)?;
     }
     ops::subtract(&p, &ops::multiply(lr, &ops::sign(&c)?)?)
@@ -582,13 +738,24 @@ impl Rule for Adafactor {
     Ok(v)
   }
 
-  fn apply_single(&self, g: &Array, p: &Array, st: &mut Vec<Array>, lr: Option<&Array>, step: u64) -> Result<Array> {
+  fn apply_single(
+    &self,
+    g: &Array,
+    p: &Array,
+    st: &mut Vec<Array>,
+    lr: Option<&Array>,
+    step: u64,
+  ) -> Result<Array> {
     let factored = g.ndim() >= 2;
     let prms = rms(p)?;
     let dt = prms.dtype();
     let stp = Array::scalar(step as f32);
     let rel = if self.relative_step {
-      let min_step = if self.warmup_init { ops::multiply(&Array::scalar(1e-6f32), &stp)? } else { Array::scalar(1e-2f32) };
+      let min_step = if self.warmup_init {
+        ops::multiply(&Array::scalar(1e-6f32), &stp)?
+      } else {
+        Array::scalar(1e-2f32)
+      };
       ops::minimum(&min_step, &ops::rsqrt(&stp)?)?
     } else {
       lr_of(lr)?.clone()
@@ -599,13 +766,24 @@ impl Rule for Adafactor {
     } else {
       rel
     };
-    let beta_2 =
-      ops::subtract(&sc(1.0, dt)?, &ops::astype(&ops::power(&stp, &Array::scalar(self.decay_rate as f32))?, dt)?)?;
+    let beta_2 = ops::subtract(
+      &sc(1.0, dt)?,
+      &ops::astype(
+        &ops::power(&stp, &Array::scalar(self.decay_rate as f32))?,
+        dt,
+      )?,
+    )?;
     let one_minus = ops::subtract(&sc(1.0, dt)?, &beta_2)?;
     let upd0 = ops::add(&ops::square(g)?, &sc(self.eps.0, g.dtype())?)?;
     let mut update = if factored {
-      let row = ops::add(&ops::multiply(&beta_2, &st[0])?, &ops::multiply(&one_minus, &ops::mean_axis(&upd0, -1, false)?)?)?;
-      let col = ops::add(&ops::multiply(&beta_2, &st[1])?, &ops::multiply(&one_minus, &ops::mean_axis(&upd0, -2, false)?)?)?;
+      let row = ops::add(
+        &ops::multiply(&beta_2, &st[0])?,
+        &ops::multiply(&one_minus, &ops::mean_axis(&upd0, -1, false)?)?,
+      )?;
+      let col = ops::add(
+        &ops::multiply(&beta_2, &st[1])?,
+        &ops::multiply(&one_minus, &ops::mean_axis(&upd0, -2, false)?)?,
+      )?;
       st[0] = row.clone();
       st[1] = col.clone();
       let r = ops::rsqrt(&ops::divide(&row, &ops::mean_axis(&row, -1, true)?)?)?;
@@ -613,7 +791,10 @@ impl Rule for Adafactor {
       let approx = ops::multiply(&ops::expand_dims(&r, -1)?, &ops::expand_dims(&c, -2)?)?;
       ops::multiply(&approx, g)?
     } else {
-      let e = ops::add(&ops::multiply(&beta_2, &st[0])?, &ops::multiply(&one_minus, &upd0)?)?;
+      let e = ops::add(
+        &ops::multiply(&beta_2, &st[0])?,
+        &ops::multiply(&one_minus, &upd0)?,
+      )?;
       st[0] = e.clone();
       ops::multiply(&ops::rsqrt(&e)?, g)?
     };
@@ -622,7 +803,10 @@ impl Rule for Adafactor {
     update = ops::multiply(&learning_rate, &update)?;
     if let Some(b1) = self.beta_1 {
       let i = st.len() - 1;
-      let ea = ops::add(&ops::multiply(&sc(b1, dt)?, &st[i])?, &ops::multiply(&sc(1.0 - b1, dt)?, &update)?)?;
+      let ea = ops::add(
+        &ops::multiply(&sc(b1, dt)?, &st[i])?,
+        &ops::multiply(&sc(1.0 - b1, dt)?, &update)?,
+      )?;
       st[i] = ea.clone();
       update = ea;
     }

@@ -32,7 +32,12 @@ impl Pool {
   /// A pool over `kernel_size.len()` spatial axes; `stride` defaults to the
   /// kernel size. Errors name a non-positive kernel/stride or negative
   /// padding.
-  pub fn new(kind: PoolKind, kernel_size: &[i32], stride: Option<&[i32]>, padding: &[i32]) -> Result<Pool> {
+  pub fn new(
+    kind: PoolKind,
+    kernel_size: &[i32],
+    stride: Option<&[i32]>,
+    padding: &[i32],
+  ) -> Result<Pool> {
     let n = kernel_size.len();
     let stride = stride.unwrap_or(kernel_size).to_vec();
     let name = match kind {
@@ -45,37 +50,76 @@ impl Pool {
       )));
     }
     if kernel_size.iter().any(|&k| k <= 0) {
-      return Err(Error::InvalidArgument(format!("[{name}{n}d] 'kernel_size' must be positive but got {kernel_size:?}.")));
+      return Err(Error::InvalidArgument(format!(
+        "[{name}{n}d] 'kernel_size' must be positive but got {kernel_size:?}."
+      )));
     }
     if stride.iter().any(|&s| s <= 0) {
-      return Err(Error::InvalidArgument(format!("[{name}{n}d] 'stride' must be positive but got {stride:?}.")));
+      return Err(Error::InvalidArgument(format!(
+        "[{name}{n}d] 'stride' must be positive but got {stride:?}."
+      )));
     }
     if padding.iter().any(|&p| p < 0) {
-      return Err(Error::InvalidArgument(format!("[{name}{n}d] 'padding' must be non-negative but got {padding:?}.")));
+      return Err(Error::InvalidArgument(format!(
+        "[{name}{n}d] 'padding' must be non-negative but got {padding:?}."
+      )));
     }
-    Ok(Pool { kind, kernel_size: kernel_size.to_vec(), stride, padding: padding.to_vec() })
+    Ok(Pool {
+      kind,
+      kernel_size: kernel_size.to_vec(),
+      stride,
+      padding: padding.to_vec(),
+    })
   }
 
   /// `nn.MaxPool1d(kernel_size, stride, padding)`.
   pub fn max1d(kernel_size: i32, stride: Option<i32>, padding: i32) -> Result<Pool> {
-    Pool::new(PoolKind::Max, &[kernel_size], stride.as_ref().map(std::slice::from_ref), &[padding])
+    Pool::new(
+      PoolKind::Max,
+      &[kernel_size],
+      stride.as_ref().map(std::slice::from_ref),
+      &[padding],
+    )
   }
 
   /// `nn.AvgPool1d(kernel_size, stride, padding)`.
   pub fn avg1d(kernel_size: i32, stride: Option<i32>, padding: i32) -> Result<Pool> {
-    Pool::new(PoolKind::Avg, &[kernel_size], stride.as_ref().map(std::slice::from_ref), &[padding])
+    Pool::new(
+      PoolKind::Avg,
+      &[kernel_size],
+      stride.as_ref().map(std::slice::from_ref),
+      &[padding],
+    )
   }
 
   /// `nn.MaxPool2d(kernel_size, stride, padding)`.
-  pub fn max2d(kernel_size: (i32, i32), stride: Option<(i32, i32)>, padding: (i32, i32)) -> Result<Pool> {
+  pub fn max2d(
+    kernel_size: (i32, i32),
+    stride: Option<(i32, i32)>,
+    padding: (i32, i32),
+  ) -> Result<Pool> {
     let st = stride.map(|s| [s.0, s.1]);
-    Pool::new(PoolKind::Max, &[kernel_size.0, kernel_size.1], st.as_ref().map(|s| &s[..]), &[padding.0, padding.1])
+    Pool::new(
+      PoolKind::Max,
+      &[kernel_size.0, kernel_size.1],
+      st.as_ref().map(|s| &s[..]),
+      &[padding.0, padding.1],
+    )
   }
 
   /// `nn.AvgPool2d(kernel_size, stride, padding)`.
-  pub fn avg2d(kernel_size: (i32, i32), stride: Option<(i32, i32)>, padding: (i32, i32)) -> Result<Pool> {
+  pub fn avg2d(
+    kernel_size: (i32, i32),
+    stride: Option<(i32, i32)>,
+    padding: (i32, i32),
+  ) -> Result<Pool> {
     let st = stride.map(|s| [s.0, s.1]);
-    Pool::new(PoolKind::Avg, &[kernel_size.0, kernel_size.1], st.as_ref().map(|s| &s[..]), &[padding.0, padding.1])
+    Pool::new(
+      PoolKind::Avg,
+      &[kernel_size.0, kernel_size.1],
+      st.as_ref().map(|s| &s[..]),
+      &[padding.0, padding.1],
+    )
   }
 
   /// Pool `x` `[N, spatial..., C]`.
@@ -123,7 +167,12 @@ fn sliding_windows(x: &Array, window: &[i32], strides: &[i32]) -> Result<Array> 
   let shape = x.shape();
   let nd = shape.len();
   let spatial = &shape[1..nd - 1];
-  if spatial.iter().zip(window).zip(strides).all(|((s, w), st)| w == st && s % w == 0) {
+  if spatial
+    .iter()
+    .zip(window)
+    .zip(strides)
+    .all(|((s, w), st)| w == st && s % w == 0)
+  {
     // Non-overlapping windows: a reshape + transpose.
     let mut new_shape = vec![shape[0]];
     for (s, w) in spatial.iter().zip(window) {
@@ -144,11 +193,22 @@ fn sliding_windows(x: &Array, window: &[i32], strides: &[i32]) -> Result<Array> 
     st[i] = st[i + 1] * shape[i + 1] as i64;
   }
   let mut final_shape = vec![shape[0]];
-  final_shape.extend(spatial.iter().zip(window).zip(strides).map(|((s, w), t)| (s - w) / t + 1));
+  final_shape.extend(
+    spatial
+      .iter()
+      .zip(window)
+      .zip(strides)
+      .map(|((s, w), t)| (s - w) / t + 1),
+  );
   final_shape.extend_from_slice(window);
   final_shape.push(shape[nd - 1]);
   let mut final_strides = vec![st[0]];
-  final_strides.extend(st[1..nd - 1].iter().zip(strides).map(|(o, t)| o * *t as i64));
+  final_strides.extend(
+    st[1..nd - 1]
+      .iter()
+      .zip(strides)
+      .map(|(o, t)| o * *t as i64),
+  );
   final_strides.extend_from_slice(&st[1..nd - 1]);
   final_strides.push(st[nd - 1]);
   // as_strided reads the buffer as row-major: make sure it is.

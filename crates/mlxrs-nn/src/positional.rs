@@ -33,7 +33,9 @@ impl SinusoidalPositionalEncoding {
       )));
     }
     if min_freq <= 0.0 || max_freq <= 0.0 {
-      return Err(Error::InvalidArgument("SinusoidalPositionalEncoding: frequencies must be positive".into()));
+      return Err(Error::InvalidArgument(
+        "SinusoidalPositionalEncoding: frequencies must be positive".into(),
+      ));
     }
     let half = dims / 2;
     // python: one_zero = 1 - arange(half) / (half - 1) (float32), then
@@ -47,7 +49,10 @@ impl SinusoidalPositionalEncoding {
     };
     let (lmin, lmax) = (min_freq.ln(), max_freq.ln());
     let span = Array::scalar((lmax - lmin) as f32);
-    let mut sigmas = ops::exp(&ops::add(&ops::multiply(&one_zero, &span)?, &Array::scalar(lmin as f32))?)?;
+    let mut sigmas = ops::exp(&ops::add(
+      &ops::multiply(&one_zero, &span)?,
+      &Array::scalar(lmin as f32),
+    )?)?;
     if full_turns {
       sigmas = ops::multiply(&sigmas, &Array::scalar((2.0 * std::f64::consts::PI) as f32))?;
     }
@@ -68,7 +73,15 @@ impl SinusoidalPositionalEncoding {
   pub fn forward(&self, x: &Array) -> Result<Array> {
     let y = ops::multiply(&ops::expand_dims(x, -1)?, &self.sigmas)?;
     let (c, s) = (ops::cos(&y)?, ops::sin(&y)?);
-    let y = if self.cos_first { ops::concatenate_axis(&[c, s], -1)? } else { ops::concatenate_axis(&[s, c], -1)? };
-    if self.scale != 1.0 { ops::multiply(&y, &Array::scalar_as(self.scale as f64, y.dtype())?) } else { Ok(y) }
+    let y = if self.cos_first {
+      ops::concatenate_axis(&[c, s], -1)?
+    } else {
+      ops::concatenate_axis(&[s, c], -1)?
+    };
+    if self.scale != 1.0 {
+      ops::multiply(&y, &Array::scalar_as(self.scale as f64, y.dtype())?)
+    } else {
+      Ok(y)
+    }
   }
 }

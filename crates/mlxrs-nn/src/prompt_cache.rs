@@ -16,8 +16,16 @@ use mlxrs_core::{Array, Dtype, Error, Result};
 
 use crate::cache::{KvCache, LayerCache, StateNode};
 
-fn flatten(prefix: &str, node: &StateNode, arrays: &mut HashMap<String, Array>, scalars: &mut Vec<(String, &'static str)>) -> Result<()> {
-  let leaf = |kind: &'static str, a: Array, arrays: &mut HashMap<String, Array>, scalars: &mut Vec<(String, &'static str)>| {
+fn flatten(
+  prefix: &str,
+  node: &StateNode,
+  arrays: &mut HashMap<String, Array>,
+  scalars: &mut Vec<(String, &'static str)>,
+) -> Result<()> {
+  let leaf = |kind: &'static str,
+              a: Array,
+              arrays: &mut HashMap<String, Array>,
+              scalars: &mut Vec<(String, &'static str)>| {
     arrays.insert(prefix.to_string(), a);
     if !kind.is_empty() {
       scalars.push((prefix.to_string(), kind));
@@ -31,35 +39,65 @@ fn flatten(prefix: &str, node: &StateNode, arrays: &mut HashMap<String, Array>, 
     }
     StateNode::Array(a) => leaf("", a.clone(), arrays, scalars),
     StateNode::Int(i) => {
-      let v = i32::try_from(*i).map_err(|_| Error::InvalidArgument(format!("cache state {prefix}: {i} does not fit int32")))?;
+      let v = i32::try_from(*i).map_err(|_| {
+        Error::InvalidArgument(format!("cache state {prefix}: {i} does not fit int32"))
+      })?;
       leaf("scalar", Array::scalar(v), arrays, scalars)
     }
     StateNode::Float(f) => leaf("scalar", Array::scalar(*f as f32), arrays, scalars),
     StateNode::Bool(b) => leaf("scalar", Array::scalar(*b), arrays, scalars),
     StateNode::Str(s) => {
       let codes: Vec<i32> = s.chars().map(|c| c as i32).collect();
-      leaf("string", Array::from_slice(&codes, &[codes.len() as i32])?, arrays, scalars)
+      leaf(
+        "string",
+        Array::from_slice(&codes, &[codes.len() as i32])?,
+        arrays,
+        scalars,
+      )
     }
-    StateNode::None => leaf("none", Array::from_slice::<f32>(&[], &[0])?, arrays, scalars),
+    StateNode::None => leaf(
+      "none",
+      Array::from_slice::<f32>(&[], &[0])?,
+      arrays,
+      scalars,
+    ),
   }
   Ok(())
 }
 
 /// Save per-layer caches with string `metadata` (python
 /// `save_prompt_cache(file, cache, metadata)`).
-pub fn save_prompt_cache(path: impl AsRef<Path>, caches: &[LayerCache], metadata: &HashMap<String, String>) -> Result<()> {
-  let states = caches.iter().map(|c| Ok((c.class_name(), c.to_state()?))).collect::<Result<Vec<_>>>()?;
+pub fn save_prompt_cache(
+  path: impl AsRef<Path>,
+  caches: &[LayerCache],
+  metadata: &HashMap<String, String>,
+) -> Result<()> {
+  let states = caches
+    .iter()
+    .map(|c| Ok((c.class_name(), c.to_state()?)))
+    .collect::<Result<Vec<_>>>()?;
   save_states(path.as_ref(), states, metadata)
 }
 
 /// [`save_prompt_cache`] for a model's key/value caches (what
 /// `mlxrs-lm` models use).
-pub fn save_kv_caches(path: impl AsRef<Path>, caches: &[KvCache], metadata: &HashMap<String, String>) -> Result<()> {
-  let states = caches.iter().map(|c| Ok((c.class_name(), c.to_state()?))).collect::<Result<Vec<_>>>()?;
+pub fn save_kv_caches(
+  path: impl AsRef<Path>,
+  caches: &[KvCache],
+  metadata: &HashMap<String, String>,
+) -> Result<()> {
+  let states = caches
+    .iter()
+    .map(|c| Ok((c.class_name(), c.to_state()?)))
+    .collect::<Result<Vec<_>>>()?;
   save_states(path.as_ref(), states, metadata)
 }
 
-fn save_states(path: &Path, states: Vec<(&'static str, StateNode)>, metadata: &HashMap<String, String>) -> Result<()> {
+fn save_states(
+  path: &Path,
+  states: Vec<(&'static str, StateNode)>,
+  metadata: &HashMap<String, String>,
+) -> Result<()> {
   let mut arrays = HashMap::new();
   let mut scalars = Vec::new();
   let mut meta = HashMap::new();
@@ -90,9 +128,11 @@ impl Tree {
     let mut t = self;
     if !path.is_empty() {
       for part in path.split('.') {
-        let i: usize = part
-          .parse()
-          .map_err(|_| Error::InvalidArgument(format!("prompt cache: tensor name {path:?} is not a dotted list path")))?;
+        let i: usize = part.parse().map_err(|_| {
+          Error::InvalidArgument(format!(
+            "prompt cache: tensor name {path:?} is not a dotted list path"
+          ))
+        })?;
         t = t.children.entry(i).or_default();
       }
     }
@@ -117,7 +157,11 @@ impl Tree {
 }
 
 fn scalar_of(a: Array, key: &str) -> Result<StateNode> {
-  let bad = || Error::InvalidArgument(format!("prompt cache: scalar {key} is not a one-element array"));
+  let bad = || {
+    Error::InvalidArgument(format!(
+      "prompt cache: scalar {key} is not a one-element array"
+    ))
+  };
   if a.size() != 1 {
     return Err(bad());
   }
@@ -126,7 +170,9 @@ fn scalar_of(a: Array, key: &str) -> Result<StateNode> {
     return Ok(StateNode::Bool(a.astype(Dtype::Int32)?.item::<i32>()? != 0));
   }
   if dt.is_float() {
-    return Ok(StateNode::Float(a.astype(Dtype::Float32)?.item::<f32>()? as f64));
+    return Ok(StateNode::Float(
+      a.astype(Dtype::Float32)?.item::<f32>()? as f64
+    ));
   }
   let v = a.astype(Dtype::Int64).and_then(|mut x| x.item::<i64>());
   match v {
@@ -139,7 +185,9 @@ fn scalar_of(a: Array, key: &str) -> Result<StateNode> {
 /// return_metadata=True)`): the per-layer caches and the user metadata.
 /// A malformed file (unknown class, missing entries, bad shapes) is an
 /// error naming the problem.
-pub fn load_prompt_cache(path: impl AsRef<Path>) -> Result<(Vec<LayerCache>, HashMap<String, String>)> {
+pub fn load_prompt_cache(
+  path: impl AsRef<Path>,
+) -> Result<(Vec<LayerCache>, HashMap<String, String>)> {
   let path = path.as_ref();
   let (mut arrays, meta) = mlxrs_core::io::load_safetensors(path)?;
   let bad = |m: String| Error::InvalidArgument(format!("prompt cache {}: {m}", path.display()));
@@ -150,14 +198,20 @@ pub fn load_prompt_cache(path: impl AsRef<Path>) -> Result<(Vec<LayerCache>, Has
     if let Some(rest) = k.strip_prefix("0.") {
       user.insert(rest.to_string(), v.clone());
     } else if let Some(rest) = k.strip_prefix("1.") {
-      let i: usize = rest.parse().map_err(|_| bad(format!("metadata key {k:?} is not a layer index")))?;
+      let i: usize = rest
+        .parse()
+        .map_err(|_| bad(format!("metadata key {k:?} is not a layer index")))?;
       classes.insert(i, v.clone());
     } else if let Some(rest) = k.strip_prefix("2.") {
       if rest == "0" {
         continue;
       }
-      let (n, which) = rest.split_once('.').ok_or_else(|| bad(format!("metadata key {k:?} is malformed")))?;
-      let n: usize = n.parse().map_err(|_| bad(format!("metadata key {k:?} is malformed")))?;
+      let (n, which) = rest
+        .split_once('.')
+        .ok_or_else(|| bad(format!("metadata key {k:?} is malformed")))?;
+      let n: usize = n
+        .parse()
+        .map_err(|_| bad(format!("metadata key {k:?} is malformed")))?;
       let e = scalar_paths.entry(n).or_default();
       match which {
         "0" => e.0 = Some(v.clone()),
@@ -167,7 +221,9 @@ pub fn load_prompt_cache(path: impl AsRef<Path>) -> Result<(Vec<LayerCache>, Has
     }
   }
   if classes.is_empty() {
-    return Err(bad("no cache class names in the metadata (not an mlx-lm prompt cache?)".into()));
+    return Err(bad(
+      "no cache class names in the metadata (not an mlx-lm prompt cache?)".into(),
+    ));
   }
   if classes.keys().copied().ne(0..classes.len()) {
     return Err(bad("cache class indices are not 0..n".into()));
@@ -178,7 +234,9 @@ pub fn load_prompt_cache(path: impl AsRef<Path>) -> Result<(Vec<LayerCache>, Has
       (Some(p), Some(k)) => (p, k),
       _ => return Err(bad("incomplete scalar entry in the metadata".into())),
     };
-    let a = arrays.remove(&p).ok_or_else(|| bad(format!("scalar {p} has no tensor")))?;
+    let a = arrays
+      .remove(&p)
+      .ok_or_else(|| bad(format!("scalar {p} has no tensor")))?;
     let node = match kind.as_str() {
       "scalar" => scalar_of(a, &p)?,
       "string" => {
@@ -187,7 +245,10 @@ pub fn load_prompt_cache(path: impl AsRef<Path>) -> Result<(Vec<LayerCache>, Has
         StateNode::Str(
           codes
             .iter()
-            .map(|&c| char::from_u32(c as u32).ok_or_else(|| bad(format!("string {p} has invalid char code {c}"))))
+            .map(|&c| {
+              char::from_u32(c as u32)
+                .ok_or_else(|| bad(format!("string {p} has invalid char code {c}")))
+            })
             .collect::<Result<String>>()?,
         )
       }
@@ -208,7 +269,11 @@ pub fn load_prompt_cache(path: impl AsRef<Path>) -> Result<(Vec<LayerCache>, Has
     _ => return Err(bad("cache state is not a per-layer list".into())),
   };
   if layers.len() > classes.len() {
-    return Err(bad(format!("{} layer states but {} class names", layers.len(), classes.len())));
+    return Err(bad(format!(
+      "{} layer states but {} class names",
+      layers.len(),
+      classes.len()
+    )));
   }
   layers.resize_with(classes.len(), || StateNode::List(Vec::new()));
   let caches = classes
@@ -229,7 +294,10 @@ pub fn load_kv_caches(path: impl AsRef<Path>) -> Result<(Vec<KvCache>, HashMap<S
     .enumerate()
     .map(|(i, c)| match c {
       LayerCache::Kv(k) => Ok(k),
-      other => Err(Error::InvalidArgument(format!("prompt cache layer {i} is a {}, not a KV cache", other.class_name()))),
+      other => Err(Error::InvalidArgument(format!(
+        "prompt cache layer {i} is a {}, not a KV cache",
+        other.class_name()
+      ))),
     })
     .collect::<Result<Vec<_>>>()?;
   Ok((kv, meta))

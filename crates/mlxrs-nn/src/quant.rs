@@ -41,7 +41,11 @@ impl QuantParams {
         )));
       }
     };
-    let p = QuantParams { group_size: group_size.unwrap_or(g), bits: bits.unwrap_or(b), mode: mode.to_string() };
+    let p = QuantParams {
+      group_size: group_size.unwrap_or(g),
+      bits: bits.unwrap_or(b),
+      mode: mode.to_string(),
+    };
     p.validate()?;
     Ok(p)
   }
@@ -49,13 +53,22 @@ impl QuantParams {
   /// Check bits, group size and mode.
   pub fn validate(&self) -> Result<()> {
     if ![2, 3, 4, 5, 6, 8].contains(&self.bits) {
-      return Err(Error::InvalidArgument(format!("quantization: unsupported bits {}", self.bits)));
+      return Err(Error::InvalidArgument(format!(
+        "quantization: unsupported bits {}",
+        self.bits
+      )));
     }
     if self.group_size <= 0 {
-      return Err(Error::InvalidArgument(format!("quantization: invalid group_size {}", self.group_size)));
+      return Err(Error::InvalidArgument(format!(
+        "quantization: invalid group_size {}",
+        self.group_size
+      )));
     }
     if !["affine", "mxfp4", "nvfp4", "mxfp8"].contains(&self.mode.as_str()) {
-      return Err(Error::InvalidArgument(format!("quantization: unknown mode {:?}", self.mode)));
+      return Err(Error::InvalidArgument(format!(
+        "quantization: unknown mode {:?}",
+        self.mode
+      )));
     }
     Ok(())
   }
@@ -99,7 +112,10 @@ pub fn quantize<M: Module + ?Sized>(
   quantize_with(model, &|path, layer| {
     let ok = match predicate {
       Some(p) => p(path, layer),
-      None => layer.dense_shape().last().is_some_and(|&d| d % q.group_size == 0),
+      None => layer
+        .dense_shape()
+        .last()
+        .is_some_and(|&d| d % q.group_size == 0),
     };
     ok.then(|| q.clone())
   })
@@ -132,7 +148,12 @@ pub fn quantize_with<M: Module + ?Sized>(
       });
       match r {
         Ok(()) => done.push(path.to_string()),
-        Err(e) => err = Some(Error::InvalidArgument(format!("quantize {path} ({}): {e}", layer.kind()))),
+        Err(e) => {
+          err = Some(Error::InvalidArgument(format!(
+            "quantize {path} ({}): {e}",
+            layer.kind()
+          )))
+        }
       }
     }
   });
@@ -159,14 +180,21 @@ impl QuantConfig {
     let obj = v
       .as_object()
       .ok_or_else(|| Error::InvalidArgument("quantization: expected an object".into()))?;
-    let parse = |o: &serde_json::Map<String, serde_json::Value>, base: Option<&QuantParams>| -> Result<QuantParams> {
-      let gs = o.get("group_size").and_then(|x| x.as_i64()).map(|x| x as i32);
+    let parse = |o: &serde_json::Map<String, serde_json::Value>,
+                 base: Option<&QuantParams>|
+     -> Result<QuantParams> {
+      let gs = o
+        .get("group_size")
+        .and_then(|x| x.as_i64())
+        .map(|x| x as i32);
       let bits = o.get("bits").and_then(|x| x.as_i64()).map(|x| x as i32);
       let mode = o.get("mode").and_then(|x| x.as_str()).map(str::to_string);
       let p = QuantParams {
         group_size: gs.or(base.map(|b| b.group_size)).unwrap_or(64),
         bits: bits.or(base.map(|b| b.bits)).unwrap_or(4),
-        mode: mode.or(base.map(|b| b.mode.clone())).unwrap_or_else(|| "affine".into()),
+        mode: mode
+          .or(base.map(|b| b.mode.clone()))
+          .unwrap_or_else(|| "affine".into()),
       };
       p.validate()?;
       Ok(p)
@@ -207,13 +235,27 @@ mod tests {
     )
     .unwrap();
     let q = QuantConfig::from_json(&v).unwrap();
-    assert_eq!(q.default, QuantParams { group_size: 64, bits: 4, mode: "affine".into() });
+    assert_eq!(
+      q.default,
+      QuantParams {
+        group_size: 64,
+        bits: 4,
+        mode: "affine".into()
+      }
+    );
     assert_eq!(
       q.for_layer("model.layers.0.mlp.down_proj"),
-      Some(QuantParams { group_size: 32, bits: 8, mode: "affine".into() })
+      Some(QuantParams {
+        group_size: 32,
+        bits: 8,
+        mode: "affine".into()
+      })
     );
     assert_eq!(q.for_layer("lm_head"), None);
-    assert_eq!(q.for_layer("model.layers.1.mlp.down_proj"), Some(q.default.clone()));
+    assert_eq!(
+      q.for_layer("model.layers.1.mlp.down_proj"),
+      Some(q.default.clone())
+    );
     assert!(QuantConfig::from_json(&serde_json::json!({"bits": 7})).is_err());
     assert!(QuantConfig::from_json(&serde_json::json!({"mode": "bogus"})).is_err());
     assert!(QuantConfig::from_json(&serde_json::json!(3)).is_err());

@@ -28,13 +28,24 @@ fn f(v: &Value, key: &str) -> Option<f64> {
 
 /// `base ** (arange(0, dims, 2) / dims)` in f32, as mlx-lm computes it.
 fn base_freqs(base: f32, dims: i32) -> Vec<f32> {
-  (0..dims).step_by(2).map(|i| base.powf(i as f32 / dims as f32)).collect()
+  (0..dims)
+    .step_by(2)
+    .map(|i| base.powf(i as f32 / dims as f32))
+    .collect()
 }
 
 impl Rope {
   /// Plain RoPE (`nn.RoPE(dims, traditional, base, scale)`).
   pub fn new(dims: i32, traditional: bool, base: f32, scale: f32) -> Rope {
-    Rope { dims, traditional, base: Some(base), scale, freqs: None, input_scale: 1.0, dynamic: None }
+    Rope {
+      dims,
+      traditional,
+      base: Some(base),
+      scale,
+      freqs: None,
+      input_scale: 1.0,
+      dynamic: None,
+    }
   }
 
   fn with_freqs(dims: i32, traditional: bool, freqs: Vec<f32>, input_scale: f32) -> Result<Rope> {
@@ -66,16 +77,25 @@ impl Rope {
       .and_then(Value::as_str)
       .unwrap_or("default");
     let need = |k: &str| -> Result<f64> {
-      scaling
-        .and_then(|s| f(s, k))
-        .ok_or_else(|| Error::InvalidArgument(format!("rope_scaling ({rope_type}) needs a numeric {k:?}")))
+      scaling.and_then(|s| f(s, k)).ok_or_else(|| {
+        Error::InvalidArgument(format!("rope_scaling ({rope_type}) needs a numeric {k:?}"))
+      })
     };
     match rope_type {
       "default" | "mrope" => Ok(Rope::new(dims, traditional, base, 1.0)),
-      "linear" => Ok(Rope::new(dims, traditional, base, 1.0 / need("factor")? as f32)),
+      "linear" => Ok(Rope::new(
+        dims,
+        traditional,
+        base,
+        1.0 / need("factor")? as f32,
+      )),
       "dynamic" => {
         let mut r = Rope::new(dims, traditional, base, 1.0);
-        r.dynamic = Some((base, max_position_embeddings.unwrap_or(2048), need("factor")? as f32));
+        r.dynamic = Some((
+          base,
+          max_position_embeddings.unwrap_or(2048),
+          need("factor")? as f32,
+        ));
         Ok(r)
       }
       "llama3" => {
@@ -115,7 +135,13 @@ impl Rope {
         let corr = |rot: f64| d * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * b.ln());
         let lo = corr(beta_fast).floor().max(0.0);
         let hi = corr(beta_slow).ceil().min(d - 1.0);
-        let get_m = |sc: f64, m: f64| if sc <= 1.0 { 1.0 } else { 0.1 * m * sc.ln() + 1.0 };
+        let get_m = |sc: f64, m: f64| {
+          if sc <= 1.0 {
+            1.0
+          } else {
+            0.1 * m * sc.ln() + 1.0
+          }
+        };
         let m = get_m(factor, mscale) / get_m(factor, mscale_all);
         let (lo32, mut hi32) = (lo as f32, hi as f32);
         if lo32 == hi32 {
@@ -137,11 +163,17 @@ impl Rope {
       "longrope" => {
         let s = scaling.unwrap();
         let orig = need("original_max_position_embeddings")?;
-        let long = s.get("long_factor").ok_or_else(|| Error::InvalidArgument("longrope needs long_factor".into()))?;
+        let long = s
+          .get("long_factor")
+          .ok_or_else(|| Error::InvalidArgument("longrope needs long_factor".into()))?;
         let long: Vec<f32> = match long {
           Value::Array(v) => v.iter().map(|x| x.as_f64().unwrap_or(1.0) as f32).collect(),
           Value::Number(n) => vec![n.as_f64().unwrap_or(1.0) as f32; (dims / 2) as usize],
-          _ => return Err(Error::InvalidArgument("longrope long_factor must be numbers".into())),
+          _ => {
+            return Err(Error::InvalidArgument(
+              "longrope long_factor must be numbers".into(),
+            ));
+          }
         };
         let bf = base_freqs(base, dims);
         if long.len() != bf.len() {
@@ -154,7 +186,11 @@ impl Rope {
         let freqs = bf.iter().zip(&long).map(|(a, b)| a * b).collect();
         let maxpos = max_position_embeddings.unwrap_or(131072) as f64;
         let factor = maxpos / orig;
-        let sc = if factor <= 1.0 { 1.0 } else { (1.0 + factor.ln() / orig.ln()).sqrt() };
+        let sc = if factor <= 1.0 {
+          1.0
+        } else {
+          (1.0 + factor.ln() / orig.ln()).sqrt()
+        };
         let sc = s.get("long_mscale").and_then(Value::as_f64).unwrap_or(sc);
         // SuScaledRoPE is never "traditional".
         Rope::with_freqs(dims, false, freqs, sc as f32)
@@ -163,15 +199,24 @@ impl Rope {
         let s = scaling.unwrap();
         let rotated = (dims as f64 * f(s, "partial_rotary_factor").unwrap_or(1.0)) as i32;
         if rotated > dims {
-          return Err(Error::InvalidArgument("rotated_dims should be smaller than dims".into()));
+          return Err(Error::InvalidArgument(
+            "rotated_dims should be smaller than dims".into(),
+          ));
         }
         let factor = f(s, "factor").unwrap_or(1.0) as f32;
-        let mut freqs: Vec<f32> =
-          (0..rotated).step_by(2).map(|i| factor * base.powf(i as f32 / dims as f32)).collect();
-        freqs.extend(std::iter::repeat_n(f32::INFINITY, ((dims - rotated) / 2) as usize));
+        let mut freqs: Vec<f32> = (0..rotated)
+          .step_by(2)
+          .map(|i| factor * base.powf(i as f32 / dims as f32))
+          .collect();
+        freqs.extend(std::iter::repeat_n(
+          f32::INFINITY,
+          ((dims - rotated) / 2) as usize,
+        ));
         Rope::with_freqs(dims, traditional, freqs, 1.0)
       }
-      other => Err(Error::InvalidArgument(format!("unsupported rope_scaling type {other:?}"))),
+      other => Err(Error::InvalidArgument(format!(
+        "unsupported rope_scaling type {other:?}"
+      ))),
     }
   }
 
@@ -204,6 +249,14 @@ impl Rope {
       let b = base * ((factor * seq / maxpos as f32) - (factor - 1.0)).powf(d / (d - 2.0));
       return fast::rope(&x, self.dims, self.traditional, Some(b), 1.0, offset, None);
     }
-    fast::rope(&x, self.dims, self.traditional, self.base, self.scale, offset, self.freqs.as_ref())
+    fast::rope(
+      &x,
+      self.dims,
+      self.traditional,
+      self.base,
+      self.scale,
+      offset,
+      self.freqs.as_ref(),
+    )
   }
 }

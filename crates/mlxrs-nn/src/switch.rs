@@ -31,22 +31,35 @@ pub fn load_stacked_maybe_quantized(
   rows: i32,
   cols: i32,
 ) -> (Array, Option<Array>, Option<Array>, Option<QuantParams>) {
-  match w.quant_for(prefix).filter(|q| cols % q.group_size.max(1) == 0) {
+  match w
+    .quant_for(prefix)
+    .filter(|q| cols % q.group_size.max(1) == 0)
+  {
     Some(q) => {
       let packed = cols * q.bits / 32;
       let groups = cols / q.group_size.max(1);
       let weight = w.take_packed(&join(prefix, "weight"), &[n, rows, packed]);
       let scales = w.take_raw(&join(prefix, "scales"), Some(&[n, rows, groups]));
-      let biases =
-        if q.has_biases() { Some(w.take_raw(&join(prefix, "biases"), Some(&[n, rows, groups]))) } else { None };
+      let biases = if q.has_biases() {
+        Some(w.take_raw(&join(prefix, "biases"), Some(&[n, rows, groups])))
+      } else {
+        None
+      };
       (weight, Some(scales), biases, Some(q))
     }
-    None => (w.take(&join(prefix, "weight"), Some(&[n, rows, cols])), None, None, None),
+    None => (
+      w.take(&join(prefix, "weight"), Some(&[n, rows, cols])),
+      None,
+      None,
+      None,
+    ),
   }
 }
 
 fn scales_of<'a>(scales: &'a Option<Array>, what: &str) -> Result<&'a Array> {
-  scales.as_ref().ok_or_else(|| Error::InvalidArgument(format!("quantized {what} has no scales (not loaded)")))
+  scales
+    .as_ref()
+    .ok_or_else(|| Error::InvalidArgument(format!("quantized {what} has no scales (not loaded)")))
 }
 
 /// One linear layer per expert, applied to the experts chosen per token
@@ -97,9 +110,17 @@ impl SwitchLinear {
     if self.quant.is_some() {
       return Ok(());
     }
-    let parts = ops::quantize(&self.weight, Some(q.group_size), Some(q.bits), &q.mode, None)?;
+    let parts = ops::quantize(
+      &self.weight,
+      Some(q.group_size),
+      Some(q.bits),
+      &q.mode,
+      None,
+    )?;
     let mut it = parts.into_iter();
-    self.weight = it.next().ok_or_else(|| Error::Mlx("quantize returned nothing".into()))?;
+    self.weight = it
+      .next()
+      .ok_or_else(|| Error::Mlx("quantize returned nothing".into()))?;
     self.scales = it.next();
     self.biases = if q.has_biases() { it.next() } else { None };
     self.quant = Some(q.clone());
@@ -129,7 +150,13 @@ impl SwitchLinear {
         None,
         sorted_indices,
       )?,
-      None => ops::gather_mm(x, &ops::swapaxes(&self.weight, -1, -2)?, None, Some(indices), sorted_indices)?,
+      None => ops::gather_mm(
+        x,
+        &ops::swapaxes(&self.weight, -1, -2)?,
+        None,
+        Some(indices),
+        sorted_indices,
+      )?,
     };
     match &self.bias {
       Some(b) => ops::add(&y, &ops::expand_dims(&ops::take_axis(b, indices, 0)?, -2)?),
@@ -146,8 +173,14 @@ impl Module for SwitchLinear {
     self.scales = scales;
     self.biases = biases;
     self.quant = quant;
-    self.bias =
-      if self.has_bias { Some(w.take(&join(prefix, "bias"), Some(&[self.num_experts, self.out_dims]))) } else { None };
+    self.bias = if self.has_bias {
+      Some(w.take(
+        &join(prefix, "bias"),
+        Some(&[self.num_experts, self.out_dims]),
+      ))
+    } else {
+      None
+    };
     if self.quant.is_some() {
       for n in ["weight", "scales", "biases", "bias"] {
         self.frozen.set(n, true);
@@ -256,11 +289,21 @@ pub struct SwitchGlu {
   pub activation: GluActivation,
 }
 
-crate::module!(SwitchGlu { gate_proj, up_proj, down_proj });
+crate::module!(SwitchGlu {
+  gate_proj,
+  up_proj,
+  down_proj
+});
 
 impl SwitchGlu {
   /// An unloaded layer.
-  pub fn new(input_dims: i32, hidden_dims: i32, num_experts: i32, activation: GluActivation, bias: bool) -> SwitchGlu {
+  pub fn new(
+    input_dims: i32,
+    hidden_dims: i32,
+    num_experts: i32,
+    activation: GluActivation,
+    bias: bool,
+  ) -> SwitchGlu {
     SwitchGlu {
       gate_proj: SwitchLinear::new(input_dims, hidden_dims, num_experts, bias),
       up_proj: SwitchLinear::new(input_dims, hidden_dims, num_experts, bias),
@@ -273,7 +316,10 @@ impl SwitchGlu {
   /// in]`, one output per chosen expert (python `SwitchGLU.__call__`).
   pub fn forward(&self, x: &Array, indices: &Array) -> Result<Array> {
     let ne = self.gate_proj.num_experts;
-    if indices.ndim() == 0 || x.ndim() == 0 || indices.shape()[..indices.ndim() - 1] != x.shape()[..x.ndim() - 1] {
+    if indices.ndim() == 0
+      || x.ndim() == 0
+      || indices.shape()[..indices.ndim() - 1] != x.shape()[..x.ndim() - 1]
+    {
       return Err(Error::InvalidArgument(format!(
         "SwitchGLU: indices {:?} must be [..., k] over the leading dims of x {:?}",
         indices.shape(),
@@ -294,7 +340,9 @@ impl SwitchGlu {
     };
     let x_up = self.up_proj.forward(&x, &idx, do_sort)?;
     let x_gate = self.gate_proj.forward(&x, &idx, do_sort)?;
-    let mut y = self.down_proj.forward(&self.activation.apply(&x_up, &x_gate)?, &idx, do_sort)?;
+    let mut y = self
+      .down_proj
+      .forward(&self.activation.apply(&x_up, &x_gate)?, &idx, do_sort)?;
     if let Some(inv) = inv_order {
       y = scatter_unsort(&y, &inv, &indices.shape())?;
     }
@@ -443,7 +491,11 @@ mod tests {
     let mut g = m.gate_proj.weight.clone();
     let mut u = m.up_proj.weight.clone();
     let mut dn = m.down_proj.weight.clone();
-    let (g, u, dn) = (g.to_vec::<f32>().unwrap(), u.to_vec::<f32>().unwrap(), dn.to_vec::<f32>().unwrap());
+    let (g, u, dn) = (
+      g.to_vec::<f32>().unwrap(),
+      u.to_vec::<f32>().unwrap(),
+      dn.to_vec::<f32>().unwrap(),
+    );
     let h = m.gate_proj.out_dims as usize;
     let mut out = Vec::new();
     for (t, row) in x.chunks(d).enumerate() {
@@ -471,10 +523,15 @@ mod tests {
     let mut m = SwitchGlu::new(d, h, e, GluActivation::SwiGlu, false);
     let mut map = HashMap::new();
     map.insert("gate_proj.weight".to_string(), arange(&[e, h, d]));
-    map.insert("up_proj.weight".to_string(), ops::multiply(&arange(&[e, h, d]), &Array::scalar(0.5f32)).unwrap());
+    map.insert(
+      "up_proj.weight".to_string(),
+      ops::multiply(&arange(&[e, h, d]), &Array::scalar(0.5f32)).unwrap(),
+    );
     map.insert("down_proj.weight".to_string(), arange(&[e, d, h]));
     m.load_weights(map).unwrap();
-    let xv: Vec<f32> = (0..tokens * d).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
+    let xv: Vec<f32> = (0..tokens * d)
+      .map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0)
+      .collect();
     let ids: Vec<i32> = (0..tokens * k).map(|i| (i * 3 + i / 2) % e).collect();
     let x = Array::from_slice(&xv, &[1, tokens, d]).unwrap();
     let idx = Array::from_slice(&ids, &[1, tokens, k]).unwrap();

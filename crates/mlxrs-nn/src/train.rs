@@ -33,7 +33,10 @@ where
   M: Module + Send + 'static,
   F: Fn(&M, &[Array]) -> Result<Vec<Array>> + Send + Sync + 'static,
 {
-  ModuleValueAndGrad { model, loss: Arc::new(loss_fn) }
+  ModuleValueAndGrad {
+    model,
+    loss: Arc::new(loss_fn),
+  }
 }
 
 fn poisoned() -> Error {
@@ -49,9 +52,15 @@ impl<M: Module + Send + 'static> ModuleValueAndGrad<M> {
   /// `(outputs of loss_fn, gradients of the loss by trainable parameter
   /// path)` at `inputs`. The model's mutex must not be held by the caller.
   pub fn call(&self, inputs: &[Array]) -> Result<(Vec<Array>, BTreeMap<String, Array>)> {
-    let params = self.model.lock().map_err(|_| poisoned())?.trainable_parameters();
+    let params = self
+      .model
+      .lock()
+      .map_err(|_| poisoned())?
+      .trainable_parameters();
     if params.is_empty() {
-      return Err(Error::InvalidArgument("value_and_grad: the model has no trainable parameters".into()));
+      return Err(Error::InvalidArgument(
+        "value_and_grad: the model has no trainable parameters".into(),
+      ));
     }
     let names: Vec<String> = params.keys().cloned().collect();
     let values: Vec<Array> = params.into_values().collect();
@@ -62,7 +71,9 @@ impl<M: Module + Send + 'static> ModuleValueAndGrad<M> {
       m.update(nm.iter().cloned().zip(args[..n].iter().cloned()), true)?;
       let out = loss(&m, &args[n..])?;
       if out.is_empty() {
-        return Err(Error::InvalidArgument("value_and_grad: the loss function returned nothing".into()));
+        return Err(Error::InvalidArgument(
+          "value_and_grad: the loss function returned nothing".into(),
+        ));
       }
       Ok(out)
     })?;
@@ -72,7 +83,11 @@ impl<M: Module + Send + 'static> ModuleValueAndGrad<M> {
     args.extend(inputs.iter().cloned());
     let result = vg.call(&args);
     // Put the real parameters back (the traced copies were left in).
-    self.model.lock().map_err(|_| poisoned())?.update(names.iter().cloned().zip(values), true)?;
+    self
+      .model
+      .lock()
+      .map_err(|_| poisoned())?
+      .update(names.iter().cloned().zip(values), true)?;
     let (outs, grads) = result?;
     Ok((outs, names.into_iter().zip(grads).collect()))
   }

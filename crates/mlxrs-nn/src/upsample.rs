@@ -29,9 +29,15 @@ impl Upsample {
   /// A layer; factors must be positive.
   pub fn new(scale_factor: &[f64], mode: UpsampleMode, align_corners: bool) -> Result<Upsample> {
     if scale_factor.is_empty() || scale_factor.iter().any(|&s| s.is_nan() || s <= 0.0) {
-      return Err(Error::InvalidArgument(format!("[Upsample] scale factors must be positive, got {scale_factor:?}")));
+      return Err(Error::InvalidArgument(format!(
+        "[Upsample] scale factors must be positive, got {scale_factor:?}"
+      )));
     }
-    Ok(Upsample { scale_factor: scale_factor.to_vec(), mode, align_corners })
+    Ok(Upsample {
+      scale_factor: scale_factor.to_vec(),
+      mode,
+      align_corners,
+    })
   }
 
   /// Apply to `x` `[N, spatial..., C]`.
@@ -63,7 +69,9 @@ impl Upsample {
 fn out_size(n: i32, scale: f64) -> Result<i32> {
   let m = (scale * n as f64) as i64;
   if m <= 0 || m > i32::MAX as i64 {
-    return Err(Error::InvalidArgument(format!("[Upsample] output size {m} for input size {n} x {scale} is invalid")));
+    return Err(Error::InvalidArgument(format!(
+      "[Upsample] output size {m} for input size {n} x {scale} is invalid"
+    )));
   }
   Ok(m as i32)
 }
@@ -78,7 +86,9 @@ fn f32s(v: f64) -> Array {
 pub fn upsample_nearest(x: &Array, scale_factor: &[f64]) -> Result<Array> {
   let dims = x.ndim().saturating_sub(2);
   if dims == 0 || dims != scale_factor.len() {
-    return Err(Error::InvalidArgument("A scale needs to be provided for each spatial dimension".into()));
+    return Err(Error::InvalidArgument(
+      "A scale needs to be provided for each spatial dimension".into(),
+    ));
   }
   let shape = x.shape();
   if scale_factor.iter().all(|s| s.fract() == 0.0 && *s >= 1.0) {
@@ -105,7 +115,10 @@ pub fn upsample_nearest(x: &Array, scale_factor: &[f64]) -> Result<Array> {
     let mut idx = ops::arange(0.0, m as f64, 1.0, Dtype::Float32)?;
     let ratio = n as f64 / m as f64;
     if m > n {
-      idx = ops::subtract(&ops::multiply(&ops::add(&idx, &f32s(0.5))?, &f32s(ratio))?, &f32s(0.5))?;
+      idx = ops::subtract(
+        &ops::multiply(&ops::add(&idx, &f32s(0.5))?, &f32s(ratio))?,
+        &f32s(0.5),
+      )?;
       idx = ops::round(&idx, 0)?;
     } else {
       idx = ops::multiply(&idx, &f32s(ratio))?;
@@ -121,7 +134,9 @@ pub fn upsample_nearest(x: &Array, scale_factor: &[f64]) -> Result<Array> {
 pub fn upsample_linear(x: &Array, scale_factor: &[f64], align_corners: bool) -> Result<Array> {
   let dims = x.ndim().saturating_sub(2);
   if dims == 0 || dims != scale_factor.len() {
-    return Err(Error::InvalidArgument("A scale needs to be provided for each spatial dimension".into()));
+    return Err(Error::InvalidArgument(
+      "A scale needs to be provided for each spatial dimension".into(),
+    ));
   }
   let shape = x.shape();
   let mut out = x.clone();

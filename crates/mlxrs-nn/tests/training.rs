@@ -23,25 +23,42 @@ impl Mlp {
 }
 
 fn data(name: &str) -> std::path::PathBuf {
-  std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+  std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    .join("tests/data")
+    .join(name)
 }
 
 /// One optimizer step on the model; returns the optimizer's state arrays.
-type Step<'a> = &'a mut dyn FnMut(&mut Mlp, &std::collections::BTreeMap<String, Array>) -> Result<Vec<Array>>;
+type Step<'a> =
+  &'a mut dyn FnMut(&mut Mlp, &std::collections::BTreeMap<String, Array>) -> Result<Vec<Array>>;
 
 fn run(name: &str, opt: Step<'_>, clip: Option<f32>) {
   let (refs, _) = mlxrs_core::io::load_safetensors(data("nn_refs.safetensors")).unwrap();
-  let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data("nn_refs.json")).unwrap()).unwrap();
-  let want: Vec<f32> = json["mlp"][name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-  let mut mlp = Mlp { l1: Linear::new(4, 32, true), l2: Linear::new(32, 3, true) };
-  let init: HashMap<String, Array> =
-    ["l1.weight", "l1.bias", "l2.weight", "l2.bias"].iter().map(|k| (k.to_string(), refs[&format!("mlp.init.{k}")].clone())).collect();
+  let json: serde_json::Value =
+    serde_json::from_str(&std::fs::read_to_string(data("nn_refs.json")).unwrap()).unwrap();
+  let want: Vec<f32> = json["mlp"][name]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|v| v.as_f64().unwrap() as f32)
+    .collect();
+  let mut mlp = Mlp {
+    l1: Linear::new(4, 32, true),
+    l2: Linear::new(32, 3, true),
+  };
+  let init: HashMap<String, Array> = ["l1.weight", "l1.bias", "l2.weight", "l2.bias"]
+    .iter()
+    .map(|k| (k.to_string(), refs[&format!("mlp.init.{k}")].clone()))
+    .collect();
   mlp.load_weights(init).unwrap();
   let (x, y) = (refs["mlp.x"].clone(), refs["mlp.y"].clone());
   let model = Arc::new(Mutex::new(mlp));
   let vg = value_and_grad(model.clone(), |m: &Mlp, args: &[Array]| {
     let logits = m.forward(&args[0])?;
-    let o = losses::CrossEntropy { reduction: Reduction::Mean, ..Default::default() };
+    let o = losses::CrossEntropy {
+      reduction: Reduction::Mean,
+      ..Default::default()
+    };
     Ok(vec![losses::cross_entropy(&logits, &args[1], o)?])
   });
   let mut got = Vec::with_capacity(want.len());
@@ -66,12 +83,16 @@ fn run(name: &str, opt: Step<'_>, clip: Option<f32>) {
     let d = (g - w).abs();
     worst = worst.max(d);
     worst_rel = worst_rel.max(d / w.abs().max(1e-3));
-    assert!(d <= 1e-5 + 1e-4 * w.abs(), "{name}: step {i}: loss {g} vs python {w}");
+    assert!(
+      d <= 1e-5 + 1e-4 * w.abs(),
+      "{name}: step {i}: loss {g} vs python {w}"
+    );
   }
   let m = model.lock().unwrap();
   let mut pd = 0.0f32;
   for (k, a) in m.parameters() {
-    let mut d = ops::abs(&ops::subtract(&a, &refs[&format!("mlp.final.{name}.{k}")]).unwrap()).unwrap();
+    let mut d =
+      ops::abs(&ops::subtract(&a, &refs[&format!("mlp.final.{name}.{k}")]).unwrap()).unwrap();
     d = ops::max(&d, false).unwrap();
     pd = pd.max(d.item::<f32>().unwrap());
   }
@@ -89,7 +110,10 @@ fn run(name: &str, opt: Step<'_>, clip: Option<f32>) {
 #[test]
 fn mlp_adamw_warmup_cosine_clip_matches_python() {
   let sched = optim::join_schedules(
-    vec![optim::linear_schedule(0.0, 0.01, 20).unwrap(), optim::cosine_decay(0.01, 280, 0.0).unwrap()],
+    vec![
+      optim::linear_schedule(0.0, 0.01, 20).unwrap(),
+      optim::cosine_decay(0.01, 280, 0.0).unwrap(),
+    ],
     &[20],
   )
   .unwrap();
@@ -119,24 +143,49 @@ fn mlp_sgd_nesterov_matches_python() {
 
 #[test]
 fn value_and_grad_respects_frozen_parameters_and_errors() {
-  let mut mlp = Mlp { l1: Linear::init(4, 8, true, None).unwrap(), l2: Linear::init(8, 3, true, None).unwrap() };
+  let mut mlp = Mlp {
+    l1: Linear::init(4, 8, true, None).unwrap(),
+    l2: Linear::init(8, 3, true, None).unwrap(),
+  };
   mlp.freeze_paths(&["l1"]).unwrap();
   let before = mlp.l1.weight.clone();
   let model = Arc::new(Mutex::new(mlp));
-  let vg = value_and_grad(model.clone(), |m: &Mlp, a: &[Array]| Ok(vec![ops::sum(&m.forward(&a[0])?, false)?]));
+  let vg = value_and_grad(model.clone(), |m: &Mlp, a: &[Array]| {
+    Ok(vec![ops::sum(&m.forward(&a[0])?, false)?])
+  });
   let x = Array::ones(&[2, 4], Dtype::Float32).unwrap();
   let (_, g) = vg.call(std::slice::from_ref(&x)).unwrap();
-  assert_eq!(g.keys().cloned().collect::<Vec<_>>(), ["l2.bias", "l2.weight"]);
+  assert_eq!(
+    g.keys().cloned().collect::<Vec<_>>(),
+    ["l2.bias", "l2.weight"]
+  );
   // d(sum)/d(bias) = batch size for each output.
   let mut gb = g["l2.bias"].clone();
   assert_eq!(gb.to_vec::<f32>().unwrap(), vec![2.0, 2.0, 2.0]);
   // The model's own arrays are back in place after the call.
   let after = model.lock().unwrap().l1.weight.clone();
-  let d = ops::max(&ops::abs(&ops::subtract(&before, &after).unwrap()).unwrap(), false).unwrap().item::<f32>().unwrap();
+  let d = ops::max(
+    &ops::abs(&ops::subtract(&before, &after).unwrap()).unwrap(),
+    false,
+  )
+  .unwrap()
+  .item::<f32>()
+  .unwrap();
   assert_eq!(d, 0.0);
   // A loss-function error comes back as an Err.
-  let bad = value_and_grad(model.clone(), |m: &Mlp, a: &[Array]| Ok(vec![m.forward(&a[0])?]));
-  assert!(bad.call(&[Array::ones(&[2, 5], Dtype::Float32).unwrap()]).is_err());
+  let bad = value_and_grad(model.clone(), |m: &Mlp, a: &[Array]| {
+    Ok(vec![m.forward(&a[0])?])
+  });
+  assert!(
+    bad
+      .call(&[Array::ones(&[2, 5], Dtype::Float32).unwrap()])
+      .is_err()
+  );
   model.lock().unwrap().freeze();
-  assert!(vg.call(&[x]).unwrap_err().to_string().contains("no trainable parameters"));
+  assert!(
+    vg.call(&[x])
+      .unwrap_err()
+      .to_string()
+      .contains("no trainable parameters")
+  );
 }

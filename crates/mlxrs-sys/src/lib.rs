@@ -8,6 +8,7 @@
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
 #![allow(clippy::all)]
 
+#[rustfmt::skip]
 mod bindings;
 pub use bindings::*;
 

@@ -7,10 +7,10 @@
 //! let a = Array::from_slice::<f32>(&[1.0, 2.0, 3.0], &(3,)).unwrap();
 //! ```
 
-pub use mlxrs_core as core;
-pub use mlxrs_core::*;
 #[cfg(feature = "audio")]
 pub use mlxrs_audio as audio;
+pub use mlxrs_core as core;
+pub use mlxrs_core::*;
 #[cfg(feature = "embed")]
 pub use mlxrs_embed as embed;
 #[cfg(feature = "lm")]

@@ -63,8 +63,7 @@ enum Hand {
   Unbound(&'static str),
 }
 
-const EXPORT_CALLBACK_WHY: &str =
-  "a positional-only or keyword-only function: a kwargs closure called with empty keywords or \
+const EXPORT_CALLBACK_WHY: &str = "a positional-only or keyword-only function: a kwargs closure called with empty keywords or \
   positionals";
 
 const KWARGS_ONLY_WHY: &str =
@@ -460,7 +459,10 @@ pub fn render(
     let _ = writeln!(
       s,
       "| `{ns}{name}` | (unmappable types) | {} | {} |",
-      if select::UNMAPPABLE_HAND.iter().any(|(n, f, _)| *n == ns.trim_end_matches("::") && f == name) {
+      if select::UNMAPPABLE_HAND
+        .iter()
+        .any(|(n, f, _)| *n == ns.trim_end_matches("::") && f == name)
+      {
         "hand-written"
       } else {
         "unbound"

@@ -477,18 +477,29 @@ pub fn precompiled_cuda_kernel(
     ));
   }
   if call.outputs.is_empty() {
-    return Err(Error::InvalidArgument("precompiled_cuda_kernel: no outputs (add them with KernelCall::output)".into()));
+    return Err(Error::InvalidArgument(
+      "precompiled_cuda_kernel: no outputs (add them with KernelCall::output)".into(),
+    ));
   }
   let c_name = cstring(name)?;
   let ins = VectorArray::from_arrays(inputs)?;
-  let shapes: Vec<i32> = call.outputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
+  let shapes: Vec<i32> = call
+    .outputs
+    .iter()
+    .flat_map(|(s, _)| s.iter().copied())
+    .collect();
   let ndims: Vec<usize> = call.outputs.iter().map(|(s, _)| s.len()).collect();
   let dtypes: Vec<mlxrs_sys::mlx_dtype> = call.outputs.iter().map(|(_, d)| d.to_raw()).collect();
   let sc: Vec<mlxrs_sys::mlxrs_scalar_arg> = scalars
     .iter()
     .map(|a| {
       use mlxrs_sys::mlxrs_scalar_kind as K;
-      let mut c = mlxrs_sys::mlxrs_scalar_arg { kind: K::MLXRS_SCALAR_BOOL, b: false, i: 0, f: 0.0 };
+      let mut c = mlxrs_sys::mlxrs_scalar_arg {
+        kind: K::MLXRS_SCALAR_BOOL,
+        b: false,
+        i: 0,
+        f: 0.0,
+      };
       match *a {
         ScalarArg::Bool(b) => c.b = b,
         ScalarArg::Int(i) => (c.kind, c.i) = (K::MLXRS_SCALAR_INT, i),
@@ -497,7 +508,10 @@ pub fn precompiled_cuda_kernel(
       c
     })
     .collect();
-  let init = mlxrs_sys::mlx_optional_float { value: call.init_value.unwrap_or(0.0), has_value: call.init_value.is_some() };
+  let init = mlxrs_sys::mlx_optional_float {
+    value: call.init_value.unwrap_or(0.0),
+    has_value: call.init_value.is_some(),
+  };
   let (g, t) = (call.grid, call.threadgroup);
   let mut out = VectorArray::null();
   // SAFETY: every pointer covers the length passed with it (`shapes` holds
@@ -543,8 +557,20 @@ mod tests {
   fn precompiled_cuda_kernel_without_cuda_is_an_error() {
     let a = Array::from_slice::<f32>(&[1.0, 2.0], &[2]).unwrap();
     let call = KernelCall::new((2, 1, 1), (2, 1, 1)).output(&[2], Dtype::Float32);
-    let scalars = [ScalarArg::Int(2), ScalarArg::Float(1.5), ScalarArg::Bool(true)];
-    let r = precompiled_cuda_kernel("k", b"not ptx", std::slice::from_ref(&a), &scalars, &call, 0, false);
+    let scalars = [
+      ScalarArg::Int(2),
+      ScalarArg::Float(1.5),
+      ScalarArg::Bool(true),
+    ];
+    let r = precompiled_cuda_kernel(
+      "k",
+      b"not ptx",
+      std::slice::from_ref(&a),
+      &scalars,
+      &call,
+      0,
+      false,
+    );
     if !crate::Device::is_available(crate::DeviceType::Gpu) {
       let e = r.expect_err("no CUDA: must fail");
       assert!(e.to_string().contains("No CUDA back-end"), "{e}");

@@ -26,10 +26,16 @@ pub fn scaled_dot_product_attention_full(
 ) -> Result<Array> {
   let mode = match mask_mode {
     "" | "causal" | "array" => CString::new(mask_mode).expect("no NUL"),
-    other => return Err(Error::InvalidArgument(format!("unknown mask mode {other:?}"))),
+    other => {
+      return Err(Error::InvalidArgument(format!(
+        "unknown mask mode {other:?}"
+      )));
+    }
   };
   if (mask_mode == "array") != mask.is_some() {
-    return Err(Error::InvalidArgument("mask array given iff mask_mode is \"array\"".into()));
+    return Err(Error::InvalidArgument(
+      "mask array given iff mask_mode is \"array\"".into(),
+    ));
   }
   let null = Array::null();
   let mut out = Array::null();

@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use mlxrs_core::{Array, Dtype, Error, Result, ops};
 use mlxrs_nn::attention::causal_mask;
 use mlxrs_nn::{
-  AttnMask, Embedding, GluActivation, KvCache, Linear, Module, MultiLinear, Param, RmsNorm, Rope, SwitchGlu, Weights,
-  module, sdpa_with_cache, swiglu,
+  AttnMask, Embedding, GluActivation, KvCache, Linear, Module, MultiLinear, Param, RmsNorm, Rope,
+  SwitchGlu, Weights, module, sdpa_with_cache, swiglu,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -179,7 +179,11 @@ fn finfo_min(dt: Dtype) -> f64 {
 fn slice_axis(a: &Array, axis: i32, start: i32, stop: i32) -> Result<Array> {
   let shape = a.shape();
   let nd = shape.len();
-  let ax = if axis < 0 { (axis + nd as i32) as usize } else { axis as usize };
+  let ax = if axis < 0 {
+    (axis + nd as i32) as usize
+  } else {
+    axis as usize
+  };
   let mut st = vec![0; nd];
   let mut sp = shape.clone();
   st[ax] = start;
@@ -221,15 +225,30 @@ impl Attention {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let s = x.shape();
     let (b, l) = (s[0], s[1]);
-    let q = match (&self.q_proj, &self.q_a_proj, &self.q_a_layernorm, &self.q_b_proj) {
+    let q = match (
+      &self.q_proj,
+      &self.q_a_proj,
+      &self.q_a_layernorm,
+      &self.q_b_proj,
+    ) {
       (Some(p), ..) => p.forward(x)?,
       (None, Some(a), Some(n), Some(bp)) => bp.forward(&n.forward(&a.forward(x)?)?)?,
-      _ => return Err(Error::InvalidArgument("deepseek_v3: attention has no query projection".into())),
+      _ => {
+        return Err(Error::InvalidArgument(
+          "deepseek_v3: attention has no query projection".into(),
+        ));
+      }
     };
-    let q = ops::transpose_axes(&ops::reshape(&q, &[b, l, self.num_heads, self.nope + self.rope_dim])?, &[0, 2, 1, 3])?;
+    let q = ops::transpose_axes(
+      &ops::reshape(&q, &[b, l, self.num_heads, self.nope + self.rope_dim])?,
+      &[0, 2, 1, 3],
+    )?;
     let (q_nope, q_pe) = split2(&q, self.nope)?;
     let (compressed, k_pe) = split2(&self.kv_a_proj_with_mqa.forward(x)?, self.kv_lora)?;
-    let k_pe = ops::transpose_axes(&ops::reshape(&k_pe, &[b, l, 1, self.rope_dim])?, &[0, 2, 1, 3])?;
+    let k_pe = ops::transpose_axes(
+      &ops::reshape(&k_pe, &[b, l, 1, self.rope_dim])?,
+      &[0, 2, 1, 3],
+    )?;
     let kv_latent = self.kv_a_layernorm.forward(&compressed)?;
 
     let q_pe = self.rope.forward(&q_pe, cache.offset)?;
@@ -238,7 +257,10 @@ impl Attention {
     let (kv_latent, k_pe) = cache.update_and_fetch(&kv_latent, &k_pe)?;
 
     let scale = Array::scalar_as(self.scale as f64, q_pe.dtype())?;
-    let mut pe_scores = ops::matmul(&ops::multiply(&q_pe, &scale)?, &ops::swapaxes(&k_pe, -1, -2)?)?;
+    let mut pe_scores = ops::matmul(
+      &ops::multiply(&q_pe, &scale)?,
+      &ops::swapaxes(&k_pe, -1, -2)?,
+    )?;
     let mask_arr = match mask {
       AttnMask::None => None,
       AttnMask::Array(m) => Some(m.clone()),
@@ -255,14 +277,31 @@ impl Attention {
 
     let out = if l == 1 {
       let q_lat = self.embed_q.forward(&q_nope, true)?;
-      let o = sdpa_with_cache(&q_lat, &kv_latent, &kv_latent, self.scale, &AttnMask::Array(pe_scores), None)?;
+      let o = sdpa_with_cache(
+        &q_lat,
+        &kv_latent,
+        &kv_latent,
+        self.scale,
+        &AttnMask::Array(pe_scores),
+        None,
+      )?;
       self.unembed_out.forward(&o, true)?
     } else {
       let k = self.embed_q.forward(&kv_latent, false)?;
       let v = self.unembed_out.forward(&kv_latent, true)?;
-      sdpa_with_cache(&q_nope, &k, &v, self.scale, &AttnMask::Array(pe_scores), None)?
+      sdpa_with_cache(
+        &q_nope,
+        &k,
+        &v,
+        self.scale,
+        &AttnMask::Array(pe_scores),
+        None,
+      )?
     };
-    self.o_proj.forward(&ops::reshape(&ops::transpose_axes(&out, &[0, 2, 1, 3])?, &[b, l, -1])?)
+    self.o_proj.forward(&ops::reshape(
+      &ops::transpose_axes(&out, &[0, 2, 1, 3])?,
+      &[b, l, -1],
+    )?)
   }
 }
 
@@ -280,7 +319,11 @@ struct Mlp {
   up_proj: Linear,
   down_proj: Linear,
 }
-module!(Mlp { gate_proj, up_proj, down_proj });
+module!(Mlp {
+  gate_proj,
+  up_proj,
+  down_proj
+});
 
 impl Mlp {
   fn new(h: i32, inter: i32) -> Mlp {
@@ -291,7 +334,10 @@ impl Mlp {
     }
   }
   fn forward(&self, x: &Array) -> Result<Array> {
-    self.down_proj.forward(&swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?)
+    self.down_proj.forward(&swiglu(
+      &self.gate_proj.forward(x)?,
+      &self.up_proj.forward(x)?,
+    )?)
   }
 }
 
@@ -306,7 +352,10 @@ struct MoeGate {
   routed_scaling_factor: f32,
   norm_topk_prob: bool,
 }
-module!(MoeGate { weight, e_score_correction_bias });
+module!(MoeGate {
+  weight,
+  e_score_correction_bias
+});
 
 impl MoeGate {
   /// `(indices [..., k], weights [..., k])`.
@@ -320,18 +369,30 @@ impl MoeGate {
       let k = self.n_group - self.topk_group;
       if k > 0 {
         let group_idx = slice_axis(&ops::argpartition_axis(&group_scores, k - 1, -2)?, -2, 0, k)?;
-        scores = ops::put_along_axis(&scores, &ops::stop_gradient(&group_idx)?, &Array::scalar(0.0f32), -2)?;
+        scores = ops::put_along_axis(
+          &scores,
+          &ops::stop_gradient(&group_idx)?,
+          &Array::scalar(0.0f32),
+          -2,
+        )?;
       }
       scores = ops::flatten(&scores, -2, -1)?;
     }
     let k = self.top_k;
-    let inds =
-      ops::stop_gradient(&slice_axis(&ops::argpartition_axis(&ops::negative(&scores)?, k - 1, -1)?, -1, 0, k)?)?;
+    let inds = ops::stop_gradient(&slice_axis(
+      &ops::argpartition_axis(&ops::negative(&scores)?, k - 1, -1)?,
+      -1,
+      0,
+      k,
+    )?)?;
     let mut w = ops::take_along_axis(&orig, &inds, -1)?;
     if k > 1 && self.norm_topk_prob {
       w = ops::divide(&w, &ops::sum_axis(&w, -1, true)?)?;
     }
-    let w = ops::multiply(&w, &Array::scalar_as(self.routed_scaling_factor as f64, w.dtype())?)?;
+    let w = ops::multiply(
+      &w,
+      &Array::scalar_as(self.routed_scaling_factor as f64, w.dtype())?,
+    )?;
     Ok((inds, w))
   }
 }
@@ -342,14 +403,25 @@ struct Moe {
   gate: MoeGate,
   shared_experts: Option<Mlp>,
 }
-module!(Moe { switch_mlp, gate, shared_experts });
+module!(Moe {
+  switch_mlp,
+  gate,
+  shared_experts
+});
 
 impl Moe {
   fn forward(&self, x: &Array) -> Result<Array> {
     let (inds, scores) = self.gate.forward(x)?;
     let y = self.switch_mlp.forward(x, &inds)?;
     let dt = y.dtype();
-    let y = ops::astype(&ops::sum_axis(&ops::multiply(&y, &ops::expand_dims(&scores, -1)?)?, -2, false)?, dt)?;
+    let y = ops::astype(
+      &ops::sum_axis(
+        &ops::multiply(&y, &ops::expand_dims(&scores, -1)?)?,
+        -2,
+        false,
+      )?,
+      dt,
+    )?;
     match &self.shared_experts {
       Some(s) => ops::add(&y, &s.forward(x)?),
       None => Ok(y),
@@ -368,12 +440,21 @@ module!(Block { self_attn, dense => "mlp", moe => "mlp", input_layernorm, post_a
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let h = ops::add(x, &self.self_attn.forward(&self.input_layernorm.forward(x)?, mask, cache)?)?;
+    let h = ops::add(
+      x,
+      &self
+        .self_attn
+        .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
+    )?;
     let n = self.post_attention_layernorm.forward(&h)?;
     let r = match (&self.moe, &self.dense) {
       (Some(m), _) => m.forward(&n)?,
       (None, Some(d)) => d.forward(&n)?,
-      (None, None) => return Err(Error::InvalidArgument("deepseek_v3: layer without an MLP".into())),
+      (None, None) => {
+        return Err(Error::InvalidArgument(
+          "deepseek_v3: layer without an MLP".into(),
+        ));
+      }
     };
     ops::add(&h, &r)
   }
@@ -384,7 +465,11 @@ struct Inner {
   layers: Vec<Block>,
   norm: RmsNorm,
 }
-module!(Inner { embed_tokens, layers, norm });
+module!(Inner {
+  embed_tokens,
+  layers,
+  norm
+});
 
 /// mlx-lm `deepseek_v3.Model`.
 pub struct DeepseekV3 {
@@ -409,10 +494,15 @@ impl DeepseekV3 {
       || a.qk_nope_head_dim < 0
       || a.v_head_dim <= 0
     {
-      return Err(bad("hidden_size, num_attention_heads, kv_lora_rank and head dims must be positive".into()));
+      return Err(bad(
+        "hidden_size, num_attention_heads, kv_lora_rank and head dims must be positive".into(),
+      ));
     }
     if a.topk_method != "noaux_tc" {
-      return Err(bad(format!("unsupported topk_method {:?} (only \"noaux_tc\")", a.topk_method)));
+      return Err(bad(format!(
+        "unsupported topk_method {:?} (only \"noaux_tc\")",
+        a.topk_method
+      )));
     }
     if a.moe_layer_freq <= 0 {
       return Err(bad("moe_layer_freq must be positive".into()));
@@ -421,20 +511,31 @@ impl DeepseekV3 {
       check_moe("deepseek_v3", e, a.num_experts_per_tok)?;
       if a.n_group > 1 {
         if e % a.n_group != 0 || e / a.n_group < 2 {
-          return Err(bad(format!("n_routed_experts ({e}) must split into n_group ({}) groups of >= 2", a.n_group)));
+          return Err(bad(format!(
+            "n_routed_experts ({e}) must split into n_group ({}) groups of >= 2",
+            a.n_group
+          )));
         }
         if a.topk_group <= 0 || a.topk_group > a.n_group {
-          return Err(bad(format!("topk_group ({}) must be in 1..={}", a.topk_group, a.n_group)));
+          return Err(bad(format!(
+            "topk_group ({}) must be in 1..={}",
+            a.topk_group, a.n_group
+          )));
         }
       }
     }
     let q_head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;
     let mut scale = (q_head_dim as f32).powf(-0.5);
     if let Some(rs) = a.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-      let mscale_all_dim = rs.get("mscale_all_dim").and_then(Value::as_f64).unwrap_or(0.0);
+      let mscale_all_dim = rs
+        .get("mscale_all_dim")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
       if mscale_all_dim != 0.0 {
-        let factor =
-          rs.get("factor").and_then(Value::as_f64).ok_or_else(|| bad("rope_scaling needs a factor".into()))?;
+        let factor = rs
+          .get("factor")
+          .and_then(Value::as_f64)
+          .ok_or_else(|| bad("rope_scaling needs a factor".into()))?;
         if factor > 1.0 {
           let s = 0.1 * mscale_all_dim * factor.ln() + 1.0;
           scale = scale * (s as f32) * (s as f32);
@@ -453,7 +554,9 @@ impl DeepseekV3 {
       )?;
       let lora = a.q_lora_rank;
       let self_attn = Attention {
-        q_proj: lora.is_none().then(|| Linear::new(h, nh * q_head_dim, false)),
+        q_proj: lora
+          .is_none()
+          .then(|| Linear::new(h, nh * q_head_dim, false)),
         q_a_proj: lora.map(|r| Linear::new(h, r, a.attention_bias)),
         q_a_layernorm: lora.map(|r| RmsNorm::new(r, 1e-6)),
         q_b_proj: lora.map(|r| Linear::new(r, nh * q_head_dim, false)),
@@ -482,7 +585,9 @@ impl DeepseekV3 {
             routed_scaling_factor: a.routed_scaling_factor,
             norm_topk_prob: a.norm_topk_prob,
           },
-          shared_experts: a.n_shared_experts.map(|n| Mlp::new(h, a.moe_intermediate_size * n)),
+          shared_experts: a
+            .n_shared_experts
+            .map(|n| Mlp::new(h, a.moe_intermediate_size * n)),
         }),
         _ => None,
       };
@@ -495,7 +600,11 @@ impl DeepseekV3 {
       });
     }
     Ok(DeepseekV3 {
-      model: Inner { embed_tokens: Embedding::new(a.vocab_size, h), layers, norm: RmsNorm::new(h, eps) },
+      model: Inner {
+        embed_tokens: Embedding::new(a.vocab_size, h),
+        layers,
+        norm: RmsNorm::new(h, eps),
+      },
       lm_head: Linear::new(h, a.vocab_size, false),
       args: a,
     })
@@ -514,7 +623,9 @@ fn dequant_fp8(weight: &Array, scale_inv: &Array) -> Result<Array> {
   let w = ops::from_fp8(weight, Dtype::Bfloat16)?;
   let s = w.shape();
   if s.len() != 2 {
-    return Err(Error::InvalidArgument(format!("deepseek_v3 sanitize: fp8 weight of shape {s:?} is not 2-D")));
+    return Err(Error::InvalidArgument(format!(
+      "deepseek_v3 sanitize: fp8 weight of shape {s:?} is not 2-D"
+    )));
   }
   let (m, n) = (s[0], s[1]);
   let (pb, ps) = ((bs - m % bs) % bs, (bs - n % bs) % bs);
@@ -544,17 +655,31 @@ impl DeepseekV3 {
         let bits = v.dim(-1).unwrap_or(0) * 32 / dims;
         let groups = sc.dim(-1).unwrap_or(0);
         if bits <= 0 || groups <= 0 {
-          return Err(Error::InvalidArgument(format!("deepseek_v3 sanitize: bad quantized {prefix}.kv_b_proj")));
+          return Err(Error::InvalidArgument(format!(
+            "deepseek_v3 sanitize: bad quantized {prefix}.kv_b_proj"
+          )));
         }
         let group_size = dims / groups;
         q = Some((bits, group_size));
-        ops::dequantize(&v, &sc, biases.as_ref(), Some(group_size), Some(bits), "affine", None, None)?
+        ops::dequantize(
+          &v,
+          &sc,
+          biases.as_ref(),
+          Some(group_size),
+          Some(bits),
+          "affine",
+          None,
+          None,
+        )?
       }
       None => v,
     };
     let head_dim = a.qk_nope_head_dim + a.v_head_dim;
     let v = ops::reshape(&v, &[a.num_attention_heads, head_dim, -1])?;
-    let wk = ops::contiguous(&ops::swapaxes(&slice_axis(&v, 1, 0, a.qk_nope_head_dim)?, -1, -2)?, false)?;
+    let wk = ops::contiguous(
+      &ops::swapaxes(&slice_axis(&v, 1, 0, a.qk_nope_head_dim)?, -1, -2)?,
+      false,
+    )?;
     let wv = ops::contiguous(&slice_axis(&v, 1, a.qk_nope_head_dim, head_dim)?, false)?;
     for (name, w) in [("embed_q", wk), ("unembed_out", wv)] {
       match q {
@@ -579,7 +704,12 @@ impl DeepseekV3 {
 impl DeepseekV3 {
   /// The decoder stack; `key_valid` (rows of a left-padded batch, see
   /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
-  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
+  fn run(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: Option<&[Vec<bool>]>,
+  ) -> Result<Array> {
     check_caches(caches.len(), self.model.layers.len())?;
     let mut h = self.model.embed_tokens.forward(tokens)?;
     let n = tokens.dim(-1).unwrap_or(1);
@@ -603,7 +733,12 @@ impl LanguageModel for DeepseekV3 {
     self.run(tokens, caches, None)
   }
 
-  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
     self.run(tokens, caches, Some(key_valid))
   }
@@ -634,13 +769,18 @@ impl LanguageModel for DeepseekV3 {
       if let Some(base) = k.strip_suffix("weight_shape") {
         let packed = weights
           .get(&format!("{base}weight_packed"))
-          .ok_or_else(|| Error::InvalidArgument(format!("sanitize: {k} without {base}weight_packed")))?;
-        let s = weights
-          .get(&format!("{base}weight_scale"))
-          .ok_or_else(|| Error::InvalidArgument(format!("sanitize: {k} without {base}weight_scale")))?;
+          .ok_or_else(|| {
+            Error::InvalidArgument(format!("sanitize: {k} without {base}weight_packed"))
+          })?;
+        let s = weights.get(&format!("{base}weight_scale")).ok_or_else(|| {
+          Error::InvalidArgument(format!("sanitize: {k} without {base}weight_scale"))
+        })?;
         w1.insert(format!("{base}weight"), ops::view(packed, Dtype::Uint32)?);
         w1.insert(format!("{base}scales"), s.clone());
-        w1.insert(format!("{base}biases"), ops::multiply(s, &Array::scalar_as(-8.0, s.dtype())?)?);
+        w1.insert(
+          format!("{base}biases"),
+          ops::multiply(s, &Array::scalar_as(-8.0, s.dtype())?)?,
+        );
       } else if !(k.ends_with("weight_scale") || k.ends_with("weight_packed")) {
         w1.entry(k.clone()).or_insert_with(|| v.clone());
       }
@@ -651,8 +791,9 @@ impl LanguageModel for DeepseekV3 {
     for (k, v) in &w1 {
       if k.contains("weight_scale_inv") {
         let wk = k.replace("_scale_inv", "");
-        let weight =
-          w1.get(&wk).ok_or_else(|| Error::InvalidArgument(format!("sanitize: {k} without its weight {wk}")))?;
+        let weight = w1.get(&wk).ok_or_else(|| {
+          Error::InvalidArgument(format!("sanitize: {k} without its weight {wk}"))
+        })?;
         w2.insert(wk, dequant_fp8(weight, v)?);
       } else if !w2.contains_key(k) {
         w2.insert(k.clone(), v.clone());
@@ -661,12 +802,18 @@ impl LanguageModel for DeepseekV3 {
     drop(w1);
     let mut weights = w2;
     if let Some(e) = a.n_routed_experts {
-      let prefixes: Vec<String> = (0..a.num_hidden_layers).map(|l| format!("model.layers.{l}.mlp")).collect();
+      let prefixes: Vec<String> = (0..a.num_hidden_layers)
+        .map(|l| format!("model.layers.{l}.mlp"))
+        .collect();
       stack_experts(
         &mut weights,
         &prefixes,
         e,
-        &[("gate_proj", "gate_proj"), ("down_proj", "down_proj"), ("up_proj", "up_proj")],
+        &[
+          ("gate_proj", "gate_proj"),
+          ("down_proj", "down_proj"),
+          ("up_proj", "up_proj"),
+        ],
       )?;
     }
     for l in 0..a.num_hidden_layers {
@@ -702,17 +849,32 @@ mod tests {
   fn sanitize_splits_kv_b_and_drops_mtp() {
     let m = build(&cfg()).unwrap();
     // kv_b_proj: [H * (nope + v), kv_lora] = [16, 4]; head h row r = 100h + r.
-    let v: Vec<f32> = (0..2).flat_map(|h| (0..8).flat_map(move |r| [(100 * h + r) as f32; 4])).collect();
+    let v: Vec<f32> = (0..2)
+      .flat_map(|h| (0..8).flat_map(move |r| [(100 * h + r) as f32; 4]))
+      .collect();
     let mut w = HashMap::new();
-    w.insert("model.layers.0.self_attn.kv_b_proj.weight".to_string(), Array::from_slice(&v, &[16, 4]).unwrap());
-    w.insert("model.layers.61.mlp.gate.weight".to_string(), Array::scalar(0.0f32));
-    w.insert("model.layers.0.self_attn.rotary_emb.inv_freq".to_string(), Array::scalar(0.0f32));
+    w.insert(
+      "model.layers.0.self_attn.kv_b_proj.weight".to_string(),
+      Array::from_slice(&v, &[16, 4]).unwrap(),
+    );
+    w.insert(
+      "model.layers.61.mlp.gate.weight".to_string(),
+      Array::scalar(0.0f32),
+    );
+    w.insert(
+      "model.layers.0.self_attn.rotary_emb.inv_freq".to_string(),
+      Array::scalar(0.0f32),
+    );
     let mut out = m.sanitize(w).unwrap();
     assert_eq!(out.len(), 2);
-    let eq = out.get_mut("model.layers.0.self_attn.embed_q.weight").unwrap();
+    let eq = out
+      .get_mut("model.layers.0.self_attn.embed_q.weight")
+      .unwrap();
     assert_eq!(eq.shape(), vec![2, 4, 5]);
     assert_eq!(eq.to_vec::<f32>().unwrap()[..5], [0., 1., 2., 3., 4.]);
-    let uo = out.get_mut("model.layers.0.self_attn.unembed_out.weight").unwrap();
+    let uo = out
+      .get_mut("model.layers.0.self_attn.unembed_out.weight")
+      .unwrap();
     assert_eq!(uo.shape(), vec![2, 3, 4]);
     assert_eq!(uo.to_vec::<f32>().unwrap()[12..16], [105.; 4]);
   }

@@ -105,7 +105,11 @@ pub(crate) struct GemmaMlp {
   down_proj: Linear,
   up_proj: Linear,
 }
-module!(GemmaMlp { gate_proj, down_proj, up_proj });
+module!(GemmaMlp {
+  gate_proj,
+  down_proj,
+  up_proj
+});
 
 impl GemmaMlp {
   pub(crate) fn new(dim: i32, hidden: i32) -> GemmaMlp {
@@ -136,7 +140,12 @@ struct Attention {
   softcap: Option<f32>,
   rope: Rope,
 }
-module!(Attention { q_proj, k_proj, v_proj, o_proj });
+module!(Attention {
+  q_proj,
+  k_proj,
+  v_proj,
+  o_proj
+});
 
 impl Attention {
   /// `mask` is `None` or an explicit boolean `[T_q, T_kv]` array.
@@ -229,7 +238,11 @@ struct Inner {
   layers: Vec<Block>,
   norm: RmsNorm,
 }
-module!(Inner { embed_tokens, layers, norm });
+module!(Inner {
+  embed_tokens,
+  layers,
+  norm
+});
 
 /// A Gemma 2 decoder (mlx-lm `gemma2.Model`); output embeddings are always
 /// tied.
@@ -296,7 +309,12 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 impl Gemma2 {
   /// The decoder stack; `key_valid` (rows of a left-padded batch, see
   /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
-  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
+  fn run(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: Option<&[Vec<bool>]>,
+  ) -> Result<Array> {
     if caches.len() != self.model.layers.len() {
       return Err(mlxrs_core::Error::InvalidArgument(format!(
         "{} caches for {} layers",
@@ -338,7 +356,12 @@ impl LanguageModel for Gemma2 {
     self.run(tokens, caches, None)
   }
 
-  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
     self.run(tokens, caches, Some(key_valid))
   }

@@ -120,7 +120,14 @@ struct Attention {
   scale: f32,
   rope: Rope,
 }
-module!(Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm });
+module!(Attention {
+  q_proj,
+  k_proj,
+  v_proj,
+  o_proj,
+  q_norm,
+  k_norm
+});
 
 impl Attention {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
@@ -195,7 +202,11 @@ struct Inner {
   layers: Vec<Block>,
   norm: RmsNorm,
 }
-module!(Inner { embed_tokens, layers, norm });
+module!(Inner {
+  embed_tokens,
+  layers,
+  norm
+});
 
 /// A Gemma 3 text decoder (mlx-lm `gemma3_text.Model`).
 pub struct Gemma3Text {

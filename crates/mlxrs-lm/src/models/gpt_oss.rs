@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, GluActivation, KvCache, KvCacheKind, Linear, Module, Param, RmsNorm, Rope, SwitchGlu, Weights,
-  module,
+  AttnMask, Embedding, GluActivation, KvCache, KvCacheKind, Linear, Module, Param, RmsNorm, Rope,
+  SwitchGlu, Weights, module,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -112,7 +112,13 @@ struct Attention {
   scale: f32,
   rope: Rope,
 }
-module!(Attention { q_proj, k_proj, v_proj, o_proj, sinks });
+module!(Attention {
+  q_proj,
+  k_proj,
+  v_proj,
+  o_proj,
+  sinks
+});
 
 impl Attention {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
@@ -124,8 +130,18 @@ impl Attention {
     let v = heads(self.v_proj.forward(x)?)?;
     let q = self.rope.forward(&q, cache.offset)?;
     let k = self.rope.forward(&k, cache.offset)?;
-    let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, Some(&self.sinks.value))?;
-    self.o_proj.forward(&ops::reshape(&ops::swapaxes(&o, 1, 2)?, &[b, l, -1])?)
+    let o = mlxrs_nn::attention_with_cache_update(
+      &q,
+      &k,
+      &v,
+      cache,
+      self.scale,
+      mask,
+      Some(&self.sinks.value),
+    )?;
+    self
+      .o_proj
+      .forward(&ops::reshape(&ops::swapaxes(&o, 1, 2)?, &[b, l, -1])?)
   }
 }
 
@@ -143,10 +159,18 @@ impl MoeMlp {
     let g = self.router.forward(x)?;
     // mlx-lm's `mlx_topk`: argpartition(kth=-k)[..., -k:].
     let (e, k) = (self.num_experts, self.top_k);
-    let indices = ops::stop_gradient(&last_axis(&ops::argpartition_axis(&g, e - k, -1)?, e - k, e)?)?;
+    let indices = ops::stop_gradient(&last_axis(
+      &ops::argpartition_axis(&g, e - k, -1)?,
+      e - k,
+      e,
+    )?)?;
     let expert_weights = ops::softmax_axis(&ops::take_along_axis(&g, &indices, -1)?, -1, true)?;
     let y = self.experts.forward(x, &indices)?;
-    ops::sum_axis(&ops::multiply(&y, &ops::expand_dims(&expert_weights, -1)?)?, -2, false)
+    ops::sum_axis(
+      &ops::multiply(&y, &ops::expand_dims(&expert_weights, -1)?)?,
+      -2,
+      false,
+    )
   }
 }
 
@@ -157,12 +181,27 @@ struct Block {
   post_attention_layernorm: RmsNorm,
   sliding: bool,
 }
-module!(Block { self_attn, mlp, input_layernorm, post_attention_layernorm });
+module!(Block {
+  self_attn,
+  mlp,
+  input_layernorm,
+  post_attention_layernorm
+});
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let h = ops::add(x, &self.self_attn.forward(&self.input_layernorm.forward(x)?, mask, cache)?)?;
-    ops::add(&h, &self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
+    let h = ops::add(
+      x,
+      &self
+        .self_attn
+        .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
+    )?;
+    ops::add(
+      &h,
+      &self
+        .mlp
+        .forward(&self.post_attention_layernorm.forward(&h)?)?,
+    )
   }
 }
 
@@ -171,7 +210,11 @@ struct Inner {
   norm: RmsNorm,
   layers: Vec<Block>,
 }
-module!(Inner { embed_tokens, norm, layers });
+module!(Inner {
+  embed_tokens,
+  norm,
+  layers
+});
 
 /// mlx-lm `gpt_oss.Model`.
 pub struct GptOss {
@@ -184,16 +227,28 @@ module!(GptOss { model, lm_head });
 impl GptOss {
   /// Build from parsed args.
   pub fn new(args: GptOssArgs) -> Result<GptOss> {
-    let (h, n_heads, n_kv, hd) = (args.hidden_size, args.num_attention_heads, args.num_key_value_heads, args.head_dim);
+    let (h, n_heads, n_kv, hd) = (
+      args.hidden_size,
+      args.num_attention_heads,
+      args.num_key_value_heads,
+      args.head_dim,
+    );
     check_heads("gpt_oss", h, n_heads, n_kv)?;
     check_moe("gpt_oss", args.num_local_experts, args.num_experts_per_tok)?;
     if hd <= 0 || args.sliding_window <= 0 {
-      return Err(Error::InvalidArgument("config (gpt_oss): head_dim and sliding_window must be positive".into()));
+      return Err(Error::InvalidArgument(
+        "config (gpt_oss): head_dim and sliding_window must be positive".into(),
+      ));
     }
     let n_layers = args.num_hidden_layers.max(0) as usize;
     let layer_types = match &args.layer_types {
       Some(t) => t.clone(),
-      None => ["sliding_attention", "full_attention"].iter().cycle().take(n_layers).map(|s| s.to_string()).collect(),
+      None => ["sliding_attention", "full_attention"]
+        .iter()
+        .cycle()
+        .take(n_layers)
+        .map(|s| s.to_string())
+        .collect(),
     };
     if layer_types.len() != n_layers {
       return Err(Error::InvalidArgument(format!(
@@ -206,7 +261,11 @@ impl GptOss {
       let sliding = match lt.as_str() {
         "sliding_attention" => true,
         "full_attention" => false,
-        other => return Err(Error::InvalidArgument(format!("config (gpt_oss): unknown layer type {other:?}"))),
+        other => {
+          return Err(Error::InvalidArgument(format!(
+            "config (gpt_oss): unknown layer type {other:?}"
+          )));
+        }
       };
       layers.push(Block {
         self_attn: Attention {
@@ -224,7 +283,10 @@ impl GptOss {
             h,
             args.intermediate_size,
             args.num_local_experts,
-            GluActivation::SwigluOai { alpha: SWIGLU_ALPHA, limit: SWIGLU_LIMIT },
+            GluActivation::SwigluOai {
+              alpha: SWIGLU_ALPHA,
+              limit: SWIGLU_LIMIT,
+            },
             true,
           ),
           router: Linear::new(h, args.num_local_experts, true),
@@ -259,7 +321,9 @@ fn every_other(v: &Array, start: i32, axis: i32) -> Result<Array> {
   let nd = shape.len() as i32;
   let ax = if axis < 0 { axis + nd } else { axis };
   if ax < 0 || ax >= nd {
-    return Err(Error::InvalidArgument(format!("gpt_oss sanitize: tensor of shape {shape:?} has no axis {axis}")));
+    return Err(Error::InvalidArgument(format!(
+      "gpt_oss sanitize: tensor of shape {shape:?} has no axis {axis}"
+    )));
   }
   let mut st = vec![0; nd as usize];
   let mut strides = vec![1; nd as usize];
@@ -283,7 +347,11 @@ impl LanguageModel for GptOss {
       None => AttnMask::None,
     };
     for (layer, cache) in layers.iter().zip(caches.iter_mut()) {
-      x = layer.forward(&x, if layer.sliding { &swa_mask } else { &full_mask }, cache)?;
+      x = layer.forward(
+        &x,
+        if layer.sliding { &swa_mask } else { &full_mask },
+        cache,
+      )?;
     }
     self.model.norm.forward(&x)
   }
@@ -301,8 +369,14 @@ impl LanguageModel for GptOss {
       .layers
       .iter()
       .map(|l| match (l.sliding, max_kv_size) {
-        (true, _) => KvCache::new(KvCacheKind::Rotating { max_size: self.args.sliding_window, keep: 0 }),
-        (false, Some(m)) => KvCache::new(KvCacheKind::Rotating { max_size: m, keep: 4 }),
+        (true, _) => KvCache::new(KvCacheKind::Rotating {
+          max_size: self.args.sliding_window,
+          keep: 0,
+        }),
+        (false, Some(m)) => KvCache::new(KvCacheKind::Rotating {
+          max_size: m,
+          keep: 4,
+        }),
         (false, None) => KvCache::standard(),
       })
       .collect()
@@ -336,14 +410,26 @@ impl LanguageModel for GptOss {
     for (k, v) in weights {
       if k.contains("gate_up_proj") && !k.contains("bias") {
         let (k, v) = blocks(&k, v)?;
-        out.insert(k.replace("gate_up_proj", "gate_proj"), every_other(&v, 0, -2)?);
-        out.insert(k.replace("gate_up_proj", "up_proj"), every_other(&v, 1, -2)?);
+        out.insert(
+          k.replace("gate_up_proj", "gate_proj"),
+          every_other(&v, 0, -2)?,
+        );
+        out.insert(
+          k.replace("gate_up_proj", "up_proj"),
+          every_other(&v, 1, -2)?,
+        );
       } else if k.contains("down_proj") && !k.contains("bias") {
         let (k, v) = blocks(&k, v)?;
         out.insert(k, v);
       } else if k.contains("gate_up_proj_bias") {
-        out.insert(k.replace("gate_up_proj_bias", "gate_proj.bias"), every_other(&v, 0, -1)?);
-        out.insert(k.replace("gate_up_proj_bias", "up_proj.bias"), every_other(&v, 1, -1)?);
+        out.insert(
+          k.replace("gate_up_proj_bias", "gate_proj.bias"),
+          every_other(&v, 0, -1)?,
+        );
+        out.insert(
+          k.replace("gate_up_proj_bias", "up_proj.bias"),
+          every_other(&v, 1, -1)?,
+        );
       } else if k.contains("down_proj_bias") {
         out.insert(k.replace("down_proj_bias", "down_proj.bias"), v);
       } else {
@@ -375,9 +461,14 @@ mod tests {
     });
     let m = build(&cfg).unwrap();
     // [E=2, 2*inter=4, hidden=4]: row r of expert e holds 100e + r.
-    let v: Vec<f32> = (0..2).flat_map(|e| (0..4).flat_map(move |r| [(100 * e + r) as f32; 4])).collect();
+    let v: Vec<f32> = (0..2)
+      .flat_map(|e| (0..4).flat_map(move |r| [(100 * e + r) as f32; 4]))
+      .collect();
     let mut w = HashMap::new();
-    w.insert("model.layers.0.mlp.experts.gate_up_proj".to_string(), Array::from_slice(&v, &[2, 4, 4]).unwrap());
+    w.insert(
+      "model.layers.0.mlp.experts.gate_up_proj".to_string(),
+      Array::from_slice(&v, &[2, 4, 4]).unwrap(),
+    );
     w.insert(
       "model.layers.0.mlp.experts.gate_up_proj_bias".to_string(),
       Array::from_slice(&[0.0f32, 1., 2., 3.], &[1, 4]).unwrap(),
@@ -387,11 +478,32 @@ mod tests {
       Array::from_slice(&[0.0f32; 4], &[1, 4]).unwrap(),
     );
     let mut out = m.sanitize(w).unwrap();
-    let g = out.get_mut("model.layers.0.mlp.experts.gate_proj").unwrap().to_vec::<f32>().unwrap();
-    let u = out.get_mut("model.layers.0.mlp.experts.up_proj").unwrap().to_vec::<f32>().unwrap();
-    assert_eq!(g.iter().step_by(4).copied().collect::<Vec<_>>(), vec![0., 2., 100., 102.]);
-    assert_eq!(u.iter().step_by(4).copied().collect::<Vec<_>>(), vec![1., 3., 101., 103.]);
-    assert_eq!(out.get_mut("model.layers.0.mlp.experts.up_proj.bias").unwrap().to_vec::<f32>().unwrap(), vec![1., 3.]);
+    let g = out
+      .get_mut("model.layers.0.mlp.experts.gate_proj")
+      .unwrap()
+      .to_vec::<f32>()
+      .unwrap();
+    let u = out
+      .get_mut("model.layers.0.mlp.experts.up_proj")
+      .unwrap()
+      .to_vec::<f32>()
+      .unwrap();
+    assert_eq!(
+      g.iter().step_by(4).copied().collect::<Vec<_>>(),
+      vec![0., 2., 100., 102.]
+    );
+    assert_eq!(
+      u.iter().step_by(4).copied().collect::<Vec<_>>(),
+      vec![1., 3., 101., 103.]
+    );
+    assert_eq!(
+      out
+        .get_mut("model.layers.0.mlp.experts.up_proj.bias")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap(),
+      vec![1., 3.]
+    );
     assert!(out.contains_key("model.layers.0.mlp.experts.down_proj.bias"));
   }
 }

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
-  swiglu,
+  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module, swiglu,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -87,7 +86,14 @@ struct Attention {
   scale: f32,
   rope: Rope,
 }
-module!(Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm });
+module!(Attention {
+  q_proj,
+  k_proj,
+  v_proj,
+  o_proj,
+  q_norm,
+  k_norm
+});
 
 impl Attention {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
@@ -117,11 +123,18 @@ struct Mlp {
   down_proj: Linear,
   up_proj: Linear,
 }
-module!(Mlp { gate_proj, down_proj, up_proj });
+module!(Mlp {
+  gate_proj,
+  down_proj,
+  up_proj
+});
 
 impl Mlp {
   fn forward(&self, x: &Array) -> Result<Array> {
-    self.down_proj.forward(&swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?)
+    self.down_proj.forward(&swiglu(
+      &self.gate_proj.forward(x)?,
+      &self.up_proj.forward(x)?,
+    )?)
   }
 }
 
@@ -132,12 +145,27 @@ struct Block {
   post_attention_layernorm: RmsNorm,
   sliding: bool,
 }
-module!(Block { self_attn, mlp, input_layernorm, post_attention_layernorm });
+module!(Block {
+  self_attn,
+  mlp,
+  input_layernorm,
+  post_attention_layernorm
+});
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let h = ops::add(x, &self.self_attn.forward(&self.input_layernorm.forward(x)?, mask, cache)?)?;
-    ops::add(&h, &self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
+    let h = ops::add(
+      x,
+      &self
+        .self_attn
+        .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
+    )?;
+    ops::add(
+      &h,
+      &self
+        .mlp
+        .forward(&self.post_attention_layernorm.forward(&h)?)?,
+    )
   }
 }
 
@@ -146,7 +174,11 @@ struct Inner {
   layers: Vec<Block>,
   norm: RmsNorm,
 }
-module!(Inner { embed_tokens, layers, norm });
+module!(Inner {
+  embed_tokens,
+  layers,
+  norm
+});
 
 /// A Llama-shaped decoder (mlx-lm `llama.Model`).
 pub struct Llama {
@@ -220,7 +252,11 @@ impl Llama {
 /// Registry entry for `llama` / `mistral`.
 pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let args: LlamaArgs = parse_args(config)?;
-  let v = Variant { qkv_bias: args.attention_bias, o_bias: args.attention_bias, qk_norm: false };
+  let v = Variant {
+    qkv_bias: args.attention_bias,
+    o_bias: args.attention_bias,
+    qk_norm: false,
+  };
   Ok(Box::new(Llama::new(args, v)?))
 }
 
@@ -228,7 +264,12 @@ impl Llama {
   /// The decoder stack; `key_valid` (rows of a left-padded batch, see
   /// [`LanguageModel::hidden_padded`]) replaces the causal masks by
   /// per-row padded ones.
-  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
+  fn run(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: Option<&[Vec<bool>]>,
+  ) -> Result<Array> {
     if caches.len() != self.model.layers.len() {
       return Err(mlxrs_core::Error::InvalidArgument(format!(
         "{} caches for {} layers",
@@ -246,7 +287,9 @@ impl Llama {
       (None, _) => AttnMask::None,
     };
     let swa_mask = match (swa, key_valid) {
-      (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?,
+      (Some(i), Some(kv)) => {
+        crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?
+      }
       (Some(i), None) => caches[i].make_mask(n, self.args.sliding_window)?,
       (None, _) => AttnMask::None,
     };
@@ -263,7 +306,12 @@ impl LanguageModel for Llama {
     self.run(tokens, caches, None)
   }
 
-  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
     self.run(tokens, caches, Some(key_valid))
   }
@@ -281,9 +329,16 @@ impl LanguageModel for Llama {
       .layers
       .iter()
       .map(|l| {
-        let window = if l.sliding { self.args.sliding_window } else { None };
+        let window = if l.sliding {
+          self.args.sliding_window
+        } else {
+          None
+        };
         match window.or(max_kv_size) {
-          Some(m) => KvCache::new(KvCacheKind::Rotating { max_size: m, keep: if l.sliding { 0 } else { 4 } }),
+          Some(m) => KvCache::new(KvCacheKind::Rotating {
+            max_size: m,
+            keep: if l.sliding { 0 } else { 4 },
+          }),
           None => KvCache::standard(),
         }
       })

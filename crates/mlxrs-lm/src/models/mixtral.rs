@@ -6,12 +6,15 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, GluActivation, KvCache, Linear, Module, RmsNorm, Rope, SwitchGlu, Weights, module,
+  AttnMask, Embedding, GluActivation, KvCache, Linear, Module, RmsNorm, Rope, SwitchGlu, Weights,
+  module,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::qwen3_moe::{check_caches, check_heads, check_moe, default_caches, last_axis, stack_experts};
+use super::qwen3_moe::{
+  check_caches, check_heads, check_moe, default_caches, last_axis, stack_experts,
+};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_vocab() -> i32 {
@@ -96,20 +99,29 @@ struct Attention {
   scale: f32,
   rope: Rope,
 }
-module!(Attention { q_proj, k_proj, v_proj, o_proj });
+module!(Attention {
+  q_proj,
+  k_proj,
+  v_proj,
+  o_proj
+});
 
 impl Attention {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let s = x.shape();
     let (b, l) = (s[0], s[1]);
-    let heads = |t: Array, n: i32| ops::transpose_axes(&ops::reshape(&t, &[b, l, n, -1])?, &[0, 2, 1, 3]);
+    let heads =
+      |t: Array, n: i32| ops::transpose_axes(&ops::reshape(&t, &[b, l, n, -1])?, &[0, 2, 1, 3]);
     let q = heads(self.q_proj.forward(x)?, self.n_heads)?;
     let k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
     let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
     let q = self.rope.forward(&q, cache.offset)?;
     let k = self.rope.forward(&k, cache.offset)?;
     let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
-    self.o_proj.forward(&ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?)
+    self.o_proj.forward(&ops::reshape(
+      &ops::transpose_axes(&o, &[0, 2, 1, 3])?,
+      &[b, l, -1],
+    )?)
   }
 }
 
@@ -125,10 +137,18 @@ impl SparseMoe {
   fn forward(&self, x: &Array) -> Result<Array> {
     let gates = self.gate.forward(x)?;
     let k = self.top_k;
-    let inds = ops::stop_gradient(&last_axis(&ops::argpartition_axis(&ops::negative(&gates)?, k - 1, -1)?, 0, k)?)?;
+    let inds = ops::stop_gradient(&last_axis(
+      &ops::argpartition_axis(&ops::negative(&gates)?, k - 1, -1)?,
+      0,
+      k,
+    )?)?;
     let scores = ops::softmax_axis(&ops::take_along_axis(&gates, &inds, -1)?, -1, true)?;
     let y = self.switch_mlp.forward(x, &inds)?;
-    ops::sum_axis(&ops::multiply(&y, &ops::expand_dims(&scores, -1)?)?, -2, false)
+    ops::sum_axis(
+      &ops::multiply(&y, &ops::expand_dims(&scores, -1)?)?,
+      -2,
+      false,
+    )
   }
 }
 
@@ -138,12 +158,27 @@ struct Block {
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
 }
-module!(Block { self_attn, block_sparse_moe, input_layernorm, post_attention_layernorm });
+module!(Block {
+  self_attn,
+  block_sparse_moe,
+  input_layernorm,
+  post_attention_layernorm
+});
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let h = ops::add(x, &self.self_attn.forward(&self.input_layernorm.forward(x)?, mask, cache)?)?;
-    ops::add(&h, &self.block_sparse_moe.forward(&self.post_attention_layernorm.forward(&h)?)?)
+    let h = ops::add(
+      x,
+      &self
+        .self_attn
+        .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
+    )?;
+    ops::add(
+      &h,
+      &self
+        .block_sparse_moe
+        .forward(&self.post_attention_layernorm.forward(&h)?)?,
+    )
   }
 }
 
@@ -152,7 +187,11 @@ struct Inner {
   layers: Vec<Block>,
   norm: RmsNorm,
 }
-module!(Inner { embed_tokens, layers, norm });
+module!(Inner {
+  embed_tokens,
+  layers,
+  norm
+});
 
 /// mlx-lm `mixtral.Model`.
 pub struct Mixtral {
@@ -187,7 +226,13 @@ impl Mixtral {
         },
         block_sparse_moe: SparseMoe {
           gate: Linear::new(h, args.num_local_experts, false),
-          switch_mlp: SwitchGlu::new(h, args.intermediate_size, args.num_local_experts, GluActivation::SwiGlu, false),
+          switch_mlp: SwitchGlu::new(
+            h,
+            args.intermediate_size,
+            args.num_local_experts,
+            GluActivation::SwiGlu,
+            false,
+          ),
           top_k: args.num_experts_per_tok,
         },
         input_layernorm: RmsNorm::new(h, eps),
@@ -196,7 +241,11 @@ impl Mixtral {
       .collect();
     let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
     Ok(Mixtral {
-      model: Inner { embed_tokens: Embedding::new(args.vocab_size, h), layers, norm: RmsNorm::new(h, eps) },
+      model: Inner {
+        embed_tokens: Embedding::new(args.vocab_size, h),
+        layers,
+        norm: RmsNorm::new(h, eps),
+      },
       lm_head,
       args,
     })
@@ -211,7 +260,12 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 impl Mixtral {
   /// The decoder stack; `key_valid` (rows of a left-padded batch, see
   /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
-  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
+  fn run(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: Option<&[Vec<bool>]>,
+  ) -> Result<Array> {
     check_caches(caches.len(), self.model.layers.len())?;
     let mut h = self.model.embed_tokens.forward(tokens)?;
     let n = tokens.dim(-1).unwrap_or(1);
@@ -232,7 +286,12 @@ impl LanguageModel for Mixtral {
     self.run(tokens, caches, None)
   }
 
-  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
     self.run(tokens, caches, Some(key_valid))
   }
@@ -259,8 +318,9 @@ impl LanguageModel for Mixtral {
       weights.remove("lm_head.weight");
     }
     weights.retain(|k, _| !k.contains("self_attn.rotary_emb.inv_freq"));
-    let prefixes: Vec<String> =
-      (0..self.args.num_hidden_layers).map(|l| format!("model.layers.{l}.block_sparse_moe")).collect();
+    let prefixes: Vec<String> = (0..self.args.num_hidden_layers)
+      .map(|l| format!("model.layers.{l}.block_sparse_moe"))
+      .collect();
     stack_experts(
       &mut weights,
       &prefixes,

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
-  swiglu,
+  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module, swiglu,
 };
 use serde_json::Value;
 
@@ -29,7 +28,14 @@ struct Attention {
   scale: f32,
   rope: Rope,
 }
-module!(Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm });
+module!(Attention {
+  q_proj,
+  k_proj,
+  v_proj,
+  o_proj,
+  q_norm,
+  k_norm
+});
 
 impl Attention {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
@@ -56,7 +62,11 @@ struct Mlp {
   down_proj: Linear,
   up_proj: Linear,
 }
-module!(Mlp { gate_proj, down_proj, up_proj });
+module!(Mlp {
+  gate_proj,
+  down_proj,
+  up_proj
+});
 
 impl Mlp {
   fn forward(&self, x: &Array) -> Result<Array> {
@@ -73,7 +83,12 @@ struct Block {
   post_attention_layernorm: RmsNorm,
   post_feedforward_layernorm: RmsNorm,
 }
-module!(Block { self_attn, mlp, post_attention_layernorm, post_feedforward_layernorm });
+module!(Block {
+  self_attn,
+  mlp,
+  post_attention_layernorm,
+  post_feedforward_layernorm
+});
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
@@ -97,7 +112,11 @@ struct Inner {
   layers: Vec<Block>,
   norm: RmsNorm,
 }
-module!(Inner { embed_tokens, layers, norm });
+module!(Inner {
+  embed_tokens,
+  layers,
+  norm
+});
 
 /// An OLMo 2 decoder (mlx-lm `olmo2.Model`). Its config has the fields of
 /// llama.py's `ModelArgs` (`layer_types` / `sliding_window` are not used).
@@ -174,7 +193,12 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 impl Olmo2 {
   /// The decoder stack; `key_valid` (rows of a left-padded batch, see
   /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
-  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
+  fn run(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: Option<&[Vec<bool>]>,
+  ) -> Result<Array> {
     if caches.len() != self.model.layers.len() {
       return Err(mlxrs_core::Error::InvalidArgument(format!(
         "{} caches for {} layers",
@@ -201,7 +225,12 @@ impl LanguageModel for Olmo2 {
     self.run(tokens, caches, None)
   }
 
-  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
     self.run(tokens, caches, Some(key_valid))
   }

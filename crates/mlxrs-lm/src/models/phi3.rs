@@ -160,7 +160,10 @@ struct Mlp {
   gate_up_proj: Linear,
   down_proj: Linear,
 }
-module!(Mlp { gate_up_proj, down_proj });
+module!(Mlp {
+  gate_up_proj,
+  down_proj
+});
 
 impl Mlp {
   fn forward(&self, x: &Array) -> Result<Array> {
@@ -180,7 +183,12 @@ struct Block {
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
 }
-module!(Block { self_attn, mlp, input_layernorm, post_attention_layernorm });
+module!(Block {
+  self_attn,
+  mlp,
+  input_layernorm,
+  post_attention_layernorm
+});
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
@@ -204,7 +212,11 @@ struct Inner {
   layers: Vec<Block>,
   norm: RmsNorm,
 }
-module!(Inner { embed_tokens, layers, norm });
+module!(Inner {
+  embed_tokens,
+  layers,
+  norm
+});
 
 /// A Phi-3 decoder (mlx-lm `phi3.Model`).
 pub struct Phi3 {
@@ -272,7 +284,12 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 impl Phi3 {
   /// The decoder stack; `key_valid` (rows of a left-padded batch, see
   /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
-  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
+  fn run(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: Option<&[Vec<bool>]>,
+  ) -> Result<Array> {
     if caches.len() != self.model.layers.len() {
       return Err(Error::InvalidArgument(format!(
         "{} caches for {} layers",
@@ -299,7 +316,12 @@ impl LanguageModel for Phi3 {
     self.run(tokens, caches, None)
   }
 
-  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
     self.run(tokens, caches, Some(key_valid))
   }

@@ -17,5 +17,12 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
     cfg["rope_theta"] = serde_json::json!(1000000.0);
   }
   let args: LlamaArgs = parse_args(&cfg)?;
-  Ok(Box::new(Llama::new(args, Variant { qkv_bias: true, o_bias: false, qk_norm: false })?))
+  Ok(Box::new(Llama::new(
+    args,
+    Variant {
+      qkv_bias: true,
+      o_bias: false,
+      qk_norm: false,
+    },
+  )?))
 }

@@ -11,5 +11,12 @@ use crate::model::{LanguageModel, parse_args};
 pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let args: LlamaArgs = parse_args(config)?;
   let bias = args.attention_bias;
-  Ok(Box::new(Llama::new(args, Variant { qkv_bias: bias, o_bias: bias, qk_norm: true })?))
+  Ok(Box::new(Llama::new(
+    args,
+    Variant {
+      qkv_bias: bias,
+      o_bias: bias,
+      qk_norm: true,
+    },
+  )?))
 }

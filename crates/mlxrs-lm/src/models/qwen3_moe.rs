@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, GluActivation, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, SwitchGlu, Weights, module,
-  sdpa_with_cache, swiglu,
+  AttnMask, Embedding, GluActivation, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope,
+  SwitchGlu, Weights, module, sdpa_with_cache, swiglu,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -73,22 +73,44 @@ struct Attention {
   scale: f32,
   rope: Rope,
 }
-module!(Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm });
+module!(Attention {
+  q_proj,
+  k_proj,
+  v_proj,
+  o_proj,
+  q_norm,
+  k_norm
+});
 
 impl Attention {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let s = x.shape();
     let (b, l) = (s[0], s[1]);
     let heads = |t: Array, n: i32| ops::reshape(&t, &[b, l, n, -1]);
-    let q = ops::transpose_axes(&self.q_norm.forward(&heads(self.q_proj.forward(x)?, self.n_heads)?)?, &[0, 2, 1, 3])?;
-    let k =
-      ops::transpose_axes(&self.k_norm.forward(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?, &[0, 2, 1, 3])?;
-    let v = ops::transpose_axes(&heads(self.v_proj.forward(x)?, self.n_kv_heads)?, &[0, 2, 1, 3])?;
+    let q = ops::transpose_axes(
+      &self
+        .q_norm
+        .forward(&heads(self.q_proj.forward(x)?, self.n_heads)?)?,
+      &[0, 2, 1, 3],
+    )?;
+    let k = ops::transpose_axes(
+      &self
+        .k_norm
+        .forward(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?,
+      &[0, 2, 1, 3],
+    )?;
+    let v = ops::transpose_axes(
+      &heads(self.v_proj.forward(x)?, self.n_kv_heads)?,
+      &[0, 2, 1, 3],
+    )?;
     let q = self.rope.forward(&q, cache.offset)?;
     let k = self.rope.forward(&k, cache.offset)?;
     let (k, v) = cache.update_and_fetch(&k, &v)?;
     let o = sdpa_with_cache(&q, &k, &v, self.scale, mask, None)?;
-    self.o_proj.forward(&ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?)
+    self.o_proj.forward(&ops::reshape(
+      &ops::transpose_axes(&o, &[0, 2, 1, 3])?,
+      &[b, l, -1],
+    )?)
   }
 }
 
@@ -97,11 +119,18 @@ struct Mlp {
   down_proj: Linear,
   up_proj: Linear,
 }
-module!(Mlp { gate_proj, down_proj, up_proj });
+module!(Mlp {
+  gate_proj,
+  down_proj,
+  up_proj
+});
 
 impl Mlp {
   fn forward(&self, x: &Array) -> Result<Array> {
-    self.down_proj.forward(&swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?)
+    self.down_proj.forward(&swiglu(
+      &self.gate_proj.forward(x)?,
+      &self.up_proj.forward(x)?,
+    )?)
   }
 }
 
@@ -130,14 +159,25 @@ impl SparseMoe {
   fn forward(&self, x: &Array) -> Result<Array> {
     let gates = ops::softmax_axis(&self.gate.forward(x)?, -1, true)?;
     let (e, k) = (self.num_experts, self.top_k);
-    let inds = ops::stop_gradient(&last_axis(&ops::argpartition_axis(&gates, e - k, -1)?, e - k, e)?)?;
+    let inds = ops::stop_gradient(&last_axis(
+      &ops::argpartition_axis(&gates, e - k, -1)?,
+      e - k,
+      e,
+    )?)?;
     let mut scores = ops::take_along_axis(&gates, &inds, -1)?;
     if self.norm_topk_prob {
       scores = ops::divide(&scores, &ops::sum_axis(&scores, -1, true)?)?;
     }
     let y = self.switch_mlp.forward(x, &inds)?;
     let dt = y.dtype();
-    ops::astype(&ops::sum_axis(&ops::multiply(&y, &ops::expand_dims(&scores, -1)?)?, -2, false)?, dt)
+    ops::astype(
+      &ops::sum_axis(
+        &ops::multiply(&y, &ops::expand_dims(&scores, -1)?)?,
+        -2,
+        false,
+      )?,
+      dt,
+    )
   }
 }
 
@@ -152,12 +192,21 @@ module!(Block { self_attn, dense => "mlp", moe => "mlp", input_layernorm, post_a
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let h = ops::add(x, &self.self_attn.forward(&self.input_layernorm.forward(x)?, mask, cache)?)?;
+    let h = ops::add(
+      x,
+      &self
+        .self_attn
+        .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
+    )?;
     let n = self.post_attention_layernorm.forward(&h)?;
     let r = match (&self.moe, &self.dense) {
       (Some(m), _) => m.forward(&n)?,
       (None, Some(d)) => d.forward(&n)?,
-      (None, None) => return Err(Error::InvalidArgument("qwen3_moe: layer without an MLP".into())),
+      (None, None) => {
+        return Err(Error::InvalidArgument(
+          "qwen3_moe: layer without an MLP".into(),
+        ));
+      }
     };
     ops::add(&h, &r)
   }
@@ -168,7 +217,11 @@ struct Inner {
   layers: Vec<Block>,
   norm: RmsNorm,
 }
-module!(Inner { embed_tokens, layers, norm });
+module!(Inner {
+  embed_tokens,
+  layers,
+  norm
+});
 
 /// mlx-lm `qwen3_moe.Model`.
 pub struct Qwen3Moe {
@@ -202,20 +255,27 @@ pub(crate) fn check_heads(arch: &str, hidden: i32, n_heads: i32, n_kv: i32) -> R
 impl Qwen3Moe {
   /// Build from parsed args.
   pub fn new(args: Qwen3MoeArgs) -> Result<Qwen3Moe> {
-    let (h, n_heads, n_kv) = (args.hidden_size, args.num_attention_heads, args.num_key_value_heads);
+    let (h, n_heads, n_kv) = (
+      args.hidden_size,
+      args.num_attention_heads,
+      args.num_key_value_heads,
+    );
     check_heads("qwen3_moe", h, n_heads, n_kv)?;
     if args.num_experts > 0 {
       check_moe("qwen3_moe", args.num_experts, args.num_experts_per_tok)?;
     }
     if args.decoder_sparse_step <= 0 {
-      return Err(Error::InvalidArgument("config (qwen3_moe): decoder_sparse_step must be positive".into()));
+      return Err(Error::InvalidArgument(
+        "config (qwen3_moe): decoder_sparse_step must be positive".into(),
+      ));
     }
     let head_dim = args.head_dim.unwrap_or(h / n_heads);
     let eps = args.rms_norm_eps;
     let mut layers = Vec::new();
     for i in 0..args.num_hidden_layers {
-      let is_moe =
-        !args.mlp_only_layers.contains(&i) && args.num_experts > 0 && (i + 1) % args.decoder_sparse_step == 0;
+      let is_moe = !args.mlp_only_layers.contains(&i)
+        && args.num_experts > 0
+        && (i + 1) % args.decoder_sparse_step == 0;
       layers.push(Block {
         self_attn: Attention {
           q_proj: Linear::new(h, n_heads * head_dim, false),
@@ -237,7 +297,13 @@ impl Qwen3Moe {
         }),
         moe: is_moe.then(|| SparseMoe {
           gate: Linear::new(h, args.num_experts, false),
-          switch_mlp: SwitchGlu::new(h, args.moe_intermediate_size, args.num_experts, GluActivation::SwiGlu, false),
+          switch_mlp: SwitchGlu::new(
+            h,
+            args.moe_intermediate_size,
+            args.num_experts,
+            GluActivation::SwiGlu,
+            false,
+          ),
           num_experts: args.num_experts,
           top_k: args.num_experts_per_tok,
           norm_topk_prob: args.norm_topk_prob,
@@ -248,7 +314,11 @@ impl Qwen3Moe {
     }
     let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
     Ok(Qwen3Moe {
-      model: Inner { embed_tokens: Embedding::new(args.vocab_size, h), layers, norm: RmsNorm::new(h, eps) },
+      model: Inner {
+        embed_tokens: Embedding::new(args.vocab_size, h),
+        layers,
+        norm: RmsNorm::new(h, eps),
+      },
       lm_head,
       args,
     })
@@ -263,7 +333,9 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 /// Check one cache per layer.
 pub(crate) fn check_caches(n_caches: usize, n_layers: usize) -> Result<()> {
   if n_caches != n_layers {
-    return Err(Error::InvalidArgument(format!("{n_caches} caches for {n_layers} layers")));
+    return Err(Error::InvalidArgument(format!(
+      "{n_caches} caches for {n_layers} layers"
+    )));
   }
   Ok(())
 }
@@ -273,7 +345,10 @@ pub(crate) fn check_caches(n_caches: usize, n_layers: usize) -> Result<()> {
 pub(crate) fn default_caches(n_layers: usize, max_kv_size: Option<i32>) -> Vec<KvCache> {
   (0..n_layers)
     .map(|_| match max_kv_size {
-      Some(m) => KvCache::new(KvCacheKind::Rotating { max_size: m, keep: 4 }),
+      Some(m) => KvCache::new(KvCacheKind::Rotating {
+        max_size: m,
+        keep: 4,
+      }),
       None => KvCache::standard(),
     })
     .collect()
@@ -298,11 +373,9 @@ pub(crate) fn stack_experts(
         let mut parts = Vec::with_capacity(num_experts as usize);
         for e in 0..num_experts {
           let key = format!("{p}.experts.{e}.{src}.{kind}");
-          parts.push(
-            weights
-              .remove(&key)
-              .ok_or_else(|| Error::InvalidArgument(format!("sanitize: missing expert tensor {key}")))?,
-          );
+          parts.push(weights.remove(&key).ok_or_else(|| {
+            Error::InvalidArgument(format!("sanitize: missing expert tensor {key}"))
+          })?);
         }
         weights.insert(format!("{p}.switch_mlp.{dst}.{kind}"), ops::stack(&parts)?);
       }
@@ -314,7 +387,12 @@ pub(crate) fn stack_experts(
 impl Qwen3Moe {
   /// The decoder stack; `key_valid` (rows of a left-padded batch, see
   /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
-  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
+  fn run(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: Option<&[Vec<bool>]>,
+  ) -> Result<Array> {
     check_caches(caches.len(), self.model.layers.len())?;
     let mut h = self.model.embed_tokens.forward(tokens)?;
     let n = tokens.dim(-1).unwrap_or(1);
@@ -335,7 +413,12 @@ impl LanguageModel for Qwen3Moe {
     self.run(tokens, caches, None)
   }
 
-  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
     self.run(tokens, caches, Some(key_valid))
   }
@@ -360,12 +443,18 @@ impl LanguageModel for Qwen3Moe {
       weights.remove("lm_head.weight");
     }
     weights.retain(|k, _| !k.contains("self_attn.rotary_emb.inv_freq"));
-    let prefixes: Vec<String> = (0..self.args.num_hidden_layers).map(|l| format!("model.layers.{l}.mlp")).collect();
+    let prefixes: Vec<String> = (0..self.args.num_hidden_layers)
+      .map(|l| format!("model.layers.{l}.mlp"))
+      .collect();
     stack_experts(
       &mut weights,
       &prefixes,
       self.args.num_experts,
-      &[("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("down_proj", "down_proj")],
+      &[
+        ("gate_proj", "gate_proj"),
+        ("up_proj", "up_proj"),
+        ("down_proj", "down_proj"),
+      ],
     )?;
     Ok(weights)
   }
@@ -403,7 +492,10 @@ mod tests {
       }
     }
     let out = m.sanitize(w).unwrap();
-    assert_eq!(out["model.layers.0.mlp.switch_mlp.up_proj.weight"].shape(), vec![2, 4, 8]);
+    assert_eq!(
+      out["model.layers.0.mlp.switch_mlp.up_proj.weight"].shape(),
+      vec![2, 4, 8]
+    );
     assert_eq!(out.len(), 3);
     let mut bad = serde_json::Map::new();
     bad.clone_from(cfg.as_object().unwrap());

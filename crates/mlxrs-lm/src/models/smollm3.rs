@@ -42,7 +42,12 @@ struct Attention {
   /// `None` on NoPE layers.
   rope: Option<Rope>,
 }
-module!(Attention { q_proj, k_proj, v_proj, o_proj });
+module!(Attention {
+  q_proj,
+  k_proj,
+  v_proj,
+  o_proj
+});
 
 impl Attention {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
@@ -69,7 +74,11 @@ struct Mlp {
   down_proj: Linear,
   up_proj: Linear,
 }
-module!(Mlp { gate_proj, down_proj, up_proj });
+module!(Mlp {
+  gate_proj,
+  down_proj,
+  up_proj
+});
 
 impl Mlp {
   fn forward(&self, x: &Array) -> Result<Array> {
@@ -87,7 +96,12 @@ struct Block {
   post_attention_layernorm: RmsNorm,
   sliding: bool,
 }
-module!(Block { self_attn, mlp, input_layernorm, post_attention_layernorm });
+module!(Block {
+  self_attn,
+  mlp,
+  input_layernorm,
+  post_attention_layernorm
+});
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
@@ -111,7 +125,11 @@ struct Inner {
   layers: Vec<Block>,
   norm: RmsNorm,
 }
-module!(Inner { embed_tokens, layers, norm });
+module!(Inner {
+  embed_tokens,
+  layers,
+  norm
+});
 
 /// A SmolLM3 decoder (mlx-lm `smollm3.Model`).
 pub struct SmolLm3 {
@@ -222,7 +240,12 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 impl SmolLm3 {
   /// The decoder stack; `key_valid` (rows of a left-padded batch, see
   /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
-  fn run(&self, tokens: &Array, caches: &mut [KvCache], key_valid: Option<&[Vec<bool>]>) -> Result<Array> {
+  fn run(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: Option<&[Vec<bool>]>,
+  ) -> Result<Array> {
     if caches.len() != self.model.layers.len() {
       return Err(Error::InvalidArgument(format!(
         "{} caches for {} layers",
@@ -238,7 +261,9 @@ impl SmolLm3 {
       (None, _) => AttnMask::None,
     };
     let swa_mask = match (self.model.layers.iter().position(|l| l.sliding), key_valid) {
-      (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?,
+      (Some(i), Some(kv)) => {
+        crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?
+      }
       (Some(i), None) => caches[i].make_mask(n, self.args.sliding_window)?,
       (None, _) => AttnMask::None,
     };
@@ -255,7 +280,12 @@ impl LanguageModel for SmolLm3 {
     self.run(tokens, caches, None)
   }
 
-  fn hidden_padded(&self, tokens: &Array, caches: &mut [KvCache], key_valid: &[Vec<bool>]) -> Result<Array> {
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
     self.run(tokens, caches, Some(key_valid))
   }

@@ -9,7 +9,9 @@ use mlxrs_lm::{StepConfig, TokenGenerator, load_model_dir};
 use serde_json::Value;
 
 pub fn fixture(name: &str) -> PathBuf {
-  PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny").join(name)
+  PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    .join("../../models/tiny")
+    .join(name)
 }
 
 pub fn reference(name: &str) -> Value {
@@ -18,7 +20,11 @@ pub fn reference(name: &str) -> Value {
 }
 
 fn ints(v: &Value) -> Vec<i32> {
-  v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()
+  v.as_array()
+    .unwrap()
+    .iter()
+    .map(|x| x.as_i64().unwrap() as i32)
+    .collect()
 }
 
 /// Checks one fixture against its reference: the last-position logits of a
@@ -28,24 +34,41 @@ pub fn check_fixture(name: &str, tol: f32) {
   let r = reference(name);
   let (model, _cfg) = load_model_dir(&fixture(name), Some(Dtype::Float32)).unwrap();
   let prompt = ints(&r["prompt_ids"]);
-  let want: Vec<f32> = r["logits_last"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+  let want: Vec<f32> = r["logits_last"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|x| x.as_f64().unwrap() as f32)
+    .collect();
 
   let mut caches = model.make_caches(None);
   let x = Array::from_slice(&prompt, &[1, prompt.len() as i32]).unwrap();
   let mut logits = model.forward(&x, &mut caches).unwrap();
   let s = logits.shape();
-  assert_eq!(s, vec![1, prompt.len() as i32, want.len() as i32], "{name}: logits shape");
+  assert_eq!(
+    s,
+    vec![1, prompt.len() as i32, want.len() as i32],
+    "{name}: logits shape"
+  );
   let all = logits.to_vec::<f32>().unwrap();
   let last = &all[all.len() - want.len()..];
   let mut max_diff = 0.0f32;
   for (g, w) in last.iter().zip(&want) {
     max_diff = max_diff.max((g - w).abs());
   }
-  assert!(max_diff <= tol, "{name}: max |logit diff| {max_diff} > {tol}");
+  assert!(
+    max_diff <= tol,
+    "{name}: max |logit diff| {max_diff} > {tol}"
+  );
 
-  let cfg = StepConfig { max_tokens: 20, ..StepConfig::default() };
-  let got: Vec<i32> =
-    TokenGenerator::new(model.as_ref(), &prompt, &cfg, None).unwrap().map(|s| s.unwrap().token).collect();
+  let cfg = StepConfig {
+    max_tokens: 20,
+    ..StepConfig::default()
+  };
+  let got: Vec<i32> = TokenGenerator::new(model.as_ref(), &prompt, &cfg, None)
+    .unwrap()
+    .map(|s| s.unwrap().token)
+    .collect();
   assert_eq!(got, ints(&r["greedy_tokens"]), "{name}: greedy tokens");
   eprintln!("{name}: max |logit diff| {max_diff:.2e} (tol {tol:.0e}), 20 greedy tokens equal");
 }
