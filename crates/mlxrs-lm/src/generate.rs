@@ -95,8 +95,15 @@ impl StepArrays {
   /// Compute the per-token figures for sampled `y` `[R]` from `logprobs`
   /// `[R, V]`.
   pub(crate) fn new(y: Array, logprobs: Array, top: usize) -> Result<StepArrays> {
+    // Every array `read()` copies to the host is made here, in its final
+    // dtype, so it is part of the queued step: a cast made at read time
+    // would be a new graph node that MLX runs behind the *next* queued step,
+    // and the host would wait for that whole step (on a GPU this costs
+    // 25-35% of decode speed with bf16 logits; on the CPU f32 -> f32 casts
+    // are no-ops, which is why it only showed on the GPU).
     let idx = ops::expand_dims(&y, -1)?;
     let token_lp = ops::reshape(&ops::take_along_axis(&logprobs, &idx, -1)?, &[-1])?;
+    let token_lp = ops::astype(&token_lp, mlxrs_core::Dtype::Float32)?;
     let top = if top > 0 {
       let v = logprobs.dim(-1).unwrap_or(1);
       let k = (top as i32).min(v);
@@ -105,7 +112,10 @@ impl StepArrays {
       let r = part.dim(0).unwrap_or(1);
       let ids = ops::slice(&part, &[0, 0], &[r, k], &[1, 1])?;
       let vals = ops::take_along_axis(&logprobs, &ids, -1)?;
-      Some((ops::astype(&ids, mlxrs_core::Dtype::Int32)?, vals))
+      Some((
+        ops::astype(&ids, mlxrs_core::Dtype::Int32)?,
+        ops::astype(&vals, mlxrs_core::Dtype::Float32)?,
+      ))
     } else {
       None
     };
@@ -127,17 +137,17 @@ impl StepArrays {
     v
   }
 
-  /// Host copies: per row `(token, logprob, top)`.
+  /// Host copies: per row `(token, logprob, top)`. Builds no graph node
+  /// (see [`StepArrays::new`]): it only waits for this step's own arrays.
   pub(crate) fn read(&self) -> Result<Vec<RowStep>> {
     let mut y = self.y.clone();
     let toks = y.to_vec::<i32>()?;
-    let mut lp = ops::astype(&self.token_lp, mlxrs_core::Dtype::Float32)?;
+    let mut lp = self.token_lp.clone();
     let lps = lp.to_vec::<f32>()?;
     let tops = match &self.top {
       Some((ids, vals)) => {
         let k = ids.dim(-1).unwrap_or(0) as usize;
-        let mut ids = ids.clone();
-        let mut vals = ops::astype(vals, mlxrs_core::Dtype::Float32)?;
+        let (mut ids, mut vals) = (ids.clone(), vals.clone());
         let (ids, vals) = (ids.to_vec::<i32>()?, vals.to_vec::<f32>()?);
         (0..toks.len())
           .map(|r| {
@@ -378,5 +388,35 @@ impl Iterator for TokenGenerator<'_> {
         Some(Err(e))
       }
     }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use mlxrs_core::Dtype;
+
+  /// The decode loop reads a step's arrays after queueing the next step, so
+  /// everything `read()` copies must already be in its final dtype: a cast
+  /// made at read time would run behind the next step (the 25-35% GPU decode
+  /// regression of 5ec8ada). Guard it with bf16 logprobs, as a GPU has.
+  #[test]
+  fn step_arrays_are_final_before_read() -> Result<()> {
+    let lp = Array::from_slice(&[-0.5f32, -1.5, -2.5, -3.5, -0.25, -4.0], &[2, 3])?;
+    let lp = ops::astype(&lp, Dtype::Bfloat16)?;
+    let y = Array::from_slice(&[0i32, 2], &[2])?;
+    let st = StepArrays::new(y, lp, 2)?;
+    assert_eq!(st.token_lp.dtype(), Dtype::Float32);
+    let (ids, vals) = st.top.as_ref().expect("top requested");
+    assert_eq!(ids.dtype(), Dtype::Int32);
+    assert_eq!(vals.dtype(), Dtype::Float32);
+    mlxrs_core::eval(&st.outputs())?;
+    let rows = st.read()?;
+    assert_eq!(rows[0].0, 0);
+    assert_eq!(rows[0].1, -0.5);
+    assert_eq!(rows[1].1, -4.0);
+    assert_eq!(rows[0].2, vec![(0, -0.5), (1, -1.5)]);
+    assert_eq!(rows[1].2, vec![(1, -0.25), (0, -3.5)]);
+    Ok(())
   }
 }
