@@ -66,7 +66,6 @@ fn main() -> Result<()> {
 fn convert(args: &[String]) -> Result<()> {
   let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
   let status = std::process::Command::new(cargo)
-    .current_dir(root())
     .args([
       "run",
       "--quiet",

@@ -223,10 +223,8 @@ impl Mixed {
     let use_more_bits = index < n.div_euclid(8)
       || index >= (7 * n).div_euclid(8)
       || (index - n.div_euclid(8)).rem_euclid(3) == 2;
-    let high = (path.contains("v_proj") || path.contains("v_a_proj") || path.contains("v_b_proj"))
-      && use_more_bits
-      || path.contains("down_proj") && use_more_bits
-      || path.contains("lm_head");
+    let v_like = path.contains("v_proj") || path.contains("v_a_proj") || path.contains("v_b_proj");
+    let high = use_more_bits && (v_like || path.contains("down_proj")) || path.contains("lm_head");
     let bits = if high { self.high_bits } else { self.low_bits };
     Ok(json!({"group_size": self.group_size, "bits": bits, "mode": "affine"}))
   }
@@ -351,7 +349,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
     mode: opts.q_mode.clone(),
   };
   if opts.quantize {
-    global.validate().map_err(|e| invalid(e.to_string()))?;
+    global.validate().map_err(Error::Core)?;
   }
   if opts.max_shard_bytes == 0 {
     return Err(invalid("max shard size must be > 0"));
@@ -558,7 +556,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         if report.skipped_layers.is_empty() {
           String::new()
         } else {
-          format!(" (skipped: {})", report.skipped_layers.join(", "))
+          format!(" (skipped: {})", list_some(&report.skipped_layers))
         }
       )));
     }
@@ -566,7 +564,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
       info(&format!(
         "Left {} layer(s) unquantized (input dimension not a multiple of {gs}): {}",
         report.skipped_layers.len(),
-        report.skipped_layers.join(", ")
+        list_some(&report.skipped_layers)
       ));
     }
     report.quantized_layers = n;
@@ -672,8 +670,14 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
       }
     }
     let bytes: u64 = arrays.values().map(|a| a.nbytes() as u64).sum();
-    mlxrs_core::io::save_safetensors(tmp.path().join(&name), &arrays, &meta)
-      .map_err(|e| invalid(format!("writing {name}: {e}")))?;
+    let path = tmp.path().join(&name);
+    mlxrs_core::io::save_safetensors(&path, &arrays, &meta).map_err(|e| {
+      let msg = match e {
+        mlxrs_core::Error::Format { msg, .. } => msg,
+        e => e.to_string(),
+      };
+      Error::io(&path, std::io::Error::other(msg))
+    })?;
     drop(arrays);
     // Freed buffers go back to the system, not MLX's cache.
     let _ = mlxrs_core::memory::clear_cache();
@@ -719,6 +723,15 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
     opts.mlx_path.display()
   ));
   Ok(report)
+}
+
+/// The first few names, then how many more.
+fn list_some(names: &[String]) -> String {
+  let mut s = names.iter().take(6).cloned().collect::<Vec<_>>().join(", ");
+  if names.len() > 6 {
+    s.push_str(&format!(" and {} more", names.len() - 6));
+  }
+  s
 }
 
 /// python truthiness of a JSON value.
@@ -1011,7 +1024,8 @@ mod tests {
     let m = Mixed::new("mixed_3_6", None, &layers, 16).unwrap();
     assert_eq!(m.layer_location, 2);
     let bits = |p: &str| m.predicate(p).unwrap()["bits"].as_i64().unwrap();
-    // layers 0,1 (< 16//8), 14,15 (>= 7*16//8) and (i-2)%3==2 -> 4,7,10,13
+    // python `mixed_quant_predicate_builder("mixed_3_6", ...)` on 16 layers
+    // gives 6 bits to down_proj of layers [0, 1, 4, 7, 10, 13, 14, 15]
     let more: Vec<i64> = (0..16)
       .filter(|i| bits(&format!("model.layers.{i}.mlp.down_proj")) == 6)
       .collect();
