@@ -425,10 +425,11 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
   // A probe copy of the model built with every quantizable layer quantized
   // (random lazy weights, never evaluated) names the layers python's
   // `hasattr(m, "to_quantized")` finds, in module order.
-  let (order, quantizable) = probe(&text_cfg)?;
+  let quantizable = probe(&text_cfg)?;
 
-  // Validate names and shapes now, before any work: load into the model.
-  validate_against_model(&text_cfg, &weights, in_qcfg.as_ref(), &src)?;
+  // Validate names and shapes now, before any work: load into the model;
+  // its parameters in module order are the output order.
+  let order = validate_against_model(&text_cfg, &weights, in_qcfg.as_ref(), &src)?;
 
   // ---- dtype (python: before quantizing / dequantizing) ----
   let dtype_name = opts.dtype.clone().or_else(|| {
@@ -613,9 +614,21 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
   // ---- the output ----
   let mut names: Vec<String> = Vec::with_capacity(weights.len());
   let mut seen = HashSet::new();
+  let in_order: HashSet<&String> = order.iter().collect();
   for n in &order {
     if weights.contains_key(n) && seen.insert(n.clone()) {
       names.push(n.clone());
+    }
+    // a layer quantized here: python's QuantizedLinear holds weight,
+    // scales, biases (then bias)
+    if let Some(l) = n.strip_suffix(".weight") {
+      for extra in ["scales", "biases"] {
+        let k = format!("{l}.{extra}");
+        if weights.contains_key(&k) && !seen.contains(&k) && !in_order.contains(&k) {
+          seen.insert(k.clone());
+          names.push(k);
+        }
+      }
     }
   }
   let mut rest: Vec<String> = weights
@@ -761,9 +774,8 @@ fn layer_params_in(q: &QuantConfig, raw: Option<&Value>, layer: &str) -> Result<
 }
 
 /// Build the model with every quantizable layer quantized and random lazy
-/// weights; returns (parameter names in module order, quantizable layer
-/// paths in module order).
-fn probe(text_cfg: &Value) -> Result<(Vec<String>, Vec<String>)> {
+/// weights; returns the quantizable layer paths in module order.
+fn probe(text_cfg: &Value) -> Result<Vec<String>> {
   let mut model = build_model(text_cfg)?;
   // group 1 makes every layer pass the loaders' divisibility filter
   let q = QuantConfig {
@@ -776,25 +788,24 @@ fn probe(text_cfg: &Value) -> Result<(Vec<String>, Vec<String>)> {
   };
   let mut w = Weights::random(Dtype::Float32, 0, Some(q))?;
   model.load(&mut w);
-  let mut order = Vec::new();
   let mut layers = Vec::new();
   model.visit(&mut |n, _| {
     if let Some(l) = n.strip_suffix(".scales") {
       layers.push(l.to_string());
     }
-    order.push(n.to_string());
   });
-  Ok((order, layers))
+  Ok(layers)
 }
 
 /// Load the (lazy) sanitized weights into the model to check every name
-/// and shape before converting (python `model.load_weights(strict=True)`).
+/// and shape before converting (python `model.load_weights(strict=True)`);
+/// returns the parameter names in module order.
 fn validate_against_model(
   text_cfg: &Value,
   weights: &HashMap<String, Array>,
   q: Option<&QuantConfig>,
   src: &Path,
-) -> Result<()> {
+) -> Result<Vec<String>> {
   let mut model = build_model(text_cfg)?;
   let mut w = Weights::new(weights.clone());
   w.quant = q.cloned();
@@ -804,7 +815,10 @@ fn validate_against_model(
       path: src.display().to_string(),
       msg: e.to_string(),
     })
-  })
+  })?;
+  let mut order = Vec::new();
+  model.visit(&mut |n, _| order.push(n.to_string()));
+  Ok(order)
 }
 
 /// python `get_total_parameters`: per leaf module, a quantized layer counts
