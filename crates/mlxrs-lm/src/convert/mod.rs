@@ -569,7 +569,9 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
       ));
     }
     report.quantized_layers = n;
-    let obj = config.as_object_mut().ok_or_else(|| invalid("config"))?;
+    let obj = config
+      .as_object_mut()
+      .ok_or_else(|| invalid("config.json is not a JSON object"))?;
     obj.insert("quantization".into(), Value::Object(qblock.clone()));
     obj.insert("quantization_config".into(), Value::Object(qblock));
   }
@@ -577,7 +579,9 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
   // ---- dequantize (python `dequantize_model`) ----
   if opts.dequantize {
     info("Dequantizing");
-    let q = in_qcfg.as_ref().ok_or_else(|| invalid("not quantized"))?;
+    let q = in_qcfg
+      .as_ref()
+      .ok_or_else(|| invalid("the checkpoint is not quantized"))?;
     let mut n = 0;
     for l in &quantizable {
       let Some(sc) = weights.remove(&format!("{l}.scales")) else {
@@ -606,7 +610,9 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
       n += 1;
     }
     report.dequantized_layers = n;
-    let obj = config.as_object_mut().ok_or_else(|| invalid("config"))?;
+    let obj = config
+      .as_object_mut()
+      .ok_or_else(|| invalid("config.json is not a JSON object"))?;
     obj.remove("quantization");
     obj.remove("quantization_config");
   }
@@ -726,7 +732,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
   tmp.write("model.safetensors.index.json", &pyjson::dumps(&index))?;
   tmp.write("config.json", &pyjson::dumps(&saved_config(config)))?;
   copy_side_files(&src, &files, tmp.path())?;
-  tmp.write("README.md", &model_card(&opts.hf_path, &src))?;
+  tmp.write("README.md", &model_card(&opts.hf_path))?;
   tmp.finish(&opts.mlx_path, opts.overwrite)?;
   info(&format!(
     "Saved {} tensors ({:.3} GB, {} parameters) to {}",
@@ -877,13 +883,13 @@ fn saved_config(mut config: Value) -> Value {
   config
 }
 
-/// python `create_model_card` (the local-folder form; a repo id adds
-/// `base_model`).
-fn model_card(hf_path: &str, src: &Path) -> String {
+/// python `create_model_card`: the template for a local source; for a repo
+/// id python loads the repo's own card and adds `base_model` (here: the
+/// template plus `base_model`).
+fn model_card(hf_path: &str) -> String {
   let base = if Path::new(hf_path).exists() {
     String::new()
   } else {
-    let _ = src;
     format!("base_model: {hf_path}\n")
   };
   format!(
