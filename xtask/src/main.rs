@@ -7,6 +7,9 @@
 //!   `crates/mlxrs-sys/csrc/mlxrs_c.h`.
 //! - `check-fresh`: fail if any generated file differs from what the
 //!   generators would write now (run by the test suite).
+//! - `convert ARGS...`: convert a checkpoint to MLX (python `mlx_lm.convert`);
+//!   builds and runs `mlxrs convert ARGS...` (see `docs/convert.md`), so
+//!   xtask itself stays free of MLX.
 
 use std::path::{Path, PathBuf};
 
@@ -47,12 +50,37 @@ fn main() -> Result<()> {
       write_if_changed(&bindings::output_path(&root()), &text)?;
     }
     "check-fresh" => check_fresh()?,
+    "convert" => convert(&args[1..])?,
     _ => {
-      eprintln!("usage: cargo run -p xtask -- <gen|bindgen|check-fresh>");
+      eprintln!("usage: cargo run -p xtask -- <gen|bindgen|check-fresh|convert ARGS...>");
       if task != "help" {
         bail!("unknown task {task:?}");
       }
     }
+  }
+  Ok(())
+}
+
+/// `cargo xtask convert ARGS...` = `cargo run -p mlxrs-cli -- convert ARGS...`
+/// (the default dev profile: the heavy lifting is inside MLX).
+fn convert(args: &[String]) -> Result<()> {
+  let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+  let status = std::process::Command::new(cargo)
+    .args([
+      "run",
+      "--quiet",
+      "-p",
+      "mlxrs-cli",
+      "--bin",
+      "mlxrs",
+      "--",
+      "convert",
+    ])
+    .args(args)
+    .status()
+    .context("running `cargo run -p mlxrs-cli -- convert`")?;
+  if !status.success() {
+    bail!("mlxrs convert failed ({status})");
   }
   Ok(())
 }

@@ -3,6 +3,7 @@
 //! - `mlxrs generate --model M --prompt P ...` (python `mlx_lm.generate`)
 //! - `mlxrs chat --model M` (python `mlx_lm.chat`)
 //! - `mlxrs bench --model M | --shape NAME` (python `mlx_lm.benchmark`)
+//! - `mlxrs convert --hf-path SRC --mlx-path DST [-q ...]` (python `mlx_lm.convert`)
 //! - `mlxrs info` (MLX version and device)
 
 use std::io::{BufRead, Write};
@@ -17,6 +18,7 @@ use mlxrs_lm::{
 };
 
 mod bench;
+mod convert;
 mod embed;
 mod lm_extra;
 mod transcribe;
@@ -47,6 +49,9 @@ enum Cmd {
   Transcribe(transcribe::TranscribeArgs),
   /// Prefill a prompt and save its KV cache (python `mlx_lm.cache_prompt`).
   CachePrompt(CachePromptArgs),
+  /// Convert a checkpoint to MLX: dtype, quantize, dequantize (python
+  /// `mlx_lm.convert`).
+  Convert(convert::ConvertArgs),
   /// Print the MLX version and default device.
   Info,
 }
@@ -567,6 +572,7 @@ fn main() {
     Cmd::Generate(a) => generate(a),
     Cmd::Chat(a) => chat(a),
     Cmd::Bench(a) => bench::run(a),
+    Cmd::Convert(a) => convert::run(a),
     Cmd::Transcribe(a) => transcribe::run(a),
     Cmd::Embed(a) => embed::run(a),
     Cmd::CachePrompt(a) => cache_prompt(a),
