@@ -254,9 +254,9 @@ mod tests {
     m.insert("l.q_proj.weight".to_string(), w.clone());
     m.insert("l.o_proj.weight".to_string(), w);
     let out = shard_weights(m, TensorShard::new(1, 2).unwrap()).unwrap();
-    let q = out["l.q_proj.weight"].to_vec::<f32>().unwrap();
+    let q = out["l.q_proj.weight"].clone().to_vec::<f32>().unwrap();
     assert_eq!(q, vec![4.0, 5.0, 6.0, 7.0]);
-    let o = out["l.o_proj.weight"].to_vec::<f32>().unwrap();
+    let o = out["l.o_proj.weight"].clone().to_vec::<f32>().unwrap();
     assert_eq!(o, vec![2.0, 3.0, 6.0, 7.0]);
     let mut bad = HashMap::new();
     bad.insert(
