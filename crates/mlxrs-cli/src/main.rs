@@ -18,6 +18,7 @@ use mlxrs_lm::{
 
 mod bench;
 mod embed;
+mod launch;
 mod lm_extra;
 mod transcribe;
 mod vlm;
@@ -47,6 +48,9 @@ enum Cmd {
   Transcribe(transcribe::TranscribeArgs),
   /// Prefill a prompt and save its KV cache (python `mlx_lm.cache_prompt`).
   CachePrompt(CachePromptArgs),
+  /// Start N local ranks of a distributed job (python `mlx.launch`);
+  /// `generate` under it runs tensor-parallel.
+  Launch(launch::LaunchArgs),
   /// Print the MLX version and default device.
   Info,
 }
@@ -339,12 +343,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     return vlm::generate(&args, &mut std::io::stdout().lock());
   }
-  let m = load(
+  // Under `mlxrs launch` / `mlx.launch`: tensor parallel, rank 0 prints.
+  let group = launch::group_from_env()?;
+  let m = launch::load_lm(
     &a.model.model,
     &LoadOptions {
       dtype,
       no_tokenizer: false,
     },
+    group.as_ref(),
   )?;
   let tok = m.tokenizer.as_ref().expect("loaded with a tokenizer");
   let ids = prompt_ids(
@@ -360,7 +367,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
   opts.step.top_logprobs = a.top_logprobs;
   opts.step.num_draft_tokens = a.num_draft_tokens;
   let draft = lm_extra::load_draft(&a, dtype)?;
-  let mut out = std::io::stdout().lock();
+  let mut out = launch::rank_stdout(group.as_ref());
   let mut text = String::new();
   let mut tokens = Vec::new();
   let mut per_token = lm_extra::PerToken::default();
@@ -570,6 +577,7 @@ fn main() {
     Cmd::Transcribe(a) => transcribe::run(a),
     Cmd::Embed(a) => embed::run(a),
     Cmd::CachePrompt(a) => cache_prompt(a),
+    Cmd::Launch(a) => launch::run(a),
     Cmd::Info => {
       let d = mlxrs_core::Device::default_device()
         .map(|d| d.to_string())

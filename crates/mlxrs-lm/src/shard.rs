@@ -124,8 +124,9 @@ pub fn shard_config(config: &Value, size: i32) -> Result<Value> {
   Ok(out)
 }
 
-/// How one checkpoint tensor is split: `Some(axis)` or `None` (kept whole).
-fn split_axis(name: &str, ndim: usize) -> Option<usize> {
+/// How the checkpoint tensor `name` with `ndim` dimensions is split over
+/// the ranks: `Some(axis)`, or `None` when every rank keeps it whole.
+pub fn split_axis(name: &str, ndim: usize) -> Option<usize> {
   let mut parts = name.rsplit('.');
   let param = parts.next()?;
   let layer = parts.next()?;

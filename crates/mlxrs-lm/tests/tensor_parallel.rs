@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mlxrs_core::{Array, Device, Dtype, distributed as dist, memory, with_device};
-use mlxrs_lm::shard::TensorShard;
+use mlxrs_lm::shard::{TensorShard, split_axis};
 use mlxrs_lm::{StepConfig, TokenGenerator, load_model_dir_sharded};
 use serde_json::Value;
 
@@ -226,6 +226,17 @@ fn check_tp(name: &str, n: usize) {
     .iter()
     .map(|x| x.as_f64().unwrap() as f32)
     .collect();
+  // The unsharded model's bytes: replicated tensors + those split 1/n.
+  let (full, _) = load_model_dir_sharded(&fixture(name), Some(Dtype::Float32), None).unwrap();
+  let (mut replicated, mut split) = (0usize, 0usize);
+  full.visit(&mut |k, a| {
+    if split_axis(k, a.ndim()).is_some() {
+      split += a.nbytes();
+    } else {
+      replicated += a.nbytes();
+    }
+  });
+  drop(full);
   let run = run_ranks(name, n, None, TIMEOUT);
   assert!(
     !run.timed_out,
@@ -264,10 +275,20 @@ fn check_tp(name: &str, n: usize) {
       max_diff <= TOL,
       "{name}: rank {k} max |logit diff| {max_diff} > {TOL}"
     );
+    // Each rank holds the replicated tensors and exactly 1/n of the rest.
+    assert_eq!(
+      v["param_bytes"].as_u64(),
+      Some((replicated + split / n) as u64),
+      "{name}: rank {k} parameter bytes"
+    );
     eprintln!(
-      "{name} rank {k}/{n}: max |logit diff| vs mlx-lm {max_diff:.2e}, 20 greedy tokens equal, \
-       params {} B, active after load {} B, peak {} B",
-      v["param_bytes"], v["active_after_load"], v["peak_after_load"]
+      "{name} rank {k}/{n}: max |logit diff| vs mlx-lm {max_diff:.2e}, 20 greedy tokens equal; \
+       unsharded {} B (replicated {replicated} B + split {split} B), this rank's params {} B, \
+       active after load {} B, peak during load {} B",
+      replicated + split,
+      v["param_bytes"],
+      v["active_after_load"],
+      v["peak_after_load"]
     );
     match &first {
       None => first = Some(v),
