@@ -204,6 +204,8 @@ pub fn run(a: LaunchArgs) -> Result<()> {
   let mut kids: Vec<Child> = Vec::with_capacity(n);
   let mut pumps = Vec::new();
   for (r, e) in env.iter().enumerate() {
+    // The ranks stay in the launcher's process group, so Ctrl-C in a
+    // terminal reaches all of them.
     let spawned = Command::new(&program)
       .args(args)
       .envs(e.iter().map(|(k, v)| (k, v)))
@@ -253,19 +255,24 @@ pub fn run(a: LaunchArgs) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(50));
   };
-  if failure.is_some() {
-    stop_all(&mut kids);
-  }
-  for p in pumps {
-    let _ = p.join();
-  }
   match failure {
-    None => Ok(()),
-    Some(why) => bail!("{why}; stopped the other ranks"),
+    None => {
+      for p in pumps {
+        let _ = p.join();
+      }
+      Ok(())
+    }
+    // The output threads are not joined: a leftover grandchild may still
+    // hold a pipe open; they end with this process.
+    Some(why) => {
+      stop_all(&mut kids);
+      bail!("{why}; stopped the other ranks")
+    }
   }
 }
 
-/// Kill every rank still running and reap it.
+/// Kill every rank still running and reap it (what a rank itself started
+/// is its own business, as with `mlx.launch`).
 fn stop_all(kids: &mut [Child]) {
   for c in kids.iter_mut() {
     if let Ok(None) = c.try_wait() {

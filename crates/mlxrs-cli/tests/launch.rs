@@ -142,7 +142,7 @@ fn launch_stops_every_rank_when_one_dies() {
     "--",
     "sh",
     "-c",
-    "if [ \"$MLX_RANK\" = 1 ]; then sleep 0.3; kill -9 $$; fi; sleep 60",
+    "if [ \"$MLX_RANK\" = 1 ]; then sleep 0.3; kill -9 $$; fi; exec sleep 60",
   ]);
   let (out, took) = bounded(l);
   let err = String::from_utf8_lossy(&out.stderr);
