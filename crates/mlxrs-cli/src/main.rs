@@ -3,6 +3,7 @@
 //! - `mlxrs generate --model M --prompt P ...` (python `mlx_lm.generate`)
 //! - `mlxrs chat --model M` (python `mlx_lm.chat`)
 //! - `mlxrs bench --model M | --shape NAME` (python `mlx_lm.benchmark`)
+//! - `mlxrs launch -n N -- generate ...` (python `mlx.launch`; tensor parallel)
 //! - `mlxrs info` (MLX version and device)
 
 use std::io::{BufRead, Write};

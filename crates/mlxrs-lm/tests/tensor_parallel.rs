@@ -146,8 +146,9 @@ struct Run {
 
 /// Start `n` ranks on fixture `name`, wait at most `limit`, kill leftovers.
 fn run_ranks(name: &str, n: usize, die: Option<usize>, limit: Duration) -> Run {
+  let tag = name.replace(['/', '\\'], "_");
   let dir = std::env::temp_dir().join(format!(
-    "mlxrs-tp-{}-{name}-{n}-{}",
+    "mlxrs-tp-{}-{tag}-{n}-{}",
     std::process::id(),
     die.is_some()
   ));
@@ -350,6 +351,47 @@ fn mixtral_4bit_refuses_a_split_quantization_group() {
       run.report
     );
   }
+}
+
+/// Four ranks need four key/value heads: a copy of the llama fixture with
+/// each of its 2 kv heads repeated twice (`k_proj` / `v_proj` rows, as
+/// grouped-query attention shares them: query head h reads kv head h / 2,
+/// so the model computes exactly the same function) is split over 4 ranks
+/// (1 query head, 1 kv head, 16 MLP features each) and must still match
+/// mlx-lm's single-process reference for the original fixture.
+#[test]
+fn llama_four_ranks_kv_heads_repeated() {
+  let src = fixture("llama");
+  let dir = std::env::temp_dir().join(format!("mlxrs-tp4-llama-{}", std::process::id()));
+  std::fs::create_dir_all(&dir).unwrap();
+  for f in std::fs::read_dir(&src).unwrap() {
+    let f = f.unwrap().path();
+    let n = f.file_name().unwrap().to_string_lossy().to_string();
+    if n.ends_with(".json") && n != "config.json" && n != "model.safetensors.index.json" {
+      std::fs::copy(&f, dir.join(&n)).unwrap();
+    }
+  }
+  let mut cfg: Value =
+    serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+  let (kv, hd) = (
+    cfg["num_key_value_heads"].as_i64().unwrap() as i32,
+    cfg["head_dim"].as_i64().unwrap() as i32,
+  );
+  cfg["num_key_value_heads"] = Value::from(kv * 2);
+  std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+  let (mut w, meta) = mlxrs_core::io::load_safetensors(src.join("model.safetensors")).unwrap();
+  for (k, a) in w.iter_mut() {
+    if k.ends_with("k_proj.weight") || k.ends_with("v_proj.weight") {
+      let cols = a.shape()[1];
+      let h = mlxrs_core::ops::reshape(a, &[kv, hd, cols]).unwrap();
+      let h = mlxrs_core::ops::repeat_axis(&h, 2, 0).unwrap();
+      *a = mlxrs_core::ops::reshape(&h, &[2 * kv * hd, cols]).unwrap();
+    }
+  }
+  mlxrs_core::io::save_safetensors(dir.join("model.safetensors"), &w, &meta).unwrap();
+  let name = dir.to_string_lossy().to_string();
+  check_tp(&name, 4);
+  let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The fixtures have 2 key/value heads: 4 ranks cannot split them, and
