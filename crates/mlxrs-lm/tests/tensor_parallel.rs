@@ -436,5 +436,8 @@ fn dead_rank_does_not_hang_its_peer() {
     "rank 0 cannot have succeeded without its peer:\n{}",
     run.report
   );
-  eprintln!("rank 0 ended {:?} after start", run.elapsed);
+  eprintln!(
+    "rank 0 ended {:?} after start:\n{}",
+    run.elapsed, run.report
+  );
 }
