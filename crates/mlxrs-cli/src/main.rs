@@ -4,6 +4,7 @@
 //! - `mlxrs chat --model M` (python `mlx_lm.chat`)
 //! - `mlxrs bench --model M | --shape NAME` (python `mlx_lm.benchmark`)
 //! - `mlxrs convert --hf-path SRC --mlx-path DST [-q ...]` (python `mlx_lm.convert`)
+//! - `mlxrs launch -n N -- generate ...` (python `mlx.launch`; tensor parallel)
 //! - `mlxrs info` (MLX version and device)
 
 use std::io::{BufRead, Write};
@@ -20,6 +21,7 @@ use mlxrs_lm::{
 mod bench;
 mod convert;
 mod embed;
+mod launch;
 mod lm_extra;
 mod transcribe;
 mod vlm;
@@ -52,6 +54,9 @@ enum Cmd {
   /// Convert a checkpoint to MLX: dtype, quantize, dequantize (python
   /// `mlx_lm.convert`).
   Convert(convert::ConvertArgs),
+  /// Start N local ranks of a distributed job (python `mlx.launch`);
+  /// `generate` under it runs tensor-parallel.
+  Launch(launch::LaunchArgs),
   /// Print the MLX version and default device.
   Info,
 }
@@ -344,12 +349,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     return vlm::generate(&args, &mut std::io::stdout().lock());
   }
-  let m = load(
+  // Under `mlxrs launch` / `mlx.launch`: tensor parallel, rank 0 prints.
+  let group = launch::group_from_env()?;
+  let m = launch::load_lm(
     &a.model.model,
     &LoadOptions {
       dtype,
       no_tokenizer: false,
     },
+    group.as_ref(),
   )?;
   let tok = m.tokenizer.as_ref().expect("loaded with a tokenizer");
   let ids = prompt_ids(
@@ -365,7 +373,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
   opts.step.top_logprobs = a.top_logprobs;
   opts.step.num_draft_tokens = a.num_draft_tokens;
   let draft = lm_extra::load_draft(&a, dtype)?;
-  let mut out = std::io::stdout().lock();
+  let mut out = launch::rank_stdout(group.as_ref());
   let mut text = String::new();
   let mut tokens = Vec::new();
   let mut per_token = lm_extra::PerToken::default();
@@ -576,6 +584,7 @@ fn main() {
     Cmd::Transcribe(a) => transcribe::run(a),
     Cmd::Embed(a) => embed::run(a),
     Cmd::CachePrompt(a) => cache_prompt(a),
+    Cmd::Launch(a) => launch::run(a),
     Cmd::Info => {
       let d = mlxrs_core::Device::default_device()
         .map(|d| d.to_string())

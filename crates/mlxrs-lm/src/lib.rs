@@ -33,13 +33,16 @@ pub mod load;
 pub mod model;
 pub mod models;
 pub mod sample;
+pub mod shard;
 pub mod speculative;
 pub mod text;
 
 pub use batch::batch_generate;
 pub use convert::{ConvertOptions, ConvertReport, convert};
 pub use generate::{Step, StepConfig, TokenGenerator};
-pub use load::{LoadOptions, LoadedModel, load, load_model_dir};
+pub use load::{
+  LoadOptions, LoadedModel, load, load_model_dir, load_model_dir_sharded, load_sharded,
+};
 pub use model::{LanguageModel, build_model, supported_model_types};
 pub use sample::{LogitsConfig, Sampler, SamplerConfig};
 pub use speculative::SpeculativeGenerator;

@@ -11,6 +11,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::hub::{ModelFiles, resolve_model};
 use crate::model::{LanguageModel, build_model};
+use crate::shard::{SHARDED_TO_ALL, TensorShard};
 use crate::tokenizer::Tokenizer;
 
 /// Load options.
@@ -71,13 +72,34 @@ pub fn load_model_dir(
   dir: &Path,
   dtype: Option<Dtype>,
 ) -> Result<(Box<dyn LanguageModel>, ModelConfig)> {
+  load_model_dir_sharded(dir, dtype, None)
+}
+
+/// [`load_model_dir`], optionally as one rank of a tensor-parallel group
+/// (python `model.shard(group)` after `load_model`): the model is built from
+/// the divided config and takes only this rank's slices (see
+/// [`crate::shard`]). The returned [`ModelConfig`] is the checkpoint's own.
+pub fn load_model_dir_sharded(
+  dir: &Path,
+  dtype: Option<Dtype>,
+  shard: Option<TensorShard>,
+) -> Result<(Box<dyn LanguageModel>, ModelConfig)> {
   let config = ModelConfig::from_dir(dir)?;
   let files = ModelFiles::scan(dir)?;
-  let cfg = config.text_config();
+  let mut cfg = config.text_config();
+  if let Some(s) = shard {
+    cfg = crate::shard::shard_config(&cfg, s.size)?;
+  }
   let mut model = build_model(&cfg)?;
   let weights = load_weights(&files.weights)?;
-  let weights = model.sanitize(weights)?;
+  let mut weights = model.sanitize(weights)?;
+  if let Some(s) = shard {
+    weights = crate::shard::shard_weights(weights, s)?;
+  }
   let mut w = Weights::new(weights);
+  if shard.is_some() {
+    w.sharded_to_all = SHARDED_TO_ALL.iter().map(|s| s.to_string()).collect();
+  }
   w.dtype = dtype;
   if let Some((_, q)) = config.quantization_config() {
     w.quant = Some(QuantConfig::from_json(q).map_err(Error::Core)?);
@@ -99,9 +121,19 @@ pub fn load_model_dir(
 
 /// Load a model folder or Hub repo id (python `mlx_lm.load`).
 pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+  load_sharded(model, opts, None)
+}
+
+/// [`load`], optionally as one rank of a tensor-parallel group (python
+/// `mlx_lm.load` then `model.shard(group)`; see [`crate::shard`]).
+pub fn load_sharded(
+  model: &str,
+  opts: &LoadOptions,
+  shard: Option<TensorShard>,
+) -> Result<LoadedModel> {
   let path = resolve_model(model)?;
   let dtype = opts.dtype.or_else(default_dtype);
-  let (m, config) = load_model_dir(&path, dtype)?;
+  let (m, config) = load_model_dir_sharded(&path, dtype, shard)?;
   let tokenizer = if opts.no_tokenizer {
     None
   } else {

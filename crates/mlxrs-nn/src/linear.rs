@@ -25,6 +25,12 @@ pub struct Linear {
   pub scales: Option<Array>,
   /// Per-group biases (quantized `affine` only).
   pub biases: Option<Array>,
+  /// Sum the matmul's output over the global distributed group before the
+  /// bias is added (python `mlx.nn.ShardedToAllLinear` /
+  /// `QuantizedShardedToAllLinear`): this rank holds a column slice of the
+  /// weight and its share of the input features. Set at load time from
+  /// [`Weights::sharded_to_all`].
+  pub all_reduce: bool,
   frozen: Frozen,
 }
 
@@ -47,6 +53,7 @@ impl Linear {
       quant: None,
       scales: None,
       biases: None,
+      all_reduce: false,
       frozen: Frozen::default(),
     }
   }
@@ -93,12 +100,22 @@ impl Linear {
       quant: None,
       scales: None,
       biases: None,
+      all_reduce: false,
       frozen: Frozen::default(),
     }
   }
 
-  /// `x @ W.T + b` over the last axis of `x`.
+  /// `x @ W.T + b` over the last axis of `x` (with [`Linear::all_reduce`]:
+  /// `all_sum(x @ W.T) + b`).
   pub fn forward(&self, x: &Array) -> Result<Array> {
+    if self.all_reduce {
+      let y = self.matmul(x)?;
+      let y = mlxrs_core::distributed::all_sum(&y, None)?;
+      return match &self.bias {
+        Some(b) => ops::add(&y, b),
+        None => Ok(y),
+      };
+    }
     match &self.quant {
       Some(q) => {
         let scales = self.scales.as_ref().ok_or_else(|| {
@@ -126,6 +143,28 @@ impl Linear {
           None => ops::matmul(x, &wt),
         }
       }
+    }
+  }
+
+  /// `x @ W.T` without the bias.
+  fn matmul(&self, x: &Array) -> Result<Array> {
+    match &self.quant {
+      Some(q) => {
+        let scales = self.scales.as_ref().ok_or_else(|| {
+          Error::InvalidArgument("quantized Linear has no scales (not loaded)".into())
+        })?;
+        ops::quantized_matmul(
+          x,
+          &self.weight,
+          scales,
+          self.biases.as_ref(),
+          true,
+          Some(q.group_size),
+          Some(q.bits),
+          &q.mode,
+        )
+      }
+      None => ops::matmul(x, &ops::transpose(&self.weight)?),
     }
   }
 
@@ -242,6 +281,7 @@ impl Module for Linear {
     self.scales = scales;
     self.biases = biases;
     self.quant = quant;
+    self.all_reduce = w.is_sharded_to_all(prefix);
     self.bias = if self.has_bias {
       Some(w.take(&join(prefix, "bias"), Some(&[self.out_dims])))
     } else {

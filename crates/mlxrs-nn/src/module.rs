@@ -513,6 +513,12 @@ pub struct Weights {
   pub quant: Option<QuantConfig>,
   ignored: Vec<String>,
   fill: Option<(Dtype, Array)>,
+  /// Layer names (the last path component, e.g. `o_proj`, `down_proj`)
+  /// whose output is summed over the distributed group after the matmul,
+  /// bias added once after the sum (python `mlx.nn.ShardedToAllLinear`):
+  /// set by a tensor-parallel loader whose weight map holds this rank's
+  /// column slices of those layers. Empty: no layer communicates.
+  pub sharded_to_all: Vec<String>,
 }
 
 impl Weights {
@@ -525,6 +531,7 @@ impl Weights {
       quant: None,
       ignored: Vec::new(),
       fill: None,
+      sharded_to_all: Vec::new(),
     }
   }
 
@@ -568,6 +575,13 @@ impl Weights {
       }
     }
     self.take_raw(key, Some(shape))
+  }
+
+  /// Whether the layer at `path` is one of [`Weights::sharded_to_all`]
+  /// (matched on its last path component).
+  pub fn is_sharded_to_all(&self, path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    self.sharded_to_all.iter().any(|n| n == last)
   }
 
   /// Keys that may be left over without error (substring match), e.g.

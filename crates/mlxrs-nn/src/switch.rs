@@ -83,6 +83,11 @@ pub struct SwitchLinear {
   pub scales: Option<Array>,
   /// Per-group biases (quantized `affine` only).
   pub biases: Option<Array>,
+  /// Sum the output over the global distributed group before the bias is
+  /// added (mlx-lm's tensor-parallel MoE: each rank holds a slice of every
+  /// expert's hidden features). Set at load time from
+  /// [`Weights::sharded_to_all`](crate::Weights::sharded_to_all).
+  pub all_reduce: bool,
   frozen: Frozen,
 }
 
@@ -100,6 +105,7 @@ impl SwitchLinear {
       quant: None,
       scales: None,
       biases: None,
+      all_reduce: false,
       frozen: Frozen::default(),
     }
   }
@@ -158,6 +164,11 @@ impl SwitchLinear {
         sorted_indices,
       )?,
     };
+    let y = if self.all_reduce {
+      mlxrs_core::distributed::all_sum(&y, None)?
+    } else {
+      y
+    };
     match &self.bias {
       Some(b) => ops::add(&y, &ops::expand_dims(&ops::take_axis(b, indices, 0)?, -2)?),
       None => Ok(y),
@@ -173,6 +184,7 @@ impl Module for SwitchLinear {
     self.scales = scales;
     self.biases = biases;
     self.quant = quant;
+    self.all_reduce = w.is_sharded_to_all(prefix);
     self.bias = if self.has_bias {
       Some(w.take(
         &join(prefix, "bias"),

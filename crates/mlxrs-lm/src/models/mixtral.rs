@@ -66,6 +66,10 @@ pub struct MixtralArgs {
   /// `num_attention_heads`
   #[serde(default = "d_heads")]
   pub num_attention_heads: i32,
+  /// `head_dim` (default `hidden_size / num_attention_heads`, as mlx-lm;
+  /// a tensor-parallel rank sets it, see [`crate::shard`])
+  #[serde(default)]
+  pub head_dim: Option<i32>,
   /// `num_experts_per_tok`
   #[serde(default = "d_topk")]
   pub num_experts_per_tok: i32,
@@ -209,7 +213,7 @@ impl Mixtral {
     check_heads("mixtral", h, n_heads, n_kv)?;
     check_moe("mixtral", args.num_local_experts, args.num_experts_per_tok)?;
     // mlx-lm: head_dim = hidden_size // num_attention_heads.
-    let head_dim = h / n_heads;
+    let head_dim = args.head_dim.unwrap_or(h / n_heads);
     let eps = args.rms_norm_eps;
     let layers = (0..args.num_hidden_layers)
       .map(|_| Block {

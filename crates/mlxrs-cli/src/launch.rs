@@ -1,0 +1,319 @@
+//! `mlxrs launch`: start N local ranks of a distributed job (python
+//! `mlx.launch`), and the rank side used by `mlxrs generate` when it runs
+//! under a launcher (python mlx-lm's `mx.distributed.init()` +
+//! `model.shard(group)`).
+//!
+//! `mlxrs launch -n 2 -- generate --model M --prompt P` starts two copies of
+//! this binary (`generate ...`; a first word that is not an mlxrs
+//! subcommand is run as a program instead), each with its backend's
+//! environment:
+//!
+//! - `ring` (TCP, every MLX build): `MLX_RANK`, `MLX_HOSTFILE` (a JSON list
+//!   with one `["127.0.0.1:port"]` per rank, written to a temporary folder)
+//!   and `MLX_WORLD_SIZE`;
+//! - `nccl` (CUDA builds; one GPU per rank): `MLX_RANK`, `MLX_WORLD_SIZE`,
+//!   `NCCL_HOST_IP=127.0.0.1`, `NCCL_PORT`, `CUDA_VISIBLE_DEVICES=rank`, as
+//!   `mlx.launch --backend nccl` sets them for local ranks.
+//!
+//! `MLXRS_DIST_BACKEND` tells the ranks which backend to initialise. Every
+//! output line is forwarded with a `[rank] ` prefix. When a rank fails (a
+//! non-zero exit or a signal) the launcher kills the others and exits with
+//! an error naming it, so a job never hangs on a dead peer; `--timeout`
+//! bounds the whole job.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use mlxrs_core::distributed as dist;
+use mlxrs_lm::shard::TensorShard;
+use mlxrs_lm::{LoadOptions, LoadedModel};
+
+/// The subcommands of this binary a launch may name directly.
+const SUBCOMMANDS: &[&str] = &[
+  "generate",
+  "chat",
+  "bench",
+  "embed",
+  "transcribe",
+  "cache-prompt",
+  "info",
+];
+
+/// `mlxrs launch` options (python `mlx.launch`).
+#[derive(Args)]
+pub struct LaunchArgs {
+  /// Number of local ranks.
+  #[arg(short = 'n', long = "num-ranks", default_value_t = 2)]
+  num_ranks: usize,
+  /// Distributed backend: ring (TCP over loopback) or nccl (one GPU per rank).
+  #[arg(long, default_value = "ring")]
+  backend: String,
+  /// First port of the ring hostfile / the NCCL port (default: free ports
+  /// chosen by the system).
+  #[arg(long = "starting-port")]
+  starting_port: Option<u16>,
+  /// Stop every rank after this many seconds (0: no limit).
+  #[arg(long, default_value_t = 0)]
+  timeout: u64,
+  /// Log the backend's connection set-up (`MLX_RING_VERBOSE=1` /
+  /// `NCCL_DEBUG=INFO`) and the launcher's steps.
+  #[arg(long)]
+  verbose: bool,
+  /// The command each rank runs: an mlxrs subcommand (`generate ...`) or a
+  /// program with its arguments. Put it after `--`.
+  #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+  command: Vec<String>,
+}
+
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+  // Hold every listener until all are chosen so the ports differ.
+  let ls = (0..n)
+    .map(|_| TcpListener::bind("127.0.0.1:0"))
+    .collect::<std::io::Result<Vec<_>>>()
+    .context("choosing free local ports")?;
+  ls.iter()
+    .map(|l| Ok(l.local_addr()?.port()))
+    .collect::<std::io::Result<Vec<_>>>()
+    .context("choosing free local ports")
+}
+
+/// A temporary folder removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+  fn drop(&mut self) {
+    let _ = std::fs::remove_dir_all(&self.0);
+  }
+}
+
+/// Forward `src` line by line to stdout or stderr with a rank prefix.
+fn forward(
+  rank: usize,
+  src: impl Read + Send + 'static,
+  to_err: bool,
+) -> std::thread::JoinHandle<()> {
+  std::thread::spawn(move || {
+    let mut r = BufReader::new(src);
+    let mut line = Vec::new();
+    loop {
+      line.clear();
+      match r.read_until(b'\n', &mut line) {
+        Ok(0) | Err(_) => break,
+        Ok(_) => {
+          let mut buf = format!("[{rank}] ").into_bytes();
+          buf.extend_from_slice(&line);
+          if !buf.ends_with(b"\n") {
+            buf.push(b'\n');
+          }
+          let _ = if to_err {
+            std::io::stderr().lock().write_all(&buf)
+          } else {
+            std::io::stdout().lock().write_all(&buf)
+          };
+        }
+      }
+    }
+  })
+}
+
+fn describe(s: &ExitStatus) -> String {
+  match s.code() {
+    Some(c) => format!("exit status {c}"),
+    None => format!("{s}"),
+  }
+}
+
+/// Run `mlxrs launch`.
+pub fn run(a: LaunchArgs) -> Result<()> {
+  let n = a.num_ranks;
+  if n == 0 {
+    bail!("--num-ranks must be at least 1");
+  }
+  let Some(first) = a.command.first() else {
+    bail!("give the command to run after --, e.g. `mlxrs launch -n 2 -- generate ...`");
+  };
+  let (program, args): (PathBuf, &[String]) = if SUBCOMMANDS.contains(&first.as_str()) {
+    (
+      std::env::current_exe().context("locating the mlxrs binary")?,
+      &a.command[..],
+    )
+  } else {
+    (PathBuf::from(first), &a.command[1..])
+  };
+  let dir = TempDir(std::env::temp_dir().join(format!("mlxrs-launch-{}", std::process::id())));
+  std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
+  let mut env: Vec<Vec<(String, String)>> = (0..n)
+    .map(|r| {
+      vec![
+        ("MLX_RANK".to_string(), r.to_string()),
+        ("MLX_WORLD_SIZE".to_string(), n.to_string()),
+        ("MLXRS_DIST_BACKEND".to_string(), a.backend.clone()),
+      ]
+    })
+    .collect();
+  match a.backend.as_str() {
+    "ring" => {
+      let ports: Vec<u16> = match a.starting_port {
+        Some(p) => (0..n)
+          .map(|i| {
+            u16::try_from(usize::from(p) + i)
+              .map_err(|_| anyhow::anyhow!("--starting-port {p}: ports past 65535"))
+          })
+          .collect::<Result<_>>()?,
+        None => free_ports(n)?,
+      };
+      let hosts: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| vec![format!("127.0.0.1:{p}")])
+        .collect();
+      let hostfile = dir.0.join("hosts.json");
+      std::fs::write(&hostfile, serde_json::to_string(&hosts)?)
+        .with_context(|| format!("writing {}", hostfile.display()))?;
+      if a.verbose {
+        eprintln!("[launch] ring hostfile {}: {hosts:?}", hostfile.display());
+      }
+      for e in &mut env {
+        e.push(("MLX_HOSTFILE".into(), hostfile.display().to_string()));
+        if a.verbose {
+          e.push(("MLX_RING_VERBOSE".into(), "1".into()));
+        }
+      }
+    }
+    "nccl" => {
+      let port = match a.starting_port {
+        Some(p) => p,
+        None => free_ports(1)?[0],
+      };
+      for (r, e) in env.iter_mut().enumerate() {
+        e.push(("NCCL_HOST_IP".into(), "127.0.0.1".into()));
+        e.push(("NCCL_PORT".into(), port.to_string()));
+        e.push(("CUDA_VISIBLE_DEVICES".into(), r.to_string()));
+        if a.verbose {
+          e.push(("NCCL_DEBUG".into(), "INFO".into()));
+        }
+      }
+    }
+    other => bail!("--backend {other:?}: expected ring or nccl (local ranks)"),
+  }
+
+  let mut kids: Vec<Child> = Vec::with_capacity(n);
+  let mut pumps = Vec::new();
+  for (r, e) in env.iter().enumerate() {
+    // The ranks stay in the launcher's process group, so Ctrl-C in a
+    // terminal reaches all of them.
+    let spawned = Command::new(&program)
+      .args(args)
+      .envs(e.iter().map(|(k, v)| (k, v)))
+      .stdin(Stdio::null())
+      .stdout(Stdio::piped())
+      .stderr(Stdio::piped())
+      .spawn();
+    let mut c = match spawned {
+      Ok(c) => c,
+      Err(err) => {
+        stop_all(&mut kids);
+        bail!("starting rank {r} ({}): {err}", program.display());
+      }
+    };
+    if let Some(o) = c.stdout.take() {
+      pumps.push(forward(r, o, false));
+    }
+    if let Some(o) = c.stderr.take() {
+      pumps.push(forward(r, o, true));
+    }
+    kids.push(c);
+  }
+
+  let start = Instant::now();
+  let limit = (a.timeout > 0).then(|| Duration::from_secs(a.timeout));
+  let mut status: Vec<Option<ExitStatus>> = vec![None; n];
+  let failure = loop {
+    for (r, c) in kids.iter_mut().enumerate() {
+      if status[r].is_none() {
+        status[r] = c
+          .try_wait()
+          .with_context(|| format!("waiting for rank {r}"))?;
+      }
+    }
+    if let Some((r, s)) = status
+      .iter()
+      .enumerate()
+      .find_map(|(r, s)| s.filter(|s| !s.success()).map(|s| (r, s)))
+    {
+      break Some(format!("rank {r} failed ({})", describe(&s)));
+    }
+    if status.iter().all(Option::is_some) {
+      break None;
+    }
+    if limit.is_some_and(|l| start.elapsed() >= l) {
+      break Some(format!("the job ran past --timeout {}s", a.timeout));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+  };
+  match failure {
+    None => {
+      for p in pumps {
+        let _ = p.join();
+      }
+      Ok(())
+    }
+    // The output threads are not joined: a leftover grandchild may still
+    // hold a pipe open; they end with this process.
+    Some(why) => {
+      stop_all(&mut kids);
+      bail!("{why}; stopped the other ranks")
+    }
+  }
+}
+
+/// Kill every rank still running and reap it (what a rank itself started
+/// is its own business, as with `mlx.launch`).
+fn stop_all(kids: &mut [Child]) {
+  for c in kids.iter_mut() {
+    if let Ok(None) = c.try_wait() {
+      let _ = c.kill();
+    }
+    let _ = c.wait();
+  }
+}
+
+/// This process's distributed group when it was started by a launcher
+/// (`MLX_RANK` or `MLX_WORLD_SIZE` set, as `mlxrs launch` / `mlx.launch`
+/// do) and the group has more than one rank; `None` otherwise. The backend
+/// is `MLXRS_DIST_BACKEND`, else MLX's `any`.
+pub fn group_from_env() -> Result<Option<dist::Group>> {
+  if std::env::var_os("MLX_RANK").is_none() && std::env::var_os("MLX_WORLD_SIZE").is_none() {
+    return Ok(None);
+  }
+  let backend = std::env::var("MLXRS_DIST_BACKEND").unwrap_or_else(|_| "any".into());
+  let g = dist::init(true, &backend)
+    .with_context(|| format!("starting the distributed backend {backend:?}"))?;
+  Ok((g.size() > 1).then_some(g))
+}
+
+/// Load a language model, tensor-parallel over `group` when there is one
+/// (python mlx-lm's `sharded_load`: `load` then `model.shard(group)`).
+pub fn load_lm(
+  model: &str,
+  opts: &LoadOptions,
+  group: Option<&dist::Group>,
+) -> Result<LoadedModel> {
+  let shard = group
+    .map(|g| TensorShard::new(g.rank(), g.size()))
+    .transpose()?;
+  Ok(mlxrs_lm::load_sharded(model, opts, shard)?)
+}
+
+/// Where a rank writes its results: stdout on rank 0 (or without a group),
+/// nowhere on the others (python mlx-lm prints on rank 0 only).
+pub fn rank_stdout(group: Option<&dist::Group>) -> Box<dyn Write> {
+  match group {
+    Some(g) if g.rank() != 0 => Box::new(std::io::sink()),
+    _ => Box::new(std::io::stdout().lock()),
+  }
+}

@@ -1,0 +1,178 @@
+//! `mlxrs launch` (python `mlx.launch`) end to end on loopback: two ranks
+//! of `mlxrs generate` over the ring backend shard the tiny checkpoints
+//! tensor-parallel and must print the same greedy tokens as one process;
+//! a rank that dies stops the job within a bounded time.
+//!
+//! Every child is bounded: `--timeout` on the launcher, and the test kills
+//! a launcher that outlives `LIMIT`.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn mlxrs() -> Command {
+  Command::new(env!("CARGO_BIN_EXE_mlxrs"))
+}
+
+fn tiny(name: &str) -> String {
+  format!("{}/../../models/tiny/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run `c` to completion, killing it after `LIMIT`; also returns the time.
+fn bounded(mut c: Command) -> (Output, Duration) {
+  let start = Instant::now();
+  let mut child = c
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start mlxrs");
+  // Drain the pipes on threads so a chatty child never blocks.
+  let mut so = child.stdout.take().unwrap();
+  let mut se = child.stderr.take().unwrap();
+  let t1 = std::thread::spawn(move || {
+    let mut v = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut so, &mut v);
+    v
+  });
+  let t2 = std::thread::spawn(move || {
+    let mut v = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut se, &mut v);
+    v
+  });
+  let status = loop {
+    if let Some(s) = child.try_wait().unwrap() {
+      break s;
+    }
+    if start.elapsed() > LIMIT {
+      let _ = child.kill();
+      break child.wait().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+  };
+  let out = Output {
+    status,
+    stdout: t1.join().unwrap(),
+    stderr: t2.join().unwrap(),
+  };
+  (out, start.elapsed())
+}
+
+fn generate_args(model: &str) -> Vec<String> {
+  [
+    "generate",
+    "--model",
+    &tiny(model),
+    "--prompt",
+    "The quick brown fox",
+    "--max-tokens",
+    "12",
+    "--json",
+  ]
+  .iter()
+  .map(|s| s.to_string())
+  .collect()
+}
+
+fn tokens(json_line: &str) -> Vec<i64> {
+  let v: serde_json::Value = serde_json::from_str(json_line).expect("generate --json output");
+  v["tokens"]
+    .as_array()
+    .expect("tokens")
+    .iter()
+    .map(|t| t.as_i64().unwrap())
+    .collect()
+}
+
+/// Two ranks of `generate` vs one process, on `model`.
+fn check_two_ranks(model: &str) {
+  let mut single = mlxrs();
+  single.args(generate_args(model));
+  let (one, _) = bounded(single);
+  assert!(
+    one.status.success(),
+    "{}",
+    String::from_utf8_lossy(&one.stderr)
+  );
+  let want = tokens(String::from_utf8_lossy(&one.stdout).trim());
+  assert!(!want.is_empty());
+
+  let mut l = mlxrs();
+  l.args(["launch", "-n", "2", "--timeout", "100", "--"])
+    .args(generate_args(model));
+  let (two, took) = bounded(l);
+  let stdout = String::from_utf8_lossy(&two.stdout).to_string();
+  assert!(
+    two.status.success(),
+    "{model}: launch failed:\n{stdout}\n{}",
+    String::from_utf8_lossy(&two.stderr)
+  );
+  // Rank 0 prints, rank 1 is silent (python mlx-lm prints on rank 0 only).
+  let lines: Vec<&str> = stdout.lines().collect();
+  assert_eq!(lines.len(), 1, "{model}: {stdout}");
+  let line = lines[0]
+    .strip_prefix("[0] ")
+    .unwrap_or_else(|| panic!("{model}: no rank prefix: {stdout}"));
+  assert_eq!(tokens(line), want, "{model}: tensor-parallel greedy tokens");
+  eprintln!(
+    "{model}: 2 ranks, {} greedy tokens equal to one process ({took:?})",
+    want.len()
+  );
+}
+
+#[test]
+fn launch_generate_two_ranks_llama() {
+  check_two_ranks("llama");
+}
+
+#[test]
+fn launch_generate_two_ranks_qwen3_4bit() {
+  check_two_ranks("qwen3-4bit");
+}
+
+/// Rank 1 is killed (SIGKILL) while rank 0 waits: the launcher stops rank 0
+/// and fails with a message naming rank 1, well before rank 0's 60 s.
+#[test]
+fn launch_stops_every_rank_when_one_dies() {
+  let mut l = mlxrs();
+  l.args([
+    "launch",
+    "-n",
+    "2",
+    "--",
+    "sh",
+    "-c",
+    "if [ \"$MLX_RANK\" = 1 ]; then sleep 0.3; kill -9 $$; fi; exec sleep 60",
+  ]);
+  let (out, took) = bounded(l);
+  let err = String::from_utf8_lossy(&out.stderr);
+  assert!(!out.status.success(), "{err}");
+  assert!(err.contains("rank 1 failed"), "{err}");
+  assert!(err.contains("stopped the other ranks"), "{err}");
+  assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+/// A job past `--timeout` is stopped.
+#[test]
+fn launch_timeout_stops_the_job() {
+  let mut l = mlxrs();
+  l.args(["launch", "-n", "2", "--timeout", "1", "--", "sleep", "60"]);
+  let (out, took) = bounded(l);
+  let err = String::from_utf8_lossy(&out.stderr);
+  assert!(!out.status.success(), "{err}");
+  assert!(err.contains("--timeout 1s"), "{err}");
+  assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+/// Generate under the launcher refuses a model it cannot split, on every
+/// rank, with the reason.
+#[test]
+fn launch_generate_refuses_an_unsplittable_model() {
+  let mut l = mlxrs();
+  l.args(["launch", "-n", "2", "--timeout", "100", "--"])
+    .args(generate_args("phi3"));
+  let (out, _) = bounded(l);
+  let err = String::from_utf8_lossy(&out.stderr);
+  assert!(!out.status.success(), "{err}");
+  assert!(err.contains("has no shard rule"), "{err}");
+}
