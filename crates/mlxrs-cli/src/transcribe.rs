@@ -233,7 +233,8 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
           .map(Path::new)
           .unwrap_or(Path::new("audio"));
         let out = d.join(stem).with_extension(&args.output_format);
-        std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+        mlxrs_core::atomic::atomic_write(&out, text)
+          .with_context(|| format!("writing {}", out.display()))?;
         eprintln!(
           "{} -> {} ({:.2} s, real-time factor {:.3})",
           file.display(),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod detokenizer;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod tokenizer;
 
 pub use chat::{ChatOptions, ChatTemplate, ChatTemplates, Content, Message};
@@ -34,6 +35,7 @@ pub mod models;
 pub mod sample;
 pub mod speculative;
 pub mod text;
+pub mod validate;
 
 pub use batch::batch_generate;
 pub use generate::{Step, StepConfig, TokenGenerator};
