@@ -188,10 +188,26 @@ fn nan_logits_stop_generation() {
 }
 
 /// `--kv-bits 3` and `6` (documented, MLX supports them) quantize the cache
-/// and generate; the cache arithmetic is checked in mlxrs-nn's unit tests.
+/// and generate (qwen3: head_dim 32); the cache arithmetic is checked
+/// against MLX's quantize/dequantize in mlxrs-nn's unit tests. A head_dim
+/// the group size does not divide is a clear error.
 #[test]
 fn kv_bits_3_and_6_run() {
-  let m = tiny("llama");
+  fails_with(
+    &gen_args(
+      tiny("llama").to_str().unwrap(),
+      &[
+        "--kv-bits",
+        "4",
+        "--kv-group-size",
+        "32",
+        "--quantized-kv-start",
+        "0",
+      ],
+    ),
+    "head_dim 16 is not a multiple of the group size 32",
+  );
+  let m = tiny("qwen3");
   for bits in ["3", "6"] {
     let out = run(&gen_args(
       m.to_str().unwrap(),

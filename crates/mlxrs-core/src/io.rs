@@ -338,7 +338,9 @@ pub fn load_safetensors(
   path: impl AsRef<Path>,
 ) -> Result<(HashMap<String, Array>, HashMap<String, String>)> {
   let path = path.as_ref();
-  let header = read_safetensors_header(path)?;
+  let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+  let validated = f.metadata().map_err(|e| io_err(path, e))?;
+  let header = header_from(&mut f, validated.len(), path)?;
   let c_path = path_cstring(path)?;
   let mut arrays = MapArr(mlxrs_sys::mlx_map_string_to_array {
     ctx: std::ptr::null_mut(),
@@ -357,6 +359,20 @@ pub fn load_safetensors(
     )
   })
   .map_err(|e| fmt_err(path, e.to_string()))?;
+  // MLX opened the path itself: if another file was renamed over it after
+  // the validation (an atomic writer), MLX may hold the new file and the
+  // header checked above the old one. Never mix them.
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    if (now.dev(), now.ino()) != (validated.dev(), validated.ino()) {
+      return Err(fmt_err(
+        path,
+        "the file was replaced while it was being loaded; load it again",
+      ));
+    }
+  }
   let out = map_entries(&arrays, header.tensors.len())?;
   Ok((out, header.metadata.into_iter().collect()))
 }

@@ -461,6 +461,17 @@ impl KvCache {
     c.len = self.offset;
     if let (Some(k), Some(v)) = (&self.keys, &self.values) {
       let q = c.quant.clone().unwrap();
+      for (what, d) in [
+        ("keys", k.dim(-1).unwrap_or(0)),
+        ("values", v.dim(-1).unwrap_or(0)),
+      ] {
+        if d % q.group_size != 0 {
+          return Err(Error::InvalidArgument(format!(
+            "cannot quantize the KV cache: the {what}' head_dim {d} is not a multiple of the group size {} (--kv-group-size)",
+            q.group_size
+          )));
+        }
+      }
       let quant = |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), &q.mode, None);
       c.qkeys = Some(quant(&full_slice(k, 2, 0, self.offset)?)?);
       c.qvalues = Some(quant(&full_slice(v, 2, 0, self.offset)?)?);
