@@ -155,11 +155,13 @@ impl TimeMap {
     TimeMap { starts }
   }
 
-  /// Original time of `t` seconds of the concatenated speech.
-  pub fn original(&self, t: f64) -> f64 {
+  /// Original time of `t` seconds of the concatenated speech. An end time
+  /// (`is_end`) that falls exactly on a chunk boundary belongs to the chunk
+  /// before it (python `get_original_time(time, is_end=True)`).
+  pub fn original(&self, t: f64, is_end: bool) -> f64 {
     let i = self
       .starts
-      .partition_point(|&(c, _)| c <= t)
+      .partition_point(|&(c, _)| if is_end { c < t } else { c <= t })
       .saturating_sub(1);
     match self.starts.get(i) {
       Some(&(c, o)) => o + (t - c),
@@ -169,11 +171,11 @@ impl TimeMap {
 
   /// Move a segment (and its words) to original times.
   pub fn apply(&self, s: &mut Segment) {
-    s.start = self.original(s.start);
-    s.end = self.original(s.end);
+    s.start = self.original(s.start, false);
+    s.end = self.original(s.end, true);
     for w in s.words.iter_mut().flatten() {
-      w.start = self.original(w.start);
-      w.end = self.original(w.end);
+      w.start = self.original(w.start, false);
+      w.end = self.original(w.end, true);
     }
   }
 }
@@ -202,8 +204,11 @@ mod tests {
   #[test]
   fn time_map_and_silence() {
     let m = TimeMap::new(&[(16_000, 32_000), (80_000, 96_000)]);
-    assert_eq!(m.original(0.5), 1.5);
-    assert_eq!(m.original(1.25), 5.25);
+    assert_eq!(m.original(0.5, false), 1.5);
+    assert_eq!(m.original(1.25, false), 5.25);
+    // The boundary (1 s of speech): a start opens chunk 2, an end closes 1.
+    assert_eq!(m.original(1.0, false), 5.0);
+    assert_eq!(m.original(1.0, true), 2.0);
     // Digital silence has no speech.
     assert!(speech_timestamps(&vec![0.0; 16_000 * 5], &VadOptions::default()).is_empty());
   }
