@@ -5,7 +5,12 @@
 //! cached positions it continues) longer than that is refused; the number of
 //! new tokens is clamped so that cached + prompt + generated never exceeds
 //! it, with a note saying so. (python mlx-lm applies no such bound and
-//! happily generates past the trained positions.)
+//! happily generates past the trained positions.) `TextStream` applies it
+//! itself ([`crate::TextStream::clamp_note`]); other front ends (batch, the
+//! server) call [`bound_generation`].
+//!
+//! Also here: [`check_affine_quant`], the range check of quantization
+//! settings (`--kv-bits`, bench `-q`) against what MLX supports.
 
 use crate::error::{Error, Result};
 
