@@ -282,8 +282,10 @@ pub(crate) fn header_from(
       ),
     ));
   }
-  let mut out = SafetensorsHeader::default();
-  out.metadata = meta.into_iter().collect();
+  let mut out = SafetensorsHeader {
+    metadata: meta.into_iter().collect(),
+    ..Default::default()
+  };
   for (name, t) in tensors {
     let bad = |m: &str| fmt_err(path, format!("tensor {name:?}: {m}"));
     let dtype_s = format!("{:?}", t.dtype);
