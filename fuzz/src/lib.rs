@@ -1,6 +1,7 @@
-//! What the fuzz targets run: write the input to a file, then validate and
-//! load it with mlxrs-core and evaluate every array it yields. Any outcome
-//! but a crash (or a hang) is a pass: corrupt input must come back as `Err`.
+//! What the fuzz targets run: safetensors / GGUF files (validated, loaded,
+//! every array evaluated), model `config.json`, tokenizer folders (with chat
+//! templates), audio and image bytes. Any outcome but a crash (or a hang) is
+//! a pass: corrupt input must come back as `Err`.
 
 use std::path::PathBuf;
 
@@ -46,6 +47,93 @@ pub fn gguf(data: &[u8]) {
       _ => None,
     }));
   }
+}
+
+/// A model `config.json`: parse, read the typed fields, run the config
+/// check and build the model (layers are lazy arrays: nothing is allocated
+/// for absurd sizes unless it passes the check).
+pub fn config(data: &[u8]) {
+  let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+    return;
+  };
+  let Ok(c) = mlxrs_lm::ModelConfig::from_value("config.json", v) else {
+    return;
+  };
+  let _ = c.model_type();
+  let _ = c.head_dim();
+  let _ = c.eos_token_ids();
+  let _ = c.quantization();
+  let _ = c.max_position_embeddings();
+  let text = c.text_config();
+  if mlxrs_lm::validate::validate_text_config(&text).is_ok() {
+    let _ = mlxrs_lm::build_model(&text);
+  }
+}
+
+/// Tokenizer folder loading: the first byte picks which file the rest of
+/// the input is (even: `tokenizer.json`, odd: `tokenizer_config.json` with
+/// its chat template), the other file being the seed tokenizer's. Then
+/// encode, decode and render the chat template.
+pub fn tokenizer(data: &[u8]) {
+  let Some((&sel, body)) = data.split_first() else {
+    return;
+  };
+  let d = scratch("tokdir");
+  if std::fs::create_dir_all(&d).is_err() {
+    return;
+  }
+  let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/tiny/llama/");
+  let (tj, tc) = if sel % 2 == 0 {
+    (
+      body.to_vec(),
+      std::fs::read(format!("{base}tokenizer_config.json")).unwrap_or_default(),
+    )
+  } else {
+    (
+      std::fs::read(format!("{base}tokenizer.json")).unwrap_or_default(),
+      body.to_vec(),
+    )
+  };
+  if std::fs::write(d.join("tokenizer.json"), tj).is_err()
+    || std::fs::write(d.join("tokenizer_config.json"), tc).is_err()
+  {
+    return;
+  }
+  let Ok(tok) = mlxrs_lm::Tokenizer::from_dir(&d) else {
+    return;
+  };
+  if let Ok(ids) = tok.encode("Hello, world! \u{e9}\u{1f600}", true) {
+    let _ = tok.decode(&ids, false);
+  }
+  if tok.has_chat_template() {
+    let msgs = [
+      mlxrs_lm::Message::system("sys"),
+      mlxrs_lm::Message::user("hi"),
+    ];
+    let opts = mlxrs_lm::ChatOptions {
+      add_generation_prompt: true,
+      ..Default::default()
+    };
+    let _ = tok.apply_chat_template_ids(&msgs, &opts);
+  }
+}
+
+/// Audio bytes: probe, decode, mix to mono and resample to 16 kHz.
+pub fn wav(data: &[u8]) {
+  for ext in [Some("wav"), None] {
+    if let Ok(a) = mlxrs_audio::audio::decode_audio_bytes(data, ext) {
+      // Bound the work: resampling a huge decoded stream is not the point.
+      if a.samples.len() < 1 << 20 {
+        let _ = mlxrs_audio::audio::to_whisper_rate(a);
+      }
+    }
+  }
+}
+
+/// Image bytes: decode (PNG, JPEG, WebP, GIF) to RGB.
+pub fn image(data: &[u8]) {
+  let _ = mlxrs_vlm::decode_image(data, mlxrs_vlm::AlphaMode::Drop);
+  let _ = mlxrs_vlm::decode_image(data, mlxrs_vlm::AlphaMode::OverWhite);
 }
 
 /// A deterministic mutator (xorshift): flips, overwrites with interesting

@@ -44,3 +44,23 @@ fn safetensors_mutations() {
 fn gguf_mutations() {
   run("gguf", mlxrs_fuzz::gguf);
 }
+
+#[test]
+fn config_mutations() {
+  run("config", mlxrs_fuzz::config);
+}
+
+#[test]
+fn tokenizer_mutations() {
+  run("tokenizer", mlxrs_fuzz::tokenizer);
+}
+
+#[test]
+fn wav_mutations() {
+  run("wav", mlxrs_fuzz::wav);
+}
+
+#[test]
+fn image_mutations() {
+  run("image", mlxrs_fuzz::image);
+}

@@ -89,6 +89,70 @@ pub fn decode_audio_bytes(bytes: &[u8], ext: Option<&str>) -> Result<Audio> {
   if bytes.is_empty() {
     return Err(Error::Audio("empty file (0 bytes)".into()));
   }
+  check_wav_header(bytes)?;
+  // The decoders are third-party parsers of untrusted bytes: a panic in one
+  // (a header field it divides by, ...) is reported as a malformed file.
+  match std::panic::catch_unwind(|| decode_unchecked(bytes, ext)) {
+    Ok(r) => r,
+    Err(p) => {
+      let why = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+      Err(Error::Audio(format!(
+        "malformed audio file: the decoder failed on it ({why})"
+      )))
+    }
+  }
+}
+
+/// The fields of a RIFF/WAVE `fmt ` chunk that symphonia trusts (and would
+/// divide by): channels, sample rate, block alignment and bits per sample
+/// must all be non-zero. Files that are not RIFF/WAVE pass unchecked.
+fn check_wav_header(b: &[u8]) -> Result<()> {
+  if b.len() < 12 || &b[..4] != b"RIFF" || &b[8..12] != b"WAVE" {
+    return Ok(());
+  }
+  let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+  let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+  let mut at = 12usize;
+  while at + 8 <= b.len() {
+    let size = u32_at(at + 4) as usize;
+    if &b[at..at + 4] == b"fmt " {
+      if size < 16 || at + 8 + 16 > b.len() {
+        return Err(Error::Audio(
+          "malformed wav file: the fmt chunk is shorter than 16 bytes".into(),
+        ));
+      }
+      let f = at + 8;
+      let (format, channels, rate) = (u16_at(f), u16_at(f + 2), u32_at(f + 4));
+      let (align, bits) = (u16_at(f + 12), u16_at(f + 14));
+      // Compressed formats may leave alignment and sample width at 0.
+      let pcm = matches!(format, 1 | 3 | 0xFFFE);
+      for (what, v) in [
+        ("channel count", u32::from(channels)),
+        ("sample rate", rate),
+        ("block alignment", if pcm { u32::from(align) } else { 1 }),
+        ("bits per sample", if pcm { u32::from(bits) } else { 1 }),
+      ] {
+        if v == 0 {
+          return Err(Error::Audio(format!(
+            "malformed wav file: the fmt chunk gives a {what} of 0"
+          )));
+        }
+      }
+      return Ok(());
+    }
+    at = match at.checked_add(8 + size + (size & 1)) {
+      Some(n) => n,
+      None => break,
+    };
+  }
+  Ok(())
+}
+
+fn decode_unchecked(bytes: &[u8], ext: Option<&str>) -> Result<Audio> {
   let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes.to_vec())), Default::default());
   let mut hint = Hint::new();
   if let Some(e) = ext {

@@ -21,6 +21,7 @@ pub mod mel;
 pub mod timing;
 pub mod tokenizer;
 pub mod transcribe;
+pub mod vad;
 pub mod whisper;
 
 pub use audio::{Audio, SAMPLE_RATE, load_audio};

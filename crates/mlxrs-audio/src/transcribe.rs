@@ -111,6 +111,11 @@ pub struct TranscribeOptions {
   /// MLX's elementwise `exp` over the 51864 logits costs more than Rust's).
   /// Both give the same tokens; beam search always uses the host.
   pub rules_on_device: Option<bool>,
+  /// Transcribe only the speech found by voice activity detection
+  /// (python faster-whisper `vad_filter=True, vad_parameters=...`): silence
+  /// is cut out before decoding and segment times are mapped back. `None`
+  /// (default): decode everything, as faster-whisper does by default.
+  pub vad_filter: Option<crate::vad::VadOptions>,
 }
 
 impl Default for TranscribeOptions {
@@ -140,6 +145,7 @@ impl Default for TranscribeOptions {
       prepend_punctuations: "\"'“¿([{-".into(),
       append_punctuations: "\"'.。,，!！?？:：”)]}、".into(),
       rules_on_device: None,
+      vad_filter: None,
     }
   }
 }
@@ -1262,6 +1268,17 @@ impl Whisper {
     self.transcribe_with(audio, opts, |_| {})
   }
 
+  /// [`Whisper::transcribe_with`] through a trait object (one
+  /// instantiation: the VAD path calls back into it).
+  fn transcribe_dyn(
+    &self,
+    audio: &Audio,
+    opts: &TranscribeOptions,
+    on_segment: &mut dyn FnMut(&Segment),
+  ) -> Result<Transcription> {
+    self.transcribe_with(audio, opts, on_segment)
+  }
+
   /// [`Whisper::transcribe`], calling `on_segment` as each segment is final.
   pub fn transcribe_with(
     &self,
@@ -1280,6 +1297,34 @@ impl Whisper {
       ));
     }
     self.check_options(opts)?;
+    if let Some(v) = &opts.vad_filter {
+      // faster-whisper: transcribe the concatenated speech, then map the
+      // times back; no speech at all gives no segments.
+      let duration = audio.samples.len() as f64 / f64::from(SAMPLE_RATE);
+      let chunks = crate::vad::speech_timestamps(&audio.samples, v);
+      let speech = crate::vad::collect_chunks(&audio.samples, &chunks);
+      if speech.is_empty() {
+        return Ok(Transcription {
+          segments: Vec::new(),
+          language: opts.language.clone().unwrap_or_else(|| "en".into()),
+          language_probability: 1.0,
+          duration,
+        });
+      }
+      let map = crate::vad::TimeMap::new(&chunks);
+      let inner = TranscribeOptions {
+        vad_filter: None,
+        ..opts.clone()
+      };
+      let mut t = self.transcribe_dyn(&Audio::from_samples_16k(speech), &inner, &mut |s| {
+        let mut s = s.clone();
+        map.apply(&mut s);
+        on_segment(&s);
+      })?;
+      t.segments.iter_mut().for_each(|s| map.apply(s));
+      t.duration = duration;
+      return Ok(t);
+    }
     let tok = self.tok()?;
     let sp = tok.special.clone();
     let cfg = self.config().clone();

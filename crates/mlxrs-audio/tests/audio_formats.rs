@@ -144,6 +144,14 @@ fn bad_files_are_clear_errors() {
   // Format tag 0x0161 (WMA) in a wav: not a codec we decode.
   let e = err(&wav(0x0161, 1, 16000, 16, &[0u8; 64]));
   assert!(e.contains("unsupported") || e.contains("malformed"), "{e}");
+  // Header fields symphonia divides by (issue #20: sample rate 0 panicked
+  // inside the decoder): a clear error, no panic.
+  let e = err(&wav(1, 1, 0, 16, &[0u8; 64]));
+  assert!(e.contains("sample rate of 0"), "{e}");
+  let e = err(&wav(1, 0, 16000, 16, &[0u8; 64]));
+  assert!(e.contains("channel count of 0"), "{e}");
+  let e = err(&wav(1, 1, 16000, 0, &[0u8; 64]));
+  assert!(e.contains("of 0"), "{e}");
   let missing = load_audio("/nonexistent/file.wav")
     .err()
     .unwrap()

@@ -30,12 +30,13 @@ pub struct BenchArgs {
   /// bfloat16 on GPU).
   #[arg(long)]
   dtype: Option<String>,
-  /// Quantize to this many bits (affine), e.g. 4.
+  /// Quantize the random weights of `--shape` to this many bits (affine:
+  /// 2, 3, 4, 5, 6, 8).
   #[arg(long = "quantize-bits", short = 'q')]
   bits: Option<i32>,
-  /// Quantization group size.
-  #[arg(long = "group-size", default_value_t = 64)]
-  group_size: i32,
+  /// Quantization group size for `-q` (32, 64, 128; default 64).
+  #[arg(long = "group-size")]
+  group_size: Option<i32>,
   /// One JSON object per trial plus the average.
   #[arg(long)]
   json: bool,
@@ -43,6 +44,42 @@ pub struct BenchArgs {
   /// side-by-side runner gives it to Python mlx-lm).
   #[arg(long = "dump-config")]
   dump_config: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+  /// Check every flag before loading anything, naming the flag and value.
+  fn validate(&self) -> Result<()> {
+    if self.model.is_some() && (self.bits.is_some() || self.group_size.is_some()) {
+      bail!(
+        "-q/--quantize-bits and --group-size apply to --shape (random weights); a --model is benchmarked as stored (quantize it with its own config)"
+      );
+    }
+    if self.bits.is_none() && self.group_size.is_some() {
+      bail!("--group-size needs -q/--quantize-bits");
+    }
+    if let Some(b) = self.bits {
+      mlxrs_lm::limits::check_affine_quant(
+        "-q/--quantize-bits",
+        b,
+        "--group-size",
+        self.group_size(),
+      )?;
+    }
+    if self.num_trials == 0 {
+      bail!("--num-trials 0: must be >= 1");
+    }
+    if self.generation_tokens == 0 {
+      bail!("--generation-tokens 0: must be >= 1");
+    }
+    if self.prompt_tokens == 0 {
+      bail!("--prompt-tokens 0: must be >= 1");
+    }
+    Ok(())
+  }
+
+  fn group_size(&self) -> i32 {
+    self.group_size.unwrap_or(64)
+  }
 }
 
 /// Run the benchmark.
@@ -62,15 +99,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let Some(s) = &a.shape else {
       bail!("--dump-config needs --shape")
     };
-    std::fs::write(
+    mlxrs_core::atomic::atomic_write(
       p,
       serde_json::to_string_pretty(&mlxrs_lm::bench::shape_config(s)?)?,
-    )?;
+    )
+    .map_err(|e| anyhow::anyhow!("--dump-config: {e}"))?;
     return Ok(());
   }
-  if a.num_trials == 0 {
-    bail!("--num-trials must be >= 1");
-  }
+  a.validate()?;
   let model = match (&a.model, &a.shape) {
     (Some(m), None) => {
       load(
@@ -82,7 +118,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
       )?
       .model
     }
-    (None, Some(s)) => random_model(s, dtype, a.bits, a.group_size, 0)?,
+    (None, Some(s)) => random_model(s, dtype, a.bits, a.group_size(), 0)?,
     _ => bail!("give --model PATH or --shape NAME ({})", SHAPES.join(", ")),
   };
   let device = mlxrs_core::Device::default_device()
@@ -91,7 +127,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
   let what = a.model.clone().or(a.shape.clone()).unwrap_or_default();
   let quant = a
     .bits
-    .map(|b| format!("{b}-bit g{}", a.group_size))
+    .map(|b| format!("{b}-bit g{}", a.group_size()))
     .unwrap_or_else(|| "none".into());
   if !a.json {
     println!("mlxrs bench: {what}, dtype {dtype}, quantization {quant}, device {device}");

@@ -136,6 +136,13 @@ pub fn batch(a: &GenerateArgs, out: &mut dyn Write) -> Result<()> {
     stop: a.sampling.stop.clone(),
   };
   opts.step.top_logprobs = a.top_logprobs;
+  // The shared context rule: left-padded rows all span the longest prompt.
+  let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+  let bound = mlxrs_lm::limits::bound_generation(m.max_context, 0, longest, opts.step.max_tokens)?;
+  if let Some(n) = &bound.note {
+    eprintln!("[WARNING] {n}");
+  }
+  opts.step.max_tokens = bound.max_tokens;
   let outs = batch_generate(m.model.as_ref(), tok, &ids, &opts)?;
   let device = mlxrs_core::Device::default_device()
     .map(|d| d.to_string())

@@ -24,6 +24,7 @@ mod embed;
 mod launch;
 mod lm_extra;
 mod transcribe;
+mod validate;
 mod vlm;
 
 #[derive(Parser)]
@@ -125,6 +126,10 @@ struct SamplingArgs {
   /// Start quantizing the KV cache once it holds this many positions.
   #[arg(long = "quantized-kv-start", default_value_t = 5000)]
   quantized_kv_start: i32,
+  /// Keep generating (with a warning) when the model's logits are NaN/Inf;
+  /// by default that stops with an error.
+  #[arg(long = "allow-nan")]
+  allow_nan: bool,
 }
 
 #[derive(Args)]
@@ -197,6 +202,7 @@ struct CachePromptArgs {
 }
 
 fn cache_prompt(a: CachePromptArgs) -> Result<()> {
+  a.validate()?;
   let prompt = if a.prompt == "-" {
     let mut s = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
@@ -218,6 +224,8 @@ fn cache_prompt(a: CachePromptArgs) -> Result<()> {
   )?;
   let tok = m.tokenizer.as_ref().expect("tokenizer");
   let ids = prompt_ids(tok, &prompt, None, a.ignore_chat_template)?;
+  // The shared context rule (no tokens are generated here).
+  mlxrs_lm::limits::check_prompt(m.max_context, 0, ids.len())?;
   let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
   let mut caches = m.model.make_caches(a.max_kv_size);
   for chunk in ids.chunks(2048) {
@@ -227,7 +235,14 @@ fn cache_prompt(a: CachePromptArgs) -> Result<()> {
   let mut meta = std::collections::HashMap::new();
   meta.insert("model".to_string(), a.model.model.clone());
   meta.insert("tokens".to_string(), ids.len().to_string());
-  mlxrs_nn::save_kv_caches(&a.prompt_cache_file, &caches, &meta)?;
+  // Written atomically (temporary file, fsync, rename): a killed run or a
+  // concurrent writer never leaves a torn cache behind.
+  mlxrs_nn::save_kv_caches(&a.prompt_cache_file, &caches, &meta).with_context(|| {
+    format!(
+      "writing --prompt-cache-file {}",
+      a.prompt_cache_file.display()
+    )
+  })?;
   println!(
     "Saved the KV cache of {} prompt tokens to {}",
     ids.len(),
@@ -287,6 +302,7 @@ fn step_config(s: &SamplingArgs) -> StepConfig {
     kv_bits: s.kv_bits,
     kv_group_size: s.kv_group_size,
     quantized_kv_start: s.quantized_kv_start,
+    allow_nan: s.allow_nan,
     ..StepConfig::default()
   }
 }
@@ -316,6 +332,7 @@ fn read_prompt(a: &GenerateArgs) -> Result<String> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
+  a.validate()?;
   if a.json {
     // Machine-read output: no download progress bars on stderr.
     mlxrs_lm::hub::set_download_progress(false);
@@ -406,8 +423,13 @@ fn generate(a: GenerateArgs) -> Result<()> {
     }
     None => TextStream::new(&m, &ids, &opts, cache)?,
   };
+  if let Some(n) = stream.clamp_note() {
+    eprintln!("[WARNING] {n}");
+  }
+  let mut nan_warned = false;
   for r in &mut stream {
     let r = r?;
+    warn_nan(&r, &mut nan_warned);
     if !a.json {
       write!(out, "{}", r.text)?;
       out.flush()?;
@@ -466,6 +488,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn chat(a: ChatArgs) -> Result<()> {
+  a.validate()?;
   let dtype = parse_dtype(&a.model.dtype)?;
   let is_vlm = mlxrs_lm::resolve_model(&a.model.model)
     .ok()
@@ -554,10 +577,15 @@ fn chat(a: ChatArgs) -> Result<()> {
       (full.clone(), None)
     };
     let mut stream = TextStream::new(&m, &feed, &opts, c)?;
+    if let Some(n) = stream.clamp_note() {
+      eprintln!("[WARNING] {n}");
+    }
     let mut reply = String::new();
     let mut gen_ids = Vec::new();
+    let mut nan_warned = false;
     for r in &mut stream {
       let r = r?;
+      warn_nan(&r, &mut nan_warned);
       print!("{}", r.text);
       out.flush()?;
       reply.push_str(&r.text);
@@ -572,6 +600,17 @@ fn chat(a: ChatArgs) -> Result<()> {
     messages.push(Message::assistant(reply));
   }
   Ok(())
+}
+
+/// With `--allow-nan`, say once that the logits went NaN/Inf.
+fn warn_nan(r: &mlxrs_lm::Response, warned: &mut bool) {
+  if !*warned && r.logprob.is_some_and(|l| !l.is_finite()) {
+    *warned = true;
+    eprintln!(
+      "[WARNING] the model's logits are NaN/Inf (token {}): the output is garbage",
+      r.generation_tokens
+    );
+  }
 }
 
 fn main() {

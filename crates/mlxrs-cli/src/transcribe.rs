@@ -63,6 +63,16 @@ pub struct TranscribeArgs {
   /// Retry hotter when the average log-probability is below this.
   #[arg(long = "logprob-threshold", default_value_t = -1.0)]
   pub logprob_threshold: f32,
+  /// Transcribe only the speech found by voice activity detection
+  /// (faster-whisper's `vad_filter`; silence is skipped, times are kept).
+  #[arg(long = "vad-filter")]
+  pub vad_filter: bool,
+  /// With `--vad-filter`: speech probability threshold (0-1).
+  #[arg(long = "vad-threshold", default_value_t = 0.5)]
+  pub vad_threshold: f32,
+  /// With `--vad-filter`: silence shorter than this (ms) does not split speech.
+  #[arg(long = "vad-min-silence-ms", default_value_t = 2000)]
+  pub vad_min_silence_ms: u32,
   /// Output format: txt, json, srt or vtt.
   #[arg(long = "output-format", default_value = "txt")]
   pub output_format: String,
@@ -154,6 +164,9 @@ fn options(a: &TranscribeArgs) -> Result<TranscribeOptions> {
   if a.temperature.is_empty() {
     bail!("--temperature: give at least one value (0 = greedy)");
   }
+  if !(a.vad_threshold.is_finite() && (0.0..=1.0).contains(&a.vad_threshold)) {
+    bail!("--vad-threshold {}: must be in [0, 1]", a.vad_threshold);
+  }
   Ok(TranscribeOptions {
     language: a.language.clone(),
     task,
@@ -167,6 +180,11 @@ fn options(a: &TranscribeArgs) -> Result<TranscribeOptions> {
     no_speech_threshold: Some(a.no_speech_threshold),
     compression_ratio_threshold: Some(a.compression_ratio_threshold),
     log_prob_threshold: Some(a.logprob_threshold),
+    vad_filter: a.vad_filter.then(|| mlxrs_audio::vad::VadOptions {
+      threshold: a.vad_threshold,
+      min_silence_duration_ms: a.vad_min_silence_ms,
+      ..Default::default()
+    }),
     ..TranscribeOptions::default()
   })
 }
@@ -233,7 +251,8 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
           .map(Path::new)
           .unwrap_or(Path::new("audio"));
         let out = d.join(stem).with_extension(&args.output_format);
-        std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+        mlxrs_core::atomic::atomic_write(&out, text)
+          .with_context(|| format!("writing {}", out.display()))?;
         eprintln!(
           "{} -> {} ({:.2} s, real-time factor {:.3})",
           file.display(),

@@ -59,14 +59,146 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
   }
 }
 
-/// Read and validate a safetensors file's header: every tensor's dtype is
-/// one MLX has, its shape fits `i32`, its byte range matches
-/// `numel * itemsize` and lies inside the file.
+/// Read and validate a safetensors file's header, strictly: the JSON is an
+/// object without duplicated names (top level and `__metadata__`); the
+/// `safetensors` crate's metadata parsing and validation (known dtype,
+/// non-negative shape, `shape x dtype size == byte range`, byte ranges
+/// contiguous from 0 with no overlap or gap); the ranges cover the data
+/// section exactly (no truncation, no trailing bytes); and, for MLX, every
+/// dtype is one MLX has and every dimension fits `i32`.
 pub fn read_safetensors_header(path: impl AsRef<Path>) -> Result<SafetensorsHeader> {
   let path = path.as_ref();
   let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
   let file_len = f.metadata().map_err(|e| io_err(path, e))?.len();
   header_from(&mut f, file_len, path)
+}
+
+/// The header's top-level entries in file order, duplicates kept (a serde
+/// map visitor sees every key; `serde_json::Value` and the `safetensors`
+/// crate's `HashMap` keep only the last of a repeated name).
+struct RawHeader {
+  tensors: Vec<(String, safetensors::tensor::TensorInfo)>,
+  metadata: Option<Vec<(String, String)>>,
+}
+
+/// `__metadata__`: `null` or an object of strings, duplicates kept.
+struct RawMeta(Option<Vec<(String, String)>>);
+
+impl<'de> serde::Deserialize<'de> for RawMeta {
+  fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+      type Value = RawMeta;
+      fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("null or an object of strings")
+      }
+      fn visit_unit<E>(self) -> std::result::Result<RawMeta, E> {
+        Ok(RawMeta(None))
+      }
+      fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut m: A,
+      ) -> std::result::Result<RawMeta, A::Error> {
+        let mut out = Vec::new();
+        while let Some(k) = m.next_key::<String>()? {
+          let v = m
+            .next_value::<String>()
+            .map_err(|e| serde::de::Error::custom(format!("__metadata__[{k:?}]: {e}")))?;
+          out.push((k, v));
+        }
+        Ok(RawMeta(Some(out)))
+      }
+    }
+    d.deserialize_any(V)
+  }
+}
+
+impl<'de> serde::Deserialize<'de> for RawHeader {
+  fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+      type Value = RawHeader;
+      fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+      }
+      fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut m: A,
+      ) -> std::result::Result<RawHeader, A::Error> {
+        let mut out = RawHeader {
+          tensors: Vec::new(),
+          metadata: None,
+        };
+        while let Some(k) = m.next_key::<String>()? {
+          if k == "__metadata__" {
+            if out.metadata.is_some() {
+              return Err(serde::de::Error::custom("duplicated \"__metadata__\""));
+            }
+            out.metadata = Some(m.next_value::<RawMeta>()?.0.unwrap_or_default());
+            continue;
+          }
+          let info = m
+            .next_value::<safetensors::tensor::TensorInfo>()
+            .map_err(|e| serde::de::Error::custom(format!("tensor {k:?}: {e}")))?;
+          out.tensors.push((k, info));
+        }
+        Ok(out)
+      }
+    }
+    d.deserialize_any(V)
+  }
+}
+
+/// The first name that appears twice in `names`.
+fn first_duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+  let mut seen = std::collections::HashSet::new();
+  names.into_iter().find(|n| !seen.insert(*n))
+}
+
+/// Why the `safetensors` crate rejected `tensors` (sorted by offset): its
+/// errors do not name the tensor or the sizes, so find them.
+fn explain_invalid(
+  e: safetensors::SafeTensorError,
+  tensors: &[(String, safetensors::tensor::TensorInfo)],
+) -> String {
+  use safetensors::SafeTensorError as E;
+  match e {
+    E::InvalidOffset(name) => {
+      let (b, e) = tensors
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| t.data_offsets)
+        .unwrap_or((0, 0));
+      format!(
+        "tensor {name:?}: data_offsets [{b}, {e}] overlap another tensor or leave a gap (byte ranges must be contiguous from 0)"
+      )
+    }
+    E::TensorInvalidInfo | E::MisalignedSlice | E::ValidationOverflow => {
+      for (name, t) in tensors {
+        let bits = t
+          .shape
+          .iter()
+          .try_fold(1usize, |a, &d| a.checked_mul(d))
+          .and_then(|n| n.checked_mul(t.dtype.bitsize()));
+        let (b, en) = t.data_offsets;
+        match bits {
+          None => return format!("tensor {name:?}: shape {:?} overflows", t.shape),
+          Some(bits) if bits % 8 != 0 || en - b != bits / 8 => {
+            return format!(
+              "tensor {name:?}: {} bytes of data for shape {:?} {:?} (needs {})",
+              en - b,
+              t.shape,
+              t.dtype,
+              bits.div_ceil(8)
+            );
+          }
+          _ => {}
+        }
+      }
+      e.to_string()
+    }
+    other => other.to_string(),
+  }
 }
 
 /// [`read_safetensors_header`] over any reader positioned at the start of a
@@ -95,90 +227,84 @@ pub(crate) fn header_from(
   }
   let mut header = vec![0u8; n as usize];
   f.read_exact(&mut header).map_err(|e| io_err(path, e))?;
-  let json: serde_json::Value = serde_json::from_slice(&header)
-    .map_err(|e| fmt_err(path, format!("safetensors header is not valid JSON: {e}")))?;
-  let obj = json
-    .as_object()
-    .ok_or_else(|| fmt_err(path, "safetensors header is not a JSON object"))?;
+  if serde_json::from_slice::<serde::de::IgnoredAny>(&header).is_err() {
+    let e = serde_json::from_slice::<serde_json::Value>(&header)
+      .err()
+      .map(|e| e.to_string())
+      .unwrap_or_default();
+    return Err(fmt_err(
+      path,
+      format!("safetensors header is not valid JSON: {e}"),
+    ));
+  }
+  if !header.trim_ascii_start().starts_with(b"{") {
+    return Err(fmt_err(path, "safetensors header is not a JSON object"));
+  }
+  let raw: RawHeader = serde_json::from_slice(&header)
+    .map_err(|e| fmt_err(path, format!("invalid safetensors header: {e}")))?;
+  // What serde maps would hide: a repeated name silently keeps the last.
+  if let Some(d) = first_duplicate(raw.tensors.iter().map(|(n, _)| n.as_str())) {
+    return Err(fmt_err(
+      path,
+      format!("tensor name {d:?} appears twice in the safetensors header"),
+    ));
+  }
+  let meta = raw.metadata.unwrap_or_default();
+  if let Some(d) = first_duplicate(meta.iter().map(|(k, _)| k.as_str())) {
+    return Err(fmt_err(
+      path,
+      format!("__metadata__ key {d:?} appears twice in the safetensors header"),
+    ));
+  }
+  // The safetensors crate's validation: sizes and contiguous offsets.
+  let mut tensors = raw.tensors;
+  tensors.sort_by_key(|(_, t)| t.data_offsets);
+  let metadata = safetensors::tensor::Metadata::new(None, tensors.clone())
+    .map_err(|e| fmt_err(path, explain_invalid(e, &tensors)))?;
   let data_len = file_len - 8 - n;
-  let mut out = SafetensorsHeader::default();
-  for (name, entry) in obj {
-    if name == "__metadata__" {
-      // MLX writes `"__metadata__": null` when saving without metadata.
-      if entry.is_null() {
-        continue;
-      }
-      let m = entry
-        .as_object()
-        .ok_or_else(|| fmt_err(path, "__metadata__ is not an object"))?;
-      for (k, v) in m {
-        let v = v
-          .as_str()
-          .ok_or_else(|| fmt_err(path, format!("__metadata__[{k:?}] is not a string")))?;
-        out.metadata.insert(k.clone(), v.to_string());
-      }
-      continue;
-    }
+  let end = metadata.data_len() as u64;
+  if end > data_len {
+    let (name, t) = tensors.last().expect("end > 0 means a tensor");
+    return Err(fmt_err(
+      path,
+      format!(
+        "tensor {name:?}: data ends at byte {} but the file's data section has {data_len} bytes (truncated file?)",
+        t.data_offsets.1
+      ),
+    ));
+  }
+  if end < data_len {
+    return Err(fmt_err(
+      path,
+      format!(
+        "{} trailing bytes after the last tensor's data (data section {data_len} bytes, tensors cover {end})",
+        data_len - end
+      ),
+    ));
+  }
+  let mut out = SafetensorsHeader {
+    metadata: meta.into_iter().collect(),
+    ..Default::default()
+  };
+  for (name, t) in tensors {
     let bad = |m: &str| fmt_err(path, format!("tensor {name:?}: {m}"));
-    let dtype_s = entry
-      .get("dtype")
-      .and_then(|d| d.as_str())
-      .ok_or_else(|| bad("missing dtype"))?;
-    let dtype = Dtype::parse(dtype_s)
-      .filter(|_| {
-        dtype_s
-          .chars()
-          .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-      })
+    let dtype_s = format!("{:?}", t.dtype);
+    let dtype = Dtype::parse(&dtype_s)
       .ok_or_else(|| bad(&format!("dtype {dtype_s} is not supported by MLX")))?;
-    let shape_v = entry
-      .get("shape")
-      .and_then(|s| s.as_array())
-      .ok_or_else(|| bad("missing shape"))?;
-    let mut shape = Vec::with_capacity(shape_v.len());
-    for d in shape_v {
-      let d = d
-        .as_u64()
-        .filter(|&d| d <= i32::MAX as u64)
-        .ok_or_else(|| bad(&format!("invalid dimension {d}")))?;
+    let mut shape = Vec::with_capacity(t.shape.len());
+    for &d in &t.shape {
+      if d > i32::MAX as usize {
+        return Err(bad(&format!("invalid dimension {d} (MLX needs < 2^31)")));
+      }
       shape.push(d as i32);
     }
-    let offs = entry
-      .get("data_offsets")
-      .and_then(|o| o.as_array())
-      .filter(|o| o.len() == 2)
-      .ok_or_else(|| bad("missing data_offsets [begin, end]"))?;
-    let (b, e) = match (offs[0].as_u64(), offs[1].as_u64()) {
-      (Some(b), Some(e)) if b <= e => (b, e),
-      _ => {
-        return Err(bad(
-          "data_offsets must be two non-negative integers, begin <= end",
-        ));
-      }
-    };
-    if e > data_len {
-      return Err(bad(&format!(
-        "data ends at byte {e} but the file's data section has {data_len} bytes (truncated file?)"
-      )));
-    }
-    let numel = shape
-      .iter()
-      .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-    let want = numel
-      .and_then(|n| n.checked_mul(dtype.size() as u64))
-      .ok_or_else(|| bad("shape overflows"))?;
-    if e - b != want {
-      return Err(bad(&format!(
-        "{} bytes of data for shape {shape:?} {dtype} (needs {want})",
-        e - b
-      )));
-    }
+    let (b, e) = t.data_offsets;
     out.tensors.insert(
-      name.clone(),
+      name,
       TensorInfo {
         dtype,
         shape,
-        data_offsets: (b, e),
+        data_offsets: (b as u64, e as u64),
       },
     );
   }
@@ -214,7 +340,9 @@ pub fn load_safetensors(
   path: impl AsRef<Path>,
 ) -> Result<(HashMap<String, Array>, HashMap<String, String>)> {
   let path = path.as_ref();
-  let header = read_safetensors_header(path)?;
+  let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+  let validated = f.metadata().map_err(|e| io_err(path, e))?;
+  let header = header_from(&mut f, validated.len(), path)?;
   let c_path = path_cstring(path)?;
   let mut arrays = MapArr(mlxrs_sys::mlx_map_string_to_array {
     ctx: std::ptr::null_mut(),
@@ -233,6 +361,20 @@ pub fn load_safetensors(
     )
   })
   .map_err(|e| fmt_err(path, e.to_string()))?;
+  // MLX opened the path itself: if another file was renamed over it after
+  // the validation (an atomic writer), MLX may hold the new file and the
+  // header checked above the old one. Never mix them.
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    if (now.dev(), now.ino()) != (validated.dev(), validated.ino()) {
+      return Err(fmt_err(
+        path,
+        "the file was replaced while it was being loaded; load it again",
+      ));
+    }
+  }
   let out = map_entries(&arrays, header.tensors.len())?;
   Ok((out, header.metadata.into_iter().collect()))
 }
@@ -279,17 +421,23 @@ pub(crate) fn map_entries_raw(
 
 /// Save `arrays` (and string `metadata`) as a safetensors file (python
 /// `mx.save_safetensors(path, arrays, metadata)`). Evaluates the arrays.
+///
+/// The file is written atomically ([`crate::atomic::atomic_write_with`]): a
+/// temporary file beside `path`, `fsync`, rename. Unlike python, `path` is
+/// used as given (MLX appends `.safetensors` to a name without that
+/// extension; mlxrs writes exactly the file it is told to).
 pub fn save_safetensors(
   path: impl AsRef<Path>,
   arrays: &HashMap<String, Array>,
   metadata: &HashMap<String, String>,
 ) -> Result<()> {
   let path = path.as_ref();
-  let c_path = path_cstring(path)?;
-  let (map, meta) = c_maps(arrays, metadata)?;
-  // SAFETY: live handles and path for the duration of the call.
-  check(unsafe { mlxrs_sys::mlx_save_safetensors(c_path.as_ptr(), map.0, meta.0) })
-    .map_err(|e| fmt_err(path, e.to_string()))
+  crate::atomic::atomic_write_with(path, |f| {
+    save_safetensors_to(f, arrays, metadata).map_err(|e| match e {
+      Error::Io { source, .. } => io_err(path, source),
+      e => fmt_err(path, e.to_string()),
+    })
+  })
 }
 
 /// `arrays` as a C map.
@@ -345,13 +493,22 @@ pub fn load_npy(path: impl AsRef<Path>) -> Result<Array> {
 /// Save an array as `.npy` (python `mx.save("x.npy", a)`).
 pub fn save_npy(path: impl AsRef<Path>, array: &Array) -> Result<()> {
   let path = path.as_ref();
-  let c_path = path_cstring(path)?;
   if array.is_null() {
     return Err(Error::InvalidArgument("empty array handle".into()));
   }
-  // SAFETY: live handle and path for the duration of the call.
-  check(unsafe { mlxrs_sys::mlx_save(c_path.as_ptr(), array.0) })
-    .map_err(|e| fmt_err(path, e.to_string()))
+  if path.extension().is_none_or(|e| e != "npy") {
+    return Err(Error::InvalidArgument(format!(
+      ".npy file name must end in .npy (MLX would append it): {}",
+      path.display()
+    )));
+  }
+  // Written atomically: a temporary `.npy` beside `path`, then renamed.
+  crate::atomic::atomic_write_to_path(path, |tmp| {
+    let c_path = path_cstring(tmp)?;
+    // SAFETY: live handle and path for the duration of the call.
+    check(unsafe { mlxrs_sys::mlx_save(c_path.as_ptr(), array.0) })
+      .map_err(|e| fmt_err(path, e.to_string()))
+  })
 }
 
 // ---------------------------------------------------------------- gguf
@@ -870,7 +1027,7 @@ pub fn save_gguf(
       path.display()
     )));
   }
-  let c_path = path_cstring(path)?;
+  path_cstring(path)?;
   // SAFETY: fresh owned handles, freed by the guards.
   let map = MapArr(unsafe { mlxrs_sys::mlx_map_string_to_array_new() });
   // SAFETY: as above.
@@ -933,9 +1090,13 @@ pub fn save_gguf(
       }
     }
   }
-  // SAFETY: live handles and path for the duration of the call.
-  check(unsafe { mlxrs_sys::mlx_save_gguf(c_path.as_ptr(), map.0, meta.0) })
-    .map_err(|e| fmt_err(path, e.to_string()))
+  // Written atomically: a temporary `.gguf` beside `path`, then renamed.
+  crate::atomic::atomic_write_to_path(path, |tmp| {
+    let c_path = path_cstring(tmp)?;
+    // SAFETY: live handles and path for the duration of the call.
+    check(unsafe { mlxrs_sys::mlx_save_gguf(c_path.as_ptr(), map.0, meta.0) })
+      .map_err(|e| fmt_err(path, e.to_string()))
+  })
 }
 
 #[cfg(test)]
@@ -1028,9 +1189,41 @@ mod tests {
     expect_format_err(
       r#"{"x":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}}"#,
       &[],
-      "invalid dimension",
+      "expected usize",
     );
     expect_format_err(r#"{"x":{"dtype":"F32","shape":[1]}}"#, &[], "data_offsets");
+    // Strict parsing (issue #20): what a serde map would hide or MLX would
+    // read past.
+    expect_format_err(
+      r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+      &[0; 8],
+      "appears twice",
+    );
+    expect_format_err(
+      r#"{"__metadata__":{"a":"1","a":"2"},"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+      &[0; 4],
+      "key \"a\" appears twice",
+    );
+    expect_format_err(
+      r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+      &[0; 8],
+      "overlap",
+    );
+    expect_format_err(
+      r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+      &[0; 8],
+      "contiguous",
+    );
+    expect_format_err(
+      r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+      &[0; 12],
+      "8 trailing bytes",
+    );
+    expect_format_err(
+      r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"__metadata__":{"k":3}}"#,
+      &[0; 4],
+      "__metadata__",
+    );
     // Header length larger than the file.
     let p = tmp("short.safetensors");
     std::fs::write(&p, 1000u64.to_le_bytes()).unwrap();

@@ -7,6 +7,7 @@
 //! [`Error::Mlx`] values and never abort the process.
 
 pub mod array;
+pub mod atomic;
 pub mod closure;
 pub mod device;
 pub mod distributed;

@@ -128,15 +128,36 @@ impl PoolingConfig {
         ));
       }
       None => {
+        let mut present = false;
         for (key, mode) in LEGACY_POOLING_KEYS {
+          present |= c.get(key).is_some();
           if c.bool_or(&[key], false)? {
             modes.push(mode);
           }
         }
+        if present && modes.is_empty() {
+          // sentence-transformers' `_convert_legacy_pooling_kwargs` silently
+          // mean-pools here; a config that turns every mode off is more
+          // likely a mistake than a request for mean pooling.
+          return Err(
+            c.invalid(
+              "pooling_mode_*",
+              "no pooling mode is enabled (every pooling_mode_* flag is false); set one to true, \
+             e.g. \"pooling_mode_mean_tokens\": true"
+                .to_string(),
+            ),
+          );
+        }
       }
     }
     if modes.is_empty() {
-      // sentence-transformers' `_convert_legacy_pooling_kwargs` falls back to mean.
+      if matches!(c.get("pooling_mode"), Some(Value::Array(_))) {
+        return Err(c.invalid(
+          "pooling_mode",
+          "the list of pooling modes is empty".to_string(),
+        ));
+      }
+      // No pooling keys at all: sentence-transformers' default, mean.
       modes.push(PoolingMode::Mean);
     }
     Ok(PoolingConfig {
@@ -554,6 +575,22 @@ mod tests {
     let p = PoolingConfig::from_config(&new).unwrap();
     assert_eq!(p.modes, vec![PoolingMode::Max, PoolingMode::MeanSqrtLen]);
     assert!(!p.include_prompt);
+    // Every legacy flag false, or an empty list: an error, not a silent mean.
+    let none = JsonConfig::from_value(
+      "p.json",
+      json!({"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": false}),
+    );
+    let e = PoolingConfig::from_config(&none).unwrap_err().to_string();
+    assert!(e.contains("no pooling mode is enabled"), "{e}");
+    let empty = JsonConfig::from_value("p.json", json!({"pooling_mode": []}));
+    let e = PoolingConfig::from_config(&empty).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+    // No pooling keys at all: sentence-transformers' default, mean.
+    let bare = JsonConfig::from_value("p.json", json!({"embedding_dimension": 8}));
+    assert_eq!(
+      PoolingConfig::from_config(&bare).unwrap().modes,
+      vec![PoolingMode::Mean]
+    );
     let none = JsonConfig::from_value("p.json", json!({"word_embedding_dimension": 8}));
     assert_eq!(
       PoolingConfig::from_config(&none).unwrap().modes,

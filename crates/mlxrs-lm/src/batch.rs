@@ -238,6 +238,7 @@ pub fn batch_generate(
       if row.finish.is_some() {
         continue;
       }
+      crate::generate::check_finite_logprob(lp, row.tokens.len(), cfg.allow_nan)?;
       row.tokens.push(t);
       row.logprobs.push(lp);
       row.top.push(top);

@@ -40,6 +40,26 @@ pub struct StepConfig {
   /// Quantize once the cache holds this many positions
   /// (`--quantized-kv-start`, mlx-lm's default 5000).
   pub quantized_kv_start: i32,
+  /// Keep generating when a step's logits are NaN/Inf (`--allow-nan`). By
+  /// default such a step is an error ([`check_finite_logprob`]): broken
+  /// weights or config (e.g. `rope_theta` 0) would otherwise emit token 0
+  /// forever. Python mlx-lm has no such guard.
+  pub allow_nan: bool,
+}
+
+/// The NaN/Inf logits guard: the sampled token's log-probability (already
+/// read on the host each step, so this costs no device sync) is finite
+/// whenever the step's logits are; NaN or Inf there means the logits are
+/// garbage. An error naming the step unless `allow_nan`.
+pub fn check_finite_logprob(logprob: f32, step: usize, allow_nan: bool) -> Result<()> {
+  if logprob.is_finite() || allow_nan {
+    return Ok(());
+  }
+  Err(Error::InvalidArgument(format!(
+    "the model produced non-finite logits at generated token {step} (log-probability {logprob}): \
+     the weights or config are broken (NaN/Inf weights, rope_theta 0, ...); pass --allow-nan \
+     (StepConfig::allow_nan) to keep the output anyway"
+  )))
 }
 
 impl Default for StepConfig {
@@ -56,6 +76,7 @@ impl Default for StepConfig {
       kv_bits: None,
       kv_group_size: 64,
       quantized_kv_start: 5000,
+      allow_nan: false,
     }
   }
 }
@@ -190,6 +211,7 @@ pub struct TokenGenerator<'m> {
   pub prompt_tokens: usize,
   failed: bool,
   kv_quant: Option<(i32, i32, i32)>,
+  allow_nan: bool,
 }
 
 fn last_position(h: &Array) -> Result<Array> {
@@ -225,6 +247,23 @@ impl<'m> TokenGenerator<'m> {
     }
     cfg.logits.validate(vocab)?;
     let sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
+    if let Some(n) = cfg.max_kv_size {
+      if n < 1 {
+        return Err(Error::InvalidArgument(format!(
+          "max_kv_size must be >= 1, got {n}"
+        )));
+      }
+    }
+    if let Some(b) = cfg.kv_bits {
+      crate::limits::check_affine_quant("kv_bits", b, "kv_group_size", cfg.kv_group_size)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+      if cfg.quantized_kv_start < 0 {
+        return Err(Error::InvalidArgument(format!(
+          "quantized_kv_start must be >= 0, got {}",
+          cfg.quantized_kv_start
+        )));
+      }
+    }
     let caches = caches.unwrap_or_else(|| model.make_caches(cfg.max_kv_size));
     let mut g = TokenGenerator {
       model,
@@ -243,14 +282,8 @@ impl<'m> TokenGenerator<'m> {
       kv_quant: cfg
         .kv_bits
         .map(|b| (b, cfg.kv_group_size, cfg.quantized_kv_start)),
+      allow_nan: cfg.allow_nan,
     };
-    if let Some(b) = cfg.kv_bits {
-      if ![2, 3, 4, 6, 8].contains(&b) {
-        return Err(Error::InvalidArgument(format!(
-          "kv_bits must be one of 2, 3, 4, 6, 8; got {b}"
-        )));
-      }
-    }
     let t0 = std::time::Instant::now();
     // Prefill all but the last token in chunks, evaluating the caches.
     let mut done = 0;
@@ -344,6 +377,7 @@ impl<'m> TokenGenerator<'m> {
       .into_iter()
       .next()
       .ok_or_else(|| Error::InvalidArgument("empty step".into()))?;
+    check_finite_logprob(logprob, self.produced, self.allow_nan)?;
     if self.produced + 1 < self.max_tokens && needs_host {
       let next = self.step_tokens(&[token])?;
       self.pending = Some(next);

@@ -12,6 +12,7 @@ pub mod config;
 pub mod detokenizer;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod tokenizer;
 
 pub use chat::{ChatOptions, ChatTemplate, ChatTemplates, Content, Message};
@@ -36,6 +37,7 @@ pub mod sample;
 pub mod shard;
 pub mod speculative;
 pub mod text;
+pub mod validate;
 
 pub use batch::batch_generate;
 pub use convert::{ConvertOptions, ConvertReport, convert};

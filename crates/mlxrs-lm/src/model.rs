@@ -106,7 +106,10 @@ pub fn build_model(config: &Value) -> Result<Box<dyn LanguageModel>> {
     .map(|(_, t)| *t)
     .unwrap_or(mt);
   match registry().into_iter().find(|(n, _)| *n == resolved) {
-    Some((_, b)) => b(config),
+    Some((_, b)) => {
+      crate::validate::validate_text_config(config)?;
+      b(config)
+    }
     None => Err(mlxrs_core::Error::InvalidArgument(format!(
       "model type {mt:?} is not supported; supported: {}",
       supported_model_types().join(", ")

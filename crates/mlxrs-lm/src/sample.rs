@@ -312,9 +312,11 @@ impl LogitsConfig {
   /// Check values, naming the bad one.
   pub fn validate(&self, vocab: i32) -> Result<()> {
     if let Some(p) = self.repetition_penalty {
-      if !p.is_finite() || p < 0.0 {
+      // Python mlx-lm accepts 0 and then divides logits by it; here 0
+      // would silently mean "off" (see `is_active`): refuse it.
+      if !p.is_finite() || p <= 0.0 {
         return Err(Error::InvalidArgument(format!(
-          "repetition_penalty must be a non-negative float, got {p}"
+          "repetition_penalty must be a finite float > 0 (1 = off), got {p}"
         )));
       }
     }

@@ -38,6 +38,7 @@ pub struct SpeculativeGenerator<'m> {
   queue: VecDeque<Step>,
   produced: usize,
   max_tokens: usize,
+  allow_nan: bool,
   failed: bool,
   /// Seconds spent in prefill.
   pub prompt_time: f64,
@@ -161,6 +162,7 @@ impl<'m> SpeculativeGenerator<'m> {
       queue: VecDeque::new(),
       produced: 0,
       max_tokens: cfg.max_tokens,
+      allow_nan: cfg.allow_nan,
       failed: false,
       prompt_time: t0.elapsed().as_secs_f64(),
       prompt_tokens: prompt.len(),
@@ -231,6 +233,9 @@ impl<'m> SpeculativeGenerator<'m> {
       d.to_vec::<i32>()?
     };
     let rows = st.read()?;
+    for (i, (_, lp, _)) in rows.iter().enumerate() {
+      crate::generate::check_finite_logprob(*lp, self.produced + i, self.allow_nan)?;
+    }
     let row_lp = |i: usize| -> Result<Option<Array>> {
       if self.return_logprobs {
         let v = st.logprobs.dim(-1).unwrap_or(1);

@@ -139,6 +139,21 @@ pub struct TextStream<'m> {
   emitted: usize,
   t_start: Instant,
   done: bool,
+  clamp_note: Option<String>,
+}
+
+/// `step` with `max_tokens` bounded by `m`'s context (the shared rule,
+/// [`crate::limits::bound_generation`]), and the clamp note if any.
+fn bounded_step(
+  m: &LoadedModel,
+  cached: usize,
+  prompt: usize,
+  step: &StepConfig,
+) -> Result<(StepConfig, Option<String>)> {
+  let b = crate::limits::bound_generation(m.max_context, cached, prompt, step.max_tokens)?;
+  let mut step = step.clone();
+  step.max_tokens = b.max_tokens;
+  Ok((step, b.note))
 }
 
 impl<'m> TextStream<'m> {
@@ -161,23 +176,21 @@ impl<'m> TextStream<'m> {
         "stop strings must not be empty".into(),
       )));
     }
-    if let Some(ctx) = m.max_context {
-      if prompt.len() > ctx {
-        return Err(Error::Core(mlxrs_core::Error::InvalidArgument(format!(
-          "the prompt has {} tokens, more than the model's context of {ctx} (max_position_embeddings)",
-          prompt.len()
-        ))));
-      }
-    }
+    let cached = cache
+      .as_ref()
+      .and_then(|c| c.first())
+      .map_or(0, |c| c.offset.max(0) as usize);
+    let (step, note) = bounded_step(m, cached, prompt.len(), &opts.step)?;
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     let _ = memory::reset_peak_memory();
-    let tokens_gen = Source::Plain(TokenGenerator::new(
-      m.model.as_ref(),
-      &ids,
-      &opts.step,
-      cache,
-    )?);
-    Self::with_source(m, tok, prompt, opts, tokens_gen)
+    let tokens_gen = Source::Plain(TokenGenerator::new(m.model.as_ref(), &ids, &step, cache)?);
+    Self::with_source(tok, opts, tokens_gen, note)
+  }
+
+  /// Set when `max_tokens` was clamped to the model's context
+  /// ([`crate::limits::bound_generation`]): a message for the user.
+  pub fn clamp_note(&self) -> Option<&str> {
+    self.clamp_note.as_deref()
   }
 
   /// Speculative decoding with `draft` (python `stream_generate(model,
@@ -209,33 +222,26 @@ impl<'m> TextStream<'m> {
         ))));
       }
     }
+    let (step, note) = bounded_step(m, 0, prompt.len(), &opts.step)?;
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     let _ = memory::reset_peak_memory();
-    let g = SpeculativeGenerator::new(m.model.as_ref(), draft.model.as_ref(), &ids, &opts.step)?;
-    Self::with_source(m, tok, prompt, opts, Source::Speculative(g))
+    let g = SpeculativeGenerator::new(m.model.as_ref(), draft.model.as_ref(), &ids, &step)?;
+    Self::with_source(tok, opts, Source::Speculative(g), note)
   }
 
   fn with_source(
-    m: &'m LoadedModel,
     tok: &'m Tokenizer,
-    prompt: &[u32],
     opts: &GenerateOptions,
     tokens_gen: Source<'m>,
+    clamp_note: Option<String>,
   ) -> Result<Self> {
     if opts.stop.iter().any(String::is_empty) {
       return Err(Error::Core(mlxrs_core::Error::InvalidArgument(
         "stop strings must not be empty".into(),
       )));
     }
-    if let Some(ctx) = m.max_context {
-      if prompt.len() > ctx {
-        return Err(Error::Core(mlxrs_core::Error::InvalidArgument(format!(
-          "the prompt has {} tokens, more than the model's context of {ctx} (max_position_embeddings)",
-          prompt.len()
-        ))));
-      }
-    }
     Ok(TextStream {
+      clamp_note,
       tokens_gen,
       tok,
       detok: tok.detokenizer(),

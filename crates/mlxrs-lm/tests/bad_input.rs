@@ -324,3 +324,63 @@ fn unsupported_model_type_lists_supported() {
     "unsupported model type `mamba9` (supported: llama, qwen3)"
   );
 }
+
+/// The library side of issue #20: `build_model` checks the config before
+/// building layers (a negative layer count used to overflow an allocation),
+/// and `TextStream` bounds `max_tokens` by the context with a note.
+#[test]
+fn config_values_are_checked_and_generation_is_bounded() {
+  let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny/llama");
+  let cfg: serde_json::Value =
+    serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+  for (field, v, needle) in [
+    (
+      "num_hidden_layers",
+      serde_json::json!(-1),
+      "num_hidden_layers must be a positive integer, got -1",
+    ),
+    (
+      "hidden_size",
+      serde_json::json!(0),
+      "hidden_size must be a positive integer, got 0",
+    ),
+    (
+      "rope_theta",
+      serde_json::json!(0.0),
+      "rope_theta must be a finite number > 0",
+    ),
+  ] {
+    let mut c = cfg.clone();
+    c[field] = v;
+    let e = mlxrs_lm::build_model(&c)
+      .err()
+      .expect("an error")
+      .to_string();
+    assert!(e.contains(needle), "{field}: {e}");
+  }
+  let m = mlxrs_lm::load(
+    dir.to_str().unwrap(),
+    &mlxrs_lm::LoadOptions {
+      dtype: Some(mlxrs_core::Dtype::Float32),
+      no_tokenizer: false,
+    },
+  )
+  .unwrap();
+  let mut opts = mlxrs_lm::GenerateOptions::default();
+  opts.step.max_tokens = usize::MAX;
+  let prompt: Vec<u32> = (1..500).collect();
+  let s = mlxrs_lm::TextStream::new(&m, &prompt, &opts, None).unwrap();
+  assert!(
+    s.clamp_note().unwrap().contains("clamped to 13"),
+    "{:?}",
+    s.clamp_note()
+  );
+  let out = mlxrs_lm::collect(s).unwrap();
+  assert!(out.tokens.len() <= 13, "{}", out.tokens.len());
+  let long: Vec<u32> = (0..513).map(|i| 1 + i % 400).collect();
+  let e = mlxrs_lm::TextStream::new(&m, &long, &opts, None)
+    .err()
+    .expect("an error")
+    .to_string();
+  assert!(e.contains("more than the model's context of 512"), "{e}");
+}

@@ -42,10 +42,18 @@ fn quantized_kv_cache_matches_mlx_lm() {
     g.caches.iter().all(|c| c.is_quantized()),
     "caches were not quantized"
   );
-  // Invalid bit widths are an error.
-  let bad = StepConfig {
-    kv_bits: Some(5),
-    ..cfg
-  };
-  assert!(TokenGenerator::new(model.as_ref(), &prompt, &bad, None).is_err());
+  // Bit widths MLX's quantize lacks (it has 2, 3, 4, 5, 6, 8) and group
+  // sizes other than 32 / 64 / 128 are an error naming the setting.
+  for (bits, group, needle) in [(7, 64, "kv_bits 7"), (4, 16, "kv_group_size 16")] {
+    let bad = StepConfig {
+      kv_bits: Some(bits),
+      kv_group_size: group,
+      ..cfg.clone()
+    };
+    let e = TokenGenerator::new(model.as_ref(), &prompt, &bad, None)
+      .err()
+      .expect("an error")
+      .to_string();
+    assert!(e.contains(needle), "{e}");
+  }
 }

@@ -223,16 +223,19 @@ impl KvCache {
   fn check_layout(&self, k: &Array, v: &Array) -> Result<()> {
     let (ks, vs) = (k.shape(), v.shape());
     let held = match (&self.keys, &self.values, &self.qkeys) {
-      (Some(a), Some(b), _) => Some((a.shape(), b.shape(), 1)),
+      (Some(a), Some(b), _) => Some((a.shape(), b.shape(), 32)),
       (_, _, Some(q)) => {
-        let el = 32 / self.quant.as_ref().map(|q| q.bits).unwrap_or(32);
+        let bits = self.quant.as_ref().map(|q| q.bits).unwrap_or(32);
         let qv = self.qvalues.as_ref().unwrap_or(q);
-        Some((q[0].shape(), qv[0].shape(), el))
+        Some((q[0].shape(), qv[0].shape(), bits))
       }
       _ => None,
     };
-    if let Some((hk, hv, el)) = held {
-      if hk[..2] != ks[..2] || hk[3] * el != ks[3] || hv[3] * el != vs[3] {
+    // A `bits`-bit row of `d` values packs into `d * bits / 32` uint32s
+    // (mlx-lm's `d // (32 // bits)` is only right when bits divides 32).
+    if let Some((hk, hv, bits)) = held {
+      let unpacked = |p: i32| p * 32 / bits;
+      if hk[..2] != ks[..2] || unpacked(hk[3]) != ks[3] || unpacked(hv[3]) != vs[3] {
         return Err(Error::InvalidArgument(format!(
           "KV cache update {ks:?} / {vs:?} does not match the cached batch/heads/head_dim ({hk:?} / {hv:?})"
         )));
@@ -312,11 +315,10 @@ impl KvCache {
       .map(|t| t[0].dim(2).unwrap_or(0))
       .unwrap_or(0);
     if self.qkeys.is_none() || prev + n > cap {
-      let el = 32 / q.bits;
       let new_steps = (self.step + n - 1) / self.step * self.step;
       let init = |d: i32, dt: Dtype| -> Result<Vec<Array>> {
         Ok(vec![
-          ops::zeros(&[b, h, new_steps, d / el], Dtype::Uint32)?,
+          ops::zeros(&[b, h, new_steps, d * q.bits / 32], Dtype::Uint32)?,
           ops::zeros(&[b, h, new_steps, d / q.group_size], dt)?,
           ops::zeros(&[b, h, new_steps, d / q.group_size], dt)?,
         ])
@@ -459,6 +461,17 @@ impl KvCache {
     c.len = self.offset;
     if let (Some(k), Some(v)) = (&self.keys, &self.values) {
       let q = c.quant.clone().unwrap();
+      for (what, d) in [
+        ("keys", k.dim(-1).unwrap_or(0)),
+        ("values", v.dim(-1).unwrap_or(0)),
+      ] {
+        if d % q.group_size != 0 {
+          return Err(Error::InvalidArgument(format!(
+            "cannot quantize the KV cache: the {what}' head_dim {d} is not a multiple of the group size {} (--kv-group-size)",
+            q.group_size
+          )));
+        }
+      }
       let quant = |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), &q.mode, None);
       c.qkeys = Some(quant(&full_slice(k, 2, 0, self.offset)?)?);
       c.qvalues = Some(quant(&full_slice(v, 2, 0, self.offset)?)?);
@@ -1323,6 +1336,46 @@ impl std::fmt::Debug for LayerCache {
       LayerCache::Kv(c) => c.fmt(f),
       LayerCache::Arrays(c) => c.fmt(f),
       LayerCache::List(c) => c.fmt(f),
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  /// 3-, 5- and 6-bit quantized caches (32 is not a multiple of those bit
+  /// widths: a row of `d` values packs into `d * bits / 32` words) hold
+  /// exactly what MLX's own `quantize` + `dequantize` give for the same keys.
+  #[test]
+  fn quantized_cache_odd_bits() {
+    let key = mlxrs_core::random::key(7).unwrap();
+    let x =
+      mlxrs_core::random::normal(&[1, 2, 8, 64], Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap();
+    let first = ops::slice(&x, &[0, 0, 0, 0], &[1, 2, 5, 64], &[1, 1, 1, 1]).unwrap();
+    let rest = ops::slice(&x, &[0, 0, 5, 0], &[1, 2, 8, 64], &[1, 1, 1, 1]).unwrap();
+    for bits in [3, 5, 6] {
+      let mut c = KvCache::quantized(32, bits).unwrap();
+      c.update_and_fetch(&first, &first).unwrap();
+      let (mut k, _) = c.update_and_fetch(&rest, &rest).unwrap();
+      assert_eq!(k.shape(), vec![1, 2, 8, 64], "bits {bits}");
+      let q = ops::quantize(&x, Some(32), Some(bits), "affine", None).unwrap();
+      let mut want = ops::dequantize(
+        &q[0],
+        &q[1],
+        q.get(2),
+        Some(32),
+        Some(bits),
+        "affine",
+        None,
+        Some(Dtype::Float32),
+      )
+      .unwrap();
+      assert_eq!(
+        k.to_vec::<f32>().unwrap(),
+        want.to_vec::<f32>().unwrap(),
+        "bits {bits}"
+      );
     }
   }
 }
