@@ -34,6 +34,7 @@ pub mod models;
 pub mod sample;
 pub mod speculative;
 pub mod text;
+pub mod tuner;
 
 pub use batch::batch_generate;
 pub use generate::{Step, StepConfig, TokenGenerator};

@@ -25,6 +25,10 @@ pub struct Linear {
   pub scales: Option<Array>,
   /// Per-group biases (quantized `affine` only).
   pub biases: Option<Array>,
+  /// A low-rank adapter on top of the layer (mlx-lm's `LoRALinear` /
+  /// `DoRALinear` wrapping it), attached when the loaded weights hold
+  /// `<path>.lora_a` (see [`crate::lora::AdapterSettings`]).
+  pub adapter: Option<Box<crate::lora::LinearAdapter>>,
   frozen: Frozen,
 }
 
@@ -47,6 +51,7 @@ impl Linear {
       quant: None,
       scales: None,
       biases: None,
+      adapter: None,
       frozen: Frozen::default(),
     }
   }
@@ -93,12 +98,22 @@ impl Linear {
       quant: None,
       scales: None,
       biases: None,
+      adapter: None,
       frozen: Frozen::default(),
     }
   }
 
-  /// `x @ W.T + b` over the last axis of `x`.
+  /// `x @ W.T + b` over the last axis of `x` (plus the adapter's update
+  /// when one is attached).
   pub fn forward(&self, x: &Array) -> Result<Array> {
+    match &self.adapter {
+      Some(ad) => ad.forward(self, x),
+      None => self.forward_base(x),
+    }
+  }
+
+  /// `x @ W.T + b` of the base layer alone (ignoring any adapter).
+  pub fn forward_base(&self, x: &Array) -> Result<Array> {
     match &self.quant {
       Some(q) => {
         let scales = self.scales.as_ref().ok_or_else(|| {
@@ -250,6 +265,7 @@ impl Module for Linear {
     if self.quant.is_some() {
       self.freeze_all();
     }
+    self.adapter = crate::lora::LinearAdapter::load(w, prefix, self.in_dims, self.out_dims);
   }
 
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
@@ -263,6 +279,9 @@ impl Module for Linear {
     if let Some(b) = &mut self.bias {
       self.frozen.visit_mut(prefix, "bias", b, f);
     }
+    if let Some(ad) = &mut self.adapter {
+      ad.visit_mut(prefix, f);
+    }
   }
 
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
@@ -275,6 +294,9 @@ impl Module for Linear {
     }
     if let Some(b) = &self.bias {
       self.frozen.visit(prefix, "bias", b, f);
+    }
+    if let Some(ad) = &self.adapter {
+      ad.visit(prefix, &mut |k, a| f(k, a, false));
     }
   }
 
@@ -292,6 +314,9 @@ impl Module for Linear {
     }
     if let Some(b) = &self.bias {
       f(&join(prefix, "bias"), b);
+    }
+    if let Some(ad) = &self.adapter {
+      ad.visit(prefix, f);
     }
   }
 }
