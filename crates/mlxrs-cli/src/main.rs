@@ -19,6 +19,7 @@ use mlxrs_lm::{
 mod bench;
 mod embed;
 mod lm_extra;
+mod lora;
 mod transcribe;
 mod vlm;
 
@@ -47,6 +48,10 @@ enum Cmd {
   Transcribe(transcribe::TranscribeArgs),
   /// Prefill a prompt and save its KV cache (python `mlx_lm.cache_prompt`).
   CachePrompt(CachePromptArgs),
+  /// Fine-tune with LoRA / DoRA / full (python `mlx_lm.lora`).
+  Lora(lora::LoraArgs),
+  /// Merge adapters into the model weights (python `mlx_lm.fuse`).
+  Fuse(lora::FuseArgs),
   /// Print the MLX version and default device.
   Info,
 }
@@ -128,6 +133,9 @@ struct GenerateArgs {
   /// Read the prompt from a UTF-8 file.
   #[arg(long = "prompt-file", conflicts_with = "prompts_file")]
   prompt_file: Option<PathBuf>,
+  /// LoRA / DoRA / full adapters to apply (python `--adapter-path`).
+  #[arg(long = "adapter-path")]
+  adapter_path: Option<PathBuf>,
   /// Batch generation: one prompt per line of this UTF-8 file (empty lines
   /// skipped).
   #[arg(long = "prompts-file")]
@@ -310,6 +318,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
     // Machine-read output: no download progress bars on stderr.
     mlxrs_lm::hub::set_download_progress(false);
   }
+  if a.adapter_path.is_some()
+    && (a.prompt.len() > 1 || a.prompts_file.is_some() || !a.image.is_empty())
+  {
+    bail!("--adapter-path works with a single text prompt (not batches or images) for now");
+  }
   if a.prompt.len() > 1 || a.prompts_file.is_some() {
     return lm_extra::batch(&a, &mut std::io::stdout().lock());
   }
@@ -339,13 +352,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     return vlm::generate(&args, &mut std::io::stdout().lock());
   }
-  let m = load(
+  let mut m = load(
     &a.model.model,
     &LoadOptions {
       dtype,
       no_tokenizer: false,
     },
   )?;
+  if let Some(p) = &a.adapter_path {
+    lora::apply_adapters(&mut m, p)?;
+  }
   let tok = m.tokenizer.as_ref().expect("loaded with a tokenizer");
   let ids = prompt_ids(
     tok,
@@ -570,6 +586,8 @@ fn main() {
     Cmd::Transcribe(a) => transcribe::run(a),
     Cmd::Embed(a) => embed::run(a),
     Cmd::CachePrompt(a) => cache_prompt(a),
+    Cmd::Lora(a) => lora::run(a),
+    Cmd::Fuse(a) => lora::fuse(a),
     Cmd::Info => {
       let d = mlxrs_core::Device::default_device()
         .map(|d| d.to_string())

@@ -202,7 +202,8 @@ fn tmp_path(path: &Path) -> std::path::PathBuf {
     .file_name()
     .map(|n| n.to_string_lossy().to_string())
     .unwrap_or_default();
-  path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+  // The name keeps its extension (MLX appends `.safetensors` otherwise).
+  path.with_file_name(format!(".tmp{}.{name}", std::process::id()))
 }
 
 /// Save tensors as safetensors atomically (python `mx.save_safetensors`).
