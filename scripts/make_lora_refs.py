@@ -111,8 +111,51 @@ def run_case(name, model_dir, ftype, num_layers, lr, accum, batches):
     return model, tok, cb.losses, tmp
 
 
+DATA = {
+    "completions": [
+        {"prompt": "What is two plus two?", "completion": "Four."},
+        {"prompt": "Name a colour.", "completion": "Teal, for example."},
+    ],
+    "chat": [
+        {"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello!"},
+        ]},
+        {"messages": [{"role": "user", "content": "Weather?"},
+                      {"role": "assistant", "content": "Sunny."}],
+         "tools": [{"type": "function", "function": {"name": "get_weather",
+                    "description": "Weather", "parameters": {"type": "object",
+                    "properties": {"city": {"type": "string"}}}}}]},
+    ],
+    "text": [{"text": "Plain text to learn."}, {"text": "Another line."}],
+}
+
+
+def dataset_refs():
+    """Tokens and prompt offsets of mlx-lm's datasets for each format."""
+    import types
+    from mlx_lm.tuner.datasets import create_dataset
+    from mlx_lm.utils import load_tokenizer
+
+    tok = load_tokenizer(ROOT / "models/tiny/llama")
+    out = {}
+    for name, rows in DATA.items():
+        for mask in (False, True):
+            if name == "text" and mask:
+                continue
+            ds = create_dataset(rows, tok, types.SimpleNamespace(mask_prompt=mask))
+            out[f"{name}_{'mask' if mask else 'nomask'}"] = {
+                "rows": rows,
+                "mask_prompt": mask,
+                "examples": [list(map(int, t)) + [o] for t, o in (ds.process(r) for r in rows)],
+            }
+    (OUT / "datasets.json").write_text(json.dumps(out))
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    dataset_refs()
     batches = make_batches()
     (OUT / "batches.json").write_text(json.dumps(batches))
     refs = {"steps": STEPS, "lora_parameters": LORA, "cases": {}}

@@ -226,3 +226,101 @@ fn adapters_for_another_model_are_refused_listing_keys() {
   let c = AdapterConfig::read(&data("mlx_adapter")).unwrap();
   assert_eq!(c.fine_tune_type, FineTuneType::Lora);
 }
+
+#[test]
+fn bad_data_is_reported_with_line_numbers() {
+  let dir = tempfile::tempdir().unwrap();
+  let tok = mlxrs_lm::Tokenizer::from_dir(fixture("llama")).unwrap();
+  // A malformed line names its number.
+  let p = dir.path().join("train.jsonl");
+  std::fs::write(&p, "{\"text\": \"ok\"}\n{\"text\": \"fine\"}\n{\"text\": oops}\n").unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, false).unwrap_err().to_string();
+  assert!(e.contains("train.jsonl:3: invalid JSON"), "{e}");
+  // A line of another format names its number.
+  std::fs::write(&p, "{\"text\": \"ok\"}\n{\"prompt\": \"p\"}\n").unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, false).unwrap_err().to_string();
+  assert!(e.contains("line 2: missing \"text\""), "{e}");
+  // An empty file.
+  std::fs::write(&p, "\n").unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, false).unwrap_err().to_string();
+  assert!(e.contains("the dataset is empty"), "{e}");
+  // An unknown format, and --mask-prompt on text.
+  std::fs::write(&p, "{\"foo\": 1}\n").unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, false).unwrap_err().to_string();
+  assert!(e.contains("unsupported data format"), "{e}");
+  std::fs::write(&p, "{\"text\": \"a\"}\n").unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, true).unwrap_err().to_string();
+  assert!(e.contains("not supported for a {\"text\"} dataset"), "{e}");
+  // Fewer examples than the batch size.
+  let ex = tuner::datasets::load_split(&p, &tok, false).unwrap();
+  let e = tuner::batch_indices(&ex, 4).unwrap_err().to_string();
+  assert!(e.contains("at least batch_size=4"), "{e}");
+}
+
+#[test]
+fn formats_mask_prompt_and_truncation_follow_mlx_lm() {
+  let dir = tempfile::tempdir().unwrap();
+  let tok = mlxrs_lm::Tokenizer::from_dir(fixture("llama")).unwrap();
+  let p = dir.path().join("train.jsonl");
+  std::fs::write(
+    &p,
+    "{\"prompt\": \"What is two plus two?\", \"completion\": \"Four.\"}\n",
+  )
+  .unwrap();
+  let ex = tuner::datasets::load_split(&p, &tok, true).unwrap();
+  // The prompt (with the assistant header) is masked; the answer is not.
+  let user_only = tok
+    .apply_chat_template_ids(
+      &[mlxrs_lm::Message::user("What is two plus two?")],
+      &mlxrs_lm::ChatOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+      },
+    )
+    .unwrap();
+  assert_eq!(ex[0].offset, user_only.len());
+  assert!(ex[0].tokens.len() > ex[0].offset);
+  assert_eq!(&ex[0].tokens[..ex[0].offset], &user_only[..]);
+  // Truncation: widths round up to 32k+1 and are capped at max_seq_length.
+  let long = tuner::Example {
+    tokens: (1..=40).collect(),
+    offset: 0,
+  };
+  let short = tuner::Example {
+    tokens: vec![1, 2, 3],
+    offset: 1,
+  };
+  let (b, longest) = tuner::make_batch(&[&short, &long], 1000).unwrap();
+  assert_eq!(b.tokens.shape(), vec![2, 65]);
+  assert_eq!(longest, None);
+  let (mut b, longest) = tuner::make_batch(&[&short, &long], 16).unwrap();
+  assert_eq!(b.tokens.shape(), vec![2, 16]);
+  assert_eq!(longest, Some(40));
+  assert_eq!(b.lengths.to_vec::<i32>().unwrap(), vec![1, 3, 0, 16]);
+}
+
+#[test]
+fn dataset_tokens_and_offsets_equal_mlx_lm() {
+  let dir = tempfile::tempdir().unwrap();
+  let tok = mlxrs_lm::Tokenizer::from_dir(fixture("llama")).unwrap();
+  let refs = json("datasets.json");
+  for (name, case) in refs.as_object().unwrap() {
+    let p = dir.path().join(format!("{name}.jsonl"));
+    let lines: Vec<String> = case["rows"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|r| r.to_string())
+      .collect();
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    let mask = case["mask_prompt"].as_bool().unwrap();
+    let got = tuner::datasets::load_split(&p, &tok, mask).unwrap();
+    for (g, want) in got.iter().zip(case["examples"].as_array().unwrap()) {
+      let mut w = ints(want);
+      let off = w.pop().unwrap() as usize;
+      let toks: Vec<i32> = g.tokens.iter().map(|&t| t as i32).collect();
+      assert_eq!(toks, w, "{name}: tokens");
+      assert_eq!(g.offset, off, "{name}: prompt offset");
+    }
+  }
+}
