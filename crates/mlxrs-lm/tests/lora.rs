@@ -233,23 +233,37 @@ fn bad_data_is_reported_with_line_numbers() {
   let tok = mlxrs_lm::Tokenizer::from_dir(fixture("llama")).unwrap();
   // A malformed line names its number.
   let p = dir.path().join("train.jsonl");
-  std::fs::write(&p, "{\"text\": \"ok\"}\n{\"text\": \"fine\"}\n{\"text\": oops}\n").unwrap();
-  let e = tuner::datasets::load_split(&p, &tok, false).unwrap_err().to_string();
+  std::fs::write(
+    &p,
+    "{\"text\": \"ok\"}\n{\"text\": \"fine\"}\n{\"text\": oops}\n",
+  )
+  .unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, false)
+    .unwrap_err()
+    .to_string();
   assert!(e.contains("train.jsonl:3: invalid JSON"), "{e}");
   // A line of another format names its number.
   std::fs::write(&p, "{\"text\": \"ok\"}\n{\"prompt\": \"p\"}\n").unwrap();
-  let e = tuner::datasets::load_split(&p, &tok, false).unwrap_err().to_string();
+  let e = tuner::datasets::load_split(&p, &tok, false)
+    .unwrap_err()
+    .to_string();
   assert!(e.contains("line 2: missing \"text\""), "{e}");
   // An empty file.
   std::fs::write(&p, "\n").unwrap();
-  let e = tuner::datasets::load_split(&p, &tok, false).unwrap_err().to_string();
+  let e = tuner::datasets::load_split(&p, &tok, false)
+    .unwrap_err()
+    .to_string();
   assert!(e.contains("the dataset is empty"), "{e}");
   // An unknown format, and --mask-prompt on text.
   std::fs::write(&p, "{\"foo\": 1}\n").unwrap();
-  let e = tuner::datasets::load_split(&p, &tok, false).unwrap_err().to_string();
+  let e = tuner::datasets::load_split(&p, &tok, false)
+    .unwrap_err()
+    .to_string();
   assert!(e.contains("unsupported data format"), "{e}");
   std::fs::write(&p, "{\"text\": \"a\"}\n").unwrap();
-  let e = tuner::datasets::load_split(&p, &tok, true).unwrap_err().to_string();
+  let e = tuner::datasets::load_split(&p, &tok, true)
+    .unwrap_err()
+    .to_string();
   assert!(e.contains("not supported for a {\"text\"} dataset"), "{e}");
   // Fewer examples than the batch size.
   let ex = tuner::datasets::load_split(&p, &tok, false).unwrap();
