@@ -206,8 +206,7 @@ fn adapters_for_another_model_are_refused_listing_keys() {
   let (mut model, cfg) = load_model_dir(&fixture("qwen3"), Some(Dtype::Float32)).unwrap();
   let quant = tuner::quant_config(&cfg).unwrap();
   let err = tuner::load_adapters(model.as_mut(), quant.as_ref(), &data("mlx_adapter"))
-    .err()
-    .expect("must fail")
+    .expect_err("must fail")
     .to_string();
   assert!(err.contains("incompatible tensors"), "{err}");
   assert!(
