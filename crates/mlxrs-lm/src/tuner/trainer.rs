@@ -260,7 +260,7 @@ impl Trainer {
     do_update: bool,
     accum_steps: usize,
   ) -> Result<(f32, i64)> {
-    let (mut loss, mut ntoks, mut grads) = self.loss_and_grad(batch)?;
+    let (mut loss, ntoks, mut grads) = self.loss_and_grad(batch)?;
     if let Some(prev) = self.grad_accum.take() {
       for (k, g) in grads.iter_mut() {
         if let Some(p) = prev.get(k) {
@@ -285,7 +285,6 @@ impl Trainer {
     }
     let l: f32 = loss.item()?;
     let t: i32 = ops::astype(&ntoks, Dtype::Int32)?.item()?;
-    let _ = &mut ntoks;
     Ok((l, t as i64))
   }
 
