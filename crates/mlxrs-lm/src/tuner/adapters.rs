@@ -133,7 +133,9 @@ impl LoraParameters {
 
   /// As mlx-lm writes it.
   pub fn to_json(&self) -> Value {
-    let mut v = json!({"rank": self.rank, "scale": self.scale, "dropout": self.dropout});
+    // f32 -> shortest decimal (0.1, not 0.10000000149011612).
+    let num = |x: f32| format!("{x}").parse::<f64>().unwrap_or(x as f64);
+    let mut v = json!({"rank": self.rank, "scale": num(self.scale), "dropout": num(self.dropout)});
     if let Some(k) = &self.keys {
       v["keys"] = json!(k);
     }
