@@ -23,6 +23,7 @@ mod convert;
 mod embed;
 mod launch;
 mod lm_extra;
+mod lora;
 mod transcribe;
 mod validate;
 mod vlm;
@@ -58,6 +59,10 @@ enum Cmd {
   /// Start N local ranks of a distributed job (python `mlx.launch`);
   /// `generate` under it runs tensor-parallel.
   Launch(launch::LaunchArgs),
+  /// Fine-tune with LoRA / DoRA / full (python `mlx_lm.lora`).
+  Lora(lora::LoraArgs),
+  /// Merge adapters into the model weights (python `mlx_lm.fuse`).
+  Fuse(lora::FuseArgs),
   /// Print the MLX version and default device.
   Info,
 }
@@ -143,6 +148,9 @@ struct GenerateArgs {
   /// Read the prompt from a UTF-8 file.
   #[arg(long = "prompt-file", conflicts_with = "prompts_file")]
   prompt_file: Option<PathBuf>,
+  /// LoRA / DoRA / full adapters to apply (python `--adapter-path`).
+  #[arg(long = "adapter-path")]
+  adapter_path: Option<PathBuf>,
   /// Batch generation: one prompt per line of this UTF-8 file (empty lines
   /// skipped).
   #[arg(long = "prompts-file")]
@@ -337,6 +345,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
     // Machine-read output: no download progress bars on stderr.
     mlxrs_lm::hub::set_download_progress(false);
   }
+  if a.adapter_path.is_some()
+    && (a.prompt.len() > 1 || a.prompts_file.is_some() || !a.image.is_empty())
+  {
+    bail!("--adapter-path works with a single text prompt (not batches or images) for now");
+  }
   if a.prompt.len() > 1 || a.prompts_file.is_some() {
     return lm_extra::batch(&a, &mut std::io::stdout().lock());
   }
@@ -368,7 +381,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
   }
   // Under `mlxrs launch` / `mlx.launch`: tensor parallel, rank 0 prints.
   let group = launch::group_from_env()?;
-  let m = launch::load_lm(
+  let mut m = launch::load_lm(
     &a.model.model,
     &LoadOptions {
       dtype,
@@ -376,6 +389,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     },
     group.as_ref(),
   )?;
+  if let Some(p) = &a.adapter_path {
+    lora::apply_adapters(&mut m, p)?;
+  }
   let tok = m.tokenizer.as_ref().expect("loaded with a tokenizer");
   let ids = prompt_ids(
     tok,
@@ -624,6 +640,8 @@ fn main() {
     Cmd::Embed(a) => embed::run(a),
     Cmd::CachePrompt(a) => cache_prompt(a),
     Cmd::Launch(a) => launch::run(a),
+    Cmd::Lora(a) => lora::run(a),
+    Cmd::Fuse(a) => lora::fuse(a),
     Cmd::Info => {
       let d = mlxrs_core::Device::default_device()
         .map(|d| d.to_string())

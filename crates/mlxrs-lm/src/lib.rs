@@ -38,6 +38,7 @@ pub mod shard;
 pub mod speculative;
 pub mod text;
 pub mod validate;
+pub mod tuner;
 
 pub use batch::batch_generate;
 pub use convert::{ConvertOptions, ConvertReport, convert};

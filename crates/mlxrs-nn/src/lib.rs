@@ -58,7 +58,7 @@ pub use conv::{Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use lora::{DoRALinear, LoRALinear};
+pub use lora::{AdapterSettings, DoRALinear, LinearAdapter, LoRALinear, fused_weight};
 pub use losses::{CrossEntropy, Reduction};
 pub use module::{Frozen, Module, Param, Weights, join, path_has_prefix};
 pub use norm::{BatchNorm, GroupNorm, LayerNorm, RmsNorm};

@@ -31,6 +31,10 @@ pub struct Linear {
   /// weight and its share of the input features. Set at load time from
   /// [`Weights::sharded_to_all`].
   pub all_reduce: bool,
+  /// A low-rank adapter on top of the layer (mlx-lm's `LoRALinear` /
+  /// `DoRALinear` wrapping it), attached when the loaded weights hold
+  /// `<path>.lora_a` (see [`crate::lora::AdapterSettings`]).
+  pub adapter: Option<Box<crate::lora::LinearAdapter>>,
   frozen: Frozen,
 }
 
@@ -54,6 +58,7 @@ impl Linear {
       scales: None,
       biases: None,
       all_reduce: false,
+      adapter: None,
       frozen: Frozen::default(),
     }
   }
@@ -101,13 +106,23 @@ impl Linear {
       scales: None,
       biases: None,
       all_reduce: false,
+      adapter: None,
       frozen: Frozen::default(),
     }
   }
 
-  /// `x @ W.T + b` over the last axis of `x` (with [`Linear::all_reduce`]:
-  /// `all_sum(x @ W.T) + b`).
+  /// `x @ W.T + b` over the last axis of `x` (plus the adapter's update
+  /// when one is attached).
   pub fn forward(&self, x: &Array) -> Result<Array> {
+    match &self.adapter {
+      Some(ad) => ad.forward(self, x),
+      None => self.forward_base(x),
+    }
+  }
+
+  /// `x @ W.T + b` of the base layer alone, ignoring any adapter (with
+  /// [`Linear::all_reduce`]: `all_sum(x @ W.T) + b`).
+  pub fn forward_base(&self, x: &Array) -> Result<Array> {
     if self.all_reduce {
       let y = self.matmul(x)?;
       let y = mlxrs_core::distributed::all_sum(&y, None)?;
@@ -290,6 +305,7 @@ impl Module for Linear {
     if self.quant.is_some() {
       self.freeze_all();
     }
+    self.adapter = crate::lora::LinearAdapter::load(w, prefix, self.in_dims, self.out_dims);
   }
 
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
@@ -303,6 +319,9 @@ impl Module for Linear {
     if let Some(b) = &mut self.bias {
       self.frozen.visit_mut(prefix, "bias", b, f);
     }
+    if let Some(ad) = &mut self.adapter {
+      ad.visit_mut(prefix, f);
+    }
   }
 
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
@@ -315,6 +334,9 @@ impl Module for Linear {
     }
     if let Some(b) = &self.bias {
       self.frozen.visit(prefix, "bias", b, f);
+    }
+    if let Some(ad) = &self.adapter {
+      ad.visit(prefix, &mut |k, a| f(k, a, false));
     }
   }
 
@@ -332,6 +354,9 @@ impl Module for Linear {
     }
     if let Some(b) = &self.bias {
       f(&join(prefix, "bias"), b);
+    }
+    if let Some(ad) = &self.adapter {
+      ad.visit(prefix, f);
     }
   }
 }

@@ -46,6 +46,177 @@ fn refuse(lin: &Linear, quant: bool, w: Array) -> Result<Linear> {
   Ok(fused)
 }
 
+/// `linear(x) + scale * (dropout(x) @ a) @ b` (mlx-lm `LoRALinear.__call__`).
+fn lora_forward(
+  linear: &Linear,
+  a: &Array,
+  b: &Array,
+  scale: f32,
+  dropout: &Dropout,
+  x: &Array,
+) -> Result<Array> {
+  let y = linear.forward_base(x)?;
+  ops::add(&y, &low_rank(x, a, b, scale, dropout)?)
+}
+
+/// mlx-lm `DoRALinear.__call__`: the LoRA output rescaled per output row by
+/// `m / ||W + scale * b.T a.T||` (the norm held constant for gradients).
+fn dora_forward(
+  linear: &Linear,
+  a: &Array,
+  b: &Array,
+  m: &Array,
+  scale: f32,
+  dropout: &Dropout,
+  x: &Array,
+) -> Result<Array> {
+  let w = linear.dense_weight()?;
+  let y = ops::matmul(x, &ops::transpose(&w)?)?;
+  let out = ops::add(&y, &low_rank(x, a, b, scale, dropout)?)?;
+  let adapted = ops::add(&w, &delta(a, b, scale)?)?;
+  let denom = ops::stop_gradient(&mlxrs_core::linalg::norm_l2(&adapted, Some(&[1]), false)?)?;
+  let out = ops::multiply(&ops::astype(&ops::divide(m, &denom)?, x.dtype())?, &out)?;
+  match &linear.bias {
+    Some(bias) => ops::add(&out, bias),
+    None => Ok(out),
+  }
+}
+
+/// The merged dense weight `[out, in]` of a base weight `w` (dense,
+/// dequantized) and its adapter (python `LoRALinear.fuse` /
+/// `DoRALinear.fuse` before re-quantizing): `w + scale * b.T a.T`, and for
+/// DoRA rescaled per row to the norms `m`.
+pub fn fused_weight(
+  w: &Array,
+  a: &Array,
+  b: &Array,
+  m: Option<&Array>,
+  scale: f32,
+) -> Result<Array> {
+  let d = ops::astype(&delta(a, b, scale)?, w.dtype())?;
+  let w = ops::add(w, &d)?;
+  match m {
+    None => Ok(w),
+    Some(m) => {
+      let ns = ops::divide(m, &mlxrs_core::linalg::norm_l2(&w, Some(&[1]), false)?)?;
+      ops::astype(&ops::multiply(&ops::expand_dims(&ns, 1)?, &w)?, w.dtype())
+    }
+  }
+}
+
+/// How [`crate::Weights`] attaches adapters while loading (mlx-lm's
+/// `lora_parameters`: `scale`, `dropout`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdapterSettings {
+  /// Update scale (mlx-lm default 20).
+  pub scale: f32,
+  /// Dropout probability on the adapter's input (mlx-lm default 0).
+  pub dropout: f32,
+  /// Whether dropout is active (training).
+  pub training: bool,
+}
+
+/// A LoRA or DoRA adapter held inside a [`Linear`] (so that any model built
+/// from `Linear` layers can be adapted without changing it). Its
+/// parameters sit next to the layer's own, under mlx-lm's adapter names:
+/// `<path>.lora_a` `[in, r]`, `<path>.lora_b` `[r, out]`, DoRA `<path>.m`
+/// `[out]`.
+pub struct LinearAdapter {
+  /// Down projection `[in, r]`.
+  pub lora_a: Array,
+  /// Up projection `[r, out]`.
+  pub lora_b: Array,
+  /// DoRA's magnitude per output row (`None`: plain LoRA).
+  pub m: Option<Array>,
+  /// Update scale.
+  pub scale: f32,
+  /// Dropout on the adapter's input.
+  pub dropout: Dropout,
+}
+
+impl LinearAdapter {
+  /// Take `<prefix>.lora_a`, `.lora_b` (and `.m`) from `w` when present and
+  /// `w.adapter` is set; shape problems are recorded in `w`.
+  pub(crate) fn load(
+    w: &mut crate::Weights,
+    prefix: &str,
+    in_dims: i32,
+    out_dims: i32,
+  ) -> Option<Box<LinearAdapter>> {
+    let settings = w.adapter?;
+    let ka = crate::join(prefix, "lora_a");
+    if !w.has(&ka) {
+      return None;
+    }
+    let a = w.take(&ka, None);
+    let r = a.shape().get(1).copied().unwrap_or(0);
+    if a.shape() != [in_dims, r] {
+      w.problem(format!(
+        "adapter {ka} has shape {:?}, expected [{in_dims}, r]",
+        a.shape()
+      ));
+    }
+    let b = w.take(&crate::join(prefix, "lora_b"), Some(&[r, out_dims]));
+    let km = crate::join(prefix, "m");
+    let m = w.take_opt(&km, Some(&[out_dims]));
+    let mut dropout = match Dropout::new(settings.dropout) {
+      Ok(d) => d,
+      Err(e) => {
+        w.problem(format!("adapter {prefix}: {e}"));
+        return None;
+      }
+    };
+    dropout.training = settings.training;
+    Some(Box::new(LinearAdapter {
+      lora_a: a,
+      lora_b: b,
+      m,
+      scale: settings.scale,
+      dropout,
+    }))
+  }
+
+  /// The adapted layer's output for `x` (`linear` is the base layer).
+  pub fn forward(&self, linear: &Linear, x: &Array) -> Result<Array> {
+    match &self.m {
+      None => lora_forward(
+        linear,
+        &self.lora_a,
+        &self.lora_b,
+        self.scale,
+        &self.dropout,
+        x,
+      ),
+      Some(m) => dora_forward(
+        linear,
+        &self.lora_a,
+        &self.lora_b,
+        m,
+        self.scale,
+        &self.dropout,
+        x,
+      ),
+    }
+  }
+
+  pub(crate) fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    f(&crate::join(prefix, "lora_a"), &self.lora_a);
+    f(&crate::join(prefix, "lora_b"), &self.lora_b);
+    if let Some(m) = &self.m {
+      f(&crate::join(prefix, "m"), m);
+    }
+  }
+
+  pub(crate) fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    let mut fz = false;
+    f(&crate::join(prefix, "lora_a"), &mut self.lora_a, &mut fz);
+    f(&crate::join(prefix, "lora_b"), &mut self.lora_b, &mut fz);
+    if let Some(m) = &mut self.m {
+      f(&crate::join(prefix, "m"), m, &mut fz);
+    }
+  }
+}
+
 /// A linear layer plus a trainable low-rank update (mlx-lm `LoRALinear`):
 /// `linear(x) + scale * (dropout(x) @ lora_a) @ lora_b`.
 pub struct LoRALinear {
@@ -95,16 +266,13 @@ impl LoRALinear {
 
   /// `[..., in]` -> `[..., out]`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
-    let y = self.linear.forward(x)?;
-    ops::add(
-      &y,
-      &low_rank(
-        x,
-        &self.lora_a.value,
-        &self.lora_b.value,
-        self.scale,
-        &self.dropout,
-      )?,
+    lora_forward(
+      &self.linear,
+      &self.lora_a.value,
+      &self.lora_b.value,
+      self.scale,
+      &self.dropout,
+      x,
     )
   }
 
@@ -172,31 +340,15 @@ impl DoRALinear {
 
   /// `[..., in]` -> `[..., out]`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
-    let w = self.linear.dense_weight()?;
-    let y = ops::matmul(x, &ops::transpose(&w)?)?;
-    let out = ops::add(
-      &y,
-      &low_rank(
-        x,
-        &self.lora_a.value,
-        &self.lora_b.value,
-        self.scale,
-        &self.dropout,
-      )?,
-    )?;
-    let adapted = ops::add(
-      &w,
-      &delta(&self.lora_a.value, &self.lora_b.value, self.scale)?,
-    )?;
-    let denom = ops::stop_gradient(&mlxrs_core::linalg::norm_l2(&adapted, Some(&[1]), false)?)?;
-    let out = ops::multiply(
-      &ops::astype(&ops::divide(&self.m.value, &denom)?, x.dtype())?,
-      &out,
-    )?;
-    match &self.linear.bias {
-      Some(b) => ops::add(&out, b),
-      None => Ok(out),
-    }
+    dora_forward(
+      &self.linear,
+      &self.lora_a.value,
+      &self.lora_b.value,
+      &self.m.value,
+      self.scale,
+      &self.dropout,
+      x,
+    )
   }
 
   /// Merge into a plain layer (python `fuse(dequantize)`).

@@ -511,6 +511,10 @@ pub struct Weights {
   pub dtype: Option<Dtype>,
   /// The checkpoint's quantization config, if any.
   pub quant: Option<QuantConfig>,
+  /// Attach low-rank adapters to the `Linear` layers whose `lora_a` /
+  /// `lora_b` (and DoRA `m`) are in the map (mlx-lm's `load_adapters`);
+  /// `None`: such keys are reported as unexpected.
+  pub adapter: Option<crate::lora::AdapterSettings>,
   ignored: Vec<String>,
   fill: Option<(Dtype, Array)>,
   /// Layer names (the last path component, e.g. `o_proj`, `down_proj`)
@@ -529,6 +533,7 @@ impl Weights {
       problems: Vec::new(),
       dtype: None,
       quant: None,
+      adapter: None,
       ignored: Vec::new(),
       fill: None,
       sharded_to_all: Vec::new(),

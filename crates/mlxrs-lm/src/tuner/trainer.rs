@@ -1,0 +1,315 @@
+//! Training loop (python `mlx_lm.tuner.trainer`): length-sorted padded
+//! batches, the masked next-token loss, gradient steps over the trainable
+//! parameters (adapters, or the last blocks for a full fine-tune),
+//! gradient accumulation, evaluation and periodic adapter saves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use mlxrs_core::transforms::{Closure, value_and_grad};
+use mlxrs_core::{Array, Dtype, ops};
+use mlxrs_nn::optim::Optimizer;
+use mlxrs_nn::{AdapterSettings, QuantConfig};
+
+use super::adapters::{parameters, reload};
+use super::datasets::Example;
+use crate::error::{Error, Result};
+use crate::model::LanguageModel;
+
+fn bad(msg: String) -> Error {
+  Error::InvalidArgument(msg)
+}
+
+/// A padded batch: `tokens` `[B, L]` int32 (zero padded) and `lengths`
+/// `[B, 2]` int32 rows `(offset, length)` (python `iterate_batches`'
+/// yield).
+#[derive(Clone)]
+pub struct Batch {
+  /// Token ids `[B, L]`.
+  pub tokens: Array,
+  /// `(prompt offset, length)` per row `[B, 2]`.
+  pub lengths: Array,
+}
+
+/// A small deterministic RNG (splitmix64) for batch order.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+  /// Seeded.
+  pub fn new(seed: u64) -> Rng {
+    Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+  }
+  fn next(&mut self) -> u64 {
+    self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = self.0;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+  }
+  /// A random permutation of `0..n` (Fisher-Yates).
+  pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+      let j = (self.next() % (i as u64 + 1)) as usize;
+      v.swap(i, j);
+    }
+    v
+  }
+}
+
+/// Groups of `batch_size` example indices after sorting by length (python
+/// `iterate_batches`' `batch_idx`); the remainder is dropped.
+pub fn batch_indices(data: &[Example], batch_size: usize) -> Result<Vec<Vec<usize>>> {
+  if batch_size == 0 {
+    return Err(bad("batch size must be positive".into()));
+  }
+  if data.len() < batch_size {
+    return Err(bad(format!(
+      "dataset must have at least batch_size={batch_size} examples but only has {}",
+      data.len()
+    )));
+  }
+  let mut idx: Vec<usize> = (0..data.len()).collect();
+  idx.sort_by_key(|&i| data[i].tokens.len());
+  Ok(idx.chunks_exact(batch_size).map(|c| c.to_vec()).collect())
+}
+
+/// Pad examples into a [`Batch`] (python `iterate_batches`' body): the
+/// width is the longest length rounded up to a multiple of 32, plus 1,
+/// capped at `max_seq_length`; longer sequences are truncated. Returns the
+/// batch and, when something was truncated, the longest original length.
+pub fn make_batch(examples: &[&Example], max_seq_length: usize) -> Result<(Batch, Option<usize>)> {
+  let longest = examples.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
+  if longest == 0 {
+    return Err(bad("a batch holds only empty examples".into()));
+  }
+  let pad_to = 32;
+  let width = (1 + pad_to * longest.div_ceil(pad_to)).min(max_seq_length);
+  let b = examples.len();
+  let mut toks = vec![0i32; b * width];
+  let mut lens = Vec::with_capacity(2 * b);
+  for (j, e) in examples.iter().enumerate() {
+    let n = e.tokens.len().min(max_seq_length);
+    for (t, &id) in e.tokens[..n].iter().enumerate() {
+      toks[j * width + t] = id as i32;
+    }
+    lens.push(e.offset as i32);
+    lens.push(n as i32);
+  }
+  let batch = Batch {
+    tokens: Array::from_slice(&toks, &[b as i32, width as i32])?,
+    lengths: Array::from_slice(&lens, &[b as i32, 2])?,
+  };
+  Ok((batch, (longest > max_seq_length).then_some(longest)))
+}
+
+/// mlx-lm's `default_loss`: mean cross entropy of the next token over the
+/// positions `offset < t <= length` of each row. Returns `(loss, ntoks)`.
+pub fn default_loss(model: &dyn LanguageModel, batch: &Batch) -> Result<(Array, Array)> {
+  let s = batch.tokens.shape();
+  let (b, l) = (s[0], s[1]);
+  if l < 2 {
+    return Err(bad("a batch needs at least 2 positions".into()));
+  }
+  let inputs = ops::slice(&batch.tokens, &[0, 0], &[b, l - 1], &[1, 1])?;
+  let targets = ops::slice(&batch.tokens, &[0, 1], &[b, l], &[1, 1])?;
+  let mut caches = model.make_caches(None);
+  let logits = model.forward(&inputs, &mut caches)?;
+  let steps = ops::arange(1.0, l as f64, 1.0, Dtype::Int32)?;
+  let off = ops::slice(&batch.lengths, &[0, 0], &[b, 1], &[1, 1])?;
+  let len = ops::slice(&batch.lengths, &[0, 1], &[b, 2], &[1, 1])?;
+  let mask = ops::logical_and(
+    &ops::greater_equal(&steps, &off)?,
+    &ops::less_equal(&steps, &len)?,
+  )?;
+  let ce = mlxrs_nn::losses::cross_entropy(&logits, &targets, Default::default())?;
+  let ce = ops::multiply(&ce, &ops::astype(&mask, ce.dtype())?)?;
+  let ntoks = ops::sum(&ops::astype(&mask, Dtype::Int32)?, false)?;
+  let loss = ops::divide(
+    &ops::sum(&ops::astype(&ce, Dtype::Float32)?, false)?,
+    &ops::astype(&ntoks, Dtype::Float32)?,
+  )?;
+  Ok((loss, ntoks))
+}
+
+/// What is trained.
+pub struct Trainer {
+  model: Arc<Mutex<Box<dyn LanguageModel>>>,
+  frozen: HashMap<String, Array>,
+  /// The trainable parameters (current values), by path.
+  pub trainable: BTreeMap<String, Array>,
+  quant: Option<QuantConfig>,
+  adapter: Option<AdapterSettings>,
+  grad_accum: Option<BTreeMap<String, Array>>,
+}
+
+fn poisoned() -> Error {
+  bad("model mutex is poisoned".into())
+}
+
+impl Trainer {
+  /// Train `trainable` (paths of `model`'s parameters, which may include
+  /// adapter tensors not yet in the model: their initial values) and keep
+  /// the rest of `model`'s parameters fixed. `adapter` carries the LoRA
+  /// scale / dropout when adapters are trained.
+  pub fn new(
+    model: Box<dyn LanguageModel>,
+    trainable: BTreeMap<String, Array>,
+    quant: Option<QuantConfig>,
+    adapter: Option<AdapterSettings>,
+  ) -> Result<Trainer> {
+    if trainable.is_empty() {
+      return Err(bad("nothing to train (no trainable parameters)".into()));
+    }
+    let mut frozen = parameters(model.as_ref());
+    for k in trainable.keys() {
+      frozen.remove(k);
+    }
+    let t = Trainer {
+      model: Arc::new(Mutex::new(model)),
+      frozen,
+      trainable,
+      quant,
+      adapter,
+      grad_accum: None,
+    };
+    t.install(false)?;
+    Ok(t)
+  }
+
+  fn settings(&self, training: bool) -> Option<AdapterSettings> {
+    self.adapter.map(|a| AdapterSettings { training, ..a })
+  }
+
+  /// Put the current trainable values into the model.
+  fn install(&self, training: bool) -> Result<()> {
+    let mut m = self.model.lock().map_err(|_| poisoned())?;
+    let mut all = self.frozen.clone();
+    all.extend(self.trainable.iter().map(|(k, v)| (k.clone(), v.clone())));
+    reload(
+      m.as_mut(),
+      all,
+      self.quant.as_ref(),
+      self.settings(training),
+    )
+  }
+
+  /// The model with the current trainable values, for evaluation or
+  /// generation (the trainer keeps it).
+  pub fn model(&self) -> &Arc<Mutex<Box<dyn LanguageModel>>> {
+    &self.model
+  }
+
+  /// Give the model back (with the trained values installed).
+  pub fn into_model(self) -> Result<Box<dyn LanguageModel>> {
+    self.install(false)?;
+    let m = Arc::try_unwrap(self.model).map_err(|_| bad("model still shared".into()))?;
+    m.into_inner().map_err(|_| poisoned())
+  }
+
+  /// Loss and gradients of the trainable parameters on `batch` (python
+  /// `nn.value_and_grad(model, default_loss)`). Returns `(loss, ntoks,
+  /// grads)`.
+  pub fn loss_and_grad(&self, batch: &Batch) -> Result<(Array, Array, BTreeMap<String, Array>)> {
+    let names: Vec<String> = self.trainable.keys().cloned().collect();
+    let n = names.len();
+    let (model, frozen, quant, settings) = (
+      self.model.clone(),
+      self.frozen.clone(),
+      self.quant.clone(),
+      self.settings(true),
+    );
+    let nm = names.clone();
+    let f = Closure::new(move |args: &[Array]| {
+      let mut m = model
+        .lock()
+        .map_err(|_| mlxrs_core::Error::InvalidArgument("model mutex is poisoned".into()))?;
+      let mut all = frozen.clone();
+      all.extend(nm.iter().cloned().zip(args[..n].iter().cloned()));
+      reload(m.as_mut(), all, quant.as_ref(), settings).map_err(to_core)?;
+      let b = Batch {
+        tokens: args[n].clone(),
+        lengths: args[n + 1].clone(),
+      };
+      let (loss, ntoks) = default_loss(m.as_ref(), &b).map_err(to_core)?;
+      Ok(vec![loss, ntoks])
+    })?;
+    let argnums: Vec<i32> = (0..n as i32).collect();
+    let vg = value_and_grad(&f, &argnums)?;
+    let mut args: Vec<Array> = self.trainable.values().cloned().collect();
+    args.push(batch.tokens.clone());
+    args.push(batch.lengths.clone());
+    let result = vg.call(&args);
+    self.install(false)?;
+    let (outs, grads) = result?;
+    let mut it = outs.into_iter();
+    let loss = it.next().ok_or_else(|| bad("loss missing".into()))?;
+    let ntoks = it.next().ok_or_else(|| bad("ntoks missing".into()))?;
+    Ok((loss, ntoks, names.into_iter().zip(grads).collect()))
+  }
+
+  /// One training step (python `train`'s `step`): gradients on `batch`,
+  /// summed with the pending ones; when `do_update`, averaged over
+  /// `accum_steps` and applied by `opt`. Returns `(loss, ntoks)`
+  /// (evaluated).
+  pub fn step(
+    &mut self,
+    batch: &Batch,
+    opt: &mut dyn Optimizer,
+    do_update: bool,
+    accum_steps: usize,
+  ) -> Result<(f32, i64)> {
+    let (mut loss, ntoks, mut grads) = self.loss_and_grad(batch)?;
+    if let Some(prev) = self.grad_accum.take() {
+      for (k, g) in grads.iter_mut() {
+        if let Some(p) = prev.get(k) {
+          *g = ops::add(g, p)?;
+        }
+      }
+    }
+    if do_update {
+      if accum_steps > 1 {
+        let d = Array::scalar(accum_steps as f32);
+        for g in grads.values_mut() {
+          *g = ops::divide(g, &ops::astype(&d, g.dtype())?)?;
+        }
+      }
+      self.trainable = opt.apply_gradients(&grads, &self.trainable)?;
+      let mut all: Vec<Array> = self.trainable.values().cloned().collect();
+      all.extend(opt.state_arrays());
+      mlxrs_core::eval(&all)?;
+    } else {
+      mlxrs_core::eval(&grads.values().cloned().collect::<Vec<_>>())?;
+      self.grad_accum = Some(grads);
+    }
+    let l: f32 = loss.item()?;
+    let t: i32 = ops::astype(&ntoks, Dtype::Int32)?.item()?;
+    Ok((l, t as i64))
+  }
+
+  /// Average loss over batches (python `evaluate`): token-weighted.
+  pub fn evaluate(&self, batches: &[Batch]) -> Result<f32> {
+    let m = self.model.lock().map_err(|_| poisoned())?;
+    let (mut total, mut toks) = (0f64, 0i64);
+    for b in batches {
+      let (mut l, n) = default_loss(m.as_ref(), b)?;
+      let mut n = ops::astype(&n, Dtype::Int32)?;
+      let n: i32 = n.item()?;
+      let l: f32 = l.item()?;
+      total += l as f64 * n as f64;
+      toks += n as i64;
+    }
+    if toks == 0 {
+      return Err(bad("no tokens to evaluate".into()));
+    }
+    Ok((total / toks as f64) as f32)
+  }
+}
+
+fn to_core(e: Error) -> mlxrs_core::Error {
+  match e {
+    Error::Core(c) => c,
+    o => mlxrs_core::Error::InvalidArgument(o.to_string()),
+  }
+}

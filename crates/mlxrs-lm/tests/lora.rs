@@ -1,0 +1,339 @@
+//! `mlxrs lora` against mlx-lm's trainer (`scripts/make_lora_refs.py`):
+//! the same initial adapters and batches give the same per-step training
+//! losses for lora, dora, full, a 4-bit base (QLoRA) and gradient
+//! accumulation; an adapter trained by mlx-lm loads and gives mlx-lm's
+//! greedy tokens; fusing keeps the outputs; bad adapters are refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use common::fixture;
+use mlxrs_core::{Array, Dtype};
+use mlxrs_lm::tuner::{self, AdapterConfig, Batch, FineTuneType, LoraParameters, Trainer};
+use mlxrs_lm::{StepConfig, TokenGenerator, load_model_dir};
+use mlxrs_nn::AdapterSettings;
+use mlxrs_nn::optim::Adam;
+use serde_json::Value;
+
+/// Absolute tolerance on each step's loss (float32 on the CPU; measured
+/// differences are <= 6e-6 over 20 steps at learning rate 1e-3; at 1e-2 the
+/// tiny random model's Adam steps amplify float rounding differences (1e-6
+/// at step 4, 0.35 at step 8), so the references use 1e-3).
+const TOL: f32 = 1e-4;
+
+fn data(name: &str) -> PathBuf {
+  PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    .join("tests/data/lora")
+    .join(name)
+}
+
+fn json(name: &str) -> Value {
+  serde_json::from_str(&std::fs::read_to_string(data(name)).unwrap()).unwrap()
+}
+
+fn ints(v: &Value) -> Vec<i32> {
+  v.as_array()
+    .unwrap()
+    .iter()
+    .flat_map(|x| match x.as_array() {
+      Some(row) => row.iter().map(|y| y.as_i64().unwrap() as i32).collect(),
+      None => vec![x.as_i64().unwrap() as i32],
+    })
+    .collect()
+}
+
+fn batches() -> Vec<Batch> {
+  json("batches.json")
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|b| {
+      let rows = b["tokens"].as_array().unwrap().len() as i32;
+      let toks = ints(&b["tokens"]);
+      Batch {
+        tokens: Array::from_slice(&toks, &[rows, toks.len() as i32 / rows]).unwrap(),
+        lengths: Array::from_slice(&ints(&b["lengths"]), &[rows, 2]).unwrap(),
+      }
+    })
+    .collect()
+}
+
+fn run_case(name: &str) {
+  let refs = json("losses.json");
+  let case = &refs["cases"][name];
+  let lp = LoraParameters::from_json(&refs["lora_parameters"]).unwrap();
+  let dir = fixture(case["model"].as_str().unwrap());
+  let (model, cfg) = load_model_dir(&dir, Some(Dtype::Float32)).unwrap();
+  let quant = tuner::quant_config(&cfg).unwrap();
+  let ft = FineTuneType::parse(case["fine_tune_type"].as_str().unwrap()).unwrap();
+  let (trainable, settings): (BTreeMap<String, Array>, _) = if ft == FineTuneType::Full {
+    let params = tuner::adapters::parameters(model.as_ref());
+    let names: Vec<String> =
+      serde_json::from_value(json(&format!("{name}_trainable.json"))).unwrap();
+    (
+      names
+        .iter()
+        .map(|n| (n.clone(), params[n].clone()))
+        .collect(),
+      None,
+    )
+  } else {
+    // The adapted layers are the ones mlxrs would pick itself.
+    let params = tuner::adapters::parameters(model.as_ref());
+    let nl = case["num_layers"].as_i64().unwrap() as i32;
+    let targets = tuner::lora_targets(&params, quant.as_ref(), nl, None).unwrap();
+    let (init, _) =
+      mlxrs_core::io::load_safetensors(data(&format!("{name}_init.safetensors"))).unwrap();
+    let mine = tuner::init_adapters(
+      &params,
+      quant.as_ref(),
+      &targets,
+      lp.rank,
+      ft == FineTuneType::Dora,
+      &mlxrs_core::random::key(0).unwrap(),
+    )
+    .unwrap();
+    let mut a: Vec<&String> = init.keys().collect();
+    let mut b: Vec<&String> = mine.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{name}: adapted layers");
+    for (k, v) in &mine {
+      assert_eq!(v.shape(), init[k].shape(), "{name}: {k}");
+    }
+    let s = AdapterSettings {
+      scale: lp.scale,
+      dropout: lp.dropout,
+      training: false,
+    };
+    (init.into_iter().collect(), Some(s))
+  };
+  let mut trainer = Trainer::new(model, trainable, quant, settings).unwrap();
+  let mut opt = Adam::new(case["learning_rate"].as_f64().unwrap() as f32);
+  let accum = case["grad_accumulation_steps"].as_u64().unwrap() as usize;
+  let want: Vec<f64> = serde_json::from_value(case["losses"].clone()).unwrap();
+  let mut worst = 0f32;
+  for (i, (b, w)) in batches().iter().zip(&want).enumerate() {
+    let it = i + 1;
+    let (loss, _) = trainer.step(b, &mut opt, it % accum == 0, accum).unwrap();
+    let d = (loss - *w as f32).abs();
+    worst = worst.max(d);
+    assert!(
+      d <= TOL,
+      "{name} step {it}: loss {loss} vs mlx-lm {w} (|d| {d})"
+    );
+  }
+  assert_eq!(want.len(), 20);
+  eprintln!("{name}: 20 steps, max |loss - mlx-lm| = {worst:.2e} (tol {TOL:.0e})");
+}
+
+#[test]
+fn losses_match_mlx_lm_lora() {
+  run_case("lora");
+}
+
+#[test]
+fn losses_match_mlx_lm_dora() {
+  run_case("dora");
+}
+
+#[test]
+fn losses_match_mlx_lm_full() {
+  run_case("full");
+}
+
+#[test]
+fn losses_match_mlx_lm_qlora_4bit() {
+  run_case("qlora");
+}
+
+#[test]
+fn losses_match_mlx_lm_grad_accumulation() {
+  run_case("lora_accum");
+}
+
+fn greedy(model: &dyn mlxrs_lm::LanguageModel, prompt: &[i32], n: usize) -> Vec<i32> {
+  let cfg = StepConfig {
+    max_tokens: n,
+    ..StepConfig::default()
+  };
+  TokenGenerator::new(model, prompt, &cfg, None)
+    .unwrap()
+    .map(|s| s.unwrap().token)
+    .collect()
+}
+
+#[test]
+fn mlx_lm_trained_adapter_gives_mlx_lm_tokens_and_fuses() {
+  let (mut model, cfg) = load_model_dir(&fixture("llama"), Some(Dtype::Float32)).unwrap();
+  let quant = tuner::quant_config(&cfg).unwrap();
+  let before = greedy(model.as_ref(), &[5, 17, 99, 240, 3], 12);
+  let ac = tuner::load_adapters(model.as_mut(), quant.as_ref(), &data("mlx_adapter")).unwrap();
+  let exp = json("mlx_adapter/expected.json");
+  let prompt = ints(&exp["prompt"]);
+  let got = greedy(model.as_ref(), &prompt, 12);
+  assert_eq!(
+    got,
+    ints(&exp["tokens"]),
+    "greedy tokens with the mlx-lm adapter"
+  );
+  assert_ne!(got, before, "the adapter changes the output");
+
+  // Fused weights give the adapted model's logits.
+  let toks = Array::from_slice(&prompt, &[1, prompt.len() as i32]).unwrap();
+  let mut caches = model.make_caches(None);
+  let mut want = model.forward(&toks, &mut caches).unwrap();
+  let params = tuner::adapters::parameters(model.as_ref());
+  let fused = tuner::fuse_params(&params, quant.as_ref(), ac.lora.scale, false).unwrap();
+  assert!(fused.keys().all(|k| !k.contains("lora")));
+  tuner::reload(model.as_mut(), fused, quant.as_ref(), None).unwrap();
+  let mut caches = model.make_caches(None);
+  let mut got = model.forward(&toks, &mut caches).unwrap();
+  let (g, w) = (got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+  let d = g
+    .iter()
+    .zip(&w)
+    .map(|(a, b)| (a - b).abs())
+    .fold(0f32, f32::max);
+  assert!(d < 1e-4, "fused logits differ by {d}");
+}
+
+#[test]
+fn adapters_for_another_model_are_refused_listing_keys() {
+  // The llama adapter on qwen3 (other dims, other layer names).
+  let (mut model, cfg) = load_model_dir(&fixture("qwen3"), Some(Dtype::Float32)).unwrap();
+  let quant = tuner::quant_config(&cfg).unwrap();
+  let err = tuner::load_adapters(model.as_mut(), quant.as_ref(), &data("mlx_adapter"))
+    .expect_err("must fail")
+    .to_string();
+  assert!(err.contains("incompatible tensors"), "{err}");
+  assert!(
+    err.contains("model.layers.0.self_attn.q_proj.lora_b"),
+    "{err}"
+  );
+  assert!(
+    err.contains("does not match model parameter shape"),
+    "{err}"
+  );
+  // A missing folder.
+  let e = tuner::load_adapters(model.as_mut(), quant.as_ref(), &data("nope"))
+    .err()
+    .unwrap();
+  assert!(e.to_string().contains("does not exist"), "{e}");
+  let c = AdapterConfig::read(&data("mlx_adapter")).unwrap();
+  assert_eq!(c.fine_tune_type, FineTuneType::Lora);
+}
+
+#[test]
+fn bad_data_is_reported_with_line_numbers() {
+  let dir = tempfile::tempdir().unwrap();
+  let tok = mlxrs_lm::Tokenizer::from_dir(fixture("llama")).unwrap();
+  // A malformed line names its number.
+  let p = dir.path().join("train.jsonl");
+  std::fs::write(
+    &p,
+    "{\"text\": \"ok\"}\n{\"text\": \"fine\"}\n{\"text\": oops}\n",
+  )
+  .unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, false)
+    .unwrap_err()
+    .to_string();
+  assert!(e.contains("train.jsonl:3: invalid JSON"), "{e}");
+  // A line of another format names its number.
+  std::fs::write(&p, "{\"text\": \"ok\"}\n{\"prompt\": \"p\"}\n").unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, false)
+    .unwrap_err()
+    .to_string();
+  assert!(e.contains("line 2: missing \"text\""), "{e}");
+  // An empty file.
+  std::fs::write(&p, "\n").unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, false)
+    .unwrap_err()
+    .to_string();
+  assert!(e.contains("the dataset is empty"), "{e}");
+  // An unknown format, and --mask-prompt on text.
+  std::fs::write(&p, "{\"foo\": 1}\n").unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, false)
+    .unwrap_err()
+    .to_string();
+  assert!(e.contains("unsupported data format"), "{e}");
+  std::fs::write(&p, "{\"text\": \"a\"}\n").unwrap();
+  let e = tuner::datasets::load_split(&p, &tok, true)
+    .unwrap_err()
+    .to_string();
+  assert!(e.contains("not supported for a {\"text\"} dataset"), "{e}");
+  // Fewer examples than the batch size.
+  let ex = tuner::datasets::load_split(&p, &tok, false).unwrap();
+  let e = tuner::batch_indices(&ex, 4).unwrap_err().to_string();
+  assert!(e.contains("at least batch_size=4"), "{e}");
+}
+
+#[test]
+fn formats_mask_prompt_and_truncation_follow_mlx_lm() {
+  let dir = tempfile::tempdir().unwrap();
+  let tok = mlxrs_lm::Tokenizer::from_dir(fixture("llama")).unwrap();
+  let p = dir.path().join("train.jsonl");
+  std::fs::write(
+    &p,
+    "{\"prompt\": \"What is two plus two?\", \"completion\": \"Four.\"}\n",
+  )
+  .unwrap();
+  let ex = tuner::datasets::load_split(&p, &tok, true).unwrap();
+  // The prompt (with the assistant header) is masked; the answer is not.
+  let user_only = tok
+    .apply_chat_template_ids(
+      &[mlxrs_lm::Message::user("What is two plus two?")],
+      &mlxrs_lm::ChatOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+      },
+    )
+    .unwrap();
+  assert_eq!(ex[0].offset, user_only.len());
+  assert!(ex[0].tokens.len() > ex[0].offset);
+  assert_eq!(&ex[0].tokens[..ex[0].offset], &user_only[..]);
+  // Truncation: widths round up to 32k+1 and are capped at max_seq_length.
+  let long = tuner::Example {
+    tokens: (1..=40).collect(),
+    offset: 0,
+  };
+  let short = tuner::Example {
+    tokens: vec![1, 2, 3],
+    offset: 1,
+  };
+  let (b, longest) = tuner::make_batch(&[&short, &long], 1000).unwrap();
+  assert_eq!(b.tokens.shape(), vec![2, 65]);
+  assert_eq!(longest, None);
+  let (mut b, longest) = tuner::make_batch(&[&short, &long], 16).unwrap();
+  assert_eq!(b.tokens.shape(), vec![2, 16]);
+  assert_eq!(longest, Some(40));
+  assert_eq!(b.lengths.to_vec::<i32>().unwrap(), vec![1, 3, 0, 16]);
+}
+
+#[test]
+fn dataset_tokens_and_offsets_equal_mlx_lm() {
+  let dir = tempfile::tempdir().unwrap();
+  let tok = mlxrs_lm::Tokenizer::from_dir(fixture("llama")).unwrap();
+  let refs = json("datasets.json");
+  for (name, case) in refs.as_object().unwrap() {
+    let p = dir.path().join(format!("{name}.jsonl"));
+    let lines: Vec<String> = case["rows"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|r| r.to_string())
+      .collect();
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    let mask = case["mask_prompt"].as_bool().unwrap();
+    let got = tuner::datasets::load_split(&p, &tok, mask).unwrap();
+    for (g, want) in got.iter().zip(case["examples"].as_array().unwrap()) {
+      let mut w = ints(want);
+      let off = w.pop().unwrap() as usize;
+      let toks: Vec<i32> = g.tokens.iter().map(|&t| t as i32).collect();
+      assert_eq!(toks, w, "{name}: tokens");
+      assert_eq!(g.offset, off, "{name}: prompt offset");
+    }
+  }
+}
