@@ -36,9 +36,9 @@ pub mod speculative;
 pub mod text;
 
 pub use batch::batch_generate;
-pub use generate::{Step, StepConfig, TokenGenerator};
+pub use generate::{PromptEmbeddings, Step, StepConfig, TokenGenerator};
 pub use load::{LoadOptions, LoadedModel, load, load_model_dir};
-pub use model::{LanguageModel, build_model, supported_model_types};
+pub use model::{EMBEDDINGS_MODEL_TYPES, LanguageModel, build_model, supported_model_types};
 pub use sample::{LogitsConfig, Sampler, SamplerConfig};
 pub use speculative::SpeculativeGenerator;
 pub use text::{

@@ -12,7 +12,7 @@ use mlxrs_nn::{
 };
 use serde_json::Value;
 
-use super::gemma2::check_heads;
+use super::base::check_heads;
 use super::llama::LlamaArgs;
 use crate::model::{LanguageModel, parse_args};
 
@@ -133,7 +133,7 @@ impl Olmo2 {
     let h = args.hidden_size;
     let n_heads = args.num_attention_heads;
     let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
-    check_heads(n_heads, n_kv, h, args.num_hidden_layers)?;
+    check_heads("olmo2", h, n_heads, n_kv, args.num_hidden_layers)?;
     let hd = args.head_dim.unwrap_or(h / n_heads);
     let (eps, bias, mlp_bias, inter) = (
       args.rms_norm_eps,

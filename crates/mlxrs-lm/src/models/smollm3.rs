@@ -13,7 +13,7 @@ use mlxrs_nn::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::gemma2::check_heads;
+use super::base::check_heads;
 use super::llama::LlamaArgs;
 use crate::model::{LanguageModel, parse_args};
 
@@ -146,7 +146,7 @@ impl SmolLm3 {
     let n_heads = args.num_attention_heads;
     let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
     let n_layers = args.num_hidden_layers;
-    check_heads(n_heads, n_kv, h, n_layers)?;
+    check_heads("smollm3", h, n_heads, n_kv, n_layers)?;
     let use_rope: Vec<bool> = match &extra.no_rope_layers {
       Some(v) if v.len() == n_layers as usize => v.iter().map(|&x| x != 0).collect(),
       Some(v) => {

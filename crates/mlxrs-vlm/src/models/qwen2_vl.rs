@@ -1470,12 +1470,14 @@ impl crate::family::VisionFamily for Qwen2VlFamily {
     Ok(input)
   }
 
-  /// Vision features in place of the image tokens, M-RoPE positions.
-  fn set_prompt(
+  /// Vision features in place of the image tokens, M-RoPE positions: put
+  /// in the slot the language model reads (its positions are not the
+  /// token index, so it keeps the prompt itself), no input embeddings.
+  fn prompt_embeddings(
     &self,
     s: &crate::family::Shared<'_>,
     input: &crate::model::VlmInput,
-  ) -> Result<()> {
+  ) -> Result<Option<mlxrs_lm::PromptEmbeddings>> {
     let config = &self.config;
     let ids = &input.input_ids;
     self.no_video(s, ids)?;
@@ -1512,7 +1514,8 @@ impl crate::family::VisionFamily for Qwen2VlFamily {
         })
       }
     };
-    crate::family::set_slot(&self.slot, state)
+    crate::family::set_slot(&self.slot, state)?;
+    Ok(None)
   }
 
   fn clear_prompt(&self) {
