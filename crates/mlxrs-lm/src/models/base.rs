@@ -46,9 +46,9 @@ pub(crate) fn check_caches(n_caches: usize, n_layers: usize) -> Result<()> {
   Ok(())
 }
 
-/// Default caches (mlx-lm `make_prompt_cache`): standard, or rotating with 4
-/// kept positions under `max_kv_size`.
-pub(crate) fn default_caches(n_layers: usize, max_kv_size: Option<i32>) -> Vec<KvCache> {
+/// Default caches, one per layer (mlx-lm `make_prompt_cache`): standard, or
+/// rotating with 4 kept positions under `max_kv_size`.
+pub fn default_caches(n_layers: usize, max_kv_size: Option<i32>) -> Vec<KvCache> {
   (0..n_layers)
     .map(|_| match max_kv_size {
       Some(m) => KvCache::new(KvCacheKind::Rotating {

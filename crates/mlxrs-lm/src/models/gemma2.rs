@@ -372,18 +372,7 @@ impl LanguageModel for Gemma2 {
   }
 
   fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    self
-      .model
-      .layers
-      .iter()
-      .map(|_| match max_kv_size {
-        Some(m) => KvCache::new(KvCacheKind::Rotating {
-          max_size: m,
-          keep: 4,
-        }),
-        None => KvCache::standard(),
-      })
-      .collect()
+    super::base::default_caches(self.model.layers.len(), max_kv_size)
   }
 
   fn load(&mut self, w: &mut Weights) {

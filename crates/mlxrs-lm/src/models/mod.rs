@@ -1,7 +1,7 @@
 //! Architectures, one short file each, in the shape of mlx-lm's
 //! `mlx_lm/models/<arch>.py`.
 
-pub(crate) mod base;
+pub mod base;
 pub mod deepseek_v3;
 pub mod gemma;
 pub mod gemma2;
