@@ -601,7 +601,7 @@ impl KvCache {
             let cut = |a: &Array| -> Result<Array> {
               let a = temporal_order(a, keep, *len, *idx)?;
               let n = capacity(&a);
-              if n <= max_size - 1 {
+              if n < max_size {
                 return Ok(a);
               }
               let head = full_slice(&a, 2, 0, keep)?;
@@ -1395,5 +1395,64 @@ impl std::fmt::Debug for LayerCache {
       LayerCache::Arrays(c) => c.fmt(f),
       LayerCache::List(c) => c.fmt(f),
     }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn kv(t: i32, d: i32) -> (Array, Array) {
+    let n = (2 * t * d) as usize;
+    let k: Vec<f32> = (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+    let v: Vec<f32> = (0..n).map(|i| ((i % 11) as f32 - 5.0) / 5.0).collect();
+    (
+      Array::from_slice(&k, &[1, 2, t, d]).unwrap(),
+      Array::from_slice(&v, &[1, 2, t, d]).unwrap(),
+    )
+  }
+
+  /// Each class keeps its own state: a quantized cache restored from dense
+  /// keys/values stores them quantized (its state reads back within the
+  /// 8-bit step), conversions only exist where mlx-lm has them, and a
+  /// wrapped rotating cache cannot be trimmed.
+  #[test]
+  fn states_stay_per_class() {
+    let (k, v) = kv(5, 64);
+    let mut q = KvCache::quantized(64, 8).unwrap();
+    q.set_state(k.clone(), v.clone(), 5).unwrap();
+    assert_eq!(q.class_name(), "QuantizedKVCache");
+    let (mut sk, _) = q.state().unwrap().unwrap();
+    let mut want = k.clone();
+    let d = sk
+      .to_vec::<f32>()
+      .unwrap()
+      .iter()
+      .zip(want.to_vec::<f32>().unwrap())
+      .map(|(a, b)| (a - b).abs())
+      .fold(0f32, f32::max);
+    // 8 bits over a [-1, 1] range: one step is 2/255.
+    assert!(d <= 2.0 / 255.0, "{d}");
+
+    let rot = KvCache::new(KvCacheKind::Rotating {
+      max_size: 4,
+      keep: 0,
+    });
+    assert!(rot.to_quantized(64, 8).is_err());
+    assert!(KvCache::chunked(2).unwrap().to_quantized(64, 8).is_err());
+    assert!(q.to_quantized(64, 8).is_err());
+
+    let mut rot = rot;
+    rot.update_and_fetch(&k, &v).unwrap();
+    assert_eq!((rot.offset, rot.size()), (5, 4));
+    assert!(!rot.is_trimmable());
+    assert_eq!(rot.trim(1), 0);
+
+    let mut std_c = KvCache::standard();
+    std_c.update_and_fetch(&k, &v).unwrap();
+    let c = std_c.to_quantized(64, 8).unwrap();
+    assert_eq!((c.class_name(), c.offset), ("QuantizedKVCache", 5));
+    assert_eq!(std_c.trim(2), 2);
+    assert_eq!(std_c.state().unwrap().unwrap().0.shape(), vec![1, 2, 3, 64]);
   }
 }
