@@ -1,6 +1,5 @@
-// Link args (RUNPATH to libmlx, OpenBLAS) for the fuzz binaries and tests.
-include!("../crates/mlxrs-sys/build_link.rs");
-
+// Link args (RUNPATH to libmlx, OpenBLAS) for the fuzz binaries and tests,
+// from mlxrs-sys's `DEP_MLX_*` metadata.
 fn main() {
-  mlxrs_link_from_dep();
+  mlxrs_build::link_from_dep();
 }

@@ -713,7 +713,12 @@ def model_reference(out: Path, arch: str, check_only=False, model_cases=None, pi
 # --------------------------------------------------------------------------
 
 LLAVA_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}\n"
+    # System content as list-of-parts too (what mlx-vlm passes, as
+    # llava-hf's own template expects).
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{{ '\\n' }}"
     "{% else %}{{ message['role'] | upper }}: {% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n"
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}\n"

@@ -17,8 +17,6 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-include!("build_link.rs");
-
 /// The MLX release this crate's C layer is written and tested against.
 const MLX_VERSION: &str = "0.32.4";
 
@@ -64,10 +62,10 @@ fn main() {
   } else if target_os == "macos" {
     println!("cargo:rustc-link-lib=dylib=c++");
   }
-  // Binaries find libmlx without LD_LIBRARY_PATH; see build_link.rs.
+  // Binaries find libmlx without LD_LIBRARY_PATH (see mlxrs-build).
   let lib_s = lib.display().to_string();
   let blas_s = openblas.as_ref().map(|p| p.display().to_string());
-  mlxrs_emit_link_args(&lib_s, blas_s.as_deref());
+  mlxrs_build::emit_link_args(&lib_s, blas_s.as_deref());
   if let Some(b) = &blas_s {
     println!("cargo:openblas_dir={b}");
   }

@@ -192,6 +192,60 @@ impl StepArrays {
   }
 }
 
+/// Prompt input embeddings for the prefill (python `generate_step(prompt,
+/// model, input_embeddings=...)`): a vision-language model's prompt with
+/// the image features merged in. Decoding continues from token ids.
+#[derive(Clone)]
+pub struct PromptEmbeddings {
+  /// `[1, T, hidden]`: one row per prompt token (see
+  /// [`LanguageModel::embed_tokens`]).
+  pub embeddings: Array,
+  /// Mask for the prompt's forward passes (see
+  /// [`LanguageModel::hidden_from_embeddings`]); `None`: causal.
+  pub mask: Option<mlxrs_nn::AttnMask>,
+  /// Run the whole prompt in one forward pass instead of chunks (a prompt
+  /// that attends bidirectionally, as PaliGemma's; mlx-vlm turns chunked
+  /// prefill off for it).
+  pub one_pass: bool,
+}
+
+impl PromptEmbeddings {
+  /// Causal, chunked prefill of `embeddings` `[1, T, hidden]`.
+  pub fn causal(embeddings: Array) -> PromptEmbeddings {
+    PromptEmbeddings {
+      embeddings,
+      mask: None,
+      one_pass: false,
+    }
+  }
+
+  /// Rows `start..` (the part of a prompt a reused cache does not hold).
+  pub fn suffix(&self, start: usize) -> Result<PromptEmbeddings> {
+    let s = self.embeddings.shape();
+    if s.len() != 3 || start as i32 > s[1] {
+      return Err(Error::InvalidArgument(format!(
+        "prompt embeddings {s:?}: no rows from {start}"
+      )));
+    }
+    Ok(PromptEmbeddings {
+      embeddings: ops::slice(&self.embeddings, &[0, start as i32, 0], &s, &[1, 1, 1])?,
+      mask: self.mask.clone(),
+      one_pass: self.one_pass,
+    })
+  }
+}
+
+/// Rows `start..stop` of `[1, T, H]` embeddings.
+fn rows(e: &Array, start: usize, stop: usize) -> Result<Array> {
+  let s = e.shape();
+  ops::slice(
+    e,
+    &[0, start as i32, 0],
+    &[s[0], stop as i32, s[2]],
+    &[1, 1, 1],
+  )
+}
+
 /// Iterator over generated tokens (python `generate_step(prompt, model)`).
 pub struct TokenGenerator<'m> {
   model: &'m dyn LanguageModel,
@@ -229,6 +283,30 @@ impl<'m> TokenGenerator<'m> {
     cfg: &StepConfig,
     caches: Option<Vec<KvCache>>,
   ) -> Result<TokenGenerator<'m>> {
+    Self::with_embeddings(model, prompt, None, cfg, caches)
+  }
+
+  /// [`TokenGenerator::new`] whose prefill runs on `embeddings` (one row
+  /// per `prompt` token) instead of the prompt ids' own embeddings (python
+  /// `generate_step(..., input_embeddings=...)`); `prompt` still feeds the
+  /// logits processors.
+  pub fn with_embeddings(
+    model: &'m dyn LanguageModel,
+    prompt: &[i32],
+    embeddings: Option<&PromptEmbeddings>,
+    cfg: &StepConfig,
+    caches: Option<Vec<KvCache>>,
+  ) -> Result<TokenGenerator<'m>> {
+    if let Some(e) = embeddings {
+      let s = e.embeddings.shape();
+      if s.len() != 3 || s[0] != 1 || s[1] as usize != prompt.len() {
+        return Err(Error::InvalidArgument(format!(
+          "prompt embeddings {s:?} do not match the {} prompt tokens (want [1, {}, hidden])",
+          prompt.len(),
+          prompt.len()
+        )));
+      }
+    }
     if prompt.is_empty() {
       return Err(Error::InvalidArgument(
         "the prompt is empty (no tokens)".into(),
@@ -287,11 +365,21 @@ impl<'m> TokenGenerator<'m> {
     let t0 = std::time::Instant::now();
     // Prefill all but the last token in chunks, evaluating the caches.
     let mut done = 0;
-    while prompt.len() - done > 1 {
+    let one_pass = embeddings.is_some_and(|e| e.one_pass);
+    while prompt.len() - done > 1 && !one_pass {
       let n = cfg.prefill_step_size.min(prompt.len() - done - 1);
-      let chunk = &prompt[done..done + n];
-      let x = Array::from_slice(chunk, &[1, n as i32])?;
-      let _ = g.model.hidden(&x, &mut g.caches)?;
+      let _ = match embeddings {
+        Some(e) => g.model.hidden_from_embeddings(
+          &rows(&e.embeddings, done, done + n)?,
+          &mut g.caches,
+          e.mask.as_ref(),
+        )?,
+        None => {
+          let chunk = &prompt[done..done + n];
+          let x = Array::from_slice(chunk, &[1, n as i32])?;
+          g.model.hidden(&x, &mut g.caches)?
+        }
+      };
       g.maybe_quantize_caches()?;
       let mut state: Vec<Array> = Vec::new();
       for c in &g.caches {
@@ -307,7 +395,17 @@ impl<'m> TokenGenerator<'m> {
       g.tokens.extend_from_slice(&prompt[..done]);
     }
     let last = &prompt[done..];
-    let st = g.step_tokens(last)?;
+    let st = match embeddings {
+      Some(e) => {
+        let h = g.model.hidden_from_embeddings(
+          &rows(&e.embeddings, done, prompt.len())?,
+          &mut g.caches,
+          e.mask.as_ref(),
+        )?;
+        g.step_hidden(h, last)?
+      }
+      None => g.step_tokens(last)?,
+    };
     mlxrs_core::eval(&st.outputs())?;
     g.prompt_time = t0.elapsed().as_secs_f64();
     g.pending = Some(st);
@@ -338,6 +436,11 @@ impl<'m> TokenGenerator<'m> {
 
   fn step_array(&mut self, x: &Array, host_tokens: &[i32]) -> Result<StepArrays> {
     let h = self.model.hidden(x, &mut self.caches)?;
+    self.step_hidden(h, host_tokens)
+  }
+
+  /// The rest of a step once the model has produced hidden states `h`.
+  fn step_hidden(&mut self, h: Array, host_tokens: &[i32]) -> Result<StepArrays> {
     self.maybe_quantize_caches()?;
     let h = last_position(&h)?;
     let logits = self.model.logits(&h)?;

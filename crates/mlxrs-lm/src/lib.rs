@@ -42,11 +42,11 @@ pub mod tuner;
 
 pub use batch::batch_generate;
 pub use convert::{ConvertOptions, ConvertReport, convert};
-pub use generate::{Step, StepConfig, TokenGenerator};
+pub use generate::{PromptEmbeddings, Step, StepConfig, TokenGenerator};
 pub use load::{
   LoadOptions, LoadedModel, load, load_model_dir, load_model_dir_sharded, load_sharded,
 };
-pub use model::{LanguageModel, build_model, supported_model_types};
+pub use model::{EMBEDDINGS_MODEL_TYPES, LanguageModel, build_model, supported_model_types};
 pub use sample::{LogitsConfig, Sampler, SamplerConfig};
 pub use speculative::SpeculativeGenerator;
 pub use text::{

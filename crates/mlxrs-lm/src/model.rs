@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use mlxrs_core::{Array, Result};
-use mlxrs_nn::{KvCache, Weights};
+use mlxrs_nn::{AttnMask, KvCache, Weights};
 use serde_json::Value;
 
 /// A causal language model: embeds tokens, runs its layers over per-layer
@@ -49,12 +49,65 @@ pub trait LanguageModel: Send {
     )))
   }
 
+  /// Input embeddings `[B, T, hidden]` of `tokens` `[B, T]` (python
+  /// `model.embed_tokens(tokens)` / `get_input_embeddings()`): the raw
+  /// table rows, before any scaling the forward applies (Gemma's
+  /// `sqrt(hidden)` is applied by [`LanguageModel::hidden_from_embeddings`],
+  /// as mlx-lm applies it to `input_embeddings` too). Vision-language
+  /// models replace the image tokens' rows and feed the result back.
+  /// Architectures that do not implement it return an `Err`.
+  fn embed_tokens(&self, tokens: &Array) -> Result<Array> {
+    let _ = tokens;
+    Err(no_embeddings_entry())
+  }
+
+  /// Hidden states `[B, T, hidden]` after the final norm for input
+  /// embeddings `[B, T, hidden]` (python `model(inputs, cache,
+  /// input_embeddings=embeddings)`), appending to `caches`. `mask`: `None`
+  /// builds the model's own causal (and sliding-window) masks from the
+  /// caches, as [`LanguageModel::hidden`] does; `Some(m)` uses `m` for
+  /// every layer (e.g. [`AttnMask::None`] for PaliGemma's bidirectional
+  /// prefix). [`LanguageModel::hidden`] equals this on
+  /// [`LanguageModel::embed_tokens`]. Architectures that do not implement
+  /// it return an `Err`.
+  fn hidden_from_embeddings(
+    &self,
+    embeddings: &Array,
+    caches: &mut [KvCache],
+    mask: Option<&AttnMask>,
+  ) -> Result<Array> {
+    let _ = (embeddings, caches, mask);
+    Err(no_embeddings_entry())
+  }
+
   /// Logits `[B, T, V]` for `tokens` (python `model(tokens, cache)`).
   fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
     let h = self.hidden(tokens, caches)?;
     self.logits(&h)
   }
 }
+
+/// The error of the default [`LanguageModel::embed_tokens`] /
+/// [`LanguageModel::hidden_from_embeddings`].
+fn no_embeddings_entry() -> mlxrs_core::Error {
+  mlxrs_core::Error::InvalidArgument(format!(
+    "this architecture has no input-embeddings entry point; supported: {}",
+    EMBEDDINGS_MODEL_TYPES.join(", ")
+  ))
+}
+
+/// The `model_type`s whose models take input embeddings
+/// ([`LanguageModel::hidden_from_embeddings`]), i.e. can be the text side
+/// of a vision-language model.
+pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
+  "gemma",
+  "gemma2",
+  "gemma3_text",
+  "llama",
+  "mistral",
+  "qwen2",
+  "qwen3",
+];
 
 /// Builds a model from its (merged) config.json.
 pub type Builder = fn(&Value) -> Result<Box<dyn LanguageModel>>;
@@ -66,6 +119,7 @@ pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama")];
 pub fn registry() -> Vec<(&'static str, Builder)> {
   vec![
     ("llama", crate::models::llama::build as Builder),
+    ("gemma", crate::models::gemma::build),
     ("qwen2", crate::models::qwen2::build),
     ("qwen3", crate::models::qwen3::build),
     ("gemma2", crate::models::gemma2::build),

@@ -10,7 +10,7 @@ use mlxrs_nn::KvCache;
 
 use crate::chat::{ChatOptions, Message};
 use crate::error::{Error, Result};
-use crate::generate::{Step, StepConfig, TokenGenerator};
+use crate::generate::{PromptEmbeddings, Step, StepConfig, TokenGenerator};
 use crate::load::LoadedModel;
 use crate::speculative::SpeculativeGenerator;
 use crate::tokenizer::Tokenizer;
@@ -165,6 +165,19 @@ impl<'m> TextStream<'m> {
     opts: &GenerateOptions,
     cache: Option<Vec<KvCache>>,
   ) -> Result<Self> {
+    Self::with_embeddings(m, prompt, None, opts, cache)
+  }
+
+  /// [`TextStream::new`] with the prefill on prompt input embeddings
+  /// (python `stream_generate(..., input_embeddings=...)`; see
+  /// [`TokenGenerator::with_embeddings`]).
+  pub fn with_embeddings(
+    m: &'m LoadedModel,
+    prompt: &[u32],
+    embeddings: Option<&PromptEmbeddings>,
+    opts: &GenerateOptions,
+    cache: Option<Vec<KvCache>>,
+  ) -> Result<Self> {
     let tok = m.tokenizer.as_ref().ok_or_else(|| {
       Error::Core(mlxrs_core::Error::InvalidArgument(format!(
         "{}: loaded without a tokenizer",
@@ -183,7 +196,13 @@ impl<'m> TextStream<'m> {
     let (step, note) = bounded_step(m, cached, prompt.len(), &opts.step)?;
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     let _ = memory::reset_peak_memory();
-    let tokens_gen = Source::Plain(TokenGenerator::new(m.model.as_ref(), &ids, &step, cache)?);
+    let tokens_gen = Source::Plain(TokenGenerator::with_embeddings(
+      m.model.as_ref(),
+      &ids,
+      embeddings,
+      &step,
+      cache,
+    )?);
     Self::with_source(tok, opts, tokens_gen, note)
   }
 

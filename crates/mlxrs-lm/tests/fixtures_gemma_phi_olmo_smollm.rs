@@ -1,4 +1,4 @@
-//! Gemma 2 / Gemma 3 (text) / Phi-3 / OLMo 2 / SmolLM3 (float32 and 4-bit)
+//! Gemma / Gemma 2 / Gemma 3 (text) / Phi-3 / OLMo 2 / SmolLM3 (float32 and 4-bit)
 //! against mlx-lm 0.32.2 on the same checkpoints.
 //!
 //! Tolerance: |logit diff| <= 1e-4 in float32 for every architecture (the
@@ -8,6 +8,14 @@
 
 mod common;
 
+#[test]
+fn gemma() {
+  common::check_fixture("gemma", 1e-4);
+}
+#[test]
+fn gemma_4bit() {
+  common::check_fixture("gemma-4bit", 1e-4);
+}
 #[test]
 fn gemma2() {
   common::check_fixture("gemma2", 1e-4);

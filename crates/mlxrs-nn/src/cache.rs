@@ -27,28 +27,60 @@ pub enum KvCacheKind {
   },
 }
 
-/// A per-layer key/value cache of `[B, kv_heads, T, head_dim]` tensors.
+/// Buffers grow in steps of this many positions (python `step = 256`).
+const STEP: i32 = 256;
+
+/// Dense key and value buffers `[B, kv_heads, capacity, head_dim]`.
+#[derive(Clone)]
+struct Dense {
+  keys: Array,
+  values: Array,
+}
+
+/// Quantized key and value buffers, each `(packed, scales, biases)` of
+/// capacity positions.
+#[derive(Clone)]
+struct Packed {
+  keys: Vec<Array>,
+  values: Vec<Array>,
+}
+
+/// The state of each cache class: only what that class can hold.
+#[derive(Clone)]
+enum State {
+  /// `KVCache`: `offset` valid positions at the start of the buffers.
+  Standard { buf: Option<Dense> },
+  /// `RotatingKVCache`: `len` valid positions, the next single-token write
+  /// at `idx` (wrapping within `[keep, max_size)`).
+  Rotating {
+    max_size: i32,
+    keep: i32,
+    len: i32,
+    idx: i32,
+    buf: Option<Dense>,
+  },
+  /// `QuantizedKVCache`: `offset` valid positions, quantized.
+  Quantized {
+    params: QuantParams,
+    buf: Option<Packed>,
+  },
+  /// `ChunkedKVCache`: `offset - start` valid positions; `start` is the
+  /// absolute position of the first stored key.
+  Chunked {
+    chunk: i32,
+    start: i32,
+    buf: Option<Dense>,
+  },
+}
+
+/// A per-layer key/value cache of `[B, kv_heads, T, head_dim]` tensors:
+/// one of mlx-lm's `KVCache`, `RotatingKVCache`, `QuantizedKVCache` or
+/// `ChunkedKVCache`, each holding only its own state.
+#[derive(Clone)]
 pub struct KvCache {
-  kind: KvCacheKind,
-  keys: Option<Array>,
-  values: Option<Array>,
   /// Positions seen so far (the next token's RoPE offset).
   pub offset: i32,
-  /// Valid positions stored in the buffers (`offset` for the standard
-  /// cache; at most `max_size` for the rotating one).
-  len: i32,
-  /// Rotating only: next write index in the window.
-  idx: i32,
-  step: i32,
-  /// Quantized caches: the (affine) parameters; keys/values then live in
-  /// `qkeys` / `qvalues` as `(packed, scales, biases)`.
-  quant: Option<QuantParams>,
-  qkeys: Option<Vec<Array>>,
-  qvalues: Option<Vec<Array>>,
-  /// Chunked caches: the chunk size, and the absolute position of the
-  /// first stored key (`start_position`).
-  chunk: Option<i32>,
-  start: i32,
+  state: State,
 }
 
 /// What a cache update returns for attention: dense `[B, H, T, D]` keys
@@ -85,23 +117,114 @@ fn update_at(buf: &Array, upd: &Array, axis: usize, start: i32) -> Result<Array>
   ops::slice_update(buf, upd, &st, &sp, &vec![1; shape.len()])
 }
 
+/// Positions a buffer holds (its axis 2).
+fn capacity(a: &Array) -> i32 {
+  a.dim(2).unwrap_or(0)
+}
+
+impl Dense {
+  /// Zeros for `extra` positions (rounded up to [`STEP`]) shaped as `k`, `v`.
+  fn zeros_for(k: &Array, v: &Array, extra: i32) -> Result<Dense> {
+    let (ks, vs) = (k.shape(), v.shape());
+    let n = ((extra + STEP - 1) / STEP) * STEP;
+    Ok(Dense {
+      keys: ops::zeros(&[ks[0], ks[1], n, ks[3]], k.dtype())?,
+      values: ops::zeros(&[vs[0], vs[1], n, vs[3]], v.dtype())?,
+    })
+  }
+
+  /// The first `n` positions.
+  fn head(&self, n: i32) -> Result<(Array, Array)> {
+    Ok((
+      full_slice(&self.keys, 2, 0, n)?,
+      full_slice(&self.values, 2, 0, n)?,
+    ))
+  }
+
+  /// python `KVCache.update_and_fetch` on buffers holding `prev` valid
+  /// positions: grow by whole steps when needed, write `k`, `v` at `prev`,
+  /// return the buffers and the `prev + T` valid positions.
+  fn append(buf: Option<Dense>, prev: i32, k: &Array, v: &Array) -> Result<(Dense, Array, Array)> {
+    let t = k.dim(2).unwrap_or(0);
+    let buf = match buf {
+      Some(b) if prev + t <= capacity(&b.keys) => b,
+      Some(b) => {
+        let new = Dense::zeros_for(k, v, t)?;
+        let (ok, ov) = if prev % STEP != 0 {
+          b.head(prev)?
+        } else {
+          (b.keys, b.values)
+        };
+        Dense {
+          keys: ops::concatenate_axis(&[ok, new.keys], 2)?,
+          values: ops::concatenate_axis(&[ov, new.values], 2)?,
+        }
+      }
+      None => Dense::zeros_for(k, v, t)?,
+    };
+    let buf = Dense {
+      keys: update_at(&buf.keys, k, 2, prev)?,
+      values: update_at(&buf.values, v, 2, prev)?,
+    };
+    let (ok, ov) = buf.head(prev + t)?;
+    Ok((buf, ok, ov))
+  }
+}
+
+/// The first `n` positions of quantized triples.
+fn quantized_view(t: &[Array], n: i32) -> Result<Vec<Array>> {
+  t.iter()
+    .map(|x| {
+      if x.dim(2) == Some(n) {
+        Ok(x.clone())
+      } else {
+        full_slice(x, 2, 0, n)
+      }
+    })
+    .collect()
+}
+
+fn dequantize_triple(t: &[Array], q: &QuantParams, dt: Dtype) -> Result<Array> {
+  ops::dequantize(
+    &t[0],
+    &t[1],
+    t.get(2),
+    Some(q.group_size),
+    Some(q.bits),
+    &q.mode,
+    None,
+    Some(dt),
+  )
+}
+
+/// A rotating buffer of `len` valid positions, next write at `idx`,
+/// rearranged so positions are in temporal order.
+fn temporal_order(a: &Array, keep: i32, len: i32, idx: i32) -> Result<Array> {
+  let n = capacity(a);
+  let valid = full_slice(a, 2, 0, len.min(n))?;
+  if idx >= len || idx <= keep {
+    return Ok(valid);
+  }
+  let head = full_slice(&valid, 2, 0, keep)?;
+  let newer = full_slice(&valid, 2, idx, len)?;
+  let older = full_slice(&valid, 2, keep, idx)?;
+  ops::concatenate_axis(&[head, newer, older], 2)
+}
+
 impl KvCache {
   /// An empty cache of `kind`.
   pub fn new(kind: KvCacheKind) -> KvCache {
-    KvCache {
-      kind,
-      keys: None,
-      values: None,
-      offset: 0,
-      len: 0,
-      idx: 0,
-      step: 256,
-      quant: None,
-      qkeys: None,
-      qvalues: None,
-      chunk: None,
-      start: 0,
-    }
+    let state = match kind {
+      KvCacheKind::Standard => State::Standard { buf: None },
+      KvCacheKind::Rotating { max_size, keep } => State::Rotating {
+        max_size,
+        keep,
+        len: 0,
+        idx: 0,
+        buf: None,
+      },
+    };
+    KvCache { offset: 0, state }
   }
 
   /// An empty quantized cache (mlx-lm `QuantizedKVCache(group_size,
@@ -110,15 +233,15 @@ impl KvCache {
   /// (or dequantized by [`KvCache::update_and_fetch`]). Its
   /// [`KvCache::kind`] is `Standard` (it grows the same way).
   pub fn quantized(group_size: i32, bits: i32) -> Result<KvCache> {
-    let q = QuantParams {
+    let params = QuantParams {
       group_size,
       bits,
       mode: "affine".into(),
     };
-    q.validate()?;
+    params.validate()?;
     Ok(KvCache {
-      quant: Some(q),
-      ..KvCache::standard()
+      offset: 0,
+      state: State::Quantized { params, buf: None },
     })
   }
 
@@ -133,41 +256,54 @@ impl KvCache {
       )));
     }
     Ok(KvCache {
-      chunk: Some(chunk_size),
-      ..KvCache::standard()
+      offset: 0,
+      state: State::Chunked {
+        chunk: chunk_size,
+        start: 0,
+        buf: None,
+      },
     })
   }
 
   /// The mlx-lm class this cache corresponds to (`KVCache`,
   /// `RotatingKVCache`, `QuantizedKVCache`, `ChunkedKVCache`).
   pub fn class_name(&self) -> &'static str {
-    match (self.kind, &self.quant, self.chunk) {
-      (KvCacheKind::Rotating { .. }, _, _) => "RotatingKVCache",
-      (_, Some(_), _) => "QuantizedKVCache",
-      (_, _, Some(_)) => "ChunkedKVCache",
-      _ => "KVCache",
+    match self.state {
+      State::Standard { .. } => "KVCache",
+      State::Rotating { .. } => "RotatingKVCache",
+      State::Quantized { .. } => "QuantizedKVCache",
+      State::Chunked { .. } => "ChunkedKVCache",
     }
   }
 
   /// The quantization of a quantized cache.
   pub fn quantization(&self) -> Option<&QuantParams> {
-    self.quant.as_ref()
+    match &self.state {
+      State::Quantized { params, .. } => Some(params),
+      _ => None,
+    }
   }
 
   /// Whether keys/values are stored quantized.
   pub fn is_quantized(&self) -> bool {
-    self.quant.is_some()
+    matches!(self.state, State::Quantized { .. })
   }
 
   /// The chunk size of a chunked cache.
   pub fn chunk_size(&self) -> Option<i32> {
-    self.chunk
+    match self.state {
+      State::Chunked { chunk, .. } => Some(chunk),
+      _ => None,
+    }
   }
 
   /// Chunked caches: absolute position of the first stored key
-  /// (python `start_position`).
+  /// (python `start_position`); 0 for other kinds.
   pub fn start_position(&self) -> i32 {
-    self.start
+    match self.state {
+      State::Chunked { start, .. } => start,
+      _ => 0,
+    }
   }
 
   /// An empty standard cache.
@@ -175,9 +311,12 @@ impl KvCache {
     KvCache::new(KvCacheKind::Standard)
   }
 
-  /// The kind.
+  /// The kind (quantized and chunked caches grow as `Standard`).
   pub fn kind(&self) -> KvCacheKind {
-    self.kind
+    match self.state {
+      State::Rotating { max_size, keep, .. } => KvCacheKind::Rotating { max_size, keep },
+      _ => KvCacheKind::Standard,
+    }
   }
 
   /// Whether nothing is cached.
@@ -188,26 +327,25 @@ impl KvCache {
   /// Positions held (python `cache.size()`): `offset`, at most `max_size`
   /// for a rotating cache, the chunk's length for a chunked one.
   pub fn size(&self) -> i32 {
-    match self.kind {
-      KvCacheKind::Rotating { max_size, .. } => self.offset.min(max_size),
-      KvCacheKind::Standard => self.offset - self.start,
+    match self.state {
+      State::Rotating { max_size, .. } => self.offset.min(max_size),
+      State::Chunked { start, .. } => self.offset - start,
+      _ => self.offset,
     }
   }
 
   /// Bytes held by the buffers (python `cache.nbytes`).
   pub fn nbytes(&self) -> usize {
-    let dense = [&self.keys, &self.values]
-      .iter()
-      .filter_map(|a| a.as_ref())
-      .map(|a| a.nbytes())
-      .sum::<usize>();
-    let q = [&self.qkeys, &self.qvalues]
-      .iter()
-      .filter_map(|a| a.as_ref())
-      .flat_map(|v| v.iter())
-      .map(|a| a.nbytes())
-      .sum::<usize>();
-    dense + q
+    match &self.state {
+      State::Standard { buf } | State::Rotating { buf, .. } | State::Chunked { buf, .. } => buf
+        .as_ref()
+        .map(|b| b.keys.nbytes() + b.values.nbytes())
+        .unwrap_or(0),
+      State::Quantized { buf, .. } => buf
+        .as_ref()
+        .map(|b| b.keys.iter().chain(&b.values).map(|a| a.nbytes()).sum())
+        .unwrap_or(0),
+    }
   }
 
   fn check_kv(k: &Array, v: &Array) -> Result<()> {
@@ -222,13 +360,14 @@ impl KvCache {
 
   fn check_layout(&self, k: &Array, v: &Array) -> Result<()> {
     let (ks, vs) = (k.shape(), v.shape());
-    let held = match (&self.keys, &self.values, &self.qkeys) {
-      (Some(a), Some(b), _) => Some((a.shape(), b.shape(), 32)),
-      (_, _, Some(q)) => {
-        let bits = self.quant.as_ref().map(|q| q.bits).unwrap_or(32);
-        let qv = self.qvalues.as_ref().unwrap_or(q);
-        Some((q[0].shape(), qv[0].shape(), bits))
-      }
+    let held = match &self.state {
+      State::Standard { buf: Some(b) }
+      | State::Rotating { buf: Some(b), .. }
+      | State::Chunked { buf: Some(b), .. } => Some((b.keys.shape(), b.values.shape(), 32)),
+      State::Quantized {
+        params,
+        buf: Some(b),
+      } => Some((b.keys[0].shape(), b.values[0].shape(), params.bits)),
       _ => None,
     };
     // A `bits`-bit row of `d` values packs into `d * bits / 32` uint32s
@@ -255,21 +394,10 @@ impl KvCache {
         keys,
         values,
         params,
-      } => {
-        let dq = |t: &[Array], dt: Dtype| {
-          ops::dequantize(
-            &t[0],
-            &t[1],
-            t.get(2),
-            Some(params.group_size),
-            Some(params.bits),
-            &params.mode,
-            None,
-            Some(dt),
-          )
-        };
-        Ok((dq(&keys, k.dtype())?, dq(&values, v.dtype())?))
-      }
+      } => Ok((
+        dequantize_triple(&keys, &params, k.dtype())?,
+        dequantize_triple(&values, &params, v.dtype())?,
+      )),
     }
   }
 
@@ -279,25 +407,51 @@ impl KvCache {
   pub fn update_and_fetch_any(&mut self, k: &Array, v: &Array) -> Result<CachedKv> {
     KvCache::check_kv(k, v)?;
     self.check_layout(k, v)?;
-    if self.quant.is_some() {
-      let (keys, values) = self.update_quantized(k, v)?;
-      return Ok(CachedKv::Quantized {
-        keys,
-        values,
-        params: self.quant.clone().unwrap(),
-      });
+    if matches!(self.state, State::Rotating { .. }) {
+      let (ok, ov) = self.update_rotating(k, v)?;
+      return Ok(CachedKv::Dense(ok, ov));
     }
-    let (k, v) = match self.kind {
-      KvCacheKind::Standard if self.chunk.is_some() => self.update_chunked(k, v)?,
-      KvCacheKind::Standard => self.update_standard(k, v)?,
-      KvCacheKind::Rotating { max_size, keep } => self.update_rotating(k, v, max_size, keep)?,
-    };
-    Ok(CachedKv::Dense(k, v))
+    let t = k.dim(2).unwrap_or(0);
+    let prev = self.offset;
+    match &mut self.state {
+      State::Standard { buf } => {
+        let (b, ok, ov) = Dense::append(buf.take(), prev, k, v)?;
+        *buf = Some(b);
+        self.offset += t;
+        Ok(CachedKv::Dense(ok, ov))
+      }
+      State::Chunked { start, buf, .. } => {
+        let (b, ok, ov) = Dense::append(buf.take(), prev - *start, k, v)?;
+        *buf = Some(b);
+        self.offset += t;
+        Ok(CachedKv::Dense(ok, ov))
+      }
+      State::Quantized { params, buf } => {
+        let params = params.clone();
+        let (b, keys, values) = KvCache::append_quantized(buf.take(), &params, prev, k, v)?;
+        *buf = Some(b);
+        self.offset += t;
+        Ok(CachedKv::Quantized {
+          keys,
+          values,
+          params,
+        })
+      }
+      State::Rotating { .. } => Err(Error::InvalidArgument(
+        "rotating caches update through update_rotating".into(),
+      )),
+    }
   }
 
-  /// python `QuantizedKVCache.update_and_fetch`.
-  fn update_quantized(&mut self, k: &Array, v: &Array) -> Result<(Vec<Array>, Vec<Array>)> {
-    let q = self.quant.clone().unwrap();
+  /// python `QuantizedKVCache.update_and_fetch` on buffers holding `prev`
+  /// valid positions.
+  fn append_quantized(
+    buf: Option<Packed>,
+    q: &QuantParams,
+    prev: i32,
+    k: &Array,
+    v: &Array,
+  ) -> Result<(Packed, Vec<Array>, Vec<Array>)> {
     let (ks, vs) = (k.shape(), v.shape());
     let (b, h, n) = (ks[0], ks[1], ks[2]);
     for (what, d) in [("keys", ks[3]), ("values", vs[3])] {
@@ -308,139 +462,89 @@ impl KvCache {
         )));
       }
     }
-    let prev = self.offset;
-    let cap = self
-      .qkeys
-      .as_ref()
-      .map(|t| t[0].dim(2).unwrap_or(0))
-      .unwrap_or(0);
-    if self.qkeys.is_none() || prev + n > cap {
-      let new_steps = (self.step + n - 1) / self.step * self.step;
-      let init = |d: i32, dt: Dtype| -> Result<Vec<Array>> {
-        Ok(vec![
-          ops::zeros(&[b, h, new_steps, d * q.bits / 32], Dtype::Uint32)?,
-          ops::zeros(&[b, h, new_steps, d / q.group_size], dt)?,
-          ops::zeros(&[b, h, new_steps, d / q.group_size], dt)?,
-        ])
-      };
-      match (self.qkeys.take(), self.qvalues.take()) {
-        (Some(ok), Some(ov)) => {
-          let expand = |t: Vec<Array>| -> Result<Vec<Array>> {
-            t.into_iter()
-              .map(|x| {
-                let x = if prev % self.step != 0 {
-                  full_slice(&x, 2, 0, prev)?
-                } else {
-                  x
-                };
-                let s = x.shape();
-                let z = ops::zeros(&[s[0], s[1], new_steps, s[3]], x.dtype())?;
-                ops::concatenate_axis(&[x, z], 2)
-              })
-              .collect()
-          };
-          self.qkeys = Some(expand(ok)?);
-          self.qvalues = Some(expand(ov)?);
-        }
-        _ => {
-          self.qkeys = Some(init(ks[3], k.dtype())?);
-          self.qvalues = Some(init(vs[3], k.dtype())?);
+    let new_steps = (STEP + n - 1) / STEP * STEP;
+    let buf = match buf {
+      Some(p) if prev + n <= capacity(&p.keys[0]) => p,
+      Some(p) => {
+        let expand = |t: Vec<Array>| -> Result<Vec<Array>> {
+          t.into_iter()
+            .map(|x| {
+              let x = if prev % STEP != 0 {
+                full_slice(&x, 2, 0, prev)?
+              } else {
+                x
+              };
+              let s = x.shape();
+              let z = ops::zeros(&[s[0], s[1], new_steps, s[3]], x.dtype())?;
+              ops::concatenate_axis(&[x, z], 2)
+            })
+            .collect()
+        };
+        Packed {
+          keys: expand(p.keys)?,
+          values: expand(p.values)?,
         }
       }
-    }
-    self.offset += n;
-    self.len = self.offset;
+      None => {
+        let init = |d: i32, dt: Dtype| -> Result<Vec<Array>> {
+          Ok(vec![
+            ops::zeros(&[b, h, new_steps, d * q.bits / 32], Dtype::Uint32)?,
+            ops::zeros(&[b, h, new_steps, d / q.group_size], dt)?,
+            ops::zeros(&[b, h, new_steps, d / q.group_size], dt)?,
+          ])
+        };
+        Packed {
+          keys: init(ks[3], k.dtype())?,
+          values: init(vs[3], k.dtype())?,
+        }
+      }
+    };
     let qk = ops::quantize(k, Some(q.group_size), Some(q.bits), &q.mode, None)?;
     let qv = ops::quantize(v, Some(q.group_size), Some(q.bits), &q.mode, None)?;
-    let write = |buf: &mut Vec<Array>, upd: &[Array]| -> Result<()> {
-      for (b, u) in buf.iter_mut().zip(upd) {
-        let u = if u.dtype() != b.dtype() {
-          ops::astype(u, b.dtype())?
-        } else {
-          u.clone()
-        };
-        *b = update_at(b, &u, 2, prev)?;
-      }
-      Ok(())
+    let write = |buf: Vec<Array>, upd: &[Array]| -> Result<Vec<Array>> {
+      buf
+        .iter()
+        .zip(upd)
+        .map(|(b, u)| {
+          let u = if u.dtype() != b.dtype() {
+            ops::astype(u, b.dtype())?
+          } else {
+            u.clone()
+          };
+          update_at(b, &u, 2, prev)
+        })
+        .collect()
     };
-    write(self.qkeys.as_mut().unwrap(), &qk)?;
-    write(self.qvalues.as_mut().unwrap(), &qv)?;
-    Ok((
-      self.quantized_view(self.qkeys.as_ref().unwrap())?,
-      self.quantized_view(self.qvalues.as_ref().unwrap())?,
-    ))
-  }
-
-  fn quantized_view(&self, t: &[Array]) -> Result<Vec<Array>> {
-    t.iter()
-      .map(|x| {
-        if x.dim(2) == Some(self.offset) {
-          Ok(x.clone())
-        } else {
-          full_slice(x, 2, 0, self.offset)
-        }
-      })
-      .collect()
-  }
-
-  /// python `ChunkedKVCache.update_and_fetch`.
-  fn update_chunked(&mut self, k: &Array, v: &Array) -> Result<(Array, Array)> {
-    let t = k.dim(2).unwrap_or(0);
-    let prev = self.offset - self.start;
-    let cap = self
-      .keys
-      .as_ref()
-      .map(|a| a.dim(2).unwrap_or(0))
-      .unwrap_or(0);
-    if self.keys.is_none() || prev + t > cap {
-      let (nk, nv) = self.grow(k, v, t)?;
-      match (self.keys.take(), self.values.take()) {
-        (Some(mut ok), Some(mut ov)) => {
-          if prev % self.step != 0 {
-            ok = full_slice(&ok, 2, 0, prev)?;
-            ov = full_slice(&ov, 2, 0, prev)?;
-          }
-          self.keys = Some(ops::concatenate_axis(&[ok, nk], 2)?);
-          self.values = Some(ops::concatenate_axis(&[ov, nv], 2)?);
-        }
-        _ => {
-          self.keys = Some(nk);
-          self.values = Some(nv);
-        }
-      }
-    }
-    self.offset += t;
-    let end = self.offset - self.start;
-    self.len = end;
-    let keys = update_at(self.keys.as_ref().unwrap(), k, 2, prev)?;
-    let values = update_at(self.values.as_ref().unwrap(), v, 2, prev)?;
-    let out = (
-      full_slice(&keys, 2, 0, end)?,
-      full_slice(&values, 2, 0, end)?,
+    let buf = Packed {
+      keys: write(buf.keys, &qk)?,
+      values: write(buf.values, &qv)?,
+    };
+    let end = prev + n;
+    let (vk, vv) = (
+      quantized_view(&buf.keys, end)?,
+      quantized_view(&buf.values, end)?,
     );
-    self.keys = Some(keys);
-    self.values = Some(values);
-    Ok(out)
+    Ok((buf, vk, vv))
   }
 
   /// Chunked caches: drop keys older than the last `chunk_size` positions
   /// (python `ChunkedKVCache.maybe_trim_front`). No-op for other kinds.
   pub fn maybe_trim_front(&mut self) -> Result<()> {
-    let Some(chunk) = self.chunk else {
-      return Ok(());
-    };
-    if let (Some(k), Some(v)) = (&self.keys, &self.values) {
-      let valid = self.offset - self.start;
-      if valid > chunk {
-        let trim = valid - chunk;
-        self.start += trim;
-        let (k, v) = (
-          full_slice(k, 2, trim, valid)?,
-          full_slice(v, 2, trim, valid)?,
-        );
-        self.keys = Some(k);
-        self.values = Some(v);
-        self.len = chunk;
+    let offset = self.offset;
+    if let State::Chunked {
+      chunk,
+      start,
+      buf: Some(b),
+    } = &mut self.state
+    {
+      let valid = offset - *start;
+      if valid > *chunk {
+        let trim = valid - *chunk;
+        *start += trim;
+        *b = Dense {
+          keys: full_slice(&b.keys, 2, trim, valid)?,
+          values: full_slice(&b.values, 2, trim, valid)?,
+        };
       }
     }
     Ok(())
@@ -450,20 +554,19 @@ impl KvCache {
   /// positions (python `KVCache.to_quantized(group_size, bits)`, used by
   /// mlx-lm's `maybe_quantize_kv_cache`). Other kinds are an error.
   pub fn to_quantized(&self, group_size: i32, bits: i32) -> Result<KvCache> {
-    if self.kind != KvCacheKind::Standard || self.chunk.is_some() || self.quant.is_some() {
+    let State::Standard { buf } = &self.state else {
       return Err(Error::InvalidArgument(format!(
         "{} cannot be converted to a QuantizedKVCache",
         self.class_name()
       )));
-    }
+    };
     let mut c = KvCache::quantized(group_size, bits)?;
     c.offset = self.offset;
-    c.len = self.offset;
-    if let (Some(k), Some(v)) = (&self.keys, &self.values) {
-      let q = c.quant.clone().unwrap();
+    if let (Some(b), State::Quantized { params, buf: qbuf }) = (buf, &mut c.state) {
+      let q = params.clone();
       for (what, d) in [
-        ("keys", k.dim(-1).unwrap_or(0)),
-        ("values", v.dim(-1).unwrap_or(0)),
+        ("keys", b.keys.dim(-1).unwrap_or(0)),
+        ("values", b.values.dim(-1).unwrap_or(0)),
       ] {
         if d % q.group_size != 0 {
           return Err(Error::InvalidArgument(format!(
@@ -473,169 +576,124 @@ impl KvCache {
         }
       }
       let quant = |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), &q.mode, None);
-      c.qkeys = Some(quant(&full_slice(k, 2, 0, self.offset)?)?);
-      c.qvalues = Some(quant(&full_slice(v, 2, 0, self.offset)?)?);
+      let (k, v) = b.head(self.offset)?;
+      *qbuf = Some(Packed {
+        keys: quant(&k)?,
+        values: quant(&v)?,
+      });
     }
     Ok(c)
   }
 
-  fn grow(&self, k: &Array, v: &Array, extra: i32) -> Result<(Array, Array)> {
-    let (ks, vs) = (k.shape(), v.shape());
-    let n = ((extra + self.step - 1) / self.step) * self.step;
-    let nk = ops::zeros(&[ks[0], ks[1], n, ks[3]], k.dtype())?;
-    let nv = ops::zeros(&[vs[0], vs[1], n, vs[3]], v.dtype())?;
-    Ok((nk, nv))
-  }
-
-  fn update_standard(&mut self, k: &Array, v: &Array) -> Result<(Array, Array)> {
+  /// python `RotatingKVCache.update_and_fetch`.
+  fn update_rotating(&mut self, k: &Array, v: &Array) -> Result<(Array, Array)> {
     let t = k.dim(2).unwrap_or(0);
-    let prev = self.offset;
-    let cap = self
-      .keys
-      .as_ref()
-      .map(|a| a.dim(2).unwrap_or(0))
-      .unwrap_or(0);
-    if self.keys.is_none() || prev + t > cap {
-      let (nk, nv) = self.grow(k, v, t)?;
-      match (self.keys.take(), self.values.take()) {
-        (Some(mut ok), Some(mut ov)) => {
-          if prev % self.step != 0 {
-            ok = full_slice(&ok, 2, 0, prev)?;
-            ov = full_slice(&ov, 2, 0, prev)?;
+    let State::Rotating {
+      max_size,
+      keep,
+      len,
+      idx,
+      buf,
+    } = &mut self.state
+    else {
+      return Err(Error::InvalidArgument(
+        "update_rotating on a non-rotating cache".into(),
+      ));
+    };
+    let (max_size, keep) = (*max_size, *keep);
+    let single = match buf.take() {
+      Some(b) if t == 1 => b,
+      old => {
+        // Multi-token update (prefill): concatenate in temporal order, then
+        // trim to the window (keeping `keep` sink positions), as mlx-lm's
+        // `_update_concat` does. The cached part is first cut to the last
+        // `max_size - 1` positions (plus the sinks), so each new query sees
+        // a full window; the result may exceed max_size for this call.
+        let (ck, cv) = match old {
+          Some(b) => {
+            let cut = |a: &Array| -> Result<Array> {
+              let a = temporal_order(a, keep, *len, *idx)?;
+              let n = capacity(&a);
+              if n < max_size {
+                return Ok(a);
+              }
+              let head = full_slice(&a, 2, 0, keep)?;
+              let tail = full_slice(&a, 2, n - (max_size - 1 - keep), n)?;
+              ops::concatenate_axis(&[head, tail], 2)
+            };
+            let (ok, ov) = (cut(&b.keys)?, cut(&b.values)?);
+            (
+              ops::concatenate_axis(&[ok, k.clone()], 2)?,
+              ops::concatenate_axis(&[ov, v.clone()], 2)?,
+            )
           }
-          self.keys = Some(ops::concatenate_axis(&[ok, nk], 2)?);
-          self.values = Some(ops::concatenate_axis(&[ov, nv], 2)?);
-        }
-        _ => {
-          self.keys = Some(nk);
-          self.values = Some(nv);
-        }
-      }
-    }
-    self.offset += t;
-    self.len = self.offset;
-    let keys = update_at(self.keys.as_ref().unwrap(), k, 2, prev)?;
-    let values = update_at(self.values.as_ref().unwrap(), v, 2, prev)?;
-    let out = (
-      full_slice(&keys, 2, 0, self.offset)?,
-      full_slice(&values, 2, 0, self.offset)?,
-    );
-    self.keys = Some(keys);
-    self.values = Some(values);
-    Ok(out)
-  }
-
-  fn update_rotating(
-    &mut self,
-    k: &Array,
-    v: &Array,
-    max_size: i32,
-    keep: i32,
-  ) -> Result<(Array, Array)> {
-    let t = k.dim(2).unwrap_or(0);
-    if t > 1 || self.keys.is_none() {
-      // Multi-token update (prefill): concatenate in temporal order, then
-      // trim to the window (keeping `keep` sink positions), as mlx-lm's
-      // `_update_concat` does. The result may exceed max_size for this call
-      // so every new query still sees its full causal context.
-      // As mlx-lm's `_update_concat`: the cached part is first cut to the
-      // last `max_size - 1` positions (plus the `keep` sinks), so each new
-      // query sees a full window.
-      let (ck, cv) = match (self.keys.take(), self.values.take()) {
-        (Some(ok), Some(ov)) => {
-          let cut = |a: &Array| -> Result<Array> {
-            let a = self.temporal_order(a, keep)?;
-            let n = a.dim(2).unwrap_or(0);
-            if n <= max_size - 1 {
-              return Ok(a);
-            }
-            let head = full_slice(&a, 2, 0, keep)?;
-            let tail = full_slice(&a, 2, n - (max_size - 1 - keep), n)?;
+          None => (k.clone(), v.clone()),
+        };
+        self.offset += t;
+        let total = capacity(&ck);
+        let out = (ck.clone(), cv.clone());
+        // Keep the sinks plus the last (max_size - keep) positions.
+        let kept = if total > max_size {
+          let trim = |a: &Array| -> Result<Array> {
+            let head = full_slice(a, 2, 0, keep)?;
+            let tail = full_slice(a, 2, total - (max_size - keep), total)?;
             ops::concatenate_axis(&[head, tail], 2)
           };
-          let (ok, ov) = (cut(&ok)?, cut(&ov)?);
-          (
-            ops::concatenate_axis(&[ok, k.clone()], 2)?,
-            ops::concatenate_axis(&[ov, v.clone()], 2)?,
-          )
-        }
-        _ => (k.clone(), v.clone()),
-      };
-      self.offset += t;
-      let total = ck.dim(2).unwrap_or(0);
-      let out = (ck.clone(), cv.clone());
-      // Keep the sinks plus the last (max_size - keep) positions.
-      let (sk, sv) = if total > max_size {
-        let trim = |a: &Array| -> Result<Array> {
-          let head = full_slice(a, 2, 0, keep)?;
-          let tail = full_slice(a, 2, total - (max_size - keep), total)?;
-          ops::concatenate_axis(&[head, tail], 2)
+          Dense {
+            keys: trim(&ck)?,
+            values: trim(&cv)?,
+          }
+        } else {
+          Dense {
+            keys: ck,
+            values: cv,
+          }
         };
-        (trim(&ck)?, trim(&cv)?)
-      } else {
-        (ck, cv)
-      };
-      self.len = sk.dim(2).unwrap_or(0);
-      self.idx = self.len;
-      self.keys = Some(sk);
-      self.values = Some(sv);
-      return Ok(out);
-    }
+        *len = capacity(&kept.keys);
+        *idx = *len;
+        *buf = Some(kept);
+        return Ok(out);
+      }
+    };
     // Single-token update: write in place, wrapping within [keep, max_size).
-    let cap = self.keys.as_ref().unwrap().dim(2).unwrap_or(0);
-    if cap < max_size && self.idx >= cap {
-      let grow_by = self.step.min(max_size - cap);
-      let ks = k.shape();
-      let vs = v.shape();
+    let cap = capacity(&single.keys);
+    let b = if cap < max_size && *idx >= cap {
+      let grow_by = STEP.min(max_size - cap);
+      let (ks, vs) = (k.shape(), v.shape());
       let nk = ops::zeros(&[ks[0], ks[1], grow_by, ks[3]], k.dtype())?;
       let nv = ops::zeros(&[vs[0], vs[1], grow_by, vs[3]], v.dtype())?;
-      self.keys = Some(ops::concatenate_axis(&[self.keys.take().unwrap(), nk], 2)?);
-      self.values = Some(ops::concatenate_axis(
-        &[self.values.take().unwrap(), nv],
-        2,
-      )?);
-    }
-    if self.idx >= max_size {
-      self.idx = keep;
-    }
-    let keys = update_at(self.keys.as_ref().unwrap(), k, 2, self.idx)?;
-    let values = update_at(self.values.as_ref().unwrap(), v, 2, self.idx)?;
-    self.idx += 1;
-    self.offset += 1;
-    self.len = (self.len + 1).min(max_size);
-    let out = if self.len < keys.dim(2).unwrap_or(0) {
-      (
-        full_slice(&keys, 2, 0, self.len)?,
-        full_slice(&values, 2, 0, self.len)?,
-      )
+      Dense {
+        keys: ops::concatenate_axis(&[single.keys, nk], 2)?,
+        values: ops::concatenate_axis(&[single.values, nv], 2)?,
+      }
     } else {
-      (keys.clone(), values.clone())
+      single
     };
-    self.keys = Some(keys);
-    self.values = Some(values);
-    Ok(out)
-  }
-
-  /// The rotating buffer rearranged so positions are in temporal order.
-  fn temporal_order(&self, a: &Array, keep: i32) -> Result<Array> {
-    let n = a.dim(2).unwrap_or(0);
-    let valid = full_slice(a, 2, 0, self.len.min(n))?;
-    if self.idx >= self.len || self.idx <= keep {
-      return Ok(valid);
+    if *idx >= max_size {
+      *idx = keep;
     }
-    let head = full_slice(&valid, 2, 0, keep)?;
-    let newer = full_slice(&valid, 2, self.idx, self.len)?;
-    let older = full_slice(&valid, 2, keep, self.idx)?;
-    ops::concatenate_axis(&[head, newer, older], 2)
+    let b = Dense {
+      keys: update_at(&b.keys, k, 2, *idx)?,
+      values: update_at(&b.values, v, 2, *idx)?,
+    };
+    *idx += 1;
+    self.offset += 1;
+    *len = (*len + 1).min(max_size);
+    let out = if *len < capacity(&b.keys) {
+      b.head(*len)?
+    } else {
+      (b.keys.clone(), b.values.clone())
+    };
+    *buf = Some(b);
+    Ok(out)
   }
 
   /// The attention mask for `n` new tokens (mlx-lm's `cache.make_mask` /
   /// `create_attention_mask`), with an optional sliding `window`.
   pub fn make_mask(&self, n: i32, window: Option<i32>) -> Result<crate::AttnMask> {
     use crate::attention::{AttnMask, causal_mask};
-    match self.kind {
-      KvCacheKind::Standard => AttnMask::causal(n, self.offset - self.start, window),
-      KvCacheKind::Rotating { max_size, .. } => {
+    match self.state {
+      State::Rotating { max_size, .. } => {
         if n > 1 {
           let w = window.unwrap_or(max_size);
           let off = (max_size - 1).min(self.offset);
@@ -648,37 +706,34 @@ impl KvCache {
           Ok(AttnMask::None)
         }
       }
+      _ => AttnMask::causal(n, self.offset - self.start_position(), window),
     }
   }
 
   /// Drop the last `n` positions (python `cache.trim(n)`); returns how many
   /// were trimmed. Rotating caches can trim only while not yet wrapped.
   pub fn trim(&mut self, n: i32) -> i32 {
-    let n = n.min(self.offset - self.start).max(0);
-    match self.kind {
-      KvCacheKind::Standard => {
-        self.offset -= n;
-        self.len = self.offset - self.start;
-        n
+    let n = n.min(self.offset - self.start_position()).max(0);
+    if let State::Rotating {
+      max_size, len, idx, ..
+    } = &mut self.state
+    {
+      if self.offset > *max_size {
+        return 0;
       }
-      KvCacheKind::Rotating { max_size, .. } => {
-        if self.offset > max_size {
-          return 0;
-        }
-        self.offset -= n;
-        self.len = self.offset;
-        self.idx = self.offset;
-        n
-      }
+      *len = self.offset - n;
+      *idx = *len;
     }
+    self.offset -= n;
+    n
   }
 
   /// Whether [`KvCache::trim`] can remove positions (python
   /// `is_trimmable`): always, except a rotating cache that has wrapped.
   pub fn is_trimmable(&self) -> bool {
-    match self.kind {
-      KvCacheKind::Rotating { max_size, .. } => self.offset < max_size,
-      KvCacheKind::Standard => true,
+    match self.state {
+      State::Rotating { max_size, .. } => self.offset < max_size,
+      _ => true,
     }
   }
 
@@ -686,44 +741,62 @@ impl KvCache {
   /// `cache.state`), for saving prompt caches. Quantized caches return
   /// them dequantized.
   pub fn state(&self) -> Result<Option<(Array, Array)>> {
-    if let (Some(q), Some(k), Some(v)) = (&self.quant, &self.qkeys, &self.qvalues) {
-      let dq = |t: &[Array]| {
-        let t = self.quantized_view(t)?;
-        ops::dequantize(
-          &t[0],
-          &t[1],
-          t.get(2),
-          Some(q.group_size),
-          Some(q.bits),
-          &q.mode,
-          None,
-          Some(t[1].dtype()),
-        )
-      };
-      return Ok(Some((dq(k)?, dq(v)?)));
-    }
-    match (&self.keys, &self.values) {
-      (Some(k), Some(v)) => match self.kind {
-        KvCacheKind::Standard => {
-          let n = self.offset - self.start;
-          Ok(Some((full_slice(k, 2, 0, n)?, full_slice(v, 2, 0, n)?)))
-        }
-        KvCacheKind::Rotating { keep, .. } => Ok(Some((
-          self.temporal_order(k, keep)?,
-          self.temporal_order(v, keep)?,
-        ))),
-      },
+    match &self.state {
+      State::Standard { buf: Some(b) } => Ok(Some(b.head(self.offset)?)),
+      State::Chunked {
+        start,
+        buf: Some(b),
+        ..
+      } => Ok(Some(b.head(self.offset - start)?)),
+      State::Rotating {
+        keep,
+        len,
+        idx,
+        buf: Some(b),
+        ..
+      } => Ok(Some((
+        temporal_order(&b.keys, *keep, *len, *idx)?,
+        temporal_order(&b.values, *keep, *len, *idx)?,
+      ))),
+      State::Quantized {
+        params,
+        buf: Some(b),
+      } => {
+        let dq = |t: &[Array]| {
+          let t = quantized_view(t, self.offset)?;
+          dequantize_triple(&t, params, t[1].dtype())
+        };
+        Ok(Some((dq(&b.keys)?, dq(&b.values)?)))
+      }
       _ => Ok(None),
     }
   }
 
-  /// Restore from saved `(keys, values)` with `offset` positions seen.
-  pub fn set_state(&mut self, keys: Array, values: Array, offset: i32) {
-    self.len = keys.dim(2).unwrap_or(0);
-    self.idx = self.len;
+  /// Restore from saved `(keys, values)` (`[B, H, T, D]`, temporal order)
+  /// with `offset` positions seen; a quantized cache quantizes them.
+  pub fn set_state(&mut self, keys: Array, values: Array, offset: i32) -> Result<()> {
+    KvCache::check_kv(&keys, &values)?;
+    let n = capacity(&keys);
     self.offset = offset;
-    self.keys = Some(keys);
-    self.values = Some(values);
+    match &mut self.state {
+      State::Standard { buf } | State::Chunked { buf, .. } => {
+        *buf = Some(Dense { keys, values });
+      }
+      State::Rotating { len, idx, buf, .. } => {
+        *len = n;
+        *idx = n;
+        *buf = Some(Dense { keys, values });
+      }
+      State::Quantized { params, buf } => {
+        let q = params.clone();
+        let quant = |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), &q.mode, None);
+        *buf = Some(Packed {
+          keys: quant(&keys)?,
+          values: quant(&values)?,
+        });
+      }
+    }
+    Ok(())
   }
 
   /// mlx-lm's `cache.state` tree for this class (see
@@ -737,52 +810,56 @@ impl KvCache {
     use StateNode as S;
     let int = |v: i32| S::Int(v as i64);
     let opt = |a: Option<Array>| a.map(S::Array).unwrap_or(S::None);
-    Ok(match (self.kind, &self.quant) {
-      (KvCacheKind::Rotating { max_size, keep }, _) => {
-        let (k, v) = self
-          .state()?
-          .map(|(k, v)| (Some(k), Some(v)))
-          .unwrap_or((None, None));
-        let n = k.as_ref().and_then(|k| k.dim(2)).unwrap_or(0);
+    let dense = || -> Result<(StateNode, StateNode)> {
+      Ok(match self.state()? {
+        Some((k, v)) => (S::Array(k), S::Array(v)),
+        None => (S::None, S::None),
+      })
+    };
+    Ok(match &self.state {
+      State::Rotating { max_size, keep, .. } => {
+        let kv = self.state()?;
+        let n = kv.as_ref().and_then(|(k, _)| k.dim(2)).unwrap_or(0);
+        let (k, v) = match kv {
+          Some((k, v)) => (Some(k), Some(v)),
+          None => (None, None),
+        };
         S::List(vec![
           opt(k),
           opt(v),
           int(self.offset),
-          int(keep),
-          int(max_size),
+          int(*keep),
+          int(*max_size),
           int(n),
         ])
       }
-      (_, Some(q)) => {
-        let view = |t: &Option<Vec<Array>>| -> Result<StateNode> {
+      State::Quantized { params, buf } => {
+        let view = |t: Option<&Vec<Array>>| -> Result<StateNode> {
           Ok(match t {
-            Some(t) => S::List(self.quantized_view(t)?.into_iter().map(S::Array).collect()),
+            Some(t) => S::List(
+              quantized_view(t, self.offset)?
+                .into_iter()
+                .map(S::Array)
+                .collect(),
+            ),
             None => S::None,
           })
         };
         S::List(vec![
-          view(&self.qkeys)?,
-          view(&self.qvalues)?,
+          view(buf.as_ref().map(|b| &b.keys))?,
+          view(buf.as_ref().map(|b| &b.values))?,
           int(self.offset),
-          int(q.group_size),
-          int(q.bits),
+          int(params.group_size),
+          int(params.bits),
         ])
       }
-      _ => {
-        let (k, v) = self
-          .state()?
-          .map(|(k, v)| (Some(k), Some(v)))
-          .unwrap_or((None, None));
-        match self.chunk {
-          Some(c) => S::List(vec![
-            opt(k),
-            opt(v),
-            int(self.offset),
-            int(c),
-            int(self.start),
-          ]),
-          None => S::List(vec![opt(k), opt(v), int(self.offset)]),
-        }
+      State::Chunked { chunk, start, .. } => {
+        let (k, v) = dense()?;
+        S::List(vec![k, v, int(self.offset), int(*chunk), int(*start)])
+      }
+      State::Standard { .. } => {
+        let (k, v) = dense()?;
+        S::List(vec![k, v, int(self.offset)])
       }
     })
   }
@@ -806,21 +883,21 @@ impl KvCache {
         .map(|x| x as i32)
         .ok_or_else(|| bad(&format!("{what} must be an integer")))
     };
-    let get_arr = |i: usize, what: &str| -> Result<Option<Array>> {
-      match &items[i] {
-        StateNode::Array(a) => Ok(Some(a.clone())),
-        StateNode::None => Ok(None),
-        _ => Err(bad(&format!("{what} must be an array or None"))),
-      }
-    };
-    let check4 = |k: &Option<Array>, v: &Option<Array>| -> Result<()> {
-      match (k, v) {
+    let get_dense = || -> Result<Option<Dense>> {
+      let arr = |i: usize, what: &str| -> Result<Option<Array>> {
+        match &items[i] {
+          StateNode::Array(a) => Ok(Some(a.clone())),
+          StateNode::None => Ok(None),
+          _ => Err(bad(&format!("{what} must be an array or None"))),
+        }
+      };
+      match (arr(0, "keys")?, arr(1, "values")?) {
         (Some(k), Some(v))
           if k.ndim() == 4 && v.ndim() == 4 && k.shape()[..3] == v.shape()[..3] =>
         {
-          Ok(())
+          Ok(Some(Dense { keys: k, values: v }))
         }
-        (None, None) => Ok(()),
+        (None, None) => Ok(None),
         _ => Err(bad(
           "keys/values must both be [B, heads, T, D] arrays (same B, heads, T) or both None",
         )),
@@ -828,14 +905,9 @@ impl KvCache {
     };
     match class {
       "KVCache" | "ConcatenateKVCache" => {
-        if class == "KVCache" {
-          need(3)?
-        } else {
-          need(2)?
-        }
-        let (k, v) = (get_arr(0, "keys")?, get_arr(1, "values")?);
-        check4(&k, &v)?;
-        let cap = k.as_ref().and_then(|k| k.dim(2)).unwrap_or(0);
+        need(if class == "KVCache" { 3 } else { 2 })?;
+        let buf = get_dense()?;
+        let cap = buf.as_ref().map(|b| capacity(&b.keys)).unwrap_or(0);
         let offset = if class == "KVCache" {
           get_int(2, "offset")?
         } else {
@@ -846,17 +918,14 @@ impl KvCache {
             "offset {offset} outside the {cap} stored positions"
           )));
         }
-        let mut c = KvCache::standard();
-        if let (Some(k), Some(v)) = (k, v) {
-          c.set_state(k, v, offset);
-          c.len = offset;
-        }
-        Ok(c)
+        Ok(KvCache {
+          offset,
+          state: State::Standard { buf },
+        })
       }
       "RotatingKVCache" => {
         need(6)?;
-        let (k, v) = (get_arr(0, "keys")?, get_arr(1, "values")?);
-        check4(&k, &v)?;
+        let buf = get_dense()?;
         let (offset, keep, max_size, idx) = (
           get_int(2, "offset")?,
           get_int(3, "keep")?,
@@ -869,8 +938,9 @@ impl KvCache {
           )));
         }
         let mut c = KvCache::new(KvCacheKind::Rotating { max_size, keep });
-        if let (Some(k), Some(v)) = (k, v) {
-          let n = k.dim(2).unwrap_or(0);
+        c.offset = offset;
+        if let Some(b) = buf {
+          let n = capacity(&b.keys);
           if idx < 0 || idx > n {
             return Err(bad(&format!("_idx {idx} outside the {n} stored positions")));
           }
@@ -890,7 +960,7 @@ impl KvCache {
             } else {
               full_slice(a, 2, 0, idx)?
             };
-            let m = a.dim(2).unwrap_or(0);
+            let m = capacity(&a);
             if m > max_size {
               ops::concatenate_axis(
                 &[
@@ -903,10 +973,7 @@ impl KvCache {
               Ok(a)
             }
           };
-          let (k, v) = (order(&k)?, order(&v)?);
-          c.set_state(k, v, offset);
-        } else {
-          c.offset = offset;
+          c.set_state(order(&b.keys)?, order(&b.values)?, offset)?;
         }
         Ok(c)
       }
@@ -934,50 +1001,54 @@ impl KvCache {
             ))),
           }
         };
-        let (qk, qv) = (trip(0, "keys")?, trip(1, "values")?);
-        if let (Some(qk), Some(qv)) = (&qk, &qv) {
-          let cap = qk[0].dim(2).unwrap_or(0);
-          if offset < 0 || offset > cap || qv[0].dim(2) != Some(cap) {
-            return Err(bad(&format!(
-              "offset {offset} outside the {cap} stored positions"
-            )));
+        let packed = match (trip(0, "keys")?, trip(1, "values")?) {
+          (Some(qk), Some(qv)) => {
+            let cap = capacity(&qk[0]);
+            if offset < 0 || offset > cap || qv[0].dim(2) != Some(cap) {
+              return Err(bad(&format!(
+                "offset {offset} outside the {cap} stored positions"
+              )));
+            }
+            if qk.len() != 3 || qv.len() != 3 {
+              return Err(bad(
+                "affine quantized keys/values need (packed, scales, biases)",
+              ));
+            }
+            Some(Packed {
+              keys: qk,
+              values: qv,
+            })
           }
-          if qk.len() != 3 || qv.len() != 3 {
-            return Err(bad(
-              "affine quantized keys/values need (packed, scales, biases)",
-            ));
-          }
+          (None, None) => None,
+          _ => return Err(bad("keys and values must both be present or both None")),
+        };
+        if let State::Quantized { buf, .. } = &mut c.state {
+          *buf = packed;
         }
-        c.qkeys = qk;
-        c.qvalues = qv;
         c.offset = offset;
-        c.len = offset;
         Ok(c)
       }
       "ChunkedKVCache" => {
         need(5)?;
-        let (k, v) = (get_arr(0, "keys")?, get_arr(1, "values")?);
-        check4(&k, &v)?;
+        let buf = get_dense()?;
         let (offset, chunk, start) = (
           get_int(2, "offset")?,
           get_int(3, "chunk_size")?,
           get_int(4, "start_position")?,
         );
-        let mut c = KvCache::chunked(chunk).map_err(|e| bad(&e.to_string()))?;
-        let cap = k.as_ref().and_then(|k| k.dim(2)).unwrap_or(0);
-        if start < 0 || offset < start || (k.is_some() && offset - start > cap) {
+        if chunk <= 0 {
+          return Err(bad(&format!("chunk_size must be positive, got {chunk}")));
+        }
+        let cap = buf.as_ref().map(|b| capacity(&b.keys)).unwrap_or(0);
+        if start < 0 || offset < start || (buf.is_some() && offset - start > cap) {
           return Err(bad(&format!(
             "offset {offset} / start_position {start} do not fit {cap} stored positions"
           )));
         }
-        c.start = start;
-        c.offset = offset;
-        if let (Some(k), Some(v)) = (k, v) {
-          c.keys = Some(k);
-          c.values = Some(v);
-        }
-        c.len = offset - start;
-        Ok(c)
+        Ok(KvCache {
+          offset,
+          state: State::Chunked { chunk, start, buf },
+        })
       }
       other => Err(Error::InvalidArgument(format!(
         "{other} is not a key/value cache class"
@@ -1288,7 +1359,7 @@ pub fn trim_prompt_cache(caches: &mut [LayerCache], n: i32) -> i32 {
 impl std::fmt::Debug for KvCache {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
     f.debug_struct(self.class_name())
-      .field("kind", &self.kind)
+      .field("kind", &self.kind())
       .field("offset", &self.offset)
       .field("size", &self.size())
       .finish()
@@ -1377,5 +1448,59 @@ mod tests {
         "bits {bits}"
       );
     }
+  }
+
+  fn kv(t: i32, d: i32) -> (Array, Array) {
+    let n = (2 * t * d) as usize;
+    let k: Vec<f32> = (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+    let v: Vec<f32> = (0..n).map(|i| ((i % 11) as f32 - 5.0) / 5.0).collect();
+    (
+      Array::from_slice(&k, &[1, 2, t, d]).unwrap(),
+      Array::from_slice(&v, &[1, 2, t, d]).unwrap(),
+    )
+  }
+
+  /// Each class keeps its own state: a quantized cache restored from dense
+  /// keys/values stores them quantized (its state reads back within the
+  /// 8-bit step), conversions only exist where mlx-lm has them, and a
+  /// wrapped rotating cache cannot be trimmed.
+  #[test]
+  fn states_stay_per_class() {
+    let (k, v) = kv(5, 64);
+    let mut q = KvCache::quantized(64, 8).unwrap();
+    q.set_state(k.clone(), v.clone(), 5).unwrap();
+    assert_eq!(q.class_name(), "QuantizedKVCache");
+    let (mut sk, _) = q.state().unwrap().unwrap();
+    let mut want = k.clone();
+    let d = sk
+      .to_vec::<f32>()
+      .unwrap()
+      .iter()
+      .zip(want.to_vec::<f32>().unwrap())
+      .map(|(a, b)| (a - b).abs())
+      .fold(0f32, f32::max);
+    // 8 bits over a [-1, 1] range: one step is 2/255.
+    assert!(d <= 2.0 / 255.0, "{d}");
+
+    let rot = KvCache::new(KvCacheKind::Rotating {
+      max_size: 4,
+      keep: 0,
+    });
+    assert!(rot.to_quantized(64, 8).is_err());
+    assert!(KvCache::chunked(2).unwrap().to_quantized(64, 8).is_err());
+    assert!(q.to_quantized(64, 8).is_err());
+
+    let mut rot = rot;
+    rot.update_and_fetch(&k, &v).unwrap();
+    assert_eq!((rot.offset, rot.size()), (5, 4));
+    assert!(!rot.is_trimmable());
+    assert_eq!(rot.trim(1), 0);
+
+    let mut std_c = KvCache::standard();
+    std_c.update_and_fetch(&k, &v).unwrap();
+    let c = std_c.to_quantized(64, 8).unwrap();
+    assert_eq!((c.class_name(), c.offset), ("QuantizedKVCache", 5));
+    assert_eq!(std_c.trim(2), 2);
+    assert_eq!(std_c.state().unwrap().unwrap().0.shape(), vec![1, 2, 3, 64]);
   }
 }

@@ -71,7 +71,10 @@ impl Rope {
     scaling: Option<&Value>,
     max_position_embeddings: Option<i32>,
   ) -> Result<Rope> {
+    static NULL: Value = Value::Null;
     let scaling = scaling.filter(|v| !v.is_null());
+    // The scaling object of the typed branches below (each needs one).
+    let s = scaling.unwrap_or(&NULL);
     let rope_type = scaling
       .and_then(|s| s.get("type").or_else(|| s.get("rope_type")))
       .and_then(Value::as_str)
@@ -99,7 +102,6 @@ impl Rope {
         Ok(r)
       }
       "llama3" => {
-        let s = scaling.unwrap();
         let factor = need("factor")? as f32;
         let low = f(s, "low_freq_factor").unwrap_or(1.0) as f32;
         let high = f(s, "high_freq_factor").unwrap_or(4.0) as f32;
@@ -123,7 +125,6 @@ impl Rope {
         Rope::with_freqs(dims, traditional, freqs, 1.0)
       }
       "yarn" | "deepseek_yarn" | "telechat3-yarn" => {
-        let s = scaling.unwrap();
         let factor = need("factor")?;
         let orig = f(s, "original_max_position_embeddings").unwrap_or(4096.0);
         let beta_fast = f(s, "beta_fast").unwrap_or(32.0);
@@ -161,7 +162,6 @@ impl Rope {
         Rope::with_freqs(dims, traditional, freqs, m as f32)
       }
       "longrope" => {
-        let s = scaling.unwrap();
         let orig = need("original_max_position_embeddings")?;
         let long = s
           .get("long_factor")
@@ -196,7 +196,6 @@ impl Rope {
         Rope::with_freqs(dims, false, freqs, sc as f32)
       }
       "proportional" => {
-        let s = scaling.unwrap();
         let rotated = (dims as f64 * f(s, "partial_rotary_factor").unwrap_or(1.0)) as i32;
         if rotated > dims {
           return Err(Error::InvalidArgument(

@@ -134,7 +134,7 @@ impl<'m> VlmChat<'m> {
   pub fn messages(&self, next: Option<&str>) -> Vec<Message> {
     let mut msgs = Vec::new();
     if let Some(s) = &self.system {
-      msgs.push(Message::system(s.clone()));
+      msgs.push(self.model.system_message(s));
     }
     // mlx-vlm's `apply_chat_template` reduces a message without image
     // parts to its stripped text (`extract_text_from_content`).
@@ -180,9 +180,19 @@ impl<'m> VlmChat<'m> {
         )));
       }
     }
-    self.model.set_prompt(&input)?;
+    let embeddings = self.model.prompt_embeddings(&input)?;
     let (start, cache) = self.reusable_prefix(ids);
-    let mut stream = TextStream::new(&self.model.lm, &ids[start..], &self.opts, cache)?;
+    let embeddings = match embeddings {
+      Some(e) => Some(e.suffix(start)?),
+      None => None,
+    };
+    let mut stream = TextStream::with_embeddings(
+      &self.model.lm,
+      &ids[start..],
+      embeddings.as_ref(),
+      &self.opts,
+      cache,
+    )?;
     let mut text = String::new();
     let mut tokens = Vec::new();
     let mut last = None;

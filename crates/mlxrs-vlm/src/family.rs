@@ -1,10 +1,11 @@
 //! The per-family half of a loaded VLM: a [`VisionFamily`] holds the vision
-//! tower, projector, image processor and the slot through which prepared
-//! image features reach the language model, and implements the processor
+//! tower, projector and image processor, and implements the processor
 //! (python `processor(text=..., images=...)`) and the feature merge
-//! (python `Model.get_input_embeddings`). [`crate::VlmModel`] dispatches to
-//! it; adding a family is one module with a `load` function plus one line
-//! in [`crate::model`]'s registry.
+//! (python `Model.get_input_embeddings`): the prompt's input embeddings,
+//! which the language model (an ordinary mlxrs-lm model built by
+//! [`mlxrs_lm::build_model`] from `text_config`) prefills from.
+//! [`crate::VlmModel`] dispatches to it; adding a family is one module with
+//! a `load` function plus one line in [`crate::model`]'s registry.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use mlxrs_core::{Array, Dtype, ops};
 use mlxrs_lm::load::{default_dtype, load_weights};
-use mlxrs_lm::{LanguageModel, LoadedModel, ModelConfig, ModelFiles, Tokenizer};
+use mlxrs_lm::{LanguageModel, LoadedModel, ModelConfig, ModelFiles, PromptEmbeddings, Tokenizer};
 use mlxrs_nn::{Module, QuantConfig, Weights};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
@@ -31,6 +33,8 @@ pub(crate) struct Shared<'a> {
   pub dtype: Dtype,
   /// The image-feature cache.
   pub cache: &'a VisionFeatureCache,
+  /// The language model (its token embeddings).
+  pub lm: &'a dyn LanguageModel,
 }
 
 impl Shared<'_> {
@@ -63,12 +67,17 @@ pub(crate) trait VisionFamily: Send {
     self.process(s, &text, images)
   }
 
-  /// Compute the image features of `input` and put them in the slot the
-  /// language model reads (`None` without images).
-  fn set_prompt(&self, s: &Shared<'_>, input: &VlmInput) -> Result<()>;
+  /// The prompt's input embeddings with the image features merged in
+  /// (python `get_input_embeddings`), which the generation prefills from;
+  /// `None`: prefill from the token ids (a text-only prompt). A family
+  /// whose language model keeps its own per-prompt state (Qwen2-VL's
+  /// M-RoPE positions) sets that state here and returns `None`.
+  fn prompt_embeddings(&self, s: &Shared<'_>, input: &VlmInput)
+  -> Result<Option<PromptEmbeddings>>;
 
-  /// Forget the prepared prompt.
-  fn clear_prompt(&self);
+  /// Forget per-prompt state kept by [`VisionFamily::prompt_embeddings`]
+  /// (Qwen2-VL only).
+  fn clear_prompt(&self) {}
 
   /// The CLIP-style image processor, where the family has one.
   fn clip_processor(&self) -> Option<&ClipImageProcessor> {
@@ -142,6 +151,97 @@ pub(crate) fn finish_weights(path: &Path, w: Weights, params: Vec<Array>) -> Res
   Ok(())
 }
 
+/// The language model of a VLM (python mlx-vlm's `language_model`):
+/// [`mlxrs_lm::build_model`] on `text` (the family's `text_config` with
+/// mlx-vlm's defaults filled in). It must take input embeddings.
+pub(crate) fn build_text(text: &Value) -> Result<Box<dyn LanguageModel>> {
+  let mt = text
+    .get("model_type")
+    .and_then(Value::as_str)
+    .unwrap_or("?");
+  if !mlxrs_lm::EMBEDDINGS_MODEL_TYPES.contains(&mt) {
+    return Err(Error::invalid(format!(
+      "config.json `text_config`: a `{mt}` language model cannot take image features; supported: {}",
+      mlxrs_lm::EMBEDDINGS_MODEL_TYPES.join(", ")
+    )));
+  }
+  mlxrs_lm::build_model(text).map_err(|e| Error::invalid(format!("config.json `text_config`: {e}")))
+}
+
+/// A checkpoint's tensors split as mlx-vlm's module tree: the language
+/// model's (`language_model.` stripped, so the mlxrs-lm model takes them at
+/// its root; the family's sanitize already did the language model's) and the rest
+/// (vision tower, projector, ...).
+pub(crate) struct VlmWeights {
+  /// The language model's tensors.
+  pub text: Weights,
+  /// Everything else.
+  pub rest: Weights,
+}
+
+/// Open a checkpoint's weights (python `load_weights` + `sanitize`) with
+/// the dtype and quantization of `config` / `opts`, split into the
+/// language model's and the rest (see [`VlmWeights`]); `sanitize` maps the
+/// checkpoint's names to mlx-vlm's (`language_model.model.*`, ...).
+pub(crate) fn open_vlm_weights(
+  path: &Path,
+  config: &ModelConfig,
+  opts: &LoadOptions,
+  sanitize: impl FnOnce(HashMap<String, Array>) -> Result<HashMap<String, Array>>,
+) -> Result<VlmWeights> {
+  const PREFIX: &str = "language_model.";
+  let all = open_weights(path, config, opts, sanitize)?;
+  let (dtype, quant) = (all.dtype, all.quant.clone());
+  let (mut t, mut r) = (HashMap::new(), HashMap::new());
+  let keys: Vec<String> = all.keys().cloned().collect();
+  let mut all = all;
+  for k in keys {
+    if let Some(v) = all.remove(&k) {
+      match k.strip_prefix(PREFIX) {
+        Some(rest) => t.insert(rest.to_string(), v),
+        None => r.insert(k, v),
+      };
+    }
+  }
+  let mut tw = Weights::new(t);
+  tw.dtype = dtype;
+  tw.quant = quant.clone().map(|mut q| {
+    q.layers = q
+      .layers
+      .into_iter()
+      .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|k| (k.to_string(), v)))
+      .collect();
+    q
+  });
+  let mut rw = Weights::new(r);
+  rw.dtype = dtype;
+  rw.quant = quant;
+  Ok(VlmWeights { text: tw, rest: rw })
+}
+
+/// Load the language model from `w.text`, let `load_rest` load the other
+/// modules from `w.rest`, check every tensor was used (the language
+/// model's are named with their `language_model.` prefix in errors) and
+/// evaluate the parameters (the language model's and `params`).
+pub(crate) fn load_vlm_weights(
+  path: &Path,
+  mut w: VlmWeights,
+  text: &mut dyn LanguageModel,
+  load_rest: impl FnOnce(&mut Weights) -> Vec<Array>,
+) -> Result<()> {
+  text.load(&mut w.text);
+  let mut params = load_rest(&mut w.rest);
+  text.visit(&mut |_, a| params.push(a.clone()));
+  w.text.finish().map_err(|e| {
+    Error::config(
+      path.join("model.safetensors"),
+      "<tensors>",
+      format!("language_model: {e}"),
+    )
+  })?;
+  finish_weights(path, w.rest, params)
+}
+
 /// Load the language model, `vision_tower` and `multi_modal_projector`
 /// parts of a checkpoint (python `load_model` for the LLaVA-shaped
 /// families), check every tensor was used, evaluate them, and open the
@@ -149,20 +249,20 @@ pub(crate) fn finish_weights(path: &Path, w: Weights, params: Vec<Array>) -> Res
 /// (config.json `image_token_index`).
 pub(crate) fn load_tower_model(
   path: &Path,
-  mut w: Weights,
-  text: &mut impl LanguageModel,
+  w: VlmWeights,
+  text: &mut dyn LanguageModel,
   vision: &mut impl Module,
   projector: &mut impl Module,
   image_token_index: u32,
 ) -> Result<(Tokenizer, String)> {
-  text.load(&mut w);
-  vision.load(&mut w, "vision_tower");
-  projector.load(&mut w, "multi_modal_projector");
-  let mut params = Vec::new();
-  text.visit(&mut |_, a| params.push(a.clone()));
-  vision.visit("", &mut |_, a| params.push(a.clone()));
-  projector.visit("", &mut |_, a| params.push(a.clone()));
-  finish_weights(path, w, params)?;
+  load_vlm_weights(path, w, text, |w| {
+    vision.load(w, "vision_tower");
+    projector.load(w, "multi_modal_projector");
+    let mut params = Vec::new();
+    vision.visit("", &mut |_, a| params.push(a.clone()));
+    projector.visit("", &mut |_, a| params.push(a.clone()));
+    params
+  })?;
   let tokenizer = Tokenizer::from_dir(path)?;
   let image_token = token_name(&tokenizer, path, "image_token_index", image_token_index)?;
   Ok((tokenizer, image_token))
@@ -225,43 +325,92 @@ pub(crate) fn feature_rows(ids: &[u32], img_id: u32) -> Vec<i32> {
     .collect()
 }
 
-/// The merge step of the families whose processor fills
+/// The image features of a prompt whose processor filled
 /// `input.clip_pixels` (python `get_input_embeddings` up to the
 /// `masked_scatter`): `check(n_images, n_image_tokens)` validates the
-/// counts, `features` maps the NHWC pixels to `[.., hidden]` features
-/// (cached, then cast to the compute dtype), and the prompt
-/// `make(ids, features, feature_row)` goes in `slot` (`None` without
-/// images; image tokens without pixels are an error).
-pub(crate) fn set_clip_prompt<T>(
+/// counts, `features` maps the NHWC pixels to `[n_image_tokens, hidden]`
+/// features (cached, then cast to the compute dtype). `None` without
+/// images; image tokens without pixels are an error.
+pub(crate) fn pixel_features(
   s: &Shared<'_>,
   input: &VlmInput,
   img_id: u32,
-  slot: &Arc<Mutex<Option<T>>>,
   check: impl FnOnce(usize, usize) -> Result<()>,
   features: impl FnOnce(&Array) -> Result<Array>,
-  make: impl FnOnce(Vec<u32>, Array, Vec<i32>) -> T,
-) -> Result<()> {
-  let ids = &input.input_ids;
-  let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
-  let state = match &input.clip_pixels {
+) -> Result<Option<Array>> {
+  let n_img_tokens = input.input_ids.iter().filter(|&&t| t == img_id).count();
+  match &input.clip_pixels {
     None => {
       if n_img_tokens > 0 {
         return Err(no_pixels(n_img_tokens, s.image_token));
       }
-      None
+      Ok(None)
     }
     Some(pv) => {
       check(pv.n, n_img_tokens)?;
       let f = s.features(input, || {
         Ok(ops::astype(&features(&pv.to_nhwc()?)?, s.dtype)?)
       })?;
-      Some(make(ids.clone(), f, feature_rows(ids, img_id)))
+      Ok(Some(f))
     }
-  };
-  set_slot(slot, state)
+  }
 }
 
-/// The [`set_clip_prompt`] check for `per_image` tokens per image.
+/// python `get_input_embeddings`'s merge: the language model's token
+/// embeddings of `ids` `[1, T, hidden]`, the rows of image tokens
+/// (`img_id`) replaced in order by the rows of `features`
+/// (`masked_scatter`), and the rows of `zero_id` tokens (PaliGemma and
+/// Gemma 3's pad token) other than image tokens set to zero.
+pub(crate) fn merge_features(
+  s: &Shared<'_>,
+  ids: &[u32],
+  img_id: u32,
+  features: Option<&Array>,
+  zero_id: Option<u32>,
+) -> Result<Array> {
+  let n = ids.len() as i32;
+  let tokens: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+  let h = s.lm.embed_tokens(&Array::from_slice(&tokens, &[1, n])?)?;
+  let rows = feature_rows(ids, img_id);
+  let img: Vec<bool> = rows.iter().map(|&r| r >= 0).collect();
+  let h = match zero_id {
+    Some(z) if ids.iter().zip(&img).any(|(&t, &i)| t == z && !i) => {
+      let pad: Vec<bool> = ids.iter().zip(&img).map(|(&t, &i)| t == z && !i).collect();
+      let pad = Array::from_slice(&pad, &[1, n, 1])?;
+      ops::where_(&pad, &Array::scalar_as(0.0, h.dtype())?, &h)?
+    }
+    _ => h,
+  };
+  let Some(f) = features else {
+    return Ok(h);
+  };
+  if !img.iter().any(|&i| i) {
+    return Ok(h);
+  }
+  let idx: Vec<i32> = rows.iter().map(|&r| r.max(0)).collect();
+  let idx = Array::from_slice(&idx, &[n])?;
+  let img = Array::from_slice(&img, &[1, n, 1])?;
+  let gathered = ops::expand_dims(&ops::take_axis(f, &idx, 0)?, 0)?;
+  Ok(ops::where_(&img, &ops::astype(&gathered, h.dtype())?, &h)?)
+}
+
+/// [`pixel_features`] merged into the prompt ([`merge_features`], no pad
+/// rule) for a causal prefill; `None` without images.
+pub(crate) fn clip_prompt(
+  s: &Shared<'_>,
+  input: &VlmInput,
+  img_id: u32,
+  check: impl FnOnce(usize, usize) -> Result<()>,
+  features: impl FnOnce(&Array) -> Result<Array>,
+) -> Result<Option<PromptEmbeddings>> {
+  let Some(f) = pixel_features(s, input, img_id, check, features)? else {
+    return Ok(None);
+  };
+  let e = merge_features(s, &input.input_ids, img_id, Some(&f), None)?;
+  Ok(Some(PromptEmbeddings::causal(e)))
+}
+
+/// The [`pixel_features`] check for `per_image` tokens per image.
 pub(crate) fn tokens_per_image(per_image: usize) -> impl FnOnce(usize, usize) -> Result<()> {
   move |n_images, n_img_tokens| {
     let n_feat = n_images * per_image;
@@ -272,7 +421,7 @@ pub(crate) fn tokens_per_image(per_image: usize) -> impl FnOnce(usize, usize) ->
   }
 }
 
-/// Replace the prompt a language model reads.
+/// Replace the prompt a language model reads (Qwen2-VL's slot).
 pub(crate) fn set_slot<T>(slot: &Arc<Mutex<Option<T>>>, v: Option<T>) -> Result<()> {
   *slot
     .lock()

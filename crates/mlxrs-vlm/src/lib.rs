@@ -6,11 +6,13 @@
 //! - [`processors`]: image processors (`preprocessor_config.json`), e.g.
 //!   Qwen2-VL's `smart_resize` + patchify, CLIP / SigLIP resize (+ crop),
 //!   LLaVA-NeXT any-resolution tiles, Idefics3 / SmolVLM image splitting.
-//! - [`models`]: vision towers and multimodal language models (LLaVA,
-//!   LLaVA-NeXT, PaliGemma, Gemma 3, Idefics3 / SmolVLM, Qwen2-VL,
-//!   Qwen2.5-VL); each family module implements the processor + feature
-//!   merge behind [`VlmModel`] (one module and one registry line per
-//!   family, see `docs/vlm.md`).
+//! - [`vision`]: the shared vision towers (CLIP, SigLIP).
+//! - [`models`]: the multimodal families (LLaVA, LLaVA-NeXT, PaliGemma,
+//!   Gemma 3, Idefics3 / SmolVLM, Qwen2-VL, Qwen2.5-VL); each family module
+//!   holds its vision tower, projector and merge rule behind [`VlmModel`]
+//!   (one module and one registry line per family, see `docs/vlm.md`); the
+//!   language model is mlxrs-lm's, built from `text_config` (Qwen2-VL's
+//!   M-RoPE decoder is the exception).
 //! - [`VlmModel`]: `mlx_vlm.load` + prompt building + generation through
 //!   mlxrs-lm's streaming API (same sampling, caches and stop rules), with
 //!   an image-feature cache ([`vision_cache`], python `VisionFeatureCache`).
@@ -35,6 +37,7 @@ pub mod image;
 pub mod model;
 pub mod models;
 pub mod processors;
+pub mod vision;
 pub mod vision_cache;
 
 pub use chat::{ChatTurn, VlmChat, assistant_message};

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use mlxrs_core::{Array, ops};
 use mlxrs_lm::{
-  ChatOptions, Content, GenerateOptions, LoadedModel, Message, ModelConfig, Output, StepConfig,
-  TextStream, TokenGenerator, Tokenizer, resolve_model,
+  ChatOptions, Content, GenerateOptions, LoadedModel, Message, ModelConfig, Output,
+  PromptEmbeddings, StepConfig, TextStream, TokenGenerator, Tokenizer, resolve_model,
 };
 use serde_json::{Value, json};
 
@@ -100,10 +100,13 @@ impl VlmInput {
 }
 
 /// A vision-language model ready to generate: the language half is an
-/// ordinary [`LoadedModel`] (so mlxrs-lm's sampling, caches, streaming and
-/// stop rules apply unchanged), the vision tower and image processor sit
-/// beside it. One generation at a time per model: preparing a new prompt
-/// replaces the multimodal state the language model reads.
+/// ordinary [`LoadedModel`] built by [`mlxrs_lm::build_model`] from the
+/// checkpoint's `text_config` (so mlxrs-lm's sampling, caches, streaming
+/// and stop rules apply unchanged), the vision tower and image processor
+/// sit beside it. A prompt with images is prefilled from its input
+/// embeddings ([`VlmModel::prompt_embeddings`]). Qwen2-VL's language model
+/// (M-RoPE positions) keeps the prepared prompt's state itself: one
+/// generation at a time per model for that family.
 pub struct VlmModel {
   /// The language model, its config and tokenizer.
   pub lm: LoadedModel,
@@ -231,6 +234,7 @@ impl VlmModel {
       image_token: &self.image_token,
       dtype: self.dtype,
       cache: &self.vision_cache,
+      lm: self.lm.model.as_ref(),
     }
   }
 
@@ -281,6 +285,15 @@ impl VlmModel {
     Message::new("user", Content::Parts(parts))
   }
 
+  /// The system message mlx-vlm builds for `text` (`get_message_json` with
+  /// role `system`): one `{"type": "text"}` part, as the user message's, so
+  /// templates that render list-of-parts content only (llava-hf,
+  /// Idefics3, SmolVLM) see it too.
+  pub fn system_message(&self, text: &str) -> Message {
+    let part = json!({"type": "text", "text": text, "content": text});
+    Message::new("system", Content::Parts(vec![part]))
+  }
+
   /// The prompt text for `prompt` with `num_images` images (python
   /// `apply_chat_template(processor, config, prompt, num_images=...)`, with
   /// an optional system message first).
@@ -295,7 +308,7 @@ impl VlmModel {
     }
     let mut msgs = Vec::new();
     if let Some(s) = system {
-      msgs.push(Message::system(s));
+      msgs.push(self.system_message(s));
     }
     msgs.push(self.user_message(prompt, num_images));
     self.apply_chat_template(&msgs)
@@ -346,14 +359,16 @@ impl VlmModel {
     self.process(&text, images)
   }
 
-  /// Compute the image features of `input` and hand them to the language
-  /// model for the next generation.
-  pub(crate) fn set_prompt(&self, input: &VlmInput) -> Result<()> {
-    self.family.set_prompt(&self.shared(), input)
+  /// The prompt's input embeddings with the image features merged in
+  /// (python `model.get_input_embeddings(input_ids, pixel_values)`), which
+  /// the generation prefills from; `None` for a text-only prompt (and for
+  /// Qwen2-VL, whose language model reads the prepared prompt itself).
+  pub fn prompt_embeddings(&self, input: &VlmInput) -> Result<Option<PromptEmbeddings>> {
+    self.family.prompt_embeddings(&self.shared(), input)
   }
 
-  /// Forget the multimodal prompt (the language model then behaves as a
-  /// plain text model).
+  /// Forget the multimodal prompt Qwen2-VL's language model keeps (it then
+  /// behaves as a plain text model); other families keep none.
   pub fn clear_prompt(&self) {
     self.family.clear_prompt();
   }
@@ -362,8 +377,14 @@ impl VlmModel {
   /// [`TextStream`] over the language model, with the images merged into
   /// the prompt.
   pub fn stream<'a>(&'a self, input: &VlmInput, opts: &GenerateOptions) -> Result<TextStream<'a>> {
-    self.set_prompt(input)?;
-    Ok(TextStream::new(&self.lm, &input.input_ids, opts, None)?)
+    let e = self.prompt_embeddings(input)?;
+    Ok(TextStream::with_embeddings(
+      &self.lm,
+      &input.input_ids,
+      e.as_ref(),
+      opts,
+      None,
+    )?)
   }
 
   /// Token-level generation (python `mlx_vlm.generate.generate_step`): an
@@ -374,11 +395,12 @@ impl VlmModel {
     input: &VlmInput,
     cfg: &StepConfig,
   ) -> Result<TokenGenerator<'a>> {
-    self.set_prompt(input)?;
+    let e = self.prompt_embeddings(input)?;
     let ids: Vec<i32> = input.input_ids.iter().map(|&t| t as i32).collect();
-    Ok(TokenGenerator::new(
+    Ok(TokenGenerator::with_embeddings(
       self.lm.model.as_ref(),
       &ids,
+      e.as_ref(),
       cfg,
       None,
     )?)
@@ -386,8 +408,7 @@ impl VlmModel {
 
   /// Generate to completion (python `mlx_vlm.generate`).
   pub fn generate(&self, input: &VlmInput, opts: &GenerateOptions) -> Result<Output> {
-    self.set_prompt(input)?;
-    Ok(mlxrs_lm::generate(&self.lm, &input.input_ids, opts)?)
+    Ok(mlxrs_lm::collect(self.stream(input, opts)?)?)
   }
 
   /// Logits `[vocab]` at the last prompt position of a full forward with
@@ -397,12 +418,17 @@ impl VlmModel {
     if input.input_ids.is_empty() {
       return Err(Error::invalid("the prompt is empty (no tokens)"));
     }
-    self.set_prompt(input)?;
+    let e = self.prompt_embeddings(input)?;
     let model = self.lm.model.as_ref();
     let mut caches = model.make_caches(None);
-    let ids: Vec<i32> = input.input_ids.iter().map(|&t| t as i32).collect();
-    let x = Array::from_slice(&ids, &[1, ids.len() as i32])?;
-    let h = model.hidden(&x, &mut caches)?;
+    let h = match &e {
+      Some(e) => model.hidden_from_embeddings(&e.embeddings, &mut caches, e.mask.as_ref())?,
+      None => {
+        let ids: Vec<i32> = input.input_ids.iter().map(|&t| t as i32).collect();
+        let x = Array::from_slice(&ids, &[1, ids.len() as i32])?;
+        model.hidden(&x, &mut caches)?
+      }
+    };
     let s = h.shape();
     let last = ops::slice(&h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?;
     let logits = model.logits(&last)?;

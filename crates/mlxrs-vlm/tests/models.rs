@@ -763,3 +763,24 @@ fn gemma3_bad_input_is_an_error() {
   let e = err(m.prompt_logits(&input));
   assert!(e.contains("but no images"), "{e}");
 }
+
+#[test]
+fn system_prompt_reaches_every_template() {
+  // `mlx_vlm.generate --system S` renders (scripts/make_vlm_system_refs.py):
+  // the system message as list-of-parts content, which the Idefics3 /
+  // SmolVLM (and llava-hf) templates need; PaliGemma has no template and
+  // keeps the last message only, as mlx-vlm.
+  let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/system_prompt_refs.json");
+  let r: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+  let system = r["system"].as_str().unwrap();
+  let prompt = r["prompt"].as_str().unwrap();
+  for case in r["cases"].as_array().unwrap() {
+    let fam = case["family"].as_str().unwrap();
+    let m = model(fam);
+    let got = m.format_prompt(prompt, 1, Some(system)).unwrap();
+    assert_eq!(got, case["text"].as_str().unwrap(), "{fam}");
+    if fam != "paligemma" {
+      assert!(got.contains(system), "{fam}: {got:?}");
+    }
+  }
+}

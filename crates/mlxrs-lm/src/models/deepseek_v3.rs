@@ -27,7 +27,7 @@ use mlxrs_nn::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::qwen3_moe::{check_caches, check_moe, default_caches, stack_experts};
+use super::base::{check_caches, check_moe, default_caches, stack_experts};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_vocab() -> i32 {

@@ -12,6 +12,7 @@ use mlxrs_nn::{
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::base::check_heads;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -61,21 +62,6 @@ pub struct Gemma2Args {
   /// `query_pre_attn_scalar`: attention scale is its inverse square root.
   #[serde(default = "d_qpas")]
   pub query_pre_attn_scalar: f64,
-}
-
-/// Check a head layout: positive sizes, query heads a multiple of kv heads.
-pub(crate) fn check_heads(n_heads: i32, n_kv: i32, hidden: i32, layers: i32) -> Result<()> {
-  if n_heads <= 0 || n_kv <= 0 || n_heads % n_kv != 0 {
-    return Err(mlxrs_core::Error::InvalidArgument(format!(
-      "config: num_attention_heads ({n_heads}) must be a positive multiple of num_key_value_heads ({n_kv})"
-    )));
-  }
-  if hidden <= 0 || layers < 0 {
-    return Err(mlxrs_core::Error::InvalidArgument(format!(
-      "config: hidden_size ({hidden}) must be positive and num_hidden_layers ({layers}) non-negative"
-    )));
-  }
-  Ok(())
 }
 
 /// `x * value` with `value` as a scalar of `x`'s dtype (python `x * float`).
@@ -261,7 +247,7 @@ impl Gemma2 {
       args.num_key_value_heads,
       args.head_dim,
     );
-    check_heads(n_heads, n_kv, h, args.num_hidden_layers)?;
+    check_heads("gemma2", h, n_heads, n_kv, args.num_hidden_layers)?;
     if args.query_pre_attn_scalar <= 0.0 {
       return Err(mlxrs_core::Error::InvalidArgument(format!(
         "config: query_pre_attn_scalar must be positive, got {}",
@@ -307,31 +293,24 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 }
 
 impl Gemma2 {
-  /// The decoder stack; `key_valid` (rows of a left-padded batch, see
-  /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
+  /// The decoder stack over input embeddings `h` (scaled here by
+  /// `sqrt(hidden_size)`); `key_valid` (rows of a left-padded batch, see
+  /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded
+  /// ones, `mask` replaces it (see
+  /// [`LanguageModel::hidden_from_embeddings`]).
   fn run(
     &self,
-    tokens: &Array,
+    h: &Array,
     caches: &mut [KvCache],
     key_valid: Option<&[Vec<bool>]>,
+    mask: Option<&AttnMask>,
   ) -> Result<Array> {
-    if caches.len() != self.model.layers.len() {
-      return Err(mlxrs_core::Error::InvalidArgument(format!(
-        "{} caches for {} layers",
-        caches.len(),
-        self.model.layers.len()
-      )));
-    }
-    let h = self.model.embed_tokens.forward(tokens)?;
-    let mut h = scale_by(&h, (self.args.hidden_size as f64).sqrt())?;
-    let n = tokens.dim(-1).unwrap_or(1);
+    super::base::check_caches(caches.len(), self.model.layers.len())?;
+    let mut h = scale_by(h, (self.args.hidden_size as f64).sqrt())?;
+    let n = h.dim(1).unwrap_or(1);
     // mlx-lm asks for an explicit array mask here (`return_array=True`).
-    let mask = match (caches.first(), key_valid) {
-      (Some(c), Some(kv)) => match crate::batch::padded_mask(kv, n, c.offset, None)? {
-        AttnMask::Array(a) => Some(a),
-        _ => None,
-      },
-      (Some(c), None) => match c.make_mask(n, None)? {
+    let as_array = |m: AttnMask, c: &KvCache| -> Result<Option<Array>> {
+      Ok(match m {
         AttnMask::None => None,
         AttnMask::Array(a) => Some(a),
         AttnMask::Causal => {
@@ -341,8 +320,13 @@ impl Gemma2 {
           };
           Some(causal_mask(n, off, None)?)
         }
-      },
-      (None, _) => None,
+      })
+    };
+    let mask = match (caches.first(), key_valid, mask) {
+      (Some(c), _, Some(m)) => as_array(m.clone(), c)?,
+      (Some(c), Some(kv), None) => as_array(crate::batch::padded_mask(kv, n, c.offset, None)?, c)?,
+      (Some(c), None, None) => as_array(c.make_mask(n, None)?, c)?,
+      (None, _, _) => None,
     };
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       h = layer.forward(&h, mask.as_ref(), cache)?;
@@ -353,7 +337,20 @@ impl Gemma2 {
 
 impl LanguageModel for Gemma2 {
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-    self.run(tokens, caches, None)
+    self.run(&self.embed_tokens(tokens)?, caches, None, None)
+  }
+
+  fn embed_tokens(&self, tokens: &Array) -> Result<Array> {
+    self.model.embed_tokens.forward(tokens)
+  }
+
+  fn hidden_from_embeddings(
+    &self,
+    embeddings: &Array,
+    caches: &mut [KvCache],
+    mask: Option<&AttnMask>,
+  ) -> Result<Array> {
+    self.run(embeddings, caches, None, mask)
   }
 
   fn hidden_padded(
@@ -363,7 +360,7 @@ impl LanguageModel for Gemma2 {
     key_valid: &[Vec<bool>],
   ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
-    self.run(tokens, caches, Some(key_valid))
+    self.run(&self.embed_tokens(tokens)?, caches, Some(key_valid), None)
   }
 
   fn logits(&self, hidden: &Array) -> Result<Array> {
@@ -375,18 +372,7 @@ impl LanguageModel for Gemma2 {
   }
 
   fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    self
-      .model
-      .layers
-      .iter()
-      .map(|_| match max_kv_size {
-        Some(m) => KvCache::new(KvCacheKind::Rotating {
-          max_size: m,
-          keep: 4,
-        }),
-        None => KvCache::standard(),
-      })
-      .collect()
+    super::base::default_caches(self.model.layers.len(), max_kv_size)
   }
 
   fn load(&mut self, w: &mut Weights) {

@@ -12,7 +12,8 @@ use mlxrs_nn::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::gemma2::{GemmaMlp, check_heads};
+use super::base::check_heads;
+use super::gemma2::GemmaMlp;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_hidden() -> i32 {
@@ -226,7 +227,7 @@ impl Gemma3Text {
       args.num_key_value_heads,
       args.head_dim,
     );
-    check_heads(n_heads, n_kv, h, args.num_hidden_layers)?;
+    check_heads("gemma3_text", h, n_heads, n_kv, args.num_hidden_layers)?;
     if args.sliding_window_pattern <= 0
       || args.sliding_window <= 0
       || args.query_pre_attn_scalar <= 0.0
@@ -291,25 +292,35 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 
 impl LanguageModel for Gemma3Text {
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-    if caches.len() != self.model.layers.len() {
-      return Err(mlxrs_core::Error::InvalidArgument(format!(
-        "{} caches for {} layers",
-        caches.len(),
-        self.model.layers.len()
-      )));
-    }
-    let h = self.model.embed_tokens.forward(tokens)?;
-    // The scale is sqrt(hidden) rounded to bfloat16, then cast to h's dtype.
+    self.hidden_from_embeddings(&self.embed_tokens(tokens)?, caches, None)
+  }
+
+  fn embed_tokens(&self, tokens: &Array) -> Result<Array> {
+    self.model.embed_tokens.forward(tokens)
+  }
+
+  fn hidden_from_embeddings(
+    &self,
+    embeddings: &Array,
+    caches: &mut [KvCache],
+    mask: Option<&AttnMask>,
+  ) -> Result<Array> {
+    super::base::check_caches(caches.len(), self.model.layers.len())?;
+    let h = embeddings;
+    // The scale is sqrt(hidden) rounded to bfloat16, then cast to h's dtype
+    // (mlx-lm scales `input_embeddings` too).
     let scale = Array::scalar_as((self.args.hidden_size as f64).sqrt(), Dtype::Bfloat16)?;
-    let mut h = ops::multiply(&h, &ops::astype(&scale, h.dtype())?)?;
-    let n = tokens.dim(-1).unwrap_or(1);
+    let mut h = ops::multiply(h, &ops::astype(&scale, h.dtype())?)?;
+    let n = h.dim(1).unwrap_or(1);
     let global = self.model.layers.iter().position(|l| !l.sliding);
-    let global_mask = match global {
-      Some(i) => caches[i].make_mask(n, None)?,
-      None => AttnMask::None,
+    let global_mask = match (global, mask) {
+      (_, Some(m)) => m.clone(),
+      (Some(i), None) => caches[i].make_mask(n, None)?,
+      (None, None) => AttnMask::None,
     };
-    let sliding_mask = match self.model.layers.first() {
-      Some(l) if l.sliding => caches[0].make_mask(n, Some(self.args.sliding_window))?,
+    let sliding_mask = match (self.model.layers.first(), mask) {
+      (_, Some(m)) => m.clone(),
+      (Some(l), None) if l.sliding => caches[0].make_mask(n, Some(self.args.sliding_window))?,
       _ => AttnMask::None,
     };
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {

@@ -14,7 +14,7 @@ use mlxrs_nn::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::qwen3_moe::{check_caches, check_heads, check_moe, last_axis};
+use super::base::{check_caches, check_heads, check_moe, last_axis};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_layers() -> i32 {
@@ -233,7 +233,7 @@ impl GptOss {
       args.num_key_value_heads,
       args.head_dim,
     );
-    check_heads("gpt_oss", h, n_heads, n_kv)?;
+    check_heads("gpt_oss", h, n_heads, n_kv, args.num_hidden_layers)?;
     check_moe("gpt_oss", args.num_local_experts, args.num_experts_per_tok)?;
     if hd <= 0 || args.sliding_window <= 0 {
       return Err(Error::InvalidArgument(

@@ -193,11 +193,13 @@ impl Llama {
   pub fn new(args: LlamaArgs, v: Variant) -> Result<Llama> {
     let n_heads = args.num_attention_heads;
     let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
-    if n_heads <= 0 || n_kv <= 0 || n_heads % n_kv != 0 || args.hidden_size <= 0 {
-      return Err(mlxrs_core::Error::InvalidArgument(format!(
-        "config: num_attention_heads ({n_heads}) must be a positive multiple of num_key_value_heads ({n_kv})"
-      )));
-    }
+    super::base::check_heads(
+      "llama",
+      args.hidden_size,
+      n_heads,
+      n_kv,
+      args.num_hidden_layers,
+    )?;
     let head_dim = args.head_dim.unwrap_or(args.hidden_size / n_heads);
     let h = args.hidden_size;
     let layer_types = args
@@ -261,37 +263,34 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 }
 
 impl Llama {
-  /// The decoder stack; `key_valid` (rows of a left-padded batch, see
-  /// [`LanguageModel::hidden_padded`]) replaces the causal masks by
-  /// per-row padded ones.
+  /// The decoder stack over input embeddings `h`; `key_valid` (rows of a
+  /// left-padded batch, see [`LanguageModel::hidden_padded`]) replaces the
+  /// causal masks by per-row padded ones, `mask` replaces them for every
+  /// layer (see [`LanguageModel::hidden_from_embeddings`]).
   fn run(
     &self,
-    tokens: &Array,
+    mut h: Array,
     caches: &mut [KvCache],
     key_valid: Option<&[Vec<bool>]>,
+    mask: Option<&AttnMask>,
   ) -> Result<Array> {
-    if caches.len() != self.model.layers.len() {
-      return Err(mlxrs_core::Error::InvalidArgument(format!(
-        "{} caches for {} layers",
-        caches.len(),
-        self.model.layers.len()
-      )));
-    }
-    let mut h = self.model.embed_tokens.forward(tokens)?;
-    let n = tokens.dim(-1).unwrap_or(1);
+    super::base::check_caches(caches.len(), self.model.layers.len())?;
+    let n = h.dim(1).unwrap_or(1);
     let fa = self.model.layers.iter().position(|l| !l.sliding);
     let swa = self.model.layers.iter().position(|l| l.sliding);
-    let fa_mask = match (fa, key_valid) {
-      (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, None)?,
-      (Some(i), None) => caches[i].make_mask(n, None)?,
-      (None, _) => AttnMask::None,
+    let fa_mask = match (fa, key_valid, mask) {
+      (_, _, Some(m)) => m.clone(),
+      (Some(i), Some(kv), None) => crate::batch::padded_mask(kv, n, caches[i].offset, None)?,
+      (Some(i), None, None) => caches[i].make_mask(n, None)?,
+      (None, _, None) => AttnMask::None,
     };
-    let swa_mask = match (swa, key_valid) {
-      (Some(i), Some(kv)) => {
+    let swa_mask = match (swa, key_valid, mask) {
+      (_, _, Some(m)) => m.clone(),
+      (Some(i), Some(kv), None) => {
         crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?
       }
-      (Some(i), None) => caches[i].make_mask(n, self.args.sliding_window)?,
-      (None, _) => AttnMask::None,
+      (Some(i), None, None) => caches[i].make_mask(n, self.args.sliding_window)?,
+      (None, _, None) => AttnMask::None,
     };
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       let mask = if layer.sliding { &swa_mask } else { &fa_mask };
@@ -303,7 +302,20 @@ impl Llama {
 
 impl LanguageModel for Llama {
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-    self.run(tokens, caches, None)
+    self.run(self.embed_tokens(tokens)?, caches, None, None)
+  }
+
+  fn embed_tokens(&self, tokens: &Array) -> Result<Array> {
+    self.model.embed_tokens.forward(tokens)
+  }
+
+  fn hidden_from_embeddings(
+    &self,
+    embeddings: &Array,
+    caches: &mut [KvCache],
+    mask: Option<&AttnMask>,
+  ) -> Result<Array> {
+    self.run(embeddings.clone(), caches, None, mask)
   }
 
   fn hidden_padded(
@@ -313,7 +325,7 @@ impl LanguageModel for Llama {
     key_valid: &[Vec<bool>],
   ) -> Result<Array> {
     crate::batch::check_padded_caches(caches)?;
-    self.run(tokens, caches, Some(key_valid))
+    self.run(self.embed_tokens(tokens)?, caches, Some(key_valid), None)
   }
 
   fn logits(&self, hidden: &Array) -> Result<Array> {

@@ -12,9 +12,7 @@ use mlxrs_nn::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::qwen3_moe::{
-  check_caches, check_heads, check_moe, default_caches, last_axis, stack_experts,
-};
+use super::base::{check_caches, check_heads, check_moe, default_caches, last_axis, stack_experts};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_vocab() -> i32 {
@@ -210,7 +208,7 @@ impl Mixtral {
   pub fn new(args: MixtralArgs) -> Result<Mixtral> {
     let (h, n_heads) = (args.hidden_size, args.num_attention_heads);
     let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
-    check_heads("mixtral", h, n_heads, n_kv)?;
+    check_heads("mixtral", h, n_heads, n_kv, args.num_hidden_layers)?;
     check_moe("mixtral", args.num_local_experts, args.num_experts_per_tok)?;
     // mlx-lm: head_dim = hidden_size // num_attention_heads.
     let head_dim = args.head_dim.unwrap_or(h / n_heads);

@@ -1,7 +1,9 @@
 //! Architectures, one short file each, in the shape of mlx-lm's
 //! `mlx_lm/models/<arch>.py`.
 
+pub mod base;
 pub mod deepseek_v3;
+pub mod gemma;
 pub mod gemma2;
 pub mod gemma3_text;
 pub mod gpt_oss;

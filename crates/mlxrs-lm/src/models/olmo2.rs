@@ -8,11 +8,11 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module, swiglu,
+  AttnMask, Embedding, KvCache, Linear, Module, RmsNorm, Rope, Weights, module, swiglu,
 };
 use serde_json::Value;
 
-use super::gemma2::check_heads;
+use super::base::check_heads;
 use super::llama::LlamaArgs;
 use crate::model::{LanguageModel, parse_args};
 
@@ -133,7 +133,7 @@ impl Olmo2 {
     let h = args.hidden_size;
     let n_heads = args.num_attention_heads;
     let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
-    check_heads(n_heads, n_kv, h, args.num_hidden_layers)?;
+    check_heads("olmo2", h, n_heads, n_kv, args.num_hidden_layers)?;
     let hd = args.head_dim.unwrap_or(h / n_heads);
     let (eps, bias, mlp_bias, inter) = (
       args.rms_norm_eps,
@@ -243,18 +243,7 @@ impl LanguageModel for Olmo2 {
   }
 
   fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    self
-      .model
-      .layers
-      .iter()
-      .map(|_| match max_kv_size {
-        Some(m) => KvCache::new(KvCacheKind::Rotating {
-          max_size: m,
-          keep: 4,
-        }),
-        None => KvCache::standard(),
-      })
-      .collect()
+    super::base::default_caches(self.model.layers.len(), max_kv_size)
   }
 
   fn load(&mut self, w: &mut Weights) {

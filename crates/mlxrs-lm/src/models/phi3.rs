@@ -5,13 +5,13 @@
 
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
-  sdpa_with_cache, swiglu,
+  AttnMask, Embedding, KvCache, Linear, Module, RmsNorm, Rope, Weights, module, sdpa_with_cache,
+  swiglu,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::gemma2::check_heads;
+use super::base::check_heads;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -232,7 +232,7 @@ impl Phi3 {
     let h = args.hidden_size;
     let n_heads = args.num_attention_heads;
     let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
-    check_heads(n_heads, n_kv, h, args.num_hidden_layers)?;
+    check_heads("phi3", h, n_heads, n_kv, args.num_hidden_layers)?;
     // phi3.py ignores any `head_dim` key.
     let hd = h / n_heads;
     let rope_dim = (hd as f64 * args.partial_rotary_factor) as i32;
@@ -334,18 +334,7 @@ impl LanguageModel for Phi3 {
   }
 
   fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    self
-      .model
-      .layers
-      .iter()
-      .map(|_| match max_kv_size {
-        Some(m) => KvCache::new(KvCacheKind::Rotating {
-          max_size: m,
-          keep: 4,
-        }),
-        None => KvCache::standard(),
-      })
-      .collect()
+    super::base::default_caches(self.model.layers.len(), max_kv_size)
   }
 
   fn load(&mut self, w: &mut Weights) {

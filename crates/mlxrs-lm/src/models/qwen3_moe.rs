@@ -2,20 +2,18 @@
 //! q/k RMSNorm, plain RoPE) with a sparse MoE MLP: softmax over all experts,
 //! top-k, optional renormalization (`norm_topk_prob`), experts in a
 //! [`SwitchGlu`].
-//!
-//! Also home of the small helpers the other MoE files share (`check_moe`,
-//! `stack_experts`, `default_caches`, ...).
 
 use std::collections::HashMap;
 
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, GluActivation, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope,
-  SwitchGlu, Weights, module, sdpa_with_cache, swiglu,
+  AttnMask, Embedding, GluActivation, KvCache, Linear, Module, RmsNorm, Rope, SwitchGlu, Weights,
+  module, sdpa_with_cache, swiglu,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::base::{check_caches, check_heads, check_moe, default_caches, last_axis, stack_experts};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_one() -> i32 {
@@ -144,17 +142,6 @@ struct SparseMoe {
 }
 module!(SparseMoe { gate, switch_mlp });
 
-/// `a[..., start:stop]` on the last axis.
-pub(crate) fn last_axis(a: &Array, start: i32, stop: i32) -> Result<Array> {
-  let shape = a.shape();
-  let nd = shape.len();
-  let mut st = vec![0; nd];
-  let mut sp = shape.clone();
-  st[nd - 1] = start;
-  sp[nd - 1] = stop;
-  ops::slice(a, &st, &sp, &vec![1; nd])
-}
-
 impl SparseMoe {
   fn forward(&self, x: &Array) -> Result<Array> {
     let gates = ops::softmax_axis(&self.gate.forward(x)?, -1, true)?;
@@ -231,27 +218,6 @@ pub struct Qwen3Moe {
 }
 module!(Qwen3Moe { model, lm_head });
 
-/// Common MoE config checks: `0 < top_k <= experts`.
-pub(crate) fn check_moe(arch: &str, experts: i32, top_k: i32) -> Result<()> {
-  if experts <= 0 || top_k <= 0 || top_k > experts {
-    return Err(Error::InvalidArgument(format!(
-      "config ({arch}): experts per token ({top_k}) must be in 1..={experts} (the number of experts)"
-    )));
-  }
-  Ok(())
-}
-
-/// Common attention config checks.
-pub(crate) fn check_heads(arch: &str, hidden: i32, n_heads: i32, n_kv: i32) -> Result<()> {
-  if hidden <= 0 || n_heads <= 0 || n_kv <= 0 || n_heads % n_kv != 0 {
-    return Err(Error::InvalidArgument(format!(
-      "config ({arch}): num_attention_heads ({n_heads}) must be a positive multiple of \
-       num_key_value_heads ({n_kv}), hidden_size ({hidden}) positive"
-    )));
-  }
-  Ok(())
-}
-
 impl Qwen3Moe {
   /// Build from parsed args.
   pub fn new(args: Qwen3MoeArgs) -> Result<Qwen3Moe> {
@@ -260,7 +226,7 @@ impl Qwen3Moe {
       args.num_attention_heads,
       args.num_key_value_heads,
     );
-    check_heads("qwen3_moe", h, n_heads, n_kv)?;
+    check_heads("qwen3_moe", h, n_heads, n_kv, args.num_hidden_layers)?;
     if args.num_experts > 0 {
       check_moe("qwen3_moe", args.num_experts, args.num_experts_per_tok)?;
     }
@@ -328,60 +294,6 @@ impl Qwen3Moe {
 /// Registry entry for `qwen3_moe`.
 pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   Ok(Box::new(Qwen3Moe::new(parse_args(config)?)?))
-}
-
-/// Check one cache per layer.
-pub(crate) fn check_caches(n_caches: usize, n_layers: usize) -> Result<()> {
-  if n_caches != n_layers {
-    return Err(Error::InvalidArgument(format!(
-      "{n_caches} caches for {n_layers} layers"
-    )));
-  }
-  Ok(())
-}
-
-/// Default caches (mlx-lm `make_prompt_cache`): standard, or rotating with 4
-/// kept positions under `max_kv_size`.
-pub(crate) fn default_caches(n_layers: usize, max_kv_size: Option<i32>) -> Vec<KvCache> {
-  (0..n_layers)
-    .map(|_| match max_kv_size {
-      Some(m) => KvCache::new(KvCacheKind::Rotating {
-        max_size: m,
-        keep: 4,
-      }),
-      None => KvCache::standard(),
-    })
-    .collect()
-}
-
-/// Stack HF per-expert tensors `<prefix>.experts.{e}.<src>.<kind>` into
-/// `<prefix>.switch_mlp.<dst>.<kind>` (the `sanitize` loops of mlx-lm's MoE
-/// models), for every layer prefix that has expert 0. Missing experts are an
-/// error.
-pub(crate) fn stack_experts(
-  weights: &mut HashMap<String, Array>,
-  layer_prefixes: &[String],
-  num_experts: i32,
-  names: &[(&str, &str)],
-) -> Result<()> {
-  for p in layer_prefixes {
-    for (src, dst) in names {
-      for kind in ["weight", "scales", "biases", "bias"] {
-        if !weights.contains_key(&format!("{p}.experts.0.{src}.{kind}")) {
-          continue;
-        }
-        let mut parts = Vec::with_capacity(num_experts as usize);
-        for e in 0..num_experts {
-          let key = format!("{p}.experts.{e}.{src}.{kind}");
-          parts.push(weights.remove(&key).ok_or_else(|| {
-            Error::InvalidArgument(format!("sanitize: missing expert tensor {key}"))
-          })?);
-        }
-        weights.insert(format!("{p}.switch_mlp.{dst}.{kind}"), ops::stack(&parts)?);
-      }
-    }
-  }
-  Ok(())
 }
 
 impl Qwen3Moe {

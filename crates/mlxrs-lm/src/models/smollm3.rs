@@ -7,13 +7,13 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
-  sdpa_with_cache, swiglu,
+  AttnMask, Embedding, KvCache, Linear, Module, RmsNorm, Rope, Weights, module, sdpa_with_cache,
+  swiglu,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::gemma2::check_heads;
+use super::base::check_heads;
 use super::llama::LlamaArgs;
 use crate::model::{LanguageModel, parse_args};
 
@@ -146,7 +146,7 @@ impl SmolLm3 {
     let n_heads = args.num_attention_heads;
     let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
     let n_layers = args.num_hidden_layers;
-    check_heads(n_heads, n_kv, h, n_layers)?;
+    check_heads("smollm3", h, n_heads, n_kv, n_layers)?;
     let use_rope: Vec<bool> = match &extra.no_rope_layers {
       Some(v) if v.len() == n_layers as usize => v.iter().map(|&x| x != 0).collect(),
       Some(v) => {
@@ -300,18 +300,7 @@ impl LanguageModel for SmolLm3 {
   /// As mlx-lm (smollm3.py defines no `make_cache`): standard caches, or
   /// rotating ones keeping 4 sink positions under `max_kv_size`.
   fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    self
-      .model
-      .layers
-      .iter()
-      .map(|_| match max_kv_size {
-        Some(m) => KvCache::new(KvCacheKind::Rotating {
-          max_size: m,
-          keep: 4,
-        }),
-        None => KvCache::standard(),
-      })
-      .collect()
+    super::base::default_caches(self.model.layers.len(), max_kv_size)
   }
 
   fn load(&mut self, w: &mut Weights) {

@@ -71,4 +71,34 @@ pub fn check_fixture(name: &str, tol: f32) {
     .collect();
   assert_eq!(got, ints(&r["greedy_tokens"]), "{name}: greedy tokens");
   eprintln!("{name}: max |logit diff| {max_diff:.2e} (tol {tol:.0e}), 20 greedy tokens equal");
+
+  // The input-embeddings entry (what a VLM's text side uses): prefilling
+  // from `embed_tokens` gives mlx-lm's logits and greedy tokens too.
+  if let Ok(e) = model.embed_tokens(&x) {
+    let mut caches = model.make_caches(None);
+    let h = model.hidden_from_embeddings(&e, &mut caches, None).unwrap();
+    let mut l = model.logits(&h).unwrap();
+    let all = l.to_vec::<f32>().unwrap();
+    let last = &all[all.len() - want.len()..];
+    let d = last
+      .iter()
+      .zip(&want)
+      .map(|(g, w)| (g - w).abs())
+      .fold(0f32, f32::max);
+    assert!(
+      d <= tol,
+      "{name}: embeddings path max |logit diff| {d} > {tol}"
+    );
+    let pe = mlxrs_lm::PromptEmbeddings::causal(e);
+    let got: Vec<i32> =
+      TokenGenerator::with_embeddings(model.as_ref(), &prompt, Some(&pe), &cfg, None)
+        .unwrap()
+        .map(|s| s.unwrap().token)
+        .collect();
+    assert_eq!(
+      got,
+      ints(&r["greedy_tokens"]),
+      "{name}: embeddings path greedy tokens"
+    );
+  }
 }

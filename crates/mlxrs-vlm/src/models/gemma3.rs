@@ -1,31 +1,27 @@
 //! Gemma 3: mlx-vlm's `models/gemma3/` (`vision.py`, `language.py`,
 //! `gemma3.py`).
 //!
-//! - Vision tower: SigLIP ([`SiglipVision`], every image of the batch).
+//! - Vision tower: SigLIP ([`crate::vision::siglip`], every image of the
+//!   batch).
 //! - Projector (`Gemma3MultiModalProjector`): the patch grid average-pooled
 //!   to `sqrt(mm_tokens_per_image)` per side, RMSNorm (`1 + w`), times
 //!   `mm_input_projection_weight`; features divided by
 //!   `sqrt(hidden_size)` (top level, 2048 by default as mlx-vlm).
-//! - Language model: Gemma 3 text (q/k RMSNorm, four norms per block,
-//!   `query_pre_attn_scalar`, sliding-window layers with their own RoPE
-//!   base except every `sliding_window_pattern`-th), embeddings times
-//!   `sqrt(hidden)` rounded to bfloat16 as mlx-vlm, causal attention, the
-//!   output layer tied to the embedding as mlx-vlm loads it.
+//! - Language model: mlxrs-lm's `gemma3_text` built from `text_config`
+//!   (mlx-vlm's defaults; `rope_global_base_freq` is its `rope_theta`):
+//!   causal attention, the output layer tied to the embedding as mlx-vlm
+//!   loads it; pad tokens embed to zero when the prompt has images.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
-use mlxrs_core::{Array, Dtype, ops};
-use mlxrs_lm::LanguageModel;
-use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, Param, RmsNorm, Rope, Weights,
-  attention_with_cache_update, module,
-};
+use mlxrs_core::{Array, ops};
+use mlxrs_lm::{LanguageModel, PromptEmbeddings};
+use mlxrs_nn::{Param, RmsNorm, module};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::paligemma::{SiglipVision, SiglipVisionArgs};
 use crate::error::{Error, Result};
+use crate::vision::{SiglipVision, SiglipVisionArgs};
 
 fn d_heads() -> i32 {
   8
@@ -216,6 +212,31 @@ impl Gemma3Config {
   }
 }
 
+impl Gemma3TextArgs {
+  /// The mlxrs-lm config of this language model (`gemma3_text`) with
+  /// mlx-vlm's defaults filled in.
+  pub fn lm_config(&self) -> Value {
+    json!({
+      "model_type": "gemma3_text",
+      "hidden_size": self.hidden_size,
+      "num_hidden_layers": self.num_hidden_layers,
+      "intermediate_size": self.intermediate_size,
+      "num_attention_heads": self.num_attention_heads,
+      "head_dim": self.head_dim,
+      "rms_norm_eps": self.rms_norm_eps,
+      "vocab_size": self.vocab_size,
+      "num_key_value_heads": self.num_key_value_heads,
+      "rope_theta": self.rope_global_base_freq,
+      "rope_local_base_freq": self.rope_local_base_freq,
+      "query_pre_attn_scalar": self.query_pre_attn_scalar,
+      "sliding_window": self.sliding_window,
+      "sliding_window_pattern": self.sliding_window_pattern,
+      "max_position_embeddings": self.max_position_embeddings,
+      "rope_scaling": self.rope_scaling,
+    })
+  }
+}
+
 /// python `Gemma3MultiModalProjector`.
 pub struct Gemma3Projector {
   mm_input_projection_weight: Param,
@@ -246,354 +267,27 @@ impl Gemma3Projector {
   }
 }
 
-/// The prompt the language model merges image features into.
-pub struct Gemma3Prompt {
-  /// Prompt ids (image tokens expanded).
-  pub ids: Vec<u32>,
-  /// Scaled image features `[n_image_tokens, hidden]`.
-  pub features: Array,
-  /// Per prompt position: the feature row of an image token, else -1.
-  pub feature_row: Vec<i32>,
-}
-
-/// Shared slot for the prepared multimodal prompt.
-pub type Gemma3Slot = Arc<Mutex<Option<Gemma3Prompt>>>;
-
-struct Attention {
-  q_proj: Linear,
-  k_proj: Linear,
-  v_proj: Linear,
-  o_proj: Linear,
-  q_norm: RmsNorm,
-  k_norm: RmsNorm,
-  n_heads: i32,
-  n_kv: i32,
-  scale: f32,
-  rope: Rope,
-}
-module!(Attention {
-  q_proj,
-  k_proj,
-  v_proj,
-  o_proj,
-  q_norm,
-  k_norm
-});
-
-struct Mlp {
-  gate_proj: Linear,
-  down_proj: Linear,
-  up_proj: Linear,
-}
-module!(Mlp {
-  gate_proj,
-  down_proj,
-  up_proj
-});
-
-struct Block {
-  self_attn: Attention,
-  mlp: Mlp,
-  input_layernorm: RmsNorm,
-  post_attention_layernorm: RmsNorm,
-  pre_feedforward_layernorm: RmsNorm,
-  post_feedforward_layernorm: RmsNorm,
-  sliding: bool,
-}
-module!(Block {
-  self_attn,
-  mlp,
-  input_layernorm,
-  post_attention_layernorm,
-  pre_feedforward_layernorm,
-  post_feedforward_layernorm
-});
-
-/// python `clip_residual`: float16 sums clipped to the float16 range.
-fn residual(x: &Array, y: &Array) -> Result<Array> {
-  if x.dtype() != Dtype::Float16 {
-    return Ok(ops::add(x, y)?);
-  }
-  let s = ops::add(
-    &ops::astype(x, Dtype::Float32)?,
-    &ops::astype(y, Dtype::Float32)?,
-  )?;
-  let b = 65504.0;
-  let (lo, hi) = (
-    Array::scalar_as(-b, Dtype::Float32)?,
-    Array::scalar_as(b, Dtype::Float32)?,
-  );
-  let c = ops::clip(&s, Some(&lo), Some(&hi))?;
-  Ok(ops::astype(&c, Dtype::Float16)?)
-}
-
-impl Block {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let a = &self.self_attn;
-    let h = self.input_layernorm.forward(x)?;
-    let s = h.shape();
-    let (b, l) = (s[0], s[1]);
-    let heads = |t: Array, n: i32| -> Result<Array> {
-      Ok(ops::transpose_axes(
-        &ops::reshape(&t, &[b, l, n, -1])?,
-        &[0, 2, 1, 3],
-      )?)
-    };
-    let q = a
-      .q_norm
-      .forward(&heads(a.q_proj.forward(&h)?, a.n_heads)?)?;
-    let k = a.k_norm.forward(&heads(a.k_proj.forward(&h)?, a.n_kv)?)?;
-    let v = heads(a.v_proj.forward(&h)?, a.n_kv)?;
-    let q = a.rope.forward(&q, cache.offset)?;
-    let k = a.rope.forward(&k, cache.offset)?;
-    let o = attention_with_cache_update(&q, &k, &v, cache, a.scale, mask, None)?;
-    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
-    let r = self
-      .post_attention_layernorm
-      .forward(&a.o_proj.forward(&o)?)?;
-    let h = residual(x, &r)?;
-    let m = self.pre_feedforward_layernorm.forward(&h)?;
-    let g = mlxrs_nn::gelu_approx(&self.mlp.gate_proj.forward(&m)?)?;
-    let m = self
-      .mlp
-      .down_proj
-      .forward(&ops::multiply(&g, &self.mlp.up_proj.forward(&m)?)?)?;
-    residual(&h, &self.post_feedforward_layernorm.forward(&m)?)
-  }
-}
-
-struct Inner {
-  embed_tokens: Embedding,
-  layers: Vec<Block>,
-  norm: RmsNorm,
-}
-module!(Inner {
-  embed_tokens,
-  layers,
-  norm
-});
-
-/// Gemma 3's language model (python `gemma3/language.py`, weights under
-/// `language_model.*`).
-pub struct Gemma3Text {
-  model: Inner,
-  lm_head: Linear,
-  vocab: i32,
-  hidden: i32,
-  pad_id: i32,
-  window: i32,
-  slot: Gemma3Slot,
-}
-module!(Gemma3Text { model, lm_head });
-
-impl Gemma3Text {
-  /// An unloaded model.
-  pub fn new(c: &Gemma3Config, slot: Gemma3Slot) -> Result<Gemma3Text> {
-    let t = &c.text;
-    let h = t.hidden_size;
-    let (nh, nkv, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
-    let mut layers = Vec::new();
-    for i in 0..t.num_hidden_layers {
-      let sliding = (i + 1) % t.sliding_window_pattern != 0;
-      let rope = if sliding {
-        Rope::new(hd, t.rope_traditional, t.rope_local_base_freq, 1.0)
-      } else {
-        Rope::from_config(
-          hd,
-          t.rope_global_base_freq,
-          t.rope_traditional,
-          t.rope_scaling.as_ref(),
-          Some(t.max_position_embeddings),
-        )?
-      };
-      layers.push(Block {
-        self_attn: Attention {
-          q_proj: Linear::new(h, nh * hd, false),
-          k_proj: Linear::new(h, nkv * hd, false),
-          v_proj: Linear::new(h, nkv * hd, false),
-          o_proj: Linear::new(nh * hd, h, false),
-          q_norm: RmsNorm::new_plus_one(hd, t.rms_norm_eps),
-          k_norm: RmsNorm::new_plus_one(hd, t.rms_norm_eps),
-          n_heads: nh,
-          n_kv: nkv,
-          scale: t.query_pre_attn_scalar.powf(-0.5),
-          rope,
-        },
-        mlp: Mlp {
-          gate_proj: Linear::new(h, t.intermediate_size, false),
-          down_proj: Linear::new(t.intermediate_size, h, false),
-          up_proj: Linear::new(h, t.intermediate_size, false),
-        },
-        input_layernorm: RmsNorm::new_plus_one(h, t.rms_norm_eps),
-        post_attention_layernorm: RmsNorm::new_plus_one(h, t.rms_norm_eps),
-        pre_feedforward_layernorm: RmsNorm::new_plus_one(h, t.rms_norm_eps),
-        post_feedforward_layernorm: RmsNorm::new_plus_one(h, t.rms_norm_eps),
-        sliding,
-      });
-    }
-    Ok(Gemma3Text {
-      model: Inner {
-        embed_tokens: Embedding::new(t.vocab_size, h),
-        layers,
-        norm: RmsNorm::new_plus_one(h, t.rms_norm_eps),
-      },
-      lm_head: Linear::new(h, t.vocab_size, false),
-      vocab: t.vocab_size,
-      hidden: h,
-      pad_id: c.pad_token_id as i32,
-      window: t.sliding_window,
-      slot,
-    })
-  }
-
-  fn embed(&self, tokens: &Array, offset: i32, n: i32) -> Result<Array> {
-    let h = self.model.embed_tokens.forward(tokens)?;
-    let guard = self
-      .slot
-      .lock()
-      .map_err(|_| Error::invalid("the multimodal prompt slot is poisoned"))?;
-    let Some(st) = guard.as_ref() else {
-      return Ok(h);
-    };
-    let (start, end) = (offset as usize, (offset + n) as usize);
-    if start >= st.ids.len() {
-      return Ok(h);
-    }
-    if end > st.ids.len() {
-      return Err(Error::invalid(format!(
-        "tokens at positions {start}..{end} run past the end of the multimodal prompt ({} tokens)",
-        st.ids.len()
-      )));
-    }
-    let mut tk = tokens.clone();
-    let got = tk.to_vec::<i32>()?;
-    let want = &st.ids[start..end];
-    if got.len() != want.len() || got.iter().zip(want).any(|(a, b)| *a as u32 != *b) {
-      return Err(Error::invalid(format!(
-        "tokens at positions {start}..{end} differ from the multimodal prompt prepared by VlmModel"
-      )));
-    }
-    let rows = &st.feature_row[start..end];
-    let idx: Vec<i32> = rows.iter().map(|&r| r.max(0)).collect();
-    let img: Vec<bool> = rows.iter().map(|&r| r >= 0).collect();
-    let pad: Vec<bool> = got.iter().map(|&t| t == self.pad_id).collect();
-    let idx = Array::from_slice(&idx, &[n])?;
-    let img = Array::from_slice(&img, &[1, n, 1])?;
-    let pad = Array::from_slice(&pad, &[1, n, 1])?;
-    let gathered = ops::astype(
-      &ops::expand_dims(&ops::take_axis(&st.features, &idx, 0)?, 0)?,
-      h.dtype(),
-    )?;
-    let h = ops::where_(&pad, &Array::scalar_as(0.0, h.dtype())?, &h)?;
-    Ok(ops::where_(&img, &gathered, &h)?)
-  }
-
-  fn hidden_inner(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-    if caches.len() != self.model.layers.len() {
-      return Err(Error::invalid(format!(
-        "{} caches for {} layers",
-        caches.len(),
-        self.model.layers.len()
-      )));
-    }
-    let s = tokens.shape();
-    if s.len() != 2 || s[0] != 1 {
-      return Err(Error::invalid(format!("tokens must be [1, T], got {s:?}")));
-    }
-    let n = s[1];
-    let offset = caches.first().map(|c| c.offset).unwrap_or(0);
-    let h = self.embed(tokens, offset, n)?;
-    // python: h *= mx.array(hidden ** 0.5, mx.bfloat16).astype(h.dtype)
-    let norm = ops::astype(
-      &Array::scalar_as((self.hidden as f64).sqrt(), Dtype::Bfloat16)?,
-      h.dtype(),
-    )?;
-    let mut h = ops::multiply(&h, &norm)?;
-    let fa = self.model.layers.iter().position(|l| !l.sliding);
-    let swa = self.model.layers.iter().position(|l| l.sliding);
-    let fa_mask = match fa {
-      Some(i) => caches[i].make_mask(n, None)?,
-      None => AttnMask::None,
-    };
-    let swa_mask = match swa {
-      Some(i) => caches[i].make_mask(n, Some(self.window))?,
-      None => AttnMask::None,
-    };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      let mask = if layer.sliding { &swa_mask } else { &fa_mask };
-      h = layer.forward(&h, mask, cache)?;
-    }
-    Ok(self.model.norm.forward(&h)?)
-  }
-}
-
-impl LanguageModel for Gemma3Text {
-  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> mlxrs_core::Result<Array> {
-    self.hidden_inner(tokens, caches).map_err(|e| match e {
-      Error::Core(c) => c,
-      other => mlxrs_core::Error::InvalidArgument(other.to_string()),
-    })
-  }
-
-  fn logits(&self, hidden: &Array) -> mlxrs_core::Result<Array> {
-    self.lm_head.forward(hidden)
-  }
-
-  /// python `make_cache`: rotating caches of `sliding_window` (keep 0) for
-  /// sliding layers, standard ones for global layers.
-  fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    self
-      .model
-      .layers
-      .iter()
-      .map(|l| {
-        if l.sliding {
-          KvCache::new(KvCacheKind::Rotating {
-            max_size: self.window,
-            keep: 0,
-          })
-        } else {
-          match max_kv_size {
-            Some(m) => KvCache::new(KvCacheKind::Rotating {
-              max_size: m,
-              keep: 4,
-            }),
-            None => KvCache::standard(),
-          }
-        }
-      })
-      .collect()
-  }
-
-  fn load(&mut self, w: &mut Weights) {
-    Module::load(self, w, "language_model");
-  }
-
-  fn vocab_size(&self) -> i32 {
-    self.vocab
-  }
-
-  fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
-    Module::visit(self, "language_model", f);
-  }
-}
-
 /// The whole model, unloaded (python `gemma3.Model`).
 pub struct Gemma3 {
   /// `vision_tower`
   pub vision: SiglipVision,
   /// `multi_modal_projector`
   pub projector: Gemma3Projector,
-  /// `language_model`
-  pub text: Gemma3Text,
+  /// `language_model` (mlxrs-lm's `gemma3_text`)
+  pub text: Box<dyn LanguageModel>,
   /// Parsed config.
   pub config: Gemma3Config,
 }
 
 impl Gemma3 {
   /// Build from config.json.
-  pub fn new(raw: &Value, slot: Gemma3Slot) -> Result<Gemma3> {
+  pub fn new(raw: &Value) -> Result<Gemma3> {
     let config = Gemma3Config::parse(raw)?;
+    if config.text.rope_traditional {
+      return Err(Error::invalid(
+        "config.json `text_config`: rope_traditional is not supported for gemma3",
+      ));
+    }
     let v = &config.vision;
     let pps = v.image_size / v.patch_size;
     let tps = (config.text.mm_tokens_per_image as f64).sqrt() as i32;
@@ -605,7 +299,7 @@ impl Gemma3 {
         pps,
         kernel: pps / tps,
       },
-      text: Gemma3Text::new(&config, slot)?,
+      text: crate::family::build_text(&config.text.lm_config())?,
       config,
     })
   }
@@ -663,15 +357,8 @@ impl Gemma3 {
       out.insert(k, v);
     }
     if !own_head {
+      // Without `lm_head.*` mlxrs-lm's gemma3_text ties the output layer.
       out.retain(|k, _| !k.starts_with("language_model.lm_head."));
-      for suffix in ["weight", "scales", "biases"] {
-        if let Some(e) = out
-          .get(&format!("language_model.model.embed_tokens.{suffix}"))
-          .cloned()
-        {
-          out.insert(format!("language_model.lm_head.{suffix}"), e);
-        }
-      }
     }
     Ok(out)
   }
@@ -687,7 +374,6 @@ pub(crate) struct Gemma3Family {
   projector: Gemma3Projector,
   config: Gemma3Config,
   processor: crate::processors::ClipImageProcessor,
-  slot: Gemma3Slot,
   boi: String,
   eoi: String,
 }
@@ -698,14 +384,15 @@ pub(crate) fn load(
   config: mlxrs_lm::ModelConfig,
   opts: &crate::model::LoadOptions,
 ) -> Result<crate::family::LoadedFamily> {
-  use crate::family::{load_tower_model, loaded_model, open_weights, size_mismatch, token_name};
-  let slot: Gemma3Slot = Arc::new(Mutex::new(None));
-  let mut m = Gemma3::new(config.raw(), slot.clone())?;
-  let w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
+  use crate::family::{
+    load_tower_model, loaded_model, open_vlm_weights, size_mismatch, token_name,
+  };
+  let mut m = Gemma3::new(config.raw())?;
+  let w = open_vlm_weights(path, &config, opts, |w| m.sanitize(w))?;
   let (tokenizer, image_token) = load_tower_model(
     path,
     w,
-    &mut m.text,
+    m.text.as_mut(),
     &mut m.vision,
     &mut m.projector,
     m.config.image_token_index,
@@ -742,13 +429,12 @@ pub(crate) fn load(
     config: gcfg,
   } = m;
   Ok(crate::family::LoadedFamily::clip(
-    loaded_model(path, config, tokenizer, Box::new(text), opts),
+    loaded_model(path, config, tokenizer, text, opts),
     Box::new(Gemma3Family {
       vision,
       projector,
       config: gcfg,
       processor,
-      slot,
       boi,
       eoi,
     }),
@@ -794,29 +480,31 @@ impl crate::family::VisionFamily for Gemma3Family {
   }
 
   /// SigLIP features, pooled, normed, projected and scaled, in place of the
-  /// image tokens' embeddings (python `masked_scatter`).
-  fn set_prompt(
+  /// image tokens' embeddings (python `masked_scatter`), pad tokens zeroed.
+  fn prompt_embeddings(
     &self,
     s: &crate::family::Shared<'_>,
     input: &crate::model::VlmInput,
-  ) -> Result<()> {
-    crate::family::set_clip_prompt(
+  ) -> Result<Option<PromptEmbeddings>> {
+    let img_id = self.config.image_token_index;
+    let Some(f) = crate::family::pixel_features(
       s,
       input,
-      self.config.image_token_index,
-      &self.slot,
+      img_id,
       crate::family::tokens_per_image(self.config.tokens_per_image()),
       |pv| Gemma3::image_features(&self.vision, &self.projector, &self.config, pv),
-      |ids, features, feature_row| Gemma3Prompt {
-        ids,
-        features,
-        feature_row,
-      },
-    )
-  }
-
-  fn clear_prompt(&self) {
-    crate::family::clear_slot(&self.slot);
+    )?
+    else {
+      return Ok(None);
+    };
+    let e = crate::family::merge_features(
+      s,
+      &input.input_ids,
+      img_id,
+      Some(&f),
+      Some(self.config.pad_token_id),
+    )?;
+    Ok(Some(PromptEmbeddings::causal(e)))
   }
 
   fn clip_processor(&self) -> Option<&crate::processors::ClipImageProcessor> {

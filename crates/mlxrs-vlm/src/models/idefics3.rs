@@ -9,21 +9,20 @@
 //! (python `Idefics3Processor` / `SmolVLMProcessor`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use mlxrs_core::{Array, Dtype, ops};
-use mlxrs_lm::LanguageModel;
+use mlxrs_lm::PromptEmbeddings;
 use mlxrs_nn::{Linear, Module, module};
 use serde_json::Value;
 
-use super::llava::{LlavaPrompt, LlavaSlot, LlavaText, LlavaTextArgs};
-use super::paligemma::{SiglipVision, SiglipVisionArgs};
+use super::llava::LlavaTextArgs;
 use crate::error::{Error, Result};
 use crate::family::{LoadedFamily, Shared, VisionFamily};
 use crate::image::RgbImage;
 use crate::model::{LoadOptions, VlmInput};
 use crate::processors::ClipImageProcessor;
 use crate::processors::idefics3::Idefics3ImageProcessor;
+use crate::vision::{SiglipVision, SiglipVisionArgs};
 
 struct ProjMlp {
   proj: Linear,
@@ -72,7 +71,6 @@ pub(crate) struct Idefics3Family {
   seq_len: usize,
   fake: String,
   global: String,
-  slot: LlavaSlot,
 }
 
 /// mlx-vlm's `VisionEmbeddings` position ids for a full (unpadded) tile:
@@ -130,6 +128,7 @@ fn text_args(raw: &Value) -> Result<LlavaTextArgs> {
     m.insert("num_attention_heads".into(), serde_json::json!(heads));
   }
   let a: LlavaTextArgs = parse(&t, "text_config")?;
+  a.check_rope_scaling()?;
   if !matches!(a.model_type.as_str(), "llama" | "smolvlm" | "") {
     return Err(Error::invalid(format!(
       "config.json: idefics3 with a `{}` language model is not supported (llama only)",
@@ -239,7 +238,7 @@ pub(crate) fn load(
   config: mlxrs_lm::ModelConfig,
   opts: &LoadOptions,
 ) -> Result<LoadedFamily> {
-  use crate::family::{finish_weights, loaded_model, open_weights, token_name};
+  use crate::family::{build_text, load_vlm_weights, loaded_model, open_vlm_weights, token_name};
   let raw = config.raw();
   let smolvlm = config.model_type()? == "smolvlm";
   let va = vision_args(raw, smolvlm)?;
@@ -258,12 +257,11 @@ pub(crate) fn load(
     .or_else(|| raw.get("image_token_index"))
     .and_then(Value::as_u64)
     .unwrap_or(49153) as u32;
-  let mut w = open_weights(path, &config, opts, |w| sanitize(w, va.num_channels))?;
+  let w = open_vlm_weights(path, &config, opts, |w| sanitize(w, va.num_channels))?;
   // mlx-vlm's language model always has an lm_head; HF checkpoints with
   // tied embeddings have none.
-  ta.tie_word_embeddings = !w.has("language_model.lm_head.weight");
-  let slot: LlavaSlot = Arc::new(Mutex::new(None));
-  let mut text = LlavaText::new(&ta, slot.clone())?;
+  ta.tie_word_embeddings = !w.text.has("lm_head.weight");
+  let mut text = build_text(&ta.lm_config())?;
   let mut vision = SiglipVision::new(&va)?;
   let mut connector = Connector {
     modality_projection: ProjMlp {
@@ -271,14 +269,14 @@ pub(crate) fn load(
     },
     scale,
   };
-  LanguageModel::load(&mut text, &mut w);
-  Module::load(&mut vision, &mut w, "");
-  Module::load(&mut connector, &mut w, "connector");
-  let mut params = Vec::new();
-  LanguageModel::visit(&text, &mut |_, a| params.push(a.clone()));
-  Module::visit(&vision, "", &mut |_, a| params.push(a.clone()));
-  Module::visit(&connector, "", &mut |_, a| params.push(a.clone()));
-  finish_weights(path, w, params)?;
+  load_vlm_weights(path, w, text.as_mut(), |w| {
+    Module::load(&mut vision, w, "");
+    Module::load(&mut connector, w, "connector");
+    let mut params = Vec::new();
+    Module::visit(&vision, "", &mut |_, a| params.push(a.clone()));
+    Module::visit(&connector, "", &mut |_, a| params.push(a.clone()));
+    params
+  })?;
   let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
   let image_token = token_name(&tokenizer, path, "image_token_id", image_token_id)?;
   let processor = Idefics3ImageProcessor::from_dir(path)?;
@@ -309,7 +307,7 @@ pub(crate) fn load(
   }
   let positions = bucketed_positions(side)?;
   Ok(LoadedFamily {
-    lm: loaded_model(path, config, tokenizer, Box::new(text), opts),
+    lm: loaded_model(path, config, tokenizer, text, opts),
     family: Box::new(Idefics3Family {
       vision,
       connector,
@@ -319,7 +317,6 @@ pub(crate) fn load(
       seq_len,
       fake: "<fake_token_around_image>".into(),
       global: "<global-img>".into(),
-      slot,
     }),
     image_token,
     qwen_processor: None,
@@ -372,12 +369,15 @@ impl VisionFamily for Idefics3Family {
 
   /// Vision features of every frame, pixel-shuffled and projected, in
   /// place of the image tokens (python `get_input_embeddings`).
-  fn set_prompt(&self, s: &Shared<'_>, input: &VlmInput) -> Result<()> {
-    crate::family::set_clip_prompt(
+  fn prompt_embeddings(
+    &self,
+    s: &Shared<'_>,
+    input: &VlmInput,
+  ) -> Result<Option<PromptEmbeddings>> {
+    crate::family::clip_prompt(
       s,
       input,
       self.image_token_id,
-      &self.slot,
       crate::family::tokens_per_image(self.seq_len),
       |pv| {
         let x = ops::astype(pv, self.vision.dtype())?;
@@ -388,16 +388,7 @@ impl VisionFamily for Idefics3Family {
         let d = f.dim(-1).unwrap_or(0);
         Ok(ops::reshape(&f, &[-1, d])?)
       },
-      |ids, features, feature_row| LlavaPrompt {
-        ids,
-        features,
-        feature_row,
-      },
     )
-  }
-
-  fn clear_prompt(&self) {
-    crate::family::clear_slot(&self.slot);
   }
 
   fn clip_processor(&self) -> Option<&ClipImageProcessor> {

@@ -1,54 +1,25 @@
 //! LLaVA (1.5 layout): mlx-vlm's `models/llava/` (`vision.py`,
 //! `language.py`, `llava.py`).
 //!
-//! - Vision tower: CLIP ViT (`ClipVisionModel`): a Conv2d patch embedding
-//!   without bias, a class token, learned position embeddings, `pre_layrnorm`
-//!   and pre-norm encoder layers (fast-GELU MLP). The features are the hidden
-//!   states of `vision_feature_layer` (default -2), without the class token
-//!   for the `default` select strategy.
+//! - Vision tower: CLIP ViT ([`crate::vision::clip`]). The features are the
+//!   hidden states of `vision_feature_layer` (default -2), without the class
+//!   token for the `default` select strategy.
 //! - Projector (`LlavaMultiModalProjector`): `linear_2(gelu(linear_1(x)))`.
-//! - Language model: a Llama decoder whose image-token embeddings are
-//!   replaced by the projected image features (`_merge_input_ids_with_image_features`).
+//! - Language model: mlxrs-lm's Llama built from `text_config`; the image
+//!   tokens' embeddings are replaced by the projected image features
+//!   (`_merge_input_ids_with_image_features`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
-use mlxrs_core::fast::{Mask, scaled_dot_product_attention};
-use mlxrs_core::{Array, Dtype, ops};
-use mlxrs_lm::LanguageModel;
-use mlxrs_nn::{
-  AttnMask, Conv2d, Embedding, KvCache, KvCacheKind, LayerNorm, Linear, Module, Param, RmsNorm,
-  Rope, Weights, attention_with_cache_update, module, swiglu,
-};
+use mlxrs_core::{Array, ops};
+use mlxrs_lm::{LanguageModel, PromptEmbeddings};
+use mlxrs_nn::{Linear, module};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::vision::{ClipVision, ClipVisionArgs};
 
-fn d_layers() -> i32 {
-  24
-}
-fn d_hidden() -> i32 {
-  1024
-}
-fn d_inter() -> i32 {
-  4096
-}
-fn d_heads() -> i32 {
-  16
-}
-fn d_image() -> i32 {
-  336
-}
-fn d_patch() -> i32 {
-  14
-}
-fn d_channels() -> i32 {
-  3
-}
-fn d_ln_eps() -> f32 {
-  1e-5
-}
 fn d_theta() -> f32 {
   10000.0
 }
@@ -72,38 +43,6 @@ fn d_t_heads() -> i32 {
 }
 fn d_t_vocab() -> i32 {
   32000
-}
-
-/// `VisionConfig` of mlx-vlm's `llava/config.py` (CLIP).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClipVisionArgs {
-  /// `model_type` (`clip_vision_model`)
-  #[serde(default)]
-  pub model_type: String,
-  /// `num_hidden_layers`
-  #[serde(default = "d_layers")]
-  pub num_hidden_layers: i32,
-  /// `hidden_size`
-  #[serde(default = "d_hidden")]
-  pub hidden_size: i32,
-  /// `intermediate_size`
-  #[serde(default = "d_inter")]
-  pub intermediate_size: i32,
-  /// `num_attention_heads`
-  #[serde(default = "d_heads")]
-  pub num_attention_heads: i32,
-  /// `image_size`
-  #[serde(default = "d_image")]
-  pub image_size: i32,
-  /// `patch_size`
-  #[serde(default = "d_patch")]
-  pub patch_size: i32,
-  /// `num_channels`
-  #[serde(default = "d_channels")]
-  pub num_channels: i32,
-  /// `layer_norm_eps`
-  #[serde(default = "d_ln_eps")]
-  pub layer_norm_eps: f32,
 }
 
 /// `TextConfig` of mlx-vlm's `llava/config.py` (Llama; the same defaults,
@@ -258,215 +197,46 @@ impl LlavaConfig {
   }
 }
 
-// ---------------------------------------------------------------------------
-// CLIP vision tower
-// ---------------------------------------------------------------------------
-
-struct ClipAttention {
-  q_proj: Linear,
-  k_proj: Linear,
-  v_proj: Linear,
-  out_proj: Linear,
-  heads: i32,
-  scale: f32,
-}
-module!(ClipAttention {
-  q_proj,
-  k_proj,
-  v_proj,
-  out_proj
-});
-
-impl ClipAttention {
-  fn forward(&self, x: &Array) -> Result<Array> {
-    let s = x.shape();
-    let (b, l) = (s[0], s[1]);
-    let heads = |t: Array| -> Result<Array> {
-      Ok(ops::transpose_axes(
-        &ops::reshape(&t, &[b, l, self.heads, -1])?,
-        &[0, 2, 1, 3],
-      )?)
-    };
-    let q = heads(self.q_proj.forward(x)?)?;
-    let k = heads(self.k_proj.forward(x)?)?;
-    let v = heads(self.v_proj.forward(x)?)?;
-    let o = scaled_dot_product_attention(&q, &k, &v, self.scale, Mask::None)?;
-    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
-    Ok(self.out_proj.forward(&o)?)
-  }
-}
-
-struct ClipMlp {
-  fc1: Linear,
-  fc2: Linear,
-}
-module!(ClipMlp { fc1, fc2 });
-
-struct ClipLayer {
-  self_attn: ClipAttention,
-  layer_norm1: LayerNorm,
-  mlp: ClipMlp,
-  layer_norm2: LayerNorm,
-}
-module!(ClipLayer {
-  self_attn,
-  layer_norm1,
-  mlp,
-  layer_norm2
-});
-
-impl ClipLayer {
-  fn forward(&self, x: &Array) -> Result<Array> {
-    let y = self.self_attn.forward(&self.layer_norm1.forward(x)?)?;
-    let x = ops::add(x, &y)?;
-    let y = self.layer_norm2.forward(&x)?;
-    let y = self
-      .mlp
-      .fc2
-      .forward(&mlxrs_nn::gelu_fast_approx(&self.mlp.fc1.forward(&y)?)?)?;
-    Ok(ops::add(&x, &y)?)
-  }
-}
-
-struct ClipEncoder {
-  layers: Vec<ClipLayer>,
-}
-module!(ClipEncoder { layers });
-
-struct ClipEmbeddings {
-  class_embedding: Param,
-  patch_embedding: Conv2d,
-  position_embedding: Embedding,
-}
-module!(ClipEmbeddings {
-  class_embedding,
-  patch_embedding,
-  position_embedding
-});
-
-struct ClipInner {
-  embeddings: ClipEmbeddings,
-  pre_layrnorm: LayerNorm,
-  encoder: ClipEncoder,
-  post_layernorm: LayerNorm,
-}
-module!(ClipInner {
-  embeddings,
-  pre_layrnorm,
-  encoder,
-  post_layernorm
-});
-
-/// CLIP vision tower (python `VisionModel`, weights under
-/// `vision_tower.vision_model.*`).
-pub struct ClipVision {
-  vision_model: ClipInner,
-  args: ClipVisionArgs,
-}
-module!(ClipVision { vision_model });
-
-impl ClipVision {
-  /// An unloaded tower.
-  pub fn new(a: &ClipVisionArgs) -> Result<ClipVision> {
-    let d = a.hidden_size;
-    let layers = (0..a.num_hidden_layers)
-      .map(|_| ClipLayer {
-        self_attn: ClipAttention {
-          q_proj: Linear::new(d, d, true),
-          k_proj: Linear::new(d, d, true),
-          v_proj: Linear::new(d, d, true),
-          out_proj: Linear::new(d, d, true),
-          heads: a.num_attention_heads,
-          scale: ((d / a.num_attention_heads) as f32).powf(-0.5),
-        },
-        layer_norm1: LayerNorm::new(d, a.layer_norm_eps, true, true),
-        mlp: ClipMlp {
-          fc1: Linear::new(d, a.intermediate_size, true),
-          fc2: Linear::new(a.intermediate_size, d, true),
-        },
-        layer_norm2: LayerNorm::new(d, a.layer_norm_eps, true, true),
-      })
-      .collect();
-    let g = a.image_size / a.patch_size;
-    Ok(ClipVision {
-      vision_model: ClipInner {
-        embeddings: ClipEmbeddings {
-          class_embedding: Param::new(&[d]),
-          patch_embedding: Conv2d::new(
-            a.num_channels,
-            d,
-            (a.patch_size, a.patch_size),
-            (a.patch_size, a.patch_size),
-            (0, 0),
-            (1, 1),
-            1,
-            false,
-          )?,
-          position_embedding: Embedding::new(g * g + 1, d),
-        },
-        pre_layrnorm: LayerNorm::new(d, 1e-5, true, true),
-        encoder: ClipEncoder { layers },
-        post_layernorm: LayerNorm::new(d, 1e-5, true, true),
-      },
-      args: a.clone(),
+impl LlavaTextArgs {
+  /// The mlxrs-lm config of this language model: Llama with mlx-vlm's
+  /// defaults filled in; `head_dim` is `hidden_size / num_attention_heads`
+  /// (mlx-vlm's llava ignores a `head_dim` key).
+  pub fn lm_config(&self) -> Value {
+    json!({
+      "model_type": "llama",
+      "hidden_size": self.hidden_size,
+      "num_hidden_layers": self.num_hidden_layers,
+      "intermediate_size": self.intermediate_size,
+      "num_attention_heads": self.num_attention_heads,
+      "num_key_value_heads": self.num_key_value_heads,
+      "head_dim": self.hidden_size / self.num_attention_heads.max(1),
+      "rms_norm_eps": self.rms_norm_eps,
+      "vocab_size": self.vocab_size,
+      "rope_theta": self.rope_theta,
+      "rope_traditional": self.rope_traditional,
+      "rope_scaling": self.rope_scaling,
+      "max_position_embeddings": self.max_position_embeddings,
+      "tie_word_embeddings": self.tie_word_embeddings,
     })
   }
 
-  /// The hidden states of layer `feature_layer` (python
-  /// `vision_tower(x, output_hidden_states=True)[-1][feature_layer]`) for
-  /// NHWC pixels `[N, image_size, image_size, C]`: `[N, 1 + patches, D]`.
-  pub fn hidden_state(&self, pixels: &Array, feature_layer: i32) -> Result<Array> {
-    let s = pixels.shape();
-    let a = &self.args;
-    if s.len() != 4 || s[1] != a.image_size || s[2] != a.image_size || s[3] != a.num_channels {
-      return Err(Error::invalid(format!(
-        "the vision tower takes [N, {0}, {0}, {1}] pixels, got {s:?}",
-        a.image_size, a.num_channels
-      )));
+  /// mlx-vlm's llava takes linear `rope_scaling` only.
+  pub(crate) fn check_rope_scaling(&self) -> Result<()> {
+    match &self.rope_scaling {
+      None | Some(Value::Null) => Ok(()),
+      Some(v) => {
+        let ty = v
+          .get("type")
+          .or_else(|| v.get("rope_type"))
+          .and_then(Value::as_str);
+        if ty != Some("linear") || v.get("factor").and_then(Value::as_f64).is_none() {
+          return Err(Error::invalid(format!(
+            "config.json: llava rope_scaling {v} (only linear is supported)"
+          )));
+        }
+        Ok(())
+      }
     }
-    let m = &self.vision_model;
-    let x = ops::astype(pixels, self.dtype())?;
-    let p = m.embeddings.patch_embedding.forward(&x)?;
-    let ps = p.shape();
-    let p = ops::reshape(&p, &[ps[0], ps[1] * ps[2], ps[3]])?;
-    let cls = ops::broadcast_to(
-      &ops::reshape(&m.embeddings.class_embedding.value, &[1, 1, -1])?,
-      &[ps[0], 1, ps[3]],
-    )?;
-    let x = ops::concatenate_axis(&[ops::astype(&cls, p.dtype())?, p], 1)?;
-    let n_pos = x.dim(1).unwrap_or(0);
-    let ids = ops::arange(0.0, n_pos as f64, 1.0, Dtype::Int32)?;
-    let pos = ops::expand_dims(&m.embeddings.position_embedding.forward(&ids)?, 0)?;
-    let mut x = m.pre_layrnorm.forward(&ops::add(&x, &pos)?)?;
-    let n_states = m.encoder.layers.len() as i32 + 1;
-    let want = if feature_layer < 0 {
-      n_states + feature_layer
-    } else {
-      feature_layer
-    };
-    if want < 0 || want >= n_states {
-      return Err(Error::invalid(format!(
-        "vision_feature_layer {feature_layer} out of range"
-      )));
-    }
-    for layer in m.encoder.layers.iter().take(want as usize) {
-      x = layer.forward(&x)?;
-    }
-    Ok(x)
-  }
-
-  /// Parameter dtype (of the patch embedding).
-  pub fn dtype(&self) -> Dtype {
-    let mut d = Dtype::Float32;
-    self
-      .vision_model
-      .embeddings
-      .patch_embedding
-      .visit("", &mut |_, a| d = a.dtype());
-    if !d.is_float() {
-      return Dtype::Float32;
-    }
-    d
   }
 }
 
@@ -497,304 +267,23 @@ impl Projector {
   }
 }
 
-// ---------------------------------------------------------------------------
-// Language model
-// ---------------------------------------------------------------------------
-
-/// The prompt the language model merges image features into.
-pub struct LlavaPrompt {
-  /// Prompt ids (image tokens expanded).
-  pub ids: Vec<u32>,
-  /// Projected image features `[n_image_tokens, hidden]`.
-  pub features: Array,
-  /// Per prompt position: the feature row of an image token, else -1.
-  pub feature_row: Vec<i32>,
-}
-
-/// Shared slot for the prepared multimodal prompt.
-pub type LlavaSlot = Arc<Mutex<Option<LlavaPrompt>>>;
-
-struct Attention {
-  q_proj: Linear,
-  k_proj: Linear,
-  v_proj: Linear,
-  o_proj: Linear,
-  n_heads: i32,
-  n_kv: i32,
-  scale: f32,
-  rope: Rope,
-}
-module!(Attention {
-  q_proj,
-  k_proj,
-  v_proj,
-  o_proj
-});
-
-struct Mlp {
-  gate_proj: Linear,
-  down_proj: Linear,
-  up_proj: Linear,
-}
-module!(Mlp {
-  gate_proj,
-  down_proj,
-  up_proj
-});
-
-struct Block {
-  self_attn: Attention,
-  mlp: Mlp,
-  input_layernorm: RmsNorm,
-  post_attention_layernorm: RmsNorm,
-}
-module!(Block {
-  self_attn,
-  mlp,
-  input_layernorm,
-  post_attention_layernorm
-});
-
-impl Block {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let a = &self.self_attn;
-    let h = self.input_layernorm.forward(x)?;
-    let s = h.shape();
-    let (b, l) = (s[0], s[1]);
-    let heads = |t: Array, n: i32| -> Result<Array> {
-      Ok(ops::transpose_axes(
-        &ops::reshape(&t, &[b, l, n, -1])?,
-        &[0, 2, 1, 3],
-      )?)
-    };
-    let q = heads(a.q_proj.forward(&h)?, a.n_heads)?;
-    let k = heads(a.k_proj.forward(&h)?, a.n_kv)?;
-    let v = heads(a.v_proj.forward(&h)?, a.n_kv)?;
-    let q = a.rope.forward(&q, cache.offset)?;
-    let k = a.rope.forward(&k, cache.offset)?;
-    let o = attention_with_cache_update(&q, &k, &v, cache, a.scale, mask, None)?;
-    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
-    let h = ops::add(x, &a.o_proj.forward(&o)?)?;
-    let m = self.post_attention_layernorm.forward(&h)?;
-    let m = self.mlp.down_proj.forward(&swiglu(
-      &self.mlp.gate_proj.forward(&m)?,
-      &self.mlp.up_proj.forward(&m)?,
-    )?)?;
-    Ok(ops::add(&h, &m)?)
-  }
-}
-
-struct Inner {
-  embed_tokens: Embedding,
-  layers: Vec<Block>,
-  norm: RmsNorm,
-}
-module!(Inner {
-  embed_tokens,
-  layers,
-  norm
-});
-
-/// The Llama language model of LLaVA (python `llava/language.py`
-/// `LanguageModel`, weights under `language_model.*`). As an
-/// [`mlxrs_lm::LanguageModel`], prompt positions read the image features
-/// prepared in its slot.
-pub struct LlavaText {
-  model: Inner,
-  lm_head: Option<Linear>,
-  vocab: i32,
-  slot: LlavaSlot,
-}
-module!(LlavaText { model, lm_head });
-
-impl LlavaText {
-  /// An unloaded model.
-  pub fn new(t: &LlavaTextArgs, slot: LlavaSlot) -> Result<LlavaText> {
-    let h = t.hidden_size;
-    let nh = t.num_attention_heads;
-    let nkv = t.num_key_value_heads.unwrap_or(nh);
-    let hd = h / nh;
-    // mlx-vlm's llava: linear rope scaling only (`scale = 1 / factor`).
-    let scaling = match &t.rope_scaling {
-      None | Some(Value::Null) => None,
-      Some(v) => {
-        let ty = v
-          .get("type")
-          .or_else(|| v.get("rope_type"))
-          .and_then(Value::as_str);
-        if ty != Some("linear") || v.get("factor").and_then(Value::as_f64).is_none() {
-          return Err(Error::invalid(format!(
-            "config.json: llava rope_scaling {v} (only linear is supported)"
-          )));
-        }
-        Some(v.clone())
-      }
-    };
-    let mut layers = Vec::new();
-    for _ in 0..t.num_hidden_layers {
-      layers.push(Block {
-        self_attn: Attention {
-          q_proj: Linear::new(h, nh * hd, false),
-          k_proj: Linear::new(h, nkv * hd, false),
-          v_proj: Linear::new(h, nkv * hd, false),
-          o_proj: Linear::new(nh * hd, h, false),
-          n_heads: nh,
-          n_kv: nkv,
-          scale: (hd as f32).powf(-0.5),
-          rope: Rope::from_config(
-            hd,
-            t.rope_theta,
-            t.rope_traditional,
-            scaling.as_ref(),
-            Some(t.max_position_embeddings),
-          )?,
-        },
-        mlp: Mlp {
-          gate_proj: Linear::new(h, t.intermediate_size, false),
-          down_proj: Linear::new(t.intermediate_size, h, false),
-          up_proj: Linear::new(h, t.intermediate_size, false),
-        },
-        input_layernorm: RmsNorm::new(h, t.rms_norm_eps),
-        post_attention_layernorm: RmsNorm::new(h, t.rms_norm_eps),
-      });
-    }
-    Ok(LlavaText {
-      model: Inner {
-        embed_tokens: Embedding::new(t.vocab_size, h),
-        layers,
-        norm: RmsNorm::new(h, t.rms_norm_eps),
-      },
-      lm_head: (!t.tie_word_embeddings).then(|| Linear::new(h, t.vocab_size, false)),
-      vocab: t.vocab_size,
-      slot,
-    })
-  }
-
-  fn embed(&self, tokens: &Array, offset: i32, n: i32) -> Result<Array> {
-    let h = self.model.embed_tokens.forward(tokens)?;
-    let guard = self
-      .slot
-      .lock()
-      .map_err(|_| Error::invalid("the multimodal prompt slot is poisoned"))?;
-    let Some(st) = guard.as_ref() else {
-      return Ok(h);
-    };
-    let (start, end) = (offset as usize, (offset + n) as usize);
-    if start >= st.ids.len() {
-      return Ok(h);
-    }
-    if end > st.ids.len() {
-      return Err(Error::invalid(format!(
-        "tokens at positions {start}..{end} run past the end of the multimodal prompt ({} tokens)",
-        st.ids.len()
-      )));
-    }
-    let mut tk = tokens.clone();
-    let got = tk.to_vec::<i32>()?;
-    let want = &st.ids[start..end];
-    if got.len() != want.len() || got.iter().zip(want).any(|(a, b)| *a as u32 != *b) {
-      return Err(Error::invalid(format!(
-        "tokens at positions {start}..{end} differ from the multimodal prompt prepared by LlavaModel; \
-         generate through it, or clear the prompt before text-only use"
-      )));
-    }
-    let rows = &st.feature_row[start..end];
-    if !rows.iter().any(|&r| r >= 0) {
-      return Ok(h);
-    }
-    let idx: Vec<i32> = rows.iter().map(|&r| r.max(0)).collect();
-    let mask: Vec<bool> = rows.iter().map(|&r| r >= 0).collect();
-    let idx = Array::from_slice(&idx, &[n])?;
-    let mask = Array::from_slice(&mask, &[1, n, 1])?;
-    let gathered = ops::expand_dims(&ops::take_axis(&st.features, &idx, 0)?, 0)?;
-    Ok(ops::where_(&mask, &ops::astype(&gathered, h.dtype())?, &h)?)
-  }
-
-  fn hidden_inner(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-    if caches.len() != self.model.layers.len() {
-      return Err(Error::invalid(format!(
-        "{} caches for {} layers",
-        caches.len(),
-        self.model.layers.len()
-      )));
-    }
-    let s = tokens.shape();
-    if s.len() != 2 || s[0] != 1 {
-      return Err(Error::invalid(format!("tokens must be [1, T], got {s:?}")));
-    }
-    let n = s[1];
-    let offset = caches.first().map(|c| c.offset).unwrap_or(0);
-    let mut h = self.embed(tokens, offset, n)?;
-    let mask = match caches.first() {
-      Some(c) => c.make_mask(n, None)?,
-      None => AttnMask::None,
-    };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      h = layer.forward(&h, &mask, cache)?;
-    }
-    Ok(self.model.norm.forward(&h)?)
-  }
-}
-
-impl LanguageModel for LlavaText {
-  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> mlxrs_core::Result<Array> {
-    self.hidden_inner(tokens, caches).map_err(|e| match e {
-      Error::Core(c) => c,
-      other => mlxrs_core::Error::InvalidArgument(other.to_string()),
-    })
-  }
-
-  fn logits(&self, hidden: &Array) -> mlxrs_core::Result<Array> {
-    match &self.lm_head {
-      Some(head) => head.forward(hidden),
-      None => self.model.embed_tokens.as_linear(hidden),
-    }
-  }
-
-  fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    self
-      .model
-      .layers
-      .iter()
-      .map(|_| match max_kv_size {
-        Some(m) => KvCache::new(KvCacheKind::Rotating {
-          max_size: m,
-          keep: 4,
-        }),
-        None => KvCache::standard(),
-      })
-      .collect()
-  }
-
-  fn load(&mut self, w: &mut Weights) {
-    Module::load(self, w, "language_model");
-  }
-
-  fn vocab_size(&self) -> i32 {
-    self.vocab
-  }
-
-  fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
-    Module::visit(self, "language_model", f);
-  }
-}
-
 /// The whole model, unloaded (python `llava.Model`).
 pub struct Llava {
   /// `vision_tower`
   pub vision: ClipVision,
   /// `multi_modal_projector`
   pub projector: Projector,
-  /// `language_model`
-  pub text: LlavaText,
+  /// `language_model` (mlxrs-lm's Llama)
+  pub text: Box<dyn LanguageModel>,
   /// Parsed config.
   pub config: LlavaConfig,
 }
 
 impl Llava {
   /// Build from config.json.
-  pub fn new(raw: &Value, slot: LlavaSlot) -> Result<Llava> {
+  pub fn new(raw: &Value) -> Result<Llava> {
     let config = LlavaConfig::parse(raw)?;
+    config.text.check_rope_scaling()?;
     let vd = config.vision.hidden_size;
     let td = config.text.hidden_size;
     Ok(Llava {
@@ -803,7 +292,7 @@ impl Llava {
         linear_1: Linear::new(vd, td, true),
         linear_2: Linear::new(td, td, true),
       },
-      text: LlavaText::new(&config.text, slot)?,
+      text: crate::family::build_text(&config.text.lm_config())?,
       config,
     })
   }
@@ -858,7 +347,6 @@ pub(crate) struct LlavaFamily {
   projector: Projector,
   config: LlavaConfig,
   processor: crate::processors::ClipImageProcessor,
-  slot: LlavaSlot,
 }
 
 /// Load a `llava` checkpoint (python `mlx_vlm.load`).
@@ -867,14 +355,13 @@ pub(crate) fn load(
   config: mlxrs_lm::ModelConfig,
   opts: &crate::model::LoadOptions,
 ) -> Result<crate::family::LoadedFamily> {
-  use crate::family::{load_tower_model, loaded_model, open_weights, size_mismatch};
-  let slot: LlavaSlot = Arc::new(Mutex::new(None));
-  let mut m = Llava::new(config.raw(), slot.clone())?;
-  let w = open_weights(path, &config, opts, |w| m.sanitize(w))?;
+  use crate::family::{load_tower_model, loaded_model, open_vlm_weights, size_mismatch};
+  let mut m = Llava::new(config.raw())?;
+  let w = open_vlm_weights(path, &config, opts, |w| m.sanitize(w))?;
   let (tokenizer, image_token) = load_tower_model(
     path,
     w,
-    &mut m.text,
+    m.text.as_mut(),
     &mut m.vision,
     &mut m.projector,
     m.config.image_token_index,
@@ -891,13 +378,12 @@ pub(crate) fn load(
     config: lcfg,
   } = m;
   Ok(crate::family::LoadedFamily::clip(
-    loaded_model(path, config, tokenizer, Box::new(text), opts),
+    loaded_model(path, config, tokenizer, text, opts),
     Box::new(LlavaFamily {
       vision,
       projector,
       config: lcfg,
       processor,
-      slot,
     }),
     image_token,
   ))
@@ -972,32 +458,22 @@ impl crate::family::VisionFamily for LlavaFamily {
 
   /// CLIP features of the chosen layer, projected, in place of the image
   /// tokens' embeddings (python `get_input_embeddings`).
-  fn set_prompt(
+  fn prompt_embeddings(
     &self,
     s: &crate::family::Shared<'_>,
     input: &crate::model::VlmInput,
-  ) -> Result<()> {
-    crate::family::set_clip_prompt(
+  ) -> Result<Option<PromptEmbeddings>> {
+    crate::family::clip_prompt(
       s,
       input,
       self.config.image_token_index,
-      &self.slot,
       crate::family::tokens_per_image(self.config.tokens_per_image()),
       |pv| {
         let f = clip_features(&self.vision, &self.projector, &self.config, pv)?;
         let d = f.dim(-1).unwrap_or(0);
         Ok(ops::reshape(&f, &[-1, d])?)
       },
-      |ids, features, feature_row| LlavaPrompt {
-        ids,
-        features,
-        feature_row,
-      },
     )
-  }
-
-  fn clear_prompt(&self) {
-    crate::family::clear_slot(&self.slot);
   }
 
   fn clip_processor(&self) -> Option<&crate::processors::ClipImageProcessor> {

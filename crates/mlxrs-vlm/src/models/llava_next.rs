@@ -12,22 +12,18 @@
 //! (no unpadding or spatial layout, only the first image used); mlxrs
 //! follows transformers, which is what the checkpoints were trained with.
 
-use std::sync::{Arc, Mutex};
-
 use mlxrs_core::{Array, ops};
-use mlxrs_lm::LanguageModel;
+use mlxrs_lm::PromptEmbeddings;
 use mlxrs_nn::{Module, Param};
 
-use super::llava::{
-  ClipVision, Llava, LlavaConfig, LlavaPrompt, LlavaSlot, Projector, clip_features,
-  expand_image_tokens,
-};
+use super::llava::{Llava, LlavaConfig, Projector, clip_features, expand_image_tokens};
 use crate::error::{Error, Result};
 use crate::family::{LoadedFamily, Shared, VisionFamily};
 use crate::image::RgbImage;
 use crate::model::{LoadOptions, VlmInput};
 use crate::processors::llava_next::{select_best_resolution, unpad_bounds};
 use crate::processors::{ClipImageProcessor, LlavaNextImageProcessor};
+use crate::vision::ClipVision;
 
 /// The LLaVA-NeXT half of a [`crate::VlmModel`].
 pub(crate) struct LlavaNextFamily {
@@ -36,7 +32,6 @@ pub(crate) struct LlavaNextFamily {
   image_newline: Array,
   config: LlavaConfig,
   processor: LlavaNextImageProcessor,
-  slot: LlavaSlot,
 }
 
 /// Load a `llava_next` checkpoint (python `mlx_vlm.load`; the model is
@@ -46,9 +41,8 @@ pub(crate) fn load(
   config: mlxrs_lm::ModelConfig,
   opts: &LoadOptions,
 ) -> Result<LoadedFamily> {
-  use crate::family::{finish_weights, loaded_model, open_weights, token_name};
-  let slot: LlavaSlot = Arc::new(Mutex::new(None));
-  let mut m = Llava::new(config.raw(), slot.clone())?;
+  use crate::family::{load_vlm_weights, loaded_model, open_vlm_weights, token_name};
+  let mut m = Llava::new(config.raw())?;
   if !m.config.drop_cls {
     return Err(Error::config(
       path.join("config.json"),
@@ -57,7 +51,7 @@ pub(crate) fn load(
     ));
   }
   let mut newline = Param::new(&[m.config.text.hidden_size]);
-  let mut w = open_weights(path, &config, opts, |w| {
+  let w = open_vlm_weights(path, &config, opts, |w| {
     let w = w
       .into_iter()
       .map(|(k, v)| match k.as_str() {
@@ -67,16 +61,16 @@ pub(crate) fn load(
       .collect();
     m.sanitize(w)
   })?;
-  LanguageModel::load(&mut m.text, &mut w);
-  Module::load(&mut m.vision, &mut w, "vision_tower");
-  Module::load(&mut m.projector, &mut w, "multi_modal_projector");
-  Module::load(&mut newline, &mut w, "image_newline");
-  let mut params = Vec::new();
-  LanguageModel::visit(&m.text, &mut |_, a| params.push(a.clone()));
-  Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
-  Module::visit(&m.projector, "", &mut |_, a| params.push(a.clone()));
-  params.push(newline.value.clone());
-  finish_weights(path, w, params)?;
+  load_vlm_weights(path, w, m.text.as_mut(), |w| {
+    Module::load(&mut m.vision, w, "vision_tower");
+    Module::load(&mut m.projector, w, "multi_modal_projector");
+    Module::load(&mut newline, w, "image_newline");
+    let mut params = Vec::new();
+    Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
+    Module::visit(&m.projector, "", &mut |_, a| params.push(a.clone()));
+    params.push(newline.value.clone());
+    params
+  })?;
   let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
   let image_token = token_name(
     &tokenizer,
@@ -106,14 +100,13 @@ pub(crate) fn load(
     config: lcfg,
   } = m;
   Ok(LoadedFamily {
-    lm: loaded_model(path, config, tokenizer, Box::new(text), opts),
+    lm: loaded_model(path, config, tokenizer, text, opts),
     family: Box::new(LlavaNextFamily {
       vision,
       projector,
       image_newline: newline.value,
       config: lcfg,
       processor,
-      slot,
     }),
     image_token,
     qwen_processor: None,
@@ -215,16 +208,20 @@ impl VisionFamily for LlavaNextFamily {
 
   /// CLIP features of every tile, projected, packed per image, in place of
   /// the image tokens' embeddings.
-  fn set_prompt(&self, s: &Shared<'_>, input: &VlmInput) -> Result<()> {
+  fn prompt_embeddings(
+    &self,
+    s: &Shared<'_>,
+    input: &VlmInput,
+  ) -> Result<Option<PromptEmbeddings>> {
     let ids = &input.input_ids;
     let img_id = self.config.image_token_index;
     let n_img_tokens = ids.iter().filter(|&&t| t == img_id).count();
-    let state = match &input.clip_pixels {
+    match &input.clip_pixels {
       None => {
         if n_img_tokens > 0 {
           return Err(crate::family::no_pixels(n_img_tokens, s.image_token));
         }
-        None
+        Ok(None)
       }
       Some(pv) => {
         if input.image_sizes.is_empty() {
@@ -268,18 +265,10 @@ impl VisionFamily for LlavaNextFamily {
             s.dtype,
           )?)
         })?;
-        Some(LlavaPrompt {
-          ids: ids.clone(),
-          features,
-          feature_row: crate::family::feature_rows(ids, img_id),
-        })
+        let e = crate::family::merge_features(s, ids, img_id, Some(&features), None)?;
+        Ok(Some(PromptEmbeddings::causal(e)))
       }
-    };
-    crate::family::set_slot(&self.slot, state)
-  }
-
-  fn clear_prompt(&self) {
-    crate::family::clear_slot(&self.slot);
+    }
   }
 
   fn clip_processor(&self) -> Option<&ClipImageProcessor> {

@@ -1,0 +1,102 @@
+//! Pieces every architecture shares (mlx-lm's `models/base.py` and the
+//! common parts of its `sanitize` / `make_cache`): config checks, the
+//! per-layer cache list, expert stacking for MoE checkpoints.
+
+use std::collections::HashMap;
+
+use mlxrs_core::{Array, Error, Result, ops};
+use mlxrs_nn::{KvCache, KvCacheKind};
+
+/// Check an attention layout: `hidden_size` positive, `num_hidden_layers`
+/// non-negative, query heads a positive multiple of key/value heads.
+pub(crate) fn check_heads(
+  arch: &str,
+  hidden: i32,
+  n_heads: i32,
+  n_kv: i32,
+  layers: i32,
+) -> Result<()> {
+  if hidden <= 0 || n_heads <= 0 || n_kv <= 0 || n_heads % n_kv != 0 || layers < 0 {
+    return Err(Error::InvalidArgument(format!(
+      "config ({arch}): num_attention_heads ({n_heads}) must be a positive multiple of \
+       num_key_value_heads ({n_kv}), hidden_size ({hidden}) positive and num_hidden_layers \
+       ({layers}) non-negative"
+    )));
+  }
+  Ok(())
+}
+
+/// MoE config check: `0 < top_k <= experts`.
+pub(crate) fn check_moe(arch: &str, experts: i32, top_k: i32) -> Result<()> {
+  if experts <= 0 || top_k <= 0 || top_k > experts {
+    return Err(Error::InvalidArgument(format!(
+      "config ({arch}): experts per token ({top_k}) must be in 1..={experts} (the number of experts)"
+    )));
+  }
+  Ok(())
+}
+
+/// Check one cache per layer.
+pub(crate) fn check_caches(n_caches: usize, n_layers: usize) -> Result<()> {
+  if n_caches != n_layers {
+    return Err(Error::InvalidArgument(format!(
+      "{n_caches} caches for {n_layers} layers"
+    )));
+  }
+  Ok(())
+}
+
+/// Default caches, one per layer (mlx-lm `make_prompt_cache`): standard, or
+/// rotating with 4 kept positions under `max_kv_size`.
+pub fn default_caches(n_layers: usize, max_kv_size: Option<i32>) -> Vec<KvCache> {
+  (0..n_layers)
+    .map(|_| match max_kv_size {
+      Some(m) => KvCache::new(KvCacheKind::Rotating {
+        max_size: m,
+        keep: 4,
+      }),
+      None => KvCache::standard(),
+    })
+    .collect()
+}
+
+/// `a[..., start:stop]` on the last axis.
+pub(crate) fn last_axis(a: &Array, start: i32, stop: i32) -> Result<Array> {
+  let shape = a.shape();
+  let nd = shape.len();
+  let mut st = vec![0; nd];
+  let mut sp = shape.clone();
+  st[nd - 1] = start;
+  sp[nd - 1] = stop;
+  ops::slice(a, &st, &sp, &vec![1; nd])
+}
+
+/// Stack HF per-expert tensors `<prefix>.experts.{e}.<src>.<kind>` into
+/// `<prefix>.switch_mlp.<dst>.<kind>` (the `sanitize` loops of mlx-lm's MoE
+/// models), for every layer prefix that has expert 0. Missing experts are an
+/// error.
+pub(crate) fn stack_experts(
+  weights: &mut HashMap<String, Array>,
+  layer_prefixes: &[String],
+  num_experts: i32,
+  names: &[(&str, &str)],
+) -> Result<()> {
+  for p in layer_prefixes {
+    for (src, dst) in names {
+      for kind in ["weight", "scales", "biases", "bias"] {
+        if !weights.contains_key(&format!("{p}.experts.0.{src}.{kind}")) {
+          continue;
+        }
+        let mut parts = Vec::with_capacity(num_experts as usize);
+        for e in 0..num_experts {
+          let key = format!("{p}.experts.{e}.{src}.{kind}");
+          parts.push(weights.remove(&key).ok_or_else(|| {
+            Error::InvalidArgument(format!("sanitize: missing expert tensor {key}"))
+          })?);
+        }
+        weights.insert(format!("{p}.switch_mlp.{dst}.{kind}"), ops::stack(&parts)?);
+      }
+    }
+  }
+  Ok(())
+}
