@@ -28,6 +28,7 @@ pub use tokenizer::{SpecialTokens, Tokenizer};
 pub mod batch;
 pub mod bench;
 pub mod generate;
+pub mod gguf;
 pub mod load;
 pub mod model;
 pub mod models;

@@ -97,10 +97,24 @@ pub fn load_model_dir(
   Ok((model, config))
 }
 
-/// Load a model folder or Hub repo id (python `mlx_lm.load`).
+/// Load a model folder, Hub repo id or `.gguf` file (python
+/// `mlx_lm.load`; GGUF: [`crate::gguf`]).
 pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel> {
-  let path = resolve_model(model)?;
   let dtype = opts.dtype.or_else(default_dtype);
+  if crate::gguf::is_gguf_path(model) {
+    let path = crate::gguf::resolve_gguf(model)?;
+    let (m, config, tokenizer) = crate::gguf::load_gguf_model(&path, dtype, opts.no_tokenizer)?;
+    let max_context = config.max_position_embeddings().ok().flatten();
+    return Ok(LoadedModel {
+      model: m,
+      config,
+      tokenizer,
+      path,
+      dtype,
+      max_context,
+    });
+  }
+  let path = resolve_model(model)?;
   let (m, config) = load_model_dir(&path, dtype)?;
   let tokenizer = if opts.no_tokenizer {
     None
