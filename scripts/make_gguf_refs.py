@@ -18,8 +18,9 @@ included. llama.cpp's `smollm` pre-tokenizer (and SmolLM2's own
 tokenizer.json) first splits every digit on its own (`\\p{N}`), then applies
 GPT-2's regex. The reference below uses that, i.e. what the model was
 trained with; the ids transformers' GGUF tokenizer gives unchanged are
-recorded too (`prompt_ids_transformers_gguf`), and they differ only on
-prompts with multi-digit numbers.
+recorded too (`prompt_ids_transformers_gguf`). On these prompts both agree
+(SmolLM2's merges never join two digits), but a vocabulary with multi-digit
+merges would differ.
 
 Usage: .venv/bin/python scripts/make_gguf_refs.py [path/to/model.gguf]
 """

@@ -51,6 +51,9 @@ fn ids(v: &Value) -> Vec<u32> {
 /// to ~1e-4 but not bit for bit. Comparison stops at the first such step.
 const MARGIN: f64 = 0.01;
 
+/// Greedy steps per prompt checked by default (see the test).
+const STEPS: usize = 10;
+
 #[test]
 fn smollm2_gguf_matches_transformers() {
   let path = smollm2();
@@ -99,7 +102,40 @@ fn smollm2_gguf_matches_transformers() {
   );
   assert!(tok.is_eos(2));
 
-  let mut report = Vec::new();
+  // First-step logits of the first prompt: the reference's top 5 within
+  // 1e-3 (quantized matmul on widened scales vs dequantized float32 torch).
+  let case0 = &r["cases"][0];
+  let p0: Vec<i32> = ids(&case0["prompt_ids"])
+    .iter()
+    .map(|&t| t as i32)
+    .collect();
+  let mut caches = m.model.make_caches(None);
+  let x = Array::from_slice(&p0, &[1, p0.len() as i32]).unwrap();
+  let all = m
+    .model
+    .forward(&x, &mut caches)
+    .unwrap()
+    .to_vec::<f32>()
+    .unwrap();
+  let last = &all[all.len() - tok.vocab_size()..];
+  let mut worst = 0.0f64;
+  for (id, want) in ids(&case0["first_logits_top5_ids"])
+    .iter()
+    .zip(case0["first_logits_top5"].as_array().unwrap())
+  {
+    worst = worst.max((last[*id as usize] as f64 - want.as_f64().unwrap()).abs());
+  }
+  assert!(worst < 1e-3, "first-step top-5 logits: max |diff| {worst}");
+
+  // MLX's CPU quantized matmul is slow (~2-4 tokens/s here on a loaded
+  // 2-core machine), so CI checks the first STEPS greedy tokens of each
+  // prompt; MLXRS_GGUF_FULL=1 checks all 128 (all equal when measured).
+  let steps = if std::env::var_os("MLXRS_GGUF_FULL").is_some() {
+    usize::MAX
+  } else {
+    STEPS
+  };
+  let mut report = vec![format!("first-step top-5 logits: max |diff| {worst:.2e}")];
   for case in r["cases"].as_array().unwrap() {
     let name = case["name"].as_str().unwrap();
     let chat = case["chat"].as_bool().unwrap();
@@ -124,7 +160,8 @@ fn smollm2_gguf_matches_transformers() {
     let got_ids = prompt_ids(tok, prompt, system, !chat).unwrap();
     assert_eq!(got_ids, ids(&case["prompt_ids"]), "{name}: prompt ids");
 
-    let want = ids(&case["greedy_tokens"]);
+    let mut want = ids(&case["greedy_tokens"]);
+    want.truncate(steps);
     let margins: Vec<f64> = case["greedy_margins"]
       .as_array()
       .unwrap()
@@ -151,7 +188,7 @@ fn smollm2_gguf_matches_transformers() {
       "{name}: greedy tokens diverge at step {agree} (reference margin there {:.4}); got {got:?}, want {want:?}",
       margins.get(agree).copied().unwrap_or(f64::NAN)
     );
-    if agree == want.len() {
+    if agree == case["greedy_tokens"].as_array().unwrap().len() {
       let text = tok.decode(&got, false).unwrap();
       assert_eq!(text, case["greedy_text"].as_str().unwrap(), "{name}: text");
     }
@@ -161,44 +198,6 @@ fn smollm2_gguf_matches_transformers() {
     ));
   }
   eprintln!("{}", report.join("\n"));
-}
-
-/// The first-step logits agree with the reference's top 5 to a small
-/// tolerance (quantized vs dequantized float32 arithmetic).
-#[test]
-fn smollm2_gguf_first_logits_close() {
-  let path = smollm2();
-  let r: Value =
-    serde_json::from_str(&std::fs::read_to_string(data("gguf_smollm2_ref.json")).unwrap()).unwrap();
-  let m = load(
-    path.to_str().unwrap(),
-    &LoadOptions {
-      dtype: Some(Dtype::Float32),
-      no_tokenizer: true,
-    },
-  )
-  .unwrap();
-  let case = &r["cases"][0];
-  let p: Vec<i32> = ids(&case["prompt_ids"]).iter().map(|&t| t as i32).collect();
-  let mut caches = m.model.make_caches(None);
-  let x = Array::from_slice(&p, &[1, p.len() as i32]).unwrap();
-  let mut logits = m.model.forward(&x, &mut caches).unwrap();
-  let all = logits.to_vec::<f32>().unwrap();
-  let v = 49152usize;
-  let last = &all[all.len() - v..];
-  let top_ids = ids(&case["first_logits_top5_ids"]);
-  let top: Vec<f64> = case["first_logits_top5"]
-    .as_array()
-    .unwrap()
-    .iter()
-    .map(|x| x.as_f64().unwrap())
-    .collect();
-  let mut worst = 0.0f64;
-  for (id, want) in top_ids.iter().zip(&top) {
-    worst = worst.max((last[*id as usize] as f64 - want).abs());
-  }
-  eprintln!("first-step top-5 logits: max |diff| {worst:.2e}");
-  assert!(worst < 1e-3, "max |logit diff| {worst}");
 }
 
 // ---------------------------------------------------------------- bad files
