@@ -388,7 +388,7 @@ pub fn config_from_metadata(
           );
         }
       }
-      if let Some(w) = md.u64(&k("attention.sliding_window"))? {
+      if let Some(w) = md.u64(&k("attention.sliding_window"))?.filter(|&w| w > 0) {
         c.insert("sliding_window".into(), json!(w));
       }
     }
@@ -599,17 +599,7 @@ pub fn read_checkpoint(path: &Path, no_tokenizer: bool) -> Result<GgufCheckpoint
         "the GGUF file has no tokenizer (tokenizer.ggml.tokens); load it with no_tokenizer",
       )
     })?;
-    let eos_ids = crate::config::value_token_ids(
-      path,
-      "eos_token_id",
-      config.get("eos_token_id").unwrap_or(&Value::Null),
-    )?;
-    let tok = Tokenizer::from_json_parts(
-      &parts.tokenizer_json,
-      parts.tokenizer_config.clone(),
-      path,
-      eos_ids,
-    )?;
+    let tok = build_tokenizer(path, &parts, &config)?;
     (Some(tok), Some(parts))
   };
   Ok(GgufCheckpoint {
@@ -731,21 +721,26 @@ pub struct TokenizerParts {
 /// SentencePiece (`llama`) vocabularies are an error for now. EOS ids:
 /// `config`'s `eos_token_id` plus the tokenizer's `eos_token`.
 pub fn tokenizer_from_metadata(md: &GgufMetadata<'_>, config: &Value) -> Result<Option<Tokenizer>> {
-  let Some(parts) = tokenizer_parts(md)? else {
-    return Ok(None);
-  };
+  match tokenizer_parts(md)? {
+    Some(parts) => build_tokenizer(md.path, &parts, config).map(Some),
+    None => Ok(None),
+  }
+}
+
+/// The [`Tokenizer`] of [`TokenizerParts`]; EOS ids from `config`'s
+/// `eos_token_id` plus the tokenizer's `eos_token`.
+fn build_tokenizer(path: &Path, parts: &TokenizerParts, config: &Value) -> Result<Tokenizer> {
   let eos_ids = crate::config::value_token_ids(
-    md.path,
+    path,
     "eos_token_id",
     config.get("eos_token_id").unwrap_or(&Value::Null),
   )?;
   Tokenizer::from_json_parts(
     &parts.tokenizer_json,
-    parts.tokenizer_config,
-    md.path,
+    parts.tokenizer_config.clone(),
+    path,
     eos_ids,
   )
-  .map(Some)
 }
 
 /// The `tokenizer.json` / `tokenizer_config.json` content of a GGUF file's
@@ -963,6 +958,101 @@ mod tests {
     );
     assert_eq!(hf_tensor_name("blk.x.attn_q.weight"), None);
     assert_eq!(hf_tensor_name("blk.0.mystery.weight"), None);
+  }
+
+  /// Metadata for a toy byte-level vocabulary: the 256 byte tokens, a few
+  /// merges, `<s>` / `</s>` control tokens.
+  fn toy_meta(pre: &str, model: &str, add_bos: bool) -> HashMap<String, GgufMeta> {
+    let mut alphabet: Vec<char> = byte_alphabet().into_iter().collect();
+    alphabet.sort();
+    let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
+    tokens.extend(alphabet.iter().map(|c| c.to_string()));
+    let merges = vec!["1 2".to_string(), "H e".to_string(), "He l".to_string()];
+    tokens.extend(["12".to_string(), "He".to_string(), "Hel".to_string()]);
+    let mut types = vec![3i32, 3];
+    types.extend(std::iter::repeat_n(1, tokens.len() - 2));
+    let n = types.len() as i32;
+    HashMap::from([
+      (
+        "tokenizer.ggml.model".into(),
+        GgufMeta::String(model.into()),
+      ),
+      ("tokenizer.ggml.pre".into(), GgufMeta::String(pre.into())),
+      ("tokenizer.ggml.tokens".into(), GgufMeta::Strings(tokens)),
+      ("tokenizer.ggml.merges".into(), GgufMeta::Strings(merges)),
+      (
+        "tokenizer.ggml.token_type".into(),
+        GgufMeta::Array(Array::from_slice(&types, &[n]).unwrap()),
+      ),
+      (
+        "tokenizer.ggml.bos_token_id".into(),
+        GgufMeta::Array(Array::scalar(0u32)),
+      ),
+      (
+        "tokenizer.ggml.eos_token_id".into(),
+        GgufMeta::Array(Array::scalar(1u32)),
+      ),
+      (
+        "tokenizer.ggml.add_bos_token".into(),
+        GgufMeta::Array(Array::scalar(add_bos)),
+      ),
+    ])
+  }
+
+  #[test]
+  fn tokenizer_from_toy_metadata() {
+    let path = Path::new("toy.gguf");
+    let cfg = json!({});
+    for pre in SUPPORTED_PRE_TOKENIZERS {
+      let meta = toy_meta(pre, "gpt2", false);
+      let tok = tokenizer_from_metadata(&GgufMetadata::new(path, &meta), &cfg)
+        .unwrap_or_else(|e| panic!("{pre}: {e}"))
+        .unwrap();
+      let ids = tok.encode("Hello 12 <s>", true).unwrap();
+      assert_eq!(tok.decode(&ids, false).unwrap(), "Hello 12 <s>", "{pre}");
+      assert_eq!(ids.last(), Some(&0), "{pre}: <s> stays one (special) token");
+      let twelve = tok.token_to_id("12").unwrap();
+      // smollm-style rules and Qwen2's regex cut digits apart before the
+      // merges; GPT-2's and Llama 3's regexes keep "12" whole.
+      let split_digits = [
+        "smollm",
+        "starcoder",
+        "refact",
+        "command-r",
+        "codeshell",
+        "exaone",
+        "qwen2",
+        "deepseek-r1-qwen",
+        "megrez",
+      ];
+      assert_eq!(
+        ids.contains(&twelve),
+        !split_digits.contains(pre),
+        "{pre}: {ids:?}"
+      );
+      assert!(tok.is_eos(1));
+    }
+    // add_bos_token: the post-processor prepends <s>.
+    let meta = toy_meta("default", "gpt2", true);
+    let tok = tokenizer_from_metadata(&GgufMetadata::new(path, &meta), &cfg)
+      .unwrap()
+      .unwrap();
+    assert_eq!(tok.encode("He", true).unwrap().first(), Some(&0));
+    assert_eq!(
+      tok.encode("He", false).unwrap().first(),
+      tok.token_to_id("He").as_ref()
+    );
+    // Unknown pre-tokenizer and SentencePiece vocabularies: errors naming them.
+    let meta = toy_meta("mystery-pre", "gpt2", false);
+    let e = tokenizer_from_metadata(&GgufMetadata::new(path, &meta), &cfg)
+      .unwrap_err()
+      .to_string();
+    assert!(e.contains("mystery-pre"), "{e}");
+    let meta = toy_meta("default", "llama", false);
+    let e = tokenizer_from_metadata(&GgufMetadata::new(path, &meta), &cfg)
+      .unwrap_err()
+      .to_string();
+    assert!(e.contains("\"llama\""), "{e}");
   }
 
   #[test]
