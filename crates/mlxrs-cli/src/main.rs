@@ -19,6 +19,7 @@ use mlxrs_lm::{
 mod bench;
 mod embed;
 mod lm_extra;
+mod serve;
 mod transcribe;
 mod vlm;
 
@@ -47,6 +48,8 @@ enum Cmd {
   Transcribe(transcribe::TranscribeArgs),
   /// Prefill a prompt and save its KV cache (python `mlx_lm.cache_prompt`).
   CachePrompt(CachePromptArgs),
+  /// OpenAI-compatible HTTP server (python `mlx_lm.server`).
+  Serve(serve::ServeArgs),
   /// Print the MLX version and default device.
   Info,
 }
@@ -570,6 +573,7 @@ fn main() {
     Cmd::Transcribe(a) => transcribe::run(a),
     Cmd::Embed(a) => embed::run(a),
     Cmd::CachePrompt(a) => cache_prompt(a),
+    Cmd::Serve(a) => serve::run(a),
     Cmd::Info => {
       let d = mlxrs_core::Device::default_device()
         .map(|d| d.to_string())

@@ -27,6 +27,7 @@ pub use tokenizer::{SpecialTokens, Tokenizer};
 // The MLX half: models, sampling, generation.
 pub mod batch;
 pub mod bench;
+pub mod continuous;
 pub mod generate;
 pub mod load;
 pub mod model;
@@ -36,6 +37,7 @@ pub mod speculative;
 pub mod text;
 
 pub use batch::batch_generate;
+pub use continuous::{BatchGenerator, RowConfig, RowToken};
 pub use generate::{Step, StepConfig, TokenGenerator};
 pub use load::{LoadOptions, LoadedModel, load, load_model_dir};
 pub use model::{LanguageModel, build_model, supported_model_types};
