@@ -172,6 +172,13 @@ impl Metrics {
       "counter",
       self.cached_tokens.load(Ordering::Relaxed),
     );
+    c(
+      &mut s,
+      "mlxrs_mlx_active_memory_bytes",
+      "Bytes held by live MLX arrays (python mx.get_active_memory()).",
+      "gauge",
+      mlxrs_core::memory::active_memory().unwrap_or(0) as u64,
+    );
     self.ttft.render(
       &mut s,
       "mlxrs_time_to_first_token_seconds",

@@ -287,3 +287,67 @@ fn disconnects_and_idle_connections() {
   assert!(metric(&s, "mlxrs_generation_tokens_total") < 4.0 * 400.0);
   s.shutdown().unwrap();
 }
+
+/// Load: 64 streaming requests from 32 concurrent clients all complete
+/// (nothing lost: each ends with its finish chunk and `[DONE]`, with the
+/// library's token count), and MLX's active memory returns to its baseline
+/// (no leaked cache rows; the prompt cache is off here).
+#[test]
+fn load_nothing_lost_memory_back_to_baseline() {
+  let s = start(ServerConfig {
+    prompt_cache_size: 0,
+    ..config(MODEL)
+  });
+  let m = model(MODEL);
+  let tok = m.tokenizer.as_ref().unwrap();
+  let prompt = |i: usize| format!("request number {i} says hello");
+  let wants: Vec<usize> = (0..64)
+    .map(|i| {
+      reference(&m, &tok.encode(&prompt(i), true).unwrap(), &greedy(16))
+        .tokens
+        .len()
+    })
+    .collect();
+  drop(m);
+  still_exact_warm(&s);
+  let base = metric(&s, "mlxrs_mlx_active_memory_bytes");
+  std::thread::scope(|sc| {
+    for t in 0..32 {
+      let (s, wants) = (&s, &wants);
+      sc.spawn(move || {
+        for i in [t, t + 32] {
+          let chunks = stream(
+            s,
+            "/v1/completions",
+            &json!({"prompt": prompt(i), "max_tokens": 16, "stream": true,
+                    "stream_options": {"include_usage": true}}),
+          );
+          let last = chunks.last().unwrap();
+          assert_eq!(last["usage"]["completion_tokens"], wants[i], "request {i}");
+          assert!(
+            chunks
+              .iter()
+              .any(|c| !c["choices"][0]["finish_reason"].is_null()),
+            "request {i}: no finish chunk"
+          );
+        }
+      });
+    }
+  });
+  assert_eq!(metric(&s, "mlxrs_running_batch_size"), 0.0);
+  let after = metric(&s, "mlxrs_mlx_active_memory_bytes");
+  assert!(
+    after <= base + 64.0 * 1024.0,
+    "active memory {after} vs baseline {base}"
+  );
+  s.shutdown().unwrap();
+}
+
+fn still_exact_warm(s: &mlxrs_server::Server) {
+  let (st, _) = post(
+    s,
+    "/v1/completions",
+    &json!({"prompt": "warm up", "max_tokens": 4}),
+  );
+  assert_eq!(st, 200);
+}
