@@ -65,7 +65,14 @@ def main():
             lps.append(r.logprobs[r.token].item())
             order = mx.argsort(-r.logprobs)[:3].tolist()
             tops.append([(i, r.logprobs[i].item()) for i in order])
-        return text, tokens, lps, tops
+        # mlx-lm's BPE streaming detokenizer drops the first segment's
+        # leading space (`_maybe_trim_space`); mlxrs (library and server)
+        # keeps it, so that a completion continues its prompt exactly: the
+        # reference text is the plain decode of mlx-lm's tokens, and the
+        # streamed text must equal it up to that one space.
+        full = tok.decode([t for t in tokens if t not in tok.eos_token_ids])
+        assert text == full or (full.startswith(" ") and text == full[1:]), (text, full)
+        return full, tokens, lps, tops
 
     port = free_port()
     proc = subprocess.Popen(
