@@ -20,11 +20,14 @@ import threading
 import time
 
 
+MODEL = "bench"
+
+
 def one(port, prompt, max_tokens):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     body = json.dumps(
         {
-            "model": "bench",
+            "model": MODEL,
             "prompt": prompt,
             "max_tokens": max_tokens,
             "temperature": 0.0,
@@ -107,7 +110,10 @@ def main():
     ap.add_argument("--label", required=True)
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--model", default="bench", help="the `model` field (mlx_lm.server loads it)")
     a = ap.parse_args()
+    global MODEL
+    MODEL = a.model
     words = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex bold jumbo pygmies".split()
     one(a.port, "warm up", 4)
     for c in [int(x) for x in a.levels.split(",")]:

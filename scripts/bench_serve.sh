@@ -38,11 +38,11 @@ P1=$(free_port)
 "$MLXRS" serve --model "$MODEL" --port "$P1" --max-tokens "$MAXTOK" --decode-concurrency 32 2>/tmp/bench_mlxrs.log &
 PIDS+=($!)
 wait_up "$P1"
-"$PY" scripts/bench_serve.py --port "$P1" --label mlxrs --levels "$LEVELS" --max-tokens "$MAXTOK"
+"$PY" scripts/bench_serve.py --port "$P1" --label mlxrs --levels "$LEVELS" --max-tokens "$MAXTOK" --model "$MODEL"
 kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
 
 P2=$(free_port)
-"$PY" -m mlx_lm.server --model "$MODEL" --port "$P2" --max-tokens "$MAXTOK" --decode-concurrency 32 2>/tmp/bench_mlx_lm.log &
+"$PY" -m mlx_lm server --model "$MODEL" --port "$P2" --max-tokens "$MAXTOK" --decode-concurrency 32 2>/tmp/bench_mlx_lm.log &
 PIDS+=($!)
 wait_up "$P2"
-"$PY" scripts/bench_serve.py --port "$P2" --label mlx_lm.server --levels "$LEVELS" --max-tokens "$MAXTOK"
+"$PY" scripts/bench_serve.py --port "$P2" --label mlx_lm.server --levels "$LEVELS" --max-tokens "$MAXTOK" --model "$MODEL"

@@ -5,9 +5,10 @@
 //! Layout: the batch shares one cache offset (as in [`crate::batch`]); a
 //! row's tokens sit at the right end of its buffer row, left-padded with
 //! keys that per-row masks ([`LanguageModel::hidden_padded`]) hide. A row
-//! joining a running batch of width `W` is prefilled on its own, already
-//! left-padded to `W` (so its RoPE positions line up with the batch's),
-//! then its cache is concatenated to the batch's along the batch axis
+//! joining a running batch of width `W` is prefilled on its own in caches
+//! that start at offset `W - len` with masked zero keys (so its RoPE
+//! positions line up with the batch's and only its own tokens are
+//! computed), then its cache is concatenated to the batch's along the batch axis
 //! (mlx-lm's `BatchKVCache.extend`); a finished row is filtered out
 //! (`BatchKVCache.filter`). Because positions are shared, a prompt longer
 //! than the batch's width cannot join until the batch has grown to it (or
@@ -74,7 +75,6 @@ pub struct BatchGenerator<'m> {
   valid: Vec<Vec<bool>>,
   rows: Vec<RowState>,
   prefill_step_size: usize,
-  pad_id: i32,
   batchable: bool,
 }
 
@@ -94,8 +94,8 @@ fn eval_caches(caches: &[KvCache]) -> Result<()> {
 }
 
 impl<'m> BatchGenerator<'m> {
-  /// An empty batch for `model`. `pad_id` fills the left padding (any
-  /// valid id: padded keys are masked); `prefill_step_size` is the prompt
+  /// An empty batch for `model`. `pad_id` (any valid id) feeds the probe
+  /// that tells whether the architecture batches; `prefill_step_size` is the prompt
   /// chunk (python `prefill_step_size`, 2048).
   pub fn new(
     model: &'m dyn LanguageModel,
@@ -128,7 +128,6 @@ impl<'m> BatchGenerator<'m> {
       valid: Vec::new(),
       rows: Vec::new(),
       prefill_step_size,
-      pad_id,
       batchable,
     })
   }
@@ -211,7 +210,7 @@ impl<'m> BatchGenerator<'m> {
     } else {
       self.width() - prompt.len()
     };
-    let (mut caches, done0) = match prefix {
+    let (mut caches, mut done) = match prefix {
       Some(c) if empty => {
         let n = c.first().map(|c| c.offset.max(0) as usize).unwrap_or(0);
         if c.len() != self.caches.len() || n >= prompt.len() {
@@ -222,32 +221,31 @@ impl<'m> BatchGenerator<'m> {
         }
         (c, n)
       }
+      _ if pad > 0 => (self.padding_caches(pad)?, 0),
       _ => (self.model.make_caches(None), 0),
     };
-    // The padded row: `pad` pad tokens then the prompt.
-    let tokens: Vec<i32> = std::iter::repeat_n(self.pad_id, pad)
-      .chain(prompt.iter().copied())
-      .collect();
-    let row_valid: Vec<bool> = (0..tokens.len()).map(|j| j >= pad).collect();
-    let mut done = done0;
+    // The row's key positions: `pad` masked ones (zero keys, never
+    // computed: the caches start at offset `pad`, so the prompt gets the
+    // RoPE positions it will have in the batch), then the prompt.
+    let row_valid: Vec<bool> = (0..pad + prompt.len()).map(|j| j >= pad).collect();
     let forward = |x: &Array, caches: &mut [KvCache], upto: usize| -> Result<Array> {
       if pad == 0 {
         self.model.hidden(x, caches)
       } else {
         self
           .model
-          .hidden_padded(x, caches, &[row_valid[..upto].to_vec()])
+          .hidden_padded(x, caches, &[row_valid[..pad + upto].to_vec()])
       }
     };
-    while tokens.len() - done > 1 {
-      let n = self.prefill_step_size.min(tokens.len() - done - 1);
-      let x = Array::from_slice(&tokens[done..done + n], &[1, n as i32])?;
+    while prompt.len() - done > 1 {
+      let n = self.prefill_step_size.min(prompt.len() - done - 1);
+      let x = Array::from_slice(&prompt[done..done + n], &[1, n as i32])?;
       let _ = forward(&x, &mut caches, done + n)?;
       eval_caches(&caches)?;
       done += n;
     }
-    let x = Array::from_slice(&tokens[done..], &[1, (tokens.len() - done) as i32])?;
-    let h = forward(&x, &mut caches, tokens.len())?;
+    let x = Array::from_slice(&prompt[done..], &[1, (prompt.len() - done) as i32])?;
+    let h = forward(&x, &mut caches, prompt.len())?;
     let s = h.shape();
     let h = ops::slice(&h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?;
     let logits = ops::reshape(&self.model.logits(&h)?, &[1, -1])?;
@@ -312,6 +310,25 @@ impl<'m> BatchGenerator<'m> {
       logprob,
       top_logprobs: top,
     })
+  }
+
+  /// Caches of one row holding `pad` masked positions (zero keys and
+  /// values shaped like the batch's), offset `pad`.
+  fn padding_caches(&self, pad: usize) -> Result<Vec<KvCache>> {
+    self
+      .caches
+      .iter()
+      .map(|c| {
+        let (k, v) = c.state()?.ok_or_else(|| bad("empty batch cache"))?;
+        let zeros = |a: &Array| {
+          let s = a.shape();
+          ops::zeros(&[1, s[1], pad as i32, s[3]], a.dtype())
+        };
+        let mut n = KvCache::standard();
+        n.set_state(zeros(&k)?, zeros(&v)?, pad as i32);
+        Ok(n)
+      })
+      .collect()
   }
 
   /// One decode step for every row (python `BatchGenerator.next()`): feeds

@@ -177,6 +177,9 @@ pub fn run(m: LoadedModel, rx: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Me
     next_id: 0,
   };
   let mut open = true;
+  // `MLXRS_SERVE_TRACE=1`: one stderr line per loop turn (rows, width,
+  // admit and step milliseconds) to see where time goes.
+  let trace = std::env::var_os("MLXRS_SERVE_TRACE").is_some_and(|v| v == "1");
   loop {
     if e.running.is_empty() && e.waiting.is_empty() {
       if !open {
@@ -198,12 +201,23 @@ pub fn run(m: LoadedModel, rx: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Me
       }
     }
     e.drop_cancelled();
+    let t0 = Instant::now();
     e.admit();
     e.metrics
       .running_peak
       .fetch_max(e.running.len(), Ordering::Relaxed);
     e.metrics.running.store(e.running.len(), Ordering::Relaxed);
+    let t1 = Instant::now();
+    let (rows, width) = (e.batch.len(), e.batch.width());
     e.step();
+    if trace {
+      eprintln!(
+        "engine: rows {rows} width {width} waiting {} admit {:.2} ms step {:.2} ms",
+        e.waiting.len(),
+        (t1 - t0).as_secs_f64() * 1e3,
+        t1.elapsed().as_secs_f64() * 1e3
+      );
+    }
     e.metrics.running.store(e.running.len(), Ordering::Relaxed);
   }
 }

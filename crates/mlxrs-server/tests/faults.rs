@@ -290,7 +290,8 @@ fn disconnects_and_idle_connections() {
 
 /// Load: 64 streaming requests from 32 concurrent clients all complete
 /// (nothing lost: each ends with its finish chunk and `[DONE]`, with the
-/// library's token count), and MLX's active memory returns to its baseline
+/// library's text and token count, so batches of up to 32 rows are exact),
+/// and MLX's active memory returns to its baseline
 /// (no leaked cache rows; the prompt cache is off here).
 #[test]
 fn load_nothing_lost_memory_back_to_baseline() {
@@ -301,11 +302,10 @@ fn load_nothing_lost_memory_back_to_baseline() {
   let m = model(MODEL);
   let tok = m.tokenizer.as_ref().unwrap();
   let prompt = |i: usize| format!("request number {i} says hello");
-  let wants: Vec<usize> = (0..64)
+  let wants: Vec<(String, usize)> = (0..64)
     .map(|i| {
-      reference(&m, &tok.encode(&prompt(i), true).unwrap(), &greedy(16))
-        .tokens
-        .len()
+      let o = reference(&m, &tok.encode(&prompt(i), true).unwrap(), &greedy(16));
+      (o.text, o.tokens.len())
     })
     .collect();
   drop(m);
@@ -323,7 +323,15 @@ fn load_nothing_lost_memory_back_to_baseline() {
                     "stream_options": {"include_usage": true}}),
           );
           let last = chunks.last().unwrap();
-          assert_eq!(last["usage"]["completion_tokens"], wants[i], "request {i}");
+          assert_eq!(
+            last["usage"]["completion_tokens"], wants[i].1,
+            "request {i}"
+          );
+          let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+          assert_eq!(text, wants[i].0, "request {i}");
           assert!(
             chunks
               .iter()
@@ -335,6 +343,8 @@ fn load_nothing_lost_memory_back_to_baseline() {
     }
   });
   assert_eq!(metric(&s, "mlxrs_running_batch_size"), 0.0);
+  let peak = metric(&s, "mlxrs_running_batch_size_peak");
+  assert!(peak >= 8.0, "peak batch {peak}");
   let after = metric(&s, "mlxrs_mlx_active_memory_bytes");
   assert!(
     after <= base + 64.0 * 1024.0,
