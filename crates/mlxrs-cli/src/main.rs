@@ -24,6 +24,7 @@ mod embed;
 mod launch;
 mod lm_extra;
 mod lora;
+mod serve;
 mod transcribe;
 mod validate;
 mod vlm;
@@ -63,6 +64,8 @@ enum Cmd {
   Lora(lora::LoraArgs),
   /// Merge adapters into the model weights (python `mlx_lm.fuse`).
   Fuse(lora::FuseArgs),
+  /// OpenAI-compatible HTTP server (python `mlx_lm.server`).
+  Serve(serve::ServeArgs),
   /// Print the MLX version and default device.
   Info,
 }
@@ -643,6 +646,7 @@ fn main() {
     Cmd::Launch(a) => launch::run(a),
     Cmd::Lora(a) => lora::run(a),
     Cmd::Fuse(a) => lora::fuse(a),
+    Cmd::Serve(a) => serve::run(a),
     Cmd::Info => {
       let d = mlxrs_core::Device::default_device()
         .map(|d| d.to_string())

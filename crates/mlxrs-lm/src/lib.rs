@@ -28,6 +28,7 @@ pub use tokenizer::{SpecialTokens, Tokenizer};
 // The MLX half: models, sampling, generation.
 pub mod batch;
 pub mod bench;
+pub mod continuous;
 pub mod convert;
 pub mod generate;
 pub mod gguf;
@@ -42,6 +43,7 @@ pub mod validate;
 pub mod tuner;
 
 pub use batch::batch_generate;
+pub use continuous::{BatchGenerator, RowConfig, RowToken};
 pub use convert::{ConvertOptions, ConvertReport, convert};
 pub use generate::{PromptEmbeddings, Step, StepConfig, TokenGenerator};
 pub use load::{

@@ -20,7 +20,9 @@
 //! `mlx_path` and renamed into place only once complete, so a failed or
 //! interrupted conversion never leaves a folder that looks finished.
 //!
-//! GGUF input is not handled here yet (see [`convert`]'s error).
+//! GGUF input is first unpacked by [`crate::gguf::to_mlx_folder`] into a
+//! hidden folder beside the target (quantized tensors stay packed), which is
+//! then converted like an mlx-community folder.
 
 mod pyjson;
 
@@ -357,11 +359,8 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
   check_destination(&opts.mlx_path, opts.overwrite)?;
 
   // ---- the source ----
-  if opts.hf_path.to_ascii_lowercase().ends_with(".gguf") {
-    return Err(invalid(format!(
-      "{}: GGUF input is not supported by convert yet; load it with the GGUF reader or convert it to safetensors first",
-      opts.hf_path
-    )));
+  if crate::gguf::is_gguf_path(&opts.hf_path) {
+    return convert_gguf(opts);
   }
   let src = resolve_model(&opts.hf_path)?;
   info("Loading");
@@ -1069,4 +1068,32 @@ mod tests {
     assert_eq!((p.group_size, p.bits, p.mode.as_str()), (64, 8, "affine"));
     assert!(params_from_dict(&json!({"bits": 7}), "x").is_err());
   }
+}
+
+/// GGUF input: unpack the file with [`crate::gguf::to_mlx_folder`] into a
+/// hidden folder beside the target, convert that folder with the same
+/// options, and remove it (also on error).
+fn convert_gguf(opts: &ConvertOptions) -> Result<ConvertReport> {
+  let gguf = crate::gguf::resolve_gguf(&opts.hf_path)?;
+  let parent = match opts.mlx_path.parent() {
+    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+    _ => PathBuf::from("."),
+  };
+  std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+  let name = opts
+    .mlx_path
+    .file_name()
+    .map(|n| n.to_string_lossy().into_owned())
+    .unwrap_or_else(|| "out".into());
+  let staging = parent.join(format!(".{name}.gguf-{}", std::process::id()));
+  let _ = std::fs::remove_dir_all(&staging);
+  let result = crate::gguf::to_mlx_folder(&gguf, &staging).and_then(|()| {
+    let inner = ConvertOptions {
+      hf_path: staging.to_string_lossy().into_owned(),
+      ..opts.clone()
+    };
+    convert(&inner)
+  });
+  let _ = std::fs::remove_dir_all(&staging);
+  result
 }

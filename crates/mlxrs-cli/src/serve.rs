@@ -1,0 +1,102 @@
+//! `mlxrs serve`: the OpenAI-compatible server (python `mlx_lm.server`),
+//! flags named as mlx_lm.server's (see `crates/mlxrs-server`).
+
+use anyhow::{Result, bail};
+use clap::Args;
+use mlxrs_server::ServerConfig;
+
+/// `mlxrs serve` flags.
+#[derive(Args)]
+pub struct ServeArgs {
+  /// Model folder or Hugging Face repo id (cached repos load offline).
+  #[arg(long)]
+  model: String,
+  /// Compute dtype for float weights: float32, bfloat16, float16.
+  #[arg(long)]
+  dtype: Option<String>,
+  /// Interface to bind (use 0.0.0.0 to accept other machines).
+  #[arg(long, default_value = "127.0.0.1")]
+  host: String,
+  /// Port (0 picks a free one).
+  #[arg(long, default_value_t = 8080)]
+  port: u16,
+  /// Default token budget of a request without max_tokens.
+  #[arg(long = "max-tokens", default_value_t = 512)]
+  max_tokens: usize,
+  /// Distinct KV caches kept in the prompt cache (0 = off).
+  #[arg(long = "prompt-cache-size", default_value_t = 10)]
+  prompt_cache_size: usize,
+  /// Bytes the prompt cache may hold.
+  #[arg(long = "prompt-cache-bytes")]
+  prompt_cache_bytes: Option<usize>,
+  /// Requests decoded together in one batch at most.
+  #[arg(long = "decode-concurrency", default_value_t = 32)]
+  decode_concurrency: usize,
+  /// Prompts prefilled between two decode steps at most.
+  #[arg(long = "prompt-concurrency", default_value_t = 8)]
+  prompt_concurrency: usize,
+  /// Prompt tokens per prefill chunk.
+  #[arg(long = "prefill-step-size", default_value_t = 2048)]
+  prefill_step_size: usize,
+  /// Speculative decoding draft model (not supported by the server yet).
+  #[arg(long = "draft-model")]
+  draft_model: Option<String>,
+  /// JSON object of chat-template variables, e.g. '{"enable_thinking":false}'.
+  #[arg(long = "chat-template-args")]
+  chat_template_args: Option<String>,
+  /// Require `Authorization: Bearer KEY` on /v1 routes.
+  #[arg(long = "api-key")]
+  api_key: Option<String>,
+  /// Requests allowed to wait for the batch; more get HTTP 429.
+  #[arg(long = "max-queue", default_value_t = 256)]
+  max_queue: usize,
+  /// Largest request body in bytes; larger get HTTP 413.
+  #[arg(long = "max-body-bytes", default_value_t = 4 << 20)]
+  max_body_bytes: usize,
+  /// MLX memory limit in GB (python `mx.set_memory_limit`).
+  #[arg(long = "memory-limit-gb")]
+  memory_limit_gb: Option<f64>,
+}
+
+/// Run the server until ctrl-c / SIGTERM.
+pub fn run(a: ServeArgs) -> Result<()> {
+  if a.draft_model.is_some() {
+    bail!(
+      "--draft-model: speculative decoding is not supported by `mlxrs serve` yet (it is by `mlxrs generate --draft-model`)"
+    );
+  }
+  let chat_template_args = match &a.chat_template_args {
+    None => serde_json::Map::new(),
+    Some(s) => match serde_json::from_str(s) {
+      Ok(serde_json::Value::Object(m)) => m,
+      _ => {
+        bail!("--chat-template-args must be a JSON object, e.g. '{{\"enable_thinking\":false}}'")
+      }
+    },
+  };
+  let memory_limit = match a.memory_limit_gb {
+    None => None,
+    Some(g) if g.is_finite() && g > 0.0 => Some((g * 1e9) as usize),
+    Some(g) => bail!("--memory-limit-gb must be > 0, got {g}"),
+  };
+  let cfg = ServerConfig {
+    dtype: super::parse_dtype(&a.dtype)?,
+    model: a.model,
+    host: a.host,
+    port: a.port,
+    max_tokens: a.max_tokens,
+    prompt_cache_size: a.prompt_cache_size,
+    prompt_cache_bytes: a.prompt_cache_bytes,
+    decode_concurrency: a.decode_concurrency,
+    prompt_concurrency: a.prompt_concurrency,
+    prefill_step_size: a.prefill_step_size,
+    chat_template_args,
+    api_key: a.api_key,
+    max_queue: a.max_queue,
+    max_body_bytes: a.max_body_bytes,
+    memory_limit,
+    model_id: None,
+  };
+  mlxrs_server::run(cfg)?;
+  Ok(())
+}

@@ -1,0 +1,483 @@
+//! Continuous batching: python `mlx_lm.generate.BatchGenerator` — rows
+//! (requests) join and leave a running decode batch at token boundaries,
+//! each with its own sampler, logits processors and top-logprobs count.
+//!
+//! Layout: the batch shares one cache offset (as in [`crate::batch`]); a
+//! row's tokens sit at the right end of its buffer row, left-padded with
+//! keys that per-row masks ([`LanguageModel::hidden_padded`]) hide. A row
+//! joining a running batch of width `W` is prefilled on its own in caches
+//! that start at offset `W - len` with masked zero keys (so its RoPE
+//! positions line up with the batch's and only its own tokens are
+//! computed), then its cache is concatenated to the batch's along the batch axis
+//! (mlx-lm's `BatchKVCache.extend`); a finished row is filtered out
+//! (`BatchKVCache.filter`). Because positions are shared, a prompt longer
+//! than the batch's width cannot join until the batch has grown to it (or
+//! emptied): [`BatchGenerator::fits`]. RoPE scores depend only on position
+//! differences, so a row's greedy tokens are those of a lone run up to float
+//! rounding (the server's tests check them equal).
+//!
+//! A lone row without padding runs the plain [`LanguageModel::hidden`]
+//! path, exactly as [`crate::TokenGenerator`] does; architectures without
+//! [`LanguageModel::hidden_padded`] (or with rotating caches) can therefore
+//! still be served one row at a time ([`BatchGenerator::batchable`]).
+
+use mlxrs_core::{Array, Dtype, Error, Result, ops};
+use mlxrs_nn::{KvCache, KvCacheKind};
+
+use crate::generate::StepArrays;
+use crate::model::LanguageModel;
+use crate::sample::{LogitsConfig, Sampler, SamplerConfig};
+
+/// Per-row generation settings (the per-request part of python
+/// `BatchGenerator.insert(prompts, max_tokens, samplers, logits_processors)`).
+#[derive(Debug, Clone, Default)]
+pub struct RowConfig {
+  /// Sampling (temperature, top-p/k, min-p, seed).
+  pub sampler: SamplerConfig,
+  /// Logits processors (bias, repetition/presence/frequency penalties).
+  pub logits: LogitsConfig,
+  /// Report this many most likely tokens per step (0 = off).
+  pub top_logprobs: usize,
+}
+
+/// One generated token of one row.
+#[derive(Debug, Clone)]
+pub struct RowToken {
+  /// The row's id (as given to [`BatchGenerator::insert`]).
+  pub id: u64,
+  /// The token.
+  pub token: i32,
+  /// Its log-probability (after logits processors).
+  pub logprob: f32,
+  /// The row's `top_logprobs` most likely `(token, logprob)`, most likely
+  /// first.
+  pub top_logprobs: Vec<(i32, f32)>,
+}
+
+struct RowState {
+  id: u64,
+  sampler: Sampler,
+  logits: LogitsConfig,
+  /// Prompt + generated tokens (kept only when a processor needs them).
+  history: Vec<i32>,
+  /// The last sampled token (not yet fed to the model).
+  last: i32,
+  top: usize,
+  /// Leading padding positions of this row.
+  pad: usize,
+}
+
+/// A running decode batch (python `BatchGenerator`).
+pub struct BatchGenerator<'m> {
+  model: &'m dyn LanguageModel,
+  caches: Vec<KvCache>,
+  /// Per row, which of the `width` key positions are real tokens.
+  valid: Vec<Vec<bool>>,
+  rows: Vec<RowState>,
+  prefill_step_size: usize,
+  batchable: bool,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+  Error::InvalidArgument(msg.into())
+}
+
+fn eval_caches(caches: &[KvCache]) -> Result<()> {
+  let mut state = Vec::new();
+  for c in caches {
+    if let Some((k, v)) = c.state()? {
+      state.push(k);
+      state.push(v);
+    }
+  }
+  mlxrs_core::eval(&state)
+}
+
+impl<'m> BatchGenerator<'m> {
+  /// An empty batch for `model`. `pad_id` (any valid id) feeds the probe
+  /// that tells whether the architecture batches; `prefill_step_size` is the prompt
+  /// chunk (python `prefill_step_size`, 2048).
+  pub fn new(
+    model: &'m dyn LanguageModel,
+    prefill_step_size: usize,
+    pad_id: i32,
+  ) -> Result<BatchGenerator<'m>> {
+    if prefill_step_size == 0 {
+      return Err(bad("prefill_step_size must be > 0"));
+    }
+    if pad_id < 0 || pad_id >= model.vocab_size() {
+      return Err(bad(format!(
+        "pad id {pad_id} is outside the vocabulary [0, {})",
+        model.vocab_size()
+      )));
+    }
+    let caches = model.make_caches(None);
+    // A padded forward over an empty batch tells whether the architecture
+    // implements `hidden_padded`; rotating caches never batch.
+    let standard = caches
+      .iter()
+      .all(|c| c.kind() == KvCacheKind::Standard && !c.is_quantized() && c.chunk_size().is_none());
+    let batchable = standard && {
+      let mut probe = model.make_caches(None);
+      let x = Array::from_slice(&[pad_id], &[1, 1])?;
+      model.hidden_padded(&x, &mut probe, &[vec![true]]).is_ok()
+    };
+    Ok(BatchGenerator {
+      model,
+      caches,
+      valid: Vec::new(),
+      rows: Vec::new(),
+      prefill_step_size,
+      batchable,
+    })
+  }
+
+  /// Whether more than one row can run at once (the architecture has
+  /// [`LanguageModel::hidden_padded`] and standard caches).
+  pub fn batchable(&self) -> bool {
+    self.batchable
+  }
+
+  /// Rows running.
+  pub fn len(&self) -> usize {
+    self.rows.len()
+  }
+
+  /// Whether no row runs.
+  pub fn is_empty(&self) -> bool {
+    self.rows.is_empty()
+  }
+
+  /// The shared cache width (positions held per row, padding included).
+  pub fn width(&self) -> usize {
+    if self.rows.is_empty() {
+      0
+    } else {
+      self
+        .caches
+        .first()
+        .map(|c| c.offset.max(0) as usize)
+        .unwrap_or(0)
+    }
+  }
+
+  /// Whether a prompt of `len` tokens can join now: always into an empty
+  /// batch; otherwise only for a batchable model and `len <= width`.
+  pub fn fits(&self, len: usize) -> bool {
+    self.rows.is_empty() || (self.batchable && len <= self.width())
+  }
+
+  /// Bytes held by the batch caches.
+  pub fn nbytes(&self) -> usize {
+    self.caches.iter().map(KvCache::nbytes).sum()
+  }
+
+  /// Prefill `prompt` as row `id` and return its first token. `prefix`
+  /// (only into an empty batch) continues a prompt cache holding the first
+  /// `prefix.offset` tokens of `prompt`; at least one prompt token must be
+  /// left to process. Errors leave the running rows untouched.
+  pub fn insert(
+    &mut self,
+    id: u64,
+    prompt: &[i32],
+    prefix: Option<Vec<KvCache>>,
+    cfg: &RowConfig,
+  ) -> Result<RowToken> {
+    if prompt.is_empty() {
+      return Err(bad("the prompt is empty (no tokens)"));
+    }
+    let vocab = self.model.vocab_size();
+    if let Some(&t) = prompt.iter().find(|&&t| t < 0 || t >= vocab) {
+      return Err(bad(format!(
+        "prompt token {t} is outside the vocabulary [0, {vocab})"
+      )));
+    }
+    if self.rows.iter().any(|r| r.id == id) {
+      return Err(bad(format!("row {id} is already in the batch")));
+    }
+    cfg.logits.validate(vocab)?;
+    let mut sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
+    if !self.fits(prompt.len()) {
+      return Err(bad(format!(
+        "a prompt of {} tokens does not fit a running batch of width {}",
+        prompt.len(),
+        self.width()
+      )));
+    }
+    let empty = self.rows.is_empty();
+    let pad = if empty {
+      0
+    } else {
+      self.width() - prompt.len()
+    };
+    let (mut caches, mut done) = match prefix {
+      Some(c) if empty => {
+        let n = c.first().map(|c| c.offset.max(0) as usize).unwrap_or(0);
+        if c.len() != self.caches.len() || n >= prompt.len() {
+          return Err(bad(format!(
+            "prompt cache of {n} positions does not fit a prompt of {} tokens",
+            prompt.len()
+          )));
+        }
+        (c, n)
+      }
+      _ if pad > 0 => (self.padding_caches(pad)?, 0),
+      _ => (self.model.make_caches(None), 0),
+    };
+    // The row's key positions: `pad` masked ones (zero keys, never
+    // computed: the caches start at offset `pad`, so the prompt gets the
+    // RoPE positions it will have in the batch), then the prompt.
+    let row_valid: Vec<bool> = (0..pad + prompt.len()).map(|j| j >= pad).collect();
+    let forward = |x: &Array, caches: &mut [KvCache], upto: usize| -> Result<Array> {
+      if pad == 0 {
+        self.model.hidden(x, caches)
+      } else {
+        self
+          .model
+          .hidden_padded(x, caches, &[row_valid[..pad + upto].to_vec()])
+      }
+    };
+    while prompt.len() - done > 1 {
+      let n = self.prefill_step_size.min(prompt.len() - done - 1);
+      let x = Array::from_slice(&prompt[done..done + n], &[1, n as i32])?;
+      let _ = forward(&x, &mut caches, done + n)?;
+      eval_caches(&caches)?;
+      done += n;
+    }
+    let x = Array::from_slice(&prompt[done..], &[1, (prompt.len() - done) as i32])?;
+    let h = forward(&x, &mut caches, prompt.len())?;
+    let s = h.shape();
+    let h = ops::slice(&h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?;
+    let logits = ops::reshape(&self.model.logits(&h)?, &[1, -1])?;
+    let mut history = Vec::new();
+    let logits = if cfg.logits.is_active() {
+      history.extend_from_slice(prompt);
+      cfg.logits.apply(&history, &logits)?
+    } else {
+      logits
+    };
+    let lse = ops::logsumexp_axis(&logits, -1, true)?;
+    let logprobs = ops::subtract(&logits, &lse)?;
+    let y = ops::astype(&sampler.sample(&logprobs)?, Dtype::Int32)?;
+    let st = StepArrays::new(y, logprobs, cfg.top_logprobs)?;
+    let mut outs = st.outputs();
+    for c in &caches {
+      if let Some((k, v)) = c.state()? {
+        outs.push(k);
+        outs.push(v);
+      }
+    }
+    mlxrs_core::eval(&outs)?;
+    let (token, logprob, top) = st
+      .read()?
+      .into_iter()
+      .next()
+      .ok_or_else(|| bad("empty step"))?;
+    // Merge into the batch (nothing above touched the running rows).
+    if empty {
+      self.caches = caches;
+      self.valid = vec![row_valid];
+    } else {
+      let w = self.width() as i32;
+      let mut merged = Vec::with_capacity(self.caches.len());
+      for (b, r) in self.caches.iter().zip(&caches) {
+        let (bk, bv) = b.state()?.ok_or_else(|| bad("empty batch cache"))?;
+        let (rk, rv) = r.state()?.ok_or_else(|| bad("empty row cache"))?;
+        let k = ops::concatenate_axis(&[bk, rk], 0)?;
+        let v = ops::concatenate_axis(&[bv, rv], 0)?;
+        let mut c = KvCache::standard();
+        c.set_state(k, v, w);
+        merged.push(c);
+      }
+      self.caches = merged;
+      self.valid.push(row_valid);
+    }
+    if cfg.logits.is_active() {
+      history.push(token);
+    }
+    self.rows.push(RowState {
+      id,
+      sampler,
+      logits: cfg.logits.clone(),
+      history,
+      last: token,
+      top: cfg.top_logprobs,
+      pad,
+    });
+    Ok(RowToken {
+      id,
+      token,
+      logprob,
+      top_logprobs: top,
+    })
+  }
+
+  /// Caches of one row holding `pad` masked positions (zero keys and
+  /// values shaped like the batch's), offset `pad`.
+  fn padding_caches(&self, pad: usize) -> Result<Vec<KvCache>> {
+    self
+      .caches
+      .iter()
+      .map(|c| {
+        let (k, v) = c.state()?.ok_or_else(|| bad("empty batch cache"))?;
+        let zeros = |a: &Array| {
+          let s = a.shape();
+          ops::zeros(&[1, s[1], pad as i32, s[3]], a.dtype())
+        };
+        let mut n = KvCache::standard();
+        n.set_state(zeros(&k)?, zeros(&v)?, pad as i32);
+        Ok(n)
+      })
+      .collect()
+  }
+
+  /// One decode step for every row (python `BatchGenerator.next()`): feeds
+  /// each row's last token and returns each row's next one, in row order.
+  pub fn step(&mut self) -> Result<Vec<RowToken>> {
+    if self.rows.is_empty() {
+      return Ok(Vec::new());
+    }
+    let b = self.rows.len();
+    let last: Vec<i32> = self.rows.iter().map(|r| r.last).collect();
+    let x = Array::from_slice(&last, &[b as i32, 1])?;
+    let h = if b == 1 && self.rows[0].pad == 0 {
+      self.model.hidden(&x, &mut self.caches)?
+    } else {
+      let mut valid = self.valid.clone();
+      for v in valid.iter_mut() {
+        v.push(true);
+      }
+      let h = self.model.hidden_padded(&x, &mut self.caches, &valid)?;
+      self.valid = valid;
+      h
+    };
+    if b == 1 && self.rows[0].pad == 0 {
+      self.valid[0].push(true);
+    }
+    let logits = ops::reshape(&self.model.logits(&h)?, &[b as i32, -1])?;
+    let top = self.rows.iter().map(|r| r.top).max().unwrap_or(0);
+    let simple = self
+      .rows
+      .iter()
+      .all(|r| r.sampler.is_greedy() && !r.logits.is_active());
+    let st = if simple {
+      let lse = ops::logsumexp_axis(&logits, -1, true)?;
+      let logprobs = ops::subtract(&logits, &lse)?;
+      let y = ops::astype(&ops::argmax_axis(&logprobs, -1, false)?, Dtype::Int32)?;
+      StepArrays::new(y, logprobs, top)?
+    } else {
+      let v = logits.dim(-1).unwrap_or(0);
+      let mut lps = Vec::with_capacity(b);
+      let mut ys = Vec::with_capacity(b);
+      for (i, r) in self.rows.iter_mut().enumerate() {
+        let i = i as i32;
+        let mut l = ops::slice(&logits, &[i, 0], &[i + 1, v], &[1, 1])?;
+        if r.logits.is_active() {
+          l = r.logits.apply(&r.history, &l)?;
+        }
+        let lse = ops::logsumexp_axis(&l, -1, true)?;
+        let lp = ops::subtract(&l, &lse)?;
+        ys.push(ops::astype(&r.sampler.sample(&lp)?, Dtype::Int32)?);
+        lps.push(lp);
+      }
+      let y = ops::concatenate_axis(&ys, 0)?;
+      let logprobs = ops::concatenate_axis(&lps, 0)?;
+      StepArrays::new(y, logprobs, top)?
+    };
+    let mut outs = st.outputs();
+    for c in &self.caches {
+      if let Some((k, v)) = c.state()? {
+        outs.push(k);
+        outs.push(v);
+      }
+    }
+    mlxrs_core::eval(&outs)?;
+    let got = st.read()?;
+    let mut res = Vec::with_capacity(b);
+    for (r, (t, lp, mut tp)) in self.rows.iter_mut().zip(got) {
+      r.last = t;
+      if r.logits.is_active() {
+        r.history.push(t);
+      }
+      tp.truncate(r.top);
+      res.push(RowToken {
+        id: r.id,
+        token: t,
+        logprob: lp,
+        top_logprobs: tp,
+      });
+    }
+    Ok(res)
+  }
+
+  /// The prompt cache of row `id` (python: the cache mlx-lm's server keeps
+  /// for the next turn): its positions as a lone cache, if the row has no
+  /// padding (it started the batch) and standard caches; it holds the prompt and every
+  /// generated token but the last.
+  pub fn row_cache(&self, id: u64) -> Result<Option<Vec<KvCache>>> {
+    let Some(i) = self.rows.iter().position(|r| r.id == id) else {
+      return Ok(None);
+    };
+    if self.rows[i].pad != 0 || !self.batchable {
+      return Ok(None);
+    }
+    let w = self.width() as i32;
+    let idx = Array::from_slice(&[i as i32], &[1])?;
+    let mut out = Vec::with_capacity(self.caches.len());
+    for c in &self.caches {
+      let (k, v) = c.state()?.ok_or_else(|| bad("empty batch cache"))?;
+      let k = ops::take_axis(&k, &idx, 0)?;
+      let v = ops::take_axis(&v, &idx, 0)?;
+      // Evaluate now so the copy does not keep the batch buffers alive.
+      mlxrs_core::eval(&[k.clone(), v.clone()])?;
+      let mut n = KvCache::standard();
+      n.set_state(k, v, w);
+      out.push(n);
+    }
+    Ok(Some(out))
+  }
+
+  /// Remove row `id` (python `BatchKVCache.filter`); `false` if absent.
+  /// An emptied batch frees its caches.
+  pub fn remove(&mut self, id: u64) -> Result<bool> {
+    let Some(i) = self.rows.iter().position(|r| r.id == id) else {
+      return Ok(false);
+    };
+    if self.rows.len() == 1 {
+      self.clear();
+      return Ok(true);
+    }
+    let keep: Vec<i32> = (0..self.rows.len() as i32)
+      .filter(|&j| j != i as i32)
+      .collect();
+    let idx = Array::from_slice(&keep, &[keep.len() as i32])?;
+    let w = self.width() as i32;
+    let mut kept = Vec::with_capacity(self.caches.len());
+    for c in &self.caches {
+      let (k, v) = c.state()?.ok_or_else(|| bad("empty batch cache"))?;
+      let mut n = KvCache::standard();
+      n.set_state(
+        ops::take_axis(&k, &idx, 0)?,
+        ops::take_axis(&v, &idx, 0)?,
+        w,
+      );
+      kept.push(n);
+    }
+    self.caches = kept;
+    self.rows.remove(i);
+    self.valid.remove(i);
+    Ok(true)
+  }
+
+  /// Drop every row and free the caches (e.g. after a failed step).
+  pub fn clear(&mut self) {
+    self.rows.clear();
+    self.valid.clear();
+    self.caches = self.model.make_caches(None);
+  }
+
+  /// Ids of the running rows, in row order.
+  pub fn ids(&self) -> Vec<u64> {
+    self.rows.iter().map(|r| r.id).collect()
+  }
+}

@@ -1,0 +1,333 @@
+//! `mlxrs serve`: an OpenAI-compatible HTTP server (python
+//! `mlx_lm.server`) with continuous batching.
+//!
+//! - Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`
+//!   (non-streaming and server-sent events), `GET /v1/models`,
+//!   `GET /health`, `GET /metrics` (Prometheus text).
+//! - One engine thread owns the model, the running batch
+//!   ([`mlxrs_lm::BatchGenerator`]) and the prompt cache
+//!   ([`prompt_cache::PromptCache`]); handlers talk to it over channels
+//!   ([`engine`]).
+//! - Faults stay with their request: bad bodies get OpenAI-shaped 400s, a
+//!   full queue 429, an oversized body 413, a failed request a 500 while the
+//!   others keep running; a client that goes away cancels its rows.
+//!
+//! [`Server::start`] runs it in the background (tests, embedding);
+//! [`run`] runs it until ctrl-c / SIGTERM (the CLI).
+
+pub mod api;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod prompt_cache;
+pub mod row_text;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::thread::JoinHandle;
+
+use mlxrs_core::Dtype;
+use mlxrs_lm::{LoadOptions, Tokenizer};
+use serde_json::{Map, Value};
+
+use crate::engine::EngineConfig;
+use crate::http::AppState;
+use crate::metrics::Metrics;
+
+/// Server settings (flags named as `mlx_lm.server`'s).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+  /// Model folder or Hugging Face repo id (`--model`).
+  pub model: String,
+  /// Compute dtype (`None`: float32 on CPU, the checkpoint's on GPU).
+  pub dtype: Option<Dtype>,
+  /// Interface to bind (`--host`, 127.0.0.1).
+  pub host: String,
+  /// Port (`--port`, 8080; 0 picks a free one).
+  pub port: u16,
+  /// Default token budget (`--max-tokens`, 512).
+  pub max_tokens: usize,
+  /// Prompt-cache entries (`--prompt-cache-size`, 10; 0 = off).
+  pub prompt_cache_size: usize,
+  /// Prompt-cache bytes (`--prompt-cache-bytes`).
+  pub prompt_cache_bytes: Option<usize>,
+  /// Rows decoded together (`--decode-concurrency`, 32).
+  pub decode_concurrency: usize,
+  /// Prompts prefilled per step (`--prompt-concurrency`, 8).
+  pub prompt_concurrency: usize,
+  /// Prompt tokens per prefill chunk (`--prefill-step-size`, 2048).
+  pub prefill_step_size: usize,
+  /// Extra chat-template variables (`--chat-template-args`).
+  pub chat_template_args: Map<String, Value>,
+  /// Required bearer token (`--api-key`).
+  pub api_key: Option<String>,
+  /// Rows allowed to wait (`--max-queue`, 256): more get 429.
+  pub max_queue: usize,
+  /// Largest request body in bytes (`--max-body-bytes`, 4 MiB): more get 413.
+  pub max_body_bytes: usize,
+  /// MLX memory limit in bytes (`--memory-limit-gb`; python
+  /// `mx.set_memory_limit`).
+  pub memory_limit: Option<usize>,
+  /// Id reported by `/v1/models` (default: the `--model` value).
+  pub model_id: Option<String>,
+}
+
+impl Default for ServerConfig {
+  fn default() -> Self {
+    ServerConfig {
+      model: String::new(),
+      dtype: None,
+      host: "127.0.0.1".into(),
+      port: 8080,
+      max_tokens: 512,
+      prompt_cache_size: 10,
+      prompt_cache_bytes: None,
+      decode_concurrency: 32,
+      prompt_concurrency: 8,
+      prefill_step_size: 2048,
+      chat_template_args: Map::new(),
+      api_key: None,
+      max_queue: 256,
+      max_body_bytes: 4 << 20,
+      memory_limit: None,
+      model_id: None,
+    }
+  }
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+  /// The model did not load.
+  #[error("loading {model}: {message}")]
+  Load {
+    /// `--model`.
+    model: String,
+    /// Why.
+    message: String,
+  },
+  /// A bad setting.
+  #[error("{0}")]
+  Config(String),
+  /// Binding or serving failed.
+  #[error("{0}")]
+  Io(#[from] std::io::Error),
+}
+
+/// A running server (background threads); [`Server::shutdown`] stops it.
+pub struct Server {
+  addr: SocketAddr,
+  stop: Option<tokio::sync::oneshot::Sender<()>>,
+  http: Option<JoinHandle<Result<(), String>>>,
+}
+
+struct Loaded {
+  tok: Tokenizer,
+  vocab: i32,
+  max_context: Option<usize>,
+}
+
+impl Server {
+  /// Load the model on a new engine thread, bind `host:port` and serve in
+  /// the background. With `signals`, ctrl-c / SIGTERM also stop it.
+  pub fn start(cfg: ServerConfig, signals: bool) -> Result<Server, ServeError> {
+    if cfg.decode_concurrency == 0 || cfg.prompt_concurrency == 0 || cfg.prefill_step_size == 0 {
+      return Err(ServeError::Config(
+        "--decode-concurrency, --prompt-concurrency and --prefill-step-size must be > 0".into(),
+      ));
+    }
+    if cfg.max_tokens == 0 {
+      return Err(ServeError::Config("--max-tokens must be > 0".into()));
+    }
+    let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::default());
+    let (job_tx, job_rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Loaded, String>>();
+    let engine_metrics = Arc::clone(&metrics);
+    let ecfg_base = cfg.clone();
+    let engine = std::thread::Builder::new()
+      .name("mlxrs-engine".into())
+      .spawn(move || {
+        let cfg = ecfg_base;
+        if let Some(l) = cfg.memory_limit {
+          if let Err(e) = mlxrs_core::memory::set_memory_limit(l) {
+            let _ = ready_tx.send(Err(format!("setting the memory limit: {e}")));
+            return;
+          }
+        }
+        let m = match mlxrs_lm::load(
+          &cfg.model,
+          &LoadOptions {
+            dtype: cfg.dtype,
+            no_tokenizer: false,
+          },
+        ) {
+          Ok(m) => m,
+          Err(e) => {
+            let _ = ready_tx.send(Err(e.to_string()));
+            return;
+          }
+        };
+        let Some(tok) = m.tokenizer.clone() else {
+          let _ = ready_tx.send(Err("the model has no tokenizer".into()));
+          return;
+        };
+        let max_width = m.max_context.unwrap_or(8192).max(1024);
+        let _ = ready_tx.send(Ok(Loaded {
+          tok,
+          vocab: m.model.vocab_size(),
+          max_context: m.max_context,
+        }));
+        let ecfg = EngineConfig {
+          decode_concurrency: cfg.decode_concurrency,
+          prompt_concurrency: cfg.prompt_concurrency,
+          prompt_cache_size: cfg.prompt_cache_size,
+          prompt_cache_bytes: cfg.prompt_cache_bytes,
+          prefill_step_size: cfg.prefill_step_size,
+          max_width,
+        };
+        engine::run(m, job_rx, ecfg, engine_metrics);
+      })?;
+    let loaded = match ready_rx.recv() {
+      Ok(Ok(l)) => l,
+      Ok(Err(message)) => {
+        let _ = engine.join();
+        return Err(ServeError::Load {
+          model: cfg.model.clone(),
+          message,
+        });
+      }
+      Err(_) => {
+        let _ = engine.join();
+        return Err(ServeError::Load {
+          model: cfg.model.clone(),
+          message: "the engine thread stopped while loading".into(),
+        });
+      }
+    };
+    let state = Arc::new(AppState {
+      tx: job_tx,
+      tok: loaded.tok,
+      defaults: api::Defaults {
+        max_tokens: cfg.max_tokens,
+        chat_template_args: cfg.chat_template_args.clone(),
+        vocab: loaded.vocab,
+        max_context: loaded.max_context,
+      },
+      model_id: cfg.model_id.clone().unwrap_or_else(|| cfg.model.clone()),
+      api_key: cfg.api_key.clone(),
+      max_queue: cfg.max_queue,
+      metrics,
+      max_body: cfg.max_body_bytes,
+      created: std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0),
+      counter: AtomicU64::new(0),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = std::thread::Builder::new()
+      .name("mlxrs-http".into())
+      .spawn(move || -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+          .worker_threads(2)
+          .enable_all()
+          .build()
+          .map_err(|e| e.to_string())?;
+        let res = rt.block_on(async move {
+          let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+          let app = http::router(state);
+          axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+              if signals {
+                tokio::select! {
+                  _ = stop_rx => {},
+                  _ = shutdown_signal() => {},
+                }
+              } else {
+                let _ = stop_rx.await;
+              }
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        // Dropping the runtime drops the state and with it the engine's
+        // channel: the engine finishes and exits.
+        drop(rt);
+        let _ = engine.join();
+        res
+      })?;
+    Ok(Server {
+      addr,
+      stop: Some(stop_tx),
+      http: Some(http),
+    })
+  }
+
+  /// The bound address.
+  pub fn addr(&self) -> SocketAddr {
+    self.addr
+  }
+
+  /// Stop accepting, let open requests end, stop the engine, and wait.
+  pub fn shutdown(mut self) -> Result<(), ServeError> {
+    if let Some(s) = self.stop.take() {
+      let _ = s.send(());
+    }
+    self.wait()
+  }
+
+  /// Wait until the server stops (a signal, with `signals`).
+  pub fn wait(&mut self) -> Result<(), ServeError> {
+    match self.http.take().map(JoinHandle::join) {
+      Some(Ok(Err(e))) => Err(ServeError::Config(e)),
+      Some(Err(_)) => Err(ServeError::Config("the HTTP thread panicked".into())),
+      _ => Ok(()),
+    }
+  }
+}
+
+impl Drop for Server {
+  fn drop(&mut self) {
+    if let Some(s) = self.stop.take() {
+      let _ = s.send(());
+    }
+    let _ = self.wait();
+  }
+}
+
+async fn shutdown_signal() {
+  #[cfg(unix)]
+  {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+      Ok(mut term) => {
+        tokio::select! {
+          _ = tokio::signal::ctrl_c() => {},
+          _ = term.recv() => {},
+        }
+      }
+      Err(_) => {
+        let _ = tokio::signal::ctrl_c().await;
+      }
+    }
+  }
+  #[cfg(not(unix))]
+  {
+    let _ = tokio::signal::ctrl_c().await;
+  }
+}
+
+/// Serve until ctrl-c or SIGTERM (the `mlxrs serve` command).
+pub fn run(cfg: ServerConfig) -> Result<(), ServeError> {
+  let mut s = Server::start(cfg, true)?;
+  eprintln!(
+    "mlxrs serve: listening on http://{} (OpenAI API under /v1)",
+    s.addr()
+  );
+  s.wait()
+}
