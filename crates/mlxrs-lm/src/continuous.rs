@@ -286,7 +286,7 @@ impl<'m> BatchGenerator<'m> {
         let k = ops::concatenate_axis(&[bk, rk], 0)?;
         let v = ops::concatenate_axis(&[bv, rv], 0)?;
         let mut c = KvCache::standard();
-        c.set_state(k, v, w);
+        c.set_state(k, v, w)?;
         merged.push(c);
       }
       self.caches = merged;
@@ -325,7 +325,7 @@ impl<'m> BatchGenerator<'m> {
           ops::zeros(&[1, s[1], pad as i32, s[3]], a.dtype())
         };
         let mut n = KvCache::standard();
-        n.set_state(zeros(&k)?, zeros(&v)?, pad as i32);
+        n.set_state(zeros(&k)?, zeros(&v)?, pad as i32)?;
         Ok(n)
       })
       .collect()
@@ -431,7 +431,7 @@ impl<'m> BatchGenerator<'m> {
       // Evaluate now so the copy does not keep the batch buffers alive.
       mlxrs_core::eval(&[k.clone(), v.clone()])?;
       let mut n = KvCache::standard();
-      n.set_state(k, v, w);
+      n.set_state(k, v, w)?;
       out.push(n);
     }
     Ok(Some(out))
@@ -460,7 +460,7 @@ impl<'m> BatchGenerator<'m> {
         ops::take_axis(&k, &idx, 0)?,
         ops::take_axis(&v, &idx, 0)?,
         w,
-      );
+      )?;
       kept.push(n);
     }
     self.caches = kept;

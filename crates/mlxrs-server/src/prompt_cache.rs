@@ -35,7 +35,7 @@ fn cut(c: &KvCache, n: i32) -> Result<KvCache> {
       stop[2] = n;
       ops::slice(a, &[0, 0, 0, 0], &stop, &[1, 1, 1, 1])
     };
-    out.set_state(sl(&k)?, sl(&v)?, n);
+    out.set_state(sl(&k)?, sl(&v)?, n)?;
   }
   Ok(out)
 }
