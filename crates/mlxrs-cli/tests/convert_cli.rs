@@ -137,5 +137,8 @@ fn convert_from_gguf_generates_like_the_gguf() {
   let want = tokens_with(&gguf, &[]);
   assert!(!want.is_empty());
   let f16 = ["--dtype", "float16"];
-  assert_eq!(tokens_with(&gguf, &f16), tokens_with(dst.to_str().unwrap(), &f16));
+  assert_eq!(
+    tokens_with(&gguf, &f16),
+    tokens_with(dst.to_str().unwrap(), &f16)
+  );
 }

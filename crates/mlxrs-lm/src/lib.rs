@@ -39,8 +39,8 @@ pub mod sample;
 pub mod shard;
 pub mod speculative;
 pub mod text;
-pub mod validate;
 pub mod tuner;
+pub mod validate;
 
 pub use batch::batch_generate;
 pub use continuous::{BatchGenerator, RowConfig, RowToken};
