@@ -13,6 +13,7 @@
 //!   temperature fallback.
 //! - [`timing`]: word-level timestamps (cross-attention DTW, python
 //!   `word_timestamps=True`).
+#![forbid(unsafe_code)]
 
 pub mod audio;
 pub mod ct2;

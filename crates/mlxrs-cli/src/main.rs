@@ -6,6 +6,7 @@
 //! - `mlxrs convert --hf-path SRC --mlx-path DST [-q ...]` (python `mlx_lm.convert`)
 //! - `mlxrs launch -n N -- generate ...` (python `mlx.launch`; tensor parallel)
 //! - `mlxrs info` (MLX version and device)
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;

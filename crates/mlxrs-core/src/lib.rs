@@ -5,6 +5,7 @@
 //! [`fast`] kernels, and evaluation.
 //! Every fallible call returns [`Result`]; MLX's C++ exceptions become
 //! [`Error::Mlx`] values and never abort the process.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod array;
 pub mod atomic;

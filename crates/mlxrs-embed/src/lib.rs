@@ -39,6 +39,7 @@
 //!   scalar and single-threaded).
 //!
 //! Every failure is an [`Error`] naming the file, field or input at fault.
+#![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod config;

@@ -6,6 +6,7 @@
 //! Hugging Face Hub ([`hub`]), mirroring Python mlx-lm's `utils.py` /
 //! `tokenizer_utils.py` and transformers' tokenizer loading and
 //! `apply_chat_template`.
+#![forbid(unsafe_code)]
 
 pub mod chat;
 pub mod config;

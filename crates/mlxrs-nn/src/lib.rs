@@ -24,6 +24,7 @@
 //!   `clip_grad_norm`), [`value_and_grad`] over a module.
 //!
 //! `docs/nn.md` maps each item to its python equivalent.
+#![forbid(unsafe_code)]
 
 pub mod activations;
 pub mod attention;

@@ -14,6 +14,7 @@
 //!
 //! [`Server::start`] runs it in the background (tests, embedding);
 //! [`run`] runs it until ctrl-c / SIGTERM (the CLI).
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod engine;

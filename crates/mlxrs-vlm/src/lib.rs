@@ -29,6 +29,7 @@
 //! }
 //! # Ok::<(), mlxrs_vlm::Error>(())
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod chat;
 pub mod error;

@@ -6,6 +6,7 @@
 //! use mlxrs::core::Array;
 //! let a = Array::from_slice::<f32>(&[1.0, 2.0, 3.0], &(3,)).unwrap();
 //! ```
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "audio")]
 pub use mlxrs_audio as audio;
