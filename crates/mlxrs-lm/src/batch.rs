@@ -26,6 +26,9 @@ use crate::tokenizer::Tokenizer;
 pub const BATCH_MODEL_TYPES: &[&str] = &[
   "deepseek_v3",
   "gemma2",
+  "granite",
+  "helium",
+  "internlm3",
   "llama",
   "mistral",
   "mixtral",

@@ -103,6 +103,9 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "gemma",
   "gemma2",
   "gemma3_text",
+  "granite",
+  "helium",
+  "internlm3",
   "llama",
   "mistral",
   "qwen2",
@@ -131,6 +134,10 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("mixtral", crate::models::mixtral::build),
     ("gpt_oss", crate::models::gpt_oss::build),
     ("deepseek_v3", crate::models::deepseek_v3::build),
+    ("granite", crate::models::granite::build),
+    ("helium", crate::models::helium::build),
+    ("internlm3", crate::models::internlm3::build),
+    ("olmo3", crate::models::olmo3::build),
   ]
 }
 

@@ -64,7 +64,7 @@ pub struct LlamaArgs {
 }
 
 /// Differences between the Llama-shaped families.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Variant {
   /// Bias on q/k/v (Qwen2: always; Llama: `attention_bias`).
   pub qkv_bias: bool,
@@ -72,6 +72,35 @@ pub struct Variant {
   pub o_bias: bool,
   /// RMSNorm on per-head q and k before RoPE (Qwen3).
   pub qk_norm: bool,
+  /// Factor on the input embeddings (Granite `embedding_multiplier`).
+  pub embedding_scale: f32,
+  /// Factor on each branch output before its residual add (Granite
+  /// `residual_multiplier`).
+  pub residual_scale: f32,
+  /// Attention scale instead of `head_dim^-0.5` (Granite
+  /// `attention_multiplier`).
+  pub attention_scale: Option<f32>,
+  /// Divisor of the logits (Granite `logits_scaling`).
+  pub logits_divisor: f32,
+}
+
+impl Default for Variant {
+  fn default() -> Variant {
+    Variant {
+      qkv_bias: false,
+      o_bias: false,
+      qk_norm: false,
+      embedding_scale: 1.0,
+      residual_scale: 1.0,
+      attention_scale: None,
+      logits_divisor: 1.0,
+    }
+  }
+}
+
+/// `x * s`, skipped when `s == 1` (bit-identical to the unscaled model).
+fn scaled(x: Array, s: f32) -> Result<Array> {
+  if s == 1.0 { Ok(x) } else { x * s }
 }
 
 struct Attention {
@@ -144,6 +173,7 @@ struct Block {
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
   sliding: bool,
+  residual_scale: f32,
 }
 module!(Block {
   self_attn,
@@ -154,18 +184,14 @@ module!(Block {
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let h = ops::add(
-      x,
-      &self
-        .self_attn
-        .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
-    )?;
-    ops::add(
-      &h,
-      &self
-        .mlp
-        .forward(&self.post_attention_layernorm.forward(&h)?)?,
-    )
+    let r = self
+      .self_attn
+      .forward(&self.input_layernorm.forward(x)?, mask, cache)?;
+    let h = ops::add(x, &scaled(r, self.residual_scale)?)?;
+    let r = self
+      .mlp
+      .forward(&self.post_attention_layernorm.forward(&h)?)?;
+    ops::add(&h, &scaled(r, self.residual_scale)?)
   }
 }
 
@@ -183,6 +209,7 @@ module!(Inner {
 /// A Llama-shaped decoder (mlx-lm `llama.Model`).
 pub struct Llama {
   args: LlamaArgs,
+  variant: Variant,
   model: Inner,
   lm_head: Option<Linear>,
 }
@@ -225,7 +252,7 @@ impl Llama {
           k_norm: v.qk_norm.then(|| RmsNorm::new(head_dim, args.rms_norm_eps)),
           n_heads,
           n_kv_heads: n_kv,
-          scale: (head_dim as f32).powf(-0.5),
+          scale: v.attention_scale.unwrap_or((head_dim as f32).powf(-0.5)),
           rope,
         },
         mlp: Mlp {
@@ -236,6 +263,7 @@ impl Llama {
         input_layernorm: RmsNorm::new(h, args.rms_norm_eps),
         post_attention_layernorm: RmsNorm::new(h, args.rms_norm_eps),
         sliding: lt == "sliding_attention",
+        residual_scale: v.residual_scale,
       });
     }
     let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
@@ -247,6 +275,7 @@ impl Llama {
       },
       lm_head,
       args,
+      variant: v,
     })
   }
 }
@@ -257,7 +286,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let v = Variant {
     qkv_bias: args.attention_bias,
     o_bias: args.attention_bias,
-    qk_norm: false,
+    ..Variant::default()
   };
   Ok(Box::new(Llama::new(args, v)?))
 }
@@ -275,6 +304,7 @@ impl Llama {
     mask: Option<&AttnMask>,
   ) -> Result<Array> {
     super::base::check_caches(caches.len(), self.model.layers.len())?;
+    h = scaled(h, self.variant.embedding_scale)?;
     let n = h.dim(1).unwrap_or(1);
     let fa = self.model.layers.iter().position(|l| !l.sliding);
     let swa = self.model.layers.iter().position(|l| l.sliding);
@@ -329,10 +359,11 @@ impl LanguageModel for Llama {
   }
 
   fn logits(&self, hidden: &Array) -> Result<Array> {
-    match &self.lm_head {
-      Some(head) => head.forward(hidden),
-      None => self.model.embed_tokens.as_linear(hidden),
-    }
+    let out = match &self.lm_head {
+      Some(head) => head.forward(hidden)?,
+      None => self.model.embed_tokens.as_linear(hidden)?,
+    };
+    scaled(out, 1.0 / self.variant.logits_divisor)
   }
 
   fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {

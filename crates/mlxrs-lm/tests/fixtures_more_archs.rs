@@ -1,0 +1,54 @@
+//! The architectures added for issue #19 (Granite, Helium, InternLM3,
+//! OLMo 3, ...; float32 and 4-bit) against mlx-lm 0.32.2 on the same
+//! checkpoints (`scripts/make_lm_fixtures.py`).
+//!
+//! Tolerance: |logit diff| <= 1e-4 in float32 (the references' max |logit|
+//! is 5..11), greedy tokens exact. The olmo3 prompt (58 tokens) is longer
+//! than its 16-position sliding window, so its greedy tokens exercise
+//! rotating-cache decoding past the window.
+
+mod common;
+
+macro_rules! fixtures {
+  ($($f:ident / $q:ident => $name:literal),* $(,)?) => {
+    $(
+      #[test]
+      fn $f() {
+        common::check_fixture($name, 1e-4);
+      }
+      #[test]
+      fn $q() {
+        common::check_fixture(concat!($name, "-4bit"), 1e-4);
+      }
+    )*
+    /// Every architecture of this file.
+    const NAMES: &[&str] = &[$($name),*];
+  };
+}
+
+fixtures! {
+  granite / granite_4bit => "granite",
+  helium / helium_4bit => "helium",
+  internlm3 / internlm3_4bit => "internlm3",
+  olmo3 / olmo3_4bit => "olmo3",
+}
+
+/// With `max_kv_size` larger than the prompt, rotating caches give the
+/// reference logits too.
+#[test]
+fn rotating_caches_match_reference() {
+  for name in NAMES {
+    common::check_rotating(name, 1024, 1e-4);
+  }
+}
+
+/// A left-padded batch of two prompts (the reference prompt and a shorter
+/// one) gives, for the full-length row, the reference last-position logits
+/// (olmo3 too: its sliding layers take the windowed padded mask, although
+/// `batch_generate` refuses its rotating caches).
+#[test]
+fn padded_batch_matches_reference() {
+  for name in NAMES {
+    common::check_padded(name, 1e-4);
+  }
+}
