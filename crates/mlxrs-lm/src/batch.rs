@@ -33,11 +33,14 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "mistral",
   "mixtral",
   "olmo2",
+  "phi",
   "phi3",
   "qwen2",
   "qwen3",
   "qwen3_moe",
   "smollm3",
+  "stablelm",
+  "starcoder2",
 ];
 
 fn bad(msg: impl Into<String>) -> Error {

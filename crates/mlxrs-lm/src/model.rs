@@ -108,8 +108,11 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "internlm3",
   "llama",
   "mistral",
+  "phi",
   "qwen2",
   "qwen3",
+  "stablelm",
+  "starcoder2",
 ];
 
 /// Builds a model from its (merged) config.json.
@@ -138,6 +141,9 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("helium", crate::models::helium::build),
     ("internlm3", crate::models::internlm3::build),
     ("olmo3", crate::models::olmo3::build),
+    ("starcoder2", crate::models::starcoder2::build),
+    ("stablelm", crate::models::stablelm::build),
+    ("phi", crate::models::phi::build),
   ]
 }
 

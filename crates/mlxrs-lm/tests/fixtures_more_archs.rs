@@ -31,6 +31,9 @@ fixtures! {
   helium / helium_4bit => "helium",
   internlm3 / internlm3_4bit => "internlm3",
   olmo3 / olmo3_4bit => "olmo3",
+  starcoder2 / starcoder2_4bit => "starcoder2",
+  stablelm / stablelm_4bit => "stablelm",
+  phi / phi_4bit => "phi",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the

@@ -5,11 +5,13 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module, swiglu,
+  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::attention::{Attention, AttnDims, layer_masks};
+use super::mlp::SwiGluMlp;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -103,73 +105,9 @@ fn scaled(x: Array, s: f32) -> Result<Array> {
   if s == 1.0 { Ok(x) } else { x * s }
 }
 
-struct Attention {
-  q_proj: Linear,
-  k_proj: Linear,
-  v_proj: Linear,
-  o_proj: Linear,
-  q_norm: Option<RmsNorm>,
-  k_norm: Option<RmsNorm>,
-  n_heads: i32,
-  n_kv_heads: i32,
-  scale: f32,
-  rope: Rope,
-}
-module!(Attention {
-  q_proj,
-  k_proj,
-  v_proj,
-  o_proj,
-  q_norm,
-  k_norm
-});
-
-impl Attention {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let s = x.shape();
-    let (b, l) = (s[0], s[1]);
-    let heads = |t: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
-      let t = ops::reshape(&t, &[b, l, n, -1])?;
-      let t = match norm {
-        Some(nm) => nm.forward(&t)?,
-        None => t,
-      };
-      ops::transpose_axes(&t, &[0, 2, 1, 3])
-    };
-    let q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm)?;
-    let k = heads(self.k_proj.forward(x)?, self.n_kv_heads, &self.k_norm)?;
-    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None)?;
-    let q = self.rope.forward(&q, cache.offset)?;
-    let k = self.rope.forward(&k, cache.offset)?;
-    let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
-    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
-    self.o_proj.forward(&o)
-  }
-}
-
-struct Mlp {
-  gate_proj: Linear,
-  down_proj: Linear,
-  up_proj: Linear,
-}
-module!(Mlp {
-  gate_proj,
-  down_proj,
-  up_proj
-});
-
-impl Mlp {
-  fn forward(&self, x: &Array) -> Result<Array> {
-    self.down_proj.forward(&swiglu(
-      &self.gate_proj.forward(x)?,
-      &self.up_proj.forward(x)?,
-    )?)
-  }
-}
-
 struct Block {
   self_attn: Attention,
-  mlp: Mlp,
+  mlp: SwiGluMlp,
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
   sliding: bool,
@@ -242,24 +180,19 @@ impl Llama {
         args.rope_scaling.as_ref(),
         args.max_position_embeddings,
       )?;
+      let dims = AttnDims {
+        hidden: h,
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim,
+        qkv_bias: v.qkv_bias,
+        o_bias: v.o_bias,
+        qk_norm: v.qk_norm.then_some(args.rms_norm_eps),
+        scale: v.attention_scale.unwrap_or((head_dim as f32).powf(-0.5)),
+      };
       layers.push(Block {
-        self_attn: Attention {
-          q_proj: Linear::new(h, n_heads * head_dim, v.qkv_bias),
-          k_proj: Linear::new(h, n_kv * head_dim, v.qkv_bias),
-          v_proj: Linear::new(h, n_kv * head_dim, v.qkv_bias),
-          o_proj: Linear::new(n_heads * head_dim, h, v.o_bias),
-          q_norm: v.qk_norm.then(|| RmsNorm::new(head_dim, args.rms_norm_eps)),
-          k_norm: v.qk_norm.then(|| RmsNorm::new(head_dim, args.rms_norm_eps)),
-          n_heads,
-          n_kv_heads: n_kv,
-          scale: v.attention_scale.unwrap_or((head_dim as f32).powf(-0.5)),
-          rope,
-        },
-        mlp: Mlp {
-          gate_proj: Linear::new(h, args.intermediate_size, args.mlp_bias),
-          down_proj: Linear::new(args.intermediate_size, h, args.mlp_bias),
-          up_proj: Linear::new(h, args.intermediate_size, args.mlp_bias),
-        },
+        self_attn: Attention::new(dims, Some(rope)),
+        mlp: SwiGluMlp::new(h, args.intermediate_size, args.mlp_bias),
         input_layernorm: RmsNorm::new(h, args.rms_norm_eps),
         post_attention_layernorm: RmsNorm::new(h, args.rms_norm_eps),
         sliding: lt == "sliding_attention",
@@ -303,25 +236,17 @@ impl Llama {
     key_valid: Option<&[Vec<bool>]>,
     mask: Option<&AttnMask>,
   ) -> Result<Array> {
-    super::base::check_caches(caches.len(), self.model.layers.len())?;
     h = scaled(h, self.variant.embedding_scale)?;
     let n = h.dim(1).unwrap_or(1);
-    let fa = self.model.layers.iter().position(|l| !l.sliding);
-    let swa = self.model.layers.iter().position(|l| l.sliding);
-    let fa_mask = match (fa, key_valid, mask) {
-      (_, _, Some(m)) => m.clone(),
-      (Some(i), Some(kv), None) => crate::batch::padded_mask(kv, n, caches[i].offset, None)?,
-      (Some(i), None, None) => caches[i].make_mask(n, None)?,
-      (None, _, None) => AttnMask::None,
-    };
-    let swa_mask = match (swa, key_valid, mask) {
-      (_, _, Some(m)) => m.clone(),
-      (Some(i), Some(kv), None) => {
-        crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?
-      }
-      (Some(i), None, None) => caches[i].make_mask(n, self.args.sliding_window)?,
-      (None, _, None) => AttnMask::None,
-    };
+    let sliding: Vec<bool> = self.model.layers.iter().map(|l| l.sliding).collect();
+    let (fa_mask, swa_mask) = layer_masks(
+      &sliding,
+      caches,
+      n,
+      self.args.sliding_window,
+      key_valid,
+      mask,
+    )?;
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       let mask = if layer.sliding { &swa_mask } else { &fa_mask };
       h = layer.forward(&h, mask, cache)?;

@@ -1,7 +1,9 @@
 //! Architectures, one short file each, in the shape of mlx-lm's
 //! `mlx_lm/models/<arch>.py`.
 
+pub(crate) mod attention;
 pub mod base;
+pub(crate) mod decoder;
 pub mod deepseek_v3;
 pub mod gemma;
 pub mod gemma2;
@@ -12,10 +14,14 @@ pub mod helium;
 pub mod internlm3;
 pub mod llama;
 pub mod mixtral;
+pub(crate) mod mlp;
 pub mod olmo2;
 pub mod olmo3;
+pub mod phi;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod smollm3;
+pub mod stablelm;
+pub mod starcoder2;
