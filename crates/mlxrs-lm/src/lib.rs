@@ -33,6 +33,7 @@ pub mod model;
 pub mod models;
 pub mod sample;
 pub mod speculative;
+pub mod support;
 pub mod text;
 
 pub use batch::batch_generate;
