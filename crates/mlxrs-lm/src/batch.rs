@@ -24,12 +24,16 @@ use crate::tokenizer::Tokenizer;
 
 /// `model_type`s whose models implement [`LanguageModel::hidden_padded`].
 pub const BATCH_MODEL_TYPES: &[&str] = &[
+  "cohere",
   "deepseek_v3",
+  "ernie4_5",
   "gemma2",
+  "glm4",
   "granite",
   "helium",
   "internlm3",
   "llama",
+  "minicpm",
   "mistral",
   "mixtral",
   "olmo2",
@@ -38,6 +42,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "qwen2",
   "qwen3",
   "qwen3_moe",
+  "seed_oss",
   "smollm3",
   "stablelm",
   "starcoder2",

@@ -100,17 +100,22 @@ fn no_embeddings_entry() -> mlxrs_core::Error {
 /// ([`LanguageModel::hidden_from_embeddings`]), i.e. can be the text side
 /// of a vision-language model.
 pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
+  "cohere",
+  "ernie4_5",
   "gemma",
   "gemma2",
   "gemma3_text",
+  "glm4",
   "granite",
   "helium",
   "internlm3",
   "llama",
+  "minicpm",
   "mistral",
   "phi",
   "qwen2",
   "qwen3",
+  "seed_oss",
   "stablelm",
   "starcoder2",
 ];
@@ -144,6 +149,11 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("starcoder2", crate::models::starcoder2::build),
     ("stablelm", crate::models::stablelm::build),
     ("phi", crate::models::phi::build),
+    ("cohere", crate::models::cohere::build),
+    ("glm4", crate::models::glm4::build),
+    ("minicpm", crate::models::minicpm::build),
+    ("seed_oss", crate::models::seed_oss::build),
+    ("ernie4_5", crate::models::ernie4_5::build),
   ]
 }
 

@@ -34,6 +34,11 @@ fixtures! {
   starcoder2 / starcoder2_4bit => "starcoder2",
   stablelm / stablelm_4bit => "stablelm",
   phi / phi_4bit => "phi",
+  cohere / cohere_4bit => "cohere",
+  glm4 / glm4_4bit => "glm4",
+  minicpm / minicpm_4bit => "minicpm",
+  seed_oss / seed_oss_4bit => "seed_oss",
+  ernie4_5 / ernie4_5_4bit => "ernie4_5",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the

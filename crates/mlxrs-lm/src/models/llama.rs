@@ -84,6 +84,9 @@ pub struct Variant {
   pub attention_scale: Option<f32>,
   /// Divisor of the logits (Granite `logits_scaling`).
   pub logits_divisor: f32,
+  /// An untied checkpoint without `lm_head.*` takes the embedding table
+  /// as its head (MiniCPM's `sanitize`).
+  pub head_from_embeddings: bool,
 }
 
 impl Default for Variant {
@@ -96,6 +99,7 @@ impl Default for Variant {
       residual_scale: 1.0,
       attention_scale: None,
       logits_divisor: 1.0,
+      head_from_embeddings: false,
     }
   }
 }
@@ -323,6 +327,12 @@ impl LanguageModel for Llama {
       weights.remove("lm_head.weight");
       weights.remove("lm_head.scales");
       weights.remove("lm_head.biases");
+    } else if self.variant.head_from_embeddings && !weights.contains_key("lm_head.weight") {
+      for kind in ["weight", "scales", "biases"] {
+        if let Some(w) = weights.get(&format!("model.embed_tokens.{kind}")) {
+          weights.insert(format!("lm_head.{kind}"), w.clone());
+        }
+      }
     }
     Ok(weights)
   }

@@ -34,3 +34,33 @@ impl SwiGluMlp {
     )?)
   }
 }
+
+/// The same MLP with gate and up fused (`gate_up_proj`, split gate | up:
+/// GLM-4, Phi-3).
+pub(crate) struct FusedSwiGluMlp {
+  gate_up_proj: Linear,
+  down_proj: Linear,
+}
+module!(FusedSwiGluMlp {
+  gate_up_proj,
+  down_proj
+});
+
+impl FusedSwiGluMlp {
+  /// An unloaded MLP `hidden -> 2 * inter | inter -> hidden`, bias-free.
+  pub fn new(hidden: i32, inter: i32) -> FusedSwiGluMlp {
+    FusedSwiGluMlp {
+      gate_up_proj: Linear::new(hidden, 2 * inter, false),
+      down_proj: Linear::new(inter, hidden, false),
+    }
+  }
+
+  /// The MLP of `x`.
+  pub fn forward(&self, x: &Array) -> Result<Array> {
+    let gu = self.gate_up_proj.forward(x)?;
+    let half = gu.shape().last().copied().unwrap_or(0) / 2;
+    let gate = super::base::last_axis(&gu, 0, half)?;
+    let up = super::base::last_axis(&gu, half, 2 * half)?;
+    self.down_proj.forward(&swiglu(&gate, &up)?)
+  }
+}

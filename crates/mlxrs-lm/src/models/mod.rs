@@ -3,16 +3,20 @@
 
 pub(crate) mod attention;
 pub mod base;
+pub mod cohere;
 pub(crate) mod decoder;
 pub mod deepseek_v3;
+pub mod ernie4_5;
 pub mod gemma;
 pub mod gemma2;
 pub mod gemma3_text;
+pub mod glm4;
 pub mod gpt_oss;
 pub mod granite;
 pub mod helium;
 pub mod internlm3;
 pub mod llama;
+pub mod minicpm;
 pub mod mixtral;
 pub(crate) mod mlp;
 pub mod olmo2;
@@ -22,6 +26,7 @@ pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
+pub mod seed_oss;
 pub mod smollm3;
 pub mod stablelm;
 pub mod starcoder2;

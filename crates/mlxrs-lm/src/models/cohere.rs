@@ -1,0 +1,113 @@
+//! Cohere (Command-R): mlx-lm's `models/cohere.py` — one LayerNorm
+//! (optionally bias-free) feeding attention and a SwiGLU MLP in parallel
+//! (`x + attn(h) + mlp(h)`), interleaved (traditional) RoPE, always tied
+//! embeddings, logits times `logit_scale`. `use_qk_norm` (Command-R+) is
+//! refused.
+
+use mlxrs_core::{Array, Result, ops};
+use mlxrs_nn::{AttnMask, Embedding, KvCache, LayerNorm, Rope, module};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::attention::{Attention, AttnDims};
+use super::base::{check_heads, reject_unhandled};
+use super::decoder::{Decoder, DecoderOpts, Layer};
+use super::mlp::SwiGluMlp;
+use crate::model::{LanguageModel, parse_args};
+
+fn d_theta() -> f32 {
+  8000000.0
+}
+fn d_eps() -> f32 {
+  1e-5
+}
+fn d_logit_scale() -> f32 {
+  0.0625
+}
+
+/// `ModelArgs` of mlx-lm's cohere.py.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CohereArgs {
+  /// `hidden_size`
+  pub hidden_size: i32,
+  /// `num_hidden_layers`
+  pub num_hidden_layers: i32,
+  /// `intermediate_size`
+  pub intermediate_size: i32,
+  /// `num_attention_heads`
+  pub num_attention_heads: i32,
+  /// `num_key_value_heads`
+  pub num_key_value_heads: i32,
+  /// `rope_theta`
+  #[serde(default = "d_theta")]
+  pub rope_theta: f32,
+  /// `vocab_size`
+  pub vocab_size: i32,
+  /// `layer_norm_eps`
+  #[serde(default = "d_eps")]
+  pub layer_norm_eps: f32,
+  /// `logit_scale`
+  #[serde(default = "d_logit_scale")]
+  pub logit_scale: f32,
+  /// `attention_bias`
+  #[serde(default)]
+  pub attention_bias: bool,
+  /// `layer_norm_bias`
+  #[serde(default)]
+  pub layer_norm_bias: bool,
+}
+
+struct Block {
+  self_attn: Attention,
+  mlp: SwiGluMlp,
+  input_layernorm: LayerNorm,
+}
+module!(Block {
+  self_attn,
+  mlp,
+  input_layernorm
+});
+
+impl Layer for Block {
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
+    let h = self.input_layernorm.forward(x)?;
+    let a = self.self_attn.forward(&h, mask, cache)?;
+    ops::add(&ops::add(&a, &self.mlp.forward(&h)?)?, x)
+  }
+}
+
+/// Registry entry for `cohere`.
+pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
+  reject_unhandled(config, "cohere", "use_qk_norm", |v| {
+    v == &Value::Bool(false)
+  })?;
+  reject_unhandled(config, "cohere", "rope_scaling", |_| false)?;
+  let a: CohereArgs = parse_args(config)?;
+  let (h, nh, nkv) = (a.hidden_size, a.num_attention_heads, a.num_key_value_heads);
+  check_heads("cohere", h, nh, nkv, a.num_hidden_layers)?;
+  let hd = h / nh;
+  let dims = AttnDims::new(h, nh, nkv, hd, (a.attention_bias, a.attention_bias));
+  let (eps, nb) = (a.layer_norm_eps, a.layer_norm_bias);
+  let layers = (0..a.num_hidden_layers)
+    .map(|_| {
+      Box::new(Block {
+        self_attn: Attention::new(dims, Some(Rope::new(hd, true, a.rope_theta, 1.0))),
+        mlp: SwiGluMlp::new(h, a.intermediate_size, false),
+        input_layernorm: LayerNorm::new(h, eps, true, nb),
+      }) as Box<dyn Layer>
+    })
+    .collect();
+  Ok(Box::new(Decoder::new(
+    Embedding::new(a.vocab_size, h),
+    layers,
+    Box::new(LayerNorm::new(h, eps, true, nb)),
+    "norm",
+    None,
+    DecoderOpts {
+      vocab_size: a.vocab_size,
+      window: None,
+      logit_scale: Some(a.logit_scale),
+      tied: true,
+    },
+  )))
+}
