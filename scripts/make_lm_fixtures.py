@@ -1232,6 +1232,49 @@ ARCHS = [
             use_bias=True,
         ),
     ),
+    dict(
+        name="gpt2",
+        # salt 3: the best of 0..39 (tied, 2 layers: the 4-bit copy gives only
+        # 6 distinct greedy tokens; every margin >= 0.06)
+        init=dict(emb_std=0.1, final_norm=4.0, salt=3),
+        family="qwen2",
+        notes="GPT-2 style: learned positions (wpe, n_positions 128), pre-LayerNorm blocks, fused c_attn (MHA 4 heads), tanh-GELU MLP 4x, ln_f, tied wte (n_embd 64, n_layer 2)",
+        config=dict(
+            architectures=["GPT2LMHeadModel"],
+            model_type="gpt2",
+            activation_function="gelu_new",
+            layer_norm_epsilon=1e-5,
+            n_ctx=128,
+            n_embd=64,
+            n_head=4,
+            n_layer=2,
+            n_positions=128,
+            num_key_value_heads=4,
+            tie_word_embeddings=True,
+        ),
+    ),
+    dict(
+        name="gpt_bigcode",
+        init=dict(salt=5),
+        family="qwen2",
+        notes="GPT-BigCode (StarCoder 1) style: learned positions (n_positions 128), multi-query fused c_attn (4 q heads, 1 k/v head), exact-GELU MLP n_inner 64, weights under transformer., untied lm_head",
+        config=dict(
+            architectures=["GPTBigCodeForCausalLM"],
+            model_type="gpt_bigcode",
+            activation_function="gelu_pytorch_tanh",
+            attention_bias=True,
+            layer_norm_epsilon=1e-5,
+            mlp_bias=True,
+            multi_query=True,
+            n_embd=64,
+            n_head=4,
+            n_inner=64,
+            n_layer=2,
+            n_positions=128,
+            num_key_value_heads=1,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------
@@ -1330,7 +1373,7 @@ def init_params(
             w = 0.1 * rng.standard_normal(shape)
             if k.endswith(POST_NORMS) and mod in offset_norms:
                 w = w + (post_norm - 1.0)
-            if k == "model.norm.weight":
+            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight"):
                 w = (final_norm_std / 0.1) * w + (final_norm - 1.0)
             if mod not in offset_norms:
                 w = 1.0 + w

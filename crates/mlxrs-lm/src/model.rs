@@ -106,6 +106,8 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "gemma2",
   "gemma3_text",
   "glm4",
+  "gpt2",
+  "gpt_bigcode",
   "granite",
   "helium",
   "internlm3",
@@ -154,6 +156,8 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("minicpm", crate::models::minicpm::build),
     ("seed_oss", crate::models::seed_oss::build),
     ("ernie4_5", crate::models::ernie4_5::build),
+    ("gpt2", crate::models::gpt2::build),
+    ("gpt_bigcode", crate::models::gpt2::build_bigcode),
   ]
 }
 
