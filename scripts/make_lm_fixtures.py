@@ -1818,8 +1818,16 @@ def main():
                     f"  min margin {min(ref['greedy_margins']):.4f}",
                     flush=True,
                 )
-    if not args.only:
-        write_readme(out, rows, ids)
+    if args.only:
+        # README rows for every folder present (regenerated ones included)
+        rows = []
+        for a in ARCHS:
+            names = [a["name"], f"{a['name']}-4bit"] + (["llama-bf16"] if a["name"] == "llama" else [])
+            for n in names:
+                if (out / n / "reference.json").is_file():
+                    ref = json.loads((out / n / "reference.json").read_text(encoding="utf-8"))
+                    rows.append(dict(folder=n, model_type=ref["model_type"], size=folder_size(out / n), notes=a["notes"]))
+    write_readme(out, rows, ids)
     total = sum(folder_size(out / n) for n in made)
     print(f"total {total / 1024 / 1024:.2f} MiB in {len(made)} folders")
     if args.verify:
