@@ -1275,6 +1275,28 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="qwen2_moe",
+        init=dict(salt=0),
+        family="qwen2",
+        notes="Qwen1.5-MoE style: q/k/v biases, 4 experts top-2 (softmax, no renormalisation), moe_intermediate 32, shared expert (intermediate 48) gated by sigmoid(shared_expert_gate), untied; 4-bit: routers 8-bit/g64",
+        config=dict(
+            architectures=["Qwen2MoeForCausalLM"],
+            model_type="qwen2_moe",
+            attention_dropout=0.0,
+            decoder_sparse_step=1,
+            hidden_act="silu",
+            mlp_only_layers=[],
+            moe_intermediate_size=32,
+            norm_topk_prob=False,
+            num_experts=4,
+            num_experts_per_tok=2,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            shared_expert_intermediate_size=48,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

@@ -40,6 +40,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "phi",
   "phi3",
   "qwen2",
+  "qwen2_moe",
   "qwen3",
   "qwen3_moe",
   "seed_oss",

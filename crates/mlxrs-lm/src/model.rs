@@ -116,6 +116,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "mistral",
   "phi",
   "qwen2",
+  "qwen2_moe",
   "qwen3",
   "seed_oss",
   "stablelm",
@@ -158,6 +159,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("ernie4_5", crate::models::ernie4_5::build),
     ("gpt2", crate::models::gpt2::build),
     ("gpt_bigcode", crate::models::gpt2::build_bigcode),
+    ("qwen2_moe", crate::models::qwen2_moe::build),
   ]
 }
 

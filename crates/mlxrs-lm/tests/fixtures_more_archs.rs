@@ -41,6 +41,7 @@ fixtures! {
   ernie4_5 / ernie4_5_4bit => "ernie4_5",
   gpt2 / gpt2_4bit => "gpt2",
   gpt_bigcode / gpt_bigcode_4bit => "gpt_bigcode",
+  qwen2_moe / qwen2_moe_4bit => "qwen2_moe",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the

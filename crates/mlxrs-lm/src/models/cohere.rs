@@ -108,6 +108,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       window: None,
       logit_scale: Some(a.logit_scale),
       tied: true,
+      stack_experts: None,
     },
   )))
 }

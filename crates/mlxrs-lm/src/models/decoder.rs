@@ -106,6 +106,9 @@ pub(crate) struct DecoderOpts {
   pub logit_scale: Option<f32>,
   /// Whether a tied checkpoint's `lm_head.*` is dropped by sanitize.
   pub tied: bool,
+  /// MoE: HF per-expert `mlp.experts.{e}.{gate,up,down}_proj` tensors are
+  /// stacked into `mlp.switch_mlp.*` by sanitize (this many experts).
+  pub stack_experts: Option<i32>,
 }
 
 /// A decoder-only LM assembled from an architecture's layers.
@@ -230,6 +233,21 @@ impl LanguageModel for Decoder {
       ] {
         weights.remove(k);
       }
+    }
+    if let Some(n) = self.opts.stack_experts {
+      let prefixes: Vec<String> = (0..self.model.layers.len())
+        .map(|l| format!("model.layers.{l}.mlp"))
+        .collect();
+      super::base::stack_experts(
+        &mut weights,
+        &prefixes,
+        n,
+        &[
+          ("gate_proj", "gate_proj"),
+          ("up_proj", "up_proj"),
+          ("down_proj", "down_proj"),
+        ],
+      )?;
     }
     Ok(weights)
   }

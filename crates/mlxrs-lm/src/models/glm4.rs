@@ -120,6 +120,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       window: None,
       logit_scale: None,
       tied: false,
+      stack_experts: None,
     },
   )))
 }

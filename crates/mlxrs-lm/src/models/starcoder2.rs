@@ -131,6 +131,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       window: None,
       logit_scale: None,
       tied: a.tie_word_embeddings,
+      stack_experts: None,
     },
   )))
 }
