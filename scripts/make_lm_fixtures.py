@@ -1297,6 +1297,30 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="exaone",
+        init=dict(salt=4),
+        family="llama3",
+        notes="EXAONE-3.5 style: llama body under transformer.wte / h.{i}.attn.attention.{q,k,v,out}_proj / mlp.c_fc_0,c_fc_1,c_proj / ln_f, rope_scaling llama3 (factor 8, original 64), untied",
+        config=dict(
+            architectures=["ExaoneForCausalLM"],
+            model_type="exaone",
+            activation_function="silu",
+            attention_dropout=0.0,
+            head_dim=16,
+            layer_norm_epsilon=1e-5,
+            num_layers=2,
+            rope_scaling=dict(
+                factor=8.0,
+                high_freq_factor=4.0,
+                low_freq_factor=1.0,
+                original_max_position_embeddings=64,
+                rope_type="llama3",
+            ),
+            rope_theta=1000000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "cohere",
   "deepseek_v3",
   "ernie4_5",
+  "exaone",
   "gemma2",
   "glm4",
   "granite",

@@ -102,6 +102,7 @@ fn no_embeddings_entry() -> mlxrs_core::Error {
 pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "cohere",
   "ernie4_5",
+  "exaone",
   "gemma",
   "gemma2",
   "gemma3_text",
@@ -160,6 +161,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("gpt2", crate::models::gpt2::build),
     ("gpt_bigcode", crate::models::gpt2::build_bigcode),
     ("qwen2_moe", crate::models::qwen2_moe::build),
+    ("exaone", crate::models::exaone::build),
   ]
 }
 

@@ -42,6 +42,7 @@ fixtures! {
   gpt2 / gpt2_4bit => "gpt2",
   gpt_bigcode / gpt_bigcode_4bit => "gpt_bigcode",
   qwen2_moe / qwen2_moe_4bit => "qwen2_moe",
+  exaone / exaone_4bit => "exaone",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use mlxrs_core::{Array, Result};
 use mlxrs_nn::{
   AttnMask, Embedding, KvCache, KvCacheKind, LayerNorm, Linear, Module, RmsNorm, Weights, join,
-  module,
 };
 
 use super::attention::layer_masks;
@@ -44,39 +43,56 @@ impl Norm for LayerNorm {
   }
 }
 
-/// The parts under `model.`: embeddings, layers, final norm (named
-/// `norm_name`, e.g. phi's `final_layernorm`).
+/// The parts under `model.`: embeddings, layers, final norm, under the
+/// names in `names` (`embed_tokens` / `layers` / `norm` by default).
 struct Inner {
   embed_tokens: Embedding,
   layers: Vec<Box<dyn Layer>>,
   norm: Box<dyn Norm>,
-  norm_name: &'static str,
+  names: Names,
+}
+
+/// Parameter names of a [`Decoder`]'s parts (`<root>.<embed>`,
+/// `<root>.<layers>.{i}`, `<root>.<norm>`), e.g. EXAONE's
+/// `transformer.wte` / `transformer.h` / `transformer.ln_f`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Names {
+  /// Prefix of the stack (`model`).
+  pub root: &'static str,
+  /// The embedding table (`embed_tokens`).
+  pub embed: &'static str,
+  /// The layer list (`layers`).
+  pub layers: &'static str,
+  /// The final norm (`norm`).
+  pub norm: &'static str,
 }
 
 impl Module for Inner {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
-    self.embed_tokens.load(w, &join(prefix, "embed_tokens"));
-    self.layers.load(w, &join(prefix, "layers"));
-    self.norm.load(w, &join(prefix, self.norm_name));
+    self.embed_tokens.load(w, &join(prefix, self.names.embed));
+    self.layers.load(w, &join(prefix, self.names.layers));
+    self.norm.load(w, &join(prefix, self.names.norm));
   }
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
     self.embed_tokens.visit(&join(prefix, "embed_tokens"), f);
-    self.layers.visit(&join(prefix, "layers"), f);
-    self.norm.visit(&join(prefix, self.norm_name), f);
+    self.layers.visit(&join(prefix, self.names.layers), f);
+    self.norm.visit(&join(prefix, self.names.norm), f);
   }
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
     self
       .embed_tokens
       .visit_mut(&join(prefix, "embed_tokens"), f);
-    self.layers.visit_mut(&join(prefix, "layers"), f);
-    self.norm.visit_mut(&join(prefix, self.norm_name), f);
+    self.layers.visit_mut(&join(prefix, self.names.layers), f);
+    self.norm.visit_mut(&join(prefix, self.names.norm), f);
   }
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
     self
       .embed_tokens
       .visit_frozen(&join(prefix, "embed_tokens"), f);
-    self.layers.visit_frozen(&join(prefix, "layers"), f);
-    self.norm.visit_frozen(&join(prefix, self.norm_name), f);
+    self
+      .layers
+      .visit_frozen(&join(prefix, self.names.layers), f);
+    self.norm.visit_frozen(&join(prefix, self.names.norm), f);
   }
   fn set_training(&mut self, training: bool) {
     self.layers.set_training(training);
@@ -88,10 +104,10 @@ impl Module for Inner {
   ) {
     self
       .embed_tokens
-      .visit_quantizable_mut(&join(prefix, "embed_tokens"), f);
+      .visit_quantizable_mut(&join(prefix, self.names.embed), f);
     self
       .layers
-      .visit_quantizable_mut(&join(prefix, "layers"), f);
+      .visit_quantizable_mut(&join(prefix, self.names.layers), f);
   }
 }
 
@@ -117,7 +133,43 @@ pub(crate) struct Decoder {
   lm_head: Option<Linear>,
   opts: DecoderOpts,
 }
-module!(Decoder { model, lm_head });
+
+impl Module for Decoder {
+  fn load(&mut self, w: &mut Weights, prefix: &str) {
+    let root = self.model.names.root;
+    self.model.load(w, &join(prefix, root));
+    self.lm_head.load(w, &join(prefix, "lm_head"));
+  }
+  fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    self.model.visit(&join(prefix, self.model.names.root), f);
+    self.lm_head.visit(&join(prefix, "lm_head"), f);
+  }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    let root = self.model.names.root;
+    self.model.visit_mut(&join(prefix, root), f);
+    self.lm_head.visit_mut(&join(prefix, "lm_head"), f);
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    self
+      .model
+      .visit_frozen(&join(prefix, self.model.names.root), f);
+    self.lm_head.visit_frozen(&join(prefix, "lm_head"), f);
+  }
+  fn set_training(&mut self, training: bool) {
+    self.model.set_training(training);
+  }
+  fn visit_quantizable_mut(
+    &mut self,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &mut dyn mlxrs_nn::Quantizable),
+  ) {
+    let root = self.model.names.root;
+    self.model.visit_quantizable_mut(&join(prefix, root), f);
+    self
+      .lm_head
+      .visit_quantizable_mut(&join(prefix, "lm_head"), f);
+  }
+}
 
 impl Decoder {
   /// Assemble; `lm_head` `None` ties the output projection to the
@@ -135,11 +187,22 @@ impl Decoder {
         embed_tokens,
         layers,
         norm,
-        norm_name,
+        names: Names {
+          root: "model",
+          embed: "embed_tokens",
+          layers: "layers",
+          norm: norm_name,
+        },
       },
       lm_head,
       opts,
     }
+  }
+
+  /// The same model with its parameters under `names`.
+  pub fn with_names(mut self, names: Names) -> Decoder {
+    self.model.names = names;
+    self
   }
 
   fn run(

@@ -7,6 +7,7 @@ pub mod cohere;
 pub(crate) mod decoder;
 pub mod deepseek_v3;
 pub mod ernie4_5;
+pub mod exaone;
 pub mod gemma;
 pub mod gemma2;
 pub mod gemma3_text;
