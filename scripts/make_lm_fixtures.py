@@ -1321,6 +1321,24 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="gpt_neox",
+        init=dict(salt=3),
+        family="qwen2",
+        notes="Pythia / GPT-NeoX style: fused query_key_value laid out per head, rotary_pct 0.25 (4 of 16 dims), parallel residual with two LayerNorms, tanh-GELU MLP 4x, biased dense, output projection model.embed_out, MHA",
+        config=dict(
+            architectures=["GPTNeoXForCausalLM"],
+            model_type="gpt_neox",
+            attention_bias=True,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
+            num_key_value_heads=4,
+            rotary_emb_base=10000,
+            rotary_pct=0.25,
+            tie_word_embeddings=False,
+            use_parallel_residual=True,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

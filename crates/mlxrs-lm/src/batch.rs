@@ -30,6 +30,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "exaone",
   "gemma2",
   "glm4",
+  "gpt_neox",
   "granite",
   "helium",
   "internlm3",

@@ -109,6 +109,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "glm4",
   "gpt2",
   "gpt_bigcode",
+  "gpt_neox",
   "granite",
   "helium",
   "internlm3",
@@ -162,6 +163,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("gpt_bigcode", crate::models::gpt2::build_bigcode),
     ("qwen2_moe", crate::models::qwen2_moe::build),
     ("exaone", crate::models::exaone::build),
+    ("gpt_neox", crate::models::gpt_neox::build),
   ]
 }
 

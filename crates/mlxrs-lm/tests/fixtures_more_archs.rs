@@ -43,6 +43,7 @@ fixtures! {
   gpt_bigcode / gpt_bigcode_4bit => "gpt_bigcode",
   qwen2_moe / qwen2_moe_4bit => "qwen2_moe",
   exaone / exaone_4bit => "exaone",
+  gpt_neox / gpt_neox_4bit => "gpt_neox",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the
@@ -74,4 +75,51 @@ fn padded_batch_matches_reference() {
     }
   }
   assert_eq!(checked, NAMES.len() - 2, "all but gpt2 / gpt_bigcode");
+}
+
+/// A config field that would change the computation but is not implemented
+/// (as in mlx-lm's file) fails by name instead of being ignored; so does a
+/// missing required field.
+#[test]
+fn unhandled_config_fields_are_named() {
+  use serde_json::{Value, json};
+  let cases: &[(&str, &str, Value)] = &[
+    ("cohere", "use_qk_norm", json!(true)),
+    ("stablelm", "qk_layernorm", json!(true)),
+    (
+      "helium",
+      "rope_scaling",
+      json!({"rope_type": "linear", "factor": 2.0}),
+    ),
+    ("starcoder2", "use_bias", json!(false)),
+    (
+      "internlm3",
+      "rope_scaling",
+      json!({"rope_type": "yarn", "factor": 2.0}),
+    ),
+    ("qwen2_moe", "norm_topk_prob", json!(true)),
+    ("qwen2_moe", "mlp_only_layers", json!([0])),
+    (
+      "olmo3",
+      "layer_types",
+      json!(["sliding_attention", "chunked_attention"]),
+    ),
+    ("glm4", "partial_rotary_factor", json!(0.0)),
+    ("granite", "logits_scaling", Value::Null),
+    ("minicpm", "scale_emb", Value::Null),
+  ];
+  for (name, field, value) in cases {
+    let path = common::fixture(name).join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    if value.is_null() {
+      cfg.as_object_mut().unwrap().remove(*field);
+    } else {
+      cfg[*field] = value.clone();
+    }
+    let e = mlxrs_lm::build_model(&cfg)
+      .err()
+      .unwrap_or_else(|| panic!("{name}: {field} = {value} accepted"))
+      .to_string();
+    assert!(e.contains(field), "{name}: {e}");
+  }
 }

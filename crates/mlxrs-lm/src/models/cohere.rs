@@ -109,6 +109,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       logit_scale: Some(a.logit_scale),
       tied: true,
       stack_experts: None,
+      sanitize: None,
     },
   )))
 }

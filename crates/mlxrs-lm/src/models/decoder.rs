@@ -65,6 +65,9 @@ pub(crate) struct Names {
   pub layers: &'static str,
   /// The final norm (`norm`).
   pub norm: &'static str,
+  /// The output projection, from the top (`lm_head`; GPT-NeoX
+  /// `model.embed_out`).
+  pub head: &'static str,
 }
 
 impl Module for Inner {
@@ -125,7 +128,13 @@ pub(crate) struct DecoderOpts {
   /// MoE: HF per-expert `mlp.experts.{e}.{gate,up,down}_proj` tensors are
   /// stacked into `mlp.switch_mlp.*` by sanitize (this many experts).
   pub stack_experts: Option<i32>,
+  /// The architecture's own weight fixes, run first by sanitize (mlx-lm's
+  /// renames of HF keys, e.g. GPT-NeoX).
+  pub sanitize: Option<SanitizeFn>,
 }
+
+/// A weight-map fix (python `Model.sanitize`).
+pub(crate) type SanitizeFn = fn(HashMap<String, Array>) -> Result<HashMap<String, Array>>;
 
 /// A decoder-only LM assembled from an architecture's layers.
 pub(crate) struct Decoder {
@@ -138,22 +147,26 @@ impl Module for Decoder {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
     let root = self.model.names.root;
     self.model.load(w, &join(prefix, root));
-    self.lm_head.load(w, &join(prefix, "lm_head"));
+    self.lm_head.load(w, &join(prefix, self.model.names.head));
   }
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
     self.model.visit(&join(prefix, self.model.names.root), f);
-    self.lm_head.visit(&join(prefix, "lm_head"), f);
+    self.lm_head.visit(&join(prefix, self.model.names.head), f);
   }
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
     let root = self.model.names.root;
     self.model.visit_mut(&join(prefix, root), f);
-    self.lm_head.visit_mut(&join(prefix, "lm_head"), f);
+    self
+      .lm_head
+      .visit_mut(&join(prefix, self.model.names.head), f);
   }
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
     self
       .model
       .visit_frozen(&join(prefix, self.model.names.root), f);
-    self.lm_head.visit_frozen(&join(prefix, "lm_head"), f);
+    self
+      .lm_head
+      .visit_frozen(&join(prefix, self.model.names.head), f);
   }
   fn set_training(&mut self, training: bool) {
     self.model.set_training(training);
@@ -167,7 +180,7 @@ impl Module for Decoder {
     self.model.visit_quantizable_mut(&join(prefix, root), f);
     self
       .lm_head
-      .visit_quantizable_mut(&join(prefix, "lm_head"), f);
+      .visit_quantizable_mut(&join(prefix, self.model.names.head), f);
   }
 }
 
@@ -192,6 +205,7 @@ impl Decoder {
           embed: "embed_tokens",
           layers: "layers",
           norm: norm_name,
+          head: "lm_head",
         },
       },
       lm_head,
@@ -285,7 +299,11 @@ impl LanguageModel for Decoder {
     Module::load(self, w, "");
   }
 
-  fn sanitize(&self, mut weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
+  fn sanitize(&self, weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
+    let mut weights = match self.opts.sanitize {
+      Some(f) => f(weights)?,
+      None => weights,
+    };
     weights.retain(|k, _| !k.contains("rotary_emb.inv_freq"));
     if self.opts.tied {
       for k in [

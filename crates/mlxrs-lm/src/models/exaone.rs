@@ -145,6 +145,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       logit_scale: None,
       tied: a.tie_word_embeddings,
       stack_experts: None,
+      sanitize: None,
     },
   )
   .with_names(Names {
@@ -152,6 +153,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
     embed: "wte",
     layers: "h",
     norm: "ln_f",
+    head: "lm_head",
   });
   Ok(Box::new(decoder))
 }

@@ -121,6 +121,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       logit_scale: None,
       tied: false,
       stack_experts: None,
+      sanitize: None,
     },
   )))
 }

@@ -13,6 +13,7 @@ pub mod gemma2;
 pub mod gemma3_text;
 pub mod glm4;
 pub mod gpt2;
+pub mod gpt_neox;
 pub mod gpt_oss;
 pub mod granite;
 pub mod helium;

@@ -132,6 +132,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       logit_scale: None,
       tied: a.tie_word_embeddings,
       stack_experts: Some(a.num_experts),
+      sanitize: None,
     },
   )))
 }

@@ -116,6 +116,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       logit_scale: None,
       tied: false,
       stack_experts: None,
+      sanitize: None,
     },
   )))
 }
