@@ -123,3 +123,94 @@ fn unhandled_config_fields_are_named() {
     assert!(e.contains(field), "{name}: {e}");
   }
 }
+
+/// HF-layout checkpoints (what `mlx_lm.convert` reads) map onto the mlx-lm
+/// names by `sanitize`, as mlx-lm's own `sanitize` does: GPT-2 (no `model.`
+/// prefix, Conv1D weights `[in, out]`, `attn.bias` buffers), GPT-NeoX
+/// (`gpt_neox.*`, attention buffers) and Qwen2-MoE (per-expert tensors).
+/// The fixture's weights are rewritten into the HF layout, sanitized, and
+/// must come back exactly.
+#[test]
+fn hf_layouts_sanitize_to_mlx_names() {
+  use std::collections::HashMap;
+
+  use mlxrs_core::{Array, Dtype, ops};
+  type Map = HashMap<String, Array>;
+  let to_hf: &[(&str, fn(Map) -> Map)] = &[
+    ("gpt2", |w| {
+      let mut out = Map::new();
+      for (k, v) in w {
+        let k = k.strip_prefix("model.").unwrap().to_string();
+        let conv = [".c_attn.weight", ".c_proj.weight", ".c_fc.weight"]
+          .iter()
+          .any(|s| k.ends_with(s));
+        let v = if conv { ops::transpose(&v).unwrap() } else { v };
+        out.insert(k, v);
+      }
+      out.insert(
+        "h.0.attn.bias".into(),
+        ops::zeros(&[1, 1, 4, 4], Dtype::Float32).unwrap(),
+      );
+      out
+    }),
+    ("gpt_neox", |w| {
+      let mut out = Map::new();
+      for (k, v) in w {
+        let k = k
+          .replace("model.h.", "gpt_neox.layers.")
+          .replace("model.embed_in.", "gpt_neox.embed_in.")
+          .replace("model.final_layer_norm.", "gpt_neox.final_layer_norm.")
+          .replace("model.embed_out.", "embed_out.");
+        out.insert(k, v);
+      }
+      out.insert(
+        "gpt_neox.layers.0.attention.masked_bias".into(),
+        ops::zeros(&[1], Dtype::Float32).unwrap(),
+      );
+      out
+    }),
+    ("qwen2_moe", |w| {
+      let mut out = Map::new();
+      for (k, v) in w {
+        if let Some((p, rest)) = k.split_once(".mlp.switch_mlp.") {
+          let n = v.shape()[0];
+          for e in 0..n {
+            let s = v.shape();
+            let mut start = vec![0; s.len()];
+            let mut stop = s.clone();
+            start[0] = e;
+            stop[0] = e + 1;
+            let one = ops::slice(&v, &start, &stop, &vec![1; s.len()]).unwrap();
+            let one = ops::squeeze_axes(&one, &[0]).unwrap();
+            out.insert(format!("{p}.mlp.experts.{e}.{rest}"), one);
+          }
+        } else {
+          out.insert(k, v);
+        }
+      }
+      out
+    }),
+  ];
+  for (name, f) in to_hf {
+    let (model, _) =
+      mlxrs_lm::load_model_dir(&common::fixture(name), Some(Dtype::Float32)).unwrap();
+    let orig =
+      mlxrs_lm::load::load_weights(&[common::fixture(name).join("model.safetensors")]).unwrap();
+    let back = model.sanitize(f(orig.clone())).unwrap();
+    let mut a: Vec<_> = orig.keys().collect();
+    let mut b: Vec<_> = back.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{name}: keys");
+    for (k, v) in &orig {
+      let mut x = v.clone();
+      let mut y = back[k].clone();
+      assert_eq!(x.shape(), y.shape(), "{name}: {k}");
+      assert_eq!(
+        x.to_vec::<f32>().unwrap(),
+        y.to_vec::<f32>().unwrap(),
+        "{name}: {k}"
+      );
+    }
+  }
+}
