@@ -1339,6 +1339,44 @@ ARCHS = [
             use_parallel_residual=True,
         ),
     ),
+    dict(
+        name="mimo",
+        init=dict(salt=6),
+        family="qwen2",
+        notes="MiMo style: Qwen2 block (q/k/v biases, no o bias), num_nextn_predict_layers 1 (MTP layers dropped by sanitize), rope_theta 640000, untied",
+        config=dict(
+            architectures=["MiMoForCausalLM"],
+            model_type="mimo",
+            attention_dropout=0.0,
+            hidden_act="silu",
+            num_nextn_predict_layers=1,
+            rms_norm_eps=1e-5,
+            rope_theta=640000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
+    dict(
+        name="exaone4",
+        init=dict(salt=12),
+        family="llama3",
+        notes="EXAONE-4 style: no pre-norms (post-branch RMSNorms), per-head q/k RMSNorm, sliding_window_pattern LG: layer 0 local (window 16, RoPE), layer 1 global without positional encoding (NoPE), head_dim 16, untied",
+        config=dict(
+            architectures=["Exaone4ForCausalLM"],
+            model_type="exaone4",
+            attention_dropout=0.0,
+            head_dim=16,
+            hidden_act="silu",
+            rms_norm_eps=1e-5,
+            rope_scaling=None,
+            rope_theta=1000000.0,
+            # layer_types too: transformers' Exaone4Config derives them from an
+            # integer pattern and fails on mlx-lm's string one
+            layer_types=["sliding_attention", "full_attention"],
+            sliding_window=16,
+            sliding_window_pattern="LG",
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

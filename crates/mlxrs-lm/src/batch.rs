@@ -35,6 +35,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "helium",
   "internlm3",
   "llama",
+  "mimo",
   "minicpm",
   "mistral",
   "mixtral",

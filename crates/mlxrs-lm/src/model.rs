@@ -103,6 +103,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "cohere",
   "ernie4_5",
   "exaone",
+  "exaone4",
   "gemma",
   "gemma2",
   "gemma3_text",
@@ -114,6 +115,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "helium",
   "internlm3",
   "llama",
+  "mimo",
   "minicpm",
   "mistral",
   "phi",
@@ -164,6 +166,8 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("qwen2_moe", crate::models::qwen2_moe::build),
     ("exaone", crate::models::exaone::build),
     ("gpt_neox", crate::models::gpt_neox::build),
+    ("mimo", crate::models::mimo::build),
+    ("exaone4", crate::models::exaone4::build),
   ]
 }
 

@@ -3,9 +3,9 @@
 //! checkpoints (`scripts/make_lm_fixtures.py`).
 //!
 //! Tolerance: |logit diff| <= 1e-4 in float32 (the references' max |logit|
-//! is 5..11), greedy tokens exact. The olmo3 prompt (58 tokens) is longer
-//! than its 16-position sliding window, so its greedy tokens exercise
-//! rotating-cache decoding past the window.
+//! is 3..14), greedy tokens exact. The olmo3 / exaone4 prompts (58-59
+//! tokens) are longer than their 16-position sliding windows, so their
+//! greedy tokens exercise rotating-cache decoding past the window.
 
 mod common;
 
@@ -44,6 +44,8 @@ fixtures! {
   qwen2_moe / qwen2_moe_4bit => "qwen2_moe",
   exaone / exaone_4bit => "exaone",
   gpt_neox / gpt_neox_4bit => "gpt_neox",
+  mimo / mimo_4bit => "mimo",
+  exaone4 / exaone4_4bit => "exaone4",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the
@@ -57,9 +59,9 @@ fn rotating_caches_match_reference() {
 
 /// A left-padded batch of two prompts (the reference prompt and a shorter
 /// one) gives, for the full-length row, the reference last-position logits,
-/// for every architecture here that `batch_generate` lists (and olmo3: its
-/// sliding layers take the windowed padded mask, although `batch_generate`
-/// refuses its rotating caches). GPT-2 / BigCode (absolute positions) have
+/// for every architecture here that `batch_generate` lists (and olmo3 /
+/// exaone4: their sliding layers take the windowed padded mask, although
+/// `batch_generate` refuses their rotating caches). GPT-2 / BigCode (absolute positions) have
 /// no padded entry, as in mlx-lm.
 #[test]
 fn padded_batch_matches_reference() {
@@ -69,7 +71,10 @@ fn padded_batch_matches_reference() {
       .as_str()
       .unwrap()
       .to_string();
-    if mlxrs_lm::batch::BATCH_MODEL_TYPES.contains(&mt.as_str()) || mt == "olmo3" {
+    let mt = mt.as_str();
+    if mlxrs_lm::batch::BATCH_MODEL_TYPES.contains(&mt)
+      || mlxrs_lm::support::SLIDING_MODEL_TYPES.contains(&mt)
+    {
       common::check_padded(name, 1e-4);
       checked += 1;
     }

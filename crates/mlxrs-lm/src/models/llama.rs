@@ -87,6 +87,9 @@ pub struct Variant {
   /// An untied checkpoint without `lm_head.*` takes the embedding table
   /// as its head (MiniCPM's `sanitize`).
   pub head_from_embeddings: bool,
+  /// Checkpoint tensors under these prefixes are dropped by sanitize
+  /// (MiMo's `model.mtp_layers.`).
+  pub drop_prefixes: &'static [&'static str],
 }
 
 impl Default for Variant {
@@ -100,6 +103,7 @@ impl Default for Variant {
       attention_scale: None,
       logits_divisor: 1.0,
       head_from_embeddings: false,
+      drop_prefixes: &[],
     }
   }
 }
@@ -322,7 +326,10 @@ impl LanguageModel for Llama {
   }
 
   fn sanitize(&self, mut weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
-    weights.retain(|k, _| !k.contains("self_attn.rotary_emb.inv_freq"));
+    weights.retain(|k, _| {
+      !k.contains("self_attn.rotary_emb.inv_freq")
+        && !self.variant.drop_prefixes.iter().any(|p| k.starts_with(p))
+    });
     if self.args.tie_word_embeddings {
       weights.remove("lm_head.weight");
       weights.remove("lm_head.scales");
