@@ -1377,6 +1377,28 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="cohere2",
+        init=dict(emb_std=0.1, final_norm=4.0, salt=5),
+        family="llama3",
+        notes="Command-R7B style: cohere's parallel bias-free-LayerNorm blocks, sliding_window_pattern 2: layer 0 sliding (window 16, interleaved RoPE), layer 1 global without positional encoding, head_dim 16, always tied, logit_scale 0.5",
+        config=dict(
+            architectures=["Cohere2ForCausalLM"],
+            model_type="cohere2",
+            attention_bias=False,
+            attention_dropout=0.0,
+            head_dim=16,
+            hidden_act="silu",
+            layer_norm_bias=False,
+            layer_norm_eps=1e-5,
+            layer_types=["sliding_attention", "full_attention"],
+            logit_scale=0.5,
+            rope_theta=50000.0,
+            sliding_window=16,
+            sliding_window_pattern=2,
+            tie_word_embeddings=True,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

@@ -101,6 +101,7 @@ fn no_embeddings_entry() -> mlxrs_core::Error {
 /// of a vision-language model.
 pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "cohere",
+  "cohere2",
   "ernie4_5",
   "exaone",
   "exaone4",
@@ -168,6 +169,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("gpt_neox", crate::models::gpt_neox::build),
     ("mimo", crate::models::mimo::build),
     ("exaone4", crate::models::exaone4::build),
+    ("cohere2", crate::models::cohere::build2),
   ]
 }
 

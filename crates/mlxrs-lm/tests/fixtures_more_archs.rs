@@ -3,8 +3,8 @@
 //! checkpoints (`scripts/make_lm_fixtures.py`).
 //!
 //! Tolerance: |logit diff| <= 1e-4 in float32 (the references' max |logit|
-//! is 3..14), greedy tokens exact. The olmo3 / exaone4 prompts (58-59
-//! tokens) are longer than their 16-position sliding windows, so their
+//! is 3..14), greedy tokens exact. The olmo3 / exaone4 / cohere2 prompts
+//! (58-59 tokens) are longer than their 16-position sliding windows, so their
 //! greedy tokens exercise rotating-cache decoding past the window.
 
 mod common;
@@ -46,6 +46,7 @@ fixtures! {
   gpt_neox / gpt_neox_4bit => "gpt_neox",
   mimo / mimo_4bit => "mimo",
   exaone4 / exaone4_4bit => "exaone4",
+  cohere2 / cohere2_4bit => "cohere2",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the
@@ -60,7 +61,7 @@ fn rotating_caches_match_reference() {
 /// A left-padded batch of two prompts (the reference prompt and a shorter
 /// one) gives, for the full-length row, the reference last-position logits,
 /// for every architecture here that `batch_generate` lists (and olmo3 /
-/// exaone4: their sliding layers take the windowed padded mask, although
+/// exaone4 / cohere2: their sliding layers take the windowed padded mask, although
 /// `batch_generate` refuses their rotating caches). GPT-2 / BigCode (absolute positions) have
 /// no padded entry, as in mlx-lm.
 #[test]
@@ -141,7 +142,8 @@ fn hf_layouts_sanitize_to_mlx_names() {
 
   use mlxrs_core::{Array, Dtype, ops};
   type Map = HashMap<String, Array>;
-  let to_hf: &[(&str, fn(Map) -> Map)] = &[
+  type ToHf = fn(Map) -> Map;
+  let to_hf: &[(&str, ToHf)] = &[
     ("gpt2", |w| {
       let mut out = Map::new();
       for (k, v) in w {
