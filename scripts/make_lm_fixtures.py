@@ -1399,6 +1399,22 @@ ARCHS = [
             tie_word_embeddings=True,
         ),
     ),
+    dict(
+        name="internlm2",
+        init=dict(final_norm=3.0, salt=2),
+        family="qwen2",
+        notes="InternLM2.5 style: fused wqkv grouped per kv head ([2 kv heads, 2 q + k + v, 16]), biases on wqkv/wo, w1/w3/w2 SwiGLU, InternLM names (tok_embeddings, attention_norm, ffn_norm, output), rope_scaling dynamic (factor 2.0), untied",
+        config=dict(
+            architectures=["InternLM2ForCausalLM"],
+            model_type="internlm2",
+            bias=True,
+            hidden_act="silu",
+            rms_norm_eps=1e-5,
+            rope_scaling=dict(factor=2.0, type="dynamic"),
+            rope_theta=1000000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "gpt_neox",
   "granite",
   "helium",
+  "internlm2",
   "internlm3",
   "llama",
   "mimo",

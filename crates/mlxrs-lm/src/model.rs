@@ -114,6 +114,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "gpt_neox",
   "granite",
   "helium",
+  "internlm2",
   "internlm3",
   "llama",
   "mimo",
@@ -170,6 +171,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("mimo", crate::models::mimo::build),
     ("exaone4", crate::models::exaone4::build),
     ("cohere2", crate::models::cohere::build2),
+    ("internlm2", crate::models::internlm2::build),
   ]
 }
 

@@ -47,6 +47,7 @@ fixtures! {
   mimo / mimo_4bit => "mimo",
   exaone4 / exaone4_4bit => "exaone4",
   cohere2 / cohere2_4bit => "cohere2",
+  internlm2 / internlm2_4bit => "internlm2",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the

@@ -18,6 +18,7 @@ pub mod gpt_neox;
 pub mod gpt_oss;
 pub mod granite;
 pub mod helium;
+pub mod internlm2;
 pub mod internlm3;
 pub mod llama;
 pub mod mimo;
