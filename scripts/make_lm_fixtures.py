@@ -1415,6 +1415,25 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="nemotron",
+        init=dict(salt=0),
+        family="llama3",
+        notes="Nemotron / Minitron style: LayerNorm1P (scale stored minus one, with bias), partial_rotary_factor 0.5 (8 of 16 dims), squared-ReLU MLP up/down, rope_scaling linear (factor 2), untied",
+        config=dict(
+            architectures=["NemotronForCausalLM"],
+            model_type="nemotron",
+            attention_bias=False,
+            head_dim=16,
+            hidden_act="relu2",
+            mlp_bias=False,
+            norm_eps=1e-5,
+            partial_rotary_factor=0.5,
+            rope_scaling=dict(factor=2.0, type="linear"),
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

@@ -40,6 +40,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "minicpm",
   "mistral",
   "mixtral",
+  "nemotron",
   "olmo2",
   "phi",
   "phi3",

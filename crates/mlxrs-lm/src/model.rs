@@ -120,6 +120,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "mimo",
   "minicpm",
   "mistral",
+  "nemotron",
   "phi",
   "qwen2",
   "qwen2_moe",
@@ -172,6 +173,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("exaone4", crate::models::exaone4::build),
     ("cohere2", crate::models::cohere::build2),
     ("internlm2", crate::models::internlm2::build),
+    ("nemotron", crate::models::nemotron::build),
   ]
 }
 

@@ -3,7 +3,7 @@
 //! checkpoints (`scripts/make_lm_fixtures.py`).
 //!
 //! Tolerance: |logit diff| <= 1e-4 in float32 (the references' max |logit|
-//! is 3..14), greedy tokens exact. The olmo3 / exaone4 / cohere2 prompts
+//! is 3..19), greedy tokens exact. The olmo3 / exaone4 / cohere2 prompts
 //! (58-59 tokens) are longer than their 16-position sliding windows, so their
 //! greedy tokens exercise rotating-cache decoding past the window.
 
@@ -48,6 +48,7 @@ fixtures! {
   exaone4 / exaone4_4bit => "exaone4",
   cohere2 / cohere2_4bit => "cohere2",
   internlm2 / internlm2_4bit => "internlm2",
+  nemotron / nemotron_4bit => "nemotron",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the

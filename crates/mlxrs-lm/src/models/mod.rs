@@ -26,6 +26,7 @@ pub mod minicpm;
 pub mod mixtral;
 pub(crate) mod mlp;
 pub(crate) mod moe;
+pub mod nemotron;
 pub mod olmo2;
 pub mod olmo3;
 pub mod phi;
