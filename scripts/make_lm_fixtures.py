@@ -1434,6 +1434,30 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="granitemoe",
+        init=dict(salt=12),
+        family="llama3",
+        notes="Granite-3 MoE style: granite multipliers (embedding 4, attention 0.2, residual 0.5, logits / 2), 4 experts top-2 (top-k on router logits, softmax over the k), intermediate 64 (the quant_predicate's 8-bit/g64 experts' down_proj needs a multiple of 64), untied; 4-bit: router, o_proj, experts' down_proj 8-bit/g64",
+        config=dict(
+            architectures=["GraniteMoeForCausalLM"],
+            model_type="granitemoe",
+            attention_bias=False,
+            attention_dropout=0.0,
+            attention_multiplier=0.2,
+            embedding_multiplier=4.0,
+            hidden_act="silu",
+            intermediate_size=64,
+            logits_scaling=2.0,
+            num_experts_per_tok=2,
+            num_local_experts=4,
+            residual_multiplier=0.5,
+            rms_norm_eps=1e-6,
+            rope_scaling=None,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

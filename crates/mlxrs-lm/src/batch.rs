@@ -32,6 +32,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "glm4",
   "gpt_neox",
   "granite",
+  "granitemoe",
   "helium",
   "internlm2",
   "internlm3",

@@ -113,6 +113,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "gpt_bigcode",
   "gpt_neox",
   "granite",
+  "granitemoe",
   "helium",
   "internlm2",
   "internlm3",
@@ -174,6 +175,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("cohere2", crate::models::cohere::build2),
     ("internlm2", crate::models::internlm2::build),
     ("nemotron", crate::models::nemotron::build),
+    ("granitemoe", crate::models::granitemoe::build),
   ]
 }
 

@@ -49,6 +49,7 @@ fixtures! {
   cohere2 / cohere2_4bit => "cohere2",
   internlm2 / internlm2_4bit => "internlm2",
   nemotron / nemotron_4bit => "nemotron",
+  granitemoe / granitemoe_4bit => "granitemoe",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the
@@ -135,7 +136,8 @@ fn unhandled_config_fields_are_named() {
 /// HF-layout checkpoints (what `mlx_lm.convert` reads) map onto the mlx-lm
 /// names by `sanitize`, as mlx-lm's own `sanitize` does: GPT-2 (no `model.`
 /// prefix, Conv1D weights `[in, out]`, `attn.bias` buffers), GPT-NeoX
-/// (`gpt_neox.*`, attention buffers) and Qwen2-MoE (per-expert tensors).
+/// (`gpt_neox.*`, attention buffers), Qwen2-MoE (per-expert tensors) and
+/// GraniteMoE (fused `input_linear`, `output_linear`).
 /// The fixture's weights are rewritten into the HF layout, sanitized, and
 /// must come back exactly.
 #[test]
@@ -197,6 +199,27 @@ fn hf_layouts_sanitize_to_mlx_names() {
           out.insert(k, v);
         }
       }
+      out
+    }),
+    ("granitemoe", |w| {
+      let mut out = Map::new();
+      let mut w = w;
+      let gates: Vec<String> = w
+        .keys()
+        .filter(|k| k.ends_with(".switch_mlp.gate_proj.weight"))
+        .cloned()
+        .collect();
+      for g in gates {
+        let gate = w.remove(&g).unwrap();
+        let up = w.remove(&g.replace("gate_proj", "up_proj")).unwrap();
+        let down = w.remove(&g.replace("gate_proj", "down_proj")).unwrap();
+        out.insert(
+          g.replace("switch_mlp.gate_proj", "input_linear"),
+          ops::concatenate_axis(&[gate, up], 1).unwrap(),
+        );
+        out.insert(g.replace("switch_mlp.gate_proj", "output_linear"), down);
+      }
+      out.extend(w);
       out
     }),
   ];

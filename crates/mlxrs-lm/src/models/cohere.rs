@@ -153,6 +153,7 @@ fn new(config: &Value, window: Option<Cohere2Window>) -> Result<Box<dyn Language
       vocab_size: a.vocab_size,
       window: window.as_ref().map(|w| w.sliding_window),
       logit_scale: Some(a.logit_scale),
+      embed_scale: None,
       tied: true,
       stack_experts: None,
       sanitize: None,

@@ -123,6 +123,8 @@ pub(crate) struct DecoderOpts {
   pub window: Option<i32>,
   /// Factor on the logits (Cohere `logit_scale`).
   pub logit_scale: Option<f32>,
+  /// Factor on the input embeddings (GraniteMoE `embedding_multiplier`).
+  pub embed_scale: Option<f32>,
   /// Whether a tied checkpoint's `lm_head.*` is dropped by sanitize.
   pub tied: bool,
   /// MoE: HF per-expert `mlp.experts.{e}.{gate,up,down}_proj` tensors are
@@ -226,6 +228,9 @@ impl Decoder {
     key_valid: Option<&[Vec<bool>]>,
     mask: Option<&AttnMask>,
   ) -> Result<Array> {
+    if let Some(s) = self.opts.embed_scale {
+      h = (h * s)?;
+    }
     let n = h.dim(1).unwrap_or(1);
     let sliding: Vec<bool> = self.model.layers.iter().map(|l| l.sliding()).collect();
     let (fa, swa) = layer_masks(&sliding, caches, n, self.opts.window, key_valid, mask)?;

@@ -143,6 +143,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       vocab_size: a.vocab_size,
       window: None,
       logit_scale: None,
+      embed_scale: None,
       tied: a.tie_word_embeddings,
       stack_experts: None,
       sanitize: None,

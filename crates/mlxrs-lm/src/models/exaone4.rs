@@ -141,6 +141,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       vocab_size: a.vocab_size,
       window: pattern.and(a.sliding_window),
       logit_scale: None,
+      embed_scale: None,
       tied: a.tie_word_embeddings,
       stack_experts: None,
       sanitize: None,

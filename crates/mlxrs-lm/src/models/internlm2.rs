@@ -195,6 +195,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       vocab_size: a.vocab_size,
       window: None,
       logit_scale: None,
+      embed_scale: None,
       tied: false,
       stack_experts: None,
       sanitize: Some(sanitize),

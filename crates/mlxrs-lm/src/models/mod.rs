@@ -17,6 +17,7 @@ pub mod gpt2;
 pub mod gpt_neox;
 pub mod gpt_oss;
 pub mod granite;
+pub mod granitemoe;
 pub mod helium;
 pub mod internlm2;
 pub mod internlm3;
