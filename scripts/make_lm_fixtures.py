@@ -1458,6 +1458,28 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="olmoe",
+        init=dict(salt=5),
+        family="olmo2",
+        notes="OLMoE style: pre-norm blocks, q/k RMSNorm over the whole projection, 4 experts top-2 (softmax, norm_topk_prob false), intermediate 32, untied; 4-bit: router 8-bit/g64",
+        config=dict(
+            architectures=["OlmoeForCausalLM"],
+            model_type="olmoe",
+            attention_bias=False,
+            attention_dropout=0.0,
+            clip_qkv=None,
+            hidden_act="silu",
+            intermediate_size=32,
+            norm_topk_prob=False,
+            num_experts=4,
+            num_experts_per_tok=2,
+            rms_norm_eps=1e-5,
+            rope_scaling=None,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

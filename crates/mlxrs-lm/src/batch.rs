@@ -43,6 +43,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "mixtral",
   "nemotron",
   "olmo2",
+  "olmoe",
   "phi",
   "phi3",
   "qwen2",

@@ -122,6 +122,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "minicpm",
   "mistral",
   "nemotron",
+  "olmoe",
   "phi",
   "qwen2",
   "qwen2_moe",
@@ -176,6 +177,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("internlm2", crate::models::internlm2::build),
     ("nemotron", crate::models::nemotron::build),
     ("granitemoe", crate::models::granitemoe::build),
+    ("olmoe", crate::models::olmoe::build),
   ]
 }
 

@@ -50,6 +50,7 @@ fixtures! {
   internlm2 / internlm2_4bit => "internlm2",
   nemotron / nemotron_4bit => "nemotron",
   granitemoe / granitemoe_4bit => "granitemoe",
+  olmoe / olmoe_4bit => "olmoe",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the
@@ -108,6 +109,7 @@ fn unhandled_config_fields_are_named() {
     ),
     ("qwen2_moe", "norm_topk_prob", json!(true)),
     ("qwen2_moe", "mlp_only_layers", json!([0])),
+    ("olmoe", "clip_qkv", json!(8.0)),
     (
       "olmo3",
       "layer_types",

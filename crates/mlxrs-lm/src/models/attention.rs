@@ -25,6 +25,9 @@ pub(crate) struct AttnDims {
   pub o_bias: bool,
   /// Per-head RMSNorm (eps) on q and k before RoPE (Qwen3).
   pub qk_norm: Option<f32>,
+  /// RMSNorm (eps) over the whole q and k projections (all heads at once,
+  /// OLMo-2 / OLMoE style) instead.
+  pub qk_norm_full: Option<f32>,
   /// Attention scale (usually `head_dim^-0.5`).
   pub scale: f32,
 }
@@ -46,6 +49,7 @@ impl AttnDims {
       qkv_bias: bias.0,
       o_bias: bias.1,
       qk_norm: None,
+      qk_norm_full: None,
       scale: (head_dim as f32).powf(-0.5),
     }
   }
@@ -64,6 +68,8 @@ pub(crate) struct Attention {
   scale: f32,
   /// `None`: no positional encoding (NoPE layers).
   rope: Option<Rope>,
+  /// q/k norms over the whole projection rather than per head.
+  norm_full: bool,
   /// The output projection's name (`o_proj`; phi: `dense`).
   o_name: &'static str,
 }
@@ -136,8 +142,15 @@ impl Attention {
       k_proj: Linear::new(h, d.n_kv_heads * hd, d.qkv_bias),
       v_proj: Linear::new(h, d.n_kv_heads * hd, d.qkv_bias),
       o_proj: Linear::new(d.n_heads * hd, h, d.o_bias),
-      q_norm: d.qk_norm.map(|eps| RmsNorm::new(hd, eps)),
-      k_norm: d.qk_norm.map(|eps| RmsNorm::new(hd, eps)),
+      q_norm: match (d.qk_norm_full, d.qk_norm) {
+        (Some(eps), _) => Some(RmsNorm::new(d.n_heads * hd, eps)),
+        (None, eps) => eps.map(|eps| RmsNorm::new(hd, eps)),
+      },
+      k_norm: match (d.qk_norm_full, d.qk_norm) {
+        (Some(eps), _) => Some(RmsNorm::new(d.n_kv_heads * hd, eps)),
+        (None, eps) => eps.map(|eps| RmsNorm::new(hd, eps)),
+      },
+      norm_full: d.qk_norm_full.is_some(),
       n_heads: d.n_heads,
       n_kv_heads: d.n_kv_heads,
       scale: d.scale,
@@ -150,7 +163,13 @@ impl Attention {
   pub fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let s = x.shape();
     let (b, l) = (s[0], s[1]);
+    let full = self.norm_full;
     let heads = |t: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
+      let t = match (full, norm) {
+        (true, Some(nm)) => nm.forward(&t)?,
+        _ => t,
+      };
+      let norm = if full { &None } else { norm };
       let t = ops::reshape(&t, &[b, l, n, -1])?;
       let t = match norm {
         Some(nm) => nm.forward(&t)?,

@@ -196,6 +196,7 @@ impl Llama {
         qkv_bias: v.qkv_bias,
         o_bias: v.o_bias,
         qk_norm: v.qk_norm.then_some(args.rms_norm_eps),
+        qk_norm_full: None,
         scale: v.attention_scale.unwrap_or((head_dim as f32).powf(-0.5)),
       };
       layers.push(Block {

@@ -30,6 +30,7 @@ pub(crate) mod moe;
 pub mod nemotron;
 pub mod olmo2;
 pub mod olmo3;
+pub mod olmoe;
 pub mod phi;
 pub mod phi3;
 pub mod qwen2;

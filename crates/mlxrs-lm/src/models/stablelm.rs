@@ -90,6 +90,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
     qkv_bias: a.use_qkv_bias,
     o_bias: false,
     qk_norm: None,
+    qk_norm_full: None,
     scale: (hd as f32).powf(-0.5),
   };
   let eps = a.layer_norm_eps;

@@ -105,6 +105,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
     qkv_bias: true,
     o_bias: true,
     qk_norm: None,
+    qk_norm_full: None,
     scale: (hd as f32).powf(-0.5),
   };
   let layers = (0..a.num_hidden_layers)
