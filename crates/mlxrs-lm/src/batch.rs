@@ -24,17 +24,36 @@ use crate::tokenizer::Tokenizer;
 
 /// `model_type`s whose models implement [`LanguageModel::hidden_padded`].
 pub const BATCH_MODEL_TYPES: &[&str] = &[
+  "cohere",
   "deepseek_v3",
+  "ernie4_5",
+  "exaone",
   "gemma2",
+  "glm4",
+  "gpt_neox",
+  "granite",
+  "granitemoe",
+  "helium",
+  "internlm2",
+  "internlm3",
   "llama",
+  "mimo",
+  "minicpm",
   "mistral",
   "mixtral",
+  "nemotron",
   "olmo2",
+  "olmoe",
+  "phi",
   "phi3",
   "qwen2",
+  "qwen2_moe",
   "qwen3",
   "qwen3_moe",
+  "seed_oss",
   "smollm3",
+  "stablelm",
+  "starcoder2",
 ];
 
 fn bad(msg: impl Into<String>) -> Error {

@@ -39,6 +39,7 @@ pub mod models;
 pub mod sample;
 pub mod shard;
 pub mod speculative;
+pub mod support;
 pub mod text;
 pub mod tuner;
 pub mod validate;

@@ -100,3 +100,37 @@ pub(crate) fn stack_experts(
   }
   Ok(())
 }
+
+/// Fail, naming the field, when `config` sets `field` to a value other than
+/// null or one `ok` accepts: a feature of the checkpoint this implementation
+/// (like mlx-lm's) does not compute, which would otherwise be silently
+/// ignored.
+pub(crate) fn reject_unhandled(
+  config: &serde_json::Value,
+  arch: &str,
+  field: &str,
+  ok: impl Fn(&serde_json::Value) -> bool,
+) -> Result<()> {
+  match config.get(field) {
+    None | Some(serde_json::Value::Null) => Ok(()),
+    Some(v) if ok(v) => Ok(()),
+    Some(v) => Err(Error::InvalidArgument(format!(
+      "config.json ({arch}): field {field:?} = {v} is not supported by this architecture"
+    ))),
+  }
+}
+
+/// `config` with `key` set to `value` where it is absent or null (an
+/// architecture's default that differs from the shared args struct's).
+pub(crate) fn with_default(
+  config: &serde_json::Value,
+  defaults: &[(&str, serde_json::Value)],
+) -> serde_json::Value {
+  let mut cfg = config.clone();
+  for (k, v) in defaults {
+    if cfg.get(*k).is_none_or(serde_json::Value::is_null) {
+      cfg[*k] = v.clone();
+    }
+  }
+  cfg
+}

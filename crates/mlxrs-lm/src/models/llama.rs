@@ -5,11 +5,13 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module, swiglu,
+  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::attention::{Attention, AttnDims, layer_masks};
+use super::mlp::SwiGluMlp;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -64,7 +66,7 @@ pub struct LlamaArgs {
 }
 
 /// Differences between the Llama-shaped families.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Variant {
   /// Bias on q/k/v (Qwen2: always; Llama: `attention_bias`).
   pub qkv_bias: bool,
@@ -72,78 +74,52 @@ pub struct Variant {
   pub o_bias: bool,
   /// RMSNorm on per-head q and k before RoPE (Qwen3).
   pub qk_norm: bool,
+  /// Factor on the input embeddings (Granite `embedding_multiplier`).
+  pub embedding_scale: f32,
+  /// Factor on each branch output before its residual add (Granite
+  /// `residual_multiplier`).
+  pub residual_scale: f32,
+  /// Attention scale instead of `head_dim^-0.5` (Granite
+  /// `attention_multiplier`).
+  pub attention_scale: Option<f32>,
+  /// Divisor of the logits (Granite `logits_scaling`).
+  pub logits_divisor: f32,
+  /// An untied checkpoint without `lm_head.*` takes the embedding table
+  /// as its head (MiniCPM's `sanitize`).
+  pub head_from_embeddings: bool,
+  /// Checkpoint tensors under these prefixes are dropped by sanitize
+  /// (MiMo's `model.mtp_layers.`).
+  pub drop_prefixes: &'static [&'static str],
 }
 
-struct Attention {
-  q_proj: Linear,
-  k_proj: Linear,
-  v_proj: Linear,
-  o_proj: Linear,
-  q_norm: Option<RmsNorm>,
-  k_norm: Option<RmsNorm>,
-  n_heads: i32,
-  n_kv_heads: i32,
-  scale: f32,
-  rope: Rope,
-}
-module!(Attention {
-  q_proj,
-  k_proj,
-  v_proj,
-  o_proj,
-  q_norm,
-  k_norm
-});
-
-impl Attention {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let s = x.shape();
-    let (b, l) = (s[0], s[1]);
-    let heads = |t: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
-      let t = ops::reshape(&t, &[b, l, n, -1])?;
-      let t = match norm {
-        Some(nm) => nm.forward(&t)?,
-        None => t,
-      };
-      ops::transpose_axes(&t, &[0, 2, 1, 3])
-    };
-    let q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm)?;
-    let k = heads(self.k_proj.forward(x)?, self.n_kv_heads, &self.k_norm)?;
-    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None)?;
-    let q = self.rope.forward(&q, cache.offset)?;
-    let k = self.rope.forward(&k, cache.offset)?;
-    let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
-    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
-    self.o_proj.forward(&o)
+impl Default for Variant {
+  fn default() -> Variant {
+    Variant {
+      qkv_bias: false,
+      o_bias: false,
+      qk_norm: false,
+      embedding_scale: 1.0,
+      residual_scale: 1.0,
+      attention_scale: None,
+      logits_divisor: 1.0,
+      head_from_embeddings: false,
+      drop_prefixes: &[],
+    }
   }
 }
 
-struct Mlp {
-  gate_proj: Linear,
-  down_proj: Linear,
-  up_proj: Linear,
-}
-module!(Mlp {
-  gate_proj,
-  down_proj,
-  up_proj
-});
-
-impl Mlp {
-  fn forward(&self, x: &Array) -> Result<Array> {
-    self.down_proj.forward(&swiglu(
-      &self.gate_proj.forward(x)?,
-      &self.up_proj.forward(x)?,
-    )?)
-  }
+/// `x * s`, skipped when `s == 1` (bit-identical to the unscaled model).
+fn scaled(x: Array, s: f32) -> Result<Array> {
+  if s == 1.0 { Ok(x) } else { x * s }
 }
 
 struct Block {
   self_attn: Attention,
-  mlp: Mlp,
+  mlp: SwiGluMlp,
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
   sliding: bool,
+  residual_scale: f32,
 }
 module!(Block {
   self_attn,
@@ -154,18 +130,14 @@ module!(Block {
 
 impl Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let h = ops::add(
-      x,
-      &self
-        .self_attn
-        .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
-    )?;
-    ops::add(
-      &h,
-      &self
-        .mlp
-        .forward(&self.post_attention_layernorm.forward(&h)?)?,
-    )
+    let r = self
+      .self_attn
+      .forward(&self.input_layernorm.forward(x)?, mask, cache)?;
+    let h = ops::add(x, &scaled(r, self.residual_scale)?)?;
+    let r = self
+      .mlp
+      .forward(&self.post_attention_layernorm.forward(&h)?)?;
+    ops::add(&h, &scaled(r, self.residual_scale)?)
   }
 }
 
@@ -183,6 +155,7 @@ module!(Inner {
 /// A Llama-shaped decoder (mlx-lm `llama.Model`).
 pub struct Llama {
   args: LlamaArgs,
+  variant: Variant,
   model: Inner,
   lm_head: Option<Linear>,
 }
@@ -215,27 +188,24 @@ impl Llama {
         args.rope_scaling.as_ref(),
         args.max_position_embeddings,
       )?;
+      let dims = AttnDims {
+        hidden: h,
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim,
+        qkv_bias: v.qkv_bias,
+        o_bias: v.o_bias,
+        qk_norm: v.qk_norm.then_some(args.rms_norm_eps),
+        qk_norm_full: None,
+        scale: v.attention_scale.unwrap_or((head_dim as f32).powf(-0.5)),
+      };
       layers.push(Block {
-        self_attn: Attention {
-          q_proj: Linear::new(h, n_heads * head_dim, v.qkv_bias),
-          k_proj: Linear::new(h, n_kv * head_dim, v.qkv_bias),
-          v_proj: Linear::new(h, n_kv * head_dim, v.qkv_bias),
-          o_proj: Linear::new(n_heads * head_dim, h, v.o_bias),
-          q_norm: v.qk_norm.then(|| RmsNorm::new(head_dim, args.rms_norm_eps)),
-          k_norm: v.qk_norm.then(|| RmsNorm::new(head_dim, args.rms_norm_eps)),
-          n_heads,
-          n_kv_heads: n_kv,
-          scale: (head_dim as f32).powf(-0.5),
-          rope,
-        },
-        mlp: Mlp {
-          gate_proj: Linear::new(h, args.intermediate_size, args.mlp_bias),
-          down_proj: Linear::new(args.intermediate_size, h, args.mlp_bias),
-          up_proj: Linear::new(h, args.intermediate_size, args.mlp_bias),
-        },
+        self_attn: Attention::new(dims, Some(rope)),
+        mlp: SwiGluMlp::new(h, args.intermediate_size, args.mlp_bias),
         input_layernorm: RmsNorm::new(h, args.rms_norm_eps),
         post_attention_layernorm: RmsNorm::new(h, args.rms_norm_eps),
         sliding: lt == "sliding_attention",
+        residual_scale: v.residual_scale,
       });
     }
     let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
@@ -247,6 +217,7 @@ impl Llama {
       },
       lm_head,
       args,
+      variant: v,
     })
   }
 }
@@ -257,7 +228,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let v = Variant {
     qkv_bias: args.attention_bias,
     o_bias: args.attention_bias,
-    qk_norm: false,
+    ..Variant::default()
   };
   Ok(Box::new(Llama::new(args, v)?))
 }
@@ -274,24 +245,17 @@ impl Llama {
     key_valid: Option<&[Vec<bool>]>,
     mask: Option<&AttnMask>,
   ) -> Result<Array> {
-    super::base::check_caches(caches.len(), self.model.layers.len())?;
+    h = scaled(h, self.variant.embedding_scale)?;
     let n = h.dim(1).unwrap_or(1);
-    let fa = self.model.layers.iter().position(|l| !l.sliding);
-    let swa = self.model.layers.iter().position(|l| l.sliding);
-    let fa_mask = match (fa, key_valid, mask) {
-      (_, _, Some(m)) => m.clone(),
-      (Some(i), Some(kv), None) => crate::batch::padded_mask(kv, n, caches[i].offset, None)?,
-      (Some(i), None, None) => caches[i].make_mask(n, None)?,
-      (None, _, None) => AttnMask::None,
-    };
-    let swa_mask = match (swa, key_valid, mask) {
-      (_, _, Some(m)) => m.clone(),
-      (Some(i), Some(kv), None) => {
-        crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?
-      }
-      (Some(i), None, None) => caches[i].make_mask(n, self.args.sliding_window)?,
-      (None, _, None) => AttnMask::None,
-    };
+    let sliding: Vec<bool> = self.model.layers.iter().map(|l| l.sliding).collect();
+    let (fa_mask, swa_mask) = layer_masks(
+      &sliding,
+      caches,
+      n,
+      self.args.sliding_window,
+      key_valid,
+      mask,
+    )?;
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       let mask = if layer.sliding { &swa_mask } else { &fa_mask };
       h = layer.forward(&h, mask, cache)?;
@@ -329,10 +293,11 @@ impl LanguageModel for Llama {
   }
 
   fn logits(&self, hidden: &Array) -> Result<Array> {
-    match &self.lm_head {
-      Some(head) => head.forward(hidden),
-      None => self.model.embed_tokens.as_linear(hidden),
-    }
+    let out = match &self.lm_head {
+      Some(head) => head.forward(hidden)?,
+      None => self.model.embed_tokens.as_linear(hidden)?,
+    };
+    scaled(out, 1.0 / self.variant.logits_divisor)
   }
 
   fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
@@ -362,11 +327,20 @@ impl LanguageModel for Llama {
   }
 
   fn sanitize(&self, mut weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
-    weights.retain(|k, _| !k.contains("self_attn.rotary_emb.inv_freq"));
+    weights.retain(|k, _| {
+      !k.contains("self_attn.rotary_emb.inv_freq")
+        && !self.variant.drop_prefixes.iter().any(|p| k.starts_with(p))
+    });
     if self.args.tie_word_embeddings {
       weights.remove("lm_head.weight");
       weights.remove("lm_head.scales");
       weights.remove("lm_head.biases");
+    } else if self.variant.head_from_embeddings && !weights.contains_key("lm_head.weight") {
+      for kind in ["weight", "scales", "biases"] {
+        if let Some(w) = weights.get(&format!("model.embed_tokens.{kind}")) {
+          weights.insert(format!("lm_head.{kind}"), w.clone());
+        }
+      }
     }
     Ok(weights)
   }

@@ -82,6 +82,7 @@ struct Block {
   mlp: Mlp,
   post_attention_layernorm: RmsNorm,
   post_feedforward_layernorm: RmsNorm,
+  sliding: bool,
 }
 module!(Block {
   self_attn,
@@ -118,8 +119,9 @@ module!(Inner {
   norm
 });
 
-/// An OLMo 2 decoder (mlx-lm `olmo2.Model`). Its config has the fields of
-/// llama.py's `ModelArgs` (`layer_types` / `sliding_window` are not used).
+/// An OLMo 2 decoder (mlx-lm `olmo2.Model`), or OLMo 3's (its
+/// `sliding_attention` layers). Its config has the fields of llama.py's
+/// `ModelArgs` (OLMo 2 ignores `layer_types` / `sliding_window`).
 pub struct Olmo2 {
   args: LlamaArgs,
   model: Inner,
@@ -128,8 +130,16 @@ pub struct Olmo2 {
 module!(Olmo2 { model, lm_head });
 
 impl Olmo2 {
-  /// Build from parsed args.
+  /// Build from parsed args (OLMo 2: every layer full attention).
   pub fn new(args: LlamaArgs) -> Result<Olmo2> {
+    let full = vec![false; args.num_hidden_layers.max(0) as usize];
+    Olmo2::with_sliding(args, &full, true)
+  }
+
+  /// Build with `sliding[i]` saying whether layer `i` is a sliding-window
+  /// layer (OLMo 3: plain RoPE of `rope_theta` there, `rope_scaling` only on
+  /// full layers); `mlp_bias_allowed` false forces bias-free MLPs.
+  pub fn with_sliding(args: LlamaArgs, sliding: &[bool], mlp_bias_allowed: bool) -> Result<Olmo2> {
     let h = args.hidden_size;
     let n_heads = args.num_attention_heads;
     let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
@@ -138,18 +148,29 @@ impl Olmo2 {
     let (eps, bias, mlp_bias, inter) = (
       args.rms_norm_eps,
       args.attention_bias,
-      args.mlp_bias,
+      args.mlp_bias && mlp_bias_allowed,
       args.intermediate_size,
     );
+    if sliding.len() != args.num_hidden_layers as usize {
+      return Err(mlxrs_core::Error::InvalidArgument(format!(
+        "config.json: {} layer types for {} layers",
+        sliding.len(),
+        args.num_hidden_layers
+      )));
+    }
     let mut layers = Vec::new();
-    for _ in 0..args.num_hidden_layers {
-      let rope = Rope::from_config(
-        hd,
-        args.rope_theta,
-        args.rope_traditional,
-        args.rope_scaling.as_ref(),
-        args.max_position_embeddings,
-      )?;
+    for &sl in sliding {
+      let rope = if sl {
+        Rope::new(hd, args.rope_traditional, args.rope_theta, 1.0)
+      } else {
+        Rope::from_config(
+          hd,
+          args.rope_theta,
+          args.rope_traditional,
+          args.rope_scaling.as_ref(),
+          args.max_position_embeddings,
+        )?
+      };
       layers.push(Block {
         self_attn: Attention {
           q_proj: Linear::new(h, n_heads * hd, bias),
@@ -170,6 +191,7 @@ impl Olmo2 {
         },
         post_attention_layernorm: RmsNorm::new(h, eps),
         post_feedforward_layernorm: RmsNorm::new(h, eps),
+        sliding: sl,
       });
     }
     let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
@@ -199,22 +221,28 @@ impl Olmo2 {
     caches: &mut [KvCache],
     key_valid: Option<&[Vec<bool>]>,
   ) -> Result<Array> {
-    if caches.len() != self.model.layers.len() {
-      return Err(mlxrs_core::Error::InvalidArgument(format!(
-        "{} caches for {} layers",
-        caches.len(),
-        self.model.layers.len()
-      )));
-    }
+    super::base::check_caches(caches.len(), self.model.layers.len())?;
     let mut h = self.model.embed_tokens.forward(tokens)?;
     let n = tokens.dim(-1).unwrap_or(1);
-    let mask = match (caches.first(), key_valid) {
-      (Some(c), Some(kv)) => crate::batch::padded_mask(kv, n, c.offset, None)?,
-      (Some(c), None) => c.make_mask(n, None)?,
-      (None, _) => AttnMask::None,
+    // One mask per layer kind, from the first cache of that kind.
+    let mask_for = |sliding: bool, caches: &[KvCache]| -> Result<AttnMask> {
+      let window = if sliding {
+        self.args.sliding_window
+      } else {
+        None
+      };
+      let i = self.model.layers.iter().position(|l| l.sliding == sliding);
+      match (i, key_valid) {
+        (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, window),
+        (Some(i), None) => caches[i].make_mask(n, window),
+        (None, _) => Ok(AttnMask::None),
+      }
     };
+    let full = mask_for(false, caches)?;
+    let swa = mask_for(true, caches)?;
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      h = layer.forward(&h, &mask, cache)?;
+      let mask = if layer.sliding { &swa } else { &full };
+      h = layer.forward(&h, mask, cache)?;
     }
     self.model.norm.forward(&h)
   }
@@ -243,7 +271,22 @@ impl LanguageModel for Olmo2 {
   }
 
   fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    super::base::default_caches(self.model.layers.len(), max_kv_size)
+    self
+      .model
+      .layers
+      .iter()
+      .map(
+        |l| match (l.sliding, self.args.sliding_window, max_kv_size) {
+          (true, Some(w), _) => KvCache::new(mlxrs_nn::KvCacheKind::Rotating {
+            max_size: w,
+            keep: 0,
+          }),
+          (_, _, m) => super::base::default_caches(1, m)
+            .pop()
+            .unwrap_or_else(KvCache::standard),
+        },
+      )
+      .collect()
   }
 
   fn load(&mut self, w: &mut Weights) {

@@ -23,6 +23,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       qkv_bias: true,
       o_bias: false,
       qk_norm: false,
+      ..Variant::default()
     },
   )?))
 }

@@ -17,6 +17,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       qkv_bias: bias,
       o_bias: bias,
       qk_norm: true,
+      ..Variant::default()
     },
   )?))
 }

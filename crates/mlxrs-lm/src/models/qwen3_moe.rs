@@ -7,13 +7,14 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
-  AttnMask, Embedding, GluActivation, KvCache, Linear, Module, RmsNorm, Rope, SwitchGlu, Weights,
-  module, sdpa_with_cache, swiglu,
+  AttnMask, Embedding, KvCache, Linear, Module, RmsNorm, Rope, Weights, module, sdpa_with_cache,
+  swiglu,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::base::{check_caches, check_heads, check_moe, default_caches, last_axis, stack_experts};
+use super::base::{check_caches, check_heads, check_moe, default_caches, stack_experts};
+use super::moe::SparseMoe;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_one() -> i32 {
@@ -132,42 +133,6 @@ impl Mlp {
   }
 }
 
-/// `Qwen3MoeSparseMoeBlock`.
-struct SparseMoe {
-  gate: Linear,
-  switch_mlp: SwitchGlu,
-  num_experts: i32,
-  top_k: i32,
-  norm_topk_prob: bool,
-}
-module!(SparseMoe { gate, switch_mlp });
-
-impl SparseMoe {
-  fn forward(&self, x: &Array) -> Result<Array> {
-    let gates = ops::softmax_axis(&self.gate.forward(x)?, -1, true)?;
-    let (e, k) = (self.num_experts, self.top_k);
-    let inds = ops::stop_gradient(&last_axis(
-      &ops::argpartition_axis(&gates, e - k, -1)?,
-      e - k,
-      e,
-    )?)?;
-    let mut scores = ops::take_along_axis(&gates, &inds, -1)?;
-    if self.norm_topk_prob {
-      scores = ops::divide(&scores, &ops::sum_axis(&scores, -1, true)?)?;
-    }
-    let y = self.switch_mlp.forward(x, &inds)?;
-    let dt = y.dtype();
-    ops::astype(
-      &ops::sum_axis(
-        &ops::multiply(&y, &ops::expand_dims(&scores, -1)?)?,
-        -2,
-        false,
-      )?,
-      dt,
-    )
-  }
-}
-
 struct Block {
   self_attn: Attention,
   dense: Option<Mlp>,
@@ -261,18 +226,15 @@ impl Qwen3Moe {
           down_proj: Linear::new(args.intermediate_size, h, false),
           up_proj: Linear::new(h, args.intermediate_size, false),
         }),
-        moe: is_moe.then(|| SparseMoe {
-          gate: Linear::new(h, args.num_experts, false),
-          switch_mlp: SwitchGlu::new(
+        moe: is_moe.then(|| {
+          SparseMoe::new(
             h,
             args.moe_intermediate_size,
             args.num_experts,
-            GluActivation::SwiGlu,
-            false,
-          ),
-          num_experts: args.num_experts,
-          top_k: args.num_experts_per_tok,
-          norm_topk_prob: args.norm_topk_prob,
+            args.num_experts_per_tok,
+            args.norm_topk_prob,
+            None,
+          )
         }),
         input_layernorm: RmsNorm::new(h, eps),
         post_attention_layernorm: RmsNorm::new(h, eps),

@@ -102,3 +102,80 @@ pub fn check_fixture(name: &str, tol: f32) {
     );
   }
 }
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+  a.iter()
+    .zip(b)
+    .map(|(g, w)| (g - w).abs())
+    .fold(0f32, f32::max)
+}
+
+/// The reference last-position logits again, with the model's caches made
+/// for `max_kv_size` (rotating where it is larger than the prompt).
+pub fn check_rotating(name: &str, max_kv_size: i32, tol: f32) {
+  let r = reference(name);
+  let (model, _) = load_model_dir(&fixture(name), Some(Dtype::Float32)).unwrap();
+  let prompt = ints(&r["prompt_ids"]);
+  let want: Vec<f32> = r["logits_last"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|x| x.as_f64().unwrap() as f32)
+    .collect();
+  let mut caches = model.make_caches(Some(max_kv_size));
+  let x = Array::from_slice(&prompt, &[1, prompt.len() as i32]).unwrap();
+  let all = model
+    .forward(&x, &mut caches)
+    .unwrap()
+    .to_vec::<f32>()
+    .unwrap();
+  let d = max_abs_diff(&all[all.len() - want.len()..], &want);
+  assert!(
+    d <= tol,
+    "{name}: max |logit diff| {d} with rotating caches"
+  );
+}
+
+/// A left-padded batch (`hidden_padded`, standard caches) of the reference
+/// prompt and the same prompt without its last 5 tokens: row 0's last
+/// position gives the reference logits, row 1's the logits of a single
+/// forward over the short prompt.
+pub fn check_padded(name: &str, tol: f32) {
+  let r = reference(name);
+  let (model, _) = load_model_dir(&fixture(name), Some(Dtype::Float32)).unwrap();
+  let prompt = ints(&r["prompt_ids"]);
+  let want: Vec<f32> = r["logits_last"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|x| x.as_f64().unwrap() as f32)
+    .collect();
+  let (n, pad) = (prompt.len(), 5usize);
+  let short = &prompt[..n - pad];
+  let mut rows = prompt.clone();
+  rows.extend(std::iter::repeat_n(0, pad));
+  rows.extend_from_slice(short);
+  let x = Array::from_slice(&rows, &[2, n as i32]).unwrap();
+  let key_valid = vec![vec![true; n], (0..n).map(|j| j >= pad).collect()];
+  let mut caches: Vec<mlxrs_nn::KvCache> = (0..model.make_caches(None).len())
+    .map(|_| mlxrs_nn::KvCache::standard())
+    .collect();
+  let h = model.hidden_padded(&x, &mut caches, &key_valid).unwrap();
+  let all = model.logits(&h).unwrap().to_vec::<f32>().unwrap();
+  let v = want.len();
+  let row0 = &all[(n - 1) * v..n * v];
+  let row1 = &all[(2 * n - 1) * v..2 * n * v];
+  let d0 = max_abs_diff(row0, &want);
+  assert!(
+    d0 <= tol,
+    "{name}: padded batch row 0 max |logit diff| {d0}"
+  );
+  let mut c = model.make_caches(None);
+  let xs = Array::from_slice(short, &[1, short.len() as i32]).unwrap();
+  let single = model.forward(&xs, &mut c).unwrap().to_vec::<f32>().unwrap();
+  let d1 = max_abs_diff(row1, &single[single.len() - v..]);
+  assert!(
+    d1 <= tol,
+    "{name}: padded batch row 1 max |logit diff| {d1}"
+  );
+}

@@ -1,0 +1,220 @@
+//! The attention layer and decoder-stack loop most mlx-lm architectures
+//! share (`Attention` of llama.py / starcoder2.py / stablelm.py / ...):
+//! `q_proj`/`k_proj`/`v_proj`/`o_proj`, optional per-head RMSNorm on q and
+//! k, RoPE (possibly over only the first dims of each head), scaled dot-
+//! product attention over a KV cache; and the per-layer mask selection
+//! (full / sliding window / left-padded batch) of their `Model.__call__`.
+
+use mlxrs_core::{Array, Result, ops};
+use mlxrs_nn::{AttnMask, KvCache, Linear, Module, Quantizable, RmsNorm, Rope, Weights, join};
+
+/// Shape of an [`Attention`] layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttnDims {
+  /// Model width (input and output of the layer).
+  pub hidden: i32,
+  /// Query heads.
+  pub n_heads: i32,
+  /// Key/value heads.
+  pub n_kv_heads: i32,
+  /// Per-head width.
+  pub head_dim: i32,
+  /// Bias on q/k/v.
+  pub qkv_bias: bool,
+  /// Bias on o_proj.
+  pub o_bias: bool,
+  /// Per-head RMSNorm (eps) on q and k before RoPE (Qwen3).
+  pub qk_norm: Option<f32>,
+  /// RMSNorm (eps) over the whole q and k projections (all heads at once,
+  /// OLMo-2 / OLMoE style) instead.
+  pub qk_norm_full: Option<f32>,
+  /// Attention scale (usually `head_dim^-0.5`).
+  pub scale: f32,
+}
+
+impl AttnDims {
+  /// The usual layout: `head_dim^-0.5` scale, no q/k norm.
+  pub fn new(
+    hidden: i32,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+    bias: (bool, bool),
+  ) -> AttnDims {
+    AttnDims {
+      hidden,
+      n_heads,
+      n_kv_heads,
+      head_dim,
+      qkv_bias: bias.0,
+      o_bias: bias.1,
+      qk_norm: None,
+      qk_norm_full: None,
+      scale: (head_dim as f32).powf(-0.5),
+    }
+  }
+}
+
+/// `self_attn` of a Llama-shaped block.
+pub(crate) struct Attention {
+  q_proj: Linear,
+  k_proj: Linear,
+  v_proj: Linear,
+  o_proj: Linear,
+  q_norm: Option<RmsNorm>,
+  k_norm: Option<RmsNorm>,
+  n_heads: i32,
+  n_kv_heads: i32,
+  scale: f32,
+  /// `None`: no positional encoding (NoPE layers).
+  rope: Option<Rope>,
+  /// q/k norms over the whole projection rather than per head.
+  norm_full: bool,
+  /// The output projection's name (`o_proj`; phi: `dense`).
+  o_name: &'static str,
+}
+
+impl Attention {
+  fn named(&self) -> [(&'static str, &dyn Module); 6] {
+    [
+      ("q_proj", &self.q_proj),
+      ("k_proj", &self.k_proj),
+      ("v_proj", &self.v_proj),
+      (self.o_name, &self.o_proj),
+      ("q_norm", &self.q_norm),
+      ("k_norm", &self.k_norm),
+    ]
+  }
+
+  fn named_mut(&mut self) -> [(&'static str, &mut dyn Module); 6] {
+    [
+      ("q_proj", &mut self.q_proj),
+      ("k_proj", &mut self.k_proj),
+      ("v_proj", &mut self.v_proj),
+      (self.o_name, &mut self.o_proj),
+      ("q_norm", &mut self.q_norm),
+      ("k_norm", &mut self.k_norm),
+    ]
+  }
+
+  /// The same layer with its output projection named `name` (phi's
+  /// `dense`).
+  pub fn with_o_name(mut self, name: &'static str) -> Attention {
+    self.o_name = name;
+    self
+  }
+}
+
+impl Module for Attention {
+  fn load(&mut self, w: &mut Weights, prefix: &str) {
+    for (n, m) in self.named_mut() {
+      m.load(w, &join(prefix, n));
+    }
+  }
+  fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    for (n, m) in self.named() {
+      m.visit(&join(prefix, n), f);
+    }
+  }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    for (n, m) in self.named_mut() {
+      m.visit_mut(&join(prefix, n), f);
+    }
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    for (n, m) in self.named() {
+      m.visit_frozen(&join(prefix, n), f);
+    }
+  }
+  fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    for (n, m) in self.named_mut() {
+      m.visit_quantizable_mut(&join(prefix, n), f);
+    }
+  }
+}
+
+impl Attention {
+  /// An unloaded layer of shape `d` with positional encoding `rope`.
+  pub fn new(d: AttnDims, rope: Option<Rope>) -> Attention {
+    let (h, hd) = (d.hidden, d.head_dim);
+    Attention {
+      q_proj: Linear::new(h, d.n_heads * hd, d.qkv_bias),
+      k_proj: Linear::new(h, d.n_kv_heads * hd, d.qkv_bias),
+      v_proj: Linear::new(h, d.n_kv_heads * hd, d.qkv_bias),
+      o_proj: Linear::new(d.n_heads * hd, h, d.o_bias),
+      q_norm: match (d.qk_norm_full, d.qk_norm) {
+        (Some(eps), _) => Some(RmsNorm::new(d.n_heads * hd, eps)),
+        (None, eps) => eps.map(|eps| RmsNorm::new(hd, eps)),
+      },
+      k_norm: match (d.qk_norm_full, d.qk_norm) {
+        (Some(eps), _) => Some(RmsNorm::new(d.n_kv_heads * hd, eps)),
+        (None, eps) => eps.map(|eps| RmsNorm::new(hd, eps)),
+      },
+      norm_full: d.qk_norm_full.is_some(),
+      n_heads: d.n_heads,
+      n_kv_heads: d.n_kv_heads,
+      scale: d.scale,
+      rope,
+      o_name: "o_proj",
+    }
+  }
+
+  /// Attention over `x` `[B, L, hidden]`, appending to `cache`.
+  pub fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
+    let s = x.shape();
+    let (b, l) = (s[0], s[1]);
+    let full = self.norm_full;
+    let heads = |t: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
+      let t = match (full, norm) {
+        (true, Some(nm)) => nm.forward(&t)?,
+        _ => t,
+      };
+      let norm = if full { &None } else { norm };
+      let t = ops::reshape(&t, &[b, l, n, -1])?;
+      let t = match norm {
+        Some(nm) => nm.forward(&t)?,
+        None => t,
+      };
+      ops::transpose_axes(&t, &[0, 2, 1, 3])
+    };
+    let mut q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm)?;
+    let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads, &self.k_norm)?;
+    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None)?;
+    if let Some(rope) = &self.rope {
+      q = rope.forward(&q, cache.offset)?;
+      k = rope.forward(&k, cache.offset)?;
+    }
+    let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
+    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
+    self.o_proj.forward(&o)
+  }
+}
+
+/// The masks of one forward: one for full-attention layers, one for
+/// sliding-window layers (`window`), each built from the first cache of
+/// its kind (mlx-lm's `fa_idx` / `swa_idx`). `key_valid` (rows of a left-
+/// padded batch) gives padded masks, `mask` overrides both.
+pub(crate) fn layer_masks(
+  sliding: &[bool],
+  caches: &[KvCache],
+  n: i32,
+  window: Option<i32>,
+  key_valid: Option<&[Vec<bool>]>,
+  mask: Option<&AttnMask>,
+) -> Result<(AttnMask, AttnMask)> {
+  super::base::check_caches(caches.len(), sliding.len())?;
+  let one = |want_sliding: bool| -> Result<AttnMask> {
+    let w = if want_sliding { window } else { None };
+    match (
+      sliding.iter().position(|s| *s == want_sliding),
+      key_valid,
+      mask,
+    ) {
+      (_, _, Some(m)) => Ok(m.clone()),
+      (Some(i), Some(kv), None) => crate::batch::padded_mask(kv, n, caches[i].offset, w),
+      (Some(i), None, None) => caches[i].make_mask(n, w),
+      (None, _, None) => Ok(AttnMask::None),
+    }
+  };
+  Ok((one(false)?, one(true)?))
+}

@@ -1,0 +1,348 @@
+//! The model shell most mlx-lm architectures share (`Model` +
+//! `<Arch>Model` of their files): `model.embed_tokens`, a stack of decoder
+//! layers, a final norm, an optional `lm_head` (tied to the embeddings
+//! otherwise). An architecture file defines its layer ([`Layer`]) and
+//! builds a [`Decoder`]; the forward, masks (full / sliding / left-padded),
+//! caches, sanitize and loading live here once.
+
+use std::collections::HashMap;
+
+use mlxrs_core::{Array, Result};
+use mlxrs_nn::{
+  AttnMask, Embedding, KvCache, KvCacheKind, LayerNorm, Linear, Module, RmsNorm, Weights, join,
+};
+
+use super::attention::layer_masks;
+use crate::model::LanguageModel;
+
+/// One decoder layer: `x -> x'` over its KV cache.
+pub(crate) trait Layer: Module + Send {
+  /// The layer over `x` `[B, L, hidden]`.
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array>;
+  /// Whether the layer attends over a sliding window.
+  fn sliding(&self) -> bool {
+    false
+  }
+}
+
+/// A normalization layer (RMSNorm or LayerNorm).
+pub(crate) trait Norm: Module + Send {
+  /// The norm of `x` over its last axis.
+  fn apply(&self, x: &Array) -> Result<Array>;
+}
+
+impl Norm for RmsNorm {
+  fn apply(&self, x: &Array) -> Result<Array> {
+    self.forward(x)
+  }
+}
+
+impl Norm for LayerNorm {
+  fn apply(&self, x: &Array) -> Result<Array> {
+    self.forward(x)
+  }
+}
+
+/// The parts under `model.`: embeddings, layers, final norm, under the
+/// names in `names` (`embed_tokens` / `layers` / `norm` by default).
+struct Inner {
+  embed_tokens: Embedding,
+  layers: Vec<Box<dyn Layer>>,
+  norm: Box<dyn Norm>,
+  names: Names,
+}
+
+/// Parameter names of a [`Decoder`]'s parts (`<root>.<embed>`,
+/// `<root>.<layers>.{i}`, `<root>.<norm>`), e.g. EXAONE's
+/// `transformer.wte` / `transformer.h` / `transformer.ln_f`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Names {
+  /// Prefix of the stack (`model`).
+  pub root: &'static str,
+  /// The embedding table (`embed_tokens`).
+  pub embed: &'static str,
+  /// The layer list (`layers`).
+  pub layers: &'static str,
+  /// The final norm (`norm`).
+  pub norm: &'static str,
+  /// The output projection, from the top (`lm_head`; GPT-NeoX
+  /// `model.embed_out`).
+  pub head: &'static str,
+}
+
+impl Module for Inner {
+  fn load(&mut self, w: &mut Weights, prefix: &str) {
+    self.embed_tokens.load(w, &join(prefix, self.names.embed));
+    self.layers.load(w, &join(prefix, self.names.layers));
+    self.norm.load(w, &join(prefix, self.names.norm));
+  }
+  fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    self.embed_tokens.visit(&join(prefix, "embed_tokens"), f);
+    self.layers.visit(&join(prefix, self.names.layers), f);
+    self.norm.visit(&join(prefix, self.names.norm), f);
+  }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self
+      .embed_tokens
+      .visit_mut(&join(prefix, "embed_tokens"), f);
+    self.layers.visit_mut(&join(prefix, self.names.layers), f);
+    self.norm.visit_mut(&join(prefix, self.names.norm), f);
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    self
+      .embed_tokens
+      .visit_frozen(&join(prefix, "embed_tokens"), f);
+    self
+      .layers
+      .visit_frozen(&join(prefix, self.names.layers), f);
+    self.norm.visit_frozen(&join(prefix, self.names.norm), f);
+  }
+  fn set_training(&mut self, training: bool) {
+    self.layers.set_training(training);
+  }
+  fn visit_quantizable_mut(
+    &mut self,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &mut dyn mlxrs_nn::Quantizable),
+  ) {
+    self
+      .embed_tokens
+      .visit_quantizable_mut(&join(prefix, self.names.embed), f);
+    self
+      .layers
+      .visit_quantizable_mut(&join(prefix, self.names.layers), f);
+  }
+}
+
+/// Options of a [`Decoder`] beyond its parts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DecoderOpts {
+  /// Vocabulary size.
+  pub vocab_size: i32,
+  /// Sliding window of the layers that say [`Layer::sliding`].
+  pub window: Option<i32>,
+  /// Factor on the logits (Cohere `logit_scale`).
+  pub logit_scale: Option<f32>,
+  /// Factor on the input embeddings (GraniteMoE `embedding_multiplier`).
+  pub embed_scale: Option<f32>,
+  /// Whether a tied checkpoint's `lm_head.*` is dropped by sanitize.
+  pub tied: bool,
+  /// MoE: HF per-expert `mlp.experts.{e}.{gate,up,down}_proj` tensors are
+  /// stacked into `mlp.switch_mlp.*` by sanitize (this many experts).
+  pub stack_experts: Option<i32>,
+  /// The architecture's own weight fixes, run first by sanitize (mlx-lm's
+  /// renames of HF keys, e.g. GPT-NeoX).
+  pub sanitize: Option<SanitizeFn>,
+}
+
+/// A weight-map fix (python `Model.sanitize`).
+pub(crate) type SanitizeFn = fn(HashMap<String, Array>) -> Result<HashMap<String, Array>>;
+
+/// A decoder-only LM assembled from an architecture's layers.
+pub(crate) struct Decoder {
+  model: Inner,
+  lm_head: Option<Linear>,
+  opts: DecoderOpts,
+}
+
+impl Module for Decoder {
+  fn load(&mut self, w: &mut Weights, prefix: &str) {
+    let root = self.model.names.root;
+    self.model.load(w, &join(prefix, root));
+    self.lm_head.load(w, &join(prefix, self.model.names.head));
+  }
+  fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    self.model.visit(&join(prefix, self.model.names.root), f);
+    self.lm_head.visit(&join(prefix, self.model.names.head), f);
+  }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    let root = self.model.names.root;
+    self.model.visit_mut(&join(prefix, root), f);
+    self
+      .lm_head
+      .visit_mut(&join(prefix, self.model.names.head), f);
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    self
+      .model
+      .visit_frozen(&join(prefix, self.model.names.root), f);
+    self
+      .lm_head
+      .visit_frozen(&join(prefix, self.model.names.head), f);
+  }
+  fn set_training(&mut self, training: bool) {
+    self.model.set_training(training);
+  }
+  fn visit_quantizable_mut(
+    &mut self,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &mut dyn mlxrs_nn::Quantizable),
+  ) {
+    let root = self.model.names.root;
+    self.model.visit_quantizable_mut(&join(prefix, root), f);
+    self
+      .lm_head
+      .visit_quantizable_mut(&join(prefix, self.model.names.head), f);
+  }
+}
+
+impl Decoder {
+  /// Assemble; `lm_head` `None` ties the output projection to the
+  /// embeddings.
+  pub fn new(
+    embed_tokens: Embedding,
+    layers: Vec<Box<dyn Layer>>,
+    norm: Box<dyn Norm>,
+    norm_name: &'static str,
+    lm_head: Option<Linear>,
+    opts: DecoderOpts,
+  ) -> Decoder {
+    Decoder {
+      model: Inner {
+        embed_tokens,
+        layers,
+        norm,
+        names: Names {
+          root: "model",
+          embed: "embed_tokens",
+          layers: "layers",
+          norm: norm_name,
+          head: "lm_head",
+        },
+      },
+      lm_head,
+      opts,
+    }
+  }
+
+  /// The same model with its parameters under `names`.
+  pub fn with_names(mut self, names: Names) -> Decoder {
+    self.model.names = names;
+    self
+  }
+
+  fn run(
+    &self,
+    mut h: Array,
+    caches: &mut [KvCache],
+    key_valid: Option<&[Vec<bool>]>,
+    mask: Option<&AttnMask>,
+  ) -> Result<Array> {
+    if let Some(s) = self.opts.embed_scale {
+      h = (h * s)?;
+    }
+    let n = h.dim(1).unwrap_or(1);
+    let sliding: Vec<bool> = self.model.layers.iter().map(|l| l.sliding()).collect();
+    let (fa, swa) = layer_masks(&sliding, caches, n, self.opts.window, key_valid, mask)?;
+    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
+      let m = if layer.sliding() { &swa } else { &fa };
+      h = layer.forward(&h, m, cache)?;
+    }
+    self.model.norm.apply(&h)
+  }
+}
+
+impl LanguageModel for Decoder {
+  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    self.run(self.embed_tokens(tokens)?, caches, None, None)
+  }
+
+  fn embed_tokens(&self, tokens: &Array) -> Result<Array> {
+    self.model.embed_tokens.forward(tokens)
+  }
+
+  fn hidden_from_embeddings(
+    &self,
+    embeddings: &Array,
+    caches: &mut [KvCache],
+    mask: Option<&AttnMask>,
+  ) -> Result<Array> {
+    self.run(embeddings.clone(), caches, None, mask)
+  }
+
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
+    crate::batch::check_padded_caches(caches)?;
+    self.run(self.embed_tokens(tokens)?, caches, Some(key_valid), None)
+  }
+
+  fn logits(&self, hidden: &Array) -> Result<Array> {
+    let out = match &self.lm_head {
+      Some(head) => head.forward(hidden)?,
+      None => self.model.embed_tokens.as_linear(hidden)?,
+    };
+    match self.opts.logit_scale {
+      Some(s) => out * s,
+      None => Ok(out),
+    }
+  }
+
+  fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
+    self
+      .model
+      .layers
+      .iter()
+      .map(|l| match (l.sliding(), self.opts.window, max_kv_size) {
+        (true, Some(w), _) => KvCache::new(KvCacheKind::Rotating {
+          max_size: w,
+          keep: 0,
+        }),
+        (_, _, Some(m)) => KvCache::new(KvCacheKind::Rotating {
+          max_size: m,
+          keep: 4,
+        }),
+        _ => KvCache::standard(),
+      })
+      .collect()
+  }
+
+  fn load(&mut self, w: &mut Weights) {
+    Module::load(self, w, "");
+  }
+
+  fn sanitize(&self, weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
+    let mut weights = match self.opts.sanitize {
+      Some(f) => f(weights)?,
+      None => weights,
+    };
+    weights.retain(|k, _| !k.contains("rotary_emb.inv_freq"));
+    if self.opts.tied {
+      for k in [
+        "lm_head.weight",
+        "lm_head.scales",
+        "lm_head.biases",
+        "lm_head.bias",
+      ] {
+        weights.remove(k);
+      }
+    }
+    if let Some(n) = self.opts.stack_experts {
+      let prefixes: Vec<String> = (0..self.model.layers.len())
+        .map(|l| format!("model.layers.{l}.mlp"))
+        .collect();
+      super::base::stack_experts(
+        &mut weights,
+        &prefixes,
+        n,
+        &[
+          ("gate_proj", "gate_proj"),
+          ("up_proj", "up_proj"),
+          ("down_proj", "down_proj"),
+        ],
+      )?;
+    }
+    Ok(weights)
+  }
+
+  fn vocab_size(&self) -> i32 {
+    self.opts.vocab_size
+  }
+
+  fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
+    Module::visit(self, "", f);
+  }
+}

@@ -1,0 +1,84 @@
+//! The softmax top-k sparse MoE MLP of mlx-lm's Qwen-family files
+//! (`Qwen3MoeSparseMoeBlock`, `Qwen2MoeSparseMoeBlock`): softmax over all
+//! experts' router logits, the top k by probability (optionally
+//! renormalized), their [`SwitchGlu`] outputs weighted and summed; Qwen2-MoE
+//! adds an always-on shared expert scaled by `sigmoid(shared_expert_gate)`.
+
+use mlxrs_core::{Array, Result, ops};
+use mlxrs_nn::{GluActivation, Linear, SwitchGlu, module};
+
+use super::base::last_axis;
+use super::mlp::SwiGluMlp;
+
+/// `mlp` of a sparse layer: `gate` (router), `switch_mlp`, and optionally
+/// `shared_expert` + `shared_expert_gate`.
+pub(crate) struct SparseMoe {
+  gate: Linear,
+  switch_mlp: SwitchGlu,
+  shared_expert: Option<SwiGluMlp>,
+  shared_expert_gate: Option<Linear>,
+  num_experts: i32,
+  top_k: i32,
+  norm_topk_prob: bool,
+}
+module!(SparseMoe {
+  gate,
+  switch_mlp,
+  shared_expert,
+  shared_expert_gate
+});
+
+impl SparseMoe {
+  /// An unloaded block: `experts` SwiGLU experts of width `inter`, `top_k`
+  /// per token; `shared` the shared expert's width (Qwen2-MoE).
+  pub fn new(
+    hidden: i32,
+    inter: i32,
+    experts: i32,
+    top_k: i32,
+    norm_topk_prob: bool,
+    shared: Option<i32>,
+  ) -> SparseMoe {
+    SparseMoe {
+      gate: Linear::new(hidden, experts, false),
+      switch_mlp: SwitchGlu::new(hidden, inter, experts, GluActivation::SwiGlu, false),
+      shared_expert: shared.map(|s| SwiGluMlp::new(hidden, s, false)),
+      shared_expert_gate: shared.map(|_| Linear::new(hidden, 1, false)),
+      num_experts: experts,
+      top_k,
+      norm_topk_prob,
+    }
+  }
+
+  /// The block over `x` `[..., hidden]`.
+  pub fn forward(&self, x: &Array) -> Result<Array> {
+    let gates = ops::softmax_axis(&self.gate.forward(x)?, -1, true)?;
+    let (e, k) = (self.num_experts, self.top_k);
+    let inds = ops::stop_gradient(&last_axis(
+      &ops::argpartition_axis(&gates, e - k, -1)?,
+      e - k,
+      e,
+    )?)?;
+    let mut scores = ops::take_along_axis(&gates, &inds, -1)?;
+    if self.norm_topk_prob {
+      scores = ops::divide(&scores, &ops::sum_axis(&scores, -1, true)?)?;
+    }
+    let y = self.switch_mlp.forward(x, &inds)?;
+    let dt = y.dtype();
+    let y = ops::astype(
+      &ops::sum_axis(
+        &ops::multiply(&y, &ops::expand_dims(&scores, -1)?)?,
+        -2,
+        false,
+      )?,
+      dt,
+    )?;
+    match (&self.shared_expert, &self.shared_expert_gate) {
+      (Some(s), Some(g)) => ops::add(
+        &y,
+        &ops::multiply(&ops::sigmoid(&g.forward(x)?)?, &s.forward(x)?)?,
+      ),
+      _ => Ok(y),
+    }
+  }
+}
