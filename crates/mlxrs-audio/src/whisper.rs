@@ -982,11 +982,15 @@ fn build(config: WhisperConfig, tensors: HashMap<String, Array>) -> Result<Whisp
   w.dtype = Some(Dtype::Float32);
   m.load(&mut w, "");
   w.finish()?;
-  let mut params: Vec<Array> = m.parameters().into_values().collect();
-  mlxrs_core::eval(&mut params)?;
+  let params: Vec<Array> = m.parameters().into_values().collect();
+  mlxrs_core::eval(&params)?;
   m.prepare()?;
   Ok(m)
 }
+
+/// The sink the CTranslate2 weight copy writes each tensor to: `(name,
+/// values, shape)`.
+type PutTensor<'a> = dyn FnMut(String, Vec<f32>, &[usize]) -> Result<()> + 'a;
 
 /// Rename a CTranslate2 Whisper's variables to the HF names (splitting the
 /// fused projections) and read its dimensions.
@@ -1090,30 +1094,20 @@ fn ct2_to_hf(ct: &Ct2Model, cfg: &Value) -> Result<(WhisperConfig, HashMap<Strin
         .collect(),
     )
   };
-  let norm = |put: &mut dyn FnMut(String, Vec<f32>, &[usize]) -> Result<()>,
-              src: &str,
-              dst: &str|
-   -> Result<()> {
+  let norm = |put: &mut PutTensor, src: &str, dst: &str| -> Result<()> {
     let (g, gs) = copy(&format!("{src}/gamma"))?;
     put(format!("{dst}.weight"), g, &gs)?;
     let (b, bs) = copy(&format!("{src}/beta"))?;
     put(format!("{dst}.bias"), b, &bs)
   };
-  let linear = |put: &mut dyn FnMut(String, Vec<f32>, &[usize]) -> Result<()>,
-                src: &str,
-                dst: &str|
-   -> Result<()> {
+  let linear = |put: &mut PutTensor, src: &str, dst: &str| -> Result<()> {
     let (w, ws) = copy(&format!("{src}/weight"))?;
     put(format!("{dst}.weight"), w, &ws)?;
     let (b, bs) = copy(&format!("{src}/bias"))?;
     put(format!("{dst}.bias"), b, &bs)
   };
   // Fused projections -> named ones (k has no bias in Whisper).
-  let fused = |put: &mut dyn FnMut(String, Vec<f32>, &[usize]) -> Result<()>,
-               src: &str,
-               dst: &str,
-               names: &[&str]|
-   -> Result<()> {
+  let fused = |put: &mut PutTensor, src: &str, dst: &str, names: &[&str]| -> Result<()> {
     let (w, ws) = copy(&format!("{src}/weight"))?;
     let (b, bs) = copy(&format!("{src}/bias"))?;
     let ws_ = split(&w, &ws, names.len())?;

@@ -93,6 +93,7 @@ fn compressed_formats_match_pyav() {
     for lag in -1200i64..=1200 {
       let mut se = 0.0;
       let mut cnt = 0;
+      #[allow(clippy::needless_range_loop)] // i indexes both signals, shifted by lag
       for i in 2000..n.saturating_sub(2000) {
         let j = i as i64 + lag;
         if j < 0 || j as usize >= a.samples.len() {
@@ -128,8 +129,7 @@ fn compressed_formats_match_pyav() {
 fn bad_files_are_clear_errors() {
   let err = |bytes: &[u8]| {
     decode_audio_bytes(bytes, None)
-      .err()
-      .expect("an error")
+      .expect_err("an error")
       .to_string()
   };
   assert!(err(&[]).contains("empty"));

@@ -7,7 +7,7 @@
 //! and every crate with binaries or tests re-emits the link args from it in
 //! a one-line `build.rs`:
 //!
-//! ```no_run
+//! ```ignore
 //! // build.rs (with `mlxrs-sys` as a dependency and `mlxrs-build` as a
 //! // build-dependency)
 //! fn main() {

@@ -1025,6 +1025,34 @@ impl Drop for TempDir {
   }
 }
 
+/// GGUF input: unpack the file with [`crate::gguf::to_mlx_folder`] into a
+/// hidden folder beside the target, convert that folder with the same
+/// options, and remove it (also on error).
+fn convert_gguf(opts: &ConvertOptions) -> Result<ConvertReport> {
+  let gguf = crate::gguf::resolve_gguf(&opts.hf_path)?;
+  let parent = match opts.mlx_path.parent() {
+    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+    _ => PathBuf::from("."),
+  };
+  std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+  let name = opts
+    .mlx_path
+    .file_name()
+    .map(|n| n.to_string_lossy().into_owned())
+    .unwrap_or_else(|| "out".into());
+  let staging = parent.join(format!(".{name}.gguf-{}", std::process::id()));
+  let _ = std::fs::remove_dir_all(&staging);
+  let result = crate::gguf::to_mlx_folder(&gguf, &staging).and_then(|()| {
+    let inner = ConvertOptions {
+      hf_path: staging.to_string_lossy().into_owned(),
+      ..opts.clone()
+    };
+    convert(&inner)
+  });
+  let _ = std::fs::remove_dir_all(&staging);
+  result
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -1068,32 +1096,4 @@ mod tests {
     assert_eq!((p.group_size, p.bits, p.mode.as_str()), (64, 8, "affine"));
     assert!(params_from_dict(&json!({"bits": 7}), "x").is_err());
   }
-}
-
-/// GGUF input: unpack the file with [`crate::gguf::to_mlx_folder`] into a
-/// hidden folder beside the target, convert that folder with the same
-/// options, and remove it (also on error).
-fn convert_gguf(opts: &ConvertOptions) -> Result<ConvertReport> {
-  let gguf = crate::gguf::resolve_gguf(&opts.hf_path)?;
-  let parent = match opts.mlx_path.parent() {
-    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-    _ => PathBuf::from("."),
-  };
-  std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-  let name = opts
-    .mlx_path
-    .file_name()
-    .map(|n| n.to_string_lossy().into_owned())
-    .unwrap_or_else(|| "out".into());
-  let staging = parent.join(format!(".{name}.gguf-{}", std::process::id()));
-  let _ = std::fs::remove_dir_all(&staging);
-  let result = crate::gguf::to_mlx_folder(&gguf, &staging).and_then(|()| {
-    let inner = ConvertOptions {
-      hf_path: staging.to_string_lossy().into_owned(),
-      ..opts.clone()
-    };
-    convert(&inner)
-  });
-  let _ = std::fs::remove_dir_all(&staging);
-  result
 }
