@@ -185,42 +185,19 @@ impl AdapterConfig {
   }
 }
 
-/// Write `bytes` to `path` atomically (a temporary file in the same folder,
-/// then a rename).
+/// Write `bytes` to `path` atomically ([`mlxrs_core::atomic::atomic_write`]:
+/// a temporary file in the same folder, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-  let tmp = tmp_path(path);
-  std::fs::write(&tmp, bytes).map_err(|e| bad(format!("cannot write {}: {e}", tmp.display())))?;
-  std::fs::rename(&tmp, path).map_err(|e| {
-    bad(format!(
-      "cannot rename {} to {}: {e}",
-      tmp.display(),
-      path.display()
-    ))
-  })
+  Ok(mlxrs_core::atomic::atomic_write(path, bytes)?)
 }
 
-fn tmp_path(path: &Path) -> std::path::PathBuf {
-  let name = path
-    .file_name()
-    .map(|n| n.to_string_lossy().to_string())
-    .unwrap_or_default();
-  // The name keeps its extension (MLX appends `.safetensors` otherwise).
-  path.with_file_name(format!(".tmp{}.{name}", std::process::id()))
-}
-
-/// Save tensors as safetensors atomically (python `mx.save_safetensors`).
+/// Save tensors as safetensors atomically (python `mx.save_safetensors`;
+/// [`mlxrs_core::io::save_safetensors`] writes through
+/// [`mlxrs_core::atomic`]).
 pub fn save_safetensors_atomic(path: &Path, arrays: &HashMap<String, Array>) -> Result<()> {
-  let tmp = tmp_path(path);
   let mut meta = HashMap::new();
   meta.insert("format".to_string(), "mlx".to_string());
-  mlxrs_core::io::save_safetensors(&tmp, arrays, &meta)?;
-  std::fs::rename(&tmp, path).map_err(|e| {
-    bad(format!(
-      "cannot rename {} to {}: {e}",
-      tmp.display(),
-      path.display()
-    ))
-  })
+  Ok(mlxrs_core::io::save_safetensors(path, arrays, &meta)?)
 }
 
 /// Every parameter of `model` by path.
