@@ -82,3 +82,37 @@ impl SparseMoe {
     }
   }
 }
+
+/// A pre-norm decoder layer whose MLP is a [`SparseMoe`] (mlx-lm's
+/// `qwen2_moe.DecoderLayer`, `olmoe.TransformerBlock`):
+/// `h = x + attn(norm(x)); h + moe(norm(h))`.
+pub(crate) struct MoeBlock {
+  pub self_attn: super::attention::Attention,
+  pub mlp: SparseMoe,
+  pub input_layernorm: mlxrs_nn::RmsNorm,
+  pub post_attention_layernorm: mlxrs_nn::RmsNorm,
+}
+module!(MoeBlock {
+  self_attn,
+  mlp,
+  input_layernorm,
+  post_attention_layernorm
+});
+
+impl super::decoder::Layer for MoeBlock {
+  fn forward(
+    &self,
+    x: &Array,
+    mask: &mlxrs_nn::AttnMask,
+    cache: &mut mlxrs_nn::KvCache,
+  ) -> Result<Array> {
+    let r = self
+      .self_attn
+      .forward(&self.input_layernorm.forward(x)?, mask, cache)?;
+    let h = ops::add(x, &r)?;
+    let r = self
+      .mlp
+      .forward(&self.post_attention_layernorm.forward(&h)?)?;
+    ops::add(&h, &r)
+  }
+}

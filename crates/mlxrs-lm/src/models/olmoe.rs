@@ -4,15 +4,15 @@
 //! (`norm_topk_prob` optional); HF per-expert tensors are stacked by
 //! `sanitize`. Tied by default.
 
-use mlxrs_core::{Array, Result, ops};
-use mlxrs_nn::{AttnMask, Embedding, KvCache, Linear, RmsNorm, Rope, module};
+use mlxrs_core::Result;
+use mlxrs_nn::{Embedding, Linear, RmsNorm, Rope};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::attention::{Attention, AttnDims};
 use super::base::{check_heads, check_moe, reject_unhandled};
 use super::decoder::{Decoder, DecoderOpts, Layer};
-use super::moe::SparseMoe;
+use super::moe::{MoeBlock, SparseMoe};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -66,32 +66,6 @@ pub struct OlmoeArgs {
   pub tie_word_embeddings: bool,
 }
 
-struct Block {
-  self_attn: Attention,
-  mlp: SparseMoe,
-  input_layernorm: RmsNorm,
-  post_attention_layernorm: RmsNorm,
-}
-module!(Block {
-  self_attn,
-  mlp,
-  input_layernorm,
-  post_attention_layernorm
-});
-
-impl Layer for Block {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let r = self
-      .self_attn
-      .forward(&self.input_layernorm.forward(x)?, mask, cache)?;
-    let h = ops::add(x, &r)?;
-    let r = self
-      .mlp
-      .forward(&self.post_attention_layernorm.forward(&h)?)?;
-    ops::add(&h, &r)
-  }
-}
-
 /// Registry entry for `olmoe`.
 pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   // olmoe.py's experts take `mlp_bias`; biased experts are not implemented.
@@ -116,7 +90,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       a.rope_scaling.as_ref(),
       a.max_position_embeddings,
     )?;
-    layers.push(Box::new(Block {
+    layers.push(Box::new(MoeBlock {
       self_attn: Attention::new(dims, Some(rope)),
       mlp: SparseMoe::new(
         h,

@@ -4,15 +4,15 @@
 //! gated by `sigmoid(shared_expert_gate(x))`; HF per-expert tensors are
 //! stacked by `sanitize`.
 
-use mlxrs_core::{Array, Result, ops};
-use mlxrs_nn::{AttnMask, Embedding, KvCache, Linear, RmsNorm, Rope, module};
+use mlxrs_core::Result;
+use mlxrs_nn::{Embedding, Linear, RmsNorm, Rope};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::attention::{Attention, AttnDims};
 use super::base::{check_heads, check_moe, reject_unhandled};
 use super::decoder::{Decoder, DecoderOpts, Layer};
-use super::moe::SparseMoe;
+use super::moe::{MoeBlock, SparseMoe};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -53,32 +53,6 @@ pub struct Qwen2MoeArgs {
   pub tie_word_embeddings: bool,
 }
 
-struct Block {
-  self_attn: Attention,
-  mlp: SparseMoe,
-  input_layernorm: RmsNorm,
-  post_attention_layernorm: RmsNorm,
-}
-module!(Block {
-  self_attn,
-  mlp,
-  input_layernorm,
-  post_attention_layernorm
-});
-
-impl Layer for Block {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let r = self
-      .self_attn
-      .forward(&self.input_layernorm.forward(x)?, mask, cache)?;
-    let h = ops::add(x, &r)?;
-    let r = self
-      .mlp
-      .forward(&self.post_attention_layernorm.forward(&h)?)?;
-    ops::add(&h, &r)
-  }
-}
-
 /// Registry entry for `qwen2_moe`.
 pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   // qwen2_moe.py: plain RoPE, every layer sparse, no norm of the top-k.
@@ -102,7 +76,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let eps = a.rms_norm_eps;
   let layers = (0..a.num_hidden_layers)
     .map(|_| {
-      Box::new(Block {
+      Box::new(MoeBlock {
         self_attn: Attention::new(
           dims,
           Some(Rope::new(hd, a.rope_traditional, a.rope_theta, 1.0)),
