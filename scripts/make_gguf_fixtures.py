@@ -6,7 +6,7 @@ metadata keys, the Q/K row permutation of llama-family files, llama3 rope
 factors as the `rope_freqs.weight` tensor, tied output = no `output.weight`).
 
 Per architecture it writes models/tiny-gguf/<name>.gguf and <name>.json:
-- `<arch>-mixed` (llama, qwen2, qwen3, mixtral, phi3): every tensor type MLX loads, mixed: Q4_0 (q/k, gate/up),
+- `<arch>-mixed` (llama, qwen2, qwen3, mixtral, phi3, gemma2, gemma3_text, qwen2_moe): every tensor type MLX loads, mixed: Q4_0 (q/k, gate/up),
   Q8_0 (embedding, v/o, down, experts), Q4_1 (llama's down_proj), F16
   (lm_head), F32 (norms, biases, rope factors);
 - `llama-f32`: all float32, whose logits must equal the HF folder's own
@@ -18,7 +18,11 @@ permutation undone here, and the HF folder's model run by mlx-lm with those
 weights: `logits_last` for the HF reference's `prompt_ids`, and 10 greedy
 tokens with their top-2 margins.
 
-Usage: .venv/bin/python scripts/make_gguf_fixtures.py
+Gemma 2/3: norm weights are stored as 1 + w (as convert_hf_to_gguf.py does)
+and the reference runs with query_pre_attn_scalar = head_dim, the value
+llama.cpp derives (GGUF has no key for it).
+
+Usage: .venv/bin/python scripts/make_gguf_fixtures.py [arch ...]
 """
 
 import json
@@ -36,8 +40,18 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models/tiny"
 OUT = ROOT / "models/tiny-gguf"
 
-GGUF_ARCH = {"llama": "llama", "mixtral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+GGUF_ARCH = {
+    "llama": "llama",
+    "mixtral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "phi3": "phi3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "qwen2_moe": "qwen2moe",
+}
 PERMUTED = {"llama", "mixtral"}
+GEMMA = {"gemma2", "gemma3_text"}
 
 HF_TO_GGUF = {
     "model.embed_tokens": "token_embd",
@@ -60,16 +74,32 @@ HF_TO_GGUF = {
     "block_sparse_moe.switch_mlp.gate_proj": "ffn_gate_exps",
     "block_sparse_moe.switch_mlp.up_proj": "ffn_up_exps",
     "block_sparse_moe.switch_mlp.down_proj": "ffn_down_exps",
+    "mlp.gate": "ffn_gate_inp",
+    "mlp.switch_mlp.gate_proj": "ffn_gate_exps",
+    "mlp.switch_mlp.up_proj": "ffn_up_exps",
+    "mlp.switch_mlp.down_proj": "ffn_down_exps",
+    "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
+    "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+    "mlp.shared_expert.up_proj": "ffn_up_shexp",
+    "mlp.shared_expert.down_proj": "ffn_down_shexp",
+}
+# Gemma 2/3 have four norms per block (llama.cpp's Gemma2Model tensor map).
+GEMMA_NORMS = {
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
 }
 
 
-def gguf_name(hf):
+def gguf_name(hf, arch=None):
     module, suffix = hf.rsplit(".", 1)
     if module in HF_TO_GGUF:
         return f"{HF_TO_GGUF[module]}.{suffix}"
     parts = module.split(".")
     assert parts[0] == "model" and parts[1] == "layers", hf
-    return f"blk.{parts[2]}.{HF_TO_GGUF['.'.join(parts[3:])]}.{suffix}"
+    part = ".".join(parts[3:])
+    table = {**HF_TO_GGUF, **GEMMA_NORMS} if arch in GEMMA else HF_TO_GGUF
+    return f"blk.{parts[2]}.{table[part]}.{suffix}"
 
 
 def permute(w, n_head):
@@ -94,7 +124,9 @@ def qtype_for(hf, arr, mixed):
         return Q.F32
     if hf == "lm_head.weight":
         return Q.F16
-    if hf.endswith("block_sparse_moe.gate.weight"):
+    if hf.endswith("block_sparse_moe.gate.weight") or hf.endswith("mlp.gate.weight"):
+        return Q.F16
+    if arr.shape[-1] % 32 != 0 or hf.endswith("shared_expert_gate.weight"):
         return Q.F16
     if any(k in hf for k in ("q_proj", "k_proj", "gate_proj.", "up_proj.")) and "switch_mlp" not in hf:
         return Q.Q4_0
@@ -129,6 +161,9 @@ def llama3_rope_factors(cfg, head_dim):
 def make(arch, mixed):
     src = TINY / arch
     cfg = json.loads((src / "config.json").read_text())
+    # What the reference model runs with, where llama.cpp's reading of the
+    # file differs from the HF config (see below).
+    model_config = {}
     ref = json.loads((src / "reference.json").read_text())
     tj = json.loads((src / "tokenizer.json").read_text())
     tc = json.loads((src / "tokenizer_config.json").read_text())
@@ -152,12 +187,33 @@ def make(arch, mixed):
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_vocab_size(cfg["vocab_size"])
     w.add_rope_dimension_count(int(head_dim * cfg.get("partial_rotary_factor", 1.0)))
-    if head_dim != cfg["hidden_size"] // heads:
+    if head_dim != cfg["hidden_size"] // heads or arch in GEMMA:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     if arch == "mixtral":
         w.add_expert_count(cfg["num_local_experts"])
         w.add_expert_used_count(cfg["num_experts_per_tok"])
+    if arch == "qwen2_moe":
+        # convert_hf_to_gguf.py's Qwen2MoeModel.
+        w.add_expert_count(cfg["num_experts"])
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+        w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+    if arch in GEMMA:
+        # convert_hf_to_gguf.py's Gemma2Model / Gemma3Model: key/value length
+        # (above), softcapping (Gemma 2), sliding window; no query_pre_attn_scalar:
+        # llama.cpp uses head_dim (hidden/heads for the 27B models), so the
+        # reference runs with that value too.
+        w.add_sliding_window(cfg["sliding_window"])
+        model_config["query_pre_attn_scalar"] = head_dim
+        if arch == "gemma2":
+            w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
+            w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+        else:
+            # llama.cpp's default Gemma 3 pattern is 6 (5 local, 1 global);
+            # the tiny model alternates, which this key states.
+            w.add_sliding_window_pattern(cfg["sliding_window_pattern"])
+            assert cfg.get("rope_local_base_freq", 10000.0) == 10000.0
 
     # Tokenizer: byte-level BPE, every id up to vocab_size present.
     n = cfg["vocab_size"]
@@ -197,11 +253,14 @@ def make(arch, mixed):
     deq = {}
     for hf in sorted(weights):
         arr = weights[hf].astype(np.float32)
-        gname = gguf_name(hf)
+        gname = gguf_name(hf, arch)
         if arch in PERMUTED and (".q_proj." in hf or ".k_proj." in hf):
             arr_g = permute(arr, heads if ".q_proj." in hf else kv)
         else:
             arr_g = arr
+        if arch in GEMMA and hf.endswith("norm.weight"):
+            # convert_hf_to_gguf.py stores Gemma's (1 + w) norm weights as 1 + w.
+            arr_g = arr_g + np.float32(1.0)
         qt = qtype_for(hf, arr, mixed)
         if qt == Q.F32:
             data = arr_g
@@ -214,6 +273,8 @@ def make(arch, mixed):
         back = back.reshape(arr.shape).astype(np.float32)
         if arch in PERMUTED and (".q_proj." in hf or ".k_proj." in hf):
             back = unpermute(back, heads if ".q_proj." in hf else kv)
+        if arch in GEMMA and hf.endswith("norm.weight"):
+            back = back - np.float32(1.0)
         deq[hf] = back
 
     w.write_header_to_file()
@@ -222,7 +283,7 @@ def make(arch, mixed):
     w.close()
 
     # Reference: mlx-lm's model of the HF folder with the dequantized weights.
-    model, _ = mlx_load(str(src))
+    model, _ = mlx_load(str(src), model_config=model_config)
     model.load_weights([(k, mx.array(v)) for k, v in deq.items()], strict=True)
     ids = ref["prompt_ids"]
     logits = model(mx.array([ids]))[0, -1].astype(mx.float32)
@@ -242,7 +303,8 @@ def make(arch, mixed):
         "name": name,
         "source": f"models/tiny/{arch}",
         "gguf_architecture": ga,
-        "tensor_types": {gguf_name(k): qtype_for(k, weights[k], mixed).name for k in sorted(weights)},
+        "tensor_types": {gguf_name(k, arch): qtype_for(k, weights[k], mixed).name for k in sorted(weights)},
+        "model_config_override": model_config,
         "prompt_ids": ids,
         "logits_last": [float(x) for x in np.array(logits)],
         "greedy_tokens": greedy,
@@ -254,9 +316,13 @@ def make(arch, mixed):
 
 
 def main():
-    for arch in ["llama", "qwen2", "qwen3", "mixtral", "phi3"]:
+    import sys
+
+    archs = sys.argv[1:] or ["llama", "qwen2", "qwen3", "mixtral", "phi3", "gemma2", "gemma3_text", "qwen2_moe"]
+    for arch in archs:
         make(arch, mixed=True)
-    make("llama", mixed=False)
+    if not sys.argv[1:]:
+        make("llama", mixed=False)
 
 
 if __name__ == "__main__":

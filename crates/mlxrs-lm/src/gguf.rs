@@ -48,6 +48,9 @@ pub const SUPPORTED_ARCHITECTURES: &[(&str, &str)] = &[
   ("qwen3", "qwen3"),
   ("qwen3moe", "qwen3_moe"),
   ("phi3", "phi3"),
+  ("gemma2", "gemma2"),
+  ("gemma3", "gemma3_text"),
+  ("qwen2moe", "qwen2_moe"),
 ];
 
 /// `tokenizer.ggml.pre` values understood for byte-level BPE vocabularies,
@@ -181,6 +184,21 @@ impl<'a> GgufMetadata<'a> {
       }
       Some(_) => Err(self.wrong(key, "a list of integers")),
     }
+  }
+
+  /// Per-layer flags: a list of booleans (or integers 0/1).
+  pub fn bools(&self, key: &str) -> Result<Option<Vec<bool>>> {
+    Ok(
+      self
+        .i32s(key)?
+        .map(|v| v.into_iter().map(|x| x != 0).collect()),
+    )
+  }
+
+  /// Whether `key` holds a list (1-d) rather than a single value.
+  fn is_list(&self, key: &str) -> bool {
+    matches!(self.meta.get(key), Some(GgufMeta::Array(a)) if a.ndim() == 1)
+      || matches!(self.meta.get(key), Some(GgufMeta::Strings(_)))
   }
 
   fn require_u64(&self, key: &str) -> Result<u64> {
@@ -376,6 +394,26 @@ pub fn config_from_metadata(
     "qwen2" => {
       c.insert("use_sliding_window".into(), json!(false));
     }
+    "qwen2_moe" => {
+      // llama.cpp's qwen2moe graph does not renormalise the top-k weights.
+      c.insert("num_experts".into(), json!(experts));
+      c.insert(
+        "num_experts_per_tok".into(),
+        json!(md.require_u64(&k("expert_used_count"))?),
+      );
+      c.insert(
+        "moe_intermediate_size".into(),
+        json!(md.require_u64(&k("expert_feed_forward_length"))?),
+      );
+      c.insert(
+        "shared_expert_intermediate_size".into(),
+        json!(md.require_u64(&k("expert_shared_feed_forward_length"))?),
+      );
+      c.insert("norm_topk_prob".into(), json!(false));
+      c.insert("decoder_sparse_step".into(), json!(1));
+      c.insert("mlp_only_layers".into(), json!([]));
+    }
+    "gemma2" | "gemma3_text" => gemma_config(md, arch, &mut c, layers, hidden, heads, head_dim)?,
     "phi3" => {
       if let Some(o) = md.u64(&k("rope.scaling.original_context_length"))? {
         c.insert("original_max_position_embeddings".into(), json!(o));
@@ -405,11 +443,94 @@ pub fn config_from_metadata(
   Ok(Value::Object(c))
 }
 
+/// Gemma 2 / Gemma 3 settings llama.cpp (`llama-model.cpp`) reads from the
+/// metadata or derives: the attention scale (GGUF has no
+/// `query_pre_attn_scalar`: llama.cpp uses `head_dim`, and `hidden / heads`
+/// for the 27B models, 46 and 62 layers), the softcapping values (Gemma 2;
+/// llama.cpp's defaults 50 / 30 apply when absent), the sliding window, and
+/// for Gemma 3 the local rope base (10000, fixed in llama.cpp) and which
+/// layers slide (`attention.sliding_window_pattern`, a period or per-layer
+/// flags; 6 when absent, as in llama.cpp).
+fn gemma_config(
+  md: &GgufMetadata<'_>,
+  arch: &str,
+  c: &mut Map<String, Value>,
+  layers: u64,
+  hidden: u64,
+  heads: u64,
+  head_dim: u64,
+) -> Result<()> {
+  let path = md.path;
+  let k = |s: &str| format!("{arch}.{s}");
+  let big = (arch == "gemma2" && layers == 46) || (arch == "gemma3" && layers == 62);
+  let qpas = if big { hidden / heads } else { head_dim };
+  c.insert("query_pre_attn_scalar".into(), json!(qpas));
+  if let Some(w) = md.u64(&k("attention.sliding_window"))?.filter(|&w| w > 0) {
+    c.insert("sliding_window".into(), json!(w));
+  }
+  if arch == "gemma2" {
+    for (key, field) in [
+      ("attn_logit_softcapping", "attn_logit_softcapping"),
+      ("final_logit_softcapping", "final_logit_softcapping"),
+    ] {
+      if let Some(v) = md.f64(&k(key))? {
+        c.insert(field.into(), json!(v));
+      }
+    }
+    return Ok(());
+  }
+  c.insert("rope_local_base_freq".into(), json!(10000.0));
+  let key = k("attention.sliding_window_pattern");
+  let pattern = if md.is_list(&key) {
+    // Per-layer flags (true = sliding): must be mlx-lm's repeating pattern,
+    // layer i global iff (i + 1) % period == 0.
+    let flags = md.bools(&key)?.unwrap_or_default();
+    if flags.len() as u64 != layers {
+      return Err(Error::config(
+        path,
+        &key,
+        format!("GGUF metadata: {} flags for {layers} layers", flags.len()),
+      ));
+    }
+    let period = flags
+      .iter()
+      .position(|&f| !f)
+      .map_or(layers + 1, |i| i as u64 + 1);
+    let ok = flags
+      .iter()
+      .enumerate()
+      .all(|(i, &f)| f == ((i as u64 + 1) % period != 0));
+    if !ok {
+      return Err(Error::config(
+        path,
+        &key,
+        "GGUF metadata: the sliding / global layers do not repeat with a fixed period",
+      ));
+    }
+    period
+  } else {
+    md.u64(&key)?.unwrap_or(6)
+  };
+  if pattern == 0 {
+    return Err(Error::config(path, &key, "GGUF metadata: must be positive"));
+  }
+  c.insert("sliding_window_pattern".into(), json!(pattern));
+  Ok(())
+}
+
 /// The mlx-lm parameter name of a llama.cpp tensor name
 /// (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`),
 /// or `None` for tensors that are not parameters (`rope_freqs.weight`) or
 /// unknown ones. `suffix` (`weight`, `bias`, `scales`, `biases`) is kept.
 pub fn hf_tensor_name(name: &str) -> Option<String> {
+  hf_tensor_name_for("", name)
+}
+
+/// [`hf_tensor_name`] for a GGUF architecture whose names differ: Gemma 2 /
+/// Gemma 3 blocks have four norms (`attn_norm`, `post_attention_norm`,
+/// `ffn_norm` = the pre-feedforward norm, `post_ffw_norm`).
+pub fn hf_tensor_name_for(arch: &str, name: &str) -> Option<String> {
+  let gemma = matches!(arch, "gemma2" | "gemma3");
   let (stem, suffix) = name.rsplit_once('.')?;
   let module = match stem {
     "token_embd" => "model.embed_tokens".to_string(),
@@ -421,6 +542,9 @@ pub fn hf_tensor_name(name: &str) -> Option<String> {
       let layer: usize = layer.parse().ok()?;
       let p = match part {
         "attn_norm" => "input_layernorm",
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
+        "post_attention_norm" if gemma => "post_attention_layernorm",
+        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
@@ -437,6 +561,11 @@ pub fn hf_tensor_name(name: &str) -> Option<String> {
         "ffn_gate_exps" => "MOE.switch_mlp.gate_proj",
         "ffn_up_exps" => "MOE.switch_mlp.up_proj",
         "ffn_down_exps" => "MOE.switch_mlp.down_proj",
+        // Shared expert (qwen2moe).
+        "ffn_gate_inp_shexp" => "MOE.shared_expert_gate",
+        "ffn_gate_shexp" => "MOE.shared_expert.gate_proj",
+        "ffn_up_shexp" => "MOE.shared_expert.up_proj",
+        "ffn_down_shexp" => "MOE.shared_expert.down_proj",
         _ => return None,
       };
       format!("model.layers.{layer}.{p}")
@@ -530,6 +659,7 @@ pub fn read_checkpoint(path: &Path, no_tokenizer: bool) -> Result<GgufCheckpoint
   let heads = config["num_attention_heads"].as_u64().unwrap_or(0) as usize;
   let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(0) as usize;
   let permuted = qk_permuted(&arch);
+  let gemma_norms = matches!(arch.as_str(), "gemma2" | "gemma3");
 
   let mut weights = HashMap::with_capacity(raw.len());
   let mut quant = Map::new();
@@ -537,7 +667,7 @@ pub fn read_checkpoint(path: &Path, no_tokenizer: bool) -> Result<GgufCheckpoint
     if ROPE_TENSORS.contains(&gname.as_str()) {
       continue;
     }
-    let mut name = hf_tensor_name(&gname)
+    let mut name = hf_tensor_name_for(&arch, &gname)
       .ok_or_else(|| {
         fmt_err(
           path,
@@ -564,6 +694,12 @@ pub fn read_checkpoint(path: &Path, no_tokenizer: bool) -> Result<GgufCheckpoint
       })?;
       let n_idx = idx.len() as i32;
       ops::take_axis(&a, &Array::from_slice(&idx, &[n_idx])?, 0)?
+    } else {
+      a
+    };
+    // llama.cpp's converter stores Gemma's `(1 + w)` norm weights as `1 + w`.
+    let a = if gemma_norms && gname.ends_with("norm.weight") {
+      ops::subtract(&ops::astype(&a, Dtype::Float32)?, &Array::scalar(1.0f32))?
     } else {
       a
     };
@@ -1053,6 +1189,57 @@ mod tests {
       .unwrap_err()
       .to_string();
     assert!(e.contains("\"llama\""), "{e}");
+  }
+
+  #[test]
+  fn gemma3_sliding_pattern_from_flags() {
+    let path = Path::new("g.gguf");
+    let cfg_for = |flags: &[bool]| {
+      let n = flags.len() as i32;
+      let meta = HashMap::from([(
+        "gemma3.attention.sliding_window_pattern".to_string(),
+        GgufMeta::Array(Array::from_slice(flags, &[n]).unwrap()),
+      )]);
+      let mut c = Map::new();
+      gemma_config(
+        &GgufMetadata::new(path, &meta),
+        "gemma3",
+        &mut c,
+        n as u64,
+        96,
+        4,
+        16,
+      )
+      .map(|_| c)
+    };
+    // 5 local + 1 global, repeated: llama.cpp's Gemma 3 layout.
+    let flags: Vec<bool> = (0..12).map(|i| (i + 1) % 6 != 0).collect();
+    let c = cfg_for(&flags).unwrap();
+    assert_eq!(c["sliding_window_pattern"], 6);
+    assert_eq!(c["query_pre_attn_scalar"], 16);
+    // All sliding: no global layer.
+    assert_eq!(cfg_for(&[true, true]).unwrap()["sliding_window_pattern"], 3);
+    // Not a repeating pattern.
+    let e = cfg_for(&[true, false, false, true])
+      .unwrap_err()
+      .to_string();
+    assert!(e.contains("sliding_window_pattern"), "{e}");
+    // Absent: llama.cpp's default 6.
+    let meta = HashMap::new();
+    let mut c = Map::new();
+    gemma_config(
+      &GgufMetadata::new(path, &meta),
+      "gemma3",
+      &mut c,
+      62,
+      5376,
+      32,
+      128,
+    )
+    .unwrap();
+    assert_eq!(c["sliding_window_pattern"], 6);
+    // Gemma 3 27B: hidden / heads.
+    assert_eq!(c["query_pre_attn_scalar"], 168);
   }
 
   #[test]

@@ -558,3 +558,23 @@ fn gguf_to_mlx_folder_round_trip() {
   assert_eq!(ta.eos_token_ids(), tb.eos_token_ids());
   let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn tiny_gemma2_mixed_gguf() {
+  // Norms stored as 1 + w, softcapping from metadata, attention scale
+  // 1/sqrt(head_dim) as llama.cpp derives it.
+  check_tiny("gemma2-mixed", 1e-4);
+}
+
+#[test]
+fn tiny_gemma3_text_mixed_gguf() {
+  // 1 + w norms (q/k norms too), sliding window 16 on a 59-token prompt,
+  // sliding_window_pattern from metadata.
+  check_tiny("gemma3_text-mixed", 1e-4);
+}
+
+#[test]
+fn tiny_qwen2_moe_mixed_gguf() {
+  // Routed experts plus the sigmoid-gated shared expert (`*_shexp`).
+  check_tiny("qwen2_moe-mixed", 1e-4);
+}
