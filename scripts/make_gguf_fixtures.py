@@ -315,14 +315,197 @@ def make(arch, mixed):
     print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB")
 
 
+SPM_TEXTS = [
+    "Hello world",
+    "the quick brown fox jumps over the lazy dog",
+    "  two leading spaces",
+    " one leading space",
+    "trailing spaces  ",
+    "inner   spaces and\ttabs\nand newlines\n\n",
+    "digits 12345 and 7, 3.14",
+    "café naïve résumé",
+    "日本語 and 🙂 emoji (byte fallback)",
+    "Capitalized Words. Punctuation!?",
+    "",
+]
+# Texts with special / user-defined tokens. sentencepiece itself reads "<s>"
+# as characters; llama.cpp (`llama_tokenize_impl`, SPM with parse_special)
+# cuts the text at control and user-defined tokens and sentencepiece-encodes
+# each raw piece with the space prefix (every raw piece follows the start or
+# a token), which is the reference here.
+SPM_SPECIAL_TEXTS = ["x <s> y", "<tool>call", "a</s>", "<s><s> two"]
+
+
+def train_spm():
+    """A tiny SentencePiece BPE model like Llama's (byte fallback, digits
+    split, identity normalization, no whitespace collapsing, dummy prefix),
+    with one user-defined symbol."""
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    random.seed(0)
+    words = (
+        "the quick brown fox jumps over lazy dog hello world tokenizer model language llama "
+        "sentence piece byte fallback merge score token vocabulary space digit number"
+    ).split()
+    lines = []
+    for i in range(3000):
+        line = " ".join(random.choice(words) for _ in range(random.randint(3, 12)))
+        if i % 7 == 0:
+            line += f" {random.randint(0, 99999)}"
+        if i % 11 == 0:
+            line = line.capitalize() + "."
+        if i % 13 == 0:
+            line += " café naïve résumé"
+        if i % 17 == 0:
+            line = "  " + line
+        lines.append(line)
+    m = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=m,
+        vocab_size=512,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        character_coverage=0.9995,
+        user_defined_symbols=["<tool>"],
+        add_dummy_prefix=True,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return m.getvalue()
+
+
+def make_spm():
+    """llama-spm.gguf: the tiny llama's weights (Q8_0) with a SentencePiece
+    vocabulary (`tokenizer.ggml.model = llama`) written the way
+    convert_hf_to_gguf.py's `_set_vocab_sentencepiece` does: pieces, scores,
+    token types (normal, unknown, control, user-defined, byte), bos / eos /
+    unk ids, add_bos_token, add_space_prefix. Reference ids: sentencepiece
+    itself (with BOS, as llama.cpp adds it) and transformers' GGUF tokenizer."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    proto = train_spm()
+    (OUT / "tiny-spm.model").write_bytes(proto)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    src = TINY / "llama"
+    cfg = json.loads((src / "config.json").read_text())
+    assert sp.vocab_size() == cfg["vocab_size"]
+    weights = load_file(src / "model.safetensors")
+    path = OUT / "llama-spm.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    w.add_name("tiny llama, sentencepiece vocabulary")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_vocab_size(cfg["vocab_size"])
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        if sp.is_unknown(i):
+            t = gguf.TokenType.UNKNOWN
+        elif sp.is_control(i):
+            t = gguf.TokenType.CONTROL
+        elif sp.is_unused(i):
+            t = gguf.TokenType.UNUSED
+        elif sp.is_byte(i):
+            t = gguf.TokenType.BYTE
+        elif tokens[-1] == "<tool>":
+            t = gguf.TokenType.USER_DEFINED
+        else:
+            t = gguf.TokenType.NORMAL
+        types.append(t)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_add_space_prefix(True)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    for hf in sorted(weights):
+        arr = weights[hf].astype(np.float32)
+        if ".q_proj." in hf or ".k_proj." in hf:
+            arr = permute(arr, heads if ".q_proj." in hf else kv)
+        if arr.ndim == 1:
+            w.add_tensor(gguf_name(hf), arr)
+        else:
+            w.add_tensor(gguf_name(hf), gguf.quants.quantize(arr, Q.Q8_0), raw_dtype=Q.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    tf = AutoTokenizer.from_pretrained(OUT, gguf_file=path.name)
+    cases = []
+    for t in SPM_TEXTS:
+        cases.append(
+            {
+                "text": t,
+                "sentencepiece_ids": [sp.bos_id()] + sp.encode(t),
+                "sentencepiece_pieces": sp.encode(t, out_type=str),
+                "transformers_gguf_ids": tf(t)["input_ids"],
+                "decoded": sp.decode(sp.encode(t)),
+            }
+        )
+    import re
+
+    whole = [tokens[i] for i, t in enumerate(types) if t in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)]
+    cut = re.compile("(" + "|".join(re.escape(t) for t in sorted(whole, key=len, reverse=True)) + ")")
+    special = []
+    for t in SPM_SPECIAL_TEXTS:
+        ids = [sp.bos_id()]
+        for piece in cut.split(t):
+            if piece in whole:
+                ids.append(tokens.index(piece))
+            elif piece:
+                ids.extend(sp.encode(piece))
+        special.append({"text": t, "llama_cpp_ids": ids, "transformers_gguf_ids": tf(t)["input_ids"]})
+    info = {
+        "name": "llama-spm",
+        "tool": "sentencepiece (model in tiny-spm.model) and transformers' GGUF tokenizer",
+        "versions": {"sentencepiece": spm.__version__, "transformers": __import__("transformers").__version__},
+        "bos_token_id": sp.bos_id(),
+        "eos_token_id": sp.eos_id(),
+        "cases": cases,
+        "special_cases": special,
+    }
+    (OUT / "llama-spm.json").write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n")
+    for c in cases + special:
+        sp_ids = c.get("sentencepiece_ids") or c.get("llama_cpp_ids")
+        print(repr(c["text"]), "sp==tf" if sp_ids == c["transformers_gguf_ids"] else f"DIFF sp {sp_ids} tf {c['transformers_gguf_ids']}")
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB")
+
+
 def main():
     import sys
 
+    if sys.argv[1:] == ["spm"]:
+        make_spm()
+        return
     archs = sys.argv[1:] or ["llama", "qwen2", "qwen3", "mixtral", "phi3", "gemma2", "gemma3_text", "qwen2_moe"]
     for arch in archs:
         make(arch, mixed=True)
     if not sys.argv[1:]:
         make("llama", mixed=False)
+        make_spm()
 
 
 if __name__ == "__main__":

@@ -578,3 +578,69 @@ fn tiny_qwen2_moe_mixed_gguf() {
   // Routed experts plus the sigmoid-gated shared expert (`*_shexp`).
   check_tiny("qwen2_moe-mixed", 1e-4);
 }
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`, written as
+/// convert_hf_to_gguf.py does from models/tiny-gguf/tiny-spm.model): ids
+/// equal SentencePiece's own on varied text (leading / inner / trailing
+/// spaces, digits, accents, byte fallback for unseen characters, tabs and
+/// newlines), and llama.cpp's segmentation around control and user-defined
+/// tokens; decoding gives the text back.
+#[test]
+fn tiny_llama_spm_tokenizer_matches_sentencepiece() {
+  let (path, r) = tiny_gguf("llama-spm");
+  let m = load(
+    path.to_str().unwrap(),
+    &LoadOptions {
+      dtype: Some(Dtype::Float32),
+      no_tokenizer: false,
+    },
+  )
+  .unwrap();
+  let tok = m.tokenizer.as_ref().unwrap();
+  assert_eq!(
+    tok.bos_token_id().map(u64::from),
+    r["bos_token_id"].as_u64()
+  );
+  assert!(tok.is_eos(r["eos_token_id"].as_u64().unwrap() as u32));
+  let mut differ_from_transformers = 0;
+  for c in r["cases"].as_array().unwrap() {
+    let text = c["text"].as_str().unwrap();
+    let want = ids(&c["sentencepiece_ids"]);
+    let got = tok.encode(text, true).unwrap();
+    assert_eq!(got, want, "{text:?}");
+    assert_eq!(
+      tok.decode(&got, true).unwrap(),
+      c["decoded"].as_str().unwrap(),
+      "{text:?}: decode"
+    );
+    if want != ids(&c["transformers_gguf_ids"]) {
+      differ_from_transformers += 1;
+    }
+  }
+  // transformers' GGUF tokenizer prepends "▁" with Metaspace("first"), so it
+  // differs from SentencePiece on the two texts that start with a space.
+  assert_eq!(differ_from_transformers, 2);
+  for c in r["special_cases"].as_array().unwrap() {
+    let text = c["text"].as_str().unwrap();
+    assert_eq!(
+      tok.encode(text, true).unwrap(),
+      ids(&c["llama_cpp_ids"]),
+      "{text:?}"
+    );
+  }
+  // The model runs with it.
+  let prompt: Vec<i32> = tok
+    .encode("hello world", true)
+    .unwrap()
+    .iter()
+    .map(|&t| t as i32)
+    .collect();
+  let cfg = StepConfig {
+    max_tokens: 4,
+    ..StepConfig::default()
+  };
+  let n = TokenGenerator::new(m.model.as_ref(), &prompt, &cfg, None)
+    .unwrap()
+    .count();
+  assert_eq!(n, 4);
+}

@@ -20,9 +20,10 @@
 //!    `convert_hf_to_gguf.py` for llama-family files) is undone, on the
 //!    packed weight, scales and biases alike (it only reorders rows);
 //! 4. [`tokenizer_from_metadata`] builds a `tokenizers` tokenizer from
-//!    `tokenizer.ggml.*` (byte-level BPE, `tokenizer.ggml.model = gpt2`) with
-//!    the pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre`, and the
-//!    chat template from `tokenizer.chat_template`.
+//!    `tokenizer.ggml.*` (byte-level BPE, `tokenizer.ggml.model = gpt2`, with
+//!    the pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre`; or
+//!    SentencePiece, `llama`), and the chat template from
+//!    `tokenizer.chat_template`.
 //!
 //! `docs/gguf.md` lists the supported architectures and tensor types.
 
@@ -38,6 +39,8 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{LanguageModel, build_model};
 use crate::tokenizer::Tokenizer;
+
+mod spm;
 
 /// GGUF architectures (`general.architecture`) this loader maps, with the
 /// `model_type` each becomes. A `llama` file with `llama.expert_count > 0`
@@ -183,6 +186,18 @@ impl<'a> GgufMetadata<'a> {
         Ok(Some(a.to_vec::<i32>()?))
       }
       Some(_) => Err(self.wrong(key, "a list of integers")),
+    }
+  }
+
+  /// A list of numbers as f32 (e.g. `tokenizer.ggml.scores`).
+  pub fn f32s(&self, key: &str) -> Result<Option<Vec<f32>>> {
+    match self.meta.get(key) {
+      None => Ok(None),
+      Some(GgufMeta::Array(a)) if a.ndim() == 1 => {
+        let mut a = ops::astype(a, Dtype::Float32)?;
+        Ok(Some(a.to_vec::<f32>()?))
+      }
+      Some(_) => Err(self.wrong(key, "a list of numbers")),
     }
   }
 
@@ -853,8 +868,8 @@ pub struct TokenizerParts {
 
 /// Build the tokenizer a GGUF file describes (python: transformers'
 /// `convert_gguf_tokenizer`), or `None` when it has no `tokenizer.ggml.*`
-/// vocabulary. Byte-level BPE (`tokenizer.ggml.model = gpt2`) only;
-/// SentencePiece (`llama`) vocabularies are an error for now. EOS ids:
+/// vocabulary: byte-level BPE (`tokenizer.ggml.model = gpt2`) or
+/// SentencePiece (`llama`, see `gguf/spm.rs`); others are an error. EOS ids:
 /// `config`'s `eos_token_id` plus the tokenizer's `eos_token`.
 pub fn tokenizer_from_metadata(md: &GgufMetadata<'_>, config: &Value) -> Result<Option<Tokenizer>> {
   match tokenizer_parts(md)? {
@@ -887,16 +902,16 @@ pub fn tokenizer_parts(md: &GgufMetadata<'_>) -> Result<Option<TokenizerParts>> 
     return Ok(None);
   };
   let model = md.str("tokenizer.ggml.model")?.unwrap_or("gpt2");
-  if model != "gpt2" {
+  if model != "gpt2" && model != "llama" {
     return Err(Error::tokenizer(
       Some(path),
       format!(
-        "GGUF tokenizer.ggml.model {model:?} is not supported yet (only byte-level BPE, \"gpt2\"); \
-         load with no_tokenizer and bring the model's tokenizer.json"
+        "GGUF tokenizer.ggml.model {model:?} is not supported (byte-level BPE \"gpt2\" and \
+         SentencePiece \"llama\" are); load with no_tokenizer and bring the model's tokenizer.json"
       ),
     ));
   }
-  let merges = md.strings("tokenizer.ggml.merges")?.unwrap_or(&[]);
+  let spm = model == "llama";
   let types = md.i32s("tokenizer.ggml.token_type")?.unwrap_or_default();
   if !types.is_empty() && types.len() != tokens.len() {
     return Err(Error::config(
@@ -909,8 +924,6 @@ pub fn tokenizer_parts(md: &GgufMetadata<'_>) -> Result<Option<TokenizerParts>> 
       ),
     ));
   }
-  let pre = md.str("tokenizer.ggml.pre")?.unwrap_or("default");
-  let pre_tok = pre_tokenizer(path, pre)?;
 
   let id_of = |key: &str| -> Result<Option<u32>> {
     match md.u64(key)? {
@@ -930,8 +943,22 @@ pub fn tokenizer_parts(md: &GgufMetadata<'_>) -> Result<Option<TokenizerParts>> 
   let eos = id_of("tokenizer.ggml.eos_token_id")?;
   let unk = id_of("tokenizer.ggml.unknown_token_id")?;
   let pad = id_of("tokenizer.ggml.padding_token_id")?;
-  let add_bos = md.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+  // llama.cpp (and transformers) add BOS to a SentencePiece vocabulary that
+  // does not say otherwise.
+  let add_bos = md.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(spm);
   let add_eos = md.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+
+  // Gemma files need their whitespace tokens respelled, and rank merges by
+  // file order (transformers' `gemma_tokenizer`).
+  let arch = md.str("general.architecture")?.unwrap_or_default();
+  let gemma = spm && matches!(arch, "gemma" | "gemma2" | "gemma3");
+  let respelled;
+  let tokens: &[String] = if gemma {
+    respelled = spm::respell_space_tokens(tokens);
+    &respelled
+  } else {
+    tokens
+  };
 
   let mut vocab = Map::with_capacity(tokens.len());
   for (i, t) in tokens.iter().enumerate() {
@@ -939,13 +966,15 @@ pub fn tokenizer_parts(md: &GgufMetadata<'_>) -> Result<Option<TokenizerParts>> 
     vocab.insert(t.clone(), json!(i));
   }
   // Control (3) tokens become special added tokens, user-defined (4) plain
-  // added ones (transformers' `add_gguf_special_tokens`).
+  // added ones (transformers' `add_gguf_special_tokens`); in a SentencePiece
+  // vocabulary the unknown piece (2) is special too.
   let alphabet = byte_alphabet();
   let mut added = Vec::new();
-  for (i, (t, ty)) in tokens.iter().zip(types.iter()).enumerate() {
+  for (i, (t, &ty)) in tokens.iter().zip(types.iter()).enumerate() {
     let special = match ty {
-      3 if t.chars().all(|c| alphabet.contains(&c)) => true,
-      4 => false,
+      spm::TOKEN_CONTROL if spm || t.chars().all(|c| alphabet.contains(&c)) => true,
+      spm::TOKEN_UNKNOWN if spm => true,
+      spm::TOKEN_USER_DEFINED => false,
       _ => continue,
     };
     added.push(json!({
@@ -953,6 +982,70 @@ pub fn tokenizer_parts(md: &GgufMetadata<'_>) -> Result<Option<TokenizerParts>> 
       "normalized": false, "special": special,
     }));
   }
+  let file_merges = md.strings("tokenizer.ggml.merges")?;
+  let (normalizer, pre_tok, decoder, model_json) = if spm {
+    let merges: Vec<(String, String)> = match file_merges {
+      Some(m) => m
+        .iter()
+        .map(|m| match m.split_once(' ') {
+          Some((l, r)) => Ok((l.to_string(), r.to_string())),
+          None => Err(Error::config(
+            path,
+            "tokenizer.ggml.merges",
+            format!("GGUF metadata: merge {m:?} is not two tokens"),
+          )),
+        })
+        .collect::<Result<_>>()?,
+      None => {
+        let scores = if gemma {
+          (0..tokens.len()).map(|i| -(i as f32)).collect()
+        } else {
+          md.f32s("tokenizer.ggml.scores")?.ok_or_else(|| {
+            Error::config(
+              path,
+              "tokenizer.ggml.scores",
+              "GGUF metadata: a SentencePiece vocabulary without merges needs its scores",
+            )
+          })?
+        };
+        if scores.len() != tokens.len() {
+          return Err(Error::config(
+            path,
+            "tokenizer.ggml.scores",
+            format!(
+              "GGUF metadata: {} scores for {} tokens",
+              scores.len(),
+              tokens.len()
+            ),
+          ));
+        }
+        spm::merges_from_scores(tokens, &scores)
+      }
+    };
+    let prefix = md.bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+    let unk_tok = unk
+      .map(|i| tokens[i as usize].as_str())
+      .or_else(|| tokens.iter().any(|t| t == "<unk>").then_some("<unk>"));
+    (
+      spm::normalizer(prefix),
+      Value::Null,
+      spm::decoder(prefix),
+      spm::model(Value::Object(vocab), &merges, unk_tok),
+    )
+  } else {
+    let pre = md.str("tokenizer.ggml.pre")?.unwrap_or("default");
+    let merges = file_merges.unwrap_or(&[]);
+    (
+      Value::Null,
+      pre_tokenizer(path, pre)?,
+      json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+      json!({
+        "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+        "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+        "ignore_merges": false, "vocab": vocab, "merges": merges,
+      }),
+    )
+  };
   let tok_str = |id: Option<u32>| id.map(|i| tokens[i as usize].clone());
   let mut single = Vec::new();
   let mut special_tokens = Map::new();
@@ -970,7 +1063,11 @@ pub fn tokenizer_parts(md: &GgufMetadata<'_>) -> Result<Option<TokenizerParts>> 
     }
   }
   let post = if special_tokens.is_empty() {
-    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false})
+    if spm {
+      Value::Null
+    } else {
+      json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false})
+    }
   } else {
     let mut pair = single.clone();
     pair.extend(single.iter().map(|p| {
@@ -987,15 +1084,11 @@ pub fn tokenizer_parts(md: &GgufMetadata<'_>) -> Result<Option<TokenizerParts>> 
     "truncation": null,
     "padding": null,
     "added_tokens": added,
-    "normalizer": null,
+    "normalizer": normalizer,
     "pre_tokenizer": pre_tok,
     "post_processor": post,
-    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-    "model": {
-      "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-      "vocab": vocab, "merges": merges,
-    },
+    "decoder": decoder,
+    "model": model_json,
   });
   let mut tc = Map::new();
   tc.insert("bos_token".into(), json!(tok_str(bos)));
@@ -1184,11 +1277,11 @@ mod tests {
       .unwrap_err()
       .to_string();
     assert!(e.contains("mystery-pre"), "{e}");
-    let meta = toy_meta("default", "llama", false);
+    let meta = toy_meta("default", "t5", false);
     let e = tokenizer_from_metadata(&GgufMetadata::new(path, &meta), &cfg)
       .unwrap_err()
       .to_string();
-    assert!(e.contains("\"llama\""), "{e}");
+    assert!(e.contains("\"t5\""), "{e}");
   }
 
   #[test]
