@@ -19,6 +19,7 @@ use crate::dtype::Dtype;
 use crate::error::{Error, Result, check, cstring};
 use crate::stream::default_stream;
 
+pub mod gguf_blocks;
 mod stream;
 pub use stream::{load_npy_from, load_safetensors_from, save_npy_to, save_safetensors_to};
 
@@ -598,18 +599,23 @@ fn gguf_scalar_size(t: u32) -> Option<u64> {
   })
 }
 
-/// `(name, items per block, bytes per block)` of the GGML tensor types MLX
-/// 0.32.4 loads: copied (f32, f16, i8, i16, i32), kept quantized (q4_0,
-/// q4_1, q8_0) or converted to float16 (bf16, q2_k, q4_k, q6_k).
+/// `(name, items per block, bytes per block)` of the GGML tensor types
+/// mlxrs reads ([`load_gguf_tensor`]; sizes as ggml's / gguf-py's
+/// `GGML_QUANT_SIZES`): f32, f16, bf16, i8, i16, i32 and the block formats
+/// of [`gguf_blocks`] (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ... q6_k).
 fn gguf_tensor_type(t: u32) -> Option<(&'static str, u64, u64)> {
   Some(match t {
     0 => ("f32", 1, 4),
     1 => ("f16", 1, 2),
     2 => ("q4_0", 32, 18),
     3 => ("q4_1", 32, 20),
+    6 => ("q5_0", 32, 22),
+    7 => ("q5_1", 32, 24),
     8 => ("q8_0", 32, 34),
-    10 => ("q2_k", 256, 82),
+    10 => ("q2_k", 256, 84),
+    11 => ("q3_k", 256, 110),
     12 => ("q4_k", 256, 144),
+    13 => ("q5_k", 256, 176),
     14 => ("q6_k", 256, 210),
     24 => ("i8", 1, 1),
     25 => ("i16", 1, 2),
@@ -617,6 +623,16 @@ fn gguf_tensor_type(t: u32) -> Option<(&'static str, u64, u64)> {
     30 => ("bf16", 1, 2),
     _ => return None,
   })
+}
+
+/// Whether MLX 0.32.4's own GGUF loader ([`load_gguf`]) takes GGML type
+/// `t`: it refuses q5_0, q5_1, q3_k and q5_k. (What it does with q2_k and
+/// q4_k is not always right: its gguflib sizes q2_k blocks as 82 bytes
+/// instead of ggml's 84, so every block after the first is misread, and its
+/// q4_k values differ from gguf-py's for some scale bytes. mlxrs's model
+/// loader reads tensors with [`load_gguf_tensor`] instead.)
+fn mlx_loads_type(t: u32) -> bool {
+  matches!(t, 0 | 1 | 2 | 3 | 8 | 10 | 12 | 14 | 24 | 25 | 26 | 30)
 }
 
 /// The name of any GGML tensor type id (ggml.h's `ggml_type`), for errors.
@@ -704,6 +720,18 @@ impl GgufReader<'_> {
     Ok(String::from_utf8_lossy(&self.bytes(n, what)?).into_owned())
   }
 
+  /// A string value (invalid UTF-8 replaced), length checked as
+  /// [`Self::skip_string`].
+  fn string(&mut self, what: &str) -> Result<String> {
+    let n = self.u64(what)?;
+    if n > i32::MAX as u64 {
+      return Err(self.err(format!(
+        "{what}: string of {n} bytes is longer than MLX supports"
+      )));
+    }
+    Ok(String::from_utf8_lossy(&self.bytes(n, what)?).into_owned())
+  }
+
   /// A string value: length checked (MLX takes it as an `int`), then skipped.
   fn skip_string(&mut self, what: &str) -> Result<u64> {
     let n = self.u64(what)?;
@@ -726,7 +754,62 @@ impl GgufReader<'_> {
 /// quantized tensors whose rows are not whole blocks, duplicate tensor
 /// names, and tensor data outside the file.
 pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
-  let path = path.as_ref();
+  read_gguf_impl(path.as_ref(), false).map(|(h, _)| h)
+}
+
+/// Read a GGUF file's header and metadata values in Rust, without MLX's
+/// loader (python: `gguf.GGUFReader(path)`'s fields; the values are
+/// represented as [`load_gguf`] returns them: numbers and numeric lists as
+/// 0-d / 1-d arrays of the stored type, strings, string lists). Validated
+/// as [`read_gguf_header`]. Tensor data is then read per tensor with
+/// [`load_gguf_tensor`]; the file is only read.
+pub fn read_gguf(path: impl AsRef<Path>) -> Result<(GgufHeader, HashMap<String, GgufMeta>)> {
+  read_gguf_impl(path.as_ref(), true)
+}
+
+/// A GGUF metadata number (0-d) or list of numbers (1-d) of value type `t`
+/// from its little-endian bytes.
+fn gguf_meta_array(t: u32, b: &[u8], list: bool) -> Result<Array> {
+  fn mk<T: crate::dtype::ArrayElement, const N: usize>(
+    b: &[u8],
+    list: bool,
+    f: impl Fn([u8; N]) -> T,
+  ) -> Result<Array> {
+    let v: Vec<T> = b
+      .chunks_exact(N)
+      .map(|c| {
+        let mut a = [0u8; N];
+        a.copy_from_slice(c);
+        f(a)
+      })
+      .collect();
+    if list {
+      let n = i32::try_from(v.len())
+        .map_err(|_| Error::InvalidArgument("GGUF metadata list too long".into()))?;
+      Array::from_slice(&v, &[n])
+    } else {
+      Array::from_slice(&v, &[] as &[i32])
+    }
+  }
+  match t {
+    0 => mk(b, list, u8::from_le_bytes),
+    1 => mk(b, list, i8::from_le_bytes),
+    2 => mk(b, list, u16::from_le_bytes),
+    3 => mk(b, list, i16::from_le_bytes),
+    4 => mk(b, list, u32::from_le_bytes),
+    5 => mk(b, list, i32::from_le_bytes),
+    6 => mk(b, list, f32::from_le_bytes),
+    7 => mk(b, list, |[x]: [u8; 1]| x != 0),
+    10 => mk(b, list, u64::from_le_bytes),
+    11 => mk(b, list, i64::from_le_bytes),
+    _ => Err(Error::InvalidArgument(format!(
+      "GGUF metadata value type {t} is not a number"
+    ))),
+  }
+}
+
+fn read_gguf_impl(path: &Path, collect: bool) -> Result<(GgufHeader, HashMap<String, GgufMeta>)> {
+  let mut values = HashMap::new();
   let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
   let len = f.metadata().map_err(|e| io_err(path, e))?.len();
   let mut r = GgufReader {
@@ -766,6 +849,12 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
            the file)"
         )));
       }
+      GGUF_STRING if collect => {
+        let v = r.string(&what)?;
+        let n = v.len() as u64;
+        values.insert(key.clone(), GgufMeta::String(v));
+        GgufValueType::String(n)
+      }
       GGUF_STRING => GgufValueType::String(r.skip_string(&what)?),
       GGUF_ARRAY => {
         let elem = r.u32(&what)?;
@@ -785,12 +874,25 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
           GGUF_ARRAY => {
             return Err(r.err(format!("{what}: nested arrays are not supported by MLX")));
           }
+          GGUF_STRING if collect => {
+            // Capacity bounded by the bytes left (each string takes >= 8).
+            let mut v = Vec::with_capacity(n.min((r.len - r.pos) / 8) as usize);
+            for _ in 0..n {
+              v.push(r.string(&what)?);
+            }
+            values.insert(key.clone(), GgufMeta::Strings(v));
+          }
           GGUF_STRING => {
             for _ in 0..n {
               r.skip_string(&what)?;
             }
           }
           e => match gguf_scalar_size(e) {
+            Some(sz) if collect => {
+              let b = r.bytes(n * sz, &what)?;
+              let a = gguf_meta_array(e, &b, true).map_err(|err| r.err(format!("{what}: {err}")))?;
+              values.insert(key.clone(), GgufMeta::Array(a));
+            }
             Some(sz) => r.skip(n * sz, &what)?,
             None => return Err(r.err(format!("{what}: unknown array element type {e}"))),
           },
@@ -805,6 +907,13 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
               return Err(r.err("general.alignment is 0"));
             }
             out.alignment = a as u64;
+            if collect {
+              values.insert(key.clone(), GgufMeta::Array(Array::scalar(a)));
+            }
+          } else if collect {
+            let b = r.bytes(sz, &what)?;
+            let a = gguf_meta_array(t, &b, false).map_err(|err| r.err(format!("{what}: {err}")))?;
+            values.insert(key.clone(), GgufMeta::Array(a));
           } else {
             r.skip(sz, &what)?;
           }
@@ -839,8 +948,8 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
     let bad = |m: String| fmt_err(path, format!("GGUF: tensor {name:?}: {m}"));
     let (type_name, per_block, block_bytes) = gguf_tensor_type(t).ok_or_else(|| {
       bad(format!(
-        "tensor type {} is not supported by MLX's GGUF loader (it reads f32, f16, bf16, q4_0, \
-         q4_1, q8_0, q2_k, q4_k, q6_k, i8, i16, i32)",
+        "tensor type {} is not supported (mlxrs reads f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, \
+         q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, i8, i16, i32)",
         ggml_type_name(t)
       ))
     })?;
@@ -851,10 +960,10 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
       .iter()
       .try_fold(1u64, |acc, &d| acc.checked_mul(d))
       .ok_or_else(|| bad(format!("shape {dims:?} overflows")))?;
-    // q4_0 / q4_1 / q8_0 stay quantized: rows must be whole 32-blocks.
-    if matches!(t, 2 | 3 | 8) && dims.first().is_none_or(|&d| d % 32 != 0) {
+    // Block formats: rows must be whole blocks (as ggml requires).
+    if per_block > 1 && dims.first().is_none_or(|&d| d % per_block != 0) {
       return Err(bad(format!(
-        "{type_name} needs a first (row) dimension that is a multiple of 32, got {dims:?}"
+        "{type_name} needs a first (row) dimension that is a multiple of {per_block}, got {dims:?}"
       )));
     }
     let nbytes = numel
@@ -891,7 +1000,162 @@ pub fn read_gguf_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
       ));
     }
   }
-  Ok(out)
+  Ok((out, values))
+}
+
+/// One GGUF tensor as MLX arrays ([`load_gguf_tensor`]).
+#[derive(Debug)]
+pub enum GgufTensor {
+  /// A float or integer tensor (block formats when dequantized).
+  Dense(Array),
+  /// An MLX affine-quantized matrix (group 32): packed uint32 `weight`,
+  /// `scales`, `biases` of the last axis, as `mx.quantize` returns them.
+  Quantized {
+    /// Packed values, `[..., cols * bits / 32]` uint32.
+    weight: Array,
+    /// `[..., cols / 32]`: float16 for q4_0 / q4_1 / q5_x / q8_0, float32
+    /// for the K-quants.
+    scales: Array,
+    /// Same shape and dtype as `scales`.
+    biases: Array,
+    /// Bits per weight.
+    bits: i32,
+    /// Group size (always 32).
+    group_size: i32,
+    /// Whether the values are exactly the GGUF tensor's (`false`: requantized
+    /// from its dequantized values, see [`gguf_requant_bits`]).
+    exact: bool,
+  },
+}
+
+/// MLX affine bits a block type without an exact MLX form (q2_k, q3_k,
+/// q6_k: 16-element sub-blocks, below MLX's smallest group of 32) is
+/// requantized to by [`load_gguf_tensor`]: two more bits than the type
+/// (q2_k 4, q3_k 5, q6_k 8), so the new grid (per 32 values) is about 4x
+/// finer than the type's own and adds little error to it.
+pub fn gguf_requant_bits(ggml_type: u32) -> Option<i32> {
+  match ggml_type {
+    gguf_blocks::Q2_K => Some(4),
+    gguf_blocks::Q3_K => Some(5),
+    gguf_blocks::Q6_K => Some(8),
+    _ => None,
+  }
+}
+
+/// Read one tensor of a GGUF file (its entry from [`read_gguf`]) from the
+/// file's bytes, without MLX's loader (python: `gguf.GGUFReader` +
+/// `gguf.quants.dequantize`). f32, f16, bf16 and integer tensors come back
+/// as they are. Block formats: with `dequantize`, float32 values (equal to
+/// gguf-py's); otherwise MLX affine-quantized (group 32), exactly for q4_0,
+/// q4_1, q5_0, q5_1, q8_0, q4_k and q5_k ([`gguf_blocks::to_affine`]),
+/// requantized with `mx.quantize` to [`gguf_requant_bits`] for q2_k, q3_k,
+/// q6_k. Only tensors of 2 or more dimensions stay quantized.
+pub fn load_gguf_tensor(
+  path: impl AsRef<Path>,
+  info: &GgufTensorInfo,
+  dequantize: bool,
+) -> Result<GgufTensor> {
+  let path = path.as_ref();
+  let bad = |m: String| fmt_err(path, format!("GGUF tensor data ({}): {m}", info.type_name));
+  let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+  let len = f.metadata().map_err(|e| io_err(path, e))?.len();
+  if info.offset.checked_add(info.nbytes).is_none_or(|end| end > len) {
+    return Err(bad(format!(
+      "{} bytes at byte {} run past the end of the file ({len} bytes; truncated or changed \
+       file?)",
+      info.nbytes, info.offset
+    )));
+  }
+  use std::io::Seek;
+  f.seek(std::io::SeekFrom::Start(info.offset))
+    .map_err(|e| io_err(path, e))?;
+  let mut data = vec![0u8; info.nbytes as usize];
+  f.read_exact(&mut data).map_err(|e| io_err(path, e))?;
+  let shape = &info.shape;
+  let numel = shape.iter().map(|&d| d as usize).product::<usize>();
+  fn le<T: crate::dtype::ArrayElement, const N: usize>(
+    b: &[u8],
+    shape: &[i32],
+    f: impl Fn([u8; N]) -> T,
+  ) -> Result<Array> {
+    let v: Vec<T> = b
+      .chunks_exact(N)
+      .map(|c| {
+        let mut a = [0u8; N];
+        a.copy_from_slice(c);
+        f(a)
+      })
+      .collect();
+    Array::from_slice(&v, shape)
+  }
+  let t = info.ggml_type;
+  let dense = match t {
+    0 => Some(le(&data, shape, f32::from_le_bytes)?),
+    1 => Some(le(&data, shape, half::f16::from_le_bytes)?),
+    30 => Some(le(&data, shape, half::bf16::from_le_bytes)?),
+    24 => Some(le(&data, shape, i8::from_le_bytes)?),
+    25 => Some(le(&data, shape, i16::from_le_bytes)?),
+    26 => Some(le(&data, shape, i32::from_le_bytes)?),
+    _ => None,
+  };
+  if let Some(a) = dense {
+    return Ok(GgufTensor::Dense(a));
+  }
+  let cols = shape.last().copied().unwrap_or(1);
+  if dequantize || shape.len() < 2 || cols % 32 != 0 {
+    let v = gguf_blocks::dequantize(t, &data, numel).map_err(bad)?;
+    return Ok(GgufTensor::Dense(Array::from_slice(&v, shape)?));
+  }
+  let lead = &shape[..shape.len() - 1];
+  let with_last = |last: i32| -> Vec<i32> {
+    let mut s = lead.to_vec();
+    s.push(last);
+    s
+  };
+  if gguf_blocks::has_affine(t) {
+    let a = gguf_blocks::to_affine(t, &data, numel).map_err(bad)?;
+    let bits = a.bits as i32;
+    let weight = Array::from_slice(&a.packed, &with_last(cols / 32 * bits))?;
+    let gshape = with_last(cols / 32);
+    let (scales, biases) = if a.f16_exact {
+      let h = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>();
+      (
+        Array::from_slice(&h(&a.scales), &gshape)?,
+        Array::from_slice(&h(&a.biases), &gshape)?,
+      )
+    } else {
+      (
+        Array::from_slice(&a.scales, &gshape)?,
+        Array::from_slice(&a.biases, &gshape)?,
+      )
+    };
+    return Ok(GgufTensor::Quantized {
+      weight,
+      scales,
+      biases,
+      bits,
+      group_size: 32,
+      exact: true,
+    });
+  }
+  let bits = gguf_requant_bits(t).ok_or_else(|| bad("no MLX form for this type".into()))?;
+  let v = gguf_blocks::dequantize(t, &data, numel).map_err(bad)?;
+  let w = Array::from_slice(&v, shape)?;
+  let mut q = crate::ops::quantize(&w, Some(32), Some(bits), "affine", None)?;
+  if q.len() != 3 {
+    return Err(bad(format!("mx.quantize returned {} arrays", q.len())));
+  }
+  let biases = q.pop().unwrap_or_else(Array::null);
+  let scales = q.pop().unwrap_or_else(Array::null);
+  let weight = q.pop().unwrap_or_else(Array::null);
+  Ok(GgufTensor::Quantized {
+    weight,
+    scales,
+    biases,
+    bits,
+    group_size: 32,
+    exact: false,
+  })
 }
 
 struct GgufMetaHandle(mlxrs_sys::mlxrs_gguf_meta);
@@ -928,6 +1192,21 @@ pub fn load_gguf(
 ) -> Result<(HashMap<String, Array>, HashMap<String, GgufMeta>)> {
   let path = path.as_ref();
   let header = read_gguf_header(path)?;
+  if let Some((name, info)) = header
+    .tensors
+    .iter()
+    .find(|(_, i)| !mlx_loads_type(i.ggml_type))
+  {
+    return Err(fmt_err(
+      path,
+      format!(
+        "GGUF: tensor {name:?}: tensor type {} is not supported by MLX's GGUF loader (it reads \
+         f32, f16, bf16, q4_0, q4_1, q8_0, q2_k, q4_k, q6_k, i8, i16, i32); read it with \
+         mlxrs_core::io::read_gguf + load_gguf_tensor",
+        ggml_type_name(info.ggml_type)
+      ),
+    ));
+  }
   if let Err(e) = std::fs::OpenOptions::new()
     .read(true)
     .write(true)
