@@ -494,11 +494,312 @@ def make_spm():
     print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB")
 
 
+# ---------------------------------------------------------------- K-quants
+# gguf-py dequantizes K-quants but cannot quantize them; these simple
+# quantizers (per sub-block min/max, not llama.cpp's optimised search) pack
+# ggml's block layouts, checked against gguf-py's dequantization below. The
+# test reference is the dequantized values, so their quality only has to be
+# sensible.
+
+
+def _f16(x):
+    return np.asarray(x, dtype=np.float16).reshape(-1, 1).view(np.uint8)
+
+
+def _k_scale_bytes(sc, mn):
+    """Inverse of gguf-py's Q4_K.get_scale_min: 8 six-bit scales and mins
+    per block -> 12 bytes."""
+    sc, mn = sc.astype(np.uint8), mn.astype(np.uint8)
+    d = (sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6)
+    m = (mn[:, :4] & 63) | ((mn[:, 4:] >> 4) << 6)
+    md = (sc[:, 4:] & 15) | ((mn[:, 4:] & 15) << 4)
+    return np.concatenate([d, m, md], axis=1).astype(np.uint8)
+
+
+def _affine_sub(x, levels):
+    """Per sub-block (last axis) scale and min for q in [0, levels]."""
+    lo = np.minimum(x.min(-1), 0)
+    hi = x.max(-1)
+    return (hi - lo) / levels, -lo
+
+
+def _quant_q45k(x, bits):
+    nb = x.shape[0]
+    xs = x.reshape(nb, 8, 32)
+    scale, mins = _affine_sub(xs, 2**bits - 1)
+    d = (scale.max(-1) / 63).astype(np.float16).astype(np.float32)
+    dmin = (mins.max(-1) / 63).astype(np.float16).astype(np.float32)
+    d[d == 0] = 1e-4
+    dmin[dmin == 0] = 1e-4
+    sc = np.clip(np.round(scale / d[:, None]), 1, 63)
+    mn = np.clip(np.round(mins / dmin[:, None]), 0, 63)
+    q = np.round((xs + (dmin[:, None] * mn)[..., None]) / (d[:, None] * sc)[..., None])
+    q = np.clip(q, 0, 2**bits - 1).astype(np.uint8)
+    # nibbles: chunk c of 32 bytes = sub-blocks 2c (low) and 2c+1 (high).
+    lo4 = q & 15
+    qs = (lo4[:, 0::2, :] | (lo4[:, 1::2, :] << 4)).reshape(nb, 128)
+    parts = [_f16(d), _f16(dmin), _k_scale_bytes(sc, mn)]
+    if bits == 5:
+        hb = (q >> 4) & 1  # [nb, 8, 32]: bit j of qh[i]
+        qh = np.zeros((nb, 32), dtype=np.uint8)
+        for j in range(8):
+            qh |= (hb[:, j, :] << j).astype(np.uint8)
+        parts.append(qh)
+    parts.append(qs)
+    return np.concatenate(parts, axis=1)
+
+
+def _quant_q6k(x):
+    nb = x.shape[0]
+    xs = x.reshape(nb, 16, 16)
+    amax = np.abs(xs).max(-1)
+    scale = amax / 31
+    d = (np.abs(scale).max(-1) / 127).astype(np.float16).astype(np.float32)
+    d[d == 0] = 1e-4
+    sc = np.clip(np.round(scale / d[:, None]), 1, 127).astype(np.int8)
+    q = np.clip(np.round(xs / (d[:, None] * sc)[..., None]) + 32, 0, 63).astype(np.uint8).reshape(nb, 256)
+    ql = np.zeros((nb, 128), dtype=np.uint8)
+    qh = np.zeros((nb, 64), dtype=np.uint8)
+    for e in range(256):
+        h, r = divmod(e, 128)
+        ql[:, 64 * h + r % 64] |= (q[:, e] & 15) << (4 * (r // 64))
+        qh[:, 32 * h + r % 32] |= ((q[:, e] >> 4) & 3) << (2 * (r // 32))
+    return np.concatenate([ql, qh, sc.view(np.uint8), _f16(d)], axis=1)
+
+
+def _quant_q2k(x):
+    nb = x.shape[0]
+    xs = x.reshape(nb, 16, 16)
+    scale, mins = _affine_sub(xs, 3)
+    d = (scale.max(-1) / 15).astype(np.float16).astype(np.float32)
+    dmin = (mins.max(-1) / 15).astype(np.float16).astype(np.float32)
+    d[d == 0] = 1e-4
+    dmin[dmin == 0] = 1e-4
+    sc = np.clip(np.round(scale / d[:, None]), 1, 15).astype(np.uint8)
+    mn = np.clip(np.round(mins / dmin[:, None]), 0, 15).astype(np.uint8)
+    q = np.round((xs + (dmin[:, None] * mn)[..., None]) / (d[:, None] * sc)[..., None])
+    q = np.clip(q, 0, 3).astype(np.uint8).reshape(nb, 256)
+    qs = np.zeros((nb, 64), dtype=np.uint8)
+    for e in range(256):
+        h, r = divmod(e, 128)
+        qs[:, 32 * h + r % 32] |= q[:, e] << (2 * (r // 32))
+    return np.concatenate([sc | (mn << 4), qs, _f16(d), _f16(dmin)], axis=1)
+
+
+def _quant_q3k(x):
+    nb = x.shape[0]
+    xs = x.reshape(nb, 16, 16)
+    scale = np.abs(xs).max(-1) / 4
+    d = (scale.max(-1) / 31).astype(np.float16).astype(np.float32)
+    d[d == 0] = 1e-4
+    sc = np.clip(np.round(scale / d[:, None]), 1, 31).astype(np.int32)
+    q = np.clip(np.round(xs / (d[:, None] * sc)[..., None]), -4, 3).astype(np.int32).reshape(nb, 256)
+    hbit = (q >= 0).astype(np.uint8)
+    ql = (q + 4 * (1 - hbit)).astype(np.uint8)
+    hmask = np.zeros((nb, 32), dtype=np.uint8)
+    qs = np.zeros((nb, 64), dtype=np.uint8)
+    for e in range(256):
+        h, r = divmod(e, 128)
+        qs[:, 32 * h + r % 32] |= ql[:, e] << (2 * (r // 32))
+        hmask[:, e % 32] |= hbit[:, e] << (e // 32)
+    s6 = (sc + 32).astype(np.uint8)  # 16 six-bit values
+    scales = np.zeros((nb, 12), dtype=np.uint8)
+    for t in range(16):
+        scales[:, t % 8] |= (s6[:, t] & 15) << (4 * (t // 8))
+        scales[:, 8 + t % 4] |= ((s6[:, t] >> 4) & 3) << (2 * (t // 4))
+    return np.concatenate([hmask, qs, scales, _f16(d)], axis=1)
+
+
+K_QUANTIZERS = {
+    Q.Q2_K: _quant_q2k,
+    Q.Q3_K: _quant_q3k,
+    Q.Q4_K: lambda x: _quant_q45k(x, 4),
+    Q.Q5_K: lambda x: _quant_q45k(x, 5),
+    Q.Q6_K: _quant_q6k,
+}
+
+
+def quantize_any(arr, qt):
+    """gguf-py's quantize, or the K-quant packers above (checked against
+    gguf-py's dequantization: within one quantization step)."""
+    if qt not in K_QUANTIZERS:
+        return gguf.quants.quantize(arr, qt)
+    rows, cols = arr.shape
+    data = K_QUANTIZERS[qt](arr.reshape(-1, 256)).reshape(rows, -1)
+    back = gguf.quants.dequantize(data, qt).reshape(arr.shape)
+    err = np.abs(back - arr).max() / np.abs(arr).max()
+    assert err < {Q.Q2_K: 0.6, Q.Q3_K: 0.4}.get(qt, 0.15), (qt.name, err)
+    return data
+
+
+KQUANT_TYPES = {
+    "model.embed_tokens.weight": Q.Q6_K,
+    "self_attn.q_proj": Q.Q4_K,
+    "self_attn.k_proj": Q.Q5_K,
+    "self_attn.v_proj": Q.Q6_K,
+    "self_attn.o_proj": Q.Q3_K,
+    "mlp.gate_proj": Q.Q2_K,
+    "mlp.up_proj": Q.Q5_0,
+    "mlp.down_proj": Q.Q5_1,
+}
+
+
+def make_kquant():
+    """llama-kquant.gguf: a 1-layer llama with hidden size 256 (K-quant rows
+    are 256-element super-blocks), random weights, every tensor type mlxrs
+    reads beyond MLX's own (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1).
+    Reference: mlx-lm's llama with the gguf-py-dequantized weights."""
+    import shutil
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    cfg = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 256,
+        "intermediate_size": 256,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "vocab_size": 512,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+    }
+    rng = np.random.default_rng(12)
+    shapes = {
+        "model.embed_tokens.weight": (512, 256),
+        "model.norm.weight": (256,),
+        "model.layers.0.input_layernorm.weight": (256,),
+        "model.layers.0.post_attention_layernorm.weight": (256,),
+        "model.layers.0.self_attn.q_proj.weight": (256, 256),
+        "model.layers.0.self_attn.k_proj.weight": (128, 256),
+        "model.layers.0.self_attn.v_proj.weight": (128, 256),
+        "model.layers.0.self_attn.o_proj.weight": (256, 256),
+        "model.layers.0.mlp.gate_proj.weight": (256, 256),
+        "model.layers.0.mlp.up_proj.weight": (256, 256),
+        "model.layers.0.mlp.down_proj.weight": (256, 256),
+    }
+    weights = {}
+    for k, shp in shapes.items():
+        if len(shp) == 1:
+            weights[k] = (1.0 + 0.1 * rng.standard_normal(shp)).astype(np.float32)
+        else:
+            weights[k] = (rng.standard_normal(shp) * (0.5 if "embed" in k else 0.08)).astype(np.float32)
+    src = Path(tempfile.mkdtemp())
+    try:
+        (src / "config.json").write_text(json.dumps(cfg))
+        save_file(weights, str(src / "model.safetensors"))
+        for f in ["tokenizer.json", "tokenizer_config.json"]:
+            shutil.copy(TINY / "llama" / f, src / f)
+        ref = json.loads((TINY / "llama/reference.json").read_text())
+        tj = json.loads((TINY / "llama/tokenizer.json").read_text())
+        path = OUT / "llama-kquant.gguf"
+        w = gguf.GGUFWriter(path, "llama")
+        heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+        w.add_name("tiny llama, K-quants")
+        w.add_context_length(cfg["max_position_embeddings"])
+        w.add_embedding_length(cfg["hidden_size"])
+        w.add_block_count(cfg["num_hidden_layers"])
+        w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_head_count(heads)
+        w.add_head_count_kv(kv)
+        w.add_rope_freq_base(cfg["rope_theta"])
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        w.add_vocab_size(cfg["vocab_size"])
+        n = cfg["vocab_size"]
+        tokens = [f"[PAD{i}]" for i in range(n)]
+        types = [gguf.TokenType.UNUSED] * n
+        for t, i in tj["model"]["vocab"].items():
+            tokens[i] = t
+            types[i] = gguf.TokenType.NORMAL
+        for a in tj["added_tokens"]:
+            tokens[a["id"]] = a["content"]
+            types[a["id"]] = gguf.TokenType.CONTROL if a["special"] else gguf.TokenType.USER_DEFINED
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]])
+        w.add_add_bos_token(False)
+        deq, qtypes = {}, {}
+        for hf in sorted(weights):
+            arr = weights[hf]
+            key = next((k for k in KQUANT_TYPES if k in hf), None)
+            qt = KQUANT_TYPES[key] if key and arr.ndim == 2 else Q.F32
+            arr_g = permute(arr, heads if ".q_proj." in hf else kv) if (".q_proj." in hf or ".k_proj." in hf) else arr
+            if qt == Q.F32:
+                data, back = arr_g, arr_g
+            else:
+                data = quantize_any(arr_g, qt)
+                back = gguf.quants.dequantize(data, qt).reshape(arr.shape).astype(np.float32)
+            w.add_tensor(gguf_name(hf), data, raw_dtype=None if qt == Q.F32 else qt)
+            if ".q_proj." in hf or ".k_proj." in hf:
+                back = unpermute(back, heads if ".q_proj." in hf else kv)
+            deq[hf] = back
+            qtypes[gguf_name(hf)] = qt.name
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+        from mlx_lm.models.cache import make_prompt_cache
+
+        model, _ = mlx_load(str(src))
+        model.load_weights([(k, mx.array(v)) for k, v in deq.items()], strict=True)
+        ids = ref["prompt_ids"]
+        logits = model(mx.array([ids]))[0, -1].astype(mx.float32)
+        cache = make_prompt_cache(model)
+        out = model(mx.array([ids]), cache=cache)[0, -1]
+        greedy, margins = [], []
+        for _ in range(10):
+            top = np.sort(np.array(out.astype(mx.float32)))[::-1]
+            t = int(mx.argmax(out).item())
+            greedy.append(t)
+            margins.append(float(top[0] - top[1]))
+            out = model(mx.array([[t]]), cache=cache)[0, -1]
+        # mlxrs's default load requantizes Q2_K / Q3_K / Q6_K (16-element
+        # sub-blocks) to MLX affine 4 / 5 / 8 bits, group 32: the same
+        # `mx.quantize` of the dequantized weights, here.
+        requant_bits = {Q.Q2_K: 4, Q.Q3_K: 5, Q.Q6_K: 8}
+        rq = []
+        for k, v in deq.items():
+            a = mx.array(v)
+            bits = requant_bits.get(Q[qtypes[gguf_name(k)]])
+            if bits:
+                a = mx.dequantize(*mx.quantize(a, group_size=32, bits=bits), group_size=32, bits=bits)
+            rq.append((k, a))
+        model.load_weights(rq, strict=True)
+        logits_rq = model(mx.array([ids]))[0, -1].astype(mx.float32)
+    finally:
+        shutil.rmtree(src)
+    info = {
+        "name": "llama-kquant",
+        "source": "random weights (scripts/make_gguf_fixtures.py make_kquant), tokenizer of models/tiny/llama",
+        "gguf_architecture": "llama",
+        "tensor_types": qtypes,
+        "prompt_ids": ids,
+        "logits_last": [float(x) for x in np.array(logits)],
+        "logits_last_requantized": [float(x) for x in np.array(logits_rq)],
+        "greedy_tokens": greedy,
+        "greedy_margins": margins,
+        "versions": {"mlx": mx.__version__, "gguf": "pypi gguf"},
+    }
+    (OUT / "llama-kquant.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB; margins min {min(margins):.3f}")
+
+
 def main():
     import sys
 
     if sys.argv[1:] == ["spm"]:
         make_spm()
+        return
+    if sys.argv[1:] == ["kquant"]:
+        make_kquant()
         return
     archs = sys.argv[1:] or ["llama", "qwen2", "qwen3", "mixtral", "phi3", "gemma2", "gemma3_text", "qwen2_moe"]
     for arch in archs:
@@ -506,6 +807,7 @@ def main():
     if not sys.argv[1:]:
         make("llama", mixed=False)
         make_spm()
+        make_kquant()
 
 
 if __name__ == "__main__":

@@ -890,7 +890,8 @@ fn read_gguf_impl(path: &Path, collect: bool) -> Result<(GgufHeader, HashMap<Str
           e => match gguf_scalar_size(e) {
             Some(sz) if collect => {
               let b = r.bytes(n * sz, &what)?;
-              let a = gguf_meta_array(e, &b, true).map_err(|err| r.err(format!("{what}: {err}")))?;
+              let a =
+                gguf_meta_array(e, &b, true).map_err(|err| r.err(format!("{what}: {err}")))?;
               values.insert(key.clone(), GgufMeta::Array(a));
             }
             Some(sz) => r.skip(n * sz, &what)?,
@@ -1059,7 +1060,11 @@ pub fn load_gguf_tensor(
   let bad = |m: String| fmt_err(path, format!("GGUF tensor data ({}): {m}", info.type_name));
   let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
   let len = f.metadata().map_err(|e| io_err(path, e))?.len();
-  if info.offset.checked_add(info.nbytes).is_none_or(|end| end > len) {
+  if info
+    .offset
+    .checked_add(info.nbytes)
+    .is_none_or(|end| end > len)
+  {
     return Err(bad(format!(
       "{} bytes at byte {} run past the end of the file ({len} bytes; truncated or changed \
        file?)",
@@ -1118,7 +1123,11 @@ pub fn load_gguf_tensor(
     let weight = Array::from_slice(&a.packed, &with_last(cols / 32 * bits))?;
     let gshape = with_last(cols / 32);
     let (scales, biases) = if a.f16_exact {
-      let h = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>();
+      let h = |v: &[f32]| {
+        v.iter()
+          .map(|&x| half::f16::from_f32(x))
+          .collect::<Vec<_>>()
+      };
       (
         Array::from_slice(&h(&a.scales), &gshape)?,
         Array::from_slice(&h(&a.biases), &gshape)?,

@@ -545,3 +545,135 @@ fn mutated_files_never_crash() {
   }
   assert!(ok > 0 && err > 0, "{ok} loaded, {err} rejected");
 }
+
+// ------------------------------------------- read_gguf / load_gguf_tensor
+
+/// `read_gguf` (Rust) gives the same metadata as MLX's loader, and
+/// `load_gguf_tensor` the same tensors for the types MLX keeps (f32, f16,
+/// q4_0 / q4_1 / q8_0 as packed weight, scales, biases: bit for bit).
+#[test]
+fn rust_reader_matches_mlx_loader() {
+  use mlxrs_core::io::{GgufTensor, load_gguf_tensor, read_gguf};
+  for stem in ["mlx_saved", "crafted"] {
+    let p = format!("{DATA}/{stem}.gguf");
+    let (mlx_t, mlx_m) = load_gguf(&p).unwrap();
+    let (h, meta) = read_gguf(&p).unwrap();
+    assert_eq!(meta.len(), mlx_m.len(), "{stem}: metadata count");
+    for (k, v) in &meta {
+      match (v, &mlx_m[k]) {
+        (GgufMeta::Array(a), GgufMeta::Array(b)) => assert_same(k, a, b),
+        (GgufMeta::String(a), GgufMeta::String(b)) => assert_eq!(a, b, "{k}"),
+        (GgufMeta::Strings(a), GgufMeta::Strings(b)) => assert_eq!(a, b, "{k}"),
+        (a, b) => panic!("{stem}: {k}: {a:?} vs {b:?}"),
+      }
+    }
+    let mut compared = 0;
+    for (name, info) in &h.tensors {
+      // MLX converts bf16 and K-quants to float16 (see load_gguf_tensor's
+      // own reference test below for those).
+      if !matches!(info.ggml_type, 0 | 1 | 2 | 3 | 8 | 24 | 25 | 26) {
+        continue;
+      }
+      match load_gguf_tensor(&p, info, false).unwrap() {
+        GgufTensor::Dense(a) => assert_same(name, &a, &mlx_t[name]),
+        GgufTensor::Quantized {
+          weight,
+          scales,
+          biases,
+          exact,
+          ..
+        } => {
+          assert!(exact);
+          let base = name.trim_end_matches(".weight");
+          assert_same(name, &weight, &mlx_t[name]);
+          assert_same(name, &scales, &mlx_t[&format!("{base}.scales")]);
+          assert_same(name, &biases, &mlx_t[&format!("{base}.biases")]);
+        }
+      }
+      compared += 1;
+    }
+    assert!(compared >= 2, "{stem}: {compared} tensors compared");
+  }
+}
+
+/// Every block type against gguf-py's `gguf.quants.dequantize`
+/// (tests/data/gguf/quants.gguf + quants_ref.safetensors, made by
+/// scripts/make_gguf_quant_refs.py): dequantized values equal bit for bit;
+/// the exact MLX affine forms dequantize (MLX's `dequantize`) to the same
+/// values; requantized types (q2_k, q3_k, q6_k) stay within a step of their
+/// new grid (RMS error below 0.35 steps).
+#[test]
+fn block_types_match_gguf_py() {
+  use mlxrs_core::io::{GgufTensor, gguf_requant_bits, load_gguf_tensor, read_gguf};
+  let p = format!("{DATA}/quants.gguf");
+  let (refs, _) =
+    mlxrs_core::io::load_safetensors(format!("{DATA}/quants_ref.safetensors")).unwrap();
+  let (h, _) = read_gguf(&p).unwrap();
+  assert_eq!(h.tensors.len(), 12);
+  for (name, info) in &h.tensors {
+    let want = ops::astype(&refs[name], Dtype::Float32)
+      .unwrap()
+      .to_vec::<f32>()
+      .unwrap();
+    let GgufTensor::Dense(d) = load_gguf_tensor(&p, info, true).unwrap() else {
+      panic!("{name}: dequantize gives a dense tensor");
+    };
+    let got = ops::astype(&d, Dtype::Float32)
+      .unwrap()
+      .to_vec::<f32>()
+      .unwrap();
+    let bad = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert_eq!(bad, 0, "{name}: dequantized: {bad} values differ");
+    match load_gguf_tensor(&p, info, false).unwrap() {
+      GgufTensor::Dense(_) => assert!(matches!(info.ggml_type, 1 | 30), "{name}"),
+      GgufTensor::Quantized {
+        weight,
+        scales,
+        biases,
+        bits,
+        group_size,
+        exact,
+      } => {
+        // Widened to float32 as the model loader does for float32 compute
+        // (MLX dequantizes in the scales' dtype).
+        let scales = ops::astype(&scales, Dtype::Float32).unwrap();
+        let biases = ops::astype(&biases, Dtype::Float32).unwrap();
+        let mut dq = ops::dequantize(
+          &weight,
+          &scales,
+          Some(&biases),
+          Some(group_size),
+          Some(bits),
+          "affine",
+          None,
+          Some(Dtype::Float32),
+        )
+        .unwrap();
+        assert_eq!(dq.shape(), d.shape(), "{name}");
+        let dq = dq.to_vec::<f32>().unwrap();
+        if exact {
+          let bad = dq.iter().zip(&want).filter(|(a, b)| a != b).count();
+          assert_eq!(bad, 0, "{name}: exact affine form: {bad} values differ");
+        } else {
+          assert_eq!(Some(bits), gguf_requant_bits(info.ggml_type), "{name}");
+          let mut s = ops::astype(&scales, Dtype::Float32).unwrap();
+          let s = s.to_vec::<f32>().unwrap();
+          // mx.quantize's affine grid puts one group end exactly on the
+          // grid, so the other end may round by up to a full step; on
+          // average the error is that of uniform rounding (step / sqrt 12).
+          let mut sq = 0.0f64;
+          for (i, (a, b)) in dq.iter().zip(&want).enumerate() {
+            let step = s[i / 32].abs();
+            assert!(
+              (a - b).abs() <= step * 1.001 + 1e-7,
+              "{name}[{i}]: {a} vs {b} (step {step})"
+            );
+            sq += ((a - b) as f64 / step as f64).powi(2);
+          }
+          let rms = (sq / dq.len() as f64).sqrt();
+          assert!(rms < 0.35, "{name}: rms error {rms} steps");
+        }
+      }
+    }
+  }
+}

@@ -293,14 +293,41 @@ fn bad_gguf_files_are_clear_errors() {
   let e = load_err(&w.save("truncated.gguf"));
   assert!(e.contains("truncated"), "{e}");
 
-  // Unknown tensor type (q5_0 = 6), named with the tensor.
+  // Unsupported tensor type (iq2_xxs = 16), named with the tensor.
   let mut w = W::new(1, 5);
   llama_meta(&mut w, "llama");
-  w.tensor("token_embd.weight", &[32, 4], 6, 0);
+  w.tensor("token_embd.weight", &[256, 4], 16, 0);
   w.pad();
-  w.0.extend_from_slice(&[0u8; 32 * 4 * 2]);
-  let e = load_err(&w.save("q5.gguf"));
-  assert!(e.contains("token_embd.weight") && e.contains("q5_0"), "{e}");
+  w.0.extend_from_slice(&[0u8; 66 * 4]);
+  let e = load_err(&w.save("iq2.gguf"));
+  assert!(
+    e.contains("token_embd.weight") && e.contains("iq2_xxs"),
+    "{e}"
+  );
+
+  // K-quant rows that are not whole 256-element super-blocks (q4_k = 12).
+  let mut w = W::new(1, 5);
+  llama_meta(&mut w, "llama");
+  w.tensor("token_embd.weight", &[32, 8], 12, 0);
+  w.pad();
+  w.0.extend_from_slice(&[0u8; 144]);
+  let e = load_err(&w.save("q4k-row.gguf"));
+  assert!(
+    e.contains("token_embd.weight") && e.contains("multiple of 256"),
+    "{e}"
+  );
+
+  // Truncated K-quant data: two q6_k rows declared, one block present.
+  let mut w = W::new(1, 5);
+  llama_meta(&mut w, "llama");
+  w.tensor("token_embd.weight", &[256, 2], 14, 0);
+  w.pad();
+  w.0.extend_from_slice(&[0u8; 210]);
+  let e = load_err(&w.save("q6k-short.gguf"));
+  assert!(
+    e.contains("token_embd.weight") && e.contains("past the end"),
+    "{e}"
+  );
 
   // Tensor data past the end of the file.
   let mut w = W::new(1, 5);
@@ -643,4 +670,81 @@ fn tiny_llama_spm_tokenizer_matches_sentencepiece() {
     .unwrap()
     .count();
   assert_eq!(n, 4);
+}
+
+/// K-quants and Q5_x (models/tiny-gguf/llama-kquant.gguf: Q2_K, Q3_K, Q4_K,
+/// Q5_K, Q6_K, Q5_0, Q5_1 tensors) against mlx-lm running the gguf-py
+/// dequantized weights. Default load: Q4_K / Q5_K / Q5_x exact as MLX
+/// affine layers, Q2_K / Q3_K / Q6_K requantized (4 / 5 / 8 bits): logits
+/// equal the reference's with those weights requantized by `mx.quantize`
+/// (`logits_last_requantized`) to float rounding. `dequantize`: float
+/// weights equal to gguf-py's, logits equal `logits_last`. Greedy tokens
+/// equal in both (the reference margins are large).
+#[test]
+fn tiny_llama_kquant_gguf() {
+  let (path, r) = tiny_gguf("llama-kquant");
+  let prompt: Vec<i32> = ids(&r["prompt_ids"]).iter().map(|&t| t as i32).collect();
+  let floats = |k: &str| -> Vec<f32> {
+    r[k]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|x| x.as_f64().unwrap() as f32)
+      .collect()
+  };
+  let logits_diff = |m: &dyn mlxrs_lm::LanguageModel, want: &[f32]| {
+    let x = Array::from_slice(&prompt, &[1, prompt.len() as i32]).unwrap();
+    let all = m
+      .forward(&x, &mut m.make_caches(None))
+      .unwrap()
+      .to_vec::<f32>()
+      .unwrap();
+    all[all.len() - want.len()..]
+      .iter()
+      .zip(want)
+      .map(|(a, b)| (a - b).abs())
+      .fold(0.0f32, f32::max)
+  };
+  for dequantize in [false, true] {
+    let (m, cfg, _) = mlxrs_lm::gguf::load_gguf_model_with(
+      &path,
+      Some(Dtype::Float32),
+      &mlxrs_lm::gguf::GgufReadOptions {
+        no_tokenizer: true,
+        dequantize,
+      },
+    )
+    .unwrap();
+    let q = &cfg.raw()["quantization"];
+    let want = floats(if dequantize {
+      "logits_last"
+    } else {
+      "logits_last_requantized"
+    });
+    let diff = logits_diff(m.as_ref(), &want);
+    if dequantize {
+      assert!(q.is_null(), "no quantized layer");
+      assert!(diff < 1e-4, "dequantized: max |logit diff| {diff}");
+    } else {
+      let bits = |k: &str| q[k]["bits"].as_u64();
+      assert_eq!(bits("model.embed_tokens"), Some(8), "Q6_K -> 8 bits");
+      assert_eq!(bits("model.layers.0.self_attn.q_proj"), Some(4), "Q4_K");
+      assert_eq!(bits("model.layers.0.self_attn.k_proj"), Some(5), "Q5_K");
+      assert_eq!(bits("model.layers.0.self_attn.o_proj"), Some(5), "Q3_K");
+      assert_eq!(bits("model.layers.0.mlp.gate_proj"), Some(4), "Q2_K");
+      assert_eq!(bits("model.layers.0.mlp.up_proj"), Some(5), "Q5_0");
+      assert_eq!(bits("model.layers.0.mlp.down_proj"), Some(5), "Q5_1");
+      assert!(diff < 1e-4, "requantized: max |logit diff| {diff}");
+    }
+    let cfg = StepConfig {
+      max_tokens: 10,
+      ..StepConfig::default()
+    };
+    let got: Vec<u32> = TokenGenerator::new(m.as_ref(), &prompt, &cfg, None)
+      .unwrap()
+      .map(|s| s.unwrap().token as u32)
+      .collect();
+    assert_eq!(got, ids(&r["greedy_tokens"]), "dequantize={dequantize}");
+    eprintln!("llama-kquant dequantize={dequantize}: max |logit diff| {diff:.2e}");
+  }
 }

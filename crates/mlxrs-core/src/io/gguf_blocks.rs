@@ -320,7 +320,9 @@ pub fn to_affine(t: u32, data: &[u8], n: usize) -> Result<Affine, String> {
         }
         let d = f16_at(b, 0);
         out.scales.push(d);
-        out.biases.push(if t == Q5_0 { -16.0 * d } else { f16_at(b, 2) });
+        out
+          .biases
+          .push(if t == Q5_0 { -16.0 * d } else { f16_at(b, 2) });
       }
       Q8_0 => {
         for (v, &x) in q.iter_mut().zip(&b[2..34]) {
@@ -364,7 +366,9 @@ mod tests {
     let mut s = seed;
     (0..n)
       .map(|_| {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+          .wrapping_mul(6364136223846793005)
+          .wrapping_add(1442695040888963407);
         (s >> 33) as u8
       })
       .collect()

@@ -622,15 +622,6 @@ const ROPE_TENSORS: &[&str] = &[
   "rope_factors_short.weight",
 ];
 
-/// The bits of a GGML type MLX keeps quantized (affine, group 32).
-fn quant_bits(ggml_type: u32) -> Option<u32> {
-  match ggml_type {
-    2 | 3 => Some(4), // q4_0, q4_1
-    8 => Some(8),     // q8_0
-    _ => None,
-  }
-}
-
 /// A GGUF file turned into what [`crate::load_model_dir`] gets from a
 /// folder: the config, the tensors under mlx-lm names, and the tokenizer.
 pub struct GgufCheckpoint {
@@ -645,17 +636,44 @@ pub struct GgufCheckpoint {
   pub tokenizer_parts: Option<TokenizerParts>,
 }
 
+/// How [`read_checkpoint_with`] reads a GGUF file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GgufReadOptions {
+  /// Skip the tokenizer.
+  pub no_tokenizer: bool,
+  /// Keep no layer quantized: every block-quantized tensor becomes float32
+  /// (its exact values, as gguf-py's `dequantize`), instead of MLX affine
+  /// layers (see `docs/gguf.md` for the per-type mapping).
+  pub dequantize: bool,
+}
+
 /// Read a GGUF file into config, mlx-lm-named tensors and (unless
-/// `no_tokenizer`) its tokenizer.
+/// `no_tokenizer`) its tokenizer; quantized tensors as MLX affine layers.
 pub fn read_checkpoint(path: &Path, no_tokenizer: bool) -> Result<GgufCheckpoint> {
-  let header = mlxrs_core::io::read_gguf_header(path)?;
-  let (raw, meta) = mlxrs_core::io::load_gguf(path)?;
+  read_checkpoint_with(
+    path,
+    &GgufReadOptions {
+      no_tokenizer,
+      dequantize: false,
+    },
+  )
+}
+
+/// [`read_checkpoint`] with [`GgufReadOptions`]. Tensors are read by
+/// `mlxrs_core::io::load_gguf_tensor` (not MLX's GGUF loader), after the
+/// header and the config were validated.
+pub fn read_checkpoint_with(path: &Path, opts: &GgufReadOptions) -> Result<GgufCheckpoint> {
+  use mlxrs_core::io::GgufTensor;
+  let no_tokenizer = opts.no_tokenizer;
+  let (header, meta) = mlxrs_core::io::read_gguf(path)?;
   let md = GgufMetadata::new(path, &meta);
   let mut rope_tensors = HashMap::new();
   for name in ROPE_TENSORS {
-    if let Some(a) = raw.get(*name) {
-      let mut a = ops::astype(a, Dtype::Float32)?;
-      rope_tensors.insert(name.to_string(), a.to_vec::<f32>()?);
+    if let Some(info) = header.tensors.get(*name) {
+      if let GgufTensor::Dense(a) = mlxrs_core::io::load_gguf_tensor(path, info, true)? {
+        let mut a = ops::astype(&a, Dtype::Float32)?;
+        rope_tensors.insert(name.to_string(), a.to_vec::<f32>()?);
+      }
     }
   }
   let mut config = config_from_metadata(&md, &header.tensors, &rope_tensors)?;
@@ -676,12 +694,35 @@ pub fn read_checkpoint(path: &Path, no_tokenizer: bool) -> Result<GgufCheckpoint
   let permuted = qk_permuted(&arch);
   let gemma_norms = matches!(arch.as_str(), "gemma2" | "gemma3");
 
-  let mut weights = HashMap::with_capacity(raw.len());
-  let mut quant = Map::new();
-  for (gname, a) in raw {
+  // Every tensor as (GGUF-style name, array): a quantized `x.weight` gives
+  // `x.weight` (packed), `x.scales`, `x.biases`, its bits noted per `x`.
+  let mut raw = Vec::with_capacity(header.tensors.len());
+  let mut bits_of: HashMap<String, i32> = HashMap::new();
+  for (gname, info) in &header.tensors {
     if ROPE_TENSORS.contains(&gname.as_str()) {
       continue;
     }
+    let keep_quant = !opts.dequantize && gname.ends_with(".weight");
+    match mlxrs_core::io::load_gguf_tensor(path, info, !keep_quant)? {
+      GgufTensor::Dense(a) => raw.push((gname.clone(), a)),
+      GgufTensor::Quantized {
+        weight,
+        scales,
+        biases,
+        bits,
+        ..
+      } => {
+        let base = gname.trim_end_matches(".weight");
+        bits_of.insert(base.to_string(), bits);
+        raw.push((gname.clone(), weight));
+        raw.push((format!("{base}.scales"), scales));
+        raw.push((format!("{base}.biases"), biases));
+      }
+    }
+  }
+  let mut weights = HashMap::with_capacity(raw.len());
+  let mut quant = Map::new();
+  for (gname, a) in raw {
     let mut name = hf_tensor_name_for(&arch, &gname)
       .ok_or_else(|| {
         fmt_err(
@@ -720,14 +761,11 @@ pub fn read_checkpoint(path: &Path, no_tokenizer: bool) -> Result<GgufCheckpoint
     };
     // The packed weight of a quantized tensor names its layer's bits.
     if let Some(module) = name.strip_suffix(".weight") {
-      let base = gname.trim_end_matches(".weight");
-      if let Some(info) = header.tensors.get(&format!("{base}.weight")) {
-        if let Some(bits) = quant_bits(info.ggml_type) {
-          quant.insert(
-            module.to_string(),
-            json!({"group_size": 32, "bits": bits, "mode": "affine"}),
-          );
-        }
+      if let Some(bits) = bits_of.get(gname.trim_end_matches(".weight")) {
+        quant.insert(
+          module.to_string(),
+          json!({"group_size": 32, "bits": bits, "mode": "affine"}),
+        );
       }
     }
     weights.insert(name, a);
@@ -770,7 +808,24 @@ pub fn load_gguf_model(
   dtype: Option<Dtype>,
   no_tokenizer: bool,
 ) -> Result<(Box<dyn LanguageModel>, ModelConfig, Option<Tokenizer>)> {
-  let ck = read_checkpoint(path, no_tokenizer)?;
+  load_gguf_model_with(
+    path,
+    dtype,
+    &GgufReadOptions {
+      no_tokenizer,
+      dequantize: false,
+    },
+  )
+}
+
+/// [`load_gguf_model`] with [`GgufReadOptions`] (e.g. `dequantize`: run
+/// every layer in floats, with the file's exact values).
+pub fn load_gguf_model_with(
+  path: &Path,
+  dtype: Option<Dtype>,
+  opts: &GgufReadOptions,
+) -> Result<(Box<dyn LanguageModel>, ModelConfig, Option<Tokenizer>)> {
+  let ck = read_checkpoint_with(path, opts)?;
   let config = ModelConfig::from_value(path, ck.config)?;
   let cfg = config.text_config();
   let mut model = build_model(&cfg)?;
