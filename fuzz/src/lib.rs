@@ -33,13 +33,33 @@ pub fn safetensors(data: &[u8]) {
   }
 }
 
-/// `read_gguf_header` and `load_gguf` on `data`.
+/// `read_gguf_header` and `load_gguf` (MLX's loader) on `data`, and the
+/// Rust reader the model loader uses: `read_gguf`, then every tensor with
+/// `load_gguf_tensor`, quantized and dequantized (every block type).
 pub fn gguf(data: &[u8]) {
   let p = scratch("gguf");
   if std::fs::write(&p, data).is_err() {
     return;
   }
   let _ = mlxrs_core::io::read_gguf_header(&p);
+  if let Ok((h, _)) = mlxrs_core::io::read_gguf(&p) {
+    for info in h.tensors.values() {
+      for dequantize in [false, true] {
+        match mlxrs_core::io::load_gguf_tensor(&p, info, dequantize) {
+          Ok(mlxrs_core::io::GgufTensor::Dense(mut a)) => {
+            let _ = a.eval();
+          }
+          Ok(mlxrs_core::io::GgufTensor::Quantized {
+            mut weight,
+            mut scales,
+            mut biases,
+            ..
+          }) => eval_all([&mut weight, &mut scales, &mut biases].into_iter()),
+          Err(_) => {}
+        }
+      }
+    }
+  }
   if let Ok((mut arrays, mut meta)) = mlxrs_core::io::load_gguf(&p) {
     eval_all(arrays.values_mut());
     eval_all(meta.values_mut().filter_map(|m| match m {

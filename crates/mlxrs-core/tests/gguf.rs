@@ -677,3 +677,60 @@ fn block_types_match_gguf_py() {
     }
   }
 }
+
+/// The Rust reader on the mutated files of [`mutated_files_never_crash`]
+/// plus `quants.gguf` (every block type): `read_gguf`, then every tensor
+/// with `load_gguf_tensor` quantized and dequantized; errors, never a crash.
+#[test]
+fn mutated_files_never_crash_rust_reader() {
+  use mlxrs_core::io::{GgufTensor, load_gguf_tensor, read_gguf};
+  let seeds = [
+    std::fs::read(format!("{DATA}/crafted.gguf")).unwrap(),
+    std::fs::read(format!("{DATA}/quants.gguf")).unwrap(),
+  ];
+  let mut x = 0x2545_f491_4f6c_dd1du64;
+  let mut next = move || {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+  };
+  let p = tmp("mutated-rust.gguf");
+  let (mut ok, mut err) = (0, 0);
+  for i in 0..600 {
+    let mut d = seeds[i % 2].clone();
+    for _ in 0..1 + next() % 3 {
+      let at = (next() % d.len() as u64) as usize;
+      match next() % 3 {
+        0 => d[at] ^= 1 << (next() % 8),
+        1 => d[at] = [0u8, 1, 0x7f, 0x80, 0xff][(next() % 5) as usize],
+        _ => d.truncate(at.max(24)),
+      }
+    }
+    std::fs::write(&p, &d).unwrap();
+    let Ok((h, _)) = read_gguf(&p) else {
+      err += 1;
+      continue;
+    };
+    for info in h.tensors.values() {
+      for deq in [false, true] {
+        match load_gguf_tensor(&p, info, deq) {
+          Ok(GgufTensor::Dense(mut a)) => {
+            let _ = a.eval();
+          }
+          Ok(GgufTensor::Quantized {
+            mut weight,
+            mut scales,
+            ..
+          }) => {
+            let _ = weight.eval();
+            let _ = scales.eval();
+          }
+          Err(_) => {}
+        }
+      }
+    }
+    ok += 1;
+  }
+  assert!(ok > 0 && err > 0, "{ok} read, {err} rejected");
+}

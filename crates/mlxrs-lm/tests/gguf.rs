@@ -748,3 +748,48 @@ fn tiny_llama_kquant_gguf() {
     eprintln!("llama-kquant dequantize={dequantize}: max |logit diff| {diff:.2e}");
   }
 }
+
+/// `to_mlx_folder_with(dequantize)` (what `mlxrs convert --hf-path x.gguf
+/// --dequantize` uses) writes a float folder with the GGUF's exact values:
+/// it loads and gives the dequantized reference's logits.
+#[test]
+fn gguf_to_mlx_folder_dequantized() {
+  let (path, r) = tiny_gguf("llama-kquant");
+  let out = tmp("llama-kquant-f32");
+  mlxrs_lm::gguf::to_mlx_folder_with(
+    &path,
+    &out,
+    &mlxrs_lm::gguf::GgufReadOptions {
+      no_tokenizer: false,
+      dequantize: true,
+    },
+  )
+  .unwrap();
+  let cfg: Value =
+    serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+  assert!(cfg.get("quantization").is_none(), "float folder");
+  let m = load(
+    out.to_str().unwrap(),
+    &LoadOptions {
+      dtype: Some(Dtype::Float32),
+      no_tokenizer: false,
+    },
+  )
+  .unwrap();
+  let prompt: Vec<i32> = ids(&r["prompt_ids"]).iter().map(|&t| t as i32).collect();
+  let x = Array::from_slice(&prompt, &[1, prompt.len() as i32]).unwrap();
+  let all = m
+    .model
+    .forward(&x, &mut m.model.make_caches(None))
+    .unwrap()
+    .to_vec::<f32>()
+    .unwrap();
+  let want = r["logits_last"].as_array().unwrap();
+  let diff = all[all.len() - want.len()..]
+    .iter()
+    .zip(want)
+    .map(|(a, b)| (*a as f64 - b.as_f64().unwrap()).abs())
+    .fold(0.0f64, f64::max);
+  assert!(diff < 1e-4, "max |logit diff| {diff}");
+  let _ = std::fs::remove_dir_all(&out);
+}

@@ -1025,9 +1025,11 @@ impl Drop for TempDir {
   }
 }
 
-/// GGUF input: unpack the file with [`crate::gguf::to_mlx_folder`] into a
-/// hidden folder beside the target, convert that folder with the same
-/// options, and remove it (also on error).
+/// GGUF input: unpack the file with [`crate::gguf::to_mlx_folder_with`] into
+/// a hidden folder beside the target, convert that folder with the same
+/// options, and remove it (also on error). With `dequantize` or `quantize`
+/// the file is unpacked to floats (the exact values of its quantized
+/// tensors), so neither works on top of the GGUF-to-MLX requantization.
 fn convert_gguf(opts: &ConvertOptions) -> Result<ConvertReport> {
   let gguf = crate::gguf::resolve_gguf(&opts.hf_path)?;
   let parent = match opts.mlx_path.parent() {
@@ -1042,9 +1044,14 @@ fn convert_gguf(opts: &ConvertOptions) -> Result<ConvertReport> {
     .unwrap_or_else(|| "out".into());
   let staging = parent.join(format!(".{name}.gguf-{}", std::process::id()));
   let _ = std::fs::remove_dir_all(&staging);
-  let result = crate::gguf::to_mlx_folder(&gguf, &staging).and_then(|()| {
+  let read = crate::gguf::GgufReadOptions {
+    no_tokenizer: false,
+    dequantize: opts.dequantize || opts.quantize,
+  };
+  let result = crate::gguf::to_mlx_folder_with(&gguf, &staging, &read).and_then(|()| {
     let inner = ConvertOptions {
       hf_path: staging.to_string_lossy().into_owned(),
+      dequantize: false,
       ..opts.clone()
     };
     convert(&inner)

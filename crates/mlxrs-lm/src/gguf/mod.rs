@@ -1166,12 +1166,24 @@ pub fn tokenizer_parts(md: &GgufMetadata<'_>) -> Result<Option<TokenizerParts>> 
 /// Write a GGUF file as an MLX checkpoint folder in mlx-community's layout
 /// (what `mlx_lm.convert` writes, and what [`crate::load`] and python
 /// `mlx_lm.load` read): `config.json` (with the `quantization` block),
-/// `model.safetensors` (Q4_0 / Q4_1 / Q8_0 tensors as MLX packed weights,
-/// scales and biases, no dequantization; Q/K rows in HF order),
+/// `model.safetensors` (quantized tensors as MLX packed weights, scales and
+/// biases, as [`read_checkpoint`] maps them; Q/K rows in HF order),
 /// `tokenizer.json` and `tokenizer_config.json`. `out` is created; existing
 /// files of those names are overwritten.
 pub fn to_mlx_folder(gguf: &Path, out: &Path) -> Result<()> {
-  let ck = read_checkpoint(gguf, false)?;
+  to_mlx_folder_with(gguf, out, &GgufReadOptions::default())
+}
+
+/// [`to_mlx_folder`] with [`GgufReadOptions`] (`dequantize`: a float folder
+/// with the exact values of the quantized tensors).
+pub fn to_mlx_folder_with(gguf: &Path, out: &Path, opts: &GgufReadOptions) -> Result<()> {
+  let ck = read_checkpoint_with(
+    gguf,
+    &GgufReadOptions {
+      no_tokenizer: false,
+      ..*opts
+    },
+  )?;
   std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
   let write = |name: &str, text: &str| -> Result<()> {
     let p = out.join(name);
