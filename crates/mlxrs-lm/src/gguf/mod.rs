@@ -3,15 +3,17 @@
 //!
 //! Python twins: transformers' GGUF loader
 //! (`AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`, its
-//! `integrations/gguf` config / tensor / tokenizer mappings) and MLX's own
-//! `mx.load("f.gguf", return_metadata=True)`, which mlx-lm's old
-//! `gguf.py` example built on. Unlike transformers, quantized tensors are not
-//! dequantized: the types MLX keeps quantized (Q4_0, Q4_1, Q8_0) run as
-//! MLX affine-quantized layers (group 32), the others come in as floats.
+//! `integrations/gguf` config / tensor / tokenizer mappings) and gguf-py's
+//! `GGUFReader` + `gguf.quants.dequantize`. Unlike transformers, quantized
+//! tensors are not dequantized: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q5_K
+//! run as exact MLX affine-quantized layers (group 32), Q2_K / Q3_K / Q6_K
+//! requantized to 4 / 5 / 8 bits ([`GgufReadOptions::dequantize`]: floats).
 //!
 //! What happens to a file:
-//! 1. [`mlxrs_core::io::load_gguf`] validates the header (a malformed file is
-//!    an error, never an abort inside MLX) and loads tensors and metadata;
+//! 1. [`mlxrs_core::io::read_gguf`] validates the header and reads the
+//!    metadata (a malformed file is an error), and
+//!    [`mlxrs_core::io::load_gguf_tensor`] reads each tensor from the file's
+//!    bytes (not MLX's GGUF loader, which refuses or misreads several types);
 //! 2. [`config_from_metadata`] turns `general.architecture` and the
 //!    `{arch}.*` keys into the HF-style `config.json` [`crate::build_model`]
 //!    takes, plus a `quantization` block naming each quantized layer's bits;
