@@ -22,7 +22,8 @@ Gemma 2/3: norm weights are stored as 1 + w (as convert_hf_to_gguf.py does)
 and the reference runs with query_pre_attn_scalar = head_dim, the value
 llama.cpp derives (GGUF has no key for it).
 
-Usage: .venv/bin/python scripts/make_gguf_fixtures.py [arch ...]
+Usage: .venv/bin/python scripts/make_gguf_fixtures.py [arch ... | spm | kquant]
+       .venv/bin/python scripts/make_gguf_fixtures.py mistral path/to/tokenizer.model.v1
 """
 
 import json
@@ -792,6 +793,87 @@ def make_kquant():
     print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB; margins min {min(margins):.3f}")
 
 
+MISTRAL_TEXTS = SPM_TEXTS + [
+    "The capital of France is Paris.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
+    "Ünïcödé: ½ ¾ €100, naïve café — “quotes” and ‘apostrophes’",
+    "Привет, мир! Γειά σου κόσμε. مرحبا بالعالم",
+    "    four spaces, then text\t\ttabs",
+    "emoji 👩‍💻🚀 and symbols ∑∫√ and ☃",
+    "1234567890 3.14159 -42 1e-5 0x1F",
+    "Angle <brackets> as text, and <0x41> too.",
+    "mixed\r\nline endings\rand\n\nblank lines",
+    "ALL CAPS AND lowercase and MiXeD",
+]
+
+
+def make_mistral_vocab(model_path):
+    """mistral-spm-vocab.gguf: a tokenizer-only GGUF (no tensors) with the
+    real Mistral 7B v0.1 SentencePiece vocabulary (`tokenizer.model.v1` of
+    the PyPI package mistral-common, Apache-2.0; `pip download
+    mistral-common==1.13.1 --no-deps` and unzip `mistral_common/data/`),
+    written as convert_hf_to_gguf.py's `_set_vocab_sentencepiece` does.
+    Reference: sentencepiece's own ids (with BOS) on varied text."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(Path(model_path).read_bytes())
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    path = OUT / "mistral-spm-vocab.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("Mistral 7B v0.1 tokenizer (mistral-common tokenizer.model.v1)")
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        if sp.is_unknown(i):
+            t = gguf.TokenType.UNKNOWN
+        elif sp.is_control(i):
+            t = gguf.TokenType.CONTROL
+        elif sp.is_unused(i):
+            t = gguf.TokenType.UNUSED
+        elif sp.is_byte(i):
+            t = gguf.TokenType.BYTE
+        else:
+            t = gguf.TokenType.NORMAL
+        types.append(t)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    cases = [
+        {
+            "text": t,
+            "sentencepiece_ids": [sp.bos_id()] + sp.encode(t),
+            "decoded": sp.decode(sp.encode(t)),
+        }
+        for t in MISTRAL_TEXTS
+    ]
+    info = {
+        "name": "mistral-spm-vocab",
+        "tool": "sentencepiece on mistral-common 1.13.1's tokenizer.model.v1",
+        "versions": {"sentencepiece": spm.__version__},
+        "vocab_size": sp.vocab_size(),
+        "bos_token_id": sp.bos_id(),
+        "eos_token_id": sp.eos_id(),
+        "cases": cases,
+    }
+    (OUT / "mistral-spm-vocab.json").write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n")
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KiB")
+
+
 def main():
     import sys
 
@@ -800,6 +882,9 @@ def main():
         return
     if sys.argv[1:] == ["kquant"]:
         make_kquant()
+        return
+    if sys.argv[1:2] == ["mistral"]:
+        make_mistral_vocab(sys.argv[2])
         return
     archs = sys.argv[1:] or ["llama", "qwen2", "qwen3", "mixtral", "phi3", "gemma2", "gemma3_text", "qwen2_moe"]
     for arch in archs:

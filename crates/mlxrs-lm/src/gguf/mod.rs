@@ -1,5 +1,5 @@
 //! GGUF checkpoints (llama.cpp's single-file format) as language models:
-//! `mlxrs generate --model model.gguf` / [`crate::load`]`("model.gguf")`.
+//! `mlxrs generate --model model.gguf` / [`crate::load()`]`("model.gguf")`.
 //!
 //! Python twins: transformers' GGUF loader
 //! (`AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`, its
@@ -82,7 +82,7 @@ pub const SUPPORTED_PRE_TOKENIZERS: &[&str] = &[
 ];
 
 /// Whether `model` names a GGUF file (by its `.gguf` extension), which
-/// [`crate::load`] then reads with [`load_gguf_model`].
+/// [`crate::load()`] then reads with [`load_gguf_model`].
 pub fn is_gguf_path(model: &str) -> bool {
   Path::new(model)
     .extension()
