@@ -273,6 +273,29 @@ fn pack_group(q: &[u8], bits: u32, out: &mut Vec<u32>) {
   debug_assert_eq!(n, 0);
 }
 
+/// The 4 packed words of a Q4_0 / Q4_1 block's 16 value bytes `qs`
+/// (element `j` the low nibble of `qs[j]`, `16 + j` its high nibble), in
+/// MLX's layout (element `i` at bits `4 * (i % 8)` of word `i / 8`):
+/// branch-free nibble compaction, 8 values per step.
+fn pack_q4_block(qs: &[u8], out: &mut Vec<u32>) {
+  // Pack the nibbles held one per byte (low 4 bits) in `x` into a word.
+  fn compact(x: u64) -> u32 {
+    let y = (x | (x >> 4)) & 0x00FF_00FF_00FF_00FF;
+    let y = (y | (y >> 8)) & 0x0000_FFFF_0000_FFFF;
+    ((y | (y >> 16)) & 0xFFFF_FFFF) as u32
+  }
+  let mut a = [0u8; 8];
+  a.copy_from_slice(&qs[0..8]);
+  let lo = u64::from_le_bytes(a);
+  a.copy_from_slice(&qs[8..16]);
+  let hi = u64::from_le_bytes(a);
+  const M: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+  out.push(compact(lo & M));
+  out.push(compact(hi & M));
+  out.push(compact((lo >> 4) & M));
+  out.push(compact((hi >> 4) & M));
+}
+
 /// The exact MLX affine form of `n` elements of block type `t` (see the
 /// module table), or an error for a type without one ([`has_affine`]) or
 /// data of the wrong size. Rows are whole groups (every block type's block
@@ -299,18 +322,36 @@ pub fn to_affine(t: u32, data: &[u8], n: usize) -> Result<Affine, String> {
   };
   let mut q = [0u8; QK_K];
   for b in data.chunks_exact(bytes) {
+    // Fast paths (no per-value loop) for the common 32-element types.
     match t {
       Q4_0 => {
         let d = f16_at(b, 0);
-        nibbles32(&b[2..18], &mut q);
+        pack_q4_block(&b[2..18], &mut out.packed);
         out.scales.push(d);
         out.biases.push(-8.0 * d);
+        continue;
       }
       Q4_1 => {
-        nibbles32(&b[4..20], &mut q);
+        pack_q4_block(&b[4..20], &mut out.packed);
         out.scales.push(f16_at(b, 0));
         out.biases.push(f16_at(b, 2));
+        continue;
       }
+      Q8_0 => {
+        // int8 + 128 = flipping each byte's top bit.
+        for w in b[2..34].chunks_exact(4) {
+          out
+            .packed
+            .push(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) ^ 0x8080_8080);
+        }
+        let d = f16_at(b, 0);
+        out.scales.push(d);
+        out.biases.push(-128.0 * d);
+        continue;
+      }
+      _ => {}
+    }
+    match t {
       Q5_0 | Q5_1 => {
         let at = if t == Q5_0 { 2 } else { 4 };
         let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
@@ -323,14 +364,6 @@ pub fn to_affine(t: u32, data: &[u8], n: usize) -> Result<Affine, String> {
         out
           .biases
           .push(if t == Q5_0 { -16.0 * d } else { f16_at(b, 2) });
-      }
-      Q8_0 => {
-        for (v, &x) in q.iter_mut().zip(&b[2..34]) {
-          *v = x ^ 0x80; // int8 + 128
-        }
-        let d = f16_at(b, 0);
-        out.scales.push(d);
-        out.biases.push(-128.0 * d);
       }
       Q4_K | Q5_K => {
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
