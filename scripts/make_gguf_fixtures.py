@@ -6,7 +6,8 @@ metadata keys, the Q/K row permutation of llama-family files, llama3 rope
 factors as the `rope_freqs.weight` tensor, tied output = no `output.weight`).
 
 Per architecture it writes models/tiny-gguf/<name>.gguf and <name>.json:
-- `<arch>-mixed` (llama, qwen2, qwen3, mixtral, phi3, gemma2, gemma3_text, qwen2_moe): every tensor type MLX loads, mixed: Q4_0 (q/k, gate/up),
+- `<arch>-mixed` (llama, qwen2, qwen3, mixtral, phi3, gemma2, gemma3_text, qwen2_moe,
+  qwen3_moe): every tensor type MLX loads, mixed: Q4_0 (q/k, gate/up),
   Q8_0 (embedding, v/o, down, experts), Q4_1 (llama's down_proj), F16
   (lm_head), F32 (norms, biases, rope factors);
 - `llama-f32`: all float32, whose logits must equal the HF folder's own
@@ -50,6 +51,7 @@ GGUF_ARCH = {
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
     "qwen2_moe": "qwen2moe",
+    "qwen3_moe": "qwen3moe",
 }
 PERMUTED = {"llama", "mixtral"}
 GEMMA = {"gemma2", "gemma3_text"}
@@ -194,6 +196,12 @@ def make(arch, mixed):
     if arch == "mixtral":
         w.add_expert_count(cfg["num_local_experts"])
         w.add_expert_used_count(cfg["num_experts_per_tok"])
+    if arch == "qwen3_moe":
+        # convert_hf_to_gguf.py's Qwen3MoeModel (a Qwen2MoeModel without
+        # shared experts).
+        w.add_expert_count(cfg["num_experts"])
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     if arch == "qwen2_moe":
         # convert_hf_to_gguf.py's Qwen2MoeModel.
         w.add_expert_count(cfg["num_experts"])
@@ -886,7 +894,17 @@ def main():
     if sys.argv[1:2] == ["mistral"]:
         make_mistral_vocab(sys.argv[2])
         return
-    archs = sys.argv[1:] or ["llama", "qwen2", "qwen3", "mixtral", "phi3", "gemma2", "gemma3_text", "qwen2_moe"]
+    archs = sys.argv[1:] or [
+        "llama",
+        "qwen2",
+        "qwen3",
+        "mixtral",
+        "phi3",
+        "gemma2",
+        "gemma3_text",
+        "qwen2_moe",
+        "qwen3_moe",
+    ]
     for arch in archs:
         make(arch, mixed=True)
     if not sys.argv[1:]:

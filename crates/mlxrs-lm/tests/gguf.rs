@@ -828,3 +828,9 @@ fn mistral_spm_vocab_matches_sentencepiece() {
     cases.len()
   );
 }
+
+#[test]
+fn tiny_qwen3_moe_mixed_gguf() {
+  // q/k norms, routed experts (stacked `*_exps`), top-k renormalised.
+  check_tiny("qwen3_moe-mixed", 1e-4);
+}
