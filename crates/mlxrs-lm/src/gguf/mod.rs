@@ -103,7 +103,7 @@ pub struct GgufMetadata<'a> {
 }
 
 impl<'a> GgufMetadata<'a> {
-  /// Wrap the metadata of `mlxrs_core::io::load_gguf`.
+  /// Wrap the metadata of `mlxrs_core::io::read_gguf` (or `load_gguf`).
   pub fn new(path: &'a Path, meta: &'a HashMap<String, GgufMeta>) -> Self {
     GgufMetadata { path, meta }
   }
