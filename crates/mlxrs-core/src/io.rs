@@ -1154,6 +1154,9 @@ pub fn load_gguf_tensor(
   if q.len() != 3 {
     return Err(bad(format!("mx.quantize returned {} arrays", q.len())));
   }
+  // Evaluated now, so the float32 copy is freed per tensor (not held by
+  // lazy graphs until the whole model is evaluated).
+  crate::transforms::eval(&q)?;
   let biases = q.pop().unwrap_or_else(Array::null);
   let scales = q.pop().unwrap_or_else(Array::null);
   let weight = q.pop().unwrap_or_else(Array::null);

@@ -1405,6 +1405,37 @@ mod tests {
   }
 
   #[test]
+  fn gemma2_softcapping_and_scale_from_metadata() {
+    let path = Path::new("g.gguf");
+    let meta = HashMap::from([
+      (
+        "gemma2.attn_logit_softcapping".to_string(),
+        GgufMeta::Array(Array::scalar(40.0f32)),
+      ),
+      (
+        "gemma2.final_logit_softcapping".to_string(),
+        GgufMeta::Array(Array::scalar(20.0f32)),
+      ),
+      (
+        "gemma2.attention.sliding_window".to_string(),
+        GgufMeta::Array(Array::scalar(4096u32)),
+      ),
+    ]);
+    let md = GgufMetadata::new(path, &meta);
+    let mut c = Map::new();
+    gemma_config(&md, "gemma2", &mut c, 42, 3584, 16, 256).unwrap();
+    assert_eq!(c["attn_logit_softcapping"], 40.0);
+    assert_eq!(c["final_logit_softcapping"], 20.0);
+    assert_eq!(c["sliding_window"], 4096);
+    assert_eq!(c["query_pre_attn_scalar"], 256, "9B: head_dim");
+    assert!(!c.contains_key("sliding_window_pattern"));
+    // Gemma 2 27B (46 layers): hidden / heads = 4608 / 32.
+    let mut c = Map::new();
+    gemma_config(&md, "gemma2", &mut c, 46, 4608, 32, 128).unwrap();
+    assert_eq!(c["query_pre_attn_scalar"], 144);
+  }
+
+  #[test]
   fn byte_alphabet_has_256_chars() {
     let a = byte_alphabet();
     assert_eq!(a.len(), 256);
