@@ -6,9 +6,9 @@ the `gguf` PyPI package writes and dequantizes (`gguf.quants`).
 Writes crates/mlxrs-core/tests/data/gguf/quants.gguf with one [rows, cols]
 tensor per block type:
 - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: normal random weights quantized by gguf-py;
-- Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (gguf-py cannot quantize these): random
-  bytes with small finite float16 super-block scales (every bit pattern of
-  the packed integers and sub-block scales is valid);
+- Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS (gguf-py cannot quantize
+  these): random bytes with small finite float16 (super-)block scales (every
+  bit pattern of the packed integers and sub-block scales is valid);
 - an F16 and a BF16 tensor;
 and quants_ref.safetensors with gguf-py's float32 dequantization of each
 (`<type>`), which mlxrs must reproduce bit for bit.
@@ -27,9 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "crates/mlxrs-core/tests/data/gguf"
 
 QUANTIZABLE = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0]
-RANDOM_BLOCKS = [Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K]
-# Byte offsets of the float16 super-block scale(s) in each K-quant block.
-F16_SLOTS = {Q.Q2_K: [80, 82], Q.Q3_K: [108], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
+RANDOM_BLOCKS = [Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS]
+# Byte offsets of the float16 (super-)block scale(s) in each block.
+F16_SLOTS = {
+    Q.Q2_K: [80, 82],
+    Q.Q3_K: [108],
+    Q.Q4_K: [0, 2],
+    Q.Q5_K: [0, 2],
+    Q.Q6_K: [208],
+    Q.IQ4_NL: [0],
+    Q.IQ4_XS: [0],
+}
 
 
 def main():

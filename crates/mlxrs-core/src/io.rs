@@ -602,7 +602,8 @@ fn gguf_scalar_size(t: u32) -> Option<u64> {
 /// `(name, items per block, bytes per block)` of the GGML tensor types
 /// mlxrs reads ([`load_gguf_tensor`]; sizes as ggml's / gguf-py's
 /// `GGML_QUANT_SIZES`): f32, f16, bf16, i8, i16, i32 and the block formats
-/// of [`gguf_blocks`] (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ... q6_k).
+/// of [`gguf_blocks`] (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ... q6_k, iq4_nl,
+/// iq4_xs).
 fn gguf_tensor_type(t: u32) -> Option<(&'static str, u64, u64)> {
   Some(match t {
     0 => ("f32", 1, 4),
@@ -617,6 +618,8 @@ fn gguf_tensor_type(t: u32) -> Option<(&'static str, u64, u64)> {
     12 => ("q4_k", 256, 144),
     13 => ("q5_k", 256, 176),
     14 => ("q6_k", 256, 210),
+    20 => ("iq4_nl", 32, 18),
+    23 => ("iq4_xs", 256, 136),
     24 => ("i8", 1, 1),
     25 => ("i16", 1, 2),
     26 => ("i32", 1, 4),
@@ -950,7 +953,7 @@ fn read_gguf_impl(path: &Path, collect: bool) -> Result<(GgufHeader, HashMap<Str
     let (type_name, per_block, block_bytes) = gguf_tensor_type(t).ok_or_else(|| {
       bad(format!(
         "tensor type {} is not supported (mlxrs reads f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, \
-         q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, i8, i16, i32)",
+         q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, i8, i16, i32)",
         ggml_type_name(t)
       ))
     })?;
@@ -1030,15 +1033,17 @@ pub enum GgufTensor {
 }
 
 /// MLX affine bits a block type without an exact MLX form (q2_k, q3_k,
-/// q6_k: 16-element sub-blocks, below MLX's smallest group of 32) is
-/// requantized to by [`load_gguf_tensor`]: two more bits than the type
-/// (q2_k 4, q3_k 5, q6_k 8), so the new grid (per 32 values) is about 4x
-/// finer than the type's own and adds little error to it.
+/// q6_k: 16-element sub-blocks, below MLX's smallest group of 32; iq4_nl,
+/// iq4_xs: non-uniform levels) is requantized to by [`load_gguf_tensor`]:
+/// two more bits than the type (q2_k 4, q3_k 5, q6_k 8, iq4_* 6), so the new
+/// grid (per 32 values) is about 4x finer than the type's own and adds
+/// little error to it.
 pub fn gguf_requant_bits(ggml_type: u32) -> Option<i32> {
   match ggml_type {
     gguf_blocks::Q2_K => Some(4),
     gguf_blocks::Q3_K => Some(5),
     gguf_blocks::Q6_K => Some(8),
+    gguf_blocks::IQ4_NL | gguf_blocks::IQ4_XS => Some(6),
     _ => None,
   }
 }
@@ -1050,7 +1055,8 @@ pub fn gguf_requant_bits(ggml_type: u32) -> Option<i32> {
 /// gguf-py's); otherwise MLX affine-quantized (group 32), exactly for q4_0,
 /// q4_1, q5_0, q5_1, q8_0, q4_k and q5_k ([`gguf_blocks::to_affine`]),
 /// requantized with `mx.quantize` to [`gguf_requant_bits`] for q2_k, q3_k,
-/// q6_k. Only tensors of 2 or more dimensions stay quantized.
+/// q6_k, iq4_nl, iq4_xs. Only tensors of 2 or more dimensions stay
+/// quantized.
 pub fn load_gguf_tensor(
   path: impl AsRef<Path>,
   info: &GgufTensorInfo,

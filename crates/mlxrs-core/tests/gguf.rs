@@ -609,7 +609,7 @@ fn block_types_match_gguf_py() {
   let (refs, _) =
     mlxrs_core::io::load_safetensors(format!("{DATA}/quants_ref.safetensors")).unwrap();
   let (h, _) = read_gguf(&p).unwrap();
-  assert_eq!(h.tensors.len(), 12);
+  assert_eq!(h.tensors.len(), 14);
   for (name, info) in &h.tensors {
     let want = ops::astype(&refs[name], Dtype::Float32)
       .unwrap()

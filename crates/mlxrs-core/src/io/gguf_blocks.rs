@@ -16,6 +16,7 @@
 //! | Q8_0 | 32 / 34 | 8 bits, scale `d`, bias `-128d` (float16) |
 //! | Q4_K, Q5_K | 256 / 144, 176 | 4 / 5 bits per 32-sub-block: scale `d*sc`, bias `-dmin*m` (float32, exact) |
 //! | Q2_K, Q3_K, Q6_K | 256 / 84, 110, 210 | none: 16-element sub-blocks, finer than MLX's smallest group (32) |
+//! | IQ4_NL, IQ4_XS | 32 / 18, 256 / 136 | none: 16 non-uniform levels (`kvalues`) |
 
 /// GGML type ids (ggml.h's `ggml_type`) of the block formats here.
 pub const Q4_0: u32 = 2;
@@ -37,6 +38,15 @@ pub const Q4_K: u32 = 12;
 pub const Q5_K: u32 = 13;
 /// `q6_k`
 pub const Q6_K: u32 = 14;
+/// `iq4_nl`
+pub const IQ4_NL: u32 = 20;
+/// `iq4_xs`
+pub const IQ4_XS: u32 = 23;
+
+/// The 16 levels of IQ4_NL / IQ4_XS (ggml's `kvalues_iq4nl`).
+const KVALUES_IQ4NL: [i8; 16] = [
+  -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 const QK_K: usize = 256;
 
@@ -54,6 +64,8 @@ pub fn block_size(t: u32) -> Option<(usize, usize)> {
     Q4_K => (QK_K, 144),
     Q5_K => (QK_K, 176),
     Q6_K => (QK_K, 210),
+    IQ4_NL => (32, 18),
+    IQ4_XS => (QK_K, 136),
     _ => return None,
   })
 }
@@ -224,6 +236,30 @@ pub fn dequantize(t: u32, data: &[u8], n: usize) -> Result<Vec<f32>, String> {
           let v = (lo | (hi << 4)) as i8 - 32;
           let dl = d * sc[e / 16] as i8 as f32;
           *o = dl * v as f32;
+        }
+      }
+      IQ4_NL => {
+        let d = f16_at(b, 0);
+        nibbles32(&b[2..18], &mut q);
+        for (o, &q) in o.iter_mut().zip(&q[..32]) {
+          *o = d * KVALUES_IQ4NL[q as usize] as f32;
+        }
+      }
+      IQ4_XS => {
+        // d, scales_h (u16), scales_l[4], qs[128]; sub-block t of 32:
+        // 6-bit scale (low nibble t of scales_l, bits 2t.. of scales_h) - 32,
+        // values: low nibbles of qs[16t..16t+16], then their high nibbles.
+        let d = f16_at(b, 0);
+        let sh = u16::from_le_bytes([b[2], b[3]]);
+        let (sl, qs) = (&b[4..8], &b[8..136]);
+        for (t, o) in o.chunks_exact_mut(32).enumerate() {
+          let l = (sl[t / 2] >> (4 * (t % 2))) & 0x0F;
+          let h = ((sh >> (2 * t)) & 0x03) as u8;
+          let dl = d * ((l | (h << 4)) as i8 - 32) as f32;
+          nibbles32(&qs[16 * t..16 * t + 16], &mut q);
+          for (o, &q) in o.iter_mut().zip(&q[..32]) {
+            *o = dl * KVALUES_IQ4NL[q as usize] as f32;
+          }
         }
       }
       _ => unreachable!("blocks() accepted only the types above"),
@@ -417,6 +453,7 @@ mod tests {
       Q2_K => &[80, 82],
       Q3_K => &[108],
       Q6_K => &[208],
+      IQ4_NL | IQ4_XS => &[0],
       _ => unreachable!(),
     };
     for (k, b) in data.chunks_exact_mut(bytes_per).enumerate() {
