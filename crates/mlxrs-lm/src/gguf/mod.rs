@@ -7,7 +7,8 @@
 //! `GGUFReader` + `gguf.quants.dequantize`. Unlike transformers, quantized
 //! tensors are not dequantized: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q5_K
 //! run as exact MLX affine-quantized layers (group 32), Q2_K / Q3_K / Q6_K
-//! requantized to 4 / 5 / 8 bits ([`GgufReadOptions::dequantize`]: floats).
+//! (and IQ4_NL / IQ4_XS) requantized to 4 / 5 / 8 (6) bits
+//! ([`GgufReadOptions::dequantize`]: floats).
 //!
 //! What happens to a file:
 //! 1. [`mlxrs_core::io::read_gguf`] validates the header and reads the
