@@ -43,6 +43,8 @@ pub struct AppState {
   pub created: u64,
   /// Response id counter.
   pub counter: AtomicU64,
+  /// The constrained-decoding engine (built on first use).
+  pub guidance: crate::structured::GuidanceCell,
 }
 
 /// The router with every route.
@@ -219,7 +221,7 @@ async fn handle_inner(
       }
     })?;
   let req = api::parse(&body)?;
-  let p = api::prepare(ep, &req, &st.tok, &st.defaults)?;
+  let p = api::prepare(ep, &req, &st.tok, &st.defaults, &st.guidance)?;
   let rx = st.submit(&p)?;
   if p.stream {
     Ok(stream(Arc::clone(st), ep, p, rx))
@@ -360,11 +362,12 @@ async fn collect(
         .iter()
         .enumerate()
         .map(|(i, c)| {
+          let reply = crate::reply::finish(&p.reply, &c.text);
           json!({
             "index": i,
-            "message": {"role": "assistant", "content": c.text},
+            "message": reply_message(&reply),
             "logprobs": if p.logprobs { chat_logprobs(st, &c.tokens, &c.logprobs, &c.tops) } else { Value::Null },
-            "finish_reason": finish_str(c.finish),
+            "finish_reason": if reply.calls.is_empty() { finish_str(c.finish) } else { "tool_calls" },
           })
         })
         .collect();
@@ -406,6 +409,22 @@ async fn collect(
     }
   };
   Ok(axum::Json(body).into_response())
+}
+
+/// The chat `message` of a finished reply (`content`, `reasoning_content`,
+/// `tool_calls`).
+pub fn reply_message(r: &crate::reply::Reply) -> Value {
+  let mut m = json!({"role": "assistant", "content": r.content});
+  if r.content.is_empty() && !r.calls.is_empty() {
+    m["content"] = Value::Null;
+  }
+  if let Some(t) = &r.reasoning {
+    m["reasoning_content"] = json!(t);
+  }
+  if !r.calls.is_empty() {
+    m["tool_calls"] = Value::Array(r.calls.iter().map(|c| c.to_json()).collect());
+  }
+  m
 }
 
 fn data(v: &Value) -> SseEvent {
@@ -450,6 +469,9 @@ fn stream(
     let mut completion = 0;
     let mut cached = 0;
     let mut offsets = vec![0usize; n];
+    let mut replies: Vec<crate::reply::ReplyStream> = (0..n)
+      .map(|_| crate::reply::ReplyStream::new(p.reply))
+      .collect();
     while done < n {
       let ev = match rx.recv().await {
         Some(e) => e,
@@ -476,7 +498,23 @@ fn stream(
               } else {
                 Value::Null
               };
-              chunk(json!([{"index": index, "delta": {"content": text},
+              let d = match replies.get_mut(index) {
+                Some(r) => r.push(&text),
+                None => continue,
+              };
+              if !d.reasoning.is_empty() {
+                let c = chunk(
+                  json!([{"index": index, "delta": {"reasoning_content": d.reasoning},
+                                      "logprobs": null, "finish_reason": null}]),
+                );
+                if tx.send(data(&c)).await.is_err() {
+                  return;
+                }
+              }
+              if d.content.is_empty() && !p.logprobs {
+                continue;
+              }
+              chunk(json!([{"index": index, "delta": {"content": d.content},
                             "logprobs": lp, "finish_reason": null}]))
             }
             Endpoint::Completions => {
@@ -506,8 +544,38 @@ fn stream(
             cached = cached_tokens;
           }
           match ep {
-            Endpoint::Chat => chunk(json!([{"index": index, "delta": {}, "logprobs": null,
-                                             "finish_reason": finish_str(Some(finish))}])),
+            Endpoint::Chat => {
+              let Some(rs) = replies.get_mut(index) else {
+                continue;
+              };
+              let (d, reply) = rs.finish();
+              let mut deltas = Vec::new();
+              if !d.reasoning.is_empty() {
+                deltas.push(json!({"reasoning_content": d.reasoning}));
+              }
+              if !d.content.is_empty() {
+                deltas.push(json!({"content": d.content}));
+              }
+              for (k, c) in reply.calls.iter().enumerate() {
+                let mut tc = c.to_json();
+                tc["index"] = json!(k);
+                deltas.push(json!({"tool_calls": [tc]}));
+              }
+              for delta in deltas {
+                let c = chunk(json!([{"index": index, "delta": delta, "logprobs": null,
+                                      "finish_reason": null}]));
+                if tx.send(data(&c)).await.is_err() {
+                  return;
+                }
+              }
+              let reason = if reply.calls.is_empty() {
+                finish_str(Some(finish))
+              } else {
+                "tool_calls"
+              };
+              chunk(json!([{"index": index, "delta": {}, "logprobs": null,
+                            "finish_reason": reason}]))
+            }
             Endpoint::Completions => chunk(json!([{"index": index, "text": "", "logprobs": null,
                                                     "finish_reason": finish_str(Some(finish))}])),
           }
