@@ -560,6 +560,104 @@ mod tests {
     assert_eq!(ToolFormat::detect("plain", Some("gpt2")), None);
   }
 
+  fn one(f: ToolFormat, text: &str) -> (String, Vec<(String, Value)>) {
+    let p = f
+      .parse(text)
+      .unwrap_or_else(|| panic!("{f:?} did not parse {text:?}"));
+    let calls = p
+      .calls
+      .iter()
+      .map(|c| (c.name.clone(), serde_json::from_str(&c.arguments).unwrap()))
+      .collect();
+    (p.content, calls)
+  }
+
+  // Replies in each family's documented / observed output form.
+  #[test]
+  fn hermes_qwen_replies() {
+    let t = "<tool_call>\n{\"name\": \"get_current_temperature\", \"arguments\": {\"location\": \"San Francisco, CA, USA\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_temperature_date\", \"arguments\": {\"location\": \"San Francisco, CA, USA\", \"date\": \"2024-10-01\"}}\n</tool_call>";
+    let (c, calls) = one(ToolFormat::Hermes, t);
+    assert_eq!(c, "");
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].0, "get_temperature_date");
+    assert_eq!(calls[1].1["date"], "2024-10-01");
+    // Arguments given as a JSON string.
+    let t = "Sure.<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": 1}\"}</tool_call>";
+    let (c, calls) = one(ToolFormat::Hermes, t);
+    assert_eq!(c, "Sure.");
+    assert_eq!(calls[0].1, json!({"x": 1}));
+    assert!(
+      ToolFormat::Hermes
+        .parse("<tool_call>{'name': 'f'}</tool_call>")
+        .is_none()
+    );
+    assert!(ToolFormat::Hermes.parse("no calls").is_none());
+  }
+
+  #[test]
+  fn llama3_replies() {
+    let t = "<|python_tag|>{\"name\": \"get_current_conditions\", \"parameters\": {\"location\": \"San Francisco, CA\", \"unit\": \"Fahrenheit\"}}";
+    let (_, calls) = one(ToolFormat::Llama3, t);
+    assert_eq!(calls[0].0, "get_current_conditions");
+    assert_eq!(calls[0].1["unit"], "Fahrenheit");
+    let t =
+      "{\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\", \"parameters\": {\"k\": [1, 2]}}";
+    let (_, calls) = one(ToolFormat::Llama3, t);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].1["k"], json!([1, 2]));
+    assert!(
+      ToolFormat::Llama3
+        .parse("The answer is {\"name\": 1}")
+        .is_none()
+    );
+    assert!(
+      ToolFormat::Llama3
+        .parse("{\"name\": \"a\", \"parameters\": {} trailing")
+        .is_none()
+    );
+    assert!(ToolFormat::Llama3.parse("{\"city\": \"Paris\"}").is_none());
+  }
+
+  #[test]
+  fn mistral_replies() {
+    // v0.3 / Nemo (the control token decodes with a following space).
+    let t = "[TOOL_CALLS] [{\"name\": \"get_current_weather\", \"arguments\": {\"location\": \"Paris, France\", \"format\": \"celsius\"}, \"id\": \"aBcDe1234\"}]";
+    let (c, calls) = one(ToolFormat::Mistral, t);
+    assert_eq!(c, "");
+    assert_eq!(calls[0].1["format"], "celsius");
+    // Magistral / Devstral 2507+.
+    let t = "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]get_time[ARGS]{}";
+    let (_, calls) = one(ToolFormat::Mistral, t);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0], ("get_weather".into(), json!({"city": "Paris"})));
+    assert!(
+      ToolFormat::Mistral
+        .parse("[TOOL_CALLS] [{\"name\": ")
+        .is_none()
+    );
+  }
+
+  #[test]
+  fn harmony_replies() {
+    let t = "<|channel|>analysis<|message|>User asks weather; call tool.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"location\":\"San Francisco\"}<|call|>";
+    let h = harmony::parse(t).unwrap();
+    assert_eq!(h.reasoning, "User asks weather; call tool.");
+    assert_eq!(h.calls[0].name, "get_weather");
+    assert_eq!(h.calls[0].arguments, "{\"location\":\"San Francisco\"}");
+    // The recipient before the channel.
+    let t = "<|start|>assistant to=functions.lookup<|channel|>commentary json<|message|>{\"q\": \"x\"}<|call|>";
+    assert_eq!(harmony::parse(t).unwrap().calls[0].name, "lookup");
+    let t = "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Hi!<|return|>";
+    let h = harmony::parse(t).unwrap();
+    assert_eq!(
+      (h.reasoning.as_str(), h.content.as_str()),
+      ("Think.", "Hi!")
+    );
+    assert!(h.calls.is_empty());
+    assert!(harmony::parse("plain").is_none());
+    assert!(harmony::parse("<|channel|>commentary to=functions.f<|message|>{oops").is_none());
+  }
+
   #[test]
   fn call_ids_are_unique_alphanumerics() {
     let a = call_id();
