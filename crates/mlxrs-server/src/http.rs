@@ -45,6 +45,8 @@ pub struct AppState {
   pub counter: AtomicU64,
   /// The constrained-decoding engine (built on first use).
   pub guidance: crate::structured::GuidanceCell,
+  /// Stored `/v1/responses` results (`previous_response_id`).
+  pub responses: crate::responses::Store,
 }
 
 /// The router with every route.
@@ -56,11 +58,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     .route("/v1/chat/completions", post(chat))
     .route("/chat/completions", post(chat))
     .route("/v1/completions", post(completions))
+    .route("/v1/responses", post(crate::responses::create))
+    .route("/v1/responses/{id}", get(crate::responses::retrieve))
     .fallback(not_found)
     .with_state(state)
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
   SystemTime::now()
     .duration_since(UNIX_EPOCH)
     .map(|d| d.as_secs())
@@ -108,7 +112,7 @@ async fn completions(State(st): State<Arc<AppState>>, req: Request) -> Response 
 }
 
 impl AppState {
-  fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+  pub(crate) fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &self.api_key else {
       return Ok(());
     };
@@ -127,7 +131,7 @@ impl AppState {
     }
   }
 
-  fn submit(&self, p: &Prepared) -> Result<UnboundedReceiver<Event>, ApiError> {
+  pub(crate) fn submit(&self, p: &Prepared) -> Result<UnboundedReceiver<Event>, ApiError> {
     let n = p.params.n;
     let q = self.metrics.queue_depth.fetch_add(n, Ordering::Relaxed);
     if q + n > self.max_queue {
@@ -159,7 +163,7 @@ impl AppState {
     Ok(rx)
   }
 
-  fn id(&self, prefix: &str) -> String {
+  pub(crate) fn id(&self, prefix: &str) -> String {
     format!(
       "{prefix}-{}-{}",
       self.created,
@@ -187,6 +191,19 @@ async fn handle_inner(
   ep: Endpoint,
   req: Request,
 ) -> Result<Response, ApiError> {
+  let body = read_body(st, req).await?;
+  let req = api::parse(&body)?;
+  let p = api::prepare(ep, &req, &st.tok, &st.defaults, &st.guidance)?;
+  let rx = st.submit(&p)?;
+  if p.stream {
+    Ok(stream(Arc::clone(st), ep, p, rx))
+  } else {
+    collect(st, ep, &p, rx).await
+  }
+}
+
+/// Check the API key and read the body within the size limit.
+pub(crate) async fn read_body(st: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
   st.check_auth(req.headers())?;
   let too_large = || {
     ApiError::new(
@@ -220,14 +237,7 @@ async fn handle_inner(
         ApiError::invalid(format!("could not read the request body: {e}"), None)
       }
     })?;
-  let req = api::parse(&body)?;
-  let p = api::prepare(ep, &req, &st.tok, &st.defaults, &st.guidance)?;
-  let rx = st.submit(&p)?;
-  if p.stream {
-    Ok(stream(Arc::clone(st), ep, p, rx))
-  } else {
-    collect(st, ep, &p, rx).await
-  }
+  Ok(body)
 }
 
 #[derive(Default, Clone)]
@@ -241,14 +251,14 @@ struct Choice {
   cached: usize,
 }
 
-fn finish_str(f: Option<FinishReason>) -> &'static str {
+pub(crate) fn finish_str(f: Option<FinishReason>) -> &'static str {
   match f {
     Some(FinishReason::Length) => "length",
     _ => "stop",
   }
 }
 
-fn engine_error(message: String) -> ApiError {
+pub(crate) fn engine_error(message: String) -> ApiError {
   ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
 }
 

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod prompt_cache;
 pub mod reasoning;
 pub mod reply;
+pub mod responses;
 pub mod row_text;
 pub mod structured;
 pub mod tools;
@@ -80,6 +81,9 @@ pub struct ServerConfig {
   /// A chat template (Jinja source) replacing the checkpoint's
   /// (`--chat-template`).
   pub chat_template: Option<String>,
+  /// `/v1/responses` results kept for `previous_response_id`
+  /// (`--responses-store`, 256; least recently used dropped first).
+  pub responses_store: usize,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +106,7 @@ impl Default for ServerConfig {
       memory_limit: None,
       model_id: None,
       chat_template: None,
+      responses_store: 256,
     }
   }
 }
@@ -241,6 +246,7 @@ impl Server {
         .map(|d| d.as_secs())
         .unwrap_or(0),
       counter: AtomicU64::new(0),
+      responses: responses::Store::new(cfg.responses_store),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = std::thread::Builder::new()
