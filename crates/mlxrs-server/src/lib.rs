@@ -2,8 +2,12 @@
 //! `mlx_lm.server`) with continuous batching.
 //!
 //! - Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`
-//!   (non-streaming and server-sent events), `GET /v1/models`,
+//!   (non-streaming and server-sent events), `POST /v1/responses` and
+//!   `GET /v1/responses/{id}` ([`responses`]), `GET /v1/models`,
 //!   `GET /health`, `GET /metrics` (Prometheus text).
+//! - Tool calls per model family ([`tools`]), reasoning text
+//!   ([`reasoning`]), structured output by constrained decoding
+//!   ([`structured`]); replies split in [`reply`].
 //! - One engine thread owns the model, the running batch
 //!   ([`mlxrs_lm::BatchGenerator`]) and the prompt cache
 //!   ([`prompt_cache::PromptCache`]); handlers talk to it over channels
