@@ -134,6 +134,9 @@ fn extend(sent: &mut String, now: &str) -> String {
 #[derive(Debug)]
 pub struct ReplyStream {
   cfg: ReplyConfig,
+  /// Decided: the reply has no reasoning and no calls to look for, so
+  /// text passes through as it comes.
+  through: bool,
   text: String,
   sent_reasoning: String,
   sent_content: String,
@@ -152,6 +155,7 @@ impl ReplyStream {
   /// A fresh stream.
   pub fn new(cfg: ReplyConfig) -> ReplyStream {
     ReplyStream {
+      through: cfg == ReplyConfig::plain(),
       cfg,
       text: String::new(),
       sent_reasoning: String::new(),
@@ -159,15 +163,10 @@ impl ReplyStream {
     }
   }
 
-  /// Whether the stream passes text through unchanged.
-  pub fn is_plain(&self) -> bool {
-    self.cfg == ReplyConfig::plain()
-  }
-
   /// Add generated text; the deltas that are now safe to send.
   pub fn push(&mut self, text: &str) -> Delta {
     self.text.push_str(text);
-    if self.is_plain() {
+    if self.through {
       self.sent_content.push_str(text);
       return Delta {
         reasoning: String::new(),
@@ -175,10 +174,25 @@ impl ReplyStream {
       };
     }
     let (r, c) = view(&self.cfg, &self.text);
-    Delta {
+    let mut d = Delta {
       reasoning: extend(&mut self.sent_reasoning, &r),
       content: extend(&mut self.sent_content, &c),
+    };
+    // No tools, and the reply did not open with `<think>`: the rest of it
+    // is plain content (saves re-scanning the text at every token).
+    let t = self.text.trim_start();
+    if self.cfg.tools.is_none()
+      && !self.cfg.harmony
+      && self.cfg.think != (Think::Tags { open: true })
+      && t.len() >= "<think>".len()
+      && !t.starts_with("<think>")
+      && self.text.starts_with(self.sent_content.as_str())
+    {
+      d.content += &self.text[self.sent_content.len()..];
+      self.sent_content = self.text.clone();
+      self.through = true;
     }
+    d
   }
 
   /// The choice ended: the last deltas and the whole reply.
@@ -254,6 +268,19 @@ mod tests {
     let (r, c, reply) = stream(ReplyConfig::plain(), "  a <think> b", 2);
     assert_eq!((r.as_str(), c.as_str()), ("", "  a <think> b"));
     assert_eq!(reply.reasoning, None);
+  }
+
+  #[test]
+  fn long_plain_reply_passes_through() {
+    let c = cfg(None);
+    let mut s = ReplyStream::new(c);
+    assert_eq!(s.push("He").content, "He");
+    assert_eq!(s.push("llo w").content, "llo w");
+    assert!(s.through);
+    assert_eq!(s.push("orld ").content, "orld ");
+    let (d, r) = s.finish();
+    assert_eq!(d, Delta::default());
+    assert_eq!(r.content, "Hello world ");
   }
 
   #[test]
