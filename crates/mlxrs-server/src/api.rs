@@ -574,6 +574,16 @@ fn reply_and_constraint(
       }
       let lark = tools::forced_grammar(format, &s, tok)?;
       constraint = Some(g.compile(llguidance::api::TopLevelGrammar::from_lark(lark), "tools")?);
+    } else if constraint.is_none() {
+      // `strict` tools under `auto`: free text, but a started call is
+      // held to the schemas.
+      if let Some((trigger, lark)) = tools::strict_auto_grammar(format, &s, tok) {
+        constraint = Some(g.compile_triggered(
+          trigger,
+          llguidance::api::TopLevelGrammar::from_lark(lark),
+          "tools",
+        )?);
+      }
     }
   }
   Ok((reply, constraint))

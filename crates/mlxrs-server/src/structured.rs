@@ -253,6 +253,24 @@ impl GuidanceCell {
       })
   }
 
+  /// [`Guidance::compile_triggered`]; errors as [`GuidanceCell::compile`].
+  pub fn compile_triggered(
+    &self,
+    trigger: Trigger,
+    grammar: TopLevelGrammar,
+    param: &str,
+  ) -> Result<Constraint, ApiError> {
+    self
+      .get()?
+      .compile_triggered(trigger, grammar)
+      .map_err(|e| {
+        ApiError::invalid(
+          format!("{param}: invalid grammar or schema: {e}"),
+          Some(param),
+        )
+      })
+  }
+
   /// Compile `grammar`; a grammar (schema) error is a 400 naming `param`.
   pub fn compile(&self, grammar: TopLevelGrammar, param: &str) -> Result<Constraint, ApiError> {
     self.get()?.compile(grammar).map_err(|e| {
@@ -261,5 +279,301 @@ impl GuidanceCell {
         Some(param),
       )
     })
+  }
+}
+
+/// Where a forced sub-grammar starts inside an otherwise free reply
+/// (`strict` tool calls under `tool_choice: "auto"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+  /// Right after this text (the grammar covers what follows it).
+  After(String),
+  /// At the reply's first non-whitespace character, if it is this one
+  /// (the grammar covers it too).
+  Leading(u8),
+}
+
+impl Guidance {
+  /// A constraint that lets the model write freely until `trigger`, then
+  /// holds what follows to `body` (then frees it again, for the next
+  /// call). Python twin: vLLM's structural tags / llama.cpp's lazy
+  /// grammars.
+  pub fn compile_triggered(
+    &self,
+    trigger: Trigger,
+    body: TopLevelGrammar,
+  ) -> Result<Constraint, String> {
+    let parser = self
+      .factory
+      .create_parser(body)
+      .map_err(|e| e.to_string())?;
+    let m = Matcher::new(Ok(parser));
+    if let Some(e) = m.get_error() {
+      return Err(e);
+    }
+    Ok(Constraint(Arc::new(TriggeredFactory {
+      start: Mutex::new(m),
+      trigger,
+      env: self.factory.tok_env().clone(),
+    })))
+  }
+}
+
+struct TriggeredFactory {
+  start: Mutex<Matcher>,
+  trigger: Trigger,
+  env: TokEnv,
+}
+
+impl ConstraintFactory for TriggeredFactory {
+  fn start(&self) -> Result<Box<dyn TokenConstraint>, String> {
+    let m = self
+      .start
+      .lock()
+      .map_err(|_| "constraint state poisoned".to_string())?
+      .deep_clone();
+    Ok(Box::new(TriggeredRow {
+      start: m,
+      trigger: self.trigger.clone(),
+      env: self.env.clone(),
+      text: Vec::new(),
+      state: TState::Idle,
+    }))
+  }
+}
+
+enum TState {
+  /// Free text; watching for the trigger.
+  Idle,
+  /// Inside the forced part.
+  Active(Box<Matcher>),
+  /// Free for the rest of the reply.
+  Off,
+}
+
+struct TriggeredRow {
+  start: Matcher,
+  trigger: Trigger,
+  env: TokEnv,
+  /// Reply bytes since the last forced part.
+  text: Vec<u8>,
+  state: TState,
+}
+
+impl TriggeredRow {
+  /// Enter the forced part, which has already seen `leftover`.
+  fn activate(&mut self, leftover: Vec<u8>) {
+    let mut m = self.start.deep_clone();
+    if !leftover.is_empty() {
+      let ids = self.env.tokenize_bytes(&leftover);
+      if m.consume_tokens(&ids).is_err() {
+        self.state = TState::Off;
+        return;
+      }
+    }
+    self.text.clear();
+    self.state = if m.is_stopped() {
+      self.after_forced()
+    } else {
+      TState::Active(Box::new(m))
+    };
+  }
+
+  fn after_forced(&self) -> TState {
+    match self.trigger {
+      Trigger::After(_) => TState::Idle,
+      Trigger::Leading(_) => TState::Off,
+    }
+  }
+}
+
+impl TokenConstraint for TriggeredRow {
+  fn allowed(&mut self) -> Option<Vec<u32>> {
+    let TState::Active(m) = &mut self.state else {
+      return None;
+    };
+    match m.compute_mask() {
+      Ok(v) if v.num_set() > 0 => Some(v.as_slice().to_vec()),
+      // A dead end: let the model finish as it likes (the reply is then
+      // returned as text if the call does not parse).
+      _ => {
+        self.state = TState::Off;
+        None
+      }
+    }
+  }
+
+  fn commit(&mut self, token: i32) {
+    match &mut self.state {
+      TState::Off => {}
+      TState::Active(m) => {
+        if m.consume_token(token as TokenId).is_err() {
+          self.state = TState::Off;
+        } else if m.is_stopped() {
+          self.state = self.after_forced();
+        }
+      }
+      TState::Idle => {
+        let bytes = self.env.tok_trie().decode(&[token as TokenId]);
+        let before = self.text.len();
+        self.text.extend_from_slice(&bytes);
+        match &self.trigger {
+          Trigger::After(marker) => {
+            let mk = marker.as_bytes();
+            let from = before.saturating_sub(mk.len().saturating_sub(1));
+            if let Some(p) = self.text[from..].windows(mk.len()).position(|w| w == mk) {
+              let leftover = self.text[from + p + mk.len()..].to_vec();
+              self.activate(leftover);
+            }
+          }
+          Trigger::Leading(c) => {
+            if let Some(p) = self.text.iter().position(|b| !b.is_ascii_whitespace()) {
+              if self.text[p] == *c {
+                let leftover = self.text[p..].to_vec();
+                self.activate(leftover);
+              } else {
+                self.state = TState::Off;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::tools::{ToolFormat, ToolSetup};
+
+  fn tok(name: &str) -> Tokenizer {
+    Tokenizer::from_dir(
+      std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/tiny")
+        .join(name),
+    )
+    .unwrap()
+  }
+
+  fn allows(mask: &Option<Vec<u32>>, t: u32) -> bool {
+    match mask {
+      None => true,
+      Some(m) => m
+        .get(t as usize / 32)
+        .is_some_and(|w| w >> (t % 32) & 1 == 1),
+    }
+  }
+
+  /// Feed `text`'s tokens, each checked against the mask first; whether
+  /// all were allowed. (llguidance keeps tokenizations canonical: where
+  /// the grammar forces the next bytes, a token that the tokenizer would
+  /// merge with them is refused, so test strings end mid-lexeme.)
+  fn feed(row: &mut dyn TokenConstraint, tok: &Tokenizer, text: &str) -> bool {
+    for t in tok.encode(text, false).unwrap() {
+      let m = row.allowed();
+      if !allows(&m, t) {
+        return false;
+      }
+      row.commit(t as i32);
+    }
+    true
+  }
+
+  fn setup(strict: bool) -> ToolSetup {
+    ToolSetup {
+      tools: vec![
+        json!({"type": "function", "function": {"name": "get_weather", "strict": strict,
+        "parameters": {"type": "object", "properties": {"unit": {"enum": ["c", "f"]}},
+                       "required": ["unit"], "additionalProperties": false}}}),
+      ],
+      choice: crate::tools::Choice::Auto,
+      parallel: true,
+    }
+  }
+
+  #[test]
+  fn strict_auto_call_is_held_to_the_schema() {
+    let t = tok("qwen3");
+    let g = Guidance::new(&t, 512).unwrap();
+    assert!(crate::tools::strict_auto_grammar(ToolFormat::Hermes, &setup(false), &t).is_none());
+    let (trigger, lark) =
+      crate::tools::strict_auto_grammar(ToolFormat::Hermes, &setup(true), &t).unwrap();
+    let c = g
+      .compile_triggered(trigger, TopLevelGrammar::from_lark(lark))
+      .unwrap();
+    // Free text, a valid call, free text again, a second valid call.
+    let mut row = c.0.start().unwrap();
+    assert!(feed(row.as_mut(), &t, "Let me look that up. "));
+    assert!(row.allowed().is_none());
+    assert!(feed(
+      row.as_mut(),
+      &t,
+      "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"unit\": \"c\"}}\n</tool_call>"
+    ));
+    assert!(row.allowed().is_none(), "free again after the call");
+    assert!(feed(
+      row.as_mut(),
+      &t,
+      "\nAnd <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"unit\": \"f\"}}\n</tool_call>"
+    ));
+    // Inside a call, an argument outside the enum is refused.
+    let mut row = c.0.start().unwrap();
+    assert!(feed(
+      row.as_mut(),
+      &t,
+      "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"unit\": \""
+    ));
+    assert!(row.allowed().is_some());
+    assert!(!feed(row.as_mut(), &t, "kelvin"));
+    // An unknown function name is refused.
+    let mut row = c.0.start().unwrap();
+    assert!(!feed(row.as_mut(), &t, "<tool_call>\n{\"name\": \"rm_rf\""));
+  }
+
+  #[test]
+  fn strict_auto_llama3_and_harmony() {
+    let t = tok("llama");
+    let g = Guidance::new(&t, 512).unwrap();
+    let (trigger, lark) =
+      crate::tools::strict_auto_grammar(ToolFormat::Llama3, &setup(true), &t).unwrap();
+    let c = g
+      .compile_triggered(trigger, TopLevelGrammar::from_lark(lark))
+      .unwrap();
+    let mut row = c.0.start().unwrap();
+    assert!(feed(
+      row.as_mut(),
+      &t,
+      "{\"name\": \"get_weather\", \"parameters\": {\"unit\": \"f\"}}"
+    ));
+    let mut row = c.0.start().unwrap();
+    assert!(!feed(
+      row.as_mut(),
+      &t,
+      "{\"name\": \"get_weather\", \"parameters\": {\"unit\": 3"
+    ));
+    // Plain text is free.
+    let mut row = c.0.start().unwrap();
+    assert!(feed(row.as_mut(), &t, "It is sunny {really}."));
+
+    let t = tok("gpt_oss");
+    let g = Guidance::new(&t, 512).unwrap();
+    let (trigger, lark) =
+      crate::tools::strict_auto_grammar(ToolFormat::Harmony, &setup(true), &t).unwrap();
+    let c = g
+      .compile_triggered(trigger, TopLevelGrammar::from_lark(lark))
+      .unwrap();
+    let mut row = c.0.start().unwrap();
+    assert!(feed(
+      row.as_mut(),
+      &t,
+      "<|channel|>analysis<|message|>Call it.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"unit\": \"c\"}"
+    ));
+    let mut row = c.0.start().unwrap();
+    assert!(!feed(
+      row.as_mut(),
+      &t,
+      "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"unit\": \"x"
+    ));
   }
 }

@@ -223,6 +223,18 @@ fn qwen3_hermes_tools_and_thinking() {
   assert_eq!(r["choices"][0]["message"]["content"], bad);
   assert_eq!(r["choices"][0]["finish_reason"], "stop");
   assert_eq!(joined(&chunks, "content"), bad);
+  // strict tools under auto: the reply is free until a call starts (the
+  // row's constraint then holds the call to the schema; unit-tested in
+  // src/structured.rs), so a plain reply comes back as usual.
+  let mut strict = tools();
+  strict[0]["function"]["strict"] = json!(true);
+  let (st, r) = post(
+    &s,
+    "/v1/chat/completions",
+    &json!({"messages": user(), "tools": strict, "max_tokens": 12, "temperature": 1.0, "seed": 1}),
+  );
+  assert_eq!(st, 200, "{r}");
+  assert!(r["choices"][0]["message"].is_object());
   // tool_choice none: tools are neither rendered nor parsed.
   let ok = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>";
   let (r, _) = forced_text(&s, &tok, ok, json!({"tool_choice": "none"}));

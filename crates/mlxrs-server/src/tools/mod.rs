@@ -510,6 +510,85 @@ pub fn forced_grammar(
   Ok(g)
 }
 
+fn is_strict(tool: &Value) -> bool {
+  tool
+    .get("function")
+    .and_then(|f| f.get("strict"))
+    .and_then(Value::as_bool)
+    .unwrap_or(false)
+}
+
+/// For `tool_choice: "auto"` with `strict` tools: where a call starts in
+/// `format` and the Lark grammar of what follows (the call(s), the
+/// arguments of strict tools held to their schemas, of the others to any
+/// object). `None` when no tool is strict.
+pub fn strict_auto_grammar(
+  format: ToolFormat,
+  setup: &ToolSetup,
+  tok: &mlxrs_lm::Tokenizer,
+) -> Option<(crate::structured::Trigger, String)> {
+  use crate::structured::{Trigger, compact};
+  if !setup.tools.iter().any(is_strict) {
+    return None;
+  }
+  let args_of = |t: &Value| {
+    if is_strict(t) {
+      params(t)
+    } else {
+      json!({"type": "object"})
+    }
+  };
+  let json_call = |t: &Value, key: &str| {
+    let schema = json!({"type": "object",
+      "properties": {"name": {"const": tool_name(t)}, key: args_of(t)},
+      "required": ["name", key], "additionalProperties": false});
+    format!("%json {}", compact(schema))
+  };
+  let mut rules = String::new();
+  let alts: Vec<String> = (0..setup.tools.len()).map(|i| format!("call{i}")).collect();
+  rules.push_str(&format!("call: {}\n", alts.join(" | ")));
+  for (i, t) in setup.tools.iter().enumerate() {
+    let r = match format {
+      ToolFormat::Hermes | ToolFormat::Mistral => json_call(t, "arguments"),
+      ToolFormat::Llama3 => json_call(t, "parameters"),
+      ToolFormat::Harmony => {
+        let opt = |s: &str| format!("({} (/[^<]+/)?)?", lit(tok, s));
+        format!(
+          "{} (/[^<]+/)? {} {} {} %json {}",
+          serde_json::to_string(tool_name(t)).unwrap_or_default(),
+          opt("<|channel|>"),
+          opt("<|constrain|>"),
+          lit(tok, "<|message|>"),
+          compact(args_of(t))
+        )
+      }
+    };
+    rules.push_str(&format!("call{i}: {r}\n"));
+  }
+  let (trigger, start) = match format {
+    ToolFormat::Hermes => (
+      Trigger::After(hermes::START.into()),
+      format!(
+        "start: (\"\\n\")? call (\"\\n\")? {}\n",
+        lit(tok, hermes::END)
+      ),
+    ),
+    ToolFormat::Llama3 => (
+      Trigger::Leading(b'{'),
+      "start: call (\"; \" call)*\n".to_string(),
+    ),
+    ToolFormat::Mistral => (
+      Trigger::After(mistral::START.into()),
+      "start: (\" \")? \"[\" call (\", \" call)* \"]\"\n".to_string(),
+    ),
+    ToolFormat::Harmony => (
+      Trigger::After("to=functions.".into()),
+      "start: call\n".to_string(),
+    ),
+  };
+  Some((trigger, start + &rules))
+}
+
 /// Assistant `tool_calls` arguments given as JSON strings (OpenAI's form)
 /// become objects, which the family templates render with `tojson`.
 /// An assistant message without content gets `""` (templates such as
