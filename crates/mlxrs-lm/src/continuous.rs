@@ -90,9 +90,10 @@ fn apply_mask(logits: &Array, mask: &[u32]) -> Result<Array> {
     }
   }
   if !any {
-    return Err(bad(
-      "the token constraint allows no token of the vocabulary",
-    ));
+    // Nothing allowed inside the model's vocabulary (a tokenizer larger
+    // than the embedding): leave this row unconstrained rather than fail
+    // the whole batch.
+    return Ok(logits.clone());
   }
   let add = Array::from_slice(&add, &[1, v as i32])?;
   let add = ops::astype(&add, logits.dtype())?;
