@@ -557,11 +557,17 @@ fn reply_and_constraint(
   };
   if let Some(s) = setup.filter(|s| s.choice != Choice::None) {
     let Some(format) = d.tool_format else {
-      return Err(bad(
-        "tools",
-        "this model's tool-call format is unknown (its chat template shows none of the \
-         Hermes/Qwen, Llama 3, Mistral or gpt-oss formats)",
-      ));
+      // Unknown format: the template still gets the tools and the reply
+      // comes back as text (as mlx_lm.server does), but a call cannot be
+      // forced.
+      if s.choice != Choice::Auto {
+        return Err(bad(
+          "tool_choice",
+          "this model's tool-call format is unknown (its chat template shows none of the \
+           Hermes/Qwen, Llama 3, Mistral or gpt-oss formats), so a call cannot be forced",
+        ));
+      }
+      return Ok((reply, constraint));
     };
     reply.tools = Some(format);
     reply.parallel = s.parallel;

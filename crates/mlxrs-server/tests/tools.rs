@@ -406,6 +406,24 @@ fn bad_tools_and_schemas_are_400() {
     ),
     (json!({"tool_choice": "required"}), "tool_choice"),
   ];
+  // A model whose tool format is unknown (gpt2: no template markers, no
+  // known model_type) takes tools under auto (text back) but cannot be
+  // forced.
+  let mut c = config("gpt2");
+  c.chat_template = Some("{% for m in messages %}{{ m.content }}{% endfor %}".into());
+  let g = start(c);
+  let body = json!({"messages": user(), "tools": tools(), "max_tokens": 3});
+  let (st, r) = post(&g, "/v1/chat/completions", &body);
+  assert_eq!(st, 200, "{r}");
+  let mut forced = body.clone();
+  forced["tool_choice"] = json!("required");
+  let (st, r) = post(&g, "/v1/chat/completions", &forced);
+  assert_eq!(
+    (st, r["error"]["param"].as_str()),
+    (400, Some("tool_choice")),
+    "{r}"
+  );
+  g.shutdown().unwrap();
   for (extra, param) in cases {
     let mut body = json!({"messages": user(), "max_tokens": 2});
     for (k, v) in extra.as_object().unwrap() {
