@@ -144,6 +144,70 @@ fn text_streaming_and_previous_response() {
   s.shutdown().unwrap();
 }
 
+/// A reply with reasoning (forced through a `grammar` text format, an
+/// extension) comes back as a `reasoning` item then a `message` item, whole
+/// and streamed, with matching output indexes.
+#[test]
+fn reasoning_item_then_message() {
+  let s = start(config("qwen3"));
+  let g = "start: \"<think>\\nLet me think.\\n</think>\\n\\nHello!\"";
+  let body = json!({"input": "Hi", "max_output_tokens": 200,
+                    "text": {"format": {"type": "grammar", "grammar": g}}});
+  let (st, r) = post(&s, "/v1/responses", &body);
+  assert_eq!(st, 200, "{r}");
+  assert_eq!(r["status"], "completed", "{r}");
+  assert_eq!(r["output"][0]["type"], "reasoning");
+  assert_eq!(r["output"][0]["content"][0]["text"], "Let me think.");
+  assert_eq!(r["output"][1]["type"], "message");
+  assert_eq!(output_text(&r), "Hello!");
+  let mut sb = body.clone();
+  sb["stream"] = json!(true);
+  let ev = events(&s, &sb);
+  let of = |kind: &str| -> Vec<&Value> {
+    ev.iter()
+      .filter(|(n, _)| n == kind)
+      .map(|(_, v)| v)
+      .collect()
+  };
+  let reasoning: String = of("response.reasoning_text.delta")
+    .iter()
+    .map(|v| v["delta"].as_str().unwrap())
+    .collect();
+  assert_eq!(reasoning, "Let me think.");
+  assert!(
+    of("response.reasoning_text.delta")
+      .iter()
+      .all(|v| v["output_index"] == 0)
+  );
+  assert!(
+    of("response.output_text.delta")
+      .iter()
+      .all(|v| v["output_index"] == 1)
+  );
+  let added: Vec<&str> = of("response.output_item.added")
+    .iter()
+    .map(|v| v["item"]["type"].as_str().unwrap())
+    .collect();
+  assert_eq!(added, ["reasoning", "message"]);
+  let done = &ev.last().unwrap().1["response"];
+  assert_eq!(
+    done["output"],
+    r["output"]
+      .clone()
+      .as_array()
+      .map(|a| {
+        let mut a = a.clone();
+        // Item ids differ between the two responses.
+        for (x, y) in a.iter_mut().zip(done["output"].as_array().unwrap()) {
+          x["id"] = y["id"].clone();
+        }
+        Value::Array(a)
+      })
+      .unwrap()
+  );
+  s.shutdown().unwrap();
+}
+
 #[test]
 fn function_tools_round_trip() {
   // Qwen3's real template (the fixture's has no `tool` role).
