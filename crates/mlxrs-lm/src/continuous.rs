@@ -77,6 +77,43 @@ impl std::fmt::Debug for Constraint {
   }
 }
 
+/// Each row's allowed-token mask (`None` for unconstrained rows), computed
+/// on up to 8 host threads when several rows are constrained.
+fn row_masks(rows: &mut [RowState]) -> Vec<Option<Vec<u32>>> {
+  let n = rows.iter().filter(|r| r.constraint.is_some()).count();
+  let threads = std::thread::available_parallelism()
+    .map(|t| t.get())
+    .unwrap_or(1)
+    .min(8);
+  if n < 4 || threads < 2 {
+    return rows
+      .iter_mut()
+      .map(|r| r.constraint.as_mut().and_then(|c| c.allowed()))
+      .collect();
+  }
+  let chunk = rows.len().div_ceil(threads);
+  std::thread::scope(|s| {
+    let handles: Vec<_> = rows
+      .chunks_mut(chunk)
+      .map(|part| {
+        let len = part.len();
+        let h = s.spawn(move || {
+          part
+            .iter_mut()
+            .map(|r| r.constraint.as_mut().and_then(|c| c.allowed()))
+            .collect::<Vec<_>>()
+        });
+        (h, len)
+      })
+      .collect();
+    // A panicking constraint leaves its rows of this step unmasked.
+    handles
+      .into_iter()
+      .flat_map(|(h, len)| h.join().unwrap_or_else(|_| vec![None; len]))
+      .collect()
+  })
+}
+
 /// Add `-inf` to the logits (`[1, v]`) of tokens the bitset `mask` leaves
 /// out.
 fn apply_mask(logits: &Array, mask: &[u32]) -> Result<Array> {
@@ -452,12 +489,10 @@ impl<'m> BatchGenerator<'m> {
       // Constrained rows: queue the forward pass, then compute their masks
       // on the host while it runs (no host sync per row).
       let mut logits = logits;
-      let mut masks: Vec<Option<Vec<u32>>> = Vec::with_capacity(b);
+      let mut masks: Vec<Option<Vec<u32>>> = Vec::new();
       if self.rows.iter().any(|r| r.constraint.is_some()) {
         logits.async_eval()?;
-        for r in self.rows.iter_mut() {
-          masks.push(r.constraint.as_mut().and_then(|c| c.allowed()));
-        }
+        masks = row_masks(&mut self.rows);
       }
       let mut lps = Vec::with_capacity(b);
       let mut ys = Vec::with_capacity(b);
