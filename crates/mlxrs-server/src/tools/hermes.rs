@@ -42,8 +42,3 @@ pub fn parse(text: &str) -> Option<Parsed> {
 pub fn call_start(text: &str) -> Option<usize> {
   text.find(START)
 }
-
-/// Forced-call grammar pieces (lark): one call wrapping `json`.
-pub fn call_rule(json: &str) -> String {
-  format!("\"<tool_call>\\n\" {json} \"\\n</tool_call>\"")
-}

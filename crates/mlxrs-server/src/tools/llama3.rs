@@ -49,8 +49,3 @@ pub fn call_start(text: &str) -> Option<usize> {
     None
   }
 }
-
-/// Forced-call grammar piece (lark): one call as JSON.
-pub fn call_rule(json: &str) -> String {
-  json.to_string()
-}

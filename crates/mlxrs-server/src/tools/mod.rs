@@ -452,10 +452,15 @@ pub fn forced_grammar(
             "properties": {"name": {"const": name}, key: args},
             "required": ["name", key], "additionalProperties": false});
           let body = format!("%json {}", crate::structured::compact(schema));
+          // Markers by token when the tokenizer has them as special tokens.
           let r = if format == ToolFormat::Hermes {
-            hermes::call_rule(&body)
+            format!(
+              "{} \"\\n\" {body} \"\\n\" {}",
+              lit(tok, hermes::START),
+              lit(tok, hermes::END)
+            )
           } else {
-            llama3::call_rule(&body)
+            body
           };
           format!("call{i}: {r}\n")
         }
