@@ -13,19 +13,18 @@ use mlxrs_lm::{ChatOptions, Tokenizer};
 use mlxrs_server::Server;
 use serde_json::{Value, json};
 
-fn finish(s: Server, fixture_name: &str) {
+fn finish((s, dir): (Server, std::path::PathBuf)) {
   s.shutdown().unwrap();
-  let _ = std::fs::remove_dir_all(long_context_copy(fixture_name));
+  let _ = std::fs::remove_dir_all(dir);
 }
 
-fn server(fixture_name: &str, tmpl: &str) -> Server {
+fn server(fixture_name: &str, tmpl: &str) -> (Server, std::path::PathBuf) {
+  let dir = long_context_copy(fixture_name);
   let mut c = config(fixture_name);
-  c.model = long_context_copy(fixture_name)
-    .to_string_lossy()
-    .into_owned();
+  c.model = dir.to_string_lossy().into_owned();
   c.chat_template = Some(template(tmpl));
   c.max_tokens = 160;
-  start(c)
+  (start(c), dir)
 }
 
 fn tools() -> Value {
@@ -170,11 +169,11 @@ fn qwen3_hermes_tools_and_thinking() {
     &["<tools>", "<tool_call>", "<tool_response>"],
   );
   let s = server("qwen3", "Qwen-Qwen3-0.6B.jinja");
-  forced_call_round_trip(&s);
+  forced_call_round_trip(&s.0);
   let tok = tokenizer("qwen3");
   // Qwen3 output with thinking, text, and two parallel calls.
   let out = "<think>\nThe user asks for the weather in Paris.\n</think>\n\nLet me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Lyon\", \"unit\": \"c\"}}\n</tool_call>";
-  let (r, chunks) = forced_text(&s, &tok, out, json!({}));
+  let (r, chunks) = forced_text(&s.0, &tok, out, json!({}));
   let m = &r["choices"][0]["message"];
   assert_eq!(
     m["reasoning_content"],
@@ -199,7 +198,7 @@ fn qwen3_hermes_tools_and_thinking() {
     .count();
   assert_eq!(n_calls, 2);
   // parallel_tool_calls false keeps the first call only.
-  let (r, _) = forced_text(&s, &tok, out, json!({"parallel_tool_calls": false}));
+  let (r, _) = forced_text(&s.0, &tok, out, json!({"parallel_tool_calls": false}));
   assert_eq!(
     r["choices"][0]["message"]["tool_calls"]
       .as_array()
@@ -209,7 +208,7 @@ fn qwen3_hermes_tools_and_thinking() {
   );
   // enable_thinking false: no split.
   let (r, _) = forced_text(
-    &s,
+    &s.0,
     &tok,
     "<think>x</think>y",
     json!({"chat_template_kwargs": {"enable_thinking": false}}),
@@ -219,7 +218,7 @@ fn qwen3_hermes_tools_and_thinking() {
   assert!(m.get("reasoning_content").is_none());
   // A call that does not parse is text, not an error.
   let bad = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {city}}\n</tool_call>";
-  let (r, chunks) = forced_text(&s, &tok, bad, json!({}));
+  let (r, chunks) = forced_text(&s.0, &tok, bad, json!({}));
   assert_eq!(r["choices"][0]["message"]["content"], bad);
   assert_eq!(r["choices"][0]["finish_reason"], "stop");
   assert_eq!(joined(&chunks, "content"), bad);
@@ -229,7 +228,7 @@ fn qwen3_hermes_tools_and_thinking() {
   let mut strict = tools();
   strict[0]["function"]["strict"] = json!(true);
   let (st, r) = post(
-    &s,
+    &s.0,
     "/v1/chat/completions",
     &json!({"messages": user(), "tools": strict, "max_tokens": 12, "temperature": 1.0, "seed": 1}),
   );
@@ -237,9 +236,9 @@ fn qwen3_hermes_tools_and_thinking() {
   assert!(r["choices"][0]["message"].is_object());
   // tool_choice none: tools are neither rendered nor parsed.
   let ok = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>";
-  let (r, _) = forced_text(&s, &tok, ok, json!({"tool_choice": "none"}));
+  let (r, _) = forced_text(&s.0, &tok, ok, json!({"tool_choice": "none"}));
   assert_eq!(r["choices"][0]["message"]["content"], ok);
-  finish(s, "qwen3");
+  finish(s);
 }
 
 #[test]
@@ -250,20 +249,41 @@ fn llama3_json_tools() {
     &["\"parameters\"", "<|start_header_id|>ipython"],
   );
   let s = server("llama", "meta-llama-Llama-3.2-3B-Instruct.jinja");
-  forced_call_round_trip(&s);
+  forced_call_round_trip(&s.0);
 
   let tok = tokenizer("llama");
   let out = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\", \"unit\": \"c\"}}";
-  let (r, chunks) = forced_text(&s, &tok, out, json!({}));
+  let (r, chunks) = forced_text(&s.0, &tok, out, json!({}));
   let m = &r["choices"][0]["message"];
   assert_eq!(m["content"], Value::Null);
   assert_eq!(m["tool_calls"][0]["function"]["name"], "get_weather");
   assert_eq!(joined(&chunks, "content"), "");
   // Plain text stays text.
-  let (r, chunks) = forced_text(&s, &tok, "It is sunny.", json!({}));
+  let (r, chunks) = forced_text(&s.0, &tok, "It is sunny.", json!({}));
   assert_eq!(r["choices"][0]["message"]["content"], "It is sunny.");
   assert_eq!(joined(&chunks, "content"), "It is sunny.");
-  finish(s, "llama");
+  finish(s);
+}
+
+/// Hermes 3 on a Llama base: the template's `<tool_call>` wins over
+/// `model_type` llama.
+#[test]
+fn hermes3_template_on_llama_base() {
+  renders(
+    "llama",
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja",
+    &["<tools>", "<tool_call>", "<tool_response>"],
+  );
+  let s = server("llama", "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja");
+  forced_call_round_trip(&s.0);
+  let tok = tokenizer("llama");
+  let out = "<tool_call>\n{\"arguments\": {\"city\": \"Paris\", \"unit\": \"c\"}, \"name\": \"get_weather\"}\n</tool_call>";
+  let (r, _) = forced_text(&s.0, &tok, out, json!({}));
+  assert_eq!(
+    r["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+    "get_weather"
+  );
+  finish(s);
 }
 
 #[test]
@@ -274,10 +294,10 @@ fn mistral_tool_calls_marker() {
     &["[AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]"],
   );
   let s = server("mistral", "mistralai-Mistral-Nemo-Instruct-2407.jinja");
-  forced_call_round_trip(&s);
+  forced_call_round_trip(&s.0);
   let tok = tokenizer("mistral");
   let out = "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"f\"}}]";
-  let (r, _) = forced_text(&s, &tok, out, json!({}));
+  let (r, _) = forced_text(&s.0, &tok, out, json!({}));
   let m = &r["choices"][0]["message"];
   assert_eq!(
     m["tool_calls"][0]["function"]["arguments"],
@@ -285,7 +305,7 @@ fn mistral_tool_calls_marker() {
   );
   // Mistral's template insists on 9-character ids.
   assert_eq!(m["tool_calls"][0]["id"].as_str().unwrap().len(), 9);
-  finish(s, "mistral");
+  finish(s);
 }
 
 #[test]
@@ -300,10 +320,10 @@ fn gpt_oss_harmony_channels() {
     ],
   );
   let s = server("gpt_oss", "openai-gpt-oss-120b.jinja");
-  forced_call_round_trip(&s);
+  forced_call_round_trip(&s.0);
   let tok = tokenizer("gpt_oss");
   let out = "<|channel|>analysis<|message|>Need to use get_weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\",\"unit\":\"c\"}";
-  let (r, chunks) = forced_text(&s, &tok, out, json!({}));
+  let (r, chunks) = forced_text(&s.0, &tok, out, json!({}));
   let m = &r["choices"][0]["message"];
   assert_eq!(m["reasoning_content"], "Need to use get_weather.");
   assert_eq!(m["tool_calls"][0]["function"]["name"], "get_weather");
@@ -312,12 +332,12 @@ fn gpt_oss_harmony_channels() {
     "Need to use get_weather."
   );
   let out = "<|channel|>analysis<|message|>Simple.<|end|><|start|>assistant<|channel|>final<|message|>Hello there!";
-  let (r, chunks) = forced_text(&s, &tok, out, json!({}));
+  let (r, chunks) = forced_text(&s.0, &tok, out, json!({}));
   let m = &r["choices"][0]["message"];
   assert_eq!(m["reasoning_content"], "Simple.");
   assert_eq!(m["content"], "Hello there!");
   assert_eq!(joined(&chunks, "content"), "Hello there!");
-  finish(s, "gpt_oss");
+  finish(s);
 }
 
 /// A nested schema (objects, enums, arrays) holds for sampled replies.

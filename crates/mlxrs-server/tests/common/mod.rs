@@ -166,11 +166,14 @@ pub fn template(name: &str) -> String {
   std::fs::read_to_string(p).unwrap()
 }
 
-/// A copy of fixture `name` with a 2048-position context: the real
+/// A fresh copy (the caller removes it) of fixture `name` with a
+/// 2048-position context: the real
 /// templates with tools are longer than the tiny fixtures' 512 positions
 /// in their tiny vocabulary.
 pub fn long_context_copy(name: &str) -> std::path::PathBuf {
-  let dir = std::env::temp_dir().join(format!("mlxrs-tools-{name}-{}", std::process::id()));
+  static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+  let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+  let dir = std::env::temp_dir().join(format!("mlxrs-tools-{name}-{}-{n}", std::process::id()));
   std::fs::create_dir_all(&dir).unwrap();
   for e in std::fs::read_dir(fixture(name)).unwrap() {
     let e = e.unwrap();
