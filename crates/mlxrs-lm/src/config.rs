@@ -818,7 +818,12 @@ impl ModelConfig {
 
   /// `max_position_embeddings`.
   pub fn max_position_embeddings(&self) -> Result<Option<usize>> {
-    self.get_usize("max_position_embeddings")
+    match self.get_usize("max_position_embeddings")? {
+      Some(n) => Ok(Some(n)),
+      // GPT-2 / GPT-BigCode name it `n_positions` (transformers'
+      // `attribute_map` maps one to the other).
+      None => self.get_usize("n_positions"),
+    }
   }
 
   /// `rms_norm_eps`.

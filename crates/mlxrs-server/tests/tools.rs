@@ -432,6 +432,15 @@ fn bad_tools_and_schemas_are_400() {
   let mut c = config("gpt2");
   c.chat_template = Some("{% for m in messages %}{{ m.content }}{% endfor %}".into());
   let g = start(c);
+  // A prompt past GPT-2's `n_positions` (128) is a 400, not an engine error.
+  let long =
+    json!({"messages": [{"role": "user", "content": "word ".repeat(200)}], "max_tokens": 2});
+  let (st, r) = post(&g, "/v1/chat/completions", &long);
+  assert_eq!(
+    (st, r["error"]["param"].as_str()),
+    (400, Some("prompt")),
+    "{r}"
+  );
   let body = json!({"messages": user(), "tools": tools(), "max_tokens": 3});
   let (st, r) = post(&g, "/v1/chat/completions", &body);
   assert_eq!(st, 200, "{r}");
