@@ -351,7 +351,19 @@ fn plan(st: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
     response_format: format,
     ..api::Request::default()
   };
-  let prepared = api::prepare(Endpoint::Chat, &chat, &st.tok, &st.defaults, &st.guidance)?;
+  let prepared =
+    api::prepare(Endpoint::Chat, &chat, &st.tok, &st.defaults, &st.guidance).map_err(|mut e| {
+      // Name the Responses field rather than its chat twin.
+      if e.param.as_deref() == Some("response_format") {
+        e.param = Some("text.format".into());
+        e.message = e.message.replace("response_format", "text.format");
+      }
+      if e.param.as_deref() == Some("max_tokens") {
+        e.param = Some("max_output_tokens".into());
+        e.message = e.message.replace("max_tokens", "max_output_tokens");
+      }
+      e
+    })?;
   Ok(Plan {
     prepared,
     conversation,

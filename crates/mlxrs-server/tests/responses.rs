@@ -272,7 +272,11 @@ fn function_tools_round_trip() {
     ),
     (
       json!({"input": "x", "text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": 3}}}}),
-      "response_format",
+      "text.format",
+    ),
+    (
+      json!({"input": "x", "max_output_tokens": 0}),
+      "max_output_tokens",
     ),
   ] {
     let (st, e) = post(&s, "/v1/responses", &body);
