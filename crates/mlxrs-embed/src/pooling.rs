@@ -172,7 +172,7 @@ impl Dense {
 /// A module after pooling, loaded.
 pub enum Post {
   /// `Dense`.
-  Dense(Dense),
+  Dense(Box<Dense>),
   /// `Normalize`.
   Normalize,
 }
