@@ -39,7 +39,7 @@ fn attempt(kind: usize, a: &mut Array, b: &mut Array) -> Result<(), String> {
   let r = match kind % 4 {
     0 => a.eval(),
     1 => transforms::eval(&[a.clone(), b.clone()]),
-    2 => transforms::async_eval(&[b.clone()]).and_then(|_| b.eval()),
+    2 => transforms::async_eval(std::slice::from_ref(b)).and_then(|_| b.eval()),
     _ => a.to_vec::<f32>().map(drop),
   };
   r.map_err(|e| e.to_string())

@@ -181,8 +181,3 @@ impl Checkpoint {
     Ok(())
   }
 }
-
-/// `key` lies under dotted `prefix` (`""`: everything).
-pub fn under(key: &str, prefix: &str) -> bool {
-  mlxrs_nn::path_has_prefix(key, prefix)
-}

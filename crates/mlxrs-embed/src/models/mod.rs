@@ -11,7 +11,7 @@ use std::path::Path;
 use mlxrs_core::Array;
 use mlxrs_nn::Module;
 
-use crate::checkpoint::{Checkpoint, under};
+use crate::checkpoint::Checkpoint;
 use crate::config::JsonConfig;
 use crate::error::{Error, Result};
 use crate::tokenize::PaddedBatch;
@@ -149,7 +149,7 @@ pub(crate) fn load_into<E: Encoder + 'static>(
 ) -> Result<Box<dyn Encoder>> {
   let unused = enc.unused_tensors();
   ckpt.load(&mut [(&mut enc, prefix)], &|k| {
-    !under(k, prefix) || unused.iter().any(|u| k.ends_with(u))
+    !mlxrs_nn::path_has_prefix(k, prefix) || unused.iter().any(|u| k.ends_with(u))
   })?;
   Ok(Box::new(enc))
 }
