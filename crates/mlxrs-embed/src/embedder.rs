@@ -141,7 +141,7 @@ impl Embedder {
     let mut post = Vec::new();
     for m in &folder.post {
       post.push(match m {
-        PostModule::Dense(c) => Post::Dense(Dense::load(c)?),
+        PostModule::Dense(c) => Post::Dense(Box::new(Dense::load(c)?)),
         PostModule::Normalize => Post::Normalize,
       });
     }
@@ -169,6 +169,20 @@ impl Embedder {
   /// The encoder's `model_type`.
   pub fn model_type(&self) -> &str {
     self.encoder.model_type()
+  }
+
+  /// Paths of the encoder's layers that run quantized (an MLX-quantized
+  /// checkpoint: their `scales` were in the file), sorted; empty for a
+  /// float checkpoint.
+  pub fn quantized_layers(&self) -> Vec<String> {
+    let mut out = Vec::new();
+    self.encoder.visit("", &mut |k, _| {
+      if let Some(layer) = k.strip_suffix(".scales") {
+        out.push(layer.to_string());
+      }
+    });
+    out.sort();
+    out
   }
 
   /// The parsed sentence-transformers configuration.

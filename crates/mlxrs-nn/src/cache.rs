@@ -191,7 +191,7 @@ fn dequantize_triple(t: &[Array], q: &QuantParams, dt: Dtype) -> Result<Array> {
     t.get(2),
     Some(q.group_size),
     Some(q.bits),
-    &q.mode,
+    q.mode.as_str(),
     None,
     Some(dt),
   )
@@ -236,7 +236,7 @@ impl KvCache {
     let params = QuantParams {
       group_size,
       bits,
-      mode: "affine".into(),
+      mode: crate::quant::QuantMode::Affine,
     };
     params.validate()?;
     Ok(KvCache {
@@ -427,7 +427,7 @@ impl KvCache {
         Ok(CachedKv::Dense(ok, ov))
       }
       State::Quantized { params, buf } => {
-        let params = params.clone();
+        let params = *params;
         let (b, keys, values) = KvCache::append_quantized(buf.take(), &params, prev, k, v)?;
         *buf = Some(b);
         self.offset += t;
@@ -499,8 +499,8 @@ impl KvCache {
         }
       }
     };
-    let qk = ops::quantize(k, Some(q.group_size), Some(q.bits), &q.mode, None)?;
-    let qv = ops::quantize(v, Some(q.group_size), Some(q.bits), &q.mode, None)?;
+    let qk = ops::quantize(k, Some(q.group_size), Some(q.bits), q.mode.as_str(), None)?;
+    let qv = ops::quantize(v, Some(q.group_size), Some(q.bits), q.mode.as_str(), None)?;
     let write = |buf: Vec<Array>, upd: &[Array]| -> Result<Vec<Array>> {
       buf
         .iter()
@@ -563,7 +563,7 @@ impl KvCache {
     let mut c = KvCache::quantized(group_size, bits)?;
     c.offset = self.offset;
     if let (Some(b), State::Quantized { params, buf: qbuf }) = (buf, &mut c.state) {
-      let q = params.clone();
+      let q = *params;
       for (what, d) in [
         ("keys", b.keys.dim(-1).unwrap_or(0)),
         ("values", b.values.dim(-1).unwrap_or(0)),
@@ -575,7 +575,8 @@ impl KvCache {
           )));
         }
       }
-      let quant = |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), &q.mode, None);
+      let quant =
+        |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), q.mode.as_str(), None);
       let (k, v) = b.head(self.offset)?;
       *qbuf = Some(Packed {
         keys: quant(&k)?,
@@ -788,8 +789,9 @@ impl KvCache {
         *buf = Some(Dense { keys, values });
       }
       State::Quantized { params, buf } => {
-        let q = params.clone();
-        let quant = |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), &q.mode, None);
+        let q = *params;
+        let quant =
+          |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), q.mode.as_str(), None);
         *buf = Some(Packed {
           keys: quant(&keys)?,
           values: quant(&values)?,

@@ -120,7 +120,7 @@ impl SwitchLinear {
       &self.weight,
       Some(q.group_size),
       Some(q.bits),
-      &q.mode,
+      q.mode.as_str(),
       None,
     )?;
     let mut it = parts.into_iter();
@@ -129,7 +129,7 @@ impl SwitchLinear {
       .ok_or_else(|| Error::Mlx("quantize returned nothing".into()))?;
     self.scales = it.next();
     self.biases = if q.has_biases() { it.next() } else { None };
-    self.quant = Some(q.clone());
+    self.quant = Some(*q);
     for n in ["weight", "scales", "biases", "bias"] {
       self.frozen.set(n, true);
     }
@@ -152,7 +152,7 @@ impl SwitchLinear {
         true,
         Some(q.group_size),
         Some(q.bits),
-        &q.mode,
+        q.mode.as_str(),
         None,
         sorted_indices,
       )?,
@@ -433,7 +433,7 @@ impl MultiLinear {
         transpose,
         Some(q.group_size),
         Some(q.bits),
-        &q.mode,
+        q.mode.as_str(),
       ),
       None if transpose => ops::matmul(x, &ops::swapaxes(&self.weight, -1, -2)?),
       None => ops::matmul(x, &self.weight),
