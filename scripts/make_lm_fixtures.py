@@ -1480,7 +1480,34 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    # ---- state-space / hybrid models (``ssm=True``: reference.json also
+    # gets a long prompt (> one SSD chunk of 256 and several prefill chunks
+    # of SSM_PREFILL_STEP) and the f32 folder a prompt_cache.safetensors
+    # written by mlx-lm's save_prompt_cache) ----
+    dict(
+        name="mamba",
+        ssm=True,
+        init=dict(final_norm=2.0, salt=3),
+        family="qwen2",
+        notes="Mamba-1 style: no attention; in_proj -> depthwise causal conv (kernel 4, bias) -> selective scan (d_inner 128, d_state 16, dt_rank 4) gated by silu(z) -> out_proj; tied embeddings; caches ArraysCache(2) per layer",
+        config=dict(
+            architectures=["MambaForCausalLM"],
+            model_type="mamba",
+            conv_kernel=4,
+            intermediate_size=128,
+            state_size=16,
+            time_step_rank=4,
+            use_bias=False,
+            use_conv_bias=True,
+            tie_word_embeddings=True,
+        ),
+    ),
 ]
+
+# Prompt tokens per prefill chunk for the SSM long-prompt references.
+SSM_PREFILL_STEP = 64
+# The long prompt: PROMPT repeated to more than 256 tokens (one SSD chunk).
+SSM_LONG_REPEAT = 7
 
 # --------------------------------------------------------------------------
 # helpers
@@ -1578,7 +1605,7 @@ def init_params(
             w = 0.1 * rng.standard_normal(shape)
             if k.endswith(POST_NORMS) and mod in offset_norms:
                 w = w + (post_norm - 1.0)
-            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight"):
+            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight", "backbone.norm_f.weight", "model.embedding_norm.weight"):
                 w = (final_norm_std / 0.1) * w + (final_norm - 1.0)
             if mod not in offset_norms:
                 w = 1.0 + w
@@ -1588,7 +1615,7 @@ def init_params(
             w = rng.standard_normal(shape)
         elif leaf == "e_score_correction_bias":
             w = 0.05 * rng.standard_normal(shape)
-        elif k.endswith("embed_tokens.weight"):
+        elif k.endswith(("embed_tokens.weight", "backbone.embeddings.weight")):
             std = emb_std if emb_std is not None else 3.0 / np.sqrt(shape[-1])
             w = std * rng.standard_normal(shape)
         elif k == "lm_head.weight":
@@ -1752,8 +1779,43 @@ def make_reference(folder: Path, name: str, arch: dict, extra_native_bf16=False)
     }
     if native is not None:
         ref["native_bf16"] = native
+    if arch.get("ssm"):
+        ref.update(ssm_extras(model, folder, prompt_ids, hf_tok, write_cache=not name.endswith("-4bit")))
     del model
     return ref
+
+
+def ssm_extras(model, folder: Path, prompt_ids, hf_tok, write_cache: bool) -> dict:
+    """A long prompt (logits + greedy with chunked prefill) and, if asked,
+    mlx-lm's prompt cache of all prompt tokens but the last."""
+    from mlx_lm.models.cache import make_prompt_cache, save_prompt_cache
+
+    long_ids = hf_tok.encode(" ".join([PROMPT] * SSM_LONG_REPEAT))
+    assert len(long_ids) > 256, len(long_ids)
+    x = mx.array(long_ids, dtype=mx.int32)
+    logits = model(x[None])[0, -1].astype(mx.float32)
+    toks = []
+    for (t, _), _ in zip(
+        generate_step(x, model, max_tokens=N_GREEDY, prefill_step_size=SSM_PREFILL_STEP), range(N_GREEDY)
+    ):
+        toks.append(int(t))
+    out = {
+        "long_prompt_ids": long_ids,
+        "long_prefill_step_size": SSM_PREFILL_STEP,
+        "long_logits_last": f32_list(logits),
+        "long_greedy_tokens": toks,
+    }
+    if write_cache:
+        cache = make_prompt_cache(model)
+        model(mx.array(prompt_ids[:-1], dtype=mx.int32)[None], cache=cache)
+        mx.eval([c.state for c in cache])
+        save_prompt_cache(str(folder / "prompt_cache.safetensors"), cache, {"tokens": str(len(prompt_ids) - 1)})
+        out["prompt_cache"] = {
+            "file": "prompt_cache.safetensors",
+            "tokens": len(prompt_ids) - 1,
+            "classes": [type(c).__name__ for c in cache],
+        }
+    return out
 
 
 def convert_into(stage: Path, out: Path, base_json, fam, ids, **kw):

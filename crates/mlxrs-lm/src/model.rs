@@ -178,6 +178,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("nemotron", crate::models::nemotron::build),
     ("granitemoe", crate::models::granitemoe::build),
     ("olmoe", crate::models::olmoe::build),
+    ("mamba", crate::models::mamba::build),
   ]
 }
 

@@ -99,7 +99,9 @@ impl PromptCache {
   /// `tokens` are dropped (this one extends them), then the least recently
   /// used go until the bounds hold.
   pub fn insert(&mut self, tokens: Vec<i32>, caches: Vec<KvCache>) {
-    if self.max_entries == 0 || tokens.is_empty() {
+    // Recurrent state (SSM / linear-attention layers) cannot be cut back to
+    // a shorter prefix the way keys/values can: such caches are not reused.
+    if self.max_entries == 0 || tokens.is_empty() || caches.iter().any(KvCache::is_recurrent) {
       return;
     }
     self

@@ -1,0 +1,199 @@
+//! The model shell of state-space and hybrid architectures (mlx-lm's
+//! `mamba.py`, `mamba2.py`, `lfm2.py`, `qwen3_next.py`, ...): an embedding
+//! table, a stack of layers each with its own cache kind (an `ArraysCache`
+//! of recurrent state for SSM / linear-attention layers, a `KVCache` for
+//! attention layers), a final norm and an `lm_head` (or the tied
+//! embeddings). The causal mask comes from the first attention layer's cache
+//! (mlx-lm's `fa_idx`); recurrent layers take none (no left-padded batches).
+
+use std::collections::HashMap;
+
+use mlxrs_core::{Array, Result};
+use mlxrs_nn::{AttnMask, Embedding, KvCache, Linear, Module, Weights, join};
+
+use super::decoder::{Names, Norm, SanitizeFn};
+use crate::model::LanguageModel;
+
+/// One layer of a hybrid stack.
+pub(crate) trait HybridLayer: Module + Send {
+  /// The layer over `x` `[B, L, hidden]` (the residual included); `mask`
+  /// is the causal attention mask (unused by recurrent layers).
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array>;
+  /// A fresh cache of this layer's kind (python `make_cache` entry).
+  fn new_cache(&self) -> KvCache;
+  /// Whether the layer attends over a key/value cache.
+  fn is_attention(&self) -> bool;
+}
+
+/// The parts under the root: embeddings, layers, final norm.
+struct Inner {
+  embed: Embedding,
+  layers: Vec<Box<dyn HybridLayer>>,
+  norm: Box<dyn Norm>,
+  names: Names,
+}
+
+impl Module for Inner {
+  fn load(&mut self, w: &mut Weights, prefix: &str) {
+    self.embed.load(w, &join(prefix, self.names.embed));
+    self.layers.load(w, &join(prefix, self.names.layers));
+    self.norm.load(w, &join(prefix, self.names.norm));
+  }
+  fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    self.embed.visit(&join(prefix, self.names.embed), f);
+    self.layers.visit(&join(prefix, self.names.layers), f);
+    self.norm.visit(&join(prefix, self.names.norm), f);
+  }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self.embed.visit_mut(&join(prefix, self.names.embed), f);
+    self.layers.visit_mut(&join(prefix, self.names.layers), f);
+    self.norm.visit_mut(&join(prefix, self.names.norm), f);
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    self.embed.visit_frozen(&join(prefix, self.names.embed), f);
+    self
+      .layers
+      .visit_frozen(&join(prefix, self.names.layers), f);
+    self.norm.visit_frozen(&join(prefix, self.names.norm), f);
+  }
+  fn set_training(&mut self, training: bool) {
+    self.layers.set_training(training);
+  }
+  fn visit_quantizable_mut(
+    &mut self,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &mut dyn mlxrs_nn::Quantizable),
+  ) {
+    self
+      .embed
+      .visit_quantizable_mut(&join(prefix, self.names.embed), f);
+    self
+      .layers
+      .visit_quantizable_mut(&join(prefix, self.names.layers), f);
+  }
+}
+
+/// A hybrid (or purely recurrent) language model.
+pub(crate) struct HybridLm {
+  model: Inner,
+  lm_head: Option<Linear>,
+  vocab_size: i32,
+  sanitize: Option<SanitizeFn>,
+}
+
+impl Module for HybridLm {
+  fn load(&mut self, w: &mut Weights, prefix: &str) {
+    let root = self.model.names.root;
+    self.model.load(w, &join(prefix, root));
+    self.lm_head.load(w, &join(prefix, self.model.names.head));
+  }
+  fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    self.model.visit(&join(prefix, self.model.names.root), f);
+    self.lm_head.visit(&join(prefix, self.model.names.head), f);
+  }
+  fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    let root = self.model.names.root;
+    self.model.visit_mut(&join(prefix, root), f);
+    let head = self.model.names.head;
+    self.lm_head.visit_mut(&join(prefix, head), f);
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    let (root, head) = (self.model.names.root, self.model.names.head);
+    self.model.visit_frozen(&join(prefix, root), f);
+    self.lm_head.visit_frozen(&join(prefix, head), f);
+  }
+  fn set_training(&mut self, training: bool) {
+    self.model.set_training(training);
+  }
+  fn visit_quantizable_mut(
+    &mut self,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &mut dyn mlxrs_nn::Quantizable),
+  ) {
+    let (root, head) = (self.model.names.root, self.model.names.head);
+    self.model.visit_quantizable_mut(&join(prefix, root), f);
+    self.lm_head.visit_quantizable_mut(&join(prefix, head), f);
+  }
+}
+
+impl HybridLm {
+  /// Assemble; `lm_head` `None` ties the output projection to the
+  /// embeddings (a tied checkpoint's `lm_head.*` is dropped by sanitize).
+  pub fn new(
+    embed: Embedding,
+    layers: Vec<Box<dyn HybridLayer>>,
+    norm: Box<dyn Norm>,
+    lm_head: Option<Linear>,
+    names: Names,
+    vocab_size: i32,
+    sanitize: Option<SanitizeFn>,
+  ) -> HybridLm {
+    HybridLm {
+      model: Inner {
+        embed,
+        layers,
+        norm,
+        names,
+      },
+      lm_head,
+      vocab_size,
+      sanitize,
+    }
+  }
+}
+
+impl LanguageModel for HybridLm {
+  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    super::base::check_caches(caches.len(), self.model.layers.len())?;
+    let mut h = self.model.embed.forward(tokens)?;
+    let n = h.dim(1).unwrap_or(1);
+    let mask = match self.model.layers.iter().position(|l| l.is_attention()) {
+      Some(i) => caches[i].make_mask(n, None)?,
+      None => AttnMask::None,
+    };
+    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
+      h = layer.forward(&h, &mask, cache)?;
+    }
+    self.model.norm.apply(&h)
+  }
+
+  fn logits(&self, hidden: &Array) -> Result<Array> {
+    match &self.lm_head {
+      Some(head) => head.forward(hidden),
+      None => self.model.embed.as_linear(hidden),
+    }
+  }
+
+  /// mlx-lm's `make_cache`: each layer's own kind. `max_kv_size` is
+  /// refused by generation for models with recurrent layers
+  /// (`TokenGenerator::new`), so it is not applied here.
+  fn make_caches(&self, _max_kv_size: Option<i32>) -> Vec<KvCache> {
+    self.model.layers.iter().map(|l| l.new_cache()).collect()
+  }
+
+  fn load(&mut self, w: &mut Weights) {
+    Module::load(self, w, "");
+  }
+
+  fn sanitize(&self, weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
+    let mut weights = match self.sanitize {
+      Some(f) => f(weights)?,
+      None => weights,
+    };
+    if self.lm_head.is_none() {
+      let head = self.model.names.head;
+      for kind in ["weight", "scales", "biases", "bias"] {
+        weights.remove(&format!("{head}.{kind}"));
+      }
+    }
+    Ok(weights)
+  }
+
+  fn vocab_size(&self) -> i32 {
+    self.vocab_size
+  }
+
+  fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
+    Module::visit(self, "", f);
+  }
+}
