@@ -1502,6 +1502,28 @@ ARCHS = [
             tie_word_embeddings=True,
         ),
     ),
+    dict(
+        name="mamba2",
+        ssm=True,
+        init=dict(final_norm=2.0, salt=3),
+        family="qwen2",
+        notes="Mamba-2 style: no attention; in_proj -> gate | conv(x, B, C) | dt; depthwise causal conv (kernel 4, bias); chunked SSD scan (8 heads x 16, 2 groups, d_state 16, time_step_limit [0.001, 100]); gated RMSNorm; out_proj; untied lm_head; caches ArraysCache(2) per layer",
+        config=dict(
+            architectures=["Mamba2ForCausalLM"],
+            model_type="mamba2",
+            conv_kernel=4,
+            head_dim=16,
+            layer_norm_epsilon=1e-5,
+            n_groups=2,
+            num_heads=8,
+            state_size=16,
+            time_step_limit=[0.001, 100.0],
+            time_step_rank=4,
+            use_bias=False,
+            use_conv_bias=True,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # Prompt tokens per prefill chunk for the SSM long-prompt references.

@@ -136,7 +136,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
 pub type Builder = fn(&Value) -> Result<Box<dyn LanguageModel>>;
 
 /// `model_type` aliases (mlx-lm's `MODEL_REMAPPING`).
-pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama")];
+pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama"), ("falcon_mamba", "mamba")];
 
 /// The registry: `model_type` -> builder.
 pub fn registry() -> Vec<(&'static str, Builder)> {
@@ -179,6 +179,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("granitemoe", crate::models::granitemoe::build),
     ("olmoe", crate::models::olmoe::build),
     ("mamba", crate::models::mamba::build),
+    ("mamba2", crate::models::mamba2::build),
   ]
 }
 

@@ -222,4 +222,5 @@ macro_rules! ssm_fixtures {
 
 ssm_fixtures! {
   mamba => "mamba", "time_step_rank" = serde_json::json!("bogus");
+  mamba2 => "mamba2", "norm_before_gate" = serde_json::json!(true);
 }

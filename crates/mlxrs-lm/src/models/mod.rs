@@ -24,6 +24,7 @@ pub mod internlm2;
 pub mod internlm3;
 pub mod llama;
 pub mod mamba;
+pub mod mamba2;
 pub mod mimo;
 pub mod minicpm;
 pub mod mixtral;
