@@ -1524,6 +1524,29 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="lfm2",
+        ssm=True,
+        init=dict(emb_std=0.1, final_norm=4.0, salt=2),
+        family="qwen2",
+        notes="LFM2 style: 3 layers, layer 1 attention (GQA 4q/2kv, q/k_layernorm, RoPE via rope_parameters), layers 0 and 2 gated short convolutions (conv_L_cache 3, bias) with ArraysCache(1); SwiGLU w1/w3/w2 with auto-adjusted ff dim (block_ff_dim 96 -> 64); final embedding_norm; tied",
+        config=dict(
+            architectures=["Lfm2ForCausalLM"],
+            model_type="lfm2",
+            block_auto_adjust_ff_dim=True,
+            block_dim=64,
+            block_ff_dim=96,
+            block_ffn_dim_multiplier=1.0,
+            block_multiple_of=32,
+            conv_L_cache=3,
+            conv_bias=True,
+            layer_types=["conv", "full_attention", "conv"],
+            norm_eps=1e-5,
+            num_hidden_layers=3,
+            rope_parameters=dict(rope_theta=1000000.0, rope_type="default"),
+            tie_word_embeddings=True,
+        ),
+    ),
 ]
 
 # Prompt tokens per prefill chunk for the SSM long-prompt references.

@@ -180,6 +180,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("olmoe", crate::models::olmoe::build),
     ("mamba", crate::models::mamba::build),
     ("mamba2", crate::models::mamba2::build),
+    ("lfm2", crate::models::lfm2::build),
   ]
 }
 

@@ -223,4 +223,5 @@ macro_rules! ssm_fixtures {
 ssm_fixtures! {
   mamba => "mamba", "time_step_rank" = serde_json::json!("bogus");
   mamba2 => "mamba2", "norm_before_gate" = serde_json::json!(true);
+  lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }

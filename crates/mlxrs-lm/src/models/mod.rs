@@ -22,6 +22,7 @@ pub mod helium;
 pub(crate) mod hybrid;
 pub mod internlm2;
 pub mod internlm3;
+pub mod lfm2;
 pub mod llama;
 pub mod mamba;
 pub mod mamba2;
