@@ -181,6 +181,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("mamba", crate::models::mamba::build),
     ("mamba2", crate::models::mamba2::build),
     ("lfm2", crate::models::lfm2::build),
+    ("qwen3_next", crate::models::qwen3_next::build),
   ]
 }
 

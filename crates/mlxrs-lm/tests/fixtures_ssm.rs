@@ -223,5 +223,6 @@ macro_rules! ssm_fixtures {
 ssm_fixtures! {
   mamba => "mamba", "time_step_rank" = serde_json::json!("bogus");
   mamba2 => "mamba2", "norm_before_gate" = serde_json::json!(true);
+  qwen3_next => "qwen3_next", "layer_types" = serde_json::json!(["full_attention", "linear_attention", "full_attention"]);
   lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }
