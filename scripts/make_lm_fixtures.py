@@ -1578,6 +1578,54 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="qwen3_5",
+        ssm=True,
+        init=dict(salt=5),
+        family="qwen2",
+        notes="Qwen3.5 (text) style: 3 layers, full_attention_interval 2 (layers 0, 2 GatedDeltaNet with separate in_proj_qkv / z / b / a: 2 key / 4 value heads of 16, conv kernel 4; layer 1 gated attention 4q/2kv head_dim 16, RoPE from rope_parameters, partial 0.5); dense SwiGLU; weights under language_model.; untied",
+        config=dict(
+            architectures=["Qwen3_5ForConditionalGeneration"],
+            model_type="qwen3_5",
+            full_attention_interval=2,
+            head_dim=16,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_value_head_dim=16,
+            num_hidden_layers=3,
+            rms_norm_eps=1e-6,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5),
+            tie_word_embeddings=False,
+        ),
+    ),
+    dict(
+        name="qwen3_5_moe",
+        ssm=True,
+        init=dict(emb_std=0.1, final_norm=4.0, salt=0),
+        family="qwen2",
+        notes="Qwen3.5-MoE (text) style: as qwen3_5 with every MLP a 4-expert top-2 softmax MoE (renormalised) + sigmoid-gated shared expert; tied embeddings; 4-bit: routers 8-bit/g64",
+        config=dict(
+            architectures=["Qwen3_5MoeForConditionalGeneration"],
+            model_type="qwen3_5_moe",
+            full_attention_interval=2,
+            head_dim=16,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_value_head_dim=16,
+            moe_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_hidden_layers=3,
+            rms_norm_eps=1e-6,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5),
+            shared_expert_intermediate_size=32,
+            tie_word_embeddings=True,
+        ),
+    ),
 ]
 
 # Prompt tokens per prefill chunk for the SSM long-prompt references.
@@ -1681,7 +1729,7 @@ def init_params(
             w = 0.1 * rng.standard_normal(shape)
             if k.endswith(POST_NORMS) and mod in offset_norms:
                 w = w + (post_norm - 1.0)
-            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight", "backbone.norm_f.weight", "model.embedding_norm.weight"):
+            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight", "backbone.norm_f.weight", "model.embedding_norm.weight", "language_model.model.norm.weight"):
                 w = (final_norm_std / 0.1) * w + (final_norm - 1.0)
             if mod not in offset_norms:
                 w = 1.0 + w
@@ -1694,7 +1742,7 @@ def init_params(
         elif k.endswith(("embed_tokens.weight", "backbone.embeddings.weight")):
             std = emb_std if emb_std is not None else 3.0 / np.sqrt(shape[-1])
             w = std * rng.standard_normal(shape)
-        elif k == "lm_head.weight":
+        elif k in ("lm_head.weight", "language_model.lm_head.weight"):
             w = (3.0 / np.sqrt(shape[-1])) * rng.standard_normal(shape)
         elif k.endswith("mlp.gate.weight") or k.endswith("mlp.router.weight") or k.endswith(
             "block_sparse_moe.gate.weight"

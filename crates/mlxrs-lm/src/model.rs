@@ -182,6 +182,8 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("mamba2", crate::models::mamba2::build),
     ("lfm2", crate::models::lfm2::build),
     ("qwen3_next", crate::models::qwen3_next::build),
+    ("qwen3_5", crate::models::qwen3_5::build),
+    ("qwen3_5_moe", crate::models::qwen3_5::build),
   ]
 }
 

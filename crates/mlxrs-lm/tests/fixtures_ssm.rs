@@ -224,5 +224,7 @@ ssm_fixtures! {
   mamba => "mamba", "time_step_rank" = serde_json::json!("bogus");
   mamba2 => "mamba2", "norm_before_gate" = serde_json::json!(true);
   qwen3_next => "qwen3_next", "layer_types" = serde_json::json!(["full_attention", "linear_attention", "full_attention"]);
+  qwen3_5 => "qwen3_5", "layer_types" = serde_json::json!(["linear_attention", "linear_attention", "full_attention"]);
+  qwen3_5_moe => "qwen3_5_moe", "num_experts_per_tok" = serde_json::json!(9);
   lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }

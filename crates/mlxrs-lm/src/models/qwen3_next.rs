@@ -515,6 +515,27 @@ impl LanguageModel for Qwen3Next {
   }
 }
 
+/// HF configs may list `layer_types`; mlx-lm places attention by
+/// `full_attention_interval` only, so a list that disagrees with it is
+/// refused by name.
+pub(crate) fn check_layer_types(
+  config: &Value,
+  arch: &str,
+  n_layers: i32,
+  interval: i32,
+) -> Result<()> {
+  let want: Vec<Value> = (0..n_layers)
+    .map(|i| {
+      Value::from(if (i + 1) % interval != 0 {
+        "linear_attention"
+      } else {
+        "full_attention"
+      })
+    })
+    .collect();
+  super::base::reject_unhandled(config, arch, "layer_types", |v| v.as_array() == Some(&want))
+}
+
 /// Registry entry for `qwen3_next`.
 pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let a: Qwen3NextArgs = parse_args(config)?;
@@ -544,20 +565,12 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
     eps: a.rms_norm_eps,
   };
   d.check("qwen3_next")?;
-  // HF configs may list `layer_types`; mlx-lm places attention by
-  // `full_attention_interval` only, so a list that disagrees is refused.
-  let want: Vec<Value> = (0..a.num_hidden_layers)
-    .map(|i| {
-      Value::from(if (i + 1) % a.full_attention_interval != 0 {
-        "linear_attention"
-      } else {
-        "full_attention"
-      })
-    })
-    .collect();
-  super::base::reject_unhandled(config, "qwen3_next", "layer_types", |v| {
-    v.as_array() == Some(&want)
-  })?;
+  check_layer_types(
+    config,
+    "qwen3_next",
+    a.num_hidden_layers,
+    a.full_attention_interval,
+  )?;
   let rope_dims = (a.head_dim as f32 * a.partial_rotary_factor) as i32;
   let eps = a.rms_norm_eps;
   let mut layers: Vec<Box<dyn HybridLayer>> = Vec::new();
