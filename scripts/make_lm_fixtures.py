@@ -1626,6 +1626,33 @@ ARCHS = [
             tie_word_embeddings=True,
         ),
     ),
+    dict(
+        name="nemotron_h",
+        ssm=True,
+        init=dict(salt=9),
+        family="qwen2",
+        notes="Nemotron-H style: hybrid_override_pattern M-*M- (Mamba-2 mixers: 8 heads x 16, 2 groups, d_state 16, conv kernel 4, group-wise gated RMSNorm; attention without positional encoding 4q/2kv; squared-ReLU MLPs with no cache); untied lm_head",
+        config=dict(
+            architectures=["NemotronHForCausalLM"],
+            model_type="nemotron_h",
+            attention_bias=False,
+            conv_kernel=4,
+            head_dim=16,
+            hybrid_override_pattern="M-*M-",
+            layer_norm_epsilon=1e-5,
+            mamba_head_dim=16,
+            mamba_num_heads=8,
+            mamba_proj_bias=False,
+            mlp_bias=False,
+            n_groups=2,
+            num_hidden_layers=5,
+            ssm_state_size=16,
+            time_step_limit=[0.0, 1000.0],
+            use_bias=False,
+            use_conv_bias=True,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # Prompt tokens per prefill chunk for the SSM long-prompt references.

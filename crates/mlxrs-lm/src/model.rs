@@ -183,6 +183,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("lfm2", crate::models::lfm2::build),
     ("qwen3_next", crate::models::qwen3_next::build),
     ("qwen3_5", crate::models::qwen3_5::build),
+    ("nemotron_h", crate::models::nemotron_h::build),
     ("qwen3_5_moe", crate::models::qwen3_5::build),
   ]
 }

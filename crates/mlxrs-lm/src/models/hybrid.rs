@@ -5,6 +5,7 @@
 //! attention layers), a final norm and an `lm_head` (or the tied
 //! embeddings). The causal mask comes from the first attention layer's cache
 //! (mlx-lm's `fa_idx`); recurrent layers take none (no left-padded batches).
+//! Layers without state (Nemotron-H's MLP blocks) have no cache entry.
 
 use std::collections::HashMap;
 
@@ -19,8 +20,10 @@ pub(crate) trait HybridLayer: Module + Send {
   /// The layer over `x` `[B, L, hidden]` (the residual included); `mask`
   /// is the causal attention mask (unused by recurrent layers).
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array>;
-  /// A fresh cache of this layer's kind (python `make_cache` entry).
-  fn new_cache(&self) -> KvCache;
+  /// A fresh cache of this layer's kind (python `make_cache` entry);
+  /// `None` for a layer that keeps no state (Nemotron-H's MLP blocks: the
+  /// model's cache list then has no entry for it).
+  fn new_cache(&self) -> Option<KvCache>;
   /// Whether the layer attends over a key/value cache.
   fn is_attention(&self) -> bool;
 }
@@ -144,15 +147,32 @@ impl HybridLm {
 
 impl LanguageModel for HybridLm {
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-    super::base::check_caches(caches.len(), self.model.layers.len())?;
+    // Cache slot of each layer (stateless layers have none).
+    let mut slots = Vec::with_capacity(self.model.layers.len());
+    let mut next = 0;
+    for l in &self.model.layers {
+      let has = l.new_cache().is_some();
+      slots.push(has.then_some(next));
+      next += has as usize;
+    }
+    super::base::check_caches(caches.len(), next)?;
     let mut h = self.model.embed.forward(tokens)?;
     let n = h.dim(1).unwrap_or(1);
-    let mask = match self.model.layers.iter().position(|l| l.is_attention()) {
+    let first_attn = self
+      .model
+      .layers
+      .iter()
+      .zip(&slots)
+      .find_map(|(l, s)| if l.is_attention() { *s } else { None });
+    let mask = match first_attn {
       Some(i) => caches[i].make_mask(n, None)?,
       None => AttnMask::None,
     };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      h = layer.forward(&h, &mask, cache)?;
+    for (layer, slot) in self.model.layers.iter().zip(&slots) {
+      h = match slot {
+        Some(i) => layer.forward(&h, &mask, &mut caches[*i])?,
+        None => layer.forward(&h, &mask, &mut KvCache::standard())?,
+      };
     }
     self.model.norm.apply(&h)
   }
@@ -168,7 +188,12 @@ impl LanguageModel for HybridLm {
   /// refused by generation for models with recurrent layers
   /// (`TokenGenerator::new`), so it is not applied here.
   fn make_caches(&self, _max_kv_size: Option<i32>) -> Vec<KvCache> {
-    self.model.layers.iter().map(|l| l.new_cache()).collect()
+    self
+      .model
+      .layers
+      .iter()
+      .filter_map(|l| l.new_cache())
+      .collect()
   }
 
   fn load(&mut self, w: &mut Weights) {

@@ -142,12 +142,14 @@ impl HybridLayer for Layer {
       .forward(&swiglu(&f.w1.forward(&g)?, &f.w3.forward(&g)?)?)?;
     &h + &y
   }
-  fn new_cache(&self) -> KvCache {
-    if self.self_attn.is_some() {
-      KvCache::standard()
-    } else {
-      KvCache::arrays(1)
-    }
+  fn new_cache(&self) -> Option<KvCache> {
+    Some({
+      if self.self_attn.is_some() {
+        KvCache::standard()
+      } else {
+        KvCache::arrays(1)
+      }
+    })
   }
   fn is_attention(&self) -> bool {
     self.self_attn.is_some()

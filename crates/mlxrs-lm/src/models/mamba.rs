@@ -128,8 +128,8 @@ impl HybridLayer for Block {
     cache.offset += x.dim(1).unwrap_or(0);
     ops::add(&y, x)
   }
-  fn new_cache(&self) -> KvCache {
-    KvCache::arrays(2)
+  fn new_cache(&self) -> Option<KvCache> {
+    Some({ KvCache::arrays(2) })
   }
   fn is_attention(&self) -> bool {
     false

@@ -53,17 +53,26 @@ pub struct Mamba2Args {
 }
 
 /// The gated RMSNorm (python `MambaRMSNormGated`): `rms_norm(silu(gate) *
-/// x) * weight`, over the whole inner dimension.
+/// x) * weight`, over the whole inner dimension (mamba2), or over groups of
+/// `group` channels (Nemotron-H, Falcon-H1, GraniteMoeHybrid).
 pub(crate) struct GatedRmsNorm {
   pub weight: Param,
   pub eps: f32,
+  pub group: Option<i32>,
 }
 module!(GatedRmsNorm { weight });
 
 impl GatedRmsNorm {
   pub fn forward(&self, x: &Array, gate: &Array) -> Result<Array> {
     let x = mlxrs_nn::swiglu(gate, x)?;
-    mlxrs_core::fast::rms_norm(&x, Some(&self.weight.value), self.eps)
+    match self.group {
+      None => mlxrs_core::fast::rms_norm(&x, Some(&self.weight.value), self.eps),
+      Some(g) => {
+        let x = ops::unflatten(&x, -1, &[-1, g])?;
+        let x = mlxrs_core::fast::rms_norm(&x, None, self.eps)?;
+        &self.weight.value * &ops::flatten(&x, -2, -1)?
+      }
+    }
   }
 }
 
@@ -106,6 +115,7 @@ impl Mamba2Mixer {
     bias: bool,
     conv_bias: bool,
     eps: f32,
+    norm_group: Option<i32>,
     time_step_limit: (f32, f32),
   ) -> Result<Mamba2Mixer> {
     let inner = heads * head_dim;
@@ -119,6 +129,7 @@ impl Mamba2Mixer {
       norm: GatedRmsNorm {
         weight: Param::new(&[inner]),
         eps,
+        group: norm_group,
       },
       out_proj: Linear::new(inner, hidden, bias),
       heads,
@@ -127,6 +138,13 @@ impl Mamba2Mixer {
       state,
       time_step_limit,
     })
+  }
+
+  /// The same mixer with `A_log` kept in its checkpoint dtype (python
+  /// `cast_predicate` of Nemotron-H / Falcon-H1 / GraniteMoeHybrid).
+  pub fn with_raw_a_log(mut self) -> Mamba2Mixer {
+    self.a_log = Param::new_uncast(&[self.heads]);
+    self
   }
 
   /// `x` `[B, L, hidden]` over the `ArraysCache(2)` `cache`.
@@ -175,8 +193,8 @@ impl HybridLayer for Block {
     cache.offset += x.dim(1).unwrap_or(0);
     ops::add(&y, x)
   }
-  fn new_cache(&self) -> KvCache {
-    KvCache::arrays(2)
+  fn new_cache(&self) -> Option<KvCache> {
+    Some({ KvCache::arrays(2) })
   }
   fn is_attention(&self) -> bool {
     false
@@ -237,6 +255,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
         a.use_bias,
         a.use_conv_bias,
         a.layer_norm_epsilon,
+        None,
         limit,
       )?,
       norm: RmsNorm::new(h, 1e-5),

@@ -33,6 +33,7 @@ pub mod mixtral;
 pub(crate) mod mlp;
 pub(crate) mod moe;
 pub mod nemotron;
+pub mod nemotron_h;
 pub mod olmo2;
 pub mod olmo3;
 pub mod olmoe;

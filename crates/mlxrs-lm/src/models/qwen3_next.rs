@@ -422,12 +422,14 @@ impl HybridLayer for Layer {
       .mlp
       .forward(&self.post_attention_layernorm.forward(&h)?)?
   }
-  fn new_cache(&self) -> KvCache {
-    if self.linear_attn.is_some() {
-      KvCache::arrays(2)
-    } else {
-      KvCache::standard()
-    }
+  fn new_cache(&self) -> Option<KvCache> {
+    Some({
+      if self.linear_attn.is_some() {
+        KvCache::arrays(2)
+      } else {
+        KvCache::standard()
+      }
+    })
   }
   fn is_attention(&self) -> bool {
     self.self_attn.is_some()
