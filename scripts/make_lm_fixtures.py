@@ -1653,6 +1653,35 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="falcon_h1",
+        ssm=True,
+        init=dict(emb_std=0.1, final_norm=4.0, salt=5),
+        family="qwen2",
+        notes="Falcon-H1 style: every layer a Mamba-2 mixer (8 heads x 16, 2 groups, d_state 16, conv kernel 4, mamba_rms_norm with norm_before_gate) in parallel with RoPE attention (4q/2kv, head_dim 16), then SwiGLU; tied head scaled by lm_head_multiplier / embedding_multiplier; caches CacheList(ArraysCache(2), KVCache()) per layer",
+        config=dict(
+            architectures=["FalconH1ForCausalLM"],
+            model_type="falcon_h1",
+            embedding_multiplier=2.0,
+            head_dim=16,
+            lm_head_multiplier=3.0,
+            mamba_chunk_size=128,
+            mamba_conv_bias=True,
+            mamba_d_conv=4,
+            mamba_d_head=16,
+            mamba_d_ssm=128,
+            mamba_d_state=16,
+            mamba_n_groups=2,
+            mamba_n_heads=8,
+            mamba_norm_before_gate=True,
+            mamba_proj_bias=False,
+            mamba_rms_norm=True,
+            projectors_bias=False,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
 ]
 
 # Prompt tokens per prefill chunk for the SSM long-prompt references.
@@ -1756,7 +1785,7 @@ def init_params(
             w = 0.1 * rng.standard_normal(shape)
             if k.endswith(POST_NORMS) and mod in offset_norms:
                 w = w + (post_norm - 1.0)
-            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight", "backbone.norm_f.weight", "model.embedding_norm.weight", "language_model.model.norm.weight"):
+            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight", "backbone.norm_f.weight", "model.embedding_norm.weight", "language_model.model.norm.weight", "model.final_layernorm.weight"):
                 w = (final_norm_std / 0.1) * w + (final_norm - 1.0)
             if mod not in offset_norms:
                 w = 1.0 + w

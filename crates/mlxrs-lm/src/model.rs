@@ -184,6 +184,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("qwen3_next", crate::models::qwen3_next::build),
     ("qwen3_5", crate::models::qwen3_5::build),
     ("nemotron_h", crate::models::nemotron_h::build),
+    ("falcon_h1", crate::models::falcon_h1::build),
     ("qwen3_5_moe", crate::models::qwen3_5::build),
   ]
 }

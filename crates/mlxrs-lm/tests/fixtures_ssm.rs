@@ -227,5 +227,6 @@ ssm_fixtures! {
   qwen3_5 => "qwen3_5", "layer_types" = serde_json::json!(["linear_attention", "linear_attention", "full_attention"]);
   qwen3_5_moe => "qwen3_5_moe", "num_experts_per_tok" = serde_json::json!(9);
   nemotron_h => "nemotron_h", "hybrid_override_pattern" = serde_json::json!("M-*E-");
+  falcon_h1 => "falcon_h1", "mamba_d_ssm" = serde_json::json!(96);
   lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }

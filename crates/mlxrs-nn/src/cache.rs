@@ -816,6 +816,12 @@ impl KvCache {
   /// `create_attention_mask`), with an optional sliding `window`.
   pub fn make_mask(&self, n: i32, window: Option<i32>) -> Result<crate::AttnMask> {
     use crate::attention::{AttnMask, causal_mask};
+    if let State::List(l) = &self.state {
+      // A hybrid layer's list: the mask of its key/value cache.
+      if let Some(kv) = l.iter().find(|c| !c.is_recurrent_state()) {
+        return kv.make_mask(n, window);
+      }
+    }
     match self.state {
       State::Rotating { max_size, .. } => {
         if n > 1 {

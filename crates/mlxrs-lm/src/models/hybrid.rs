@@ -82,6 +82,7 @@ pub(crate) struct HybridLm {
   lm_head: Option<Linear>,
   vocab_size: i32,
   sanitize: Option<SanitizeFn>,
+  logit_scale: Option<f32>,
 }
 
 impl Module for HybridLm {
@@ -141,7 +142,15 @@ impl HybridLm {
       lm_head,
       vocab_size,
       sanitize,
+      logit_scale: None,
     }
+  }
+
+  /// The same model with its logits multiplied by `s` (Falcon-H1's tied
+  /// `lm_head_multiplier / embedding_multiplier`).
+  pub fn with_logit_scale(mut self, s: Option<f32>) -> HybridLm {
+    self.logit_scale = s;
+    self
   }
 }
 
@@ -178,9 +187,13 @@ impl LanguageModel for HybridLm {
   }
 
   fn logits(&self, hidden: &Array) -> Result<Array> {
-    match &self.lm_head {
-      Some(head) => head.forward(hidden),
-      None => self.model.embed.as_linear(hidden),
+    let out = match &self.lm_head {
+      Some(head) => head.forward(hidden)?,
+      None => self.model.embed.as_linear(hidden)?,
+    };
+    match self.logit_scale {
+      Some(s) => out * s,
+      None => Ok(out),
     }
   }
 

@@ -143,12 +143,10 @@ impl HybridLayer for Layer {
     &h + &y
   }
   fn new_cache(&self) -> Option<KvCache> {
-    Some({
-      if self.self_attn.is_some() {
-        KvCache::standard()
-      } else {
-        KvCache::arrays(1)
-      }
+    Some(if self.self_attn.is_some() {
+      KvCache::standard()
+    } else {
+      KvCache::arrays(1)
     })
   }
   fn is_attention(&self) -> bool {

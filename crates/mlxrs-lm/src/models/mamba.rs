@@ -129,7 +129,7 @@ impl HybridLayer for Block {
     ops::add(&y, x)
   }
   fn new_cache(&self) -> Option<KvCache> {
-    Some({ KvCache::arrays(2) })
+    Some(KvCache::arrays(2))
   }
   fn is_attention(&self) -> bool {
     false

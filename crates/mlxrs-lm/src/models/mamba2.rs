@@ -54,16 +54,23 @@ pub struct Mamba2Args {
 
 /// The gated RMSNorm (python `MambaRMSNormGated`): `rms_norm(silu(gate) *
 /// x) * weight`, over the whole inner dimension (mamba2), or over groups of
-/// `group` channels (Nemotron-H, Falcon-H1, GraniteMoeHybrid).
+/// `group` channels (Nemotron-H, GraniteMoeHybrid); with `before_gate`,
+/// `silu(gate) * rms_norm(x) * weight` (Falcon-H1's
+/// `mamba_norm_before_gate`).
 pub(crate) struct GatedRmsNorm {
   pub weight: Param,
   pub eps: f32,
   pub group: Option<i32>,
+  pub before_gate: bool,
 }
 module!(GatedRmsNorm { weight });
 
 impl GatedRmsNorm {
   pub fn forward(&self, x: &Array, gate: &Array) -> Result<Array> {
+    if self.before_gate {
+      let n = mlxrs_core::fast::rms_norm(x, Some(&self.weight.value), self.eps)?;
+      return mlxrs_nn::swiglu(gate, &n);
+    }
     let x = mlxrs_nn::swiglu(gate, x)?;
     match self.group {
       None => mlxrs_core::fast::rms_norm(&x, Some(&self.weight.value), self.eps),
@@ -84,7 +91,9 @@ pub(crate) struct Mamba2Mixer {
   pub dt_bias: Param,
   pub a_log: Param,
   pub d: Param,
-  pub norm: GatedRmsNorm,
+  /// `None`: no norm, the output is `silu(gate) * y` (Falcon-H1 without
+  /// `mamba_rms_norm`).
+  pub norm: Option<GatedRmsNorm>,
   pub out_proj: Linear,
   pub heads: i32,
   pub head_dim: i32,
@@ -126,11 +135,12 @@ impl Mamba2Mixer {
       dt_bias: Param::new(&[heads]),
       a_log: Param::new(&[heads]),
       d: Param::new(&[heads]),
-      norm: GatedRmsNorm {
+      norm: Some(GatedRmsNorm {
         weight: Param::new(&[inner]),
         eps,
         group: norm_group,
-      },
+        before_gate: false,
+      }),
       out_proj: Linear::new(inner, hidden, bias),
       heads,
       head_dim,
@@ -177,7 +187,11 @@ impl Mamba2Mixer {
     slots.set(0, conv_state)?;
     slots.set(1, state)?;
     let y = y.reshape(&[b, l, inner])?;
-    self.out_proj.forward(&self.norm.forward(&y, gate)?)
+    let y = match &self.norm {
+      Some(n) => n.forward(&y, gate)?,
+      None => mlxrs_nn::swiglu(gate, &y)?,
+    };
+    self.out_proj.forward(&y)
   }
 }
 
@@ -194,7 +208,7 @@ impl HybridLayer for Block {
     ops::add(&y, x)
   }
   fn new_cache(&self) -> Option<KvCache> {
-    Some({ KvCache::arrays(2) })
+    Some(KvCache::arrays(2))
   }
   fn is_attention(&self) -> bool {
     false

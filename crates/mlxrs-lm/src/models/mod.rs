@@ -9,6 +9,7 @@ pub mod deepseek_v3;
 pub mod ernie4_5;
 pub mod exaone;
 pub mod exaone4;
+pub mod falcon_h1;
 pub(crate) mod gated_delta;
 pub mod gemma;
 pub mod gemma2;

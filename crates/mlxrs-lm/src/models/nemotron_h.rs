@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use mlxrs_core::{Array, Error, Result, ops};
+use mlxrs_core::{Array, Error, Result};
 use mlxrs_nn::{AttnMask, Embedding, KvCache, Linear, RmsNorm, module, relu2};
 use serde::Deserialize;
 use serde_json::Value;

@@ -423,12 +423,10 @@ impl HybridLayer for Layer {
       .forward(&self.post_attention_layernorm.forward(&h)?)?
   }
   fn new_cache(&self) -> Option<KvCache> {
-    Some({
-      if self.linear_attn.is_some() {
-        KvCache::arrays(2)
-      } else {
-        KvCache::standard()
-      }
+    Some(if self.linear_attn.is_some() {
+      KvCache::arrays(2)
+    } else {
+      KvCache::standard()
     })
   }
   fn is_attention(&self) -> bool {
