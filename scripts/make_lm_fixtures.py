@@ -1682,6 +1682,32 @@ ARCHS = [
             tie_word_embeddings=True,
         ),
     ),
+    dict(
+        name="jamba",
+        ssm=True,
+        init=dict(salt=2),
+        family="qwen2",
+        notes="Jamba style: 3 layers, attention (no positional encoding, 4q/2kv) at layer 1 (attn_layer_period 2, offset 1), Mamba-1 mixers (expand 2, d_state 16, conv kernel 4, dt_rank auto, weighted RMSNorms on dt/B/C) at layers 0, 2; MoE (4 experts top-2, softmax over the chosen router logits) at layer 1 (expert_layer_period 2, offset 1), SwiGLU elsewhere; untied; 4-bit: router 8-bit/g64",
+        config=dict(
+            architectures=["JambaForCausalLM"],
+            model_type="jamba",
+            attn_layer_offset=1,
+            attn_layer_period=2,
+            expert_layer_offset=1,
+            expert_layer_period=2,
+            mamba_conv_bias=True,
+            mamba_d_conv=4,
+            mamba_d_state=16,
+            mamba_dt_rank="auto",
+            mamba_expand=2,
+            mamba_proj_bias=False,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_hidden_layers=3,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
+    ),
 ]
 
 # Prompt tokens per prefill chunk for the SSM long-prompt references.
@@ -1802,7 +1828,7 @@ def init_params(
             w = (3.0 / np.sqrt(shape[-1])) * rng.standard_normal(shape)
         elif k.endswith("mlp.gate.weight") or k.endswith("mlp.router.weight") or k.endswith(
             "block_sparse_moe.gate.weight"
-        ):
+        ) or k.endswith("feed_forward.router.weight"):
             w = (2.0 / np.sqrt(shape[-1])) * rng.standard_normal(shape)
         else:
             gain = branch_gain if k.endswith(BRANCH_OUT) else 1.0

@@ -228,5 +228,6 @@ ssm_fixtures! {
   qwen3_5_moe => "qwen3_5_moe", "num_experts_per_tok" = serde_json::json!(9);
   nemotron_h => "nemotron_h", "hybrid_override_pattern" = serde_json::json!("M-*E-");
   falcon_h1 => "falcon_h1", "mamba_d_ssm" = serde_json::json!(96);
+  jamba => "jamba", "layers_block_type" = serde_json::json!(["mamba", "attention", "linear"]);
   lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }

@@ -69,7 +69,9 @@ pub struct MambaArgs {
   pub mixer_rms_eps: f32,
 }
 
-struct Mixer {
+/// The Mamba-1 mixer (python `MambaBlock`), shared with Jamba
+/// (`JambaMambaMixer`: RMSNorms with weights on delta, B, C).
+pub(crate) struct Mixer {
   in_proj: Linear,
   conv1d: Conv1d,
   x_proj: Linear,
@@ -77,6 +79,9 @@ struct Mixer {
   a_log: Param,
   d: Param,
   out_proj: Linear,
+  dt_layernorm: Option<RmsNorm>,
+  b_layernorm: Option<RmsNorm>,
+  c_layernorm: Option<RmsNorm>,
   rank: i32,
   state: i32,
   bcdt_rms: Option<f32>,
@@ -88,11 +93,48 @@ module!(Mixer {
   dt_proj,
   a_log => "A_log",
   d => "D",
-  out_proj
+  out_proj,
+  dt_layernorm,
+  b_layernorm,
+  c_layernorm
 });
 
 impl Mixer {
-  fn forward(&self, x: &Array, cache: &mut KvCache) -> Result<Array> {
+  /// An unloaded mixer: `hidden` -> `inner` channels, SSM state `n`, conv
+  /// kernel `k`, time-step rank `rank`; `bcdt_rms` (Falcon-Mamba) RMS-
+  /// normalises delta/B/C without weights, `bcdt_norms` (Jamba) with
+  /// weighted RMSNorms of this eps.
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    hidden: i32,
+    inner: i32,
+    n: i32,
+    k: i32,
+    rank: i32,
+    bias: bool,
+    conv_bias: bool,
+    bcdt_rms: Option<f32>,
+    bcdt_norms: Option<f32>,
+  ) -> Result<Mixer> {
+    Ok(Mixer {
+      in_proj: Linear::new(hidden, 2 * inner, bias),
+      conv1d: Conv1d::new(inner, inner, k, 1, 0, 1, inner, conv_bias)?,
+      x_proj: Linear::new(inner, rank + 2 * n, false),
+      dt_proj: Linear::new(rank, inner, true),
+      a_log: Param::new(&[inner, n]),
+      d: Param::new(&[inner]),
+      out_proj: Linear::new(inner, hidden, bias),
+      dt_layernorm: bcdt_norms.map(|e| RmsNorm::new(rank, e)),
+      b_layernorm: bcdt_norms.map(|e| RmsNorm::new(n, e)),
+      c_layernorm: bcdt_norms.map(|e| RmsNorm::new(n, e)),
+      rank,
+      state: n,
+      bcdt_rms,
+    })
+  }
+
+  /// `x` `[B, T, hidden]` over the `ArraysCache(2)` `cache`.
+  pub fn forward(&self, x: &Array, cache: &mut KvCache) -> Result<Array> {
     let slots = cache.arrays_mut()?;
     let xz = self.in_proj.forward(x)?;
     let parts = ops::split(&xz, 2, -1)?;
@@ -107,6 +149,13 @@ impl Mixer {
       delta = mlxrs_core::fast::rms_norm(&delta, None, eps)?;
       b = mlxrs_core::fast::rms_norm(&b, None, eps)?;
       c = mlxrs_core::fast::rms_norm(&c, None, eps)?;
+    }
+    if let (Some(nd), Some(nb), Some(nc)) =
+      (&self.dt_layernorm, &self.b_layernorm, &self.c_layernorm)
+    {
+      delta = nd.forward(&delta)?;
+      b = nb.forward(&b)?;
+      c = nc.forward(&c)?;
     }
     let delta = mlxrs_nn::softplus(&self.dt_proj.forward(&delta)?)?;
     let (y, state) = selective_scan(&x, &delta, &b, &c, &a, &self.d.value, slots.get(1).cloned())?;
@@ -181,18 +230,17 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let mut layers: Vec<Box<dyn HybridLayer>> = Vec::new();
   for _ in 0..a.num_hidden_layers {
     layers.push(Box::new(Block {
-      mixer: Mixer {
-        in_proj: Linear::new(h, 2 * inner, a.use_bias),
-        conv1d: Conv1d::new(inner, inner, k, 1, 0, 1, inner, a.use_conv_bias)?,
-        x_proj: Linear::new(inner, rank + 2 * n, false),
-        dt_proj: Linear::new(rank, inner, true),
-        a_log: Param::new(&[inner, n]),
-        d: Param::new(&[inner]),
-        out_proj: Linear::new(inner, h, a.use_bias),
+      mixer: Mixer::new(
+        h,
+        inner,
+        n,
+        k,
         rank,
-        state: n,
-        bcdt_rms: bcdt.then_some(a.mixer_rms_eps),
-      },
+        a.use_bias,
+        a.use_conv_bias,
+        bcdt.then_some(a.mixer_rms_eps),
+        None,
+      )?,
       norm: RmsNorm::new(h, 1e-5),
     }));
   }

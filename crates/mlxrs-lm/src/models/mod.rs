@@ -24,6 +24,7 @@ pub mod helium;
 pub(crate) mod hybrid;
 pub mod internlm2;
 pub mod internlm3;
+pub mod jamba;
 pub mod lfm2;
 pub mod llama;
 pub mod mamba;
