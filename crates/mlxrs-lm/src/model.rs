@@ -186,6 +186,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("nemotron_h", crate::models::nemotron_h::build),
     ("falcon_h1", crate::models::falcon_h1::build),
     ("jamba", crate::models::jamba::build),
+    ("granitemoehybrid", crate::models::granitemoehybrid::build),
     ("qwen3_5_moe", crate::models::qwen3_5::build),
   ]
 }

@@ -229,5 +229,6 @@ ssm_fixtures! {
   nemotron_h => "nemotron_h", "hybrid_override_pattern" = serde_json::json!("M-*E-");
   falcon_h1 => "falcon_h1", "mamba_d_ssm" = serde_json::json!(96);
   jamba => "jamba", "layers_block_type" = serde_json::json!(["mamba", "attention", "linear"]);
+  granitemoehybrid => "granitemoehybrid", "position_embedding_type" = serde_json::json!("alibi");
   lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }

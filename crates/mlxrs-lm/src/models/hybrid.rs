@@ -83,6 +83,7 @@ pub(crate) struct HybridLm {
   vocab_size: i32,
   sanitize: Option<SanitizeFn>,
   logit_scale: Option<f32>,
+  embed_scale: Option<f32>,
 }
 
 impl Module for HybridLm {
@@ -143,7 +144,15 @@ impl HybridLm {
       vocab_size,
       sanitize,
       logit_scale: None,
+      embed_scale: None,
     }
+  }
+
+  /// The same model with its input embeddings multiplied by `s`
+  /// (GraniteMoeHybrid's `embedding_multiplier`).
+  pub fn with_embed_scale(mut self, s: Option<f32>) -> HybridLm {
+    self.embed_scale = s;
+    self
   }
 
   /// The same model with its logits multiplied by `s` (Falcon-H1's tied
@@ -166,6 +175,9 @@ impl LanguageModel for HybridLm {
     }
     super::base::check_caches(caches.len(), next)?;
     let mut h = self.model.embed.forward(tokens)?;
+    if let Some(s) = self.embed_scale {
+      h = (h * s)?;
+    }
     let n = h.dim(1).unwrap_or(1);
     let first_attn = self
       .model

@@ -14,11 +14,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::attention::{Attention, AttnDims};
-use super::base::last_axis;
 use super::decoder::Names;
 use super::hybrid::{HybridLayer, HybridLm};
 use super::mamba::{Mixer, sanitize_conv, time_step_rank};
 use super::mlp::SwiGluMlp;
+use super::moe::topk_then_softmax;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_auto() -> Value {
@@ -91,14 +91,7 @@ module!(Moe { router, switch_mlp });
 
 impl Moe {
   fn forward(&self, x: &Array) -> Result<Array> {
-    let gates = self.router.forward(x)?;
-    let k = self.top_k;
-    let inds = ops::stop_gradient(&last_axis(
-      &ops::argpartition_axis(&ops::negative(&gates)?, k - 1, -1)?,
-      0,
-      k,
-    )?)?;
-    let scores = ops::softmax_axis(&ops::take_along_axis(&gates, &inds, -1)?, -1, true)?;
+    let (inds, scores) = topk_then_softmax(&self.router.forward(x)?, self.top_k)?;
     let y = self.switch_mlp.forward(x, &inds)?;
     ops::sum_axis(&(&y * &scores.expand_dims(-1)?)?, -2, false)
   }

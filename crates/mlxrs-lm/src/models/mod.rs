@@ -20,6 +20,7 @@ pub mod gpt_neox;
 pub mod gpt_oss;
 pub mod granite;
 pub mod granitemoe;
+pub mod granitemoehybrid;
 pub mod helium;
 pub(crate) mod hybrid;
 pub mod internlm2;

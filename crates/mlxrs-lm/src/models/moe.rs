@@ -116,3 +116,18 @@ impl super::decoder::Layer for MoeBlock {
     ops::add(&h, &r)
   }
 }
+
+/// Routing that softmaxes only the chosen experts' logits (mlx-lm's
+/// `JambaSparseMoeBlock` / `GraniteMoeHybridTopKGating`): the `k` largest
+/// router logits of `gates` `[..., E]`, their softmax as weights. Returns
+/// `(indices [..., k], weights [..., k])`.
+pub(crate) fn topk_then_softmax(gates: &Array, k: i32) -> Result<(Array, Array)> {
+  let e = gates.dim(-1).unwrap_or(0);
+  let inds = ops::stop_gradient(&last_axis(
+    &ops::argpartition_axis(gates, e - k, -1)?,
+    e - k,
+    e,
+  )?)?;
+  let scores = ops::softmax_axis(&ops::take_along_axis(gates, &inds, -1)?, -1, true)?;
+  Ok((inds, scores))
+}
