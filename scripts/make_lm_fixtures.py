@@ -1741,6 +1741,29 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="recurrent_gemma",
+        ssm=True,
+        init=dict(emb_std=0.03, final_norm=0.0, final_norm_std=16.0, salt=1),
+        family="gemma2",
+        notes="RecurrentGemma (Griffin) style: block_types recurrent, recurrent, attention (3 layers): RG-LRU recurrent blocks (4 heads, conv1d_width 4) and local MQA attention over a 16-token window (rotating cache; the 58-token prompt and the long prompt wrap it), 1 + weight RMSNorms, sqrt(hidden) embedding scale, tanh logit soft cap 30, tied (no lm_head in the checkpoint)",
+        config=dict(
+            architectures=["RecurrentGemmaForCausalLM"],
+            model_type="recurrent_gemma",
+            attention_bias=False,
+            attention_window_size=16,
+            block_types=["recurrent", "recurrent", "attention"],
+            conv1d_width=4,
+            embeddings_scale_by_sqrt_dim=True,
+            intermediate_size=128,
+            logits_soft_cap=30.0,
+            num_hidden_layers=3,
+            num_key_value_heads=1,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
 ]
 
 # Prompt tokens per prefill chunk for the SSM long-prompt references.
@@ -1844,7 +1867,7 @@ def init_params(
             w = 0.1 * rng.standard_normal(shape)
             if k.endswith(POST_NORMS) and mod in offset_norms:
                 w = w + (post_norm - 1.0)
-            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight", "backbone.norm_f.weight", "model.embedding_norm.weight", "language_model.model.norm.weight", "model.final_layernorm.weight"):
+            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight", "backbone.norm_f.weight", "model.embedding_norm.weight", "language_model.model.norm.weight", "model.final_layernorm.weight", "model.final_norm.weight"):
                 w = (final_norm_std / 0.1) * w + (final_norm - 1.0)
             if mod not in offset_norms:
                 w = 1.0 + w
@@ -1905,9 +1928,9 @@ def make_stage(stage: Path, arch: dict, base_json: str, ids: dict, dtype: str):
     model_cls, args_cls = _get_classes(cfg)
     model = model_cls(args_cls.from_dict(cfg))
     weights = init_params(model, arch["name"], **arch.get("init", {}))
-    if arch["name"] == "gemma3_text":
-        # Gemma 3 checkpoints are tied: the file has no lm_head (mlx-lm's
-        # sanitize then drops the module and ties).
+    if arch["name"] in ("gemma3_text", "recurrent_gemma"):
+        # Gemma 3 / RecurrentGemma checkpoints are tied: the file has no
+        # lm_head (mlx-lm's sanitize then drops the module and ties).
         weights.pop("lm_head.weight")
     mx.save_safetensors(str(stage / "model.safetensors"), weights, metadata={"format": "mlx"})
 

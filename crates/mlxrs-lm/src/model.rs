@@ -187,6 +187,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("falcon_h1", crate::models::falcon_h1::build),
     ("jamba", crate::models::jamba::build),
     ("granitemoehybrid", crate::models::granitemoehybrid::build),
+    ("recurrent_gemma", crate::models::recurrent_gemma::build),
     ("qwen3_5_moe", crate::models::qwen3_5::build),
   ]
 }

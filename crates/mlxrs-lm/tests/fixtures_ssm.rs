@@ -230,5 +230,6 @@ ssm_fixtures! {
   falcon_h1 => "falcon_h1", "mamba_d_ssm" = serde_json::json!(96);
   jamba => "jamba", "layers_block_type" = serde_json::json!(["mamba", "attention", "linear"]);
   granitemoehybrid => "granitemoehybrid", "position_embedding_type" = serde_json::json!("alibi");
+  recurrent_gemma => "recurrent_gemma", "block_types" = serde_json::json!(["recurrent"]);
   lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }
