@@ -140,6 +140,26 @@ fn check_prompt_cache(name: &str) {
 /// (`max_kv_size`), speculative rewinding, trimming.
 fn check_refusals(name: &str) {
   let (model, _) = load_model_dir(&common::fixture(name), Some(Dtype::Float32)).unwrap();
+  // The support table (docs/models.md) lists it as recurrent: no rotating
+  // caches, no speculative decoding, no padded batches.
+  let mt = common::reference(name)["model_type"]
+    .as_str()
+    .unwrap()
+    .to_string();
+  let row = mlxrs_lm::support::model_support()
+    .into_iter()
+    .find(|m| m.model_type == mt)
+    .unwrap();
+  assert!(
+    row.recurrent && !row.rotating_cache && !row.speculative && !row.batch,
+    "{mt}"
+  );
+  let x = Array::from_slice(&[1, 2, 3], &[1, 3]).unwrap();
+  let mut c = model.make_caches(None);
+  assert!(
+    model.hidden_padded(&x, &mut c, &[vec![true; 3]]).is_err(),
+    "{mt}: padded batch"
+  );
   let cfg = StepConfig {
     max_kv_size: Some(64),
     max_tokens: 2,
