@@ -1764,6 +1764,26 @@ ARCHS = [
             tie_word_embeddings=True,
         ),
     ),
+    dict(
+        name="rwkv7",
+        ssm=True,
+        init=dict(salt=3),
+        family="qwen2",
+        notes="RWKV-7 style: 2 layers of time mixing (4 heads x 16, token shift, low-rank w/a/v/g of rank 64, WKV-7 state, per-head LayerNorm, v_first from layer 0) and squared-ReLU channel mixing (128); LayerNorms; untied; caches ArraysCache(3) per layer; 4-bit: lora.2 and embeddings 8-bit",
+        config=dict(
+            architectures=["RWKV7ForCausalLM"],
+            model_type="rwkv7",
+            a_low_rank_dim=64,
+            decay_low_rank_dim=64,
+            gate_low_rank_dim=64,
+            head_dim=16,
+            intermediate_size=128,
+            norm_eps=1e-5,
+            num_hidden_layers=2,
+            tie_word_embeddings=False,
+            v_low_rank_dim=64,
+        ),
+    ),
 ]
 
 # Prompt tokens per prefill chunk for the SSM long-prompt references.

@@ -188,6 +188,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("jamba", crate::models::jamba::build),
     ("granitemoehybrid", crate::models::granitemoehybrid::build),
     ("recurrent_gemma", crate::models::recurrent_gemma::build),
+    ("rwkv7", crate::models::rwkv7::build),
     ("qwen3_5_moe", crate::models::qwen3_5::build),
   ]
 }

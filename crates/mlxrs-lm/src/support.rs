@@ -29,6 +29,7 @@ pub const RECURRENT_MODEL_TYPES: &[&str] = &[
   "qwen3_5_moe",
   "qwen3_next",
   "recurrent_gemma",
+  "rwkv7",
 ];
 
 /// One row of the support table.

@@ -251,5 +251,6 @@ ssm_fixtures! {
   jamba => "jamba", "layers_block_type" = serde_json::json!(["mamba", "attention", "linear"]);
   granitemoehybrid => "granitemoehybrid", "position_embedding_type" = serde_json::json!("alibi");
   recurrent_gemma => "recurrent_gemma", "block_types" = serde_json::json!(["recurrent"]);
+  rwkv7 => "rwkv7", "head_dim" = serde_json::json!(24);
   lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }
