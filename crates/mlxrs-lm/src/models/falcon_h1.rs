@@ -30,7 +30,7 @@ macro_rules! dflt {
 }
 dflt! {
   d_attn_out: f32 = 0.9375;
-  d_emb_mult: f32 = 5.656_854_3;
+  d_emb_mult: f32 = 5.656_854;
   d_head_dim: i32 = 64;
   d_hidden: i32 = 1024;
   d_inter: i32 = 2048;

@@ -399,16 +399,16 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
         ))
       },
       mlp: if a.num_experts > 0 {
-        Mlp::Sparse(SparseMoe::new(
+        Mlp::Sparse(Box::new(SparseMoe::new(
           h,
           a.moe_intermediate_size,
           a.num_experts,
           a.num_experts_per_tok,
           a.norm_topk_prob,
           Some(a.shared_expert_intermediate_size),
-        ))
+        )))
       } else {
-        Mlp::Dense(SwiGluMlp::new(h, a.intermediate_size, false))
+        Mlp::Dense(Box::new(SwiGluMlp::new(h, a.intermediate_size, false)))
       },
       input_layernorm: RmsNorm::new(h, eps),
       post_attention_layernorm: RmsNorm::new(h, eps),

@@ -336,8 +336,8 @@ impl GatedDeltaNet {
 
 /// A layer's MLP: dense SwiGLU or the sparse MoE.
 pub(crate) enum Mlp {
-  Dense(SwiGluMlp),
-  Sparse(SparseMoe),
+  Dense(Box<SwiGluMlp>),
+  Sparse(Box<SparseMoe>),
 }
 
 impl mlxrs_nn::Module for Mlp {
@@ -604,16 +604,16 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
         ))
       },
       mlp: if sparse {
-        Mlp::Sparse(SparseMoe::new(
+        Mlp::Sparse(Box::new(SparseMoe::new(
           h,
           a.moe_intermediate_size,
           a.num_experts,
           a.num_experts_per_tok,
           a.norm_topk_prob,
           Some(a.shared_expert_intermediate_size),
-        ))
+        )))
       } else {
-        Mlp::Dense(SwiGluMlp::new(h, a.intermediate_size, false))
+        Mlp::Dense(Box::new(SwiGluMlp::new(h, a.intermediate_size, false)))
       },
       input_layernorm: RmsNorm::new(h, eps),
       post_attention_layernorm: RmsNorm::new(h, eps),

@@ -3,8 +3,8 @@
 //! `attention`). A recurrent block gates `linear_x(x)` through a depthwise
 //! causal conv (`conv_1d`, state: the last `conv1d_width - 1` inputs) and
 //! the RG-LRU (per-head block-diagonal input / recurrence gates, `a =
-//! exp(-8 * gate_a * softplus(recurrent_param))`, `h = a * h + sqrt(1 - a^2)
-//! * gate_x * x`) times `gelu(linear_y(x))`; attention blocks are local
+//! exp(-8 * gate_a * softplus(recurrent_param))`,
+//! `h = a * h + sqrt(1 - a^2) * gate_x * x`) times `gelu(linear_y(x))`; attention blocks are local
 //! multi-query attention over a sliding window (half-head RoPE). Gemma's
 //! `1 + weight` RMSNorms, `sqrt(hidden)` embedding scale and a tanh
 //! logit soft cap. Caches: `ArraysCache(2)` (conv state, LRU state) for
