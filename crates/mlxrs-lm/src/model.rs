@@ -189,6 +189,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("granitemoehybrid", crate::models::granitemoehybrid::build),
     ("recurrent_gemma", crate::models::recurrent_gemma::build),
     ("rwkv7", crate::models::rwkv7::build),
+    ("kimi_linear", crate::models::kimi_linear::build),
     ("qwen3_5_moe", crate::models::qwen3_5::build),
   ]
 }

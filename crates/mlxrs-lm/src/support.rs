@@ -21,6 +21,7 @@ pub const RECURRENT_MODEL_TYPES: &[&str] = &[
   "falcon_mamba",
   "granitemoehybrid",
   "jamba",
+  "kimi_linear",
   "lfm2",
   "mamba",
   "mamba2",

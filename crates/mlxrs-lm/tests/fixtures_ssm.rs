@@ -252,5 +252,6 @@ ssm_fixtures! {
   granitemoehybrid => "granitemoehybrid", "position_embedding_type" = serde_json::json!("alibi");
   recurrent_gemma => "recurrent_gemma", "block_types" = serde_json::json!(["recurrent"]);
   rwkv7 => "rwkv7", "head_dim" = serde_json::json!(24);
+  kimi_linear => "kimi_linear", "moe_router_activation_func" = serde_json::json!("relu");
   lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }

@@ -32,7 +32,9 @@ pub(crate) fn compute_g(a_log: &Array, a: &Array, dt_bias: &Array) -> Result<Arr
 }
 
 /// python `gated_delta_ops` (no mask): `q`, `k` `[B, T, Hk, Dk]`, `v` `[B,
-/// T, Hv, Dv]`, `g`, `beta` `[B, T, Hv]`, `state` `[B, Hv, Dv, Dk]`.
+/// T, Hv, Dv]`, `g` `[B, T, Hv]` (scalar gate per head) or `[B, T, Hv, Dk]`
+/// (per key channel, Kimi's KDA), `beta` `[B, T, Hv]`, `state` `[B, Hv, Dv,
+/// Dk]`.
 /// Returns `y` `[B, T, Hv, Dv]` (q's dtype) and the new state.
 pub(crate) fn gated_delta_ops(
   q: &Array,
@@ -58,7 +60,12 @@ pub(crate) fn gated_delta_ops(
   let mut ys = Vec::with_capacity(t_len as usize);
   for t in 0..t_len {
     let (qt, kt, vt, gt, bt) = (at(&q, t)?, at(&k, t)?, at(v, t)?, at(g, t)?, at(beta, t)?);
-    state = (&state * &ops::expand_dims_axes(&gt, &[-1, -2])?)?;
+    let decay = if gt.ndim() == 2 {
+      ops::expand_dims_axes(&gt, &[-1, -2])?
+    } else {
+      gt.expand_dims(-2)?
+    };
+    state = (&state * &decay)?;
     let k4 = kt.expand_dims(-2)?; // [B, H, 1, Dk]
     let kv_mem = ops::sum_axis(&(&state * &k4)?, -1, false)?; // [B, H, Dv]
     let delta = ((&vt - &kv_mem)? * &bt.expand_dims(-1)?)?;

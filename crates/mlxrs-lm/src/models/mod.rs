@@ -26,6 +26,7 @@ pub(crate) mod hybrid;
 pub mod internlm2;
 pub mod internlm3;
 pub mod jamba;
+pub mod kimi_linear;
 pub mod lfm2;
 pub mod llama;
 pub mod mamba;
