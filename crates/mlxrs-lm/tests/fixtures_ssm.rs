@@ -255,3 +255,48 @@ ssm_fixtures! {
   kimi_linear => "kimi_linear", "moe_router_activation_func" = serde_json::json!("relu");
   lfm2 => "lfm2", "rope_scaling" = serde_json::json!({"type": "linear", "factor": 2.0});
 }
+
+/// Checkpoints in the HF layout (depthwise conv weights `[C, 1, K]`, as
+/// `transformers` saves them) load through `sanitize` (mlx-lm's `moveaxis`)
+/// to the same logits as the MLX-layout fixture.
+#[test]
+fn hf_conv_layout_is_sanitized() {
+  // (qwen3_next / qwen3_5 treat an HF conv layout as a whole HF checkpoint:
+  // per-expert tensors, offset norms; not this partial rewrite.)
+  for name in ["mamba", "mamba2", "jamba", "nemotron_h", "granitemoehybrid"] {
+    let src = common::fixture(name);
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+      let p = e.unwrap().path();
+      if p.is_file() && p.file_name().unwrap() != "model.safetensors" {
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+      }
+    }
+    let (mut w, meta) = mlxrs_core::io::load_safetensors(src.join("model.safetensors")).unwrap();
+    let mut moved = 0;
+    for (k, v) in w.iter_mut() {
+      if k.contains("conv1d.weight") {
+        *v = mlxrs_core::ops::swapaxes(v, 1, 2).unwrap();
+        moved += 1;
+      }
+    }
+    assert!(moved > 0, "{name}: no conv weights");
+    mlxrs_core::io::save_safetensors(tmp.path().join("model.safetensors"), &w, &meta).unwrap();
+    let r = common::reference(name);
+    let (model, _) = load_model_dir(tmp.path(), Some(Dtype::Float32)).unwrap();
+    let prompt = ints(&r["prompt_ids"]);
+    let want = floats(&r["logits_last"]);
+    let x = Array::from_slice(&prompt, &[1, prompt.len() as i32]).unwrap();
+    let all = model
+      .forward(&x, &mut model.make_caches(None))
+      .unwrap()
+      .to_vec::<f32>()
+      .unwrap();
+    let d = all[all.len() - want.len()..]
+      .iter()
+      .zip(&want)
+      .map(|(a, b)| (a - b).abs())
+      .fold(0f32, f32::max);
+    assert!(d <= 1e-4, "{name}: HF conv layout max |logit diff| {d}");
+  }
+}
