@@ -127,3 +127,21 @@ impl PromptCache {
     self.entries.clear();
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  /// Recurrent (SSM) state cannot be cut back to a shorter prefix, so such
+  /// caches are not stored (a lookup would otherwise hand back empty
+  /// key/value caches in their place); key/value caches are.
+  #[test]
+  fn recurrent_caches_are_not_reused() {
+    let mut pc = PromptCache::new(4, None);
+    pc.insert(vec![1, 2, 3], vec![KvCache::arrays(2), KvCache::standard()]);
+    assert!(pc.is_empty());
+    assert!(pc.lookup(&[1, 2, 3, 4]).unwrap().is_none());
+    pc.insert(vec![1, 2, 3], vec![KvCache::standard()]);
+    assert_eq!(pc.len(), 1);
+  }
+}
