@@ -246,7 +246,7 @@ ssm_fixtures! {
   qwen3_next => "qwen3_next", "layer_types" = serde_json::json!(["full_attention", "linear_attention", "full_attention"]);
   qwen3_5 => "qwen3_5", "layer_types" = serde_json::json!(["linear_attention", "linear_attention", "full_attention"]);
   qwen3_5_moe => "qwen3_5_moe", "num_experts_per_tok" = serde_json::json!(9);
-  nemotron_h => "nemotron_h", "hybrid_override_pattern" = serde_json::json!("M-*E-");
+  nemotron_h => "nemotron_h", "hybrid_override_pattern" = serde_json::json!("M-*X-");
   falcon_h1 => "falcon_h1", "mamba_d_ssm" = serde_json::json!(96);
   jamba => "jamba", "layers_block_type" = serde_json::json!(["mamba", "attention", "linear"]);
   granitemoehybrid => "granitemoehybrid", "position_embedding_type" = serde_json::json!("alibi");

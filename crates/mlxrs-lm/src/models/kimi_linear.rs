@@ -26,6 +26,7 @@ use super::decoder::Names;
 use super::gated_delta::{gated_delta_update, normalize_qk};
 use super::hybrid::{HybridLayer, HybridLm};
 use super::mlp::SwiGluMlp;
+use super::moe::grouped_topk;
 use super::ssm::slice_axis;
 use crate::model::{LanguageModel, parse_args};
 
@@ -319,41 +320,15 @@ impl Moe {
     } else {
       ops::sigmoid(&gates)?
     };
-    let mut scores = (&orig + &ops::astype(&self.e_score_correction_bias.value, orig.dtype())?)?;
-    if self.n_group > 1 {
-      scores = ops::unflatten(&scores, -1, &[self.n_group, -1])?;
-      let gs = ops::sum_axis(&ops::topk_axis(&scores, 2, -1)?, -1, true)?;
-      let k = self.n_group - self.topk_group;
-      if k > 0 {
-        let idx = slice_axis(
-          &ops::argpartition_axis(&gs, k - 1, -2)?,
-          gs.ndim() - 2,
-          0,
-          k,
-        )?;
-        scores = ops::put_along_axis(
-          &scores,
-          &ops::stop_gradient(&idx)?,
-          &Array::scalar_as(0.0, scores.dtype())?,
-          -2,
-        )?;
-      }
-      scores = ops::flatten(&scores, -2, -1)?;
-    }
-    let k = self.top_k;
-    let nd = scores.ndim();
-    let inds = ops::stop_gradient(&slice_axis(
-      &ops::argpartition_axis(&ops::negative(&scores)?, k - 1, -1)?,
-      nd - 1,
-      0,
-      k,
-    )?)?;
-    let mut w = ops::take_along_axis(&orig, &inds, -1)?;
-    if k > 1 && self.renormalize {
-      let den = (ops::sum_axis(&w, -1, true)? + 1e-20)?;
-      w = (&w / &den)?;
-    }
-    let w = (w * self.scaling)?;
+    let (inds, w) = grouped_topk(
+      &orig,
+      Some(&self.e_score_correction_bias.value),
+      self.top_k,
+      self.n_group,
+      self.topk_group,
+      self.renormalize,
+      self.scaling,
+    )?;
     let y = self.switch_mlp.forward(x, &inds)?;
     let y = ops::sum_axis(&(&y * &w.expand_dims(-1)?)?, -2, false)?;
     match &self.shared_experts {

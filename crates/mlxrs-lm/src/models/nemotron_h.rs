@@ -3,15 +3,17 @@
 //! `hybrid_override_pattern` (`M` Mamba-2 mixer, `*` attention without
 //! positional encoding, `-` squared-ReLU MLP, `E` MoE) or `layers_block_type`
 //! / `layer_types`; every block is `x + mixer(RMSNorm(x))`. The Mamba-2
-//! mixer is [`super::mamba2::Mamba2Mixer`] with a group-wise gated norm.
+//! mixer is [`super::mamba2::Mamba2Mixer`] with a group-wise gated norm; the
+//! MoE (Nemotron-3 Nano) routes with sigmoid scores, a correction bias and
+//! grouped top-k ([`super::moe::grouped_topk`]) to squared-ReLU experts
+//! (optionally in a smaller latent space) plus shared experts.
 //! Caches: `ArraysCache(2)` per `M` block, `KVCache` per `*` block, none for
-//! MLP blocks. MoE blocks (`E`, Nemotron-3 Nano) are not implemented: such a
-//! config fails naming the pattern.
+//! MLP / MoE blocks.
 
 use std::collections::HashMap;
 
-use mlxrs_core::{Array, Error, Result};
-use mlxrs_nn::{AttnMask, Embedding, KvCache, Linear, RmsNorm, module, relu2};
+use mlxrs_core::{Array, Dtype, Error, Result, ops};
+use mlxrs_nn::{AttnMask, Embedding, KvCache, Linear, Param, RmsNorm, SwitchLinear, module, relu2};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -20,6 +22,7 @@ use super::decoder::Names;
 use super::hybrid::{HybridLayer, HybridLm};
 use super::mamba::sanitize_conv;
 use super::mamba2::{Mamba2Mixer, time_step_limit};
+use super::moe::grouped_topk;
 use crate::model::{LanguageModel, parse_args};
 
 /// `ModelArgs` of mlx-lm's nemotron_h.py (the dense part).
@@ -70,6 +73,111 @@ pub struct NemotronHArgs {
   /// `time_step_limit` (default `[0, inf)`)
   #[serde(default)]
   pub time_step_limit: Option<Vec<f64>>,
+  /// `moe_intermediate_size` (`E` blocks)
+  #[serde(default)]
+  pub moe_intermediate_size: Option<i32>,
+  /// `moe_shared_expert_intermediate_size`
+  #[serde(default)]
+  pub moe_shared_expert_intermediate_size: Option<i32>,
+  /// `moe_latent_size`: experts run in this smaller space
+  #[serde(default)]
+  pub moe_latent_size: Option<i32>,
+  /// `n_group`
+  #[serde(default)]
+  pub n_group: Option<i32>,
+  /// `n_routed_experts`
+  #[serde(default)]
+  pub n_routed_experts: Option<i32>,
+  /// `n_shared_experts`
+  #[serde(default)]
+  pub n_shared_experts: Option<i32>,
+  /// `topk_group`
+  #[serde(default)]
+  pub topk_group: Option<i32>,
+  /// `num_experts_per_tok`
+  #[serde(default)]
+  pub num_experts_per_tok: Option<i32>,
+  /// `norm_topk_prob`
+  #[serde(default)]
+  pub norm_topk_prob: Option<bool>,
+  /// `routed_scaling_factor`
+  #[serde(default)]
+  pub routed_scaling_factor: Option<f32>,
+}
+
+/// `MoEGate`: a bare router weight and its correction bias (both kept in
+/// their checkpoint dtype / never quantized, as mlx-lm).
+struct Gate {
+  weight: Param,
+  e_score_correction_bias: Param,
+}
+module!(Gate {
+  weight,
+  e_score_correction_bias
+});
+
+/// `SwitchMLP` with `ReLU2`: per-expert `fc1` / `fc2`.
+struct SwitchMlp {
+  fc1: SwitchLinear,
+  fc2: SwitchLinear,
+}
+module!(SwitchMlp { fc1, fc2 });
+
+/// `NemotronHMoE`.
+struct Moe {
+  switch_mlp: SwitchMlp,
+  gate: Gate,
+  shared_experts: Option<Mlp>,
+  fc1_latent_proj: Option<Linear>,
+  fc2_latent_proj: Option<Linear>,
+  top_k: i32,
+  n_group: i32,
+  topk_group: i32,
+  norm_topk_prob: bool,
+  scaling: f32,
+}
+module!(Moe {
+  switch_mlp,
+  gate,
+  shared_experts,
+  fc1_latent_proj,
+  fc2_latent_proj
+});
+
+impl Moe {
+  fn forward(&self, x: &Array) -> Result<Array> {
+    let g = &self.gate;
+    let logits = x.matmul(&ops::transpose(&g.weight.value)?)?;
+    let scores = ops::sigmoid(&ops::astype(&logits, Dtype::Float32)?)?;
+    let (inds, w) = grouped_topk(
+      &scores,
+      Some(&g.e_score_correction_bias.value),
+      self.top_k,
+      self.n_group,
+      self.topk_group,
+      self.norm_topk_prob,
+      self.scaling,
+    )?;
+    let h = match &self.fc1_latent_proj {
+      Some(p) => p.forward(x)?,
+      None => x.clone(),
+    };
+    let inds = ops::stop_gradient(&inds)?;
+    let xe = ops::expand_dims_axes(&h, &[-2, -3])?;
+    let up = self.switch_mlp.fc1.forward(&xe, &inds, false)?;
+    let y = self.switch_mlp.fc2.forward(&relu2(&up)?, &inds, false)?;
+    let y = ops::squeeze_axis(&y, -2)?;
+    let dt = y.dtype();
+    let y = ops::astype(&ops::sum_axis(&(&y * &w.expand_dims(-1)?)?, -2, false)?, dt)?;
+    let y = match &self.fc2_latent_proj {
+      Some(p) => p.forward(&y)?,
+      None => y,
+    };
+    match &self.shared_experts {
+      Some(s) => &y + &s.down_proj.forward(&relu2(&s.up_proj.forward(x)?)?)?,
+      None => Ok(y),
+    }
+  }
 }
 
 struct Mlp {
@@ -79,9 +187,10 @@ struct Mlp {
 module!(Mlp { up_proj, down_proj });
 
 enum Mixer {
-  Mamba(Mamba2Mixer),
-  Attn(Attention),
-  Mlp(Mlp),
+  Mamba(Box<Mamba2Mixer>),
+  Attn(Box<Attention>),
+  Mlp(Box<Mlp>),
+  Moe(Box<Moe>),
 }
 
 impl mlxrs_nn::Module for Mixer {
@@ -90,6 +199,7 @@ impl mlxrs_nn::Module for Mixer {
       Mixer::Mamba(m) => m.load(w, p),
       Mixer::Attn(m) => m.load(w, p),
       Mixer::Mlp(m) => m.load(w, p),
+      Mixer::Moe(m) => m.load(w, p),
     }
   }
   fn visit(&self, p: &str, f: &mut dyn FnMut(&str, &Array)) {
@@ -97,6 +207,7 @@ impl mlxrs_nn::Module for Mixer {
       Mixer::Mamba(m) => m.visit(p, f),
       Mixer::Attn(m) => m.visit(p, f),
       Mixer::Mlp(m) => m.visit(p, f),
+      Mixer::Moe(m) => m.visit(p, f),
     }
   }
   fn visit_mut(&mut self, p: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
@@ -104,6 +215,7 @@ impl mlxrs_nn::Module for Mixer {
       Mixer::Mamba(m) => m.visit_mut(p, f),
       Mixer::Attn(m) => m.visit_mut(p, f),
       Mixer::Mlp(m) => m.visit_mut(p, f),
+      Mixer::Moe(m) => m.visit_mut(p, f),
     }
   }
   fn visit_frozen(&self, p: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
@@ -111,6 +223,7 @@ impl mlxrs_nn::Module for Mixer {
       Mixer::Mamba(m) => m.visit_frozen(p, f),
       Mixer::Attn(m) => m.visit_frozen(p, f),
       Mixer::Mlp(m) => m.visit_frozen(p, f),
+      Mixer::Moe(m) => m.visit_frozen(p, f),
     }
   }
   fn visit_quantizable_mut(
@@ -122,6 +235,7 @@ impl mlxrs_nn::Module for Mixer {
       Mixer::Mamba(m) => m.visit_quantizable_mut(p, f),
       Mixer::Attn(m) => m.visit_quantizable_mut(p, f),
       Mixer::Mlp(m) => m.visit_quantizable_mut(p, f),
+      Mixer::Moe(m) => m.visit_quantizable_mut(p, f),
     }
   }
 }
@@ -143,6 +257,7 @@ impl HybridLayer for Block {
       }
       Mixer::Attn(a) => a.forward(&h, mask, cache)?,
       Mixer::Mlp(m) => m.down_proj.forward(&relu2(&m.up_proj.forward(&h)?)?)?,
+      Mixer::Moe(m) => m.forward(&h)?,
     };
     x + &y
   }
@@ -150,7 +265,7 @@ impl HybridLayer for Block {
     match self.mixer {
       Mixer::Mamba(_) => Some(KvCache::arrays(2)),
       Mixer::Attn(_) => Some(KvCache::standard()),
-      Mixer::Mlp(_) => None,
+      Mixer::Mlp(_) | Mixer::Moe(_) => None,
     }
   }
   fn is_attention(&self) -> bool {
@@ -197,11 +312,86 @@ fn pattern(a: &NemotronHArgs) -> Result<Vec<char>> {
     .collect()
 }
 
-/// mlx-lm nemotron_h.py's `sanitize` (dense part): drop `mtp.*`, conv
-/// weights to MLX layout.
+/// mlx-lm nemotron_h.py's `sanitize`: drop `mtp.*`, conv weights to MLX
+/// layout, per-expert `mixer.experts.{e}.up_proj` / `down_proj` stacked into
+/// `mixer.switch_mlp.fc1` / `fc2`.
 fn sanitize(mut weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
   weights.retain(|k, _| !k.starts_with("mtp."));
-  sanitize_conv(weights)
+  let mut w = sanitize_conv(weights)?;
+  let mut prefixes: Vec<String> = w
+    .keys()
+    .filter(|k| k.starts_with("backbone.layers.") && k.ends_with(".mixer.experts.0.up_proj.weight"))
+    .map(|k| k.trim_end_matches(".experts.0.up_proj.weight").to_string())
+    .collect();
+  prefixes.sort();
+  for p in &prefixes {
+    let n = (0..)
+      .take_while(|e| w.contains_key(&format!("{p}.experts.{e}.up_proj.weight")))
+      .count() as i32;
+    super::base::stack_experts(
+      &mut w,
+      std::slice::from_ref(p),
+      n,
+      &[("up_proj", "fc1"), ("down_proj", "fc2")],
+    )?;
+  }
+  Ok(w)
+}
+
+/// An `E` block from the config (its MoE fields are then required).
+fn moe(a: &NemotronHArgs) -> Result<Moe> {
+  let need = |v: Option<i32>, name: &str| -> Result<i32> {
+    v.filter(|&x| x > 0).ok_or_else(|| {
+      Error::InvalidArgument(format!(
+        "config.json (nemotron_h): MoE (E) blocks need a positive {name}"
+      ))
+    })
+  };
+  let e = need(a.n_routed_experts, "n_routed_experts")?;
+  let k = need(a.num_experts_per_tok, "num_experts_per_tok")?;
+  super::base::check_moe("nemotron_h", e, k)?;
+  let inter = need(a.moe_intermediate_size, "moe_intermediate_size")?;
+  let n_group = a.n_group.unwrap_or(1).max(1);
+  let topk_group = a.topk_group.unwrap_or(1);
+  if e % n_group != 0 || topk_group < 1 || topk_group > n_group {
+    return Err(Error::InvalidArgument(format!(
+      "config.json (nemotron_h): n_routed_experts ({e}) must split into n_group ({n_group}) \
+       groups and topk_group ({topk_group}) be in 1..={n_group}"
+    )));
+  }
+  let h = a.hidden_size;
+  let inp = a.moe_latent_size.unwrap_or(h);
+  let shared = match a.n_shared_experts {
+    Some(_) => {
+      let s = need(
+        a.moe_shared_expert_intermediate_size,
+        "moe_shared_expert_intermediate_size",
+      )?;
+      Some(Mlp {
+        up_proj: Linear::new(h, s, a.mlp_bias),
+        down_proj: Linear::new(s, h, a.mlp_bias),
+      })
+    }
+    None => None,
+  };
+  Ok(Moe {
+    switch_mlp: SwitchMlp {
+      fc1: SwitchLinear::new(inp, inter, e, false),
+      fc2: SwitchLinear::new(inter, inp, e, false),
+    },
+    gate: Gate {
+      weight: Param::new(&[e, h]),
+      e_score_correction_bias: Param::new_uncast(&[e]),
+    },
+    shared_experts: shared,
+    fc1_latent_proj: a.moe_latent_size.map(|l| Linear::new(h, l, a.mlp_bias)),
+    fc2_latent_proj: a.moe_latent_size.map(|l| Linear::new(l, h, a.mlp_bias)),
+    top_k: k,
+    n_group,
+    topk_group,
+    norm_topk_prob: a.norm_topk_prob.unwrap_or(false),
+    scaling: a.routed_scaling_factor.unwrap_or(1.0),
+  })
 }
 
 /// Registry entry for `nemotron_h`.
@@ -248,7 +438,7 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let mut layers: Vec<Box<dyn HybridLayer>> = Vec::new();
   for c in &pat {
     let mixer = match c {
-      'M' => Mixer::Mamba(
+      'M' => Mixer::Mamba(Box::new(
         Mamba2Mixer::new(
           h,
           a.mamba_num_heads,
@@ -263,8 +453,8 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
           limit,
         )?
         .with_raw_a_log(),
-      ),
-      '*' => Mixer::Attn(Attention::new(
+      )),
+      '*' => Mixer::Attn(Box::new(Attention::new(
         AttnDims::new(
           h,
           a.num_attention_heads,
@@ -273,15 +463,16 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
           (a.attention_bias, a.attention_bias),
         ),
         None,
-      )),
-      '-' => Mixer::Mlp(Mlp {
+      ))),
+      '-' => Mixer::Mlp(Box::new(Mlp {
         up_proj: Linear::new(h, a.intermediate_size, a.mlp_bias),
         down_proj: Linear::new(a.intermediate_size, h, a.mlp_bias),
-      }),
+      })),
+      'E' => Mixer::Moe(Box::new(moe(&a)?)),
       other => {
         return Err(Error::InvalidArgument(format!(
           "config.json (nemotron_h): hybrid_override_pattern block {other:?} is not supported \
-           (supported: M mamba, * attention, - MLP; E (MoE) blocks are not implemented)"
+           (supported: M mamba, * attention, - MLP, E MoE)"
         )));
       }
     };
