@@ -1480,7 +1480,362 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    # ---- state-space / hybrid models (``ssm=True``: reference.json also
+    # gets a long prompt (> one SSD chunk of 256 and several prefill chunks
+    # of SSM_PREFILL_STEP) and the f32 folder a prompt_cache.safetensors
+    # written by mlx-lm's save_prompt_cache) ----
+    dict(
+        name="mamba",
+        ssm=True,
+        init=dict(final_norm=2.0, salt=3),
+        family="qwen2",
+        notes="Mamba-1 style: no attention; in_proj -> depthwise causal conv (kernel 4, bias) -> selective scan (d_inner 128, d_state 16, dt_rank 4) gated by silu(z) -> out_proj; tied embeddings; caches ArraysCache(2) per layer",
+        config=dict(
+            architectures=["MambaForCausalLM"],
+            model_type="mamba",
+            conv_kernel=4,
+            intermediate_size=128,
+            state_size=16,
+            time_step_rank=4,
+            use_bias=False,
+            use_conv_bias=True,
+            tie_word_embeddings=True,
+        ),
+    ),
+    dict(
+        name="mamba2",
+        ssm=True,
+        init=dict(final_norm=2.0, salt=3),
+        family="qwen2",
+        notes="Mamba-2 style: no attention; in_proj -> gate | conv(x, B, C) | dt; depthwise causal conv (kernel 4, bias); chunked SSD scan (8 heads x 16, 2 groups, d_state 16, time_step_limit [0.001, 100]); gated RMSNorm; out_proj; untied lm_head; caches ArraysCache(2) per layer",
+        config=dict(
+            architectures=["Mamba2ForCausalLM"],
+            model_type="mamba2",
+            conv_kernel=4,
+            head_dim=16,
+            layer_norm_epsilon=1e-5,
+            n_groups=2,
+            num_heads=8,
+            state_size=16,
+            time_step_limit=[0.001, 100.0],
+            time_step_rank=4,
+            use_bias=False,
+            use_conv_bias=True,
+            tie_word_embeddings=False,
+        ),
+    ),
+    dict(
+        name="lfm2",
+        ssm=True,
+        init=dict(emb_std=0.1, final_norm=4.0, salt=2),
+        family="qwen2",
+        notes="LFM2 style: 3 layers, layer 1 attention (GQA 4q/2kv, q/k_layernorm, RoPE via rope_parameters), layers 0 and 2 gated short convolutions (conv_L_cache 3, bias) with ArraysCache(1); SwiGLU w1/w3/w2 with auto-adjusted ff dim (block_ff_dim 96 -> 64); final embedding_norm; tied",
+        config=dict(
+            architectures=["Lfm2ForCausalLM"],
+            model_type="lfm2",
+            block_auto_adjust_ff_dim=True,
+            block_dim=64,
+            block_ff_dim=96,
+            block_ffn_dim_multiplier=1.0,
+            block_multiple_of=32,
+            conv_L_cache=3,
+            conv_bias=True,
+            layer_types=["conv", "full_attention", "conv"],
+            norm_eps=1e-5,
+            num_hidden_layers=3,
+            rope_parameters=dict(rope_theta=1000000.0, rope_type="default"),
+            tie_word_embeddings=True,
+        ),
+    ),
+    dict(
+        name="qwen3_next",
+        ssm=True,
+        init=dict(salt=2),
+        family="qwen2",
+        notes="Qwen3-Next style: 3 layers, full_attention_interval 2 (layers 0, 2 GatedDeltaNet: 2 key / 4 value heads of 16, conv kernel 4, gated delta rule, gated RMSNorm; layer 1 gated attention 4q/2kv head_dim 16, q/k norm, partial RoPE 0.5); layer 0 dense SwiGLU (mlp_only_layers), layers 1-2 MoE 4 experts top-2 + sigmoid-gated shared expert; untied; 4-bit: routers 8-bit/g64",
+        config=dict(
+            architectures=["Qwen3NextForCausalLM"],
+            model_type="qwen3_next",
+            decoder_sparse_step=1,
+            full_attention_interval=2,
+            head_dim=16,
+            hidden_act="silu",
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_value_head_dim=16,
+            mlp_only_layers=[0],
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_hidden_layers=3,
+            partial_rotary_factor=0.5,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            shared_expert_intermediate_size=32,
+            tie_word_embeddings=False,
+        ),
+    ),
+    dict(
+        name="qwen3_5",
+        ssm=True,
+        init=dict(salt=5),
+        family="qwen2",
+        notes="Qwen3.5 (text) style: 3 layers, full_attention_interval 2 (layers 0, 2 GatedDeltaNet with separate in_proj_qkv / z / b / a: 2 key / 4 value heads of 16, conv kernel 4; layer 1 gated attention 4q/2kv head_dim 16, RoPE from rope_parameters, partial 0.5); dense SwiGLU; weights under language_model.; untied",
+        config=dict(
+            architectures=["Qwen3_5ForConditionalGeneration"],
+            model_type="qwen3_5",
+            full_attention_interval=2,
+            head_dim=16,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_value_head_dim=16,
+            num_hidden_layers=3,
+            rms_norm_eps=1e-6,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5),
+            tie_word_embeddings=False,
+        ),
+    ),
+    dict(
+        name="qwen3_5_moe",
+        ssm=True,
+        init=dict(emb_std=0.1, final_norm=4.0, salt=0),
+        family="qwen2",
+        notes="Qwen3.5-MoE (text) style: as qwen3_5 with every MLP a 4-expert top-2 softmax MoE (renormalised) + sigmoid-gated shared expert; tied embeddings; 4-bit: routers 8-bit/g64",
+        config=dict(
+            architectures=["Qwen3_5MoeForConditionalGeneration"],
+            model_type="qwen3_5_moe",
+            full_attention_interval=2,
+            head_dim=16,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_value_head_dim=16,
+            moe_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_hidden_layers=3,
+            rms_norm_eps=1e-6,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5),
+            shared_expert_intermediate_size=32,
+            tie_word_embeddings=True,
+        ),
+    ),
+    dict(
+        name="nemotron_h",
+        ssm=True,
+        init=dict(salt=1),
+        family="qwen2",
+        notes="Nemotron-H style: hybrid_override_pattern ME*M- (Mamba-2 mixers: 8 heads x 16, 2 groups, d_state 16, conv kernel 4, group-wise gated RMSNorm; attention without positional encoding 4q/2kv; a squared-ReLU MLP; an MoE block: 4 squared-ReLU experts top-2 in a 32-wide latent space, sigmoid router + correction bias, 2 groups top-1, renormalised, scaling 2, one shared expert; MLP / MoE blocks have no cache); untied lm_head",
+        config=dict(
+            architectures=["NemotronHForCausalLM"],
+            model_type="nemotron_h",
+            attention_bias=False,
+            conv_kernel=4,
+            head_dim=16,
+            hybrid_override_pattern="ME*M-",
+            layer_norm_epsilon=1e-5,
+            mamba_head_dim=16,
+            mamba_num_heads=8,
+            mamba_proj_bias=False,
+            mlp_bias=False,
+            moe_intermediate_size=32,
+            moe_latent_size=32,
+            moe_shared_expert_intermediate_size=32,
+            n_group=2,
+            n_routed_experts=4,
+            n_shared_experts=1,
+            norm_topk_prob=True,
+            num_experts_per_tok=2,
+            routed_scaling_factor=2.0,
+            topk_group=1,
+            n_groups=2,
+            num_hidden_layers=5,
+            ssm_state_size=16,
+            time_step_limit=[0.0, 1000.0],
+            use_bias=False,
+            use_conv_bias=True,
+            tie_word_embeddings=False,
+        ),
+    ),
+    dict(
+        name="falcon_h1",
+        ssm=True,
+        init=dict(emb_std=0.1, final_norm=4.0, salt=5),
+        family="qwen2",
+        notes="Falcon-H1 style: every layer a Mamba-2 mixer (8 heads x 16, 2 groups, d_state 16, conv kernel 4, mamba_rms_norm with norm_before_gate) in parallel with RoPE attention (4q/2kv, head_dim 16), then SwiGLU; tied head scaled by lm_head_multiplier / embedding_multiplier; caches CacheList(ArraysCache(2), KVCache()) per layer",
+        config=dict(
+            architectures=["FalconH1ForCausalLM"],
+            model_type="falcon_h1",
+            embedding_multiplier=2.0,
+            head_dim=16,
+            lm_head_multiplier=3.0,
+            mamba_chunk_size=128,
+            mamba_conv_bias=True,
+            mamba_d_conv=4,
+            mamba_d_head=16,
+            mamba_d_ssm=128,
+            mamba_d_state=16,
+            mamba_n_groups=2,
+            mamba_n_heads=8,
+            mamba_norm_before_gate=True,
+            mamba_proj_bias=False,
+            mamba_rms_norm=True,
+            projectors_bias=False,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    dict(
+        name="jamba",
+        ssm=True,
+        init=dict(salt=2),
+        family="qwen2",
+        notes="Jamba style: 3 layers, attention (no positional encoding, 4q/2kv) at layer 1 (attn_layer_period 2, offset 1), Mamba-1 mixers (expand 2, d_state 16, conv kernel 4, dt_rank auto, weighted RMSNorms on dt/B/C) at layers 0, 2; MoE (4 experts top-2, softmax over the chosen router logits) at layer 1 (expert_layer_period 2, offset 1), SwiGLU elsewhere; untied; 4-bit: router 8-bit/g64",
+        config=dict(
+            architectures=["JambaForCausalLM"],
+            model_type="jamba",
+            attn_layer_offset=1,
+            attn_layer_period=2,
+            expert_layer_offset=1,
+            expert_layer_period=2,
+            mamba_conv_bias=True,
+            mamba_d_conv=4,
+            mamba_d_state=16,
+            mamba_dt_rank="auto",
+            mamba_expand=2,
+            mamba_proj_bias=False,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_hidden_layers=3,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
+    ),
+    dict(
+        name="granitemoehybrid",
+        ssm=True,
+        init=dict(salt=1),
+        family="llama3",
+        notes="Granite 4.0 hybrid style: layer_types mamba / attention / mamba (Mamba-2 mixers 8 heads x 16, 2 groups, d_state 16, conv kernel 4; attention 4q/2kv with RoPE and scale attention_multiplier 0.2); every MLP a 4-expert top-2 MoE (softmax over the chosen router logits) + shared fused SwiGLU; muP embedding_multiplier 2, residual_multiplier 0.5, logits / logits_scaling 0.5; untied; 4-bit: routers 8-bit/g64",
+        config=dict(
+            architectures=["GraniteMoeHybridForCausalLM"],
+            model_type="granitemoehybrid",
+            attention_bias=False,
+            attention_multiplier=0.2,
+            embedding_multiplier=2.0,
+            intermediate_size=32,
+            layer_types=["mamba", "attention", "mamba"],
+            logits_scaling=0.5,
+            mamba_conv_bias=True,
+            mamba_d_conv=4,
+            mamba_d_head=16,
+            mamba_d_state=16,
+            mamba_n_groups=2,
+            mamba_n_heads=8,
+            mamba_proj_bias=False,
+            num_experts_per_tok=2,
+            num_hidden_layers=3,
+            num_local_experts=4,
+            position_embedding_type="rope",
+            residual_multiplier=0.5,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            shared_intermediate_size=32,
+            tie_word_embeddings=False,
+        ),
+    ),
+    dict(
+        name="recurrent_gemma",
+        ssm=True,
+        init=dict(emb_std=0.03, final_norm=0.0, final_norm_std=16.0, salt=1),
+        family="gemma2",
+        notes="RecurrentGemma (Griffin) style: block_types recurrent, recurrent, attention (3 layers): RG-LRU recurrent blocks (4 heads, conv1d_width 4) and local MQA attention over a 16-token window (rotating cache; the 58-token prompt and the long prompt wrap it), 1 + weight RMSNorms, sqrt(hidden) embedding scale, tanh logit soft cap 30, tied (no lm_head in the checkpoint)",
+        config=dict(
+            architectures=["RecurrentGemmaForCausalLM"],
+            model_type="recurrent_gemma",
+            attention_bias=False,
+            attention_window_size=16,
+            block_types=["recurrent", "recurrent", "attention"],
+            conv1d_width=4,
+            embeddings_scale_by_sqrt_dim=True,
+            intermediate_size=128,
+            logits_soft_cap=30.0,
+            num_hidden_layers=3,
+            num_key_value_heads=1,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    dict(
+        name="rwkv7",
+        ssm=True,
+        init=dict(salt=3),
+        family="qwen2",
+        notes="RWKV-7 style: 2 layers of time mixing (4 heads x 16, token shift, low-rank w/a/v/g of rank 64, WKV-7 state, per-head LayerNorm, v_first from layer 0) and squared-ReLU channel mixing (128); LayerNorms; untied; caches ArraysCache(3) per layer; 4-bit: lora.2 and embeddings 8-bit",
+        config=dict(
+            architectures=["RWKV7ForCausalLM"],
+            model_type="rwkv7",
+            a_low_rank_dim=64,
+            decay_low_rank_dim=64,
+            gate_low_rank_dim=64,
+            head_dim=16,
+            intermediate_size=128,
+            norm_eps=1e-5,
+            num_hidden_layers=2,
+            tie_word_embeddings=False,
+            v_low_rank_dim=64,
+        ),
+    ),
+    dict(
+        name="kimi_linear",
+        ssm=True,
+        init=dict(salt=6),
+        family="qwen2",
+        notes="Kimi-Linear style: 3 layers, kda_layers [1, 3] (layers 0, 2 Kimi Delta Attention: 4 heads x 16, short convs of 4 on q/k/v, per-channel gated delta rule, sigmoid-gated output RMSNorm) and layer 1 NoPE MLA (4 heads, nope 16 + rope 8, v 16, kv_lora_rank 32); layer 0 dense SwiGLU (first_k_dense_replace 1), layers 1-2 MoE: 4 experts top-2, sigmoid router + correction bias, 2 groups top-1, scaling 2.5, one shared expert; untied; 4-bit: routers 8-bit/g64",
+        config=dict(
+            architectures=["KimiLinearForCausalLM"],
+            model_type="kimi_linear",
+            first_k_dense_replace=1,
+            head_dim=16,
+            kv_lora_rank=32,
+            linear_attn_config=dict(head_dim=16, kda_layers=[1, 3], num_heads=4, short_conv_kernel_size=4),
+            mla_use_nope=True,
+            model_max_length=512,
+            moe_intermediate_size=32,
+            moe_layer_freq=1,
+            moe_renormalize=True,
+            moe_router_activation_func="sigmoid",
+            num_expert_group=2,
+            num_experts=4,
+            num_experts_per_token=2,
+            num_hidden_layers=3,
+            num_key_value_heads=4,
+            num_shared_experts=1,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            routed_scaling_factor=2.5,
+            tie_word_embeddings=False,
+            topk_group=1,
+            use_grouped_topk=True,
+            v_head_dim=16,
+        ),
+    ),
 ]
+
+# Prompt tokens per prefill chunk for the SSM long-prompt references.
+SSM_PREFILL_STEP = 64
+# The long prompt: PROMPT repeated to more than 256 tokens (one SSD chunk).
+SSM_LONG_REPEAT = 7
 
 # --------------------------------------------------------------------------
 # helpers
@@ -1578,7 +1933,7 @@ def init_params(
             w = 0.1 * rng.standard_normal(shape)
             if k.endswith(POST_NORMS) and mod in offset_norms:
                 w = w + (post_norm - 1.0)
-            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight"):
+            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight", "backbone.norm_f.weight", "model.embedding_norm.weight", "language_model.model.norm.weight", "model.final_layernorm.weight", "model.final_norm.weight"):
                 w = (final_norm_std / 0.1) * w + (final_norm - 1.0)
             if mod not in offset_norms:
                 w = 1.0 + w
@@ -1588,14 +1943,14 @@ def init_params(
             w = rng.standard_normal(shape)
         elif leaf == "e_score_correction_bias":
             w = 0.05 * rng.standard_normal(shape)
-        elif k.endswith("embed_tokens.weight"):
+        elif k.endswith(("embed_tokens.weight", "backbone.embeddings.weight")):
             std = emb_std if emb_std is not None else 3.0 / np.sqrt(shape[-1])
             w = std * rng.standard_normal(shape)
-        elif k == "lm_head.weight":
+        elif k in ("lm_head.weight", "language_model.lm_head.weight"):
             w = (3.0 / np.sqrt(shape[-1])) * rng.standard_normal(shape)
         elif k.endswith("mlp.gate.weight") or k.endswith("mlp.router.weight") or k.endswith(
             "block_sparse_moe.gate.weight"
-        ):
+        ) or k.endswith("feed_forward.router.weight"):
             w = (2.0 / np.sqrt(shape[-1])) * rng.standard_normal(shape)
         else:
             gain = branch_gain if k.endswith(BRANCH_OUT) else 1.0
@@ -1639,9 +1994,9 @@ def make_stage(stage: Path, arch: dict, base_json: str, ids: dict, dtype: str):
     model_cls, args_cls = _get_classes(cfg)
     model = model_cls(args_cls.from_dict(cfg))
     weights = init_params(model, arch["name"], **arch.get("init", {}))
-    if arch["name"] == "gemma3_text":
-        # Gemma 3 checkpoints are tied: the file has no lm_head (mlx-lm's
-        # sanitize then drops the module and ties).
+    if arch["name"] in ("gemma3_text", "recurrent_gemma"):
+        # Gemma 3 / RecurrentGemma checkpoints are tied: the file has no
+        # lm_head (mlx-lm's sanitize then drops the module and ties).
         weights.pop("lm_head.weight")
     mx.save_safetensors(str(stage / "model.safetensors"), weights, metadata={"format": "mlx"})
 
@@ -1752,8 +2107,43 @@ def make_reference(folder: Path, name: str, arch: dict, extra_native_bf16=False)
     }
     if native is not None:
         ref["native_bf16"] = native
+    if arch.get("ssm"):
+        ref.update(ssm_extras(model, folder, prompt_ids, hf_tok, write_cache=not name.endswith("-4bit")))
     del model
     return ref
+
+
+def ssm_extras(model, folder: Path, prompt_ids, hf_tok, write_cache: bool) -> dict:
+    """A long prompt (logits + greedy with chunked prefill) and, if asked,
+    mlx-lm's prompt cache of all prompt tokens but the last."""
+    from mlx_lm.models.cache import make_prompt_cache, save_prompt_cache
+
+    long_ids = hf_tok.encode(" ".join([PROMPT] * SSM_LONG_REPEAT))
+    assert len(long_ids) > 256, len(long_ids)
+    x = mx.array(long_ids, dtype=mx.int32)
+    logits = model(x[None])[0, -1].astype(mx.float32)
+    toks = []
+    for (t, _), _ in zip(
+        generate_step(x, model, max_tokens=N_GREEDY, prefill_step_size=SSM_PREFILL_STEP), range(N_GREEDY)
+    ):
+        toks.append(int(t))
+    out = {
+        "long_prompt_ids": long_ids,
+        "long_prefill_step_size": SSM_PREFILL_STEP,
+        "long_logits_last": f32_list(logits),
+        "long_greedy_tokens": toks,
+    }
+    if write_cache:
+        cache = make_prompt_cache(model)
+        model(mx.array(prompt_ids[:-1], dtype=mx.int32)[None], cache=cache)
+        mx.eval([c.state for c in cache])
+        save_prompt_cache(str(folder / "prompt_cache.safetensors"), cache, {"tokens": str(len(prompt_ids) - 1)})
+        out["prompt_cache"] = {
+            "file": "prompt_cache.safetensors",
+            "tokens": len(prompt_ids) - 1,
+            "classes": [type(c).__name__ for c in cache],
+        }
+    return out
 
 
 def convert_into(stage: Path, out: Path, base_json, fam, ids, **kw):

@@ -213,9 +213,12 @@ impl<'m> BatchGenerator<'m> {
     let caches = model.make_caches(None);
     // A padded forward over an empty batch tells whether the architecture
     // implements `hidden_padded`; rotating caches never batch.
-    let standard = caches
-      .iter()
-      .all(|c| c.kind() == KvCacheKind::Standard && !c.is_quantized() && c.chunk_size().is_none());
+    let standard = caches.iter().all(|c| {
+      c.kind() == KvCacheKind::Standard
+        && !c.is_quantized()
+        && !c.is_recurrent()
+        && c.chunk_size().is_none()
+    });
     let batchable = standard && {
       let mut probe = model.make_caches(None);
       let x = Array::from_slice(&[pad_id], &[1, 1])?;

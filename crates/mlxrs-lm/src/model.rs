@@ -136,7 +136,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
 pub type Builder = fn(&Value) -> Result<Box<dyn LanguageModel>>;
 
 /// `model_type` aliases (mlx-lm's `MODEL_REMAPPING`).
-pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama")];
+pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama"), ("falcon_mamba", "mamba")];
 
 /// The registry: `model_type` -> builder.
 pub fn registry() -> Vec<(&'static str, Builder)> {
@@ -178,6 +178,19 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("nemotron", crate::models::nemotron::build),
     ("granitemoe", crate::models::granitemoe::build),
     ("olmoe", crate::models::olmoe::build),
+    ("mamba", crate::models::mamba::build),
+    ("mamba2", crate::models::mamba2::build),
+    ("lfm2", crate::models::lfm2::build),
+    ("qwen3_next", crate::models::qwen3_next::build),
+    ("qwen3_5", crate::models::qwen3_5::build),
+    ("nemotron_h", crate::models::nemotron_h::build),
+    ("falcon_h1", crate::models::falcon_h1::build),
+    ("jamba", crate::models::jamba::build),
+    ("granitemoehybrid", crate::models::granitemoehybrid::build),
+    ("recurrent_gemma", crate::models::recurrent_gemma::build),
+    ("rwkv7", crate::models::rwkv7::build),
+    ("kimi_linear", crate::models::kimi_linear::build),
+    ("qwen3_5_moe", crate::models::qwen3_5::build),
   ]
 }
 

@@ -245,34 +245,38 @@ impl QuantConfig {
     let obj = v
       .as_object()
       .ok_or_else(|| Error::InvalidArgument("quantization: expected an object".into()))?;
-    let parse = |o: &serde_json::Map<String, serde_json::Value>,
-                 base: Option<&QuantParams>|
-     -> Result<QuantParams> {
+    // A field a per-layer entry leaves out takes the mode's default, not
+    // the top-level value: mlx-lm passes the entry as `to_quantized(**entry)`,
+    // whose defaults are `mode="affine"` and that mode's group size / bits
+    // (python `_defaults_for_mode`), e.g. rwkv7's `{"bits": 8}` is 8-bit
+    // with groups of 64 under a 4-bit / 32 top level.
+    let parse = |o: &serde_json::Map<String, serde_json::Value>| -> Result<QuantParams> {
       let gs = o
         .get("group_size")
         .and_then(|x| x.as_i64())
         .map(|x| x as i32);
       let bits = o.get("bits").and_then(|x| x.as_i64()).map(|x| x as i32);
       let mode = match o.get("mode") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(m) => Some(QuantMode::from_name(m.as_str().ok_or_else(|| {
+        None | Some(serde_json::Value::Null) => QuantMode::default(),
+        Some(m) => QuantMode::from_name(m.as_str().ok_or_else(|| {
           Error::InvalidArgument(format!("quantization: mode {m} is not a string"))
-        })?)?),
+        })?)?,
       };
+      let (dg, db) = mode.defaults();
       let p = QuantParams {
-        group_size: gs.or(base.map(|b| b.group_size)).unwrap_or(64),
-        bits: bits.or(base.map(|b| b.bits)).unwrap_or(4),
-        mode: mode.or(base.map(|b| b.mode)).unwrap_or_default(),
+        group_size: gs.unwrap_or(dg),
+        bits: bits.unwrap_or(db),
+        mode,
       };
       p.validate()?;
       Ok(p)
     };
-    let default = parse(obj, None)?;
+    let default = parse(obj)?;
     let mut layers = HashMap::new();
     for (k, val) in obj {
       match val {
         serde_json::Value::Object(o) => {
-          layers.insert(k.clone(), Some(parse(o, Some(&default))?));
+          layers.insert(k.clone(), Some(parse(o)?));
         }
         serde_json::Value::Bool(false) => {
           layers.insert(k.clone(), None);

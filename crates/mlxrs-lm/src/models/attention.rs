@@ -72,6 +72,9 @@ pub(crate) struct Attention {
   norm_full: bool,
   /// The output projection's name (`o_proj`; phi: `dense`).
   o_name: &'static str,
+  /// The q/k norms' names (`q_norm`, `k_norm`; LFM2: `q_layernorm`,
+  /// `k_layernorm`).
+  qk_names: (&'static str, &'static str),
 }
 
 impl Attention {
@@ -81,8 +84,8 @@ impl Attention {
       ("k_proj", &self.k_proj),
       ("v_proj", &self.v_proj),
       (self.o_name, &self.o_proj),
-      ("q_norm", &self.q_norm),
-      ("k_norm", &self.k_norm),
+      (self.qk_names.0, &self.q_norm),
+      (self.qk_names.1, &self.k_norm),
     ]
   }
 
@@ -92,8 +95,8 @@ impl Attention {
       ("k_proj", &mut self.k_proj),
       ("v_proj", &mut self.v_proj),
       (self.o_name, &mut self.o_proj),
-      ("q_norm", &mut self.q_norm),
-      ("k_norm", &mut self.k_norm),
+      (self.qk_names.0, &mut self.q_norm),
+      (self.qk_names.1, &mut self.k_norm),
     ]
   }
 
@@ -101,6 +104,14 @@ impl Attention {
   /// `dense`).
   pub fn with_o_name(mut self, name: &'static str) -> Attention {
     self.o_name = name;
+    self
+  }
+
+  /// The same layer with its output projection named `o` and its q/k
+  /// norms `q`, `k` (LFM2's `out_proj`, `q_layernorm`, `k_layernorm`).
+  pub fn with_names(mut self, o: &'static str, q: &'static str, k: &'static str) -> Attention {
+    self.o_name = o;
+    self.qk_names = (q, k);
     self
   }
 }
@@ -156,6 +167,7 @@ impl Attention {
       scale: d.scale,
       rope,
       o_name: "o_proj",
+      qk_names: ("q_norm", "k_norm"),
     }
   }
 

@@ -116,3 +116,72 @@ impl super::decoder::Layer for MoeBlock {
     ops::add(&h, &r)
   }
 }
+
+/// Routing that softmaxes only the chosen experts' logits (mlx-lm's
+/// `JambaSparseMoeBlock` / `GraniteMoeHybridTopKGating`): the `k` largest
+/// router logits of `gates` `[..., E]`, their softmax as weights. Returns
+/// `(indices [..., k], weights [..., k])`.
+pub(crate) fn topk_then_softmax(gates: &Array, k: i32) -> Result<(Array, Array)> {
+  let e = gates.dim(-1).unwrap_or(0);
+  let inds = ops::stop_gradient(&last_axis(
+    &ops::argpartition_axis(gates, e - k, -1)?,
+    e - k,
+    e,
+  )?)?;
+  let scores = ops::softmax_axis(&ops::take_along_axis(gates, &inds, -1)?, -1, true)?;
+  Ok((inds, scores))
+}
+
+/// Grouped top-k selection over router scores (mlx-lm's
+/// `group_expert_select` of nemotron_h.py / kimi_linear.py): `scores`
+/// `[..., E]` (already sigmoid / softmax), plus the optional correction
+/// `bias` for choosing; with `n_group > 1` only the `topk_group` groups with
+/// the best top-2 sums compete; the `top_k` chosen experts are weighted by
+/// their unbiased scores, renormalised (`+ 1e-20`) when `renormalize` and
+/// `top_k > 1`, times `scaling`. Returns `(indices, weights)` `[..., k]`.
+pub(crate) fn grouped_topk(
+  scores: &Array,
+  bias: Option<&Array>,
+  top_k: i32,
+  n_group: i32,
+  topk_group: i32,
+  renormalize: bool,
+  scaling: f32,
+) -> Result<(Array, Array)> {
+  let orig = scores;
+  let mut scores = match bias {
+    Some(b) => (orig + &ops::astype(b, orig.dtype())?)?,
+    None => orig.clone(),
+  };
+  if n_group > 1 {
+    scores = ops::unflatten(&scores, -1, &[n_group, -1])?;
+    let gs = ops::sum_axis(&ops::topk_axis(&scores, 2, -1)?, -1, true)?;
+    let k = n_group - topk_group;
+    if k > 0 {
+      let part = ops::argpartition_axis(&gs, k - 1, -2)?;
+      let ps = part.shape();
+      let nd = ps.len();
+      let mut stop = ps.clone();
+      stop[nd - 2] = k;
+      let idx = ops::slice(&part, &vec![0; nd], &stop, &vec![1; nd])?;
+      scores = ops::put_along_axis(
+        &scores,
+        &ops::stop_gradient(&idx)?,
+        &Array::scalar_as(0.0, scores.dtype())?,
+        -2,
+      )?;
+    }
+    scores = ops::flatten(&scores, -2, -1)?;
+  }
+  let inds = ops::stop_gradient(&last_axis(
+    &ops::argpartition_axis(&ops::negative(&scores)?, top_k - 1, -1)?,
+    0,
+    top_k,
+  )?)?;
+  let mut w = ops::take_along_axis(orig, &inds, -1)?;
+  if top_k > 1 && renormalize {
+    let den = (ops::sum_axis(&w, -1, true)? + 1e-20)?;
+    w = (&w / &den)?;
+  }
+  Ok((inds, (w * scaling)?))
+}
