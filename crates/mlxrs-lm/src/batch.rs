@@ -25,6 +25,7 @@ use crate::tokenizer::Tokenizer;
 /// `model_type`s whose models implement [`LanguageModel::hidden_padded`].
 pub const BATCH_MODEL_TYPES: &[&str] = &[
   "cohere",
+  "deepseek_v2",
   "deepseek_v3",
   "ernie4_5",
   "exaone",

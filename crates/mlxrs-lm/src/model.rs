@@ -102,6 +102,7 @@ fn no_embeddings_entry() -> mlxrs_core::Error {
 pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "cohere",
   "cohere2",
+  "deepseek_v2",
   "ernie4_5",
   "exaone",
   "exaone4",
@@ -178,6 +179,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("nemotron", crate::models::nemotron::build),
     ("granitemoe", crate::models::granitemoe::build),
     ("olmoe", crate::models::olmoe::build),
+    ("deepseek_v2", crate::models::deepseek_v2::build),
   ]
 }
 

@@ -134,3 +134,19 @@ pub(crate) fn with_default(
   }
   cfg
 }
+
+/// `a[start:stop]` along `axis` (negative counts from the end).
+pub(crate) fn slice_axis(a: &Array, axis: i32, start: i32, stop: i32) -> Result<Array> {
+  let shape = a.shape();
+  let nd = shape.len();
+  let ax = if axis < 0 {
+    (axis + nd as i32) as usize
+  } else {
+    axis as usize
+  };
+  let mut st = vec![0; nd];
+  let mut sp = shape.clone();
+  st[ax] = start;
+  sp[ax] = stop;
+  ops::slice(a, &st, &sp, &vec![1; nd])
+}
