@@ -110,6 +110,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "gemma2",
   "gemma3_text",
   "glm4",
+  "glm4_moe",
   "gpt2",
   "gpt_bigcode",
   "gpt_neox",
@@ -125,6 +126,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "nemotron",
   "olmoe",
   "phi",
+  "phimoe",
   "qwen2",
   "qwen2_moe",
   "qwen3",
@@ -180,6 +182,8 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("granitemoe", crate::models::granitemoe::build),
     ("olmoe", crate::models::olmoe::build),
     ("deepseek_v2", crate::models::deepseek_v2::build),
+    ("glm4_moe", crate::models::glm4_moe::build),
+    ("phimoe", crate::models::phimoe::build),
   ]
 }
 

@@ -30,6 +30,8 @@ macro_rules! fixtures {
 
 fixtures! {
   deepseek_v2 / deepseek_v2_4bit => "deepseek_v2",
+  glm4_moe / glm4_moe_4bit => "glm4_moe",
+  phimoe / phimoe_4bit => "phimoe",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the
@@ -66,8 +68,21 @@ fn padded_batch_matches_reference() {
 /// missing required field.
 #[test]
 fn unhandled_config_fields_are_named() {
-  use serde_json::Value;
-  let cases: &[(&str, &str, Value)] = &[("deepseek_v2", "rope_scaling", Value::Null)];
+  use serde_json::{Value, json};
+  let cases: &[(&str, &str, Value)] = &[
+    ("deepseek_v2", "rope_scaling", Value::Null),
+    (
+      "glm4_moe",
+      "rope_scaling",
+      json!({"rope_type": "yarn", "factor": 2.0}),
+    ),
+    ("glm4_moe", "partial_rotary_factor", json!(0.0)),
+    (
+      "phimoe",
+      "rope_scaling",
+      json!({"type": "longrope", "long_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]}),
+    ),
+  ];
   for (name, field, value) in cases {
     let path = common::fixture(name).join("config.json");
     let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
