@@ -41,6 +41,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "llama",
   "mimo",
   "minicpm",
+  "minicpm3",
   "mistral",
   "mixtral",
   "nemotron",

@@ -117,11 +117,13 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "granite",
   "granitemoe",
   "helium",
+  "hunyuan",
   "internlm2",
   "internlm3",
   "llama",
   "mimo",
   "minicpm",
+  "minicpm3",
   "mistral",
   "nemotron",
   "olmoe",
@@ -184,6 +186,8 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("deepseek_v2", crate::models::deepseek_v2::build),
     ("glm4_moe", crate::models::glm4_moe::build),
     ("phimoe", crate::models::phimoe::build),
+    ("minicpm3", crate::models::minicpm3::build),
+    ("hunyuan", crate::models::hunyuan::build),
   ]
 }
 
