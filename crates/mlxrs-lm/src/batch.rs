@@ -39,6 +39,7 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "internlm2",
   "internlm3",
   "llama",
+  "llama4_text",
   "mimo",
   "minicpm",
   "minicpm3",

@@ -121,9 +121,11 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "internlm2",
   "internlm3",
   "llama",
+  "llama4_text",
   "mimo",
   "minicpm",
   "minicpm3",
+  "ministral3",
   "mistral",
   "nemotron",
   "olmoe",
@@ -188,6 +190,8 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("phimoe", crate::models::phimoe::build),
     ("minicpm3", crate::models::minicpm3::build),
     ("hunyuan", crate::models::hunyuan::build),
+    ("ministral3", crate::models::ministral3::build),
+    ("llama4_text", crate::models::llama4_text::build),
   ]
 }
 

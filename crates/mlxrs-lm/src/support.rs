@@ -10,7 +10,14 @@ use crate::model::{ALIASES, EMBEDDINGS_MODEL_TYPES, registry, supported_model_ty
 /// layers: speculative decoding works only until a window wraps, and
 /// `batch_generate` refuses them. (llama / smollm3 join them when their
 /// config's `layer_types` has `sliding_attention`.)
-pub const SLIDING_MODEL_TYPES: &[&str] = &["cohere2", "exaone4", "gemma3_text", "gpt_oss", "olmo3"];
+pub const SLIDING_MODEL_TYPES: &[&str] = &[
+  "cohere2",
+  "exaone4",
+  "gemma3_text",
+  "gpt_oss",
+  "ministral3",
+  "olmo3",
+];
 
 /// One row of the support table.
 #[derive(Debug, Clone, PartialEq, Eq)]

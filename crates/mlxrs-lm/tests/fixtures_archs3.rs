@@ -34,6 +34,8 @@ fixtures! {
   phimoe / phimoe_4bit => "phimoe",
   minicpm3 / minicpm3_4bit => "minicpm3",
   hunyuan / hunyuan_4bit => "hunyuan",
+  ministral3 / ministral3_4bit => "ministral3",
+  llama4_text / llama4_text_4bit => "llama4_text",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the
