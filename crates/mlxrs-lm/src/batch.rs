@@ -24,10 +24,12 @@ use crate::tokenizer::Tokenizer;
 
 /// `model_type`s whose models implement [`LanguageModel::hidden_padded`].
 pub const BATCH_MODEL_TYPES: &[&str] = &[
+  "apertus",
   "cohere",
   "deepseek_v2",
   "deepseek_v3",
   "ernie4_5",
+  "ernie4_5_moe",
   "exaone",
   "gemma2",
   "glm4",

@@ -100,10 +100,12 @@ fn no_embeddings_entry() -> mlxrs_core::Error {
 /// ([`LanguageModel::hidden_from_embeddings`]), i.e. can be the text side
 /// of a vision-language model.
 pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
+  "apertus",
   "cohere",
   "cohere2",
   "deepseek_v2",
   "ernie4_5",
+  "ernie4_5_moe",
   "exaone",
   "exaone4",
   "gemma",
@@ -192,6 +194,8 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("hunyuan", crate::models::hunyuan::build),
     ("ministral3", crate::models::ministral3::build),
     ("llama4_text", crate::models::llama4_text::build),
+    ("apertus", crate::models::apertus::build),
+    ("ernie4_5_moe", crate::models::ernie4_5_moe::build),
   ]
 }
 

@@ -36,6 +36,8 @@ fixtures! {
   hunyuan / hunyuan_4bit => "hunyuan",
   ministral3 / ministral3_4bit => "ministral3",
   llama4_text / llama4_text_4bit => "llama4_text",
+  apertus / apertus_4bit => "apertus",
+  ernie4_5_moe / ernie4_5_moe_4bit => "ernie4_5_moe",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the

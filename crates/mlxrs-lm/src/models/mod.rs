@@ -1,6 +1,7 @@
 //! Architectures, one short file each, in the shape of mlx-lm's
 //! `mlx_lm/models/<arch>.py`.
 
+pub mod apertus;
 pub(crate) mod attention;
 pub mod base;
 pub mod cohere;
@@ -8,6 +9,7 @@ pub(crate) mod decoder;
 pub mod deepseek_v2;
 pub mod deepseek_v3;
 pub mod ernie4_5;
+pub mod ernie4_5_moe;
 pub mod exaone;
 pub mod exaone4;
 pub mod gemma;
