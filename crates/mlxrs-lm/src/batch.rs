@@ -25,7 +25,9 @@ use crate::tokenizer::Tokenizer;
 /// `model_type`s whose models implement [`LanguageModel::hidden_padded`].
 pub const BATCH_MODEL_TYPES: &[&str] = &[
   "apertus",
+  "bailing_moe",
   "cohere",
+  "dbrx",
   "deepseek_v2",
   "deepseek_v3",
   "ernie4_5",

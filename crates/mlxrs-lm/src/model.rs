@@ -101,8 +101,10 @@ fn no_embeddings_entry() -> mlxrs_core::Error {
 /// of a vision-language model.
 pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
   "apertus",
+  "bailing_moe",
   "cohere",
   "cohere2",
+  "dbrx",
   "deepseek_v2",
   "ernie4_5",
   "ernie4_5_moe",
@@ -196,6 +198,8 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("llama4_text", crate::models::llama4_text::build),
     ("apertus", crate::models::apertus::build),
     ("ernie4_5_moe", crate::models::ernie4_5_moe::build),
+    ("bailing_moe", crate::models::bailing_moe::build),
+    ("dbrx", crate::models::dbrx::build),
   ]
 }
 

@@ -95,21 +95,21 @@ impl Module for Inner {
     self.norm.load(w, &join(prefix, self.names.norm));
   }
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
-    self.embed_tokens.visit(&join(prefix, "embed_tokens"), f);
+    self.embed_tokens.visit(&join(prefix, self.names.embed), f);
     self.layers.visit(&join(prefix, self.names.layers), f);
     self.norm.visit(&join(prefix, self.names.norm), f);
   }
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
     self
       .embed_tokens
-      .visit_mut(&join(prefix, "embed_tokens"), f);
+      .visit_mut(&join(prefix, self.names.embed), f);
     self.layers.visit_mut(&join(prefix, self.names.layers), f);
     self.norm.visit_mut(&join(prefix, self.names.norm), f);
   }
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
     self
       .embed_tokens
-      .visit_frozen(&join(prefix, "embed_tokens"), f);
+      .visit_frozen(&join(prefix, self.names.embed), f);
     self
       .layers
       .visit_frozen(&join(prefix, self.names.layers), f);

@@ -3,8 +3,10 @@
 
 pub mod apertus;
 pub(crate) mod attention;
+pub mod bailing_moe;
 pub mod base;
 pub mod cohere;
+pub mod dbrx;
 pub(crate) mod decoder;
 pub mod deepseek_v2;
 pub mod deepseek_v3;

@@ -185,35 +185,90 @@ pub(crate) fn check_groups(arch: &str, experts: i32, n_group: i32, topk_group: i
   Ok(())
 }
 
+/// mlx-lm's `group_expert_select` (deepseek_v3.py, glm4_moe.py,
+/// bailing_moe.py) over activated router `scores` `[..., experts]`:
+/// experts chosen by `scores + bias`, groups (`n_group > 1`) ranked by the
+/// sum of their top-2 with all but `topk_group` zeroed, the top `top_k`
+/// taken; their *unbiased* scores renormalized (`norm_eps`: divide by the
+/// sum plus it; `None`: no renormalization; only for `top_k > 1`) and
+/// times `scale`. Returns `(indices, weights)`.
+pub(crate) fn group_expert_select(
+  scores: &Array,
+  bias: Option<&Array>,
+  top_k: i32,
+  n_group: i32,
+  topk_group: i32,
+  norm_eps: Option<f32>,
+  scale: f32,
+) -> Result<(Array, Array)> {
+  use super::base::slice_axis;
+  let orig = scores;
+  let mut sel = match bias {
+    Some(b) => ops::add(orig, b)?,
+    None => orig.clone(),
+  };
+  if n_group > 1 {
+    sel = ops::unflatten(&sel, -1, &[n_group, -1])?;
+    let group_scores = ops::sum_axis(&ops::topk_axis(&sel, 2, -1)?, -1, true)?;
+    let k = n_group - topk_group;
+    if k > 0 {
+      let group_idx = slice_axis(&ops::argpartition_axis(&group_scores, k - 1, -2)?, -2, 0, k)?;
+      let zero = mlxrs_core::Array::scalar_as(0.0, sel.dtype())?;
+      sel = ops::put_along_axis(&sel, &ops::stop_gradient(&group_idx)?, &zero, -2)?;
+    }
+    sel = ops::flatten(&sel, -2, -1)?;
+  }
+  let inds = ops::stop_gradient(&slice_axis(
+    &ops::argpartition_axis(&ops::negative(&sel)?, top_k - 1, -1)?,
+    -1,
+    0,
+    top_k,
+  )?)?;
+  let mut w = ops::take_along_axis(orig, &inds, -1)?;
+  if let Some(eps) = norm_eps
+    && top_k > 1
+  {
+    let mut denom = ops::sum_axis(&w, -1, true)?;
+    if eps != 0.0 {
+      denom = ops::add(
+        &denom,
+        &mlxrs_core::Array::scalar_as(eps as f64, denom.dtype())?,
+      )?;
+    }
+    w = ops::divide(&w, &denom)?;
+  }
+  let w = ops::multiply(&w, &mlxrs_core::Array::scalar_as(scale as f64, w.dtype())?)?;
+  Ok((inds, w))
+}
+
 impl DeepseekGate {
   /// `(indices [..., k], weights [..., k])` for `x` `[..., hidden]`.
   fn forward(&self, x: &Array) -> Result<(Array, Array)> {
     use super::base::slice_axis;
     let gates = ops::matmul(x, &ops::transpose(&self.weight.value)?)?;
-    let (orig, mut scores) = match self.routing {
-      Routing::NoauxTc { .. } => {
-        let orig = ops::sigmoid(&ops::astype(&gates, mlxrs_core::Dtype::Float32)?)?;
-        let s = match &self.e_score_correction_bias {
-          Some(b) => ops::add(&orig, &b.value)?,
-          None => orig.clone(),
-        };
-        (orig, s)
+    if let Routing::NoauxTc { norm_topk_prob } = self.routing {
+      let scores = ops::sigmoid(&ops::astype(&gates, mlxrs_core::Dtype::Float32)?)?;
+      return group_expert_select(
+        &scores,
+        self.e_score_correction_bias.as_ref().map(|b| &b.value),
+        self.top_k,
+        self.n_group,
+        self.topk_group,
+        norm_topk_prob.then_some(0.0),
+        self.routed_scaling_factor,
+      );
+    }
+    // DeepSeek-V2: softmax, groups ranked by their maximum, picked from the
+    // group-masked scores, never renormalized.
+    let mut scores = ops::softmax_axis(&gates, -1, true)?;
+    if matches!(
+      self.routing,
+      Routing::Softmax {
+        group_limited: true
       }
-      Routing::Softmax { .. } => {
-        let s = ops::softmax_axis(&gates, -1, true)?;
-        (s.clone(), s)
-      }
-    };
-    let grouped = match self.routing {
-      Routing::NoauxTc { .. } => self.n_group > 1,
-      Routing::Softmax { group_limited } => group_limited,
-    };
-    if grouped {
+    ) {
       scores = ops::unflatten(&scores, -1, &[self.n_group, -1])?;
-      let group_scores = match self.routing {
-        Routing::NoauxTc { .. } => ops::sum_axis(&ops::topk_axis(&scores, 2, -1)?, -1, true)?,
-        Routing::Softmax { .. } => ops::max_axis(&scores, -1, true)?,
-      };
+      let group_scores = ops::max_axis(&scores, -1, true)?;
       let k = self.n_group - self.topk_group;
       if k > 0 {
         let group_idx = slice_axis(&ops::argpartition_axis(&group_scores, k - 1, -2)?, -2, 0, k)?;
@@ -229,19 +284,7 @@ impl DeepseekGate {
       0,
       k,
     )?)?;
-    // Softmax routing picks from the (group-masked) scores themselves.
-    let src = match self.routing {
-      Routing::NoauxTc { .. } => &orig,
-      Routing::Softmax { .. } => &scores,
-    };
-    let mut w = ops::take_along_axis(src, &inds, -1)?;
-    if let Routing::NoauxTc {
-      norm_topk_prob: true,
-    } = self.routing
-      && k > 1
-    {
-      w = ops::divide(&w, &ops::sum_axis(&w, -1, true)?)?;
-    }
+    let w = ops::take_along_axis(&scores, &inds, -1)?;
     let w = ops::multiply(
       &w,
       &mlxrs_core::Array::scalar_as(self.routed_scaling_factor as f64, w.dtype())?,
