@@ -1754,6 +1754,38 @@ ARCHS = [
             tie_word_embeddings=False,
         ),
     ),
+    dict(
+        name="gemma4_text",
+        init=dict(emb_std=0.1, final_norm=4.0, salt=2),
+        family="gemma3",
+        notes="Gemma-4 text style: 4 layers sliding (window 16, head 16, default RoPE) / full (global head 32, proportional RoPE over a quarter, k = v with 1 global kv head), the last 2 layers reuse the k/v of the last earlier layer of their type (num_kv_shared_layers 2, double-wide MLP), q/k RMSNorm + weightless v norm, attention scale 1, per-layer inputs (16 per layer), GeGLU MLP plus a 4-expert top-2 MoE (enable_moe_block), layer_scalar, final softcap 30, tied",
+        config=dict(
+            architectures=["Gemma4ForCausalLM"],
+            model_type="gemma4_text",
+            attention_k_eq_v=True,
+            enable_moe_block=True,
+            final_logit_softcapping=30.0,
+            global_head_dim=32,
+            head_dim=16,
+            hidden_size_per_layer_input=16,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            moe_intermediate_size=32,
+            num_experts=4,
+            num_global_key_value_heads=1,
+            num_hidden_layers=4,
+            num_kv_shared_layers=2,
+            rms_norm_eps=1e-6,
+            rope_parameters={
+                "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
+                "sliding_attention": {"partial_rotary_factor": 1.0, "rope_theta": 10000.0, "rope_type": "default"},
+            },
+            sliding_window=16,
+            tie_word_embeddings=True,
+            top_k_experts=2,
+            use_double_wide_mlp=True,
+            vocab_size_per_layer_input=512,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------

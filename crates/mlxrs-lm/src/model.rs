@@ -200,6 +200,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("ernie4_5_moe", crate::models::ernie4_5_moe::build),
     ("bailing_moe", crate::models::bailing_moe::build),
     ("dbrx", crate::models::dbrx::build),
+    ("gemma4_text", crate::models::gemma4_text::build),
   ]
 }
 
