@@ -73,6 +73,7 @@ import transformers
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.convert import convert as mlx_convert
 from mlx_lm.generate import generate_step
+from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import _get_classes
 from mlx_lm.utils import load as mlx_load
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
@@ -1786,6 +1787,44 @@ ARCHS = [
             vocab_size_per_layer_input=512,
         ),
     ),
+    dict(
+        name="gemma3n",
+        init=dict(emb_std=0.1, final_norm=4.0, salt=11),
+        family="gemma3",
+        logits_with_cache=True,
+        notes="Gemma-3n text style (text_config): 4 layers sliding (window 16) / full, the last 2 KV-shared (they attend over the cache of the last earlier layer of their type), q/k RMSNorm + weightless v norm, scale 1, AltUp over 2 streams (coef clip 120, correct_output_scale), LAuReL rank 16, per-layer inputs (16), activation sparsity 0.95 on layer 0 (gelu over mean + std * sqrt(2) erfinv(0.9)), softcap 30, tied; reference logits through a prompt cache (mlx-lm's KV-shared layers use the cache only then)",
+        config=dict(
+            architectures=["Gemma3nForConditionalGeneration"],
+            model_type="gemma3n",
+            text_config=dict(
+                model_type="gemma3n_text",
+                activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0],
+                altup_active_idx=0,
+                altup_coef_clip=120.0,
+                altup_correct_scale=True,
+                altup_num_inputs=2,
+                final_logit_softcapping=30.0,
+                head_dim=16,
+                hidden_size=64,
+                hidden_size_per_layer_input=16,
+                intermediate_size=64,
+                laurel_rank=16,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+                max_position_embeddings=512,
+                num_attention_heads=4,
+                num_hidden_layers=4,
+                num_key_value_heads=2,
+                num_kv_shared_layers=2,
+                rms_norm_eps=1e-6,
+                rope_local_base_freq=10000.0,
+                rope_theta=1000000.0,
+                sliding_window=16,
+                vocab_size=VOCAB_SIZE,
+                vocab_size_per_layer_input=VOCAB_SIZE,
+            ),
+            tie_word_embeddings=True,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------
@@ -1884,7 +1923,12 @@ def init_params(
             w = 0.1 * rng.standard_normal(shape)
             if k.endswith(POST_NORMS) and mod in offset_norms:
                 w = w + (post_norm - 1.0)
-            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight"):
+            if k in (
+                "model.norm.weight",
+                "model.ln_f.weight",
+                "transformer.ln_f.weight",
+                "model.language_model.norm.weight",
+            ):
                 w = (final_norm_std / 0.1) * w + (final_norm - 1.0)
             if mod not in offset_norms:
                 w = 1.0 + w
@@ -1977,9 +2021,12 @@ def versions() -> dict:
     }
 
 
-def forward_and_greedy(model, prompt_ids):
+def forward_and_greedy(model, prompt_ids, with_cache=False):
     x = mx.array(prompt_ids, dtype=mx.int32)
-    logits = model(x[None])[0, -1].astype(mx.float32)
+    # with_cache: the prompt through a fresh prompt cache, the path generation
+    # takes (gemma3n's KV-shared layers read their owner's cache only then).
+    cache = make_prompt_cache(model) if with_cache else None
+    logits = model(x[None], cache=cache)[0, -1].astype(mx.float32)
     mx.eval(logits)
     toks, lps, margins = [], [], []
     for (t, logprobs), _ in zip(generate_step(x, model, max_tokens=N_GREEDY), range(N_GREEDY)):
@@ -2025,7 +2072,9 @@ def make_reference(folder: Path, name: str, arch: dict, extra_native_bf16=False)
     # fixed float32 forward: upcast every floating parameter (exact for bf16),
     # quantized weights stay packed (their scales/biases are float32 already).
     model.set_dtype(mx.float32)
-    logits, toks, lps, margins = forward_and_greedy(model, prompt_ids)
+    logits, toks, lps, margins = forward_and_greedy(
+        model, prompt_ids, with_cache=arch.get("logits_with_cache", False)
+    )
 
     eos = config.get("eos_token_id")
     eos = eos if isinstance(eos, list) else [eos]

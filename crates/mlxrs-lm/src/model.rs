@@ -201,6 +201,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("bailing_moe", crate::models::bailing_moe::build),
     ("dbrx", crate::models::dbrx::build),
     ("gemma4_text", crate::models::gemma4_text::build),
+    ("gemma3n", crate::models::gemma3n::build),
   ]
 }
 

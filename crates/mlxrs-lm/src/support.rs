@@ -14,6 +14,7 @@ pub const SLIDING_MODEL_TYPES: &[&str] = &[
   "cohere2",
   "exaone4",
   "gemma3_text",
+  "gemma3n",
   "gemma4_text",
   "gpt_oss",
   "ministral3",

@@ -1,13 +1,15 @@
 //! The third batch of architectures for issue #19 (DeepSeek-V2, GLM-4.5
 //! MoE, Phi-3.5-MoE, MiniCPM3, Hunyuan, Ministral-3, Llama-4 text, Apertus,
-//! ERNIE-4.5 MoE; float32 and 4-bit) against mlx-lm 0.32.2 on the same
-//! checkpoints (`scripts/make_lm_fixtures.py`).
+//! ERNIE-4.5 MoE, Bailing-MoE, DBRX, Gemma 4 text, Gemma 3n text; float32
+//! and 4-bit) against mlx-lm 0.32.2 on the same checkpoints
+//! (`scripts/make_lm_fixtures.py`).
 //!
 //! Tolerance: |logit diff| <= 1e-4 in float32, greedy tokens exact. The
 //! ministral3 prompt (59 tokens) is longer than its 16-position sliding
 //! window, so its greedy tokens exercise rotating-cache decoding past the
 //! window, and its 20 greedy tokens pass position 64, where the Llama-4
-//! query scaling first changes.
+//! query scaling first changes; gemma4_text / gemma3n (window 16) likewise,
+//! with two KV-shared layers each.
 
 mod common;
 
@@ -56,6 +58,7 @@ fixtures! {
   bailing_moe / bailing_moe_4bit => "bailing_moe",
   dbrx / dbrx_4bit => "dbrx",
   gemma4_text / gemma4_text_4bit => "gemma4_text",
+  gemma3n / gemma3n_4bit => "gemma3n",
 }
 
 /// With `max_kv_size` larger than the prompt, rotating caches give the
@@ -121,6 +124,7 @@ fn unhandled_config_fields_are_named() {
     ("bailing_moe", "score_function", json!("tanh")),
     ("dbrx", "ffn_config", Value::Null),
     ("gemma4_text", "num_experts", Value::Null),
+    ("gemma3n", "text_config", json!("gemma3n_text")),
     (
       "gemma4_text",
       "layer_types",
@@ -319,6 +323,19 @@ fn hf_layouts_sanitize_to_mlx_names() {
       out.insert("model.layers.2.self_attn.k_norm.weight".into(), z());
       out.insert("model.layers.0.mlp.gate_proj.input_max".into(), z());
       out
+    }),
+    ("gemma3n", |mut w| {
+      // The multimodal checkpoint's towers.
+      let z = || ops::zeros(&[2], Dtype::Float32).unwrap();
+      for k in [
+        "model.vision_tower.timm_model.stem.conv.weight",
+        "model.audio_tower.conformer.0.norm.weight",
+        "model.embed_vision.embedding.weight",
+        "model.embed_audio.embedding.weight",
+      ] {
+        w.insert(k.into(), z());
+      }
+      w
     }),
   ];
   for (name, f) in to_hf {
