@@ -1825,6 +1825,36 @@ ARCHS = [
             tie_word_embeddings=True,
         ),
     ),
+    dict(
+        name="phi3small",
+        # muP multiplies the embeddings by 10: small ones, stronger branches
+        init=dict(emb_std=0.03, final_norm=80.0, branch_gain=2.0, salt=6),
+        family="phi3",
+        # mlx-lm sets the logits of the fixed ids 100256..100351 to -inf; with
+        # this 512-token vocabulary they do not exist (indexing them would
+        # write out of bounds), so none is masked: mlxrs masks those inside
+        # the vocabulary.
+        model_patch=lambda m: setattr(m, "_dummy_tokenizer_ids", mx.array([], dtype=mx.int32)),
+        notes="Phi-3-small style: fused query_key_value (per kv head: its query heads, k, v) and dense with biases, muP scalings (embeddings x10, attention scale mup_attn_multiplier / head_dim, logits / 8), layer 0 block-sparse attention (block 32, 1 local block, vertical stride 2, mlx-lm's dense emulation) / layer 1 dense, GeGELU MLP (limit 20), LayerNorms, tied; no dummy-token ids inside the 512 vocabulary",
+        config=dict(
+            architectures=["Phi3SmallForCausalLM"],
+            model_type="phi3small",
+            blocksparse_block_size=32,
+            blocksparse_num_local_blocks=1,
+            blocksparse_vert_stride=2,
+            dense_attention_every_n_layers=2,
+            ff_intermediate_size=64,
+            gegelu_limit=20.0,
+            layer_norm_epsilon=1e-5,
+            mup_attn_multiplier=1.0,
+            mup_embedding_multiplier=10.0,
+            mup_use_scaling=True,
+            mup_width_multiplier=8.0,
+            rope_embedding_base=1000000.0,
+            rope_position_scale=1.0,
+            tie_word_embeddings=True,
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------
@@ -1928,6 +1958,7 @@ def init_params(
                 "model.ln_f.weight",
                 "transformer.ln_f.weight",
                 "model.language_model.norm.weight",
+                "model.final_layernorm.weight",
             ):
                 w = (final_norm_std / 0.1) * w + (final_norm - 1.0)
             if mod not in offset_norms:
@@ -2041,6 +2072,8 @@ def forward_and_greedy(model, prompt_ids, with_cache=False):
 
 def make_reference(folder: Path, name: str, arch: dict, extra_native_bf16=False) -> dict:
     model, wrapper, config = mlx_load(str(folder), return_config=True)
+    if arch.get("model_patch"):
+        arch["model_patch"](model)
     weights_dtype = {str(v.dtype).replace("mlx.core.", "") for _, v in tree_flatten(model.parameters())}
     hf_tok = AutoTokenizer.from_pretrained(str(folder))
     raw_tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -2333,6 +2366,8 @@ def verify(out: Path, names):
         assert tok.chat_template is not None
         # cached greedy == argmax of one cache-less forward over prompt + greedy[:-1]
         model, _ = mlx_load(str(folder))
+        if arch.get("model_patch"):
+            arch["model_patch"](model)
         model.set_dtype(mx.float32)
         seq = ref["prompt_ids"] + ref["greedy_tokens"][:-1]
         lg = model(mx.array(seq)[None])[0, len(ref["prompt_ids"]) - 1 :]

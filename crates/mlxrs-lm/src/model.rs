@@ -202,6 +202,7 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("dbrx", crate::models::dbrx::build),
     ("gemma4_text", crate::models::gemma4_text::build),
     ("gemma3n", crate::models::gemma3n::build),
+    ("phi3small", crate::models::phi3small::build),
   ]
 }
 

@@ -46,6 +46,7 @@ pub mod olmo3;
 pub mod olmoe;
 pub mod phi;
 pub mod phi3;
+pub mod phi3small;
 pub mod phimoe;
 pub mod qwen2;
 pub mod qwen2_moe;
