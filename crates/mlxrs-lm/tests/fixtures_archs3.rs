@@ -372,3 +372,61 @@ fn hf_layouts_sanitize_to_mlx_names() {
     }
   }
 }
+
+/// A prompt cache saved after part of the prompt and loaded back continues
+/// generation exactly as the whole prompt does, for the models whose cache
+/// list is not one standard cache per layer: gemma4_text / gemma3n (no
+/// caches for the KV-shared layers, rotating ones for sliding layers: the
+/// split at 40 tokens is past the 16-token window) and hunyuan (cross-layer
+/// attention).
+#[test]
+fn saved_prompt_cache_continues_identically() {
+  use std::collections::HashMap;
+
+  use mlxrs_core::{Array, Dtype};
+  use mlxrs_lm::{StepConfig, TokenGenerator, load_model_dir};
+  for name in ["gemma4_text", "gemma3n", "hunyuan"] {
+    let r = common::reference(name);
+    let prompt: Vec<i32> = r["prompt_ids"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|x| x.as_i64().unwrap() as i32)
+      .collect();
+    let (a, b) = prompt.split_at(40);
+    let (model, _) = load_model_dir(&common::fixture(name), Some(Dtype::Float32)).unwrap();
+    let cfg = StepConfig {
+      max_tokens: 12,
+      ..StepConfig::default()
+    };
+    let whole: Vec<i32> = TokenGenerator::new(model.as_ref(), &prompt, &cfg, None)
+      .unwrap()
+      .map(|s| s.unwrap().token)
+      .collect();
+    let want: Vec<i32> = r["greedy_tokens"].as_array().unwrap()[..12]
+      .iter()
+      .map(|x| x.as_i64().unwrap() as i32)
+      .collect();
+    assert_eq!(whole, want, "{name}: whole prompt");
+    let mut caches = model.make_caches(None);
+    model
+      .hidden(
+        &Array::from_slice(a, &[1, a.len() as i32]).unwrap(),
+        &mut caches,
+      )
+      .unwrap();
+    let f = std::env::temp_dir().join(format!(
+      "mlxrs-lm-archs3-{name}-{}.safetensors",
+      std::process::id()
+    ));
+    mlxrs_nn::save_kv_caches(&f, &caches, &HashMap::new()).unwrap();
+    let (loaded, _) = mlxrs_nn::load_kv_caches(&f).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    assert_eq!(loaded.len(), caches.len(), "{name}");
+    let cont: Vec<i32> = TokenGenerator::new(model.as_ref(), b, &cfg, Some(loaded))
+      .unwrap()
+      .map(|s| s.unwrap().token)
+      .collect();
+    assert_eq!(cont, whole, "{name}: continued from the saved cache");
+  }
+}
