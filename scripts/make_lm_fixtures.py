@@ -1835,6 +1835,10 @@ ARCHS = [
         # write out of bounds), so none is masked: mlxrs masks those inside
         # the vocabulary.
         model_patch=lambda m: setattr(m, "_dummy_tokenizer_ids", mx.array([], dtype=mx.int32)),
+        # mlx-lm's block-sparse emulation aligns its block mask to the last
+        # query rows, so one forward over prompt + greedy tokens does not
+        # reproduce the step-by-step logits: --verify skips that check.
+        prefix_inconsistent=True,
         notes="Phi-3-small style: fused query_key_value (per kv head: its query heads, k, v) and dense with biases, muP scalings (embeddings x10, attention scale mup_attn_multiplier / head_dim, logits / 8), layer 0 block-sparse attention (block 32, 1 local block, vertical stride 2, mlx-lm's dense emulation) / layer 1 dense, GeGELU MLP (limit 20), LayerNorms, tied; no dummy-token ids inside the 512 vocabulary",
         config=dict(
             architectures=["Phi3SmallForCausalLM"],
@@ -2369,8 +2373,12 @@ def verify(out: Path, names):
         if arch.get("model_patch"):
             arch["model_patch"](model)
         model.set_dtype(mx.float32)
+        if arch.get("prefix_inconsistent"):
+            print(f"verified {n} (without the one-forward greedy check)")
+            continue
         seq = ref["prompt_ids"] + ref["greedy_tokens"][:-1]
-        lg = model(mx.array(seq)[None])[0, len(ref["prompt_ids"]) - 1 :]
+        cache = make_prompt_cache(model) if arch.get("logits_with_cache") else None
+        lg = model(mx.array(seq)[None], cache=cache)[0, len(ref["prompt_ids"]) - 1 :]
         assert mx.argmax(lg, axis=-1).tolist() == ref["greedy_tokens"], n
         print(f"verified {n}")
 
