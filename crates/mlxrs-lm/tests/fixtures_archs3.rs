@@ -430,3 +430,21 @@ fn saved_prompt_cache_continues_identically() {
     assert_eq!(cont, whole, "{name}: continued from the saved cache");
   }
 }
+
+/// Every parameter a model reports (`visit`, used to save, quantize and
+/// train) has the name it was loaded from: the f32 checkpoint's keys.
+#[test]
+fn visited_names_are_the_checkpoint_names() {
+  use mlxrs_core::Dtype;
+  for name in NAMES {
+    let dir = common::fixture(name);
+    let (model, _) = mlxrs_lm::load_model_dir(&dir, Some(Dtype::Float32)).unwrap();
+    let w = mlxrs_lm::load::load_weights(&[dir.join("model.safetensors")]).unwrap();
+    let mut want: Vec<String> = model.sanitize(w).unwrap().into_keys().collect();
+    let mut got = Vec::new();
+    model.visit(&mut |k, _| got.push(k.to_string()));
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{name}");
+  }
+}

@@ -410,6 +410,24 @@ impl Module for Block {
     self.per_layer.visit_mut(prefix, f);
     self.layer_scalar.visit_mut(&j("layer_scalar"), f);
   }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    let j = |n: &str| mlxrs_nn::join(prefix, n);
+    self.self_attn.visit_frozen(&j("self_attn"), f);
+    self.mlp.visit_frozen(&j("mlp"), f);
+    self.input_layernorm.visit_frozen(&j("input_layernorm"), f);
+    self
+      .post_attention_layernorm
+      .visit_frozen(&j("post_attention_layernorm"), f);
+    self
+      .pre_feedforward_layernorm
+      .visit_frozen(&j("pre_feedforward_layernorm"), f);
+    self
+      .post_feedforward_layernorm
+      .visit_frozen(&j("post_feedforward_layernorm"), f);
+    self.moe.visit_frozen(prefix, f);
+    self.per_layer.visit_frozen(prefix, f);
+    self.layer_scalar.visit_frozen(&j("layer_scalar"), f);
+  }
   fn visit_quantizable_mut(
     &mut self,
     prefix: &str,
@@ -506,6 +524,13 @@ impl Module for Inner {
     self.layers.visit_mut(&j("layers"), f);
     self.norm.visit_mut(&j("norm"), f);
     self.per_layer.visit_mut(prefix, f);
+  }
+  fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
+    let j = |n: &str| mlxrs_nn::join(prefix, n);
+    self.embed_tokens.visit_frozen(&j("embed_tokens"), f);
+    self.layers.visit_frozen(&j("layers"), f);
+    self.norm.visit_frozen(&j("norm"), f);
+    self.per_layer.visit_frozen(prefix, f);
   }
   fn visit_quantizable_mut(
     &mut self,
