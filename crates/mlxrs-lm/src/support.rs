@@ -10,7 +10,16 @@ use crate::model::{ALIASES, EMBEDDINGS_MODEL_TYPES, registry, supported_model_ty
 /// layers: speculative decoding works only until a window wraps, and
 /// `batch_generate` refuses them. (llama / smollm3 join them when their
 /// config's `layer_types` has `sliding_attention`.)
-pub const SLIDING_MODEL_TYPES: &[&str] = &["cohere2", "exaone4", "gemma3_text", "gpt_oss", "olmo3"];
+pub const SLIDING_MODEL_TYPES: &[&str] = &[
+  "cohere2",
+  "exaone4",
+  "gemma3_text",
+  "gemma3n",
+  "gemma4_text",
+  "gpt_oss",
+  "ministral3",
+  "olmo3",
+];
 
 /// `model_type`s with recurrent layers (SSM / linear attention / RG-LRU:
 /// `ArraysCache` state in their caches): no rotating caches, no

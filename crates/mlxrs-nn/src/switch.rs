@@ -275,6 +275,8 @@ pub enum GluActivation {
     /// Clamp limit (7.0).
     limit: f32,
   },
+  /// `gelu_approx(gate) * up` (mlx-lm gemma4_text's `GeGLU`).
+  GeGlu,
 }
 
 impl GluActivation {
@@ -283,6 +285,9 @@ impl GluActivation {
     match *self {
       GluActivation::SwiGlu => swiglu(gate, up),
       GluActivation::SwigluOai { alpha, limit } => swiglu_oai(gate, up, alpha, limit),
+      GluActivation::GeGlu => {
+        mlxrs_core::ops::multiply(&crate::activations::gelu_approx(gate)?, up)
+      }
     }
   }
 }

@@ -26,7 +26,7 @@ use super::decoder::Names;
 use super::gated_delta::{gated_delta_update, normalize_qk};
 use super::hybrid::{HybridLayer, HybridLm};
 use super::mlp::SwiGluMlp;
-use super::moe::grouped_topk;
+use super::moe::group_expert_select;
 use super::ssm::slice_axis;
 use crate::model::{LanguageModel, parse_args};
 
@@ -320,13 +320,13 @@ impl Moe {
     } else {
       ops::sigmoid(&gates)?
     };
-    let (inds, w) = grouped_topk(
+    let (inds, w) = group_expert_select(
       &orig,
       Some(&self.e_score_correction_bias.value),
       self.top_k,
       self.n_group,
       self.topk_group,
-      self.renormalize,
+      self.renormalize.then_some(1e-20),
       self.scaling,
     )?;
     let y = self.switch_mlp.forward(x, &inds)?;

@@ -5,7 +5,7 @@
 //! / `layer_types`; every block is `x + mixer(RMSNorm(x))`. The Mamba-2
 //! mixer is [`super::mamba2::Mamba2Mixer`] with a group-wise gated norm; the
 //! MoE (Nemotron-3 Nano) routes with sigmoid scores, a correction bias and
-//! grouped top-k ([`super::moe::grouped_topk`]) to squared-ReLU experts
+//! grouped top-k ([`super::moe::group_expert_select`]) to squared-ReLU experts
 //! (optionally in a smaller latent space) plus shared experts.
 //! Caches: `ArraysCache(2)` per `M` block, `KVCache` per `*` block, none for
 //! MLP / MoE blocks.
@@ -22,7 +22,7 @@ use super::decoder::Names;
 use super::hybrid::{HybridLayer, HybridLm};
 use super::mamba::sanitize_conv;
 use super::mamba2::{Mamba2Mixer, time_step_limit};
-use super::moe::grouped_topk;
+use super::moe::group_expert_select;
 use crate::model::{LanguageModel, parse_args};
 
 /// `ModelArgs` of mlx-lm's nemotron_h.py (the dense part).
@@ -149,13 +149,13 @@ impl Moe {
     let g = &self.gate;
     let logits = x.matmul(&ops::transpose(&g.weight.value)?)?;
     let scores = ops::sigmoid(&ops::astype(&logits, Dtype::Float32)?)?;
-    let (inds, w) = grouped_topk(
+    let (inds, w) = group_expert_select(
       &scores,
       Some(&g.e_score_correction_bias.value),
       self.top_k,
       self.n_group,
       self.topk_group,
-      self.norm_topk_prob,
+      self.norm_topk_prob.then_some(1e-20),
       self.scaling,
     )?;
     let h = match &self.fc1_latent_proj {
