@@ -2312,13 +2312,16 @@ def init_params(
             w = 0.1 * rng.standard_normal(shape)
             if k.endswith(POST_NORMS) and mod in offset_norms:
                 w = w + (post_norm - 1.0)
-            if k in ("model.norm.weight", "model.ln_f.weight", "transformer.ln_f.weight", "backbone.norm_f.weight", "model.embedding_norm.weight", "language_model.model.norm.weight", "model.final_layernorm.weight", "model.final_norm.weight"):
             if k in (
                 "model.norm.weight",
                 "model.ln_f.weight",
                 "transformer.ln_f.weight",
-                "model.language_model.norm.weight",
+                "backbone.norm_f.weight",
+                "model.embedding_norm.weight",
+                "language_model.model.norm.weight",
                 "model.final_layernorm.weight",
+                "model.final_norm.weight",
+                "model.language_model.norm.weight",
             ):
                 w = (final_norm_std / 0.1) * w + (final_norm - 1.0)
             if mod not in offset_norms:
