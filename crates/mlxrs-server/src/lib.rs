@@ -3,7 +3,10 @@
 //!
 //! - Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`
 //!   (non-streaming and server-sent events), `GET /v1/models`,
-//!   `GET /health`, `GET /metrics` (Prometheus text).
+//!   `GET /health`, `GET /metrics` (Prometheus text); with the auxiliary
+//!   models of [`extras`]: `POST /v1/embeddings`, `POST /v1/rerank`,
+//!   `POST /v1/audio/transcriptions` (and `/translations`); the chat page
+//!   at `/` ([`page`]).
 //! - One engine thread owns the model, the running batch
 //!   ([`mlxrs_lm::BatchGenerator`]) and the prompt cache
 //!   ([`prompt_cache::PromptCache`]); handlers talk to it over channels
@@ -17,12 +20,17 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audio;
+pub mod embeddings;
 pub mod engine;
 pub mod error;
+pub mod extras;
 pub mod http;
 pub mod metrics;
+pub mod page;
 pub mod prompt_cache;
 pub mod row_text;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,6 +81,15 @@ pub struct ServerConfig {
   pub memory_limit: Option<usize>,
   /// Id reported by `/v1/models` (default: the `--model` value).
   pub model_id: Option<String>,
+  /// Sentence-embedding model folder (`--embedding-model`) for
+  /// `/v1/embeddings`.
+  pub embedding_model: Option<String>,
+  /// Cross-encoder folder (`--rerank-model`) for `/v1/rerank`.
+  pub rerank_model: Option<String>,
+  /// Whisper folder (`--whisper-model`) for `/v1/audio/transcriptions`.
+  pub whisper_model: Option<String>,
+  /// Largest audio upload in bytes (`--max-audio-bytes`, 25 MiB).
+  pub max_audio_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +111,10 @@ impl Default for ServerConfig {
       max_body_bytes: 4 << 20,
       memory_limit: None,
       model_id: None,
+      embedding_model: None,
+      rerank_model: None,
+      whisper_model: None,
+      max_audio_bytes: 25 << 20,
     }
   }
 }
@@ -131,9 +152,13 @@ struct Loaded {
 }
 
 impl Server {
-  /// Load the model on a new engine thread, bind `host:port` and serve in
-  /// the background. With `signals`, ctrl-c / SIGTERM also stop it.
-  pub fn start(cfg: ServerConfig, signals: bool) -> Result<Server, ServeError> {
+  /// Load the model on a new engine thread (and the auxiliary models of
+  /// [`extras`] on theirs), bind `host:port` and serve in the background.
+  /// An empty `model` serves the auxiliary models alone; a `model` folder
+  /// that is an embedding / rerank / Whisper model is served as one. With
+  /// `signals`, ctrl-c / SIGTERM also stop it.
+  pub fn start(mut cfg: ServerConfig, signals: bool) -> Result<Server, ServeError> {
+    extras::route_model_flag(&mut cfg)?;
     if cfg.decode_concurrency == 0 || cfg.prompt_concurrency == 0 || cfg.prefill_step_size == 0 {
       return Err(ServeError::Config(
         "--decode-concurrency, --prompt-concurrency and --prefill-step-size must be > 0".into(),
@@ -144,8 +169,17 @@ impl Server {
     }
     let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))?;
     listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
+    let extras = Arc::new(extras::Extras::load(&cfg, Arc::clone(&metrics))?);
+    if cfg.model.is_empty() {
+      if extras.is_empty() {
+        return Err(ServeError::Config(
+          "no model to serve: give --model, --embedding-model, --rerank-model or --whisper-model"
+            .into(),
+        ));
+      }
+      return spawn_http(listener, extras::standalone_router(extras), signals, None);
+    }
     let (job_tx, job_rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Loaded, String>>();
     let engine_metrics = Arc::clone(&metrics);
@@ -229,44 +263,10 @@ impl Server {
         .map(|d| d.as_secs())
         .unwrap_or(0),
       counter: AtomicU64::new(0),
+      extras: Arc::clone(&extras),
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let http = std::thread::Builder::new()
-      .name("mlxrs-http".into())
-      .spawn(move || -> Result<(), String> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-          .worker_threads(2)
-          .enable_all()
-          .build()
-          .map_err(|e| e.to_string())?;
-        let res = rt.block_on(async move {
-          let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-          let app = http::router(state);
-          axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-              if signals {
-                tokio::select! {
-                  _ = stop_rx => {},
-                  _ = shutdown_signal() => {},
-                }
-              } else {
-                let _ = stop_rx.await;
-              }
-            })
-            .await
-            .map_err(|e| e.to_string())
-        });
-        // Dropping the runtime drops the state and with it the engine's
-        // channel: the engine finishes and exits.
-        drop(rt);
-        let _ = engine.join();
-        res
-      })?;
-    Ok(Server {
-      addr,
-      stop: Some(stop_tx),
-      http: Some(http),
-    })
+    let app = http::router(state).merge(extras::router(extras));
+    spawn_http(listener, app, signals, Some(engine))
   }
 
   /// The bound address.
@@ -299,6 +299,55 @@ impl Drop for Server {
     }
     let _ = self.wait();
   }
+}
+
+/// Serve `app` on `listener` from a new thread with its own tokio runtime
+/// until stopped (a signal with `signals`); then join `engine`.
+fn spawn_http(
+  listener: std::net::TcpListener,
+  app: axum::Router,
+  signals: bool,
+  engine: Option<JoinHandle<()>>,
+) -> Result<Server, ServeError> {
+  let addr = listener.local_addr()?;
+  let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+  let http = std::thread::Builder::new()
+    .name("mlxrs-http".into())
+    .spawn(move || -> Result<(), String> {
+      let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+      let res = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        axum::serve(listener, app)
+          .with_graceful_shutdown(async move {
+            if signals {
+              tokio::select! {
+                _ = stop_rx => {},
+                _ = shutdown_signal() => {},
+              }
+            } else {
+              let _ = stop_rx.await;
+            }
+          })
+          .await
+          .map_err(|e| e.to_string())
+      });
+      // Dropping the runtime drops the state and with it the engine's
+      // channel: the engine finishes and exits.
+      drop(rt);
+      if let Some(engine) = engine {
+        let _ = engine.join();
+      }
+      res
+    })?;
+  Ok(Server {
+    addr,
+    stop: Some(stop_tx),
+    http: Some(http),
+  })
 }
 
 async fn shutdown_signal() {
