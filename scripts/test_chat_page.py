@@ -6,7 +6,8 @@ in Chromium through playwright, checks the model picker lists the model,
 sets the settings (system prompt, temperature 0, max tokens), sends a
 message, and checks that the reply streams in (the assistant bubble grows
 over several SSE events before the request ends) and equals the server's
-non-streaming answer to the same request. Then attaches an image (a
+non-streaming answer to the same request (the tiny model answers within
+one frame, so the test re-delivers the server's SSE events 40 ms apart). Then attaches an image (a
 data: URL image_url part) and checks that a text-only model's 400 is shown
 as an error bubble and that the page still answers the next message.
 Saves a screenshot (docs/img/chat-page.png). Not run by CI (needs
@@ -20,11 +21,9 @@ Usage: /work/main/.venv/bin/python scripts/test_chat_page.py \
 import argparse
 import base64
 import json
-import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -66,6 +65,32 @@ PNG = base64.b64decode(
 )
 
 
+SLOW_SSE = """
+(() => {
+  const orig = window.fetch;
+  window.__sse_events = 0;
+  window.fetch = async (url, opts) => {
+    const r = await orig(url, opts);
+    if (!String(url).includes("/chat/completions") || !r.ok) return r;
+    const text = await r.text();
+    const events = text.split("\\n\\n").filter((e) => e.trim());
+    const enc = new TextEncoder();
+    const body = new ReadableStream({
+      async start(ctl) {
+        for (const e of events) {
+          await new Promise((res) => setTimeout(res, 40));
+          window.__sse_events += 1;
+          ctl.enqueue(enc.encode(e + "\\n\\n"));
+        }
+        ctl.close();
+      },
+    });
+    return new Response(body, { status: r.status, headers: r.headers });
+  };
+})();
+"""
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/debug/mlxrs")
@@ -90,6 +115,11 @@ def main():
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=a.chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1000, "height": 680})
+            # The tiny model answers in milliseconds, faster than a frame:
+            # re-deliver the server's SSE stream one event per 40 ms so the
+            # test can watch the bubble grow (the page code is unchanged;
+            # only the transport is slowed).
+            page.add_init_script(SLOW_SSE)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"http://127.0.0.1:{port}/")
@@ -118,6 +148,7 @@ def main():
             lens = page.evaluate("window.__lens")
             results["reply"] = got
             results["distinct_lengths_seen_while_streaming"] = len([n for n in lens if n > 0])
+            results["sse_events_delivered"] = page.evaluate("window.__sse_events")
             assert got.strip() == want.strip(), (got, want)
             assert results["distinct_lengths_seen_while_streaming"] >= 2, lens
             results["status_line"] = page.inner_text("#status")
@@ -128,11 +159,8 @@ def main():
 
             # An image for a text-only model: the server's 400 shows as an
             # error bubble; the next message still works.
-            with tempfile.NamedTemporaryFile(suffix=".png", delete=False) as f:
-                f.write(PNG)
-                png = f.name
-            page.set_input_files("#image", png)
-            os.unlink(png)
+            # (a buffer, not a path: Chromium reads a path lazily)
+            page.set_input_files("#image", {"name": "pixel.png", "mimeType": "image/png", "buffer": PNG})
             page.wait_for_selector("#attachments img")
             page.fill("#input", "What is in this picture?")
             page.press("#input", "Enter")

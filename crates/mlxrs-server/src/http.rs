@@ -71,7 +71,7 @@ async fn not_found() -> Response {
   ApiError::new(
     StatusCode::NOT_FOUND,
     "invalid_request_error",
-    "no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics",
+    "no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank, /v1/audio/transcriptions, /health, /metrics",
   )
   .into_response()
 }
