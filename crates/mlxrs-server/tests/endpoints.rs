@@ -332,8 +332,11 @@ fn minilm_server_equals_library_and_sentence_transformers() {
   s.shutdown().unwrap();
 }
 
-/// A multipart/form-data POST: `(name, file name, bytes)` fields.
-fn post_multipart(s: &Server, path: &str, fields: &[(&str, Option<&str>, &[u8])]) -> (u16, Reply) {
+/// A multipart field: name, file name (for a file), bytes.
+type Field<'a> = (&'a str, Option<&'a str>, &'a [u8]);
+
+/// A multipart/form-data POST.
+fn post_multipart(s: &Server, path: &str, fields: &[Field]) -> (u16, Reply) {
   let boundary = "mlxrs-test-boundary-7d1f";
   let mut body = Vec::new();
   for (name, file, bytes) in fields {
@@ -466,7 +469,7 @@ fn transcription_equals_mlxrs_transcribe_on_tiny_en() {
   let not_audio = b"this is a text file, not audio at all".repeat(20);
   // Over axum's 2 MB default body limit, under --max-audio-bytes.
   let big_not_audio = vec![b'x'; 3 << 20];
-  let cases: Vec<(Vec<(&str, Option<&str>, &[u8])>, u16, &str)> = vec![
+  let cases: Vec<(Vec<Field>, u16, &str)> = vec![
     (
       vec![("file", Some("notes.wav"), &not_audio)],
       400,
