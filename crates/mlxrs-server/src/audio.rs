@@ -16,7 +16,7 @@ use mlxrs_audio::{Task, TranscribeOptions, Transcription, output};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::extras::{Extras, not_loaded};
+use crate::extras::{AuxEndpoint, Extras, not_loaded};
 use crate::http::read_body_of;
 
 /// The `response_format`s served.
@@ -160,18 +160,16 @@ async fn parse(req: Request, max: usize) -> Result<AudioRequest, ApiError> {
 
 /// `POST /v1/audio/transcriptions`.
 pub async fn transcriptions(State(x): State<Arc<Extras>>, req: Request) -> Response {
-  match run(&x, req, Task::Transcribe).await {
-    Ok(r) => r,
-    Err(e) => e.into_response(),
-  }
+  let r = run(&x, req, Task::Transcribe).await;
+  x.aux_metrics.count(AuxEndpoint::Transcriptions, r.is_ok());
+  r.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `POST /v1/audio/translations` (to English; multilingual models only).
 pub async fn translations(State(x): State<Arc<Extras>>, req: Request) -> Response {
-  match run(&x, req, Task::Translate).await {
-    Ok(r) => r,
-    Err(e) => e.into_response(),
-  }
+  let r = run(&x, req, Task::Translate).await;
+  x.aux_metrics.count(AuxEndpoint::Transcriptions, r.is_ok());
+  r.unwrap_or_else(IntoResponse::into_response)
 }
 
 fn audio_error(e: mlxrs_audio::Error) -> ApiError {
@@ -213,6 +211,10 @@ async fn run(x: &Arc<Extras>, req: Request, task: Task) -> Result<Response, ApiE
     })
     .await?
     .map_err(audio_error)?;
+  x.aux_metrics.audio_ms.fetch_add(
+    (t.duration * 1000.0).round() as u64,
+    std::sync::atomic::Ordering::Relaxed,
+  );
   let text = |s: String| ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], s).into_response();
   Ok(match r.format.as_str() {
     "text" => text(output::render(&t, "txt").map_err(audio_error)?),

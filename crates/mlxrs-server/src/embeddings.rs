@@ -13,7 +13,7 @@ use mlxrs_embed::{EmbedOptions, RerankOptions};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::extras::{Extras, not_loaded};
+use crate::extras::{AuxEndpoint, Extras, not_loaded};
 use crate::http::read_body;
 
 /// Most inputs (texts or token rows) of one embeddings request, and most
@@ -195,10 +195,9 @@ pub fn base64_f32(v: &[f32]) -> String {
 
 /// `POST /v1/embeddings`.
 pub async fn embeddings(State(x): State<Arc<Extras>>, req: Request) -> Response {
-  match embeddings_inner(&x, req).await {
-    Ok(r) => r,
-    Err(e) => e.into_response(),
-  }
+  let r = embeddings_inner(&x, req).await;
+  x.aux_metrics.count(AuxEndpoint::Embeddings, r.is_ok());
+  r.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn embeddings_inner(x: &Arc<Extras>, req: Request) -> Result<Response, ApiError> {
@@ -247,6 +246,9 @@ async fn embeddings_inner(x: &Arc<Extras>, req: Request) -> Result<Response, Api
     )
     .await?
     .map_err(embed_error)?;
+  x.aux_metrics
+    .embedded_inputs
+    .fetch_add(vectors.len() as u64, std::sync::atomic::Ordering::Relaxed);
   let data: Vec<Value> = vectors
     .iter()
     .enumerate()
@@ -379,10 +381,9 @@ pub fn parse_rerank(body: &[u8]) -> Result<RerankRequest, ApiError> {
 
 /// `POST /v1/rerank` (also `/rerank`, `/v2/rerank`).
 pub async fn rerank(State(x): State<Arc<Extras>>, req: Request) -> Response {
-  match rerank_inner(&x, req).await {
-    Ok(r) => r,
-    Err(e) => e.into_response(),
-  }
+  let r = rerank_inner(&x, req).await;
+  x.aux_metrics.count(AuxEndpoint::Rerank, r.is_ok());
+  r.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn rerank_inner(x: &Arc<Extras>, req: Request) -> Result<Response, ApiError> {

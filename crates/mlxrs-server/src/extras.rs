@@ -144,6 +144,69 @@ pub struct Extras {
   pub counter: AtomicU64,
   /// Metrics (shared with the language model's endpoints).
   pub metrics: Arc<Metrics>,
+  /// Counters of the auxiliary endpoints.
+  pub aux_metrics: AuxMetrics,
+}
+
+/// Counters of the auxiliary endpoints, rendered after [`Metrics`] in
+/// `/metrics`.
+#[derive(Default)]
+pub struct AuxMetrics {
+  /// `[embeddings, rerank, transcriptions]` answered with 200.
+  pub ok: [AtomicU64; 3],
+  /// The same, answered with an error.
+  pub failed: [AtomicU64; 3],
+  /// Texts or token rows embedded.
+  pub embedded_inputs: AtomicU64,
+  /// Milliseconds of audio transcribed.
+  pub audio_ms: AtomicU64,
+}
+
+/// The auxiliary endpoints, as indices of [`AuxMetrics`] counters.
+#[derive(Debug, Clone, Copy)]
+pub enum AuxEndpoint {
+  /// `/v1/embeddings`.
+  Embeddings = 0,
+  /// `/v1/rerank`.
+  Rerank = 1,
+  /// `/v1/audio/*`.
+  Transcriptions = 2,
+}
+
+impl AuxMetrics {
+  /// Count one answer of `ep`.
+  pub fn count(&self, ep: AuxEndpoint, ok: bool) {
+    let c = if ok { &self.ok } else { &self.failed };
+    c[ep as usize].fetch_add(1, Ordering::Relaxed);
+  }
+
+  /// Prometheus text: `mlxrs_aux_requests_total{endpoint,outcome}`,
+  /// `mlxrs_embedding_inputs_total`, `mlxrs_audio_seconds_total`.
+  pub fn render(&self) -> String {
+    let mut s = String::from(
+      "# HELP mlxrs_aux_requests_total Embedding, rerank and audio requests, by endpoint and outcome.\n# TYPE mlxrs_aux_requests_total counter\n",
+    );
+    for (i, ep) in ["embeddings", "rerank", "transcriptions"]
+      .iter()
+      .enumerate()
+    {
+      for (outcome, c) in [("ok", &self.ok[i]), ("failed", &self.failed[i])] {
+        s.push_str(&format!(
+          "mlxrs_aux_requests_total{{endpoint=\"{ep}\",outcome=\"{outcome}\"}} {}\n",
+          c.load(Ordering::Relaxed)
+        ));
+      }
+    }
+    s.push_str(&format!(
+      "# HELP mlxrs_embedding_inputs_total Texts or token rows embedded.\n# TYPE mlxrs_embedding_inputs_total counter\nmlxrs_embedding_inputs_total {}\n",
+      self.embedded_inputs.load(Ordering::Relaxed)
+    ));
+    s.push_str(&format!(
+      "# HELP mlxrs_audio_seconds_total Seconds of audio transcribed.\n# TYPE mlxrs_audio_seconds_total counter\nmlxrs_audio_seconds_total {}\n",
+      self.audio_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    ));
+    s
+  }
 }
 
 fn load_err(model: &str, message: String) -> ServeError {
@@ -227,6 +290,7 @@ impl Extras {
       created: now(),
       counter: AtomicU64::new(0),
       metrics,
+      aux_metrics: AuxMetrics::default(),
     })
   }
 
@@ -318,7 +382,7 @@ pub fn standalone_router(x: Arc<Extras>) -> Router {
 async fn standalone_metrics(State(x): State<Arc<Extras>>) -> Response {
   (
     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-    x.metrics.render(),
+    x.metrics.render() + &x.aux_metrics.render(),
   )
     .into_response()
 }

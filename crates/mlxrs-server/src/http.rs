@@ -83,7 +83,7 @@ async fn health() -> Response {
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
   (
     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-    st.metrics.render(),
+    st.metrics.render() + &st.extras.aux_metrics.render(),
   )
     .into_response()
 }

@@ -285,6 +285,31 @@ fn embeddings_and_rerank_equal_the_library() {
     &[("file", Some("a.wav"), b"x")],
   );
   check_error(st, &r.json(), 404, "--whisper-model");
+
+  // /metrics counts each endpoint's answers (18 embedding requests
+  // answered, 13 refused; inputs 4 + 4 + 1 + 4 + 1 + 4 + 12; rerank 6 + 4).
+  let m = |name: &str| metric(&s, name);
+  assert_eq!(
+    m("mlxrs_aux_requests_total{endpoint=\"embeddings\",outcome=\"ok\"}"),
+    18.0
+  );
+  assert_eq!(
+    m("mlxrs_aux_requests_total{endpoint=\"embeddings\",outcome=\"failed\"}"),
+    13.0
+  );
+  assert_eq!(m("mlxrs_embedding_inputs_total"), 30.0);
+  assert_eq!(
+    m("mlxrs_aux_requests_total{endpoint=\"rerank\",outcome=\"ok\"}"),
+    6.0
+  );
+  assert_eq!(
+    m("mlxrs_aux_requests_total{endpoint=\"rerank\",outcome=\"failed\"}"),
+    4.0
+  );
+  assert_eq!(
+    m("mlxrs_aux_requests_total{endpoint=\"transcriptions\",outcome=\"failed\"}"),
+    1.0
+  );
   s.shutdown().unwrap();
 }
 
