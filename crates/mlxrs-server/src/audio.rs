@@ -223,7 +223,7 @@ async fn run(x: &Arc<Extras>, req: Request, task: Task) -> Result<Response, ApiE
     "verbose_json" => {
       let mut v = json!({
         "task": match task { Task::Transcribe => "transcribe", Task::Translate => "translate" },
-        "language": t.language,
+        "language": mlxrs_audio::tokenizer::language_name(&t.language).unwrap_or(&t.language),
         "duration": t.duration,
         "text": t.text().trim(),
         "segments": t.segments,

@@ -487,7 +487,7 @@ fn transcription_equals_mlxrs_transcribe_on_tiny_en() {
     assert_eq!(g["end"], w.end);
     assert_eq!(g["tokens"], json!(w.tokens));
   }
-  assert_eq!(v["language"], "en");
+  assert_eq!(v["language"], "english");
   assert_eq!(v["task"], "transcribe");
 
   // Bad uploads: each a clear error, then a normal request still works.
