@@ -249,27 +249,58 @@ async fn embeddings_inner(x: &Arc<Extras>, req: Request) -> Result<Response, Api
   x.aux_metrics
     .embedded_inputs
     .fetch_add(vectors.len() as u64, std::sync::atomic::Ordering::Relaxed);
-  let data: Vec<Value> = vectors
-    .iter()
-    .enumerate()
-    .map(|(i, v)| {
-      let e = if r.base64 {
-        Value::String(base64_f32(v))
-      } else {
-        json!(v)
-      };
-      json!({"object": "embedding", "index": i, "embedding": e})
-    })
-    .collect();
+  // Written by hand so that floats take their shortest float32 form
+  // ("0.48084584", which parses back to the same f32) rather than the
+  // f64 expansion serde_json gives an f32 ("0.4808458387851715").
+  let mut body = String::with_capacity(64 + vectors.len() * (16 + 12 * served.info.dim));
+  body.push_str("{\"object\":\"list\",\"data\":[");
+  for (i, v) in vectors.iter().enumerate() {
+    if i > 0 {
+      body.push(',');
+    }
+    body.push_str(&format!(
+      "{{\"object\":\"embedding\",\"index\":{i},\"embedding\":"
+    ));
+    if r.base64 {
+      body.push('"');
+      body.push_str(&base64_f32(v));
+      body.push('"');
+    } else {
+      body.push_str(&f32_array(v));
+    }
+    body.push('}');
+  }
+  let tail = json!({"prompt_tokens": tokens, "total_tokens": tokens});
+  body.push_str(&format!(
+    "],\"model\":{},\"usage\":{tail}}}",
+    Value::String(served.id.clone())
+  ));
   Ok(
-    axum::Json(json!({
-      "object": "list",
-      "data": data,
-      "model": served.id,
-      "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }))
-    .into_response(),
+    (
+      [(axum::http::header::CONTENT_TYPE, "application/json")],
+      body,
+    )
+      .into_response(),
   )
+}
+
+/// A JSON array of floats in their shortest round-trip float32 form
+/// (non-finite values, which JSON cannot hold, as `null`).
+pub fn f32_array(v: &[f32]) -> String {
+  let mut s = String::with_capacity(2 + v.len() * 12);
+  s.push('[');
+  for (i, x) in v.iter().enumerate() {
+    if i > 0 {
+      s.push(',');
+    }
+    if x.is_finite() {
+      s.push_str(&format!("{x}"));
+    } else {
+      s.push_str("null");
+    }
+  }
+  s.push(']');
+  s
 }
 
 /// A parsed rerank request.
@@ -498,6 +529,16 @@ mod tests {
     ] {
       assert!(parse_rerank(bad.as_bytes()).is_err(), "{bad}");
     }
+  }
+
+  #[test]
+  fn f32_arrays_round_trip() {
+    let v = [0.480_845_84f32, -1e-10, 3.0, f32::MIN_POSITIVE, 1.0 / 3.0];
+    let s = f32_array(&v);
+    let back: Vec<f64> = serde_json::from_str(&s).unwrap();
+    let back: Vec<f32> = back.iter().map(|&x| x as f32).collect();
+    assert_eq!(back, v);
+    assert_eq!(f32_array(&[f32::NAN]), "[null]");
   }
 
   #[test]
