@@ -1,4 +1,4 @@
-//! Audio pipelines: Whisper speech-to-text on MLX.
+//! Audio pipelines: Whisper speech-to-text and Kokoro text-to-speech on MLX.
 //!
 //! - [`audio`]: decode wav / flac / mp3 / ogg, mono mix, resample to 16 kHz
 //!   (python `faster_whisper.decode_audio`).
@@ -13,12 +13,16 @@
 //!   temperature fallback.
 //! - [`timing`]: word-level timestamps (cross-attention DTW, python
 //!   `word_timestamps=True`).
+//! - [`kokoro`]: Kokoro-82M text-to-speech (python `mlx_audio.tts`), with
+//!   [`onnx`] to read its ONNX export.
 #![forbid(unsafe_code)]
 
 pub mod audio;
 pub mod ct2;
 pub mod error;
+pub mod kokoro;
 pub mod mel;
+pub mod onnx;
 pub mod timing;
 pub mod tokenizer;
 pub mod transcribe;

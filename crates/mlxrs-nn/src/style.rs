@@ -23,6 +23,21 @@ pub fn instance_norm1d(x: &Array, eps: f32) -> Result<Array> {
   &xc * &ops::rsqrt(&(&var + eps)?)?
 }
 
+/// [`instance_norm1d`] in channels-last layout: `x` `[B, L, C]`, each
+/// `(b, c)` column normalised over `L`.
+pub fn instance_norm1d_nlc(x: &Array, eps: f32) -> Result<Array> {
+  if x.ndim() != 3 {
+    return Err(Error::InvalidArgument(format!(
+      "instance_norm1d_nlc: expected [B, L, C], got {:?}",
+      x.shape()
+    )));
+  }
+  let mean = ops::mean_axis(x, 1, true)?;
+  let var = ops::var_axis(x, 1, true, 0)?;
+  let xc = (x - &mean)?;
+  &xc * &ops::rsqrt(&(&var + eps)?)?
+}
+
 /// `(gamma, beta)` of a style projection `fc(s)` `[B, 2C]`, each `[B, C]`.
 fn gamma_beta(fc: &Linear, s: &Array) -> Result<(Array, Array)> {
   let h = fc.forward(s)?;
@@ -51,6 +66,16 @@ impl AdaIn1d {
     let g = ops::expand_dims(&g, -1)?;
     let b = ops::expand_dims(&b, -1)?;
     let n = instance_norm1d(x, 1e-5)?;
+    (&(&g + 1.0)? * &n)? + &b
+  }
+
+  /// The same over channels-last `x` `[B, L, C]` (what MLX convolutions
+  /// take): normalised over `L`, scaled per channel.
+  pub fn forward_nlc(&self, x: &Array, s: &Array) -> Result<Array> {
+    let (g, b) = gamma_beta(&self.fc, s)?;
+    let g = ops::expand_dims(&g, 1)?;
+    let b = ops::expand_dims(&b, 1)?;
+    let n = instance_norm1d_nlc(x, 1e-5)?;
     (&(&g + 1.0)? * &n)? + &b
   }
 }

@@ -68,6 +68,9 @@ fn style_norms_match_torch() {
   let ada = AdaIn1d { fc: fc() };
   let d = max_diff(&ada.forward(&x, &s).unwrap(), &get(&r, "adain.y"));
   assert!(d < 1e-5, "adain {d}");
+  let nlc = ada.forward_nlc(&ops::swapaxes(&x, 1, 2).unwrap(), &s).unwrap();
+  let d = max_diff(&ops::swapaxes(&nlc, 1, 2).unwrap(), &get(&r, "adain.y"));
+  assert!(d < 1e-5, "adain nlc {d}");
   let ln = AdaLayerNorm {
     fc: fc(),
     eps: 1e-5,
