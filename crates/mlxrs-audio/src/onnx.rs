@@ -161,12 +161,18 @@ impl TensorProto {
       .dims
       .iter()
       .map(|&d| {
-        i32::try_from(d).map_err(|_| Error::Model(format!("ONNX tensor {}: dim {d} too large", self.name)))
+        i32::try_from(d)
+          .map_err(|_| Error::Model(format!("ONNX tensor {}: dim {d} too large", self.name)))
       })
       .collect()
   }
 
-  fn raw_or<T>(&self, width: usize, conv: impl Fn(&[u8]) -> T, typed: impl FnOnce() -> Vec<T>) -> Result<Vec<T>> {
+  fn raw_or<T>(
+    &self,
+    width: usize,
+    conv: impl Fn(&[u8]) -> T,
+    typed: impl FnOnce() -> Vec<T>,
+  ) -> Result<Vec<T>> {
     if self.data_location == 1 {
       return Err(Error::Model(format!(
         "ONNX tensor {}: external data is not supported",
@@ -201,9 +207,21 @@ impl TensorProto {
   /// tensors); any other type is an error.
   pub fn to_f32(&self) -> Result<Vec<f32>> {
     match self.data_type {
-      dtype::FLOAT => self.raw_or(4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), || self.float_data.clone()),
-      dtype::UINT8 => self.raw_or(1, |b| f32::from(b[0]), || self.int32_data.iter().map(|&v| v as f32).collect()),
-      dtype::INT8 => self.raw_or(1, |b| f32::from(b[0] as i8), || self.int32_data.iter().map(|&v| v as f32).collect()),
+      dtype::FLOAT => self.raw_or(
+        4,
+        |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        || self.float_data.clone(),
+      ),
+      dtype::UINT8 => self.raw_or(
+        1,
+        |b| f32::from(b[0]),
+        || self.int32_data.iter().map(|&v| v as f32).collect(),
+      ),
+      dtype::INT8 => self.raw_or(
+        1,
+        |b| f32::from(b[0] as i8),
+        || self.int32_data.iter().map(|&v| v as f32).collect(),
+      ),
       dtype::INT32 => self.raw_or(
         4,
         |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,

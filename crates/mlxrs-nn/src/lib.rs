@@ -76,7 +76,9 @@ pub use prompt_cache::{load_kv_caches, load_prompt_cache, save_kv_caches, save_p
 pub use quant::{QuantConfig, QuantParams, QuantPredicate, Quantizable, quantize, quantize_with};
 pub use rope::Rope;
 pub use stft::Stft;
-pub use style::{AdaIn1d, AdaLayerNorm, instance_norm1d, instance_norm1d_nlc, weight_norm, weight_norm_split};
+pub use style::{
+  AdaIn1d, AdaLayerNorm, instance_norm1d, instance_norm1d_nlc, weight_norm, weight_norm_split,
+};
 pub use switch::{GluActivation, MultiLinear, SwitchGlu, SwitchLinear};
 pub use train::{ModuleValueAndGrad, value_and_grad};
 pub use upsample::{Upsample, UpsampleMode, upsample_linear, upsample_nearest};

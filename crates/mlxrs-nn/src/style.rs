@@ -104,7 +104,8 @@ impl AdaLayerNorm {
 /// The weight of a weight-normalised layer (python
 /// `torch._weight_norm(v, g, dim=0)`): `g * v / ||v||`, the norm taken over
 /// every axis but the first; `g` has `v`'s first dimension (any shape with
-/// that many elements).
+/// that many elements). A row of `v` that is all zeros gives a zero row (torch
+/// would give NaN).
 pub fn weight_norm(v: &Array, g: &Array) -> Result<Array> {
   let s = v.shape();
   let n0 = s.first().copied().unwrap_or(0);
@@ -119,6 +120,8 @@ pub fn weight_norm(v: &Array, g: &Array) -> Result<Array> {
   }
   let axes: Vec<i32> = (1..s.len() as i32).collect();
   let norm = ops::sqrt(&ops::sum_axes(&ops::square(v)?, &axes, true)?)?;
+  let zero = ops::equal(&norm, &Array::scalar(0.0f32))?;
+  let norm = ops::where_(&zero, &Array::scalar(1.0f32), &norm)?;
   let mut gshape = vec![1; s.len()];
   gshape[0] = n0;
   let g = ops::reshape(g, &gshape)?;

@@ -68,7 +68,9 @@ fn style_norms_match_torch() {
   let ada = AdaIn1d { fc: fc() };
   let d = max_diff(&ada.forward(&x, &s).unwrap(), &get(&r, "adain.y"));
   assert!(d < 1e-5, "adain {d}");
-  let nlc = ada.forward_nlc(&ops::swapaxes(&x, 1, 2).unwrap(), &s).unwrap();
+  let nlc = ada
+    .forward_nlc(&ops::swapaxes(&x, 1, 2).unwrap(), &s)
+    .unwrap();
   let d = max_diff(&ops::swapaxes(&nlc, 1, 2).unwrap(), &get(&r, "adain.y"));
   assert!(d < 1e-5, "adain nlc {d}");
   let ln = AdaLayerNorm {
@@ -133,4 +135,25 @@ fn stft_and_inverse_match_torch() {
     st.inverse(&get(&r, "stft.mag"), &get(&r, "istft.phase"))
       .is_err()
   );
+}
+
+#[test]
+fn gemm_convolutions_match_mlx_convolutions() {
+  let key = mlxrs_core::random::key(7).unwrap();
+  let x = mlxrs_core::random::normal(&[2, 23, 6], Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap();
+  let w = mlxrs_core::random::normal(&[5, 7, 6], Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap();
+  for (s, p, d) in [(1, 3, 1), (1, 9, 3), (2, 1, 1), (3, 0, 2)] {
+    let want = ops::conv1d(&x, &w, s, p, d, 1).unwrap();
+    let got = mlxrs_nn::conv::conv1d_im2col(&x, &w, s, p, d).unwrap();
+    assert!(max_diff(&got, &want) < 1e-4, "conv1d s{s} p{p} d{d}");
+  }
+  for (s, p, op, k) in [(10, 5, 0, 20), (6, 3, 0, 12), (2, 1, 1, 3), (3, 0, 0, 7)] {
+    let w = mlxrs_core::random::normal(&[5, k, 6], Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap();
+    let want = ops::conv_transpose1d(&x, &w, s, p, 1, op, 1).unwrap();
+    let got = mlxrs_nn::conv::conv_transpose1d_gemm(&x, &w, s, p, op).unwrap();
+    assert!(
+      max_diff(&got, &want) < 1e-4,
+      "conv_transpose1d s{s} p{p} op{op} k{k}"
+    );
+  }
 }

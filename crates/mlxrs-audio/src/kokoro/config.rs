@@ -130,14 +130,27 @@ impl KokoroConfig {
   pub fn check(&self) -> Result<()> {
     let bad = |m: String| Err(Error::Model(format!("kokoro config.json: {m}")));
     let g = &self.istftnet;
-    if self.hidden_dim <= 0 || self.hidden_dim % 2 != 0 || self.style_dim <= 0 || self.n_token <= 0 || self.max_dur <= 0 {
+    if self.hidden_dim <= 0
+      || self.hidden_dim % 2 != 0
+      || self.style_dim <= 0
+      || self.n_token <= 0
+      || self.max_dur <= 0
+    {
       return bad("hidden_dim (even), style_dim, n_token, max_dur must be > 0".into());
     }
-    if self.n_layer <= 0 || self.text_encoder_kernel_size <= 0 || self.text_encoder_kernel_size % 2 == 0 {
+    if self.n_layer <= 0
+      || self.text_encoder_kernel_size <= 0
+      || self.text_encoder_kernel_size % 2 == 0
+    {
       return bad("n_layer > 0 and an odd text_encoder_kernel_size needed".into());
     }
     let p = &self.plbert;
-    if p.hidden_size <= 0 || p.num_attention_heads <= 0 || p.hidden_size % p.num_attention_heads != 0 || p.num_hidden_layers <= 0 || p.max_position_embeddings < 3 {
+    if p.hidden_size <= 0
+      || p.num_attention_heads <= 0
+      || p.hidden_size % p.num_attention_heads != 0
+      || p.num_hidden_layers <= 0
+      || p.max_position_embeddings < 3
+    {
       return bad("plbert sizes are inconsistent".into());
     }
     if g.upsample_rates.is_empty()
@@ -150,7 +163,9 @@ impl KokoroConfig {
       return bad("istftnet sizes are inconsistent".into());
     }
     if self.hidden_dim != 512 || g.upsample_initial_channel != 512 || g.upsample_rates.len() != 2 {
-      return bad("only the Kokoro-82M decoder (hidden_dim 512, 2 upsampling stages) is supported".into());
+      return bad(
+        "only the Kokoro-82M decoder (hidden_dim 512, 2 upsampling stages) is supported".into(),
+      );
     }
     if self.vocab.values().any(|&v| v <= 0 || v >= self.n_token) {
       return bad(format!("vocab ids must be in 1..{}", self.n_token));

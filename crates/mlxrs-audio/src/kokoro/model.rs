@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use mlxrs_core::fast::{Mask, scaled_dot_product_attention};
+use mlxrs_core::fft::{self, FftNorm};
 use mlxrs_core::{Array, Dtype, fast, ops};
 use mlxrs_nn::{AdaIn1d, AdaLayerNorm, Linear, Lstm, LstmDirection, gelu_approx, weight_norm};
 
@@ -91,10 +92,34 @@ impl Store {
 
   fn lstm(&mut self, p: &str, inp: i32, h: i32) -> Result<Lstm> {
     let mut dir = |mlx: &str, torch: &str| -> Result<LstmDirection> {
-      let wx = self.take_any(&[&format!("{p}.Wx_{mlx}"), &format!("{p}.weight_ih_l0{torch}")], &[4 * h, inp])?;
-      let wh = self.take_any(&[&format!("{p}.Wh_{mlx}"), &format!("{p}.weight_hh_l0{torch}")], &[4 * h, h])?;
-      let bi = self.take_any(&[&format!("{p}.bias_ih_{mlx}"), &format!("{p}.bias_ih_l0{torch}")], &[4 * h])?;
-      let bh = self.take_any(&[&format!("{p}.bias_hh_{mlx}"), &format!("{p}.bias_hh_l0{torch}")], &[4 * h])?;
+      let wx = self.take_any(
+        &[
+          &format!("{p}.Wx_{mlx}"),
+          &format!("{p}.weight_ih_l0{torch}"),
+        ],
+        &[4 * h, inp],
+      )?;
+      let wh = self.take_any(
+        &[
+          &format!("{p}.Wh_{mlx}"),
+          &format!("{p}.weight_hh_l0{torch}"),
+        ],
+        &[4 * h, h],
+      )?;
+      let bi = self.take_any(
+        &[
+          &format!("{p}.bias_ih_{mlx}"),
+          &format!("{p}.bias_ih_l0{torch}"),
+        ],
+        &[4 * h],
+      )?;
+      let bh = self.take_any(
+        &[
+          &format!("{p}.bias_hh_{mlx}"),
+          &format!("{p}.bias_hh_l0{torch}"),
+        ],
+        &[4 * h],
+      )?;
       Ok(LstmDirection::new(wx, wh, Some(bi), Some(bh))?)
     };
     let f = dir("forward", "")?;
@@ -118,7 +143,12 @@ impl Store {
       Err(Error::Model(format!(
         "kokoro: {} unexpected weights, e.g. {}",
         left.len(),
-        left.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        left
+          .iter()
+          .take(5)
+          .map(|s| s.as_str())
+          .collect::<Vec<_>>()
+          .join(", ")
       )))
     }
   }
@@ -139,9 +169,23 @@ struct Conv {
 
 impl Conv {
   #[allow(clippy::too_many_arguments)]
-  fn load(st: &mut Store, p: &str, cin: i32, cout: i32, k: i32, stride: i32, pad: i32, dil: i32, bias: bool) -> Result<Conv> {
+  fn load(
+    st: &mut Store,
+    p: &str,
+    cin: i32,
+    cout: i32,
+    k: i32,
+    stride: i32,
+    pad: i32,
+    dil: i32,
+    bias: bool,
+  ) -> Result<Conv> {
     let w = st.conv_w(p, cout, k, cin)?;
-    let b = if bias { Some(st.take_shape(&format!("{p}.bias"), &[cout])?) } else { None };
+    let b = if bias {
+      Some(st.take_shape(&format!("{p}.bias"), &[cout])?)
+    } else {
+      None
+    };
     Ok(Conv {
       w,
       b,
@@ -152,7 +196,12 @@ impl Conv {
   }
 
   fn forward(&self, x: &Array) -> Result<Array> {
-    let y = ops::conv1d(x, &self.w, self.stride, self.pad, self.dil, 1)?;
+    // dilated kernels through im2col + BLAS (MLX's CPU conv loops directly for them)
+    let y = if self.dil > 1 {
+      mlxrs_nn::conv::conv1d_im2col(x, &self.w, self.stride, self.pad, self.dil)?
+    } else {
+      ops::conv1d(x, &self.w, self.stride, self.pad, self.dil, 1)?
+    };
     match &self.b {
       Some(b) => Ok(ops::add(&y, b)?),
       None => Ok(y),
@@ -174,10 +223,24 @@ struct ConvT {
 
 impl ConvT {
   #[allow(clippy::too_many_arguments)]
-  fn load(st: &mut Store, p: &str, cin: i32, cout: i32, k: i32, stride: i32, pad: i32, out_pad: i32, groups: i32) -> Result<ConvT> {
+  fn load(
+    st: &mut Store,
+    p: &str,
+    cin: i32,
+    cout: i32,
+    k: i32,
+    stride: i32,
+    pad: i32,
+    out_pad: i32,
+    groups: i32,
+  ) -> Result<ConvT> {
     // stored [in, k, out/groups]; MLX conv_transpose1d wants [out, k, in/groups]
     let w = st.conv_w(p, cin, k, cout / groups)?;
-    let w = if groups == 1 { ops::transpose_axes(&w, &[2, 1, 0])? } else { w };
+    let w = if groups == 1 {
+      ops::transpose_axes(&w, &[2, 1, 0])?
+    } else {
+      w
+    };
     let b = st.take_shape(&format!("{p}.bias"), &[cout])?;
     Ok(ConvT {
       w,
@@ -190,7 +253,19 @@ impl ConvT {
   }
 
   fn forward(&self, x: &Array) -> Result<Array> {
-    let y = ops::conv_transpose1d(x, &self.w, self.stride, self.pad, 1, self.out_pad, self.groups)?;
+    let y = if self.groups == 1 {
+      mlxrs_nn::conv::conv_transpose1d_gemm(x, &self.w, self.stride, self.pad, self.out_pad)?
+    } else {
+      ops::conv_transpose1d(
+        x,
+        &self.w,
+        self.stride,
+        self.pad,
+        1,
+        self.out_pad,
+        self.groups,
+      )?
+    };
     Ok(ops::add(&y, &self.b)?)
   }
 }
@@ -212,19 +287,46 @@ struct AdainResBlk {
 }
 
 impl AdainResBlk {
-  fn load(st: &mut Store, p: &str, din: i32, dout: i32, style: i32, upsample: bool) -> Result<AdainResBlk> {
+  fn load(
+    st: &mut Store,
+    p: &str,
+    din: i32,
+    dout: i32,
+    style: i32,
+    upsample: bool,
+  ) -> Result<AdainResBlk> {
     Ok(AdainResBlk {
       norm1: adain(st, &format!("{p}.norm1"), style, din)?,
       norm2: adain(st, &format!("{p}.norm2"), style, dout)?,
       conv1: Conv::load(st, &format!("{p}.conv1"), din, dout, 3, 1, 1, 1, true)?,
       conv2: Conv::load(st, &format!("{p}.conv2"), dout, dout, 3, 1, 1, 1, true)?,
       conv1x1: if din != dout {
-        Some(Conv::load(st, &format!("{p}.conv1x1"), din, dout, 1, 1, 0, 1, false)?)
+        Some(Conv::load(
+          st,
+          &format!("{p}.conv1x1"),
+          din,
+          dout,
+          1,
+          1,
+          0,
+          1,
+          false,
+        )?)
       } else {
         None
       },
       pool: if upsample {
-        Some(ConvT::load(st, &format!("{p}.pool"), din, din, 3, 2, 1, 1, din)?)
+        Some(ConvT::load(
+          st,
+          &format!("{p}.pool"),
+          din,
+          din,
+          3,
+          2,
+          1,
+          1,
+          din,
+        )?)
       } else {
         None
       },
@@ -248,7 +350,10 @@ impl AdainResBlk {
     r = self.conv1.forward(&r)?;
     r = leaky(&self.norm2.forward_nlc(&r, s)?, 0.2)?;
     r = self.conv2.forward(&r)?;
-    Ok(ops::multiply(&ops::add(&r, &sc)?, &Array::scalar(std::f32::consts::FRAC_1_SQRT_2))?)
+    Ok(ops::multiply(
+      &ops::add(&r, &sc)?,
+      &Array::scalar(std::f32::consts::FRAC_1_SQRT_2),
+    )?)
   }
 }
 
@@ -263,7 +368,14 @@ struct AdaInResBlock1 {
 }
 
 impl AdaInResBlock1 {
-  fn load(st: &mut Store, p: &str, ch: i32, k: i32, dil: &[i32], style: i32) -> Result<AdaInResBlock1> {
+  fn load(
+    st: &mut Store,
+    p: &str,
+    ch: i32,
+    k: i32,
+    dil: &[i32],
+    style: i32,
+  ) -> Result<AdaInResBlock1> {
     let mut b = AdaInResBlock1 {
       convs1: vec![],
       convs2: vec![],
@@ -273,10 +385,32 @@ impl AdaInResBlock1 {
       alpha2: vec![],
     };
     for (i, &d) in dil.iter().enumerate() {
-      b.convs1.push(Conv::load(st, &format!("{p}.convs1.{i}"), ch, ch, k, 1, (k * d - d) / 2, d, true)?);
-      b.convs2.push(Conv::load(st, &format!("{p}.convs2.{i}"), ch, ch, k, 1, (k - 1) / 2, 1, true)?);
-      b.adain1.push(adain(st, &format!("{p}.adain1.{i}"), style, ch)?);
-      b.adain2.push(adain(st, &format!("{p}.adain2.{i}"), style, ch)?);
+      b.convs1.push(Conv::load(
+        st,
+        &format!("{p}.convs1.{i}"),
+        ch,
+        ch,
+        k,
+        1,
+        (k * d - d) / 2,
+        d,
+        true,
+      )?);
+      b.convs2.push(Conv::load(
+        st,
+        &format!("{p}.convs2.{i}"),
+        ch,
+        ch,
+        k,
+        1,
+        (k - 1) / 2,
+        1,
+        true,
+      )?);
+      b.adain1
+        .push(adain(st, &format!("{p}.adain1.{i}"), style, ch)?);
+      b.adain2
+        .push(adain(st, &format!("{p}.adain2.{i}"), style, ch)?);
       // [1, C, 1] -> channels-last [1, 1, C]
       let a1 = st.take_shape(&format!("{p}.alpha1.{i}"), &[1, ch, 1])?;
       let a2 = st.take_shape(&format!("{p}.alpha2.{i}"), &[1, ch, 1])?;
@@ -332,14 +466,24 @@ struct Albert {
 
 impl Albert {
   fn load(st: &mut Store, c: &KokoroConfig) -> Result<Albert> {
-    let (h, e, inter) = (c.plbert.hidden_size, c.plbert.embedding_size, c.plbert.intermediate_size);
+    let (h, e, inter) = (
+      c.plbert.hidden_size,
+      c.plbert.embedding_size,
+      c.plbert.intermediate_size,
+    );
     let p = "bert.encoder.albert_layer_groups.0.albert_layers.0";
     let ln = |st: &mut Store, k: &str, d: i32| -> Result<(Array, Array)> {
-      Ok((st.take_shape(&format!("{k}.weight"), &[d])?, st.take_shape(&format!("{k}.bias"), &[d])?))
+      Ok((
+        st.take_shape(&format!("{k}.weight"), &[d])?,
+        st.take_shape(&format!("{k}.bias"), &[d])?,
+      ))
     };
     Ok(Albert {
       word: st.take_shape("bert.embeddings.word_embeddings.weight", &[c.n_token, e])?,
-      pos: st.take_shape("bert.embeddings.position_embeddings.weight", &[c.plbert.max_position_embeddings, e])?,
+      pos: st.take_shape(
+        "bert.embeddings.position_embeddings.weight",
+        &[c.plbert.max_position_embeddings, e],
+      )?,
       tok: st.take_shape("bert.embeddings.token_type_embeddings.weight", &[2, e])?,
       emb_ln: ln(st, "bert.embeddings.LayerNorm", e)?,
       map_in: st.linear("bert.encoder.embedding_hidden_mapping_in", e, h)?,
@@ -363,7 +507,10 @@ impl Albert {
   fn forward(&self, ids: &Array) -> Result<Array> {
     let t = ids.shape()[1];
     let pos_ids = Array::arange(0.0, f64::from(t), 1.0, Dtype::Int32)?;
-    let x = ops::add(&ops::take_axis(&self.word, ids, 0)?, &ops::take_axis(&self.pos, &pos_ids, 0)?)?;
+    let x = ops::add(
+      &ops::take_axis(&self.word, ids, 0)?,
+      &ops::take_axis(&self.pos, &pos_ids, 0)?,
+    )?;
     let tok0 = ops::slice(&self.tok, &[0, 0], &[1, self.tok.shape()[1]], &[1, 1])?;
     let x = ops::add(&x, &tok0)?;
     let x = fast::layer_norm(&x, Some(&self.emb_ln.0), Some(&self.emb_ln.1), self.eps)?;
@@ -372,7 +519,10 @@ impl Albert {
     let hs = h.shape()[2];
     let hd = hs / self.heads;
     let split = |a: Array| -> Result<Array> {
-      Ok(ops::transpose_axes(&ops::reshape(&a, &[1, t, self.heads, hd])?, &[0, 2, 1, 3])?)
+      Ok(ops::transpose_axes(
+        &ops::reshape(&a, &[1, t, self.heads, hd])?,
+        &[0, 2, 1, 3],
+      )?)
     };
     for _ in 0..self.n_layers {
       let q = split(l.q.forward(&h)?)?;
@@ -380,9 +530,19 @@ impl Albert {
       let v = split(l.v.forward(&h)?)?;
       let o = scaled_dot_product_attention(&q, &k, &v, 1.0 / (hd as f32).sqrt(), Mask::None)?;
       let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[1, t, hs])?;
-      let a = fast::layer_norm(&ops::add(&l.dense.forward(&o)?, &h)?, Some(&l.ln.0), Some(&l.ln.1), self.eps)?;
+      let a = fast::layer_norm(
+        &ops::add(&l.dense.forward(&o)?, &h)?,
+        Some(&l.ln.0),
+        Some(&l.ln.1),
+        self.eps,
+      )?;
       let f = l.ffn_out.forward(&gelu_approx(&l.ffn.forward(&a)?)?)?;
-      h = fast::layer_norm(&ops::add(&f, &a)?, Some(&l.full_ln.0), Some(&l.full_ln.1), self.eps)?;
+      h = fast::layer_norm(
+        &ops::add(&f, &a)?,
+        Some(&l.full_ln.0),
+        Some(&l.full_ln.1),
+        self.eps,
+      )?;
     }
     Ok(h)
   }
@@ -400,6 +560,9 @@ pub struct KokoroOutput {
   pub n: Array,
   /// The ALBERT output after `bert_encoder` `[1, T, hidden_dim]`.
   pub bert_dur: Array,
+  /// Named decoder intermediates (channels-last), filled by
+  /// [`KokoroModel::forward_traced`] for layer-by-layer checks.
+  pub trace: Vec<(String, Array)>,
 }
 
 /// The Kokoro network with loaded weights (python
@@ -449,7 +612,10 @@ impl KokoroModel {
   /// Builds the network from weights in mlx-audio's Kokoro layout (or the
   /// torch names `weight_ih_l0`, `gamma` / `beta`, `[out, in, k]` convs),
   /// checking every name and shape; unknown extra weights are an error.
-  pub fn from_weights(config: KokoroConfig, weights: HashMap<String, Array>) -> Result<KokoroModel> {
+  pub fn from_weights(
+    config: KokoroConfig,
+    weights: HashMap<String, Array>,
+  ) -> Result<KokoroModel> {
     config.check()?;
     let mut st = Store::new(weights);
     let c = &config;
@@ -459,9 +625,17 @@ impl KokoroModel {
     let mut dur_lstms = vec![];
     let mut dur_norms = vec![];
     for i in 0..c.n_layer {
-      dur_lstms.push(st.lstm(&format!("predictor.text_encoder.lstms.{}", 2 * i), hid + sty, hid / 2)?);
+      dur_lstms.push(st.lstm(
+        &format!("predictor.text_encoder.lstms.{}", 2 * i),
+        hid + sty,
+        hid / 2,
+      )?);
       dur_norms.push(AdaLayerNorm {
-        fc: st.linear(&format!("predictor.text_encoder.lstms.{}.fc", 2 * i + 1), sty, 2 * hid)?,
+        fc: st.linear(
+          &format!("predictor.text_encoder.lstms.{}.fc", 2 * i + 1),
+          sty,
+          2 * hid,
+        )?,
         eps: 1e-5,
       });
     }
@@ -472,7 +646,14 @@ impl KokoroModel {
       Ok(vec![
         AdainResBlk::load(st, &format!("predictor.{name}.0"), hid, hid, sty, false)?,
         AdainResBlk::load(st, &format!("predictor.{name}.1"), hid, hid / 2, sty, true)?,
-        AdainResBlk::load(st, &format!("predictor.{name}.2"), hid / 2, hid / 2, sty, false)?,
+        AdainResBlk::load(
+          st,
+          &format!("predictor.{name}.2"),
+          hid / 2,
+          hid / 2,
+          sty,
+          false,
+        )?,
       ])
     };
     let f0_blocks = blocks(&mut st, "F0")?;
@@ -483,9 +664,31 @@ impl KokoroModel {
     let k = c.text_encoder_kernel_size;
     let mut te_cnn = vec![];
     for i in 0..c.n_layer {
-      let conv = Conv::load(&mut st, &format!("text_encoder.cnn.{i}.0"), hid, hid, k, 1, (k - 1) / 2, 1, true)?;
-      let w = st.take_any(&[&format!("text_encoder.cnn.{i}.1.weight"), &format!("text_encoder.cnn.{i}.1.gamma")], &[hid])?;
-      let b = st.take_any(&[&format!("text_encoder.cnn.{i}.1.bias"), &format!("text_encoder.cnn.{i}.1.beta")], &[hid])?;
+      let conv = Conv::load(
+        &mut st,
+        &format!("text_encoder.cnn.{i}.0"),
+        hid,
+        hid,
+        k,
+        1,
+        (k - 1) / 2,
+        1,
+        true,
+      )?;
+      let w = st.take_any(
+        &[
+          &format!("text_encoder.cnn.{i}.1.weight"),
+          &format!("text_encoder.cnn.{i}.1.gamma"),
+        ],
+        &[hid],
+      )?;
+      let b = st.take_any(
+        &[
+          &format!("text_encoder.cnn.{i}.1.bias"),
+          &format!("text_encoder.cnn.{i}.1.beta"),
+        ],
+        &[hid],
+      )?;
       te_cnn.push((conv, (w, b)));
     }
     let te_lstm = st.lstm("text_encoder.lstm", hid, hid / 2)?;
@@ -496,7 +699,14 @@ impl KokoroModel {
     let mut decode = vec![];
     for i in 0..4 {
       let out = if i == 3 { 512 } else { 1024 };
-      decode.push(AdainResBlk::load(&mut st, &format!("decoder.decode.{i}"), 1024 + 2 + 64, out, sty, i == 3)?);
+      decode.push(AdainResBlk::load(
+        &mut st,
+        &format!("decoder.decode.{i}"),
+        1024 + 2 + 64,
+        out,
+        sty,
+        i == 3,
+      )?);
     }
     let asr_res = Conv::load(&mut st, "decoder.asr_res.0", hid, 64, 1, 1, 0, 1, true)?;
     let generator = Generator::load(&mut st, c)?;
@@ -530,6 +740,31 @@ impl KokoroModel {
   /// for a style vector `ref_s` `[1, 256]` (the voice pack row for the
   /// phoneme count) at `speed` (python `Model.__call__`).
   pub fn forward(&self, input_ids: &[i32], ref_s: &Array, speed: f32) -> Result<KokoroOutput> {
+    self.run(input_ids, ref_s, speed, None)
+  }
+
+  /// [`KokoroModel::forward`] that also records the decoder's
+  /// intermediates (`gen_in`, `har`, `har_feat`, `ups0`, `stage0`, `pad`,
+  /// `post`) in [`KokoroOutput::trace`].
+  pub fn forward_traced(
+    &self,
+    input_ids: &[i32],
+    ref_s: &Array,
+    speed: f32,
+  ) -> Result<KokoroOutput> {
+    let mut trace = Vec::new();
+    let mut out = self.run(input_ids, ref_s, speed, Some(&mut trace))?;
+    out.trace = trace;
+    Ok(out)
+  }
+
+  fn run(
+    &self,
+    input_ids: &[i32],
+    ref_s: &Array,
+    speed: f32,
+    trace: Option<&mut Vec<(String, Array)>>,
+  ) -> Result<KokoroOutput> {
     let c = &self.config;
     let t = input_ids.len() as i32;
     if t < 3 || t > c.plbert.max_position_embeddings {
@@ -540,10 +775,15 @@ impl KokoroModel {
       )));
     }
     if let Some(&bad) = input_ids.iter().find(|&&i| i < 0 || i >= c.n_token) {
-      return Err(Error::InvalidArgument(format!("kokoro: token id {bad} outside 0..{}", c.n_token)));
+      return Err(Error::InvalidArgument(format!(
+        "kokoro: token id {bad} outside 0..{}",
+        c.n_token
+      )));
     }
     if !(speed.is_finite() && speed > 0.0) {
-      return Err(Error::InvalidArgument(format!("kokoro: speed must be > 0, got {speed}")));
+      return Err(Error::InvalidArgument(format!(
+        "kokoro: speed must be > 0, got {speed}"
+      )));
     }
     if ref_s.shape() != [1, 2 * c.style_dim] {
       return Err(Error::InvalidArgument(format!(
@@ -610,19 +850,29 @@ impl KokoroModel {
     let te = self.te_lstm.forward(&te)?;
     let asr = ops::take_axis(&te, &idx, 1)?; // [1, F, hid]
 
-    let audio = self.decode(&asr, &f0, &n, &s_ref)?;
+    let audio = self.decode(&asr, &f0, &n, &s_ref, trace)?;
     Ok(KokoroOutput {
       audio,
       durations,
       f0,
       n,
       bert_dur: d_en,
+      trace: Vec::new(),
     })
   }
 
-  fn decode(&self, asr: &Array, f0_curve: &Array, n: &Array, s: &Array) -> Result<Array> {
+  fn decode(
+    &self,
+    asr: &Array,
+    f0_curve: &Array,
+    n: &Array,
+    s: &Array,
+    trace: Option<&mut Vec<(String, Array)>>,
+  ) -> Result<Array> {
     let l2 = f0_curve.shape()[1];
-    let f0 = self.f0_conv.forward(&ops::reshape(f0_curve, &[1, l2, 1])?)?;
+    let f0 = self
+      .f0_conv
+      .forward(&ops::reshape(f0_curve, &[1, l2, 1])?)?;
     let nn_ = self.n_conv.forward(&ops::reshape(n, &[1, l2, 1])?)?;
     let mut x = ops::concatenate_axis(&[asr.clone(), f0.clone(), nn_.clone()], -1)?;
     x = self.encode.forward(&x, s)?;
@@ -637,7 +887,7 @@ impl KokoroModel {
         res = false;
       }
     }
-    self.generator.forward(&x, s, f0_curve)
+    self.generator.forward(&x, s, f0_curve, trace)
   }
 }
 
@@ -656,22 +906,88 @@ impl Generator {
       let (u, k) = (g.upsample_rates[i], g.upsample_kernel_sizes[i]);
       let cin = g.upsample_initial_channel >> i;
       let cout = g.upsample_initial_channel >> (i + 1);
-      ups.push(ConvT::load(st, &format!("decoder.generator.ups.{i}"), cin, cout, k, u, (k - u) / 2, 0, 1)?);
-      for (j, (&rk, rd)) in g.resblock_kernel_sizes.iter().zip(&g.resblock_dilation_sizes).enumerate() {
+      ups.push(ConvT::load(
+        st,
+        &format!("decoder.generator.ups.{i}"),
+        cin,
+        cout,
+        k,
+        u,
+        (k - u) / 2,
+        0,
+        1,
+      )?);
+      for (j, (&rk, rd)) in g
+        .resblock_kernel_sizes
+        .iter()
+        .zip(&g.resblock_dilation_sizes)
+        .enumerate()
+      {
         let idx = i * g.resblock_kernel_sizes.len() + j;
-        resblocks.push(AdaInResBlock1::load(st, &format!("decoder.generator.resblocks.{idx}"), cout, rk, rd, sty)?);
+        resblocks.push(AdaInResBlock1::load(
+          st,
+          &format!("decoder.generator.resblocks.{idx}"),
+          cout,
+          rk,
+          rd,
+          sty,
+        )?);
       }
       if i + 1 < n_up {
         let sf: i32 = g.upsample_rates[i + 1..].iter().product();
-        noise_convs.push(Conv::load(st, &format!("decoder.generator.noise_convs.{i}"), nfft + 2, cout, sf * 2, sf, (sf + 1) / 2, 1, true)?);
-        noise_res.push(AdaInResBlock1::load(st, &format!("decoder.generator.noise_res.{i}"), cout, 7, &[1, 3, 5], sty)?);
+        noise_convs.push(Conv::load(
+          st,
+          &format!("decoder.generator.noise_convs.{i}"),
+          nfft + 2,
+          cout,
+          sf * 2,
+          sf,
+          (sf + 1) / 2,
+          1,
+          true,
+        )?);
+        noise_res.push(AdaInResBlock1::load(
+          st,
+          &format!("decoder.generator.noise_res.{i}"),
+          cout,
+          7,
+          &[1, 3, 5],
+          sty,
+        )?);
       } else {
-        noise_convs.push(Conv::load(st, &format!("decoder.generator.noise_convs.{i}"), nfft + 2, cout, 1, 1, 0, 1, true)?);
-        noise_res.push(AdaInResBlock1::load(st, &format!("decoder.generator.noise_res.{i}"), cout, 11, &[1, 3, 5], sty)?);
+        noise_convs.push(Conv::load(
+          st,
+          &format!("decoder.generator.noise_convs.{i}"),
+          nfft + 2,
+          cout,
+          1,
+          1,
+          0,
+          1,
+          true,
+        )?);
+        noise_res.push(AdaInResBlock1::load(
+          st,
+          &format!("decoder.generator.noise_res.{i}"),
+          cout,
+          11,
+          &[1, 3, 5],
+          sty,
+        )?);
       }
       ch = cout;
     }
-    let conv_post = Conv::load(st, "decoder.generator.conv_post", ch, nfft + 2, 7, 1, 3, 1, true)?;
+    let conv_post = Conv::load(
+      st,
+      "decoder.generator.conv_post",
+      ch,
+      nfft + 2,
+      7,
+      1,
+      3,
+      1,
+      true,
+    )?;
     let l_linear = st.linear("decoder.generator.m_source.l_linear", 9, 1)?;
     Ok(Generator {
       l_linear,
@@ -696,54 +1012,86 @@ impl Generator {
     let up = self.upsample_scale;
     let harm = Array::arange(1.0, 10.0, 1.0, Dtype::Float32)?; // [9]
     let fnh = ops::multiply(&ops::reshape(f0, &[1, l, 1])?, &harm)?; // [1, L, 9]
-    let rad = ops::remainder(&ops::divide(&fnh, &Array::scalar(self.sample_rate))?, &Array::scalar(1.0f32))?;
-    let phase = ops::multiply(&ops::cumsum_axis(&rad, 1, false, true, None)?, &Array::scalar(2.0 * std::f32::consts::PI * up as f32))?;
-    // linear upsample by `up`, align_corners=False: src = (j + 0.5) / up - 0.5, clamped at 0
+    // float ops in the export's order (the phase reaches ~1e5 rad, so the
+    // rounding of each step shows in the waveform)
+    let x = ops::divide(&fnh, &Array::scalar(self.sample_rate))?;
+    let rad = ops::subtract(&x, &ops::floor(&x)?)?;
+    let cs = ops::cumsum_axis(&rad, 1, false, true, None)?;
+    let phase = ops::multiply(&cs, &Array::scalar(2.0f32))?;
+    let phase = ops::multiply(&phase, &Array::scalar(std::f32::consts::PI))?;
+    let phase = ops::multiply(&phase, &Array::scalar(up as f32))?;
+    // linear upsample by `up`, half-pixel: src = (j + 0.5) / up - 0.5, clamped
     let total = l * up;
     let j = Array::arange(0.0, f64::from(total), 1.0, Dtype::Float32)?;
-    let src = ops::maximum(&ops::subtract(&ops::divide(&ops::add(&j, &Array::scalar(0.5f32))?, &Array::scalar(up as f32))?, &Array::scalar(0.5f32))?, &Array::scalar(0.0f32))?;
+    let src = ops::subtract(
+      &ops::divide(
+        &ops::add(&j, &Array::scalar(0.5f32))?,
+        &Array::scalar(up as f32),
+      )?,
+      &Array::scalar(0.5f32),
+    )?;
+    let src = ops::clip(
+      &src,
+      Some(&Array::scalar(0.0f32)),
+      Some(&Array::scalar((l - 1) as f32)),
+    )?;
     let i0 = ops::floor(&src)?;
-    let w = ops::reshape(&ops::subtract(&src, &i0)?, &[1, total, 1])?;
+    let w1 = ops::reshape(&ops::subtract(&src, &i0)?, &[1, total, 1])?;
+    let w0 = ops::subtract(&Array::scalar(1.0f32), &w1)?;
     let i0i = ops::astype(&i0, Dtype::Int32)?;
-    let i1i = ops::minimum(&ops::add(&i0i, &Array::scalar(1i32))?, &Array::scalar(l - 1))?;
+    let i1i = ops::minimum(
+      &ops::add(&i0i, &Array::scalar(1i32))?,
+      &Array::scalar(l - 1),
+    )?;
     let p0 = ops::take_axis(&phase, &i0i, 1)?;
     let p1 = ops::take_axis(&phase, &i1i, 1)?;
-    let ph = ops::add(&p0, &ops::multiply(&ops::subtract(&p1, &p0)?, &w)?)?;
+    let ph = ops::add(&ops::multiply(&w0, &p0)?, &ops::multiply(&w1, &p1)?)?;
     let sines = ops::multiply(&ops::sin(&ph)?, &Array::scalar(0.1f32))?;
     // voiced mask on the nearest-upsampled f0
     let f0_up = ops::repeat_axis(&ops::reshape(f0, &[1, l, 1])?, up, 1)?;
-    let uv = ops::astype(&ops::greater(&f0_up, &Array::scalar(10.0f32))?, Dtype::Float32)?;
+    let uv = ops::astype(
+      &ops::greater(&f0_up, &Array::scalar(10.0f32))?,
+      Dtype::Float32,
+    )?;
     let sw = ops::multiply(&sines, &uv)?;
     let merged = ops::tanh(&self.l_linear.forward(&sw)?)?; // [1, T, 1]
     Ok(ops::reshape(&merged, &[1, total])?)
   }
 
-  /// Magnitude and phase of the source STFT, the phase as the ONNX export
-  /// computes it (`atan(im / re)` shifted by `±pi` where `re < 0`, `-pi`
-  /// when `im == 0`).
+  /// Magnitude and phase (`torch.angle`) of the source STFT, channels-last
+  /// `[1, frames, n_fft + 2]`.
   fn source_features(&self, har: &Array) -> Result<Array> {
-    let c = self.stft.complex(har)?;
-    let re = ops::real(&c)?;
-    let im = ops::imag(&c)?;
-    let mag = ops::sqrt(&ops::add(&ops::square(&re)?, &ops::square(&im)?)?)?;
-    let at = ops::arctan(&ops::divide(&im, &re)?)?;
-    let pi = Array::scalar(std::f32::consts::PI);
-    let shifted = ops::where_(&ops::greater(&im, &Array::scalar(0.0f32))?, &ops::add(&at, &pi)?, &ops::subtract(&at, &pi)?)?;
-    let phase = ops::where_(&ops::less(&re, &Array::scalar(0.0f32))?, &shifted, &at)?;
-    // [1, F, frames] -> channels-last [1, frames, 2F]
+    let (mag, phase) = self.stft.transform(har)?;
     let feats = ops::concatenate_axis(&[mag, phase], 1)?;
     Ok(ops::swapaxes(&feats, 1, 2)?)
   }
 
-  fn forward(&self, x: &Array, s: &Array, f0: &Array) -> Result<Array> {
+  fn forward(
+    &self,
+    x: &Array,
+    s: &Array,
+    f0: &Array,
+    mut trace: Option<&mut Vec<(String, Array)>>,
+  ) -> Result<Array> {
+    let mut rec = |name: &str, a: &Array| {
+      if let Some(t) = trace.as_deref_mut() {
+        t.push((name.to_string(), a.clone()));
+      }
+    };
+    rec("gen_in", x);
     let har = self.source(f0)?;
+    rec("har", &har);
     let har = self.source_features(&har)?;
+    rec("har_feat", &har);
     let mut x = x.clone();
     let n_up = self.ups.len();
     for i in 0..n_up {
       x = leaky(&x, 0.1)?;
       let xs = self.noise_res[i].forward(&self.noise_convs[i].forward(&har)?, s)?;
       x = self.ups[i].forward(&x)?;
+      if i == 0 {
+        rec("ups0", &x);
+      }
       if i == n_up - 1 {
         // ReflectionPad1d((1, 0)): prepend x[1]
         let len = x.shape()[1];
@@ -751,6 +1099,7 @@ impl Generator {
         let first = ops::slice(&x, &[0, 1, 0], &[1, 2, c], &[1, 1, 1])?;
         let _ = len;
         x = ops::concatenate_axis(&[first, x], 1)?;
+        rec("pad", &x);
       }
       x = ops::add(&x, &xs)?;
       let mut acc: Option<Array> = None;
@@ -763,16 +1112,75 @@ impl Generator {
       }
       let acc = acc.ok_or_else(|| Error::Model("kokoro: no resblocks".into()))?;
       x = ops::divide(&acc, &Array::scalar(self.n_kernels as f32))?;
+      if i == 0 {
+        rec("stage0", &x);
+      }
     }
     x = leaky(&x, 0.01)?;
     let x = self.conv_post.forward(&x)?; // [1, frames, n_fft + 2]
+    rec("post", &x);
     let nb = self.stft.n_fft / 2 + 1;
     let fr = x.shape()[1];
     let spec = ops::exp(&ops::slice(&x, &[0, 0, 0], &[1, fr, nb], &[1, 1, 1])?)?;
     let phase = ops::sin(&ops::slice(&x, &[0, 0, nb], &[1, fr, 2 * nb], &[1, 1, 1])?)?;
-    let spec = ops::swapaxes(&spec, 1, 2)?;
-    let phase = ops::swapaxes(&phase, 1, 2)?;
-    let y = self.stft.inverse(&spec, &phase)?;
+    self.inverse(&spec, &phase)
+  }
+
+  /// The export's inverse STFT (iSTFTNet's conv-transpose `STFT.inverse`
+  /// with its `window_sum` folded for one frame): overlap-add of
+  /// `window * irfft(spec * e^(i phase))`, the first `n_fft` samples divided
+  /// by `window^2`, `n_fft / 2` trimmed at both ends. Outside the first
+  /// samples this is `torch.istft(...)` times the window-square envelope
+  /// (1.5 for a periodic Hann at hop n_fft / 4). `spec` / `phase`
+  /// `[1, frames, n_fft / 2 + 1]`.
+  fn inverse(&self, spec: &Array, phase: &Array) -> Result<Array> {
+    let n_fft = self.stft.n_fft;
+    let hop = self.stft.hop;
+    let frames = spec.shape()[1];
+    let re = ops::multiply(spec, &ops::cos(phase)?)?;
+    let im = ops::multiply(spec, &ops::sin(phase)?)?;
+    let c = mlxrs_nn::stft::complex_from(&re, &im)?;
+    let window = ops::slice(&ops::hanning(n_fft + 1)?, &[0], &[n_fft], &[1])?;
+    let fr = ops::multiply(&fft::irfft(&c, n_fft, -1, FftNorm::Backward)?, &window)?; // [1, frames, n_fft]
+    // overlap-add with hop `hop` (n_fft a multiple of hop)
+    let k = n_fft / hop;
+    let fr = ops::reshape(&fr, &[1, frames, k, hop])?;
+    let mut acc: Option<Array> = None;
+    for c in 0..k {
+      let part = ops::reshape(
+        &ops::slice(&fr, &[0, 0, c, 0], &[1, frames, c + 1, hop], &[1, 1, 1, 1])?,
+        &[1, frames * hop],
+      )?;
+      let part = ops::pad(
+        &part,
+        &[1],
+        &[c * hop],
+        &[(k - 1 - c) * hop],
+        &Array::scalar(0.0f32),
+        "constant",
+      )?;
+      acc = Some(match acc {
+        None => part,
+        Some(a) => ops::add(&a, &part)?,
+      });
+    }
+    let y = acc.ok_or_else(|| Error::Model("kokoro: empty inverse STFT".into()))?;
+    let total = (frames + k - 1) * hop;
+    // first n_fft samples / window^2 where window^2 > 0
+    let w2 = ops::square(&window)?;
+    let w2 = ops::where_(
+      &ops::greater(&w2, &Array::scalar(f32::MIN_POSITIVE))?,
+      &w2,
+      &Array::scalar(1.0f32),
+    )?;
+    let head = ops::divide(
+      &ops::slice(&y, &[0, 0], &[1, n_fft], &[1, 1])?,
+      &ops::reshape(&w2, &[1, n_fft])?,
+    )?;
+    let tail = ops::slice(&y, &[0, n_fft], &[1, total], &[1, 1])?;
+    let y = ops::concatenate_axis(&[head, tail], 1)?;
+    let half = n_fft / 2;
+    let y = ops::slice(&y, &[0, half], &[1, total - half], &[1, 1])?;
     Ok(ops::reshape(&y, &[-1])?)
   }
 }

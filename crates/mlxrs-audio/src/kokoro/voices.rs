@@ -38,10 +38,16 @@ pub fn parse_npy_f32(bytes: &[u8], what: &str) -> Result<VoicePack> {
   }
   let (hlen, start): (usize, usize) = match bytes[6] {
     1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-    2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+    2 | 3 if bytes.len() >= 12 => (
+      u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+      12,
+    ),
     _ => return Err(bad("unsupported .npy version")),
   };
-  let end = start.checked_add(hlen).filter(|&e| e <= bytes.len()).ok_or_else(|| bad("truncated .npy header"))?;
+  let end = start
+    .checked_add(hlen)
+    .filter(|&e| e <= bytes.len())
+    .ok_or_else(|| bad("truncated .npy header"))?;
   let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| bad("bad .npy header"))?;
   if !header.contains("'descr': '<f4'") || !header.contains("'fortran_order': False") {
     return Err(bad("voice arrays must be little-endian float32, C order"));
@@ -55,32 +61,55 @@ pub fn parse_npy_f32(bytes: &[u8], what: &str) -> Result<VoicePack> {
     .split(',')
     .map(str::trim)
     .filter(|s| !s.is_empty())
-    .map(|s| s.parse::<usize>().map_err(|_| bad("bad shape in .npy header")))
+    .map(|s| {
+      s.parse::<usize>()
+        .map_err(|_| bad("bad shape in .npy header"))
+    })
     .collect::<Result<Vec<_>>>()?;
-  let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
+  let n = shape
+    .iter()
+    .try_fold(1usize, |a, &d| a.checked_mul(d))
+    .ok_or_else(|| bad("shape overflows"))?;
   let body = &bytes[end..];
   if body.len() != n * 4 {
-    return Err(bad(&format!("{} data bytes for shape {shape:?}", body.len())));
+    return Err(bad(&format!(
+      "{} data bytes for shape {shape:?}",
+      body.len()
+    )));
   }
-  let data = body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+  let data = body
+    .chunks_exact(4)
+    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    .collect();
   Ok(VoicePack { shape, data })
 }
 
 /// Every `NAME.npy` of an uncompressed or deflated `.npz` file.
 pub fn read_npz(path: &Path) -> Result<BTreeMap<String, VoicePack>> {
   let f = std::fs::File::open(path).map_err(io_err(path))?;
-  let mut z = zip::ZipArchive::new(f).map_err(|e| Error::Model(format!("{}: not a .npz archive: {e}", path.display())))?;
+  let mut z = zip::ZipArchive::new(f)
+    .map_err(|e| Error::Model(format!("{}: not a .npz archive: {e}", path.display())))?;
   let mut out = BTreeMap::new();
   for i in 0..z.len() {
-    let mut e = z.by_index(i).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+    let mut e = z
+      .by_index(i)
+      .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
     let name = e.name().to_string();
-    let Some(stem) = name.strip_suffix(".npy") else { continue };
+    let Some(stem) = name.strip_suffix(".npy") else {
+      continue;
+    };
     if e.size() > 1 << 30 {
-      return Err(Error::Model(format!("{}: entry {name} is too large", path.display())));
+      return Err(Error::Model(format!(
+        "{}: entry {name} is too large",
+        path.display()
+      )));
     }
     let mut buf = Vec::with_capacity(e.size() as usize);
     e.read_to_end(&mut buf).map_err(io_err(path))?;
-    out.insert(stem.to_string(), parse_npy_f32(&buf, &format!("{}:{name}", path.display()))?);
+    out.insert(
+      stem.to_string(),
+      parse_npy_f32(&buf, &format!("{}:{name}", path.display()))?,
+    );
   }
   Ok(out)
 }
@@ -95,7 +124,10 @@ pub fn check_pack(name: &str, a: &Array, style2: i32) -> Result<Array> {
       "voice {name}: shape {s:?}, expected [rows, 1, {style2}]"
     )));
   }
-  Ok(ops::reshape(&ops::astype(a, Dtype::Float32)?, &[s[0], style2])?)
+  Ok(ops::reshape(
+    &ops::astype(a, Dtype::Float32)?,
+    &[s[0], style2],
+  )?)
 }
 
 /// The style row for `n_tokens` phonemes (python kokoro: `pack[len(ps) - 1]`,
