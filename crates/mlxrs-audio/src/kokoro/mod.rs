@@ -13,6 +13,7 @@
 pub mod config;
 pub mod convert;
 pub mod model;
+pub mod phonemize;
 pub mod voices;
 
 use std::collections::{BTreeMap, HashMap};
