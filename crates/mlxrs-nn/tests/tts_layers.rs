@@ -158,24 +158,3 @@ fn gemm_convolutions_match_mlx_convolutions() {
   }
 }
 
-#[test]
-#[ignore]
-fn conv_speed_probe() {
-  let key = mlxrs_core::random::key(1).unwrap();
-  let x = mlxrs_core::random::normal(&[1, 12241, 128], Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap();
-  let w = mlxrs_core::random::normal(&[128, 11, 128], Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap();
-  let mut a = x.clone();
-  a.eval().unwrap();
-  for name in ["mlx", "im2col", "mlx", "im2col"] {
-    let t = std::time::Instant::now();
-    let mut y = if name == "mlx" { ops::conv1d(&x, &w, 1, 5, 1, 1).unwrap() } else { mlxrs_nn::conv::conv1d_im2col(&x, &w, 1, 5, 1).unwrap() };
-    y.eval().unwrap();
-    eprintln!("{name}: {:.3}s", t.elapsed().as_secs_f64());
-  }
-  let a = mlxrs_core::random::normal(&[12241, 1408], Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap();
-  let b = mlxrs_core::random::normal(&[1408, 128], Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap();
-  let t = std::time::Instant::now();
-  let mut y = ops::matmul(&a, &b).unwrap();
-  y.eval().unwrap();
-  eprintln!("matmul: {:.3}s", t.elapsed().as_secs_f64());
-}
