@@ -123,4 +123,3 @@ fn kokoro_matches_onnx_float_reference() {
   // numerical noise in both implementations (docs/tts.md)
   assert!(mad < 0.07, "log-mel mean abs diff {mad}");
 }
-

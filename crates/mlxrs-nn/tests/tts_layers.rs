@@ -157,4 +157,3 @@ fn gemm_convolutions_match_mlx_convolutions() {
     );
   }
 }
-
