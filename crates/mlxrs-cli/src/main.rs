@@ -26,6 +26,7 @@ mod launch;
 mod lm_extra;
 mod lora;
 mod serve;
+mod speak;
 mod transcribe;
 mod validate;
 mod vlm;
@@ -53,6 +54,10 @@ enum Cmd {
   Embed(embed::EmbedArgs),
   /// Transcribe audio with Whisper (python faster-whisper / mlx_whisper).
   Transcribe(transcribe::TranscribeArgs),
+  /// Text to speech with Kokoro-82M (python `mlx_audio.tts.generate`).
+  Speak(speak::SpeakArgs),
+  /// Convert the PyPI Kokoro ONNX export to an mlx-audio Kokoro folder.
+  ConvertKokoro(speak::ConvertKokoroArgs),
   /// Prefill a prompt and save its KV cache (python `mlx_lm.cache_prompt`).
   CachePrompt(CachePromptArgs),
   /// Convert a checkpoint to MLX: dtype, quantize, dequantize (python
@@ -642,6 +647,8 @@ fn main() {
     Cmd::Bench(a) => bench::run(a),
     Cmd::Convert(a) => convert::run(a),
     Cmd::Transcribe(a) => transcribe::run(a),
+    Cmd::Speak(a) => speak::run(a),
+    Cmd::ConvertKokoro(a) => speak::run_convert(a),
     Cmd::Embed(a) => embed::run(a),
     Cmd::CachePrompt(a) => cache_prompt(a),
     Cmd::Launch(a) => launch::run(a),

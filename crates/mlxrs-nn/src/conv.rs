@@ -595,3 +595,131 @@ impl ConvTranspose2d {
     self.p.add_bias(y)
   }
 }
+
+/// `conv1d(x, w, stride, padding, dilation)` (groups 1) as an explicit
+/// im2col + one matrix product: `x` `[B, L, C_in]`, `w` `[C_out, K, C_in]`.
+/// Same result as `mx.conv1d`; on the CPU it takes the BLAS path also for
+/// dilated kernels, which MLX's CPU backend runs as a direct loop.
+pub fn conv1d_im2col(
+  x: &Array,
+  w: &Array,
+  stride: i32,
+  padding: i32,
+  dilation: i32,
+) -> Result<Array> {
+  let (xs, ws) = (x.shape(), w.shape());
+  if xs.len() != 3 || ws.len() != 3 || xs[2] != ws[2] || stride < 1 || dilation < 1 || padding < 0 {
+    return Err(Error::InvalidArgument(format!(
+      "conv1d_im2col: x {xs:?} w {ws:?} stride {stride} padding {padding} dilation {dilation}"
+    )));
+  }
+  let (b, l, cin) = (xs[0], xs[1], xs[2]);
+  let (cout, k) = (ws[0], ws[1]);
+  let lp = l + 2 * padding;
+  let span = dilation * (k - 1) + 1;
+  if lp < span {
+    return Err(Error::InvalidArgument(format!(
+      "conv1d_im2col: input length {l} too short for kernel {k} dilation {dilation}"
+    )));
+  }
+  let lout = (lp - span) / stride + 1;
+  let xp = if padding > 0 {
+    crate::conv::pad_len(x, padding, padding)?
+  } else {
+    x.clone()
+  };
+  let cols: Vec<Array> = (0..k)
+    .map(|j| {
+      let s0 = j * dilation;
+      ops::slice(
+        &xp,
+        &[0, s0, 0],
+        &[b, s0 + (lout - 1) * stride + 1, cin],
+        &[1, stride, 1],
+      )
+    })
+    .collect::<Result<_>>()?;
+  let col = ops::reshape(&ops::stack_axis(&cols, 2)?, &[b, lout, k * cin])?;
+  let wm = ops::transpose(&ops::reshape(w, &[cout, k * cin])?)?;
+  ops::matmul(&col, &wm)
+}
+
+/// Zero-pads axis 1 of `[B, L, C]` by `lo` / `hi`.
+fn pad_len(x: &Array, lo: i32, hi: i32) -> Result<Array> {
+  ops::pad(x, &[1], &[lo], &[hi], &Array::scalar(0.0f32), "constant")
+}
+
+/// `conv_transpose1d(x, w, stride, padding, 1, output_padding)` (groups 1)
+/// as one matrix product and a strided overlap-add: `x` `[B, L, C_in]`, `w`
+/// `[C_out, K, C_in]` (MLX layout). Same result as `mx.conv_transpose1d`
+/// (torch `ConvTranspose1d`), on the BLAS path on the CPU.
+pub fn conv_transpose1d_gemm(
+  x: &Array,
+  w: &Array,
+  stride: i32,
+  padding: i32,
+  output_padding: i32,
+) -> Result<Array> {
+  let (xs, ws) = (x.shape(), w.shape());
+  if xs.len() != 3
+    || ws.len() != 3
+    || xs[2] != ws[2]
+    || stride < 1
+    || padding < 0
+    || output_padding < 0
+  {
+    return Err(Error::InvalidArgument(format!(
+      "conv_transpose1d_gemm: x {xs:?} w {ws:?} stride {stride} padding {padding}"
+    )));
+  }
+  let (b, l, cin) = (xs[0], xs[1], xs[2]);
+  let (cout, k) = (ws[0], ws[1]);
+  let lout = (l - 1) * stride - 2 * padding + k + output_padding;
+  if lout < 1 {
+    return Err(Error::InvalidArgument(format!(
+      "conv_transpose1d_gemm: empty output for input length {l}"
+    )));
+  }
+  let n = (k + stride - 1) / stride;
+  // [C_in, K * C_out]
+  let wm = ops::reshape(&ops::transpose_axes(w, &[2, 1, 0])?, &[cin, k * cout])?;
+  let y = ops::reshape(&ops::matmul(x, &wm)?, &[b, l, k, cout])?;
+  let y = if n * stride > k {
+    ops::pad(
+      &y,
+      &[2],
+      &[0],
+      &[n * stride - k],
+      &Array::scalar(0.0f32),
+      "constant",
+    )?
+  } else {
+    y
+  };
+  let y = ops::reshape(&y, &[b, l, n, stride, cout])?;
+  let full_len = (l + n - 1) * stride;
+  let mut acc: Option<Array> = None;
+  for c in 0..n {
+    let ch = ops::slice(
+      &y,
+      &[0, 0, c, 0, 0],
+      &[b, l, c + 1, stride, cout],
+      &[1, 1, 1, 1, 1],
+    )?;
+    let ch = ops::reshape(&ch, &[b, l * stride, cout])?;
+    let ch = pad_len(&ch, c * stride, (n - 1 - c) * stride)?;
+    acc = Some(match acc {
+      None => ch,
+      Some(a) => ops::add(&a, &ch)?,
+    });
+  }
+  let full =
+    acc.ok_or_else(|| Error::InvalidArgument("conv_transpose1d_gemm: empty kernel".into()))?;
+  let end = padding + lout;
+  let full = if end > full_len {
+    pad_len(&full, 0, end - full_len)?
+  } else {
+    full
+  };
+  ops::slice(&full, &[0, padding, 0], &[b, end, cout], &[1, 1, 1])
+}

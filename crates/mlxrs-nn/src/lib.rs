@@ -16,6 +16,9 @@
 //!   [`ConvTranspose2d`]), [`Dropout`], [`MultiHeadAttention`],
 //!   [`SinusoidalPositionalEncoding`], [`Pool`], [`Upsample`], [`Rope`],
 //!   mixture-of-experts layers, [`LoRALinear`] / [`DoRALinear`].
+//! - Speech synthesis layers (StyleTTS2 / Kokoro): [`Lstm`] (one or both
+//!   directions), [`instance_norm1d`], [`AdaIn1d`], [`AdaLayerNorm`],
+//!   [`weight_norm`], magnitude/phase [`Stft`] and its inverse.
 //! - Caches ([`KvCache`] standard / rotating / quantized / chunked,
 //!   [`ArraysCache`], [`CacheList`]) with [`attention_with_cache_update`],
 //!   and mlx-lm prompt-cache files ([`save_prompt_cache`],
@@ -35,6 +38,7 @@ pub mod embedding;
 pub mod linear;
 pub mod lora;
 pub mod losses;
+pub mod lstm;
 pub mod module;
 pub mod norm;
 pub mod optim;
@@ -43,6 +47,8 @@ pub mod positional;
 pub mod prompt_cache;
 pub mod quant;
 pub mod rope;
+pub mod stft;
+pub mod style;
 pub mod switch;
 pub mod train;
 pub mod upsample;
@@ -61,6 +67,7 @@ pub use embedding::Embedding;
 pub use linear::Linear;
 pub use lora::{AdapterSettings, DoRALinear, LinearAdapter, LoRALinear, fused_weight};
 pub use losses::{CrossEntropy, Reduction};
+pub use lstm::{Lstm, LstmDirection};
 pub use module::{Frozen, Module, Param, Weights, join, path_has_prefix};
 pub use norm::{BatchNorm, GroupNorm, LayerNorm, RmsNorm};
 pub use pooling::{Pool, PoolKind};
@@ -70,6 +77,10 @@ pub use quant::{
   QuantConfig, QuantMode, QuantParams, QuantPredicate, Quantizable, quantize, quantize_with,
 };
 pub use rope::Rope;
+pub use stft::Stft;
+pub use style::{
+  AdaIn1d, AdaLayerNorm, instance_norm1d, instance_norm1d_nlc, weight_norm, weight_norm_split,
+};
 pub use switch::{GluActivation, MultiLinear, SwitchGlu, SwitchLinear};
 pub use train::{ModuleValueAndGrad, value_and_grad};
 pub use upsample::{Upsample, UpsampleMode, upsample_linear, upsample_nearest};
