@@ -309,6 +309,20 @@ pub fn load_lm(
   Ok(mlxrs_lm::load_sharded(model, opts, shard)?)
 }
 
+/// [`load_lm`], or with `pipeline` the layers split over the group's ranks
+/// (python mlx-lm's `pipeline_load`, `mlx_lm.generate --pipeline`).
+pub fn load_lm_split(
+  model: &str,
+  opts: &LoadOptions,
+  group: Option<&dist::Group>,
+  pipeline: bool,
+) -> Result<LoadedModel> {
+  match group {
+    Some(g) if pipeline => Ok(mlxrs_lm::load_pipeline(model, opts, g.rank(), g.size())?),
+    _ => load_lm(model, opts, group),
+  }
+}
+
 /// Where a rank writes its results: stdout on rank 0 (or without a group),
 /// nowhere on the others (python mlx-lm prints on rank 0 only).
 pub fn rank_stdout(group: Option<&dist::Group>) -> Box<dyn Write> {
