@@ -4,7 +4,7 @@
 //! - `mlxrs chat --model M` (python `mlx_lm.chat`)
 //! - `mlxrs bench --model M | --shape NAME` (python `mlx_lm.benchmark`)
 //! - `mlxrs convert --hf-path SRC --mlx-path DST [-q ...]` (python `mlx_lm.convert`)
-//! - `mlxrs launch -n N -- generate ...` (python `mlx.launch`; tensor parallel)
+//! - `mlxrs launch -n N -- generate ...` (python `mlx.launch`; tensor parallel, or pipeline with `--pipeline`)
 //! - `mlxrs info` (MLX version and device)
 #![forbid(unsafe_code)]
 
@@ -59,7 +59,7 @@ enum Cmd {
   /// `mlx_lm.convert`).
   Convert(convert::ConvertArgs),
   /// Start N local ranks of a distributed job (python `mlx.launch`);
-  /// `generate` under it runs tensor-parallel.
+  /// `generate` under it runs tensor-parallel (`--pipeline`: pipeline-parallel).
   Launch(launch::LaunchArgs),
   /// Fine-tune with LoRA / DoRA / full (python `mlx_lm.lora`).
   Lora(lora::LoraArgs),

@@ -86,6 +86,11 @@ fn tokens(json_line: &str) -> Vec<i64> {
 
 /// Two ranks of `generate` vs one process, on `model`.
 fn check_two_ranks(model: &str) {
+  check_two_ranks_with(model, &[], "tensor-parallel");
+}
+
+/// Two ranks of `generate` with `extra` arguments vs one process.
+fn check_two_ranks_with(model: &str, extra: &[&str], what: &str) {
   let mut single = mlxrs();
   single.args(generate_args(model));
   let (one, _) = bounded(single);
@@ -99,7 +104,8 @@ fn check_two_ranks(model: &str) {
 
   let mut l = mlxrs();
   l.args(["launch", "-n", "2", "--timeout", "100", "--"])
-    .args(generate_args(model));
+    .args(generate_args(model))
+    .args(extra);
   let (two, took) = bounded(l);
   let stdout = String::from_utf8_lossy(&two.stdout).to_string();
   assert!(
@@ -113,9 +119,9 @@ fn check_two_ranks(model: &str) {
   let line = lines[0]
     .strip_prefix("[0] ")
     .unwrap_or_else(|| panic!("{model}: no rank prefix: {stdout}"));
-  assert_eq!(tokens(line), want, "{model}: tensor-parallel greedy tokens");
+  assert_eq!(tokens(line), want, "{model}: {what} greedy tokens");
   eprintln!(
-    "{model}: 2 ranks, {} greedy tokens equal to one process ({took:?})",
+    "{model}: 2 ranks {what}, {} greedy tokens equal to one process ({took:?})",
     want.len()
   );
 }
@@ -128,6 +134,29 @@ fn launch_generate_two_ranks_llama() {
 #[test]
 fn launch_generate_two_ranks_qwen3_4bit() {
   check_two_ranks("qwen3-4bit");
+}
+
+#[test]
+fn launch_generate_pipeline_llama() {
+  check_two_ranks_with("llama", &["--pipeline"], "pipeline-parallel");
+}
+
+#[test]
+fn launch_generate_pipeline_qwen3_4bit() {
+  check_two_ranks_with("qwen3-4bit", &["--pipeline"], "pipeline-parallel");
+}
+
+/// `--pipeline` on an architecture without pipeline support is refused.
+#[test]
+fn launch_generate_pipeline_refuses_an_unsupported_model() {
+  let mut l = mlxrs();
+  l.args(["launch", "-n", "2", "--timeout", "100", "--"])
+    .args(generate_args("phi3"))
+    .arg("--pipeline");
+  let (out, _) = bounded(l);
+  let err = String::from_utf8_lossy(&out.stderr);
+  assert!(!out.status.success(), "{err}");
+  assert!(err.contains("has no pipeline support"), "{err}");
 }
 
 /// Rank 1 is killed (SIGKILL) while rank 0 waits: the launcher stops rank 0
