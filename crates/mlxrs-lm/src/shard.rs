@@ -45,10 +45,23 @@ pub const TENSOR_PARALLEL_MODEL_TYPES: &[&str] = &[
   "mixtral",
   "gemma2",
   "gpt_oss",
+  "deepseek_v3",
 ];
 
 /// Layers split by output rows (python `AllToShardedLinear`).
-pub const ALL_TO_SHARDED: &[&str] = &["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"];
+pub const ALL_TO_SHARDED: &[&str] = &[
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "gate_proj",
+  "up_proj",
+  "q_b_proj",
+];
+
+/// Per-head stacked projections (`[heads, ...]`) split on the head axis:
+/// DeepSeek-V3's `embed_q` / `unembed_out` (its `kv_b_proj` pre-split per
+/// head; python `x[sh : sh + num_heads]` in `DeepseekV3Model.shard`).
+pub const PER_HEAD: &[&str] = &["embed_q", "unembed_out"];
 
 /// Layers split by input columns whose output is summed over the group
 /// (python `ShardedToAllLinear`).
@@ -142,6 +155,11 @@ pub fn split_axis(name: &str, ndim: usize) -> Option<usize> {
     match param {
       "weight" | "scales" | "biases" if ndim >= 2 => Some(ndim - 2),
       "bias" if ndim >= 1 => Some(ndim - 1),
+      _ => None,
+    }
+  } else if PER_HEAD.contains(&layer) {
+    match param {
+      "weight" | "scales" | "biases" if ndim >= 3 => Some(0),
       _ => None,
     }
   } else if layer == "self_attn" && param == "sinks" && ndim == 1 {
