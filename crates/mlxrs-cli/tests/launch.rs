@@ -205,3 +205,85 @@ fn launch_generate_refuses_an_unsplittable_model() {
   assert!(!out.status.success(), "{err}");
   assert!(err.contains("has no shard rule"), "{err}");
 }
+
+/// `--hostfile` (python `mlx.launch --hostfile`) with two entries whose
+/// addresses are 127.0.0.1, through a fake ssh (a script that logs the host
+/// it was given and runs the command here): tensor-parallel tokens equal to
+/// one process, and each rank went through ssh to its own host.
+#[test]
+fn launch_hostfile_through_ssh() {
+  let dir = std::env::temp_dir().join(format!("mlxrs-launch-hosts-{}", std::process::id()));
+  std::fs::create_dir_all(&dir).unwrap();
+  let log = dir.join("ssh.log");
+  let ssh = dir.join("fake-ssh");
+  std::fs::write(
+    &ssh,
+    format!(
+      "#!/bin/sh\necho \"$1\" >> '{}'\nshift\nexec sh -c \"$1\"\n",
+      log.display()
+    ),
+  )
+  .unwrap();
+  {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+  }
+  let hostfile = dir.join("hosts.json");
+  std::fs::write(
+    &hostfile,
+    r#"[{"ssh": "host-a", "ips": ["127.0.0.1"]}, {"ssh": "host-b", "ips": ["127.0.0.1"]}]"#,
+  )
+  .unwrap();
+
+  let mut single = mlxrs();
+  single.args(generate_args("llama"));
+  let (one, _) = bounded(single);
+  assert!(one.status.success());
+  let want = tokens(String::from_utf8_lossy(&one.stdout).trim());
+
+  let mut l = mlxrs();
+  l.args(["launch", "--timeout", "100", "--hostfile"])
+    .arg(&hostfile)
+    .arg("--ssh-cmd")
+    .arg(&ssh)
+    .arg("--")
+    .args(generate_args("llama"));
+  let (out, _) = bounded(l);
+  let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+  assert!(
+    out.status.success(),
+    "{stdout}\n{}",
+    String::from_utf8_lossy(&out.stderr)
+  );
+  let line = stdout
+    .lines()
+    .find_map(|l| l.strip_prefix("[0] "))
+    .unwrap_or_else(|| panic!("no rank 0 output: {stdout}"));
+  assert_eq!(tokens(line), want);
+  let mut called: Vec<String> = std::fs::read_to_string(&log)
+    .unwrap()
+    .lines()
+    .map(String::from)
+    .collect();
+  called.sort();
+  assert_eq!(called, ["host-a", "host-b"]);
+  let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A malformed hostfile is refused with the expected format.
+#[test]
+fn launch_hostfile_malformed_is_refused() {
+  let dir = std::env::temp_dir().join(format!("mlxrs-launch-badhosts-{}", std::process::id()));
+  std::fs::create_dir_all(&dir).unwrap();
+  let hostfile = dir.join("hosts.json");
+  std::fs::write(&hostfile, r#"[["127.0.0.1:5000"]]"#).unwrap();
+  let mut l = mlxrs();
+  l.args(["launch", "--hostfile"])
+    .arg(&hostfile)
+    .args(["--", "sh", "-c", "true"]);
+  let (out, _) = bounded(l);
+  let err = String::from_utf8_lossy(&out.stderr);
+  assert!(!out.status.success(), "{err}");
+  assert!(err.contains("expected a JSON list of"), "{err}");
+  let _ = std::fs::remove_dir_all(&dir);
+}
