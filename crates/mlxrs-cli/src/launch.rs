@@ -15,6 +15,10 @@
 //!   `NCCL_HOST_IP=127.0.0.1`, `NCCL_PORT`, `CUDA_VISIBLE_DEVICES=rank`, as
 //!   `mlx.launch --backend nccl` sets them for local ranks.
 //!
+//! With `--hostfile` (mlx.launch's JSON hostfile, ring backend) each rank
+//! is started on its host through `ssh HOST 'cd ... && env ... mlxrs ...'`
+//! instead (`--ssh-cmd` replaces `ssh`).
+//!
 //! `MLXRS_DIST_BACKEND` tells the ranks which backend to initialise. Every
 //! output line is forwarded with a `[rank] ` prefix. When a rank fails (a
 //! non-zero exit or a signal) the launcher kills the others and exits with
@@ -64,6 +68,15 @@ pub struct LaunchArgs {
   /// `NCCL_DEBUG=INFO`) and the launcher's steps.
   #[arg(long)]
   verbose: bool,
+  /// Start one rank per entry of this JSON hostfile over ssh (python
+  /// `mlx.launch --hostfile`; format `[{"ssh": "host", "ips": ["10.0.0.1"]},
+  /// ...]`, ring backend): rank r runs on entry r's `ssh` host and listens
+  /// on its first `ips` entry (else the `ssh` name). `-n` is ignored.
+  #[arg(long)]
+  hostfile: Option<PathBuf>,
+  /// The ssh program used with `--hostfile` (called as `SSH HOST COMMAND`).
+  #[arg(long = "ssh-cmd", default_value = "ssh")]
+  ssh_cmd: String,
   /// The command each rank runs: an mlxrs subcommand (`generate ...`) or a
   /// program with its arguments. Put it after `--`.
   #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
@@ -128,9 +141,109 @@ fn describe(s: &ExitStatus) -> String {
   }
 }
 
+/// One entry of an `mlx.launch` JSON hostfile.
+#[derive(serde::Deserialize)]
+struct HostEntry {
+  /// The name given to ssh.
+  ssh: String,
+  /// Addresses of the host; the first is the ring backend's.
+  #[serde(default)]
+  ips: Vec<String>,
+}
+
+/// Read an `mlx.launch` JSON hostfile: `(ssh name, ring address)` per rank.
+fn read_hostfile(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+  let text =
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+  let expected = || {
+    format!(
+      "{}: expected a JSON list of {{\"ssh\": HOST, \"ips\": [IP, ...]}}",
+      path.display()
+    )
+  };
+  // Entries must be objects (serde would also accept a list for a struct).
+  let v: serde_json::Value = serde_json::from_str(&text).with_context(expected)?;
+  if !v
+    .as_array()
+    .is_some_and(|l| l.iter().all(serde_json::Value::is_object))
+  {
+    bail!("{}", expected());
+  }
+  let entries: Vec<HostEntry> = serde_json::from_value(v).with_context(expected)?;
+  if entries.is_empty() {
+    bail!("{}: the hostfile lists no host", path.display());
+  }
+  entries
+    .into_iter()
+    .map(|e| {
+      if e.ssh.trim().is_empty() {
+        bail!("{}: a host entry has an empty \"ssh\" name", path.display());
+      }
+      let ip = e.ips.first().cloned().unwrap_or_else(|| e.ssh.clone());
+      Ok((e.ssh, ip))
+    })
+    .collect()
+}
+
+/// `s` quoted for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+  format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The shell command a remote rank runs: write the ring hostfile where
+/// `MLX_HOSTFILE` says (through a rename, so ranks sharing a machine never
+/// read it half-written), then run the program with the rank's environment
+/// from the launcher's working folder.
+fn remote_command(
+  env: &[(String, String)],
+  hosts_json: &str,
+  program: &std::path::Path,
+  args: &[String],
+) -> Result<String> {
+  let cwd = std::env::current_dir().context("reading the working folder")?;
+  let hostfile = env
+    .iter()
+    .find(|(k, _)| k == "MLX_HOSTFILE")
+    .map(|(_, v)| v.clone())
+    .unwrap_or_default();
+  let dir = std::path::Path::new(&hostfile)
+    .parent()
+    .map(|d| d.display().to_string())
+    .unwrap_or_else(|| ".".into());
+  let mut cmd = format!(
+    "cd {} && mkdir -p {} && printf '%s' {} > {}.$$ && mv -f {}.$$ {} && exec env",
+    sh_quote(&cwd.display().to_string()),
+    sh_quote(&dir),
+    sh_quote(hosts_json),
+    sh_quote(&hostfile),
+    sh_quote(&hostfile),
+    sh_quote(&hostfile)
+  );
+  for (k, v) in env {
+    cmd.push_str(&format!(" {}", sh_quote(&format!("{k}={v}"))));
+  }
+  cmd.push_str(&format!(" {}", sh_quote(&program.display().to_string())));
+  for a in args {
+    cmd.push_str(&format!(" {}", sh_quote(a)));
+  }
+  Ok(cmd)
+}
+
 /// Run `mlxrs launch`.
 pub fn run(a: LaunchArgs) -> Result<()> {
-  let n = a.num_ranks;
+  let hosts = match &a.hostfile {
+    Some(p) => {
+      if a.backend != "ring" {
+        bail!(
+          "--hostfile: only the ring backend is supported, not {:?}",
+          a.backend
+        );
+      }
+      Some(read_hostfile(p)?)
+    }
+    None => None,
+  };
+  let n = hosts.as_ref().map_or(a.num_ranks, Vec::len);
   if n == 0 {
     bail!("--num-ranks must be at least 1");
   }
@@ -156,6 +269,7 @@ pub fn run(a: LaunchArgs) -> Result<()> {
       ]
     })
     .collect();
+  let mut ring_json = String::new();
   match a.backend.as_str() {
     "ring" => {
       let ports: Vec<u16> = match a.starting_port {
@@ -167,15 +281,20 @@ pub fn run(a: LaunchArgs) -> Result<()> {
           .collect::<Result<_>>()?,
         None => free_ports(n)?,
       };
-      let hosts: Vec<Vec<String>> = ports
+      let ring: Vec<Vec<String>> = ports
         .iter()
-        .map(|p| vec![format!("127.0.0.1:{p}")])
+        .enumerate()
+        .map(|(r, p)| {
+          let ip = hosts.as_ref().map_or("127.0.0.1", |h| h[r].1.as_str());
+          vec![format!("{ip}:{p}")]
+        })
         .collect();
+      ring_json = serde_json::to_string(&ring)?;
       let hostfile = dir.0.join("hosts.json");
-      std::fs::write(&hostfile, serde_json::to_string(&hosts)?)
+      std::fs::write(&hostfile, &ring_json)
         .with_context(|| format!("writing {}", hostfile.display()))?;
       if a.verbose {
-        eprintln!("[launch] ring hostfile {}: {hosts:?}", hostfile.display());
+        eprintln!("[launch] ring hostfile {}: {ring:?}", hostfile.display());
       }
       for e in &mut env {
         e.push(("MLX_HOSTFILE".into(), hostfile.display().to_string()));
@@ -206,9 +325,21 @@ pub fn run(a: LaunchArgs) -> Result<()> {
   for (r, e) in env.iter().enumerate() {
     // The ranks stay in the launcher's process group, so Ctrl-C in a
     // terminal reaches all of them.
-    let spawned = Command::new(&program)
-      .args(args)
-      .envs(e.iter().map(|(k, v)| (k, v)))
+    let mut cmd = match &hosts {
+      // Remote (or fake-ssh) ranks: `SSH HOST 'cd ... && env ... PROGRAM ARGS'`.
+      Some(h) => {
+        let mut c = Command::new(&a.ssh_cmd);
+        c.arg(&h[r].0)
+          .arg(remote_command(e, &ring_json, &program, args)?);
+        c
+      }
+      None => {
+        let mut c = Command::new(&program);
+        c.args(args).envs(e.iter().map(|(k, v)| (k, v)));
+        c
+      }
+    };
+    let spawned = cmd
       .stdin(Stdio::null())
       .stdout(Stdio::piped())
       .stderr(Stdio::piped())
@@ -307,6 +438,20 @@ pub fn load_lm(
     .map(|g| TensorShard::new(g.rank(), g.size()))
     .transpose()?;
   Ok(mlxrs_lm::load_sharded(model, opts, shard)?)
+}
+
+/// [`load_lm`], or with `pipeline` the layers split over the group's ranks
+/// (python mlx-lm's `pipeline_load`, `mlx_lm.generate --pipeline`).
+pub fn load_lm_split(
+  model: &str,
+  opts: &LoadOptions,
+  group: Option<&dist::Group>,
+  pipeline: bool,
+) -> Result<LoadedModel> {
+  match group {
+    Some(g) if pipeline => Ok(mlxrs_lm::load_pipeline(model, opts, g.rank(), g.size())?),
+    _ => load_lm(model, opts, group),
+  }
 }
 
 /// Where a rank writes its results: stdout on rank 0 (or without a group),

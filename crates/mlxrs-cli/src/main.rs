@@ -4,7 +4,7 @@
 //! - `mlxrs chat --model M` (python `mlx_lm.chat`)
 //! - `mlxrs bench --model M | --shape NAME` (python `mlx_lm.benchmark`)
 //! - `mlxrs convert --hf-path SRC --mlx-path DST [-q ...]` (python `mlx_lm.convert`)
-//! - `mlxrs launch -n N -- generate ...` (python `mlx.launch`; tensor parallel)
+//! - `mlxrs launch -n N -- generate ...` (python `mlx.launch`; tensor parallel, or pipeline with `--pipeline`)
 //! - `mlxrs info` (MLX version and device)
 #![forbid(unsafe_code)]
 
@@ -64,7 +64,7 @@ enum Cmd {
   /// `mlx_lm.convert`).
   Convert(convert::ConvertArgs),
   /// Start N local ranks of a distributed job (python `mlx.launch`);
-  /// `generate` under it runs tensor-parallel.
+  /// `generate` under it runs tensor-parallel (`--pipeline`: pipeline-parallel).
   Launch(launch::LaunchArgs),
   /// Fine-tune with LoRA / DoRA / full (python `mlx_lm.lora`).
   Lora(lora::LoraArgs),
@@ -195,6 +195,11 @@ struct GenerateArgs {
   /// `cache_prompt`): the prompt is appended after the cached context.
   #[arg(long = "prompt-cache-file")]
   prompt_cache_file: Option<PathBuf>,
+  /// Under `mlxrs launch`: split the model's layers over the ranks
+  /// (pipeline parallel, python `mlx_lm.generate --pipeline`) instead of
+  /// splitting every layer (tensor parallel).
+  #[arg(long)]
+  pipeline: bool,
   /// Print timing figures after the text.
   #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
   verbose: bool,
@@ -388,15 +393,17 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     return vlm::generate(&args, &mut std::io::stdout().lock());
   }
-  // Under `mlxrs launch` / `mlx.launch`: tensor parallel, rank 0 prints.
+  // Under `mlxrs launch` / `mlx.launch`: tensor (or with `--pipeline`,
+  // pipeline) parallel, rank 0 prints.
   let group = launch::group_from_env()?;
-  let mut m = launch::load_lm(
+  let mut m = launch::load_lm_split(
     &a.model.model,
     &LoadOptions {
       dtype,
       no_tokenizer: false,
     },
     group.as_ref(),
+    a.pipeline,
   )?;
   if let Some(p) = &a.adapter_path {
     lora::apply_adapters(&mut m, p)?;

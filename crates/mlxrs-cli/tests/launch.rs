@@ -86,6 +86,11 @@ fn tokens(json_line: &str) -> Vec<i64> {
 
 /// Two ranks of `generate` vs one process, on `model`.
 fn check_two_ranks(model: &str) {
+  check_two_ranks_with(model, &[], "tensor-parallel");
+}
+
+/// Two ranks of `generate` with `extra` arguments vs one process.
+fn check_two_ranks_with(model: &str, extra: &[&str], what: &str) {
   let mut single = mlxrs();
   single.args(generate_args(model));
   let (one, _) = bounded(single);
@@ -99,7 +104,8 @@ fn check_two_ranks(model: &str) {
 
   let mut l = mlxrs();
   l.args(["launch", "-n", "2", "--timeout", "100", "--"])
-    .args(generate_args(model));
+    .args(generate_args(model))
+    .args(extra);
   let (two, took) = bounded(l);
   let stdout = String::from_utf8_lossy(&two.stdout).to_string();
   assert!(
@@ -113,9 +119,9 @@ fn check_two_ranks(model: &str) {
   let line = lines[0]
     .strip_prefix("[0] ")
     .unwrap_or_else(|| panic!("{model}: no rank prefix: {stdout}"));
-  assert_eq!(tokens(line), want, "{model}: tensor-parallel greedy tokens");
+  assert_eq!(tokens(line), want, "{model}: {what} greedy tokens");
   eprintln!(
-    "{model}: 2 ranks, {} greedy tokens equal to one process ({took:?})",
+    "{model}: 2 ranks {what}, {} greedy tokens equal to one process ({took:?})",
     want.len()
   );
 }
@@ -128,6 +134,29 @@ fn launch_generate_two_ranks_llama() {
 #[test]
 fn launch_generate_two_ranks_qwen3_4bit() {
   check_two_ranks("qwen3-4bit");
+}
+
+#[test]
+fn launch_generate_pipeline_llama() {
+  check_two_ranks_with("llama", &["--pipeline"], "pipeline-parallel");
+}
+
+#[test]
+fn launch_generate_pipeline_qwen3_4bit() {
+  check_two_ranks_with("qwen3-4bit", &["--pipeline"], "pipeline-parallel");
+}
+
+/// `--pipeline` on an architecture without pipeline support is refused.
+#[test]
+fn launch_generate_pipeline_refuses_an_unsupported_model() {
+  let mut l = mlxrs();
+  l.args(["launch", "-n", "2", "--timeout", "100", "--"])
+    .args(generate_args("phi3"))
+    .arg("--pipeline");
+  let (out, _) = bounded(l);
+  let err = String::from_utf8_lossy(&out.stderr);
+  assert!(!out.status.success(), "{err}");
+  assert!(err.contains("has no pipeline support"), "{err}");
 }
 
 /// Rank 1 is killed (SIGKILL) while rank 0 waits: the launcher stops rank 0
@@ -175,4 +204,86 @@ fn launch_generate_refuses_an_unsplittable_model() {
   let err = String::from_utf8_lossy(&out.stderr);
   assert!(!out.status.success(), "{err}");
   assert!(err.contains("has no shard rule"), "{err}");
+}
+
+/// `--hostfile` (python `mlx.launch --hostfile`) with two entries whose
+/// addresses are 127.0.0.1, through a fake ssh (a script that logs the host
+/// it was given and runs the command here): tensor-parallel tokens equal to
+/// one process, and each rank went through ssh to its own host.
+#[test]
+fn launch_hostfile_through_ssh() {
+  let dir = std::env::temp_dir().join(format!("mlxrs-launch-hosts-{}", std::process::id()));
+  std::fs::create_dir_all(&dir).unwrap();
+  let log = dir.join("ssh.log");
+  let ssh = dir.join("fake-ssh");
+  std::fs::write(
+    &ssh,
+    format!(
+      "#!/bin/sh\necho \"$1\" >> '{}'\nshift\nexec sh -c \"$1\"\n",
+      log.display()
+    ),
+  )
+  .unwrap();
+  {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+  }
+  let hostfile = dir.join("hosts.json");
+  std::fs::write(
+    &hostfile,
+    r#"[{"ssh": "host-a", "ips": ["127.0.0.1"]}, {"ssh": "host-b", "ips": ["127.0.0.1"]}]"#,
+  )
+  .unwrap();
+
+  let mut single = mlxrs();
+  single.args(generate_args("llama"));
+  let (one, _) = bounded(single);
+  assert!(one.status.success());
+  let want = tokens(String::from_utf8_lossy(&one.stdout).trim());
+
+  let mut l = mlxrs();
+  l.args(["launch", "--timeout", "100", "--hostfile"])
+    .arg(&hostfile)
+    .arg("--ssh-cmd")
+    .arg(&ssh)
+    .arg("--")
+    .args(generate_args("llama"));
+  let (out, _) = bounded(l);
+  let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+  assert!(
+    out.status.success(),
+    "{stdout}\n{}",
+    String::from_utf8_lossy(&out.stderr)
+  );
+  let line = stdout
+    .lines()
+    .find_map(|l| l.strip_prefix("[0] "))
+    .unwrap_or_else(|| panic!("no rank 0 output: {stdout}"));
+  assert_eq!(tokens(line), want);
+  let mut called: Vec<String> = std::fs::read_to_string(&log)
+    .unwrap()
+    .lines()
+    .map(String::from)
+    .collect();
+  called.sort();
+  assert_eq!(called, ["host-a", "host-b"]);
+  let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A malformed hostfile is refused with the expected format.
+#[test]
+fn launch_hostfile_malformed_is_refused() {
+  let dir = std::env::temp_dir().join(format!("mlxrs-launch-badhosts-{}", std::process::id()));
+  std::fs::create_dir_all(&dir).unwrap();
+  let hostfile = dir.join("hosts.json");
+  std::fs::write(&hostfile, r#"[["127.0.0.1:5000"]]"#).unwrap();
+  let mut l = mlxrs();
+  l.args(["launch", "--hostfile"])
+    .arg(&hostfile)
+    .args(["--", "sh", "-c", "true"]);
+  let (out, _) = bounded(l);
+  let err = String::from_utf8_lossy(&out.stderr);
+  assert!(!out.status.success(), "{err}");
+  assert!(err.contains("expected a JSON list of"), "{err}");
+  let _ = std::fs::remove_dir_all(&dir);
 }

@@ -36,6 +36,7 @@ pub mod gguf;
 pub mod load;
 pub mod model;
 pub mod models;
+pub mod pipeline;
 pub mod sample;
 pub mod shard;
 pub mod speculative;
@@ -51,7 +52,8 @@ pub use continuous::{
 pub use convert::{ConvertOptions, ConvertReport, convert};
 pub use generate::{PromptEmbeddings, Step, StepConfig, TokenGenerator};
 pub use load::{
-  LoadOptions, LoadedModel, load, load_model_dir, load_model_dir_sharded, load_sharded,
+  LoadOptions, LoadedModel, load, load_model_dir, load_model_dir_pipeline, load_model_dir_sharded,
+  load_pipeline, load_sharded,
 };
 pub use model::{EMBEDDINGS_MODEL_TYPES, LanguageModel, build_model, supported_model_types};
 pub use sample::{LogitsConfig, Sampler, SamplerConfig};

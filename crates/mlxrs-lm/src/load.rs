@@ -84,17 +84,60 @@ pub fn load_model_dir_sharded(
   dtype: Option<Dtype>,
   shard: Option<TensorShard>,
 ) -> Result<(Box<dyn LanguageModel>, ModelConfig)> {
+  load_dir(dir, dtype, shard, None)
+}
+
+/// [`load_model_dir`] as rank `rank` of a `size`-rank pipeline (python
+/// `model.model.pipeline(group)` after `load_model`, mlx-lm's
+/// `--pipeline`): the model is built with only this rank's decoder layers
+/// and takes only their tensors (see [`crate::pipeline`]). The returned
+/// [`ModelConfig`] is the checkpoint's own.
+pub fn load_model_dir_pipeline(
+  dir: &Path,
+  dtype: Option<Dtype>,
+  rank: i32,
+  size: i32,
+) -> Result<(Box<dyn LanguageModel>, ModelConfig)> {
+  load_dir(dir, dtype, None, Some((rank, size)))
+}
+
+fn load_dir(
+  dir: &Path,
+  dtype: Option<Dtype>,
+  shard: Option<TensorShard>,
+  pipeline: Option<(i32, i32)>,
+) -> Result<(Box<dyn LanguageModel>, ModelConfig)> {
   let config = ModelConfig::from_dir(dir)?;
   let files = ModelFiles::scan(dir)?;
   let mut cfg = config.text_config();
   if let Some(s) = shard {
     cfg = crate::shard::shard_config(&cfg, s.size)?;
   }
+  let stage = match pipeline {
+    Some((rank, size)) => {
+      let layers = cfg
+        .get("num_hidden_layers")
+        .and_then(serde_json::Value::as_i64)
+        .ok_or_else(|| {
+          Error::Core(mlxrs_core::Error::InvalidArgument(
+            "config has no num_hidden_layers; cannot split it into a pipeline".into(),
+          ))
+        })?;
+      let stage = crate::pipeline::PipelineStage::new(rank, size, layers as i32)?;
+      cfg = crate::pipeline::pipeline_config(&cfg, stage)?;
+      Some(stage)
+    }
+    None => None,
+  };
   let mut model = build_model(&cfg)?;
   let weights = load_weights(&files.weights)?;
   let mut weights = model.sanitize(weights)?;
   if let Some(s) = shard {
     weights = crate::shard::shard_weights(weights, s)?;
+  }
+  if let Some(stage) = stage {
+    weights = crate::pipeline::pipeline_weights(weights, stage);
+    model.set_pipeline(stage)?;
   }
   let mut w = Weights::new(weights);
   if shard.is_some() {
@@ -132,11 +175,27 @@ pub fn load_sharded(
   opts: &LoadOptions,
   shard: Option<TensorShard>,
 ) -> Result<LoadedModel> {
+  load_split(model, opts, shard, None)
+}
+
+/// [`load`] as rank `rank` of a `size`-rank pipeline (python `mlx_lm`'s
+/// `pipeline_load`: `load` then `model.model.pipeline(group)`; see
+/// [`crate::pipeline`]).
+pub fn load_pipeline(model: &str, opts: &LoadOptions, rank: i32, size: i32) -> Result<LoadedModel> {
+  load_split(model, opts, None, Some((rank, size)))
+}
+
+fn load_split(
+  model: &str,
+  opts: &LoadOptions,
+  shard: Option<TensorShard>,
+  pipeline: Option<(i32, i32)>,
+) -> Result<LoadedModel> {
   let dtype = opts.dtype.or_else(default_dtype);
   if crate::gguf::is_gguf_path(model) {
-    if shard.is_some() {
+    if shard.is_some() || pipeline.is_some() {
       return Err(Error::Core(mlxrs_core::Error::InvalidArgument(
-        "tensor-parallel loading of .gguf files is not supported; convert it to an MLX folder first (gguf::to_mlx_folder)".into(),
+        "tensor- or pipeline-parallel loading of .gguf files is not supported; convert it to an MLX folder first (gguf::to_mlx_folder)".into(),
       )));
     }
     let path = crate::gguf::resolve_gguf(model)?;
@@ -152,7 +211,7 @@ pub fn load_sharded(
     });
   }
   let path = resolve_model(model)?;
-  let (m, config) = load_model_dir_sharded(&path, dtype, shard)?;
+  let (m, config) = load_dir(&path, dtype, shard, pipeline)?;
   let tokenizer = if opts.no_tokenizer {
     None
   } else {

@@ -30,6 +30,18 @@ pub trait LanguageModel: Send {
   /// Every parameter as `(path, array)`.
   fn visit(&self, f: &mut dyn FnMut(&str, &Array));
 
+  /// Make this model one stage of a pipeline (python mlx-lm
+  /// `model.model.pipeline(group)`; see [`crate::pipeline`]): the model
+  /// was built with only the stage's layers, and its forward pass now
+  /// receives / sends activations over the global distributed group.
+  /// Architectures without pipeline support return an `Err`.
+  fn set_pipeline(&mut self, stage: crate::pipeline::PipelineStage) -> Result<()> {
+    let _ = stage;
+    Err(mlxrs_core::Error::InvalidArgument(
+      "this architecture has no pipeline support".into(),
+    ))
+  }
+
   /// Hidden states for a left-padded batch (python `BatchKVCache` with
   /// `left_padding`, used by `batch_generate`): `tokens` `[B, T]`, and per
   /// row `key_valid[b][j]` says whether key position `j` (of the cache's

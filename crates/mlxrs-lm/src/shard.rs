@@ -36,11 +36,32 @@ use serde_json::Value;
 
 /// Model types whose layers follow the naming the split rule expects and
 /// whose tensor-parallel output was checked against one process.
-pub const TENSOR_PARALLEL_MODEL_TYPES: &[&str] =
-  &["llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral"];
+pub const TENSOR_PARALLEL_MODEL_TYPES: &[&str] = &[
+  "llama",
+  "mistral",
+  "qwen2",
+  "qwen3",
+  "qwen3_moe",
+  "mixtral",
+  "gemma2",
+  "gpt_oss",
+  "deepseek_v3",
+];
 
 /// Layers split by output rows (python `AllToShardedLinear`).
-pub const ALL_TO_SHARDED: &[&str] = &["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"];
+pub const ALL_TO_SHARDED: &[&str] = &[
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "gate_proj",
+  "up_proj",
+  "q_b_proj",
+];
+
+/// Per-head stacked projections (`[heads, ...]`) split on the head axis:
+/// DeepSeek-V3's `embed_q` / `unembed_out` (its `kv_b_proj` pre-split per
+/// head; python `x[sh : sh + num_heads]` in `DeepseekV3Model.shard`).
+pub const PER_HEAD: &[&str] = &["embed_q", "unembed_out"];
 
 /// Layers split by input columns whose output is summed over the group
 /// (python `ShardedToAllLinear`).
@@ -136,6 +157,15 @@ pub fn split_axis(name: &str, ndim: usize) -> Option<usize> {
       "bias" if ndim >= 1 => Some(ndim - 1),
       _ => None,
     }
+  } else if PER_HEAD.contains(&layer) {
+    match param {
+      "weight" | "scales" | "biases" if ndim >= 3 => Some(0),
+      _ => None,
+    }
+  } else if layer == "self_attn" && param == "sinks" && ndim == 1 {
+    // gpt-oss: one learned attention sink per query head, split with the
+    // heads (python `shard_inplace(self_attn.sinks, "all-to-sharded")`).
+    Some(0)
   } else if SHARDED_TO_ALL.contains(&layer) {
     match param {
       "weight" | "scales" | "biases" if ndim >= 2 => Some(ndim - 1),

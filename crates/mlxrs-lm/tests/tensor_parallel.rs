@@ -331,6 +331,26 @@ fn mixtral_two_ranks() {
   check_tp("mixtral", 2);
 }
 
+#[test]
+fn gemma2_two_ranks() {
+  check_tp("gemma2", 2);
+}
+
+/// gpt-oss: attention sinks split with the heads, expert biases of
+/// gate/up split with their rows, down_proj's bias added once after the sum.
+#[test]
+fn gpt_oss_two_ranks() {
+  check_tp("gpt_oss", 2);
+}
+
+/// DeepSeek-V3 (MLA): q_b_proj rows and the per-head embed_q /
+/// unembed_out split with the heads, routed and shared experts split,
+/// the router and the low-rank q_a / kv_a projections replicated.
+#[test]
+fn deepseek_v3_two_ranks() {
+  check_tp("deepseek_v3", 2);
+}
+
 /// mixtral-4bit's experts have 32 hidden features in one quantization
 /// group of 32: down_proj's columns cannot be split in two, and every rank
 /// says so (naming the tensor) instead of loading a wrong model.

@@ -158,6 +158,7 @@ pub struct Llama {
   variant: Variant,
   model: Inner,
   lm_head: Option<Linear>,
+  pipeline: Option<crate::pipeline::PipelineStage>,
 }
 module!(Llama { model, lm_head });
 
@@ -218,6 +219,7 @@ impl Llama {
       lm_head,
       args,
       variant: v,
+      pipeline: None,
     })
   }
 }
@@ -256,10 +258,17 @@ impl Llama {
       key_valid,
       mask,
     )?;
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      let mask = if layer.sliding { &swa_mask } else { &fa_mask };
-      h = layer.forward(&h, mask, cache)?;
-    }
+    let mut layers = |mut h: Array| -> Result<Array> {
+      for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
+        let mask = if layer.sliding { &swa_mask } else { &fa_mask };
+        h = layer.forward(&h, mask, cache)?;
+      }
+      Ok(h)
+    };
+    let h = match &self.pipeline {
+      Some(stage) => stage.forward(h, layers)?,
+      None => layers(h)?,
+    };
     self.model.norm.forward(&h)
   }
 }
@@ -351,5 +360,17 @@ impl LanguageModel for Llama {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_pipeline(&mut self, stage: crate::pipeline::PipelineStage) -> Result<()> {
+    if stage.layers() != self.model.layers.len() as i32 {
+      return Err(mlxrs_core::Error::InvalidArgument(format!(
+        "pipeline stage has {} layers but the model was built with {}",
+        stage.layers(),
+        self.model.layers.len()
+      )));
+    }
+    self.pipeline = Some(stage);
+    Ok(())
   }
 }
