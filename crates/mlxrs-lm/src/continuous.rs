@@ -38,6 +38,10 @@ pub struct RowConfig {
   pub logits: LogitsConfig,
   /// Report this many most likely tokens per step (0 = off).
   pub top_logprobs: usize,
+  /// Keep going when the row's logits are NaN/Inf (the NaN guard of
+  /// [`crate::generate::check_finite_logprob`], as `StepConfig::allow_nan`);
+  /// by default such a step is an error.
+  pub allow_nan: bool,
 }
 
 /// One generated token of one row.
@@ -65,6 +69,9 @@ struct RowState {
   top: usize,
   /// Leading padding positions of this row.
   pad: usize,
+  /// Tokens generated so far (for the NaN guard's message).
+  produced: usize,
+  allow_nan: bool,
 }
 
 /// A running decode batch (python `BatchGenerator`).
@@ -273,6 +280,8 @@ impl<'m> BatchGenerator<'m> {
       .into_iter()
       .next()
       .ok_or_else(|| bad("empty step"))?;
+    // The NaN guard, before the row joins (the running rows stay untouched).
+    crate::generate::check_finite_logprob(logprob, 0, cfg.allow_nan)?;
     // Merge into the batch (nothing above touched the running rows).
     if empty {
       self.caches = caches;
@@ -303,6 +312,8 @@ impl<'m> BatchGenerator<'m> {
       last: token,
       top: cfg.top_logprobs,
       pad,
+      produced: 1,
+      allow_nan: cfg.allow_nan,
     });
     Ok(RowToken {
       id,
@@ -393,9 +404,16 @@ impl<'m> BatchGenerator<'m> {
     }
     mlxrs_core::eval(&outs)?;
     let got = st.read()?;
+    // The NaN guard: a row whose logits went non-finite fails the step (its
+    // error names the row); python mlx-lm has none.
+    for (r, (_, lp, _)) in self.rows.iter().zip(&got) {
+      crate::generate::check_finite_logprob(*lp, r.produced, r.allow_nan)
+        .map_err(|e| bad(format!("row {}: {e}", r.id)))?;
+    }
     let mut res = Vec::with_capacity(b);
     for (r, (t, lp, mut tp)) in self.rows.iter_mut().zip(got) {
       r.last = t;
+      r.produced += 1;
       if r.logits.is_active() {
         r.history.push(t);
       }

@@ -445,6 +445,12 @@ pub fn prepare(
     },
   };
   let prompt = prompt_ids(ep, r, tok, d)?;
+  // The context bound generate / chat / batch use (mlxrs_lm::limits): the
+  // prompt plus the new tokens fit max_position_embeddings; max_tokens is
+  // clamped to the room left (the choice then ends with "length").
+  let max_tokens = mlxrs_lm::limits::bound_generation(d.max_context, 0, prompt.len(), max_tokens)
+    .map_err(|e| bad("prompt", e.to_string()))?
+    .max_tokens;
   let stream = r.stream.unwrap_or(false);
   let include_usage = r
     .stream_options
@@ -459,6 +465,7 @@ pub fn prepare(
         sampler,
         logits,
         top_logprobs: top,
+        allow_nan: false,
       },
       stop,
       n,

@@ -14,6 +14,7 @@ use crate::tokenizer::WhisperTokenizer;
 use crate::whisper::Whisper;
 
 use super::decode::*;
+use super::hallucination;
 use super::options::*;
 use super::rules::*;
 
