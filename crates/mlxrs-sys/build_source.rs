@@ -301,6 +301,59 @@ fn extra_defines() -> Result<Vec<(String, String)>, String> {
   Ok(out)
 }
 
+/// A lock folder (`mkdir` is atomic) holding the owner's pid: released on
+/// drop; taken over when its owner is gone (a killed build: no
+/// `/proc/<pid>` on Linux, or older than 4 hours elsewhere). `File::lock`
+/// would need Rust 1.89, above this crate's MSRV.
+struct DirLock(PathBuf);
+
+impl DirLock {
+  fn acquire(path: &Path) -> Result<DirLock, String> {
+    let start = std::time::Instant::now();
+    loop {
+      match std::fs::create_dir(path) {
+        Ok(()) => {
+          let _ = std::fs::write(path.join("pid"), std::process::id().to_string());
+          return Ok(DirLock(path.to_path_buf()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+          if Self::stale(path) {
+            let _ = std::fs::remove_dir_all(path);
+            continue;
+          }
+          if start.elapsed() > std::time::Duration::from_secs(4 * 3600) {
+            return Err(format!(
+              "{} is held by another MLX build for 4 hours; remove it if no build is running",
+              path.display()
+            ));
+          }
+          std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+        Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+      }
+    }
+  }
+
+  fn stale(path: &Path) -> bool {
+    let pid = std::fs::read_to_string(path.join("pid")).unwrap_or_default();
+    let proc = Path::new("/proc");
+    if proc.is_dir() && !pid.trim().is_empty() {
+      return !proc.join(pid.trim()).exists();
+    }
+    std::fs::metadata(path)
+      .and_then(|m| m.modified())
+      .ok()
+      .and_then(|t| t.elapsed().ok())
+      .is_some_and(|age| age > std::time::Duration::from_secs(4 * 3600))
+  }
+}
+
+impl Drop for DirLock {
+  fn drop(&mut self) {
+    let _ = std::fs::remove_dir_all(&self.0);
+  }
+}
+
 /// Build MLX from the source tree in `MLXRS_MLX_SRC` and return the install
 /// prefix (holding `include/mlx/version.h` and `lib/libmlx.*`), or a
 /// readable error naming what is missing.
@@ -393,16 +446,7 @@ pub fn build_from_source(cache: &Path) -> Result<PathBuf, String> {
 
   // One build at a time per cache folder: a second cargo (another target dir
   // or workspace) waits here instead of racing on CMake's build tree.
-  let lock_path = dir.join(".lock");
-  let lock = std::fs::OpenOptions::new()
-    .create(true)
-    .truncate(false)
-    .write(true)
-    .open(&lock_path)
-    .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-  lock
-    .lock()
-    .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+  let lock = DirLock::acquire(&dir.join(".lock"))?;
 
   let mut cfg = cmake::Config::new(&src);
   cfg
