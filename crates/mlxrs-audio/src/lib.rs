@@ -37,5 +37,5 @@ pub use audio::{Audio, SAMPLE_RATE, load_audio};
 pub use error::{Error, Result};
 pub use timing::Word;
 pub use tokenizer::WhisperTokenizer;
-pub use transcribe::{Segment, Task, TranscribeOptions, Transcription};
+pub use transcribe::{Segment, Task, TranscribeOptions, Transcription, parse_clip_timestamps};
 pub use whisper::{Whisper, WhisperConfig};

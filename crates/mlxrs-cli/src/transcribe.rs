@@ -74,6 +74,16 @@ pub struct TranscribeArgs {
   /// With `--vad-filter`: silence shorter than this (ms) does not split speech.
   #[arg(long = "vad-min-silence-ms", default_value_t = 2000)]
   pub vad_min_silence_ms: u32,
+  /// Transcribe only these clips: comma-separated `start,end,start,end,...`
+  /// seconds (faster-whisper's `clip_timestamps`; an odd count runs the last
+  /// clip to the end of the audio).
+  #[arg(long = "clip-timestamps")]
+  pub clip_timestamps: Option<String>,
+  /// With `--word-timestamps`: skip silence longer than this many seconds
+  /// around a possible hallucination (faster-whisper's
+  /// `hallucination_silence_threshold`).
+  #[arg(long = "hallucination-silence-threshold")]
+  pub hallucination_silence_threshold: Option<f32>,
   /// Output format: txt, json, srt or vtt.
   #[arg(long = "output-format", default_value = "txt")]
   pub output_format: String,
@@ -102,6 +112,24 @@ fn options(a: &TranscribeArgs) -> Result<TranscribeOptions> {
   if !(a.vad_threshold.is_finite() && (0.0..=1.0).contains(&a.vad_threshold)) {
     bail!("--vad-threshold {}: must be in [0, 1]", a.vad_threshold);
   }
+  let clip_timestamps = match &a.clip_timestamps {
+    Some(c) => mlxrs_audio::parse_clip_timestamps(c)
+      .map_err(|e| anyhow::anyhow!("--clip-timestamps: {e}"))?,
+    None => Vec::new(),
+  };
+  if a.vad_filter && !clip_timestamps.is_empty() {
+    bail!(
+      "--vad-filter and --clip-timestamps cannot be combined (faster-whisper ignores the VAD when clips are given)"
+    );
+  }
+  if let Some(th) = a.hallucination_silence_threshold {
+    if !th.is_finite() || th < 0.0 {
+      bail!("--hallucination-silence-threshold {th}: must be a number of seconds >= 0");
+    }
+    if !a.word_timestamps {
+      bail!("--hallucination-silence-threshold needs --word-timestamps");
+    }
+  }
   Ok(TranscribeOptions {
     language: a.language.clone(),
     task,
@@ -120,6 +148,8 @@ fn options(a: &TranscribeArgs) -> Result<TranscribeOptions> {
       min_silence_duration_ms: a.vad_min_silence_ms,
       ..Default::default()
     }),
+    clip_timestamps,
+    hallucination_silence_threshold: a.hallucination_silence_threshold,
     ..TranscribeOptions::default()
   })
 }

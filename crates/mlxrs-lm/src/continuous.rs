@@ -43,6 +43,10 @@ pub struct RowConfig {
   /// Constrained decoding: each row gets its own [`TokenConstraint`]
   /// from this factory; disallowed tokens are masked before sampling.
   pub constraint: Option<Constraint>,
+  /// Keep going when the row's logits are NaN/Inf (the NaN guard of
+  /// [`crate::generate::check_finite_logprob`], as `StepConfig::allow_nan`);
+  /// by default such a step is an error.
+  pub allow_nan: bool,
 }
 
 /// The per-row state of a token constraint (constrained decoding; python:
@@ -164,6 +168,9 @@ struct RowState {
   pad: usize,
   /// Constrained decoding state.
   constraint: Option<Box<dyn TokenConstraint>>,
+  /// Tokens generated so far (for the NaN guard's message).
+  produced: usize,
+  allow_nan: bool,
 }
 
 /// A running decode batch (python `BatchGenerator`).
@@ -391,6 +398,8 @@ impl<'m> BatchGenerator<'m> {
       .into_iter()
       .next()
       .ok_or_else(|| bad("empty step"))?;
+    // The NaN guard, before the row joins (the running rows stay untouched).
+    crate::generate::check_finite_logprob(logprob, 0, cfg.allow_nan)?;
     // Merge into the batch (nothing above touched the running rows).
     if empty {
       self.caches = caches;
@@ -425,6 +434,8 @@ impl<'m> BatchGenerator<'m> {
       top: cfg.top_logprobs,
       pad,
       constraint,
+      produced: 1,
+      allow_nan: cfg.allow_nan,
     });
     Ok(RowToken {
       id,
@@ -526,9 +537,16 @@ impl<'m> BatchGenerator<'m> {
     }
     mlxrs_core::eval(&outs)?;
     let got = st.read()?;
+    // The NaN guard: a row whose logits went non-finite fails the step (its
+    // error names the row); python mlx-lm has none.
+    for (r, (_, lp, _)) in self.rows.iter().zip(&got) {
+      crate::generate::check_finite_logprob(*lp, r.produced, r.allow_nan)
+        .map_err(|e| bad(format!("row {}: {e}", r.id)))?;
+    }
     let mut res = Vec::with_capacity(b);
     for (r, (t, lp, mut tp)) in self.rows.iter_mut().zip(got) {
       r.last = t;
+      r.produced += 1;
       if r.logits.is_active() {
         r.history.push(t);
       }

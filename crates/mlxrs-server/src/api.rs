@@ -492,6 +492,12 @@ pub fn prepare(
   };
   let (prompt, prompt_text, setup) = prompt_ids(ep, r, tok, d)?;
   let (reply, constraint) = reply_and_constraint(ep, r, tok, d, g, &prompt_text, setup)?;
+  // The context bound generate / chat / batch use (mlxrs_lm::limits): the
+  // prompt plus the new tokens fit max_position_embeddings; max_tokens is
+  // clamped to the room left (the choice then ends with "length").
+  let max_tokens = mlxrs_lm::limits::bound_generation(d.max_context, 0, prompt.len(), max_tokens)
+    .map_err(|e| bad("prompt", e.to_string()))?
+    .max_tokens;
   let stream = r.stream.unwrap_or(false);
   let include_usage = r
     .stream_options
@@ -507,6 +513,7 @@ pub fn prepare(
         logits,
         top_logprobs: top,
         constraint,
+        allow_nan: false,
       },
       stop,
       n,

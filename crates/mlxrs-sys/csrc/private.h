@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mlx/mlx.h"
+#include "compat.h"
 #include "mlxrs_c.h"
 
 namespace mlxrs {

@@ -13,12 +13,13 @@
 //! CTranslate2's `BeamSearch`, sampling uses mlxrs's own generator.
 
 mod decode;
+mod hallucination;
 mod options;
 mod rules;
 mod segmentation;
 
 pub use decode::{GenerateParams, Generation, generate};
-pub use options::{Segment, Task, TranscribeOptions, Transcription};
+pub use options::{Segment, Task, TranscribeOptions, Transcription, parse_clip_timestamps};
 pub use segmentation::compression_ratio;
 
 #[cfg(test)]

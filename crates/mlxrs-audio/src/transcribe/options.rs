@@ -98,6 +98,72 @@ pub struct TranscribeOptions {
   /// is cut out before decoding and segment times are mapped back. `None`
   /// (default): decode everything, as faster-whisper does by default.
   pub vad_filter: Option<crate::vad::VadOptions>,
+  /// Transcribe only these clips: `[start, end, start, end, ...]` in
+  /// seconds (python faster-whisper `clip_timestamps`, given there as the
+  /// string `"0,5.5,10,..."`, see [`parse_clip_timestamps`]); an odd count
+  /// runs the last clip to the end of the audio. Each clip is decoded in
+  /// windows of at most 30 s that never cross its end. Empty (default): the
+  /// whole audio (python `"0"`). Cannot be combined with `vad_filter`
+  /// (faster-whisper silently ignores the VAD then).
+  pub clip_timestamps: Vec<f64>,
+  /// With `word_timestamps`: skip silent periods longer than this many
+  /// seconds around a possible hallucination, i.e. a segment whose first
+  /// words are improbable (p < 0.15) or oddly short or long (python
+  /// faster-whisper `hallucination_silence_threshold`). `None` (default):
+  /// off. Needs `word_timestamps` (faster-whisper ignores it without them).
+  pub hallucination_silence_threshold: Option<f32>,
+}
+
+/// Parse faster-whisper's `clip_timestamps` string (`"0,5.5,10,20"`:
+/// comma-separated seconds; empty = no clip at all, `"0"` = the whole
+/// audio) into [`TranscribeOptions::clip_timestamps`]. Every value must be a
+/// finite number >= 0; the error names the bad item.
+pub fn parse_clip_timestamps(s: &str) -> Result<Vec<f64>> {
+  let s = s.trim();
+  if s.is_empty() {
+    return Ok(Vec::new());
+  }
+  s.split(',')
+    .map(|item| {
+      let v: f64 = item.trim().parse().map_err(|_| {
+        Error::InvalidArgument(format!(
+          "clip_timestamps: {item:?} is not a number (expected seconds like \"0,5.5,10,20\")"
+        ))
+      })?;
+      check_clip_value(v)?;
+      Ok(v)
+    })
+    .collect()
+}
+
+fn check_clip_value(v: f64) -> Result<()> {
+  if !v.is_finite() || v < 0.0 {
+    return Err(Error::InvalidArgument(format!(
+      "clip_timestamps: {v} must be a finite number of seconds >= 0"
+    )));
+  }
+  Ok(())
+}
+
+/// The `(start, end)` mel-frame pairs of the clips (python
+/// `generate_segments`'s `seek_clips`): seconds times 100 frames per second
+/// rounded half to even (python `round`), the end of the audio appended to
+/// an odd count, `[(0, content_frames)]` for none.
+pub(crate) fn seek_clips(clips: &[f64], content_frames: usize) -> Result<Vec<(usize, usize)>> {
+  let mut points = Vec::with_capacity(clips.len() + 1);
+  for &v in clips {
+    check_clip_value(v)?;
+    // Clamped: a clip past the audio is simply empty, as in python.
+    let f = (v * 100.0).round_ties_even().min(usize::MAX as f64 / 4.0);
+    points.push(f as usize);
+  }
+  if points.is_empty() {
+    points.push(0);
+  }
+  if points.len() % 2 == 1 {
+    points.push(content_frames);
+  }
+  Ok(points.chunks(2).map(|p| (p[0], p[1])).collect())
 }
 
 impl Default for TranscribeOptions {
@@ -128,6 +194,8 @@ impl Default for TranscribeOptions {
       append_punctuations: "\"'.。,，!！?？:：”)]}、".into(),
       rules_on_device: None,
       vad_filter: None,
+      clip_timestamps: Vec::new(),
+      hallucination_silence_threshold: None,
     }
   }
 }

@@ -14,6 +14,7 @@ use crate::tokenizer::WhisperTokenizer;
 use crate::whisper::Whisper;
 
 use super::decode::*;
+use super::hallucination;
 use super::options::*;
 use super::rules::*;
 
@@ -272,6 +273,13 @@ impl Whisper {
     }
     self.check_options(opts)?;
     if let Some(v) = &opts.vad_filter {
+      if !opts.clip_timestamps.is_empty() {
+        return Err(Error::InvalidArgument(
+          "vad_filter and clip_timestamps cannot be combined (faster-whisper ignores the VAD when \
+           clips are given): pick one"
+            .into(),
+        ));
+      }
       // faster-whisper: transcribe the concatenated speech, then map the
       // times back; no speech at all gives no segments.
       let duration = audio.samples.len() as f64 / f64::from(SAMPLE_RATE);
@@ -308,6 +316,7 @@ impl Whisper {
     let window = 2 * cfg.n_audio_ctx as usize;
     let time_per_frame = HOP_LENGTH as f64 / f64::from(SAMPLE_RATE);
     let max_length = cfg.n_text_ctx as usize;
+    let clips = seek_clips(&opts.clip_timestamps, content_frames)?;
 
     // Language.
     let multilingual = cfg.is_multilingual();
@@ -322,22 +331,26 @@ impl Whisper {
       }
       (_, false) => ("en".to_string(), 1.0, None),
       (None, true) => {
-        // faster-whisper detects on features[:, :3000], the trailing frame
-        // included; the encoding is reused for the first window only when it
-        // covers the same frames.
+        // faster-whisper detects on features[:, start:start + 3000], the
+        // trailing frame included, from the first clip's start (python
+        // `int(start * frames_per_second)` when inside the audio, else 0);
+        // the encoding is reused for the first window only when it covers
+        // the same frames.
         let total = content_frames + 1;
-        let xa = self.encode_window(&features, 0, window.min(total))?;
+        let det_start = opts
+          .clip_timestamps
+          .first()
+          .map(|s| s * 100.0)
+          .filter(|f| *f < content_frames as f64)
+          .map(|f| f as usize)
+          .unwrap_or(0);
+        let xa = self.encode_window(&features, det_start, window.min(total - det_start))?;
         let probs = self.detect_language_encoded(&xa)?;
         let (l, p) = probs.first().cloned().unwrap_or(("en".into(), 1.0));
-        (
-          l,
-          p,
-          if content_frames >= window {
-            Some(xa)
-          } else {
-            None
-          },
-        )
+        let first = clips.first().copied().unwrap_or((0, content_frames));
+        let reusable =
+          det_start == 0 && content_frames >= window && first.0 == 0 && first.1 >= window;
+        (l, p, if reusable { Some(xa) } else { None })
       }
     };
     let sot_seq = self.sot_sequence(&language, opts.task)?;
@@ -351,13 +364,30 @@ impl Whisper {
       all_tokens.extend(tok.encode(&format!(" {}", p.trim()))?);
     }
     let mut prompt_reset_since = 0usize;
-    let mut seek = 0usize;
     let mut last_speech_timestamp = 0f64;
     let mut segments: Vec<Segment> = Vec::new();
     let mut encoded = first_encoded;
-    while seek < content_frames {
+    let content_duration = content_frames as f64 * time_per_frame;
+    // python: `for seek_clip_start, seek_clip_end in seek_clips: while seek <
+    // seek_clip_end`, flattened as faster-whisper writes it.
+    let mut clip_idx = 0usize;
+    let mut seek = clips.first().map(|c| c.0).unwrap_or(0);
+    while clip_idx < clips.len() {
+      let (clip_start, clip_end) = clips[clip_idx];
+      let clip_end = clip_end.min(content_frames);
+      if seek < clip_start {
+        seek = clip_start;
+      }
+      if seek >= clip_end {
+        clip_idx += 1;
+        if let Some(c) = clips.get(clip_idx) {
+          seek = c.0;
+        }
+        continue;
+      }
       let time_offset = seek as f64 * time_per_frame;
-      let segment_size = window.min(content_frames - seek);
+      let window_end_time = (seek + window) as f64 * time_per_frame;
+      let segment_size = window.min(content_frames - seek).min(clip_end - seek);
       let segment_duration = segment_size as f64 * time_per_frame;
       let xa = match encoded.take() {
         Some(x) if seek == 0 => x,
@@ -511,7 +541,33 @@ impl Whisper {
         if !split.single_end {
           if let Some(e) = get_end(&subsegments, &words) {
             if e > time_offset {
-              seek = (e * 100.0).round() as usize;
+              // python `round`: half to even.
+              seek = (e * 100.0).round_ties_even() as usize;
+            }
+          }
+        }
+        if let Some(th) = opts.hallucination_silence_threshold {
+          let w = hallucination::Window {
+            spans: subsegments.iter().map(|s| (s.0, s.1)).collect(),
+            words: &words,
+            time_offset,
+            segment_duration,
+            window_end_time,
+            previous_seek,
+            last_speech_timestamp,
+            content_duration,
+            content_frames,
+          };
+          match hallucination::check(&w, f64::from(th)) {
+            hallucination::Skip::None => {}
+            hallucination::Skip::Window(to) => {
+              seek = to;
+              continue;
+            }
+            hallucination::Skip::Tail { keep, seek: to } => {
+              seek = to;
+              subsegments.truncate(keep);
+              words.truncate(keep);
             }
           }
         }
@@ -581,6 +637,20 @@ impl Whisper {
         "patience {} must be > 0",
         o.patience
       )));
+    }
+    if let Some(th) = o.hallucination_silence_threshold {
+      if !th.is_finite() || th < 0.0 {
+        return Err(Error::InvalidArgument(format!(
+          "hallucination_silence_threshold {th} must be a finite number of seconds >= 0"
+        )));
+      }
+      if !o.word_timestamps {
+        return Err(Error::InvalidArgument(
+          "hallucination_silence_threshold needs word_timestamps (faster-whisper silently \
+           ignores it without them)"
+            .into(),
+        ));
+      }
     }
     if !o.max_initial_timestamp.is_finite() || o.max_initial_timestamp < 0.0 {
       return Err(Error::InvalidArgument(
