@@ -76,6 +76,27 @@ pub struct BatchGenerator<'m> {
   rows: Vec<RowState>,
   prefill_step_size: usize,
   batchable: bool,
+  /// A joining row whose prefill is spread over several loop turns
+  /// ([`BatchGenerator::start`]).
+  pending: Option<Pending>,
+}
+
+/// A row being prefilled in chunks between decode steps.
+struct Pending {
+  id: u64,
+  prompt: Vec<i32>,
+  caches: Vec<KvCache>,
+  /// Prompt tokens processed.
+  done: usize,
+  /// Leading padding positions (the batch width at merge minus the prompt).
+  pad: usize,
+  row_valid: Vec<bool>,
+  sampler: Sampler,
+  cfg: RowConfig,
+  /// Prompt tokens per turn (`usize::MAX`: all at once).
+  budget: usize,
+  /// Whether rows were running when the prefill started.
+  joining: bool,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -111,14 +132,19 @@ impl<'m> BatchGenerator<'m> {
         model.vocab_size()
       )));
     }
-    let caches = model.make_caches(None);
+    let fresh = || {
+      model
+        .make_batch_caches()
+        .unwrap_or_else(|| model.make_caches(None))
+    };
+    let caches = fresh();
     // A padded forward over an empty batch tells whether the architecture
     // implements `hidden_padded`; rotating caches never batch.
     let standard = caches
       .iter()
       .all(|c| c.kind() == KvCacheKind::Standard && !c.is_quantized() && c.chunk_size().is_none());
     let batchable = standard && {
-      let mut probe = model.make_caches(None);
+      let mut probe = fresh();
       let x = Array::from_slice(&[pad_id], &[1, 1])?;
       model.hidden_padded(&x, &mut probe, &[vec![true]]).is_ok()
     };
@@ -129,7 +155,17 @@ impl<'m> BatchGenerator<'m> {
       rows: Vec::new(),
       prefill_step_size,
       batchable,
+      pending: None,
     })
+  }
+
+  /// Fresh (empty) caches for the batch
+  /// ([`LanguageModel::make_batch_caches`]).
+  fn fresh_caches(&self) -> Vec<KvCache> {
+    self
+      .model
+      .make_batch_caches()
+      .unwrap_or_else(|| self.model.make_caches(None))
   }
 
   /// Whether more than one row can run at once (the architecture has
@@ -172,10 +208,78 @@ impl<'m> BatchGenerator<'m> {
     self.caches.iter().map(KvCache::nbytes).sum()
   }
 
-  /// Prefill `prompt` as row `id` and return its first token. `prefix`
-  /// (only into an empty batch) continues a prompt cache holding the first
-  /// `prefix.offset` tokens of `prompt`; at least one prompt token must be
-  /// left to process. Errors leave the running rows untouched.
+  /// The prompt chunks of a `len`-token prompt, as [`crate::generate`]
+  /// splits them: chunks of at most `prefill_step_size` tokens that leave
+  /// the last token, then the rest (whose logits give the first token).
+  fn pieces(&self, len: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut done = 0;
+    while len - done > 1 {
+      let n = self.prefill_step_size.min(len - done - 1);
+      out.push(n);
+      done += n;
+    }
+    out.push(len - done);
+    out
+  }
+
+  /// Loop turns [`BatchGenerator::start`] + [`BatchGenerator::advance`]
+  /// spend on a `len`-token prompt joining running rows: consecutive
+  /// pieces are grouped while a turn holds at most `prefill_step_size`
+  /// tokens (at least one piece per turn).
+  pub fn prefill_turns(&self, len: usize) -> usize {
+    if len == 0 {
+      return 1;
+    }
+    let mut turns = 0;
+    let mut used = usize::MAX;
+    for n in self.pieces(len) {
+      if used == usize::MAX || used + n > self.prefill_step_size {
+        turns += 1;
+        used = n;
+      } else {
+        used += n;
+      }
+    }
+    turns
+  }
+
+  /// The batch width once a `len`-token prompt started now has joined
+  /// through [`BatchGenerator::start`]: one decode step runs after each of
+  /// its turns but the last, so the width grows by `turns - 1` meanwhile.
+  pub fn join_width(&self, len: usize) -> usize {
+    if self.rows.is_empty() {
+      len
+    } else {
+      self.width() + self.prefill_turns(len) - 1
+    }
+  }
+
+  /// Whether a `len`-token prompt can [`BatchGenerator::start`] now: no
+  /// other prefill is pending, and either the batch is empty or the model
+  /// batches and the prompt fits the width the batch will have when it
+  /// joins ([`BatchGenerator::join_width`]).
+  pub fn can_start(&self, len: usize) -> bool {
+    self.pending.is_none()
+      && (self.rows.is_empty() || (self.batchable && len <= self.join_width(len)))
+  }
+
+  /// The id of the row whose prefill is pending, if any.
+  pub fn pending(&self) -> Option<u64> {
+    self.pending.as_ref().map(|p| p.id)
+  }
+
+  /// Drop the pending prefill (its client went away); its id, if any.
+  pub fn cancel_pending(&mut self) -> Option<u64> {
+    self.pending.take().map(|p| p.id)
+  }
+
+  /// Prefill `prompt` as row `id` and return its first token, all at once
+  /// (python `BatchGenerator.insert` + the prompt processing of the next
+  /// step). `prefix` (only into an empty batch) continues a prompt cache
+  /// holding the first `prefix.offset` tokens of `prompt`; at least one
+  /// prompt token must be left to process. Errors leave the running rows
+  /// untouched. Needs [`BatchGenerator::fits`].
   pub fn insert(
     &mut self,
     id: u64,
@@ -183,8 +287,69 @@ impl<'m> BatchGenerator<'m> {
     prefix: Option<Vec<KvCache>>,
     cfg: &RowConfig,
   ) -> Result<RowToken> {
+    if !self.fits(prompt.len()) {
+      return Err(bad(format!(
+        "a prompt of {} tokens does not fit a running batch of width {}",
+        prompt.len(),
+        self.width()
+      )));
+    }
+    self.begin(id, prompt, prefix, cfg, false)?;
+    loop {
+      if let Some(t) = self.advance()? {
+        return Ok(t);
+      }
+    }
+  }
+
+  /// Start row `id`'s prefill, chunked prefill interleaved with decode
+  /// (python `prefill_step_size`; vLLM's chunked prefill): into an empty
+  /// batch the whole prompt is processed now (as
+  /// [`BatchGenerator::insert`]); joining running rows, each call
+  /// processes at most `prefill_step_size` prompt tokens and the caller
+  /// runs one [`BatchGenerator::step`] between two calls of
+  /// [`BatchGenerator::advance`], so running rows keep decoding while a
+  /// long prompt arrives. The row is laid out for the width the batch will
+  /// have when it joins ([`BatchGenerator::join_width`]). `Some(token)`:
+  /// the row joined; `None`: call [`BatchGenerator::advance`] after the
+  /// next step. Needs [`BatchGenerator::can_start`].
+  pub fn start(
+    &mut self,
+    id: u64,
+    prompt: &[i32],
+    prefix: Option<Vec<KvCache>>,
+    cfg: &RowConfig,
+  ) -> Result<Option<RowToken>> {
+    if !self.can_start(prompt.len()) {
+      return Err(bad(format!(
+        "a prompt of {} tokens cannot start now (running batch of width {}{})",
+        prompt.len(),
+        self.width(),
+        if self.pending.is_some() {
+          ", another prefill pending"
+        } else {
+          ""
+        }
+      )));
+    }
+    self.begin(id, prompt, prefix, cfg, true)?;
+    self.advance()
+  }
+
+  /// Validate and set up a pending prefill.
+  fn begin(
+    &mut self,
+    id: u64,
+    prompt: &[i32],
+    prefix: Option<Vec<KvCache>>,
+    cfg: &RowConfig,
+    interleave: bool,
+  ) -> Result<()> {
     if prompt.is_empty() {
       return Err(bad("the prompt is empty (no tokens)"));
+    }
+    if self.pending.is_some() {
+      return Err(bad("another prefill is pending"));
     }
     let vocab = self.model.vocab_size();
     if let Some(&t) = prompt.iter().find(|&&t| t < 0 || t >= vocab) {
@@ -196,22 +361,25 @@ impl<'m> BatchGenerator<'m> {
       return Err(bad(format!("row {id} is already in the batch")));
     }
     cfg.logits.validate(vocab)?;
-    let mut sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
-    if !self.fits(prompt.len()) {
+    let sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
+    let joining = !self.rows.is_empty();
+    let (target, budget) = if !joining {
+      (prompt.len(), usize::MAX)
+    } else if interleave {
+      (self.join_width(prompt.len()), self.prefill_step_size)
+    } else {
+      (self.width(), usize::MAX)
+    };
+    if target < prompt.len() {
       return Err(bad(format!(
         "a prompt of {} tokens does not fit a running batch of width {}",
         prompt.len(),
         self.width()
       )));
     }
-    let empty = self.rows.is_empty();
-    let pad = if empty {
-      0
-    } else {
-      self.width() - prompt.len()
-    };
-    let (mut caches, mut done) = match prefix {
-      Some(c) if empty => {
+    let pad = target - prompt.len();
+    let (caches, done) = match prefix {
+      Some(c) if !joining => {
         let n = c.first().map(|c| c.offset.max(0) as usize).unwrap_or(0);
         if c.len() != self.caches.len() || n >= prompt.len() {
           return Err(bad(format!(
@@ -222,46 +390,92 @@ impl<'m> BatchGenerator<'m> {
         (c, n)
       }
       _ if pad > 0 => (self.padding_caches(pad)?, 0),
-      _ => (self.model.make_caches(None), 0),
+      _ => (self.fresh_caches(), 0),
     };
     // The row's key positions: `pad` masked ones (zero keys, never
     // computed: the caches start at offset `pad`, so the prompt gets the
     // RoPE positions it will have in the batch), then the prompt.
     let row_valid: Vec<bool> = (0..pad + prompt.len()).map(|j| j >= pad).collect();
+    self.pending = Some(Pending {
+      id,
+      prompt: prompt.to_vec(),
+      caches,
+      done,
+      pad,
+      row_valid,
+      sampler,
+      cfg: cfg.clone(),
+      budget,
+      joining,
+    });
+    Ok(())
+  }
+
+  /// One more turn of the pending prefill (see [`BatchGenerator::start`]):
+  /// `Some(token)` once the row joined the batch, `None` while prompt
+  /// chunks are left (or nothing is pending). An error drops the pending
+  /// row and leaves the running rows untouched.
+  pub fn advance(&mut self) -> Result<Option<RowToken>> {
+    let Some(p) = self.pending.take() else {
+      return Ok(None);
+    };
+    match self.advance_pending(p)? {
+      Ok(t) => Ok(Some(t)),
+      Err(p) => {
+        self.pending = Some(p);
+        Ok(None)
+      }
+    }
+  }
+
+  /// Process `p`'s next turn: the joined row's first token, or `p` back
+  /// when chunks are left.
+  fn advance_pending(&mut self, mut p: Pending) -> Result<std::result::Result<RowToken, Pending>> {
+    let model = self.model;
+    let pad = p.pad;
+    let len = p.prompt.len();
     let forward = |x: &Array, caches: &mut [KvCache], upto: usize| -> Result<Array> {
       if pad == 0 {
-        self.model.hidden(x, caches)
+        model.hidden(x, caches)
       } else {
-        self
-          .model
-          .hidden_padded(x, caches, &[row_valid[..pad + upto].to_vec()])
+        model.hidden_padded(x, caches, &[p.row_valid[..pad + upto].to_vec()])
       }
     };
-    while prompt.len() - done > 1 {
-      let n = self.prefill_step_size.min(prompt.len() - done - 1);
-      let x = Array::from_slice(&prompt[done..done + n], &[1, n as i32])?;
-      let _ = forward(&x, &mut caches, done + n)?;
-      eval_caches(&caches)?;
-      done += n;
+    let mut used = 0;
+    while len - p.done > 1 {
+      let n = self.prefill_step_size.min(len - p.done - 1);
+      if used > 0 && used + n > p.budget {
+        return Ok(Err(p));
+      }
+      let x = Array::from_slice(&p.prompt[p.done..p.done + n], &[1, n as i32])?;
+      let _ = forward(&x, &mut p.caches, p.done + n)?;
+      eval_caches(&p.caches)?;
+      p.done += n;
+      used += n;
     }
-    let x = Array::from_slice(&prompt[done..], &[1, (prompt.len() - done) as i32])?;
-    let h = forward(&x, &mut caches, prompt.len())?;
+    let n = len - p.done;
+    if used > 0 && used + n > p.budget {
+      return Ok(Err(p));
+    }
+    let x = Array::from_slice(&p.prompt[p.done..], &[1, n as i32])?;
+    let h = forward(&x, &mut p.caches, len)?;
     let s = h.shape();
     let h = ops::slice(&h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?;
-    let logits = ops::reshape(&self.model.logits(&h)?, &[1, -1])?;
+    let logits = ops::reshape(&model.logits(&h)?, &[1, -1])?;
+    let cfg = &p.cfg;
     let mut history = Vec::new();
     let logits = if cfg.logits.is_active() {
-      history.extend_from_slice(prompt);
+      history.extend_from_slice(&p.prompt);
       cfg.logits.apply(&history, &logits)?
     } else {
       logits
     };
     let lse = ops::logsumexp_axis(&logits, -1, true)?;
     let logprobs = ops::subtract(&logits, &lse)?;
-    let y = ops::astype(&sampler.sample(&logprobs)?, Dtype::Int32)?;
+    let y = ops::astype(&p.sampler.sample(&logprobs)?, Dtype::Int32)?;
     let st = StepArrays::new(y, logprobs, cfg.top_logprobs)?;
     let mut outs = st.outputs();
-    for c in &caches {
+    for c in &p.caches {
       if let Some((k, v)) = c.state()? {
         outs.push(k);
         outs.push(v);
@@ -274,11 +488,28 @@ impl<'m> BatchGenerator<'m> {
       .next()
       .ok_or_else(|| bad("empty step"))?;
     // Merge into the batch (nothing above touched the running rows).
-    if empty {
+    let Pending {
+      id,
+      caches,
+      row_valid,
+      sampler,
+      cfg,
+      joining,
+      ..
+    } = p;
+    if self.rows.is_empty() {
+      // An empty batch (or one that drained while this row prefilled).
       self.caches = caches;
       self.valid = vec![row_valid];
     } else {
-      let w = self.width() as i32;
+      let w = self.width();
+      if !joining || w != row_valid.len() {
+        return Err(bad(format!(
+          "internal: a row prefilled for width {} cannot join a batch of width {w}",
+          row_valid.len()
+        )));
+      }
+      let w = w as i32;
       let mut merged = Vec::with_capacity(self.caches.len());
       for (b, r) in self.caches.iter().zip(&caches) {
         let (bk, bv) = b.state()?.ok_or_else(|| bad("empty batch cache"))?;
@@ -304,12 +535,12 @@ impl<'m> BatchGenerator<'m> {
       top: cfg.top_logprobs,
       pad,
     });
-    Ok(RowToken {
+    Ok(Ok(RowToken {
       id,
       token,
       logprob,
       top_logprobs: top,
-    })
+    }))
   }
 
   /// Caches of one row holding `pad` masked positions (zero keys and
@@ -444,7 +675,9 @@ impl<'m> BatchGenerator<'m> {
       return Ok(false);
     };
     if self.rows.len() == 1 {
-      self.clear();
+      self.rows.clear();
+      self.valid.clear();
+      self.caches = self.fresh_caches();
       return Ok(true);
     }
     let keep: Vec<i32> = (0..self.rows.len() as i32)
@@ -469,11 +702,13 @@ impl<'m> BatchGenerator<'m> {
     Ok(true)
   }
 
-  /// Drop every row and free the caches (e.g. after a failed step).
+  /// Drop every row (and a pending prefill) and free the caches (e.g.
+  /// after a failed step).
   pub fn clear(&mut self) {
+    self.pending = None;
     self.rows.clear();
     self.valid.clear();
-    self.caches = self.model.make_caches(None);
+    self.caches = self.fresh_caches();
   }
 
   /// Ids of the running rows, in row order.

@@ -20,6 +20,7 @@ pub mod api;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod memory_budget;
 pub mod metrics;
 pub mod prompt_cache;
 pub mod row_text;
@@ -128,6 +129,7 @@ struct Loaded {
   tok: Tokenizer,
   vocab: i32,
   max_context: Option<usize>,
+  memory: Option<Arc<memory_budget::MemoryBudget>>,
 }
 
 impl Server {
@@ -178,10 +180,32 @@ impl Server {
           return;
         };
         let max_width = m.max_context.unwrap_or(8192).max(1024);
+        let memory = match cfg.memory_limit {
+          None => None,
+          Some(limit) => {
+            let probe_id = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
+            match memory_budget::MemoryBudget::probe(m.model.as_ref(), limit, probe_id) {
+              Ok(b) if b.weights > limit => {
+                let _ = ready_tx.send(Err(format!(
+                  "the weights alone ({:.3} GB) pass --memory-limit-gb ({:.3} GB)",
+                  b.weights as f64 / 1e9,
+                  limit as f64 / 1e9
+                )));
+                return;
+              }
+              Ok(b) => Some(Arc::new(b)),
+              Err(e) => {
+                let _ = ready_tx.send(Err(format!("measuring the KV cache size: {e}")));
+                return;
+              }
+            }
+          }
+        };
         let _ = ready_tx.send(Ok(Loaded {
           tok,
           vocab: m.model.vocab_size(),
           max_context: m.max_context,
+          memory: memory.clone(),
         }));
         let ecfg = EngineConfig {
           decode_concurrency: cfg.decode_concurrency,
@@ -190,6 +214,7 @@ impl Server {
           prompt_cache_bytes: cfg.prompt_cache_bytes,
           prefill_step_size: cfg.prefill_step_size,
           max_width,
+          memory,
         };
         engine::run(m, job_rx, ecfg, engine_metrics);
       })?;
@@ -224,6 +249,7 @@ impl Server {
       max_queue: cfg.max_queue,
       metrics,
       max_body: cfg.max_body_bytes,
+      memory: loaded.memory,
       created: std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
