@@ -16,6 +16,15 @@
 //! differences, so a row's greedy tokens are those of a lone run up to float
 //! rounding (the server's tests check them equal).
 //!
+//! [`BatchGenerator::start`] / [`BatchGenerator::advance`] spread a joining
+//! row's prefill over several loop turns (`prefill_step_size` tokens each,
+//! one [`BatchGenerator::step`] of the running rows between two), laying
+//! the row out for the width the batch will have when it joins, so running
+//! rows keep decoding while a long prompt arrives. Models with
+//! sliding-window layers batch through
+//! [`LanguageModel::make_batch_caches`] (whole-width caches, windows in the
+//! masks).
+//!
 //! A lone row without padding runs the plain [`LanguageModel::hidden`]
 //! path, exactly as [`crate::TokenGenerator`] does; architectures without
 //! [`LanguageModel::hidden_padded`] (or with rotating caches) can therefore
