@@ -14,4 +14,4 @@ pip install --quiet --disable-pip-version-check --upgrade pip
 pip install --quiet --disable-pip-version-check \
   "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" numpy safetensors tokenizers "transformers>=4.46" \
   jinja2 sentencepiece protobuf "sentence-transformers>=5" torch faster-whisper ctranslate2 \
-  "mlx-vlm==0.7.10" "pillow==13.0.0" "mlx-embeddings==0.1.0" "${@}"
+  "mlx-vlm==0.7.10" "pillow==13.0.0" "mlx-embeddings==0.1.0" openai jsonschema "${@}"

@@ -7,8 +7,16 @@ equal mlx-lm's `stream_generate` on the same prompt ids; logprobs and
 top_logprobs equal mlx-lm's within 1e-4; streaming equals non-streaming;
 usage counts; 16 concurrent requests each equal their single answer;
 seeded sampling is reproducible; bad values raise `openai.BadRequestError`
-and the server keeps serving. Prints a JSON summary (recorded in
-docs/server.md). Not run by CI (needs the venv): the Rust tests in
+and the server keeps serving. Then (issue #15) tool calls per family
+format (Qwen/Hermes, Llama 3 JSON, Mistral, gpt-oss harmony) with each
+family's real chat template (`--chat-template`, from
+crates/mlxrs-server/tests/data/templates): forced by `tool_choice`
+`required` and, for the families' real output strings, by a
+`response_format` `grammar`; a nested json_schema validated with
+`jsonschema` over 50 sampled requests at temperature 1; the Responses API
+(text, streaming events, previous_response_id, function tools); invalid
+schema / unknown tool_choice / malformed tools raise BadRequestError.
+Prints a JSON summary (recorded in docs/server.md). Not run by CI (needs the venv): the Rust tests in
 crates/mlxrs-server/tests cover the same ground over plain HTTP.
 
 Usage: /work/main/.venv/bin/python scripts/test_server_openai.py \
@@ -18,11 +26,16 @@ Usage: /work/main/.venv/bin/python scripts/test_server_openai.py \
 import argparse
 import concurrent.futures as cf
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+
+import jsonschema
 
 import mlx.core as mx
 import openai
@@ -46,6 +59,233 @@ def wait_health(port, proc, timeout=120):
         except Exception:
             time.sleep(0.2)
     raise SystemExit("server did not become healthy")
+
+
+TEMPLATES = "crates/mlxrs-server/tests/data/templates"
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 10},
+        "unit": {"type": "string", "enum": ["c", "f"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                          "parameters": WEATHER}}]
+
+# Real output strings of each family (documented / observed forms).
+FAMILIES = [
+    ("qwen3", "Qwen-Qwen3-0.6B.jinja",
+     '<think>\nThe user wants the weather.\n</think>\n\n<tool_call>\n{"name": "get_weather", '
+     '"arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>', True),
+    ("llama", "meta-llama-Llama-3.2-3B-Instruct.jinja",
+     '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}', False),
+    ("mistral", "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+     '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}]', False),
+    ("gpt_oss", "openai-gpt-oss-120b.jinja",
+     "<|channel|>analysis<|message|>The user wants the weather.<|end|><|start|>assistant"
+     '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>'
+     '{"city":"Paris","unit":"c"}', True),
+]
+
+
+def start_server(bin_, model, *extra):
+    port = free_port()
+    proc = subprocess.Popen(
+        [bin_, "serve", "--model", model, "--port", str(port), *extra], stderr=subprocess.PIPE
+    )
+    wait_health(port, proc)
+    return proc, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+
+
+def stop_server(proc):
+    proc.terminate()
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return "killed"
+
+
+def lark_literal(tokenizer_json, text):
+    """A Lark expression matching `text`, special tokens as `<[id]>`."""
+    specials = [(t["content"], t["id"]) for t in tokenizer_json["added_tokens"] if t["special"]]
+    parts, rest = [], text
+    while rest:
+        hits = [(rest.find(s), -len(s), s, i) for s, i in specials if s in rest]
+        if not hits:
+            parts.append(json.dumps(rest))
+            break
+        p, _, s, i = min(hits)
+        if p:
+            parts.append(json.dumps(rest[:p]))
+        parts.append(f"<[{i}]>")
+        rest = rest[p + len(s):]
+    return " ".join(parts)
+
+
+def check_call(call):
+    assert call.type == "function" and call.function.name == "get_weather", call
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+
+
+def tool_checks(bin_, fixture_dir, results):
+    """Each family: forced call (plain + streamed), tool result round trip,
+    real output string parsed."""
+    msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for name, tmpl, out, has_reasoning in FAMILIES:
+        tmp = tempfile.mkdtemp(prefix=f"mlxrs-{name}-")
+        shutil.copytree(os.path.join(fixture_dir, name), tmp, dirs_exist_ok=True)
+        # The real templates with tools need more than the fixtures' 512 positions.
+        cfg = json.load(open(os.path.join(tmp, "config.json")))
+        cfg["max_position_embeddings"] = 2048
+        json.dump(cfg, open(os.path.join(tmp, "config.json"), "w"))
+        tj = json.load(open(os.path.join(tmp, "tokenizer.json")))
+        proc, client = start_server(bin_, tmp, "--chat-template", os.path.join(TEMPLATES, tmpl),
+                                    "--max-tokens", "600")
+        try:
+            r = client.chat.completions.create(model="tiny", messages=msgs, tools=TOOLS,
+                                               tool_choice="required", parallel_tool_calls=False)
+            c = r.choices[0]
+            assert c.finish_reason == "tool_calls", c
+            check_call(c.message.tool_calls[0])
+            calls, finish = {}, None
+            for ch in client.chat.completions.create(model="tiny", messages=msgs, tools=TOOLS,
+                                                     tool_choice="required", stream=True,
+                                                     parallel_tool_calls=False):
+                for cc in ch.choices:
+                    for tc in cc.delta.tool_calls or []:
+                        calls.setdefault(tc.index, tc)
+                    finish = cc.finish_reason or finish
+            assert finish == "tool_calls" and calls[0].function.arguments == c.message.tool_calls[0].function.arguments
+            # The call and its result continue the conversation.
+            follow = msgs + [
+                {"role": "assistant", "content": None,
+                 "tool_calls": [t.model_dump() for t in c.message.tool_calls]},
+                {"role": "tool", "tool_call_id": c.message.tool_calls[0].id, "content": '{"t": 21}'},
+            ]
+            client.chat.completions.create(model="tiny", messages=follow, tools=TOOLS, max_tokens=4)
+            # The family's real output string, forced by a grammar, is parsed.
+            g = "start: " + lark_literal(tj, out)
+            r = client.chat.completions.create(
+                model="tiny", messages=msgs, tools=TOOLS,
+                extra_body={"response_format": {"type": "grammar", "grammar": g}})
+            m = r.choices[0].message
+            assert r.choices[0].finish_reason == "tool_calls", r
+            check_call(m.tool_calls[0])
+            reasoning = getattr(m, "reasoning_content", None) or (m.model_extra or {}).get("reasoning_content")
+            assert bool(reasoning) == has_reasoning, m
+            results[f"tools_{name}"] = "ok"
+        finally:
+            stop_server(proc)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+PET = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "kind": {"enum": ["cat", "dog", "bird"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3},
+        "owner": {
+            "type": "object",
+            "properties": {"age": {"type": "integer", "minimum": 0, "maximum": 120},
+                           "city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            "required": ["age", "city"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "kind", "tags", "owner"],
+    "additionalProperties": False,
+}
+
+
+def structured_and_responses_checks(client, results):
+    msgs = [{"role": "user", "content": "Describe a pet."}]
+
+    def one(i):
+        r = client.chat.completions.create(
+            model="tiny", messages=msgs, temperature=1.0, max_tokens=400, seed=i,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "pet", "schema": PET, "strict": True}})
+        c = r.choices[0]
+        assert c.finish_reason == "stop", c
+        v = json.loads(c.message.content)
+        jsonschema.validate(v, PET)
+        return v, r.usage.completion_tokens
+
+    t0 = time.time()
+    with cf.ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(one, range(50)))
+    dt = time.time() - t0
+    outs = [v for v, _ in got]
+    results["json_schema_50_sampled_valid"] = len(outs)
+    results["json_schema_50_distinct"] = len({json.dumps(o, sort_keys=True) for o in outs})
+    results["json_schema_50_seconds"] = round(dt, 2)
+    # The same budgets unconstrained (a prompt the random model does not
+    # end early), for the cost of the masks: generated tokens per second.
+    n_tok = sum(n for _, n in got)
+
+    def free(i):
+        r = client.completions.create(model="tiny", prompt="alpha beta gamma", temperature=1.0,
+                                      seed=i, max_tokens=got[i][1])
+        return r.usage.completion_tokens
+
+    t0 = time.time()
+    with cf.ThreadPoolExecutor(8) as ex:
+        n_free = sum(ex.map(free, range(50)))
+    dt_free = time.time() - t0
+    results["json_schema_tok_per_s"] = round(n_tok / dt, 1)
+    results["unconstrained_tok_per_s"] = round(n_free / dt_free, 1)
+
+    # Responses API: text, streaming, previous_response_id, function tools.
+    r1 = client.responses.create(model="tiny", input="Hello there", max_output_tokens=8)
+    assert r1.output[0].type == "message"
+    kinds, deltas, final = [], "", None
+    # (`responses.stream(...).get_final_response()` insists on
+    # `response.completed`; a reply cut by max_output_tokens ends with
+    # `response.incomplete`, as OpenAI's does.)
+    for e in client.responses.create(model="tiny", input="Hello there", max_output_tokens=8,
+                                     stream=True):
+        kinds.append(e.type)
+        if e.type == "response.output_text.delta":
+            deltas += e.delta
+        if e.type in ("response.completed", "response.incomplete"):
+            final = e.response
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete"), kinds
+    assert deltas == final.output_text == r1.output_text, (deltas, final.output_text, r1.output_text)
+    r2 = client.responses.create(model="tiny", input="And more?", previous_response_id=r1.id,
+                                 instructions="Be brief.", max_output_tokens=4)
+    assert r2.usage.input_tokens > r1.usage.input_tokens
+    ftools = [{"type": "function", "name": "get_weather", "description": "Weather",
+               "parameters": WEATHER, "strict": True}]
+    r3 = client.responses.create(model="tiny", input="Weather in Paris?", tools=ftools,
+                                 tool_choice="required", max_output_tokens=200)
+    fc = [o for o in r3.output if o.type == "function_call"][0]
+    jsonschema.validate(json.loads(fc.arguments), WEATHER)
+    results["responses_round_trip"] = {"stream_events": len(kinds), "event_types": sorted(set(kinds)),
+                                       "previous_response_input_tokens": [r1.usage.input_tokens,
+                                                                          r2.usage.input_tokens],
+                                       "function_call": fc.name}
+
+    # Bad input: clear 400s.
+    bad = [
+        dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}),
+        dict(tools=TOOLS, tool_choice="sometimes"),
+        dict(tools=[{"type": "function", "function": {"description": "no name"}}]),
+        dict(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": "not a schema"}}]),
+    ]
+    n = 0
+    for kw in bad:
+        try:
+            client.chat.completions.create(model="tiny", messages=msgs, max_tokens=2, **kw)
+        except openai.BadRequestError as e:
+            assert e.body and e.body.get("message"), e.body
+            n += 1
+    assert n == len(bad), n
+    results["bad_schema_tool_choice_tools_400"] = n
 
 
 def main():
@@ -181,6 +421,8 @@ def main():
 
         models = client.models.list()
         results["models"] = [m.id for m in models.data]
+        structured_and_responses_checks(client, results)
+        tool_checks(a.bin, os.path.dirname(os.path.abspath(a.model)), results)
         results["ok"] = True
     finally:
         proc.terminate()

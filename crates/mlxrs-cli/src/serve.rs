@@ -44,6 +44,15 @@ pub struct ServeArgs {
   /// JSON object of chat-template variables, e.g. '{"enable_thinking":false}'.
   #[arg(long = "chat-template-args")]
   chat_template_args: Option<String>,
+  /// A chat template replacing the checkpoint's: a file path or Jinja
+  /// source (python `mlx_lm.server --chat-template`). Its text also picks
+  /// the tool-call format (Hermes/Qwen, Llama 3, Mistral, gpt-oss).
+  #[arg(long = "chat-template")]
+  chat_template: Option<String>,
+  /// `/v1/responses` results kept in memory for `previous_response_id`
+  /// (least recently used dropped first; 0 keeps none).
+  #[arg(long = "responses-store", default_value_t = 256)]
+  responses_store: usize,
   /// Require `Authorization: Bearer KEY` on /v1 routes.
   #[arg(long = "api-key")]
   api_key: Option<String>,
@@ -79,6 +88,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
     Some(g) if g.is_finite() && g > 0.0 => Some((g * 1e9) as usize),
     Some(g) => bail!("--memory-limit-gb must be > 0, got {g}"),
   };
+  let chat_template = match a.chat_template {
+    None => None,
+    Some(t) if std::path::Path::new(&t).is_file() => Some(
+      std::fs::read_to_string(&t)
+        .map_err(|e| anyhow::anyhow!("--chat-template: reading {t}: {e}"))?,
+    ),
+    Some(t) if t.contains("{{") || t.contains("{%") => Some(t),
+    Some(t) => bail!("--chat-template: {t:?} is neither a file nor a Jinja template"),
+  };
   let cfg = ServerConfig {
     dtype: super::parse_dtype(&a.dtype)?,
     model: a.model,
@@ -96,6 +114,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     max_body_bytes: a.max_body_bytes,
     memory_limit,
     model_id: None,
+    chat_template,
+    responses_store: a.responses_store,
   };
   mlxrs_server::run(cfg)?;
   Ok(())

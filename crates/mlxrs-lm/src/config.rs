@@ -818,7 +818,15 @@ impl ModelConfig {
 
   /// `max_position_embeddings`.
   pub fn max_position_embeddings(&self) -> Result<Option<usize>> {
-    self.get_usize("max_position_embeddings")
+    // GPT-2 / GPT-BigCode size their learned position table by
+    // `n_positions` (transformers' `attribute_map` maps
+    // `max_position_embeddings` to it): the smaller bound wins.
+    let a = self.get_usize("max_position_embeddings")?;
+    let b = self.get_usize("n_positions")?;
+    Ok(match (a, b) {
+      (Some(a), Some(b)) => Some(a.min(b)),
+      (a, b) => a.or(b),
+    })
   }
 
   /// `rms_norm_eps`.

@@ -30,6 +30,8 @@
 //! [`LanguageModel::hidden_padded`] (or with rotating caches) can therefore
 //! still be served one row at a time ([`BatchGenerator::batchable`]).
 
+use std::sync::Arc;
+
 use mlxrs_core::{Array, Dtype, Error, Result, ops};
 use mlxrs_nn::{KvCache, KvCacheKind};
 
@@ -47,6 +49,101 @@ pub struct RowConfig {
   pub logits: LogitsConfig,
   /// Report this many most likely tokens per step (0 = off).
   pub top_logprobs: usize,
+  /// Constrained decoding: each row gets its own [`TokenConstraint`]
+  /// from this factory; disallowed tokens are masked before sampling.
+  pub constraint: Option<Constraint>,
+}
+
+/// The per-row state of a token constraint (constrained decoding; python:
+/// a grammar logits processor such as `llguidance`'s or `outlines`'): which
+/// tokens may come next, and which one was taken.
+pub trait TokenConstraint: Send {
+  /// The tokens allowed next as a bitset (bit `t % 32` of word `t / 32`
+  /// set for an allowed token `t`; ids past the end are not allowed), or
+  /// `None` when any token may come. [`BatchGenerator`] calls it on the
+  /// host after it queued the step's forward pass (`async_eval`), so the
+  /// mask is computed while the model runs. An implementation that fails
+  /// should allow only its end-of-sequence tokens rather than nothing.
+  fn allowed(&mut self) -> Option<Vec<u32>>;
+  /// The token sampled for the row.
+  fn commit(&mut self, token: i32);
+}
+
+/// Makes a fresh [`TokenConstraint`] for each row that uses it (so the
+/// `n` choices of one request keep separate states).
+pub trait ConstraintFactory: Send + Sync {
+  /// A constraint at its start state, or why it cannot start.
+  fn start(&self) -> std::result::Result<Box<dyn TokenConstraint>, String>;
+}
+
+/// A shareable [`ConstraintFactory`] for [`RowConfig::constraint`].
+#[derive(Clone)]
+pub struct Constraint(pub Arc<dyn ConstraintFactory>);
+
+impl std::fmt::Debug for Constraint {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str("Constraint")
+  }
+}
+
+/// Each row's allowed-token mask (`None` for unconstrained rows), computed
+/// on up to 8 host threads when several rows are constrained.
+fn row_masks(rows: &mut [RowState]) -> Vec<Option<Vec<u32>>> {
+  let n = rows.iter().filter(|r| r.constraint.is_some()).count();
+  let threads = std::thread::available_parallelism()
+    .map(|t| t.get())
+    .unwrap_or(1)
+    .min(8);
+  if n < 4 || threads < 2 {
+    return rows
+      .iter_mut()
+      .map(|r| r.constraint.as_mut().and_then(|c| c.allowed()))
+      .collect();
+  }
+  let chunk = rows.len().div_ceil(threads);
+  std::thread::scope(|s| {
+    let handles: Vec<_> = rows
+      .chunks_mut(chunk)
+      .map(|part| {
+        let len = part.len();
+        let h = s.spawn(move || {
+          part
+            .iter_mut()
+            .map(|r| r.constraint.as_mut().and_then(|c| c.allowed()))
+            .collect::<Vec<_>>()
+        });
+        (h, len)
+      })
+      .collect();
+    // A panicking constraint leaves its rows of this step unmasked.
+    handles
+      .into_iter()
+      .flat_map(|(h, len)| h.join().unwrap_or_else(|_| vec![None; len]))
+      .collect()
+  })
+}
+
+/// Add `-inf` to the logits (`[1, v]`) of tokens the bitset `mask` leaves
+/// out.
+fn apply_mask(logits: &Array, mask: &[u32]) -> Result<Array> {
+  let v = logits.dim(-1).unwrap_or(0).max(0) as usize;
+  let mut add = vec![f32::NEG_INFINITY; v];
+  let mut any = false;
+  for (t, a) in add.iter_mut().enumerate() {
+    if mask.get(t / 32).is_some_and(|w| w >> (t % 32) & 1 == 1) {
+      *a = 0.0;
+      any = true;
+    }
+  }
+  if !any {
+    // Nothing allowed inside the model's vocabulary (a tokenizer larger
+    // than the embedding): leave this row unconstrained rather than fail
+    // the whole batch.
+    return Ok(logits.clone());
+  }
+  let add = Array::from_slice(&add, &[1, v as i32])?;
+  let add = ops::astype(&add, logits.dtype())?;
+  ops::add(logits, &add)
 }
 
 /// One generated token of one row.
@@ -74,6 +171,8 @@ struct RowState {
   top: usize,
   /// Leading padding positions of this row.
   pad: usize,
+  /// Constrained decoding state.
+  constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 /// A running decode batch (python `BatchGenerator`).
@@ -106,6 +205,8 @@ struct Pending {
   budget: usize,
   /// Whether rows were running when the prefill started.
   joining: bool,
+  /// Constrained decoding state.
+  constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -371,6 +472,10 @@ impl<'m> BatchGenerator<'m> {
     }
     cfg.logits.validate(vocab)?;
     let sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
+    let constraint = match &cfg.constraint {
+      Some(c) => Some(c.0.start().map_err(bad)?),
+      None => None,
+    };
     let joining = !self.rows.is_empty();
     let (target, budget) = if !joining {
       (prompt.len(), usize::MAX)
@@ -416,6 +521,7 @@ impl<'m> BatchGenerator<'m> {
       cfg: cfg.clone(),
       budget,
       joining,
+      constraint,
     });
     Ok(())
   }
@@ -479,6 +585,18 @@ impl<'m> BatchGenerator<'m> {
     } else {
       logits
     };
+    let logits = match p.constraint.as_mut() {
+      Some(c) => {
+        // Start the forward pass, then compute the mask meanwhile.
+        let mut l = logits;
+        l.async_eval()?;
+        match c.allowed() {
+          Some(m) => apply_mask(&l, &m)?,
+          None => l,
+        }
+      }
+      None => logits,
+    };
     let lse = ops::logsumexp_axis(&logits, -1, true)?;
     let logprobs = ops::subtract(&logits, &lse)?;
     let y = ops::astype(&p.sampler.sample(&logprobs)?, Dtype::Int32)?;
@@ -504,6 +622,7 @@ impl<'m> BatchGenerator<'m> {
       sampler,
       cfg,
       joining,
+      mut constraint,
       ..
     } = p;
     if self.rows.is_empty() {
@@ -535,6 +654,9 @@ impl<'m> BatchGenerator<'m> {
     if cfg.logits.is_active() {
       history.push(token);
     }
+    if let Some(c) = constraint.as_mut() {
+      c.commit(token);
+    }
     self.rows.push(RowState {
       id,
       sampler,
@@ -543,6 +665,7 @@ impl<'m> BatchGenerator<'m> {
       last: token,
       top: cfg.top_logprobs,
       pad,
+      constraint,
     });
     Ok(Ok(RowToken {
       id,
@@ -599,7 +722,7 @@ impl<'m> BatchGenerator<'m> {
     let simple = self
       .rows
       .iter()
-      .all(|r| r.sampler.is_greedy() && !r.logits.is_active());
+      .all(|r| r.sampler.is_greedy() && !r.logits.is_active() && r.constraint.is_none());
     let st = if simple {
       let lse = ops::logsumexp_axis(&logits, -1, true)?;
       let logprobs = ops::subtract(&logits, &lse)?;
@@ -607,6 +730,14 @@ impl<'m> BatchGenerator<'m> {
       StepArrays::new(y, logprobs, top)?
     } else {
       let v = logits.dim(-1).unwrap_or(0);
+      // Constrained rows: queue the forward pass, then compute their masks
+      // on the host while it runs (no host sync per row).
+      let mut logits = logits;
+      let mut masks: Vec<Option<Vec<u32>>> = Vec::new();
+      if self.rows.iter().any(|r| r.constraint.is_some()) {
+        logits.async_eval()?;
+        masks = row_masks(&mut self.rows);
+      }
       let mut lps = Vec::with_capacity(b);
       let mut ys = Vec::with_capacity(b);
       for (i, r) in self.rows.iter_mut().enumerate() {
@@ -614,6 +745,9 @@ impl<'m> BatchGenerator<'m> {
         let mut l = ops::slice(&logits, &[i, 0], &[i + 1, v], &[1, 1])?;
         if r.logits.is_active() {
           l = r.logits.apply(&r.history, &l)?;
+        }
+        if let Some(Some(m)) = masks.get(i as usize) {
+          l = apply_mask(&l, m)?;
         }
         let lse = ops::logsumexp_axis(&l, -1, true)?;
         let lp = ops::subtract(&l, &lse)?;
@@ -638,6 +772,9 @@ impl<'m> BatchGenerator<'m> {
       r.last = t;
       if r.logits.is_active() {
         r.history.push(t);
+      }
+      if let Some(c) = r.constraint.as_mut() {
+        c.commit(t);
       }
       tp.truncate(r.top);
       res.push(RowToken {

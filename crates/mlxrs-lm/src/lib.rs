@@ -45,7 +45,9 @@ pub mod tuner;
 pub mod validate;
 
 pub use batch::batch_generate;
-pub use continuous::{BatchGenerator, RowConfig, RowToken};
+pub use continuous::{
+  BatchGenerator, Constraint, ConstraintFactory, RowConfig, RowToken, TokenConstraint,
+};
 pub use convert::{ConvertOptions, ConvertReport, convert};
 pub use generate::{PromptEmbeddings, Step, StepConfig, TokenGenerator};
 pub use load::{

@@ -10,6 +10,10 @@ use serde_json::{Map, Value};
 
 use crate::engine::GenParams;
 use crate::error::ApiError;
+use crate::reasoning::Think;
+use crate::reply::ReplyConfig;
+use crate::structured::{self, GuidanceCell};
+use crate::tools::{self, Choice, ToolFormat, ToolSetup};
 
 /// `stream_options`.
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +71,15 @@ pub struct Request {
   pub stream_options: Option<StreamOptions>,
   /// Extra chat-template variables (`enable_thinking`, ...).
   pub chat_template_kwargs: Option<Map<String, Value>>,
+  /// Function tools ([`crate::tools`]).
+  pub tools: Option<Value>,
+  /// `none` / `auto` / `required` / a named function.
+  pub tool_choice: Option<Value>,
+  /// Allow several calls in one reply (default true).
+  pub parallel_tool_calls: Option<bool>,
+  /// `{"type": "text" | "json_object" | "json_schema", ...}`
+  /// ([`crate::structured`]).
+  pub response_format: Option<Value>,
 }
 
 /// Which endpoint.
@@ -91,6 +104,8 @@ pub struct Prepared {
   pub include_usage: bool,
   /// Report logprobs?
   pub logprobs: bool,
+  /// How replies split into reasoning, content and tool calls.
+  pub reply: ReplyConfig,
 }
 
 /// Server-side defaults and limits.
@@ -104,6 +119,11 @@ pub struct Defaults {
   pub vocab: i32,
   /// The model's context length.
   pub max_context: Option<usize>,
+  /// A chat template replacing the checkpoint's (`--chat-template`).
+  pub chat_template: Option<String>,
+  /// The model family's tool-call format (from its chat template or
+  /// `model_type`).
+  pub tool_format: Option<ToolFormat>,
 }
 
 fn bad(param: &str, msg: impl Into<String>) -> ApiError {
@@ -171,12 +191,17 @@ fn message(i: usize, v: &Value) -> Result<Message, ApiError> {
   Ok(m)
 }
 
+/// The prompt ids, the rendered chat prompt and the tool settings.
+type Prompt = (Vec<u32>, String, Option<ToolSetup>);
+
 fn prompt_ids(
   ep: Endpoint,
   r: &Request,
   tok: &Tokenizer,
   d: &Defaults,
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<Prompt, ApiError> {
+  let mut text = String::new();
+  let mut setup = None;
   let ids = match ep {
     Endpoint::Chat => {
       let msgs = r
@@ -191,7 +216,19 @@ fn prompt_ids(
         .enumerate()
         .map(|(i, v)| message(i, v))
         .collect::<Result<Vec<_>, _>>()?;
-      if !tok.has_chat_template() {
+      let mut values = Vec::with_capacity(msgs.len());
+      for (i, m) in msgs.iter().enumerate() {
+        let mut v =
+          serde_json::to_value(m).map_err(|e| bad("messages", format!("messages[{i}]: {e}")))?;
+        tools::normalize_message(&mut v);
+        values.push(v);
+      }
+      setup = tools::setup(
+        r.tools.as_ref(),
+        r.tool_choice.as_ref(),
+        r.parallel_tool_calls,
+      )?;
+      if !tok.has_chat_template() && d.chat_template.is_none() {
         return Err(ApiError::invalid(
           "the model has no chat template; use /v1/completions",
           None,
@@ -206,10 +243,18 @@ fn prompt_ids(
       let opts = ChatOptions {
         add_generation_prompt: true,
         extra,
+        tools: setup
+          .as_ref()
+          .filter(|s| s.choice != Choice::None)
+          .map(|s| s.tools.clone()),
+        chat_template: d.chat_template.clone(),
         ..ChatOptions::default()
       };
+      text = tok
+        .apply_chat_template_values(&values, &opts)
+        .map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?;
       tok
-        .apply_chat_template_ids(&msgs, &opts)
+        .encode(&text, false)
         .map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages")))?
     }
     Endpoint::Completions => {
@@ -267,7 +312,7 @@ fn prompt_ids(
       ));
     }
   }
-  Ok(ids)
+  Ok((ids, text, setup))
 }
 
 fn finite(name: &str, v: f64) -> Result<f32, ApiError> {
@@ -284,6 +329,7 @@ pub fn prepare(
   r: &Request,
   tok: &Tokenizer,
   d: &Defaults,
+  g: &GuidanceCell,
 ) -> Result<Prepared, ApiError> {
   let max_tokens = match r.max_completion_tokens.or(r.max_tokens) {
     None => d.max_tokens,
@@ -444,7 +490,8 @@ pub fn prepare(
       },
     },
   };
-  let prompt = prompt_ids(ep, r, tok, d)?;
+  let (prompt, prompt_text, setup) = prompt_ids(ep, r, tok, d)?;
+  let (reply, constraint) = reply_and_constraint(ep, r, tok, d, g, &prompt_text, setup)?;
   let stream = r.stream.unwrap_or(false);
   let include_usage = r
     .stream_options
@@ -459,6 +506,7 @@ pub fn prepare(
         sampler,
         logits,
         top_logprobs: top,
+        constraint,
       },
       stop,
       n,
@@ -466,5 +514,83 @@ pub fn prepare(
     stream,
     include_usage,
     logprobs,
+    reply,
   })
+}
+
+/// How replies split, and the decoding constraint (`response_format`, or
+/// a forced tool call).
+fn reply_and_constraint(
+  ep: Endpoint,
+  r: &Request,
+  tok: &Tokenizer,
+  d: &Defaults,
+  g: &GuidanceCell,
+  prompt_text: &str,
+  setup: Option<ToolSetup>,
+) -> Result<(ReplyConfig, Option<mlxrs_lm::Constraint>), ApiError> {
+  let mut constraint = None;
+  if let Some(rf) = &r.response_format {
+    if let Some(grammar) = structured::response_format_grammar(rf)? {
+      constraint = Some(g.compile(grammar, "response_format")?);
+    }
+  }
+  if ep == Endpoint::Completions {
+    return Ok((ReplyConfig::plain(), constraint));
+  }
+  let enable_thinking = r
+    .chat_template_kwargs
+    .as_ref()
+    .and_then(|k| k.get("enable_thinking"))
+    .or_else(|| d.chat_template_args.get("enable_thinking"))
+    .and_then(Value::as_bool);
+  let harmony = d.tool_format == Some(ToolFormat::Harmony);
+  let mut reply = ReplyConfig {
+    think: if harmony {
+      Think::Off
+    } else {
+      Think::for_prompt(prompt_text, enable_thinking)
+    },
+    harmony,
+    tools: None,
+    parallel: true,
+  };
+  if let Some(s) = setup.filter(|s| s.choice != Choice::None) {
+    let Some(format) = d.tool_format else {
+      // Unknown format: the template still gets the tools and the reply
+      // comes back as text (as mlx_lm.server does), but a call cannot be
+      // forced.
+      if s.choice != Choice::Auto {
+        return Err(bad(
+          "tool_choice",
+          "this model's tool-call format is unknown (its chat template shows none of the \
+           Hermes/Qwen, Llama 3, Mistral or gpt-oss formats), so a call cannot be forced",
+        ));
+      }
+      return Ok((reply, constraint));
+    };
+    reply.tools = Some(format);
+    reply.parallel = s.parallel;
+    if matches!(s.choice, Choice::Required | Choice::Named(_)) {
+      if constraint.is_some() {
+        return Err(bad(
+          "response_format",
+          "response_format cannot be combined with tool_choice required or a named function",
+        ));
+      }
+      let lark = tools::forced_grammar(format, &s, tok)?;
+      constraint = Some(g.compile(llguidance::api::TopLevelGrammar::from_lark(lark), "tools")?);
+    } else if constraint.is_none() {
+      // `strict` tools under `auto`: free text, but a started call is
+      // held to the schemas.
+      if let Some((trigger, lark)) = tools::strict_auto_grammar(format, &s, tok) {
+        constraint = Some(g.compile_triggered(
+          trigger,
+          llguidance::api::TopLevelGrammar::from_lark(lark),
+          "tools",
+        )?);
+      }
+    }
+  }
+  Ok((reply, constraint))
 }

@@ -45,6 +45,10 @@ pub struct AppState {
   pub created: u64,
   /// Response id counter.
   pub counter: AtomicU64,
+  /// The constrained-decoding engine (built on first use).
+  pub guidance: crate::structured::GuidanceCell,
+  /// Stored `/v1/responses` results (`previous_response_id`).
+  pub responses: crate::responses::Store,
 }
 
 /// The router with every route.
@@ -56,11 +60,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     .route("/v1/chat/completions", post(chat))
     .route("/chat/completions", post(chat))
     .route("/v1/completions", post(completions))
+    .route("/v1/responses", post(crate::responses::create))
+    .route("/v1/responses/{id}", get(crate::responses::retrieve))
     .fallback(not_found)
     .with_state(state)
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
   SystemTime::now()
     .duration_since(UNIX_EPOCH)
     .map(|d| d.as_secs())
@@ -108,7 +114,7 @@ async fn completions(State(st): State<Arc<AppState>>, req: Request) -> Response 
 }
 
 impl AppState {
-  fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+  pub(crate) fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &self.api_key else {
       return Ok(());
     };
@@ -127,7 +133,7 @@ impl AppState {
     }
   }
 
-  fn submit(&self, p: &Prepared) -> Result<UnboundedReceiver<Event>, ApiError> {
+  pub(crate) fn submit(&self, p: &Prepared) -> Result<UnboundedReceiver<Event>, ApiError> {
     if let Some(b) = &self.memory {
       if let Err(message) = b.check_row(p.prompt.len(), p.params.max_tokens) {
         self.metrics.memory_refused.fetch_add(1, Ordering::Relaxed);
@@ -165,7 +171,7 @@ impl AppState {
     Ok(rx)
   }
 
-  fn id(&self, prefix: &str) -> String {
+  pub(crate) fn id(&self, prefix: &str) -> String {
     format!(
       "{prefix}-{}-{}",
       self.created,
@@ -193,6 +199,19 @@ async fn handle_inner(
   ep: Endpoint,
   req: Request,
 ) -> Result<Response, ApiError> {
+  let body = read_body(st, req).await?;
+  let req = api::parse(&body)?;
+  let p = api::prepare(ep, &req, &st.tok, &st.defaults, &st.guidance)?;
+  let rx = st.submit(&p)?;
+  if p.stream {
+    Ok(stream(Arc::clone(st), ep, p, rx))
+  } else {
+    collect(st, ep, &p, rx).await
+  }
+}
+
+/// Check the API key and read the body within the size limit.
+pub(crate) async fn read_body(st: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
   st.check_auth(req.headers())?;
   let too_large = || {
     ApiError::new(
@@ -226,14 +245,7 @@ async fn handle_inner(
         ApiError::invalid(format!("could not read the request body: {e}"), None)
       }
     })?;
-  let req = api::parse(&body)?;
-  let p = api::prepare(ep, &req, &st.tok, &st.defaults)?;
-  let rx = st.submit(&p)?;
-  if p.stream {
-    Ok(stream(Arc::clone(st), ep, p, rx))
-  } else {
-    collect(st, ep, &p, rx).await
-  }
+  Ok(body)
 }
 
 #[derive(Default, Clone)]
@@ -247,14 +259,14 @@ struct Choice {
   cached: usize,
 }
 
-fn finish_str(f: Option<FinishReason>) -> &'static str {
+pub(crate) fn finish_str(f: Option<FinishReason>) -> &'static str {
   match f {
     Some(FinishReason::Length) => "length",
     _ => "stop",
   }
 }
 
-fn engine_error(message: String) -> ApiError {
+pub(crate) fn engine_error(message: String) -> ApiError {
   ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
 }
 
@@ -368,11 +380,12 @@ async fn collect(
         .iter()
         .enumerate()
         .map(|(i, c)| {
+          let reply = crate::reply::finish(&p.reply, &c.text);
           json!({
             "index": i,
-            "message": {"role": "assistant", "content": c.text},
+            "message": reply_message(&reply),
             "logprobs": if p.logprobs { chat_logprobs(st, &c.tokens, &c.logprobs, &c.tops) } else { Value::Null },
-            "finish_reason": finish_str(c.finish),
+            "finish_reason": if reply.calls.is_empty() { finish_str(c.finish) } else { "tool_calls" },
           })
         })
         .collect();
@@ -414,6 +427,22 @@ async fn collect(
     }
   };
   Ok(axum::Json(body).into_response())
+}
+
+/// The chat `message` of a finished reply (`content`, `reasoning_content`,
+/// `tool_calls`).
+pub fn reply_message(r: &crate::reply::Reply) -> Value {
+  let mut m = json!({"role": "assistant", "content": r.content});
+  if r.content.is_empty() && !r.calls.is_empty() {
+    m["content"] = Value::Null;
+  }
+  if let Some(t) = &r.reasoning {
+    m["reasoning_content"] = json!(t);
+  }
+  if !r.calls.is_empty() {
+    m["tool_calls"] = Value::Array(r.calls.iter().map(|c| c.to_json()).collect());
+  }
+  m
 }
 
 fn data(v: &Value) -> SseEvent {
@@ -458,6 +487,9 @@ fn stream(
     let mut completion = 0;
     let mut cached = 0;
     let mut offsets = vec![0usize; n];
+    let mut replies: Vec<crate::reply::ReplyStream> = (0..n)
+      .map(|_| crate::reply::ReplyStream::new(p.reply))
+      .collect();
     while done < n {
       let ev = match rx.recv().await {
         Some(e) => e,
@@ -484,7 +516,23 @@ fn stream(
               } else {
                 Value::Null
               };
-              chunk(json!([{"index": index, "delta": {"content": text},
+              let d = match replies.get_mut(index) {
+                Some(r) => r.push(&text),
+                None => continue,
+              };
+              if !d.reasoning.is_empty() {
+                let c = chunk(
+                  json!([{"index": index, "delta": {"reasoning_content": d.reasoning},
+                                      "logprobs": null, "finish_reason": null}]),
+                );
+                if tx.send(data(&c)).await.is_err() {
+                  return;
+                }
+              }
+              if d.content.is_empty() && !p.logprobs {
+                continue;
+              }
+              chunk(json!([{"index": index, "delta": {"content": d.content},
                             "logprobs": lp, "finish_reason": null}]))
             }
             Endpoint::Completions => {
@@ -514,8 +562,38 @@ fn stream(
             cached = cached_tokens;
           }
           match ep {
-            Endpoint::Chat => chunk(json!([{"index": index, "delta": {}, "logprobs": null,
-                                             "finish_reason": finish_str(Some(finish))}])),
+            Endpoint::Chat => {
+              let Some(rs) = replies.get_mut(index) else {
+                continue;
+              };
+              let (d, reply) = rs.finish();
+              let mut deltas = Vec::new();
+              if !d.reasoning.is_empty() {
+                deltas.push(json!({"reasoning_content": d.reasoning}));
+              }
+              if !d.content.is_empty() {
+                deltas.push(json!({"content": d.content}));
+              }
+              for (k, c) in reply.calls.iter().enumerate() {
+                let mut tc = c.to_json();
+                tc["index"] = json!(k);
+                deltas.push(json!({"tool_calls": [tc]}));
+              }
+              for delta in deltas {
+                let c = chunk(json!([{"index": index, "delta": delta, "logprobs": null,
+                                      "finish_reason": null}]));
+                if tx.send(data(&c)).await.is_err() {
+                  return;
+                }
+              }
+              let reason = if reply.calls.is_empty() {
+                finish_str(Some(finish))
+              } else {
+                "tool_calls"
+              };
+              chunk(json!([{"index": index, "delta": {}, "logprobs": null,
+                            "finish_reason": reason}]))
+            }
             Endpoint::Completions => chunk(json!([{"index": index, "text": "", "logprobs": null,
                                                     "finish_reason": finish_str(Some(finish))}])),
           }

@@ -2,8 +2,12 @@
 //! `mlx_lm.server`) with continuous batching.
 //!
 //! - Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`
-//!   (non-streaming and server-sent events), `GET /v1/models`,
+//!   (non-streaming and server-sent events), `POST /v1/responses` and
+//!   `GET /v1/responses/{id}` ([`responses`]), `GET /v1/models`,
 //!   `GET /health`, `GET /metrics` (Prometheus text).
+//! - Tool calls per model family ([`tools`]), reasoning text
+//!   ([`reasoning`]), structured output by constrained decoding
+//!   ([`structured`]); replies split in [`reply`].
 //! - One engine thread owns the model, the running batch
 //!   ([`mlxrs_lm::BatchGenerator`]) and the prompt cache
 //!   ([`prompt_cache::PromptCache`]); handlers talk to it over channels
@@ -23,7 +27,12 @@ pub mod http;
 pub mod memory_budget;
 pub mod metrics;
 pub mod prompt_cache;
+pub mod reasoning;
+pub mod reply;
+pub mod responses;
 pub mod row_text;
+pub mod structured;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +83,12 @@ pub struct ServerConfig {
   pub memory_limit: Option<usize>,
   /// Id reported by `/v1/models` (default: the `--model` value).
   pub model_id: Option<String>,
+  /// A chat template (Jinja source) replacing the checkpoint's
+  /// (`--chat-template`).
+  pub chat_template: Option<String>,
+  /// `/v1/responses` results kept for `previous_response_id`
+  /// (`--responses-store`, 256; least recently used dropped first).
+  pub responses_store: usize,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +110,8 @@ impl Default for ServerConfig {
       max_body_bytes: 4 << 20,
       memory_limit: None,
       model_id: None,
+      chat_template: None,
+      responses_store: 256,
     }
   }
 }
@@ -235,14 +252,18 @@ impl Server {
         });
       }
     };
+    let tool_format = detect_tool_format(&loaded.tok, cfg.chat_template.as_deref());
     let state = Arc::new(AppState {
       tx: job_tx,
+      guidance: structured::GuidanceCell::new(loaded.tok.clone(), loaded.vocab.max(0) as usize),
       tok: loaded.tok,
       defaults: api::Defaults {
         max_tokens: cfg.max_tokens,
         chat_template_args: cfg.chat_template_args.clone(),
         vocab: loaded.vocab,
         max_context: loaded.max_context,
+        chat_template: cfg.chat_template.clone(),
+        tool_format,
       },
       model_id: cfg.model_id.clone().unwrap_or_else(|| cfg.model.clone()),
       api_key: cfg.api_key.clone(),
@@ -255,6 +276,7 @@ impl Server {
         .map(|d| d.as_secs())
         .unwrap_or(0),
       counter: AtomicU64::new(0),
+      responses: responses::Store::new(cfg.responses_store),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = std::thread::Builder::new()
@@ -325,6 +347,28 @@ impl Drop for Server {
     }
     let _ = self.wait();
   }
+}
+
+/// The tool-call format of the template in use (`--chat-template` or the
+/// checkpoint's), else of the checkpoint's `model_type`.
+fn detect_tool_format(tok: &Tokenizer, chat_template: Option<&str>) -> Option<tools::ToolFormat> {
+  let source = match (chat_template, tok.chat_templates()) {
+    (Some(t), _) => t.to_string(),
+    (None, Some(mlxrs_lm::ChatTemplates::Single(s))) => s.clone(),
+    (None, Some(mlxrs_lm::ChatTemplates::Named(m))) => {
+      m.values().cloned().collect::<Vec<_>>().join("\n")
+    }
+    (None, None) => String::new(),
+  };
+  let model_type = std::fs::read_to_string(tok.dir().join("config.json"))
+    .ok()
+    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+    .and_then(|v| {
+      v.get("model_type")
+        .and_then(Value::as_str)
+        .map(String::from)
+    });
+  tools::ToolFormat::detect(&source, model_type.as_deref())
 }
 
 async fn shutdown_signal() {

@@ -16,9 +16,9 @@ fn memory_limit_refuses_and_serializes() {
   let tok = m.tokenizer.as_ref().unwrap();
   let b = MemoryBudget::probe(m.model.as_ref(), 0, 0).unwrap();
   assert!(b.weights > 0 && b.kv_bytes(1, 1) > 0);
-  // Room for one row of 120 positions.
+  // Room for one row of 80 positions.
   let mut cfg = config(name);
-  cfg.memory_limit = Some(b.need(1, 120));
+  cfg.memory_limit = Some(b.need(1, 80));
   let s = start(cfg);
 
   let (st, r) = post(
@@ -43,11 +43,11 @@ fn memory_limit_refuses_and_serializes() {
   assert_eq!(st, 200, "{r}");
   assert_eq!(r["choices"][0]["text"], want.text.as_str());
 
-  // Each fits alone (about 70 positions), two together do not.
+  // Each fits alone (about 45 positions), two together do not.
   let prompts = ["gamma delta", "epsilon zeta eta", "theta alpha"];
   let wants: Vec<_> = prompts
     .iter()
-    .map(|p| reference(&m, &tok.encode(p, true).unwrap(), &greedy(64)))
+    .map(|p| reference(&m, &tok.encode(p, true).unwrap(), &greedy(40)))
     .collect();
   let answers: Vec<Value> = std::thread::scope(|sc| {
     let hs: Vec<_> = prompts
@@ -58,7 +58,7 @@ fn memory_limit_refuses_and_serializes() {
           post(
             s,
             "/v1/completions",
-            &json!({"prompt": p, "max_tokens": 64}),
+            &json!({"prompt": p, "max_tokens": 40}),
           )
         })
       })

@@ -157,3 +157,31 @@ pub fn metric(s: &Server, name: &str) -> f64 {
     .and_then(|v| v.trim().parse().ok())
     .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
+
+/// A real family chat template from tests/data/templates.
+pub fn template(name: &str) -> String {
+  let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    .join("tests/data/templates")
+    .join(name);
+  std::fs::read_to_string(p).unwrap()
+}
+
+/// A fresh copy (the caller removes it) of fixture `name` with a
+/// 2048-position context: the real
+/// templates with tools are longer than the tiny fixtures' 512 positions
+/// in their tiny vocabulary.
+pub fn long_context_copy(name: &str) -> std::path::PathBuf {
+  static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+  let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+  let dir = std::env::temp_dir().join(format!("mlxrs-tools-{name}-{}-{n}", std::process::id()));
+  std::fs::create_dir_all(&dir).unwrap();
+  for e in std::fs::read_dir(fixture(name)).unwrap() {
+    let e = e.unwrap();
+    std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+  }
+  let p = dir.join("config.json");
+  let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+  c["max_position_embeddings"] = Value::from(2048);
+  std::fs::write(&p, c.to_string()).unwrap();
+  dir
+}
