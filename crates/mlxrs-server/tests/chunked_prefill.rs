@@ -82,4 +82,5 @@ fn chunked_prefill_interleaves_and_equals_single() {
   interleaved_equal_single("llama");
   // Sliding window 16: the long prompts pass the window.
   interleaved_equal_single("gemma3_text");
+  interleaved_equal_single("gpt_oss");
 }

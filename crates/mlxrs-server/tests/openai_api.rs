@@ -143,6 +143,8 @@ fn concurrent_requests_equal_single() {
   // with whole-width caches masked to the window; most rows here outgrow
   // the window.
   concurrent_equal_single("gemma3_text", true);
+  // gpt_oss (sliding window 8, attention sinks) likewise.
+  concurrent_equal_single("gpt_oss", true);
 }
 
 fn concurrent_equal_single(name: &str, batched: bool) {
