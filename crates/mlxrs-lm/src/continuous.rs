@@ -173,6 +173,21 @@ struct RowState {
   pad: usize,
   /// Constrained decoding state.
   constraint: Option<Box<dyn TokenConstraint>>,
+  /// Prompt + generated tokens, `last` included (feeds the draft model).
+  seq: Vec<i32>,
+}
+
+/// The draft model of speculative decoding for a lone row
+/// ([`BatchGenerator::set_draft`]).
+struct Draft<'m> {
+  model: &'m dyn LanguageModel,
+  caches: Vec<KvCache>,
+  num: usize,
+  /// The row whose leading tokens the draft caches hold.
+  row: Option<u64>,
+  /// Tokens proposed / accepted so far.
+  drafted: usize,
+  accepted: usize,
 }
 
 /// A running decode batch (python `BatchGenerator`).
@@ -187,6 +202,7 @@ pub struct BatchGenerator<'m> {
   /// A joining row whose prefill is spread over several loop turns
   /// ([`BatchGenerator::start`]).
   pending: Option<Pending>,
+  draft: Option<Draft<'m>>,
 }
 
 /// A row being prefilled in chunks between decode steps.
@@ -211,6 +227,18 @@ struct Pending {
 
 fn bad(msg: impl Into<String>) -> Error {
   Error::InvalidArgument(msg.into())
+}
+
+/// Drop the last `n` positions of every cache.
+fn trim_caches(caches: &mut [KvCache], n: usize) -> Result<()> {
+  for c in caches.iter_mut() {
+    if c.trim(n as i32) != n as i32 {
+      return Err(bad(format!(
+        "a KV cache cannot be trimmed by {n} positions"
+      )));
+    }
+  }
+  Ok(())
 }
 
 fn eval_caches(caches: &[KvCache]) -> Result<()> {
@@ -266,6 +294,7 @@ impl<'m> BatchGenerator<'m> {
       prefill_step_size,
       batchable,
       pending: None,
+      draft: None,
     })
   }
 
@@ -617,6 +646,7 @@ impl<'m> BatchGenerator<'m> {
     // Merge into the batch (nothing above touched the running rows).
     let Pending {
       id,
+      prompt: mut p_prompt,
       caches,
       row_valid,
       sampler,
@@ -666,6 +696,11 @@ impl<'m> BatchGenerator<'m> {
       top: cfg.top_logprobs,
       pad,
       constraint,
+      seq: {
+        let mut q = std::mem::take(&mut p_prompt);
+        q.push(token);
+        q
+      },
     });
     Ok(Ok(RowToken {
       id,
@@ -699,6 +734,17 @@ impl<'m> BatchGenerator<'m> {
   pub fn step(&mut self) -> Result<Vec<RowToken>> {
     if self.rows.is_empty() {
       return Ok(Vec::new());
+    }
+    if self.speculative_now() {
+      let Some(mut d) = self.draft.take() else {
+        return Err(bad("internal: no draft model"));
+      };
+      let r = self.speculative_step(&mut d);
+      if r.is_err() {
+        d.row = None;
+      }
+      self.draft = Some(d);
+      return r;
     }
     let b = self.rows.len();
     let last: Vec<i32> = self.rows.iter().map(|r| r.last).collect();
@@ -770,6 +816,7 @@ impl<'m> BatchGenerator<'m> {
     let mut res = Vec::with_capacity(b);
     for (r, (t, lp, mut tp)) in self.rows.iter_mut().zip(got) {
       r.last = t;
+      r.seq.push(t);
       if r.logits.is_active() {
         r.history.push(t);
       }
@@ -785,6 +832,166 @@ impl<'m> BatchGenerator<'m> {
       });
     }
     Ok(res)
+  }
+
+  /// Use `draft` for speculative decoding (python
+  /// `speculative_generate_step`, mlx_lm.server's `--draft-model`) while
+  /// the batch has one row that samples greedily without logits
+  /// processors, constraints or top-logprobs: each step then proposes
+  /// `num_draft_tokens` draft tokens, verifies them in one forward pass of
+  /// the model and returns the accepted ones plus the model's own next
+  /// token (the greedy tokens of plain decoding). Other batches step
+  /// normally; the draft catches up on the row's tokens when it is used
+  /// again. Both models need trimmable (standard) caches and one
+  /// vocabulary.
+  pub fn set_draft(&mut self, draft: &'m dyn LanguageModel, num_draft_tokens: usize) -> Result<()> {
+    if num_draft_tokens == 0 {
+      return Err(bad("num_draft_tokens must be > 0"));
+    }
+    if draft.vocab_size() != self.model.vocab_size() {
+      return Err(bad(format!(
+        "the draft model's vocabulary ({}) differs from the model's ({}); both must use the same tokenizer",
+        draft.vocab_size(),
+        self.model.vocab_size()
+      )));
+    }
+    let trimmable = |c: &[KvCache]| {
+      c.iter()
+        .all(|c| c.kind() == KvCacheKind::Standard && !c.is_quantized() && c.chunk_size().is_none())
+    };
+    let caches = draft.make_caches(None);
+    if !trimmable(&caches) || !trimmable(&self.fresh_caches()) {
+      return Err(bad(
+        "speculative decoding needs standard (trimmable) KV caches in both models",
+      ));
+    }
+    self.draft = Some(Draft {
+      model: draft,
+      caches,
+      num: num_draft_tokens,
+      row: None,
+      drafted: 0,
+      accepted: 0,
+    });
+    Ok(())
+  }
+
+  /// Draft tokens proposed and accepted so far (speculative decoding).
+  pub fn draft_stats(&self) -> (usize, usize) {
+    self
+      .draft
+      .as_ref()
+      .map_or((0, 0), |d| (d.drafted, d.accepted))
+  }
+
+  /// Whether the next step is speculative (see [`BatchGenerator::set_draft`]).
+  fn speculative_now(&self) -> bool {
+    self.draft.is_some()
+      && self.pending.is_none()
+      && self.rows.len() == 1
+      && self.rows.iter().all(|r| {
+        r.pad == 0
+          && r.top == 0
+          && r.sampler.is_greedy()
+          && !r.logits.is_active()
+          && r.constraint.is_none()
+      })
+      && self
+        .caches
+        .first()
+        .is_some_and(|c| c.offset as usize + 1 == self.rows[0].seq.len())
+  }
+
+  /// One speculative step of the lone row (python
+  /// `speculative_generate_step`'s loop body, greedy).
+  fn speculative_step(&mut self, d: &mut Draft<'m>) -> Result<Vec<RowToken>> {
+    let (id, seq) = match self.rows.first() {
+      Some(r) => (r.id, r.seq.clone()),
+      None => return Ok(Vec::new()),
+    };
+    let w = seq.len() - 1;
+    let last = seq[w];
+    if d.row != Some(id) {
+      d.caches = d.model.make_caches(None);
+      d.row = Some(id);
+    }
+    // Catch the draft up on the row's tokens (all but `last`).
+    let mut off = d
+      .caches
+      .first()
+      .map(|c| c.offset.max(0) as usize)
+      .unwrap_or(0);
+    if off > w {
+      trim_caches(&mut d.caches, off - w)?;
+      off = w;
+    }
+    while off < w {
+      let n = self.prefill_step_size.min(w - off);
+      let x = Array::from_slice(&seq[off..off + n], &[1, n as i32])?;
+      let _ = d.model.hidden(&x, &mut d.caches)?;
+      eval_caches(&d.caches)?;
+      off += n;
+    }
+    // Propose `k` tokens.
+    let k = d.num;
+    let mut y = Array::from_slice(&[last], &[1, 1])?;
+    let mut props = Vec::with_capacity(k);
+    for _ in 0..k {
+      let h = d.model.hidden(&y, &mut d.caches)?;
+      let l = ops::reshape(&d.model.logits(&h)?, &[1, -1])?;
+      let t = ops::astype(&ops::argmax_axis(&l, -1, false)?, Dtype::Int32)?;
+      y = ops::reshape(&t, &[1, 1])?;
+      props.push(t);
+    }
+    let mut proposed = ops::concatenate_axis(&props, 0)?;
+    let drafted: Vec<i32> = proposed.to_vec()?;
+    // Verify `last` + the proposals in one forward pass.
+    let mut inp = Vec::with_capacity(k + 1);
+    inp.push(last);
+    inp.extend_from_slice(&drafted);
+    let x = Array::from_slice(&inp, &[1, (k + 1) as i32])?;
+    let h = self.model.hidden(&x, &mut self.caches)?;
+    let logits = ops::reshape(&self.model.logits(&h)?, &[(k + 1) as i32, -1])?;
+    let lse = ops::logsumexp_axis(&logits, -1, true)?;
+    let lp = ops::subtract(&logits, &lse)?;
+    let mut ys = ops::astype(&ops::argmax_axis(&lp, -1, false)?, Dtype::Int32)?;
+    let chosen = ops::take_along_axis(&lp, &ops::expand_dims(&ys, 1)?, 1)?;
+    let mut outs = vec![ys.clone(), chosen.clone()];
+    for c in &self.caches {
+      if let Some((k, v)) = c.state()? {
+        outs.push(k);
+        outs.push(v);
+      }
+    }
+    mlxrs_core::eval(&outs)?;
+    let ys: Vec<i32> = ys.to_vec()?;
+    let lps: Vec<f32> = ops::astype(&chosen, Dtype::Float32)?.to_vec()?;
+    let mut n = 0;
+    while n < k && drafted[n] == ys[n] {
+      n += 1;
+    }
+    // The model took `k + 1` inputs and keeps `n + 1`; the draft took `k`
+    // (`last` and all proposals but the final one) and keeps at most `n + 1`.
+    trim_caches(&mut self.caches, k - n)?;
+    trim_caches(&mut d.caches, k - k.min(n + 1))?;
+    d.drafted += k;
+    d.accepted += n;
+    let r = &mut self.rows[0];
+    for &t in &ys[..=n] {
+      r.seq.push(t);
+      self.valid[0].push(true);
+    }
+    r.last = ys[n];
+    Ok(
+      (0..=n)
+        .map(|i| RowToken {
+          id,
+          token: ys[i],
+          logprob: lps[i],
+          top_logprobs: Vec::new(),
+        })
+        .collect(),
+    )
   }
 
   /// The prompt cache of row `id` (python: the cache mlx-lm's server keeps

@@ -103,6 +103,8 @@ pub struct EngineConfig {
   /// caches at their final width would then pass the limit (it waits
   /// until rows finish).
   pub memory: Option<Arc<MemoryBudget>>,
+  /// Draft tokens per speculative step (with a draft model).
+  pub num_draft_tokens: usize,
 }
 
 struct Waiting {
@@ -153,14 +155,27 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Run the engine loop until `rx` closes and no work is left.
-pub fn run(m: LoadedModel, rx: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Metrics>) {
+/// `draft`: the speculative decoding draft model (used while one greedy row
+/// runs alone).
+pub fn run(
+  m: LoadedModel,
+  draft: Option<LoadedModel>,
+  rx: Receiver<Job>,
+  cfg: EngineConfig,
+  metrics: Arc<Metrics>,
+) {
   let Some(tok) = m.tokenizer.as_ref() else {
     return;
   };
   let pad = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
   let batch = match BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, pad)
     .or_else(|_| BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, 0))
-  {
+    .and_then(|mut b| {
+      if let Some(d) = &draft {
+        b.set_draft(d.model.as_ref(), cfg.num_draft_tokens)?;
+      }
+      Ok(b)
+    }) {
     Ok(b) => b,
     Err(e) => {
       // Answer every job with the error rather than hanging its client.
@@ -436,6 +451,15 @@ impl Engine<'_> {
         .fetch_add(1, Ordering::Relaxed);
     }
     let r = catch_unwind(AssertUnwindSafe(|| self.batch.step()));
+    let (drafted, accepted) = self.batch.draft_stats();
+    self
+      .metrics
+      .draft_tokens
+      .store(drafted as u64, Ordering::Relaxed);
+    self
+      .metrics
+      .draft_accepted
+      .store(accepted as u64, Ordering::Relaxed);
     match r {
       Ok(Ok(toks)) => {
         for t in toks {
@@ -501,11 +525,19 @@ impl Engine<'_> {
     let r = self.running.remove(i);
     if let Some(f) = finish {
       if self.cfg.prompt_cache_size > 0 {
-        if let Ok(Some(c)) = self.batch.row_cache(id) {
-          // The cache holds the prompt and all generated tokens but the last.
+        if let Ok(Some(mut c)) = self.batch.row_cache(id) {
+          // The cache holds the prompt and all generated tokens but the last
+          // (after a speculative step that ran past the row's end, more:
+          // trimmed back).
           let mut key: Vec<i32> = r.prompt.as_ref().clone();
           key.extend_from_slice(&r.generated[..r.generated.len().saturating_sub(1)]);
-          self.cache.insert(key, c);
+          let fits = c.iter_mut().all(|c| {
+            let extra = c.offset - key.len() as i32;
+            extra >= 0 && c.trim(extra) == extra
+          });
+          if fits {
+            self.cache.insert(key, c);
+          }
         }
       }
       let n = r.generated.len();

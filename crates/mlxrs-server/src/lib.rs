@@ -70,6 +70,11 @@ pub struct ServerConfig {
   pub prompt_concurrency: usize,
   /// Prompt tokens per prefill chunk (`--prefill-step-size`, 2048).
   pub prefill_step_size: usize,
+  /// Speculative decoding draft model (`--draft-model`), used while one
+  /// greedy row runs alone ([`mlxrs_lm::BatchGenerator::set_draft`]).
+  pub draft_model: Option<String>,
+  /// Draft tokens per speculative step (`--num-draft-tokens`, 3).
+  pub num_draft_tokens: usize,
   /// Extra chat-template variables (`--chat-template-args`).
   pub chat_template_args: Map<String, Value>,
   /// Required bearer token (`--api-key`).
@@ -104,6 +109,8 @@ impl Default for ServerConfig {
       decode_concurrency: 32,
       prompt_concurrency: 8,
       prefill_step_size: 2048,
+      draft_model: None,
+      num_draft_tokens: 3,
       chat_template_args: Map::new(),
       api_key: None,
       max_queue: 256,
@@ -196,6 +203,32 @@ impl Server {
           let _ = ready_tx.send(Err("the model has no tokenizer".into()));
           return;
         };
+        let draft = match &cfg.draft_model {
+          None => None,
+          Some(d) => {
+            let dm = match mlxrs_lm::load(
+              d,
+              &LoadOptions {
+                dtype: cfg.dtype,
+                no_tokenizer: true,
+              },
+            ) {
+              Ok(dm) => dm,
+              Err(e) => {
+                let _ = ready_tx.send(Err(format!("--draft-model {d}: {e}")));
+                return;
+              }
+            };
+            // Check the pair now (vocabulary, trimmable caches).
+            let ok = mlxrs_lm::BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, 0)
+              .and_then(|mut b| b.set_draft(dm.model.as_ref(), cfg.num_draft_tokens));
+            if let Err(e) = ok {
+              let _ = ready_tx.send(Err(format!("--draft-model {d}: {e}")));
+              return;
+            }
+            Some(dm)
+          }
+        };
         let max_width = m.max_context.unwrap_or(8192).max(1024);
         let memory = match cfg.memory_limit {
           None => None,
@@ -232,8 +265,9 @@ impl Server {
           prefill_step_size: cfg.prefill_step_size,
           max_width,
           memory,
+          num_draft_tokens: cfg.num_draft_tokens,
         };
-        engine::run(m, job_rx, ecfg, engine_metrics);
+        engine::run(m, draft, job_rx, ecfg, engine_metrics);
       })?;
     let loaded = match ready_rx.recv() {
       Ok(Ok(l)) => l,

@@ -84,3 +84,64 @@ fn chunked_prefill_interleaves_and_equals_single() {
   interleaved_equal_single("gemma3_text");
   interleaved_equal_single("gpt_oss");
 }
+
+/// `--draft-model`: a lone greedy request decodes speculatively and its
+/// answer equals plain greedy decoding; with several rows at once the batch
+/// steps normally and every answer is still exact. Drafts: llama's random
+/// weights (every proposal rejected) and qwen3-4bit (some accepted).
+#[test]
+fn draft_model_equals_greedy() {
+  draft_equals_greedy("llama", false);
+  draft_equals_greedy("qwen3-4bit", true);
+}
+
+fn draft_equals_greedy(draft: &str, accepts: bool) {
+  let mut cfg = config("qwen3");
+  cfg.draft_model = Some(fixture(draft).to_string_lossy().into_owned());
+  cfg.num_draft_tokens = 3;
+  let s = start(cfg);
+  let m = model("qwen3");
+  let tok = m.tokenizer.as_ref().unwrap();
+  let prompts = [
+    ("alpha beta gamma", 40usize),
+    ("delta", 17),
+    ("epsilon zeta eta theta", 23),
+  ];
+  let wants: Vec<_> = prompts
+    .iter()
+    .map(|(p, n)| reference(&m, &tok.encode(p, true).unwrap(), &greedy(*n)))
+    .collect();
+  // One at a time (speculative), then all at once (batched).
+  for ((p, n), w) in prompts.iter().zip(&wants) {
+    let (st, r) = post(
+      &s,
+      "/v1/completions",
+      &json!({"prompt": p, "max_tokens": n}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["choices"][0]["text"], w.text.as_str(), "{p}");
+    assert_eq!(r["usage"]["completion_tokens"], w.tokens.len(), "{p}");
+  }
+  let drafted = metric(&s, "mlxrs_draft_tokens_total");
+  let accepted = metric(&s, "mlxrs_draft_accepted_total");
+  assert!(drafted >= 30.0, "{draft}: {drafted} draft tokens");
+  assert!(accepted <= drafted);
+  if accepts {
+    assert!(accepted > 0.0, "{draft}: {accepted} of {drafted} accepted");
+  }
+  eprintln!("{draft}: {accepted} of {drafted} draft tokens accepted");
+  let answers: Vec<Value> = std::thread::scope(|sc| {
+    let hs: Vec<_> = prompts
+      .iter()
+      .map(|(p, n)| {
+        let s = &s;
+        sc.spawn(move || post(s, "/v1/completions", &json!({"prompt": p, "max_tokens": n})).1)
+      })
+      .collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
+  });
+  for ((p, _), (a, w)) in prompts.iter().zip(answers.iter().zip(&wants)) {
+    assert_eq!(a["choices"][0]["text"], w.text.as_str(), "{p} (concurrent)");
+  }
+  s.shutdown().unwrap();
+}
