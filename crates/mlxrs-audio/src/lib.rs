@@ -11,6 +11,7 @@
 //! - [`transcribe`]: decoding as faster-whisper does (`WhisperModel.transcribe`):
 //!   timestamp rules, token suppression, long-form seek, thresholds and
 //!   temperature fallback.
+//! - [`output`]: txt / json / srt / vtt writers.
 //! - [`timing`]: word-level timestamps (cross-attention DTW, python
 //!   `word_timestamps=True`).
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod audio;
 pub mod ct2;
 pub mod error;
 pub mod mel;
+pub mod output;
 pub mod timing;
 pub mod tokenizer;
 pub mod transcribe;

@@ -8,9 +8,22 @@ use mlxrs_server::ServerConfig;
 /// `mlxrs serve` flags.
 #[derive(Args)]
 pub struct ServeArgs {
-  /// Model folder or Hugging Face repo id (cached repos load offline).
-  #[arg(long)]
-  model: String,
+  /// Model folder or Hugging Face repo id (cached repos load offline). An
+  /// embedding, reranker or Whisper folder is served as that kind.
+  #[arg(long, required_unless_present_any = ["embedding_model", "rerank_model", "whisper_model"])]
+  model: Option<String>,
+  /// Sentence-embedding model folder served at /v1/embeddings.
+  #[arg(long = "embedding-model")]
+  embedding_model: Option<String>,
+  /// Cross-encoder (reranker) folder served at /v1/rerank.
+  #[arg(long = "rerank-model")]
+  rerank_model: Option<String>,
+  /// Whisper model folder served at /v1/audio/transcriptions.
+  #[arg(long = "whisper-model")]
+  whisper_model: Option<String>,
+  /// Largest audio upload in bytes; larger get HTTP 413.
+  #[arg(long = "max-audio-bytes", default_value_t = 25 << 20)]
+  max_audio_bytes: usize,
   /// Compute dtype for float weights: float32, bfloat16, float16.
   #[arg(long)]
   dtype: Option<String>,
@@ -98,7 +111,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
   };
   let cfg = ServerConfig {
     dtype: super::parse_dtype(&a.dtype)?,
-    model: a.model,
+    model: a.model.unwrap_or_default(),
     host: a.host,
     port: a.port,
     max_tokens: a.max_tokens,
@@ -117,6 +130,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
     model_id: None,
     chat_template,
     responses_store: a.responses_store,
+    embedding_model: a.embedding_model,
+    rerank_model: a.rerank_model,
+    whisper_model: a.whisper_model,
+    max_audio_bytes: a.max_audio_bytes,
   };
   mlxrs_server::run(cfg)?;
   Ok(())

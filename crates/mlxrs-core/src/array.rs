@@ -13,16 +13,26 @@ use crate::error::{Error, Result, check};
 ///
 /// - `Clone` is cheap: it shares the same underlying array (MLX refcount),
 ///   as assigning a python `mx.array` to a second name does.
-/// - `Send`: a handle can move to another thread; MLX's default stream is
-///   per thread, so the receiving thread evaluates on its own stream.
-/// - Not `Sync`: MLX does not support evaluating one graph from two threads
-///   at once, so shared references must not cross threads.
+/// - `Send`: a handle can move to another thread. An *evaluated* array can
+///   be read and used in new ops there. A *lazy* one stays tied to the
+///   thread whose stream its ops were recorded on (MLX >= 0.31): evaluating
+///   it on another thread is an error ("There is no Stream(...) in current
+///   thread"), so evaluate before sending.
+/// - Clones share one graph node, so clones sent to several threads can be
+///   evaluated at once: every evaluating call (`eval`, `async_eval`, reads,
+///   saves, exports) holds one process-wide lock for its duration, so such
+///   evaluations run one after the other and never see the graph
+///   half-rewritten (MLX's `eval` is not thread-safe; mlx-swift locks the
+///   same way). Graph building takes no lock. `docs/threading.md`.
+/// - Not `Sync`: shared references must not cross threads (share a clone).
 pub struct Array(pub(crate) mlx_array);
 
 // SAFETY: an `Array` exclusively owns one heap `mlx::core::array` handle (a
 // shared_ptr to the graph node). Moving that handle to another thread is
-// sound; MLX's reference counts are atomic. `Sync` is deliberately not
-// implemented (see the type docs).
+// sound; MLX's reference counts are atomic. Clones sharing one node may be
+// evaluated from several threads: every evaluating call is serialized by
+// `crate::eval_lock`. `Sync` is deliberately not implemented (see the type
+// docs).
 unsafe impl Send for Array {}
 
 impl Drop for Array {
@@ -257,6 +267,7 @@ impl Array {
   /// `&mut self`: evaluation replaces the graph node's inputs with data.
   pub fn eval(&mut self) -> Result<()> {
     self.ensure()?;
+    let _lock = crate::eval_lock::eval_guard();
     // SAFETY: live non-null handle; failures come back as a return code.
     check(unsafe { mlxrs_sys::mlx_array_eval(self.0) })
   }
@@ -281,6 +292,7 @@ impl Array {
     }
     let n = self.size();
     let mut out = vec![T::default(); n];
+    let _lock = crate::eval_lock::eval_guard();
     // SAFETY: `out` holds exactly `n` elements of `T`, whose size is the
     // dtype's, so it spans `nbytes` bytes; the C layer evaluates, checks the
     // byte count and copies row-major data of this dtype into it.
@@ -312,6 +324,7 @@ impl Array {
       return "array(<empty handle>)".into();
     }
     let mut s = crate::string::MlxString::new();
+    let _lock = crate::eval_lock::eval_guard();
     // SAFETY: live handle; the string out-handle is owned by `s`.
     let rc = unsafe { mlxrs_sys::mlx_array_tostring(&mut s.0, self.0) };
     if rc != 0 {

@@ -38,6 +38,7 @@ pub fn export_function(
 ) -> Result<()> {
   let c_path = path_cstring(path.as_ref())?;
   let args = VectorArray::from_arrays(example_args)?;
+  let _lock = crate::eval_lock::eval_guard();
   // SAFETY: live handles and NUL-terminated path for the call.
   check_call(unsafe { mlxrs_sys::mlx_export_function(c_path.as_ptr(), f.0, args.0, shapeless) })
 }
@@ -83,6 +84,7 @@ pub fn export_function_kwargs(
   let c_path = path_cstring(path.as_ref())?;
   let args = VectorArray::from_arrays(example_args)?;
   let kwargs = crate::io::c_array_map(example_kwargs)?;
+  let _lock = crate::eval_lock::eval_guard();
   // SAFETY: live handles and NUL-terminated path for the call.
   check_call(unsafe {
     mlxrs_sys::mlx_export_function_kwargs(c_path.as_ptr(), f.0, args.0, kwargs.0, shapeless)
@@ -169,6 +171,7 @@ impl FunctionExporter {
   pub fn trace_kwargs(&mut self, args: &[Array], kwargs: &Kwargs) -> Result<()> {
     let v = VectorArray::from_arrays(args)?;
     let m = crate::io::c_array_map(kwargs)?;
+    let _lock = crate::eval_lock::eval_guard();
     // SAFETY: live handles for the call.
     check_call(unsafe { mlxrs_sys::mlx_function_exporter_apply_kwargs(self.0, v.0, m.0) })
   }
@@ -177,6 +180,7 @@ impl FunctionExporter {
   /// `exporter(*args)`). A signature already traced is an error.
   pub fn trace(&mut self, args: &[Array]) -> Result<()> {
     let v = VectorArray::from_arrays(args)?;
+    let _lock = crate::eval_lock::eval_guard();
     // SAFETY: live handles for the call.
     check_call(unsafe { mlxrs_sys::mlx_function_exporter_apply(self.0, v.0) })
   }
@@ -499,6 +503,7 @@ where
   let args = VectorArray::from_arrays(example_args)?;
   let kwargs = crate::io::c_array_map(example_kwargs)?;
   let p = crate::closure::into_payload(std::sync::Mutex::new(callback));
+  let _lock = crate::eval_lock::eval_guard();
   // SAFETY: the trampoline and destructor match the payload's type; the C
   // layer owns `p` from here (and drops it on every path); live handles.
   check_call(unsafe {

@@ -506,6 +506,7 @@ pub fn save_npy(path: impl AsRef<Path>, array: &Array) -> Result<()> {
   // Written atomically: a temporary `.npy` beside `path`, then renamed.
   crate::atomic::atomic_write_to_path(path, |tmp| {
     let c_path = path_cstring(tmp)?;
+    let _lock = crate::eval_lock::eval_guard();
     // SAFETY: live handle and path for the duration of the call.
     check(unsafe { mlxrs_sys::mlx_save(c_path.as_ptr(), array.0) })
       .map_err(|e| fmt_err(path, e.to_string()))
@@ -1408,6 +1409,7 @@ pub fn save_gguf(
   // Written atomically: a temporary `.gguf` beside `path`, then renamed.
   crate::atomic::atomic_write_to_path(path, |tmp| {
     let c_path = path_cstring(tmp)?;
+    let _lock = crate::eval_lock::eval_guard();
     // SAFETY: live handles and path for the duration of the call.
     check(unsafe { mlxrs_sys::mlx_save_gguf(c_path.as_ptr(), map.0, meta.0) })
       .map_err(|e| fmt_err(path, e.to_string()))

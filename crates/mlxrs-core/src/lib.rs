@@ -14,6 +14,7 @@ pub mod device;
 pub mod distributed;
 pub mod dtype;
 pub mod error;
+mod eval_lock;
 pub mod export;
 pub mod fast;
 pub mod fft;

@@ -27,6 +27,7 @@ pub use crate::closure::{Closure, CustomJvp, CustomVjp, CustomVmap, ValueAndGrad
 /// Evaluate all `arrays` together (shared subgraphs computed once).
 pub fn eval(arrays: &[Array]) -> Result<()> {
   let v = VectorArray::from_arrays(arrays)?;
+  let _lock = crate::eval_lock::eval_guard();
   // SAFETY: live owned vector handle.
   check(unsafe { mlxrs_sys::mlx_eval(v.0) })
 }
@@ -35,6 +36,7 @@ pub fn eval(arrays: &[Array]) -> Result<()> {
 /// [`eval`] waits for it.
 pub fn async_eval(arrays: &[Array]) -> Result<()> {
   let v = VectorArray::from_arrays(arrays)?;
+  let _lock = crate::eval_lock::eval_guard();
   // SAFETY: live owned vector handle.
   check(unsafe { mlxrs_sys::mlx_async_eval(v.0) })
 }

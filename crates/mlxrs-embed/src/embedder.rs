@@ -66,6 +66,7 @@ pub struct Embedder {
   post: Vec<Post>,
   max_seq_length: usize,
   dim: usize,
+  vocab_size: usize,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -141,12 +142,17 @@ impl Embedder {
     let mut post = Vec::new();
     for m in &folder.post {
       post.push(match m {
-        PostModule::Dense(c) => Post::Dense(Dense::load(c)?),
+        PostModule::Dense(c) => Post::Dense(Box::new(Dense::load(c)?)),
         PostModule::Normalize => Post::Normalize,
       });
     }
     let dim = check_widths(hidden * folder.pooling.modes.len(), &post, &folder.root)?;
+    let tok_vocab = tokenizer.inner().get_vocab_size(true);
+    let vocab_size = JsonConfig::load(folder.transformer_dir.join("config.json"))?
+      .opt_usize(&["vocab_size"])?
+      .map_or(tok_vocab, |v| v.min(tok_vocab.max(1)));
     Ok(Embedder {
+      vocab_size,
       folder,
       encoder,
       tokenizer,
@@ -166,9 +172,29 @@ impl Embedder {
     self.max_seq_length
   }
 
+  /// Token ids below this are valid input of [`Embedder::embed_ids_with`]
+  /// (the smaller of the config's `vocab_size` and the tokenizer's).
+  pub fn vocab_size(&self) -> usize {
+    self.vocab_size
+  }
+
   /// The encoder's `model_type`.
   pub fn model_type(&self) -> &str {
     self.encoder.model_type()
+  }
+
+  /// Paths of the encoder's layers that run quantized (an MLX-quantized
+  /// checkpoint: their `scales` were in the file), sorted; empty for a
+  /// float checkpoint.
+  pub fn quantized_layers(&self) -> Vec<String> {
+    let mut out = Vec::new();
+    self.encoder.visit("", &mut |k, _| {
+      if let Some(layer) = k.strip_suffix(".scales") {
+        out.push(layer.to_string());
+      }
+    });
+    out.sort();
+    out
   }
 
   /// The parsed sentence-transformers configuration.
@@ -320,10 +346,71 @@ impl Embedder {
     Ok(Array::from_slice(&flat, &[texts.len() as i32, d as i32])?)
   }
 
+  /// Embed already-tokenized rows (python `model.encode` fed with
+  /// `input_ids` directly; the OpenAI API's token-array input): the ids
+  /// are used as given (no special tokens or prompt added), cut to the max
+  /// length when `opts.truncate` (else an [`Error::InputTooLong`]). Ids
+  /// must be below [`Embedder::vocab_size`] and rows non-empty.
+  pub fn embed_ids_with(&self, rows: &[Vec<u32>], opts: &EmbedOptions) -> Result<Vec<Vec<f32>>> {
+    let max = match opts.max_length {
+      Some(0) => return Err(Error::InvalidArgument("max length must be positive".into())),
+      Some(n) => n,
+      None => self.max_seq_length,
+    };
+    if let Some(limit) = self.encoder.max_positions() {
+      if max > limit {
+        return Err(Error::InvalidArgument(format!(
+          "max length {max} exceeds the model's {limit} position embeddings"
+        )));
+      }
+    }
+    let mut encs = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+      if r.is_empty() {
+        return Err(Error::InvalidArgument(format!("token row {i} is empty")));
+      }
+      if let Some(&bad) = r.iter().find(|&&t| t as usize >= self.vocab_size) {
+        return Err(Error::InvalidArgument(format!(
+          "token row {i}: id {bad} is outside the vocabulary (0..{})",
+          self.vocab_size
+        )));
+      }
+      if r.len() > max && !opts.truncate {
+        return Err(Error::InputTooLong {
+          index: i,
+          tokens: r.len(),
+          limit: max,
+        });
+      }
+      let ids = r[..r.len().min(max)].to_vec();
+      encs.push(Encoded {
+        type_ids: vec![0; ids.len()],
+        ids,
+      });
+    }
+    let (flat, d) = self.embed_encoded(&encs, 0, opts)?;
+    Ok(flat.chunks(d.max(1)).map(<[f32]>::to_vec).collect())
+  }
+
   /// Row-major `[N, dim]` embeddings and `dim`.
   fn embed_flat<S: AsRef<str>>(
     &self,
     texts: &[S],
+    opts: &EmbedOptions,
+  ) -> Result<(Vec<f32>, usize)> {
+    if texts.is_empty() {
+      return self.embed_encoded(&[], 0, opts);
+    }
+    let (encs, prompt_len) = self.tokenize_inner(texts, opts)?;
+    self.embed_encoded(&encs, prompt_len, opts)
+  }
+
+  /// Embed tokenized rows; the first `prompt_len` tokens of each are left
+  /// out of pooling.
+  fn embed_encoded(
+    &self,
+    encs: &[Encoded],
+    prompt_len: usize,
     opts: &EmbedOptions,
   ) -> Result<(Vec<f32>, usize)> {
     if opts.batch_size == 0 {
@@ -338,12 +425,11 @@ impl Embedder {
       }
     }
     let out_dim = opts.truncate_dim.unwrap_or(self.dim);
-    if texts.is_empty() {
+    if encs.is_empty() {
       return Ok((Vec::new(), out_dim));
     }
-    let (encs, prompt_len) = self.tokenize_inner(texts, opts)?;
     let lens: Vec<usize> = encs.iter().map(|e| e.ids.len()).collect();
-    let mut result = vec![0f32; texts.len() * out_dim];
+    let mut result = vec![0f32; encs.len() * out_dim];
     for idx in length_sorted_batches(&lens, opts.batch_size) {
       let rows: Vec<&Encoded> = idx.iter().map(|&i| &encs[i]).collect();
       let batch = PaddedBatch::new(&rows, self.tokenizer.pad_id());

@@ -27,7 +27,9 @@
 //!   transformers checkpoint.
 //! - Architectures ([`models`]): `bert`, `roberta`, `xlm-roberta`,
 //!   `camembert`, `modernbert`, `nomic_bert`, `qwen3` (Qwen3-Embedding),
-//!   `gemma3_text` (EmbeddingGemma). Weights are computed in float32.
+//!   `gemma3_text` (EmbeddingGemma), built on `mlxrs-nn` layers. Weights
+//!   are computed in float32; MLX-quantized checkpoints (a `quantization`
+//!   block in `config.json`) run their quantized layers packed.
 //! - Batching ([`tokenize`]): texts are tokenized with the folder's
 //!   `tokenizer.json`, sorted by length, padded per batch with an attention
 //!   mask, and truncated at the max length (or rejected, with
@@ -41,20 +43,21 @@
 //! Every failure is an [`Error`] naming the file, field or input at fault.
 #![forbid(unsafe_code)]
 
+pub mod activation;
+pub mod attention;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod embedder;
 pub mod error;
 pub mod folder;
 pub mod host;
 pub mod input;
-pub mod layers;
 pub mod models;
 pub mod pooling;
 pub mod rerank;
 pub mod similarity;
 pub mod tokenize;
-pub mod weights;
 
 pub use embedder::{EmbedOptions, Embedder};
 pub use error::{Error, Result};

@@ -3,11 +3,12 @@
 //! it (`Dense`, `Normalize`).
 
 use mlxrs_core::{Array, Dtype, ops};
+use mlxrs_nn::{Linear, module};
 
+use crate::activation::Activation;
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::folder::{DenseActivation, DenseConfig, PoolingConfig, PoolingMode};
-use crate::layers::{Activation, Linear};
-use crate::weights::Weights;
 
 /// Pool `h` `[B, T, H]` over the tokens `mask` (`[B, T]`, host, row-major;
 /// 1 = pooled) selects, concatenating the configured modes: `[B, modes*H]`.
@@ -105,7 +106,8 @@ pub fn l2_normalize(x: &Array) -> Result<Array> {
   Ok((x / &n)?)
 }
 
-/// A loaded `Dense` module.
+/// A loaded `Dense` module (python `sentence_transformers.models.Dense`:
+/// an `nn.Linear`, its activation, and an optional residual projection).
 pub struct Dense {
   linear: Linear,
   residual: Option<Linear>,
@@ -117,30 +119,22 @@ pub struct Dense {
   pub in_features: usize,
 }
 
+module!(Dense { linear, residual });
+
 impl Dense {
   /// Load the module's `model.safetensors` (`linear.weight`, `linear.bias`,
-  /// `residual.weight`).
+  /// `residual.weight`; quantized layers when the file holds their
+  /// `scales`), strictly.
   pub fn load(cfg: &DenseConfig) -> Result<Dense> {
     let file = cfg.weights_file()?;
-    let mut w = Weights::load_file(&file)?;
-    let linear = Linear::load(
-      &mut w,
-      "linear",
-      cfg.in_features,
-      cfg.out_features,
-      cfg.bias,
-    )?;
-    let residual = if cfg.use_residual && cfg.in_features != cfg.out_features {
-      Some(Linear::load(
-        &mut w,
-        "residual",
-        cfg.in_features,
-        cfg.out_features,
-        false,
-      )?)
-    } else {
-      None
+    let ckpt = Checkpoint::read_file(&file)?;
+    let width = |v: usize, field: &str| {
+      i32::try_from(v).map_err(|_| Error::folder(&file, format!("{field} {v} is too large")))
     };
+    let (i, o) = (
+      width(cfg.in_features, "in_features")?,
+      width(cfg.out_features, "out_features")?,
+    );
     let act = match cfg.activation {
       DenseActivation::Identity => Activation::Identity,
       DenseActivation::Tanh => Activation::Tanh,
@@ -149,14 +143,16 @@ impl Dense {
       DenseActivation::Sigmoid => Activation::Sigmoid,
       DenseActivation::Silu => Activation::Silu,
     };
-    Ok(Dense {
-      linear,
-      residual,
+    let mut dense = Dense {
+      linear: Linear::new(i, o, cfg.bias),
+      residual: (cfg.use_residual && i != o).then(|| Linear::new(i, o, false)),
       use_residual: cfg.use_residual,
       act,
       out_features: cfg.out_features,
       in_features: cfg.in_features,
-    })
+    };
+    ckpt.load(&mut [(&mut dense, "")], &|_| false)?;
+    Ok(dense)
   }
 
   /// Apply to `[B, in]`.
@@ -176,7 +172,7 @@ impl Dense {
 /// A module after pooling, loaded.
 pub enum Post {
   /// `Dense`.
-  Dense(Dense),
+  Dense(Box<Dense>),
   /// `Normalize`.
   Normalize,
 }

@@ -13,19 +13,21 @@ use std::path::{Path, PathBuf};
 
 use mlxrs_core::ops;
 
+use mlxrs_nn::Linear;
+
+use crate::activation::Activation;
+use crate::checkpoint::{Checkpoint, Part};
 use crate::config::JsonConfig;
 use crate::error::{Error, Result};
-use crate::layers::{Activation, Linear};
-use crate::models::bert::Bert;
+use crate::models::bert::{self, Bert};
 use crate::models::{Encoder, run_batch};
 use crate::tokenize::{Encoded, PaddedBatch, TextTokenizer, length_sorted_batches};
-use crate::weights::Weights;
 
-enum Head {
-  /// `tanh(pooler(h[:, 0]))` -> classifier.
-  Bert { pooler: Linear, classifier: Linear },
-  /// `out_proj(tanh(dense(h[:, 0])))`.
-  Roberta { dense: Linear, out_proj: Linear },
+/// `out(tanh(dense(h[:, 0])))`: BERT's `pooler.dense` + `classifier`, or the
+/// RoBERTa head's `classifier.dense` + `classifier.out_proj`.
+struct Head {
+  dense: Linear,
+  out: Linear,
 }
 
 /// Options of [`CrossEncoder::predict`].
@@ -121,40 +123,50 @@ impl CrossEncoder {
       });
     }
     let hidden = cfg.positive(&["hidden_size"])?;
-    let mut w = Weights::load_dir(&root)?;
-    let encoder = Bert::load(&cfg, &mut w)?;
-    let head = if model_type == "bert" {
-      let pooler = Linear::load(&mut w, "pooler.dense", hidden, hidden, true)?;
-      w.set_prefix("");
-      let classifier = w.take_any("classifier.weight")?;
-      let n = classifier.dim(0).unwrap_or(0) as usize;
-      let bias = w.take("classifier.bias", &[n])?;
-      Head::Bert {
-        pooler,
-        classifier: Linear::from_parts(classifier, Some(bias))?,
-      }
+    let h = i32::try_from(hidden).map_err(|_| cfg.invalid("hidden_size", "too large"))?;
+    let ckpt = Checkpoint::read_dir(&root)?.with_quantization(&cfg)?;
+    let prefix = ckpt.prefix_of(bert::ANCHOR)?;
+    let mut encoder = Bert::new(&cfg, &ckpt, &prefix)?;
+    let (dense_path, out_path) = if model_type == "bert" {
+      (None, "classifier")
     } else {
-      w.set_prefix("");
-      let dense = Linear::load(&mut w, "classifier.dense", hidden, hidden, true)?;
-      let out = w.take_any("classifier.out_proj.weight")?;
-      let n = out.dim(0).unwrap_or(0) as usize;
-      let bias = w.take("classifier.out_proj.bias", &[n])?;
-      Head::Roberta {
-        dense,
-        out_proj: Linear::from_parts(out, Some(bias))?,
+      (Some("classifier.dense"), "classifier.out_proj")
+    };
+    let out_weight = format!("{out_path}.weight");
+    let num_labels = match ckpt.shape(&out_weight).and_then(|s| s.first().copied()) {
+      Some(n) if n > 0 => n,
+      Some(_) => {
+        return Err(Error::weight(
+          ckpt.path(),
+          &out_weight,
+          "has no output labels",
+        ));
       }
+      None => return Err(Error::weight(ckpt.path(), &out_weight, "missing")),
     };
-    let num_labels = match &head {
-      Head::Bert { classifier, .. } => classifier.out_features(),
-      Head::Roberta { out_proj, .. } => out_proj.out_features(),
-    };
-    if num_labels == 0 {
-      return Err(Error::weight(
-        w.path(),
-        "classifier",
-        "has no output labels",
-      ));
+    let mut dense = dense_path.map(|_| Linear::new(h, h, true));
+    let mut out = Linear::new(h, num_labels, true);
+    let unused = encoder.unused_tensors();
+    let path = ckpt.path().to_path_buf();
+    {
+      let mut parts: Vec<Part<'_>> = vec![(&mut encoder, prefix.as_str()), (&mut out, out_path)];
+      if let (Some(d), Some(p)) = (dense.as_mut(), dense_path) {
+        parts.push((d, p));
+      }
+      ckpt.load(&mut parts, &|k| unused.iter().any(|u| k.ends_with(u)))?;
     }
+    let dense = match dense {
+      Some(d) => d,
+      None => encoder.pooler.take().ok_or_else(|| {
+        Error::weight(
+          &path,
+          &mlxrs_nn::join(&prefix, "pooler.dense.weight"),
+          "missing (the BERT classification head needs its pooler)",
+        )
+      })?,
+    };
+    let head = Head { dense, out };
+    let num_labels = num_labels as usize;
     let activation = activation_of(&cfg, num_labels)?;
     let max_pos = encoder.max_positions().unwrap_or(512);
     let tok_max = {
@@ -223,14 +235,10 @@ impl CrossEncoder {
       let hidden = h.dim(2).unwrap_or(0);
       let first = ops::slice(&h, &[0, 0, 0], &[batch.batch as i32, 1, hidden], &[1, 1, 1])?;
       let first = ops::reshape(&first, &[batch.batch as i32, hidden])?;
-      let mut logits = match &self.head {
-        Head::Bert { pooler, classifier } => {
-          classifier.forward(&ops::tanh(&pooler.forward(&first)?)?)?
-        }
-        Head::Roberta { dense, out_proj } => {
-          out_proj.forward(&ops::tanh(&dense.forward(&first)?)?)?
-        }
-      };
+      let mut logits = self
+        .head
+        .out
+        .forward(&ops::tanh(&self.head.dense.forward(&first)?)?)?;
       if opts.apply_activation {
         logits = self.activation.forward(&logits)?;
       }

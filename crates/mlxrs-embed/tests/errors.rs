@@ -165,6 +165,24 @@ fn weights_that_do_not_fit_the_config() {
   });
   let m = load_err(d.path()).to_string();
   assert!(m.contains("hidden_size") && m.contains("integer"), "{m}");
+  // Loading is strict: a tensor the model has no place for is an error
+  // naming it (python `load_weights(strict=True)`).
+  edit_json(&d.path().join("config.json"), |v| {
+    v["hidden_size"] = 32.into();
+    v["intermediate_size"] = 64.into();
+  });
+  let st = d.path().join("model.safetensors");
+  let (mut m, _) = mlxrs_core::io::load_safetensors(&st).unwrap();
+  m.insert(
+    "encoder.layer.0.attention.self.extra.weight".into(),
+    mlxrs_core::Array::from_slice(&[1.0f32, 2.0], &[2]).unwrap(),
+  );
+  mlxrs_core::io::save_safetensors(&st, &m, &Default::default()).unwrap();
+  let m = load_err(d.path()).to_string();
+  assert!(
+    m.contains("unexpected parameter encoder.layer.0.attention.self.extra.weight"),
+    "{m}"
+  );
   std::fs::write(
     d.path().join("model.safetensors"),
     b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}",

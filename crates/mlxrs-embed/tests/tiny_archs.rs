@@ -131,6 +131,91 @@ fn gemma3_text() {
   check("gemma3_text");
 }
 
+/// A 4-bit copy of a tiny checkpoint (every Linear / Embedding quantized as
+/// Python MLX `nn.quantize(group_size=32, bits=4)` does) against
+/// sentence-transformers run on its dequantized weights; its outputs must
+/// also be far from the float model's, so the packed weights are what ran.
+fn check_4bit(arch: &str, layers: usize) {
+  let q = format!("{arch}-4bit");
+  let model = Embedder::load(tiny(&q)).unwrap_or_else(|e| panic!("{q}: {e}"));
+  let quantized = model.quantized_layers();
+  assert_eq!(quantized.len(), layers, "{q}: {quantized:?}");
+  check(&q);
+  let texts = strings(&json(&tiny(&q).join("reference.json"))["texts"]);
+  let (float_e, _) = tensor(&tiny(arch).join("reference.safetensors"), "embeddings");
+  let got = model.embed(&texts).unwrap().concat();
+  let d = max_abs(&got, &float_e);
+  eprintln!(
+    "{q}: {} quantized layers, max |diff| to the float model {d:.2e}",
+    layers
+  );
+  assert!(
+    d > 100.0 * EMBED_TOL,
+    "{q}: no closer to its reference than to the float model ({d})"
+  );
+}
+
+#[test]
+fn bert_4bit() {
+  check_4bit("bert", 16);
+}
+
+#[test]
+fn qwen3_4bit() {
+  check_4bit("qwen3", 15);
+}
+
+/// nomic_bert checkpoints in transformers' in-memory naming (`layers.N.
+/// self_attn.{q,k,v}_proj`, `mlp.up_proj`, ...) load to the same model as
+/// nomic's original naming (the fixture), whose fused `Wqkv` they split.
+#[test]
+fn nomic_bert_transformers_naming() {
+  use std::collections::HashMap;
+  let src = tiny("nomic_bert");
+  let d = tempfile::tempdir().unwrap();
+  for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+    std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+  }
+  let (orig, _) = mlxrs_core::io::load_safetensors(src.join("model.safetensors")).unwrap();
+  let mut renamed = HashMap::new();
+  for (k, a) in orig {
+    let k = k
+      .replace("emb_ln.", "embeddings.LayerNorm.")
+      .replace("encoder.layers.", "layers.")
+      .replace("attn.out_proj", "self_attn.o_proj")
+      .replace("norm1.", "post_attention_layernorm.")
+      .replace("norm2.", "post_mlp_layernorm.")
+      .replace("mlp.fc11", "mlp.up_proj")
+      .replace("mlp.fc12", "mlp.gate_proj")
+      .replace("mlp.fc2", "mlp.down_proj");
+    if let Some(layer) = k.strip_suffix(".attn.Wqkv.weight") {
+      let h = a.dim(1).unwrap();
+      for (i, p) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+        let i = i as i32;
+        let part = mlxrs_core::ops::slice(&a, &[i * h, 0], &[(i + 1) * h, h], &[1, 1]).unwrap();
+        renamed.insert(format!("{layer}.self_attn.{p}.weight"), part);
+      }
+    } else {
+      renamed.insert(k, a);
+    }
+  }
+  assert!(renamed.contains_key("layers.1.self_attn.k_proj.weight"));
+  mlxrs_core::io::save_safetensors(
+    d.path().join("model.safetensors"),
+    &renamed,
+    &HashMap::new(),
+  )
+  .unwrap();
+  let ids = id_lists(&json(&src.join("reference.json"))["input_ids"]);
+  let mut want = Embedder::load(&src).unwrap().forward_ids(&ids).unwrap();
+  let mut got = Embedder::load(d.path()).unwrap().forward_ids(&ids).unwrap();
+  let diff = max_abs(
+    &got.to_vec::<f32>().unwrap(),
+    &want.to_vec::<f32>().unwrap(),
+  );
+  assert!(diff <= 1e-6, "transformers naming differs by {diff}");
+}
+
 /// `do_lower_case` in `sentence_bert_config.json` lower-cases before a
 /// case-sensitive tokenizer (sentence-transformers prepends a Lowercase
 /// normalizer).

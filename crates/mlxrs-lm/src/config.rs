@@ -127,72 +127,7 @@ fn as_object<'a>(path: &Path, field: &str, v: &'a Value) -> Result<&'a Map<Strin
 // ---------------------------------------------------------------------------
 // Quantization.
 
-/// MLX quantization modes (`mx.quantize(mode=...)`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum QuantMode {
-  /// Per-group scale and bias (`"affine"`, MLX's default).
-  Affine,
-  /// OCP microscaling FP4 (`"mxfp4"`).
-  Mxfp4,
-  /// NVIDIA FP4 (`"nvfp4"`).
-  Nvfp4,
-  /// OCP microscaling FP8 (`"mxfp8"`).
-  Mxfp8,
-}
-
-impl QuantMode {
-  /// Every mode, in MLX's order.
-  pub const ALL: [QuantMode; 4] = [
-    QuantMode::Affine,
-    QuantMode::Mxfp4,
-    QuantMode::Nvfp4,
-    QuantMode::Mxfp8,
-  ];
-
-  /// The mode's name in configs and in MLX (`"affine"`, ...).
-  pub fn as_str(self) -> &'static str {
-    match self {
-      QuantMode::Affine => "affine",
-      QuantMode::Mxfp4 => "mxfp4",
-      QuantMode::Nvfp4 => "nvfp4",
-      QuantMode::Mxfp8 => "mxfp8",
-    }
-  }
-
-  /// Parse a mode name; `None` for unknown names.
-  pub fn parse(name: &str) -> Option<Self> {
-    Self::ALL.into_iter().find(|m| m.as_str() == name)
-  }
-
-  /// `(group_size, bits)` MLX uses when a layer's quantization leaves them
-  /// out (`mlx.nn.layers.quantized._defaults_for_mode`).
-  pub fn defaults(self) -> (u32, u32) {
-    match self {
-      QuantMode::Affine => (64, 4),
-      QuantMode::Mxfp4 => (32, 4),
-      QuantMode::Nvfp4 => (16, 4),
-      QuantMode::Mxfp8 => (32, 8),
-    }
-  }
-}
-
-impl std::fmt::Display for QuantMode {
-  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.write_str(self.as_str())
-  }
-}
-
-/// The parameters of one quantized layer (the kwargs of MLX's
-/// `to_quantized(group_size, bits, mode)`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QuantParams {
-  /// Elements sharing one scale.
-  pub group_size: u32,
-  /// Bits per weight.
-  pub bits: u32,
-  /// Quantization mode.
-  pub mode: QuantMode,
-}
+pub use mlxrs_nn::{QuantMode, QuantParams};
 
 /// A per-layer entry of the `quantization` block, keyed by module path
 /// (`model.layers.0.mlp.gate_proj`), as mlx-lm's `class_predicate` returns it.
@@ -254,7 +189,7 @@ impl Quantization {
     }
   }
 
-  fn fixed(group_size: u32, bits: u32, mode: QuantMode, quant_method: &str) -> Self {
+  fn fixed(group_size: i32, bits: i32, mode: QuantMode, quant_method: &str) -> Self {
     Quantization {
       default: QuantParams {
         group_size,
@@ -289,8 +224,8 @@ fn parse_mode(path: &Path, field: &str, v: Option<&Value>) -> Result<QuantMode> 
   }
 }
 
-fn positive_u32(path: &Path, field: &str, v: &Value) -> Result<u32> {
-  match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+fn positive_i32(path: &Path, field: &str, v: &Value) -> Result<i32> {
+  match v.as_u64().and_then(|n| i32::try_from(n).ok()) {
     Some(n) if n > 0 => Ok(n),
     _ => Err(Error::config(
       path,
@@ -304,12 +239,12 @@ fn positive_u32(path: &Path, field: &str, v: &Value) -> Result<u32> {
 fn parse_mlx_quantization(path: &Path, field: &str, block: &Value) -> Result<Quantization> {
   let obj = as_object(path, field, block)?;
   let mode = parse_mode(path, &format!("{field}.mode"), obj.get("mode"))?;
-  let get = |key: &str| -> Result<u32> {
+  let get = |key: &str| -> Result<i32> {
     let f = format!("{field}.{key}");
     let v = obj
       .get(key)
       .ok_or_else(|| Error::config(path, &f, "missing"))?;
-    positive_u32(path, &f, v)
+    positive_i32(path, &f, v)
   };
   let default = QuantParams {
     group_size: get("group_size")?,
@@ -325,10 +260,10 @@ fn parse_mlx_quantization(path: &Path, field: &str, block: &Value) -> Result<Qua
       Value::Object(o) => {
         let mode = parse_mode(path, &format!("{f}.mode"), o.get("mode"))?;
         let (dg, db) = mode.defaults();
-        let opt = |k: &str, d: u32| -> Result<u32> {
+        let opt = |k: &str, d: i32| -> Result<i32> {
           match o.get(k) {
             None | Some(Value::Null) => Ok(d),
-            Some(v) => positive_u32(path, &format!("{f}.{k}"), v),
+            Some(v) => positive_i32(path, &format!("{f}.{k}"), v),
           }
         };
         LayerQuantization::Params(QuantParams {
@@ -413,14 +348,14 @@ fn parse_hf_quantization(path: &Path, field: &str, qc: &Value) -> Result<Option<
       }
       let gs = match settings.get("group_size") {
         None | Some(Value::Null) => 16,
-        Some(v) => positive_u32(path, &format!("{sf}.group_size"), v)?,
+        Some(v) => positive_i32(path, &format!("{sf}.group_size"), v)?,
       };
       Quantization::fixed(gs, 4, QuantMode::Nvfp4, method)
     }
     "awq" | "gptq" => {
       let bits = match obj.get("bits") {
         None | Some(Value::Null) => 4,
-        Some(v) => positive_u32(path, &format!("{field}.bits"), v)?,
+        Some(v) => positive_i32(path, &format!("{field}.bits"), v)?,
       };
       if bits != 4 {
         return Err(Error::config(
@@ -431,7 +366,7 @@ fn parse_hf_quantization(path: &Path, field: &str, qc: &Value) -> Result<Option<
       }
       let gs = match obj.get("group_size") {
         None | Some(Value::Null) => 128,
-        Some(v) => positive_u32(path, &format!("{field}.group_size"), v)?,
+        Some(v) => positive_i32(path, &format!("{field}.group_size"), v)?,
       };
       Quantization::fixed(gs, 4, QuantMode::Affine, method)
     }

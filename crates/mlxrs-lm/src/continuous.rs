@@ -278,9 +278,12 @@ impl<'m> BatchGenerator<'m> {
     let caches = fresh();
     // A padded forward over an empty batch tells whether the architecture
     // implements `hidden_padded`; rotating caches never batch.
-    let standard = caches
-      .iter()
-      .all(|c| c.kind() == KvCacheKind::Standard && !c.is_quantized() && c.chunk_size().is_none());
+    let standard = caches.iter().all(|c| {
+      c.kind() == KvCacheKind::Standard
+        && !c.is_quantized()
+        && !c.is_recurrent()
+        && c.chunk_size().is_none()
+    });
     let batchable = standard && {
       let mut probe = fresh();
       let x = Array::from_slice(&[pad_id], &[1, 1])?;

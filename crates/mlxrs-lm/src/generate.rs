@@ -268,6 +268,21 @@ pub struct TokenGenerator<'m> {
   allow_nan: bool,
 }
 
+/// `--max-kv-size` asks for rotating caches; a model with recurrent layers
+/// (SSM / linear attention: `ArraysCache` state) keeps its whole history in
+/// that state and cannot bound it (mlx-lm's `make_cache` silently ignores the
+/// flag for them): an error rather than an unbounded cache.
+fn check_max_kv_size(caches: &[KvCache], max_kv_size: Option<i32>) -> Result<()> {
+  if max_kv_size.is_some() && caches.iter().any(KvCache::is_recurrent) {
+    return Err(Error::InvalidArgument(
+      "max_kv_size (rotating KV caches) is not supported by this model: its recurrent \
+       (SSM / linear-attention) layers keep state that cannot be windowed"
+        .into(),
+    ));
+  }
+  Ok(())
+}
+
 fn last_position(h: &Array) -> Result<Array> {
   // h: [B, T, H] -> [B, 1, H]
   let s = h.shape();
@@ -343,6 +358,7 @@ impl<'m> TokenGenerator<'m> {
       }
     }
     let caches = caches.unwrap_or_else(|| model.make_caches(cfg.max_kv_size));
+    check_max_kv_size(&caches, cfg.max_kv_size)?;
     let mut g = TokenGenerator {
       model,
       caches,
@@ -381,13 +397,7 @@ impl<'m> TokenGenerator<'m> {
         }
       };
       g.maybe_quantize_caches()?;
-      let mut state: Vec<Array> = Vec::new();
-      for c in &g.caches {
-        if let Some((k, v)) = c.state()? {
-          state.push(k);
-          state.push(v);
-        }
-      }
+      let state: Vec<Array> = g.caches.iter().flat_map(KvCache::held_arrays).collect();
       mlxrs_core::eval(&state)?;
       done += n;
     }
@@ -417,7 +427,10 @@ impl<'m> TokenGenerator<'m> {
   fn maybe_quantize_caches(&mut self) -> Result<()> {
     if let Some((bits, group, start)) = self.kv_quant {
       for c in self.caches.iter_mut() {
+        // Recurrent state (`ArraysCache` / `CacheList`) has no
+        // `to_quantized` in mlx-lm and stays as it is.
         if !c.is_quantized()
+          && !c.is_recurrent()
           && c.kind() == mlxrs_nn::KvCacheKind::Standard
           && c.chunk_size().is_none()
           && c.offset > start

@@ -110,30 +110,41 @@ fn no_embeddings_entry() -> mlxrs_core::Error {
 /// ([`LanguageModel::hidden_from_embeddings`]), i.e. can be the text side
 /// of a vision-language model.
 pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
+  "apertus",
+  "bailing_moe",
   "cohere",
   "cohere2",
+  "dbrx",
+  "deepseek_v2",
   "ernie4_5",
+  "ernie4_5_moe",
   "exaone",
   "exaone4",
   "gemma",
   "gemma2",
   "gemma3_text",
   "glm4",
+  "glm4_moe",
   "gpt2",
   "gpt_bigcode",
   "gpt_neox",
   "granite",
   "granitemoe",
   "helium",
+  "hunyuan",
   "internlm2",
   "internlm3",
   "llama",
+  "llama4_text",
   "mimo",
   "minicpm",
+  "minicpm3",
+  "ministral3",
   "mistral",
   "nemotron",
   "olmoe",
   "phi",
+  "phimoe",
   "qwen2",
   "qwen2_moe",
   "qwen3",
@@ -146,7 +157,7 @@ pub const EMBEDDINGS_MODEL_TYPES: &[&str] = &[
 pub type Builder = fn(&Value) -> Result<Box<dyn LanguageModel>>;
 
 /// `model_type` aliases (mlx-lm's `MODEL_REMAPPING`).
-pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama")];
+pub const ALIASES: &[(&str, &str)] = &[("mistral", "llama"), ("falcon_mamba", "mamba")];
 
 /// The registry: `model_type` -> builder.
 pub fn registry() -> Vec<(&'static str, Builder)> {
@@ -188,6 +199,33 @@ pub fn registry() -> Vec<(&'static str, Builder)> {
     ("nemotron", crate::models::nemotron::build),
     ("granitemoe", crate::models::granitemoe::build),
     ("olmoe", crate::models::olmoe::build),
+    ("mamba", crate::models::mamba::build),
+    ("mamba2", crate::models::mamba2::build),
+    ("lfm2", crate::models::lfm2::build),
+    ("qwen3_next", crate::models::qwen3_next::build),
+    ("qwen3_5", crate::models::qwen3_5::build),
+    ("nemotron_h", crate::models::nemotron_h::build),
+    ("falcon_h1", crate::models::falcon_h1::build),
+    ("jamba", crate::models::jamba::build),
+    ("granitemoehybrid", crate::models::granitemoehybrid::build),
+    ("recurrent_gemma", crate::models::recurrent_gemma::build),
+    ("rwkv7", crate::models::rwkv7::build),
+    ("kimi_linear", crate::models::kimi_linear::build),
+    ("qwen3_5_moe", crate::models::qwen3_5::build),
+    ("deepseek_v2", crate::models::deepseek_v2::build),
+    ("glm4_moe", crate::models::glm4_moe::build),
+    ("phimoe", crate::models::phimoe::build),
+    ("minicpm3", crate::models::minicpm3::build),
+    ("hunyuan", crate::models::hunyuan::build),
+    ("ministral3", crate::models::ministral3::build),
+    ("llama4_text", crate::models::llama4_text::build),
+    ("apertus", crate::models::apertus::build),
+    ("ernie4_5_moe", crate::models::ernie4_5_moe::build),
+    ("bailing_moe", crate::models::bailing_moe::build),
+    ("dbrx", crate::models::dbrx::build),
+    ("gemma4_text", crate::models::gemma4_text::build),
+    ("gemma3n", crate::models::gemma3n::build),
+    ("phi3small", crate::models::phi3small::build),
   ]
 }
 

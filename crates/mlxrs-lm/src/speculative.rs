@@ -144,6 +144,17 @@ impl<'m> SpeculativeGenerator<'m> {
     let sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
     let mut caches = model.make_caches(None);
     let mut draft_caches = draft.make_caches(None);
+    // python `speculative_generate_step` needs `can_trim_prompt_cache`: the
+    // rejected draft positions are trimmed away, which recurrent state
+    // (ArraysCache: SSM / linear attention) cannot undo.
+    for (which, c) in [("main", &caches), ("draft", &draft_caches)] {
+      if c.iter().any(KvCache::is_recurrent) {
+        return Err(Error::InvalidArgument(format!(
+          "speculative decoding needs trimmable caches, but the {which} model keeps recurrent \
+           (SSM / linear-attention) state that cannot be rewound"
+        )));
+      }
+    }
     let t0 = std::time::Instant::now();
     prefill(draft, &mut draft_caches, prompt, cfg.prefill_step_size)?;
     prefill(model, &mut caches, prompt, cfg.prefill_step_size)?;

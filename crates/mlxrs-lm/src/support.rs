@@ -10,7 +10,37 @@ use crate::model::{ALIASES, EMBEDDINGS_MODEL_TYPES, registry, supported_model_ty
 /// layers: speculative decoding works only until a window wraps, and
 /// `batch_generate` refuses them. (llama / smollm3 join them when their
 /// config's `layer_types` has `sliding_attention`.)
-pub const SLIDING_MODEL_TYPES: &[&str] = &["cohere2", "exaone4", "gemma3_text", "gpt_oss", "olmo3"];
+pub const SLIDING_MODEL_TYPES: &[&str] = &[
+  "cohere2",
+  "exaone4",
+  "gemma3_text",
+  "gemma3n",
+  "gemma4_text",
+  "gpt_oss",
+  "ministral3",
+  "olmo3",
+];
+
+/// `model_type`s with recurrent layers (SSM / linear attention / RG-LRU:
+/// `ArraysCache` state in their caches): no rotating caches, no
+/// speculative rewinding, no left-padded batches (generation refuses each
+/// by name).
+pub const RECURRENT_MODEL_TYPES: &[&str] = &[
+  "falcon_h1",
+  "falcon_mamba",
+  "granitemoehybrid",
+  "jamba",
+  "kimi_linear",
+  "lfm2",
+  "mamba",
+  "mamba2",
+  "nemotron_h",
+  "qwen3_5",
+  "qwen3_5_moe",
+  "qwen3_next",
+  "recurrent_gemma",
+  "rwkv7",
+];
 
 /// One row of the support table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,13 +54,16 @@ pub struct ModelSupport {
   pub quantized: bool,
   /// Left-padded batches (`batch_generate`).
   pub batch: bool,
-  /// Rotating caches under `max_kv_size` (every architecture).
+  /// Rotating caches under `max_kv_size` (every architecture without
+  /// recurrent layers).
   pub rotating_cache: bool,
   /// Input embeddings entry (a VLM's text side).
   pub embeddings: bool,
   /// Speculative decoding with trimmable caches (false: only until a
-  /// sliding window wraps).
+  /// sliding window wraps, or not at all with recurrent layers).
   pub speculative: bool,
+  /// Recurrent (state-space / linear-attention) layers.
+  pub recurrent: bool,
 }
 
 /// Every supported `model_type` (incl. aliases) with what it supports,
@@ -47,14 +80,16 @@ pub fn model_support() -> Vec<ModelSupport> {
         .or_else(|| reg.iter().copied().find(|n| *n == mt))
         .unwrap_or(mt);
       let sliding = SLIDING_MODEL_TYPES.contains(&mt);
+      let recurrent = RECURRENT_MODEL_TYPES.contains(&mt);
       ModelSupport {
         model_type: mt,
         implementation,
         quantized: true,
         batch: BATCH_MODEL_TYPES.contains(&mt),
-        rotating_cache: true,
+        rotating_cache: !recurrent,
         embeddings: EMBEDDINGS_MODEL_TYPES.contains(&mt),
-        speculative: !sliding,
+        speculative: !sliding && !recurrent,
+        recurrent,
       }
     })
     .collect()
@@ -73,16 +108,19 @@ pub fn models_markdown() -> String {
      rotating KV caches under `--max-kv-size`; **embeddings** = input-embeddings\n\
      entry (can be a VLM's text side); **speculative** = draft-model decoding\n\
      with trimmable caches (`-` here: sliding-window layers, which work only\n\
-     until a window wraps). Each is implemented after mlx-lm's\n\
+     until a window wraps); **recurrent** = state-space / linear-attention\n\
+     layers whose `ArraysCache` state cannot be rotated, rewound or padded\n\
+     (those requests fail with an error naming them; prompt caches save and\n\
+     load in mlx-lm's layout). Each is implemented after mlx-lm's\n\
      `mlx_lm/models/<implementation>.py` and checked against it on a tiny\n\
      fixture in `models/tiny/`. Any other `model_type` is refused with the\n\
      list of these.\n\n\
-     | model_type | implementation | quantized | batch | rotating | embeddings | speculative |\n\
-     |---|---|---|---|---|---|---|\n",
+     | model_type | implementation | quantized | batch | rotating | embeddings | speculative | recurrent |\n\
+     |---|---|---|---|---|---|---|---|\n",
   );
   for m in model_support() {
     s.push_str(&format!(
-      "| `{}` | `{}` | {} | {} | {} | {} | {} |\n",
+      "| `{}` | `{}` | {} | {} | {} | {} | {} | {} |\n",
       m.model_type,
       m.implementation,
       yes(m.quantized),
@@ -90,6 +128,7 @@ pub fn models_markdown() -> String {
       yes(m.rotating_cache),
       yes(m.embeddings),
       yes(m.speculative),
+      yes(m.recurrent),
     ));
   }
   s.push_str(&format!(

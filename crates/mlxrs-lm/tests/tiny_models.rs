@@ -113,13 +113,13 @@ fn tiny_checkpoints_match_reference() {
       (Value::Null, None) => {}
       (q, Some(got)) => {
         assert_eq!(
-          u64::from(got.default.group_size),
-          q["group_size"].as_u64().unwrap(),
+          i64::from(got.default.group_size),
+          q["group_size"].as_i64().unwrap(),
           "{name}"
         );
         assert_eq!(
-          u64::from(got.default.bits),
-          q["bits"].as_u64().unwrap(),
+          i64::from(got.default.bits),
+          q["bits"].as_i64().unwrap(),
           "{name}"
         );
         assert_eq!(

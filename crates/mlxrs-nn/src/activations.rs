@@ -1,5 +1,6 @@
 //! Activations (python `mlx.nn.silu`, `gelu`, `gelu_approx`, `gelu_fast_approx`,
-//! `relu`, `relu2`, `softplus`, `mish`, `sigmoid`, `swiglu`-style gating).
+//! `relu`, `relu2`, `softplus`, `mish`, `sigmoid`, `swiglu`-style gating,
+//! mlx-lm's `xielu`).
 
 use mlxrs_core::{Array, Result, ops};
 
@@ -92,6 +93,31 @@ pub fn swiglu_oai(gate: &Array, x: &Array, alpha: f32, limit: f32) -> Result<Arr
     &ops::sigmoid(&ops::multiply(&g, &scalar_like(&g, alpha as f64)?)?)?,
   )?;
   ops::multiply(&ops::add(&x, &scalar_like(&x, 1.0)?)?, &glu)
+}
+
+/// xIELU (mlx-lm `activations.xielu(x, alpha_p, alpha_n, beta, eps)`,
+/// Apertus) over trained scalars: with `ap = softplus(alpha_p)` and
+/// `an = beta + softplus(alpha_n)`, `ap * x^2 + beta * x` for `x > 0`,
+/// else `(expm1(min(x, eps)) - x) * an + beta * x`.
+pub fn xielu(
+  x: &Array,
+  alpha_p: &Array,
+  alpha_n: &Array,
+  beta: &Array,
+  eps: &Array,
+) -> Result<Array> {
+  let ap = softplus(alpha_p)?;
+  let an = ops::add(beta, &softplus(alpha_n)?)?;
+  let bx = ops::multiply(beta, x)?;
+  let pos = ops::add(&ops::multiply(&ap, &ops::square(x)?)?, &bx)?;
+  let neg = ops::add(
+    &ops::multiply(
+      &ops::subtract(&ops::expm1(&ops::minimum(x, eps)?)?, x)?,
+      &an,
+    )?,
+    &bx,
+  )?;
+  ops::where_(&ops::greater(x, &scalar_like(x, 0.0)?)?, &pos, &neg)
 }
 
 /// Activation by HF config name (`hidden_act`): silu/swish, gelu,

@@ -71,6 +71,12 @@ enum State {
     start: i32,
     buf: Option<Dense>,
   },
+  /// `ArraysCache`: a recurrent layer's state slots (convolution window,
+  /// SSM / linear-attention state); no keys or values.
+  Arrays(ArraysCache),
+  /// `CacheList`: several caches of one layer (a hybrid layer's SSM state
+  /// and attention keys/values).
+  List(Vec<KvCache>),
 }
 
 /// A per-layer key/value cache of `[B, kv_heads, T, head_dim]` tensors:
@@ -191,7 +197,7 @@ fn dequantize_triple(t: &[Array], q: &QuantParams, dt: Dtype) -> Result<Array> {
     t.get(2),
     Some(q.group_size),
     Some(q.bits),
-    &q.mode,
+    q.mode.as_str(),
     None,
     Some(dt),
   )
@@ -236,7 +242,7 @@ impl KvCache {
     let params = QuantParams {
       group_size,
       bits,
-      mode: "affine".into(),
+      mode: crate::quant::QuantMode::Affine,
     };
     params.validate()?;
     Ok(KvCache {
@@ -273,6 +279,8 @@ impl KvCache {
       State::Rotating { .. } => "RotatingKVCache",
       State::Quantized { .. } => "QuantizedKVCache",
       State::Chunked { .. } => "ChunkedKVCache",
+      State::Arrays(_) => "ArraysCache",
+      State::List(_) => "CacheList",
     }
   }
 
@@ -311,6 +319,108 @@ impl KvCache {
     KvCache::new(KvCacheKind::Standard)
   }
 
+  /// An empty recurrent-state cache of `size` slots (mlx-lm
+  /// `ArraysCache(size)`, what SSM / linear-attention layers use: e.g. a
+  /// Mamba layer's convolution window and SSM state). It holds no
+  /// keys/values: [`KvCache::update_and_fetch`] is an error, it cannot be
+  /// trimmed (so speculative rewinding and prompt-cache prefix trimming
+  /// refuse it), and its [`KvCache::offset`] counts the positions a model
+  /// fed it in this process (mlx-lm's state has no offset, so a loaded one
+  /// starts at 0). Layers reach the slots with [`KvCache::arrays_mut`].
+  pub fn arrays(size: usize) -> KvCache {
+    KvCache {
+      offset: 0,
+      state: State::Arrays(ArraysCache::new(size)),
+    }
+  }
+
+  /// Several caches for one layer (mlx-lm `CacheList(*caches)`, e.g.
+  /// Falcon-H1's `CacheList(ArraysCache(2), KVCache())`); layers reach them
+  /// with [`KvCache::list_mut`].
+  pub fn list(caches: Vec<KvCache>) -> KvCache {
+    KvCache {
+      offset: 0,
+      state: State::List(caches),
+    }
+  }
+
+  /// A [`LayerCache`] (what [`crate::load_prompt_cache`] returns) as the
+  /// cache type models take.
+  pub fn from_layer(c: LayerCache) -> KvCache {
+    match c {
+      LayerCache::Kv(k) => k,
+      LayerCache::Arrays(a) => KvCache {
+        offset: 0,
+        state: State::Arrays(a),
+      },
+      LayerCache::List(l) => KvCache::list(l.caches.into_iter().map(KvCache::from_layer).collect()),
+    }
+  }
+
+  /// Whether this cache holds recurrent state (an `ArraysCache`, or a
+  /// `CacheList` with one) rather than only keys/values: such caches
+  /// cannot be trimmed, rotated, quantized or batched by padding.
+  pub fn is_recurrent(&self) -> bool {
+    match &self.state {
+      State::Arrays(_) => true,
+      State::List(l) => l.iter().any(KvCache::is_recurrent),
+      _ => false,
+    }
+  }
+
+  /// Whether this cache is itself an `ArraysCache` or `CacheList`.
+  fn is_recurrent_state(&self) -> bool {
+    matches!(self.state, State::Arrays(_) | State::List(_))
+  }
+
+  /// The state slots of an `ArraysCache` (python `cache[i]` /
+  /// `cache[i] = x`); any other class is an error naming it.
+  pub fn arrays_mut(&mut self) -> Result<&mut ArraysCache> {
+    let class = self.class_name();
+    match &mut self.state {
+      State::Arrays(a) => Ok(a),
+      _ => Err(Error::InvalidArgument(format!(
+        "expected an ArraysCache (recurrent layer state), got a {class}"
+      ))),
+    }
+  }
+
+  /// The state slots of an `ArraysCache`, read-only.
+  pub fn as_arrays(&self) -> Option<&ArraysCache> {
+    match &self.state {
+      State::Arrays(a) => Some(a),
+      _ => None,
+    }
+  }
+
+  /// The caches of a `CacheList`; any other class is an error naming it.
+  pub fn list_mut(&mut self) -> Result<&mut [KvCache]> {
+    let class = self.class_name();
+    match &mut self.state {
+      State::List(l) => Ok(l),
+      _ => Err(Error::InvalidArgument(format!(
+        "expected a CacheList, got a {class}"
+      ))),
+    }
+  }
+
+  /// Every array the cache holds (keys/values buffers, quantized triples,
+  /// recurrent state), e.g. to evaluate them between prefill chunks.
+  pub fn held_arrays(&self) -> Vec<Array> {
+    match &self.state {
+      State::Standard { buf } | State::Rotating { buf, .. } | State::Chunked { buf, .. } => buf
+        .iter()
+        .flat_map(|b| [b.keys.clone(), b.values.clone()])
+        .collect(),
+      State::Quantized { buf, .. } => buf
+        .iter()
+        .flat_map(|b| b.keys.iter().chain(&b.values).cloned())
+        .collect(),
+      State::Arrays(a) => a.cache.iter().flatten().cloned().collect(),
+      State::List(l) => l.iter().flat_map(KvCache::held_arrays).collect(),
+    }
+  }
+
   /// The kind (quantized and chunked caches grow as `Standard`).
   pub fn kind(&self) -> KvCacheKind {
     match self.state {
@@ -330,6 +440,9 @@ impl KvCache {
     match self.state {
       State::Rotating { max_size, .. } => self.offset.min(max_size),
       State::Chunked { start, .. } => self.offset - start,
+      // python `_BaseCache.size()`: recurrent state has no positions.
+      State::Arrays(_) => 0,
+      State::List(ref l) => l.iter().map(KvCache::size).max().unwrap_or(0),
       _ => self.offset,
     }
   }
@@ -345,6 +458,8 @@ impl KvCache {
         .as_ref()
         .map(|b| b.keys.iter().chain(&b.values).map(|a| a.nbytes()).sum())
         .unwrap_or(0),
+      State::Arrays(a) => a.nbytes(),
+      State::List(l) => l.iter().map(KvCache::nbytes).sum(),
     }
   }
 
@@ -406,6 +521,12 @@ impl KvCache {
   /// `update_and_fetch` returns for each class).
   pub fn update_and_fetch_any(&mut self, k: &Array, v: &Array) -> Result<CachedKv> {
     KvCache::check_kv(k, v)?;
+    if self.is_recurrent_state() {
+      return Err(Error::InvalidArgument(format!(
+        "{} holds recurrent state, not keys/values: update_and_fetch is not defined for it",
+        self.class_name()
+      )));
+    }
     self.check_layout(k, v)?;
     if matches!(self.state, State::Rotating { .. }) {
       let (ok, ov) = self.update_rotating(k, v)?;
@@ -427,7 +548,7 @@ impl KvCache {
         Ok(CachedKv::Dense(ok, ov))
       }
       State::Quantized { params, buf } => {
-        let params = params.clone();
+        let params = *params;
         let (b, keys, values) = KvCache::append_quantized(buf.take(), &params, prev, k, v)?;
         *buf = Some(b);
         self.offset += t;
@@ -439,6 +560,9 @@ impl KvCache {
       }
       State::Rotating { .. } => Err(Error::InvalidArgument(
         "rotating caches update through update_rotating".into(),
+      )),
+      State::Arrays(_) | State::List(_) => Err(Error::InvalidArgument(
+        "recurrent caches hold no keys/values".into(),
       )),
     }
   }
@@ -499,8 +623,8 @@ impl KvCache {
         }
       }
     };
-    let qk = ops::quantize(k, Some(q.group_size), Some(q.bits), &q.mode, None)?;
-    let qv = ops::quantize(v, Some(q.group_size), Some(q.bits), &q.mode, None)?;
+    let qk = ops::quantize(k, Some(q.group_size), Some(q.bits), q.mode.as_str(), None)?;
+    let qv = ops::quantize(v, Some(q.group_size), Some(q.bits), q.mode.as_str(), None)?;
     let write = |buf: Vec<Array>, upd: &[Array]| -> Result<Vec<Array>> {
       buf
         .iter()
@@ -563,7 +687,7 @@ impl KvCache {
     let mut c = KvCache::quantized(group_size, bits)?;
     c.offset = self.offset;
     if let (Some(b), State::Quantized { params, buf: qbuf }) = (buf, &mut c.state) {
-      let q = params.clone();
+      let q = *params;
       for (what, d) in [
         ("keys", b.keys.dim(-1).unwrap_or(0)),
         ("values", b.values.dim(-1).unwrap_or(0)),
@@ -575,7 +699,8 @@ impl KvCache {
           )));
         }
       }
-      let quant = |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), &q.mode, None);
+      let quant =
+        |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), q.mode.as_str(), None);
       let (k, v) = b.head(self.offset)?;
       *qbuf = Some(Packed {
         keys: quant(&k)?,
@@ -692,6 +817,12 @@ impl KvCache {
   /// `create_attention_mask`), with an optional sliding `window`.
   pub fn make_mask(&self, n: i32, window: Option<i32>) -> Result<crate::AttnMask> {
     use crate::attention::{AttnMask, causal_mask};
+    if let State::List(l) = &self.state {
+      // A hybrid layer's list: the mask of its key/value cache.
+      if let Some(kv) = l.iter().find(|c| !c.is_recurrent_state()) {
+        return kv.make_mask(n, window);
+      }
+    }
     match self.state {
       State::Rotating { max_size, .. } => {
         if n > 1 {
@@ -713,6 +844,13 @@ impl KvCache {
   /// Drop the last `n` positions (python `cache.trim(n)`); returns how many
   /// were trimmed. Rotating caches can trim only while not yet wrapped.
   pub fn trim(&mut self, n: i32) -> i32 {
+    if !self.is_trimmable() {
+      return 0;
+    }
+    if let State::List(l) = &mut self.state {
+      // python `CacheList.trim`: every sub-cache (all trimmable here).
+      return l.iter_mut().map(|c| c.trim(n)).last().unwrap_or(0);
+    }
     let n = n.min(self.offset - self.start_position()).max(0);
     if let State::Rotating {
       max_size, len, idx, ..
@@ -733,6 +871,10 @@ impl KvCache {
   pub fn is_trimmable(&self) -> bool {
     match self.state {
       State::Rotating { max_size, .. } => self.offset < max_size,
+      // python: `ArraysCache` has no `trim`; `CacheList` is trimmable when
+      // all its caches are.
+      State::Arrays(_) => false,
+      State::List(ref l) => l.iter().all(KvCache::is_trimmable),
       _ => true,
     }
   }
@@ -788,12 +930,19 @@ impl KvCache {
         *buf = Some(Dense { keys, values });
       }
       State::Quantized { params, buf } => {
-        let q = params.clone();
-        let quant = |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), &q.mode, None);
+        let q = *params;
+        let quant =
+          |a: &Array| ops::quantize(a, Some(q.group_size), Some(q.bits), q.mode.as_str(), None);
         *buf = Some(Packed {
           keys: quant(&keys)?,
           values: quant(&values)?,
         });
+      }
+      State::Arrays(_) | State::List(_) => {
+        return Err(Error::InvalidArgument(format!(
+          "{} holds recurrent state, not keys/values",
+          self.class_name()
+        )));
       }
     }
     Ok(())
@@ -861,6 +1010,13 @@ impl KvCache {
         let (k, v) = dense()?;
         S::List(vec![k, v, int(self.offset)])
       }
+      State::Arrays(a) => a.to_state(),
+      // python `CacheList.state`: `[(c.state, type(c).__name__), ...]`.
+      State::List(l) => S::List(
+        l.iter()
+          .map(|c| Ok(S::List(vec![c.to_state()?, S::Str(c.class_name().into())])))
+          .collect::<Result<Vec<_>>>()?,
+      ),
     })
   }
 
@@ -868,6 +1024,9 @@ impl KvCache {
   /// inverse of [`KvCache::to_state`], also accepting mlx-lm's full
   /// buffers and its `ConcatenateKVCache`). Errors name what is wrong.
   pub fn from_state(class: &str, state: StateNode) -> Result<KvCache> {
+    if matches!(class, "ArraysCache" | "MambaCache" | "CacheList") {
+      return LayerCache::from_state(class, state).map(KvCache::from_layer);
+    }
     let bad = |m: &str| Error::InvalidArgument(format!("{class} state: {m}"));
     let items = state.into_list().ok_or_else(|| bad("expected a list"))?;
     let need = |n: usize| {

@@ -79,7 +79,7 @@ impl Embedding {
       &self.weight,
       Some(q.group_size),
       Some(q.bits),
-      &q.mode,
+      q.mode.as_str(),
       None,
     )?;
     let mut it = parts.into_iter();
@@ -88,7 +88,7 @@ impl Embedding {
       .ok_or_else(|| Error::Mlx("quantize returned nothing".into()))?;
     self.scales = it.next();
     self.biases = if q.has_biases() { it.next() } else { None };
-    self.quant = Some(q.clone());
+    self.quant = Some(*q);
     for n in ["weight", "scales", "biases"] {
       self.frozen.set(n, true);
     }
@@ -112,7 +112,7 @@ impl Embedding {
           b.as_ref(),
           Some(q.group_size),
           Some(q.bits),
-          &q.mode,
+          q.mode.as_str(),
           None,
           None,
         )
@@ -133,7 +133,7 @@ impl Embedding {
         true,
         Some(q.group_size),
         Some(q.bits),
-        &q.mode,
+        q.mode.as_str(),
       ),
     }
   }

@@ -66,7 +66,9 @@ pub use norm::{BatchNorm, GroupNorm, LayerNorm, RmsNorm};
 pub use pooling::{Pool, PoolKind};
 pub use positional::SinusoidalPositionalEncoding;
 pub use prompt_cache::{load_kv_caches, load_prompt_cache, save_kv_caches, save_prompt_cache};
-pub use quant::{QuantConfig, QuantParams, QuantPredicate, Quantizable, quantize, quantize_with};
+pub use quant::{
+  QuantConfig, QuantMode, QuantParams, QuantPredicate, Quantizable, quantize, quantize_with,
+};
 pub use rope::Rope;
 pub use switch::{GluActivation, MultiLinear, SwitchGlu, SwitchLinear};
 pub use train::{ModuleValueAndGrad, value_and_grad};

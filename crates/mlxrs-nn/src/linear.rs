@@ -144,7 +144,7 @@ impl Linear {
           true,
           Some(q.group_size),
           Some(q.bits),
-          &q.mode,
+          q.mode.as_str(),
         )?;
         match &self.bias {
           Some(b) => ops::add(&y, b),
@@ -176,7 +176,7 @@ impl Linear {
           true,
           Some(q.group_size),
           Some(q.bits),
-          &q.mode,
+          q.mode.as_str(),
         )
       }
       None => ops::matmul(x, &ops::transpose(&self.weight)?),
@@ -197,7 +197,7 @@ impl Linear {
           self.biases.as_ref(),
           Some(q.group_size),
           Some(q.bits),
-          &q.mode,
+          q.mode.as_str(),
           None,
           None,
         )
@@ -215,7 +215,7 @@ impl Linear {
       &self.weight,
       Some(q.group_size),
       Some(q.bits),
-      &q.mode,
+      q.mode.as_str(),
       None,
     )?;
     let mut it = parts.into_iter();
@@ -224,7 +224,7 @@ impl Linear {
       .ok_or_else(|| mlxrs_core::Error::Mlx("quantize returned nothing".into()))?;
     self.scales = it.next();
     self.biases = if q.has_biases() { it.next() } else { None };
-    self.quant = Some(q.clone());
+    self.quant = Some(*q);
     self.freeze_all();
     Ok(())
   }

@@ -285,20 +285,10 @@ pub fn load_prompt_cache(
   Ok((caches, user))
 }
 
-/// [`load_prompt_cache`] for a model whose layers all use key/value
-/// caches; any other cache class is an error naming the layer.
+/// [`load_prompt_cache`] as the cache type `mlxrs-lm` models take
+/// ([`KvCache`], which also holds `ArraysCache` / `CacheList` recurrent
+/// state, see [`KvCache::from_layer`]).
 pub fn load_kv_caches(path: impl AsRef<Path>) -> Result<(Vec<KvCache>, HashMap<String, String>)> {
   let (caches, meta) = load_prompt_cache(path)?;
-  let kv = caches
-    .into_iter()
-    .enumerate()
-    .map(|(i, c)| match c {
-      LayerCache::Kv(k) => Ok(k),
-      other => Err(Error::InvalidArgument(format!(
-        "prompt cache layer {i} is a {}, not a KV cache",
-        other.class_name()
-      ))),
-    })
-    .collect::<Result<Vec<_>>>()?;
-  Ok((kv, meta))
+  Ok((caches.into_iter().map(KvCache::from_layer).collect(), meta))
 }

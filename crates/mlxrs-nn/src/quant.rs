@@ -8,49 +8,120 @@ use mlxrs_core::{Array, Error, Result};
 
 use crate::module::Module;
 
+/// MLX quantization modes (python `mx.quantize(mode=...)`). In config.json
+/// (mlx-lm's `quantization` block) the lowercase name.
+#[derive(
+  Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantMode {
+  /// Per-group scale and bias (`"affine"`, MLX's default).
+  #[default]
+  Affine,
+  /// OCP microscaling FP4 (`"mxfp4"`).
+  Mxfp4,
+  /// NVIDIA FP4 (`"nvfp4"`).
+  Nvfp4,
+  /// OCP microscaling FP8 (`"mxfp8"`).
+  Mxfp8,
+}
+
+impl QuantMode {
+  /// Every mode, in MLX's order.
+  pub const ALL: [QuantMode; 4] = [
+    QuantMode::Affine,
+    QuantMode::Mxfp4,
+    QuantMode::Nvfp4,
+    QuantMode::Mxfp8,
+  ];
+
+  /// The mode's name in configs and in MLX (`"affine"`, ...).
+  pub fn as_str(self) -> &'static str {
+    match self {
+      QuantMode::Affine => "affine",
+      QuantMode::Mxfp4 => "mxfp4",
+      QuantMode::Nvfp4 => "nvfp4",
+      QuantMode::Mxfp8 => "mxfp8",
+    }
+  }
+
+  /// Parse a mode name; `None` for unknown names.
+  pub fn parse(name: &str) -> Option<QuantMode> {
+    QuantMode::ALL.into_iter().find(|m| m.as_str() == name)
+  }
+
+  /// Parse a mode name, or an error listing the valid ones.
+  pub fn from_name(name: &str) -> Result<QuantMode> {
+    QuantMode::parse(name).ok_or_else(|| {
+      Error::InvalidArgument(format!(
+        "quantization: unknown mode {name:?} (affine, mxfp4, nvfp4, mxfp8)"
+      ))
+    })
+  }
+
+  /// `(group_size, bits)` MLX uses when a layer's quantization leaves them
+  /// out (python `mlx.nn.layers.quantized._defaults_for_mode`: affine 64/4,
+  /// mxfp4 32/4, nvfp4 16/4, mxfp8 32/8).
+  pub fn defaults(self) -> (i32, i32) {
+    match self {
+      QuantMode::Affine => (64, 4),
+      QuantMode::Mxfp4 => (32, 4),
+      QuantMode::Nvfp4 => (16, 4),
+      QuantMode::Mxfp8 => (32, 8),
+    }
+  }
+
+  /// Whether this mode stores per-group biases (only `affine` does).
+  pub fn has_biases(self) -> bool {
+    self == QuantMode::Affine
+  }
+}
+
+impl std::fmt::Display for QuantMode {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str(self.as_str())
+  }
+}
+
 /// How one layer is quantized (python `nn.QuantizedLinear`'s
-/// `group_size`, `bits`, `mode`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `group_size`, `bits`, `mode`; the kwargs of `to_quantized`). The one
+/// quantization-parameter type of mlxrs: nn layers, caches, mlx-lm config
+/// parsing and conversion all use it. Serialized it is an mlx-lm
+/// `quantization` entry: `{"group_size": 64, "bits": 4, "mode": "affine"}`
+/// (a missing `mode` reads as affine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct QuantParams {
-  /// Elements per scale group (32, 64, 128).
+  /// Elements per scale group (32, 64, 128; 16 for nvfp4).
   pub group_size: i32,
   /// Bits per element (2, 3, 4, 5, 6, 8).
   pub bits: i32,
-  /// `affine`, `mxfp4`, `nvfp4` or `mxfp8`.
-  pub mode: String,
+  /// The mode.
+  #[serde(default)]
+  pub mode: QuantMode,
 }
 
 impl QuantParams {
   /// Whether this mode stores per-group biases (only `affine` does).
   pub fn has_biases(&self) -> bool {
-    self.mode == "affine"
+    self.mode.has_biases()
   }
 
   /// Validated parameters, with the mode's defaults for a missing group
-  /// size / bit width (python `_defaults_for_mode`: affine 64/4, mxfp4
-  /// 32/4, nvfp4 16/4, mxfp8 32/8).
+  /// size / bit width (python `_defaults_for_mode`). `mode` is a name
+  /// (`"affine"`, ...); unknown names are an error.
   pub fn new(group_size: Option<i32>, bits: Option<i32>, mode: &str) -> Result<QuantParams> {
-    let (g, b) = match mode {
-      "affine" => (64, 4),
-      "mxfp4" => (32, 4),
-      "nvfp4" => (16, 4),
-      "mxfp8" => (32, 8),
-      other => {
-        return Err(Error::InvalidArgument(format!(
-          "quantization: unknown mode {other:?} (affine, mxfp4, nvfp4, mxfp8)"
-        )));
-      }
-    };
+    let mode = QuantMode::from_name(mode)?;
+    let (g, b) = mode.defaults();
     let p = QuantParams {
       group_size: group_size.unwrap_or(g),
       bits: bits.unwrap_or(b),
-      mode: mode.to_string(),
+      mode,
     };
     p.validate()?;
     Ok(p)
   }
 
-  /// Check bits, group size and mode.
+  /// Check bits and group size.
   pub fn validate(&self) -> Result<()> {
     if ![2, 3, 4, 5, 6, 8].contains(&self.bits) {
       return Err(Error::InvalidArgument(format!(
@@ -62,12 +133,6 @@ impl QuantParams {
       return Err(Error::InvalidArgument(format!(
         "quantization: invalid group_size {}",
         self.group_size
-      )));
-    }
-    if !["affine", "mxfp4", "nvfp4", "mxfp8"].contains(&self.mode.as_str()) {
-      return Err(Error::InvalidArgument(format!(
-        "quantization: unknown mode {:?}",
-        self.mode
       )));
     }
     Ok(())
@@ -117,7 +182,7 @@ pub fn quantize<M: Module + ?Sized>(
         .last()
         .is_some_and(|&d| d % q.group_size == 0),
     };
-    ok.then(|| q.clone())
+    ok.then_some(q)
   })
 }
 
@@ -180,31 +245,38 @@ impl QuantConfig {
     let obj = v
       .as_object()
       .ok_or_else(|| Error::InvalidArgument("quantization: expected an object".into()))?;
-    let parse = |o: &serde_json::Map<String, serde_json::Value>,
-                 base: Option<&QuantParams>|
-     -> Result<QuantParams> {
+    // A field a per-layer entry leaves out takes the mode's default, not
+    // the top-level value: mlx-lm passes the entry as `to_quantized(**entry)`,
+    // whose defaults are `mode="affine"` and that mode's group size / bits
+    // (python `_defaults_for_mode`), e.g. rwkv7's `{"bits": 8}` is 8-bit
+    // with groups of 64 under a 4-bit / 32 top level.
+    let parse = |o: &serde_json::Map<String, serde_json::Value>| -> Result<QuantParams> {
       let gs = o
         .get("group_size")
         .and_then(|x| x.as_i64())
         .map(|x| x as i32);
       let bits = o.get("bits").and_then(|x| x.as_i64()).map(|x| x as i32);
-      let mode = o.get("mode").and_then(|x| x.as_str()).map(str::to_string);
+      let mode = match o.get("mode") {
+        None | Some(serde_json::Value::Null) => QuantMode::default(),
+        Some(m) => QuantMode::from_name(m.as_str().ok_or_else(|| {
+          Error::InvalidArgument(format!("quantization: mode {m} is not a string"))
+        })?)?,
+      };
+      let (dg, db) = mode.defaults();
       let p = QuantParams {
-        group_size: gs.or(base.map(|b| b.group_size)).unwrap_or(64),
-        bits: bits.or(base.map(|b| b.bits)).unwrap_or(4),
-        mode: mode
-          .or(base.map(|b| b.mode.clone()))
-          .unwrap_or_else(|| "affine".into()),
+        group_size: gs.unwrap_or(dg),
+        bits: bits.unwrap_or(db),
+        mode,
       };
       p.validate()?;
       Ok(p)
     };
-    let default = parse(obj, None)?;
+    let default = parse(obj)?;
     let mut layers = HashMap::new();
     for (k, val) in obj {
       match val {
         serde_json::Value::Object(o) => {
-          layers.insert(k.clone(), Some(parse(o, Some(&default))?));
+          layers.insert(k.clone(), Some(parse(o)?));
         }
         serde_json::Value::Bool(false) => {
           layers.insert(k.clone(), None);
@@ -218,8 +290,8 @@ impl QuantConfig {
   /// The parameters for the layer at `path` (None = left unquantized).
   pub fn for_layer(&self, path: &str) -> Option<QuantParams> {
     match self.layers.get(path) {
-      Some(p) => p.clone(),
-      None => Some(self.default.clone()),
+      Some(p) => *p,
+      None => Some(self.default),
     }
   }
 }
@@ -227,6 +299,36 @@ impl QuantConfig {
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[test]
+  fn serde_is_an_mlx_lm_quantization_entry() {
+    // mlx-lm writes `{"group_size": 64, "bits": 4, "mode": "affine"}`;
+    // older configs have no `mode` (affine).
+    let p: QuantParams =
+      serde_json::from_str(r#"{"group_size": 32, "bits": 4, "mode": "mxfp4"}"#).unwrap();
+    assert_eq!(
+      p,
+      QuantParams {
+        group_size: 32,
+        bits: 4,
+        mode: QuantMode::Mxfp4
+      }
+    );
+    let p: QuantParams = serde_json::from_str(r#"{"group_size": 64, "bits": 8}"#).unwrap();
+    assert_eq!(p.mode, QuantMode::Affine);
+    assert_eq!(
+      serde_json::to_value(p).unwrap(),
+      serde_json::json!({"group_size": 64, "bits": 8, "mode": "affine"})
+    );
+    assert!(
+      serde_json::from_str::<QuantParams>(r#"{"group_size": 64, "bits": 4, "mode": "fp3"}"#)
+        .is_err()
+    );
+    for m in QuantMode::ALL {
+      assert_eq!(QuantMode::parse(m.as_str()), Some(m));
+      assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+    }
+  }
 
   #[test]
   fn parses_defaults_and_overrides() {
@@ -240,7 +342,7 @@ mod tests {
       QuantParams {
         group_size: 64,
         bits: 4,
-        mode: "affine".into()
+        mode: QuantMode::Affine
       }
     );
     assert_eq!(
@@ -248,14 +350,11 @@ mod tests {
       Some(QuantParams {
         group_size: 32,
         bits: 8,
-        mode: "affine".into()
+        mode: QuantMode::Affine
       })
     );
     assert_eq!(q.for_layer("lm_head"), None);
-    assert_eq!(
-      q.for_layer("model.layers.1.mlp.down_proj"),
-      Some(q.default.clone())
-    );
+    assert_eq!(q.for_layer("model.layers.1.mlp.down_proj"), Some(q.default));
     assert!(QuantConfig::from_json(&serde_json::json!({"bits": 7})).is_err());
     assert!(QuantConfig::from_json(&serde_json::json!({"mode": "bogus"})).is_err());
     assert!(QuantConfig::from_json(&serde_json::json!(3)).is_err());

@@ -120,7 +120,7 @@ impl SwitchLinear {
       &self.weight,
       Some(q.group_size),
       Some(q.bits),
-      &q.mode,
+      q.mode.as_str(),
       None,
     )?;
     let mut it = parts.into_iter();
@@ -129,7 +129,7 @@ impl SwitchLinear {
       .ok_or_else(|| Error::Mlx("quantize returned nothing".into()))?;
     self.scales = it.next();
     self.biases = if q.has_biases() { it.next() } else { None };
-    self.quant = Some(q.clone());
+    self.quant = Some(*q);
     for n in ["weight", "scales", "biases", "bias"] {
       self.frozen.set(n, true);
     }
@@ -152,7 +152,7 @@ impl SwitchLinear {
         true,
         Some(q.group_size),
         Some(q.bits),
-        &q.mode,
+        q.mode.as_str(),
         None,
         sorted_indices,
       )?,
@@ -275,6 +275,8 @@ pub enum GluActivation {
     /// Clamp limit (7.0).
     limit: f32,
   },
+  /// `gelu_approx(gate) * up` (mlx-lm gemma4_text's `GeGLU`).
+  GeGlu,
 }
 
 impl GluActivation {
@@ -283,6 +285,9 @@ impl GluActivation {
     match *self {
       GluActivation::SwiGlu => swiglu(gate, up),
       GluActivation::SwigluOai { alpha, limit } => swiglu_oai(gate, up, alpha, limit),
+      GluActivation::GeGlu => {
+        mlxrs_core::ops::multiply(&crate::activations::gelu_approx(gate)?, up)
+      }
     }
   }
 }
@@ -433,7 +438,7 @@ impl MultiLinear {
         transpose,
         Some(q.group_size),
         Some(q.bits),
-        &q.mode,
+        q.mode.as_str(),
       ),
       None if transpose => ops::matmul(x, &ops::swapaxes(&self.weight, -1, -2)?),
       None => ops::matmul(x, &self.weight),

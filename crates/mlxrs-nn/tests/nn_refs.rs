@@ -212,7 +212,7 @@ fn quantize_a_model() {
     Some(QuantParams {
       group_size: 32,
       bits: 4,
-      mode: "affine".into(),
+      mode: mlxrs_nn::QuantMode::Affine,
     })
   })
   .unwrap_err();

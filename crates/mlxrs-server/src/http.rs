@@ -49,6 +49,8 @@ pub struct AppState {
   pub guidance: crate::structured::GuidanceCell,
   /// Stored `/v1/responses` results (`previous_response_id`).
   pub responses: crate::responses::Store,
+  /// The embedding / rerank / Whisper models served alongside.
+  pub extras: Arc<crate::extras::Extras>,
 }
 
 /// The router with every route.
@@ -77,7 +79,7 @@ async fn not_found() -> Response {
   ApiError::new(
     StatusCode::NOT_FOUND,
     "invalid_request_error",
-    "no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics",
+    "no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank, /v1/audio/transcriptions, /health, /metrics",
   )
   .into_response()
 }
@@ -89,7 +91,7 @@ async fn health() -> Response {
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
   (
     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-    st.metrics.render(),
+    st.metrics.render() + &st.extras.aux_metrics.render(),
   )
     .into_response()
 }
@@ -98,11 +100,10 @@ async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response
   if let Err(e) = st.check_auth(&headers) {
     return e.into_response();
   }
-  axum::Json(json!({
-    "object": "list",
-    "data": [{"id": st.model_id, "object": "model", "created": st.created, "owned_by": "mlxrs"}],
-  }))
-  .into_response()
+  let mut data =
+    vec![json!({"id": st.model_id, "object": "model", "created": st.created, "owned_by": "mlxrs"})];
+  data.extend(st.extras.model_entries());
+  axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 async fn chat(State(st): State<Arc<AppState>>, req: Request) -> Response {
@@ -115,22 +116,7 @@ async fn completions(State(st): State<Arc<AppState>>, req: Request) -> Response 
 
 impl AppState {
   pub(crate) fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &self.api_key else {
-      return Ok(());
-    };
-    let got = headers
-      .get(header::AUTHORIZATION)
-      .and_then(|v| v.to_str().ok())
-      .and_then(|v| v.strip_prefix("Bearer "));
-    if got == Some(key.as_str()) {
-      Ok(())
-    } else {
-      Err(ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_request_error",
-        "missing or wrong API key (send `Authorization: Bearer <key>`)",
-      ))
-    }
+    check_bearer(self.api_key.as_deref(), headers)
   }
 
   pub(crate) fn submit(&self, p: &Prepared) -> Result<UnboundedReceiver<Event>, ApiError> {
@@ -199,7 +185,7 @@ async fn handle_inner(
   ep: Endpoint,
   req: Request,
 ) -> Result<Response, ApiError> {
-  let body = read_body(st, req).await?;
+  let body = read_checked_body(st, req).await?;
   let req = api::parse(&body)?;
   let p = api::prepare(ep, &req, &st.tok, &st.defaults, &st.guidance)?;
   let rx = st.submit(&p)?;
@@ -211,41 +197,89 @@ async fn handle_inner(
 }
 
 /// Check the API key and read the body within the size limit.
-pub(crate) async fn read_body(st: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_checked_body(
+  st: &AppState,
+  req: Request,
+) -> Result<axum::body::Bytes, ApiError> {
   st.check_auth(req.headers())?;
-  let too_large = || {
-    ApiError::new(
-      StatusCode::PAYLOAD_TOO_LARGE,
-      "invalid_request_error",
-      format!(
-        "the request body is larger than the server's limit of {} bytes (--max-body-bytes)",
-        st.max_body
-      ),
-    )
+  read_body(req, st.max_body, "--max-body-bytes").await
+}
+
+/// Check `Authorization: Bearer KEY` when the server has an API key.
+pub(crate) fn check_bearer(key: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+  let Some(key) = key else {
+    return Ok(());
   };
-  // Refuse a declared oversized body before reading it (a client waiting
-  // on `Expect: 100-continue` then never sends it).
-  let declared = req
-    .headers()
+  let got = headers
+    .get(header::AUTHORIZATION)
+    .and_then(|v| v.to_str().ok())
+    .and_then(|v| v.strip_prefix("Bearer "));
+  if got == Some(key) {
+    Ok(())
+  } else {
+    Err(ApiError::new(
+      StatusCode::UNAUTHORIZED,
+      "invalid_request_error",
+      "missing or wrong API key (send `Authorization: Bearer <key>`)",
+    ))
+  }
+}
+
+/// Read a request body of at most `max` bytes: a larger one is a 413,
+/// refused from its `Content-Length` before reading when declared (a
+/// client waiting on `Expect: 100-continue` then never sends it).
+pub(crate) async fn read_body(
+  req: Request,
+  max: usize,
+  flag: &str,
+) -> Result<axum::body::Bytes, ApiError> {
+  let (parts, body) = req.into_parts();
+  read_body_of(&parts.headers, body, max, flag).await
+}
+
+/// [`read_body`] on a request already split into its headers and body.
+pub(crate) async fn read_body_of(
+  headers: &HeaderMap,
+  body: axum::body::Body,
+  max: usize,
+  flag: &str,
+) -> Result<axum::body::Bytes, ApiError> {
+  check_declared_length(headers, max, flag)?;
+  axum::body::to_bytes(body, max).await.map_err(|e| {
+    let limit = std::error::Error::source(&e)
+      .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+      || e.to_string().contains("length limit");
+    if limit {
+      too_large(max, flag)
+    } else {
+      ApiError::invalid(format!("could not read the request body: {e}"), None)
+    }
+  })
+}
+
+/// The 413 of a body over `max` bytes (the limit set by `flag`).
+pub(crate) fn too_large(max: usize, flag: &str) -> ApiError {
+  ApiError::new(
+    StatusCode::PAYLOAD_TOO_LARGE,
+    "invalid_request_error",
+    format!("the request body is larger than the server's limit of {max} bytes ({flag})"),
+  )
+}
+
+/// A 413 when `Content-Length` declares more than `max` bytes.
+pub(crate) fn check_declared_length(
+  headers: &HeaderMap,
+  max: usize,
+  flag: &str,
+) -> Result<(), ApiError> {
+  let declared = headers
     .get(header::CONTENT_LENGTH)
     .and_then(|v| v.to_str().ok())
     .and_then(|v| v.parse::<u64>().ok());
-  if declared.is_some_and(|n| n > st.max_body as u64) {
-    return Err(too_large());
+  if declared.is_some_and(|n| n > max as u64) {
+    return Err(too_large(max, flag));
   }
-  let body = axum::body::to_bytes(req.into_body(), st.max_body)
-    .await
-    .map_err(|e| {
-      let limit = std::error::Error::source(&e)
-        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        || e.to_string().contains("length limit");
-      if limit {
-        too_large()
-      } else {
-        ApiError::invalid(format!("could not read the request body: {e}"), None)
-      }
-    })?;
-  Ok(body)
+  Ok(())
 }
 
 #[derive(Default, Clone)]

@@ -4,7 +4,10 @@
 //! - Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`
 //!   (non-streaming and server-sent events), `POST /v1/responses` and
 //!   `GET /v1/responses/{id}` ([`responses`]), `GET /v1/models`,
-//!   `GET /health`, `GET /metrics` (Prometheus text).
+//!   `GET /health`, `GET /metrics` (Prometheus text); with the auxiliary
+//!   models of [`extras`]: `POST /v1/embeddings`, `POST /v1/rerank`,
+//!   `POST /v1/audio/transcriptions` (and `/translations`); the chat page
+//!   at `/` ([`page`]).
 //! - Tool calls per model family ([`tools`]), reasoning text
 //!   ([`reasoning`]), structured output by constrained decoding
 //!   ([`structured`]); replies split in [`reply`].
@@ -21,11 +24,15 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audio;
+pub mod embeddings;
 pub mod engine;
 pub mod error;
+pub mod extras;
 pub mod http;
 pub mod memory_budget;
 pub mod metrics;
+pub mod page;
 pub mod prompt_cache;
 pub mod reasoning;
 pub mod reply;
@@ -33,6 +40,7 @@ pub mod responses;
 pub mod row_text;
 pub mod structured;
 pub mod tools;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,6 +102,15 @@ pub struct ServerConfig {
   /// `/v1/responses` results kept for `previous_response_id`
   /// (`--responses-store`, 256; least recently used dropped first).
   pub responses_store: usize,
+  /// Sentence-embedding model folder (`--embedding-model`) for
+  /// `/v1/embeddings`.
+  pub embedding_model: Option<String>,
+  /// Cross-encoder folder (`--rerank-model`) for `/v1/rerank`.
+  pub rerank_model: Option<String>,
+  /// Whisper folder (`--whisper-model`) for `/v1/audio/transcriptions`.
+  pub whisper_model: Option<String>,
+  /// Largest audio upload in bytes (`--max-audio-bytes`, 25 MiB).
+  pub max_audio_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +136,10 @@ impl Default for ServerConfig {
       model_id: None,
       chat_template: None,
       responses_store: 256,
+      embedding_model: None,
+      rerank_model: None,
+      whisper_model: None,
+      max_audio_bytes: 25 << 20,
     }
   }
 }
@@ -157,9 +178,13 @@ struct Loaded {
 }
 
 impl Server {
-  /// Load the model on a new engine thread, bind `host:port` and serve in
-  /// the background. With `signals`, ctrl-c / SIGTERM also stop it.
-  pub fn start(cfg: ServerConfig, signals: bool) -> Result<Server, ServeError> {
+  /// Load the model on a new engine thread (and the auxiliary models of
+  /// [`extras`] on theirs), bind `host:port` and serve in the background.
+  /// An empty `model` serves the auxiliary models alone; a `model` folder
+  /// that is an embedding / rerank / Whisper model is served as one. With
+  /// `signals`, ctrl-c / SIGTERM also stop it.
+  pub fn start(mut cfg: ServerConfig, signals: bool) -> Result<Server, ServeError> {
+    extras::route_model_flag(&mut cfg)?;
     if cfg.decode_concurrency == 0 || cfg.prompt_concurrency == 0 || cfg.prefill_step_size == 0 {
       return Err(ServeError::Config(
         "--decode-concurrency, --prompt-concurrency and --prefill-step-size must be > 0".into(),
@@ -170,8 +195,17 @@ impl Server {
     }
     let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))?;
     listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
+    let extras = Arc::new(extras::Extras::load(&cfg, Arc::clone(&metrics))?);
+    if cfg.model.is_empty() {
+      if extras.is_empty() {
+        return Err(ServeError::Config(
+          "no model to serve: give --model, --embedding-model, --rerank-model or --whisper-model"
+            .into(),
+        ));
+      }
+      return spawn_http(listener, extras::standalone_router(extras), signals, None);
+    }
     let (job_tx, job_rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Loaded, String>>();
     let engine_metrics = Arc::clone(&metrics);
@@ -311,44 +345,10 @@ impl Server {
         .unwrap_or(0),
       counter: AtomicU64::new(0),
       responses: responses::Store::new(cfg.responses_store),
+      extras: Arc::clone(&extras),
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let http = std::thread::Builder::new()
-      .name("mlxrs-http".into())
-      .spawn(move || -> Result<(), String> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-          .worker_threads(2)
-          .enable_all()
-          .build()
-          .map_err(|e| e.to_string())?;
-        let res = rt.block_on(async move {
-          let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-          let app = http::router(state);
-          axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-              if signals {
-                tokio::select! {
-                  _ = stop_rx => {},
-                  _ = shutdown_signal() => {},
-                }
-              } else {
-                let _ = stop_rx.await;
-              }
-            })
-            .await
-            .map_err(|e| e.to_string())
-        });
-        // Dropping the runtime drops the state and with it the engine's
-        // channel: the engine finishes and exits.
-        drop(rt);
-        let _ = engine.join();
-        res
-      })?;
-    Ok(Server {
-      addr,
-      stop: Some(stop_tx),
-      http: Some(http),
-    })
+    let app = http::router(state).merge(extras::router(extras));
+    spawn_http(listener, app, signals, Some(engine))
   }
 
   /// The bound address.
@@ -403,6 +403,55 @@ fn detect_tool_format(tok: &Tokenizer, chat_template: Option<&str>) -> Option<to
         .map(String::from)
     });
   tools::ToolFormat::detect(&source, model_type.as_deref())
+}
+
+/// Serve `app` on `listener` from a new thread with its own tokio runtime
+/// until stopped (a signal with `signals`); then join `engine`.
+fn spawn_http(
+  listener: std::net::TcpListener,
+  app: axum::Router,
+  signals: bool,
+  engine: Option<JoinHandle<()>>,
+) -> Result<Server, ServeError> {
+  let addr = listener.local_addr()?;
+  let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+  let http = std::thread::Builder::new()
+    .name("mlxrs-http".into())
+    .spawn(move || -> Result<(), String> {
+      let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+      let res = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        axum::serve(listener, app)
+          .with_graceful_shutdown(async move {
+            if signals {
+              tokio::select! {
+                _ = stop_rx => {},
+                _ = shutdown_signal() => {},
+              }
+            } else {
+              let _ = stop_rx.await;
+            }
+          })
+          .await
+          .map_err(|e| e.to_string())
+      });
+      // Dropping the runtime drops the state and with it the engine's
+      // channel: the engine finishes and exits.
+      drop(rt);
+      if let Some(engine) = engine {
+        let _ = engine.join();
+      }
+      res
+    })?;
+  Ok(Server {
+    addr,
+    stop: Some(stop_tx),
+    http: Some(http),
+  })
 }
 
 async fn shutdown_signal() {

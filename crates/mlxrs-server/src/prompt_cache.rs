@@ -99,7 +99,9 @@ impl PromptCache {
   /// `tokens` are dropped (this one extends them), then the least recently
   /// used go until the bounds hold.
   pub fn insert(&mut self, tokens: Vec<i32>, caches: Vec<KvCache>) {
-    if self.max_entries == 0 || tokens.is_empty() {
+    // Recurrent state (SSM / linear-attention layers) cannot be cut back to
+    // a shorter prefix the way keys/values can: such caches are not reused.
+    if self.max_entries == 0 || tokens.is_empty() || caches.iter().any(KvCache::is_recurrent) {
       return;
     }
     self
@@ -123,5 +125,23 @@ impl PromptCache {
   /// Drop everything.
   pub fn clear(&mut self) {
     self.entries.clear();
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  /// Recurrent (SSM) state cannot be cut back to a shorter prefix, so such
+  /// caches are not stored (a lookup would otherwise hand back empty
+  /// key/value caches in their place); key/value caches are.
+  #[test]
+  fn recurrent_caches_are_not_reused() {
+    let mut pc = PromptCache::new(4, None);
+    pc.insert(vec![1, 2, 3], vec![KvCache::arrays(2), KvCache::standard()]);
+    assert!(pc.is_empty());
+    assert!(pc.lookup(&[1, 2, 3, 4]).unwrap().is_none());
+    pc.insert(vec![1, 2, 3], vec![KvCache::standard()]);
+    assert_eq!(pc.len(), 1);
   }
 }

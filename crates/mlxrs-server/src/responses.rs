@@ -26,7 +26,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::api::{self, Endpoint, Prepared};
 use crate::engine::Event;
 use crate::error::ApiError;
-use crate::http::{AppState, engine_error, now, read_body};
+use crate::http::{AppState, engine_error, now, read_checked_body};
 use crate::reply::{Reply, ReplyStream};
 
 /// One stored response: the conversation through its output, and the
@@ -374,7 +374,7 @@ fn plan(st: &AppState, body: &[u8]) -> Result<Plan, ApiError> {
 /// `POST /v1/responses`.
 pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Response {
   let res = async {
-    let body = read_body(&st, req).await?;
+    let body = read_checked_body(&st, req).await?;
     let plan = plan(&st, &body)?;
     let rx = st.submit(&plan.prepared)?;
     if plan.prepared.stream {

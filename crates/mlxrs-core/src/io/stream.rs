@@ -364,6 +364,7 @@ pub fn save_safetensors_to<W: Write + Seek + Send>(
   let mut raw = Writer(writer);
   let att = Attached::new(&mut raw, "<safetensors writer>");
   let w = c_writer(&att)?;
+  let _lock = crate::eval_lock::eval_guard();
   // SAFETY: live handles for the call; the writer is attached until `att`
   // drops.
   let rc = unsafe { mlxrs_sys::mlx_save_safetensors_writer(w.0, map.0, meta.0) };
@@ -402,6 +403,7 @@ pub fn save_npy_to<W: Write + Seek + Send>(writer: &mut W, array: &Array) -> Res
   let mut raw = Writer(writer);
   let att = Attached::new(&mut raw, "<npy writer>");
   let w = c_writer(&att)?;
+  let _lock = crate::eval_lock::eval_guard();
   // SAFETY: live handles for the call; the writer is attached until `att`
   // drops.
   let rc = unsafe { mlxrs_sys::mlx_save_writer(w.0, array.0) };

@@ -8,14 +8,17 @@
 //! (`create_position_ids_from_input_ids`).
 
 use mlxrs_core::{Array, Dtype, ops};
+use mlxrs_nn::{Embedding, LayerNorm, Linear, module};
 
 use super::{Encoder, ModelInput, activation};
+use crate::activation::Activation;
+use crate::attention::{AttnPattern, Heads, attend, attention_mask};
+use crate::checkpoint::Checkpoint;
 use crate::config::JsonConfig;
 use crate::error::Result;
-use crate::layers::{
-  Activation, AttnPattern, Embedding, Heads, LayerNorm, Linear, attend, attention_mask,
-};
-use crate::weights::Weights;
+
+/// The tensor every BERT-family checkpoint has (its path gives the prefix).
+pub const ANCHOR: &str = "embeddings.word_embeddings.weight";
 
 struct Layer {
   q: Linear,
@@ -28,7 +31,19 @@ struct Layer {
   out_norm: LayerNorm,
 }
 
-/// A BERT / RoBERTa encoder.
+module!(Layer {
+  q => "attention.self.query",
+  k => "attention.self.key",
+  v => "attention.self.value",
+  o => "attention.output.dense",
+  attn_norm => "attention.output.LayerNorm",
+  up => "intermediate.dense",
+  down => "output.dense",
+  out_norm => "output.LayerNorm",
+});
+
+/// A BERT / RoBERTa encoder (python `BertModel`, with its pooler when the
+/// checkpoint has one).
 pub struct Bert {
   model_type: String,
   word: Embedding,
@@ -36,6 +51,9 @@ pub struct Bert {
   token_type: Option<Embedding>,
   emb_norm: LayerNorm,
   layers: Vec<Layer>,
+  /// `pooler.dense` (`tanh(W h_cls + b)`, used by sequence-classification
+  /// heads), when the checkpoint has it.
+  pub pooler: Option<Linear>,
   act: Activation,
   hidden: usize,
   heads: usize,
@@ -46,9 +64,19 @@ pub struct Bert {
   roberta_positions: bool,
 }
 
+module!(Bert {
+  word => "embeddings.word_embeddings",
+  pos => "embeddings.position_embeddings",
+  token_type => "embeddings.token_type_embeddings",
+  emb_norm => "embeddings.LayerNorm",
+  layers => "encoder.layer",
+  pooler => "pooler.dense",
+});
+
 impl Bert {
-  /// Build from `config.json` and the checkpoint.
-  pub fn load(cfg: &JsonConfig, w: &mut Weights) -> Result<Bert> {
+  /// Build from `config.json`, unloaded; the optional parts (token types,
+  /// pooler) are those `ckpt` has under `prefix`.
+  pub fn new(cfg: &JsonConfig, ckpt: &Checkpoint, prefix: &str) -> Result<Bert> {
     let model_type = cfg.str_or(&["model_type"], "bert")?.to_string();
     let roberta_positions = model_type != "bert";
     let hidden = cfg.positive(&["hidden_size"])?;
@@ -83,65 +111,32 @@ impl Bert {
         "too small for RoBERTa position ids",
       ));
     }
-    w.detect_prefix("embeddings.word_embeddings.weight")?;
-    let word = Embedding::load(w, "embeddings.word_embeddings", vocab, hidden)?;
-    let pos = Embedding::load(w, "embeddings.position_embeddings", max_pos, hidden)?;
-    let token_type = if types > 0 && w.contains("embeddings.token_type_embeddings.weight") {
-      Some(Embedding::load(
-        w,
-        "embeddings.token_type_embeddings",
-        types,
-        hidden,
-      )?)
-    } else {
-      None
-    };
-    let emb_norm = LayerNorm::load(w, "embeddings.LayerNorm", hidden, eps, true)?;
-    let mut layers = Vec::with_capacity(layers_n);
-    for i in 0..layers_n {
-      let p = format!("encoder.layer.{i}");
-      layers.push(Layer {
-        q: Linear::load(
-          w,
-          &format!("{p}.attention.self.query"),
-          hidden,
-          hidden,
-          true,
-        )?,
-        k: Linear::load(w, &format!("{p}.attention.self.key"), hidden, hidden, true)?,
-        v: Linear::load(
-          w,
-          &format!("{p}.attention.self.value"),
-          hidden,
-          hidden,
-          true,
-        )?,
-        o: Linear::load(
-          w,
-          &format!("{p}.attention.output.dense"),
-          hidden,
-          hidden,
-          true,
-        )?,
-        attn_norm: LayerNorm::load(
-          w,
-          &format!("{p}.attention.output.LayerNorm"),
-          hidden,
-          eps,
-          true,
-        )?,
-        up: Linear::load(w, &format!("{p}.intermediate.dense"), hidden, inter, true)?,
-        down: Linear::load(w, &format!("{p}.output.dense"), inter, hidden, true)?,
-        out_norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), hidden, eps, true)?,
-      });
-    }
+    let has = |name: &str| ckpt.has(&mlxrs_nn::join(prefix, name));
+    let h = super::dim(cfg, "hidden_size", hidden)?;
+    let i = super::dim(cfg, "intermediate_size", inter)?;
+    let ln = || LayerNorm::new(h, eps, true, true);
+    let layers = (0..layers_n)
+      .map(|_| Layer {
+        q: Linear::new(h, h, true),
+        k: Linear::new(h, h, true),
+        v: Linear::new(h, h, true),
+        o: Linear::new(h, h, true),
+        attn_norm: ln(),
+        up: Linear::new(h, i, true),
+        down: Linear::new(i, h, true),
+        out_norm: ln(),
+      })
+      .collect();
     Ok(Bert {
       model_type,
-      word,
-      pos,
-      token_type,
-      emb_norm,
+      word: Embedding::new(super::dim(cfg, "vocab_size", vocab)?, h),
+      pos: Embedding::new(super::dim(cfg, "max_position_embeddings", max_pos)?, h),
+      token_type: (types > 0 && has("embeddings.token_type_embeddings.weight"))
+        .then(|| super::dim(cfg, "type_vocab_size", types).map(|t| Embedding::new(t, h)))
+        .transpose()?,
+      emb_norm: ln(),
       layers,
+      pooler: has("pooler.dense.weight").then(|| Linear::new(h, h, true)),
       act,
       hidden,
       heads,
@@ -174,6 +169,10 @@ impl Bert {
 }
 
 impl Encoder for Bert {
+  fn unused_tensors(&self) -> &'static [&'static str] {
+    &["embeddings.position_ids"]
+  }
+
   fn forward(&self, input: &ModelInput<'_>) -> Result<Array> {
     let mut x = self.word.forward(input.ids)?;
     x = (&x + &self.pos.forward(&self.position_ids(input)?)?)?;

@@ -9,14 +9,16 @@
 //! otherwise attention is causal (sliding: `0 <= q - k < sliding_window`).
 
 use mlxrs_core::Array;
+use mlxrs_nn::{Embedding, Linear, RmsNorm, Rope, module};
 
-use super::{Encoder, ModelInput, activation, layer_types, rope_theta};
+use super::{Encoder, ModelInput, activation, dim, layer_types, rope_theta};
+use crate::activation::Activation;
+use crate::attention::{AttnPattern, Heads, attend, attention_mask};
 use crate::config::JsonConfig;
 use crate::error::Result;
-use crate::layers::{
-  Activation, AttnPattern, Embedding, Heads, Linear, RmsNorm, attend, attention_mask, rope,
-};
-use crate::weights::Weights;
+
+/// The tensor every Gemma 3 checkpoint has (its path gives the prefix).
+pub const ANCHOR: &str = "embed_tokens.weight";
 
 struct Layer {
   in_norm: RmsNorm,
@@ -35,6 +37,22 @@ struct Layer {
   sliding: bool,
 }
 
+module!(Layer {
+  in_norm => "input_layernorm",
+  q => "self_attn.q_proj",
+  k => "self_attn.k_proj",
+  v => "self_attn.v_proj",
+  o => "self_attn.o_proj",
+  q_norm => "self_attn.q_norm",
+  k_norm => "self_attn.k_norm",
+  post_attn_norm => "post_attention_layernorm",
+  pre_ff_norm => "pre_feedforward_layernorm",
+  post_ff_norm => "post_feedforward_layernorm",
+  gate => "mlp.gate_proj",
+  up => "mlp.up_proj",
+  down => "mlp.down_proj",
+});
+
 /// A Gemma 3 text model used as an encoder.
 pub struct Gemma3 {
   embed: Embedding,
@@ -47,16 +65,22 @@ pub struct Gemma3 {
   kv_heads: usize,
   head_dim: usize,
   scale: f32,
-  global_rope: (f32, f32),
-  local_rope: (f32, f32),
+  global_rope: Rope,
+  local_rope: Rope,
   full_pattern: AttnPattern,
   sliding_pattern: AttnPattern,
   pad: Option<u32>,
 }
 
+module!(Gemma3 {
+  embed => "embed_tokens",
+  layers,
+  norm,
+});
+
 impl Gemma3 {
-  /// Build from `config.json` and the checkpoint.
-  pub fn load(cfg: &JsonConfig, w: &mut Weights) -> Result<Gemma3> {
+  /// Build from `config.json`, unloaded.
+  pub fn new(cfg: &JsonConfig) -> Result<Gemma3> {
     let hidden = cfg.positive(&["hidden_size"])?;
     let n = cfg.positive(&["num_hidden_layers"])?;
     let heads = cfg.positive(&["num_attention_heads"])?;
@@ -108,46 +132,46 @@ impl Gemma3 {
       10_000.0,
     )?;
 
-    w.detect_prefix("embed_tokens.weight")?;
-    let embed = Embedding::load(w, "embed_tokens", vocab, hidden)?;
-    let (qd, kvd) = (heads * head_dim, kv_heads * head_dim);
-    let mut layers = Vec::with_capacity(n);
-    for (i, &sliding) in sliding.iter().enumerate() {
-      let p = format!("layers.{i}");
-      let norm = |w: &mut Weights, name: &str, dim: usize| {
-        RmsNorm::load(w, &format!("{p}.{name}"), dim, eps, true)
-      };
-      layers.push(Layer {
-        in_norm: norm(w, "input_layernorm", hidden)?,
-        q: Linear::load(w, &format!("{p}.self_attn.q_proj"), hidden, qd, bias)?,
-        k: Linear::load(w, &format!("{p}.self_attn.k_proj"), hidden, kvd, bias)?,
-        v: Linear::load(w, &format!("{p}.self_attn.v_proj"), hidden, kvd, bias)?,
-        o: Linear::load(w, &format!("{p}.self_attn.o_proj"), qd, hidden, bias)?,
-        q_norm: norm(w, "self_attn.q_norm", head_dim)?,
-        k_norm: norm(w, "self_attn.k_norm", head_dim)?,
-        post_attn_norm: norm(w, "post_attention_layernorm", hidden)?,
-        pre_ff_norm: norm(w, "pre_feedforward_layernorm", hidden)?,
-        post_ff_norm: norm(w, "post_feedforward_layernorm", hidden)?,
-        gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), hidden, inter, false)?,
-        up: Linear::load(w, &format!("{p}.mlp.up_proj"), hidden, inter, false)?,
-        down: Linear::load(w, &format!("{p}.mlp.down_proj"), inter, hidden, false)?,
+    let h = dim(cfg, "hidden_size", hidden)?;
+    let i = dim(cfg, "intermediate_size", inter)?;
+    let hd = dim(cfg, "head_dim", head_dim)?;
+    let qd = dim(cfg, "num_attention_heads", heads * head_dim)?;
+    let kvd = dim(cfg, "num_key_value_heads", kv_heads * head_dim)?;
+    // Gemma's RMSNorm scales by `1 + weight`.
+    let norm = |d: i32| RmsNorm::new_plus_one(d, eps);
+    let layers = sliding
+      .iter()
+      .map(|&sliding| Layer {
+        in_norm: norm(h),
+        q: Linear::new(h, qd, bias),
+        k: Linear::new(h, kvd, bias),
+        v: Linear::new(h, kvd, bias),
+        o: Linear::new(qd, h, bias),
+        q_norm: norm(hd),
+        k_norm: norm(hd),
+        post_attn_norm: norm(h),
+        pre_ff_norm: norm(h),
+        post_ff_norm: norm(h),
+        gate: Linear::new(h, i, false),
+        up: Linear::new(h, i, false),
+        down: Linear::new(i, h, false),
         sliding,
-      });
-    }
-    let norm = RmsNorm::load(w, "norm", hidden, eps, true)?;
+      })
+      .collect();
+    let rope = |(theta, scale): (f32, f32)| Rope::new(hd, false, theta, scale);
     Ok(Gemma3 {
-      embed,
+      embed: Embedding::new(dim(cfg, "vocab_size", vocab)?, h),
       embed_scale: (hidden as f32).sqrt(),
       layers,
-      norm,
+      norm: norm(h),
       act,
       hidden,
       heads,
       kv_heads,
       head_dim,
       scale: (1.0 / scalar.sqrt()) as f32,
-      global_rope,
-      local_rope,
+      global_rope: rope(global_rope),
+      local_rope: rope(local_rope),
       full_pattern,
       sliding_pattern,
       pad: cfg.opt_usize(&["pad_token_id"])?.map(|p| p as u32),
@@ -161,10 +185,10 @@ impl Encoder for Gemma3 {
     let full = attention_mask(input.mask, self.full_pattern)?;
     let local = attention_mask(input.mask, self.sliding_pattern)?;
     for l in &self.layers {
-      let (theta, rscale) = if l.sliding {
-        self.local_rope
+      let rope = if l.sliding {
+        &self.local_rope
       } else {
-        self.global_rope
+        &self.global_rope
       };
       let mask = if l.sliding { &local } else { &full };
       let h = l.in_norm.forward(&x)?;
@@ -181,7 +205,7 @@ impl Encoder for Gemma3 {
         mask,
         |t, is_q| {
           let n = if is_q { &l.q_norm } else { &l.k_norm };
-          rope(&n.forward(&t)?, self.head_dim, theta, rscale)
+          Ok(rope.forward(&n.forward(&t)?, 0)?)
         },
       )?;
       x = (&x + &l.post_attn_norm.forward(&l.o.forward(&a)?)?)?;
@@ -189,7 +213,7 @@ impl Encoder for Gemma3 {
       let m = (&self.act.forward(&l.gate.forward(&h)?)? * &l.up.forward(&h)?)?;
       x = (&x + &l.post_ff_norm.forward(&l.down.forward(&m)?)?)?;
     }
-    self.norm.forward(&x)
+    Ok(self.norm.forward(&x)?)
   }
 
   fn hidden_size(&self) -> usize {

@@ -1,17 +1,20 @@
 //! Encoder architectures: token ids in, last hidden states `[B, T, H]` out
 //! (python `AutoModel.from_pretrained(path)(**features).last_hidden_state`).
 //!
-//! One short file per family; [`load_encoder`] picks it from
-//! `config.json`'s `model_type`.
+//! One short file per family, built from `mlxrs-nn` layers (`Linear`,
+//! dense or quantized, `Embedding`, `LayerNorm`, `RmsNorm`, `Rope`) and
+//! loaded strictly through [`Module::load`]; [`load_encoder`] picks the
+//! family from `config.json`'s `model_type`.
 
 use std::path::Path;
 
 use mlxrs_core::Array;
+use mlxrs_nn::Module;
 
+use crate::checkpoint::Checkpoint;
 use crate::config::JsonConfig;
 use crate::error::{Error, Result};
 use crate::tokenize::PaddedBatch;
-use crate::weights::Weights;
 
 pub mod bert;
 pub mod gemma3;
@@ -48,8 +51,15 @@ pub struct ModelInput<'a> {
   pub seq: usize,
 }
 
-/// A transformer encoder.
-pub trait Encoder: Send {
+/// A transformer encoder: an `mlxrs-nn` module tree whose parameter paths
+/// are the checkpoint's tensor names (below its prefix).
+pub trait Encoder: Module + Send {
+  /// Tensors below the prefix that checkpoints may carry but the model does
+  /// not use (buffers such as `embeddings.position_ids`), matched as
+  /// suffixes; any other unknown tensor is a load error.
+  fn unused_tensors(&self) -> &'static [&'static str] {
+    &[]
+  }
   /// Last hidden states `[B, T, hidden]` (float32).
   fn forward(&self, input: &ModelInput<'_>) -> Result<Array>;
   /// Hidden width.
@@ -101,15 +111,52 @@ pub fn load_encoder(dir: &Path) -> Result<Box<dyn Encoder>> {
       model_type,
     });
   }
-  let mut w = Weights::load_dir(dir)?;
-  Ok(match model_type.as_str() {
-    "bert" | "roberta" | "xlm-roberta" | "camembert" => Box::new(bert::Bert::load(&cfg, &mut w)?),
-    "modernbert" => Box::new(modernbert::ModernBert::load(&cfg, &mut w)?),
-    "nomic_bert" => Box::new(nomic_bert::NomicBert::load(&cfg, &mut w)?),
-    "qwen3" => Box::new(qwen3::Qwen3::load(&cfg, &mut w)?),
-    "gemma3_text" => Box::new(gemma3::Gemma3::load(&cfg, &mut w)?),
+  let mut ckpt = Checkpoint::read_dir(dir)?.with_quantization(&cfg)?;
+  match model_type.as_str() {
+    "bert" | "roberta" | "xlm-roberta" | "camembert" => {
+      let p = ckpt.prefix_of(bert::ANCHOR)?;
+      let enc = bert::Bert::new(&cfg, &ckpt, &p)?;
+      load_into(ckpt, &p, enc)
+    }
+    "modernbert" => {
+      let p = ckpt.prefix_of(modernbert::ANCHOR)?;
+      load_into(ckpt, &p, modernbert::ModernBert::new(&cfg)?)
+    }
+    "nomic_bert" => {
+      let p = ckpt.prefix_of(nomic_bert::ANCHOR)?;
+      nomic_bert::sanitize(ckpt.tensors_mut(), &p)?;
+      let enc = nomic_bert::NomicBert::new(&cfg, &ckpt, &p)?;
+      load_into(ckpt, &p, enc)
+    }
+    "qwen3" => {
+      let p = ckpt.prefix_of(qwen3::ANCHOR)?;
+      load_into(ckpt, &p, qwen3::Qwen3::new(&cfg)?)
+    }
+    "gemma3_text" => {
+      let p = ckpt.prefix_of(gemma3::ANCHOR)?;
+      load_into(ckpt, &p, gemma3::Gemma3::new(&cfg)?)
+    }
     _ => unreachable!("checked against SUPPORTED"),
-  })
+  }
+}
+
+/// Fill `enc` from the tensors of `ckpt` under `prefix`, strictly (tensors
+/// outside the prefix belong to task heads and are not read).
+pub(crate) fn load_into<E: Encoder + 'static>(
+  ckpt: Checkpoint,
+  prefix: &str,
+  mut enc: E,
+) -> Result<Box<dyn Encoder>> {
+  let unused = enc.unused_tensors();
+  ckpt.load(&mut [(&mut enc, prefix)], &|k| {
+    !mlxrs_nn::path_has_prefix(k, prefix) || unused.iter().any(|u| k.ends_with(u))
+  })?;
+  Ok(Box::new(enc))
+}
+
+/// A config size as an MLX dimension (`i32`), or an error naming the field.
+pub(crate) fn dim(cfg: &JsonConfig, field: &str, v: usize) -> Result<i32> {
+  i32::try_from(v).map_err(|_| cfg.invalid(field, format!("{v} is too large")))
 }
 
 /// `hidden_act`-style field parsed into an activation.
@@ -117,9 +164,9 @@ pub(crate) fn activation(
   cfg: &JsonConfig,
   names: &[&str],
   default: &str,
-) -> Result<crate::layers::Activation> {
+) -> Result<crate::activation::Activation> {
   let name = cfg.str_or(names, default)?;
-  crate::layers::Activation::parse(name)
+  crate::activation::Activation::parse(name)
     .ok_or_else(|| cfg.invalid(names[0], format!("unsupported activation {name:?}")))
 }
 

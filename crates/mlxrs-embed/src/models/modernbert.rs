@@ -7,14 +7,16 @@
 //! `global_rope_theta`.
 
 use mlxrs_core::{Array, ops};
+use mlxrs_nn::{Embedding, LayerNorm, Linear, Rope, module};
 
-use super::{Encoder, ModelInput, activation, layer_types, rope_theta};
+use super::{Encoder, ModelInput, activation, dim, layer_types, rope_theta};
+use crate::activation::Activation;
+use crate::attention::{AttnPattern, Heads, attend, attention_mask};
 use crate::config::JsonConfig;
 use crate::error::Result;
-use crate::layers::{
-  Activation, AttnPattern, Embedding, Heads, LayerNorm, Linear, attend, attention_mask, rope,
-};
-use crate::weights::Weights;
+
+/// The tensor every ModernBERT checkpoint has (its path gives the prefix).
+pub const ANCHOR: &str = "embeddings.tok_embeddings.weight";
 
 struct Layer {
   attn_norm: Option<LayerNorm>,
@@ -25,6 +27,15 @@ struct Layer {
   mlp_wo: Linear,
   sliding: bool,
 }
+
+module!(Layer {
+  attn_norm,
+  wqkv => "attn.Wqkv",
+  wo => "attn.Wo",
+  mlp_norm,
+  wi => "mlp.Wi",
+  mlp_wo => "mlp.Wo",
+});
 
 /// A ModernBERT encoder.
 pub struct ModernBert {
@@ -38,14 +49,21 @@ pub struct ModernBert {
   head_dim: usize,
   inter: usize,
   window_radius: usize,
-  global_rope: (f32, f32),
-  local_rope: (f32, f32),
+  global_rope: Rope,
+  local_rope: Rope,
   pad: Option<u32>,
 }
 
+module!(ModernBert {
+  tok => "embeddings.tok_embeddings",
+  emb_norm => "embeddings.norm",
+  layers,
+  final_norm,
+});
+
 impl ModernBert {
-  /// Build from `config.json` and the checkpoint.
-  pub fn load(cfg: &JsonConfig, w: &mut Weights) -> Result<ModernBert> {
+  /// Build from `config.json`, unloaded.
+  pub fn new(cfg: &JsonConfig) -> Result<ModernBert> {
     let hidden = cfg.positive(&["hidden_size"])?;
     let n = cfg.positive(&["num_hidden_layers"])?;
     let heads = cfg.positive(&["num_attention_heads"])?;
@@ -80,46 +98,37 @@ impl ModernBert {
         format!("hidden size {hidden} is not a multiple of {heads}"),
       ));
     }
-    w.detect_prefix("embeddings.tok_embeddings.weight")?;
-    let tok = Embedding::load(w, "embeddings.tok_embeddings", vocab, hidden)?;
-    let emb_norm = LayerNorm::load(w, "embeddings.norm", hidden, eps, norm_bias)?;
-    let mut layers = Vec::with_capacity(n);
-    for (i, &sliding) in sliding.iter().enumerate() {
-      let p = format!("layers.{i}");
-      layers.push(Layer {
-        attn_norm: if i == 0 {
-          None
-        } else {
-          Some(LayerNorm::load(
-            w,
-            &format!("{p}.attn_norm"),
-            hidden,
-            eps,
-            norm_bias,
-          )?)
-        },
-        wqkv: Linear::load(w, &format!("{p}.attn.Wqkv"), hidden, 3 * hidden, attn_bias)?,
-        wo: Linear::load(w, &format!("{p}.attn.Wo"), hidden, hidden, attn_bias)?,
-        mlp_norm: LayerNorm::load(w, &format!("{p}.mlp_norm"), hidden, eps, norm_bias)?,
-        wi: Linear::load(w, &format!("{p}.mlp.Wi"), hidden, 2 * inter, mlp_bias)?,
-        mlp_wo: Linear::load(w, &format!("{p}.mlp.Wo"), inter, hidden, mlp_bias)?,
+    let head_dim = hidden / heads;
+    let h = dim(cfg, "hidden_size", hidden)?;
+    let i = dim(cfg, "intermediate_size", inter)?;
+    let ln = || LayerNorm::new(h, eps, true, norm_bias);
+    let layers = sliding
+      .iter()
+      .enumerate()
+      .map(|(k, &sliding)| Layer {
+        attn_norm: (k != 0).then(ln),
+        wqkv: Linear::new(h, 3 * h, attn_bias),
+        wo: Linear::new(h, h, attn_bias),
+        mlp_norm: ln(),
+        wi: Linear::new(h, 2 * i, mlp_bias),
+        mlp_wo: Linear::new(i, h, mlp_bias),
         sliding,
-      });
-    }
-    let final_norm = LayerNorm::load(w, "final_norm", hidden, eps, norm_bias)?;
+      })
+      .collect();
+    let rope = |(theta, scale): (f32, f32)| Rope::new(head_dim as i32, false, theta, scale);
     Ok(ModernBert {
-      tok,
-      emb_norm,
+      tok: Embedding::new(dim(cfg, "vocab_size", vocab)?, h),
+      emb_norm: ln(),
       layers,
-      final_norm,
+      final_norm: ln(),
       act,
       hidden,
       heads,
-      head_dim: hidden / heads,
+      head_dim,
       inter,
       window_radius: local / 2,
-      global_rope,
-      local_rope,
+      global_rope: rope(global_rope),
+      local_rope: rope(local_rope),
       pad: cfg.opt_usize(&["pad_token_id"])?.map(|p| p as u32),
     })
   }
@@ -131,7 +140,6 @@ impl Encoder for ModernBert {
     let global = attention_mask(input.mask, AttnPattern::Full)?;
     let local = attention_mask(input.mask, AttnPattern::Window(self.window_radius))?;
     let (b, t) = (input.batch as i32, input.seq as i32);
-    let hd = self.head_dim as i32;
     let scale = 1.0 / (self.head_dim as f32).sqrt();
     for l in &self.layers {
       let h = match &l.attn_norm {
@@ -144,10 +152,10 @@ impl Encoder for ModernBert {
       let q = ops::slice(&qkv, &[0, 0, 0], &[b, t, hh], &[1, 1, 1])?;
       let k = ops::slice(&qkv, &[0, 0, hh], &[b, t, 2 * hh], &[1, 1, 1])?;
       let v = ops::slice(&qkv, &[0, 0, 2 * hh], &[b, t, 3 * hh], &[1, 1, 1])?;
-      let (theta, rscale) = if l.sliding {
-        self.local_rope
+      let rope = if l.sliding {
+        &self.local_rope
       } else {
-        self.global_rope
+        &self.global_rope
       };
       let mask = if l.sliding { &local } else { &global };
       let a = attend(
@@ -161,7 +169,7 @@ impl Encoder for ModernBert {
         },
         scale,
         mask,
-        |t, _| rope(&t, hd as usize, theta, rscale),
+        |t, _| Ok(rope.forward(&t, 0)?),
       )?;
       x = (&x + &l.wo.forward(&a)?)?;
       let h = l.mlp_norm.forward(&x)?;
@@ -172,7 +180,7 @@ impl Encoder for ModernBert {
       let m = (&self.act.forward(&inp)? * &gate)?;
       x = (&x + &l.mlp_wo.forward(&m)?)?;
     }
-    self.final_norm.forward(&x)
+    Ok(self.final_norm.forward(&x)?)
   }
 
   fn hidden_size(&self) -> usize {

@@ -8,23 +8,23 @@
 //! Wqkv`, `mlp.fc11` (up) / `fc12` (gate) / `fc2`, `norm1` / `norm2` — and
 //! transformers' in-memory one (`self_attn.q_proj`, `mlp.up_proj`, ...).
 
-use mlxrs_core::{Array, ops};
+use std::collections::HashMap;
 
-use super::{Encoder, ModelInput, activation, rope_theta};
+use mlxrs_core::{Array, ops};
+use mlxrs_nn::{Embedding, LayerNorm, Linear, Rope, join, module};
+
+use super::{Encoder, ModelInput, activation, dim, rope_theta};
+use crate::activation::Activation;
+use crate::attention::{AttnPattern, Heads, attend, attention_mask};
+use crate::checkpoint::Checkpoint;
 use crate::config::JsonConfig;
 use crate::error::Result;
-use crate::layers::{
-  Activation, AttnPattern, Embedding, Heads, LayerNorm, Linear, attend, attention_mask, rope_with,
-};
-use crate::weights::Weights;
 
-enum Qkv {
-  Fused(Linear),
-  Split(Linear, Linear, Linear),
-}
+/// The tensor every Nomic BERT checkpoint has (its path gives the prefix).
+pub const ANCHOR: &str = "embeddings.word_embeddings.weight";
 
 struct Layer {
-  qkv: Qkv,
+  wqkv: Linear,
   o: Linear,
   norm1: LayerNorm,
   up: Linear,
@@ -33,7 +33,17 @@ struct Layer {
   norm2: LayerNorm,
 }
 
-/// A Nomic BERT encoder.
+module!(Layer {
+  wqkv => "attn.Wqkv",
+  o => "attn.out_proj",
+  norm1,
+  up => "mlp.fc11",
+  gate => "mlp.fc12",
+  down => "mlp.fc2",
+  norm2,
+});
+
+/// A Nomic BERT encoder (nomic's original tensor names; see [`sanitize`]).
 pub struct NomicBert {
   word: Embedding,
   token_type: Option<Embedding>,
@@ -43,16 +53,99 @@ pub struct NomicBert {
   hidden: usize,
   heads: usize,
   head_dim: usize,
-  rotary_dims: usize,
-  rope: (f32, f32),
-  interleaved: bool,
+  rope: Rope,
   pad: Option<u32>,
 }
 
+module!(NomicBert {
+  word => "embeddings.word_embeddings",
+  token_type => "embeddings.token_type_embeddings",
+  emb_norm => "emb_ln",
+  layers => "encoder.layers",
+});
+
+/// Rename transformers' in-memory naming under `prefix` to nomic's original
+/// one (python mlx-embeddings' `sanitize`): `embeddings.LayerNorm` ->
+/// `emb_ln`, `layers.N.self_attn.{q,k,v}_proj` -> one fused
+/// `encoder.layers.N.attn.Wqkv` (rows concatenated, so packed quantized
+/// weights fuse the same way), `o_proj` -> `attn.out_proj`,
+/// `post_attention_layernorm` -> `norm1`, `up_proj` / `gate_proj` /
+/// `down_proj` -> `fc11` / `fc12` / `fc2`, `post_mlp_layernorm` -> `norm2`.
+/// Checkpoints already in the original naming are left alone.
+pub fn sanitize(t: &mut HashMap<String, Array>, prefix: &str) -> Result<()> {
+  if t.contains_key(&join(prefix, "emb_ln.weight")) {
+    return Ok(());
+  }
+  let head = join(prefix, "");
+  let renames = [
+    ("self_attn.o_proj.", "attn.out_proj."),
+    ("post_attention_layernorm.", "norm1."),
+    ("mlp.up_proj.", "mlp.fc11."),
+    ("mlp.gate_proj.", "mlp.fc12."),
+    ("mlp.down_proj.", "mlp.fc2."),
+    ("post_mlp_layernorm.", "norm2."),
+  ];
+  let keys: Vec<String> = t.keys().cloned().collect();
+  let mut qkv: HashMap<String, [Option<Array>; 3]> = HashMap::new();
+  for k in keys {
+    let Some(rest) = k.strip_prefix(head.as_str()) else {
+      continue;
+    };
+    let rest = rest.to_string();
+    if let Some(r) = rest.strip_prefix("embeddings.LayerNorm.") {
+      if let Some(a) = t.remove(&k) {
+        t.insert(join(prefix, &format!("emb_ln.{r}")), a);
+      }
+      continue;
+    }
+    let Some(r) = rest.strip_prefix("layers.") else {
+      continue;
+    };
+    let (layer, tail) = r.split_once('.').unwrap_or((r, ""));
+    let base = format!("encoder.layers.{layer}.");
+    for (i, p) in [
+      "self_attn.q_proj.",
+      "self_attn.k_proj.",
+      "self_attn.v_proj.",
+    ]
+    .iter()
+    .enumerate()
+    {
+      if let Some(param) = tail.strip_prefix(p) {
+        let a = t.remove(&k);
+        qkv
+          .entry(join(prefix, &format!("{base}attn.Wqkv.{param}")))
+          .or_default()[i] = a;
+      }
+    }
+    for (from, to) in renames {
+      if let Some(param) = tail.strip_prefix(from) {
+        if let Some(a) = t.remove(&k) {
+          t.insert(join(prefix, &format!("{base}{to}{param}")), a);
+        }
+      }
+    }
+  }
+  for (key, parts) in qkv {
+    match parts {
+      [Some(q), Some(k), Some(v)] => {
+        t.insert(key, ops::concatenate_axis(&[q, k, v], 0)?);
+      }
+      _ => {
+        return Err(crate::error::Error::InvalidArgument(format!(
+          "{key}: q_proj, k_proj and v_proj must all be present"
+        )));
+      }
+    }
+  }
+  Ok(())
+}
+
 impl NomicBert {
-  /// Build from `config.json` (transformers' or nomic's field names) and
-  /// the checkpoint.
-  pub fn load(cfg: &JsonConfig, w: &mut Weights) -> Result<NomicBert> {
+  /// Build from `config.json` (transformers' or nomic's field names),
+  /// unloaded; the naming (nomic's original or transformers') is the one
+  /// `ckpt` uses under `prefix`.
+  pub fn new(cfg: &JsonConfig, ckpt: &Checkpoint, prefix: &str) -> Result<NomicBert> {
     let hidden = cfg.positive(&["hidden_size", "n_embd"])?;
     let n = cfg.positive(&["num_hidden_layers", "n_layer"])?;
     let heads = cfg.positive(&["num_attention_heads", "n_head"])?;
@@ -78,90 +171,44 @@ impl NomicBert {
         format!("gives {rotary_dims} rotary dims of {head_dim}"),
       ));
     }
-    let rope = rope_theta(cfg, None, &["rotary_emb_base", "rope_theta"], 1000.0)?;
+    let (theta, rscale) = rope_theta(cfg, None, &["rotary_emb_base", "rope_theta"], 1000.0)?;
     let interleaved = cfg.bool_or(&["rotary_emb_interleaved"], false)?;
 
-    w.detect_prefix("embeddings.word_embeddings.weight")?;
-    let original = w.contains("emb_ln.weight");
-    let word = Embedding::load(w, "embeddings.word_embeddings", vocab, hidden)?;
-    let token_type = if types > 0 && w.contains("embeddings.token_type_embeddings.weight") {
-      Some(Embedding::load(
-        w,
-        "embeddings.token_type_embeddings",
-        types,
-        hidden,
-      )?)
-    } else {
-      None
-    };
-    let emb_norm = LayerNorm::load(
-      w,
-      if original {
-        "emb_ln"
-      } else {
-        "embeddings.LayerNorm"
-      },
-      hidden,
-      eps,
-      true,
-    )?;
-    let mut layers = Vec::with_capacity(n);
-    for i in 0..n {
-      let layer = if original {
-        let p = format!("encoder.layers.{i}");
-        Layer {
-          qkv: Qkv::Fused(Linear::load_opt_bias(
-            w,
-            &format!("{p}.attn.Wqkv"),
-            hidden,
-            3 * hidden,
-          )?),
-          o: Linear::load_opt_bias(w, &format!("{p}.attn.out_proj"), hidden, hidden)?,
-          norm1: LayerNorm::load(w, &format!("{p}.norm1"), hidden, eps, true)?,
-          up: Linear::load_opt_bias(w, &format!("{p}.mlp.fc11"), hidden, inter)?,
-          gate: Linear::load_opt_bias(w, &format!("{p}.mlp.fc12"), hidden, inter)?,
-          down: Linear::load_opt_bias(w, &format!("{p}.mlp.fc2"), inter, hidden)?,
-          norm2: LayerNorm::load(w, &format!("{p}.norm2"), hidden, eps, true)?,
-        }
-      } else {
-        let p = format!("layers.{i}");
-        let lin = |w: &mut Weights, name: &str, i: usize, o: usize| {
-          Linear::load_opt_bias(w, &format!("{p}.{name}"), i, o)
+    let has = |name: &str| ckpt.has(&join(prefix, name));
+    let h = dim(cfg, "hidden_size", hidden)?;
+    let i = dim(cfg, "intermediate_size", inter)?;
+    // Projections take their bias when the file has one (nomic's
+    // `qkv_proj_bias` / `mlp_fc1_bias` defaults differ between versions).
+    let ln = || LayerNorm::new(h, eps, true, true);
+    let layers = (0..n)
+      .map(|k| {
+        let lin = |name: &str, i: i32, o: i32| {
+          Linear::new(i, o, has(&format!("encoder.layers.{k}.{name}.bias")))
         };
         Layer {
-          qkv: Qkv::Split(
-            lin(w, "self_attn.q_proj", hidden, hidden)?,
-            lin(w, "self_attn.k_proj", hidden, hidden)?,
-            lin(w, "self_attn.v_proj", hidden, hidden)?,
-          ),
-          o: lin(w, "self_attn.o_proj", hidden, hidden)?,
-          norm1: LayerNorm::load(
-            w,
-            &format!("{p}.post_attention_layernorm"),
-            hidden,
-            eps,
-            true,
-          )?,
-          up: lin(w, "mlp.up_proj", hidden, inter)?,
-          gate: lin(w, "mlp.gate_proj", hidden, inter)?,
-          down: lin(w, "mlp.down_proj", inter, hidden)?,
-          norm2: LayerNorm::load(w, &format!("{p}.post_mlp_layernorm"), hidden, eps, true)?,
+          wqkv: lin("attn.Wqkv", h, 3 * h),
+          o: lin("attn.out_proj", h, h),
+          norm1: ln(),
+          up: lin("mlp.fc11", h, i),
+          gate: lin("mlp.fc12", h, i),
+          down: lin("mlp.fc2", i, h),
+          norm2: ln(),
         }
-      };
-      layers.push(layer);
-    }
+      })
+      .collect();
+    let token_type = (types > 0 && has("embeddings.token_type_embeddings.weight"))
+      .then(|| dim(cfg, "type_vocab_size", types).map(|t| Embedding::new(t, h)))
+      .transpose()?;
     Ok(NomicBert {
-      word,
+      word: Embedding::new(dim(cfg, "vocab_size", vocab)?, h),
       token_type,
-      emb_norm,
+      emb_norm: ln(),
       layers,
       act,
       hidden,
       heads,
       head_dim,
-      rotary_dims,
-      rope,
-      interleaved,
+      rope: Rope::new(rotary_dims as i32, interleaved, theta, rscale),
       pad: cfg.opt_usize(&["pad_token_id"])?.map(|p| p as u32),
     })
   }
@@ -178,18 +225,10 @@ impl Encoder for NomicBert {
     let scale = 1.0 / (self.head_dim as f32).sqrt();
     let (b, t, hh) = (input.batch as i32, input.seq as i32, self.hidden as i32);
     for l in &self.layers {
-      let (q, k, v) = match &l.qkv {
-        Qkv::Fused(f) => {
-          let qkv = f.forward(&x)?;
-          (
-            ops::slice(&qkv, &[0, 0, 0], &[b, t, hh], &[1, 1, 1])?,
-            ops::slice(&qkv, &[0, 0, hh], &[b, t, 2 * hh], &[1, 1, 1])?,
-            ops::slice(&qkv, &[0, 0, 2 * hh], &[b, t, 3 * hh], &[1, 1, 1])?,
-          )
-        }
-        Qkv::Split(q, k, v) => (q.forward(&x)?, k.forward(&x)?, v.forward(&x)?),
-      };
-      let (theta, rscale) = self.rope;
+      let qkv = l.wqkv.forward(&x)?;
+      let q = ops::slice(&qkv, &[0, 0, 0], &[b, t, hh], &[1, 1, 1])?;
+      let k = ops::slice(&qkv, &[0, 0, hh], &[b, t, 2 * hh], &[1, 1, 1])?;
+      let v = ops::slice(&qkv, &[0, 0, 2 * hh], &[b, t, 3 * hh], &[1, 1, 1])?;
       let a = attend(
         &q,
         &k,
@@ -201,7 +240,7 @@ impl Encoder for NomicBert {
         },
         scale,
         &mask,
-        |t, _| rope_with(&t, self.rotary_dims, theta, rscale, self.interleaved),
+        |t, _| Ok(self.rope.forward(&t, 0)?),
       )?;
       x = l.norm1.forward(&(&x + &l.o.forward(&a)?)?)?;
       let m = (&self.act.forward(&l.gate.forward(&x)?)? * &l.up.forward(&x)?)?;

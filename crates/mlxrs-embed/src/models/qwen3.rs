@@ -4,14 +4,16 @@
 //! (mlx-embeddings `models/qwen3.py`).
 
 use mlxrs_core::Array;
+use mlxrs_nn::{Embedding, Linear, RmsNorm, Rope, module};
 
-use super::{Encoder, ModelInput, activation, rope_theta};
+use super::{Encoder, ModelInput, activation, dim, rope_theta};
+use crate::activation::Activation;
+use crate::attention::{AttnPattern, Heads, attend, attention_mask};
 use crate::config::JsonConfig;
 use crate::error::Result;
-use crate::layers::{
-  Activation, AttnPattern, Embedding, Heads, Linear, RmsNorm, attend, attention_mask, rope,
-};
-use crate::weights::Weights;
+
+/// The tensor every Qwen3 checkpoint has (its path gives the prefix).
+pub const ANCHOR: &str = "embed_tokens.weight";
 
 struct Layer {
   in_norm: RmsNorm,
@@ -27,6 +29,20 @@ struct Layer {
   down: Linear,
 }
 
+module!(Layer {
+  in_norm => "input_layernorm",
+  q => "self_attn.q_proj",
+  k => "self_attn.k_proj",
+  v => "self_attn.v_proj",
+  o => "self_attn.o_proj",
+  q_norm => "self_attn.q_norm",
+  k_norm => "self_attn.k_norm",
+  post_norm => "post_attention_layernorm",
+  gate => "mlp.gate_proj",
+  up => "mlp.up_proj",
+  down => "mlp.down_proj",
+});
+
 /// A Qwen3 decoder used as an encoder.
 pub struct Qwen3 {
   embed: Embedding,
@@ -37,13 +53,19 @@ pub struct Qwen3 {
   heads: usize,
   kv_heads: usize,
   head_dim: usize,
-  rope: (f32, f32),
+  rope: Rope,
   pad: Option<u32>,
 }
 
+module!(Qwen3 {
+  embed => "embed_tokens",
+  layers,
+  norm,
+});
+
 impl Qwen3 {
-  /// Build from `config.json` and the checkpoint.
-  pub fn load(cfg: &JsonConfig, w: &mut Weights) -> Result<Qwen3> {
+  /// Build from `config.json`, unloaded.
+  pub fn new(cfg: &JsonConfig) -> Result<Qwen3> {
     let hidden = cfg.positive(&["hidden_size"])?;
     let n = cfg.positive(&["num_hidden_layers"])?;
     let heads = cfg.positive(&["num_attention_heads"])?;
@@ -66,57 +88,53 @@ impl Qwen3 {
         "sliding-window Qwen3 layers are not supported",
       ));
     }
-    let rope = rope_theta(cfg, None, &["rope_theta"], 1_000_000.0)?;
-    w.detect_prefix("embed_tokens.weight")?;
-    let embed = Embedding::load(w, "embed_tokens", vocab, hidden)?;
-    let (qd, kvd) = (heads * head_dim, kv_heads * head_dim);
-    let mut layers = Vec::with_capacity(n);
-    for i in 0..n {
-      let p = format!("layers.{i}");
-      layers.push(Layer {
-        in_norm: RmsNorm::load(w, &format!("{p}.input_layernorm"), hidden, eps, false)?,
-        q: Linear::load(w, &format!("{p}.self_attn.q_proj"), hidden, qd, bias)?,
-        k: Linear::load(w, &format!("{p}.self_attn.k_proj"), hidden, kvd, bias)?,
-        v: Linear::load(w, &format!("{p}.self_attn.v_proj"), hidden, kvd, bias)?,
-        o: Linear::load(w, &format!("{p}.self_attn.o_proj"), qd, hidden, bias)?,
-        q_norm: RmsNorm::load(w, &format!("{p}.self_attn.q_norm"), head_dim, eps, false)?,
-        k_norm: RmsNorm::load(w, &format!("{p}.self_attn.k_norm"), head_dim, eps, false)?,
-        post_norm: RmsNorm::load(
-          w,
-          &format!("{p}.post_attention_layernorm"),
-          hidden,
-          eps,
-          false,
-        )?,
-        gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), hidden, inter, false)?,
-        up: Linear::load(w, &format!("{p}.mlp.up_proj"), hidden, inter, false)?,
-        down: Linear::load(w, &format!("{p}.mlp.down_proj"), inter, hidden, false)?,
-      });
-    }
-    let norm = RmsNorm::load(w, "norm", hidden, eps, false)?;
+    let (theta, rscale) = rope_theta(cfg, None, &["rope_theta"], 1_000_000.0)?;
+    let h = dim(cfg, "hidden_size", hidden)?;
+    let i = dim(cfg, "intermediate_size", inter)?;
+    let hd = dim(cfg, "head_dim", head_dim)?;
+    let qd = dim(cfg, "num_attention_heads", heads * head_dim)?;
+    let kvd = dim(cfg, "num_key_value_heads", kv_heads * head_dim)?;
+    let layers = (0..n)
+      .map(|_| Layer {
+        in_norm: RmsNorm::new(h, eps),
+        q: Linear::new(h, qd, bias),
+        k: Linear::new(h, kvd, bias),
+        v: Linear::new(h, kvd, bias),
+        o: Linear::new(qd, h, bias),
+        q_norm: RmsNorm::new(hd, eps),
+        k_norm: RmsNorm::new(hd, eps),
+        post_norm: RmsNorm::new(h, eps),
+        gate: Linear::new(h, i, false),
+        up: Linear::new(h, i, false),
+        down: Linear::new(i, h, false),
+      })
+      .collect();
     Ok(Qwen3 {
-      embed,
+      embed: Embedding::new(dim(cfg, "vocab_size", vocab)?, h),
       layers,
-      norm,
+      norm: RmsNorm::new(h, eps),
       act,
       hidden,
       heads,
       kv_heads,
       head_dim,
-      rope,
+      rope: Rope::new(hd, false, theta, rscale),
       pad: cfg.opt_usize(&["pad_token_id"])?.map(|p| p as u32),
     })
   }
 }
 
 impl Encoder for Qwen3 {
+  fn unused_tensors(&self) -> &'static [&'static str] {
+    &["rotary_emb.inv_freq"]
+  }
+
   fn forward(&self, input: &ModelInput<'_>) -> Result<Array> {
     let mut x = self.embed.forward(input.ids)?;
     // Right padding: a causal mask plus the key mask keeps every real token's
     // view identical to the unpadded sequence.
     let mask = attention_mask(input.mask, AttnPattern::Causal)?;
     let scale = 1.0 / (self.head_dim as f32).sqrt();
-    let (theta, rscale) = self.rope;
     for l in &self.layers {
       let h = l.in_norm.forward(&x)?;
       let a = attend(
@@ -132,7 +150,7 @@ impl Encoder for Qwen3 {
         &mask,
         |t, is_q| {
           let n = if is_q { &l.q_norm } else { &l.k_norm };
-          rope(&n.forward(&t)?, self.head_dim, theta, rscale)
+          Ok(self.rope.forward(&n.forward(&t)?, 0)?)
         },
       )?;
       x = (&x + &l.o.forward(&a)?)?;
@@ -140,7 +158,7 @@ impl Encoder for Qwen3 {
       let m = (&self.act.forward(&l.gate.forward(&h)?)? * &l.up.forward(&h)?)?;
       x = (&x + &l.down.forward(&m)?)?;
     }
-    self.norm.forward(&x)
+    Ok(self.norm.forward(&x)?)
   }
 
   fn hidden_size(&self) -> usize {

@@ -31,7 +31,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use mlxrs_core::{Array, Dtype, ops};
-use mlxrs_nn::{QuantConfig, QuantParams as NnQuantParams, Weights};
+use mlxrs_nn::{QuantConfig, QuantMode, QuantParams, Weights};
 use serde_json::{Map, Value, json};
 
 use crate::config::ModelConfig;
@@ -133,24 +133,20 @@ fn invalid(msg: impl Into<String>) -> Error {
   Error::InvalidArgument(msg.into())
 }
 
-fn mode_defaults(mode: &str) -> Result<(i32, i32)> {
-  match mode {
-    "affine" => Ok((64, 4)),
-    "mxfp4" => Ok((32, 4)),
-    "nvfp4" => Ok((16, 4)),
-    "mxfp8" => Ok((32, 8)),
-    other => Err(invalid(format!(
-      "--q-mode {other:?}: expected one of {}",
+fn mode_of(mode: &str) -> Result<QuantMode> {
+  QuantMode::parse(mode).ok_or_else(|| {
+    invalid(format!(
+      "--q-mode {mode:?}: expected one of {}",
       QUANT_MODES.join(", ")
-    ))),
-  }
+    ))
+  })
 }
 
 /// How one layer is quantized, and what config.json records for it.
 #[derive(Debug, Clone)]
 struct LayerChoice {
   /// Effective parameters (`to_quantized`'s defaults applied).
-  params: NnQuantParams,
+  params: QuantParams,
   /// The per-layer config entry, when python records one.
   record: Option<Value>,
 }
@@ -252,17 +248,17 @@ fn cast_predicate(model_type: &str, key: &str) -> bool {
 
 /// Parameters `to_quantized(**dict)` ends up with (missing / null values
 /// take the mode's defaults; the mode defaults to affine).
-fn params_from_dict(d: &Value, path: &str) -> Result<NnQuantParams> {
+fn params_from_dict(d: &Value, path: &str) -> Result<QuantParams> {
   let mode = match d.get("mode") {
-    None | Some(Value::Null) => "affine".to_string(),
-    Some(Value::String(s)) => s.clone(),
+    None | Some(Value::Null) => QuantMode::Affine,
+    Some(Value::String(s)) => mode_of(s)?,
     Some(other) => {
       return Err(invalid(format!(
         "{path}: quantization mode {other} is not a string"
       )));
     }
   };
-  let (dg, db) = mode_defaults(&mode)?;
+  let (dg, db) = mode.defaults();
   let int = |k: &str, def: i32| -> Result<i32> {
     match d.get(k) {
       None | Some(Value::Null) => Ok(def),
@@ -272,7 +268,7 @@ fn params_from_dict(d: &Value, path: &str) -> Result<NnQuantParams> {
         .ok_or_else(|| invalid(format!("{path}: quantization {k} {v} is not an integer"))),
     }
   };
-  let p = NnQuantParams {
+  let p = QuantParams {
     group_size: int("group_size", dg)?,
     bits: int("bits", db)?,
     mode,
@@ -321,7 +317,8 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
   if opts.quantize && opts.dequantize {
     return Err(invalid("Choose either quantize or dequantize, not both."));
   }
-  let (def_gs, def_bits) = mode_defaults(&opts.q_mode)?;
+  let q_mode = mode_of(&opts.q_mode)?;
+  let (def_gs, def_bits) = q_mode.defaults();
   if opts.quant_predicate.is_some() && opts.q_mode != "affine" {
     return Err(invalid(
       "Quant predicates only support 'affine' quantization.",
@@ -345,10 +342,10 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
   }
   let gs = opts.q_group_size.unwrap_or(def_gs);
   let bits = opts.q_bits.unwrap_or(def_bits);
-  let global = NnQuantParams {
+  let global = QuantParams {
     group_size: gs,
     bits,
-    mode: opts.q_mode.clone(),
+    mode: q_mode,
   };
   if opts.quantize {
     global.validate().map_err(Error::Core)?;
@@ -513,7 +510,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
       };
       let choice = match pred {
         Pred::Yes => LayerChoice {
-          params: global.clone(),
+          params: global,
           record: fine_grained.then(|| global_json.clone()),
         },
         Pred::Dict(d) => LayerChoice {
@@ -526,7 +523,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         &w,
         Some(choice.params.group_size),
         Some(choice.params.bits),
-        &choice.params.mode,
+        choice.params.mode.as_str(),
         None,
       )
       .map_err(|e| invalid(format!("quantize {l}: {e}")))?;
@@ -599,7 +596,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         b.as_ref(),
         Some(p.group_size),
         Some(p.bits),
-        &p.mode,
+        p.mode.as_str(),
         None,
         None,
       )
@@ -767,7 +764,7 @@ fn truthy(v: &Value) -> bool {
 /// The parameters a quantized input layer was packed with: its per-layer
 /// entry (null fields take the mode's defaults, as python's
 /// `to_quantized(**entry)`), else the block's default.
-fn layer_params_in(q: &QuantConfig, raw: Option<&Value>, layer: &str) -> Result<NnQuantParams> {
+fn layer_params_in(q: &QuantConfig, raw: Option<&Value>, layer: &str) -> Result<QuantParams> {
   if let Some(entry) = raw.and_then(|r| r.get(layer)).filter(|e| e.is_object()) {
     return params_from_dict(entry, layer);
   }
@@ -784,10 +781,10 @@ fn probe(text_cfg: &Value) -> Result<Vec<String>> {
   let mut model = build_model(text_cfg)?;
   // group 1 makes every layer pass the loaders' divisibility filter
   let q = QuantConfig {
-    default: NnQuantParams {
+    default: QuantParams {
       group_size: 1,
       bits: 8,
-      mode: "affine".into(),
+      mode: QuantMode::Affine,
     },
     layers: HashMap::new(),
   };

@@ -72,6 +72,14 @@ pub(crate) struct Attention {
   norm_full: bool,
   /// The output projection's name (`o_proj`; phi: `dense`).
   o_name: &'static str,
+  /// The q/k norms' names (`q_norm`, `k_norm`; LFM2: `q_layernorm`,
+  /// `k_layernorm`).
+  qk_names: (&'static str, &'static str),
+  /// Llama-4 attention-temperature scaling of the queries after RoPE:
+  /// `(beta, original_max_position_embeddings)`.
+  query_scaling: Option<(f32, f32)>,
+  /// Weightless per-head RMSNorm (eps) on q and k before RoPE (Llama-4).
+  plain_qk_norm: Option<f32>,
 }
 
 impl Attention {
@@ -81,8 +89,8 @@ impl Attention {
       ("k_proj", &self.k_proj),
       ("v_proj", &self.v_proj),
       (self.o_name, &self.o_proj),
-      ("q_norm", &self.q_norm),
-      ("k_norm", &self.k_norm),
+      (self.qk_names.0, &self.q_norm),
+      (self.qk_names.1, &self.k_norm),
     ]
   }
 
@@ -92,8 +100,8 @@ impl Attention {
       ("k_proj", &mut self.k_proj),
       ("v_proj", &mut self.v_proj),
       (self.o_name, &mut self.o_proj),
-      ("q_norm", &mut self.q_norm),
-      ("k_norm", &mut self.k_norm),
+      (self.qk_names.0, &mut self.q_norm),
+      (self.qk_names.1, &mut self.k_norm),
     ]
   }
 
@@ -101,6 +109,29 @@ impl Attention {
   /// `dense`).
   pub fn with_o_name(mut self, name: &'static str) -> Attention {
     self.o_name = name;
+    self
+  }
+
+  /// The same layer with its output projection named `o` and its q/k
+  /// norms `q`, `k` (LFM2's `out_proj`, `q_layernorm`, `k_layernorm`).
+  pub fn with_names(mut self, o: &'static str, q: &'static str, k: &'static str) -> Attention {
+    self.o_name = o;
+    self.qk_names = (q, k);
+    self
+  }
+
+  /// The same layer scaling its roped queries at position `p` by
+  /// `1 + beta * ln(1 + floor(p / original_max))` (mlx-lm's
+  /// `_get_llama_4_attn_scale`: Ministral-3).
+  pub fn with_query_scaling(mut self, beta: f32, original_max: f32) -> Attention {
+    self.query_scaling = Some((beta, original_max));
+    self
+  }
+
+  /// The same layer RMS-normalizing each head of q and k without a weight
+  /// (`mx.fast.rms_norm(x, None, eps)`, Llama-4) before RoPE.
+  pub fn with_plain_qk_norm(mut self, eps: f32) -> Attention {
+    self.plain_qk_norm = Some(eps);
     self
   }
 }
@@ -156,6 +187,9 @@ impl Attention {
       scale: d.scale,
       rope,
       o_name: "o_proj",
+      qk_names: ("q_norm", "k_norm"),
+      query_scaling: None,
+      plain_qk_norm: None,
     }
   }
 
@@ -164,30 +198,61 @@ impl Attention {
     let s = x.shape();
     let (b, l) = (s[0], s[1]);
     let full = self.norm_full;
-    let heads = |t: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
+    let plain = self.plain_qk_norm;
+    let heads = |t: Array, n: i32, norm: &Option<RmsNorm>, qk: bool| -> Result<Array> {
       let t = match (full, norm) {
         (true, Some(nm)) => nm.forward(&t)?,
         _ => t,
       };
       let norm = if full { &None } else { norm };
       let t = ops::reshape(&t, &[b, l, n, -1])?;
-      let t = match norm {
-        Some(nm) => nm.forward(&t)?,
-        None => t,
+      let t = match (norm, plain) {
+        (Some(nm), _) => nm.forward(&t)?,
+        (None, Some(eps)) if qk => mlxrs_core::fast::rms_norm(&t, None, eps)?,
+        _ => t,
       };
       ops::transpose_axes(&t, &[0, 2, 1, 3])
     };
-    let mut q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm)?;
-    let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads, &self.k_norm)?;
-    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None)?;
+    let mut q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm, true)?;
+    let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads, &self.k_norm, true)?;
+    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None, false)?;
     if let Some(rope) = &self.rope {
       q = rope.forward(&q, cache.offset)?;
       k = rope.forward(&k, cache.offset)?;
+    }
+    if let Some((beta, orig)) = self.query_scaling {
+      q = ops::multiply(
+        &q,
+        &llama4_attn_scale(l, cache.offset, beta, orig, q.dtype())?,
+      )?;
     }
     let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
     let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
     self.o_proj.forward(&o)
   }
+}
+
+/// mlx-lm's `_get_llama_4_attn_scale(size, offset, beta, original_max)`:
+/// `1 + beta * ln(1 + floor((arange(size) + offset) / original_max))` as a
+/// `[size, 1]` column in `dt`.
+pub(crate) fn llama4_attn_scale(
+  size: i32,
+  offset: i32,
+  beta: f32,
+  original_max: f32,
+  dt: mlxrs_core::Dtype,
+) -> Result<Array> {
+  let pos = ops::arange(0.0, size as f64, 1.0, mlxrs_core::Dtype::Float32)?;
+  let pos = ops::add(&pos, &Array::scalar(offset as f32))?;
+  let steps = ops::floor(&ops::divide(&pos, &Array::scalar(original_max))?)?;
+  let s = ops::add(
+    &ops::multiply(
+      &ops::log(&ops::add(&steps, &Array::scalar(1.0f32))?)?,
+      &Array::scalar(beta),
+    )?,
+    &Array::scalar(1.0f32),
+  )?;
+  ops::astype(&ops::expand_dims(&s, -1)?, dt)
 }
 
 /// The masks of one forward: one for full-attention layers, one for

@@ -134,3 +134,46 @@ pub(crate) fn with_default(
   }
   cfg
 }
+
+/// `a[start:stop]` along `axis` (negative counts from the end).
+pub(crate) fn slice_axis(a: &Array, axis: i32, start: i32, stop: i32) -> Result<Array> {
+  let shape = a.shape();
+  let nd = shape.len();
+  let ax = if axis < 0 {
+    (axis + nd as i32) as usize
+  } else {
+    axis as usize
+  };
+  let mut st = vec![0; nd];
+  let mut sp = shape.clone();
+  st[ax] = start;
+  sp[ax] = stop;
+  ops::slice(a, &st, &sp, &vec![1; nd])
+}
+
+/// [`stack_experts`] for a `sanitize` that does not know the layer or
+/// expert counts (a [`super::decoder::SanitizeFn`]): every
+/// `<prefix>.experts.0.<src>.*` of the map names a layer prefix (ending in
+/// `.<block>`), and its experts are `0..=` the largest index found there.
+pub(crate) fn stack_found_experts(
+  weights: &mut HashMap<String, Array>,
+  block: &str,
+  names: &[(&str, &str)],
+) -> Result<()> {
+  let mut count: HashMap<String, i32> = HashMap::new();
+  let needle = format!(".{block}.experts.");
+  for k in weights.keys() {
+    if let Some(i) = k.find(&needle) {
+      let prefix = &k[..i + needle.len() - ".experts.".len()];
+      let rest = &k[i + needle.len()..];
+      if let Some(e) = rest.split('.').next().and_then(|e| e.parse::<i32>().ok()) {
+        let c = count.entry(prefix.to_string()).or_insert(0);
+        *c = (*c).max(e + 1);
+      }
+    }
+  }
+  for (prefix, n) in count {
+    stack_experts(weights, std::slice::from_ref(&prefix), n, names)?;
+  }
+  Ok(())
+}

@@ -23,6 +23,24 @@ pub(crate) trait Layer: Module + Send {
   fn sliding(&self) -> bool {
     false
   }
+  /// [`Layer::forward`] with state handed from layer to layer (Hunyuan's
+  /// cross-layer attention: the k/v projections of the last layer that
+  /// computed its own). Most layers ignore it.
+  fn forward_shared(
+    &self,
+    x: &Array,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+    _shared: &mut Option<(Array, Array)>,
+  ) -> Result<Array> {
+    self.forward(x, mask, cache)
+  }
+  /// This layer's part of `sanitize`, over the tensors under `prefix`
+  /// (`model.layers.{i}`): HF layouts whose split needs the layer's own
+  /// shapes (fused projections). Run after [`DecoderOpts::sanitize`].
+  fn sanitize(&self, _prefix: &str, _weights: &mut HashMap<String, Array>) -> Result<()> {
+    Ok(())
+  }
 }
 
 /// A normalization layer (RMSNorm or LayerNorm).
@@ -77,21 +95,21 @@ impl Module for Inner {
     self.norm.load(w, &join(prefix, self.names.norm));
   }
   fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
-    self.embed_tokens.visit(&join(prefix, "embed_tokens"), f);
+    self.embed_tokens.visit(&join(prefix, self.names.embed), f);
     self.layers.visit(&join(prefix, self.names.layers), f);
     self.norm.visit(&join(prefix, self.names.norm), f);
   }
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
     self
       .embed_tokens
-      .visit_mut(&join(prefix, "embed_tokens"), f);
+      .visit_mut(&join(prefix, self.names.embed), f);
     self.layers.visit_mut(&join(prefix, self.names.layers), f);
     self.norm.visit_mut(&join(prefix, self.names.norm), f);
   }
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
     self
       .embed_tokens
-      .visit_frozen(&join(prefix, "embed_tokens"), f);
+      .visit_frozen(&join(prefix, self.names.embed), f);
     self
       .layers
       .visit_frozen(&join(prefix, self.names.layers), f);
@@ -234,9 +252,10 @@ impl Decoder {
     let n = h.dim(1).unwrap_or(1);
     let sliding: Vec<bool> = self.model.layers.iter().map(|l| l.sliding()).collect();
     let (fa, swa) = layer_masks(&sliding, caches, n, self.opts.window, key_valid, mask)?;
+    let mut shared = None;
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       let m = if layer.sliding() { &swa } else { &fa };
-      h = layer.forward(&h, m, cache)?;
+      h = layer.forward_shared(&h, m, cache, &mut shared)?;
     }
     self.model.norm.apply(&h)
   }
@@ -309,6 +328,11 @@ impl LanguageModel for Decoder {
       Some(f) => f(weights)?,
       None => weights,
     };
+    let names = self.model.names;
+    for (i, l) in self.model.layers.iter().enumerate() {
+      let prefix = join(&join(names.root, names.layers), &i.to_string());
+      l.sanitize(&prefix, &mut weights)?;
+    }
     weights.retain(|k, _| !k.contains("rotary_emb.inv_freq"));
     if self.opts.tied {
       for k in [

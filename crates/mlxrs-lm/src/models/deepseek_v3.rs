@@ -21,13 +21,15 @@ use std::collections::HashMap;
 use mlxrs_core::{Array, Dtype, Error, Result, ops};
 use mlxrs_nn::attention::causal_mask;
 use mlxrs_nn::{
-  AttnMask, Embedding, GluActivation, KvCache, Linear, Module, MultiLinear, Param, RmsNorm, Rope,
-  SwitchGlu, Weights, module, sdpa_with_cache, swiglu,
+  AttnMask, Embedding, KvCache, Linear, Module, MultiLinear, RmsNorm, Rope, Weights, module,
+  sdpa_with_cache,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::base::{check_caches, check_moe, default_caches, stack_experts};
+use super::base::{check_caches, check_moe, default_caches, slice_axis, stack_experts};
+use super::mlp::SwiGluMlp;
+use super::moe::{DeepseekMoe, DeepseekRouter, Routing, check_groups};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_vocab() -> i32 {
@@ -175,22 +177,6 @@ fn finfo_min(dt: Dtype) -> f64 {
   }
 }
 
-/// `a[start:stop]` along `axis` (negative counts from the end).
-fn slice_axis(a: &Array, axis: i32, start: i32, stop: i32) -> Result<Array> {
-  let shape = a.shape();
-  let nd = shape.len();
-  let ax = if axis < 0 {
-    (axis + nd as i32) as usize
-  } else {
-    axis as usize
-  };
-  let mut st = vec![0; nd];
-  let mut sp = shape.clone();
-  st[ax] = start;
-  sp[ax] = stop;
-  ops::slice(a, &st, &sp, &vec![1; nd])
-}
-
 /// `DeepseekV3Attention`.
 struct Attention {
   q_proj: Option<Linear>,
@@ -313,126 +299,10 @@ fn split2(a: &Array, at: i32) -> Result<(Array, Array)> {
   }
 }
 
-/// `DeepseekV3MLP`.
-struct Mlp {
-  gate_proj: Linear,
-  up_proj: Linear,
-  down_proj: Linear,
-}
-module!(Mlp {
-  gate_proj,
-  up_proj,
-  down_proj
-});
-
-impl Mlp {
-  fn new(h: i32, inter: i32) -> Mlp {
-    Mlp {
-      gate_proj: Linear::new(h, inter, false),
-      up_proj: Linear::new(h, inter, false),
-      down_proj: Linear::new(inter, h, false),
-    }
-  }
-  fn forward(&self, x: &Array) -> Result<Array> {
-    self.down_proj.forward(&swiglu(
-      &self.gate_proj.forward(x)?,
-      &self.up_proj.forward(x)?,
-    )?)
-  }
-}
-
-/// `MoEGate` (a bare weight, never quantized) with mlx-lm's
-/// `group_expert_select`.
-struct MoeGate {
-  weight: Param,
-  e_score_correction_bias: Param,
-  top_k: i32,
-  n_group: i32,
-  topk_group: i32,
-  routed_scaling_factor: f32,
-  norm_topk_prob: bool,
-}
-module!(MoeGate {
-  weight,
-  e_score_correction_bias
-});
-
-impl MoeGate {
-  /// `(indices [..., k], weights [..., k])`.
-  fn forward(&self, x: &Array) -> Result<(Array, Array)> {
-    let gates = ops::matmul(x, &ops::transpose(&self.weight.value)?)?;
-    let orig = ops::sigmoid(&ops::astype(&gates, Dtype::Float32)?)?;
-    let mut scores = ops::add(&orig, &self.e_score_correction_bias.value)?;
-    if self.n_group > 1 {
-      scores = ops::unflatten(&scores, -1, &[self.n_group, -1])?;
-      let group_scores = ops::sum_axis(&ops::topk_axis(&scores, 2, -1)?, -1, true)?;
-      let k = self.n_group - self.topk_group;
-      if k > 0 {
-        let group_idx = slice_axis(&ops::argpartition_axis(&group_scores, k - 1, -2)?, -2, 0, k)?;
-        scores = ops::put_along_axis(
-          &scores,
-          &ops::stop_gradient(&group_idx)?,
-          &Array::scalar(0.0f32),
-          -2,
-        )?;
-      }
-      scores = ops::flatten(&scores, -2, -1)?;
-    }
-    let k = self.top_k;
-    let inds = ops::stop_gradient(&slice_axis(
-      &ops::argpartition_axis(&ops::negative(&scores)?, k - 1, -1)?,
-      -1,
-      0,
-      k,
-    )?)?;
-    let mut w = ops::take_along_axis(&orig, &inds, -1)?;
-    if k > 1 && self.norm_topk_prob {
-      w = ops::divide(&w, &ops::sum_axis(&w, -1, true)?)?;
-    }
-    let w = ops::multiply(
-      &w,
-      &Array::scalar_as(self.routed_scaling_factor as f64, w.dtype())?,
-    )?;
-    Ok((inds, w))
-  }
-}
-
-/// `DeepseekV3MoE`.
-struct Moe {
-  switch_mlp: SwitchGlu,
-  gate: MoeGate,
-  shared_experts: Option<Mlp>,
-}
-module!(Moe {
-  switch_mlp,
-  gate,
-  shared_experts
-});
-
-impl Moe {
-  fn forward(&self, x: &Array) -> Result<Array> {
-    let (inds, scores) = self.gate.forward(x)?;
-    let y = self.switch_mlp.forward(x, &inds)?;
-    let dt = y.dtype();
-    let y = ops::astype(
-      &ops::sum_axis(
-        &ops::multiply(&y, &ops::expand_dims(&scores, -1)?)?,
-        -2,
-        false,
-      )?,
-      dt,
-    )?;
-    match &self.shared_experts {
-      Some(s) => ops::add(&y, &s.forward(x)?),
-      None => Ok(y),
-    }
-  }
-}
-
 struct Block {
   self_attn: Attention,
-  dense: Option<Mlp>,
-  moe: Option<Moe>,
+  dense: Option<SwiGluMlp>,
+  moe: Option<DeepseekMoe>,
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
 }
@@ -509,20 +379,7 @@ impl DeepseekV3 {
     }
     if let Some(e) = a.n_routed_experts {
       check_moe("deepseek_v3", e, a.num_experts_per_tok)?;
-      if a.n_group > 1 {
-        if e % a.n_group != 0 || e / a.n_group < 2 {
-          return Err(bad(format!(
-            "n_routed_experts ({e}) must split into n_group ({}) groups of >= 2",
-            a.n_group
-          )));
-        }
-        if a.topk_group <= 0 || a.topk_group > a.n_group {
-          return Err(bad(format!(
-            "topk_group ({}) must be in 1..={}",
-            a.topk_group, a.n_group
-          )));
-        }
-      }
+      check_groups("deepseek_v3", e, a.n_group, a.topk_group)?;
     }
     let q_head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;
     let mut scale = (q_head_dim as f32).powf(-0.5);
@@ -573,27 +430,30 @@ impl DeepseekV3 {
         rope,
       };
       let moe = match a.n_routed_experts {
-        Some(e) if i >= a.first_k_dense_replace && i % a.moe_layer_freq == 0 => Some(Moe {
-          switch_mlp: SwitchGlu::new(h, a.moe_intermediate_size, e, GluActivation::SwiGlu, false),
-          gate: MoeGate {
-            weight: Param::new(&[e, h]),
-            // mlx-lm's cast_predicate keeps this one in float32.
-            e_score_correction_bias: Param::new_uncast(&[e]),
-            top_k: a.num_experts_per_tok,
-            n_group: a.n_group,
-            topk_group: a.topk_group,
-            routed_scaling_factor: a.routed_scaling_factor,
-            norm_topk_prob: a.norm_topk_prob,
-          },
-          shared_experts: a
-            .n_shared_experts
-            .map(|n| Mlp::new(h, a.moe_intermediate_size * n)),
-        }),
+        Some(e) if i >= a.first_k_dense_replace && i % a.moe_layer_freq == 0 => {
+          Some(DeepseekMoe::new(
+            h,
+            a.moe_intermediate_size,
+            e,
+            a.n_shared_experts.map(|n| a.moe_intermediate_size * n),
+            DeepseekRouter {
+              routing: Routing::NoauxTc {
+                norm_topk_prob: a.norm_topk_prob,
+              },
+              top_k: a.num_experts_per_tok,
+              n_group: a.n_group,
+              topk_group: a.topk_group,
+              routed_scaling_factor: a.routed_scaling_factor,
+            },
+          ))
+        }
         _ => None,
       };
       layers.push(Block {
         self_attn,
-        dense: moe.is_none().then(|| Mlp::new(h, a.intermediate_size)),
+        dense: moe
+          .is_none()
+          .then(|| SwiGluMlp::new(h, a.intermediate_size, false)),
         moe,
         input_layernorm: RmsNorm::new(h, eps),
         post_attention_layernorm: RmsNorm::new(h, eps),

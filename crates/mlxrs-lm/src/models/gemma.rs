@@ -4,13 +4,14 @@
 //! PaliGemma (mlx-vlm's `paligemma/language.py`).
 
 use mlxrs_core::{Array, Result, ops};
-use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, Linear, Module, RmsNorm, Rope, Weights, gelu, gelu_approx, module,
-};
+use mlxrs_nn::{AttnMask, Embedding, KvCache, RmsNorm, Rope, module};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::base::{check_caches, check_heads, default_caches};
+use super::attention::{Attention, AttnDims};
+use super::base::check_heads;
+use super::decoder::{Decoder, DecoderOpts, Layer};
+use super::mlp::GeluMlp;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -52,69 +53,9 @@ pub struct GemmaArgs {
   pub hidden_activation: Option<String>,
 }
 
-struct Attention {
-  q_proj: Linear,
-  k_proj: Linear,
-  v_proj: Linear,
-  o_proj: Linear,
-  n_heads: i32,
-  n_kv_heads: i32,
-  scale: f32,
-  rope: Rope,
-}
-module!(Attention {
-  q_proj,
-  k_proj,
-  v_proj,
-  o_proj
-});
-
-impl Attention {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let s = x.shape();
-    let (b, l) = (s[0], s[1]);
-    let heads =
-      |t: Array, n: i32| ops::transpose_axes(&ops::reshape(&t, &[b, l, n, -1])?, &[0, 2, 1, 3]);
-    let q = heads(self.q_proj.forward(x)?, self.n_heads)?;
-    let k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
-    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
-    let q = self.rope.forward(&q, cache.offset)?;
-    let k = self.rope.forward(&k, cache.offset)?;
-    let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
-    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
-    self.o_proj.forward(&o)
-  }
-}
-
-struct Mlp {
-  gate_proj: Linear,
-  down_proj: Linear,
-  up_proj: Linear,
-  tanh_gelu: bool,
-}
-module!(Mlp {
-  gate_proj,
-  down_proj,
-  up_proj
-});
-
-impl Mlp {
-  fn forward(&self, x: &Array) -> Result<Array> {
-    let g = self.gate_proj.forward(x)?;
-    let g = if self.tanh_gelu {
-      gelu_approx(&g)?
-    } else {
-      gelu(&g)?
-    };
-    self
-      .down_proj
-      .forward(&ops::multiply(&g, &self.up_proj.forward(x)?)?)
-  }
-}
-
 struct Block {
   self_attn: Attention,
-  mlp: Mlp,
+  mlp: GeluMlp,
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
 }
@@ -125,7 +66,7 @@ module!(Block {
   post_attention_layernorm
 });
 
-impl Block {
+impl Layer for Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let r = self
       .self_attn
@@ -138,147 +79,73 @@ impl Block {
   }
 }
 
-struct Inner {
-  embed_tokens: Embedding,
-  layers: Vec<Block>,
-  norm: RmsNorm,
-}
-module!(Inner {
-  embed_tokens,
-  layers,
-  norm
-});
-
-/// A Gemma decoder (mlx-lm `gemma.Model`); output embeddings are tied.
-pub struct Gemma {
-  args: GemmaArgs,
-  model: Inner,
-}
-module!(Gemma { model });
-
-impl Gemma {
-  /// Build from parsed args.
-  pub fn new(args: GemmaArgs) -> Result<Gemma> {
-    let (h, n_heads, n_kv, hd) = (
-      args.hidden_size,
-      args.num_attention_heads,
-      args.num_key_value_heads,
-      args.head_dim,
-    );
-    check_heads("gemma", h, n_heads, n_kv, args.num_hidden_layers)?;
-    if hd <= 0 {
+/// Registry entry for `gemma`: a [`Decoder`] of Llama-shaped blocks with
+/// `(1 + w)` RMSNorms (`RmsNorm::new_plus_one`), a GELU-gated MLP,
+/// embeddings scaled by `sqrt(hidden_size)` (python `h * (hidden_size **
+/// 0.5)`, the float cast to h's dtype) and the output tied to the
+/// embeddings (mlx-lm `gemma.Model`).
+pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
+  let args: GemmaArgs = parse_args(config)?;
+  let (h, n_heads, n_kv, hd) = (
+    args.hidden_size,
+    args.num_attention_heads,
+    args.num_key_value_heads,
+    args.head_dim,
+  );
+  check_heads("gemma", h, n_heads, n_kv, args.num_hidden_layers)?;
+  if hd <= 0 {
+    return Err(mlxrs_core::Error::InvalidArgument(format!(
+      "config (gemma): head_dim ({hd}) must be positive"
+    )));
+  }
+  let tanh_gelu = match args.hidden_activation.as_deref() {
+    None | Some("gelu") => false,
+    Some("gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" | "tanh") => true,
+    Some(other) => {
       return Err(mlxrs_core::Error::InvalidArgument(format!(
-        "config (gemma): head_dim ({hd}) must be positive"
+        "config (gemma): unsupported hidden_activation {other:?}"
       )));
     }
-    let tanh_gelu = match args.hidden_activation.as_deref() {
-      None | Some("gelu") => false,
-      Some("gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" | "tanh") => true,
-      Some(other) => {
-        return Err(mlxrs_core::Error::InvalidArgument(format!(
-          "config (gemma): unsupported hidden_activation {other:?}"
-        )));
-      }
-    };
-    let (eps, bias) = (args.rms_norm_eps, args.attention_bias);
-    let layers = (0..args.num_hidden_layers)
-      .map(|_| Block {
-        self_attn: Attention {
-          q_proj: Linear::new(h, n_heads * hd, bias),
-          k_proj: Linear::new(h, n_kv * hd, bias),
-          v_proj: Linear::new(h, n_kv * hd, bias),
-          o_proj: Linear::new(n_heads * hd, h, bias),
-          n_heads,
-          n_kv_heads: n_kv,
-          scale: (hd as f32).powf(-0.5),
-          rope: Rope::new(hd, args.rope_traditional, args.rope_theta, 1.0),
-        },
-        mlp: Mlp {
-          gate_proj: Linear::new(h, args.intermediate_size, false),
-          down_proj: Linear::new(args.intermediate_size, h, false),
-          up_proj: Linear::new(h, args.intermediate_size, false),
-          tanh_gelu,
-        },
+  };
+  let eps = args.rms_norm_eps;
+  let bias = args.attention_bias;
+  let dims = AttnDims::new(h, n_heads, n_kv, hd, (bias, bias));
+  let layers = (0..args.num_hidden_layers)
+    .map(|_| {
+      Box::new(Block {
+        self_attn: Attention::new(
+          dims,
+          Some(Rope::new(hd, args.rope_traditional, args.rope_theta, 1.0)),
+        ),
+        mlp: GeluMlp::new(h, args.intermediate_size, tanh_gelu),
         input_layernorm: RmsNorm::new_plus_one(h, eps),
         post_attention_layernorm: RmsNorm::new_plus_one(h, eps),
-      })
-      .collect();
-    Ok(Gemma {
-      model: Inner {
-        embed_tokens: Embedding::new(args.vocab_size, h),
-        layers,
-        norm: RmsNorm::new_plus_one(h, eps),
-      },
-      args,
+      }) as Box<dyn Layer>
     })
-  }
+    .collect();
+  Ok(Box::new(Decoder::new(
+    Embedding::new(args.vocab_size, h),
+    layers,
+    Box::new(RmsNorm::new_plus_one(h, eps)),
+    "norm",
+    None,
+    DecoderOpts {
+      vocab_size: args.vocab_size,
+      window: None,
+      logit_scale: None,
+      embed_scale: Some((h as f64).sqrt() as f32),
+      tied: true,
+      stack_experts: None,
+      sanitize: Some(drop_lm_head),
+    },
+  )))
 }
 
-/// Registry entry for `gemma`.
-pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
-  Ok(Box::new(Gemma::new(parse_args(config)?)?))
-}
-
-impl LanguageModel for Gemma {
-  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-    self.hidden_from_embeddings(&self.embed_tokens(tokens)?, caches, None)
-  }
-
-  fn embed_tokens(&self, tokens: &Array) -> Result<Array> {
-    self.model.embed_tokens.forward(tokens)
-  }
-
-  fn hidden_from_embeddings(
-    &self,
-    embeddings: &Array,
-    caches: &mut [KvCache],
-    mask: Option<&AttnMask>,
-  ) -> Result<Array> {
-    check_caches(caches.len(), self.model.layers.len())?;
-    // python `h * (hidden_size ** 0.5)`: the float is cast to h's dtype.
-    let norm = Array::scalar_as(
-      (self.args.hidden_size as f64).sqrt() as f32 as f64,
-      embeddings.dtype(),
-    )?;
-    let mut h = ops::multiply(embeddings, &norm)?;
-    let n = h.dim(1).unwrap_or(1);
-    let mask = match (mask, caches.first()) {
-      (Some(m), _) => m.clone(),
-      (None, Some(c)) => c.make_mask(n, None)?,
-      (None, None) => AttnMask::None,
-    };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      h = layer.forward(&h, &mask, cache)?;
-    }
-    self.model.norm.forward(&h)
-  }
-
-  fn logits(&self, hidden: &Array) -> Result<Array> {
-    self.model.embed_tokens.as_linear(hidden)
-  }
-
-  fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    default_caches(self.model.layers.len(), max_kv_size)
-  }
-
-  fn load(&mut self, w: &mut Weights) {
-    Module::load(self, w, "");
-  }
-
-  fn sanitize(
-    &self,
-    mut weights: std::collections::HashMap<String, Array>,
-  ) -> Result<std::collections::HashMap<String, Array>> {
-    weights
-      .retain(|k, _| !k.contains("self_attn.rotary_emb.inv_freq") && !k.starts_with("lm_head."));
-    Ok(weights)
-  }
-
-  fn vocab_size(&self) -> i32 {
-    self.args.vocab_size
-  }
-
-  fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
-    Module::visit(self, "", f);
-  }
+/// mlx-lm's gemma `sanitize` keeps no `lm_head.*` (the head is tied), even
+/// the quantized or biased forms a converted checkpoint may carry.
+fn drop_lm_head(
+  mut weights: std::collections::HashMap<String, Array>,
+) -> Result<std::collections::HashMap<String, Array>> {
+  weights.retain(|k, _| !k.starts_with("lm_head."));
+  Ok(weights)
 }

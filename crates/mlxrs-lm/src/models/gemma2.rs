@@ -6,13 +6,13 @@
 use mlxrs_core::{Array, Dtype, Result, ops};
 use mlxrs_nn::attention::causal_mask;
 use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, gelu_approx,
-  module,
+  AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::base::check_heads;
+use super::mlp::GeluMlp;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -82,35 +82,6 @@ fn finfo_min(d: Dtype) -> f64 {
     Dtype::Bfloat16 => -3.3895313892515355e38,
     Dtype::Float64 => f64::MIN,
     _ => f32::MIN as f64,
-  }
-}
-
-/// The GELU-tanh gated MLP shared by the Gemma family.
-pub(crate) struct GemmaMlp {
-  gate_proj: Linear,
-  down_proj: Linear,
-  up_proj: Linear,
-}
-module!(GemmaMlp {
-  gate_proj,
-  down_proj,
-  up_proj
-});
-
-impl GemmaMlp {
-  pub(crate) fn new(dim: i32, hidden: i32) -> GemmaMlp {
-    GemmaMlp {
-      gate_proj: Linear::new(dim, hidden, false),
-      down_proj: Linear::new(hidden, dim, false),
-      up_proj: Linear::new(dim, hidden, false),
-    }
-  }
-
-  pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
-    let g = gelu_approx(&self.gate_proj.forward(x)?)?;
-    self
-      .down_proj
-      .forward(&ops::multiply(&g, &self.up_proj.forward(x)?)?)
   }
 }
 
@@ -191,7 +162,7 @@ impl Attention {
 
 struct Block {
   self_attn: Attention,
-  mlp: GemmaMlp,
+  mlp: GeluMlp,
   input_layernorm: RmsNorm,
   pre_feedforward_layernorm: RmsNorm,
   post_feedforward_layernorm: RmsNorm,
@@ -269,7 +240,7 @@ impl Gemma2 {
           softcap: args.attn_logit_softcapping,
           rope: Rope::new(hd, args.rope_traditional, args.rope_theta, 1.0),
         },
-        mlp: GemmaMlp::new(h, args.intermediate_size),
+        mlp: GeluMlp::new(h, args.intermediate_size, true),
         input_layernorm: RmsNorm::new_plus_one(h, eps),
         pre_feedforward_layernorm: RmsNorm::new_plus_one(h, eps),
         post_feedforward_layernorm: RmsNorm::new_plus_one(h, eps),

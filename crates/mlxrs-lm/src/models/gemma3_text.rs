@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::base::check_heads;
-use super::gemma2::GemmaMlp;
+use super::mlp::GeluMlp;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_hidden() -> i32 {
@@ -169,7 +169,7 @@ fn clip_residual(x: &Array, y: &Array) -> Result<Array> {
 
 struct Block {
   self_attn: Attention,
-  mlp: GemmaMlp,
+  mlp: GeluMlp,
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
   pre_feedforward_layernorm: RmsNorm,
@@ -265,7 +265,7 @@ impl Gemma3Text {
           scale: args.query_pre_attn_scalar.powf(-0.5) as f32,
           rope,
         },
-        mlp: GemmaMlp::new(h, args.intermediate_size),
+        mlp: GeluMlp::new(h, args.intermediate_size, true),
         input_layernorm: RmsNorm::new_plus_one(h, eps),
         post_attention_layernorm: RmsNorm::new_plus_one(h, eps),
         pre_feedforward_layernorm: RmsNorm::new_plus_one(h, eps),

@@ -1,8 +1,9 @@
-//! The gated SwiGLU MLP most mlx-lm architectures share (`MLP` of
-//! llama.py, stablelm.py, cohere.py, ...): `down(silu(gate(x)) * up(x))`.
+//! The gated MLPs mlx-lm architectures share: SwiGLU (`MLP` of llama.py,
+//! stablelm.py, cohere.py, ...: `down(silu(gate(x)) * up(x))`) and the
+//! Gemma family's GELU-gated one (`down(gelu(gate(x)) * up(x))`).
 
-use mlxrs_core::{Array, Result};
-use mlxrs_nn::{Linear, module, swiglu};
+use mlxrs_core::{Array, Result, ops};
+use mlxrs_nn::{Linear, gelu, gelu_approx, module, swiglu};
 
 /// `mlp` of a Llama-shaped block: `gate_proj`, `up_proj`, `down_proj`.
 pub(crate) struct SwiGluMlp {
@@ -62,5 +63,45 @@ impl FusedSwiGluMlp {
     let gate = super::base::last_axis(&gu, 0, half)?;
     let up = super::base::last_axis(&gu, half, 2 * half)?;
     self.down_proj.forward(&swiglu(&gate, &up)?)
+  }
+}
+
+/// The GELU-gated MLP of the Gemma family (gemma.py, gemma2.py,
+/// gemma3_text.py): `down(gelu(gate(x)) * up(x))`, bias-free, with the tanh
+/// approximation of GELU (`nn.gelu_approx`) or the exact one (`nn.gelu`).
+pub(crate) struct GeluMlp {
+  gate_proj: Linear,
+  down_proj: Linear,
+  up_proj: Linear,
+  tanh: bool,
+}
+module!(GeluMlp {
+  gate_proj,
+  down_proj,
+  up_proj
+});
+
+impl GeluMlp {
+  /// An unloaded MLP `hidden -> inter -> hidden`; `tanh` picks the GELU.
+  pub fn new(hidden: i32, inter: i32, tanh: bool) -> GeluMlp {
+    GeluMlp {
+      gate_proj: Linear::new(hidden, inter, false),
+      down_proj: Linear::new(inter, hidden, false),
+      up_proj: Linear::new(hidden, inter, false),
+      tanh,
+    }
+  }
+
+  /// The MLP of `x`.
+  pub fn forward(&self, x: &Array) -> Result<Array> {
+    let g = self.gate_proj.forward(x)?;
+    let g = if self.tanh {
+      gelu_approx(&g)?
+    } else {
+      gelu(&g)?
+    };
+    self
+      .down_proj
+      .forward(&ops::multiply(&g, &self.up_proj.forward(x)?)?)
   }
 }

@@ -360,7 +360,7 @@ pub fn dense_weight(
         params.get(&format!("{path}.biases")),
         Some(q.group_size),
         Some(q.bits),
-        &q.mode,
+        q.mode.as_str(),
         None,
         None,
       )?)
@@ -572,7 +572,7 @@ fn requantize(
   q: &mlxrs_nn::QuantParams,
 ) -> Result<()> {
   let w = &out[&format!("{path}.weight")];
-  let parts = ops::quantize(w, Some(q.group_size), Some(q.bits), &q.mode, None)?;
+  let parts = ops::quantize(w, Some(q.group_size), Some(q.bits), q.mode.as_str(), None)?;
   let mut it = parts.into_iter();
   let wq = it
     .next()

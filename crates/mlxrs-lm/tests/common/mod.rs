@@ -103,7 +103,7 @@ pub fn check_fixture(name: &str, tol: f32) {
   }
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
   a.iter()
     .zip(b)
     .map(|(g, w)| (g - w).abs())
