@@ -51,9 +51,13 @@ pub struct ServeArgs {
   /// Prompt tokens per prefill chunk.
   #[arg(long = "prefill-step-size", default_value_t = 2048)]
   prefill_step_size: usize,
-  /// Speculative decoding draft model (not supported by the server yet).
+  /// Speculative decoding draft model, used while one greedy request runs
+  /// alone (same tokenizer as --model).
   #[arg(long = "draft-model")]
   draft_model: Option<String>,
+  /// Draft tokens proposed per speculative step.
+  #[arg(long = "num-draft-tokens", default_value_t = 3)]
+  num_draft_tokens: usize,
   /// JSON object of chat-template variables, e.g. '{"enable_thinking":false}'.
   #[arg(long = "chat-template-args")]
   chat_template_args: Option<String>,
@@ -82,11 +86,6 @@ pub struct ServeArgs {
 
 /// Run the server until ctrl-c / SIGTERM.
 pub fn run(a: ServeArgs) -> Result<()> {
-  if a.draft_model.is_some() {
-    bail!(
-      "--draft-model: speculative decoding is not supported by `mlxrs serve` yet (it is by `mlxrs generate --draft-model`)"
-    );
-  }
   let chat_template_args = match &a.chat_template_args {
     None => serde_json::Map::new(),
     Some(s) => match serde_json::from_str(s) {
@@ -121,6 +120,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     decode_concurrency: a.decode_concurrency,
     prompt_concurrency: a.prompt_concurrency,
     prefill_step_size: a.prefill_step_size,
+    draft_model: a.draft_model,
+    num_draft_tokens: a.num_draft_tokens,
     chat_template_args,
     api_key: a.api_key,
     max_queue: a.max_queue,

@@ -16,6 +16,15 @@
 //! differences, so a row's greedy tokens are those of a lone run up to float
 //! rounding (the server's tests check them equal).
 //!
+//! [`BatchGenerator::start`] / [`BatchGenerator::advance`] spread a joining
+//! row's prefill over several loop turns (`prefill_step_size` tokens each,
+//! one [`BatchGenerator::step`] of the running rows between two), laying
+//! the row out for the width the batch will have when it joins, so running
+//! rows keep decoding while a long prompt arrives. Models with
+//! sliding-window layers batch through
+//! [`LanguageModel::make_batch_caches`] (whole-width caches, windows in the
+//! masks).
+//!
 //! A lone row without padding runs the plain [`LanguageModel::hidden`]
 //! path, exactly as [`crate::TokenGenerator`] does; architectures without
 //! [`LanguageModel::hidden_padded`] (or with rotating caches) can therefore
@@ -171,6 +180,21 @@ struct RowState {
   /// Tokens generated so far (for the NaN guard's message).
   produced: usize,
   allow_nan: bool,
+  /// Prompt + generated tokens, `last` included (feeds the draft model).
+  seq: Vec<i32>,
+}
+
+/// The draft model of speculative decoding for a lone row
+/// ([`BatchGenerator::set_draft`]).
+struct Draft<'m> {
+  model: &'m dyn LanguageModel,
+  caches: Vec<KvCache>,
+  num: usize,
+  /// The row whose leading tokens the draft caches hold.
+  row: Option<u64>,
+  /// Tokens proposed / accepted so far.
+  drafted: usize,
+  accepted: usize,
 }
 
 /// A running decode batch (python `BatchGenerator`).
@@ -182,10 +206,46 @@ pub struct BatchGenerator<'m> {
   rows: Vec<RowState>,
   prefill_step_size: usize,
   batchable: bool,
+  /// A joining row whose prefill is spread over several loop turns
+  /// ([`BatchGenerator::start`]).
+  pending: Option<Pending>,
+  draft: Option<Draft<'m>>,
+}
+
+/// A row being prefilled in chunks between decode steps.
+struct Pending {
+  id: u64,
+  prompt: Vec<i32>,
+  caches: Vec<KvCache>,
+  /// Prompt tokens processed.
+  done: usize,
+  /// Leading padding positions (the batch width at merge minus the prompt).
+  pad: usize,
+  row_valid: Vec<bool>,
+  sampler: Sampler,
+  cfg: RowConfig,
+  /// Prompt tokens per turn (`usize::MAX`: all at once).
+  budget: usize,
+  /// Whether rows were running when the prefill started.
+  joining: bool,
+  /// Constrained decoding state.
+  constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
   Error::InvalidArgument(msg.into())
+}
+
+/// Drop the last `n` positions of every cache.
+fn trim_caches(caches: &mut [KvCache], n: usize) -> Result<()> {
+  for c in caches.iter_mut() {
+    if c.trim(n as i32) != n as i32 {
+      return Err(bad(format!(
+        "a KV cache cannot be trimmed by {n} positions"
+      )));
+    }
+  }
+  Ok(())
 }
 
 fn eval_caches(caches: &[KvCache]) -> Result<()> {
@@ -217,7 +277,12 @@ impl<'m> BatchGenerator<'m> {
         model.vocab_size()
       )));
     }
-    let caches = model.make_caches(None);
+    let fresh = || {
+      model
+        .make_batch_caches()
+        .unwrap_or_else(|| model.make_caches(None))
+    };
+    let caches = fresh();
     // A padded forward over an empty batch tells whether the architecture
     // implements `hidden_padded`; rotating caches never batch.
     let standard = caches.iter().all(|c| {
@@ -227,7 +292,7 @@ impl<'m> BatchGenerator<'m> {
         && c.chunk_size().is_none()
     });
     let batchable = standard && {
-      let mut probe = model.make_caches(None);
+      let mut probe = fresh();
       let x = Array::from_slice(&[pad_id], &[1, 1])?;
       model.hidden_padded(&x, &mut probe, &[vec![true]]).is_ok()
     };
@@ -238,7 +303,18 @@ impl<'m> BatchGenerator<'m> {
       rows: Vec::new(),
       prefill_step_size,
       batchable,
+      pending: None,
+      draft: None,
     })
+  }
+
+  /// Fresh (empty) caches for the batch
+  /// ([`LanguageModel::make_batch_caches`]).
+  fn fresh_caches(&self) -> Vec<KvCache> {
+    self
+      .model
+      .make_batch_caches()
+      .unwrap_or_else(|| self.model.make_caches(None))
   }
 
   /// Whether more than one row can run at once (the architecture has
@@ -281,10 +357,78 @@ impl<'m> BatchGenerator<'m> {
     self.caches.iter().map(KvCache::nbytes).sum()
   }
 
-  /// Prefill `prompt` as row `id` and return its first token. `prefix`
-  /// (only into an empty batch) continues a prompt cache holding the first
-  /// `prefix.offset` tokens of `prompt`; at least one prompt token must be
-  /// left to process. Errors leave the running rows untouched.
+  /// The prompt chunks of a `len`-token prompt, as [`crate::generate`]
+  /// splits them: chunks of at most `prefill_step_size` tokens that leave
+  /// the last token, then the rest (whose logits give the first token).
+  fn pieces(&self, len: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut done = 0;
+    while len - done > 1 {
+      let n = self.prefill_step_size.min(len - done - 1);
+      out.push(n);
+      done += n;
+    }
+    out.push(len - done);
+    out
+  }
+
+  /// Loop turns [`BatchGenerator::start`] + [`BatchGenerator::advance`]
+  /// spend on a `len`-token prompt joining running rows: consecutive
+  /// pieces are grouped while a turn holds at most `prefill_step_size`
+  /// tokens (at least one piece per turn).
+  pub fn prefill_turns(&self, len: usize) -> usize {
+    if len == 0 {
+      return 1;
+    }
+    let mut turns = 0;
+    let mut used = usize::MAX;
+    for n in self.pieces(len) {
+      if used == usize::MAX || used + n > self.prefill_step_size {
+        turns += 1;
+        used = n;
+      } else {
+        used += n;
+      }
+    }
+    turns
+  }
+
+  /// The batch width once a `len`-token prompt started now has joined
+  /// through [`BatchGenerator::start`]: one decode step runs after each of
+  /// its turns but the last, so the width grows by `turns - 1` meanwhile.
+  pub fn join_width(&self, len: usize) -> usize {
+    if self.rows.is_empty() {
+      len
+    } else {
+      self.width() + self.prefill_turns(len) - 1
+    }
+  }
+
+  /// Whether a `len`-token prompt can [`BatchGenerator::start`] now: no
+  /// other prefill is pending, and either the batch is empty or the model
+  /// batches and the prompt fits the width the batch will have when it
+  /// joins ([`BatchGenerator::join_width`]).
+  pub fn can_start(&self, len: usize) -> bool {
+    self.pending.is_none()
+      && (self.rows.is_empty() || (self.batchable && len <= self.join_width(len)))
+  }
+
+  /// The id of the row whose prefill is pending, if any.
+  pub fn pending(&self) -> Option<u64> {
+    self.pending.as_ref().map(|p| p.id)
+  }
+
+  /// Drop the pending prefill (its client went away); its id, if any.
+  pub fn cancel_pending(&mut self) -> Option<u64> {
+    self.pending.take().map(|p| p.id)
+  }
+
+  /// Prefill `prompt` as row `id` and return its first token, all at once
+  /// (python `BatchGenerator.insert` + the prompt processing of the next
+  /// step). `prefix` (only into an empty batch) continues a prompt cache
+  /// holding the first `prefix.offset` tokens of `prompt`; at least one
+  /// prompt token must be left to process. Errors leave the running rows
+  /// untouched. Needs [`BatchGenerator::fits`].
   pub fn insert(
     &mut self,
     id: u64,
@@ -292,8 +436,69 @@ impl<'m> BatchGenerator<'m> {
     prefix: Option<Vec<KvCache>>,
     cfg: &RowConfig,
   ) -> Result<RowToken> {
+    if !self.fits(prompt.len()) {
+      return Err(bad(format!(
+        "a prompt of {} tokens does not fit a running batch of width {}",
+        prompt.len(),
+        self.width()
+      )));
+    }
+    self.begin(id, prompt, prefix, cfg, false)?;
+    loop {
+      if let Some(t) = self.advance()? {
+        return Ok(t);
+      }
+    }
+  }
+
+  /// Start row `id`'s prefill, chunked prefill interleaved with decode
+  /// (python `prefill_step_size`; vLLM's chunked prefill): into an empty
+  /// batch the whole prompt is processed now (as
+  /// [`BatchGenerator::insert`]); joining running rows, each call
+  /// processes at most `prefill_step_size` prompt tokens and the caller
+  /// runs one [`BatchGenerator::step`] between two calls of
+  /// [`BatchGenerator::advance`], so running rows keep decoding while a
+  /// long prompt arrives. The row is laid out for the width the batch will
+  /// have when it joins ([`BatchGenerator::join_width`]). `Some(token)`:
+  /// the row joined; `None`: call [`BatchGenerator::advance`] after the
+  /// next step. Needs [`BatchGenerator::can_start`].
+  pub fn start(
+    &mut self,
+    id: u64,
+    prompt: &[i32],
+    prefix: Option<Vec<KvCache>>,
+    cfg: &RowConfig,
+  ) -> Result<Option<RowToken>> {
+    if !self.can_start(prompt.len()) {
+      return Err(bad(format!(
+        "a prompt of {} tokens cannot start now (running batch of width {}{})",
+        prompt.len(),
+        self.width(),
+        if self.pending.is_some() {
+          ", another prefill pending"
+        } else {
+          ""
+        }
+      )));
+    }
+    self.begin(id, prompt, prefix, cfg, true)?;
+    self.advance()
+  }
+
+  /// Validate and set up a pending prefill.
+  fn begin(
+    &mut self,
+    id: u64,
+    prompt: &[i32],
+    prefix: Option<Vec<KvCache>>,
+    cfg: &RowConfig,
+    interleave: bool,
+  ) -> Result<()> {
     if prompt.is_empty() {
       return Err(bad("the prompt is empty (no tokens)"));
+    }
+    if self.pending.is_some() {
+      return Err(bad("another prefill is pending"));
     }
     let vocab = self.model.vocab_size();
     if let Some(&t) = prompt.iter().find(|&&t| t < 0 || t >= vocab) {
@@ -305,26 +510,29 @@ impl<'m> BatchGenerator<'m> {
       return Err(bad(format!("row {id} is already in the batch")));
     }
     cfg.logits.validate(vocab)?;
-    let mut sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
-    let mut constraint = match &cfg.constraint {
+    let sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
+    let constraint = match &cfg.constraint {
       Some(c) => Some(c.0.start().map_err(bad)?),
       None => None,
     };
-    if !self.fits(prompt.len()) {
+    let joining = !self.rows.is_empty();
+    let (target, budget) = if !joining {
+      (prompt.len(), usize::MAX)
+    } else if interleave {
+      (self.join_width(prompt.len()), self.prefill_step_size)
+    } else {
+      (self.width(), usize::MAX)
+    };
+    if target < prompt.len() {
       return Err(bad(format!(
         "a prompt of {} tokens does not fit a running batch of width {}",
         prompt.len(),
         self.width()
       )));
     }
-    let empty = self.rows.is_empty();
-    let pad = if empty {
-      0
-    } else {
-      self.width() - prompt.len()
-    };
-    let (mut caches, mut done) = match prefix {
-      Some(c) if empty => {
+    let pad = target - prompt.len();
+    let (caches, done) = match prefix {
+      Some(c) if !joining => {
         let n = c.first().map(|c| c.offset.max(0) as usize).unwrap_or(0);
         if c.len() != self.caches.len() || n >= prompt.len() {
           return Err(bad(format!(
@@ -335,41 +543,88 @@ impl<'m> BatchGenerator<'m> {
         (c, n)
       }
       _ if pad > 0 => (self.padding_caches(pad)?, 0),
-      _ => (self.model.make_caches(None), 0),
+      _ => (self.fresh_caches(), 0),
     };
     // The row's key positions: `pad` masked ones (zero keys, never
     // computed: the caches start at offset `pad`, so the prompt gets the
     // RoPE positions it will have in the batch), then the prompt.
     let row_valid: Vec<bool> = (0..pad + prompt.len()).map(|j| j >= pad).collect();
+    self.pending = Some(Pending {
+      id,
+      prompt: prompt.to_vec(),
+      caches,
+      done,
+      pad,
+      row_valid,
+      sampler,
+      cfg: cfg.clone(),
+      budget,
+      joining,
+      constraint,
+    });
+    Ok(())
+  }
+
+  /// One more turn of the pending prefill (see [`BatchGenerator::start`]):
+  /// `Some(token)` once the row joined the batch, `None` while prompt
+  /// chunks are left (or nothing is pending). An error drops the pending
+  /// row and leaves the running rows untouched.
+  pub fn advance(&mut self) -> Result<Option<RowToken>> {
+    let Some(p) = self.pending.take() else {
+      return Ok(None);
+    };
+    match self.advance_pending(p)? {
+      Ok(t) => Ok(Some(t)),
+      Err(p) => {
+        self.pending = Some(p);
+        Ok(None)
+      }
+    }
+  }
+
+  /// Process `p`'s next turn: the joined row's first token, or `p` back
+  /// when chunks are left.
+  fn advance_pending(&mut self, mut p: Pending) -> Result<std::result::Result<RowToken, Pending>> {
+    let model = self.model;
+    let pad = p.pad;
+    let len = p.prompt.len();
     let forward = |x: &Array, caches: &mut [KvCache], upto: usize| -> Result<Array> {
       if pad == 0 {
-        self.model.hidden(x, caches)
+        model.hidden(x, caches)
       } else {
-        self
-          .model
-          .hidden_padded(x, caches, &[row_valid[..pad + upto].to_vec()])
+        model.hidden_padded(x, caches, &[p.row_valid[..pad + upto].to_vec()])
       }
     };
-    while prompt.len() - done > 1 {
-      let n = self.prefill_step_size.min(prompt.len() - done - 1);
-      let x = Array::from_slice(&prompt[done..done + n], &[1, n as i32])?;
-      let _ = forward(&x, &mut caches, done + n)?;
-      eval_caches(&caches)?;
-      done += n;
+    let mut used = 0;
+    while len - p.done > 1 {
+      let n = self.prefill_step_size.min(len - p.done - 1);
+      if used > 0 && used + n > p.budget {
+        return Ok(Err(p));
+      }
+      let x = Array::from_slice(&p.prompt[p.done..p.done + n], &[1, n as i32])?;
+      let _ = forward(&x, &mut p.caches, p.done + n)?;
+      eval_caches(&p.caches)?;
+      p.done += n;
+      used += n;
     }
-    let x = Array::from_slice(&prompt[done..], &[1, (prompt.len() - done) as i32])?;
-    let h = forward(&x, &mut caches, prompt.len())?;
+    let n = len - p.done;
+    if used > 0 && used + n > p.budget {
+      return Ok(Err(p));
+    }
+    let x = Array::from_slice(&p.prompt[p.done..], &[1, n as i32])?;
+    let h = forward(&x, &mut p.caches, len)?;
     let s = h.shape();
     let h = ops::slice(&h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?;
-    let logits = ops::reshape(&self.model.logits(&h)?, &[1, -1])?;
+    let logits = ops::reshape(&model.logits(&h)?, &[1, -1])?;
+    let cfg = &p.cfg;
     let mut history = Vec::new();
     let logits = if cfg.logits.is_active() {
-      history.extend_from_slice(prompt);
+      history.extend_from_slice(&p.prompt);
       cfg.logits.apply(&history, &logits)?
     } else {
       logits
     };
-    let logits = match constraint.as_mut() {
+    let logits = match p.constraint.as_mut() {
       Some(c) => {
         // Start the forward pass, then compute the mask meanwhile.
         let mut l = logits;
@@ -383,10 +638,10 @@ impl<'m> BatchGenerator<'m> {
     };
     let lse = ops::logsumexp_axis(&logits, -1, true)?;
     let logprobs = ops::subtract(&logits, &lse)?;
-    let y = ops::astype(&sampler.sample(&logprobs)?, Dtype::Int32)?;
+    let y = ops::astype(&p.sampler.sample(&logprobs)?, Dtype::Int32)?;
     let st = StepArrays::new(y, logprobs, cfg.top_logprobs)?;
     let mut outs = st.outputs();
-    for c in &caches {
+    for c in &p.caches {
       if let Some((k, v)) = c.state()? {
         outs.push(k);
         outs.push(v);
@@ -401,11 +656,30 @@ impl<'m> BatchGenerator<'m> {
     // The NaN guard, before the row joins (the running rows stay untouched).
     crate::generate::check_finite_logprob(logprob, 0, cfg.allow_nan)?;
     // Merge into the batch (nothing above touched the running rows).
-    if empty {
+    let Pending {
+      id,
+      prompt: mut p_prompt,
+      caches,
+      row_valid,
+      sampler,
+      cfg,
+      joining,
+      mut constraint,
+      ..
+    } = p;
+    if self.rows.is_empty() {
+      // An empty batch (or one that drained while this row prefilled).
       self.caches = caches;
       self.valid = vec![row_valid];
     } else {
-      let w = self.width() as i32;
+      let w = self.width();
+      if !joining || w != row_valid.len() {
+        return Err(bad(format!(
+          "internal: a row prefilled for width {} cannot join a batch of width {w}",
+          row_valid.len()
+        )));
+      }
+      let w = w as i32;
       let mut merged = Vec::with_capacity(self.caches.len());
       for (b, r) in self.caches.iter().zip(&caches) {
         let (bk, bv) = b.state()?.ok_or_else(|| bad("empty batch cache"))?;
@@ -436,13 +710,18 @@ impl<'m> BatchGenerator<'m> {
       constraint,
       produced: 1,
       allow_nan: cfg.allow_nan,
+      seq: {
+        let mut q = std::mem::take(&mut p_prompt);
+        q.push(token);
+        q
+      },
     });
-    Ok(RowToken {
+    Ok(Ok(RowToken {
       id,
       token,
       logprob,
       top_logprobs: top,
-    })
+    }))
   }
 
   /// Caches of one row holding `pad` masked positions (zero keys and
@@ -469,6 +748,17 @@ impl<'m> BatchGenerator<'m> {
   pub fn step(&mut self) -> Result<Vec<RowToken>> {
     if self.rows.is_empty() {
       return Ok(Vec::new());
+    }
+    if self.speculative_now() {
+      let Some(mut d) = self.draft.take() else {
+        return Err(bad("internal: no draft model"));
+      };
+      let r = self.speculative_step(&mut d);
+      if r.is_err() {
+        d.row = None;
+      }
+      self.draft = Some(d);
+      return r;
     }
     let b = self.rows.len();
     let last: Vec<i32> = self.rows.iter().map(|r| r.last).collect();
@@ -547,6 +837,7 @@ impl<'m> BatchGenerator<'m> {
     for (r, (t, lp, mut tp)) in self.rows.iter_mut().zip(got) {
       r.last = t;
       r.produced += 1;
+      r.seq.push(t);
       if r.logits.is_active() {
         r.history.push(t);
       }
@@ -562,6 +853,166 @@ impl<'m> BatchGenerator<'m> {
       });
     }
     Ok(res)
+  }
+
+  /// Use `draft` for speculative decoding (python
+  /// `speculative_generate_step`, mlx_lm.server's `--draft-model`) while
+  /// the batch has one row that samples greedily without logits
+  /// processors, constraints or top-logprobs: each step then proposes
+  /// `num_draft_tokens` draft tokens, verifies them in one forward pass of
+  /// the model and returns the accepted ones plus the model's own next
+  /// token (the greedy tokens of plain decoding). Other batches step
+  /// normally; the draft catches up on the row's tokens when it is used
+  /// again. Both models need trimmable (standard) caches and one
+  /// vocabulary.
+  pub fn set_draft(&mut self, draft: &'m dyn LanguageModel, num_draft_tokens: usize) -> Result<()> {
+    if num_draft_tokens == 0 {
+      return Err(bad("num_draft_tokens must be > 0"));
+    }
+    if draft.vocab_size() != self.model.vocab_size() {
+      return Err(bad(format!(
+        "the draft model's vocabulary ({}) differs from the model's ({}); both must use the same tokenizer",
+        draft.vocab_size(),
+        self.model.vocab_size()
+      )));
+    }
+    let trimmable = |c: &[KvCache]| {
+      c.iter()
+        .all(|c| c.kind() == KvCacheKind::Standard && !c.is_quantized() && c.chunk_size().is_none())
+    };
+    let caches = draft.make_caches(None);
+    if !trimmable(&caches) || !trimmable(&self.fresh_caches()) {
+      return Err(bad(
+        "speculative decoding needs standard (trimmable) KV caches in both models",
+      ));
+    }
+    self.draft = Some(Draft {
+      model: draft,
+      caches,
+      num: num_draft_tokens,
+      row: None,
+      drafted: 0,
+      accepted: 0,
+    });
+    Ok(())
+  }
+
+  /// Draft tokens proposed and accepted so far (speculative decoding).
+  pub fn draft_stats(&self) -> (usize, usize) {
+    self
+      .draft
+      .as_ref()
+      .map_or((0, 0), |d| (d.drafted, d.accepted))
+  }
+
+  /// Whether the next step is speculative (see [`BatchGenerator::set_draft`]).
+  fn speculative_now(&self) -> bool {
+    self.draft.is_some()
+      && self.pending.is_none()
+      && self.rows.len() == 1
+      && self.rows.iter().all(|r| {
+        r.pad == 0
+          && r.top == 0
+          && r.sampler.is_greedy()
+          && !r.logits.is_active()
+          && r.constraint.is_none()
+      })
+      && self
+        .caches
+        .first()
+        .is_some_and(|c| c.offset as usize + 1 == self.rows[0].seq.len())
+  }
+
+  /// One speculative step of the lone row (python
+  /// `speculative_generate_step`'s loop body, greedy).
+  fn speculative_step(&mut self, d: &mut Draft<'m>) -> Result<Vec<RowToken>> {
+    let (id, seq) = match self.rows.first() {
+      Some(r) => (r.id, r.seq.clone()),
+      None => return Ok(Vec::new()),
+    };
+    let w = seq.len() - 1;
+    let last = seq[w];
+    if d.row != Some(id) {
+      d.caches = d.model.make_caches(None);
+      d.row = Some(id);
+    }
+    // Catch the draft up on the row's tokens (all but `last`).
+    let mut off = d
+      .caches
+      .first()
+      .map(|c| c.offset.max(0) as usize)
+      .unwrap_or(0);
+    if off > w {
+      trim_caches(&mut d.caches, off - w)?;
+      off = w;
+    }
+    while off < w {
+      let n = self.prefill_step_size.min(w - off);
+      let x = Array::from_slice(&seq[off..off + n], &[1, n as i32])?;
+      let _ = d.model.hidden(&x, &mut d.caches)?;
+      eval_caches(&d.caches)?;
+      off += n;
+    }
+    // Propose `k` tokens.
+    let k = d.num;
+    let mut y = Array::from_slice(&[last], &[1, 1])?;
+    let mut props = Vec::with_capacity(k);
+    for _ in 0..k {
+      let h = d.model.hidden(&y, &mut d.caches)?;
+      let l = ops::reshape(&d.model.logits(&h)?, &[1, -1])?;
+      let t = ops::astype(&ops::argmax_axis(&l, -1, false)?, Dtype::Int32)?;
+      y = ops::reshape(&t, &[1, 1])?;
+      props.push(t);
+    }
+    let mut proposed = ops::concatenate_axis(&props, 0)?;
+    let drafted: Vec<i32> = proposed.to_vec()?;
+    // Verify `last` + the proposals in one forward pass.
+    let mut inp = Vec::with_capacity(k + 1);
+    inp.push(last);
+    inp.extend_from_slice(&drafted);
+    let x = Array::from_slice(&inp, &[1, (k + 1) as i32])?;
+    let h = self.model.hidden(&x, &mut self.caches)?;
+    let logits = ops::reshape(&self.model.logits(&h)?, &[(k + 1) as i32, -1])?;
+    let lse = ops::logsumexp_axis(&logits, -1, true)?;
+    let lp = ops::subtract(&logits, &lse)?;
+    let mut ys = ops::astype(&ops::argmax_axis(&lp, -1, false)?, Dtype::Int32)?;
+    let chosen = ops::take_along_axis(&lp, &ops::expand_dims(&ys, 1)?, 1)?;
+    let mut outs = vec![ys.clone(), chosen.clone()];
+    for c in &self.caches {
+      if let Some((k, v)) = c.state()? {
+        outs.push(k);
+        outs.push(v);
+      }
+    }
+    mlxrs_core::eval(&outs)?;
+    let ys: Vec<i32> = ys.to_vec()?;
+    let lps: Vec<f32> = ops::astype(&chosen, Dtype::Float32)?.to_vec()?;
+    let mut n = 0;
+    while n < k && drafted[n] == ys[n] {
+      n += 1;
+    }
+    // The model took `k + 1` inputs and keeps `n + 1`; the draft took `k`
+    // (`last` and all proposals but the final one) and keeps at most `n + 1`.
+    trim_caches(&mut self.caches, k - n)?;
+    trim_caches(&mut d.caches, k - k.min(n + 1))?;
+    d.drafted += k;
+    d.accepted += n;
+    let r = &mut self.rows[0];
+    for &t in &ys[..=n] {
+      r.seq.push(t);
+      self.valid[0].push(true);
+    }
+    r.last = ys[n];
+    Ok(
+      (0..=n)
+        .map(|i| RowToken {
+          id,
+          token: ys[i],
+          logprob: lps[i],
+          top_logprobs: Vec::new(),
+        })
+        .collect(),
+    )
   }
 
   /// The prompt cache of row `id` (python: the cache mlx-lm's server keeps
@@ -598,7 +1049,9 @@ impl<'m> BatchGenerator<'m> {
       return Ok(false);
     };
     if self.rows.len() == 1 {
-      self.clear();
+      self.rows.clear();
+      self.valid.clear();
+      self.caches = self.fresh_caches();
       return Ok(true);
     }
     let keep: Vec<i32> = (0..self.rows.len() as i32)
@@ -623,11 +1076,13 @@ impl<'m> BatchGenerator<'m> {
     Ok(true)
   }
 
-  /// Drop every row and free the caches (e.g. after a failed step).
+  /// Drop every row (and a pending prefill) and free the caches (e.g.
+  /// after a failed step).
   pub fn clear(&mut self) {
+    self.pending = None;
     self.rows.clear();
     self.valid.clear();
-    self.caches = self.model.make_caches(None);
+    self.caches = self.fresh_caches();
   }
 
   /// Ids of the running rows, in row order.

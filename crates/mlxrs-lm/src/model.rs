@@ -61,6 +61,16 @@ pub trait LanguageModel: Send {
     )))
   }
 
+  /// Caches for a left-padded batch ([`LanguageModel::hidden_padded`]),
+  /// when they differ from `make_caches(None)` (`None`: the same).
+  /// Models with sliding-window layers return standard caches here and
+  /// apply each layer's window in their padded masks, so rows of any
+  /// length batch exactly (python `BatchRotatingKVCache` keeps window-sized
+  /// buffers instead; these hold the batch's whole width).
+  fn make_batch_caches(&self) -> Option<Vec<KvCache>> {
+    None
+  }
+
   /// Input embeddings `[B, T, hidden]` of `tokens` `[B, T]` (python
   /// `model.embed_tokens(tokens)` / `get_input_embeddings()`): the raw
   /// table rows, before any scaling the forward applies (Gemma's

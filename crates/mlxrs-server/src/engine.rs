@@ -17,6 +17,7 @@ use std::time::Instant;
 use mlxrs_lm::{BatchGenerator, FinishReason, LoadedModel, RowConfig, RowToken, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::prompt_cache::PromptCache;
 use crate::row_text::RowText;
@@ -98,6 +99,12 @@ pub struct EngineConfig {
   /// No new row joins a batch whose width plus the row's `max_tokens`
   /// exceeds this (the batch drains and restarts narrow instead).
   pub max_width: usize,
+  /// `--memory-limit-gb` admission: no row joins a running batch whose
+  /// caches at their final width would then pass the limit (it waits
+  /// until rows finish).
+  pub memory: Option<Arc<MemoryBudget>>,
+  /// Draft tokens per speculative step (with a draft model).
+  pub num_draft_tokens: usize,
 }
 
 struct Waiting {
@@ -120,6 +127,14 @@ struct Running {
   first_token: Instant,
 }
 
+/// A row whose prompt is prefilled in chunks between decode steps
+/// ([`BatchGenerator::start`]).
+struct Prefilling {
+  w: Waiting,
+  id: u64,
+  cached: usize,
+}
+
 struct Engine<'m> {
   batch: BatchGenerator<'m>,
   tok: &'m Tokenizer,
@@ -128,6 +143,7 @@ struct Engine<'m> {
   cache: PromptCache,
   waiting: VecDeque<Waiting>,
   running: Vec<Running>,
+  prefilling: Option<Prefilling>,
   next_id: u64,
 }
 
@@ -139,14 +155,27 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Run the engine loop until `rx` closes and no work is left.
-pub fn run(m: LoadedModel, rx: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Metrics>) {
+/// `draft`: the speculative decoding draft model (used while one greedy row
+/// runs alone).
+pub fn run(
+  m: LoadedModel,
+  draft: Option<LoadedModel>,
+  rx: Receiver<Job>,
+  cfg: EngineConfig,
+  metrics: Arc<Metrics>,
+) {
   let Some(tok) = m.tokenizer.as_ref() else {
     return;
   };
   let pad = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
   let batch = match BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, pad)
     .or_else(|_| BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, 0))
-  {
+    .and_then(|mut b| {
+      if let Some(d) = &draft {
+        b.set_draft(d.model.as_ref(), cfg.num_draft_tokens)?;
+      }
+      Ok(b)
+    }) {
     Ok(b) => b,
     Err(e) => {
       // Answer every job with the error rather than hanging its client.
@@ -174,6 +203,7 @@ pub fn run(m: LoadedModel, rx: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Me
     metrics,
     waiting: VecDeque::new(),
     running: Vec::new(),
+    prefilling: None,
     next_id: 0,
   };
   let mut open = true;
@@ -181,7 +211,7 @@ pub fn run(m: LoadedModel, rx: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Me
   // admit and step milliseconds) to see where time goes.
   let trace = std::env::var_os("MLXRS_SERVE_TRACE").is_some_and(|v| v == "1");
   loop {
-    if e.running.is_empty() && e.waiting.is_empty() {
+    if e.running.is_empty() && e.waiting.is_empty() && e.prefilling.is_none() {
       if !open {
         break;
       }
@@ -260,6 +290,14 @@ impl Engine<'_> {
     for id in gone {
       self.finish_row(id, None);
     }
+    if self
+      .prefilling
+      .as_ref()
+      .is_some_and(|p| p.w.events.is_closed())
+    {
+      self.prefilling = None;
+      self.batch.cancel_pending();
+    }
   }
 
   fn capacity(&self) -> usize {
@@ -270,13 +308,59 @@ impl Engine<'_> {
     }
   }
 
+  /// Admit waiting rows: first the next chunk of a pending prefill, then
+  /// new rows while none is pending (a long prompt joining running rows is
+  /// prefilled `prefill_step_size` tokens per loop turn, one decode step
+  /// between two chunks, so running rows keep streaming).
   fn admit(&mut self) {
     let mut prefills = 0;
-    while prefills < self.cfg.prompt_concurrency.max(1) && self.running.len() < self.capacity() {
-      let width = self.batch.width();
+    if self.prefilling.is_some() {
+      prefills += 1;
+      let r = catch_unwind(AssertUnwindSafe(|| self.batch.advance()));
+      match r {
+        Ok(Ok(Some(t))) => {
+          if let Some(p) = self.prefilling.take() {
+            self.joined(p, t);
+          }
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(err)) => {
+          if let Some(p) = self.prefilling.take() {
+            let _ = p.w.events.send(Event::Error {
+              index: p.w.index,
+              message: err.to_string(),
+            });
+          }
+        }
+        Err(p) => {
+          self.fail_all(&format!("internal error: {}", panic_message(p.as_ref())));
+          return;
+        }
+      }
+    }
+    while self.prefilling.is_none()
+      && prefills < self.cfg.prompt_concurrency.max(1)
+      && self.running.len() < self.capacity()
+    {
+      // The width the running rows reach if each uses its whole budget.
+      let end = self.batch.width()
+        + self
+          .running
+          .iter()
+          .map(|r| r.params.max_tokens.saturating_sub(r.generated.len()))
+          .max()
+          .unwrap_or(0);
+      let rows = self.running.len();
       let pick = self.waiting.iter().position(|w| {
-        self.batch.fits(w.prompt.len())
-          && (self.batch.is_empty() || width + w.params.max_tokens <= self.cfg.max_width)
+        let join = self.batch.join_width(w.prompt.len());
+        self.batch.can_start(w.prompt.len())
+          && (self.batch.is_empty()
+            || (join + w.params.max_tokens <= self.cfg.max_width
+              && self
+                .cfg
+                .memory
+                .as_ref()
+                .is_none_or(|b| b.fits(rows + 1, end.max(join + w.params.max_tokens)))))
       });
       let Some(i) = pick else { break };
       let Some(w) = self.waiting.remove(i) else {
@@ -312,36 +396,9 @@ impl Engine<'_> {
     if let Some(s) = row.sampler.seed {
       row.sampler.seed = Some(s.wrapping_add(w.index as u64));
     }
-    match self.batch.insert(id, &w.prompt, prefix, &row) {
-      Ok(t) => {
-        self.metrics.ttft.observe(w.arrived.elapsed().as_secs_f64());
-        self
-          .metrics
-          .prompt_tokens
-          .fetch_add(w.prompt.len() as u64, Ordering::Relaxed);
-        if cached > 0 {
-          self
-            .metrics
-            .prompt_cache_hits
-            .fetch_add(1, Ordering::Relaxed);
-          self
-            .metrics
-            .cached_tokens
-            .fetch_add(cached as u64, Ordering::Relaxed);
-        }
-        self.running.push(Running {
-          id,
-          index: w.index,
-          text: RowText::new(self.tok, w.params.stop.clone()),
-          prompt: w.prompt,
-          params: w.params,
-          events: w.events,
-          generated: Vec::new(),
-          cached,
-          first_token: Instant::now(),
-        });
-        self.route(t);
-      }
+    match self.batch.start(id, &w.prompt, prefix, &row) {
+      Ok(Some(t)) => self.joined(Prefilling { w, id, cached }, t),
+      Ok(None) => self.prefilling = Some(Prefilling { w, id, cached }),
       Err(e) => {
         let _ = w.events.send(Event::Error {
           index: w.index,
@@ -351,11 +408,58 @@ impl Engine<'_> {
     }
   }
 
+  /// Row `p` joined the batch with its first token `t`.
+  fn joined(&mut self, p: Prefilling, t: RowToken) {
+    let Prefilling { w, id, cached } = p;
+    self.metrics.ttft.observe(w.arrived.elapsed().as_secs_f64());
+    self
+      .metrics
+      .prompt_tokens
+      .fetch_add(w.prompt.len() as u64, Ordering::Relaxed);
+    if cached > 0 {
+      self
+        .metrics
+        .prompt_cache_hits
+        .fetch_add(1, Ordering::Relaxed);
+      self
+        .metrics
+        .cached_tokens
+        .fetch_add(cached as u64, Ordering::Relaxed);
+    }
+    self.running.push(Running {
+      id,
+      index: w.index,
+      text: RowText::new(self.tok, w.params.stop.clone()),
+      prompt: w.prompt,
+      params: w.params,
+      events: w.events,
+      generated: Vec::new(),
+      cached,
+      first_token: Instant::now(),
+    });
+    self.route(t);
+  }
+
   fn step(&mut self) {
     if self.running.is_empty() {
       return;
     }
+    if self.prefilling.is_some() {
+      self
+        .metrics
+        .interleaved_steps
+        .fetch_add(1, Ordering::Relaxed);
+    }
     let r = catch_unwind(AssertUnwindSafe(|| self.batch.step()));
+    let (drafted, accepted) = self.batch.draft_stats();
+    self
+      .metrics
+      .draft_tokens
+      .store(drafted as u64, Ordering::Relaxed);
+    self
+      .metrics
+      .draft_accepted
+      .store(accepted as u64, Ordering::Relaxed);
     match r {
       Ok(Ok(toks)) => {
         for t in toks {
@@ -369,6 +473,12 @@ impl Engine<'_> {
 
   /// Every running row gets `message` as its error; the batch restarts.
   fn fail_all(&mut self, message: &str) {
+    if let Some(p) = self.prefilling.take() {
+      let _ = p.w.events.send(Event::Error {
+        index: p.w.index,
+        message: message.to_string(),
+      });
+    }
     for r in self.running.drain(..) {
       let _ = r.events.send(Event::Error {
         index: r.index,
@@ -415,11 +525,19 @@ impl Engine<'_> {
     let r = self.running.remove(i);
     if let Some(f) = finish {
       if self.cfg.prompt_cache_size > 0 {
-        if let Ok(Some(c)) = self.batch.row_cache(id) {
-          // The cache holds the prompt and all generated tokens but the last.
+        if let Ok(Some(mut c)) = self.batch.row_cache(id) {
+          // The cache holds the prompt and all generated tokens but the last
+          // (after a speculative step that ran past the row's end, more:
+          // trimmed back).
           let mut key: Vec<i32> = r.prompt.as_ref().clone();
           key.extend_from_slice(&r.generated[..r.generated.len().saturating_sub(1)]);
-          self.cache.insert(key, c);
+          let fits = c.iter_mut().all(|c| {
+            let extra = c.offset - key.len() as i32;
+            extra >= 0 && c.trim(extra) == extra
+          });
+          if fits {
+            self.cache.insert(key, c);
+          }
         }
       }
       let n = r.generated.len();

@@ -39,6 +39,8 @@ pub struct AppState {
   pub metrics: Arc<Metrics>,
   /// Largest request body in bytes.
   pub max_body: usize,
+  /// Admission under `--memory-limit-gb`, if set.
+  pub memory: Option<Arc<crate::memory_budget::MemoryBudget>>,
   /// Start time (unix seconds).
   pub created: u64,
   /// Response id counter.
@@ -118,6 +120,12 @@ impl AppState {
   }
 
   pub(crate) fn submit(&self, p: &Prepared) -> Result<UnboundedReceiver<Event>, ApiError> {
+    if let Some(b) = &self.memory {
+      if let Err(message) = b.check_row(p.prompt.len(), p.params.max_tokens) {
+        self.metrics.memory_refused.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::invalid(message, Some("max_tokens")));
+      }
+    }
     let n = p.params.n;
     let q = self.metrics.queue_depth.fetch_add(n, Ordering::Relaxed);
     if q + n > self.max_queue {

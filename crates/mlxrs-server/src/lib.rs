@@ -30,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod extras;
 pub mod http;
+pub mod memory_budget;
 pub mod metrics;
 pub mod page;
 pub mod prompt_cache;
@@ -77,6 +78,11 @@ pub struct ServerConfig {
   pub prompt_concurrency: usize,
   /// Prompt tokens per prefill chunk (`--prefill-step-size`, 2048).
   pub prefill_step_size: usize,
+  /// Speculative decoding draft model (`--draft-model`), used while one
+  /// greedy row runs alone ([`mlxrs_lm::BatchGenerator::set_draft`]).
+  pub draft_model: Option<String>,
+  /// Draft tokens per speculative step (`--num-draft-tokens`, 3).
+  pub num_draft_tokens: usize,
   /// Extra chat-template variables (`--chat-template-args`).
   pub chat_template_args: Map<String, Value>,
   /// Required bearer token (`--api-key`).
@@ -120,6 +126,8 @@ impl Default for ServerConfig {
       decode_concurrency: 32,
       prompt_concurrency: 8,
       prefill_step_size: 2048,
+      draft_model: None,
+      num_draft_tokens: 3,
       chat_template_args: Map::new(),
       api_key: None,
       max_queue: 256,
@@ -166,6 +174,7 @@ struct Loaded {
   tok: Tokenizer,
   vocab: i32,
   max_context: Option<usize>,
+  memory: Option<Arc<memory_budget::MemoryBudget>>,
 }
 
 impl Server {
@@ -228,11 +237,59 @@ impl Server {
           let _ = ready_tx.send(Err("the model has no tokenizer".into()));
           return;
         };
+        let draft = match &cfg.draft_model {
+          None => None,
+          Some(d) => {
+            let dm = match mlxrs_lm::load(
+              d,
+              &LoadOptions {
+                dtype: cfg.dtype,
+                no_tokenizer: true,
+              },
+            ) {
+              Ok(dm) => dm,
+              Err(e) => {
+                let _ = ready_tx.send(Err(format!("--draft-model {d}: {e}")));
+                return;
+              }
+            };
+            // Check the pair now (vocabulary, trimmable caches).
+            let ok = mlxrs_lm::BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, 0)
+              .and_then(|mut b| b.set_draft(dm.model.as_ref(), cfg.num_draft_tokens));
+            if let Err(e) = ok {
+              let _ = ready_tx.send(Err(format!("--draft-model {d}: {e}")));
+              return;
+            }
+            Some(dm)
+          }
+        };
         let max_width = m.max_context.unwrap_or(8192).max(1024);
+        let memory = match cfg.memory_limit {
+          None => None,
+          Some(limit) => {
+            let probe_id = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
+            match memory_budget::MemoryBudget::probe(m.model.as_ref(), limit, probe_id) {
+              Ok(b) if b.weights > limit => {
+                let _ = ready_tx.send(Err(format!(
+                  "the weights alone ({:.3} GB) pass --memory-limit-gb ({:.3} GB)",
+                  b.weights as f64 / 1e9,
+                  limit as f64 / 1e9
+                )));
+                return;
+              }
+              Ok(b) => Some(Arc::new(b)),
+              Err(e) => {
+                let _ = ready_tx.send(Err(format!("measuring the KV cache size: {e}")));
+                return;
+              }
+            }
+          }
+        };
         let _ = ready_tx.send(Ok(Loaded {
           tok,
           vocab: m.model.vocab_size(),
           max_context: m.max_context,
+          memory: memory.clone(),
         }));
         let ecfg = EngineConfig {
           decode_concurrency: cfg.decode_concurrency,
@@ -241,8 +298,10 @@ impl Server {
           prompt_cache_bytes: cfg.prompt_cache_bytes,
           prefill_step_size: cfg.prefill_step_size,
           max_width,
+          memory,
+          num_draft_tokens: cfg.num_draft_tokens,
         };
-        engine::run(m, job_rx, ecfg, engine_metrics);
+        engine::run(m, draft, job_rx, ecfg, engine_metrics);
       })?;
     let loaded = match ready_rx.recv() {
       Ok(Ok(l)) => l,
@@ -279,6 +338,7 @@ impl Server {
       max_queue: cfg.max_queue,
       metrics,
       max_body: cfg.max_body_bytes,
+      memory: loaded.memory,
       created: std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

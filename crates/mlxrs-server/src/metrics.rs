@@ -72,6 +72,14 @@ pub struct Metrics {
   pub prompt_cache_hits: AtomicU64,
   /// Prompt positions reused from the prompt cache.
   pub cached_tokens: AtomicU64,
+  /// Decode steps run while a joining prompt was prefilled in chunks.
+  pub interleaved_steps: AtomicU64,
+  /// Rows refused because their KV cache would pass `--memory-limit-gb`.
+  pub memory_refused: AtomicU64,
+  /// Draft tokens proposed (speculative decoding).
+  pub draft_tokens: AtomicU64,
+  /// Draft tokens accepted.
+  pub draft_accepted: AtomicU64,
   /// Seconds from arrival to first token.
   pub ttft: Histogram,
   /// Decode tokens per second of each finished row.
@@ -91,6 +99,10 @@ impl Default for Metrics {
       running_peak: AtomicUsize::new(0),
       prompt_cache_hits: AtomicU64::new(0),
       cached_tokens: AtomicU64::new(0),
+      interleaved_steps: AtomicU64::new(0),
+      memory_refused: AtomicU64::new(0),
+      draft_tokens: AtomicU64::new(0),
+      draft_accepted: AtomicU64::new(0),
       ttft: Histogram::new(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
       tps: Histogram::new(&[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
     }
@@ -171,6 +183,34 @@ impl Metrics {
       "Prompt positions reused from the prompt cache.",
       "counter",
       self.cached_tokens.load(Ordering::Relaxed),
+    );
+    c(
+      &mut s,
+      "mlxrs_prefill_interleaved_steps_total",
+      "Decode steps run while a joining prompt was prefilled in chunks.",
+      "counter",
+      self.interleaved_steps.load(Ordering::Relaxed),
+    );
+    c(
+      &mut s,
+      "mlxrs_memory_refused_total",
+      "Rows refused because their KV cache would pass --memory-limit-gb.",
+      "counter",
+      self.memory_refused.load(Ordering::Relaxed),
+    );
+    c(
+      &mut s,
+      "mlxrs_draft_tokens_total",
+      "Draft tokens proposed (speculative decoding, --draft-model).",
+      "counter",
+      self.draft_tokens.load(Ordering::Relaxed),
+    );
+    c(
+      &mut s,
+      "mlxrs_draft_accepted_total",
+      "Draft tokens accepted (speculative decoding, --draft-model).",
+      "counter",
+      self.draft_accepted.load(Ordering::Relaxed),
     );
     c(
       &mut s,

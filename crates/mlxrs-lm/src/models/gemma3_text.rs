@@ -334,6 +334,43 @@ impl LanguageModel for Gemma3Text {
     self.model.norm.forward(&h)
   }
 
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
+    crate::batch::check_padded_caches(caches)?;
+    super::base::check_caches(caches.len(), self.model.layers.len())?;
+    let n = tokens.dim(1).unwrap_or(1);
+    let offset = caches.first().map(|c| c.offset).unwrap_or(0);
+    if caches.iter().any(|c| c.offset != offset) {
+      return Err(mlxrs_core::Error::InvalidArgument(
+        "padded batches need every layer's cache at the same offset".into(),
+      ));
+    }
+    // Standard caches of the whole width: sliding layers see their window
+    // through the mask (python `BatchRotatingKVCache` rotates instead).
+    let global = crate::batch::padded_mask(key_valid, n, offset, None)?;
+    let sliding = crate::batch::padded_mask(key_valid, n, offset, Some(self.args.sliding_window))?;
+    let e = self.embed_tokens(tokens)?;
+    let scale = Array::scalar_as((self.args.hidden_size as f64).sqrt(), Dtype::Bfloat16)?;
+    let mut h = ops::multiply(&e, &ops::astype(&scale, e.dtype())?)?;
+    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
+      let mask = if layer.sliding { &sliding } else { &global };
+      h = layer.forward(&h, mask, cache)?;
+    }
+    self.model.norm.forward(&h)
+  }
+
+  fn make_batch_caches(&self) -> Option<Vec<KvCache>> {
+    Some(
+      (0..self.model.layers.len())
+        .map(|_| KvCache::standard())
+        .collect(),
+    )
+  }
+
   fn logits(&self, hidden: &Array) -> Result<Array> {
     match &self.lm_head {
       Some(head) => head.forward(hidden),

@@ -356,6 +356,40 @@ impl LanguageModel for GptOss {
     self.model.norm.forward(&x)
   }
 
+  fn hidden_padded(
+    &self,
+    tokens: &Array,
+    caches: &mut [KvCache],
+    key_valid: &[Vec<bool>],
+  ) -> Result<Array> {
+    crate::batch::check_padded_caches(caches)?;
+    check_caches(caches.len(), self.model.layers.len())?;
+    let n = tokens.dim(-1).unwrap_or(1);
+    let offset = caches.first().map(|c| c.offset).unwrap_or(0);
+    if caches.iter().any(|c| c.offset != offset) {
+      return Err(Error::InvalidArgument(
+        "padded batches need every layer's cache at the same offset".into(),
+      ));
+    }
+    // Whole-width standard caches ([`LanguageModel::make_batch_caches`]):
+    // sliding layers see their window through the mask.
+    let full = crate::batch::padded_mask(key_valid, n, offset, None)?;
+    let swa = crate::batch::padded_mask(key_valid, n, offset, Some(self.args.sliding_window))?;
+    let mut x = self.model.embed_tokens.forward(tokens)?;
+    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
+      x = layer.forward(&x, if layer.sliding { &swa } else { &full }, cache)?;
+    }
+    self.model.norm.forward(&x)
+  }
+
+  fn make_batch_caches(&self) -> Option<Vec<KvCache>> {
+    Some(
+      (0..self.model.layers.len())
+        .map(|_| KvCache::standard())
+        .collect(),
+    )
+  }
+
   fn logits(&self, hidden: &Array) -> Result<Array> {
     self.lm_head.forward(hidden)
   }
