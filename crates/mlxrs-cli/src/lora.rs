@@ -100,6 +100,10 @@ pub struct LoraArgs {
   /// One JSON object per report line on stdout.
   #[arg(long)]
   json: bool,
+  /// Run the training step without compiling it (mlxrs only; mlx-lm
+  /// always compiles it): for comparison and debugging.
+  #[arg(long = "no-compile")]
+  no_compile: bool,
 }
 
 /// The merged settings (defaults < config file < flags).
@@ -520,7 +524,15 @@ pub fn run(a: LoraArgs) -> Result<()> {
         "Warning: validation set not found or empty. Training will proceed without validation."
       );
     }
-    let trainer = train_model(&mut m, quant.clone(), &s, &train, &valid, a.json)?;
+    let trainer = train_model(
+      &mut m,
+      quant.clone(),
+      &s,
+      &train,
+      &valid,
+      a.json,
+      !a.no_compile,
+    )?;
     trainer.into_model()?
   } else {
     let mut model = std::mem::replace(&mut m.model, Box::new(Placeholder));
@@ -561,6 +573,7 @@ fn train_model(
   train: &[Example],
   valid: &[Example],
   json_out: bool,
+  compile: bool,
 ) -> Result<Trainer> {
   let (mut init, settings) = trainable_set(m, quant.as_ref(), s)?;
   if let Some(p) = &s.resume {
@@ -606,6 +619,7 @@ fn train_model(
   write_adapter_config(s, &s.adapter_path)?;
   let model = std::mem::replace(&mut m.model, Box::new(Placeholder));
   let mut trainer = Trainer::new(model, init, quant, settings)?;
+  trainer.set_compile(compile);
   let mut opt = make_optimizer(s)?;
   let mut batches = BatchIter::new(
     train,

@@ -60,7 +60,7 @@ fn batches() -> Vec<Batch> {
     .collect()
 }
 
-fn run_case(name: &str) {
+fn run_case(name: &str, compile: bool) {
   let refs = json("losses.json");
   let case = &refs["cases"][name];
   let lp = LoraParameters::from_json(&refs["lora_parameters"]).unwrap();
@@ -111,6 +111,7 @@ fn run_case(name: &str) {
     (init.into_iter().collect(), Some(s))
   };
   let mut trainer = Trainer::new(model, trainable, quant, settings).unwrap();
+  trainer.set_compile(compile);
   let mut opt = Adam::new(case["learning_rate"].as_f64().unwrap() as f32);
   let accum = case["grad_accumulation_steps"].as_u64().unwrap() as usize;
   let want: Vec<f64> = serde_json::from_value(case["losses"].clone()).unwrap();
@@ -126,32 +127,45 @@ fn run_case(name: &str) {
     );
   }
   assert_eq!(want.len(), 20);
-  eprintln!("{name}: 20 steps, max |loss - mlx-lm| = {worst:.2e} (tol {TOL:.0e})");
+  eprintln!(
+    "{name} (compiled step: {compile}): 20 steps, max |loss - mlx-lm| = {worst:.2e} (tol {TOL:.0e})"
+  );
 }
 
 #[test]
 fn losses_match_mlx_lm_lora() {
-  run_case("lora");
+  run_case("lora", true);
+}
+
+/// The step without compilation (mlx-lm's is compiled; both must agree).
+#[test]
+fn losses_match_mlx_lm_lora_uncompiled() {
+  run_case("lora", false);
+}
+
+#[test]
+fn losses_match_mlx_lm_qlora_4bit_uncompiled() {
+  run_case("qlora", false);
 }
 
 #[test]
 fn losses_match_mlx_lm_dora() {
-  run_case("dora");
+  run_case("dora", true);
 }
 
 #[test]
 fn losses_match_mlx_lm_full() {
-  run_case("full");
+  run_case("full", true);
 }
 
 #[test]
 fn losses_match_mlx_lm_qlora_4bit() {
-  run_case("qlora");
+  run_case("qlora", true);
 }
 
 #[test]
 fn losses_match_mlx_lm_grad_accumulation() {
-  run_case("lora_accum");
+  run_case("lora_accum", true);
 }
 
 fn greedy(model: &dyn mlxrs_lm::LanguageModel, prompt: &[i32], n: usize) -> Vec<i32> {

@@ -219,7 +219,7 @@ trait Rule {
     p: &Array,
     st: &mut Vec<Array>,
     lr: Option<&Array>,
-    step: u64,
+    step: &Array,
   ) -> Result<Array>;
 }
 
@@ -233,6 +233,28 @@ pub trait Optimizer {
     grads: &BTreeMap<String, Array>,
     params: &BTreeMap<String, Array>,
   ) -> Result<BTreeMap<String, Array>>;
+
+  /// [`apply_gradients`](Optimizer::apply_gradients) with the learning
+  /// rate and the incremented step count given as float32 scalar arrays
+  /// instead of taken from the state (the step counter is still
+  /// incremented): for a compiled training step, where they must be inputs
+  /// of the trace (python passes `optimizer.state` to `mx.compile`'s
+  /// `inputs` / `outputs`). `lr` `None` uses the state's rate.
+  fn apply_gradients_with(
+    &mut self,
+    grads: &BTreeMap<String, Array>,
+    params: &BTreeMap<String, Array>,
+    lr: Option<&Array>,
+    step: &Array,
+  ) -> Result<BTreeMap<String, Array>>;
+
+  /// Create the missing per-parameter state arrays for `params` (python
+  /// `Optimizer.init`), so that a compiled step can take them as inputs.
+  fn init(&mut self, params: &BTreeMap<String, Array>) -> Result<()>;
+
+  /// A copy of this optimizer (settings and state), for tracing a compiled
+  /// step.
+  fn boxed_clone(&self) -> Box<dyn Optimizer + Send>;
 
   /// The step counter, learning rate and state.
   fn state(&self) -> &OptimizerState;
@@ -295,6 +317,7 @@ fn apply_rule<R: Rule>(
   st: &mut OptimizerState,
   grads: &BTreeMap<String, Array>,
   params: &BTreeMap<String, Array>,
+  given: Option<(Option<&Array>, &Array)>,
 ) -> Result<BTreeMap<String, Array>> {
   let mut problems = Vec::new();
   for (k, g) in grads {
@@ -314,12 +337,15 @@ fn apply_rule<R: Rule>(
       problems.join("; ")
     )));
   }
-  let lr = st
+  let state_lr = st
     .learning_rate
     .as_ref()
     .map(|l| Array::scalar(l.at(st.step)));
   st.step += 1;
-  let step = st.step;
+  let (lr, step) = match given {
+    Some((l, s)) => (l.cloned().or(state_lr), s.clone()),
+    None => (state_lr, Array::scalar(st.step as f32)),
+  };
   let mut out = BTreeMap::new();
   for (k, g) in grads {
     let p = &params[k];
@@ -340,7 +366,7 @@ fn apply_rule<R: Rule>(
     };
     out.insert(
       k.clone(),
-      rule.apply_single(g, p, slot, lr_g.as_ref(), step)?,
+      rule.apply_single(g, p, slot, lr_g.as_ref(), &step)?,
     );
   }
   Ok(out)
@@ -362,9 +388,33 @@ macro_rules! optimizer_impl {
             slots: BTreeMap::new(),
           },
         );
-        let r = apply_rule(&*self, &mut st, grads, params);
+        let r = apply_rule(&*self, &mut st, grads, params, None);
         self.state = st;
         r
+      }
+      fn apply_gradients_with(
+        &mut self,
+        grads: &BTreeMap<String, Array>,
+        params: &BTreeMap<String, Array>,
+        lr: Option<&Array>,
+        step: &Array,
+      ) -> Result<BTreeMap<String, Array>> {
+        let mut st = std::mem::replace(&mut self.state, new_state(None));
+        let r = apply_rule(&*self, &mut st, grads, params, Some((lr, step)));
+        self.state = st;
+        r
+      }
+      fn init(&mut self, params: &BTreeMap<String, Array>) -> Result<()> {
+        for (k, p) in params {
+          if !self.state.slots.contains_key(k) {
+            let v = self.init_single(p)?;
+            self.state.slots.insert(k.clone(), v);
+          }
+        }
+        Ok(())
+      }
+      fn boxed_clone(&self) -> Box<dyn Optimizer + Send> {
+        Box::new(self.clone())
       }
       fn state(&self) -> &OptimizerState {
         &self.state
@@ -390,6 +440,7 @@ fn lr_of(lr: Option<&Array>) -> Result<&Array> {
 
 /// Stochastic gradient descent (python `optimizers.SGD(learning_rate,
 /// momentum, weight_decay, dampening, nesterov)`).
+#[derive(Clone)]
 pub struct Sgd {
   /// Momentum (0: plain SGD).
   pub momentum: f64,
@@ -436,7 +487,7 @@ impl Rule for Sgd {
     p: &Array,
     st: &mut Vec<Array>,
     lr: Option<&Array>,
-    _step: u64,
+    _step: &Array,
   ) -> Result<Array> {
     let lr = lr_of(lr)?;
     let dt = g.dtype();
@@ -466,6 +517,7 @@ optimizer_impl!(Sgd);
 
 /// Adam (python `optimizers.Adam(learning_rate, betas, eps,
 /// bias_correction)`); with `weight_decay` it is AdamW.
+#[derive(Clone)]
 pub struct Adam {
   /// `(beta1, beta2)`.
   pub betas: (f64, f64),
@@ -545,7 +597,7 @@ impl Rule for Adam {
     p: &Array,
     st: &mut Vec<Array>,
     lr: Option<&Array>,
-    step: u64,
+    step: &Array,
   ) -> Result<Array> {
     let lr = lr_of(lr)?;
     let dt = g.dtype();
@@ -572,7 +624,7 @@ impl Rule for Adam {
     st[1] = v.clone();
     let eps = sc(self.eps, dt)?;
     if self.bias_correction {
-      let stp = Array::scalar(step as f32);
+      let stp = step.clone();
       let p1 = ops::power(&Array::scalar(b1 as f32), &stp)?;
       let p2 = ops::power(&Array::scalar(b2 as f32), &stp)?;
       let c1 = ops::astype(
@@ -597,6 +649,7 @@ impl Rule for Adam {
 optimizer_impl!(Adam);
 
 /// Lion (python `optimizers.Lion(learning_rate, betas, weight_decay)`).
+#[derive(Clone)]
 pub struct Lion {
   /// `(beta1, beta2)` (default `(0.9, 0.99)`).
   pub betas: (f64, f64),
@@ -638,7 +691,7 @@ impl Rule for Lion {
     p: &Array,
     st: &mut Vec<Array>,
     lr: Option<&Array>,
-    _step: u64,
+    _step: &Array,
   ) -> Result<Array> {
     let lr = lr_of(lr)?;
     let dt = g.dtype();
@@ -667,6 +720,7 @@ optimizer_impl!(Lion);
 /// Adafactor (python `optimizers.Adafactor(learning_rate, eps,
 /// clip_threshold, decay_rate, beta_1, weight_decay, scale_parameter,
 /// relative_step, warmup_init)`): factored second moments for matrices.
+#[derive(Clone)]
 pub struct Adafactor {
   /// `(eps1, eps2)` (default `(1e-30, 1e-3)`).
   pub eps: (f64, f64),
@@ -744,12 +798,12 @@ impl Rule for Adafactor {
     p: &Array,
     st: &mut Vec<Array>,
     lr: Option<&Array>,
-    step: u64,
+    step: &Array,
   ) -> Result<Array> {
     let factored = g.ndim() >= 2;
     let prms = rms(p)?;
     let dt = prms.dtype();
-    let stp = Array::scalar(step as f32);
+    let stp = step.clone();
     let rel = if self.relative_step {
       let min_step = if self.warmup_init {
         ops::multiply(&Array::scalar(1e-6f32), &stp)?

@@ -189,3 +189,49 @@ fn value_and_grad_respects_frozen_parameters_and_errors() {
       .contains("no trainable parameters")
   );
 }
+
+/// `apply_gradients_with` (learning rate and step as arrays, what a compiled
+/// training step passes) equals `apply_gradients` (taken from the state)
+/// over three updates: Adam with bias correction and a schedule, Adafactor.
+#[test]
+fn apply_gradients_with_equals_apply_gradients() {
+  let sched = optim::cosine_decay(1e-2, 10, 1e-4).unwrap();
+  let make: Vec<Box<dyn Fn() -> Box<dyn Optimizer + Send>>> = vec![
+    Box::new(move || {
+      Box::new(
+        optim::Adam::new(optim::LearningRate::Scheduled(sched.clone())).with_bias_correction(true),
+      )
+    }),
+    Box::new(|| Box::new(optim::Adafactor::new())),
+  ];
+  for mk in make {
+    let (mut a, mut b) = (mk(), mk());
+    let mut pa = std::collections::BTreeMap::new();
+    pa.insert(
+      "w".to_string(),
+      mlxrs_core::random::normal(&[4, 3], Dtype::Float32, 0.0, 1.0, None).unwrap(),
+    );
+    let mut pb = pa.clone();
+    b.init(&pb).unwrap();
+    for i in 0..3 {
+      let mut g = std::collections::BTreeMap::new();
+      g.insert(
+        "w".to_string(),
+        ops::multiply(&pa["w"], &Array::scalar(0.5 + i as f32)).unwrap(),
+      );
+      let lr = b.learning_rate().map(Array::scalar);
+      let step = Array::scalar((b.step() + 1) as f32);
+      pa = a.apply_gradients(&g, &pa).unwrap();
+      pb = b.apply_gradients_with(&g, &pb, lr.as_ref(), &step).unwrap();
+      let d: f32 = ops::max(
+        &ops::abs(&ops::subtract(&pa["w"], &pb["w"]).unwrap()).unwrap(),
+        false,
+      )
+      .unwrap()
+      .item()
+      .unwrap();
+      assert!(d < 1e-6, "update {i}: |diff| {d}");
+      assert_eq!(a.step(), b.step());
+    }
+  }
+}

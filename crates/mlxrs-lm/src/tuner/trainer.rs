@@ -142,6 +142,22 @@ pub struct Trainer {
   quant: Option<QuantConfig>,
   adapter: Option<AdapterSettings>,
   grad_accum: Option<BTreeMap<String, Array>>,
+  compile: bool,
+  compiled: Option<CompiledStep>,
+}
+
+/// A compiled training step (python `train`'s `@partial(mx.compile,
+/// inputs=state, outputs=state) step`): inputs are the trainable values,
+/// the optimizer's state arrays, the learning rate and step count, and the
+/// batch; outputs the loss, the token count, the updated values and the
+/// updated optimizer state.
+struct CompiledStep {
+  f: Closure,
+  /// Number of optimizer state arrays per trainable tensor.
+  slots: Vec<usize>,
+  /// Whether the learning rate is an input (Adafactor's relative step
+  /// has none).
+  has_lr: bool,
 }
 
 fn poisoned() -> Error {
@@ -173,6 +189,8 @@ impl Trainer {
       quant,
       adapter,
       grad_accum: None,
+      compile: true,
+      compiled: None,
     };
     t.install(false)?;
     Ok(t)
@@ -202,16 +220,18 @@ impl Trainer {
   }
 
   /// Give the model back (with the trained values installed).
-  pub fn into_model(self) -> Result<Box<dyn LanguageModel>> {
+  pub fn into_model(mut self) -> Result<Box<dyn LanguageModel>> {
     self.install(false)?;
+    // The compiled step holds the model too.
+    self.compiled = None;
     let m = Arc::try_unwrap(self.model).map_err(|_| bad("model still shared".into()))?;
     m.into_inner().map_err(|_| poisoned())
   }
 
-  /// Loss and gradients of the trainable parameters on `batch` (python
-  /// `nn.value_and_grad(model, default_loss)`). Returns `(loss, ntoks,
-  /// grads)`.
-  pub fn loss_and_grad(&self, batch: &Batch) -> Result<(Array, Array, BTreeMap<String, Array>)> {
+  /// `value_and_grad` of [`default_loss`] over the model: inputs are the
+  /// trainable values (in key order), then the batch's tokens and lengths;
+  /// outputs `(loss, ntoks)` and the gradients of the trainable values.
+  fn loss_grad_fn(&self) -> Result<mlxrs_core::transforms::ValueAndGrad> {
     let names: Vec<String> = self.trainable.keys().cloned().collect();
     let n = names.len();
     let (model, frozen, quant, settings) = (
@@ -220,13 +240,12 @@ impl Trainer {
       self.quant.clone(),
       self.settings(true),
     );
-    let nm = names.clone();
     let f = Closure::new(move |args: &[Array]| {
       let mut m = model
         .lock()
         .map_err(|_| mlxrs_core::Error::InvalidArgument("model mutex is poisoned".into()))?;
       let mut all = frozen.clone();
-      all.extend(nm.iter().cloned().zip(args[..n].iter().cloned()));
+      all.extend(names.iter().cloned().zip(args[..n].iter().cloned()));
       reload(m.as_mut(), all, quant.as_ref(), settings).map_err(to_core)?;
       let b = Batch {
         tokens: args[n].clone(),
@@ -236,7 +255,14 @@ impl Trainer {
       Ok(vec![loss, ntoks])
     })?;
     let argnums: Vec<i32> = (0..n as i32).collect();
-    let vg = value_and_grad(&f, &argnums)?;
+    Ok(value_and_grad(&f, &argnums)?)
+  }
+
+  /// Loss and gradients of the trainable parameters on `batch` (python
+  /// `nn.value_and_grad(model, default_loss)`). Returns `(loss, ntoks,
+  /// grads)`.
+  pub fn loss_and_grad(&self, batch: &Batch) -> Result<(Array, Array, BTreeMap<String, Array>)> {
+    let vg = self.loss_grad_fn()?;
     let mut args: Vec<Array> = self.trainable.values().cloned().collect();
     args.push(batch.tokens.clone());
     args.push(batch.lengths.clone());
@@ -246,7 +272,141 @@ impl Trainer {
     let mut it = outs.into_iter();
     let loss = it.next().ok_or_else(|| bad("loss missing".into()))?;
     let ntoks = it.next().ok_or_else(|| bad("ntoks missing".into()))?;
-    Ok((loss, ntoks, names.into_iter().zip(grads).collect()))
+    Ok((
+      loss,
+      ntoks,
+      self.trainable.keys().cloned().zip(grads).collect(),
+    ))
+  }
+
+  /// Compile the training step (on by default, as mlx-lm's): an update
+  /// without gradient accumulation and without adapter dropout runs as one
+  /// compiled graph (loss, gradients, optimizer update); the other steps
+  /// are not compiled (dropout draws random numbers, which a trace would
+  /// freeze). `MLX_DISABLE_COMPILE=1` also turns it off.
+  pub fn set_compile(&mut self, on: bool) {
+    self.compile = on;
+    if !on {
+      self.compiled = None;
+    }
+  }
+
+  fn build_compiled(&self, opt: &dyn Optimizer) -> Result<CompiledStep> {
+    let vg = self.loss_grad_fn()?;
+    let names: Vec<String> = self.trainable.keys().cloned().collect();
+    let slot_map = &opt.state().slots;
+    let mut slots = Vec::with_capacity(names.len());
+    for k in &names {
+      let v = slot_map
+        .get(k)
+        .ok_or_else(|| bad(format!("optimizer has no state for {k}")))?;
+      slots.push(v.len());
+    }
+    let has_lr = opt.state().learning_rate.is_some();
+    let shadow = Mutex::new(opt.boxed_clone());
+    let n = names.len();
+    let counts = slots.clone();
+    let f = Closure::new(move |args: &[Array]| {
+      let total: usize = counts.iter().sum();
+      let params: BTreeMap<String, Array> = names
+        .iter()
+        .cloned()
+        .zip(args[..n].iter().cloned())
+        .collect();
+      let mut state = BTreeMap::new();
+      let mut at = n;
+      for (k, &c) in names.iter().zip(&counts) {
+        state.insert(k.clone(), args[at..at + c].to_vec());
+        at += c;
+      }
+      debug_assert_eq!(at, n + total);
+      let lr = has_lr.then(|| args[at].clone());
+      let at = at + usize::from(has_lr);
+      let step = args[at].clone();
+      let mut vg_args: Vec<Array> = args[..n].to_vec();
+      vg_args.extend_from_slice(&args[at + 1..at + 3]);
+      let (outs, grads) = vg.call(&vg_args)?;
+      let grads: BTreeMap<String, Array> = names.iter().cloned().zip(grads).collect();
+      let mut o = shadow
+        .lock()
+        .map_err(|_| mlxrs_core::Error::InvalidArgument("optimizer mutex is poisoned".into()))?;
+      o.state_mut().slots = state;
+      let new = o.apply_gradients_with(&grads, &params, lr.as_ref(), &step)?;
+      let mut res = outs;
+      res.extend(new.into_values());
+      let st = std::mem::take(&mut o.state_mut().slots);
+      for k in &names {
+        res.extend(st.get(k).cloned().unwrap_or_default());
+      }
+      Ok(res)
+    })?;
+    Ok(CompiledStep {
+      f: mlxrs_core::transforms::compile(&f, false)?,
+      slots,
+      has_lr,
+    })
+  }
+
+  /// One update by the compiled step; `(loss, ntoks)` unevaluated.
+  fn compiled_update(&mut self, batch: &Batch, opt: &mut dyn Optimizer) -> Result<(Array, Array)> {
+    opt.init(&self.trainable)?;
+    let fits = |c: &CompiledStep| {
+      c.has_lr == opt.state().learning_rate.is_some()
+        && self
+          .trainable
+          .keys()
+          .zip(&c.slots)
+          .all(|(k, &n)| opt.state().slots.get(k).map(Vec::len) == Some(n))
+    };
+    if !self.compiled.as_ref().is_some_and(fits) {
+      self.compiled = Some(self.build_compiled(opt)?);
+    }
+    let c = self
+      .compiled
+      .as_ref()
+      .ok_or_else(|| bad("no compiled step".into()))?;
+    let mut args: Vec<Array> = self.trainable.values().cloned().collect();
+    for k in self.trainable.keys() {
+      args.extend(opt.state().slots.get(k).cloned().unwrap_or_default());
+    }
+    if c.has_lr {
+      args.push(Array::scalar(opt.learning_rate().unwrap_or(0.0)));
+    }
+    args.push(Array::scalar((opt.step() + 1) as f32));
+    args.push(batch.tokens.clone());
+    args.push(batch.lengths.clone());
+    let result = c.f.call(&args);
+    let mut out = match result {
+      Ok(o) => o.into_iter(),
+      Err(e) => {
+        // A failed trace leaves placeholders in the model.
+        self.install(false)?;
+        return Err(e.into());
+      }
+    };
+    let loss = out.next().ok_or_else(|| bad("loss missing".into()))?;
+    let ntoks = out.next().ok_or_else(|| bad("ntoks missing".into()))?;
+    let names: Vec<String> = self.trainable.keys().cloned().collect();
+    let mut new = BTreeMap::new();
+    for k in &names {
+      new.insert(
+        k.clone(),
+        out.next().ok_or_else(|| bad("parameter missing".into()))?,
+      );
+    }
+    let mut slots = BTreeMap::new();
+    for (k, &n) in names.iter().zip(&c.slots) {
+      let v: Vec<Array> = out.by_ref().take(n).collect();
+      if v.len() != n {
+        return Err(bad("optimizer state missing".into()));
+      }
+      slots.insert(k.clone(), v);
+    }
+    let st = opt.state_mut();
+    st.step += 1;
+    st.slots = slots;
+    self.trainable = new;
+    Ok((loss, ntoks))
   }
 
   /// One training step (python `train`'s `step`): gradients on `batch`,
@@ -260,6 +420,19 @@ impl Trainer {
     do_update: bool,
     accum_steps: usize,
   ) -> Result<(f32, i64)> {
+    let dropout = self.adapter.is_some_and(|a| a.dropout > 0.0);
+    if self.compile && do_update && accum_steps <= 1 && self.grad_accum.is_none() && !dropout {
+      let (mut loss, ntoks) = self.compiled_update(batch, opt)?;
+      let mut all: Vec<Array> = self.trainable.values().cloned().collect();
+      all.extend(opt.state_arrays());
+      all.push(loss.clone());
+      all.push(ntoks.clone());
+      mlxrs_core::eval(&all)?;
+      self.install(false)?;
+      let l: f32 = loss.item()?;
+      let t: i32 = ops::astype(&ntoks, Dtype::Int32)?.item()?;
+      return Ok((l, t as i64));
+    }
     let (mut loss, ntoks, mut grads) = self.loss_and_grad(batch)?;
     if let Some(prev) = self.grad_accum.take() {
       for (k, g) in grads.iter_mut() {
@@ -279,6 +452,7 @@ impl Trainer {
       let mut all: Vec<Array> = self.trainable.values().cloned().collect();
       all.extend(opt.state_arrays());
       mlxrs_core::eval(&all)?;
+      self.install(false)?;
     } else {
       mlxrs_core::eval(&grads.values().cloned().collect::<Vec<_>>())?;
       self.grad_accum = Some(grads);
