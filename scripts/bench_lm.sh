@@ -16,6 +16,8 @@
 #      PYTHON    a python with mlx + mlx-lm (default .venv/bin/python or python3)
 #      ROUNDS    interleaved rounds (default 5)
 #      TRIALS    trials per contestant per round (default 2; the first warms up)
+#      GROUP     quantization group size with BITS (default 64; 32 = the layout of
+#                llama.cpp Q4_0/Q4_1/Q8_0 blocks that GGUF files load into)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shape="${1:-smollm2-135m}"; p="${2:-128}"; g="${3:-64}"; dtype="${4:-float32}"; bits="${5:-}"
@@ -26,7 +28,9 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 ROUNDS="${ROUNDS:-5}"
 TRIALS="${TRIALS:-2}"
-qargs=(); [ -n "$bits" ] && qargs=(-q "$bits" --group-size 64)
+GROUP="${GROUP:-64}"
+qargs=(); qlabel=none
+[ -n "$bits" ] && qargs=(-q "$bits" --group-size "$GROUP") && qlabel="${bits}-bit g${GROUP}"
 cfg=$(mktemp --suffix .json)
 raw=$(mktemp)
 trap 'rm -f "$cfg" "$raw"' EXIT
@@ -55,7 +59,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   gpu=$(nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv,noheader | head -1)
 fi
 cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || uname -m)
-table=$("$PYTHON" - "$raw" "$shape" "$p" "$g" "$dtype" "${bits:-none}" "$ROUNDS" "$cpu" "$gpu" "${BASELINE:+baseline}" <<'PY'
+table=$("$PYTHON" - "$raw" "$shape" "$p" "$g" "$dtype" "$qlabel" "$ROUNDS" "$cpu" "$gpu" "${BASELINE:+baseline}" <<'PY'
 import json, sys, datetime, statistics
 raw, shape, p, g, dtype, bits, rounds, cpu, gpu, has_base = sys.argv[1:11]
 runs = {"mlxrs": [], "python": [], "baseline": []}

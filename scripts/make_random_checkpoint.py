@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A random-weight Hugging Face style checkpoint of a real model shape, for
 measuring `mlxrs convert`'s peak memory on a model larger than its shard
-limit (docs/convert.md).
+limit (docs/convert.md) and for serving benchmarks (scripts/bench_serve.sh).
 
     .venv/bin/python scripts/make_random_checkpoint.py --out /tmp/llama1b
         # llama-3.2-1b shape (1.24 B parameters), bfloat16, ~2.5 GB in
-        # 4 input shards + index, the tiny llama fixture's tokenizer
+        # 4 input shards + index, the tiny llama fixture's tokenizer with
+        # its vocabulary padded to vocab_size
 
 Weights are normal(0, 0.02) (norms 1) from a seeded torch generator,
 written one input shard at a time so this script itself stays small.
@@ -107,8 +108,24 @@ def main():
     )
     (out / "config.json").write_text(json.dumps(c, indent=2))
     tiny = ROOT / "models" / "tiny" / "llama"
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]:
+    for f in ["tokenizer_config.json", "special_tokens_map.json"]:
         shutil.copy(tiny / f, out / f)
+    # The tiny tokenizer knows ~500 ids but random weights sample any of
+    # vocab_size: give every other id a plain word (" w123"), so generated
+    # text streams token by token as a real model's does (ids a tokenizer
+    # cannot decode produce no text, which would make servers' time to the
+    # first text chunk meaningless in scripts/bench_serve.sh).
+    tok = json.loads((tiny / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    used = set(vocab.values()) | {t["id"] for t in tok.get("added_tokens", [])}
+    for i in range(c["vocab_size"]):
+        if i not in used:
+            vocab[f"\u0120w{i}"] = i
+    # Added tokens keep their ids only if the model vocabulary has them too
+    # (tokenizers renumbers the others past the vocabulary's size).
+    for t in tok.get("added_tokens", []):
+        vocab[t["content"]] = t["id"]
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
     print(f"{a.shape}: {total / 1e9:.2f} GB in {len(groups)} shards -> {out}")
 
 

@@ -32,7 +32,8 @@ fn data(name: &str) -> std::path::PathBuf {
 type Step<'a> =
   &'a mut dyn FnMut(&mut Mlp, &std::collections::BTreeMap<String, Array>) -> Result<Vec<Array>>;
 
-fn run(name: &str, opt: Step<'_>, clip: Option<f32>) {
+/// `param_tol`: the largest |final parameter - python's| accepted.
+fn run(name: &str, opt: Step<'_>, clip: Option<f32>, param_tol: f32) {
   let (refs, _) = mlxrs_core::io::load_safetensors(data("nn_refs.safetensors")).unwrap();
   let json: serde_json::Value =
     serde_json::from_str(&std::fs::read_to_string(data("nn_refs.json")).unwrap()).unwrap();
@@ -104,7 +105,10 @@ fn run(name: &str, opt: Step<'_>, clip: Option<f32>) {
     want[want.len() - 1]
   );
   assert!(got[got.len() - 1] < 0.1 * got[0], "{name}: did not train");
-  assert!(pd < 1e-5, "{name}: final parameters differ by {pd}");
+  assert!(
+    pd < param_tol,
+    "{name}: final parameters differ by {pd} (tolerance {param_tol})"
+  );
 }
 
 #[test]
@@ -125,6 +129,7 @@ fn mlp_adamw_warmup_cosine_clip_matches_python() {
       Ok(opt.state_arrays())
     },
     Some(1.0),
+    1e-5,
   );
 }
 
@@ -138,6 +143,12 @@ fn mlp_sgd_nesterov_matches_python() {
       Ok(opt.state_arrays())
     },
     None,
+    // 300 Nesterov steps at momentum 0.9 amplify the BLAS's summation
+    // order: with OpenBLAS 0.3.21 on an AMD EPYC (Zen) the final
+    // parameters move by up to 2.6e-4 from python's (wheel reference BLAS)
+    // while all 300 losses still agree within 5e-7; with the reference BLAS
+    // preloaded they agree within 1e-5.
+    5e-4,
   );
 }
 
