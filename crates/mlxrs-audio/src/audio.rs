@@ -20,6 +20,23 @@ use crate::error::{Error, Result, io_err};
 /// The sample rate Whisper consumes (python `whisper.audio.SAMPLE_RATE`).
 pub const SAMPLE_RATE: u32 = 16_000;
 
+/// The highest sample rate accepted (768 kHz, the top of professional
+/// audio). The resampler's FFT grows with `rate / gcd(rate, 16000)`: a
+/// header claiming billions of Hz (found by libFuzzer) made it plan a
+/// 32-million-point FFT and run for minutes.
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
+
+/// The largest sample magnitude accepted. Decoded audio lies in [-1, 1]
+/// (a float file may clip a little past it) and unnormalised 16/24-bit
+/// values stay far below; magnitudes near `f32::MAX` (found by libFuzzer in
+/// a float WAV) overflow the resampler's FFT to NaN and make it panic.
+pub const MAX_SAMPLE_ABS: f32 = 1e6;
+
+/// Whether `v` is a usable sample: finite and within [`MAX_SAMPLE_ABS`].
+fn is_audio_sample(v: f32) -> bool {
+  v.is_finite() && v.abs() <= MAX_SAMPLE_ABS
+}
+
 /// Decoded audio: mono `f32` samples in `[-1, 1]` at `sample_rate`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Audio {
@@ -199,6 +216,11 @@ fn decode_unchecked(bytes: &[u8], ext: Option<&str>) -> Result<Audio> {
       "the audio track has a sample rate of 0".into(),
     ));
   }
+  if sample_rate > MAX_SAMPLE_RATE {
+    return Err(Error::Audio(format!(
+      "the audio track has a sample rate of {sample_rate} Hz (supported: up to {MAX_SAMPLE_RATE} Hz)"
+    )));
+  }
   let mut decoder = symphonia::default::get_codecs()
     .make(&params, &DecoderOptions::default())
     .map_err(|e| match e {
@@ -266,6 +288,13 @@ fn decode_unchecked(bytes: &[u8], ext: Option<&str>) -> Result<Audio> {
     }
     return Err(Error::Audio("the file holds no audio samples".into()));
   }
+  let bad = mono.iter().filter(|&&v| !is_audio_sample(v)).count();
+  if bad > 0 {
+    return Err(Error::Audio(format!(
+      "malformed audio: {bad} of {} samples are NaN, infinite or beyond +-{MAX_SAMPLE_ABS}",
+      mono.len()
+    )));
+  }
   Ok(Audio {
     samples: mono,
     sample_rate,
@@ -325,15 +354,34 @@ pub fn to_mono(interleaved: &[f32], channels: usize) -> Result<Vec<f32>> {
 /// `round(len * to / from)` samples, aligned with the input (the filter
 /// delay is removed).
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
-  use rubato::{FftFixedIn, Resampler};
-  if from == 0 || to == 0 {
+  if from == 0 || to == 0 || from > MAX_SAMPLE_RATE || to > MAX_SAMPLE_RATE {
     return Err(Error::InvalidArgument(format!(
-      "resample: sample rates must be > 0 (got {from} -> {to})"
+      "resample: sample rates must be in 1..={MAX_SAMPLE_RATE} Hz (got {from} -> {to})"
     )));
   }
   if from == to || samples.is_empty() {
     return Ok(samples.to_vec());
   }
+  // rubato's inverse FFT panics on NaN / infinite input (realfft refuses a
+  // spectrum whose DC bin has a non-zero imaginary part), and huge values
+  // overflow to infinity inside it.
+  if let Some(i) = samples.iter().position(|&v| !is_audio_sample(v)) {
+    return Err(Error::InvalidArgument(format!(
+      "resample: sample {i} is {} (NaN, infinite or beyond +-{MAX_SAMPLE_ABS}: not audio)",
+      samples[i]
+    )));
+  }
+  // Any other panic inside the resampler is a clear error too.
+  std::panic::catch_unwind(|| resample_checked(samples, from, to)).unwrap_or_else(|_| {
+    Err(Error::Audio(format!(
+      "resampling {from} -> {to} Hz failed inside the resampler"
+    )))
+  })
+}
+
+/// [`resample`] once the rates and samples are known to be valid.
+fn resample_checked(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
+  use rubato::{FftFixedIn, Resampler};
   let new_len =
     ((samples.len() as u128 * u128::from(to) + u128::from(from) / 2) / u128::from(from)) as usize;
   let chunk = 1024;
@@ -381,6 +429,65 @@ mod tests {
       matches!(decode_audio_bytes(b"hello, not audio at all, just text", None), Err(Error::Audio(m)) if m.contains("not a recognized"))
     );
     assert!(resample(&[0.0; 10], 0, 16000).is_err());
+  }
+
+  /// libFuzzer's timeout input (`cargo fuzz run wav`): junk, then a
+  /// RIFF/WAVE header (which symphonia finds past the junk) whose sample
+  /// rate is 4,160,765,568 Hz. It must be a prompt error, not minutes in
+  /// the resampler.
+  #[test]
+  fn absurd_sample_rate_is_a_prompt_error() {
+    let mut b = vec![5u8; 56];
+    b.extend_from_slice(b"RIFF\x24\x01\0\0WAVEfmt \x10\0\0\0\x03\0\x01\0");
+    b.extend_from_slice(&0xF800_3E80u32.to_le_bytes());
+    b.extend_from_slice(b"\xfa\0\0\0\x04\0\x20\0data\0\x01\0\0");
+    b.extend((0..64).flat_map(|i: u32| (-1.0f32 + i as f32 / 64.0).to_le_bytes()));
+    let t = std::time::Instant::now();
+    for ext in [Some("wav"), None] {
+      let r = decode_audio_bytes(&b, ext).and_then(to_whisper_rate);
+      let Err(e) = r else { panic!("accepted") };
+      let e = e.to_string();
+      assert!(e.contains("sample rate"), "{e}");
+    }
+    assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+    assert!(resample(&[0.0; 8], 4_160_765_568, SAMPLE_RATE).is_err());
+  }
+
+  /// libFuzzer's crash inputs: float WAVs (9344 / 16077 Hz) whose samples
+  /// include NaN or values near `f32::MAX`; resampling them panicked inside
+  /// rubato. Now a clear error, from the
+  /// decoder and from `resample` alike.
+  #[test]
+  fn nan_samples_are_an_error_not_a_panic() {
+    let mut b = b"RIFF\x24\x01\0\0WAVEfmt \x10\0\0\0\x03\0\x01\0".to_vec();
+    b.extend_from_slice(&9344u32.to_le_bytes());
+    b.extend_from_slice(b"\0\xfa\0\0\x04\0\x20\0data\x20\0\0\0");
+    for v in [
+      -1.0f32,
+      f32::NAN,
+      0.5,
+      f32::INFINITY,
+      0.25,
+      -0.5,
+      2.9e38,
+      1.0,
+    ] {
+      b.extend_from_slice(&v.to_le_bytes());
+    }
+    let Err(e) = decode_audio_bytes(&b, Some("wav")) else {
+      panic!("accepted")
+    };
+    let e = e.to_string();
+    assert!(
+      e.contains("3 of 8 samples are NaN, infinite or beyond"),
+      "{e}"
+    );
+    for v in [f32::NAN, f32::NEG_INFINITY, 2.9e38] {
+      let e = resample(&[0.0, v, 1.0], 9344, SAMPLE_RATE)
+        .unwrap_err()
+        .to_string();
+      assert!(e.contains("not audio"), "{e}");
+    }
   }
 
   #[test]
