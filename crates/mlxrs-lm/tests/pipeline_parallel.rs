@@ -19,15 +19,16 @@
 //! rank that dies mid-run must make its peers exit within
 //! `DEAD_PEER_TIMEOUT`.
 
-use std::io::Read;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use mlxrs_core::{Array, Device, Dtype, distributed as dist, memory, with_device};
 use mlxrs_lm::{StepConfig, TokenGenerator, load_model_dir, load_model_dir_pipeline};
 use serde_json::Value;
+
+#[path = "common/ranks.rs"]
+mod ranks;
+use ranks::{result_line, run_ranks};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -125,112 +126,6 @@ fn worker(name: &str) {
   println!("PP_RESULT {out}");
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
-  // Hold every listener until all are chosen so the ports differ.
-  let ls: Vec<TcpListener> = (0..n)
-    .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free local port"))
-    .collect();
-  ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-fn spawn(name: &str, rank: usize, hostfile: &Path, die: Option<usize>) -> Child {
-  let mut c = Command::new(std::env::current_exe().expect("test binary path"));
-  c.args([
-    "--ignored",
-    "--exact",
-    "pp_worker",
-    "--nocapture",
-    "--test-threads=1",
-  ])
-  .env("MLXRS_PP_WORKER", name)
-  .env("MLX_RANK", rank.to_string())
-  .env("MLX_HOSTFILE", hostfile)
-  .stdout(Stdio::piped())
-  .stderr(Stdio::piped());
-  if let Some(d) = die {
-    c.env("MLXRS_PP_DIE_RANK", d.to_string());
-  }
-  c.spawn().expect("start worker")
-}
-
-struct Run {
-  status: Vec<Option<std::process::ExitStatus>>,
-  out: Vec<String>,
-  report: String,
-  timed_out: bool,
-  elapsed: Duration,
-}
-
-/// Start `n` ranks on fixture `name`, wait at most `limit`, kill leftovers.
-fn run_ranks(name: &str, n: usize, die: Option<usize>, limit: Duration) -> Run {
-  let tag = name.replace(['/', '\\'], "_");
-  let dir = std::env::temp_dir().join(format!(
-    "mlxrs-pp-{}-{tag}-{n}-{}",
-    std::process::id(),
-    die.is_some()
-  ));
-  std::fs::create_dir_all(&dir).unwrap();
-  let hostfile = dir.join("hosts.json");
-  let hosts: Vec<Vec<String>> = free_ports(n)
-    .into_iter()
-    .map(|p| vec![format!("127.0.0.1:{p}")])
-    .collect();
-  std::fs::write(&hostfile, serde_json::to_string(&hosts).unwrap()).unwrap();
-  let mut kids: Vec<Child> = (0..n).map(|r| spawn(name, r, &hostfile, die)).collect();
-  let start = Instant::now();
-  let mut status = vec![None; n];
-  while status.iter().any(Option::is_none) && start.elapsed() < limit {
-    for (k, c) in kids.iter_mut().enumerate() {
-      if status[k].is_none() {
-        status[k] = c.try_wait().expect("wait worker");
-      }
-    }
-    std::thread::sleep(Duration::from_millis(50));
-  }
-  let elapsed = start.elapsed();
-  let timed_out = status.iter().any(Option::is_none);
-  let mut report = String::new();
-  let mut outs = Vec::new();
-  for (k, c) in kids.iter_mut().enumerate() {
-    if status[k].is_none() {
-      let _ = c.kill();
-      let _ = c.wait();
-    }
-    let (mut out, mut err) = (String::new(), String::new());
-    if let Some(s) = c.stdout.as_mut() {
-      let _ = s.read_to_string(&mut out);
-    }
-    if let Some(s) = c.stderr.as_mut() {
-      let _ = s.read_to_string(&mut err);
-    }
-    let tail: String = err
-      .chars()
-      .rev()
-      .take(2000)
-      .collect::<Vec<_>>()
-      .into_iter()
-      .rev()
-      .collect();
-    report.push_str(&format!("--- rank {k}: {:?}\n{out}\n{tail}\n", status[k]));
-    outs.push(out);
-  }
-  let _ = std::fs::remove_dir_all(&dir);
-  Run {
-    status,
-    out: outs,
-    report,
-    timed_out,
-    elapsed,
-  }
-}
-
-fn result_line(out: &str) -> Option<Value> {
-  out
-    .lines()
-    .find_map(|l| l.find("PP_RESULT ").map(|i| &l[i + 10..]))
-    .and_then(|j| serde_json::from_str(j).ok())
-}
-
 /// The decoder layer of a parameter path (`model.layers.{i}.…`).
 fn layer_of(path: &str) -> Option<usize> {
   path
@@ -259,7 +154,7 @@ fn check_pp(name: &str, n: usize, want_tokens: &[i32], want_logits: &[f32], agai
   });
   drop(full);
   let n_layers = per_layer.len();
-  let run = run_ranks(name, n, None, TIMEOUT);
+  let run = run_ranks("pp", name, n, None, TIMEOUT);
   assert!(
     !run.timed_out,
     "{name}: ranks did not finish within {TIMEOUT:?} (killed):\n{}",
@@ -273,7 +168,7 @@ fn check_pp(name: &str, n: usize, want_tokens: &[i32], want_logits: &[f32], agai
       "{name}: rank {k} failed:\n{}",
       run.report
     );
-    let v = result_line(&run.out[k])
+    let v = result_line("pp", &run.out[k])
       .unwrap_or_else(|| panic!("{name}: rank {k} printed no result:\n{}", run.report));
     assert_eq!(v["rank"], k as i64);
     assert_eq!(v["size"], n as i64);
@@ -413,7 +308,7 @@ fn llama_four_and_three_stages_deeper_copy() {
 /// More ranks than layers: every rank refuses with a clear error.
 #[test]
 fn more_ranks_than_layers_refused() {
-  let run = run_ranks("llama", 4, None, TIMEOUT);
+  let run = run_ranks("pp", "llama", 4, None, TIMEOUT);
   assert!(!run.timed_out, "did not finish:\n{}", run.report);
   for k in 0..4 {
     assert_eq!(
@@ -434,7 +329,7 @@ fn more_ranks_than_layers_refused() {
 /// 0, blocked in its recv, must end (with an error) rather than hang.
 #[test]
 fn dead_stage_does_not_hang_the_next() {
-  let run = run_ranks("llama", 2, Some(1), DEAD_PEER_TIMEOUT);
+  let run = run_ranks("pp", "llama", 2, Some(1), DEAD_PEER_TIMEOUT);
   assert!(
     !run.timed_out,
     "rank 0 still running {DEAD_PEER_TIMEOUT:?} after rank 1 died:\n{}",
