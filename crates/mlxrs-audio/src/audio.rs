@@ -352,7 +352,8 @@ pub fn to_mono(interleaved: &[f32], channels: usize) -> Result<Vec<f32>> {
 /// Resample mono `samples` from `from` Hz to `to` Hz with rubato's FFT
 /// resampler (band-limited, anti-aliased). The output has
 /// `round(len * to / from)` samples, aligned with the input (the filter
-/// delay is removed).
+/// delay is removed). Errors: a rate of 0 or above [`MAX_SAMPLE_RATE`], a
+/// sample that is NaN, infinite or beyond [`MAX_SAMPLE_ABS`].
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
   if from == 0 || to == 0 || from > MAX_SAMPLE_RATE || to > MAX_SAMPLE_RATE {
     return Err(Error::InvalidArgument(format!(
