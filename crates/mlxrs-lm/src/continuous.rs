@@ -35,7 +35,7 @@ use std::sync::Arc;
 use mlxrs_core::{Array, Dtype, Error, Result, ops};
 use mlxrs_nn::{KvCache, KvCacheKind};
 
-use crate::generate::StepArrays;
+use crate::generate::{PromptEmbeddings, StepArrays};
 use crate::model::LanguageModel;
 use crate::sample::{LogitsConfig, Sampler, SamplerConfig};
 
@@ -230,6 +230,9 @@ struct Pending {
   joining: bool,
   /// Constrained decoding state.
   constraint: Option<Box<dyn TokenConstraint>>,
+  /// The prompt's input embeddings (a vision-language prompt), prefilled
+  /// instead of the ids' ([`BatchGenerator::start_embedded`]).
+  embeddings: Option<PromptEmbeddings>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -485,6 +488,47 @@ impl<'m> BatchGenerator<'m> {
     self.advance()
   }
 
+  /// Start row `id` from its prompt's input embeddings (a vision-language
+  /// prompt with the image features merged in; python mlx-vlm's
+  /// `generate_step(input_ids, model, pixel_values, ...)`), into an empty
+  /// batch only: the prompt is prefilled now, in `prefill_step_size`
+  /// chunks (one pass when `embeddings.one_pass`), as
+  /// [`crate::TokenGenerator::with_embeddings`] does; decoding then
+  /// continues from token ids, and other rows may join the row as usual.
+  /// `prompt` holds the ids the embeddings stand for (the penalties' and
+  /// the row cache's history). Needs an empty batch with no prefill
+  /// pending.
+  pub fn start_embedded(
+    &mut self,
+    id: u64,
+    prompt: &[i32],
+    embeddings: PromptEmbeddings,
+    cfg: &RowConfig,
+  ) -> Result<RowToken> {
+    if !self.rows.is_empty() || self.pending.is_some() {
+      return Err(bad(
+        "a prompt given as input embeddings starts only into an empty batch",
+      ));
+    }
+    let s = embeddings.embeddings.shape();
+    if s.len() != 3 || s[0] != 1 || s[1] as usize != prompt.len() {
+      return Err(bad(format!(
+        "prompt embeddings {s:?} do not match a prompt of {} tokens (expected [1, {}, hidden])",
+        prompt.len(),
+        prompt.len()
+      )));
+    }
+    self.begin(id, prompt, None, cfg, false)?;
+    if let Some(p) = self.pending.as_mut() {
+      p.embeddings = Some(embeddings);
+    }
+    loop {
+      if let Some(t) = self.advance()? {
+        return Ok(t);
+      }
+    }
+  }
+
   /// Validate and set up a pending prefill.
   fn begin(
     &mut self,
@@ -561,6 +605,7 @@ impl<'m> BatchGenerator<'m> {
       budget,
       joining,
       constraint,
+      embeddings: None,
     });
     Ok(())
   }
@@ -588,21 +633,34 @@ impl<'m> BatchGenerator<'m> {
     let model = self.model;
     let pad = p.pad;
     let len = p.prompt.len();
-    let forward = |x: &Array, caches: &mut [KvCache], upto: usize| -> Result<Array> {
+    // Prompt positions `from..to`: their ids, or their input embeddings.
+    let forward = |p: &mut Pending, from: usize, to: usize| -> Result<Array> {
+      if let Some(e) = &p.embeddings {
+        let s = e.embeddings.shape();
+        let rows = ops::slice(
+          &e.embeddings,
+          &[0, from as i32, 0],
+          &[1, to as i32, s[2]],
+          &[1, 1, 1],
+        )?;
+        return model.hidden_from_embeddings(&rows, &mut p.caches, e.mask.as_ref());
+      }
+      let x = Array::from_slice(&p.prompt[from..to], &[1, (to - from) as i32])?;
       if pad == 0 {
-        model.hidden(x, caches)
+        model.hidden(&x, &mut p.caches)
       } else {
-        model.hidden_padded(x, caches, &[p.row_valid[..pad + upto].to_vec()])
+        model.hidden_padded(&x, &mut p.caches, &[p.row_valid[..pad + to].to_vec()])
       }
     };
+    let one_pass = p.embeddings.as_ref().is_some_and(|e| e.one_pass);
     let mut used = 0;
-    while len - p.done > 1 {
+    while len - p.done > 1 && !one_pass {
       let n = self.prefill_step_size.min(len - p.done - 1);
       if used > 0 && used + n > p.budget {
         return Ok(Err(p));
       }
-      let x = Array::from_slice(&p.prompt[p.done..p.done + n], &[1, n as i32])?;
-      let _ = forward(&x, &mut p.caches, p.done + n)?;
+      let from = p.done;
+      let _ = forward(&mut p, from, from + n)?;
       eval_caches(&p.caches)?;
       p.done += n;
       used += n;
@@ -611,8 +669,8 @@ impl<'m> BatchGenerator<'m> {
     if used > 0 && used + n > p.budget {
       return Ok(Err(p));
     }
-    let x = Array::from_slice(&p.prompt[p.done..], &[1, n as i32])?;
-    let h = forward(&x, &mut p.caches, len)?;
+    let from = p.done;
+    let h = forward(&mut p, from, len)?;
     let s = h.shape();
     let h = ops::slice(&h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?;
     let logits = ops::reshape(&model.logits(&h)?, &[1, -1])?;

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
+use base64::Engine as _;
 use mlxrs_lm::{ChatOptions, LogitsConfig, Message, RowConfig, SamplerConfig, Tokenizer};
+use mlxrs_vlm::{AlphaMode, RgbImage};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -106,6 +108,9 @@ pub struct Prepared {
   pub logprobs: bool,
   /// How replies split into reasoning, content and tool calls.
   pub reply: ReplyConfig,
+  /// The images of the messages' `image_url` parts, in order (a vision
+  /// model only).
+  pub images: Vec<RgbImage>,
 }
 
 /// Server-side defaults and limits.
@@ -124,6 +129,8 @@ pub struct Defaults {
   /// The model family's tool-call format (from its chat template or
   /// `model_type`).
   pub tool_format: Option<ToolFormat>,
+  /// The model is a vision-language model: messages may hold images.
+  pub vision: bool,
 }
 
 fn bad(param: &str, msg: impl Into<String>) -> ApiError {
@@ -143,7 +150,70 @@ pub fn parse(body: &[u8]) -> Result<Request, ApiError> {
   })
 }
 
-fn message(i: usize, v: &Value) -> Result<Message, ApiError> {
+/// Images one request may carry at most.
+pub const MAX_IMAGES: usize = 16;
+
+/// The image of an `image_url` content part: only `data:` URLs (base64),
+/// as OpenAI's `{"type": "image_url", "image_url": {"url": "data:..."}}`,
+/// the plain-string `image_url` some clients send, or the Responses API's
+/// `{"type": "input_image", "image_url": "data:..."}`. The server reads no
+/// files and fetches no URLs.
+fn part_image(param: &str, p: &Value) -> Result<RgbImage, ApiError> {
+  let url = match (p.get("image_url"), p.get("image")) {
+    (Some(Value::String(u)), _) => u.as_str(),
+    (Some(Value::Object(o)), _) => o.get("url").and_then(Value::as_str).ok_or_else(|| {
+      bad(
+        param,
+        format!("{param}.image_url.url must be a string (a data: URL)"),
+      )
+    })?,
+    (None, Some(Value::String(u))) => u.as_str(),
+    _ => {
+      return Err(bad(
+        param,
+        format!("{param}: an image part needs `image_url` (a data: URL)"),
+      ));
+    }
+  };
+  let Some(rest) = url.strip_prefix("data:") else {
+    let shown: String = url.chars().take(40).collect();
+    return Err(bad(
+      param,
+      format!(
+        "{param}: only data: URLs (base64) are accepted for images, got {shown:?}; the server fetches no URLs and reads no files"
+      ),
+    ));
+  };
+  let Some((meta, data)) = rest.split_once(',') else {
+    return Err(bad(
+      param,
+      format!("{param}: a data: URL needs a `,` before its data"),
+    ));
+  };
+  if !meta.ends_with(";base64") {
+    return Err(bad(
+      param,
+      format!("{param}: image data: URLs must be base64 (`data:image/png;base64,...`)"),
+    ));
+  }
+  let bytes = base64::engine::general_purpose::STANDARD
+    .decode(data.trim())
+    .map_err(|e| {
+      bad(
+        param,
+        format!("{param}: the image's base64 data is invalid: {e}"),
+      )
+    })?;
+  mlxrs_vlm::decode_image(&bytes, AlphaMode::Drop)
+    .map_err(|e| bad(param, format!("{param}: the image cannot be decoded: {e}")))
+}
+
+/// Parse message `i`. Text models get text parts joined into one string
+/// (their templates read a string); a vision model (`images` given) gets
+/// mlx-vlm's list of parts, `{"type": "text"}` and one `{"type": "image"}`
+/// per image (python `get_message_json`), its images appended to
+/// `images`.
+fn message(i: usize, v: &Value, images: Option<&mut Vec<RgbImage>>) -> Result<Message, ApiError> {
   let param = format!("messages[{i}]");
   let obj = v
     .as_object()
@@ -155,44 +225,67 @@ fn message(i: usize, v: &Value) -> Result<Message, ApiError> {
   let mut m: Message =
     serde_json::from_value(v.clone()).map_err(|e| bad(&param, format!("{param}: {e}")))?;
   m.role = role.to_string();
-  // Text parts are joined into one string (templates of text models read a
-  // string); other parts need a vision model.
-  if let Some(Value::Array(parts)) = obj.get("content") {
-    let mut text = String::new();
-    for (j, p) in parts.iter().enumerate() {
-      let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
-      match (kind, p.get("text").and_then(Value::as_str)) {
-        ("text", Some(t)) => text.push_str(t),
-        ("image_url" | "image" | "input_image", _) => {
-          return Err(bad(
-            &param,
-            format!(
-              "{param}.content[{j}]: image inputs need a vision model; this server runs a text model"
-            ),
-          ));
-        }
-        _ => {
-          return Err(bad(
-            &param,
-            format!("{param}.content[{j}]: unsupported content part (type {kind:?})"),
-          ));
+  let text_part = |t: &str| serde_json::json!({"type": "text", "text": t, "content": t});
+  let vision_role = matches!(role, "user" | "system" | "assistant");
+  match (obj.get("content"), images) {
+    (Some(Value::Array(parts)), images) => {
+      let mut text = String::new();
+      let mut out = Vec::new();
+      let mut images = images;
+      for (j, p) in parts.iter().enumerate() {
+        let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
+        let pp = format!("{param}.content[{j}]");
+        match (kind, p.get("text").and_then(Value::as_str)) {
+          ("text" | "input_text", Some(t)) => {
+            text.push_str(t);
+            out.push(text_part(t));
+          }
+          ("image_url" | "image" | "input_image", _) => {
+            let Some(imgs) = images.as_deref_mut() else {
+              return Err(bad(
+                &param,
+                format!("{pp}: image inputs need a vision model; this server runs a text model"),
+              ));
+            };
+            if imgs.len() >= MAX_IMAGES {
+              return Err(bad(
+                &param,
+                format!("{pp}: a request takes at most {MAX_IMAGES} images"),
+              ));
+            }
+            imgs.push(part_image(&pp, p)?);
+            out.push(serde_json::json!({"type": "image"}));
+          }
+          _ => {
+            return Err(bad(
+              &param,
+              format!("{pp}: unsupported content part (type {kind:?})"),
+            ));
+          }
         }
       }
+      m.content = Some(if images.is_some() && vision_role {
+        mlxrs_lm::Content::Parts(out)
+      } else {
+        mlxrs_lm::Content::Text(text)
+      });
     }
-    m.content = Some(mlxrs_lm::Content::Text(text));
-  } else if let Some(c) = obj.get("content") {
-    if !c.is_string() && !c.is_null() {
+    (Some(Value::String(t)), Some(_)) if vision_role => {
+      m.content = Some(mlxrs_lm::Content::Parts(vec![text_part(t)]));
+    }
+    (Some(c), _) if !c.is_string() && !c.is_null() => {
       return Err(bad(
         &param,
         format!("{param}.content must be a string, an array of parts or null"),
       ));
     }
+    _ => {}
   }
   Ok(m)
 }
 
 /// The prompt ids, the rendered chat prompt and the tool settings.
-type Prompt = (Vec<u32>, String, Option<ToolSetup>);
+type Prompt = (Vec<u32>, String, Option<ToolSetup>, Vec<RgbImage>);
 
 fn prompt_ids(
   ep: Endpoint,
@@ -202,6 +295,7 @@ fn prompt_ids(
 ) -> Result<Prompt, ApiError> {
   let mut text = String::new();
   let mut setup = None;
+  let mut images = Vec::new();
   let ids = match ep {
     Endpoint::Chat => {
       let msgs = r
@@ -214,7 +308,7 @@ fn prompt_ids(
       let msgs = msgs
         .iter()
         .enumerate()
-        .map(|(i, v)| message(i, v))
+        .map(|(i, v)| message(i, v, d.vision.then_some(&mut images)))
         .collect::<Result<Vec<_>, _>>()?;
       let mut values = Vec::with_capacity(msgs.len());
       for (i, m) in msgs.iter().enumerate() {
@@ -312,7 +406,7 @@ fn prompt_ids(
       ));
     }
   }
-  Ok((ids, text, setup))
+  Ok((ids, text, setup, images))
 }
 
 fn finite(name: &str, v: f64) -> Result<f32, ApiError> {
@@ -490,7 +584,7 @@ pub fn prepare(
       },
     },
   };
-  let (prompt, prompt_text, setup) = prompt_ids(ep, r, tok, d)?;
+  let (prompt, prompt_text, setup, images) = prompt_ids(ep, r, tok, d)?;
   let (reply, constraint) = reply_and_constraint(ep, r, tok, d, g, &prompt_text, setup)?;
   // The context bound generate / chat / batch use (mlxrs_lm::limits): the
   // prompt plus the new tokens fit max_position_embeddings; max_tokens is
@@ -522,6 +616,7 @@ pub fn prepare(
     include_usage,
     logprobs,
     reply,
+    images,
   })
 }
 

@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
 use mlxrs_lm::{BatchGenerator, FinishReason, LoadedModel, RowConfig, RowToken, Tokenizer};
+use mlxrs_vlm::{VlmInput, VlmModel};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::memory_budget::MemoryBudget;
@@ -61,6 +62,8 @@ pub enum Event {
     completion_tokens: usize,
     /// Prompt positions reused from the prompt cache.
     cached_tokens: usize,
+    /// Prompt tokens (a vision prompt's image placeholders expanded).
+    prompt_tokens: usize,
   },
   /// Choice `index` failed; the message says why.
   Error {
@@ -75,6 +78,8 @@ pub enum Event {
 pub struct Job {
   /// Prompt token ids.
   pub prompt: Vec<u32>,
+  /// The prompt's images, one per image placeholder (a vision model).
+  pub images: Vec<mlxrs_vlm::RgbImage>,
   /// Settings.
   pub params: GenParams,
   /// Where the engine sends [`Event`]s; dropping the receiver cancels.
@@ -105,11 +110,17 @@ pub struct EngineConfig {
   pub memory: Option<Arc<MemoryBudget>>,
   /// Draft tokens per speculative step (with a draft model).
   pub num_draft_tokens: usize,
+  /// The model's context (a vision prompt is bounded again once its image
+  /// placeholders are expanded).
+  pub max_context: Option<usize>,
 }
 
 struct Waiting {
   index: usize,
   prompt: Arc<Vec<i32>>,
+  /// A vision prompt: ids expanded, images processed (the vision tower
+  /// runs when the row starts).
+  vision: Option<Arc<VlmInput>>,
   params: Arc<GenParams>,
   events: UnboundedSender<Event>,
   arrived: Instant,
@@ -124,6 +135,9 @@ struct Running {
   text: RowText,
   generated: Vec<i32>,
   cached: usize,
+  /// Whether the row's cache may enter the prompt cache (not a vision
+  /// prompt's: its ids do not say which images it saw).
+  cacheable: bool,
   first_token: Instant,
 }
 
@@ -137,6 +151,8 @@ struct Prefilling {
 
 struct Engine<'m> {
   batch: BatchGenerator<'m>,
+  /// The vision half when the model is a vision-language model.
+  vlm: Option<&'m VlmModel>,
   tok: &'m Tokenizer,
   cfg: EngineConfig,
   metrics: Arc<Metrics>,
@@ -154,16 +170,43 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     .unwrap_or_else(|| "internal error".into())
 }
 
+/// The model the engine serves.
+pub enum Served {
+  /// A language model.
+  Text(LoadedModel),
+  /// A vision-language model: its language half decodes; prompts with
+  /// images are prefilled from their input embeddings.
+  Vision(Box<VlmModel>),
+}
+
+impl Served {
+  /// The language model that decodes.
+  pub fn lm(&self) -> &LoadedModel {
+    match self {
+      Served::Text(m) => m,
+      Served::Vision(v) => &v.lm,
+    }
+  }
+
+  fn vlm(&self) -> Option<&VlmModel> {
+    match self {
+      Served::Text(_) => None,
+      Served::Vision(v) => Some(v),
+    }
+  }
+}
+
 /// Run the engine loop until `rx` closes and no work is left.
 /// `draft`: the speculative decoding draft model (used while one greedy row
 /// runs alone).
 pub fn run(
-  m: LoadedModel,
+  served: Served,
   draft: Option<LoadedModel>,
   rx: Receiver<Job>,
   cfg: EngineConfig,
   metrics: Arc<Metrics>,
 ) {
+  let m = served.lm();
   let Some(tok) = m.tokenizer.as_ref() else {
     return;
   };
@@ -197,6 +240,7 @@ pub fn run(
   };
   let mut e = Engine {
     batch,
+    vlm: served.vlm(),
     tok,
     cache: PromptCache::new(cfg.prompt_cache_size, cfg.prompt_cache_bytes),
     cfg,
@@ -264,17 +308,60 @@ impl Engine<'_> {
   }
 
   fn enqueue(&mut self, j: Job) {
-    let prompt: Arc<Vec<i32>> = Arc::new(j.prompt.iter().map(|&t| t as i32).collect());
-    let params = Arc::new(j.params);
+    let n = j.params.n;
+    let (prompt, vision, params) = match self.vision_prompt(&j) {
+      Ok((prompt, vision, max_tokens)) => {
+        let mut params = j.params;
+        params.max_tokens = max_tokens;
+        (Arc::new(prompt), vision.map(Arc::new), Arc::new(params))
+      }
+      Err(message) => {
+        self.dequeued(n);
+        for index in 0..n {
+          let _ = j.events.send(Event::Error {
+            index,
+            message: message.clone(),
+          });
+        }
+        return;
+      }
+    };
     for index in 0..params.n {
       self.waiting.push_back(Waiting {
         index,
         prompt: Arc::clone(&prompt),
+        vision: vision.clone(),
         params: Arc::clone(&params),
         events: j.events.clone(),
         arrived: j.arrived,
       });
     }
+  }
+
+  /// The job's prompt ids, its processed images (a vision model's prompt
+  /// with images: placeholders expanded, python `prepare_inputs`) and its
+  /// token budget bounded by the context for the expanded prompt.
+  fn vision_prompt(&self, j: &Job) -> Result<(Vec<i32>, Option<VlmInput>, usize), String> {
+    let Some(vlm) = self.vlm else {
+      if !j.images.is_empty() {
+        return Err("image inputs need a vision model; this server runs a text model".into());
+      }
+      return Ok((
+        j.prompt.iter().map(|&t| t as i32).collect(),
+        None,
+        j.params.max_tokens,
+      ));
+    };
+    let input = vlm
+      .process_ids(j.prompt.clone(), &j.images)
+      .map_err(|e| format!("the images: {e}"))?;
+    let ids: Vec<i32> = input.input_ids.iter().map(|&t| t as i32).collect();
+    let max_tokens =
+      mlxrs_lm::limits::bound_generation(self.cfg.max_context, 0, ids.len(), j.params.max_tokens)
+        .map_err(|e| e.to_string())?
+        .max_tokens;
+    let has_images = input.pixel_values.is_some() || input.clip_pixels.is_some();
+    Ok((ids, has_images.then_some(input), max_tokens))
   }
 
   fn drop_cancelled(&mut self) {
@@ -351,7 +438,7 @@ impl Engine<'_> {
           .max()
           .unwrap_or(0);
       let rows = self.running.len();
-      let pick = self.waiting.iter().position(|w| {
+      let fits = |w: &Waiting| {
         let join = self.batch.join_width(w.prompt.len());
         self.batch.can_start(w.prompt.len())
           && (self.batch.is_empty()
@@ -361,7 +448,22 @@ impl Engine<'_> {
                 .memory
                 .as_ref()
                 .is_none_or(|b| b.fits(rows + 1, end.max(join + w.params.max_tokens)))))
-      });
+      };
+      // A prompt with images starts only into an empty batch; the rows
+      // behind it wait with it, so it is not overtaken forever.
+      let mut pick = None;
+      for (i, w) in self.waiting.iter().enumerate() {
+        if w.vision.is_some() {
+          if self.batch.is_empty() {
+            pick = Some(i);
+          }
+          break;
+        }
+        if fits(w) {
+          pick = Some(i);
+          break;
+        }
+      }
       let Some(i) = pick else { break };
       let Some(w) = self.waiting.remove(i) else {
         break;
@@ -381,7 +483,11 @@ impl Engine<'_> {
     self.next_id += 1;
     let mut cached = 0;
     let mut prefix = None;
-    if self.batch.is_empty() && self.batch.batchable() && self.cfg.prompt_cache_size > 0 {
+    if self.batch.is_empty()
+      && self.batch.batchable()
+      && self.cfg.prompt_cache_size > 0
+      && w.vision.is_none()
+    {
       match self.cache.lookup(&w.prompt) {
         Ok(Some((c, n))) => {
           prefix = Some(c);
@@ -395,6 +501,39 @@ impl Engine<'_> {
     let mut row = w.params.row.clone();
     if let Some(s) = row.sampler.seed {
       row.sampler.seed = Some(s.wrapping_add(w.index as u64));
+    }
+    if let Some(vlm) = self.vlm {
+      // The vision tower and the merge (Qwen2-VL keeps the prepared
+      // prompt in its language model instead: `None`); a text prompt
+      // clears what a previous one left there.
+      let embeddings = match &w.vision {
+        None => {
+          vlm.clear_prompt();
+          None
+        }
+        Some(input) => match vlm.prompt_embeddings(input) {
+          Ok(e) => e,
+          Err(e) => {
+            let _ = w.events.send(Event::Error {
+              index: w.index,
+              message: format!("the images: {e}"),
+            });
+            return;
+          }
+        },
+      };
+      if let Some(e) = embeddings {
+        match self.batch.start_embedded(id, &w.prompt, e, &row) {
+          Ok(t) => self.joined(Prefilling { w, id, cached }, t),
+          Err(e) => {
+            let _ = w.events.send(Event::Error {
+              index: w.index,
+              message: e.to_string(),
+            });
+          }
+        }
+        return;
+      }
     }
     match self.batch.start(id, &w.prompt, prefix, &row) {
       Ok(Some(t)) => self.joined(Prefilling { w, id, cached }, t),
@@ -429,6 +568,7 @@ impl Engine<'_> {
     self.running.push(Running {
       id,
       index: w.index,
+      cacheable: w.vision.is_none(),
       text: RowText::new(self.tok, w.params.stop.clone()),
       prompt: w.prompt,
       params: w.params,
@@ -524,7 +664,7 @@ impl Engine<'_> {
     };
     let r = self.running.remove(i);
     if let Some(f) = finish {
-      if self.cfg.prompt_cache_size > 0 {
+      if self.cfg.prompt_cache_size > 0 && r.cacheable {
         if let Ok(Some(mut c)) = self.batch.row_cache(id) {
           // The cache holds the prompt and all generated tokens but the last
           // (after a speculative step that ran past the row's end, more:
@@ -550,6 +690,7 @@ impl Engine<'_> {
         finish: f,
         completion_tokens: n,
         cached_tokens: r.cached,
+        prompt_tokens: r.prompt.len(),
       });
     }
     if let Err(e) = self.batch.remove(id) {

@@ -142,6 +142,7 @@ impl AppState {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let job = Job {
       prompt: p.prompt.clone(),
+      images: p.images.clone(),
       params: p.params.clone(),
       events: tx,
       arrived: Instant::now(),
@@ -371,6 +372,8 @@ async fn collect(
   let n = p.params.n;
   let mut choices = vec![Choice::default(); n];
   let mut done = 0;
+  // The engine's count (a vision prompt's image placeholders expand).
+  let mut prompt = p.prompt.len();
   while done < n {
     match rx.recv().await {
       Some(Event::Token {
@@ -392,12 +395,14 @@ async fn collect(
         finish,
         completion_tokens,
         cached_tokens,
+        prompt_tokens,
       }) => {
         if let Some(c) = choices.get_mut(index) {
           c.finish = Some(finish);
           c.completion_tokens = completion_tokens;
           c.cached = cached_tokens;
         }
+        prompt = prompt_tokens;
         done += 1;
       }
       Some(Event::Error { message, .. }) => return Err(engine_error(message)),
@@ -430,7 +435,7 @@ async fn collect(
         "model": st.model_id,
         "system_fingerprint": "mlxrs",
         "choices": cs,
-        "usage": usage(p.prompt.len(), completion, cached),
+        "usage": usage(prompt, completion, cached),
       })
     }
     Endpoint::Completions => {
@@ -456,7 +461,7 @@ async fn collect(
         "model": st.model_id,
         "system_fingerprint": "mlxrs",
         "choices": cs,
-        "usage": usage(p.prompt.len(), completion, cached),
+        "usage": usage(prompt, completion, cached),
       })
     }
   };
@@ -520,6 +525,7 @@ fn stream(
     let mut done = 0;
     let mut completion = 0;
     let mut cached = 0;
+    let mut prompt = p.prompt.len();
     let mut offsets = vec![0usize; n];
     let mut replies: Vec<crate::reply::ReplyStream> = (0..n)
       .map(|_| crate::reply::ReplyStream::new(p.reply))
@@ -589,9 +595,11 @@ fn stream(
           finish,
           completion_tokens,
           cached_tokens,
+          prompt_tokens,
         } => {
           done += 1;
           completion += completion_tokens;
+          prompt = prompt_tokens;
           if index == 0 {
             cached = cached_tokens;
           }
@@ -645,7 +653,7 @@ fn stream(
     }
     if p.include_usage {
       let mut c = chunk(json!([]));
-      c["usage"] = usage(p.prompt.len(), completion, cached);
+      c["usage"] = usage(prompt, completion, cached);
       if tx.send(data(&c)).await.is_err() {
         return;
       }

@@ -175,6 +175,29 @@ struct Loaded {
   vocab: i32,
   max_context: Option<usize>,
   memory: Option<Arc<memory_budget::MemoryBudget>>,
+  vision: bool,
+}
+
+/// Load `--model`: a vision-language model folder (`mlxrs_vlm::load`) or
+/// a language model (folder, Hub id or GGUF file).
+fn load_served(cfg: &ServerConfig) -> Result<engine::Served, String> {
+  let dir = mlxrs_lm::resolve_model(&cfg.model)
+    .ok()
+    .filter(|p| p.is_dir());
+  if let Some(dir) = dir.filter(|d| mlxrs_vlm::is_vlm_dir(d).unwrap_or(false)) {
+    let v = mlxrs_vlm::load_dir(&dir, &mlxrs_vlm::LoadOptions { dtype: cfg.dtype })
+      .map_err(|e| e.to_string())?;
+    return Ok(engine::Served::Vision(Box::new(v)));
+  }
+  let m = mlxrs_lm::load(
+    &cfg.model,
+    &LoadOptions {
+      dtype: cfg.dtype,
+      no_tokenizer: false,
+    },
+  )
+  .map_err(|e| e.to_string())?;
+  Ok(engine::Served::Text(m))
 }
 
 impl Server {
@@ -220,19 +243,15 @@ impl Server {
             return;
           }
         }
-        let m = match mlxrs_lm::load(
-          &cfg.model,
-          &LoadOptions {
-            dtype: cfg.dtype,
-            no_tokenizer: false,
-          },
-        ) {
+        let served = match load_served(&cfg) {
           Ok(m) => m,
           Err(e) => {
-            let _ = ready_tx.send(Err(e.to_string()));
+            let _ = ready_tx.send(Err(e));
             return;
           }
         };
+        let vision = matches!(served, engine::Served::Vision(_));
+        let m = served.lm();
         let Some(tok) = m.tokenizer.clone() else {
           let _ = ready_tx.send(Err("the model has no tokenizer".into()));
           return;
@@ -285,11 +304,18 @@ impl Server {
             }
           }
         };
+        if vision && draft.is_some() {
+          let _ = ready_tx.send(Err(
+            "--draft-model is not supported with a vision-language model".into(),
+          ));
+          return;
+        }
         let _ = ready_tx.send(Ok(Loaded {
           tok,
           vocab: m.model.vocab_size(),
           max_context: m.max_context,
           memory: memory.clone(),
+          vision,
         }));
         let ecfg = EngineConfig {
           decode_concurrency: cfg.decode_concurrency,
@@ -300,8 +326,9 @@ impl Server {
           max_width,
           memory,
           num_draft_tokens: cfg.num_draft_tokens,
+          max_context: m.max_context,
         };
-        engine::run(m, draft, job_rx, ecfg, engine_metrics);
+        engine::run(served, draft, job_rx, ecfg, engine_metrics);
       })?;
     let loaded = match ready_rx.recv() {
       Ok(Ok(l)) => l,
@@ -332,6 +359,7 @@ impl Server {
         max_context: loaded.max_context,
         chat_template: cfg.chat_template.clone(),
         tool_format,
+        vision: loaded.vision,
       },
       model_id: cfg.model_id.clone().unwrap_or_else(|| cfg.model.clone()),
       api_key: cfg.api_key.clone(),

@@ -1,0 +1,295 @@
+//! `mlxrs serve` on vision-language models (python `mlx_vlm.server`): chat
+//! requests with `image_url` data-URL parts answer exactly what the library
+//! ([`mlxrs_vlm::VlmModel::generate`]) answers for the same prompt and
+//! image, alone, streamed, and while text requests share the batch; a
+//! prompt with images never reuses another prompt's cache; bad images are
+//! clear 400s.
+
+mod common;
+
+use std::path::PathBuf;
+use std::thread;
+
+use base64::Engine as _;
+use common::{greedy, post, start, stream};
+use mlxrs_core::Dtype;
+use mlxrs_server::ServerConfig;
+use mlxrs_vlm::{LoadOptions, VlmModel};
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+  PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-vlm")
+}
+
+fn image_path(name: &str) -> PathBuf {
+  root().join("images").join(name)
+}
+
+fn data_url(name: &str) -> String {
+  let bytes = std::fs::read(image_path(name)).unwrap();
+  let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+  format!("data:image/png;base64,{b64}")
+}
+
+fn config(arch: &str) -> ServerConfig {
+  ServerConfig {
+    model: root().join(arch).to_string_lossy().into_owned(),
+    dtype: Some(Dtype::Float32),
+    port: 0,
+    max_tokens: 12,
+    ..ServerConfig::default()
+  }
+}
+
+fn vlm(arch: &str) -> VlmModel {
+  mlxrs_vlm::load_dir(
+    &root().join(arch),
+    &LoadOptions {
+      dtype: Some(Dtype::Float32),
+    },
+  )
+  .unwrap()
+}
+
+/// The user message mlx-vlm builds (text then image, or image first for
+/// the families that put it there), as an OpenAI request body.
+fn image_request(m: &VlmModel, prompt: &str, image: &str, max_tokens: usize) -> Value {
+  let text = json!({"type": "text", "text": prompt});
+  let img = json!({"type": "image_url", "image_url": {"url": data_url(image)}});
+  let first_is_image = m
+    .user_message(prompt, 1)
+    .content
+    .as_ref()
+    .and_then(|c| match c {
+      mlxrs_lm::Content::Parts(p) => p.first().cloned(),
+      _ => None,
+    })
+    .is_some_and(|p| p["type"] == "image");
+  let parts = if first_is_image {
+    vec![img, text]
+  } else {
+    vec![text, img]
+  };
+  json!({"model": "m", "max_tokens": max_tokens,
+         "messages": [{"role": "user", "content": parts}]})
+}
+
+/// The library's greedy answer: (text, completion tokens, prompt tokens).
+fn reference(
+  m: &VlmModel,
+  prompt: &str,
+  images: &[&str],
+  max_tokens: usize,
+) -> (String, usize, usize) {
+  let paths: Vec<PathBuf> = images.iter().map(|i| image_path(i)).collect();
+  let imgs = m.load_images(&paths).unwrap();
+  let input = m.prepare(prompt, &imgs, None, false).unwrap();
+  let o = m.generate(&input, &greedy(max_tokens)).unwrap();
+  (o.text, o.tokens.len(), input.input_ids.len())
+}
+
+fn answer(v: &Value) -> (String, usize, usize) {
+  (
+    v["choices"][0]["message"]["content"]
+      .as_str()
+      .unwrap()
+      .to_string(),
+    v["usage"]["completion_tokens"].as_u64().unwrap() as usize,
+    v["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+  )
+}
+
+/// One image request per family equals the library, streamed too.
+fn check_family(arch: &str) {
+  let m = vlm(arch);
+  let s = start(config(arch));
+  let prompt = "Describe the picture.";
+  let text_only = reference(&m, prompt, &[], 12);
+  for image in ["scene_a_64x48.png", "scene_b_90x60.png"] {
+    let want = reference(&m, prompt, &[image], 12);
+    // The image changes the answer (a server that dropped it would show).
+    assert_ne!(want.0, text_only.0, "{arch} {image}");
+    assert!(want.1 > 0 && want.2 > text_only.2, "{arch}: {want:?}");
+    let (code, v) = post(
+      &s,
+      "/v1/chat/completions",
+      &image_request(&m, prompt, image, 12),
+    );
+    assert_eq!(code, 200, "{arch} {image}: {v}");
+    assert_eq!(answer(&v), want, "{arch} {image}");
+    let mut body = image_request(&m, prompt, image, 12);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let chunks = stream(&s, "/v1/chat/completions", &body);
+    let text: String = chunks
+      .iter()
+      .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+      .collect();
+    assert_eq!(text, want.0, "{arch} {image}: streamed");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["prompt_tokens"], json!(want.2), "{arch}: {usage}");
+  }
+  s.shutdown().unwrap();
+}
+
+#[test]
+fn llava_image_chat_equals_the_library() {
+  check_family("llava");
+}
+
+#[test]
+fn qwen2_vl_image_chat_equals_the_library() {
+  // M-RoPE: the language model keeps the prepared prompt; rows run one at
+  // a time and a text request after an image one must not see its state.
+  check_family("qwen2_vl");
+  let m = vlm("qwen2_vl");
+  let s = start(config("qwen2_vl"));
+  let (code, _) = post(
+    &s,
+    "/v1/chat/completions",
+    &image_request(&m, "What is this?", "scene_a_64x48.png", 6),
+  );
+  assert_eq!(code, 200);
+  let want = reference(&m, "Hello there", &[], 8);
+  let (code, v) = post(
+    &s,
+    "/v1/chat/completions",
+    &json!({"model": "m", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Hello there"}]}),
+  );
+  assert_eq!(code, 200, "{v}");
+  assert_eq!(answer(&v), want);
+  s.shutdown().unwrap();
+}
+
+#[test]
+fn gemma3_image_chat_equals_the_library() {
+  check_family("gemma3");
+}
+
+#[test]
+fn image_and_text_requests_share_the_batch() {
+  let m = vlm("llava");
+  let s = start(config("llava"));
+  let prompt = "Describe the picture.";
+  let images = [
+    "scene_a_64x48.png",
+    "scene_b_90x60.png",
+    "scene_c_84x140.png",
+  ];
+  let wants: Vec<_> = images
+    .iter()
+    .map(|i| reference(&m, prompt, &[i], 12))
+    .collect();
+  // The same text with different images gives different answers here, so
+  // a prompt-cache hit across images would show.
+  assert!(
+    wants.windows(2).any(|w| w[0].0 != w[1].0),
+    "the fixture answers every image alike: {wants:?}"
+  );
+  let texts = ["Hello there", "Tell me a story", "What is two plus two?"];
+  let text_wants: Vec<_> = texts.iter().map(|t| reference(&m, t, &[], 12)).collect();
+  let bodies: Vec<(Value, (String, usize, usize))> = images
+    .iter()
+    .zip(&wants)
+    .map(|(i, w)| (image_request(&m, prompt, i, 12), w.clone()))
+    .chain(texts.iter().zip(&text_wants).map(|(t, w)| {
+      (
+        json!({"model": "m", "max_tokens": 12,
+               "messages": [{"role": "user", "content": t}]}),
+        w.clone(),
+      )
+    }))
+    .collect();
+  for round in 0..2 {
+    thread::scope(|sc| {
+      let hs: Vec<_> = bodies
+        .iter()
+        .map(|(b, w)| {
+          let s = &s;
+          sc.spawn(move || {
+            let (code, v) = post(s, "/v1/chat/completions", b);
+            assert_eq!(code, 200, "round {round}: {v}");
+            assert_eq!(&answer(&v), w, "round {round}");
+          })
+        })
+        .collect();
+      for h in hs {
+        h.join().unwrap();
+      }
+    });
+  }
+  s.shutdown().unwrap();
+}
+
+#[test]
+fn bad_images_are_clear_errors() {
+  let m = vlm("llava");
+  let s = start(config("llava"));
+  let with_url = |url: &str| {
+    json!({"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": [
+      {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": url}}]}]})
+  };
+  let cases = [
+    ("https://example.com/cat.png", "only data: URLs"),
+    ("/etc/passwd", "only data: URLs"),
+    (
+      "data:image/png;base64,!!!not base64!!!",
+      "base64 data is invalid",
+    ),
+    ("data:image/png,rawbytes", "must be base64"),
+    ("data:image/png;base64", "needs a `,`"),
+    (
+      &format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(b"this is not an image")
+      ),
+      "cannot be decoded",
+    ),
+  ];
+  for (url, want) in cases {
+    let (code, v) = post(&s, "/v1/chat/completions", &with_url(url));
+    assert_eq!(code, 400, "{url}: {v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(want), "{url}: {msg}");
+    assert!(msg.contains("messages[0].content[1]"), "{msg}");
+  }
+  let (code, v) = post(
+    &s,
+    "/v1/chat/completions",
+    &json!({"model": "m", "messages": [{"role": "user", "content": [
+      {"type": "image_url"}]}]}),
+  );
+  assert_eq!(code, 400, "{v}");
+  // Still serving, exactly.
+  let want = reference(&m, "Describe the picture.", &["scene_a_64x48.png"], 12);
+  let (code, v) = post(
+    &s,
+    "/v1/chat/completions",
+    &image_request(&m, "Describe the picture.", "scene_a_64x48.png", 12),
+  );
+  assert_eq!(code, 200);
+  assert_eq!(answer(&v), want);
+  s.shutdown().unwrap();
+}
+
+#[test]
+fn a_text_model_refuses_images() {
+  let s = start(common::config("llama"));
+  let (code, v) = post(
+    &s,
+    "/v1/chat/completions",
+    &json!({"model": "m", "messages": [{"role": "user", "content": [
+      {"type": "text", "text": "hi"},
+      {"type": "image_url", "image_url": {"url": data_url("scene_a_64x48.png")}}]}]}),
+  );
+  assert_eq!(code, 400, "{v}");
+  assert!(
+    v["error"]["message"]
+      .as_str()
+      .unwrap()
+      .contains("need a vision model"),
+    "{v}"
+  );
+  s.shutdown().unwrap();
+}
