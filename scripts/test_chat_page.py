@@ -13,9 +13,17 @@ as an error bubble and that the page still answers the next message.
 Saves a screenshot (docs/img/chat-page.png). Not run by CI (needs
 Chromium: `apt-get install -y chromium`, and `pip install playwright`).
 
+With `--vision` and a vision-language model (e.g. models/tiny-vlm/llava):
+uploads a real image through the page's file picker, checks it is shown in
+the user bubble and sent as a data: URL `image_url` part, and that the
+streamed reply equals the server's non-streaming answer to exactly the body
+the page sent (and differs from the answer without the image).
+
 Usage: /work/main/.venv/bin/python scripts/test_chat_page.py \
          [--bin target/debug/mlxrs] [--model models/tiny/qwen3] \
          [--chromium /usr/bin/chromium] [--screenshot docs/img/chat-page.png]
+       /work/main/.venv/bin/python scripts/test_chat_page.py --vision \
+         --model models/tiny-vlm/llava --screenshot docs/img/chat-page-vision.png
 """
 
 import argparse
@@ -69,7 +77,9 @@ SLOW_SSE = """
 (() => {
   const orig = window.fetch;
   window.__sse_events = 0;
+  window.__bodies = [];
   window.fetch = async (url, opts) => {
+    if (String(url).includes("/chat/completions")) window.__bodies.push(opts.body);
     const r = await orig(url, opts);
     if (!String(url).includes("/chat/completions") || !r.ok) return r;
     const text = await r.text();
@@ -97,7 +107,11 @@ def main():
     ap.add_argument("--model", default="models/tiny/qwen3")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--screenshot", default="docs/img/chat-page.png")
+    ap.add_argument("--vision", action="store_true", help="the model is a VLM: test image upload")
+    ap.add_argument("--image", default="models/tiny-vlm/images/scene_a_64x48.png")
     a = ap.parse_args()
+    if a.vision:
+        return vision(a)
 
     port = free_port()
     proc = subprocess.Popen(
@@ -172,6 +186,77 @@ def main():
             results["next_message_after_error_answered"] = True
             assert not errors, errors
             results["page_errors"] = errors
+            browser.close()
+        results["ok"] = True
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print(json.dumps(results, indent=1))
+    return 0 if results.get("ok") else 1
+
+
+def vision(a):
+    """Image upload on a vision-language model (see the module docstring)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [a.bin, "serve", "--model", a.model, "--port", str(port), "--max-tokens", "64"],
+        stderr=subprocess.PIPE,
+    )
+    results = {}
+    try:
+        wait_health(port, proc)
+        question, max_tokens = "What is in this picture?", 24
+        with open(a.image, "rb") as f:
+            png = f.read()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=a.chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1000, "height": 680})
+            page.add_init_script(SLOW_SSE)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+            page.click("#toggle-settings")
+            page.fill("#system", "")
+            page.fill("#temperature", "0")
+            page.fill("#max-tokens", str(max_tokens))
+            page.click("#toggle-settings")
+            page.set_input_files("#image", {"name": "scene.png", "mimeType": "image/png", "buffer": png})
+            page.wait_for_selector("#attachments img")
+            page.fill("#input", question)
+            page.press("#input", "Enter")
+            page.wait_for_selector(".msg.assistant.done", timeout=60000)
+            got = page.inner_text(".msg.assistant.done")
+            results["reply"] = got
+            results["image_in_user_bubble"] = page.eval_on_selector_all(
+                ".msg.user img", "is => is.length")
+            assert results["image_in_user_bubble"] == 1, results
+            sent = json.loads(page.evaluate("window.__bodies[0]"))
+            parts = sent["messages"][-1]["content"]
+            kinds = [q["type"] for q in parts]
+            results["sent_parts"] = kinds
+            url = next(q["image_url"]["url"] for q in parts if q["type"] == "image_url")
+            assert url.startswith("data:image/png;base64,"), url[:40]
+            assert base64.b64decode(url.split(",", 1)[1]) == png, "the page sent other bytes"
+            results["image_bytes_sent_intact"] = True
+            sent["stream"] = False
+            sent.pop("stream_options", None)
+            want = post(port, "/v1/chat/completions", sent)
+            results["non_streaming_answer"] = want["choices"][0]["message"]["content"]
+            results["prompt_tokens_with_image"] = want["usage"]["prompt_tokens"]
+            assert got.strip() == results["non_streaming_answer"].strip(), (got, want)
+            no_image = dict(sent)
+            no_image["messages"] = sent["messages"][:-1] + [{"role": "user", "content": question}]
+            without = post(port, "/v1/chat/completions", no_image)
+            results["answer_without_image"] = without["choices"][0]["message"]["content"]
+            results["prompt_tokens_without_image"] = without["usage"]["prompt_tokens"]
+            assert results["answer_without_image"] != results["non_streaming_answer"], results
+            page.screenshot(path=a.screenshot)
+            results["screenshot"] = a.screenshot
+            assert not errors, errors
             browser.close()
         results["ok"] = True
     finally:

@@ -167,6 +167,49 @@ fn gemma3_image_chat_equals_the_library() {
   check_family("gemma3");
 }
 
+/// The served answer equals mlx-vlm's greedy tokens on the same prompt and
+/// image (`reference.json`, `scripts/make_vlm_fixtures.py`: mlx-vlm's
+/// `apply_chat_template` + `prepare_inputs` + `generate_step`).
+#[test]
+fn served_answers_equal_mlx_vlm() {
+  for arch in ["llava", "qwen2_vl", "gemma3"] {
+    let m = vlm(arch);
+    let r: Value =
+      serde_json::from_slice(&std::fs::read(root().join(arch).join("reference.json")).unwrap())
+        .unwrap();
+    let case = r["cases"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .find(|c| c["name"] == "image")
+      .unwrap();
+    let prompt = case["prompt"].as_str().unwrap();
+    let image = case["images"][0].as_str().unwrap();
+    let want: Vec<u32> = case["greedy_tokens"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|t| t.as_u64().unwrap() as u32)
+      .collect();
+    let s = start(config(arch));
+    let (code, v) = post(
+      &s,
+      "/v1/chat/completions",
+      &image_request(&m, prompt, image, want.len()),
+    );
+    assert_eq!(code, 200, "{arch}: {v}");
+    let (text, n, prompt_tokens) = answer(&v);
+    assert_eq!(prompt_tokens, case["input_ids"].as_array().unwrap().len(), "{arch}");
+    // The reference ignores EOS; the server stops there.
+    let finish = v["choices"][0]["finish_reason"].as_str().unwrap();
+    let shown = if finish == "stop" { n - 1 } else { n };
+    assert!(finish == "stop" || n == want.len(), "{arch}: {v}");
+    let expect = m.tokenizer().decode(&want[..shown], false).unwrap();
+    assert_eq!(text, expect, "{arch}: {v}");
+    s.shutdown().unwrap();
+  }
+}
+
 #[test]
 fn image_and_text_requests_share_the_batch() {
   let m = vlm("llava");
