@@ -569,6 +569,13 @@ fn stream(
                   return;
                 }
               }
+              for call in d.calls {
+                let c = chunk(json!([{"index": index, "delta": {"tool_calls": [call]},
+                                      "logprobs": null, "finish_reason": null}]));
+                if tx.send(data(&c)).await.is_err() {
+                  return;
+                }
+              }
               if d.content.is_empty() && !p.logprobs {
                 continue;
               }
@@ -616,10 +623,8 @@ fn stream(
               if !d.content.is_empty() {
                 deltas.push(json!({"content": d.content}));
               }
-              for (k, c) in reply.calls.iter().enumerate() {
-                let mut tc = c.to_json();
-                tc["index"] = json!(k);
-                deltas.push(json!({"tool_calls": [tc]}));
+              for call in d.calls {
+                deltas.push(json!({"tool_calls": [call]}));
               }
               for delta in deltas {
                 let c = chunk(json!([{"index": index, "delta": delta, "logprobs": null,

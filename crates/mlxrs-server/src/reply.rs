@@ -3,10 +3,17 @@
 //! streamed deltas ([`ReplyStream`]): reasoning via [`crate::reasoning`]
 //! (or harmony channels), then the family's tool-call parser
 //! ([`crate::tools`]). Text that could still become a marker is held back
-//! while streaming; calls are sent when the choice ends.
+//! while streaming; a tool call is sent as OpenAI's deltas while it is
+//! generated: `id`, `type` and `function.name` once the name is complete,
+//! then `function.arguments` piece by piece ([`crate::tools::scan`]), the
+//! rest when the choice ends. The pieces concatenate to the finished
+//! call's `arguments`. A call whose JSON turns out broken at the end
+//! cannot be taken back: its text then also comes as content.
 
 use crate::reasoning::{self, Think};
+use crate::tools::scan::PartialCall;
 use crate::tools::{ToolCall, ToolFormat, harmony};
+use serde_json::{Value, json};
 
 /// How to split one request's replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +127,27 @@ fn view(cfg: &ReplyConfig, text: &str) -> (String, String) {
 
 /// The new part of `now` after `sent` (nothing if `now` no longer
 /// extends it).
+/// The tool calls of `text` as far as they are generated.
+fn partial_calls(cfg: &ReplyConfig, text: &str) -> Vec<PartialCall> {
+  if cfg.tools.is_none() {
+    return Vec::new();
+  }
+  if cfg.harmony {
+    return harmony::partial(text);
+  }
+  let Some(f) = cfg.tools else {
+    return Vec::new();
+  };
+  let (_, rest) = reasoning::view(cfg.think, text);
+  let Some(rest) = rest else {
+    return Vec::new();
+  };
+  match f.call_start(&rest) {
+    Some(cut) => f.partial(&rest[cut..]),
+    None => Vec::new(),
+  }
+}
+
 fn extend(sent: &mut String, now: &str) -> String {
   if now.len() > sent.len() && now.starts_with(sent.as_str()) {
     let d = now[sent.len()..].to_string();
@@ -140,6 +168,8 @@ pub struct ReplyStream {
   text: String,
   sent_reasoning: String,
   sent_content: String,
+  /// Calls sent so far: id, name, arguments.
+  sent_calls: Vec<(String, String, String)>,
 }
 
 /// Deltas to send.
@@ -149,6 +179,9 @@ pub struct Delta {
   pub reasoning: String,
   /// New content text.
   pub content: String,
+  /// OpenAI `tool_calls` delta items (`index`, and `id` / `type` /
+  /// `function.name` on a call's first item, `function.arguments`).
+  pub calls: Vec<Value>,
 }
 
 impl ReplyStream {
@@ -160,6 +193,7 @@ impl ReplyStream {
       text: String::new(),
       sent_reasoning: String::new(),
       sent_content: String::new(),
+      sent_calls: Vec::new(),
     }
   }
 
@@ -169,15 +203,43 @@ impl ReplyStream {
     if self.through {
       self.sent_content.push_str(text);
       return Delta {
-        reasoning: String::new(),
         content: text.to_string(),
+        ..Delta::default()
       };
     }
     let (r, c) = view(&self.cfg, &self.text);
     let mut d = Delta {
       reasoning: extend(&mut self.sent_reasoning, &r),
       content: extend(&mut self.sent_content, &c),
+      calls: Vec::new(),
     };
+    let max_calls = if self.cfg.parallel { usize::MAX } else { 1 };
+    for (k, pc) in partial_calls(&self.cfg, &self.text)
+      .into_iter()
+      .enumerate()
+      .take(max_calls)
+    {
+      if k == self.sent_calls.len() {
+        let Some(name) = pc.name else { break };
+        let id = crate::tools::new_call(&name, String::new())
+          .map(|c| c.id)
+          .unwrap_or_default();
+        if id.is_empty() {
+          break;
+        }
+        d.calls
+          .push(json!({"index": k, "id": id, "type": "function",
+                            "function": {"name": name, "arguments": ""}}));
+        self.sent_calls.push((id, name, String::new()));
+      }
+      if let (Some(a), Some(sent)) = (pc.args, self.sent_calls.get_mut(k)) {
+        let piece = extend(&mut sent.2, &a);
+        if !piece.is_empty() {
+          d.calls
+            .push(json!({"index": k, "function": {"arguments": piece}}));
+        }
+      }
+    }
     // No tools, and the reply did not open with `<think>`: the rest of it
     // is plain content (saves re-scanning the text at every token).
     let t = self.text.trim_start();
@@ -197,15 +259,43 @@ impl ReplyStream {
 
   /// The choice ended: the last deltas and the whole reply.
   pub fn finish(&mut self) -> (Delta, Reply) {
-    let reply = finish(&self.cfg, &self.text);
-    let d = Delta {
+    let mut reply = finish(&self.cfg, &self.text);
+    let mut d = Delta {
       reasoning: extend(
         &mut self.sent_reasoning,
         reply.reasoning.as_deref().unwrap_or(""),
       ),
       content: extend(&mut self.sent_content, &reply.content),
+      calls: Vec::new(),
     };
+    for (k, call) in reply.calls.iter_mut().enumerate() {
+      match self.sent_calls.get_mut(k) {
+        Some((id, name, args))
+          if *name == call.name && call.arguments.starts_with(args.as_str()) =>
+        {
+          // The call streamed: the rest of its arguments, under its id.
+          call.id = id.clone();
+          let piece = extend(args, &call.arguments);
+          if !piece.is_empty() {
+            d.calls
+              .push(json!({"index": k, "function": {"arguments": piece}}));
+          }
+        }
+        Some(_) => {}
+        None => {
+          let mut tc = call.to_json();
+          tc["index"] = json!(k);
+          d.calls.push(tc);
+        }
+      }
+    }
     (d, reply)
+  }
+
+  /// Calls already sent while streaming (a finished reply whose calls do
+  /// not parse still had them).
+  pub fn streamed_calls(&self) -> usize {
+    self.sent_calls.len()
   }
 }
 
@@ -287,5 +377,160 @@ mod tests {
   fn text_without_think_is_unchanged() {
     let (r, c, _) = stream(cfg(None), "  hello", 1);
     assert_eq!((r.as_str(), c.as_str()), ("", "  hello"));
+  }
+
+  /// Stream `text` in pieces of `n` chars; the calls rebuilt from the
+  /// deltas (id, name, arguments, pieces of arguments) and the reply.
+  fn stream_calls(
+    c: ReplyConfig,
+    text: &str,
+    n: usize,
+  ) -> (Vec<(String, String, String, usize)>, String, Reply) {
+    let mut s = ReplyStream::new(c);
+    let mut calls: Vec<(String, String, String, usize)> = Vec::new();
+    let mut content = String::new();
+    let mut take = |d: Delta, calls: &mut Vec<(String, String, String, usize)>| {
+      content += &d.content;
+      for v in d.calls {
+        let k = v["index"].as_u64().unwrap() as usize;
+        if let Some(id) = v["id"].as_str() {
+          assert_eq!(k, calls.len(), "a new call's index");
+          assert_eq!(v["type"], "function");
+          calls.push((
+            id.into(),
+            v["function"]["name"].as_str().unwrap().into(),
+            String::new(),
+            0,
+          ));
+        }
+        let a = v["function"]["arguments"].as_str().unwrap();
+        if !a.is_empty() {
+          calls[k].2 += a;
+          calls[k].3 += 1;
+        }
+      }
+    };
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(n) {
+      let d = s.push(&piece.iter().collect::<String>());
+      take(d, &mut calls);
+    }
+    let (d, reply) = s.finish();
+    take(d, &mut calls);
+    (calls, content, reply)
+  }
+
+  fn check_calls(c: ReplyConfig, text: &str, names: &[&str]) {
+    for n in [1, 2, 5, 13, 10_000] {
+      let (calls, content, reply) = stream_calls(c, text, n);
+      let got: Vec<(String, String, String)> = calls
+        .iter()
+        .map(|(i, n, a, _)| (i.clone(), n.clone(), a.clone()))
+        .collect();
+      let want: Vec<(String, String, String)> = reply
+        .calls
+        .iter()
+        .map(|c| (c.id.clone(), c.name.clone(), c.arguments.clone()))
+        .collect();
+      assert_eq!(got, want, "pieces of {n}: {text}");
+      let ns: Vec<&str> = reply.calls.iter().map(|c| c.name.as_str()).collect();
+      assert_eq!(ns, names, "pieces of {n}");
+      for (_, _, a, _) in &calls {
+        serde_json::from_str::<Value>(a).unwrap();
+      }
+      assert_eq!(content, reply.content, "pieces of {n}");
+      if n == 1 {
+        // Arguments arrive piece by piece, not at the end.
+        assert!(calls.iter().all(|c| c.3 > 3), "{calls:?}");
+      }
+    }
+  }
+
+  #[test]
+  fn hermes_calls_stream_their_arguments() {
+    let t = "<think>\nTwo cities.\n</think>\n\nChecking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris, \\\"FR\\\"\", \"days\": [1, 2, 3]}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"Europe/Oslo\", \"format\": \"24h\"}}\n</tool_call>";
+    check_calls(
+      cfg(Some(ToolFormat::Hermes)),
+      t,
+      &["get_weather", "get_time"],
+    );
+    let (calls, ..) = stream_calls(cfg(Some(ToolFormat::Hermes)), t, 3);
+    assert_eq!(
+      calls[0].2,
+      "{\"city\":\"Paris, \\\"FR\\\"\",\"days\":[1,2,3]}"
+    );
+  }
+
+  #[test]
+  fn llama3_mistral_harmony_calls_stream() {
+    let plain = ReplyConfig {
+      think: Think::Off,
+      ..cfg(Some(ToolFormat::Llama3))
+    };
+    check_calls(
+      plain,
+      "<|python_tag|>{\"name\": \"search\", \"parameters\": {\"query\": \"rust mlx\", \"limit\": 10}}; {\"name\": \"open\", \"parameters\": {\"url\": \"https://example.com/a b\"}}",
+      &["search", "open"],
+    );
+    let m = ReplyConfig {
+      tools: Some(ToolFormat::Mistral),
+      ..plain
+    };
+    check_calls(
+      m,
+      "[TOOL_CALLS] [{\"name\": \"get_current_weather\", \"arguments\": {\"location\": \"Paris, France\", \"format\": \"celsius\"}, \"id\": \"aBcDe1234\"}, {\"name\": \"get_time\", \"arguments\": {\"zone\": \"CET\"}}]",
+      &["get_current_weather", "get_time"],
+    );
+    check_calls(
+      m,
+      "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Lyon\", \"unit\": \"C\"}",
+      &["get_weather"],
+    );
+    let h = ReplyConfig {
+      think: Think::Off,
+      harmony: true,
+      tools: Some(ToolFormat::Harmony),
+      parallel: true,
+    };
+    check_calls(
+      h,
+      "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"location\": \"San Francisco\", \"unit\": \"F\"}<|call|>",
+      &["get_weather"],
+    );
+  }
+
+  #[test]
+  fn one_call_without_parallel_and_string_arguments() {
+    let t = "<tool_call>{\"name\": \"a\", \"arguments\": {\"x\": 1}}</tool_call><tool_call>{\"name\": \"b\", \"arguments\": {}}</tool_call>";
+    let one = ReplyConfig {
+      parallel: false,
+      ..cfg(Some(ToolFormat::Hermes))
+    };
+    let (calls, _, reply) = stream_calls(one, t, 2);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(reply.calls.len(), 1);
+    assert_eq!(
+      (calls[0].1.as_str(), calls[0].2.as_str()),
+      ("a", "{\"x\":1}")
+    );
+    // Arguments given as a JSON string come whole at the end.
+    let t = "<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": 1}\"}</tool_call>";
+    let (calls, _, reply) = stream_calls(cfg(Some(ToolFormat::Hermes)), t, 1);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].2, reply.calls[0].arguments);
+    assert_eq!(calls[0].2, "{\"x\": 1}");
+  }
+
+  #[test]
+  fn a_call_that_breaks_late_falls_back_to_text() {
+    let t = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1, oops}\n</tool_call>";
+    let (calls, content, reply) = stream_calls(cfg(Some(ToolFormat::Hermes)), t, 1);
+    assert!(reply.calls.is_empty());
+    assert_eq!(reply.content, t);
+    assert_eq!(content, t);
+    // The name and the arguments as generated had been sent (the scanner
+    // follows the structure, it does not validate tokens).
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].2, "{\"a\":1,oops}");
   }
 }

@@ -75,7 +75,9 @@ fn forced_call_round_trip(s: &Server) {
   let args = calls[0]["function"]["arguments"].as_str().unwrap();
   check_args(args);
 
-  // Streamed: the same call arrives as a tool_calls delta.
+  // Streamed: the same call arrives as OpenAI tool_calls deltas, the id,
+  // type and name first, then the arguments piece by piece, which
+  // concatenate to the non-streamed call's arguments.
   let mut sb = body.clone();
   sb["stream"] = json!(true);
   let chunks = stream(s, "/v1/chat/completions", &sb);
@@ -83,9 +85,17 @@ fn forced_call_round_trip(s: &Server) {
     .iter()
     .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
     .collect();
-  assert_eq!(deltas.len(), 1, "{chunks:?}");
+  assert!(deltas.len() > 2, "{chunks:?}");
+  assert!(deltas.iter().all(|d| d[0]["index"] == 0), "{chunks:?}");
   assert_eq!(deltas[0][0]["function"]["name"], "get_weather");
-  assert_eq!(deltas[0][0]["function"]["arguments"].as_str(), Some(args));
+  assert_eq!(deltas[0][0]["type"], "function");
+  assert!(deltas[0][0]["id"].as_str().is_some_and(|i| !i.is_empty()));
+  assert!(deltas[1..].iter().all(|d| d[0].get("id").is_none()));
+  let streamed: String = deltas
+    .iter()
+    .map(|d| d[0]["function"]["arguments"].as_str().unwrap())
+    .collect();
+  assert_eq!(streamed, args);
   assert_eq!(
     chunks.last().unwrap()["choices"][0]["finish_reason"],
     "tool_calls"
@@ -192,11 +202,25 @@ fn qwen3_hermes_tools_and_thinking() {
     "The user asks for the weather in Paris."
   );
   assert!(joined(&chunks, "content").starts_with("Let me check."));
-  let n_calls = chunks
+  // Streamed: two calls (indices 0 and 1), each announced once, their
+  // argument pieces concatenating to the non-streamed arguments.
+  let items: Vec<&Value> = chunks
     .iter()
-    .filter(|c| c["choices"][0]["delta"].get("tool_calls").is_some())
-    .count();
-  assert_eq!(n_calls, 2);
+    .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+    .map(|t| &t[0])
+    .collect();
+  for (k, call) in calls.iter().enumerate() {
+    let mine: Vec<&&Value> = items.iter().filter(|i| i["index"] == k).collect();
+    assert_eq!(mine.iter().filter(|i| i.get("id").is_some()).count(), 1);
+    assert_eq!(mine[0]["function"]["name"], "get_weather");
+    let args: String = mine
+      .iter()
+      .map(|i| i["function"]["arguments"].as_str().unwrap())
+      .collect();
+    assert_eq!(args, call["function"]["arguments"].as_str().unwrap());
+    assert!(mine.len() > 2, "{mine:?}");
+  }
+  assert!(items.iter().all(|i| i["index"] == 0 || i["index"] == 1));
   // parallel_tool_calls false keeps the first call only.
   let (r, _) = forced_text(&s.0, &tok, out, json!({"parallel_tool_calls": false}));
   assert_eq!(

@@ -199,7 +199,11 @@ fn served_answers_equal_mlx_vlm() {
     );
     assert_eq!(code, 200, "{arch}: {v}");
     let (text, n, prompt_tokens) = answer(&v);
-    assert_eq!(prompt_tokens, case["input_ids"].as_array().unwrap().len(), "{arch}");
+    assert_eq!(
+      prompt_tokens,
+      case["input_ids"].as_array().unwrap().len(),
+      "{arch}"
+    );
     // The reference ignores EOS; the server stops there.
     let finish = v["choices"][0]["finish_reason"].as_str().unwrap();
     let shown = if finish == "stop" { n - 1 } else { n };

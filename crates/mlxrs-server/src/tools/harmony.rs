@@ -5,6 +5,7 @@
 //! (the recipient may also come before `<|channel|>`). The analysis
 //! channel is reasoning, the final channel the content.
 
+use super::scan::{self, PartialCall};
 use super::{ToolCall, new_call};
 
 const MESSAGE: &str = "<|message|>";
@@ -26,6 +27,8 @@ struct Msg<'a> {
   channel: &'a str,
   recipient: Option<&'a str>,
   body: &'a str,
+  /// The body's end marker was seen.
+  complete: bool,
 }
 
 fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
@@ -58,6 +61,7 @@ fn messages(text: &str) -> Option<Vec<Msg<'_>>> {
       channel: header_value(header, CHANNEL).unwrap_or(""),
       recipient: header_value(header, "to="),
       body,
+      complete: end.is_some(),
     });
     rest = next;
   }
@@ -74,7 +78,7 @@ pub fn parse(text: &str) -> Option<Harmony> {
         let args = m.body.trim();
         // Arguments must be JSON; otherwise the whole reply is text.
         serde_json::from_str::<serde_json::Value>(args).ok()?;
-        h.calls.push(new_call(name, args.to_string())?);
+        h.calls.push(new_call(name, scan::compact(args))?);
       }
       _ if m.channel == "analysis" => h.reasoning.push_str(m.body),
       _ => h.content.push_str(m.body),
@@ -98,4 +102,29 @@ pub fn view(text: &str) -> (String, String) {
     }
   }
   (r, c)
+}
+
+/// For streaming: the `to=functions.*` messages so far (an arguments
+/// object streams as it grows; see [`scan`]).
+pub fn partial(text: &str) -> Vec<PartialCall> {
+  let Some(ms) = messages(text) else {
+    return Vec::new();
+  };
+  ms.iter()
+    .filter_map(|m| {
+      let name = m.recipient?.strip_prefix("functions.")?;
+      let body = m.body.trim_start();
+      let (args, done) = if body.starts_with('{') {
+        let (a, end) = scan::compact_prefix(body);
+        (Some(a), end.is_some())
+      } else {
+        (None, false)
+      };
+      Some(PartialCall {
+        name: Some(name.to_string()),
+        args,
+        args_done: done && m.complete,
+      })
+    })
+    .collect()
 }

@@ -2,7 +2,10 @@
 //! vLLM `hermes`): `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`,
 //! one block per call; text outside the blocks is the reply's content.
 
+use super::scan::{self, PartialCall};
 use super::{Parsed, call_from_json};
+
+const KEYS: &[&str] = &["arguments", "parameters"];
 
 /// The start marker.
 pub const START: &str = "<tool_call>";
@@ -27,7 +30,7 @@ pub fn parse(text: &str) -> Option<Parsed> {
       None => (&rest[body_start..], ""),
     };
     let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-    calls.push(call_from_json(&v, &["arguments", "parameters"])?);
+    calls.push(call_from_json(&v, body.trim(), KEYS)?);
     rest = after;
   }
   content.push_str(rest);
@@ -41,4 +44,26 @@ pub fn parse(text: &str) -> Option<Parsed> {
 /// content before it can be sent.
 pub fn call_start(text: &str) -> Option<usize> {
   text.find(START)
+}
+
+/// For streaming: the calls so far (see [`scan`]).
+pub fn partial(text: &str) -> Vec<PartialCall> {
+  let mut out = Vec::new();
+  let mut rest = text;
+  while let Some(i) = rest.find(START) {
+    let body = &rest[i + START.len()..];
+    let (body, after) = match body.find(END) {
+      Some(j) => (&body[..j], Some(&body[j + END.len()..])),
+      None => (body, None),
+    };
+    match scan::object(body, KEYS) {
+      Some((c, _)) => out.push(c),
+      None => break,
+    }
+    match after {
+      Some(a) => rest = a,
+      None => break,
+    }
+  }
+  out
 }

@@ -5,7 +5,10 @@
 
 use serde_json::Value;
 
+use super::scan::{self, PartialCall};
 use super::{Parsed, call_from_json};
+
+const KEYS: &[&str] = &["parameters", "arguments"];
 
 /// Llama 3's built-in tool prefix token.
 pub const PYTHON_TAG: &str = "<|python_tag|>";
@@ -23,7 +26,7 @@ pub fn parse(text: &str) -> Option<Parsed> {
     let mut it = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
     let v = it.next()?.ok()?;
     let used = it.byte_offset();
-    calls.push(call_from_json(&v, &["parameters", "arguments"])?);
+    calls.push(call_from_json(&v, &rest[..used], KEYS)?);
     rest = rest[used..].trim_start();
     rest = rest.strip_prefix(';').unwrap_or(rest).trim_start();
     if rest.is_empty() {
@@ -48,4 +51,21 @@ pub fn call_start(text: &str) -> Option<usize> {
   } else {
     None
   }
+}
+
+/// For streaming: the calls so far (see [`scan`]).
+pub fn partial(text: &str) -> Vec<PartialCall> {
+  let t = text.trim_start();
+  let mut rest = t.strip_prefix(PYTHON_TAG).unwrap_or(t).trim_start();
+  let mut out = Vec::new();
+  while let Some((c, end)) = scan::object(rest, KEYS) {
+    out.push(c);
+    let Some(e) = end else { break };
+    rest = rest[e..].trim_start();
+    rest = rest.strip_prefix(';').unwrap_or(rest).trim_start();
+    if rest.is_empty() {
+      break;
+    }
+  }
+  out
 }

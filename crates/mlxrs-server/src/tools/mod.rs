@@ -14,6 +14,7 @@ pub mod harmony;
 pub mod hermes;
 pub mod llama3;
 pub mod mistral;
+pub mod scan;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -86,8 +87,10 @@ pub fn new_call(name: &str, arguments: String) -> Option<ToolCall> {
 }
 
 /// A call from `{"name": ..., <args key>: {...}}` (the first of
-/// `arg_keys` present; a string value must itself be JSON).
-pub fn call_from_json(v: &Value, arg_keys: &[&str]) -> Option<ToolCall> {
+/// `arg_keys` present; a string value must itself be JSON). `raw`: the
+/// object's text; an arguments object is kept as the model wrote it,
+/// compacted ([`scan::compact`]), which is what streaming sends.
+pub fn call_from_json(v: &Value, raw: &str, arg_keys: &[&str]) -> Option<ToolCall> {
   let name = v.get("name")?.as_str()?;
   let args = arg_keys.iter().find_map(|k| v.get(*k));
   let arguments = match args {
@@ -96,7 +99,9 @@ pub fn call_from_json(v: &Value, arg_keys: &[&str]) -> Option<ToolCall> {
       serde_json::from_str::<Value>(s).ok()?;
       s.clone()
     }
-    Some(a @ Value::Object(_)) => a.to_string(),
+    Some(a @ Value::Object(_)) => scan::final_args(raw, arg_keys)
+      .filter(|t| serde_json::from_str::<Value>(t).ok().as_ref() == Some(a))
+      .unwrap_or_else(|| a.to_string()),
     Some(_) => return None,
   };
   new_call(name, arguments)
@@ -169,6 +174,18 @@ impl ToolFormat {
       ToolFormat::Llama3 => llama3::call_start(text),
       ToolFormat::Mistral => mistral::call_start(text),
       ToolFormat::Harmony => None,
+    }
+  }
+
+  /// For streaming: the calls of `text` (from [`ToolFormat::call_start`]
+  /// on) as far as they are generated. Harmony replies are read whole
+  /// ([`harmony::partial`]).
+  pub fn partial(self, text: &str) -> Vec<scan::PartialCall> {
+    match self {
+      ToolFormat::Hermes => hermes::partial(text),
+      ToolFormat::Llama3 => llama3::partial(text),
+      ToolFormat::Mistral => mistral::partial(text),
+      ToolFormat::Harmony => Vec::new(),
     }
   }
 
