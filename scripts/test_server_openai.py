@@ -159,15 +159,25 @@ def tool_checks(bin_, fixture_dir, results):
             c = r.choices[0]
             assert c.finish_reason == "tool_calls", c
             check_call(c.message.tool_calls[0])
-            calls, finish = {}, None
+            # Streamed: id / name first, then the arguments piece by piece,
+            # accumulated as clients do.
+            calls, pieces, finish = {}, {}, None
             for ch in client.chat.completions.create(model="tiny", messages=msgs, tools=TOOLS,
                                                      tool_choice="required", stream=True,
                                                      parallel_tool_calls=False):
                 for cc in ch.choices:
                     for tc in cc.delta.tool_calls or []:
-                        calls.setdefault(tc.index, tc)
+                        if tc.index not in calls:
+                            assert tc.id and tc.function.name, tc
+                            calls[tc.index] = {"id": tc.id, "name": tc.function.name, "arguments": ""}
+                        if tc.function and tc.function.arguments:
+                            calls[tc.index]["arguments"] += tc.function.arguments
+                            pieces[tc.index] = pieces.get(tc.index, 0) + 1
                     finish = cc.finish_reason or finish
-            assert finish == "tool_calls" and calls[0].function.arguments == c.message.tool_calls[0].function.arguments
+            want = c.message.tool_calls[0].function
+            assert finish == "tool_calls" and calls[0]["arguments"] == want.arguments, (calls, want)
+            assert calls[0]["name"] == want.name and pieces[0] > 1, (calls, pieces)
+            results.setdefault("streamed_argument_pieces", {})[name] = pieces[0]
             # The call and its result continue the conversation.
             follow = msgs + [
                 {"role": "assistant", "content": None,
