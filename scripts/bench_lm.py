@@ -6,7 +6,13 @@ with mlx-lm's own classes and random weights, optionally quantized with
 `mlxrs bench` times its generator: prompt tokens/s up to the first sampled
 token, generation tokens/s over the remaining tokens (greedy).
 
-usage: python scripts/bench_lm.py CONFIG.json -p 512 -g 256 -n 3 --dtype bfloat16 [-q 4 --group-size 64]
+With `-b B` (B > 1), B random prompts go through mlx-lm's continuous
+batching `BatchGenerator` (what `mlx_lm.benchmark -b` and `batch_generate`
+run), timed as `mlxrs bench -b` times its own: prompt tokens/s up to the
+point where every row has its first token, generation tokens/s summed over
+rows after that (aggregate decode throughput).
+
+usage: python scripts/bench_lm.py CONFIG.json -p 512 -g 256 -n 3 --dtype bfloat16 [-q 4 --group-size 64] [-b 8]
 Prints one JSON line: {"prompt_tps": .., "generation_tps": .., "peak_memory_gb": ..}.
 """
 
@@ -20,6 +26,31 @@ from mlx_lm.generate import generate_step
 from mlx_lm.utils import _get_classes
 
 
+def batch_trial(model, cfg, a, trial):
+    from mlx_lm.generate import BatchGenerator
+
+    mx.random.seed(trial)
+    prompts = mx.random.randint(0, cfg["vocab_size"], (a.batch_size, a.p)).tolist()
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    gen = BatchGenerator(model, max_tokens=a.g)
+    gen.insert(prompts, [a.g] * a.batch_size)
+    seen, n, n_first, t1 = set(), 0, 0, None
+    while responses := gen.next_generated():
+        for r in responses:
+            n += 1
+            seen.add(r.uid)
+        if t1 is None and len(seen) == a.batch_size:
+            t1, n_first = time.perf_counter(), n
+    t2 = time.perf_counter()
+    gen.close()
+    return {
+        "prompt_tps": a.batch_size * a.p / (t1 - t0),
+        "generation_tps": (n - n_first) / (t2 - t1) if n > n_first else 0.0,
+        "peak_memory_gb": mx.get_peak_memory() / 1e9,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config")
@@ -29,6 +60,7 @@ def main():
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("-q", "--bits", type=int, default=None)
     ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("-b", "--batch-size", type=int, default=1)
     a = ap.parse_args()
 
     cfg = json.load(open(a.config))
@@ -41,6 +73,9 @@ def main():
 
     results = []
     for trial in range(a.n):
+        if a.batch_size > 1:
+            results.append(batch_trial(model, cfg, a, trial))
+            continue
         mx.random.seed(trial)
         prompt = mx.random.randint(0, cfg["vocab_size"], (a.p,))
         mx.reset_peak_memory()

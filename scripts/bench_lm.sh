@@ -16,6 +16,8 @@
 #      PYTHON    a python with mlx + mlx-lm (default .venv/bin/python or python3)
 #      ROUNDS    interleaved rounds (default 5)
 #      TRIALS    trials per contestant per round (default 2; the first warms up)
+#      BATCH     rows decoded together (default 1; > 1: continuous batching on both
+#                sides, `mlxrs bench -b` vs mlx-lm's BatchGenerator, aggregate tok/s)
 #      GROUP     quantization group size with BITS (default 64; 32 = the layout of
 #                llama.cpp Q4_0/Q4_1/Q8_0 blocks that GGUF files load into)
 set -euo pipefail
@@ -29,8 +31,11 @@ fi
 ROUNDS="${ROUNDS:-5}"
 TRIALS="${TRIALS:-2}"
 GROUP="${GROUP:-64}"
+BATCH="${BATCH:-1}"
 qargs=(); qlabel=none
-[ -n "$bits" ] && qargs=(-q "$bits" --group-size "$GROUP") && qlabel="${bits}-bit g${GROUP}"
+[ "$BATCH" != 1 ] && qargs+=(-b "$BATCH")
+[ -n "$bits" ] && qargs+=(-q "$bits" --group-size "$GROUP") && qlabel="${bits}-bit g${GROUP}"
+[ "$BATCH" != 1 ] && qlabel="$qlabel, batch $BATCH"
 cfg=$(mktemp --suffix .json)
 raw=$(mktemp)
 trap 'rm -f "$cfg" "$raw"' EXIT

@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use clap::Args;
 use mlxrs_core::Dtype;
-use mlxrs_lm::bench::{SHAPES, random_model, run_trial};
+use mlxrs_lm::bench::{SHAPES, random_model, run_batch_trial, run_trial};
 use mlxrs_lm::{LoadOptions, load};
 
 /// `mlxrs bench` arguments.
@@ -23,6 +23,11 @@ pub struct BenchArgs {
   /// Generated tokens.
   #[arg(short = 'g', long = "generation-tokens", default_value_t = 256)]
   generation_tokens: usize,
+  /// Rows decoded together (python `mlx_lm.benchmark -b`): with more than
+  /// one, the prompts go through the continuous-batching engine and
+  /// `generation_tps` is the aggregate over rows.
+  #[arg(short = 'b', long = "batch-size", default_value_t = 1)]
+  batch_size: usize,
   /// Trials (the first is a warm-up and not averaged when there are more).
   #[arg(short = 'n', long = "num-trials", default_value_t = 3)]
   num_trials: usize,
@@ -73,6 +78,9 @@ impl BenchArgs {
     }
     if self.prompt_tokens == 0 {
       bail!("--prompt-tokens 0: must be >= 1");
+    }
+    if self.batch_size == 0 {
+      bail!("--batch-size 0: must be >= 1");
     }
     Ok(())
   }
@@ -130,7 +138,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     .map(|b| format!("{b}-bit g{}", a.group_size()))
     .unwrap_or_else(|| "none".into());
   if !a.json {
-    println!("mlxrs bench: {what}, dtype {dtype}, quantization {quant}, device {device}");
+    println!(
+      "mlxrs bench: {what}, dtype {dtype}, quantization {quant}, batch {}, device {device}",
+      a.batch_size
+    );
     println!(
       "(compute dtype {dtype}{})",
       if gpu {
@@ -142,12 +153,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
   }
   let mut results = Vec::new();
   for i in 0..a.num_trials {
-    let r = run_trial(
-      model.as_ref(),
-      a.prompt_tokens,
-      a.generation_tokens,
-      i as u64,
-    )?;
+    let r = if a.batch_size > 1 {
+      run_batch_trial(
+        model.as_ref(),
+        a.batch_size,
+        a.prompt_tokens,
+        a.generation_tokens,
+        i as u64,
+      )?
+    } else {
+      run_trial(
+        model.as_ref(),
+        a.prompt_tokens,
+        a.generation_tokens,
+        i as u64,
+      )?
+    };
     if a.json {
       println!("{}", serde_json::json!({"trial": i, "result": r}));
     } else {
@@ -175,7 +196,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
       "{}",
       serde_json::json!({"average": {"prompt_tps": p, "generation_tps": g, "peak_memory_gb": m},
         "model": what, "dtype": dtype.to_string(), "quantization": quant, "device": device,
-        "prompt_tokens": a.prompt_tokens, "generation_tokens": a.generation_tokens})
+        "prompt_tokens": a.prompt_tokens, "generation_tokens": a.generation_tokens,
+        "batch_size": a.batch_size})
     );
   } else {
     println!("Averages: prompt_tps={p:.3}, generation_tps={g:.3}, peak_memory={m:.3} GB");

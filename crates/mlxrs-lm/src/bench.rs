@@ -8,6 +8,7 @@ use mlxrs_core::{Array, Dtype, memory};
 use mlxrs_nn::{QuantConfig, Weights};
 use serde_json::{Value, json};
 
+use crate::continuous::{BatchGenerator, RowConfig};
 use crate::error::{Error, Result};
 use crate::generate::{StepConfig, TokenGenerator};
 use crate::model::{LanguageModel, build_model};
@@ -148,6 +149,65 @@ pub fn run_trial(
     generation_tokens: n,
     generation_tps: if n > 1 {
       (n - 1) as f64 / gen_time.max(1e-9)
+    } else {
+      0.0
+    },
+    peak_memory_gb: memory::peak_memory()? as f64 / 1e9,
+  })
+}
+
+/// Time a batch of `batch` random prompts of `prompt_tokens` ids each,
+/// decoded greedily together for `gen_tokens` tokens per row through the
+/// continuous-batching [`BatchGenerator`] (python `mlx_lm.benchmark -b`,
+/// which runs `BatchGenerator`). `prompt_tps`: all prompt tokens over the
+/// time until every row has its first token; `generation_tps`: the tokens
+/// after that, summed over rows, over the rest of the time (aggregate
+/// decode throughput).
+pub fn run_batch_trial(
+  model: &dyn LanguageModel,
+  batch: usize,
+  prompt_tokens: usize,
+  gen_tokens: usize,
+  seed: u64,
+) -> Result<BenchResult> {
+  if batch == 0 || prompt_tokens == 0 || gen_tokens == 0 {
+    return Err(Error::Core(mlxrs_core::Error::InvalidArgument(
+      "batch size, prompt and generation lengths must be > 0".into(),
+    )));
+  }
+  let vocab = model.vocab_size();
+  let ids = mlxrs_core::random::randint(
+    &Array::scalar(0i32),
+    &Array::scalar(vocab),
+    &[batch as i32, prompt_tokens as i32],
+    Dtype::Int32,
+    Some(&mlxrs_core::random::key(seed)?),
+  )?
+  .to_vec::<i32>()?;
+  memory::reset_peak_memory()?;
+  let t0 = Instant::now();
+  let mut batcher = BatchGenerator::new(model, 2048, 0)?;
+  if !batcher.batchable() && batch > 1 {
+    return Err(Error::Core(mlxrs_core::Error::InvalidArgument(
+      "this architecture does not batch (no left-padded forward); use a batch size of 1".into(),
+    )));
+  }
+  let cfg = RowConfig::default();
+  for (i, p) in ids.chunks(prompt_tokens).enumerate() {
+    batcher.insert(i as u64, p, None, &cfg)?;
+  }
+  let t1 = Instant::now();
+  let mut n = 0;
+  for _ in 1..gen_tokens {
+    n += batcher.step()?.len();
+  }
+  let decode = t1.elapsed().as_secs_f64();
+  Ok(BenchResult {
+    prompt_tokens: batch * prompt_tokens,
+    prompt_tps: (batch * prompt_tokens) as f64 / (t1 - t0).as_secs_f64().max(1e-9),
+    generation_tokens: n + batch,
+    generation_tps: if n > 0 {
+      n as f64 / decode.max(1e-9)
     } else {
       0.0
     },
