@@ -464,3 +464,17 @@ fn small_prefill_chunks_give_the_same_tokens() {
     .collect();
   assert_eq!(out.from_draft, flags);
 }
+
+/// `mlxrs bench -b`'s trial: B rows of random prompts decoded together
+/// report B x generation tokens and an aggregate rate; bad sizes are errors.
+#[test]
+fn batch_bench_trial_counts_every_row() {
+  let m = model("llama");
+  let r = mlxrs_lm::bench::run_batch_trial(m.model.as_ref(), 3, 8, 5, 0).unwrap();
+  assert_eq!(r.prompt_tokens, 24);
+  assert_eq!(r.generation_tokens, 15);
+  assert!(r.generation_tps > 0.0 && r.prompt_tps > 0.0, "{r:?}");
+  for (b, p, g) in [(0, 8, 5), (2, 0, 5), (2, 8, 0)] {
+    assert!(mlxrs_lm::bench::run_batch_trial(m.model.as_ref(), b, p, g, 0).is_err());
+  }
+}
