@@ -27,6 +27,7 @@ Usage: /work/main/.venv/bin/python scripts/test_chat_page.py \
 """
 
 import argparse
+import contextlib
 import base64
 import json
 import socket
@@ -55,6 +56,25 @@ def wait_health(port, proc, timeout=120):
         except Exception:
             time.sleep(0.2)
     raise SystemExit("server did not become healthy")
+
+
+@contextlib.contextmanager
+def serving(a):
+    """`mlxrs serve --model a.model` on a free port until the block ends."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [a.bin, "serve", "--model", a.model, "--port", str(port), "--max-tokens", "64"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_health(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def post(port, path, body):
@@ -113,14 +133,8 @@ def main():
     if a.vision:
         return vision(a)
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [a.bin, "serve", "--model", a.model, "--port", str(port), "--max-tokens", "64"],
-        stderr=subprocess.PIPE,
-    )
     results = {}
-    try:
-        wait_health(port, proc)
+    with serving(a) as port:
         system, question, max_tokens = "You are terse.", "Tell me about the sea.", 40
         want = post(port, "/v1/chat/completions", {
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
@@ -188,26 +202,14 @@ def main():
             results["page_errors"] = errors
             browser.close()
         results["ok"] = True
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     print(json.dumps(results, indent=1))
     return 0 if results.get("ok") else 1
 
 
 def vision(a):
     """Image upload on a vision-language model (see the module docstring)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [a.bin, "serve", "--model", a.model, "--port", str(port), "--max-tokens", "64"],
-        stderr=subprocess.PIPE,
-    )
     results = {}
-    try:
-        wait_health(port, proc)
+    with serving(a) as port:
         question, max_tokens = "What is in this picture?", 24
         with open(a.image, "rb") as f:
             png = f.read()
@@ -259,12 +261,6 @@ def vision(a):
             assert not errors, errors
             browser.close()
         results["ok"] = True
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     print(json.dumps(results, indent=1))
     return 0 if results.get("ok") else 1
 
