@@ -33,7 +33,7 @@
 use std::sync::Arc;
 
 use mlxrs_core::{Array, Dtype, Error, Result, ops};
-use mlxrs_nn::{KvCache, KvCacheKind};
+use mlxrs_nn::{AttnMask, KvCache, KvCacheKind};
 
 use crate::generate::{PromptEmbeddings, StepArrays};
 use crate::model::LanguageModel;
@@ -488,28 +488,33 @@ impl<'m> BatchGenerator<'m> {
     self.advance()
   }
 
+  /// Whether a prompt given as causal input embeddings can join running
+  /// rows ([`BatchGenerator::start_embedded`]): the model batches and has
+  /// no sliding-window layers (a joining prompt's forward takes one
+  /// explicit mask for every layer, which has no window).
+  pub fn embeddings_can_join(&self) -> bool {
+    self.batchable && self.model.make_batch_caches().is_none()
+  }
+
   /// Start row `id` from its prompt's input embeddings (a vision-language
   /// prompt with the image features merged in; python mlx-vlm's
-  /// `generate_step(input_ids, model, pixel_values, ...)`), into an empty
-  /// batch only: the prompt is prefilled now, in `prefill_step_size`
-  /// chunks (one pass when `embeddings.one_pass`), as
-  /// [`crate::TokenGenerator::with_embeddings`] does; decoding then
-  /// continues from token ids, and other rows may join the row as usual.
-  /// `prompt` holds the ids the embeddings stand for (the penalties' and
-  /// the row cache's history). Needs an empty batch with no prefill
-  /// pending.
+  /// `generate_step(input_ids, model, pixel_values, ...)`), as
+  /// [`BatchGenerator::start`] starts one from ids: into an empty batch the
+  /// prompt is prefilled now, in `prefill_step_size` chunks (one pass when
+  /// `embeddings.one_pass`), as [`crate::TokenGenerator::with_embeddings`]
+  /// does; joining running rows (a causal prompt only, and
+  /// [`BatchGenerator::embeddings_can_join`]) it is laid out for the width
+  /// the batch will have, behind masked padding, and prefilled a chunk per
+  /// turn. Decoding then continues from token ids. `prompt` holds the ids
+  /// the embeddings stand for (the penalties' and the row cache's
+  /// history). Needs [`BatchGenerator::can_start`].
   pub fn start_embedded(
     &mut self,
     id: u64,
     prompt: &[i32],
     embeddings: PromptEmbeddings,
     cfg: &RowConfig,
-  ) -> Result<RowToken> {
-    if !self.rows.is_empty() || self.pending.is_some() {
-      return Err(bad(
-        "a prompt given as input embeddings starts only into an empty batch",
-      ));
-    }
+  ) -> Result<Option<RowToken>> {
     let s = embeddings.embeddings.shape();
     if s.len() != 3 || s[0] != 1 || s[1] as usize != prompt.len() {
       return Err(bad(format!(
@@ -518,15 +523,35 @@ impl<'m> BatchGenerator<'m> {
         prompt.len()
       )));
     }
-    self.begin(id, prompt, None, cfg, false)?;
+    if !self.rows.is_empty() {
+      if embeddings.mask.is_some() || embeddings.one_pass {
+        return Err(bad(
+          "a prompt with its own attention mask starts only into an empty batch",
+        ));
+      }
+      if !self.embeddings_can_join() {
+        return Err(bad(
+          "this model's prompts given as input embeddings start only into an empty batch",
+        ));
+      }
+    }
+    if !self.can_start(prompt.len()) {
+      return Err(bad(format!(
+        "a prompt of {} tokens cannot start now (running batch of width {}{})",
+        prompt.len(),
+        self.width(),
+        if self.pending.is_some() {
+          ", another prefill pending"
+        } else {
+          ""
+        }
+      )));
+    }
+    self.begin(id, prompt, None, cfg, true)?;
     if let Some(p) = self.pending.as_mut() {
       p.embeddings = Some(embeddings);
     }
-    loop {
-      if let Some(t) = self.advance()? {
-        return Ok(t);
-      }
-    }
+    self.advance()
   }
 
   /// Validate and set up a pending prefill.
@@ -643,7 +668,17 @@ impl<'m> BatchGenerator<'m> {
           &[1, to as i32, s[2]],
           &[1, 1, 1],
         )?;
-        return model.hidden_from_embeddings(&rows, &mut p.caches, e.mask.as_ref());
+        if pad == 0 {
+          return model.hidden_from_embeddings(&rows, &mut p.caches, e.mask.as_ref());
+        }
+        // Behind `pad` masked positions: causal over the prompt's own keys.
+        let n = to - from;
+        let keys = pad + to;
+        let allowed: Vec<bool> = (0..n)
+          .flat_map(|q| (0..keys).map(move |k| k >= pad && k <= pad + from + q))
+          .collect();
+        let m = Array::from_slice(&allowed, &[1, 1, n as i32, keys as i32])?;
+        return model.hidden_from_embeddings(&rows, &mut p.caches, Some(&AttnMask::Array(m)));
       }
       let x = Array::from_slice(&p.prompt[from..to], &[1, (to - from) as i32])?;
       if pad == 0 {

@@ -121,6 +121,9 @@ struct Waiting {
   /// A vision prompt: ids expanded, images processed (the vision tower
   /// runs when the row starts).
   vision: Option<Arc<VlmInput>>,
+  /// A vision prompt with its own attention mask: starts only into an
+  /// empty batch.
+  alone: bool,
   params: Arc<GenParams>,
   events: UnboundedSender<Event>,
   arrived: Instant,
@@ -331,6 +334,7 @@ impl Engine<'_> {
         index,
         prompt: Arc::clone(&prompt),
         vision: vision.clone(),
+        alone: false,
         params: Arc::clone(&params),
         events: j.events.clone(),
         arrived: j.arrived,
@@ -449,12 +453,13 @@ impl Engine<'_> {
                 .as_ref()
                 .is_none_or(|b| b.fits(rows + 1, end.max(join + w.params.max_tokens)))))
       };
-      // A prompt with images starts only into an empty batch; the rows
-      // behind it wait with it, so it is not overtaken forever.
+      // A prompt with images joins running rows when the model allows it
+      // (causal, no sliding windows), else it waits for an empty batch and
+      // the rows behind it wait with it, so it is not overtaken forever.
       let mut pick = None;
       for (i, w) in self.waiting.iter().enumerate() {
         if w.vision.is_some() {
-          if self.batch.is_empty() {
+          if self.batch.is_empty() || (!w.alone && self.batch.embeddings_can_join() && fits(w)) {
             pick = Some(i);
           }
           break;
@@ -523,8 +528,16 @@ impl Engine<'_> {
         },
       };
       if let Some(e) = embeddings {
+        if !self.batch.is_empty() && (e.mask.is_some() || e.one_pass) {
+          // Its own mask (e.g. PaliGemma's bidirectional prefix): back to
+          // the front of the queue until the batch drains.
+          self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+          self.waiting.push_front(Waiting { alone: true, ..w });
+          return;
+        }
         match self.batch.start_embedded(id, &w.prompt, e, &row) {
-          Ok(t) => self.joined(Prefilling { w, id, cached }, t),
+          Ok(Some(t)) => self.joined(Prefilling { w, id, cached }, t),
+          Ok(None) => self.prefilling = Some(Prefilling { w, id, cached }),
           Err(e) => {
             let _ = w.events.send(Event::Error {
               index: w.index,

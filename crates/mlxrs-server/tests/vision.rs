@@ -269,6 +269,136 @@ fn image_and_text_requests_share_the_batch() {
   s.shutdown().unwrap();
 }
 
+/// A prompt with images joins a running text row (LLaVA's language model
+/// batches): its answer arrives while the long text answer still streams,
+/// and both equal their lone answers.
+#[test]
+fn an_image_prompt_joins_a_running_batch() {
+  use std::io::{BufRead, BufReader};
+  use std::time::Instant;
+  let m = vlm("llava");
+  let mut cfg = config("llava");
+  cfg.max_tokens = 400;
+  let s = start(cfg);
+  // A long text answer: EOS banned on both sides (logit_bias).
+  let long = "Tell me a very long story";
+  let eos = m.tokenizer().eos_token_id().unwrap();
+  let want_long = {
+    let input = m.prepare(long, &[], None, false).unwrap();
+    let mut opts = greedy(400);
+    opts.step.logits.logit_bias.insert(eos as i32, -100.0);
+    m.generate(&input, &opts).unwrap().text
+  };
+  let want_img = reference(&m, "Describe the picture.", &["scene_a_64x48.png"], 12);
+  let url = format!("http://{}/v1/chat/completions", s.addr());
+  let (tx, rx) = std::sync::mpsc::channel();
+  let text_thread = {
+    let url = url.clone();
+    thread::spawn(move || {
+      let body = json!({"model": "m", "max_tokens": 400, "stream": true,
+                        "logit_bias": {eos.to_string(): -100},
+                        "messages": [{"role": "user", "content": long}]});
+      let r = ureq::post(&url).send_json(body).unwrap();
+      let mut text = String::new();
+      let mut signalled = false;
+      for line in BufReader::new(r.into_reader()).lines() {
+        let line = line.unwrap();
+        let Some(d) = line.strip_prefix("data: ") else {
+          continue;
+        };
+        if d == "[DONE]" {
+          break;
+        }
+        let v: Value = serde_json::from_str(d).unwrap();
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+          text.push_str(t);
+          if !signalled && !t.is_empty() {
+            tx.send(()).unwrap();
+            signalled = true;
+          }
+        }
+      }
+      (text, Instant::now())
+    })
+  };
+  rx.recv().unwrap();
+  let (code, v) = post(
+    &s,
+    "/v1/chat/completions",
+    &image_request(&m, "Describe the picture.", "scene_a_64x48.png", 12),
+  );
+  let image_done = Instant::now();
+  assert_eq!(code, 200, "{v}");
+  assert_eq!(answer(&v), want_img);
+  let (text, text_done) = text_thread.join().unwrap();
+  assert_eq!(text, want_long);
+  assert!(
+    image_done < text_done,
+    "the image prompt waited for the running row to finish"
+  );
+  assert!(common::metric(&s, "mlxrs_running_batch_size_peak") >= 2.0);
+  s.shutdown().unwrap();
+}
+
+/// A prompt with its own attention mask (PaliGemma's bidirectional prefix)
+/// cannot join running rows: it waits for the batch to drain, then answers
+/// exactly. (PaliGemma has no chat template; the test gives a minimal one.)
+#[test]
+fn a_masked_image_prompt_waits_for_an_empty_batch() {
+  use std::time::Instant;
+  let m = vlm("paligemma");
+  let mut cfg = config("paligemma");
+  cfg.max_tokens = 300;
+  cfg.chat_template = Some(
+    "{% for m in messages %}{% for p in m.content %}{% if p.type == 'image' %}<image>{% else %}{{ p.text }}{% endif %}{% endfor %}{% endfor %}"
+      .into(),
+  );
+  let s = start(cfg);
+  let eos = m.tokenizer().eos_token_id().unwrap();
+  let lone = |prompt: &str, image: &str, max_tokens: usize, ban_eos: bool| {
+    let imgs = m.load_images(&[image_path(image)]).unwrap();
+    let input = m.process(&format!("<image>{prompt}"), &imgs).unwrap();
+    let mut opts = greedy(max_tokens);
+    if ban_eos {
+      opts.step.logits.logit_bias.insert(eos as i32, -100.0);
+    }
+    m.generate(&input, &opts).unwrap().text
+  };
+  let request = |prompt: &str, image: &str, max_tokens: usize| {
+    json!({"model": "m", "max_tokens": max_tokens, "messages": [{"role": "user", "content": [
+      {"type": "image_url", "image_url": {"url": data_url(image)}},
+      {"type": "text", "text": prompt}]}]})
+  };
+  let want_long = lone("Tell me everything.", "scene_b_90x60.png", 300, true);
+  let want = lone("Describe the picture.", "scene_a_64x48.png", 12, false);
+  thread::scope(|sc| {
+    let long = sc.spawn(|| {
+      let mut body = request("Tell me everything.", "scene_b_90x60.png", 300);
+      body["logit_bias"] = json!({eos.to_string(): -100});
+      let (code, v) = post(&s, "/v1/chat/completions", &body);
+      (code, v, Instant::now())
+    });
+    // Let the long row start first.
+    while common::metric(&s, "mlxrs_running_batch_size") < 1.0 {
+      thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (code, v) = post(
+      &s,
+      "/v1/chat/completions",
+      &request("Describe the picture.", "scene_a_64x48.png", 12),
+    );
+    let done = Instant::now();
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(answer(&v).0, want);
+    let (lcode, lv, ldone) = long.join().unwrap();
+    assert_eq!(lcode, 200, "{lv}");
+    assert_eq!(answer(&lv).0, want_long);
+    assert!(ldone <= done, "the masked prompt joined a running batch");
+  });
+  assert_eq!(common::metric(&s, "mlxrs_running_batch_size_peak"), 1.0);
+  s.shutdown().unwrap();
+}
+
 #[test]
 fn bad_images_are_clear_errors() {
   let m = vlm("llava");
