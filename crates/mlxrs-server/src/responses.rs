@@ -159,6 +159,14 @@ fn content_text(param: &str, c: &Value) -> Result<String, ApiError> {
   }
 }
 
+/// An image content part (`input_image`, or chat's `image_url`).
+fn is_image(part: &Value) -> bool {
+  matches!(
+    part.get("type").and_then(Value::as_str),
+    Some("input_image" | "image_url")
+  )
+}
+
 /// `input` as chat messages.
 fn input_messages(input: &Value) -> Result<Vec<Value>, ApiError> {
   let items = match input {
@@ -235,8 +243,22 @@ fn input_messages(input: &Value) -> Result<Vec<Value>, ApiError> {
             ));
           }
         };
-        let text = content_text(&p, it.get("content").unwrap_or(&Value::Null))?;
-        out.push(json!({"role": role, "content": text}));
+        let content = it.get("content").unwrap_or(&Value::Null);
+        if let Some(parts) = content.as_array().filter(|a| a.iter().any(is_image)) {
+          // Images (`input_image`) go on as chat parts; the chat side
+          // decodes them for a vision model and refuses them otherwise.
+          let parts: Vec<Value> = parts
+            .iter()
+            .map(|q| match q.get("text").and_then(Value::as_str) {
+              Some(t) if !is_image(q) => json!({"type": "text", "text": t}),
+              _ => q.clone(),
+            })
+            .collect();
+          out.push(json!({"role": role, "content": parts}));
+        } else {
+          let text = content_text(&p, content)?;
+          out.push(json!({"role": role, "content": text}));
+        }
       }
       Some(other) => {
         return Err(bad(&p, format!("{p}: unsupported item type {other:?}")));
@@ -421,6 +443,9 @@ struct Outcome {
   finish: Option<FinishReason>,
   completion: usize,
   cached: usize,
+  /// Prompt tokens as the engine counted them (image placeholders
+  /// expanded).
+  prompt: usize,
 }
 
 /// Ids of one response's items.
@@ -469,11 +494,11 @@ fn response_object(
 ) -> Value {
   let r = &plan.r;
   let usage = o.map(|o| {
-    json!({"input_tokens": plan.prepared.prompt.len(),
+    json!({"input_tokens": o.prompt,
            "input_tokens_details": {"cached_tokens": o.cached},
            "output_tokens": o.completion,
            "output_tokens_details": {"reasoning_tokens": 0},
-           "total_tokens": plan.prepared.prompt.len() + o.completion})
+           "total_tokens": o.prompt + o.completion})
   });
   let incomplete = o
     .filter(|o| o.finish == Some(FinishReason::Length))
@@ -549,15 +574,16 @@ async fn collect(
   mut rx: UnboundedReceiver<Event>,
 ) -> Result<Response, ApiError> {
   let mut text = String::new();
-  let (finish, completion, cached) = loop {
+  let (finish, completion, cached, prompt) = loop {
     match rx.recv().await {
       Some(Event::Token { text: t, .. }) => text.push_str(&t),
       Some(Event::Done {
         finish,
         completion_tokens,
         cached_tokens,
+        prompt_tokens,
         ..
-      }) => break (finish, completion_tokens, cached_tokens),
+      }) => break (finish, completion_tokens, cached_tokens, prompt_tokens),
       Some(Event::Error { message, .. }) => return Err(engine_error(message)),
       None => return Err(engine_error("the engine stopped".into())),
     }
@@ -567,6 +593,7 @@ async fn collect(
     finish: Some(finish),
     completion,
     cached,
+    prompt,
   };
   let ids = Ids::new(st);
   let out = output_items(&ids, &o);
@@ -706,13 +733,14 @@ fn stream(st: Arc<AppState>, plan: Plan, mut rx: UnboundedReceiver<Event>) -> Re
           finish,
           completion_tokens,
           cached_tokens,
+          prompt_tokens,
           ..
-        }) => break Ok((finish, completion_tokens, cached_tokens)),
+        }) => break Ok((finish, completion_tokens, cached_tokens, prompt_tokens)),
         Some(Event::Error { message, .. }) => break Err(message),
         None => break Err("the engine stopped".to_string()),
       }
     };
-    let (finish, completion, cached) = match done {
+    let (finish, completion, cached, prompt) = match done {
       Ok(x) => x,
       Err(message) => {
         st.metrics
@@ -772,6 +800,7 @@ fn stream(st: Arc<AppState>, plan: Plan, mut rx: UnboundedReceiver<Event>) -> Re
       finish: Some(finish),
       completion,
       cached,
+      prompt,
     };
     let resp = response_object(&st, &plan, &ids, created, status(&o), items, Some(&o));
     remember(&st, &plan, &o, &resp);

@@ -399,6 +399,32 @@ fn a_masked_image_prompt_waits_for_an_empty_batch() {
   s.shutdown().unwrap();
 }
 
+/// `/v1/responses` with an `input_image` part answers as chat does.
+#[test]
+fn responses_api_takes_images() {
+  let m = vlm("llava");
+  let s = start(config("llava"));
+  let want = reference(&m, "Describe the picture.", &["scene_a_64x48.png"], 12);
+  let (code, v) = post(
+    &s,
+    "/v1/responses",
+    &json!({"model": "m", "max_output_tokens": 12, "input": [{"role": "user", "content": [
+      {"type": "input_text", "text": "Describe the picture."},
+      {"type": "input_image", "image_url": data_url("scene_a_64x48.png")}]}]}),
+  );
+  assert_eq!(code, 200, "{v}");
+  let text = v["output"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .find(|o| o["type"] == "message")
+    .map(|o| o["content"][0]["text"].as_str().unwrap().to_string())
+    .unwrap();
+  assert_eq!(text, want.0);
+  assert_eq!(v["usage"]["input_tokens"], json!(want.2), "{v}");
+  s.shutdown().unwrap();
+}
+
 #[test]
 fn bad_images_are_clear_errors() {
   let m = vlm("llava");
