@@ -6,6 +6,11 @@
 //! waiting rows (up to `prompt_concurrency` prefills, while fewer than
 //! `decode_concurrency` rows run), then runs one decode step for every row;
 //! a row that finishes, fails or whose client went away leaves at once.
+//!
+//! Under `mlxrs launch` (python `mlx_lm.server` distributed mode) the
+//! batch is a [`crate::replica::Batch`] that replays every change on the
+//! other ranks ([`EngineConfig::replicate`]); single-process it forwards
+//! straight to the generator.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -14,12 +19,13 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use mlxrs_lm::{BatchGenerator, FinishReason, LoadedModel, RowConfig, RowToken, Tokenizer};
+use mlxrs_lm::{FinishReason, LoadedModel, RowConfig, RowToken, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::prompt_cache::PromptCache;
+use crate::replica::{self, Batch};
 use crate::row_text::RowText;
 
 /// Per-request generation settings.
@@ -105,6 +111,9 @@ pub struct EngineConfig {
   pub memory: Option<Arc<MemoryBudget>>,
   /// Draft tokens per speculative step (with a draft model).
   pub num_draft_tokens: usize,
+  /// This is rank 0 of a tensor-parallel group (`mlxrs launch`): replay
+  /// every batch change on the other ranks ([`crate::replica`]).
+  pub replicate: bool,
 }
 
 struct Waiting {
@@ -128,7 +137,7 @@ struct Running {
 }
 
 /// A row whose prompt is prefilled in chunks between decode steps
-/// ([`BatchGenerator::start`]).
+/// ([`mlxrs_lm::BatchGenerator::start`]).
 struct Prefilling {
   w: Waiting,
   id: u64,
@@ -136,7 +145,7 @@ struct Prefilling {
 }
 
 struct Engine<'m> {
-  batch: BatchGenerator<'m>,
+  batch: Batch<'m>,
   tok: &'m Tokenizer,
   cfg: EngineConfig,
   metrics: Arc<Metrics>,
@@ -168,15 +177,14 @@ pub fn run(
     return;
   };
   let pad = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
-  let batch = match BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, pad)
-    .or_else(|_| BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, 0))
+  let batch = match replica::new_generator(m.model.as_ref(), cfg.prefill_step_size, pad)
     .and_then(|mut b| {
       if let Some(d) = &draft {
         b.set_draft(d.model.as_ref(), cfg.num_draft_tokens)?;
       }
       Ok(b)
     }) {
-    Ok(b) => b,
+    Ok(b) => Batch::new(b, cfg.replicate),
     Err(e) => {
       // Answer every job with the error rather than hanging its client.
       for j in rx.iter() {
@@ -250,6 +258,7 @@ pub fn run(
     }
     e.metrics.running.store(e.running.len(), Ordering::Relaxed);
   }
+  e.batch.stop();
 }
 
 impl Engine<'_> {
