@@ -157,7 +157,14 @@ fn answer(path: &str, body: &Value, r: &Value) -> Value {
       } else {
         c["text"].clone()
       };
-      json!({"text": text, "finish": c["finish_reason"]})
+      // The token bytes of chat logprobs (text may hide invalid UTF-8).
+      let bytes: Vec<Value> = c["logprobs"]["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t["bytes"].clone())
+        .collect();
+      json!({"text": text, "finish": c["finish_reason"], "bytes": bytes})
     })
     .collect();
   json!({"choices": choices, "completion_tokens": r["usage"]["completion_tokens"]})
@@ -201,7 +208,7 @@ fn requests() -> Vec<(&'static str, Value)> {
   vec![
     (
       "/v1/chat/completions",
-      json!({"messages": chat("Hello there"), "max_tokens": 12}),
+      json!({"messages": chat("Hello there"), "max_tokens": 12, "logprobs": true}),
     ),
     (
       "/v1/completions",
@@ -209,7 +216,7 @@ fn requests() -> Vec<(&'static str, Value)> {
     ),
     (
       "/v1/chat/completions",
-      json!({"messages": chat("Tell me a story"), "max_tokens": 12,
+      json!({"messages": chat("Tell me a story"), "max_tokens": 12, "logprobs": true,
              "temperature": 0.8, "top_p": 0.9, "seed": 42}),
     ),
     (
@@ -307,6 +314,7 @@ fn check_served(model: &str) -> Proc {
   std::thread::sleep(Duration::from_secs(1));
   let (p, b) = &reqs[0];
   assert_eq!(ask(&a2, p, b), want_seq[0], "{model}: after the rest");
+  assert_eq!(want_seq[0]["choices"][0]["bytes"].as_array().map(Vec::len), Some(12));
   let log = launched.log();
   assert!(log.contains("prompt cache is off"), "{log}");
   eprintln!(
