@@ -24,7 +24,7 @@
 //! non-zero exit or a signal) the launcher kills the others and exits with
 //! an error naming it, so a job never hangs on a dead peer; `--timeout`
 //! bounds the whole job. SIGTERM or SIGINT (ctrl-c) to the launcher kills
-//! every rank too (python `mlx.launch` forwards them), so
+//! every rank too (and the launcher exits with an error), so
 //! `mlxrs launch -n 2 -- serve ...` stops as a whole.
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -314,7 +314,10 @@ fn check_served(model: &str) -> Proc {
   std::thread::sleep(Duration::from_secs(1));
   let (p, b) = &reqs[0];
   assert_eq!(ask(&a2, p, b), want_seq[0], "{model}: after the rest");
-  assert_eq!(want_seq[0]["choices"][0]["bytes"].as_array().map(Vec::len), Some(12));
+  assert_eq!(
+    want_seq[0]["choices"][0]["bytes"].as_array().map(Vec::len),
+    Some(12)
+  );
   let log = launched.log();
   assert!(log.contains("prompt cache is off"), "{log}");
   eprintln!(
@@ -390,7 +393,10 @@ fn launch_serve_sigterm_to_the_launcher_and_refusals() {
       &["--draft-model", path.as_str()][..],
       "speculative decoding is not available",
     ),
-    (&["--pipeline"][..], "pipeline-parallel serving is not supported"),
+    (
+      &["--pipeline"][..],
+      "pipeline-parallel serving is not supported",
+    ),
   ] {
     let mut args = vec![
       "launch",

@@ -177,13 +177,13 @@ pub fn run(
     return;
   };
   let pad = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
-  let batch = match replica::new_generator(m.model.as_ref(), cfg.prefill_step_size, pad)
-    .and_then(|mut b| {
-      if let Some(d) = &draft {
-        b.set_draft(d.model.as_ref(), cfg.num_draft_tokens)?;
-      }
-      Ok(b)
-    }) {
+  let generator = replica::new_generator(m.model.as_ref(), cfg.prefill_step_size, pad);
+  let batch = match generator.and_then(|mut b| {
+    if let Some(d) = &draft {
+      b.set_draft(d.model.as_ref(), cfg.num_draft_tokens)?;
+    }
+    Ok(b)
+  }) {
     Ok(b) => Batch::new(b, cfg.replicate),
     Err(e) => {
       // Answer every job with the error rather than hanging its client.

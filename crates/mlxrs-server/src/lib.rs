@@ -460,8 +460,7 @@ pub fn follow(mut cfg: ServerConfig) -> Result<(), ServeError> {
   let pad = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
   let mut batch = replica::new_generator(m.model.as_ref(), cfg.prefill_step_size, pad)
     .map_err(|e| ServeError::Config(format!("the engine could not start: {e}")))?;
-  replica::follow_ops(&mut batch)
-    .map_err(|e| ServeError::Config(format!("following rank 0: {e}")))
+  replica::follow_ops(&mut batch).map_err(|e| ServeError::Config(format!("following rank 0: {e}")))
 }
 
 /// The tool-call format of the template in use (`--chat-template` or the
