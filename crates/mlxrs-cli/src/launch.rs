@@ -23,12 +23,16 @@
 //! output line is forwarded with a `[rank] ` prefix. When a rank fails (a
 //! non-zero exit or a signal) the launcher kills the others and exits with
 //! an error naming it, so a job never hangs on a dead peer; `--timeout`
-//! bounds the whole job.
+//! bounds the whole job. SIGTERM or SIGINT (ctrl-c) to the launcher kills
+//! every rank too (and the launcher exits with an error), so
+//! `mlxrs launch -n 2 -- serve ...` stops as a whole.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -41,6 +45,7 @@ use mlxrs_lm::{LoadOptions, LoadedModel};
 const SUBCOMMANDS: &[&str] = &[
   "generate",
   "chat",
+  "serve",
   "bench",
   "embed",
   "transcribe",
@@ -229,6 +234,42 @@ fn remote_command(
   Ok(cmd)
 }
 
+/// A flag set when this process gets SIGTERM or SIGINT; the handlers are
+/// in place when it returns (before any rank starts), so a signal never
+/// kills the launcher and leaves its ranks running.
+fn watch_signals() -> Result<Arc<AtomicBool>> {
+  let flag = Arc::new(AtomicBool::new(false));
+  #[cfg(unix)]
+  {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+      .enable_all()
+      .build()
+      .context("starting the signal watcher")?;
+    let (mut term, mut int) = {
+      let _in_rt = rt.enter();
+      (
+        signal(SignalKind::terminate()).context("watching SIGTERM")?,
+        signal(SignalKind::interrupt()).context("watching SIGINT")?,
+      )
+    };
+    let f = Arc::clone(&flag);
+    std::thread::Builder::new()
+      .name("launch-signals".into())
+      .spawn(move || {
+        rt.block_on(async {
+          tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+          }
+        });
+        f.store(true, Ordering::SeqCst);
+      })
+      .context("starting the signal watcher")?;
+  }
+  Ok(flag)
+}
+
 /// Run `mlxrs launch`.
 pub fn run(a: LaunchArgs) -> Result<()> {
   let hosts = match &a.hostfile {
@@ -320,6 +361,7 @@ pub fn run(a: LaunchArgs) -> Result<()> {
     other => bail!("--backend {other:?}: expected ring or nccl (local ranks)"),
   }
 
+  let signalled = watch_signals()?;
   let mut kids: Vec<Child> = Vec::with_capacity(n);
   let mut pumps = Vec::new();
   for (r, e) in env.iter().enumerate() {
@@ -383,6 +425,9 @@ pub fn run(a: LaunchArgs) -> Result<()> {
     }
     if limit.is_some_and(|l| start.elapsed() >= l) {
       break Some(format!("the job ran past --timeout {}s", a.timeout));
+    }
+    if signalled.load(Ordering::SeqCst) {
+      break Some("the launcher got SIGTERM or SIGINT".to_string());
     }
     std::thread::sleep(Duration::from_millis(50));
   };

@@ -1,8 +1,14 @@
 //! `mlxrs serve`: the OpenAI-compatible server (python `mlx_lm.server`),
 //! flags named as mlx_lm.server's (see `crates/mlxrs-server`).
+//!
+//! Under `mlxrs launch -n N -- serve --model M ...` (python `mlx.launch`
+//! running `mlx_lm.server`) every rank loads its tensor shard of M; rank 0
+//! serves HTTP and runs the engine, the other ranks follow its batch
+//! operations ([`mlxrs_server::follow`], `mlxrs_server::replica`).
 
 use anyhow::{Result, bail};
 use clap::Args;
+use mlxrs_lm::shard::TensorShard;
 use mlxrs_server::ServerConfig;
 
 /// `mlxrs serve` flags.
@@ -82,10 +88,21 @@ pub struct ServeArgs {
   /// MLX memory limit in GB (python `mx.set_memory_limit`).
   #[arg(long = "memory-limit-gb")]
   memory_limit_gb: Option<f64>,
+  /// Pipeline-parallel serving: not supported (an error); under `mlxrs
+  /// launch`, serve runs tensor-parallel.
+  #[arg(long)]
+  pipeline: bool,
 }
 
-/// Run the server until ctrl-c / SIGTERM.
+/// Run the server until ctrl-c / SIGTERM. Under a launcher, rank 0 serves
+/// and the other ranks follow it until it stops.
 pub fn run(a: ServeArgs) -> Result<()> {
+  if a.pipeline {
+    bail!(
+      "serve --pipeline: pipeline-parallel serving is not supported; under `mlxrs launch`, \
+       serve runs tensor-parallel (drop --pipeline)"
+    );
+  }
   let chat_template_args = match &a.chat_template_args {
     None => serde_json::Map::new(),
     Some(s) => match serde_json::from_str(s) {
@@ -109,7 +126,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     Some(t) if t.contains("{{") || t.contains("{%") => Some(t),
     Some(t) => bail!("--chat-template: {t:?} is neither a file nor a Jinja template"),
   };
-  let cfg = ServerConfig {
+  let mut cfg = ServerConfig {
     dtype: super::parse_dtype(&a.dtype)?,
     model: a.model.unwrap_or_default(),
     host: a.host,
@@ -134,7 +151,31 @@ pub fn run(a: ServeArgs) -> Result<()> {
     rerank_model: a.rerank_model,
     whisper_model: a.whisper_model,
     max_audio_bytes: a.max_audio_bytes,
+    tensor_shard: None,
   };
+  // Kept alive for the whole run.
+  let group = super::launch::group_from_env()?;
+  if let Some(g) = &group {
+    let (rank, size) = (g.rank(), g.size());
+    cfg.tensor_shard = Some(TensorShard::new(rank, size)?);
+    if rank != 0 {
+      eprintln!(
+        "mlxrs serve: rank {rank} of {size} (pid {}): follows rank 0's batches, no HTTP",
+        std::process::id()
+      );
+      mlxrs_server::follow(cfg)?;
+      eprintln!("mlxrs serve: rank {rank}: rank 0 stopped; exiting");
+      return Ok(());
+    }
+    eprintln!(
+      "mlxrs serve: rank 0 of {size} (pid {}): serves HTTP, tensor-parallel over {size} ranks",
+      std::process::id()
+    );
+    if cfg.prompt_cache_size > 0 {
+      eprintln!("mlxrs serve: the prompt cache is off under `mlxrs launch`");
+    }
+  }
   mlxrs_server::run(cfg)?;
+  drop(group);
   Ok(())
 }

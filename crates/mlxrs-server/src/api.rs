@@ -131,6 +131,9 @@ pub struct Defaults {
   pub tool_format: Option<ToolFormat>,
   /// The model is a vision-language model: messages may hold images.
   pub vision: bool,
+  /// Served under `mlxrs launch` ([`crate::replica`]): constrained
+  /// decoding is refused.
+  pub distributed: bool,
 }
 
 fn bad(param: &str, msg: impl Into<String>) -> ApiError {
@@ -586,6 +589,14 @@ pub fn prepare(
   };
   let (prompt, prompt_text, setup, images) = prompt_ids(ep, r, tok, d)?;
   let (reply, constraint) = reply_and_constraint(ep, r, tok, d, g, &prompt_text, setup)?;
+  if d.distributed && constraint.is_some() {
+    let param = if r.response_format.is_some() {
+      "response_format"
+    } else {
+      "tools"
+    };
+    return Err(bad(param, crate::replica::NO_CONSTRAINTS));
+  }
   // The context bound generate / chat / batch use (mlxrs_lm::limits): the
   // prompt plus the new tokens fit max_position_embeddings; max_tokens is
   // clamped to the room left (the choice then ends with "length").

@@ -6,6 +6,11 @@
 //! waiting rows (up to `prompt_concurrency` prefills, while fewer than
 //! `decode_concurrency` rows run), then runs one decode step for every row;
 //! a row that finishes, fails or whose client went away leaves at once.
+//!
+//! Under `mlxrs launch` (python `mlx_lm.server` distributed mode) the
+//! batch is a [`crate::replica::Batch`] that replays every change on the
+//! other ranks ([`EngineConfig::replicate`]); single-process it forwards
+//! straight to the generator.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -14,13 +19,14 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use mlxrs_lm::{BatchGenerator, FinishReason, LoadedModel, RowConfig, RowToken, Tokenizer};
+use mlxrs_lm::{FinishReason, LoadedModel, RowConfig, RowToken, Tokenizer};
 use mlxrs_vlm::{VlmInput, VlmModel};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::prompt_cache::PromptCache;
+use crate::replica::{self, Batch};
 use crate::row_text::RowText;
 
 /// Per-request generation settings.
@@ -113,6 +119,9 @@ pub struct EngineConfig {
   /// The model's context (a vision prompt is bounded again once its image
   /// placeholders are expanded).
   pub max_context: Option<usize>,
+  /// This is rank 0 of a tensor-parallel group (`mlxrs launch`): replay
+  /// every batch change on the other ranks ([`crate::replica`]).
+  pub replicate: bool,
 }
 
 struct Waiting {
@@ -145,7 +154,7 @@ struct Running {
 }
 
 /// A row whose prompt is prefilled in chunks between decode steps
-/// ([`BatchGenerator::start`]).
+/// ([`mlxrs_lm::BatchGenerator::start`]).
 struct Prefilling {
   w: Waiting,
   id: u64,
@@ -153,7 +162,7 @@ struct Prefilling {
 }
 
 struct Engine<'m> {
-  batch: BatchGenerator<'m>,
+  batch: Batch<'m>,
   /// The vision half when the model is a vision-language model.
   vlm: Option<&'m VlmModel>,
   tok: &'m Tokenizer,
@@ -176,7 +185,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// The model the engine serves.
 pub enum Served {
   /// A language model.
-  Text(LoadedModel),
+  Text(Box<LoadedModel>),
   /// A vision-language model: its language half decodes; prompts with
   /// images are prefilled from their input embeddings.
   Vision(Box<VlmModel>),
@@ -214,15 +223,14 @@ pub fn run(
     return;
   };
   let pad = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
-  let batch = match BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, pad)
-    .or_else(|_| BatchGenerator::new(m.model.as_ref(), cfg.prefill_step_size, 0))
-    .and_then(|mut b| {
-      if let Some(d) = &draft {
-        b.set_draft(d.model.as_ref(), cfg.num_draft_tokens)?;
-      }
-      Ok(b)
-    }) {
-    Ok(b) => b,
+  let generator = replica::new_generator(m.model.as_ref(), cfg.prefill_step_size, pad);
+  let batch = match generator.and_then(|mut b| {
+    if let Some(d) = &draft {
+      b.set_draft(d.model.as_ref(), cfg.num_draft_tokens)?;
+    }
+    Ok(b)
+  }) {
+    Ok(b) => Batch::new(b, cfg.replicate),
     Err(e) => {
       // Answer every job with the error rather than hanging its client.
       for j in rx.iter() {
@@ -297,6 +305,7 @@ pub fn run(
     }
     e.metrics.running.store(e.running.len(), Ordering::Relaxed);
   }
+  e.batch.stop();
 }
 
 impl Engine<'_> {

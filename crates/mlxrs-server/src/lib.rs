@@ -21,6 +21,11 @@
 //!
 //! [`Server::start`] runs it in the background (tests, embedding);
 //! [`run`] runs it until ctrl-c / SIGTERM (the CLI).
+//!
+//! Under `mlxrs launch` (python `mlx_lm.server` distributed mode) rank 0
+//! runs [`Server::start`] with [`ServerConfig::tensor_shard`] set and the
+//! other ranks run [`follow`]: every rank holds its tensor shard of the
+//! model and computes every batch, rank 0 alone serves HTTP ([`replica`]).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -35,6 +40,7 @@ pub mod metrics;
 pub mod page;
 pub mod prompt_cache;
 pub mod reasoning;
+pub mod replica;
 pub mod reply;
 pub mod responses;
 pub mod row_text;
@@ -48,7 +54,8 @@ use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 
 use mlxrs_core::Dtype;
-use mlxrs_lm::{LoadOptions, Tokenizer};
+use mlxrs_lm::shard::TensorShard;
+use mlxrs_lm::{LoadOptions, LoadedModel, Tokenizer};
 use serde_json::{Map, Value};
 
 use crate::engine::EngineConfig;
@@ -111,6 +118,12 @@ pub struct ServerConfig {
   pub whisper_model: Option<String>,
   /// Largest audio upload in bytes (`--max-audio-bytes`, 25 MiB).
   pub max_audio_bytes: usize,
+  /// This process is rank 0 of a tensor-parallel group (`mlxrs launch`;
+  /// the distributed backend already initialised): the model is loaded
+  /// sharded and every batch change is replayed on the ranks running
+  /// [`follow`] ([`replica`]). The prompt cache is then off, and
+  /// `--draft-model` and constrained decoding are refused.
+  pub tensor_shard: Option<TensorShard>,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +153,7 @@ impl Default for ServerConfig {
       rerank_model: None,
       whisper_model: None,
       max_audio_bytes: 25 << 20,
+      tensor_shard: None,
     }
   }
 }
@@ -178,28 +192,6 @@ struct Loaded {
   vision: bool,
 }
 
-/// Load `--model`: a vision-language model folder (`mlxrs_vlm::load`) or
-/// a language model (folder, Hub id or GGUF file).
-fn load_served(cfg: &ServerConfig) -> Result<engine::Served, String> {
-  let dir = mlxrs_lm::resolve_model(&cfg.model)
-    .ok()
-    .filter(|p| p.is_dir());
-  if let Some(dir) = dir.filter(|d| mlxrs_vlm::is_vlm_dir(d).unwrap_or(false)) {
-    let v = mlxrs_vlm::load_dir(&dir, &mlxrs_vlm::LoadOptions { dtype: cfg.dtype })
-      .map_err(|e| e.to_string())?;
-    return Ok(engine::Served::Vision(Box::new(v)));
-  }
-  let m = mlxrs_lm::load(
-    &cfg.model,
-    &LoadOptions {
-      dtype: cfg.dtype,
-      no_tokenizer: false,
-    },
-  )
-  .map_err(|e| e.to_string())?;
-  Ok(engine::Served::Text(m))
-}
-
 impl Server {
   /// Load the model on a new engine thread (and the auxiliary models of
   /// [`extras`] on theirs), bind `host:port` and serve in the background.
@@ -215,6 +207,10 @@ impl Server {
     }
     if cfg.max_tokens == 0 {
       return Err(ServeError::Config("--max-tokens must be > 0".into()));
+    }
+    if cfg.tensor_shard.is_some() {
+      check_distributed(&cfg)?;
+      cfg.prompt_cache_size = 0;
     }
     let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))?;
     listener.set_nonblocking(true)?;
@@ -237,14 +233,8 @@ impl Server {
       .name("mlxrs-engine".into())
       .spawn(move || {
         let cfg = ecfg_base;
-        if let Some(l) = cfg.memory_limit {
-          if let Err(e) = mlxrs_core::memory::set_memory_limit(l) {
-            let _ = ready_tx.send(Err(format!("setting the memory limit: {e}")));
-            return;
-          }
-        }
-        let served = match load_served(&cfg) {
-          Ok(m) => m,
+        let (served, tok) = match load_model(&cfg) {
+          Ok(l) => l,
           Err(e) => {
             let _ = ready_tx.send(Err(e));
             return;
@@ -252,10 +242,6 @@ impl Server {
         };
         let vision = matches!(served, engine::Served::Vision(_));
         let m = served.lm();
-        let Some(tok) = m.tokenizer.clone() else {
-          let _ = ready_tx.send(Err("the model has no tokenizer".into()));
-          return;
-        };
         let draft = match &cfg.draft_model {
           None => None,
           Some(d) => {
@@ -283,25 +269,11 @@ impl Server {
           }
         };
         let max_width = m.max_context.unwrap_or(8192).max(1024);
-        let memory = match cfg.memory_limit {
-          None => None,
-          Some(limit) => {
-            let probe_id = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
-            match memory_budget::MemoryBudget::probe(m.model.as_ref(), limit, probe_id) {
-              Ok(b) if b.weights > limit => {
-                let _ = ready_tx.send(Err(format!(
-                  "the weights alone ({:.3} GB) pass --memory-limit-gb ({:.3} GB)",
-                  b.weights as f64 / 1e9,
-                  limit as f64 / 1e9
-                )));
-                return;
-              }
-              Ok(b) => Some(Arc::new(b)),
-              Err(e) => {
-                let _ = ready_tx.send(Err(format!("measuring the KV cache size: {e}")));
-                return;
-              }
-            }
+        let memory = match probe_memory(&cfg, m, &tok) {
+          Ok(b) => b,
+          Err(e) => {
+            let _ = ready_tx.send(Err(e));
+            return;
           }
         };
         if vision && draft.is_some() {
@@ -327,6 +299,7 @@ impl Server {
           memory,
           num_draft_tokens: cfg.num_draft_tokens,
           max_context: m.max_context,
+          replicate: cfg.tensor_shard.is_some(),
         };
         engine::run(served, draft, job_rx, ecfg, engine_metrics);
       })?;
@@ -360,6 +333,7 @@ impl Server {
         chat_template: cfg.chat_template.clone(),
         tool_format,
         vision: loaded.vision,
+        distributed: cfg.tensor_shard.is_some(),
       },
       model_id: cfg.model_id.clone().unwrap_or_else(|| cfg.model.clone()),
       api_key: cfg.api_key.clone(),
@@ -409,6 +383,115 @@ impl Drop for Server {
     }
     let _ = self.wait();
   }
+}
+
+/// What serving under the launcher refuses (the same checks on every
+/// rank, so all of them stop with the reason).
+fn check_distributed(cfg: &ServerConfig) -> Result<(), ServeError> {
+  if cfg.draft_model.is_some() {
+    return Err(ServeError::Config(
+      "--draft-model: speculative decoding is not available when serving under `mlxrs launch`"
+        .into(),
+    ));
+  }
+  if cfg.model.is_empty() {
+    return Err(ServeError::Config(
+      "serving under `mlxrs launch` needs a language model (--model); embedding, rerank and \
+       Whisper models are served by one process"
+        .into(),
+    ));
+  }
+  Ok(())
+}
+
+/// Set the memory limit and load `--model` (sharded under the launcher):
+/// the start-up every rank runs. A vision-language model folder loads with
+/// `mlxrs_vlm::load_dir` (one process only), anything else as a language
+/// model (folder, Hub id or GGUF file).
+fn load_model(cfg: &ServerConfig) -> Result<(engine::Served, Tokenizer), String> {
+  if let Some(l) = cfg.memory_limit {
+    mlxrs_core::memory::set_memory_limit(l)
+      .map_err(|e| format!("setting the memory limit: {e}"))?;
+  }
+  let dir = mlxrs_lm::resolve_model(&cfg.model)
+    .ok()
+    .filter(|p| p.is_dir());
+  let served = match dir.filter(|d| mlxrs_vlm::is_vlm_dir(d).unwrap_or(false)) {
+    Some(_) if cfg.tensor_shard.is_some() => {
+      return Err(
+        "a vision-language model cannot be served under mlxrs launch (one process only)".into(),
+      );
+    }
+    Some(dir) => engine::Served::Vision(Box::new(
+      mlxrs_vlm::load_dir(&dir, &mlxrs_vlm::LoadOptions { dtype: cfg.dtype })
+        .map_err(|e| e.to_string())?,
+    )),
+    None => engine::Served::Text(Box::new(
+      mlxrs_lm::load_sharded(
+        &cfg.model,
+        &LoadOptions {
+          dtype: cfg.dtype,
+          no_tokenizer: false,
+        },
+        cfg.tensor_shard,
+      )
+      .map_err(|e| e.to_string())?,
+    )),
+  };
+  let Some(tok) = served.lm().tokenizer.clone() else {
+    return Err("the model has no tokenizer".into());
+  };
+  Ok((served, tok))
+}
+
+/// `--memory-limit-gb`'s KV-cache measurement (a forward pass: every rank
+/// runs it).
+fn probe_memory(
+  cfg: &ServerConfig,
+  m: &LoadedModel,
+  tok: &Tokenizer,
+) -> Result<Option<Arc<memory_budget::MemoryBudget>>, String> {
+  let Some(limit) = cfg.memory_limit else {
+    return Ok(None);
+  };
+  let probe_id = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
+  match memory_budget::MemoryBudget::probe(m.model.as_ref(), limit, probe_id) {
+    Ok(b) if b.weights > limit => Err(format!(
+      "the weights alone ({:.3} GB) pass --memory-limit-gb ({:.3} GB)",
+      b.weights as f64 / 1e9,
+      limit as f64 / 1e9
+    )),
+    Ok(b) => Ok(Some(Arc::new(b))),
+    Err(e) => Err(format!("measuring the KV cache size: {e}")),
+  }
+}
+
+/// A follower rank of `mlxrs serve` under `mlxrs launch` (python
+/// `mlx_lm.server` distributed mode, ranks > 0): load this rank's shard of
+/// the model as rank 0 does, then apply rank 0's batch operations until it
+/// stops ([`replica`]). `cfg.tensor_shard` must be set and the distributed
+/// backend initialised. Runs no HTTP server. Returns when rank 0's engine
+/// stops; an error when the model does not load or the other ranks went
+/// away.
+pub fn follow(mut cfg: ServerConfig) -> Result<(), ServeError> {
+  extras::route_model_flag(&mut cfg)?;
+  if cfg.tensor_shard.is_none() {
+    return Err(ServeError::Config(
+      "follow: this process is not part of a tensor-parallel group".into(),
+    ));
+  }
+  check_distributed(&cfg)?;
+  let load_err = |message: String| ServeError::Load {
+    model: cfg.model.clone(),
+    message,
+  };
+  let (served, tok) = load_model(&cfg).map_err(load_err)?;
+  let m = served.lm();
+  probe_memory(&cfg, m, &tok).map_err(load_err)?;
+  let pad = tok.pad_token_id().or(tok.eos_token_id()).unwrap_or(0) as i32;
+  let mut batch = replica::new_generator(m.model.as_ref(), cfg.prefill_step_size, pad)
+    .map_err(|e| ServeError::Config(format!("the engine could not start: {e}")))?;
+  replica::follow_ops(&mut batch).map_err(|e| ServeError::Config(format!("following rank 0: {e}")))
 }
 
 /// The tool-call format of the template in use (`--chat-template` or the

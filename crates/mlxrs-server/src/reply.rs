@@ -379,17 +379,16 @@ mod tests {
     assert_eq!((r.as_str(), c.as_str()), ("", "  hello"));
   }
 
+  /// A call rebuilt from stream deltas: id, name, arguments, argument pieces.
+  type Rebuilt = (String, String, String, usize);
+
   /// Stream `text` in pieces of `n` chars; the calls rebuilt from the
-  /// deltas (id, name, arguments, pieces of arguments) and the reply.
-  fn stream_calls(
-    c: ReplyConfig,
-    text: &str,
-    n: usize,
-  ) -> (Vec<(String, String, String, usize)>, String, Reply) {
+  /// deltas, the content and the reply.
+  fn stream_calls(c: ReplyConfig, text: &str, n: usize) -> (Vec<Rebuilt>, String, Reply) {
     let mut s = ReplyStream::new(c);
-    let mut calls: Vec<(String, String, String, usize)> = Vec::new();
+    let mut calls: Vec<Rebuilt> = Vec::new();
     let mut content = String::new();
-    let mut take = |d: Delta, calls: &mut Vec<(String, String, String, usize)>| {
+    let mut take = |d: Delta, calls: &mut Vec<Rebuilt>| {
       content += &d.content;
       for v in d.calls {
         let k = v["index"].as_u64().unwrap() as usize;
