@@ -363,17 +363,19 @@ impl LanguageModel for Decoder {
       .model
       .layers
       .iter()
-      .map(|l| match (l.lock().sliding(), self.opts.window, max_kv_size) {
-        (true, Some(w), _) => KvCache::new(KvCacheKind::Rotating {
-          max_size: w,
-          keep: 0,
-        }),
-        (_, _, Some(m)) => KvCache::new(KvCacheKind::Rotating {
-          max_size: m,
-          keep: 4,
-        }),
-        _ => KvCache::standard(),
-      })
+      .map(
+        |l| match (l.lock().sliding(), self.opts.window, max_kv_size) {
+          (true, Some(w), _) => KvCache::new(KvCacheKind::Rotating {
+            max_size: w,
+            keep: 0,
+          }),
+          (_, _, Some(m)) => KvCache::new(KvCacheKind::Rotating {
+            max_size: m,
+            keep: 4,
+          }),
+          _ => KvCache::standard(),
+        },
+      )
       .collect()
   }
 

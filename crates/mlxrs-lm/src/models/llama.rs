@@ -274,9 +274,13 @@ impl Llama {
             // as it was.
             let (mask, cache) = (mask.clone(), cache.clone());
             let prefix = format!("model.layers.{i}");
-            let out = checkpoint::run(layer, &prefix, trainable, std::slice::from_ref(&h), move |b, xs| {
-              Ok(vec![b.forward(&xs[0], &mask, &mut cache.clone())?])
-            })?;
+            let out = checkpoint::run(
+              layer,
+              &prefix,
+              trainable,
+              std::slice::from_ref(&h),
+              move |b, xs| Ok(vec![b.forward(&xs[0], &mask, &mut cache.clone())?]),
+            )?;
             out.into_iter().next().ok_or_else(|| {
               mlxrs_core::Error::InvalidArgument(format!("grad checkpoint ({prefix}): no output"))
             })?
