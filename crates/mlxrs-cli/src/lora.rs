@@ -88,7 +88,8 @@ pub struct LoraArgs {
   /// and `lr_schedule`.
   #[arg(long, short = 'c')]
   config: Option<PathBuf>,
-  /// Gradient checkpointing (not supported yet: refused).
+  /// Gradient checkpointing: recompute each block's activations in the
+  /// backward pass instead of keeping them (less memory, more compute).
   #[arg(long = "grad-checkpoint")]
   grad_checkpoint: bool,
   /// Steps whose gradients are summed before an update (default 1).
@@ -125,6 +126,7 @@ struct Settings {
   test_batches: i64,
   max_seq_length: usize,
   grad_accum: usize,
+  grad_checkpoint: bool,
   seed: u64,
   lora: LoraParameters,
   lr_schedule: Option<Value>,
@@ -186,6 +188,7 @@ fn settings(a: &LoraArgs) -> Result<Settings> {
       .unwrap_or("adam".into())
       .to_lowercase(),
     mask_prompt: a.mask_prompt || b("mask_prompt"),
+    grad_checkpoint: a.grad_checkpoint || b("grad_checkpoint"),
     num_layers: a
       .num_layers
       .or(i("num_layers").map(|v| v as i32))
@@ -416,6 +419,7 @@ fn write_adapter_config(s: &Settings, path: &Path) -> Result<()> {
     "max_seq_length": s.max_seq_length,
     "mask_prompt": s.mask_prompt,
     "grad_accumulation_steps": s.grad_accum,
+    "grad_checkpoint": s.grad_checkpoint,
     "seed": s.seed,
     "lr_schedule": s.lr_schedule,
     "data": s.data,
@@ -478,11 +482,6 @@ fn trainable_set(
 
 /// `mlxrs lora`.
 pub fn run(a: LoraArgs) -> Result<()> {
-  if a.grad_checkpoint {
-    bail!(
-      "--grad-checkpoint is not supported yet by mlxrs lora (train with a smaller --batch-size or --max-seq-length)"
-    );
-  }
   if !a.train && !a.test {
     bail!("nothing to do: give --train and/or --test");
   }
@@ -620,6 +619,12 @@ fn train_model(
   let model = std::mem::replace(&mut m.model, Box::new(Placeholder));
   let mut trainer = Trainer::new(model, init, quant, settings)?;
   trainer.set_compile(compile);
+  if s.grad_checkpoint {
+    let mt = m.config.model_type().unwrap_or("?").to_string();
+    trainer
+      .set_grad_checkpoint(true)
+      .map_err(|e| anyhow::anyhow!("--grad-checkpoint: {e} (model_type {mt})"))?;
+  }
   let mut opt = make_optimizer(s)?;
   let mut batches = BatchIter::new(
     train,

@@ -1,7 +1,7 @@
 //! The language-model interface and the architecture registry (mlx-lm's
 //! `utils.load_model` + `models/<arch>.py` `Model` classes).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use mlxrs_core::{Array, Result};
 use mlxrs_nn::{AttnMask, KvCache, Weights};
@@ -40,6 +40,28 @@ pub trait LanguageModel: Send {
     Err(mlxrs_core::Error::InvalidArgument(
       "this architecture has no pipeline support".into(),
     ))
+  }
+
+  /// Gradient checkpointing of the decoder blocks (python mlx-lm
+  /// `tuner/trainer.py` `grad_checkpoint(model.layers[0])`, the
+  /// `--grad-checkpoint` of `mlx_lm.lora`): with `Some(trainable)` (the
+  /// paths, as [`LanguageModel::visit`] names them, of the parameters
+  /// gradients are taken for) every block runs as one
+  /// [`mlxrs_core::transforms::checkpoint`]ed function of its input and its
+  /// trainable tensors, so the backward pass recomputes the block's
+  /// activations instead of keeping them; `None` turns it off. While it is
+  /// on, the caches passed to the forward are left unfilled (it is for
+  /// training, whose caches are fresh and discarded). Implemented once in
+  /// the shared block loops (`Decoder`, `Llama`); other architectures
+  /// return an `Err`.
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    match trainable {
+      None => Ok(()),
+      Some(_) => Err(mlxrs_core::Error::InvalidArgument(
+        "gradient checkpointing is not supported by this architecture (it runs its own block loop)"
+          .into(),
+      )),
+    }
   }
 
   /// Hidden states for a left-padded batch (python `BatchKVCache` with

@@ -3,6 +3,9 @@
 //! losses for lora, dora, full, a 4-bit base (QLoRA) and gradient
 //! accumulation; an adapter trained by mlx-lm loads and gives mlx-lm's
 //! greedy tokens; fusing keeps the outputs; bad adapters are refused.
+//! With gradient checkpointing (`--grad-checkpoint`) the losses are the
+//! same (mlx-lm's for the llama / qwen3 cases, the run without it for a
+//! `Decoder`-loop architecture and Hunyuan's cross-layer state).
 
 mod common;
 
@@ -61,6 +64,12 @@ fn batches() -> Vec<Batch> {
 }
 
 fn run_case(name: &str, compile: bool) {
+  run_case_with(name, compile, false);
+}
+
+/// [`run_case`], optionally with gradient checkpointing; returns the
+/// losses.
+fn run_case_with(name: &str, compile: bool, ckpt: bool) -> Vec<f32> {
   let refs = json("losses.json");
   let case = &refs["cases"][name];
   let lp = LoraParameters::from_json(&refs["lora_parameters"]).unwrap();
@@ -112,13 +121,16 @@ fn run_case(name: &str, compile: bool) {
   };
   let mut trainer = Trainer::new(model, trainable, quant, settings).unwrap();
   trainer.set_compile(compile);
+  trainer.set_grad_checkpoint(ckpt).unwrap();
   let mut opt = Adam::new(case["learning_rate"].as_f64().unwrap() as f32);
   let accum = case["grad_accumulation_steps"].as_u64().unwrap() as usize;
   let want: Vec<f64> = serde_json::from_value(case["losses"].clone()).unwrap();
   let mut worst = 0f32;
+  let mut losses = Vec::new();
   for (i, (b, w)) in batches().iter().zip(&want).enumerate() {
     let it = i + 1;
     let (loss, _) = trainer.step(b, &mut opt, it % accum == 0, accum).unwrap();
+    losses.push(loss);
     let d = (loss - *w as f32).abs();
     worst = worst.max(d);
     assert!(
@@ -128,8 +140,10 @@ fn run_case(name: &str, compile: bool) {
   }
   assert_eq!(want.len(), 20);
   eprintln!(
-    "{name} (compiled step: {compile}): 20 steps, max |loss - mlx-lm| = {worst:.2e} (tol {TOL:.0e})"
+    "{name} (compiled step: {compile}, grad checkpoint: {ckpt}): 20 steps, max |loss - mlx-lm| = \
+     {worst:.2e} (tol {TOL:.0e})"
   );
+  losses
 }
 
 #[test]
@@ -166,6 +180,147 @@ fn losses_match_mlx_lm_qlora_4bit() {
 #[test]
 fn losses_match_mlx_lm_grad_accumulation() {
   run_case("lora_accum", true);
+}
+
+// Gradient checkpointing (`--grad-checkpoint`): the same losses as
+// mlx-lm's run (whose checkpointing only changes what is kept for the
+// backward pass), with the compiled step, for lora, dora, full and a 4-bit
+// base, and with the uncompiled one (gradient accumulation, qwen3).
+
+#[test]
+fn grad_checkpoint_losses_match_mlx_lm_lora() {
+  run_case_with("lora", true, true);
+}
+
+#[test]
+fn grad_checkpoint_losses_match_mlx_lm_dora() {
+  run_case_with("dora", true, true);
+}
+
+#[test]
+fn grad_checkpoint_losses_match_mlx_lm_full() {
+  run_case_with("full", true, true);
+}
+
+#[test]
+fn grad_checkpoint_losses_match_mlx_lm_qlora_4bit() {
+  run_case_with("qlora", true, true);
+}
+
+#[test]
+fn grad_checkpoint_losses_match_mlx_lm_grad_accumulation_uncompiled() {
+  run_case_with("lora_accum", false, true);
+}
+
+/// Per-step losses of LoRA (rank 4, scale 10, the last `num_layers`
+/// blocks) on `fixture`, with and without gradient checkpointing, over the
+/// reference batches: for the architectures of the shared `Decoder` block
+/// loop (no mlx-lm reference here, the run without checkpointing is the
+/// reference). Also returns the untrained model's loss on each batch.
+fn lora_losses(
+  fixture_name: &str,
+  num_layers: i32,
+  ckpt: bool,
+  steps: usize,
+) -> (Vec<f32>, Vec<f32>) {
+  let (model, cfg) = load_model_dir(&fixture(fixture_name), Some(Dtype::Float32)).unwrap();
+  let quant = tuner::quant_config(&cfg).unwrap();
+  let params = tuner::adapters::parameters(model.as_ref());
+  let targets = tuner::lora_targets(&params, quant.as_ref(), num_layers, None).unwrap();
+  let key = mlxrs_core::random::key(7).unwrap();
+  let init = tuner::init_adapters(&params, quant.as_ref(), &targets, 4, false, &key).unwrap();
+  // lora_b starts at zero: give it values so that every adapter tensor
+  // gets a gradient from the first step.
+  let init: BTreeMap<String, Array> = init
+    .into_iter()
+    .map(|(k, v)| {
+      let v = if k.ends_with("lora_b") {
+        mlxrs_core::random::normal(&v.shape(), Dtype::Float32, 0.0, 0.01, Some(&key)).unwrap()
+      } else {
+        v
+      };
+      (k, v)
+    })
+    .collect();
+  let settings = AdapterSettings {
+    scale: 10.0,
+    dropout: 0.0,
+    training: false,
+  };
+  let mut trainer = Trainer::new(model, init, quant, Some(settings)).unwrap();
+  trainer.set_grad_checkpoint(ckpt).unwrap();
+  let mut opt = Adam::new(1e-3);
+  let bs: Vec<Batch> = batches().into_iter().take(steps).collect();
+  let untrained = bs
+    .iter()
+    .map(|b| trainer.evaluate(std::slice::from_ref(b)).unwrap())
+    .collect();
+  let losses = bs
+    .iter()
+    .map(|b| trainer.step(b, &mut opt, true, 1).unwrap().0)
+    .collect();
+  (losses, untrained)
+}
+
+fn same_losses_with_checkpoint(fixture_name: &str, num_layers: i32) {
+  let steps = 8;
+  let (plain, untrained) = lora_losses(fixture_name, num_layers, false, steps);
+  let (ckpt, _) = lora_losses(fixture_name, num_layers, true, steps);
+  let worst = plain
+    .iter()
+    .zip(&ckpt)
+    .map(|(a, b)| (a - b).abs())
+    .fold(0f32, f32::max);
+  assert!(
+    worst <= TOL,
+    "{fixture_name}: losses {plain:?} vs {ckpt:?} with checkpointing"
+  );
+  // The adapters did train (so equal losses mean equal gradients).
+  let moved = plain
+    .iter()
+    .zip(&untrained)
+    .map(|(a, b)| (a - b).abs())
+    .fold(0f32, f32::max);
+  assert!(
+    moved > 100.0 * TOL,
+    "{fixture_name}: training changed the losses by only {moved}"
+  );
+  eprintln!(
+    "{fixture_name}: {steps} steps, max |loss - loss with grad checkpoint| = {worst:.2e} \
+     (training moved the losses by up to {moved:.2e})"
+  );
+}
+
+#[test]
+fn grad_checkpoint_same_losses_decoder_loop_starcoder2() {
+  same_losses_with_checkpoint("starcoder2", 2);
+}
+
+/// Hunyuan hands k/v from layer to layer (cross-layer attention): the
+/// checkpointed block passes them through.
+#[test]
+fn grad_checkpoint_same_losses_hunyuan_cross_layer() {
+  same_losses_with_checkpoint("hunyuan", 2);
+}
+
+#[test]
+fn grad_checkpoint_unsupported_architecture_is_an_error() {
+  let (model, cfg) = load_model_dir(&fixture("gemma2"), Some(Dtype::Float32)).unwrap();
+  let quant = tuner::quant_config(&cfg).unwrap();
+  let params = tuner::adapters::parameters(model.as_ref());
+  let targets = tuner::lora_targets(&params, quant.as_ref(), 1, None).unwrap();
+  let key = mlxrs_core::random::key(0).unwrap();
+  let init = tuner::init_adapters(&params, quant.as_ref(), &targets, 4, false, &key).unwrap();
+  let settings = AdapterSettings {
+    scale: 10.0,
+    dropout: 0.0,
+    training: false,
+  };
+  let mut trainer = Trainer::new(model, init.into_iter().collect(), quant, Some(settings)).unwrap();
+  let e = trainer.set_grad_checkpoint(true).unwrap_err().to_string();
+  assert!(e.contains("gradient checkpointing is not supported"), "{e}");
+  // Off is always fine.
+  trainer.set_grad_checkpoint(false).unwrap();
 }
 
 fn greedy(model: &dyn mlxrs_lm::LanguageModel, prompt: &[i32], n: usize) -> Vec<i32> {

@@ -5,7 +5,8 @@
 //! builds a [`Decoder`]; the forward, masks (full / sliding / left-padded),
 //! caches, sanitize and loading live here once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mlxrs_core::{Array, Result};
 use mlxrs_nn::{
@@ -13,6 +14,7 @@ use mlxrs_nn::{
 };
 
 use super::attention::layer_masks;
+use super::checkpoint::{self, Shared, Trainable};
 use crate::model::LanguageModel;
 
 /// One decoder layer: `x -> x'` over its KV cache.
@@ -65,7 +67,7 @@ impl Norm for LayerNorm {
 /// names in `names` (`embed_tokens` / `layers` / `norm` by default).
 struct Inner {
   embed_tokens: Embedding,
-  layers: Vec<Box<dyn Layer>>,
+  layers: Vec<Shared<Box<dyn Layer>>>,
   norm: Box<dyn Norm>,
   names: Names,
 }
@@ -161,6 +163,8 @@ pub(crate) struct Decoder {
   model: Inner,
   lm_head: Option<Linear>,
   opts: DecoderOpts,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 
 impl Module for Decoder {
@@ -218,7 +222,7 @@ impl Decoder {
     Decoder {
       model: Inner {
         embed_tokens,
-        layers,
+        layers: layers.into_iter().map(Shared::new).collect(),
         norm,
         names: Names {
           root: "model",
@@ -230,6 +234,7 @@ impl Decoder {
       },
       lm_head,
       opts,
+      ckpt: None,
     }
   }
 
@@ -250,14 +255,67 @@ impl Decoder {
       h = (h * s)?;
     }
     let n = h.dim(1).unwrap_or(1);
-    let sliding: Vec<bool> = self.model.layers.iter().map(|l| l.sliding()).collect();
+    let sliding: Vec<bool> = self
+      .model
+      .layers
+      .iter()
+      .map(|l| l.lock().sliding())
+      .collect();
     let (fa, swa) = layer_masks(&sliding, caches, n, self.opts.window, key_valid, mask)?;
     let mut shared = None;
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      let m = if layer.sliding() { &swa } else { &fa };
-      h = layer.forward_shared(&h, m, cache, &mut shared)?;
+    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+      let m = if sliding[i] { &swa } else { &fa };
+      h = match &self.ckpt {
+        None => layer.lock().forward_shared(&h, m, cache, &mut shared)?,
+        Some(trainable) => self.checkpointed(i, layer, trainable, &h, m, cache, &mut shared)?,
+      };
     }
     self.model.norm.apply(&h)
+  }
+
+  /// Layer `i` over `h` as one checkpointed function of `h`, the handed-on
+  /// state (Hunyuan's shared k/v) and the layer's trainable tensors
+  /// ([`checkpoint::run`]). The cache is left as it was (its state at the
+  /// call is what the layer sees, on both passes).
+  #[allow(clippy::too_many_arguments)]
+  fn checkpointed(
+    &self,
+    i: usize,
+    layer: &Shared<Box<dyn Layer>>,
+    trainable: &BTreeSet<String>,
+    h: &Array,
+    mask: &AttnMask,
+    cache: &KvCache,
+    shared: &mut Option<(Array, Array)>,
+  ) -> Result<Array> {
+    let names = self.model.names;
+    let prefix = join(&join(names.root, names.layers), &i.to_string());
+    let mut inputs = vec![h.clone()];
+    if let Some((k, v)) = shared.as_ref() {
+      inputs.extend([k.clone(), v.clone()]);
+    }
+    let (mask, cache) = (mask.clone(), cache.clone());
+    let out = checkpoint::run(layer, &prefix, trainable, &inputs, move |l, xs| {
+      let mut sh = match xs {
+        [_, k, v] => Some((k.clone(), v.clone())),
+        _ => None,
+      };
+      let y = l.forward_shared(&xs[0], &mask, &mut cache.clone(), &mut sh)?;
+      let mut out = vec![y];
+      if let Some((k, v)) = sh {
+        out.extend([k, v]);
+      }
+      Ok(out)
+    })?;
+    let mut it = out.into_iter();
+    let y = it.next().ok_or_else(|| {
+      mlxrs_core::Error::InvalidArgument(format!("grad checkpoint ({prefix}): no output"))
+    })?;
+    *shared = match (it.next(), it.next()) {
+      (Some(k), Some(v)) => Some((k, v)),
+      _ => None,
+    };
+    Ok(y)
   }
 }
 
@@ -305,17 +363,19 @@ impl LanguageModel for Decoder {
       .model
       .layers
       .iter()
-      .map(|l| match (l.sliding(), self.opts.window, max_kv_size) {
-        (true, Some(w), _) => KvCache::new(KvCacheKind::Rotating {
-          max_size: w,
-          keep: 0,
-        }),
-        (_, _, Some(m)) => KvCache::new(KvCacheKind::Rotating {
-          max_size: m,
-          keep: 4,
-        }),
-        _ => KvCache::standard(),
-      })
+      .map(
+        |l| match (l.lock().sliding(), self.opts.window, max_kv_size) {
+          (true, Some(w), _) => KvCache::new(KvCacheKind::Rotating {
+            max_size: w,
+            keep: 0,
+          }),
+          (_, _, Some(m)) => KvCache::new(KvCacheKind::Rotating {
+            max_size: m,
+            keep: 4,
+          }),
+          _ => KvCache::standard(),
+        },
+      )
       .collect()
   }
 
@@ -331,7 +391,7 @@ impl LanguageModel for Decoder {
     let names = self.model.names;
     for (i, l) in self.model.layers.iter().enumerate() {
       let prefix = join(&join(names.root, names.layers), &i.to_string());
-      l.sanitize(&prefix, &mut weights)?;
+      l.lock().sanitize(&prefix, &mut weights)?;
     }
     weights.retain(|k, _| !k.contains("rotary_emb.inv_freq"));
     if self.opts.tied {
@@ -368,5 +428,10 @@ impl LanguageModel for Decoder {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
+    Ok(())
   }
 }

@@ -1,7 +1,8 @@
 //! Llama (and Mistral, and the Llama-shaped core shared by Qwen2/Qwen3):
 //! mlx-lm's `models/llama.py`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::attention::{Attention, AttnDims, layer_masks};
+use super::checkpoint::{self, Shared, Trainable};
 use super::mlp::SwiGluMlp;
 use crate::model::{LanguageModel, parse_args};
 
@@ -143,7 +145,7 @@ impl Block {
 
 struct Inner {
   embed_tokens: Embedding,
-  layers: Vec<Block>,
+  layers: Vec<Shared<Block>>,
   norm: RmsNorm,
 }
 module!(Inner {
@@ -159,6 +161,8 @@ pub struct Llama {
   model: Inner,
   lm_head: Option<Linear>,
   pipeline: Option<crate::pipeline::PipelineStage>,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 module!(Llama { model, lm_head });
 
@@ -200,14 +204,14 @@ impl Llama {
         qk_norm_full: None,
         scale: v.attention_scale.unwrap_or((head_dim as f32).powf(-0.5)),
       };
-      layers.push(Block {
+      layers.push(Shared::new(Block {
         self_attn: Attention::new(dims, Some(rope)),
         mlp: SwiGluMlp::new(h, args.intermediate_size, args.mlp_bias),
         input_layernorm: RmsNorm::new(h, args.rms_norm_eps),
         post_attention_layernorm: RmsNorm::new(h, args.rms_norm_eps),
         sliding: lt == "sliding_attention",
         residual_scale: v.residual_scale,
-      });
+      }));
     }
     let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
     Ok(Llama {
@@ -220,6 +224,7 @@ impl Llama {
       args,
       variant: v,
       pipeline: None,
+      ckpt: None,
     })
   }
 }
@@ -249,7 +254,7 @@ impl Llama {
   ) -> Result<Array> {
     h = scaled(h, self.variant.embedding_scale)?;
     let n = h.dim(1).unwrap_or(1);
-    let sliding: Vec<bool> = self.model.layers.iter().map(|l| l.sliding).collect();
+    let sliding: Vec<bool> = self.model.layers.iter().map(|l| l.lock().sliding).collect();
     let (fa_mask, swa_mask) = layer_masks(
       &sliding,
       caches,
@@ -259,9 +264,28 @@ impl Llama {
       mask,
     )?;
     let mut layers = |mut h: Array| -> Result<Array> {
-      for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-        let mask = if layer.sliding { &swa_mask } else { &fa_mask };
-        h = layer.forward(&h, mask, cache)?;
+      for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+        let mask = if sliding[i] { &swa_mask } else { &fa_mask };
+        h = match &self.ckpt {
+          None => layer.lock().forward(&h, mask, cache)?,
+          Some(trainable) => {
+            // Python `grad_checkpoint`: the block as one checkpointed
+            // function of `h` and its trainable tensors; the cache is left
+            // as it was.
+            let (mask, cache) = (mask.clone(), cache.clone());
+            let prefix = format!("model.layers.{i}");
+            let out = checkpoint::run(
+              layer,
+              &prefix,
+              trainable,
+              std::slice::from_ref(&h),
+              move |b, xs| Ok(vec![b.forward(&xs[0], &mask, &mut cache.clone())?]),
+            )?;
+            out.into_iter().next().ok_or_else(|| {
+              mlxrs_core::Error::InvalidArgument(format!("grad checkpoint ({prefix}): no output"))
+            })?
+          }
+        };
       }
       Ok(h)
     };
@@ -315,7 +339,8 @@ impl LanguageModel for Llama {
       .layers
       .iter()
       .map(|l| {
-        let window = if l.sliding {
+        let sliding = l.lock().sliding;
+        let window = if sliding {
           self.args.sliding_window
         } else {
           None
@@ -323,7 +348,7 @@ impl LanguageModel for Llama {
         match window.or(max_kv_size) {
           Some(m) => KvCache::new(KvCacheKind::Rotating {
             max_size: m,
-            keep: if l.sliding { 0 } else { 4 },
+            keep: if sliding { 0 } else { 4 },
           }),
           None => KvCache::standard(),
         }
@@ -371,6 +396,11 @@ impl LanguageModel for Llama {
       )));
     }
     self.pipeline = Some(stage);
+    Ok(())
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
     Ok(())
   }
 }

@@ -5,6 +5,7 @@ pub mod apertus;
 pub(crate) mod attention;
 pub mod bailing_moe;
 pub mod base;
+pub(crate) mod checkpoint;
 pub mod cohere;
 pub mod dbrx;
 pub(crate) mod decoder;

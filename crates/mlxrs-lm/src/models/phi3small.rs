@@ -334,6 +334,12 @@ impl LanguageModel for Phi3Small {
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     self.inner.visit(f);
   }
+  fn set_grad_checkpoint(
+    &mut self,
+    trainable: Option<std::collections::BTreeSet<String>>,
+  ) -> Result<()> {
+    self.inner.set_grad_checkpoint(trainable)
+  }
 }
 
 fn bad(msg: String) -> Error {

@@ -144,6 +144,7 @@ pub struct Trainer {
   grad_accum: Option<BTreeMap<String, Array>>,
   compile: bool,
   compiled: Option<CompiledStep>,
+  grad_checkpoint: bool,
 }
 
 /// A compiled training step (python `train`'s `@partial(mx.compile,
@@ -191,6 +192,7 @@ impl Trainer {
       grad_accum: None,
       compile: true,
       compiled: None,
+      grad_checkpoint: false,
     };
     t.install(false)?;
     Ok(t)
@@ -219,13 +221,37 @@ impl Trainer {
     &self.model
   }
 
-  /// Give the model back (with the trained values installed).
+  /// Give the model back (with the trained values installed, gradient
+  /// checkpointing off).
   pub fn into_model(mut self) -> Result<Box<dyn LanguageModel>> {
     self.install(false)?;
+    if self.grad_checkpoint {
+      self.set_grad_checkpoint(false)?;
+    }
     // The compiled step holds the model too.
     self.compiled = None;
     let m = Arc::try_unwrap(self.model).map_err(|_| bad("model still shared".into()))?;
     m.into_inner().map_err(|_| poisoned())
+  }
+
+  /// Gradient checkpointing (python `mlx_lm.lora --grad-checkpoint`,
+  /// `tuner.trainer.grad_checkpoint`): each decoder block runs as one
+  /// checkpointed function of its input and its trainable tensors, so the
+  /// backward pass recomputes the blocks' activations instead of keeping
+  /// them (less memory, about one more forward pass of compute). Works
+  /// with the compiled step and quantized bases. An architecture without
+  /// it ([`LanguageModel::set_grad_checkpoint`]) is an error.
+  pub fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
+    let trainable = on.then(|| self.trainable.keys().cloned().collect());
+    self
+      .model
+      .lock()
+      .map_err(|_| poisoned())?
+      .set_grad_checkpoint(trainable)?;
+    self.grad_checkpoint = on;
+    // A compiled step traced in the other mode is stale.
+    self.compiled = None;
+    Ok(())
   }
 
   /// `value_and_grad` of [`default_loss`] over the model: inputs are the
