@@ -215,8 +215,14 @@ fn remote_command(
     .parent()
     .map(|d| d.display().to_string())
     .unwrap_or_else(|| ".".into());
+  // The rank runs in the background under a watchdog that reads the ssh
+  // session's stdin (kept as fd 3: a background job's own stdin is
+  // /dev/null), which the launcher holds open and never writes: when
+  // the session ends (the launcher stopped the ranks, or died), the
+  // watchdog gets EOF and stops the rank (TERM, then KILL after 3 s), as a
+  // remote process is not signalled when its ssh client goes away.
   let mut cmd = format!(
-    "cd {} && mkdir -p {} && printf '%s' {} > {}.$$ && mv -f {}.$$ {} && exec env",
+    "cd {} && mkdir -p {} && printf '%s' {} > {}.$$ && mv -f {}.$$ {} && {{ exec 3<&0; env",
     sh_quote(&cwd.display().to_string()),
     sh_quote(&dir),
     sh_quote(hosts_json),
@@ -231,6 +237,9 @@ fn remote_command(
   for a in args {
     cmd.push_str(&format!(" {}", sh_quote(a)));
   }
+  cmd.push_str(
+    " </dev/null 3<&- & p=$!; (cat <&3 >/dev/null; kill -TERM $p; sleep 3; kill -KILL $p) >/dev/null 2>&1 & exec 3<&-; wait $p; }",
+  );
   Ok(cmd)
 }
 
@@ -381,8 +390,14 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         c
       }
     };
+    // Remote ranks: a stdin the launcher keeps open (see `remote_command`).
+    let stdin = if hosts.is_some() {
+      Stdio::piped()
+    } else {
+      Stdio::null()
+    };
     let spawned = cmd
-      .stdin(Stdio::null())
+      .stdin(stdin)
       .stdout(Stdio::piped())
       .stderr(Stdio::piped())
       .spawn();

@@ -6,6 +6,7 @@
 //! Every child is bounded: `--timeout` on the launcher, and the test kills
 //! a launcher that outlives `LIMIT`.
 
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -206,13 +207,11 @@ fn launch_generate_refuses_an_unsplittable_model() {
   assert!(err.contains("has no shard rule"), "{err}");
 }
 
-/// `--hostfile` (python `mlx.launch --hostfile`) with two entries whose
-/// addresses are 127.0.0.1, through a fake ssh (a script that logs the host
-/// it was given and runs the command here): tensor-parallel tokens equal to
-/// one process, and each rank went through ssh to its own host.
-#[test]
-fn launch_hostfile_through_ssh() {
-  let dir = std::env::temp_dir().join(format!("mlxrs-launch-hosts-{}", std::process::id()));
+/// A folder with a fake ssh (a script that logs the host it was given and
+/// runs the command here, its stdin passed on as real ssh does) and a
+/// two-entry hostfile on 127.0.0.1: (folder, ssh, log, hostfile).
+fn fake_hosts(tag: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+  let dir = std::env::temp_dir().join(format!("mlxrs-launch-{tag}-{}", std::process::id()));
   std::fs::create_dir_all(&dir).unwrap();
   let log = dir.join("ssh.log");
   let ssh = dir.join("fake-ssh");
@@ -234,6 +233,83 @@ fn launch_hostfile_through_ssh() {
     r#"[{"ssh": "host-a", "ips": ["127.0.0.1"]}, {"ssh": "host-b", "ips": ["127.0.0.1"]}]"#,
   )
   .unwrap();
+  (dir, ssh, log, hostfile)
+}
+
+/// Processes whose environment holds `needle` (Linux `/proc`).
+#[cfg(target_os = "linux")]
+fn processes_with_env(needle: &str) -> Vec<u32> {
+  let Ok(rd) = std::fs::read_dir("/proc") else {
+    return Vec::new();
+  };
+  rd.filter_map(|e| {
+    let e = e.ok()?;
+    let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+    let env = std::fs::read(e.path().join("environ")).ok()?;
+    String::from_utf8_lossy(&env)
+      .contains(needle)
+      .then_some(pid)
+  })
+  .collect()
+}
+
+/// Remote ranks stop when their launcher goes away, even by SIGKILL (which
+/// it cannot catch): each rank runs under a watchdog on its ssh session's
+/// stdin, which the launcher holds open.
+#[cfg(target_os = "linux")]
+#[test]
+fn remote_ranks_stop_when_the_launcher_is_killed() {
+  let (dir, ssh, _log, hostfile) = fake_hosts("watchdog");
+  let port = std::net::TcpListener::bind("127.0.0.1:0")
+    .unwrap()
+    .local_addr()
+    .unwrap()
+    .port();
+  let mut l = mlxrs();
+  l.args(["launch", "--timeout", "100", "--hostfile"])
+    .arg(&hostfile)
+    .arg("--ssh-cmd")
+    .arg(&ssh)
+    .args(["--", "serve", "--model", &tiny("llama"), "--port"])
+    .arg(port.to_string())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+  let mut launcher = l.spawn().unwrap();
+  // The ranks' MLX_HOSTFILE lives in the launcher's own temporary folder.
+  let needle = format!("mlxrs-launch-{}/hosts.json", launcher.id());
+  let t0 = Instant::now();
+  while processes_with_env(&needle).len() < 2 {
+    assert!(t0.elapsed() < LIMIT, "the ranks did not start");
+    std::thread::sleep(Duration::from_millis(50));
+  }
+  // Serving and idle: nothing more is written to the dead launcher's pipes
+  // (a write would end a rank by SIGPIPE, watchdog or not).
+  while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    assert!(t0.elapsed() < LIMIT, "rank 0 never listened");
+    std::thread::sleep(Duration::from_millis(50));
+  }
+  std::thread::sleep(Duration::from_millis(300));
+  launcher.kill().unwrap();
+  let _ = launcher.wait();
+  let t1 = Instant::now();
+  while !processes_with_env(&needle).is_empty() {
+    assert!(
+      t1.elapsed() < Duration::from_secs(20),
+      "ranks still running 20 s after the launcher died: {:?}",
+      processes_with_env(&needle)
+    );
+    std::thread::sleep(Duration::from_millis(50));
+  }
+  let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--hostfile` (python `mlx.launch --hostfile`) with two entries whose
+/// addresses are 127.0.0.1, through a fake ssh (a script that logs the host
+/// it was given and runs the command here): tensor-parallel tokens equal to
+/// one process, and each rank went through ssh to its own host.
+#[test]
+fn launch_hostfile_through_ssh() {
+  let (dir, ssh, log, hostfile) = fake_hosts("hosts");
 
   let mut single = mlxrs();
   single.args(generate_args("llama"));
