@@ -26,13 +26,15 @@ apt_pkgs=()
   || [ -e /usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0 ] \
   || apt_pkgs+=(libopenblas-dev)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || apt_pkgs+=(libclang-dev)
+# `mlxrs launch --backend mpi` and its test (skipped without mpirun).
+command -v mpirun >/dev/null 2>&1 || apt_pkgs+=(openmpi-bin)
 if [ "${#apt_pkgs[@]}" -gt 0 ] && [ "$(uname -s)" = Linux ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: apt-get install ${apt_pkgs[*]}"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}") >/dev/null \
       || echo "setup: apt-get failed; continuing without ${apt_pkgs[*]}" >&2
   else
-    echo "setup: not root or no apt-get; skipping ${apt_pkgs[*]} (install them for fast CPU matmul)" >&2
+    echo "setup: not root or no apt-get; skipping ${apt_pkgs[*]} (install them for fast CPU matmul and the MPI launcher)" >&2
   fi
 fi
 if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && [ ! -e "$CACHE/libclang/clang/native/libclang.so" ]; then

@@ -59,9 +59,13 @@ pub struct LaunchArgs {
   /// Number of local ranks.
   #[arg(short = 'n', long = "num-ranks", default_value_t = 2)]
   num_ranks: usize,
-  /// Distributed backend: ring (TCP over loopback) or nccl (one GPU per rank).
+  /// Distributed backend: ring (TCP), nccl (one GPU per rank) or mpi (the
+  /// ranks started by `mpirun`, MLX's MPI backend).
   #[arg(long, default_value = "ring")]
   backend: String,
+  /// The MPI launcher for `--backend mpi` (Open MPI's `mpirun`).
+  #[arg(long, default_value = "mpirun")]
+  mpirun: String,
   /// First port of the ring hostfile / the NCCL port (default: free ports
   /// chosen by the system).
   #[arg(long = "starting-port")]
@@ -283,7 +287,7 @@ fn watch_signals() -> Result<Arc<AtomicBool>> {
 pub fn run(a: LaunchArgs) -> Result<()> {
   let hosts = match &a.hostfile {
     Some(p) => {
-      if a.backend != "ring" {
+      if a.backend != "ring" && a.backend != "mpi" {
         bail!(
           "--hostfile: only the ring backend is supported, not {:?}",
           a.backend
@@ -308,6 +312,9 @@ pub fn run(a: LaunchArgs) -> Result<()> {
   } else {
     (PathBuf::from(first), &a.command[1..])
   };
+  if a.backend == "mpi" {
+    return run_mpi(&a, n, &program, args, hosts.as_deref());
+  }
   let dir = TempDir(std::env::temp_dir().join(format!("mlxrs-launch-{}", std::process::id())));
   std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
   let mut env: Vec<Vec<(String, String)>> = (0..n)
@@ -367,7 +374,7 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         }
       }
     }
-    other => bail!("--backend {other:?}: expected ring or nccl (local ranks)"),
+    other => bail!("--backend {other:?}: expected ring, nccl or mpi"),
   }
 
   let signalled = watch_signals()?;
@@ -462,6 +469,185 @@ pub fn run(a: LaunchArgs) -> Result<()> {
   }
 }
 
+/// `--backend mpi` (python `mlx.launch --backend mpi`): one `mpirun`
+/// starts the `n` ranks (a hostfile's `ssh` names become its `--host`
+/// list) and MLX's MPI backend connects them; MLX loads `libmpi.so`
+/// (`MLX_MPI_LIBNAME`, passed on when set, names another, e.g.
+/// `libmpi.so.40` without the development package). Output comes back with
+/// `mpirun --tag-output`'s rank tags turned into the `[r] ` prefixes; a
+/// failed rank makes `mpirun` end the job. Open MPI's flags; running as root
+/// and more ranks than cores are allowed through its environment.
+fn run_mpi(
+  a: &LaunchArgs,
+  n: usize,
+  program: &std::path::Path,
+  args: &[String],
+  hosts: Option<&[(String, String)]>,
+) -> Result<()> {
+  let mut c = Command::new(&a.mpirun);
+  c.args(["-np", &n.to_string(), "--tag-output"]);
+  if let Some(h) = hosts {
+    let list: Vec<&str> = h.iter().map(|(ssh, _)| ssh.as_str()).collect();
+    c.args(["--host", &list.join(",")]);
+  }
+  let mut vars = vec![
+    ("MLX_WORLD_SIZE".to_string(), n.to_string()),
+    ("MLXRS_DIST_BACKEND".to_string(), "mpi".to_string()),
+  ];
+  if let Some(l) = std::env::var("MLX_MPI_LIBNAME")
+    .ok()
+    .or_else(versioned_libmpi)
+  {
+    vars.push(("MLX_MPI_LIBNAME".into(), l));
+  }
+  for (k, v) in &vars {
+    c.args(["-x", &format!("{k}={v}")]);
+  }
+  c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    .arg(program)
+    .args(args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+  if a.verbose {
+    eprintln!("[launch] {c:?}");
+  }
+  let signalled = watch_signals()?;
+  let mut child = c
+    .spawn()
+    .with_context(|| format!("starting {} (is MPI installed?)", a.mpirun))?;
+  let mut pumps = Vec::new();
+  if let Some(o) = child.stdout.take() {
+    pumps.push(forward_mpi(o, false));
+  }
+  if let Some(o) = child.stderr.take() {
+    pumps.push(forward_mpi(o, true));
+  }
+  let start = Instant::now();
+  let limit = (a.timeout > 0).then(|| Duration::from_secs(a.timeout));
+  let why = loop {
+    if let Some(s) = child.try_wait().context("waiting for mpirun")? {
+      for p in pumps {
+        let _ = p.join();
+      }
+      if s.success() {
+        return Ok(());
+      }
+      bail!(
+        "{} failed ({}): a rank failed or could not start",
+        a.mpirun,
+        describe(&s)
+      );
+    }
+    if limit.is_some_and(|l| start.elapsed() >= l) {
+      break format!("the job ran past --timeout {}s", a.timeout);
+    }
+    if signalled.load(Ordering::SeqCst) {
+      break "the launcher got SIGTERM or SIGINT".to_string();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+  };
+  // mpirun passes SIGTERM on to its ranks; SIGKILL after 5 s.
+  let _ = Command::new("kill")
+    .args(["-TERM", &child.id().to_string()])
+    .status();
+  let t = Instant::now();
+  while t.elapsed() < Duration::from_secs(5) {
+    if let Ok(Some(_)) = child.try_wait() {
+      break;
+    }
+    std::thread::sleep(Duration::from_millis(50));
+  }
+  stop_all(std::slice::from_mut(&mut child));
+  bail!("{why}; stopped the ranks")
+}
+
+/// The versioned `libmpi.so.N` when the library folders hold no plain
+/// `libmpi.so` (which MLX opens; it comes with the development package).
+fn versioned_libmpi() -> Option<String> {
+  let mut dirs: Vec<PathBuf> = std::env::var("LD_LIBRARY_PATH")
+    .unwrap_or_default()
+    .split(':')
+    .filter(|d| !d.is_empty())
+    .map(PathBuf::from)
+    .collect();
+  for d in [
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+  ] {
+    dirs.push(PathBuf::from(d));
+  }
+  if dirs.iter().any(|d| d.join("libmpi.so").exists()) {
+    return None;
+  }
+  dirs.iter().find_map(|d| {
+    let mut names: Vec<String> = std::fs::read_dir(d)
+      .ok()?
+      .filter_map(|e| e.ok()?.file_name().into_string().ok())
+      .filter(|n| {
+        n.strip_prefix("libmpi.so.")
+          .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
+      })
+      .collect();
+    names.sort();
+    names.pop()
+  })
+}
+
+/// An `mpirun --tag-output` line (`[job,rank]<stdout>:text`) as
+/// `[rank] text`. mpirun tags every chunk it reads, so a line written in
+/// pieces carries the same tag inside too: those are dropped. Other lines
+/// (mpirun's own messages) are kept as they are.
+fn untag_mpi(text: &str) -> String {
+  let tagged = text
+    .strip_prefix('[')
+    .and_then(|t| t.split_once(']'))
+    .and_then(|(tag, rest)| {
+      let rank = tag.split_once(',')?.1;
+      let (stream, rest) = match rest.strip_prefix("<stdout>:") {
+        Some(r) => ("<stdout>:", r),
+        None => ("<stderr>:", rest.strip_prefix("<stderr>:")?),
+      };
+      let inner = format!("[{tag}]{stream}");
+      rank
+        .parse::<usize>()
+        .ok()
+        .map(|r| format!("[{r}] {}", rest.replace(&inner, "")))
+    });
+  tagged.unwrap_or_else(|| text.to_string())
+}
+
+/// [`forward`] for `mpirun --tag-output` lines (`[job,rank]<stdout>:...`):
+/// the tag becomes `[rank] `.
+fn forward_mpi(src: impl Read + Send + 'static, to_err: bool) -> std::thread::JoinHandle<()> {
+  std::thread::spawn(move || {
+    let mut r = BufReader::new(src);
+    let mut line = Vec::new();
+    loop {
+      line.clear();
+      match r.read_until(b'\n', &mut line) {
+        Ok(0) | Err(_) => break,
+        Ok(_) => {
+          let mut out = untag_mpi(&String::from_utf8_lossy(&line));
+          if !out.ends_with('\n') {
+            out.push('\n');
+          }
+          let _ = if to_err {
+            std::io::stderr().lock().write_all(out.as_bytes())
+          } else {
+            std::io::stdout().lock().write_all(out.as_bytes())
+          };
+        }
+      }
+    }
+  })
+}
+
 /// Kill every rank still running and reap it (what a rank itself started
 /// is its own business, as with `mlx.launch`).
 fn stop_all(kids: &mut [Child]) {
@@ -478,12 +664,25 @@ fn stop_all(kids: &mut [Child]) {
 /// do) and the group has more than one rank; `None` otherwise. The backend
 /// is `MLXRS_DIST_BACKEND`, else MLX's `any`.
 pub fn group_from_env() -> Result<Option<dist::Group>> {
-  if std::env::var_os("MLX_RANK").is_none() && std::env::var_os("MLX_WORLD_SIZE").is_none() {
+  // Started by `mpirun` itself (as `mpirun -np 2 python script.py` with
+  // mlx): MLX's MPI backend.
+  let mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+  if std::env::var_os("MLX_RANK").is_none() && std::env::var_os("MLX_WORLD_SIZE").is_none() && !mpi
+  {
     return Ok(None);
   }
-  let backend = std::env::var("MLXRS_DIST_BACKEND").unwrap_or_else(|_| "any".into());
-  let g = dist::init(true, &backend)
-    .with_context(|| format!("starting the distributed backend {backend:?}"))?;
+  let backend = std::env::var("MLXRS_DIST_BACKEND")
+    .unwrap_or_else(|_| if mpi { "mpi".into() } else { "any".into() });
+  let g = dist::init(true, &backend).with_context(|| {
+    let hint = if backend == "mpi" && std::env::var_os("MLX_MPI_LIBNAME").is_none() {
+      " (MLX opens libmpi.so, which comes with the MPI development package; set MLX_MPI_LIBNAME=libmpi.so.40 or the like to use the runtime library)"
+    } else {
+      ""
+    };
+    format!("starting the distributed backend {backend:?}{hint}")
+  })?;
   Ok((g.size() > 1).then_some(g))
 }
 
@@ -520,5 +719,21 @@ pub fn rank_stdout(group: Option<&dist::Group>) -> Box<dyn Write> {
   match group {
     Some(g) if g.rank() != 0 => Box::new(std::io::sink()),
     _ => Box::new(std::io::stdout().lock()),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::untag_mpi;
+
+  #[test]
+  fn mpirun_tags_become_rank_prefixes() {
+    assert_eq!(untag_mpi("[1,0]<stdout>:{\"a\": 1}\n"), "[0] {\"a\": 1}\n");
+    assert_eq!(
+      untag_mpi("[4419,1]<stderr>:listening on http://[4419,1]<stderr>:127.0.0.1:80\n"),
+      "[1] listening on http://127.0.0.1:80\n"
+    );
+    assert_eq!(untag_mpi("mpirun noticed\n"), "mpirun noticed\n");
+    assert_eq!(untag_mpi("[x]<stdout>:y"), "[x]<stdout>:y");
   }
 }

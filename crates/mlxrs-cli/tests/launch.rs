@@ -92,6 +92,11 @@ fn check_two_ranks(model: &str) {
 
 /// Two ranks of `generate` with `extra` arguments vs one process.
 fn check_two_ranks_with(model: &str, extra: &[&str], what: &str) {
+  check_launch(&["-n", "2"], model, extra, what);
+}
+
+/// `mlxrs launch LAUNCH -- generate ... EXTRA` vs one process.
+fn check_launch(launch: &[&str], model: &str, extra: &[&str], what: &str) {
   let mut single = mlxrs();
   single.args(generate_args(model));
   let (one, _) = bounded(single);
@@ -104,7 +109,9 @@ fn check_two_ranks_with(model: &str, extra: &[&str], what: &str) {
   assert!(!want.is_empty());
 
   let mut l = mlxrs();
-  l.args(["launch", "-n", "2", "--timeout", "100", "--"])
+  l.arg("launch")
+    .args(launch)
+    .args(["--timeout", "100", "--"])
     .args(generate_args(model))
     .args(extra);
   let (two, took) = bounded(l);
@@ -205,6 +212,81 @@ fn launch_generate_refuses_an_unsplittable_model() {
   let err = String::from_utf8_lossy(&out.stderr);
   assert!(!out.status.success(), "{err}");
   assert!(err.contains("has no shard rule"), "{err}");
+}
+
+/// Whether Open MPI's `mpirun` is on the PATH (the MPI tests need it:
+/// `apt-get install openmpi-bin`).
+fn have_mpirun() -> bool {
+  let ok = Command::new("mpirun")
+    .arg("--version")
+    .output()
+    .is_ok_and(|o| o.status.success());
+  if !ok {
+    eprintln!("skipped: no mpirun on the PATH (apt-get install openmpi-bin)");
+  }
+  ok
+}
+
+/// `--backend mpi` (python `mlx.launch --backend mpi`): mpirun starts the
+/// ranks, MLX's MPI backend connects them; the tensor-parallel tokens equal
+/// one process's, f32 and 4-bit.
+#[test]
+fn launch_generate_mpi() {
+  if !have_mpirun() {
+    return;
+  }
+  for model in ["llama", "qwen3-4bit"] {
+    check_launch(
+      &["--backend", "mpi", "-n", "2"],
+      model,
+      &[],
+      "MPI tensor-parallel",
+    );
+  }
+}
+
+/// Under MPI a rank that fails (a model without a shard rule) ends the job
+/// with an error naming it, and `mpirun` itself missing is a clear error.
+#[test]
+fn launch_mpi_failures_are_reported() {
+  let mut l = mlxrs();
+  l.args([
+    "launch",
+    "--backend",
+    "mpi",
+    "--mpirun",
+    "no-such-mpirun",
+    "--",
+  ])
+  .args(generate_args("llama"));
+  let (out, _) = bounded(l);
+  let err = String::from_utf8_lossy(&out.stderr);
+  assert!(!out.status.success());
+  assert!(
+    err.contains("no-such-mpirun") && err.contains("MPI installed"),
+    "{err}"
+  );
+  if !have_mpirun() {
+    return;
+  }
+  let mut l = mlxrs();
+  l.args([
+    "launch",
+    "--backend",
+    "mpi",
+    "-n",
+    "2",
+    "--timeout",
+    "100",
+    "--",
+  ])
+  .args(generate_args("phi3"));
+  let (out, took) = bounded(l);
+  let err = String::from_utf8_lossy(&out.stderr);
+  assert!(!out.status.success(), "{err}");
+  assert!(err.contains("has no shard rule"), "{err}");
+  assert!(err.contains("mpirun failed"), "{err}");
+  assert!(took < Duration::from_secs(60), "{took:?}");
 }
 
 /// A folder with a fake ssh (a script that logs the host it was given and
