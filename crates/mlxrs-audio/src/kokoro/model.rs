@@ -13,6 +13,7 @@ use mlxrs_core::{Array, Dtype, fast, ops};
 use mlxrs_nn::{AdaIn1d, AdaLayerNorm, Linear, Lstm, LstmDirection, gelu_approx, weight_norm};
 
 use super::config::KokoroConfig;
+use super::source_stft::SourceStft;
 use crate::error::{Error, Result};
 
 /// Frames per phoneme are clamped to at least 1 (python: `clamp(min=1)`).
@@ -603,6 +604,7 @@ struct Generator {
   resblocks: Vec<AdaInResBlock1>,
   conv_post: Conv,
   stft: mlxrs_nn::Stft,
+  source_stft: SourceStft,
   n_kernels: usize,
   upsample_scale: i32,
   sample_rate: f32,
@@ -744,8 +746,8 @@ impl KokoroModel {
   }
 
   /// [`KokoroModel::forward`] that also records the decoder's
-  /// intermediates (`gen_in`, `har`, `har_feat`, `ups0`, `stage0`, `pad`,
-  /// `post`) in [`KokoroOutput::trace`].
+  /// intermediates (`gen_in`, `har`, `har_feat`, `nconv0`, `nres0`, `ups0`,
+  /// `stage0`, `pad`, `nres1`, `stage1`, `post`) in [`KokoroOutput::trace`].
   pub fn forward_traced(
     &self,
     input_ids: &[i32],
@@ -997,6 +999,7 @@ impl Generator {
       resblocks,
       conv_post,
       stft: mlxrs_nn::Stft::new(nfft, g.gen_istft_hop_size, nfft)?,
+      source_stft: SourceStft::new(nfft, g.gen_istft_hop_size)?,
       n_kernels: g.resblock_kernel_sizes.len(),
       upsample_scale: g.upsample_rates.iter().product::<i32>() * g.gen_istft_hop_size,
       sample_rate: c.sample_rate as f32,
@@ -1058,12 +1061,10 @@ impl Generator {
     Ok(ops::reshape(&merged, &[1, total])?)
   }
 
-  /// Magnitude and phase (`torch.angle`) of the source STFT, channels-last
-  /// `[1, frames, n_fft + 2]`.
+  /// Magnitude and phase of the source STFT as the export computes them
+  /// (see [`super::source_stft`]), channels-last `[1, frames, n_fft + 2]`.
   fn source_features(&self, har: &Array) -> Result<Array> {
-    let (mag, phase) = self.stft.transform(har)?;
-    let feats = ops::concatenate_axis(&[mag, phase], 1)?;
-    Ok(ops::swapaxes(&feats, 1, 2)?)
+    self.source_stft.features(har)
   }
 
   fn forward(
@@ -1087,7 +1088,12 @@ impl Generator {
     let n_up = self.ups.len();
     for i in 0..n_up {
       x = leaky(&x, 0.1)?;
-      let xs = self.noise_res[i].forward(&self.noise_convs[i].forward(&har)?, s)?;
+      let nc = self.noise_convs[i].forward(&har)?;
+      if i == 0 {
+        rec("nconv0", &nc);
+      }
+      let xs = self.noise_res[i].forward(&nc, s)?;
+      rec(&format!("nres{i}"), &xs);
       x = self.ups[i].forward(&x)?;
       if i == 0 {
         rec("ups0", &x);
@@ -1112,9 +1118,7 @@ impl Generator {
       }
       let acc = acc.ok_or_else(|| Error::Model("kokoro: no resblocks".into()))?;
       x = ops::divide(&acc, &Array::scalar(self.n_kernels as f32))?;
-      if i == 0 {
-        rec("stage0", &x);
-      }
+      rec(&format!("stage{i}"), &x);
     }
     x = leaky(&x, 0.01)?;
     let x = self.conv_post.forward(&x)?; // [1, frames, n_fft + 2]
