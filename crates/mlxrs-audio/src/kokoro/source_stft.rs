@@ -125,7 +125,8 @@ impl Bluestein {
     let m = (2 * n - 1).next_power_of_two();
     let pi = std::f32::consts::PI;
     let tau = 2.0 * pi;
-    let av = (-1.0f32 * tau) / m as f32;
+    // onnxruntime: (-1.f * tau) / M; the negation is exact
+    let av = -tau / m as f32;
     let bits = m.trailing_zeros();
     let mut v = vec![C32::ZERO; m];
     for i in 0..m {
@@ -134,8 +135,8 @@ impl Bluestein {
     let mut chirp = vec![C32::ZERO; m];
     let mut b = vec![C32::ZERO; m];
     for i in 0..n {
-      // direction * pi * n * n / N, left to right in float
-      let e = -1.0f32 * pi * i as f32 * i as f32 / n as f32;
+      // direction * pi * n * n / N, left to right in float (direction = -1)
+      let e = -pi * i as f32 * i as f32 / n as f32;
       chirp[i] = cis(e);
       b[i] = C32 {
         re: chirp[i].re,
