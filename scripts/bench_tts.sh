@@ -3,6 +3,7 @@
 # against onnxruntime on the shipped int8 ONNX export (CPU), side by side:
 # ROUNDS interleaved rounds on the same phonemes and voice; raw figures.
 #   scripts/bench_tts.sh [ROUNDS]   (needs target/release/mlxrs and .venv with onnxruntime)
+# MLXRS_BASE=/path/to/another/mlxrs adds that binary (e.g. main's build) to each round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-5}"
@@ -14,6 +15,9 @@ MODEL="${KOKORO_MODEL:-$CACHE/pypi}"
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 for r in $(seq 1 "$ROUNDS"); do
+  if [ -n "${MLXRS_BASE:-}" ]; then
+    "$MLXRS_BASE" speak --model "$MODEL" --voice jf_alpha --phonemes "$PH" -o "$OUT/b.wav" 2>&1 | grep -o "[0-9.]*s of audio.*" | sed "s/^/round $r mlxrs base: /"
+  fi
   target/release/mlxrs speak --model "$MODEL" --voice jf_alpha --phonemes "$PH" -o "$OUT/m.wav" 2>&1 | grep -o "[0-9.]*s of audio.*" | sed "s/^/round $r mlxrs: /"
   "$PY" - "$CACHE/pypi" "$PH" <<'PYEOF'
 import sys, time, json, numpy as np, onnxruntime as ort, os

@@ -20,6 +20,10 @@ intermediate tensors, into crates/mlxrs-audio/tests/data/kokoro_ref.safetensors
 (+ kokoro_ref.json with the inputs). Usage:
 
     .venv/bin/python scripts/make_kokoro_refs.py [--cache ~/.cache/mlxrs] [--float-onnx out.onnx]
+
+`--stages FILE` writes the generator's intermediates (harmonic source, its STFT
+features, noise branches, upsampling stages, conv_post, audio) to FILE instead,
+for scripts/compare_kokoro_stages.py.
 """
 import argparse
 import json
@@ -124,6 +128,27 @@ def float_rewrite(model):
   return model
 
 
+G = "/decoder/decoder/generator/"
+# --stages: the generator's intermediates (channels first), for
+# scripts/compare_kokoro_stages.py against `MLXRS_KOKORO_TRACE=...` of tests/kokoro.rs
+STAGES = {
+  "gen_in": "/decoder/decoder/decode.3/Div_4_output_0",
+  "f0_curve": "/decoder/decoder/Unsqueeze_output_0",
+  "phase_low": G + "m_source/l_sin_gen/Mul_4_output_0",
+  "phase_up": G + "m_source/l_sin_gen/Resize_1_output_0",
+  "har": G + "m_source/l_tanh/Tanh_output_0",
+  "stft": G + "STFT_output_0",
+  "har_feat": G + "Concat_3_output_0",
+  "nconv0": G + "noise_convs.0/Conv_output_0",
+  "nres0": G + "noise_res.0/Add_8_output_0",
+  "ups0": G + "ups.0/ConvTranspose_output_0",
+  "stage0": G + "Div_2_output_0",
+  "pad": G + "reflection_pad/Pad_output_0",
+  "nres1": G + "noise_res.1/Add_8_output_0",
+  "stage1": G + "Div_4_output_0",
+  "post": G + "conv_post/Conv_output_0",
+}
+
 EXTRA = {
   "durations": "/encoder/Clip_output_0",
   "dur_logits_sum": "/encoder/Div_output_0",
@@ -138,11 +163,15 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--cache", default=None)
   ap.add_argument("--float-onnx", default=None, help="also write the float rewrite here")
+  ap.add_argument("--stages", default=None,
+                  help="write the generator's intermediates (STAGES) to this safetensors file "
+                       "instead of the committed references")
   args = ap.parse_args()
   pypi = cache_dir(args.cache) / "pypi"
   model = assemble(pypi)
   model = float_rewrite(model)
-  for name in EXTRA.values():
+  extra = dict(EXTRA, **STAGES) if args.stages else EXTRA
+  for name in extra.values():
     model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
   if args.float_onnx:
     onnx.save(model, args.float_onnx)
@@ -159,11 +188,15 @@ def main():
     "style": style,
     "speed": np.array([SPEED], np.float32),
   })
-  names = ["audio"] + list(EXTRA)
+  names = ["audio"] + list(extra)
   res = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in zip(names, outs)}
   for k, v in res.items():
     print(k, v.shape, float(v.min()), float(v.max()))
   from safetensors.numpy import save_file
+  if args.stages:
+    save_file(res, args.stages)
+    print("wrote", args.stages)
+    return
   OUT.mkdir(parents=True, exist_ok=True)
   keep = {k: res[k] for k in ("audio", "durations", "f0", "n", "bert_dur")}
   keep["style"] = style

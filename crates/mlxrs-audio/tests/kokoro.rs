@@ -69,8 +69,25 @@ fn kokoro_matches_onnx_float_reference() {
   assert_eq!(f32s(&row), style);
 
   let t1 = std::time::Instant::now();
-  let out = k.model.forward(&ids, &row, speed).unwrap();
+  // MLXRS_KOKORO_TRACE=FILE.safetensors also writes the decoder's intermediates
+  // (channels-last) for a stage-by-stage comparison with the reference graph
+  let trace_to = std::env::var_os("MLXRS_KOKORO_TRACE");
+  let out = if trace_to.is_some() {
+    k.model.forward_traced(&ids, &row, speed).unwrap()
+  } else {
+    k.model.forward(&ids, &row, speed).unwrap()
+  };
   let audio = f32s(&out.audio);
+  if let Some(path) = &trace_to {
+    let mut m: std::collections::HashMap<String, Array> = out.trace.iter().cloned().collect();
+    m.insert("audio".into(), out.audio.clone());
+    m.insert("f0".into(), out.f0.clone());
+    mlxrs_core::io::save_safetensors(path, &m, &Default::default()).unwrap();
+    eprintln!(
+      "wrote the decoder trace to {}",
+      std::path::Path::new(path).display()
+    );
+  }
   eprintln!(
     "forward: {:.2}s for {:.2}s of audio",
     t1.elapsed().as_secs_f64(),
@@ -119,7 +136,8 @@ fn kokoro_matches_onnx_float_reference() {
     .map(|(x, y)| (x - y).abs())
     .fold(0.0, f32::max);
   eprintln!("log10-mel mean |diff| {mad:.4}, max {peak:.3}");
-  // issue #25 asks < 0.05; measured 0.058: the source phase of near-empty STFT bins is
-  // numerical noise in both implementations (docs/tts.md)
-  assert!(mad < 0.07, "log-mel mean abs diff {mad}");
+  // issue #25: < 0.05. Measured 0.0116 (max 0.83): what is left follows from F0 differing by
+  // < 5e-4 Hz (the source phase reaches ~2.5e4 rad); two onnxruntime runs of this graph on
+  // different CPUs differ by 0.009 (docs/tts.md)
+  assert!(mad < 0.05, "log-mel mean abs diff {mad}");
 }

@@ -190,7 +190,8 @@ pub fn run(a: SpeakArgs) -> Result<()> {
     (None, Some(t)) => phonemize::split_sentences(t),
     _ => vec![],
   };
-  let mut sink = Sink::open(&a.output)?;
+  // opened with the first chunk: a run with nothing to say writes no file
+  let mut sink: Option<Sink> = None;
   let (mut samples, mut gen_s, mut chunks) = (0usize, 0.0f64, 0usize);
   for sentence in &sentences {
     let ps = if a.phonemes.is_some() {
@@ -213,16 +214,21 @@ pub fn run(a: SpeakArgs) -> Result<()> {
       let t = Instant::now();
       let sp = k.synthesize(&chunk, &voice, a.speed)?;
       gen_s += t.elapsed().as_secs_f64();
-      sink.write(&sp.samples)?;
+      if sink.is_none() {
+        sink = Some(Sink::open(&a.output)?);
+      }
+      if let Some(w) = sink.as_mut() {
+        w.write(&sp.samples)?;
+      }
       samples += sp.samples.len();
       chunks += 1;
       mlxrs_core::memory::clear_cache()?;
     }
   }
-  sink.finish()?;
-  if chunks == 0 {
+  let Some(sink) = sink else {
     bail!("nothing to say: no phoneme of the input is in the Kokoro vocabulary");
-  }
+  };
+  sink.finish()?;
   let dur = samples as f64 / f64::from(SAMPLE_RATE);
   eprintln!(
     "{}: {dur:.2}s of audio in {chunks} chunk(s); load {load_s:.2}s, synthesis {gen_s:.2}s (real-time factor {:.3})",

@@ -14,6 +14,7 @@ pub mod config;
 pub mod convert;
 pub mod model;
 pub mod phonemize;
+pub mod source_stft;
 pub mod voices;
 
 use std::collections::{BTreeMap, HashMap};

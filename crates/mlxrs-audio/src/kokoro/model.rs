@@ -13,6 +13,7 @@ use mlxrs_core::{Array, Dtype, fast, ops};
 use mlxrs_nn::{AdaIn1d, AdaLayerNorm, Linear, Lstm, LstmDirection, gelu_approx, weight_norm};
 
 use super::config::KokoroConfig;
+use super::source_stft::SourceStft;
 use crate::error::{Error, Result};
 
 /// Frames per phoneme are clamped to at least 1 (python: `clamp(min=1)`).
@@ -43,7 +44,7 @@ impl Store {
         a.shape()
       )));
     }
-    ops::astype(&a, Dtype::Float32).map_err(Into::into)
+    ready(ops::astype(&a, Dtype::Float32)?)
   }
 
   fn take_any(&mut self, keys: &[&str], shape: &[i32]) -> Result<Array> {
@@ -83,10 +84,10 @@ impl Store {
       let g = self.take(&format!("{p}.weight_g"))?;
       let v = ops::astype(&v, Dtype::Float32)?;
       let g = ops::astype(&g, Dtype::Float32)?;
-      Ok(weight_norm(&v, &g)?)
+      ready(weight_norm(&v, &g)?)
     } else {
       let w = orient(self.take(&format!("{p}.weight"))?)?;
-      Ok(ops::astype(&w, Dtype::Float32)?)
+      ready(ops::astype(&w, Dtype::Float32)?)
     }
   }
 
@@ -152,6 +153,13 @@ impl Store {
       )))
     }
   }
+}
+
+/// A weight computed at load (transposed, weight norm folded, cast),
+/// evaluated there so the first synthesis does not pay for it.
+fn ready(mut a: Array) -> Result<Array> {
+  a.eval()?;
+  Ok(a)
 }
 
 fn leaky(x: &Array, slope: f32) -> Result<Array> {
@@ -357,14 +365,75 @@ impl AdainResBlk {
   }
 }
 
+/// The Snake activation `x + sin(a x)^2 / a` (python Kokoro
+/// `AdaINResBlock1`: `x + (1 / a) * torch.sin(a * x).pow(2)`), per channel.
+struct Snake {
+  a: Array,
+  inv_a: Array,
+  /// Evaluate `sin^2` with a polynomial built from elementwise ops (MLX's
+  /// CPU `sin` is a scalar libm call per element, ~70x the cost of a
+  /// multiply: the generator's 48 Snakes over up to 12241 x 128 values took
+  /// a fifth of the synthesis time); GPUs keep the one-kernel `sin`.
+  poly: bool,
+}
+
+/// `sin(r) = r + r^3 P(r^2)` on `[-pi/2, pi/2]` (least squares on Chebyshev
+/// nodes; `sin^2` within 2.6e-7 of the float64 value, float32 `sin` 1.2e-7).
+const SIN_POLY: [f32; 5] = [
+  -0.166_666_67,
+  0.008_333_333,
+  -0.000_198_410_87,
+  2.753_649_1e-6,
+  -2.408_073_6e-8,
+];
+
+impl Snake {
+  fn new(a: Array, poly: bool) -> Result<Snake> {
+    let inv_a = ready(ops::divide(&Array::scalar(1.0f32), &a)?)?;
+    Ok(Snake { a, inv_a, poly })
+  }
+
+  fn forward(&self, x: &Array) -> Result<Array> {
+    let ax = ops::multiply(&self.a, x)?;
+    let s2 = if self.poly {
+      sin_squared_poly(&ax)?
+    } else {
+      ops::square(&ops::sin(&ax)?)?
+    };
+    Ok(ops::add(x, &ops::multiply(&s2, &self.inv_a)?)?)
+  }
+}
+
+/// `sin(x)^2` with `x` reduced by multiples of pi (Cody-Waite, pi in two
+/// parts: exact for |x| < 2^16 pi; the sign of `sin` drops out of the
+/// square), then [`SIN_POLY`].
+fn sin_squared_poly(x: &Array) -> Result<Array> {
+  const PI_HI: f32 = 3.140_625; // 8 significant bits: k * PI_HI is exact
+  const PI_LO: f32 = 9.676_536e-4; // pi - PI_HI
+  let k = ops::round(
+    &ops::multiply(x, &Array::scalar(std::f32::consts::FRAC_1_PI))?,
+    0,
+  )?;
+  let r = ops::subtract(x, &ops::multiply(&k, &Array::scalar(PI_HI))?)?;
+  let r = ops::subtract(&r, &ops::multiply(&k, &Array::scalar(PI_LO))?)?;
+  let z = ops::square(&r)?;
+  let mut p = ops::multiply(&z, &Array::scalar(SIN_POLY[4]))?;
+  for &c in SIN_POLY[..4].iter().rev() {
+    p = ops::multiply(&ops::add(&p, &Array::scalar(c))?, &z)?;
+  }
+  // r + r * (z * P'): p already holds z * P(z)
+  let s = ops::add(&r, &ops::multiply(&r, &p)?)?;
+  Ok(ops::square(&s)?)
+}
+
 /// Kokoro `AdaINResBlock1` (HiFi-GAN block with Snake activations).
 struct AdaInResBlock1 {
   convs1: Vec<Conv>,
   convs2: Vec<Conv>,
   adain1: Vec<AdaIn1d>,
   adain2: Vec<AdaIn1d>,
-  alpha1: Vec<Array>,
-  alpha2: Vec<Array>,
+  snake1: Vec<Snake>,
+  snake2: Vec<Snake>,
 }
 
 impl AdaInResBlock1 {
@@ -375,14 +444,15 @@ impl AdaInResBlock1 {
     k: i32,
     dil: &[i32],
     style: i32,
+    poly: bool,
   ) -> Result<AdaInResBlock1> {
     let mut b = AdaInResBlock1 {
       convs1: vec![],
       convs2: vec![],
       adain1: vec![],
       adain2: vec![],
-      alpha1: vec![],
-      alpha2: vec![],
+      snake1: vec![],
+      snake2: vec![],
     };
     for (i, &d) in dil.iter().enumerate() {
       b.convs1.push(Conv::load(
@@ -414,25 +484,22 @@ impl AdaInResBlock1 {
       // [1, C, 1] -> channels-last [1, 1, C]
       let a1 = st.take_shape(&format!("{p}.alpha1.{i}"), &[1, ch, 1])?;
       let a2 = st.take_shape(&format!("{p}.alpha2.{i}"), &[1, ch, 1])?;
-      b.alpha1.push(ops::reshape(&a1, &[1, 1, ch])?);
-      b.alpha2.push(ops::reshape(&a2, &[1, 1, ch])?);
+      b.snake1
+        .push(Snake::new(ops::reshape(&a1, &[1, 1, ch])?, poly)?);
+      b.snake2
+        .push(Snake::new(ops::reshape(&a2, &[1, 1, ch])?, poly)?);
     }
     Ok(b)
-  }
-
-  fn snake(x: &Array, a: &Array) -> Result<Array> {
-    let s = ops::square(&ops::sin(&ops::multiply(a, x)?)?)?;
-    Ok(ops::add(x, &ops::divide(&s, a)?)?)
   }
 
   fn forward(&self, x: &Array, s: &Array) -> Result<Array> {
     let mut x = x.clone();
     for i in 0..self.convs1.len() {
       let mut t = self.adain1[i].forward_nlc(&x, s)?;
-      t = Self::snake(&t, &self.alpha1[i])?;
+      t = self.snake1[i].forward(&t)?;
       t = self.convs1[i].forward(&t)?;
       t = self.adain2[i].forward_nlc(&t, s)?;
-      t = Self::snake(&t, &self.alpha2[i])?;
+      t = self.snake2[i].forward(&t)?;
       t = self.convs2[i].forward(&t)?;
       x = ops::add(&t, &x)?;
     }
@@ -603,6 +670,7 @@ struct Generator {
   resblocks: Vec<AdaInResBlock1>,
   conv_post: Conv,
   stft: mlxrs_nn::Stft,
+  source_stft: SourceStft,
   n_kernels: usize,
   upsample_scale: i32,
   sample_rate: f32,
@@ -744,8 +812,8 @@ impl KokoroModel {
   }
 
   /// [`KokoroModel::forward`] that also records the decoder's
-  /// intermediates (`gen_in`, `har`, `har_feat`, `ups0`, `stage0`, `pad`,
-  /// `post`) in [`KokoroOutput::trace`].
+  /// intermediates (`gen_in`, `har`, `har_feat`, `nconv0`, `nres0`, `ups0`,
+  /// `stage0`, `pad`, `nres1`, `stage1`, `post`) in [`KokoroOutput::trace`].
   pub fn forward_traced(
     &self,
     input_ids: &[i32],
@@ -895,6 +963,10 @@ impl Generator {
   fn load(st: &mut Store, c: &KokoroConfig) -> Result<Generator> {
     let g = &c.istftnet;
     let sty = c.style_dim;
+    // the polynomial sin^2 of the Snakes where MLX's sin is scalar (the CPU)
+    let poly = mlxrs_core::Device::default_device()
+      .map(|d| d.kind == mlxrs_core::DeviceType::Cpu)
+      .unwrap_or(false);
     let nfft = g.gen_istft_n_fft;
     let mut noise_convs = vec![];
     let mut noise_res = vec![];
@@ -931,6 +1003,7 @@ impl Generator {
           rk,
           rd,
           sty,
+          poly,
         )?);
       }
       if i + 1 < n_up {
@@ -953,6 +1026,7 @@ impl Generator {
           7,
           &[1, 3, 5],
           sty,
+          poly,
         )?);
       } else {
         noise_convs.push(Conv::load(
@@ -973,6 +1047,7 @@ impl Generator {
           11,
           &[1, 3, 5],
           sty,
+          poly,
         )?);
       }
       ch = cout;
@@ -997,6 +1072,7 @@ impl Generator {
       resblocks,
       conv_post,
       stft: mlxrs_nn::Stft::new(nfft, g.gen_istft_hop_size, nfft)?,
+      source_stft: SourceStft::new(nfft, g.gen_istft_hop_size)?,
       n_kernels: g.resblock_kernel_sizes.len(),
       upsample_scale: g.upsample_rates.iter().product::<i32>() * g.gen_istft_hop_size,
       sample_rate: c.sample_rate as f32,
@@ -1058,12 +1134,10 @@ impl Generator {
     Ok(ops::reshape(&merged, &[1, total])?)
   }
 
-  /// Magnitude and phase (`torch.angle`) of the source STFT, channels-last
-  /// `[1, frames, n_fft + 2]`.
+  /// Magnitude and phase of the source STFT as the export computes them
+  /// (see [`super::source_stft`]), channels-last `[1, frames, n_fft + 2]`.
   fn source_features(&self, har: &Array) -> Result<Array> {
-    let (mag, phase) = self.stft.transform(har)?;
-    let feats = ops::concatenate_axis(&[mag, phase], 1)?;
-    Ok(ops::swapaxes(&feats, 1, 2)?)
+    self.source_stft.features(har)
   }
 
   fn forward(
@@ -1087,7 +1161,12 @@ impl Generator {
     let n_up = self.ups.len();
     for i in 0..n_up {
       x = leaky(&x, 0.1)?;
-      let xs = self.noise_res[i].forward(&self.noise_convs[i].forward(&har)?, s)?;
+      let nc = self.noise_convs[i].forward(&har)?;
+      if i == 0 {
+        rec("nconv0", &nc);
+      }
+      let xs = self.noise_res[i].forward(&nc, s)?;
+      rec(&format!("nres{i}"), &xs);
       x = self.ups[i].forward(&x)?;
       if i == 0 {
         rec("ups0", &x);
@@ -1112,9 +1191,7 @@ impl Generator {
       }
       let acc = acc.ok_or_else(|| Error::Model("kokoro: no resblocks".into()))?;
       x = ops::divide(&acc, &Array::scalar(self.n_kernels as f32))?;
-      if i == 0 {
-        rec("stage0", &x);
-      }
+      rec(&format!("stage{i}"), &x);
     }
     x = leaky(&x, 0.01)?;
     let x = self.conv_post.forward(&x)?; // [1, frames, n_fft + 2]
