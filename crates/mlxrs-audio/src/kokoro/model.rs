@@ -1261,3 +1261,27 @@ impl Generator {
     Ok(ops::reshape(&y, &[-1])?)
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  /// The CPU Snake's polynomial `sin^2` against float64 `sin^2` of the same
+  /// float32 inputs, over the range Snake arguments take and beyond.
+  #[test]
+  fn sin_squared_poly_matches_sin() {
+    let mut xs: Vec<f32> = (0..20001).map(|i| (i as f32 - 10000.0) * 0.05).collect();
+    for k in [-3000i32, -7, -1, 0, 1, 2, 9, 311, 20000] {
+      let c = k as f64 * std::f64::consts::PI;
+      xs.extend([c - 1e-3, c, c + 1e-3, c + std::f64::consts::FRAC_PI_2].map(|v| v as f32));
+    }
+    let x = Array::from_slice(&xs, &[xs.len() as i32]).unwrap();
+    let got = sin_squared_poly(&x).unwrap().to_vec::<f32>().unwrap();
+    let worst = xs
+      .iter()
+      .zip(&got)
+      .map(|(&x, &g)| ((x as f64).sin().powi(2) - g as f64).abs())
+      .fold(0.0f64, f64::max);
+    assert!(worst < 2e-6, "max |poly - sin^2| = {worst:e}");
+  }
+}
