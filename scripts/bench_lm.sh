@@ -99,5 +99,8 @@ PY
 )
 echo "$table"
 if [ -z "${NO_DOC:-}" ]; then
-  printf '\n%s\n\nCommand: `scripts/bench_lm.sh %s %s %s %s %s`\n' "$table" "$shape" "$p" "$g" "$dtype" "$bits" >> docs/performance.md
+  envs=""
+  [ "$BATCH" != 1 ] && envs="BATCH=$BATCH "
+  [ -n "$bits" ] && [ "$GROUP" != 64 ] && envs="${envs}GROUP=$GROUP "
+  printf '\n%s\n\nCommand: `%sscripts/bench_lm.sh %s %s %s %s %s` (mlxrs %s)\n' "$table" "$envs" "$shape" "$p" "$g" "$dtype" "$bits" "$(git rev-parse --short HEAD 2>/dev/null || echo ?)" >> docs/performance.md
 fi

@@ -435,12 +435,18 @@ pub fn run(a: LaunchArgs) -> Result<()> {
           .with_context(|| format!("waiting for rank {r}"))?;
       }
     }
-    if let Some((r, s)) = status
+    // Every rank that has failed by now (a killed rank's peers often fail
+    // in the same instant, on the lost connection).
+    let failed: Vec<String> = status
       .iter()
       .enumerate()
-      .find_map(|(r, s)| s.filter(|s| !s.success()).map(|s| (r, s)))
-    {
-      break Some(format!("rank {r} failed ({})", describe(&s)));
+      .filter_map(|(r, s)| {
+        s.filter(|s| !s.success())
+          .map(|s| format!("rank {r} failed ({})", describe(&s)))
+      })
+      .collect();
+    if !failed.is_empty() {
+      break Some(failed.join(", "));
     }
     if status.iter().all(Option::is_some) {
       break None;

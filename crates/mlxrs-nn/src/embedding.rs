@@ -124,7 +124,7 @@ impl Embedding {
   /// `embed_tokens.as_linear(x)`, for tied word embeddings).
   pub fn as_linear(&self, x: &Array) -> Result<Array> {
     match &self.quant {
-      None => ops::matmul(x, &ops::transpose(&self.weight)?),
+      None => ops::matmul_t(x, &self.weight),
       Some(q) => ops::quantized_matmul(
         x,
         &self.weight,

@@ -151,13 +151,12 @@ impl Linear {
           None => Ok(y),
         }
       }
-      None => {
-        let wt = ops::transpose(&self.weight)?;
-        match &self.bias {
-          Some(b) => ops::addmm(b, x, &wt, 1.0, 1.0),
-          None => ops::matmul(x, &wt),
-        }
-      }
+      None => match &self.bias {
+        // One or two rows (a decode step): `matmul_t`'s gemv, then the bias.
+        Some(b) if rows(x) <= 2 => ops::add(&ops::matmul_t(x, &self.weight)?, b),
+        Some(b) => ops::addmm(b, x, &ops::transpose(&self.weight)?, 1.0, 1.0),
+        None => ops::matmul_t(x, &self.weight),
+      },
     }
   }
 
@@ -179,7 +178,7 @@ impl Linear {
           q.mode.as_str(),
         )
       }
-      None => ops::matmul(x, &ops::transpose(&self.weight)?),
+      None => ops::matmul_t(x, &self.weight),
     }
   }
 
@@ -359,4 +358,13 @@ impl Module for Linear {
       ad.visit(prefix, f);
     }
   }
+}
+
+/// Rows of `x` `[..., K]` (the product of its leading axes).
+fn rows(x: &Array) -> usize {
+  let s = x.shape();
+  s[..s.len().saturating_sub(1)]
+    .iter()
+    .map(|&d| d.max(0) as usize)
+    .product()
 }

@@ -830,6 +830,19 @@ int mlx_save_gguf(
     const mlx_map_string_to_array param,
     const mlxrs_gguf_meta metadata);
 
+/* -------------------------------------------------------------- matmul_t */
+
+/** `x @ w.T` (python `x @ w.T`, as `nn.Linear` computes it). For at most 2
+ * rows of float32 on a CPU stream with `w` an evaluated row-contiguous
+ * `[N, K]` matrix it runs BLAS's sgemv per row (MLX's CPU matmul calls
+ * sgemm, about 3x slower for one row); anything else is
+ * `matmul(x, transpose(w))`. */
+int mlxrs_matmul_t(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_array w,
+    const mlx_stream s);
+
 /* ---------------------------------------------------------------- einsum */
 
 /** Python: `mx.einsum(subscripts, *operands)`. */

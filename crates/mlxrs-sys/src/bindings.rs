@@ -1617,6 +1617,19 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
+    /** `x @ w.T` (python `x @ w.T`, as `nn.Linear` computes it). For at most 2
+ rows of float32 on a CPU stream with `w` an evaluated row-contiguous
+ `[N, K]` matrix it runs BLAS's sgemv per row (MLX's CPU matmul calls
+ sgemm, about 3x slower for one row); anything else is
+ `matmul(x, transpose(w))`.*/
+    pub fn mlxrs_matmul_t(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
     /// Python: `mx.einsum(subscripts, *operands)`.
     pub fn mlx_einsum(
         res: *mut mlx_array,

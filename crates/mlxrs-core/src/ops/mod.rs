@@ -19,9 +19,11 @@
 
 mod einsum;
 pub mod ergonomic;
+mod matmul_t;
 #[rustfmt::skip]
 mod generated;
 
 pub use einsum::{einsum, einsum_path};
 pub use ergonomic::pad_pairs;
 pub use generated::*;
+pub use matmul_t::matmul_t;
