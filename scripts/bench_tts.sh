@@ -4,6 +4,7 @@
 # ROUNDS interleaved rounds on the same phonemes and voice; raw figures.
 #   scripts/bench_tts.sh [ROUNDS]   (needs target/release/mlxrs and .venv with onnxruntime)
 # MLXRS_BASE=/path/to/another/mlxrs adds that binary (e.g. main's build) to each round.
+# MLXRS=/path/to/mlxrs picks the binary measured (default target/release/mlxrs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-5}"
@@ -18,7 +19,7 @@ for r in $(seq 1 "$ROUNDS"); do
   if [ -n "${MLXRS_BASE:-}" ]; then
     "$MLXRS_BASE" speak --model "$MODEL" --voice jf_alpha --phonemes "$PH" -o "$OUT/b.wav" 2>&1 | grep -o "[0-9.]*s of audio.*" | sed "s/^/round $r mlxrs base: /"
   fi
-  target/release/mlxrs speak --model "$MODEL" --voice jf_alpha --phonemes "$PH" -o "$OUT/m.wav" 2>&1 | grep -o "[0-9.]*s of audio.*" | sed "s/^/round $r mlxrs: /"
+  "${MLXRS:-target/release/mlxrs}" speak --model "$MODEL" --voice jf_alpha --phonemes "$PH" -o "$OUT/m.wav" 2>&1 | grep -o "[0-9.]*s of audio.*" | sed "s/^/round $r mlxrs: /"
   "$PY" - "$CACHE/pypi" "$PH" <<'PYEOF'
 import sys, time, json, numpy as np, onnxruntime as ort, os
 pypi, ph = sys.argv[1], sys.argv[2]

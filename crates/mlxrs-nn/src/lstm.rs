@@ -61,7 +61,6 @@ impl LstmDirection {
     let (b, t) = (s[0], s[1]);
     let h_dim = self.hidden();
     let wx_t = ops::transpose(&self.wx)?;
-    let wh_t = ops::transpose(&self.wh)?;
     let mut xp = ops::matmul(x, &wx_t)?;
     if let Some(bias) = &self.bias {
       xp = ops::add(&xp, bias)?;
@@ -73,7 +72,8 @@ impl LstmDirection {
       let idx = if reverse { t - 1 - step } else { step };
       let xt = ops::slice(&xp, &[0, idx, 0], &[b, idx + 1, 4 * h_dim], &[1, 1, 1])?;
       let xt = ops::reshape(&xt, &[b, 4 * h_dim])?;
-      let g = ops::add(&xt, &ops::matmul(&h, &wh_t)?)?;
+      // One row per step at batch 1: `matmul_t`'s gemv on the CPU.
+      let g = ops::add(&xt, &ops::matmul_t(&h, &self.wh)?)?;
       let parts = ops::split(&g, 4, -1)?;
       let i = ops::sigmoid(&parts[0])?;
       let f = ops::sigmoid(&parts[1])?;
