@@ -214,6 +214,44 @@ fn launch_generate_refuses_an_unsplittable_model() {
   assert!(err.contains("has no shard rule"), "{err}");
 }
 
+/// Ranks that would load different checkpoints (here: the fake ssh of
+/// `host-b` rewrites the model path, as a second machine with another
+/// folder at that path would) stop with a clear error before any shape
+/// clash, instead of hanging in a collective.
+#[test]
+fn ranks_with_different_models_are_refused() {
+  let (dir, _ssh, _log, hostfile) = fake_hosts("mismatch");
+  let ssh = dir.join("fake-ssh-swap");
+  std::fs::write(
+    &ssh,
+    "#!/bin/sh\nhost=\"$1\"\nshift\nif [ \"$host\" = host-b ]; then exec sh -c \"$(printf '%s' \"$1\" | sed 's#tiny/llama#tiny/mistral#g')\"; else exec sh -c \"$1\"; fi\n",
+  )
+  .unwrap();
+  {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+  }
+  for extra in [&[][..], &["--pipeline"][..]] {
+    let mut l = mlxrs();
+    l.args(["launch", "--timeout", "100", "--hostfile"])
+      .arg(&hostfile)
+      .arg("--ssh-cmd")
+      .arg(&ssh)
+      .arg("--")
+      .args(generate_args("llama"))
+      .args(extra);
+    let (out, took) = bounded(l);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+      err.contains("the ranks load different models"),
+      "{extra:?}: {err}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+  }
+  let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Whether Open MPI's `mpirun` is on the PATH (the MPI tests need it:
 /// `apt-get install openmpi-bin`).
 fn have_mpirun() -> bool {

@@ -211,6 +211,9 @@ fn load_split(
     });
   }
   let path = resolve_model(model)?;
+  if shard.is_some() || pipeline.is_some() {
+    crate::shard::check_same_model(&path)?;
+  }
   let (m, config) = load_dir(&path, dtype, shard, pipeline)?;
   let tokenizer = if opts.no_tokenizer {
     None
