@@ -226,6 +226,62 @@ pub fn shard_weights(
   Ok(out)
 }
 
+/// FNV-1a over what identifies a checkpoint folder: `config.json`'s bytes
+/// and the name and size of every `*.safetensors` file.
+fn model_fingerprint(dir: &std::path::Path) -> Result<u32> {
+  let mut h: u32 = 0x811c_9dc5;
+  let mut eat = |bytes: &[u8]| {
+    for &b in bytes {
+      h ^= u32::from(b);
+      h = h.wrapping_mul(0x0100_0193);
+    }
+  };
+  let config = std::fs::read(dir.join("config.json"))
+    .map_err(|e| Error::InvalidArgument(format!("{}: config.json: {e}", dir.display())))?;
+  eat(&config);
+  let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", dir.display())))?
+    .filter_map(|e| {
+      let e = e.ok()?;
+      let name = e.file_name().into_string().ok()?;
+      name
+        .ends_with(".safetensors")
+        .then(|| Some((name, e.metadata().ok()?.len())))?
+    })
+    .collect();
+  files.sort();
+  for (name, len) in files {
+    eat(name.as_bytes());
+    eat(&len.to_le_bytes());
+  }
+  Ok(h)
+}
+
+/// Check, collectively over the global distributed group, that every rank
+/// is about to load the same checkpoint (`config.json` and the weight
+/// files' names and sizes agree): a mismatch would otherwise show as a hang
+/// or garbage in the first collective. Every rank must call it at the same
+/// point; with one process it checks nothing. python mlx-lm has no such
+/// check.
+pub fn check_same_model(dir: &std::path::Path) -> Result<()> {
+  use mlxrs_core::distributed::all_sum;
+  let fp = model_fingerprint(dir)?;
+  // 16-bit halves, so the sums of up to 32768 ranks cannot overflow.
+  let mine = Array::from_slice(&[(fp >> 16) as i32, (fp & 0xffff) as i32, 1], &[3])?;
+  let sums = all_sum(&mine, None)?.to_vec::<i32>()?;
+  let n = sums[2].max(1);
+  let differs = sums[0] != ((fp >> 16) as i32) * n || sums[1] != ((fp & 0xffff) as i32) * n;
+  let flag = Array::from_slice(&[differs as i32], &[1])?;
+  let bad = all_sum(&flag, None)?.to_vec::<i32>()?[0];
+  if bad > 0 {
+    return Err(Error::InvalidArgument(format!(
+      "the ranks load different models: {bad} of {n} rank(s) see model files ({}: config.json and the *.safetensors names and sizes) that differ from the others'; every rank needs the same checkpoint",
+      dir.display()
+    )));
+  }
+  Ok(())
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -299,60 +355,4 @@ mod tests {
       .to_string();
     assert!(e.contains("l.q_proj.weight"), "{e}");
   }
-}
-
-/// FNV-1a over what identifies a checkpoint folder: `config.json`'s bytes
-/// and the name and size of every `*.safetensors` file.
-fn model_fingerprint(dir: &std::path::Path) -> Result<u32> {
-  let mut h: u32 = 0x811c_9dc5;
-  let mut eat = |bytes: &[u8]| {
-    for &b in bytes {
-      h ^= u32::from(b);
-      h = h.wrapping_mul(0x0100_0193);
-    }
-  };
-  let config = std::fs::read(dir.join("config.json"))
-    .map_err(|e| Error::InvalidArgument(format!("{}: config.json: {e}", dir.display())))?;
-  eat(&config);
-  let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
-    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", dir.display())))?
-    .filter_map(|e| {
-      let e = e.ok()?;
-      let name = e.file_name().into_string().ok()?;
-      name
-        .ends_with(".safetensors")
-        .then(|| Some((name, e.metadata().ok()?.len())))?
-    })
-    .collect();
-  files.sort();
-  for (name, len) in files {
-    eat(name.as_bytes());
-    eat(&len.to_le_bytes());
-  }
-  Ok(h)
-}
-
-/// Check, collectively over the global distributed group, that every rank
-/// is about to load the same checkpoint (`config.json` and the weight
-/// files' names and sizes agree): a mismatch would otherwise show as a hang
-/// or garbage in the first collective. Every rank must call it at the same
-/// point; with one process it checks nothing. python mlx-lm has no such
-/// check.
-pub fn check_same_model(dir: &std::path::Path) -> Result<()> {
-  use mlxrs_core::distributed::all_sum;
-  let fp = model_fingerprint(dir)?;
-  // 16-bit halves, so the sums of up to 32768 ranks cannot overflow.
-  let mine = Array::from_slice(&[(fp >> 16) as i32, (fp & 0xffff) as i32, 1], &[3])?;
-  let sums = all_sum(&mine, None)?.to_vec::<i32>()?;
-  let n = sums[2].max(1);
-  let differs = sums[0] != ((fp >> 16) as i32) * n || sums[1] != ((fp & 0xffff) as i32) * n;
-  let flag = Array::from_slice(&[differs as i32], &[1])?;
-  let bad = all_sum(&flag, None)?.to_vec::<i32>()?[0];
-  if bad > 0 {
-    return Err(Error::InvalidArgument(format!(
-      "the ranks load different models: {bad} of {n} rank(s) see model files ({}: config.json and the *.safetensors names and sizes) that differ from the others'; every rank needs the same checkpoint",
-      dir.display()
-    )));
-  }
-  Ok(())
 }
