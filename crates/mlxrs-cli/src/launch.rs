@@ -119,6 +119,18 @@ fn forward(
   src: impl Read + Send + 'static,
   to_err: bool,
 ) -> std::thread::JoinHandle<()> {
+  forward_lines(src, to_err, move |line| {
+    format!("[{rank}] {}", String::from_utf8_lossy(line))
+  })
+}
+
+/// Forward `src` line by line to stdout or stderr, each line as `map`
+/// rewrites it (a newline added where it lacks one).
+fn forward_lines(
+  src: impl Read + Send + 'static,
+  to_err: bool,
+  map: impl Fn(&[u8]) -> String + Send + 'static,
+) -> std::thread::JoinHandle<()> {
   std::thread::spawn(move || {
     let mut r = BufReader::new(src);
     let mut line = Vec::new();
@@ -127,15 +139,14 @@ fn forward(
       match r.read_until(b'\n', &mut line) {
         Ok(0) | Err(_) => break,
         Ok(_) => {
-          let mut buf = format!("[{rank}] ").into_bytes();
-          buf.extend_from_slice(&line);
-          if !buf.ends_with(b"\n") {
-            buf.push(b'\n');
+          let mut out = map(&line);
+          if !out.ends_with('\n') {
+            out.push('\n');
           }
           let _ = if to_err {
-            std::io::stderr().lock().write_all(&buf)
+            std::io::stderr().lock().write_all(out.as_bytes())
           } else {
-            std::io::stdout().lock().write_all(&buf)
+            std::io::stdout().lock().write_all(out.as_bytes())
           };
         }
       }
@@ -628,29 +639,10 @@ fn untag_mpi(text: &str) -> String {
   tagged.unwrap_or_else(|| text.to_string())
 }
 
-/// [`forward`] for `mpirun --tag-output` lines (`[job,rank]<stdout>:...`):
-/// the tag becomes `[rank] `.
+/// [`forward`] for `mpirun --tag-output` lines (see [`untag_mpi`]).
 fn forward_mpi(src: impl Read + Send + 'static, to_err: bool) -> std::thread::JoinHandle<()> {
-  std::thread::spawn(move || {
-    let mut r = BufReader::new(src);
-    let mut line = Vec::new();
-    loop {
-      line.clear();
-      match r.read_until(b'\n', &mut line) {
-        Ok(0) | Err(_) => break,
-        Ok(_) => {
-          let mut out = untag_mpi(&String::from_utf8_lossy(&line));
-          if !out.ends_with('\n') {
-            out.push('\n');
-          }
-          let _ = if to_err {
-            std::io::stderr().lock().write_all(out.as_bytes())
-          } else {
-            std::io::stdout().lock().write_all(out.as_bytes())
-          };
-        }
-      }
-    }
+  forward_lines(src, to_err, |line| {
+    untag_mpi(&String::from_utf8_lossy(line))
   })
 }
 

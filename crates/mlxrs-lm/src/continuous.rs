@@ -473,16 +473,7 @@ impl<'m> BatchGenerator<'m> {
     cfg: &RowConfig,
   ) -> Result<Option<RowToken>> {
     if !self.can_start(prompt.len()) {
-      return Err(bad(format!(
-        "a prompt of {} tokens cannot start now (running batch of width {}{})",
-        prompt.len(),
-        self.width(),
-        if self.pending.is_some() {
-          ", another prefill pending"
-        } else {
-          ""
-        }
-      )));
+      return Err(self.cannot_start(prompt.len()));
     }
     self.begin(id, prompt, prefix, cfg, true)?;
     self.advance()
@@ -536,22 +527,26 @@ impl<'m> BatchGenerator<'m> {
       }
     }
     if !self.can_start(prompt.len()) {
-      return Err(bad(format!(
-        "a prompt of {} tokens cannot start now (running batch of width {}{})",
-        prompt.len(),
-        self.width(),
-        if self.pending.is_some() {
-          ", another prefill pending"
-        } else {
-          ""
-        }
-      )));
+      return Err(self.cannot_start(prompt.len()));
     }
     self.begin(id, prompt, None, cfg, true)?;
     if let Some(p) = self.pending.as_mut() {
       p.embeddings = Some(embeddings);
     }
     self.advance()
+  }
+
+  /// Why a `len`-token prompt cannot [`BatchGenerator::start`] now.
+  fn cannot_start(&self, len: usize) -> Error {
+    bad(format!(
+      "a prompt of {len} tokens cannot start now (running batch of width {}{})",
+      self.width(),
+      if self.pending.is_some() {
+        ", another prefill pending"
+      } else {
+        ""
+      }
+    ))
   }
 
   /// Validate and set up a pending prefill.
