@@ -87,6 +87,8 @@ pub fn random_model(
   let mut params = Vec::new();
   model.visit(&mut |_, a| params.push(a.clone()));
   mlxrs_core::eval(&params)?;
+  drop(params);
+  crate::model::fuse_for_inference(model.as_mut())?;
   Ok(model)
 }
 

@@ -266,6 +266,38 @@ pub struct TokenGenerator<'m> {
   failed: bool,
   kv_quant: Option<(i32, i32, i32)>,
   allow_nan: bool,
+  /// Where decode time goes (`MLXRS_DECODE_TIMING=1`), printed on drop.
+  timing: Option<DecodeTiming>,
+}
+
+/// Host time of the pipelined decode loop, split by phase: building step
+/// `n + 1`'s graph, queueing it (`async_eval`: MLX encodes every kernel on
+/// this thread), and waiting for step `n`'s token. On a GPU the device
+/// runs step `n + 1` during the wait for step `n`, so when `wait` is near
+/// zero the host is the bottleneck, not the device.
+#[derive(Default)]
+struct DecodeTiming {
+  steps: u32,
+  build: std::time::Duration,
+  queue: std::time::Duration,
+  wait: std::time::Duration,
+}
+
+impl Drop for DecodeTiming {
+  fn drop(&mut self) {
+    if self.steps == 0 {
+      return;
+    }
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / self.steps as f64;
+    eprintln!(
+      "decode timing over {} steps, per step: build {:.0} us, queue (async_eval) {:.0} us, \
+       wait for token {:.0} us",
+      self.steps,
+      us(self.build),
+      us(self.queue),
+      us(self.wait)
+    );
+  }
 }
 
 /// `--max-kv-size` asks for rotating caches; a model with recurrent layers
@@ -377,6 +409,9 @@ impl<'m> TokenGenerator<'m> {
         .kv_bits
         .map(|b| (b, cfg.kv_group_size, cfg.quantized_kv_start)),
       allow_nan: cfg.allow_nan,
+      timing: std::env::var_os("MLXRS_DECODE_TIMING")
+        .is_some_and(|v| v != "0")
+        .then(DecodeTiming::default),
     };
     let t0 = std::time::Instant::now();
     // Prefill all but the last token in chunks, evaluating the caches.
@@ -482,17 +517,28 @@ impl<'m> TokenGenerator<'m> {
     // Queue the next step before reading this one (unless it is the last, or
     // a logits processor needs this token on the host first).
     let needs_host = self.logits_cfg.is_active();
+    let t0 = self.timing.as_ref().map(|_| std::time::Instant::now());
     if self.produced + 1 < self.max_tokens && !needs_host {
       let x = ops::reshape(&cur.y, &[1, 1])?;
       let next = self.step_array(&x, &[])?;
+      let t1 = t0.map(|_| std::time::Instant::now());
       mlxrs_core::async_eval(&next.outputs())?;
+      if let (Some(tm), Some(t0), Some(t1)) = (self.timing.as_mut(), t0, t1) {
+        tm.build += t1 - t0;
+        tm.queue += t1.elapsed();
+      }
       self.pending = Some(next);
     }
+    let t2 = t0.map(|_| std::time::Instant::now());
     let (token, logprob, top_logprobs) = cur
       .read()?
       .into_iter()
       .next()
       .ok_or_else(|| Error::InvalidArgument("empty step".into()))?;
+    if let (Some(tm), Some(t2)) = (self.timing.as_mut(), t2) {
+      tm.wait += t2.elapsed();
+      tm.steps += 1;
+    }
     check_finite_logprob(logprob, self.produced, self.allow_nan)?;
     if self.produced + 1 < self.max_tokens && needs_host {
       let next = self.step_tokens(&[token])?;

@@ -55,7 +55,9 @@ pub use load::{
   LoadOptions, LoadedModel, load, load_model_dir, load_model_dir_pipeline, load_model_dir_sharded,
   load_pipeline, load_sharded,
 };
-pub use model::{EMBEDDINGS_MODEL_TYPES, LanguageModel, build_model, supported_model_types};
+pub use model::{
+  EMBEDDINGS_MODEL_TYPES, LanguageModel, build_model, fuse_for_inference, supported_model_types,
+};
 pub use sample::{LogitsConfig, Sampler, SamplerConfig};
 pub use speculative::SpeculativeGenerator;
 pub use text::{

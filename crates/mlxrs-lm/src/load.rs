@@ -159,6 +159,8 @@ fn load_dir(
   let mut params = Vec::new();
   model.visit(&mut |_, a| params.push(a.clone()));
   mlxrs_core::eval(&params)?;
+  drop(params);
+  crate::model::fuse_for_inference(model.as_mut())?;
   Ok((model, config))
 }
 
@@ -199,7 +201,8 @@ fn load_split(
       )));
     }
     let path = crate::gguf::resolve_gguf(model)?;
-    let (m, config, tokenizer) = crate::gguf::load_gguf_model(&path, dtype, opts.no_tokenizer)?;
+    let (mut m, config, tokenizer) = crate::gguf::load_gguf_model(&path, dtype, opts.no_tokenizer)?;
+    crate::model::fuse_for_inference(m.as_mut())?;
     let max_context = config.max_position_embeddings().ok().flatten();
     return Ok(LoadedModel {
       model: m,

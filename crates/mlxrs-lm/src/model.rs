@@ -42,6 +42,17 @@ pub trait LanguageModel: Send {
     ))
   }
 
+  /// Stack the projections that always run together (q/k/v, gate/up)
+  /// into one matmul each, for inference: a decode step launches fewer
+  /// kernels (no Python twin; mlx-lm runs them separately). The separate
+  /// layers keep their names and values (views of the stacked weights), and
+  /// any change to the weights (`load`, `visit_mut`: training, adapters,
+  /// quantization) drops the stacks again. Loading calls it through
+  /// [`fuse_for_inference`]. Default: nothing to stack.
+  fn fuse_projections(&mut self) -> Result<()> {
+    Ok(())
+  }
+
   /// Gradient checkpointing of the decoder blocks (python mlx-lm
   /// `tuner/trainer.py` `grad_checkpoint(model.layers[0])`, the
   /// `--grad-checkpoint` of `mlx_lm.lora`): with `Some(trainable)` (the
@@ -273,6 +284,18 @@ pub fn supported_model_types() -> Vec<&'static str> {
   v.sort();
   v.dedup();
   v
+}
+
+/// [`LanguageModel::fuse_projections`], unless `MLXRS_FUSE_PROJECTIONS=0`
+/// (for side-by-side timing of the unstacked model). The loaders call it
+/// (`load`, `load_model_dir*`, GGUF, the benchmark's random models).
+pub fn fuse_for_inference(model: &mut dyn LanguageModel) -> Result<()> {
+  if std::env::var_os("MLXRS_FUSE_PROJECTIONS").is_some_and(|v| v == "0") {
+    return Ok(());
+  }
+  model.fuse_projections()?;
+  // The unstacked weights' buffers went to MLX's cache: give them back.
+  mlxrs_core::memory::clear_cache()
 }
 
 /// Build the model for `config` (its `model_type`, after aliases).

@@ -64,7 +64,7 @@ pub use cache::{
 pub use conv::{Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
-pub use linear::Linear;
+pub use linear::{Linear, StackedLinear};
 pub use lora::{AdapterSettings, DoRALinear, LinearAdapter, LoRALinear, fused_weight};
 pub use losses::{CrossEntropy, Reduction};
 pub use lstm::{Lstm, LstmDirection};

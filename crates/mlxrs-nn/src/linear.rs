@@ -38,6 +38,51 @@ pub struct Linear {
   frozen: Frozen,
 }
 
+/// A stacked projection kept for inference ([`Linear::stack_outputs`]):
+/// put it among a layer's module fields and it forgets the stack whenever
+/// the weights may change (`load`, `visit_mut`, quantization), while
+/// holding no parameters of its own (the stacked layers keep theirs).
+#[derive(Default)]
+pub struct StackedLinear(Option<Linear>);
+
+impl StackedLinear {
+  /// The stacked layer, while it is current.
+  pub fn get(&self) -> Option<&Linear> {
+    self.0.as_ref()
+  }
+
+  /// Stack `parts` unless already stacked (`None` where they cannot be:
+  /// see [`Linear::stack_outputs`]).
+  pub fn stack(&mut self, parts: &mut [&mut Linear]) -> Result<()> {
+    if self.0.is_none() {
+      self.0 = Linear::stack_outputs(parts)?;
+    }
+    Ok(())
+  }
+
+  /// Drop the stack (the parts' own weights stay valid).
+  pub fn forget(&mut self) {
+    self.0 = None;
+  }
+}
+
+impl Module for StackedLinear {
+  fn load(&mut self, _w: &mut crate::module::Weights, _prefix: &str) {
+    self.forget();
+  }
+  fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Array)) {}
+  fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self.forget();
+  }
+  fn visit_quantizable_mut(
+    &mut self,
+    _prefix: &str,
+    _f: &mut dyn FnMut(&str, &mut dyn crate::quant::Quantizable),
+  ) {
+    self.forget();
+  }
+}
+
 /// `uniform(-scale, scale, shape)` from `key` (or the global key), float32.
 pub(crate) fn uniform_init(shape: &[i32], scale: f32, key: Option<&Array>) -> Result<Array> {
   let lo = Array::scalar(-scale);
@@ -158,6 +203,98 @@ impl Linear {
         None => ops::matmul_t(x, &self.weight),
       },
     }
+  }
+
+  /// One layer computing the outputs of `parts` side by side: their
+  /// weights (and scales, biases) stacked along the output axis, so that a
+  /// single matmul replaces `parts.len()` (q/k/v, or gate/up: a decode
+  /// step then launches fewer kernels). The stacked arrays are evaluated
+  /// and each part's arrays become row slices of them (views sharing the
+  /// stacked memory, not copies), so the model's size does not grow.
+  ///
+  /// `None` when the parts cannot share one matmul: fewer than two, an
+  /// adapter or an all-reduce on one of them, different input widths,
+  /// quantizations, dtypes, or bias presence.
+  ///
+  /// No Python twin: mlx-lm runs the projections separately.
+  pub fn stack_outputs(parts: &mut [&mut Linear]) -> Result<Option<Linear>> {
+    let Some(first) = parts.first() else {
+      return Ok(None);
+    };
+    let (in_dims, quant, has_bias) = (first.in_dims, first.quant, first.bias.is_some());
+    let (dtype, scaled, biased) = (
+      first.weight.dtype(),
+      first.scales.is_some(),
+      first.biases.is_some(),
+    );
+    let compatible = parts.len() >= 2
+      && parts.iter().all(|p| {
+        p.adapter.is_none()
+          && !p.all_reduce
+          && p.in_dims == in_dims
+          && p.quant == quant
+          && p.bias.is_some() == has_bias
+          && p.weight.dtype() == dtype
+          && p.scales.is_some() == scaled
+          && p.biases.is_some() == biased
+          && p.weight.shape().first() == Some(&p.out_dims)
+      });
+    if !compatible {
+      return Ok(None);
+    }
+    let stack = |get: &dyn Fn(&Linear) -> Option<Array>| -> Result<Option<Array>> {
+      let xs: Option<Vec<Array>> = parts.iter().map(|p| get(p)).collect();
+      xs.map(|xs| ops::concatenate_axis(&xs, 0)).transpose()
+    };
+    let weight = stack(&|p| Some(p.weight.clone()))?.expect("every part has a weight");
+    let bias = stack(&|p| p.bias.clone())?;
+    let scales = stack(&|p| p.scales.clone())?;
+    let biases = stack(&|p| p.biases.clone())?;
+    let mut all: Vec<Array> = vec![weight.clone()];
+    all.extend(bias.iter().chain(&scales).chain(&biases).cloned());
+    mlxrs_core::eval(&all)?;
+    let out_dims = parts.iter().map(|p| p.out_dims).sum();
+    // Each part now reads its rows of the stacked arrays.
+    let rows = |a: &Array, start: i32, n: i32| -> Result<Array> {
+      let s = a.shape();
+      let mut lo = vec![0; s.len()];
+      let mut hi = s.clone();
+      lo[0] = start;
+      hi[0] = start + n;
+      ops::slice(a, &lo, &hi, &vec![1; s.len()])
+    };
+    let mut start = 0;
+    let mut views = Vec::new();
+    for p in parts.iter_mut() {
+      let n = p.out_dims;
+      p.weight = rows(&weight, start, n)?;
+      views.push(p.weight.clone());
+      for (mine, stacked) in [
+        (&mut p.bias, &bias),
+        (&mut p.scales, &scales),
+        (&mut p.biases, &biases),
+      ] {
+        if let Some(st) = stacked {
+          *mine = Some(rows(st, start, n)?);
+          views.extend(mine.clone());
+        }
+      }
+      start += n;
+    }
+    mlxrs_core::eval(&views)?;
+    Ok(Some(Linear {
+      in_dims,
+      out_dims,
+      weight,
+      has_bias,
+      bias,
+      quant,
+      scales,
+      biases,
+      all_reduce: false,
+      adapter: None,
+      frozen: Frozen::default(),
+    }))
   }
 
   /// `x @ W.T` without the bias.
@@ -367,4 +504,93 @@ fn rows(x: &Array) -> usize {
     .iter()
     .map(|&d| d.max(0) as usize)
     .product()
+}
+
+#[cfg(test)]
+mod stack_tests {
+  use super::*;
+  use crate::quant::QuantParams;
+
+  fn layer(i: i32, o: i32, bias: bool, seed: u64) -> Result<Linear> {
+    let k = mlxrs_core::random::key(seed)?;
+    Linear::init(i, o, bias, Some(&k))
+  }
+
+  fn close(a: &Array, b: &Array) -> Result<f32> {
+    let d = ops::abs(&ops::subtract(a, b)?)?;
+    ops::max(&d, false)?.item::<f32>()
+  }
+
+  /// A stacked layer computes its parts' outputs side by side (dense, with
+  /// and without bias, and 4-bit), and the parts still compute what they
+  /// did, now from views of the stacked arrays.
+  #[test]
+  fn stacked_outputs_equal_the_parts() -> Result<()> {
+    let x = mlxrs_core::random::normal(&[3, 32], Dtype::Float32, 0.0, 1.0, None)?;
+    for (bias, quant) in [(false, false), (true, false), (false, true), (true, true)] {
+      let mut parts = vec![
+        layer(32, 48, bias, 1)?,
+        layer(32, 16, bias, 2)?,
+        layer(32, 16, bias, 3)?,
+      ];
+      if quant {
+        let q = QuantParams::new(Some(32), Some(4), "affine")?;
+        for p in &mut parts {
+          p.quantize(&q)?;
+        }
+      }
+      let before: Vec<Array> = parts.iter().map(|p| p.forward(&x)).collect::<Result<_>>()?;
+      let mut refs: Vec<&mut Linear> = parts.iter_mut().collect();
+      let st = Linear::stack_outputs(&mut refs)?.expect("compatible parts stack");
+      assert_eq!((st.in_dims, st.out_dims), (32, 80));
+      let y = st.forward(&x)?;
+      let want = ops::concatenate_axis(&before, -1)?;
+      assert_eq!(y.shape(), vec![3, 80]);
+      assert!(close(&y, &want)? < 1e-5, "bias {bias} quant {quant}");
+      for (p, b) in parts.iter().zip(&before) {
+        assert_eq!(
+          close(&p.forward(&x)?, b)?,
+          0.0,
+          "part changed (bias {bias} quant {quant})"
+        );
+      }
+    }
+    Ok(())
+  }
+
+  /// Parts that cannot share a matmul are left alone.
+  #[test]
+  fn incompatible_parts_do_not_stack() -> Result<()> {
+    let (mut a, mut b) = (layer(32, 16, false, 1)?, layer(32, 16, true, 2)?);
+    assert!(Linear::stack_outputs(&mut [&mut a, &mut b])?.is_none());
+    let (mut a, mut b) = (layer(32, 16, false, 1)?, layer(24, 16, false, 2)?);
+    assert!(Linear::stack_outputs(&mut [&mut a, &mut b])?.is_none());
+    let (mut a, mut b) = (layer(32, 16, false, 1)?, layer(32, 16, false, 2)?);
+    b.quantize(&QuantParams::new(Some(32), Some(4), "affine")?)?;
+    assert!(Linear::stack_outputs(&mut [&mut a, &mut b])?.is_none());
+    let mut a = layer(32, 16, false, 1)?;
+    assert!(Linear::stack_outputs(&mut [&mut a])?.is_none());
+    Ok(())
+  }
+
+  /// The cached stack is dropped by anything that may change weights.
+  #[test]
+  fn stacked_linear_forgets_on_weight_changes() -> Result<()> {
+    let (mut a, mut b) = (layer(8, 4, false, 1)?, layer(8, 4, false, 2)?);
+    let mut s = StackedLinear::default();
+    s.stack(&mut [&mut a, &mut b])?;
+    assert!(s.get().is_some());
+    s.visit_mut("x", &mut |_, _, _| {});
+    assert!(s.get().is_none());
+    s.stack(&mut [&mut a, &mut b])?;
+    s.visit_quantizable_mut("x", &mut |_, _| {});
+    assert!(s.get().is_none());
+    s.stack(&mut [&mut a, &mut b])?;
+    s.load(&mut crate::module::Weights::new(Default::default()), "x");
+    assert!(s.get().is_none());
+    let mut n = 0;
+    s.visit("x", &mut |_, _| n += 1);
+    assert_eq!(n, 0, "no parameters of its own");
+    Ok(())
+  }
 }

@@ -6,7 +6,9 @@
 //! (full / sliding window / left-padded batch) of their `Model.__call__`.
 
 use mlxrs_core::{Array, Result, ops};
-use mlxrs_nn::{AttnMask, KvCache, Linear, Module, Quantizable, RmsNorm, Rope, Weights, join};
+use mlxrs_nn::{
+  AttnMask, KvCache, Linear, Module, Quantizable, RmsNorm, Rope, StackedLinear, Weights, join,
+};
 
 /// Shape of an [`Attention`] layer.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +82,9 @@ pub(crate) struct Attention {
   query_scaling: Option<(f32, f32)>,
   /// Weightless per-head RMSNorm (eps) on q and k before RoPE (Llama-4).
   plain_qk_norm: Option<f32>,
+  /// q/k/v as one stacked projection (see [`Attention::fuse_projections`]);
+  /// dropped whenever the weights may change.
+  qkv: StackedLinear,
 }
 
 impl Attention {
@@ -138,6 +143,7 @@ impl Attention {
 
 impl Module for Attention {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
+    self.qkv.forget();
     for (n, m) in self.named_mut() {
       m.load(w, &join(prefix, n));
     }
@@ -148,6 +154,7 @@ impl Module for Attention {
     }
   }
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self.qkv.forget();
     for (n, m) in self.named_mut() {
       m.visit_mut(&join(prefix, n), f);
     }
@@ -158,6 +165,7 @@ impl Module for Attention {
     }
   }
   fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    self.qkv.forget();
     for (n, m) in self.named_mut() {
       m.visit_quantizable_mut(&join(prefix, n), f);
     }
@@ -190,7 +198,20 @@ impl Attention {
       qk_names: ("q_norm", "k_norm"),
       query_scaling: None,
       plain_qk_norm: None,
+      qkv: StackedLinear::default(),
     }
+  }
+
+  /// Stack q/k/v into one projection for inference (one matmul per step
+  /// instead of three; [`Linear::stack_outputs`]). The separate layers keep
+  /// their names and values (they become views of the stacked weights), so
+  /// saving, inspecting and reloading see the same model; any change to
+  /// the weights (`load`, `visit_mut`, quantization) drops the stacked
+  /// copy, and layers with adapters are never stacked.
+  pub fn fuse_projections(&mut self) -> Result<()> {
+    self
+      .qkv
+      .stack(&mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj])
   }
 
   /// Attention over `x` `[B, L, hidden]`, appending to `cache`.
@@ -213,9 +234,25 @@ impl Attention {
       };
       ops::transpose_axes(&t, &[0, 2, 1, 3])
     };
-    let mut q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm, true)?;
-    let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads, &self.k_norm, true)?;
-    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None, false)?;
+    let (q, k, v) = match self.qkv.get() {
+      Some(qkv) => {
+        let y = qkv.forward(x)?;
+        let (nq, nk) = (self.q_proj.out_dims, self.k_proj.out_dims);
+        (
+          super::base::last_axis(&y, 0, nq)?,
+          super::base::last_axis(&y, nq, nq + nk)?,
+          super::base::last_axis(&y, nq + nk, qkv.out_dims)?,
+        )
+      }
+      None => (
+        self.q_proj.forward(x)?,
+        self.k_proj.forward(x)?,
+        self.v_proj.forward(x)?,
+      ),
+    };
+    let mut q = heads(q, self.n_heads, &self.q_norm, true)?;
+    let mut k = heads(k, self.n_kv_heads, &self.k_norm, true)?;
+    let v = heads(v, self.n_kv_heads, &None, false)?;
     if let Some(rope) = &self.rope {
       q = rope.forward(&q, cache.offset)?;
       k = rope.forward(&k, cache.offset)?;

@@ -43,6 +43,10 @@ pub(crate) trait Layer: Module + Send {
   fn sanitize(&self, _prefix: &str, _weights: &mut HashMap<String, Array>) -> Result<()> {
     Ok(())
   }
+  /// [`LanguageModel::fuse_projections`] for this layer (default: none).
+  fn fuse_projections(&mut self) -> Result<()> {
+    Ok(())
+  }
 }
 
 /// A normalization layer (RMSNorm or LayerNorm).
@@ -320,6 +324,13 @@ impl Decoder {
 }
 
 impl LanguageModel for Decoder {
+  fn fuse_projections(&mut self) -> Result<()> {
+    for l in &self.model.layers {
+      l.lock().fuse_projections()?;
+    }
+    Ok(())
+  }
+
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
     self.run(self.embed_tokens(tokens)?, caches, None, None)
   }

@@ -298,6 +298,15 @@ impl Llama {
 }
 
 impl LanguageModel for Llama {
+  fn fuse_projections(&mut self) -> Result<()> {
+    for b in &self.model.layers {
+      let mut b = b.lock();
+      b.self_attn.fuse_projections()?;
+      b.mlp.fuse_projections()?;
+    }
+    Ok(())
+  }
+
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
     self.run(self.embed_tokens(tokens)?, caches, None, None)
   }

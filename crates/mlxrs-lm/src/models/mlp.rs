@@ -3,18 +3,21 @@
 //! Gemma family's GELU-gated one (`down(gelu(gate(x)) * up(x))`).
 
 use mlxrs_core::{Array, Result, ops};
-use mlxrs_nn::{Linear, gelu, gelu_approx, module, swiglu};
+use mlxrs_nn::{Linear, StackedLinear, gelu, gelu_approx, module, swiglu};
 
 /// `mlp` of a Llama-shaped block: `gate_proj`, `up_proj`, `down_proj`.
 pub(crate) struct SwiGluMlp {
   gate_proj: Linear,
   down_proj: Linear,
   up_proj: Linear,
+  /// gate | up as one projection (see [`SwiGluMlp::fuse_projections`]).
+  gate_up: StackedLinear,
 }
 module!(SwiGluMlp {
   gate_proj,
   down_proj,
-  up_proj
+  up_proj,
+  gate_up
 });
 
 impl SwiGluMlp {
@@ -24,11 +27,29 @@ impl SwiGluMlp {
       gate_proj: Linear::new(hidden, inter, bias),
       down_proj: Linear::new(inter, hidden, bias),
       up_proj: Linear::new(hidden, inter, bias),
+      gate_up: StackedLinear::default(),
     }
+  }
+
+  /// Stack gate and up into one projection for inference (one matmul per
+  /// step instead of two; [`Linear::stack_outputs`]), as
+  /// [`super::attention::Attention::fuse_projections`] does for q/k/v.
+  pub fn fuse_projections(&mut self) -> Result<()> {
+    self
+      .gate_up
+      .stack(&mut [&mut self.gate_proj, &mut self.up_proj])
   }
 
   /// The MLP of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
+    if let Some(gu) = self.gate_up.get() {
+      let y = gu.forward(x)?;
+      let i = self.gate_proj.out_dims;
+      return self.down_proj.forward(&swiglu(
+        &super::base::last_axis(&y, 0, i)?,
+        &super::base::last_axis(&y, i, gu.out_dims)?,
+      )?);
+    }
     self.down_proj.forward(&swiglu(
       &self.gate_proj.forward(x)?,
       &self.up_proj.forward(x)?,
@@ -74,11 +95,14 @@ pub(crate) struct GeluMlp {
   down_proj: Linear,
   up_proj: Linear,
   tanh: bool,
+  /// gate | up as one projection (see [`GeluMlp::fuse_projections`]).
+  gate_up: StackedLinear,
 }
 module!(GeluMlp {
   gate_proj,
   down_proj,
-  up_proj
+  up_proj,
+  gate_up
 });
 
 impl GeluMlp {
@@ -89,19 +113,36 @@ impl GeluMlp {
       down_proj: Linear::new(inter, hidden, false),
       up_proj: Linear::new(hidden, inter, false),
       tanh,
+      gate_up: StackedLinear::default(),
     }
+  }
+
+  /// Stack gate and up into one projection for inference, as
+  /// [`SwiGluMlp::fuse_projections`].
+  pub fn fuse_projections(&mut self) -> Result<()> {
+    self
+      .gate_up
+      .stack(&mut [&mut self.gate_proj, &mut self.up_proj])
   }
 
   /// The MLP of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
-    let g = self.gate_proj.forward(x)?;
+    let (g, u) = match self.gate_up.get() {
+      Some(gu) => {
+        let y = gu.forward(x)?;
+        let i = self.gate_proj.out_dims;
+        (
+          super::base::last_axis(&y, 0, i)?,
+          super::base::last_axis(&y, i, gu.out_dims)?,
+        )
+      }
+      None => (self.gate_proj.forward(x)?, self.up_proj.forward(x)?),
+    };
     let g = if self.tanh {
       gelu_approx(&g)?
     } else {
       gelu(&g)?
     };
-    self
-      .down_proj
-      .forward(&ops::multiply(&g, &self.up_proj.forward(x)?)?)
+    self.down_proj.forward(&ops::multiply(&g, &u)?)
   }
 }
