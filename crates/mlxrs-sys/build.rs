@@ -153,6 +153,7 @@ fn compile_c_layer(include: &Path) {
     .flag_if_supported("-fvisibility=hidden")
     .flag_if_supported("-Wno-unused-parameter")
     .flag_if_supported("-Wno-deprecated-declarations")
+    .flag_if_supported("-Wno-psabi")
     .opt_level(2)
     .debug(false)
     .warnings(false);

@@ -1,6 +1,6 @@
 //! `ops::matmul_t` (`x @ w.T`; sgemv for one or two float32 rows on the
 //! CPU) equals `matmul(x, transpose(w))` on every path, and so do its
-//! gradients.
+//! gradients; `ops::quantized_matmul_t` likewise against `quantized_matmul`.
 
 use mlxrs_core::transforms::{Closure, value_and_grad};
 use mlxrs_core::{Array, Dtype, ops, random};
@@ -101,4 +101,124 @@ fn gradients_equal_matmul() {
   for (a, b) in g1.iter().zip(&g2) {
     assert!(max_diff(a, b) < 1e-3);
   }
+}
+
+fn quantized(w: &Array, group: i32, bits: i32) -> (Array, Array, Array) {
+  let mut q = ops::quantize(w, Some(group), Some(bits), "affine", None).unwrap();
+  let b = q.pop().unwrap();
+  let s = q.pop().unwrap();
+  let wq = q.pop().unwrap();
+  mlxrs_core::eval(&[wq.clone(), s.clone(), b.clone()]).unwrap();
+  (wq, s, b)
+}
+
+fn q_reference(x: &Array, q: &(Array, Array, Array), group: i32, bits: i32) -> Array {
+  let (w, s, b) = q;
+  ops::quantized_matmul(x, w, s, Some(b), true, Some(group), Some(bits), "affine").unwrap()
+}
+
+/// `quantized_matmul_t` equals MLX's `quantized_matmul` for 4- and 8-bit
+/// affine groups of 32/64/128, on the vectorised path (1..4 rows, leading
+/// axes, strided x) and the dequantize-then-sgemm path (more rows), and
+/// falls back to MLX's op elsewhere (float16 x, lazy weights, no biases).
+#[test]
+fn quantized_equals_mlx_on_every_path() {
+  let w = normal(&[96, 256], 10);
+  for bits in [4, 8] {
+    for group in [32, 64, 128] {
+      let q = quantized(&w, group, bits);
+      for shape in [
+        vec![256],
+        vec![1, 256],
+        vec![2, 256],
+        vec![4, 256],
+        vec![5, 256],
+        vec![2, 3, 256],
+      ] {
+        let x = normal(&shape, 11);
+        let got =
+          ops::quantized_matmul_t(&x, &q.0, &q.1, Some(&q.2), group, bits, "affine").unwrap();
+        let want = q_reference(&x, &q, group, bits);
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-3, "bits {bits} group {group} {shape:?}: {d}");
+      }
+      // A strided x: every other column of [1, 512].
+      let wide = normal(&[1, 512], 12);
+      let xs = ops::slice(&wide, &[0, 0], &[1, 512], &[1, 2]).unwrap();
+      let got =
+        ops::quantized_matmul_t(&xs, &q.0, &q.1, Some(&q.2), group, bits, "affine").unwrap();
+      assert!(max_diff(&got, &q_reference(&xs, &q, group, bits)) < 1e-3);
+    }
+  }
+  let q = quantized(&w, 64, 4);
+  let x = normal(&[1, 256], 13);
+  // float16 x and lazy scales take MLX's op (bit-identical to it).
+  let x16 = ops::astype(&x, Dtype::Float16).unwrap();
+  let got = ops::quantized_matmul_t(&x16, &q.0, &q.1, Some(&q.2), 64, 4, "affine").unwrap();
+  let want = ops::quantized_matmul(
+    &x16,
+    &q.0,
+    &q.1,
+    Some(&q.2),
+    true,
+    Some(64),
+    Some(4),
+    "affine",
+  )
+  .unwrap();
+  assert_eq!(
+    max_diff(
+      &ops::astype(&got, Dtype::Float32).unwrap(),
+      &ops::astype(&want, Dtype::Float32).unwrap()
+    ),
+    0.0
+  );
+  let lazy_s = ops::multiply(&q.1, &Array::scalar(1.0f32)).unwrap();
+  let got = ops::quantized_matmul_t(&x, &q.0, &lazy_s, Some(&q.2), 64, 4, "affine").unwrap();
+  assert!(max_diff(&got, &q_reference(&x, &q, 64, 4)) < 1e-3);
+  // Bad shapes are errors, not crashes.
+  assert!(
+    ops::quantized_matmul_t(
+      &normal(&[1, 255], 14),
+      &q.0,
+      &q.1,
+      Some(&q.2),
+      64,
+      4,
+      "affine"
+    )
+    .is_err()
+  );
+  assert!(ops::quantized_matmul_t(&x, &q.0, &q.1, Some(&q.2), 64, 3, "affine").is_err());
+}
+
+/// The gradient with respect to x through the quantized kernel equals the
+/// one through MLX's op.
+#[test]
+fn quantized_gradient_equals_mlx() {
+  let q = quantized(&normal(&[40, 64], 15), 32, 4);
+  let (w, s, b) = q.clone();
+  let loss = move |fast: bool| {
+    let (w, s, b) = (w.clone(), s.clone(), b.clone());
+    Closure::new(move |a: &[Array]| {
+      let y = if fast {
+        ops::quantized_matmul_t(&a[0], &w, &s, Some(&b), 32, 4, "affine")?
+      } else {
+        ops::quantized_matmul(&a[0], &w, &s, Some(&b), true, Some(32), Some(4), "affine")?
+      };
+      Ok(vec![ops::sum(&ops::multiply(&y, &y)?, false)?])
+    })
+    .unwrap()
+  };
+  let x = normal(&[1, 64], 16);
+  let (v1, g1) = value_and_grad(&loss(true), &[0])
+    .unwrap()
+    .call(std::slice::from_ref(&x))
+    .unwrap();
+  let (v2, g2) = value_and_grad(&loss(false), &[0])
+    .unwrap()
+    .call(std::slice::from_ref(&x))
+    .unwrap();
+  assert!(max_diff(&v1[0], &v2[0]) < 1e-2);
+  assert!(max_diff(&g1[0], &g2[0]) < 1e-2);
 }

@@ -125,14 +125,13 @@ impl Embedding {
   pub fn as_linear(&self, x: &Array) -> Result<Array> {
     match &self.quant {
       None => ops::matmul_t(x, &self.weight),
-      Some(q) => ops::quantized_matmul(
+      Some(q) => ops::quantized_matmul_t(
         x,
         &self.weight,
         scales_of(&self.scales)?,
         self.biases.as_ref(),
-        true,
-        Some(q.group_size),
-        Some(q.bits),
+        q.group_size,
+        q.bits,
         q.mode.as_str(),
       ),
     }

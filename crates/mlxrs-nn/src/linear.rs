@@ -177,20 +177,8 @@ impl Linear {
       };
     }
     match &self.quant {
-      Some(q) => {
-        let scales = self.scales.as_ref().ok_or_else(|| {
-          Error::InvalidArgument("quantized Linear has no scales (not loaded)".into())
-        })?;
-        let y = ops::quantized_matmul(
-          x,
-          &self.weight,
-          scales,
-          self.biases.as_ref(),
-          true,
-          Some(q.group_size),
-          Some(q.bits),
-          q.mode.as_str(),
-        )?;
+      Some(_) => {
+        let y = self.matmul(x)?;
         match &self.bias {
           Some(b) => ops::add(&y, b),
           None => Ok(y),
@@ -304,14 +292,13 @@ impl Linear {
         let scales = self.scales.as_ref().ok_or_else(|| {
           Error::InvalidArgument("quantized Linear has no scales (not loaded)".into())
         })?;
-        ops::quantized_matmul(
+        ops::quantized_matmul_t(
           x,
           &self.weight,
           scales,
           self.biases.as_ref(),
-          true,
-          Some(q.group_size),
-          Some(q.bits),
+          q.group_size,
+          q.bits,
           q.mode.as_str(),
         )
       }

@@ -843,6 +843,24 @@ int mlxrs_matmul_t(
     const mlx_array w,
     const mlx_stream s);
 
+/** `x @ dequantize(w, scales, biases).T` (python `mx.quantized_matmul(x, w,
+ * scales, biases, transpose=True, group_size, bits, mode)`, as
+ * `nn.QuantizedLinear` computes it; `biases` may be a NULL handle). On a CPU
+ * stream with float32 `x`, affine 4- or 8-bit groups of 32/64/128 and
+ * evaluated float32 scales and biases: a vectorised dot product for at most
+ * 4 rows, dequantize-then-sgemm for more; anything else is MLX's
+ * `quantized_matmul`. */
+int mlxrs_quantized_matmul_t(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_array w,
+    const mlx_array scales,
+    const mlx_array biases,
+    int group_size,
+    int bits,
+    const char* mode,
+    const mlx_stream s);
+
 /* ---------------------------------------------------------------- einsum */
 
 /** Python: `mx.einsum(subscripts, *operands)`. */

@@ -1630,6 +1630,26 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
+    /** `x @ dequantize(w, scales, biases).T` (python `mx.quantized_matmul(x, w,
+ scales, biases, transpose=True, group_size, bits, mode)`, as
+ `nn.QuantizedLinear` computes it; `biases` may be a NULL handle). On a CPU
+ stream with float32 `x`, affine 4- or 8-bit groups of 32/64/128 and
+ evaluated float32 scales and biases: a vectorised dot product for at most
+ 4 rows, dequantize-then-sgemm for more; anything else is MLX's
+ `quantized_matmul`.*/
+    pub fn mlxrs_quantized_matmul_t(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        scales: mlx_array,
+        biases: mlx_array,
+        group_size: ::core::ffi::c_int,
+        bits: ::core::ffi::c_int,
+        mode: *const ::core::ffi::c_char,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
     /// Python: `mx.einsum(subscripts, *operands)`.
     pub fn mlx_einsum(
         res: *mut mlx_array,
