@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The GPU-machine side of a device session (docs/gpu.md): run from the
+# repository root there, after the wheel parts are in /root/parts and the
+# binaries (mlxrs.xz, base.xz: stripped, OpenBLAS dependency removed) in
+# .gpu/bin. Usage: bash scripts/gpu_run.sh STAGE, STAGE one of
+#   A  decode analysis: fused vs eager tokens, host-time split per step
+#      (MLXRS_DECODE_TIMING) under MLX graph settings, an interleaved sweep
+#      of those settings for mlxrs and mlx-lm, then bench_lm.sh llama bf16
+#      against mlx-lm and the base binary (5 rounds)
+#   B  bench_lm.sh: llama 4-bit, qwen3 bf16, llama batch 8 (5 rounds)
+#   C  bench_serve.sh on a random llama-3.2-1b folder, C = 1/8/32
+#   D  LoRA: mlxrs lora vs mlx_lm.lora on that folder (5 rounds)
+#   E  Kokoro RTF (the ONNX parts in /root/pypi)
+# Everything it writes lands under $OUT.
+set -uo pipefail
+stage=${1:?usage: gpu_run.sh A|B|C|D|E}
+if [ ! -e /tmp/site/mlx/lib/libmlx.so ]; then bash .gpu/p5/install-mlx-cuda.sh > /tmp/exports.sh; fi
+export LD_LIBRARY_PATH=/tmp/site/mlx/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site MLX_LIB_DIR=/tmp/site/mlx/lib
+mkdir -p /tmp/b
+for n in mlxrs base; do [ -x /tmp/b/$n ] || [ ! -e .gpu/bin/$n.xz ] || { xz -dc .gpu/bin/$n.xz > /tmp/b/$n; chmod +x /tmp/b/$n; }; done
+M=/tmp/b/mlxrs; B=/tmp/b/base; PY=python3
+export PYTHON=$PY
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,utilization.gpu --format=csv | tee -a $OUT/nvidia.txt
+gtps() { tail -1 | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d=d.get("average",d); print(round(d["generation_tps"],1))' 2>/dev/null; }
+case $stage in
+A)
+  # 1. correctness of the fused SwiGLU on the GPU: tokens with and without compile, and Python's text
+  $M generate --model models/tiny/llama -p "The quick brown fox" -m 32 --temp 0 --ignore-chat-template --json > $OUT/gen_fused.json 2>>$OUT/stderr.txt
+  MLXRS_FUSE_PROJECTIONS=0 MLX_DISABLE_COMPILE=1 $M generate --model models/tiny/llama -p "The quick brown fox" -m 32 --temp 0 --ignore-chat-template --json > $OUT/gen_eager.json 2>>$OUT/stderr.txt
+  $M generate --model models/tiny/llama -p "The quick brown fox" -m 32 --temp 0 --ignore-chat-template > $OUT/gen_fused.txt 2>>$OUT/stderr.txt
+  $PY -m mlx_lm generate --model models/tiny/llama --prompt "The quick brown fox" --max-tokens 32 --temp 0 --ignore-chat-template > $OUT/gen_py.txt 2>>$OUT/stderr.txt
+  python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); ka=[k for k in a if "token" in k]; print("token keys", ka); print("fused == eager tokens" if all(a[k]==b[k] for k in ka) else "FUSED DIFFERS")' $OUT/gen_fused.json $OUT/gen_eager.json
+  # 2. where decode time goes (host build / queue / wait), bf16 and 4-bit
+  for q in "" "-q 4"; do
+    for e in "" "MLXRS_FUSE_PROJECTIONS=0 MLX_DISABLE_COMPILE=1" "MLX_USE_CUDA_GRAPHS=0" "MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=100000"; do
+      echo "== timing q=[$q] env=[$e]"; env $e MLXRS_DECODE_TIMING=1 $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 $q 2>&1 | grep -E 'decode timing|Averages'
+    done
+  done 2>&1 | tee $OUT/timing.txt
+  # 3. env sweep, interleaved, mlxrs and mlx-lm, llama-3.2-1b bf16 decode
+  $M bench --shape llama-3.2-1b --dump-config /tmp/cfg.json
+  for r in 1 2 3; do
+    for e in "X=1" "MLXRS_FUSE_PROJECTIONS=0" "MLXRS_FUSE_PROJECTIONS=0 MLX_DISABLE_COMPILE=1" "MLX_USE_CUDA_GRAPHS=0" "MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=100000"; do
+      a=$(env $e $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 --json 2>>$OUT/stderr.txt | gtps)
+      b=$(env $e $PY scripts/bench_lm.py /tmp/cfg.json -p 128 -g 256 -n 2 2>>$OUT/stderr.txt | gtps)
+      echo "round $r env [$e] mlxrs $a python $b"
+    done
+  done 2>&1 | tee $OUT/sweep.txt
+  # 4. the reported bench: mlxrs vs mlx-lm vs e029b22, 5 interleaved rounds
+  MLXRS=$M BASELINE=$([ -x $B ] && echo $B) NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 2>&1 | tee $OUT/bench_llama_bf16.md
+  ;;
+B)
+  MLXRS=$M NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_llama_q4.md
+  MLXRS=$M NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 2>&1 | tee $OUT/bench_qwen3_bf16.md
+  MLXRS=$M NO_DOC=1 ROUNDS=5 BATCH=8 bash scripts/bench_lm.sh llama-3.2-1b 512 128 bfloat16 2>&1 | tee $OUT/bench_llama_b8.md
+  ;;
+C)
+  $PY scripts/make_random_checkpoint.py --shape llama-3.2-1b --out /tmp/llama1b > $OUT/mkckpt.txt 2>&1
+  PY=$PY MLXRS=$M ROUNDS=5 bash scripts/bench_serve.sh /tmp/llama1b 1,8,32 64 > $OUT/serve.jsonl 2> $OUT/serve.err
+  cp /tmp/bench_mlxrs.log /tmp/bench_mlx_lm.log $OUT/ 2>/dev/null
+  tail -8 $OUT/serve.jsonl
+  ;;
+D)
+  [ -e /tmp/llama1b/config.json ] || $PY scripts/make_random_checkpoint.py --shape llama-3.2-1b --out /tmp/llama1b > $OUT/mkckpt.txt 2>&1
+  mkdir -p /tmp/ldata
+  $PY - /tmp/ldata <<'PYEOF'
+import json, random, sys
+random.seed(0)
+words = "the a of to and in is it that was for on are as with his they at be this from have or by one had not but what all were when we there can an your which their said if do will each about how up out them then she many some so these would other into has more her two like him see time could no make than first been its who now people my made over did down only way find use may water long little very after words called just where most know".split()
+rows = [json.dumps({"text": " ".join(random.choice(words) for _ in range(200))}) for _ in range(64)]
+for f, n in (("train", 64), ("valid", 8), ("test", 8)):
+    open(f"{sys.argv[1]}/{f}.jsonl", "w").write("\n".join(rows[:n]) + "\n")
+PYEOF
+  for r in 1 2 3 4 5; do
+    rm -rf /tmp/ad1 /tmp/ad2
+    echo "== round $r mlxrs"; $M lora --model /tmp/llama1b --train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 16 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512 --adapter-path /tmp/ad1 --json 2>&1 | grep -E 'train|tokens' | tail -3
+    echo "== round $r mlx_lm.lora"; $PY -m mlx_lm lora --model /tmp/llama1b --train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 16 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512 --adapter-path /tmp/ad2 2>&1 | grep -E 'Iter' | tail -3
+  done 2>&1 | tee $OUT/lora.txt
+  ;;
+E)
+  mkdir -p /root/pypi; cp -r .gpu/kv/* /root/pypi/; ls /root/pypi
+  for r in 1 2 3 4 5; do $M speak --model /root/pypi --voice jf_alpha --phonemes "ðə kwˈɪk bɹˈWn fˈɑks ʤˈʌmps ˌOvəɹ ðə lˈAzi dˈɑɡ. ʃi sˈɛlz sˈiʃɛlz bI ðə sˈiʃɔɹ." -o /tmp/m.wav 2>&1 | grep -o "[0-9.]*s of audio.*" | sed "s/^/round $r mlxrs: /"; done | tee $OUT/tts.txt
+  ;;
+esac
