@@ -150,6 +150,17 @@ fn quantized_equals_mlx_on_every_path() {
       assert!(max_diff(&got, &q_reference(&xs, &q, group, bits)) < 1e-3);
     }
   }
+  // A matrix large enough to be split over threads (> 1M multiply-adds).
+  let big = normal(&[4100, 512], 17);
+  for bits in [4, 8] {
+    let q = quantized(&big, 64, bits);
+    for rows in [1, 3] {
+      let x = normal(&[rows, 512], 18);
+      let got = ops::quantized_matmul_t(&x, &q.0, &q.1, Some(&q.2), 64, bits, "affine").unwrap();
+      let d = max_diff(&got, &q_reference(&x, &q, 64, bits));
+      assert!(d < 2e-3, "threaded, bits {bits}, {rows} rows: {d}");
+    }
+  }
   let q = quantized(&w, 64, 4);
   let x = normal(&[1, 256], 13);
   // float16 x and lazy scales take MLX's op (bit-identical to it).

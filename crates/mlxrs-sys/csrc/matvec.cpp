@@ -19,7 +19,10 @@
 // dequantizes the matrix to float32 and multiplies with BLAS sgemm.
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <system_error>
+#include <thread>
 
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
@@ -251,6 +254,16 @@ QmvFn qmv_kernel(int bits) {
   return bits == 4 ? qmv_default<4> : qmv_default<8>;
 }
 
+/// Threads for a quantized product of `work` multiply-adds: one per 1M,
+/// at most the hardware's and at most 4 (each thread streams its own rows
+/// of the matrix; more threads than that gain nothing on memory-bound
+/// rows and cost a thread start each).
+int qmv_threads(int64_t work) {
+  static const int hw = std::max(1u, std::thread::hardware_concurrency());
+  int64_t want = work / (1 << 20);
+  return static_cast<int>(std::clamp<int64_t>(want, 1, std::min(hw, 4)));
+}
+
 /// `x @ dequantize(w).T` for a few float32 rows of `x` on the CPU (MLX's
 /// `quantized_matmul(x, w, scales, biases, transpose=True)`, affine).
 class QuantMatVecT : public mx::UnaryPrimitive {
@@ -287,8 +300,28 @@ class QuantMatVecT : public mx::UnaryPrimitive {
           xsum[static_cast<size_t>(r) * groups + g] = t;
         }
       }
-      qmv_kernel(bits)(xp, xsum.data(), w.data<uint32_t>(), s.data<float>(), b.data<float>(), y, rows, k, n,
-          group, 0, n);
+      QmvFn f = qmv_kernel(bits);
+      const uint32_t* wp = w.data<uint32_t>();
+      const float* sp = s.data<float>();
+      const float* bp = b.data<float>();
+      // Large matrices (an LM head, a 1B model's MLP) split their output
+      // columns over a few threads; small ones are not worth a thread start.
+      int parts = qmv_threads(static_cast<int64_t>(n) * k * rows);
+      std::vector<std::thread> helpers;
+      for (int t = 1; t < parts; ++t) {
+        int n0 = static_cast<int>(static_cast<int64_t>(n) * t / parts);
+        int n1 = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / parts);
+        try {
+          helpers.emplace_back(f, xp, xsum.data(), wp, sp, bp, y, rows, k, n, group, n0, n1);
+        } catch (const std::system_error&) {
+          f(xp, xsum.data(), wp, sp, bp, y, rows, k, n, group, n0, n1);  // no thread: inline
+        }
+      }
+      f(xp, xsum.data(), wp, sp, bp, y, rows, k, n, group, 0,
+        static_cast<int>(static_cast<int64_t>(n) / parts));
+      for (auto& h : helpers) {
+        h.join();
+      }
     });
   }
 
