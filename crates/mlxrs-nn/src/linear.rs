@@ -534,12 +534,11 @@ mod stack_tests {
       let want = ops::concatenate_axis(&before, -1)?;
       assert_eq!(y.shape(), vec![3, 80]);
       assert!(close(&y, &want)? < 1e-5, "bias {bias} quant {quant}");
+      // (Float32 rounding only: an evaluated quantized view may take the CPU
+      // quantized kernel where the lazy original took MLX's op.)
       for (p, b) in parts.iter().zip(&before) {
-        assert_eq!(
-          close(&p.forward(&x)?, b)?,
-          0.0,
-          "part changed (bias {bias} quant {quant})"
-        );
+        let d = close(&p.forward(&x)?, b)?;
+        assert!(d < 1e-5, "part changed by {d} (bias {bias} quant {quant})");
       }
     }
     Ok(())
