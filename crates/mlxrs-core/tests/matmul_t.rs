@@ -118,7 +118,7 @@ fn q_reference(x: &Array, q: &(Array, Array, Array), group: i32, bits: i32) -> A
 }
 
 /// `quantized_matmul_t` equals MLX's `quantized_matmul` for 4- and 8-bit
-/// affine groups of 32/64/128, on the vectorised path (1..4 rows, leading
+/// affine groups of 32/64/128, on the vectorised path (1..32 rows, leading
 /// axes, strided x) and the dequantize-then-sgemm path (more rows), and
 /// falls back to MLX's op elsewhere (float16 x, lazy weights, no biases).
 #[test]
@@ -134,6 +134,9 @@ fn quantized_equals_mlx_on_every_path() {
         vec![4, 256],
         vec![5, 256],
         vec![2, 3, 256],
+        vec![32, 256],
+        vec![33, 256],
+        vec![2, 40, 256],
       ] {
         let x = normal(&shape, 11);
         let got =

@@ -1635,7 +1635,8 @@ unsafe extern "C" {
  `nn.QuantizedLinear` computes it; `biases` may be a NULL handle). On a CPU
  stream with float32 `x`, affine 4- or 8-bit groups of 32/64/128 and
  evaluated float32 scales and biases: a vectorised dot product for at most
- 4 rows, dequantize-then-sgemm for more; anything else is MLX's
+ 32 rows (decode, batched decode), dequantize-then-sgemm for more
+ (prefill); anything else is MLX's
  `quantized_matmul`.*/
     pub fn mlxrs_quantized_matmul_t(
         res: *mut mlx_array,

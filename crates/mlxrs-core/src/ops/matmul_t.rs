@@ -31,9 +31,10 @@ pub fn matmul_t(x: &Array, w: &Array) -> Result<Array> {
 /// MLX's CPU quantized matmul is a scalar loop (a 4-bit SmolLM2-135M
 /// decoded at ~7 tok/s on a 2-core VM). On a CPU stream with float32 `x`,
 /// affine 4- or 8-bit groups of 32/64/128 and evaluated float32 scales and
-/// biases (a quantized checkpoint loaded with float32 compute), at most 4
-/// rows go through a vectorised kernel (per group: unpack once,
-/// `scale * dot(x, q) + bias * sum(x)`) and more rows through one
+/// biases (a quantized checkpoint loaded with float32 compute), at most 32
+/// rows (decode, batched decode) go through a vectorised kernel (per group:
+/// unpack once,
+/// `scale * dot(x, q) + bias * sum(x)`) and more rows (prefill) through one
 /// dequantized float32 copy of `w` and BLAS sgemm; anything else (GPU
 /// streams, other modes or dtypes) is MLX's op. Gradients flow to `x` only,
 /// as for MLX's op.
