@@ -16,6 +16,17 @@ fn mlxrs() -> Command {
   Command::new(env!("CARGO_BIN_EXE_mlxrs"))
 }
 
+/// `mlxrs launch --timeout 100 --hostfile H --ssh-cmd S`, ranks' command to
+/// be appended after `--`.
+fn launch_hosts(hostfile: &std::path::Path, ssh: &std::path::Path) -> Command {
+  let mut l = mlxrs();
+  l.args(["launch", "--timeout", "100", "--hostfile"])
+    .arg(hostfile)
+    .arg("--ssh-cmd")
+    .arg(ssh);
+  l
+}
+
 fn tiny(name: &str) -> String {
   format!("{}/../../models/tiny/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -232,14 +243,8 @@ fn ranks_with_different_models_are_refused() {
     std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
   }
   for extra in [&[][..], &["--pipeline"][..]] {
-    let mut l = mlxrs();
-    l.args(["launch", "--timeout", "100", "--hostfile"])
-      .arg(&hostfile)
-      .arg("--ssh-cmd")
-      .arg(&ssh)
-      .arg("--")
-      .args(generate_args("llama"))
-      .args(extra);
+    let mut l = launch_hosts(&hostfile, &ssh);
+    l.arg("--").args(generate_args("llama")).args(extra);
     let (out, took) = bounded(l);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -385,12 +390,8 @@ fn remote_ranks_stop_when_the_launcher_is_killed() {
     .local_addr()
     .unwrap()
     .port();
-  let mut l = mlxrs();
-  l.args(["launch", "--timeout", "100", "--hostfile"])
-    .arg(&hostfile)
-    .arg("--ssh-cmd")
-    .arg(&ssh)
-    .args(["--", "serve", "--model", &tiny("llama"), "--port"])
+  let mut l = launch_hosts(&hostfile, &ssh);
+  l.args(["--", "serve", "--model", &tiny("llama"), "--port"])
     .arg(port.to_string())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
@@ -437,13 +438,8 @@ fn launch_hostfile_through_ssh() {
   assert!(one.status.success());
   let want = tokens(String::from_utf8_lossy(&one.stdout).trim());
 
-  let mut l = mlxrs();
-  l.args(["launch", "--timeout", "100", "--hostfile"])
-    .arg(&hostfile)
-    .arg("--ssh-cmd")
-    .arg(&ssh)
-    .arg("--")
-    .args(generate_args("llama"));
+  let mut l = launch_hosts(&hostfile, &ssh);
+  l.arg("--").args(generate_args("llama"));
   let (out, _) = bounded(l);
   let stdout = String::from_utf8_lossy(&out.stdout).to_string();
   assert!(
