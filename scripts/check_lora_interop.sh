@@ -5,6 +5,9 @@
 # `mlxrs fuse --dequantize` loads in mlx-lm and gives those tokens too; a
 # plain (re-quantizing) `mlxrs fuse` gives mlx-lm fuse's tokens.
 # Usage: scripts/check_lora_interop.sh [model folder] (default models/tiny/llama)
+# Env: FTS (fine-tune types, default "lora dora"; MoE models: "lora", as
+# mlx-lm has no DoRA for experts), CONFIG (a -c YAML for `mlxrs lora`, e.g.
+# lora_parameters.keys naming model.embed_tokens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -23,8 +26,8 @@ for name, n in (("train", 8), ("valid", 2)):
         for i in range(n):
             f.write(json.dumps({"text": " ".join(facts[i % 2])}) + "\n")
 PY
-for ft in lora dora; do
-  "$B" lora --model "$M" --train --data "$T/data" --iters 20 --batch-size 2 --num-layers 2 \
+for ft in ${FTS:-lora dora}; do
+  "$B" lora ${CONFIG:+-c "$CONFIG"} --model "$M" --train --data "$T/data" --iters 20 --batch-size 2 --num-layers 2 \
     --learning-rate 1e-3 --fine-tune-type $ft --adapter-path "$T/ad_$ft" --steps-per-report 20 2>/dev/null
   P="The capital of Zorbia"
   rs=$("$B" generate --model "$M" --adapter-path "$T/ad_$ft" --prompt "$P" --ignore-chat-template \

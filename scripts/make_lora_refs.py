@@ -58,17 +58,28 @@ class Losses(TrainingCallback):
 
 
 CASES = [
-    # name, model, fine_tune_type, num_layers, lr, grad_accum
+    # name, model, fine_tune_type, num_layers, lr, grad_accum[, lora keys]
     ("lora", "llama", "lora", 2, 1e-3, 1),
     ("dora", "llama", "dora", 2, 1e-3, 1),
     ("full", "llama", "full", 1, 1e-3, 1),
     ("qlora", "llama-4bit", "lora", 2, 1e-3, 1),
     ("lora_accum", "qwen3", "lora", 1, 1e-3, 2),
+    # MoE experts (LoRASwitchLinear), dense and 4-bit
+    ("lora_moe", "qwen3_moe", "lora", 2, 1e-3, 1),
+    ("qlora_moe", "qwen3_moe-4bit", "lora", 1, 1e-3, 1),
+    # embeddings (LoRAEmbedding / DoRAEmbedding) and the output head, named
+    # by keys; qwen3 ties its head to the embedding (as_linear)
+    ("lora_embed", "llama", "lora", 1, 1e-3, 1,
+     ["self_attn.q_proj", "model.embed_tokens", "lm_head"]),
+    ("lora_embed_tied", "qwen3", "lora", 1, 1e-3, 1,
+     ["self_attn.v_proj", "model.embed_tokens"]),
+    ("dora_embed_tied", "qwen3", "dora", 1, 1e-3, 1,
+     ["mlp.down_proj", "model.embed_tokens"]),
 ]
 LORA = {"rank": 4, "scale": 10.0, "dropout": 0.0}
 
 
-def run_case(name, model_dir, ftype, num_layers, lr, accum, batches):
+def run_case(name, model_dir, ftype, num_layers, lr, accum, batches, keys=None):
     model, tok = load(str(ROOT / "models/tiny" / model_dir))
     mx.random.seed(0)
     model.freeze()
@@ -76,7 +87,10 @@ def run_case(name, model_dir, ftype, num_layers, lr, accum, batches):
         for layer in model.layers[-num_layers:]:
             layer.unfreeze()
     else:
-        linear_to_lora_layers(model, num_layers, dict(LORA), use_dora=ftype == "dora")
+        cfg = dict(LORA)
+        if keys is not None:
+            cfg["keys"] = keys
+        linear_to_lora_layers(model, num_layers, cfg, use_dora=ftype == "dora")
     init = dict(tree_flatten(model.trainable_parameters()))
     if ftype != "full":
         mx.save_safetensors(str(OUT / f"{name}_init.safetensors"), init)
@@ -159,8 +173,9 @@ def main():
     batches = make_batches()
     (OUT / "batches.json").write_text(json.dumps(batches))
     refs = {"steps": STEPS, "lora_parameters": LORA, "cases": {}}
-    for name, model_dir, ftype, nl, lr, accum in CASES:
-        model, tok, losses, tmp = run_case(name, model_dir, ftype, nl, lr, accum, batches)
+    for name, model_dir, ftype, nl, lr, accum, *keys in CASES:
+        keys = keys[0] if keys else None
+        model, tok, losses, tmp = run_case(name, model_dir, ftype, nl, lr, accum, batches, keys)
         refs["cases"][name] = {
             "model": model_dir,
             "fine_tune_type": ftype,
@@ -169,6 +184,8 @@ def main():
             "grad_accumulation_steps": accum,
             "losses": losses,
         }
+        if keys is not None:
+            refs["cases"][name]["keys"] = keys
         print(name, ["%.4f" % l for l in losses[:3]], "...", "%.4f" % losses[-1])
         if name == "lora":
             # The mlx-lm-trained adapter fixture + its greedy tokens.

@@ -434,7 +434,7 @@ fn write_adapter_config(s: &Settings, path: &Path) -> Result<()> {
 
 /// What to train: `(trainable initial values, adapter settings)`.
 fn trainable_set(
-  m: &LoadedModel,
+  m: &mut LoadedModel,
   quant: Option<&QuantConfig>,
   s: &Settings,
 ) -> Result<(BTreeMap<String, Array>, Option<AdapterSettings>)> {
@@ -460,7 +460,8 @@ fn trainable_set(
       Ok((t, None))
     }
     ft => {
-      let targets = tuner::lora_targets(&params, quant, nl, s.lora.keys.as_deref())?;
+      let layers = tuner::adaptable_layers(m.model.as_mut(), quant)?;
+      let targets = tuner::lora_targets(&layers, nl, s.lora.keys.as_deref())?;
       let key = mlxrs_core::random::key(s.seed)?;
       let init = tuner::init_adapters(
         &params,
@@ -760,9 +761,16 @@ pub fn fuse(a: FuseArgs) -> Result<()> {
   let path = mlxrs_lm::resolve_model(&a.model)?;
   let (mut model, config) = mlxrs_lm::load_model_dir(&path, None)?;
   let quant = tuner::quant_config(&config)?;
+  let layers = tuner::adaptable_layers(model.as_mut(), quant.as_ref())?;
   let ac: AdapterConfig = tuner::load_adapters(model.as_mut(), quant.as_ref(), &a.adapter_path)?;
   let params = tuner::adapters::parameters(model.as_ref());
-  let fused = tuner::fuse_params(&params, quant.as_ref(), ac.lora.scale, a.dequantize)?;
+  let fused = tuner::fuse_params(
+    &params,
+    &layers,
+    quant.as_ref(),
+    ac.lora.scale,
+    a.dequantize,
+  )?;
   write_model_folder(&path, &a.save_path, &fused, a.dequantize)?;
   eprintln!("Fused model saved to {}", a.save_path.display());
   Ok(())

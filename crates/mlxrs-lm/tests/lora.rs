@@ -1,7 +1,8 @@
 //! `mlxrs lora` against mlx-lm's trainer (`scripts/make_lora_refs.py`):
 //! the same initial adapters and batches give the same per-step training
-//! losses for lora, dora, full, a 4-bit base (QLoRA) and gradient
-//! accumulation; an adapter trained by mlx-lm loads and gives mlx-lm's
+//! losses for lora, dora, full, a 4-bit base (QLoRA), gradient
+//! accumulation, MoE experts (dense and 4-bit) and embeddings / heads named
+//! by `lora_parameters.keys` (tied and untied); an adapter trained by mlx-lm loads and gives mlx-lm's
 //! greedy tokens; fusing keeps the outputs; bad adapters are refused.
 //! With gradient checkpointing (`--grad-checkpoint`) the losses are the
 //! same (mlx-lm's for the llama / qwen3 cases, the run without it for a
@@ -74,7 +75,7 @@ fn run_case_with(name: &str, compile: bool, ckpt: bool) -> Vec<f32> {
   let case = &refs["cases"][name];
   let lp = LoraParameters::from_json(&refs["lora_parameters"]).unwrap();
   let dir = fixture(case["model"].as_str().unwrap());
-  let (model, cfg) = load_model_dir(&dir, Some(Dtype::Float32)).unwrap();
+  let (mut model, cfg) = load_model_dir(&dir, Some(Dtype::Float32)).unwrap();
   let quant = tuner::quant_config(&cfg).unwrap();
   let ft = FineTuneType::parse(case["fine_tune_type"].as_str().unwrap()).unwrap();
   let (trainable, settings): (BTreeMap<String, Array>, _) = if ft == FineTuneType::Full {
@@ -90,9 +91,13 @@ fn run_case_with(name: &str, compile: bool, ckpt: bool) -> Vec<f32> {
     )
   } else {
     // The adapted layers are the ones mlxrs would pick itself.
-    let params = tuner::adapters::parameters(model.as_ref());
     let nl = case["num_layers"].as_i64().unwrap() as i32;
-    let targets = tuner::lora_targets(&params, quant.as_ref(), nl, None).unwrap();
+    let keys: Option<Vec<String>> = case
+      .get("keys")
+      .map(|k| serde_json::from_value(k.clone()).unwrap());
+    let layers = tuner::adaptable_layers(model.as_mut(), quant.as_ref()).unwrap();
+    let params = tuner::adapters::parameters(model.as_ref());
+    let targets = tuner::lora_targets(&layers, nl, keys.as_deref()).unwrap();
     let (init, _) =
       mlxrs_core::io::load_safetensors(data(&format!("{name}_init.safetensors"))).unwrap();
     let mine = tuner::init_adapters(
@@ -182,6 +187,37 @@ fn losses_match_mlx_lm_grad_accumulation() {
   run_case("lora_accum", true);
 }
 
+/// MoE experts: mlx-lm adapts every `SwitchLinear` (`LoRASwitchLinear`,
+/// `lora_a` `[experts, r, in]`, `lora_b` `[experts, out, r]`).
+#[test]
+fn losses_match_mlx_lm_lora_moe_experts() {
+  run_case("lora_moe", true);
+}
+
+#[test]
+fn losses_match_mlx_lm_qlora_moe_experts_4bit() {
+  run_case("qlora_moe", true);
+}
+
+/// `lora_parameters.keys` naming the embedding and the head
+/// (`LoRAEmbedding`, model-level keys).
+#[test]
+fn losses_match_mlx_lm_lora_embedding_and_head() {
+  run_case("lora_embed", true);
+}
+
+/// A tied head: the adapted embedding is also the output projection
+/// (`LoRAEmbedding.as_linear`).
+#[test]
+fn losses_match_mlx_lm_lora_tied_embedding() {
+  run_case("lora_embed_tied", true);
+}
+
+#[test]
+fn losses_match_mlx_lm_dora_tied_embedding() {
+  run_case("dora_embed_tied", true);
+}
+
 // Gradient checkpointing (`--grad-checkpoint`): the same losses as
 // mlx-lm's run (whose checkpointing only changes what is kept for the
 // backward pass), with the compiled step, for lora, dora, full and a 4-bit
@@ -223,10 +259,11 @@ fn lora_losses(
   ckpt: bool,
   steps: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-  let (model, cfg) = load_model_dir(&fixture(fixture_name), Some(Dtype::Float32)).unwrap();
+  let (mut model, cfg) = load_model_dir(&fixture(fixture_name), Some(Dtype::Float32)).unwrap();
   let quant = tuner::quant_config(&cfg).unwrap();
+  let layers = tuner::adaptable_layers(model.as_mut(), quant.as_ref()).unwrap();
   let params = tuner::adapters::parameters(model.as_ref());
-  let targets = tuner::lora_targets(&params, quant.as_ref(), num_layers, None).unwrap();
+  let targets = tuner::lora_targets(&layers, num_layers, None).unwrap();
   let key = mlxrs_core::random::key(7).unwrap();
   let init = tuner::init_adapters(&params, quant.as_ref(), &targets, 4, false, &key).unwrap();
   // lora_b starts at zero: give it values so that every adapter tensor
@@ -305,10 +342,11 @@ fn grad_checkpoint_same_losses_hunyuan_cross_layer() {
 
 #[test]
 fn grad_checkpoint_unsupported_architecture_is_an_error() {
-  let (model, cfg) = load_model_dir(&fixture("gemma2"), Some(Dtype::Float32)).unwrap();
+  let (mut model, cfg) = load_model_dir(&fixture("gemma2"), Some(Dtype::Float32)).unwrap();
   let quant = tuner::quant_config(&cfg).unwrap();
+  let layers = tuner::adaptable_layers(model.as_mut(), quant.as_ref()).unwrap();
   let params = tuner::adapters::parameters(model.as_ref());
-  let targets = tuner::lora_targets(&params, quant.as_ref(), 1, None).unwrap();
+  let targets = tuner::lora_targets(&layers, 1, None).unwrap();
   let key = mlxrs_core::random::key(0).unwrap();
   let init = tuner::init_adapters(&params, quant.as_ref(), &targets, 4, false, &key).unwrap();
   let settings = AdapterSettings {
@@ -339,6 +377,7 @@ fn mlx_lm_trained_adapter_gives_mlx_lm_tokens_and_fuses() {
   let (mut model, cfg) = load_model_dir(&fixture("llama"), Some(Dtype::Float32)).unwrap();
   let quant = tuner::quant_config(&cfg).unwrap();
   let before = greedy(model.as_ref(), &[5, 17, 99, 240, 3], 12);
+  let layers = tuner::adaptable_layers(model.as_mut(), quant.as_ref()).unwrap();
   let ac = tuner::load_adapters(model.as_mut(), quant.as_ref(), &data("mlx_adapter")).unwrap();
   let exp = json("mlx_adapter/expected.json");
   let prompt = ints(&exp["prompt"]);
@@ -355,7 +394,7 @@ fn mlx_lm_trained_adapter_gives_mlx_lm_tokens_and_fuses() {
   let mut caches = model.make_caches(None);
   let mut want = model.forward(&toks, &mut caches).unwrap();
   let params = tuner::adapters::parameters(model.as_ref());
-  let fused = tuner::fuse_params(&params, quant.as_ref(), ac.lora.scale, false).unwrap();
+  let fused = tuner::fuse_params(&params, &layers, quant.as_ref(), ac.lora.scale, false).unwrap();
   assert!(fused.keys().all(|k| !k.contains("lora")));
   tuner::reload(model.as_mut(), fused, quant.as_ref(), None).unwrap();
   let mut caches = model.make_caches(None);

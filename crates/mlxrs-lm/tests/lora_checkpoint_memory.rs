@@ -51,9 +51,10 @@ fn deep_llama() -> Box<dyn mlxrs_lm::LanguageModel> {
 /// `(loss, peak bytes, bytes live before the step)` of the second compiled
 /// LoRA step (the first one traces).
 fn measure(ckpt: bool, batch: &Batch) -> (f32, usize, usize) {
-  let model = deep_llama();
+  let mut model = deep_llama();
+  let layers = tuner::adaptable_layers(model.as_mut(), None).unwrap();
   let params = tuner::adapters::parameters(model.as_ref());
-  let targets = tuner::lora_targets(&params, None, BLOCKS as i32, None).unwrap();
+  let targets = tuner::lora_targets(&layers, BLOCKS as i32, None).unwrap();
   let key = mlxrs_core::random::key(0).unwrap();
   let init = tuner::init_adapters(&params, None, &targets, 8, false, &key).unwrap();
   let init: BTreeMap<String, Array> = init.into_iter().collect();

@@ -20,6 +20,9 @@ pub struct Embedding {
   pub scales: Option<Array>,
   /// Per-group biases (quantized affine only).
   pub biases: Option<Array>,
+  /// A low-rank adapter on the table (mlx-lm's `LoRAEmbedding` /
+  /// `DoRAEmbedding`), attached at load time when the weights carry one.
+  pub adapter: Option<Box<crate::lora::EmbeddingAdapter>>,
   frozen: Frozen,
 }
 
@@ -38,6 +41,7 @@ impl Embedding {
       quant: None,
       scales: None,
       biases: None,
+      adapter: None,
       frozen: Frozen::default(),
     }
   }
@@ -95,8 +99,17 @@ impl Embedding {
     Ok(())
   }
 
-  /// Look up rows for integer `ids` (any shape): result `[..., dims]`.
+  /// Look up rows for integer `ids` (any shape): result `[..., dims]`
+  /// (with the adapter's update when one is attached).
   pub fn forward(&self, ids: &Array) -> Result<Array> {
+    let y = self.lookup(ids)?;
+    match &self.adapter {
+      Some(ad) => ad.forward(&y, ids),
+      None => Ok(y),
+    }
+  }
+
+  fn lookup(&self, ids: &Array) -> Result<Array> {
     match &self.quant {
       None => ops::take_axis(&self.weight, ids, 0),
       Some(q) => {
@@ -121,8 +134,20 @@ impl Embedding {
   }
 
   /// Use the table as an output projection: `x @ W.T` (python
-  /// `embed_tokens.as_linear(x)`, for tied word embeddings).
+  /// `embed_tokens.as_linear(x)`, for tied word embeddings), with the
+  /// adapter's update when one is attached.
   pub fn as_linear(&self, x: &Array) -> Result<Array> {
+    let y = self.as_linear_base(x)?;
+    match &self.adapter {
+      Some(ad) => {
+        let table = (ad.m.is_some() && self.quant.is_none()).then_some(&self.weight);
+        ad.as_linear(&y, x, table)
+      }
+      None => Ok(y),
+    }
+  }
+
+  fn as_linear_base(&self, x: &Array) -> Result<Array> {
     match &self.quant {
       None => ops::matmul_t(x, &self.weight),
       Some(q) => ops::quantized_matmul_t(
@@ -151,6 +176,18 @@ impl Module for Embedding {
         self.frozen.set(n, true);
       }
     }
+    w.record_layer(crate::lora::AdaptableLayer {
+      path: prefix.to_string(),
+      kind: crate::lora::AdapterKind::Embedding,
+      shape: vec![self.num_embeddings, self.dims],
+      quantized: self.quant.is_some(),
+    });
+    self.adapter = crate::lora::EmbeddingAdapter::load(w, prefix, self.num_embeddings, self.dims);
+    if self.quant.is_some() && self.adapter.as_ref().is_some_and(|a| a.m.is_some()) {
+      w.problem(format!(
+        "{prefix}: DoRA on a quantized embedding is not supported (mlx-lm refuses it too)"
+      ));
+    }
   }
 
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
@@ -161,6 +198,9 @@ impl Module for Embedding {
     if let Some(b) = &mut self.biases {
       self.frozen.visit_mut(prefix, "biases", b, f);
     }
+    if let Some(ad) = &mut self.adapter {
+      ad.visit_mut(prefix, f);
+    }
   }
 
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
@@ -170,6 +210,9 @@ impl Module for Embedding {
     }
     if let Some(b) = &self.biases {
       self.frozen.visit(prefix, "biases", b, f);
+    }
+    if let Some(ad) = &self.adapter {
+      ad.visit(prefix, &mut |k, a| f(k, a, false));
     }
   }
 
@@ -184,6 +227,9 @@ impl Module for Embedding {
     }
     if let Some(b) = &self.biases {
       f(&join(prefix, "biases"), b);
+    }
+    if let Some(ad) = &self.adapter {
+      ad.visit(prefix, f);
     }
   }
 }

@@ -65,7 +65,10 @@ pub use conv::{Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::{Linear, StackedLinear};
-pub use lora::{AdapterSettings, DoRALinear, LinearAdapter, LoRALinear, fused_weight};
+pub use lora::{
+  AdaptableLayer, AdapterKind, AdapterSettings, DoRALinear, EmbeddingAdapter, LinearAdapter,
+  LoRALinear, SwitchAdapter, fused_weight,
+};
 pub use losses::{CrossEntropy, Reduction};
 pub use lstm::{Lstm, LstmDirection};
 pub use module::{Frozen, Module, Param, Weights, join, path_has_prefix};

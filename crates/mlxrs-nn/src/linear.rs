@@ -428,6 +428,12 @@ impl Module for Linear {
     if self.quant.is_some() {
       self.freeze_all();
     }
+    w.record_layer(crate::lora::AdaptableLayer {
+      path: prefix.to_string(),
+      kind: crate::lora::AdapterKind::Linear,
+      shape: vec![self.out_dims, self.in_dims],
+      quantized: self.quant.is_some(),
+    });
     self.adapter = crate::lora::LinearAdapter::load(w, prefix, self.in_dims, self.out_dims);
   }
 

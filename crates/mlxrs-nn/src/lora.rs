@@ -116,6 +116,333 @@ pub struct AdapterSettings {
   pub training: bool,
 }
 
+/// The kinds of layer low-rank adapters wrap (mlx-lm's
+/// `linear_to_lora_layers`: `LoRALinear` / `DoRALinear`,
+/// `LoRASwitchLinear`, `LoRAEmbedding` / `DoRAEmbedding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterKind {
+  /// [`Linear`] (dense or quantized).
+  Linear,
+  /// [`crate::Embedding`] (dense or quantized).
+  Embedding,
+  /// [`crate::SwitchLinear`]: one linear layer per expert.
+  SwitchLinear,
+}
+
+impl AdapterKind {
+  /// The layer's type name (`"Linear"`, ...).
+  pub fn name(self) -> &'static str {
+    match self {
+      AdapterKind::Linear => "Linear",
+      AdapterKind::Embedding => "Embedding",
+      AdapterKind::SwitchLinear => "SwitchLinear",
+    }
+  }
+}
+
+/// A layer of a loaded model that adapters can wrap (recorded by
+/// [`crate::Weights::layers`] as the model loads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdaptableLayer {
+  /// Module path (`model.layers.1.self_attn.q_proj`).
+  pub path: String,
+  /// The layer's kind.
+  pub kind: AdapterKind,
+  /// The dense weight's shape: `[out, in]` (Linear), `[num_embeddings,
+  /// dims]` (Embedding), `[experts, out, in]` (SwitchLinear).
+  pub shape: Vec<i32>,
+  /// Whether the layer was loaded quantized.
+  pub quantized: bool,
+}
+
+/// The tensors and settings of one adapter, as taken from [`crate::Weights`].
+struct AdapterParts {
+  a: Array,
+  b: Array,
+  m: Option<Array>,
+  scale: f32,
+  dropout: Dropout,
+}
+
+impl AdapterParts {
+  /// Take `<prefix>.lora_a` (shape `a_shape(r)`, the rank `r` read from
+  /// its axis `r_axis`), `<prefix>.lora_b` (`b_shape(r)`) and, where the
+  /// layer allows DoRA (`m_dims`), `<prefix>.m` `[m_dims]`. `None` when
+  /// `w.adapter` is unset or the layer has no adapter in `w`.
+  fn load(
+    w: &mut crate::Weights,
+    prefix: &str,
+    a_shape: &dyn Fn(i32) -> Vec<i32>,
+    r_axis: usize,
+    b_shape: &dyn Fn(i32) -> Vec<i32>,
+    m_dims: Option<i32>,
+  ) -> Option<AdapterParts> {
+    let settings = w.adapter?;
+    let ka = crate::join(prefix, "lora_a");
+    if !w.has(&ka) {
+      return None;
+    }
+    let a = w.take(&ka, None);
+    let r = a.shape().get(r_axis).copied().unwrap_or(0);
+    let want = a_shape(r);
+    if a.shape() != want {
+      w.problem(format!(
+        "adapter {ka} has shape {:?}, expected {want:?}",
+        a.shape()
+      ));
+    }
+    let b = w.take(&crate::join(prefix, "lora_b"), Some(&b_shape(r)));
+    let km = crate::join(prefix, "m");
+    let m = match m_dims {
+      Some(d) => w.take_opt(&km, Some(&[d])),
+      None => {
+        if w.has(&km) {
+          w.problem(format!(
+            "adapter {km}: DoRA is not supported on this layer kind (mlx-lm: \"doesn't support DoRA yet\")"
+          ));
+        }
+        None
+      }
+    };
+    let mut dropout = match Dropout::new(settings.dropout) {
+      Ok(d) => d,
+      Err(e) => {
+        w.problem(format!("adapter {prefix}: {e}"));
+        return None;
+      }
+    };
+    dropout.training = settings.training;
+    Some(AdapterParts {
+      a,
+      b,
+      m,
+      scale: settings.scale,
+      dropout,
+    })
+  }
+}
+
+/// `scale * z` cast to `dtype`.
+fn scaled(z: &Array, scale: f32, dtype: Dtype) -> Result<Array> {
+  ops::astype(
+    &ops::multiply(&Array::scalar_as(scale as f64, z.dtype())?, z)?,
+    dtype,
+  )
+}
+
+/// A LoRA adapter held inside a [`crate::SwitchLinear`] (mlx-lm
+/// `LoRASwitchLinear`): per expert `e`, `lora_a[e]` `[r, in]` and
+/// `lora_b[e]` `[out, r]`; stored as `<path>.lora_a` `[experts, r, in]`,
+/// `<path>.lora_b` `[experts, out, r]`. No DoRA (as mlx-lm).
+pub struct SwitchAdapter {
+  /// Down projections `[experts, r, in]`.
+  pub lora_a: Array,
+  /// Up projections `[experts, out, r]`.
+  pub lora_b: Array,
+  /// Update scale.
+  pub scale: f32,
+  /// Dropout on the adapter's input.
+  pub dropout: Dropout,
+}
+
+impl SwitchAdapter {
+  pub(crate) fn load(
+    w: &mut crate::Weights,
+    prefix: &str,
+    experts: i32,
+    in_dims: i32,
+    out_dims: i32,
+  ) -> Option<Box<SwitchAdapter>> {
+    let p = AdapterParts::load(
+      w,
+      prefix,
+      &|r| vec![experts, r, in_dims],
+      1,
+      &|r| vec![experts, out_dims, r],
+      None,
+    )?;
+    Some(Box::new(SwitchAdapter {
+      lora_a: p.a,
+      lora_b: p.b,
+      scale: p.scale,
+      dropout: p.dropout,
+    }))
+  }
+
+  /// The adapted output: the base layer's output `y` plus `scale *
+  /// (x @ lora_a[e].T) @ lora_b[e].T` for each row's expert `e` (python
+  /// `LoRASwitchLinear.__call__`).
+  pub fn forward(&self, y: &Array, x: &Array, indices: &Array, sorted: bool) -> Result<Array> {
+    let z = ops::gather_mm(
+      &self.dropout.forward(x)?,
+      &ops::swapaxes(&self.lora_a, -1, -2)?,
+      None,
+      Some(indices),
+      sorted,
+    )?;
+    let z = ops::gather_mm(
+      &z,
+      &ops::swapaxes(&self.lora_b, -1, -2)?,
+      None,
+      Some(indices),
+      sorted,
+    )?;
+    ops::add(y, &scaled(&z, self.scale, x.dtype())?)
+  }
+
+  /// The merged `[experts, out, in]` weight of a dense (dequantized) base
+  /// `w` (python `LoRASwitchLinear.fuse` before re-quantizing).
+  pub fn fused_weight(w: &Array, a: &Array, b: &Array, scale: f32) -> Result<Array> {
+    let d = ops::matmul(
+      &ops::multiply(&Array::scalar_as(scale as f64, b.dtype())?, b)?,
+      a,
+    )?;
+    ops::add(w, &ops::astype(&d, w.dtype())?)
+  }
+
+  pub(crate) fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    f(&crate::join(prefix, "lora_a"), &self.lora_a);
+    f(&crate::join(prefix, "lora_b"), &self.lora_b);
+  }
+
+  pub(crate) fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    let mut fz = false;
+    f(&crate::join(prefix, "lora_a"), &mut self.lora_a, &mut fz);
+    f(&crate::join(prefix, "lora_b"), &mut self.lora_b, &mut fz);
+  }
+}
+
+/// A LoRA or DoRA adapter held inside a [`crate::Embedding`] (mlx-lm
+/// `LoRAEmbedding` / `DoRAEmbedding`): `<path>.lora_a` `[num_embeddings,
+/// r]`, `<path>.lora_b` `[r, dims]`, DoRA's magnitude `<path>.m`
+/// `[num_embeddings]`.
+pub struct EmbeddingAdapter {
+  /// Per-token low-rank factors `[num_embeddings, r]`.
+  pub lora_a: Array,
+  /// `[r, dims]`.
+  pub lora_b: Array,
+  /// DoRA's magnitude per table row (`None`: plain LoRA).
+  pub m: Option<Array>,
+  /// Update scale.
+  pub scale: f32,
+  /// Dropout (on the update for lookups, on the input for `as_linear`).
+  pub dropout: Dropout,
+}
+
+impl EmbeddingAdapter {
+  pub(crate) fn load(
+    w: &mut crate::Weights,
+    prefix: &str,
+    num: i32,
+    dims: i32,
+  ) -> Option<Box<EmbeddingAdapter>> {
+    let p = AdapterParts::load(
+      w,
+      prefix,
+      &|r| vec![num, r],
+      1,
+      &|r| vec![r, dims],
+      Some(num),
+    )?;
+    Some(Box::new(EmbeddingAdapter {
+      lora_a: p.a,
+      lora_b: p.b,
+      m: p.m,
+      scale: p.scale,
+      dropout: p.dropout,
+    }))
+  }
+
+  /// Rows for `ids` with the update (python `LoRAEmbedding.__call__` /
+  /// `DoRAEmbedding.__call__`); `y` is the base table's lookup.
+  pub fn forward(&self, y: &Array, ids: &Array) -> Result<Array> {
+    let z = ops::matmul(&ops::take_axis(&self.lora_a, ids, 0)?, &self.lora_b)?;
+    match &self.m {
+      None => ops::add(
+        y,
+        &scaled(&self.dropout.forward(&z)?, self.scale, y.dtype())?,
+      ),
+      Some(m) => {
+        let z = scaled(&z, self.scale, z.dtype())?;
+        let out = ops::add(y, &ops::astype(&self.dropout.forward(&z)?, y.dtype())?)?;
+        let adapted = ops::add(y, &z)?;
+        let denom =
+          ops::stop_gradient(&mlxrs_core::linalg::norm_l2(&adapted, Some(&[-1]), false)?)?;
+        let ratio = ops::divide(&ops::take_axis(m, ids, 0)?, &denom)?;
+        ops::multiply(&ops::expand_dims(&ratio, -1)?, &out)
+      }
+    }
+  }
+
+  /// The table as an output projection with the update (python
+  /// `LoRAEmbedding.as_linear` / `DoRAEmbedding.as_linear`); `y` is the
+  /// base table's `as_linear(x)`, `table` its dense weight (DoRA only).
+  pub fn as_linear(&self, y: &Array, x: &Array, table: Option<&Array>) -> Result<Array> {
+    let z = ops::matmul(
+      &ops::matmul(&self.dropout.forward(x)?, &ops::transpose(&self.lora_b)?)?,
+      &ops::transpose(&self.lora_a)?,
+    )?;
+    let out = ops::add(y, &scaled(&z, self.scale, x.dtype())?)?;
+    match (&self.m, table) {
+      (None, _) => Ok(out),
+      (Some(m), Some(t)) => {
+        let adapted = Self::lora_weight(t, &self.lora_a, &self.lora_b, self.scale)?;
+        let denom = ops::stop_gradient(&mlxrs_core::linalg::norm_l2(&adapted, Some(&[1]), false)?)?;
+        ops::multiply(&ops::divide(m, &denom)?, &out)
+      }
+      (Some(_), None) => Err(Error::InvalidArgument(
+        "DoRA embedding needs the dense table".into(),
+      )),
+    }
+  }
+
+  /// `table + (scale * lora_a) @ lora_b`.
+  fn lora_weight(table: &Array, a: &Array, b: &Array, scale: f32) -> Result<Array> {
+    let d = ops::matmul(
+      &ops::multiply(&Array::scalar_as(scale as f64, a.dtype())?, a)?,
+      b,
+    )?;
+    ops::add(table, &ops::astype(&d, table.dtype())?)
+  }
+
+  /// The merged `[num_embeddings, dims]` table of a dense (dequantized)
+  /// base `table` (python `LoRAEmbedding.fuse` / `DoRAEmbedding.fuse`
+  /// before re-quantizing).
+  pub fn fused_weight(
+    table: &Array,
+    a: &Array,
+    b: &Array,
+    m: Option<&Array>,
+    scale: f32,
+  ) -> Result<Array> {
+    let w = Self::lora_weight(table, a, b, scale)?;
+    match m {
+      None => Ok(w),
+      Some(m) => {
+        let ns = ops::divide(m, &mlxrs_core::linalg::norm_l2(&w, Some(&[1]), false)?)?;
+        ops::astype(&ops::multiply(&ops::expand_dims(&ns, 1)?, &w)?, w.dtype())
+      }
+    }
+  }
+
+  pub(crate) fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    f(&crate::join(prefix, "lora_a"), &self.lora_a);
+    f(&crate::join(prefix, "lora_b"), &self.lora_b);
+    if let Some(m) = &self.m {
+      f(&crate::join(prefix, "m"), m);
+    }
+  }
+
+  pub(crate) fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    let mut fz = false;
+    f(&crate::join(prefix, "lora_a"), &mut self.lora_a, &mut fz);
+    f(&crate::join(prefix, "lora_b"), &mut self.lora_b, &mut fz);
+    if let Some(m) = &mut self.m {
+      f(&crate::join(prefix, "m"), m, &mut fz);
+    }
+  }
+}
+
 /// A LoRA or DoRA adapter held inside a [`Linear`] (so that any model built
 /// from `Linear` layers can be adapted without changing it). Its
 /// parameters sit next to the layer's own, under mlx-lm's adapter names:
@@ -143,36 +470,20 @@ impl LinearAdapter {
     in_dims: i32,
     out_dims: i32,
   ) -> Option<Box<LinearAdapter>> {
-    let settings = w.adapter?;
-    let ka = crate::join(prefix, "lora_a");
-    if !w.has(&ka) {
-      return None;
-    }
-    let a = w.take(&ka, None);
-    let r = a.shape().get(1).copied().unwrap_or(0);
-    if a.shape() != [in_dims, r] {
-      w.problem(format!(
-        "adapter {ka} has shape {:?}, expected [{in_dims}, r]",
-        a.shape()
-      ));
-    }
-    let b = w.take(&crate::join(prefix, "lora_b"), Some(&[r, out_dims]));
-    let km = crate::join(prefix, "m");
-    let m = w.take_opt(&km, Some(&[out_dims]));
-    let mut dropout = match Dropout::new(settings.dropout) {
-      Ok(d) => d,
-      Err(e) => {
-        w.problem(format!("adapter {prefix}: {e}"));
-        return None;
-      }
-    };
-    dropout.training = settings.training;
+    let p = AdapterParts::load(
+      w,
+      prefix,
+      &|r| vec![in_dims, r],
+      1,
+      &|r| vec![r, out_dims],
+      Some(out_dims),
+    )?;
     Some(Box::new(LinearAdapter {
-      lora_a: a,
-      lora_b: b,
-      m,
-      scale: settings.scale,
-      dropout,
+      lora_a: p.a,
+      lora_b: p.b,
+      m: p.m,
+      scale: p.scale,
+      dropout: p.dropout,
     }))
   }
 

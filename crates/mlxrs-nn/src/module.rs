@@ -523,6 +523,7 @@ pub struct Weights {
   /// set by a tensor-parallel loader whose weight map holds this rank's
   /// column slices of those layers. Empty: no layer communicates.
   pub sharded_to_all: Vec<String>,
+  layers: Vec<crate::lora::AdaptableLayer>,
 }
 
 impl Weights {
@@ -537,6 +538,7 @@ impl Weights {
       ignored: Vec::new(),
       fill: None,
       sharded_to_all: Vec::new(),
+      layers: Vec::new(),
     }
   }
 
@@ -613,6 +615,18 @@ impl Weights {
   /// Keys still present.
   pub fn keys(&self) -> impl Iterator<Item = &String> {
     self.map.keys()
+  }
+
+  /// Note a layer that adapters can wrap, as it loads (`Linear`,
+  /// `Embedding`, `SwitchLinear` call this).
+  pub(crate) fn record_layer(&mut self, layer: crate::lora::AdaptableLayer) {
+    self.layers.push(layer);
+  }
+
+  /// The layers loaded so far that low-rank adapters can wrap, in load
+  /// order (what mlx-lm's `linear_to_lora_layers` would convert).
+  pub fn layers(&self) -> &[crate::lora::AdaptableLayer] {
+    &self.layers
   }
 
   /// Record a problem (shown by [`Weights::finish`]).

@@ -88,6 +88,9 @@ pub struct SwitchLinear {
   /// expert's hidden features). Set at load time from
   /// [`Weights::sharded_to_all`](crate::Weights::sharded_to_all).
   pub all_reduce: bool,
+  /// A low-rank adapter per expert (mlx-lm's `LoRASwitchLinear`),
+  /// attached at load time when the weights carry one.
+  pub adapter: Option<Box<crate::lora::SwitchAdapter>>,
   frozen: Frozen,
 }
 
@@ -106,6 +109,7 @@ impl SwitchLinear {
       scales: None,
       biases: None,
       all_reduce: false,
+      adapter: None,
       frozen: Frozen::default(),
     }
   }
@@ -169,8 +173,12 @@ impl SwitchLinear {
     } else {
       y
     };
-    match &self.bias {
-      Some(b) => ops::add(&y, &ops::expand_dims(&ops::take_axis(b, indices, 0)?, -2)?),
+    let y = match &self.bias {
+      Some(b) => ops::add(&y, &ops::expand_dims(&ops::take_axis(b, indices, 0)?, -2)?)?,
+      None => y,
+    };
+    match &self.adapter {
+      Some(ad) => ad.forward(&y, x, indices, sorted_indices),
       None => Ok(y),
     }
   }
@@ -198,6 +206,14 @@ impl Module for SwitchLinear {
         self.frozen.set(n, true);
       }
     }
+    w.record_layer(crate::lora::AdaptableLayer {
+      path: prefix.to_string(),
+      kind: crate::lora::AdapterKind::SwitchLinear,
+      shape: vec![self.num_experts, self.out_dims, self.in_dims],
+      quantized: self.quant.is_some(),
+    });
+    self.adapter =
+      crate::lora::SwitchAdapter::load(w, prefix, self.num_experts, self.in_dims, self.out_dims);
   }
 
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
@@ -211,6 +227,9 @@ impl Module for SwitchLinear {
     if let Some(b) = &mut self.bias {
       self.frozen.visit_mut(prefix, "bias", b, f);
     }
+    if let Some(ad) = &mut self.adapter {
+      ad.visit_mut(prefix, f);
+    }
   }
 
   fn visit_frozen(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array, bool)) {
@@ -223,6 +242,9 @@ impl Module for SwitchLinear {
     }
     if let Some(b) = &self.bias {
       self.frozen.visit(prefix, "bias", b, f);
+    }
+    if let Some(ad) = &self.adapter {
+      ad.visit(prefix, &mut |k, a| f(k, a, false));
     }
   }
 
@@ -240,6 +262,9 @@ impl Module for SwitchLinear {
     }
     if let Some(b) = &self.bias {
       f(&join(prefix, "bias"), b);
+    }
+    if let Some(ad) = &self.adapter {
+      ad.visit(prefix, f);
     }
   }
 }

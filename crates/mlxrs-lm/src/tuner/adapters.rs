@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use mlxrs_core::{Array, Dtype, ops};
-use mlxrs_nn::{AdapterSettings, QuantConfig, Weights};
+use mlxrs_nn::{AdaptableLayer, AdapterKind, AdapterSettings, QuantConfig, Weights};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -218,25 +218,34 @@ pub fn reload(
   params: HashMap<String, Array>,
   quant: Option<&QuantConfig>,
   adapter: Option<AdapterSettings>,
-) -> Result<()> {
+) -> Result<Vec<AdaptableLayer>> {
   let mut w = Weights::new(params);
   w.quant = quant.cloned();
   w.adapter = adapter;
   model.load(&mut w);
-  w.finish().map_err(Error::Core)
+  let layers = w.layers().to_vec();
+  w.finish().map_err(Error::Core)?;
+  Ok(layers)
 }
 
-/// A linear layer of the model that adapters can wrap.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinearTarget {
-  /// Module path (`model.layers.1.self_attn.q_proj`).
-  pub path: String,
-  /// Index of its block.
-  pub layer: usize,
-  /// Input features.
-  pub in_dims: i32,
-  /// Output features.
-  pub out_dims: i32,
+/// The layers of `model` that adapters can wrap (`Linear`, `Embedding`,
+/// `SwitchLinear`, dense or quantized), in module order: the model is
+/// reloaded with its own parameters, each layer noting its kind and shape
+/// as it loads. The model must not hold adapters yet.
+pub fn adaptable_layers(
+  model: &mut dyn LanguageModel,
+  quant: Option<&QuantConfig>,
+) -> Result<Vec<AdaptableLayer>> {
+  let params = parameters(model);
+  if let Some(k) = params
+    .keys()
+    .find(|k| is_adapter_key(k) && k.contains("lora_"))
+  {
+    return Err(bad(format!(
+      "the model already holds adapters ({k}); load the base model to attach new ones"
+    )));
+  }
+  reload(model, params, quant, None)
 }
 
 /// `(prefix, index, rest)` for a path inside the block list
@@ -264,17 +273,22 @@ pub fn num_blocks(params: &HashMap<String, Array>) -> usize {
     .unwrap_or(0)
 }
 
-/// The linear layers of the last `num_layers` blocks that mlx-lm's
-/// `linear_to_lora_layers` would adapt (every `Linear` / `QuantizedLinear`,
-/// or those whose block-relative path is in `keys`), sorted by path. 3-D
-/// expert weights (`SwitchLinear`) are skipped.
+/// The layers mlx-lm's `linear_to_lora_layers` would adapt, out of the
+/// model's [`adaptable_layers`]: with no `keys`, every adaptable layer
+/// (`Linear`, `SwitchLinear`, `Embedding`, dense or quantized) of the last
+/// `num_layers` blocks; with `keys`, those of the last `num_layers` blocks
+/// whose block-relative path is a key (`self_attn.q_proj`), plus any layer
+/// whose full path is one (`lm_head`, `model.embed_tokens`). Sorted by path.
 pub fn lora_targets(
-  params: &HashMap<String, Array>,
-  quant: Option<&QuantConfig>,
+  layers: &[AdaptableLayer],
   num_layers: i32,
   keys: Option<&[String]>,
-) -> Result<Vec<LinearTarget>> {
-  let n = num_blocks(params);
+) -> Result<Vec<AdaptableLayer>> {
+  let n = layers
+    .iter()
+    .filter_map(|l| split_layer(&format!("{}.", l.path)).map(|(_, i, _)| i + 1))
+    .max()
+    .unwrap_or(0);
   if n == 0 {
     return Err(bad("the model has no `layers.N` blocks to adapt".into()));
   }
@@ -284,60 +298,86 @@ pub fn lora_targets(
     )));
   }
   let first = n - num_layers.max(0) as usize;
-  let mut out = Vec::new();
-  for (k, w) in params {
-    let Some(path) = k.strip_suffix(".weight") else {
-      continue;
+  let mut out: Vec<AdaptableLayer> = Vec::new();
+  for l in layers {
+    let path = format!("{}.", l.path);
+    let in_block = split_layer(&path)
+      .filter(|(_, i, _)| *i >= first)
+      .map(|(_, _, rel)| rel.trim_end_matches('.').to_string());
+    let picked = match (keys, &in_block) {
+      (None, Some(_)) => true,
+      (None, None) => false,
+      (Some(keys), rel) => keys
+        .iter()
+        .any(|k| *k == l.path || rel.as_deref() == Some(k.as_str())),
     };
-    let Some((_, layer, rel)) = split_layer(path) else {
-      continue;
-    };
-    if layer < first || rel.contains("lora") {
-      continue;
+    if picked && !out.iter().any(|o| o.path == l.path) {
+      out.push(l.clone());
     }
-    if let Some(keys) = keys {
-      if !keys.iter().any(|x| x == rel) {
-        continue;
-      }
-    }
-    let s = w.shape();
-    if s.len() != 2 {
-      continue;
-    }
-    let scales = params.get(&format!("{path}.scales"));
-    let in_dims = match (scales, quant.and_then(|q| q.for_layer(path))) {
-      (Some(_), Some(q)) => s[1] * 32 / q.bits,
-      (Some(_), None) => {
-        return Err(bad(format!(
-          "{path} is quantized but the config has no quantization for it"
-        )));
-      }
-      (None, _) => s[1],
-    };
-    out.push(LinearTarget {
-      path: path.to_string(),
-      layer,
-      in_dims,
-      out_dims: s[0],
-    });
   }
   out.sort_by(|a, b| a.path.cmp(&b.path));
   if let Some(keys) = keys {
     let missing: Vec<&String> = keys
       .iter()
-      .filter(|k| !out.iter().any(|t| t.path.ends_with(&format!(".{k}"))))
+      .filter(|k| {
+        !out
+          .iter()
+          .any(|t| t.path == **k || t.path.ends_with(&format!(".{k}")))
+      })
       .collect();
     if !missing.is_empty() {
       return Err(bad(format!(
-        "lora_parameters.keys {missing:?} match no linear layer in the last {num_layers} layers"
+        "lora_parameters.keys {missing:?} match no adaptable layer (Linear, SwitchLinear, \
+         Embedding) in the last {num_layers} layers or the model"
       )));
     }
   }
   Ok(out)
 }
 
-/// The dense `[out, in]` weight of the linear layer at `path`
-/// (dequantized when quantized).
+/// The adapter tensors of `target` and their shapes for rank `rank`
+/// (mlx-lm's names): `lora_a`, `lora_b` and, for DoRA, `m`.
+fn adapter_shapes(
+  target: &AdaptableLayer,
+  rank: i32,
+  dora: bool,
+) -> Result<Vec<(String, Vec<i32>)>> {
+  let s = &target.shape;
+  let p = &target.path;
+  let (a, b, m) = match (target.kind, s.as_slice()) {
+    (AdapterKind::Linear, [out, inp]) => (vec![*inp, rank], vec![rank, *out], *out),
+    (AdapterKind::Embedding, [num, dims]) => (vec![*num, rank], vec![rank, *dims], *num),
+    (AdapterKind::SwitchLinear, [e, out, inp]) => {
+      if dora {
+        return Err(bad(format!(
+          "{p}: SwitchLinear (MoE experts) doesn't support DoRA (as mlx-lm); use lora, or \
+           lora_parameters.keys without the expert layers"
+        )));
+      }
+      (vec![*e, rank, *inp], vec![*e, *out, rank], 0)
+    }
+    (k, _) => {
+      return Err(bad(format!(
+        "{p}: unexpected {} weight shape {s:?}",
+        k.name()
+      )));
+    }
+  };
+  if dora && target.kind == AdapterKind::Embedding && target.quantized {
+    return Err(bad(format!(
+      "{p}: DoRA on a quantized embedding is not supported (mlx-lm refuses it too)"
+    )));
+  }
+  let mut out = vec![(format!("{p}.lora_a"), a), (format!("{p}.lora_b"), b)];
+  if dora {
+    out.push((format!("{p}.m"), vec![m]));
+  }
+  Ok(out)
+}
+
+/// The dense weight of the adaptable layer at `path` (`[out, in]`,
+/// `[num_embeddings, dims]` or `[experts, out, in]`; dequantized when
+/// quantized).
 pub fn dense_weight(
   params: &HashMap<String, Array>,
   quant: Option<&QuantConfig>,
@@ -368,13 +408,15 @@ pub fn dense_weight(
   }
 }
 
-/// Fresh adapters for `targets` (python `LoRALinear.from_base` /
-/// `DoRALinear.from_base`): `lora_a` `uniform(±1/sqrt(in))` from `key`,
-/// `lora_b` zeros, DoRA's `m` the base weight's row norms.
+/// Fresh adapters for `targets` (python `LoRALinear.from_base`,
+/// `LoRASwitchLinear.from_base`, `LoRAEmbedding.from_base` and their DoRA
+/// twins): `lora_a` `uniform(±1/sqrt(in))` from `key` (an embedding's:
+/// `±1/sqrt(num_embeddings)`), `lora_b` zeros, DoRA's `m` the base
+/// weight's row norms.
 pub fn init_adapters(
   params: &HashMap<String, Array>,
   quant: Option<&QuantConfig>,
-  targets: &[LinearTarget],
+  targets: &[AdaptableLayer],
   rank: i32,
   dora: bool,
   key: &Array,
@@ -385,27 +427,30 @@ pub fn init_adapters(
   let mut out = HashMap::new();
   let mut key = key.clone();
   for t in targets {
+    let shapes = adapter_shapes(t, rank, dora)?;
     let (next, sub) = mlxrs_core::random::split(&key)?;
     key = next;
-    let s = 1.0 / (t.in_dims as f32).sqrt();
-    let a = mlxrs_core::random::uniform(
-      &Array::scalar(-s),
-      &Array::scalar(s),
-      &[t.in_dims, rank],
-      Dtype::Float32,
-      Some(&sub),
-    )?;
-    out.insert(format!("{}.lora_a", t.path), a);
-    out.insert(
-      format!("{}.lora_b", t.path),
-      ops::zeros(&[rank, t.out_dims], Dtype::Float32)?,
-    );
-    if dora {
-      let w = dense_weight(params, quant, &t.path)?;
-      out.insert(
-        format!("{}.m", t.path),
-        mlxrs_core::linalg::norm_l2(&w, Some(&[1]), false)?,
-      );
+    let fan_in = match t.kind {
+      AdapterKind::Embedding => t.shape[0],
+      _ => t.shape[t.shape.len() - 1],
+    };
+    let s = 1.0 / (fan_in as f32).sqrt();
+    for (name, shape) in shapes {
+      let v = if name.ends_with(".lora_a") {
+        mlxrs_core::random::uniform(
+          &Array::scalar(-s),
+          &Array::scalar(s),
+          &shape,
+          Dtype::Float32,
+          Some(&sub),
+        )?
+      } else if name.ends_with(".lora_b") {
+        ops::zeros(&shape, Dtype::Float32)?
+      } else {
+        let w = dense_weight(params, quant, &t.path)?;
+        mlxrs_core::linalg::norm_l2(&w, Some(&[1]), false)?
+      };
+      out.insert(name, v);
     }
   }
   Ok(out)
@@ -418,7 +463,7 @@ pub fn init_adapters(
 pub fn check_adapters(
   weights: &HashMap<String, Array>,
   params: &HashMap<String, Array>,
-  quant: Option<&QuantConfig>,
+  layers: &[AdaptableLayer],
   cfg: &AdapterConfig,
   source: &str,
 ) -> Result<()> {
@@ -428,13 +473,9 @@ pub fn check_adapters(
       allowed.insert(k.clone(), v.shape());
     }
   } else {
-    let r = cfg.lora.rank;
-    for t in lora_targets(params, quant, cfg.num_layers, cfg.lora.keys.as_deref())? {
-      allowed.insert(format!("{}.lora_a", t.path), vec![t.in_dims, r]);
-      allowed.insert(format!("{}.lora_b", t.path), vec![r, t.out_dims]);
-      if cfg.fine_tune_type == FineTuneType::Dora {
-        allowed.insert(format!("{}.m", t.path), vec![t.out_dims]);
-      }
+    let dora = cfg.fine_tune_type == FineTuneType::Dora;
+    for t in lora_targets(layers, cfg.num_layers, cfg.lora.keys.as_deref())? {
+      allowed.extend(adapter_shapes(&t, cfg.lora.rank, dora)?);
     }
   }
   let mut errors = Vec::new();
@@ -493,8 +534,12 @@ pub fn apply_adapter_weights(
   weights: HashMap<String, Array>,
   source: &str,
 ) -> Result<()> {
+  let layers = match cfg.fine_tune_type {
+    FineTuneType::Full => Vec::new(),
+    _ => adaptable_layers(model, quant)?,
+  };
   let mut params = parameters(model);
-  check_adapters(&weights, &params, quant, cfg, source)?;
+  check_adapters(&weights, &params, &layers, cfg, source)?;
   let settings = (cfg.fine_tune_type != FineTuneType::Full).then_some(AdapterSettings {
     scale: cfg.lora.scale,
     dropout: cfg.lora.dropout,
@@ -510,15 +555,19 @@ pub fn apply_adapter_weights(
     };
     params.insert(k, v);
   }
-  reload(model, params, quant, settings)
+  reload(model, params, quant, settings)?;
+  Ok(())
 }
 
 /// Merge the adapters held in `params` into their layers' weights (python
 /// `mlx_lm.fuse`): returns the fused parameter map (no adapter tensors).
-/// A quantized layer is re-quantized with its own settings unless
-/// `dequantize`, in which case every quantized layer is dequantized.
+/// `layers` ([`adaptable_layers`] of the base model) tells each adapted
+/// layer's kind. A quantized layer is re-quantized with its own settings
+/// unless `dequantize`, in which case every quantized layer is
+/// dequantized.
 pub fn fuse_params(
   params: &HashMap<String, Array>,
+  layers: &[AdaptableLayer],
   quant: Option<&QuantConfig>,
   scale: f32,
   dequantize: bool,
@@ -533,12 +582,26 @@ pub fn fuse_params(
     .filter_map(|k| k.strip_suffix(".lora_a").map(str::to_string))
     .collect();
   for path in &adapted {
+    let kind = layers
+      .iter()
+      .find(|l| l.path == *path)
+      .map(|l| l.kind)
+      .ok_or_else(|| {
+        bad(format!(
+          "{path} has an adapter but is not an adaptable layer"
+        ))
+      })?;
     let w = dense_weight(params, quant, path)?;
     let a = &params[&format!("{path}.lora_a")];
     let b = params
       .get(&format!("{path}.lora_b"))
       .ok_or_else(|| bad(format!("{path}.lora_b missing")))?;
-    let fused = mlxrs_nn::fused_weight(&w, a, b, params.get(&format!("{path}.m")), scale)?;
+    let m = params.get(&format!("{path}.m"));
+    let fused = match kind {
+      AdapterKind::Linear => mlxrs_nn::fused_weight(&w, a, b, m, scale)?,
+      AdapterKind::Embedding => mlxrs_nn::EmbeddingAdapter::fused_weight(&w, a, b, m, scale)?,
+      AdapterKind::SwitchLinear => mlxrs_nn::SwitchAdapter::fused_weight(&w, a, b, scale)?,
+    };
     out.insert(format!("{path}.weight"), fused);
     out.remove(&format!("{path}.scales"));
     out.remove(&format!("{path}.biases"));

@@ -8,7 +8,7 @@ pub mod datasets;
 pub mod trainer;
 
 pub use adapters::{
-  AdapterConfig, FineTuneType, LinearTarget, LoraParameters, check_adapters, fuse_params,
+  AdapterConfig, FineTuneType, LoraParameters, adaptable_layers, check_adapters, fuse_params,
   init_adapters, load_adapters, lora_targets, quant_config, reload,
 };
 pub use datasets::{Example, Format, load_local, read_jsonl};

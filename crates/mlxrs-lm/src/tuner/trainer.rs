@@ -213,6 +213,7 @@ impl Trainer {
       self.quant.as_ref(),
       self.settings(training),
     )
+    .map(|_| ())
   }
 
   /// The model with the current trainable values, for evaluation or
