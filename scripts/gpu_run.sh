@@ -11,6 +11,8 @@
 #   C  bench_serve.sh on a random llama-3.2-1b folder, C = 1/8/32
 #   D  LoRA: mlxrs lora vs mlx_lm.lora on that folder (5 rounds)
 #   E  Kokoro RTF (the ONNX parts in /root/pypi)
+#   F  LoRA loss check: mlxrs lora (as is, compile off, projection stacks
+#      off) next to mlx_lm.lora on the tiny llama fixtures (f32, bf16)
 # Everything it writes lands under $OUT.
 set -uo pipefail
 stage=${1:?usage: gpu_run.sh A|B|C|D|E}
@@ -38,7 +40,7 @@ A)
   done 2>&1 | tee $OUT/timing.txt
   # 3. env sweep, interleaved, mlxrs and mlx-lm, llama-3.2-1b bf16 decode
   $M bench --shape llama-3.2-1b --dump-config /tmp/cfg.json
-  for r in 1 2 3; do
+  for r in $(seq ${SWEEP_ROUNDS:-1}); do
     for e in "X=1" "MLXRS_FUSE_PROJECTIONS=0" "MLXRS_FUSE_PROJECTIONS=0 MLX_DISABLE_COMPILE=1" "MLX_USE_CUDA_GRAPHS=0" "MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=100000"; do
       a=$(env $e $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 --json 2>>$OUT/stderr.txt | gtps)
       b=$(env $e $PY scripts/bench_lm.py /tmp/cfg.json -p 128 -g 256 -n 2 2>>$OUT/stderr.txt | gtps)
@@ -73,8 +75,26 @@ PYEOF
   for r in 1 2 3 4 5; do
     rm -rf /tmp/ad1 /tmp/ad2
     echo "== round $r mlxrs"; $M lora --model /tmp/llama1b --train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 16 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512 --adapter-path /tmp/ad1 --json 2>&1 | grep -E 'train|tokens' | tail -3
-    echo "== round $r mlx_lm.lora"; $PY -m mlx_lm lora --model /tmp/llama1b --train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 16 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512 --adapter-path /tmp/ad2 2>&1 | grep -E 'Iter' | tail -3
+    echo "== round $r mlx_lm.lora"; $PY -m mlx_lm lora --model /tmp/llama1b --train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 16 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512 --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'Iter|^ +[0-9]+ +[0-9.]+ [^ ]+ +[0-9,]+ ' | tail -3
   done 2>&1 | tee $OUT/lora.txt
+  ;;
+F)
+  mkdir -p /tmp/ldata
+  $PY - /tmp/ldata <<'PYEOF'
+import json, random, sys
+random.seed(0)
+words = "the a of to and in is it that was for on are as with his they at be this from have or by one had not but what all were when we there can an your which their said if do will each about how up out them then she many some so these would other into has more her two like him see time could no make than first been its who now people my made over did down only way find use may water long little very after words called just where most know".split()
+rows = [json.dumps({"text": " ".join(random.choice(words) for _ in range(200))}) for _ in range(64)]
+for f, n in (("train", 64), ("valid", 8), ("test", 8)):
+    open(f"{sys.argv[1]}/{f}.jsonl", "w").write("\n".join(rows[:n]) + "\n")
+PYEOF
+  args="--train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 2 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512"
+  for m in models/tiny/llama models/tiny/llama-bf16; do
+    for e in "X=1" "MLX_DISABLE_COMPILE=1" "MLXRS_FUSE_PROJECTIONS=0" "MLX_ENABLE_TF32=0"; do
+      rm -rf /tmp/ad1; echo "== $m mlxrs [$e]"; env $e $M lora --model $m $args --adapter-path /tmp/ad1 2>&1 | grep -E 'Train loss|Trainable'
+    done
+    rm -rf /tmp/ad2; echo "== $m mlx_lm.lora"; $PY -m mlx_lm lora --model $m $args --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'Trainable|^ +[0-9]+ +[0-9.]+ [^ ]+ +[0-9,]+ '
+  done 2>&1 | tee $OUT/lora_check.txt
   ;;
 E)
   mkdir -p /root/pypi; cp -r .gpu/kv/* /root/pypi/; ls /root/pypi

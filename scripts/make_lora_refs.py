@@ -75,6 +75,8 @@ CASES = [
      ["self_attn.v_proj", "model.embed_tokens"]),
     ("dora_embed_tied", "qwen3", "dora", 1, 1e-3, 1,
      ["mlp.down_proj", "model.embed_tokens"]),
+    # a bfloat16 base (the GPU's dtype): bf16 layers, float32 adapters
+    ("lora_bf16", "llama-bf16", "lora", 2, 1e-3, 1),
 ]
 LORA = {"rank": 4, "scale": 10.0, "dropout": 0.0}
 
