@@ -27,6 +27,12 @@ use serde_json::Value;
 /// at step 4, 0.35 at step 8), so the references use 1e-3).
 const TOL: f32 = 1e-4;
 
+/// The same for a bfloat16 base: the first steps agree to float32
+/// rounding, then bf16 rounding of the layer outputs (8-bit mantissa,
+/// ~0.04 at a loss of 10) makes the two runs drift apart by up to 0.025
+/// over the 20 steps, with no trend.
+const TOL_BF16: f32 = 5e-2;
+
 fn data(name: &str) -> PathBuf {
   PathBuf::from(env!("CARGO_MANIFEST_DIR"))
     .join("tests/data/lora")
@@ -139,17 +145,18 @@ fn run_case_with(name: &str, compile: bool, ckpt: bool) -> Vec<f32> {
     let (loss, _) = trainer.step(b, &mut opt, it % accum == 0, accum).unwrap();
     losses.push(loss);
     let d = (loss - *w as f32).abs();
-    if std::env::var("LORA_DEBUG").is_ok() { eprintln!("{name} step {it}: {loss} vs {w}"); continue; }
     worst = worst.max(d);
+    let tol = if dtype.is_none() { TOL_BF16 } else { TOL };
     assert!(
-      d <= TOL,
+      d <= tol,
       "{name} step {it}: loss {loss} vs mlx-lm {w} (|d| {d})"
     );
   }
   assert_eq!(want.len(), 20);
   eprintln!(
     "{name} (compiled step: {compile}, grad checkpoint: {ckpt}): 20 steps, max |loss - mlx-lm| = \
-     {worst:.2e} (tol {TOL:.0e})"
+     {worst:.2e} (tol {:.0e})",
+    if dtype.is_none() { TOL_BF16 } else { TOL }
   );
   losses
 }

@@ -246,7 +246,11 @@ mod tests {
     let want = grads(&loss(false, w.clone())?)?;
     for outer_compiled in [false, true] {
       let f = loss(true, w.clone())?;
-      let f = if outer_compiled { compile(&f, false)? } else { f };
+      let f = if outer_compiled {
+        compile(&f, false)?
+      } else {
+        f
+      };
       let got = grads(&f)?;
       for (a, b) in got.iter().zip(&want) {
         for (x, y) in a.iter().zip(b) {
