@@ -72,6 +72,7 @@ def level(port, c, max_tokens, words):
     nxt = [0]
     lock = threading.Lock()
     out = []
+    errors = []
 
     def worker():
         while True:
@@ -80,7 +81,12 @@ def level(port, c, max_tokens, words):
                     return
                 i = nxt[0]
                 nxt[0] += 1
-            out.append(one(port, prompts[i], max_tokens))
+            try:
+                out.append(one(port, prompts[i], max_tokens))
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                # a request the server dropped (connection reset, bad
+                # reply): counted, not fatal to the level
+                errors.append(repr(e))
 
     t0 = time.perf_counter()
     ts = [threading.Thread(target=worker) for _ in range(c)]
@@ -89,12 +95,15 @@ def level(port, c, max_tokens, words):
     for t in ts:
         t.join()
     wall = time.perf_counter() - t0
+    if not out:
+        raise SystemExit(f"every request failed at concurrency {c}: {errors[:3]}")
     ttfts = sorted(x[0] for x in out)
     toks = sum(x[1] for x in out)
     per = [x[1] / max(x[2] - x[0], 1e-9) for x in out if x[1] > 1]
     return {
         "concurrency": c,
         "requests": r,
+        "failed": len(errors),
         "completion_tokens": toks,
         "wall_s": round(wall, 3),
         "agg_tok_s": round(toks / wall, 1),
