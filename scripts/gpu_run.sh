@@ -89,11 +89,11 @@ for f, n in (("train", 64), ("valid", 8), ("test", 8)):
     open(f"{sys.argv[1]}/{f}.jsonl", "w").write("\n".join(rows[:n]) + "\n")
 PYEOF
   args="--train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 2 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512"
-  for m in models/tiny/llama models/tiny/llama-bf16; do
-    for e in "X=1" "MLX_DISABLE_COMPILE=1" "MLXRS_FUSE_PROJECTIONS=0" "MLX_ENABLE_TF32=0"; do
-      rm -rf /tmp/ad1; echo "== $m mlxrs [$e]"; env $e $M lora --model $m $args --adapter-path /tmp/ad1 2>&1 | grep -E 'Train loss|Trainable'
-    done
+  for m in ${F_MODELS:-models/tiny/llama-bf16 models/tiny/llama}; do
     rm -rf /tmp/ad2; echo "== $m mlx_lm.lora"; $PY -m mlx_lm lora --model $m $args --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'Trainable|^ +[0-9]+ +[0-9.]+ [^ ]+ +[0-9,]+ '
+    for e in "X=1" "MLX_DISABLE_COMPILE=1" "MLXRS_FUSE_PROJECTIONS=0" "MLX_ENABLE_TF32=0"; do
+      rm -rf /tmp/ad1; echo "== $m mlxrs [$e]"; env $e timeout 60 $M lora --model $m $args --adapter-path /tmp/ad1 2>&1 | grep --line-buffered -E 'Train loss|Trainable|rror'; echo "rc ${PIPESTATUS[0]}"
+    done
   done 2>&1 | tee $OUT/lora_check.txt
   ;;
 E)

@@ -259,6 +259,13 @@ fn grad_checkpoint_losses_match_mlx_lm_qlora_4bit() {
   run_case_with("qlora", true, true);
 }
 
+/// A model with its own block loop (qwen3_moe: `checkpoint::block`), with
+/// expert adapters.
+#[test]
+fn grad_checkpoint_losses_match_mlx_lm_lora_moe() {
+  run_case_with("lora_moe", true, true);
+}
+
 #[test]
 fn grad_checkpoint_losses_match_mlx_lm_grad_accumulation_uncompiled() {
   run_case_with("lora_accum", false, true);
@@ -356,9 +363,26 @@ fn grad_checkpoint_same_losses_hunyuan_cross_layer() {
   same_losses_with_checkpoint("hunyuan", 2);
 }
 
+/// Models with their own block loops that go through
+/// `checkpoint::block` (qwen3_moe against mlx-lm above).
+#[test]
+fn grad_checkpoint_same_losses_own_loops() {
+  for (name, layers) in [
+    ("mixtral", 2),
+    ("gemma2", 2),
+    ("gemma3_text", 2),
+    ("phi3", 2),
+    ("olmo2", 2),
+    ("olmo3", 2),
+    ("smollm3", 2),
+  ] {
+    same_losses_with_checkpoint(name, layers);
+  }
+}
+
 #[test]
 fn grad_checkpoint_unsupported_architecture_is_an_error() {
-  let (mut model, cfg) = load_model_dir(&fixture("gemma2"), Some(Dtype::Float32)).unwrap();
+  let (mut model, cfg) = load_model_dir(&fixture("gpt_oss"), Some(Dtype::Float32)).unwrap();
   let quant = tuner::quant_config(&cfg).unwrap();
   let layers = tuner::adaptable_layers(model.as_mut(), quant.as_ref()).unwrap();
   let params = tuner::adapters::parameters(model.as_ref());

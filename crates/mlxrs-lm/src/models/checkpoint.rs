@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use mlxrs_core::transforms::{Closure, checkpoint};
 use mlxrs_core::{Array, Error, Result};
-use mlxrs_nn::{Module, Quantizable, Weights};
+use mlxrs_nn::{AttnMask, KvCache, Module, Quantizable, Weights};
 
 /// A block held behind a shared lock, so that a checkpointed closure can
 /// reach it after the forward pass that created it has returned.
@@ -143,4 +143,39 @@ where
   let mut args = inputs.to_vec();
   args.extend(params);
   checkpoint(&inner)?.call(&args)
+}
+
+/// One block of a model's own layer loop: `forward(block, h, mask, cache)`,
+/// run through [`run`] (checkpointed) when `ckpt` is on. The cache is left
+/// as it was then (training passes fresh caches and discards them). The
+/// usual body of a block loop that supports
+/// [`crate::LanguageModel::set_grad_checkpoint`].
+pub(crate) fn block<T>(
+  ckpt: &Trainable,
+  layer: &Shared<T>,
+  prefix: impl FnOnce() -> String,
+  h: &Array,
+  mask: &AttnMask,
+  cache: &mut KvCache,
+  forward: fn(&T, &Array, &AttnMask, &mut KvCache) -> Result<Array>,
+) -> Result<Array>
+where
+  T: Module + Send + 'static,
+{
+  let Some(trainable) = ckpt else {
+    return forward(&layer.lock(), h, mask, cache);
+  };
+  let prefix = prefix();
+  let (mask, cache) = (mask.clone(), cache.clone());
+  let out = run(
+    layer,
+    &prefix,
+    trainable,
+    std::slice::from_ref(h),
+    move |b, xs| Ok(vec![forward(b, &xs[0], &mask, &mut cache.clone())?]),
+  )?;
+  out
+    .into_iter()
+    .next()
+    .ok_or_else(|| Error::InvalidArgument(format!("grad checkpoint ({prefix}): no output")))
 }

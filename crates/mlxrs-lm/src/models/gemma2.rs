@@ -3,6 +3,9 @@
 //! GELU-tanh MLP, and attention computed explicitly so its scores can be
 //! tanh-softcapped; the tied output logits are softcapped too.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use mlxrs_core::{Array, Dtype, Result, ops};
 use mlxrs_nn::attention::causal_mask;
 use mlxrs_nn::{
@@ -12,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::base::check_heads;
+use super::checkpoint::{self, Shared, Trainable};
 use super::mlp::GeluMlp;
 use crate::model::{LanguageModel, parse_args};
 
@@ -192,7 +196,7 @@ impl Block {
 
 struct Inner {
   embed_tokens: Embedding,
-  layers: Vec<Block>,
+  layers: Vec<Shared<Block>>,
   norm: RmsNorm,
 }
 module!(Inner {
@@ -206,6 +210,8 @@ module!(Inner {
 pub struct Gemma2 {
   args: Gemma2Args,
   model: Inner,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 module!(Gemma2 { model });
 
@@ -226,7 +232,7 @@ impl Gemma2 {
       )));
     }
     let eps = args.rms_norm_eps;
-    let layers = (0..args.num_hidden_layers)
+    let layers: Vec<Block> = (0..args.num_hidden_layers)
       .map(|_| Block {
         self_attn: Attention {
           q_proj: Linear::new(h, n_heads * hd, false),
@@ -250,10 +256,11 @@ impl Gemma2 {
     Ok(Gemma2 {
       model: Inner {
         embed_tokens: Embedding::new(args.vocab_size, h),
-        layers,
+        layers: layers.into_iter().map(Shared::new).collect(),
         norm: RmsNorm::new_plus_one(h, eps),
       },
       args,
+      ckpt: None,
     })
   }
 }
@@ -299,8 +306,14 @@ impl Gemma2 {
       (Some(c), None, None) => as_array(c.make_mask(n, None)?, c)?,
       (None, _, _) => None,
     };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      h = layer.forward(&h, mask.as_ref(), cache)?;
+    let mask = mask.map_or(AttnMask::None, AttnMask::Array);
+    let forward = |b: &Block, x: &Array, m: &AttnMask, c: &mut KvCache| match m {
+      AttnMask::Array(a) => b.forward(x, Some(a), c),
+      _ => b.forward(x, None, c),
+    };
+    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+      let prefix = || format!("model.layers.{i}");
+      h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, forward)?;
     }
     self.model.norm.forward(&h)
   }
@@ -356,5 +369,10 @@ impl LanguageModel for Gemma2 {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
+    Ok(())
   }
 }

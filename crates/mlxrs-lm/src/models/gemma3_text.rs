@@ -5,6 +5,9 @@
 //! `sqrt(hidden_size)` rounded to bfloat16. The output head is tied exactly
 //! when the checkpoint has no `lm_head.weight`.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use mlxrs_core::{Array, Dtype, Result, ops};
 use mlxrs_nn::{
   AttnMask, Embedding, KvCache, KvCacheKind, Linear, Module, RmsNorm, Rope, Weights, module,
@@ -13,6 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::base::check_heads;
+use super::checkpoint::{self, Shared, Trainable};
 use super::mlp::GeluMlp;
 use crate::model::{LanguageModel, parse_args};
 
@@ -200,7 +204,7 @@ impl Block {
 
 struct Inner {
   embed_tokens: Embedding,
-  layers: Vec<Block>,
+  layers: Vec<Shared<Block>>,
   norm: RmsNorm,
 }
 module!(Inner {
@@ -215,6 +219,8 @@ pub struct Gemma3Text {
   model: Inner,
   /// Dropped at load time when the checkpoint has no `lm_head.weight`.
   lm_head: Option<Linear>,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 module!(Gemma3Text { model, lm_head });
 
@@ -276,11 +282,12 @@ impl Gemma3Text {
     Ok(Gemma3Text {
       model: Inner {
         embed_tokens: Embedding::new(args.vocab_size, h),
-        layers,
+        layers: layers.into_iter().map(Shared::new).collect(),
         norm: RmsNorm::new_plus_one(h, eps),
       },
       lm_head: Some(Linear::new(h, args.vocab_size, false)),
       args,
+      ckpt: None,
     })
   }
 }
@@ -312,7 +319,7 @@ impl LanguageModel for Gemma3Text {
     let scale = Array::scalar_as((self.args.hidden_size as f64).sqrt(), Dtype::Bfloat16)?;
     let mut h = ops::multiply(h, &ops::astype(&scale, h.dtype())?)?;
     let n = h.dim(1).unwrap_or(1);
-    let global = self.model.layers.iter().position(|l| !l.sliding);
+    let global = self.model.layers.iter().position(|l| !l.lock().sliding);
     let global_mask = match (global, mask) {
       (_, Some(m)) => m.clone(),
       (Some(i), None) => caches[i].make_mask(n, None)?,
@@ -320,16 +327,19 @@ impl LanguageModel for Gemma3Text {
     };
     let sliding_mask = match (self.model.layers.first(), mask) {
       (_, Some(m)) => m.clone(),
-      (Some(l), None) if l.sliding => caches[0].make_mask(n, Some(self.args.sliding_window))?,
+      (Some(l), None) if l.lock().sliding => {
+        caches[0].make_mask(n, Some(self.args.sliding_window))?
+      }
       _ => AttnMask::None,
     };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      let mask = if layer.sliding {
+    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+      let mask = if layer.lock().sliding {
         &sliding_mask
       } else {
         &global_mask
       };
-      h = layer.forward(&h, mask, cache)?;
+      let prefix = || format!("model.layers.{i}");
+      h = checkpoint::block(&self.ckpt, layer, prefix, &h, mask, cache, Block::forward)?;
     }
     self.model.norm.forward(&h)
   }
@@ -357,8 +367,12 @@ impl LanguageModel for Gemma3Text {
     let scale = Array::scalar_as((self.args.hidden_size as f64).sqrt(), Dtype::Bfloat16)?;
     let mut h = ops::multiply(&e, &ops::astype(&scale, e.dtype())?)?;
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      let mask = if layer.sliding { &sliding } else { &global };
-      h = layer.forward(&h, mask, cache)?;
+      let mask = if layer.lock().sliding {
+        &sliding
+      } else {
+        &global
+      };
+      h = layer.lock().forward(&h, mask, cache)?;
     }
     self.model.norm.forward(&h)
   }
@@ -387,7 +401,7 @@ impl LanguageModel for Gemma3Text {
       .layers
       .iter()
       .map(|l| {
-        if l.sliding {
+        if l.lock().sliding {
           KvCache::new(KvCacheKind::Rotating {
             max_size: self.args.sliding_window,
             keep: 0,
@@ -412,5 +426,10 @@ impl LanguageModel for Gemma3Text {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
+    Ok(())
   }
 }

@@ -2,7 +2,8 @@
 //! a sparse MoE MLP in every layer (`block_sparse_moe`): top-k on the raw
 //! router logits, softmax over the k, experts in a [`SwitchGlu`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::base::{check_caches, check_heads, check_moe, default_caches, last_axis, stack_experts};
+use super::checkpoint::{self, Shared, Trainable};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_vocab() -> i32 {
@@ -186,7 +188,7 @@ impl Block {
 
 struct Inner {
   embed_tokens: Embedding,
-  layers: Vec<Block>,
+  layers: Vec<Shared<Block>>,
   norm: RmsNorm,
 }
 module!(Inner {
@@ -200,6 +202,8 @@ pub struct Mixtral {
   args: MixtralArgs,
   model: Inner,
   lm_head: Option<Linear>,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 module!(Mixtral { model, lm_head });
 
@@ -213,7 +217,7 @@ impl Mixtral {
     // mlx-lm: head_dim = hidden_size // num_attention_heads.
     let head_dim = args.head_dim.unwrap_or(h / n_heads);
     let eps = args.rms_norm_eps;
-    let layers = (0..args.num_hidden_layers)
+    let layers: Vec<Block> = (0..args.num_hidden_layers)
       .map(|_| Block {
         self_attn: Attention {
           q_proj: Linear::new(h, n_heads * head_dim, false),
@@ -245,11 +249,12 @@ impl Mixtral {
     Ok(Mixtral {
       model: Inner {
         embed_tokens: Embedding::new(args.vocab_size, h),
-        layers,
+        layers: layers.into_iter().map(Shared::new).collect(),
         norm: RmsNorm::new(h, eps),
       },
       lm_head,
       args,
+      ckpt: None,
     })
   }
 }
@@ -276,8 +281,9 @@ impl Mixtral {
       (Some(c), None) => c.make_mask(n, None)?,
       (None, _) => AttnMask::None,
     };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      h = layer.forward(&h, &mask, cache)?;
+    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+      let prefix = || format!("model.layers.{i}");
+      h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, Block::forward)?;
     }
     self.model.norm.forward(&h)
   }
@@ -338,5 +344,10 @@ impl LanguageModel for Mixtral {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
+    Ok(())
   }
 }

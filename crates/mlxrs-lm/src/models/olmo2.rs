@@ -4,7 +4,8 @@
 //! over the whole projection (all heads at once) before RoPE. Tied by
 //! default.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{
@@ -13,6 +14,7 @@ use mlxrs_nn::{
 use serde_json::Value;
 
 use super::base::check_heads;
+use super::checkpoint::{self, Shared, Trainable};
 use super::llama::LlamaArgs;
 use crate::model::{LanguageModel, parse_args};
 
@@ -110,7 +112,7 @@ impl Block {
 
 struct Inner {
   embed_tokens: Embedding,
-  layers: Vec<Block>,
+  layers: Vec<Shared<Block>>,
   norm: RmsNorm,
 }
 module!(Inner {
@@ -126,6 +128,8 @@ pub struct Olmo2 {
   args: LlamaArgs,
   model: Inner,
   lm_head: Option<Linear>,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 module!(Olmo2 { model, lm_head });
 
@@ -198,11 +202,12 @@ impl Olmo2 {
     Ok(Olmo2 {
       model: Inner {
         embed_tokens: Embedding::new(args.vocab_size, h),
-        layers,
+        layers: layers.into_iter().map(Shared::new).collect(),
         norm: RmsNorm::new(h, eps),
       },
       lm_head,
       args,
+      ckpt: None,
     })
   }
 }
@@ -231,7 +236,11 @@ impl Olmo2 {
       } else {
         None
       };
-      let i = self.model.layers.iter().position(|l| l.sliding == sliding);
+      let i = self
+        .model
+        .layers
+        .iter()
+        .position(|l| l.lock().sliding == sliding);
       match (i, key_valid) {
         (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, window),
         (Some(i), None) => caches[i].make_mask(n, window),
@@ -240,9 +249,10 @@ impl Olmo2 {
     };
     let full = mask_for(false, caches)?;
     let swa = mask_for(true, caches)?;
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      let mask = if layer.sliding { &swa } else { &full };
-      h = layer.forward(&h, mask, cache)?;
+    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+      let mask = if layer.lock().sliding { &swa } else { &full };
+      let prefix = || format!("model.layers.{i}");
+      h = checkpoint::block(&self.ckpt, layer, prefix, &h, mask, cache, Block::forward)?;
     }
     self.model.norm.forward(&h)
   }
@@ -276,7 +286,7 @@ impl LanguageModel for Olmo2 {
       .layers
       .iter()
       .map(
-        |l| match (l.sliding, self.args.sliding_window, max_kv_size) {
+        |l| match (l.lock().sliding, self.args.sliding_window, max_kv_size) {
           (true, Some(w), _) => KvCache::new(mlxrs_nn::KvCacheKind::Rotating {
             max_size: w,
             keep: 0,
@@ -304,5 +314,10 @@ impl LanguageModel for Olmo2 {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
+    Ok(())
   }
 }

@@ -3,6 +3,9 @@
 //! (split gate | up), partial rotary embeddings (`partial_rotary_factor`)
 //! and longrope ("su") scaling, untied by default.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
   AttnMask, Embedding, KvCache, Linear, Module, RmsNorm, Rope, Weights, module, sdpa_with_cache,
@@ -12,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::base::check_heads;
+use super::checkpoint::{self, Shared, Trainable};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -209,7 +213,7 @@ impl Block {
 
 struct Inner {
   embed_tokens: Embedding,
-  layers: Vec<Block>,
+  layers: Vec<Shared<Block>>,
   norm: RmsNorm,
 }
 module!(Inner {
@@ -223,6 +227,8 @@ pub struct Phi3 {
   args: Phi3Args,
   model: Inner,
   lm_head: Option<Linear>,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 module!(Phi3 { model, lm_head });
 
@@ -267,11 +273,12 @@ impl Phi3 {
     Ok(Phi3 {
       model: Inner {
         embed_tokens: Embedding::new(args.vocab_size, h),
-        layers,
+        layers: layers.into_iter().map(Shared::new).collect(),
         norm: RmsNorm::new(h, eps),
       },
       lm_head,
       args,
+      ckpt: None,
     })
   }
 }
@@ -304,8 +311,9 @@ impl Phi3 {
       (Some(c), None) => c.make_mask(n, None)?,
       (None, _) => AttnMask::None,
     };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      h = layer.forward(&h, &mask, cache)?;
+    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+      let prefix = || format!("model.layers.{i}");
+      h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, Block::forward)?;
     }
     self.model.norm.forward(&h)
   }
@@ -347,5 +355,10 @@ impl LanguageModel for Phi3 {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
+    Ok(())
   }
 }

@@ -3,7 +3,8 @@
 //! top-k, optional renormalization (`norm_topk_prob`), experts in a
 //! [`SwitchGlu`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::base::{check_caches, check_heads, check_moe, default_caches, stack_experts};
+use super::checkpoint::{self, Shared, Trainable};
 use super::moe::SparseMoe;
 use crate::model::{LanguageModel, parse_args};
 
@@ -166,7 +168,7 @@ impl Block {
 
 struct Inner {
   embed_tokens: Embedding,
-  layers: Vec<Block>,
+  layers: Vec<Shared<Block>>,
   norm: RmsNorm,
 }
 module!(Inner {
@@ -180,6 +182,8 @@ pub struct Qwen3Moe {
   args: Qwen3MoeArgs,
   model: Inner,
   lm_head: Option<Linear>,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 module!(Qwen3Moe { model, lm_head });
 
@@ -207,7 +211,7 @@ impl Qwen3Moe {
       let is_moe = !args.mlp_only_layers.contains(&i)
         && args.num_experts > 0
         && (i + 1) % args.decoder_sparse_step == 0;
-      layers.push(Block {
+      layers.push(Shared::new(Block {
         self_attn: Attention {
           q_proj: Linear::new(h, n_heads * head_dim, false),
           k_proj: Linear::new(h, n_kv * head_dim, false),
@@ -238,7 +242,7 @@ impl Qwen3Moe {
         }),
         input_layernorm: RmsNorm::new(h, eps),
         post_attention_layernorm: RmsNorm::new(h, eps),
-      });
+      }));
     }
     let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
     Ok(Qwen3Moe {
@@ -249,6 +253,7 @@ impl Qwen3Moe {
       },
       lm_head,
       args,
+      ckpt: None,
     })
   }
 }
@@ -275,8 +280,9 @@ impl Qwen3Moe {
       (Some(c), None) => c.make_mask(n, None)?,
       (None, _) => AttnMask::None,
     };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      h = layer.forward(&h, &mask, cache)?;
+    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+      let prefix = || format!("model.layers.{i}");
+      h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, Block::forward)?;
     }
     self.model.norm.forward(&h)
   }
@@ -339,6 +345,11 @@ impl LanguageModel for Qwen3Moe {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
+    Ok(())
   }
 }
 

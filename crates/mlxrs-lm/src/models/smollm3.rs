@@ -3,7 +3,8 @@
 //! means layer `i` uses RoPE, `0` means it does not (default: every
 //! `no_rope_layer_interval`-th layer is NoPE). Tied by default.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::base::check_heads;
+use super::checkpoint::{self, Shared, Trainable};
 use super::llama::LlamaArgs;
 use crate::model::{LanguageModel, parse_args};
 
@@ -122,7 +124,7 @@ impl Block {
 
 struct Inner {
   embed_tokens: Embedding,
-  layers: Vec<Block>,
+  layers: Vec<Shared<Block>>,
   norm: RmsNorm,
 }
 module!(Inner {
@@ -136,6 +138,8 @@ pub struct SmolLm3 {
   args: LlamaArgs,
   model: Inner,
   lm_head: Option<Linear>,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 module!(SmolLm3 { model, lm_head });
 
@@ -220,11 +224,12 @@ impl SmolLm3 {
     Ok(SmolLm3 {
       model: Inner {
         embed_tokens: Embedding::new(args.vocab_size, h),
-        layers,
+        layers: layers.into_iter().map(Shared::new).collect(),
         norm: RmsNorm::new(h, eps),
       },
       lm_head,
       args,
+      ckpt: None,
     })
   }
 }
@@ -255,21 +260,32 @@ impl SmolLm3 {
     }
     let mut h = self.model.embed_tokens.forward(tokens)?;
     let n = tokens.dim(-1).unwrap_or(1);
-    let fa_mask = match (self.model.layers.iter().position(|l| !l.sliding), key_valid) {
+    let fa_mask = match (
+      self.model.layers.iter().position(|l| !l.lock().sliding),
+      key_valid,
+    ) {
       (Some(i), Some(kv)) => crate::batch::padded_mask(kv, n, caches[i].offset, None)?,
       (Some(i), None) => caches[i].make_mask(n, None)?,
       (None, _) => AttnMask::None,
     };
-    let swa_mask = match (self.model.layers.iter().position(|l| l.sliding), key_valid) {
+    let swa_mask = match (
+      self.model.layers.iter().position(|l| l.lock().sliding),
+      key_valid,
+    ) {
       (Some(i), Some(kv)) => {
         crate::batch::padded_mask(kv, n, caches[i].offset, self.args.sliding_window)?
       }
       (Some(i), None) => caches[i].make_mask(n, self.args.sliding_window)?,
       (None, _) => AttnMask::None,
     };
-    for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      let mask = if layer.sliding { &swa_mask } else { &fa_mask };
-      h = layer.forward(&h, mask, cache)?;
+    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+      let mask = if layer.lock().sliding {
+        &swa_mask
+      } else {
+        &fa_mask
+      };
+      let prefix = || format!("model.layers.{i}");
+      h = checkpoint::block(&self.ckpt, layer, prefix, &h, mask, cache, Block::forward)?;
     }
     self.model.norm.forward(&h)
   }
@@ -323,5 +339,10 @@ impl LanguageModel for SmolLm3 {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
+    Ok(())
   }
 }
