@@ -24,6 +24,18 @@ M=/tmp/b/mlxrs; B=/tmp/b/base; PY=python3
 export PYTHON=$PY
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,utilization.gpu --format=csv | tee -a $OUT/nvidia.txt
 gtps() { tail -1 | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d=d.get("average",d); print(round(d["generation_tps"],1))' 2>/dev/null; }
+# /tmp/ldata: 64 made-up rows of 200 common words (train/valid/test.jsonl)
+make_lora_data() {
+  mkdir -p /tmp/ldata
+  $PY - /tmp/ldata <<'PYEOF'
+import json, random, sys
+random.seed(0)
+words = "the a of to and in is it that was for on are as with his they at be this from have or by one had not but what all were when we there can an your which their said if do will each about how up out them then she many some so these would other into has more her two like him see time could no make than first been its who now people my made over did down only way find use may water long little very after words called just where most know".split()
+rows = [json.dumps({"text": " ".join(random.choice(words) for _ in range(200))}) for _ in range(64)]
+for f, n in (("train", 64), ("valid", 8), ("test", 8)):
+    open(f"{sys.argv[1]}/{f}.jsonl", "w").write("\n".join(rows[:n]) + "\n")
+PYEOF
+}
 case $stage in
 A)
   # 1. correctness of the fused SwiGLU on the GPU: tokens with and without compile, and Python's text
@@ -63,15 +75,7 @@ C)
   ;;
 D)
   [ -e /tmp/llama1b/config.json ] || $PY scripts/make_random_checkpoint.py --shape llama-3.2-1b --out /tmp/llama1b > $OUT/mkckpt.txt 2>&1
-  mkdir -p /tmp/ldata
-  $PY - /tmp/ldata <<'PYEOF'
-import json, random, sys
-random.seed(0)
-words = "the a of to and in is it that was for on are as with his they at be this from have or by one had not but what all were when we there can an your which their said if do will each about how up out them then she many some so these would other into has more her two like him see time could no make than first been its who now people my made over did down only way find use may water long little very after words called just where most know".split()
-rows = [json.dumps({"text": " ".join(random.choice(words) for _ in range(200))}) for _ in range(64)]
-for f, n in (("train", 64), ("valid", 8), ("test", 8)):
-    open(f"{sys.argv[1]}/{f}.jsonl", "w").write("\n".join(rows[:n]) + "\n")
-PYEOF
+  make_lora_data
   for r in 1 2 3 4 5; do
     rm -rf /tmp/ad1 /tmp/ad2
     echo "== round $r mlxrs"; $M lora --model /tmp/llama1b --train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 16 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512 --adapter-path /tmp/ad1 --json 2>&1 | grep -E 'train|tokens' | tail -3
@@ -79,15 +83,7 @@ PYEOF
   done 2>&1 | tee $OUT/lora.txt
   ;;
 F)
-  mkdir -p /tmp/ldata
-  $PY - /tmp/ldata <<'PYEOF'
-import json, random, sys
-random.seed(0)
-words = "the a of to and in is it that was for on are as with his they at be this from have or by one had not but what all were when we there can an your which their said if do will each about how up out them then she many some so these would other into has more her two like him see time could no make than first been its who now people my made over did down only way find use may water long little very after words called just where most know".split()
-rows = [json.dumps({"text": " ".join(random.choice(words) for _ in range(200))}) for _ in range(64)]
-for f, n in (("train", 64), ("valid", 8), ("test", 8)):
-    open(f"{sys.argv[1]}/{f}.jsonl", "w").write("\n".join(rows[:n]) + "\n")
-PYEOF
+  make_lora_data
   args="--train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 2 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512"
   for m in ${F_MODELS:-models/tiny/llama-bf16 models/tiny/llama}; do
     rm -rf /tmp/ad2; echo "== $m mlx_lm.lora"; $PY -m mlx_lm lora --model $m $args --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'Trainable|^ +[0-9]+ +[0-9.]+ [^ ]+ +[0-9,]+ '

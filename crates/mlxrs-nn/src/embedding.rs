@@ -199,7 +199,7 @@ impl Module for Embedding {
       self.frozen.visit_mut(prefix, "biases", b, f);
     }
     if let Some(ad) = &mut self.adapter {
-      ad.visit_mut(prefix, f);
+      ad.visit_tensors_mut(prefix, f);
     }
   }
 
@@ -212,7 +212,7 @@ impl Module for Embedding {
       self.frozen.visit(prefix, "biases", b, f);
     }
     if let Some(ad) = &self.adapter {
-      ad.visit(prefix, &mut |k, a| f(k, a, false));
+      ad.visit_tensors(prefix, &mut |k, a| f(k, a, false));
     }
   }
 
@@ -229,7 +229,7 @@ impl Module for Embedding {
       f(&join(prefix, "biases"), b);
     }
     if let Some(ad) = &self.adapter {
-      ad.visit(prefix, f);
+      ad.visit_tensors(prefix, f);
     }
   }
 }

@@ -67,7 +67,7 @@ pub use embedding::Embedding;
 pub use linear::{Linear, StackedLinear};
 pub use lora::{
   AdaptableLayer, AdapterKind, AdapterSettings, DoRALinear, EmbeddingAdapter, LinearAdapter,
-  LoRALinear, SwitchAdapter, fused_weight,
+  LoRALinear, LowRank, SwitchAdapter, fused_weight,
 };
 pub use losses::{CrossEntropy, Reduction};
 pub use lstm::{Lstm, LstmDirection};

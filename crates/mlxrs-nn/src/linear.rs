@@ -449,7 +449,7 @@ impl Module for Linear {
       self.frozen.visit_mut(prefix, "bias", b, f);
     }
     if let Some(ad) = &mut self.adapter {
-      ad.visit_mut(prefix, f);
+      ad.visit_tensors_mut(prefix, f);
     }
   }
 
@@ -465,7 +465,7 @@ impl Module for Linear {
       self.frozen.visit(prefix, "bias", b, f);
     }
     if let Some(ad) = &self.adapter {
-      ad.visit(prefix, &mut |k, a| f(k, a, false));
+      ad.visit_tensors(prefix, &mut |k, a| f(k, a, false));
     }
   }
 
@@ -485,7 +485,7 @@ impl Module for Linear {
       f(&join(prefix, "bias"), b);
     }
     if let Some(ad) = &self.adapter {
-      ad.visit(prefix, f);
+      ad.visit_tensors(prefix, f);
     }
   }
 }

@@ -155,16 +155,24 @@ pub struct AdaptableLayer {
   pub quantized: bool,
 }
 
-/// The tensors and settings of one adapter, as taken from [`crate::Weights`].
-struct AdapterParts {
-  a: Array,
-  b: Array,
-  m: Option<Array>,
-  scale: f32,
-  dropout: Dropout,
+/// The tensors and settings of one low-rank adapter, whatever layer holds
+/// it ([`LinearAdapter`], [`EmbeddingAdapter`], [`SwitchAdapter`], which
+/// dereference to it), under mlx-lm's names `<path>.lora_a`,
+/// `<path>.lora_b` and DoRA's `<path>.m`.
+pub struct LowRank {
+  /// Down projection (shape per layer kind).
+  pub lora_a: Array,
+  /// Up projection (shape per layer kind).
+  pub lora_b: Array,
+  /// DoRA's magnitude per output row (`None`: plain LoRA).
+  pub m: Option<Array>,
+  /// Update scale.
+  pub scale: f32,
+  /// Dropout on the adapter's input.
+  pub dropout: Dropout,
 }
 
-impl AdapterParts {
+impl LowRank {
   /// Take `<prefix>.lora_a` (shape `a_shape(r)`, the rank `r` read from
   /// its axis `r_axis`), `<prefix>.lora_b` (`b_shape(r)`) and, where the
   /// layer allows DoRA (`m_dims`), `<prefix>.m` `[m_dims]`. `None` when
@@ -176,7 +184,7 @@ impl AdapterParts {
     r_axis: usize,
     b_shape: &dyn Fn(i32) -> Vec<i32>,
     m_dims: Option<i32>,
-  ) -> Option<AdapterParts> {
+  ) -> Option<LowRank> {
     let settings = w.adapter?;
     let ka = crate::join(prefix, "lora_a");
     if !w.has(&ka) {
@@ -212,14 +220,52 @@ impl AdapterParts {
       }
     };
     dropout.training = settings.training;
-    Some(AdapterParts {
-      a,
-      b,
+    Some(LowRank {
+      lora_a: a,
+      lora_b: b,
       m,
       scale: settings.scale,
       dropout,
     })
   }
+
+  pub(crate) fn visit_tensors(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
+    f(&crate::join(prefix, "lora_a"), &self.lora_a);
+    f(&crate::join(prefix, "lora_b"), &self.lora_b);
+    if let Some(m) = &self.m {
+      f(&crate::join(prefix, "m"), m);
+    }
+  }
+
+  pub(crate) fn visit_tensors_mut(
+    &mut self,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &mut Array, &mut bool),
+  ) {
+    let mut fz = false;
+    f(&crate::join(prefix, "lora_a"), &mut self.lora_a, &mut fz);
+    f(&crate::join(prefix, "lora_b"), &mut self.lora_b, &mut fz);
+    if let Some(m) = &mut self.m {
+      f(&crate::join(prefix, "m"), m, &mut fz);
+    }
+  }
+}
+
+/// The wrapper types dereference to their [`LowRank`] tensors.
+macro_rules! low_rank_wrapper {
+  ($t:ident) => {
+    impl std::ops::Deref for $t {
+      type Target = LowRank;
+      fn deref(&self) -> &LowRank {
+        &self.0
+      }
+    }
+    impl std::ops::DerefMut for $t {
+      fn deref_mut(&mut self) -> &mut LowRank {
+        &mut self.0
+      }
+    }
+  };
 }
 
 /// `scale * z` cast to `dtype`.
@@ -234,16 +280,8 @@ fn scaled(z: &Array, scale: f32, dtype: Dtype) -> Result<Array> {
 /// `LoRASwitchLinear`): per expert `e`, `lora_a[e]` `[r, in]` and
 /// `lora_b[e]` `[out, r]`; stored as `<path>.lora_a` `[experts, r, in]`,
 /// `<path>.lora_b` `[experts, out, r]`. No DoRA (as mlx-lm).
-pub struct SwitchAdapter {
-  /// Down projections `[experts, r, in]`.
-  pub lora_a: Array,
-  /// Up projections `[experts, out, r]`.
-  pub lora_b: Array,
-  /// Update scale.
-  pub scale: f32,
-  /// Dropout on the adapter's input.
-  pub dropout: Dropout,
-}
+pub struct SwitchAdapter(pub LowRank);
+low_rank_wrapper!(SwitchAdapter);
 
 impl SwitchAdapter {
   pub(crate) fn load(
@@ -253,7 +291,7 @@ impl SwitchAdapter {
     in_dims: i32,
     out_dims: i32,
   ) -> Option<Box<SwitchAdapter>> {
-    let p = AdapterParts::load(
+    let p = LowRank::load(
       w,
       prefix,
       &|r| vec![experts, r, in_dims],
@@ -261,12 +299,7 @@ impl SwitchAdapter {
       &|r| vec![experts, out_dims, r],
       None,
     )?;
-    Some(Box::new(SwitchAdapter {
-      lora_a: p.a,
-      lora_b: p.b,
-      scale: p.scale,
-      dropout: p.dropout,
-    }))
+    Some(Box::new(SwitchAdapter(p)))
   }
 
   /// The adapted output: the base layer's output `y` plus `scale *
@@ -299,35 +332,14 @@ impl SwitchAdapter {
     )?;
     ops::add(w, &ops::astype(&d, w.dtype())?)
   }
-
-  pub(crate) fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
-    f(&crate::join(prefix, "lora_a"), &self.lora_a);
-    f(&crate::join(prefix, "lora_b"), &self.lora_b);
-  }
-
-  pub(crate) fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
-    let mut fz = false;
-    f(&crate::join(prefix, "lora_a"), &mut self.lora_a, &mut fz);
-    f(&crate::join(prefix, "lora_b"), &mut self.lora_b, &mut fz);
-  }
 }
 
 /// A LoRA or DoRA adapter held inside a [`crate::Embedding`] (mlx-lm
 /// `LoRAEmbedding` / `DoRAEmbedding`): `<path>.lora_a` `[num_embeddings,
 /// r]`, `<path>.lora_b` `[r, dims]`, DoRA's magnitude `<path>.m`
 /// `[num_embeddings]`.
-pub struct EmbeddingAdapter {
-  /// Per-token low-rank factors `[num_embeddings, r]`.
-  pub lora_a: Array,
-  /// `[r, dims]`.
-  pub lora_b: Array,
-  /// DoRA's magnitude per table row (`None`: plain LoRA).
-  pub m: Option<Array>,
-  /// Update scale.
-  pub scale: f32,
-  /// Dropout (on the update for lookups, on the input for `as_linear`).
-  pub dropout: Dropout,
-}
+pub struct EmbeddingAdapter(pub LowRank);
+low_rank_wrapper!(EmbeddingAdapter);
 
 impl EmbeddingAdapter {
   pub(crate) fn load(
@@ -336,7 +348,7 @@ impl EmbeddingAdapter {
     num: i32,
     dims: i32,
   ) -> Option<Box<EmbeddingAdapter>> {
-    let p = AdapterParts::load(
+    let p = LowRank::load(
       w,
       prefix,
       &|r| vec![num, r],
@@ -344,13 +356,7 @@ impl EmbeddingAdapter {
       &|r| vec![r, dims],
       Some(num),
     )?;
-    Some(Box::new(EmbeddingAdapter {
-      lora_a: p.a,
-      lora_b: p.b,
-      m: p.m,
-      scale: p.scale,
-      dropout: p.dropout,
-    }))
+    Some(Box::new(EmbeddingAdapter(p)))
   }
 
   /// Rows for `ids` with the update (python `LoRAEmbedding.__call__` /
@@ -424,23 +430,6 @@ impl EmbeddingAdapter {
       }
     }
   }
-
-  pub(crate) fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
-    f(&crate::join(prefix, "lora_a"), &self.lora_a);
-    f(&crate::join(prefix, "lora_b"), &self.lora_b);
-    if let Some(m) = &self.m {
-      f(&crate::join(prefix, "m"), m);
-    }
-  }
-
-  pub(crate) fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
-    let mut fz = false;
-    f(&crate::join(prefix, "lora_a"), &mut self.lora_a, &mut fz);
-    f(&crate::join(prefix, "lora_b"), &mut self.lora_b, &mut fz);
-    if let Some(m) = &mut self.m {
-      f(&crate::join(prefix, "m"), m, &mut fz);
-    }
-  }
 }
 
 /// A LoRA or DoRA adapter held inside a [`Linear`] (so that any model built
@@ -448,18 +437,8 @@ impl EmbeddingAdapter {
 /// parameters sit next to the layer's own, under mlx-lm's adapter names:
 /// `<path>.lora_a` `[in, r]`, `<path>.lora_b` `[r, out]`, DoRA `<path>.m`
 /// `[out]`.
-pub struct LinearAdapter {
-  /// Down projection `[in, r]`.
-  pub lora_a: Array,
-  /// Up projection `[r, out]`.
-  pub lora_b: Array,
-  /// DoRA's magnitude per output row (`None`: plain LoRA).
-  pub m: Option<Array>,
-  /// Update scale.
-  pub scale: f32,
-  /// Dropout on the adapter's input.
-  pub dropout: Dropout,
-}
+pub struct LinearAdapter(pub LowRank);
+low_rank_wrapper!(LinearAdapter);
 
 impl LinearAdapter {
   /// Take `<prefix>.lora_a`, `.lora_b` (and `.m`) from `w` when present and
@@ -470,7 +449,7 @@ impl LinearAdapter {
     in_dims: i32,
     out_dims: i32,
   ) -> Option<Box<LinearAdapter>> {
-    let p = AdapterParts::load(
+    let p = LowRank::load(
       w,
       prefix,
       &|r| vec![in_dims, r],
@@ -478,13 +457,7 @@ impl LinearAdapter {
       &|r| vec![r, out_dims],
       Some(out_dims),
     )?;
-    Some(Box::new(LinearAdapter {
-      lora_a: p.a,
-      lora_b: p.b,
-      m: p.m,
-      scale: p.scale,
-      dropout: p.dropout,
-    }))
+    Some(Box::new(LinearAdapter(p)))
   }
 
   /// The adapted layer's output for `x` (`linear` is the base layer).
@@ -507,23 +480,6 @@ impl LinearAdapter {
         &self.dropout,
         x,
       ),
-    }
-  }
-
-  pub(crate) fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Array)) {
-    f(&crate::join(prefix, "lora_a"), &self.lora_a);
-    f(&crate::join(prefix, "lora_b"), &self.lora_b);
-    if let Some(m) = &self.m {
-      f(&crate::join(prefix, "m"), m);
-    }
-  }
-
-  pub(crate) fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
-    let mut fz = false;
-    f(&crate::join(prefix, "lora_a"), &mut self.lora_a, &mut fz);
-    f(&crate::join(prefix, "lora_b"), &mut self.lora_b, &mut fz);
-    if let Some(m) = &mut self.m {
-      f(&crate::join(prefix, "m"), m, &mut fz);
     }
   }
 }

@@ -228,7 +228,7 @@ impl Module for SwitchLinear {
       self.frozen.visit_mut(prefix, "bias", b, f);
     }
     if let Some(ad) = &mut self.adapter {
-      ad.visit_mut(prefix, f);
+      ad.visit_tensors_mut(prefix, f);
     }
   }
 
@@ -244,7 +244,7 @@ impl Module for SwitchLinear {
       self.frozen.visit(prefix, "bias", b, f);
     }
     if let Some(ad) = &self.adapter {
-      ad.visit(prefix, &mut |k, a| f(k, a, false));
+      ad.visit_tensors(prefix, &mut |k, a| f(k, a, false));
     }
   }
 
@@ -264,7 +264,7 @@ impl Module for SwitchLinear {
       f(&join(prefix, "bias"), b);
     }
     if let Some(ad) = &self.adapter {
-      ad.visit(prefix, f);
+      ad.visit_tensors(prefix, f);
     }
   }
 }
