@@ -375,6 +375,7 @@ fn grad_checkpoint_same_losses_own_loops() {
     ("olmo2", 2),
     ("olmo3", 2),
     ("smollm3", 2),
+    ("gpt_oss", 2),
   ] {
     same_losses_with_checkpoint(name, layers);
   }
@@ -382,7 +383,7 @@ fn grad_checkpoint_same_losses_own_loops() {
 
 #[test]
 fn grad_checkpoint_unsupported_architecture_is_an_error() {
-  let (mut model, cfg) = load_model_dir(&fixture("gpt_oss"), Some(Dtype::Float32)).unwrap();
+  let (mut model, cfg) = load_model_dir(&fixture("deepseek_v3"), Some(Dtype::Float32)).unwrap();
   let quant = tuner::quant_config(&cfg).unwrap();
   let layers = tuner::adaptable_layers(model.as_mut(), quant.as_ref()).unwrap();
   let params = tuner::adapters::parameters(model.as_ref());

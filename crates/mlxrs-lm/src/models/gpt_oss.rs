@@ -4,7 +4,8 @@
 //! logits then softmax over the k, experts with biases and the clamped
 //! `SwigluOAI` activation).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mlxrs_core::{Array, Error, Result, ops};
 use mlxrs_nn::{
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::base::{check_caches, check_heads, check_moe, last_axis};
+use super::checkpoint::{self, Shared, Trainable};
 use crate::model::{LanguageModel, parse_args};
 
 fn d_layers() -> i32 {
@@ -208,7 +210,7 @@ impl Block {
 struct Inner {
   embed_tokens: Embedding,
   norm: RmsNorm,
-  layers: Vec<Block>,
+  layers: Vec<Shared<Block>>,
 }
 module!(Inner {
   embed_tokens,
@@ -221,6 +223,8 @@ pub struct GptOss {
   args: GptOssArgs,
   model: Inner,
   lm_head: Linear,
+  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
+  ckpt: Trainable,
 }
 module!(GptOss { model, lm_head });
 
@@ -302,10 +306,11 @@ impl GptOss {
       model: Inner {
         embed_tokens: Embedding::new(args.vocab_size, h),
         norm: RmsNorm::new(h, args.rms_norm_eps),
-        layers,
+        layers: layers.into_iter().map(Shared::new).collect(),
       },
       lm_head: Linear::new(h, args.vocab_size, false),
       args,
+      ckpt: None,
     })
   }
 }
@@ -338,20 +343,22 @@ impl LanguageModel for GptOss {
     let mut x = self.model.embed_tokens.forward(tokens)?;
     let n = tokens.dim(-1).unwrap_or(1);
     let layers = &self.model.layers;
-    let full_mask = match layers.iter().position(|l| !l.sliding) {
+    let full_mask = match layers.iter().position(|l| !l.lock().sliding) {
       Some(i) => caches[i].make_mask(n, None)?,
       None => AttnMask::None,
     };
-    let swa_mask = match layers.iter().position(|l| l.sliding) {
+    let swa_mask = match layers.iter().position(|l| l.lock().sliding) {
       Some(i) => caches[i].make_mask(n, Some(self.args.sliding_window))?,
       None => AttnMask::None,
     };
-    for (layer, cache) in layers.iter().zip(caches.iter_mut()) {
-      x = layer.forward(
-        &x,
-        if layer.sliding { &swa_mask } else { &full_mask },
-        cache,
-      )?;
+    for (i, (layer, cache)) in layers.iter().zip(caches.iter_mut()).enumerate() {
+      let mask = if layer.lock().sliding {
+        &swa_mask
+      } else {
+        &full_mask
+      };
+      let prefix = || format!("model.layers.{i}");
+      x = checkpoint::block(&self.ckpt, layer, prefix, &x, mask, cache, Block::forward)?;
     }
     self.model.norm.forward(&x)
   }
@@ -377,7 +384,8 @@ impl LanguageModel for GptOss {
     let swa = crate::batch::padded_mask(key_valid, n, offset, Some(self.args.sliding_window))?;
     let mut x = self.model.embed_tokens.forward(tokens)?;
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
-      x = layer.forward(&x, if layer.sliding { &swa } else { &full }, cache)?;
+      let b = layer.lock();
+      x = b.forward(&x, if b.sliding { &swa } else { &full }, cache)?;
     }
     self.model.norm.forward(&x)
   }
@@ -402,7 +410,7 @@ impl LanguageModel for GptOss {
       .model
       .layers
       .iter()
-      .map(|l| match (l.sliding, max_kv_size) {
+      .map(|l| match (l.lock().sliding, max_kv_size) {
         (true, _) => KvCache::new(KvCacheKind::Rotating {
           max_size: self.args.sliding_window,
           keep: 0,
@@ -479,6 +487,11 @@ impl LanguageModel for GptOss {
 
   fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
     Module::visit(self, "", f);
+  }
+
+  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
+    self.ckpt = trainable.map(Arc::new);
+    Ok(())
   }
 }
 
