@@ -77,6 +77,8 @@ CASES = [
      ["mlp.down_proj", "model.embed_tokens"]),
     # a bfloat16 base (the GPU's dtype): bf16 layers, float32 adapters
     ("lora_bf16", "llama-bf16", "lora", 2, 1e-3, 1),
+    # blocks under `h.N` (mlx-lm's `layers` property)
+    ("lora_gpt2", "gpt2", "lora", 2, 1e-3, 1),
 ]
 LORA = {"rank": 4, "scale": 10.0, "dropout": 0.0}
 

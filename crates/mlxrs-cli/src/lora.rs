@@ -454,7 +454,7 @@ fn trainable_set(
       let first = (n - nl) as usize;
       let t: BTreeMap<String, Array> = params
         .iter()
-        .filter(|(k, _)| (first..n as usize).any(|i| k.contains(&format!("layers.{i}."))))
+        .filter(|(k, _)| tuner::adapters::block_index(k).is_some_and(|i| i >= first))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
       Ok((t, None))

@@ -197,6 +197,12 @@ fn losses_match_mlx_lm_grad_accumulation() {
   run_case("lora_accum", true);
 }
 
+/// gpt2: blocks named `h.N`.
+#[test]
+fn losses_match_mlx_lm_lora_gpt2_blocks() {
+  run_case("lora_gpt2", true);
+}
+
 /// A bfloat16 base, the dtype models train in on the GPU.
 #[test]
 fn losses_match_mlx_lm_lora_bf16_base() {

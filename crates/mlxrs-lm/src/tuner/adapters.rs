@@ -250,21 +250,35 @@ pub fn adaptable_layers(
 
 /// `(prefix, index, rest)` for a path inside the block list
 /// (`model.layers.3.mlp.up_proj.weight` -> (`model.layers`, 3,
-/// `mlp.up_proj.weight`)).
+/// `mlp.up_proj.weight`)). The blocks are `layers.N`, or `h.N` (gpt2,
+/// gpt_bigcode, which mlx-lm reaches through a `layers` property).
 fn split_layer(path: &str) -> Option<(&str, usize, &str)> {
-  let i = path.find("layers.")?;
-  let start = if i == 0 || path.as_bytes()[i - 1] == b'.' {
-    i
-  } else {
-    return None;
-  };
-  let after = &path[start + 7..];
-  let dot = after.find('.')?;
-  let n: usize = after[..dot].parse().ok()?;
-  Some((&path[..start + 6], n, &after[dot + 1..]))
+  let mut at = 0;
+  let mut segs = path.split('.').peekable();
+  while let Some(seg) = segs.next() {
+    let list_end = at + seg.len();
+    if seg == "layers" || seg == "h" {
+      if let Some(n) = segs.peek().and_then(|x| x.parse::<usize>().ok()) {
+        let idx_len = segs.peek().map_or(0, |x| x.len());
+        let rest_start = list_end + 1 + idx_len + 1;
+        if rest_start <= path.len() {
+          return Some((&path[..list_end], n, &path[rest_start..]));
+        }
+        return None;
+      }
+    }
+    at = list_end + 1;
+  }
+  None
 }
 
-/// The number of blocks (`layers.N`) in `params`.
+/// The block index of a parameter or module path (`model.layers.3.mlp`
+/// -> 3), if it lies in the block list.
+pub fn block_index(path: &str) -> Option<usize> {
+  split_layer(&format!("{path}.")).map(|(_, n, _)| n)
+}
+
+/// The number of blocks (`layers.N` / `h.N`) in `params`.
 pub fn num_blocks(params: &HashMap<String, Array>) -> usize {
   params
     .keys()
@@ -290,7 +304,9 @@ pub fn lora_targets(
     .max()
     .unwrap_or(0);
   if n == 0 {
-    return Err(bad("the model has no `layers.N` blocks to adapt".into()));
+    return Err(bad(
+      "the model has no `layers.N` (or `h.N`) blocks to adapt".into(),
+    ));
   }
   if num_layers > n as i32 {
     return Err(bad(format!(
@@ -662,5 +678,32 @@ pub fn quant_config(config: &crate::config::ModelConfig) -> Result<Option<QuantC
   match config.quantization_config() {
     Some((_, q)) => Ok(Some(QuantConfig::from_json(q).map_err(Error::Core)?)),
     None => Ok(None),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn block_paths() {
+    assert_eq!(
+      split_layer("model.layers.3.mlp.up_proj.weight"),
+      Some(("model.layers", 3, "mlp.up_proj.weight"))
+    );
+    assert_eq!(
+      split_layer("model.h.12.attn.c_attn."),
+      Some(("model.h", 12, "attn.c_attn."))
+    );
+    assert_eq!(
+      split_layer("backbone.layers.0.mixer.in_proj.weight"),
+      Some(("backbone.layers", 0, "mixer.in_proj.weight"))
+    );
+    assert_eq!(block_index("model.layers.7"), Some(7));
+    assert_eq!(block_index("model.embed_tokens"), None);
+    assert_eq!(block_index("lm_head"), None);
+    assert_eq!(split_layer("model.my_layers.1.x"), None);
+    assert_eq!(split_layer("model.layers.x.y"), None);
+    assert_eq!(split_layer("model.layers.2"), None);
   }
 }
