@@ -174,14 +174,13 @@ pub struct LowRank {
 
 impl LowRank {
   /// Take `<prefix>.lora_a` (shape `a_shape(r)`, the rank `r` read from
-  /// its axis `r_axis`), `<prefix>.lora_b` (`b_shape(r)`) and, where the
-  /// layer allows DoRA (`m_dims`), `<prefix>.m` `[m_dims]`. `None` when
-  /// `w.adapter` is unset or the layer has no adapter in `w`.
+  /// its axis 1 in every layer kind), `<prefix>.lora_b` (`b_shape(r)`)
+  /// and, where the layer allows DoRA (`m_dims`), `<prefix>.m` `[m_dims]`.
+  /// `None` when `w.adapter` is unset or the layer has no adapter in `w`.
   fn load(
     w: &mut crate::Weights,
     prefix: &str,
     a_shape: &dyn Fn(i32) -> Vec<i32>,
-    r_axis: usize,
     b_shape: &dyn Fn(i32) -> Vec<i32>,
     m_dims: Option<i32>,
   ) -> Option<LowRank> {
@@ -191,7 +190,7 @@ impl LowRank {
       return None;
     }
     let a = w.take(&ka, None);
-    let r = a.shape().get(r_axis).copied().unwrap_or(0);
+    let r = a.shape().get(1).copied().unwrap_or(0);
     let want = a_shape(r);
     if a.shape() != want {
       w.problem(format!(
@@ -295,7 +294,6 @@ impl SwitchAdapter {
       w,
       prefix,
       &|r| vec![experts, r, in_dims],
-      1,
       &|r| vec![experts, out_dims, r],
       None,
     )?;
@@ -348,14 +346,7 @@ impl EmbeddingAdapter {
     num: i32,
     dims: i32,
   ) -> Option<Box<EmbeddingAdapter>> {
-    let p = LowRank::load(
-      w,
-      prefix,
-      &|r| vec![num, r],
-      1,
-      &|r| vec![r, dims],
-      Some(num),
-    )?;
+    let p = LowRank::load(w, prefix, &|r| vec![num, r], &|r| vec![r, dims], Some(num))?;
     Some(Box::new(EmbeddingAdapter(p)))
   }
 
@@ -453,7 +444,6 @@ impl LinearAdapter {
       w,
       prefix,
       &|r| vec![in_dims, r],
-      1,
       &|r| vec![r, out_dims],
       Some(out_dims),
     )?;

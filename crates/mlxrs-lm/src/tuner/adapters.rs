@@ -237,10 +237,7 @@ pub fn adaptable_layers(
   quant: Option<&QuantConfig>,
 ) -> Result<Vec<AdaptableLayer>> {
   let params = parameters(model);
-  if let Some(k) = params
-    .keys()
-    .find(|k| is_adapter_key(k) && k.contains("lora_"))
-  {
+  if let Some(k) = params.keys().find(|k| k.ends_with(".lora_a")) {
     return Err(bad(format!(
       "the model already holds adapters ({k}); load the base model to attach new ones"
     )));
@@ -300,7 +297,7 @@ pub fn lora_targets(
 ) -> Result<Vec<AdaptableLayer>> {
   let n = layers
     .iter()
-    .filter_map(|l| split_layer(&format!("{}.", l.path)).map(|(_, i, _)| i + 1))
+    .filter_map(|l| block_index(&l.path).map(|i| i + 1))
     .max()
     .unwrap_or(0);
   if n == 0 {
