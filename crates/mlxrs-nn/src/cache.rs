@@ -77,6 +77,9 @@ enum State {
   /// `CacheList`: several caches of one layer (a hybrid layer's SSM state
   /// and attention keys/values).
   List(Vec<KvCache>),
+  /// No cache (python `cache=None`): keys and values go straight to
+  /// attention and nothing is kept.
+  Pass,
 }
 
 /// A per-layer key/value cache of `[B, kv_heads, T, head_dim]` tensors:
@@ -281,6 +284,7 @@ impl KvCache {
       State::Chunked { .. } => "ChunkedKVCache",
       State::Arrays(_) => "ArraysCache",
       State::List(_) => "CacheList",
+      State::Pass => "None",
     }
   }
 
@@ -317,6 +321,18 @@ impl KvCache {
   /// An empty standard cache.
   pub fn standard() -> KvCache {
     KvCache::new(KvCacheKind::Standard)
+  }
+
+  /// No cache (python `model(inputs, cache=None)`, what mlx-lm's trainer
+  /// runs): [`KvCache::update_and_fetch`] returns the new keys and values
+  /// as they are (no step-grown buffer, no copy), nothing is kept and the
+  /// offset stays 0, so every call starts at position 0. Its
+  /// [`KvCache::class_name`] is `"None"`; it has no state to save.
+  pub fn none() -> KvCache {
+    KvCache {
+      offset: 0,
+      state: State::Pass,
+    }
   }
 
   /// An empty recurrent-state cache of `size` slots (mlx-lm
@@ -418,6 +434,7 @@ impl KvCache {
         .collect(),
       State::Arrays(a) => a.cache.iter().flatten().cloned().collect(),
       State::List(l) => l.iter().flat_map(KvCache::held_arrays).collect(),
+      State::Pass => Vec::new(),
     }
   }
 
@@ -460,6 +477,7 @@ impl KvCache {
         .unwrap_or(0),
       State::Arrays(a) => a.nbytes(),
       State::List(l) => l.iter().map(KvCache::nbytes).sum(),
+      State::Pass => 0,
     }
   }
 
@@ -564,6 +582,7 @@ impl KvCache {
       State::Arrays(_) | State::List(_) => Err(Error::InvalidArgument(
         "recurrent caches hold no keys/values".into(),
       )),
+      State::Pass => Ok(CachedKv::Dense(k.clone(), v.clone())),
     }
   }
 
@@ -938,9 +957,9 @@ impl KvCache {
           values: quant(&values)?,
         });
       }
-      State::Arrays(_) | State::List(_) => {
+      State::Arrays(_) | State::List(_) | State::Pass => {
         return Err(Error::InvalidArgument(format!(
-          "{} holds recurrent state, not keys/values",
+          "{} holds no keys/values to restore",
           self.class_name()
         )));
       }
@@ -1009,6 +1028,11 @@ impl KvCache {
       State::Standard { .. } => {
         let (k, v) = dense()?;
         S::List(vec![k, v, int(self.offset)])
+      }
+      State::Pass => {
+        return Err(Error::InvalidArgument(
+          "a pass-through cache (cache=None) has no state to save".into(),
+        ));
       }
       State::Arrays(a) => a.to_state(),
       // python `CacheList.state`: `[(c.state, type(c).__name__), ...]`.
@@ -1573,6 +1597,33 @@ impl std::fmt::Debug for LayerCache {
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  /// `KvCache::none()` (python `cache=None`): keys and values come back
+  /// as given, twice in a row, with nothing kept and the offset at 0.
+  #[test]
+  fn none_cache_passes_through() {
+    let key = mlxrs_core::random::key(3).unwrap();
+    let x =
+      mlxrs_core::random::normal(&[2, 2, 5, 8], Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap();
+    let y = ops::multiply(&x, &Array::scalar(2.0f32)).unwrap();
+    let mut c = KvCache::none();
+    for _ in 0..2 {
+      let (mut k, mut v) = c.update_and_fetch(&x, &y).unwrap();
+      assert_eq!(k.shape(), vec![2, 2, 5, 8]);
+      let mut want_k = x.clone();
+      let mut want_v = y.clone();
+      assert_eq!(k.to_vec::<f32>().unwrap(), want_k.to_vec::<f32>().unwrap());
+      assert_eq!(v.to_vec::<f32>().unwrap(), want_v.to_vec::<f32>().unwrap());
+      assert_eq!(c.offset, 0);
+    }
+    assert_eq!(c.class_name(), "None");
+    assert_eq!(c.nbytes(), 0);
+    assert!(c.held_arrays().is_empty());
+    assert!(c.state().unwrap().is_none());
+    let e = c.to_state().err().expect("no state to save").to_string();
+    assert!(e.contains("no state"), "{e}");
+    assert!(c.set_state(x.clone(), y.clone(), 5).is_err());
+  }
 
   /// 3-, 5- and 6-bit quantized caches (32 is not a multiple of those bit
   /// widths: a row of `d` values packs into `d * bits / 32` words) hold

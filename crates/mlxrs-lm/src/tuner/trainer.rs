@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use mlxrs_core::transforms::{Closure, value_and_grad};
 use mlxrs_core::{Array, Dtype, ops};
 use mlxrs_nn::optim::Optimizer;
-use mlxrs_nn::{AdapterSettings, QuantConfig};
+use mlxrs_nn::{AdapterSettings, KvCache, QuantConfig};
 
 use super::adapters::{parameters, reload};
 use super::datasets::Example;
@@ -104,6 +104,25 @@ pub fn make_batch(examples: &[&Example], max_seq_length: usize) -> Result<(Batch
   Ok((batch, (longest > max_seq_length).then_some(longest)))
 }
 
+/// The caches a training forward runs with: python's `cache=None` for
+/// every plain attention layer ([`KvCache::none`]: keys and values reach
+/// attention as computed, as in mlx-lm, not sliced out of a step-grown
+/// buffer); the model's own caches where the layer needs one to work
+/// (sliding-window, chunked, recurrent state).
+fn training_caches(model: &dyn LanguageModel) -> Vec<KvCache> {
+  model
+    .make_caches(None)
+    .into_iter()
+    .map(|c| {
+      if c.class_name() == "KVCache" {
+        KvCache::none()
+      } else {
+        c
+      }
+    })
+    .collect()
+}
+
 /// mlx-lm's `default_loss`: mean cross entropy of the next token over the
 /// positions `offset < t <= length` of each row. Returns `(loss, ntoks)`.
 pub fn default_loss(model: &dyn LanguageModel, batch: &Batch) -> Result<(Array, Array)> {
@@ -114,7 +133,7 @@ pub fn default_loss(model: &dyn LanguageModel, batch: &Batch) -> Result<(Array, 
   }
   let inputs = ops::slice(&batch.tokens, &[0, 0], &[b, l - 1], &[1, 1])?;
   let targets = ops::slice(&batch.tokens, &[0, 1], &[b, l], &[1, 1])?;
-  let mut caches = model.make_caches(None);
+  let mut caches = training_caches(model);
   let logits = model.forward(&inputs, &mut caches)?;
   let steps = ops::arange(1.0, l as f64, 1.0, Dtype::Int32)?;
   let off = ops::slice(&batch.lengths, &[0, 0], &[b, 1], &[1, 1])?;
