@@ -13,9 +13,13 @@
 #   E  Kokoro RTF (the ONNX parts in /root/pypi)
 #   F  LoRA loss check: mlxrs lora (as is, compile off, projection stacks
 #      off) next to mlx_lm.lora on the tiny llama fixtures (f32, bf16)
+#   G  LoRA on the 1B folder, every report, 5 rounds; then mlxrs alone with
+#      compile / projection stacks / TF32 off
+#   H  bench_lm.sh llama bf16 against mlx-lm and the base binary (5 rounds)
+#   I  projection stacks + compiled SwiGLU on/off (5 rounds); qwen3 4-bit
 # Everything it writes lands under $OUT.
 set -uo pipefail
-stage=${1:?usage: gpu_run.sh A|B|C|D|E}
+stage=${1:?usage: gpu_run.sh A..I}
 if [ ! -e /tmp/site/mlx/lib/libmlx.so ]; then bash .gpu/p5/install-mlx-cuda.sh > /tmp/exports.sh; fi
 export LD_LIBRARY_PATH=/tmp/site/mlx/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site MLX_LIB_DIR=/tmp/site/mlx/lib
 mkdir -p /tmp/b
@@ -91,6 +95,35 @@ F)
       rm -rf /tmp/ad1; echo "== $m mlxrs [$e]"; env $e timeout 60 $M lora --model $m $args --adapter-path /tmp/ad1 2>&1 | grep --line-buffered -E 'Train loss|Trainable|rror'; echo "rc ${PIPESTATUS[0]}"
     done
   done 2>&1 | tee $OUT/lora_check.txt
+  ;;
+G)
+  # session 9: LoRA after training moved to cache=None (5 rounds, every
+  # report), then mlxrs alone under compile / projection stacks / TF32 off
+  [ -e /tmp/llama1b/config.json ] || $PY scripts/make_random_checkpoint.py --shape llama-3.2-1b --out /tmp/llama1b > $OUT/mkckpt.txt 2>&1
+  make_lora_data
+  args="--model /tmp/llama1b --train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 16 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512"
+  for r in 1 2 3 4 5; do
+    rm -rf /tmp/ad1 /tmp/ad2
+    echo "== round $r mlxrs"; $M lora $args --adapter-path /tmp/ad1 --json 2>&1 | grep --line-buffered -E '"event":"train"|rror'
+    echo "== round $r mlx_lm.lora"; $PY -m mlx_lm lora $args --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'Iter|^ +[0-9]+ +[0-9.]+ [^ ]+ +[0-9,]+ |rror'
+  done 2>&1 | tee $OUT/lora.txt
+  for e in "MLX_DISABLE_COMPILE=1" "MLXRS_FUSE_PROJECTIONS=0" "MLX_ENABLE_TF32=0"; do
+    rm -rf /tmp/ad1; echo "== mlxrs [$e]"; env $e timeout 90 $M lora $args --adapter-path /tmp/ad1 --json 2>&1 | grep --line-buffered -E '"event":"train"|rror'
+  done 2>&1 | tee $OUT/lora_env.txt
+  ;;
+H)
+  # session 9 decode: HEAD vs mlx-lm vs the session-8 binary (base), 5 rounds
+  MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 2>&1 | tee $OUT/bench_llama_bf16.md
+  ;;
+I)
+  # stacked projections + compiled SwiGLU on/off, 5 interleaved rounds; qwen3 4-bit
+  for r in 1 2 3 4 5; do
+    for e in "X=1" "MLXRS_FUSE_PROJECTIONS=0 MLX_DISABLE_COMPILE=1"; do
+      a=$(env $e MLXRS_DECODE_TIMING=1 $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 --json 2>$OUT/t.txt | gtps)
+      echo "round $r env [$e] mlxrs $a $(grep -o 'build.*' $OUT/t.txt | tail -1)"
+    done
+  done 2>&1 | tee $OUT/ab.txt
+  MLXRS=$M NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_qwen3_q4.md
   ;;
 E)
   mkdir -p /root/pypi; cp -r .gpu/kv/* /root/pypi/; ls /root/pypi

@@ -226,13 +226,24 @@ impl Attention {
         _ => t,
       };
       let norm = if full { &None } else { norm };
-      let t = ops::reshape(&t, &[b, l, n, -1])?;
+      // One decoded token: `[B, 1, n*d]` is already laid out as
+      // `[B, n, 1, d]`, so one reshape stands for reshape + transpose (two
+      // fewer graph nodes per projection for MLX to build and encode).
+      let t = if l == 1 {
+        ops::reshape(&t, &[b, n, 1, -1])?
+      } else {
+        ops::reshape(&t, &[b, l, n, -1])?
+      };
       let t = match (norm, plain) {
         (Some(nm), _) => nm.forward(&t)?,
         (None, Some(eps)) if qk => mlxrs_core::fast::rms_norm(&t, None, eps)?,
         _ => t,
       };
-      ops::transpose_axes(&t, &[0, 2, 1, 3])
+      if l == 1 {
+        Ok(t)
+      } else {
+        ops::transpose_axes(&t, &[0, 2, 1, 3])
+      }
     };
     let (q, k, v) = match self.qkv.get() {
       Some(qkv) => {
@@ -264,7 +275,11 @@ impl Attention {
       )?;
     }
     let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
-    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
+    let o = if l == 1 {
+      ops::reshape(&o, &[b, 1, -1])?
+    } else {
+      ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?
+    };
     self.o_proj.forward(&o)
   }
 }
