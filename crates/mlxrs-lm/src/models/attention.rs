@@ -245,29 +245,52 @@ impl Attention {
         ops::transpose_axes(&t, &[0, 2, 1, 3])
       }
     };
-    let (q, k, v) = match self.qkv.get() {
-      Some(qkv) => {
+    let plain_qk = self.q_norm.is_none() && self.k_norm.is_none() && plain.is_none();
+    let (q, k, v) = match (self.qkv.get(), &self.rope) {
+      // Stacked projections, no q/k norms: rotate the query and key heads
+      // in one RoPE call (one kernel instead of two) and split after.
+      (Some(qkv), Some(rope)) if plain_qk => {
         let y = qkv.forward(x)?;
         let (nq, nk) = (self.q_proj.out_dims, self.k_proj.out_dims);
+        let qk = super::base::last_axis(&y, 0, nq + nk)?;
+        let qk = rope.forward(
+          &heads(qk, self.n_heads + self.n_kv_heads, &None, false)?,
+          cache.offset,
+        )?;
+        let v = super::base::last_axis(&y, nq + nk, qkv.out_dims)?;
         (
-          super::base::last_axis(&y, 0, nq)?,
-          super::base::last_axis(&y, nq, nq + nk)?,
-          super::base::last_axis(&y, nq + nk, qkv.out_dims)?,
+          heads_of(&qk, 0, self.n_heads)?,
+          heads_of(&qk, self.n_heads, self.n_heads + self.n_kv_heads)?,
+          heads(v, self.n_kv_heads, &None, false)?,
         )
       }
-      None => (
-        self.q_proj.forward(x)?,
-        self.k_proj.forward(x)?,
-        self.v_proj.forward(x)?,
-      ),
+      (qkv, rope) => {
+        let (q, k, v) = match qkv {
+          Some(qkv) => {
+            let y = qkv.forward(x)?;
+            let (nq, nk) = (self.q_proj.out_dims, self.k_proj.out_dims);
+            (
+              super::base::last_axis(&y, 0, nq)?,
+              super::base::last_axis(&y, nq, nq + nk)?,
+              super::base::last_axis(&y, nq + nk, qkv.out_dims)?,
+            )
+          }
+          None => (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+          ),
+        };
+        let mut q = heads(q, self.n_heads, &self.q_norm, true)?;
+        let mut k = heads(k, self.n_kv_heads, &self.k_norm, true)?;
+        if let Some(rope) = rope {
+          q = rope.forward(&q, cache.offset)?;
+          k = rope.forward(&k, cache.offset)?;
+        }
+        (q, k, heads(v, self.n_kv_heads, &None, false)?)
+      }
     };
-    let mut q = heads(q, self.n_heads, &self.q_norm, true)?;
-    let mut k = heads(k, self.n_kv_heads, &self.k_norm, true)?;
-    let v = heads(v, self.n_kv_heads, &None, false)?;
-    if let Some(rope) = &self.rope {
-      q = rope.forward(&q, cache.offset)?;
-      k = rope.forward(&k, cache.offset)?;
-    }
+    let mut q = q;
     if let Some((beta, orig)) = self.query_scaling {
       q = ops::multiply(
         &q,
@@ -282,6 +305,17 @@ impl Attention {
     };
     self.o_proj.forward(&o)
   }
+}
+
+/// Heads `[start, stop)` of `[B, heads, L, d]`.
+fn heads_of(x: &Array, start: i32, stop: i32) -> Result<Array> {
+  let s = x.shape();
+  ops::slice(
+    x,
+    &[0, start, 0, 0],
+    &[s[0], stop, s[2], s[3]],
+    &[1, 1, 1, 1],
+  )
 }
 
 /// mlx-lm's `_get_llama_4_attn_scale(size, offset, beta, original_max)`:
