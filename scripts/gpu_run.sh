@@ -13,8 +13,7 @@
 #   E  Kokoro RTF (the ONNX parts in /root/pypi)
 #   F  LoRA loss check: mlxrs lora (as is, compile off, projection stacks
 #      off) next to mlx_lm.lora on the tiny llama fixtures (f32, bf16)
-#   G  LoRA on the 1B folder, every report, 5 rounds; then mlxrs alone with
-#      compile / projection stacks / TF32 off
+#   G  LoRA on the 1B folder, every report, 5 rounds
 #   H  bench_lm.sh llama bf16 against mlx-lm and the base binary (5 rounds)
 #   I  projection stacks + compiled SwiGLU on/off (5 rounds); qwen3 4-bit
 # Everything it writes lands under $OUT.
@@ -97,8 +96,7 @@ F)
   done 2>&1 | tee $OUT/lora_check.txt
   ;;
 G)
-  # session 9: LoRA after training moved to cache=None (5 rounds, every
-  # report), then mlxrs alone under compile / projection stacks / TF32 off
+  # session 9: LoRA next to mlx_lm.lora, every report, 5 rounds
   [ -e /tmp/llama1b/config.json ] || $PY scripts/make_random_checkpoint.py --shape llama-3.2-1b --out /tmp/llama1b > $OUT/mkckpt.txt 2>&1
   make_lora_data
   args="--model /tmp/llama1b --train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 16 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512"
@@ -107,9 +105,6 @@ G)
     echo "== round $r mlxrs"; $M lora $args --adapter-path /tmp/ad1 --json 2>&1 | grep --line-buffered -E '"event":"train"|rror'
     echo "== round $r mlx_lm.lora"; $PY -m mlx_lm lora $args --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'Iter|^ +[0-9]+ +[0-9.]+ [^ ]+ +[0-9,]+ |rror'
   done 2>&1 | tee $OUT/lora.txt
-  for e in "MLX_DISABLE_COMPILE=1" "MLXRS_FUSE_PROJECTIONS=0" "MLX_ENABLE_TF32=0"; do
-    rm -rf /tmp/ad1; echo "== mlxrs [$e]"; env $e timeout 90 $M lora $args --adapter-path /tmp/ad1 --json 2>&1 | grep --line-buffered -E '"event":"train"|rror'
-  done 2>&1 | tee $OUT/lora_env.txt
   ;;
 H)
   # session 9 decode: HEAD vs mlx-lm vs the session-8 binary (base), 5 rounds

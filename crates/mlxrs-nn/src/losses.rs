@@ -137,27 +137,23 @@ pub fn cross_entropy(logits: &Array, targets: &Array, o: CrossEntropy<'_>) -> Re
     }
     None => (targets.clone(), None),
   };
-  let logits = ops::subtract(
-    logits,
-    &ops::stop_gradient(&ops::max_axis(logits, axis, true)?)?,
-  )?;
-  let score = if as_probs {
-    ops::sum_axis(&ops::multiply(&logits, &targets)?, axis, false)?
-  } else {
-    ops::squeeze_axis(
-      &ops::take_along_axis(&logits, &ops::expand_dims(&targets, axis)?, axis)?,
-      axis,
-    )?
-  };
-  let lse = ops::logsumexp_axis(&logits, axis, false)?;
   let ls = o.label_smoothing as f64;
-  let mut loss = if ls > 0.0 {
-    let adjusted = ops::multiply(&s(&score, 1.0 - ls)?, &score)?;
-    let mean_logits = ops::mean_axis(&logits, axis, false)?;
-    let smoothed = ops::multiply(&ops::negative(&mean_logits)?, &s(&mean_logits, ls)?)?;
-    ops::add(&ops::subtract(&lse, &adjusted)?, &smoothed)?
+  // python: on the GPU, class targets without smoothing over the last
+  // axis go through `mx.fast.cross_entropy`, a fused kernel that
+  // accumulates in float32 (for bfloat16 logits over a large vocabulary
+  // the composite below loses most of the gradient's precision).
+  let fast = !as_probs
+    && ls == 0.0
+    && axis == nd - 1
+    && logits.dtype().is_float()
+    && mlxrs_core::Device::default_device()?.kind == mlxrs_core::DeviceType::Gpu;
+  let mut loss = if fast {
+    ops::astype(
+      &mlxrs_core::fast::cross_entropy(logits, &targets)?,
+      logits.dtype(),
+    )?
   } else {
-    ops::subtract(&lse, &score)?
+    composite_cross_entropy(logits, &targets, axis, as_probs, ls)?
   };
   loss = apply_weights(loss, o.weights)?;
   match keep {
@@ -172,6 +168,38 @@ pub fn cross_entropy(logits: &Array, targets: &Array, o: CrossEntropy<'_>) -> Re
         r => reduce(loss, r),
       }
     }
+  }
+}
+
+/// Cross entropy from max-shifted logits: `logsumexp - score`, with label
+/// smoothing `ls` (python's non-fused path).
+fn composite_cross_entropy(
+  logits: &Array,
+  targets: &Array,
+  axis: i32,
+  as_probs: bool,
+  ls: f64,
+) -> Result<Array> {
+  let logits = ops::subtract(
+    logits,
+    &ops::stop_gradient(&ops::max_axis(logits, axis, true)?)?,
+  )?;
+  let score = if as_probs {
+    ops::sum_axis(&ops::multiply(&logits, &targets)?, axis, false)?
+  } else {
+    ops::squeeze_axis(
+      &ops::take_along_axis(&logits, &ops::expand_dims(&targets, axis)?, axis)?,
+      axis,
+    )?
+  };
+  let lse = ops::logsumexp_axis(&logits, axis, false)?;
+  if ls > 0.0 {
+    let adjusted = ops::multiply(&s(&score, 1.0 - ls)?, &score)?;
+    let mean_logits = ops::mean_axis(&logits, axis, false)?;
+    let smoothed = ops::multiply(&ops::negative(&mean_logits)?, &s(&mean_logits, ls)?)?;
+    ops::add(&ops::subtract(&lse, &adjusted)?, &smoothed)
+  } else {
+    ops::subtract(&lse, &score)
   }
 }
 

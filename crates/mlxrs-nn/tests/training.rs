@@ -246,3 +246,58 @@ fn apply_gradients_with_equals_apply_gradients() {
     }
   }
 }
+
+/// The fused `mx.fast.cross_entropy` that `losses::cross_entropy` uses on
+/// the GPU (as python does) gives the composite's loss and gradient: run
+/// both here, in float32 on the default device, over a 1,000-class vocab.
+#[test]
+fn fused_cross_entropy_matches_composite() {
+  let key = mlxrs_core::random::key(11).unwrap();
+  let logits =
+    mlxrs_core::random::normal(&[3, 5, 1000], Dtype::Float32, 0.0, 3.0, Some(&key)).unwrap();
+  let targets = Array::from_slice(
+    &(0..15).map(|i| (i * 67 % 1000) as i32).collect::<Vec<_>>(),
+    &[3, 5],
+  )
+  .unwrap();
+  let composite = transforms::Closure::new(|a: &[Array]| {
+    let o = losses::CrossEntropy {
+      reduction: Reduction::Sum,
+      ..Default::default()
+    };
+    Ok(vec![losses::cross_entropy(&a[0], &a[1], o)?])
+  })
+  .unwrap();
+  let fused = transforms::Closure::new(|a: &[Array]| {
+    Ok(vec![ops::sum(
+      &mlxrs_core::fast::cross_entropy(&a[0], &a[1])?,
+      false,
+    )?])
+  })
+  .unwrap();
+  let args = [logits, targets];
+  let (mut lc, mut gc) = {
+    let (v, g) = transforms::value_and_grad(&composite, &[0])
+      .unwrap()
+      .call(&args)
+      .unwrap();
+    (v[0].clone(), g[0].clone())
+  };
+  let (mut lf, mut gf) = {
+    let (v, g) = transforms::value_and_grad(&fused, &[0])
+      .unwrap()
+      .call(&args)
+      .unwrap();
+    (v[0].clone(), g[0].clone())
+  };
+  let (lc, lf) = (lc.item::<f32>().unwrap(), lf.item::<f32>().unwrap());
+  assert!((lc - lf).abs() <= 1e-4 * lc.abs(), "loss {lf} vs {lc}");
+  let (gc, gf) = (gc.to_vec::<f32>().unwrap(), gf.to_vec::<f32>().unwrap());
+  let worst = gc
+    .iter()
+    .zip(&gf)
+    .map(|(a, b)| (a - b).abs())
+    .fold(0f32, f32::max);
+  assert!(worst <= 1e-5, "gradient differs by {worst}");
+  assert!(gc.iter().any(|g| g.abs() > 1e-3), "a gradient to compare");
+}
