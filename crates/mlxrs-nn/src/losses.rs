@@ -185,10 +185,10 @@ fn composite_cross_entropy(
     &ops::stop_gradient(&ops::max_axis(logits, axis, true)?)?,
   )?;
   let score = if as_probs {
-    ops::sum_axis(&ops::multiply(&logits, &targets)?, axis, false)?
+    ops::sum_axis(&ops::multiply(&logits, targets)?, axis, false)?
   } else {
     ops::squeeze_axis(
-      &ops::take_along_axis(&logits, &ops::expand_dims(&targets, axis)?, axis)?,
+      &ops::take_along_axis(&logits, &ops::expand_dims(targets, axis)?, axis)?,
       axis,
     )?
   };

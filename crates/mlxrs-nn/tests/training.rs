@@ -256,7 +256,7 @@ fn fused_cross_entropy_matches_composite() {
   let logits =
     mlxrs_core::random::normal(&[3, 5, 1000], Dtype::Float32, 0.0, 3.0, Some(&key)).unwrap();
   let targets = Array::from_slice(
-    &(0..15).map(|i| (i * 67 % 1000) as i32).collect::<Vec<_>>(),
+    &(0..15).map(|i: i32| i * 67 % 1000).collect::<Vec<_>>(),
     &[3, 5],
   )
   .unwrap();
