@@ -16,6 +16,7 @@
 #   G  LoRA on the 1B folder, every report, 5 rounds
 #   H  bench_lm.sh llama bf16 against mlx-lm and the base binary (5 rounds)
 #   I  projection stacks + compiled SwiGLU on/off (5 rounds); qwen3 4-bit
+#   J  LoRA per-step losses from the same initial adapters on one batch
 # Everything it writes lands under $OUT.
 set -uo pipefail
 stage=${1:?usage: gpu_run.sh A..I}
@@ -105,6 +106,22 @@ G)
     echo "== round $r mlxrs"; $M lora $args --adapter-path /tmp/ad1 --json 2>&1 | grep --line-buffered -E '"event":"train"|rror'
     echo "== round $r mlx_lm.lora"; $PY -m mlx_lm lora $args --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'Iter|^ +[0-9]+ +[0-9.]+ [^ ]+ +[0-9,]+ |rror'
   done 2>&1 | tee $OUT/lora.txt
+  ;;
+J)
+  # LoRA with the same initial adapters (mlx-lm's, saved after one step at
+  # learning rate 0) and a one-batch dataset (every step the same 4 rows,
+  # so batch order cannot differ): per-step losses of both programs
+  [ -e /tmp/llama1b/config.json ] || $PY scripts/make_random_checkpoint.py --shape llama-3.2-1b --out /tmp/llama1b > $OUT/mkckpt.txt 2>&1
+  make_lora_data
+  mkdir -p /tmp/l4; for f in train valid test; do head -4 /tmp/ldata/train.jsonl > /tmp/l4/$f.jsonl; done
+  args="--model /tmp/llama1b --train --data /tmp/l4 --batch-size 4 --num-layers 16 --steps-per-eval 1000 --max-seq-length 512"
+  rm -rf /tmp/init /tmp/ad1 /tmp/ad2
+  $PY -m mlx_lm lora $args --iters 1 --learning-rate 0 --adapter-path /tmp/init > /dev/null 2>&1; ls /tmp/init
+  {
+  echo "== mlx_lm.lora"; $PY -m mlx_lm lora $args --iters ${J_ITERS:-12} --learning-rate 1e-4 --steps-per-report 1 --resume-adapter-file /tmp/init/adapters.safetensors --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E '^ +[0-9]+ +[0-9.]+ |Iter|rror'
+  echo "== mlxrs"; timeout 120 $M lora $args --iters ${J_ITERS:-12} --learning-rate 1e-4 --steps-per-report 1 --resume-adapter-file /tmp/init/adapters.safetensors --adapter-path /tmp/ad1 2>&1 | grep --line-buffered -E 'Train loss|rror'
+  echo "== mlxrs MLX_DISABLE_COMPILE=1"; MLX_DISABLE_COMPILE=1 timeout 120 $M lora $args --iters ${J_ITERS:-12} --learning-rate 1e-4 --steps-per-report 1 --resume-adapter-file /tmp/init/adapters.safetensors --adapter-path /tmp/ad3 2>&1 | grep --line-buffered -E 'Train loss|rror'
+  } 2>&1 | tee $OUT/lora_same_init.txt
   ;;
 H)
   # session 9 decode: HEAD vs mlx-lm vs the session-8 binary (base), 5 rounds
