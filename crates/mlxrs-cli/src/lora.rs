@@ -317,47 +317,34 @@ fn make_optimizer(s: &Settings) -> Result<Box<dyn Optimizer>> {
   })
 }
 
-/// Batches cycling over `data` in random order (python `iterate_batches`
-/// with `loop=True`).
+/// Batches cycling over `data` (python `iterate_batches` with
+/// `loop=True`): each pass in a fresh `np.random.permutation` order, drawn
+/// when the pass's first batch is taken.
 struct BatchIter<'a> {
   data: &'a [Example],
   groups: Vec<Vec<usize>>,
   order: Vec<usize>,
   pos: usize,
-  rng: Rng,
   max_seq: usize,
   warned: bool,
-  shuffle: bool,
 }
 
 impl<'a> BatchIter<'a> {
-  fn new(data: &'a [Example], bs: usize, max_seq: usize, rng: Option<Rng>) -> Result<Self> {
-    let groups = tuner::batch_indices(data, bs)?;
-    let shuffle = rng.is_some();
-    let mut rng = rng.unwrap_or(Rng::new(0));
-    let order = if shuffle {
-      rng.permutation(groups.len())
-    } else {
-      (0..groups.len()).collect()
-    };
+  fn new(data: &'a [Example], bs: usize, max_seq: usize) -> Result<Self> {
     Ok(BatchIter {
       data,
-      groups,
-      order,
+      groups: tuner::batch_indices(data, bs)?,
+      order: Vec::new(),
       pos: 0,
-      rng,
       max_seq,
       warned: false,
-      shuffle,
     })
   }
 
-  fn next_batch(&mut self) -> Result<Batch> {
+  fn next_batch(&mut self, rng: &mut Rng) -> Result<Batch> {
     if self.pos == self.order.len() {
+      self.order = rng.permutation(self.groups.len());
       self.pos = 0;
-      if self.shuffle {
-        self.order = self.rng.permutation(self.groups.len());
-      }
     }
     let g = &self.groups[self.order[self.pos]];
     self.pos += 1;
@@ -374,15 +361,20 @@ impl<'a> BatchIter<'a> {
   }
 }
 
-fn eval_batches(data: &[Example], s: &Settings, n: i64) -> Result<Vec<Batch>> {
-  let mut it = BatchIter::new(data, s.batch_size, s.max_seq_length, None)?;
+/// The batches one evaluation runs (python `evaluate`: one pass of
+/// `iterate_batches` in permuted order, the first `n`, all for `n < 0`).
+fn eval_batches(data: &[Example], s: &Settings, n: i64, rng: &mut Rng) -> Result<Vec<Batch>> {
+  if n == 0 {
+    return Ok(Vec::new());
+  }
+  let mut it = BatchIter::new(data, s.batch_size, s.max_seq_length)?;
   let total = it.groups.len();
   let n = if n < 0 {
     total
   } else {
     (n as usize).min(total)
   };
-  (0..n).map(|_| it.next_batch()).collect()
+  (0..n).map(|_| it.next_batch(rng)).collect()
 }
 
 fn peak_gb() -> f64 {
@@ -488,6 +480,11 @@ pub fn run(a: LoraArgs) -> Result<()> {
   }
   let s = settings(&a)?;
   mlxrs_core::random::seed(s.seed)?;
+  // python `run`: `np.random.seed(args.seed)`; every batch order (training
+  // passes, validation, test) then draws from that one generator.
+  let mut rng = Rng::new(
+    u32::try_from(s.seed).map_err(|_| anyhow::anyhow!("seed must be between 0 and 2**32 - 1"))?,
+  );
   let dtype = match &a.dtype {
     None => None,
     Some(n) => Some(
@@ -528,8 +525,8 @@ pub fn run(a: LoraArgs) -> Result<()> {
       &mut m,
       quant.clone(),
       &s,
-      &train,
-      &valid,
+      (&train, &valid),
+      &mut rng,
       a.json,
       !a.no_compile,
     )?;
@@ -540,7 +537,7 @@ pub fn run(a: LoraArgs) -> Result<()> {
     model
   };
   if a.test {
-    let batches = eval_batches(&test, &s, s.test_batches)?;
+    let batches = eval_batches(&test, &s, s.test_batches, &mut rng)?;
     let t = Instant::now();
     let loss = eval_model(model.as_mut(), &batches)?;
     report(
@@ -570,8 +567,8 @@ fn train_model(
   m: &mut LoadedModel,
   quant: Option<QuantConfig>,
   s: &Settings,
-  train: &[Example],
-  valid: &[Example],
+  (train, valid): (&[Example], &[Example]),
+  rng: &mut Rng,
   json_out: bool,
   compile: bool,
 ) -> Result<Trainer> {
@@ -627,20 +624,18 @@ fn train_model(
       .map_err(|e| anyhow::anyhow!("--grad-checkpoint: {e} (model_type {mt})"))?;
   }
   let mut opt = make_optimizer(s)?;
-  let mut batches = BatchIter::new(
-    train,
-    s.batch_size,
-    s.max_seq_length,
-    Some(Rng::new(s.seed)),
-  )?;
+  let mut batches = BatchIter::new(train, s.batch_size, s.max_seq_length)?;
   let adapter_file = s.adapter_path.join("adapters.safetensors");
   let (mut losses, mut ntoks, mut steps, mut trained, mut train_time) =
     (0f64, 0i64, 0usize, 0i64, 0f64);
   let _ = mlxrs_core::memory::reset_peak_memory();
   let start = Instant::now();
   for it in 1..=s.iters {
+    // python takes the iteration's batch before its validation (both draw
+    // from the same generator).
+    let b = batches.next_batch(rng)?;
     if !valid.is_empty() && (it == 1 || it % s.steps_per_eval == 0 || it == s.iters) {
-      let vb = eval_batches(valid, s, s.val_batches)?;
+      let vb = eval_batches(valid, s, s.val_batches, rng)?;
       let t = Instant::now();
       let vl = trainer.evaluate(&vb)?;
       report(
@@ -652,7 +647,6 @@ fn train_model(
         ),
       );
     }
-    let b = batches.next_batch()?;
     let t = Instant::now();
     let (l, n) = trainer.step(&b, opt.as_mut(), it % s.grad_accum == 0, s.grad_accum)?;
     train_time += t.elapsed().as_secs_f64();

@@ -31,27 +31,82 @@ pub struct Batch {
   pub lengths: Array,
 }
 
-/// A small deterministic RNG (splitmix64) for batch order.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+/// numpy's legacy `RandomState` (MT19937), as far as batch order needs it:
+/// mlx-lm shuffles its batches with `np.random.seed(seed)` then
+/// `np.random.permutation(n)` per epoch (and per evaluation), so the same
+/// seed gives mlxrs the same batch order and the same validation subsets.
+#[derive(Clone)]
+pub struct Rng {
+  mt: Box<[u32; 624]>,
+  pos: usize,
+}
+
+impl std::fmt::Debug for Rng {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.debug_struct("Rng").field("pos", &self.pos).finish()
+  }
+}
 
 impl Rng {
-  /// Seeded.
-  pub fn new(seed: u64) -> Rng {
-    Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+  /// python `np.random.seed(seed)` (an integer seed: `init_genrand`).
+  pub fn new(seed: u32) -> Rng {
+    let mut mt = Box::new([0u32; 624]);
+    mt[0] = seed;
+    for i in 1..624 {
+      let p = mt[i - 1];
+      mt[i] = 1_812_433_253u32
+        .wrapping_mul(p ^ (p >> 30))
+        .wrapping_add(i as u32);
+    }
+    Rng { mt, pos: 624 }
   }
-  fn next(&mut self) -> u64 {
-    self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = self.0;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+
+  /// The next 32-bit output (MT19937 `genrand_int32`).
+  fn next_u32(&mut self) -> u32 {
+    if self.pos >= 624 {
+      let mt = &mut self.mt;
+      for i in 0..624 {
+        let y = (mt[i] & 0x8000_0000) | (mt[(i + 1) % 624] & 0x7fff_ffff);
+        let mut v = mt[(i + 397) % 624] ^ (y >> 1);
+        if y & 1 != 0 {
+          v ^= 0x9908_b0df;
+        }
+        mt[i] = v;
+      }
+      self.pos = 0;
+    }
+    let mut y = self.mt[self.pos];
+    self.pos += 1;
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c_5680;
+    y ^= (y << 15) & 0xefc6_0000;
+    y ^ (y >> 18)
   }
-  /// A random permutation of `0..n` (Fisher-Yates).
+
+  /// A uniform integer in `0..=max` (numpy's `random_interval`: masked
+  /// rejection sampling; every `max` here fits 32 bits).
+  fn interval(&mut self, max: u32) -> u32 {
+    if max == 0 {
+      return 0;
+    }
+    let mut mask = max;
+    for sh in [1, 2, 4, 8, 16] {
+      mask |= mask >> sh;
+    }
+    loop {
+      let v = self.next_u32() & mask;
+      if v <= max {
+        return v;
+      }
+    }
+  }
+
+  /// python `np.random.permutation(n)`: `arange(n)` shuffled by the legacy
+  /// Fisher-Yates (`i` from `n - 1` down to 1, swap with `interval(i)`).
   pub fn permutation(&mut self, n: usize) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-      let j = (self.next() % (i as u64 + 1)) as usize;
+      let j = self.interval(i as u32) as usize;
       v.swap(i, j);
     }
     v
