@@ -17,9 +17,11 @@
 #   H  bench_lm.sh llama bf16 against mlx-lm and the base binary (5 rounds)
 #   I  projection stacks + compiled SwiGLU on/off (5 rounds); qwen3 4-bit
 #   J  LoRA per-step losses from the same initial adapters on one batch
+#   K  LoRA seed spread (seeds 0/1/2, both programs), then both from the
+#      same initial adapters on the full data
 # Everything it writes lands under $OUT.
 set -uo pipefail
-stage=${1:?usage: gpu_run.sh A..I}
+stage=${1:?usage: gpu_run.sh A..K}
 if [ ! -e /tmp/site/mlx/lib/libmlx.so ]; then bash .gpu/p5/install-mlx-cuda.sh > /tmp/exports.sh; fi
 export LD_LIBRARY_PATH=/tmp/site/mlx/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site MLX_LIB_DIR=/tmp/site/mlx/lib
 mkdir -p /tmp/b
@@ -35,9 +37,17 @@ make_lora_data() {
 import json, random, sys
 random.seed(0)
 words = "the a of to and in is it that was for on are as with his they at be this from have or by one had not but what all were when we there can an your which their said if do will each about how up out them then she many some so these would other into has more her two like him see time could no make than first been its who now people my made over did down only way find use may water long little very after words called just where most know".split()
-rows = [json.dumps({"text": " ".join(random.choice(words) for _ in range(200))}) for _ in range(64)]
+rows = [{"text": " ".join(random.choice(words) for _ in range(200))} for _ in range(64)]
+# In token-length order: mlx-lm 0.32 groups rows in file order, mlxrs by
+# token length, so this order gives both the same batches (docs/lora.md).
+try:
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained("models/tiny/llama")
+    rows.sort(key=lambda r: len(tok.encode(r["text"])))
+except Exception as e:
+    print(f"rows left unsorted: {e}", file=sys.stderr)
 for f, n in (("train", 64), ("valid", 8), ("test", 8)):
-    open(f"{sys.argv[1]}/{f}.jsonl", "w").write("\n".join(rows[:n]) + "\n")
+    open(f"{sys.argv[1]}/{f}.jsonl", "w").write("\n".join(json.dumps(r) for r in rows[:n]) + "\n")
 PYEOF
 }
 case $stage in
@@ -122,6 +132,22 @@ J)
   echo "== mlxrs"; timeout 120 $M lora $args --iters ${J_ITERS:-12} --learning-rate 1e-4 --steps-per-report 1 --resume-adapter-file /tmp/init/adapters.safetensors --adapter-path /tmp/ad1 2>&1 | grep --line-buffered -E 'Train loss|rror'
   echo "== mlxrs MLX_DISABLE_COMPILE=1"; MLX_DISABLE_COMPILE=1 timeout 120 $M lora $args --iters ${J_ITERS:-12} --learning-rate 1e-4 --steps-per-report 1 --resume-adapter-file /tmp/init/adapters.safetensors --adapter-path /tmp/ad3 2>&1 | grep --line-buffered -E 'Train loss|rror'
   } 2>&1 | tee $OUT/lora_same_init.txt
+  ;;
+K)
+  # LoRA seed spread: both programs, seeds 0/1/2, then mlxrs from mlx-lm's
+  # initial adapters on the full data (stage J's /tmp/init)
+  [ -e /tmp/llama1b/config.json ] || $PY scripts/make_random_checkpoint.py --shape llama-3.2-1b --out /tmp/llama1b > $OUT/mkckpt.txt 2>&1
+  rm -rf /tmp/ldata; make_lora_data
+  args="--model /tmp/llama1b --train --data /tmp/ldata --iters 30 --batch-size 4 --num-layers 16 --learning-rate 1e-4 --steps-per-report 10 --steps-per-eval 1000 --max-seq-length 512"
+  for seed in 0 1 2; do
+    rm -rf /tmp/ad1 /tmp/ad2
+    echo "== seed $seed mlxrs"; timeout 120 $M lora $args --seed $seed --adapter-path /tmp/ad1 2>&1 | grep --line-buffered -E 'Train loss|rror'
+    echo "== seed $seed mlx_lm.lora"; $PY -m mlx_lm lora $args --seed $seed --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E '^ +[0-9]+ +[0-9.]+ |rror'
+  done 2>&1 | tee $OUT/lora_seeds.txt
+  if [ ! -e /tmp/init/adapters.safetensors ]; then $PY -m mlx_lm lora $args --iters 1 --learning-rate 0 --adapter-path /tmp/init > /dev/null 2>&1; fi
+  { echo "== mlxrs from mlx-lm's init"; timeout 120 $M lora $args --resume-adapter-file /tmp/init/adapters.safetensors --adapter-path /tmp/ad1 2>&1 | grep --line-buffered -E 'Train loss|rror'
+    echo "== mlx_lm.lora from its init"; $PY -m mlx_lm lora $args --resume-adapter-file /tmp/init/adapters.safetensors --adapter-path /tmp/ad2 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E '^ +[0-9]+ +[0-9.]+ |rror'
+  } 2>&1 | tee $OUT/lora_same_init_full.txt
   ;;
 H)
   # session 9 decode: HEAD vs mlx-lm vs the session-8 binary (base), 5 rounds
