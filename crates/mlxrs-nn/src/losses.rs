@@ -138,10 +138,9 @@ pub fn cross_entropy(logits: &Array, targets: &Array, o: CrossEntropy<'_>) -> Re
     None => (targets.clone(), None),
   };
   let ls = o.label_smoothing as f64;
-  // python: on the GPU, class targets without smoothing over the last
-  // axis go through `mx.fast.cross_entropy`, a fused kernel that
-  // accumulates in float32 (for bfloat16 logits over a large vocabulary
-  // the composite below loses most of the gradient's precision).
+  // python (mlx 0.32): on the GPU, class targets without smoothing over
+  // the last axis go through `mx.fast.cross_entropy`, a fused kernel that
+  // accumulates in float32; everywhere else the composite below.
   let fast = !as_probs
     && ls == 0.0
     && axis == nd - 1

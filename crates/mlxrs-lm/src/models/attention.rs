@@ -246,35 +246,38 @@ impl Attention {
       }
     };
     let plain_qk = self.q_norm.is_none() && self.k_norm.is_none() && plain.is_none();
-    let (q, k, v) = match (self.qkv.get(), &self.rope) {
+    let (nq, nk) = (self.q_proj.out_dims, self.k_proj.out_dims);
+    let stacked = match self.qkv.get() {
+      Some(qkv) => Some((qkv.forward(x)?, qkv.out_dims)),
+      None => None,
+    };
+    let (mut q, k, v) = match (&stacked, &self.rope) {
       // Stacked projections, no q/k norms: rotate the query and key heads
       // in one RoPE call (one kernel instead of two) and split after.
-      (Some(qkv), Some(rope)) if plain_qk => {
-        let y = qkv.forward(x)?;
-        let (nq, nk) = (self.q_proj.out_dims, self.k_proj.out_dims);
-        let qk = super::base::last_axis(&y, 0, nq + nk)?;
+      (Some((y, n)), Some(rope)) if plain_qk => {
+        let qk = super::base::last_axis(y, 0, nq + nk)?;
         let qk = rope.forward(
           &heads(qk, self.n_heads + self.n_kv_heads, &None, false)?,
           cache.offset,
         )?;
-        let v = super::base::last_axis(&y, nq + nk, qkv.out_dims)?;
         (
           heads_of(&qk, 0, self.n_heads)?,
           heads_of(&qk, self.n_heads, self.n_heads + self.n_kv_heads)?,
-          heads(v, self.n_kv_heads, &None, false)?,
+          heads(
+            super::base::last_axis(y, nq + nk, *n)?,
+            self.n_kv_heads,
+            &None,
+            false,
+          )?,
         )
       }
-      (qkv, rope) => {
-        let (q, k, v) = match qkv {
-          Some(qkv) => {
-            let y = qkv.forward(x)?;
-            let (nq, nk) = (self.q_proj.out_dims, self.k_proj.out_dims);
-            (
-              super::base::last_axis(&y, 0, nq)?,
-              super::base::last_axis(&y, nq, nq + nk)?,
-              super::base::last_axis(&y, nq + nk, qkv.out_dims)?,
-            )
-          }
+      (_, rope) => {
+        let (q, k, v) = match &stacked {
+          Some((y, n)) => (
+            super::base::last_axis(y, 0, nq)?,
+            super::base::last_axis(y, nq, nq + nk)?,
+            super::base::last_axis(y, nq + nk, *n)?,
+          ),
           None => (
             self.q_proj.forward(x)?,
             self.k_proj.forward(x)?,
@@ -290,7 +293,6 @@ impl Attention {
         (q, k, heads(v, self.n_kv_heads, &None, false)?)
       }
     };
-    let mut q = q;
     if let Some((beta, orig)) = self.query_scaling {
       q = ops::multiply(
         &q,
