@@ -19,9 +19,12 @@
 #   J  LoRA per-step losses from the same initial adapters on one batch
 #   K  LoRA seed spread (seeds 0/1/2, both programs), then both from the
 #      same initial adapters on the full data
+#   L  HEAD vs the previous binary (base): greedy tokens, a decode step's
+#      graph (node counts), per-node host costs (scripts/node_cost.py),
+#      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds)
 # Everything it writes lands under $OUT.
 set -uo pipefail
-stage=${1:?usage: gpu_run.sh A..K}
+stage=${1:?usage: gpu_run.sh A..L}
 if [ ! -e /tmp/site/mlx/lib/libmlx.so ]; then bash .gpu/p5/install-mlx-cuda.sh > /tmp/exports.sh; fi
 export LD_LIBRARY_PATH=/tmp/site/mlx/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site MLX_LIB_DIR=/tmp/site/mlx/lib
 mkdir -p /tmp/b
@@ -162,6 +165,22 @@ I)
     done
   done 2>&1 | tee $OUT/ab.txt
   MLXRS=$M NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_qwen3_q4.md
+  ;;
+L)
+  # session 10: kept weight transposes + two-dimensional decode step (HEAD)
+  # against the session-9 binary (base): tokens, a step's graph, per-node
+  # host costs, then bench_lm.sh llama bf16 vs mlx-lm and base, 5 rounds
+  for n in mlxrs base; do
+    /tmp/b/$n generate --model models/tiny/llama-bf16 -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json > $OUT/gen_$n.json 2>>$OUT/stderr.txt
+  done
+  python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); ka=[k for k in a if "token" in k]; print("HEAD == base tokens" if all(a[k]==b[k] for k in ka) else "TOKENS DIFFER", a["tokens"][:12])' $OUT/gen_mlxrs.json $OUT/gen_base.json | tee $OUT/tokens.txt
+  for q in "" "-q 4"; do
+    f=$OUT/step_q${q##* }.dot
+    MLXRS_DECODE_TIMING=1 MLXRS_DECODE_DOT=$f $M bench --shape llama-3.2-1b -p 16 -g 4 -n 1 $q > /dev/null 2>>$OUT/stderr.txt
+    echo "== [$q] nodes $(grep -c 'label' $f)"; grep -o 'label ="[A-Za-z]*' $f | sort | uniq -c | sort -rn | head -20
+  done 2>&1 | tee $OUT/step_nodes.txt
+  $PY scripts/node_cost.py 2>&1 | tee $OUT/node_cost.txt
+  MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 2>&1 | tee $OUT/bench_llama_bf16.md
   ;;
 E)
   mkdir -p /root/pypi; cp -r .gpu/kv/* /root/pypi/; ls /root/pypi

@@ -263,6 +263,15 @@ impl Array {
     Dtype::from_raw(unsafe { mlxrs_sys::mlx_array_dtype(self.0) })
   }
 
+  /// The identity of the array's graph node, shared by every clone of
+  /// this handle (C++ `array::id()`; python compares `a is b`). Two arrays
+  /// alive at the same time have the same id only if they are the same
+  /// array; an id may be reused once every handle to it is dropped.
+  pub fn id(&self) -> usize {
+    // SAFETY: a query on a live handle (NULL ctx yields 0).
+    unsafe { mlxrs_sys::mlxrs_array_id(self.0) }
+  }
+
   /// Compute this array (python `mx.eval(a)`, swift `a.eval()`). Takes
   /// `&mut self`: evaluation replaces the graph node's inputs with data.
   pub fn eval(&mut self) -> Result<()> {

@@ -283,6 +283,22 @@ struct DecodeTiming {
   wait: std::time::Duration,
 }
 
+/// With `MLXRS_DECODE_DOT=FILE` (and `MLXRS_DECODE_TIMING=1`), the graph of
+/// the first queued decode step in Graphviz form (`mx.export_to_dot`), to
+/// count what MLX evaluates per step on the device at hand.
+fn write_step_graph(outputs: &[Array]) -> Result<()> {
+  if let Some(path) = std::env::var_os("MLXRS_DECODE_DOT") {
+    let dot = mlxrs_core::export::export_to_dot(outputs)?;
+    std::fs::write(&path, dot).map_err(|e| {
+      Error::InvalidArgument(format!(
+        "MLXRS_DECODE_DOT: cannot write {}: {e}",
+        std::path::Path::new(&path).display()
+      ))
+    })?;
+  }
+  Ok(())
+}
+
 impl Drop for DecodeTiming {
   fn drop(&mut self) {
     if self.steps == 0 {
@@ -315,10 +331,17 @@ fn check_max_kv_size(caches: &[KvCache], max_kv_size: Option<i32>) -> Result<()>
   Ok(())
 }
 
+/// The last position's hidden states as rows: `[B, T, H]` -> `[B, H]` (one
+/// reshape for a decode step's `T = 1`: no slice node, and the LM head's
+/// matmul then needs no flatten / unflatten either).
 fn last_position(h: &Array) -> Result<Array> {
-  // h: [B, T, H] -> [B, 1, H]
   let s = h.shape();
-  ops::slice(h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])
+  let last = if s[1] == 1 {
+    h.clone()
+  } else {
+    ops::slice(h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?
+  };
+  ops::reshape(&last, &[s[0], s[2]])
 }
 
 impl<'m> TokenGenerator<'m> {
@@ -491,9 +514,7 @@ impl<'m> TokenGenerator<'m> {
   fn step_hidden(&mut self, h: Array, host_tokens: &[i32]) -> Result<StepArrays> {
     self.maybe_quantize_caches()?;
     let h = last_position(&h)?;
-    let logits = self.model.logits(&h)?;
-    let s = logits.shape();
-    let mut logits = ops::reshape(&logits, &[s[0], s[2]])?;
+    let mut logits = self.model.logits(&h)?;
     if self.logits_cfg.is_active() {
       self.tokens.extend_from_slice(host_tokens);
       logits = self.logits_cfg.apply(&self.tokens, &logits)?;
@@ -522,6 +543,9 @@ impl<'m> TokenGenerator<'m> {
       let x = ops::reshape(&cur.y, &[1, 1])?;
       let next = self.step_array(&x, &[])?;
       let t1 = t0.map(|_| std::time::Instant::now());
+      if self.timing.as_ref().is_some_and(|t| t.steps == 0) {
+        write_step_graph(&next.outputs())?;
+      }
       mlxrs_core::async_eval(&next.outputs())?;
       if let (Some(tm), Some(t0), Some(t1)) = (self.timing.as_mut(), t0, t1) {
         tm.build += t1 - t0;

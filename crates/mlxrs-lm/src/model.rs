@@ -47,8 +47,11 @@ pub trait LanguageModel: Send {
   /// kernels (no Python twin; mlx-lm runs them separately). The separate
   /// layers keep their names and values (views of the stacked weights), and
   /// any change to the weights (`load`, `visit_mut`: training, adapters,
-  /// quantization) drops the stacks again. Loading calls it through
-  /// [`fuse_for_inference`]. Default: nothing to stack.
+  /// quantization) drops the stacks again. On a GPU it also keeps the dense
+  /// weights' transposes as evaluated views (no copy:
+  /// `mlxrs_nn::Linear::keep_transposed`), so a step's matmuls need no
+  /// transpose nodes. Loading calls it through [`fuse_for_inference`].
+  /// Default: nothing to stack.
   fn fuse_projections(&mut self) -> Result<()> {
     Ok(())
   }

@@ -5,6 +5,7 @@ use mlxrs_core::{Array, Error, Result, ops};
 
 use crate::module::{Frozen, Module, Weights, join};
 use crate::quant::{QuantParams, Quantizable};
+use crate::transposed::TransposedWeight;
 
 /// A token-embedding table `[num_embeddings, dims]`, dense or quantized.
 pub struct Embedding {
@@ -24,6 +25,8 @@ pub struct Embedding {
   /// `DoRAEmbedding`), attached at load time when the weights carry one.
   pub adapter: Option<Box<crate::lora::EmbeddingAdapter>>,
   frozen: Frozen,
+  /// `weight.T` kept for GPU `as_linear` ([`Embedding::keep_transposed`]).
+  transposed: TransposedWeight,
 }
 
 fn scales_of(s: &Option<Array>) -> Result<&Array> {
@@ -43,6 +46,7 @@ impl Embedding {
       biases: None,
       adapter: None,
       frozen: Frozen::default(),
+      transposed: TransposedWeight::default(),
     }
   }
 
@@ -79,6 +83,7 @@ impl Embedding {
     if self.quant.is_some() {
       return Ok(());
     }
+    self.transposed.clear();
     let parts = ops::quantize(
       &self.weight,
       Some(q.group_size),
@@ -133,6 +138,16 @@ impl Embedding {
     }
   }
 
+  /// Keep `weight.T` ready for [`Embedding::as_linear`] on a GPU (as
+  /// [`crate::Linear::keep_transposed`]); nothing for a quantized table.
+  pub fn keep_transposed(&mut self) -> Result<()> {
+    if self.quant.is_some() {
+      self.transposed.clear();
+      return Ok(());
+    }
+    self.transposed.keep(&self.weight)
+  }
+
   /// Use the table as an output projection: `x @ W.T` (python
   /// `embed_tokens.as_linear(x)`, for tied word embeddings), with the
   /// adapter's update when one is attached.
@@ -149,7 +164,7 @@ impl Embedding {
 
   fn as_linear_base(&self, x: &Array) -> Result<Array> {
     match &self.quant {
-      None => ops::matmul_t(x, &self.weight),
+      None => self.transposed.matmul_t(x, &self.weight),
       Some(q) => ops::quantized_matmul_t(
         x,
         &self.weight,
@@ -165,6 +180,7 @@ impl Embedding {
 
 impl Module for Embedding {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
+    self.transposed.clear();
     let (weight, scales, biases, quant) =
       crate::linear::load_maybe_quantized(w, prefix, self.num_embeddings, self.dims);
     self.weight = weight;
@@ -191,6 +207,7 @@ impl Module for Embedding {
   }
 
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self.transposed.clear();
     self.frozen.visit_mut(prefix, "weight", &mut self.weight, f);
     if let Some(s) = &mut self.scales {
       self.frozen.visit_mut(prefix, "scales", s, f);
@@ -217,6 +234,7 @@ impl Module for Embedding {
   }
 
   fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    self.transposed.clear();
     f(prefix, self);
   }
 

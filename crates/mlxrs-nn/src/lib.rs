@@ -51,6 +51,7 @@ pub mod stft;
 pub mod style;
 pub mod switch;
 pub mod train;
+mod transposed;
 pub mod upsample;
 
 pub use activations::*;

@@ -7,6 +7,7 @@ use mlxrs_core::{Array, Dtype, Error, Result, ops};
 
 use crate::module::{Frozen, Module, Weights, join};
 use crate::quant::{QuantParams, Quantizable};
+use crate::transposed::TransposedWeight;
 
 /// A linear layer, dense or quantized.
 pub struct Linear {
@@ -36,6 +37,8 @@ pub struct Linear {
   /// `<path>.lora_a` (see [`crate::lora::AdapterSettings`]).
   pub adapter: Option<Box<crate::lora::LinearAdapter>>,
   frozen: Frozen,
+  /// `weight.T` kept for GPU matmuls ([`Linear::keep_transposed`]).
+  transposed: TransposedWeight,
 }
 
 /// A stacked projection kept for inference ([`Linear::stack_outputs`]):
@@ -52,10 +55,14 @@ impl StackedLinear {
   }
 
   /// Stack `parts` unless already stacked (`None` where they cannot be:
-  /// see [`Linear::stack_outputs`]).
+  /// see [`Linear::stack_outputs`]), its transpose kept ready for a GPU
+  /// ([`Linear::keep_transposed`]).
   pub fn stack(&mut self, parts: &mut [&mut Linear]) -> Result<()> {
     if self.0.is_none() {
       self.0 = Linear::stack_outputs(parts)?;
+      if let Some(l) = &mut self.0 {
+        l.keep_transposed()?;
+      }
     }
     Ok(())
   }
@@ -105,6 +112,7 @@ impl Linear {
       all_reduce: false,
       adapter: None,
       frozen: Frozen::default(),
+      transposed: TransposedWeight::default(),
     }
   }
 
@@ -153,6 +161,7 @@ impl Linear {
       all_reduce: false,
       adapter: None,
       frozen: Frozen::default(),
+      transposed: TransposedWeight::default(),
     }
   }
 
@@ -186,9 +195,9 @@ impl Linear {
       }
       None => match &self.bias {
         // One or two rows (a decode step): `matmul_t`'s gemv, then the bias.
-        Some(b) if rows(x) <= 2 => ops::add(&ops::matmul_t(x, &self.weight)?, b),
-        Some(b) => ops::addmm(b, x, &ops::transpose(&self.weight)?, 1.0, 1.0),
-        None => ops::matmul_t(x, &self.weight),
+        Some(b) if rows(x) <= 2 => ops::add(&self.matmul(x)?, b),
+        Some(b) => ops::addmm(b, x, &self.transposed.of(&self.weight)?, 1.0, 1.0),
+        None => self.matmul(x),
       },
     }
   }
@@ -255,6 +264,7 @@ impl Linear {
     let mut views = Vec::new();
     for p in parts.iter_mut() {
       let n = p.out_dims;
+      p.transposed.clear();
       p.weight = rows(&weight, start, n)?;
       views.push(p.weight.clone());
       for (mine, stacked) in [
@@ -282,6 +292,7 @@ impl Linear {
       all_reduce: false,
       adapter: None,
       frozen: Frozen::default(),
+      transposed: TransposedWeight::default(),
     }))
   }
 
@@ -302,8 +313,21 @@ impl Linear {
           q.mode.as_str(),
         )
       }
-      None => ops::matmul_t(x, &self.weight),
+      None => self.transposed.matmul_t(x, &self.weight),
     }
+  }
+
+  /// Keep `weight.T` ready as an evaluated view (no copy) for the matmuls
+  /// of a dense layer on a GPU, so an inference graph has no transpose
+  /// node per call; nothing on the CPU or for a quantized layer. Used
+  /// while the layer holds that same weight; the loaders call it through
+  /// the models' `fuse_projections`. No Python twin.
+  pub fn keep_transposed(&mut self) -> Result<()> {
+    if self.quant.is_some() {
+      self.transposed.clear();
+      return Ok(());
+    }
+    self.transposed.keep(&self.weight)
   }
 
   /// The weight as a dense `[out, in]` matrix (dequantized when quantized).
@@ -334,6 +358,7 @@ impl Linear {
     if self.quant.is_some() {
       return Ok(());
     }
+    self.transposed.clear();
     let parts = ops::quantize(
       &self.weight,
       Some(q.group_size),
@@ -413,6 +438,7 @@ pub(crate) fn load_maybe_quantized(
 
 impl Module for Linear {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
+    self.transposed.clear();
     let (weight, scales, biases, quant) =
       load_maybe_quantized(w, prefix, self.out_dims, self.in_dims);
     self.weight = weight;
@@ -438,6 +464,7 @@ impl Module for Linear {
   }
 
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
+    self.transposed.clear();
     self.frozen.visit_mut(prefix, "weight", &mut self.weight, f);
     if let Some(s) = &mut self.scales {
       self.frozen.visit_mut(prefix, "scales", s, f);
@@ -470,6 +497,7 @@ impl Module for Linear {
   }
 
   fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
+    self.transposed.clear();
     f(prefix, self);
   }
 

@@ -540,6 +540,10 @@ extern "C" mlx_dtype mlx_array_dtype(const mlx_array arr) {
   return arr.ctx ? mlxrs::from_dtype(mlxrs::arr(arr).dtype()) : MLX_FLOAT32;
 }
 
+extern "C" uintptr_t mlxrs_array_id(const mlx_array arr) {
+  return arr.ctx ? mlxrs::arr(arr).id() : 0;
+}
+
 extern "C" int mlx_array_eval(mlx_array arr) {
   MLXRS_TRY
   mlxrs::arr(arr).eval();

@@ -180,6 +180,10 @@ const int* mlx_array_shape(const mlx_array arr);
 const size_t* mlx_array_strides(const mlx_array arr);
 int mlx_array_dim(const mlx_array arr, int dim);
 mlx_dtype mlx_array_dtype(const mlx_array arr);
+/** C++ `array::id()`: the identity of the array's node (shared by every
+ * handle to the same array; 0 for a NULL handle). Stable while any handle
+ * to the array is alive. */
+uintptr_t mlxrs_array_id(const mlx_array arr);
 
 int mlx_array_eval(mlx_array arr);
 

@@ -346,6 +346,12 @@ unsafe extern "C" {
     pub fn mlx_array_dtype(arr: mlx_array) -> mlx_dtype;
 }
 unsafe extern "C" {
+    /** C++ `array::id()`: the identity of the array's node (shared by every
+ handle to the same array; 0 for a NULL handle). Stable while any handle
+ to the array is alive.*/
+    pub fn mlxrs_array_id(arr: mlx_array) -> usize;
+}
+unsafe extern "C" {
     pub fn mlx_array_eval(arr: mlx_array) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {

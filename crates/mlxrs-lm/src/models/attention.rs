@@ -208,16 +208,28 @@ impl Attention {
   /// saving, inspecting and reloading see the same model; any change to
   /// the weights (`load`, `visit_mut`, quantization) drops the stacked
   /// copy, and layers with adapters are never stacked.
+  /// Their weights' transposes (and `o_proj`'s) are kept ready for a GPU
+  /// ([`Linear::keep_transposed`]).
   pub fn fuse_projections(&mut self) -> Result<()> {
     self
       .qkv
-      .stack(&mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj])
+      .stack(&mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj])?;
+    if self.qkv.get().is_none() {
+      for p in [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj] {
+        p.keep_transposed()?;
+      }
+    }
+    self.o_proj.keep_transposed()
   }
 
-  /// Attention over `x` `[B, L, hidden]`, appending to `cache`.
+  /// Attention over `x` `[B, L, hidden]`, appending to `cache`; or over
+  /// `x` `[B, hidden]`, one decoded token per row, returning `[B, hidden]`
+  /// (a decode step kept two-dimensional has no flatten / unflatten nodes
+  /// around its matmuls).
   pub fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let s = x.shape();
-    let (b, l) = (s[0], s[1]);
+    let rows = s.len() == 2;
+    let (b, l) = (s[0], if rows { 1 } else { s[1] });
     let full = self.norm_full;
     let plain = self.plain_qk_norm;
     let heads = |t: Array, n: i32, norm: &Option<RmsNorm>, qk: bool| -> Result<Array> {
@@ -300,7 +312,9 @@ impl Attention {
       )?;
     }
     let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
-    let o = if l == 1 {
+    let o = if rows {
+      ops::reshape(&o, &[b, -1])?
+    } else if l == 1 {
       ops::reshape(&o, &[b, 1, -1])?
     } else {
       ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?

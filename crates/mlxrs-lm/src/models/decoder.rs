@@ -328,7 +328,10 @@ impl LanguageModel for Decoder {
     for l in &self.model.layers {
       l.lock().fuse_projections()?;
     }
-    Ok(())
+    match &mut self.lm_head {
+      Some(head) => head.keep_transposed(),
+      None => self.model.embed_tokens.keep_transposed(),
+    }
   }
 
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {

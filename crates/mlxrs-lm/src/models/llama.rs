@@ -289,11 +289,18 @@ impl Llama {
       }
       Ok(h)
     };
-    let h = match &self.pipeline {
-      Some(stage) => stage.forward(h, layers)?,
-      None => layers(h)?,
-    };
-    self.model.norm.forward(&h)
+    match &self.pipeline {
+      Some(stage) => self.model.norm.forward(&stage.forward(h, layers)?),
+      // One token per row (a decode step): the layers run on `[B, hidden]`,
+      // so no matmul of the step flattens / unflattens its input (fewer
+      // graph nodes for MLX to walk; `Attention` takes such rows).
+      None if n == 1 && self.ckpt.is_none() => {
+        let s = h.shape();
+        let rows = layers(ops::reshape(&h, &[s[0], s[2]])?)?;
+        ops::reshape(&self.model.norm.forward(&rows)?, &s)
+      }
+      None => self.model.norm.forward(&layers(h)?),
+    }
   }
 }
 
@@ -304,7 +311,10 @@ impl LanguageModel for Llama {
       b.self_attn.fuse_projections()?;
       b.mlp.fuse_projections()?;
     }
-    Ok(())
+    match &mut self.lm_head {
+      Some(head) => head.keep_transposed(),
+      None => self.model.embed_tokens.keep_transposed(),
+    }
   }
 
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {

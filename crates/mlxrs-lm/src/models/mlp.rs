@@ -33,11 +33,18 @@ impl SwiGluMlp {
 
   /// Stack gate and up into one projection for inference (one matmul per
   /// step instead of two; [`Linear::stack_outputs`]), as
-  /// [`super::attention::Attention::fuse_projections`] does for q/k/v.
+  /// [`super::attention::Attention::fuse_projections`] does for q/k/v, and
+  /// keep the weights' transposes ready for a GPU
+  /// ([`Linear::keep_transposed`]).
   pub fn fuse_projections(&mut self) -> Result<()> {
     self
       .gate_up
-      .stack(&mut [&mut self.gate_proj, &mut self.up_proj])
+      .stack(&mut [&mut self.gate_proj, &mut self.up_proj])?;
+    if self.gate_up.get().is_none() {
+      self.gate_proj.keep_transposed()?;
+      self.up_proj.keep_transposed()?;
+    }
+    self.down_proj.keep_transposed()
   }
 
   /// The MLP of `x`.
@@ -122,7 +129,12 @@ impl GeluMlp {
   pub fn fuse_projections(&mut self) -> Result<()> {
     self
       .gate_up
-      .stack(&mut [&mut self.gate_proj, &mut self.up_proj])
+      .stack(&mut [&mut self.gate_proj, &mut self.up_proj])?;
+    if self.gate_up.get().is_none() {
+      self.gate_proj.keep_transposed()?;
+      self.up_proj.keep_transposed()?;
+    }
+    self.down_proj.keep_transposed()
   }
 
   /// The MLP of `x`.

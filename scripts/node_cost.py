@@ -1,0 +1,92 @@
+"""Host cost per graph node on the default device (session 10, #18).
+
+Times building + evaluating chains of one kind of node (views: reshape /
+transpose / slice; kernels: add; 1-row matmuls with a 3-D vs a 2-D input and
+a transposed weight made per call vs once), so the decode step's node
+counts (MLXRS_DECODE_DOT) can be priced. Usage: python3 scripts/node_cost.py
+"""
+import time
+
+import mlx.core as mx
+
+N = 512
+K = 2048
+
+
+def timed(build, reps=20):
+    best = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = build()
+        t1 = time.perf_counter()
+        mx.eval(out)
+        t2 = time.perf_counter()
+        best.append((t1 - t0, t2 - t1))
+    best.sort(key=lambda b: b[0] + b[1])
+    b, e = best[len(best) // 2]
+    return b * 1e6 / N, e * 1e6 / N
+
+
+x = mx.random.normal((1, 1, K)).astype(mx.bfloat16)
+w = (mx.random.normal((K, K)) * 0.01).astype(mx.bfloat16)
+wt = w.T
+mx.eval(x, w, wt)
+
+
+def views():
+    y = x
+    for i in range(N):
+        y = y.reshape(1, K, 1) if i % 2 == 0 else y.reshape(1, 1, K)
+    return y + 0
+
+
+def slices():
+    y = mx.concatenate([x, x], axis=-1)
+    for i in range(N):
+        y = y[..., : K + (N - i)]
+    return y + 0
+
+
+def adds():
+    y = x
+    for _ in range(N):
+        y = y + x
+    return y
+
+
+def mm3_transpose_each():
+    y = x
+    for _ in range(N):
+        y = y @ w.T
+    return y
+
+
+def mm3():
+    y = x
+    for _ in range(N):
+        y = y @ wt
+    return y
+
+
+x2 = x.reshape(1, K)
+mx.eval(x2)
+
+
+def mm2():
+    y = x2
+    for _ in range(N):
+        y = y @ wt
+    return y
+
+
+for name, f in [
+    ("reshape (view)", views),
+    ("slice (view)", slices),
+    ("add (kernel)", adds),
+    ("matmul 3-D x, w.T per call", mm3_transpose_each),
+    ("matmul 3-D x, w.T once", mm3),
+    ("matmul 2-D x, w.T once", mm2),
+]:
+    timed(f, 3)
+    b, e = timed(f)
+    print(f"{name:28s} per node: build {b:6.2f} us, eval {e:6.2f} us")
