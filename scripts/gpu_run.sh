@@ -22,9 +22,11 @@
 #   L  HEAD vs the previous binary (base): greedy tokens, a decode step's
 #      graph (node counts), per-node host costs (scripts/node_cost.py),
 #      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds)
+#   M  the same, shorter: tokens, node counts (llama, qwen3), node_cost.py,
+#      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds)
 # Everything it writes lands under $OUT.
 set -uo pipefail
-stage=${1:?usage: gpu_run.sh A..L}
+stage=${1:?usage: gpu_run.sh A..M}
 if [ ! -e /tmp/site/mlx/lib/libmlx.so ]; then bash .gpu/p5/install-mlx-cuda.sh > /tmp/exports.sh; fi
 export LD_LIBRARY_PATH=/tmp/site/mlx/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site MLX_LIB_DIR=/tmp/site/mlx/lib
 mkdir -p /tmp/b
@@ -180,6 +182,19 @@ L)
     echo "== [$q] nodes $(grep -c 'label' $f)"; grep -o 'label ="[A-Za-z]*' $f | sort | uniq -c | sort -rn | head -20
   done 2>&1 | tee $OUT/step_nodes.txt
   $PY scripts/node_cost.py 2>&1 | tee $OUT/node_cost.txt
+  MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 2>&1 | tee $OUT/bench_llama_bf16.md
+  ;;
+M)
+  for n in mlxrs base; do
+    /tmp/b/$n generate --model models/tiny/llama-bf16 -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json > $OUT/gen_$n.json 2>>$OUT/stderr.txt
+  done
+  python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print("HEAD == base tokens" if a["tokens"]==b["tokens"] else "TOKENS DIFFER", a["tokens"][:12])' $OUT/gen_mlxrs.json $OUT/gen_base.json | tee $OUT/tokens.txt
+  for s in llama-3.2-1b qwen3-0.6b; do
+    f=$OUT/step_$s.dot
+    MLXRS_DECODE_TIMING=1 MLXRS_DECODE_DOT=$f $M bench --shape $s -p 128 -g 256 -n 2 2>&1 | grep -E 'decode timing|Averages'
+    echo "== $s nodes $(grep -c 'label' $f)"; grep -o 'label ="[A-Za-z]*' $f | sort | uniq -c | sort -rn | head -14
+  done 2>&1 | tee $OUT/step_nodes.txt
+  timeout 120 $PY scripts/node_cost.py 2>&1 | tee $OUT/node_cost.txt
   MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 2>&1 | tee $OUT/bench_llama_bf16.md
   ;;
 E)

@@ -10,6 +10,8 @@ use mlxrs_nn::{
   AttnMask, KvCache, Linear, Module, Quantizable, RmsNorm, Rope, StackedLinear, Weights, join,
 };
 
+use super::base::split_at;
+
 /// Shape of an [`Attention`] layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AttnDims {
@@ -265,31 +267,31 @@ impl Attention {
     };
     let (mut q, k, v) = match (&stacked, &self.rope) {
       // Stacked projections, no q/k norms: rotate the query and key heads
-      // in one RoPE call (one kernel instead of two) and split after.
-      (Some((y, n)), Some(rope)) if plain_qk => {
-        let qk = super::base::last_axis(y, 0, nq + nk)?;
+      // in one RoPE call (one kernel instead of two) and split after. One
+      // decoded token: all heads are `[B, heads, 1, d]` after one reshape,
+      // then one split.
+      (Some((y, _)), Some(rope)) if plain_qk && l == 1 => {
+        let nqk = self.n_heads + self.n_kv_heads;
+        let all = ops::reshape(y, &[b, nqk + self.n_kv_heads, 1, -1])?;
+        let [qk, v] = split_at(&all, &[nqk], 1)?;
+        let [q, k] = split_at(&rope.forward(&qk, cache.offset)?, &[self.n_heads], 1)?;
+        (q, k, v)
+      }
+      (Some((y, _)), Some(rope)) if plain_qk => {
+        let [qk, v] = split_at(y, &[nq + nk], -1)?;
         let qk = rope.forward(
           &heads(qk, self.n_heads + self.n_kv_heads, &None, false)?,
           cache.offset,
         )?;
-        (
-          heads_of(&qk, 0, self.n_heads)?,
-          heads_of(&qk, self.n_heads, self.n_heads + self.n_kv_heads)?,
-          heads(
-            super::base::last_axis(y, nq + nk, *n)?,
-            self.n_kv_heads,
-            &None,
-            false,
-          )?,
-        )
+        let [q, k] = split_at(&qk, &[self.n_heads], 1)?;
+        (q, k, heads(v, self.n_kv_heads, &None, false)?)
       }
       (_, rope) => {
         let (q, k, v) = match &stacked {
-          Some((y, n)) => (
-            super::base::last_axis(y, 0, nq)?,
-            super::base::last_axis(y, nq, nq + nk)?,
-            super::base::last_axis(y, nq + nk, *n)?,
-          ),
+          Some((y, _)) => {
+            let [q, k, v] = split_at(y, &[nq, nq + nk], -1)?;
+            (q, k, v)
+          }
           None => (
             self.q_proj.forward(x)?,
             self.k_proj.forward(x)?,
@@ -321,17 +323,6 @@ impl Attention {
     };
     self.o_proj.forward(&o)
   }
-}
-
-/// Heads `[start, stop)` of `[B, heads, L, d]`.
-fn heads_of(x: &Array, start: i32, stop: i32) -> Result<Array> {
-  let s = x.shape();
-  ops::slice(
-    x,
-    &[0, start, 0, 0],
-    &[s[0], stop, s[2], s[3]],
-    &[1, 1, 1, 1],
-  )
 }
 
 /// mlx-lm's `_get_llama_4_attn_scale(size, offset, beta, original_max)`:

@@ -60,6 +60,21 @@ pub fn default_caches(n_layers: usize, max_kv_size: Option<i32>) -> Vec<KvCache>
     .collect()
 }
 
+/// `a` cut along `axis` at the indices `at` into `N` consecutive parts
+/// (python `mx.split(a, at, axis)`): MLX's `Split`, one graph node with `N`
+/// outputs where a slice per part would be `N` nodes (a decode step walks
+/// every node).
+pub(crate) fn split_at<const N: usize>(a: &Array, at: &[i32], axis: i32) -> Result<[Array; N]> {
+  ops::split_sections(a, at, axis)?
+    .try_into()
+    .map_err(|v: Vec<Array>| {
+      Error::InvalidArgument(format!(
+        "split at {at:?} gave {} parts, expected {N}",
+        v.len()
+      ))
+    })
+}
+
 /// `a[..., start:stop]` on the last axis.
 pub(crate) fn last_axis(a: &Array, start: i32, stop: i32) -> Result<Array> {
   let shape = a.shape();

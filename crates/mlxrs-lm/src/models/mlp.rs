@@ -5,6 +5,8 @@
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{Linear, StackedLinear, gelu, gelu_approx, module, swiglu};
 
+use super::base::split_at;
+
 /// `mlp` of a Llama-shaped block: `gate_proj`, `up_proj`, `down_proj`.
 pub(crate) struct SwiGluMlp {
   gate_proj: Linear,
@@ -52,10 +54,8 @@ impl SwiGluMlp {
     if let Some(gu) = self.gate_up.get() {
       let y = gu.forward(x)?;
       let i = self.gate_proj.out_dims;
-      return self.down_proj.forward(&swiglu(
-        &super::base::last_axis(&y, 0, i)?,
-        &super::base::last_axis(&y, i, gu.out_dims)?,
-      )?);
+      let [gate, up] = split_at(&y, &[i], -1)?;
+      return self.down_proj.forward(&swiglu(&gate, &up)?);
     }
     self.down_proj.forward(&swiglu(
       &self.gate_proj.forward(x)?,
@@ -88,8 +88,7 @@ impl FusedSwiGluMlp {
   pub fn forward(&self, x: &Array) -> Result<Array> {
     let gu = self.gate_up_proj.forward(x)?;
     let half = gu.shape().last().copied().unwrap_or(0) / 2;
-    let gate = super::base::last_axis(&gu, 0, half)?;
-    let up = super::base::last_axis(&gu, half, 2 * half)?;
+    let [gate, up] = split_at(&gu, &[half], -1)?;
     self.down_proj.forward(&swiglu(&gate, &up)?)
   }
 }
@@ -142,11 +141,8 @@ impl GeluMlp {
     let (g, u) = match self.gate_up.get() {
       Some(gu) => {
         let y = gu.forward(x)?;
-        let i = self.gate_proj.out_dims;
-        (
-          super::base::last_axis(&y, 0, i)?,
-          super::base::last_axis(&y, i, gu.out_dims)?,
-        )
+        let [g, u] = split_at(&y, &[self.gate_proj.out_dims], -1)?;
+        (g, u)
       }
       None => (self.gate_proj.forward(x)?, self.up_proj.forward(x)?),
     };
