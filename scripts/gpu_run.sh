@@ -24,9 +24,11 @@
 #      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds)
 #   M  the same, shorter: tokens, node counts (llama, qwen3), node_cost.py,
 #      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds)
+#   N  Qwen3's joint q/k norm: tokens and logprobs HEAD vs base (tiny qwen3,
+#      bf16 and f32), qwen3-0.6b step nodes and host split, both binaries
 # Everything it writes lands under $OUT.
 set -uo pipefail
-stage=${1:?usage: gpu_run.sh A..M}
+stage=${1:?usage: gpu_run.sh A..N}
 if [ ! -e /tmp/site/mlx/lib/libmlx.so ]; then bash .gpu/p5/install-mlx-cuda.sh > /tmp/exports.sh; fi
 export LD_LIBRARY_PATH=/tmp/site/mlx/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site MLX_LIB_DIR=/tmp/site/mlx/lib
 mkdir -p /tmp/b
@@ -196,6 +198,19 @@ M)
   done 2>&1 | tee $OUT/step_nodes.txt
   timeout 120 $PY scripts/node_cost.py 2>&1 | tee $OUT/node_cost.txt
   MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 2>&1 | tee $OUT/bench_llama_bf16.md
+  ;;
+N)
+  for d in bfloat16 float32; do
+    for n in mlxrs base; do
+      /tmp/b/$n generate --model models/tiny/qwen3 -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype $d > $OUT/gen_${n}_$d.json 2>>$OUT/stderr.txt
+    done
+    python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print(sys.argv[3], "tokens", "same" if a["tokens"]==b["tokens"] else "DIFFER", "logprobs", "same" if a["logprobs"]==b["logprobs"] else "DIFFER max %g" % max(abs(x-y) for x,y in zip(a["logprobs"],b["logprobs"])), a["tokens"][:8])' $OUT/gen_mlxrs_$d.json $OUT/gen_base_$d.json $d
+  done 2>&1 | tee $OUT/qk_tokens.txt
+  for n in mlxrs base; do
+    f=$OUT/step_qwen3_$n.dot
+    MLXRS_DECODE_TIMING=1 MLXRS_DECODE_DOT=$f /tmp/b/$n bench --shape qwen3-0.6b -p 128 -g 256 -n 2 2>&1 | grep -E 'decode timing|Averages'
+    echo "== $n nodes $(grep -c 'label' $f 2>/dev/null)"; grep -o 'label ="[A-Za-z]*' $f 2>/dev/null | sort | uniq -c | sort -rn | head -8
+  done 2>&1 | tee $OUT/qk_nodes.txt
   ;;
 E)
   mkdir -p /root/pypi; cp -r .gpu/kv/* /root/pypi/; ls /root/pypi

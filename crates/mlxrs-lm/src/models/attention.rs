@@ -87,6 +87,10 @@ pub(crate) struct Attention {
   /// q/k/v as one stacked projection (see [`Attention::fuse_projections`]);
   /// dropped whenever the weights may change.
   qkv: StackedLinear,
+  /// With per-head q/k norms of one eps: their weights side by side,
+  /// `[n_heads + n_kv_heads, 1, head_dim]`, so a decoded token's query and
+  /// key heads are normalized in one go (kept and dropped with `qkv`).
+  qk_norm_weight: Option<(Array, f32)>,
 }
 
 impl Attention {
@@ -110,6 +114,13 @@ impl Attention {
       (self.qk_names.0, &mut self.q_norm),
       (self.qk_names.1, &mut self.k_norm),
     ]
+  }
+
+  /// Drop the decode-only stacks (they are rebuilt by
+  /// [`Attention::fuse_projections`]).
+  fn forget_stacks(&mut self) {
+    self.qkv.forget();
+    self.qk_norm_weight = None;
   }
 
   /// The same layer with its output projection named `name` (phi's
@@ -145,7 +156,7 @@ impl Attention {
 
 impl Module for Attention {
   fn load(&mut self, w: &mut Weights, prefix: &str) {
-    self.qkv.forget();
+    self.forget_stacks();
     for (n, m) in self.named_mut() {
       m.load(w, &join(prefix, n));
     }
@@ -156,7 +167,7 @@ impl Module for Attention {
     }
   }
   fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Array, &mut bool)) {
-    self.qkv.forget();
+    self.forget_stacks();
     for (n, m) in self.named_mut() {
       m.visit_mut(&join(prefix, n), f);
     }
@@ -167,7 +178,7 @@ impl Module for Attention {
     }
   }
   fn visit_quantizable_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut dyn Quantizable)) {
-    self.qkv.forget();
+    self.forget_stacks();
     for (n, m) in self.named_mut() {
       m.visit_quantizable_mut(&join(prefix, n), f);
     }
@@ -201,6 +212,7 @@ impl Attention {
       query_scaling: None,
       plain_qk_norm: None,
       qkv: StackedLinear::default(),
+      qk_norm_weight: None,
     }
   }
 
@@ -216,6 +228,28 @@ impl Attention {
     self
       .qkv
       .stack(&mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj])?;
+    self.qk_norm_weight = match (&self.q_norm, &self.k_norm, self.qkv.get()) {
+      (Some(qn), Some(kn), Some(_))
+        if !self.norm_full && qn.eps == kn.eps && qn.weight.dtype() == kn.weight.dtype() =>
+      {
+        let rows = |w: &Array, n: i32| -> Result<Array> {
+          ops::broadcast_to(
+            &ops::reshape(w, &[1, 1, -1])?,
+            &[n, 1, w.dim(-1).unwrap_or(0)],
+          )
+        };
+        let mut w = ops::concatenate_axis(
+          &[
+            rows(&qn.weight, self.n_heads)?,
+            rows(&kn.weight, self.n_kv_heads)?,
+          ],
+          0,
+        )?;
+        w.eval()?;
+        Some((w, qn.eps))
+      }
+      _ => None,
+    };
     if self.qkv.get().is_none() {
       for p in [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj] {
         p.keep_transposed()?;
@@ -274,6 +308,27 @@ impl Attention {
         let nqk = self.n_heads + self.n_kv_heads;
         let all = ops::reshape(y, &[b, nqk + self.n_kv_heads, 1, -1])?;
         let [qk, v] = split_at(&all, &[nqk], 1)?;
+        let [q, k] = split_at(&rope.forward(&qk, cache.offset)?, &[self.n_heads], 1)?;
+        (q, k, v)
+      }
+      // Stacked projections with per-head q/k norms (Qwen3), one decoded
+      // token: `rms_norm(x, w)` is `rms_norm(x) * w` to the bit (MLX
+      // rounds the normalized value to the dtype before the weight), so the
+      // query and key heads share one weightless norm, one multiply by
+      // their weights side by side and one RoPE (three kernels, not four).
+      (Some((y, _)), Some(rope))
+        if l == 1
+          && plain.is_none()
+          && self
+            .qk_norm_weight
+            .as_ref()
+            .is_some_and(|(w, _)| w.dtype() == y.dtype()) =>
+      {
+        let (w, eps) = self.qk_norm_weight.as_ref().expect("checked above");
+        let nqk = self.n_heads + self.n_kv_heads;
+        let all = ops::reshape(y, &[b, nqk + self.n_kv_heads, 1, -1])?;
+        let [qk, v] = split_at(&all, &[nqk], 1)?;
+        let qk = ops::multiply(&mlxrs_core::fast::rms_norm(&qk, None, *eps)?, w)?;
         let [q, k] = split_at(&rope.forward(&qk, cache.offset)?, &[self.n_heads], 1)?;
         (q, k, v)
       }
