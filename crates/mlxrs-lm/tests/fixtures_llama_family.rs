@@ -57,7 +57,14 @@ fn stacked_projections_match_separate() {
   use mlxrs_lm::config::ModelConfig;
   use mlxrs_lm::tuner::adapters::parameters;
   use mlxrs_nn::{QuantConfig, Weights};
-  for name in ["llama", "qwen3", "qwen3-4bit", "mistral", "gemma-4bit", "cohere"] {
+  for name in [
+    "llama",
+    "qwen3",
+    "qwen3-4bit",
+    "mistral",
+    "gemma-4bit",
+    "cohere",
+  ] {
     let dir = common::fixture(name);
     let (stacked, _) = mlxrs_lm::load_model_dir(&dir, Some(Dtype::Float32)).unwrap();
     // What `load_model_dir` does, minus `fuse_for_inference`.

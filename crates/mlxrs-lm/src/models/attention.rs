@@ -88,7 +88,7 @@ pub(crate) struct Attention {
   /// dropped whenever the weights may change.
   qkv: StackedLinear,
   /// With per-head q/k norms of one eps: their weights side by side,
-  /// `[n_heads + n_kv_heads, 1, head_dim]`, so a decoded token's query and
+  /// `[1, n_heads + n_kv_heads, 1, head_dim]`, so a decoded token's query and
   /// key heads are normalized in one go (kept and dropped with `qkv`).
   qk_norm_weight: Option<(Array, f32)>,
 }
@@ -232,18 +232,18 @@ impl Attention {
       (Some(qn), Some(kn), Some(_))
         if !self.norm_full && qn.eps == kn.eps && qn.weight.dtype() == kn.weight.dtype() =>
       {
+        // `[1, heads, 1, d]`: the shape of one row's heads, so a single-row
+        // step multiplies without a broadcast node.
         let rows = |w: &Array, n: i32| -> Result<Array> {
-          ops::broadcast_to(
-            &ops::reshape(w, &[1, 1, -1])?,
-            &[n, 1, w.dim(-1).unwrap_or(0)],
-          )
+          let d = w.dim(-1).unwrap_or(0);
+          ops::broadcast_to(&ops::reshape(w, &[1, 1, 1, -1])?, &[1, n, 1, d])
         };
         let mut w = ops::concatenate_axis(
           &[
             rows(&qn.weight, self.n_heads)?,
             rows(&kn.weight, self.n_kv_heads)?,
           ],
-          0,
+          1,
         )?;
         w.eval()?;
         Some((w, qn.eps))
