@@ -7,7 +7,8 @@
 #      (MLXRS_DECODE_TIMING) under MLX graph settings, an interleaved sweep
 #      of those settings for mlxrs and mlx-lm, then bench_lm.sh llama bf16
 #      against mlx-lm and the base binary (5 rounds)
-#   B  bench_lm.sh: llama 4-bit, qwen3 bf16, llama batch 8 (5 rounds)
+#   B  bench_lm.sh: llama 4-bit, qwen3 bf16, llama batch 8, qwen3 4-bit
+#      (5 rounds each; split over two calls if one would pass 600 s)
 #   C  bench_serve.sh on a random llama-3.2-1b folder, C = 1/8/32
 #   D  LoRA: mlxrs lora vs mlx_lm.lora on that folder (5 rounds)
 #   E  Kokoro RTF (the ONNX parts in /root/pypi)
@@ -87,6 +88,7 @@ B)
   MLXRS=$M NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_llama_q4.md
   MLXRS=$M NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 2>&1 | tee $OUT/bench_qwen3_bf16.md
   MLXRS=$M NO_DOC=1 ROUNDS=5 BATCH=8 bash scripts/bench_lm.sh llama-3.2-1b 512 128 bfloat16 2>&1 | tee $OUT/bench_llama_b8.md
+  MLXRS=$M NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_qwen3_q4.md
   ;;
 C)
   $PY scripts/make_random_checkpoint.py --shape llama-3.2-1b --out /tmp/llama1b > $OUT/mkckpt.txt 2>&1
