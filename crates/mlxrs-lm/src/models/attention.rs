@@ -299,12 +299,12 @@ impl Attention {
       Some(qkv) => Some((qkv.forward(x)?, qkv.out_dims)),
       None => None,
     };
-    let (mut q, k, v) = match (&stacked, &self.rope) {
+    let (mut q, k, v) = match (&stacked, &self.rope, &self.qk_norm_weight) {
       // Stacked projections, no q/k norms: rotate the query and key heads
       // in one RoPE call (one kernel instead of two) and split after. One
       // decoded token: all heads are `[B, heads, 1, d]` after one reshape,
       // then one split.
-      (Some((y, _)), Some(rope)) if plain_qk && l == 1 => {
+      (Some((y, _)), Some(rope), _) if plain_qk && l == 1 => {
         let nqk = self.n_heads + self.n_kv_heads;
         let all = ops::reshape(y, &[b, nqk + self.n_kv_heads, 1, -1])?;
         let [qk, v] = split_at(&all, &[nqk], 1)?;
@@ -316,15 +316,9 @@ impl Attention {
       // rounds the normalized value to the dtype before the weight), so the
       // query and key heads share one weightless norm, one multiply by
       // their weights side by side and one RoPE (three kernels, not four).
-      (Some((y, _)), Some(rope))
-        if l == 1
-          && plain.is_none()
-          && self
-            .qk_norm_weight
-            .as_ref()
-            .is_some_and(|(w, _)| w.dtype() == y.dtype()) =>
+      (Some((y, _)), Some(rope), Some((w, eps)))
+        if l == 1 && plain.is_none() && w.dtype() == y.dtype() =>
       {
-        let (w, eps) = self.qk_norm_weight.as_ref().expect("checked above");
         let nqk = self.n_heads + self.n_kv_heads;
         let all = ops::reshape(y, &[b, nqk + self.n_kv_heads, 1, -1])?;
         let [qk, v] = split_at(&all, &[nqk], 1)?;
@@ -332,7 +326,7 @@ impl Attention {
         let [q, k] = split_at(&rope.forward(&qk, cache.offset)?, &[self.n_heads], 1)?;
         (q, k, v)
       }
-      (Some((y, _)), Some(rope)) if plain_qk => {
+      (Some((y, _)), Some(rope), _) if plain_qk => {
         let [qk, v] = split_at(y, &[nq + nk], -1)?;
         let qk = rope.forward(
           &heads(qk, self.n_heads + self.n_kv_heads, &None, false)?,
@@ -341,7 +335,7 @@ impl Attention {
         let [q, k] = split_at(&qk, &[self.n_heads], 1)?;
         (q, k, heads(v, self.n_kv_heads, &None, false)?)
       }
-      (_, rope) => {
+      (_, rope, _) => {
         let (q, k, v) = match &stacked {
           Some((y, _)) => {
             let [q, k, v] = split_at(y, &[nq, nq + nk], -1)?;
