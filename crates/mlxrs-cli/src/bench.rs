@@ -92,9 +92,7 @@ impl BenchArgs {
 
 /// Run the benchmark.
 pub fn run(a: BenchArgs) -> Result<()> {
-  let gpu = mlxrs_core::Device::default_device()
-    .map(|d| d.kind == mlxrs_core::DeviceType::Gpu)
-    .unwrap_or(false);
+  let gpu = mlxrs_core::Device::default_is_gpu();
   let dtype = match a.dtype.as_deref() {
     Some(n) => match Dtype::parse(n) {
       Some(d) if d.is_float() => d,

@@ -482,9 +482,12 @@ pub fn run(a: LoraArgs) -> Result<()> {
   mlxrs_core::random::seed(s.seed)?;
   // python `run`: `np.random.seed(args.seed)`; every batch order (training
   // passes, validation, test) then draws from that one generator.
-  let mut rng = Rng::new(
-    u32::try_from(s.seed).map_err(|_| anyhow::anyhow!("seed must be between 0 and 2**32 - 1"))?,
-  );
+  let mut rng = Rng::new(u32::try_from(s.seed).map_err(|_| {
+    anyhow::anyhow!(
+      "--seed {} is out of range: numpy's seeds are 0 to 2**32 - 1",
+      s.seed
+    )
+  })?);
   let dtype = match &a.dtype {
     None => None,
     Some(n) => Some(

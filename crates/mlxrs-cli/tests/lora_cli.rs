@@ -160,6 +160,19 @@ fn lora_bad_input_is_reported() {
   ]);
   assert!(!ok);
   assert!(err.contains("the dataset is empty"), "{err}");
+  // A seed outside numpy's range (batch order draws from numpy's MT19937).
+  let (ok, _, err) = run(&[
+    "lora",
+    "--model",
+    &tiny("llama"),
+    "--test",
+    "--data",
+    data.to_str().unwrap(),
+    "--seed",
+    "4294967296",
+  ]);
+  assert!(!ok);
+  assert!(err.contains("--seed 4294967296 is out of range"), "{err}");
   // Adapters for another model.
   let ad = format!(
     "{}/../mlxrs-lm/tests/data/lora/mlx_adapter",

@@ -92,6 +92,12 @@ impl Device {
     d.to_device()
   }
 
+  /// Whether the calling thread's default device is a GPU (python
+  /// `mx.default_device().type == mx.gpu`); `false` if it cannot be read.
+  pub fn default_is_gpu() -> bool {
+    Device::default_device().is_ok_and(|d| d.kind == DeviceType::Gpu)
+  }
+
   /// Set the default device (`mx.set_default_device`). Errors if the device
   /// is not available.
   pub fn set_default(self) -> Result<()> {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use mlxrs_core::{Array, Device, DeviceType, Dtype};
+use mlxrs_core::{Array, Device, Dtype};
 use mlxrs_nn::{QuantConfig, Weights};
 
 use crate::config::ModelConfig;
@@ -44,9 +44,10 @@ pub struct LoadedModel {
 /// The default compute dtype for the current default device (see
 /// [`LoadOptions::dtype`]).
 pub fn default_dtype() -> Option<Dtype> {
-  match Device::default_device() {
-    Ok(d) if d.kind == DeviceType::Gpu => None,
-    _ => Some(Dtype::Float32),
+  if Device::default_is_gpu() {
+    None
+  } else {
+    Some(Dtype::Float32)
   }
 }
 

@@ -121,8 +121,7 @@ fn swiglu_compiled(gate: &Array, up: &Array) -> Result<Array> {
 /// Whether fused (compiled) activations apply: the ops would run on the
 /// default stream of a GPU default device.
 fn fuse_on_gpu() -> bool {
-  mlxrs_core::default_stream().ctx.is_null()
-    && mlxrs_core::Device::default_device().is_ok_and(|d| d.kind == mlxrs_core::DeviceType::Gpu)
+  mlxrs_core::default_stream().ctx.is_null() && mlxrs_core::Device::default_is_gpu()
 }
 
 /// GPT-OSS's clamped SwiGLU (mlx-lm `activations.swiglu_oai(gate, x,

@@ -145,7 +145,7 @@ pub fn cross_entropy(logits: &Array, targets: &Array, o: CrossEntropy<'_>) -> Re
     && ls == 0.0
     && axis == nd - 1
     && logits.dtype().is_float()
-    && mlxrs_core::Device::default_device()?.kind == mlxrs_core::DeviceType::Gpu;
+    && mlxrs_core::Device::default_is_gpu();
   let mut loss = if fast {
     ops::astype(
       &mlxrs_core::fast::cross_entropy(logits, &targets)?,

@@ -6,7 +6,7 @@
 //! copy) that later graphs take as a leaf: one node fewer per matmul per
 //! step. The CPU keeps `ops::matmul_t` (its sgemv path wants `W` itself).
 
-use mlxrs_core::{Array, Device, DeviceType, Result, ops};
+use mlxrs_core::{Array, Device, Result, ops};
 
 /// `W.T` of a dense weight, made by [`TransposedWeight::keep`] and used only
 /// while the layer still holds that same weight (compared by
@@ -20,7 +20,7 @@ impl TransposedWeight {
   /// keeps nothing).
   pub(crate) fn keep(&mut self, w: &Array) -> Result<()> {
     self.0 = None;
-    if Device::default_device()?.kind != DeviceType::Gpu {
+    if !Device::default_is_gpu() {
       return Ok(());
     }
     self.keep_any_device(w)
