@@ -8,12 +8,16 @@ use mlxrs_core::{Array, Dtype, memory};
 use mlxrs_nn::{QuantConfig, Weights};
 use serde_json::{Value, json};
 
-use crate::continuous::{BatchGenerator, RowConfig};
+use crate::continuous::{BatchGenerator, NewRow, RowConfig};
 use crate::error::{Error, Result};
 use crate::generate::{StepConfig, TokenGenerator};
 use crate::model::{LanguageModel, build_model};
 
 /// Named shapes (config.json of the real models, weights random).
+/// Prompts prefilled together by [`run_batch_trial`] (python
+/// `BatchGenerator(prefill_batch_size=8)`).
+pub const PREFILL_BATCH_SIZE: usize = 8;
+
 pub const SHAPES: &[&str] = &[
   "llama-3.2-1b",
   "qwen3-0.6b",
@@ -195,8 +199,17 @@ pub fn run_batch_trial(
     )));
   }
   let cfg = RowConfig::default();
-  for (i, p) in ids.chunks(prompt_tokens).enumerate() {
-    batcher.insert(i as u64, p, None, &cfg)?;
+  let rows: Vec<NewRow> = ids
+    .chunks(prompt_tokens)
+    .enumerate()
+    .map(|(i, prompt)| NewRow {
+      id: i as u64,
+      prompt,
+      cfg: &cfg,
+    })
+    .collect();
+  for group in rows.chunks(PREFILL_BATCH_SIZE) {
+    batcher.insert_batch(group)?;
   }
   let t1 = Instant::now();
   let mut n = 0;

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use mlxrs_core::{Array, Dtype, Error, Result, ops};
 use mlxrs_nn::{AttnMask, KvCache, KvCacheKind};
 
-use crate::generate::{PromptEmbeddings, StepArrays};
+use crate::generate::{PromptEmbeddings, RowStep, StepArrays};
 use crate::model::LanguageModel;
 use crate::sample::{LogitsConfig, Sampler, SamplerConfig};
 
@@ -164,6 +164,18 @@ pub struct RowToken {
   pub top_logprobs: Vec<(i32, f32)>,
 }
 
+/// One row of [`BatchGenerator::insert_batch`]: its id, prompt ids and
+/// settings.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRow<'a> {
+  /// The row's id (unique in the batch).
+  pub id: u64,
+  /// Its prompt token ids.
+  pub prompt: &'a [i32],
+  /// Its sampler, processors and top-logprobs count.
+  pub cfg: &'a RowConfig,
+}
+
 struct RowState {
   id: u64,
   sampler: Sampler,
@@ -210,6 +222,9 @@ pub struct BatchGenerator<'m> {
   /// ([`BatchGenerator::start`]).
   pending: Option<Pending>,
   draft: Option<Draft<'m>>,
+  /// The id under the padding columns of a grouped prefill
+  /// ([`BatchGenerator::insert_batch`]).
+  pad_id: i32,
 }
 
 /// A row being prefilled in chunks between decode steps.
@@ -239,6 +254,14 @@ fn bad(msg: impl Into<String>) -> Error {
   Error::InvalidArgument(msg.into())
 }
 
+/// `e` with the row it concerns named first.
+fn for_row(id: u64, e: Error) -> Error {
+  match e {
+    Error::InvalidArgument(m) => bad(format!("row {id}: {m}")),
+    other => other,
+  }
+}
+
 /// Drop the last `n` positions of every cache.
 fn trim_caches(caches: &mut [KvCache], n: usize) -> Result<()> {
   for c in caches.iter_mut() {
@@ -260,6 +283,81 @@ fn eval_caches(caches: &[KvCache]) -> Result<()> {
     }
   }
   mlxrs_core::eval(&state)
+}
+
+/// Queue the next token of every row from the rows' logits `[B, V]`: one
+/// argmax when every row samples greedily without processors or
+/// constraints, else each row through its own processors, constraint mask
+/// and sampler (constrained rows' masks are computed on the host while the
+/// forward pass runs).
+fn sample_rows(rows: &mut [RowState], logits: Array) -> Result<StepArrays> {
+  let top = rows.iter().map(|r| r.top).max().unwrap_or(0);
+  let simple = rows
+    .iter()
+    .all(|r| r.sampler.is_greedy() && !r.logits.is_active() && r.constraint.is_none());
+  if simple {
+    let lse = ops::logsumexp_axis(&logits, -1, true)?;
+    let logprobs = ops::subtract(&logits, &lse)?;
+    let y = ops::astype(&ops::argmax_axis(&logprobs, -1, false)?, Dtype::Int32)?;
+    return StepArrays::new(y, logprobs, top);
+  }
+  let v = logits.dim(-1).unwrap_or(0);
+  let mut logits = logits;
+  let mut masks: Vec<Option<Vec<u32>>> = Vec::new();
+  if rows.iter().any(|r| r.constraint.is_some()) {
+    logits.async_eval()?;
+    masks = row_masks(rows);
+  }
+  let mut lps = Vec::with_capacity(rows.len());
+  let mut ys = Vec::with_capacity(rows.len());
+  for (i, r) in rows.iter_mut().enumerate() {
+    let i = i as i32;
+    let mut l = ops::slice(&logits, &[i, 0], &[i + 1, v], &[1, 1])?;
+    if r.logits.is_active() {
+      l = r.logits.apply(&r.history, &l)?;
+    }
+    if let Some(Some(m)) = masks.get(i as usize) {
+      l = apply_mask(&l, m)?;
+    }
+    let lse = ops::logsumexp_axis(&l, -1, true)?;
+    let lp = ops::subtract(&l, &lse)?;
+    ys.push(ops::astype(&r.sampler.sample(&lp)?, Dtype::Int32)?);
+    lps.push(lp);
+  }
+  let y = ops::concatenate_axis(&ys, 0)?;
+  let logprobs = ops::concatenate_axis(&lps, 0)?;
+  StepArrays::new(y, logprobs, top)
+}
+
+/// Hand a step's tokens (read from [`sample_rows`]'s arrays) to `rows`,
+/// in row order. The NaN guard first: a row whose logits went non-finite
+/// fails the step and its error names the row (python mlx-lm has none);
+/// then nothing has changed.
+fn take_tokens(rows: &mut [RowState], got: Vec<RowStep>) -> Result<Vec<RowToken>> {
+  for (r, (_, lp, _)) in rows.iter().zip(&got) {
+    crate::generate::check_finite_logprob(*lp, r.produced, r.allow_nan)
+      .map_err(|e| for_row(r.id, e))?;
+  }
+  let mut res = Vec::with_capacity(rows.len());
+  for (r, (t, lp, mut tp)) in rows.iter_mut().zip(got) {
+    r.last = t;
+    r.produced += 1;
+    r.seq.push(t);
+    if r.logits.is_active() {
+      r.history.push(t);
+    }
+    if let Some(c) = r.constraint.as_mut() {
+      c.commit(t);
+    }
+    tp.truncate(r.top);
+    res.push(RowToken {
+      id: r.id,
+      token: t,
+      logprob: lp,
+      top_logprobs: tp,
+    });
+  }
+  Ok(res)
 }
 
 impl<'m> BatchGenerator<'m> {
@@ -308,6 +406,7 @@ impl<'m> BatchGenerator<'m> {
       batchable,
       pending: None,
       draft: None,
+      pad_id,
     })
   }
 
@@ -454,6 +553,141 @@ impl<'m> BatchGenerator<'m> {
     }
   }
 
+  /// Prefill several rows together and return their first tokens, in the
+  /// order given (python `BatchGenerator`'s prompt batches,
+  /// `prefill_batch_size`): the prompts are left-padded to the longest
+  /// one and go through the model as one `[rows, len]` batch per
+  /// `prefill_step_size` chunk, instead of one forward pass per row as
+  /// [`BatchGenerator::insert`] makes. Into an empty batch the group starts
+  /// it (its width: the longest prompt); joining running rows, every
+  /// prompt must fit the batch's width ([`BatchGenerator::fits`]) and the
+  /// group is laid out for it. One row, or rows of one length into an
+  /// empty batch, give the tokens [`BatchGenerator::insert`] gives; other
+  /// rows' tokens equal a lone run's up to float rounding (RoPE scores
+  /// depend on position differences only). Every row is checked before
+  /// anything runs; an error (a bad row, a duplicate id, another prefill
+  /// pending, non-finite logits) names the row and leaves the batch as it
+  /// was, so a caller can fall back to inserting rows one by one. A model
+  /// that does not batch takes one row at a time
+  /// ([`BatchGenerator::batchable`]).
+  pub fn insert_batch(&mut self, group: &[NewRow<'_>]) -> Result<Vec<RowToken>> {
+    if group.is_empty() {
+      return Ok(Vec::new());
+    }
+    if self.pending.is_some() {
+      return Err(bad("another prefill is pending"));
+    }
+    if group.len() > 1 && !self.batchable {
+      return Err(bad(
+        "this architecture does not batch (no left-padded forward): insert one row at a time",
+      ));
+    }
+    let longest = group.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+    let joining = !self.rows.is_empty();
+    let width = if joining { self.width() } else { longest };
+    let mut rows = Vec::with_capacity(group.len());
+    for (i, r) in group.iter().enumerate() {
+      let row = |e: Error| for_row(r.id, e);
+      if group[..i].iter().any(|o| o.id == r.id) {
+        return Err(bad(format!("row {} appears twice in the group", r.id)));
+      }
+      let (sampler, constraint) = self.check_row(r.id, r.prompt, r.cfg).map_err(row)?;
+      if r.prompt.len() > width {
+        return Err(row(bad(format!(
+          "a prompt of {} tokens does not fit a running batch of width {width}",
+          r.prompt.len()
+        ))));
+      }
+      rows.push(RowState {
+        id: r.id,
+        sampler,
+        logits: r.cfg.logits.clone(),
+        history: if r.cfg.logits.is_active() {
+          r.prompt.to_vec()
+        } else {
+          Vec::new()
+        },
+        last: 0,
+        top: r.cfg.top_logprobs,
+        pad: width - r.prompt.len(),
+        constraint,
+        produced: 0,
+        allow_nan: r.cfg.allow_nan,
+        seq: r.prompt.to_vec(),
+      });
+    }
+    // The group's key positions: `skip = width - longest` leading ones
+    // that are never computed (zero keys, caches starting at that offset,
+    // as a lone joining row's), then `longest` computed columns of which
+    // each row's leading `longest - len` are padding.
+    let b = group.len();
+    let skip = width - longest;
+    let valid: Vec<Vec<bool>> = rows
+      .iter()
+      .map(|r| (0..width).map(|j| j >= r.pad).collect())
+      .collect();
+    let mut grid = Vec::with_capacity(b * longest);
+    for r in group {
+      grid.extend(std::iter::repeat_n(self.pad_id, longest - r.prompt.len()));
+      grid.extend_from_slice(r.prompt);
+    }
+    let mut caches = if skip > 0 {
+      self.padding_caches(b, skip)?
+    } else {
+      self.fresh_caches()
+    };
+    let padded = rows.iter().any(|r| r.pad > 0);
+    let mut done = 0;
+    let mut last = None;
+    for n in self.pieces(longest) {
+      let mut chunk = Vec::with_capacity(b * n);
+      for i in 0..b {
+        chunk.extend_from_slice(&grid[i * longest + done..i * longest + done + n]);
+      }
+      let x = Array::from_slice(&chunk, &[b as i32, n as i32])?;
+      let h = if b == 1 && !padded {
+        self.model.hidden(&x, &mut caches)?
+      } else {
+        let kv: Vec<Vec<bool>> = valid
+          .iter()
+          .map(|v| v[..skip + done + n].to_vec())
+          .collect();
+        self.model.hidden_padded(&x, &mut caches, &kv)?
+      };
+      done += n;
+      if done < longest {
+        eval_caches(&caches)?;
+      } else {
+        last = Some(h);
+      }
+    }
+    let h = last.ok_or_else(|| bad("internal: no prompt chunk"))?;
+    let s = h.shape();
+    let h = ops::slice(&h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?;
+    let logits = ops::reshape(&self.model.logits(&h)?, &[b as i32, -1])?;
+    let st = sample_rows(&mut rows, logits)?;
+    let mut outs = st.outputs();
+    for c in &caches {
+      if let Some((k, v)) = c.state()? {
+        outs.push(k);
+        outs.push(v);
+      }
+    }
+    mlxrs_core::eval(&outs)?;
+    // The NaN guard is inside: until the merge below, the running rows are
+    // untouched.
+    let tokens = take_tokens(&mut rows, st.read()?)?;
+    if joining {
+      self.caches = self.merged_caches(&caches)?;
+      self.valid.extend(valid);
+    } else {
+      self.caches = caches;
+      self.valid = valid;
+    }
+    self.rows.extend(rows);
+    Ok(tokens)
+  }
+
   /// Start row `id`'s prefill, chunked prefill interleaved with decode
   /// (python `prefill_step_size`; vLLM's chunked prefill): into an empty
   /// batch the whole prompt is processed now (as
@@ -549,20 +783,16 @@ impl<'m> BatchGenerator<'m> {
     ))
   }
 
-  /// Validate and set up a pending prefill.
-  fn begin(
-    &mut self,
+  /// Check a new row (a prompt of valid ids, a fresh id, valid settings)
+  /// and make its sampler and constraint state.
+  fn check_row(
+    &self,
     id: u64,
     prompt: &[i32],
-    prefix: Option<Vec<KvCache>>,
     cfg: &RowConfig,
-    interleave: bool,
-  ) -> Result<()> {
+  ) -> Result<(Sampler, Option<Box<dyn TokenConstraint>>)> {
     if prompt.is_empty() {
       return Err(bad("the prompt is empty (no tokens)"));
-    }
-    if self.pending.is_some() {
-      return Err(bad("another prefill is pending"));
     }
     let vocab = self.model.vocab_size();
     if let Some(&t) = prompt.iter().find(|&&t| t < 0 || t >= vocab) {
@@ -579,6 +809,22 @@ impl<'m> BatchGenerator<'m> {
       Some(c) => Some(c.0.start().map_err(bad)?),
       None => None,
     };
+    Ok((sampler, constraint))
+  }
+
+  /// Validate and set up a pending prefill.
+  fn begin(
+    &mut self,
+    id: u64,
+    prompt: &[i32],
+    prefix: Option<Vec<KvCache>>,
+    cfg: &RowConfig,
+    interleave: bool,
+  ) -> Result<()> {
+    if self.pending.is_some() {
+      return Err(bad("another prefill is pending"));
+    }
+    let (sampler, constraint) = self.check_row(id, prompt, cfg)?;
     let joining = !self.rows.is_empty();
     let (target, budget) = if !joining {
       (prompt.len(), usize::MAX)
@@ -606,7 +852,7 @@ impl<'m> BatchGenerator<'m> {
         }
         (c, n)
       }
-      _ if pad > 0 => (self.padding_caches(pad)?, 0),
+      _ if pad > 0 => (self.padding_caches(1, pad)?, 0),
       _ => (self.fresh_caches(), 0),
     };
     // The row's key positions: `pad` masked ones (zero keys, never
@@ -767,18 +1013,7 @@ impl<'m> BatchGenerator<'m> {
           row_valid.len()
         )));
       }
-      let w = w as i32;
-      let mut merged = Vec::with_capacity(self.caches.len());
-      for (b, r) in self.caches.iter().zip(&caches) {
-        let (bk, bv) = b.state()?.ok_or_else(|| bad("empty batch cache"))?;
-        let (rk, rv) = r.state()?.ok_or_else(|| bad("empty row cache"))?;
-        let k = ops::concatenate_axis(&[bk, rk], 0)?;
-        let v = ops::concatenate_axis(&[bv, rv], 0)?;
-        let mut c = KvCache::standard();
-        c.set_state(k, v, w)?;
-        merged.push(c);
-      }
-      self.caches = merged;
+      self.caches = self.merged_caches(&caches)?;
       self.valid.push(row_valid);
     }
     if cfg.logits.is_active() {
@@ -812,9 +1047,9 @@ impl<'m> BatchGenerator<'m> {
     }))
   }
 
-  /// Caches of one row holding `pad` masked positions (zero keys and
+  /// Caches of `rows` rows holding `pad` masked positions (zero keys and
   /// values shaped like the batch's), offset `pad`.
-  fn padding_caches(&self, pad: usize) -> Result<Vec<KvCache>> {
+  fn padding_caches(&self, rows: usize, pad: usize) -> Result<Vec<KvCache>> {
     self
       .caches
       .iter()
@@ -822,13 +1057,31 @@ impl<'m> BatchGenerator<'m> {
         let (k, v) = c.state()?.ok_or_else(|| bad("empty batch cache"))?;
         let zeros = |a: &Array| {
           let s = a.shape();
-          ops::zeros(&[1, s[1], pad as i32, s[3]], a.dtype())
+          ops::zeros(&[rows as i32, s[1], pad as i32, s[3]], a.dtype())
         };
         let mut n = KvCache::standard();
         n.set_state(zeros(&k)?, zeros(&v)?, pad as i32)?;
         Ok(n)
       })
       .collect()
+  }
+
+  /// The batch's caches with `rows` (caches of joining rows laid out for
+  /// the batch's width) appended along the batch axis (python
+  /// `BatchKVCache.extend`).
+  fn merged_caches(&self, rows: &[KvCache]) -> Result<Vec<KvCache>> {
+    let w = self.width() as i32;
+    let mut merged = Vec::with_capacity(self.caches.len());
+    for (b, r) in self.caches.iter().zip(rows) {
+      let (bk, bv) = b.state()?.ok_or_else(|| bad("empty batch cache"))?;
+      let (rk, rv) = r.state()?.ok_or_else(|| bad("empty row cache"))?;
+      let k = ops::concatenate_axis(&[bk, rk], 0)?;
+      let v = ops::concatenate_axis(&[bv, rv], 0)?;
+      let mut c = KvCache::standard();
+      c.set_state(k, v, w)?;
+      merged.push(c);
+    }
+    Ok(merged)
   }
 
   /// One decode step for every row (python `BatchGenerator.next()`): feeds
@@ -866,46 +1119,7 @@ impl<'m> BatchGenerator<'m> {
       self.valid[0].push(true);
     }
     let logits = ops::reshape(&self.model.logits(&h)?, &[b as i32, -1])?;
-    let top = self.rows.iter().map(|r| r.top).max().unwrap_or(0);
-    let simple = self
-      .rows
-      .iter()
-      .all(|r| r.sampler.is_greedy() && !r.logits.is_active() && r.constraint.is_none());
-    let st = if simple {
-      let lse = ops::logsumexp_axis(&logits, -1, true)?;
-      let logprobs = ops::subtract(&logits, &lse)?;
-      let y = ops::astype(&ops::argmax_axis(&logprobs, -1, false)?, Dtype::Int32)?;
-      StepArrays::new(y, logprobs, top)?
-    } else {
-      let v = logits.dim(-1).unwrap_or(0);
-      // Constrained rows: queue the forward pass, then compute their masks
-      // on the host while it runs (no host sync per row).
-      let mut logits = logits;
-      let mut masks: Vec<Option<Vec<u32>>> = Vec::new();
-      if self.rows.iter().any(|r| r.constraint.is_some()) {
-        logits.async_eval()?;
-        masks = row_masks(&mut self.rows);
-      }
-      let mut lps = Vec::with_capacity(b);
-      let mut ys = Vec::with_capacity(b);
-      for (i, r) in self.rows.iter_mut().enumerate() {
-        let i = i as i32;
-        let mut l = ops::slice(&logits, &[i, 0], &[i + 1, v], &[1, 1])?;
-        if r.logits.is_active() {
-          l = r.logits.apply(&r.history, &l)?;
-        }
-        if let Some(Some(m)) = masks.get(i as usize) {
-          l = apply_mask(&l, m)?;
-        }
-        let lse = ops::logsumexp_axis(&l, -1, true)?;
-        let lp = ops::subtract(&l, &lse)?;
-        ys.push(ops::astype(&r.sampler.sample(&lp)?, Dtype::Int32)?);
-        lps.push(lp);
-      }
-      let y = ops::concatenate_axis(&ys, 0)?;
-      let logprobs = ops::concatenate_axis(&lps, 0)?;
-      StepArrays::new(y, logprobs, top)?
-    };
+    let st = sample_rows(&mut self.rows, logits)?;
     let mut outs = st.outputs();
     for c in &self.caches {
       if let Some((k, v)) = c.state()? {
@@ -914,33 +1128,7 @@ impl<'m> BatchGenerator<'m> {
       }
     }
     mlxrs_core::eval(&outs)?;
-    let got = st.read()?;
-    // The NaN guard: a row whose logits went non-finite fails the step (its
-    // error names the row); python mlx-lm has none.
-    for (r, (_, lp, _)) in self.rows.iter().zip(&got) {
-      crate::generate::check_finite_logprob(*lp, r.produced, r.allow_nan)
-        .map_err(|e| bad(format!("row {}: {e}", r.id)))?;
-    }
-    let mut res = Vec::with_capacity(b);
-    for (r, (t, lp, mut tp)) in self.rows.iter_mut().zip(got) {
-      r.last = t;
-      r.produced += 1;
-      r.seq.push(t);
-      if r.logits.is_active() {
-        r.history.push(t);
-      }
-      if let Some(c) = r.constraint.as_mut() {
-        c.commit(t);
-      }
-      tp.truncate(r.top);
-      res.push(RowToken {
-        id: r.id,
-        token: t,
-        logprob: lp,
-        top_logprobs: tp,
-      });
-    }
-    Ok(res)
+    take_tokens(&mut self.rows, st.read()?)
   }
 
   /// Use `draft` for speculative decoding (python

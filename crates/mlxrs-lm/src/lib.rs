@@ -47,7 +47,7 @@ pub mod validate;
 
 pub use batch::batch_generate;
 pub use continuous::{
-  BatchGenerator, Constraint, ConstraintFactory, RowConfig, RowToken, TokenConstraint,
+  BatchGenerator, Constraint, ConstraintFactory, NewRow, RowConfig, RowToken, TokenConstraint,
 };
 pub use convert::{ConvertOptions, ConvertReport, convert};
 pub use generate::{PromptEmbeddings, Step, StepConfig, TokenGenerator};

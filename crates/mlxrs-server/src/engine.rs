@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use mlxrs_lm::{FinishReason, LoadedModel, RowConfig, RowToken, Tokenizer};
+use mlxrs_lm::{FinishReason, LoadedModel, NewRow, RowConfig, RowToken, Tokenizer};
 use mlxrs_vlm::{VlmInput, VlmModel};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -173,6 +173,16 @@ struct Engine<'m> {
   running: Vec<Running>,
   prefilling: Option<Prefilling>,
   next_id: u64,
+}
+
+/// Row `w`'s settings: choices of one request sample from consecutive
+/// seeds.
+fn row_config(w: &Waiting) -> RowConfig {
+  let mut row = w.params.row.clone();
+  if let Some(s) = row.sampler.seed {
+    row.sampler.seed = Some(s.wrapping_add(w.index as u64));
+  }
+  row
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -414,6 +424,15 @@ impl Engine<'_> {
   /// between two chunks, so running rows keep streaming).
   fn admit(&mut self) {
     let mut prefills = 0;
+    let group = self.take_group();
+    if !group.is_empty() {
+      prefills += 1;
+      let r = catch_unwind(AssertUnwindSafe(|| self.insert_group(group)));
+      if let Err(p) = r {
+        self.fail_all(&format!("internal error: {}", panic_message(p.as_ref())));
+        return;
+      }
+    }
     if self.prefilling.is_some() {
       prefills += 1;
       let r = catch_unwind(AssertUnwindSafe(|| self.batch.advance()));
@@ -492,6 +511,99 @@ impl Engine<'_> {
     }
   }
 
+  /// Waiting rows to prefill together into an empty batch (python
+  /// `BatchGenerator`'s prompt batches of `prefill_batch_size`): text
+  /// prompts from the front of the queue, in order, at most
+  /// `prompt_concurrency` of them (and the decode capacity), while the
+  /// longest prompt plus the largest `max_tokens` stays within the
+  /// batch's width and memory bounds. Empty (each row then starts on its
+  /// own, [`Engine::insert`]) when fewer than two qualify, when the batch
+  /// runs or a prefill is pending, under the launcher, or when the first
+  /// row's prompt continues a cached prefix (a lone start reuses it).
+  fn take_group(&mut self) -> Vec<Waiting> {
+    let max = self.cfg.prompt_concurrency.max(1).min(self.capacity());
+    if max < 2
+      || self.waiting.len() < 2
+      || self.prefilling.is_some()
+      || !self.batch.is_empty()
+      || !self.batch.batchable()
+      || self.batch.replicated()
+    {
+      return Vec::new();
+    }
+    let front = &self.waiting[0];
+    if front.vision.is_some()
+      || (self.cfg.prompt_cache_size > 0 && self.cache.reuses(&front.prompt))
+    {
+      return Vec::new();
+    }
+    let (mut n, mut longest, mut budget) = (0, 0, 0);
+    for w in &self.waiting {
+      if n == max || w.vision.is_some() {
+        break;
+      }
+      let (l, b) = (longest.max(w.prompt.len()), budget.max(w.params.max_tokens));
+      if n > 0
+        && (l + b > self.cfg.max_width
+          || !self
+            .cfg
+            .memory
+            .as_ref()
+            .is_none_or(|m| m.fits(n + 1, l + b)))
+      {
+        break;
+      }
+      (n, longest, budget) = (n + 1, l, b);
+    }
+    if n < 2 {
+      return Vec::new();
+    }
+    self.dequeued(n);
+    self.waiting.drain(..n).collect()
+  }
+
+  /// Prefill `group` ([`Engine::take_group`]) as one batch
+  /// ([`mlxrs_lm::BatchGenerator::insert_batch`]). If the group is refused
+  /// (a bad row, NaN logits), every row starts on its own instead, so a
+  /// failing request fails alone.
+  fn insert_group(&mut self, group: Vec<Waiting>) {
+    if let Some(vlm) = self.vlm {
+      vlm.clear_prompt();
+    }
+    let first = self.next_id;
+    self.next_id += group.len() as u64;
+    let cfgs: Vec<RowConfig> = group.iter().map(row_config).collect();
+    let rows: Vec<NewRow> = group
+      .iter()
+      .zip(&cfgs)
+      .zip(first..)
+      .map(|((w, cfg), id)| NewRow {
+        id,
+        prompt: &w.prompt,
+        cfg,
+      })
+      .collect();
+    let r = self.batch.insert_batch(&rows);
+    drop(rows);
+    match r {
+      Ok(tokens) => {
+        self.metrics.prefill_groups.fetch_add(1, Ordering::Relaxed);
+        self
+          .metrics
+          .prefill_group_rows
+          .fetch_add(tokens.len() as u64, Ordering::Relaxed);
+        for ((w, t), id) in group.into_iter().zip(tokens).zip(first..) {
+          self.joined(Prefilling { w, id, cached: 0 }, t);
+        }
+      }
+      Err(_) => {
+        for w in group {
+          self.insert(w);
+        }
+      }
+    }
+  }
+
   fn insert(&mut self, w: Waiting) {
     let id = self.next_id;
     self.next_id += 1;
@@ -511,11 +623,7 @@ impl Engine<'_> {
         Err(_) => self.cache.clear(),
       }
     }
-    // Choices of one request sample from consecutive seeds.
-    let mut row = w.params.row.clone();
-    if let Some(s) = row.sampler.seed {
-      row.sampler.seed = Some(s.wrapping_add(w.index as u64));
-    }
+    let row = row_config(&w);
     if let Some(vlm) = self.vlm {
       // The vision tower and the merge (Qwen2-VL keeps the prepared
       // prompt in its language model instead: `None`); a text prompt

@@ -74,6 +74,10 @@ pub struct Metrics {
   pub cached_tokens: AtomicU64,
   /// Decode steps run while a joining prompt was prefilled in chunks.
   pub interleaved_steps: AtomicU64,
+  /// Prompt groups prefilled as one batch into an empty batch.
+  pub prefill_groups: AtomicU64,
+  /// Rows those groups held.
+  pub prefill_group_rows: AtomicU64,
   /// Rows refused because their KV cache would pass `--memory-limit-gb`.
   pub memory_refused: AtomicU64,
   /// Draft tokens proposed (speculative decoding).
@@ -100,6 +104,8 @@ impl Default for Metrics {
       prompt_cache_hits: AtomicU64::new(0),
       cached_tokens: AtomicU64::new(0),
       interleaved_steps: AtomicU64::new(0),
+      prefill_groups: AtomicU64::new(0),
+      prefill_group_rows: AtomicU64::new(0),
       memory_refused: AtomicU64::new(0),
       draft_tokens: AtomicU64::new(0),
       draft_accepted: AtomicU64::new(0),
@@ -190,6 +196,20 @@ impl Metrics {
       "Decode steps run while a joining prompt was prefilled in chunks.",
       "counter",
       self.interleaved_steps.load(Ordering::Relaxed),
+    );
+    c(
+      &mut s,
+      "mlxrs_prefill_groups_total",
+      "Groups of prompts prefilled together as one batch.",
+      "counter",
+      self.prefill_groups.load(Ordering::Relaxed),
+    );
+    c(
+      &mut s,
+      "mlxrs_prefill_group_rows_total",
+      "Rows prefilled in groups.",
+      "counter",
+      self.prefill_group_rows.load(Ordering::Relaxed),
     );
     c(
       &mut s,

@@ -66,6 +66,16 @@ impl PromptCache {
     self.entries.iter().map(|e| e.bytes).sum()
   }
 
+  /// Whether [`PromptCache::lookup`] would reuse a cached prefix of
+  /// `prompt` (nothing is copied or reordered).
+  pub fn reuses(&self, prompt: &[i32]) -> bool {
+    let limit = prompt.len().saturating_sub(1);
+    self
+      .entries
+      .iter()
+      .any(|e| common_prefix(&e.tokens, prompt).min(limit) > 0)
+  }
+
   /// Caches for the longest cached prefix of `prompt`, leaving at least one
   /// prompt token to process: `(caches, positions reused)`; the entry
   /// becomes the most recently used.

@@ -48,7 +48,9 @@ use std::ops::Deref;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use mlxrs_core::{Array, Error, Result, distributed as dist};
-use mlxrs_lm::{BatchGenerator, LanguageModel, LogitsConfig, RowConfig, RowToken, SamplerConfig};
+use mlxrs_lm::{
+  BatchGenerator, LanguageModel, LogitsConfig, NewRow, RowConfig, RowToken, SamplerConfig,
+};
 use mlxrs_nn::KvCache;
 
 /// Words of an operation's header: `[seq, op, id_lo, id_hi, payload_len,
@@ -202,6 +204,23 @@ impl<'m> Batch<'m> {
       ));
     }
     self.inner.start_embedded(id, prompt, embeddings, row)
+  }
+
+  /// Whether state changes go to other ranks (serving under `mlxrs
+  /// launch`).
+  pub fn replicated(&self) -> bool {
+    self.link.is_some()
+  }
+
+  /// [`BatchGenerator::insert_batch`]: one process only (under the
+  /// launcher rows start one at a time, [`Batch::start`]).
+  pub fn insert_batch(&mut self, group: &[NewRow<'_>]) -> Result<Vec<RowToken>> {
+    if self.link.is_some() {
+      return Err(Error::InvalidArgument(
+        "grouped prefill is not replicated under `mlxrs launch`: start rows one at a time".into(),
+      ));
+    }
+    self.inner.insert_batch(group)
   }
 
   /// [`BatchGenerator::advance`].

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use mlxrs_lm::{GenerateOptions, SamplerConfig, StepConfig};
 use serde_json::{Value, json};
 
 fn interleaved_equal_single(name: &str) {
@@ -143,5 +144,80 @@ fn draft_equals_greedy(draft: &str, accepts: bool) {
   for ((p, _), (a, w)) in prompts.iter().zip(answers.iter().zip(&wants)) {
     assert_eq!(a["choices"][0]["text"], w.text.as_str(), "{p} (concurrent)");
   }
+  s.shutdown().unwrap();
+}
+
+/// Rows that wait together for an empty batch are prefilled as one
+/// left-padded batch (`BatchGenerator::insert_batch`): a request's `n`
+/// sampled choices each equal the library's lone run with the choice's
+/// seed (seed + index), and prompts of different lengths arriving at once
+/// each equal their lone greedy answer.
+#[test]
+fn grouped_prefill_equals_lone_runs() {
+  let name = "qwen3";
+  let mut cfg = config(name);
+  cfg.prompt_cache_size = 0;
+  let s = start(cfg);
+  let m = model(name);
+  let tok = m.tokenizer.as_ref().unwrap();
+  let ids = tok.encode("alpha beta gamma delta", true).unwrap();
+  let sampled = |seed: u64| GenerateOptions {
+    step: StepConfig {
+      max_tokens: 12,
+      sampler: SamplerConfig {
+        temp: 1.0,
+        seed: Some(seed),
+        ..SamplerConfig::default()
+      },
+      ..StepConfig::default()
+    },
+    stop: Vec::new(),
+  };
+  let (st, r) = post(
+    &s,
+    "/v1/completions",
+    &json!({"prompt": "alpha beta gamma delta", "max_tokens": 12, "temperature": 1.0,
+            "seed": 5, "n": 4}),
+  );
+  assert_eq!(st, 200, "{r}");
+  let choices = r["choices"].as_array().unwrap();
+  assert_eq!(choices.len(), 4);
+  for c in choices {
+    let i = c["index"].as_u64().unwrap();
+    let want = reference(&m, &ids, &sampled(5 + i));
+    assert_eq!(c["text"], want.text.as_str(), "choice {i}");
+  }
+  assert!(metric(&s, "mlxrs_prefill_groups_total") >= 1.0);
+  assert!(metric(&s, "mlxrs_prefill_group_rows_total") >= 4.0);
+  // Different lengths at once: grouped or not (that depends on arrival),
+  // every answer is the lone one.
+  let prompts = [
+    ("one", 9usize),
+    ("two three four five six seven", 14),
+    ("eight nine", 11),
+    ("ten eleven twelve thirteen", 7),
+  ];
+  let wants: Vec<_> = prompts
+    .iter()
+    .map(|(p, n)| reference(&m, &tok.encode(p, true).unwrap(), &greedy(*n)))
+    .collect();
+  let answers: Vec<Value> = std::thread::scope(|sc| {
+    let hs: Vec<_> = prompts
+      .iter()
+      .map(|(p, n)| {
+        let s = &s;
+        sc.spawn(move || post(s, "/v1/completions", &json!({"prompt": p, "max_tokens": n})).1)
+      })
+      .collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
+  });
+  for ((p, _), (a, w)) in prompts.iter().zip(answers.iter().zip(&wants)) {
+    assert_eq!(a["choices"][0]["text"], w.text.as_str(), "{p}");
+  }
+  eprintln!(
+    "{} groups, {} rows prefilled in groups",
+    metric(&s, "mlxrs_prefill_groups_total"),
+    metric(&s, "mlxrs_prefill_group_rows_total")
+  );
   s.shutdown().unwrap();
 }

@@ -1,0 +1,340 @@
+//! Grouped prefill in the continuous-batching engine
+//! ([`BatchGenerator::insert_batch`], python `BatchGenerator`'s
+//! `prefill_batch_size` prompt batches): several prompts of different
+//! lengths prefilled as one left-padded batch give every row the greedy
+//! tokens of mlx-lm's `batch_generate` and of a lone run, whether the group
+//! starts the batch or joins running rows; bad rows are refused before
+//! anything runs and leave the batch as it was.
+
+mod common;
+
+use mlxrs_core::Dtype;
+use mlxrs_lm::{
+  BatchGenerator, GenerateOptions, LoadOptions, LoadedModel, LogitsConfig, NewRow, RowConfig,
+  StepConfig, generate, load,
+};
+use serde_json::Value;
+
+fn model(name: &str) -> LoadedModel {
+  load(
+    common::fixture(name).to_str().unwrap(),
+    &LoadOptions {
+      dtype: Some(Dtype::Float32),
+      no_tokenizer: false,
+    },
+  )
+  .unwrap()
+}
+
+fn batch_ref(name: &str) -> Value {
+  let p = common::fixture(name).join("reference_batch.json");
+  serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+fn ints(v: &Value) -> Vec<i32> {
+  v.as_array()
+    .unwrap()
+    .iter()
+    .map(|x| x.as_i64().unwrap() as i32)
+    .collect()
+}
+
+fn prompts(r: &Value) -> Vec<Vec<i32>> {
+  r["prompt_ids"]
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(ints)
+    .collect()
+}
+
+fn rows<'a>(prompts: &'a [Vec<i32>], cfg: &'a RowConfig, first_id: u64) -> Vec<NewRow<'a>> {
+  prompts
+    .iter()
+    .enumerate()
+    .map(|(i, p)| NewRow {
+      id: first_id + i as u64,
+      prompt: p,
+      cfg,
+    })
+    .collect()
+}
+
+/// Every row's tokens (first token included) after `steps` decode steps,
+/// by row id.
+fn decode(
+  g: &mut BatchGenerator<'_>,
+  first: Vec<mlxrs_lm::RowToken>,
+  steps: usize,
+) -> std::collections::BTreeMap<u64, Vec<(i32, f32)>> {
+  let mut out: std::collections::BTreeMap<u64, Vec<(i32, f32)>> = Default::default();
+  for t in first {
+    out.entry(t.id).or_default().push((t.token, t.logprob));
+  }
+  for _ in 0..steps {
+    for t in g.step().unwrap() {
+      out.entry(t.id).or_default().push((t.token, t.logprob));
+    }
+  }
+  out
+}
+
+/// `tokens` up to (not including) the first EOS: mlx-lm's batch output.
+fn before_eos(tokens: &[i32], eos: &[i32]) -> Vec<i32> {
+  tokens
+    .iter()
+    .copied()
+    .take_while(|t| !eos.contains(t))
+    .collect()
+}
+
+fn greedy(n: usize, logits: LogitsConfig) -> GenerateOptions {
+  GenerateOptions {
+    step: StepConfig {
+      max_tokens: n,
+      logits,
+      ..StepConfig::default()
+    },
+    stop: vec![],
+  }
+}
+
+/// The lone run's greedy tokens and log-probabilities of `prompt`.
+fn single(m: &LoadedModel, prompt: &[i32], n: usize, logits: LogitsConfig) -> (Vec<i32>, Vec<f32>) {
+  let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+  let o = generate(m, &ids, &greedy(n, logits)).unwrap();
+  (o.tokens, o.logprobs)
+}
+
+fn check_row(name: &str, row: usize, got: &[(i32, f32)], want: &(Vec<i32>, Vec<f32>)) {
+  let toks: Vec<i32> = got.iter().map(|x| x.0).collect();
+  assert_eq!(
+    &toks[..want.0.len()],
+    &want.0[..],
+    "{name} row {row}: grouped prefill vs a lone run"
+  );
+  for (a, b) in got.iter().zip(&want.1) {
+    assert!(
+      (a.1 - b).abs() <= 1e-3,
+      "{name} row {row}: logprob {} vs lone {b}",
+      a.1
+    );
+  }
+}
+
+#[test]
+fn grouped_prefill_matches_mlx_lm_and_lone_runs() {
+  for name in ["qwen3", "llama", "phi3", "mixtral", "llama-4bit"] {
+    let m = model(name);
+    let r = batch_ref(name);
+    let ps = prompts(&r);
+    let lens: Vec<usize> = ps.iter().map(Vec::len).collect();
+    assert!(
+      lens.iter().min() < lens.iter().max(),
+      "{name}: lengths {lens:?}"
+    );
+    let n = r["max_tokens"].as_u64().unwrap() as usize;
+    let eos = ints(&r["eos_token_ids"]);
+    let cfg = RowConfig::default();
+    // One pass, and chunks of 3 prompt columns: the same tokens.
+    let mut runs = Vec::new();
+    for step in [2048, 3] {
+      let mut g = BatchGenerator::new(m.model.as_ref(), step, 0).unwrap();
+      let first = g.insert_batch(&rows(&ps, &cfg, 10)).unwrap();
+      assert_eq!(
+        first.iter().map(|t| t.id).collect::<Vec<_>>(),
+        (10..10 + ps.len() as u64).collect::<Vec<_>>(),
+        "{name}: first tokens in the order given"
+      );
+      assert_eq!(g.width(), *lens.iter().max().unwrap());
+      runs.push(decode(&mut g, first, n - 1));
+    }
+    assert_eq!(
+      runs[0]
+        .values()
+        .map(|v| v.iter().map(|x| x.0).collect::<Vec<_>>())
+        .collect::<Vec<_>>(),
+      runs[1]
+        .values()
+        .map(|v| v.iter().map(|x| x.0).collect::<Vec<_>>())
+        .collect::<Vec<_>>(),
+      "{name}: prefill chunk size changed the tokens"
+    );
+    for (i, p) in ps.iter().enumerate() {
+      let got = &runs[0][&(10 + i as u64)];
+      let toks: Vec<i32> = got.iter().map(|x| x.0).collect();
+      assert_eq!(
+        before_eos(&toks, &eos),
+        ints(&r["batch_tokens"][i]),
+        "{name} row {i}: vs mlx-lm batch_generate"
+      );
+      check_row(name, i, got, &single(&m, p, n, LogitsConfig::default()));
+    }
+  }
+}
+
+/// A group joins running rows: laid out for the batch's width behind
+/// masked positions; a row with a repetition penalty and one with
+/// top-logprobs keep their own settings.
+#[test]
+fn grouped_rows_join_a_running_batch() {
+  let name = "qwen3";
+  let m = model(name);
+  let ps = prompts(&batch_ref(name));
+  let n = 12;
+  let longest = (0..ps.len()).max_by_key(|&i| ps[i].len()).unwrap();
+  let mut g = BatchGenerator::new(m.model.as_ref(), 2048, 0).unwrap();
+  let plain = RowConfig::default();
+  let first = g.insert(0, &ps[longest], None, &plain).unwrap();
+  let mut lead = vec![(first.token, first.logprob)];
+  for _ in 0..3 {
+    let t = g.step().unwrap();
+    lead.push((t[0].token, t[0].logprob));
+  }
+  let penalty = LogitsConfig {
+    repetition_penalty: Some(1.5),
+    ..LogitsConfig::default()
+  };
+  let penalised = RowConfig {
+    logits: penalty.clone(),
+    ..RowConfig::default()
+  };
+  let top = RowConfig {
+    top_logprobs: 3,
+    ..RowConfig::default()
+  };
+  let others: Vec<usize> = (0..ps.len()).filter(|&i| i != longest).collect();
+  let cfgs = [&penalised, &top, &plain];
+  let group: Vec<NewRow> = others
+    .iter()
+    .zip(cfgs.iter().cycle())
+    .map(|(&i, c)| NewRow {
+      id: 1 + i as u64,
+      prompt: &ps[i],
+      cfg: c,
+    })
+    .collect();
+  let width = g.width();
+  let joined = g.insert_batch(&group).unwrap();
+  assert_eq!(g.len(), ps.len());
+  assert_eq!(g.width(), width, "joining does not widen the batch");
+  assert_eq!(joined[1].top_logprobs.len(), 3);
+  assert!(joined[0].top_logprobs.is_empty());
+  let mut got = decode(&mut g, joined, n - 1);
+  let mut all_lead = lead;
+  all_lead.extend(got.remove(&0).unwrap());
+  check_row(
+    name,
+    longest,
+    &all_lead,
+    &single(&m, &ps[longest], n + 3, LogitsConfig::default()),
+  );
+  for (k, &i) in others.iter().enumerate() {
+    let logits = if k % 3 == 0 {
+      penalty.clone()
+    } else {
+      LogitsConfig::default()
+    };
+    check_row(
+      name,
+      i,
+      &got[&(1 + i as u64)],
+      &single(&m, &ps[i], n, logits),
+    );
+  }
+}
+
+#[test]
+fn grouped_prefill_refuses_bad_rows_and_keeps_the_batch() {
+  let m = model("qwen3");
+  let ps = prompts(&batch_ref("qwen3"));
+  let cfg = RowConfig::default();
+  let mut g = BatchGenerator::new(m.model.as_ref(), 2048, 0).unwrap();
+  assert!(g.insert_batch(&[]).unwrap().is_empty());
+  let short = vec![1, 2, 3];
+  g.insert_batch(&rows(std::slice::from_ref(&short), &cfg, 0))
+    .unwrap();
+  let before = (g.len(), g.width(), g.ids());
+  let vocab = m.model.vocab_size();
+  let bad_token = vec![1, vocab];
+  let long = ps.iter().max_by_key(|p| p.len()).unwrap().clone();
+  let cases: Vec<(Vec<NewRow>, &str)> = vec![
+    (
+      vec![
+        NewRow {
+          id: 5,
+          prompt: &short,
+          cfg: &cfg,
+        },
+        NewRow {
+          id: 6,
+          prompt: &bad_token,
+          cfg: &cfg,
+        },
+      ],
+      "row 6: prompt token",
+    ),
+    (
+      vec![NewRow {
+        id: 7,
+        prompt: &[],
+        cfg: &cfg,
+      }],
+      "row 7: the prompt is empty",
+    ),
+    (
+      vec![
+        NewRow {
+          id: 8,
+          prompt: &short,
+          cfg: &cfg,
+        },
+        NewRow {
+          id: 8,
+          prompt: &short,
+          cfg: &cfg,
+        },
+      ],
+      "row 8 appears twice",
+    ),
+    (
+      vec![NewRow {
+        id: 0,
+        prompt: &short,
+        cfg: &cfg,
+      }],
+      "row 0: row 0 is already in the batch",
+    ),
+    (
+      vec![NewRow {
+        id: 9,
+        prompt: &long,
+        cfg: &cfg,
+      }],
+      "does not fit a running batch of width 3",
+    ),
+  ];
+  for (group, want) in cases {
+    let e = g.insert_batch(&group).unwrap_err().to_string();
+    assert!(e.contains(want), "{e:?} should say {want:?}");
+    assert_eq!((g.len(), g.width(), g.ids()), before, "after {want:?}");
+  }
+  // The batch still decodes.
+  assert_eq!(g.step().unwrap().len(), 1);
+}
+
+/// A model that does not batch (recurrent state) takes one row at a time.
+#[test]
+fn grouped_prefill_needs_a_batching_model() {
+  let m = model("mamba");
+  let cfg = RowConfig::default();
+  let ps = vec![vec![1, 2, 3], vec![4, 5]];
+  let mut g = BatchGenerator::new(m.model.as_ref(), 2048, 0).unwrap();
+  assert!(!g.batchable());
+  let e = g.insert_batch(&rows(&ps, &cfg, 0)).unwrap_err().to_string();
+  assert!(e.contains("does not batch"), "{e}");
+  assert!(g.is_empty());
+  let t = g.insert_batch(&rows(&ps[..1], &cfg, 0)).unwrap();
+  let (want, _) = single(&m, &ps[0], 1, LogitsConfig::default());
+  assert_eq!(t[0].token, want[0]);
+}
