@@ -27,9 +27,11 @@
 #      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds)
 #   N  Qwen3's joint q/k norm: tokens and logprobs HEAD vs base (tiny qwen3,
 #      bf16 and f32), qwen3-0.6b step nodes and host split, both binaries
+#   O  batched decode with grouped prefill (session 11): llama bf16 batch 8
+#      and batch 32 vs mlx-lm's BatchGenerator and base (5 rounds each)
 # Everything it writes lands under $OUT.
 set -uo pipefail
-stage=${1:?usage: gpu_run.sh A..N}
+stage=${1:?usage: gpu_run.sh A..O}
 if [ ! -e /tmp/site/mlx/lib/libmlx.so ]; then bash .gpu/p5/install-mlx-cuda.sh > /tmp/exports.sh; fi
 export LD_LIBRARY_PATH=/tmp/site/mlx/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site MLX_LIB_DIR=/tmp/site/mlx/lib
 mkdir -p /tmp/b
@@ -213,6 +215,10 @@ N)
     MLXRS_DECODE_TIMING=1 MLXRS_DECODE_DOT=$f /tmp/b/$n bench --shape qwen3-0.6b -p 128 -g 256 -n 2 2>&1 | grep -E 'decode timing|Averages'
     echo "== $n nodes $(grep -c 'label' $f 2>/dev/null)"; grep -o 'label ="[A-Za-z]*' $f 2>/dev/null | sort | uniq -c | sort -rn | head -8
   done 2>&1 | tee $OUT/qk_nodes.txt
+  ;;
+O)
+  MLXRS=$M BASELINE=$([ -x $B ] && echo $B) NO_DOC=1 ROUNDS=5 BATCH=8 bash scripts/bench_lm.sh llama-3.2-1b 512 128 bfloat16 2>&1 | tee $OUT/bench_llama_b8.md
+  MLXRS=$M NO_DOC=1 ROUNDS=5 BATCH=32 bash scripts/bench_lm.sh llama-3.2-1b 512 64 bfloat16 2>&1 | tee $OUT/bench_llama_b32.md
   ;;
 E)
   mkdir -p /root/pypi; cp -r .gpu/kv/* /root/pypi/; ls /root/pypi
