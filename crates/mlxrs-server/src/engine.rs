@@ -511,45 +511,67 @@ impl Engine<'_> {
     }
   }
 
-  /// Waiting rows to prefill together into an empty batch (python
-  /// `BatchGenerator`'s prompt batches of `prefill_batch_size`): text
-  /// prompts from the front of the queue, in order, at most
-  /// `prompt_concurrency` of them (and the decode capacity), while the
-  /// longest prompt plus the largest `max_tokens` stays within the
-  /// batch's width and memory bounds. Empty (each row then starts on its
-  /// own, [`Engine::insert`]) when fewer than two qualify, when the batch
-  /// runs or a prefill is pending, under the launcher, or when the first
-  /// row's prompt continues a cached prefix (a lone start reuses it).
+  /// Waiting rows to prefill together (python `BatchGenerator`'s prompt
+  /// batches of `prefill_batch_size`): text prompts from the front of the
+  /// queue, in order, at most `prompt_concurrency` of them and the decode
+  /// capacity left, each within the width and memory bounds (as
+  /// [`Engine::admit`] checks a lone row). Into an empty batch the group's
+  /// width is its longest prompt; joining running rows, only prompts that
+  /// fit the batch's width in one prefill turn (`len <= width` and
+  /// `len <= prefill_step_size`) group, longer ones join chunk by chunk
+  /// ([`mlxrs_lm::BatchGenerator::start`]). Empty (each row then starts on
+  /// its own, [`Engine::insert`]) when fewer than two qualify, while a
+  /// prefill is pending, under the launcher, or when the first row would
+  /// start an empty batch from a cached prefix (a lone start reuses it).
   fn take_group(&mut self) -> Vec<Waiting> {
-    let max = self.cfg.prompt_concurrency.max(1).min(self.capacity());
+    let running = self.running.len();
+    let max = self
+      .cfg
+      .prompt_concurrency
+      .max(1)
+      .min(self.capacity().saturating_sub(running));
     if max < 2
       || self.waiting.len() < 2
       || self.prefilling.is_some()
-      || !self.batch.is_empty()
       || !self.batch.batchable()
       || self.batch.replicated()
     {
       return Vec::new();
     }
+    let joining = !self.batch.is_empty();
+    let width = self.batch.width();
     let front = &self.waiting[0];
-    if front.vision.is_some()
-      || (self.cfg.prompt_cache_size > 0 && self.cache.reuses(&front.prompt))
-    {
+    if !joining && self.cfg.prompt_cache_size > 0 && self.cache.reuses(&front.prompt) {
       return Vec::new();
     }
+    // The width the running rows reach if each uses its whole budget.
+    let end = width
+      + self
+        .running
+        .iter()
+        .map(|r| r.params.max_tokens.saturating_sub(r.generated.len()))
+        .max()
+        .unwrap_or(0);
     let (mut n, mut longest, mut budget) = (0, 0, 0);
     for w in &self.waiting {
-      if n == max || w.vision.is_some() {
+      let len = w.prompt.len();
+      if n == max
+        || w.vision.is_some()
+        || (joining && (len > width || len > self.cfg.prefill_step_size))
+      {
         break;
       }
-      let (l, b) = (longest.max(w.prompt.len()), budget.max(w.params.max_tokens));
-      if n > 0
+      let l = if joining { width } else { longest.max(len) };
+      let b = budget.max(w.params.max_tokens);
+      // A row starting an empty batch is bounded by its own context only.
+      let alone = !joining && n == 0;
+      if !alone
         && (l + b > self.cfg.max_width
           || !self
             .cfg
             .memory
             .as_ref()
-            .is_none_or(|m| m.fits(n + 1, l + b)))
+            .is_none_or(|m| m.fits(running + n + 1, end.max(l + b))))
       {
         break;
       }

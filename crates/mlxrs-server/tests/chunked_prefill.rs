@@ -173,6 +173,47 @@ fn grouped_prefill_equals_lone_runs() {
     },
     stop: Vec::new(),
   };
+  // A group joining running rows: `n` choices arrive while a long request
+  // decodes; they join as one group at the batch's width.
+  assert_eq!(metric(&s, "mlxrs_prefill_groups_total"), 0.0);
+  let long = "alpha beta";
+  let long_want = reference(&m, &tok.encode(long, true).unwrap(), &greedy(300));
+  assert!(long_want.tokens.len() > 200, "the running row stops early");
+  let (joined, first) = std::thread::scope(|sc| {
+    let first = sc.spawn(|| {
+      post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": long, "max_tokens": 300}),
+      )
+      .1
+    });
+    while metric(&s, "mlxrs_generation_tokens_total") < 1.0 {
+      std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let (st, r) = post(
+      &s,
+      "/v1/completions",
+      &json!({"prompt": "one", "max_tokens": 12, "temperature": 1.0, "seed": 9, "n": 3}),
+    );
+    assert_eq!(st, 200, "{r}");
+    (r, first.join().unwrap())
+  });
+  assert_eq!(first["choices"][0]["text"], long_want.text.as_str());
+  let one = tok.encode("one", true).unwrap();
+  for c in joined["choices"].as_array().unwrap() {
+    let i = c["index"].as_u64().unwrap();
+    assert_eq!(
+      c["text"],
+      reference(&m, &one, &sampled(9 + i)).text.as_str(),
+      "joined choice {i}"
+    );
+  }
+  // All four ran at once (the long row still decoding), and the three
+  // choices started as one group.
+  assert_eq!(metric(&s, "mlxrs_running_batch_size_peak"), 4.0);
+  assert_eq!(metric(&s, "mlxrs_prefill_groups_total"), 1.0);
+  assert_eq!(metric(&s, "mlxrs_prefill_group_rows_total"), 3.0);
   let (st, r) = post(
     &s,
     "/v1/completions",
@@ -187,8 +228,8 @@ fn grouped_prefill_equals_lone_runs() {
     let want = reference(&m, &ids, &sampled(5 + i));
     assert_eq!(c["text"], want.text.as_str(), "choice {i}");
   }
-  assert!(metric(&s, "mlxrs_prefill_groups_total") >= 1.0);
-  assert!(metric(&s, "mlxrs_prefill_group_rows_total") >= 4.0);
+  assert_eq!(metric(&s, "mlxrs_prefill_groups_total"), 2.0);
+  assert_eq!(metric(&s, "mlxrs_prefill_group_rows_total"), 7.0);
   // Different lengths at once: grouped or not (that depends on arrival),
   // every answer is the lone one.
   let prompts = [
