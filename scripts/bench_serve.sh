@@ -9,7 +9,9 @@
 #   MAX_TOKENS  default 64
 # Env: PY (python with mlx-lm, default /work/main/.venv/bin/python),
 #      MLXRS (the mlxrs binary, default target/release/mlxrs),
-#      ROUNDS (interleaved rounds, default 5).
+#      ROUNDS (interleaved rounds, default 5),
+#      BASELINE (an older mlxrs binary, served too and interleaved as a
+#      third contestant labelled "baseline": a regression guard).
 # Prints one JSON line per (server, level); see scripts/bench_serve.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +44,15 @@ PIDS+=($!)
 P2=$(free_port)
 "$PY" -m mlx_lm server --model "$MODEL" --port "$P2" --max-tokens "$MAXTOK" --decode-concurrency 32 2>/tmp/bench_mlx_lm.log &
 PIDS+=($!)
+P3=
+if [ -n "${BASELINE:-}" ]; then
+  P3=$(free_port)
+  "$BASELINE" serve --model "$MODEL" --port "$P3" --max-tokens "$MAXTOK" --decode-concurrency 32 2>/tmp/bench_baseline.log &
+  PIDS+=($!)
+fi
 wait_up "$P1"
 wait_up "$P2"
+[ -z "$P3" ] || wait_up "$P3"
 
 # ROUNDS interleaved rounds (mlxrs, then mlx_lm.server, then mlxrs ...), both
 # servers up (idle while the other runs); then median/min/max per server
@@ -52,6 +61,7 @@ OUT=$(mktemp)
 for r in $(seq 1 "$ROUNDS"); do
   "$PY" scripts/bench_serve.py --port "$P1" --label mlxrs --levels "$LEVELS" --max-tokens "$MAXTOK" --model "$MODEL" | tee -a "$OUT"
   "$PY" scripts/bench_serve.py --port "$P2" --label mlx_lm.server --levels "$LEVELS" --max-tokens "$MAXTOK" --model "$MODEL" | tee -a "$OUT"
+  [ -z "$P3" ] || "$PY" scripts/bench_serve.py --port "$P3" --label baseline --levels "$LEVELS" --max-tokens "$MAXTOK" --model "$MODEL" | tee -a "$OUT"
 done
 "$PY" - "$OUT" <<'PYEOF'
 import json, statistics, sys

@@ -8,35 +8,18 @@
 
 mod common;
 
-use mlxrs_core::Dtype;
 use mlxrs_lm::{
-  BatchGenerator, GenerateOptions, LoadOptions, LoadedModel, LogitsConfig, NewRow, RowConfig,
-  StepConfig, generate, load,
+  BatchGenerator, GenerateOptions, LoadedModel, LogitsConfig, NewRow, RowConfig, StepConfig,
+  generate,
 };
 use serde_json::Value;
 
 fn model(name: &str) -> LoadedModel {
-  load(
-    common::fixture(name).to_str().unwrap(),
-    &LoadOptions {
-      dtype: Some(Dtype::Float32),
-      no_tokenizer: false,
-    },
-  )
-  .unwrap()
+  common::loaded(name)
 }
 
 fn batch_ref(name: &str) -> Value {
-  let p = common::fixture(name).join("reference_batch.json");
-  serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-fn ints(v: &Value) -> Vec<i32> {
-  v.as_array()
-    .unwrap()
-    .iter()
-    .map(|x| x.as_i64().unwrap() as i32)
-    .collect()
+  common::reference_file(name, "reference_batch.json")
 }
 
 fn prompts(r: &Value) -> Vec<Vec<i32>> {
@@ -44,7 +27,7 @@ fn prompts(r: &Value) -> Vec<Vec<i32>> {
     .as_array()
     .unwrap()
     .iter()
-    .map(ints)
+    .map(common::ints)
     .collect()
 }
 
@@ -134,7 +117,7 @@ fn grouped_prefill_matches_mlx_lm_and_lone_runs() {
       "{name}: lengths {lens:?}"
     );
     let n = r["max_tokens"].as_u64().unwrap() as usize;
-    let eos = ints(&r["eos_token_ids"]);
+    let eos = common::ints(&r["eos_token_ids"]);
     let cfg = RowConfig::default();
     // One pass, and chunks of 3 prompt columns: the same tokens.
     let mut runs = Vec::new();
@@ -165,7 +148,7 @@ fn grouped_prefill_matches_mlx_lm_and_lone_runs() {
       let toks: Vec<i32> = got.iter().map(|x| x.0).collect();
       assert_eq!(
         before_eos(&toks, &eos),
-        ints(&r["batch_tokens"][i]),
+        common::ints(&r["batch_tokens"][i]),
         "{name} row {i}: vs mlx-lm batch_generate"
       );
       check_row(name, i, got, &single(&m, p, n, LogitsConfig::default()));

@@ -18,14 +18,6 @@ use mlxrs_core::{Array, Dtype};
 use mlxrs_lm::{StepConfig, TokenGenerator, load_model_dir};
 use serde_json::Value;
 
-fn ints(v: &Value) -> Vec<i32> {
-  v.as_array()
-    .unwrap()
-    .iter()
-    .map(|x| x.as_i64().unwrap() as i32)
-    .collect()
-}
-
 fn floats(v: &Value) -> Vec<f32> {
   v.as_array()
     .unwrap()
@@ -56,7 +48,7 @@ fn greedy(
 fn check_long(name: &str) {
   let r = common::reference(name);
   let (model, _) = load_model_dir(&common::fixture(name), Some(Dtype::Float32)).unwrap();
-  let prompt = ints(&r["long_prompt_ids"]);
+  let prompt = common::ints(&r["long_prompt_ids"]);
   assert!(
     prompt.len() > 256,
     "{name}: long prompt of {}",
@@ -79,7 +71,7 @@ fn check_long(name: &str) {
   let step = r["long_prefill_step_size"].as_u64().unwrap() as usize;
   assert_eq!(
     greedy(model.as_ref(), &prompt, step, None),
-    ints(&r["long_greedy_tokens"]),
+    common::ints(&r["long_greedy_tokens"]),
     "{name}: long prompt greedy tokens"
   );
 }
@@ -91,8 +83,8 @@ fn check_prompt_cache(name: &str) {
   let r = common::reference(name);
   let dir = common::fixture(name);
   let (model, _) = load_model_dir(&dir, Some(Dtype::Float32)).unwrap();
-  let prompt = ints(&r["prompt_ids"]);
-  let want = ints(&r["greedy_tokens"]);
+  let prompt = common::ints(&r["prompt_ids"]);
+  let want = common::ints(&r["greedy_tokens"]);
   let pc = &r["prompt_cache"];
   let (loaded, meta) = mlxrs_nn::load_kv_caches(dir.join(pc["file"].as_str().unwrap())).unwrap();
   assert_eq!(
@@ -284,7 +276,7 @@ fn hf_conv_layout_is_sanitized() {
     mlxrs_core::io::save_safetensors(tmp.path().join("model.safetensors"), &w, &meta).unwrap();
     let r = common::reference(name);
     let (model, _) = load_model_dir(tmp.path(), Some(Dtype::Float32)).unwrap();
-    let prompt = ints(&r["prompt_ids"]);
+    let prompt = common::ints(&r["prompt_ids"]);
     let want = floats(&r["logits_last"]);
     let x = Array::from_slice(&prompt, &[1, prompt.len() as i32]).unwrap();
     let all = model

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use mlxrs_core::{Array, Dtype};
 use mlxrs_lm::{
-  GenerateOptions, LanguageModel, LoadOptions, LoadedModel, LogitsConfig, SpeculativeGenerator,
-  StepConfig, TextStream, batch_generate, generate, generate_speculative, load,
+  GenerateOptions, LanguageModel, LoadedModel, LogitsConfig, SpeculativeGenerator, StepConfig,
+  TextStream, batch_generate, generate, generate_speculative,
 };
 use mlxrs_nn::{KvCache, Weights};
 use serde_json::Value;
@@ -23,27 +23,11 @@ use serde_json::Value;
 const LOGPROB_TOL: f32 = 1e-4;
 
 fn model(name: &str) -> LoadedModel {
-  load(
-    common::fixture(name).to_str().unwrap(),
-    &LoadOptions {
-      dtype: Some(Dtype::Float32),
-      no_tokenizer: false,
-    },
-  )
-  .unwrap()
+  common::loaded(name)
 }
 
 fn refjson(name: &str, file: &str) -> Value {
-  let p = common::fixture(name).join(file);
-  serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-fn ints(v: &Value) -> Vec<i32> {
-  v.as_array()
-    .unwrap()
-    .iter()
-    .map(|x| x.as_i64().unwrap() as i32)
-    .collect()
+  common::reference_file(name, file)
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
@@ -101,7 +85,7 @@ fn logprobs_and_top_logprobs_match_mlx_lm() {
       let d = (g.logprob.unwrap() - w["logprob"].as_f64().unwrap() as f32).abs();
       max_diff = max_diff.max(d);
       let ids: Vec<i32> = g.top_logprobs.iter().map(|p| p.0).collect();
-      assert_eq!(ids, ints(&w["top_ids"]), "{label}: top ids at {i}");
+      assert_eq!(ids, common::ints(&w["top_ids"]), "{label}: top ids at {i}");
       for (p, wl) in g
         .top_logprobs
         .iter()
@@ -137,7 +121,7 @@ fn speculative_matches_mlx_lm_and_plain_greedy() {
     let r = refjson(main, "reference_speculative.json");
     assert_eq!(r["draft_model"].as_str().unwrap(), draft);
     let prompt = u32s(&r["prompt_ids"]);
-    let plain_ref = ints(&r["plain_greedy"]);
+    let plain_ref = common::ints(&r["plain_greedy"]);
     let plain = generate(&m, &prompt, &greedy(20)).unwrap();
     for run in r["runs"].as_array().unwrap() {
       let nd = run["num_draft_tokens"].as_u64().unwrap() as usize;
@@ -152,7 +136,7 @@ fn speculative_matches_mlx_lm_and_plain_greedy() {
         .collect();
       assert_eq!(
         out.tokens,
-        ints(&run["tokens"]),
+        common::ints(&run["tokens"]),
         "{main}+{draft} n={nd}: tokens vs mlx-lm"
       );
       assert_eq!(
@@ -290,12 +274,12 @@ fn batch_matches_mlx_lm_and_single_prompts() {
         .collect();
       assert_eq!(
         no_eos,
-        ints(&r["batch_tokens"][i]),
+        common::ints(&r["batch_tokens"][i]),
         "{name} row {i}: vs mlx-lm batch_generate"
       );
       assert_eq!(
         no_eos,
-        ints(&r["single_tokens"][i]),
+        common::ints(&r["single_tokens"][i]),
         "{name} row {i}: vs mlx-lm single prompt"
       );
       let single = generate(&m, p, &greedy(n)).unwrap();
@@ -449,13 +433,13 @@ fn small_prefill_chunks_give_the_same_tokens() {
   opts.step.prefill_step_size = 5;
   let outs = batch_generate(m.model.as_ref(), tok, &prompts, &opts).unwrap();
   for (i, o) in outs.iter().enumerate() {
-    assert_eq!(o.tokens, ints(&r["batch_tokens"][i]), "row {i}");
+    assert_eq!(o.tokens, common::ints(&r["batch_tokens"][i]), "row {i}");
   }
   let s = refjson("llama", "reference_speculative.json");
   let mut opts = greedy(20);
   opts.step.prefill_step_size = 5;
   let out = generate_speculative(&m, &d, &u32s(&s["prompt_ids"]), &opts).unwrap();
-  assert_eq!(out.tokens, ints(&s["runs"][0]["tokens"]));
+  assert_eq!(out.tokens, common::ints(&s["runs"][0]["tokens"]));
   let flags: Vec<bool> = s["runs"][0]["from_draft"]
     .as_array()
     .unwrap()

@@ -461,25 +461,13 @@ impl Engine<'_> {
       && prefills < self.cfg.prompt_concurrency.max(1)
       && self.running.len() < self.capacity()
     {
-      // The width the running rows reach if each uses its whole budget.
-      let end = self.batch.width()
-        + self
-          .running
-          .iter()
-          .map(|r| r.params.max_tokens.saturating_sub(r.generated.len()))
-          .max()
-          .unwrap_or(0);
+      let end = self.end_width();
       let rows = self.running.len();
       let fits = |w: &Waiting| {
         let join = self.batch.join_width(w.prompt.len());
         self.batch.can_start(w.prompt.len())
           && (self.batch.is_empty()
-            || (join + w.params.max_tokens <= self.cfg.max_width
-              && self
-                .cfg
-                .memory
-                .as_ref()
-                .is_none_or(|b| b.fits(rows + 1, end.max(join + w.params.max_tokens)))))
+            || self.within_bounds(rows + 1, end, join + w.params.max_tokens))
       };
       // A prompt with images joins running rows when the model allows it
       // (causal, no sliding windows), else it waits for an empty batch and
@@ -509,6 +497,31 @@ impl Engine<'_> {
         self.fail_all(&format!("internal error: {}", panic_message(p.as_ref())));
       }
     }
+  }
+
+  /// The width the running rows reach if each uses its whole budget.
+  fn end_width(&self) -> usize {
+    self.batch.width()
+      + self
+        .running
+        .iter()
+        .map(|r| r.params.max_tokens.saturating_sub(r.generated.len()))
+        .max()
+        .unwrap_or(0)
+  }
+
+  /// Whether `rows` rows fit once a joining row needs `width` positions
+  /// (its prompt's place in the batch plus its `max_tokens`): within the
+  /// context bound and, with `--memory-limit-gb`, the memory for `rows`
+  /// rows of the larger of `width` and `end` (the running rows' own end,
+  /// [`Engine::end_width`]).
+  fn within_bounds(&self, rows: usize, end: usize, width: usize) -> bool {
+    width <= self.cfg.max_width
+      && self
+        .cfg
+        .memory
+        .as_ref()
+        .is_none_or(|m| m.fits(rows, end.max(width)))
   }
 
   /// Waiting rows to prefill together (python `BatchGenerator`'s prompt
@@ -544,14 +557,7 @@ impl Engine<'_> {
     if !joining && self.cfg.prompt_cache_size > 0 && self.cache.reuses(&front.prompt) {
       return Vec::new();
     }
-    // The width the running rows reach if each uses its whole budget.
-    let end = width
-      + self
-        .running
-        .iter()
-        .map(|r| r.params.max_tokens.saturating_sub(r.generated.len()))
-        .max()
-        .unwrap_or(0);
+    let end = self.end_width();
     let (mut n, mut longest, mut budget) = (0, 0, 0);
     for w in &self.waiting {
       let len = w.prompt.len();
@@ -565,14 +571,7 @@ impl Engine<'_> {
       let b = budget.max(w.params.max_tokens);
       // A row starting an empty batch is bounded by its own context only.
       let alone = !joining && n == 0;
-      if !alone
-        && (l + b > self.cfg.max_width
-          || !self
-            .cfg
-            .memory
-            .as_ref()
-            .is_none_or(|m| m.fits(running + n + 1, end.max(l + b))))
-      {
+      if !alone && !self.within_bounds(running + n + 1, end, l + b) {
         break;
       }
       (n, longest, budget) = (n + 1, l, b);

@@ -15,11 +15,29 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub fn reference(name: &str) -> Value {
-  let p = fixture(name).join("reference.json");
+  reference_file(name, "reference.json")
+}
+
+/// One of a fixture's reference files (`reference_batch.json`, ...).
+pub fn reference_file(name: &str, file: &str) -> Value {
+  let p = fixture(name).join(file);
   serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
-fn ints(v: &Value) -> Vec<i32> {
+/// A fixture loaded in float32 with its tokenizer.
+pub fn loaded(name: &str) -> mlxrs_lm::LoadedModel {
+  mlxrs_lm::load(
+    fixture(name).to_str().unwrap(),
+    &mlxrs_lm::LoadOptions {
+      dtype: Some(Dtype::Float32),
+      no_tokenizer: false,
+    },
+  )
+  .unwrap()
+}
+
+/// A JSON array of integers.
+pub fn ints(v: &Value) -> Vec<i32> {
   v.as_array()
     .unwrap()
     .iter()
