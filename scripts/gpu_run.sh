@@ -9,7 +9,7 @@
 #      against mlx-lm and the base binary (5 rounds)
 #   B  bench_lm.sh: llama 4-bit, qwen3 bf16, llama batch 8, qwen3 4-bit
 #      (5 rounds each; split over two calls if one would pass 600 s)
-#   C  bench_serve.sh on a random llama-3.2-1b folder, C = 1/8/32
+#   C  bench_serve.sh on a random llama-3.2-1b folder, C = 1/8/32 (base too)
 #   D  LoRA: mlxrs lora vs mlx_lm.lora on that folder (5 rounds)
 #   E  Kokoro RTF (the ONNX parts in /root/pypi)
 #   F  LoRA loss check: mlxrs lora (as is, compile off, projection stacks
@@ -94,7 +94,7 @@ B)
   ;;
 C)
   $PY scripts/make_random_checkpoint.py --shape llama-3.2-1b --out /tmp/llama1b > $OUT/mkckpt.txt 2>&1
-  PY=$PY MLXRS=$M ROUNDS=5 bash scripts/bench_serve.sh /tmp/llama1b 1,8,32 64 > $OUT/serve.jsonl 2> $OUT/serve.err
+  PY=$PY MLXRS=$M BASELINE=$([ -x $B ] && echo $B) ROUNDS=5 bash scripts/bench_serve.sh /tmp/llama1b 1,8,32 64 > $OUT/serve.jsonl 2> $OUT/serve.err
   cp /tmp/bench_mlxrs.log /tmp/bench_mlx_lm.log $OUT/ 2>/dev/null
   tail -8 $OUT/serve.jsonl
   ;;
