@@ -577,13 +577,14 @@ impl<'m> BatchGenerator<'m> {
     if self.pending.is_some() {
       return Err(bad("another prefill is pending"));
     }
-    if group.len() > 1 && !self.batchable {
+    let joining = !self.rows.is_empty();
+    if (group.len() > 1 || joining) && !self.batchable {
       return Err(bad(
-        "this architecture does not batch (no left-padded forward): insert one row at a time",
+        "this architecture does not batch (no left-padded forward): one row at a time, into an \
+         empty batch",
       ));
     }
     let longest = group.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
-    let joining = !self.rows.is_empty();
     let width = if joining { self.width() } else { longest };
     let mut rows = Vec::with_capacity(group.len());
     for (i, r) in group.iter().enumerate() {

@@ -320,6 +320,13 @@ fn grouped_prefill_needs_a_batching_model() {
   let t = g.insert_batch(&rows(&ps[..1], &cfg, 0)).unwrap();
   let (want, _) = single(&m, &ps[0], 1, LogitsConfig::default());
   assert_eq!(t[0].token, want[0]);
+  // Nor does a row join it.
+  let e = g
+    .insert_batch(&rows(&ps[1..], &cfg, 1))
+    .unwrap_err()
+    .to_string();
+  assert!(e.contains("does not batch"), "{e}");
+  assert_eq!(g.len(), 1);
 }
 
 /// Sliding-window models batch through whole-width caches with the windows
