@@ -12,13 +12,12 @@
 
 use std::time::Instant;
 
-use mlxrs_core::{Array, memory, ops};
+use mlxrs_core::{Array, memory};
 use mlxrs_nn::{AttnMask, KvCacheKind};
 
+use crate::continuous::{BatchGenerator, NewRow, RowConfig, RowToken};
 use crate::error::{Error, Result};
-use crate::generate::StepArrays;
 use crate::model::LanguageModel;
-use crate::sample::Sampler;
 use crate::text::{FinishReason, GenerateOptions, Output};
 use crate::tokenizer::Tokenizer;
 
@@ -33,10 +32,13 @@ pub const BATCH_MODEL_TYPES: &[&str] = &[
   "ernie4_5",
   "ernie4_5_moe",
   "exaone",
+  "gemma",
   "gemma2",
+  "gemma3_text",
   "glm4",
   "glm4_moe",
   "gpt_neox",
+  "gpt_oss",
   "granite",
   "granitemoe",
   "helium",
@@ -123,6 +125,7 @@ pub(crate) fn check_padded_caches(caches: &[mlxrs_nn::KvCache]) -> mlxrs_core::R
 }
 
 struct Row {
+  id: u64,
   tokens: Vec<i32>,
   logprobs: Vec<f32>,
   top: Vec<Vec<(i32, f32)>>,
@@ -131,18 +134,61 @@ struct Row {
   finish: Option<FinishReason>,
 }
 
+impl Row {
+  /// Take the row's next token; `true` once it is done (EOS, a stop
+  /// string, or `max_tokens`).
+  fn push(&mut self, t: &RowToken, tokenizer: &Tokenizer, opts: &GenerateOptions) -> Result<bool> {
+    self.tokens.push(t.token);
+    self.logprobs.push(t.logprob);
+    self.top.push(t.top_logprobs.clone());
+    if tokenizer.is_eos(t.token as u32) {
+      self.finish = Some(FinishReason::Stop);
+      return Ok(true);
+    }
+    if !opts.stop.is_empty() {
+      let max_stop = opts.stop.iter().map(String::len).max().unwrap_or(0);
+      let ids: Vec<u32> = self.tokens.iter().map(|&x| x as u32).collect();
+      let text = tokenizer.decode(&ids, false)?;
+      let from = text.len().saturating_sub(max_stop + 8);
+      let from = (0..=from)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+      if let Some(pos) = opts
+        .stop
+        .iter()
+        .filter_map(|s| text[from..].find(s.as_str()).map(|p| p + from))
+        .min()
+      {
+        self.text = Some(text[..pos].to_string());
+        self.finish = Some(FinishReason::Stop);
+        return Ok(true);
+      }
+    }
+    if self.tokens.len() >= opts.step.max_tokens {
+      self.finish = Some(FinishReason::Length);
+      return Ok(true);
+    }
+    Ok(false)
+  }
+}
+
 /// Generate for several prompts at once (python `mlx_lm.batch_generate(model,
-/// tokenizer, prompts, max_tokens=...)`): prompt token ids of any lengths,
-/// one [`Output`] per prompt in order. Each row ends on an EOS token (kept
-/// as the last of its `tokens`, as [`crate::generate`] does; mlx-lm's
-/// `token_ids` drop it), a stop string (cut from the text) or
-/// `max_tokens`. Timings (`prompt_tps`, `generation_tps`) are those of the
-/// whole batch.
+/// tokenizer, prompts, max_tokens=...)`, which runs mlx-lm's
+/// `BatchGenerator`): prompt token ids of any lengths, one [`Output`] per
+/// prompt in order. The prompts are prefilled as one left-padded batch and
+/// decoded together by [`BatchGenerator`]; each row ends on its own, on an
+/// EOS token (kept as the last of its `tokens`, as [`crate::generate`] does;
+/// mlx-lm's `token_ids` drop it), a stop string (cut from the text) or
+/// `max_tokens`, and leaves the batch then. Row `i` samples with
+/// `opts.step`'s sampler, seeded `seed + i` when a seed is given, and its own
+/// logits processors. Timings (`prompt_tps`, `generation_tps`) are those of
+/// the whole batch.
 ///
-/// Supported: the architectures in [`BATCH_MODEL_TYPES`] with standard
-/// caches. Refused with an `Err`: sliding-window models with rotating caches
-/// (gemma2/gemma3/gpt_oss), `max_kv_size`, `kv_bits` and logits processors
-/// (penalties).
+/// Supported: the architectures in [`BATCH_MODEL_TYPES`], sliding-window
+/// ones included ([`LanguageModel::make_batch_caches`]). Refused with an
+/// `Err`: other architectures (more than one prompt), `max_kv_size` and
+/// `kv_bits`.
 pub fn batch_generate(
   model: &dyn LanguageModel,
   tokenizer: &Tokenizer,
@@ -164,11 +210,6 @@ pub fn batch_generate(
   if opts.stop.iter().any(String::is_empty) {
     return Err(bad("stop strings must not be empty"));
   }
-  if cfg.logits.is_active() {
-    return Err(bad(
-      "batch generation does not support logits processors (repetition/presence/frequency penalties)",
-    ));
-  }
   if cfg.max_kv_size.is_some() || cfg.kv_bits.is_some() {
     return Err(bad(
       "batch generation does not support --max-kv-size or --kv-bits",
@@ -185,73 +226,49 @@ pub fn batch_generate(
       )));
     }
   }
-  let mut caches = model.make_caches(None);
-  if caches.iter().any(|c| c.kind() != KvCacheKind::Standard) {
-    return Err(bad(
-      "batch generation needs standard KV caches; this model uses rotating (sliding-window) caches: generate its prompts one at a time",
-    ));
+  let pad_id = tokenizer
+    .eos_token_id()
+    .map(|t| t as i32)
+    .filter(|&t| t < vocab)
+    .unwrap_or(0);
+  let mut batch = BatchGenerator::new(model, cfg.prefill_step_size, pad_id)?;
+  if prompts.len() > 1 && !batch.batchable() {
+    return Err(bad(format!(
+      "batched generation (left-padded prompts) is not implemented for this architecture; \
+       supported: {}",
+      BATCH_MODEL_TYPES.join(", ")
+    )));
   }
-  let mut sampler = Sampler::new(cfg.sampler.clone(), vocab)?;
-  let _ = memory::reset_peak_memory();
-
-  let b = prompts.len();
-  let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-  let pad_id = tokenizer.eos_token_id().unwrap_or(0) as i32;
-  let mut grid = Vec::with_capacity(b * width);
-  let mut valid: Vec<Vec<bool>> = Vec::with_capacity(b);
-  for p in prompts {
-    let pad = width - p.len();
-    grid.extend(std::iter::repeat_n(pad_id, pad));
-    grid.extend(p.iter().map(|&t| t as i32));
-    valid.push((0..width).map(|j| j >= pad).collect());
-  }
-
-  let t0 = Instant::now();
-  // Prefill the columns in chunks; the last chunk's last column gives the
-  // first tokens.
-  let mut done = 0;
-  let mut last_h = None;
-  while done < width {
-    let n = cfg.prefill_step_size.min(width - done);
-    let mut chunk = Vec::with_capacity(b * n);
-    for r in 0..b {
-      chunk.extend_from_slice(&grid[r * width + done..r * width + done + n]);
-    }
-    let x = Array::from_slice(&chunk, &[b as i32, n as i32])?;
-    let kv: Vec<Vec<bool>> = valid.iter().map(|v| v[..done + n].to_vec()).collect();
-    let h = model.hidden_padded(&x, &mut caches, &kv)?;
-    done += n;
-    if done < width {
-      let mut state = Vec::new();
-      for c in &caches {
-        if let Some((k, v)) = c.state()? {
-          state.push(k);
-          state.push(v);
-        }
+  let ids: Vec<Vec<i32>> = prompts
+    .iter()
+    .map(|p| p.iter().map(|&t| t as i32).collect())
+    .collect();
+  let row_cfgs: Vec<RowConfig> = (0..prompts.len())
+    .map(|i| {
+      let mut sampler = cfg.sampler.clone();
+      sampler.seed = sampler.seed.map(|s| s.wrapping_add(i as u64));
+      RowConfig {
+        sampler,
+        logits: cfg.logits.clone(),
+        top_logprobs: cfg.top_logprobs,
+        constraint: None,
+        allow_nan: cfg.allow_nan,
       }
-      mlxrs_core::eval(&state)?;
-    } else {
-      last_h = Some(h);
-    }
-  }
-  let h = last_h.ok_or_else(|| bad("batch_generate: empty batch"))?;
-  let step = |h: &Array, sampler: &mut Sampler| -> Result<StepArrays> {
-    let s = h.shape();
-    let h = ops::slice(h, &[0, s[1] - 1, 0], &s, &[1, 1, 1])?;
-    let logits = model.logits(&h)?;
-    let logits = ops::reshape(&logits, &[b as i32, -1])?;
-    let lse = ops::logsumexp_axis(&logits, -1, true)?;
-    let logprobs = ops::subtract(&logits, &lse)?;
-    let y = ops::astype(&sampler.sample(&logprobs)?, mlxrs_core::Dtype::Int32)?;
-    Ok(StepArrays::new(y, logprobs, cfg.top_logprobs)?)
-  };
-  let mut cur = step(&h, &mut sampler)?;
-  mlxrs_core::eval(&cur.outputs())?;
-  let prompt_time = t0.elapsed().as_secs_f64();
-  let t1 = Instant::now();
-
-  let mut rows: Vec<Row> = (0..b)
-    .map(|_| Row {
+    })
+    .collect();
+  let new_rows: Vec<NewRow> = ids
+    .iter()
+    .zip(&row_cfgs)
+    .enumerate()
+    .map(|(i, (prompt, cfg))| NewRow {
+      id: i as u64,
+      prompt,
+      cfg,
+    })
+    .collect();
+  let mut rows: Vec<Row> = (0..prompts.len() as u64)
+    .map(|id| Row {
+      id,
       tokens: Vec::new(),
       logprobs: Vec::new(),
       top: Vec::new(),
@@ -259,54 +276,25 @@ pub fn batch_generate(
       finish: None,
     })
     .collect();
-  let max_stop = opts.stop.iter().map(String::len).max().unwrap_or(0);
+  let _ = memory::reset_peak_memory();
+  let t0 = Instant::now();
+  let mut next = batch.insert_batch(&new_rows)?;
+  let prompt_time = t0.elapsed().as_secs_f64();
+  let t1 = Instant::now();
   loop {
-    let got = cur.read()?;
-    for (row, (t, lp, top)) in rows.iter_mut().zip(got) {
-      if row.finish.is_some() {
-        continue;
-      }
-      crate::generate::check_finite_logprob(lp, row.tokens.len(), cfg.allow_nan)?;
-      row.tokens.push(t);
-      row.logprobs.push(lp);
-      row.top.push(top);
-      if tokenizer.is_eos(t as u32) {
-        row.finish = Some(FinishReason::Stop);
-        continue;
-      }
-      if !opts.stop.is_empty() {
-        let ids: Vec<u32> = row.tokens.iter().map(|&x| x as u32).collect();
-        let text = tokenizer.decode(&ids, false)?;
-        let from = text.len().saturating_sub(max_stop + 8);
-        let from = (0..=from)
-          .rev()
-          .find(|&i| text.is_char_boundary(i))
-          .unwrap_or(0);
-        if let Some(pos) = opts
-          .stop
-          .iter()
-          .filter_map(|s| text[from..].find(s.as_str()).map(|p| p + from))
-          .min()
-        {
-          row.text = Some(text[..pos].to_string());
-          row.finish = Some(FinishReason::Stop);
-          continue;
-        }
-      }
-      if row.tokens.len() >= cfg.max_tokens {
-        row.finish = Some(FinishReason::Length);
+    for t in &next {
+      let row = rows
+        .iter_mut()
+        .find(|r| r.id == t.id)
+        .ok_or_else(|| bad("internal: a token for an unknown row"))?;
+      if row.push(t, tokenizer, opts)? {
+        batch.remove(row.id)?;
       }
     }
-    if rows.iter().all(|r| r.finish.is_some()) {
+    if batch.is_empty() {
       break;
     }
-    for v in valid.iter_mut() {
-      v.push(true);
-    }
-    let x = ops::reshape(&cur.y, &[b as i32, 1])?;
-    let h = model.hidden_padded(&x, &mut caches, &valid)?;
-    cur = step(&h, &mut sampler)?;
-    mlxrs_core::eval(&cur.outputs())?;
+    next = batch.step()?;
   }
   let gen_time = t1.elapsed().as_secs_f64();
   let total_prompt: usize = prompts.iter().map(Vec::len).sum();

@@ -7,9 +7,10 @@ use crate::batch::BATCH_MODEL_TYPES;
 use crate::model::{ALIASES, EMBEDDINGS_MODEL_TYPES, registry, supported_model_types};
 
 /// `model_type`s whose default caches include sliding-window (rotating)
-/// layers: speculative decoding works only until a window wraps, and
-/// `batch_generate` refuses them. (llama / smollm3 join them when their
-/// config's `layer_types` has `sliding_attention`.)
+/// layers: speculative decoding works only until a window wraps; those that
+/// batch do so through whole-width caches with the windows in their masks
+/// (`LanguageModel::make_batch_caches`). (llama / smollm3 join them when
+/// their config's `layer_types` has `sliding_attention`.)
 pub const SLIDING_MODEL_TYPES: &[&str] = &[
   "cohere2",
   "exaone4",
@@ -104,7 +105,8 @@ pub fn models_markdown() -> String {
      `models_doc` test of mlxrs-lm fails when this file differs (regenerate\n\
      with `MLXRS_BLESS=1 cargo test -p mlxrs-lm --test models_doc`).\n\n\
      Columns: **quantized** checkpoints (as `mlx_lm.convert -q` writes them);\n\
-     **batch** = `batch_generate` (left-padded prompts); **rotating** =\n\
+     **batch** = several rows at once (`batch_generate`, the server's batches:\n\
+     left-padded prompts); **rotating** =\n\
      rotating KV caches under `--max-kv-size`; **embeddings** = input-embeddings\n\
      entry (can be a VLM's text side); **speculative** = draft-model decoding\n\
      with trimmable caches (`-` here: sliding-window layers, which work only\n\

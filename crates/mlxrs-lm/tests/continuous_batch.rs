@@ -306,9 +306,16 @@ fn grouped_prefill_refuses_bad_rows_and_keeps_the_batch() {
   assert_eq!(g.step().unwrap().len(), 1);
 }
 
-/// A model that does not batch (recurrent state) takes one row at a time.
+/// A model that does not batch (recurrent state; attention that depends on
+/// absolute positions, which the padded rows' shared offset would shift)
+/// takes one row at a time.
 #[test]
 fn grouped_prefill_needs_a_batching_model() {
+  for name in ["hunyuan", "phi3small"] {
+    let m = model(name);
+    let g = BatchGenerator::new(m.model.as_ref(), 2048, 0).unwrap();
+    assert!(!g.batchable(), "{name}");
+  }
   let m = model("mamba");
   let cfg = RowConfig::default();
   let ps = vec![vec![1, 2, 3], vec![4, 5]];
@@ -332,10 +339,11 @@ fn grouped_prefill_needs_a_batching_model() {
 /// Sliding-window models batch through whole-width caches with the windows
 /// in their masks (`LanguageModel::make_batch_caches`): grouped prompts
 /// longer than the window (16 in these fixtures) still give each row its
-/// lone greedy tokens.
+/// lone greedy tokens; so do the other batching architectures without an
+/// mlx-lm batch reference here.
 #[test]
 fn grouped_prefill_sliding_window_models() {
-  for name in ["gemma3_text", "gpt_oss"] {
+  for name in ["gemma3_text", "gpt_oss", "gemma", "gemma2"] {
     let m = model(name);
     let vocab = m.model.vocab_size();
     let ps: Vec<Vec<i32>> = [23usize, 5, 31]
@@ -362,4 +370,35 @@ fn grouped_prefill_sliding_window_models() {
       );
     }
   }
+}
+
+/// `BATCH_MODEL_TYPES` (the `batch` column of docs/models.md) is exactly
+/// the set of fixture architectures whose `BatchGenerator` batches.
+#[test]
+fn batch_model_types_are_the_batching_fixtures() {
+  let dir = common::fixture("");
+  let mut names: Vec<String> = std::fs::read_dir(&dir)
+    .unwrap()
+    .filter_map(|e| e.ok())
+    .filter(|e| e.path().join("config.json").exists())
+    .map(|e| e.file_name().to_string_lossy().into_owned())
+    .filter(|n| !n.contains('-'))
+    .collect();
+  names.sort();
+  let mut wrong = Vec::new();
+  for name in &names {
+    let cfg: Value =
+      serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("config.json")).unwrap())
+        .unwrap();
+    let mt = cfg["model_type"].as_str().unwrap().to_string();
+    let (m, _) =
+      mlxrs_lm::load_model_dir(&dir.join(name), Some(mlxrs_core::Dtype::Float32)).unwrap();
+    let batches = BatchGenerator::new(m.as_ref(), 2048, 0)
+      .unwrap()
+      .batchable();
+    if batches != mlxrs_lm::batch::BATCH_MODEL_TYPES.contains(&mt.as_str()) {
+      wrong.push(format!("{mt}: batches {batches}"));
+    }
+  }
+  assert!(wrong.is_empty(), "BATCH_MODEL_TYPES disagrees: {wrong:?}");
 }

@@ -350,15 +350,17 @@ fn batch_stops_rows_independently() {
 #[test]
 fn batch_refuses_unsupported_models_and_input() {
   let g = model("gemma3_text");
+  let mut kv = greedy(4);
+  kv.step.kv_bits = Some(8);
   let e = batch_generate(
     g.model.as_ref(),
     g.tokenizer.as_ref().unwrap(),
     &[vec![1, 2], vec![3]],
-    &greedy(4),
+    &kv,
   )
   .err()
   .unwrap();
-  assert!(e.to_string().contains("rotating (sliding-window)"), "{e}");
+  assert!(e.to_string().contains("--kv-bits"), "{e}");
   // An architecture without `hidden_padded` (the trait's default).
   let (inner, _) =
     mlxrs_lm::load_model_dir(&common::fixture("qwen3"), Some(Dtype::Float32)).unwrap();
@@ -393,27 +395,64 @@ fn batch_refuses_unsupported_models_and_input() {
 }
 
 #[test]
-fn batch_gemma2_rows_equal_single_prompts() {
+fn batch_sliding_window_rows_equal_single_prompts() {
   // mlx-lm's batch_generate fails on gemma2 (see scripts/make_lm_spec_refs.py),
-  // so its rows are checked against single-prompt generation only.
-  let m = model("gemma2");
+  // so these rows are checked against single-prompt generation only;
+  // gemma3_text and gpt_oss (window 16) batch through whole-width caches
+  // with the windows in their masks, prompts padded past the window.
+  for name in ["gemma2", "gemma3_text", "gpt_oss"] {
+    let m = model(name);
+    let tok = m.tokenizer.as_ref().unwrap();
+    let mut prompts: Vec<Vec<u32>> = refjson("qwen3", "reference_batch.json")["prompts"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|p| tok.encode(p.as_str().unwrap(), true).unwrap())
+      .collect();
+    prompts.push((0..40).map(|j| (5 * j + 11) % 200).collect());
+    let outs = batch_generate(m.model.as_ref(), tok, &prompts, &greedy(12)).unwrap();
+    for (i, (o, p)) in outs.iter().zip(&prompts).enumerate() {
+      let single = generate(&m, p, &greedy(12)).unwrap();
+      assert_eq!(o.tokens, single.tokens, "{name} row {i}");
+      assert_eq!(o.text, single.text, "{name} row {i}");
+    }
+    eprintln!(
+      "{name}: {} prompts, 12 greedy tokens each equal single-prompt mlxrs",
+      prompts.len()
+    );
+  }
+}
+
+/// Each row keeps the step's logits processors and samples from its own
+/// seed (`seed + row`): row `i` equals a lone run with that seed.
+#[test]
+fn batch_rows_sample_and_penalise_as_lone_runs() {
+  let m = model("qwen3");
   let tok = m.tokenizer.as_ref().unwrap();
-  let prompts: Vec<Vec<u32>> = refjson("qwen3", "reference_batch.json")["prompts"]
+  let prompts: Vec<Vec<u32>> = refjson("qwen3", "reference_batch.json")["prompt_ids"]
     .as_array()
     .unwrap()
     .iter()
-    .map(|p| tok.encode(p.as_str().unwrap(), true).unwrap())
+    .map(u32s)
     .collect();
-  let outs = batch_generate(m.model.as_ref(), tok, &prompts, &greedy(12)).unwrap();
-  for (i, (o, p)) in outs.iter().zip(&prompts).enumerate() {
-    let single = generate(&m, p, &greedy(12)).unwrap();
-    assert_eq!(o.tokens, single.tokens, "gemma2 row {i}");
-    assert_eq!(o.text, single.text, "gemma2 row {i}");
+  let mut pen = greedy(12);
+  pen.step.logits = LogitsConfig {
+    repetition_penalty: Some(1.5),
+    presence_penalty: Some(0.5),
+    ..LogitsConfig::new()
+  };
+  let mut sampled = greedy(12);
+  sampled.step.sampler.temp = 1.0;
+  sampled.step.sampler.seed = Some(3);
+  for opts in [&pen, &sampled] {
+    let outs = batch_generate(m.model.as_ref(), tok, &prompts, opts).unwrap();
+    for (i, (o, p)) in outs.iter().zip(&prompts).enumerate() {
+      let mut lone = opts.clone();
+      lone.step.sampler.seed = opts.step.sampler.seed.map(|s| s + i as u64);
+      let single = generate(&m, p, &lone).unwrap();
+      assert_eq!(o.tokens, single.tokens, "row {i}");
+    }
   }
-  eprintln!(
-    "gemma2: {} prompts, 12 greedy tokens each equal single-prompt mlxrs",
-    prompts.len()
-  );
 }
 
 #[test]

@@ -19,7 +19,7 @@ fn models_doc_is_fresh() {
 }
 
 /// An unknown `model_type` is refused with every supported type listed;
-/// batch-capable types have trimmable (non-sliding) caches.
+/// batch-capable types keep keys and values (no recurrent state).
 #[test]
 fn unknown_model_type_lists_supported() {
   let e = mlxrs_lm::build_model(&serde_json::json!({"model_type": "no_such_arch"}))
@@ -30,8 +30,8 @@ fn unknown_model_type_lists_supported() {
     assert!(e.contains(m.model_type), "{e} lacks {}", m.model_type);
     if m.batch {
       assert!(
-        m.speculative,
-        "{}: batch needs standard caches",
+        !m.recurrent,
+        "{}: batch needs key/value caches",
         m.model_type
       );
     }

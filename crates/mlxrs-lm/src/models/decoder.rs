@@ -169,6 +169,9 @@ pub(crate) struct Decoder {
   opts: DecoderOpts,
   /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
   ckpt: Trainable,
+  /// Why left-padded batches are refused, if they are
+  /// ([`Decoder::without_padded_batches`]).
+  no_padded: Option<&'static str>,
 }
 
 impl Module for Decoder {
@@ -239,7 +242,17 @@ impl Decoder {
       lm_head,
       opts,
       ckpt: None,
+      no_padded: None,
     }
+  }
+
+  /// The same model refusing left-padded batches
+  /// ([`LanguageModel::hidden_padded`] is then an error saying `why`):
+  /// for layers whose attention scores depend on absolute positions, which
+  /// the padded batches' shared cache offset would shift for padded rows.
+  pub fn without_padded_batches(mut self, why: &'static str) -> Decoder {
+    self.no_padded = Some(why);
+    self
   }
 
   /// The same model with its parameters under `names`.
@@ -357,6 +370,11 @@ impl LanguageModel for Decoder {
     caches: &mut [KvCache],
     key_valid: &[Vec<bool>],
   ) -> Result<Array> {
+    if let Some(why) = self.no_padded {
+      return Err(mlxrs_core::Error::InvalidArgument(format!(
+        "batched generation (left-padded prompts) is not supported for this architecture: {why}"
+      )));
+    }
     crate::batch::check_padded_caches(caches)?;
     self.run(self.embed_tokens(tokens)?, caches, Some(key_valid), None)
   }

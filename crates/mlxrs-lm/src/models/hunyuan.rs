@@ -341,20 +341,25 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       num_experts: a.num_experts,
     }));
   }
-  Ok(Box::new(Decoder::new(
-    Embedding::new(a.vocab_size, h),
-    layers,
-    Box::new(RmsNorm::new(h, eps)),
-    "norm",
-    None,
-    DecoderOpts {
-      vocab_size: a.vocab_size,
-      window: None,
-      logit_scale: None,
-      embed_scale: None,
-      tied: true,
-      stack_experts: None,
-      sanitize: None,
-    },
-  )))
+  Ok(Box::new(
+    Decoder::new(
+      Embedding::new(a.vocab_size, h),
+      layers,
+      Box::new(RmsNorm::new(h, eps)),
+      "norm",
+      None,
+      DecoderOpts {
+        vocab_size: a.vocab_size,
+        window: None,
+        logit_scale: None,
+        embed_scale: None,
+        tied: true,
+        stack_experts: None,
+        sanitize: None,
+      },
+    )
+    .without_padded_batches(
+      "its q/k norms come after RoPE, so attention depends on absolute positions",
+    ),
+  ))
 }

@@ -423,7 +423,8 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
     layers: "layers",
     norm: "final_layernorm",
     head: "lm_head",
-  });
+  })
+  .without_padded_batches("its block-sparse attention masks by absolute position blocks");
   let ids: Vec<i32> = dummy_ids()
     .into_iter()
     .filter(|i| *i < a.vocab_size)
