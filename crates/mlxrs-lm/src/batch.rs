@@ -232,12 +232,10 @@ pub fn batch_generate(
     .filter(|&t| t < vocab)
     .unwrap_or(0);
   let mut batch = BatchGenerator::new(model, cfg.prefill_step_size, pad_id)?;
-  if prompts.len() > 1 && !batch.batchable() {
-    return Err(bad(format!(
-      "batched generation (left-padded prompts) is not implemented for this architecture; \
-       supported: {}",
-      BATCH_MODEL_TYPES.join(", ")
-    )));
+  if prompts.len() > 1
+    && let Some(why) = batch.batch_refusal()
+  {
+    return Err(bad(why.to_string()));
   }
   let ids: Vec<Vec<i32>> = prompts
     .iter()

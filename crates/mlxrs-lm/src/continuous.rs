@@ -217,7 +217,8 @@ pub struct BatchGenerator<'m> {
   valid: Vec<Vec<bool>>,
   rows: Vec<RowState>,
   prefill_step_size: usize,
-  batchable: bool,
+  /// Why rows cannot run together (`None`: they can).
+  refusal: Option<String>,
   /// A joining row whose prefill is spread over several loop turns
   /// ([`BatchGenerator::start`]).
   pending: Option<Pending>,
@@ -392,10 +393,22 @@ impl<'m> BatchGenerator<'m> {
         && !c.is_recurrent()
         && c.chunk_size().is_none()
     });
-    let batchable = standard && {
+    let refusal = if !standard {
+      Some(
+        "batched generation needs plain key/value caches; this model keeps recurrent, rotating, \
+         quantized or chunked caches"
+          .to_string(),
+      )
+    } else {
       let mut probe = fresh();
       let x = Array::from_slice(&[pad_id], &[1, 1])?;
-      model.hidden_padded(&x, &mut probe, &[vec![true]]).is_ok()
+      model
+        .hidden_padded(&x, &mut probe, &[vec![true]])
+        .err()
+        .map(|e| match e {
+          Error::InvalidArgument(m) => m,
+          other => other.to_string(),
+        })
     };
     Ok(BatchGenerator {
       model,
@@ -403,7 +416,7 @@ impl<'m> BatchGenerator<'m> {
       valid: Vec::new(),
       rows: Vec::new(),
       prefill_step_size,
-      batchable,
+      refusal,
       pending: None,
       draft: None,
       pad_id,
@@ -422,7 +435,13 @@ impl<'m> BatchGenerator<'m> {
   /// Whether more than one row can run at once (the architecture has
   /// [`LanguageModel::hidden_padded`] and standard caches).
   pub fn batchable(&self) -> bool {
-    self.batchable
+    self.refusal.is_none()
+  }
+
+  /// Why more than one row cannot run at once (the model's own reason),
+  /// `None` when [`BatchGenerator::batchable`].
+  pub fn batch_refusal(&self) -> Option<&str> {
+    self.refusal.as_deref()
   }
 
   /// Rows running.
@@ -451,7 +470,7 @@ impl<'m> BatchGenerator<'m> {
   /// Whether a prompt of `len` tokens can join now: always into an empty
   /// batch; otherwise only for a batchable model and `len <= width`.
   pub fn fits(&self, len: usize) -> bool {
-    self.rows.is_empty() || (self.batchable && len <= self.width())
+    self.rows.is_empty() || (self.batchable() && len <= self.width())
   }
 
   /// Bytes held by the batch caches.
@@ -512,7 +531,7 @@ impl<'m> BatchGenerator<'m> {
   /// joins ([`BatchGenerator::join_width`]).
   pub fn can_start(&self, len: usize) -> bool {
     self.pending.is_none()
-      && (self.rows.is_empty() || (self.batchable && len <= self.join_width(len)))
+      && (self.rows.is_empty() || (self.batchable() && len <= self.join_width(len)))
   }
 
   /// The id of the row whose prefill is pending, if any.
@@ -578,11 +597,12 @@ impl<'m> BatchGenerator<'m> {
       return Err(bad("another prefill is pending"));
     }
     let joining = !self.rows.is_empty();
-    if (group.len() > 1 || joining) && !self.batchable {
-      return Err(bad(
-        "this architecture does not batch (no left-padded forward): one row at a time, into an \
-         empty batch",
-      ));
+    if (group.len() > 1 || joining)
+      && let Some(why) = &self.refusal
+    {
+      return Err(bad(format!(
+        "this model does not batch, one row at a time into an empty batch: {why}"
+      )));
     }
     let longest = group.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
     let width = if joining { self.width() } else { longest };
@@ -719,7 +739,7 @@ impl<'m> BatchGenerator<'m> {
   /// no sliding-window layers (a joining prompt's forward takes one
   /// explicit mask for every layer, which has no window).
   pub fn embeddings_can_join(&self) -> bool {
-    self.batchable && self.model.make_batch_caches().is_none()
+    self.batchable() && self.model.make_batch_caches().is_none()
   }
 
   /// Start row `id` from its prompt's input embeddings (a vision-language
@@ -1300,7 +1320,7 @@ impl<'m> BatchGenerator<'m> {
     let Some(i) = self.rows.iter().position(|r| r.id == id) else {
       return Ok(None);
     };
-    if self.rows[i].pad != 0 || !self.batchable {
+    if self.rows[i].pad != 0 || !self.batchable() {
       return Ok(None);
     }
     let w = self.width() as i32;
