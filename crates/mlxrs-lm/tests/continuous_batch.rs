@@ -324,7 +324,10 @@ fn grouped_prefill_needs_a_batching_model() {
   let mut g = BatchGenerator::new(m.model.as_ref(), 2048, 0).unwrap();
   assert!(!g.batchable());
   let e = g.insert_batch(&rows(&ps, &cfg, 0)).unwrap_err().to_string();
-  assert!(e.contains("does not batch") && e.contains("recurrent"), "{e}");
+  assert!(
+    e.contains("does not batch") && e.contains("recurrent"),
+    "{e}"
+  );
   assert!(g.is_empty());
   let t = g.insert_batch(&rows(&ps[..1], &cfg, 0)).unwrap();
   let (want, _) = single(&m, &ps[0], 1, LogitsConfig::default());
