@@ -131,16 +131,7 @@ fn draft_equals_greedy(draft: &str, accepts: bool) {
     assert!(accepted > 0.0, "{draft}: {accepted} of {drafted} accepted");
   }
   eprintln!("{draft}: {accepted} of {drafted} draft tokens accepted");
-  let answers: Vec<Value> = std::thread::scope(|sc| {
-    let hs: Vec<_> = prompts
-      .iter()
-      .map(|(p, n)| {
-        let s = &s;
-        sc.spawn(move || post(s, "/v1/completions", &json!({"prompt": p, "max_tokens": n})).1)
-      })
-      .collect();
-    hs.into_iter().map(|h| h.join().unwrap()).collect()
-  });
+  let answers = complete_concurrently(&s, &prompts);
   for ((p, _), (a, w)) in prompts.iter().zip(answers.iter().zip(&wants)) {
     assert_eq!(a["choices"][0]["text"], w.text.as_str(), "{p} (concurrent)");
   }
@@ -242,16 +233,7 @@ fn grouped_prefill_equals_lone_runs() {
     .iter()
     .map(|(p, n)| reference(&m, &tok.encode(p, true).unwrap(), &greedy(*n)))
     .collect();
-  let answers: Vec<Value> = std::thread::scope(|sc| {
-    let hs: Vec<_> = prompts
-      .iter()
-      .map(|(p, n)| {
-        let s = &s;
-        sc.spawn(move || post(s, "/v1/completions", &json!({"prompt": p, "max_tokens": n})).1)
-      })
-      .collect();
-    hs.into_iter().map(|h| h.join().unwrap()).collect()
-  });
+  let answers = complete_concurrently(&s, &prompts);
   for ((p, _), (a, w)) in prompts.iter().zip(answers.iter().zip(&wants)) {
     assert_eq!(a["choices"][0]["text"], w.text.as_str(), "{p}");
   }

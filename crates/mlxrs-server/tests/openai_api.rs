@@ -164,16 +164,7 @@ fn concurrent_equal_single(name: &str, batched: bool) {
     .iter()
     .map(|(p, n)| reference(&m, &tok.encode(p, true).unwrap(), &greedy(*n)))
     .collect();
-  let answers: Vec<Value> = std::thread::scope(|sc| {
-    let hs: Vec<_> = prompts
-      .iter()
-      .map(|(p, n)| {
-        let s = &s;
-        sc.spawn(move || post(s, "/v1/completions", &json!({"prompt": p, "max_tokens": n})).1)
-      })
-      .collect();
-    hs.into_iter().map(|h| h.join().unwrap()).collect()
-  });
+  let answers = complete_concurrently(&s, &prompts);
   for (i, (a, w)) in answers.iter().zip(&wants).enumerate() {
     assert_eq!(
       a["choices"][0]["text"],

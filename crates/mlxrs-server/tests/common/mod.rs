@@ -51,6 +51,24 @@ fn agent() -> ureq::Agent {
     .build()
 }
 
+/// `/v1/completions` for every `(prompt, max_tokens)` at once, one client
+/// thread each; the response bodies in order.
+pub fn complete_concurrently<P: AsRef<str> + Sync>(
+  s: &Server,
+  prompts: &[(P, usize)],
+) -> Vec<Value> {
+  std::thread::scope(|sc| {
+    let hs: Vec<_> = prompts
+      .iter()
+      .map(|(p, n)| {
+        let body = serde_json::json!({"prompt": p.as_ref(), "max_tokens": n});
+        sc.spawn(move || post(s, "/v1/completions", &body).1)
+      })
+      .collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
+  })
+}
+
 /// POST JSON; `(status, body)` for any status.
 pub fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
   let url = format!("http://{}{path}", s.addr());
