@@ -13,11 +13,11 @@ use crate::error::{Error, Result};
 use crate::generate::{StepConfig, TokenGenerator};
 use crate::model::{LanguageModel, build_model};
 
-/// Named shapes (config.json of the real models, weights random).
 /// Prompts prefilled together by [`run_batch_trial`] (python
 /// `BatchGenerator(prefill_batch_size=8)`).
 pub const PREFILL_BATCH_SIZE: usize = 8;
 
+/// Named shapes (config.json of the real models, weights random).
 pub const SHAPES: &[&str] = &[
   "llama-3.2-1b",
   "qwen3-0.6b",

@@ -580,10 +580,9 @@ impl<'m> BatchGenerator<'m> {
   /// [`BatchGenerator::insert`] makes. Into an empty batch the group starts
   /// it (its width: the longest prompt); joining running rows, every
   /// prompt must fit the batch's width ([`BatchGenerator::fits`]) and the
-  /// group is laid out for it. One row, or rows of one length into an
-  /// empty batch, give the tokens [`BatchGenerator::insert`] gives; other
-  /// rows' tokens equal a lone run's up to float rounding (RoPE scores
-  /// depend on position differences only). Every row is checked before
+  /// group is laid out for it. One unpadded row runs the computation of
+  /// [`BatchGenerator::insert`]; other rows' tokens equal a lone run's up
+  /// to float rounding (RoPE scores depend on position differences only). Every row is checked before
   /// anything runs; an error (a bad row, a duplicate id, another prefill
   /// pending, non-finite logits) names the row and leaves the batch as it
   /// was, so a caller can fall back to inserting rows one by one. A model

@@ -133,6 +133,9 @@ struct Waiting {
   /// A vision prompt with its own attention mask: starts only into an
   /// empty batch.
   alone: bool,
+  /// A group holding this row failed ([`Engine::insert_group`]): it
+  /// starts on its own.
+  solo: bool,
   params: Arc<GenParams>,
   events: UnboundedSender<Event>,
   arrived: Instant,
@@ -354,6 +357,7 @@ impl Engine<'_> {
         prompt: Arc::clone(&prompt),
         vision: vision.clone(),
         alone: false,
+        solo: false,
         params: Arc::clone(&params),
         events: j.events.clone(),
         arrived: j.arrived,
@@ -563,6 +567,7 @@ impl Engine<'_> {
       let len = w.prompt.len();
       if n == max
         || w.vision.is_some()
+        || w.solo
         || (joining && (len > width || len > self.cfg.prefill_step_size))
       {
         break;
@@ -585,8 +590,10 @@ impl Engine<'_> {
 
   /// Prefill `group` ([`Engine::take_group`]) as one batch
   /// ([`mlxrs_lm::BatchGenerator::insert_batch`]). If the group is refused
-  /// (a bad row, NaN logits), every row starts on its own instead, so a
-  /// failing request fails alone.
+  /// (a bad row, NaN logits; the batch is then unchanged), its rows go back
+  /// to the front of the queue, in order, to start one by one through the
+  /// lone-row admission (each when it fits), so a failing request fails
+  /// alone.
   fn insert_group(&mut self, group: Vec<Waiting>) {
     if let Some(vlm) = self.vlm {
       vlm.clear_prompt();
@@ -618,8 +625,12 @@ impl Engine<'_> {
         }
       }
       Err(_) => {
-        for w in group {
-          self.insert(w);
+        self
+          .metrics
+          .queue_depth
+          .fetch_add(group.len(), Ordering::Relaxed);
+        for w in group.into_iter().rev() {
+          self.waiting.push_front(Waiting { solo: true, ..w });
         }
       }
     }

@@ -71,6 +71,30 @@ fn nan_logits_are_an_error() {
   assert_ne!(st, 200, "{r}");
   let msg = r["error"]["message"].as_str().unwrap_or("");
   assert!(msg.contains("non-finite logits"), "{r}");
+  // Three choices are prefilled as one group; the group fails on the NaN
+  // guard, its rows go back to the queue and start one by one, each
+  // failing alone with the same message; the server keeps answering.
+  let (st, r) = post(
+    &s,
+    "/v1/completions",
+    &json!({"prompt": "Hello world", "max_tokens": 8, "n": 3}),
+  );
+  assert_ne!(st, 200, "{r}");
+  let msg = r["error"]["message"].as_str().unwrap_or("");
+  assert!(msg.contains("non-finite logits"), "{r}");
+  assert_eq!(metric(&s, "mlxrs_prefill_groups_total"), 0.0);
+  // The answer leaves with the first choice's error; the other rows drain.
+  let t = std::time::Instant::now();
+  while metric(&s, "mlxrs_queue_depth") != 0.0 && t.elapsed().as_secs() < 10 {
+    std::thread::sleep(std::time::Duration::from_millis(5));
+  }
+  assert_eq!(metric(&s, "mlxrs_queue_depth"), 0.0);
+  let (st, _) = post(
+    &s,
+    "/v1/completions",
+    &json!({"prompt": "Hello", "max_tokens": 2}),
+  );
+  assert_ne!(st, 200);
   drop(s);
   let _ = std::fs::remove_dir_all(&d);
 }
