@@ -315,6 +315,41 @@ impl Array {
     Ok(out)
   }
 
+  /// [`Array::to_vec`] for an array that an evaluation has already queued
+  /// ([`crate::async_eval`] returned, possibly on another thread): waits for
+  /// it and copies it out without evaluating anything and without the
+  /// process-wide evaluation lock. An array that is still unscheduled or not
+  /// row-contiguous is an error. Reached through
+  /// [`crate::eval_thread::Ready::read`], whose views satisfy the contract.
+  ///
+  /// # Safety
+  /// No evaluation running on another thread while this is called may take
+  /// this very array as a direct input of a node it evaluates: MLX updates
+  /// such an input's event and status without synchronization.
+  pub(crate) unsafe fn to_vec_queued<T: ArrayElement>(&mut self) -> Result<Vec<T>> {
+    self.ensure()?;
+    let actual = self.dtype();
+    if actual != T::DTYPE {
+      return Err(Error::DtypeMismatch {
+        actual,
+        requested: T::DTYPE,
+      });
+    }
+    let n = self.size();
+    let mut out = vec![T::default(); n];
+    // SAFETY: `out` spans `n * size_of::<T>()` bytes of this dtype; the C
+    // layer only waits for the queued array and copies it (the caller
+    // upholds that no concurrent evaluation takes it as an input).
+    check(unsafe {
+      mlxrs_sys::mlxrs_array_copy_queued(
+        out.as_mut_ptr().cast(),
+        n * std::mem::size_of::<T>(),
+        self.0,
+      )
+    })?;
+    Ok(out)
+  }
+
   /// The single element of a 1-element array (python `a.item()`). `T` must
   /// be the dtype.
   pub fn item<T: ArrayElement>(&mut self) -> Result<T> {

@@ -15,6 +15,7 @@ pub mod distributed;
 pub mod dtype;
 pub mod error;
 mod eval_lock;
+pub mod eval_thread;
 pub mod export;
 pub mod fast;
 pub mod fft;
@@ -36,7 +37,9 @@ pub use dtype::{ArrayElement, Dtype};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use num_complex::Complex32;
-pub use stream::{Stream, default_stream, synchronize, with_device, with_stream};
+pub use stream::{
+  Stream, default_stream, synchronize, with_default_stream, with_device, with_stream,
+};
 pub use transforms::{async_eval, eval};
 
 /// The MLX version mlxrs is built against (python `mx.__version__`).

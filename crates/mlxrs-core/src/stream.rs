@@ -113,6 +113,36 @@ pub fn with_stream<R>(stream: &Stream, f: impl FnOnce() -> R) -> R {
   f()
 }
 
+/// Run `f` with `stream` as MLX's own default stream of its device on this
+/// thread (C++ `mx::set_default_stream`), restoring the previous one after.
+/// Unlike [`with_stream`], mlxrs ops in `f` pass no stream of their own and
+/// follow MLX's default, as do the ops MLX makes by itself and the compiled
+/// functions (MLX keys its compile cache on its default stream), so
+/// everything `f` builds is on `stream`. Inside `f`, an inner
+/// [`with_stream`] still takes precedence.
+pub fn with_default_stream<R>(stream: &Stream, f: impl FnOnce() -> R) -> Result<R> {
+  let prev = Stream::default_for(stream.device()?)?;
+  struct Restore(Stream);
+  impl Drop for Restore {
+    fn drop(&mut self) {
+      // SAFETY: live stream handle owned by `self`.
+      unsafe { mlxrs_sys::mlx_set_default_stream(self.0.0) };
+      STREAM_STACK.with(|s| s.borrow_mut().pop());
+    }
+  }
+  // SAFETY: live stream handle.
+  check(unsafe { mlxrs_sys::mlx_set_default_stream(stream.0) })?;
+  // A NULL entry: ops use MLX's default stream, even under an outer
+  // `with_stream`.
+  STREAM_STACK.with(|s| {
+    s.borrow_mut().push(Stream(mlx_stream {
+      ctx: std::ptr::null_mut(),
+    }))
+  });
+  let _restore = Restore(prev);
+  Ok(f())
+}
+
 /// Run `f` with ops on the default stream of `device` (python
 /// `with mx.stream(mx.cpu): ...`).
 pub fn with_device<R>(device: Device, f: impl FnOnce() -> R) -> Result<R> {

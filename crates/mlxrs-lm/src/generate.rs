@@ -1,9 +1,12 @@
 //! Token generation: mlx-lm's `generate_step` — chunked prefill, then a
 //! decode loop that queues step `n + 1` on the device (`async_eval`) before
 //! reading step `n`'s token, so the host never waits on the GPU except for
-//! the one sampled id.
+//! the one sampled id. On a GPU the queueing itself (MLX encoding every
+//! kernel of the step) runs on an evaluation thread
+//! ([`mlxrs_core::eval_thread`]) while this thread builds the next step.
 
-use mlxrs_core::{Array, Error, Result, ops};
+use mlxrs_core::eval_thread::{EvalThread, Queued, Ready};
+use mlxrs_core::{Array, Device, Error, Result, ops};
 use mlxrs_nn::KvCache;
 
 use crate::model::LanguageModel;
@@ -161,15 +164,29 @@ impl StepArrays {
   /// Host copies: per row `(token, logprob, top)`. Builds no graph node
   /// (see [`StepArrays::new`]): it only waits for this step's own arrays.
   pub(crate) fn read(&self) -> Result<Vec<RowStep>> {
-    let mut y = self.y.clone();
-    let toks = y.to_vec::<i32>()?;
-    let mut lp = self.token_lp.clone();
-    let lps = lp.to_vec::<f32>()?;
+    let outs = self.outputs();
+    let at = |i: usize| outs[i].clone();
+    self.rows(|i| at(i).to_vec::<i32>(), |i| at(i).to_vec::<f32>())
+  }
+
+  /// [`StepArrays::read`] of a step queued on an [`EvalThread`] with
+  /// `reads` = [`StepArrays::outputs`].
+  fn read_ready(&self, ready: &Ready) -> Result<Vec<RowStep>> {
+    self.rows(|i| ready.read::<i32>(i), |i| ready.read::<f32>(i))
+  }
+
+  /// The rows from the host copies of [`StepArrays::outputs`]`[i]`.
+  fn rows(
+    &self,
+    ints: impl Fn(usize) -> Result<Vec<i32>>,
+    floats: impl Fn(usize) -> Result<Vec<f32>>,
+  ) -> Result<Vec<RowStep>> {
+    let toks = ints(0)?;
+    let lps = floats(1)?;
     let tops = match &self.top {
-      Some((ids, vals)) => {
+      Some((ids, _)) => {
         let k = ids.dim(-1).unwrap_or(0) as usize;
-        let (mut ids, mut vals) = (ids.clone(), vals.clone());
-        let (ids, vals) = (ids.to_vec::<i32>()?, vals.to_vec::<f32>()?);
+        let (ids, vals) = (ints(2)?, floats(3)?);
         (0..toks.len())
           .map(|r| {
             let mut row: Vec<(i32, f32)> =
@@ -189,6 +206,31 @@ impl StepArrays {
         .map(|((t, l), tp)| (t, l, tp))
         .collect(),
     )
+  }
+}
+
+/// A decode step built and queued (or evaluated), waiting to be read.
+struct Pending {
+  st: StepArrays,
+  /// The evaluation thread's receipt, when the step was queued there.
+  queued: Option<Queued>,
+}
+
+impl Pending {
+  fn new(st: StepArrays) -> Pending {
+    Pending { st, queued: None }
+  }
+
+  /// The step's tokens and log-probabilities; with an evaluation thread,
+  /// once it has queued the step, and the time its `async_eval` took.
+  fn read(self) -> Result<(Vec<RowStep>, Option<std::time::Duration>)> {
+    match self.queued {
+      Some(q) => {
+        let ready = q.wait()?;
+        Ok((self.st.read_ready(&ready)?, Some(ready.took)))
+      }
+      None => Ok((self.st.read()?, None)),
+    }
   }
 }
 
@@ -249,12 +291,15 @@ fn rows(e: &Array, start: usize, stop: usize) -> Result<Array> {
 /// Iterator over generated tokens (python `generate_step(prompt, model)`).
 pub struct TokenGenerator<'m> {
   model: &'m dyn LanguageModel,
-  /// Per-layer caches (reusable as a prompt cache after generation).
-  pub caches: Vec<KvCache>,
+  /// Per-layer caches (reusable as a prompt cache after generation:
+  /// [`TokenGenerator::into_caches`]).
+  caches: Vec<KvCache>,
   sampler: Sampler,
   logits_cfg: LogitsConfig,
   tokens: Vec<i32>,
-  pending: Option<StepArrays>,
+  pending: Option<Pending>,
+  /// Where decode steps are queued: `None` queues them on this thread.
+  eval_thread: Option<&'static EvalThread>,
   top_logprobs: usize,
   produced: usize,
   max_tokens: usize,
@@ -271,16 +316,19 @@ pub struct TokenGenerator<'m> {
 }
 
 /// Host time of the pipelined decode loop, split by phase: building step
-/// `n + 1`'s graph, queueing it (`async_eval`: MLX encodes every kernel on
-/// this thread), and waiting for step `n`'s token. On a GPU the device
-/// runs step `n + 1` during the wait for step `n`, so when `wait` is near
-/// zero the host is the bottleneck, not the device.
+/// `n + 1`'s graph, queueing it (`async_eval`: MLX encodes every kernel; on
+/// the evaluation thread, if one is used, while this thread goes on), and
+/// waiting for step `n`'s token (with an evaluation thread: for its
+/// queueing to finish, then for the token). On a GPU the device runs step
+/// `n + 1` during the wait for step `n`, so when `wait` is near zero the
+/// host is the bottleneck, not the device.
 #[derive(Default)]
 struct DecodeTiming {
   steps: u32,
   build: std::time::Duration,
   queue: std::time::Duration,
   wait: std::time::Duration,
+  threaded: bool,
 }
 
 /// With `MLXRS_DECODE_DOT=FILE` (and `MLXRS_DECODE_TIMING=1`), the graph of
@@ -306,10 +354,15 @@ impl Drop for DecodeTiming {
     }
     let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / self.steps as f64;
     eprintln!(
-      "decode timing over {} steps, per step: build {:.0} us, queue (async_eval) {:.0} us, \
+      "decode timing over {} steps, per step: build {:.0} us, queue (async_eval{}) {:.0} us, \
        wait for token {:.0} us",
       self.steps,
       us(self.build),
+      if self.threaded {
+        ", on the evaluation thread"
+      } else {
+        ""
+      },
       us(self.queue),
       us(self.wait)
     );
@@ -421,6 +474,7 @@ impl<'m> TokenGenerator<'m> {
       logits_cfg: cfg.logits.clone(),
       tokens: Vec::new(),
       pending: None,
+      eval_thread: None,
       produced: 0,
       max_tokens: cfg.max_tokens,
       return_logprobs: cfg.return_logprobs,
@@ -475,9 +529,63 @@ impl<'m> TokenGenerator<'m> {
       None => g.step_tokens(last)?,
     };
     mlxrs_core::eval(&st.outputs())?;
+    let st = Pending::new(st);
     g.prompt_time = t0.elapsed().as_secs_f64();
     g.pending = Some(st);
+    // The evaluation thread: by default on a GPU, where queueing a step
+    // costs the host more than building it (`MLXRS_EVAL_THREAD=0` / `1`
+    // turns it off / on for any device).
+    let threaded = match std::env::var("MLXRS_EVAL_THREAD").as_deref() {
+      Ok("0") => false,
+      Ok("1") => true,
+      _ => Device::default_is_gpu(),
+    };
+    g.set_eval_thread(threaded)?;
     Ok(g)
+  }
+
+  /// Queue decode steps on the process's evaluation thread
+  /// ([`mlxrs_core::eval_thread`]) while this thread builds the next one
+  /// (`true`), or on this thread (`false`); the tokens are the same. On by
+  /// default on a GPU. Generation that needs a step's token on the host
+  /// before it can build the next step (logits processors), quantizes its
+  /// KV cache, or whose model evaluates inside its forward pass
+  /// ([`LanguageModel::evaluates_in_forward`]) stays on this thread.
+  /// Returns whether steps now go to the evaluation thread.
+  pub fn set_eval_thread(&mut self, on: bool) -> Result<bool> {
+    let possible =
+      !self.logits_cfg.is_active() && self.kv_quant.is_none() && !self.model.evaluates_in_forward();
+    self.eval_thread = if on && possible {
+      // Whatever the steps carry over from this thread (the caches, the
+      // sampler's key chain) is evaluated here: a node still lazy on this
+      // thread's stream could not be evaluated on the evaluation thread.
+      let mut held: Vec<Array> = self.caches.iter().flat_map(KvCache::held_arrays).collect();
+      held.extend(self.sampler.key().cloned());
+      self.settle();
+      mlxrs_core::eval(&held)?;
+      Some(EvalThread::shared(Device::default_device()?)?)
+    } else {
+      None
+    };
+    if let Some(t) = self.timing.as_mut() {
+      t.threaded = self.eval_thread.is_some();
+    }
+    Ok(self.eval_thread.is_some())
+  }
+
+  /// The caches, a prompt cache for the next turn (python passes its
+  /// `prompt_cache` list in and reads it after), once any queued step is.
+  pub fn into_caches(mut self) -> Vec<KvCache> {
+    self.settle();
+    std::mem::take(&mut self.caches)
+  }
+
+  /// Wait until a step sent to the evaluation thread is queued, so that
+  /// this thread may evaluate graphs that start from the caches.
+  fn settle(&mut self) {
+    if let Some(q) = self.pending.as_mut().and_then(|p| p.queued.take()) {
+      let _ = q.wait();
+    }
   }
 
   /// mlx-lm's `maybe_quantize_kv_cache`: once a standard cache holds more
@@ -503,6 +611,12 @@ impl<'m> TokenGenerator<'m> {
   fn step_tokens(&mut self, input: &[i32]) -> Result<StepArrays> {
     let x = Array::from_slice(input, &[1, input.len() as i32])?;
     self.step_array(&x, input)
+  }
+
+  /// One decode step from the previous step's sampled id `y` `[1]`.
+  fn decode_step(&mut self, y: &Array) -> Result<Pending> {
+    let x = ops::reshape(y, &[1, 1])?;
+    Ok(Pending::new(self.step_array(&x, &[])?))
   }
 
   fn step_array(&mut self, x: &Array, host_tokens: &[i32]) -> Result<StepArrays> {
@@ -540,40 +654,51 @@ impl<'m> TokenGenerator<'m> {
     let needs_host = self.logits_cfg.is_active();
     let t0 = self.timing.as_ref().map(|_| std::time::Instant::now());
     if self.produced + 1 < self.max_tokens && !needs_host {
-      let x = ops::reshape(&cur.y, &[1, 1])?;
-      let next = self.step_array(&x, &[])?;
+      let mut next = match self.eval_thread {
+        Some(t) => mlxrs_core::with_default_stream(&t.stream(), || self.decode_step(&cur.st.y))??,
+        None => self.decode_step(&cur.st.y)?,
+      };
       let t1 = t0.map(|_| std::time::Instant::now());
       if self.timing.as_ref().is_some_and(|t| t.steps == 0) {
-        write_step_graph(&next.outputs())?;
+        write_step_graph(&next.st.outputs())?;
       }
-      mlxrs_core::async_eval(&next.outputs())?;
+      match self.eval_thread {
+        Some(t) => {
+          let outs = next.st.outputs();
+          next.queued = Some(t.queue(outs.clone(), &outs)?);
+        }
+        None => mlxrs_core::async_eval(&next.st.outputs())?,
+      }
       if let (Some(tm), Some(t0), Some(t1)) = (self.timing.as_mut(), t0, t1) {
         tm.build += t1 - t0;
-        tm.queue += t1.elapsed();
+        if self.eval_thread.is_none() {
+          tm.queue += t1.elapsed();
+        }
       }
       self.pending = Some(next);
     }
     let t2 = t0.map(|_| std::time::Instant::now());
-    let (token, logprob, top_logprobs) = cur
-      .read()?
+    let logprobs = if self.return_logprobs {
+      Some(ops::reshape(&cur.st.logprobs, &[-1])?)
+    } else {
+      None
+    };
+    let (rows, queued) = cur.read()?;
+    let (token, logprob, top_logprobs) = rows
       .into_iter()
       .next()
       .ok_or_else(|| Error::InvalidArgument("empty step".into()))?;
     if let (Some(tm), Some(t2)) = (self.timing.as_mut(), t2) {
       tm.wait += t2.elapsed();
+      tm.queue += queued.unwrap_or_default();
       tm.steps += 1;
     }
     check_finite_logprob(logprob, self.produced, self.allow_nan)?;
     if self.produced + 1 < self.max_tokens && needs_host {
       let next = self.step_tokens(&[token])?;
-      self.pending = Some(next);
+      self.pending = Some(Pending::new(next));
     }
     self.produced += 1;
-    let logprobs = if self.return_logprobs {
-      Some(ops::reshape(&cur.logprobs, &[-1])?)
-    } else {
-      None
-    };
     Ok(Some(Step {
       token,
       logprobs,
@@ -591,6 +716,14 @@ impl<'m> TokenGenerator<'m> {
   /// Generated so far.
   pub fn produced(&self) -> usize {
     self.produced
+  }
+}
+
+impl Drop for TokenGenerator<'_> {
+  fn drop(&mut self) {
+    // A step still being queued on the evaluation thread holds clones of
+    // the caches' arrays there; let it finish before they go.
+    self.settle();
   }
 }
 

@@ -42,6 +42,15 @@ pub trait LanguageModel: Send {
     ))
   }
 
+  /// Whether the forward pass evaluates arrays or reads them on the host
+  /// (a pipeline stage sends its activations; a mixture of experts that
+  /// picks its experts on the host). Such a model's decode steps are built
+  /// and queued on one thread (see [`crate::TokenGenerator::set_eval_thread`]).
+  /// Default: `false`, the forward pass only builds a graph.
+  fn evaluates_in_forward(&self) -> bool {
+    false
+  }
+
   /// Stack the projections that always run together (q/k/v, gate/up)
   /// into one matmul each, for inference: a decode step launches fewer
   /// kernels (no Python twin; mlx-lm runs them separately). The separate

@@ -125,6 +125,12 @@ impl Sampler {
     Ok(Sampler { cfg, key })
   }
 
+  /// The random key the next sample splits (`None` when greedy): a lazy
+  /// array until evaluated.
+  pub fn key(&self) -> Option<&Array> {
+    self.key.as_ref()
+  }
+
   /// Whether this is greedy decoding.
   pub fn is_greedy(&self) -> bool {
     self.cfg.temp == 0.0

@@ -275,7 +275,7 @@ impl<'m> TextStream<'m> {
   /// The caches (a prompt cache for the next turn), once the stream ends.
   pub fn into_cache(self) -> Vec<KvCache> {
     match self.tokens_gen {
-      Source::Plain(g) => g.caches,
+      Source::Plain(g) => g.into_caches(),
       Source::Speculative(g) => g.caches,
     }
   }

@@ -592,6 +592,30 @@ extern "C" int mlxrs_array_copy_data(void* dst, size_t nbytes, const mlx_array a
   MLXRS_CATCH
 }
 
+extern "C" int mlxrs_array_copy_queued(void* dst, size_t nbytes, const mlx_array arr) {
+  MLXRS_TRY
+  auto a = mlxrs::arr(arr);
+  if (nbytes != a.nbytes()) {
+    throw std::invalid_argument(
+        "mlxrs: destination size " + std::to_string(nbytes) +
+        " does not match the array's " + std::to_string(a.nbytes()) + " bytes");
+  }
+  if (a.status() == mx::array::Status::unscheduled) {
+    throw std::invalid_argument("mlxrs: the array has not been queued for evaluation");
+  }
+  a.wait();
+  if (!a.flags().row_contiguous) {
+    throw std::invalid_argument("mlxrs: a queued read needs a row-contiguous array");
+  }
+  if (nbytes > 0) {
+    if (dst == nullptr) {
+      throw std::invalid_argument("mlxrs: null destination");
+    }
+    std::memcpy(dst, a.data<char>(), nbytes);
+  }
+  MLXRS_CATCH
+}
+
 // ================================================================ vectors
 
 extern "C" mlx_vector_array mlx_vector_array_new(void) {
@@ -841,3 +865,4 @@ extern "C" int mlx_async_eval(const mlx_vector_array outputs) {
   mx::async_eval(mlxrs::vec(outputs));
   MLXRS_CATCH
 }
+

@@ -204,6 +204,13 @@ int mlx_array_item_float64(double* res, const mlx_array arr);
  * are made contiguous first. */
 int mlxrs_array_copy_data(void* dst, size_t nbytes, const mlx_array arr);
 
+/** Wait for `arr`, which an evaluation has already queued (`mlx_async_eval`
+ * returned), and copy its elements into `dst` without evaluating anything:
+ * fails if `arr` is still unscheduled or not row-contiguous. It touches only
+ * `arr` itself, so it may run while another thread evaluates graphs that do
+ * not take `arr` as a direct input (see `Array::to_vec_queued`). */
+int mlxrs_array_copy_queued(void* dst, size_t nbytes, const mlx_array arr);
+
 /* ---------------------------------------------------------------- vectors */
 
 typedef struct mlx_vector_array_ {

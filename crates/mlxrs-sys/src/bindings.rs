@@ -397,6 +397,18 @@ unsafe extern "C" {
         arr: mlx_array,
     ) -> ::core::ffi::c_int;
 }
+unsafe extern "C" {
+    /** Wait for `arr`, which an evaluation has already queued (`mlx_async_eval`
+ returned), and copy its elements into `dst` without evaluating anything:
+ fails if `arr` is still unscheduled or not row-contiguous. It touches only
+ `arr` itself, so it may run while another thread evaluates graphs that do
+ not take `arr` as a direct input (see `Array::to_vec_queued`).*/
+    pub fn mlxrs_array_copy_queued(
+        dst: *mut ::core::ffi::c_void,
+        nbytes: usize,
+        arr: mlx_array,
+    ) -> ::core::ffi::c_int;
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct mlx_vector_array_ {

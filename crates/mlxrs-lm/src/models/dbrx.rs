@@ -302,6 +302,8 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       layers: "blocks",
       norm: "norm_f",
       head: "lm_head",
-    }),
+    })
+    // A decoded token's experts are picked on the host, as mlx-lm does.
+    .with_host_reads(),
   ))
 }

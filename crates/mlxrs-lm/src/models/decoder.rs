@@ -172,6 +172,9 @@ pub(crate) struct Decoder {
   /// Why left-padded batches are refused, if they are
   /// ([`Decoder::without_padded_batches`]).
   no_padded: Option<&'static str>,
+  /// Its layers read arrays on the host in the forward pass
+  /// ([`LanguageModel::evaluates_in_forward`]).
+  host_reads: bool,
 }
 
 impl Module for Decoder {
@@ -243,6 +246,7 @@ impl Decoder {
       opts,
       ckpt: None,
       no_padded: None,
+      host_reads: false,
     }
   }
 
@@ -252,6 +256,13 @@ impl Decoder {
   /// the padded batches' shared cache offset would shift for padded rows.
   pub fn without_padded_batches(mut self, why: &'static str) -> Decoder {
     self.no_padded = Some(why);
+    self
+  }
+
+  /// The same model, saying that its layers read arrays on the host in the
+  /// forward pass ([`LanguageModel::evaluates_in_forward`]).
+  pub fn with_host_reads(mut self) -> Decoder {
+    self.host_reads = true;
     self
   }
 
@@ -337,6 +348,10 @@ impl Decoder {
 }
 
 impl LanguageModel for Decoder {
+  fn evaluates_in_forward(&self) -> bool {
+    self.host_reads
+  }
+
   fn fuse_projections(&mut self) -> Result<()> {
     for l in &self.model.layers {
       l.lock().fuse_projections()?;

@@ -406,6 +406,11 @@ impl LanguageModel for Llama {
     Module::visit(self, "", f);
   }
 
+  fn evaluates_in_forward(&self) -> bool {
+    // A pipeline stage evaluates its output to send it.
+    self.pipeline.is_some()
+  }
+
   fn set_pipeline(&mut self, stage: crate::pipeline::PipelineStage) -> Result<()> {
     if stage.layers() != self.model.layers.len() as i32 {
       return Err(mlxrs_core::Error::InvalidArgument(format!(
