@@ -29,14 +29,22 @@
 #      bf16 and f32), qwen3-0.6b step nodes and host split, both binaries
 #   O  batched decode with grouped prefill (session 11): llama bf16 batch 8
 #      and batch 32 vs mlx-lm's BatchGenerator and base (5 rounds each)
+#   T  the evaluation thread (session 12): tokens and logprobs with it on
+#      and off (tiny llama bf16, qwen3 bf16/f32), the host split of both,
+#      bench_lm.sh llama bf16 vs mlx-lm and the same binary with
+#      MLXRS_EVAL_THREAD=0 as base (5 rounds)
+#   U  bench_lm.sh qwen3 bf16, llama 4-bit, qwen3 4-bit (5 rounds each, the
+#      one-thread binary as base)
 # Everything it writes lands under $OUT.
 set -uo pipefail
-stage=${1:?usage: gpu_run.sh A..O}
+stage=${1:?usage: gpu_run.sh A..U}
 if [ ! -e /tmp/site/mlx/lib/libmlx.so ]; then bash .gpu/p5/install-mlx-cuda.sh > /tmp/exports.sh; fi
 export LD_LIBRARY_PATH=/tmp/site/mlx/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site MLX_LIB_DIR=/tmp/site/mlx/lib
 mkdir -p /tmp/b
 for n in mlxrs base; do [ -x /tmp/b/$n ] || [ ! -e .gpu/bin/$n.xz ] || { xz -dc .gpu/bin/$n.xz > /tmp/b/$n; chmod +x /tmp/b/$n; }; done
 M=/tmp/b/mlxrs; B=/tmp/b/base; PY=python3
+# The current binary with decode steps queued on the generating thread.
+printf '#!/bin/sh\nMLXRS_EVAL_THREAD=0 exec /tmp/b/mlxrs "$@"\n' > /tmp/b/one; chmod +x /tmp/b/one
 export PYTHON=$PY
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,utilization.gpu --format=csv | tee -a $OUT/nvidia.txt
 gtps() { tail -1 | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d=d.get("average",d); print(round(d["generation_tps"],1))' 2>/dev/null; }
@@ -219,6 +227,25 @@ N)
 O)
   MLXRS=$M BASELINE=$([ -x $B ] && echo $B) NO_DOC=1 ROUNDS=5 BATCH=8 bash scripts/bench_lm.sh llama-3.2-1b 512 128 bfloat16 2>&1 | tee $OUT/bench_llama_b8.md
   MLXRS=$M NO_DOC=1 ROUNDS=5 BATCH=32 bash scripts/bench_lm.sh llama-3.2-1b 512 64 bfloat16 2>&1 | tee $OUT/bench_llama_b32.md
+  ;;
+T)
+  for m in llama-bf16:bfloat16 qwen3:bfloat16 qwen3:float32; do
+    for t in 0 1; do
+      MLXRS_EVAL_THREAD=$t $M generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > $OUT/gen_${m%%:*}_${m##*:}_$t.json 2>>$OUT/stderr.txt
+    done
+    python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print(sys.argv[3], "tokens", "same" if a["tokens"]==b["tokens"] else "DIFFER", "logprobs", "same" if a["logprobs"]==b["logprobs"] else "DIFFER", len(a["tokens"]), a["tokens"][:8])' $OUT/gen_${m%%:*}_${m##*:}_0.json $OUT/gen_${m%%:*}_${m##*:}_1.json $m
+  done 2>&1 | tee $OUT/thread_tokens.txt
+  for q in "" "-q 4"; do
+    for t in 0 1; do
+      echo "== eval thread $t [$q]"; MLXRS_EVAL_THREAD=$t MLXRS_DECODE_TIMING=1 $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 $q 2>&1 | grep -E 'decode timing|Averages'
+    done
+  done 2>&1 | tee $OUT/thread_timing.txt
+  MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 2>&1 | tee $OUT/bench_llama_bf16.md
+  ;;
+U)
+  MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 2>&1 | tee $OUT/bench_qwen3_bf16.md
+  MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_llama_q4.md
+  MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_qwen3_q4.md
   ;;
 E)
   mkdir -p /root/pypi; cp -r .gpu/kv/* /root/pypi/; ls /root/pypi
