@@ -573,6 +573,13 @@ impl<'m> TokenGenerator<'m> {
     Ok(self.eval_thread.is_some())
   }
 
+  /// The caches so far (python's `prompt_cache` list), once any step sent
+  /// to the evaluation thread is queued.
+  pub fn caches(&mut self) -> &[KvCache] {
+    self.settle();
+    &self.caches
+  }
+
   /// The caches, a prompt cache for the next turn (python passes its
   /// `prompt_cache` list in and reads it after), once any queued step is.
   pub fn into_caches(mut self) -> Vec<KvCache> {

@@ -39,7 +39,7 @@ fn quantized_kv_cache_matches_mlx_lm() {
   let got: Vec<i32> = (&mut g).map(|s| s.unwrap().token).collect();
   assert_eq!(got, want);
   assert!(
-    g.caches.iter().all(|c| c.is_quantized()),
+    g.caches().iter().all(|c| c.is_quantized()),
     "caches were not quantized"
   );
   // Bit widths MLX's quantize lacks (it has 2, 3, 4, 5, 6, 8) and group
