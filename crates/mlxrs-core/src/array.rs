@@ -326,7 +326,7 @@ impl Array {
   /// No evaluation running on another thread while this is called may take
   /// this very array as a direct input of a node it evaluates: MLX updates
   /// such an input's event and status without synchronization.
-  pub(crate) unsafe fn to_vec_queued<T: ArrayElement>(&mut self) -> Result<Vec<T>> {
+  pub(crate) unsafe fn copy_queued<T: ArrayElement>(&mut self) -> Result<Vec<T>> {
     self.ensure()?;
     let actual = self.dtype();
     if actual != T::DTYPE {

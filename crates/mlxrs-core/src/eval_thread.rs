@@ -85,7 +85,7 @@ impl Ready {
       .clone();
     // SAFETY: `a` is this job's own view, made in `queue` and never handed
     // out, so no graph takes it as an input; the job is queued (`wait`).
-    unsafe { a.to_vec_queued() }
+    unsafe { a.copy_queued() }
   }
 }
 
@@ -188,7 +188,9 @@ mod tests {
       let y = ops::multiply(&x, &x)?;
       Ok((y.clone(), ops::add(&y, &y)?))
     })??;
-    let ready = t.queue(vec![next.clone()], &[y.clone()])?.wait()?;
+    let ready = t
+      .queue(vec![next.clone()], std::slice::from_ref(&y))?
+      .wait()?;
     // The next graph starts from the queued `next` (and even from `y`)
     // while the first job's values are read.
     let z = with_default_stream(&s, || ops::add(&next, &y))??;
@@ -205,7 +207,7 @@ mod tests {
     let x = Array::from_slice(&[1.0f32, 2.0], &[2])?;
     let mut y = ops::add(&x, &x)?;
     // SAFETY: no other thread evaluates anything here.
-    let e = unsafe { y.to_vec_queued::<f32>() }.unwrap_err();
+    let e = unsafe { y.copy_queued::<f32>() }.unwrap_err();
     assert!(e.to_string().contains("not been queued"), "{e}");
     // The normal read still works afterwards.
     assert_eq!(y.to_vec::<f32>()?, vec![2.0, 4.0]);

@@ -226,6 +226,18 @@ pub struct BatchGenerator<'m> {
   /// The id under the padding columns of a grouped prefill
   /// ([`BatchGenerator::insert_batch`]).
   pad_id: i32,
+  /// The next decode step, already queued (see [`BatchGenerator::step`]).
+  ahead: Option<Ahead>,
+}
+
+/// A decode step queued before the previous one was read (python
+/// `BatchGenerator` keeps `batch.y` one step ahead the same way): it fed
+/// every row's `last` token, so the caches hold one position more than the
+/// rows have seen, and it has advanced the rows' sampler keys.
+struct Ahead {
+  st: StepArrays,
+  /// The rows' sampler keys before it was built.
+  keys: Vec<Option<Array>>,
 }
 
 /// A row being prefilled in chunks between decode steps.
@@ -420,6 +432,7 @@ impl<'m> BatchGenerator<'m> {
       pending: None,
       draft: None,
       pad_id,
+      ahead: None,
     })
   }
 
@@ -454,7 +467,9 @@ impl<'m> BatchGenerator<'m> {
     self.rows.is_empty()
   }
 
-  /// The shared cache width (positions held per row, padding included).
+  /// The shared cache width (positions held per row, padding included;
+  /// a step queued ahead is not counted: it is taken back before the batch
+  /// changes).
   pub fn width(&self) -> usize {
     if self.rows.is_empty() {
       0
@@ -464,6 +479,7 @@ impl<'m> BatchGenerator<'m> {
         .first()
         .map(|c| c.offset.max(0) as usize)
         .unwrap_or(0)
+        .saturating_sub(usize::from(self.ahead.is_some()))
     }
   }
 
@@ -592,6 +608,7 @@ impl<'m> BatchGenerator<'m> {
     if group.is_empty() {
       return Ok(Vec::new());
     }
+    self.settle()?;
     if self.pending.is_some() {
       return Err(bad("another prefill is pending"));
     }
@@ -844,6 +861,7 @@ impl<'m> BatchGenerator<'m> {
     if self.pending.is_some() {
       return Err(bad("another prefill is pending"));
     }
+    self.settle()?;
     let (sampler, constraint) = self.check_row(id, prompt, cfg)?;
     let joining = !self.rows.is_empty();
     let (target, budget) = if !joining {
@@ -901,6 +919,10 @@ impl<'m> BatchGenerator<'m> {
   /// chunks are left (or nothing is pending). An error drops the pending
   /// row and leaves the running rows untouched.
   pub fn advance(&mut self) -> Result<Option<RowToken>> {
+    if self.pending.is_none() {
+      return Ok(None);
+    }
+    self.settle()?;
     let Some(p) = self.pending.take() else {
       return Ok(None);
     };
@@ -1106,11 +1128,22 @@ impl<'m> BatchGenerator<'m> {
 
   /// One decode step for every row (python `BatchGenerator.next()`): feeds
   /// each row's last token and returns each row's next one, in row order.
+  ///
+  /// As python's, it queues the step after this one before reading this
+  /// one's tokens, from the tokens still on the device, so the device
+  /// computes while the host reads and returns: when every row samples
+  /// without logits processors or constraints (which need each token on the
+  /// host first), no draft model is set, no prefill is pending and the
+  /// caches can be trimmed. Anything that changes the batch (inserting,
+  /// removing, a prefill turn) first takes that queued step back (the
+  /// caches drop its position, the rows' sampler keys are restored), so the
+  /// tokens are those of stepping one at a time.
   pub fn step(&mut self) -> Result<Vec<RowToken>> {
     if self.rows.is_empty() {
       return Ok(Vec::new());
     }
     if self.speculative_now() {
+      self.settle()?;
       let Some(mut d) = self.draft.take() else {
         return Err(bad("internal: no draft model"));
       };
@@ -1121,17 +1154,40 @@ impl<'m> BatchGenerator<'m> {
       self.draft = Some(d);
       return r;
     }
+    let b = self.rows.len() as i32;
+    let cur = match self.ahead.take() {
+      Some(a) => a.st,
+      None => {
+        let last: Vec<i32> = self.rows.iter().map(|r| r.last).collect();
+        let st = self.forward_step(&Array::from_slice(&last, &[b, 1])?)?;
+        mlxrs_core::async_eval(&self.step_outputs(&st)?)?;
+        st
+      }
+    };
+    if self.can_look_ahead() {
+      let keys = self.rows.iter().map(|r| r.sampler.key().cloned()).collect();
+      let st = self.forward_step(&ops::reshape(&cur.y, &[b, 1])?)?;
+      mlxrs_core::async_eval(&self.step_outputs(&st)?)?;
+      self.ahead = Some(Ahead { st, keys });
+    }
+    let r = cur.read().and_then(|got| take_tokens(&mut self.rows, got));
+    if r.is_err() {
+      self.settle()?;
+    }
+    r
+  }
+
+  /// Build one decode step from `x` `[B, 1]` (each row's next input).
+  fn forward_step(&mut self, x: &Array) -> Result<StepArrays> {
     let b = self.rows.len();
-    let last: Vec<i32> = self.rows.iter().map(|r| r.last).collect();
-    let x = Array::from_slice(&last, &[b as i32, 1])?;
     let h = if b == 1 && self.rows[0].pad == 0 {
-      self.model.hidden(&x, &mut self.caches)?
+      self.model.hidden(x, &mut self.caches)?
     } else {
       let mut valid = self.valid.clone();
       for v in valid.iter_mut() {
         v.push(true);
       }
-      let h = self.model.hidden_padded(&x, &mut self.caches, &valid)?;
+      let h = self.model.hidden_padded(x, &mut self.caches, &valid)?;
       self.valid = valid;
       h
     };
@@ -1139,7 +1195,11 @@ impl<'m> BatchGenerator<'m> {
       self.valid[0].push(true);
     }
     let logits = ops::reshape(&self.model.logits(&h)?, &[b as i32, -1])?;
-    let st = sample_rows(&mut self.rows, logits)?;
+    sample_rows(&mut self.rows, logits)
+  }
+
+  /// A step's arrays to evaluate: its outputs and the caches it wrote.
+  fn step_outputs(&self, st: &StepArrays) -> Result<Vec<Array>> {
     let mut outs = st.outputs();
     for c in &self.caches {
       if let Some((k, v)) = c.state()? {
@@ -1147,8 +1207,49 @@ impl<'m> BatchGenerator<'m> {
         outs.push(v);
       }
     }
-    mlxrs_core::eval(&outs)?;
-    take_tokens(&mut self.rows, st.read()?)
+    Ok(outs)
+  }
+
+  /// Whether [`BatchGenerator::step`] may queue the next step before
+  /// reading this one.
+  fn can_look_ahead(&self) -> bool {
+    self.draft.is_none()
+      && self.pending.is_none()
+      && self
+        .rows
+        .iter()
+        .all(|r| !r.logits.is_active() && r.constraint.is_none())
+      && self
+        .caches
+        .iter()
+        .all(|c| c.kind() == mlxrs_nn::KvCacheKind::Standard && c.is_trimmable())
+  }
+
+  /// Take back a step queued ahead (see [`BatchGenerator::step`]): the
+  /// caches drop the position it wrote, every row its key position, and
+  /// the rows' sampler keys are those before it. Returns the step, which
+  /// may still be computing.
+  fn settle(&mut self) -> Result<Option<StepArrays>> {
+    let Some(a) = self.ahead.take() else {
+      return Ok(None);
+    };
+    trim_caches(&mut self.caches, 1)?;
+    for v in self.valid.iter_mut() {
+      v.pop();
+    }
+    for (r, k) in self.rows.iter_mut().zip(a.keys) {
+      r.sampler.set_key(k);
+    }
+    Ok(Some(a.st))
+  }
+
+  /// Wait for a step taken back by an emptied batch, so its memory is
+  /// free when the batch is.
+  fn drain(st: Option<StepArrays>) -> Result<()> {
+    match st {
+      Some(st) => mlxrs_core::eval(&st.outputs()),
+      None => Ok(()),
+    }
   }
 
   /// Use `draft` for speculative decoding (python
@@ -1165,6 +1266,7 @@ impl<'m> BatchGenerator<'m> {
     if num_draft_tokens == 0 {
       return Err(bad("num_draft_tokens must be > 0"));
     }
+    self.settle()?;
     if draft.vocab_size() != self.model.vocab_size() {
       return Err(bad(format!(
         "the draft model's vocabulary ({}) differs from the model's ({}); both must use the same tokenizer",
@@ -1344,7 +1446,9 @@ impl<'m> BatchGenerator<'m> {
     let Some(i) = self.rows.iter().position(|r| r.id == id) else {
       return Ok(false);
     };
+    let dropped = self.settle()?;
     if self.rows.len() == 1 {
+      BatchGenerator::drain(dropped)?;
       self.rows.clear();
       self.valid.clear();
       self.caches = self.fresh_caches();
@@ -1376,6 +1480,8 @@ impl<'m> BatchGenerator<'m> {
   /// after a failed step).
   pub fn clear(&mut self) {
     self.pending = None;
+    // Best effort: a failed step's queued successor may fail too.
+    let _ = BatchGenerator::drain(self.ahead.take().map(|a| a.st));
     self.rows.clear();
     self.valid.clear();
     self.caches = self.fresh_caches();

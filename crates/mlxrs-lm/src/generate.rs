@@ -1,7 +1,7 @@
 //! Token generation: mlx-lm's `generate_step` — chunked prefill, then a
 //! decode loop that queues step `n + 1` on the device (`async_eval`) before
 //! reading step `n`'s token, so the host never waits on the GPU except for
-//! the one sampled id. On a GPU the queueing itself (MLX encoding every
+//! the one sampled id. Optionally the queueing itself (MLX encoding every
 //! kernel of the step) runs on an evaluation thread
 //! ([`mlxrs_core::eval_thread`]) while this thread builds the next step.
 
@@ -532,22 +532,21 @@ impl<'m> TokenGenerator<'m> {
     let st = Pending::new(st);
     g.prompt_time = t0.elapsed().as_secs_f64();
     g.pending = Some(st);
-    // The evaluation thread: by default on a GPU, where queueing a step
-    // costs the host more than building it (`MLXRS_EVAL_THREAD=0` / `1`
-    // turns it off / on for any device).
-    let threaded = match std::env::var("MLXRS_EVAL_THREAD").as_deref() {
-      Ok("0") => false,
-      Ok("1") => true,
-      _ => Device::default_is_gpu(),
-    };
-    g.set_eval_thread(threaded)?;
+    // The evaluation thread, with `MLXRS_EVAL_THREAD=1`: off by default, as
+    // it measured no faster on an H100 (docs/performance.md, session 12).
+    if std::env::var("MLXRS_EVAL_THREAD").as_deref() == Ok("1") {
+      g.set_eval_thread(true)?;
+    }
     Ok(g)
   }
 
   /// Queue decode steps on the process's evaluation thread
   /// ([`mlxrs_core::eval_thread`]) while this thread builds the next one
-  /// (`true`), or on this thread (`false`); the tokens are the same. On by
-  /// default on a GPU. Generation that needs a step's token on the host
+  /// (`true`), or on this thread (`false`, the default; `MLXRS_EVAL_THREAD=1`
+  /// turns it on); the tokens are the same. On an H100 it measured 0.98x
+  /// of one thread (MLX's own queueing is the longer part of a step, and
+  /// the two threads slow each other down: docs/performance.md). Generation
+  /// that needs a step's token on the host
   /// before it can build the next step (logits processors), quantizes its
   /// KV cache, or whose model evaluates inside its forward pass
   /// ([`LanguageModel::evaluates_in_forward`]) stays on this thread.

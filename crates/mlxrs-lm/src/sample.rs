@@ -131,6 +131,12 @@ impl Sampler {
     self.key.as_ref()
   }
 
+  /// Put back a key returned by [`Sampler::key`] (a decode step that was
+  /// built and then dropped).
+  pub(crate) fn set_key(&mut self, key: Option<Array>) {
+    self.key = key;
+  }
+
   /// Whether this is greedy decoding.
   pub fn is_greedy(&self) -> bool {
     self.cfg.temp == 0.0

@@ -407,3 +407,85 @@ fn batch_model_types_are_the_batching_fixtures() {
   }
   assert!(wrong.is_empty(), "BATCH_MODEL_TYPES disagrees: {wrong:?}");
 }
+
+/// Tokens by row id from `step()` results.
+fn collect(out: &mut std::collections::BTreeMap<u64, Vec<i32>>, ts: Vec<mlxrs_lm::RowToken>) {
+  for t in ts {
+    out.entry(t.id).or_default().push(t.token);
+  }
+}
+
+/// `step()` queues the next step before reading this one (python
+/// `BatchGenerator` keeps `batch.y` one step ahead); inserting and removing
+/// rows first take that step back. The width and a row's prompt cache do
+/// not count it, greedy rows keep a lone run's tokens through joins and
+/// removals, and a seeded sampled row's tokens do not depend on how often
+/// the batch changed around it (its key is restored with the step).
+#[test]
+fn a_step_queued_ahead_is_taken_back_when_the_batch_changes() {
+  let m = model("llama");
+  let ps = prompts(&batch_ref("llama"));
+  let (long, short) = if ps[0].len() >= ps[1].len() {
+    (&ps[0], &ps[1])
+  } else {
+    (&ps[1], &ps[0])
+  };
+  let greedy_row = RowConfig::default();
+  let mut g = BatchGenerator::new(m.model.as_ref(), 2048, 0).unwrap();
+  let mut got = Default::default();
+  collect(
+    &mut got,
+    vec![g.insert(0, long, None, &greedy_row).unwrap()],
+  );
+  for i in 1..=3 {
+    collect(&mut got, g.step().unwrap());
+    assert_eq!(g.width(), long.len() + i);
+  }
+  let c = g.row_cache(0).unwrap().unwrap();
+  assert_eq!(c[0].offset as usize, long.len() + 3);
+  collect(
+    &mut got,
+    vec![g.insert(1, short, None, &greedy_row).unwrap()],
+  );
+  for _ in 0..4 {
+    collect(&mut got, g.step().unwrap());
+  }
+  assert!(g.remove(0).unwrap());
+  for _ in 0..3 {
+    collect(&mut got, g.step().unwrap());
+  }
+  let lone = |p: &[i32]| single(&m, p, 8, LogitsConfig::default());
+  assert_eq!(got[&0][..8], lone(long).0[..], "row 0 vs a lone run");
+  assert_eq!(got[&1][..8], lone(short).0[..], "row 1 vs a lone run");
+
+  // A seeded sampled row, alone and with rows joining and leaving.
+  let sampled = RowConfig {
+    sampler: mlxrs_lm::SamplerConfig {
+      temp: 1.0,
+      seed: Some(3),
+      ..Default::default()
+    },
+    ..RowConfig::default()
+  };
+  // Churn adds a step at i = 1, 4, 7: 13 steps either way.
+  let run = |churn: bool| -> Vec<i32> {
+    let mut g = BatchGenerator::new(m.model.as_ref(), 2048, 0).unwrap();
+    let mut got = Default::default();
+    collect(&mut got, vec![g.insert(0, long, None, &sampled).unwrap()]);
+    for i in 0..if churn { 10 } else { 13 } {
+      collect(&mut got, g.step().unwrap());
+      if churn && i % 3 == 1 {
+        collect(
+          &mut got,
+          vec![g.insert(9, short, None, &greedy_row).unwrap()],
+        );
+        collect(&mut got, g.step().unwrap());
+        assert!(g.remove(9).unwrap());
+      }
+    }
+    got.remove(&0).unwrap()
+  };
+  let (alone, churned) = (run(false), run(true));
+  assert_eq!(alone.len(), 14);
+  assert_eq!(alone, churned);
+}

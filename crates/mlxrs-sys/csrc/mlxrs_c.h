@@ -208,7 +208,7 @@ int mlxrs_array_copy_data(void* dst, size_t nbytes, const mlx_array arr);
  * returned), and copy its elements into `dst` without evaluating anything:
  * fails if `arr` is still unscheduled or not row-contiguous. It touches only
  * `arr` itself, so it may run while another thread evaluates graphs that do
- * not take `arr` as a direct input (see `Array::to_vec_queued`). */
+ * not take `arr` as a direct input (see `Array::copy_queued`). */
 int mlxrs_array_copy_queued(void* dst, size_t nbytes, const mlx_array arr);
 
 /* ---------------------------------------------------------------- vectors */

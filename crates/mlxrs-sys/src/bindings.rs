@@ -402,7 +402,7 @@ unsafe extern "C" {
  returned), and copy its elements into `dst` without evaluating anything:
  fails if `arr` is still unscheduled or not row-contiguous. It touches only
  `arr` itself, so it may run while another thread evaluates graphs that do
- not take `arr` as a direct input (see `Array::to_vec_queued`).*/
+ not take `arr` as a direct input (see `Array::copy_queued`).*/
     pub fn mlxrs_array_copy_queued(
         dst: *mut ::core::ffi::c_void,
         nbytes: usize,
