@@ -291,16 +291,8 @@ impl Array {
   /// array's dtype: a mismatch is [`Error::DtypeMismatch`], never a
   /// reinterpretation. Strided / broadcast views are made contiguous first.
   pub fn to_vec<T: ArrayElement>(&mut self) -> Result<Vec<T>> {
-    self.ensure()?;
-    let actual = self.dtype();
-    if actual != T::DTYPE {
-      return Err(Error::DtypeMismatch {
-        actual,
-        requested: T::DTYPE,
-      });
-    }
-    let n = self.size();
-    let mut out = vec![T::default(); n];
+    let mut out = self.host_buffer::<T>()?;
+    let n = out.len();
     let _lock = crate::eval_lock::eval_guard();
     // SAFETY: `out` holds exactly `n` elements of `T`, whose size is the
     // dtype's, so it spans `nbytes` bytes; the C layer evaluates, checks the
@@ -315,6 +307,20 @@ impl Array {
     Ok(out)
   }
 
+  /// A zeroed host buffer for this array's elements as `T`, which must be
+  /// its dtype ([`Error::DtypeMismatch`] otherwise).
+  fn host_buffer<T: ArrayElement>(&self) -> Result<Vec<T>> {
+    self.ensure()?;
+    let actual = self.dtype();
+    if actual != T::DTYPE {
+      return Err(Error::DtypeMismatch {
+        actual,
+        requested: T::DTYPE,
+      });
+    }
+    Ok(vec![T::default(); self.size()])
+  }
+
   /// [`Array::to_vec`] for an array that an evaluation has already queued
   /// ([`crate::async_eval`] returned, possibly on another thread): waits for
   /// it and copies it out without evaluating anything and without the
@@ -327,16 +333,8 @@ impl Array {
   /// this very array as a direct input of a node it evaluates: MLX updates
   /// such an input's event and status without synchronization.
   pub(crate) unsafe fn copy_queued<T: ArrayElement>(&mut self) -> Result<Vec<T>> {
-    self.ensure()?;
-    let actual = self.dtype();
-    if actual != T::DTYPE {
-      return Err(Error::DtypeMismatch {
-        actual,
-        requested: T::DTYPE,
-      });
-    }
-    let n = self.size();
-    let mut out = vec![T::default(); n];
+    let mut out = self.host_buffer::<T>()?;
+    let n = out.len();
     // SAFETY: `out` spans `n * size_of::<T>()` bytes of this dtype; the C
     // layer only waits for the queued array and copies it (the caller
     // upholds that no concurrent evaluation takes it as an input).

@@ -570,14 +570,19 @@ MLXRS_ITEM(int64, int64_t)
 MLXRS_ITEM(float32, float)
 MLXRS_ITEM(float64, double)
 
-extern "C" int mlxrs_array_copy_data(void* dst, size_t nbytes, const mlx_array arr) {
-  MLXRS_TRY
-  auto a = mlxrs::arr(arr);
+/// A host copy's destination must hold exactly the array's bytes.
+static void check_destination(size_t nbytes, const mx::array& a) {
   if (nbytes != a.nbytes()) {
     throw std::invalid_argument(
         "mlxrs: destination size " + std::to_string(nbytes) +
         " does not match the array's " + std::to_string(a.nbytes()) + " bytes");
   }
+}
+
+extern "C" int mlxrs_array_copy_data(void* dst, size_t nbytes, const mlx_array arr) {
+  MLXRS_TRY
+  auto a = mlxrs::arr(arr);
+  check_destination(nbytes, a);
   a.eval();
   if (!a.flags().row_contiguous) {
     a = mx::contiguous(a);
@@ -595,11 +600,7 @@ extern "C" int mlxrs_array_copy_data(void* dst, size_t nbytes, const mlx_array a
 extern "C" int mlxrs_array_copy_queued(void* dst, size_t nbytes, const mlx_array arr) {
   MLXRS_TRY
   auto a = mlxrs::arr(arr);
-  if (nbytes != a.nbytes()) {
-    throw std::invalid_argument(
-        "mlxrs: destination size " + std::to_string(nbytes) +
-        " does not match the array's " + std::to_string(a.nbytes()) + " bytes");
-  }
+  check_destination(nbytes, a);
   if (a.status() == mx::array::Status::unscheduled) {
     throw std::invalid_argument("mlxrs: the array has not been queued for evaluation");
   }
