@@ -1134,10 +1134,11 @@ impl<'m> BatchGenerator<'m> {
   /// computes while the host reads and returns: when every row samples
   /// without logits processors or constraints (which need each token on the
   /// host first), no draft model is set, no prefill is pending and the
-  /// caches can be trimmed. Anything that changes the batch (inserting,
-  /// removing, a prefill turn) first takes that queued step back (the
-  /// caches drop its position, the rows' sampler keys are restored), so the
-  /// tokens are those of stepping one at a time.
+  /// caches can be trimmed. Removing a row keeps that queued step for the
+  /// others; anything else that changes the batch (inserting, a prefill
+  /// turn, a draft model) first takes it back (the caches drop its
+  /// position, the rows' sampler keys are restored), so the tokens are
+  /// those of stepping one at a time.
   pub fn step(&mut self) -> Result<Vec<RowToken>> {
     if self.rows.is_empty() {
       return Ok(Vec::new());
@@ -1441,14 +1442,14 @@ impl<'m> BatchGenerator<'m> {
   }
 
   /// Remove row `id` (python `BatchKVCache.filter`); `false` if absent.
-  /// An emptied batch frees its caches.
+  /// An emptied batch frees its caches. A step queued ahead (see
+  /// [`BatchGenerator::step`]) stays queued for the other rows.
   pub fn remove(&mut self, id: u64) -> Result<bool> {
     let Some(i) = self.rows.iter().position(|r| r.id == id) else {
       return Ok(false);
     };
-    let dropped = self.settle()?;
     if self.rows.len() == 1 {
-      BatchGenerator::drain(dropped)?;
+      BatchGenerator::drain(self.settle()?)?;
       self.rows.clear();
       self.valid.clear();
       self.caches = self.fresh_caches();
@@ -1458,7 +1459,8 @@ impl<'m> BatchGenerator<'m> {
       .filter(|&j| j != i as i32)
       .collect();
     let idx = Array::from_slice(&keep, &[keep.len() as i32])?;
-    let w = self.width() as i32;
+    // Every position the caches hold, the queued step's included.
+    let w = self.caches.first().map_or(0, |c| c.offset.max(0));
     let mut kept = Vec::with_capacity(self.caches.len());
     for c in &self.caches {
       let (k, v) = c.state()?.ok_or_else(|| bad("empty batch cache"))?;
@@ -1469,6 +1471,10 @@ impl<'m> BatchGenerator<'m> {
         w,
       )?;
       kept.push(n);
+    }
+    if let Some(a) = self.ahead.as_mut() {
+      a.st = a.st.select_rows(&idx)?;
+      a.keys.remove(i);
     }
     self.caches = kept;
     self.rows.remove(i);

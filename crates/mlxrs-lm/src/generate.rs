@@ -151,6 +151,20 @@ impl StepArrays {
     })
   }
 
+  /// The same step for the rows at `idx` `[n]` (int32) only.
+  pub(crate) fn select_rows(&self, idx: &Array) -> Result<StepArrays> {
+    let take = |a: &Array| ops::take_axis(a, idx, 0);
+    Ok(StepArrays {
+      y: take(&self.y)?,
+      logprobs: take(&self.logprobs)?,
+      token_lp: take(&self.token_lp)?,
+      top: match &self.top {
+        Some((i, v)) => Some((take(i)?, take(v)?)),
+        None => None,
+      },
+    })
+  }
+
   /// The arrays to evaluate with the token.
   pub(crate) fn outputs(&self) -> Vec<Array> {
     let mut v = vec![self.y.clone(), self.token_lp.clone()];

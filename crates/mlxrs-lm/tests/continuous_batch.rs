@@ -416,11 +416,12 @@ fn collect(out: &mut std::collections::BTreeMap<u64, Vec<i32>>, ts: Vec<mlxrs_lm
 }
 
 /// `step()` queues the next step before reading this one (python
-/// `BatchGenerator` keeps `batch.y` one step ahead); inserting and removing
-/// rows first take that step back. The width and a row's prompt cache do
-/// not count it, greedy rows keep a lone run's tokens through joins and
-/// removals, and a seeded sampled row's tokens do not depend on how often
-/// the batch changed around it (its key is restored with the step).
+/// `BatchGenerator` keeps `batch.y` one step ahead); inserting a row first
+/// takes that step back, removing one keeps it for the others. The width
+/// and a row's prompt cache do not count it, greedy rows keep a lone run's
+/// tokens through joins and removals, and a seeded sampled row's tokens do
+/// not depend on how often the batch changed around it (its key is
+/// restored with a step taken back).
 #[test]
 fn a_step_queued_ahead_is_taken_back_when_the_batch_changes() {
   let m = model("llama");
@@ -450,7 +451,9 @@ fn a_step_queued_ahead_is_taken_back_when_the_batch_changes() {
   for _ in 0..4 {
     collect(&mut got, g.step().unwrap());
   }
+  assert_eq!(g.width(), long.len() + 7);
   assert!(g.remove(0).unwrap());
+  assert_eq!(g.width(), long.len() + 7);
   for _ in 0..3 {
     collect(&mut got, g.step().unwrap());
   }

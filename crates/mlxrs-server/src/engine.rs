@@ -825,6 +825,12 @@ impl Engine<'_> {
       return;
     };
     let r = self.running.remove(i);
+    // Before the client hears of it: a metrics read after the last answer
+    // sees the row gone.
+    self
+      .metrics
+      .running
+      .store(self.running.len(), Ordering::Relaxed);
     if let Some(f) = finish {
       if self.cfg.prompt_cache_size > 0 && r.cacheable {
         if let Ok(Some(mut c)) = self.batch.row_cache(id) {
