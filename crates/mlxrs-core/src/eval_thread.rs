@@ -5,7 +5,10 @@
 //! every kernel) costs the host more than building it, and both run on the
 //! decoding thread one after the other while the device waits. With an
 //! [`EvalThread`] the decoding thread builds step `n + 2` while this thread
-//! queues step `n + 1`.
+//! queues step `n + 1`. Measured on an H100 (docs/performance.md, session
+//! 12) that was 0.98x of one thread: there building is a fifth of a step's
+//! host time and the two threads slow each other, so `mlxrs-lm` uses it only
+//! on request (`TokenGenerator::set_eval_thread`, `MLXRS_EVAL_THREAD=1`).
 //!
 //! How the two threads share MLX soundly (`docs/threading.md`):
 //! - The graph is built on this thread's stream ([`EvalThread::stream`],

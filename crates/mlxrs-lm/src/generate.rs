@@ -559,10 +559,10 @@ impl<'m> TokenGenerator<'m> {
   /// (`true`), or on this thread (`false`, the default; `MLXRS_EVAL_THREAD=1`
   /// turns it on); the tokens are the same. On an H100 it measured 0.98x
   /// of one thread (MLX's own queueing is the longer part of a step, and
-  /// the two threads slow each other down: docs/performance.md). Generation
-  /// that needs a step's token on the host
-  /// before it can build the next step (logits processors), quantizes its
-  /// KV cache, or whose model evaluates inside its forward pass
+  /// the two threads slow each other down: docs/performance.md).
+  /// Generation that needs a step's token on the host before it can build
+  /// the next step (logits processors), quantizes its KV cache, or whose
+  /// model evaluates inside its forward pass
   /// ([`LanguageModel::evaluates_in_forward`]) stays on this thread.
   /// Returns whether steps now go to the evaluation thread.
   pub fn set_eval_thread(&mut self, on: bool) -> Result<bool> {
