@@ -468,8 +468,8 @@ impl<'m> BatchGenerator<'m> {
   }
 
   /// The shared cache width (positions held per row, padding included;
-  /// a step queued ahead is not counted: it is taken back before the batch
-  /// changes).
+  /// the position of a step queued ahead is not counted: it belongs to
+  /// tokens the rows have not seen yet).
   pub fn width(&self) -> usize {
     if self.rows.is_empty() {
       0
@@ -598,8 +598,8 @@ impl<'m> BatchGenerator<'m> {
   /// prompt must fit the batch's width ([`BatchGenerator::fits`]) and the
   /// group is laid out for it. One unpadded row runs the computation of
   /// [`BatchGenerator::insert`]; other rows' tokens equal a lone run's up
-  /// to float rounding (RoPE scores depend on position differences only). Every row is checked before
-  /// anything runs; an error (a bad row, a duplicate id, another prefill
+  /// to float rounding (RoPE scores depend on position differences only).
+  /// Every row is checked before anything runs; an error (a bad row, a duplicate id, another prefill
   /// pending, non-finite logits) names the row and leaves the batch as it
   /// was, so a caller can fall back to inserting rows one by one. A model
   /// that does not batch takes one row at a time

@@ -127,7 +127,7 @@ impl Sampler {
 
   /// The random key the next sample splits (`None` when greedy): a lazy
   /// array until evaluated.
-  pub fn key(&self) -> Option<&Array> {
+  pub(crate) fn key(&self) -> Option<&Array> {
     self.key.as_ref()
   }
 
