@@ -271,7 +271,7 @@ X)
   for q in "" "-q 4"; do
     for t in 1 0; do
       f=$OUT/step_fused$t${q##* }.dot
-      echo "== fused $t [$q]"; MLXRS_FUSED_NORM=$t MLXRS_DECODE_TIMING=1 MLXRS_DECODE_DOT=$f $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 $q 2>&1 | grep -E 'decode timing|Averages'
+      echo "== fused $t [$q]"; MLXRS_FUSED_NORM=$t MLXRS_DECODE_TIMING=1 MLXRS_DECODE_DOT=$f $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 $q 2>&1 | grep -E 'decode timing|Averages|rms_norm|rror'
       echo "nodes $(grep -c 'label' $f) custom $(grep -ci 'custom' $f)"
     done
   done 2>&1 | tee $OUT/fused_timing.txt

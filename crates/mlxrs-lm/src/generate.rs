@@ -380,6 +380,9 @@ impl Drop for DecodeTiming {
       us(self.queue),
       us(self.wait)
     );
+    for line in mlxrs_core::fast::add_rms_norm_report() {
+      eprintln!("{line}");
+    }
   }
 }
 

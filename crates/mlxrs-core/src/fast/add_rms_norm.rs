@@ -81,8 +81,9 @@ type Key = (Dtype, i32, u32);
 struct Fused {
   /// `None` when the kernel cannot be made (no CUDA back-end).
   kernel: Option<Mutex<CustomKernel>>,
-  /// Checked keys and whether the fused kernel matched the two ops.
-  checked: Mutex<Vec<(Key, bool)>>,
+  /// Checked keys and the outcome: `Ok` where the fused kernel matched
+  /// the two ops, else why it is not used.
+  checked: Mutex<Vec<(Key, std::result::Result<(), String>)>>,
 }
 
 fn fused() -> &'static Fused {
@@ -136,7 +137,7 @@ fn is_checked(k: Key) -> bool {
   fused()
     .checked
     .lock()
-    .map(|c| c.iter().any(|(ck, ok)| *ck == k && *ok))
+    .map(|c| c.iter().any(|(ck, ok)| *ck == k && ok.is_ok()))
     .unwrap_or(false)
 }
 
@@ -236,13 +237,39 @@ pub fn prepare_add_rms_norm(dtype: Dtype, width: i32, eps: f32) -> bool {
   if let Ok(c) = f.checked.lock()
     && let Some((_, ok)) = c.iter().find(|(ck, _)| *ck == k)
   {
-    return *ok;
+    return ok.is_ok();
   }
-  let ok = self_check(dtype, width, eps).unwrap_or(false);
+  let outcome = match self_check(dtype, width, eps) {
+    Ok(true) => Ok(()),
+    Ok(false) => Err("differs from add + rms_norm".to_string()),
+    Err(e) => Err(e.to_string()),
+  };
+  let ok = outcome.is_ok();
   if let Ok(mut c) = f.checked.lock() {
-    c.push((k, ok));
+    c.push((k, outcome));
   }
   ok
+}
+
+/// What [`prepare_add_rms_norm`] found so far in this process, one line
+/// per (dtype, width, eps): "fused" or why not (a compile error, a
+/// mismatch), for diagnostics (`MLXRS_DECODE_TIMING=1` prints it).
+pub fn add_rms_norm_report() -> Vec<String> {
+  fused()
+    .checked
+    .lock()
+    .map(|c| {
+      c.iter()
+        .map(|((dt, d, eps), ok)| {
+          let what = match ok {
+            Ok(()) => "one kernel".to_string(),
+            Err(e) => format!("two ops ({e})"),
+          };
+          format!("add + rms_norm {dt:?} x {d}, eps {}: {what}", f32::from_bits(*eps))
+        })
+        .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// The fused kernel against the two ops on random rows of `width`.

@@ -14,5 +14,5 @@ pub mod sdpa_full;
 pub use sdpa_full::scaled_dot_product_attention_full;
 pub mod add_rms_norm;
 pub mod kernel;
-pub use add_rms_norm::{add_rms_norm, prepare_add_rms_norm};
+pub use add_rms_norm::{add_rms_norm, add_rms_norm_report, prepare_add_rms_norm};
 pub use kernel::{CustomKernel, KernelBuilder, KernelCall, ScalarArg, precompiled_cuda_kernel};
