@@ -265,7 +265,10 @@ pub fn add_rms_norm_report() -> Vec<String> {
             Ok(()) => "one kernel".to_string(),
             Err(e) => format!("two ops ({e})"),
           };
-          format!("add + rms_norm {dt:?} x {d}, eps {}: {what}", f32::from_bits(*eps))
+          format!(
+            "add + rms_norm {dt:?} x {d}, eps {}: {what}",
+            f32::from_bits(*eps)
+          )
         })
         .collect()
     })
