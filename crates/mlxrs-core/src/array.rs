@@ -272,14 +272,6 @@ impl Array {
     unsafe { mlxrs_sys::mlxrs_array_id(self.0) }
   }
 
-  /// Whether a transform in progress (grad, vjp, compile) traces this
-  /// array (C++ `array::is_tracer()`): a graph built from it must keep to
-  /// ops that transform (no custom kernels, no evaluation).
-  pub fn is_tracer(&self) -> bool {
-    // SAFETY: a query on a live handle (NULL ctx yields false).
-    unsafe { mlxrs_sys::mlxrs_array_is_tracer(self.0) }
-  }
-
   /// Compute this array (python `mx.eval(a)`, swift `a.eval()`). Takes
   /// `&mut self`: evaluation replaces the graph node's inputs with data.
   pub fn eval(&mut self) -> Result<()> {

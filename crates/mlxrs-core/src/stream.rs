@@ -99,18 +99,6 @@ pub fn default_stream() -> mlx_stream {
   })
 }
 
-/// Whether mlxrs ops on this thread run on a GPU: the device of the
-/// innermost [`with_stream`]'s stream, else the default device (python
-/// `mx.default_stream(mx.default_device()).device == mx.gpu`).
-pub(crate) fn ops_run_on_gpu() -> bool {
-  STREAM_STACK.with(|s| match s.borrow().last() {
-    Some(st) if !st.0.ctx.is_null() => st
-      .device()
-      .is_ok_and(|d| d.kind == crate::device::DeviceType::Gpu),
-    _ => Device::default_is_gpu(),
-  })
-}
-
 /// Run `f` with every mlxrs op on this thread using `stream` (python
 /// `with mx.stream(s): ...`, swift `Stream.withNewDefaultStream`).
 pub fn with_stream<R>(stream: &Stream, f: impl FnOnce() -> R) -> R {

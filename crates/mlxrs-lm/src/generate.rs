@@ -380,9 +380,6 @@ impl Drop for DecodeTiming {
       us(self.queue),
       us(self.wait)
     );
-    for line in mlxrs_core::fast::add_rms_norm_report() {
-      eprintln!("{line}");
-    }
   }
 }
 

@@ -51,21 +51,6 @@ impl RmsNorm {
   pub fn forward(&self, x: &Array) -> Result<Array> {
     fast::rms_norm(x, Some(&self.weight), self.eps)
   }
-
-  /// The residual add before this norm and the norm, as `(x + r,
-  /// norm(x + r))` (python `h = x + r; y = norm(h)`): one kernel where
-  /// [`RmsNorm::prepare_fused_add`] enabled it, bit-identical to the two
-  /// ops ([`mlxrs_core::fast::add_rms_norm`]).
-  pub fn forward_add(&self, x: &Array, r: &Array) -> Result<(Array, Array)> {
-    fast::add_rms_norm(x, r, &self.weight, self.eps)
-  }
-
-  /// Let [`RmsNorm::forward_add`] run as one kernel on this GPU for
-  /// inputs of this norm's weight dtype (compiled and checked once per
-  /// process: [`mlxrs_core::fast::prepare_add_rms_norm`]); whether it does.
-  pub fn prepare_fused_add(&self) -> bool {
-    fast::prepare_add_rms_norm(self.weight.dtype(), self.dims, self.eps)
-  }
 }
 
 impl Module for RmsNorm {

@@ -184,9 +184,6 @@ mlx_dtype mlx_array_dtype(const mlx_array arr);
  * handle to the same array; 0 for a NULL handle). Stable while any handle
  * to the array is alive. */
 uintptr_t mlxrs_array_id(const mlx_array arr);
-/** C++ `array::is_tracer()`: whether the array is traced by a transform
- * (grad, vjp, compile) in progress (false for a NULL handle). */
-bool mlxrs_array_is_tracer(const mlx_array arr);
 
 int mlx_array_eval(mlx_array arr);
 

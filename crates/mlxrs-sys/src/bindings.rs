@@ -352,11 +352,6 @@ unsafe extern "C" {
     pub fn mlxrs_array_id(arr: mlx_array) -> usize;
 }
 unsafe extern "C" {
-    /** C++ `array::is_tracer()`: whether the array is traced by a transform
- (grad, vjp, compile) in progress (false for a NULL handle).*/
-    pub fn mlxrs_array_is_tracer(arr: mlx_array) -> bool;
-}
-unsafe extern "C" {
     pub fn mlx_array_eval(arr: mlx_array) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {

@@ -12,7 +12,5 @@ pub use generated::*;
 pub use sdpa::{Mask, scaled_dot_product_attention};
 pub mod sdpa_full;
 pub use sdpa_full::scaled_dot_product_attention_full;
-pub mod add_rms_norm;
 pub mod kernel;
-pub use add_rms_norm::{add_rms_norm, add_rms_norm_report, prepare_add_rms_norm};
 pub use kernel::{CustomKernel, KernelBuilder, KernelCall, ScalarArg, precompiled_cuda_kernel};

@@ -141,28 +141,6 @@ impl Block {
       .forward(&self.post_attention_layernorm.forward(&h)?)?;
     ops::add(&h, &scaled(r, self.residual_scale)?)
   }
-
-  /// [`Block::forward`] with each residual add done by the norm after it
-  /// ([`RmsNorm::forward_add`]; unscaled residuals only): takes the stream
-  /// `x` and the previous block's MLP output not yet added to it (`None`
-  /// for the first block), returns the stream after the attention and this
-  /// block's MLP output, which the next norm adds. The same values as
-  /// `forward`, bit for bit.
-  fn forward_fused(
-    &self,
-    x: &Array,
-    pending: Option<&Array>,
-    mask: &AttnMask,
-    cache: &mut KvCache,
-  ) -> Result<(Array, Array)> {
-    let (x, normed) = match pending {
-      Some(r) => self.input_layernorm.forward_add(x, r)?,
-      None => (x.clone(), self.input_layernorm.forward(x)?),
-    };
-    let r = self.self_attn.forward(&normed, mask, cache)?;
-    let (h, normed) = self.post_attention_layernorm.forward_add(&x, &r)?;
-    Ok((h, self.mlp.forward(&normed)?))
-  }
 }
 
 struct Inner {
@@ -185,10 +163,6 @@ pub struct Llama {
   pipeline: Option<crate::pipeline::PipelineStage>,
   /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
   ckpt: Trainable,
-  /// A decode step adds residuals inside the norms after them
-  /// ([`Block::forward_fused`]): set by `fuse_projections` where every
-  /// norm's fused kernel passed its check on this GPU.
-  fused_norm: bool,
 }
 module!(Llama { model, lm_head });
 
@@ -251,7 +225,6 @@ impl Llama {
       variant: v,
       pipeline: None,
       ckpt: None,
-      fused_norm: false,
     })
   }
 }
@@ -321,23 +294,6 @@ impl Llama {
       // One token per row (a decode step): the layers run on `[B, hidden]`,
       // so no matmul of the step flattens / unflattens its input (fewer
       // graph nodes for MLX to walk; `Attention` takes such rows).
-      None if n == 1 && self.ckpt.is_none() && self.fused_norm => {
-        let s = h.shape();
-        let mut h = ops::reshape(&h, &[s[0], s[2]])?;
-        let mut pending: Option<Array> = None;
-        for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
-          let mask = if sliding[i] { &swa_mask } else { &fa_mask };
-          let (x, r) = layer
-            .lock()
-            .forward_fused(&h, pending.as_ref(), mask, cache)?;
-          (h, pending) = (x, Some(r));
-        }
-        let out = match pending {
-          Some(r) => self.model.norm.forward_add(&h, &r)?.1,
-          None => self.model.norm.forward(&h)?,
-        };
-        ops::reshape(&out, &s)
-      }
       None if n == 1 && self.ckpt.is_none() => {
         let s = h.shape();
         let rows = layers(ops::reshape(&h, &[s[0], s[2]])?)?;
@@ -355,14 +311,6 @@ impl LanguageModel for Llama {
       b.self_attn.fuse_projections()?;
       b.mlp.fuse_projections()?;
     }
-    // One kernel per residual add + norm in a decode step, where this GPU
-    // computes it bit for bit as the two ops (checked once per process).
-    self.fused_norm = self.variant.residual_scale == 1.0
-      && self.model.norm.prepare_fused_add()
-      && self.model.layers.iter().all(|b| {
-        let b = b.lock();
-        b.input_layernorm.prepare_fused_add() && b.post_attention_layernorm.prepare_fused_add()
-      });
     match &mut self.lm_head {
       Some(head) => head.keep_transposed(),
       None => self.model.embed_tokens.keep_transposed(),
@@ -477,86 +425,6 @@ impl LanguageModel for Llama {
 
   fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
     self.ckpt = trainable.map(Arc::new);
-    Ok(())
-  }
-}
-
-#[cfg(test)]
-mod tests {
-  use std::path::Path;
-
-  use mlxrs_core::{Dtype, Error};
-
-  use super::*;
-
-  /// The tiny Llama fixture, loaded and fused as `load_model_dir` does it.
-  fn tiny(name: &str, dtype: Option<Dtype>) -> Result<Llama> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-      .join("../../models/tiny")
-      .join(name);
-    let text = std::fs::read_to_string(dir.join("config.json"))
-      .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let cfg: Value =
-      serde_json::from_str(&text).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let args: LlamaArgs = parse_args(&cfg)?;
-    let v = Variant {
-      qkv_bias: args.attention_bias,
-      o_bias: args.attention_bias,
-      ..Variant::default()
-    };
-    let mut m = Llama::new(args, v)?;
-    let weights = crate::load::load_weights(&[dir.join("model.safetensors")])
-      .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let mut w = Weights::new(weights);
-    w.dtype = dtype;
-    LanguageModel::load(&mut m, &mut w);
-    w.finish()?;
-    m.fuse_projections()?;
-    Ok(m)
-  }
-
-  /// Greedy decode of `steps` tokens after `prompt`, with every step's
-  /// logits.
-  fn greedy(m: &Llama, prompt: &[i32], steps: usize) -> Result<(Vec<i32>, Vec<Vec<f32>>)> {
-    let mut caches = m.make_caches(None);
-    let mut tokens = Array::from_slice(prompt, &[1, prompt.len() as i32])?;
-    let (mut out, mut all) = (Vec::new(), Vec::new());
-    for _ in 0..steps {
-      let logits = m.forward(&tokens, &mut caches)?;
-      let n = logits.dim(1).unwrap_or(1);
-      let last = ops::slice(&logits, &[0, n - 1, 0], &[1, n, m.vocab_size()], &[1, 1, 1])?;
-      let mut last = ops::astype(&last, Dtype::Float32)?;
-      let v = last.to_vec::<f32>()?;
-      let next = (0..v.len())
-        .max_by(|&a, &b| v[a].total_cmp(&v[b]))
-        .unwrap_or(0) as i32;
-      out.push(next);
-      all.push(v);
-      tokens = Array::from_slice(&[next], &[1, 1])?;
-    }
-    Ok((out, all))
-  }
-
-  /// A decode step with the residual adds done by the norms after them
-  /// (`Block::forward_fused`) gives the same logits, bit for bit, as the
-  /// plain blocks: on a CPU the adds stay separate ops (this checks the
-  /// loop that carries each MLP output to the next norm), on a CUDA GPU
-  /// the fused kernel runs too.
-  #[test]
-  fn fused_residual_norm_decode_matches_the_plain_blocks() -> Result<()> {
-    for (name, dtype) in [("llama", Some(Dtype::Float32)), ("llama-bf16", None)] {
-      let mut m = tiny(name, dtype)?;
-      let prompt = [1, 17, 42, 99, 7];
-      m.fused_norm = false;
-      let plain = greedy(&m, &prompt, 12)?;
-      m.fused_norm = true;
-      let fused = greedy(&m, &prompt, 12)?;
-      assert_eq!(plain.0, fused.0, "{name}: tokens");
-      assert!(plain.1 == fused.1, "{name}: logits differ");
-      // The prefill step (several tokens) is the same path in both; the
-      // eleven decode steps are what differs.
-      assert_eq!(plain.1.len(), 12);
-    }
     Ok(())
   }
 }
