@@ -75,6 +75,33 @@ pub(crate) fn split_at<const N: usize>(a: &Array, at: &[i32], axis: i32) -> Resu
     })
 }
 
+/// `a` cut into two equal halves along its last axis (the gate | up
+/// output of a stacked projection), as `split_at(a, &[half], -1)`. For one
+/// row (every axis but the last of size 1, a decode step) the row is cut
+/// as `[.., 2, half]` instead, so each half is a view with its own row
+/// stride: cut along the last axis, a half keeps the row stride of the
+/// whole row, MLX's element-wise kernels (the compiled SwiGLU) give their
+/// output that stride, and MLX's CUDA matmul then copies that output
+/// before the down projection (one copy kernel per layer; a CUDA-graph
+/// census of a llama-3.2-1b decode step showed 16 of its 233 kernels were
+/// such copies, docs/performance.md). Same values either way.
+pub(crate) fn split_halves(a: &Array) -> Result<[Array; 2]> {
+  let s = a.shape();
+  let n = s.len();
+  let last = s.last().copied().unwrap_or(0);
+  if last % 2 != 0 {
+    return Err(Error::InvalidArgument(format!(
+      "cannot halve a last axis of {last} (shape {s:?})"
+    )));
+  }
+  if n >= 2 && s[..n - 1].iter().all(|&d| d == 1) {
+    let mut rows = s[..n - 2].to_vec();
+    rows.extend([2, last / 2]);
+    return split_at(&ops::reshape(a, &rows)?, &[1], -2);
+  }
+  split_at(a, &[last / 2], -1)
+}
+
 /// `a[..., start:stop]` on the last axis.
 pub(crate) fn last_axis(a: &Array, start: i32, stop: i32) -> Result<Array> {
   let shape = a.shape();
@@ -191,4 +218,37 @@ pub(crate) fn stack_found_experts(
     stack_experts(weights, std::slice::from_ref(&prefix), n, names)?;
   }
   Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn values(a: &Array) -> Vec<f32> {
+    let mut a = a.clone();
+    a.to_vec::<f32>().unwrap()
+  }
+
+  /// One row or many, `split_halves` gives the halves `split_at` gives.
+  #[test]
+  fn split_halves_matches_split_at() {
+    for shape in [vec![1, 8], vec![1, 1, 8], vec![3, 8], vec![2, 1, 8], vec![8]] {
+      let n: i32 = shape.iter().product();
+      let a = ops::reshape(
+        &Array::arange(0.0, n as f64, 1.0, mlxrs_core::Dtype::Float32).unwrap(),
+        &shape,
+      )
+      .unwrap();
+      let [g, u] = split_halves(&a).unwrap();
+      let [g2, u2] = split_at::<2>(&a, &[4], -1).unwrap();
+      let mut half = shape.clone();
+      *half.last_mut().unwrap() = 4;
+      assert_eq!(g.shape(), half, "{shape:?}");
+      assert_eq!(u.shape(), half, "{shape:?}");
+      assert_eq!(values(&g), values(&g2), "{shape:?}");
+      assert_eq!(values(&u), values(&u2), "{shape:?}");
+    }
+    let odd = Array::from_slice::<f32>(&[1.0, 2.0, 3.0], &[1, 3]).unwrap();
+    assert!(split_halves(&odd).is_err());
+  }
 }

@@ -5,7 +5,7 @@
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{Linear, StackedLinear, gelu, gelu_approx, module, swiglu};
 
-use super::base::split_at;
+use super::base::split_halves;
 
 /// `mlp` of a Llama-shaped block: `gate_proj`, `up_proj`, `down_proj`.
 pub(crate) struct SwiGluMlp {
@@ -52,9 +52,7 @@ impl SwiGluMlp {
   /// The MLP of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     if let Some(gu) = self.gate_up.get() {
-      let y = gu.forward(x)?;
-      let i = self.gate_proj.out_dims;
-      let [gate, up] = split_at(&y, &[i], -1)?;
+      let [gate, up] = split_halves(&gu.forward(x)?)?;
       return self.down_proj.forward(&swiglu(&gate, &up)?);
     }
     self.down_proj.forward(&swiglu(
@@ -86,9 +84,7 @@ impl FusedSwiGluMlp {
 
   /// The MLP of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
-    let gu = self.gate_up_proj.forward(x)?;
-    let half = gu.shape().last().copied().unwrap_or(0) / 2;
-    let [gate, up] = split_at(&gu, &[half], -1)?;
+    let [gate, up] = split_halves(&self.gate_up_proj.forward(x)?)?;
     self.down_proj.forward(&swiglu(&gate, &up)?)
   }
 }
@@ -140,8 +136,7 @@ impl GeluMlp {
   pub fn forward(&self, x: &Array) -> Result<Array> {
     let (g, u) = match self.gate_up.get() {
       Some(gu) => {
-        let y = gu.forward(x)?;
-        let [g, u] = split_at(&y, &[self.gate_proj.out_dims], -1)?;
+        let [g, u] = split_halves(&gu.forward(x)?)?;
         (g, u)
       }
       None => (self.gate_proj.forward(x)?, self.up_proj.forward(x)?),
