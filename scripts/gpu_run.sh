@@ -38,14 +38,8 @@
 #   V  kernel census (session 13): MLX's CUDA graphs of a few decode steps
 #      as dot files (MLX_SAVE_CUDA_GRAPHS_DOT_FILE), mlxrs and mlx-lm, llama
 #      bf16 and 4-bit, packed to $OUT/dots.tar.xz
-#   X  the fused residual add + RMSNorm (session 13): tokens and logprobs
-#      with it and with MLXRS_FUSED_NORM=0 (tiny llama bf16, qwen3 bf16 /
-#      f32), custom-kernel nodes in a decode step, the host split of both
-#   Y  bench_lm.sh vs mlx-lm with the MLXRS_FUSED_NORM=0 binary as base, 5
-#      rounds, shapes in Y_SHAPES (default: llama bf16, llama 4-bit, qwen3
-#      bf16, qwen3 4-bit as "llama-3.2-1b:" "llama-3.2-1b:4" ...)
-#   W  MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER sweep, 5 interleaved
-#      rounds, llama bf16 and 4-bit (W_SHAPES, W_ENVS override)
+#   W  MLX_MAX_OPS_PER_BUFFER / MLX_USE_CUDA_GRAPHS sweep, 5 interleaved
+#      rounds, llama bf16 (W_SHAPES="bf16 q4", W_ENVS override)
 # Everything it writes lands under $OUT.
 set -uo pipefail
 stage=${1:?usage: gpu_run.sh A..U}
@@ -56,8 +50,6 @@ for n in mlxrs base; do [ -x /tmp/b/$n ] || [ ! -e .gpu/bin/$n.xz ] || { xz -dc 
 M=/tmp/b/mlxrs; B=/tmp/b/base; PY=python3
 # The current binary with decode steps queued on the generating thread.
 printf '#!/bin/sh\nMLXRS_EVAL_THREAD=0 exec /tmp/b/mlxrs "$@"\n' > /tmp/b/one; chmod +x /tmp/b/one
-# The current binary with the residual adds unfused.
-printf '#!/bin/sh\nMLXRS_FUSED_NORM=0 exec /tmp/b/mlxrs "$@"\n' > /tmp/b/unfused; chmod +x /tmp/b/unfused
 export PYTHON=$PY
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,utilization.gpu --format=csv | tee -a $OUT/nvidia.txt
 gtps() { tail -1 | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d=d.get("average",d); print(round(d["generation_tps"],1))' 2>/dev/null; }
@@ -260,27 +252,6 @@ U)
   MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_llama_q4.md
   MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_qwen3_q4.md
   ;;
-X)
-  for m in llama-bf16:bfloat16 qwen3:bfloat16 qwen3:float32 llama:float32; do
-    for t in 0 1; do
-      MLXRS_FUSED_NORM=$t $M generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > $OUT/gen_${m%%:*}_${m##*:}_$t.json 2>>$OUT/stderr.txt
-    done
-    python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print(sys.argv[3], "tokens", "same" if a["tokens"]==b["tokens"] else "DIFFER", "logprobs", "same" if a["logprobs"]==b["logprobs"] else "DIFFER", len(a["tokens"]), a["tokens"][:8])' $OUT/gen_${m%%:*}_${m##*:}_0.json $OUT/gen_${m%%:*}_${m##*:}_1.json $m
-  done 2>&1 | tee $OUT/fused_tokens.txt
-  tail -3 $OUT/stderr.txt
-  for q in "" "-q 4"; do
-    for t in 1 0; do
-      f=$OUT/step_fused$t${q##* }.dot
-      echo "== fused $t [$q]"; MLXRS_FUSED_NORM=$t MLXRS_DECODE_TIMING=1 MLXRS_DECODE_DOT=$f $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 $q 2>&1 | grep -E 'decode timing|Averages|rms_norm|rror'
-      echo "nodes $(grep -c 'label' $f) custom $(grep -ci 'custom' $f)"
-    done
-  done 2>&1 | tee $OUT/fused_timing.txt
-  ;;
-Y)
-  for sq in ${Y_SHAPES:-llama-3.2-1b: llama-3.2-1b:4 qwen3-0.6b: qwen3-0.6b:4}; do
-    MLXRS=$M BASELINE=/tmp/b/unfused NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh ${sq%%:*} 512 256 bfloat16 ${sq##*:} 2>&1 | tee $OUT/bench_${sq%%:*}_q${sq##*:}.md
-  done
-  ;;
 V)
   $M bench --shape llama-3.2-1b --dump-config /tmp/cfg.json
   rm -rf /tmp/dots; mkdir -p /tmp/dots
@@ -295,9 +266,9 @@ V)
   ;;
 W)
   for r in 1 2 3 4 5; do
-    for q in ${W_SHAPES:-bf16 q4}; do
+    for q in ${W_SHAPES:-bf16}; do
       a=; [ $q = q4 ] && a="-q 4"
-      for e in ${W_ENVS:-X=1 MLX_MAX_OPS_PER_BUFFER=50 MLX_MAX_OPS_PER_BUFFER=200 MLX_MAX_OPS_PER_BUFFER=400 MLX_MAX_MB_PER_BUFFER=100000}; do
+      for e in ${W_ENVS:-X=1 MLX_MAX_OPS_PER_BUFFER=50 MLX_MAX_OPS_PER_BUFFER=200 MLX_MAX_OPS_PER_BUFFER=400 MLX_USE_CUDA_GRAPHS=0}; do
         t=$(env $e $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 $a --json 2>>$OUT/stderr.txt | gtps)
         echo "round $r $q [$e] $t"
       done
