@@ -40,9 +40,13 @@
 #      bf16 and 4-bit, packed to $OUT/dots.tar.xz
 #   W  MLX_MAX_OPS_PER_BUFFER / MLX_USE_CUDA_GRAPHS sweep, 5 interleaved
 #      rounds, llama bf16 (W_SHAPES="bf16 q4", W_ENVS override)
+#   Z  split_halves (session 13): tokens and logprobs HEAD vs base (tiny
+#      llama bf16 / f32, qwen3 bf16), HEAD's kernel census (bf16), then
+#      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds; Z_SHAPES adds
+#      more, e.g. "llama-3.2-1b: qwen3-0.6b:")
 # Everything it writes lands under $OUT.
 set -uo pipefail
-stage=${1:?usage: gpu_run.sh A..U}
+stage=${1:?usage: gpu_run.sh A..Z}
 if [ ! -e /tmp/site/mlx/lib/libmlx.so ]; then bash .gpu/p5/install-mlx-cuda.sh > /tmp/exports.sh; fi
 export LD_LIBRARY_PATH=/tmp/site/mlx/lib:${LD_LIBRARY_PATH:-} PYTHONPATH=/tmp/site MLX_LIB_DIR=/tmp/site/mlx/lib
 mkdir -p /tmp/b
@@ -251,6 +255,29 @@ U)
   MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 2>&1 | tee $OUT/bench_qwen3_bf16.md
   MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_llama_q4.md
   MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_qwen3_q4.md
+  ;;
+Z)
+  for m in llama-bf16:bfloat16 llama:float32 qwen3:bfloat16; do
+    for n in mlxrs base; do
+      /tmp/b/$n generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > $OUT/gen_${m%%:*}_${m##*:}_$n.json 2>>$OUT/stderr.txt
+    done
+    python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print(sys.argv[3], "tokens", "same" if a["tokens"]==b["tokens"] else "DIFFER", "logprobs", "same" if a["logprobs"]==b["logprobs"] else "DIFFER", len(a["tokens"]), a["tokens"][:8])' $OUT/gen_${m%%:*}_${m##*:}_mlxrs.json $OUT/gen_${m%%:*}_${m##*:}_base.json $m
+  done 2>&1 | tee $OUT/split_tokens.txt
+  rm -rf /tmp/zd; mkdir -p /tmp/zd
+  MLX_SAVE_CUDA_GRAPHS_DOT_FILE=/tmp/zd/g $M bench --shape llama-3.2-1b -p 16 -g 6 -n 1 > /dev/null 2>&1
+  python3 - /tmp/zd <<'PYEOF' 2>&1 | tee $OUT/split_census.txt
+import collections, glob, re, sys
+fs = sorted(glob.glob(sys.argv[1] + "/g_*.dot"), key=lambda p: int(re.search(r"_(\d+)\.dot", p).group(1)))
+print("kernels per graph", [len(re.findall(r'label="\d+\n_Z', open(f).read())) for f in fs])
+names = [m for f in fs[-3:] for m in re.findall(r'label="\d+\n(_Z[^\n"]*)', open(f).read())]
+ident = lambda n: (re.match(r"_ZN3mlx4core2cu(\d+)", n) and (lambda k: n[len(re.match(r"_ZN3mlx4core2cu\d+", n).group(0)):][:k])(int(re.match(r"_ZN3mlx4core2cu(\d+)", n).group(1)))) or n[:40]
+print("last step:", len(names), "kernels")
+for k, v in collections.Counter(ident(n) for n in names).most_common():
+    print(f"{v:4d} {k}")
+PYEOF
+  for sq in ${Z_SHAPES:-llama-3.2-1b:}; do
+    MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh ${sq%%:*} 512 256 bfloat16 ${sq##*:} 2>&1 | tee $OUT/bench_${sq%%:*}_q${sq##*:}.md
+  done
   ;;
 V)
   $M bench --shape llama-3.2-1b --dump-config /tmp/cfg.json
