@@ -232,7 +232,13 @@ mod tests {
   /// One row or many, `split_halves` gives the halves `split_at` gives.
   #[test]
   fn split_halves_matches_split_at() {
-    for shape in [vec![1, 8], vec![1, 1, 8], vec![3, 8], vec![2, 1, 8], vec![8]] {
+    for shape in [
+      vec![1, 8],
+      vec![1, 1, 8],
+      vec![3, 8],
+      vec![2, 1, 8],
+      vec![8],
+    ] {
       let n: i32 = shape.iter().product();
       let a = ops::reshape(
         &Array::arange(0.0, n as f64, 1.0, mlxrs_core::Dtype::Float32).unwrap(),
