@@ -5,7 +5,22 @@
 use mlxrs_core::{Array, Result, ops};
 use mlxrs_nn::{Linear, StackedLinear, gelu, gelu_approx, module, swiglu};
 
-use super::base::split_halves;
+use super::base::{split_at, split_halves};
+
+/// The gate and up halves of a stacked gate | up output `y`, cut for the
+/// down projection `down`: [`split_halves`] (one row: each half with its own
+/// row stride, which MLX's dense matmul needs to take the gated product
+/// without a copy), or a plain cut where `down` is quantized without an
+/// adapter (MLX's quantized matmul takes the row stride as is, and the cut
+/// saves `split_halves`' reshape node).
+fn gate_up_halves(y: &Array, down: &Linear) -> Result<[Array; 2]> {
+  if down.quant.is_some() && down.adapter.is_none() {
+    let half = y.shape().last().copied().unwrap_or(0) / 2;
+    split_at(y, &[half], -1)
+  } else {
+    split_halves(y)
+  }
+}
 
 /// `mlp` of a Llama-shaped block: `gate_proj`, `up_proj`, `down_proj`.
 pub(crate) struct SwiGluMlp {
@@ -52,7 +67,7 @@ impl SwiGluMlp {
   /// The MLP of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     if let Some(gu) = self.gate_up.get() {
-      let [gate, up] = split_halves(&gu.forward(x)?)?;
+      let [gate, up] = gate_up_halves(&gu.forward(x)?, &self.down_proj)?;
       return self.down_proj.forward(&swiglu(&gate, &up)?);
     }
     self.down_proj.forward(&swiglu(
@@ -84,7 +99,7 @@ impl FusedSwiGluMlp {
 
   /// The MLP of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
-    let [gate, up] = split_halves(&self.gate_up_proj.forward(x)?)?;
+    let [gate, up] = gate_up_halves(&self.gate_up_proj.forward(x)?, &self.down_proj)?;
     self.down_proj.forward(&swiglu(&gate, &up)?)
   }
 }
@@ -136,7 +151,7 @@ impl GeluMlp {
   pub fn forward(&self, x: &Array) -> Result<Array> {
     let (g, u) = match self.gate_up.get() {
       Some(gu) => {
-        let [g, u] = split_halves(&gu.forward(x)?)?;
+        let [g, u] = gate_up_halves(&gu.forward(x)?, &self.down_proj)?;
         (g, u)
       }
       None => (self.gate_proj.forward(x)?, self.up_proj.forward(x)?),
