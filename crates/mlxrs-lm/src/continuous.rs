@@ -311,7 +311,7 @@ fn sample_rows(rows: &mut [RowState], logits: Array) -> Result<StepArrays> {
   if simple {
     let lse = ops::logsumexp_axis(&logits, -1, true)?;
     let logprobs = ops::subtract(&logits, &lse)?;
-    let y = ops::astype(&ops::argmax_axis(&logprobs, -1, false)?, Dtype::Int32)?;
+    let y = crate::sample::token_ids(&ops::argmax_axis(&logprobs, -1, false)?)?;
     return StepArrays::new(y, logprobs, top);
   }
   let v = logits.dim(-1).unwrap_or(0);
@@ -334,7 +334,7 @@ fn sample_rows(rows: &mut [RowState], logits: Array) -> Result<StepArrays> {
     }
     let lse = ops::logsumexp_axis(&l, -1, true)?;
     let lp = ops::subtract(&l, &lse)?;
-    ys.push(ops::astype(&r.sampler.sample(&lp)?, Dtype::Int32)?);
+    ys.push(crate::sample::token_ids(&r.sampler.sample(&lp)?)?);
     lps.push(lp);
   }
   let y = ops::concatenate_axis(&ys, 0)?;
@@ -1014,7 +1014,7 @@ impl<'m> BatchGenerator<'m> {
     };
     let lse = ops::logsumexp_axis(&logits, -1, true)?;
     let logprobs = ops::subtract(&logits, &lse)?;
-    let y = ops::astype(&p.sampler.sample(&logprobs)?, Dtype::Int32)?;
+    let y = crate::sample::token_ids(&p.sampler.sample(&logprobs)?)?;
     let st = StepArrays::new(y, logprobs, cfg.top_logprobs)?;
     let mut outs = st.outputs();
     for c in &p.caches {
@@ -1359,7 +1359,7 @@ impl<'m> BatchGenerator<'m> {
     for _ in 0..k {
       let h = d.model.hidden(&y, &mut d.caches)?;
       let l = ops::reshape(&d.model.logits(&h)?, &[1, -1])?;
-      let t = ops::astype(&ops::argmax_axis(&l, -1, false)?, Dtype::Int32)?;
+      let t = crate::sample::token_ids(&ops::argmax_axis(&l, -1, false)?)?;
       y = ops::reshape(&t, &[1, 1])?;
       props.push(t);
     }
@@ -1374,7 +1374,7 @@ impl<'m> BatchGenerator<'m> {
     let logits = ops::reshape(&self.model.logits(&h)?, &[(k + 1) as i32, -1])?;
     let lse = ops::logsumexp_axis(&logits, -1, true)?;
     let lp = ops::subtract(&logits, &lse)?;
-    let mut ys = ops::astype(&ops::argmax_axis(&lp, -1, false)?, Dtype::Int32)?;
+    let mut ys = crate::sample::token_ids(&ops::argmax_axis(&lp, -1, false)?)?;
     let chosen = ops::take_along_axis(&lp, &ops::expand_dims(&ys, 1)?, 1)?;
     let mut outs = vec![ys.clone(), chosen.clone()];
     for c in &self.caches {

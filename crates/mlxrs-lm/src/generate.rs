@@ -657,7 +657,7 @@ impl<'m> TokenGenerator<'m> {
     let logprobs = ops::subtract(&logits, &lse)?;
     // Cast inside the step so the token is ready as soon as the step is:
     // a cast added after queueing the next step would wait behind it.
-    let y = ops::astype(&self.sampler.sample(&logprobs)?, mlxrs_core::Dtype::Int32)?;
+    let y = crate::sample::token_ids(&self.sampler.sample(&logprobs)?)?;
     StepArrays::new(y, logprobs, self.top_logprobs)
   }
 

@@ -186,6 +186,18 @@ impl Sampler {
   }
 }
 
+/// Sampled ids as `int32` (the dtype steps hand to the host and feed back
+/// to the model). MLX's `argmax` and `categorical` give `uint32`; an id is
+/// far below 2^31, so its bits read the same as `int32`, and a `view` (a
+/// shared buffer, no kernel) replaces a conversion (one kernel per step on
+/// a GPU).
+pub(crate) fn token_ids(ids: &Array) -> Result<Array> {
+  match ids.dtype() {
+    Dtype::Uint32 => ops::view(ids, Dtype::Int32),
+    _ => ops::astype(ids, Dtype::Int32),
+  }
+}
+
 /// Keep the `k` largest log-probs (python `apply_top_k`).
 pub fn apply_top_k(logprobs: &Array, k: i32) -> Result<Array> {
   let v = logprobs.dim(-1).unwrap_or(0);
@@ -402,5 +414,27 @@ impl LogitsConfig {
       out = ops::add(&out, &a)?;
     }
     Ok(out)
+  }
+}
+
+#[cfg(test)]
+mod token_id_tests {
+  use super::*;
+
+  /// `argmax` gives `uint32`; `token_ids` reads the same ids as `int32`.
+  #[test]
+  fn token_ids_keep_the_ids() -> Result<()> {
+    let lp = Array::from_slice::<f32>(&[0.1, 0.9, 0.0, 0.5, 0.2, 0.7], &[2, 3])?;
+    let am = ops::argmax_axis(&lp, -1, false)?;
+    assert_eq!(am.dtype(), Dtype::Uint32);
+    let mut ids = token_ids(&am)?;
+    assert_eq!(ids.dtype(), Dtype::Int32);
+    assert_eq!(ids.to_vec::<i32>()?, vec![1, 2]);
+    let mut same = token_ids(&Array::from_slice::<i32>(&[7, 151_935], &[2])?)?;
+    assert_eq!(same.to_vec::<i32>()?, vec![7, 151_935]);
+    let mut wide = token_ids(&Array::from_slice::<i64>(&[3, 4], &[2])?)?;
+    assert_eq!(wide.dtype(), Dtype::Int32);
+    assert_eq!(wide.to_vec::<i32>()?, vec![3, 4]);
+    Ok(())
   }
 }

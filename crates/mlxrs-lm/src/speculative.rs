@@ -199,7 +199,7 @@ impl<'m> SpeculativeGenerator<'m> {
     let logits = ops::reshape(&logits, &[n, v])?;
     let lse = ops::logsumexp_axis(&logits, -1, true)?;
     let logprobs = ops::subtract(&logits, &lse)?;
-    let y = ops::astype(&sampler.sample(&logprobs)?, mlxrs_core::Dtype::Int32)?;
+    let y = crate::sample::token_ids(&sampler.sample(&logprobs)?)?;
     StepArrays::new(y, logprobs, top)
   }
 
