@@ -40,6 +40,10 @@
 #      bf16 and 4-bit, packed to $OUT/dots.tar.xz
 #   W  MLX_MAX_OPS_PER_BUFFER / MLX_USE_CUDA_GRAPHS sweep, 5 interleaved
 #      rounds, llama bf16 (W_SHAPES="bf16 q4", W_ENVS override)
+#   Q  4-bit prefill through dequantize + dense matmul (session 14):
+#      scripts/qmm_cost.py, tokens/logprobs with MLXRS_GPU_DEQUANT_ROWS=0
+#      and 256 (tiny llama/qwen3 4-bit, a ~300-token prompt), a prefill
+#      sweep (p512/p2048), bench_lm.sh llama 4-bit vs mlx-lm and base
 #   Z  split_halves (session 13): tokens and logprobs HEAD vs base (tiny
 #      llama bf16 / f32, qwen3 bf16), HEAD's kernel census (bf16), then
 #      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds; Z_SHAPES adds
@@ -276,6 +280,27 @@ for k, v in collections.Counter(ident(n) for n in names).most_common():
     print(f"{v:4d} {k}")
 PYEOF
   for sq in ${Z_SHAPES:-llama-3.2-1b:}; do
+    MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh ${sq%%:*} 512 256 bfloat16 ${sq##*:} 2>&1 | tee $OUT/bench_${sq%%:*}_q${sq##*:}.md
+  done
+  ;;
+Q)
+  python3 scripts/qmm_cost.py 10 2>&1 | tee $OUT/qmm_cost.txt
+  P=$(python3 -c 'print(" ".join(["The quick brown fox jumps over the lazy dog."] * 30))')
+  for m in llama-4bit qwen3-4bit; do
+    for e in 0 256; do
+      MLXRS_GPU_DEQUANT_ROWS=$e $M generate --model models/tiny/$m -p "$P" -m 32 --temp 0 --ignore-chat-template --json --dtype bfloat16 > $OUT/q_${m}_$e.json 2>>$OUT/stderr.txt
+    done
+    python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print(sys.argv[3], "prompt", a.get("prompt_tokens"), "tokens", "same" if a["tokens"]==b["tokens"] else "DIFFER", "logprobs", "same" if a["logprobs"]==b["logprobs"] else "differ, max |d| %.3g" % max(abs(x-y) for x,y in zip(a["logprobs"],b["logprobs"])), len(a["tokens"]))' $OUT/q_${m}_0.json $OUT/q_${m}_256.json $m
+  done 2>&1 | tee $OUT/q_tokens.txt
+  ptps() { tail -1 | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d=d.get("average",d); print(round(d["prompt_tps"],1))' 2>/dev/null; }
+  for r in 1 2; do
+    for p in 512 2048; do
+      for e in 0 256; do
+        echo "round $r p$p MLXRS_GPU_DEQUANT_ROWS=$e prefill $(MLXRS_GPU_DEQUANT_ROWS=$e $M bench --shape llama-3.2-1b -q 4 -p $p -g 8 -n 1 --json 2>>$OUT/stderr.txt | ptps)"
+      done
+    done
+  done 2>&1 | tee $OUT/q_sweep.txt
+  for sq in ${Z_SHAPES:-llama-3.2-1b:4}; do
     MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh ${sq%%:*} 512 256 bfloat16 ${sq##*:} 2>&1 | tee $OUT/bench_${sq%%:*}_q${sq##*:}.md
   done
   ;;

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <system_error>
 #include <thread>
 
@@ -372,11 +373,41 @@ bool evaluated_matrix(const mx::array& a, mx::Dtype dt) {
   return a.ndim() == 2 && a.dtype() == dt && a.is_available() && a.flags().row_contiguous;
 }
 
+/// Rows from which a GPU product with an affine-quantized matrix runs as
+/// `x @ dequantize(w).T` (one dense copy of `w` in `x`'s dtype, then the
+/// dense matmul) instead of MLX's quantized matmul: `MLXRS_GPU_DEQUANT_ROWS`
+/// (0: never), read once; default 256.
+int64_t gpu_dequant_rows() {
+  static const int64_t rows = [] {
+    const char* e = std::getenv("MLXRS_GPU_DEQUANT_ROWS");
+    if (e == nullptr || *e == '\0') {
+      return int64_t{256};
+    }
+    char* end = nullptr;
+    long long v = std::strtoll(e, &end, 10);
+    return (end != nullptr && *end == '\0' && v >= 0) ? static_cast<int64_t>(v) : int64_t{256};
+  }();
+  return rows;
+}
+
 mx::array quantized_matmul_t(const mx::array& x, const mx::array& w, const mx::array& scales,
                              const std::optional<mx::array>& biases, int group, int bits,
                              const std::string& mode, mx::StreamOrDevice sd) {
   mx::Stream s = mx::to_stream(sd);
   int64_t k = x.ndim() >= 1 ? x.shape(-1) : 0;
+  // GPU, many rows (prefill, batched prefill, training): MLX's quantized
+  // GEMM reaches about half of the dense one on the same data, so from
+  // `gpu_dequant_rows()` rows on the matrix is dequantized once per call
+  // (its bytes read once and written once in `x`'s dtype) and multiplied
+  // densely. The values of `dequantize` are those the quantized kernels
+  // use; only the accumulation order of the products differs.
+  int64_t min_rows = gpu_dequant_rows();
+  if (s.device == mx::Device::gpu && min_rows > 0 && mode == "affine" && biases.has_value() &&
+      k > 0 && x.size() / k >= min_rows && w.ndim() == 2 && scales.dtype() == x.dtype() &&
+      (x.dtype() == mx::bfloat16 || x.dtype() == mx::float16 || x.dtype() == mx::float32)) {
+    auto dense = mx::dequantize(w, scales, biases, group, bits, mode, std::nullopt, x.dtype(), s);
+    return mx::matmul(x, mx::transpose(dense, s), s);
+  }
   bool layout = s.device == mx::Device::cpu && mode == "affine" && biases.has_value() &&
                 (bits == 4 || bits == 8) && (group == 32 || group == 64 || group == 128) &&
                 x.dtype() == mx::float32 && x.size() > 0 && k > 0 && k % group == 0 &&
