@@ -285,7 +285,7 @@ PYEOF
   ;;
 Q)
   python3 scripts/qmm_cost.py 10 2>&1 | tee $OUT/qmm_cost.txt
-  P=$(python3 -c 'print(" ".join(["The quick brown fox jumps over the lazy dog."] * 30))')
+  P=$(python3 -c 'print(" ".join(["The quick brown fox jumps over the lazy dog."] * 11))')
   for m in llama-4bit qwen3-4bit; do
     for e in 0 256; do
       MLXRS_GPU_DEQUANT_ROWS=$e $M generate --model models/tiny/$m -p "$P" -m 32 --temp 0 --ignore-chat-template --json --dtype bfloat16 > $OUT/q_${m}_$e.json 2>>$OUT/stderr.txt

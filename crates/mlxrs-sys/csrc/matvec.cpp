@@ -395,14 +395,18 @@ mx::array quantized_matmul_t(const mx::array& x, const mx::array& w, const mx::a
                              const std::string& mode, mx::StreamOrDevice sd) {
   mx::Stream s = mx::to_stream(sd);
   int64_t k = x.ndim() >= 1 ? x.shape(-1) : 0;
-  // GPU, many rows (prefill, batched prefill, training): MLX's quantized
-  // GEMM reaches about half of the dense one on the same data, so from
+  // GPU, many rows (prefill, batched prefill): MLX's quantized GEMM
+  // reaches about half of the dense one on the same data, so from
   // `gpu_dequant_rows()` rows on the matrix is dequantized once per call
   // (its bytes read once and written once in `x`'s dtype) and multiplied
   // densely. The values of `dequantize` are those the quantized kernels
-  // use; only the accumulation order of the products differs.
+  // use; only the accumulation order of the products differs. Not under a
+  // transformation (`x` a tracer: training, vmap, compile): a gradient
+  // would keep every layer's dense copy alive until the backward pass,
+  // the memory a quantized base is there to save.
   int64_t min_rows = gpu_dequant_rows();
-  if (s.device == mx::Device::gpu && min_rows > 0 && mode == "affine" && biases.has_value() &&
+  if (s.device == mx::Device::gpu && min_rows > 0 && !x.is_tracer() && mode == "affine" &&
+      biases.has_value() &&
       k > 0 && x.size() / k >= min_rows && w.ndim() == 2 && scales.dtype() == x.dtype() &&
       (x.dtype() == mx::bfloat16 || x.dtype() == mx::float16 || x.dtype() == mx::float32)) {
     auto dense = mx::dequantize(w, scales, biases, group, bits, mode, std::nullopt, x.dtype(), s);
