@@ -394,6 +394,12 @@ mx::array quantized_matmul_t(const mx::array& x, const mx::array& w, const mx::a
                              const std::optional<mx::array>& biases, int group, int bits,
                              const std::string& mode, mx::StreamOrDevice sd) {
   mx::Stream s = mx::to_stream(sd);
+  if (s.device == mx::Device::gpu && x.ndim() == 1) {
+    // MLX 0.32's CUDA quantized matvec reads `out.shape(-2)`, so a vector
+    // `x` fails there ("SmallVector out of range"): run it as one row.
+    auto y = quantized_matmul_t(mx::expand_dims(x, 0, s), w, scales, biases, group, bits, mode, s);
+    return mx::squeeze(y, 0, s);
+  }
   int64_t k = x.ndim() >= 1 ? x.shape(-1) : 0;
   // GPU, many rows (prefill, batched prefill): MLX's quantized GEMM
   // reaches about half of the dense one on the same data, so from
