@@ -296,7 +296,7 @@ Q)
   for r in 1 2; do
     for p in 512 2048; do
       for e in 0 256; do
-        echo "round $r p$p MLXRS_GPU_DEQUANT_ROWS=$e prefill $(MLXRS_GPU_DEQUANT_ROWS=$e $M bench --shape llama-3.2-1b -q 4 -p $p -g 8 -n 1 --json 2>>$OUT/stderr.txt | ptps)"
+        echo "round $r p$p MLXRS_GPU_DEQUANT_ROWS=$e prefill $(MLXRS_GPU_DEQUANT_ROWS=$e $M bench --shape llama-3.2-1b -q 4 -p $p -g 16 -n 2 --json 2>>$OUT/stderr.txt | ptps)"
       done
     done
   done 2>&1 | tee $OUT/q_sweep.txt

@@ -7,8 +7,9 @@ interleaved; prints the minimum and median wall time per call (ms), their
 ratio and the largest absolute difference between the two results relative
 to the largest |y|.
 
-    python scripts/qmm_cost.py [R] [BITS] [GROUP]
+    [QMM_ROWS="8 256"] python scripts/qmm_cost.py [R] [BITS] [GROUP]
 """
+import os
 import statistics
 import sys
 import time
@@ -26,7 +27,7 @@ SHAPES = [
   ("down", 2048, 8192),
   ("head", 128256, 2048),
 ]
-ROWS = [int(r) for r in __import__("os").environ.get("QMM_ROWS", "8 32 64 128 256 512 2048").split()]
+ROWS = [int(r) for r in os.environ.get("QMM_ROWS", "8 32 64 128 256 512 2048").split()]
 
 mx.random.seed(0)
 print(mx.default_device(), f"bits {BITS} group {GROUP}, {R} repetitions, ms per call")

@@ -376,7 +376,8 @@ bool evaluated_matrix(const mx::array& a, mx::Dtype dt) {
 /// Rows from which a GPU product with an affine-quantized matrix runs as
 /// `x @ dequantize(w).T` (one dense copy of `w` in `x`'s dtype, then the
 /// dense matmul) instead of MLX's quantized matmul: `MLXRS_GPU_DEQUANT_ROWS`
-/// (0: never), read once; default 256.
+/// (0: never), read once; default 256 (also for a value that is not a
+/// non-negative integer).
 int64_t gpu_dequant_rows() {
   static const int64_t rows = [] {
     const char* e = std::getenv("MLXRS_GPU_DEQUANT_ROWS");
@@ -401,8 +402,10 @@ mx::array quantized_matmul_t(const mx::array& x, const mx::array& w, const mx::a
     return mx::squeeze(y, 0, s);
   }
   int64_t k = x.ndim() >= 1 ? x.shape(-1) : 0;
-  // GPU, many rows (prefill, batched prefill): MLX's quantized GEMM
-  // reaches about half of the dense one on the same data, so from
+  // GPU, many rows (prefill, batched prefill): from about 256 rows MLX's
+  // quantized GEMM is slower than dequantizing and running the dense one
+  // (1.0-1.3x at 256 rows, 1.9-3.4x at 2048 on an H100, per weight of a
+  // 1B model: scripts/qmm_cost.py), so from
   // `gpu_dequant_rows()` rows on the matrix is dequantized once per call
   // (its bytes read once and written once in `x`'s dtype) and multiplied
   // densely. The values of `dequantize` are those the quantized kernels
@@ -412,8 +415,8 @@ mx::array quantized_matmul_t(const mx::array& x, const mx::array& w, const mx::a
   // the memory a quantized base is there to save.
   int64_t min_rows = gpu_dequant_rows();
   if (s.device == mx::Device::gpu && min_rows > 0 && !x.is_tracer() && mode == "affine" &&
-      biases.has_value() &&
-      k > 0 && x.size() / k >= min_rows && w.ndim() == 2 && scales.dtype() == x.dtype() &&
+      biases.has_value() && k > 0 && x.size() / k >= min_rows && w.ndim() == 2 &&
+      scales.dtype() == x.dtype() &&
       (x.dtype() == mx::bfloat16 || x.dtype() == mx::float16 || x.dtype() == mx::float32)) {
     auto dense = mx::dequantize(w, scales, biases, group, bits, mode, std::nullopt, x.dtype(), s);
     return mx::matmul(x, mx::transpose(dense, s), s);

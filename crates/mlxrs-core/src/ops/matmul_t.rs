@@ -38,9 +38,11 @@ pub fn matmul_t(x: &Array, w: &Array) -> Result<Array> {
 /// dequantized float32 copy of `w` and BLAS sgemm. On a GPU stream, affine
 /// groups with `scales` in `x`'s dtype and at least 256 rows (prefill;
 /// `MLXRS_GPU_DEQUANT_ROWS` sets the count, 0 turns it off; not under a
-/// gradient or other transformation) run as `x @ dequantize(w).T`: MLX's
-/// quantized GEMM reaches about half of the dense one there. Anything else (fewer GPU rows, other modes or dtypes)
-/// is MLX's op. Gradients flow to `x` only, as for MLX's op.
+/// gradient or other transformation) run as `x @ dequantize(w).T`: from
+/// about 256 rows MLX's quantized GEMM is slower than dequantizing and
+/// running the dense one (up to ~3x at 2048 rows on an H100). Anything
+/// else (fewer GPU rows, other modes or dtypes) is MLX's op. Gradients
+/// flow to `x` only, as for MLX's op.
 ///
 /// C: `mlxrs_quantized_matmul_t` (an mlxrs primitive, not an MLX op).
 pub fn quantized_matmul_t(
