@@ -44,18 +44,6 @@
 #      scripts/qmm_cost.py, tokens/logprobs with MLXRS_GPU_DEQUANT_ROWS=0
 #      and 256 (tiny llama/qwen3 4-bit, a ~300-token prompt), a prefill
 #      sweep (p512/p2048), bench_lm.sh llama 4-bit vs mlx-lm and base
-#   R  the fused residual add + RMSNorm (session 15): the add_rms_norm and
-#      matmul_t test binaries (.gpu/bin/art.xz, mt.xz), tokens and logprobs
-#      with MLXRS_FUSE_ADD_NORM=0 / on / base (tiny llama bf16, qwen3 bf16,
-#      llama and qwen3 4-bit), the kernel census on and off, 4-bit prefill
-#      peak memory with MLXRS_GPU_DEQUANT_ROWS=0 / default, a same-binary
-#      on/off decode sweep (5 interleaved rounds, llama bf16 and 4-bit),
-#      then bench_lm.sh vs mlx-lm and base for R_SHAPES (default llama 4-bit)
-#   S  session 15, second call: per-call host cost of the fused add + norm
-#      (examples/add_rms_norm_cost, .gpu/bin/arc.xz), the quantized tests of
-#      .gpu/bin/mt.xz, 4-bit prefill peak memory and tokens with the
-#      dequantized matrices ordered after their inputs, then a 10-round
-#      same-binary decode A/B of MLXRS_FUSE_ADD_NORM (llama 4-bit)
 #   Z  split_halves (session 13): tokens and logprobs HEAD vs base (tiny
 #      llama bf16 / f32, qwen3 bf16), HEAD's kernel census (bf16), then
 #      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds; Z_SHAPES adds
@@ -94,76 +82,6 @@ for f, n in (("train", 64), ("valid", 8), ("test", 8)):
 PYEOF
 }
 case $stage in
-S)
-  for t in arc mt; do [ -e .gpu/bin/$t.xz ] && { xz -dc .gpu/bin/$t.xz > /tmp/b/$t; chmod +x /tmp/b/$t; }; done
-  for a in "2048 30 bfloat16" "1024 30 bfloat16"; do /tmp/b/arc $a; done 2>&1 | tee $OUT/s_cost.txt
-  /tmp/b/mt --test-threads=1 quantized 2>&1 | grep -E "^test |result" | tee $OUT/s_mt.txt
-  for e in 0 256; do
-    echo "MLXRS_GPU_DEQUANT_ROWS=$e llama 4-bit p2048: $(MLXRS_GPU_DEQUANT_ROWS=$e $M bench --shape llama-3.2-1b -q 4 -p 2048 -g 16 -n 2 --json 2>>$OUT/stderr.txt | tail -1)"
-    echo "MLXRS_GPU_DEQUANT_ROWS=$e base llama 4-bit p2048: $(MLXRS_GPU_DEQUANT_ROWS=$e $B bench --shape llama-3.2-1b -q 4 -p 2048 -g 16 -n 2 --json 2>>$OUT/stderr.txt | tail -1)"
-  done 2>&1 | tee $OUT/s_peak_memory.txt
-  P=$(python3 -c 'print(" ".join(["The quick brown fox jumps over the lazy dog."] * 11))')
-  for m in llama-4bit qwen3-4bit; do
-    for n in mlxrs base; do
-      /tmp/b/$n generate --model models/tiny/$m -p "$P" -m 32 --temp 0 --ignore-chat-template --json --dtype bfloat16 > $OUT/s_${m}_$n.json 2>>$OUT/stderr.txt
-    done
-    python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print(sys.argv[3], "prompt", a.get("prompt_tokens"), "tokens", "same" if a["tokens"]==b["tokens"] else "DIFFER", "logprobs", "same" if a["logprobs"]==b["logprobs"] else "differ", len(a["tokens"]))' $OUT/s_${m}_mlxrs.json $OUT/s_${m}_base.json "$m HEAD vs base"
-  done 2>&1 | tee $OUT/s_tokens.txt
-  for r in $(seq 1 ${S_ROUNDS:-10}); do
-    for e in 0 1; do
-      echo "round $r q4 MLXRS_FUSE_ADD_NORM=$e $(MLXRS_FUSE_ADD_NORM=$e $M bench --shape llama-3.2-1b -q 4 -p 128 -g 128 -n 2 --json 2>>$OUT/stderr.txt | gtps)"
-    done
-  done 2>&1 | tee $OUT/s_ab.txt
-  ;;
-R)
-  for t in art mt; do
-    [ -e .gpu/bin/$t.xz ] && { xz -dc .gpu/bin/$t.xz > /tmp/b/$t; chmod +x /tmp/b/$t; /tmp/b/$t --test-threads=1 > $OUT/tests_$t.txt 2>&1; echo "$t rc $?"; tail -3 $OUT/tests_$t.txt; }
-  done
-  for m in llama-bf16 qwen3 llama-4bit qwen3-4bit; do
-    MLXRS_FUSE_ADD_NORM=0 $M generate --model models/tiny/$m -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype bfloat16 > $OUT/r_${m}_off.json 2>>$OUT/stderr.txt
-    $M generate --model models/tiny/$m -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype bfloat16 > $OUT/r_${m}_on.json 2>>$OUT/stderr.txt
-    $B generate --model models/tiny/$m -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype bfloat16 > $OUT/r_${m}_base.json 2>>$OUT/stderr.txt
-    for o in off base; do
-      python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print(sys.argv[3], "tokens", "same" if a["tokens"]==b["tokens"] else "DIFFER", "logprobs", "same" if a["logprobs"]==b["logprobs"] else "differ, max |d| %.3g" % max(abs(x-y) for x,y in zip(a["logprobs"],b["logprobs"])), len(a["tokens"]), a["tokens"][:8])' $OUT/r_${m}_on.json $OUT/r_${m}_$o.json "$m on vs $o"
-    done
-  done 2>&1 | tee $OUT/r_tokens.txt
-  for q in bf16 q4; do
-    a=; [ $q = q4 ] && a="-q 4"
-    for e in 0 1; do
-      rm -rf /tmp/zd; mkdir -p /tmp/zd
-      MLXRS_FUSE_ADD_NORM=$e MLX_SAVE_CUDA_GRAPHS_DOT_FILE=/tmp/zd/g $M bench --shape llama-3.2-1b -p 16 -g 6 -n 1 $a > /dev/null 2>&1
-      python3 - /tmp/zd "$q MLXRS_FUSE_ADD_NORM=$e" <<'PYEOF'
-import collections, glob, re, sys
-fs = sorted(glob.glob(sys.argv[1] + "/g_*.dot"), key=lambda p: int(re.search(r"_(\d+)\.dot", p).group(1)))
-names = [m for f in fs[-3:] for m in re.findall(r'label="\d+\n(_Z[^\n"]*)', open(f).read())]
-cs = re.compile(r"_ZN3mlx4core2cu(\d+)")
-def ident(n):
-    m = cs.match(n)
-    return n[m.end():m.end() + int(m.group(1))] if m else n[:40]
-print(sys.argv[2], "last step:", len(names), "kernels;", ", ".join(f"{v} {k}" for k, v in collections.Counter(ident(n) for n in names).most_common(12)))
-PYEOF
-    done
-  done 2>&1 | tee $OUT/r_census.txt
-  for e in 0 256; do
-    echo "MLXRS_GPU_DEQUANT_ROWS=$e llama 4-bit p2048: $(MLXRS_GPU_DEQUANT_ROWS=$e $M bench --shape llama-3.2-1b -q 4 -p 2048 -g 16 -n 2 --json 2>>$OUT/stderr.txt | tail -1)"
-  done 2>&1 | tee $OUT/r_peak_memory.txt
-  for q in bf16 q4; do
-    a=; [ $q = q4 ] && a="-q 4"
-    MLXRS_DECODE_TIMING=1 MLXRS_FUSE_ADD_NORM=0 $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 $a 2>&1 | grep -E "timing|Averages" | sed "s/^/$q off: /"
-    MLXRS_DECODE_TIMING=1 $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 $a 2>&1 | grep -E "timing|Averages" | sed "s/^/$q on: /"
-  done 2>&1 | tee $OUT/r_timing.txt
-  for r in 1 2 3 4 5; do
-    for q in ${R_AB:-q4 bf16}; do
-      a=; [ $q = q4 ] && a="-q 4"
-      for e in 0 1; do
-        echo "round $r $q MLXRS_FUSE_ADD_NORM=$e $(MLXRS_FUSE_ADD_NORM=$e $M bench --shape llama-3.2-1b -p 128 -g 256 -n 2 $a --json 2>>$OUT/stderr.txt | gtps)"
-      done
-    done
-  done 2>&1 | tee $OUT/r_ab.txt
-  for sq in ${R_SHAPES:-llama-3.2-1b:4}; do
-    MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh ${sq%%:*} 512 256 bfloat16 ${sq##*:} 2>&1 | tee $OUT/bench_${sq%%:*}_q${sq##*:}.md
-  done
-  ;;
 A)
   # 1. correctness of the fused SwiGLU on the GPU: tokens with and without compile, and Python's text
   $M generate --model models/tiny/llama -p "The quick brown fox" -m 32 --temp 0 --ignore-chat-template --json > $OUT/gen_fused.json 2>>$OUT/stderr.txt

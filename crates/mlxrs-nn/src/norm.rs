@@ -51,13 +51,6 @@ impl RmsNorm {
   pub fn forward(&self, x: &Array) -> Result<Array> {
     fast::rms_norm(x, Some(&self.weight), self.eps)
   }
-
-  /// The residual add before the norm and the norm, `(x + delta,
-  /// norm(x + delta))` (python `h = x + delta; y = norm(h)`): one kernel on
-  /// a CUDA device ([`fast::add_rms_norm`]), the same values.
-  pub fn forward_residual(&self, x: &Array, delta: &Array) -> Result<(Array, Array)> {
-    fast::add_rms_norm(x, delta, &self.weight, self.eps)
-  }
 }
 
 impl Module for RmsNorm {

@@ -873,27 +873,6 @@ int mlxrs_quantized_matmul_t(
     const char* mode,
     const mlx_stream s);
 
-/* ---------------------------------------------------------- add_rms_norm */
-
-/** `h = x + delta; y = mx.fast.rms_norm(h, weight, eps)` (python: those two
- * calls; a decoder layer's residual add and the norm after it). On MLX's
- * CUDA backend, with `allow_fused`, `x` and `delta` of one shape, a 1-D
- * `weight` of their last axis and one float dtype for all three, and no
- * transformation tracing them: one custom kernel that gives MLX's two ops'
- * results bit for bit (`*fused` is set to true); anything else (or
- * `MLXRS_FUSE_ADD_NORM=0`) is MLX's `add` and `fast::rms_norm`. `fused` may
- * be NULL. */
-int mlxrs_fast_add_rms_norm(
-    mlx_array* h,
-    mlx_array* y,
-    const mlx_array x,
-    const mlx_array delta,
-    const mlx_array weight,
-    float eps,
-    bool allow_fused,
-    bool* fused,
-    const mlx_stream s);
-
 /* ---------------------------------------------------------------- einsum */
 
 /** Python: `mx.einsum(subscripts, *operands)`. */

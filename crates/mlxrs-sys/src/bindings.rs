@@ -1669,27 +1669,6 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    /** `h = x + delta; y = mx.fast.rms_norm(h, weight, eps)` (python: those two
- calls; a decoder layer's residual add and the norm after it). On MLX's
- CUDA backend, with `allow_fused`, `x` and `delta` of one shape, a 1-D
- `weight` of their last axis and one float dtype for all three, and no
- transformation tracing them: one custom kernel that gives MLX's two ops'
- results bit for bit (`*fused` is set to true); anything else (or
- `MLXRS_FUSE_ADD_NORM=0`) is MLX's `add` and `fast::rms_norm`. `fused` may
- be NULL.*/
-    pub fn mlxrs_fast_add_rms_norm(
-        h: *mut mlx_array,
-        y: *mut mlx_array,
-        x: mlx_array,
-        delta: mlx_array,
-        weight: mlx_array,
-        eps: f32,
-        allow_fused: bool,
-        fused: *mut bool,
-        s: mlx_stream,
-    ) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
     /// Python: `mx.einsum(subscripts, *operands)`.
     pub fn mlx_einsum(
         res: *mut mlx_array,

@@ -6,10 +6,8 @@
 
 #[rustfmt::skip]
 mod generated;
-pub mod add_rms_norm;
 pub mod sdpa;
 
-pub use add_rms_norm::{add_rms_norm, add_rms_norm_is_fused};
 pub use generated::*;
 pub use sdpa::{Mask, scaled_dot_product_attention};
 pub mod sdpa_full;

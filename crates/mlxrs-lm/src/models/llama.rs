@@ -141,31 +141,6 @@ impl Block {
       .forward(&self.post_attention_layernorm.forward(&h)?)?;
     ops::add(&h, &scaled(r, self.residual_scale)?)
   }
-
-  /// [`Block::forward`] with each residual add fused into the norm after
-  /// it ([`RmsNorm::forward_residual`]): `x` is the residual stream before
-  /// `pending`, the previous block's MLP output not yet added. Returns the
-  /// stream after the attention branch and this block's MLP output, which
-  /// the next block's input norm (or the final norm) adds. The same values
-  /// as [`Block::forward`].
-  fn forward_pending(
-    &self,
-    x: &Array,
-    pending: Option<&Array>,
-    mask: &AttnMask,
-    cache: &mut KvCache,
-  ) -> Result<(Array, Array)> {
-    let (x, n) = match pending {
-      Some(d) => self.input_layernorm.forward_residual(x, d)?,
-      None => (x.clone(), self.input_layernorm.forward(x)?),
-    };
-    let r = self.self_attn.forward(&n, mask, cache)?;
-    let (h, n) = self
-      .post_attention_layernorm
-      .forward_residual(&x, &scaled(r, self.residual_scale)?)?;
-    let r = self.mlp.forward(&n)?;
-    Ok((h, scaled(r, self.residual_scale)?))
-  }
 }
 
 struct Inner {
@@ -319,24 +294,10 @@ impl Llama {
       // One token per row (a decode step): the layers run on `[B, hidden]`,
       // so no matmul of the step flattens / unflattens its input (fewer
       // graph nodes for MLX to walk; `Attention` takes such rows).
-      // Each block's residual adds go into the norm after them (one kernel
-      // fewer per add on a CUDA device, the same values).
       None if n == 1 && self.ckpt.is_none() => {
         let s = h.shape();
-        let mut h = ops::reshape(&h, &[s[0], s[2]])?;
-        let mut pending: Option<Array> = None;
-        for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
-          let mask = if sliding[i] { &swa_mask } else { &fa_mask };
-          let (x, r) = layer
-            .lock()
-            .forward_pending(&h, pending.as_ref(), mask, cache)?;
-          (h, pending) = (x, Some(r));
-        }
-        let rows = match &pending {
-          Some(r) => self.model.norm.forward_residual(&h, r)?.1,
-          None => self.model.norm.forward(&h)?,
-        };
-        ops::reshape(&rows, &s)
+        let rows = layers(ops::reshape(&h, &[s[0], s[2]])?)?;
+        ops::reshape(&self.model.norm.forward(&rows)?, &s)
       }
       None => self.model.norm.forward(&layers(h)?),
     }
