@@ -114,7 +114,28 @@ fn quantized(w: &Array, group: i32, bits: i32) -> (Array, Array, Array) {
 
 fn q_reference(x: &Array, q: &(Array, Array, Array), group: i32, bits: i32) -> Array {
   let (w, s, b) = q;
+  if x.ndim() == 1 {
+    // MLX 0.32's own op fails on a vector `x` on a CUDA device ("SmallVector
+    // out of range"): the reference is its one-row product.
+    let row = ops::expand_dims(x, 0).unwrap();
+    return ops::squeeze_axis(&q_reference(&row, q, group, bits), 0).unwrap();
+  }
+  let k = x.shape().last().copied().unwrap_or(1);
+  let rows = x.size() as i32 / k;
+  if gpu() && x.dtype() == Dtype::Float32 && group == 128 && rows > 32 {
+    // So does it for float32 x, groups of 128 and more than 32 rows
+    // ("cuGraphAddKernelNode ... invalid argument"): the reference is the
+    // product with the dequantized matrix.
+    let dense =
+      ops::dequantize(w, s, Some(b), Some(group), Some(bits), "affine", None, None).unwrap();
+    return reference(x, &dense);
+  }
   ops::quantized_matmul(x, w, s, Some(b), true, Some(group), Some(bits), "affine").unwrap()
+}
+
+/// Whether the default device is a GPU.
+fn gpu() -> bool {
+  mlxrs_core::Device::default_device().is_ok_and(|d| d.kind == mlxrs_core::DeviceType::Gpu)
 }
 
 /// `quantized_matmul_t` equals MLX's `quantized_matmul` for 4- and 8-bit

@@ -413,11 +413,20 @@ mx::array quantized_matmul_t(const mx::array& x, const mx::array& w, const mx::a
   // transformation (`x` a tracer: training, vmap, compile): a gradient
   // would keep every layer's dense copy alive until the backward pass,
   // the memory a quantized base is there to save.
+  //
+  // MLX 0.32.4's CUDA quantized GEMM fails for float32 `x` with groups of
+  // 128 and more than 32 rows ("cuGraphAddKernelNode ... invalid
+  // argument"; bf16 and groups of 64 work, docs/performance.md session
+  // 15): those products take the same dense path, under a transformation
+  // too (MLX's op would fail there as well).
   int64_t min_rows = gpu_dequant_rows();
-  if (s.device == mx::Device::gpu && min_rows > 0 && !x.is_tracer() && mode == "affine" &&
-      biases.has_value() && k > 0 && x.size() / k >= min_rows && w.ndim() == 2 &&
-      scales.dtype() == x.dtype() &&
-      (x.dtype() == mx::bfloat16 || x.dtype() == mx::float16 || x.dtype() == mx::float32)) {
+  int64_t rows = k > 0 ? static_cast<int64_t>(x.size()) / k : 0;
+  bool dense_ok = s.device == mx::Device::gpu && mode == "affine" && biases.has_value() &&
+                  k > 0 && w.ndim() == 2 && scales.dtype() == x.dtype() &&
+                  (x.dtype() == mx::bfloat16 || x.dtype() == mx::float16 ||
+                   x.dtype() == mx::float32);
+  bool mlx_fails = x.dtype() == mx::float32 && group == 128 && rows > 32;
+  if (dense_ok && (mlx_fails || (min_rows > 0 && !x.is_tracer() && rows >= min_rows))) {
     auto dense = mx::dequantize(w, scales, biases, group, bits, mode, std::nullopt, x.dtype(), s);
     return mx::matmul(x, mx::transpose(dense, s), s);
   }
