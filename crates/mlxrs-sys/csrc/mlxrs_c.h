@@ -860,7 +860,11 @@ int mlxrs_matmul_t(
  * stream with float32 `x`, affine 4- or 8-bit groups of 32/64/128 and
  * evaluated float32 scales and biases: a vectorised dot product for at most
  * 32 rows (decode, batched decode), dequantize-then-sgemm for more
- * (prefill); anything else is MLX's
+ * (prefill). On a GPU stream, affine groups with scales in `x`'s dtype:
+ * `x @ dequantize(w).T` from `MLXRS_GPU_DEQUANT_ROWS` rows (default 256,
+ * 0: never; not under a transformation), and for float32 `x` with groups
+ * of 128 and more than 32 rows (MLX 0.32.4's CUDA quantized GEMM fails
+ * there); a vector `x` runs as one row. Anything else is MLX's
  * `quantized_matmul`. */
 int mlxrs_quantized_matmul_t(
     mlx_array* res,

@@ -40,9 +40,12 @@ pub fn matmul_t(x: &Array, w: &Array) -> Result<Array> {
 /// `MLXRS_GPU_DEQUANT_ROWS` sets the count, 0 turns it off; not under a
 /// gradient or other transformation) run as `x @ dequantize(w).T`: from
 /// about 256 rows MLX's quantized GEMM is slower than dequantizing and
-/// running the dense one (up to ~3x at 2048 rows on an H100). Anything
-/// else (fewer GPU rows, other modes or dtypes) is MLX's op. Gradients
-/// flow to `x` only, as for MLX's op.
+/// running the dense one (up to ~3x at 2048 rows on an H100). The same
+/// dense path serves float32 `x` with groups of 128 and more than 32 rows
+/// on a GPU, under a transformation too: MLX 0.32.4's CUDA quantized GEMM
+/// fails there. A vector `x` runs as one row on a GPU (MLX's CUDA matvec
+/// fails on it). Anything else (fewer GPU rows, other modes or dtypes) is
+/// MLX's op. Gradients flow to `x` only, as for MLX's op.
 ///
 /// C: `mlxrs_quantized_matmul_t` (an mlxrs primitive, not an MLX op).
 pub fn quantized_matmul_t(
