@@ -272,6 +272,14 @@ impl Array {
     unsafe { mlxrs_sys::mlxrs_array_id(self.0) }
   }
 
+  /// Whether a function transformation in progress (grad, vjp, vmap,
+  /// compile) traces this array (C++ `array::is_tracer()`; python has no
+  /// public twin); `false` for a null handle.
+  pub fn is_tracer(&self) -> bool {
+    // SAFETY: a query on a live handle (NULL ctx yields false).
+    unsafe { mlxrs_sys::mlxrs_array_is_tracer(self.0) }
+  }
+
   /// Compute this array (python `mx.eval(a)`, swift `a.eval()`). Takes
   /// `&mut self`: evaluation replaces the graph node's inputs with data.
   pub fn eval(&mut self) -> Result<()> {

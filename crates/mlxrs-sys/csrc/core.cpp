@@ -544,6 +544,10 @@ extern "C" uintptr_t mlxrs_array_id(const mlx_array arr) {
   return arr.ctx ? mlxrs::arr(arr).id() : 0;
 }
 
+extern "C" bool mlxrs_array_is_tracer(const mlx_array arr) {
+  return arr.ctx ? mlxrs::arr(arr).is_tracer() : false;
+}
+
 extern "C" int mlx_array_eval(mlx_array arr) {
   MLXRS_TRY
   mlxrs::arr(arr).eval();

@@ -184,6 +184,10 @@ mlx_dtype mlx_array_dtype(const mlx_array arr);
  * handle to the same array; 0 for a NULL handle). Stable while any handle
  * to the array is alive. */
 uintptr_t mlxrs_array_id(const mlx_array arr);
+/** C++ `array::is_tracer()`: whether the array is traced by a function
+ * transformation in progress (grad, vjp, vmap, compile); false for a NULL
+ * handle. */
+bool mlxrs_array_is_tracer(const mlx_array arr);
 
 int mlx_array_eval(mlx_array arr);
 
@@ -876,6 +880,10 @@ int mlxrs_quantized_matmul_t(
     int bits,
     const char* mode,
     const mlx_stream s);
+
+/** The rows from which `mlxrs_quantized_matmul_t` takes its dense GPU path
+ * (`MLXRS_GPU_DEQUANT_ROWS`, read once; default 256; 0: never). */
+int64_t mlxrs_gpu_dequant_rows(void);
 
 /* ---------------------------------------------------------------- einsum */
 

@@ -352,6 +352,12 @@ unsafe extern "C" {
     pub fn mlxrs_array_id(arr: mlx_array) -> usize;
 }
 unsafe extern "C" {
+    /** C++ `array::is_tracer()`: whether the array is traced by a function
+ transformation in progress (grad, vjp, vmap, compile); false for a NULL
+ handle.*/
+    pub fn mlxrs_array_is_tracer(arr: mlx_array) -> bool;
+}
+unsafe extern "C" {
     pub fn mlx_array_eval(arr: mlx_array) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
@@ -1671,6 +1677,11 @@ unsafe extern "C" {
         mode: *const ::core::ffi::c_char,
         s: mlx_stream,
     ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    /** The rows from which `mlxrs_quantized_matmul_t` takes its dense GPU path
+ (`MLXRS_GPU_DEQUANT_ROWS`, read once; default 256; 0: never).*/
+    pub fn mlxrs_gpu_dequant_rows() -> i64;
 }
 unsafe extern "C" {
     /// Python: `mx.einsum(subscripts, *operands)`.

@@ -15,6 +15,7 @@ use mlxrs_nn::{
 
 use super::attention::layer_masks;
 use super::checkpoint::{self, Shared, Trainable};
+use super::prefill_pace::PrefillPace;
 use crate::model::LanguageModel;
 
 /// One decoder layer: `x -> x'` over its KV cache.
@@ -291,12 +292,20 @@ impl Decoder {
       .collect();
     let (fa, swa) = layer_masks(&sliding, caches, n, self.opts.window, key_valid, mask)?;
     let mut shared = None;
+    // A long quantized prefill on a GPU queues layer by layer.
+    let mut pace = match &self.ckpt {
+      None => PrefillPace::for_input(self, &h),
+      Some(_) => None,
+    };
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let m = if sliding[i] { &swa } else { &fa };
       h = match &self.ckpt {
         None => layer.lock().forward_shared(&h, m, cache, &mut shared)?,
         Some(trainable) => self.checkpointed(i, layer, trainable, &h, m, cache, &mut shared)?,
       };
+      if let Some(p) = pace.as_mut() {
+        p.layer_done(&h)?;
+      }
     }
     self.model.norm.apply(&h)
   }

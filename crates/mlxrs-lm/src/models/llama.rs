@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::attention::{Attention, AttnDims, layer_masks};
 use super::checkpoint::{self, Shared, Trainable};
 use super::mlp::SwiGluMlp;
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -263,6 +264,12 @@ impl Llama {
       key_valid,
       mask,
     )?;
+    // A long quantized prefill on a GPU queues layer by layer (not under
+    // pipeline parallelism, whose stages wait on each other).
+    let mut pace = match (&self.ckpt, &self.pipeline) {
+      (None, None) => PrefillPace::for_input(self, &h),
+      _ => None,
+    };
     let mut layers = |mut h: Array| -> Result<Array> {
       for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
         let mask = if sliding[i] { &swa_mask } else { &fa_mask };
@@ -286,6 +293,9 @@ impl Llama {
             })?
           }
         };
+        if let Some(p) = pace.as_mut() {
+          p.layer_done(&h)?;
+        }
       }
       Ok(h)
     };

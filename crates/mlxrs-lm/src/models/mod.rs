@@ -59,6 +59,7 @@ pub mod phi;
 pub mod phi3;
 pub mod phi3small;
 pub mod phimoe;
+pub(crate) mod prefill_pace;
 pub mod qwen2;
 pub mod qwen2_moe;
 pub mod qwen3;
