@@ -44,12 +44,13 @@
 #      scripts/qmm_cost.py, tokens/logprobs with MLXRS_GPU_DEQUANT_ROWS=0
 #      and 256 (tiny llama/qwen3 4-bit, a ~300-token prompt), a prefill
 #      sweep (p512/p2048), bench_lm.sh llama 4-bit vs mlx-lm and base
-#   P  bounded 4-bit prefill memory (session 16): the matmul_t test binary
+#   P  bounded prefill memory (session 16; the binary of fdba73c paced only
+#      quantized models, HEAD paces every long GPU prefill): the matmul_t test binary
 #      (.gpu/bin/mt.xz), tokens/logprobs of the tiny 4-bit fixtures with
 #      MLXRS_PREFILL_LAYERS_AHEAD=0 / default / MLXRS_GPU_DEQUANT_ROWS=0
 #      (a ~300-token prompt), then peak memory and prefill speed of
 #      llama-3.2-1b 4-bit p2048 per setting (3 interleaved rounds; P_SHAPES
-#      adds shapes, e.g. "llama-3.1-8b")
+#      adds shapes, e.g. "llama-3.1-8b"; P_PARTS="mt tokens memory" picks)
 #   Z  split_halves (session 13): tokens and logprobs HEAD vs base (tiny
 #      llama bf16 / f32, qwen3 bf16), HEAD's kernel census (bf16), then
 #      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds; Z_SHAPES adds
@@ -89,12 +90,14 @@ PYEOF
 }
 case $stage in
 P)
-  if [ -e .gpu/bin/mt.xz ]; then
+  parts=${P_PARTS:-mt tokens memory}
+  if [[ $parts == *mt* ]] && [ -e .gpu/bin/mt.xz ]; then
     xz -dc .gpu/bin/mt.xz > /tmp/b/mt; chmod +x /tmp/b/mt
     /tmp/b/mt --test-threads=1 2>&1 | tail -25 | tee $OUT/p_mt.txt
   fi
-  PR=$(python3 -c 'print(" ".join(["The quick brown fox jumps over the lazy dog."] * 30))')
-  for m in llama-4bit qwen3-4bit; do
+  # ~360 tokens: past the dense path's 256 rows, within the fixtures' 512.
+  PR=$(python3 -c 'print(" ".join(["The quick brown fox jumps over the lazy dog."] * 14))')
+  [[ $parts == *tokens* ]] && for m in llama-4bit qwen3-4bit; do
     for e in "MLXRS_PREFILL_LAYERS_AHEAD=0" "X=1" "MLXRS_GPU_DEQUANT_ROWS=0"; do
       env $e $M generate --model models/tiny/$m -p "$PR" -m 32 --temp 0 --ignore-chat-template --json --dtype bfloat16 > "$OUT/p_${m}_${e%%=*}.json" 2>>$OUT/stderr.txt
     done
@@ -103,7 +106,7 @@ P)
     done
   done 2>&1 | tee $OUT/p_tokens.txt
   pk() { tail -1 | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d=d.get("average",d); print("prefill %.1f tok/s peak %.3f GB" % (d["prompt_tps"], d["peak_memory_gb"]))' 2>/dev/null; }
-  for sh in llama-3.2-1b ${P_SHAPES:-}; do
+  [[ $parts == *memory* ]] && for sh in llama-3.2-1b ${P_SHAPES:-}; do
     for r in 1 2 3; do
       for e in MLXRS_GPU_DEQUANT_ROWS=0 MLXRS_PREFILL_LAYERS_AHEAD=0 MLXRS_PREFILL_LAYERS_AHEAD=1 X=1 MLXRS_PREFILL_LAYERS_AHEAD=4; do
         echo "$sh round $r [$e] $(env $e $M bench --shape $sh -q 4 -p 2048 -g 8 -n 2 --json 2>>$OUT/stderr.txt | pk)"

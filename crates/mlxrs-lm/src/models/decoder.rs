@@ -294,7 +294,7 @@ impl Decoder {
     let mut shared = None;
     // A long quantized prefill on a GPU queues layer by layer.
     let mut pace = match &self.ckpt {
-      None => PrefillPace::for_input(self, &h),
+      None => PrefillPace::for_input(&h),
       Some(_) => None,
     };
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {

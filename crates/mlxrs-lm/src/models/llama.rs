@@ -267,7 +267,7 @@ impl Llama {
     // A long quantized prefill on a GPU queues layer by layer (not under
     // pipeline parallelism, whose stages wait on each other).
     let mut pace = match (&self.ckpt, &self.pipeline) {
-      (None, None) => PrefillPace::for_input(self, &h),
+      (None, None) => PrefillPace::for_input(&h),
       _ => None,
     };
     let mut layers = |mut h: Array| -> Result<Array> {

@@ -1,25 +1,28 @@
-//! How far a long quantized prefill may run ahead of the GPU (no Python
-//! twin: mlx-lm builds and queues a prefill chunk's whole graph at once).
+//! How far a long prefill may run ahead of the GPU (no Python twin:
+//! mlx-lm builds and queues a prefill chunk's whole graph at once).
 //!
-//! On a GPU, from `MLXRS_GPU_DEQUANT_ROWS` rows (prefill) a quantized
-//! matrix is multiplied as `x @ dequantize(w).T`
-//! ([`mlxrs_core::ops::quantized_matmul_t`]): one dense copy of the matrix
-//! per call, alive until the GPU has run its matmul. The host encodes a
-//! chunk's layers much faster than the GPU runs them, so without a bound
-//! nearly every layer's dense copies are alive at once: +1.2-1.8 GB of peak
-//! memory at a 2048-token Llama-3.2-1B 4-bit prefill on an H100
-//! (docs/performance.md, session 15), about the model's bf16 size, the
-//! memory quantization is there to save. [`PrefillPace`] queues each
-//! layer's output as it is built and, once more than
-//! `MLXRS_PREFILL_LAYERS_AHEAD` layers (default 2; 0: no bound) are
-//! queued, waits for the oldest, so at most that many layers' dense copies
-//! are alive while the GPU stays busy.
+//! MLX keeps every buffer a queued kernel reads or writes until the GPU has
+//! run that kernel. The host builds and encodes a prefill chunk's layers
+//! much faster than the GPU runs them, so without a bound nearly every
+//! layer's activations are alive at once, and, for a quantized model whose
+//! long products take the dense path of
+//! [`mlxrs_core::ops::quantized_matmul_t`], every layer's dense copy of its
+//! matrices as well: a 2048-token Llama-3.2-1B 4-bit prefill peaked at
+//! 4.6-5.1 GB on an H100, more than the bf16 model's 4.9 GB.
+//! [`PrefillPace`] queues each layer's output as it is built and, once more
+//! than `MLXRS_PREFILL_LAYERS_AHEAD` layers (default 2; 0: no bound) are
+//! queued, waits for the oldest, so only that many layers are in flight
+//! while the GPU stays busy. Measured on an H100 (docs/performance.md,
+//! session 16; 2048-token prompts, peak memory unbounded -> paced, mlx-lm
+//! in brackets): llama-3.1-8b bf16 23.95 -> 17.3 GB (19.6-19.8),
+//! llama-3.2-1b bf16 4.8-4.9 -> 3.05 GB (3.84), llama-3.2-1b 4-bit
+//! 4.6-5.1 -> 1.64-1.69 GB (2.60), llama-3.1-8b 4-bit 21.2 -> 7.0 GB (7.66);
+//! prefill speed the same within the rounds' spread, tokens and
+//! log-probabilities identical.
 
 use std::collections::VecDeque;
 
-use mlxrs_core::{Array, Device, Result, ops};
-
-use crate::model::LanguageModel;
+use mlxrs_core::{Array, Device, Result};
 
 /// Layers queued ahead of the one being waited for (`MLXRS_PREFILL_LAYERS_AHEAD`,
 /// read once; default 2; 0 turns the bound off; a value that is not a
@@ -34,12 +37,8 @@ fn layers_ahead() -> usize {
   })
 }
 
-/// Whether `model` has affine-quantized matrices (a `scales` tensor).
-fn has_quantized_weights(model: &dyn LanguageModel) -> bool {
-  let mut found = false;
-  model.visit(&mut |name, _| found |= name.ends_with(".scales"));
-  found
-}
+/// Rows (batch x positions) from which a GPU forward pass is paced.
+const MIN_ROWS: i64 = 256;
 
 /// Layer-by-layer queueing of a forward pass over `[B, T, hidden]` inputs
 /// (see the module docs).
@@ -49,23 +48,21 @@ pub(crate) struct PrefillPace {
 }
 
 impl PrefillPace {
-  /// A pace for a forward pass of `model` over `h` when its quantized
-  /// matrices take the dense GPU path: the default stream is a GPU's, more
-  /// than one position per row (a prefill, not a decode step), at least
-  /// [`ops::gpu_dequant_rows`] rows, and no function transformation
-  /// tracing `h` (a gradient keeps what it needs anyway, and evaluating
-  /// inside it would be wrong); `None` otherwise.
-  pub(crate) fn for_input(model: &dyn LanguageModel, h: &Array) -> Option<PrefillPace> {
+  /// A pace for a forward pass over `h` on a GPU: the default stream is a
+  /// GPU's, more than one position per row (a prefill, not a decode step),
+  /// at least 256 rows, and no function transformation tracing `h` (a
+  /// gradient keeps what it needs anyway, and evaluating inside it would be
+  /// wrong); `None` otherwise.
+  pub(crate) fn for_input(h: &Array) -> Option<PrefillPace> {
     let ahead = layers_ahead();
     let s = h.shape();
-    let min_rows = ops::gpu_dequant_rows();
-    if ahead == 0 || s.len() != 3 || s[1] < 2 || min_rows <= 0 || h.is_tracer() {
+    if ahead == 0 || s.len() != 3 || s[1] < 2 || h.is_tracer() {
       return None;
     }
-    if (s[0] as i64) * (s[1] as i64) < min_rows || !Device::default_is_gpu() {
+    if (s[0] as i64) * (s[1] as i64) < MIN_ROWS || !Device::default_is_gpu() {
       return None;
     }
-    has_quantized_weights(model).then(|| PrefillPace {
+    Some(PrefillPace {
       queued: VecDeque::new(),
       ahead,
     })
@@ -88,6 +85,7 @@ impl PrefillPace {
 #[cfg(test)]
 mod tests {
   use super::*;
+  use mlxrs_core::ops;
 
   /// The queue never holds more than `ahead` outputs, the waited-for ones
   /// leave it oldest first, and the chain's value is what it is unpaced.
