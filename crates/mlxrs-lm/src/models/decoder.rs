@@ -293,19 +293,14 @@ impl Decoder {
     let (fa, swa) = layer_masks(&sliding, caches, n, self.opts.window, key_valid, mask)?;
     let mut shared = None;
     // A long quantized prefill on a GPU queues layer by layer.
-    let mut pace = match &self.ckpt {
-      None => PrefillPace::for_input(&h),
-      Some(_) => None,
-    };
+    let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let m = if sliding[i] { &swa } else { &fa };
       h = match &self.ckpt {
         None => layer.lock().forward_shared(&h, m, cache, &mut shared)?,
         Some(trainable) => self.checkpointed(i, layer, trainable, &h, m, cache, &mut shared)?,
       };
-      if let Some(p) = pace.as_mut() {
-        p.layer_done(&h)?;
-      }
+      pace.layer_done(&h)?;
     }
     self.model.norm.apply(&h)
   }

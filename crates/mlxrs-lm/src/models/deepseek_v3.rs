@@ -30,6 +30,7 @@ use serde_json::Value;
 use super::base::{check_caches, check_moe, default_caches, slice_axis, stack_experts};
 use super::mlp::SwiGluMlp;
 use super::moe::{DeepseekMoe, DeepseekRouter, Routing, check_groups};
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_vocab() -> i32 {
@@ -581,8 +582,10 @@ impl DeepseekV3 {
       (Some(c), None) => c.make_mask(n, None)?,
       (None, _) => AttnMask::None,
     };
+    let mut pace = PrefillPace::for_input(&h);
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       h = layer.forward(&h, &mask, cache)?;
+      pace.layer_done(&h)?;
     }
     self.model.norm.forward(&h)
   }

@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::base::check_heads;
 use super::checkpoint::{self, Shared, Trainable};
 use super::mlp::GeluMlp;
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -311,9 +312,11 @@ impl Gemma2 {
       AttnMask::Array(a) => b.forward(x, Some(a), c),
       _ => b.forward(x, None, c),
     };
+    let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let prefix = || format!("model.layers.{i}");
       h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, forward)?;
+      pace.layer_done(&h)?;
     }
     self.model.norm.forward(&h)
   }

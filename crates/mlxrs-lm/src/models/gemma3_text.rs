@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::base::check_heads;
 use super::checkpoint::{self, Shared, Trainable};
 use super::mlp::GeluMlp;
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_hidden() -> i32 {
@@ -332,6 +333,7 @@ impl LanguageModel for Gemma3Text {
       }
       _ => AttnMask::None,
     };
+    let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let mask = if layer.lock().sliding {
         &sliding_mask
@@ -340,6 +342,7 @@ impl LanguageModel for Gemma3Text {
       };
       let prefix = || format!("model.layers.{i}");
       h = checkpoint::block(&self.ckpt, layer, prefix, &h, mask, cache, Block::forward)?;
+      pace.layer_done(&h)?;
     }
     self.model.norm.forward(&h)
   }
@@ -366,6 +369,7 @@ impl LanguageModel for Gemma3Text {
     let e = self.embed_tokens(tokens)?;
     let scale = Array::scalar_as((self.args.hidden_size as f64).sqrt(), Dtype::Bfloat16)?;
     let mut h = ops::multiply(&e, &ops::astype(&scale, e.dtype())?)?;
+    let mut pace = PrefillPace::for_input(&h);
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       let mask = if layer.lock().sliding {
         &sliding
@@ -373,6 +377,7 @@ impl LanguageModel for Gemma3Text {
         &global
       };
       h = layer.lock().forward(&h, mask, cache)?;
+      pace.layer_done(&h)?;
     }
     self.model.norm.forward(&h)
   }

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::attention::layer_masks;
 use super::base::{check_heads, last_axis};
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 /// `ModelArgs` of mlx-lm's gpt2.py.
@@ -260,8 +261,10 @@ impl Gpt2 {
     let pos: Vec<i32> = (offset..offset + n).collect();
     let pos = Array::from_slice(&pos, &[n])?;
     let mut h = ops::add(x, &self.model.wpe.forward(&pos)?)?;
+    let mut pace = PrefillPace::for_input(&h);
     for (layer, cache) in self.model.h.iter().zip(caches.iter_mut()) {
       h = layer.forward(&h, &fa, cache)?;
+      pace.layer_done(&h)?;
     }
     self.model.ln_f.forward(&h)
   }

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::base::{check_caches, check_heads, check_moe, last_axis};
 use super::checkpoint::{self, Shared, Trainable};
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_layers() -> i32 {
@@ -351,6 +352,7 @@ impl LanguageModel for GptOss {
       Some(i) => caches[i].make_mask(n, Some(self.args.sliding_window))?,
       None => AttnMask::None,
     };
+    let mut pace = PrefillPace::for_input(&x);
     for (i, (layer, cache)) in layers.iter().zip(caches.iter_mut()).enumerate() {
       let mask = if layer.lock().sliding {
         &swa_mask
@@ -359,6 +361,7 @@ impl LanguageModel for GptOss {
       };
       let prefix = || format!("model.layers.{i}");
       x = checkpoint::block(&self.ckpt, layer, prefix, &x, mask, cache, Block::forward)?;
+      pace.layer_done(&x)?;
     }
     self.model.norm.forward(&x)
   }
@@ -383,9 +386,11 @@ impl LanguageModel for GptOss {
     let full = crate::batch::padded_mask(key_valid, n, offset, None)?;
     let swa = crate::batch::padded_mask(key_valid, n, offset, Some(self.args.sliding_window))?;
     let mut x = self.model.embed_tokens.forward(tokens)?;
+    let mut pace = PrefillPace::for_input(&x);
     for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
       let b = layer.lock();
       x = b.forward(&x, if b.sliding { &swa } else { &full }, cache)?;
+      pace.layer_done(&x)?;
     }
     self.model.norm.forward(&x)
   }

@@ -266,9 +266,9 @@ impl Llama {
     )?;
     // A long quantized prefill on a GPU queues layer by layer (not under
     // pipeline parallelism, whose stages wait on each other).
-    let mut pace = match (&self.ckpt, &self.pipeline) {
-      (None, None) => PrefillPace::for_input(&h),
-      _ => None,
+    let mut pace = match &self.pipeline {
+      None => PrefillPace::for_input(&h),
+      Some(_) => PrefillPace::off(),
     };
     let mut layers = |mut h: Array| -> Result<Array> {
       for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
@@ -293,9 +293,7 @@ impl Llama {
             })?
           }
         };
-        if let Some(p) = pace.as_mut() {
-          p.layer_done(&h)?;
-        }
+        pace.layer_done(&h)?;
       }
       Ok(h)
     };

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::base::{check_caches, check_heads, check_moe, default_caches, last_axis, stack_experts};
 use super::checkpoint::{self, Shared, Trainable};
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_vocab() -> i32 {
@@ -281,9 +282,11 @@ impl Mixtral {
       (Some(c), None) => c.make_mask(n, None)?,
       (None, _) => AttnMask::None,
     };
+    let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let prefix = || format!("model.layers.{i}");
       h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, Block::forward)?;
+      pace.layer_done(&h)?;
     }
     self.model.norm.forward(&h)
   }

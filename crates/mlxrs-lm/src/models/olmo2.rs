@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::base::check_heads;
 use super::checkpoint::{self, Shared, Trainable};
 use super::llama::LlamaArgs;
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 struct Attention {
@@ -249,10 +250,12 @@ impl Olmo2 {
     };
     let full = mask_for(false, caches)?;
     let swa = mask_for(true, caches)?;
+    let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let mask = if layer.lock().sliding { &swa } else { &full };
       let prefix = || format!("model.layers.{i}");
       h = checkpoint::block(&self.ckpt, layer, prefix, &h, mask, cache, Block::forward)?;
+      pace.layer_done(&h)?;
     }
     self.model.norm.forward(&h)
   }

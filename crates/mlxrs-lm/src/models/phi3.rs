@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::base::check_heads;
 use super::checkpoint::{self, Shared, Trainable};
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -311,9 +312,11 @@ impl Phi3 {
       (Some(c), None) => c.make_mask(n, None)?,
       (None, _) => AttnMask::None,
     };
+    let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let prefix = || format!("model.layers.{i}");
       h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, Block::forward)?;
+      pace.layer_done(&h)?;
     }
     self.model.norm.forward(&h)
   }

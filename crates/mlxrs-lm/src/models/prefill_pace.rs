@@ -41,36 +41,48 @@ fn layers_ahead() -> usize {
 const MIN_ROWS: i64 = 256;
 
 /// Layer-by-layer queueing of a forward pass over `[B, T, hidden]` inputs
-/// (see the module docs).
+/// (see the module docs); inactive (every call a no-op) where pacing does
+/// not apply.
 pub(crate) struct PrefillPace {
   queued: VecDeque<Array>,
+  /// Layers allowed in flight; 0 when inactive.
   ahead: usize,
 }
 
 impl PrefillPace {
-  /// A pace for a forward pass over `h` on a GPU: the default stream is a
-  /// GPU's, more than one position per row (a prefill, not a decode step),
-  /// at least 256 rows, and no function transformation tracing `h` (a
-  /// gradient keeps what it needs anyway, and evaluating inside it would be
-  /// wrong); `None` otherwise.
-  pub(crate) fn for_input(h: &Array) -> Option<PrefillPace> {
-    let ahead = layers_ahead();
+  /// The pace of a forward pass over `h`: active on a GPU (the default
+  /// stream is a GPU's) for more than one position per row (a prefill,
+  /// not a decode step), at least 256 rows, and no function transformation
+  /// tracing `h` (a gradient keeps what it needs anyway, and evaluating
+  /// inside it would be wrong); inactive otherwise.
+  pub(crate) fn for_input(h: &Array) -> PrefillPace {
     let s = h.shape();
-    if ahead == 0 || s.len() != 3 || s[1] < 2 || h.is_tracer() {
-      return None;
-    }
-    if (s[0] as i64) * (s[1] as i64) < MIN_ROWS || !Device::default_is_gpu() {
-      return None;
-    }
-    Some(PrefillPace {
+    let applies = s.len() == 3
+      && s[1] >= 2
+      && (s[0] as i64) * (s[1] as i64) >= MIN_ROWS
+      && !h.is_tracer()
+      && Device::default_is_gpu();
+    PrefillPace {
       queued: VecDeque::new(),
-      ahead,
-    })
+      ahead: if applies { layers_ahead() } else { 0 },
+    }
   }
 
-  /// Layer output `h` is built: queue it, and wait for the oldest queued
-  /// output once more than the allowed number are in flight.
+  /// An inactive pace (pipeline stages, whose evaluation waits on other
+  /// processes).
+  pub(crate) fn off() -> PrefillPace {
+    PrefillPace {
+      queued: VecDeque::new(),
+      ahead: 0,
+    }
+  }
+
+  /// Layer output `h` is built: when active, queue it, and wait for the
+  /// oldest queued output once more than the allowed number are in flight.
   pub(crate) fn layer_done(&mut self, h: &Array) -> Result<()> {
+    if self.ahead == 0 {
+      return Ok(());
+    }
     mlxrs_core::async_eval(std::slice::from_ref(h))?;
     self.queued.push_back(h.clone());
     if self.queued.len() > self.ahead {
@@ -106,6 +118,30 @@ mod tests {
       assert_eq!(pace.queued.back().map(Array::id), Some(h.id()));
     }
     assert_eq!(h.to_vec::<f32>()?, plain.to_vec::<f32>()?);
+    Ok(())
+  }
+
+  /// Off the GPU, for a decode step and for too few rows, the pace is
+  /// inactive: nothing is queued.
+  #[test]
+  fn inactive_where_it_does_not_apply() -> Result<()> {
+    let x = ops::ones(&[1, 512, 8], mlxrs_core::Dtype::Float32)?;
+    let one = ops::ones(&[300, 1, 8], mlxrs_core::Dtype::Float32)?;
+    let few = ops::ones(&[1, 100, 8], mlxrs_core::Dtype::Float32)?;
+    for (h, gpu_only) in [(&x, true), (&one, false), (&few, false)] {
+      let mut pace = PrefillPace::for_input(h);
+      assert_eq!(
+        pace.ahead > 0,
+        gpu_only && Device::default_is_gpu() && layers_ahead() > 0
+      );
+      if pace.ahead == 0 {
+        pace.layer_done(h)?;
+        assert!(pace.queued.is_empty());
+      }
+    }
+    let mut off = PrefillPace::off();
+    off.layer_done(&x)?;
+    assert!(off.queued.is_empty());
     Ok(())
   }
 }

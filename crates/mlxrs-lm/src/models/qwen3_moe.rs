@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::base::{check_caches, check_heads, check_moe, default_caches, stack_experts};
 use super::checkpoint::{self, Shared, Trainable};
 use super::moe::SparseMoe;
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_one() -> i32 {
@@ -280,9 +281,11 @@ impl Qwen3Moe {
       (Some(c), None) => c.make_mask(n, None)?,
       (None, _) => AttnMask::None,
     };
+    let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let prefix = || format!("model.layers.{i}");
       h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, Block::forward)?;
+      pace.layer_done(&h)?;
     }
     self.model.norm.forward(&h)
   }

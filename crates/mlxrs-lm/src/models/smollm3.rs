@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::base::check_heads;
 use super::checkpoint::{self, Shared, Trainable};
 use super::llama::LlamaArgs;
+use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_interval() -> i32 {
@@ -278,6 +279,7 @@ impl SmolLm3 {
       (Some(i), None) => caches[i].make_mask(n, self.args.sliding_window)?,
       (None, _) => AttnMask::None,
     };
+    let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let mask = if layer.lock().sliding {
         &swa_mask
@@ -286,6 +288,7 @@ impl SmolLm3 {
       };
       let prefix = || format!("model.layers.{i}");
       h = checkpoint::block(&self.ckpt, layer, prefix, &h, mask, cache, Block::forward)?;
+      pace.layer_done(&h)?;
     }
     self.model.norm.forward(&h)
   }
