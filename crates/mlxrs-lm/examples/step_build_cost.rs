@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
       t.push(t0.elapsed().as_secs_f64() * 1e6);
       drop((y, c));
     }
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t.sort_by(f64::total_cmp);
     println!(
       "round {round}: build per step min {:.0} median {:.0} us",
       t[0],
