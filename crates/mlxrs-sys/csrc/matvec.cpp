@@ -455,10 +455,6 @@ mx::array quantized_matmul_t(const mx::array& x, const mx::array& w, const mx::a
 }  // namespace
 }  // namespace mlxrs
 
-extern "C" int64_t mlxrs_gpu_dequant_rows(void) {
-  return mlxrs::gpu_dequant_rows();
-}
-
 extern "C" int mlxrs_matmul_t(mlx_array* res, const mlx_array x, const mlx_array w,
                               const mlx_stream s) {
   MLXRS_TRY

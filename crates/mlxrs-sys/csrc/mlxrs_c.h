@@ -881,10 +881,6 @@ int mlxrs_quantized_matmul_t(
     const char* mode,
     const mlx_stream s);
 
-/** The rows from which `mlxrs_quantized_matmul_t` takes its dense GPU path
- * (`MLXRS_GPU_DEQUANT_ROWS`, read once; default 256; 0: never). */
-int64_t mlxrs_gpu_dequant_rows(void);
-
 /* ---------------------------------------------------------------- einsum */
 
 /** Python: `mx.einsum(subscripts, *operands)`. */

@@ -1679,11 +1679,6 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    /** The rows from which `mlxrs_quantized_matmul_t` takes its dense GPU path
- (`MLXRS_GPU_DEQUANT_ROWS`, read once; default 256; 0: never).*/
-    pub fn mlxrs_gpu_dequant_rows() -> i64;
-}
-unsafe extern "C" {
     /// Python: `mx.einsum(subscripts, *operands)`.
     pub fn mlx_einsum(
         res: *mut mlx_array,

@@ -84,13 +84,3 @@ pub fn quantized_matmul_t(
   })?;
   Ok(res)
 }
-
-/// The rows from which [`quantized_matmul_t`] runs a GPU product as `x @
-/// dequantize(w).T` (`MLXRS_GPU_DEQUANT_ROWS`, read once; default 256; 0:
-/// never). No Python twin (an mlxrs path).
-///
-/// C: `mlxrs_gpu_dequant_rows`.
-pub fn gpu_dequant_rows() -> i64 {
-  // SAFETY: reads a process-wide setting; no arguments.
-  unsafe { mlxrs_sys::mlxrs_gpu_dequant_rows() }
-}

@@ -26,4 +26,4 @@ mod generated;
 pub use einsum::{einsum, einsum_path};
 pub use ergonomic::pad_pairs;
 pub use generated::*;
-pub use matmul_t::{gpu_dequant_rows, matmul_t, quantized_matmul_t};
+pub use matmul_t::{matmul_t, quantized_matmul_t};

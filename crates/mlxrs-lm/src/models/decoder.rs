@@ -292,7 +292,7 @@ impl Decoder {
       .collect();
     let (fa, swa) = layer_masks(&sliding, caches, n, self.opts.window, key_valid, mask)?;
     let mut shared = None;
-    // A long quantized prefill on a GPU queues layer by layer.
+    // A long prefill on a GPU queues layer by layer (`prefill_pace`).
     let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let m = if sliding[i] { &swa } else { &fa };

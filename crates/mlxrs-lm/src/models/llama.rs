@@ -264,8 +264,8 @@ impl Llama {
       key_valid,
       mask,
     )?;
-    // A long quantized prefill on a GPU queues layer by layer (not under
-    // pipeline parallelism, whose stages wait on each other).
+    // A long prefill on a GPU queues layer by layer (`prefill_pace`; not
+    // under pipeline parallelism, whose stages wait on each other).
     let mut pace = match &self.pipeline {
       None => PrefillPace::for_input(&h),
       Some(_) => PrefillPace::off(),
