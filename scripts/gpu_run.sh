@@ -55,6 +55,12 @@
 #      llama bf16 / f32, qwen3 bf16), HEAD's kernel census (bf16), then
 #      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds; Z_SHAPES adds
 #      more, e.g. "llama-3.2-1b: qwen3-0.6b:")
+#   Y  the fused add + RMSNorm + projection kernels (session 17): the
+#      norm_matvec test binary (.gpu/bin/nm.xz), tokens and logprobs fused /
+#      MLXRS_FUSE_NORM_MATVEC=0 / base (tiny llama bf16 / f32, qwen3 bf16,
+#      llama / qwen3 4-bit), the kernel census of a llama bf16 step, then
+#      the same binary fused on / off, 5 interleaved rounds (Y_AB shapes,
+#      default "llama-3.2-1b: qwen3-0.6b:4"); Y_PARTS="test tokens census ab"
 # Everything it writes lands under $OUT.
 set -uo pipefail
 stage=${1:?usage: gpu_run.sh A..Z}
@@ -292,6 +298,45 @@ U)
   MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 2>&1 | tee $OUT/bench_qwen3_bf16.md
   MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh llama-3.2-1b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_llama_q4.md
   MLXRS=$M BASELINE=/tmp/b/one NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh qwen3-0.6b 512 256 bfloat16 4 2>&1 | tee $OUT/bench_qwen3_q4.md
+  ;;
+Y)
+  parts=${Y_PARTS:-test tokens census ab}
+  if [[ $parts == *test* ]] && [ -e .gpu/bin/nm.xz ]; then
+    xz -dc .gpu/bin/nm.xz > /tmp/b/nm; chmod +x /tmp/b/nm
+    /tmp/b/nm --test-threads=1 2>&1 | tail -25 | tee $OUT/y_test.txt
+  fi
+  [[ $parts == *tokens* ]] && for m in llama-bf16:bfloat16 llama:float32 qwen3:bfloat16 llama-4bit:bfloat16 qwen3-4bit:bfloat16; do
+    f=$OUT/y_${m%%:*}_${m##*:}
+    $M generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > ${f}_on.json 2>>$OUT/stderr.txt
+    MLXRS_FUSE_NORM_MATVEC=0 $M generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > ${f}_off.json 2>>$OUT/stderr.txt
+    $B generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > ${f}_base.json 2>>$OUT/stderr.txt
+    for o in off base; do
+      python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print(sys.argv[3], "tokens", "same" if a["tokens"]==b["tokens"] else "DIFFER", "logprobs", "same" if a["logprobs"]==b["logprobs"] else "differ, max |d| %.3g" % max(abs(x-y) for x,y in zip(a["logprobs"],b["logprobs"])), len(a["tokens"]), a["tokens"][:6])' ${f}_on.json ${f}_$o.json "$m fused vs $o"
+    done
+  done 2>&1 | tee $OUT/y_tokens.txt
+  if [[ $parts == *census* ]]; then
+    rm -rf /tmp/yd; mkdir -p /tmp/yd
+    MLX_SAVE_CUDA_GRAPHS_DOT_FILE=/tmp/yd/g $M bench --shape llama-3.2-1b -p 16 -g 6 -n 1 > /dev/null 2>&1
+    python3 - /tmp/yd <<'PYEOF' 2>&1 | tee $OUT/y_census.txt
+import collections, glob, re, sys
+fs = sorted(glob.glob(sys.argv[1] + "/g_*.dot"), key=lambda p: int(re.search(r"_(\d+)\.dot", p).group(1)))
+print("kernels per graph", [len(re.findall(r'label="\d+\n_Z', open(f).read())) for f in fs])
+names = [m for f in fs[-3:] for m in re.findall(r'label="\d+\n(_Z[^\n"]*)', open(f).read())]
+print("last 3 graphs:", len(names), "kernels")
+for k, v in collections.Counter(n[:60] for n in names).most_common(20):
+    print(f"{v:4d} {k}")
+PYEOF
+  fi
+  if [[ $parts == *ab* ]]; then
+    for sq in ${Y_AB:-llama-3.2-1b: qwen3-0.6b:4}; do
+      q=${sq##*:}; qa=${q:+-q $q}
+      for r in 1 2 3 4 5; do
+        on=$($M bench --shape ${sq%%:*} $qa -p 512 -g 256 -n 1 --dtype bfloat16 --json 2>>$OUT/stderr.txt | gtps)
+        off=$(MLXRS_FUSE_NORM_MATVEC=0 $M bench --shape ${sq%%:*} $qa -p 512 -g 256 -n 1 --dtype bfloat16 --json 2>>$OUT/stderr.txt | gtps)
+        echo "${sq} round $r fused $on off $off"
+      done
+    done 2>&1 | tee $OUT/y_ab.txt
+  fi
   ;;
 Z)
   for m in llama-bf16:bfloat16 llama:float32 qwen3:bfloat16; do

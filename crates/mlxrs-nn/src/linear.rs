@@ -317,6 +317,29 @@ impl Linear {
     }
   }
 
+  /// This layer as the projection a fused norm + matvec kernel ends with
+  /// ([`mlxrs_core::fast::norm_matvec`]): its dense or affine-quantized
+  /// weights; `None` with a bias, an adapter, an all-reduce or another
+  /// quantization mode. No Python twin.
+  pub fn as_projection(&self) -> Option<mlxrs_core::fast::Projection<'_>> {
+    if self.bias.is_some() || self.adapter.is_some() || self.all_reduce {
+      return None;
+    }
+    match (&self.quant, &self.scales, &self.biases) {
+      (None, _, _) => Some(mlxrs_core::fast::Projection::Dense(&self.weight)),
+      (Some(q), Some(scales), Some(biases)) if q.mode == crate::quant::QuantMode::Affine => {
+        Some(mlxrs_core::fast::Projection::Affine {
+          weight: &self.weight,
+          scales,
+          biases,
+          bits: q.bits,
+          group_size: q.group_size,
+        })
+      }
+      _ => None,
+    }
+  }
+
   /// Keep `weight.T` ready as an evaluated view (no copy) for the matmuls
   /// of a dense layer on a GPU, so an inference graph has no transpose
   /// node per call; nothing on the CPU or for a quantized layer. Used

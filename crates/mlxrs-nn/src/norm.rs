@@ -51,6 +51,25 @@ impl RmsNorm {
   pub fn forward(&self, x: &Array) -> Result<Array> {
     fast::rms_norm(x, Some(&self.weight), self.eps)
   }
+
+  /// A pre-norm layer's input for one decoded row as one kernel: `(h, y)`
+  /// with `h = x + delta` (`x` without `delta`) and `y = proj(norm(h))`, or
+  /// with `swiglu` and a stacked gate | up `proj`, `y = silu(gate) * up`
+  /// (python: `h = x + delta; y = proj(norm(h))`; see
+  /// [`fast::norm_matvec`]). `None` where the fused kernel does not apply
+  /// (the caller runs these ops itself).
+  pub fn fused_with(
+    &self,
+    x: &Array,
+    delta: Option<&Array>,
+    proj: &crate::Linear,
+    swiglu: bool,
+  ) -> Result<Option<(Array, Array)>> {
+    match proj.as_projection() {
+      Some(p) => fast::norm_matvec(x, delta, &self.weight, self.eps, p, swiglu),
+      None => Ok(None),
+    }
+  }
 }
 
 impl Module for RmsNorm {

@@ -881,6 +881,36 @@ int mlxrs_quantized_matmul_t(
     const char* mode,
     const mlx_stream s);
 
+/* ------------------------------------------------------------ norm_matvec */
+
+/** One decoded row through a pre-norm layer's residual add, RMSNorm and the
+ * projection after them (python: `h = x + delta; n = mx.fast.rms_norm(h,
+ * norm_weight, eps)`, then `y = n @ w.T` or `mx.quantized_matmul(n, w,
+ * scales, biases, True, group_size, bits)`; with `swiglu`, `w` stacks gate |
+ * up and `y = silu(y[..., :I]) * y[..., I:]`). On MLX's CUDA backend, for one
+ * row of a float dtype, a row-contiguous dense `w` of that dtype or an
+ * affine 4- or 8-bit one, and nothing traced: one custom kernel that gives
+ * MLX's ops' results bit for bit; `*fused` is set to true and `h` (`x` when
+ * `delta` is empty) and `y` are written. Otherwise `*fused` is false and
+ * nothing is written: the caller runs MLX's ops (also under
+ * `MLXRS_FUSE_NORM_MATVEC=0`). `delta`, `scales` and `biases` may be empty
+ * handles; `bits` 0 means a dense `w`. */
+int mlxrs_fast_norm_matvec(
+    mlx_array* h,
+    mlx_array* y,
+    bool* fused,
+    const mlx_array x,
+    const mlx_array delta,
+    const mlx_array norm_weight,
+    float eps,
+    const mlx_array w,
+    const mlx_array scales,
+    const mlx_array biases,
+    int bits,
+    int group_size,
+    bool swiglu,
+    const mlx_stream s);
+
 /* ---------------------------------------------------------------- einsum */
 
 /** Python: `mx.einsum(subscripts, *operands)`. */

@@ -1679,6 +1679,36 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
+    /** One decoded row through a pre-norm layer's residual add, RMSNorm and the
+ projection after them (python: `h = x + delta; n = mx.fast.rms_norm(h,
+ norm_weight, eps)`, then `y = n @ w.T` or `mx.quantized_matmul(n, w,
+ scales, biases, True, group_size, bits)`; with `swiglu`, `w` stacks gate |
+ up and `y = silu(y[..., :I]) * y[..., I:]`). On MLX's CUDA backend, for one
+ row of a float dtype, a row-contiguous dense `w` of that dtype or an
+ affine 4- or 8-bit one, and nothing traced: one custom kernel that gives
+ MLX's ops' results bit for bit; `*fused` is set to true and `h` (`x` when
+ `delta` is empty) and `y` are written. Otherwise `*fused` is false and
+ nothing is written: the caller runs MLX's ops (also under
+ `MLXRS_FUSE_NORM_MATVEC=0`). `delta`, `scales` and `biases` may be empty
+ handles; `bits` 0 means a dense `w`.*/
+    pub fn mlxrs_fast_norm_matvec(
+        h: *mut mlx_array,
+        y: *mut mlx_array,
+        fused: *mut bool,
+        x: mlx_array,
+        delta: mlx_array,
+        norm_weight: mlx_array,
+        eps: f32,
+        w: mlx_array,
+        scales: mlx_array,
+        biases: mlx_array,
+        bits: ::core::ffi::c_int,
+        group_size: ::core::ffi::c_int,
+        swiglu: bool,
+        s: mlx_stream,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
     /// Python: `mx.einsum(subscripts, *operands)`.
     pub fn mlx_einsum(
         res: *mut mlx_array,

@@ -13,4 +13,6 @@ pub use sdpa::{Mask, scaled_dot_product_attention};
 pub mod sdpa_full;
 pub use sdpa_full::scaled_dot_product_attention_full;
 pub mod kernel;
+pub mod norm_matvec;
 pub use kernel::{CustomKernel, KernelBuilder, KernelCall, ScalarArg, precompiled_cuda_kernel};
+pub use norm_matvec::{Projection, norm_matvec};

@@ -263,6 +263,35 @@ impl Attention {
   /// (a decode step kept two-dimensional has no flatten / unflatten nodes
   /// around its matmuls).
   pub fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
+    self.forward_with(x, None, mask, cache)
+  }
+
+  /// The stacked q | k | v projection, while the projections are stacked
+  /// ([`Attention::fuse_projections`]).
+  pub fn stacked_qkv(&self) -> Option<&Linear> {
+    self.qkv.get()
+  }
+
+  /// [`Attention::forward`] from the stacked projection's output `qkv`
+  /// (computed by the caller, e.g. fused with the norm before it); `x` gives
+  /// the input's shape.
+  pub fn forward_projected(
+    &self,
+    x: &Array,
+    qkv: Array,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+  ) -> Result<Array> {
+    self.forward_with(x, Some(qkv), mask, cache)
+  }
+
+  fn forward_with(
+    &self,
+    x: &Array,
+    projected: Option<Array>,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+  ) -> Result<Array> {
     let s = x.shape();
     let rows = s.len() == 2;
     let (b, l) = (s[0], if rows { 1 } else { s[1] });
@@ -295,9 +324,15 @@ impl Attention {
     };
     let plain_qk = self.q_norm.is_none() && self.k_norm.is_none() && plain.is_none();
     let (nq, nk) = (self.q_proj.out_dims, self.k_proj.out_dims);
-    let stacked = match self.qkv.get() {
-      Some(qkv) => Some((qkv.forward(x)?, qkv.out_dims)),
-      None => None,
+    let stacked = match (self.qkv.get(), projected) {
+      (Some(qkv), Some(y)) => Some((y, qkv.out_dims)),
+      (Some(qkv), None) => Some((qkv.forward(x)?, qkv.out_dims)),
+      (None, None) => None,
+      (None, Some(_)) => {
+        return Err(mlxrs_core::Error::InvalidArgument(
+          "attention: a precomputed q|k|v projection needs stacked projections".into(),
+        ));
+      }
     };
     let (mut q, k, v) = match (&stacked, &self.rope, &self.qk_norm_weight) {
       // Stacked projections, no q/k norms: rotate the query and key heads

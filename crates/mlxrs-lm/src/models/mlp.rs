@@ -64,6 +64,18 @@ impl SwiGluMlp {
     self.down_proj.keep_transposed()
   }
 
+  /// The stacked gate | up projection, while stacked
+  /// ([`SwiGluMlp::fuse_projections`]).
+  pub fn stacked_gate_up(&self) -> Option<&Linear> {
+    self.gate_up.get()
+  }
+
+  /// The down projection of the gated activation `silu(gate) * up`
+  /// (computed by the caller, e.g. fused with the norm and gate | up).
+  pub fn down(&self, act: &Array) -> Result<Array> {
+    self.down_proj.forward(act)
+  }
+
   /// The MLP of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     if let Some(gu) = self.gate_up.get() {
