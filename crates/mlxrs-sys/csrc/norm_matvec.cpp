@@ -26,7 +26,8 @@
 //   and `Multiply` functors on the rounded halves.
 // Anywhere else (CPU, Metal, more than one row, shapes or layouts these
 // kernels do not take, inside a transformation, `MLXRS_FUSE_NORM_MATVEC=0`)
-// the call declines and the caller runs MLX's ops.
+// the call declines and the caller runs MLX's ops. By default only the
+// kernels checked on a GPU run (see `fused_level`).
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -41,13 +42,19 @@ namespace mx = mlx::core;
 namespace mlxrs {
 namespace {
 
-/// `MLXRS_FUSE_NORM_MATVEC=0` turns the fused kernels off (A/B timing).
-bool fused_enabled() {
-  static const bool on = [] {
+/// Which kernels run (`MLXRS_FUSE_NORM_MATVEC`): by default those checked
+/// bit for bit against MLX on a GPU (dense bfloat16 / float32 weights);
+/// `1` adds the rest (float16, affine-quantized weights: built the same
+/// way, not yet checked on a GPU, docs/gpu.md); `0` none (A/B timing).
+enum class Level { Off, Checked, All };
+
+Level fused_level() {
+  static const Level level = [] {
     const char* e = std::getenv("MLXRS_FUSE_NORM_MATVEC");
-    return e == nullptr || std::string(e) != "0";
+    std::string v = e == nullptr ? "" : e;
+    return v == "0" ? Level::Off : (v == "1" ? Level::All : Level::Checked);
   }();
-  return on;
+  return level;
 }
 
 /// MLX's rms_norm launch for a row of `axis` elements (rms_norm.cu's
@@ -115,7 +122,6 @@ std::string body(const Config& c) {
   std::memcpy(&eps, &c.eps_bits, sizeof(eps));
   char eps_text[64];
   std::snprintf(eps_text, sizeof(eps_text), "%.9e", static_cast<double>(eps));
-  auto b = [](bool v) { return v ? "true" : "false"; };
   std::string s;
   s += "  using T = " + std::string(cuda_type(c.t)) + ";\n";
   s += "  constexpr uint32_t AXIS = " + std::to_string(c.k) + ";\n";
@@ -125,16 +131,15 @@ std::string body(const Config& c) {
   s += "  constexpr int NR = " + std::to_string(c.n_reads()) + ";\n";
   s += "  constexpr int PER = " + std::to_string(c.per_warp()) + ";\n";
   s += "  constexpr int NW = " + std::string(c.swiglu ? "2" : "1") + ";\n";
-  s += "  constexpr bool RESID = " + std::string(b(c.resid)) + ";\n";
-  s += "  constexpr bool SWIGLU = " + std::string(b(c.swiglu)) + ";\n";
   s += "  constexpr float EPS = " + std::string(eps_text) + "f;\n";
   if (c.bits > 0) {
     s += "  constexpr int BITS = " + std::to_string(c.bits) + ";\n";
     s += "  constexpr int GS = " + std::to_string(c.group) + ";\n";
     s += "  constexpr int EPT = " + std::to_string(c.ept()) + ";\n";
   }
-  // The norm: MLX's rms_norm_small on threads [0, NB), into shared memory.
-  s += R"(
+  // The norm: MLX's rms_norm_small on threads [0, NB), into shared memory
+  // (`LOAD_H`: the residual add, written out once by block 0).
+  std::string norm = R"(
   auto block = cg::this_thread_block();
   auto warp = cg::tiled_partition<32>(block);
   __shared__ __align__(32) T xs[AXIS];
@@ -153,12 +158,7 @@ std::string body(const Config& c) {
         const uint32_t e = base + j;
         T v = T(0);
         if (e < AXIS) {
-          if constexpr (RESID) {
-            v = x[e] + d[e];
-            if (blockIdx.x == 0) h[e] = v;
-          } else {
-            v = x[e];
-          }
+          LOAD_H
         }
         hn[i][j] = v;
         float t = static_cast<float>(v);
@@ -192,6 +192,10 @@ std::string body(const Config& c) {
   const int out0 = (blockIdx.x * 8 + wid) * PER;
   float acc[PER * NW];
 )";
+  const std::string load_h = c.resid ? "v = x[e] + d[e];\n          if (blockIdx.x == 0) h[e] = v;"
+                                     : "v = x[e];";
+  norm.replace(norm.find("LOAD_H"), 6, load_h);
+  s += norm;
   if (c.bits == 0) {
     // MLX's gemv: lane l sums columns [NPT l, NPT l + NPT) + 32 NPT i.
     int npt = c.k % 128 == 0 ? 4 : (c.k % 64 == 0 ? 2 : 1);
@@ -231,9 +235,7 @@ std::string body(const Config& c) {
 #pragma unroll
     for (int i = 0; i < EPT; i++) sums[a][i] = Acc(0);
   }
-#pragma unroll
-  for (int r = 0; r < AXIS / (32 * EPT); ++r) {
-    const int idx = lane * EPT + r * 32 * EPT;
+  auto tile = [&](int idx) {
     const Vec xv = *reinterpret_cast<const Vec*>(xs + idx);
 #pragma unroll
     for (int a = 0; a < PER * NW; a++) {
@@ -248,20 +250,20 @@ std::string body(const Config& c) {
 #pragma unroll
         for (int i = 0; i < EPT; i++) {
           const uint32_t q = BITS == 4 ? ((qb[i / 2] >> (4 * (i % 2))) & 0xf) : qb[i];
-          if constexpr (cuda::std::is_same_v<T, float>) {
-            const float wq = fmaf(static_cast<float>(q), sc, bi);
-            sums[a][i] = fmaf(xv.v[i], wq, sums[a][i]);
-          } else {
-            const T wq = __hadd(__hmul(static_cast<T>(static_cast<float>(q)), sc), bi);
-            if constexpr (NARROW) {
-              sums[a][i] = __hfma(xv.v[i], wq, sums[a][i]);
-            } else {
-              sums[a][i] = fmaf(static_cast<float>(xv.v[i]), static_cast<float>(wq), sums[a][i]);
-            }
-          }
+          DEQUANT_FMA
         }
       }
     }
+  };
+  // qmv's loop over whole warp tiles, then the remainder (`has_residue_k`).
+  constexpr int PER_WARP = 32 * EPT;
+#pragma unroll
+  for (int r = 0; r < AXIS / PER_WARP; ++r) {
+    tile(lane * EPT + r * PER_WARP);
+  }
+  if constexpr (AXIS % PER_WARP != 0) {
+    const int idx = lane * EPT + AXIS - AXIS % PER_WARP;
+    if (idx < AXIS) tile(idx);
   }
 #pragma unroll
   for (int a = 0; a < PER * NW; a++) {
@@ -271,6 +273,20 @@ std::string body(const Config& c) {
     acc[a] = sum;
   }
 )";
+    // float: fused multiply-adds (what nvcc makes of qmv's float
+    // expressions); bf16 / f16: the activation type's rounded mul and add,
+    // then its fma (4-bit) or a float fma (8-bit), as cutlass's Array ops.
+    std::string fma;
+    if (c.t == mx::float32) {
+      fma = "const float wq = fmaf(static_cast<float>(q), sc, bi);\n"
+            "          sums[a][i] = fmaf(xv.v[i], wq, sums[a][i]);";
+    } else {
+      fma = "const T wq = __hadd(__hmul(static_cast<T>(static_cast<float>(q)), sc), bi);\n";
+      fma += c.bits < 8 ? "          sums[a][i] = __hfma(xv.v[i], wq, sums[a][i]);"
+                        : "          sums[a][i] = fmaf(static_cast<float>(xv.v[i]), "
+                          "static_cast<float>(wq), sums[a][i]);";
+    }
+    s.replace(s.find("DEQUANT_FMA"), 11, fma);
   }
   s += R"(
 #pragma unroll
@@ -280,13 +296,17 @@ std::string body(const Config& c) {
     for (int p = 0; p < PER; p++) {
       const int o = out0 + p;
       if (o < ROWS) {
-        if constexpr (SWIGLU) {
-          const T g = static_cast<T>(acc[p * NW]);
-          const T u = static_cast<T>(acc[p * NW + 1]);
-          y[o] = Multiply{}(Multiply{}(g, Sigmoid{}(g)), u);
-        } else {
-          y[o] = static_cast<T>(acc[p * NW]);
-        }
+)";
+  // The compiled `silu(g) * u`: MLX's functors on the rounded halves.
+  s += c.swiglu ? R"(
+        const T g = static_cast<T>(acc[p * NW]);
+        const T u = static_cast<T>(acc[p * NW + 1]);
+        y[o] = Multiply{}(Multiply{}(g, Sigmoid{}(g)), u);
+)"
+                : R"(
+        y[o] = static_cast<T>(acc[p * NW]);
+)";
+  s += R"(
       }
     }
   }
@@ -346,10 +366,12 @@ std::optional<std::pair<mx::array, mx::array>> norm_matvec(
     const std::optional<mx::array>& biases, int bits, int group, bool swiglu,
     mx::StreamOrDevice s) {
   auto st = mx::to_stream(s);
-  if (!fused_enabled() || st.device != mx::Device::gpu || !mx::cu::is_available()) {
+  auto level = fused_level();
+  if (level == Level::Off || st.device != mx::Device::gpu || !mx::cu::is_available()) {
     return std::nullopt;
   }
   auto t = x.dtype();
+  if (level == Level::Checked && (bits != 0 || t == mx::float16)) return std::nullopt;
   if (!is_float(t) || x.ndim() < 1 || x.size() == 0) return std::nullopt;
   int k = x.shape().back();
   // One row: MLX's one-row kernels are what this reproduces.
@@ -388,7 +410,7 @@ std::optional<std::pair<mx::array, mx::array>> norm_matvec(
     }
     c.bits = bits;
     c.group = group;
-    if (k % (32 * c.ept()) != 0) return std::nullopt;
+    if (k % c.ept() != 0) return std::nullopt;
   }
   if (swiglu && n % 2 != 0) return std::nullopt;
   c.rows = swiglu ? n / 2 : n;
