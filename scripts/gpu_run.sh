@@ -95,6 +95,21 @@ for f, n in (("train", 64), ("valid", 8), ("test", 8)):
     open(f"{sys.argv[1]}/{f}.jsonl", "w").write("\n".join(json.dumps(r) for r in rows[:n]) + "\n")
 PYEOF
 }
+# kernel_census DIR: the kernels of the CUDA graphs MLX saved under DIR
+# (MLX_SAVE_CUDA_GRAPHS_DOT_FILE=DIR/g): per graph, then by name over the
+# last three graphs (about one decode step).
+kernel_census() {
+  python3 - "$1" <<'PYEOF'
+import collections, glob, re, sys
+fs = sorted(glob.glob(sys.argv[1] + "/g_*.dot"), key=lambda p: int(re.search(r"_(\d+)\.dot", p).group(1)))
+print("kernels per graph", [len(re.findall(r'label="\d+\n_Z', open(f).read())) for f in fs])
+names = [m for f in fs[-3:] for m in re.findall(r'label="\d+\n(_Z[^\n"]*)', open(f).read())]
+ident = lambda n: (re.match(r"_ZN3mlx4core2cu(\d+)", n) and (lambda k: n[len(re.match(r"_ZN3mlx4core2cu\d+", n).group(0)):][:k])(int(re.match(r"_ZN3mlx4core2cu(\d+)", n).group(1)))) or n[:40]
+print("last 3 graphs:", len(names), "kernels")
+for k, v in collections.Counter(ident(n) for n in names).most_common():
+    print(f"{v:4d} {k}")
+PYEOF
+}
 case $stage in
 P)
   parts=${P_PARTS:-mt tokens memory}
@@ -319,15 +334,7 @@ Y)
   if [[ $parts == *census* ]]; then
     rm -rf /tmp/yd; mkdir -p /tmp/yd
     MLX_SAVE_CUDA_GRAPHS_DOT_FILE=/tmp/yd/g $M bench --shape llama-3.2-1b -p 16 -g 6 -n 1 > /dev/null 2>&1
-    python3 - /tmp/yd <<'PYEOF' 2>&1 | tee $OUT/y_census.txt
-import collections, glob, re, sys
-fs = sorted(glob.glob(sys.argv[1] + "/g_*.dot"), key=lambda p: int(re.search(r"_(\d+)\.dot", p).group(1)))
-print("kernels per graph", [len(re.findall(r'label="\d+\n_Z', open(f).read())) for f in fs])
-names = [m for f in fs[-3:] for m in re.findall(r'label="\d+\n(_Z[^\n"]*)', open(f).read())]
-print("last 3 graphs:", len(names), "kernels")
-for k, v in collections.Counter(n[:60] for n in names).most_common(20):
-    print(f"{v:4d} {k}")
-PYEOF
+    kernel_census /tmp/yd 2>&1 | tee $OUT/y_census.txt
   fi
   if [[ $parts == *ab* ]]; then
     for sq in ${Y_AB:-llama-3.2-1b: qwen3-0.6b:4}; do
@@ -349,16 +356,7 @@ Z)
   done 2>&1 | tee $OUT/split_tokens.txt
   rm -rf /tmp/zd; mkdir -p /tmp/zd
   MLX_SAVE_CUDA_GRAPHS_DOT_FILE=/tmp/zd/g $M bench --shape llama-3.2-1b -p 16 -g 6 -n 1 > /dev/null 2>&1
-  python3 - /tmp/zd <<'PYEOF' 2>&1 | tee $OUT/split_census.txt
-import collections, glob, re, sys
-fs = sorted(glob.glob(sys.argv[1] + "/g_*.dot"), key=lambda p: int(re.search(r"_(\d+)\.dot", p).group(1)))
-print("kernels per graph", [len(re.findall(r'label="\d+\n_Z', open(f).read())) for f in fs])
-names = [m for f in fs[-3:] for m in re.findall(r'label="\d+\n(_Z[^\n"]*)', open(f).read())]
-ident = lambda n: (re.match(r"_ZN3mlx4core2cu(\d+)", n) and (lambda k: n[len(re.match(r"_ZN3mlx4core2cu\d+", n).group(0)):][:k])(int(re.match(r"_ZN3mlx4core2cu(\d+)", n).group(1)))) or n[:40]
-print("last step:", len(names), "kernels")
-for k, v in collections.Counter(ident(n) for n in names).most_common():
-    print(f"{v:4d} {k}")
-PYEOF
+  kernel_census /tmp/zd 2>&1 | tee $OUT/split_census.txt
   for sq in ${Z_SHAPES:-llama-3.2-1b:}; do
     MLXRS=$M BASELINE=$B NO_DOC=1 ROUNDS=5 bash scripts/bench_lm.sh ${sq%%:*} 512 256 bfloat16 ${sq##*:} 2>&1 | tee $OUT/bench_${sq%%:*}_q${sq##*:}.md
   done

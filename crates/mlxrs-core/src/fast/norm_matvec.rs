@@ -51,6 +51,23 @@ pub enum Projection<'a> {
   },
 }
 
+impl<'a> Projection<'a> {
+  /// `(weight, scales, biases, bits, group_size)`; no scales / biases and
+  /// zero bits for dense weights.
+  fn parts(self) -> (&'a Array, Option<&'a Array>, Option<&'a Array>, i32, i32) {
+    match self {
+      Projection::Dense(w) => (w, None, None, 0, 0),
+      Projection::Affine {
+        weight,
+        scales,
+        biases,
+        bits,
+        group_size,
+      } => (weight, Some(scales), Some(biases), bits, group_size),
+    }
+  }
+}
+
 /// Per kernel shape: whether the fused kernel built and ran. Its first use
 /// evaluates it once, so a device whose runtime compiler cannot build it
 /// falls back to MLX's ops instead of failing every later evaluation.
@@ -66,16 +83,7 @@ fn call(
   swiglu: bool,
 ) -> Result<Option<(Array, Array)>> {
   let empty = Array::null();
-  let (w, scales, biases, bits, group) = match proj {
-    Projection::Dense(w) => (w, &empty, &empty, 0, 0),
-    Projection::Affine {
-      weight,
-      scales,
-      biases,
-      bits,
-      group_size,
-    } => (weight, scales, biases, bits, group_size),
-  };
+  let (w, scales, biases, bits, group) = proj.parts();
   let (mut h, mut y) = (Array::null(), Array::null());
   let mut fused = false;
   // SAFETY: the array handles are live borrows (or the NULL-ctx `empty`)
@@ -91,8 +99,8 @@ fn call(
       norm_weight.0,
       eps,
       w.0,
-      scales.0,
-      biases.0,
+      scales.unwrap_or(&empty).0,
+      biases.unwrap_or(&empty).0,
       bits,
       group,
       swiglu,
@@ -124,15 +132,7 @@ pub fn norm_matvec(
   proj: Projection<'_>,
   swiglu: bool,
 ) -> Result<Option<(Array, Array)>> {
-  let (w, bits, group) = match proj {
-    Projection::Dense(w) => (w, 0, 0),
-    Projection::Affine {
-      weight,
-      bits,
-      group_size,
-      ..
-    } => (weight, bits, group_size),
-  };
+  let (w, _, _, bits, group) = proj.parts();
   let key: Key = (
     x.dtype(),
     x.shape().last().copied().unwrap_or(0),
