@@ -296,6 +296,33 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   Ok(Box::new(Llama::new(args, v)?))
 }
 
+impl Llama {
+  /// Build the fused norm + projection kernels a decoded row runs
+  /// ([`Block::forward_row`]) now, at load, rather than at the first
+  /// decoded token: on a CUDA device each kernel shape is compiled at run
+  /// time (~1-3 s; three per model: the first block's q|k|v without a
+  /// residual, the others' with one, and gate|up). Nothing happens where
+  /// the kernels do not apply.
+  fn warm_fused_rows(&self) -> Result<()> {
+    let Some(block) = self.model.layers.first() else {
+      return Ok(());
+    };
+    let b = block.lock();
+    let (Some(qkv), Some(gate_up)) = (b.self_attn.stacked_qkv(), b.mlp.stacked_gate_up()) else {
+      return Ok(());
+    };
+    let x = ops::zeros(
+      &[1, self.args.hidden_size],
+      b.input_layernorm.weight.dtype(),
+    )?;
+    b.input_layernorm.fused_with(&x, None, qkv, false)?;
+    b.input_layernorm.fused_with(&x, Some(&x), qkv, false)?;
+    b.post_attention_layernorm
+      .fused_with(&x, Some(&x), gate_up, true)?;
+    Ok(())
+  }
+}
+
 /// Whether `h` (`[B, T, hidden]`) holds a single row of a single token.
 fn is_one_row(h: &Array) -> bool {
   let s = h.shape();
@@ -404,9 +431,10 @@ impl LanguageModel for Llama {
       b.mlp.fuse_projections()?;
     }
     match &mut self.lm_head {
-      Some(head) => head.keep_transposed(),
-      None => self.model.embed_tokens.keep_transposed(),
+      Some(head) => head.keep_transposed()?,
+      None => self.model.embed_tokens.keep_transposed()?,
     }
+    self.warm_fused_rows()
   }
 
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
