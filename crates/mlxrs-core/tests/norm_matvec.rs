@@ -261,3 +261,30 @@ fn other_inputs_decline() {
   let out = fast::norm_matvec(&rows, None, &nw, 1e-5, fast::Projection::Dense(&w), false).unwrap();
   assert!(out.is_none());
 }
+
+/// A dense weight whose data starts two elements into its buffer (a view):
+/// MLX's `gemv` then reads two columns per lane instead of four, and so
+/// does the kernel, to the same values.
+#[test]
+fn offset_weight_equals_mlx_ops() {
+  let (k, n) = (2048, 512);
+  let flat = normal(&[n * k + 2], 0.05, 41, Dtype::Bfloat16);
+  let tail = ops::slice(&flat, &[2], &[n * k + 2], &[1]).unwrap();
+  let w = ops::reshape(&tail, &[n, k]).unwrap();
+  mlxrs_core::eval(std::slice::from_ref(&w)).unwrap();
+  let nw = normal(&[k], 1.0, 42, Dtype::Bfloat16);
+  let x = normal(&[1, k], 2.0, 43, Dtype::Bfloat16);
+  let d = normal(&[1, k], 1.0, 44, Dtype::Bfloat16);
+  let proj = fast::Projection::Dense(&w);
+  let out = fast::norm_matvec(&x, Some(&d), &nw, 1e-5, proj, false).unwrap();
+  assert_eq!(
+    out.is_some(),
+    cuda_default() && std::env::var("MLXRS_FUSE_NORM_MATVEC").as_deref() != Ok("0")
+  );
+  if let Some((h, y)) = out {
+    let (rh, ry) = reference(&x, Some(&d), &nw, 1e-5, proj, false);
+    mlxrs_core::eval(&[h.clone(), y.clone(), rh.clone(), ry.clone()]).unwrap();
+    assert!(identical(&h, &rh), "h differs");
+    assert!(identical(&y, &ry), "y differs: {}", diff(&y, &ry));
+  }
+}

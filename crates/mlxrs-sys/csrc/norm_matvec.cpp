@@ -87,10 +87,11 @@ struct Config {
   bool swiglu = false;
   int bits = 0;    // 0: dense weight
   int group = 0;
+  int npt = 1;     // dense: columns per lane per step (MLX gemv's n_per_thread)
   uint32_t eps_bits = 0;
 
   auto key() const {
-    return std::make_tuple(static_cast<int>(t.val()), k, rows, resid, swiglu, bits, group,
+    return std::make_tuple(static_cast<int>(t.val()), k, rows, resid, swiglu, bits, group, npt,
                            eps_bits);
   }
   bool operator<(const Config& o) const { return key() < o.key(); }
@@ -198,8 +199,7 @@ std::string body(const Config& c) {
   s += norm;
   if (c.bits == 0) {
     // MLX's gemv: lane l sums columns [NPT l, NPT l + NPT) + 32 NPT i.
-    int npt = c.k % 128 == 0 ? 4 : (c.k % 64 == 0 ? 2 : 1);
-    s += "  constexpr int NPT = " + std::to_string(npt) + ";\n";
+    s += "  constexpr int NPT = " + std::to_string(c.npt) + ";\n";
     s += R"(
   struct alignas(sizeof(T) * NPT) Vec { T v[NPT]; };
 #pragma unroll
@@ -394,6 +394,10 @@ std::optional<std::pair<mx::array, mx::array>> norm_matvec(
     if (scales || biases || w.dtype() != t || w.shape(1) != k || k % 64 != 0) {
       return std::nullopt;
     }
+    // MLX's gemv: 4 columns per lane where K allows and the weight's data
+    // is aligned to them, else 2 (the activation row is a fresh buffer).
+    auto aligned = [&](int n) { return w.offset() % (n * static_cast<int64_t>(t.size())) == 0; };
+    c.npt = k % 128 == 0 && aligned(4) ? 4 : (aligned(2) ? 2 : 1);
   } else {
     if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128) || !scales ||
         !biases || w.dtype() != mx::uint32 || k % group != 0 ||
@@ -408,6 +412,8 @@ std::optional<std::pair<mx::array, mx::array>> norm_matvec(
         return std::nullopt;
       }
     }
+    // qmv reads each lane's packed tile as one 8-byte load.
+    if (w.offset() % 8 != 0) return std::nullopt;
     c.bits = bits;
     c.group = group;
     if (k % c.ept() != 0) return std::nullopt;
