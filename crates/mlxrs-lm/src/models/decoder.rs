@@ -48,6 +48,22 @@ pub(crate) trait Layer: Module + Send {
   fn fuse_projections(&mut self) -> Result<()> {
     Ok(())
   }
+  /// One decoded row `x` (`[1, 1, hidden]`) with the previous layer's
+  /// output `delta` not yet added: the layer's output as `(h, r)` with `r`
+  /// left for the next layer to add (`None`: nothing left; see
+  /// [`super::fused_rows`]). Default: add `delta`, then
+  /// [`Layer::forward_shared`].
+  fn forward_row(
+    &self,
+    x: &Array,
+    delta: Option<&Array>,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+    shared: &mut Option<(Array, Array)>,
+  ) -> Result<(Array, Option<Array>)> {
+    let h = super::fused_rows::add_pending(x, delta)?;
+    Ok((self.forward_shared(&h, mask, cache, shared)?, None))
+  }
 }
 
 /// A normalization layer (RMSNorm or LayerNorm).
@@ -292,6 +308,24 @@ impl Decoder {
       .collect();
     let (fa, swa) = layer_masks(&sliding, caches, n, self.opts.window, key_valid, mask)?;
     let mut shared = None;
+    let s = h.shape();
+    if self.ckpt.is_none() && s.len() == 3 && s[0] == 1 && s[1] == 1 {
+      // One row of one token: a layer may leave its output's last add to
+      // the next layer's norm (`Layer::forward_row`, `fused_rows`).
+      let mut delta: Option<Array> = None;
+      for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
+        let m = if sliding[i] { &swa } else { &fa };
+        let (x, d) = layer
+          .lock()
+          .forward_row(&h, delta.as_ref(), m, cache, &mut shared)?;
+        h = x;
+        delta = d;
+      }
+      return self
+        .model
+        .norm
+        .apply(&super::fused_rows::add_pending(&h, delta.as_ref())?);
+    }
     // A long prefill on a GPU queues layer by layer (`prefill_pace`).
     let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::attention::{Attention, AttnDims, layer_masks};
 use super::checkpoint::{self, Shared, Trainable};
+use super::fused_rows;
 use super::mlp::SwiGluMlp;
 use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
@@ -132,6 +133,16 @@ module!(Block {
 });
 
 impl Block {
+  /// The block's parts for [`fused_rows::PrenormBlock`].
+  fn parts(&self) -> fused_rows::PrenormBlock<'_> {
+    fused_rows::PrenormBlock {
+      input_norm: &self.input_layernorm,
+      attn: &self.self_attn,
+      post_norm: &self.post_attention_layernorm,
+      mlp: &self.mlp,
+    }
+  }
+
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let r = self
       .self_attn
@@ -144,12 +155,9 @@ impl Block {
   }
 
   /// One decoded row `x` (`[1, hidden]`) with the previous block's output
-  /// `delta` not yet added: `(h, r)`, the residual stream after attention
-  /// and the MLP's output, which the next block (or the final norm) adds.
-  /// Each norm takes the add before it and the projection after it as one
-  /// kernel where it can ([`RmsNorm::fused_with`]; with stacked projections
-  /// on a CUDA device: 13 kernels per block become 8), else MLX's ops, to
-  /// the same values either way.
+  /// `delta` not yet added: `(h, r)`, whose sum is the block's output
+  /// ([`fused_rows::PrenormBlock::row`]: each norm with the add before it
+  /// and the projection after it as one kernel where it can).
   fn forward_row(
     &self,
     x: &Array,
@@ -157,45 +165,7 @@ impl Block {
     mask: &AttnMask,
     cache: &mut KvCache,
   ) -> Result<(Array, Array)> {
-    let fused_qkv = match self.self_attn.stacked_qkv() {
-      Some(qkv) => self.input_layernorm.fused_with(x, delta, qkv, false)?,
-      None => None,
-    };
-    let (h, r) = match fused_qkv {
-      Some((h, y)) => {
-        let r = self.self_attn.forward_projected(&h, y, mask, cache)?;
-        (h, r)
-      }
-      None => {
-        let h = match delta {
-          Some(d) => ops::add(x, d)?,
-          None => x.clone(),
-        };
-        let r = self
-          .self_attn
-          .forward(&self.input_layernorm.forward(&h)?, mask, cache)?;
-        (h, r)
-      }
-    };
-    let fused_mlp = match self.mlp.stacked_gate_up() {
-      Some(gu) => self
-        .post_attention_layernorm
-        .fused_with(&h, Some(&r), gu, true)?,
-      None => None,
-    };
-    match fused_mlp {
-      Some((h, act)) => {
-        let r = self.mlp.down(&act)?;
-        Ok((h, r))
-      }
-      None => {
-        let h = ops::add(&h, &r)?;
-        let r = self
-          .mlp
-          .forward(&self.post_attention_layernorm.forward(&h)?)?;
-        Ok((h, r))
-      }
-    }
+    self.parts().row(x, delta, mask, cache)
   }
 }
 
@@ -296,33 +266,6 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   Ok(Box::new(Llama::new(args, v)?))
 }
 
-impl Llama {
-  /// Build the fused norm + projection kernels a decoded row runs
-  /// ([`Block::forward_row`]) now, at load, rather than at the first
-  /// decoded token: on a CUDA device each kernel shape is compiled at run
-  /// time (~1-3 s; three per model: the first block's q|k|v without a
-  /// residual, the others' with one, and gate|up). Nothing happens where
-  /// the kernels do not apply.
-  fn warm_fused_rows(&self) -> Result<()> {
-    let Some(block) = self.model.layers.first() else {
-      return Ok(());
-    };
-    let b = block.lock();
-    let (Some(qkv), Some(gate_up)) = (b.self_attn.stacked_qkv(), b.mlp.stacked_gate_up()) else {
-      return Ok(());
-    };
-    let x = ops::zeros(
-      &[1, self.args.hidden_size],
-      b.input_layernorm.weight.dtype(),
-    )?;
-    b.input_layernorm.fused_with(&x, None, qkv, false)?;
-    b.input_layernorm.fused_with(&x, Some(&x), qkv, false)?;
-    b.post_attention_layernorm
-      .fused_with(&x, Some(&x), gate_up, true)?;
-    Ok(())
-  }
-}
-
 /// Whether `h` (`[B, T, hidden]`) holds a single row of a single token.
 fn is_one_row(h: &Array) -> bool {
   let s = h.shape();
@@ -407,10 +350,7 @@ impl Llama {
           x = h;
           delta = Some(r);
         }
-        let x = match delta {
-          Some(d) => ops::add(&x, &d)?,
-          None => x,
-        };
+        let x = fused_rows::add_pending(&x, delta.as_ref())?;
         ops::reshape(&self.model.norm.forward(&x)?, &s)
       }
       None if n == 1 && self.ckpt.is_none() => {
@@ -434,7 +374,14 @@ impl LanguageModel for Llama {
       Some(head) => head.keep_transposed()?,
       None => self.model.embed_tokens.keep_transposed()?,
     }
-    self.warm_fused_rows()
+    // Compile the fused decode kernels at load, not at the first token.
+    match self.model.layers.first() {
+      Some(b) => {
+        let b = b.lock();
+        b.parts().warm()
+      }
+      None => Ok(()),
+    }
   }
 
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {

@@ -16,6 +16,7 @@ pub mod ernie4_5_moe;
 pub mod exaone;
 pub mod exaone4;
 pub mod falcon_h1;
+pub(crate) mod fused_rows;
 pub(crate) mod gated_delta;
 pub mod gemma;
 pub mod gemma2;
