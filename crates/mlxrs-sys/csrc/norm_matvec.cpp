@@ -16,7 +16,8 @@
 //   recomputed by every thread block into shared memory;
 // - a dense `W` is MLX's `gemv` (gemms/gemv.cu, the kernel a one-row
 //   `matmul` takes): one warp per row, lane `l` summing columns
-//   `[4l, 4l + 4) + 128i` in float, then a warp reduction;
+//   `[4l, 4l + 4) + 128i` in float (2 columns where K or the weight's
+//   alignment do not allow 4, as gemv picks), then a warp reduction;
 // - an affine quantized `W` is MLX's `qmv` (quantized/qmm/qmv.cu, what a
 //   one-row `quantized_matmul` takes on sm90 for N, K <= 16384): tiles of 16
 //   (4-bit) or 8 elements per lane, dequantized as `q * scale + bias` and
@@ -325,7 +326,7 @@ mx::fast::CustomKernelFunction& kernel_for(const Config& c) {
                        "_" + std::to_string(c.k) + "_" + std::to_string(c.rows) + "_" +
                        std::to_string(c.resid) + std::to_string(c.swiglu) + "_" +
                        std::to_string(c.bits) + "_" + std::to_string(c.group) + "_" +
-                       std::to_string(c.eps_bits);
+                       std::to_string(c.npt) + "_" + std::to_string(c.eps_bits);
     std::vector<std::string> ins = {"x"};
     if (c.resid) ins.push_back("d");
     ins.push_back("nw");
@@ -396,7 +397,9 @@ std::optional<std::pair<mx::array, mx::array>> norm_matvec(
     }
     // MLX's gemv: 4 columns per lane where K allows and the weight's data
     // is aligned to them, else 2 (the activation row is a fresh buffer).
-    auto aligned = [&](int n) { return w.offset() % (n * static_cast<int64_t>(t.size())) == 0; };
+    auto aligned = [&](int cols) {
+      return w.offset() % (cols * static_cast<int64_t>(t.size())) == 0;
+    };
     c.npt = k % 128 == 0 && aligned(4) ? 4 : (aligned(2) ? 2 : 1);
   } else {
     if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128) || !scales ||

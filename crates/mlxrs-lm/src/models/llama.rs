@@ -330,9 +330,6 @@ impl Llama {
     };
     match &self.pipeline {
       Some(stage) => self.model.norm.forward(&stage.forward(h, layers)?),
-      // One token per row (a decode step): the layers run on `[B, hidden]`,
-      // so no matmul of the step flattens / unflattens its input (fewer
-      // graph nodes for MLX to walk; `Attention` takes such rows).
       // One row of one token with unscaled residuals: each block's output
       // is added inside the next block's first norm (`Block::forward_row`).
       None
@@ -353,6 +350,9 @@ impl Llama {
         let x = fused_rows::add_pending(&x, delta.as_ref())?;
         ops::reshape(&self.model.norm.forward(&x)?, &s)
       }
+      // One token per row (a decode step): the layers run on `[B, hidden]`,
+      // so no matmul of the step flattens / unflattens its input (fewer
+      // graph nodes for MLX to walk; `Attention` takes such rows).
       None if n == 1 && self.ckpt.is_none() => {
         let s = h.shape();
         let rows = layers(ops::reshape(&h, &[s[0], s[2]])?)?;
