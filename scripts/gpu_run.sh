@@ -55,12 +55,12 @@
 #      llama bf16 / f32, qwen3 bf16), HEAD's kernel census (bf16), then
 #      bench_lm.sh llama bf16 vs mlx-lm and base (5 rounds; Z_SHAPES adds
 #      more, e.g. "llama-3.2-1b: qwen3-0.6b:")
-#   Y  the fused add + RMSNorm + projection kernels (session 17): the
+#   Y  the fused add + RMSNorm + projection kernels (sessions 17-18): the
 #      norm_matvec test binary (.gpu/bin/nm.xz; by default and with
-#      MLXRS_FUSE_NORM_MATVEC=1), tokens and logprobs default / =1 (every
-#      kernel) / =0 / base (tiny llama bf16 / f32, qwen3 bf16, llama / qwen3
-#      4-bit), the kernel census of a llama bf16 step, then the same binary
-#      with =1 and =0, 5 interleaved rounds (Y_AB shapes,
+#      MLXRS_FUSE_NORM_MATVEC=0), tokens and logprobs default / =0 / base
+#      (tiny llama bf16 / f32, qwen3 bf16, llama / qwen3 4-bit), the kernel
+#      census of a llama bf16 step, then the same binary by default and
+#      with =0, 5 interleaved rounds (Y_AB shapes,
 #      default "llama-3.2-1b: qwen3-0.6b:4"); Y_PARTS="test tokens census ab"
 # Everything it writes lands under $OUT.
 set -uo pipefail
@@ -319,15 +319,14 @@ Y)
   parts=${Y_PARTS:-test tokens census ab}
   if [[ $parts == *test* ]] && [ -e .gpu/bin/nm.xz ]; then
     xz -dc .gpu/bin/nm.xz > /tmp/b/nm; chmod +x /tmp/b/nm
-    { /tmp/b/nm --test-threads=1; MLXRS_FUSE_NORM_MATVEC=1 /tmp/b/nm --test-threads=1; } 2>&1 | grep -E "^test |test result|panicked|differ" | tee $OUT/y_test.txt
+    { /tmp/b/nm --test-threads=1; MLXRS_FUSE_NORM_MATVEC=0 /tmp/b/nm --test-threads=1; } 2>&1 | grep -E "^test |test result|panicked|differ" | tee $OUT/y_test.txt
   fi
   [[ $parts == *tokens* ]] && for m in llama-bf16:bfloat16 llama:float32 qwen3:bfloat16 llama-4bit:bfloat16 qwen3-4bit:bfloat16; do
     f=$OUT/y_${m%%:*}_${m##*:}
     $M generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > ${f}_on.json 2>>$OUT/stderr.txt
-    MLXRS_FUSE_NORM_MATVEC=1 $M generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > ${f}_all.json 2>>$OUT/stderr.txt
     MLXRS_FUSE_NORM_MATVEC=0 $M generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > ${f}_off.json 2>>$OUT/stderr.txt
     $B generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > ${f}_base.json 2>>$OUT/stderr.txt
-    for o in all off base; do
+    for o in off base; do
       python3 -c 'import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:3]); print(sys.argv[3], "tokens", "same" if a["tokens"]==b["tokens"] else "DIFFER", "logprobs", "same" if a["logprobs"]==b["logprobs"] else "differ, max |d| %.3g" % max(abs(x-y) for x,y in zip(a["logprobs"],b["logprobs"])), len(a["tokens"]), a["tokens"][:6])' ${f}_on.json ${f}_$o.json "$m fused vs $o"
     done
   done 2>&1 | tee $OUT/y_tokens.txt
@@ -340,7 +339,7 @@ Y)
     for sq in ${Y_AB:-llama-3.2-1b: qwen3-0.6b:4}; do
       q=${sq##*:}; qa=${q:+-q $q}
       for r in 1 2 3 4 5; do
-        on=$(MLXRS_FUSE_NORM_MATVEC=1 $M bench --shape ${sq%%:*} $qa -p 512 -g 256 -n 2 --dtype bfloat16 --json 2>>$OUT/stderr.txt | gtps)
+        on=$($M bench --shape ${sq%%:*} $qa -p 512 -g 256 -n 2 --dtype bfloat16 --json 2>>$OUT/stderr.txt | gtps)
         off=$(MLXRS_FUSE_NORM_MATVEC=0 $M bench --shape ${sq%%:*} $qa -p 512 -g 256 -n 2 --dtype bfloat16 --json 2>>$OUT/stderr.txt | gtps)
         echo "${sq} round $r fused $on off $off"
       done

@@ -888,8 +888,8 @@ int mlxrs_quantized_matmul_t(
  * norm_weight, eps)`, then `y = n @ w.T` or `mx.quantized_matmul(n, w,
  * scales, biases, True, group_size, bits)`; with `swiglu`, `w` stacks gate |
  * up and `y = silu(y[..., :I]) * y[..., I:]`). On MLX's CUDA backend, for one
- * row of a float dtype, a row-contiguous dense `w` of that dtype or an
- * affine 4- or 8-bit one, and nothing traced: one custom kernel that gives
+ * row of a float dtype, an evaluated row-contiguous dense `w` of that dtype
+ * or an affine 4- or 8-bit one, and nothing traced: one custom kernel that gives
  * MLX's ops' results bit for bit; `*fused` is set to true and `h` (`x` when
  * `delta` is empty) and `y` are written. Otherwise `*fused` is false and
  * nothing is written: the caller runs MLX's ops (also under

@@ -27,8 +27,8 @@
 //   and `Multiply` functors on the rounded halves.
 // Anywhere else (CPU, Metal, more than one row, shapes or layouts these
 // kernels do not take, inside a transformation, `MLXRS_FUSE_NORM_MATVEC=0`)
-// the call declines and the caller runs MLX's ops. By default only the
-// kernels checked on a GPU run (see `fused_level`).
+// the call declines and the caller runs MLX's ops. Every kernel was checked
+// bit for bit against MLX's ops on an H100 (session 18, docs/performance.md).
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -43,19 +43,14 @@ namespace mx = mlx::core;
 namespace mlxrs {
 namespace {
 
-/// Which kernels run (`MLXRS_FUSE_NORM_MATVEC`): by default those checked
-/// bit for bit against MLX on a GPU (dense bfloat16 / float32 weights);
-/// `1` adds the rest (float16, affine-quantized weights: built the same
-/// way, not yet checked on a GPU, docs/gpu.md); `0` none (A/B timing).
-enum class Level { Off, Checked, All };
-
-Level fused_level() {
-  static const Level level = [] {
+/// Whether the kernels run: `MLXRS_FUSE_NORM_MATVEC=0` turns them off (A/B
+/// timing, or to rule them out); anything else leaves them on.
+bool fused_enabled() {
+  static const bool on = [] {
     const char* e = std::getenv("MLXRS_FUSE_NORM_MATVEC");
-    std::string v = e == nullptr ? "" : e;
-    return v == "0" ? Level::Off : (v == "1" ? Level::All : Level::Checked);
+    return e == nullptr || std::string(e) != "0";
   }();
-  return level;
+  return on;
 }
 
 /// MLX's rms_norm launch for a row of `axis` elements (rms_norm.cu's
@@ -345,7 +340,7 @@ mx::fast::CustomKernelFunction& kernel_for(const Config& c) {
       header += "#include \"mlx/backend/cuda/device/unary_ops.cuh\"\n";
     }
     auto f = mx::fast::cuda_kernel(name, ins, outs, body(c), header,
-                                   /* ensure_row_contiguous = */ false);
+                                   /* ensure_row_contiguous = */ true);
     it = kernels.emplace(c, std::move(f)).first;
   }
   return it->second;
@@ -367,12 +362,10 @@ std::optional<std::pair<mx::array, mx::array>> norm_matvec(
     const std::optional<mx::array>& biases, int bits, int group, bool swiglu,
     mx::StreamOrDevice s) {
   auto st = mx::to_stream(s);
-  auto level = fused_level();
-  if (level == Level::Off || st.device != mx::Device::gpu || !mx::cu::is_available()) {
+  if (!fused_enabled() || st.device != mx::Device::gpu || !mx::cu::is_available()) {
     return std::nullopt;
   }
   auto t = x.dtype();
-  if (level == Level::Checked && (bits != 0 || t == mx::float16)) return std::nullopt;
   if (!is_float(t) || x.ndim() < 1 || x.size() == 0) return std::nullopt;
   int k = x.shape().back();
   // One row: MLX's one-row kernels are what this reproduces.
@@ -381,6 +374,16 @@ std::optional<std::pair<mx::array, mx::array>> norm_matvec(
     return std::nullopt;
   }
   if (delta && (delta->shape() != x.shape() || delta->dtype() != t || !row_major(*delta))) {
+    return std::nullopt;
+  }
+  // The weights' layout decides the kernel (and MLX's: a transposed weight
+  // takes another summation order), and only an evaluated array's layout
+  // is known; a model's weights are. The activations' layout is known only
+  // when the kernel runs: MLX copies them then if they are not row-major.
+  for (const auto* a : {&w, &nw}) {
+    if (!a->is_available()) return std::nullopt;
+  }
+  if ((scales && !scales->is_available()) || (biases && !biases->is_available())) {
     return std::nullopt;
   }
   if (w.ndim() != 2 || !row_major(w)) return std::nullopt;

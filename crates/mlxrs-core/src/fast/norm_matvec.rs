@@ -12,11 +12,11 @@
 //! what order, in its source). It returns `None` wherever it does not apply
 //! (CPU, Metal, more than one row, other layouts, inside a transformation,
 //! `MLXRS_FUSE_NORM_MATVEC=0`, or a device whose runtime compiler failed to
-//! build the kernel once): the caller then runs MLX's ops. By default only
-//! the kernels checked bit for bit on a GPU run (dense bfloat16 / float32
-//! weights); `MLXRS_FUSE_NORM_MATVEC=1` adds float16 and affine 4- / 8-bit
-//! ones (docs/lm.md). Each kernel shape is compiled at run time on first
-//! use (~1-3 s).
+//! build the kernel once, or weights not yet evaluated): the caller then
+//! runs MLX's ops. Dense bfloat16 / float16 / float32 and affine 4- / 8-bit
+//! weights, each checked bit for bit against MLX's ops on an H100
+//! (docs/lm.md). Each kernel shape is compiled at run time on first use
+//! (~1-3 s).
 //!
 //! No Python twin (mlx-lm runs `x + r`, `nn.RMSNorm`, `nn.Linear` /
 //! `nn.QuantizedLinear` and `swiglu` separately; this gives their values).
