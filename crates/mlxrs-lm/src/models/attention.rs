@@ -266,6 +266,12 @@ impl Attention {
     self.forward_with(x, None, mask, cache)
   }
 
+  /// No rotary embedding in this layer (SmolLM3's NoPE layers: mlx-lm
+  /// swaps `self_attn.rope` for a no-op).
+  pub fn drop_rope(&mut self) {
+    self.rope = None;
+  }
+
   /// The stacked q | k | v projection, while the projections are stacked
   /// ([`Attention::fuse_projections`]).
   pub fn stacked_qkv(&self) -> Option<&Linear> {

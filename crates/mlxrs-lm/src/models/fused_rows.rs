@@ -11,10 +11,80 @@
 //! block).
 
 use mlxrs_core::{Array, Result, ops};
-use mlxrs_nn::{AttnMask, KvCache, RmsNorm};
+use mlxrs_nn::{AttnMask, KvCache, Linear, RmsNorm};
 
 use super::attention::Attention;
-use super::mlp::SwiGluMlp;
+use super::mlp::{FusedSwiGluMlp, SwiGluMlp};
+
+/// The attention of a block whose decoded rows take a fused norm + q | k | v
+/// projection.
+pub(crate) trait RowAttention {
+  /// The q | k | v projection as one layer, if it is one now.
+  fn stacked_qkv(&self) -> Option<&Linear>;
+  /// The attention from the stacked projection's output `qkv` of `x`.
+  fn forward_projected(
+    &self,
+    x: &Array,
+    qkv: Array,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+  ) -> Result<Array>;
+  /// The attention of `x`.
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array>;
+}
+
+/// The SwiGLU MLP of a block whose decoded rows take a fused norm + gate |
+/// up projection + SwiGLU.
+pub(crate) trait RowMlp {
+  /// The gate | up projection as one layer, if it is one now.
+  fn stacked_gate_up(&self) -> Option<&Linear>;
+  /// The down projection of the gated activation.
+  fn down(&self, act: &Array) -> Result<Array>;
+  /// The MLP of `x`.
+  fn forward(&self, x: &Array) -> Result<Array>;
+}
+
+impl RowAttention for Attention {
+  fn stacked_qkv(&self) -> Option<&Linear> {
+    Attention::stacked_qkv(self)
+  }
+  fn forward_projected(
+    &self,
+    x: &Array,
+    qkv: Array,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+  ) -> Result<Array> {
+    Attention::forward_projected(self, x, qkv, mask, cache)
+  }
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
+    Attention::forward(self, x, mask, cache)
+  }
+}
+
+impl RowMlp for SwiGluMlp {
+  fn stacked_gate_up(&self) -> Option<&Linear> {
+    SwiGluMlp::stacked_gate_up(self)
+  }
+  fn down(&self, act: &Array) -> Result<Array> {
+    SwiGluMlp::down(self, act)
+  }
+  fn forward(&self, x: &Array) -> Result<Array> {
+    SwiGluMlp::forward(self, x)
+  }
+}
+
+impl RowMlp for FusedSwiGluMlp {
+  fn stacked_gate_up(&self) -> Option<&Linear> {
+    Some(self.gate_up())
+  }
+  fn down(&self, act: &Array) -> Result<Array> {
+    FusedSwiGluMlp::down(self, act)
+  }
+  fn forward(&self, x: &Array) -> Result<Array> {
+    FusedSwiGluMlp::forward(self, x)
+  }
+}
 
 /// `x + delta`, or `x` without a pending `delta`.
 pub(crate) fn add_pending(x: &Array, delta: Option<&Array>) -> Result<Array> {
@@ -26,14 +96,14 @@ pub(crate) fn add_pending(x: &Array, delta: Option<&Array>) -> Result<Array> {
 
 /// The parts of a Llama-shaped pre-norm block (`h = x + attn(norm1(x));
 /// out = h + mlp(norm2(h))`), borrowed from the block.
-pub(crate) struct PrenormBlock<'a> {
+pub(crate) struct PrenormBlock<'a, A: RowAttention = Attention, M: RowMlp = SwiGluMlp> {
   pub input_norm: &'a RmsNorm,
-  pub attn: &'a Attention,
+  pub attn: &'a A,
   pub post_norm: &'a RmsNorm,
-  pub mlp: &'a SwiGluMlp,
+  pub mlp: &'a M,
 }
 
-impl PrenormBlock<'_> {
+impl<A: RowAttention, M: RowMlp> PrenormBlock<'_, A, M> {
   /// The block over one decoded row `x` with the previous block's output
   /// `delta` not yet added: `(h, r)`, the residual stream after attention
   /// and the MLP's output, whose sum is the block's output. With stacked

@@ -78,6 +78,11 @@ impl Layer for Block {
       .forward(&self.post_attention_layernorm.forward(&x)?)?;
     ops::add(&self.post_mlp_layernorm.forward(&m)?, &x)
   }
+
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.self_attn.fuse_projections()?;
+    self.mlp.fuse_projections()
+  }
 }
 
 /// Registry entry for `glm4`.

@@ -255,6 +255,27 @@ impl Llama {
   }
 }
 
+impl Llama {
+  /// Leave out the rotary embedding of each layer `i` with `!use_rope[i]`
+  /// (SmolLM3's NoPE layers; python smollm3.py sets those layers'
+  /// `self_attn.rope` to a no-op).
+  pub fn without_rope(&mut self, use_rope: &[bool]) -> Result<()> {
+    if use_rope.len() != self.model.layers.len() {
+      return Err(mlxrs_core::Error::InvalidArgument(format!(
+        "config: no_rope_layers has {} entries for {} layers",
+        use_rope.len(),
+        self.model.layers.len()
+      )));
+    }
+    for (layer, &on) in self.model.layers.iter().zip(use_rope) {
+      if !on {
+        layer.lock().self_attn.drop_rope();
+      }
+    }
+    Ok(())
+  }
+}
+
 /// Registry entry for `llama` / `mistral`.
 pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
   let args: LlamaArgs = parse_args(config)?;

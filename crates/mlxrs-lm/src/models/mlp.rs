@@ -109,6 +109,24 @@ impl FusedSwiGluMlp {
     }
   }
 
+  /// Keep the projections' transposes ready for a GPU
+  /// ([`Linear::keep_transposed`]; gate | up is one layer already).
+  pub fn fuse_projections(&mut self) -> Result<()> {
+    self.gate_up_proj.keep_transposed()?;
+    self.down_proj.keep_transposed()
+  }
+
+  /// The gate | up projection.
+  pub fn gate_up(&self) -> &Linear {
+    &self.gate_up_proj
+  }
+
+  /// The down projection of the gated activation `silu(gate) * up`
+  /// (computed by the caller, e.g. fused with the norm and gate | up).
+  pub fn down(&self, act: &Array) -> Result<Array> {
+    self.down_proj.forward(act)
+  }
+
   /// The MLP of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
     let [gate, up] = gate_up_halves(&self.gate_up_proj.forward(x)?, &self.down_proj)?;

@@ -1,22 +1,19 @@
 //! Phi-3 / Phi-4-mini: mlx-lm's `models/phi3.py` — a Llama-shaped block
 //! with a fused `qkv_proj` (split q | k | v) and a fused `gate_up_proj`
 //! (split gate | up), partial rotary embeddings (`partial_rotary_factor`)
-//! and longrope ("su") scaling, untied by default.
-
-use std::collections::BTreeSet;
-use std::sync::Arc;
+//! and longrope ("su") scaling, untied by default. On the shared
+//! `Decoder`; decoded rows take the fused norm + projection kernels
+//! (`fused_rows`), its q | k | v and gate | up being one projection each.
 
 use mlxrs_core::{Array, Error, Result, ops};
-use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, Linear, Module, RmsNorm, Rope, Weights, module, sdpa_with_cache,
-  swiglu,
-};
+use mlxrs_nn::{AttnMask, Embedding, KvCache, Linear, RmsNorm, Rope, module, sdpa_with_cache};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::base::check_heads;
-use super::checkpoint::{self, Shared, Trainable};
-use super::prefill_pace::PrefillPace;
+use super::base::{check_heads, split_at};
+use super::decoder::{Decoder, DecoderOpts, Layer};
+use super::fused_rows::{self, RowAttention};
+use super::mlp::FusedSwiGluMlp;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_theta() -> f32 {
@@ -137,54 +134,62 @@ struct Attention {
 module!(Attention { qkv_proj, o_proj });
 
 impl Attention {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let s = x.shape();
-    let (b, l) = (s[0], s[1]);
-    let q_end = self.n_heads * self.head_dim;
-    let k_end = q_end + self.n_kv_heads * self.head_dim;
-    let mut parts =
-      ops::split_sections(&self.qkv_proj.forward(x)?, &[q_end, k_end], -1)?.into_iter();
-    let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
-      return Err(Error::Mlx("qkv split returned fewer than 3 parts".into()));
-    };
-    let heads =
-      |t: Array, n: i32| ops::transpose_axes(&ops::reshape(&t, &[b, l, n, -1])?, &[0, 2, 1, 3]);
-    let q = heads(q, self.n_heads)?;
-    let k = heads(k, self.n_kv_heads)?;
-    let v = heads(v, self.n_kv_heads)?;
-    let q = self.rope.forward(&q, cache.offset)?;
-    let k = self.rope.forward(&k, cache.offset)?;
-    let (k, v) = cache.update_and_fetch(&k, &v)?;
-    let o = sdpa_with_cache(&q, &k, &v, self.scale, mask, None)?;
-    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
-    self.o_proj.forward(&o)
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.qkv_proj.keep_transposed()?;
+    self.o_proj.keep_transposed()
   }
 }
 
-struct Mlp {
-  gate_up_proj: Linear,
-  down_proj: Linear,
-}
-module!(Mlp {
-  gate_up_proj,
-  down_proj
-});
+impl RowAttention for Attention {
+  fn stacked_qkv(&self) -> Option<&Linear> {
+    Some(&self.qkv_proj)
+  }
 
-impl Mlp {
-  fn forward(&self, x: &Array) -> Result<Array> {
-    let mut parts = ops::split(&self.gate_up_proj.forward(x)?, 2, -1)?.into_iter();
-    let (Some(gate), Some(up)) = (parts.next(), parts.next()) else {
-      return Err(Error::Mlx(
-        "gate_up split returned fewer than 2 parts".into(),
-      ));
+  fn forward_projected(
+    &self,
+    x: &Array,
+    qkv: Array,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+  ) -> Result<Array> {
+    let s = x.shape();
+    let (b, l) = (s[0], s[1]);
+    let (nq, nkv) = (self.n_heads, self.n_kv_heads);
+    let (q, k, v) = if l == 1 {
+      // One decoded token: `[B, 1, heads * d]` is already laid out as
+      // `[B, heads, 1, d]`, so one reshape, and the query and key heads
+      // rotate in one RoPE call.
+      let all = ops::reshape(&qkv, &[b, nq + 2 * nkv, 1, self.head_dim])?;
+      let [qk, v] = split_at(&all, &[nq + nkv], 1)?;
+      let [q, k] = split_at(&self.rope.forward(&qk, cache.offset)?, &[nq], 1)?;
+      (q, k, v)
+    } else {
+      let hd = self.head_dim;
+      let [q, k, v] = split_at(&qkv, &[nq * hd, (nq + nkv) * hd], -1)?;
+      let heads =
+        |t: Array, n: i32| ops::transpose_axes(&ops::reshape(&t, &[b, l, n, -1])?, &[0, 2, 1, 3]);
+      let q = self.rope.forward(&heads(q, nq)?, cache.offset)?;
+      let k = self.rope.forward(&heads(k, nkv)?, cache.offset)?;
+      (q, k, heads(v, nkv)?)
     };
-    self.down_proj.forward(&swiglu(&gate, &up)?)
+    let (k, v) = cache.update_and_fetch(&k, &v)?;
+    let o = sdpa_with_cache(&q, &k, &v, self.scale, mask, None)?;
+    let o = if l == 1 {
+      ops::reshape(&o, &[b, 1, -1])?
+    } else {
+      ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?
+    };
+    self.o_proj.forward(&o)
+  }
+
+  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
+    self.forward_projected(x, self.qkv_proj.forward(x)?, mask, cache)
   }
 }
 
 struct Block {
   self_attn: Attention,
-  mlp: Mlp,
+  mlp: FusedSwiGluMlp,
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
 }
@@ -196,172 +201,97 @@ module!(Block {
 });
 
 impl Block {
+  /// The block's parts for [`fused_rows::PrenormBlock`].
+  fn parts(&self) -> fused_rows::PrenormBlock<'_, Attention, FusedSwiGluMlp> {
+    fused_rows::PrenormBlock {
+      input_norm: &self.input_layernorm,
+      attn: &self.self_attn,
+      post_norm: &self.post_attention_layernorm,
+      mlp: &self.mlp,
+    }
+  }
+}
+
+impl Layer for Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let h = ops::add(
-      x,
-      &self
-        .self_attn
-        .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
-    )?;
-    ops::add(
-      &h,
-      &self
-        .mlp
-        .forward(&self.post_attention_layernorm.forward(&h)?)?,
-    )
+    let r = self
+      .self_attn
+      .forward(&self.input_layernorm.forward(x)?, mask, cache)?;
+    let h = ops::add(x, &r)?;
+    let r = self
+      .mlp
+      .forward(&self.post_attention_layernorm.forward(&h)?)?;
+    ops::add(&h, &r)
+  }
+
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.self_attn.fuse_projections()?;
+    self.mlp.fuse_projections()?;
+    self.parts().warm()
+  }
+
+  fn forward_row(
+    &self,
+    x: &Array,
+    delta: Option<&Array>,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+    _shared: &mut Option<(Array, Array)>,
+  ) -> Result<(Array, Option<Array>)> {
+    let (h, r) = self.parts().row(x, delta, mask, cache)?;
+    Ok((h, Some(r)))
   }
 }
 
-struct Inner {
-  embed_tokens: Embedding,
-  layers: Vec<Shared<Block>>,
-  norm: RmsNorm,
-}
-module!(Inner {
-  embed_tokens,
-  layers,
-  norm
-});
-
-/// A Phi-3 decoder (mlx-lm `phi3.Model`).
-pub struct Phi3 {
-  args: Phi3Args,
-  model: Inner,
-  lm_head: Option<Linear>,
-  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
-  ckpt: Trainable,
-}
-module!(Phi3 { model, lm_head });
-
-impl Phi3 {
-  /// Build from parsed args.
-  pub fn new(args: Phi3Args) -> Result<Phi3> {
-    let h = args.hidden_size;
-    let n_heads = args.num_attention_heads;
-    let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
-    check_heads("phi3", h, n_heads, n_kv, args.num_hidden_layers)?;
-    // phi3.py ignores any `head_dim` key.
-    let hd = h / n_heads;
-    let rope_dim = (hd as f64 * args.partial_rotary_factor) as i32;
-    if rope_dim <= 0 || rope_dim > hd {
-      return Err(Error::InvalidArgument(format!(
-        "config: partial_rotary_factor {} gives {rope_dim} rotary dims of head_dim {hd}; need 1..={hd}",
-        args.partial_rotary_factor
-      )));
-    }
-    let eps = args.rms_norm_eps;
-    let mut layers = Vec::new();
-    for _ in 0..args.num_hidden_layers {
-      layers.push(Block {
-        self_attn: Attention {
-          qkv_proj: Linear::new(h, (n_heads + 2 * n_kv) * hd, false),
-          o_proj: Linear::new(n_heads * hd, h, false),
-          n_heads,
-          n_kv_heads: n_kv,
-          head_dim: hd,
-          scale: (hd as f32).powf(-0.5),
-          rope: make_rope(&args, rope_dim)?,
-        },
-        mlp: Mlp {
-          gate_up_proj: Linear::new(h, 2 * args.intermediate_size, false),
-          down_proj: Linear::new(args.intermediate_size, h, false),
-        },
-        input_layernorm: RmsNorm::new(h, eps),
-        post_attention_layernorm: RmsNorm::new(h, eps),
-      });
-    }
-    let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
-    Ok(Phi3 {
-      model: Inner {
-        embed_tokens: Embedding::new(args.vocab_size, h),
-        layers: layers.into_iter().map(Shared::new).collect(),
-        norm: RmsNorm::new(h, eps),
-      },
-      lm_head,
-      args,
-      ckpt: None,
-    })
-  }
-}
-
-/// Registry entry for `phi3`.
+/// Registry entry for `phi3` (mlx-lm `phi3.Model`).
 pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
-  Ok(Box::new(Phi3::new(parse_args(config)?)?))
-}
-
-impl Phi3 {
-  /// The decoder stack; `key_valid` (rows of a left-padded batch, see
-  /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
-  fn run(
-    &self,
-    tokens: &Array,
-    caches: &mut [KvCache],
-    key_valid: Option<&[Vec<bool>]>,
-  ) -> Result<Array> {
-    if caches.len() != self.model.layers.len() {
-      return Err(Error::InvalidArgument(format!(
-        "{} caches for {} layers",
-        caches.len(),
-        self.model.layers.len()
-      )));
-    }
-    let mut h = self.model.embed_tokens.forward(tokens)?;
-    let n = tokens.dim(-1).unwrap_or(1);
-    let mask = match (caches.first(), key_valid) {
-      (Some(c), Some(kv)) => crate::batch::padded_mask(kv, n, c.offset, None)?,
-      (Some(c), None) => c.make_mask(n, None)?,
-      (None, _) => AttnMask::None,
-    };
-    let mut pace = PrefillPace::for_input(&h);
-    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
-      let prefix = || format!("model.layers.{i}");
-      h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, Block::forward)?;
-      pace.layer_done(&h)?;
-    }
-    self.model.norm.forward(&h)
+  let args: Phi3Args = parse_args(config)?;
+  let h = args.hidden_size;
+  let n_heads = args.num_attention_heads;
+  let n_kv = args.num_key_value_heads.unwrap_or(n_heads);
+  check_heads("phi3", h, n_heads, n_kv, args.num_hidden_layers)?;
+  // phi3.py ignores any `head_dim` key.
+  let hd = h / n_heads;
+  let rope_dim = (hd as f64 * args.partial_rotary_factor) as i32;
+  if rope_dim <= 0 || rope_dim > hd {
+    return Err(Error::InvalidArgument(format!(
+      "config: partial_rotary_factor {} gives {rope_dim} rotary dims of head_dim {hd}; need 1..={hd}",
+      args.partial_rotary_factor
+    )));
   }
-}
-
-impl LanguageModel for Phi3 {
-  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-    self.run(tokens, caches, None)
+  let eps = args.rms_norm_eps;
+  let mut layers: Vec<Box<dyn Layer>> = Vec::new();
+  for _ in 0..args.num_hidden_layers {
+    layers.push(Box::new(Block {
+      self_attn: Attention {
+        qkv_proj: Linear::new(h, (n_heads + 2 * n_kv) * hd, false),
+        o_proj: Linear::new(n_heads * hd, h, false),
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        scale: (hd as f32).powf(-0.5),
+        rope: make_rope(&args, rope_dim)?,
+      },
+      mlp: FusedSwiGluMlp::new(h, args.intermediate_size),
+      input_layernorm: RmsNorm::new(h, eps),
+      post_attention_layernorm: RmsNorm::new(h, eps),
+    }));
   }
-
-  fn hidden_padded(
-    &self,
-    tokens: &Array,
-    caches: &mut [KvCache],
-    key_valid: &[Vec<bool>],
-  ) -> Result<Array> {
-    crate::batch::check_padded_caches(caches)?;
-    self.run(tokens, caches, Some(key_valid))
-  }
-
-  fn logits(&self, hidden: &Array) -> Result<Array> {
-    match &self.lm_head {
-      Some(head) => head.forward(hidden),
-      None => self.model.embed_tokens.as_linear(hidden),
-    }
-  }
-
-  fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    super::base::default_caches(self.model.layers.len(), max_kv_size)
-  }
-
-  fn load(&mut self, w: &mut Weights) {
-    Module::load(self, w, "");
-  }
-
-  fn vocab_size(&self) -> i32 {
-    self.args.vocab_size
-  }
-
-  fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
-    Module::visit(self, "", f);
-  }
-
-  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
-    self.ckpt = trainable.map(Arc::new);
-    Ok(())
-  }
+  let tied = args.tie_word_embeddings;
+  Ok(Box::new(Decoder::new(
+    Embedding::new(args.vocab_size, h),
+    layers,
+    Box::new(RmsNorm::new(h, eps)),
+    "norm",
+    (!tied).then(|| Linear::new(h, args.vocab_size, false)),
+    DecoderOpts {
+      vocab_size: args.vocab_size,
+      window: None,
+      logit_scale: None,
+      embed_scale: None,
+      tied,
+      stack_experts: None,
+      sanitize: None,
+    },
+  )))
 }
