@@ -146,6 +146,16 @@ impl Attention {
     self
   }
 
+  /// The same layer with Gemma's `(1 + w)` q/k norms (`RMSNorm` of
+  /// gemma3_text.py: the loaded weight plus one), of the shape and eps it
+  /// was built with.
+  pub fn with_plus_one_qk_norms(mut self) -> Attention {
+    for norm in [&mut self.q_norm, &mut self.k_norm].into_iter().flatten() {
+      *norm = RmsNorm::new_plus_one(norm.dims, norm.eps);
+    }
+    self
+  }
+
   /// The same layer RMS-normalizing each head of q and k without a weight
   /// (`mx.fast.rms_norm(x, None, eps)`, Llama-4) before RoPE.
   pub fn with_plain_qk_norm(mut self, eps: f32) -> Attention {

@@ -155,10 +155,19 @@ impl<A: RowAttention, M: RowMlp> PrenormBlock<'_, A, M> {
     let (Some(qkv), Some(gate_up)) = (self.attn.stacked_qkv(), self.mlp.stacked_gate_up()) else {
       return Ok(());
     };
-    let x = ops::zeros(&[1, self.input_norm.dims], self.input_norm.weight.dtype())?;
-    self.input_norm.fused_with(&x, None, qkv, false)?;
-    self.input_norm.fused_with(&x, Some(&x), qkv, false)?;
-    self.post_norm.fused_with(&x, Some(&x), gate_up, true)?;
-    Ok(())
+    warm(self.input_norm, qkv, &[false, true], false)?;
+    warm(self.post_norm, gate_up, &[true], true)
   }
+}
+
+/// Compile now the kernels `norm.fused_with(x, delta, proj, swiglu)` runs
+/// for one row, without (`false`) and with (`true`) a pending `delta` as
+/// listed in `pending` (see [`PrenormBlock::warm`]). Nothing happens where
+/// the kernels do not apply.
+pub(crate) fn warm(norm: &RmsNorm, proj: &Linear, pending: &[bool], swiglu: bool) -> Result<()> {
+  let x = ops::zeros(&[1, norm.dims], norm.weight.dtype())?;
+  for &p in pending {
+    norm.fused_with(&x, p.then_some(&x), proj, swiglu)?;
+  }
+  Ok(())
 }

@@ -15,8 +15,10 @@ use mlxrs_nn::{
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::attention::{Attention, AttnDims};
 use super::base::check_heads;
 use super::checkpoint::{self, Shared, Trainable};
+use super::fused_rows;
 use super::mlp::GeluMlp;
 use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
@@ -114,48 +116,6 @@ pub struct Gemma3TextArgs {
   pub rope_scaling: Option<Value>,
 }
 
-struct Attention {
-  q_proj: Linear,
-  k_proj: Linear,
-  v_proj: Linear,
-  o_proj: Linear,
-  q_norm: RmsNorm,
-  k_norm: RmsNorm,
-  n_heads: i32,
-  n_kv_heads: i32,
-  scale: f32,
-  rope: Rope,
-}
-module!(Attention {
-  q_proj,
-  k_proj,
-  v_proj,
-  o_proj,
-  q_norm,
-  k_norm
-});
-
-impl Attention {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let s = x.shape();
-    let (b, l) = (s[0], s[1]);
-    let heads =
-      |t: Array, n: i32| ops::transpose_axes(&ops::reshape(&t, &[b, l, n, -1])?, &[0, 2, 1, 3]);
-    let q = self
-      .q_norm
-      .forward(&heads(self.q_proj.forward(x)?, self.n_heads)?)?;
-    let k = self
-      .k_norm
-      .forward(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?;
-    let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
-    let q = self.rope.forward(&q, cache.offset)?;
-    let k = self.rope.forward(&k, cache.offset)?;
-    let o = mlxrs_nn::attention_with_cache_update(&q, &k, &v, cache, self.scale, mask, None)?;
-    let o = ops::reshape(&ops::transpose_axes(&o, &[0, 2, 1, 3])?, &[b, l, -1])?;
-    self.o_proj.forward(&o)
-  }
-}
-
 /// `x + y`, except in float16 where the sum is taken in float32 and clipped
 /// to the float16 range (mlx-lm's `clip_residual`).
 fn clip_residual(x: &Array, y: &Array) -> Result<Array> {
@@ -191,6 +151,68 @@ module!(Block {
 });
 
 impl Block {
+  /// One decoded row per batch row, `x` (`[B, hidden]`), with the previous
+  /// block's `post_feedforward_layernorm` output `delta` not yet added:
+  /// `(h, r)`, whose sum is the block's output. Each pre-norm takes the add
+  /// before it and the stacked projection after it as one kernel where it
+  /// can (`fused_rows`; one row on a CUDA device), else MLX's ops run. Not
+  /// for float16, whose residual adds are clipped (`clip_residual`).
+  fn forward_row(
+    &self,
+    x: &Array,
+    delta: Option<&Array>,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+  ) -> Result<(Array, Array)> {
+    let fused = match self.self_attn.stacked_qkv() {
+      Some(qkv) => self.input_layernorm.fused_with(x, delta, qkv, false)?,
+      None => None,
+    };
+    let (h, r) = match fused {
+      Some((h, y)) => {
+        let r = self.self_attn.forward_projected(&h, y, mask, cache)?;
+        (h, r)
+      }
+      None => {
+        let h = fused_rows::add_pending(x, delta)?;
+        let r = self
+          .self_attn
+          .forward(&self.input_layernorm.forward(&h)?, mask, cache)?;
+        (h, r)
+      }
+    };
+    let r = self.post_attention_layernorm.forward(&r)?;
+    let fused = match self.mlp.stacked_gate_up() {
+      Some(gu) => self
+        .pre_feedforward_layernorm
+        .fused_with(&h, Some(&r), gu, false)?,
+      None => None,
+    };
+    let (h, m) = match fused {
+      Some((h, y)) => (h, self.mlp.forward_projected(&y)?),
+      None => {
+        let h = ops::add(&h, &r)?;
+        let m = self
+          .mlp
+          .forward(&self.pre_feedforward_layernorm.forward(&h)?)?;
+        (h, m)
+      }
+    };
+    Ok((h, self.post_feedforward_layernorm.forward(&m)?))
+  }
+
+  /// Compile the kernels [`Block::forward_row`] runs (q|k|v without and
+  /// with a pending residual, gate|up) now rather than at the first token.
+  fn warm(&self) -> Result<()> {
+    if let Some(qkv) = self.self_attn.stacked_qkv() {
+      fused_rows::warm(&self.input_layernorm, qkv, &[false, true], false)?;
+    }
+    if let Some(gu) = self.mlp.stacked_gate_up() {
+      fused_rows::warm(&self.pre_feedforward_layernorm, gu, &[true], false)?;
+    }
+    Ok(())
+  }
+
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let r = self
       .self_attn
@@ -259,19 +281,13 @@ impl Gemma3Text {
           Some(args.max_position_embeddings),
         )?
       };
+      let dims = AttnDims {
+        qk_norm: Some(eps),
+        scale: args.query_pre_attn_scalar.powf(-0.5) as f32,
+        ..AttnDims::new(h, n_heads, n_kv, hd, (false, false))
+      };
       layers.push(Block {
-        self_attn: Attention {
-          q_proj: Linear::new(h, n_heads * hd, false),
-          k_proj: Linear::new(h, n_kv * hd, false),
-          v_proj: Linear::new(h, n_kv * hd, false),
-          o_proj: Linear::new(n_heads * hd, h, false),
-          q_norm: RmsNorm::new_plus_one(hd, eps),
-          k_norm: RmsNorm::new_plus_one(hd, eps),
-          n_heads,
-          n_kv_heads: n_kv,
-          scale: args.query_pre_attn_scalar.powf(-0.5) as f32,
-          rope,
-        },
+        self_attn: Attention::new(dims, Some(rope)).with_plus_one_qk_norms(),
         mlp: GeluMlp::new(h, args.intermediate_size, true),
         input_layernorm: RmsNorm::new_plus_one(h, eps),
         post_attention_layernorm: RmsNorm::new_plus_one(h, eps),
@@ -299,6 +315,23 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
 }
 
 impl LanguageModel for Gemma3Text {
+  fn fuse_projections(&mut self) -> Result<()> {
+    for b in &self.model.layers {
+      let mut b = b.lock();
+      b.self_attn.fuse_projections()?;
+      b.mlp.fuse_projections()?;
+    }
+    match &mut self.lm_head {
+      Some(head) => head.keep_transposed()?,
+      None => self.model.embed_tokens.keep_transposed()?,
+    }
+    // Compile the fused decode kernels at load, not at the first token.
+    match self.model.layers.first() {
+      Some(b) => b.lock().warm(),
+      None => Ok(()),
+    }
+  }
+
   fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
     self.hidden_from_embeddings(&self.embed_tokens(tokens)?, caches, None)
   }
@@ -333,6 +366,33 @@ impl LanguageModel for Gemma3Text {
       }
       _ => AttnMask::None,
     };
+    // One token per row (a decode step): the layers run on `[B, hidden]`
+    // rows, as Llama's do (no flatten / unflatten nodes around the
+    // matmuls; the shared `Attention` takes such rows).
+    // Outside float16, each block's last residual add is left to the next
+    // block's first norm (`Block::forward_row`).
+    if n == 1 && self.ckpt.is_none() {
+      let s = h.shape();
+      let mut x = ops::reshape(&h, &[s[0], s[2]])?;
+      let mut delta: Option<Array> = None;
+      for (layer, cache) in self.model.layers.iter().zip(caches.iter_mut()) {
+        let layer = layer.lock();
+        let mask = if layer.sliding {
+          &sliding_mask
+        } else {
+          &global_mask
+        };
+        if x.dtype() == Dtype::Float16 {
+          x = layer.forward(&x, mask, cache)?;
+        } else {
+          let (h, r) = layer.forward_row(&x, delta.as_ref(), mask, cache)?;
+          x = h;
+          delta = Some(r);
+        }
+      }
+      let x = fused_rows::add_pending(&x, delta.as_ref())?;
+      return ops::reshape(&self.model.norm.forward(&x)?, &s);
+    }
     let mut pace = PrefillPace::for_input(&h);
     for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
       let mask = if layer.lock().sliding {

@@ -177,20 +177,30 @@ impl GeluMlp {
     self.down_proj.keep_transposed()
   }
 
+  /// The stacked gate | up projection, while stacked
+  /// ([`GeluMlp::fuse_projections`]).
+  pub fn stacked_gate_up(&self) -> Option<&Linear> {
+    self.gate_up.get()
+  }
+
+  /// The MLP from the stacked gate | up projection's output `y` (computed
+  /// by the caller, e.g. fused with the norm before it).
+  pub fn forward_projected(&self, y: &Array) -> Result<Array> {
+    let [g, u] = gate_up_halves(y, &self.down_proj)?;
+    self.gated(&g, &u)
+  }
+
+  /// `down(gelu(g) * u)`.
+  fn gated(&self, g: &Array, u: &Array) -> Result<Array> {
+    let g = if self.tanh { gelu_approx(g)? } else { gelu(g)? };
+    self.down_proj.forward(&ops::multiply(&g, u)?)
+  }
+
   /// The MLP of `x`.
   pub fn forward(&self, x: &Array) -> Result<Array> {
-    let (g, u) = match self.gate_up.get() {
-      Some(gu) => {
-        let [g, u] = gate_up_halves(&gu.forward(x)?, &self.down_proj)?;
-        (g, u)
-      }
-      None => (self.gate_proj.forward(x)?, self.up_proj.forward(x)?),
-    };
-    let g = if self.tanh {
-      gelu_approx(&g)?
-    } else {
-      gelu(&g)?
-    };
-    self.down_proj.forward(&ops::multiply(&g, &u)?)
+    match self.gate_up.get() {
+      Some(gu) => self.forward_projected(&gu.forward(x)?),
+      None => self.gated(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?),
+    }
   }
 }
