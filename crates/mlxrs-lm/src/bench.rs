@@ -24,6 +24,8 @@ pub const SHAPES: &[&str] = &[
   "qwen3-4b",
   "smollm2-135m",
   "llama-3.1-8b",
+  "gemma3-270m",
+  "gemma3-1b",
 ];
 
 /// The config.json of a named shape.
@@ -58,6 +60,18 @@ pub fn shape_config(name: &str) -> Result<Value> {
       "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5,
       "vocab_size": 49152, "rope_theta": 100000.0, "max_position_embeddings": 8192,
       "tie_word_embeddings": true}),
+    "gemma3-270m" => json!({
+      "model_type": "gemma3_text", "hidden_size": 640, "num_hidden_layers": 18, "intermediate_size": 2048,
+      "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "rms_norm_eps": 1e-6,
+      "vocab_size": 262144, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+      "query_pre_attn_scalar": 256.0, "sliding_window": 512, "sliding_window_pattern": 6,
+      "max_position_embeddings": 32768}),
+    "gemma3-1b" => json!({
+      "model_type": "gemma3_text", "hidden_size": 1152, "num_hidden_layers": 26, "intermediate_size": 6912,
+      "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "rms_norm_eps": 1e-6,
+      "vocab_size": 262144, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+      "query_pre_attn_scalar": 256.0, "sliding_window": 512, "sliding_window_pattern": 6,
+      "max_position_embeddings": 32768}),
     other => {
       return Err(Error::Core(mlxrs_core::Error::InvalidArgument(format!(
         "unknown shape {other:?}; known: {}",
