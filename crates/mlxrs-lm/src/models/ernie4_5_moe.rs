@@ -140,6 +140,10 @@ struct Block {
 module!(Block { self_attn, dense => "mlp", moe => "mlp", input_layernorm, post_attention_layernorm });
 
 impl Layer for Block {
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.self_attn.fuse_projections()
+  }
+
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let r = self
       .self_attn

@@ -86,6 +86,10 @@ module!(Block {
 });
 
 impl Layer for Block {
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.attn.attention.fuse_projections()
+  }
+
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let h = ops::add(
       x,

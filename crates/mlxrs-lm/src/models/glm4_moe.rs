@@ -99,6 +99,14 @@ struct Block {
 module!(Block { self_attn, dense => "mlp", moe => "mlp", input_layernorm, post_attention_layernorm });
 
 impl Layer for Block {
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.self_attn.fuse_projections()?;
+    match &mut self.dense {
+      Some(d) => d.fuse_projections(),
+      None => Ok(()),
+    }
+  }
+
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let r = self
       .self_attn

@@ -111,6 +111,10 @@ module!(Block {
 });
 
 impl Layer for Block {
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.self_attn.fuse_projections()
+  }
+
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let r = self
       .self_attn

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::attention::{Attention, AttnDims};
 use super::base::{check_heads, reject_unhandled};
 use super::decoder::{Decoder, DecoderOpts, Layer, Names};
+use super::fused_rows;
 use super::mlp::SwiGluMlp;
 use crate::model::{LanguageModel, parse_args};
 
@@ -60,7 +61,37 @@ module!(Block {
   post_attention_layernorm
 });
 
+impl Block {
+  /// The block's parts for [`fused_rows::PrenormBlock`].
+  fn parts(&self) -> fused_rows::PrenormBlock<'_> {
+    fused_rows::PrenormBlock {
+      input_norm: &self.input_layernorm,
+      attn: &self.self_attn,
+      post_norm: &self.post_attention_layernorm,
+      mlp: &self.feed_forward,
+    }
+  }
+}
+
 impl Layer for Block {
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.self_attn.fuse_projections()?;
+    self.feed_forward.fuse_projections()?;
+    self.parts().warm()
+  }
+
+  fn forward_row(
+    &self,
+    x: &Array,
+    delta: Option<&Array>,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+    _shared: &mut Option<(Array, Array)>,
+  ) -> Result<(Array, Option<Array>)> {
+    let (h, r) = self.parts().row(x, delta, mask, cache)?;
+    Ok((h, Some(r)))
+  }
+
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let r = self
       .self_attn

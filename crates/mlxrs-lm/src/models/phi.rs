@@ -72,6 +72,10 @@ module!(Block {
 });
 
 impl Layer for Block {
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.self_attn.fuse_projections()
+  }
+
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let h = self.input_layernorm.forward(x)?;
     let a = self.self_attn.forward(&h, mask, cache)?;
