@@ -115,23 +115,7 @@ impl<A: RowAttention, M: RowMlp> PrenormBlock<'_, A, M> {
     mask: &AttnMask,
     cache: &mut KvCache,
   ) -> Result<(Array, Array)> {
-    let fused_qkv = match self.attn.stacked_qkv() {
-      Some(qkv) => self.input_norm.fused_with(x, delta, qkv, false)?,
-      None => None,
-    };
-    let (h, r) = match fused_qkv {
-      Some((h, y)) => {
-        let r = self.attn.forward_projected(&h, y, mask, cache)?;
-        (h, r)
-      }
-      None => {
-        let h = add_pending(x, delta)?;
-        let r = self
-          .attn
-          .forward(&self.input_norm.forward(&h)?, mask, cache)?;
-        (h, r)
-      }
-    };
+    let (h, r) = attention_row(self.input_norm, self.attn, x, delta, mask, cache)?;
     let fused_mlp = match self.mlp.stacked_gate_up() {
       Some(gu) => self.post_norm.fused_with(&h, Some(&r), gu, true)?,
       None => None,
@@ -157,6 +141,35 @@ impl<A: RowAttention, M: RowMlp> PrenormBlock<'_, A, M> {
     };
     warm(self.input_norm, qkv, &[false, true], false)?;
     warm(self.post_norm, gate_up, &[true], true)
+  }
+}
+
+/// The attention half of a pre-norm block over one decoded row `x` with
+/// `delta` pending: `(h, r)` with `h = x + delta` and `r =
+/// attn(norm(h))`, the add, norm and q | k | v projection as one kernel
+/// where it can (for blocks whose MLP is not a [`RowMlp`], e.g. MoE).
+pub(crate) fn attention_row<A: RowAttention>(
+  norm: &RmsNorm,
+  attn: &A,
+  x: &Array,
+  delta: Option<&Array>,
+  mask: &AttnMask,
+  cache: &mut KvCache,
+) -> Result<(Array, Array)> {
+  let fused = match attn.stacked_qkv() {
+    Some(qkv) => norm.fused_with(x, delta, qkv, false)?,
+    None => None,
+  };
+  match fused {
+    Some((h, y)) => {
+      let r = attn.forward_projected(&h, y, mask, cache)?;
+      Ok((h, r))
+    }
+    None => {
+      let h = add_pending(x, delta)?;
+      let r = attn.forward(&norm.forward(&h)?, mask, cache)?;
+      Ok((h, r))
+    }
   }
 }
 

@@ -1,23 +1,19 @@
 //! Qwen3-MoE: mlx-lm's `models/qwen3_moe.py` — the Qwen3 block (per-head
 //! q/k RMSNorm, plain RoPE) with a sparse MoE MLP: softmax over all experts,
 //! top-k, optional renormalization (`norm_topk_prob`), experts in a
-//! [`SwitchGlu`].
-
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+//! `SwitchGlu`. On the shared `Decoder` and `Attention`.
 
 use mlxrs_core::{Array, Error, Result, ops};
-use mlxrs_nn::{
-  AttnMask, Embedding, KvCache, Linear, Module, RmsNorm, Rope, Weights, module, sdpa_with_cache,
-  swiglu,
-};
+use mlxrs_nn::{AttnMask, Embedding, KvCache, Linear, RmsNorm, Rope, module};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::base::{check_caches, check_heads, check_moe, default_caches, stack_experts};
-use super::checkpoint::{self, Shared, Trainable};
+use super::attention::{Attention, AttnDims};
+use super::base::{check_heads, check_moe};
+use super::decoder::{Decoder, DecoderOpts, Layer};
+use super::fused_rows;
+use super::mlp::SwiGluMlp;
 use super::moe::SparseMoe;
-use super::prefill_pace::PrefillPace;
 use crate::model::{LanguageModel, parse_args};
 
 fn d_one() -> i32 {
@@ -63,82 +59,9 @@ pub struct Qwen3MoeArgs {
   pub norm_topk_prob: bool,
 }
 
-struct Attention {
-  q_proj: Linear,
-  k_proj: Linear,
-  v_proj: Linear,
-  o_proj: Linear,
-  q_norm: RmsNorm,
-  k_norm: RmsNorm,
-  n_heads: i32,
-  n_kv_heads: i32,
-  scale: f32,
-  rope: Rope,
-}
-module!(Attention {
-  q_proj,
-  k_proj,
-  v_proj,
-  o_proj,
-  q_norm,
-  k_norm
-});
-
-impl Attention {
-  fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let s = x.shape();
-    let (b, l) = (s[0], s[1]);
-    let heads = |t: Array, n: i32| ops::reshape(&t, &[b, l, n, -1]);
-    let q = ops::transpose_axes(
-      &self
-        .q_norm
-        .forward(&heads(self.q_proj.forward(x)?, self.n_heads)?)?,
-      &[0, 2, 1, 3],
-    )?;
-    let k = ops::transpose_axes(
-      &self
-        .k_norm
-        .forward(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?,
-      &[0, 2, 1, 3],
-    )?;
-    let v = ops::transpose_axes(
-      &heads(self.v_proj.forward(x)?, self.n_kv_heads)?,
-      &[0, 2, 1, 3],
-    )?;
-    let q = self.rope.forward(&q, cache.offset)?;
-    let k = self.rope.forward(&k, cache.offset)?;
-    let (k, v) = cache.update_and_fetch(&k, &v)?;
-    let o = sdpa_with_cache(&q, &k, &v, self.scale, mask, None)?;
-    self.o_proj.forward(&ops::reshape(
-      &ops::transpose_axes(&o, &[0, 2, 1, 3])?,
-      &[b, l, -1],
-    )?)
-  }
-}
-
-struct Mlp {
-  gate_proj: Linear,
-  down_proj: Linear,
-  up_proj: Linear,
-}
-module!(Mlp {
-  gate_proj,
-  down_proj,
-  up_proj
-});
-
-impl Mlp {
-  fn forward(&self, x: &Array) -> Result<Array> {
-    self.down_proj.forward(&swiglu(
-      &self.gate_proj.forward(x)?,
-      &self.up_proj.forward(x)?,
-    )?)
-  }
-}
-
 struct Block {
   self_attn: Attention,
-  dense: Option<Mlp>,
+  dense: Option<SwiGluMlp>,
   moe: Option<SparseMoe>,
   input_layernorm: RmsNorm,
   post_attention_layernorm: RmsNorm,
@@ -146,218 +69,133 @@ struct Block {
 module!(Block { self_attn, dense => "mlp", moe => "mlp", input_layernorm, post_attention_layernorm });
 
 impl Block {
+  /// The MLP (sparse or dense) of the normalized `n`.
+  fn mlp(&self, n: &Array) -> Result<Array> {
+    match (&self.moe, &self.dense) {
+      (Some(m), _) => m.forward(n),
+      (None, Some(d)) => d.forward(n),
+      (None, None) => Err(Error::InvalidArgument(
+        "qwen3_moe: layer without an MLP".into(),
+      )),
+    }
+  }
+}
+
+impl Layer for Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
-    let h = ops::add(
-      x,
-      &self
-        .self_attn
-        .forward(&self.input_layernorm.forward(x)?, mask, cache)?,
-    )?;
-    let n = self.post_attention_layernorm.forward(&h)?;
-    let r = match (&self.moe, &self.dense) {
-      (Some(m), _) => m.forward(&n)?,
-      (None, Some(d)) => d.forward(&n)?,
-      (None, None) => {
-        return Err(Error::InvalidArgument(
-          "qwen3_moe: layer without an MLP".into(),
-        ));
-      }
-    };
+    let r = self
+      .self_attn
+      .forward(&self.input_layernorm.forward(x)?, mask, cache)?;
+    let h = ops::add(x, &r)?;
+    let r = self.mlp(&self.post_attention_layernorm.forward(&h)?)?;
     ops::add(&h, &r)
   }
-}
 
-struct Inner {
-  embed_tokens: Embedding,
-  layers: Vec<Shared<Block>>,
-  norm: RmsNorm,
-}
-module!(Inner {
-  embed_tokens,
-  layers,
-  norm
-});
-
-/// mlx-lm `qwen3_moe.Model`.
-pub struct Qwen3Moe {
-  args: Qwen3MoeArgs,
-  model: Inner,
-  lm_head: Option<Linear>,
-  /// Gradient checkpointing (see [`LanguageModel::set_grad_checkpoint`]).
-  ckpt: Trainable,
-}
-module!(Qwen3Moe { model, lm_head });
-
-impl Qwen3Moe {
-  /// Build from parsed args.
-  pub fn new(args: Qwen3MoeArgs) -> Result<Qwen3Moe> {
-    let (h, n_heads, n_kv) = (
-      args.hidden_size,
-      args.num_attention_heads,
-      args.num_key_value_heads,
-    );
-    check_heads("qwen3_moe", h, n_heads, n_kv, args.num_hidden_layers)?;
-    if args.num_experts > 0 {
-      check_moe("qwen3_moe", args.num_experts, args.num_experts_per_tok)?;
+  fn fuse_projections(&mut self) -> Result<()> {
+    self.self_attn.fuse_projections()?;
+    if let Some(d) = &mut self.dense {
+      d.fuse_projections()?;
     }
-    if args.decoder_sparse_step <= 0 {
-      return Err(Error::InvalidArgument(
-        "config (qwen3_moe): decoder_sparse_step must be positive".into(),
-      ));
+    if let Some(qkv) = self.self_attn.stacked_qkv() {
+      fused_rows::warm(&self.input_layernorm, qkv, &[false, true], false)?;
     }
-    let head_dim = args.head_dim.unwrap_or(h / n_heads);
-    let eps = args.rms_norm_eps;
-    let mut layers = Vec::new();
-    for i in 0..args.num_hidden_layers {
-      let is_moe = !args.mlp_only_layers.contains(&i)
-        && args.num_experts > 0
-        && (i + 1) % args.decoder_sparse_step == 0;
-      layers.push(Shared::new(Block {
-        self_attn: Attention {
-          q_proj: Linear::new(h, n_heads * head_dim, false),
-          k_proj: Linear::new(h, n_kv * head_dim, false),
-          v_proj: Linear::new(h, n_kv * head_dim, false),
-          o_proj: Linear::new(n_heads * head_dim, h, false),
-          q_norm: RmsNorm::new(head_dim, eps),
-          k_norm: RmsNorm::new(head_dim, eps),
-          n_heads,
-          n_kv_heads: n_kv,
-          scale: (head_dim as f32).powf(-0.5),
-          // mlx-lm uses a plain nn.RoPE here (rope_scaling is not applied).
-          rope: Rope::new(head_dim, false, args.rope_theta, 1.0),
-        },
-        dense: (!is_moe).then(|| Mlp {
-          gate_proj: Linear::new(h, args.intermediate_size, false),
-          down_proj: Linear::new(args.intermediate_size, h, false),
-          up_proj: Linear::new(h, args.intermediate_size, false),
-        }),
-        moe: is_moe.then(|| {
-          SparseMoe::new(
-            h,
-            args.moe_intermediate_size,
-            args.num_experts,
-            args.num_experts_per_tok,
-            args.norm_topk_prob,
-            None,
-          )
-        }),
-        input_layernorm: RmsNorm::new(h, eps),
-        post_attention_layernorm: RmsNorm::new(h, eps),
-      }));
-    }
-    let lm_head = (!args.tie_word_embeddings).then(|| Linear::new(h, args.vocab_size, false));
-    Ok(Qwen3Moe {
-      model: Inner {
-        embed_tokens: Embedding::new(args.vocab_size, h),
-        layers,
-        norm: RmsNorm::new(h, eps),
-      },
-      lm_head,
-      args,
-      ckpt: None,
-    })
-  }
-}
-
-/// Registry entry for `qwen3_moe`.
-pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
-  Ok(Box::new(Qwen3Moe::new(parse_args(config)?)?))
-}
-
-impl Qwen3Moe {
-  /// The decoder stack; `key_valid` (rows of a left-padded batch, see
-  /// [`LanguageModel::hidden_padded`]) replaces the causal mask by padded ones.
-  fn run(
-    &self,
-    tokens: &Array,
-    caches: &mut [KvCache],
-    key_valid: Option<&[Vec<bool>]>,
-  ) -> Result<Array> {
-    check_caches(caches.len(), self.model.layers.len())?;
-    let mut h = self.model.embed_tokens.forward(tokens)?;
-    let n = tokens.dim(-1).unwrap_or(1);
-    let mask = match (caches.first(), key_valid) {
-      (Some(c), Some(kv)) => crate::batch::padded_mask(kv, n, c.offset, None)?,
-      (Some(c), None) => c.make_mask(n, None)?,
-      (None, _) => AttnMask::None,
-    };
-    let mut pace = PrefillPace::for_input(&h);
-    for (i, (layer, cache)) in self.model.layers.iter().zip(caches.iter_mut()).enumerate() {
-      let prefix = || format!("model.layers.{i}");
-      h = checkpoint::block(&self.ckpt, layer, prefix, &h, &mask, cache, Block::forward)?;
-      pace.layer_done(&h)?;
-    }
-    self.model.norm.forward(&h)
-  }
-}
-
-impl LanguageModel for Qwen3Moe {
-  fn hidden(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
-    self.run(tokens, caches, None)
-  }
-
-  fn hidden_padded(
-    &self,
-    tokens: &Array,
-    caches: &mut [KvCache],
-    key_valid: &[Vec<bool>],
-  ) -> Result<Array> {
-    crate::batch::check_padded_caches(caches)?;
-    self.run(tokens, caches, Some(key_valid))
-  }
-
-  fn logits(&self, hidden: &Array) -> Result<Array> {
-    match &self.lm_head {
-      Some(head) => head.forward(hidden),
-      None => self.model.embed_tokens.as_linear(hidden),
-    }
-  }
-
-  fn make_caches(&self, max_kv_size: Option<i32>) -> Vec<KvCache> {
-    default_caches(self.model.layers.len(), max_kv_size)
-  }
-
-  fn load(&mut self, w: &mut Weights) {
-    Module::load(self, w, "");
-  }
-
-  fn sanitize(&self, mut weights: HashMap<String, Array>) -> Result<HashMap<String, Array>> {
-    if self.args.tie_word_embeddings {
-      weights.remove("lm_head.weight");
-    }
-    weights.retain(|k, _| !k.contains("self_attn.rotary_emb.inv_freq"));
-    let prefixes: Vec<String> = (0..self.args.num_hidden_layers)
-      .map(|l| format!("model.layers.{l}.mlp"))
-      .collect();
-    stack_experts(
-      &mut weights,
-      &prefixes,
-      self.args.num_experts,
-      &[
-        ("gate_proj", "gate_proj"),
-        ("up_proj", "up_proj"),
-        ("down_proj", "down_proj"),
-      ],
-    )?;
-    Ok(weights)
-  }
-
-  fn vocab_size(&self) -> i32 {
-    self.args.vocab_size
-  }
-
-  fn visit(&self, f: &mut dyn FnMut(&str, &Array)) {
-    Module::visit(self, "", f);
-  }
-
-  fn set_grad_checkpoint(&mut self, trainable: Option<BTreeSet<String>>) -> Result<()> {
-    self.ckpt = trainable.map(Arc::new);
     Ok(())
   }
+
+  /// One decoded row: the pending add, the first norm and q | k | v as one
+  /// kernel where it can (`fused_rows::attention_row`); the MLP's output
+  /// is left to the next layer's norm.
+  fn forward_row(
+    &self,
+    x: &Array,
+    delta: Option<&Array>,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+    _shared: &mut Option<(Array, Array)>,
+  ) -> Result<(Array, Option<Array>)> {
+    let (h, r) = fused_rows::attention_row(
+      &self.input_layernorm,
+      &self.self_attn,
+      x,
+      delta,
+      mask,
+      cache,
+    )?;
+    let h = ops::add(&h, &r)?;
+    let r = self.mlp(&self.post_attention_layernorm.forward(&h)?)?;
+    Ok((h, Some(r)))
+  }
+}
+
+/// Registry entry for `qwen3_moe` (mlx-lm `qwen3_moe.Model`).
+pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
+  let args: Qwen3MoeArgs = parse_args(config)?;
+  let (h, n_heads, n_kv) = (
+    args.hidden_size,
+    args.num_attention_heads,
+    args.num_key_value_heads,
+  );
+  check_heads("qwen3_moe", h, n_heads, n_kv, args.num_hidden_layers)?;
+  if args.num_experts > 0 {
+    check_moe("qwen3_moe", args.num_experts, args.num_experts_per_tok)?;
+  }
+  if args.decoder_sparse_step <= 0 {
+    return Err(Error::InvalidArgument(
+      "config (qwen3_moe): decoder_sparse_step must be positive".into(),
+    ));
+  }
+  let head_dim = args.head_dim.unwrap_or(h / n_heads);
+  let eps = args.rms_norm_eps;
+  let dims = AttnDims {
+    qk_norm: Some(eps),
+    ..AttnDims::new(h, n_heads, n_kv, head_dim, (false, false))
+  };
+  let mut layers: Vec<Box<dyn Layer>> = Vec::new();
+  for i in 0..args.num_hidden_layers {
+    let is_moe = !args.mlp_only_layers.contains(&i)
+      && args.num_experts > 0
+      && (i + 1) % args.decoder_sparse_step == 0;
+    layers.push(Box::new(Block {
+      // mlx-lm uses a plain nn.RoPE here (rope_scaling is not applied).
+      self_attn: Attention::new(dims, Some(Rope::new(head_dim, false, args.rope_theta, 1.0))),
+      dense: (!is_moe).then(|| SwiGluMlp::new(h, args.intermediate_size, false)),
+      moe: is_moe.then(|| {
+        SparseMoe::new(
+          h,
+          args.moe_intermediate_size,
+          args.num_experts,
+          args.num_experts_per_tok,
+          args.norm_topk_prob,
+          None,
+        )
+      }),
+      input_layernorm: RmsNorm::new(h, eps),
+      post_attention_layernorm: RmsNorm::new(h, eps),
+    }));
+  }
+  let tied = args.tie_word_embeddings;
+  Ok(Box::new(Decoder::new(
+    Embedding::new(args.vocab_size, h),
+    layers,
+    Box::new(RmsNorm::new(h, eps)),
+    "norm",
+    (!tied).then(|| Linear::new(h, args.vocab_size, false)),
+    DecoderOpts {
+      vocab_size: args.vocab_size,
+      window: None,
+      logit_scale: None,
+      embed_scale: None,
+      tied,
+      stack_experts: Some(args.num_experts),
+      sanitize: None,
+    },
+  )))
 }
 
 #[cfg(test)]
 mod tests {
+  use std::collections::HashMap;
+
   use super::*;
 
   #[test]
