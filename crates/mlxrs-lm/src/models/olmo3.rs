@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::base::with_default;
 use super::llama::LlamaArgs;
-use super::olmo2::Olmo2;
+use super::olmo2::build_with_sliding;
 use crate::model::{LanguageModel, parse_args};
 
 /// Registry entry for `olmo3`.
@@ -50,5 +50,5 @@ pub fn build(config: &Value) -> Result<Box<dyn LanguageModel>> {
       ));
     }
   }
-  Ok(Box::new(Olmo2::with_sliding(args, &sliding, false)?))
+  build_with_sliding(args, &sliding, false)
 }
