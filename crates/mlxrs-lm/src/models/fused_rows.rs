@@ -173,6 +173,44 @@ pub(crate) fn attention_row<A: RowAttention>(
   }
 }
 
+/// The norms and attention of a pre-norm block whose MLP is no single
+/// projection (an MoE), borrowed from the block: decoded rows take the
+/// fused add + norm + q | k | v ([`attention_row`]) and leave the MLP's
+/// output to the next block's norm.
+pub(crate) struct PrenormAttention<'a, A: RowAttention = Attention> {
+  pub input_norm: &'a RmsNorm,
+  pub attn: &'a A,
+  pub post_norm: &'a RmsNorm,
+}
+
+impl<A: RowAttention> PrenormAttention<'_, A> {
+  /// The block over one decoded row `x` with `delta` pending, its MLP
+  /// `mlp`: `(h, r)`, the residual stream after attention and the MLP's
+  /// output, whose sum is the block's output.
+  pub fn row(
+    &self,
+    x: &Array,
+    delta: Option<&Array>,
+    mask: &AttnMask,
+    cache: &mut KvCache,
+    mlp: impl FnOnce(&Array) -> Result<Array>,
+  ) -> Result<(Array, Array)> {
+    let (h, r) = attention_row(self.input_norm, self.attn, x, delta, mask, cache)?;
+    let h = ops::add(&h, &r)?;
+    let r = mlp(&self.post_norm.forward(&h)?)?;
+    Ok((h, r))
+  }
+
+  /// Compile the q | k | v kernels [`PrenormAttention::row`] runs now (at
+  /// load) rather than at the first decoded token.
+  pub fn warm(&self) -> Result<()> {
+    match self.attn.stacked_qkv() {
+      Some(qkv) => warm(self.input_norm, qkv, &[false, true], false),
+      None => Ok(()),
+    }
+  }
+}
+
 /// Compile now the kernels `norm.fused_with(x, delta, proj, swiglu)` runs
 /// for one row, without (`false`) and with (`true`) a pending `delta` as
 /// listed in `pending` (see [`PrenormBlock::warm`]). Nothing happens where

@@ -136,6 +136,18 @@ module!(Block {
   post_attention_layernorm
 });
 
+impl Block {
+  /// The block's norms and attention for [`fused_rows::PrenormAttention`]
+  /// (decoded rows: the MoE output is left to the next layer's norm).
+  fn parts(&self) -> fused_rows::PrenormAttention<'_> {
+    fused_rows::PrenormAttention {
+      input_norm: &self.input_layernorm,
+      attn: &self.self_attn,
+      post_norm: &self.post_attention_layernorm,
+    }
+  }
+}
+
 impl Layer for Block {
   fn forward(&self, x: &Array, mask: &AttnMask, cache: &mut KvCache) -> Result<Array> {
     let r = self
@@ -161,15 +173,9 @@ impl Layer for Block {
 
   fn fuse_projections(&mut self) -> Result<()> {
     self.self_attn.fuse_projections()?;
-    if let Some(qkv) = self.self_attn.stacked_qkv() {
-      fused_rows::warm(&self.input_layernorm, qkv, &[false, true], false)?;
-    }
-    Ok(())
+    self.parts().warm()
   }
 
-  /// One decoded row: the pending add, the first norm and q | k | v as one
-  /// kernel where it can (`fused_rows::attention_row`); the MoE output is
-  /// left to the next layer's norm.
   fn forward_row(
     &self,
     x: &Array,
@@ -178,18 +184,9 @@ impl Layer for Block {
     cache: &mut KvCache,
     _shared: &mut Option<(Array, Array)>,
   ) -> Result<(Array, Option<Array>)> {
-    let (h, r) = fused_rows::attention_row(
-      &self.input_layernorm,
-      &self.self_attn,
-      x,
-      delta,
-      mask,
-      cache,
-    )?;
-    let h = ops::add(&h, &r)?;
-    let r = self
-      .block_sparse_moe
-      .forward(&self.post_attention_layernorm.forward(&h)?)?;
+    let (h, r) = self
+      .parts()
+      .row(x, delta, mask, cache, |n| self.block_sparse_moe.forward(n))?;
     Ok((h, Some(r)))
   }
 }

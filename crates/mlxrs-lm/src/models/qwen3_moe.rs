@@ -69,6 +69,16 @@ struct Block {
 module!(Block { self_attn, dense => "mlp", moe => "mlp", input_layernorm, post_attention_layernorm });
 
 impl Block {
+  /// The block's norms and attention for [`fused_rows::PrenormAttention`]
+  /// (decoded rows: the MoE output is left to the next layer's norm).
+  fn parts(&self) -> fused_rows::PrenormAttention<'_> {
+    fused_rows::PrenormAttention {
+      input_norm: &self.input_layernorm,
+      attn: &self.self_attn,
+      post_norm: &self.post_attention_layernorm,
+    }
+  }
+
   /// The MLP (sparse or dense) of the normalized `n`.
   fn mlp(&self, n: &Array) -> Result<Array> {
     match (&self.moe, &self.dense) {
@@ -96,15 +106,9 @@ impl Layer for Block {
     if let Some(d) = &mut self.dense {
       d.fuse_projections()?;
     }
-    if let Some(qkv) = self.self_attn.stacked_qkv() {
-      fused_rows::warm(&self.input_layernorm, qkv, &[false, true], false)?;
-    }
-    Ok(())
+    self.parts().warm()
   }
 
-  /// One decoded row: the pending add, the first norm and q | k | v as one
-  /// kernel where it can (`fused_rows::attention_row`); the MLP's output
-  /// is left to the next layer's norm.
   fn forward_row(
     &self,
     x: &Array,
@@ -113,16 +117,7 @@ impl Layer for Block {
     cache: &mut KvCache,
     _shared: &mut Option<(Array, Array)>,
   ) -> Result<(Array, Option<Array>)> {
-    let (h, r) = fused_rows::attention_row(
-      &self.input_layernorm,
-      &self.self_attn,
-      x,
-      delta,
-      mask,
-      cache,
-    )?;
-    let h = ops::add(&h, &r)?;
-    let r = self.mlp(&self.post_attention_layernorm.forward(&h)?)?;
+    let (h, r) = self.parts().row(x, delta, mask, cache, |n| self.mlp(n))?;
     Ok((h, Some(r)))
   }
 }
