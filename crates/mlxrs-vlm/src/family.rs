@@ -221,8 +221,10 @@ pub(crate) fn open_vlm_weights(
 
 /// Load the language model from `w.text`, let `load_rest` load the other
 /// modules from `w.rest`, check every tensor was used (the language
-/// model's are named with their `language_model.` prefix in errors) and
-/// evaluate the parameters (the language model's and `params`).
+/// model's are named with their `language_model.` prefix in errors),
+/// evaluate the parameters (the language model's and `params`) and ready
+/// the language model for decoding as `mlxrs_lm::load` does (stacked
+/// projections, [`mlxrs_lm::fuse_for_inference`]).
 pub(crate) fn load_vlm_weights(
   path: &Path,
   mut w: VlmWeights,
@@ -239,7 +241,9 @@ pub(crate) fn load_vlm_weights(
       format!("language_model: {e}"),
     )
   })?;
-  finish_weights(path, w.rest, params)
+  finish_weights(path, w.rest, params)?;
+  mlxrs_lm::fuse_for_inference(text)?;
+  Ok(())
 }
 
 /// Load the language model, `vision_tower` and `multi_modal_projector`

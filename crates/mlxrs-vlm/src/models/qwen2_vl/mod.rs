@@ -224,6 +224,7 @@ pub(crate) fn load(
   LanguageModel::visit(&m.text, &mut |_, a| params.push(a.clone()));
   Module::visit(&m.vision, "", &mut |_, a| params.push(a.clone()));
   finish_weights(path, w, params)?;
+  mlxrs_lm::fuse_for_inference(&mut m.text)?;
   let tokenizer = mlxrs_lm::Tokenizer::from_dir(path)?;
   let image_token = token_name(&tokenizer, path, "image_token_id", m.config.image_token_id)?;
   let processor = crate::processors::Qwen2VlImageProcessor::from_dir(path)?;
