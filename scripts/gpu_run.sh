@@ -61,7 +61,8 @@
 #      (tiny llama bf16 / f32, qwen3 bf16, llama / qwen3 4-bit), the kernel
 #      census of a llama bf16 step, then the same binary by default and
 #      with =0, 5 interleaved rounds (Y_AB shapes,
-#      default "llama-3.2-1b: qwen3-0.6b:4"); Y_PARTS="test tokens census ab"
+#      default "llama-3.2-1b: qwen3-0.6b:4"); Y_PARTS="test tokens census ab";
+#      Y_MODELS="FIXTURE:DTYPE ..." picks the tokens part's tiny fixtures
 # Everything it writes lands under $OUT.
 set -uo pipefail
 stage=${1:?usage: gpu_run.sh A..Z}
@@ -321,7 +322,7 @@ Y)
     xz -dc .gpu/bin/nm.xz > /tmp/b/nm; chmod +x /tmp/b/nm
     { /tmp/b/nm --test-threads=1; MLXRS_FUSE_NORM_MATVEC=0 /tmp/b/nm --test-threads=1; } 2>&1 | grep -E "^test |test result|panicked|differ" | tee $OUT/y_test.txt
   fi
-  [[ $parts == *tokens* ]] && for m in llama-bf16:bfloat16 llama:float32 qwen3:bfloat16 llama-4bit:bfloat16 qwen3-4bit:bfloat16; do
+  [[ $parts == *tokens* ]] && for m in ${Y_MODELS:-llama-bf16:bfloat16 llama:float32 qwen3:bfloat16 llama-4bit:bfloat16 qwen3-4bit:bfloat16}; do
     f=$OUT/y_${m%%:*}_${m##*:}
     $M generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > ${f}_on.json 2>>$OUT/stderr.txt
     MLXRS_FUSE_NORM_MATVEC=0 $M generate --model models/tiny/${m%%:*} -p "The quick brown fox" -m 48 --temp 0 --ignore-chat-template --json --dtype ${m##*:} > ${f}_off.json 2>>$OUT/stderr.txt
