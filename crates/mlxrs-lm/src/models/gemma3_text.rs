@@ -164,23 +164,14 @@ impl Block {
     mask: &AttnMask,
     cache: &mut KvCache,
   ) -> Result<(Array, Array)> {
-    let fused = match self.self_attn.stacked_qkv() {
-      Some(qkv) => self.input_layernorm.fused_with(x, delta, qkv, false)?,
-      None => None,
-    };
-    let (h, r) = match fused {
-      Some((h, y)) => {
-        let r = self.self_attn.forward_projected(&h, y, mask, cache)?;
-        (h, r)
-      }
-      None => {
-        let h = fused_rows::add_pending(x, delta)?;
-        let r = self
-          .self_attn
-          .forward(&self.input_layernorm.forward(&h)?, mask, cache)?;
-        (h, r)
-      }
-    };
+    let (h, r) = fused_rows::attention_row(
+      &self.input_layernorm,
+      &self.self_attn,
+      x,
+      delta,
+      mask,
+      cache,
+    )?;
     let r = self.post_attention_layernorm.forward(&r)?;
     let fused = match self.mlp.stacked_gate_up() {
       Some(gu) => self
