@@ -116,6 +116,8 @@ fn unhandled_config_fields_are_named() {
       json!(["sliding_attention", "chunked_attention"]),
     ),
     ("glm4", "partial_rotary_factor", json!(0.0)),
+    ("phi3", "partial_rotary_factor", json!(0.0)),
+    ("smollm3", "no_rope_layers", json!([1, 0, 1])),
     ("granite", "logits_scaling", Value::Null),
     ("minicpm", "scale_emb", Value::Null),
   ];
