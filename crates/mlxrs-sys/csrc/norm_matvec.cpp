@@ -400,10 +400,13 @@ std::optional<std::pair<mx::array, mx::array>> norm_matvec(
     }
     // MLX's gemv: 4 columns per lane where K allows and the weight's data
     // is aligned to them, else 2 (the activation row is a fresh buffer).
+    // A weight not even aligned to 2 (gemv's one-column variant, never
+    // checked on a GPU) is left to MLX.
     auto aligned = [&](int cols) {
       return w.offset() % (cols * static_cast<int64_t>(t.size())) == 0;
     };
-    c.npt = k % 128 == 0 && aligned(4) ? 4 : (aligned(2) ? 2 : 1);
+    if (!aligned(2)) return std::nullopt;
+    c.npt = k % 128 == 0 && aligned(4) ? 4 : 2;
   } else {
     if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128) || !scales ||
         !biases || w.dtype() != mx::uint32 || k % group != 0 ||
