@@ -253,9 +253,7 @@ impl Llama {
       ckpt: None,
     })
   }
-}
 
-impl Llama {
   /// Leave out the rotary embedding of each layer `i` with `!use_rope[i]`
   /// (SmolLM3's NoPE layers; python smollm3.py sets those layers'
   /// `self_attn.rope` to a no-op).
